@@ -1,0 +1,151 @@
+//! The log's error type.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why bytes on disk were rejected. Each names the state that was found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorruptKind {
+    /// The batch does not start with the batch magic.
+    #[error("bad magic {found:#010x}")]
+    MagicMismatch {
+        /// The four bytes found, little-endian.
+        found: u32,
+    },
+    /// The stored CRC does not match the bytes.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    ChecksumMismatch {
+        /// CRC in the header.
+        stored: u32,
+        /// CRC of the bytes on disk.
+        computed: u32,
+    },
+    /// The batch ends past the end of the file (a torn write).
+    #[error("batch of {batch_len} bytes runs past the end of the data ({available} available)")]
+    Truncated {
+        /// Declared batch length.
+        batch_len: u64,
+        /// Bytes actually there.
+        available: u64,
+    },
+    /// The declared length is impossible.
+    #[error("impossible batch length {batch_len}")]
+    BadLength {
+        /// Declared batch length.
+        batch_len: u64,
+    },
+    /// A format version this build does not know.
+    #[error("unknown batch version {version}")]
+    UnknownVersion {
+        /// The version byte found.
+        version: u8,
+    },
+    /// The batch is not the one expected at that position.
+    #[error("batch base offset {found}, expected {expected}")]
+    OffsetMismatch {
+        /// The base offset found.
+        found: u64,
+        /// The base offset that belongs there.
+        expected: u64,
+    },
+    /// The records inside the batch do not add up to its length or count.
+    #[error("record framing inconsistent: {detail}")]
+    BadRecords {
+        /// What did not add up.
+        detail: &'static str,
+    },
+    /// Valid batches follow a damaged one: not a torn tail.
+    #[error("valid batches follow a damaged one ({valid_after} bytes from position {resume_at})")]
+    DamageBeforeValidData {
+        /// Where the next valid batch starts.
+        resume_at: u64,
+        /// Bytes from there to the end of the file.
+        valid_after: u64,
+    },
+}
+
+/// Errors returned by the log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// An IO operation on a file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Bytes on disk failed validation. Nothing from the damaged batch is returned.
+    #[error("corrupt log data in {path} at byte {position} (offset {expected_offset}): {kind}")]
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte position of the damaged batch in that file.
+        position: u64,
+        /// The offset that was expected at that position.
+        expected_offset: u64,
+        /// What was wrong.
+        kind: CorruptKind,
+    },
+    /// A write or sync failed earlier; the log refuses appends until it is reopened.
+    #[error("log is stopped after an earlier write failure (reopen to recover): {cause}")]
+    Poisoned {
+        /// The original failure.
+        cause: Arc<LogError>,
+    },
+    /// The log was closed.
+    #[error("log is closed")]
+    Closed,
+    /// Another process (or handle) has the log directory open.
+    #[error("log directory {path} is locked by another process")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The requested offset is not in the log.
+    #[error("offset {requested} is out of range: the log holds [{start}, {end})")]
+    OffsetOutOfRange {
+        /// What was asked for.
+        requested: u64,
+        /// First offset held.
+        start: u64,
+        /// One past the last readable offset (the high-watermark).
+        end: u64,
+    },
+    /// An append exceeded `max_append_bytes`.
+    #[error("append of {size} bytes exceeds the limit of {max} bytes")]
+    AppendTooLarge {
+        /// Encoded size of the append.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// An append had no records.
+    #[error("an append needs at least one record")]
+    EmptyAppend,
+    /// The options are inconsistent.
+    #[error("invalid log options: {0}")]
+    InvalidOptions(String),
+    /// The writer thread ended unexpectedly.
+    #[error("log writer stopped unexpectedly")]
+    WriterGone,
+}
+
+impl LogError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        LogError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result alias for the log.
+pub type Result<T, E = LogError> = std::result::Result<T, E>;

@@ -1,0 +1,54 @@
+//! tidings' commit log: an append-only sequence of records with dense `u64` offsets, stored
+//! in checksummed batches in segment files, written by one group-commit writer.
+//!
+//! The byte layout, the append/fsync/roll protocol and the crash analysis are in
+//! `log/DESIGN.md`; this crate implements that page.
+//!
+//! # Invariants
+//! 1. Offsets are dense and start at 0: the record after `n` is `n + 1`.
+//! 2. Under `FsyncPolicy::Always` (the default) no append is acknowledged before `fdatasync`
+//!    of its bytes returned.
+//! 3. Reads and tails never return a record at or past the high-watermark.
+//! 4. Bytes that fail their CRC are never returned: the read fails with
+//!    [`LogError::Corrupt`], naming the file, byte position and offset.
+//! 5. After a write or sync error the log refuses appends ([`LogError::Poisoned`]) until it is
+//!    reopened.
+//! 6. Opening reads only the active segment's indexes and tail, never the whole log.
+//! 7. Sealed segments are immutable.
+//! 8. One process at a time: the directory is locked while open.
+//!
+//! # Example
+//! ```
+//! # async fn demo() -> Result<(), tidings_log::LogError> {
+//! use tidings_log::{Log, LogOptions};
+//! let dir = std::env::temp_dir().join(format!("tidings-doc-{}", std::process::id()));
+//! let log = Log::open(&dir, LogOptions::default()).await?;
+//! let offset = log.append_one(bytes::Bytes::from_static(b"hello")).await?;
+//! let records = log.read(offset, 1 << 20).await?;
+//! assert_eq!(&records[0].payload[..], b"hello");
+//! log.close().await?;
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! # Ok(()) }
+//! ```
+
+mod batch;
+mod error;
+mod index;
+mod log;
+mod metrics;
+mod options;
+mod recovery;
+mod segment;
+#[cfg(feature = "sim")]
+pub mod sim;
+mod tail;
+mod vfs;
+mod writer;
+
+pub use crate::batch::Record;
+pub use crate::error::{CorruptKind, LogError, Result};
+pub use crate::log::{AppendAck, Log, SegmentCheck, SegmentInfo, Watermark};
+pub use crate::metrics::LogMetrics;
+pub use crate::options::{FsyncPolicy, LogOptions, RecoveryMode};
+pub use crate::tail::Tail;
+pub use crate::vfs::{StdFs, Vfs, VfsFile, VfsLock};

@@ -1,0 +1,511 @@
+//! The `Log` handle: open, append, read, roll, sync, close.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use crate::batch::{self, HEADER_LEN, Record};
+use crate::error::{LogError, Result};
+use crate::metrics::{Counters, LogMetrics};
+use crate::options::LogOptions;
+use crate::recovery;
+use crate::segment::{self, Budget, Segment};
+use crate::tail::Tail;
+use crate::vfs::VfsLock;
+use crate::writer::{Command, Writer, WriterParts};
+
+/// What the writer has made readable: nothing at or past `next_offset` is ever returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// One past the last readable (acknowledged) offset.
+    pub next_offset: u64,
+    pub(crate) active_base: u64,
+    /// Committed bytes in the active segment.
+    pub(crate) active_len: u64,
+}
+
+/// The acknowledgement of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendAck {
+    /// Offset of the first record of the append.
+    pub base_offset: u64,
+    /// Records appended.
+    pub count: u32,
+    /// The batch timestamp the records were written with (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+}
+
+impl AppendAck {
+    /// The offsets the append was given.
+    pub fn offsets(&self) -> Range<u64> {
+        self.base_offset..self.base_offset + u64::from(self.count)
+    }
+}
+
+/// A segment as listed by [`Log::segments`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// First offset.
+    pub base_offset: u64,
+    /// One past the last offset.
+    pub end_offset: u64,
+    /// Bytes of batches.
+    pub bytes: u64,
+    /// Whether the segment is sealed (immutable).
+    pub sealed: bool,
+    /// The segment file.
+    pub path: PathBuf,
+}
+
+/// The result of checking every batch of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentCheck {
+    /// Batches read and checked.
+    pub batches: u64,
+    /// Records in them.
+    pub records: u64,
+}
+
+/// The first failure that stopped the log; later appends are refused with it.
+#[derive(Debug, Default)]
+pub(crate) struct PoisonSlot(ArcSwapOption<LogError>);
+
+impl PoisonSlot {
+    pub(crate) fn get(&self) -> Option<Arc<LogError>> {
+        self.0.load_full()
+    }
+    /// Records the failure. Only the writer thread calls this, so check-then-store is safe;
+    /// the first cause is kept because it is the one an operator needs.
+    pub(crate) fn set(&self, err: LogError) {
+        if self.0.load().is_none() {
+            self.0.store(Some(Arc::new(err)));
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    dir: PathBuf,
+    opts: LogOptions,
+    segments: Arc<ArcSwap<Vec<Arc<Segment>>>>,
+    pub(crate) watermark: watch::Receiver<Watermark>,
+    tx: mpsc::Sender<Command>,
+    permits: Arc<Semaphore>,
+    poison: Arc<PoisonSlot>,
+    counters: Arc<Counters>,
+    closed: AtomicBool,
+    writer: tokio::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    lock: Mutex<Option<Box<dyn VfsLock>>>,
+}
+
+/// An open commit log. Cheap to clone; all clones share one writer. Call [`Log::close`] before
+/// dropping the last handle to sync and stop the writer deterministically.
+#[derive(Debug, Clone)]
+pub struct Log {
+    shared: Arc<Shared>,
+}
+
+impl Log {
+    /// Opens (creating when missing) the log in `dir`, recovering the active segment's tail.
+    pub async fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
+        let dir = dir.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(dir, opts))
+            .await
+            .map_err(|_| LogError::WriterGone)?
+    }
+
+    fn open_blocking(dir: PathBuf, opts: LogOptions) -> Result<Log> {
+        opts.validate()?;
+        let vfs = opts.vfs.clone();
+        vfs.create_dir_all(&dir)
+            .map_err(|e| LogError::io("create directory", &dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = vfs.try_lock(&lock_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => LogError::Locked {
+                path: lock_path.clone(),
+            },
+            _ => LogError::io("lock", &lock_path, e),
+        })?;
+        let names = vfs
+            .list(&dir)
+            .map_err(|e| LogError::io("list directory", &dir, e))?;
+        let mut bases = Vec::new();
+        for name in &names {
+            match segment::parse_log_name(name) {
+                Some(base) => bases.push(base),
+                None if name.ends_with(".log") => {
+                    tracing::warn!(file = %dir.join(name).display(), "ignoring a .log file that is not named {{base:020}}.log");
+                }
+                None => {}
+            }
+        }
+        bases.sort_unstable();
+        if bases.is_empty() {
+            let path = dir.join(segment::log_name(0));
+            vfs.open_write(&path)
+                .map_err(|e| LogError::io("create segment", &path, e))?;
+            vfs.sync_dir(&dir)
+                .map_err(|e| LogError::io("sync directory", &dir, e))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                vfs.sync_dir(parent)
+                    .map_err(|e| LogError::io("sync directory", parent, e))?;
+            }
+            bases.push(0);
+        }
+        let active_base = bases[bases.len() - 1];
+        let mut rec = recovery::recover_active(vfs.as_ref(), &dir, active_base, &opts)?;
+        let interval = u64::from(opts.index_interval_bytes);
+        let mut segs: Vec<Arc<Segment>> = bases[..bases.len() - 1]
+            .iter()
+            .map(|&b| Arc::new(Segment::new(vfs.clone(), &dir, b, interval)))
+            .collect();
+        let active = Arc::new(Segment::new_active(
+            vfs.clone(),
+            &dir,
+            active_base,
+            interval,
+            rec.file.clone(),
+            std::mem::take(&mut rec.index),
+        ));
+        segs.push(active.clone());
+        tracing::info!(
+            dir = %dir.display(),
+            segments = segs.len(),
+            start_offset = segs[0].base,
+            next_offset = rec.next_offset,
+            truncated_bytes = rec.truncated_bytes,
+            "log opened"
+        );
+
+        let (wm_tx, wm_rx) = watch::channel(Watermark {
+            next_offset: rec.next_offset,
+            active_base,
+            active_len: rec.len,
+        });
+        let (tx, rx) = mpsc::channel(opts.queue_depth);
+        let segments = Arc::new(ArcSwap::from_pointee(segs));
+        let permits = Arc::new(Semaphore::new(opts.max_queued_bytes));
+        let poison = Arc::new(PoisonSlot::default());
+        let counters = Arc::new(Counters::default());
+        let parts = WriterParts {
+            dir: dir.clone(),
+            opts: opts.clone(),
+            segments: segments.clone(),
+            watermark: wm_tx,
+            permits: permits.clone(),
+            poison: poison.clone(),
+            counters: counters.clone(),
+        };
+        let writer = Writer::new(parts, rx, active, rec)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| LogError::io("start writer runtime", &dir, e))?;
+        let handle = std::thread::Builder::new()
+            .name("tidings-log-writer".into())
+            .spawn(move || rt.block_on(writer.run()))
+            .map_err(|e| LogError::io("spawn writer thread", &dir, e))?;
+        Ok(Log {
+            shared: Arc::new(Shared {
+                dir,
+                opts,
+                segments,
+                watermark: wm_rx,
+                tx,
+                permits,
+                poison,
+                counters,
+                closed: AtomicBool::new(false),
+                writer: tokio::sync::Mutex::new(Some(handle)),
+                lock: Mutex::new(Some(lock)),
+            }),
+        })
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> &LogOptions {
+        &self.shared.opts
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if let Some(cause) = self.shared.poison.get() {
+            return Err(LogError::Poisoned { cause });
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Appends `records` as one unit (all in one batch) and returns once they are durable under
+    /// the fsync policy. Waits when the writer's queue is full.
+    pub async fn append(&self, records: Vec<Bytes>) -> Result<AppendAck> {
+        if records.is_empty() {
+            return Err(LogError::EmptyAppend);
+        }
+        let size = batch::records_size(&records) + HEADER_LEN;
+        let max = self.shared.opts.max_append_bytes;
+        if size > max {
+            return Err(LogError::AppendTooLarge { size, max });
+        }
+        self.check_open()?;
+        // `size ≤ max_append_bytes ≤ max_queued_bytes < 4 GiB` (checked at open).
+        let size = size as u32;
+        self.shared
+            .permits
+            .acquire_many(size)
+            .await
+            .map_err(|_| LogError::Closed)?
+            .forget();
+        let (ack, rx) = oneshot::channel();
+        let cmd = Command::Append { records, size, ack };
+        if self.shared.tx.send(cmd).await.is_err() {
+            self.shared.permits.add_permits(size as usize);
+            return Err(LogError::Closed);
+        }
+        rx.await.map_err(|_| LogError::WriterGone)?
+    }
+
+    /// Appends one record; returns its offset.
+    pub async fn append_one(&self, record: Bytes) -> Result<u64> {
+        Ok(self.append(vec![record]).await?.base_offset)
+    }
+
+    async fn control(&self, make: fn(oneshot::Sender<Result<()>>) -> Command) -> Result<()> {
+        self.check_open()?;
+        let (ack, rx) = oneshot::channel();
+        self.shared
+            .tx
+            .send(make(ack))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::WriterGone)?
+    }
+
+    /// Seals the active segment and starts a new one (nothing happens to an empty segment).
+    pub async fn roll(&self) -> Result<()> {
+        self.control(Command::Roll).await
+    }
+
+    /// fdatasyncs everything written so far (useful under `every` and `never`).
+    pub async fn sync(&self) -> Result<()> {
+        self.control(Command::Sync).await
+    }
+
+    /// Stops the writer after every append queued before this call, syncs, releases the
+    /// directory lock and joins the writer thread. Idempotent.
+    pub async fn close(&self) -> Result<()> {
+        let mut writer = self.shared.writer.lock().await;
+        let Some(handle) = writer.take() else {
+            return Ok(());
+        };
+        self.shared.closed.store(true, Ordering::Release);
+        let (ack, rx) = oneshot::channel();
+        let result = match self.shared.tx.send(Command::Close(ack)).await {
+            Ok(()) => rx.await.unwrap_or(Err(LogError::WriterGone)),
+            Err(_) => Err(LogError::WriterGone),
+        };
+        let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+        self.shared.permits.close();
+        self.shared
+            .lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match joined {
+            Ok(Ok(())) => result,
+            _ => Err(LogError::WriterGone),
+        }
+    }
+
+    /// The current high-watermark.
+    pub fn watermark(&self) -> Watermark {
+        *self.shared.watermark.borrow()
+    }
+
+    /// One past the last readable offset.
+    pub fn next_offset(&self) -> u64 {
+        self.watermark().next_offset
+    }
+
+    /// The first offset still held.
+    pub fn start_offset(&self) -> u64 {
+        self.shared.segments.load().first().map_or(0, |s| s.base)
+    }
+
+    /// Counters since open.
+    pub fn metrics(&self) -> LogMetrics {
+        self.shared.counters.snapshot()
+    }
+
+    /// Whether an earlier write failure stopped the log (and why).
+    pub fn poisoned(&self) -> Option<Arc<LogError>> {
+        self.shared.poison.get()
+    }
+
+    /// Records from offset `from`: the first record (when `from` is below the watermark; none
+    /// when it equals it), then each next record while its payload fits in what is left of
+    /// `max_bytes`. Every batch returned has
+    /// passed its CRC check. A read that meets damaged data after some good records returns
+    /// those; a read that starts at damaged data fails with [`LogError::Corrupt`].
+    pub async fn read(&self, from: u64, max_bytes: usize) -> Result<Vec<Record>> {
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || log.read_blocking(from, max_bytes))
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// [`Log::read`] for callers outside an async runtime (CLI tools, blocking threads).
+    pub fn read_blocking(&self, from: u64, max_bytes: usize) -> Result<Vec<Record>> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        let wm = self.watermark();
+        let segs = self.shared.segments.load();
+        let start = segs.first().map_or(0, |s| s.base);
+        if from < start || from > wm.next_offset {
+            return Err(LogError::OffsetOutOfRange {
+                requested: from,
+                start,
+                end: wm.next_offset,
+            });
+        }
+        let mut out = Vec::new();
+        let mut budget = Budget::new(max_bytes);
+        let first = segs.partition_point(|s| s.base <= from).saturating_sub(1);
+        for seg in &segs[first..] {
+            if seg.base >= wm.next_offset || seg.base > wm.active_base {
+                break;
+            }
+            let end = self.segment_end(seg, &wm)?;
+            if let Err(e) = seg.read_into(from.max(seg.base), end, &mut budget, &mut out) {
+                // Hand out the good records gathered before the damage; the read that starts
+                // at the damaged batch reports it.
+                if out.is_empty() {
+                    return Err(e);
+                }
+                break;
+            }
+            if budget.full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The committed byte length of a segment under watermark `wm`.
+    fn segment_end(&self, seg: &Segment, wm: &Watermark) -> Result<u64> {
+        if seg.base == wm.active_base {
+            Ok(wm.active_len)
+        } else {
+            seg.sealed_len()
+        }
+    }
+
+    /// The first offset whose batch timestamp is at or after `timestamp_ms`, or `None` when
+    /// every record is older.
+    pub fn offset_for_timestamp(&self, timestamp_ms: u64) -> Result<Option<u64>> {
+        let wm = self.watermark();
+        let segs = self.shared.segments.load();
+        let n = segs
+            .iter()
+            .take_while(|s| s.base < wm.next_offset && s.base <= wm.active_base)
+            .count();
+        // Segments whose first batch is older than the target form a prefix: find its length.
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let seg = &segs[mid];
+            let first = seg.first_timestamp(self.segment_end(seg, &wm)?)?;
+            if first.is_some_and(|t| t < timestamp_ms) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo == 0 {
+            return Ok((n > 0).then(|| segs[0].base));
+        }
+        let seg = &segs[lo - 1];
+        match seg.offset_for_timestamp(timestamp_ms, self.segment_end(seg, &wm)?)? {
+            Some(off) => Ok(Some(off)),
+            None => Ok((lo < n).then(|| segs[lo].base)),
+        }
+    }
+
+    /// A reader that follows the log from `from`, waiting for new records.
+    pub fn tail(&self, from: u64) -> Tail {
+        Tail::new(self.clone(), self.shared.watermark.clone(), from)
+    }
+
+    /// The segments, oldest first.
+    pub fn segments(&self) -> Result<Vec<SegmentInfo>> {
+        let wm = self.watermark();
+        let segs = self.shared.segments.load();
+        let mut out = Vec::with_capacity(segs.len());
+        for (i, seg) in segs.iter().enumerate() {
+            if seg.base > wm.active_base {
+                break;
+            }
+            let sealed = seg.base < wm.active_base;
+            let end_offset = match segs.get(i + 1) {
+                Some(next) if sealed => next.base,
+                _ => wm.next_offset,
+            };
+            out.push(SegmentInfo {
+                base_offset: seg.base,
+                end_offset,
+                bytes: self.segment_end(seg, &wm)?,
+                sealed,
+                path: seg.paths.log.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads every batch of the segment with base `base_offset` and checks its CRC and framing
+    /// (blocking: for tools such as `tidings inspect`).
+    pub fn check_segment(&self, base_offset: u64) -> Result<SegmentCheck> {
+        let wm = self.watermark();
+        let segs = self.shared.segments.load();
+        let seg = segs
+            .iter()
+            .find(|s| s.base == base_offset && s.base <= wm.active_base)
+            .ok_or(LogError::OffsetOutOfRange {
+                requested: base_offset,
+                start: segs.first().map_or(0, |s| s.base),
+                end: wm.next_offset,
+            })?;
+        let (batches, records, next) = seg.check(self.segment_end(seg, &wm)?)?;
+        let expected_end = segs
+            .iter()
+            .find(|s| s.base > seg.base && s.base <= wm.active_base)
+            .map_or(wm.next_offset, |s| s.base);
+        if next != expected_end {
+            return Err(LogError::Corrupt {
+                path: seg.paths.log.clone(),
+                position: self.segment_end(seg, &wm)?,
+                expected_offset: expected_end,
+                kind: crate::error::CorruptKind::OffsetMismatch {
+                    found: next,
+                    expected: expected_end,
+                },
+            });
+        }
+        Ok(SegmentCheck { batches, records })
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,301 @@
+//! Open-time recovery of the active segment (protocol in `log/DESIGN.md`, "Recovery").
+//!
+//! Reads only the active segment's index files and the tail after the last trustworthy index
+//! entry; sealed segments are not touched.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::batch::{self, HEADER_LEN, MAGIC};
+use crate::error::{CorruptKind, LogError, Result};
+use crate::index::{self, INDEX_ENTRY_LEN, IndexEntry, SegmentIndex, TIME_ENTRY_LEN, TimeEntry};
+use crate::options::{LogOptions, RecoveryMode};
+use crate::segment::{Scanner, SegmentPaths};
+use crate::vfs::{Vfs, VfsFile, read_up_to};
+
+/// The active segment as recovery left it, ready for the writer.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub(crate) file: Arc<dyn VfsFile>,
+    pub(crate) index_file: Arc<dyn VfsFile>,
+    pub(crate) time_file: Arc<dyn VfsFile>,
+    /// Valid bytes in the segment.
+    pub(crate) len: u64,
+    pub(crate) next_offset: u64,
+    pub(crate) index: SegmentIndex,
+    /// Bytes in the `.index` and `.timeindex` files.
+    pub(crate) index_len: u64,
+    pub(crate) time_len: u64,
+    /// Position of the last index entry (0 when none).
+    pub(crate) last_entry_pos: u64,
+    /// Timestamp of the segment's first batch.
+    pub(crate) first_ts: Option<u64>,
+    /// The segment's last batch, as a time entry (for the final entry at sealing).
+    pub(crate) last_batch: Option<TimeEntry>,
+    /// Bytes discarded from the tail.
+    pub(crate) truncated_bytes: u64,
+}
+
+fn open_index(
+    vfs: &dyn Vfs,
+    path: &Path,
+    data_len: u64,
+    max: u64,
+) -> Result<(Arc<dyn VfsFile>, Vec<u8>)> {
+    let file = vfs
+        .open_write(path)
+        .map_err(|e| LogError::io("open index", path, e))?;
+    let len = file
+        .len()
+        .map_err(|e| LogError::io("stat index", path, e))?;
+    // Never more than one entry per 16 data bytes; a larger file is damaged past that point.
+    let len = len.min(max).min((data_len / 16 + 1) * 16);
+    let bytes = read_up_to(file.as_ref(), len as usize, 0)
+        .map_err(|e| LogError::io("read index", path, e))?;
+    Ok((file, bytes))
+}
+
+/// Recovers the active segment with base offset `base` in `dir`.
+pub(crate) fn recover_active(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    base: u64,
+    opts: &LogOptions,
+) -> Result<Recovered> {
+    let paths = SegmentPaths::new(dir, base);
+    let file = vfs
+        .open_write(&paths.log)
+        .map_err(|e| LogError::io("open segment", &paths.log, e))?;
+    let file_len = file
+        .len()
+        .map_err(|e| LogError::io("stat segment", &paths.log, e))?;
+    let interval = u64::from(opts.index_interval_bytes);
+    let max_entries = opts.segment_bytes / interval + 2;
+    let (index_file, index_bytes) = open_index(
+        vfs,
+        &paths.index,
+        file_len,
+        max_entries * INDEX_ENTRY_LEN as u64,
+    )?;
+    let (time_file, time_bytes) = open_index(
+        vfs,
+        &paths.time,
+        file_len,
+        (max_entries + 1) * TIME_ENTRY_LEN as u64,
+    )?;
+    let mut offsets = index::decode_index(&index_bytes, file_len);
+    let mut times = index::decode_time_index(&time_bytes, file_len);
+
+    // Find the last index entry that points at a valid batch with the offset it names.
+    let (mut scan, first) = loop {
+        let (rel, pos) = offsets
+            .last()
+            .map_or((0, 0), |e| (u64::from(e.rel), u64::from(e.pos)));
+        let mut scan = Scanner::new(file.as_ref(), &paths.log, pos, file_len, base + rel);
+        match scan.next_batch() {
+            Some(Err(LogError::Corrupt { .. })) if !offsets.is_empty() => {
+                offsets.pop();
+            }
+            Some(Err(e @ LogError::Io { .. })) => return Err(e),
+            first => break (scan, first),
+        }
+    };
+    let start_pos = offsets.last().map_or(0, |e| u64::from(e.pos));
+    times.retain(|t| u64::from(t.pos) <= start_pos);
+
+    // Scan forward to the end of the valid data, re-deriving index entries the index lost.
+    let mut last_entry_pos = start_pos;
+    let mut new_entries: Vec<(IndexEntry, TimeEntry)> = Vec::new();
+    let mut last_batch = None;
+    let mut damage = None;
+    let mut item = first;
+    while let Some(result) = item {
+        match result {
+            Ok((pos, header, _)) => {
+                let rel = (header.base_offset - base) as u32;
+                let t = TimeEntry {
+                    ts: header.timestamp_ms,
+                    rel,
+                    pos: pos as u32,
+                };
+                if pos > 0 && pos - last_entry_pos >= interval {
+                    new_entries.push((
+                        IndexEntry {
+                            rel,
+                            pos: pos as u32,
+                        },
+                        t,
+                    ));
+                    last_entry_pos = pos;
+                }
+                last_batch = Some(t);
+            }
+            Err(LogError::Corrupt { kind, .. }) => {
+                damage = Some(kind);
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+        item = scan.next_batch();
+    }
+    let good_end = scan.position();
+    let next_offset = scan.expected_offset();
+
+    let mut truncated_bytes = 0;
+    if good_end < file_len {
+        let kind = damage.unwrap_or(CorruptKind::Truncated {
+            batch_len: 0,
+            available: file_len - good_end,
+        });
+        let resume = find_valid_batch(
+            file.as_ref(),
+            &paths.log,
+            good_end + 1,
+            file_len,
+            next_offset,
+        )?;
+        match (resume, opts.recovery) {
+            (Some(resume_at), RecoveryMode::Strict) => {
+                return Err(LogError::Corrupt {
+                    path: paths.log.clone(),
+                    position: good_end,
+                    expected_offset: next_offset,
+                    kind: CorruptKind::DamageBeforeValidData {
+                        resume_at,
+                        valid_after: file_len - resume_at,
+                    },
+                });
+            }
+            (Some(resume_at), RecoveryMode::Truncate) => {
+                tracing::error!(
+                    segment = %paths.log.display(),
+                    position = good_end,
+                    resume_at,
+                    discarded_bytes = file_len - good_end,
+                    "damaged batch followed by valid data; truncating as recovery = truncate allows"
+                );
+            }
+            (None, _) => {
+                tracing::warn!(
+                    segment = %paths.log.display(),
+                    position = good_end,
+                    next_offset,
+                    discarded_bytes = file_len - good_end,
+                    reason = %kind,
+                    "truncating torn tail of the active segment"
+                );
+            }
+        }
+        file.set_len(good_end)
+            .map_err(|e| LogError::io("truncate segment", &paths.log, e))?;
+        file.sync_data()
+            .map_err(|e| LogError::io("sync segment", &paths.log, e))?;
+        truncated_bytes = file_len - good_end;
+    }
+
+    // Rewrite the index files to exactly the trusted entries plus the re-derived ones.
+    for (e, t) in &new_entries {
+        offsets.push(*e);
+        times.push(*t);
+    }
+    rewrite(
+        index_file.as_ref(),
+        &paths.index,
+        offsets.iter().map(|e| e.encode()),
+        INDEX_ENTRY_LEN,
+    )?;
+    rewrite(
+        time_file.as_ref(),
+        &paths.time,
+        times.iter().map(|t| t.encode()),
+        TIME_ENTRY_LEN,
+    )?;
+
+    let first_ts = if good_end >= HEADER_LEN as u64 {
+        let head = read_up_to(file.as_ref(), HEADER_LEN, 0)
+            .map_err(|e| LogError::io("read segment", &paths.log, e))?;
+        batch::peek_header(&head).ok().map(|h| h.timestamp_ms)
+    } else {
+        None
+    };
+    Ok(Recovered {
+        file,
+        index_file,
+        time_file,
+        len: good_end,
+        next_offset,
+        index_len: (offsets.len() * INDEX_ENTRY_LEN) as u64,
+        time_len: (times.len() * TIME_ENTRY_LEN) as u64,
+        index: SegmentIndex { offsets, times },
+        last_entry_pos,
+        first_ts,
+        last_batch,
+        truncated_bytes,
+    })
+}
+
+/// Sets an index file to exactly `entries` (only writing when it differs in length).
+fn rewrite<const N: usize>(
+    file: &dyn VfsFile,
+    path: &Path,
+    entries: impl ExactSizeIterator<Item = [u8; N]>,
+    entry_len: usize,
+) -> Result<()> {
+    let want = (entries.len() * entry_len) as u64;
+    let have = file
+        .len()
+        .map_err(|e| LogError::io("stat index", path, e))?;
+    if have == want {
+        return Ok(());
+    }
+    let mut bytes = Vec::with_capacity(want as usize);
+    for e in entries {
+        bytes.extend_from_slice(&e);
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all_at(&bytes, 0))
+        .map_err(|e| LogError::io("rewrite index", path, e))
+}
+
+/// The position of the first valid batch in `[from, end)` whose base offset is at least
+/// `min_base` (evidence that damage is not a torn tail), if any.
+fn find_valid_batch(
+    file: &dyn VfsFile,
+    path: &Path,
+    from: u64,
+    end: u64,
+    min_base: u64,
+) -> Result<Option<u64>> {
+    const CHUNK: usize = 1 << 20;
+    let magic = MAGIC.to_le_bytes();
+    let mut pos = from;
+    while pos + HEADER_LEN as u64 <= end {
+        let want = CHUNK.min((end - pos) as usize);
+        let chunk =
+            read_up_to(file, want, pos).map_err(|e| LogError::io("read segment", path, e))?;
+        if chunk.len() < magic.len() {
+            break;
+        }
+        for i in 0..=chunk.len() - magic.len() {
+            if chunk[i..i + magic.len()] != magic {
+                continue;
+            }
+            let at = pos + i as u64;
+            let head = read_up_to(file, HEADER_LEN, at)
+                .map_err(|e| LogError::io("read segment", path, e))?;
+            let Ok(h) = batch::peek_header(&head) else {
+                continue;
+            };
+            if h.base_offset < min_base {
+                continue;
+            }
+            let mut scan = Scanner::new(file, path, at, end, h.base_offset);
+            if let Some(Ok(_)) = scan.next_batch() {
+                return Ok(Some(at));
+            }
+        }
+        // Overlap by the magic's length minus one so a magic across chunks is still found.
+        pos += (chunk.len() - (magic.len() - 1)) as u64;
+    }
+    Ok(None)
+}

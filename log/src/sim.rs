@@ -1,0 +1,421 @@
+//! A simulated disk for crash and fault tests (feature `sim`).
+//!
+//! Every file has *live* bytes (what reads see: every write lands here at once) and *durable*
+//! bytes (what a completed `sync_data` promoted). A directory's entries become durable only at
+//! `sync_dir`. [`SimFs::crash`] throws away everything that was not durable, as a power cut
+//! would. Faults can be armed to fail the Nth write or sync (a failed write may first apply a
+//! torn prefix), and every byte read is counted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::vfs::{Vfs, VfsFile, VfsLock};
+
+#[derive(Debug, Default)]
+struct FileState {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Files by path; a file removed from the namespace but still open lives on in its handles.
+    files: BTreeMap<PathBuf, Arc<Mutex<FileState>>>,
+    /// Directory entries that survive a crash.
+    durable_names: BTreeSet<PathBuf>,
+    /// Held locks, each with the id of its guard.
+    locks: BTreeMap<PathBuf, u64>,
+    next_lock_id: u64,
+    dirs: BTreeSet<PathBuf>,
+    /// Fail the write (or sync) when this counter reaches zero; `None` = no fault armed.
+    fail_write_in: Option<u64>,
+    fail_sync_in: Option<u64>,
+    /// A failing write applies this many bytes of its buffer first (a torn write).
+    torn_write_bytes: usize,
+}
+
+/// The simulated file system. Cheap to clone; clones share the same disk.
+#[derive(Debug, Clone, Default)]
+pub struct SimFs {
+    state: Arc<Mutex<State>>,
+    bytes_read: Arc<AtomicU64>,
+    syncs: Arc<AtomicU64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock only happens in a failing test; keep going with the data.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn injected(what: &str) -> io::Error {
+    io::Error::other(format!("sim: injected {what} failure"))
+}
+
+impl SimFs {
+    /// An empty disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes returned by `read_at` so far, over all files.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Resets the read counter to zero.
+    pub fn reset_bytes_read(&self) {
+        self.bytes_read.store(0, Ordering::Relaxed);
+    }
+
+    /// Successful `sync_data` calls so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Power cut: every file goes back to its durable bytes, and files whose directory entry was
+    /// never synced disappear. Locks are released (the process died).
+    pub fn crash(&self) {
+        let mut st = lock(&self.state);
+        let durable = st.durable_names.clone();
+        st.files.retain(|path, _| durable.contains(path));
+        let files: Vec<_> = st.files.values().cloned().collect();
+        for f in files {
+            let mut f = lock(&f);
+            f.live = f.durable.clone();
+        }
+        st.locks.clear();
+        st.fail_write_in = None;
+        st.fail_sync_in = None;
+    }
+
+    /// Releases all locks, as the death of the holding process would, without losing data.
+    pub fn kill_process(&self) {
+        lock(&self.state).locks.clear();
+    }
+
+    /// The `n`th write from now (1 = the next one) fails, after applying `torn_bytes` bytes of
+    /// its buffer.
+    pub fn fail_write_after(&self, n: u64, torn_bytes: usize) {
+        let mut st = lock(&self.state);
+        st.fail_write_in = Some(n.max(1));
+        st.torn_write_bytes = torn_bytes;
+    }
+
+    /// The `n`th `sync_data` from now (1 = the next one) fails and promotes nothing.
+    pub fn fail_sync_after(&self, n: u64) {
+        lock(&self.state).fail_sync_in = Some(n.max(1));
+    }
+
+    /// Disarms any pending fault.
+    pub fn clear_faults(&self) {
+        let mut st = lock(&self.state);
+        st.fail_write_in = None;
+        st.fail_sync_in = None;
+    }
+
+    /// The live bytes of a file, if it exists.
+    pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        let st = lock(&self.state);
+        st.files.get(path).map(|f| lock(f).live.clone())
+    }
+
+    /// Replaces a file's bytes, live and durable (to build a crash image by hand). Creates the
+    /// file, durably named, when missing.
+    pub fn write_file(&self, path: &Path, bytes: Vec<u8>) {
+        let mut st = lock(&self.state);
+        let f = st.files.entry(path.to_path_buf()).or_default().clone();
+        st.durable_names.insert(path.to_path_buf());
+        let mut f = lock(&f);
+        f.durable = bytes.clone();
+        f.live = bytes;
+    }
+
+    /// The paths of all files, sorted.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        lock(&self.state).files.keys().cloned().collect()
+    }
+
+    /// An independent copy of this disk's current live state, all of it durable.
+    pub fn fork(&self) -> SimFs {
+        let st = lock(&self.state);
+        let copy = SimFs::new();
+        {
+            let mut cst = lock(&copy.state);
+            for (path, f) in &st.files {
+                let bytes = lock(f).live.clone();
+                cst.files.insert(
+                    path.clone(),
+                    Arc::new(Mutex::new(FileState {
+                        live: bytes.clone(),
+                        durable: bytes,
+                    })),
+                );
+                cst.durable_names.insert(path.clone());
+            }
+            cst.dirs = st.dirs.clone();
+        }
+        copy
+    }
+
+    fn countdown(slot: &mut Option<u64>) -> bool {
+        match slot {
+            Some(1) => {
+                *slot = None;
+                true
+            }
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SimFile {
+    fs: SimFs,
+    data: Arc<Mutex<FileState>>,
+}
+
+impl VfsFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let f = lock(&self.data);
+        let len = f.live.len() as u64;
+        if pos >= len {
+            return Ok(0);
+        }
+        let start = pos as usize;
+        let n = buf.len().min(f.live.len() - start);
+        buf[..n].copy_from_slice(&f.live[start..start + n]);
+        self.fs.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        let (fail, torn) = {
+            let mut st = lock(&self.fs.state);
+            let fail = SimFs::countdown(&mut st.fail_write_in);
+            (fail, st.torn_write_bytes)
+        };
+        let apply = if fail { torn.min(buf.len()) } else { buf.len() };
+        {
+            let mut f = lock(&self.data);
+            let start = pos as usize;
+            let end = start + apply;
+            if f.live.len() < end {
+                f.live.resize(end, 0);
+            }
+            f.live[start..end].copy_from_slice(&buf[..apply]);
+        }
+        if fail {
+            return Err(injected("write"));
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(lock(&self.data).live.len() as u64)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        lock(&self.data).live.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        if SimFs::countdown(&mut lock(&self.fs.state).fail_sync_in) {
+            return Err(injected("fsync"));
+        }
+        let mut f = lock(&self.data);
+        f.durable = f.live.clone();
+        self.fs.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SimLock {
+    fs: SimFs,
+    path: PathBuf,
+    id: u64,
+}
+
+impl VfsLock for SimLock {}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        // A guard outliving a simulated process death must not release a newer holder's lock.
+        let mut st = lock(&self.fs.state);
+        if st.locks.get(&self.path) == Some(&self.id) {
+            st.locks.remove(&self.path);
+        }
+    }
+}
+
+impl Vfs for SimFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        lock(&self.state).dirs.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let st = lock(&self.state);
+        if !st.dirs.contains(dir) && !st.files.keys().any(|p| p.parent() == Some(dir)) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        Ok(st
+            .files
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {
+        let st = lock(&self.state);
+        let data = st
+            .files
+            .get(path)
+            .cloned()
+            .ok_or(io::Error::from(io::ErrorKind::NotFound))?;
+        Ok(Arc::new(SimFile {
+            fs: self.clone(),
+            data,
+        }))
+    }
+
+    fn open_write(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {
+        let mut st = lock(&self.state);
+        let data = st.files.entry(path.to_path_buf()).or_default().clone();
+        Ok(Arc::new(SimFile {
+            fs: self.clone(),
+            data,
+        }))
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        Ok(lock(&self.state).files.contains_key(path))
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        lock(&self.state)
+            .files
+            .remove(path)
+            .map(|_| ())
+            .ok_or(io::ErrorKind::NotFound.into())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        let live: Vec<PathBuf> = st
+            .files
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .cloned()
+            .collect();
+        st.durable_names.retain(|p| p.parent() != Some(dir));
+        st.durable_names.extend(live);
+        Ok(())
+    }
+
+    fn try_lock(&self, path: &Path) -> io::Result<Box<dyn VfsLock>> {
+        let mut st = lock(&self.state);
+        if st.locks.contains_key(path) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        st.next_lock_id += 1;
+        let id = st.next_lock_id;
+        st.locks.insert(path.to_path_buf(), id);
+        st.files.entry(path.to_path_buf()).or_default();
+        Ok(Box::new(SimLock {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            id,
+        }))
+    }
+}
+
+/// Wraps any [`Vfs`] and counts the bytes read through it (to show, on a real disk, what
+/// opening a log costs).
+#[derive(Debug, Clone)]
+pub struct CountingFs {
+    inner: Arc<dyn Vfs>,
+    bytes_read: Arc<AtomicU64>,
+}
+
+impl CountingFs {
+    /// Counts reads made through `inner`.
+    pub fn new(inner: Arc<dyn Vfs>) -> Self {
+        Self {
+            inner,
+            bytes_read: Arc::new(AtomicU64::new(0)),
+        }
+    }
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct CountingFile {
+    inner: Arc<dyn VfsFile>,
+    bytes_read: Arc<AtomicU64>,
+}
+
+impl VfsFile for CountingFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let n = self.inner.read_at(buf, pos)?;
+        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.inner.write_all_at(buf, pos)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+}
+
+impl Vfs for CountingFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {
+        Ok(Arc::new(CountingFile {
+            inner: self.inner.open_read(path)?,
+            bytes_read: self.bytes_read.clone(),
+        }))
+    }
+    fn open_write(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {
+        Ok(Arc::new(CountingFile {
+            inner: self.inner.open_write(path)?,
+            bytes_read: self.bytes_read.clone(),
+        }))
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        self.inner.exists(path)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn try_lock(&self, path: &Path) -> io::Result<Box<dyn VfsLock>> {
+        self.inner.try_lock(path)
+    }
+}

@@ -1,0 +1,266 @@
+//! Basic behaviour on the real file system: appends get dense offsets, reads return exactly
+//! what was appended across rolls and reopens, limits are enforced, the directory is locked.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{payload, read_all, segment_files};
+use tidings_log::{FsyncPolicy, Log, LogError, LogOptions};
+
+fn opts() -> LogOptions {
+    LogOptions::default()
+        .with_segment_bytes(8 << 10)
+        .with_index_interval_bytes(512)
+}
+
+#[tokio::test]
+async fn offsets_are_dense_from_zero_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    assert_eq!(log.next_offset(), 0);
+    let mut expected = Vec::new();
+    for i in 0..300u64 {
+        let n = (i % 3 + 1) as usize;
+        let recs: Vec<Bytes> = (0..n)
+            .map(|j| payload(i * 10 + j as u64, 50 + (i as usize % 90)))
+            .collect();
+        let ack = log.append(recs.clone()).await.unwrap();
+        assert_eq!(ack.base_offset, expected.len() as u64);
+        assert_eq!(ack.count as usize, n);
+        expected.extend(recs);
+    }
+    assert!(
+        segment_files(dir.path()).len() > 3,
+        "small segments must have rolled"
+    );
+    let got = read_all(&log, 0).await;
+    assert_eq!(
+        got.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    log.close().await.unwrap();
+    log.close().await.unwrap(); // idempotent
+
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    assert_eq!(log.next_offset(), expected.len() as u64);
+    let got = read_all(&log, 0).await;
+    assert_eq!(
+        got.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    // Reads from every offset start exactly there.
+    for from in (0..expected.len() as u64).step_by(7) {
+        let recs = log.read(from, 1).await.unwrap();
+        assert_eq!(recs[0].offset, from);
+        assert_eq!(recs[0].payload, expected[from as usize]);
+    }
+    let next = log
+        .append_one(Bytes::from_static(b"after reopen"))
+        .await
+        .unwrap();
+    assert_eq!(next, expected.len() as u64);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn read_respects_bounds_and_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    for i in 0..20 {
+        log.append_one(payload(i, 100)).await.unwrap();
+    }
+    // At the watermark: nothing. Past it: an error naming the range.
+    assert!(log.read(20, 1000).await.unwrap().is_empty());
+    match log.read(21, 1000).await {
+        Err(LogError::OffsetOutOfRange {
+            requested: 21,
+            start: 0,
+            end: 20,
+        }) => {}
+        other => panic!("expected OffsetOutOfRange, got {other:?}"),
+    }
+    // A budget smaller than one record still returns one record.
+    assert_eq!(log.read(3, 0).await.unwrap().len(), 1);
+    // A budget of 350 bytes returns 3 records of 100.
+    assert_eq!(log.read(3, 350).await.unwrap().len(), 3);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn limits_are_enforced_with_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        opts()
+            .with_max_append_bytes(4096)
+            .with_max_queued_bytes(1 << 20),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        log.append(vec![]).await,
+        Err(LogError::EmptyAppend)
+    ));
+    match log.append(vec![Bytes::from(vec![0u8; 5000])]).await {
+        Err(LogError::AppendTooLarge { max: 4096, .. }) => {}
+        other => panic!("expected AppendTooLarge, got {other:?}"),
+    }
+    // Nothing was written by the refused appends.
+    assert_eq!(log.next_offset(), 0);
+    log.close().await.unwrap();
+    assert!(matches!(
+        log.append_one(Bytes::new()).await,
+        Err(LogError::Closed)
+    ));
+
+    let bad = LogOptions::default().with_segment_bytes(10);
+    assert!(matches!(
+        Log::open(dir.path(), bad).await,
+        Err(LogError::InvalidOptions(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    match Log::open(dir.path(), opts()).await {
+        Err(LogError::Locked { .. }) => {}
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    log.close().await.unwrap();
+    // Closing releases the lock.
+    let again = Log::open(dir.path(), opts()).await.unwrap();
+    again.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn offset_for_timestamp_finds_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    let mut stamps = Vec::new();
+    for i in 0..40u64 {
+        let ack = log.append(vec![payload(i, 400)]).await.unwrap();
+        stamps.push((ack.base_offset, ack.timestamp_ms));
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    }
+    assert!(segment_files(dir.path()).len() > 1);
+    for &(offset, ts) in &stamps {
+        let first_with_ts = stamps.iter().find(|(_, t)| *t >= ts).unwrap().0;
+        assert_eq!(
+            log.offset_for_timestamp(ts).unwrap(),
+            Some(first_with_ts),
+            "ts {ts} (offset {offset})"
+        );
+    }
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(0));
+    let last_ts = stamps.last().unwrap().1;
+    assert_eq!(log.offset_for_timestamp(last_ts + 1).unwrap(), None);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn tail_waits_for_new_records_and_ends_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    log.append_one(payload(0, 10)).await.unwrap();
+    let mut tail = log.tail(0);
+    assert_eq!(tail.next().await.unwrap().offset, 0);
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < 50 {
+            for r in tail.next_batch(1 << 20).await.unwrap() {
+                got.push(r.offset);
+            }
+        }
+        let end = tail.next().await;
+        (got, end)
+    });
+    for i in 1..=50 {
+        log.append_one(payload(i, 10)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    log.close().await.unwrap();
+    let (got, end) = reader.await.unwrap();
+    assert_eq!(got, (1..=50).collect::<Vec<_>>());
+    assert!(
+        matches!(end, Err(LogError::Closed)),
+        "tail ends on close: {end:?}"
+    );
+}
+
+#[tokio::test]
+async fn age_rolls_and_explicit_rolls_seal_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = LogOptions::default().with_segment_max_age(Some(Duration::from_millis(30)));
+    let log = Log::open(dir.path(), o).await.unwrap();
+    log.append_one(payload(0, 10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    log.append_one(payload(1, 10)).await.unwrap();
+    let segs = log.segments().unwrap();
+    assert_eq!(
+        segs.len(),
+        2,
+        "the age limit rolled before the second append: {segs:?}"
+    );
+    assert!(segs[0].sealed && !segs[1].sealed);
+    assert_eq!((segs[0].base_offset, segs[0].end_offset), (0, 1));
+    log.roll().await.unwrap();
+    log.roll().await.unwrap(); // rolling an empty segment does nothing
+    assert_eq!(log.segments().unwrap().len(), 3);
+    for s in log.segments().unwrap() {
+        log.check_segment(s.base_offset).unwrap();
+    }
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_and_never_policies_acknowledge_and_sync_later() {
+    for policy in [
+        FsyncPolicy::Every(Duration::from_millis(5)),
+        FsyncPolicy::Never,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts().with_fsync(policy))
+            .await
+            .unwrap();
+        for i in 0..100 {
+            log.append_one(payload(i, 64)).await.unwrap();
+        }
+        let before = log.metrics().fsyncs;
+        assert!(before < 100, "{policy}: no fsync per append ({before})");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if matches!(policy, FsyncPolicy::Every(_)) {
+            assert!(log.metrics().fsyncs > before, "{policy}: the timer synced");
+        }
+        log.sync().await.unwrap();
+        log.close().await.unwrap();
+        let log = Log::open(dir.path(), opts()).await.unwrap();
+        assert_eq!(read_all(&log, 0).await.len(), 100);
+        log.close().await.unwrap();
+    }
+}
+
+#[test]
+fn fsync_policy_parses() {
+    assert_eq!(
+        "always".parse::<FsyncPolicy>().unwrap(),
+        FsyncPolicy::Always
+    );
+    assert_eq!("never".parse::<FsyncPolicy>().unwrap(), FsyncPolicy::Never);
+    assert_eq!(
+        "every(250)".parse::<FsyncPolicy>().unwrap(),
+        FsyncPolicy::Every(Duration::from_millis(250))
+    );
+    assert_eq!(
+        "every_ms(5)".parse::<FsyncPolicy>().unwrap(),
+        FsyncPolicy::Every(Duration::from_millis(5))
+    );
+    assert!("every(0)".parse::<FsyncPolicy>().is_err());
+    assert!("sometimes".parse::<FsyncPolicy>().is_err());
+}

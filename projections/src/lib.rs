@@ -1,0 +1,1 @@
+//! Events and projections (to come: see the [projections] issue).
