@@ -132,6 +132,9 @@ pub enum LogError {
     /// The options are inconsistent.
     #[error("invalid log options: {0}")]
     InvalidOptions(String),
+    /// The log was opened read-only.
+    #[error("log is open read-only")]
+    ReadOnly,
     /// The writer thread ended unexpectedly.
     #[error("log writer stopped unexpectedly")]
     WriterGone,

@@ -37,6 +37,7 @@ mod index;
 mod log;
 mod metrics;
 mod options;
+mod readonly;
 mod recovery;
 mod segment;
 #[cfg(feature = "sim")]

@@ -101,6 +101,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     writer: tokio::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     lock: Mutex<Option<Box<dyn VfsLock>>>,
+    /// Read-only mode: no writer; [`Log::refresh`] publishes the watermark through this.
+    read_only: Option<Mutex<Option<watch::Sender<Watermark>>>>,
 }
 
 /// An open commit log. Cheap to clone; all clones share one writer. Call [`Log::close`] before
@@ -121,6 +123,9 @@ impl Log {
 
     fn open_blocking(dir: PathBuf, opts: LogOptions) -> Result<Log> {
         opts.validate()?;
+        if opts.read_only {
+            return Self::open_read_only(dir, opts);
+        }
         let vfs = opts.vfs.clone();
         vfs.create_dir_all(&dir)
             .map_err(|e| LogError::io("create directory", &dir, e))?;
@@ -223,8 +228,62 @@ impl Log {
                 closed: AtomicBool::new(false),
                 writer: tokio::sync::Mutex::new(Some(handle)),
                 lock: Mutex::new(Some(lock)),
+                read_only: None,
             }),
         })
+    }
+
+    /// A read-only view: no lock, no recovery writes, no writer. Readable up to the last valid
+    /// batch found; [`Log::refresh`] looks for more (while another process keeps writing, the
+    /// view may include batches that process has not acknowledged yet).
+    fn open_read_only(dir: PathBuf, opts: LogOptions) -> Result<Log> {
+        let (segs, wm) = crate::readonly::scan(&opts, &dir, None)?;
+        let (wm_tx, wm_rx) = watch::channel(wm);
+        let (tx, _) = mpsc::channel(1);
+        Ok(Log {
+            shared: Arc::new(Shared {
+                dir,
+                segments: Arc::new(ArcSwap::from_pointee(segs)),
+                watermark: wm_rx,
+                tx,
+                permits: Arc::new(Semaphore::new(0)),
+                poison: Arc::new(PoisonSlot::default()),
+                counters: Arc::new(Counters::default()),
+                closed: AtomicBool::new(false),
+                writer: tokio::sync::Mutex::new(None),
+                lock: Mutex::new(None),
+                read_only: Some(Mutex::new(Some(wm_tx))),
+                opts,
+            }),
+        })
+    }
+
+    /// Whether this is a read-only view.
+    pub fn is_read_only(&self) -> bool {
+        self.shared.read_only.is_some()
+    }
+
+    /// Read-only views: looks for data written since the last look and moves the watermark.
+    /// Returns the new watermark. (A writable log's watermark moves by itself.)
+    pub fn refresh(&self) -> Result<Watermark> {
+        let Some(slot) = &self.shared.read_only else {
+            return Ok(self.watermark());
+        };
+        let current = self.watermark();
+        let segs = self.shared.segments.load_full();
+        let (fresh, wm) =
+            crate::readonly::scan(&self.shared.opts, &self.shared.dir, Some((&segs, current)))?;
+        if fresh.len() != segs.len() {
+            self.shared.segments.store(Arc::new(fresh));
+        }
+        if let Some(tx) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            tx.send_if_modified(|cur| {
+                let newer = *cur != wm;
+                *cur = wm;
+                newer
+            });
+        }
+        Ok(wm)
     }
 
     /// The log's directory.
@@ -250,6 +309,9 @@ impl Log {
     /// Appends `records` as one unit (all in one batch) and returns once they are durable under
     /// the fsync policy. Waits when the writer's queue is full.
     pub async fn append(&self, records: Vec<Bytes>) -> Result<AppendAck> {
+        if self.shared.read_only.is_some() {
+            return Err(LogError::ReadOnly);
+        }
         if records.is_empty() {
             return Err(LogError::EmptyAppend);
         }
@@ -282,6 +344,9 @@ impl Log {
     }
 
     async fn control(&self, make: fn(oneshot::Sender<Result<()>>) -> Command) -> Result<()> {
+        if self.shared.read_only.is_some() {
+            return Err(LogError::ReadOnly);
+        }
         self.check_open()?;
         let (ack, rx) = oneshot::channel();
         self.shared
@@ -306,6 +371,11 @@ impl Log {
     /// directory lock and joins the writer thread. Idempotent.
     pub async fn close(&self) -> Result<()> {
         let mut writer = self.shared.writer.lock().await;
+        if let Some(slot) = &self.shared.read_only {
+            self.shared.closed.store(true, Ordering::Release);
+            slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            return Ok(());
+        }
         let Some(handle) = writer.take() else {
             return Ok(());
         };

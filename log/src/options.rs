@@ -78,6 +78,7 @@ pub struct LogOptions {
     pub(crate) queue_depth: usize,
     pub(crate) max_queued_bytes: usize,
     pub(crate) recovery: RecoveryMode,
+    pub(crate) read_only: bool,
     pub(crate) vfs: Arc<dyn Vfs>,
 }
 
@@ -93,6 +94,7 @@ impl Default for LogOptions {
             queue_depth: 8192,
             max_queued_bytes: 64 << 20,
             recovery: RecoveryMode::Strict,
+            read_only: false,
             vfs: Arc::new(StdFs),
         }
     }
@@ -144,6 +146,13 @@ impl LogOptions {
     /// What open does with damage followed by valid data. Default: `RecoveryMode::Strict`.
     pub fn with_recovery(mut self, recovery: RecoveryMode) -> Self {
         self.recovery = recovery;
+        self
+    }
+    /// Opens a read-only view: no lock (another process may be writing), nothing on disk is
+    /// changed, appends fail with `LogError::ReadOnly`, and `Log::refresh` looks for new data.
+    /// Default: false.
+    pub fn with_read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
         self
     }
     /// The file system. Default: the real one ([`StdFs`]).

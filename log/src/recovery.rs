@@ -86,60 +86,23 @@ pub(crate) fn recover_active(
     let mut offsets = index::decode_index(&index_bytes, file_len);
     let mut times = index::decode_time_index(&time_bytes, file_len);
 
-    // Find the last index entry that points at a valid batch with the offset it names.
-    let (mut scan, first) = loop {
-        let (rel, pos) = offsets
-            .last()
-            .map_or((0, 0), |e| (u64::from(e.rel), u64::from(e.pos)));
-        let mut scan = Scanner::new(file.as_ref(), &paths.log, pos, file_len, base + rel);
-        match scan.next_batch() {
-            Some(Err(LogError::Corrupt { .. })) if !offsets.is_empty() => {
-                offsets.pop();
-            }
-            Some(Err(e @ LogError::Io { .. })) => return Err(e),
-            first => break (scan, first),
-        }
-    };
+    let tail = scan_tail(
+        file.as_ref(),
+        &paths.log,
+        file_len,
+        base,
+        interval,
+        &mut offsets,
+    )?;
     let start_pos = offsets.last().map_or(0, |e| u64::from(e.pos));
     times.retain(|t| u64::from(t.pos) <= start_pos);
-
-    // Scan forward to the end of the valid data, re-deriving index entries the index lost.
-    let mut last_entry_pos = start_pos;
-    let mut new_entries: Vec<(IndexEntry, TimeEntry)> = Vec::new();
-    let mut last_batch = None;
-    let mut damage = None;
-    let mut item = first;
-    while let Some(result) = item {
-        match result {
-            Ok((pos, header, _)) => {
-                let rel = (header.base_offset - base) as u32;
-                let t = TimeEntry {
-                    ts: header.timestamp_ms,
-                    rel,
-                    pos: pos as u32,
-                };
-                if pos > 0 && pos - last_entry_pos >= interval {
-                    new_entries.push((
-                        IndexEntry {
-                            rel,
-                            pos: pos as u32,
-                        },
-                        t,
-                    ));
-                    last_entry_pos = pos;
-                }
-                last_batch = Some(t);
-            }
-            Err(LogError::Corrupt { kind, .. }) => {
-                damage = Some(kind);
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-        item = scan.next_batch();
-    }
-    let good_end = scan.position();
-    let next_offset = scan.expected_offset();
+    let (good_end, next_offset) = (tail.end, tail.next_offset);
+    let (last_entry_pos, new_entries, last_batch, damage) = (
+        tail.last_entry_pos,
+        tail.new_entries,
+        tail.last_batch,
+        tail.damage,
+    );
 
     let mut truncated_bytes = 0;
     if good_end < file_len {
@@ -231,6 +194,90 @@ pub(crate) fn recover_active(
         first_ts,
         last_batch,
         truncated_bytes,
+    })
+}
+
+/// Where the valid data of a segment ends, found from its index and a scan of the tail.
+#[derive(Debug)]
+pub(crate) struct TailScan {
+    /// End of the valid data.
+    pub(crate) end: u64,
+    /// The offset after the last valid batch.
+    pub(crate) next_offset: u64,
+    /// Position of the last index entry, counting the re-derived ones.
+    pub(crate) last_entry_pos: u64,
+    /// Index entries due in the scanned tail that the index did not have.
+    pub(crate) new_entries: Vec<(IndexEntry, TimeEntry)>,
+    /// The last valid batch.
+    pub(crate) last_batch: Option<TimeEntry>,
+    /// Why the scan stopped before the end of the file, if it did.
+    pub(crate) damage: Option<CorruptKind>,
+}
+
+/// Trims `offsets` to the last entry that points at a valid batch with the offset it names,
+/// then scans forward from there to the end of the valid data in `[0, file_len)`.
+pub(crate) fn scan_tail(
+    file: &dyn VfsFile,
+    path: &Path,
+    file_len: u64,
+    base: u64,
+    interval: u64,
+    offsets: &mut Vec<IndexEntry>,
+) -> Result<TailScan> {
+    let (mut scan, first) = loop {
+        let (rel, pos) = offsets
+            .last()
+            .map_or((0, 0), |e| (u64::from(e.rel), u64::from(e.pos)));
+        let mut scan = Scanner::new(file, path, pos, file_len, base + rel);
+        match scan.next_batch() {
+            Some(Err(LogError::Corrupt { .. })) if !offsets.is_empty() => {
+                offsets.pop();
+            }
+            Some(Err(e @ LogError::Io { .. })) => return Err(e),
+            first => break (scan, first),
+        }
+    };
+    let mut last_entry_pos = offsets.last().map_or(0, |e| u64::from(e.pos));
+    let mut new_entries = Vec::new();
+    let mut last_batch = None;
+    let mut damage = None;
+    let mut item = first;
+    while let Some(result) = item {
+        match result {
+            Ok((pos, header, _)) => {
+                let rel = (header.base_offset - base) as u32;
+                let t = TimeEntry {
+                    ts: header.timestamp_ms,
+                    rel,
+                    pos: pos as u32,
+                };
+                if pos > 0 && pos - last_entry_pos >= interval {
+                    new_entries.push((
+                        IndexEntry {
+                            rel,
+                            pos: pos as u32,
+                        },
+                        t,
+                    ));
+                    last_entry_pos = pos;
+                }
+                last_batch = Some(t);
+            }
+            Err(LogError::Corrupt { kind, .. }) => {
+                damage = Some(kind);
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+        item = scan.next_batch();
+    }
+    Ok(TailScan {
+        end: scan.position(),
+        next_offset: scan.expected_offset(),
+        last_entry_pos,
+        new_entries,
+        last_batch,
+        damage,
     })
 }
 

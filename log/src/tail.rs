@@ -6,6 +6,9 @@ use crate::batch::Record;
 use crate::error::{LogError, Result};
 use crate::log::{Log, Watermark};
 
+/// How often a tail on a read-only view looks for new data.
+const READ_ONLY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Reads the log from a position on, waiting for new records. Never returns a record past the
 /// high-watermark. Ends with `LogError::Closed` when the log closes.
 #[derive(Debug)]
@@ -43,6 +46,15 @@ impl Tail {
                     self.next = last.offset + 1;
                     return Ok(records);
                 }
+            }
+            if self.log.is_read_only() {
+                // Nobody publishes a read-only view's watermark: look for new data now and then.
+                tokio::time::sleep(READ_ONLY_POLL).await;
+                let log = self.log.clone();
+                tokio::task::spawn_blocking(move || log.refresh())
+                    .await
+                    .map_err(|_| LogError::Closed)??;
+                continue;
             }
             if self.watermark.changed().await.is_err() {
                 return Err(LogError::Closed);
