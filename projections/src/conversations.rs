@@ -1,0 +1,177 @@
+//! Conversations in read mode: a user's list is computed when it is read, from the user's
+//! channels × channel heads × the user's cursors. A send writes one event whatever the group
+//! size; nobody's conversation is rewritten.
+//!
+//! Unread = messages in `(max(read, cleared), last_seq]` that were not recalled. A user's own
+//! messages are never in that range (sending advances the sender's cursors). Ordered by last
+//! activity, newest first. The incremental form returns the conversations whose version (the
+//! log offset of the last change to the head or to the user's cursor) is above the version the
+//! client holds, plus the channels that left the list since then.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChannelId, Uid};
+use crate::state::State;
+
+/// The newest message, as shown in a conversation list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastMessage {
+    /// Its seq.
+    pub seq: u64,
+    /// Its server id.
+    pub message_id: u64,
+    /// The sender.
+    pub from: Uid,
+    /// When it was sent.
+    pub ts: u64,
+    /// The payload, or its first `PREVIEW_MAX` bytes.
+    pub preview: Bytes,
+    /// Whether `preview` is cut short.
+    pub truncated: bool,
+    /// Whether it was recalled (then `preview` is empty).
+    pub recalled: bool,
+}
+
+/// One entry of a user's conversation list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// The channel (canonical id).
+    pub channel: ChannelId,
+    /// The channel's last seq.
+    pub last_seq: u64,
+    /// The newest message (absent when the user cleared up to it).
+    pub last_message: Option<LastMessage>,
+    /// Unread messages.
+    pub unread: u64,
+    /// The user's read cursor.
+    pub read_seq: u64,
+    /// The user's delivered cursor.
+    pub delivered_seq: u64,
+    /// Last activity (the newest message's time).
+    pub updated_at: u64,
+    /// Version of this entry (log offset of its last change).
+    pub version: u64,
+}
+
+/// A user's conversation list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationList {
+    /// Newest first.
+    pub conversations: Vec<Conversation>,
+    /// Channels that left the list since the version asked for (incremental form only).
+    pub removed: Vec<ChannelId>,
+    /// Whether `limit` cut the list.
+    pub has_more: bool,
+    /// The version to ask from next time.
+    pub version: u64,
+}
+
+/// Every visible conversation of `uid`, newest first (the cacheable part).
+pub fn compute(state: &State, uid: &str) -> Vec<Conversation> {
+    let mut out = Vec::new();
+    for channel in state.subs.channels_of(uid) {
+        let Some(head) = state.heads.heads.get(channel) else {
+            continue;
+        };
+        if head.last_seq == 0 {
+            continue;
+        }
+        let cur = state.cursors.get(uid, channel);
+        if cur.hidden_at.is_some_and(|h| head.last_seq <= h) {
+            continue;
+        }
+        let seen = cur.read.max(cur.cleared);
+        let unread = head
+            .last_seq
+            .saturating_sub(seen)
+            .saturating_sub(state.heads.recalled_between(channel, seen, head.last_seq));
+        let last_message = (head.last_seq > cur.cleared).then(|| LastMessage {
+            seq: head.last_seq,
+            message_id: head.last_message_id,
+            from: head.from.clone(),
+            ts: head.ts,
+            preview: head.preview.clone(),
+            truncated: head.truncated,
+            recalled: head.recalled,
+        });
+        out.push(Conversation {
+            channel: channel.clone(),
+            last_seq: head.last_seq,
+            last_message,
+            unread,
+            read_seq: cur.read,
+            delivered_seq: cur.delivered,
+            updated_at: head.ts,
+            version: head.version.max(cur.version),
+        });
+    }
+    sort(&mut out);
+    out
+}
+
+fn sort(list: &mut [Conversation]) {
+    list.sort_by(|a, b| {
+        b.updated_at
+            .cmp(&a.updated_at)
+            .then_with(|| b.last_seq.cmp(&a.last_seq))
+            .then_with(|| a.channel.cmp(&b.channel))
+    });
+}
+
+/// The page a client asked for, from the full computed list.
+pub fn page(
+    state: &State,
+    uid: &str,
+    all: &[Conversation],
+    since_version: Option<u64>,
+    limit: usize,
+) -> ConversationList {
+    let since = since_version.unwrap_or(0);
+    let mut picked: Vec<Conversation> = all
+        .iter()
+        .filter(|c| since_version.is_none() || c.version > since)
+        .cloned()
+        .collect();
+    let has_more = picked.len() > limit;
+    picked.truncate(limit);
+    let mut removed = Vec::new();
+    if since_version.is_some() {
+        if let Some(gone) = state.cursors.removed.get(uid) {
+            removed.extend(
+                gone.iter()
+                    .filter(|(_, v)| **v > since)
+                    .map(|(c, _)| c.clone()),
+            );
+        }
+        // Hidden since then: their cursor changed after `since` and they are not listed.
+        if let Some(curs) = state.cursors.by_user.get(uid) {
+            for (channel, cur) in curs {
+                if cur.hidden_at.is_some()
+                    && cur.version > since
+                    && !all.iter().any(|c| &c.channel == channel)
+                    && !removed.contains(channel)
+                {
+                    removed.push(channel.clone());
+                }
+            }
+        }
+    }
+    ConversationList {
+        conversations: picked,
+        removed,
+        has_more,
+        version: state.applied.unwrap_or(0),
+    }
+}
+
+/// A user's conversation list (computed now).
+pub fn conversations(
+    state: &State,
+    uid: &str,
+    since_version: Option<u64>,
+    limit: usize,
+) -> ConversationList {
+    let all = compute(state, uid);
+    page(state, uid, &all, since_version, limit)
+}

@@ -1,0 +1,134 @@
+//! Cursors: (user, channel) → delivered_seq, read_seq. Both only move forward.
+//!
+//! Semantics fixed for everyone: channel seqs start at 1; a cursor is "the last seq received"
+//! (0 = nothing yet); sync returns every message with `seq > delivered`. Reading implies
+//! delivery. Sending a message advances the sender's own cursors to it, so a user's own
+//! messages are never unread. A user who joins a group starts at the channel's last seq (the
+//! join point): they receive what is sent after they joined.
+
+use std::collections::BTreeMap;
+
+use crate::FastMap as HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChannelId, Uid};
+
+/// A user's position in a channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Everything up to this seq was delivered.
+    pub delivered: u64,
+    /// Everything up to this seq was read.
+    pub read: u64,
+    /// Messages up to this seq are cleared for the user.
+    pub cleared: u64,
+    /// Hidden while the channel's last seq is at most this.
+    pub hidden_at: Option<u64>,
+    /// Log offset of the last change.
+    pub version: u64,
+}
+
+/// The cursors projection, plus conversation removals (for incremental conversation sync).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursors {
+    /// Cursors by user, then channel.
+    pub by_user: HashMap<Uid, HashMap<ChannelId, Cursor>>,
+    /// When a conversation left a user's list (unsubscribed, deleted), by user then channel.
+    pub removed: HashMap<Uid, BTreeMap<ChannelId, u64>>,
+}
+
+impl Cursors {
+    /// A user's cursor in a channel (zeros when none).
+    pub fn get(&self, uid: &str, channel: &str) -> Cursor {
+        self.by_user
+            .get(uid)
+            .and_then(|m| m.get(channel))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn entry(&mut self, uid: &str, channel: &str) -> &mut Cursor {
+        // Look up before inserting: the common case allocates nothing.
+        if !self.by_user.contains_key(uid) {
+            self.by_user.insert(uid.to_owned(), HashMap::default());
+        }
+        let Some(user) = self.by_user.get_mut(uid) else {
+            unreachable!("inserted above");
+        };
+        if !user.contains_key(channel) {
+            user.insert(channel.to_owned(), Cursor::default());
+        }
+        match user.get_mut(channel) {
+            Some(c) => c,
+            None => unreachable!("inserted above"),
+        }
+    }
+
+    /// Moves cursors forward (never back). Returns whether anything changed.
+    pub(crate) fn advance(
+        &mut self,
+        offset: u64,
+        uid: &str,
+        channel: &str,
+        delivered: Option<u64>,
+        read: Option<u64>,
+    ) -> bool {
+        let c = self.entry(uid, channel);
+        let before = *c;
+        if let Some(r) = read {
+            c.read = c.read.max(r);
+        }
+        c.delivered = c.delivered.max(delivered.unwrap_or(0)).max(c.read);
+        let changed = (c.delivered, c.read) != (before.delivered, before.read);
+        if changed {
+            c.version = offset;
+        }
+        changed
+    }
+
+    /// The sender of `seq` has it, has read it, and the conversation shows again.
+    pub(crate) fn sent(&mut self, offset: u64, uid: &str, channel: &str, seq: u64) {
+        let c = self.entry(uid, channel);
+        c.delivered = c.delivered.max(seq);
+        c.read = c.read.max(seq);
+        c.hidden_at = None;
+        c.version = offset;
+    }
+
+    /// A user joined at `last_seq`.
+    pub(crate) fn joined(&mut self, offset: u64, uid: &str, channel: &str, last_seq: u64) {
+        let c = self.entry(uid, channel);
+        c.delivered = c.delivered.max(last_seq);
+        c.read = c.read.max(last_seq);
+        c.version = offset;
+        if let Some(m) = self.removed.get_mut(uid) {
+            m.remove(channel);
+            if m.is_empty() {
+                self.removed.remove(uid);
+            }
+        }
+    }
+
+    /// The conversation left the user's list.
+    pub(crate) fn left(&mut self, offset: u64, uid: &str, channel: &str) {
+        self.removed
+            .entry(uid.to_owned())
+            .or_default()
+            .insert(channel.to_owned(), offset);
+    }
+
+    pub(crate) fn hide(&mut self, offset: u64, uid: &str, channel: &str, last_seq: u64) {
+        let c = self.entry(uid, channel);
+        c.hidden_at = Some(last_seq);
+        c.version = offset;
+    }
+
+    pub(crate) fn clear(&mut self, offset: u64, uid: &str, channel: &str, up_to: u64) {
+        let c = self.entry(uid, channel);
+        c.cleared = c.cleared.max(up_to);
+        c.read = c.read.max(up_to);
+        c.delivered = c.delivered.max(c.read);
+        c.version = offset;
+    }
+}

@@ -1,0 +1,297 @@
+//! The event model: one CBOR-encoded [`Envelope`] per log record.
+//!
+//! The encoding is the on-disk format: `projections/tests/golden/` holds encoded events of every
+//! kind that a test decodes, so the format cannot change by accident. Add new variants at the
+//! end; never rename or reorder fields of existing ones.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ProjectionError, Result};
+use crate::ids::{ChannelId, Uid};
+
+/// Message flag: the payload is a JSON document (the API returns it as JSON, not base64).
+pub const FLAG_JSON_PAYLOAD: u32 = 1;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 4096]);
+}
+
+/// The envelope version this build writes and reads.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// One log record: a versioned, timestamped event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Format version ([`ENVELOPE_VERSION`]).
+    pub v: u8,
+    /// When the server accepted the action (ms since the Unix epoch).
+    pub ts: u64,
+    /// What happened.
+    pub event: Event,
+}
+
+/// A channel's moderation flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ChannelFlags {
+    /// Nobody may send or read.
+    pub ban: bool,
+    /// Nobody but the app server (admin) may send.
+    pub send_ban: bool,
+    /// The channel is dissolved: no sends, members kept for history.
+    pub disband: bool,
+}
+
+/// Which list an allow/deny change is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListKind {
+    /// Only listed users may send (when the list is non-empty / enabled).
+    Allow,
+    /// Listed users may not send.
+    Deny,
+}
+
+/// Whose list it is: a group channel's, or a user's own (for person channels).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListOwner {
+    /// A group channel's list.
+    Channel(ChannelId),
+    /// A user's list, applied to person channels with that user.
+    User(Uid),
+}
+
+/// How a list changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListOp {
+    /// Add the uids.
+    Add,
+    /// Remove the uids.
+    Remove,
+    /// Replace the list with the uids.
+    Set,
+}
+
+/// Everything that can happen, as stored in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A user token was issued; only its SHA-256 is stored.
+    TokenSet {
+        /// The user.
+        uid: Uid,
+        /// SHA-256 of the token.
+        token_hash: Bytes,
+    },
+    /// All of a user's tokens were revoked.
+    TokensRevoked {
+        /// The user.
+        uid: Uid,
+    },
+    /// A group channel was created.
+    ChannelCreated {
+        /// The channel.
+        channel: ChannelId,
+        /// Its flags.
+        flags: ChannelFlags,
+    },
+    /// A group channel's flags changed.
+    ChannelUpdated {
+        /// The channel.
+        channel: ChannelId,
+        /// The new flags.
+        flags: ChannelFlags,
+    },
+    /// A group channel was deleted (its seqs are never reused).
+    ChannelDeleted {
+        /// The channel.
+        channel: ChannelId,
+    },
+    /// Users joined a group channel.
+    MembersSubscribed {
+        /// The channel.
+        channel: ChannelId,
+        /// Who joined.
+        uids: Vec<Uid>,
+    },
+    /// Users left a group channel.
+    MembersUnsubscribed {
+        /// The channel.
+        channel: ChannelId,
+        /// Who left.
+        uids: Vec<Uid>,
+    },
+    /// An allowlist or denylist changed.
+    ListChanged {
+        /// Whose list.
+        owner: ListOwner,
+        /// Which list.
+        list: ListKind,
+        /// How.
+        op: ListOp,
+        /// The users.
+        uids: Vec<Uid>,
+    },
+    /// A message was sent.
+    MessageSent {
+        /// The channel (canonical id).
+        channel: ChannelId,
+        /// The sender.
+        from: Uid,
+        /// The client's id for the send (makes retries idempotent).
+        client_msg_id: String,
+        /// The message's seq in the channel (from 1, gapless).
+        seq: u64,
+        /// The server's message id (unique over the server).
+        message_id: u64,
+        /// The message body.
+        payload: Bytes,
+        /// Message options: [`FLAG_JSON_PAYLOAD`]; other bits reserved.
+        flags: u32,
+    },
+    /// A message was recalled: its payload is no longer served.
+    MessageRecalled {
+        /// The channel.
+        channel: ChannelId,
+        /// The message's seq.
+        seq: u64,
+        /// Who recalled it.
+        by: Uid,
+    },
+    /// A message's payload was replaced.
+    MessageEdited {
+        /// The channel.
+        channel: ChannelId,
+        /// The message's seq.
+        seq: u64,
+        /// Who edited it.
+        by: Uid,
+        /// The new body.
+        payload: Bytes,
+        /// Options of the new body: [`FLAG_JSON_PAYLOAD`]; other bits reserved.
+        flags: u32,
+    },
+    /// A user's cursors in a channel moved forward (cumulative, coalesced acks).
+    CursorAdvanced {
+        /// The user.
+        uid: Uid,
+        /// The channel.
+        channel: ChannelId,
+        /// Everything up to this seq was delivered.
+        delivered_seq: Option<u64>,
+        /// Everything up to this seq was read.
+        read_seq: Option<u64>,
+    },
+    /// A user hid a conversation (it returns with the next message).
+    ConversationHidden {
+        /// The user.
+        uid: Uid,
+        /// The channel.
+        channel: ChannelId,
+    },
+    /// A user cleared a conversation up to a seq (those messages are no longer listed for them).
+    ConversationCleared {
+        /// The user.
+        uid: Uid,
+        /// The channel.
+        channel: ChannelId,
+        /// Cleared up to and including this seq.
+        up_to_seq: u64,
+    },
+}
+
+impl Event {
+    /// The event's kind as a short snake_case name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::TokenSet { .. } => "token_set",
+            Event::TokensRevoked { .. } => "tokens_revoked",
+            Event::ChannelCreated { .. } => "channel_created",
+            Event::ChannelUpdated { .. } => "channel_updated",
+            Event::ChannelDeleted { .. } => "channel_deleted",
+            Event::MembersSubscribed { .. } => "members_subscribed",
+            Event::MembersUnsubscribed { .. } => "members_unsubscribed",
+            Event::ListChanged { .. } => "list_changed",
+            Event::MessageSent { .. } => "message_sent",
+            Event::MessageRecalled { .. } => "message_recalled",
+            Event::MessageEdited { .. } => "message_edited",
+            Event::CursorAdvanced { .. } => "cursor_advanced",
+            Event::ConversationHidden { .. } => "conversation_hidden",
+            Event::ConversationCleared { .. } => "conversation_cleared",
+        }
+    }
+
+    /// The channel the event is about, if any.
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Event::ChannelCreated { channel, .. }
+            | Event::ChannelUpdated { channel, .. }
+            | Event::ChannelDeleted { channel }
+            | Event::MembersSubscribed { channel, .. }
+            | Event::MembersUnsubscribed { channel, .. }
+            | Event::MessageSent { channel, .. }
+            | Event::MessageRecalled { channel, .. }
+            | Event::MessageEdited { channel, .. }
+            | Event::CursorAdvanced { channel, .. }
+            | Event::ConversationHidden { channel, .. }
+            | Event::ConversationCleared { channel, .. } => Some(channel),
+            Event::ListChanged {
+                owner: ListOwner::Channel(channel),
+                ..
+            } => Some(channel),
+            _ => None,
+        }
+    }
+}
+
+impl Envelope {
+    /// An envelope of the current version.
+    pub fn new(ts: u64, event: Event) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            ts,
+            event,
+        }
+    }
+
+    /// The CBOR encoding stored in the log.
+    pub fn encode(&self) -> Bytes {
+        let mut buf = Vec::with_capacity(128);
+        // Writing into a Vec cannot fail, and every field type serializes.
+        if let Err(e) = ciborium::into_writer(self, &mut buf) {
+            unreachable!("encoding an envelope into memory failed: {e}");
+        }
+        Bytes::from(buf)
+    }
+
+    /// Decodes the record at `offset`. Never panics: anything that is not a version-1 envelope
+    /// is a typed error naming the offset.
+    pub fn decode(offset: u64, bytes: &[u8]) -> Result<Envelope> {
+        let mut rest = bytes;
+        // ciborium's `from_reader` zero-fills a 4 KiB scratch buffer on every call; reuse one
+        // per thread instead (decoding is the hot path of every rebuild).
+        let env: std::result::Result<Envelope, _> = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            ciborium::de::from_reader_with_buffer(&mut rest, &mut scratch[..])
+        });
+        let env = env.map_err(|e| ProjectionError::Decode {
+            offset,
+            reason: e.to_string(),
+        })?;
+        if !rest.is_empty() {
+            return Err(ProjectionError::Decode {
+                offset,
+                reason: format!("{} bytes after the envelope", rest.len()),
+            });
+        }
+        if env.v != ENVELOPE_VERSION {
+            return Err(ProjectionError::UnsupportedVersion {
+                offset,
+                version: env.v,
+            });
+        }
+        Ok(env)
+    }
+}

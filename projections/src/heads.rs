@@ -1,0 +1,145 @@
+//! Channel heads: channel → last seq, last message id, preview, timestamp; plus the per-channel
+//! sets of recalled seqs and edited seqs (these grow with recalls and edits, not messages).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::FastMap as HashMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChannelId, Uid};
+
+/// Payloads up to this size are kept whole in the head; longer ones are cut and flagged.
+pub const PREVIEW_MAX: usize = 512;
+
+/// The newest message of a channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The channel's last seq (0: no message yet).
+    pub last_seq: u64,
+    /// That message's server id.
+    pub last_message_id: u64,
+    /// Its sender.
+    pub from: Uid,
+    /// The first [`PREVIEW_MAX`] bytes of its payload.
+    pub preview: Bytes,
+    /// Whether the preview is cut short.
+    pub truncated: bool,
+    /// Whether the last message was recalled.
+    pub recalled: bool,
+    /// When it was sent (ms since the Unix epoch).
+    pub ts: u64,
+    /// Log offset of the last change to this head.
+    pub version: u64,
+}
+
+/// The heads projection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heads {
+    /// Heads by channel (group or person). Kept when a group is deleted: seqs are never reused.
+    pub heads: HashMap<ChannelId, Head>,
+    /// Recalled seqs by channel.
+    pub recalled: BTreeMap<ChannelId, BTreeSet<u64>>,
+    /// For each edited message, the log offset of its latest edit.
+    pub edits: BTreeMap<ChannelId, BTreeMap<u64, u64>>,
+    /// The next server message id.
+    pub next_message_id: u64,
+}
+
+fn preview(payload: &Bytes) -> (Bytes, bool) {
+    if payload.len() <= PREVIEW_MAX {
+        (payload.clone(), false)
+    } else {
+        (payload.slice(..PREVIEW_MAX), true)
+    }
+}
+
+impl Heads {
+    /// The last seq of a channel (0 when it has no message).
+    pub fn last_seq(&self, channel: &str) -> u64 {
+        self.heads.get(channel).map_or(0, |h| h.last_seq)
+    }
+
+    /// Whether the message was recalled.
+    pub fn is_recalled(&self, channel: &str, seq: u64) -> bool {
+        self.recalled.get(channel).is_some_and(|s| s.contains(&seq))
+    }
+
+    /// Recalled seqs in `(after, up_to]`.
+    pub fn recalled_between(&self, channel: &str, after: u64, up_to: u64) -> u64 {
+        if after >= up_to {
+            return 0;
+        }
+        self.recalled
+            .get(channel)
+            .map_or(0, |s| s.range(after + 1..=up_to).count() as u64)
+    }
+
+    /// The offset of the latest edit of a message, if edited.
+    pub fn edit_offset(&self, channel: &str, seq: u64) -> Option<u64> {
+        self.edits.get(channel)?.get(&seq).copied()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sent(
+        &mut self,
+        offset: u64,
+        ts: u64,
+        channel: &str,
+        from: &str,
+        seq: u64,
+        message_id: u64,
+        payload: &Bytes,
+    ) {
+        let (preview, truncated) = preview(payload);
+        if !self.heads.contains_key(channel) {
+            self.heads.insert(channel.to_owned(), Head::default());
+        }
+        let Some(head) = self.heads.get_mut(channel) else {
+            unreachable!("inserted above");
+        };
+        *head = Head {
+            last_seq: head.last_seq.max(seq),
+            last_message_id: message_id,
+            from: from.to_owned(),
+            preview,
+            truncated,
+            recalled: false,
+            ts,
+            version: offset,
+        };
+        self.next_message_id = self.next_message_id.max(message_id + 1);
+    }
+
+    pub(crate) fn recall(&mut self, offset: u64, channel: &str, seq: u64) {
+        self.recalled
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(seq);
+        if let Some(h) = self.heads.get_mut(channel) {
+            if h.last_seq == seq {
+                h.recalled = true;
+                h.preview = Bytes::new();
+                h.truncated = false;
+            }
+            h.version = offset;
+        }
+    }
+
+    pub(crate) fn edit(&mut self, offset: u64, channel: &str, seq: u64, payload: &Bytes) {
+        if self.is_recalled(channel, seq) {
+            return;
+        }
+        self.edits
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(seq, offset);
+        if let Some(h) = self.heads.get_mut(channel) {
+            if h.last_seq == seq {
+                (h.preview, h.truncated) = preview(payload);
+            }
+            h.version = offset;
+        }
+    }
+}

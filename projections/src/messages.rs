@@ -1,0 +1,186 @@
+//! Loading messages: history pages and sync.
+//!
+//! Each read is split in two: a *plan* computed from the state (synchronous, so a caller can
+//! hold a lock on the state for it) naming the log offsets to read, then a *load* from the log
+//! (asynchronous, no state needed). A page costs O(page) index lookups and log reads.
+
+use bytes::Bytes;
+use serde::Serialize;
+use tidings_log::Log;
+
+use crate::error::{ProjectionError, Result};
+use crate::event::{Envelope, Event};
+use crate::ids::ChannelId;
+use crate::msgindex::{self, IndexFiles};
+use crate::state::State;
+
+/// A message to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRef {
+    /// The channel.
+    pub channel: ChannelId,
+    /// Its seq.
+    pub seq: u64,
+    /// The offset of its send.
+    pub offset: u64,
+    /// Recalled: no payload is served.
+    pub recalled: bool,
+    /// Edited: the payload comes from the edit at this offset.
+    pub edit_offset: Option<u64>,
+}
+
+/// A message as served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    /// The channel (canonical id).
+    pub channel: ChannelId,
+    /// Its seq.
+    pub seq: u64,
+    /// Its server id.
+    pub message_id: u64,
+    /// The sender.
+    pub from: String,
+    /// The client's id for the send.
+    pub client_msg_id: String,
+    /// When it was accepted.
+    pub ts: u64,
+    /// Its log offset.
+    pub offset: u64,
+    /// The payload; `None` when recalled.
+    pub payload: Option<Bytes>,
+    /// Whether the payload is a JSON document (sent as `payload`, not `payload_b64`).
+    pub json: bool,
+    /// Whether it was recalled.
+    pub recalled: bool,
+    /// Whether it was edited (the payload is the latest edit).
+    pub edited: bool,
+}
+
+/// The plan for `channel`'s messages with seq in `[lo, hi]`, ascending.
+pub fn plan_range(
+    state: &State,
+    files: &IndexFiles,
+    channel: &str,
+    lo: u64,
+    hi: u64,
+) -> Result<Vec<MessageRef>> {
+    let hi = hi.min(state.heads.last_seq(channel));
+    let lo = lo.max(1);
+    if lo > hi {
+        return Ok(Vec::new());
+    }
+    Ok(msgindex::offsets(&state.index, files, channel, lo, hi)?
+        .into_iter()
+        .map(|(seq, offset)| MessageRef {
+            channel: channel.to_owned(),
+            seq,
+            offset,
+            recalled: state.heads.is_recalled(channel, seq),
+            edit_offset: state.heads.edit_offset(channel, seq),
+        })
+        .collect())
+}
+
+/// The plan for a user's sync: messages after the delivered cursor in every channel of the
+/// user, oldest first per channel, channels in id order, at most `limit` in all. Returns the
+/// plan and whether more remain.
+pub fn plan_sync(
+    state: &State,
+    files: &IndexFiles,
+    uid: &str,
+    limit: usize,
+) -> Result<(Vec<MessageRef>, bool)> {
+    let mut out = Vec::new();
+    let mut has_more = false;
+    for channel in state.subs.channels_of(uid) {
+        let last = state.heads.last_seq(channel);
+        let cur = state.cursors.get(uid, channel);
+        let from = cur.delivered.max(cur.cleared);
+        if last <= from {
+            continue;
+        }
+        let room = limit.saturating_sub(out.len()) as u64;
+        if room == 0 {
+            has_more = true;
+            break;
+        }
+        let hi = last.min(from + room);
+        out.extend(plan_range(state, files, channel, from + 1, hi)?);
+        if hi < last {
+            has_more = true;
+        }
+    }
+    Ok((out, has_more))
+}
+
+fn decode_at(offset: u64, recs: &[tidings_log::Record]) -> Result<Envelope> {
+    let rec = recs
+        .iter()
+        .find(|r| r.offset == offset)
+        .ok_or(ProjectionError::Decode {
+            offset,
+            reason: "the index names an offset the log does not return".into(),
+        })?;
+    Envelope::decode(rec.offset, &rec.payload)
+}
+
+/// Loads planned messages from the log.
+pub async fn load(log: &Log, plan: &[MessageRef]) -> Result<Vec<Message>> {
+    let mut out = Vec::with_capacity(plan.len());
+    for m in plan {
+        let recs = log.read(m.offset, 0).await?;
+        let env = decode_at(m.offset, &recs)?;
+        let Event::MessageSent {
+            from,
+            client_msg_id,
+            message_id,
+            payload,
+            seq,
+            flags,
+            ..
+        } = env.event
+        else {
+            return Err(ProjectionError::Decode {
+                offset: m.offset,
+                reason: format!(
+                    "the index names a {} event, not a message",
+                    env.event.kind()
+                ),
+            });
+        };
+        if seq != m.seq {
+            return Err(ProjectionError::Decode {
+                offset: m.offset,
+                reason: format!(
+                    "the index names seq {} but the message has seq {seq}",
+                    m.seq
+                ),
+            });
+        }
+        let (payload, flags) = match (m.recalled, m.edit_offset) {
+            (true, _) => (None, flags),
+            (false, Some(edit)) => {
+                let recs = log.read(edit, 0).await?;
+                match decode_at(edit, &recs)?.event {
+                    Event::MessageEdited { payload, flags, .. } => (Some(payload), flags),
+                    _ => (Some(payload), flags),
+                }
+            }
+            (false, None) => (Some(payload), flags),
+        };
+        out.push(Message {
+            channel: m.channel.clone(),
+            seq: m.seq,
+            message_id,
+            from,
+            client_msg_id,
+            ts: env.ts,
+            offset: m.offset,
+            payload,
+            json: flags & crate::event::FLAG_JSON_PAYLOAD != 0,
+            recalled: m.recalled,
+            edited: m.edit_offset.is_some() && !m.recalled,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,373 @@
+//! The channel message index: (channel, seq) → log offset, so a page of history costs O(page)
+//! reads and never a log scan.
+//!
+//! Memory grows with channels, not messages. New entries gather in memory; every
+//! `flush_entries` entries (a deterministic point in the log) they are written to an immutable
+//! sidecar file `index/{first_offset:020}.cidx`, grouped by channel, and each channel keeps one
+//! small [`Run`] per sidecar it appears in (where its entries start, how many, their CRC).
+//! Reading a run is one positional read, checked against its CRC, behind an in-memory foyer
+//! cache. Sidecars are derived data: a missing or damaged one is rebuilt from the log.
+//!
+//! Sidecar layout (little-endian): a 32-byte header — magic `"TDCX"`, version `1` (u32),
+//! entry count (u64), first log offset (u64), CRC-32 of the entries (u32), reserved (u32) —
+//! then the entries, `(seq: u64, offset: u64)`, grouped by channel in id order, seq ascending.
+
+use crate::FastMap as HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ProjectionError, Result};
+use crate::ids::ChannelId;
+
+const MAGIC: u32 = u32::from_le_bytes(*b"TDCX");
+const VERSION: u32 = 1;
+const HEADER_LEN: u64 = 32;
+const ENTRY_LEN: u64 = 16;
+
+/// Entries per sidecar by default.
+pub const DEFAULT_FLUSH_ENTRIES: u64 = 256 * 1024;
+
+/// A channel's entries in one sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// First seq in the run.
+    pub first_seq: u64,
+    /// Last seq in the run.
+    pub last_seq: u64,
+    /// The sidecar (its first log offset).
+    pub file: u64,
+    /// Index of the run's first entry in the sidecar.
+    pub first_entry: u64,
+    /// Entries in the run.
+    pub count: u64,
+    /// CRC-32 of the run's bytes.
+    pub crc: u32,
+}
+
+/// A sidecar file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sidecar {
+    /// First log offset it covers (its name).
+    pub first_offset: u64,
+    /// Last log offset it covers.
+    pub last_offset: u64,
+    /// Entries in it.
+    pub entries: u64,
+    /// CRC-32 of its entries.
+    pub crc: u32,
+}
+
+/// The index's serializable state (part of every snapshot).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexState {
+    /// Entries per sidecar.
+    pub flush_entries: u64,
+    /// Entries not yet in a sidecar: channel → (seq, offset), seq ascending.
+    pub mem: HashMap<ChannelId, Vec<(u64, u64)>>,
+    /// How many entries `mem` holds.
+    pub mem_len: u64,
+    /// The first log offset in `mem`.
+    pub mem_first_offset: Option<u64>,
+    /// The last log offset in `mem`.
+    pub mem_last_offset: u64,
+    /// Each channel's runs, seq ascending.
+    pub runs: HashMap<ChannelId, Vec<Run>>,
+    /// The sidecars, in log order.
+    pub sidecars: Vec<Sidecar>,
+}
+
+/// A sidecar ready to be written, and what it adds to the state once written.
+#[derive(Debug)]
+pub struct Flush {
+    /// The sidecar.
+    pub sidecar: Sidecar,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    runs: Vec<(ChannelId, Run)>,
+}
+
+/// Where an entry lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Located {
+    /// In memory: the entry itself.
+    Entry {
+        /// The message's seq.
+        seq: u64,
+        /// Its log offset.
+        offset: u64,
+    },
+    /// In a sidecar run.
+    Run(Run),
+}
+
+impl IndexState {
+    /// An empty index flushing every `flush_entries` entries.
+    pub fn new(flush_entries: u64) -> Self {
+        Self {
+            flush_entries: flush_entries.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// Records `(channel, seq) → offset`; returns whether a flush is due.
+    pub(crate) fn add(&mut self, channel: &str, seq: u64, offset: u64) -> bool {
+        match self.mem.get_mut(channel) {
+            Some(v) => v.push((seq, offset)),
+            None => {
+                self.mem.insert(channel.to_owned(), vec![(seq, offset)]);
+            }
+        }
+        self.mem_len += 1;
+        self.mem_first_offset.get_or_insert(offset);
+        self.mem_last_offset = offset;
+        self.mem_len >= self.flush_entries.max(1)
+    }
+
+    /// The sidecar for the in-memory entries (nothing changes until [`commit_flush`]).
+    ///
+    /// [`commit_flush`]: IndexState::commit_flush
+    pub fn prepare_flush(&self) -> Option<Flush> {
+        let first_offset = self.mem_first_offset?;
+        let mut bytes = Vec::with_capacity((HEADER_LEN + self.mem_len * ENTRY_LEN) as usize);
+        bytes.resize(HEADER_LEN as usize, 0);
+        let mut runs = Vec::with_capacity(self.mem.len());
+        let mut entry = 0u64;
+        // Channel id order: the sidecar's bytes are a function of the log alone.
+        let mut channels: Vec<&ChannelId> = self.mem.keys().collect();
+        channels.sort_unstable();
+        for channel in channels {
+            let Some(entries) = self.mem.get(channel) else {
+                continue;
+            };
+            let start = bytes.len();
+            for (seq, off) in entries {
+                bytes.extend_from_slice(&seq.to_le_bytes());
+                bytes.extend_from_slice(&off.to_le_bytes());
+            }
+            let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+                continue;
+            };
+            runs.push((
+                channel.clone(),
+                Run {
+                    first_seq: first.0,
+                    last_seq: last.0,
+                    file: first_offset,
+                    first_entry: entry,
+                    count: entries.len() as u64,
+                    crc: crc32fast::hash(&bytes[start..]),
+                },
+            ));
+            entry += entries.len() as u64;
+        }
+        let crc = crc32fast::hash(&bytes[HEADER_LEN as usize..]);
+        bytes[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        bytes[4..8].copy_from_slice(&VERSION.to_le_bytes());
+        bytes[8..16].copy_from_slice(&entry.to_le_bytes());
+        bytes[16..24].copy_from_slice(&first_offset.to_le_bytes());
+        bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+        Some(Flush {
+            sidecar: Sidecar {
+                first_offset,
+                last_offset: self.mem_last_offset,
+                entries: entry,
+                crc,
+            },
+            bytes,
+            runs,
+        })
+    }
+
+    /// Moves the in-memory entries into the sidecar just written.
+    pub fn commit_flush(&mut self, flush: Flush) {
+        for (channel, run) in flush.runs {
+            self.runs.entry(channel).or_default().push(run);
+        }
+        self.sidecars.push(flush.sidecar);
+        self.mem.clear();
+        self.mem_len = 0;
+        self.mem_first_offset = None;
+        self.mem_last_offset = 0;
+    }
+
+    /// Where the entries of `channel` with seq in `[lo, hi]` are, in seq order.
+    pub fn locate(&self, channel: &str, lo: u64, hi: u64) -> Vec<Located> {
+        let mut out = Vec::new();
+        if lo > hi {
+            return out;
+        }
+        if let Some(runs) = self.runs.get(channel) {
+            let start = runs.partition_point(|r| r.last_seq < lo);
+            for r in &runs[start..] {
+                if r.first_seq > hi {
+                    break;
+                }
+                out.push(Located::Run(*r));
+            }
+        }
+        if let Some(mem) = self.mem.get(channel) {
+            let start = mem.partition_point(|(s, _)| *s < lo);
+            out.extend(
+                mem[start..]
+                    .iter()
+                    .take_while(|(s, _)| *s <= hi)
+                    .map(|&(seq, offset)| Located::Entry { seq, offset }),
+            );
+        }
+        out
+    }
+}
+
+/// Runs read from sidecars, by (sidecar, first entry).
+type RunCache = foyer::Cache<(u64, u64), Arc<Vec<(u64, u64)>>>;
+
+/// The sidecar files on disk, with a cache of runs read.
+#[derive(Clone)]
+pub struct IndexFiles {
+    dir: PathBuf,
+    cache: RunCache,
+}
+
+impl std::fmt::Debug for IndexFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexFiles")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+/// The path of the sidecar that starts at `first_offset`.
+pub fn sidecar_path(dir: &Path, first_offset: u64) -> PathBuf {
+    dir.join(format!("{first_offset:020}.cidx"))
+}
+
+impl IndexFiles {
+    /// Sidecars in `dir` (created when missing), with a run cache of `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: usize) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ProjectionError::io("create directory", dir, e))?;
+        let cache = foyer::CacheBuilder::new(cache_bytes.max(1 << 20))
+            .with_weighter(|_k: &(u64, u64), v: &Arc<Vec<(u64, u64)>>| 64 + v.len() * 16)
+            .build();
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            cache,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a sidecar atomically (temp file, fsync, rename, directory fsync).
+    pub fn write(&self, flush: &Flush) -> Result<()> {
+        let path = sidecar_path(&self.dir, flush.sidecar.first_offset);
+        crate::fsutil::write_atomic(&path, &flush.bytes)
+    }
+
+    /// The `(seq, offset)` entries of a run, checked against its CRC.
+    pub fn read_run(&self, run: &Run) -> Result<Arc<Vec<(u64, u64)>>> {
+        let key = (run.file, run.first_entry);
+        if let Some(hit) = self.cache.get(&key) {
+            return Ok(hit.value().clone());
+        }
+        let path = sidecar_path(&self.dir, run.file);
+        let position = HEADER_LEN + run.first_entry * ENTRY_LEN;
+        let len = run.count * ENTRY_LEN;
+        let bytes = crate::fsutil::read_at(&path, position, len)?;
+        let corrupt = |reason: String| ProjectionError::Corrupt {
+            what: "message index sidecar",
+            path: path.clone(),
+            position,
+            reason,
+        };
+        if bytes.len() as u64 != len {
+            return Err(corrupt(format!(
+                "run of {len} bytes, {} present",
+                bytes.len()
+            )));
+        }
+        let crc = crc32fast::hash(&bytes);
+        if crc != run.crc {
+            return Err(corrupt(format!(
+                "checksum mismatch: expected {:#010x}, found {crc:#010x}",
+                run.crc
+            )));
+        }
+        let entries: Vec<(u64, u64)> = bytes
+            .chunks_exact(ENTRY_LEN as usize)
+            .map(|c| {
+                let mut s = [0u8; 8];
+                let mut o = [0u8; 8];
+                s.copy_from_slice(&c[..8]);
+                o.copy_from_slice(&c[8..]);
+                (u64::from_le_bytes(s), u64::from_le_bytes(o))
+            })
+            .collect();
+        let entries = Arc::new(entries);
+        self.cache.insert(key, entries.clone());
+        Ok(entries)
+    }
+
+    /// Checks a whole sidecar file against its recorded CRC.
+    pub fn check(&self, sidecar: &Sidecar) -> Result<()> {
+        let path = sidecar_path(&self.dir, sidecar.first_offset);
+        let bytes = std::fs::read(&path).map_err(|e| ProjectionError::io("read", &path, e))?;
+        let corrupt = |position: u64, reason: String| ProjectionError::Corrupt {
+            what: "message index sidecar",
+            path: path.clone(),
+            position,
+            reason,
+        };
+        let want = HEADER_LEN + sidecar.entries * ENTRY_LEN;
+        if bytes.len() as u64 != want {
+            return Err(corrupt(
+                0,
+                format!("{} bytes, expected {want}", bytes.len()),
+            ));
+        }
+        if bytes[0..4] != MAGIC.to_le_bytes() {
+            return Err(corrupt(0, "bad magic".into()));
+        }
+        let crc = crc32fast::hash(&bytes[HEADER_LEN as usize..]);
+        if crc != sidecar.crc {
+            return Err(corrupt(
+                HEADER_LEN,
+                format!(
+                    "checksum mismatch: expected {:#010x}, found {crc:#010x}",
+                    sidecar.crc
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The log offsets of `channel`'s messages with seq in `[lo, hi]`, seq ascending.
+pub fn offsets(
+    state: &IndexState,
+    files: &IndexFiles,
+    channel: &str,
+    lo: u64,
+    hi: u64,
+) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for loc in state.locate(channel, lo, hi) {
+        match loc {
+            Located::Run(run) => {
+                let entries = files.read_run(&run)?;
+                out.extend(
+                    entries
+                        .iter()
+                        .filter(|(s, _)| (lo..=hi).contains(s))
+                        .copied(),
+                );
+            }
+            Located::Entry { seq, offset } => out.push((seq, offset)),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,175 @@
+//! Snapshots of every projection: `snapshots/{applied:020}.snap`, written to a temp file,
+//! fsynced, renamed, directory fsynced; the newest few kept.
+//!
+//! Layout (little-endian): a 32-byte header — magic `"TDSN"`, version `1` (u32), the last
+//! offset applied (u64), body length (u64), CRC-32 of the body (u32), CRC-32 of the header's
+//! first 28 bytes (u32) — then the body: the CBOR of [`State`].
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{ProjectionError, Result};
+use crate::fsutil::write_atomic;
+use crate::state::State;
+
+const MAGIC: u32 = u32::from_le_bytes(*b"TDSN");
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 32;
+
+/// A snapshot file found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile {
+    /// The last log offset it covers.
+    pub applied: u64,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+/// The path of the snapshot covering up to `applied`.
+pub fn snapshot_path(dir: &Path, applied: u64) -> PathBuf {
+    dir.join(format!("{applied:020}.snap"))
+}
+
+/// Encodes a snapshot of `state` (which must have applied something).
+pub fn encode(state: &State) -> Option<Vec<u8>> {
+    let applied = state.applied?;
+    let mut body = Vec::new();
+    if let Err(e) = ciborium::into_writer(state, &mut body) {
+        unreachable!("encoding a snapshot into memory failed: {e}");
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&applied.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    let header_crc = crc32fast::hash(&out[..28]);
+    out.extend_from_slice(&header_crc.to_le_bytes());
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+/// Decodes a snapshot file's bytes, checking both CRCs.
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<State> {
+    let corrupt = |position: u64, reason: String| ProjectionError::Corrupt {
+        what: "snapshot",
+        path: path.to_path_buf(),
+        position,
+        reason,
+    };
+    if bytes.len() < HEADER_LEN {
+        return Err(corrupt(
+            0,
+            format!("{} bytes, shorter than the header", bytes.len()),
+        ));
+    }
+    let u32_at = |at: usize| {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&bytes[at..at + 4]);
+        u32::from_le_bytes(a)
+    };
+    let u64_at = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(a)
+    };
+    if u32_at(0) != MAGIC {
+        return Err(corrupt(0, "bad magic".into()));
+    }
+    if crc32fast::hash(&bytes[..28]) != u32_at(28) {
+        return Err(corrupt(0, "header checksum mismatch".into()));
+    }
+    if u32_at(4) != VERSION {
+        return Err(corrupt(4, format!("unknown version {}", u32_at(4))));
+    }
+    let applied = u64_at(8);
+    let len = u64_at(16);
+    let body = &bytes[HEADER_LEN..];
+    if body.len() as u64 != len {
+        return Err(corrupt(
+            HEADER_LEN as u64,
+            format!("body of {} bytes, header says {len}", body.len()),
+        ));
+    }
+    let crc = crc32fast::hash(body);
+    if crc != u32_at(24) {
+        return Err(corrupt(HEADER_LEN as u64, "body checksum mismatch".into()));
+    }
+    let state: State = ciborium::from_reader(body)
+        .map_err(|e| corrupt(HEADER_LEN as u64, format!("undecodable body: {e}")))?;
+    if state.applied != Some(applied) {
+        return Err(corrupt(8, "header offset differs from the body's".into()));
+    }
+    Ok(state)
+}
+
+/// Snapshots in `dir`, newest first.
+pub fn list(dir: &Path) -> Result<Vec<SnapshotFile>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ProjectionError::io("list", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| ProjectionError::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".snap") else {
+            continue;
+        };
+        if stem.len() == 20
+            && let Ok(applied) = stem.parse()
+        {
+            out.push(SnapshotFile {
+                applied,
+                path: entry.path(),
+            });
+        }
+    }
+    out.sort_by_key(|s| std::cmp::Reverse(s.applied));
+    Ok(out)
+}
+
+/// Writes a snapshot of `state` and keeps only the newest `keep`. Returns its path.
+pub fn write(dir: &Path, state: &State, keep: usize) -> Result<Option<PathBuf>> {
+    let Some(bytes) = encode(state) else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(dir).map_err(|e| ProjectionError::io("create directory", dir, e))?;
+    let applied = state.applied.unwrap_or(0);
+    let path = snapshot_path(dir, applied);
+    write_atomic(&path, &bytes)?;
+    for old in list(dir)?.into_iter().skip(keep.max(1)) {
+        if let Err(e) = std::fs::remove_file(&old.path) {
+            tracing::warn!(path = %old.path.display(), error = %e, "could not remove an old snapshot");
+        }
+    }
+    Ok(Some(path))
+}
+
+/// The newest snapshot that decodes, skipping (and reporting) damaged ones.
+pub fn load_newest(dir: &Path) -> Result<Option<(State, SnapshotFile)>> {
+    load_newest_at_most(dir, None)
+}
+
+/// The newest snapshot covering at most `max_applied` that decodes.
+pub fn load_newest_at_most(
+    dir: &Path,
+    max_applied: Option<u64>,
+) -> Result<Option<(State, SnapshotFile)>> {
+    for snap in list(dir)?
+        .into_iter()
+        .filter(|s| max_applied.is_none_or(|m| s.applied <= m))
+    {
+        let loaded = std::fs::read(&snap.path)
+            .map_err(|e| ProjectionError::io("read", &snap.path, e))
+            .and_then(|bytes| decode(&snap.path, &bytes));
+        match loaded {
+            Ok(state) => return Ok(Some((state, snap))),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping a snapshot that does not load; trying an older one");
+            }
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,256 @@
+//! [`Projections`]: the state plus what lives beside it on disk (message index sidecars,
+//! snapshots), kept in step with the log.
+//!
+//! Directory layout under the projections directory: `snapshots/` and `index/`.
+
+use std::path::{Path, PathBuf};
+
+use tidings_log::{Log, Record};
+
+use crate::error::Result;
+use crate::event::Envelope;
+use crate::idempotency::Idempotency;
+use crate::msgindex::{self, DEFAULT_FLUSH_ENTRIES, IndexFiles};
+use crate::snapshot;
+use crate::state::{Applied, State};
+
+/// Settings of the projections. Changing the first three changes what the state holds, so a
+/// snapshot remembers them and a rebuild for `verify` uses the snapshot's.
+#[derive(Debug, Clone)]
+pub struct ProjectionConfig {
+    /// Sends remembered for idempotency. Default: 100,000.
+    pub idempotency_max_entries: usize,
+    /// Age after which a send is forgotten for idempotency. Default: 24 h.
+    pub idempotency_max_age_ms: u64,
+    /// Message index entries per sidecar file. Default: 262,144.
+    pub index_flush_entries: u64,
+    /// Memory for cached message index runs. Default: 64 MiB.
+    pub index_cache_bytes: usize,
+    /// Snapshots kept. Default: 3.
+    pub snapshots_keep: usize,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_max_entries: 100_000,
+            idempotency_max_age_ms: 24 * 3600 * 1000,
+            index_flush_entries: DEFAULT_FLUSH_ENTRIES,
+            index_cache_bytes: 64 << 20,
+            snapshots_keep: 3,
+        }
+    }
+}
+
+impl ProjectionConfig {
+    /// This configuration with the state-shaping settings taken from `state` (so that a
+    /// rebuild compared with a snapshot is shaped like the snapshot).
+    pub fn shaped_like(&self, state: &State) -> Self {
+        Self {
+            idempotency_max_entries: state.idempotency.max_entries,
+            idempotency_max_age_ms: state.idempotency.max_age_ms,
+            index_flush_entries: state.index.flush_entries,
+            ..self.clone()
+        }
+    }
+
+    /// An empty state shaped by this configuration.
+    pub fn empty_state(&self) -> State {
+        State::new(
+            Idempotency::new(self.idempotency_max_entries, self.idempotency_max_age_ms),
+            self.index_flush_entries,
+        )
+    }
+}
+
+/// Where a [`Projections`] came from at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Nothing to load: an empty state.
+    Empty,
+    /// The snapshot at this path.
+    Snapshot(PathBuf),
+}
+
+/// The projections and their files.
+#[derive(Debug)]
+pub struct Projections {
+    /// Every projection.
+    pub state: State,
+    dir: PathBuf,
+    files: IndexFiles,
+    config: ProjectionConfig,
+    origin: Origin,
+}
+
+impl Projections {
+    /// Empty projections in `dir` (files created when missing; existing snapshots ignored).
+    pub fn empty(dir: &Path, config: ProjectionConfig) -> Result<Self> {
+        let files = IndexFiles::open(&dir.join("index"), config.index_cache_bytes)?;
+        Ok(Self {
+            state: config.empty_state(),
+            dir: dir.to_path_buf(),
+            files,
+            config,
+            origin: Origin::Empty,
+        })
+    }
+
+    /// The newest valid snapshot in `dir` (damaged ones are reported and skipped), or empty
+    /// projections when there is none.
+    pub fn load(dir: &Path, config: ProjectionConfig) -> Result<Self> {
+        Self::load_at_most(dir, config, None)
+    }
+
+    /// Like [`Projections::load`], but only from a snapshot covering at most `max_applied`.
+    pub fn load_at_most(
+        dir: &Path,
+        config: ProjectionConfig,
+        max_applied: Option<u64>,
+    ) -> Result<Self> {
+        let mut p = Self::empty(dir, config)?;
+        if let Some((state, snap)) = snapshot::load_newest_at_most(&p.snapshot_dir(), max_applied)?
+        {
+            tracing::info!(path = %snap.path.display(), applied = snap.applied, "loaded snapshot");
+            p.state = state;
+            p.origin = Origin::Snapshot(snap.path);
+        }
+        Ok(p)
+    }
+
+    /// Where the state came from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The projections directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The snapshots directory.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ProjectionConfig {
+        &self.config
+    }
+
+    /// The message index sidecars.
+    pub fn index_files(&self) -> &IndexFiles {
+        &self.files
+    }
+
+    /// Applies the event at `offset`, writing a message index sidecar when one is due.
+    pub fn apply(&mut self, offset: u64, env: &Envelope) -> Result<()> {
+        if self.state.apply(offset, env)? == Applied::FlushIndex {
+            self.flush_index()?;
+        }
+        Ok(())
+    }
+
+    /// Decodes and applies a log record; returns the event.
+    pub fn apply_record(&mut self, rec: &Record) -> Result<Envelope> {
+        let env = Envelope::decode(rec.offset, &rec.payload)?;
+        self.apply(rec.offset, &env)?;
+        Ok(env)
+    }
+
+    fn flush_index(&mut self) -> Result<()> {
+        if let Some(flush) = self.state.index.prepare_flush() {
+            self.files.write(&flush)?;
+            self.state.index.commit_flush(flush);
+        }
+        Ok(())
+    }
+
+    /// Applies every record of the log after the state's last offset (up to the watermark at
+    /// the call), calling `progress(applied, end)` after each chunk. Returns how many events
+    /// were applied.
+    ///
+    /// Reading and decoding run on a blocking thread one chunk ahead of applying, so the two
+    /// halves of the work use both cores. That thread is joined before this returns.
+    pub async fn catch_up(&mut self, log: &Log, mut progress: impl FnMut(u64, u64)) -> Result<u64> {
+        let end = log.next_offset();
+        let start = self.state.next_offset().max(log.start_offset());
+        if start >= end {
+            return Ok(0);
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<(u64, Envelope)>>>(2);
+        let reader_log = log.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut next = start;
+            while next < end {
+                let chunk = match reader_log.read_blocking(next, 1 << 20) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e.into()));
+                        return;
+                    }
+                };
+                let Some(last) = chunk.last() else { return };
+                next = last.offset + 1;
+                let decoded: Result<Vec<(u64, Envelope)>> = chunk
+                    .iter()
+                    .filter(|r| r.offset < end)
+                    .map(|r| Envelope::decode(r.offset, &r.payload).map(|e| (r.offset, e)))
+                    .collect();
+                let failed = decoded.is_err();
+                if tx.blocking_send(decoded).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut n = 0;
+        let mut result = Ok(());
+        while let Some(chunk) = rx.recv().await {
+            let applied = chunk.and_then(|events| {
+                for (offset, env) in &events {
+                    self.apply(*offset, env)?;
+                    n += 1;
+                }
+                Ok(events.last().map(|(o, _)| *o))
+            });
+            match applied {
+                Ok(Some(last)) => progress(last + 1, end),
+                Ok(None) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        // Stop the reader (if we stopped early) and join it.
+        drop(rx);
+        reader
+            .await
+            .map_err(|e| crate::error::ProjectionError::Cache(format!("log reader task: {e}")))?;
+        result.map(|()| n)
+    }
+
+    /// Writes a snapshot (when anything was applied) and prunes old ones.
+    pub fn snapshot(&self) -> Result<Option<PathBuf>> {
+        snapshot::write(
+            &self.snapshot_dir(),
+            &self.state,
+            self.config.snapshots_keep,
+        )
+    }
+
+    /// The log offsets of `channel`'s messages with seq in `[lo, hi]`, ascending.
+    pub fn message_offsets(&self, channel: &str, lo: u64, hi: u64) -> Result<Vec<(u64, u64)>> {
+        msgindex::offsets(&self.state.index, &self.files, channel, lo, hi)
+    }
+
+    /// Checks every message index sidecar against its CRC; returns the failures.
+    pub fn check_index_files(&self) -> Vec<crate::error::ProjectionError> {
+        self.state
+            .index
+            .sidecars
+            .iter()
+            .filter_map(|s| self.files.check(s).err())
+            .collect()
+    }
+}

@@ -1,0 +1,259 @@
+//! Message trace: a message's timeline, built from the log (it is the audit trail) plus sampled
+//! push records fed by the server.
+//!
+//! Accepted and durable come from the send itself (the event's time and the batch's write
+//! time); recall and edits from their events; delivery and read acks from the cursor events
+//! that first cover the seq, found by scanning the log forward from the send (bounded by
+//! `max_scan` records; the trace says whether the scan reached the end). Pushes are not logged
+//! per recipient (that cost is what made WuKongIM drop its trace): the server samples one
+//! message in N and keeps its push records in a bounded ring ([`PushSamples`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tidings_log::Log;
+
+use crate::error::Result;
+use crate::event::{Envelope, Event};
+use crate::ids::{ChannelId, Uid};
+use crate::msgindex::{self, IndexFiles};
+use crate::state::State;
+
+/// One push of a sampled message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRecord {
+    /// When the push was queued (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// Recipients online.
+    pub online_users: u32,
+    /// Sessions the message was queued to.
+    pub sessions: u32,
+    /// Sessions whose queue was full (closed to resume later).
+    pub dropped: u32,
+}
+
+/// Push records of sampled messages, in a bounded ring.
+#[derive(Debug)]
+pub struct PushSamples {
+    every: u64,
+    capacity: usize,
+    ring: Mutex<VecDeque<((ChannelId, u64), PushRecord)>>,
+}
+
+impl PushSamples {
+    /// Keeps one message in `every` (by message id), at most `capacity` records.
+    pub fn new(every: u64, capacity: usize) -> Self {
+        Self {
+            every: every.max(1),
+            capacity: capacity.max(1),
+            ring: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Whether the message with this id is sampled.
+    pub fn sampled(&self, message_id: u64) -> bool {
+        message_id.is_multiple_of(self.every)
+    }
+
+    /// Records a push of a sampled message.
+    pub fn record(&self, channel: &str, seq: u64, rec: PushRecord) {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.len() >= self.capacity {
+            ring.pop_front();
+        }
+        ring.push_back(((channel.to_owned(), seq), rec));
+    }
+
+    /// The push records of one message.
+    pub fn get(&self, channel: &str, seq: u64) -> Vec<PushRecord> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.iter()
+            .filter(|((c, s), _)| c == channel && *s == seq)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+/// A user's ack of a message, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The user.
+    pub uid: Uid,
+    /// When the covering cursor event was accepted.
+    pub at_ms: u64,
+    /// That event's log offset.
+    pub offset: u64,
+}
+
+/// A message's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The message's seq.
+    pub seq: u64,
+    /// Its server id.
+    pub message_id: u64,
+    /// The sender.
+    pub from: Uid,
+    /// When the server accepted it.
+    pub accepted_at_ms: u64,
+    /// Where it is in the log.
+    pub offset: u64,
+    /// When its batch was written (durable under `fsync = always`).
+    pub durable_at_ms: u64,
+    /// Sampled push records.
+    pub pushes: Vec<PushRecord>,
+    /// Who acknowledged delivery, first time each.
+    pub delivered: Vec<Ack>,
+    /// Who read it, first time each.
+    pub read: Vec<Ack>,
+    /// Current members whose delivered cursor is still below the seq.
+    pub not_delivered: Vec<Uid>,
+    /// When it was recalled, if it was.
+    pub recalled_at_ms: Option<u64>,
+    /// When it was edited.
+    pub edited_at_ms: Vec<u64>,
+    /// The last offset the scan read.
+    pub scanned_to: u64,
+    /// Whether the scan reached the end of the log (otherwise `max_scan` stopped it).
+    pub scan_complete: bool,
+}
+
+/// What a trace needs from the state, taken under the state's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracePlan {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The message's seq.
+    pub seq: u64,
+    /// The offset of its send.
+    pub offset: u64,
+    /// Recipients whose delivered cursor is below the seq now.
+    pub not_delivered: Vec<Uid>,
+}
+
+/// The plan for tracing `(channel, seq)`, or `None` if there is no such message.
+pub fn plan(
+    state: &State,
+    files: &IndexFiles,
+    channel: &str,
+    seq: u64,
+) -> Result<Option<TracePlan>> {
+    let Some(&(_, offset)) = msgindex::offsets(&state.index, files, channel, seq, seq)?.first()
+    else {
+        return Ok(None);
+    };
+    let not_delivered = state
+        .subs
+        .recipients(channel)
+        .filter(|u| state.cursors.get(u, channel).delivered < seq)
+        .map(str::to_owned)
+        .collect();
+    Ok(Some(TracePlan {
+        channel: channel.to_owned(),
+        seq,
+        offset,
+        not_delivered,
+    }))
+}
+
+/// The trace of a planned message, scanning at most `max_scan` records after it.
+pub async fn trace(
+    log: &Log,
+    plan: &TracePlan,
+    samples: Option<&PushSamples>,
+    max_scan: u64,
+) -> Result<Option<Trace>> {
+    let (channel, seq, offset) = (plan.channel.as_str(), plan.seq, plan.offset);
+    let Some(rec) = log.read(offset, 0).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    let env = Envelope::decode(rec.offset, &rec.payload)?;
+    let Event::MessageSent {
+        from, message_id, ..
+    } = &env.event
+    else {
+        return Ok(None);
+    };
+    let mut t = Trace {
+        channel: channel.to_owned(),
+        seq,
+        message_id: *message_id,
+        from: from.clone(),
+        accepted_at_ms: env.ts,
+        offset,
+        durable_at_ms: rec.timestamp_ms,
+        pushes: samples.map(|s| s.get(channel, seq)).unwrap_or_default(),
+        delivered: Vec::new(),
+        read: Vec::new(),
+        not_delivered: Vec::new(),
+        recalled_at_ms: None,
+        edited_at_ms: Vec::new(),
+        scanned_to: offset,
+        scan_complete: false,
+    };
+    let mut delivered: BTreeMap<Uid, Ack> = BTreeMap::new();
+    let mut read: BTreeMap<Uid, Ack> = BTreeMap::new();
+    let end = log.next_offset();
+    let mut next = offset + 1;
+    // Records offset+1 ..= offset+max_scan.
+    let stop = offset.saturating_add(max_scan).saturating_add(1).min(end);
+    while next < stop {
+        let recs = log.read(next, 4 << 20).await?;
+        let Some(last) = recs.last() else { break };
+        next = last.offset + 1;
+        for r in recs {
+            if r.offset >= stop {
+                break;
+            }
+            t.scanned_to = r.offset;
+            // Records that are not events cannot be about this message.
+            let Ok(e) = Envelope::decode(r.offset, &r.payload) else {
+                continue;
+            };
+            if e.event.channel() != Some(channel) {
+                continue;
+            }
+            let ack = |uid: &str| Ack {
+                uid: uid.to_owned(),
+                at_ms: e.ts,
+                offset: r.offset,
+            };
+            match &e.event {
+                Event::CursorAdvanced {
+                    uid,
+                    delivered_seq,
+                    read_seq,
+                    ..
+                } => {
+                    let d = delivered_seq.unwrap_or(0).max(read_seq.unwrap_or(0));
+                    if d >= seq {
+                        delivered.entry(uid.clone()).or_insert_with(|| ack(uid));
+                    }
+                    if read_seq.is_some_and(|s| s >= seq) {
+                        read.entry(uid.clone()).or_insert_with(|| ack(uid));
+                    }
+                }
+                Event::MessageRecalled { seq: s, .. } if *s == seq => {
+                    t.recalled_at_ms.get_or_insert(e.ts);
+                }
+                Event::MessageEdited { seq: s, .. } if *s == seq => t.edited_at_ms.push(e.ts),
+                _ => {}
+            }
+        }
+    }
+    // Every record below `stop` was examined; the scan is complete when `stop` is the end.
+    t.scan_complete = stop >= end;
+    t.delivered = sorted(delivered);
+    t.read = sorted(read);
+    t.not_delivered = plan.not_delivered.clone();
+    Ok(Some(t))
+}
+
+fn sorted(m: BTreeMap<Uid, Ack>) -> Vec<Ack> {
+    let mut v: Vec<Ack> = m.into_values().collect();
+    v.sort_by(|a, b| a.at_ms.cmp(&b.at_ms).then(a.offset.cmp(&b.offset)));
+    v
+}

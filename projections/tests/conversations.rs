@@ -1,0 +1,239 @@
+//! Conversations in read mode: exact unread counts (own messages and recalled ones not counted,
+//! the read cursor never moves back, two devices of one user agree), ordering, incremental
+//! sync, and the per-user cache that is never the source of truth.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::World;
+use tidings_projections::Event;
+use tidings_projections::conv_cache::{ConversationCache, ConversationCacheConfig, fingerprint};
+use tidings_projections::conversations::{compute, conversations};
+use tidings_projections::ids::person_channel;
+
+fn unread(w: &World, uid: &str, channel: &str) -> u64 {
+    compute(w.state(), uid)
+        .into_iter()
+        .find(|c| c.channel == channel)
+        .map_or(0, |c| c.unread)
+}
+
+async fn group(w: &mut World) {
+    w.create("g").await;
+    w.subscribe("g", &["alice", "bob", "carol"]).await;
+}
+
+#[tokio::test]
+async fn own_messages_are_never_unread() {
+    let mut w = World::new().await;
+    group(&mut w).await;
+    for i in 0..3 {
+        w.send("alice", "g", &format!("a{i}")).await.unwrap();
+    }
+    assert_eq!(unread(&w, "alice", "g"), 0);
+    assert_eq!(unread(&w, "bob", "g"), 3);
+    w.send("bob", "g", "b0").await.unwrap();
+    // Sending marks the sender's view read (as in most IM apps).
+    assert_eq!(unread(&w, "bob", "g"), 0);
+    assert_eq!(unread(&w, "alice", "g"), 1);
+    assert_eq!(unread(&w, "carol", "g"), 4);
+}
+
+#[tokio::test]
+async fn recalled_messages_are_not_counted() {
+    let mut w = World::new().await;
+    group(&mut w).await;
+    for i in 0..5 {
+        w.send("alice", "g", &format!("a{i}")).await.unwrap();
+    }
+    w.ack("bob", "g", None, Some(2)).await;
+    assert_eq!(unread(&w, "bob", "g"), 3);
+    w.recall("g", 4, "alice").await; // unread for bob
+    assert_eq!(unread(&w, "bob", "g"), 2);
+    w.recall("g", 1, "alice").await; // already read by bob: no change
+    assert_eq!(unread(&w, "bob", "g"), 2);
+    assert_eq!(unread(&w, "carol", "g"), 3);
+    // The head shows the recall when the last message is recalled.
+    w.recall("g", 5, "alice").await;
+    let conv = compute(w.state(), "carol")
+        .into_iter()
+        .find(|c| c.channel == "g")
+        .unwrap();
+    assert_eq!(conv.unread, 2);
+    assert!(conv.last_message.unwrap().recalled);
+}
+
+#[tokio::test]
+async fn the_read_cursor_never_moves_back() {
+    let mut w = World::new().await;
+    group(&mut w).await;
+    for i in 0..6 {
+        w.send("alice", "g", &format!("a{i}")).await.unwrap();
+    }
+    w.ack("bob", "g", None, Some(5)).await;
+    assert_eq!(unread(&w, "bob", "g"), 1);
+    w.ack("bob", "g", None, Some(2)).await;
+    w.ack("bob", "g", Some(1), None).await;
+    assert_eq!(unread(&w, "bob", "g"), 1);
+    let c = w.state().cursors.get("bob", "g");
+    assert_eq!(
+        (c.read, c.delivered),
+        (5, 5),
+        "reading implies delivery, and nothing moves back"
+    );
+}
+
+#[tokio::test]
+async fn two_devices_of_one_user_agree() {
+    let mut w = World::new().await;
+    group(&mut w).await;
+    let p = person_channel("alice", "bob");
+    for i in 0..4 {
+        w.send("alice", "g", &format!("g{i}")).await.unwrap();
+        w.send("alice", &p, &format!("p{i}")).await.unwrap();
+    }
+    // Device A reads the group; device B then lists conversations: both see the same state,
+    // because cursors are per user, not per device.
+    w.ack("bob", "g", None, Some(4)).await;
+    let device_a = conversations(w.state(), "bob", None, 50);
+    let device_b = conversations(w.state(), "bob", None, 50);
+    assert_eq!(device_a, device_b);
+    let g = device_b
+        .conversations
+        .iter()
+        .find(|c| c.channel == "g")
+        .unwrap();
+    let pc = device_b
+        .conversations
+        .iter()
+        .find(|c| c.channel == p)
+        .unwrap();
+    assert_eq!((g.unread, pc.unread), (0, 4));
+}
+
+#[tokio::test]
+async fn ordered_by_last_activity_with_incremental_sync_and_removals() {
+    let mut w = World::new().await;
+    for ch in ["a", "b", "c"] {
+        w.create(ch).await;
+        w.subscribe(ch, &["alice", "bob"]).await;
+    }
+    w.send("alice", "a", "1").await.unwrap();
+    w.send("alice", "b", "2").await.unwrap();
+    w.send("alice", "c", "3").await.unwrap();
+    w.send("alice", "a", "4").await.unwrap();
+    let full = conversations(w.state(), "bob", None, 50);
+    let order: Vec<_> = full
+        .conversations
+        .iter()
+        .map(|c| c.channel.as_str())
+        .collect();
+    assert_eq!(order, ["a", "c", "b"]);
+    let v = full.version;
+    // Nothing changed: the incremental form is empty.
+    let inc = conversations(w.state(), "bob", Some(v), 50);
+    assert!(inc.conversations.is_empty() && inc.removed.is_empty());
+    // One new message, one read, one removal.
+    w.send("alice", "b", "5").await.unwrap();
+    w.unsubscribe("c", &["bob"]).await;
+    let inc = conversations(w.state(), "bob", Some(v), 50);
+    assert_eq!(
+        inc.conversations
+            .iter()
+            .map(|c| c.channel.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert_eq!(inc.removed, vec!["c".to_string()]);
+    // Limit and has_more.
+    let page = conversations(w.state(), "bob", None, 1);
+    assert_eq!(page.conversations.len(), 1);
+    assert!(page.has_more);
+    // Hidden until the next message.
+    w.emit(Event::ConversationHidden {
+        uid: "bob".into(),
+        channel: "a".into(),
+    })
+    .await;
+    assert!(!compute(w.state(), "bob").iter().any(|c| c.channel == "a"));
+    w.send("alice", "a", "6").await.unwrap();
+    assert!(compute(w.state(), "bob").iter().any(|c| c.channel == "a"));
+}
+
+#[tokio::test]
+async fn a_send_to_a_large_group_writes_one_event() {
+    let mut w = World::new().await;
+    w.create("big").await;
+    let members: Vec<String> = (0..5000).map(|i| format!("u{i}")).collect();
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    w.subscribe("big", &refs).await;
+    let before = w.log.next_offset();
+    w.send("u0", "big", "hello").await.unwrap();
+    assert_eq!(
+        w.log.next_offset() - before,
+        1,
+        "read mode: one event per send"
+    );
+    assert_eq!(unread(&w, "u4999", "big"), 1);
+}
+
+#[tokio::test]
+async fn the_cache_is_used_when_valid_and_never_trusted_when_not() {
+    let mut w = World::new().await;
+    group(&mut w).await;
+    w.send("alice", "g", "1").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ConversationCacheConfig {
+        memory_bytes: 1 << 20,
+        disk_bytes: 16 << 20,
+    };
+    let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
+
+    let fp = fingerprint(w.state(), "bob");
+    assert!(cache.get("bob", fp).await.is_none());
+    let list = compute(w.state(), "bob");
+    cache.put("bob", fp, &list);
+    assert_eq!(cache.get("bob", fp).await.unwrap(), list);
+
+    // A new message changes the fingerprint: the stale entry is not served.
+    w.send("alice", "g", "2").await.unwrap();
+    let fp2 = fingerprint(w.state(), "bob");
+    assert_ne!(fp, fp2);
+    assert!(cache.get("bob", fp2).await.is_none());
+    // So does a read by bob, and a membership change.
+    w.ack("bob", "g", None, Some(2)).await;
+    assert_ne!(fingerprint(w.state(), "bob"), fp2);
+    let fp3 = fingerprint(w.state(), "bob");
+    w.create("h").await;
+    w.subscribe("h", &["bob"]).await;
+    assert_ne!(fingerprint(w.state(), "bob"), fp3);
+    // Another user's read does not invalidate bob's entry.
+    let fp4 = fingerprint(w.state(), "bob");
+    w.ack("carol", "g", None, Some(1)).await;
+    assert_eq!(fingerprint(w.state(), "bob"), fp4);
+    let (hits, misses) = cache.stats();
+    assert_eq!((hits, misses), (1, 2));
+
+    // Entries reach the disk on close and are found again after reopening.
+    let list = compute(w.state(), "bob");
+    cache.put("bob", fp4, &list);
+    cache.close().await.unwrap();
+    drop(cache);
+    let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
+    assert_eq!(cache.get("bob", fp4).await, Some(list));
+    cache.close().await.unwrap();
+    drop(cache);
+
+    // Damage every byte past the first block header region: nothing wrong is ever served.
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let f = f.unwrap().path();
+        let mut bytes = std::fs::read(&f).unwrap();
+        for b in bytes.iter_mut().skip(64) {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&f, bytes).unwrap();
+    }
+    let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
+    assert_eq!(cache.get("bob", fp4).await, None);
+    cache.close().await.unwrap();
+}

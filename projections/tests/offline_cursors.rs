@@ -1,0 +1,247 @@
+//! Offline-cursor boundaries — the bug that lost WuKongIM's first offline message. Seqs start
+//! at 1, a cursor is the last seq received, sync returns `seq > cursor`. Each case runs under
+//! every combination of: channel allowlist on/off, channel denylist on/off, and the
+//! person-channel allowlist switch on/off — in a group channel and in a person channel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::World;
+use tidings_projections::ids::person_channel;
+use tidings_projections::permissions::SendDenied;
+use tidings_projections::{ListKind, ListOp, ListOwner};
+
+#[derive(Debug, Clone, Copy)]
+struct Combo {
+    allowlist: bool,
+    denylist: bool,
+    person_allowlist: bool,
+}
+
+fn combos() -> Vec<Combo> {
+    let mut v = Vec::new();
+    for a in [false, true] {
+        for d in [false, true] {
+            for p in [false, true] {
+                v.push(Combo {
+                    allowlist: a,
+                    denylist: d,
+                    person_allowlist: p,
+                });
+            }
+        }
+    }
+    v
+}
+
+/// A world where `alice` may send to `bob` in group `g` and in their person channel, and
+/// `mallory` is denied wherever a denylist is on.
+async fn world(c: Combo) -> (World, String) {
+    let mut w = World::new().await;
+    w.person_allowlist = c.person_allowlist;
+    w.create("g").await;
+    w.subscribe("g", &["alice", "bob", "mallory"]).await;
+    if c.allowlist {
+        w.list(
+            ListOwner::Channel("g".into()),
+            ListKind::Allow,
+            ListOp::Set,
+            &["alice", "bob"],
+        )
+        .await;
+        w.list(
+            ListOwner::User("bob".into()),
+            ListKind::Allow,
+            ListOp::Set,
+            &["alice"],
+        )
+        .await;
+    }
+    if c.denylist {
+        w.list(
+            ListOwner::Channel("g".into()),
+            ListKind::Deny,
+            ListOp::Add,
+            &["mallory"],
+        )
+        .await;
+        w.list(
+            ListOwner::User("bob".into()),
+            ListKind::Deny,
+            ListOp::Add,
+            &["mallory"],
+        )
+        .await;
+    }
+    if c.person_allowlist && !c.allowlist {
+        // With the switch on, bob must allow alice explicitly to hear from her.
+        w.list(
+            ListOwner::User("bob".into()),
+            ListKind::Allow,
+            ListOp::Add,
+            &["alice"],
+        )
+        .await;
+    }
+    (w, person_channel("alice", "bob"))
+}
+
+fn seqs(msgs: &[tidings_projections::messages::Message], channel: &str) -> Vec<u64> {
+    msgs.iter()
+        .filter(|m| m.channel == channel)
+        .map(|m| m.seq)
+        .collect()
+}
+
+async fn each(f: impl AsyncFn(Combo, World, String)) {
+    for c in combos() {
+        let (w, p) = world(c).await;
+        f(c, w, p).await;
+    }
+}
+
+#[tokio::test]
+async fn cursor_zero_and_one_message_returns_the_first_message() {
+    each(async |c, mut w, p| {
+        for ch in ["g", p.as_str()] {
+            assert_eq!(w.state().cursors.get("bob", ch).delivered, 0, "{c:?} {ch}");
+            let sent = w.send("alice", ch, &format!("first-{ch}")).await.unwrap();
+            assert_eq!(sent.seq, 1, "seqs start at 1 ({c:?} {ch})");
+            let (msgs, more) = w.sync("bob", 100).await;
+            assert_eq!(
+                seqs(&msgs, ch),
+                vec![1],
+                "the first offline message must be returned ({c:?} {ch})"
+            );
+            assert!(!more);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cursor_at_the_last_seq_returns_nothing() {
+    each(async |c, mut w, p| {
+        for ch in ["g", p.as_str()] {
+            for i in 0..3 {
+                w.send("alice", ch, &format!("{ch}-{i}")).await.unwrap();
+            }
+            w.ack("bob", ch, Some(3), None).await;
+            let (msgs, _) = w.sync("bob", 100).await;
+            assert_eq!(seqs(&msgs, ch), Vec::<u64>::new(), "{c:?} {ch}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cursor_in_the_middle_returns_exactly_the_rest() {
+    each(async |c, mut w, p| {
+        for ch in ["g", p.as_str()] {
+            for i in 0..5 {
+                w.send("alice", ch, &format!("{ch}-{i}")).await.unwrap();
+            }
+            w.ack("bob", ch, Some(2), None).await;
+            let (msgs, _) = w.sync("bob", 100).await;
+            assert_eq!(seqs(&msgs, ch), vec![3, 4, 5], "{c:?} {ch}");
+            // Paging: a limit of 2 gives 3,4 and says there is more.
+            let (msgs, more) = w.sync("bob", 2).await;
+            assert_eq!(
+                msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+                vec![3, 4],
+                "{c:?} {ch}"
+            );
+            assert!(more);
+            w.ack("bob", ch, Some(5), None).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_empty_channel_returns_nothing() {
+    each(async |c, w, p| {
+        let (msgs, more) = w.sync("bob", 100).await;
+        assert!(msgs.is_empty() && !more, "{c:?}");
+        assert!(w.history("g").await.is_empty());
+        assert!(w.history(&p).await.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_unsubscribe_and_resubscribe_new_messages_arrive_again() {
+    each(async |c, mut w, _p| {
+        w.send("alice", "g", "m1").await.unwrap();
+        w.send("alice", "g", "m2").await.unwrap();
+        w.ack("bob", "g", Some(1), None).await;
+        w.unsubscribe("g", &["bob"]).await;
+        // Sent while bob is out: not delivered to him (he joins again at the head).
+        w.send("alice", "g", "m3").await.unwrap();
+        assert_eq!(
+            seqs(&w.sync("bob", 100).await.0, "g"),
+            Vec::<u64>::new(),
+            "{c:?}"
+        );
+        w.subscribe("g", &["bob"]).await;
+        // Subscribing twice changes nothing (idempotent).
+        let before = w.state().clone();
+        w.subscribe("g", &["bob"]).await;
+        assert_eq!(w.state().subs, before.subs);
+        assert_eq!(
+            w.state().cursors.get("bob", "g").delivered,
+            3,
+            "joins at the head ({c:?})"
+        );
+        let sent = w.send("alice", "g", "m4").await.unwrap();
+        assert_eq!(sent.seq, 4);
+        assert_eq!(
+            seqs(&w.sync("bob", 100).await.0, "g"),
+            vec![4],
+            "the next message arrives ({c:?})"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn denied_and_not_allowed_senders_never_reach_the_cursor() {
+    each(async |c, mut w, p| {
+        let group = w.send("mallory", "g", "x").await;
+        let person = w
+            .send("mallory", &person_channel("mallory", "bob"), "y")
+            .await;
+        if c.denylist {
+            assert_eq!(group.unwrap_err(), SendDenied::Denied, "{c:?}");
+            assert_eq!(person.clone().unwrap_err(), SendDenied::Denied, "{c:?}");
+        } else if c.allowlist {
+            assert_eq!(group.unwrap_err(), SendDenied::NotAllowed, "{c:?}");
+        } else {
+            assert!(group.is_ok(), "{c:?}");
+        }
+        if !c.denylist && c.person_allowlist {
+            assert_eq!(person.unwrap_err(), SendDenied::NotAllowed, "{c:?}");
+        } else if !c.denylist {
+            assert!(person.is_ok(), "{c:?}");
+        }
+        // Whatever was refused left no trace: seqs stay gapless.
+        let h = w.history("g").await;
+        assert_eq!(
+            h.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=h.len() as u64).collect::<Vec<_>>()
+        );
+        // And alice still reaches bob in both channels.
+        w.send("alice", "g", "ok-group").await.unwrap();
+        w.send("alice", &p, "ok-person").await.unwrap();
+        let (msgs, _) = w.sync("bob", 100).await;
+        assert!(
+            msgs.iter().any(|m| m.from == "alice" && m.channel == "g"),
+            "{c:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.from == "alice" && m.channel == p),
+            "{c:?}"
+        );
+    })
+    .await;
+}

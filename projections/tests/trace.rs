@@ -1,0 +1,115 @@
+//! Message trace: the timeline of one message, built from the log (accepted, durable, delivery
+//! and read acks, recall, edits) plus sampled push records; the scan is bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use bytes::Bytes;
+use common::World;
+use tidings_projections::Event;
+use tidings_projections::trace::{self, PushRecord, PushSamples};
+
+#[tokio::test]
+async fn a_trace_shows_who_got_and_read_a_message_and_when() {
+    let mut w = World::new().await;
+    w.create("g").await;
+    w.subscribe("g", &["alice", "bob", "carol", "dan"]).await;
+    let sent = w.send("alice", "g", "m1").await.unwrap();
+    w.send("alice", "g", "m2").await.unwrap();
+    let samples = PushSamples::new(1, 100);
+    samples.record(
+        "g",
+        sent.seq,
+        PushRecord {
+            at_ms: 5,
+            online_users: 2,
+            sessions: 3,
+            dropped: 0,
+        },
+    );
+    w.ack("bob", "g", Some(1), None).await;
+    w.ack("carol", "g", Some(2), Some(2)).await; // covers seq 1 for both
+    w.ack("bob", "g", None, Some(1)).await;
+    w.emit(Event::MessageEdited {
+        channel: "g".into(),
+        seq: 1,
+        by: "alice".into(),
+        payload: Bytes::from_static(b"{}"),
+        flags: 1,
+    })
+    .await;
+    w.recall("g", 1, "alice").await;
+
+    let plan = trace::plan(w.state(), w.p.index_files(), "g", 1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(plan.offset, sent.offset);
+    let t = trace::trace(&w.log, &plan, Some(&samples), 1_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (t.from.as_str(), t.message_id, t.offset),
+        ("alice", sent.message_id, sent.offset)
+    );
+    assert_eq!(t.accepted_at_ms, sent.ts);
+    assert!(t.durable_at_ms > 0);
+    assert_eq!(
+        t.delivered
+            .iter()
+            .map(|a| a.uid.as_str())
+            .collect::<Vec<_>>(),
+        ["bob", "carol"]
+    );
+    assert_eq!(
+        t.read.iter().map(|a| a.uid.as_str()).collect::<Vec<_>>(),
+        ["carol", "bob"],
+        "in time order"
+    );
+    assert!(t.delivered[0].at_ms <= t.read[1].at_ms);
+    assert_eq!(t.not_delivered, vec!["dan".to_string()]);
+    assert_eq!(t.edited_at_ms.len(), 1);
+    assert!(t.recalled_at_ms.is_some());
+    assert_eq!(t.pushes.len(), 1);
+    assert!(t.scan_complete);
+
+    // A bounded scan says it stopped early.
+    let short = trace::trace(&w.log, &plan, None, 2).await.unwrap().unwrap();
+    assert!(!short.scan_complete);
+    assert_eq!(short.delivered.len(), 1);
+
+    // No such message.
+    assert!(
+        trace::plan(w.state(), w.p.index_files(), "g", 99)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        trace::plan(w.state(), w.p.index_files(), "nope", 1)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn push_samples_are_bounded_and_sampled_by_message_id() {
+    let s = PushSamples::new(4, 3);
+    assert!(s.sampled(8) && !s.sampled(9));
+    for seq in 0..5 {
+        s.record(
+            "g",
+            seq,
+            PushRecord {
+                at_ms: seq,
+                online_users: 1,
+                sessions: 1,
+                dropped: 0,
+            },
+        );
+    }
+    assert!(
+        s.get("g", 0).is_empty() && s.get("g", 1).is_empty(),
+        "the oldest fell out"
+    );
+    assert_eq!(s.get("g", 4).len(), 1);
+}
