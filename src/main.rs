@@ -1,5 +1,10 @@
 //! The `tidings` binary: the server and the operator CLI.
 
+mod cli;
+mod data;
+
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 /// tidings: an instant-messaging server on a checksummed commit log.
@@ -14,14 +19,42 @@ struct Cli {
 enum Cmd {
     /// Run the server.
     Serve,
+    /// Print events as NDJSON, one per line.
+    Replay(cli::replay::ReplayArgs),
+    /// Rebuild the projections from the log and write a fresh snapshot (server stopped).
+    Rebuild(cli::rebuild::RebuildArgs),
+    /// Rebuild from offset 0 in memory and compare with the newest snapshot + the log after it.
+    Verify(cli::verify::VerifyArgs),
+    /// List segments, snapshots and index sidecars, and check every checksum.
+    Inspect(cli::inspect::InspectArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    match cli.command {
-        Cmd::Serve => {
-            println!("tidings serve: not yet — the server lands with the [server] issue");
-            Ok(())
+    let default_level = match cli.command {
+        Cmd::Serve => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Serve => {
+                println!("tidings serve: not yet — the server lands with the [server] issue");
+                Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Replay(a) => cli::replay::run(a).await,
+            Cmd::Rebuild(a) => cli::rebuild::run(a).await,
+            Cmd::Verify(a) => cli::verify::run(a).await,
+            Cmd::Inspect(a) => cli::inspect::run(a).await,
         }
-    }
+    })
 }

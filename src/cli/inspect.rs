@@ -1,0 +1,102 @@
+//! `tidings inspect`: list segments, offsets and sizes, check every CRC; list snapshots and
+//! check the message index sidecars.
+
+use std::process::ExitCode;
+
+use tidings_projections::msgindex::IndexFiles;
+use tidings_projections::snapshot;
+
+use crate::data::DataDir;
+
+/// Options of `tidings inspect`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InspectArgs {
+    /// The data directory.
+    #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
+    data: std::path::PathBuf,
+}
+
+pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let data = DataDir::new(&args.data);
+    let log = super::open_read_only(&data).await?;
+    let mut problems = 0;
+    println!("log {}", data.log().display());
+    println!(
+        "{:>20} {:>20} {:>12} {:>8} {:>9}  status",
+        "base", "end", "bytes", "state", "batches"
+    );
+    let (mut total_bytes, mut total_records) = (0u64, 0u64);
+    for seg in log.segments()? {
+        let state = if seg.sealed { "sealed" } else { "active" };
+        let l = log.clone();
+        let base = seg.base_offset;
+        let check = tokio::task::spawn_blocking(move || l.check_segment(base)).await?;
+        let (batches, status) = match check {
+            Ok(c) => {
+                total_records += c.records;
+                (c.batches.to_string(), "ok".to_string())
+            }
+            Err(e) => {
+                problems += 1;
+                ("-".into(), format!("CORRUPT: {e}"))
+            }
+        };
+        total_bytes += seg.bytes;
+        println!(
+            "{:>20} {:>20} {:>12} {:>8} {:>9}  {status}",
+            seg.base_offset, seg.end_offset, seg.bytes, state, batches
+        );
+    }
+    println!(
+        "offsets [{}, {}), {total_records} records checked, {total_bytes} bytes",
+        log.start_offset(),
+        log.next_offset()
+    );
+    log.close().await?;
+
+    let snap_dir = data.projections().join("snapshots");
+    let mut newest = None;
+    for s in snapshot::list(&snap_dir)? {
+        let len = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
+        let status = match std::fs::read(&s.path)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| snapshot::decode(&s.path, &b).map_err(anyhow::Error::from))
+        {
+            Ok(state) => {
+                newest.get_or_insert(state);
+                "ok".to_string()
+            }
+            Err(e) => {
+                problems += 1;
+                format!("CORRUPT: {e}")
+            }
+        };
+        println!(
+            "snapshot {} (offset {}, {len} bytes): {status}",
+            s.path.display(),
+            s.applied
+        );
+    }
+    if let Some(state) = newest {
+        let files = IndexFiles::open(&data.projections().join("index"), 1 << 20)?;
+        let mut ok = 0;
+        for side in &state.index.sidecars {
+            match files.check(side) {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    problems += 1;
+                    println!("message index sidecar: CORRUPT: {e}");
+                }
+            }
+        }
+        println!(
+            "message index: {ok} sidecars ok, {} entries in memory",
+            state.index.mem_len
+        );
+    }
+    if problems > 0 {
+        println!("{problems} problems found");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,35 @@
+//! Operator subcommands. Errors are `anyhow` here (and only here and in `main`).
+
+pub(crate) mod inspect;
+pub(crate) mod json;
+pub(crate) mod rebuild;
+pub(crate) mod replay;
+pub(crate) mod verify;
+
+use tidings_log::{Log, LogError, LogOptions};
+
+use crate::data::DataDir;
+
+/// Opens the log read-only (works while a server is running).
+pub(crate) async fn open_read_only(data: &DataDir) -> anyhow::Result<Log> {
+    let path = data.log();
+    Log::open(&path, LogOptions::default().with_read_only(true))
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the log in {}: {e}", path.display()))
+}
+
+/// Opens the log for writing (the server must be stopped).
+pub(crate) async fn open_exclusive(data: &DataDir) -> anyhow::Result<Log> {
+    let path = data.log();
+    match Log::open(&path, LogOptions::default()).await {
+        Ok(log) => Ok(log),
+        Err(LogError::Locked { .. }) => anyhow::bail!(
+            "the log in {} is in use: stop the server first",
+            path.display()
+        ),
+        Err(e) => Err(anyhow::anyhow!(
+            "opening the log in {}: {e}",
+            path.display()
+        )),
+    }
+}

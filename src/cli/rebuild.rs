@@ -1,0 +1,67 @@
+//! `tidings rebuild`: rebuild the projections from the log and write a fresh snapshot.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tidings_projections::{Origin, ProjectionConfig, Projections};
+
+use crate::data::DataDir;
+
+/// Options of `tidings rebuild`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RebuildArgs {
+    /// The data directory.
+    #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
+    data: std::path::PathBuf,
+    /// Start from the newest valid snapshot and replay the log after it (default: replay the
+    /// whole log from offset 0).
+    #[arg(long, conflicts_with = "from_offset")]
+    from_snapshot: bool,
+    /// Start from the newest valid snapshot covering at most offset N (an empty state when
+    /// there is none), to step around a suspect newer snapshot.
+    #[arg(long, value_name = "N")]
+    from_offset: Option<u64>,
+}
+
+pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
+    let data = DataDir::new(&args.data);
+    let log = super::open_exclusive(&data).await?;
+    let config = ProjectionConfig::default();
+    let mut p = if args.from_snapshot {
+        Projections::load(&data.projections(), config)?
+    } else if let Some(n) = args.from_offset {
+        Projections::load_at_most(&data.projections(), config, Some(n))?
+    } else {
+        Projections::empty(&data.projections(), config)?
+    };
+    match p.origin() {
+        Origin::Empty => eprintln!("rebuilding from offset 0"),
+        Origin::Snapshot(path) => eprintln!(
+            "rebuilding from snapshot {} (offset {})",
+            path.display(),
+            p.state.next_offset()
+        ),
+    }
+    let start = p.state.next_offset();
+    let end = log.next_offset();
+    let bar = ProgressBar::new(end.saturating_sub(start));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let t = Instant::now();
+    let n = p
+        .catch_up(&log, |applied, _| bar.set_position(applied - start))
+        .await?;
+    bar.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    let snap = p.snapshot()?;
+    log.close().await?;
+    println!(
+        "applied {n} events in {secs:.2} s ({:.0} events/s); snapshot: {}",
+        n as f64 / secs.max(1e-9),
+        snap.map_or("none (empty log)".into(), |p| p.display().to_string())
+    );
+    Ok(ExitCode::SUCCESS)
+}

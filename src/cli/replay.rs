@@ -1,0 +1,95 @@
+//! `tidings replay`: events as NDJSON, one per line, pipe-friendly.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use tidings_projections::Envelope;
+
+use crate::cli::json::event_line;
+use crate::data::DataDir;
+
+/// Options of `tidings replay`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReplayArgs {
+    /// The data directory.
+    #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
+    data: std::path::PathBuf,
+    /// First offset to print.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Last offset to print (inclusive).
+    #[arg(long)]
+    to: Option<u64>,
+    /// Only events about this channel (canonical id: a group id or `p:a:b`).
+    #[arg(long)]
+    channel: Option<String>,
+    /// Keep waiting for new events.
+    #[arg(long)]
+    follow: bool,
+}
+
+pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let data = DataDir::new(&args.data);
+    let log = super::open_read_only(&data).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut tail = log.tail(args.from.max(log.start_offset()));
+    let mut bad = 0u64;
+    let end = log.next_offset();
+    'outer: loop {
+        let next = tail.position();
+        if args.to.is_some_and(|to| next > to) || (!args.follow && next >= end) {
+            break;
+        }
+        let batch = tail.next_batch(4 << 20).await?;
+        for rec in batch {
+            if args.to.is_some_and(|to| rec.offset > to) || (!args.follow && rec.offset >= end) {
+                break 'outer;
+            }
+            let line = match Envelope::decode(rec.offset, &rec.payload) {
+                Ok(env) => {
+                    if args
+                        .channel
+                        .as_deref()
+                        .is_some_and(|c| env.event.channel() != Some(c))
+                    {
+                        continue;
+                    }
+                    event_line(rec.offset, rec.timestamp_ms, &env)
+                }
+                Err(e) => {
+                    bad += 1;
+                    serde_json::json!({"offset": rec.offset, "error": e.to_string()})
+                }
+            };
+            let written = serde_json::to_writer(&mut out, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"));
+            match written {
+                Ok(()) => {}
+                // The reader went away (`| head`): that is a normal end.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if args.follow {
+            match out.flush() {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                other => other?,
+            }
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        other => other?,
+    }
+    log.close().await?;
+    if bad > 0 {
+        eprintln!("{bad} records were not valid events (printed with an \"error\" field)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
