@@ -17,6 +17,15 @@ impl DataDir {
     pub(crate) fn new(root: impl Into<PathBuf>) -> Self {
         Self(root.into())
     }
+    pub(crate) fn root(&self) -> &std::path::Path {
+        &self.0
+    }
+    pub(crate) fn cache(&self) -> PathBuf {
+        self.0.join("cache")
+    }
+    pub(crate) fn admin_key(&self) -> PathBuf {
+        self.0.join("admin.key")
+    }
     pub(crate) fn log(&self) -> PathBuf {
         self.0.join("log")
     }

@@ -1,7 +1,10 @@
 //! The `tidings` binary: the server and the operator CLI.
 
 mod cli;
+mod config;
 mod data;
+mod render;
+mod server;
 
 use std::process::ExitCode;
 
@@ -18,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the server.
-    Serve,
+    Serve(Box<config::ServeArgs>),
     /// Print events as NDJSON, one per line.
     Replay(cli::replay::ReplayArgs),
     /// Rebuild the projections from the log and write a fresh snapshot (server stopped).
@@ -32,7 +35,7 @@ enum Cmd {
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Cmd::Serve => "info",
+        Cmd::Serve(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -41,14 +44,15 @@ fn main() -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Cmd::Serve => {
-                println!("tidings serve: not yet — the server lands with the [server] issue");
+            Cmd::Serve(args) => {
+                server::serve(args.resolve()?).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Replay(a) => cli::replay::run(a).await,

@@ -48,7 +48,7 @@ mod writer;
 
 pub use crate::batch::Record;
 pub use crate::error::{CorruptKind, LogError, Result};
-pub use crate::log::{AppendAck, Log, SegmentCheck, SegmentInfo, Watermark};
+pub use crate::log::{AppendAck, Log, PendingAppend, SegmentCheck, SegmentInfo, Watermark};
 pub use crate::metrics::LogMetrics;
 pub use crate::options::{FsyncPolicy, LogOptions, RecoveryMode};
 pub use crate::tail::Tail;

@@ -47,6 +47,19 @@ impl AppendAck {
     }
 }
 
+/// An append waiting in the writer's queue (from [`Log::enqueue`]).
+#[derive(Debug)]
+pub struct PendingAppend {
+    rx: oneshot::Receiver<Result<AppendAck>>,
+}
+
+impl PendingAppend {
+    /// Waits until the append is durable under the fsync policy.
+    pub async fn wait(self) -> Result<AppendAck> {
+        self.rx.await.map_err(|_| LogError::WriterGone)?
+    }
+}
+
 /// A segment as listed by [`Log::segments`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -309,6 +322,15 @@ impl Log {
     /// Appends `records` as one unit (all in one batch) and returns once they are durable under
     /// the fsync policy. Waits when the writer's queue is full.
     pub async fn append(&self, records: Vec<Bytes>) -> Result<AppendAck> {
+        self.enqueue(records).await?.wait().await
+    }
+
+    /// Puts `records` in the writer's queue and returns without waiting for durability; await
+    /// the returned [`PendingAppend`] for the acknowledgement. Appends enqueued one after the
+    /// other (by one task, or under a lock) get increasing offsets in that order — the
+    /// sequencer relies on this to keep a channel's seqs in log order while many appends are
+    /// in flight.
+    pub async fn enqueue(&self, records: Vec<Bytes>) -> Result<PendingAppend> {
         if self.shared.read_only.is_some() {
             return Err(LogError::ReadOnly);
         }
@@ -335,7 +357,7 @@ impl Log {
             self.shared.permits.add_permits(size as usize);
             return Err(LogError::Closed);
         }
-        rx.await.map_err(|_| LogError::WriterGone)?
+        Ok(PendingAppend { rx })
     }
 
     /// Appends one record; returns its offset.

@@ -29,6 +29,8 @@ pub struct LastMessage {
     pub preview: Bytes,
     /// Whether `preview` is cut short.
     pub truncated: bool,
+    /// The message's flags (`FLAG_JSON_PAYLOAD`).
+    pub flags: u32,
     /// Whether it was recalled (then `preview` is empty).
     pub recalled: bool,
 }
@@ -93,6 +95,7 @@ pub fn compute(state: &State, uid: &str) -> Vec<Conversation> {
             ts: head.ts,
             preview: head.preview.clone(),
             truncated: head.truncated,
+            flags: head.flags,
             recalled: head.recalled,
         });
         out.push(Conversation {

@@ -74,6 +74,17 @@ pub enum ListOp {
     Set,
 }
 
+/// One user's cursor move inside a [`Event::CursorBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorUpdate {
+    /// The user.
+    pub uid: Uid,
+    /// Everything up to this seq was delivered.
+    pub delivered_seq: Option<u64>,
+    /// Everything up to this seq was read.
+    pub read_seq: Option<u64>,
+}
+
 /// Everything that can happen, as stored in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -184,6 +195,14 @@ pub enum Event {
         /// Everything up to this seq was read.
         read_seq: Option<u64>,
     },
+    /// Many users' cursors in one channel moved forward: the coalesced acks of a window, one
+    /// event per channel however many members acked.
+    CursorBatch {
+        /// The channel.
+        channel: ChannelId,
+        /// The users' new positions.
+        cursors: Vec<CursorUpdate>,
+    },
     /// A user hid a conversation (it returns with the next message).
     ConversationHidden {
         /// The user.
@@ -218,6 +237,7 @@ impl Event {
             Event::MessageRecalled { .. } => "message_recalled",
             Event::MessageEdited { .. } => "message_edited",
             Event::CursorAdvanced { .. } => "cursor_advanced",
+            Event::CursorBatch { .. } => "cursor_batch",
             Event::ConversationHidden { .. } => "conversation_hidden",
             Event::ConversationCleared { .. } => "conversation_cleared",
         }
@@ -235,6 +255,7 @@ impl Event {
             | Event::MessageRecalled { channel, .. }
             | Event::MessageEdited { channel, .. }
             | Event::CursorAdvanced { channel, .. }
+            | Event::CursorBatch { channel, .. }
             | Event::ConversationHidden { channel, .. }
             | Event::ConversationCleared { channel, .. } => Some(channel),
             Event::ListChanged {

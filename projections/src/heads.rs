@@ -26,6 +26,8 @@ pub struct Head {
     pub preview: Bytes,
     /// Whether the preview is cut short.
     pub truncated: bool,
+    /// The message's flags (`FLAG_JSON_PAYLOAD`: the preview is JSON when not cut).
+    pub flags: u32,
     /// Whether the last message was recalled.
     pub recalled: bool,
     /// When it was sent (ms since the Unix epoch).
@@ -91,6 +93,7 @@ impl Heads {
         seq: u64,
         message_id: u64,
         payload: &Bytes,
+        flags: u32,
     ) {
         let (preview, truncated) = preview(payload);
         if !self.heads.contains_key(channel) {
@@ -105,6 +108,7 @@ impl Heads {
             from: from.to_owned(),
             preview,
             truncated,
+            flags,
             recalled: false,
             ts,
             version: offset,
@@ -127,7 +131,14 @@ impl Heads {
         }
     }
 
-    pub(crate) fn edit(&mut self, offset: u64, channel: &str, seq: u64, payload: &Bytes) {
+    pub(crate) fn edit(
+        &mut self,
+        offset: u64,
+        channel: &str,
+        seq: u64,
+        payload: &Bytes,
+        flags: u32,
+    ) {
         if self.is_recalled(channel, seq) {
             return;
         }
@@ -138,6 +149,7 @@ impl Heads {
         if let Some(h) = self.heads.get_mut(channel) {
             if h.last_seq == seq {
                 (h.preview, h.truncated) = preview(payload);
+                h.flags = flags;
             }
             h.version = offset;
         }

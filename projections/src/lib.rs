@@ -41,7 +41,7 @@ pub use crate::error::{ProjectionError, Result};
 /// The hash map of the hot projections: foldhash (fast, seeded per process) instead of SipHash.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub use crate::event::{
-    ChannelFlags, Envelope, Event, FLAG_JSON_PAYLOAD, ListKind, ListOp, ListOwner,
+    ChannelFlags, CursorUpdate, Envelope, Event, FLAG_JSON_PAYLOAD, ListKind, ListOp, ListOwner,
 };
 pub use crate::state::{Applied, State};
 pub use crate::store::{Origin, ProjectionConfig, Projections};

@@ -90,12 +90,24 @@ pub fn plan_sync(
     uid: &str,
     limit: usize,
 ) -> Result<(Vec<MessageRef>, bool)> {
+    plan_sync_from(state, files, uid, limit, |_, cursor| cursor)
+}
+
+/// Like [`plan_sync`], but each channel starts after `after(channel, cursor)` instead of the
+/// cursor (a WebSocket session's catch-up continues from what it already sent).
+pub fn plan_sync_from(
+    state: &State,
+    files: &IndexFiles,
+    uid: &str,
+    limit: usize,
+    after: impl Fn(&str, u64) -> u64,
+) -> Result<(Vec<MessageRef>, bool)> {
     let mut out = Vec::new();
     let mut has_more = false;
     for channel in state.subs.channels_of(uid) {
         let last = state.heads.last_seq(channel);
         let cur = state.cursors.get(uid, channel);
-        let from = cur.delivered.max(cur.cleared);
+        let from = after(channel, cur.delivered.max(cur.cleared));
         if last <= from {
             continue;
         }
@@ -124,11 +136,23 @@ fn decode_at(offset: u64, recs: &[tidings_log::Record]) -> Result<Envelope> {
     Envelope::decode(rec.offset, &rec.payload)
 }
 
-/// Loads planned messages from the log.
+/// Loads planned messages from the log (one blocking task for the whole plan).
 pub async fn load(log: &Log, plan: &[MessageRef]) -> Result<Vec<Message>> {
+    if plan.is_empty() {
+        return Ok(Vec::new());
+    }
+    let log = log.clone();
+    let plan = plan.to_vec();
+    tokio::task::spawn_blocking(move || load_blocking(&log, &plan))
+        .await
+        .map_err(|e| ProjectionError::Cache(format!("message loader task: {e}")))?
+}
+
+/// [`load`] for blocking contexts.
+pub fn load_blocking(log: &Log, plan: &[MessageRef]) -> Result<Vec<Message>> {
     let mut out = Vec::with_capacity(plan.len());
     for m in plan {
-        let recs = log.read(m.offset, 0).await?;
+        let recs = log.read_blocking(m.offset, 0)?;
         let env = decode_at(m.offset, &recs)?;
         let Event::MessageSent {
             from,
@@ -160,7 +184,7 @@ pub async fn load(log: &Log, plan: &[MessageRef]) -> Result<Vec<Message>> {
         let (payload, flags) = match (m.recalled, m.edit_offset) {
             (true, _) => (None, flags),
             (false, Some(edit)) => {
-                let recs = log.read(edit, 0).await?;
+                let recs = log.read_blocking(edit, 0)?;
                 match decode_at(edit, &recs)?.event {
                     Event::MessageEdited { payload, flags, .. } => (Some(payload), flags),
                     _ => (Some(payload), flags),

@@ -102,13 +102,22 @@ impl State {
                 seq,
                 message_id,
                 payload,
+                flags,
                 ..
             } => {
                 if is_person_channel(channel) {
                     self.subs.person_message(channel);
                 }
-                self.heads
-                    .sent(offset, ts, channel, from, *seq, *message_id, payload);
+                self.heads.sent(
+                    offset,
+                    ts,
+                    channel,
+                    from,
+                    *seq,
+                    *message_id,
+                    payload,
+                    *flags,
+                );
                 self.cursors.sent(offset, from, channel, *seq);
                 self.idempotency.record(
                     from,
@@ -130,8 +139,9 @@ impl State {
                 channel,
                 seq,
                 payload,
+                flags,
                 ..
-            } => self.heads.edit(offset, channel, *seq, payload),
+            } => self.heads.edit(offset, channel, *seq, payload, *flags),
             Event::CursorAdvanced {
                 uid,
                 channel,
@@ -140,6 +150,12 @@ impl State {
             } => {
                 self.cursors
                     .advance(offset, uid, channel, *delivered_seq, *read_seq);
+            }
+            Event::CursorBatch { channel, cursors } => {
+                for c in cursors {
+                    self.cursors
+                        .advance(offset, &c.uid, channel, c.delivered_seq, c.read_seq);
+                }
             }
             Event::ConversationHidden { uid, channel } => {
                 let last = self.heads.last_seq(channel);

@@ -221,19 +221,25 @@ pub async fn trace(
                 at_ms: e.ts,
                 offset: r.offset,
             };
+            let mut covers = |uid: &str, delivered_seq: Option<u64>, read_seq: Option<u64>| {
+                let d = delivered_seq.unwrap_or(0).max(read_seq.unwrap_or(0));
+                if d >= seq {
+                    delivered.entry(uid.to_owned()).or_insert_with(|| ack(uid));
+                }
+                if read_seq.is_some_and(|s| s >= seq) {
+                    read.entry(uid.to_owned()).or_insert_with(|| ack(uid));
+                }
+            };
             match &e.event {
                 Event::CursorAdvanced {
                     uid,
                     delivered_seq,
                     read_seq,
                     ..
-                } => {
-                    let d = delivered_seq.unwrap_or(0).max(read_seq.unwrap_or(0));
-                    if d >= seq {
-                        delivered.entry(uid.clone()).or_insert_with(|| ack(uid));
-                    }
-                    if read_seq.is_some_and(|s| s >= seq) {
-                        read.entry(uid.clone()).or_insert_with(|| ack(uid));
+                } => covers(uid, *delivered_seq, *read_seq),
+                Event::CursorBatch { cursors, .. } => {
+                    for c in cursors {
+                        covers(&c.uid, c.delivered_seq, c.read_seq);
                     }
                 }
                 Event::MessageRecalled { seq: s, .. } if *s == seq => {

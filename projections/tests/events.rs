@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use tidings_projections::{
-    ChannelFlags, Envelope, Event, ListKind, ListOp, ListOwner, ProjectionError,
+    ChannelFlags, CursorUpdate, Envelope, Event, ListKind, ListOp, ListOwner, ProjectionError,
 };
 
 fn id() -> impl Strategy<Value = String> {
@@ -98,6 +98,21 @@ fn event() -> impl Strategy<Value = Event> {
                 read_seq
             }
         ),
+        (
+            id(),
+            prop::collection::vec((id(), any::<Option<u64>>(), any::<Option<u64>>()), 0..4)
+        )
+            .prop_map(|(channel, cs)| Event::CursorBatch {
+                channel,
+                cursors: cs
+                    .into_iter()
+                    .map(|(uid, delivered_seq, read_seq)| CursorUpdate {
+                        uid,
+                        delivered_seq,
+                        read_seq
+                    })
+                    .collect()
+            }),
         (id(), id()).prop_map(|(uid, channel)| Event::ConversationHidden { uid, channel }),
         (id(), id(), any::<u64>()).prop_map(|(uid, channel, up_to_seq)| {
             Event::ConversationCleared {
@@ -248,6 +263,21 @@ fn golden_events() -> Vec<Envelope> {
             uid: s("bob"),
             channel: s("p:alice:bob"),
             up_to_seq: 3,
+        },
+        Event::CursorBatch {
+            channel: s("general"),
+            cursors: vec![
+                CursorUpdate {
+                    uid: s("bob"),
+                    delivered_seq: Some(9),
+                    read_seq: Some(7),
+                },
+                CursorUpdate {
+                    uid: s("carol"),
+                    delivered_seq: Some(9),
+                    read_seq: None,
+                },
+            ],
         },
     ];
     evs.into_iter()

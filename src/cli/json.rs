@@ -1,21 +1,9 @@
-//! Events as JSON, for `tidings replay` (one object per line).
+//! Events as JSON, for `tidings replay` and `GET /v1/log` (one object per line).
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
-use tidings_projections::{Envelope, Event, FLAG_JSON_PAYLOAD};
+use tidings_projections::{Envelope, Event};
 
-/// A payload as the API shows it: a JSON document under `payload`, other bytes base64-encoded
-/// under `payload_b64`.
-pub(crate) fn payload_fields(payload: &[u8], flags: u32, into: &mut Map<String, Value>) {
-    if flags & FLAG_JSON_PAYLOAD != 0
-        && let Ok(v) = serde_json::from_slice::<Value>(payload)
-    {
-        into.insert("payload".into(), v);
-        return;
-    }
-    into.insert("payload_b64".into(), Value::String(B64.encode(payload)));
-}
+use crate::render::payload_fields;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -1,0 +1,360 @@
+//! Server configuration: a TOML file, `TIDINGS_*` environment variables and flags. Flags override
+//! the environment, the environment overrides the file, and every option has a default.
+//!
+//! An option `key` in section `[sec]` of the file is the environment variable
+//! `TIDINGS_SEC_KEY` and the flag `--sec-key` (top-level keys have no section part).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use tidings_log::FsyncPolicy;
+
+/// Every setting, with defaults applied.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) listen: SocketAddr,
+    pub(crate) data: PathBuf,
+    pub(crate) admin_key: Option<String>,
+    pub(crate) person_allowlist: bool,
+    pub(crate) log_fsync: FsyncPolicy,
+    pub(crate) log_segment_bytes: u64,
+    pub(crate) limits_max_payload_bytes: usize,
+    pub(crate) limits_max_frame_bytes: usize,
+    pub(crate) limits_max_connections: usize,
+    pub(crate) limits_sends_per_second: u32,
+    pub(crate) limits_session_queue: usize,
+    pub(crate) limits_max_uids_per_call: usize,
+    pub(crate) acks_flush_ms: u64,
+    pub(crate) projections_snapshot_interval_secs: u64,
+    pub(crate) projections_idempotency_entries: usize,
+    pub(crate) projections_idempotency_secs: u64,
+    pub(crate) cache_conversation_memory_bytes: usize,
+    pub(crate) cache_conversation_disk_bytes: usize,
+    pub(crate) cache_index_bytes: usize,
+    pub(crate) trace_sample_every: u64,
+    pub(crate) shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data: PathBuf::from("data"),
+            admin_key: None,
+            person_allowlist: false,
+            log_fsync: FsyncPolicy::Always,
+            log_segment_bytes: 128 << 20,
+            limits_max_payload_bytes: 64 << 10,
+            limits_max_frame_bytes: 1 << 20,
+            limits_max_connections: 100_000,
+            limits_sends_per_second: 200,
+            limits_session_queue: 4096,
+            limits_max_uids_per_call: 10_000,
+            acks_flush_ms: 200,
+            projections_snapshot_interval_secs: 300,
+            projections_idempotency_entries: 100_000,
+            projections_idempotency_secs: 24 * 3600,
+            cache_conversation_memory_bytes: 64 << 20,
+            cache_conversation_disk_bytes: 256 << 20,
+            cache_index_bytes: 64 << 20,
+            trace_sample_every: 100,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn acks_flush(&self) -> Duration {
+        Duration::from_millis(self.acks_flush_ms.max(1))
+    }
+    pub(crate) fn snapshot_interval(&self) -> Duration {
+        Duration::from_secs(self.projections_snapshot_interval_secs.max(1))
+    }
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// `tidings serve` flags (each also read from its `TIDINGS_*` variable).
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// A TOML configuration file.
+    #[arg(long, env = "TIDINGS_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Address to listen on. Default: 127.0.0.1:7070.
+    #[arg(long, env = "TIDINGS_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory. Default: ./data.
+    #[arg(long, env = "TIDINGS_DATA")]
+    data: Option<PathBuf>,
+    /// The admin key for app-server calls. Default: generated on first start into
+    /// DATA/admin.key (mode 0600) and printed once.
+    #[arg(long, env = "TIDINGS_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// Person channels honour the recipient's allowlist. Default: false.
+    #[arg(long, env = "TIDINGS_PERSON_ALLOWLIST")]
+    person_allowlist: Option<bool>,
+    /// always | every(MS) | never. Default: always.
+    #[arg(long, env = "TIDINGS_LOG_FSYNC")]
+    log_fsync: Option<String>,
+    /// Segment size before a roll. Default: 134217728 (128 MiB).
+    #[arg(long, env = "TIDINGS_LOG_SEGMENT_BYTES")]
+    log_segment_bytes: Option<u64>,
+    /// Largest message payload. Default: 65536.
+    #[arg(long, env = "TIDINGS_LIMITS_MAX_PAYLOAD_BYTES")]
+    limits_max_payload_bytes: Option<usize>,
+    /// Largest WebSocket frame. Default: 1048576.
+    #[arg(long, env = "TIDINGS_LIMITS_MAX_FRAME_BYTES")]
+    limits_max_frame_bytes: Option<usize>,
+    /// Most WebSocket connections at once. Default: 100000.
+    #[arg(long, env = "TIDINGS_LIMITS_MAX_CONNECTIONS")]
+    limits_max_connections: Option<usize>,
+    /// Sends per second per WebSocket connection (and per user over HTTP); bursts of twice
+    /// that. Default: 200.
+    #[arg(long, env = "TIDINGS_LIMITS_SENDS_PER_SECOND")]
+    limits_sends_per_second: Option<u32>,
+    /// Messages queued for one WebSocket session before it is closed as too slow. Default: 4096.
+    #[arg(long, env = "TIDINGS_LIMITS_SESSION_QUEUE")]
+    limits_session_queue: Option<usize>,
+    /// Most uids in one membership or list call. Default: 10000.
+    #[arg(long, env = "TIDINGS_LIMITS_MAX_UIDS_PER_CALL")]
+    limits_max_uids_per_call: Option<usize>,
+    /// How long WebSocket acks are coalesced before they become cursor events. Default: 200.
+    #[arg(long, env = "TIDINGS_ACKS_FLUSH_MS")]
+    acks_flush_ms: Option<u64>,
+    /// Seconds between snapshots. Default: 300.
+    #[arg(long, env = "TIDINGS_PROJECTIONS_SNAPSHOT_INTERVAL_SECS")]
+    projections_snapshot_interval_secs: Option<u64>,
+    /// Sends remembered for idempotent retries. Default: 100000.
+    #[arg(long, env = "TIDINGS_PROJECTIONS_IDEMPOTENCY_ENTRIES")]
+    projections_idempotency_entries: Option<usize>,
+    /// How long a send is remembered for idempotent retries. Default: 86400.
+    #[arg(long, env = "TIDINGS_PROJECTIONS_IDEMPOTENCY_SECS")]
+    projections_idempotency_secs: Option<u64>,
+    /// Memory for cached conversation lists. Default: 67108864.
+    #[arg(long, env = "TIDINGS_CACHE_CONVERSATION_MEMORY_BYTES")]
+    cache_conversation_memory_bytes: Option<usize>,
+    /// Disk for cached conversation lists. Default: 268435456.
+    #[arg(long, env = "TIDINGS_CACHE_CONVERSATION_DISK_BYTES")]
+    cache_conversation_disk_bytes: Option<usize>,
+    /// Memory for cached message index runs. Default: 67108864.
+    #[arg(long, env = "TIDINGS_CACHE_INDEX_BYTES")]
+    cache_index_bytes: Option<usize>,
+    /// Keep push records of one message in N for traces. Default: 100.
+    #[arg(long, env = "TIDINGS_TRACE_SAMPLE_EVERY")]
+    trace_sample_every: Option<u64>,
+    /// Seconds a shutdown may take before remaining tasks are aborted. Default: 10.
+    #[arg(long, env = "TIDINGS_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    admin_key: Option<String>,
+    person_allowlist: Option<bool>,
+    #[serde(default)]
+    log: LogSection,
+    #[serde(default)]
+    limits: LimitsSection,
+    #[serde(default)]
+    acks: AcksSection,
+    #[serde(default)]
+    projections: ProjectionsSection,
+    #[serde(default)]
+    cache: CacheSection,
+    #[serde(default)]
+    trace: TraceSection,
+    #[serde(default)]
+    shutdown: ShutdownSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogSection {
+    fsync: Option<String>,
+    segment_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    max_payload_bytes: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    sends_per_second: Option<u32>,
+    session_queue: Option<usize>,
+    max_uids_per_call: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcksSection {
+    flush_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectionsSection {
+    snapshot_interval_secs: Option<u64>,
+    idempotency_entries: Option<usize>,
+    idempotency_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheSection {
+    conversation_memory_bytes: Option<usize>,
+    conversation_disk_bytes: Option<usize>,
+    index_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceSection {
+    sample_every: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShutdownSection {
+    grace_secs: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The configuration: these flags (and variables) over the file over the defaults.
+    pub(crate) fn resolve(self) -> anyhow::Result<Config> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing the config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let fsync = self.log_fsync.or(file.log.fsync);
+        Ok(Config {
+            listen: self.listen.or(file.listen).unwrap_or(d.listen),
+            data: self.data.or(file.data).unwrap_or(d.data),
+            admin_key: self.admin_key.or(file.admin_key).filter(|k| !k.is_empty()),
+            person_allowlist: self
+                .person_allowlist
+                .or(file.person_allowlist)
+                .unwrap_or(d.person_allowlist),
+            log_fsync: match fsync {
+                Some(s) => s.parse().map_err(|e| anyhow::anyhow!("log.fsync: {e}"))?,
+                None => d.log_fsync,
+            },
+            log_segment_bytes: self
+                .log_segment_bytes
+                .or(file.log.segment_bytes)
+                .unwrap_or(d.log_segment_bytes),
+            limits_max_payload_bytes: self
+                .limits_max_payload_bytes
+                .or(file.limits.max_payload_bytes)
+                .unwrap_or(d.limits_max_payload_bytes),
+            limits_max_frame_bytes: self
+                .limits_max_frame_bytes
+                .or(file.limits.max_frame_bytes)
+                .unwrap_or(d.limits_max_frame_bytes),
+            limits_max_connections: self
+                .limits_max_connections
+                .or(file.limits.max_connections)
+                .unwrap_or(d.limits_max_connections),
+            limits_sends_per_second: self
+                .limits_sends_per_second
+                .or(file.limits.sends_per_second)
+                .unwrap_or(d.limits_sends_per_second),
+            limits_session_queue: self
+                .limits_session_queue
+                .or(file.limits.session_queue)
+                .unwrap_or(d.limits_session_queue),
+            limits_max_uids_per_call: self
+                .limits_max_uids_per_call
+                .or(file.limits.max_uids_per_call)
+                .unwrap_or(d.limits_max_uids_per_call),
+            acks_flush_ms: self
+                .acks_flush_ms
+                .or(file.acks.flush_ms)
+                .unwrap_or(d.acks_flush_ms),
+            projections_snapshot_interval_secs: self
+                .projections_snapshot_interval_secs
+                .or(file.projections.snapshot_interval_secs)
+                .unwrap_or(d.projections_snapshot_interval_secs),
+            projections_idempotency_entries: self
+                .projections_idempotency_entries
+                .or(file.projections.idempotency_entries)
+                .unwrap_or(d.projections_idempotency_entries),
+            projections_idempotency_secs: self
+                .projections_idempotency_secs
+                .or(file.projections.idempotency_secs)
+                .unwrap_or(d.projections_idempotency_secs),
+            cache_conversation_memory_bytes: self
+                .cache_conversation_memory_bytes
+                .or(file.cache.conversation_memory_bytes)
+                .unwrap_or(d.cache_conversation_memory_bytes),
+            cache_conversation_disk_bytes: self
+                .cache_conversation_disk_bytes
+                .or(file.cache.conversation_disk_bytes)
+                .unwrap_or(d.cache_conversation_disk_bytes),
+            cache_index_bytes: self
+                .cache_index_bytes
+                .or(file.cache.index_bytes)
+                .unwrap_or(d.cache_index_bytes),
+            trace_sample_every: self
+                .trace_sample_every
+                .or(file.trace.sample_every)
+                .unwrap_or(d.trace_sample_every),
+            shutdown_grace_secs: self
+                .shutdown_grace_secs
+                .or(file.shutdown.grace_secs)
+                .unwrap_or(d.shutdown_grace_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\n[log]\nsegment_bytes = 4096\nfsync = \"every(50)\"\n[limits]\nmax_payload_bytes = 100\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            limits_max_payload_bytes: Some(7),
+            ..ServeArgs::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.log_segment_bytes, 4096);
+        assert_eq!(c.log_fsync, FsyncPolicy::Every(Duration::from_millis(50)));
+        assert_eq!(c.limits_max_payload_bytes, 7);
+        assert_eq!(
+            c.limits_session_queue,
+            Config::default().limits_session_queue
+        );
+
+        std::fs::write(&path, "[log]\nsegmnt_bytes = 1\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("segmnt_bytes"), "{err:#}");
+    }
+}

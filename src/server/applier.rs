@@ -1,0 +1,214 @@
+//! The applier: follows the log and applies every event to the projections in offset order,
+//! publishes how far it got (requests wait on that for read-your-writes), then acts on what
+//! changed: pushes new messages and recalls to online sessions, updates presence on membership
+//! changes, closes the sessions of users whose tokens were revoked.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use tidings_projections::ids::{ChannelId, Uid, person_pair};
+use tidings_projections::messages::Message;
+use tidings_projections::trace::PushRecord;
+use tidings_projections::{Envelope, Event, FLAG_JSON_PAYLOAD};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::render::{cbor_frame, channel_ref, message_json};
+use crate::server::delivery::{Frame, Pushed, TOKEN_REVOKED};
+use crate::server::state::{AppState, now_ms};
+
+/// What to do after applying, outside the projections' lock.
+enum Effect {
+    Push(Arc<Pushed>, u64),
+    Joined(ChannelId, Vec<Uid>),
+    Left(ChannelId, Vec<Uid>),
+    Deleted(ChannelId),
+    Revoked(Uid),
+}
+
+fn frame(v: serde_json::Value) -> Frame {
+    Frame {
+        cbor: cbor_frame(&v),
+        json: v.to_string(),
+    }
+}
+
+/// One frame per viewpoint: shared for a group, one per side for a person channel.
+fn frames(
+    channel: &str,
+    build: impl Fn(Option<&str>) -> serde_json::Value,
+) -> Vec<(Option<Uid>, Frame)> {
+    match person_pair(channel) {
+        Some((a, b)) if a != b => vec![
+            (Some(a.to_owned()), frame(build(Some(a)))),
+            (Some(b.to_owned()), frame(build(Some(b)))),
+        ],
+        Some((a, _)) => vec![(None, frame(build(Some(a))))],
+        None => vec![(None, frame(build(None)))],
+    }
+}
+
+fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
+    match &env.event {
+        Event::MessageSent {
+            channel,
+            from,
+            client_msg_id,
+            seq,
+            message_id,
+            payload,
+            flags,
+        } => {
+            let m = Message {
+                channel: channel.clone(),
+                seq: *seq,
+                message_id: *message_id,
+                from: from.clone(),
+                client_msg_id: client_msg_id.clone(),
+                ts: env.ts,
+                offset,
+                payload: Some(payload.clone()),
+                json: flags & FLAG_JSON_PAYLOAD != 0,
+                recalled: false,
+                edited: false,
+            };
+            let build = |viewer: Option<&str>| {
+                let mut v = message_json(&m, viewer);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("type".into(), json!("message"));
+                }
+                v
+            };
+            Some(Effect::Push(
+                Arc::new(Pushed {
+                    channel: channel.clone(),
+                    seq: *seq,
+                    is_message: true,
+                    origin: None,
+                    frames: frames(channel, build),
+                }),
+                *message_id,
+            ))
+        }
+        Event::MessageRecalled { channel, seq, by } => {
+            let build = |viewer: Option<&str>| json!({"type": "recall", "channel": channel_ref(channel, viewer), "seq": seq, "by": by});
+            Some(Effect::Push(
+                Arc::new(Pushed {
+                    channel: channel.clone(),
+                    seq: *seq,
+                    is_message: false,
+                    origin: None,
+                    frames: frames(channel, build),
+                }),
+                u64::MAX,
+            ))
+        }
+        Event::MembersSubscribed { channel, uids } => {
+            Some(Effect::Joined(channel.clone(), uids.clone()))
+        }
+        Event::MembersUnsubscribed { channel, uids } => {
+            Some(Effect::Left(channel.clone(), uids.clone()))
+        }
+        Event::ChannelDeleted { channel } => Some(Effect::Deleted(channel.clone())),
+        Event::TokensRevoked { uid } => Some(Effect::Revoked(uid.clone())),
+        _ => None,
+    }
+}
+
+/// Runs until `stop` is cancelled. A record that is not a valid event stops the applier (the
+/// server then reports not ready): the projections must never skip what a rebuild would not.
+pub(crate) async fn run(
+    state: Arc<AppState>,
+    applied: watch::Sender<u64>,
+    stop: CancellationToken,
+) {
+    let mut tail = state.log.tail(*applied.borrow());
+    loop {
+        let batch = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            b = tail.next_batch(1 << 20) => b,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(tidings_log::LogError::Closed) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "the applier cannot read the log; stopping");
+                state
+                    .ready
+                    .store(false, std::sync::atomic::Ordering::Release);
+                return;
+            }
+        };
+        let mut effects = Vec::new();
+        let mut failed = None;
+        let next = {
+            let mut p = state.proj_mut();
+            let mut next = *applied.borrow();
+            for rec in &batch {
+                let env = match Envelope::decode(rec.offset, &rec.payload) {
+                    Ok(env) => env,
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                };
+                if let Err(e) = p.apply(rec.offset, &env) {
+                    failed = Some(e.to_string());
+                    break;
+                }
+                next = rec.offset + 1;
+                state.metrics.events_applied.inc();
+                if let Some(e) = effects_of(rec.offset, &env) {
+                    effects.push(e);
+                }
+            }
+            next
+        };
+        applied.send_replace(next);
+        for e in effects {
+            match e {
+                Effect::Push(mut msg, message_id) => {
+                    if msg.is_message
+                        && let Some(origin) = state.origins.take(&msg.channel, msg.seq)
+                        && let Some(m) = Arc::get_mut(&mut msg)
+                    {
+                        m.origin = Some(origin);
+                    }
+                    let stats = state.delivery.push(&msg);
+                    state
+                        .metrics
+                        .pushes
+                        .add(u64::from(stats.sessions - stats.dropped));
+                    state
+                        .metrics
+                        .slow_consumer_closes
+                        .add(u64::from(stats.closed_slow));
+                    if msg.is_message && state.samples.sampled(message_id) {
+                        state.samples.record(
+                            &msg.channel,
+                            msg.seq,
+                            PushRecord {
+                                at_ms: now_ms(),
+                                online_users: stats.users,
+                                sessions: stats.sessions,
+                                dropped: stats.dropped,
+                            },
+                        );
+                    }
+                }
+                Effect::Joined(c, uids) => state.delivery.joined(&c, &uids),
+                Effect::Left(c, uids) => state.delivery.left(&c, &uids),
+                Effect::Deleted(c) => state.delivery.deleted(&c),
+                Effect::Revoked(uid) => state.delivery.close_user(&uid, TOKEN_REVOKED),
+            }
+        }
+        if let Some(e) = failed {
+            tracing::error!(error = %e, offset = next, "cannot apply the log; stopping the applier (run `tidings verify`)");
+            state
+                .ready
+                .store(false, std::sync::atomic::Ordering::Release);
+            return;
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Who is calling: the app server (admin key) or a user (token). `Authorization: Bearer <key>`;
+//! WebSocket clients may pass `?token=` instead. Tokens are stored only as SHA-256 hashes.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use tidings_projections::ids::{ChannelId, is_valid_id, person_channel, person_pair};
+
+use crate::server::error::{ApiError, ApiResult};
+use crate::server::state::AppState;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Caller {
+    Admin,
+    User(String),
+}
+
+impl Caller {
+    /// The user, or `None` for the admin.
+    pub(crate) fn uid(&self) -> Option<&str> {
+        match self {
+            Caller::Admin => None,
+            Caller::User(u) => Some(u),
+        }
+    }
+
+    pub(crate) fn require_admin(&self) -> ApiResult<()> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::User(_) => Err(ApiError::forbidden(
+                "admin_only",
+                "this call needs the admin key",
+            )),
+        }
+    }
+
+    pub(crate) fn require_user(&self) -> ApiResult<&str> {
+        self.uid().ok_or_else(|| {
+            ApiError::bad_request(
+                "user_only",
+                "this call is made with a user token, not the admin key",
+            )
+        })
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The caller a bearer token names.
+pub(crate) fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<Caller> {
+    let token = token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    if ct_eq(token.as_bytes(), state.admin_key.as_bytes()) {
+        return Ok(Caller::Admin);
+    }
+    let p = state.proj();
+    match p.state.tokens.user_of(token) {
+        Some(uid) => Ok(Caller::User(uid.clone())),
+        None => Err(ApiError::unauthorized("unknown or revoked token")),
+    }
+}
+
+/// The bearer token of a request, from the header or (for WebSocket clients) `?token=`.
+pub(crate) fn bearer(parts: &Parts) -> Option<String> {
+    if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION)
+        && let Ok(v) = h.to_str()
+        && let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    {
+        return Some(t.trim().to_owned());
+    }
+    parts.uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(percent_decode)
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
+        authenticate(state, bearer(parts).as_deref())
+    }
+}
+
+/// The canonical id of a channel reference: a group id, `@uid` (a person channel from a user's
+/// point of view), or — for the admin — a canonical person id `p:a:b`.
+pub(crate) fn resolve(caller: &Caller, reference: &str) -> ApiResult<ChannelId> {
+    if let Some(peer) = reference.strip_prefix('@') {
+        if !is_valid_id(peer) {
+            return Err(ApiError::bad_request(
+                "invalid_channel",
+                format!("{reference:?} is not a valid user"),
+            ));
+        }
+        return match caller {
+            Caller::User(me) => Ok(person_channel(me, peer)),
+            Caller::Admin => Err(ApiError::bad_request(
+                "invalid_channel",
+                "the admin names person channels canonically: p:{uid_a}:{uid_b}",
+            )),
+        };
+    }
+    if let Some((a, b)) = person_pair(reference) {
+        return Ok(person_channel(a, b));
+    }
+    if is_valid_id(reference) {
+        return Ok(reference.to_owned());
+    }
+    Err(ApiError::bad_request(
+        "invalid_channel",
+        format!("{reference:?} is not a channel id ([A-Za-z0-9._-]{{1,64}}) or @uid"),
+    ))
+}

@@ -1,0 +1,97 @@
+//! API errors: always `{"error":{"code":"snake_case","message":"..."}}` with a fitting status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tidings_projections::permissions::SendDenied;
+
+/// An error answered to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
+    }
+    pub(crate) fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    pub(crate) fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+    pub(crate) fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// The JSON body.
+    pub(crate) fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+impl From<SendDenied> for ApiError {
+    fn from(d: SendDenied) -> Self {
+        let status = match d {
+            SendDenied::ChannelNotFound => StatusCode::NOT_FOUND,
+            _ => StatusCode::FORBIDDEN,
+        };
+        ApiError::new(status, d.code(), d.to_string())
+    }
+}
+
+impl From<tidings_log::LogError> for ApiError {
+    fn from(e: tidings_log::LogError) -> Self {
+        use tidings_log::LogError;
+        match e {
+            LogError::Closed => {
+                ApiError::unavailable("shutting_down", "the server is shutting down")
+            }
+            LogError::Poisoned { .. } => ApiError::unavailable(
+                "storage_failed",
+                format!("the log stopped after a write failure: {e}"),
+            ),
+            LogError::Corrupt { .. } => {
+                ApiError::internal(format!("stored data failed its checksum: {e}"))
+            }
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<tidings_projections::ProjectionError> for ApiError {
+    fn from(e: tidings_projections::ProjectionError) -> Self {
+        match e {
+            tidings_projections::ProjectionError::Log(l) => l.into(),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+/// Result of a handler.
+pub(crate) type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,156 @@
+//! `GET /v1/conversations` (read mode, cached per user) and `GET /v1/sync`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tidings_projections::conv_cache::fingerprint;
+use tidings_projections::conversations::{Conversation, compute, page};
+use tidings_projections::messages;
+
+use super::ApiQuery;
+use crate::render::{channel_ref, message_json, payload_fields};
+use crate::server::auth::Caller;
+use crate::server::error::ApiResult;
+use crate::server::state::AppState;
+
+/// Query of `GET /v1/conversations`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct ConversationsQuery {
+    /// At most this many (default 100, at most 1000), newest first.
+    pub(crate) limit: Option<usize>,
+    /// Only conversations changed after this version (from an earlier answer).
+    pub(crate) since_version: Option<u64>,
+}
+
+/// A user's conversation list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ConversationsPage {
+    /// `{channel, last_seq, last_message, unread, read_seq, updated_at, version}`, newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub(crate) conversations: Vec<Value>,
+    /// Channels that left the list since `since_version`.
+    pub(crate) removed: Vec<String>,
+    /// Whether `limit` cut the list.
+    pub(crate) has_more: bool,
+    /// Pass as `since_version` next time.
+    pub(crate) version: u64,
+}
+
+async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Value> {
+    let last_message = match &c.last_message {
+        None => Value::Null,
+        Some(m) if m.truncated && !m.recalled => {
+            // The head keeps a prefix of long payloads: read the message itself.
+            let plan = {
+                let p = state.proj();
+                messages::plan_range(&p.state, p.index_files(), &c.channel, m.seq, m.seq)?
+            };
+            match messages::load(&state.log, &plan).await?.first() {
+                Some(full) => message_json(full, Some(me)),
+                None => Value::Null,
+            }
+        }
+        Some(m) => {
+            let mut o = Map::new();
+            o.insert("seq".into(), json!(m.seq));
+            o.insert("message_id".into(), json!(m.message_id));
+            o.insert("from".into(), json!(m.from));
+            o.insert("ts".into(), json!(m.ts));
+            if m.recalled {
+                o.insert("recalled".into(), json!(true));
+            } else {
+                payload_fields(&m.preview, m.flags, &mut o);
+            }
+            Value::Object(o)
+        }
+    };
+    Ok(json!({
+        "channel": channel_ref(&c.channel, Some(me)),
+        "last_seq": c.last_seq,
+        "last_message": last_message,
+        "unread": c.unread,
+        "read_seq": c.read_seq,
+        "delivered_seq": c.delivered_seq,
+        "updated_at": c.updated_at,
+        "version": c.version,
+    }))
+}
+
+/// The caller's conversations: computed from channels × heads × cursors, cached per user.
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", params(ConversationsQuery),
+    responses((status = 200, body = ConversationsPage)), security(("bearer" = [])))]
+pub(crate) async fn conversations(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ConversationsQuery>,
+) -> ApiResult<axum::Json<ConversationsPage>> {
+    let me = caller.require_user()?.to_owned();
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let fp = fingerprint(&state.proj().state, &me);
+    let all = match state.conv_cache.get(&me, fp).await {
+        Some(list) => list,
+        None => {
+            let (fp, list) = {
+                let p = state.proj();
+                (fingerprint(&p.state, &me), compute(&p.state, &me))
+            };
+            state.conv_cache.put(&me, fp, &list);
+            list
+        }
+    };
+    let list = page(&state.proj().state, &me, &all, q.since_version, limit);
+    let mut convs = Vec::with_capacity(list.conversations.len());
+    for c in &list.conversations {
+        convs.push(render(&state, c, &me).await?);
+    }
+    Ok(axum::Json(ConversationsPage {
+        conversations: convs,
+        removed: list
+            .removed
+            .iter()
+            .map(|c| channel_ref(c, Some(&me)))
+            .collect(),
+        has_more: list.has_more,
+        version: list.version,
+    }))
+}
+
+/// Query of `GET /v1/sync`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct SyncQuery {
+    /// At most this many messages (default 100, at most 1000).
+    pub(crate) limit: Option<usize>,
+}
+
+/// Messages after the caller's delivered cursor in every channel.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SyncPage {
+    /// Oldest first per channel. Ack what you stored (`POST /v1/channels/{id}/ack`).
+    #[schema(value_type = Vec<Object>)]
+    pub(crate) messages: Vec<Value>,
+    /// Whether more remain after these.
+    pub(crate) has_more: bool,
+}
+
+/// Offline sync: every message after the caller's delivered cursor, in every channel.
+#[utoipa::path(get, path = "/v1/sync", tag = "conversations", params(SyncQuery),
+    responses((status = 200, body = SyncPage)), security(("bearer" = [])))]
+pub(crate) async fn sync(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<SyncQuery>,
+) -> ApiResult<axum::Json<SyncPage>> {
+    let me = caller.require_user()?.to_owned();
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let (plan, has_more) = {
+        let p = state.proj();
+        messages::plan_sync(&p.state, p.index_files(), &me, limit)?
+    };
+    let msgs = messages::load(&state.log, &plan).await?;
+    Ok(axum::Json(SyncPage {
+        messages: msgs.iter().map(|m| message_json(m, Some(&me))).collect(),
+        has_more,
+    }))
+}

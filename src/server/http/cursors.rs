@@ -1,0 +1,100 @@
+//! `POST /v1/channels/{id}/read` and `/ack`: move the caller's cursors forward (never back).
+//! Written at once (not coalesced like WebSocket acks), so the answer reflects them.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use tidings_projections::Event;
+
+use super::messages::readable;
+use super::{ApiJson, ApiPath};
+use crate::render::channel_ref;
+use crate::server::auth::{Caller, resolve};
+use crate::server::error::ApiResult;
+use crate::server::state::AppState;
+
+/// Body of `/read` and `/ack`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SeqBody {
+    /// Everything up to this seq (cumulative).
+    pub(crate) seq: u64,
+}
+
+/// The caller's cursors in a channel.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Cursors {
+    /// The channel, as the caller refers to it.
+    pub(crate) channel: String,
+    /// Everything up to this seq was delivered.
+    pub(crate) delivered_seq: u64,
+    /// Everything up to this seq was read.
+    pub(crate) read_seq: u64,
+}
+
+async fn advance(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    seq: u64,
+    read: bool,
+) -> ApiResult<axum::Json<Cursors>> {
+    let me = caller.require_user()?.to_owned();
+    let channel = resolve(caller, id)?;
+    readable(state, caller, &channel)?;
+    let (moves, seq) = {
+        let p = state.proj();
+        let seq = seq.min(p.state.heads.last_seq(&channel));
+        let cur = p.state.cursors.get(&me, &channel);
+        let moves = if read {
+            seq > cur.read
+        } else {
+            seq > cur.delivered
+        };
+        (moves, seq)
+    };
+    if moves {
+        state
+            .emit(Event::CursorAdvanced {
+                uid: me.clone(),
+                channel: channel.clone(),
+                delivered_seq: (!read).then_some(seq),
+                read_seq: read.then_some(seq),
+            })
+            .await?;
+        state.metrics.cursor_events.inc();
+    }
+    let cur = state.proj().state.cursors.get(&me, &channel);
+    Ok(axum::Json(Cursors {
+        channel: channel_ref(&channel, Some(&me)),
+        delivered_seq: cur.delivered,
+        read_seq: cur.read,
+    }))
+}
+
+/// Marks messages up to `seq` as read (and delivered).
+#[utoipa::path(post, path = "/v1/channels/{id}/read", tag = "cursors",
+    params(("id" = String, Path, description = "Group id or @uid")), request_body = SeqBody,
+    responses((status = 200, body = Cursors), (status = 403, body = super::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn read(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<SeqBody>,
+) -> ApiResult<axum::Json<Cursors>> {
+    advance(&state, &caller, &id, body.seq, true).await
+}
+
+/// Marks messages up to `seq` as delivered.
+#[utoipa::path(post, path = "/v1/channels/{id}/ack", tag = "cursors",
+    params(("id" = String, Path, description = "Group id or @uid")), request_body = SeqBody,
+    responses((status = 200, body = Cursors), (status = 403, body = super::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn ack(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<SeqBody>,
+) -> ApiResult<axum::Json<Cursors>> {
+    advance(&state, &caller, &id, body.seq, false).await
+}

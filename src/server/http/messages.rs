@@ -1,0 +1,341 @@
+//! Messages: send, history pages, recall, trace.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tidings_projections::ids::is_valid_id;
+use tidings_projections::permissions::can_read;
+use tidings_projections::{Event, FLAG_JSON_PAYLOAD, messages, trace as tr};
+
+use super::{ApiJson, ApiPath, ApiQuery};
+use crate::render::{channel_ref, message_json};
+use crate::server::auth::{Caller, resolve};
+use crate::server::error::{ApiError, ApiResult};
+use crate::server::sequencer::{self, SendRequest};
+use crate::server::state::AppState;
+
+/// Body of `POST /v1/messages`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PostMessage {
+    /// A group channel id, or `@uid` for a person channel (the admin: `p:a:b`).
+    pub(crate) channel: String,
+    /// The client's id for this send: a retry with the same id returns the original message.
+    #[serde(default)]
+    pub(crate) client_msg_id: String,
+    /// Any JSON value.
+    #[schema(value_type = Object)]
+    pub(crate) payload: Option<Value>,
+    /// Bytes, base64-encoded (instead of `payload`).
+    pub(crate) payload_b64: Option<String>,
+    /// The sender (admin key only).
+    pub(crate) from: Option<String>,
+}
+
+/// Answer of `POST /v1/messages`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MessageSent {
+    /// The channel, as the caller refers to it.
+    pub(crate) channel: String,
+    /// The message's seq in the channel (from 1).
+    pub(crate) seq: u64,
+    /// The server's message id.
+    pub(crate) message_id: u64,
+    /// Its log offset.
+    pub(crate) offset: u64,
+    /// When it was accepted (ms since the Unix epoch).
+    pub(crate) ts: u64,
+    /// True when this answers a retry: the original message, not a new one.
+    pub(crate) duplicate: bool,
+}
+
+/// Decodes a payload given as JSON or base64 and checks its size.
+pub(crate) fn payload_bytes(
+    state: &AppState,
+    payload: Option<Value>,
+    payload_b64: Option<String>,
+) -> ApiResult<(Bytes, u32)> {
+    let (bytes, flags) = match (payload, payload_b64) {
+        (Some(v), None) => (
+            Bytes::from(serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))?),
+            FLAG_JSON_PAYLOAD,
+        ),
+        (None, Some(b)) => (
+            Bytes::from(B64.decode(b.as_bytes()).map_err(|e| {
+                ApiError::bad_request("invalid_payload", format!("payload_b64: {e}"))
+            })?),
+            0,
+        ),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give exactly one of payload (JSON) and payload_b64 (bytes)",
+            ));
+        }
+    };
+    let max = state.config.limits_max_payload_bytes;
+    if bytes.len() > max {
+        return Err(ApiError::too_large(format!(
+            "payload of {} bytes; the limit is {max}",
+            bytes.len()
+        )));
+    }
+    Ok((bytes, flags))
+}
+
+pub(crate) fn check_client_msg_id(id: &str) -> ApiResult<()> {
+    if id.len() > 128 {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "client_msg_id is longer than 128 bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// Sends a message; answers once it is durable.
+#[utoipa::path(post, path = "/v1/messages", tag = "messages", request_body = PostMessage,
+    responses((status = 201, body = MessageSent), (status = 400, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody), (status = 409, body = super::openapi::ErrorBody), (status = 413, body = super::openapi::ErrorBody), (status = 429, body = super::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn post_message(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<PostMessage>,
+) -> ApiResult<(StatusCode, axum::Json<MessageSent>)> {
+    let (from, by_admin) = match (&caller, body.from) {
+        (Caller::Admin, Some(from)) if is_valid_id(&from) => (from, true),
+        (Caller::Admin, _) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "the admin names the sender in \"from\"",
+            ));
+        }
+        (Caller::User(me), None) => (me.clone(), false),
+        (Caller::User(me), Some(from)) if &from == me => (from, false),
+        (Caller::User(_), Some(_)) => {
+            return Err(ApiError::forbidden(
+                "forbidden",
+                "only the admin may send as another user",
+            ));
+        }
+    };
+    check_client_msg_id(&body.client_msg_id)?;
+    let channel = resolve(&caller, &body.channel)?;
+    let (payload, flags) = payload_bytes(&state, body.payload, body.payload_b64)?;
+    if !by_admin {
+        state.charge_user_send(&from)?;
+    }
+    let sent = sequencer::send(
+        &state,
+        SendRequest {
+            from,
+            channel,
+            client_msg_id: body.client_msg_id,
+            payload,
+            flags,
+            by_admin,
+            origin: None,
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(MessageSent {
+            channel: channel_ref(&sent.channel, caller.uid()),
+            seq: sent.seq,
+            message_id: sent.message_id,
+            offset: sent.offset,
+            ts: sent.ts,
+            duplicate: sent.duplicate,
+        }),
+    ))
+}
+
+/// Query of `GET /v1/channels/{id}/messages`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct PageQuery {
+    /// Messages after this seq, ascending.
+    pub(crate) after_seq: Option<u64>,
+    /// Messages before this seq, descending. (Neither: the newest page, descending.)
+    pub(crate) before_seq: Option<u64>,
+    /// At most this many (default 50, at most 1000).
+    pub(crate) limit: Option<usize>,
+}
+
+/// A page of messages.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MessagePage {
+    /// The messages: `{channel, seq, message_id, from, client_msg_id, ts, payload | payload_b64}`,
+    /// or `{…, recalled: true}` without payload.
+    #[schema(value_type = Vec<Object>)]
+    pub(crate) messages: Vec<Value>,
+    /// Whether there are more in that direction.
+    pub(crate) has_more: bool,
+}
+
+/// Checks that the caller may read the channel (the admin may read any).
+pub(crate) fn readable(state: &AppState, caller: &Caller, channel: &str) -> ApiResult<()> {
+    let Caller::User(me) = caller else {
+        return Ok(());
+    };
+    let p = state.proj();
+    if can_read(&p.state, me, channel) {
+        return Ok(());
+    }
+    if !channel.starts_with("p:") && !p.state.subs.channels.contains_key(channel) {
+        return Err(ApiError::not_found(
+            "channel_not_found",
+            format!("no channel {channel:?}"),
+        ));
+    }
+    Err(ApiError::forbidden(
+        "not_member",
+        "not a member of this channel",
+    ))
+}
+
+/// A page of a channel's history.
+#[utoipa::path(get, path = "/v1/channels/{id}/messages", tag = "messages",
+    params(("id" = String, Path, description = "Group id or @uid"), PageQuery),
+    responses((status = 200, body = MessagePage), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_messages(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<axum::Json<MessagePage>> {
+    let channel = resolve(&caller, &id)?;
+    readable(&state, &caller, &channel)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000) as u64;
+    let (plan, has_more, descending) = {
+        let p = state.proj();
+        let last = p.state.heads.last_seq(&channel);
+        let cleared = caller
+            .uid()
+            .map_or(0, |me| p.state.cursors.get(me, &channel).cleared);
+        let (lo, hi, descending) = match (q.after_seq, q.before_seq) {
+            (Some(after), _) => (after + 1, after.saturating_add(limit).min(last), false),
+            (None, before) => {
+                let hi = before.map_or(last, |b| b.saturating_sub(1)).min(last);
+                (hi.saturating_sub(limit - 1).max(1), hi, true)
+            }
+        };
+        let lo = lo.max(cleared + 1);
+        let plan = messages::plan_range(&p.state, p.index_files(), &channel, lo, hi)?;
+        let has_more = if descending {
+            lo > cleared + 1 && hi > 0
+        } else {
+            hi < last
+        };
+        (plan, has_more, descending)
+    };
+    let mut msgs = messages::load(&state.log, &plan).await?;
+    if descending {
+        msgs.reverse();
+    }
+    let viewer = caller.uid();
+    Ok(axum::Json(MessagePage {
+        messages: msgs.iter().map(|m| message_json(m, viewer)).collect(),
+        has_more,
+    }))
+}
+
+/// Answer of a recall.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Recalled {
+    /// The channel, as the caller refers to it.
+    pub(crate) channel: String,
+    /// The message's seq.
+    pub(crate) seq: u64,
+    /// Always true.
+    pub(crate) recalled: bool,
+}
+
+/// Recalls a message (its sender, or the admin).
+#[utoipa::path(delete, path = "/v1/channels/{id}/messages/{seq}", tag = "messages",
+    params(("id" = String, Path, description = "Group id or @uid"), ("seq" = u64, Path, description = "The message's seq")),
+    responses((status = 200, body = Recalled), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn recall(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath((id, seq)): ApiPath<(String, u64)>,
+) -> ApiResult<axum::Json<Recalled>> {
+    let channel = resolve(&caller, &id)?;
+    readable(&state, &caller, &channel)?;
+    let (plan, already) = {
+        let p = state.proj();
+        let plan = messages::plan_range(&p.state, p.index_files(), &channel, seq, seq)?;
+        (plan, p.state.heads.is_recalled(&channel, seq))
+    };
+    let Some(m) = messages::load(&state.log, &plan).await?.into_iter().next() else {
+        return Err(ApiError::not_found(
+            "message_not_found",
+            format!("no message {seq} in this channel"),
+        ));
+    };
+    let by = match &caller {
+        Caller::Admin => "admin".to_owned(),
+        Caller::User(me) if *me == m.from => me.clone(),
+        Caller::User(_) => {
+            return Err(ApiError::forbidden(
+                "forbidden",
+                "only the sender or the admin may recall a message",
+            ));
+        }
+    };
+    if !already {
+        state
+            .emit(Event::MessageRecalled {
+                channel: channel.clone(),
+                seq,
+                by,
+            })
+            .await?;
+    }
+    Ok(axum::Json(Recalled {
+        channel: channel_ref(&channel, caller.uid()),
+        seq,
+        recalled: true,
+    }))
+}
+
+/// A message's timeline (admin).
+#[utoipa::path(get, path = "/v1/channels/{id}/messages/{seq}/trace", tag = "messages",
+    params(("id" = String, Path, description = "Group id or p:a:b"), ("seq" = u64, Path, description = "The message's seq")),
+    responses((status = 200, description = "The timeline: accepted, durable, pushes, delivered, read, recall, edits (JSON)", content_type = "application/json"), (status = 404, body = super::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn trace(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath((id, seq)): ApiPath<(String, u64)>,
+) -> ApiResult<axum::Json<tr::Trace>> {
+    caller.require_admin()?;
+    let channel = resolve(&caller, &id)?;
+    let plan = {
+        let p = state.proj();
+        tr::plan(&p.state, p.index_files(), &channel, seq)?
+    };
+    let plan = plan.ok_or_else(|| {
+        ApiError::not_found(
+            "message_not_found",
+            format!("no message {seq} in this channel"),
+        )
+    })?;
+    let t = tr::trace(&state.log, &plan, Some(&state.samples), 1_000_000)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "message_not_found",
+                format!("no message {seq} in this channel"),
+            )
+        })?;
+    Ok(axum::Json(t))
+}

@@ -1,0 +1,169 @@
+//! The HTTP API under `/v1`, plus `/healthz`, `/readyz`, `/metrics`.
+
+mod channels;
+mod conversations;
+mod cursors;
+mod messages;
+pub(crate) mod openapi;
+mod ops;
+mod users;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::server::error::ApiError;
+use crate::server::state::AppState;
+
+pub(crate) use messages::{check_client_msg_id, payload_bytes};
+
+/// A JSON body whose rejections are API errors.
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    match r {
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("invalid_json", e.body_text()),
+        JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_request", e.body_text()),
+        JsonRejection::MissingJsonContentType(e) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.body_text(),
+        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large("the request body is larger than the server accepts")
+        }
+        other => ApiError::new(other.status(), "invalid_request", other.body_text()),
+    }
+}
+
+/// Query parameters whose rejections are API errors.
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e: QueryRejection| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+/// Path parameters whose rejections are API errors.
+pub(crate) struct ApiPath<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e: PathRejection| ApiError::bad_request("invalid_path", e.body_text()))
+    }
+}
+
+/// A span per request; counts and times it by route and status.
+async fn observe(state: axum::extract::State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let span = tracing::info_span!("http", %method, %route);
+    let resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    let took = started.elapsed();
+    state.metrics.http_request(&method, &route, status, took);
+    span.in_scope(|| tracing::debug!(status, took_us = took.as_micros() as u64, "request"));
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint")
+}
+
+/// Every route.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    // A body may carry a payload of the maximum size in base64 (4/3) plus JSON framing.
+    let body_limit = state.config.limits_max_payload_bytes * 2 + 64 * 1024;
+    let list = |kind| {
+        get(move |s, c, p| channels::get_list(s, c, p, kind))
+            .post(move |s, c, p, b| channels::add_to_list(s, c, p, b, kind))
+            .delete(move |s, c, p, b| channels::remove_from_list(s, c, p, b, kind))
+    };
+    let user_list = |kind| {
+        get(move |s, c, p| users::get_list(s, c, p, kind))
+            .post(move |s, c, p, b| users::add_to_list(s, c, p, b, kind))
+            .delete(move |s, c, p, b| users::remove_from_list(s, c, p, b, kind))
+    };
+    use tidings_projections::ListKind::{Allow, Deny};
+    Router::new()
+        .route(
+            "/v1/users/{uid}/tokens",
+            post(users::create_token).delete(users::revoke_tokens),
+        )
+        .route("/v1/users/{uid}/allowlist", user_list(Allow))
+        .route("/v1/users/{uid}/denylist", user_list(Deny))
+        .route(
+            "/v1/channels/{id}",
+            put(channels::put_channel)
+                .delete(channels::delete_channel)
+                .get(channels::get_channel),
+        )
+        .route(
+            "/v1/channels/{id}/members",
+            get(channels::get_members)
+                .post(channels::add_members)
+                .delete(channels::remove_members),
+        )
+        .route("/v1/channels/{id}/allowlist", list(Allow))
+        .route("/v1/channels/{id}/denylist", list(Deny))
+        .route("/v1/messages", post(messages::post_message))
+        .route("/v1/channels/{id}/messages", get(messages::get_messages))
+        .route(
+            "/v1/channels/{id}/messages/{seq}",
+            axum::routing::delete(messages::recall),
+        )
+        .route(
+            "/v1/channels/{id}/messages/{seq}/trace",
+            get(messages::trace),
+        )
+        .route("/v1/channels/{id}/read", post(cursors::read))
+        .route("/v1/channels/{id}/ack", post(cursors::ack))
+        .route("/v1/conversations", get(conversations::conversations))
+        .route("/v1/sync", get(conversations::sync))
+        .route("/v1/log", get(ops::log_stream))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/ws", get(crate::server::ws::upgrade))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}

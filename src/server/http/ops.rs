@@ -1,0 +1,168 @@
+//! Operations: health, readiness, Prometheus metrics, and the event log as NDJSON.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use tidings_projections::Envelope;
+
+use super::ApiQuery;
+use crate::cli::json::event_line;
+use crate::server::auth::Caller;
+use crate::server::error::{ApiError, ApiResult};
+use crate::server::state::AppState;
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive")))]
+pub(crate) async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Readiness: the projections have caught up with the log and the server is not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, description = "Ready"), (status = 503, body = super::openapi::ErrorBody)))]
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> ApiResult<impl IntoResponse> {
+    if state.is_ready() && !state.sessions_stop.is_cancelled() {
+        Ok(axum::Json(
+            json!({"status": "ready", "applied": *state.applied.borrow()}),
+        ))
+    } else {
+        Err(ApiError::unavailable(
+            "not_ready",
+            "starting up or shutting down",
+        ))
+    }
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let log = state.log.metrics();
+    let next = state.log.next_offset() as f64;
+    let applied = *state.applied.borrow() as f64;
+    let (hits, misses) = state.conv_cache.stats();
+    let extra = [
+        (
+            "tidings_log_next_offset",
+            "One past the last durable offset.",
+            next,
+        ),
+        (
+            "tidings_applied_offset",
+            "One past the last offset applied to the projections.",
+            applied,
+        ),
+        (
+            "tidings_applier_lag",
+            "Durable events not yet applied.",
+            next - applied,
+        ),
+        (
+            "tidings_log_records_written",
+            "Records written since start.",
+            log.records as f64,
+        ),
+        (
+            "tidings_log_bytes_written",
+            "Bytes written to segments since start.",
+            log.bytes as f64,
+        ),
+        (
+            "tidings_log_fsyncs",
+            "fdatasync calls since start.",
+            log.fsyncs as f64,
+        ),
+        (
+            "tidings_log_fsync_seconds",
+            "Time spent in fdatasync since start.",
+            log.fsync_nanos as f64 / 1e9,
+        ),
+        (
+            "tidings_online_users",
+            "Users with an open WebSocket.",
+            state.delivery.online_users() as f64,
+        ),
+        (
+            "tidings_conversation_cache_hits",
+            "Conversation lists served from the cache.",
+            hits as f64,
+        ),
+        (
+            "tidings_conversation_cache_misses",
+            "Conversation lists computed.",
+            misses as f64,
+        ),
+    ];
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&extra),
+    )
+        .into_response()
+}
+
+/// Query of `GET /v1/log`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct LogQuery {
+    /// First offset (default: the oldest held).
+    pub(crate) from: Option<u64>,
+    /// Keep streaming new events (until the server shuts down).
+    #[serde(default)]
+    pub(crate) follow: bool,
+}
+
+/// The events as NDJSON, one per line, from an offset (admin).
+#[utoipa::path(get, path = "/v1/log", tag = "ops", params(LogQuery),
+    responses((status = 200, description = "NDJSON: one event per line", content_type = "application/x-ndjson")),
+    security(("bearer" = [])))]
+pub(crate) async fn log_stream(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let from = q.from.unwrap_or(0).max(state.log.start_offset());
+    if from > state.log.next_offset() {
+        return Err(ApiError::bad_request(
+            "offset_out_of_range",
+            format!("the log ends at {}", state.log.next_offset()),
+        ));
+    }
+    let end = (!q.follow).then(|| state.log.next_offset());
+    let tail = state.log.tail(from);
+    let stop = state.sessions_stop.clone();
+    let stream =
+        futures_util::stream::unfold((tail, end, stop), |(mut tail, end, stop)| async move {
+            if end.is_some_and(|e| tail.position() >= e) {
+                return None;
+            }
+            let batch = tokio::select! {
+                () = stop.cancelled() => return None,
+                b = tail.next_batch(1 << 20) => b.ok()?,
+            };
+            let mut buf = String::new();
+            for r in batch {
+                if end.is_some_and(|e| r.offset >= e) {
+                    break;
+                }
+                let line = match Envelope::decode(r.offset, &r.payload) {
+                    Ok(env) => event_line(r.offset, r.timestamp_ms, &env),
+                    Err(e) => json!({"offset": r.offset, "error": e.to_string()}),
+                };
+                buf.push_str(&line.to_string());
+                buf.push('\n');
+            }
+            Some((Ok::<_, Infallible>(Bytes::from(buf)), (tail, end, stop)))
+        });
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

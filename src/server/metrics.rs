@@ -1,0 +1,211 @@
+//! A small Prometheus registry: counters, gauges and fixed-bucket histograms on atomics, rendered
+//! in the text exposition format at `/metrics`. One per server (no global recorder, so several
+//! servers can run in one test process).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn inc(&self) {
+        self.add(1);
+    }
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub(crate) struct Gauge(AtomicI64);
+
+impl Gauge {
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub(crate) fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Every metric of a server.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub(crate) sends: Counter,
+    pub(crate) send_duplicates: Counter,
+    pub(crate) send_denied: Counter,
+    pub(crate) events_applied: Counter,
+    pub(crate) pushes: Counter,
+    pub(crate) slow_consumer_closes: Counter,
+    pub(crate) cursor_events: Counter,
+    pub(crate) acks_received: Counter,
+    pub(crate) rate_limited: Counter,
+    pub(crate) snapshots: Counter,
+    pub(crate) ws_sessions: Gauge,
+    pub(crate) send_latency: Histogram,
+    pub(crate) http_latency: Histogram,
+    http_requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+}
+
+impl Metrics {
+    pub(crate) fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+        self.http_latency.observe(took);
+        let mut m = self.http_requests.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry((method.to_owned(), route.to_owned(), status))
+            .or_default() += 1;
+    }
+
+    /// The text exposition, with `extra` gauges appended (name, help, value).
+    pub(crate) fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+        let mut out = String::new();
+        let counters: [(&str, &str, &Counter); 10] = [
+            (
+                "tidings_sends_total",
+                "Messages accepted and durable.",
+                &self.sends,
+            ),
+            (
+                "tidings_send_duplicates_total",
+                "Sends answered from the idempotency window.",
+                &self.send_duplicates,
+            ),
+            (
+                "tidings_send_denied_total",
+                "Sends refused by channel rules.",
+                &self.send_denied,
+            ),
+            (
+                "tidings_events_applied_total",
+                "Events applied to the projections.",
+                &self.events_applied,
+            ),
+            (
+                "tidings_pushes_total",
+                "Messages queued to online sessions.",
+                &self.pushes,
+            ),
+            (
+                "tidings_slow_consumer_closes_total",
+                "Sessions closed because their queue was full.",
+                &self.slow_consumer_closes,
+            ),
+            (
+                "tidings_cursor_events_total",
+                "Cursor events written (coalesced acks).",
+                &self.cursor_events,
+            ),
+            (
+                "tidings_acks_received_total",
+                "Acks and reads received over WebSocket.",
+                &self.acks_received,
+            ),
+            (
+                "tidings_rate_limited_total",
+                "Sends refused by a rate limit.",
+                &self.rate_limited,
+            ),
+            (
+                "tidings_snapshots_total",
+                "Snapshots written.",
+                &self.snapshots,
+            ),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.get()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tidings_ws_sessions Open WebSocket sessions.\n# TYPE tidings_ws_sessions gauge\ntidings_ws_sessions {}",
+            self.ws_sessions.get()
+        );
+        for (name, help, value) in extra {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        for (name, help, h) in [
+            (
+                "tidings_send_seconds",
+                "Send latency: accepted to durable and applied.",
+                &self.send_latency,
+            ),
+            (
+                "tidings_http_request_seconds",
+                "HTTP request latency.",
+                &self.http_latency,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{le=\"{b}\"}} {}",
+                    h.buckets[i].load(Ordering::Relaxed)
+                );
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+            let _ = writeln!(
+                out,
+                "{name}_sum {}\n{name}_count {count}",
+                h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tidings_http_requests_total HTTP requests by route and status.\n# TYPE tidings_http_requests_total counter"
+        );
+        let m = self.http_requests.lock().unwrap_or_else(|p| p.into_inner());
+        for ((method, route, status), n) in m.iter() {
+            let _ = writeln!(
+                out,
+                "tidings_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out
+    }
+}

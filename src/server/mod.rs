@@ -1,0 +1,332 @@
+//! The server: start-up, the background tasks it owns, and shutdown.
+//!
+//! Start-up: open the log (recovering its tail), load the newest snapshot and catch up with the
+//! log, then serve. Background tasks — the applier, the ack flusher, the snapshotter and the
+//! HTTP server — live in one `JoinSet` with a `CancellationToken` each; WebSocket sessions are
+//! tracked in a `TaskTracker`.
+//!
+//! Shutdown (SIGTERM/SIGINT, or [`Running::shutdown`]): stop accepting; close WebSockets with
+//! "going away" (1001); let in-flight HTTP requests finish; flush coalesced acks; let the
+//! applier reach the end of the log; write a snapshot; close the log (fsync); join every task.
+//! Whatever is not done within the grace period is aborted — acknowledged writes are already
+//! durable, so a restart loses none.
+
+mod acks;
+mod applier;
+mod auth;
+mod delivery;
+mod error;
+pub(crate) mod http;
+mod limits;
+mod metrics;
+mod sequencer;
+mod state;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::Context;
+use tidings_log::{Log, LogOptions};
+use tidings_projections::conv_cache::{ConversationCache, ConversationCacheConfig};
+use tidings_projections::{ProjectionConfig, Projections};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::data::DataDir;
+use state::AppState;
+
+/// A running server.
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
+    state: Arc<AppState>,
+    tasks: JoinSet<&'static str>,
+    stop_http: CancellationToken,
+    stop_acks: CancellationToken,
+    stop_applier: CancellationToken,
+    stop_snapshots: CancellationToken,
+}
+
+fn projection_config(c: &Config) -> ProjectionConfig {
+    ProjectionConfig {
+        idempotency_max_entries: c.projections_idempotency_entries,
+        idempotency_max_age_ms: c.projections_idempotency_secs * 1000,
+        index_cache_bytes: c.cache_index_bytes,
+        ..ProjectionConfig::default()
+    }
+}
+
+/// The admin key: configured, or read from DATA/admin.key, or generated there (mode 0600) and
+/// printed once.
+fn admin_key(config: &Config, data: &DataDir) -> anyhow::Result<String> {
+    if let Some(k) = &config.admin_key {
+        return Ok(k.clone());
+    }
+    let path = data.admin_key();
+    match std::fs::read_to_string(&path) {
+        Ok(k) if !k.trim().is_empty() => return Ok(k.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    use base64::Engine;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(key.as_bytes())?;
+        f.sync_all()?;
+    }
+    println!(
+        "generated the admin key (stored in {}): {key}",
+        path.display()
+    );
+    Ok(key)
+}
+
+/// Starts a server; returns once it accepts connections.
+pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
+    let data = DataDir::new(&config.data);
+    std::fs::create_dir_all(data.root())
+        .with_context(|| format!("creating the data directory {}", data.root().display()))?;
+    let admin_key = admin_key(&config, &data)?;
+    let log = Log::open(
+        data.log(),
+        LogOptions::default()
+            .with_fsync(config.log_fsync)
+            .with_segment_bytes(config.log_segment_bytes)
+            .with_max_append_bytes(
+                (config.limits_max_payload_bytes * 2 + (1 << 20)).min(256 << 20),
+            ),
+    )
+    .await
+    .with_context(|| format!("opening the log in {}", data.log().display()))?;
+
+    let started = Instant::now();
+    let mut proj = Projections::load(&data.projections(), projection_config(&config))?;
+    let replayed = proj.catch_up(&log, |_, _| {}).await?;
+    tracing::info!(
+        origin = ?proj.origin(),
+        replayed,
+        applied = proj.state.next_offset(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "projections ready"
+    );
+    let conv_cache = ConversationCache::open(
+        &data.cache().join("conversations"),
+        &ConversationCacheConfig {
+            memory_bytes: config.cache_conversation_memory_bytes,
+            disk_bytes: config.cache_conversation_disk_bytes,
+        },
+    )
+    .await?;
+
+    let (applied_tx, applied_rx) = watch::channel(proj.state.next_offset());
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(AppState::new(
+        config,
+        log,
+        proj,
+        applied_rx,
+        sequencer::Sequencer::default(),
+        acks::Acks::default(),
+        conv_cache,
+        admin_key,
+    ));
+
+    let mut tasks = JoinSet::new();
+    let stop_applier = CancellationToken::new();
+    let (s, t) = (state.clone(), stop_applier.clone());
+    tasks.spawn(async move {
+        applier::run(s, applied_tx, t).await;
+        "applier"
+    });
+    let stop_acks = CancellationToken::new();
+    let (s, t) = (state.clone(), stop_acks.clone());
+    tasks.spawn(async move {
+        acks::run(s, t).await;
+        "acks"
+    });
+    let stop_snapshots = CancellationToken::new();
+    let (s, t) = (state.clone(), stop_snapshots.clone());
+    tasks.spawn(async move {
+        snapshots(s, t).await;
+        "snapshots"
+    });
+    let stop_http = CancellationToken::new();
+    let app = http::router(state.clone());
+    let t = stop_http.clone();
+    tasks.spawn(async move {
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(async move { t.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "the HTTP server failed");
+        }
+        "http"
+    });
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(%addr, "serving");
+    Ok(Running {
+        addr,
+        state,
+        tasks,
+        stop_http,
+        stop_acks,
+        stop_applier,
+        stop_snapshots,
+    })
+}
+
+/// Writes a snapshot every interval (when anything changed).
+async fn snapshots(state: Arc<AppState>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(state.config.snapshot_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.tick().await;
+    let mut last = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let applied = state.proj().state.applied;
+        if applied == last {
+            continue;
+        }
+        let s = state.clone();
+        let written = tokio::task::spawn_blocking(move || s.proj().snapshot()).await;
+        match written {
+            Ok(Ok(_)) => {
+                state.metrics.snapshots.inc();
+                last = applied;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "snapshot failed"),
+            Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
+        }
+    }
+}
+
+impl Running {
+    /// Shuts down as described in the module docs.
+    pub(crate) async fn shutdown(mut self) -> anyhow::Result<()> {
+        let grace = self.state.config.shutdown_grace();
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+        let state = self.state.clone();
+        // Stop accepting, close sessions.
+        state.ready.store(false, Ordering::Release);
+        self.stop_http.cancel();
+        state.sessions_stop.cancel();
+        state.ws_tasks.close();
+        let _ = tokio::time::timeout_at(deadline, state.ws_tasks.wait()).await;
+        tracing::debug!(
+            took_ms = deadline_elapsed(deadline, grace),
+            "sessions closed"
+        );
+        // In-flight HTTP requests finish inside the HTTP task.
+        let mut rest = JoinSet::new();
+        std::mem::swap(&mut rest, &mut self.tasks);
+        let mut pending = rest;
+        let http_done = async {
+            while let Some(done) = pending.join_next().await {
+                if let Ok("http") = done {
+                    break;
+                }
+            }
+            pending
+        };
+        let mut pending = match tokio::time::timeout_at(deadline, http_done).await {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::warn!("requests still running at the end of the grace period");
+                JoinSet::new()
+            }
+        };
+        tracing::debug!(took_ms = deadline_elapsed(deadline, grace), "http done");
+        // Coalesced acks, then everything applied.
+        self.stop_acks.cancel();
+        self.stop_snapshots.cancel();
+        let log_end = state.log.next_offset();
+        let mut applied = state.applied.clone();
+        let _ = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= log_end)).await;
+        // Wait for the ack flusher's last flush to be applied too.
+        let joined = async {
+            while let Some(done) = pending.join_next().await {
+                if let Ok("acks") = done {
+                    break;
+                }
+            }
+            pending
+        };
+        let mut pending = tokio::time::timeout_at(deadline, joined)
+            .await
+            .unwrap_or_default();
+        let log_end = state.log.next_offset();
+        let _ = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= log_end)).await;
+        self.stop_applier.cancel();
+        let remaining = tokio::time::timeout_at(deadline, async {
+            while pending.join_next().await.is_some() {}
+        })
+        .await;
+        if remaining.is_err() {
+            tracing::warn!(
+                "background tasks still running at the end of the grace period; aborting them"
+            );
+            pending.shutdown().await;
+        }
+        tracing::debug!(took_ms = deadline_elapsed(deadline, grace), "tasks joined");
+        // Snapshot what was applied, then close the log.
+        let s = state.clone();
+        match tokio::task::spawn_blocking(move || s.proj().snapshot()).await {
+            Ok(Ok(Some(path))) => {
+                tracing::info!(path = %path.display(), "wrote the shutdown snapshot")
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "shutdown snapshot failed"),
+            Err(e) => tracing::warn!(error = %e, "shutdown snapshot task failed"),
+        }
+        state.log.close().await?;
+        state.conv_cache.close().await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn deadline_elapsed(deadline: tokio::time::Instant, grace: std::time::Duration) -> u128 {
+    (grace.saturating_sub(deadline.saturating_duration_since(tokio::time::Instant::now())))
+        .as_millis()
+}
+
+/// `tidings serve`: runs until SIGTERM or SIGINT, then shuts down.
+pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    println!("tidings listening on http://{}", running.addr);
+    wait_for_signal().await?;
+    running.shutdown().await
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The sequencer: validates a send against the projections, deduplicates `client_msg_id`,
+//! assigns the channel seq and the message id, appends, waits for durability and for the
+//! projections to apply it, then answers.
+//!
+//! Seq assignment and the enqueue into the log happen under one lock, so the log holds each
+//! channel's messages in seq order even with thousands of sends in flight; the lock is released
+//! before waiting for the fsync, so group commit batches them. A retry of a send that is still
+//! in flight waits for the first attempt and gets its answer: never a second message.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use tidings_projections::permissions::check_send;
+use tidings_projections::{Envelope, Event};
+use tokio::sync::watch;
+
+use crate::server::error::{ApiError, ApiResult};
+use crate::server::state::{AppState, now_ms};
+
+/// A durable, applied message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sent {
+    pub(crate) channel: String,
+    pub(crate) seq: u64,
+    pub(crate) message_id: u64,
+    pub(crate) offset: u64,
+    pub(crate) ts: u64,
+    /// Answered from the idempotency window: the original message.
+    pub(crate) duplicate: bool,
+}
+
+/// A send to make.
+#[derive(Debug, Clone)]
+pub(crate) struct SendRequest {
+    pub(crate) from: String,
+    /// Canonical channel id.
+    pub(crate) channel: String,
+    pub(crate) client_msg_id: String,
+    pub(crate) payload: Bytes,
+    pub(crate) flags: u32,
+    pub(crate) by_admin: bool,
+    /// The WebSocket session that sent it (it gets a sendack, not the message).
+    pub(crate) origin: Option<u64>,
+}
+
+type Outcome = Option<ApiResult<Sent>>;
+
+/// Reservations made but not yet applied.
+#[derive(Debug, Default)]
+pub(crate) struct Sequencer {
+    reserved: HashMap<String, u64>,
+    next_message_id: u64,
+    in_flight: HashMap<String, watch::Receiver<Outcome>>,
+}
+
+fn idem_key(from: &str, client_msg_id: &str) -> String {
+    format!("{from}\u{1f}{client_msg_id}")
+}
+
+fn reused(channel: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "client_msg_id_reused",
+        format!("this client_msg_id was already used for a message in {channel}"),
+    )
+}
+
+async fn wait_for(mut rx: watch::Receiver<Outcome>, channel: &str) -> ApiResult<Sent> {
+    let done = rx
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| ApiError::unavailable("shutting_down", "the server is shutting down"))?;
+    match done.clone() {
+        Some(Ok(sent)) if sent.channel != channel => Err(reused(&sent.channel)),
+        Some(Ok(sent)) => Ok(Sent {
+            duplicate: true,
+            ..sent
+        }),
+        Some(Err(e)) => Err(e),
+        None => Err(ApiError::internal("in-flight send vanished")),
+    }
+}
+
+/// Sends a message; answers once it is durable and applied.
+pub(crate) async fn send(state: &AppState, req: SendRequest) -> ApiResult<Sent> {
+    let started = Instant::now();
+    let key = (!req.client_msg_id.is_empty()).then(|| idem_key(&req.from, &req.client_msg_id));
+    let mut seq = state.sequencer.lock().await;
+
+    // Already applied: answer with the original.
+    let (last_seq, next_id) = {
+        let p = state.proj();
+        let st = &p.state;
+        if key.is_some()
+            && let Some(prev) = st.idempotency.get(&req.from, &req.client_msg_id)
+        {
+            state.metrics.send_duplicates.inc();
+            if prev.channel != req.channel {
+                return Err(reused(&prev.channel));
+            }
+            return Ok(Sent {
+                channel: prev.channel.clone(),
+                seq: prev.seq,
+                message_id: prev.message_id,
+                offset: prev.offset,
+                ts: prev.ts,
+                duplicate: true,
+            });
+        }
+        if let Err(denied) = check_send(
+            st,
+            &req.from,
+            &req.channel,
+            state.config.person_allowlist,
+            req.by_admin,
+        ) {
+            state.metrics.send_denied.inc();
+            return Err(denied.into());
+        }
+        (st.heads.last_seq(&req.channel), st.heads.next_message_id)
+    };
+    // Still in flight: wait for the first attempt's answer.
+    if let Some(k) = &key
+        && let Some(rx) = seq.in_flight.get(k).cloned()
+    {
+        drop(seq);
+        state.metrics.send_duplicates.inc();
+        return wait_for(rx, &req.channel).await;
+    }
+
+    let channel_seq = seq
+        .reserved
+        .get(&req.channel)
+        .copied()
+        .unwrap_or(0)
+        .max(last_seq)
+        + 1;
+    // Message ids start at 1 (0 is never a message).
+    let message_id = seq.next_message_id.max(next_id).max(1);
+    let ts = now_ms();
+    let env = Envelope::new(
+        ts,
+        Event::MessageSent {
+            channel: req.channel.clone(),
+            from: req.from.clone(),
+            client_msg_id: req.client_msg_id.clone(),
+            seq: channel_seq,
+            message_id,
+            payload: req.payload,
+            flags: req.flags,
+        },
+    );
+    if let Some(session) = req.origin {
+        state.origins.insert(&req.channel, channel_seq, session);
+    }
+    let pending = match state.log.enqueue(vec![env.encode()]).await {
+        Ok(p) => p,
+        Err(e) => {
+            state.origins.take(&req.channel, channel_seq);
+            return Err(e.into());
+        }
+    };
+    seq.reserved.insert(req.channel.clone(), channel_seq);
+    seq.next_message_id = message_id + 1;
+    let (tx, rx) = watch::channel(None);
+    if let Some(k) = &key {
+        seq.in_flight.insert(k.clone(), rx);
+    }
+    drop(seq);
+
+    let result = async {
+        let ack = pending.wait().await?;
+        state.wait_applied(ack.base_offset).await?;
+        Ok(Sent {
+            channel: req.channel.clone(),
+            seq: channel_seq,
+            message_id,
+            offset: ack.base_offset,
+            ts,
+            duplicate: false,
+        })
+    }
+    .await;
+    let _ = tx.send(Some(result.clone()));
+    if let Some(k) = key {
+        // Applied now: later retries find the send in the idempotency projection.
+        state.sequencer.lock().await.in_flight.remove(&k);
+    }
+    if result.is_ok() {
+        state.metrics.sends.inc();
+        state.metrics.send_latency.observe(started.elapsed());
+    }
+    result
+}

@@ -1,0 +1,176 @@
+//! The state every handler shares.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use tidings_log::Log;
+use tidings_projections::conv_cache::ConversationCache;
+use tidings_projections::trace::PushSamples;
+use tidings_projections::{Envelope, Event, Projections};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::server::acks::Acks;
+use crate::server::delivery::Delivery;
+use crate::server::error::{ApiError, ApiResult};
+use crate::server::limits::TokenBucket;
+use crate::server::metrics::Metrics;
+use crate::server::sequencer::Sequencer;
+
+/// How long a request waits for its own event to be applied before answering 503.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Shared by every handler and task.
+pub(crate) struct AppState {
+    pub(crate) config: Config,
+    pub(crate) log: Log,
+    pub(crate) proj: RwLock<Projections>,
+    /// The next offset the applier will apply: everything below it is in the projections.
+    pub(crate) applied: watch::Receiver<u64>,
+    pub(crate) sequencer: tokio::sync::Mutex<Sequencer>,
+    pub(crate) delivery: Delivery,
+    pub(crate) acks: Acks,
+    pub(crate) conv_cache: ConversationCache,
+    pub(crate) samples: PushSamples,
+    pub(crate) metrics: Metrics,
+    pub(crate) admin_key: String,
+    /// Cancelled at shutdown: WebSocket sessions close with "going away".
+    pub(crate) sessions_stop: CancellationToken,
+    /// Every WebSocket session and the tasks it spawns, waited for at shutdown.
+    pub(crate) ws_tasks: TaskTracker,
+    pub(crate) connections: std::sync::Arc<Semaphore>,
+    pub(crate) ready: AtomicBool,
+    user_rates: Mutex<HashMap<String, TokenBucket>>,
+    /// Which session sent a message, until the applier pushes it.
+    pub(crate) origins: Origins,
+}
+
+/// (channel, seq) → the WebSocket session that sent it.
+#[derive(Debug, Default)]
+pub(crate) struct Origins(Mutex<HashMap<(String, u64), u64>>);
+
+impl Origins {
+    pub(crate) fn insert(&self, channel: &str, seq: u64, session: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((channel.to_owned(), seq), session);
+    }
+    pub(crate) fn take(&self, channel: &str, seq: u64) -> Option<u64> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.is_empty() {
+            return None;
+        }
+        m.remove(&(channel.to_owned(), seq))
+    }
+}
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: Config,
+        log: Log,
+        proj: Projections,
+        applied: watch::Receiver<u64>,
+        sequencer: Sequencer,
+        acks: Acks,
+        conv_cache: ConversationCache,
+        admin_key: String,
+    ) -> Self {
+        let samples = PushSamples::new(config.trace_sample_every, 10_000);
+        let connections = std::sync::Arc::new(Semaphore::new(config.limits_max_connections));
+        Self {
+            config,
+            log,
+            proj: RwLock::new(proj),
+            applied,
+            sequencer: tokio::sync::Mutex::new(sequencer),
+            delivery: Delivery::default(),
+            acks,
+            conv_cache,
+            samples,
+            metrics: Metrics::default(),
+            admin_key,
+            sessions_stop: CancellationToken::new(),
+            ws_tasks: TaskTracker::new(),
+            connections,
+            ready: AtomicBool::new(false),
+            user_rates: Mutex::new(HashMap::new()),
+            origins: Origins::default(),
+        }
+    }
+
+    /// The projections, for reading (never held across an await).
+    pub(crate) fn proj(&self) -> RwLockReadGuard<'_, Projections> {
+        self.proj.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The projections, for the applier.
+    pub(crate) fn proj_mut(&self) -> RwLockWriteGuard<'_, Projections> {
+        self.proj.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the event at `offset` is in the projections (read-your-writes).
+    pub(crate) async fn wait_applied(&self, offset: u64) -> ApiResult<()> {
+        let mut rx = self.applied.clone();
+        let waited = tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|next| *next > offset)).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ApiError::unavailable(
+                "shutting_down",
+                "the server is shutting down",
+            )),
+            Err(_) => Err(ApiError::unavailable(
+                "apply_timeout",
+                "the event is durable but not yet visible; retry the read",
+            )),
+        }
+    }
+
+    /// Appends an event (not a message: those go through the sequencer), waits until it is
+    /// durable and applied, returns its offset.
+    pub(crate) async fn emit(&self, event: Event) -> ApiResult<u64> {
+        let env = Envelope::new(now_ms(), event);
+        let ack = self.log.append(vec![env.encode()]).await?;
+        self.wait_applied(ack.base_offset).await?;
+        Ok(ack.base_offset)
+    }
+
+    /// Charges one send to `uid`'s HTTP rate limit.
+    pub(crate) fn charge_user_send(&self, uid: &str) -> ApiResult<()> {
+        let rate = self.config.limits_sends_per_second;
+        let mut m = self.user_rates.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 100_000 {
+            // Idle buckets are full anyway: forget them rather than grow without bound.
+            m.retain(|_, b| !b.is_full(Instant::now()));
+        }
+        let bucket = m
+            .entry(uid.to_owned())
+            .or_insert_with(|| TokenBucket::new(rate));
+        if bucket.take(Instant::now()) {
+            Ok(())
+        } else {
+            self.metrics.rate_limited.inc();
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("more than {rate} sends per second"),
+            ))
+        }
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,310 @@
+//! Test harness: the real `tidings serve` process on a free port, a real HTTP client and real
+//! WebSocket clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub(crate) const ADMIN: &str = "test-admin-key";
+
+/// A server process.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) data: PathBuf,
+    pub(crate) args: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server on a fresh data directory.
+    pub(crate) fn start(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut s = Server::start_on(&data, args);
+        s._dir = Some(dir);
+        s
+    }
+
+    /// A server on `data` (kept by the caller).
+    pub(crate) fn start_on(data: &Path, args: &[&str]) -> Server {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(["--acks-flush-ms", "20", "--shutdown-grace-secs", "10"])
+            .args(&args)
+            .env("TIDINGS_ADMIN_KEY", ADMIN)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "server exited before listening"
+            );
+            if let Some(rest) = line.trim().strip_prefix("tidings listening on http://") {
+                break rest.parse().unwrap();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in out.lines() {});
+        Server {
+            child,
+            addr,
+            data: data.to_path_buf(),
+            args,
+            _dir: None,
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub(crate) fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/v1/ws{query}", self.addr)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub(crate) fn stop(mut self) -> Option<tempfile::TempDir> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(
+            exit.success(),
+            "the server did not shut down cleanly: {exit:?}"
+        );
+        self._dir.take()
+    }
+
+    /// SIGKILL.
+    pub(crate) fn kill(mut self) -> Option<tempfile::TempDir> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self._dir.take()
+    }
+
+    /// Stops (cleanly) and starts again on the same data.
+    pub(crate) fn restart(self) -> Server {
+        let args = self.args.clone();
+        let data = self.data.clone();
+        let dir = self.stop();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut s = Server::start_on(&data, &refs);
+        s._dir = dir;
+        s
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client for one server.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub(crate) base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    pub(crate) fn new(server: &Server) -> Api {
+        Api {
+            base: format!("http://{}", server.addr),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.try_call(method, path, token, body).await.unwrap()
+    }
+
+    /// Like `call`, but a connection failure (the server went away) is an error, not a panic.
+    pub(crate) async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .client
+            .request(m, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    pub(crate) async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let (status, v) = self.call(method, path, token, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    /// A token for `uid`.
+    pub(crate) async fn user(&self, uid: &str) -> String {
+        let v = self
+            .ok("POST", &format!("/v1/users/{uid}/tokens"), ADMIN, None)
+            .await;
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// A group with members.
+    pub(crate) async fn group(&self, id: &str, members: &[&str]) {
+        self.ok("PUT", &format!("/v1/channels/{id}"), ADMIN, None)
+            .await;
+        if !members.is_empty() {
+            self.ok(
+                "POST",
+                &format!("/v1/channels/{id}/members"),
+                ADMIN,
+                Some(json!({"uids": members})),
+            )
+            .await;
+        }
+    }
+
+    pub(crate) async fn send(&self, token: &str, channel: &str, cid: &str, text: &str) -> Value {
+        let (status, v) = self
+            .call(
+                "POST",
+                "/v1/messages",
+                token,
+                Some(json!({"channel": channel, "client_msg_id": cid, "payload": {"text": text}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        v
+    }
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client speaking JSON.
+pub(crate) struct Ws {
+    pub(crate) ws: WsStream,
+}
+
+impl Ws {
+    pub(crate) async fn connect(server: &Server, token: &str, query: &str) -> Ws {
+        let mut req = server.ws_url(query).into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        Ws { ws }
+    }
+
+    pub(crate) async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON frame, or `None` on close or after `wait` with nothing.
+    pub(crate) async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(wait, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Some(serde_json::from_str(t.as_str()).unwrap());
+                }
+                Ok(Some(Ok(Message::Close(c)))) => {
+                    return Some(
+                        json!({"type": "closed", "code": c.as_ref().map(|c| u16::from(c.code)), "reason": c.map(|c| c.reason.to_string())}),
+                    );
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    pub(crate) async fn next(&mut self) -> Value {
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("a frame within 10 s")
+    }
+
+    /// The next frame of a type, skipping others.
+    pub(crate) async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Every `message` frame until `n` arrived (other frames skipped).
+    pub(crate) async fn messages(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let v = self.next().await;
+            if v["type"] == "message" {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// Asserts no message arrives within `wait`.
+    pub(crate) async fn quiet(&mut self, wait: Duration) {
+        while let Some(v) = self.next_within(wait).await {
+            assert_ne!(v["type"], "message", "unexpected message {v}");
+        }
+    }
+
+    pub(crate) async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -1,0 +1,437 @@
+//! The server end to end, lifecycle: restarts keep the state, a graceful shutdown (and a
+//! SIGKILL) under load keeps every acknowledged message, slow consumers are closed and resume,
+//! and the operational endpoints answer.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{ADMIN, Api, Server, Ws};
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+
+fn seqs(v: &Value) -> Vec<u64> {
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restart_between_steps_keeps_the_same_state() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    for i in 1..=5 {
+        api.send(&alice, "g", &format!("a{i}"), &format!("m{i}"))
+            .await;
+    }
+    api.send(&bob, "@alice", "d1", "dm").await;
+    api.ok("POST", "/v1/channels/g/read", &bob, Some(json!({"seq": 3})))
+        .await;
+    let before_conv = api.ok("GET", "/v1/conversations", &bob, None).await;
+    let before_hist = api
+        .ok("GET", "/v1/channels/g/messages?after_seq=0", &bob, None)
+        .await;
+
+    let server = server.restart();
+    let api = Api::new(&server);
+    assert_eq!(
+        api.ok("GET", "/v1/conversations", &bob, None).await,
+        before_conv,
+        "tokens, cursors, heads survive"
+    );
+    assert_eq!(
+        api.ok("GET", "/v1/channels/g/messages?after_seq=0", &bob, None)
+            .await,
+        before_hist
+    );
+    // Idempotency survives too, and seqs continue.
+    let again = api.send(&alice, "g", "a5", "m5").await;
+    assert_eq!(
+        (again["seq"].as_u64(), again["duplicate"].as_bool()),
+        (Some(5), Some(true))
+    );
+    assert_eq!(api.send(&alice, "g", "a6", "m6").await["seq"], 6);
+    // And once more after a SIGKILL (no shutdown snapshot: replay from the log).
+    let data = server.data.clone();
+    let dir = server.kill();
+    let server = Server::start_on(&data, &[]);
+    let api = Api::new(&server);
+    assert_eq!(
+        seqs(
+            &api.ok("GET", "/v1/channels/g/messages?after_seq=0", &bob, None)
+                .await
+        ),
+        (1..=6).collect::<Vec<_>>()
+    );
+    drop(dir);
+}
+
+/// The clients of a load run, connected before the clock starts.
+struct Load {
+    http: Vec<(usize, String)>,
+    ws: Vec<(usize, Ws)>,
+}
+
+async fn prepare(server: &Server, api: &Api, senders: usize) -> Load {
+    let members: Vec<String> = (0..senders)
+        .flat_map(|s| [format!("s{s}"), format!("w{s}")])
+        .collect();
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    api.group("load", &refs).await;
+    let mut load = Load {
+        http: Vec::new(),
+        ws: Vec::new(),
+    };
+    for s in 0..senders {
+        load.http.push((s, api.user(&format!("s{s}")).await));
+        let token = api.user(&format!("w{s}")).await;
+        load.ws
+            .push((s, Ws::connect(server, &token, "?catch_up=false").await));
+    }
+    load
+}
+
+/// Sends from every client until the server goes away or `stop` says so; returns every
+/// acknowledged (client_msg_id → seq).
+async fn run_load(
+    api: &Api,
+    load: Load,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> BTreeMap<String, u64> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (s, token) in load.http {
+        let (api, stop) = (api.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut acked = BTreeMap::new();
+            for i in 0.. {
+                if *stop.borrow() {
+                    break;
+                }
+                let cid = format!("h{s}-{i}");
+                let body = json!({"channel": "load", "client_msg_id": cid, "payload": i});
+                match api
+                    .try_call("POST", "/v1/messages", &token, Some(body))
+                    .await
+                {
+                    Ok((201, v)) => {
+                        acked.insert(cid, v["seq"].as_u64().unwrap());
+                    }
+                    _ => break, // refused while shutting down, or the server is gone
+                }
+            }
+            acked
+        });
+    }
+    for (s, mut ws) in load.ws {
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut acked = BTreeMap::new();
+            let mut sent = 0u64;
+            loop {
+                if !*stop.borrow() {
+                    for _ in 0..8 {
+                        let frame = json!({"type": "send", "client_msg_id": format!("w{s}-{sent}"), "channel": "load", "payload": sent});
+                        if ws.ws.send(tokio_tungstenite::tungstenite::Message::Text(frame.to_string().into())).await.is_err() {
+                            return acked;
+                        }
+                        sent += 1;
+                    }
+                }
+                match ws.next_within(Duration::from_secs(3)).await {
+                    Some(f) if f["type"] == "sendack" => {
+                        acked.insert(f["client_msg_id"].as_str().unwrap().to_string(), f["seq"].as_u64().unwrap());
+                    }
+                    Some(f) if f["type"] == "closed" => return acked,
+                    Some(_) => {}
+                    None => return acked,
+                }
+            }
+        });
+    }
+    let mut all = BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.unwrap());
+    }
+    all
+}
+
+async fn check_all_present(api: &Api, acked: &BTreeMap<String, u64>) {
+    let mut by_seq = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let page = api
+            .ok(
+                "GET",
+                &format!("/v1/channels/load/messages?after_seq={after}&limit=1000"),
+                ADMIN,
+                None,
+            )
+            .await;
+        for m in page["messages"].as_array().unwrap() {
+            by_seq.insert(
+                m["seq"].as_u64().unwrap(),
+                m["client_msg_id"].as_str().unwrap().to_string(),
+            );
+            after = m["seq"].as_u64().unwrap();
+        }
+        if !page["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    let n = by_seq.len() as u64;
+    assert_eq!(
+        by_seq.keys().copied().collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>(),
+        "seqs are gapless"
+    );
+    for (cid, seq) in acked {
+        assert_eq!(
+            by_seq.get(seq),
+            Some(cid),
+            "acknowledged {cid} (seq {seq}) is missing or different"
+        );
+    }
+    let mut cids: Vec<&String> = by_seq.values().collect();
+    cids.sort();
+    cids.dedup();
+    assert_eq!(cids.len() as u64, n, "no message was stored twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_under_load_keeps_every_acknowledged_message() {
+    let server = Server::start(&["--limits-sends-per-second", "1000000"]);
+    let api = Api::new(&server);
+    let load = prepare(&server, &api, 6).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let pid = server.child.id();
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = stop_tx.send(true);
+    });
+    let acked = run_load(&api, load, stop_rx).await;
+    killer.await.unwrap();
+    let data = server.data.clone();
+    let mut server = server;
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}");
+    assert!(acked.len() > 200, "the load ran: {} acked", acked.len());
+    let dir = server.kill();
+    let server = Server::start_on(&data, &[]);
+    check_all_present(&Api::new(&server), &acked).await;
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_under_load_loses_no_acknowledged_message() {
+    let server = Server::start(&["--limits-sends-per-second", "1000000"]);
+    let api = Api::new(&server);
+    let load = prepare(&server, &api, 4).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let pid = server.child.id();
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        let _ = stop_tx.send(true);
+    });
+    let acked = run_load(&api, load, stop_rx).await;
+    killer.await.unwrap();
+    assert!(acked.len() > 100, "the load ran: {} acked", acked.len());
+    let data = server.data.clone();
+    let dir = server.kill();
+    let server = Server::start_on(&data, &[]);
+    check_all_present(&Api::new(&server), &acked).await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_and_resumes_on_reconnect() {
+    let server = Server::start(&[
+        "--limits-session-queue",
+        "4",
+        "--limits-sends-per-second",
+        "100000",
+    ]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    // Bob connects and then reads nothing while big messages pile up.
+    let mut slow = Ws::connect(&server, &bob, "").await;
+    slow.quiet(Duration::from_millis(100)).await;
+    let body = "p".repeat(60_000);
+    for i in 1..=300 {
+        let (status, _) = api
+            .call(
+                "POST",
+                "/v1/messages",
+                &alice,
+                Some(json!({"channel": "g", "client_msg_id": format!("c{i}"), "payload": body})),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    // Draining now: some messages, then a close with the reason code.
+    let mut got = Vec::new();
+    let closed = loop {
+        let f = slow.next().await;
+        match f["type"].as_str() {
+            Some("message") => got.push(f["seq"].as_u64().unwrap()),
+            Some("closed") => break f,
+            _ => {}
+        }
+    };
+    assert_eq!(
+        (closed["code"].as_u64(), closed["reason"].as_str()),
+        (Some(4000), Some("slow_consumer"))
+    );
+    assert!(got.len() < 300);
+    assert_eq!(
+        got,
+        (1..=got.len() as u64).collect::<Vec<_>>(),
+        "what arrived arrived in order"
+    );
+    // Reconnect (nothing acked): everything, from the first.
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    let all = ws.messages(300).await;
+    assert_eq!(
+        all.iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        (1..=300).collect::<Vec<_>>()
+    );
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tidings_slow_consumer_closes_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_the_event_log() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    assert_eq!(api.ok("GET", "/healthz", "", None).await["status"], "ok");
+    assert_eq!(api.ok("GET", "/readyz", "", None).await["status"], "ready");
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    api.send(&alice, "g", "c1", "hello").await;
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "tidings_sends_total 1",
+        "tidings_send_seconds_count 1",
+        "tidings_applier_lag 0",
+        "tidings_http_requests_total{method=\"POST\",route=\"/v1/messages\",status=\"201\"} 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from\n{metrics}");
+    }
+    // The event log, and following it.
+    let text = reqwest::Client::new()
+        .get(server.url("/v1/log?from=0"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "channel_created",
+            "members_subscribed",
+            "token_set",
+            "message_sent"
+        ]
+    );
+    let mut follow = reqwest::Client::new()
+        .get(server.url("/v1/log?from=3&follow=true"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    api.send(&alice, "g", "c2", "again").await;
+    let mut seen = String::new();
+    while seen.lines().count() < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), follow.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(seen.lines().nth(1).unwrap().contains("\"c2\""));
+    assert_eq!(api.call("GET", "/v1/log", &alice, None).await.0, 403);
+    // A follow stream does not hold up shutdown.
+    server.stop();
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_checked_in_copy() {
+    let server = Server::start(&[]);
+    let doc: Value = reqwest::get(server.url("/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["openapi"].as_str().map(|v| v.starts_with("3.")),
+        Some(true)
+    );
+    for path in [
+        "/v1/messages",
+        "/v1/sync",
+        "/v1/conversations",
+        "/v1/ws",
+        "/v1/channels/{id}/denylist",
+        "/v1/users/{uid}/tokens",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is documented");
+    }
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+    let pretty = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    if std::env::var_os("TIDINGS_UPDATE_OPENAPI").is_some() {
+        std::fs::write(file, &pretty).unwrap();
+    }
+    let committed = std::fs::read_to_string(file)
+        .expect("docs/openapi.json (regenerate with TIDINGS_UPDATE_OPENAPI=1)");
+    assert_eq!(
+        committed, pretty,
+        "the API changed: regenerate docs/openapi.json with TIDINGS_UPDATE_OPENAPI=1 and review the diff"
+    );
+}

@@ -1,0 +1,480 @@
+//! The server end to end, messaging: real server process, real HTTP and WebSocket clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{ADMIN, Api, Server, Ws};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+fn seqs(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_direct_message_between_two_users() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let mut bob_ws = Ws::connect(&server, &bob, "").await;
+    let mut alice_ws = Ws::connect(&server, &alice, "").await;
+
+    alice_ws
+        .send(json!({"type": "send", "client_msg_id": "m1", "channel": "@bob", "payload": {"text": "hi bob"}}))
+        .await;
+    let ack = alice_ws.next_of("sendack").await;
+    assert_eq!(
+        (
+            ack["client_msg_id"].as_str(),
+            ack["channel"].as_str(),
+            ack["seq"].as_u64()
+        ),
+        (Some("m1"), Some("@bob"), Some(1))
+    );
+    let got = bob_ws.next_of("message").await;
+    assert_eq!(got["channel"], "@alice", "bob sees the channel as @alice");
+    assert_eq!(got["from"], "alice");
+    assert_eq!(got["payload"], json!({"text": "hi bob"}));
+    assert_eq!(got["message_id"], ack["message_id"]);
+
+    // Bob answers over HTTP; alice gets it live.
+    let sent = api.send(&bob, "@alice", "r1", "hello alice").await;
+    assert_eq!(sent["seq"], 2);
+    let got = alice_ws.next_of("message").await;
+    assert_eq!(
+        (got["seq"].as_u64(), got["from"].as_str()),
+        (Some(2), Some("bob"))
+    );
+    // History from either side.
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/@alice/messages?after_seq=0",
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(seqs(page["messages"].as_array().unwrap()), vec![1, 2]);
+    bob_ws.close().await;
+    alice_ws.close().await;
+}
+
+#[tokio::test]
+async fn a_group_of_1000_with_10_online_delivers_each_message_once() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let members: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    api.group("big", &refs).await;
+    let mut online = Vec::new();
+    for uid in refs.iter().step_by(100) {
+        let token = api.user(uid).await;
+        online.push(Ws::connect(&server, &token, "").await);
+    }
+    let sender = api.user("m1").await;
+    for i in 0..20 {
+        api.send(&sender, "big", &format!("b{i}"), &format!("msg {i}"))
+            .await;
+    }
+    for ws in &mut online {
+        let got = ws.messages(20).await;
+        assert_eq!(seqs(&got), (1..=20).collect::<Vec<_>>());
+        ws.quiet(Duration::from_millis(200)).await;
+    }
+    // One event per send, however big the group.
+    let log = reqwest::Client::new()
+        .get(server.url("/v1/log?from=0"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sends = log
+        .lines()
+        .filter(|l| l.contains("\"message_sent\""))
+        .count();
+    assert_eq!(sends, 20);
+}
+
+#[tokio::test]
+async fn an_offline_user_reconnects_and_gets_exactly_the_missed_messages() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    // Bob has never been online: the very first message must reach him.
+    for i in 1..=5 {
+        api.send(&alice, "g", &format!("a{i}"), &format!("m{i}"))
+            .await;
+    }
+    api.send(&alice, "@bob", "dm1", "direct").await;
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    let got = ws.messages(6).await;
+    let group: Vec<u64> = got
+        .iter()
+        .filter(|m| m["channel"] == "g")
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        group,
+        vec![1, 2, 3, 4, 5],
+        "the first offline message included"
+    );
+    assert!(
+        got.iter()
+            .any(|m| m["channel"] == "@alice" && m["seq"] == 1)
+    );
+    ws.send(json!({"type": "ack", "channel": "g", "seq": 5}))
+        .await;
+    ws.send(json!({"type": "ack", "channel": "@alice", "seq": 1}))
+        .await;
+    ws.quiet(Duration::from_millis(300)).await;
+    ws.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Offline again; three more; reconnect: exactly those three.
+    for i in 6..=8 {
+        api.send(&alice, "g", &format!("a{i}"), &format!("m{i}"))
+            .await;
+    }
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    assert_eq!(seqs(&ws.messages(3).await), vec![6, 7, 8]);
+    ws.quiet(Duration::from_millis(300)).await;
+    // HTTP sync agrees (cursor 5 acked, 6..8 not yet).
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert_eq!(seqs(sync["messages"].as_array().unwrap()), vec![6, 7, 8]);
+    ws.close().await;
+}
+
+#[tokio::test]
+async fn an_abrupt_disconnect_mid_stream_loses_and_duplicates_nothing() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let mut received: Vec<u64> = Vec::new();
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    // Send 300 while bob reads some, acking as he goes, then drop the TCP connection.
+    let api2 = api.clone();
+    let alice2 = alice.clone();
+    let sender = tokio::spawn(async move {
+        for i in 1..=300 {
+            api2.send(&alice2, "g", &format!("a{i}"), &format!("m{i}"))
+                .await;
+        }
+    });
+    while received.len() < 120 {
+        let m = ws.next_of("message").await;
+        received.push(m["seq"].as_u64().unwrap());
+        if received.len().is_multiple_of(25) {
+            ws.send(json!({"type": "ack", "channel": "g", "seq": received.last()}))
+                .await;
+        }
+    }
+    let acked = 100u64;
+    drop(ws); // abrupt: no close frame
+    sender.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Reconnect: everything after the acked cursor, once, in order, no gap.
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    let rest = ws.messages(200).await;
+    assert_eq!(seqs(&rest), ((acked + 1)..=300).collect::<Vec<_>>());
+    ws.quiet(Duration::from_millis(300)).await;
+    let all: HashSet<u64> = received.iter().chain(seqs(&rest).iter()).copied().collect();
+    assert_eq!(all.len(), 300, "nothing lost");
+    ws.close().await;
+}
+
+#[tokio::test]
+async fn messages_sent_during_catch_up_arrive_once_with_no_gap() {
+    let server = Server::start(&["--limits-sends-per-second", "100000"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    for i in 1..=1500 {
+        api.send(&alice, "g", &format!("a{i}"), "x").await;
+    }
+    // Keep sending while bob connects and catches up (1,500 in pages of 256).
+    let (api2, alice2) = (api.clone(), alice.clone());
+    let sender = tokio::spawn(async move {
+        for i in 1501..=1700 {
+            api2.send(&alice2, "g", &format!("a{i}"), "y").await;
+        }
+    });
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    let got = ws.messages(1700).await;
+    sender.await.unwrap();
+    assert_eq!(seqs(&got), (1..=1700).collect::<Vec<_>>());
+    ws.quiet(Duration::from_millis(300)).await;
+    ws.close().await;
+}
+
+#[tokio::test]
+async fn a_retried_send_with_the_same_client_msg_id_is_one_message() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let first = api.send(&alice, "g", "retry-me", "once").await;
+    let again = api.send(&alice, "g", "retry-me", "once").await;
+    assert_eq!(first["seq"], again["seq"]);
+    assert_eq!(first["message_id"], again["message_id"]);
+    assert_eq!(again["duplicate"], true);
+    // Concurrent retries of a new id: still one message.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (api, alice) = (api.clone(), alice.clone());
+        tasks.push(tokio::spawn(async move {
+            api.send(&alice, "g", "burst", "b").await
+        }));
+    }
+    let mut seqset = HashSet::new();
+    for t in tasks {
+        seqset.insert(t.await.unwrap()["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqset.len(), 1, "{seqset:?}");
+    // Over WebSocket too.
+    let mut ws = Ws::connect(&server, &alice, "?catch_up=false").await;
+    for _ in 0..3 {
+        ws.send(json!({"type": "send", "client_msg_id": "ws-retry", "channel": "g", "payload": 1}))
+            .await;
+    }
+    let mut acks = HashSet::new();
+    for _ in 0..3 {
+        acks.insert(ws.next_of("sendack").await["seq"].as_u64().unwrap());
+    }
+    assert_eq!(acks.len(), 1);
+    // The same id for another channel is a conflict, not a silent answer.
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/messages",
+            &alice,
+            Some(json!({"channel": "@bob", "client_msg_id": "retry-me", "payload": 1})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("client_msg_id_reused"))
+    );
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=0&limit=100",
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(seqs(page["messages"].as_array().unwrap()), vec![1, 2, 3]);
+    ws.close().await;
+}
+
+#[tokio::test]
+async fn unread_counts_after_reads_on_two_devices() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let phone = api.user("bob").await;
+    let laptop = api.user("bob").await; // a second token: a second device
+    for i in 1..=6 {
+        api.send(&alice, "g", &format!("a{i}"), "x").await;
+    }
+    let unread = |v: &Value| {
+        v["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["channel"] == "g")
+            .map(|c| c["unread"].as_u64().unwrap())
+    };
+    assert_eq!(
+        unread(&api.ok("GET", "/v1/conversations", &phone, None).await),
+        Some(6)
+    );
+    // The phone reads up to 4; the laptop sees it.
+    api.ok(
+        "POST",
+        "/v1/channels/g/read",
+        &phone,
+        Some(json!({"seq": 4})),
+    )
+    .await;
+    assert_eq!(
+        unread(&api.ok("GET", "/v1/conversations", &laptop, None).await),
+        Some(2)
+    );
+    // The laptop reads all over WebSocket (coalesced); the phone sees it.
+    let mut ws = Ws::connect(&server, &laptop, "?catch_up=false").await;
+    ws.send(json!({"type": "read", "channel": "g", "seq": 6}))
+        .await;
+    let mut zero = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if unread(&api.ok("GET", "/v1/conversations", &phone, None).await) == Some(0) {
+            zero = true;
+            break;
+        }
+    }
+    assert!(zero, "the coalesced read reached the phone's list");
+    // A read never moves back; alice's own messages are not unread for her.
+    api.ok(
+        "POST",
+        "/v1/channels/g/read",
+        &phone,
+        Some(json!({"seq": 1})),
+    )
+    .await;
+    assert_eq!(
+        unread(&api.ok("GET", "/v1/conversations", &laptop, None).await),
+        Some(0)
+    );
+    assert_eq!(
+        unread(&api.ok("GET", "/v1/conversations", &alice, None).await),
+        Some(0)
+    );
+    // Incremental: nothing changed since the last version.
+    let v = api.ok("GET", "/v1/conversations", &phone, None).await["version"]
+        .as_u64()
+        .unwrap();
+    let inc = api
+        .ok(
+            "GET",
+            &format!("/v1/conversations?since_version={v}"),
+            &phone,
+            None,
+        )
+        .await;
+    assert!(inc["conversations"].as_array().unwrap().is_empty());
+    ws.close().await;
+}
+
+#[tokio::test]
+async fn recall_hides_the_payload_everywhere() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    let sent = api.send(&alice, "g", "r1", "oops").await;
+    ws.next_of("message").await;
+    // Only the sender (or the admin) may recall.
+    let (status, v) = api
+        .call("DELETE", "/v1/channels/g/messages/1", &bob, None)
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let r = api
+        .ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    assert_eq!(r, json!({"channel": "g", "seq": 1, "recalled": true}));
+    let notice = ws.next_of("recall").await;
+    assert_eq!(
+        (notice["channel"].as_str(), notice["seq"].as_u64()),
+        (Some("g"), Some(1))
+    );
+    let page = api
+        .ok("GET", "/v1/channels/g/messages?after_seq=0", &bob, None)
+        .await;
+    let m = &page["messages"][0];
+    assert_eq!(m["recalled"], true);
+    assert!(m.get("payload").is_none() && m.get("payload_b64").is_none());
+    let conv = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert_eq!(
+        conv["conversations"][0]["unread"], 0,
+        "recalled messages are not unread"
+    );
+    assert_eq!(conv["conversations"][0]["last_message"]["recalled"], true);
+    // Idempotent; unknown seq is 404.
+    api.ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    let (status, _) = api
+        .call("DELETE", "/v1/channels/g/messages/9", &alice, None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(sent["seq"], 1);
+    ws.close().await;
+}
+
+#[tokio::test]
+async fn cbor_clients_get_binary_frames_and_byte_payloads() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = server.ws_url("").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {bob}").parse().unwrap());
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "tidings.cbor".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "tidings.cbor"
+    );
+    // A CBOR send with a byte-string payload.
+    let frame = ciborium::Value::Map(vec![
+        (
+            ciborium::Value::Text("type".into()),
+            ciborium::Value::Text("send".into()),
+        ),
+        (
+            ciborium::Value::Text("client_msg_id".into()),
+            ciborium::Value::Text("c1".into()),
+        ),
+        (
+            ciborium::Value::Text("channel".into()),
+            ciborium::Value::Text("@alice".into()),
+        ),
+        (
+            ciborium::Value::Text("payload".into()),
+            ciborium::Value::Bytes(vec![0, 1, 2, 255]),
+        ),
+    ]);
+    let mut buf = Vec::new();
+    ciborium::into_writer(&frame, &mut buf).unwrap();
+    ws.send(Message::Binary(buf.into())).await.unwrap();
+    let ack = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Binary(b) => {
+                let v: ciborium::Value = ciborium::from_reader(&b[..]).unwrap();
+                break v;
+            }
+            _ => continue,
+        }
+    };
+    let kv = |v: &ciborium::Value, k: &str| {
+        v.as_map()
+            .unwrap()
+            .iter()
+            .find(|(key, _)| key.as_text() == Some(k))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(kv(&ack, "type").unwrap().as_text(), Some("sendack"));
+    // Over HTTP (JSON) the bytes come back base64-encoded.
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/@bob/messages?after_seq=0",
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(page["messages"][0]["payload_b64"], "AAEC/w==");
+    let _ = ws.close(None).await;
+}

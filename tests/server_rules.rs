@@ -1,0 +1,457 @@
+//! The server end to end, rules and limits: lists and switches enforced, auth, error shapes,
+//! size and rate limits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN, Api, Server, Ws};
+use serde_json::json;
+
+async fn code_of(
+    api: &Api,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    let (status, v) = api.call(method, path, token, body).await;
+    (
+        status,
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+async fn try_send(api: &Api, token: &str, channel: &str) -> (u16, String) {
+    code_of(
+        api,
+        "POST",
+        "/v1/messages",
+        token,
+        Some(json!({"channel": channel, "payload": {"t": 1}})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn denylist_allowlist_and_flags_are_enforced_in_groups() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob", "mallory"]).await;
+    let alice = api.user("alice").await;
+    let mallory = api.user("mallory").await;
+    let carol = api.user("carol").await;
+    assert_eq!(try_send(&api, &mallory, "g").await.0, 201);
+    api.ok(
+        "POST",
+        "/v1/channels/g/denylist",
+        ADMIN,
+        Some(json!({"uids": ["mallory"]})),
+    )
+    .await;
+    assert_eq!(try_send(&api, &mallory, "g").await, (403, "denied".into()));
+    api.ok(
+        "DELETE",
+        "/v1/channels/g/denylist",
+        ADMIN,
+        Some(json!({"uids": ["mallory"]})),
+    )
+    .await;
+    api.ok(
+        "POST",
+        "/v1/channels/g/allowlist",
+        ADMIN,
+        Some(json!({"uids": ["alice"]})),
+    )
+    .await;
+    assert_eq!(
+        api.ok("GET", "/v1/channels/g/allowlist", ADMIN, None).await,
+        json!({"uids": ["alice"]})
+    );
+    assert_eq!(
+        try_send(&api, &mallory, "g").await,
+        (403, "not_allowed".into())
+    );
+    assert_eq!(try_send(&api, &alice, "g").await.0, 201);
+    assert_eq!(
+        try_send(&api, &carol, "g").await,
+        (403, "not_member".into())
+    );
+    assert_eq!(
+        try_send(&api, &carol, "nosuch").await,
+        (404, "channel_not_found".into())
+    );
+    // Flags.
+    api.ok(
+        "PUT",
+        "/v1/channels/g",
+        ADMIN,
+        Some(json!({"flags": {"send_ban": true}})),
+    )
+    .await;
+    assert_eq!(
+        try_send(&api, &alice, "g").await,
+        (403, "send_banned".into())
+    );
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/messages",
+            ADMIN,
+            Some(json!({"channel": "g", "from": "alice", "payload": "from the app server"})),
+        )
+        .await;
+    assert_eq!(
+        status, 201,
+        "the admin may still send into a send-banned channel"
+    );
+    api.ok(
+        "PUT",
+        "/v1/channels/g",
+        ADMIN,
+        Some(json!({"flags": {"disband": true}})),
+    )
+    .await;
+    assert_eq!(
+        try_send(&api, &alice, "g").await,
+        (403, "channel_disbanded".into())
+    );
+    api.ok(
+        "PUT",
+        "/v1/channels/g",
+        ADMIN,
+        Some(json!({"flags": {"ban": true}})),
+    )
+    .await;
+    assert_eq!(
+        code_of(&api, "GET", "/v1/channels/g/messages", &alice, None)
+            .await
+            .0,
+        403
+    );
+}
+
+#[tokio::test]
+async fn person_channels_honour_deny_lists_and_the_allowlist_switch() {
+    for switch in [false, true] {
+        let server = Server::start(&["--person-allowlist", &switch.to_string()]);
+        let api = Api::new(&server);
+        let alice = api.user("alice").await;
+        let mallory = api.user("mallory").await;
+        let friend = api.user("friend").await;
+        api.ok(
+            "POST",
+            "/v1/users/bob/denylist",
+            ADMIN,
+            Some(json!({"uids": ["mallory"]})),
+        )
+        .await;
+        api.ok(
+            "POST",
+            "/v1/users/bob/allowlist",
+            ADMIN,
+            Some(json!({"uids": ["friend"]})),
+        )
+        .await;
+        assert_eq!(
+            try_send(&api, &mallory, "@bob").await,
+            (403, "denied".into()),
+            "switch {switch}"
+        );
+        assert_eq!(try_send(&api, &friend, "@bob").await.0, 201);
+        let alice_to_bob = try_send(&api, &alice, "@bob").await;
+        if switch {
+            assert_eq!(alice_to_bob, (403, "not_allowed".into()));
+        } else {
+            assert_eq!(alice_to_bob.0, 201, "switch off: anyone may message anyone");
+        }
+        // A user reads their own lists, not another's.
+        let bob = api.user("bob").await;
+        assert_eq!(
+            api.ok("GET", "/v1/users/bob/denylist", &bob, None).await,
+            json!({"uids": ["mallory"]})
+        );
+        assert_eq!(
+            code_of(&api, "GET", "/v1/users/bob/denylist", &alice, None)
+                .await
+                .0,
+            403
+        );
+    }
+}
+
+#[tokio::test]
+async fn auth_and_error_shapes() {
+    let server = Server::start(&["--limits-max-payload-bytes", "1024"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    api.group("h", &["bob"]).await;
+    let alice = api.user("alice").await;
+    // Wrong token, no token.
+    assert_eq!(
+        code_of(&api, "GET", "/v1/sync", "nope", None).await,
+        (401, "invalid_token".into())
+    );
+    let resp = reqwest::get(server.url("/v1/sync")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_token");
+    // Another user's channel.
+    assert_eq!(
+        code_of(&api, "GET", "/v1/channels/h/messages", &alice, None).await,
+        (403, "not_member".into())
+    );
+    // Admin-only calls.
+    assert_eq!(
+        code_of(&api, "PUT", "/v1/channels/x", &alice, None).await,
+        (403, "admin_only".into())
+    );
+    // Oversized payload: 413.
+    let big = "x".repeat(2000);
+    let (status, code) = code_of(
+        &api,
+        "POST",
+        "/v1/messages",
+        &alice,
+        Some(json!({"channel": "g", "payload": big})),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+    // Past the body limit (2 × payload limit + 64 KiB), small enough that the client finishes
+    // writing before the server answers and closes.
+    let huge = "y".repeat(300 << 10);
+    let (status, code) = code_of(
+        &api,
+        "POST",
+        "/v1/messages",
+        &alice,
+        Some(json!({"channel": "g", "payload": huge})),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (413, "payload_too_large"),
+        "past the body limit too"
+    );
+    // Malformed JSON and wrong shapes: 400 with a code.
+    let resp = reqwest::Client::new()
+        .post(server.url("/v1/messages"))
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .body("{\"channel\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_json");
+    assert_eq!(
+        code_of(
+            &api,
+            "POST",
+            "/v1/messages",
+            &alice,
+            Some(json!({"channel": "g"}))
+        )
+        .await,
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        code_of(
+            &api,
+            "POST",
+            "/v1/messages",
+            &alice,
+            Some(json!({"channel": "bad id!", "payload": 1}))
+        )
+        .await,
+        (400, "invalid_channel".into())
+    );
+    assert_eq!(
+        code_of(
+            &api,
+            "POST",
+            "/v1/messages",
+            &alice,
+            Some(json!({"channel": "g", "payload": 1, "extra": 2}))
+        )
+        .await,
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        code_of(&api, "GET", "/v1/channels/g/messages?limit=x", &alice, None)
+            .await
+            .1,
+        "invalid_query"
+    );
+    assert_eq!(
+        code_of(&api, "GET", "/v1/nothing", &alice, None).await,
+        (404, "not_found".into())
+    );
+    let many: Vec<String> = (0..10_001).map(|i| format!("u{i}")).collect();
+    assert_eq!(
+        code_of(
+            &api,
+            "POST",
+            "/v1/channels/g/members",
+            ADMIN,
+            Some(json!({"uids": many}))
+        )
+        .await,
+        (413, "payload_too_large".into())
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_and_its_websockets_close() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let mut ws = Ws::connect(&server, &alice, "").await;
+    api.ok("DELETE", "/v1/users/alice/tokens", ADMIN, None)
+        .await;
+    let closed = ws.next_of("closed").await;
+    assert_eq!(
+        (closed["code"].as_u64(), closed["reason"].as_str()),
+        (Some(4001), Some("token_revoked"))
+    );
+    assert_eq!(
+        code_of(&api, "GET", "/v1/sync", &alice, None).await,
+        (401, "invalid_token".into())
+    );
+    // A new token works.
+    let again = api.user("alice").await;
+    api.ok("GET", "/v1/sync", &again, None).await;
+}
+
+#[tokio::test]
+async fn websocket_limits_answer_with_error_frames() {
+    let server = Server::start(&[
+        "--limits-sends-per-second",
+        "5",
+        "--limits-max-payload-bytes",
+        "100",
+    ]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let mut ws = Ws::connect(&server, &alice, "?catch_up=false").await;
+    ws.send(
+        json!({"type": "send", "client_msg_id": "big", "channel": "g", "payload": "z".repeat(500)}),
+    )
+    .await;
+    let e = ws.next_of("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["client_msg_id"].as_str()),
+        (Some("payload_too_large"), Some("big"))
+    );
+    // A burst of 2 × 5 sends is allowed (the oversized one above took one), then rate_limited.
+    for i in 0..15 {
+        ws.send(
+            json!({"type": "send", "client_msg_id": format!("r{i}"), "channel": "g", "payload": i}),
+        )
+        .await;
+    }
+    let (mut acks, mut limited) = (0, 0);
+    while acks + limited < 15 {
+        let f = ws.next().await;
+        match f["type"].as_str() {
+            Some("sendack") => acks += 1,
+            Some("error") if f["code"] == "rate_limited" => limited += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(acks, 9);
+    assert_eq!(limited, 6);
+    // Garbage frames and unknown channels get error frames; the connection stays up.
+    ws.send(json!({"type": "teleport"})).await;
+    assert_eq!(ws.next_of("error").await["code"], "invalid_frame");
+    ws.send(json!({"type": "ack", "channel": "elsewhere", "seq": 1}))
+        .await;
+    assert_eq!(ws.next_of("error").await["code"], "not_member");
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_of("pong").await["type"], "pong");
+    ws.quiet(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn the_connection_limit_answers_503_and_frees_slots() {
+    let server = Server::start(&["--limits-max-connections", "2"]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let a = Ws::connect(&server, &alice, "").await;
+    let _b = Ws::connect(&server, &alice, "").await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = server.ws_url("").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {alice}").parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "too_many_connections");
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    a.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _c = Ws::connect(&server, &alice, "").await;
+}
+
+#[test]
+fn the_admin_key_is_generated_once_with_mode_0600() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .env_remove("TIDINGS_ADMIN_KEY")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = Vec::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        loop {
+            let mut l = String::new();
+            out.read_line(&mut l).unwrap();
+            if l.starts_with("tidings listening") {
+                break;
+            }
+            lines.push(l);
+        }
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        lines
+    };
+    let first = start();
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap();
+    assert!(
+        first.iter().any(|l| l.contains(key.trim())),
+        "printed once: {first:?}"
+    );
+    let mode = std::fs::metadata(data.join("admin.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let second = start();
+    assert!(
+        !second.iter().any(|l| l.contains(key.trim())),
+        "not printed again: {second:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("admin.key")).unwrap(),
+        key,
+        "and kept"
+    );
+}
