@@ -36,6 +36,48 @@ pub(crate) struct Config {
     pub(crate) cache_index_bytes: usize,
     pub(crate) trace_sample_every: u64,
     pub(crate) shutdown_grace_secs: u64,
+    pub(crate) node_id: Option<String>,
+    pub(crate) tier: TierConfig,
+}
+
+/// The `[tier]` section: tiered storage of sealed segments and snapshots.
+#[derive(Debug, Clone)]
+pub(crate) struct TierConfig {
+    /// `s3://bucket/prefix`, `file:///dir`, or none.
+    pub(crate) url: Option<String>,
+    pub(crate) endpoint: Option<String>,
+    /// None: `AWS_REGION` / `AWS_DEFAULT_REGION`, else us-east-1.
+    pub(crate) region: Option<String>,
+    pub(crate) access_key_id: Option<String>,
+    pub(crate) secret_access_key: Option<String>,
+    pub(crate) local_retention_bytes: u64,
+    pub(crate) local_retention_secs: Option<u64>,
+    pub(crate) block_bytes: usize,
+    pub(crate) cache_memory_bytes: usize,
+    pub(crate) cache_disk_bytes: usize,
+    pub(crate) read_timeout_ms: u64,
+    pub(crate) upload_interval_secs: u64,
+    pub(crate) lease_secs: u64,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            local_retention_bytes: 1 << 30,
+            local_retention_secs: None,
+            block_bytes: 1 << 20,
+            cache_memory_bytes: 64 << 20,
+            cache_disk_bytes: 1 << 30,
+            read_timeout_ms: 10_000,
+            upload_interval_secs: 5,
+            lease_secs: 30,
+        }
+    }
 }
 
 impl Default for Config {
@@ -62,6 +104,8 @@ impl Default for Config {
             cache_index_bytes: 64 << 20,
             trace_sample_every: 100,
             shutdown_grace_secs: 10,
+            node_id: None,
+            tier: TierConfig::default(),
         }
     }
 }
@@ -149,6 +193,68 @@ pub(crate) struct ServeArgs {
     /// Seconds a shutdown may take before remaining tasks are aborted. Default: 10.
     #[arg(long, env = "TIDINGS_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
+    /// This server's name in the tier manifest. Default: generated into DATA/node.id.
+    #[arg(long, env = "TIDINGS_NODE_ID")]
+    node_id: Option<String>,
+    /// Object store for sealed segments and snapshots: s3://bucket/prefix or file:///dir.
+    /// Default: none (everything stays local).
+    #[arg(long, env = "TIDINGS_TIER_URL")]
+    tier_url: Option<String>,
+    /// S3 endpoint, e.g. http://127.0.0.1:9000 (plain http only when it says so). Default:
+    /// AWS.
+    #[arg(long, env = "TIDINGS_TIER_ENDPOINT")]
+    tier_endpoint: Option<String>,
+    /// S3 region. Default: AWS_REGION, else us-east-1.
+    #[arg(long, env = "TIDINGS_TIER_REGION")]
+    tier_region: Option<String>,
+    /// S3 access key. Default: AWS_ACCESS_KEY_ID.
+    #[arg(long, env = "TIDINGS_TIER_ACCESS_KEY_ID")]
+    tier_access_key_id: Option<String>,
+    /// S3 secret key. Default: AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "TIDINGS_TIER_SECRET_ACCESS_KEY", hide_env_values = true)]
+    tier_secret_access_key: Option<String>,
+    /// Sealed bytes kept locally once uploaded (0: none). Default: 1073741824.
+    #[arg(long, env = "TIDINGS_TIER_LOCAL_RETENTION_BYTES")]
+    tier_local_retention_bytes: Option<u64>,
+    /// Uploaded segments older than this are deleted locally. Default: none.
+    #[arg(long, env = "TIDINGS_TIER_LOCAL_RETENTION_SECS")]
+    tier_local_retention_secs: Option<u64>,
+    /// Block size of cold reads. Default: 1048576.
+    #[arg(long, env = "TIDINGS_TIER_BLOCK_BYTES")]
+    tier_block_bytes: Option<usize>,
+    /// Memory of the cold-read cache. Default: 67108864.
+    #[arg(long, env = "TIDINGS_TIER_CACHE_MEMORY_BYTES")]
+    tier_cache_memory_bytes: Option<usize>,
+    /// Disk of the cold-read cache. Default: 1073741824.
+    #[arg(long, env = "TIDINGS_TIER_CACHE_DISK_BYTES")]
+    tier_cache_disk_bytes: Option<usize>,
+    /// A cold read fails (503 cold_storage_unavailable) after this long. Default: 10000.
+    #[arg(long, env = "TIDINGS_TIER_READ_TIMEOUT_MS")]
+    tier_read_timeout_ms: Option<u64>,
+    /// Seconds between upload passes (also after every roll). Default: 5.
+    #[arg(long, env = "TIDINGS_TIER_UPLOAD_INTERVAL_SECS")]
+    tier_upload_interval_secs: Option<u64>,
+    /// Seconds a silent owner keeps the prefix. Default: 30.
+    #[arg(long, env = "TIDINGS_TIER_LEASE_SECS")]
+    tier_lease_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierSection {
+    url: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    local_retention_bytes: Option<u64>,
+    local_retention_secs: Option<u64>,
+    block_bytes: Option<usize>,
+    cache_memory_bytes: Option<usize>,
+    cache_disk_bytes: Option<usize>,
+    read_timeout_ms: Option<u64>,
+    upload_interval_secs: Option<u64>,
+    lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +278,9 @@ struct FileConfig {
     trace: TraceSection,
     #[serde(default)]
     shutdown: ShutdownSection,
+    node_id: Option<String>,
+    #[serde(default)]
+    tier: TierSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -316,6 +425,47 @@ impl ServeArgs {
                 .shutdown_grace_secs
                 .or(file.shutdown.grace_secs)
                 .unwrap_or(d.shutdown_grace_secs),
+            node_id: self.node_id.or(file.node_id).filter(|n| !n.is_empty()),
+            tier: {
+                let t = file.tier;
+                let dt = TierConfig::default();
+                TierConfig {
+                    url: self.tier_url.or(t.url).filter(|u| !u.is_empty()),
+                    endpoint: self.tier_endpoint.or(t.endpoint).filter(|u| !u.is_empty()),
+                    region: self.tier_region.or(t.region).or(dt.region),
+                    access_key_id: self.tier_access_key_id.or(t.access_key_id),
+                    secret_access_key: self.tier_secret_access_key.or(t.secret_access_key),
+                    local_retention_bytes: self
+                        .tier_local_retention_bytes
+                        .or(t.local_retention_bytes)
+                        .unwrap_or(dt.local_retention_bytes),
+                    local_retention_secs: self.tier_local_retention_secs.or(t.local_retention_secs),
+                    block_bytes: self
+                        .tier_block_bytes
+                        .or(t.block_bytes)
+                        .unwrap_or(dt.block_bytes),
+                    cache_memory_bytes: self
+                        .tier_cache_memory_bytes
+                        .or(t.cache_memory_bytes)
+                        .unwrap_or(dt.cache_memory_bytes),
+                    cache_disk_bytes: self
+                        .tier_cache_disk_bytes
+                        .or(t.cache_disk_bytes)
+                        .unwrap_or(dt.cache_disk_bytes),
+                    read_timeout_ms: self
+                        .tier_read_timeout_ms
+                        .or(t.read_timeout_ms)
+                        .unwrap_or(dt.read_timeout_ms),
+                    upload_interval_secs: self
+                        .tier_upload_interval_secs
+                        .or(t.upload_interval_secs)
+                        .unwrap_or(dt.upload_interval_secs),
+                    lease_secs: self
+                        .tier_lease_secs
+                        .or(t.lease_secs)
+                        .unwrap_or(dt.lease_secs),
+                }
+            },
         })
     }
 }

@@ -30,6 +30,9 @@ enum Cmd {
     Verify(cli::verify::VerifyArgs),
     /// List segments, snapshots and index sidecars, and check every checksum.
     Inspect(cli::inspect::InspectArgs),
+    /// Tiered storage: status, upload now.
+    #[command(subcommand)]
+    Tier(cli::tier::TierCmd),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Cmd::Rebuild(a) => cli::rebuild::run(a).await,
             Cmd::Verify(a) => cli::verify::run(a).await,
             Cmd::Inspect(a) => cli::inspect::run(a).await,
+            Cmd::Tier(t) => cli::tier::run(t).await,
         }
     })
 }

@@ -202,6 +202,15 @@ async fn auth_and_error_shapes() {
         code_of(&api, "GET", "/v1/channels/h/messages", &alice, None).await,
         (403, "not_member".into())
     );
+    // A channel's existence is not revealed to non-members.
+    assert_eq!(
+        code_of(&api, "GET", "/v1/channels/h", &alice, None).await,
+        (403, "not_member".into())
+    );
+    assert_eq!(
+        code_of(&api, "GET", "/v1/channels/no-such-channel", &alice, None).await,
+        (403, "not_member".into())
+    );
     // Admin-only calls.
     assert_eq!(
         code_of(&api, "PUT", "/v1/channels/x", &alice, None).await,

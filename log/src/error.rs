@@ -132,6 +132,21 @@ pub enum LogError {
     /// The options are inconsistent.
     #[error("invalid log options: {0}")]
     InvalidOptions(String),
+    /// The object store failed (uploads are retried; reads fail within the read timeout).
+    #[error("object store: {0}")]
+    Tier(String),
+    /// Another server owns the object-store prefix.
+    #[error(
+        "the object-store prefix {store} is owned by node {owner} (last write {seen_ms_ago} ms ago); refusing to write to it"
+    )]
+    Fenced {
+        /// The owner's node id.
+        owner: String,
+        /// How long ago the owner last wrote.
+        seen_ms_ago: u64,
+        /// The store.
+        store: String,
+    },
     /// The log was opened read-only.
     #[error("log is open read-only")]
     ReadOnly,

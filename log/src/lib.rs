@@ -16,6 +16,10 @@
 //! 6. Opening reads only the active segment's indexes and tail, never the whole log.
 //! 7. Sealed segments are immutable.
 //! 8. One process at a time: the directory is locked while open.
+//! 9. With a [`tier::Tier`]: a sealed segment's local file is deleted only after its upload was
+//!    confirmed and recorded in a manifest version; appends never wait for the object store;
+//!    a cold read fails within the tier's read timeout instead of hanging; one owner per
+//!    prefix (see the [`tier`] module).
 //!
 //! # Example
 //! ```
@@ -43,6 +47,7 @@ mod segment;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod tail;
+pub mod tier;
 mod vfs;
 mod writer;
 

@@ -71,6 +71,8 @@ pub struct SegmentInfo {
     pub bytes: u64,
     /// Whether the segment is sealed (immutable).
     pub sealed: bool,
+    /// Whether its files are only in the object store.
+    pub remote: bool,
     /// The segment file.
     pub path: PathBuf,
 }
@@ -116,6 +118,16 @@ pub(crate) struct Shared {
     lock: Mutex<Option<Box<dyn VfsLock>>>,
     /// Read-only mode: no writer; [`Log::refresh`] publishes the watermark through this.
     read_only: Option<Mutex<Option<watch::Sender<Watermark>>>>,
+    /// The tier uploader, when the log has a tier.
+    uploader: Option<Mutex<Option<UploaderHandle>>>,
+    rolled: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Debug)]
+struct UploaderHandle {
+    up: Arc<crate::tier::uploader::Uploader>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// An open commit log. Cheap to clone; all clones share one writer. Call [`Log::close`] before
@@ -127,11 +139,82 @@ pub struct Log {
 
 impl Log {
     /// Opens (creating when missing) the log in `dir`, recovering the active segment's tail.
+    ///
+    /// With a tier (see [`LogOptions::with_tier`]): the prefix is claimed first (refused with
+    /// [`LogError::Fenced`] while another server owns it); when the store cannot be reached,
+    /// the log opens from its local manifest copy and claims later. Segments only in the store
+    /// are read through the tier; an empty directory restores from the store.
     pub async fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
         let dir = dir.as_ref().to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(dir, opts))
+        let mut claimed = false;
+        if let (Some(tier), false) = (&opts.tier, opts.read_only) {
+            let claim = tokio::time::timeout(
+                crate::tier::uploader::OPEN_TIMEOUT,
+                crate::tier::store_claim(tier),
+            )
             .await
-            .map_err(|_| LogError::WriterGone)?
+            .unwrap_or_else(|_| Err(LogError::Tier("no answer from the object store".into())));
+            match claim {
+                Ok(()) => claimed = true,
+                Err(e @ LogError::Fenced { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, store = tier.display(), "object store unreachable at open: using the local manifest copy, claiming later");
+                    if let Some(m) = crate::tier::uploader::read_local_manifest(&dir) {
+                        tier.inner.manifest.store(Arc::new(m));
+                    }
+                }
+            }
+        }
+        let open_dir = dir.clone();
+        let log = tokio::task::spawn_blocking(move || Self::open_blocking(open_dir, opts))
+            .await
+            .map_err(|_| LogError::WriterGone)??;
+        log.start_uploader(claimed);
+        Ok(log)
+    }
+
+    /// Starts the tier's uploader task (owned by the log; joined on close).
+    fn start_uploader(&self, claimed: bool) {
+        let (Some(tier), Some(slot)) = (&self.shared.opts.tier, &self.shared.uploader) else {
+            return;
+        };
+        let up = Arc::new(crate::tier::uploader::Uploader {
+            tier: tier.clone(),
+            dir: self.shared.dir.clone(),
+            interval: u64::from(self.shared.opts.index_interval_bytes),
+            segments: self.shared.segments.clone(),
+            watermark: self.shared.watermark.clone(),
+            wake: self.shared.rolled.clone(),
+            pass_lock: Arc::new(tokio::sync::Mutex::new(if claimed {
+                crate::tier::uploader::PassState::claimed()
+            } else {
+                crate::tier::uploader::PassState::default()
+            })),
+        });
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(up.clone().run(stop.clone()));
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(UploaderHandle { up, stop, task });
+    }
+
+    /// The tier, when the log has one.
+    pub fn tier(&self) -> Option<&crate::tier::Tier> {
+        self.shared.opts.tier.as_ref()
+    }
+
+    /// Uploads every sealed segment now (and applies the local retention); returns the status.
+    pub async fn upload_now(&self) -> Result<crate::tier::TierStatus> {
+        let up = self
+            .shared
+            .uploader
+            .as_ref()
+            .and_then(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|h| h.up.clone())
+            })
+            .ok_or_else(|| LogError::Tier("this log has no object store".into()))?;
+        up.pass().await
     }
 
     fn open_blocking(dir: PathBuf, opts: LogOptions) -> Result<Log> {
@@ -163,8 +246,14 @@ impl Log {
             }
         }
         bases.sort_unstable();
+        let manifest = opts.tier.as_ref().map(|t| t.manifest());
         if bases.is_empty() {
-            let path = dir.join(segment::log_name(0));
+            // A new log starts at 0; with a tier, where the object store ends (a restore).
+            let first = manifest.as_ref().map_or(0, |m| m.end());
+            if first > 0 {
+                tracing::info!(dir = %dir.display(), next_offset = first, "restoring from the object store");
+            }
+            let path = dir.join(segment::log_name(first));
             vfs.open_write(&path)
                 .map_err(|e| LogError::io("create segment", &path, e))?;
             vfs.sync_dir(&dir)
@@ -173,7 +262,7 @@ impl Log {
                 vfs.sync_dir(parent)
                     .map_err(|e| LogError::io("sync directory", parent, e))?;
             }
-            bases.push(0);
+            bases.push(first);
         }
         let active_base = bases[bases.len() - 1];
         let mut rec = recovery::recover_active(vfs.as_ref(), &dir, active_base, &opts)?;
@@ -182,6 +271,19 @@ impl Log {
             .iter()
             .map(|&b| Arc::new(Segment::new(vfs.clone(), &dir, b, interval)))
             .collect();
+        // Segments only in the object store.
+        if let (Some(tier), Some(m)) = (&opts.tier, &manifest) {
+            for s in m
+                .segments
+                .iter()
+                .filter(|s| s.base < active_base && !bases.contains(&s.base))
+            {
+                segs.push(crate::tier::uploader::remote_segment(
+                    tier, &dir, s.base, interval,
+                ));
+            }
+            segs.sort_by_key(|s| s.base);
+        }
         let active = Arc::new(Segment::new_active(
             vfs.clone(),
             &dir,
@@ -210,7 +312,9 @@ impl Log {
         let permits = Arc::new(Semaphore::new(opts.max_queued_bytes));
         let poison = Arc::new(PoisonSlot::default());
         let counters = Arc::new(Counters::default());
+        let rolled = Arc::new(tokio::sync::Notify::new());
         let parts = WriterParts {
+            rolled: rolled.clone(),
             dir: dir.clone(),
             opts: opts.clone(),
             segments: segments.clone(),
@@ -220,6 +324,7 @@ impl Log {
             counters: counters.clone(),
         };
         let writer = Writer::new(parts, rx, active, rec)?;
+        let opts_has_tier = opts.tier.is_some();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -242,6 +347,8 @@ impl Log {
                 writer: tokio::sync::Mutex::new(Some(handle)),
                 lock: Mutex::new(Some(lock)),
                 read_only: None,
+                uploader: opts_has_tier.then(|| Mutex::new(None)),
+                rolled,
             }),
         })
     }
@@ -266,6 +373,8 @@ impl Log {
                 writer: tokio::sync::Mutex::new(None),
                 lock: Mutex::new(None),
                 read_only: Some(Mutex::new(Some(wm_tx))),
+                uploader: None,
+                rolled: Arc::new(tokio::sync::Notify::new()),
                 opts,
             }),
         })
@@ -345,18 +454,25 @@ impl Log {
         self.check_open()?;
         // `size ≤ max_append_bytes ≤ max_queued_bytes < 4 GiB` (checked at open).
         let size = size as u32;
-        self.shared
+        // Both waits may be cancelled (the caller dropped): the byte permits and the queue
+        // slot are held as guards until the command is handed over without another await,
+        // so a cancelled enqueue gives back everything it took.
+        let permit = self
+            .shared
             .permits
             .acquire_many(size)
             .await
-            .map_err(|_| LogError::Closed)?
-            .forget();
+            .map_err(|_| LogError::Closed)?;
+        let slot = self
+            .shared
+            .tx
+            .reserve()
+            .await
+            .map_err(|_| LogError::Closed)?;
+        // From here the writer owns the bytes: it returns the permits once they are written.
+        permit.forget();
         let (ack, rx) = oneshot::channel();
-        let cmd = Command::Append { records, size, ack };
-        if self.shared.tx.send(cmd).await.is_err() {
-            self.shared.permits.add_permits(size as usize);
-            return Err(LogError::Closed);
-        }
+        slot.send(Command::Append { records, size, ack });
         Ok(PendingAppend { rx })
     }
 
@@ -401,6 +517,19 @@ impl Log {
         let Some(handle) = writer.take() else {
             return Ok(());
         };
+        // The uploader first: uploads resume from the manifest at the next open.
+        let up = self
+            .shared
+            .uploader
+            .as_ref()
+            .and_then(|s| s.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(up) = up {
+            up.stop.cancel();
+            let _ = up.task.await;
+            if let Err(e) = up.up.release().await {
+                tracing::warn!(error = %e, "could not release the object-store prefix (a successor waits for the lease)");
+            }
+        }
         self.shared.closed.store(true, Ordering::Release);
         let (ack, rx) = oneshot::channel();
         let result = match self.shared.tx.send(Command::Close(ack)).await {
@@ -414,6 +543,9 @@ impl Log {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        if let Some(tier) = &self.shared.opts.tier {
+            tier.close().await?;
+        }
         match joined {
             Ok(Ok(())) => result,
             _ => Err(LogError::WriterGone),
@@ -559,6 +691,7 @@ impl Log {
                 end_offset,
                 bytes: self.segment_end(seg, &wm)?,
                 sealed,
+                remote: seg.is_remote(),
                 path: seg.paths.log.clone(),
             });
         }

@@ -79,6 +79,7 @@ pub struct LogOptions {
     pub(crate) max_queued_bytes: usize,
     pub(crate) recovery: RecoveryMode,
     pub(crate) read_only: bool,
+    pub(crate) tier: Option<crate::tier::Tier>,
     pub(crate) vfs: Arc<dyn Vfs>,
 }
 
@@ -95,6 +96,7 @@ impl Default for LogOptions {
             max_queued_bytes: 64 << 20,
             recovery: RecoveryMode::Strict,
             read_only: false,
+            tier: None,
             vfs: Arc::new(StdFs),
         }
     }
@@ -153,6 +155,11 @@ impl LogOptions {
     /// Default: false.
     pub fn with_read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
+        self
+    }
+    /// Tier sealed segments to an object store (see [`crate::tier`]). Default: none.
+    pub fn with_tier(mut self, tier: crate::tier::Tier) -> Self {
+        self.tier = Some(tier);
         self
     }
     /// The file system. Default: the real one ([`StdFs`]).

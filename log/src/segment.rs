@@ -60,6 +60,8 @@ pub(crate) struct Segment {
     sealed_len: OnceLock<u64>,
     /// Timestamp of the first batch, once known.
     first_ts: OnceLock<Option<u64>>,
+    /// Its files are in the object store, not on local disk.
+    remote: bool,
 }
 
 impl Segment {
@@ -74,7 +76,22 @@ impl Segment {
             interval,
             sealed_len: OnceLock::new(),
             first_ts: OnceLock::new(),
+            remote: false,
         }
+    }
+
+    /// A sealed segment read from the object store through `vfs` (a `TierVfs`); `dir` is the
+    /// name its files are shown under in messages.
+    pub(crate) fn new_remote(vfs: Arc<dyn Vfs>, dir: &Path, base: u64, interval: u64) -> Self {
+        Self {
+            remote: true,
+            ..Self::new(vfs, dir, base, interval)
+        }
+    }
+
+    /// Whether the segment's files are in the object store.
+    pub(crate) fn is_remote(&self) -> bool {
+        self.remote
     }
 
     /// The active segment: the writer hands over its open file and recovered index.

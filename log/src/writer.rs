@@ -66,6 +66,8 @@ pub(crate) struct WriterParts {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) poison: Arc<PoisonSlot>,
     pub(crate) counters: Arc<Counters>,
+    /// Woken after every roll (the tier uploader waits on it).
+    pub(crate) rolled: Arc<tokio::sync::Notify>,
 }
 
 /// An append waiting for its acknowledgement.
@@ -443,6 +445,7 @@ impl Writer {
             unsynced: false,
         };
         self.parts.counters.rolls.fetch_add(1, Ordering::Relaxed);
+        self.parts.rolled.notify_one();
         tracing::debug!(base, "rolled to a new segment");
         let wm = Watermark {
             next_offset: self.next_offset,

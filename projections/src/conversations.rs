@@ -122,28 +122,58 @@ fn sort(list: &mut [Conversation]) {
     });
 }
 
-/// The page a client asked for, from the full computed list.
+/// The page a client asked for, from the full list computed at `version` (the offset applied
+/// when `all` was computed; removals after it are left for the next call).
+///
+/// Paging never skips a conversation. Without `since_version`: the `limit` most recently
+/// active; when some are left out, the returned version is just below the lowest version left
+/// out, so an incremental call from it returns them. With `since_version`: the conversations
+/// changed since then, the `limit` lowest versions first (plus any sharing the last one's
+/// version, so a page can run over `limit` when one event touched several conversations),
+/// shown by activity; when some are left out the returned version is the highest one returned.
 pub fn page(
     state: &State,
     uid: &str,
     all: &[Conversation],
     since_version: Option<u64>,
     limit: usize,
+    version: u64,
 ) -> ConversationList {
     let since = since_version.unwrap_or(0);
-    let mut picked: Vec<Conversation> = all
-        .iter()
-        .filter(|c| since_version.is_none() || c.version > since)
-        .cloned()
-        .collect();
-    let has_more = picked.len() > limit;
-    picked.truncate(limit);
+    let limit = limit.max(1);
+    let (picked, has_more, version) = match since_version {
+        None => {
+            let has_more = all.len() > limit;
+            let version = match all[limit.min(all.len())..].iter().map(|c| c.version).min() {
+                Some(lowest_left) => lowest_left.saturating_sub(1).min(version),
+                None => version,
+            };
+            (all[..limit.min(all.len())].to_vec(), has_more, version)
+        }
+        Some(_) => {
+            let mut changed: Vec<Conversation> =
+                all.iter().filter(|c| c.version > since).cloned().collect();
+            if changed.len() > limit {
+                changed.sort_by_key(|c| c.version);
+                let cut = changed[limit - 1].version;
+                let keep = changed.iter().take_while(|c| c.version <= cut).count();
+                let has_more = keep < changed.len();
+                changed.truncate(keep);
+                sort(&mut changed);
+                let version = if has_more { cut } else { version };
+                (changed, has_more, version)
+            } else {
+                (changed, false, version)
+            }
+        }
+    };
     let mut removed = Vec::new();
     if since_version.is_some() {
+        let window = |v: u64| v > since && v <= version;
         if let Some(gone) = state.cursors.removed.get(uid) {
             removed.extend(
                 gone.iter()
-                    .filter(|(_, v)| **v > since)
+                    .filter(|(_, v)| window(**v))
                     .map(|(c, _)| c.clone()),
             );
         }
@@ -151,7 +181,7 @@ pub fn page(
         if let Some(curs) = state.cursors.by_user.get(uid) {
             for (channel, cur) in curs {
                 if cur.hidden_at.is_some()
-                    && cur.version > since
+                    && window(cur.version)
                     && !all.iter().any(|c| &c.channel == channel)
                     && !removed.contains(channel)
                 {
@@ -164,7 +194,7 @@ pub fn page(
         conversations: picked,
         removed,
         has_more,
-        version: state.applied.unwrap_or(0),
+        version,
     }
 }
 
@@ -176,5 +206,12 @@ pub fn conversations(
     limit: usize,
 ) -> ConversationList {
     let all = compute(state, uid);
-    page(state, uid, &all, since_version, limit)
+    page(
+        state,
+        uid,
+        &all,
+        since_version,
+        limit,
+        state.applied.unwrap_or(0),
+    )
 }

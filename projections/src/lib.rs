@@ -44,4 +44,4 @@ pub use crate::event::{
     ChannelFlags, CursorUpdate, Envelope, Event, FLAG_JSON_PAYLOAD, ListKind, ListOp, ListOwner,
 };
 pub use crate::state::{Applied, State};
-pub use crate::store::{Origin, ProjectionConfig, Projections};
+pub use crate::store::{Origin, PreparedSnapshot, ProjectionConfig, Projections};

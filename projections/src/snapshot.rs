@@ -132,19 +132,46 @@ pub fn list(dir: &Path) -> Result<Vec<SnapshotFile>> {
 
 /// Writes a snapshot of `state` and keeps only the newest `keep`. Returns its path.
 pub fn write(dir: &Path, state: &State, keep: usize) -> Result<Option<PathBuf>> {
-    let Some(bytes) = encode(state) else {
-        return Ok(None);
-    };
+    match Encoded::of(state) {
+        Some(e) => e.write(dir, keep).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A snapshot encoded in memory and not yet written: encoding needs the state (and so a lock
+/// on it); writing and fsyncing it does not.
+#[derive(Debug)]
+pub struct Encoded {
+    bytes: Vec<u8>,
+    applied: u64,
+}
+
+impl Encoded {
+    /// Encodes `state`; `None` when nothing was applied yet.
+    pub fn of(state: &State) -> Option<Encoded> {
+        let bytes = encode(state)?;
+        Some(Encoded {
+            bytes,
+            applied: state.applied.unwrap_or(0),
+        })
+    }
+
+    /// Writes it atomically into `dir` and keeps the newest `keep` snapshots.
+    pub fn write(self, dir: &Path, keep: usize) -> Result<PathBuf> {
+        write_encoded(dir, self.applied, &self.bytes, keep)
+    }
+}
+
+fn write_encoded(dir: &Path, applied: u64, bytes: &[u8], keep: usize) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| ProjectionError::io("create directory", dir, e))?;
-    let applied = state.applied.unwrap_or(0);
     let path = snapshot_path(dir, applied);
-    write_atomic(&path, &bytes)?;
+    write_atomic(&path, bytes)?;
     for old in list(dir)?.into_iter().skip(keep.max(1)) {
         if let Err(e) = std::fs::remove_file(&old.path) {
             tracing::warn!(path = %old.path.display(), error = %e, "could not remove an old snapshot");
         }
     }
-    Ok(Some(path))
+    Ok(path)
 }
 
 /// The newest snapshot that decodes, skipping (and reporting) damaged ones.

@@ -230,6 +230,16 @@ impl Projections {
         result.map(|()| n)
     }
 
+    /// Encodes a snapshot to write later with [`PreparedSnapshot::write`], outside whatever
+    /// lock guards these projections (the write and its fsyncs are the slow part).
+    pub fn prepare_snapshot(&self) -> Option<PreparedSnapshot> {
+        Some(PreparedSnapshot {
+            encoded: snapshot::Encoded::of(&self.state)?,
+            dir: self.snapshot_dir(),
+            keep: self.config.snapshots_keep,
+        })
+    }
+
     /// Writes a snapshot (when anything was applied) and prunes old ones.
     pub fn snapshot(&self) -> Result<Option<PathBuf>> {
         snapshot::write(
@@ -252,5 +262,20 @@ impl Projections {
             .iter()
             .filter_map(|s| self.files.check(s).err())
             .collect()
+    }
+}
+
+/// A snapshot encoded by [`Projections::prepare_snapshot`], not yet on disk.
+#[derive(Debug)]
+pub struct PreparedSnapshot {
+    encoded: snapshot::Encoded,
+    dir: PathBuf,
+    keep: usize,
+}
+
+impl PreparedSnapshot {
+    /// Writes it (temp file, fsync, rename, directory fsync) and prunes old snapshots.
+    pub fn write(self) -> Result<PathBuf> {
+        self.encoded.write(&self.dir, self.keep)
     }
 }

@@ -237,3 +237,41 @@ async fn the_cache_is_used_when_valid_and_never_trusted_when_not() {
     assert_eq!(cache.get("bob", fp4).await, None);
     cache.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn paging_with_a_small_limit_reaches_every_conversation_and_ends() {
+    let mut w = World::new().await;
+    let names = ["a", "b", "c", "d", "e", "f", "g"];
+    for ch in names {
+        w.create(ch).await;
+        w.subscribe(ch, &["alice", "bob"]).await;
+        w.send("alice", ch, &format!("hi-{ch}")).await.unwrap();
+    }
+    // Versions no longer follow activity: reads bump the oldest conversations' versions.
+    w.ack("bob", "a", None, Some(1)).await;
+    w.ack("bob", "c", None, Some(1)).await;
+    let mut seen = std::collections::BTreeSet::new();
+    let first = conversations(w.state(), "bob", None, 2);
+    assert_eq!(first.conversations.len(), 2);
+    assert!(first.has_more);
+    seen.extend(first.conversations.iter().map(|c| c.channel.clone()));
+    let mut version = first.version;
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        assert!(calls < 20, "incremental paging must make progress");
+        let page = conversations(w.state(), "bob", Some(version), 2);
+        assert!(page.conversations.len() <= 2);
+        assert!(page.version >= version, "the version never moves back");
+        seen.extend(page.conversations.iter().map(|c| c.channel.clone()));
+        version = page.version;
+        if !page.has_more {
+            break;
+        }
+    }
+    let all: std::collections::BTreeSet<String> = names.iter().map(|s| s.to_string()).collect();
+    assert_eq!(seen, all, "no conversation is skipped by paging");
+    // Caught up: nothing more.
+    let rest = conversations(w.state(), "bob", Some(version), 2);
+    assert!(rest.conversations.is_empty() && !rest.has_more);
+}

@@ -4,6 +4,7 @@ pub(crate) mod inspect;
 pub(crate) mod json;
 pub(crate) mod rebuild;
 pub(crate) mod replay;
+pub(crate) mod tier;
 pub(crate) mod verify;
 
 use tidings_log::{Log, LogError, LogOptions};

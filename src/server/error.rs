@@ -51,7 +51,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body may be left unread, so the server closes the connection after this
+            // answer; saying so keeps clients from reusing it for their next request.
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        resp
     }
 }
 
@@ -69,6 +78,14 @@ impl From<tidings_log::LogError> for ApiError {
     fn from(e: tidings_log::LogError) -> Self {
         use tidings_log::LogError;
         match e {
+            LogError::Io { ref source, .. }
+                if source
+                    .get_ref()
+                    .is_some_and(|s| s.is::<tidings_log::tier::ColdStorageUnavailable>()) =>
+            {
+                ApiError::unavailable("cold_storage_unavailable", e.to_string())
+            }
+            LogError::Tier(msg) => ApiError::unavailable("object_store_unavailable", msg),
             LogError::Closed => {
                 ApiError::unavailable("shutting_down", "the server is shutting down")
             }

@@ -21,6 +21,7 @@ mod limits;
 mod metrics;
 mod sequencer;
 mod state;
+pub(crate) mod tiering;
 mod ws;
 
 use std::net::SocketAddr;
@@ -103,17 +104,22 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(data.root())
         .with_context(|| format!("creating the data directory {}", data.root().display()))?;
     let admin_key = admin_key(&config, &data)?;
-    let log = Log::open(
-        data.log(),
-        LogOptions::default()
-            .with_fsync(config.log_fsync)
-            .with_segment_bytes(config.log_segment_bytes)
-            .with_max_append_bytes(
-                (config.limits_max_payload_bytes * 2 + (1 << 20)).min(256 << 20),
-            ),
-    )
-    .await
-    .with_context(|| format!("opening the log in {}", data.log().display()))?;
+    let tier = tiering::open(&config, &data).await?;
+    if let Some(t) = &tier
+        && tiering::restore_snapshot(t, &data.projections()).await?
+    {
+        tracing::info!(store = t.display(), "restoring from the object store");
+    }
+    let mut log_opts = LogOptions::default()
+        .with_fsync(config.log_fsync)
+        .with_segment_bytes(config.log_segment_bytes)
+        .with_max_append_bytes((config.limits_max_payload_bytes * 2 + (1 << 20)).min(256 << 20));
+    if let Some(t) = tier {
+        log_opts = log_opts.with_tier(t);
+    }
+    let log = Log::open(data.log(), log_opts)
+        .await
+        .with_context(|| format!("opening the log in {}", data.log().display()))?;
 
     let started = Instant::now();
     let mut proj = Projections::load(&data.projections(), projection_config(&config))?;
@@ -208,17 +214,43 @@ async fn snapshots(state: Arc<AppState>, stop: CancellationToken) {
         if applied == last {
             continue;
         }
-        let s = state.clone();
-        let written = tokio::task::spawn_blocking(move || s.proj().snapshot()).await;
-        match written {
-            Ok(Ok(_)) => {
-                state.metrics.snapshots.inc();
-                last = applied;
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "snapshot failed"),
-            Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
+        match snapshot_and_upload(&state).await {
+            Ok(()) => last = applied,
+            Err(e) => tracing::warn!(error = %e, "snapshot failed"),
         }
     }
+}
+
+/// Writes a snapshot and, with a tier, uploads it (and the sidecars it needs).
+async fn snapshot_and_upload(state: &Arc<AppState>) -> anyhow::Result<()> {
+    let s = state.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        // Encode under the read lock; write and fsync outside it, so the applier (which
+        // needs the write lock) is not held up by the disk.
+        let (prepared, sidecars, dir) = {
+            let p = s.proj();
+            let sidecars: Vec<u64> = p
+                .state
+                .index
+                .sidecars
+                .iter()
+                .map(|x| x.first_offset)
+                .collect();
+            (p.prepare_snapshot(), sidecars, p.dir().to_path_buf())
+        };
+        let path = prepared.map(|p| p.write()).transpose()?;
+        Ok::<_, tidings_projections::ProjectionError>((path, sidecars, dir))
+    })
+    .await??;
+    let (Some(path), sidecars, dir) = written else {
+        return Ok(());
+    };
+    state.metrics.snapshots.inc();
+    tracing::debug!(path = %path.display(), "wrote a snapshot");
+    if let Some(tier) = state.log.tier() {
+        tiering::upload_snapshot(tier, &dir, &path, &sidecars, &state.uploaded_sidecars).await?;
+    }
+    Ok(())
 }
 
 impl Running {
@@ -233,7 +265,15 @@ impl Running {
         self.stop_http.cancel();
         state.sessions_stop.cancel();
         state.ws_tasks.close();
-        let _ = tokio::time::timeout_at(deadline, state.ws_tasks.wait()).await;
+        // Sessions get at most half the grace period (each write is bounded, so this is
+        // rarely needed); the log, the projections and the snapshot need the rest.
+        let sessions_deadline = tokio::time::Instant::now() + grace / 2;
+        if tokio::time::timeout_at(sessions_deadline, state.ws_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("WebSocket sessions still closing at half the grace period");
+        }
         tracing::debug!(
             took_ms = deadline_elapsed(deadline, grace),
             "sessions closed"
@@ -258,6 +298,14 @@ impl Running {
             }
         };
         tracing::debug!(took_ms = deadline_elapsed(deadline, grace), "http done");
+        // Sends already queued finish (durable, applied) before the applier stops.
+        state.send_tasks.close();
+        if tokio::time::timeout_at(deadline, state.send_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sends still finishing at the end of the grace period");
+        }
         // Coalesced acks, then everything applied.
         self.stop_acks.cancel();
         self.stop_snapshots.cancel();
@@ -290,15 +338,27 @@ impl Running {
             pending.shutdown().await;
         }
         tracing::debug!(took_ms = deadline_elapsed(deadline, grace), "tasks joined");
-        // Snapshot what was applied, then close the log.
-        let s = state.clone();
-        match tokio::task::spawn_blocking(move || s.proj().snapshot()).await {
-            Ok(Ok(Some(path))) => {
-                tracing::info!(path = %path.display(), "wrote the shutdown snapshot")
+        // With a tier: seal and upload the active segment, so that the object store holds the
+        // whole log (a restore elsewhere then loses nothing).
+        if state.log.tier().is_some() {
+            let upload = async {
+                state.log.roll().await?;
+                state.log.upload_now().await
+            };
+            match tokio::time::timeout_at(deadline, upload).await {
+                Ok(Ok(_)) => tracing::info!("uploaded the last segment"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not upload the last segment; it stays local until the next start")
+                }
+                Err(_) => {
+                    tracing::warn!("no time left in the grace period to upload the last segment")
+                }
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "shutdown snapshot failed"),
-            Err(e) => tracing::warn!(error = %e, "shutdown snapshot task failed"),
+        }
+        // Snapshot what was applied (uploading it with a tier), then close the log.
+        match snapshot_and_upload(&state).await {
+            Ok(()) => tracing::info!("wrote the shutdown snapshot"),
+            Err(e) => tracing::warn!(error = %e, "shutdown snapshot failed"),
         }
         state.log.close().await?;
         state.conv_cache.close().await?;

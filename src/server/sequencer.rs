@@ -2,12 +2,20 @@
 //! assigns the channel seq and the message id, appends, waits for durability and for the
 //! projections to apply it, then answers.
 //!
+//! Once a send is in the log's queue, finishing it (waiting for durability and for the
+//! projections) runs as its own tracked task, not in the caller: a client that disconnects, or
+//! a caller that gives up after [`APPLY_TIMEOUT`], cannot leave the send half-done. Its
+//! in-flight entry — what a retry with the same `client_msg_id` waits on — stays until the
+//! message is in the idempotency projection (or the append failed and nothing was written), so
+//! a retry never makes a second message.
+//!
 //! Seq assignment and the enqueue into the log happen under one lock, so the log holds each
 //! channel's messages in seq order even with thousands of sends in flight; the lock is released
 //! before waiting for the fsync, so group commit batches them. A retry of a send that is still
 //! in flight waits for the first attempt and gets its answer: never a second message.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::StatusCode;
@@ -17,7 +25,7 @@ use tidings_projections::{Envelope, Event};
 use tokio::sync::watch;
 
 use crate::server::error::{ApiError, ApiResult};
-use crate::server::state::{AppState, now_ms};
+use crate::server::state::{APPLY_TIMEOUT, AppState, now_ms};
 
 /// A durable, applied message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,9 +58,27 @@ type Outcome = Option<ApiResult<Sent>>;
 /// Reservations made but not yet applied.
 #[derive(Debug, Default)]
 pub(crate) struct Sequencer {
+    /// The last seq handed out per channel (entries at or below the applied head are swept).
     reserved: HashMap<String, u64>,
     next_message_id: u64,
+    /// Sends enqueued and not yet applied, by idempotency key.
     in_flight: HashMap<String, watch::Receiver<Outcome>>,
+    /// Sweep `reserved` when it grows past this.
+    sweep_at: usize,
+}
+
+impl Sequencer {
+    /// Drops reservations the projections have caught up with, once the map has doubled since
+    /// the last sweep (amortised O(1) per send).
+    fn sweep(&mut self, state: &AppState) {
+        if self.reserved.len() < self.sweep_at.max(1024) {
+            return;
+        }
+        let p = state.proj();
+        self.reserved
+            .retain(|ch, seq| *seq > p.state.heads.last_seq(ch));
+        self.sweep_at = self.reserved.len() * 2;
+    }
 }
 
 fn idem_key(from: &str, client_msg_id: &str) -> String {
@@ -67,24 +93,37 @@ fn reused(channel: &str) -> ApiError {
     )
 }
 
-async fn wait_for(mut rx: watch::Receiver<Outcome>, channel: &str) -> ApiResult<Sent> {
-    let done = rx
-        .wait_for(Option::is_some)
-        .await
-        .map_err(|_| ApiError::unavailable("shutting_down", "the server is shutting down"))?;
-    match done.clone() {
+/// Waits (bounded) for an in-flight send's outcome.
+async fn wait_for(
+    mut rx: watch::Receiver<Outcome>,
+    channel: &str,
+    duplicate: bool,
+) -> ApiResult<Sent> {
+    let done = match tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(done)) => done.clone(),
+        Ok(Err(_)) => {
+            return Err(ApiError::unavailable(
+                "shutting_down",
+                "the server is shutting down",
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::unavailable(
+                "apply_timeout",
+                "the send is queued but not yet applied; retry with the same client_msg_id",
+            ));
+        }
+    };
+    match done {
         Some(Ok(sent)) if sent.channel != channel => Err(reused(&sent.channel)),
-        Some(Ok(sent)) => Ok(Sent {
-            duplicate: true,
-            ..sent
-        }),
+        Some(Ok(sent)) => Ok(Sent { duplicate, ..sent }),
         Some(Err(e)) => Err(e),
         None => Err(ApiError::internal("in-flight send vanished")),
     }
 }
 
 /// Sends a message; answers once it is durable and applied.
-pub(crate) async fn send(state: &AppState, req: SendRequest) -> ApiResult<Sent> {
+pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Sent> {
     let started = Instant::now();
     let key = (!req.client_msg_id.is_empty()).then(|| idem_key(&req.from, &req.client_msg_id));
     let mut seq = state.sequencer.lock().await;
@@ -127,7 +166,7 @@ pub(crate) async fn send(state: &AppState, req: SendRequest) -> ApiResult<Sent> 
     {
         drop(seq);
         state.metrics.send_duplicates.inc();
-        return wait_for(rx, &req.channel).await;
+        return wait_for(rx, &req.channel, true).await;
     }
 
     let channel_seq = seq
@@ -164,33 +203,39 @@ pub(crate) async fn send(state: &AppState, req: SendRequest) -> ApiResult<Sent> 
     };
     seq.reserved.insert(req.channel.clone(), channel_seq);
     seq.next_message_id = message_id + 1;
+    seq.sweep(state);
     let (tx, rx) = watch::channel(None);
     if let Some(k) = &key {
-        seq.in_flight.insert(k.clone(), rx);
+        seq.in_flight.insert(k.clone(), rx.clone());
     }
     drop(seq);
 
-    let result = async {
-        let ack = pending.wait().await?;
-        state.wait_applied(ack.base_offset).await?;
-        Ok(Sent {
-            channel: req.channel.clone(),
-            seq: channel_seq,
-            message_id,
-            offset: ack.base_offset,
-            ts,
-            duplicate: false,
-        })
-    }
-    .await;
-    let _ = tx.send(Some(result.clone()));
-    if let Some(k) = key {
-        // Applied now: later retries find the send in the idempotency projection.
-        state.sequencer.lock().await.in_flight.remove(&k);
-    }
-    if result.is_ok() {
-        state.metrics.sends.inc();
-        state.metrics.send_latency.observe(started.elapsed());
-    }
-    result
+    let st = state.clone();
+    let channel = req.channel.clone();
+    state.send_tasks.spawn(async move {
+        let result = async {
+            let ack = pending.wait().await?;
+            st.applied_past(ack.base_offset).await?;
+            Ok(Sent {
+                channel,
+                seq: channel_seq,
+                message_id,
+                offset: ack.base_offset,
+                ts,
+                duplicate: false,
+            })
+        }
+        .await;
+        if result.is_ok() {
+            st.metrics.sends.inc();
+            st.metrics.send_latency.observe(started.elapsed());
+        }
+        let _ = tx.send(Some(result));
+        if let Some(k) = key {
+            // Applied (later retries find it in the idempotency projection), or the append
+            // failed and nothing was written.
+            st.sequencer.lock().await.in_flight.remove(&k);
+        }
+    });
+    wait_for(rx, &req.channel, false).await
 }

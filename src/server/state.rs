@@ -23,7 +23,7 @@ use crate::server::metrics::Metrics;
 use crate::server::sequencer::Sequencer;
 
 /// How long a request waits for its own event to be applied before answering 503.
-const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -49,11 +49,15 @@ pub(crate) struct AppState {
     pub(crate) sessions_stop: CancellationToken,
     /// Every WebSocket session and the tasks it spawns, waited for at shutdown.
     pub(crate) ws_tasks: TaskTracker,
+    /// Sends finishing after their enqueue (see the sequencer); waited for at shutdown.
+    pub(crate) send_tasks: TaskTracker,
     pub(crate) connections: std::sync::Arc<Semaphore>,
     pub(crate) ready: AtomicBool,
     user_rates: Mutex<HashMap<String, TokenBucket>>,
     /// Which session sent a message, until the applier pushes it.
     pub(crate) origins: Origins,
+    /// Message index sidecars already in the object store (`None`: not listed yet).
+    pub(crate) uploaded_sidecars: Mutex<Option<std::collections::HashSet<u64>>>,
 }
 
 /// (channel, seq) → the WebSocket session that sent it.
@@ -104,10 +108,12 @@ impl AppState {
             admin_key,
             sessions_stop: CancellationToken::new(),
             ws_tasks: TaskTracker::new(),
+            send_tasks: TaskTracker::new(),
             connections,
             ready: AtomicBool::new(false),
             user_rates: Mutex::new(HashMap::new()),
             origins: Origins::default(),
+            uploaded_sidecars: Mutex::new(None),
         }
     }
 
@@ -136,6 +142,16 @@ impl AppState {
                 "the event is durable but not yet visible; retry the read",
             )),
         }
+    }
+
+    /// Waits, with no time limit, until the event at `offset` is applied; fails only when the
+    /// applier has stopped (shutdown).
+    pub(crate) async fn applied_past(&self, offset: u64) -> ApiResult<()> {
+        let mut rx = self.applied.clone();
+        rx.wait_for(|next| *next > offset)
+            .await
+            .map(|_| ())
+            .map_err(|_| ApiError::unavailable("shutting_down", "the server is shutting down"))
     }
 
     /// Appends an event (not a message: those go through the sequencer), waits until it is

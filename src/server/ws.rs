@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
@@ -25,10 +25,11 @@ use tidings_projections::messages;
 use tidings_projections::permissions::can_read;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::render::{cbor_frame, channel_ref, message_json};
 use crate::server::auth::{Caller, authenticate, bearer, resolve};
-use crate::server::delivery::{CloseReason, GOING_AWAY, Pushed, Session};
+use crate::server::delivery::{CloseReason, GOING_AWAY, Pushed, Session, TOKEN_REVOKED};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::http::ApiQuery;
 use crate::server::limits::TokenBucket;
@@ -40,9 +41,21 @@ const CATCH_UP_PAGE: usize = 256;
 /// Sends in flight per connection; beyond it the session stops reading the socket until some
 /// complete, so a client that floods sends meets TCP backpressure instead of growing memory.
 const MAX_IN_FLIGHT: usize = 256;
+/// Read buffer and write batching of a WebSocket connection.
+const WS_BUFFER: usize = 1024;
+/// A write to a client that makes no progress for this long ends the session.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Budget for the close frame and the closing handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Close code when the server cannot serve the session (catch-up failed): reconnect later.
+const CATCH_UP_FAILED: CloseReason = CloseReason {
+    code: 1011,
+    reason: "catch_up_failed",
+};
 
 /// Query of `GET /v1/ws`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WsQuery {
     /// The user token (instead of the Authorization header).
     #[allow(dead_code)]
@@ -52,14 +65,15 @@ pub(crate) struct WsQuery {
 }
 
 /// The caller of an upgrade request, taken from the header or `?token=`.
-pub(crate) struct WsCaller(String);
+pub(crate) struct WsCaller(String, String);
 
 impl FromRequestParts<Arc<AppState>> for WsCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
-        match authenticate(state, bearer(parts).as_deref())? {
-            Caller::User(uid) => Ok(WsCaller(uid)),
+        let token = bearer(parts);
+        match authenticate(state, token.as_deref())? {
+            Caller::User(uid) => Ok(WsCaller(uid, token.unwrap_or_default())),
             Caller::Admin => Err(ApiError::bad_request(
                 "user_only",
                 "WebSocket sessions are for users (a user token)",
@@ -74,7 +88,7 @@ impl FromRequestParts<Arc<AppState>> for WsCaller {
     security(("bearer" = [])))]
 pub(crate) async fn upgrade(
     State(state): State<Arc<AppState>>,
-    WsCaller(uid): WsCaller,
+    WsCaller(uid, token): WsCaller,
     ApiQuery(q): ApiQuery<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
@@ -100,12 +114,16 @@ pub(crate) async fn upgrade(
         .protocols([CBOR_PROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
+        // tungstenite allocates its read buffer up front (128 KiB by default): small buffers
+        // keep an idle connection cheap; larger frames still arrive, in more reads.
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 let cbor = socket
                     .protocol()
                     .is_some_and(|p| p.as_bytes() == CBOR_PROTOCOL.as_bytes());
-                run(state, uid, socket, cbor, catch_up).await;
+                run(state, uid, token, socket, cbor, catch_up).await;
                 drop(permit);
             })
         })
@@ -114,13 +132,48 @@ pub(crate) async fn upgrade(
 
 type Sink = SplitSink<WebSocket, WsMessage>;
 
-/// Writes one frame in the session's encoding.
-async fn send(sink: &mut Sink, frame: &Value, cbor: bool) -> Result<(), axum::Error> {
-    if cbor {
-        sink.send(WsMessage::Binary(cbor_frame(frame))).await
-    } else {
-        sink.send(WsMessage::Text(Utf8Bytes::from(frame.to_string())))
-            .await
+/// The write half of a session. Every write is bounded: it fails after [`WRITE_TIMEOUT`] (a
+/// client that stops reading cannot pin its session, its connection slot or shutdown) and as
+/// soon as the session is told to close.
+struct Writer {
+    sink: Sink,
+    cbor: bool,
+    close: CancellationToken,
+}
+
+impl Writer {
+    /// Writes one frame in the session's encoding.
+    async fn frame(&mut self, frame: &Value) -> Result<(), axum::Error> {
+        let msg = if self.cbor {
+            WsMessage::Binary(cbor_frame(frame))
+        } else {
+            WsMessage::Text(Utf8Bytes::from(frame.to_string()))
+        };
+        self.raw(msg).await
+    }
+
+    /// Writes one prepared message.
+    async fn raw(&mut self, msg: WsMessage) -> Result<(), axum::Error> {
+        tokio::select! {
+            r = tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(msg)) => {
+                r.unwrap_or_else(|_| Err(axum::Error::new("write timed out: the client stopped reading")))
+            }
+            () = self.close.cancelled() => Err(axum::Error::new("session closing")),
+        }
+    }
+
+    /// Sends the close frame (when there is a reason) and closes, each step bounded.
+    async fn finish(mut self, reason: Option<CloseReason>) {
+        if let Some(reason) = reason {
+            let frame = CloseFrame {
+                code: reason.code,
+                reason: Utf8Bytes::from_static(reason.reason),
+            };
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, self.sink.send(WsMessage::Close(Some(frame))))
+                    .await;
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.close()).await;
     }
 }
 
@@ -193,6 +246,13 @@ struct Ctx {
     limiter: TokenBucket,
 }
 
+/// The outcome of one catch-up page.
+enum CatchUp {
+    More,
+    Live,
+    Failed,
+}
+
 /// What the session loop does next.
 enum Step {
     Close(CloseReason),
@@ -205,8 +265,12 @@ enum Step {
 }
 
 impl Ctx {
-    /// One page of catch-up; returns whether catch-up goes on.
-    async fn catch_up_page(&mut self, sink: &mut Sink) -> Result<bool, axum::Error> {
+    /// One page of catch-up: whether catch-up goes on, or why the session must close.
+    ///
+    /// A failure to plan or load a page closes the session (code 1011): going live past
+    /// messages it could not deliver would leave a silent gap; the client reconnects and
+    /// catch-up starts again from its cursor.
+    async fn catch_up_page(&mut self, w: &mut Writer) -> Result<CatchUp, axum::Error> {
         let plan = {
             let p = self.state.proj();
             let sent = &self.sent_upto;
@@ -221,24 +285,27 @@ impl Ctx {
         let plan = match plan {
             Ok((plan, _)) => plan,
             Err(e) => {
-                tracing::warn!(uid = %self.uid, error = %e, "catch-up planning failed; the client can sync over HTTP");
-                Vec::new()
+                tracing::warn!(uid = %self.uid, error = %e, "catch-up planning failed; closing the session");
+                let err: ApiError = e.into();
+                w.frame(&error_frame(&err, None)).await?;
+                return Ok(CatchUp::Failed);
             }
         };
         if plan.is_empty() {
             if self.session.try_go_live() {
-                return Ok(false);
+                return Ok(CatchUp::Live);
             }
             // Something arrived during this round: plan again.
             self.session.begin_catch_up_round();
-            return Ok(true);
+            return Ok(CatchUp::More);
         }
         let msgs = match messages::load(&self.state.log, &plan).await {
             Ok(m) => m,
             Err(e) => {
+                tracing::warn!(uid = %self.uid, error = %e, "catch-up read failed; closing the session");
                 let err: ApiError = e.into();
-                send(sink, &error_frame(&err, None), self.cbor).await?;
-                return Ok(false);
+                w.frame(&error_frame(&err, None)).await?;
+                return Ok(CatchUp::Failed);
             }
         };
         for m in &msgs {
@@ -246,15 +313,15 @@ impl Ctx {
             if let Some(o) = frame.as_object_mut() {
                 o.insert("type".into(), json!("message"));
             }
-            send(sink, &frame, self.cbor).await?;
+            w.frame(&frame).await?;
             let e = self.sent_upto.entry(m.channel.clone()).or_default();
             *e = (*e).max(m.seq);
         }
-        Ok(true)
+        Ok(CatchUp::More)
     }
 
     /// A live push; skipped when catch-up already sent it.
-    async fn live(&mut self, sink: &mut Sink, pushed: &Pushed) -> Result<(), axum::Error> {
+    async fn live(&mut self, w: &mut Writer, pushed: &Pushed) -> Result<(), axum::Error> {
         if pushed.is_message {
             let sent = self.sent_upto.entry(pushed.channel.clone()).or_default();
             if pushed.seq <= *sent {
@@ -266,9 +333,9 @@ impl Ctx {
             return Ok(());
         };
         if self.cbor {
-            sink.send(WsMessage::Binary(frame.cbor.clone())).await
+            w.raw(WsMessage::Binary(frame.cbor.clone())).await
         } else {
-            sink.send(WsMessage::Text(Utf8Bytes::from(frame.json.clone())))
+            w.raw(WsMessage::Text(Utf8Bytes::from(frame.json.clone())))
                 .await
         }
     }
@@ -276,7 +343,7 @@ impl Ctx {
     /// Handles one client frame.
     async fn incoming(
         &mut self,
-        sink: &mut Sink,
+        w: &mut Writer,
         msg: &WsMessage,
         tasks: &mut JoinSet<()>,
     ) -> Result<(), axum::Error> {
@@ -285,13 +352,13 @@ impl Ctx {
             Ok(None) => return Ok(()),
             Err(e) => {
                 let err = ApiError::bad_request("invalid_frame", e);
-                return send(sink, &error_frame(&err, None), self.cbor).await;
+                return w.frame(&error_frame(&err, None)).await;
             }
         };
         match frame {
-            ClientFrame::Ping => send(sink, &json!({"type": "pong"}), self.cbor).await,
-            ClientFrame::Ack { channel, seq } => self.cursor(sink, &channel, seq, 0).await,
-            ClientFrame::Read { channel, seq } => self.cursor(sink, &channel, 0, seq).await,
+            ClientFrame::Ping => w.frame(&json!({"type": "pong"})).await,
+            ClientFrame::Ack { channel, seq } => self.cursor(w, &channel, seq, 0).await,
+            ClientFrame::Read { channel, seq } => self.cursor(w, &channel, 0, seq).await,
             ClientFrame::Send {
                 client_msg_id,
                 channel,
@@ -321,7 +388,7 @@ impl Ctx {
                         });
                         Ok(())
                     }
-                    Err(e) => send(sink, &error_frame(&e, Some(&client_msg_id)), self.cbor).await,
+                    Err(e) => w.frame(&error_frame(&e, Some(&client_msg_id))).await,
                 }
             }
         }
@@ -330,7 +397,7 @@ impl Ctx {
     /// Records an ack (delivered) or a read; coalesced into cursor events.
     async fn cursor(
         &mut self,
-        sink: &mut Sink,
+        w: &mut Writer,
         channel: &str,
         delivered: u64,
         read: u64,
@@ -341,7 +408,7 @@ impl Ctx {
                 self.state.acks.record(&self.uid, &ch, delivered, read);
                 Ok(())
             }
-            Err(e) => send(sink, &error_frame(&e, None), self.cbor).await,
+            Err(e) => w.frame(&error_frame(&e, None)).await,
         }
     }
 
@@ -402,25 +469,47 @@ impl Ctx {
     }
 }
 
-async fn run(state: Arc<AppState>, uid: String, socket: WebSocket, cbor: bool, catch_up: bool) {
-    state.metrics.ws_sessions.inc();
-    let (session, mut queue) = {
+async fn run(
+    state: Arc<AppState>,
+    uid: String,
+    token: String,
+    socket: WebSocket,
+    cbor: bool,
+    catch_up: bool,
+) {
+    let (sink, mut stream): (Sink, SplitStream<WebSocket>) = socket.split();
+    let registered = {
         // Under the projections' lock: no membership change slips between reading the
-        // user's groups and registering.
+        // user's groups and registering, and a revocation applied since the upgrade was
+        // authorised is seen here (one applied later closes the registered session).
         let p = state.proj();
-        let groups = p
-            .state
-            .subs
-            .channels_of(&uid)
-            .filter(|c| !is_person_channel(c))
-            .cloned();
-        state.delivery.register(
-            &uid,
-            groups,
-            state.config.limits_session_queue,
-            &state.sessions_stop,
-        )
+        if p.state.tokens.user_of(&token) == Some(&uid) {
+            let groups = p
+                .state
+                .subs
+                .channels_of(&uid)
+                .filter(|c| !is_person_channel(c))
+                .cloned();
+            Some(state.delivery.register(
+                &uid,
+                groups,
+                state.config.limits_session_queue,
+                &state.sessions_stop,
+            ))
+        } else {
+            None
+        }
     };
+    let Some((session, mut queue)) = registered else {
+        let w = Writer {
+            sink,
+            cbor,
+            close: CancellationToken::new(),
+        };
+        w.finish(Some(TOKEN_REVOKED)).await;
+        return;
+    };
+    state.metrics.ws_sessions.inc();
     if !catch_up {
         session.begin_catch_up_round();
         session.try_go_live();
@@ -436,8 +525,12 @@ async fn run(state: Arc<AppState>, uid: String, socket: WebSocket, cbor: bool, c
         sent_upto: HashMap::new(),
         replies: replies_tx,
     };
+    let mut w = Writer {
+        sink,
+        cbor,
+        close: session.close.clone(),
+    };
     let mut tasks: JoinSet<()> = JoinSet::new();
-    let (mut sink, mut stream): (Sink, SplitStream<WebSocket>) = socket.split();
     let mut catching_up = catch_up;
     let close: Option<CloseReason> = loop {
         let step = tokio::select! {
@@ -459,18 +552,27 @@ async fn run(state: Arc<AppState>, uid: String, socket: WebSocket, cbor: bool, c
         let done = match step {
             Step::Close(reason) => break Some(reason),
             Step::Gone => break None,
-            Step::Frame(msg) => ctx.incoming(&mut sink, &msg, &mut tasks).await,
-            Step::Reply(reply) => send(&mut sink, &reply, cbor).await,
-            Step::Push(pushed) => ctx.live(&mut sink, &pushed).await,
+            Step::Frame(msg) => ctx.incoming(&mut w, &msg, &mut tasks).await,
+            Step::Reply(reply) => w.frame(&reply).await,
+            Step::Push(pushed) => ctx.live(&mut w, &pushed).await,
             Step::Reaped => Ok(()),
-            Step::CatchUp => ctx
-                .catch_up_page(&mut sink)
-                .await
-                .map(|going| catching_up = going),
+            Step::CatchUp => match ctx.catch_up_page(&mut w).await {
+                Ok(CatchUp::More) => Ok(()),
+                Ok(CatchUp::Live) => {
+                    catching_up = false;
+                    Ok(())
+                }
+                Ok(CatchUp::Failed) => break Some(CATCH_UP_FAILED),
+                Err(e) => Err(e),
+            },
         };
         if let Err(e) = done {
             tracing::debug!(session = session.id, error = %e, "WebSocket write failed");
-            break None;
+            // A write cut short by a close request still says goodbye properly.
+            break session
+                .close
+                .is_cancelled()
+                .then(|| session.close_reason().unwrap_or(GOING_AWAY));
         }
     };
     tracing::debug!(
@@ -478,19 +580,12 @@ async fn run(state: Arc<AppState>, uid: String, socket: WebSocket, cbor: bool, c
         tasks = tasks.len(),
         "session loop ended"
     );
-    if let Some(reason) = close {
-        let frame = CloseFrame {
-            code: reason.code,
-            reason: Utf8Bytes::from_static(reason.reason),
-        };
-        let _ = sink.send(WsMessage::Close(Some(frame))).await;
-    }
-    let _ = sink.close().await;
+    w.finish(close).await;
     // Sends in flight finish (their appends are already queued); their answers are dropped:
     // close the reply channel first so none of them waits to deliver one.
     drop(replies);
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(std::time::Duration::from_secs(5), drain)
+    if tokio::time::timeout(Duration::from_secs(5), drain)
         .await
         .is_err()
     {

@@ -176,7 +176,8 @@ pub(crate) async fn get_channel(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<axum::Json<ChannelView>> {
     group_id(&id)?;
-    let v = view(&state, &id)?;
+    // Membership first: a user who is not a member learns nothing, not even whether the
+    // channel exists (403 either way).
     if let Caller::User(me) = &caller
         && !state.proj().state.subs.is_member(&id, me)
     {
@@ -185,7 +186,7 @@ pub(crate) async fn get_channel(
             "not a member of this channel",
         ));
     }
-    Ok(axum::Json(v))
+    Ok(axum::Json(view(&state, &id)?))
 }
 
 /// The members of a group channel.

@@ -17,6 +17,7 @@ use crate::server::state::AppState;
 
 /// Query of `GET /v1/conversations`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ConversationsQuery {
     /// At most this many (default 100, at most 1000), newest first.
     pub(crate) limit: Option<usize>,
@@ -88,19 +89,35 @@ pub(crate) async fn conversations(
 ) -> ApiResult<axum::Json<ConversationsPage>> {
     let me = caller.require_user()?.to_owned();
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let fp = fingerprint(&state.proj().state, &me);
-    let all = match state.conv_cache.get(&me, fp).await {
-        Some(list) => list,
+    // The version a page answers with is the offset applied when its list was valid: taken
+    // under the same lock as the fingerprint the cached list is checked against.
+    let (fp, version) = {
+        let p = state.proj();
+        (fingerprint(&p.state, &me), p.state.applied.unwrap_or(0))
+    };
+    let (all, version) = match state.conv_cache.get(&me, fp).await {
+        Some(list) => (list, version),
         None => {
-            let (fp, list) = {
+            let (fp, list, version) = {
                 let p = state.proj();
-                (fingerprint(&p.state, &me), compute(&p.state, &me))
+                (
+                    fingerprint(&p.state, &me),
+                    compute(&p.state, &me),
+                    p.state.applied.unwrap_or(0),
+                )
             };
             state.conv_cache.put(&me, fp, &list);
-            list
+            (list, version)
         }
     };
-    let list = page(&state.proj().state, &me, &all, q.since_version, limit);
+    let list = page(
+        &state.proj().state,
+        &me,
+        &all,
+        q.since_version,
+        limit,
+        version,
+    );
     let mut convs = Vec::with_capacity(list.conversations.len());
     for c in &list.conversations {
         convs.push(render(&state, c, &me).await?);
@@ -119,6 +136,7 @@ pub(crate) async fn conversations(
 
 /// Query of `GET /v1/sync`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct SyncQuery {
     /// At most this many messages (default 100, at most 1000).
     pub(crate) limit: Option<usize>,

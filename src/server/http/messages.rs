@@ -159,6 +159,7 @@ pub(crate) async fn post_message(
 
 /// Query of `GET /v1/channels/{id}/messages`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// Messages after this seq, ascending.
     pub(crate) after_seq: Option<u64>,
@@ -221,7 +222,11 @@ pub(crate) async fn get_messages(
             .uid()
             .map_or(0, |me| p.state.cursors.get(me, &channel).cleared);
         let (lo, hi, descending) = match (q.after_seq, q.before_seq) {
-            (Some(after), _) => (after + 1, after.saturating_add(limit).min(last), false),
+            (Some(after), _) => (
+                after.saturating_add(1),
+                after.saturating_add(limit).min(last),
+                false,
+            ),
             (None, before) => {
                 let hi = before.map_or(last, |b| b.saturating_sub(1)).min(last);
                 (hi.saturating_sub(limit - 1).max(1), hi, true)

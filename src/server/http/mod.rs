@@ -88,7 +88,17 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 /// A span per request; counts and times it by route and status.
 async fn observe(state: axum::extract::State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().to_string();
+    // Metric labels stay bounded: a method outside the standard set is "other".
+    let method: &'static str = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -97,7 +107,7 @@ async fn observe(state: axum::extract::State<Arc<AppState>>, req: Request, next:
     let resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     let took = started.elapsed();
-    state.metrics.http_request(&method, &route, status, took);
+    state.metrics.http_request(method, &route, status, took);
     span.in_scope(|| tracing::debug!(status, took_us = took.as_micros() as u64, "request"));
     resp
 }
@@ -157,6 +167,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/conversations", get(conversations::conversations))
         .route("/v1/sync", get(conversations::sync))
         .route("/v1/log", get(ops::log_stream))
+        .route("/v1/tier", get(ops::tier_status))
+        .route("/v1/tier/upload", post(ops::tier_upload))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/ws", get(crate::server::ws::upgrade))
         .route("/healthz", get(ops::healthz))

@@ -69,7 +69,7 @@ impl Modify for Extras {
         cursors::read, cursors::ack,
         conversations::conversations, conversations::sync,
         crate::server::ws::upgrade,
-        ops::log_stream, ops::healthz, ops::readyz, ops::metrics, document,
+        ops::log_stream, ops::tier_status, ops::tier_upload, ops::healthz, ops::readyz, ops::metrics, document,
     ),
     modifiers(&Extras),
     tags(

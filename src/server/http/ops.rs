@@ -99,6 +99,47 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             misses as f64,
         ),
     ];
+    let tier = state.log.tier().map(|t| t.status()).unwrap_or_default();
+    let extra: Vec<(&str, &str, f64)> = extra
+        .into_iter()
+        .chain([
+            (
+                "tidings_tier_lag_segments",
+                "Sealed segments not yet in the object store.",
+                tier.lag_segments as f64,
+            ),
+            (
+                "tidings_tier_lag_bytes",
+                "Bytes of sealed segments not yet in the object store.",
+                tier.lag_bytes as f64,
+            ),
+            (
+                "tidings_tier_remote_segments",
+                "Segments in the object store.",
+                tier.remote_segments as f64,
+            ),
+            (
+                "tidings_tier_upload_failures",
+                "Failed tiering passes since start.",
+                tier.upload_failures as f64,
+            ),
+            (
+                "tidings_tier_gets",
+                "Ranged GETs of cold blocks since start.",
+                tier.gets as f64,
+            ),
+            (
+                "tidings_tier_cache_hits",
+                "Cold blocks served from the cache since start.",
+                tier.cache_hits as f64,
+            ),
+            (
+                "tidings_tier_fenced",
+                "1 when another server took the prefix over.",
+                if tier.fenced { 1.0 } else { 0.0 },
+            ),
+        ])
+        .collect();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(&extra),
@@ -106,8 +147,51 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+fn tier_of(state: &AppState) -> ApiResult<&tidings_log::tier::Tier> {
+    state.log.tier().ok_or_else(|| {
+        ApiError::not_found(
+            "tier_not_configured",
+            "no object store is configured (tier.url)",
+        )
+    })
+}
+
+/// What is local, what is in the object store, and the upload lag (admin).
+#[utoipa::path(get, path = "/v1/tier", tag = "ops",
+    responses((status = 200, description = "Tier status (JSON)", content_type = "application/json"), (status = 404, body = super::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn tier_status(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let status = tier_of(&state)?.status();
+    let segs = state.log.segments()?;
+    Ok(axum::Json(json!({
+        "status": status,
+        "local_segments": segs.iter().filter(|s| !s.remote).count(),
+        "local_bytes": segs.iter().filter(|s| !s.remote).map(|s| s.bytes).sum::<u64>(),
+    }))
+    .into_response())
+}
+
+/// Uploads every sealed segment now (admin).
+#[utoipa::path(post, path = "/v1/tier/upload", tag = "ops",
+    responses((status = 200, description = "Tier status after the upload (JSON)", content_type = "application/json"), (status = 503, body = super::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn tier_upload(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    tier_of(&state)?;
+    let status = state.log.upload_now().await?;
+    Ok(axum::Json(json!({"status": status})).into_response())
+}
+
 /// Query of `GET /v1/log`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LogQuery {
     /// First offset (default: the oldest held).
     pub(crate) from: Option<u64>,

@@ -1,0 +1,304 @@
+//! Tiered storage: sealed segments (with their index sidecars) are uploaded to an object store
+//! (S3-compatible, or a local directory), recorded in a manifest, and deleted locally once
+//! uploaded and no longer needed by the local retention. Reads of offsets that are no longer
+//! local fetch fixed-size blocks with ranged GETs through a foyer `HybridCache`.
+//!
+//! Layout under the prefix: `segments/{base:020}.log|.index|.timeindex`,
+//! `manifest/{epoch:020}.json` (see [`manifest`]), and whatever the server stores beside them
+//! (snapshots) through [`Tier::put_file`] / [`Tier::get_file`].
+//!
+//! Guarantees:
+//! - The object store never blocks appends: uploads run in the log's own background task, retried
+//!   with exponential backoff and jitter; the lag is in [`TierStatus`].
+//! - A local segment is deleted only after its upload was confirmed (size, and CRC when
+//!   `verify_uploads`), recorded in a manifest version, and the retention no longer needs it.
+//! - A cold read fails within `read_timeout` with [`ColdStorageUnavailable`] when the store is
+//!   down; it never hangs. Every cached block carries a CRC: a damaged entry is dropped and
+//!   fetched again, never served. Batches read from cold segments are CRC-checked like local ones.
+//! - One writer per prefix: each manifest version names its owner, and the owner's lease is
+//!   renewed by its writes; a second server finding a live owner is refused ([`LogError::Fenced`]).
+
+mod cold;
+pub mod manifest;
+mod store;
+pub(crate) mod uploader;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
+use tokio_util::task::TaskTracker;
+
+pub use self::cold::ColdStorageUnavailable;
+pub(crate) use self::cold::TierVfs;
+use self::manifest::Manifest;
+use crate::error::{LogError, Result};
+
+/// How a log tiers to an object store.
+#[derive(Clone)]
+pub struct TierOptions {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) prefix: ObjectPath,
+    pub(crate) display: String,
+    pub(crate) owner_id: String,
+    pub(crate) local_retention_bytes: u64,
+    pub(crate) local_retention_age: Option<Duration>,
+    pub(crate) block_bytes: usize,
+    pub(crate) cache_dir: PathBuf,
+    pub(crate) cache_memory_bytes: usize,
+    pub(crate) cache_disk_bytes: usize,
+    pub(crate) read_timeout: Duration,
+    pub(crate) upload_interval: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) verify_uploads: bool,
+    pub(crate) prefetch_blocks: usize,
+}
+
+impl std::fmt::Debug for TierOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TierOptions")
+            .field("store", &self.display)
+            .field("owner_id", &self.owner_id)
+            .field("local_retention_bytes", &self.local_retention_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TierOptions {
+    /// Tiering into `store` under `prefix`, as node `owner_id`, with the block cache in
+    /// `cache_dir`. `display` names the store in messages (e.g. `s3://bucket/prefix`).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        display: impl Into<String>,
+        owner_id: impl Into<String>,
+        cache_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            store,
+            prefix: ObjectPath::from(prefix.trim_matches('/')),
+            display: display.into(),
+            owner_id: owner_id.into(),
+            local_retention_bytes: 1 << 30,
+            local_retention_age: None,
+            block_bytes: 1 << 20,
+            cache_dir: cache_dir.into(),
+            cache_memory_bytes: 64 << 20,
+            cache_disk_bytes: 1 << 30,
+            read_timeout: Duration::from_secs(10),
+            upload_interval: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+            verify_uploads: true,
+            prefetch_blocks: 4,
+        }
+    }
+    /// Sealed bytes kept locally once uploaded (0: none). Default: 1 GiB.
+    pub fn with_local_retention_bytes(mut self, bytes: u64) -> Self {
+        self.local_retention_bytes = bytes;
+        self
+    }
+    /// Uploaded segments older than this are deleted locally whatever their size. Default: none.
+    pub fn with_local_retention_age(mut self, age: Option<Duration>) -> Self {
+        self.local_retention_age = age;
+        self
+    }
+    /// Size of the blocks cold reads fetch. Default: 1 MiB.
+    pub fn with_block_bytes(mut self, bytes: usize) -> Self {
+        self.block_bytes = bytes.clamp(4096, 8 << 20);
+        self
+    }
+    /// Memory and disk of the block cache. Default: 64 MiB and 1 GiB.
+    pub fn with_cache_bytes(mut self, memory: usize, disk: usize) -> Self {
+        self.cache_memory_bytes = memory;
+        self.cache_disk_bytes = disk;
+        self
+    }
+    /// Longest a cold read may take before it fails. Default: 10 s.
+    pub fn with_read_timeout(mut self, t: Duration) -> Self {
+        self.read_timeout = t;
+        self
+    }
+    /// How often the uploader looks for sealed segments (it also wakes on every roll).
+    /// Default: 5 s.
+    pub fn with_upload_interval(mut self, t: Duration) -> Self {
+        self.upload_interval = t;
+        self
+    }
+    /// How long an owner that stopped writing keeps the prefix. Default: 30 s.
+    pub fn with_lease(mut self, t: Duration) -> Self {
+        self.lease = t;
+        self
+    }
+    /// Read each upload back and compare its CRC before trusting it. Default: true.
+    pub fn with_verify_uploads(mut self, v: bool) -> Self {
+        self.verify_uploads = v;
+        self
+    }
+}
+
+/// Counters of the tier.
+#[derive(Debug, Default)]
+pub(crate) struct TierCounters {
+    pub(crate) uploads: AtomicU64,
+    pub(crate) upload_bytes: AtomicU64,
+    pub(crate) upload_failures: AtomicU64,
+    pub(crate) manifest_writes: AtomicU64,
+    pub(crate) gets: AtomicU64,
+    pub(crate) get_bytes: AtomicU64,
+    pub(crate) cache_hits: AtomicU64,
+    pub(crate) corrupt_cache_entries: AtomicU64,
+    pub(crate) local_deletes: AtomicU64,
+}
+
+/// What the tier holds and how far behind it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TierStatus {
+    /// The store, e.g. `s3://bucket/prefix`.
+    pub store: String,
+    /// Segments in the object store.
+    pub remote_segments: usize,
+    /// Their bytes.
+    pub remote_bytes: u64,
+    /// One past the last offset in the object store.
+    pub remote_end: u64,
+    /// Sealed segments not yet uploaded (the lag).
+    pub lag_segments: usize,
+    /// Their bytes.
+    pub lag_bytes: u64,
+    /// The latest manifest version.
+    pub epoch: u64,
+    /// Another server took the prefix over: uploads stopped.
+    pub fenced: bool,
+    /// Segment uploads since open.
+    pub uploads: u64,
+    /// Failed upload attempts since open.
+    pub upload_failures: u64,
+    /// Ranged GETs since open.
+    pub gets: u64,
+    /// Block cache hits since open.
+    pub cache_hits: u64,
+    /// Damaged cache entries dropped and refetched since open.
+    pub corrupt_cache_entries: u64,
+}
+
+/// Claims the prefix for this node (used by `Log::open`).
+pub(crate) async fn store_claim(tier: &Tier) -> Result<()> {
+    store::claim(&tier.inner).await
+}
+
+/// A log's link to its object store. Cheap to clone.
+#[derive(Clone)]
+pub struct Tier {
+    pub(crate) inner: Arc<TierInner>,
+}
+
+pub(crate) struct TierInner {
+    pub(crate) opts: TierOptions,
+    pub(crate) cache: foyer::HybridCache<String, bytes::Bytes>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) manifest: arc_swap::ArcSwap<Manifest>,
+    pub(crate) fenced: AtomicBool,
+    pub(crate) counters: TierCounters,
+    pub(crate) lag: std::sync::Mutex<(usize, u64)>,
+}
+
+impl std::fmt::Debug for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tier")
+            .field("store", &self.inner.opts.display)
+            .finish()
+    }
+}
+
+impl Tier {
+    /// Opens the block cache. Must be called inside a tokio runtime (the one cold reads and
+    /// uploads will use).
+    pub async fn open(opts: TierOptions) -> Result<Tier> {
+        let cache = cold::open_cache(&opts).await?;
+        Ok(Tier {
+            inner: Arc::new(TierInner {
+                cache,
+                runtime: tokio::runtime::Handle::current(),
+                tracker: TaskTracker::new(),
+                manifest: arc_swap::ArcSwap::from_pointee(Manifest::new(&opts.owner_id, 0)),
+                fenced: AtomicBool::new(false),
+                counters: TierCounters::default(),
+                lag: std::sync::Mutex::new((0, 0)),
+                opts,
+            }),
+        })
+    }
+
+    /// The store, as shown in messages.
+    pub fn display(&self) -> &str {
+        &self.inner.opts.display
+    }
+
+    /// The manifest version last read or written.
+    pub fn manifest(&self) -> Arc<Manifest> {
+        self.inner.manifest.load_full()
+    }
+
+    /// The current status.
+    pub fn status(&self) -> TierStatus {
+        let m = self.manifest();
+        let c = &self.inner.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (lag_segments, lag_bytes) = *self.inner.lag.lock().unwrap_or_else(|p| p.into_inner());
+        TierStatus {
+            store: self.inner.opts.display.clone(),
+            remote_segments: m.segments.len(),
+            remote_bytes: m.segments.iter().map(|s| s.bytes).sum(),
+            remote_end: m.end(),
+            lag_segments,
+            lag_bytes,
+            epoch: m.epoch,
+            fenced: self.inner.fenced.load(Ordering::Relaxed),
+            uploads: l(&c.uploads),
+            upload_failures: l(&c.upload_failures),
+            gets: l(&c.gets),
+            cache_hits: l(&c.cache_hits),
+            corrupt_cache_entries: l(&c.corrupt_cache_entries),
+        }
+    }
+
+    /// The latest manifest version in the object store (not the one this log last wrote).
+    pub async fn remote_manifest(&self) -> Result<Option<Manifest>> {
+        store::latest_manifest(&self.inner).await
+    }
+
+    /// Uploads a local file to `key` (below the prefix), e.g. a snapshot.
+    pub async fn put_file(&self, key: &str, local: &std::path::Path) -> Result<u64> {
+        store::put_file(&self.inner, key, local).await
+    }
+
+    /// Downloads `key` (below the prefix) into a local file (atomically); `false` if absent.
+    pub async fn get_file(&self, key: &str, local: &std::path::Path) -> Result<bool> {
+        store::get_file(&self.inner, key, local).await
+    }
+
+    /// The keys below `dir` (below the prefix), e.g. the snapshots.
+    pub async fn list(&self, dir: &str) -> Result<Vec<String>> {
+        store::list(&self.inner, dir).await
+    }
+
+    /// Deletes `key` (below the prefix).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        store::delete(&self.inner, key).await
+    }
+
+    /// Stops background fetches and closes the block cache.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        self.inner
+            .cache
+            .close()
+            .await
+            .map_err(|e| LogError::Tier(format!("closing the block cache: {e}")))
+    }
+}

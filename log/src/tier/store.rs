@@ -1,0 +1,397 @@
+//! Object-store operations: manifest versions, ownership, uploads, whole-file transfers.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+
+use super::TierInner;
+use super::manifest::{Manifest, RemoteSegment};
+use crate::error::{LogError, Result};
+use crate::segment::SegmentPaths;
+
+/// Uploads up to this size are one PUT; larger ones are multipart in parts of this size.
+const PART: usize = 8 << 20;
+/// Manifest versions kept (older ones are deleted).
+const KEEP_VERSIONS: usize = 20;
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn key(inner: &TierInner, rel: &str) -> ObjectPath {
+    if inner.opts.prefix.as_ref().is_empty() {
+        ObjectPath::from(rel)
+    } else {
+        ObjectPath::from(format!("{}/{rel}", inner.opts.prefix))
+    }
+}
+
+fn err(inner: &TierInner, what: &str, e: impl std::fmt::Display) -> LogError {
+    LogError::Tier(format!("{what} ({}): {e}", inner.opts.display))
+}
+
+async fn timed<T>(
+    inner: &TierInner,
+    what: &str,
+    fut: impl Future<Output = object_store::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(inner.opts.read_timeout, fut).await {
+        Ok(r) => r.map_err(|e| err(inner, what, e)),
+        Err(_) => Err(err(inner, what, "timed out")),
+    }
+}
+
+/// The latest manifest version in the store, if any.
+pub(crate) async fn latest_manifest(inner: &TierInner) -> Result<Option<Manifest>> {
+    let dir = key(inner, "manifest");
+    let metas: Vec<_> = timed(inner, "listing the manifest", async {
+        let mut out = Vec::new();
+        let mut stream = inner.opts.store.list(Some(&dir));
+        while let Some(m) = stream.next().await {
+            out.push(m?);
+        }
+        Ok(out)
+    })
+    .await?;
+    let Some(epoch) = metas
+        .iter()
+        .filter_map(|m| m.location.filename().and_then(Manifest::epoch_of))
+        .max()
+    else {
+        return Ok(None);
+    };
+    let path = key(inner, &Manifest::key(epoch));
+    let bytes = timed(inner, "reading the manifest", async {
+        inner.opts.store.get(&path).await?.bytes().await
+    })
+    .await?;
+    Manifest::decode(&bytes)
+        .map(Some)
+        .map_err(|e| err(inner, &format!("decoding {path}"), e))
+}
+
+/// What writing a manifest version came to.
+pub(crate) enum Written {
+    Ok,
+    /// Another writer created that version first.
+    Fenced(Manifest),
+}
+
+/// Creates manifest version `m.epoch` (create-if-absent).
+pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Written> {
+    let path = key(inner, &Manifest::key(m.epoch));
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    let put = tokio::time::timeout(
+        inner.opts.read_timeout,
+        inner
+            .opts
+            .store
+            .put_opts(&path, PutPayload::from(m.encode()), opts),
+    )
+    .await;
+    match put {
+        Ok(Ok(_)) => {}
+        Ok(Err(object_store::Error::AlreadyExists { .. })) => {
+            // Either another writer won this epoch, or our own earlier attempt did.
+            let theirs = timed(inner, "reading the manifest", async {
+                inner.opts.store.get(&path).await?.bytes().await
+            })
+            .await?;
+            match Manifest::decode(&theirs) {
+                Ok(t) if t == *m => {}
+                Ok(t) => {
+                    inner.fenced.store(true, Ordering::Relaxed);
+                    return Ok(Written::Fenced(t));
+                }
+                Err(e) => return Err(err(inner, "decoding a competing manifest", e)),
+            }
+        }
+        Ok(Err(e)) => return Err(err(inner, "writing the manifest", e)),
+        Err(_) => return Err(err(inner, "writing the manifest", "timed out")),
+    }
+    inner
+        .counters
+        .manifest_writes
+        .fetch_add(1, Ordering::Relaxed);
+    inner.manifest.store(std::sync::Arc::new(m.clone()));
+    prune_versions(inner, m.epoch).await;
+    Ok(Written::Ok)
+}
+
+/// Deletes manifest versions older than the newest [`KEEP_VERSIONS`] (best effort).
+async fn prune_versions(inner: &TierInner, newest: u64) {
+    if newest < KEEP_VERSIONS as u64 {
+        return;
+    }
+    let old = newest - KEEP_VERSIONS as u64;
+    if !old.is_multiple_of(10) {
+        return; // prune in steps, not on every write
+    }
+    for e in old.saturating_sub(10)..=old {
+        let _ = inner
+            .opts
+            .store
+            .delete(&key(inner, &Manifest::key(e)))
+            .await;
+    }
+}
+
+/// Takes ownership of the prefix: refused while another owner's lease is live.
+pub(crate) async fn claim(inner: &TierInner) -> Result<()> {
+    let me = &inner.opts.owner_id;
+    let now = now_ms();
+    let next = match latest_manifest(inner).await? {
+        None => Manifest::new(me, now),
+        Some(m) => {
+            let age = now.saturating_sub(m.owner.heartbeat_ms);
+            if &m.owner.id != me && age < inner.opts.lease.as_millis() as u64 {
+                return Err(LogError::Fenced {
+                    owner: m.owner.id,
+                    seen_ms_ago: age,
+                    store: inner.opts.display.clone(),
+                });
+            }
+            inner.manifest.store(std::sync::Arc::new(m.clone()));
+            m.next(me, now)
+        }
+    };
+    match write_manifest(inner, &next).await? {
+        Written::Ok => {
+            inner.fenced.store(false, Ordering::Relaxed);
+            Ok(())
+        }
+        Written::Fenced(t) => Err(LogError::Fenced {
+            owner: t.owner.id,
+            seen_ms_ago: now_ms().saturating_sub(t.owner.heartbeat_ms),
+            store: inner.opts.display.clone(),
+        }),
+    }
+}
+
+/// Reads a local file region (blocking IO on the blocking pool).
+async fn read_chunk(path: &Path, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&path)?;
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            let n = f.read_at(&mut buf[done..], pos + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Uploads a local file to `rel`; returns its size and CRC-32 after confirming them.
+pub(crate) async fn upload_object(
+    inner: &TierInner,
+    rel: &str,
+    local: &Path,
+) -> Result<(u64, u32)> {
+    let path = key(inner, rel);
+    let len = match std::fs::metadata(local) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(LogError::io("stat", local, e)),
+    };
+    let store = &inner.opts.store;
+    let mut crc = crc32fast::Hasher::new();
+    if len as usize <= PART {
+        let bytes = if len == 0 {
+            Vec::new()
+        } else {
+            read_chunk(local, 0, len as usize)
+                .await
+                .map_err(|e| LogError::io("read", local, e))?
+        };
+        crc.update(&bytes);
+        store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| err(inner, &format!("uploading {path}"), e))?;
+    } else {
+        let upload = store
+            .put_multipart(&path)
+            .await
+            .map_err(|e| err(inner, &format!("starting the upload of {path}"), e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut pos = 0u64;
+        while pos < len {
+            let chunk = read_chunk(local, pos, PART.min((len - pos) as usize))
+                .await
+                .map_err(|e| LogError::io("read", local, e))?;
+            if chunk.is_empty() {
+                break;
+            }
+            crc.update(&chunk);
+            pos += chunk.len() as u64;
+            w.wait_for_capacity(2)
+                .await
+                .map_err(|e| err(inner, &format!("uploading {path}"), e))?;
+            w.put(Bytes::from(chunk));
+        }
+        w.finish()
+            .await
+            .map_err(|e| err(inner, &format!("completing the upload of {path}"), e))?;
+    }
+    let crc = crc.finalize();
+    // Confirm: the size always, the bytes themselves when asked to.
+    let meta = store
+        .head(&path)
+        .await
+        .map_err(|e| err(inner, &format!("checking {path}"), e))?;
+    if meta.size != len {
+        return Err(err(
+            inner,
+            &format!("checking {path}"),
+            format!("{} bytes stored, {len} sent", meta.size),
+        ));
+    }
+    if inner.opts.verify_uploads && len > 0 {
+        let mut stream = store
+            .get(&path)
+            .await
+            .map_err(|e| err(inner, &format!("reading back {path}"), e))?
+            .into_stream();
+        let mut back = crc32fast::Hasher::new();
+        while let Some(chunk) = stream.next().await {
+            back.update(&chunk.map_err(|e| err(inner, &format!("reading back {path}"), e))?);
+        }
+        let back = back.finalize();
+        if back != crc {
+            return Err(err(
+                inner,
+                &format!("checking {path}"),
+                format!("CRC {back:#010x} stored, {crc:#010x} sent"),
+            ));
+        }
+    }
+    inner
+        .counters
+        .upload_bytes
+        .fetch_add(len, Ordering::Relaxed);
+    Ok((len, crc))
+}
+
+/// Uploads a sealed segment and its index sidecars.
+pub(crate) async fn upload_segment(
+    inner: &TierInner,
+    dir: &Path,
+    base: u64,
+    end: u64,
+) -> Result<RemoteSegment> {
+    let paths = SegmentPaths::new(dir, base);
+    let name = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (index_bytes, _) = upload_object(
+        inner,
+        &format!("segments/{}", name(&paths.index)),
+        &paths.index,
+    )
+    .await?;
+    let (time_bytes, _) = upload_object(
+        inner,
+        &format!("segments/{}", name(&paths.time)),
+        &paths.time,
+    )
+    .await?;
+    // The segment last: a manifest entry is only written after all three are stored.
+    let (bytes, crc32) =
+        upload_object(inner, &format!("segments/{}", name(&paths.log)), &paths.log).await?;
+    inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
+    Ok(RemoteSegment {
+        base,
+        end,
+        bytes,
+        crc32,
+        index_bytes,
+        time_bytes,
+    })
+}
+
+/// Uploads a whole local file to `rel`.
+pub(crate) async fn put_file(inner: &TierInner, rel: &str, local: &Path) -> Result<u64> {
+    upload_object(inner, rel, local).await.map(|(n, _)| n)
+}
+
+/// Downloads `rel` into `local` (temp file + rename); `false` when the object does not exist.
+pub(crate) async fn get_file(inner: &TierInner, rel: &str, local: &Path) -> Result<bool> {
+    let path = key(inner, rel);
+    let bytes = match inner.opts.store.get(&path).await {
+        Ok(r) => r
+            .bytes()
+            .await
+            .map_err(|e| err(inner, &format!("downloading {path}"), e))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(err(inner, &format!("downloading {path}"), e)),
+    };
+    let tmp = local.with_extension("download");
+    let local = local.to_path_buf();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        if let Some(parent) = local.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &local)
+    })
+    .await
+    .map_err(|e| LogError::Tier(format!("download task: {e}")))?
+    .map_err(|e| LogError::io("write", "downloaded file", e))?;
+    Ok(true)
+}
+
+/// The file names directly below `rel`.
+pub(crate) async fn list(inner: &TierInner, rel: &str) -> Result<Vec<String>> {
+    let dir = key(inner, rel);
+    timed(inner, &format!("listing {dir}"), async {
+        let mut out = Vec::new();
+        let mut stream = inner.opts.store.list(Some(&dir));
+        while let Some(m) = stream.next().await {
+            if let Some(n) = m?.location.filename() {
+                out.push(n.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    })
+    .await
+}
+
+/// Deletes `rel`.
+pub(crate) async fn delete(inner: &TierInner, rel: &str) -> Result<()> {
+    let path = key(inner, rel);
+    match inner.opts.store.delete(&path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(err(inner, &format!("deleting {path}"), e)),
+    }
+}
+
+/// Exponential backoff with jitter, capped.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let base = 200u64.saturating_mul(1u64 << attempt.min(8)).min(30_000);
+    let jitter = (now_ms() ^ u64::from(attempt).wrapping_mul(0x9e37_79b9)) % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}

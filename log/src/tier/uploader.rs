@@ -1,0 +1,303 @@
+//! The uploader: the log's background task that moves sealed segments to the object store and
+//! applies the local retention. It never blocks appends; failures are retried with exponential
+//! backoff and jitter.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Mutex, Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::manifest::Manifest;
+use super::store::{self, Written};
+use super::{Tier, TierStatus, TierVfs};
+use crate::error::{LogError, Result};
+use crate::log::Watermark;
+use crate::segment::{Segment, SegmentPaths};
+
+/// The local copy of the latest manifest this log wrote or read (lets the log open, and know
+/// its remote segments, while the store is unreachable).
+pub(crate) fn local_manifest_path(dir: &Path) -> PathBuf {
+    dir.join("tier-manifest.json")
+}
+
+pub(crate) fn read_local_manifest(dir: &Path) -> Option<Manifest> {
+    let bytes = std::fs::read(local_manifest_path(dir)).ok()?;
+    Manifest::decode(&bytes).ok()
+}
+
+fn write_local_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    let path = local_manifest_path(dir);
+    let tmp = dir.join(".tier-manifest.json.tmp");
+    let io = |e| LogError::io("write", &path, e);
+    std::fs::write(&tmp, m.encode()).map_err(io)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
+}
+
+/// A segment whose files are in the object store (its index files may still be local, in
+/// `local_dir`).
+pub(crate) fn remote_segment(
+    tier: &Tier,
+    local_dir: &Path,
+    base: u64,
+    interval: u64,
+) -> Arc<Segment> {
+    let vfs = TierVfs {
+        inner: tier.inner.clone(),
+        local_dir: Some(local_dir.to_path_buf()),
+    };
+    let dir = vfs.display_dir();
+    let len = tier
+        .manifest()
+        .segments
+        .iter()
+        .find(|s| s.base == base)
+        .map(|s| s.bytes);
+    let seg = Segment::new_remote(Arc::new(vfs), &dir, base, interval);
+    if let Some(len) = len {
+        seg.seal(len);
+    }
+    Arc::new(seg)
+}
+
+/// What the uploader works on.
+#[derive(Debug)]
+pub(crate) struct Uploader {
+    pub(crate) tier: Tier,
+    pub(crate) dir: PathBuf,
+    pub(crate) interval: u64,
+    pub(crate) segments: Arc<ArcSwap<Vec<Arc<Segment>>>>,
+    pub(crate) watermark: watch::Receiver<Watermark>,
+    pub(crate) wake: Arc<Notify>,
+    /// Serializes passes (background and `upload_now`).
+    pub(crate) pass_lock: Arc<Mutex<PassState>>,
+}
+
+/// State kept between passes.
+#[derive(Debug, Default)]
+pub(crate) struct PassState {
+    claimed: bool,
+    last_write_ms: u64,
+}
+
+impl PassState {
+    pub(crate) fn claimed() -> Self {
+        Self {
+            claimed: true,
+            last_write_ms: store::now_ms(),
+        }
+    }
+}
+
+impl Uploader {
+    /// Runs until `stop` is cancelled.
+    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut attempt = 0u32;
+        loop {
+            let wait = if attempt > 0 {
+                store::backoff(attempt)
+            } else {
+                self.tier.inner.opts.upload_interval
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+            let r = tokio::select! {
+                () = stop.cancelled() => return,
+                r = self.pass() => r,
+            };
+            match r {
+                Ok(_) => attempt = 0,
+                Err(LogError::Fenced { .. }) => {} // reported once when it happened
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    self.tier
+                        .inner
+                        .counters
+                        .upload_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, attempt, "tiering pass failed; retrying with backoff (appends are not affected)");
+                }
+            }
+        }
+    }
+
+    /// Sealed segments that are still local: (base, end, local bytes).
+    fn sealed_local(&self) -> Vec<(u64, u64, Arc<Segment>)> {
+        let wm = *self.watermark.borrow();
+        let segs = self.segments.load_full();
+        let mut out = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            if s.base >= wm.active_base || s.is_remote() {
+                continue;
+            }
+            if let Some(next) = segs.get(i + 1) {
+                out.push((s.base, next.base, s.clone()));
+            }
+        }
+        out
+    }
+
+    /// One pass: upload what is sealed and not uploaded, renew the lease, apply retention.
+    pub(crate) async fn pass(&self) -> Result<TierStatus> {
+        let mut state = self.pass_lock.lock().await;
+        let inner = &self.tier.inner;
+        if inner.fenced.load(Ordering::Relaxed) {
+            return Err(LogError::Tier(
+                "fenced: another server owns the prefix".into(),
+            ));
+        }
+        if !state.claimed {
+            store::claim(inner).await?;
+            write_local_manifest(&self.dir, &self.tier.manifest())?;
+            state.claimed = true;
+            state.last_write_ms = store::now_ms();
+        }
+        let sealed = self.sealed_local();
+        let pending: Vec<_> = {
+            let m = self.tier.manifest();
+            sealed
+                .iter()
+                .filter(|(b, ..)| !m.has(*b))
+                .cloned()
+                .collect()
+        };
+        self.set_lag(&pending);
+        for (i, (base, end, _)) in pending.iter().enumerate() {
+            let rs = store::upload_segment(inner, &self.dir, *base, *end).await?;
+            let mut next = self
+                .tier
+                .manifest()
+                .next(&inner.opts.owner_id, store::now_ms());
+            next.segments.retain(|s| s.base != rs.base);
+            next.segments.push(rs);
+            next.segments.sort_by_key(|s| s.base);
+            self.write(&next).await?;
+            state.last_write_ms = store::now_ms();
+            self.set_lag(&pending[i + 1..]);
+            tracing::info!(base, end, store = %inner.opts.display, "uploaded a sealed segment");
+        }
+        // Renew the lease when nothing else was written for a third of it.
+        let lease_ms = inner.opts.lease.as_millis() as u64;
+        if store::now_ms().saturating_sub(state.last_write_ms) >= lease_ms / 3 {
+            let next = self
+                .tier
+                .manifest()
+                .next(&inner.opts.owner_id, store::now_ms());
+            self.write(&next).await?;
+            state.last_write_ms = store::now_ms();
+        }
+        self.retention()?;
+        Ok(self.tier.status())
+    }
+
+    /// Gives the prefix up (a graceful close): a version whose heartbeat is 0, so that another
+    /// server may claim it at once instead of waiting for the lease to run out.
+    pub(crate) async fn release(&self) -> Result<()> {
+        let state = self.pass_lock.lock().await;
+        if !state.claimed || self.tier.inner.fenced.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut next = self.tier.manifest().next(&self.tier.inner.opts.owner_id, 0);
+        next.owner.heartbeat_ms = 0;
+        self.write(&next).await
+    }
+
+    async fn write(&self, next: &Manifest) -> Result<()> {
+        match store::write_manifest(&self.tier.inner, next).await? {
+            Written::Ok => write_local_manifest(&self.dir, next),
+            Written::Fenced(theirs) => {
+                tracing::error!(
+                    owner = %theirs.owner.id,
+                    store = %self.tier.inner.opts.display,
+                    "another server wrote the tier manifest: this server stops uploading (appends continue locally)"
+                );
+                Err(LogError::Fenced {
+                    owner: theirs.owner.id,
+                    seen_ms_ago: store::now_ms().saturating_sub(theirs.owner.heartbeat_ms),
+                    store: self.tier.inner.opts.display.clone(),
+                })
+            }
+        }
+    }
+
+    fn set_lag(&self, pending: &[(u64, u64, Arc<Segment>)]) {
+        let bytes = pending
+            .iter()
+            .map(|(_, _, s)| s.sealed_len().unwrap_or(0))
+            .sum();
+        *self
+            .tier
+            .inner
+            .lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = (pending.len(), bytes);
+    }
+
+    /// Deletes local copies of uploaded segments the retention no longer needs, newest kept.
+    fn retention(&self) -> Result<()> {
+        let opts = &self.tier.inner.opts;
+        let m = self.tier.manifest();
+        let sealed = self.sealed_local();
+        let mut kept = 0u64;
+        let now = SystemTime::now();
+        for (base, _, seg) in sealed.iter().rev() {
+            let len = seg.sealed_len().unwrap_or(0);
+            let paths = SegmentPaths::new(&self.dir, *base);
+            let too_old = opts.local_retention_age.is_some_and(|age| {
+                std::fs::metadata(&paths.log)
+                    .and_then(|md| md.modified())
+                    .ok()
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|d| d > age)
+            });
+            let fits = kept + len <= opts.local_retention_bytes && !too_old;
+            if fits || !m.has(*base) {
+                kept += len;
+                continue;
+            }
+            // Uploaded, confirmed, in the manifest, and not needed locally: readers switch to
+            // the remote copy first; open file handles keep the local bytes readable until the
+            // last reader lets go.
+            let remote = remote_segment(&self.tier, &self.dir, *base, self.interval);
+            self.segments.rcu(|segs| {
+                segs.iter()
+                    .map(|s| {
+                        if s.base == *base {
+                            remote.clone()
+                        } else {
+                            s.clone()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            });
+            // The index files stay: cold reads then need no GET for them (see `TierVfs`).
+            if let Err(e) = std::fs::remove_file(&paths.log)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(LogError::io("remove", &paths.log, e));
+            }
+            self.tier
+                .inner
+                .counters
+                .local_deletes
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(base, "deleted the local copy of an uploaded segment");
+        }
+        Ok(())
+    }
+}
+
+/// How long to wait for the store at open before using the local manifest copy.
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,519 @@
+//! Tiered storage against a real S3-compatible server (`s3s-fs`, started here on 127.0.0.1) and
+//! against a local directory: one conformance suite for both, then faults.
+//!
+//! `scripts/test.sh` installs `s3s-fs` when missing. Set `TIDINGS_TEST_S3_ENDPOINT`,
+//! `TIDINGS_TEST_S3_BUCKET`, `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` to run the suite
+//! against another endpoint (MinIO, Garage, AWS) as well.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use tidings_log::tier::{ColdStorageUnavailable, Tier, TierOptions};
+use tidings_log::{Log, LogError, LogOptions};
+
+const KEY: &str = "tidings-test-key";
+const SECRET: &str = "tidings-test-secret";
+const BUCKET: &str = "tidings";
+
+fn s3s_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TIDINGS_S3S_FS") {
+        return PathBuf::from(p);
+    }
+    let cached =
+        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tidings-tools/bin/s3s-fs");
+    if cached.exists() {
+        return cached;
+    }
+    PathBuf::from("s3s-fs")
+}
+
+/// An `s3s-fs` process on a free port, with its data in a temp dir.
+struct S3Server {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(BUCKET)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = S3Server {
+            child: None,
+            port,
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(s3s_binary())
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--access-key",
+                KEY,
+                "--secret-key",
+                SECRET,
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs (run scripts/test.sh, which installs it, or set TIDINGS_S3S_FS)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn store(&self) -> Arc<dyn ObjectStore> {
+        s3(
+            &format!("http://127.0.0.1:{}", self.port),
+            BUCKET,
+            KEY,
+            SECRET,
+        )
+    }
+
+    /// Where an object lives on the server's disk.
+    fn object_file(&self, key: &str) -> PathBuf {
+        self.dir.path().join(BUCKET).join(key)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn s3(endpoint: &str, bucket: &str, key: &str, secret: &str) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        AmazonS3Builder::new()
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(true)
+                    .with_timeout(Duration::from_secs(5))
+                    .with_connect_timeout(Duration::from_secs(1)),
+            )
+            .with_retry(RetryConfig {
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(3),
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(50),
+                    max_backoff: Duration::from_millis(500),
+                    base: 2.0,
+                },
+            })
+            .with_endpoint(endpoint)
+            .with_virtual_hosted_style_request(false)
+            .with_region("us-east-1")
+            .with_bucket_name(bucket)
+            .with_access_key_id(key)
+            .with_secret_access_key(secret)
+            .build()
+            .unwrap(),
+    )
+}
+
+fn unique_prefix(name: &str) -> String {
+    format!(
+        "t-{name}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ rand_u64()
+    )
+}
+
+fn rand_u64() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn payload(i: u64) -> Bytes {
+    Bytes::from(format!("record {i:08} {}", "z".repeat((i % 90) as usize)))
+}
+
+fn log_opts(tier: Tier) -> LogOptions {
+    LogOptions::default()
+        .with_segment_bytes(16 << 10)
+        .with_index_interval_bytes(1024)
+        .with_tier(tier)
+}
+
+async fn tier(store: Arc<dyn ObjectStore>, prefix: &str, owner: &str, cache: &Path) -> Tier {
+    Tier::open(
+        TierOptions::new(store, prefix, format!("test://{prefix}"), owner, cache)
+            .with_local_retention_bytes(0)
+            .with_block_bytes(4096)
+            .with_cache_bytes(1 << 20, 16 << 20)
+            .with_read_timeout(Duration::from_secs(2))
+            .with_upload_interval(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap()
+}
+
+async fn read_all(log: &Log) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut at = log.start_offset();
+    while at < log.next_offset() {
+        let recs = log.read(at, 64 << 10).await.unwrap();
+        for r in recs {
+            assert_eq!(r.offset, at);
+            at += 1;
+            out.push(r.payload);
+        }
+    }
+    out
+}
+
+async fn append(log: &Log, from: u64, n: u64) {
+    for i in from..from + n {
+        assert_eq!(log.append_one(payload(i)).await.unwrap(), i);
+    }
+}
+
+/// The conformance suite: upload, manifest, every offset read back from cold storage
+/// byte-identical, reopen, restore into an empty data dir.
+async fn conformance(store: Arc<dyn ObjectStore>) {
+    let prefix = unique_prefix("conf");
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let t = tier(store.clone(), &prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    append(&log, 0, 2000).await;
+    log.roll().await.unwrap();
+    let status = log.upload_now().await.unwrap();
+    assert_eq!(status.lag_segments, 0, "{status:?}");
+    assert!(status.remote_segments >= 5, "{status:?}");
+    assert_eq!(status.remote_end, 2000);
+    let segs = log.segments().unwrap();
+    assert!(
+        segs.iter().filter(|s| s.sealed).all(|s| s.remote),
+        "retention 0: no sealed segment stays local"
+    );
+    let local: Vec<_> = std::fs::read_dir(data.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    assert_eq!(
+        local.len(),
+        1,
+        "only the active segment is local: {local:?}"
+    );
+    // The index files of tiered segments stay local: a cold read fetches data blocks only.
+    for seg in segs.iter().filter(|s| s.remote) {
+        for ext in ["index", "timeindex"] {
+            let f = data
+                .path()
+                .join("log")
+                .join(format!("{:020}.{ext}", seg.base_offset));
+            assert!(f.is_file(), "{} is kept", f.display());
+        }
+    }
+    // Every offset, from cold storage, byte-identical.
+    let expected: Vec<Bytes> = (0..2000).map(payload).collect();
+    assert_eq!(read_all(&log).await, expected);
+    for i in (0..2000).step_by(97) {
+        assert_eq!(log.read(i, 0).await.unwrap()[0].payload, payload(i));
+    }
+    assert!(log.tier().unwrap().status().gets > 0);
+    append(&log, 2000, 100).await;
+    log.close().await.unwrap();
+
+    // Reopen: the local manifest copy names the remote segments.
+    let t = tier(store.clone(), &prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    assert_eq!(log.next_offset(), 2100);
+    let mut expected: Vec<Bytes> = (0..2100).map(payload).collect();
+    assert_eq!(read_all(&log).await, expected);
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    log.close().await.unwrap();
+
+    // Restore into an empty data directory (same node, fresh cache).
+    let restored = tempfile::tempdir().unwrap();
+    let cache2 = tempfile::tempdir().unwrap();
+    let t = tier(store, &prefix, "node-a", cache2.path()).await;
+    let log = Log::open(restored.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    assert_eq!(log.next_offset(), 2100);
+    assert_eq!(read_all(&log).await, expected);
+    append(&log, 2100, 10).await;
+    expected.extend((2100..2110).map(payload));
+    assert_eq!(read_all(&log).await, expected);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance(Arc::new(
+        LocalFileSystem::new_with_prefix(dir.path()).unwrap(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_s3() {
+    let s3s = S3Server::start();
+    conformance(s3s.store()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_external_endpoint_when_configured() {
+    let (Ok(endpoint), Ok(bucket), Ok(key), Ok(secret)) = (
+        std::env::var("TIDINGS_TEST_S3_ENDPOINT"),
+        std::env::var("TIDINGS_TEST_S3_BUCKET"),
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) else {
+        eprintln!("TIDINGS_TEST_S3_ENDPOINT not set: the external endpoint run is skipped");
+        return;
+    };
+    conformance(s3(&endpoint, &bucket, &key, &secret)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_mid_upload_never_stops_appends_and_nothing_is_lost() {
+    let mut s3s = S3Server::start();
+    let prefix = unique_prefix("outage");
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    append(&log, 0, 500).await;
+    s3s.stop();
+    // The store is down: appends and rolls go on, and are as fast as local disk allows.
+    let started = Instant::now();
+    append(&log, 500, 2000).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "appends were held up by the outage"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = log.tier().unwrap().status();
+    assert!(status.lag_segments > 0, "{status:?}");
+    s3s.spawn();
+    // The uploader catches up by itself.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = log.tier().unwrap().status();
+        let sealed = log.segments().unwrap().iter().filter(|s| s.sealed).count();
+        if st.lag_segments == 0 && st.remote_segments == sealed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uploads did not catch up: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = log.tier().unwrap().manifest();
+    let bases: Vec<u64> = m.segments.iter().map(|s| s.base).collect();
+    let mut dedup = bases.clone();
+    dedup.dedup();
+    assert_eq!(bases, dedup, "no segment recorded twice");
+    for w in m.segments.windows(2) {
+        assert_eq!(w[0].end, w[1].base, "contiguous");
+    }
+    assert_eq!(
+        read_all(&log).await,
+        (0..2500).map(payload).collect::<Vec<_>>()
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_read_during_an_outage_fails_within_the_timeout() {
+    let mut s3s = S3Server::start();
+    let prefix = unique_prefix("coldfail");
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    append(&log, 0, 1000).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    s3s.stop();
+    let started = Instant::now();
+    let err = log.read(10, 0).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    let LogError::Io { source, .. } = &err else {
+        panic!("expected an IO error, got {err:?}")
+    };
+    assert!(
+        source
+            .get_ref()
+            .is_some_and(|e| e.is::<ColdStorageUnavailable>()),
+        "{err}"
+    );
+    // Local data still reads, and appends go on.
+    append(&log, 1000, 10).await;
+    assert_eq!(log.read(1005, 0).await.unwrap()[0].payload, payload(1005));
+    s3s.spawn();
+    assert_eq!(log.read(10, 0).await.unwrap()[0].payload, payload(10));
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_on_the_same_prefix_is_refused() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("fence");
+    let (a_data, b_data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a_cache, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Log::open(
+        a_data.path().join("log"),
+        log_opts(tier(s3s.store(), &prefix, "node-a", a_cache.path()).await),
+    )
+    .await
+    .unwrap();
+    append(&a, 0, 300).await;
+    let b = Log::open(
+        b_data.path().join("log"),
+        log_opts(tier(s3s.store(), &prefix, "node-b", b_cache.path()).await),
+    )
+    .await;
+    match b {
+        Err(LogError::Fenced { owner, .. }) => assert_eq!(owner, "node-a"),
+        other => panic!("expected Fenced, got {:?}", other.map(|_| ())),
+    }
+    // The owner goes on uploading.
+    a.roll().await.unwrap();
+    assert_eq!(a.upload_now().await.unwrap().lag_segments, 0);
+    a.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_disk_cache_is_refetched_not_served() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("cache");
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    append(&log, 0, 1500).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    assert_eq!(read_all(&log).await.len(), 1500); // fills the cache
+    log.close().await.unwrap(); // flushes it to disk
+    // Undamaged, the disk cache serves every block after a reopen: no GET at all.
+    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&log).await.len(), 1500);
+    assert_eq!(
+        log.tier().unwrap().status().gets,
+        0,
+        "served from the disk cache"
+    );
+    log.close().await.unwrap();
+    for f in std::fs::read_dir(cache.path()).unwrap() {
+        let f = f.unwrap().path();
+        let mut bytes = std::fs::read(&f).unwrap();
+        for b in bytes.iter_mut().skip(4096).step_by(7) {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&f, bytes).unwrap();
+    }
+    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(&log).await,
+        (0..1500).map(payload).collect::<Vec<_>>()
+    );
+    assert!(
+        log.tier().unwrap().status().gets > 0,
+        "damaged blocks were fetched again"
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_segment_in_the_bucket_is_detected_and_named() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("rot");
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    append(&log, 0, 1500).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    log.close().await.unwrap();
+    let object = format!("{prefix}/segments/{:020}.log", 0);
+    let file = s3s.object_file(&object);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[2000] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    let mut at = 0;
+    let err = loop {
+        match log.read(at, 64 << 10).await {
+            Ok(r) => at = r.last().unwrap().offset + 1,
+            Err(e) => break e,
+        }
+    };
+    match &err {
+        LogError::Corrupt { path, position, .. } => {
+            assert!(
+                path.to_string_lossy()
+                    .ends_with(&format!("segments/{:020}.log", 0)),
+                "{err}"
+            );
+            assert!(*position <= 2000);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    log.close().await.unwrap();
+}

@@ -1,0 +1,239 @@
+//! Tiered storage for the server: the object store named by `tier.url`, this node's id,
+//! snapshot upload and restore.
+//!
+//! Under the prefix the log keeps `segments/` and `manifest/`; the server adds
+//! `snapshots/{applied:020}.snap` (the newest three) and `projections/index/{first:020}.cidx`
+//! (the message index sidecars the snapshots refer to). A server started on an empty data
+//! directory with an existing prefix restores: the newest snapshot and its sidecars are
+//! downloaded, the log opens at the end of the uploaded segments, and the rest is replayed.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use tidings_log::tier::{Tier, TierOptions};
+use tidings_projections::snapshot;
+
+use crate::config::{Config, TierConfig};
+use crate::data::DataDir;
+
+/// Snapshots kept in the object store.
+const KEEP_SNAPSHOTS: usize = 3;
+
+/// The object store, the prefix in it, and its name for messages.
+fn build_store(
+    t: &TierConfig,
+    url: &str,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, String, String)> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        anyhow::ensure!(!bucket.is_empty(), "tier.url {url:?}: no bucket");
+        let http = t
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        let mut b = AmazonS3Builder::from_env()
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(http)
+                    .with_timeout(Duration::from_secs(30))
+                    .with_connect_timeout(Duration::from_secs(3)),
+            )
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(10),
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                },
+            })
+            .with_bucket_name(bucket);
+        if let Some(r) = &t.region {
+            b = b.with_region(r);
+        }
+        if let Some(e) = &t.endpoint {
+            b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+        }
+        if let Some(k) = &t.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(s) = &t.secret_access_key {
+            b = b.with_secret_access_key(s);
+        }
+        let store = b
+            .build()
+            .with_context(|| format!("configuring the object store {url}"))?;
+        return Ok((
+            Arc::new(store),
+            prefix.trim_matches('/').to_owned(),
+            url.to_owned(),
+        ));
+    }
+    if let Some(dir) = url.strip_prefix("file://") {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+        let store =
+            LocalFileSystem::new_with_prefix(dir).with_context(|| format!("opening {dir}"))?;
+        return Ok((Arc::new(store), String::new(), url.to_owned()));
+    }
+    anyhow::bail!("tier.url {url:?}: expected s3://bucket/prefix or file:///dir")
+}
+
+/// This node's id: configured, or generated once into DATA/node.id.
+pub(crate) fn node_id(config: &Config, data: &DataDir) -> anyhow::Result<String> {
+    if let Some(id) = &config.node_id {
+        return Ok(id.clone());
+    }
+    let path = data.root().join("node.id");
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_owned());
+    }
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// The tier, when `tier.url` is set.
+pub(crate) async fn open(config: &Config, data: &DataDir) -> anyhow::Result<Option<Tier>> {
+    let t = &config.tier;
+    let Some(url) = &t.url else {
+        return Ok(None);
+    };
+    let (store, prefix, display) = build_store(t, url)?;
+    let opts = TierOptions::new(
+        store,
+        &prefix,
+        display,
+        node_id(config, data)?,
+        data.cache().join("blocks"),
+    )
+    .with_local_retention_bytes(t.local_retention_bytes)
+    .with_local_retention_age(t.local_retention_secs.map(Duration::from_secs))
+    .with_block_bytes(t.block_bytes)
+    .with_cache_bytes(t.cache_memory_bytes, t.cache_disk_bytes)
+    .with_read_timeout(Duration::from_millis(t.read_timeout_ms))
+    .with_upload_interval(Duration::from_secs(t.upload_interval_secs.max(1)))
+    .with_lease(Duration::from_secs(t.lease_secs));
+    Ok(Some(Tier::open(opts).await?))
+}
+
+fn sidecar_key(first: u64) -> String {
+    format!("projections/index/{first:020}.cidx")
+}
+
+/// Downloads the newest usable snapshot (and the sidecars it refers to) when there is none
+/// locally. Usable: every event it covers is in the uploaded segments (a snapshot ahead of them
+/// would describe events the restored log does not have). Returns whether one was restored.
+pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow::Result<bool> {
+    let local = projections.join("snapshots");
+    if !snapshot::list(&local)?.is_empty() {
+        return Ok(false);
+    }
+    let end = tier.remote_manifest().await?.map_or(0, |m| m.end());
+    let mut names: Vec<String> = tier
+        .list("snapshots")
+        .await?
+        .into_iter()
+        .filter(|n| n.ends_with(".snap"))
+        .collect();
+    names.sort();
+    for name in names.iter().rev() {
+        let applied: Option<u64> = name.strip_suffix(".snap").and_then(|s| s.parse().ok());
+        if applied.is_none_or(|a| a >= end) {
+            continue;
+        }
+        let path = local.join(name);
+        if !tier.get_file(&format!("snapshots/{name}"), &path).await? {
+            continue;
+        }
+        let state = match std::fs::read(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| snapshot::decode(&path, &b).map_err(anyhow::Error::from))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "a snapshot in the object store does not load; trying an older one");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+        };
+        for side in &state.index.sidecars {
+            let dest = tidings_projections::msgindex::sidecar_path(
+                &projections.join("index"),
+                side.first_offset,
+            );
+            if !tier
+                .get_file(&sidecar_key(side.first_offset), &dest)
+                .await?
+            {
+                // The index is derived: a missing sidecar is rebuilt by replaying the log.
+                tracing::warn!(
+                    first_offset = side.first_offset,
+                    "a message index sidecar is missing from the object store; replaying instead"
+                );
+                let _ = std::fs::remove_file(&path);
+                return Ok(false);
+            }
+        }
+        tracing::info!(snapshot = %name, store = tier.display(), "restored a snapshot from the object store");
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Uploads a snapshot and the sidecars it refers to; keeps the newest few in the store.
+pub(crate) async fn upload_snapshot(
+    tier: &Tier,
+    projections: &Path,
+    snap: &Path,
+    sidecars: &[u64],
+    uploaded: &Mutex<Option<HashSet<u64>>>,
+) -> anyhow::Result<()> {
+    let known = uploaded.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut known = match known {
+        Some(k) => k,
+        None => tier
+            .list("projections/index")
+            .await?
+            .iter()
+            .filter_map(|n| n.strip_suffix(".cidx").and_then(|s| s.parse().ok()))
+            .collect(),
+    };
+    let missing: Vec<u64> = sidecars
+        .iter()
+        .copied()
+        .filter(|f| !known.contains(f))
+        .collect();
+    for first in missing {
+        let local = tidings_projections::msgindex::sidecar_path(&projections.join("index"), first);
+        tier.put_file(&sidecar_key(first), &local).await?;
+        known.insert(first);
+    }
+    *uploaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(known);
+    let name = snap
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("snapshot file name")?;
+    tier.put_file(&format!("snapshots/{name}"), snap).await?;
+    let mut names: Vec<String> = tier
+        .list("snapshots")
+        .await?
+        .into_iter()
+        .filter(|n| n.ends_with(".snap"))
+        .collect();
+    names.sort();
+    let stale = names.len().saturating_sub(KEEP_SNAPSHOTS);
+    for old in &names[..stale] {
+        tier.delete(&format!("snapshots/{old}")).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! The server with tiered storage: segments and snapshots go to the object store, history is read
+//! back from it, an empty data directory restores from it, and an outage is a clear 503.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ADMIN, Api, Server, Ws};
+use serde_json::{Value, json};
+
+fn seqs(v: &Value) -> Vec<u64> {
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+async fn history(api: &Api, token: &str, channel: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = api
+            .ok(
+                "GET",
+                &format!("/v1/channels/{channel}/messages?after_seq={after}&limit=100"),
+                token,
+                None,
+            )
+            .await;
+        let msgs = page["messages"].as_array().unwrap().clone();
+        if let Some(last) = msgs.last() {
+            after = last["seq"].as_u64().unwrap();
+        }
+        out.extend(msgs);
+        if !page["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    out
+}
+
+fn tier_args(url: &str) -> Vec<String> {
+    [
+        "--tier-url",
+        url,
+        "--log-segment-bytes",
+        "16384",
+        "--tier-local-retention-bytes",
+        "0",
+        "--tier-upload-interval-secs",
+        "1",
+        "--tier-block-bytes",
+        "4096",
+        "--tier-read-timeout-ms",
+        "1500",
+        "--tier-cache-disk-bytes",
+        "16777216",
+        "--limits-sends-per-second",
+        "100000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_tiers_out_and_an_empty_data_dir_restores_from_the_store() {
+    let bucket = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", bucket.path().display());
+    let args = tier_args(&url);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    for i in 1..=600 {
+        api.send(
+            &alice,
+            "g",
+            &format!("c{i}"),
+            &format!("message {i} {}", "x".repeat(40)),
+        )
+        .await;
+    }
+    api.ok(
+        "POST",
+        "/v1/channels/g/read",
+        &bob,
+        Some(json!({"seq": 250})),
+    )
+    .await;
+    let status = api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
+    assert_eq!(status["status"]["lag_segments"], 0, "{status}");
+    assert!(
+        status["status"]["remote_segments"].as_u64().unwrap() >= 3,
+        "{status}"
+    );
+    let t = api.ok("GET", "/v1/tier", ADMIN, None).await;
+    assert_eq!(
+        t["local_segments"], 1,
+        "only the active segment stays local: {t}"
+    );
+    // History comes back from the object store, whole and in order.
+    let h = history(&api, &bob, "g").await;
+    assert_eq!(
+        h.iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        (1..=600).collect::<Vec<_>>()
+    );
+    assert!(
+        h[0]["payload"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("message 1 ")
+    );
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("tidings_tier_lag_segments 0"), "{metrics}");
+    // `tidings tier status` reads the local state while the server runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["tier", "status", "--data"])
+        .arg(&server.data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("remote:") && text.contains("lag:    0"),
+        "{text}"
+    );
+    let before_conv = api.ok("GET", "/v1/conversations", &bob, None).await;
+    server.stop(); // graceful: snapshot uploaded, the prefix released
+
+    // A new machine: empty data directory, same object store.
+    let fresh = tempfile::tempdir().unwrap();
+    let server = Server::start_on(&fresh.path().join("data"), &refs);
+    let api = Api::new(&server);
+    assert_eq!(
+        api.ok("GET", "/v1/conversations", &bob, None).await["conversations"],
+        before_conv["conversations"],
+        "tokens, heads and cursors restored"
+    );
+    let h = history(&api, &bob, "g").await;
+    assert_eq!(h.len(), 600);
+    assert_eq!(
+        h[599]["payload"]["text"].as_str().unwrap(),
+        format!("message 600 {}", "x".repeat(40))
+    );
+    assert_eq!(
+        api.send(&alice, "g", "c601", "after restore").await["seq"],
+        601
+    );
+    let again = api.send(&alice, "g", "c600", "retry").await;
+    assert_eq!(
+        (again["seq"].as_u64(), again["duplicate"].as_bool()),
+        (Some(600), Some(true)),
+        "idempotency restored too"
+    );
+    drop(fresh);
+}
+
+fn s3s_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TIDINGS_S3S_FS") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tidings-tools/bin/s3s-fs")
+}
+
+fn start_s3s(dir: &std::path::Path, port: u16) -> Child {
+    let child = Command::new(s3s_binary())
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            "k",
+            "--secret-key",
+            "s",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("s3s-fs (run scripts/test.sh, which installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "s3s-fs did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_read_while_s3_is_down_is_a_bounded_503() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("bkt")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut s3s = start_s3s(dir.path(), port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut args = tier_args("s3://bkt/tidings");
+    args.extend(
+        [
+            "--tier-endpoint",
+            &endpoint,
+            "--tier-access-key-id",
+            "k",
+            "--tier-secret-access-key",
+            "s",
+        ]
+        .map(String::from),
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    for i in 1..=400 {
+        api.send(&alice, "g", &format!("c{i}"), "hello from the past")
+            .await;
+    }
+    api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
+    assert!(
+        dir.path().join("bkt/tidings/manifest").exists(),
+        "the manifest is in the bucket"
+    );
+    s3s.kill().unwrap();
+    s3s.wait().unwrap();
+    let started = Instant::now();
+    let (status, v) = api
+        .call(
+            "GET",
+            "/v1/channels/g/messages?after_seq=0&limit=10",
+            &alice,
+            None,
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("cold_storage_unavailable")),
+        "{v}"
+    );
+    // A WebSocket whose catch-up needs the store closes with 1011 instead of going live past
+    // the messages it could not deliver.
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    assert_eq!(
+        ws.next_of("error").await["code"],
+        "cold_storage_unavailable"
+    );
+    let closed = ws.next_of("closed").await;
+    assert_eq!(closed["code"], 1011, "{closed}");
+    // Sends do not depend on the store.
+    assert_eq!(api.send(&alice, "g", "c401", "now").await["seq"], 401);
+    let mut s3s = start_s3s(dir.path(), port);
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=0&limit=10",
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(seqs(&page), (1..=10).collect::<Vec<_>>());
+    // With the store back, the reconnected session catches up from the first message.
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    let first = ws.messages(3).await;
+    assert_eq!(
+        first
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    drop(server);
+    let _ = s3s.kill();
+    let _ = s3s.wait();
+}
