@@ -1,0 +1,122 @@
+//! `tidings-load`: drives a real `tidings serve` process with real WebSocket clients and prints
+//! JSON results. Every scenario ends with a correctness check (each expected message arrived
+//! exactly once), so a fast wrong answer fails.
+//!
+//! ```sh
+//! cargo build --release && cargo run --release -p tidings-load -- all
+//! cargo run --release -p tidings-load -- send --json send.json
+//! cargo run -p tidings-load -- all --smoke          # seconds, tiny sizes (CI)
+//! ```
+//!
+//! The server is started from `--tidings-bin` (default: the `tidings` binary beside this one)
+//! on a fresh data directory, with limits raised for load (see [`server`]). Clients connect from
+//! several 127.0.0.x source addresses so that many connections do not exhaust one address's
+//! ports.
+
+mod client;
+mod scenarios;
+mod server;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(name = "tidings-load", about = "Load generator for tidings")]
+pub(crate) struct Args {
+    /// Scenarios to run: send, fanout, large-group, offline-sync, idle, all.
+    #[arg(required = true)]
+    scenarios: Vec<String>,
+    /// Tiny sizes, a few seconds in all (CI keeps the harness working with it).
+    #[arg(long)]
+    pub(crate) smoke: bool,
+    /// Write the results (a JSON array) here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The server binary (default: `tidings` next to this binary).
+    #[arg(long)]
+    pub(crate) tidings_bin: Option<PathBuf>,
+    /// Seconds per measured phase (default 10; smoke 1).
+    #[arg(long)]
+    pub(crate) secs: Option<f64>,
+    /// Fixed send rate for the latency measurement of `send` (msg/s).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) rate: u64,
+    /// Connections for `idle` (default 100,000; smoke 500).
+    #[arg(long)]
+    pub(crate) idle_connections: Option<usize>,
+    /// Members of the big group in `large-group` (default 100,000; smoke 2,000).
+    #[arg(long)]
+    pub(crate) large_group_members: Option<usize>,
+    /// Online members in `fanout` (default 2,000; smoke 50).
+    #[arg(long)]
+    pub(crate) fanout_members: Option<usize>,
+}
+
+impl Args {
+    pub(crate) fn secs(&self) -> f64 {
+        self.secs.unwrap_or(if self.smoke { 1.0 } else { 10.0 })
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tidings-load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("tidings-load: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> anyhow::Result<bool> {
+    let all = ["send", "fanout", "large-group", "offline-sync", "idle"];
+    let mut names: Vec<&str> = Vec::new();
+    for s in &args.scenarios {
+        if s == "all" {
+            names.extend(all);
+        } else if all.contains(&s.as_str()) {
+            names.push(s);
+        } else {
+            anyhow::bail!("unknown scenario {s:?}; one of {all:?} or all");
+        }
+    }
+    let mut results = Vec::new();
+    let mut ok = true;
+    for name in names {
+        eprintln!("== {name}");
+        let result = match name {
+            "send" => scenarios::send::run(args).await?,
+            "fanout" => scenarios::fanout::run(args).await?,
+            "large-group" => scenarios::large_group::run(args).await?,
+            "offline-sync" => scenarios::offline_sync::run(args).await?,
+            _ => scenarios::idle::run(args).await?,
+        };
+        let passed = result["correct"].as_bool().unwrap_or(false);
+        ok &= passed;
+        println!("{}", serde_json::to_string(&result)?);
+        if !passed {
+            eprintln!("{name}: correctness check FAILED");
+        }
+        results.push(result);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
+    }
+    Ok(ok)
+}

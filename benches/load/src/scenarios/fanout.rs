@@ -1,0 +1,131 @@
+//! `fanout`: one group, many online members; one sender keeps 32 sends in flight for the
+//! measured time. Deliveries/s counts message frames received by all members; latency is
+//! send → receive (the send time travels in the payload). Check: every member received every
+//! message exactly once, seqs 1..=n.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::Args;
+use crate::client::{self, Ws};
+use crate::scenarios::payload;
+use crate::server::Server;
+use crate::stats::{hist, summary};
+
+/// Receives until `total` (known once the sender is done) messages arrived.
+async fn receive(
+    ws: Ws,
+    base: Instant,
+    mut total: watch::Receiver<Option<u64>>,
+) -> anyhow::Result<(hdrhistogram::Histogram<u64>, Vec<u64>, Instant)> {
+    let (_sink, mut stream) = ws.split();
+    let mut h = hist();
+    let mut seqs = Vec::new();
+    let mut last = Instant::now();
+    loop {
+        if let Some(t) = *total.borrow()
+            && seqs.len() as u64 >= t
+        {
+            break;
+        }
+        tokio::select! {
+            frame = client::next(&mut stream) => {
+                let Some(v) = frame? else { anyhow::bail!("connection ended") };
+                if v["type"] == "message" {
+                    let sent = v["payload"]["t"].as_u64().unwrap_or(0);
+                    let now = base.elapsed().as_micros() as u64;
+                    let _ = h.record(now.saturating_sub(sent).max(1));
+                    seqs.push(v["seq"].as_u64().unwrap_or(0));
+                    last = Instant::now();
+                }
+            }
+            changed = total.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the sender went away");
+                }
+            }
+            () = tokio::time::sleep(Duration::from_secs(30)) => {
+                anyhow::bail!("no message for 30 s ({} received)", seqs.len());
+            }
+        }
+    }
+    Ok((h, seqs, last))
+}
+
+pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
+    let members = args
+        .fanout_members
+        .unwrap_or(if args.smoke { 50 } else { 2000 });
+    let server = Server::start(args, &[]).await?;
+    let mut uids: Vec<String> = (0..members).map(|i| format!("m{i}")).collect();
+    uids.push("sender".into());
+    server.group("fan", &uids).await?;
+    let tokens = server.tokens(&uids).await?;
+    let base = Instant::now();
+    let (total_tx, total_rx) = watch::channel(None);
+    let mut receivers = JoinSet::new();
+    for (i, t) in tokens[..members].iter().enumerate() {
+        let ws = client::connect(server.addr, t, i, "?catch_up=false").await?;
+        receivers.spawn(receive(ws, base, total_rx.clone()));
+    }
+    let mut sender =
+        client::connect(server.addr, &tokens[members], members, "?catch_up=false").await?;
+    let started = Instant::now();
+    let stop = started + Duration::from_secs_f64(args.secs());
+    let (mut sent, mut acked, mut in_flight) = (0u64, 0u64, 0usize);
+    let mut errors = 0u64;
+    while Instant::now() < stop || in_flight > 0 {
+        if Instant::now() < stop && in_flight < 32 {
+            let frame = json!({"type": "send", "client_msg_id": format!("f{sent}"), "channel": "fan", "payload": payload(base, sent)});
+            client::send(&mut sender, &frame).await?;
+            sent += 1;
+            in_flight += 1;
+            continue;
+        }
+        let v = tokio::time::timeout(Duration::from_secs(30), client::next(&mut sender))
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("the sender's connection ended"))?;
+        match v["type"].as_str() {
+            Some("sendack") => {
+                acked += 1;
+                in_flight -= 1;
+            }
+            Some("error") => {
+                errors += 1;
+                in_flight -= 1;
+            }
+            _ => {}
+        }
+    }
+    let _ = total_tx.send(Some(acked));
+    let mut h = hist();
+    let mut correct = errors == 0;
+    let mut delivered = 0u64;
+    let mut last = started;
+    while let Some(r) = receivers.join_next().await {
+        let (rh, mut seqs, l) = r??;
+        h.add(&rh)?;
+        delivered += seqs.len() as u64;
+        seqs.sort_unstable();
+        correct &=
+            seqs.len() as u64 == acked && seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1);
+        last = last.max(l);
+    }
+    let took = (last - started).as_secs_f64();
+    let cpu = server.cpu_secs()?;
+    server.stop().await;
+    Ok(json!({
+        "scenario": "fanout",
+        "online_members": members,
+        "messages": acked,
+        "deliveries": delivered,
+        "deliveries_per_s": (delivered as f64 / took).round(),
+        "send_to_receive": summary(&h),
+        "server_cpu_secs": cpu,
+        "correct": correct,
+    }))
+}

@@ -1,0 +1,197 @@
+//! `send`: durable sends acknowledged over WebSocket. Each connection's user sends into its
+//! own two-member group (the other member offline), first at a fixed total rate (latency from
+//! the intended send time, so a stall is not hidden), then at saturation (64 sends in flight
+//! per connection). Check: every send acknowledged once, not as a duplicate, and each
+//! channel's seqs are exactly 1..=n.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use crate::Args;
+use crate::client::{self, Ws};
+use crate::scenarios::payload;
+use crate::server::Server;
+use crate::stats::{hist, summary};
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Sends per second on this connection.
+    Rate(f64),
+    /// Sends in flight.
+    Window(usize),
+}
+
+struct Conn {
+    ws: Ws,
+    channel: String,
+    next: u64,
+    seqs: Vec<u64>,
+    errors: u64,
+}
+
+struct PhaseOut {
+    conn: Conn,
+    hist: Histogram<u64>,
+    acked: u64,
+}
+
+async fn drive(mut c: Conn, mode: Mode, secs: f64, base: Instant) -> anyhow::Result<PhaseOut> {
+    let (mut sink, mut stream) = c.ws.split();
+    let mut h = hist();
+    let mut pending: HashMap<String, Instant> = HashMap::new();
+    let started = Instant::now();
+    let stop = started + Duration::from_secs_f64(secs);
+    let mut next_at = started;
+    let mut acked = 0;
+    loop {
+        let now = Instant::now();
+        let sending = now < stop;
+        if !sending && pending.is_empty() {
+            break;
+        }
+        if now > stop + Duration::from_secs(30) {
+            anyhow::bail!(
+                "{} sends unacknowledged 30 s after the phase",
+                pending.len()
+            );
+        }
+        let may_send = sending
+            && match mode {
+                Mode::Rate(_) => true,
+                Mode::Window(w) => pending.len() < w,
+            };
+        let wait = match mode {
+            Mode::Rate(_) => tokio::time::Instant::from_std(next_at),
+            Mode::Window(_) => tokio::time::Instant::now(),
+        };
+        tokio::select! {
+            biased;
+            frame = client::next(&mut stream) => {
+                let Some(v) = frame? else { anyhow::bail!("connection ended") };
+                match v["type"].as_str() {
+                    Some("sendack") => {
+                        let id = v["client_msg_id"].as_str().unwrap_or_default();
+                        if let Some(t0) = pending.remove(id) {
+                            let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+                            acked += 1;
+                            if v["duplicate"] != json!(false) {
+                                c.errors += 1;
+                            }
+                            c.seqs.push(v["seq"].as_u64().unwrap_or(0));
+                        } else {
+                            c.errors += 1;
+                        }
+                    }
+                    Some("error") => {
+                        eprintln!("send error: {v}");
+                        c.errors += 1;
+                        if let Some(id) = v["client_msg_id"].as_str() {
+                            pending.remove(id);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            () = tokio::time::sleep_until(wait), if may_send => {
+                let id = format!("{}-{}", c.channel, c.next);
+                let intended = match mode {
+                    Mode::Rate(r) => {
+                        let t = next_at;
+                        next_at += Duration::from_secs_f64(1.0 / r);
+                        t
+                    }
+                    Mode::Window(_) => Instant::now(),
+                };
+                let frame = json!({"type": "send", "client_msg_id": id, "channel": c.channel, "payload": payload(base, c.next)});
+                c.next += 1;
+                pending.insert(id, intended);
+                client::send(&mut sink, &frame).await?;
+            }
+        }
+    }
+    c.ws = sink.reunite(stream)?;
+    Ok(PhaseOut {
+        conn: c,
+        hist: h,
+        acked,
+    })
+}
+
+async fn phase(
+    conns: Vec<Conn>,
+    mode: impl Fn(usize) -> Mode,
+    secs: f64,
+    base: Instant,
+) -> anyhow::Result<(Vec<Conn>, Value)> {
+    let mut tasks = JoinSet::new();
+    for (i, c) in conns.into_iter().enumerate() {
+        tasks.spawn(drive(c, mode(i), secs, base));
+    }
+    let started = Instant::now();
+    let mut h = hist();
+    let mut acked = 0;
+    let mut out = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let r = r??;
+        h.add(&r.hist)?;
+        acked += r.acked;
+        out.push(r.conn);
+    }
+    let took = started.elapsed().as_secs_f64();
+    let mut v = summary(&h);
+    v["msgs_per_s"] = json!((acked as f64 / took).round());
+    v["acked"] = json!(acked);
+    Ok((out, v))
+}
+
+pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
+    let server = Server::start(args, &[]).await?;
+    let n = if args.smoke { 4 } else { 64 };
+    let uids: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+    for (i, u) in uids.iter().enumerate() {
+        server
+            .group(&format!("s{i}"), &[u.clone(), format!("v{i}")])
+            .await?;
+    }
+    let tokens = server.tokens(&uids).await?;
+    let mut conns = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        conns.push(Conn {
+            ws: client::connect(server.addr, t, i, "?catch_up=false").await?,
+            channel: format!("s{i}"),
+            next: 0,
+            seqs: Vec::new(),
+            errors: 0,
+        });
+    }
+    let base = Instant::now();
+    let rate = if args.smoke { 500.0 } else { args.rate as f64 };
+    let per_conn = rate / n as f64;
+    let (conns, fixed) = phase(conns, |_| Mode::Rate(per_conn), args.secs(), base).await?;
+    let (conns, saturated) = phase(conns, |_| Mode::Window(64), args.secs(), base).await?;
+    let cpu = server.cpu_secs()?;
+    let mut correct = true;
+    let mut total = 0;
+    for c in &conns {
+        let mut seqs = c.seqs.clone();
+        seqs.sort_unstable();
+        let dense = seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1);
+        correct &= dense && c.errors == 0 && seqs.len() as u64 == c.next;
+        total += seqs.len();
+    }
+    server.stop().await;
+    Ok(json!({
+        "scenario": "send",
+        "connections": n,
+        "fixed_rate": {"target_msgs_per_s": rate, "latency": fixed},
+        "saturation": {"in_flight_per_connection": 64, "latency": saturated},
+        "messages": total,
+        "server_cpu_secs": cpu,
+        "correct": correct,
+    }))
+}
