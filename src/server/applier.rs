@@ -122,6 +122,14 @@ pub(crate) async fn run(
     applied: watch::Sender<u64>,
     stop: CancellationToken,
 ) {
+    // However the applier ends, requests still waiting for it are told (they answer 503).
+    struct CloseWaiters<'a>(&'a AppState);
+    impl Drop for CloseWaiters<'_> {
+        fn drop(&mut self) {
+            self.0.applied_waiters.close();
+        }
+    }
+    let _close = CloseWaiters(&state);
     let mut tail = state.log.tail(*applied.borrow());
     loop {
         let batch = tokio::select! {
@@ -140,7 +148,7 @@ pub(crate) async fn run(
                 return;
             }
         };
-        let mut effects = Vec::new();
+        let mut applied_envs = Vec::with_capacity(batch.len());
         let mut failed = None;
         let next = {
             let mut p = state.proj_mut();
@@ -159,13 +167,25 @@ pub(crate) async fn run(
                 }
                 next = rec.offset + 1;
                 state.metrics.events_applied.inc();
-                if let Some(e) = effects_of(rec.offset, &env) {
-                    effects.push(e);
-                }
+                applied_envs.push((rec.offset, env));
             }
             next
         };
         applied.send_replace(next);
+        state.applied_waiters.advance(next);
+        // Effects are worked out after the projections' lock is released; a message nobody
+        // else is online for is not rendered at all.
+        let effects = applied_envs.iter().filter_map(|(offset, env)| {
+            if let Event::MessageSent { channel, seq, .. } = &env.event
+                && !state
+                    .delivery
+                    .has_recipients(channel, state.origins.peek(channel, *seq))
+            {
+                state.origins.take(channel, *seq);
+                return None;
+            }
+            effects_of(*offset, env)
+        });
         for e in effects {
             match e {
                 Effect::Push(mut msg, message_id) => {

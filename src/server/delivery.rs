@@ -247,6 +247,23 @@ impl Delivery {
     }
 
     /// Queues `msg` to every session of every online recipient.
+    /// Whether a push to `channel` would reach any session other than `origin`.
+    pub(crate) fn has_recipients(&self, channel: &str, origin: Option<u64>) -> bool {
+        let r = self.read();
+        let other = |uid: &str| {
+            r.sessions
+                .get(uid)
+                .is_some_and(|ss| ss.iter().any(|s| Some(s.id) != origin))
+        };
+        match person_pair(channel) {
+            Some((a, b)) => other(a) || other(b),
+            None => r
+                .online
+                .get(channel)
+                .is_some_and(|users| users.iter().any(|u| other(u))),
+        }
+    }
+
     pub(crate) fn push(&self, msg: &Arc<Pushed>) -> PushStats {
         let r = self.read();
         let mut stats = PushStats::default();

@@ -22,6 +22,7 @@ mod metrics;
 mod sequencer;
 mod state;
 pub(crate) mod tiering;
+mod waiters;
 mod ws;
 
 use std::net::SocketAddr;

@@ -21,6 +21,7 @@ use crate::server::error::{ApiError, ApiResult};
 use crate::server::limits::TokenBucket;
 use crate::server::metrics::Metrics;
 use crate::server::sequencer::Sequencer;
+use crate::server::waiters::{AppliedWaiters, Wait};
 
 /// How long a request waits for its own event to be applied before answering 503.
 pub(crate) const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +39,8 @@ pub(crate) struct AppState {
     pub(crate) proj: RwLock<Projections>,
     /// The next offset the applier will apply: everything below it is in the projections.
     pub(crate) applied: watch::Receiver<u64>,
+    /// Requests waiting for their own event, woken one by one by the applier.
+    pub(crate) applied_waiters: AppliedWaiters,
     pub(crate) sequencer: tokio::sync::Mutex<Sequencer>,
     pub(crate) delivery: Delivery,
     pub(crate) acks: Acks,
@@ -78,6 +81,13 @@ impl Origins {
         }
         m.remove(&(channel.to_owned(), seq))
     }
+    pub(crate) fn peek(&self, channel: &str, seq: u64) -> Option<u64> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.is_empty() {
+            return None;
+        }
+        m.get(&(channel.to_owned(), seq)).copied()
+    }
 }
 
 impl AppState {
@@ -94,10 +104,12 @@ impl AppState {
     ) -> Self {
         let samples = PushSamples::new(config.trace_sample_every, 10_000);
         let connections = std::sync::Arc::new(Semaphore::new(config.limits_max_connections));
+        let next_applied = *applied.borrow();
         Self {
             config,
             log,
             proj: RwLock::new(proj),
+            applied_waiters: AppliedWaiters::new(next_applied),
             applied,
             sequencer: tokio::sync::Mutex::new(sequencer),
             delivery: Delivery::default(),
@@ -127,16 +139,11 @@ impl AppState {
         self.proj.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until the event at `offset` is in the projections (read-your-writes).
+    /// Waits until the event at `offset` is in the projections (read-your-writes), at most
+    /// [`APPLY_TIMEOUT`].
     pub(crate) async fn wait_applied(&self, offset: u64) -> ApiResult<()> {
-        let mut rx = self.applied.clone();
-        let waited = tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|next| *next > offset)).await;
-        match waited {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(ApiError::unavailable(
-                "shutting_down",
-                "the server is shutting down",
-            )),
+        match tokio::time::timeout(APPLY_TIMEOUT, self.applied_past(offset)).await {
+            Ok(r) => r,
             Err(_) => Err(ApiError::unavailable(
                 "apply_timeout",
                 "the event is durable but not yet visible; retry the read",
@@ -147,11 +154,12 @@ impl AppState {
     /// Waits, with no time limit, until the event at `offset` is applied; fails only when the
     /// applier has stopped (shutdown).
     pub(crate) async fn applied_past(&self, offset: u64) -> ApiResult<()> {
-        let mut rx = self.applied.clone();
-        rx.wait_for(|next| *next > offset)
-            .await
-            .map(|_| ())
-            .map_err(|_| ApiError::unavailable("shutting_down", "the server is shutting down"))
+        let stopped = || ApiError::unavailable("shutting_down", "the server is shutting down");
+        match self.applied_waiters.wait(offset) {
+            Wait::Done => Ok(()),
+            Wait::Pending(rx) => rx.await.map_err(|_| stopped()),
+            Wait::Stopped => Err(stopped()),
+        }
     }
 
     /// Appends an event (not a message: those go through the sequencer), waits until it is

@@ -41,6 +41,8 @@ const CATCH_UP_PAGE: usize = 256;
 /// Sends in flight per connection; beyond it the session stops reading the socket until some
 /// complete, so a client that floods sends meets TCP backpressure instead of growing memory.
 const MAX_IN_FLIGHT: usize = 256;
+/// Frames written before one flush.
+const BURST: usize = 64;
 /// Read buffer and write batching of a WebSocket connection.
 const WS_BUFFER: usize = 1024;
 /// A write to a client that makes no progress for this long ends the session.
@@ -139,6 +141,8 @@ struct Writer {
     sink: Sink,
     cbor: bool,
     close: CancellationToken,
+    /// Queue frames without flushing each (the caller flushes after a burst).
+    batching: bool,
 }
 
 impl Writer {
@@ -154,8 +158,26 @@ impl Writer {
 
     /// Writes one prepared message.
     async fn raw(&mut self, msg: WsMessage) -> Result<(), axum::Error> {
+        let (sink, close) = (&mut self.sink, &self.close);
+        let write = async {
+            if self.batching {
+                sink.feed(msg).await
+            } else {
+                sink.send(msg).await
+            }
+        };
         tokio::select! {
-            r = tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(msg)) => {
+            r = tokio::time::timeout(WRITE_TIMEOUT, write) => {
+                r.unwrap_or_else(|_| Err(axum::Error::new("write timed out: the client stopped reading")))
+            }
+            () = close.cancelled() => Err(axum::Error::new("session closing")),
+        }
+    }
+
+    /// Flushes frames queued while batching.
+    async fn flush(&mut self) -> Result<(), axum::Error> {
+        tokio::select! {
+            r = tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()) => {
                 r.unwrap_or_else(|_| Err(axum::Error::new("write timed out: the client stopped reading")))
             }
             () = self.close.cancelled() => Err(axum::Error::new("session closing")),
@@ -505,6 +527,7 @@ async fn run(
             sink,
             cbor,
             close: CancellationToken::new(),
+            batching: false,
         };
         w.finish(Some(TOKEN_REVOKED)).await;
         return;
@@ -529,6 +552,7 @@ async fn run(
         sink,
         cbor,
         close: session.close.clone(),
+        batching: false,
     };
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut catching_up = catch_up;
@@ -553,8 +577,41 @@ async fn run(
             Step::Close(reason) => break Some(reason),
             Step::Gone => break None,
             Step::Frame(msg) => ctx.incoming(&mut w, &msg, &mut tasks).await,
-            Step::Reply(reply) => w.frame(&reply).await,
-            Step::Push(pushed) => ctx.live(&mut w, &pushed).await,
+            // A burst of answers or pushes is written with one flush (one syscall), not one each.
+            Step::Reply(reply) => {
+                w.batching = true;
+                let mut r = w.frame(&reply).await;
+                let mut n = 1;
+                while r.is_ok()
+                    && n < BURST
+                    && let Ok(next) = replies.try_recv()
+                {
+                    r = w.frame(&next).await;
+                    n += 1;
+                }
+                w.batching = false;
+                match r {
+                    Ok(()) => w.flush().await,
+                    e => e,
+                }
+            }
+            Step::Push(pushed) => {
+                w.batching = true;
+                let mut r = ctx.live(&mut w, &pushed).await;
+                let mut n = 1;
+                while r.is_ok()
+                    && n < BURST
+                    && let Ok(next) = queue.try_recv()
+                {
+                    r = ctx.live(&mut w, &next).await;
+                    n += 1;
+                }
+                w.batching = false;
+                match r {
+                    Ok(()) => w.flush().await,
+                    e => e,
+                }
+            }
             Step::Reaped => Ok(()),
             Step::CatchUp => match ctx.catch_up_page(&mut w).await {
                 Ok(CatchUp::More) => Ok(()),

@@ -20,6 +20,8 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) addr: SocketAddr,
     http: reqwest::Client,
+    /// Drains the server's stdout; stopped with the server.
+    drain: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
@@ -71,11 +73,12 @@ impl Server {
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let s = Server {
             child,
             addr,
             http: reqwest::Client::new(),
+            drain,
             _dir: dir,
         };
         for _ in 0..300 {
@@ -187,5 +190,7 @@ impl Server {
     /// Stops the server (SIGKILL: the benchmark does not measure shutdown).
     pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
+        // The pipe closes with the process: the drain ends on its own.
+        let _ = self.drain.await;
     }
 }

@@ -12,10 +12,27 @@ use crate::Args;
 use crate::client::{self, Ws};
 use crate::server::Server;
 
+/// This process's open-file limit (the server, its child, inherits it).
+fn fd_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
-    let n = args
+    let wanted = args
         .idle_connections
         .unwrap_or(if args.smoke { 500 } else { 100_000 });
+    // Each side holds one descriptor per connection; keep headroom for everything else.
+    let limit = fd_limit();
+    let n = match limit {
+        Some(l) if wanted + 1000 > l => {
+            let n = l.saturating_sub(1000).max(100);
+            eprintln!("idle: the open-file limit is {l}: {n} connections instead of {wanted}");
+            n
+        }
+        _ => wanted,
+    };
     let server = Server::start(args, &[]).await?;
     let users: Vec<String> = (0..n.div_ceil(100)).map(|i| format!("i{i}")).collect();
     let tokens = server.tokens(&users).await?;
@@ -53,6 +70,8 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     Ok(json!({
         "scenario": "idle",
         "connections": n,
+        "connections_wanted": wanted,
+        "fd_limit": limit,
         "rss_before_mib": before as f64 / 1048576.0,
         "rss_after_mib": after as f64 / 1048576.0,
         "rss_bytes_per_connection": per_conn.round(),
