@@ -27,7 +27,8 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "tidings-load", about = "Load generator for tidings")]
 pub(crate) struct Args {
-    /// Scenarios to run: send, fanout, large-group, offline-sync, idle, all.
+    /// Scenarios to run: send, fanout, large-group, offline-sync, idle, all; and peers (with
+    /// the `peers` feature, see benches/peers/run.sh).
     #[arg(required = true)]
     scenarios: Vec<String>,
     /// Tiny sizes, a few seconds in all (CI keeps the harness working with it).
@@ -90,7 +91,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     for s in &args.scenarios {
         if s == "all" {
             names.extend(all);
-        } else if all.contains(&s.as_str()) {
+        } else if all.contains(&s.as_str()) || s == "peers" {
             names.push(s);
         } else {
             anyhow::bail!("unknown scenario {s:?}; one of {all:?} or all");
@@ -105,6 +106,10 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
             "fanout" => scenarios::fanout::run(args).await?,
             "large-group" => scenarios::large_group::run(args).await?,
             "offline-sync" => scenarios::offline_sync::run(args).await?,
+            #[cfg(feature = "peers")]
+            "peers" => scenarios::peers::run(args).await?,
+            #[cfg(not(feature = "peers"))]
+            "peers" => anyhow::bail!("peers needs the feature: benches/peers/run.sh"),
             _ => scenarios::idle::run(args).await?,
         };
         let passed = result["correct"].as_bool().unwrap_or(false);

@@ -5,6 +5,8 @@ pub(crate) mod fanout;
 pub(crate) mod idle;
 pub(crate) mod large_group;
 pub(crate) mod offline_sync;
+#[cfg(feature = "peers")]
+pub(crate) mod peers;
 pub(crate) mod send;
 
 use std::time::Instant;
