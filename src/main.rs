@@ -10,6 +10,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: under load glibc's allocator (free-list consolidation,
+/// arena locks) took about a fifth of the server's CPU in profiles of the send path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// tidings: an instant-messaging server on a checksummed commit log.
 #[derive(Debug, Parser)]
 #[command(version, about)]
