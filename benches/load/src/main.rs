@@ -23,11 +23,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The same allocator as the server: the load generator shares the 2 cores with it, so its
+/// own CPU cost matters.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command line.
 #[derive(Debug, Parser)]
 #[command(name = "tidings-load", about = "Load generator for tidings")]
 pub(crate) struct Args {
-    /// Scenarios to run: send, fanout, large-group, offline-sync, idle, all; and peers (with
+    /// Scenarios to run: send, fanout, large-group, offline-sync, idle, cold, all; and peers (with
     /// the `peers` feature, see benches/peers/run.sh).
     #[arg(required = true)]
     scenarios: Vec<String>,
@@ -86,7 +91,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: &Args) -> anyhow::Result<bool> {
-    let all = ["send", "fanout", "large-group", "offline-sync", "idle"];
+    let all = [
+        "send",
+        "fanout",
+        "large-group",
+        "offline-sync",
+        "idle",
+        "cold",
+    ];
     let mut names: Vec<&str> = Vec::new();
     for s in &args.scenarios {
         if s == "all" {
@@ -106,11 +118,13 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
             "fanout" => scenarios::fanout::run(args).await?,
             "large-group" => scenarios::large_group::run(args).await?,
             "offline-sync" => scenarios::offline_sync::run(args).await?,
+            "cold" => scenarios::cold::run(args).await?,
             #[cfg(feature = "peers")]
             "peers" => scenarios::peers::run(args).await?,
             #[cfg(not(feature = "peers"))]
             "peers" => anyhow::bail!("peers needs the feature: benches/peers/run.sh"),
-            _ => scenarios::idle::run(args).await?,
+            "idle" => scenarios::idle::run(args).await?,
+            other => anyhow::bail!("unknown scenario {other:?}"),
         };
         let passed = result["correct"].as_bool().unwrap_or(false);
         ok &= passed;

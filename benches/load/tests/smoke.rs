@@ -39,7 +39,14 @@ fn every_scenario_runs_and_passes_its_correctness_check() {
         .collect();
     assert_eq!(
         names,
-        ["send", "fanout", "large-group", "offline-sync", "idle"]
+        [
+            "send",
+            "fanout",
+            "large-group",
+            "offline-sync",
+            "idle",
+            "cold"
+        ]
     );
     assert!(results.iter().all(|r| r["correct"] == true), "{stdout}");
 }

@@ -1,6 +1,7 @@
 //! The scenarios. Each starts its own server, measures, checks correctness and returns a JSON
 //! object with `"scenario"`, its numbers and `"correct"`.
 
+pub(crate) mod cold;
 pub(crate) mod fanout;
 pub(crate) mod idle;
 pub(crate) mod large_group;
