@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tidings_projections::ids::{ChannelId, is_person_channel};
 use tidings_projections::messages;
@@ -199,6 +199,43 @@ impl Writer {
     }
 }
 
+/// A sendack, serialized straight from its fields: no JSON tree is built per send.
+#[derive(Serialize)]
+struct SendAck<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    client_msg_id: &'a str,
+    channel: String,
+    seq: u64,
+    message_id: u64,
+    offset: u64,
+    ts: u64,
+    duplicate: bool,
+}
+
+/// A frame in the session's encoding (`None` only if serialization failed, which the frames
+/// here cannot).
+fn encode<T: Serialize>(frame: &T, cbor: bool) -> Option<WsMessage> {
+    if cbor {
+        let mut buf = Vec::with_capacity(128);
+        match ciborium::into_writer(frame, &mut buf) {
+            Ok(()) => Some(WsMessage::Binary(Bytes::from(buf))),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not encode a frame");
+                None
+            }
+        }
+    } else {
+        match serde_json::to_string(frame) {
+            Ok(t) => Some(WsMessage::Text(Utf8Bytes::from(t))),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not encode a frame");
+                None
+            }
+        }
+    }
+}
+
 fn error_frame(e: &ApiError, client_msg_id: Option<&str>) -> Value {
     let mut v = json!({"type": "error", "code": e.code, "message": e.message});
     if let (Some(id), Some(o)) = (client_msg_id, v.as_object_mut()) {
@@ -264,7 +301,7 @@ struct Ctx {
     session: Arc<Session>,
     /// The last seq this connection has sent in each channel.
     sent_upto: HashMap<ChannelId, u64>,
-    replies: mpsc::Sender<Value>,
+    replies: mpsc::Sender<WsMessage>,
     limiter: TokenBucket,
 }
 
@@ -280,7 +317,7 @@ enum Step {
     Close(CloseReason),
     Gone,
     Frame(WsMessage),
-    Reply(Value),
+    Reply(WsMessage),
     Push(Arc<Pushed>),
     Reaped,
     CatchUp,
@@ -390,23 +427,34 @@ impl Ctx {
                 match self.prepare_send(client_msg_id.clone(), &channel, payload, payload_b64, raw)
                 {
                     Ok(req) => {
-                        let (state, replies, viewer) =
-                            (self.state.clone(), self.replies.clone(), self.uid.clone());
+                        let (state, replies, viewer, cbor) = (
+                            self.state.clone(),
+                            self.replies.clone(),
+                            self.uid.clone(),
+                            self.cbor,
+                        );
+                        // The answer is encoded here, in the send's own task, so the session
+                        // loop only writes it.
                         tasks.spawn(async move {
                             let reply = match sequencer::send(&state, req).await {
-                                Ok(s) => json!({
-                                    "type": "sendack",
-                                    "client_msg_id": client_msg_id,
-                                    "channel": channel_ref(&s.channel, Some(&viewer)),
-                                    "seq": s.seq,
-                                    "message_id": s.message_id,
-                                    "offset": s.offset,
-                                    "ts": s.ts,
-                                    "duplicate": s.duplicate,
-                                }),
-                                Err(e) => error_frame(&e, Some(&client_msg_id)),
+                                Ok(s) => encode(
+                                    &SendAck {
+                                        kind: "sendack",
+                                        client_msg_id: &client_msg_id,
+                                        channel: channel_ref(&s.channel, Some(&viewer)),
+                                        seq: s.seq,
+                                        message_id: s.message_id,
+                                        offset: s.offset,
+                                        ts: s.ts,
+                                        duplicate: s.duplicate,
+                                    },
+                                    cbor,
+                                ),
+                                Err(e) => encode(&error_frame(&e, Some(&client_msg_id)), cbor),
                             };
-                            let _ = replies.send(reply).await;
+                            if let Some(reply) = reply {
+                                let _ = replies.send(reply).await;
+                            }
                         });
                         Ok(())
                     }
@@ -537,7 +585,7 @@ async fn run(
         session.begin_catch_up_round();
         session.try_go_live();
     }
-    let (replies_tx, mut replies) = mpsc::channel::<Value>(1024);
+    let (replies_tx, mut replies) = mpsc::channel::<WsMessage>(1024);
     let mut ctx = Ctx {
         caller: Caller::User(uid.clone()),
         limiter: TokenBucket::new(state.config.limits_sends_per_second),
@@ -580,13 +628,13 @@ async fn run(
             // A burst of answers or pushes is written with one flush (one syscall), not one each.
             Step::Reply(reply) => {
                 w.batching = true;
-                let mut r = w.frame(&reply).await;
+                let mut r = w.raw(reply).await;
                 let mut n = 1;
                 while r.is_ok()
                     && n < BURST
                     && let Ok(next) = replies.try_recv()
                 {
-                    r = w.frame(&next).await;
+                    r = w.raw(next).await;
                     n += 1;
                 }
                 w.batching = false;
