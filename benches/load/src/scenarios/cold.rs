@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::Args;
 use crate::client;
-use crate::scenarios::payload;
+use crate::scenarios::{Until, payload, send_windowed};
 use crate::server::Server;
 use crate::stats::{hist, summary};
 
@@ -103,26 +103,11 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let token = server.token("writer").await?;
     let mut ws = client::connect(server.addr, &token, 0, "?catch_up=false").await?;
     let base = Instant::now();
-    let (mut sent, mut acked, mut in_flight) = (0u64, 0u64, 0usize);
-    while acked < messages {
-        if sent < messages && in_flight < 64 {
-            let frame = json!({"type": "send", "client_msg_id": format!("h{sent}"), "channel": "h", "payload": payload(base, sent)});
-            client::send(&mut ws, &frame).await?;
-            sent += 1;
-            in_flight += 1;
-            continue;
-        }
-        let v = tokio::time::timeout(Duration::from_secs(30), client::next(&mut ws))
-            .await??
-            .context("connection ended")?;
-        match v["type"].as_str() {
-            Some("sendack") => {}
-            Some("error") => anyhow::bail!("send failed: {v}"),
-            _ => continue,
-        }
-        acked += 1;
-        in_flight -= 1;
-    }
+    let (_, errors) = send_windowed(&mut ws, 64, Until::Count(messages), |i| {
+        json!({"type": "send", "client_msg_id": format!("h{i}"), "channel": "h", "payload": payload(base, i)})
+    })
+    .await?;
+    anyhow::ensure!(errors == 0, "{errors} sends failed");
     // Everything sealed goes up; nothing sealed stays local.
     server
         .admin(reqwest::Method::POST, "/v1/tier/upload", None)

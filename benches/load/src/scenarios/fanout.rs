@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::Args;
 use crate::client::{self, Ws};
-use crate::scenarios::payload;
+use crate::scenarios::{Until, payload, send_windowed};
 use crate::server::Server;
 use crate::stats::{hist, summary};
 
@@ -76,31 +76,10 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         client::connect(server.addr, &tokens[members], members, "?catch_up=false").await?;
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(args.secs());
-    let (mut sent, mut acked, mut in_flight) = (0u64, 0u64, 0usize);
-    let mut errors = 0u64;
-    while Instant::now() < stop || in_flight > 0 {
-        if Instant::now() < stop && in_flight < 32 {
-            let frame = json!({"type": "send", "client_msg_id": format!("f{sent}"), "channel": "fan", "payload": payload(base, sent)});
-            client::send(&mut sender, &frame).await?;
-            sent += 1;
-            in_flight += 1;
-            continue;
-        }
-        let v = tokio::time::timeout(Duration::from_secs(30), client::next(&mut sender))
-            .await??
-            .ok_or_else(|| anyhow::anyhow!("the sender's connection ended"))?;
-        match v["type"].as_str() {
-            Some("sendack") => {
-                acked += 1;
-                in_flight -= 1;
-            }
-            Some("error") => {
-                errors += 1;
-                in_flight -= 1;
-            }
-            _ => {}
-        }
-    }
+    let (acked, errors) = send_windowed(&mut sender, 32, Until::Time(stop), |i| {
+        json!({"type": "send", "client_msg_id": format!("f{i}"), "channel": "fan", "payload": payload(base, i)})
+    })
+    .await?;
     let _ = total_tx.send(Some(acked));
     let mut h = hist();
     let mut correct = errors == 0;

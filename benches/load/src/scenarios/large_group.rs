@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::Args;
 use crate::client::{self, Ws};
-use crate::scenarios::payload;
+use crate::scenarios::{Until, payload, send_windowed};
 use crate::server::Server;
 
 /// Sends `n` messages into `channel` with 16 in flight; returns the server CPU seconds used.
@@ -21,26 +21,10 @@ async fn sends(server: &Server, ws: &mut Ws, channel: &str, n: u64) -> anyhow::R
     // Let the previous phase's work (pushes, acks) settle before reading the CPU clock.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = server.cpu_secs()?;
-    let (mut sent, mut done, mut in_flight, mut errors) = (0u64, 0u64, 0usize, 0u64);
-    while done < n {
-        if sent < n && in_flight < 16 {
-            let frame = json!({"type": "send", "client_msg_id": format!("{channel}-{sent}"), "channel": channel, "payload": payload(base, sent)});
-            client::send(ws, &frame).await?;
-            sent += 1;
-            in_flight += 1;
-            continue;
-        }
-        let v = tokio::time::timeout(Duration::from_secs(30), client::next(ws))
-            .await??
-            .ok_or_else(|| anyhow::anyhow!("connection ended"))?;
-        match v["type"].as_str() {
-            Some("sendack") => {}
-            Some("error") => errors += 1,
-            _ => continue,
-        }
-        done += 1;
-        in_flight -= 1;
-    }
+    let (_, errors) = send_windowed(ws, 16, Until::Count(n), |i| {
+        json!({"type": "send", "client_msg_id": format!("{channel}-{i}"), "channel": channel, "payload": payload(base, i)})
+    })
+    .await?;
     // Pushes finish after the acks: wait for the server to go idle again.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     Ok((server.cpu_secs()? - before, errors))

@@ -10,7 +10,11 @@ pub(crate) mod offline_sync;
 pub(crate) mod peers;
 pub(crate) mod send;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::client::{self, Ws};
 
 /// A payload of about 200 bytes carrying the send time (µs since `base`).
 pub(crate) fn payload(base: Instant, n: u64) -> serde_json::Value {
@@ -19,4 +23,47 @@ pub(crate) fn payload(base: Instant, n: u64) -> serde_json::Value {
         "n": n,
         "text": "x".repeat(160),
     })
+}
+
+/// How long a windowed sender keeps sending.
+pub(crate) enum Until {
+    /// This many sends.
+    Count(u64),
+    /// Until this moment.
+    Time(Instant),
+}
+
+/// Sends over `ws` with up to `window` sends in flight (`frame(i)` builds the i-th) until
+/// `until`, then waits for every answer (30 s at most between answers). Returns the sends
+/// acknowledged and the ones answered with an error.
+pub(crate) async fn send_windowed(
+    ws: &mut Ws,
+    window: u64,
+    until: Until,
+    mut frame: impl FnMut(u64) -> Value,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut sent, mut acked, mut errors) = (0u64, 0u64, 0u64);
+    loop {
+        let more = match until {
+            Until::Count(n) => sent < n,
+            Until::Time(t) => Instant::now() < t,
+        };
+        let in_flight = sent - acked - errors;
+        if more && in_flight < window {
+            client::send(ws, &frame(sent)).await?;
+            sent += 1;
+            continue;
+        }
+        if in_flight == 0 {
+            return Ok((acked, errors));
+        }
+        let v = tokio::time::timeout(Duration::from_secs(30), client::next(ws))
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("the sender's connection ended"))?;
+        match v["type"].as_str() {
+            Some("sendack") => acked += 1,
+            Some("error") => errors += 1,
+            _ => {}
+        }
+    }
 }

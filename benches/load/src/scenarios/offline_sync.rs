@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::Args;
 use crate::client;
-use crate::scenarios::payload;
+use crate::scenarios::{Until, payload, send_windowed};
 use crate::server::Server;
 
 pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
@@ -22,32 +22,10 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let tokens = server.tokens(&users).await?;
     let base = Instant::now();
     let mut writer = client::connect(server.addr, &tokens[1], 1, "?catch_up=false").await?;
-    let (mut sent, mut acked, mut in_flight) = (0u64, 0u64, 0usize);
-    let mut errors = 0u64;
-    while acked < messages {
-        if sent < messages && in_flight < 64 {
-            let frame = json!({"type": "send", "client_msg_id": format!("o{sent}"), "channel": format!("c{}", sent % channels), "payload": payload(base, sent)});
-            client::send(&mut writer, &frame).await?;
-            sent += 1;
-            in_flight += 1;
-            continue;
-        }
-        let v = tokio::time::timeout(Duration::from_secs(30), client::next(&mut writer))
-            .await??
-            .ok_or_else(|| anyhow::anyhow!("the writer's connection ended"))?;
-        match v["type"].as_str() {
-            Some("sendack") => {
-                acked += 1;
-                in_flight -= 1;
-            }
-            Some("error") => {
-                errors += 1;
-                acked += 1;
-                in_flight -= 1;
-            }
-            _ => {}
-        }
-    }
+    let (_, errors) = send_windowed(&mut writer, 64, Until::Count(messages), |i| {
+        json!({"type": "send", "client_msg_id": format!("o{i}"), "channel": format!("c{}", i % channels), "payload": payload(base, i)})
+    })
+    .await?;
     let started = Instant::now();
     let mut reader = client::connect(server.addr, &tokens[0], 0, "").await?;
     let mut seen = HashSet::new();
