@@ -2,7 +2,10 @@
 //!
 //! The encoding is the on-disk format: `projections/tests/golden/` holds encoded events of every
 //! kind that a test decodes, so the format cannot change by accident. Add new variants at the
-//! end; never rename or reorder fields of existing ones.
+//! end; never rename or reorder fields of existing ones. The serde derives define the format
+//! (the reference codec); `codec.rs` is a hand-written codec of the same bytes for the hot
+//! paths, and a new variant or field must be added to both (the property tests in
+//! `tests/events.rs` compare them).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -243,6 +246,16 @@ impl Event {
         }
     }
 
+    /// Bytes of message payload the event carries (a hint for buffer sizes).
+    fn payload_len(&self) -> usize {
+        match self {
+            Event::MessageSent { payload, .. } | Event::MessageEdited { payload, .. } => {
+                payload.len()
+            }
+            _ => 0,
+        }
+    }
+
     /// The channel the event is about, if any.
     pub fn channel(&self) -> Option<&str> {
         match self {
@@ -277,8 +290,37 @@ impl Envelope {
         }
     }
 
-    /// The CBOR encoding stored in the log.
+    /// The CBOR encoding stored in the log (the hand-written codec in `codec.rs`; the same
+    /// bytes as [`Envelope::encode_reference`]).
     pub fn encode(&self) -> Bytes {
+        let mut buf = Vec::with_capacity(96 + self.event.payload_len());
+        crate::codec::encode(self, &mut buf);
+        Bytes::from(buf)
+    }
+
+    /// Decodes the record at `offset`. Never panics: anything that is not a version-1 envelope
+    /// is a typed error naming the offset.
+    ///
+    /// The hand-written decoder reads the form the encoder writes; anything else (an
+    /// unusual-but-valid encoding, or garbage) goes to [`Envelope::decode_reference`], which
+    /// accepts it or names what is wrong.
+    pub fn decode(offset: u64, bytes: &[u8]) -> Result<Envelope> {
+        let env = match crate::codec::decode(bytes) {
+            Some(env) => env,
+            None => return Self::decode_reference(offset, bytes),
+        };
+        if env.v != ENVELOPE_VERSION {
+            return Err(ProjectionError::UnsupportedVersion {
+                offset,
+                version: env.v,
+            });
+        }
+        Ok(env)
+    }
+
+    /// The serde + ciborium encoding: the reference the hand-written codec is checked against.
+    #[doc(hidden)]
+    pub fn encode_reference(&self) -> Bytes {
         let mut buf = Vec::with_capacity(128);
         // Writing into a Vec cannot fail, and every field type serializes.
         if let Err(e) = ciborium::into_writer(self, &mut buf) {
@@ -287,12 +329,13 @@ impl Envelope {
         Bytes::from(buf)
     }
 
-    /// Decodes the record at `offset`. Never panics: anything that is not a version-1 envelope
-    /// is a typed error naming the offset.
-    pub fn decode(offset: u64, bytes: &[u8]) -> Result<Envelope> {
+    /// The serde + ciborium decoder: the reference the hand-written codec is checked against,
+    /// and the fallback for encodings the hand-written decoder does not read.
+    #[doc(hidden)]
+    pub fn decode_reference(offset: u64, bytes: &[u8]) -> Result<Envelope> {
         let mut rest = bytes;
         // ciborium's `from_reader` zero-fills a 4 KiB scratch buffer on every call; reuse one
-        // per thread instead (decoding is the hot path of every rebuild).
+        // per thread instead.
         let env: std::result::Result<Envelope, _> = SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             ciborium::de::from_reader_with_buffer(&mut rest, &mut scratch[..])

@@ -16,6 +16,7 @@
 //! 5. Decoding never panics: bad bytes are a typed error naming the offset.
 //! 6. Snapshots are written atomically with a CRC; a damaged one is skipped, never loaded.
 
+mod codec;
 pub mod conv_cache;
 pub mod conversations;
 pub mod cursors;
@@ -38,8 +39,9 @@ pub mod trace;
 
 pub use crate::error::{ProjectionError, Result};
 
-/// The hash map of the hot projections: foldhash (fast, seeded per process) instead of SipHash.
-pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The hash map of the hot projections: foldhash (fast, seeded per process) instead of SipHash,
+/// and hashbrown's map for `entry_ref` (one lookup, the key allocated only when inserted).
+pub type FastMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 pub use crate::event::{
     ChannelFlags, CursorUpdate, Envelope, Event, FLAG_JSON_PAYLOAD, ListKind, ListOp, ListOwner,
 };

@@ -133,6 +133,12 @@ proptest! {
     }
 
     #[test]
+    fn the_hand_written_encoder_writes_the_reference_bytes(ts in any::<u64>(), ev in event()) {
+        let env = Envelope::new(ts, ev);
+        prop_assert_eq!(env.encode(), env.encode_reference());
+    }
+
+    #[test]
     fn arbitrary_bytes_are_a_typed_error_naming_the_offset(b in prop::collection::vec(any::<u8>(), 0..200), offset in any::<u64>()) {
         match Envelope::decode(offset, &b) {
             Ok(_) => {} // some byte strings are valid envelopes; that is fine
@@ -149,6 +155,34 @@ proptest! {
         let i = flip.index(flipped.len());
         flipped[i] ^= 0xff;
         let _ = Envelope::decode(7, &flipped);
+    }
+}
+
+proptest! {
+    // Many cases: this is the check that the fast decoder is only an optimisation.
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// The fast decoder never accepts what the reference rejects and never decodes differently:
+    /// on damaged encodings (a byte changed, bytes cut, a byte inserted) both give the same
+    /// answer, error included.
+    #[test]
+    fn the_decoder_agrees_with_the_reference_on_damaged_input(
+        ev in event(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        how in 0..3u8,
+    ) {
+        let mut b = Envelope::new(5, ev).encode().to_vec();
+        let i = at.index(b.len());
+        match how {
+            0 => b[i] = byte,
+            1 => b.truncate(i),
+            _ => b.insert(i, byte),
+        }
+        prop_assert_eq!(
+            format!("{:?}", Envelope::decode(9, &b)),
+            format!("{:?}", Envelope::decode_reference(9, &b))
+        );
     }
 }
 
@@ -184,6 +218,75 @@ fn an_unknown_event_kind_or_version_is_a_typed_error() {
             version: 9
         })
     ));
+}
+
+#[test]
+fn fields_in_another_order_decode_the_same() {
+    #[derive(serde::Serialize)]
+    struct Sent<'a> {
+        flags: u32,
+        payload: serde_bytes_like::B<'a>,
+        message_id: u64,
+        seq: u64,
+        client_msg_id: &'a str,
+        from: &'a str,
+        channel: &'a str,
+    }
+    mod serde_bytes_like {
+        pub(super) struct B<'a>(pub(super) &'a [u8]);
+        impl serde::Serialize for B<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+    }
+    #[derive(serde::Serialize)]
+    struct Env<'a> {
+        event: std::collections::BTreeMap<&'static str, Sent<'a>>,
+        ts: u64,
+        v: u8,
+    }
+    let mut buf = Vec::new();
+    ciborium::into_writer(
+        &Env {
+            event: [(
+                "message_sent",
+                Sent {
+                    flags: 1,
+                    payload: serde_bytes_like::B(b"{}"),
+                    message_id: 77,
+                    seq: 3,
+                    client_msg_id: "c1",
+                    from: "al",
+                    channel: "g",
+                },
+            )]
+            .into(),
+            ts: 10,
+            v: 1,
+        },
+        &mut buf,
+    )
+    .unwrap();
+    let want = Envelope::new(
+        10,
+        Event::MessageSent {
+            channel: "g".into(),
+            from: "al".into(),
+            client_msg_id: "c1".into(),
+            seq: 3,
+            message_id: 77,
+            payload: Bytes::from_static(b"{}"),
+            flags: 1,
+        },
+    );
+    assert_ne!(
+        Bytes::from(buf.clone()),
+        want.encode(),
+        "a different byte order"
+    );
+    assert_eq!(Envelope::decode(1, &buf).unwrap(), want);
+    assert_eq!(Envelope::decode_reference(1, &buf).unwrap(), want);
 }
 
 /// One envelope of every kind, with fixed values.
