@@ -49,20 +49,12 @@ impl Cursors {
     }
 
     fn entry(&mut self, uid: &str, channel: &str) -> &mut Cursor {
-        // Look up before inserting: the common case allocates nothing.
-        if !self.by_user.contains_key(uid) {
-            self.by_user.insert(uid.to_owned(), HashMap::default());
-        }
-        let Some(user) = self.by_user.get_mut(uid) else {
-            unreachable!("inserted above");
-        };
-        if !user.contains_key(channel) {
-            user.insert(channel.to_owned(), Cursor::default());
-        }
-        match user.get_mut(channel) {
-            Some(c) => c,
-            None => unreachable!("inserted above"),
-        }
+        // One lookup per level; keys are allocated only when new.
+        self.by_user
+            .entry_ref(uid)
+            .or_default()
+            .entry_ref(channel)
+            .or_default()
     }
 
     /// Moves cursors forward (never back). Returns whether anything changed.

@@ -1,7 +1,9 @@
 //! Readable differences between two states (what `tidings verify` prints): which user, which
 //! channel, which field, and both values.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use hashbrown::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 

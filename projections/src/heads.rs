@@ -49,12 +49,15 @@ pub struct Heads {
     pub next_message_id: u64,
 }
 
+/// A copy of the payload's first [`PREVIEW_MAX`] bytes. A copy, not a slice: a head outlives
+/// its message, and sharing would keep the whole payload (and, on the hot path, the decoding
+/// thread's allocation) alive and make every replaced preview a cross-thread free.
 fn preview(payload: &Bytes) -> (Bytes, bool) {
-    if payload.len() <= PREVIEW_MAX {
-        (payload.clone(), false)
-    } else {
-        (payload.slice(..PREVIEW_MAX), true)
-    }
+    let n = payload.len().min(PREVIEW_MAX);
+    (
+        Bytes::copy_from_slice(&payload[..n]),
+        payload.len() > PREVIEW_MAX,
+    )
 }
 
 impl Heads {
@@ -96,23 +99,28 @@ impl Heads {
         flags: u32,
     ) {
         let (preview, truncated) = preview(payload);
-        if !self.heads.contains_key(channel) {
-            self.heads.insert(channel.to_owned(), Head::default());
+        let update = |head: &mut Head| {
+            head.last_seq = head.last_seq.max(seq);
+            head.last_message_id = message_id;
+            // Reuses the buffer: a busy channel's sender changes every message.
+            head.from.clear();
+            head.from.push_str(from);
+            head.preview = preview;
+            head.truncated = truncated;
+            head.flags = flags;
+            head.recalled = false;
+            head.ts = ts;
+            head.version = offset;
+        };
+        // One lookup in the common case; the key is allocated only for a channel's first message.
+        match self.heads.get_mut(channel) {
+            Some(head) => update(head),
+            None => {
+                let mut head = Head::default();
+                update(&mut head);
+                self.heads.insert(channel.to_owned(), head);
+            }
         }
-        let Some(head) = self.heads.get_mut(channel) else {
-            unreachable!("inserted above");
-        };
-        *head = Head {
-            last_seq: head.last_seq.max(seq),
-            last_message_id: message_id,
-            from: from.to_owned(),
-            preview,
-            truncated,
-            flags,
-            recalled: false,
-            ts,
-            version: offset,
-        };
         self.next_message_id = self.next_message_id.max(message_id + 1);
     }
 

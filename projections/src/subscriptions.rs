@@ -162,6 +162,14 @@ impl Subscriptions {
     pub(crate) fn person_message(&mut self, channel: &str) {
         if let Some((a, b)) = person_pair(channel) {
             for u in [a, b] {
+                // Every message of a person channel comes here: allocate only the first time.
+                if self
+                    .user_channels
+                    .get(u)
+                    .is_some_and(|chs| chs.contains(channel))
+                {
+                    continue;
+                }
                 self.user_channels
                     .entry(u.to_owned())
                     .or_default()
