@@ -123,7 +123,106 @@ async fn wait_for(
 }
 
 /// Sends a message; answers once it is durable and applied.
+///
+/// Safe to call from a future that may be dropped (an HTTP handler): once enqueued, the send
+/// is finished by its own tracked task.
 pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Sent> {
+    let channel = req.channel.clone();
+    match start(state, req).await? {
+        Started::Done(sent) => Ok(sent),
+        Started::Wait(rx) => wait_for(rx, &channel, true).await,
+        Started::Enqueued(finish) => {
+            let rx = finish.rx.clone();
+            let st = state.clone();
+            state.send_tasks.spawn(async move { finish.run(&st).await });
+            wait_for(rx, &channel, false).await
+        }
+    }
+}
+
+/// [`send`] for a caller that already runs in a task of `state.send_tasks` (never dropped
+/// before it completes): finishes the send inline instead of in another task.
+pub(crate) async fn send_in_tracked_task(
+    state: &Arc<AppState>,
+    req: SendRequest,
+) -> ApiResult<Sent> {
+    let channel = req.channel.clone();
+    match start(state, req).await? {
+        Started::Done(sent) => Ok(sent),
+        Started::Wait(rx) => wait_for(rx, &channel, true).await,
+        Started::Enqueued(finish) => {
+            let rx = finish.rx.clone();
+            finish.run(state).await;
+            wait_for(rx, &channel, false).await
+        }
+    }
+}
+
+/// How far [`start`] got.
+enum Started {
+    /// Answered from the idempotency window.
+    Done(Sent),
+    /// The same send is in flight: its outcome.
+    Wait(watch::Receiver<Outcome>),
+    /// In the log's queue; must be finished.
+    Enqueued(Finish),
+}
+
+/// An enqueued send to finish: wait for durability and the projections, publish the outcome,
+/// clear the in-flight entry.
+struct Finish {
+    pending: tidings_log::PendingAppend,
+    tx: watch::Sender<Outcome>,
+    rx: watch::Receiver<Outcome>,
+    key: Option<String>,
+    channel: String,
+    seq: u64,
+    message_id: u64,
+    ts: u64,
+    started: Instant,
+}
+
+impl Finish {
+    async fn run(self, st: &Arc<AppState>) {
+        let Finish {
+            pending,
+            tx,
+            rx: _,
+            key,
+            channel,
+            seq,
+            message_id,
+            ts,
+            started,
+        } = self;
+        let result = async {
+            let ack = pending.wait().await?;
+            st.applied_past(ack.base_offset).await?;
+            Ok(Sent {
+                channel,
+                seq,
+                message_id,
+                offset: ack.base_offset,
+                ts,
+                duplicate: false,
+            })
+        }
+        .await;
+        if result.is_ok() {
+            st.metrics.sends.inc();
+            st.metrics.send_latency.observe(started.elapsed());
+        }
+        let _ = tx.send(Some(result));
+        if let Some(k) = key {
+            // Applied (later retries find it in the idempotency projection), or the append
+            // failed and nothing was written.
+            st.sequencer.lock().await.in_flight.remove(&k);
+        }
+    }
+}
+
+/// Validates, deduplicates, assigns the seq and enqueues.
+async fn start(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Started> {
     let started = Instant::now();
     let key = (!req.client_msg_id.is_empty()).then(|| idem_key(&req.from, &req.client_msg_id));
     let mut seq = state.sequencer.lock().await;
@@ -139,14 +238,14 @@ pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<S
             if prev.channel != req.channel {
                 return Err(reused(&prev.channel));
             }
-            return Ok(Sent {
-                channel: prev.channel.clone(),
+            return Ok(Started::Done(Sent {
+                channel: prev.channel,
                 seq: prev.seq,
                 message_id: prev.message_id,
                 offset: prev.offset,
                 ts: prev.ts,
                 duplicate: true,
-            });
+            }));
         }
         if let Err(denied) = check_send(
             st,
@@ -166,7 +265,7 @@ pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<S
     {
         drop(seq);
         state.metrics.send_duplicates.inc();
-        return wait_for(rx, &req.channel, true).await;
+        return Ok(Started::Wait(rx));
     }
 
     let channel_seq = seq
@@ -183,8 +282,8 @@ pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<S
         ts,
         Event::MessageSent {
             channel: req.channel.clone(),
-            from: req.from.clone(),
-            client_msg_id: req.client_msg_id.clone(),
+            from: req.from,
+            client_msg_id: req.client_msg_id,
             seq: channel_seq,
             message_id,
             payload: req.payload,
@@ -209,33 +308,15 @@ pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<S
         seq.in_flight.insert(k.clone(), rx.clone());
     }
     drop(seq);
-
-    let st = state.clone();
-    let channel = req.channel.clone();
-    state.send_tasks.spawn(async move {
-        let result = async {
-            let ack = pending.wait().await?;
-            st.applied_past(ack.base_offset).await?;
-            Ok(Sent {
-                channel,
-                seq: channel_seq,
-                message_id,
-                offset: ack.base_offset,
-                ts,
-                duplicate: false,
-            })
-        }
-        .await;
-        if result.is_ok() {
-            st.metrics.sends.inc();
-            st.metrics.send_latency.observe(started.elapsed());
-        }
-        let _ = tx.send(Some(result));
-        if let Some(k) = key {
-            // Applied (later retries find it in the idempotency projection), or the append
-            // failed and nothing was written.
-            st.sequencer.lock().await.in_flight.remove(&k);
-        }
-    });
-    wait_for(rx, &req.channel, false).await
+    Ok(Started::Enqueued(Finish {
+        pending,
+        tx,
+        rx,
+        key,
+        channel: req.channel,
+        seq: channel_seq,
+        message_id,
+        ts,
+        started,
+    }))
 }

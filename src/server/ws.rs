@@ -19,12 +19,13 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tidings_projections::ids::{ChannelId, is_person_channel};
 use tidings_projections::messages;
 use tidings_projections::permissions::can_read;
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::render::{cbor_frame, channel_ref, message_json};
@@ -245,14 +246,13 @@ fn error_frame(e: &ApiError, client_msg_id: Option<&str>) -> Value {
 }
 
 /// A client frame, parsed.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug)]
 enum ClientFrame {
     Send {
-        #[serde(default)]
         client_msg_id: String,
         channel: String,
-        payload: Option<Value>,
+        /// The JSON payload as the client wrote it (kept verbatim: no JSON tree is built).
+        payload: Option<Box<RawValue>>,
         payload_b64: Option<String>,
     },
     Ack {
@@ -266,12 +266,58 @@ enum ClientFrame {
     Ping,
 }
 
+/// Every field any frame has, flat: serde reads it in one pass (an internally tagged enum
+/// would buffer the whole frame first), and `payload` stays raw text.
+#[derive(Debug, Deserialize)]
+struct WireFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    client_msg_id: Option<String>,
+    channel: Option<String>,
+    payload: Option<Box<RawValue>>,
+    payload_b64: Option<String>,
+    seq: Option<u64>,
+}
+
+impl TryFrom<WireFrame> for ClientFrame {
+    type Error = String;
+
+    fn try_from(w: WireFrame) -> Result<Self, String> {
+        fn need<T>(v: Option<T>, field: &str) -> Result<T, String> {
+            v.ok_or_else(|| format!("missing field `{field}`"))
+        }
+        Ok(match w.kind.as_str() {
+            "send" => ClientFrame::Send {
+                client_msg_id: w.client_msg_id.unwrap_or_default(),
+                channel: need(w.channel, "channel")?,
+                payload: w.payload,
+                payload_b64: w.payload_b64,
+            },
+            "ack" => ClientFrame::Ack {
+                channel: need(w.channel, "channel")?,
+                seq: need(w.seq, "seq")?,
+            },
+            "read" => ClientFrame::Read {
+                channel: need(w.channel, "channel")?,
+                seq: need(w.seq, "seq")?,
+            },
+            "ping" => ClientFrame::Ping,
+            other => {
+                return Err(format!(
+                    "unknown frame type `{other}`, expected one of `send`, `ack`, `read`, `ping`"
+                ));
+            }
+        })
+    }
+}
+
 /// Parses a frame; a CBOR `payload` given as a byte string is kept as raw bytes.
 fn parse(msg: &WsMessage) -> Result<Option<(ClientFrame, Option<Bytes>)>, String> {
     match msg {
-        WsMessage::Text(t) => serde_json::from_str(t.as_str())
-            .map(|f| Some((f, None)))
-            .map_err(|e| e.to_string()),
+        WsMessage::Text(t) => serde_json::from_str::<WireFrame>(t.as_str())
+            .map_err(|e| e.to_string())
+            .and_then(ClientFrame::try_from)
+            .map(|f| Some((f, None))),
         WsMessage::Binary(b) => {
             let mut v: ciborium::Value =
                 ciborium::from_reader(&b[..]).map_err(|e| e.to_string())?;
@@ -285,9 +331,10 @@ fn parse(msg: &WsMessage) -> Result<Option<(ClientFrame, Option<Bytes>)>, String
                 raw = Some(Bytes::from(bytes));
             }
             let json: Value = v.deserialized().map_err(|e| e.to_string())?;
-            serde_json::from_value(json)
-                .map(|f| Some((f, raw)))
+            serde_json::from_value::<WireFrame>(json)
                 .map_err(|e| e.to_string())
+                .and_then(ClientFrame::try_from)
+                .map(|f| Some((f, raw)))
         }
         _ => Ok(None),
     }
@@ -404,7 +451,7 @@ impl Ctx {
         &mut self,
         w: &mut Writer,
         msg: &WsMessage,
-        tasks: &mut JoinSet<()>,
+        in_flight: &Arc<Semaphore>,
     ) -> Result<(), axum::Error> {
         let (frame, raw) = match parse(msg) {
             Ok(Some(f)) => f,
@@ -427,16 +474,23 @@ impl Ctx {
                 match self.prepare_send(client_msg_id.clone(), &channel, payload, payload_b64, raw)
                 {
                     Ok(req) => {
+                        // Always available: the session reads a frame only with a permit free.
+                        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                            let err = ApiError::unavailable("busy", "too many sends in flight");
+                            return w.frame(&error_frame(&err, Some(&client_msg_id))).await;
+                        };
                         let (state, replies, viewer, cbor) = (
                             self.state.clone(),
                             self.replies.clone(),
                             self.uid.clone(),
                             self.cbor,
                         );
-                        // The answer is encoded here, in the send's own task, so the session
-                        // loop only writes it.
-                        tasks.spawn(async move {
-                            let reply = match sequencer::send(&state, req).await {
+                        // One task per send, owned by the server's send tracker (a session that
+                        // ends does not cut its sends short; shutdown waits for them). It also
+                        // encodes the answer, so the session loop only writes it.
+                        let tracker = state.send_tasks.clone();
+                        tracker.spawn(async move {
+                            let reply = match sequencer::send_in_tracked_task(&state, req).await {
                                 Ok(s) => encode(
                                     &SendAck {
                                         kind: "sendack",
@@ -452,6 +506,8 @@ impl Ctx {
                                 ),
                                 Err(e) => encode(&error_frame(&e, Some(&client_msg_id)), cbor),
                             };
+                            // The slot frees before the answer wakes the session loop.
+                            drop(permit);
                             if let Some(reply) = reply {
                                 let _ = replies.send(reply).await;
                             }
@@ -497,7 +553,7 @@ impl Ctx {
         &mut self,
         client_msg_id: String,
         channel: &str,
-        payload: Option<Value>,
+        payload: Option<Box<RawValue>>,
         payload_b64: Option<String>,
         raw: Option<Bytes>,
     ) -> ApiResult<SendRequest> {
@@ -602,13 +658,13 @@ async fn run(
         close: session.close.clone(),
         batching: false,
     };
-    let mut tasks: JoinSet<()> = JoinSet::new();
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut catching_up = catch_up;
     let close: Option<CloseReason> = loop {
         let step = tokio::select! {
             biased;
             () = session.close.cancelled() => Step::Close(session.close_reason().unwrap_or(GOING_AWAY)),
-            frame = stream.next(), if tasks.len() < MAX_IN_FLIGHT => match frame {
+            frame = stream.next(), if in_flight.available_permits() > 0 => match frame {
                 Some(Ok(WsMessage::Close(_))) | None => Step::Gone,
                 Some(Err(e)) => {
                     tracing::debug!(session = session.id, error = %e, "WebSocket read failed");
@@ -618,13 +674,14 @@ async fn run(
             },
             Some(reply) = replies.recv() => Step::Reply(reply),
             Some(pushed) = queue.recv(), if !catching_up => Step::Push(pushed),
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => Step::Reaped,
+            // All slots taken: wake when one frees (the permit is given straight back).
+            _ = in_flight.acquire(), if in_flight.available_permits() == 0 => Step::Reaped,
             () = std::future::ready(()), if catching_up => Step::CatchUp,
         };
         let done = match step {
             Step::Close(reason) => break Some(reason),
             Step::Gone => break None,
-            Step::Frame(msg) => ctx.incoming(&mut w, &msg, &mut tasks).await,
+            Step::Frame(msg) => ctx.incoming(&mut w, &msg, &in_flight).await,
             // A burst of answers or pushes is written with one flush (one syscall), not one each.
             Step::Reply(reply) => {
                 w.batching = true;
@@ -682,20 +739,13 @@ async fn run(
     };
     tracing::debug!(
         session = session.id,
-        tasks = tasks.len(),
+        sends_in_flight = MAX_IN_FLIGHT - in_flight.available_permits(),
         "session loop ended"
     );
     w.finish(close).await;
-    // Sends in flight finish (their appends are already queued); their answers are dropped:
-    // close the reply channel first so none of them waits to deliver one.
+    // Sends in flight finish in their tracked tasks (their appends are already queued); their
+    // answers are dropped: closing the reply channel means none of them waits to deliver one.
     drop(replies);
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain)
-        .await
-        .is_err()
-    {
-        tasks.shutdown().await;
-    }
     {
         let p = state.proj();
         let groups = p
@@ -707,4 +757,95 @@ async fn run(
         state.delivery.unregister(&session, groups);
     }
     state.metrics.ws_sessions.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn text(s: &str) -> Result<Option<(ClientFrame, Option<Bytes>)>, String> {
+        parse(&WsMessage::Text(Utf8Bytes::from(s.to_owned())))
+    }
+
+    #[test]
+    fn a_send_keeps_its_json_payload_verbatim() {
+        let (f, raw) = text(r#"{"type":"send","channel":"g","client_msg_id":"c1","payload":{"z":1,"a":[true, null]},"extra":0}"#)
+            .unwrap()
+            .unwrap();
+        assert!(raw.is_none());
+        let ClientFrame::Send {
+            client_msg_id,
+            channel,
+            payload,
+            payload_b64,
+        } = f
+        else {
+            panic!("not a send: {f:?}")
+        };
+        assert_eq!((client_msg_id.as_str(), channel.as_str()), ("c1", "g"));
+        assert_eq!(payload.unwrap().get(), r#"{"z":1,"a":[true, null]}"#);
+        assert!(payload_b64.is_none());
+        // A null payload is no payload.
+        let (f, _) = text(r#"{"type":"send","channel":"g","payload":null}"#)
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(f, ClientFrame::Send { payload: None, ref client_msg_id, .. } if client_msg_id.is_empty())
+        );
+    }
+
+    #[test]
+    fn bad_frames_say_what_is_wrong() {
+        assert!(text(r#"{"channel":"g"}"#).unwrap_err().contains("`type`"));
+        assert!(
+            text(r#"{"type":"teleport"}"#)
+                .unwrap_err()
+                .contains("teleport")
+        );
+        assert!(
+            text(r#"{"type":"ack","channel":"g"}"#)
+                .unwrap_err()
+                .contains("`seq`")
+        );
+        assert!(
+            text(r#"{"type":"send","payload":1}"#)
+                .unwrap_err()
+                .contains("`channel`")
+        );
+        assert!(text(r#"{"type":"read","channel":"g","seq":-1}"#).is_err());
+        assert!(text("not json").is_err());
+        assert!(matches!(
+            text(r#"{"type":"ping"}"#),
+            Ok(Some((ClientFrame::Ping, None)))
+        ));
+        assert!(matches!(
+            text(r#"{"type":"read","channel":"g","seq":7}"#),
+            Ok(Some((ClientFrame::Read { seq: 7, .. }, None)))
+        ));
+    }
+
+    #[test]
+    fn a_cbor_send_with_a_json_payload_or_raw_bytes() {
+        let frame = |payload: ciborium::Value| {
+            let v = ciborium::Value::Map(vec![
+                ("type".into(), "send".into()),
+                ("channel".into(), "g".into()),
+                ("payload".into(), payload),
+            ]);
+            let mut buf = Vec::new();
+            ciborium::into_writer(&v, &mut buf).unwrap();
+            parse(&WsMessage::Binary(Bytes::from(buf)))
+                .unwrap()
+                .unwrap()
+        };
+        let (f, raw) = frame(ciborium::Value::Map(vec![("t".into(), "hi".into())]));
+        assert!(raw.is_none());
+        assert!(
+            matches!(f, ClientFrame::Send { payload: Some(ref p), .. } if p.get() == r#"{"t":"hi"}"#)
+        );
+        let (f, raw) = frame(ciborium::Value::Bytes(vec![0, 1, 2]));
+        assert_eq!(raw.unwrap(), Bytes::from_static(&[0, 1, 2]));
+        assert!(matches!(f, ClientFrame::Send { payload: None, .. }));
+    }
 }
