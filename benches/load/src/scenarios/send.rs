@@ -1,7 +1,11 @@
 //! `send`: durable sends acknowledged over WebSocket. Each connection's user sends into its
-//! own two-member group (the other member offline), first at a fixed total rate (latency from
-//! the intended send time, so a stall is not hidden), then at saturation (64 sends in flight
-//! per connection). Check: every send acknowledged once, not as a duplicate, and each
+//! own two-member group (the other member offline), first at a fixed total rate, then at
+//! saturation (64 sends in flight per connection).
+//!
+//! At the fixed rate two latencies are kept: from the moment the frame was written (the
+//! server's send→ack time; the sends are open-loop, so a server stall still shows) and from
+//! the intended send time (adds the generator's own lateness: tokio's 1 ms timer and its share
+//! of the two cores). Check: every send acknowledged once, not as a duplicate, and each
 //! channel's seqs are exactly 1..=n.
 
 use std::collections::HashMap;
@@ -36,14 +40,19 @@ struct Conn {
 
 struct PhaseOut {
     conn: Conn,
+    /// From writing the frame to its ack.
     hist: Histogram<u64>,
+    /// From the intended send time to the ack.
+    intended: Histogram<u64>,
     acked: u64,
 }
 
 async fn drive(mut c: Conn, mode: Mode, secs: f64, base: Instant) -> anyhow::Result<PhaseOut> {
     let (mut sink, mut stream) = c.ws.split();
     let mut h = hist();
-    let mut pending: HashMap<String, Instant> = HashMap::new();
+    let mut h_intended = hist();
+    // Per send in flight: (intended send time, when its frame was written).
+    let mut pending: HashMap<String, (Instant, Instant)> = HashMap::new();
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(secs);
     let mut next_at = started;
@@ -76,8 +85,9 @@ async fn drive(mut c: Conn, mode: Mode, secs: f64, base: Instant) -> anyhow::Res
                 match v["type"].as_str() {
                     Some("sendack") => {
                         let id = v["client_msg_id"].as_str().unwrap_or_default();
-                        if let Some(t0) = pending.remove(id) {
-                            let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+                        if let Some((intended, written)) = pending.remove(id) {
+                            let _ = h.record(written.elapsed().as_micros().max(1) as u64);
+                            let _ = h_intended.record(intended.elapsed().as_micros().max(1) as u64);
                             acked += 1;
                             if v["duplicate"] != json!(false) {
                                 c.errors += 1;
@@ -109,8 +119,8 @@ async fn drive(mut c: Conn, mode: Mode, secs: f64, base: Instant) -> anyhow::Res
                 };
                 let frame = json!({"type": "send", "client_msg_id": id, "channel": c.channel, "payload": payload(base, c.next)});
                 c.next += 1;
-                pending.insert(id, intended);
                 client::send(&mut sink, &frame).await?;
+                pending.insert(id, (intended, Instant::now()));
             }
         }
     }
@@ -118,6 +128,7 @@ async fn drive(mut c: Conn, mode: Mode, secs: f64, base: Instant) -> anyhow::Res
     Ok(PhaseOut {
         conn: c,
         hist: h,
+        intended: h_intended,
         acked,
     })
 }
@@ -134,11 +145,13 @@ async fn phase(
     }
     let started = Instant::now();
     let mut h = hist();
+    let mut h_intended = hist();
     let mut acked = 0;
     let mut out = Vec::new();
     while let Some(r) = tasks.join_next().await {
         let r = r??;
         h.add(&r.hist)?;
+        h_intended.add(&r.intended)?;
         acked += r.acked;
         out.push(r.conn);
     }
@@ -146,6 +159,7 @@ async fn phase(
     let mut v = summary(&h);
     v["msgs_per_s"] = json!((acked as f64 / took).round());
     v["acked"] = json!(acked);
+    v["from_intended_send"] = summary(&h_intended);
     Ok((out, v))
 }
 
