@@ -8,9 +8,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Source addresses connections are spread over (each has its own ~28k ephemeral ports).
 const SOURCES: u32 = 16;
@@ -60,11 +60,23 @@ pub(crate) async fn next<S>(ws: &mut S) -> anyhow::Result<Option<Value>>
 where
     S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
+    match next_text(ws).await? {
+        Some(t) => Ok(Some(serde_json::from_str(t.as_str())?)),
+        None => Ok(None),
+    }
+}
+
+/// The next text frame, unparsed (a scenario that reads many frames parses only what it
+/// needs); `None` when the connection ends.
+pub(crate) async fn next_text<S>(ws: &mut S) -> anyhow::Result<Option<Utf8Bytes>>
+where
+    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
         match ws.next().await {
             None => return Ok(None),
             Some(Err(e)) => return Err(e.into()),
-            Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(t.as_str())?)),
+            Some(Ok(Message::Text(t))) => return Ok(Some(t)),
             Some(Ok(Message::Close(c))) => {
                 anyhow::bail!("closed by the server: {c:?}")
             }
