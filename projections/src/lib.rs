@@ -42,6 +42,8 @@ pub use crate::error::{ProjectionError, Result};
 /// The hash map of the hot projections: foldhash (fast, seeded per process) instead of SipHash,
 /// and hashbrown's map for `entry_ref` (one lookup, the key allocated only when inserted).
 pub type FastMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+/// The set to go with [`FastMap`].
+pub type FastSet<K> = hashbrown::HashSet<K, foldhash::fast::RandomState>;
 pub use crate::event::{
     ChannelFlags, CursorUpdate, Envelope, Event, FLAG_JSON_PAYLOAD, ListKind, ListOp, ListOwner,
 };

@@ -9,12 +9,12 @@ use serde_json::json;
 use tidings_projections::ids::{ChannelId, Uid, person_pair};
 use tidings_projections::messages::Message;
 use tidings_projections::trace::PushRecord;
-use tidings_projections::{Envelope, Event, FLAG_JSON_PAYLOAD};
+use tidings_projections::{Envelope, Event, FLAG_JSON_PAYLOAD, FastMap};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::render::{cbor_frame, channel_ref, message_json};
-use crate::server::delivery::{Frame, Pushed, TOKEN_REVOKED};
+use crate::server::delivery::{Frame, Pushed, Run, TOKEN_REVOKED};
 use crate::server::state::{AppState, now_ms};
 
 /// What to do after applying, outside the projections' lock.
@@ -29,7 +29,7 @@ enum Effect {
 fn frame(v: serde_json::Value) -> Frame {
     Frame {
         cbor: cbor_frame(&v),
-        json: v.to_string(),
+        json: v.to_string().into(),
     }
 }
 
@@ -186,8 +186,11 @@ pub(crate) async fn run(
             }
             effects_of(*offset, env)
         });
+        // Pushes are gathered into one run per channel (in log order within it) and handed
+        // out when the pass ends or a membership change comes (which must see them first).
+        let mut pushes: Vec<(Arc<Pushed>, u64)> = Vec::new();
         for e in effects {
-            match e {
+            let e = match e {
                 Effect::Push(mut msg, message_id) => {
                     if msg.is_message
                         && let Some(origin) = state.origins.take(&msg.channel, msg.seq)
@@ -195,34 +198,21 @@ pub(crate) async fn run(
                     {
                         m.origin = Some(origin);
                     }
-                    let stats = state.delivery.push(&msg);
-                    state
-                        .metrics
-                        .pushes
-                        .add(u64::from(stats.sessions - stats.dropped));
-                    state
-                        .metrics
-                        .slow_consumer_closes
-                        .add(u64::from(stats.closed_slow));
-                    if msg.is_message && state.samples.sampled(message_id) {
-                        state.samples.record(
-                            &msg.channel,
-                            msg.seq,
-                            PushRecord {
-                                at_ms: now_ms(),
-                                online_users: stats.users,
-                                sessions: stats.sessions,
-                                dropped: stats.dropped,
-                            },
-                        );
-                    }
+                    pushes.push((msg, message_id));
+                    continue;
                 }
+                other => other,
+            };
+            push_runs(&state, &mut pushes);
+            match e {
+                Effect::Push(..) => {} // gathered above
                 Effect::Joined(c, uids) => state.delivery.joined(&c, &uids),
                 Effect::Left(c, uids) => state.delivery.left(&c, &uids),
                 Effect::Deleted(c) => state.delivery.deleted(&c),
                 Effect::Revoked(uid) => state.delivery.close_user(&uid, TOKEN_REVOKED),
             }
         }
+        push_runs(&state, &mut pushes);
         if let Some(e) = failed {
             tracing::error!(error = %e, offset = next, "cannot apply the log; stopping the applier (run `tidings verify`)");
             state
@@ -230,5 +220,59 @@ pub(crate) async fn run(
                 .store(false, std::sync::atomic::Ordering::Release);
             return;
         }
+    }
+}
+
+/// Pushes `pushes` (then empty) as one run per channel, and records what happened (metrics,
+/// sampled traces).
+fn push_runs(state: &AppState, pushes: &mut Vec<(Arc<Pushed>, u64)>) {
+    if !pushes.is_empty() {
+        push_by_channel(state, pushes);
+        pushes.clear();
+    }
+}
+
+fn push_by_channel(state: &AppState, pushes: &[(Arc<Pushed>, u64)]) {
+    let mut by_channel: FastMap<&str, Vec<usize>> = FastMap::default();
+    let mut order: Vec<&str> = Vec::new();
+    for (i, (msg, _)) in pushes.iter().enumerate() {
+        by_channel
+            .entry(msg.channel.as_str())
+            .or_insert_with(|| {
+                order.push(msg.channel.as_str());
+                Vec::new()
+            })
+            .push(i);
+    }
+    for channel in order {
+        let Some(idx) = by_channel.get(channel) else {
+            continue;
+        };
+        let run: Run = idx.iter().map(|&i| pushes[i].0.clone()).collect();
+        let stats = state.delivery.push(&run);
+        for &i in idx {
+            let (msg, message_id) = &pushes[i];
+            let sessions = stats.sessions_for(msg);
+            state
+                .metrics
+                .pushes
+                .add(u64::from(sessions.saturating_sub(stats.dropped)));
+            if msg.is_message && state.samples.sampled(*message_id) {
+                state.samples.record(
+                    &msg.channel,
+                    msg.seq,
+                    PushRecord {
+                        at_ms: now_ms(),
+                        online_users: stats.users,
+                        sessions,
+                        dropped: stats.dropped,
+                    },
+                );
+            }
+        }
+        state
+            .metrics
+            .slow_consumer_closes
+            .add(u64::from(stats.closed_slow));
     }
 }

@@ -5,21 +5,26 @@
 //! Once its catch-up has found nothing new it goes *live*, and pushes queue the message itself.
 //! A live session whose bounded queue is full is closed as too slow (code 4000); it resumes from
 //! its cursor on reconnect.
+//!
+//! Pushes travel as *runs*: the messages of one channel that one applier pass applied, in seq
+//! order, shared by every recipient. A session is woken once per run, not once per message,
+//! and writes the run with one flush. The queue limit still counts messages.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use tidings_projections::ids::{ChannelId, Uid, person_pair};
+use tidings_projections::{FastMap as HashMap, FastSet as HashSet};
 
-/// One encoding of a frame: JSON text and CBOR binary.
+/// One encoding of a frame: JSON text and CBOR binary (both shared, not copied, per session).
 #[derive(Debug, Clone)]
 pub(crate) struct Frame {
-    pub(crate) json: String,
+    pub(crate) json: Utf8Bytes,
     pub(crate) cbor: Bytes,
 }
 
@@ -46,6 +51,9 @@ impl Pushed {
             .map(|(_, f)| f)
     }
 }
+
+/// The messages of one channel from one applier pass, in order; shared by all recipients.
+pub(crate) type Run = Arc<[Arc<Pushed>]>;
 
 /// Why a session is being closed: a WebSocket close code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +86,10 @@ struct Phase {
 pub(crate) struct Session {
     pub(crate) id: u64,
     pub(crate) uid: Uid,
-    tx: mpsc::Sender<Arc<Pushed>>,
+    tx: mpsc::Sender<Run>,
+    /// Messages queued and not yet taken by the session; at most `limit`.
+    queued: AtomicUsize,
+    limit: usize,
     phase: Mutex<Phase>,
     closing: Mutex<Option<CloseReason>>,
     pub(crate) close: CancellationToken,
@@ -115,7 +126,12 @@ impl Session {
         true
     }
 
-    fn offer(&self, msg: &Arc<Pushed>) -> bool {
+    /// The session took `n` queued messages off its queue.
+    pub(crate) fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    fn offer(&self, run: &Run) -> bool {
         let mut p = self.phase.lock().unwrap_or_else(|p| p.into_inner());
         if !p.live {
             // Catch-up will plan again and find the message in the log. (A notice sent
@@ -123,7 +139,16 @@ impl Session {
             p.dirty = true;
             return true;
         }
-        self.tx.try_send(msg.clone()).is_ok()
+        let n = run.len();
+        if self.queued.fetch_add(n, Ordering::AcqRel) + n > self.limit {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        if self.tx.try_send(run.clone()).is_err() {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 }
 
@@ -141,14 +166,27 @@ pub(crate) struct Delivery {
     next_id: AtomicU64,
 }
 
-/// What a push did.
-#[derive(Debug, Default, Clone, Copy)]
+/// What a push of a run did.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct PushStats {
     pub(crate) users: u32,
+    /// Sessions the run was offered to.
     pub(crate) sessions: u32,
     pub(crate) dropped: u32,
     /// Sessions closed as too slow by this push.
     pub(crate) closed_slow: u32,
+    /// Sessions offered the run that sent some of its messages (they skip those).
+    pub(crate) origins_offered: Vec<u64>,
+}
+
+impl PushStats {
+    /// Sessions that get `msg` (its sender's session skips it).
+    pub(crate) fn sessions_for(&self, msg: &Pushed) -> u32 {
+        let own = msg
+            .origin
+            .is_some_and(|o| self.origins_offered.contains(&o));
+        self.sessions - u32::from(own)
+    }
 }
 
 impl Delivery {
@@ -168,12 +206,14 @@ impl Delivery {
         groups: impl Iterator<Item = ChannelId>,
         queue: usize,
         parent: &CancellationToken,
-    ) -> (Arc<Session>, mpsc::Receiver<Arc<Pushed>>) {
+    ) -> (Arc<Session>, mpsc::Receiver<Run>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             uid: uid.to_owned(),
             tx,
+            queued: AtomicUsize::new(0),
+            limit: queue.max(1),
             phase: Mutex::new(Phase::default()),
             closing: Mutex::new(None),
             close: parent.child_token(),
@@ -246,7 +286,6 @@ impl Delivery {
         self.write().online.remove(channel);
     }
 
-    /// Queues `msg` to every session of every online recipient.
     /// Whether a push to `channel` would reach any session other than `origin`.
     pub(crate) fn has_recipients(&self, channel: &str, origin: Option<u64>) -> bool {
         let r = self.read();
@@ -264,18 +303,33 @@ impl Delivery {
         }
     }
 
-    pub(crate) fn push(&self, msg: &Arc<Pushed>) -> PushStats {
-        let r = self.read();
+    /// Queues `run` (one channel's messages) to every session of every online recipient, once
+    /// per session. A session that sent every message of the run is skipped.
+    pub(crate) fn push(&self, run: &Run) -> PushStats {
         let mut stats = PushStats::default();
+        let Some(first) = run.first() else {
+            return stats;
+        };
+        let mut origins: Vec<u64> = run.iter().filter_map(|m| m.origin).collect();
+        origins.sort_unstable();
+        origins.dedup();
+        let only_from = match origins.as_slice() {
+            [o] if run.iter().all(|m| m.origin == Some(*o)) => Some(*o),
+            _ => None,
+        };
+        let r = self.read();
         let mut offer = |uid: &str| {
             if let Some(sessions) = r.sessions.get(uid) {
                 stats.users += 1;
                 for s in sessions {
-                    if msg.origin == Some(s.id) {
+                    if only_from == Some(s.id) {
                         continue;
                     }
                     stats.sessions += 1;
-                    if !s.offer(msg) {
+                    if origins.contains(&s.id) {
+                        stats.origins_offered.push(s.id);
+                    }
+                    if !s.offer(run) {
                         stats.dropped += 1;
                         if s.close_with(SLOW_CONSUMER) {
                             stats.closed_slow += 1;
@@ -284,7 +338,7 @@ impl Delivery {
                 }
             }
         };
-        match person_pair(&msg.channel) {
+        match person_pair(&first.channel) {
             Some((a, b)) => {
                 offer(a);
                 if a != b {
@@ -292,7 +346,7 @@ impl Delivery {
                 }
             }
             None => {
-                if let Some(users) = r.online.get(&msg.channel) {
+                if let Some(users) = r.online.get(&first.channel) {
                     for u in users {
                         offer(u);
                     }
@@ -314,5 +368,102 @@ impl Delivery {
     /// Online users (for tests and metrics).
     pub(crate) fn online_users(&self) -> usize {
         self.read().sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(channel: &str, seq: u64, origin: Option<u64>) -> Arc<Pushed> {
+        Arc::new(Pushed {
+            channel: channel.into(),
+            seq,
+            is_message: true,
+            origin,
+            frames: vec![(
+                None,
+                Frame {
+                    json: format!("{seq}").into(),
+                    cbor: Bytes::new(),
+                },
+            )],
+        })
+    }
+
+    fn live_session(d: &Delivery, uid: &str, queue: usize) -> (Arc<Session>, mpsc::Receiver<Run>) {
+        let (s, rx) = d.register(
+            uid,
+            ["g".to_owned()].into_iter(),
+            queue,
+            &CancellationToken::new(),
+        );
+        assert!(s.try_go_live());
+        (s, rx)
+    }
+
+    #[test]
+    fn a_run_reaches_each_session_once_and_skips_a_sender_of_all_of_it() {
+        let d = Delivery::default();
+        let (a, mut rx_a) = live_session(&d, "a", 16);
+        let (b, mut rx_b) = live_session(&d, "b", 16);
+
+        // a sent message 1 of three: a is offered the run (it skips its own message itself).
+        let run: Run = vec![
+            msg("g", 1, Some(a.id)),
+            msg("g", 2, None),
+            msg("g", 3, None),
+        ]
+        .into();
+        let stats = d.push(&run);
+        assert_eq!((stats.users, stats.sessions, stats.dropped), (2, 2, 0));
+        assert_eq!(stats.sessions_for(&run[0]), 1, "message 1 goes to b only");
+        assert_eq!(stats.sessions_for(&run[1]), 2);
+        assert_eq!(rx_a.try_recv().map(|r| r.len()).ok(), Some(3));
+        assert_eq!(rx_b.try_recv().map(|r| r.len()).ok(), Some(3));
+
+        // A run a sent all of is not offered to a at all.
+        let run: Run = vec![msg("g", 4, Some(a.id)), msg("g", 5, Some(a.id))].into();
+        let stats = d.push(&run);
+        assert_eq!(stats.sessions, 1);
+        assert!(rx_a.try_recv().is_err());
+        assert_eq!(rx_b.try_recv().map(|r| r.len()).ok(), Some(2));
+        drop(b);
+    }
+
+    #[test]
+    fn the_queue_limit_counts_messages_not_runs() {
+        let d = Delivery::default();
+        let (s, mut rx) = live_session(&d, "a", 5);
+        let run3: Run = (1..=3).map(|q| msg("g", q, None)).collect();
+        assert_eq!(d.push(&run3).dropped, 0);
+        // 3 queued + 3 more > 5: the session is closed as too slow.
+        let stats = d.push(&run3);
+        assert_eq!((stats.dropped, stats.closed_slow), (1, 1));
+        assert_eq!(s.close_reason(), Some(SLOW_CONSUMER));
+        // What was taken off the queue frees room again.
+        assert_eq!(rx.try_recv().map(|r| r.len()).ok(), Some(3));
+        s.taken(3);
+        assert_eq!(d.push(&run3).dropped, 0);
+    }
+
+    #[test]
+    fn a_session_in_catch_up_is_only_marked_dirty() {
+        let d = Delivery::default();
+        let (s, mut rx) = d.register(
+            "a",
+            ["g".to_owned()].into_iter(),
+            4,
+            &CancellationToken::new(),
+        );
+        let run: Run = vec![msg("g", 1, None)].into();
+        assert_eq!(d.push(&run).dropped, 0);
+        assert!(rx.try_recv().is_err());
+        assert!(
+            !s.try_go_live(),
+            "the message arrived during catch-up: plan again"
+        );
+        s.begin_catch_up_round();
+        assert!(s.try_go_live());
     }
 }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::render::{cbor_frame, channel_ref, message_json};
 use crate::server::auth::{Caller, authenticate, bearer, resolve};
-use crate::server::delivery::{CloseReason, GOING_AWAY, Pushed, Session, TOKEN_REVOKED};
+use crate::server::delivery::{CloseReason, GOING_AWAY, Pushed, Run, Session, TOKEN_REVOKED};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::http::ApiQuery;
 use crate::server::limits::TokenBucket;
@@ -142,8 +142,6 @@ struct Writer {
     sink: Sink,
     cbor: bool,
     close: CancellationToken,
-    /// Queue frames without flushing each (the caller flushes after a burst).
-    batching: bool,
 }
 
 impl Writer {
@@ -159,29 +157,36 @@ impl Writer {
 
     /// Writes one prepared message.
     async fn raw(&mut self, msg: WsMessage) -> Result<(), axum::Error> {
-        let (sink, close) = (&mut self.sink, &self.close);
+        let sink = &mut self.sink;
+        Self::bounded(&self.close, sink.send(msg)).await
+    }
+
+    /// Writes a burst of messages (draining `msgs`) with one flush, so one syscall, under one
+    /// timeout for the whole burst.
+    async fn burst(&mut self, msgs: &mut Vec<WsMessage>) -> Result<(), axum::Error> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let sink = &mut self.sink;
         let write = async {
-            if self.batching {
-                sink.feed(msg).await
-            } else {
-                sink.send(msg).await
+            for m in msgs.drain(..) {
+                sink.feed(m).await?;
             }
+            sink.flush().await
         };
+        Self::bounded(&self.close, write).await
+    }
+
+    /// `write`, cut short by the write timeout or by the session closing.
+    async fn bounded(
+        close: &CancellationToken,
+        write: impl Future<Output = Result<(), axum::Error>>,
+    ) -> Result<(), axum::Error> {
         tokio::select! {
             r = tokio::time::timeout(WRITE_TIMEOUT, write) => {
                 r.unwrap_or_else(|_| Err(axum::Error::new("write timed out: the client stopped reading")))
             }
             () = close.cancelled() => Err(axum::Error::new("session closing")),
-        }
-    }
-
-    /// Flushes frames queued while batching.
-    async fn flush(&mut self) -> Result<(), axum::Error> {
-        tokio::select! {
-            r = tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()) => {
-                r.unwrap_or_else(|_| Err(axum::Error::new("write timed out: the client stopped reading")))
-            }
-            () = self.close.cancelled() => Err(axum::Error::new("session closing")),
         }
     }
 
@@ -365,7 +370,7 @@ enum Step {
     Gone,
     Frame(WsMessage),
     Reply(WsMessage),
-    Push(Arc<Pushed>),
+    Push(Run),
     Reaped,
     CatchUp,
 }
@@ -426,24 +431,28 @@ impl Ctx {
         Ok(CatchUp::More)
     }
 
-    /// A live push; skipped when catch-up already sent it.
-    async fn live(&mut self, w: &mut Writer, pushed: &Pushed) -> Result<(), axum::Error> {
+    /// The frame for a live push; none when catch-up already sent it or this session sent it.
+    fn live(&mut self, session: u64, pushed: &Pushed) -> Option<WsMessage> {
+        if pushed.origin == Some(session) {
+            return None;
+        }
         if pushed.is_message {
-            let sent = self.sent_upto.entry(pushed.channel.clone()).or_default();
-            if pushed.seq <= *sent {
-                return Ok(());
+            // Looked up by reference: the channel name is cloned once per session, not once
+            // per delivered message.
+            match self.sent_upto.get_mut(pushed.channel.as_str()) {
+                Some(sent) if pushed.seq <= *sent => return None,
+                Some(sent) => *sent = pushed.seq,
+                None => {
+                    self.sent_upto.insert(pushed.channel.clone(), pushed.seq);
+                }
             }
-            *sent = pushed.seq;
         }
-        let Some(frame) = pushed.frame_for(&self.uid) else {
-            return Ok(());
-        };
-        if self.cbor {
-            w.raw(WsMessage::Binary(frame.cbor.clone())).await
+        let frame = pushed.frame_for(&self.uid)?;
+        Some(if self.cbor {
+            WsMessage::Binary(frame.cbor.clone())
         } else {
-            w.raw(WsMessage::Text(Utf8Bytes::from(frame.json.clone())))
-                .await
-        }
+            WsMessage::Text(frame.json.clone())
+        })
     }
 
     /// Handles one client frame.
@@ -631,7 +640,6 @@ async fn run(
             sink,
             cbor,
             close: CancellationToken::new(),
-            batching: false,
         };
         w.finish(Some(TOKEN_REVOKED)).await;
         return;
@@ -656,10 +664,11 @@ async fn run(
         sink,
         cbor,
         close: session.close.clone(),
-        batching: false,
     };
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut catching_up = catch_up;
+    // Frames of one burst (reused: no allocation per burst).
+    let mut burst: Vec<WsMessage> = Vec::with_capacity(BURST);
     let close: Option<CloseReason> = loop {
         let step = tokio::select! {
             biased;
@@ -684,38 +693,25 @@ async fn run(
             Step::Frame(msg) => ctx.incoming(&mut w, &msg, &in_flight).await,
             // A burst of answers or pushes is written with one flush (one syscall), not one each.
             Step::Reply(reply) => {
-                w.batching = true;
-                let mut r = w.raw(reply).await;
-                let mut n = 1;
-                while r.is_ok()
-                    && n < BURST
+                burst.push(reply);
+                while burst.len() < BURST
                     && let Ok(next) = replies.try_recv()
                 {
-                    r = w.raw(next).await;
-                    n += 1;
+                    burst.push(next);
                 }
-                w.batching = false;
-                match r {
-                    Ok(()) => w.flush().await,
-                    e => e,
-                }
+                w.burst(&mut burst).await
             }
-            Step::Push(pushed) => {
-                w.batching = true;
-                let mut r = ctx.live(&mut w, &pushed).await;
-                let mut n = 1;
-                while r.is_ok()
-                    && n < BURST
+            Step::Push(run) => {
+                let mut messages = run.len();
+                burst.extend(run.iter().filter_map(|p| ctx.live(session.id, p)));
+                while messages < BURST
                     && let Ok(next) = queue.try_recv()
                 {
-                    r = ctx.live(&mut w, &next).await;
-                    n += 1;
+                    messages += next.len();
+                    burst.extend(next.iter().filter_map(|p| ctx.live(session.id, p)));
                 }
-                w.batching = false;
-                match r {
-                    Ok(()) => w.flush().await,
-                    e => e,
-                }
+                session.taken(messages);
+                w.burst(&mut burst).await
             }
             Step::Reaped => Ok(()),
             Step::CatchUp => match ctx.catch_up_page(&mut w).await {
