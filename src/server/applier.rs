@@ -248,7 +248,7 @@ fn push_by_channel(state: &AppState, pushes: &[(Arc<Pushed>, u64)]) {
         let Some(idx) = by_channel.get(channel) else {
             continue;
         };
-        let run: Run = idx.iter().map(|&i| pushes[i].0.clone()).collect();
+        let run: Run = Arc::new(idx.iter().map(|&i| pushes[i].0.clone()).collect());
         let stats = state.delivery.push(&run);
         for &i in idx {
             let (msg, message_id) = &pushes[i];

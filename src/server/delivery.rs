@@ -53,7 +53,8 @@ impl Pushed {
 }
 
 /// The messages of one channel from one applier pass, in order; shared by all recipients.
-pub(crate) type Run = Arc<[Arc<Pushed>]>;
+/// (A thin pointer: every session's queue holds its slots from the start.)
+pub(crate) type Run = Arc<Vec<Arc<Pushed>>>;
 
 /// Why a session is being closed: a WebSocket close code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,7 +424,7 @@ mod tests {
         assert_eq!(rx_b.try_recv().map(|r| r.len()).ok(), Some(3));
 
         // A run a sent all of is not offered to a at all.
-        let run: Run = vec![msg("g", 4, Some(a.id)), msg("g", 5, Some(a.id))].into();
+        let run: Run = Arc::new(vec![msg("g", 4, Some(a.id)), msg("g", 5, Some(a.id))]);
         let stats = d.push(&run);
         assert_eq!(stats.sessions, 1);
         assert!(rx_a.try_recv().is_err());
@@ -435,7 +436,7 @@ mod tests {
     fn the_queue_limit_counts_messages_not_runs() {
         let d = Delivery::default();
         let (s, mut rx) = live_session(&d, "a", 5);
-        let run3: Run = (1..=3).map(|q| msg("g", q, None)).collect();
+        let run3: Run = Arc::new((1..=3).map(|q| msg("g", q, None)).collect());
         assert_eq!(d.push(&run3).dropped, 0);
         // 3 queued + 3 more > 5: the session is closed as too slow.
         let stats = d.push(&run3);
@@ -456,7 +457,7 @@ mod tests {
             4,
             &CancellationToken::new(),
         );
-        let run: Run = vec![msg("g", 1, None)].into();
+        let run: Run = Arc::new(vec![msg("g", 1, None)]);
         assert_eq!(d.push(&run).dropped, 0);
         assert!(rx.try_recv().is_err());
         assert!(

@@ -667,8 +667,8 @@ async fn run(
     };
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut catching_up = catch_up;
-    // Frames of one burst (reused: no allocation per burst).
-    let mut burst: Vec<WsMessage> = Vec::with_capacity(BURST);
+    // Frames of one burst (reused: no allocation per burst; none at all for an idle session).
+    let mut burst: Vec<WsMessage> = Vec::new();
     let close: Option<CloseReason> = loop {
         let step = tokio::select! {
             biased;
