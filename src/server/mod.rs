@@ -31,6 +31,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tidings_log::{Log, LogOptions};
 use tidings_projections::conv_cache::{ConversationCache, ConversationCacheConfig};
 use tidings_projections::{ProjectionConfig, Projections};
@@ -180,6 +181,13 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let app = http::router(state.clone());
     let t = stop_http.clone();
     tasks.spawn(async move {
+        // TCP_NODELAY: a sendack or a push is a small write that must leave now, not wait
+        // for the previous segment's ACK (Nagle) while the client delays that ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(async move { t.cancelled().await });
         if let Err(e) = serve.await {
