@@ -96,6 +96,38 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The cumulative buckets `(upper bound in seconds, count)` of a histogram in the server's
+    /// `/metrics` (Prometheus text), `+Inf` excluded.
+    pub(crate) async fn histogram(&self, name: &str) -> anyhow::Result<Vec<(f64, u64)>> {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((le, count)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            if let (Ok(le), Ok(count)) = (le.parse::<f64>(), count.trim().parse::<u64>())
+                && le.is_finite()
+            {
+                out.push((le, count));
+            }
+        }
+        if out.is_empty() {
+            bail!("{name} not found in /metrics");
+        }
+        Ok(out)
+    }
+
     /// An admin call; fails unless the status is 2xx.
     pub(crate) async fn admin(
         &self,

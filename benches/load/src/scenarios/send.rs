@@ -163,6 +163,35 @@ async fn phase(
     Ok((out, v))
 }
 
+/// The server's own send latency (accepted → durable and applied; its `/metrics` histogram)
+/// over a phase: the share of sends within each bucket bound, and the bucket bounds the
+/// median and the 99th percentile fall in. Set beside the client's view, it shows how much
+/// of the latency the server's send path itself accounts for.
+fn server_side(before: &[(f64, u64)], after: &[(f64, u64)]) -> Value {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .zip(before)
+        .map(|(&(le, a), &(_, b))| (le, a.saturating_sub(b)))
+        .collect();
+    // The last finite bucket holds every send unless one took over its bound (5 s).
+    let total = delta.last().map_or(0, |d| d.1).max(1) as f64;
+    let within = |q: f64| {
+        delta
+            .iter()
+            .find(|(_, c)| *c as f64 >= q * total)
+            .map(|(le, _)| le * 1e3)
+    };
+    let shares: serde_json::Map<String, Value> = delta
+        .iter()
+        .map(|(le, c)| (format!("{}", le * 1e3), json!(*c as f64 / total)))
+        .collect();
+    json!({
+        "share_within_ms": shares,
+        "p50_at_most_ms": within(0.5),
+        "p99_at_most_ms": within(0.99),
+    })
+}
+
 pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let server = Server::start(args, &[]).await?;
     let n = if args.smoke { 4 } else { 64 };
@@ -186,7 +215,10 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let base = Instant::now();
     let rate = if args.smoke { 500.0 } else { args.rate as f64 };
     let per_conn = rate / n as f64;
-    let (conns, fixed) = phase(conns, |_| Mode::Rate(per_conn), args.secs(), base).await?;
+    let before = server.histogram("tidings_send_seconds").await?;
+    let (conns, mut fixed) = phase(conns, |_| Mode::Rate(per_conn), args.secs(), base).await?;
+    let after = server.histogram("tidings_send_seconds").await?;
+    fixed["server_side"] = server_side(&before, &after);
     let (conns, saturated) = phase(conns, |_| Mode::Window(64), args.secs(), base).await?;
     let cpu = server.cpu_secs()?;
     let mut correct = true;
