@@ -60,6 +60,10 @@ pub(crate) struct Args {
     /// Online members in `fanout` (default 2,000; smoke 50).
     #[arg(long)]
     pub(crate) fanout_members: Option<usize>,
+    /// Sends the `fanout` sender keeps in flight (a closed loop: with few in flight the rate
+    /// is bound by the send→ack time on cores the receivers share).
+    #[arg(long, default_value_t = 32)]
+    pub(crate) fanout_window: u64,
 }
 
 impl Args {

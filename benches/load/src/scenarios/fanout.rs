@@ -1,5 +1,5 @@
-//! `fanout`: one group, many online members; one sender keeps 32 sends in flight for the
-//! measured time. Deliveries/s counts message frames received by all members; latency is
+//! `fanout`: one group, many online members; one sender keeps `--fanout-window` sends (default
+//! 32) in flight for the measured time. Deliveries/s counts message frames received by all members; latency is
 //! send → receive (the send time travels in the payload). Check: every member received every
 //! message exactly once, seqs 1..=n.
 
@@ -100,7 +100,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         client::connect(server.addr, &tokens[members], members, "?catch_up=false").await?;
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(args.secs());
-    let (acked, errors) = send_windowed(&mut sender, 32, Until::Time(stop), |i| {
+    let (acked, errors) = send_windowed(&mut sender, args.fanout_window.max(1), Until::Time(stop), |i| {
         json!({"type": "send", "client_msg_id": format!("f{i}"), "channel": "fan", "payload": payload(base, i)})
     })
     .await?;
@@ -124,6 +124,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     Ok(json!({
         "scenario": "fanout",
         "online_members": members,
+        "sender_window": args.fanout_window.max(1),
         "messages": acked,
         "deliveries": delivered,
         "deliveries_per_s": (delivered as f64 / took).round(),
