@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -25,6 +25,9 @@ use crate::options::{FsyncPolicy, LogOptions};
 use crate::recovery::Recovered;
 use crate::segment::{Segment, SegmentPaths};
 use crate::vfs::VfsFile;
+
+/// How long the writer polls its queue before parking (see `spin_for_command`).
+const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 
 /// What appenders and control calls send to the writer.
 #[derive(Debug)]
@@ -166,6 +169,9 @@ impl Writer {
     /// The next command; under `every(ms)`, syncs when the deadline passes first.
     async fn next_command(&mut self) -> Option<Command> {
         let Some(deadline) = self.sync_deadline else {
+            if let Some(cmd) = self.spin_for_command() {
+                return Some(cmd);
+            }
             return self.rx.recv().await;
         };
         match tokio::time::timeout_at(deadline, self.rx.recv()).await {
@@ -179,6 +185,24 @@ impl Writer {
                 }
                 self.rx.recv().await
             }
+        }
+    }
+
+    /// Polls the queue for a short while before the thread parks. An appender that was just
+    /// acknowledged usually sends its next append within microseconds; parking and being
+    /// woken again (a futex round trip through the scheduler) costs more than that.
+    fn spin_for_command(&mut self) -> Option<Command> {
+        let start = Instant::now();
+        loop {
+            match self.rx.try_recv() {
+                Ok(cmd) => return Some(cmd),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if start.elapsed() >= SPIN_BEFORE_PARK {
+                return None;
+            }
+            std::thread::yield_now();
         }
     }
 
