@@ -127,17 +127,7 @@ async fn wait_for(
 /// Safe to call from a future that may be dropped (an HTTP handler): once enqueued, the send
 /// is finished by its own tracked task.
 pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Sent> {
-    let channel = req.channel.clone();
-    match start(state, req).await? {
-        Started::Done(sent) => Ok(sent),
-        Started::Wait(rx) => wait_for(rx, &channel, true).await,
-        Started::Enqueued(finish) => {
-            let rx = finish.rx.clone();
-            let st = state.clone();
-            state.send_tasks.spawn(async move { finish.run(&st).await });
-            wait_for(rx, &channel, false).await
-        }
-    }
+    send_with(state, req, false).await
 }
 
 /// [`send`] for a caller that already runs in a task of `state.send_tasks` (never dropped
@@ -146,13 +136,22 @@ pub(crate) async fn send_in_tracked_task(
     state: &Arc<AppState>,
     req: SendRequest,
 ) -> ApiResult<Sent> {
+    send_with(state, req, true).await
+}
+
+async fn send_with(state: &Arc<AppState>, req: SendRequest, inline: bool) -> ApiResult<Sent> {
     let channel = req.channel.clone();
     match start(state, req).await? {
         Started::Done(sent) => Ok(sent),
         Started::Wait(rx) => wait_for(rx, &channel, true).await,
         Started::Enqueued(finish) => {
             let rx = finish.rx.clone();
-            finish.run(state).await;
+            if inline {
+                finish.run(state).await;
+            } else {
+                let st = state.clone();
+                state.send_tasks.spawn(async move { finish.run(&st).await });
+            }
             wait_for(rx, &channel, false).await
         }
     }
