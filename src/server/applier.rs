@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::render::{cbor_frame, channel_ref, message_json};
-use crate::server::delivery::{Frame, Pushed, Run, TOKEN_REVOKED};
+use crate::server::delivery::{Frame, MAX_RUN, Pushed, Run, TOKEN_REVOKED};
 use crate::server::state::{AppState, now_ms};
 
 /// What to do after applying, outside the projections' lock.
@@ -248,31 +248,33 @@ fn push_by_channel(state: &AppState, pushes: &[(Arc<Pushed>, u64)]) {
         let Some(idx) = by_channel.get(channel) else {
             continue;
         };
-        let run: Run = Arc::new(idx.iter().map(|&i| pushes[i].0.clone()).collect());
-        let stats = state.delivery.push(&run);
-        for &i in idx {
-            let (msg, message_id) = &pushes[i];
-            let sessions = stats.sessions_for(msg);
+        for part in idx.chunks(MAX_RUN) {
+            let run: Run = Arc::new(part.iter().map(|&i| pushes[i].0.clone()).collect());
+            let stats = state.delivery.push(&run);
+            for &i in part {
+                let (msg, message_id) = &pushes[i];
+                let (sessions, dropped) = stats.for_message(msg);
+                state
+                    .metrics
+                    .pushes
+                    .add(u64::from(sessions.saturating_sub(dropped)));
+                if msg.is_message && state.samples.sampled(*message_id) {
+                    state.samples.record(
+                        &msg.channel,
+                        msg.seq,
+                        PushRecord {
+                            at_ms: now_ms(),
+                            online_users: stats.users,
+                            sessions,
+                            dropped,
+                        },
+                    );
+                }
+            }
             state
                 .metrics
-                .pushes
-                .add(u64::from(sessions.saturating_sub(stats.dropped)));
-            if msg.is_message && state.samples.sampled(*message_id) {
-                state.samples.record(
-                    &msg.channel,
-                    msg.seq,
-                    PushRecord {
-                        at_ms: now_ms(),
-                        online_users: stats.users,
-                        sessions,
-                        dropped: stats.dropped,
-                    },
-                );
-            }
+                .slow_consumer_closes
+                .add(u64::from(stats.closed_slow));
         }
-        state
-            .metrics
-            .slow_consumer_closes
-            .add(u64::from(stats.closed_slow));
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Pushes travel as *runs*: the messages of one channel that one applier pass applied, in seq
 //! order, shared by every recipient. A session is woken once per run, not once per message,
-//! and writes the run with one flush. The queue limit still counts messages.
+//! and writes the run with one flush. The queue limit still counts messages (a run is cut at
+//! `MAX_RUN` and always fits an empty queue).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -140,8 +141,11 @@ impl Session {
             p.dirty = true;
             return true;
         }
+        // A run is taken whole when the queue is empty, so a run longer than the limit still
+        // reaches a session that keeps up (the applier also cuts runs to MAX_RUN).
         let n = run.len();
-        if self.queued.fetch_add(n, Ordering::AcqRel) + n > self.limit {
+        let before = self.queued.fetch_add(n, Ordering::AcqRel);
+        if before != 0 && before + n > self.limit {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             return false;
         }
@@ -176,19 +180,29 @@ pub(crate) struct PushStats {
     pub(crate) dropped: u32,
     /// Sessions closed as too slow by this push.
     pub(crate) closed_slow: u32,
-    /// Sessions offered the run that sent some of its messages (they skip those).
-    pub(crate) origins_offered: Vec<u64>,
+    /// Sessions offered the run that sent some of its messages (they skip those), and
+    /// whether the offer was dropped.
+    pub(crate) origins_offered: Vec<(u64, bool)>,
 }
 
 impl PushStats {
-    /// Sessions that get `msg` (its sender's session skips it).
-    pub(crate) fn sessions_for(&self, msg: &Pushed) -> u32 {
+    /// `(sessions, dropped)` for `msg`: its sender's session skips it, so it does not count.
+    pub(crate) fn for_message(&self, msg: &Pushed) -> (u32, u32) {
         let own = msg
             .origin
-            .is_some_and(|o| self.origins_offered.contains(&o));
-        self.sessions - u32::from(own)
+            .and_then(|o| self.origins_offered.iter().find(|(id, _)| *id == o));
+        match own {
+            Some((_, dropped)) => (
+                self.sessions.saturating_sub(1),
+                self.dropped.saturating_sub(u32::from(*dropped)),
+            ),
+            None => (self.sessions, self.dropped),
+        }
     }
 }
+
+/// Runs longer than this are cut (one session wake and one write per cut).
+pub(crate) const MAX_RUN: usize = 256;
 
 impl Delivery {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
@@ -327,10 +341,11 @@ impl Delivery {
                         continue;
                     }
                     stats.sessions += 1;
+                    let taken = s.offer(run);
                     if origins.contains(&s.id) {
-                        stats.origins_offered.push(s.id);
+                        stats.origins_offered.push((s.id, !taken));
                     }
-                    if !s.offer(run) {
+                    if !taken {
                         stats.dropped += 1;
                         if s.close_with(SLOW_CONSUMER) {
                             stats.closed_slow += 1;
@@ -418,8 +433,12 @@ mod tests {
         .into();
         let stats = d.push(&run);
         assert_eq!((stats.users, stats.sessions, stats.dropped), (2, 2, 0));
-        assert_eq!(stats.sessions_for(&run[0]), 1, "message 1 goes to b only");
-        assert_eq!(stats.sessions_for(&run[1]), 2);
+        assert_eq!(
+            stats.for_message(&run[0]),
+            (1, 0),
+            "message 1 goes to b only"
+        );
+        assert_eq!(stats.for_message(&run[1]), (2, 0));
         assert_eq!(rx_a.try_recv().map(|r| r.len()).ok(), Some(3));
         assert_eq!(rx_b.try_recv().map(|r| r.len()).ok(), Some(3));
 
@@ -446,6 +465,42 @@ mod tests {
         assert_eq!(rx.try_recv().map(|r| r.len()).ok(), Some(3));
         s.taken(3);
         assert_eq!(d.push(&run3).dropped, 0);
+    }
+
+    #[test]
+    fn a_run_longer_than_the_limit_reaches_a_session_that_keeps_up() {
+        let d = Delivery::default();
+        let (s, mut rx) = live_session(&d, "a", 2);
+        let run3: Run = Arc::new((1..=3).map(|q| msg("g", q, None)).collect());
+        assert_eq!(
+            d.push(&run3).dropped,
+            0,
+            "an empty queue takes the run whole"
+        );
+        assert_eq!(s.close_reason(), None);
+        // Behind on that run, the next one is too much.
+        assert_eq!(d.push(&run3).dropped, 1);
+        assert_eq!(s.close_reason(), Some(SLOW_CONSUMER));
+        assert_eq!(rx.try_recv().map(|r| r.len()).ok(), Some(3));
+    }
+
+    #[test]
+    fn a_dropped_offer_to_the_sender_is_counted_once() {
+        let d = Delivery::default();
+        let (a, _rx_a) = live_session(&d, "a", 1);
+        let (_b, _rx_b) = live_session(&d, "b", 16);
+        let first: Run = Arc::new(vec![msg("g", 1, None)]);
+        d.push(&first);
+        // a's queue is full: a is dropped, and a sent message 2 (not 3).
+        let run: Run = Arc::new(vec![msg("g", 2, Some(a.id)), msg("g", 3, None)]);
+        let stats = d.push(&run);
+        assert_eq!((stats.sessions, stats.dropped), (2, 1));
+        assert_eq!(
+            stats.for_message(&run[0]),
+            (1, 0),
+            "b got it; a skips its own"
+        );
+        assert_eq!(stats.for_message(&run[1]), (2, 1));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use bytes::Bytes;
@@ -98,8 +98,9 @@ async fn wait_for(
     mut rx: watch::Receiver<Outcome>,
     channel: &str,
     duplicate: bool,
+    budget: Duration,
 ) -> ApiResult<Sent> {
-    let done = match tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(Option::is_some)).await {
+    let done = match tokio::time::timeout(budget, rx.wait_for(Option::is_some)).await {
         Ok(Ok(done)) => done.clone(),
         Ok(Err(_)) => {
             return Err(ApiError::unavailable(
@@ -143,16 +144,24 @@ async fn send_with(state: &Arc<AppState>, req: SendRequest, inline: bool) -> Api
     let channel = req.channel.clone();
     match start(state, req).await? {
         Started::Done(sent) => Ok(sent),
-        Started::Wait(rx) => wait_for(rx, &channel, true).await,
+        Started::Wait(rx) => wait_for(rx, &channel, true, APPLY_TIMEOUT).await,
         Started::Enqueued(finish) => {
             let rx = finish.rx.clone();
+            let mut budget = APPLY_TIMEOUT;
             if inline {
-                finish.run(state).await;
+                // Finished here, but answered within APPLY_TIMEOUT like any send: past it, the
+                // rest of the work moves to a tracked task of its own and the answer is
+                // `apply_timeout` (the client retries with the same client_msg_id).
+                let started = Instant::now();
+                let mut run = Box::pin(finish.run(state.clone()));
+                if tokio::time::timeout(APPLY_TIMEOUT, &mut run).await.is_err() {
+                    state.send_tasks.spawn(run);
+                }
+                budget = APPLY_TIMEOUT.saturating_sub(started.elapsed());
             } else {
-                let st = state.clone();
-                state.send_tasks.spawn(async move { finish.run(&st).await });
+                state.send_tasks.spawn(finish.run(state.clone()));
             }
-            wait_for(rx, &channel, false).await
+            wait_for(rx, &channel, false, budget).await
         }
     }
 }
@@ -182,7 +191,7 @@ struct Finish {
 }
 
 impl Finish {
-    async fn run(self, st: &Arc<AppState>) {
+    async fn run(self, st: Arc<AppState>) {
         let Finish {
             pending,
             tx,

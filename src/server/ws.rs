@@ -515,11 +515,13 @@ impl Ctx {
                                 ),
                                 Err(e) => encode(&error_frame(&e, Some(&client_msg_id)), cbor),
                             };
-                            // The slot frees before the answer wakes the session loop.
-                            drop(permit);
                             if let Some(reply) = reply {
                                 let _ = replies.send(reply).await;
                             }
+                            // The slot frees only once the answer is queued: a client that
+                            // keeps sending while not reading its answers runs out of slots,
+                            // and then the session stops reading and writes the answers.
+                            drop(permit);
                         });
                         Ok(())
                     }

@@ -63,12 +63,7 @@ pub(crate) fn payload_bytes(
     payload_b64: Option<String>,
 ) -> ApiResult<(Bytes, u32)> {
     let (bytes, flags) = match (payload, payload_b64) {
-        // Stored as the client wrote it: already checked to be one JSON value, and no tree is
-        // built and printed again.
-        (Some(v), None) => (
-            Bytes::copy_from_slice(v.get().as_bytes()),
-            FLAG_JSON_PAYLOAD,
-        ),
+        (Some(v), None) => (json_payload(&v)?, FLAG_JSON_PAYLOAD),
         (None, Some(b)) => (
             Bytes::from(B64.decode(b.as_bytes()).map_err(|e| {
                 ApiError::bad_request("invalid_payload", format!("payload_b64: {e}"))
@@ -90,6 +85,20 @@ pub(crate) fn payload_bytes(
         )));
     }
     Ok((bytes, flags))
+}
+
+/// A JSON payload, stored as the client wrote it (not printed again). It must be a value the
+/// server can read back as JSON when it renders the message: the frame's parser only
+/// delimited it, and accepts what a JSON tree does not (a lone UTF-16 surrogate escape, a
+/// number out of `f64` range, nesting deeper than 128).
+fn json_payload(raw: &RawValue) -> ApiResult<Bytes> {
+    if let Err(e) = serde_json::from_str::<Value>(raw.get()) {
+        return Err(ApiError::bad_request(
+            "invalid_payload",
+            format!("payload: {e}"),
+        ));
+    }
+    Ok(Bytes::copy_from_slice(raw.get().as_bytes()))
 }
 
 pub(crate) fn check_client_msg_id(id: &str) -> ApiResult<()> {
@@ -346,4 +355,29 @@ pub(crate) async fn trace(
             )
         })?;
     Ok(axum::Json(t))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn a_json_payload_is_kept_verbatim() {
+        let text = r#"{ "z": 1, "a": [true, null, "\u00e9"] }"#;
+        assert_eq!(&json_payload(&raw(text)).unwrap()[..], text.as_bytes());
+    }
+
+    #[test]
+    fn a_payload_that_does_not_read_back_as_json_is_refused() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for bad in [r#""\ud800""#, "1e400", deep.as_str()] {
+            let e = json_payload(&raw(bad)).unwrap_err();
+            assert_eq!(e.body()["error"]["code"], "invalid_payload", "{bad:.20}");
+        }
+    }
 }
