@@ -256,7 +256,7 @@ enum ClientFrame {
     Send {
         client_msg_id: String,
         channel: String,
-        /// The JSON payload as the client wrote it (kept verbatim: no JSON tree is built).
+        /// The JSON payload as the client wrote it (stored verbatim, not printed again).
         payload: Option<Box<RawValue>>,
         payload_b64: Option<String>,
     },
