@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -74,9 +74,10 @@ async fn drive(mut c: Conn, mode: Mode, secs: f64, base: Instant) -> anyhow::Res
                 Mode::Rate(_) => true,
                 Mode::Window(w) => pending.len() < w,
             };
-        let wait = match mode {
-            Mode::Rate(_) => tokio::time::Instant::from_std(next_at),
-            Mode::Window(_) => tokio::time::Instant::now(),
+        // Which branch sends: the pacing timer, or a window with free slots.
+        let (paced, window) = match mode {
+            Mode::Rate(_) => (may_send, 0),
+            Mode::Window(w) => (false, if may_send { w } else { 0 }),
         };
         tokio::select! {
             biased;
@@ -107,20 +108,33 @@ async fn drive(mut c: Conn, mode: Mode, secs: f64, base: Instant) -> anyhow::Res
                     _ => {}
                 }
             }
-            () = tokio::time::sleep_until(wait), if may_send => {
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(next_at)), if paced => {
                 let id = format!("{}-{}", c.channel, c.next);
-                let intended = match mode {
-                    Mode::Rate(r) => {
-                        let t = next_at;
-                        next_at += Duration::from_secs_f64(1.0 / r);
-                        t
-                    }
-                    Mode::Window(_) => Instant::now(),
-                };
+                let intended = next_at;
+                if let Mode::Rate(r) = mode {
+                    next_at += Duration::from_secs_f64(1.0 / r);
+                }
                 let frame = json!({"type": "send", "client_msg_id": id, "channel": c.channel, "payload": payload(base, c.next)});
                 c.next += 1;
                 client::send(&mut sink, &frame).await?;
                 pending.insert(id, (intended, Instant::now()));
+            }
+            // Saturation: every free slot of the window is filled at once, one flush for all
+            // (a timer per send would hold each connection to tokio's 1 ms timer resolution).
+            () = std::future::ready(()), if window > 0 => {
+                let mut fed = Vec::new();
+                while pending.len() + fed.len() < window {
+                    let id = format!("{}-{}", c.channel, c.next);
+                    let frame = json!({"type": "send", "client_msg_id": id, "channel": c.channel, "payload": payload(base, c.next)});
+                    c.next += 1;
+                    client::feed(&mut sink, &frame).await?;
+                    fed.push(id);
+                }
+                sink.flush().await?;
+                let now = Instant::now();
+                for id in fed {
+                    pending.insert(id, (now, now));
+                }
             }
         }
     }
