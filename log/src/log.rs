@@ -58,6 +58,16 @@ impl PendingAppend {
     pub async fn wait(self) -> Result<AppendAck> {
         self.rx.await.map_err(|_| LogError::WriterGone)?
     }
+
+    /// The acknowledgement if it has come, without waiting: `None` while the append is still
+    /// in the writer's hands.
+    pub fn try_wait(&mut self) -> Option<Result<AppendAck>> {
+        match self.rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(LogError::WriterGone)),
+        }
+    }
 }
 
 /// A segment as listed by [`Log::segments`].

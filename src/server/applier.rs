@@ -127,6 +127,7 @@ pub(crate) async fn run(
     impl Drop for CloseWaiters<'_> {
         fn drop(&mut self) {
             self.0.applied_waiters.close();
+            self.0.completions.close(&self.0.metrics);
         }
     }
     let _close = CloseWaiters(&state);
@@ -173,15 +174,31 @@ pub(crate) async fn run(
         };
         applied.send_replace(next);
         state.applied_waiters.advance(next);
+        // Every send of the pass is answered before any session runs: each session writes
+        // its acks of the pass in one go.
+        let origins = state
+            .completions
+            .take(
+                applied_envs
+                    .iter()
+                    .filter_map(|(offset, env)| match &env.event {
+                        Event::MessageSent { message_id, .. } => Some((*message_id, *offset)),
+                        _ => None,
+                    }),
+            )
+            .answer(&state.metrics);
         // Effects are worked out after the projections' lock is released; a message nobody
         // else is online for is not rendered at all.
         let effects = applied_envs.iter().filter_map(|(offset, env)| {
-            if let Event::MessageSent { channel, seq, .. } = &env.event
+            if let Event::MessageSent {
+                channel,
+                message_id,
+                ..
+            } = &env.event
                 && !state
                     .delivery
-                    .has_recipients(channel, state.origins.peek(channel, *seq))
+                    .has_recipients(channel, origins.get(message_id).copied())
             {
-                state.origins.take(channel, *seq);
                 return None;
             }
             effects_of(*offset, env)
@@ -193,7 +210,7 @@ pub(crate) async fn run(
             let e = match e {
                 Effect::Push(mut msg, message_id) => {
                     if msg.is_message
-                        && let Some(origin) = state.origins.take(&msg.channel, msg.seq)
+                        && let Some(&origin) = origins.get(&message_id)
                         && let Some(m) = Arc::get_mut(&mut msg)
                     {
                         m.origin = Some(origin);

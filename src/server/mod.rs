@@ -14,6 +14,7 @@
 mod acks;
 mod applier;
 mod auth;
+mod completions;
 mod delivery;
 mod error;
 pub(crate) mod http;
@@ -164,6 +165,12 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     tasks.spawn(async move {
         applier::run(s, applied_tx, t).await;
         "applier"
+    });
+    // Answers the sends the applier cannot (failed appends, timeouts); stops with the applier.
+    let (s, t) = (state.clone(), stop_applier.clone());
+    tasks.spawn(async move {
+        completions::sweeper(s, t).await;
+        "completions"
     });
     let stop_acks = CancellationToken::new();
     let (s, t) = (state.clone(), stop_acks.clone());

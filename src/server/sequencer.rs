@@ -1,18 +1,16 @@
 //! The sequencer: validates a send against the projections, deduplicates `client_msg_id`,
-//! assigns the channel seq and the message id, appends, waits for durability and for the
-//! projections to apply it, then answers.
-//!
-//! Once a send is in the log's queue, finishing it (waiting for durability and for the
-//! projections) runs as its own tracked task, not in the caller: a client that disconnects, or
-//! a caller that gives up after [`APPLY_TIMEOUT`], cannot leave the send half-done. Its
+//! assigns the channel seq and the message id, registers the send with the
+//! [completions](crate::server::completions) and enqueues it in the log. The applier answers it
+//! once the message is durable and applied; nobody waits in a task of its own. A caller that
+//! gives up (an HTTP client gone, an `apply_timeout`) cannot leave the send half-done, and its
 //! in-flight entry — what a retry with the same `client_msg_id` waits on — stays until the
 //! message is in the idempotency projection (or the append failed and nothing was written), so
 //! a retry never makes a second message.
 //!
 //! Seq assignment and the enqueue into the log happen under one lock, so the log holds each
 //! channel's messages in seq order even with thousands of sends in flight; the lock is released
-//! before waiting for the fsync, so group commit batches them. A retry of a send that is still
-//! in flight waits for the first attempt and gets its answer: never a second message.
+//! before the fsync, so group commit batches them. A retry of a send that is still in flight
+//! waits for the first attempt and gets its answer: never a second message.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +22,7 @@ use tidings_projections::permissions::check_send;
 use tidings_projections::{Envelope, Event};
 use tokio::sync::watch;
 
+use crate::server::completions::{Answer, Outcome, Registration, Reply};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::{APPLY_TIMEOUT, AppState, now_ms};
 
@@ -53,16 +52,12 @@ pub(crate) struct SendRequest {
     pub(crate) origin: Option<u64>,
 }
 
-type Outcome = Option<ApiResult<Sent>>;
-
 /// Reservations made but not yet applied.
 #[derive(Debug, Default)]
 pub(crate) struct Sequencer {
     /// The last seq handed out per channel (entries at or below the applied head are swept).
     reserved: HashMap<String, u64>,
     next_message_id: u64,
-    /// Sends enqueued and not yet applied, by idempotency key.
-    in_flight: HashMap<String, watch::Receiver<Outcome>>,
     /// Sweep `reserved` when it grows past this.
     sweep_at: usize,
 }
@@ -123,45 +118,46 @@ async fn wait_for(
     }
 }
 
-/// Sends a message; answers once it is durable and applied.
+/// Sends a message; answers once it is durable and applied (or after [`APPLY_TIMEOUT`] with
+/// `apply_timeout`).
 ///
 /// Safe to call from a future that may be dropped (an HTTP handler): once enqueued, the send
-/// is finished by its own tracked task.
+/// is finished by the applier whether or not anyone still waits.
 pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Sent> {
-    send_with(state, req, false).await
-}
-
-/// [`send`] for a caller that already runs in a task of `state.send_tasks` (never dropped
-/// before it completes): finishes the send inline instead of in another task.
-pub(crate) async fn send_in_tracked_task(
-    state: &Arc<AppState>,
-    req: SendRequest,
-) -> ApiResult<Sent> {
-    send_with(state, req, true).await
-}
-
-async fn send_with(state: &Arc<AppState>, req: SendRequest, inline: bool) -> ApiResult<Sent> {
     let channel = req.channel.clone();
-    match start(state, req).await? {
+    let mut no_reply = None;
+    match start(state, req, &mut no_reply).await? {
         Started::Done(sent) => Ok(sent),
         Started::Wait(rx) => wait_for(rx, &channel, true, APPLY_TIMEOUT).await,
-        Started::Enqueued(finish) => {
-            let rx = finish.rx.clone();
-            let mut budget = APPLY_TIMEOUT;
-            if inline {
-                // Finished here, but answered within APPLY_TIMEOUT like any send: past it, the
-                // rest of the work moves to a tracked task of its own and the answer is
-                // `apply_timeout` (the client retries with the same client_msg_id).
-                let started = Instant::now();
-                let mut run = Box::pin(finish.run(state.clone()));
-                if tokio::time::timeout(APPLY_TIMEOUT, &mut run).await.is_err() {
-                    state.send_tasks.spawn(run);
-                }
-                budget = APPLY_TIMEOUT.saturating_sub(started.elapsed());
-            } else {
-                state.send_tasks.spawn(finish.run(state.clone()));
-            }
-            wait_for(rx, &channel, false, budget).await
+        Started::Enqueued(rx) => wait_for(rx, &channel, false, APPLY_TIMEOUT).await,
+    }
+}
+
+/// Starts a WebSocket session's send; its answer goes to `reply` — from the applier once the
+/// message is durable and applied, or right away when it is a duplicate or refused.
+pub(crate) async fn send_for_session(state: &Arc<AppState>, req: SendRequest, reply: Reply) {
+    let channel = req.channel.clone();
+    let mut slot = Some(reply);
+    let answer = |slot: &mut Option<Reply>, result: ApiResult<Sent>| {
+        if let Some(r) = slot.take() {
+            let _ = r.to.send(Answer {
+                client_msg_id: r.client_msg_id,
+                result,
+                permit: Some(r.permit),
+            });
+        }
+    };
+    match start(state, req, &mut slot).await {
+        Ok(Started::Enqueued(_)) => {} // the applier answers
+        Ok(Started::Done(sent)) => answer(&mut slot, Ok(sent)),
+        Err(e) => answer(&mut slot, Err(e)),
+        Ok(Started::Wait(rx)) => {
+            // A retry of a send still in flight (rare): waits for the first attempt in a
+            // tracked task of its own, so the session goes on reading.
+            state.send_tasks.spawn(async move {
+                let result = wait_for(rx, &channel, true, APPLY_TIMEOUT).await;
+                answer(&mut slot, result);
+            });
         }
     }
 }
@@ -172,65 +168,17 @@ enum Started {
     Done(Sent),
     /// The same send is in flight: its outcome.
     Wait(watch::Receiver<Outcome>),
-    /// In the log's queue; must be finished.
-    Enqueued(Finish),
+    /// In the log's queue and registered with the completions: the applier answers it.
+    Enqueued(watch::Receiver<Outcome>),
 }
 
-/// An enqueued send to finish: wait for durability and the projections, publish the outcome,
-/// clear the in-flight entry.
-struct Finish {
-    pending: tidings_log::PendingAppend,
-    tx: watch::Sender<Outcome>,
-    rx: watch::Receiver<Outcome>,
-    key: Option<String>,
-    channel: String,
-    seq: u64,
-    message_id: u64,
-    ts: u64,
-    started: Instant,
-}
-
-impl Finish {
-    async fn run(self, st: Arc<AppState>) {
-        let Finish {
-            pending,
-            tx,
-            rx: _,
-            key,
-            channel,
-            seq,
-            message_id,
-            ts,
-            started,
-        } = self;
-        let result = async {
-            let ack = pending.wait().await?;
-            st.applied_past(ack.base_offset).await?;
-            Ok(Sent {
-                channel,
-                seq,
-                message_id,
-                offset: ack.base_offset,
-                ts,
-                duplicate: false,
-            })
-        }
-        .await;
-        if result.is_ok() {
-            st.metrics.sends.inc();
-            st.metrics.send_latency.observe(started.elapsed());
-        }
-        let _ = tx.send(Some(result));
-        if let Some(k) = key {
-            // Applied (later retries find it in the idempotency projection), or the append
-            // failed and nothing was written.
-            st.sequencer.lock().await.in_flight.remove(&k);
-        }
-    }
-}
-
-/// Validates, deduplicates, assigns the seq and enqueues.
-async fn start(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Started> {
+/// Validates, deduplicates, assigns the seq, registers the send with the completions (taking
+/// `reply`, which is left in place when the send is answered another way) and enqueues it.
+async fn start(
+    state: &Arc<AppState>,
+    req: SendRequest,
+    reply: &mut Option<Reply>,
+) -> ApiResult<Started> {
     let started = Instant::now();
     let key = (!req.client_msg_id.is_empty()).then(|| idem_key(&req.from, &req.client_msg_id));
     let mut seq = state.sequencer.lock().await;
@@ -269,7 +217,7 @@ async fn start(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Started> {
     };
     // Still in flight: wait for the first attempt's answer.
     if let Some(k) = &key
-        && let Some(rx) = seq.in_flight.get(k).cloned()
+        && let Some(rx) = state.completions.in_flight(k)
     {
         drop(seq);
         state.metrics.send_duplicates.inc();
@@ -298,33 +246,34 @@ async fn start(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Started> {
             flags: req.flags,
         },
     );
-    if let Some(session) = req.origin {
-        state.origins.insert(&req.channel, channel_seq, session);
-    }
-    let pending = match state.log.enqueue(vec![env.encode()]).await {
-        Ok(p) => p,
-        Err(e) => {
-            state.origins.take(&req.channel, channel_seq);
-            return Err(e.into());
+    // Registered before the enqueue: the applier may apply the message before it returns.
+    let registered = state.completions.register(Registration {
+        message_id,
+        channel: req.channel.clone(),
+        seq: channel_seq,
+        ts,
+        key,
+        origin: req.origin,
+        reply: reply.take(),
+        started,
+    });
+    let rx = match registered {
+        Ok(rx) => rx,
+        Err((e, back)) => {
+            *reply = back;
+            return Err(e);
         }
     };
-    seq.reserved.insert(req.channel.clone(), channel_seq);
+    match state.log.enqueue(vec![env.encode()]).await {
+        Ok(pending) => state.completions.enqueued(message_id, pending),
+        Err(e) => {
+            *reply = state.completions.abandon(message_id);
+            return Err(e.into());
+        }
+    }
+    seq.reserved.insert(req.channel, channel_seq);
     seq.next_message_id = message_id + 1;
     seq.sweep(state);
-    let (tx, rx) = watch::channel(None);
-    if let Some(k) = &key {
-        seq.in_flight.insert(k.clone(), rx.clone());
-    }
     drop(seq);
-    Ok(Started::Enqueued(Finish {
-        pending,
-        tx,
-        rx,
-        key,
-        channel: req.channel,
-        seq: channel_seq,
-        message_id,
-        ts,
-        started,
-    }))
+    Ok(Started::Enqueued(rx))
 }

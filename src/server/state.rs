@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::server::acks::Acks;
+use crate::server::completions::Completions;
 use crate::server::delivery::Delivery;
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::limits::TokenBucket;
@@ -52,42 +53,16 @@ pub(crate) struct AppState {
     pub(crate) sessions_stop: CancellationToken,
     /// Every WebSocket session and the tasks it spawns, waited for at shutdown.
     pub(crate) ws_tasks: TaskTracker,
-    /// Sends finishing after their enqueue (see the sequencer); waited for at shutdown.
+    /// Retries waiting for a WebSocket send still in flight (see the sequencer); waited for at
+    /// shutdown.
     pub(crate) send_tasks: TaskTracker,
     pub(crate) connections: std::sync::Arc<Semaphore>,
     pub(crate) ready: AtomicBool,
     user_rates: Mutex<HashMap<String, TokenBucket>>,
-    /// Which session sent a message, until the applier pushes it.
-    pub(crate) origins: Origins,
+    /// Sends enqueued and not yet answered; the applier answers them.
+    pub(crate) completions: Completions,
     /// Message index sidecars already in the object store (`None`: not listed yet).
     pub(crate) uploaded_sidecars: Mutex<Option<std::collections::HashSet<u64>>>,
-}
-
-/// (channel, seq) → the WebSocket session that sent it.
-#[derive(Debug, Default)]
-pub(crate) struct Origins(Mutex<HashMap<(String, u64), u64>>);
-
-impl Origins {
-    pub(crate) fn insert(&self, channel: &str, seq: u64, session: u64) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((channel.to_owned(), seq), session);
-    }
-    pub(crate) fn take(&self, channel: &str, seq: u64) -> Option<u64> {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if m.is_empty() {
-            return None;
-        }
-        m.remove(&(channel.to_owned(), seq))
-    }
-    pub(crate) fn peek(&self, channel: &str, seq: u64) -> Option<u64> {
-        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if m.is_empty() {
-            return None;
-        }
-        m.get(&(channel.to_owned(), seq)).copied()
-    }
 }
 
 impl AppState {
@@ -124,7 +99,7 @@ impl AppState {
             connections,
             ready: AtomicBool::new(false),
             user_rates: Mutex::new(HashMap::new()),
-            origins: Origins::default(),
+            completions: Completions::default(),
             uploaded_sidecars: Mutex::new(None),
         }
     }

@@ -24,12 +24,13 @@ use serde_json::{Value, json};
 use tidings_projections::ids::{ChannelId, is_person_channel};
 use tidings_projections::messages;
 use tidings_projections::permissions::can_read;
-use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::render::{cbor_frame, channel_ref, message_json};
 use crate::server::auth::{Caller, authenticate, bearer, resolve};
+use crate::server::completions::{Answer, Reply};
 use crate::server::delivery::{CloseReason, GOING_AWAY, Pushed, Run, Session, TOKEN_REVOKED};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::http::ApiQuery;
@@ -353,7 +354,8 @@ struct Ctx {
     session: Arc<Session>,
     /// The last seq this connection has sent in each channel.
     sent_upto: HashMap<ChannelId, u64>,
-    replies: mpsc::Sender<WsMessage>,
+    /// Answers to this session's sends (at most [`MAX_IN_FLIGHT`] queued: each holds a slot).
+    replies: mpsc::UnboundedSender<Answer>,
     limiter: TokenBucket,
 }
 
@@ -369,13 +371,33 @@ enum Step {
     Close(CloseReason),
     Gone,
     Frame(WsMessage),
-    Reply(WsMessage),
+    Reply(Answer),
     Push(Run),
     Reaped,
     CatchUp,
 }
 
 impl Ctx {
+    /// The frame answering a send.
+    fn answer(&self, a: &Answer) -> Option<WsMessage> {
+        match &a.result {
+            Ok(s) => encode(
+                &SendAck {
+                    kind: "sendack",
+                    client_msg_id: &a.client_msg_id,
+                    channel: channel_ref(&s.channel, Some(&self.uid)),
+                    seq: s.seq,
+                    message_id: s.message_id,
+                    offset: s.offset,
+                    ts: s.ts,
+                    duplicate: s.duplicate,
+                },
+                self.cbor,
+            ),
+            Err(e) => encode(&error_frame(e, Some(&a.client_msg_id)), self.cbor),
+        }
+    }
+
     /// One page of catch-up: whether catch-up goes on, or why the session must close.
     ///
     /// A failure to plan or load a page closes the session (code 1011): going live past
@@ -488,41 +510,16 @@ impl Ctx {
                             let err = ApiError::unavailable("busy", "too many sends in flight");
                             return w.frame(&error_frame(&err, Some(&client_msg_id))).await;
                         };
-                        let (state, replies, viewer, cbor) = (
-                            self.state.clone(),
-                            self.replies.clone(),
-                            self.uid.clone(),
-                            self.cbor,
-                        );
-                        // One task per send, owned by the server's send tracker (a session that
-                        // ends does not cut its sends short; shutdown waits for them). It also
-                        // encodes the answer, so the session loop only writes it.
-                        let tracker = state.send_tasks.clone();
-                        tracker.spawn(async move {
-                            let reply = match sequencer::send_in_tracked_task(&state, req).await {
-                                Ok(s) => encode(
-                                    &SendAck {
-                                        kind: "sendack",
-                                        client_msg_id: &client_msg_id,
-                                        channel: channel_ref(&s.channel, Some(&viewer)),
-                                        seq: s.seq,
-                                        message_id: s.message_id,
-                                        offset: s.offset,
-                                        ts: s.ts,
-                                        duplicate: s.duplicate,
-                                    },
-                                    cbor,
-                                ),
-                                Err(e) => encode(&error_frame(&e, Some(&client_msg_id)), cbor),
-                            };
-                            if let Some(reply) = reply {
-                                let _ = replies.send(reply).await;
-                            }
-                            // The slot frees only once the answer is queued: a client that
-                            // keeps sending while not reading its answers runs out of slots,
-                            // and then the session stops reading and writes the answers.
-                            drop(permit);
-                        });
+                        // The answer comes back through `replies` with the permit: the slot
+                        // frees only once the answer is written, so a client that keeps
+                        // sending while not reading its answers runs out of slots, and then
+                        // the session stops reading and writes the answers.
+                        let reply = Reply {
+                            to: self.replies.clone(),
+                            client_msg_id,
+                            permit,
+                        };
+                        sequencer::send_for_session(&self.state, req, reply).await;
                         Ok(())
                     }
                     Err(e) => w.frame(&error_frame(&e, Some(&client_msg_id))).await,
@@ -651,7 +648,7 @@ async fn run(
         session.begin_catch_up_round();
         session.try_go_live();
     }
-    let (replies_tx, mut replies) = mpsc::channel::<WsMessage>(1024);
+    let (replies_tx, mut replies) = mpsc::unbounded_channel::<Answer>();
     let mut ctx = Ctx {
         caller: Caller::User(uid.clone()),
         limiter: TokenBucket::new(state.config.limits_sends_per_second),
@@ -671,6 +668,8 @@ async fn run(
     let mut catching_up = catch_up;
     // Frames of one burst (reused: no allocation per burst; none at all for an idle session).
     let mut burst: Vec<WsMessage> = Vec::new();
+    // In-flight slots of the answers in `burst`.
+    let mut slots: Vec<OwnedSemaphorePermit> = Vec::new();
     let close: Option<CloseReason> = loop {
         let step = tokio::select! {
             biased;
@@ -694,14 +693,21 @@ async fn run(
             Step::Gone => break None,
             Step::Frame(msg) => ctx.incoming(&mut w, &msg, &in_flight).await,
             // A burst of answers or pushes is written with one flush (one syscall), not one each.
-            Step::Reply(reply) => {
-                burst.push(reply);
-                while burst.len() < BURST
-                    && let Ok(next) = replies.try_recv()
-                {
-                    burst.push(next);
+            Step::Reply(first) => {
+                let mut next = Some(first);
+                while let Some(mut a) = next.take() {
+                    burst.extend(ctx.answer(&a));
+                    if let Some(p) = a.permit.take() {
+                        slots.push(p);
+                    }
+                    if burst.len() < BURST {
+                        next = replies.try_recv().ok();
+                    }
                 }
-                w.burst(&mut burst).await
+                let written = w.burst(&mut burst).await;
+                // Written (or failed): the slots free.
+                slots.clear();
+                written
             }
             Step::Push(run) => {
                 let mut messages = run.len();

@@ -1,0 +1,491 @@
+//! Sends enqueued and not yet applied, completed by the applier.
+//!
+//! The applier only ever sees durable records, so applying a `MessageSent` is the moment its
+//! send is done: durable and visible. The applier takes the send's entry here (by message id)
+//! and answers it in the same pass — the HTTP caller through a watch channel, the WebSocket
+//! session through its answer queue. One pass answers every send of an fsync batch before any
+//! session runs, so a session writes all of its acks of a batch with one write, and a send
+//! costs no task and no wake-up of its own between the log writer and the applier.
+//!
+//! What the applier cannot see is handled by [`Completions::sweep`], run by a background task:
+//! an append that failed (the log is poisoned: nothing more becomes durable) is answered with
+//! the log's error; a WebSocket send not applied within [`APPLY_TIMEOUT`] is answered
+//! `apply_timeout` (its entry stays, so a retry with the same `client_msg_id` still waits for
+//! it). When the applier stops, [`Completions::close`] answers every send still here.
+//!
+//! An entry's idempotency key is in [`Completions::in_flight`] until the entry is answered by
+//! the applier (from then on the idempotency projection has it) or fails (nothing written), so
+//! a retry never makes a second message.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tidings_log::PendingAppend;
+use tidings_projections::FastMap;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::server::error::{ApiError, ApiResult};
+use crate::server::metrics::Metrics;
+use crate::server::sequencer::Sent;
+use crate::server::state::{APPLY_TIMEOUT, AppState};
+
+/// How often [`sweeper`] looks.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// A send's outcome as its waiters see it (`None`: not yet).
+pub(crate) type Outcome = Option<ApiResult<Sent>>;
+
+/// A send's answer on its way to the WebSocket session that made it.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) client_msg_id: String,
+    pub(crate) result: ApiResult<Sent>,
+    /// The session's in-flight slot: it frees once the answer is written.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Where a WebSocket send's answer goes.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) to: mpsc::UnboundedSender<Answer>,
+    pub(crate) client_msg_id: String,
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+/// What the sequencer knows of a send when it registers it.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    pub(crate) message_id: u64,
+    pub(crate) channel: String,
+    pub(crate) seq: u64,
+    pub(crate) ts: u64,
+    /// Idempotency key (`None` without a `client_msg_id`).
+    pub(crate) key: Option<String>,
+    /// The WebSocket session that sent it (it gets a sendack, not the message).
+    pub(crate) origin: Option<u64>,
+    pub(crate) reply: Option<Reply>,
+    pub(crate) started: Instant,
+}
+
+#[derive(Debug)]
+struct Entry {
+    reg: Registration,
+    tx: watch::Sender<Outcome>,
+    /// The log's acknowledgement (set right after the enqueue).
+    pending: Option<PendingAppend>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_id: FastMap<u64, Entry>,
+    /// In-flight sends by idempotency key.
+    by_key: FastMap<String, watch::Receiver<Outcome>>,
+    /// The applier stopped: nothing registered from now on would ever be answered.
+    closed: bool,
+}
+
+/// The registry (one per server).
+#[derive(Debug, Default)]
+pub(crate) struct Completions {
+    inner: Mutex<Inner>,
+}
+
+/// Sends the applier took, to answer outside the lock.
+#[derive(Debug)]
+pub(crate) struct Taken(Vec<(u64, Entry)>);
+
+impl Completions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a send about to be enqueued (before the enqueue: the applier may apply it
+    /// before the enqueue returns).
+    /// Fails once the applier has stopped, giving the reply back.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn register(
+        &self,
+        mut reg: Registration,
+    ) -> Result<watch::Receiver<Outcome>, (ApiError, Option<Reply>)> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err((shutting_down(), reg.reply.take()));
+        }
+        let (tx, rx) = watch::channel(None);
+        if let Some(k) = &reg.key {
+            inner.by_key.insert(k.clone(), rx.clone());
+        }
+        inner.by_id.insert(
+            reg.message_id,
+            Entry {
+                reg,
+                tx,
+                pending: None,
+            },
+        );
+        Ok(rx)
+    }
+
+    /// The enqueue succeeded: keeps its acknowledgement (to notice a failed append).
+    pub(crate) fn enqueued(&self, message_id: u64, pending: PendingAppend) {
+        if let Some(e) = self.lock().by_id.get_mut(&message_id) {
+            e.pending = Some(pending);
+        }
+    }
+
+    /// The enqueue failed (nothing was written): forgets the send and gives its reply back
+    /// (the caller answers the error itself).
+    pub(crate) fn abandon(&self, message_id: u64) -> Option<Reply> {
+        let entry = {
+            let mut inner = self.lock();
+            let entry = inner.by_id.remove(&message_id);
+            if let Some(k) = entry.as_ref().and_then(|e| e.reg.key.as_ref()) {
+                inner.by_key.remove(k);
+            }
+            entry
+        };
+        let mut e = entry?;
+        let _ =
+            e.tx.send(Some(Err(ApiError::internal("the send was not enqueued"))));
+        e.reg.reply.take()
+    }
+
+    /// The outcome of an in-flight send with this idempotency key.
+    pub(crate) fn in_flight(&self, key: &str) -> Option<watch::Receiver<Outcome>> {
+        self.lock().by_key.get(key).cloned()
+    }
+
+    /// Takes the sends of the messages just applied (message ids), to be answered with
+    /// [`Taken::answer`] once the lock is released.
+    pub(crate) fn take(&self, applied: impl Iterator<Item = (u64, u64)>) -> Taken {
+        let mut inner = self.lock();
+        if inner.by_id.is_empty() {
+            return Taken(Vec::new());
+        }
+        let mut out = Vec::new();
+        for (message_id, offset) in applied {
+            if let Some(e) = inner.by_id.remove(&message_id) {
+                if let Some(k) = &e.reg.key {
+                    inner.by_key.remove(k);
+                }
+                out.push((offset, e));
+            }
+        }
+        Taken(out)
+    }
+
+    /// Answers what the applier cannot: failed appends (only when the log is poisoned) and
+    /// WebSocket sends waiting longer than [`APPLY_TIMEOUT`]. Returns how many were answered.
+    pub(crate) fn sweep(&self, poisoned: bool, now: Instant, metrics: &Metrics) -> usize {
+        let mut failed: Vec<(Entry, ApiError)> = Vec::new();
+        let mut late: Vec<Reply> = Vec::new();
+        {
+            let mut inner = self.lock();
+            let mut failed_ids: Vec<(u64, ApiError)> = Vec::new();
+            for (id, e) in &mut inner.by_id {
+                if poisoned && let Some(p) = e.pending.as_mut() {
+                    match p.try_wait() {
+                        Some(Err(err)) => {
+                            failed_ids.push((*id, err.into()));
+                            continue;
+                        }
+                        // Durable: the applier answers it.
+                        Some(Ok(_)) => e.pending = None,
+                        None => {}
+                    }
+                }
+                if now.saturating_duration_since(e.reg.started) >= APPLY_TIMEOUT
+                    && let Some(r) = e.reg.reply.take()
+                {
+                    late.push(r);
+                }
+            }
+            for (id, err) in failed_ids {
+                if let Some(e) = inner.by_id.remove(&id) {
+                    if let Some(k) = &e.reg.key {
+                        inner.by_key.remove(k);
+                    }
+                    failed.push((e, err));
+                }
+            }
+        }
+        let n = failed.len() + late.len();
+        for (e, err) in failed {
+            answer(e, Err(err), metrics);
+        }
+        for r in late {
+            let _ = r.to.send(Answer {
+                client_msg_id: r.client_msg_id,
+                result: Err(ApiError::unavailable(
+                    "apply_timeout",
+                    "the send is queued but not yet applied; retry with the same client_msg_id",
+                )),
+                permit: Some(r.permit),
+            });
+        }
+        n
+    }
+
+    /// The applier stopped: answers every send still here with `shutting_down`, and refuses
+    /// new ones.
+    pub(crate) fn close(&self, metrics: &Metrics) {
+        let entries = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            inner.by_key.clear();
+            std::mem::take(&mut inner.by_id)
+        };
+        for (_, e) in entries {
+            answer(e, Err(shutting_down()), metrics);
+        }
+    }
+
+    /// Sends registered and not yet answered by the applier.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().by_id.len()
+    }
+}
+
+impl Taken {
+    /// Answers each taken send (durable and applied at its offset); returns which session
+    /// sent each message that came from one (message id → session).
+    pub(crate) fn answer(self, metrics: &Metrics) -> FastMap<u64, u64> {
+        let mut origins = FastMap::default();
+        for (offset, e) in self.0 {
+            if let Some(o) = e.reg.origin {
+                origins.insert(e.reg.message_id, o);
+            }
+            let sent = Sent {
+                channel: e.reg.channel.clone(),
+                seq: e.reg.seq,
+                message_id: e.reg.message_id,
+                offset,
+                ts: e.reg.ts,
+                duplicate: false,
+            };
+            answer(e, Ok(sent), metrics);
+        }
+        origins
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::unavailable("shutting_down", "the server is shutting down")
+}
+
+fn answer(e: Entry, result: ApiResult<Sent>, metrics: &Metrics) {
+    if result.is_ok() {
+        metrics.sends.inc();
+        metrics.send_latency.observe(e.reg.started.elapsed());
+    }
+    if let Some(r) = e.reg.reply {
+        let _ = r.to.send(Answer {
+            client_msg_id: r.client_msg_id,
+            result: result.clone(),
+            permit: Some(r.permit),
+        });
+    }
+    // Only a waiter (an HTTP caller, a retry) holds a receiver: skip the clone without one.
+    if e.tx.receiver_count() > 0 {
+        let _ = e.tx.send(Some(result));
+    }
+}
+
+/// Runs [`Completions::sweep`] every [`SWEEP_EVERY`] until `stop` is cancelled.
+pub(crate) async fn sweeper(state: Arc<AppState>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let poisoned = state.log.poisoned().is_some();
+        let answered = state
+            .completions
+            .sweep(poisoned, Instant::now(), &state.metrics);
+        if answered > 0 {
+            tracing::warn!(
+                answered,
+                poisoned,
+                "answered sends the applier did not (failed appends or apply timeouts)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tidings_log::sim::SimFs;
+    use tidings_log::{Log, LogOptions};
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    fn reg(
+        message_id: u64,
+        key: Option<&str>,
+        reply: Option<Reply>,
+        started: Instant,
+    ) -> Registration {
+        Registration {
+            message_id,
+            channel: "g".into(),
+            seq: message_id,
+            ts: 7,
+            key: key.map(str::to_owned),
+            origin: Some(3),
+            reply,
+            started,
+        }
+    }
+
+    fn reply(to: &mpsc::UnboundedSender<Answer>, slots: &Arc<Semaphore>, id: &str) -> Reply {
+        Reply {
+            to: to.clone(),
+            client_msg_id: id.into(),
+            permit: slots.clone().try_acquire_owned().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_applier_answers_the_waiter_and_the_session_once() {
+        let c = Completions::default();
+        let m = Metrics::default();
+        let slots = Arc::new(Semaphore::new(2));
+        let (tx, mut answers) = mpsc::unbounded_channel();
+        let mut rx = c
+            .register(reg(
+                5,
+                Some("k"),
+                Some(reply(&tx, &slots, "a")),
+                Instant::now(),
+            ))
+            .unwrap();
+        assert!(
+            c.in_flight("k").is_some(),
+            "a retry finds it while in flight"
+        );
+        // Messages nobody registered (another server's, a replay) are skipped.
+        let origins = c.take([(4, 40), (5, 50)].into_iter()).answer(&m);
+        assert_eq!(origins.get(&5), Some(&3));
+        assert!(c.in_flight("k").is_none());
+        assert_eq!(c.len(), 0);
+        let sent = rx.wait_for(Option::is_some).await.unwrap().clone();
+        let sent = sent.unwrap().unwrap();
+        assert_eq!(
+            (sent.seq, sent.message_id, sent.offset, sent.ts),
+            (5, 5, 50, 7)
+        );
+        let a = answers.try_recv().unwrap();
+        assert_eq!(a.client_msg_id, "a");
+        assert_eq!(a.result.unwrap().offset, 50);
+        assert_eq!(
+            slots.available_permits(),
+            1,
+            "the slot is held until written"
+        );
+        drop(a.permit);
+        assert_eq!(slots.available_permits(), 2);
+        assert!(answers.try_recv().is_err(), "answered once");
+        assert_eq!(m.sends.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_is_answered_with_the_logs_error() {
+        let fs = SimFs::new();
+        let log = Log::open(
+            "/sim/completions",
+            LogOptions::default().with_vfs(Arc::new(fs.clone())),
+        )
+        .await
+        .unwrap();
+        let c = Completions::default();
+        let m = Metrics::default();
+        let slots = Arc::new(Semaphore::new(1));
+        let (tx, mut answers) = mpsc::unbounded_channel();
+        let mut rx = c
+            .register(reg(
+                1,
+                Some("k"),
+                Some(reply(&tx, &slots, "a")),
+                Instant::now(),
+            ))
+            .unwrap();
+        fs.fail_write_after(1, 0);
+        let pending = log.enqueue(vec![Bytes::from_static(b"x")]).await.unwrap();
+        c.enqueued(1, pending);
+        // Not poisoned yet (as far as the sweep is told): nothing is answered.
+        assert_eq!(c.sweep(false, Instant::now(), &m), 0);
+        while log.poisoned().is_none() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(c.sweep(true, Instant::now(), &m), 1);
+        let a = answers.try_recv().unwrap();
+        assert!(a.result.is_err());
+        let outcome = rx.wait_for(Option::is_some).await.unwrap().clone();
+        assert!(matches!(outcome, Some(Err(_))));
+        assert!(
+            c.in_flight("k").is_none(),
+            "nothing was written: a retry may send again"
+        );
+        assert_eq!(c.len(), 0);
+        assert_eq!(m.sends.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_late_session_send_is_told_apply_timeout_and_stays_in_flight() {
+        let c = Completions::default();
+        let m = Metrics::default();
+        let slots = Arc::new(Semaphore::new(1));
+        let (tx, mut answers) = mpsc::unbounded_channel();
+        let long_ago = Instant::now() - APPLY_TIMEOUT - Duration::from_secs(1);
+        c.register(reg(1, Some("k"), Some(reply(&tx, &slots, "a")), long_ago))
+            .unwrap();
+        assert_eq!(c.sweep(false, Instant::now(), &m), 1);
+        let a = answers.try_recv().unwrap();
+        assert_eq!(a.result.unwrap_err().code, "apply_timeout");
+        drop(a.permit);
+        assert_eq!(slots.available_permits(), 1);
+        // Told once; the send is still in flight, and the applier still completes it.
+        assert_eq!(c.sweep(false, Instant::now(), &m), 0);
+        assert!(c.in_flight("k").is_some());
+        c.take([(1, 10)].into_iter()).answer(&m);
+        assert!(
+            answers.try_recv().is_err(),
+            "the session was already answered"
+        );
+        assert_eq!(m.sends.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn when_the_applier_stops_every_send_is_answered_and_new_ones_refused() {
+        let c = Completions::default();
+        let m = Metrics::default();
+        let slots = Arc::new(Semaphore::new(2));
+        let (tx, mut answers) = mpsc::unbounded_channel();
+        c.register(reg(1, None, Some(reply(&tx, &slots, "a")), Instant::now()))
+            .unwrap();
+        c.close(&m);
+        assert_eq!(
+            answers.try_recv().unwrap().result.unwrap_err().code,
+            "shutting_down"
+        );
+        let Err((e, back)) =
+            c.register(reg(2, None, Some(reply(&tx, &slots, "b")), Instant::now()))
+        else {
+            panic!("registered after close")
+        };
+        assert_eq!(e.code, "shutting_down");
+        assert_eq!(
+            back.unwrap().client_msg_id,
+            "b",
+            "the reply is given back to answer"
+        );
+    }
+}
