@@ -45,12 +45,27 @@ pub(crate) struct Answer {
     pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
+/// A session's answer queue. Boxed: an idle session's queue pre-allocates a block of slots,
+/// and a slot the size of a pointer keeps that block small.
+pub(crate) type Answers = mpsc::UnboundedSender<Box<Answer>>;
+
 /// Where a WebSocket send's answer goes.
 #[derive(Debug)]
 pub(crate) struct Reply {
-    pub(crate) to: mpsc::UnboundedSender<Answer>,
+    pub(crate) to: Answers,
     pub(crate) client_msg_id: String,
     pub(crate) permit: OwnedSemaphorePermit,
+}
+
+impl Reply {
+    /// Queues the answer (a session that has ended drops it), with the in-flight slot.
+    pub(crate) fn answer(self, result: ApiResult<Sent>) {
+        let _ = self.to.send(Box::new(Answer {
+            client_msg_id: self.client_msg_id,
+            result,
+            permit: Some(self.permit),
+        }));
+    }
 }
 
 /// What the sequencer knows of a send when it registers it.
@@ -215,14 +230,10 @@ impl Completions {
             answer(e, Err(err), metrics);
         }
         for r in late {
-            let _ = r.to.send(Answer {
-                client_msg_id: r.client_msg_id,
-                result: Err(ApiError::unavailable(
-                    "apply_timeout",
-                    "the send is queued but not yet applied; retry with the same client_msg_id",
-                )),
-                permit: Some(r.permit),
-            });
+            r.answer(Err(ApiError::unavailable(
+                "apply_timeout",
+                "the send is queued but not yet applied; retry with the same client_msg_id",
+            )));
         }
         n
     }
@@ -281,11 +292,7 @@ fn answer(e: Entry, result: ApiResult<Sent>, metrics: &Metrics) {
         metrics.send_latency.observe(e.reg.started.elapsed());
     }
     if let Some(r) = e.reg.reply {
-        let _ = r.to.send(Answer {
-            client_msg_id: r.client_msg_id,
-            result: result.clone(),
-            permit: Some(r.permit),
-        });
+        r.answer(result.clone());
     }
     // Only a waiter (an HTTP caller, a retry) holds a receiver: skip the clone without one.
     if e.tx.receiver_count() > 0 {
@@ -345,7 +352,7 @@ mod tests {
         }
     }
 
-    fn reply(to: &mpsc::UnboundedSender<Answer>, slots: &Arc<Semaphore>, id: &str) -> Reply {
+    fn reply(to: &Answers, slots: &Arc<Semaphore>, id: &str) -> Reply {
         Reply {
             to: to.clone(),
             client_msg_id: id.into(),

@@ -22,7 +22,7 @@ use tidings_projections::permissions::check_send;
 use tidings_projections::{Envelope, Event};
 use tokio::sync::watch;
 
-use crate::server::completions::{Answer, Outcome, Registration, Reply};
+use crate::server::completions::{Outcome, Registration, Reply};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::{APPLY_TIMEOUT, AppState, now_ms};
 
@@ -140,11 +140,7 @@ pub(crate) async fn send_for_session(state: &Arc<AppState>, req: SendRequest, re
     let mut slot = Some(reply);
     let answer = |slot: &mut Option<Reply>, result: ApiResult<Sent>| {
         if let Some(r) = slot.take() {
-            let _ = r.to.send(Answer {
-                client_msg_id: r.client_msg_id,
-                result,
-                permit: Some(r.permit),
-            });
+            r.answer(result);
         }
     };
     match start(state, req, &mut slot).await {

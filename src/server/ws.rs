@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::render::{cbor_frame, channel_ref, message_json};
 use crate::server::auth::{Caller, authenticate, bearer, resolve};
-use crate::server::completions::{Answer, Reply};
+use crate::server::completions::{Answer, Answers, Reply};
 use crate::server::delivery::{CloseReason, GOING_AWAY, Pushed, Run, Session, TOKEN_REVOKED};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::http::ApiQuery;
@@ -45,8 +45,12 @@ const CATCH_UP_PAGE: usize = 256;
 const MAX_IN_FLIGHT: usize = 256;
 /// Frames written before one flush.
 const BURST: usize = 64;
-/// Read buffer and write batching of a WebSocket connection.
-const WS_BUFFER: usize = 1024;
+/// Read buffer of a WebSocket connection (allocated up front: small keeps idle ones cheap).
+const WS_READ_BUFFER: usize = 1024;
+/// Bytes tungstenite gathers before it writes to the socket mid-burst (a burst is flushed at
+/// its end anyway). Its buffer keeps the capacity it grew to, so this bounds what a busy
+/// connection holds; an idle one never grows it.
+const WS_WRITE_BUFFER: usize = 16 * 1024;
 /// A write to a client that makes no progress for this long ends the session.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Budget for the close frame and the closing handshake.
@@ -120,8 +124,8 @@ pub(crate) async fn upgrade(
         .max_frame_size(max)
         // tungstenite allocates its read buffer up front (128 KiB by default): small buffers
         // keep an idle connection cheap; larger frames still arrive, in more reads.
-        .read_buffer_size(WS_BUFFER)
-        .write_buffer_size(WS_BUFFER)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 let cbor = socket
@@ -355,7 +359,7 @@ struct Ctx {
     /// The last seq this connection has sent in each channel.
     sent_upto: HashMap<ChannelId, u64>,
     /// Answers to this session's sends (at most [`MAX_IN_FLIGHT`] queued: each holds a slot).
-    replies: mpsc::UnboundedSender<Answer>,
+    replies: Answers,
     limiter: TokenBucket,
 }
 
@@ -371,7 +375,7 @@ enum Step {
     Close(CloseReason),
     Gone,
     Frame(WsMessage),
-    Reply(Answer),
+    Reply(Box<Answer>),
     Push(Run),
     Reaped,
     CatchUp,
@@ -648,7 +652,7 @@ async fn run(
         session.begin_catch_up_round();
         session.try_go_live();
     }
-    let (replies_tx, mut replies) = mpsc::unbounded_channel::<Answer>();
+    let (replies_tx, mut replies) = mpsc::unbounded_channel::<Box<Answer>>();
     let mut ctx = Ctx {
         caller: Caller::User(uid.clone()),
         limiter: TokenBucket::new(state.config.limits_sends_per_second),
