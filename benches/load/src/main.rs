@@ -64,6 +64,10 @@ pub(crate) struct Args {
     /// is bound by the send→ack time on cores the receivers share).
     #[arg(long, default_value_t = 32)]
     pub(crate) fanout_window: u64,
+    /// `fanout` at a fixed rate instead (messages/s, each delivered to every member), with up
+    /// to `--fanout-window` in flight: the send→receive latency at a load below saturation.
+    #[arg(long)]
+    pub(crate) fanout_rate: Option<f64>,
 }
 
 impl Args {

@@ -1,5 +1,6 @@
 //! `fanout`: one group, many online members; one sender keeps `--fanout-window` sends (default
-//! 32) in flight for the measured time. Deliveries/s counts message frames received by all members; latency is
+//! 32) in flight for the measured time (with `--fanout-rate`, sends at that rate instead, the
+//! window only a cap). Deliveries/s counts message frames received by all members; latency is
 //! send → receive (the send time travels in the payload). Check: every member received every
 //! message exactly once, seqs 1..=n.
 
@@ -14,7 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::Args;
 use crate::client::{self, Ws};
-use crate::scenarios::{Until, payload, send_windowed};
+use crate::scenarios::{Until, payload, send_paced};
 use crate::server::Server;
 use crate::stats::{hist, summary};
 
@@ -100,7 +101,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         client::connect(server.addr, &tokens[members], members, "?catch_up=false").await?;
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(args.secs());
-    let (acked, errors) = send_windowed(&mut sender, args.fanout_window.max(1), Until::Time(stop), |i| {
+    let (acked, errors) = send_paced(&mut sender, args.fanout_window.max(1), args.fanout_rate, Until::Time(stop), |i| {
         json!({"type": "send", "client_msg_id": format!("f{i}"), "channel": "fan", "payload": payload(base, i)})
     })
     .await?;
@@ -125,6 +126,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         "scenario": "fanout",
         "online_members": members,
         "sender_window": args.fanout_window.max(1),
+        "offered_msgs_per_s": args.fanout_rate,
         "messages": acked,
         "deliveries": delivered,
         "deliveries_per_s": (delivered as f64 / took).round(),

@@ -40,16 +40,49 @@ pub(crate) async fn send_windowed(
     ws: &mut Ws,
     window: u64,
     until: Until,
+    frame: impl FnMut(u64) -> Value,
+) -> anyhow::Result<(u64, u64)> {
+    send_paced(ws, window, None, until, frame).await
+}
+
+/// [`send_windowed`], and with `rate` (sends/s) no faster than that: each send waits for its
+/// moment (and for a free slot in the window).
+pub(crate) async fn send_paced(
+    ws: &mut Ws,
+    window: u64,
+    rate: Option<f64>,
+    until: Until,
     mut frame: impl FnMut(u64) -> Value,
 ) -> anyhow::Result<(u64, u64)> {
     let (mut sent, mut acked, mut errors) = (0u64, 0u64, 0u64);
+    let started = tokio::time::Instant::now();
     loop {
         let more = match until {
             Until::Count(n) => sent < n,
             Until::Time(t) => Instant::now() < t,
         };
         let in_flight = sent - acked - errors;
+        let due = rate.map(|r| started + Duration::from_secs_f64(sent as f64 / r));
         if more && in_flight < window {
+            match due {
+                Some(at) if at > tokio::time::Instant::now() => {
+                    // Not yet: read an answer if one comes first, else send on time.
+                    tokio::select! {
+                        biased;
+                        v = client::next(ws) => {
+                            let v = v?.ok_or_else(|| anyhow::anyhow!("the sender's connection ended"))?;
+                            match v["type"].as_str() {
+                                Some("sendack") => acked += 1,
+                                Some("error") => errors += 1,
+                                _ => {}
+                            }
+                            continue;
+                        }
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                _ => {}
+            }
             client::send(ws, &frame(sent)).await?;
             sent += 1;
             continue;
