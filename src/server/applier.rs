@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::render::{cbor_frame, channel_ref, message_json};
+use crate::server::completions;
 use crate::server::delivery::{Frame, MAX_RUN, Pushed, Run, TOKEN_REVOKED};
 use crate::server::state::{AppState, now_ms};
 
@@ -123,14 +124,19 @@ pub(crate) async fn run(
     stop: CancellationToken,
 ) {
     // However the applier ends, requests still waiting for it are told (they answer 503).
-    struct CloseWaiters<'a>(&'a AppState);
+    struct CloseWaiters<'a>(&'a AppState, &'a CancellationToken);
     impl Drop for CloseWaiters<'_> {
         fn drop(&mut self) {
             self.0.applied_waiters.close();
-            self.0.completions.close(&self.0.metrics);
+            let why = if self.1.is_cancelled() {
+                completions::shutting_down()
+            } else {
+                completions::applier_stopped()
+            };
+            self.0.completions.close(why, &self.0.metrics);
         }
     }
-    let _close = CloseWaiters(&state);
+    let _close = CloseWaiters(&state, &stop);
     let mut tail = state.log.tail(*applied.borrow());
     loop {
         let batch = tokio::select! {

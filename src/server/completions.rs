@@ -96,8 +96,9 @@ struct Inner {
     by_id: FastMap<u64, Entry>,
     /// In-flight sends by idempotency key.
     by_key: FastMap<String, watch::Receiver<Outcome>>,
-    /// The applier stopped: nothing registered from now on would ever be answered.
-    closed: bool,
+    /// The applier stopped (with what new sends are told): nothing registered from now on
+    /// would ever be answered.
+    closed: Option<ApiError>,
 }
 
 /// The registry (one per server).
@@ -124,8 +125,15 @@ impl Completions {
         mut reg: Registration,
     ) -> Result<watch::Receiver<Outcome>, (ApiError, Option<Reply>)> {
         let mut inner = self.lock();
-        if inner.closed {
-            return Err((shutting_down(), reg.reply.take()));
+        if let Some(e) = &inner.closed {
+            return Err((e.clone(), reg.reply.take()));
+        }
+        if inner.by_id.contains_key(&reg.message_id) {
+            // Never: message ids are handed out once, under the sequencer's lock.
+            return Err((
+                ApiError::internal("message id already in flight"),
+                reg.reply.take(),
+            ));
         }
         let (tx, rx) = watch::channel(None);
         if let Some(k) = &reg.key {
@@ -238,22 +246,21 @@ impl Completions {
         n
     }
 
-    /// The applier stopped: answers every send still here with `shutting_down`, and refuses
-    /// new ones.
-    pub(crate) fn close(&self, metrics: &Metrics) {
+    /// The applier stopped: answers every send still here with `why`, and refuses new ones
+    /// with it.
+    pub(crate) fn close(&self, why: ApiError, metrics: &Metrics) {
         let entries = {
             let mut inner = self.lock();
-            inner.closed = true;
+            inner.closed = Some(why.clone());
             inner.by_key.clear();
             std::mem::take(&mut inner.by_id)
         };
         for (_, e) in entries {
-            answer(e, Err(shutting_down()), metrics);
+            answer(e, Err(why.clone()), metrics);
         }
     }
 
     /// Sends registered and not yet answered by the applier.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lock().by_id.len()
     }
@@ -265,7 +272,11 @@ impl Taken {
     pub(crate) fn answer(self, metrics: &Metrics) -> FastMap<u64, u64> {
         let mut origins = FastMap::default();
         for (offset, e) in self.0 {
-            if let Some(o) = e.reg.origin {
+            // A session already told `apply_timeout` gets the message as a push instead of a
+            // sendack: it must not be skipped as the sender.
+            if let Some(o) = e.reg.origin
+                && e.reg.reply.is_some()
+            {
                 origins.insert(e.reg.message_id, o);
             }
             let sent = Sent {
@@ -282,8 +293,17 @@ impl Taken {
     }
 }
 
-fn shutting_down() -> ApiError {
+/// What sends waiting when the server shuts down are told.
+pub(crate) fn shutting_down() -> ApiError {
     ApiError::unavailable("shutting_down", "the server is shutting down")
+}
+
+/// What sends are told when the applier stopped on its own (a record it cannot apply).
+pub(crate) fn applier_stopped() -> ApiError {
+    ApiError::unavailable(
+        "not_ready",
+        "the server cannot apply its log; see its log and run `tidings verify`",
+    )
 }
 
 fn answer(e: Entry, result: ApiResult<Sent>, metrics: &Metrics) {
@@ -462,7 +482,11 @@ mod tests {
         // Told once; the send is still in flight, and the applier still completes it.
         assert_eq!(c.sweep(false, Instant::now(), &m), 0);
         assert!(c.in_flight("k").is_some());
-        c.take([(1, 10)].into_iter()).answer(&m);
+        let origins = c.take([(1, 10)].into_iter()).answer(&m);
+        assert!(
+            origins.is_empty(),
+            "without a sendack coming, the session gets the message as a push"
+        );
         assert!(
             answers.try_recv().is_err(),
             "the session was already answered"
@@ -478,7 +502,7 @@ mod tests {
         let (tx, mut answers) = mpsc::unbounded_channel();
         c.register(reg(1, None, Some(reply(&tx, &slots, "a")), Instant::now()))
             .unwrap();
-        c.close(&m);
+        c.close(shutting_down(), &m);
         assert_eq!(
             answers.try_recv().unwrap().result.unwrap_err().code,
             "shutting_down"
@@ -494,5 +518,21 @@ mod tests {
             "b",
             "the reply is given back to answer"
         );
+    }
+
+    #[tokio::test]
+    async fn a_message_id_already_in_flight_is_refused_not_overwritten() {
+        let c = Completions::default();
+        let m = Metrics::default();
+        let mut first = c.register(reg(1, Some("k"), None, Instant::now())).unwrap();
+        let Err((e, _)) = c.register(reg(1, Some("j"), None, Instant::now())) else {
+            panic!("registered twice")
+        };
+        assert_eq!(e.code, "internal");
+        assert!(c.in_flight("j").is_none());
+        // The first is intact and still answered.
+        c.take([(1, 10)].into_iter()).answer(&m);
+        let outcome = first.wait_for(Option::is_some).await.unwrap().clone();
+        assert_eq!(outcome.unwrap().unwrap().offset, 10);
     }
 }

@@ -314,13 +314,21 @@ impl Running {
             }
         };
         tracing::debug!(took_ms = deadline_elapsed(deadline, grace), "http done");
-        // Sends already queued finish (durable, applied) before the applier stops.
-        state.send_tasks.close();
-        if tokio::time::timeout_at(deadline, state.send_tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("sends still finishing at the end of the grace period");
+        // Sends already queued finish (durable, applied, answered) before the applier stops:
+        // the completions empty as the applier answers them (or the sweeper fails them), and
+        // retries waiting on one of them finish in `send_tasks`.
+        let sends_done = async {
+            while state.completions.len() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            state.send_tasks.close();
+            state.send_tasks.wait().await;
+        };
+        if tokio::time::timeout_at(deadline, sends_done).await.is_err() {
+            tracing::warn!(
+                unanswered = state.completions.len(),
+                "sends still finishing at the end of the grace period"
+            );
         }
         // Coalesced acks, then everything applied.
         self.stop_acks.cancel();

@@ -12,14 +12,13 @@
 //! before the fsync, so group commit batches them. A retry of a send that is still in flight
 //! waits for the first attempt and gets its answer: never a second message.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use bytes::Bytes;
 use tidings_projections::permissions::check_send;
-use tidings_projections::{Envelope, Event};
+use tidings_projections::{Envelope, Event, FastMap};
 use tokio::sync::watch;
 
 use crate::server::completions::{Outcome, Registration, Reply};
@@ -56,7 +55,7 @@ pub(crate) struct SendRequest {
 #[derive(Debug, Default)]
 pub(crate) struct Sequencer {
     /// The last seq handed out per channel (entries at or below the applied head are swept).
-    reserved: HashMap<String, u64>,
+    reserved: FastMap<String, u64>,
     next_message_id: u64,
     /// Sweep `reserved` when it grows past this.
     sweep_at: usize,
@@ -179,6 +178,18 @@ async fn start(
     let key = (!req.client_msg_id.is_empty()).then(|| idem_key(&req.from, &req.client_msg_id));
     let mut seq = state.sequencer.lock().await;
 
+    // Still in flight: wait for the first attempt's answer. Checked before the projections:
+    // the applier applies a send and only then takes it from the completions, so once it is
+    // gone from here it is in the idempotency window read below (the other order would let
+    // it slip between the two reads and be sent twice).
+    if let Some(k) = &key
+        && let Some(rx) = state.completions.in_flight(k)
+    {
+        drop(seq);
+        state.metrics.send_duplicates.inc();
+        return Ok(Started::Wait(rx));
+    }
+
     // Already applied: answer with the original.
     let (last_seq, next_id) = {
         let p = state.proj();
@@ -211,14 +222,6 @@ async fn start(
         }
         (st.heads.last_seq(&req.channel), st.heads.next_message_id)
     };
-    // Still in flight: wait for the first attempt's answer.
-    if let Some(k) = &key
-        && let Some(rx) = state.completions.in_flight(k)
-    {
-        drop(seq);
-        state.metrics.send_duplicates.inc();
-        return Ok(Started::Wait(rx));
-    }
 
     let channel_seq = seq
         .reserved
@@ -260,7 +263,15 @@ async fn start(
             return Err(e);
         }
     };
-    match state.log.enqueue(vec![env.encode()]).await {
+    // The enqueue may wait (queue full) and an HTTP handler may be dropped meanwhile: then
+    // nothing was written, and the registration must go too.
+    let mut unregister = Unregister {
+        state,
+        message_id: Some(message_id),
+    };
+    let enqueued = state.log.enqueue(vec![env.encode()]).await;
+    unregister.message_id = None;
+    match enqueued {
         Ok(pending) => state.completions.enqueued(message_id, pending),
         Err(e) => {
             *reply = state.completions.abandon(message_id);
@@ -272,4 +283,18 @@ async fn start(
     seq.sweep(state);
     drop(seq);
     Ok(Started::Enqueued(rx))
+}
+
+/// Abandons a registration whose enqueue never finished (its future was dropped).
+struct Unregister<'a> {
+    state: &'a AppState,
+    message_id: Option<u64>,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.message_id.take() {
+            self.state.completions.abandon(id);
+        }
+    }
 }
