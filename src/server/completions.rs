@@ -372,6 +372,26 @@ mod tests {
         }
     }
 
+    /// The registry, metrics, a session's in-flight slots and its answer queue.
+    fn setup(
+        slots: usize,
+    ) -> (
+        Completions,
+        Metrics,
+        Arc<Semaphore>,
+        Answers,
+        mpsc::UnboundedReceiver<Box<Answer>>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Completions::default(),
+            Metrics::default(),
+            Arc::new(Semaphore::new(slots)),
+            tx,
+            rx,
+        )
+    }
+
     fn reply(to: &Answers, slots: &Arc<Semaphore>, id: &str) -> Reply {
         Reply {
             to: to.clone(),
@@ -382,10 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_applier_answers_the_waiter_and_the_session_once() {
-        let c = Completions::default();
-        let m = Metrics::default();
-        let slots = Arc::new(Semaphore::new(2));
-        let (tx, mut answers) = mpsc::unbounded_channel();
+        let (c, m, slots, tx, mut answers) = setup(2);
         let mut rx = c
             .register(reg(
                 5,
@@ -432,10 +449,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let c = Completions::default();
-        let m = Metrics::default();
-        let slots = Arc::new(Semaphore::new(1));
-        let (tx, mut answers) = mpsc::unbounded_channel();
+        let (c, m, slots, tx, mut answers) = setup(1);
         let mut rx = c
             .register(reg(
                 1,
@@ -467,10 +481,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_late_session_send_is_told_apply_timeout_and_stays_in_flight() {
-        let c = Completions::default();
-        let m = Metrics::default();
-        let slots = Arc::new(Semaphore::new(1));
-        let (tx, mut answers) = mpsc::unbounded_channel();
+        let (c, m, slots, tx, mut answers) = setup(1);
         let long_ago = Instant::now() - APPLY_TIMEOUT - Duration::from_secs(1);
         c.register(reg(1, Some("k"), Some(reply(&tx, &slots, "a")), long_ago))
             .unwrap();
@@ -496,10 +507,7 @@ mod tests {
 
     #[tokio::test]
     async fn when_the_applier_stops_every_send_is_answered_and_new_ones_refused() {
-        let c = Completions::default();
-        let m = Metrics::default();
-        let slots = Arc::new(Semaphore::new(2));
-        let (tx, mut answers) = mpsc::unbounded_channel();
+        let (c, m, slots, tx, mut answers) = setup(2);
         c.register(reg(1, None, Some(reply(&tx, &slots, "a")), Instant::now()))
             .unwrap();
         c.close(shutting_down(), &m);
