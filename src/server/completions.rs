@@ -15,7 +15,9 @@
 //!
 //! An entry's idempotency key is in [`Completions::in_flight`] until the entry is answered by
 //! the applier (from then on the idempotency projection has it) or fails (nothing written), so
-//! a retry never makes a second message.
+//! a retry never makes a second message — provided the sequencer looks here *before* it reads
+//! the idempotency window: the applier takes an entry only after applying it, so a send gone
+//! from here is already in the window.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,8 +119,8 @@ impl Completions {
     }
 
     /// Registers a send about to be enqueued (before the enqueue: the applier may apply it
-    /// before the enqueue returns).
-    /// Fails once the applier has stopped, giving the reply back.
+    /// before the enqueue returns). Fails, giving the reply back, once the applier has stopped
+    /// or for a message id already in flight.
     #[allow(clippy::result_large_err)]
     pub(crate) fn register(
         &self,
