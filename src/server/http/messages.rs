@@ -14,6 +14,7 @@ use tidings_projections::ids::is_valid_id;
 use tidings_projections::permissions::can_read;
 use tidings_projections::{Event, FLAG_JSON_PAYLOAD, messages, trace as tr};
 
+use super::json_check::JsonCheck;
 use super::{ApiJson, ApiPath, ApiQuery};
 use crate::render::{channel_ref, message_json};
 use crate::server::auth::{Caller, resolve};
@@ -92,7 +93,7 @@ pub(crate) fn payload_bytes(
 /// delimited it, and accepts what a JSON tree does not (a lone UTF-16 surrogate escape, a
 /// number out of `f64` range, nesting deeper than 128).
 fn json_payload(raw: &RawValue) -> ApiResult<Bytes> {
-    if let Err(e) = serde_json::from_str::<Value>(raw.get()) {
+    if let Err(e) = serde_json::from_str::<JsonCheck>(raw.get()) {
         return Err(ApiError::bad_request(
             "invalid_payload",
             format!("payload: {e}"),

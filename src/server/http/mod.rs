@@ -3,6 +3,7 @@
 mod channels;
 mod conversations;
 mod cursors;
+mod json_check;
 mod messages;
 pub(crate) mod openapi;
 mod ops;

@@ -1,0 +1,112 @@
+//! Checks that a text reads back as a JSON tree, without building one.
+//!
+//! A raw JSON payload is stored as the client wrote it; the frame's parser only delimited it.
+//! [`JsonCheck`] walks it through the same `deserialize_any` a `serde_json::Value` uses, so it
+//! refuses exactly what a `Value` refuses (a lone UTF-16 surrogate escape, a number out of
+//! `f64` range, nesting deeper than serde_json's recursion limit) — but allocates nothing
+//! except the scratch buffer of an escaped string. A send's payload is checked on every send,
+//! and a `Value` tree cost one allocation per node.
+
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+
+/// Any JSON value, read and dropped.
+pub(crate) struct JsonCheck;
+
+impl<'de> Deserialize<'de> for JsonCheck {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckVisitor)
+    }
+}
+
+struct CheckVisitor;
+
+impl<'de> Visitor<'de> for CheckVisitor {
+    type Value = JsonCheck;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: Error>(self, _: bool) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_i64<E: Error>(self, _: i64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_u64<E: Error>(self, _: u64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_f64<E: Error>(self, _: f64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_str<E: Error>(self, _: &str) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_unit<E: Error>(self) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_none<E: Error>(self) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<JsonCheck, D::Error> {
+        JsonCheck::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JsonCheck, A::Error> {
+        while seq.next_element::<JsonCheck>()?.is_some() {}
+        Ok(JsonCheck)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonCheck, A::Error> {
+        while map.next_key::<JsonCheck>()?.is_some() {
+            map.next_value::<JsonCheck>()?;
+        }
+        Ok(JsonCheck)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::Value;
+
+    /// Accepts and refuses the same texts a `Value` does.
+    #[test]
+    fn agrees_with_a_value_tree() {
+        let deep_ok = format!("{}{}", "[".repeat(120), "]".repeat(120));
+        let deep_bad = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let deep_map = format!("{}1{}", r#"{"a":"#.repeat(130), "}".repeat(130));
+        let cases = [
+            "null",
+            "true",
+            "-0",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "1e308",
+            "1e400",
+            "-1e400",
+            "1.5e-400",
+            r#""plain""#,
+            r#""\u00e9\n\"""#,
+            r#""\ud83d\ude00""#,
+            r#""\ud800""#,
+            r#""\udc00x""#,
+            r#"{"\ud800": 1}"#,
+            r#"{"a": [1, {"b": null}], "a": 2}"#,
+            "[1, 2,]",
+            r#"{"a" 1}"#,
+            "[1e999]",
+            deep_ok.as_str(),
+            deep_bad.as_str(),
+            deep_map.as_str(),
+        ];
+        for text in cases {
+            let value = serde_json::from_str::<Value>(text).is_ok();
+            let check = serde_json::from_str::<JsonCheck>(text).is_ok();
+            assert_eq!(check, value, "{text:.40}");
+        }
+        assert!(serde_json::from_str::<JsonCheck>(r#""\ud800""#).is_err());
+        assert!(serde_json::from_str::<JsonCheck>(&deep_ok).is_ok());
+    }
+}
