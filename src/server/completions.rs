@@ -88,16 +88,19 @@ pub(crate) struct Registration {
 #[derive(Debug)]
 struct Entry {
     reg: Registration,
-    tx: watch::Sender<Outcome>,
+    /// Made for the first waiter (an HTTP caller at once; a retry when it asks): a WebSocket
+    /// send is answered through its reply and seldom has one.
+    tx: Option<watch::Sender<Outcome>>,
     /// The log's acknowledgement (set right after the enqueue).
     pending: Option<PendingAppend>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    by_id: FastMap<u64, Entry>,
-    /// In-flight sends by idempotency key.
-    by_key: FastMap<String, watch::Receiver<Outcome>>,
+    /// Boxed: the map moves its entries when it rehashes (inserts and removes churn it).
+    by_id: FastMap<u64, Box<Entry>>,
+    /// In-flight sends by idempotency key (→ message id).
+    by_key: FastMap<String, u64>,
     /// The applier stopped (with what new sends are told): nothing registered from now on
     /// would ever be answered.
     closed: Option<ApiError>,
@@ -111,7 +114,7 @@ pub(crate) struct Completions {
 
 /// Sends the applier took, to answer outside the lock.
 #[derive(Debug)]
-pub(crate) struct Taken(Vec<(u64, Entry)>);
+pub(crate) struct Taken(Vec<(u64, Box<Entry>)>);
 
 impl Completions {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -120,12 +123,13 @@ impl Completions {
 
     /// Registers a send about to be enqueued (before the enqueue: the applier may apply it
     /// before the enqueue returns). Fails, giving the reply back, once the applier has stopped
-    /// or for a message id already in flight.
+    /// or for a message id already in flight. A send without a reply gets its outcome's
+    /// receiver.
     #[allow(clippy::result_large_err)]
     pub(crate) fn register(
         &self,
         mut reg: Registration,
-    ) -> Result<watch::Receiver<Outcome>, (ApiError, Option<Reply>)> {
+    ) -> Result<Option<watch::Receiver<Outcome>>, (ApiError, Option<Reply>)> {
         let mut inner = self.lock();
         if let Some(e) = &inner.closed {
             return Err((e.clone(), reg.reply.take()));
@@ -137,17 +141,23 @@ impl Completions {
                 reg.reply.take(),
             ));
         }
-        let (tx, rx) = watch::channel(None);
+        let (tx, rx) = match reg.reply {
+            Some(_) => (None, None),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                (Some(tx), Some(rx))
+            }
+        };
         if let Some(k) = &reg.key {
-            inner.by_key.insert(k.clone(), rx.clone());
+            inner.by_key.insert(k.clone(), reg.message_id);
         }
         inner.by_id.insert(
             reg.message_id,
-            Entry {
+            Box::new(Entry {
                 reg,
                 tx,
                 pending: None,
-            },
+            }),
         );
         Ok(rx)
     }
@@ -171,14 +181,21 @@ impl Completions {
             entry
         };
         let mut e = entry?;
-        let _ =
-            e.tx.send(Some(Err(ApiError::internal("the send was not enqueued"))));
+        if let Some(tx) = &e.tx {
+            let _ = tx.send(Some(Err(ApiError::internal("the send was not enqueued"))));
+        }
         e.reg.reply.take()
     }
 
     /// The outcome of an in-flight send with this idempotency key.
     pub(crate) fn in_flight(&self, key: &str) -> Option<watch::Receiver<Outcome>> {
-        self.lock().by_key.get(key).cloned()
+        let mut inner = self.lock();
+        let id = *inner.by_key.get(key)?;
+        let e = inner.by_id.get_mut(&id)?;
+        Some(
+            e.tx.get_or_insert_with(|| watch::channel(None).0)
+                .subscribe(),
+        )
     }
 
     /// Takes the sends of the messages just applied (message ids), to be answered with
@@ -203,7 +220,7 @@ impl Completions {
     /// Answers what the applier cannot: failed appends (only when the log is poisoned) and
     /// WebSocket sends waiting longer than [`APPLY_TIMEOUT`]. Returns how many were answered.
     pub(crate) fn sweep(&self, poisoned: bool, now: Instant, metrics: &Metrics) -> usize {
-        let mut failed: Vec<(Entry, ApiError)> = Vec::new();
+        let mut failed: Vec<(Box<Entry>, ApiError)> = Vec::new();
         let mut late: Vec<Reply> = Vec::new();
         {
             let mut inner = self.lock();
@@ -237,7 +254,7 @@ impl Completions {
         }
         let n = failed.len() + late.len();
         for (e, err) in failed {
-            answer(e, Err(err), metrics);
+            answer(*e, Err(err), metrics);
         }
         for r in late {
             r.answer(Err(ApiError::unavailable(
@@ -258,7 +275,7 @@ impl Completions {
             std::mem::take(&mut inner.by_id)
         };
         for (_, e) in entries {
-            answer(e, Err(why.clone()), metrics);
+            answer(*e, Err(why.clone()), metrics);
         }
     }
 
@@ -289,7 +306,7 @@ impl Taken {
                 ts: e.reg.ts,
                 duplicate: false,
             };
-            answer(e, Ok(sent), metrics);
+            answer(*e, Ok(sent), metrics);
         }
         origins
     }
@@ -317,8 +334,10 @@ fn answer(e: Entry, result: ApiResult<Sent>, metrics: &Metrics) {
         r.answer(result.clone());
     }
     // Only a waiter (an HTTP caller, a retry) holds a receiver: skip the clone without one.
-    if e.tx.receiver_count() > 0 {
-        let _ = e.tx.send(Some(result));
+    if let Some(tx) = e.tx
+        && tx.receiver_count() > 0
+    {
+        let _ = tx.send(Some(result));
     }
 }
 
@@ -405,18 +424,17 @@ mod tests {
     #[tokio::test]
     async fn the_applier_answers_the_waiter_and_the_session_once() {
         let (c, m, slots, tx, mut answers) = setup(2);
-        let mut rx = c
-            .register(reg(
-                5,
-                Some("k"),
-                Some(reply(&tx, &slots, "a")),
-                Instant::now(),
-            ))
-            .unwrap();
+        let registered = c.register(reg(
+            5,
+            Some("k"),
+            Some(reply(&tx, &slots, "a")),
+            Instant::now(),
+        ));
         assert!(
-            c.in_flight("k").is_some(),
-            "a retry finds it while in flight"
+            registered.unwrap().is_none(),
+            "a session's send is answered through its reply"
         );
+        let mut rx = c.in_flight("k").expect("a retry finds it while in flight");
         // Messages nobody registered (another server's, a replay) are skipped.
         let origins = c.take([(4, 40), (5, 50)].into_iter()).answer(&m);
         assert_eq!(origins.get(&5), Some(&3));
@@ -452,14 +470,14 @@ mod tests {
         .await
         .unwrap();
         let (c, m, slots, tx, mut answers) = setup(1);
-        let mut rx = c
-            .register(reg(
-                1,
-                Some("k"),
-                Some(reply(&tx, &slots, "a")),
-                Instant::now(),
-            ))
-            .unwrap();
+        c.register(reg(
+            1,
+            Some("k"),
+            Some(reply(&tx, &slots, "a")),
+            Instant::now(),
+        ))
+        .unwrap();
+        let mut rx = c.in_flight("k").unwrap();
         fs.fail_write_after(1, 0);
         let pending = log.enqueue(vec![Bytes::from_static(b"x")]).await.unwrap();
         c.enqueued(1, pending);
@@ -534,7 +552,10 @@ mod tests {
     async fn a_message_id_already_in_flight_is_refused_not_overwritten() {
         let c = Completions::default();
         let m = Metrics::default();
-        let mut first = c.register(reg(1, Some("k"), None, Instant::now())).unwrap();
+        let mut first = c
+            .register(reg(1, Some("k"), None, Instant::now()))
+            .unwrap()
+            .expect("a send without a reply gets a receiver");
         let Err((e, _)) = c.register(reg(1, Some("j"), None, Instant::now())) else {
             panic!("registered twice")
         };

@@ -127,15 +127,16 @@ pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<S
     let mut no_reply = None;
     match start(state, req, &mut no_reply).await? {
         Started::Done(sent) => Ok(sent),
-        Started::Wait(rx) => wait_for(rx, &channel, true, APPLY_TIMEOUT).await,
-        Started::Enqueued(rx) => wait_for(rx, &channel, false, APPLY_TIMEOUT).await,
+        Started::Wait(rx, _) => wait_for(rx, &channel, true, APPLY_TIMEOUT).await,
+        Started::Enqueued(Some(rx)) => wait_for(rx, &channel, false, APPLY_TIMEOUT).await,
+        // Never: a send without a reply is registered with a receiver.
+        Started::Enqueued(None) => Err(ApiError::internal("a send registered without a waiter")),
     }
 }
 
 /// Starts a WebSocket session's send; its answer goes to `reply` — from the applier once the
 /// message is durable and applied, or right away when it is a duplicate or refused.
 pub(crate) async fn send_for_session(state: &Arc<AppState>, req: SendRequest, reply: Reply) {
-    let channel = req.channel.clone();
     let mut slot = Some(reply);
     let answer = |slot: &mut Option<Reply>, result: ApiResult<Sent>| {
         if let Some(r) = slot.take() {
@@ -146,7 +147,7 @@ pub(crate) async fn send_for_session(state: &Arc<AppState>, req: SendRequest, re
         Ok(Started::Enqueued(_)) => {} // the applier answers
         Ok(Started::Done(sent)) => answer(&mut slot, Ok(sent)),
         Err(e) => answer(&mut slot, Err(e)),
-        Ok(Started::Wait(rx)) => {
+        Ok(Started::Wait(rx, channel)) => {
             // A retry of a send still in flight (rare): waits for the first attempt in a
             // tracked task of its own, so the session goes on reading.
             state.send_tasks.spawn(async move {
@@ -161,10 +162,11 @@ pub(crate) async fn send_for_session(state: &Arc<AppState>, req: SendRequest, re
 enum Started {
     /// Answered from the idempotency window.
     Done(Sent),
-    /// The same send is in flight: its outcome.
-    Wait(watch::Receiver<Outcome>),
-    /// In the log's queue and registered with the completions: the applier answers it.
-    Enqueued(watch::Receiver<Outcome>),
+    /// The same send is in flight: its outcome (and the channel it was sent to).
+    Wait(watch::Receiver<Outcome>, String),
+    /// In the log's queue and registered with the completions: the applier answers it
+    /// (through the reply, or else the receiver).
+    Enqueued(Option<watch::Receiver<Outcome>>),
 }
 
 /// Validates, deduplicates, assigns the seq, registers the send with the completions (taking
@@ -187,7 +189,7 @@ async fn start(
     {
         drop(seq);
         state.metrics.send_duplicates.inc();
-        return Ok(Started::Wait(rx));
+        return Ok(Started::Wait(rx, req.channel));
     }
 
     // Already applied: answer with the original.
