@@ -256,6 +256,19 @@ impl Event {
         }
     }
 
+    /// Bytes of the names a send carries (a hint for buffer sizes).
+    fn names_len(&self) -> usize {
+        match self {
+            Event::MessageSent {
+                channel,
+                from,
+                client_msg_id,
+                ..
+            } => channel.len() + from.len() + client_msg_id.len(),
+            _ => 0,
+        }
+    }
+
     /// The channel the event is about, if any.
     pub fn channel(&self) -> Option<&str> {
         match self {
@@ -293,7 +306,9 @@ impl Envelope {
     /// The CBOR encoding stored in the log (the hand-written codec in `codec.rs`; the same
     /// bytes as [`Envelope::encode_reference`]).
     pub fn encode(&self) -> Bytes {
-        let mut buf = Vec::with_capacity(96 + self.event.payload_len());
+        // Field names and fixed-size fields fit in 96 bytes; the ids and names of a send
+        // (channel, sender, client message id) need room too, or the buffer grows mid-encode.
+        let mut buf = Vec::with_capacity(96 + self.event.payload_len() + self.event.names_len());
         crate::codec::encode(self, &mut buf);
         Bytes::from(buf)
     }

@@ -237,7 +237,13 @@ fn encode<T: Serialize>(frame: &T, cbor: bool) -> Option<WsMessage> {
             }
         }
     } else {
-        match serde_json::to_string(frame) {
+        // Room for a sendack or a small message at once (serde_json starts at 128 bytes and
+        // grows: a realloc per frame).
+        let mut buf = Vec::with_capacity(256);
+        match serde_json::to_writer(&mut buf, frame)
+            .map_err(|e| e.to_string())
+            .and_then(|()| String::from_utf8(buf).map_err(|e| e.to_string()))
+        {
             Ok(t) => Some(WsMessage::Text(Utf8Bytes::from(t))),
             Err(e) => {
                 tracing::warn!(error = %e, "could not encode a frame");
