@@ -238,8 +238,13 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let (conns, mut fixed) = phase(conns, |_| Mode::Rate(per_conn), args.secs(), base).await?;
     let after = server.histogram("tidings_send_seconds").await?;
     fixed["server_side"] = server_side(&before, &after);
-    let (conns, saturated) = phase(conns, |_| Mode::Window(64), args.secs(), base).await?;
+    let cpu_before = server.cpu_secs()?;
+    let (conns, mut saturated) = phase(conns, |_| Mode::Window(64), args.secs(), base).await?;
     let cpu = server.cpu_secs()?;
+    // Server CPU per acknowledged send at saturation (the phase's own CPU time only; sends
+    // still in flight when it ends are few against a million).
+    let acked = saturated["acked"].as_u64().unwrap_or(0).max(1);
+    saturated["server_cpu_us_per_send"] = json!((cpu - cpu_before) * 1e6 / acked as f64);
     let mut correct = true;
     let mut total = 0;
     for c in &conns {
