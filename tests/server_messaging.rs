@@ -280,6 +280,98 @@ async fn a_retried_send_with_the_same_client_msg_id_is_one_message() {
     ws.close().await;
 }
 
+/// A client that writes a burst of frames without waiting: the session hands the burst's
+/// sends to the sequencer together. Each is answered once, each channel's seqs follow the
+/// order the frames were written, a retry inside the burst is the same message, and the other
+/// frames of the burst (a ping, a bad frame, a send refused) are answered too.
+#[tokio::test]
+async fn a_pipelined_burst_of_sends_is_answered_once_each_in_order() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g1", &["alice", "bob"]).await;
+    api.group("g2", &["alice", "bob"]).await;
+    api.group("closed", &["bob"]).await;
+    let alice = api.user("alice").await;
+    let mut ws = Ws::connect(&server, &alice, "?catch_up=false").await;
+    let frame = |v: Value| Message::Text(v.to_string().into());
+    let mut expected = 0;
+    for i in 0..150u64 {
+        let channel = if i % 3 == 0 { "g2" } else { "g1" };
+        let id = format!("m{i}");
+        ws.ws
+            .feed(frame(json!({"type": "send", "client_msg_id": id, "channel": channel, "payload": {"i": i}})))
+            .await
+            .unwrap();
+        expected += 1;
+        match i {
+            50 => ws.ws.feed(frame(json!({"type": "ping"}))).await.unwrap(),
+            60 => ws.ws.feed(Message::Text("{not json".into())).await.unwrap(),
+            70 => ws
+                .ws
+                .feed(frame(json!({"type": "send", "client_msg_id": "m70", "channel": "g1", "payload": {"i": 70}})))
+                .await
+                .unwrap(),
+            80 => ws
+                .ws
+                .feed(frame(json!({"type": "send", "client_msg_id": "no", "channel": "closed", "payload": 1})))
+                .await
+                .unwrap(),
+            _ => {}
+        }
+    }
+    ws.ws.flush().await.unwrap();
+    // 150 sends + the retry of m70: 151 sendacks; one pong; two errors.
+    let (mut acks, mut pongs, mut errors) = (Vec::new(), 0, Vec::new());
+    while acks.len() < expected + 1 || pongs < 1 || errors.len() < 2 {
+        let v = ws.next().await;
+        match v["type"].as_str() {
+            Some("sendack") => acks.push(v),
+            Some("pong") => pongs += 1,
+            Some("error") => errors.push(v),
+            _ => {}
+        }
+    }
+    let codes: HashSet<&str> = errors
+        .iter()
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        HashSet::from(["invalid_frame", "not_member"]),
+        "{errors:?}"
+    );
+    let m70: Vec<&Value> = acks
+        .iter()
+        .filter(|a| a["client_msg_id"] == "m70")
+        .collect();
+    assert_eq!(m70.len(), 2);
+    assert_eq!(m70[0]["seq"], m70[1]["seq"]);
+    assert_eq!(
+        m70.iter().filter(|a| a["duplicate"] == true).count(),
+        1,
+        "{m70:?}"
+    );
+    // Each channel's seqs, in the order the sends were written, are 1, 2, 3, ...
+    for (channel, every) in [("g1", false), ("g2", true)] {
+        let mut by_send: Vec<(u64, u64)> = acks
+            .iter()
+            .filter(|a| a["channel"] == channel && a["duplicate"] == false)
+            .map(|a| {
+                let i: u64 = a["client_msg_id"].as_str().unwrap()[1..].parse().unwrap();
+                (i, a["seq"].as_u64().unwrap())
+            })
+            .collect();
+        by_send.sort_unstable();
+        let want = (0..150u64).filter(|i| (i % 3 == 0) == every).count();
+        assert_eq!(by_send.len(), want, "{channel}");
+        for (k, (_, seq)) in by_send.iter().enumerate() {
+            assert_eq!(*seq, k as u64 + 1, "{channel}: {by_send:?}");
+        }
+    }
+    ws.quiet(Duration::from_millis(200)).await;
+    ws.close().await;
+}
+
 #[tokio::test]
 async fn unread_counts_after_reads_on_two_devices() {
     let server = Server::start(&[]);

@@ -45,6 +45,8 @@ const CATCH_UP_PAGE: usize = 256;
 const MAX_IN_FLIGHT: usize = 256;
 /// Frames written before one flush.
 const BURST: usize = 64;
+/// Sends of one burst of read frames that go to the sequencer together (one hold of its lock).
+const SEND_BATCH: usize = 64;
 /// Read buffer of a WebSocket connection (allocated up front: small keeps idle ones cheap).
 const WS_READ_BUFFER: usize = 1024;
 /// Bytes tungstenite gathers before it writes to the socket mid-burst (a burst is flushed at
@@ -366,6 +368,9 @@ struct Ctx {
     sent_upto: HashMap<ChannelId, u64>,
     /// Answers to this session's sends (at most [`MAX_IN_FLIGHT`] queued: each holds a slot).
     replies: Answers,
+    /// Sends read and checked, not yet given to the sequencer: the frames already readable
+    /// are read first, then their sends go together ([`sequencer::send_batch_for_session`]).
+    sends: Vec<(SendRequest, Reply)>,
     limiter: TokenBucket,
 }
 
@@ -381,6 +386,8 @@ enum Step {
     Close(CloseReason),
     Gone,
     Frame(WsMessage),
+    /// No further frame readable now (or a batch is full): start the sends read so far.
+    Sends,
     Reply(Box<Answer>),
     Push(Run),
     Reaped,
@@ -529,7 +536,7 @@ impl Ctx {
                             client_msg_id,
                             permit,
                         };
-                        sequencer::send_for_session(&self.state, req, reply).await;
+                        self.sends.push((req, reply));
                         Ok(())
                     }
                     Err(e) => w.frame(&error_frame(&e, Some(&client_msg_id))).await,
@@ -668,6 +675,7 @@ async fn run(
         session: session.clone(),
         sent_upto: HashMap::new(),
         replies: replies_tx,
+        sends: Vec::new(),
     };
     let mut w = Writer {
         sink,
@@ -684,7 +692,7 @@ async fn run(
         let step = tokio::select! {
             biased;
             () = session.close.cancelled() => Step::Close(session.close_reason().unwrap_or(GOING_AWAY)),
-            frame = stream.next(), if in_flight.available_permits() > 0 => match frame {
+            frame = stream.next(), if in_flight.available_permits() > 0 && ctx.sends.len() < SEND_BATCH => match frame {
                 Some(Ok(WsMessage::Close(_))) | None => Step::Gone,
                 Some(Err(e)) => {
                     tracing::debug!(session = session.id, error = %e, "WebSocket read failed");
@@ -692,6 +700,8 @@ async fn run(
                 }
                 Some(Ok(msg)) => Step::Frame(msg),
             },
+            // Polled only when no frame is readable (or the batch is full).
+            () = std::future::ready(()), if !ctx.sends.is_empty() => Step::Sends,
             Some(reply) = replies.recv() => Step::Reply(reply),
             Some(pushed) = queue.recv(), if !catching_up => Step::Push(pushed),
             // All slots taken: wake when one frees (the permit is given straight back).
@@ -702,6 +712,10 @@ async fn run(
             Step::Close(reason) => break Some(reason),
             Step::Gone => break None,
             Step::Frame(msg) => ctx.incoming(&mut w, &msg, &in_flight).await,
+            Step::Sends => {
+                sequencer::send_batch_for_session(&ctx.state, &mut ctx.sends).await;
+                Ok(())
+            }
             // A burst of answers or pushes is written with one flush (one syscall), not one each.
             Step::Reply(first) => {
                 let mut next = Some(first);
