@@ -55,16 +55,6 @@ where
     Ok(())
 }
 
-/// Queues one JSON frame without flushing it (a burst is flushed once, by the caller).
-pub(crate) async fn feed<S>(ws: &mut S, v: &Value) -> anyhow::Result<()>
-where
-    S: SinkExt<Message> + Unpin,
-    S::Error: std::error::Error + Send + Sync + 'static,
-{
-    ws.feed(Message::Text(v.to_string().into())).await?;
-    Ok(())
-}
-
 /// The next JSON frame; `None` when the connection ends.
 pub(crate) async fn next<S>(ws: &mut S) -> anyhow::Result<Option<Value>>
 where
