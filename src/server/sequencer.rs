@@ -152,27 +152,31 @@ pub(crate) async fn send_batch_for_session(
     }
     let started = Instant::now();
     let mut seq = state.sequencer.lock().await;
-    for (req, reply) in sends.drain(..) {
-        let mut slot = Some(reply);
-        let answer = |slot: &mut Option<Reply>, result: ApiResult<Sent>| {
-            if let Some(r) = slot.take() {
-                r.answer(result);
-            }
-        };
-        match start_locked(state, &mut seq, started, req, &mut slot).await {
-            Ok(Started::Enqueued(_)) => {} // the applier answers
-            Ok(Started::Done(sent)) => answer(&mut slot, Ok(sent)),
-            Err(e) => answer(&mut slot, Err(e)),
-            Ok(Started::Wait(rx, channel)) => {
-                // A retry of a send still in flight (rare): waits for the first attempt in a
-                // tracked task of its own, so the session goes on reading.
-                state.send_tasks.spawn(async move {
-                    let result = wait_for(rx, &channel, true, APPLY_TIMEOUT).await;
-                    answer(&mut slot, result);
-                });
+    // Outside tokio's cooperative budget while the lock is held (see `start`).
+    tokio::task::coop::unconstrained(async {
+        for (req, reply) in sends.drain(..) {
+            let mut slot = Some(reply);
+            let answer = |slot: &mut Option<Reply>, result: ApiResult<Sent>| {
+                if let Some(r) = slot.take() {
+                    r.answer(result);
+                }
+            };
+            match start_locked(state, &mut seq, started, req, &mut slot).await {
+                Ok(Started::Enqueued(_)) => {} // the applier answers
+                Ok(Started::Done(sent)) => answer(&mut slot, Ok(sent)),
+                Err(e) => answer(&mut slot, Err(e)),
+                Ok(Started::Wait(rx, channel)) => {
+                    // A retry of a send still in flight (rare): waits for the first attempt in a
+                    // tracked task of its own, so the session goes on reading.
+                    state.send_tasks.spawn(async move {
+                        let result = wait_for(rx, &channel, true, APPLY_TIMEOUT).await;
+                        answer(&mut slot, result);
+                    });
+                }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// How far [`start`] got.
@@ -194,7 +198,12 @@ async fn start(
 ) -> ApiResult<Started> {
     let started = Instant::now();
     let mut seq = state.sequencer.lock().await;
-    start_locked(state, &mut seq, started, req, reply).await
+    // Outside tokio's cooperative budget while the lock is held: the enqueue's waits each
+    // spend budget, and a holder whose budget ran out yielded with the lock held, behind every
+    // other runnable task, while all the other senders waited for it (measured: a hold of
+    // ~4 µs per send where the work is under 1 µs). The enqueue still waits when the log's
+    // queue is full: that is backpressure, not the budget.
+    tokio::task::coop::unconstrained(start_locked(state, &mut seq, started, req, reply)).await
 }
 
 /// Validates, deduplicates, assigns the seq, registers the send with the completions (taking
