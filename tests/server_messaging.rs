@@ -331,10 +331,7 @@ async fn a_pipelined_burst_of_sends_is_answered_once_each_in_order() {
             _ => {}
         }
     }
-    let codes: HashSet<&str> = errors
-        .iter()
-        .map(|e| e["code"].as_str().unwrap())
-        .collect();
+    let codes: HashSet<&str> = errors.iter().map(|e| e["code"].as_str().unwrap()).collect();
     assert_eq!(
         codes,
         HashSet::from(["invalid_frame", "not_member"]),
