@@ -290,7 +290,7 @@ impl Taken {
     /// sent each message that came from one (message id → session).
     pub(crate) fn answer(self, metrics: &Metrics) -> FastMap<u64, u64> {
         let mut origins = FastMap::default();
-        for (offset, e) in self.0 {
+        for (offset, mut e) in self.0 {
             // A session already told `apply_timeout` gets the message as a push instead of a
             // sendack: it must not be skipped as the sender.
             if let Some(o) = e.reg.origin
@@ -299,7 +299,8 @@ impl Taken {
                 origins.insert(e.reg.message_id, o);
             }
             let sent = Sent {
-                channel: e.reg.channel.clone(),
+                // Nothing reads the registration's channel after this.
+                channel: std::mem::take(&mut e.reg.channel),
                 seq: e.reg.seq,
                 message_id: e.reg.message_id,
                 offset,
