@@ -369,6 +369,45 @@ async fn a_pipelined_burst_of_sends_is_answered_once_each_in_order() {
     ws.close().await;
 }
 
+/// Sends written right before the client's close frame, in the same write, are still sent
+/// (the session reads them in one burst with the close and starts them as it ends).
+#[tokio::test]
+async fn sends_written_just_before_the_client_closes_are_kept() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let mut ws = Ws::connect(&server, &alice, "?catch_up=false").await;
+    for i in 0..20 {
+        let frame =
+            json!({"type": "send", "client_msg_id": format!("c{i}"), "channel": "g", "payload": i});
+        ws.ws
+            .feed(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+    }
+    ws.ws.feed(Message::Close(None)).await.unwrap();
+    ws.ws.flush().await.unwrap();
+    drop(ws);
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let page = api
+            .ok(
+                "GET",
+                "/v1/channels/g/messages?after_seq=0&limit=100",
+                &alice,
+                None,
+            )
+            .await;
+        got = seqs(page["messages"].as_array().unwrap());
+        if got.len() == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, (1..=20).collect::<Vec<u64>>());
+}
+
 #[tokio::test]
 async fn unread_counts_after_reads_on_two_devices() {
     let server = Server::start(&[]);

@@ -47,6 +47,8 @@ const MAX_IN_FLIGHT: usize = 256;
 const BURST: usize = 64;
 /// Sends of one burst of read frames that go to the sequencer together (one hold of its lock).
 const SEND_BATCH: usize = 64;
+/// Frames of any kind read while sends wait to go to the sequencer, before they go anyway.
+const BURST_FRAMES: usize = 256;
 /// Read buffer of a WebSocket connection (allocated up front: small keeps idle ones cheap).
 const WS_READ_BUFFER: usize = 1024;
 /// Bytes tungstenite gathers before it writes to the socket mid-burst (a burst is flushed at
@@ -684,6 +686,9 @@ async fn run(
     };
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut catching_up = catch_up;
+    // Frames read since the sends in `ctx.sends` began to gather: bounds how long other
+    // frames (acks, pings, refused sends) can keep them from the sequencer.
+    let mut burst_frames = 0usize;
     // Frames of one burst (reused: no allocation per burst; none at all for an idle session).
     let mut burst: Vec<WsMessage> = Vec::new();
     // In-flight slots of the answers in `burst`.
@@ -692,7 +697,9 @@ async fn run(
         let step = tokio::select! {
             biased;
             () = session.close.cancelled() => Step::Close(session.close_reason().unwrap_or(GOING_AWAY)),
-            frame = stream.next(), if in_flight.available_permits() > 0 && ctx.sends.len() < SEND_BATCH => match frame {
+            frame = stream.next(), if in_flight.available_permits() > 0
+                && ctx.sends.len() < SEND_BATCH
+                && (ctx.sends.is_empty() || burst_frames < BURST_FRAMES) => match frame {
                 Some(Ok(WsMessage::Close(_))) | None => Step::Gone,
                 Some(Err(e)) => {
                     tracing::debug!(session = session.id, error = %e, "WebSocket read failed");
@@ -711,7 +718,13 @@ async fn run(
         let done = match step {
             Step::Close(reason) => break Some(reason),
             Step::Gone => break None,
-            Step::Frame(msg) => ctx.incoming(&mut w, &msg, &in_flight).await,
+            Step::Frame(msg) => {
+                if ctx.sends.is_empty() {
+                    burst_frames = 0;
+                }
+                burst_frames += 1;
+                ctx.incoming(&mut w, &msg, &in_flight).await
+            }
             Step::Sends => {
                 sequencer::send_batch_for_session(&ctx.state, &mut ctx.sends).await;
                 Ok(())
@@ -765,14 +778,24 @@ async fn run(
                 .then(|| session.close_reason().unwrap_or(GOING_AWAY));
         }
     };
+    // Sends read but not yet started: when the client closed (or the connection failed) they
+    // still go to the log, as they did when each send was started before the next frame was
+    // read (a client may send and close); their answers have nowhere to go. On a close the
+    // server asked for (shutdown, a revoked token, too slow) they are dropped unanswered: the
+    // client saw no sendack and retries them with the same `client_msg_id`.
+    let unstarted = ctx.sends.len();
+    if close.is_none() {
+        sequencer::send_batch_for_session(&state, &mut ctx.sends).await;
+    }
     tracing::debug!(
         session = session.id,
         sends_in_flight = MAX_IN_FLIGHT - in_flight.available_permits(),
+        unstarted,
         "session loop ended"
     );
     w.finish(close).await;
-    // Sends in flight finish in their tracked tasks (their appends are already queued); their
-    // answers are dropped: closing the reply channel means none of them waits to deliver one.
+    // Sends in flight finish in the log and the applier (their appends are already queued);
+    // their answers are dropped: closing the reply channel means none waits to deliver one.
     drop(replies);
     {
         let p = state.proj();
