@@ -6,13 +6,47 @@
 //! `f64` range, nesting deeper than serde_json's recursion limit) — but allocates nothing
 //! except the scratch buffer of an escaped string. A send's payload is checked on every send,
 //! and a `Value` tree cost one allocation per node.
+//!
+//! One deliberate difference: an object with serde_json's private raw-value key (`RAW_KEY`)
+//! anywhere is refused. With the `raw_value` feature a `Value` gives that key special meaning
+//! when it comes first (the entry must be a string holding JSON, and alone), so a payload
+//! with it may not read back as the JSON it looks like; no real payload needs it.
 
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
 
+/// serde_json's private token for a `RawValue` inside a map (with its `raw_value` feature).
+const RAW_KEY: &str = "$serde_json::private::RawValue";
+
 /// Any JSON value, read and dropped.
 pub(crate) struct JsonCheck;
+
+/// An object's key, checked not to be [`RAW_KEY`] (compared unescaped, as serde_json does).
+struct KeyCheck;
+
+impl<'de> Deserialize<'de> for KeyCheck {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl Visitor<'_> for KeyVisitor {
+    type Value = KeyCheck;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: Error>(self, key: &str) -> Result<KeyCheck, E> {
+        if key == RAW_KEY {
+            return Err(E::custom(format!("the key {RAW_KEY:?} is reserved")));
+        }
+        Ok(KeyCheck)
+    }
+}
 
 impl<'de> Deserialize<'de> for JsonCheck {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -58,7 +92,7 @@ impl<'de> Visitor<'de> for CheckVisitor {
         Ok(JsonCheck)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonCheck, A::Error> {
-        while map.next_key::<JsonCheck>()?.is_some() {
+        while map.next_key::<KeyCheck>()?.is_some() {
             map.next_value::<JsonCheck>()?;
         }
         Ok(JsonCheck)
@@ -107,6 +141,20 @@ mod tests {
             assert_eq!(check, value, "{text:.40}");
         }
         assert!(serde_json::from_str::<JsonCheck>(r#""\ud800""#).is_err());
+        // What a `Value` refuses with serde_json's raw-value key, and what it takes (and
+        // would read back as something else): all refused.
+        for text in [
+            r#"{"$serde_json::private::RawValue": 5}"#,
+            r#"{"$serde_json::private::RawValue": "not json"}"#,
+            r#"{"$serde_json::private::RawValue": "1", "b": 2}"#,
+            r#"{"$serde_json::private::RawValue": "1"}"#,
+            r#"{"a": 1, "\u0024serde_json::private::RawValue": 2}"#,
+            r#"[{"x": {"$serde_json::private::RawValue": "[]"}}]"#,
+        ] {
+            assert!(serde_json::from_str::<JsonCheck>(text).is_err(), "{text}");
+        }
+        assert!(serde_json::from_str::<Value>(r#"{"$serde_json::private::RawValue": 5}"#).is_err());
+        assert!(serde_json::from_str::<JsonCheck>(r#"{"$serde_json": 1, "private": 2}"#).is_ok());
         assert!(serde_json::from_str::<JsonCheck>(&deep_ok).is_ok());
     }
 }
