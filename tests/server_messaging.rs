@@ -293,33 +293,30 @@ async fn a_pipelined_burst_of_sends_is_answered_once_each_in_order() {
     api.group("closed", &["bob"]).await;
     let alice = api.user("alice").await;
     let mut ws = Ws::connect(&server, &alice, "?catch_up=false").await;
-    let frame = |v: Value| Message::Text(v.to_string().into());
     let mut expected = 0;
     for i in 0..150u64 {
         let channel = if i % 3 == 0 { "g2" } else { "g1" };
         let id = format!("m{i}");
-        ws.ws
-            .feed(frame(json!({"type": "send", "client_msg_id": id, "channel": channel, "payload": {"i": i}})))
-            .await
-            .unwrap();
+        ws.feed(
+            json!({"type": "send", "client_msg_id": id, "channel": channel, "payload": {"i": i}}),
+        )
+        .await;
         expected += 1;
         match i {
-            50 => ws.ws.feed(frame(json!({"type": "ping"}))).await.unwrap(),
+            50 => ws.feed(json!({"type": "ping"})).await,
             60 => ws.ws.feed(Message::Text("{not json".into())).await.unwrap(),
-            70 => ws
-                .ws
-                .feed(frame(json!({"type": "send", "client_msg_id": "m70", "channel": "g1", "payload": {"i": 70}})))
-                .await
-                .unwrap(),
-            80 => ws
-                .ws
-                .feed(frame(json!({"type": "send", "client_msg_id": "no", "channel": "closed", "payload": 1})))
-                .await
-                .unwrap(),
+            70 => {
+                ws.feed(json!({"type": "send", "client_msg_id": "m70", "channel": "g1", "payload": {"i": 70}}))
+                    .await
+            }
+            80 => {
+                ws.feed(json!({"type": "send", "client_msg_id": "no", "channel": "closed", "payload": 1}))
+                    .await
+            }
             _ => {}
         }
     }
-    ws.ws.flush().await.unwrap();
+    ws.flush().await;
     // 150 sends + the retry of m70: 151 sendacks; one pong; two errors.
     let (mut acks, mut pongs, mut errors) = (Vec::new(), 0, Vec::new());
     while acks.len() < expected + 1 || pongs < 1 || errors.len() < 2 {
@@ -379,15 +376,13 @@ async fn sends_written_just_before_the_client_closes_are_kept() {
     let alice = api.user("alice").await;
     let mut ws = Ws::connect(&server, &alice, "?catch_up=false").await;
     for i in 0..20 {
-        let frame =
-            json!({"type": "send", "client_msg_id": format!("c{i}"), "channel": "g", "payload": i});
-        ws.ws
-            .feed(Message::Text(frame.to_string().into()))
-            .await
-            .unwrap();
+        ws.feed(
+            json!({"type": "send", "client_msg_id": format!("c{i}"), "channel": "g", "payload": i}),
+        )
+        .await;
     }
     ws.ws.feed(Message::Close(None)).await.unwrap();
-    ws.ws.flush().await.unwrap();
+    ws.flush().await;
     drop(ws);
     let mut got = Vec::new();
     for _ in 0..100 {

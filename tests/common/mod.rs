@@ -250,6 +250,18 @@ impl Ws {
             .unwrap();
     }
 
+    /// Queues a frame without writing it yet (a burst goes out with [`Ws::flush`]).
+    pub(crate) async fn feed(&mut self, v: Value) {
+        self.ws
+            .feed(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub(crate) async fn flush(&mut self) {
+        self.ws.flush().await.unwrap();
+    }
+
     /// The next JSON frame, or `None` on close or after `wait` with nothing.
     pub(crate) async fn next_within(&mut self, wait: Duration) -> Option<Value> {
         loop {
