@@ -91,8 +91,35 @@ struct Entry {
     /// Made for the first waiter (an HTTP caller at once; a retry when it asks): a WebSocket
     /// send is answered through its reply and seldom has one.
     tx: Option<watch::Sender<Outcome>>,
-    /// The log's acknowledgement (set right after the enqueue).
-    pending: Option<PendingAppend>,
+    /// The log's acknowledgement of the append that holds it (set right after the enqueue;
+    /// shared by the sends enqueued together).
+    pending: Option<Arc<SharedAppend>>,
+}
+
+/// One append's acknowledgement, read by every send it carries (only the sweep reads it, and
+/// only once the log is poisoned).
+#[derive(Debug)]
+struct SharedAppend(Mutex<AppendState>);
+
+#[derive(Debug)]
+enum AppendState {
+    Waiting(PendingAppend),
+    Done(Result<(), ApiError>),
+}
+
+impl SharedAppend {
+    /// The append's outcome once the log writer has given it (`None`: not yet).
+    fn outcome(&self) -> Option<Result<(), ApiError>> {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *state {
+            AppendState::Done(r) => Some(r.clone()),
+            AppendState::Waiting(p) => {
+                let r = p.try_wait()?.map(|_| ()).map_err(ApiError::from);
+                *state = AppendState::Done(r.clone());
+                Some(r)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -162,10 +189,15 @@ impl Completions {
         Ok(rx)
     }
 
-    /// The enqueue succeeded: keeps its acknowledgement (to notice a failed append).
-    pub(crate) fn enqueued(&self, message_id: u64, pending: PendingAppend) {
-        if let Some(e) = self.lock().by_id.get_mut(&message_id) {
-            e.pending = Some(pending);
+    /// The enqueue of these sends (one append) succeeded: keeps its acknowledgement (to
+    /// notice a failed append).
+    pub(crate) fn enqueued(&self, message_ids: &[u64], pending: PendingAppend) {
+        let shared = Arc::new(SharedAppend(Mutex::new(AppendState::Waiting(pending))));
+        let mut inner = self.lock();
+        for id in message_ids {
+            if let Some(e) = inner.by_id.get_mut(id) {
+                e.pending = Some(shared.clone());
+            }
         }
     }
 
@@ -226,10 +258,10 @@ impl Completions {
             let mut inner = self.lock();
             let mut failed_ids: Vec<(u64, ApiError)> = Vec::new();
             for (id, e) in &mut inner.by_id {
-                if poisoned && let Some(p) = e.pending.as_mut() {
-                    match p.try_wait() {
+                if poisoned && let Some(p) = &e.pending {
+                    match p.outcome() {
                         Some(Err(err)) => {
-                            failed_ids.push((*id, err.into()));
+                            failed_ids.push((*id, err));
                             continue;
                         }
                         // Durable: the applier answers it.
@@ -470,7 +502,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let (c, m, slots, tx, mut answers) = setup(1);
+        let (c, m, slots, tx, mut answers) = setup(2);
         c.register(reg(
             1,
             Some("k"),
@@ -478,18 +510,34 @@ mod tests {
             Instant::now(),
         ))
         .unwrap();
+        c.register(reg(2, None, Some(reply(&tx, &slots, "b")), Instant::now()))
+            .unwrap();
         let mut rx = c.in_flight("k").unwrap();
         fs.fail_write_after(1, 0);
-        let pending = log.enqueue(vec![Bytes::from_static(b"x")]).await.unwrap();
-        c.enqueued(1, pending);
+        // Both sends in one append.
+        let pending = log
+            .enqueue(vec![Bytes::from_static(b"x"), Bytes::from_static(b"y")])
+            .await
+            .unwrap();
+        c.enqueued(&[1, 2], pending);
         // Not poisoned yet (as far as the sweep is told): nothing is answered.
         assert_eq!(c.sweep(false, Instant::now(), &m), 0);
         while log.poisoned().is_none() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert_eq!(c.sweep(true, Instant::now(), &m), 1);
-        let a = answers.try_recv().unwrap();
-        assert!(a.result.is_err());
+        assert_eq!(
+            c.sweep(true, Instant::now(), &m),
+            2,
+            "each send of the append"
+        );
+        let mut told: Vec<String> = Vec::new();
+        for _ in 0..2 {
+            let a = answers.try_recv().unwrap();
+            assert!(a.result.is_err());
+            told.push(a.client_msg_id.clone());
+        }
+        told.sort();
+        assert_eq!(told, ["a", "b"]);
         let outcome = rx.wait_for(Option::is_some).await.unwrap().clone();
         assert!(matches!(outcome, Some(Err(_))));
         assert!(

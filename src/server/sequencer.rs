@@ -9,7 +9,9 @@
 //!
 //! Seq assignment and the enqueue into the log happen under one lock, so the log holds each
 //! channel's messages in seq order even with thousands of sends in flight; the lock is released
-//! before the fsync, so group commit batches them. A retry of a send that is still in flight
+//! before the fsync, so group commit batches them. A WebSocket session's burst of sends goes
+//! through in one hold of the lock and as one append; its seqs are committed to the sequencer
+//! only once that append is enqueued, so an append that fails leaves no gap. A retry of a send that is still in flight
 //! waits for the first attempt and gets its answer: never a second message.
 
 use std::sync::Arc;
@@ -124,10 +126,9 @@ async fn wait_for(
 /// is finished by the applier whether or not anyone still waits.
 pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Sent> {
     let channel = req.channel.clone();
-    let mut no_reply = None;
-    match start(state, req, &mut no_reply).await? {
+    match start(state, req).await? {
         Started::Done(sent) => Ok(sent),
-        Started::Wait(rx, _) => wait_for(rx, &channel, true, APPLY_TIMEOUT).await,
+        Started::Wait(rx) => wait_for(rx, &channel, true, APPLY_TIMEOUT).await,
         Started::Enqueued(Some(rx)) => wait_for(rx, &channel, false, APPLY_TIMEOUT).await,
         // Never: a send without a reply is registered with a receiver.
         Started::Enqueued(None) => Err(ApiError::internal("a send registered without a waiter")),
@@ -142,7 +143,8 @@ pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<S
 /// One hold for the burst, not one per send: with many sessions sending at once the lock is
 /// a convoy (each hand-over wakes the next waiting task), and a session that took it once
 /// per frame waited a whole round of the other sessions for each of its frames (measured:
-/// ~350 µs a send with 64 sessions, the limit of the server's throughput).
+/// ~350 µs a send with 64 sessions, the limit of the server's throughput). The burst's
+/// messages also go to the log as one append (see [`Chunk`]).
 pub(crate) async fn send_batch_for_session(
     state: &Arc<AppState>,
     sends: &mut Vec<(SendRequest, Reply)>,
@@ -154,18 +156,24 @@ pub(crate) async fn send_batch_for_session(
     let mut seq = state.sequencer.lock().await;
     // Outside tokio's cooperative budget while the lock is held (see `start`).
     tokio::task::coop::unconstrained(async {
+        let mut chunk = Chunk::default();
         for (req, reply) in sends.drain(..) {
+            if !chunk.ids.is_empty() && chunk.bytes + record_size_bound(&req) > CHUNK_BYTES {
+                // Answers its sends itself if the append fails.
+                let _ = enqueue_chunk(state, &mut seq, &mut chunk).await;
+            }
             let mut slot = Some(reply);
             let answer = |slot: &mut Option<Reply>, result: ApiResult<Sent>| {
                 if let Some(r) = slot.take() {
                     r.answer(result);
                 }
             };
-            match start_locked(state, &mut seq, started, req, &mut slot).await {
-                Ok(Started::Enqueued(_)) => {} // the applier answers
-                Ok(Started::Done(sent)) => answer(&mut slot, Ok(sent)),
+            match prepare_locked(state, &seq, &mut chunk, started, req, &mut slot) {
+                // The applier answers it (or `enqueue_chunk`, if the append fails).
+                Ok(Prepared::Registered(_)) => {}
+                Ok(Prepared::Done(sent)) => answer(&mut slot, Ok(sent)),
                 Err(e) => answer(&mut slot, Err(e)),
-                Ok(Started::Wait(rx, channel)) => {
+                Ok(Prepared::Wait(rx, channel)) => {
                     // A retry of a send still in flight (rare): waits for the first attempt in a
                     // tracked task of its own, so the session goes on reading.
                     state.send_tasks.spawn(async move {
@@ -175,6 +183,7 @@ pub(crate) async fn send_batch_for_session(
                 }
             }
         }
+        let _ = enqueue_chunk(state, &mut seq, &mut chunk).await;
     })
     .await;
 }
@@ -183,19 +192,61 @@ pub(crate) async fn send_batch_for_session(
 enum Started {
     /// Answered from the idempotency window.
     Done(Sent),
-    /// The same send is in flight: its outcome (and the channel it was sent to).
-    Wait(watch::Receiver<Outcome>, String),
+    /// The same send is in flight: its outcome.
+    Wait(watch::Receiver<Outcome>),
     /// In the log's queue and registered with the completions: the applier answers it
     /// (through the reply, or else the receiver).
     Enqueued(Option<watch::Receiver<Outcome>>),
 }
 
-/// [`start_locked`] under its own hold of the sequencer lock.
-async fn start(
-    state: &Arc<AppState>,
-    req: SendRequest,
-    reply: &mut Option<Reply>,
-) -> ApiResult<Started> {
+/// What [`prepare_locked`] made of a send.
+enum Prepared {
+    /// Answered from the idempotency window.
+    Done(Sent),
+    /// The same send is in flight: its outcome (and the channel it was sent to).
+    Wait(watch::Receiver<Outcome>, String),
+    /// Registered with the completions and added to the chunk (the receiver when the send
+    /// has no reply).
+    Registered(Option<watch::Receiver<Outcome>>),
+}
+
+/// Most bytes of records that go to the log as one append (a single larger record goes
+/// alone). Within the log's `max_append_bytes`, which the server sets to at least 1 MiB plus
+/// twice the payload limit (`server::start`).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Sends registered and not yet enqueued: they go to the log as one append (one command, one
+/// acknowledgement). Their seqs and message ids are reserved here and move into the
+/// [`Sequencer`] only once the append is enqueued: a chunk that never reaches the log (the
+/// enqueue failed, or its caller was dropped) leaves no gap in a channel's seqs.
+#[derive(Default)]
+struct Chunk {
+    /// Seqs reserved in this chunk, in order (a channel may appear more than once).
+    reserved: Vec<(String, u64)>,
+    /// The message id the next send in this chunk gets at least (0: none yet).
+    next_message_id: u64,
+    ids: Vec<u64>,
+    records: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn last_seq(&self, channel: &str) -> Option<u64> {
+        self.reserved
+            .iter()
+            .rev()
+            .find(|(c, _)| c == channel)
+            .map(|(_, s)| *s)
+    }
+}
+
+/// A bound on the size of a send's record (fixed fields and names fit in 256 bytes).
+fn record_size_bound(req: &SendRequest) -> usize {
+    256 + req.payload.len() + req.channel.len() + req.from.len() + req.client_msg_id.len()
+}
+
+/// [`prepare_locked`] and the enqueue, under its own hold of the sequencer lock.
+async fn start(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Started> {
     let started = Instant::now();
     let mut seq = state.sequencer.lock().await;
     // Outside tokio's cooperative budget while the lock is held: the enqueue's waits each
@@ -203,30 +254,44 @@ async fn start(
     // other runnable task, while all the other senders waited for it (measured: a hold of
     // ~4 µs per send where the work is under 1 µs). The enqueue still waits when the log's
     // queue is full: that is backpressure, not the budget.
-    tokio::task::coop::unconstrained(start_locked(state, &mut seq, started, req, reply)).await
+    tokio::task::coop::unconstrained(async {
+        let mut chunk = Chunk::default();
+        match prepare_locked(state, &seq, &mut chunk, started, req, &mut None)? {
+            Prepared::Done(sent) => Ok(Started::Done(sent)),
+            Prepared::Wait(rx, _) => Ok(Started::Wait(rx)),
+            Prepared::Registered(rx) => {
+                enqueue_chunk(state, &mut seq, &mut chunk).await?;
+                Ok(Started::Enqueued(rx))
+            }
+        }
+    })
+    .await
 }
 
-/// Validates, deduplicates, assigns the seq, registers the send with the completions (taking
-/// `reply`, which is left in place when the send is answered another way) and enqueues it.
-/// The caller holds the sequencer lock (`seq`) throughout.
-async fn start_locked(
+/// Validates, deduplicates, assigns the seq and the message id, registers the send with the
+/// completions (taking `reply`, which is left in place when the send is answered another
+/// way) and adds its record to `chunk`. The caller holds the sequencer lock (`seq`) until the
+/// chunk is enqueued.
+fn prepare_locked(
     state: &Arc<AppState>,
-    seq: &mut Sequencer,
+    seq: &Sequencer,
+    chunk: &mut Chunk,
     started: Instant,
     req: SendRequest,
     reply: &mut Option<Reply>,
-) -> ApiResult<Started> {
+) -> ApiResult<Prepared> {
     let key = (!req.client_msg_id.is_empty()).then(|| idem_key(&req.from, &req.client_msg_id));
 
     // Still in flight: wait for the first attempt's answer. Checked before the projections:
     // the applier applies a send and only then takes it from the completions, so once it is
     // gone from here it is in the idempotency window read below (the other order would let
-    // it slip between the two reads and be sent twice).
+    // it slip between the two reads and be sent twice). A send registered earlier in the same
+    // chunk is in flight too.
     if let Some(k) = &key
         && let Some(rx) = state.completions.in_flight(k)
     {
         state.metrics.send_duplicates.inc();
-        return Ok(Started::Wait(rx, req.channel));
+        return Ok(Prepared::Wait(rx, req.channel));
     }
 
     // Already applied: answer with the original.
@@ -240,7 +305,7 @@ async fn start_locked(
             if prev.channel != req.channel {
                 return Err(reused(&prev.channel));
             }
-            return Ok(Started::Done(Sent {
+            return Ok(Prepared::Done(Sent {
                 channel: prev.channel,
                 seq: prev.seq,
                 message_id: prev.message_id,
@@ -262,15 +327,18 @@ async fn start_locked(
         (st.heads.last_seq(&req.channel), st.heads.next_message_id)
     };
 
-    let channel_seq = seq
-        .reserved
-        .get(&req.channel)
-        .copied()
+    let channel_seq = chunk
+        .last_seq(&req.channel)
+        .or_else(|| seq.reserved.get(&req.channel).copied())
         .unwrap_or(0)
         .max(last_seq)
         + 1;
     // Message ids start at 1 (0 is never a message).
-    let message_id = seq.next_message_id.max(next_id).max(1);
+    let message_id = chunk
+        .next_message_id
+        .max(seq.next_message_id)
+        .max(next_id)
+        .max(1);
     let ts = now_ms();
     let env = Envelope::new(
         ts,
@@ -302,36 +370,68 @@ async fn start_locked(
             return Err(e);
         }
     };
-    // The enqueue may wait (queue full) and an HTTP handler may be dropped meanwhile: then
-    // nothing was written, and the registration must go too.
-    let mut unregister = Unregister {
-        state,
-        message_id: Some(message_id),
-    };
-    let enqueued = state.log.enqueue(vec![env.encode()]).await;
-    unregister.message_id = None;
-    match enqueued {
-        Ok(pending) => state.completions.enqueued(message_id, pending),
-        Err(e) => {
-            *reply = state.completions.abandon(message_id);
-            return Err(e.into());
-        }
-    }
-    seq.reserved.insert(req.channel, channel_seq);
-    seq.next_message_id = message_id + 1;
-    seq.sweep(state);
-    Ok(Started::Enqueued(rx))
+    let record = env.encode();
+    chunk.bytes += record.len();
+    chunk.records.push(record);
+    chunk.ids.push(message_id);
+    chunk.reserved.push((req.channel, channel_seq));
+    chunk.next_message_id = message_id + 1;
+    Ok(Prepared::Registered(rx))
 }
 
-/// Abandons a registration whose enqueue never finished (its future was dropped).
+/// Enqueues the chunk's records as one append and moves its reservations into the sequencer.
+/// If the enqueue fails nothing was written: each send is forgotten and answered with the
+/// error (a reply through it; an HTTP caller gets it returned), and its reservations go.
+async fn enqueue_chunk(
+    state: &Arc<AppState>,
+    seq: &mut Sequencer,
+    chunk: &mut Chunk,
+) -> ApiResult<()> {
+    if chunk.ids.is_empty() {
+        return Ok(());
+    }
+    // The enqueue may wait (queue full) and an HTTP handler may be dropped meanwhile: then
+    // nothing was written, and the registrations must go too.
+    let mut unregister = Unregister {
+        state,
+        message_ids: std::mem::take(&mut chunk.ids),
+    };
+    let enqueued = state.log.enqueue(std::mem::take(&mut chunk.records)).await;
+    let ids = std::mem::take(&mut unregister.message_ids);
+    let next_message_id = std::mem::take(&mut chunk.next_message_id);
+    chunk.bytes = 0;
+    match enqueued {
+        Ok(pending) => {
+            state.completions.enqueued(&ids, pending);
+            for (channel, s) in chunk.reserved.drain(..) {
+                seq.reserved.insert(channel, s);
+            }
+            seq.next_message_id = seq.next_message_id.max(next_message_id);
+            seq.sweep(state);
+            Ok(())
+        }
+        Err(e) => {
+            chunk.reserved.clear();
+            let err: ApiError = e.into();
+            for id in ids {
+                if let Some(reply) = state.completions.abandon(id) {
+                    reply.answer(Err(err.clone()));
+                }
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Abandons the registrations of an enqueue that never finished (its future was dropped).
 struct Unregister<'a> {
     state: &'a AppState,
-    message_id: Option<u64>,
+    message_ids: Vec<u64>,
 }
 
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
-        if let Some(id) = self.message_id.take() {
+        for id in self.message_ids.drain(..) {
             self.state.completions.abandon(id);
         }
     }
