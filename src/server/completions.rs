@@ -201,9 +201,9 @@ impl Completions {
         }
     }
 
-    /// The enqueue failed (nothing was written): forgets the send and gives its reply back
-    /// (the caller answers the error itself).
-    pub(crate) fn abandon(&self, message_id: u64) -> Option<Reply> {
+    /// The enqueue failed (nothing was written): forgets the send, tells its waiters (an HTTP
+    /// caller, a retry) `why`, and gives its reply back (the caller answers it).
+    pub(crate) fn abandon(&self, message_id: u64, why: &ApiError) -> Option<Reply> {
         let entry = {
             let mut inner = self.lock();
             let entry = inner.by_id.remove(&message_id);
@@ -214,7 +214,7 @@ impl Completions {
         };
         let mut e = entry?;
         if let Some(tx) = &e.tx {
-            let _ = tx.send(Some(Err(ApiError::internal("the send was not enqueued"))));
+            let _ = tx.send(Some(Err(why.clone())));
         }
         e.reg.reply.take()
     }

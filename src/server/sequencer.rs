@@ -10,8 +10,9 @@
 //! Seq assignment and the enqueue into the log happen under one lock, so the log holds each
 //! channel's messages in seq order even with thousands of sends in flight; the lock is released
 //! before the fsync, so group commit batches them. A WebSocket session's burst of sends goes
-//! through in one hold of the lock and as one append; its seqs are committed to the sequencer
-//! only once that append is enqueued, so an append that fails leaves no gap. A retry of a send that is still in flight
+//! through in one hold of the lock, in appends of at most [`CHUNK_BYTES`] of records; their
+//! seqs are committed to the sequencer only once their append is enqueued, so an append that
+//! fails leaves no gap. A retry of a send that is still in flight
 //! waits for the first attempt and gets its answer: never a second message.
 
 use std::sync::Arc;
@@ -414,7 +415,7 @@ async fn enqueue_chunk(
             chunk.reserved.clear();
             let err: ApiError = e.into();
             for id in ids {
-                if let Some(reply) = state.completions.abandon(id) {
+                if let Some(reply) = state.completions.abandon(id, &err) {
                     reply.answer(Err(err.clone()));
                 }
             }
@@ -432,7 +433,9 @@ struct Unregister<'a> {
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
         for id in self.message_ids.drain(..) {
-            self.state.completions.abandon(id);
+            self.state
+                .completions
+                .abandon(id, &ApiError::internal("the send was not enqueued"));
         }
     }
 }
