@@ -128,11 +128,11 @@ async fn wait_for(
 pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Sent> {
     let channel = req.channel.clone();
     match start(state, req).await? {
-        Started::Done(sent) => Ok(sent),
-        Started::Wait(rx) => wait_for(rx, &channel, true, APPLY_TIMEOUT).await,
-        Started::Enqueued(Some(rx)) => wait_for(rx, &channel, false, APPLY_TIMEOUT).await,
+        Prepared::Done(sent) => Ok(sent),
+        Prepared::Wait(rx, _) => wait_for(rx, &channel, true, APPLY_TIMEOUT).await,
+        Prepared::Registered(Some(rx)) => wait_for(rx, &channel, false, APPLY_TIMEOUT).await,
         // Never: a send without a reply is registered with a receiver.
-        Started::Enqueued(None) => Err(ApiError::internal("a send registered without a waiter")),
+        Prepared::Registered(None) => Err(ApiError::internal("a send registered without a waiter")),
     }
 }
 
@@ -189,17 +189,6 @@ pub(crate) async fn send_batch_for_session(
     .await;
 }
 
-/// How far [`start`] got.
-enum Started {
-    /// Answered from the idempotency window.
-    Done(Sent),
-    /// The same send is in flight: its outcome.
-    Wait(watch::Receiver<Outcome>),
-    /// In the log's queue and registered with the completions: the applier answers it
-    /// (through the reply, or else the receiver).
-    Enqueued(Option<watch::Receiver<Outcome>>),
-}
-
 /// What [`prepare_locked`] made of a send.
 enum Prepared {
     /// Answered from the idempotency window.
@@ -207,7 +196,7 @@ enum Prepared {
     /// The same send is in flight: its outcome (and the channel it was sent to).
     Wait(watch::Receiver<Outcome>, String),
     /// Registered with the completions and added to the chunk (the receiver when the send
-    /// has no reply).
+    /// has no reply); from [`start`], also enqueued.
     Registered(Option<watch::Receiver<Outcome>>),
 }
 
@@ -247,7 +236,7 @@ fn record_size_bound(req: &SendRequest) -> usize {
 }
 
 /// [`prepare_locked`] and the enqueue, under its own hold of the sequencer lock.
-async fn start(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Started> {
+async fn start(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Prepared> {
     let started = Instant::now();
     let mut seq = state.sequencer.lock().await;
     // Outside tokio's cooperative budget while the lock is held: the enqueue's waits each
@@ -257,14 +246,11 @@ async fn start(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Started> {
     // queue is full: that is backpressure, not the budget.
     tokio::task::coop::unconstrained(async {
         let mut chunk = Chunk::default();
-        match prepare_locked(state, &seq, &mut chunk, started, req, &mut None)? {
-            Prepared::Done(sent) => Ok(Started::Done(sent)),
-            Prepared::Wait(rx, _) => Ok(Started::Wait(rx)),
-            Prepared::Registered(rx) => {
-                enqueue_chunk(state, &mut seq, &mut chunk).await?;
-                Ok(Started::Enqueued(rx))
-            }
+        let prepared = prepare_locked(state, &seq, &mut chunk, started, req, &mut None)?;
+        if let Prepared::Registered(_) = prepared {
+            enqueue_chunk(state, &mut seq, &mut chunk).await?;
         }
+        Ok(prepared)
     })
     .await
 }
