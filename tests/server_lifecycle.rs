@@ -350,6 +350,26 @@ async fn health_readiness_metrics_and_the_event_log() {
     ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
+    // Every fdatasync of the log is in the latency histogram, and the buckets are cumulative.
+    let value = |prefix: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(prefix));
+        let line = line.unwrap_or_else(|| panic!("{prefix} missing from\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let fsyncs = value("tidings_log_fsyncs ");
+    assert!(fsyncs >= 1.0, "the group and the send were synced");
+    assert_eq!(value("tidings_log_fsync_duration_seconds_count "), fsyncs);
+    assert_eq!(
+        value("tidings_log_fsync_duration_seconds_bucket{le=\"+Inf\"} "),
+        fsyncs
+    );
+    let buckets: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tidings_log_fsync_duration_seconds_bucket"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(buckets.len(), 11, "ten bounds and +Inf");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
     // The event log, and following it.
     let text = reqwest::Client::new()
         .get(server.url("/v1/log?from=0"))

@@ -54,7 +54,7 @@ mod writer;
 pub use crate::batch::Record;
 pub use crate::error::{CorruptKind, LogError, Result};
 pub use crate::log::{AppendAck, Log, PendingAppend, SegmentCheck, SegmentInfo, Watermark};
-pub use crate::metrics::LogMetrics;
+pub use crate::metrics::{FSYNC_BUCKETS_MICROS, LogMetrics};
 pub use crate::options::{FsyncPolicy, LogOptions, RecoveryMode};
 pub use crate::tail::Tail;
 pub use crate::vfs::{StdFs, Vfs, VfsFile, VfsLock};

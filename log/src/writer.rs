@@ -392,10 +392,7 @@ impl Writer {
             .sync_data()
             .map_err(|e| LogError::io("sync segment", &a.seg.paths.log, e))?;
         a.unsynced = false;
-        let c = &self.parts.counters;
-        c.fsyncs.fetch_add(1, Ordering::Relaxed);
-        c.fsync_nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.parts.counters.fsynced(started.elapsed());
         Ok(())
     }
 

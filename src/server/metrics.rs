@@ -67,6 +67,24 @@ impl Histogram {
     }
 }
 
+/// Appends a histogram in the text format: `le` bounds (seconds) with their cumulative counts,
+/// the count of all observations (`+Inf`) and their sum in seconds.
+pub(crate) fn render_histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    buckets: impl Iterator<Item = (f64, u64)>,
+    count: u64,
+    sum_secs: f64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (le, n) in buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {sum_secs}\n{name}_count {count}");
+}
+
 /// Every metric of a server.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -179,20 +197,17 @@ impl Metrics {
                 &self.http_latency,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{le=\"{b}\"}} {}",
-                    h.buckets[i].load(Ordering::Relaxed)
-                );
-            }
-            let count = h.count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-            let _ = writeln!(
-                out,
-                "{name}_sum {}\n{name}_count {count}",
-                h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+            let bounds = BUCKETS
+                .iter()
+                .zip(&h.buckets)
+                .map(|(b, c)| (*b, c.load(Ordering::Relaxed)));
+            render_histogram(
+                &mut out,
+                name,
+                help,
+                bounds,
+                h.count.load(Ordering::Relaxed),
+                h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             );
         }
         let _ = writeln!(

@@ -10,12 +10,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
+use tidings_log::FSYNC_BUCKETS_MICROS;
 use tidings_projections::Envelope;
 
 use super::ApiQuery;
 use crate::cli::json::event_line;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult};
+use crate::server::metrics::render_histogram;
 use crate::server::state::AppState;
 
 /// Liveness: the process answers.
@@ -140,11 +142,21 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             ),
         ])
         .collect();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&extra),
-    )
-        .into_response()
+    let mut text = state.metrics.render(&extra);
+    // etcd's `wal_fsync_duration_seconds`, for the same reason: a disk that stalls shows here
+    // first (every acknowledged send waits for one of these).
+    render_histogram(
+        &mut text,
+        "tidings_log_fsync_duration_seconds",
+        "fdatasync latency of the log's segments.",
+        FSYNC_BUCKETS_MICROS
+            .iter()
+            .zip(log.fsync_le)
+            .map(|(us, n)| (*us as f64 / 1e6, n)),
+        log.fsyncs,
+        log.fsync_nanos as f64 / 1e9,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 fn tier_of(state: &AppState) -> ApiResult<&tidings_log::tier::Tier> {
