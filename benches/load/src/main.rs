@@ -17,6 +17,7 @@ mod client;
 mod scenarios;
 mod server;
 mod stats;
+mod timeline;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

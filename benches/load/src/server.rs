@@ -99,14 +99,7 @@ impl Server {
     /// The cumulative buckets `(upper bound in seconds, count)` of a histogram in the server's
     /// `/metrics` (Prometheus text), `+Inf` excluded.
     pub(crate) async fn histogram(&self, name: &str) -> anyhow::Result<Vec<(f64, u64)>> {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
+        let text = self.metrics().await?;
         let prefix = format!("{name}_bucket{{le=\"");
         let mut out = Vec::new();
         for line in text.lines() {
@@ -126,6 +119,18 @@ impl Server {
             bail!("{name} not found in /metrics");
         }
         Ok(out)
+    }
+
+    /// The `/metrics` text.
+    pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
     }
 
     /// An admin call; fails unless the status is 2xx.
@@ -190,7 +195,7 @@ impl Server {
         Ok(out)
     }
 
-    fn pid(&self) -> anyhow::Result<u32> {
+    pub(crate) fn pid(&self) -> anyhow::Result<u32> {
         self.child.id().context("the server has exited")
     }
 

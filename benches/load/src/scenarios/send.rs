@@ -28,6 +28,7 @@ use crate::Args;
 use crate::client::{self, Ws};
 use crate::server::Server;
 use crate::stats::{hist, summary};
+use crate::timeline::{self, Sample, Slots};
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -103,16 +104,24 @@ struct PhaseOut {
     hist: Histogram<u64>,
     /// From the intended send time to the ack.
     intended: Histogram<u64>,
+    /// The worst latency per slot of the phase.
+    slots: Slots,
     acked: u64,
 }
 
-async fn drive(mut c: Conn, mode: Mode, secs: f64, base: Instant) -> anyhow::Result<PhaseOut> {
+async fn drive(
+    mut c: Conn,
+    mode: Mode,
+    secs: f64,
+    base: Instant,
+    started: Instant,
+) -> anyhow::Result<PhaseOut> {
     let (mut sink, mut stream) = c.ws.split();
     let mut h = hist();
     let mut h_intended = hist();
+    let mut slots = Slots::default();
     // Per send in flight (by its number): (intended send time, when its frame was written).
     let mut pending: HashMap<u64, (Instant, Instant)> = HashMap::new();
-    let started = Instant::now();
     let stop = started + Duration::from_secs_f64(secs);
     let mut next_at = started;
     let mut acked = 0;
@@ -147,7 +156,9 @@ async fn drive(mut c: Conn, mode: Mode, secs: f64, base: Instant) -> anyhow::Res
                 match &*r.kind {
                     "sendack" => {
                         if let Some((intended, written)) = n.and_then(|n| pending.remove(&n)) {
-                            let _ = h.record(written.elapsed().as_micros().max(1) as u64);
+                            let us = written.elapsed().as_micros().max(1) as u64;
+                            let _ = h.record(us);
+                            slots.record(written.saturating_duration_since(started), us);
                             let _ = h_intended.record(intended.elapsed().as_micros().max(1) as u64);
                             acked += 1;
                             if r.duplicate != Some(false) {
@@ -201,38 +212,71 @@ async fn drive(mut c: Conn, mode: Mode, secs: f64, base: Instant) -> anyhow::Res
         conn: c,
         hist: h,
         intended: h_intended,
+        slots,
         acked,
     })
 }
 
+/// Runs every connection through a phase. With `server`, the phase also keeps a timeline: the
+/// server process's, its log's and the machine's counters every [`timeline::SLOT`], reported
+/// beside the slots that had slow sends.
 async fn phase(
     conns: Vec<Conn>,
     mode: impl Fn(usize) -> Mode,
     secs: f64,
     base: Instant,
+    server: Option<&Server>,
 ) -> anyhow::Result<(Vec<Conn>, Value)> {
+    let pid = server.map(Server::pid).transpose()?;
+    let started = Instant::now();
     let mut tasks = JoinSet::new();
     for (i, c) in conns.into_iter().enumerate() {
-        tasks.spawn(drive(c, mode(i), secs, base));
+        tasks.spawn(drive(c, mode(i), secs, base, started));
     }
-    let started = Instant::now();
     let mut h = hist();
     let mut h_intended = hist();
+    let mut slots = Slots::default();
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(timeline::SLOT);
     let mut acked = 0;
     let mut out = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        let r = r??;
-        h.add(&r.hist)?;
-        h_intended.add(&r.intended)?;
-        acked += r.acked;
-        out.push(r.conn);
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => {
+                let Some(r) = r else { break };
+                let r = r??;
+                h.add(&r.hist)?;
+                h_intended.add(&r.intended)?;
+                slots.merge(&r.slots);
+                acked += r.acked;
+                out.push(r.conn);
+            }
+            _ = tick.tick(), if pid.is_some() => {
+                if let (Some(pid), Some(server)) = (pid, server) {
+                    samples.push(sample(server, pid, started).await);
+                }
+            }
+        }
     }
     let took = started.elapsed().as_secs_f64();
     let mut v = summary(&h);
     v["msgs_per_s"] = json!((acked as f64 / took).round());
     v["acked"] = json!(acked);
     v["from_intended_send"] = summary(&h_intended);
+    if let (Some(pid), Some(server)) = (pid, server) {
+        samples.push(sample(server, pid, started).await);
+        v["timeline"] = timeline::report(&slots, &samples);
+    }
     Ok((out, v))
+}
+
+/// The counters of the timeline, now.
+async fn sample(server: &Server, pid: u32, started: Instant) -> Sample {
+    let s = Sample::read(pid, started.elapsed());
+    match server.metrics().await {
+        Ok(text) => s.with_fsyncs(&text),
+        Err(_) => s,
+    }
 }
 
 /// The server's own send latency (accepted → durable and applied; its `/metrics` histogram)
@@ -291,13 +335,21 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     // growing from empty): sends at the fixed rate for a moment first, measured by nobody. The
     // exactly-once check below still covers them.
     let warm_up = if args.smoke { 0.2 } else { 2.0 };
-    let (conns, _) = phase(conns, |_| Mode::Rate(per_conn), warm_up, base).await?;
+    let (conns, _) = phase(conns, |_| Mode::Rate(per_conn), warm_up, base, None).await?;
     let before = server.histogram("tidings_send_seconds").await?;
-    let (conns, mut fixed) = phase(conns, |_| Mode::Rate(per_conn), args.secs(), base).await?;
+    let (conns, mut fixed) = phase(
+        conns,
+        |_| Mode::Rate(per_conn),
+        args.secs(),
+        base,
+        Some(&server),
+    )
+    .await?;
     let after = server.histogram("tidings_send_seconds").await?;
     fixed["server_side"] = server_side(&before, &after);
     let cpu_before = server.cpu_secs()?;
-    let (conns, mut saturated) = phase(conns, |_| Mode::Window(64), args.secs(), base).await?;
+    let (conns, mut saturated) =
+        phase(conns, |_| Mode::Window(64), args.secs(), base, None).await?;
     let cpu = server.cpu_secs()?;
     // Server CPU per acknowledged send at saturation (the phase's own CPU time only; sends
     // still in flight when it ends are few against a million).
