@@ -18,6 +18,9 @@ use crate::server::completions;
 use crate::server::delivery::{Frame, MAX_RUN, Pushed, Run, TOKEN_REVOKED};
 use crate::server::state::{AppState, now_ms};
 
+/// The applier keeps its event vector's capacity from pass to pass up to this many events.
+const MAX_KEPT_EVENTS: usize = 16_384;
+
 /// What to do after applying, outside the projections' lock.
 enum Effect {
     Push(Arc<Pushed>, u64),
@@ -138,7 +141,16 @@ pub(crate) async fn run(
     }
     let _close = CloseWaiters(&state, &stop);
     let mut tail = state.log.tail(*applied.borrow());
+    // A pass's events and pushes; kept from pass to pass (fresh vectors each pass cost page
+    // faults: at saturation the largest source of them in the server).
+    let mut applied_envs: Vec<(u64, Envelope)> = Vec::new();
+    let mut pushes: Vec<(Arc<Pushed>, u64)> = Vec::new();
     loop {
+        // A burst's capacity is kept for the next, but never more than this many events.
+        if applied_envs.capacity() > MAX_KEPT_EVENTS {
+            applied_envs = Vec::new();
+        }
+        applied_envs.clear();
         let batch = tokio::select! {
             biased;
             () = stop.cancelled() => return,
@@ -155,7 +167,7 @@ pub(crate) async fn run(
                 return;
             }
         };
-        let mut applied_envs = Vec::with_capacity(batch.len());
+        applied_envs.reserve(batch.len());
         let mut failed = None;
         let next = {
             let mut p = state.proj_mut();
@@ -211,7 +223,6 @@ pub(crate) async fn run(
         });
         // Pushes are gathered into one run per channel (in log order within it) and handed
         // out when the pass ends or a membership change comes (which must see them first).
-        let mut pushes: Vec<(Arc<Pushed>, u64)> = Vec::new();
         for e in effects {
             let e = match e {
                 Effect::Push(mut msg, message_id) => {

@@ -68,6 +68,9 @@ pub(crate) struct Sample {
     slow_fsyncs: u64,
     /// The fsync histogram's cumulative buckets: (bound in ms, count), up to 16.
     fsync_le: [(f64, u64); 16],
+    /// Sends the server itself took over 5 ms for (its `tidings_send_seconds`), so that a
+    /// slow moment can be told the server's or the generator's.
+    server_slow_sends: u64,
 }
 
 impl Sample {
@@ -118,8 +121,8 @@ impl Sample {
         s
     }
 
-    /// Adds the log's fsync counts from the server's `/metrics` text.
-    pub(crate) fn with_fsyncs(mut self, metrics: &str) -> Sample {
+    /// Adds the log's fsync counts and the server's slow sends from its `/metrics` text.
+    pub(crate) fn with_metrics(mut self, metrics: &str) -> Sample {
         let value = |prefix: &str| -> u64 {
             metrics
                 .lines()
@@ -131,6 +134,8 @@ impl Sample {
         self.fsyncs = value(&format!("{name}_count "));
         let fast = value(&format!("{name}_bucket{{le=\"0.0025\"}} "));
         self.slow_fsyncs = self.fsyncs.saturating_sub(fast);
+        self.server_slow_sends = value("tidings_send_seconds_count ")
+            .saturating_sub(value("tidings_send_seconds_bucket{le=\"0.005\"} "));
         let prefix = format!("{name}_bucket{{le=\"");
         let buckets = metrics.lines().filter_map(|l| {
             let (le, n) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
@@ -183,6 +188,7 @@ pub(crate) fn report(slots: &Slots, samples: &[Sample]) -> Value {
             "fsyncs": b.fsyncs - a.fsyncs,
             "fsyncs_over_2_5ms": b.slow_fsyncs - a.slow_fsyncs,
             "slowest_fsync_under_ms": a.slowest_fsync_ms(b),
+            "server_slow_sends": b.server_slow_sends - a.server_slow_sends,
         }))
     };
     let mut slow: Vec<(usize, u64, u64)> = slots
@@ -268,16 +274,18 @@ mod tests {
         let text = "tidings_log_fsync_duration_seconds_bucket{le=\"0.001\"} 90\n\
             tidings_log_fsync_duration_seconds_bucket{le=\"0.0025\"} 95\n\
             tidings_log_fsync_duration_seconds_bucket{le=\"+Inf\"} 100\n\
-            tidings_log_fsync_duration_seconds_count 100\n";
-        let s = Sample::default().with_fsyncs(text);
-        assert_eq!((s.fsyncs, s.slow_fsyncs), (100, 5));
-        let later = Sample::default().with_fsyncs(
+            tidings_log_fsync_duration_seconds_count 100\n\
+            tidings_send_seconds_bucket{le=\"0.005\"} 7\n\
+            tidings_send_seconds_count 9\n";
+        let s = Sample::default().with_metrics(text);
+        assert_eq!((s.fsyncs, s.slow_fsyncs, s.server_slow_sends), (100, 5, 2));
+        let later = Sample::default().with_metrics(
             "tidings_log_fsync_duration_seconds_bucket{le=\"0.001\"} 90\n\
             tidings_log_fsync_duration_seconds_bucket{le=\"0.0025\"} 95\n\
             tidings_log_fsync_duration_seconds_count 101\n",
         );
         assert_eq!(s.slowest_fsync_ms(&later), None, "one is over every bound");
-        let later = later.with_fsyncs(
+        let later = later.with_metrics(
             "tidings_log_fsync_duration_seconds_bucket{le=\"0.001\"} 90\n\
             tidings_log_fsync_duration_seconds_bucket{le=\"0.0025\"} 96\n\
             tidings_log_fsync_duration_seconds_count 101\n",

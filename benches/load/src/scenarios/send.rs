@@ -274,7 +274,7 @@ async fn phase(
 async fn sample(server: &Server, pid: u32, started: Instant) -> Sample {
     let s = Sample::read(pid, started.elapsed());
     match server.metrics().await {
-        Ok(text) => s.with_fsyncs(&text),
+        Ok(text) => s.with_metrics(&text),
         Err(_) => s,
     }
 }
