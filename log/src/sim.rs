@@ -35,6 +35,9 @@ struct State {
     fail_sync_in: Option<u64>,
     /// A failing write applies this many bytes of its buffer first (a torn write).
     torn_write_bytes: usize,
+    /// Bumped when the process dies (power cut or kill): files opened before it cannot be
+    /// written or synced any more, as the dead process's threads would not run.
+    epoch: u64,
 }
 
 /// The simulated file system. Cheap to clone; clones share the same disk.
@@ -89,11 +92,14 @@ impl SimFs {
         st.locks.clear();
         st.fail_write_in = None;
         st.fail_sync_in = None;
+        st.epoch += 1;
     }
 
     /// Releases all locks, as the death of the holding process would, without losing data.
     pub fn kill_process(&self) {
-        lock(&self.state).locks.clear();
+        let mut st = lock(&self.state);
+        st.locks.clear();
+        st.epoch += 1;
     }
 
     /// The `n`th write from now (1 = the next one) fails, after applying `torn_bytes` bytes of
@@ -179,6 +185,21 @@ impl SimFs {
 struct SimFile {
     fs: SimFs,
     data: Arc<Mutex<FileState>>,
+    /// The process epoch the file was opened in.
+    epoch: u64,
+}
+
+impl SimFile {
+    /// Refuses changes from a process that has died since it opened the file.
+    fn alive(&self) -> io::Result<()> {
+        if lock(&self.fs.state).epoch == self.epoch {
+            Ok(())
+        } else {
+            Err(io::Error::other(
+                "sim: the process that opened this file is dead",
+            ))
+        }
+    }
 }
 
 impl VfsFile for SimFile {
@@ -196,6 +217,7 @@ impl VfsFile for SimFile {
     }
 
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.alive()?;
         let (fail, torn) = {
             let mut st = lock(&self.fs.state);
             let fail = SimFs::countdown(&mut st.fail_write_in);
@@ -222,11 +244,13 @@ impl VfsFile for SimFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.alive()?;
         lock(&self.data).live.resize(len as usize, 0);
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.alive()?;
         if SimFs::countdown(&mut lock(&self.fs.state).fail_sync_in) {
             return Err(injected("fsync"));
         }
@@ -282,18 +306,22 @@ impl Vfs for SimFs {
             .get(path)
             .cloned()
             .ok_or(io::Error::from(io::ErrorKind::NotFound))?;
+        let epoch = st.epoch;
         Ok(Arc::new(SimFile {
             fs: self.clone(),
             data,
+            epoch,
         }))
     }
 
     fn open_write(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {
         let mut st = lock(&self.state);
         let data = st.files.entry(path.to_path_buf()).or_default().clone();
+        let epoch = st.epoch;
         Ok(Arc::new(SimFile {
             fs: self.clone(),
             data,
+            epoch,
         }))
     }
 
@@ -307,6 +335,20 @@ impl Vfs for SimFs {
             .remove(path)
             .map(|_| ())
             .ok_or(io::ErrorKind::NotFound.into())
+    }
+
+    /// Moves the file (open handles keep seeing it) to the new name; until the directory is
+    /// synced, a crash keeps neither name (the old one left the namespace, the new one is not
+    /// durable yet). That is harsher than a real file system, never kinder.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        let data = st
+            .files
+            .remove(from)
+            .ok_or(io::Error::from(io::ErrorKind::NotFound))?;
+        st.files.insert(to.to_path_buf(), data);
+        st.durable_names.remove(to);
+        Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -411,6 +453,9 @@ impl Vfs for CountingFs {
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.inner.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.inner.sync_dir(dir)

@@ -42,6 +42,8 @@ pub trait Vfs: Send + Sync + Debug + 'static {
     fn exists(&self, path: &Path) -> io::Result<bool>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames `from` to `to` (replacing `to`); durable at the next [`Vfs::sync_dir`].
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (created or removed files) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes an exclusive advisory lock on `path` (created when missing) without waiting;
@@ -116,6 +118,9 @@ impl Vfs for StdFs {
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()

@@ -280,6 +280,9 @@ impl Vfs for TierVfs {
     fn create_dir_all(&self, _: &Path) -> io::Result<()> {
         Ok(())
     }
+    fn rename(&self, _: &Path, _: &Path) -> io::Result<()> {
+        Err(read_only())
+    }
     fn list(&self, _: &Path) -> io::Result<Vec<String>> {
         Err(read_only())
     }
