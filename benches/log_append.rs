@@ -1,6 +1,8 @@
 //! The log benchmark: append throughput and latency at 1, 16 and 256 concurrent appenders with
-//! `fsync = always`, against a raw `write + fdatasync` baseline of the same batch sizes on the
-//! same disk; sequential read throughput; and the time to open a large log.
+//! `fsync = always` and preallocated segments (as the server runs it), against two raw
+//! baselines of the same batch sizes on the same disk — a plain `write + fdatasync` loop that
+//! appends to a new file, and the same loop overwriting a file of zeros in place (what a
+//! preallocated segment does); sequential read throughput; and the time to open a large log.
 //!
 //! Full run (numbers for the README):   `cargo bench --bench log_append`
 //! Options after `--`: `--secs S` (per scenario, default 5), `--open-gb N` (size of the log
@@ -83,11 +85,21 @@ impl AppendResult {
     }
 }
 
-async fn append_run(dir: &Path, concurrency: usize, secs: f64) -> AppendResult {
+async fn append_run(dir: &Path, concurrency: usize, secs: f64, smoke: bool) -> AppendResult {
     let _ = std::fs::remove_dir_all(dir);
-    let log = Log::open(dir, LogOptions::default().with_fsync(FsyncPolicy::Always))
-        .await
-        .unwrap();
+    let prealloc: u64 = if smoke { 8 << 20 } else { 128 << 20 };
+    let opts = LogOptions::default()
+        .with_fsync(FsyncPolicy::Always)
+        .with_preallocate_bytes(prealloc);
+    let log = Log::open(dir, opts).await.unwrap();
+    // A new log's first segment is not preallocated; it hands over to the first spare as soon
+    // as that is written (at the next append after it).
+    let spare = dir.join("next-segment.zeros");
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&spare).map_or(0, |m| m.len()) < prealloc && Instant::now() < ready_by {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let payload = Bytes::from(vec![b'x'; RECORD]);
     // Warm up: the first fsyncs of a new file cost more (allocation of its first extents).
     for _ in 0..50 {
@@ -162,20 +174,73 @@ fn baseline(dir: &Path, batch: usize, secs: f64) -> (u64, f64) {
     (bytes, took)
 }
 
+/// The same loop overwriting a file of zeros in place (written and synced before the clock
+/// starts; wraps around at its end); returns (bytes, seconds).
+fn baseline_in_place(dir: &Path, batch: usize, secs: f64, smoke: bool) -> (u64, f64) {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("baseline-in-place.dat");
+    let _ = std::fs::remove_file(&path);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let size: u64 = if smoke { 8 << 20 } else { 256 << 20 };
+    let zeros = vec![0u8; 1 << 20];
+    for i in 0..size >> 20 {
+        f.write_all_at(&zeros, i << 20).unwrap();
+    }
+    f.sync_all().unwrap();
+    let buf = vec![7u8; batch.max(1)];
+    let mut pos = 0u64;
+    let mut put = |f: &std::fs::File| {
+        if pos + buf.len() as u64 > size {
+            pos = 0;
+        }
+        f.write_all_at(&buf, pos).unwrap();
+        f.sync_data().unwrap();
+        pos += buf.len() as u64;
+    };
+    for _ in 0..50 {
+        put(&f);
+    }
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        put(&f);
+        bytes += buf.len() as u64;
+    }
+    let took = start.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    (bytes, took)
+}
+
 /// Alternates `rounds` short runs of tidings and of the baseline (same batch size as the
 /// tidings run just before it), so that drift in the disk's speed hits both alike.
-async fn interleaved(root: &Path, c: usize, secs: f64, rounds: usize) -> (AppendResult, f64) {
+/// Returns tidings' result and the two baselines' MB/s (appending, in place).
+async fn interleaved(
+    root: &Path,
+    c: usize,
+    secs: f64,
+    rounds: usize,
+    smoke: bool,
+) -> (AppendResult, f64, f64) {
     let mut total: Option<AppendResult> = None;
     let (mut base_bytes, mut base_secs) = (0u64, 0f64);
+    let (mut place_bytes, mut place_secs) = (0u64, 0f64);
+    let round = secs / rounds as f64;
     for _ in 0..rounds {
-        let r = append_run(&root.join(format!("append-{c}")), c, secs / rounds as f64).await;
-        let (b, t) = baseline(
-            &root.join("baseline"),
-            r.avg_batch_bytes(),
-            secs / rounds as f64,
-        );
+        let r = append_run(&root.join(format!("append-{c}")), c, round, smoke).await;
+        let (b, t) = baseline(&root.join("baseline"), r.avg_batch_bytes(), round);
         base_bytes += b;
         base_secs += t;
+        let (b, t) = baseline_in_place(&root.join("baseline"), r.avg_batch_bytes(), round, smoke);
+        place_bytes += b;
+        place_secs += t;
         total = Some(match total {
             None => r,
             Some(mut acc) => {
@@ -190,7 +255,11 @@ async fn interleaved(root: &Path, c: usize, secs: f64, rounds: usize) -> (Append
             }
         });
     }
-    (total.unwrap(), base_bytes as f64 / base_secs / 1e6)
+    (
+        total.unwrap(),
+        base_bytes as f64 / base_secs / 1e6,
+        place_bytes as f64 / place_secs / 1e6,
+    )
 }
 
 async fn read_run(dir: &Path) -> (u64, f64, f64) {
@@ -261,11 +330,12 @@ fn main() {
     for &c in concurrencies {
         let dir = root.join(format!("append-{c}"));
         let rounds = if args.smoke { 1 } else { 3 };
-        let (r, base) = rt.block_on(interleaved(&root, c, args.secs, rounds));
+        let (r, base, in_place) = rt.block_on(interleaved(&root, c, args.secs, rounds, args.smoke));
         let ratio = r.disk_mb_per_sec() / base;
+        let ratio_in_place = r.disk_mb_per_sec() / in_place;
         let p = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
         rows.push(format!(
-            "| {c} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.0} | {} | {:.1} | {:.2} |",
+            "| {c} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.0} | {} | {:.1} | {:.2} | {:.1} | {:.2} |",
             r.records_per_sec(),
             r.payload_mb_per_sec(),
             r.disk_mb_per_sec(),
@@ -275,10 +345,12 @@ fn main() {
             r.avg_fsync_us(),
             r.avg_batch_bytes(),
             base,
-            ratio
+            ratio,
+            in_place,
+            ratio_in_place
         ));
         json.push(format!(
-            "{{\"scenario\":\"append\",\"concurrency\":{c},\"records_per_sec\":{:.0},\"payload_mb_per_sec\":{:.2},\"disk_mb_per_sec\":{:.2},\"p50_us\":{:.1},\"p99_us\":{:.1},\"avg_batch_bytes\":{},\"records_per_fsync\":{:.1},\"avg_fsync_us\":{:.1},\"baseline_mb_per_sec\":{:.2},\"ratio_to_baseline\":{:.3}}}",
+            "{{\"scenario\":\"append\",\"concurrency\":{c},\"records_per_sec\":{:.0},\"payload_mb_per_sec\":{:.2},\"disk_mb_per_sec\":{:.2},\"p50_us\":{:.1},\"p99_us\":{:.1},\"avg_batch_bytes\":{},\"records_per_fsync\":{:.1},\"avg_fsync_us\":{:.1},\"baseline_mb_per_sec\":{:.2},\"ratio_to_baseline\":{:.3},\"in_place_baseline_mb_per_sec\":{:.2},\"ratio_to_in_place_baseline\":{:.3}}}",
             r.records_per_sec(),
             r.payload_mb_per_sec(),
             r.disk_mb_per_sec(),
@@ -288,7 +360,9 @@ fn main() {
             r.records_per_fsync(),
             r.avg_fsync_us(),
             base,
-            ratio
+            ratio,
+            in_place,
+            ratio_in_place
         ));
         assert_eq!(r.concurrency, c);
         last_dir = Some(dir);
@@ -298,9 +372,9 @@ fn main() {
         args.secs
     );
     println!(
-        "| appenders | records/s | payload MB/s | disk MB/s | p50 µs | p99 µs | records/fsync | fsync µs | avg batch B | baseline MB/s | ratio |"
+        "| appenders | records/s | payload MB/s | disk MB/s | p50 µs | p99 µs | records/fsync | fsync µs | avg batch B | baseline MB/s | ratio | in-place baseline MB/s | ratio |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         println!("{row}");
     }

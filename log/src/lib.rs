@@ -41,6 +41,7 @@ mod index;
 mod log;
 mod metrics;
 mod options;
+mod prealloc;
 mod readonly;
 mod recovery;
 mod segment;

@@ -16,7 +16,6 @@ use crate::options::LogOptions;
 use crate::recovery;
 use crate::segment::{self, Budget, Segment};
 use crate::tail::Tail;
-use crate::vfs::VfsLock;
 use crate::writer::{Command, Writer, WriterParts};
 
 /// What the writer has made readable: nothing at or past `next_offset` is ever returned.
@@ -124,8 +123,9 @@ pub(crate) struct Shared {
     poison: Arc<PoisonSlot>,
     counters: Arc<Counters>,
     closed: AtomicBool,
+    /// The writer thread; it owns the directory lock and releases it only once it has stopped
+    /// writing (a log dropped without `close` stays locked until its writer has finished).
     writer: tokio::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    lock: Mutex<Option<Box<dyn VfsLock>>>,
     /// Read-only mode: no writer; [`Log::refresh`] publishes the watermark through this.
     read_only: Option<Mutex<Option<watch::Sender<Watermark>>>>,
     /// The tier uploader, when the log has a tier.
@@ -333,7 +333,7 @@ impl Log {
             poison: poison.clone(),
             counters: counters.clone(),
         };
-        let writer = Writer::new(parts, rx, active, rec)?;
+        let writer = Writer::new(parts, rx, active, rec, lock)?;
         let opts_has_tier = opts.tier.is_some();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -355,7 +355,6 @@ impl Log {
                 counters,
                 closed: AtomicBool::new(false),
                 writer: tokio::sync::Mutex::new(Some(handle)),
-                lock: Mutex::new(Some(lock)),
                 read_only: None,
                 uploader: opts_has_tier.then(|| Mutex::new(None)),
                 rolled,
@@ -381,7 +380,6 @@ impl Log {
                 counters: Arc::new(Counters::default()),
                 closed: AtomicBool::new(false),
                 writer: tokio::sync::Mutex::new(None),
-                lock: Mutex::new(None),
                 read_only: Some(Mutex::new(Some(wm_tx))),
                 uploader: None,
                 rolled: Arc::new(tokio::sync::Notify::new()),
@@ -548,11 +546,6 @@ impl Log {
         };
         let joined = tokio::task::spawn_blocking(move || handle.join()).await;
         self.shared.permits.close();
-        self.shared
-            .lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
         if let Some(tier) = &self.shared.opts.tier {
             tier.close().await?;
         }

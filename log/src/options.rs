@@ -71,6 +71,7 @@ pub enum RecoveryMode {
 pub struct LogOptions {
     pub(crate) fsync: FsyncPolicy,
     pub(crate) segment_bytes: u64,
+    pub(crate) preallocate_bytes: u64,
     pub(crate) segment_max_age: Option<Duration>,
     pub(crate) index_interval_bytes: u32,
     pub(crate) max_batch_bytes: usize,
@@ -88,6 +89,7 @@ impl Default for LogOptions {
         Self {
             fsync: FsyncPolicy::Always,
             segment_bytes: 128 << 20,
+            preallocate_bytes: 0,
             segment_max_age: Some(Duration::from_secs(24 * 3600)),
             index_interval_bytes: 4096,
             max_batch_bytes: 1 << 20,
@@ -111,6 +113,15 @@ impl LogOptions {
     /// Roll to a new segment when the active one would grow past this. Default: 128 MiB.
     pub fn with_segment_bytes(mut self, bytes: u64) -> Self {
         self.segment_bytes = bytes;
+        self
+    }
+    /// Start each segment as a file of this many zero bytes, written and synced in the
+    /// background before the segment is needed (capped at the segment size; 0 = off, the
+    /// default). Overwriting blocks a file already has makes `fdatasync` cheaper than growing
+    /// the file (no size change to journal): on this project's disk ~35% per sync. Costs the
+    /// zeros' writes and a spare file of this size (`log/DESIGN.md`, "Preallocation").
+    pub fn with_preallocate_bytes(mut self, bytes: u64) -> Self {
+        self.preallocate_bytes = bytes;
         self
     }
     /// Roll when the active segment's first batch is older than this (checked at the next
@@ -179,6 +190,12 @@ impl LogOptions {
             return bad(format!(
                 "segment_bytes {} must be in [1 KiB, 2 GiB]",
                 self.segment_bytes
+            ));
+        }
+        if self.preallocate_bytes > u64::from(u32::MAX) {
+            return bad(format!(
+                "preallocate_bytes {} must be below 4 GiB",
+                self.preallocate_bytes
             ));
         }
         if self.index_interval_bytes == 0 {

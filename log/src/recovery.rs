@@ -34,6 +34,8 @@ pub(crate) struct Recovered {
     pub(crate) last_batch: Option<TimeEntry>,
     /// Bytes discarded from the tail.
     pub(crate) truncated_bytes: u64,
+    /// The file's size afterwards: `len`, or more when zeros of a preallocation follow.
+    pub(crate) file_len: u64,
 }
 
 fn open_index(
@@ -105,7 +107,19 @@ pub(crate) fn recover_active(
     );
 
     let mut truncated_bytes = 0;
-    if good_end < file_len {
+    let mut kept_len = good_end;
+    if good_end < file_len && zeros_to_end(file.as_ref(), &paths.log, good_end, file_len)? {
+        // Zeros after the last batch: the unused part of a preallocated segment (or a batch
+        // of which nothing reached the disk). Nothing to cut; the segment stays preallocated.
+        tracing::info!(
+            segment = %paths.log.display(),
+            position = good_end,
+            next_offset,
+            preallocated_bytes = file_len - good_end,
+            "the active segment ends in preallocated zeros"
+        );
+        kept_len = file_len;
+    } else if good_end < file_len {
         let kind = damage.unwrap_or(CorruptKind::Truncated {
             batch_len: 0,
             available: file_len - good_end,
@@ -194,7 +208,28 @@ pub(crate) fn recover_active(
         first_ts,
         last_batch,
         truncated_bytes,
+        file_len: kept_len,
     })
+}
+
+/// Whether `[from, end)` of the file is all zero bytes (read in 1 MiB pieces).
+fn zeros_to_end(file: &dyn VfsFile, path: &Path, from: u64, end: u64) -> Result<bool> {
+    const CHUNK: u64 = 1 << 20;
+    let mut pos = from;
+    while pos < end {
+        let want = CHUNK.min(end - pos) as usize;
+        let chunk =
+            read_up_to(file, want, pos).map_err(|e| LogError::io("read segment", path, e))?;
+        if chunk.len() < want {
+            // The file is shorter than it said: not the preallocation this checks for.
+            return Ok(false);
+        }
+        if chunk.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos += want as u64;
+    }
+    Ok(true)
 }
 
 /// Where the valid data of a segment ends, found from its index and a scan of the tail.

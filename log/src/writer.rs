@@ -22,9 +22,10 @@ use crate::index::{IndexEntry, SegmentIndex, TimeEntry};
 use crate::log::{AppendAck, PoisonSlot, Watermark};
 use crate::metrics::Counters;
 use crate::options::{FsyncPolicy, LogOptions};
+use crate::prealloc::Preallocator;
 use crate::recovery::Recovered;
 use crate::segment::{Segment, SegmentPaths};
-use crate::vfs::VfsFile;
+use crate::vfs::{VfsFile, VfsLock};
 
 /// How long the writer polls its queue before parking (see `spin_for_command`).
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
@@ -57,6 +58,11 @@ struct Active {
     last_batch: Option<TimeEntry>,
     /// Bytes written but not yet fdatasynced.
     unsynced: bool,
+    /// The file's size: `len` plus the zeros of its preallocation not yet written over.
+    file_len: u64,
+    /// Whether the segment started as a preallocated file (then it is never rolled early to
+    /// get one).
+    preallocated: bool,
 }
 
 /// Everything the writer shares with the `Log` handles (never the queue's sender, so the
@@ -93,6 +99,11 @@ pub(crate) struct Writer {
     stashed: Option<Command>,
     /// When the `every(ms)` policy must sync by.
     sync_deadline: Option<tokio::time::Instant>,
+    /// Makes the next segment's file ahead of time (with `preallocate_bytes`).
+    prealloc: Option<Preallocator>,
+    /// The directory lock, released when the writer is dropped: after its last write, never
+    /// while it may still write (a log dropped without `close` finishes in the background).
+    _lock: Box<dyn VfsLock>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -107,8 +118,26 @@ impl Writer {
         rx: mpsc::Receiver<Command>,
         seg: Arc<Segment>,
         rec: Recovered,
+        lock: Box<dyn VfsLock>,
     ) -> Result<Self> {
         let last_ts = rec.last_batch.map_or(0, |b| b.ts);
+        let opts = &parts.opts;
+        let prealloc = match opts.preallocate_bytes.min(opts.segment_bytes) {
+            0 => {
+                // A spare left by an earlier run with preallocation on is only zeros.
+                let spare = parts.dir.join(crate::prealloc::SPARE_NAME);
+                if let Err(e) = opts.vfs.remove(&spare)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(error = %e, file = %spare.display(), "could not remove an old spare segment");
+                }
+                None
+            }
+            bytes => Some(
+                Preallocator::start(opts.vfs.clone(), &parts.dir, bytes)
+                    .map_err(|e| LogError::io("start preallocation thread", &parts.dir, e))?,
+            ),
+        };
         Ok(Self {
             active: Active {
                 seg,
@@ -122,12 +151,16 @@ impl Writer {
                 first_ts: rec.first_ts,
                 last_batch: rec.last_batch,
                 unsynced: false,
+                file_len: rec.file_len,
+                preallocated: rec.file_len > rec.len,
             },
             next_offset: rec.next_offset,
             last_ts,
             builder: BatchBuilder::default(),
             stashed: None,
             sync_deadline: None,
+            prealloc,
+            _lock: lock,
             parts,
             rx,
         })
@@ -295,7 +328,11 @@ impl Writer {
             (Some(age), Some(first)) => ts.saturating_sub(first) >= age.as_millis() as u64,
             _ => false,
         };
-        let rolled = if self.active.len > 0 && (too_big || too_old) {
+        // A segment that did not start preallocated (a new log, or one reopened after a clean
+        // close or a truncated tail) hands over to a preallocated one as soon as it is ready.
+        let spare_waiting =
+            !self.active.preallocated && self.prealloc.as_ref().is_some_and(Preallocator::is_ready);
+        let rolled = if self.active.len > 0 && (too_big || too_old || spare_waiting) {
             self.roll()
         } else {
             Ok(())
@@ -320,6 +357,7 @@ impl Writer {
             .write_all_at(bytes, pos)
             .map_err(|e| LogError::io("write segment", &a.seg.paths.log, e))?;
         a.unsynced = true;
+        a.file_len = a.file_len.max(pos + n);
         match self.parts.opts.fsync {
             FsyncPolicy::Always => self.sync_segment()?,
             FsyncPolicy::Every(d) => {
@@ -424,19 +462,51 @@ impl Writer {
             a.time_len += last.encode().len() as u64;
             a.seg.push_index(None, Some(last));
         }
+        self.trim_active()?;
         self.sync_all()?;
         let base = self.next_offset;
-        let vfs = &self.parts.opts.vfs;
+        let vfs = self.parts.opts.vfs.clone();
         let paths = SegmentPaths::new(&self.parts.dir, base);
         let open = |p: &PathBuf| {
             vfs.open_write(p)
                 .map_err(|e| LogError::io("create segment", p, e))
         };
-        let file = open(&paths.log)?;
+        // The new segment is the spare of zeros if one is ready, renamed; else a new file. The
+        // renamed file is opened again by its new name and must be the spare's size: the
+        // segment is whatever that name holds, never a handle to a file that lost it.
+        let (file, file_len) = match self.prealloc.as_mut().and_then(Preallocator::take) {
+            None => (open(&paths.log)?, 0),
+            Some(spare) => {
+                let renamed = vfs
+                    .rename(&spare.path, &paths.log)
+                    .and_then(|()| vfs.open_write(&paths.log))
+                    .and_then(|f| f.len().map(|len| (f, len)));
+                match renamed {
+                    Ok((f, len)) if len == spare.len => (f, len),
+                    other => {
+                        let why = match other {
+                            Ok((_, len)) => format!("{len} bytes, not {}", spare.len),
+                            Err(e) => e.to_string(),
+                        };
+                        // Off until the log is reopened: a rename that fails once is likely to
+                        // fail again, and each try would cost a segment of zeros.
+                        tracing::warn!(error = %why, file = %paths.log.display(), "could not use the preallocated segment; preallocation is off until the log is reopened");
+                        self.prealloc = None;
+                        let f = open(&paths.log)?;
+                        f.set_len(0)
+                            .map_err(|e| LogError::io("create segment", &paths.log, e))?;
+                        (f, 0)
+                    }
+                }
+            }
+        };
         let index_file = open(&paths.index)?;
         let time_file = open(&paths.time)?;
         vfs.sync_dir(&self.parts.dir)
             .map_err(|e| LogError::io("sync directory", &self.parts.dir, e))?;
+        if let Some(p) = &mut self.prealloc {
+            p.request();
+        }
         let seg = Arc::new(Segment::new_active(
             vfs.clone(),
             &self.parts.dir,
@@ -464,6 +534,8 @@ impl Writer {
             first_ts: None,
             last_batch: None,
             unsynced: false,
+            file_len,
+            preallocated: file_len > 0,
         };
         self.parts.counters.rolls.fetch_add(1, Ordering::Relaxed);
         self.parts.rolled.notify_one();
@@ -480,10 +552,36 @@ impl Writer {
     /// Makes everything durable before the writer stops (unless poisoned: then nothing more is
     /// written and reopen recovers).
     fn finish(&mut self) -> Result<()> {
+        // The spare's thread stops first (joined; it may be writing zeros).
+        let spare = self.prealloc.take().map(|p| p.path().to_path_buf());
         if self.parts.poison.get().is_some() {
             return Ok(());
         }
-        self.sync_all()
+        // A closed log's active segment is exactly its batches: the next open reads no zeros.
+        self.trim_active()?;
+        self.sync_all()?;
+        // Nor does a closed log keep a spare of zeros on disk (the next open makes one).
+        if let Some(path) = spare
+            && let Err(e) = self.parts.opts.vfs.remove(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, file = %path.display(), "could not remove the spare segment");
+        }
+        Ok(())
+    }
+
+    /// Cuts the preallocated zeros the active segment has not used (before it is sealed or
+    /// the log closes); synced with the segment.
+    fn trim_active(&mut self) -> Result<()> {
+        let a = &mut self.active;
+        if a.file_len > a.len {
+            a.file
+                .set_len(a.len)
+                .map_err(|e| LogError::io("trim segment", &a.seg.paths.log, e))?;
+            a.file_len = a.len;
+            a.unsynced = true;
+        }
+        Ok(())
     }
 
     /// Answers every command still queued after a close.

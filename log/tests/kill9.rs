@@ -23,7 +23,10 @@ fn payload(round: u64, task: u64, seq: u64) -> Bytes {
 }
 
 fn opts() -> LogOptions {
-    LogOptions::default().with_segment_bytes(256 << 10)
+    // Preallocated segments, as the server runs the log.
+    LogOptions::default()
+        .with_segment_bytes(256 << 10)
+        .with_preallocate_bytes(256 << 10)
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Property test against an in-memory model: random appends (single and concurrent), rolls,
-//! reads, reopens and power cuts on a simulated disk; the log always returns exactly what the
-//! model holds.
+//! reads, reopens and power cuts on a simulated disk, with and without preallocated segments;
+//! the log always returns exactly what the model holds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -56,12 +56,13 @@ fn model_read(model: &[Vec<u8>], at: usize, max_bytes: usize) -> Vec<Vec<u8>> {
     out
 }
 
-async fn run(ops: Vec<Op>, segment_bytes: u64, interval: u32) {
+async fn run(ops: Vec<Op>, segment_bytes: u64, interval: u32, preallocate: u64) {
     let fs = SimFs::new();
     let opts = LogOptions::default()
         .with_vfs(Arc::new(fs.clone()))
         .with_segment_bytes(segment_bytes)
-        .with_index_interval_bytes(interval);
+        .with_index_interval_bytes(interval)
+        .with_preallocate_bytes(preallocate);
     let mut log = Log::open(sim_dir(), opts.clone()).await.unwrap();
     let mut model: Vec<Vec<u8>> = Vec::new();
     for op in ops {
@@ -144,8 +145,9 @@ proptest! {
         ops in prop::collection::vec(op(), 1..60),
         segment_bytes in 1024u64..8192,
         interval in 32u32..1024,
+        preallocate in prop_oneof![Just(0u64), 256u64..10_000],
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(run(ops, segment_bytes, interval));
+        rt.block_on(run(ops, segment_bytes, interval, preallocate));
     }
 }

@@ -1,0 +1,216 @@
+//! Preallocated segments: a segment starts as a file of zeros made ahead of time; the log
+//! writes over them, cuts what it did not use when it seals the segment or closes, and after a
+//! power cut takes zeros after the last batch for the unused preallocation (anything else
+//! there is a torn tail, cut as before).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{payload, read_all, sim_dir, small_opts};
+use tidings_log::sim::SimFs;
+use tidings_log::{Log, LogOptions};
+
+const SPARE: &str = "next-segment.zeros";
+
+/// Polls `ready` for up to 20 s.
+async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    for _ in 0..2_000 {
+        if ready() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn disk_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+fn payloads(recs: Vec<tidings_log::Record>) -> Vec<Bytes> {
+    recs.into_iter().map(|r| r.payload).collect()
+}
+
+#[tokio::test]
+async fn segments_start_preallocated_and_are_cut_to_their_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 << 10;
+    let opts = LogOptions::default()
+        .with_segment_bytes(size)
+        .with_preallocate_bytes(size);
+    let log = Log::open(dir.path(), opts.clone()).await.unwrap();
+    let spare = dir.path().join(SPARE);
+    wait_for("the first spare", || disk_len(&spare) == size).await;
+    let mut expected = Vec::new();
+    for i in 0..700 {
+        let p = payload(i, 300);
+        log.append_one(p.clone()).await.unwrap();
+        expected.push(p);
+    }
+    // The next spare may have been late for the last roll; once it is ready, the next append
+    // moves to it.
+    let mut i = 700;
+    while {
+        let a = active_file(&log);
+        disk_len(&a.0) == a.1
+    } {
+        assert!(i < 2_000, "the log never moved to a preallocated segment");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let p = payload(i, 300);
+        log.append_one(p.clone()).await.unwrap();
+        expected.push(p);
+        i += 1;
+    }
+
+    let segs = log.segments().unwrap();
+    assert!(segs.len() >= 4, "{} segments", segs.len());
+    for s in &segs[..segs.len() - 1] {
+        assert!(s.sealed);
+        assert_eq!(
+            disk_len(&s.path),
+            s.bytes,
+            "sealed {} is exactly its batches",
+            s.path.display()
+        );
+    }
+    let active = segs.last().unwrap().clone();
+    assert!(!active.sealed && active.bytes < size);
+    assert_eq!(
+        disk_len(&active.path),
+        size,
+        "the active segment is the preallocated file"
+    );
+    assert_eq!(payloads(read_all(&log, 0).await), expected);
+    log.close().await.unwrap();
+    assert_eq!(
+        disk_len(&active.path),
+        active.bytes,
+        "closing cuts the zeros the segment did not use"
+    );
+    assert!(!spare.exists(), "a closed log keeps no spare of zeros");
+
+    let log = Log::open(dir.path(), opts).await.unwrap();
+    for i in 5_000..5_200 {
+        let p = payload(i, 300);
+        log.append_one(p.clone()).await.unwrap();
+        expected.push(p);
+    }
+    assert_eq!(payloads(read_all(&log, 0).await), expected);
+    for s in log.segments().unwrap() {
+        log.check_segment(s.base_offset).unwrap();
+    }
+    log.close().await.unwrap();
+}
+
+/// Appends on a simulated disk until a roll has moved to a preallocated segment, then cuts the
+/// power with the process running; returns the acknowledged records.
+async fn crash_with_a_preallocated_segment(opts: &LogOptions, fs: &SimFs) -> Vec<Bytes> {
+    let log = Log::open(sim_dir(), opts.clone()).await.unwrap();
+    let spare = sim_dir().join(SPARE);
+    wait_for("the first spare", || {
+        fs.read_file(&spare).is_some_and(|b| b.len() == 16 << 10)
+    })
+    .await;
+    let mut acked = Vec::new();
+    let mut i = 0;
+    // At least 150 records, and on until the active segment is a preallocated one.
+    while i < 150 || {
+        let (path, bytes) = active_file(&log);
+        fs.read_file(&path).unwrap().len() as u64 == bytes
+    } {
+        assert!(i < 2_000, "the log never moved to a preallocated segment");
+        if i >= 150 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let p = payload(i, 100);
+        log.append_one(p.clone()).await.unwrap();
+        acked.push(p);
+        i += 1;
+    }
+    fs.crash();
+    fs.kill_process();
+    drop(log);
+    acked
+}
+
+fn active_file(log: &Log) -> (PathBuf, u64) {
+    let segs = log.segments().unwrap();
+    let a = segs.last().unwrap();
+    (a.path.clone(), a.bytes)
+}
+
+#[tokio::test]
+async fn a_power_cut_keeps_everything_acknowledged_and_the_preallocation() {
+    let fs = SimFs::new();
+    let opts = small_opts(&fs)
+        .with_segment_bytes(16 << 10)
+        .with_preallocate_bytes(16 << 10);
+    let mut acked = crash_with_a_preallocated_segment(&opts, &fs).await;
+
+    let log = Log::open(sim_dir(), opts.clone()).await.unwrap();
+    assert_eq!(payloads(read_all(&log, 0).await), acked);
+    let (path, bytes) = active_file(&log);
+    let disk = fs.read_file(&path).unwrap();
+    assert!(
+        disk.len() as u64 > bytes,
+        "the zeros after the last batch stay ({} bytes, {bytes} of batches)",
+        disk.len()
+    );
+    assert!(disk[bytes as usize..].iter().all(|&b| b == 0));
+
+    // Appends write over the zeros, and survive another power cut.
+    for i in 5_000..5_050 {
+        let p = payload(i, 100);
+        log.append_one(p.clone()).await.unwrap();
+        acked.push(p);
+    }
+    fs.crash();
+    fs.kill_process();
+    drop(log);
+    let log = Log::open(sim_dir(), opts).await.unwrap();
+    assert_eq!(payloads(read_all(&log, 0).await), acked);
+    for s in log.segments().unwrap() {
+        log.check_segment(s.base_offset).unwrap();
+    }
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn bytes_after_the_last_batch_that_are_not_zeros_are_cut_as_a_torn_tail() {
+    let fs = SimFs::new();
+    let opts = small_opts(&fs)
+        .with_segment_bytes(16 << 10)
+        .with_preallocate_bytes(16 << 10);
+    let acked = crash_with_a_preallocated_segment(&opts, &fs).await;
+    // Find the active segment and its batches' end from a clean read-only look.
+    let (path, bytes) = {
+        let ro = Log::open(sim_dir(), opts.clone().with_read_only(true))
+            .await
+            .unwrap();
+        let f = active_file(&ro);
+        ro.close().await.unwrap();
+        f
+    };
+    let mut disk = fs.read_file(&path).unwrap();
+    assert!(disk.len() as u64 > bytes + 100);
+    // Half a batch header's worth of junk where the next batch would have gone.
+    for b in &mut disk[bytes as usize + 3..bytes as usize + 20] {
+        *b = 0xAB;
+    }
+    fs.write_file(&path, disk);
+
+    let log = Log::open(sim_dir(), opts).await.unwrap();
+    assert_eq!(payloads(read_all(&log, 0).await), acked);
+    assert_eq!(
+        fs.read_file(&path).unwrap().len() as u64,
+        bytes,
+        "the tail was cut at the last batch"
+    );
+    let off = log.append_one(payload(999, 100)).await.unwrap();
+    assert_eq!(off, acked.len() as u64);
+    log.close().await.unwrap();
+}
