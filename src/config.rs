@@ -21,6 +21,8 @@ pub(crate) struct Config {
     pub(crate) person_allowlist: bool,
     pub(crate) log_fsync: FsyncPolicy,
     pub(crate) log_segment_bytes: u64,
+    /// Bytes of zeros each new segment starts with (0 = off); defaults to the segment size.
+    pub(crate) log_preallocate_bytes: u64,
     pub(crate) limits_max_payload_bytes: usize,
     pub(crate) limits_max_frame_bytes: usize,
     pub(crate) limits_max_connections: usize,
@@ -89,6 +91,7 @@ impl Default for Config {
             person_allowlist: false,
             log_fsync: FsyncPolicy::Always,
             log_segment_bytes: 128 << 20,
+            log_preallocate_bytes: 128 << 20,
             limits_max_payload_bytes: 64 << 10,
             limits_max_frame_bytes: 1 << 20,
             limits_max_connections: 100_000,
@@ -147,6 +150,10 @@ pub(crate) struct ServeArgs {
     /// Segment size before a roll. Default: 134217728 (128 MiB).
     #[arg(long, env = "TIDINGS_LOG_SEGMENT_BYTES")]
     log_segment_bytes: Option<u64>,
+    /// Each new segment starts as a file of this many zeros, written ahead of time, so that
+    /// fdatasync does not journal a growing file (0 = off). Default: the segment size.
+    #[arg(long, env = "TIDINGS_LOG_PREALLOCATE_BYTES")]
+    log_preallocate_bytes: Option<u64>,
     /// Largest message payload. Default: 65536.
     #[arg(long, env = "TIDINGS_LIMITS_MAX_PAYLOAD_BYTES")]
     limits_max_payload_bytes: Option<usize>,
@@ -288,6 +295,7 @@ struct FileConfig {
 struct LogSection {
     fsync: Option<String>,
     segment_bytes: Option<u64>,
+    preallocate_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -349,6 +357,10 @@ impl ServeArgs {
         };
         let d = Config::default();
         let fsync = self.log_fsync.or(file.log.fsync);
+        let log_segment_bytes = self
+            .log_segment_bytes
+            .or(file.log.segment_bytes)
+            .unwrap_or(d.log_segment_bytes);
         Ok(Config {
             listen: self.listen.or(file.listen).unwrap_or(d.listen),
             data: self.data.or(file.data).unwrap_or(d.data),
@@ -361,10 +373,12 @@ impl ServeArgs {
                 Some(s) => s.parse().map_err(|e| anyhow::anyhow!("log.fsync: {e}"))?,
                 None => d.log_fsync,
             },
-            log_segment_bytes: self
-                .log_segment_bytes
-                .or(file.log.segment_bytes)
-                .unwrap_or(d.log_segment_bytes),
+            log_segment_bytes,
+            log_preallocate_bytes: self
+                .log_preallocate_bytes
+                .or(file.log.preallocate_bytes)
+                .unwrap_or(log_segment_bytes)
+                .min(log_segment_bytes),
             limits_max_payload_bytes: self
                 .limits_max_payload_bytes
                 .or(file.limits.max_payload_bytes)
@@ -491,6 +505,7 @@ mod tests {
         let c = args.resolve().unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.log_segment_bytes, 4096);
+        assert_eq!(c.log_preallocate_bytes, 4096, "the segment size by default");
         assert_eq!(c.log_fsync, FsyncPolicy::Every(Duration::from_millis(50)));
         assert_eq!(c.limits_max_payload_bytes, 7);
         assert_eq!(

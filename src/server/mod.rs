@@ -116,6 +116,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let mut log_opts = LogOptions::default()
         .with_fsync(config.log_fsync)
         .with_segment_bytes(config.log_segment_bytes)
+        .with_preallocate_bytes(config.log_preallocate_bytes)
         .with_max_append_bytes((config.limits_max_payload_bytes * 2 + (1 << 20)).min(256 << 20));
     if let Some(t) = tier {
         log_opts = log_opts.with_tier(t);

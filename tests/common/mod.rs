@@ -42,6 +42,9 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(["--acks-flush-ms", "20", "--shutdown-grace-secs", "10"])
+            // Preallocated segments, as in production, but small spares: tests start many
+            // servers.
+            .args(["--log-preallocate-bytes", "262144"])
             .args(&args)
             .env("TIDINGS_ADMIN_KEY", ADMIN)
             .env(
