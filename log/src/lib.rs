@@ -14,8 +14,11 @@
 //! 5. After a write or sync error the log refuses appends ([`LogError::Poisoned`]) until it is
 //!    reopened.
 //! 6. Opening reads only the active segment's indexes and tail, never the whole log.
-//! 7. Sealed segments are immutable.
-//! 8. One process at a time: the directory is locked while open.
+//! 7. Sealed segments are immutable, and hold exactly their batches. Only the active segment
+//!    may end in zeros (the unused part of a preallocated segment, `log/DESIGN.md`); they are
+//!    never read as records, and sealing or closing cuts them.
+//! 8. One process at a time: the directory is locked while open, by the writer thread, until
+//!    its last write (a log dropped without `close` stays locked while its writer finishes).
 //! 9. With a [`tier::Tier`]: a sealed segment's local file is deleted only after its upload was
 //!    confirmed and recorded in a manifest version; appends never wait for the object store;
 //!    a cold read fails within the tier's read timeout instead of hanging; one owner per

@@ -67,7 +67,7 @@ fn status(data: &DataDir) -> anyhow::Result<ExitCode> {
         m.end()
     );
     println!(
-        "local:  {} segments, {} bytes (the newest is the active one)",
+        "local:  {} segments, {} bytes (the newest is the active one; while a server runs, its file size includes preallocated zeros)",
         local.len(),
         local.iter().map(|s| s.1).sum::<u64>()
     );
