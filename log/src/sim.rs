@@ -33,6 +33,7 @@ struct State {
     /// Fail the write (or sync) when this counter reaches zero; `None` = no fault armed.
     fail_write_in: Option<u64>,
     fail_sync_in: Option<u64>,
+    fail_rename_in: Option<u64>,
     /// A failing write applies this many bytes of its buffer first (a torn write).
     torn_write_bytes: usize,
     /// Bumped when the process dies (power cut or kill): files opened before it cannot be
@@ -92,6 +93,7 @@ impl SimFs {
         st.locks.clear();
         st.fail_write_in = None;
         st.fail_sync_in = None;
+        st.fail_rename_in = None;
         st.epoch += 1;
     }
 
@@ -115,11 +117,17 @@ impl SimFs {
         lock(&self.state).fail_sync_in = Some(n.max(1));
     }
 
+    /// The `n`th rename from now (1 = the next one) fails and changes nothing.
+    pub fn fail_rename_after(&self, n: u64) {
+        lock(&self.state).fail_rename_in = Some(n.max(1));
+    }
+
     /// Disarms any pending fault.
     pub fn clear_faults(&self) {
         let mut st = lock(&self.state);
         st.fail_write_in = None;
         st.fail_sync_in = None;
+        st.fail_rename_in = None;
     }
 
     /// The live bytes of a file, if it exists.
@@ -342,6 +350,9 @@ impl Vfs for SimFs {
     /// durable yet). That is harsher than a real file system, never kinder.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = lock(&self.state);
+        if SimFs::countdown(&mut st.fail_rename_in) {
+            return Err(injected("rename"));
+        }
         let data = st
             .files
             .remove(from)

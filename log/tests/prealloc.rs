@@ -214,3 +214,50 @@ async fn bytes_after_the_last_batch_that_are_not_zeros_are_cut_as_a_torn_tail() 
     assert_eq!(off, acked.len() as u64);
     log.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_spare_that_cannot_be_renamed_turns_preallocation_off_and_loses_nothing() {
+    let fs = SimFs::new();
+    let opts = small_opts(&fs)
+        .with_segment_bytes(16 << 10)
+        .with_preallocate_bytes(16 << 10);
+    let log = Log::open(sim_dir(), opts.clone()).await.unwrap();
+    let spare = sim_dir().join(SPARE);
+    wait_for("the first spare", || {
+        fs.read_file(&spare).is_some_and(|b| b.len() == 16 << 10)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    fs.fail_rename_after(1);
+    let mut acked = Vec::new();
+    for i in 0..600 {
+        let p = payload(i, 100);
+        log.append_one(p.clone()).await.unwrap();
+        acked.push(p);
+        if i == 0 {
+            // Give a spare time to be ready again: preallocation must stay off, not retry.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let segs = log.segments().unwrap();
+    let total: u64 = segs.iter().map(|s| s.bytes).sum();
+    for s in &segs {
+        assert_eq!(
+            fs.read_file(&s.path).unwrap().len() as u64,
+            s.bytes,
+            "{}: a plain file, no zeros",
+            s.path.display()
+        );
+    }
+    // Rolls by size only (plus the first hand-over, whose rename failed): no roll per spare.
+    assert!(
+        segs.len() as u64 <= total / (16 << 10) + 3,
+        "{} segments for {total} bytes",
+        segs.len()
+    );
+    assert_eq!(payloads(read_all(&log, 0).await), acked);
+    log.close().await.unwrap();
+    let log = Log::open(sim_dir(), opts).await.unwrap();
+    assert_eq!(payloads(read_all(&log, 0).await), acked);
+    log.close().await.unwrap();
+}
