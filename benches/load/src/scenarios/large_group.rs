@@ -1,8 +1,10 @@
 //! `large-group`: server CPU time per send into a group of 100,000 members with 1% of them
 //! online, against a two-member group with the other member online. A send writes one event
 //! whatever the group size (conversations are computed on read), so the difference is the
-//! pushes to online members. The run also measures the big group with nobody online: that
-//! ratio isolates the write path. Check: every online member got every message exactly once.
+//! pushes to online members. The run also measures the big group with nobody online (that
+//! ratio isolates the write path) and a group of just the same online members (the same
+//! pushes without the 99,000 offline members: that ratio shows what the offline members
+//! cost). Check: every online member got every message exactly once.
 
 use std::time::Duration;
 
@@ -70,6 +72,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         .await?;
     let mut who: Vec<String> = members[..online].to_vec();
     who.push("sender".into());
+    server.group("online-only", &who).await?;
     let tokens = server.tokens(&who).await?;
     let mut ws = client::connect(server.addr, &tokens[online], online, "?catch_up=false").await?;
 
@@ -84,9 +87,10 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         receivers.spawn(async move { (i, drain(r, stop).await) });
     }
     let (cpu_big, e1) = sends(&server, &mut ws, "big", n).await?;
+    let (cpu_online_only, e3) = sends(&server, &mut ws, "online-only", n).await?;
     let (cpu_small, e2) = sends(&server, &mut ws, "small", n).await?;
     let _ = stop_tx.send(true);
-    let mut correct = e0 + e1 + e2 == 0;
+    let mut correct = e0 + e1 + e2 + e3 == 0;
     let exactly = |got: &[(String, u64)], channel: &str| {
         let mut seqs: Vec<u64> = got
             .iter()
@@ -99,12 +103,13 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     while let Some(r) = receivers.join_next().await {
         let (i, got) = r?;
         let got = got?;
-        // Every online member: each "big" message once. g0 (member 0) is in "small" too.
-        correct &= exactly(&got, "big");
+        // Every online member: each "big" and "online-only" message once. g0 (member 0) is in
+        // "small" too.
+        correct &= exactly(&got, "big") && exactly(&got, "online-only");
         correct &= if i == 0 {
-            exactly(&got, "small") && got.len() as u64 == 2 * n
+            exactly(&got, "small") && got.len() as u64 == 3 * n
         } else {
-            got.len() as u64 == n
+            got.len() as u64 == 2 * n
         };
     }
     let per = |cpu: f64| cpu / n as f64 * 1e6;
@@ -117,6 +122,8 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         "cpu_us_per_send_big_1pct_online": per(cpu_big),
         "cpu_us_per_send_big_nobody_online": per(cpu_big_offline),
         "cpu_us_per_send_two_members": per(cpu_small),
+        "cpu_us_per_send_online_members_only": per(cpu_online_only),
+        "ratio_big_1pct_online_to_online_members_only": cpu_big / cpu_online_only.max(1e-9),
         "ratio_big_1pct_online_to_two_members": cpu_big / cpu_small.max(1e-9),
         "ratio_big_nobody_online_to_two_members": cpu_big_offline / cpu_small.max(1e-9),
         "correct": correct,
