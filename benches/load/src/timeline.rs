@@ -3,7 +3,8 @@
 //! the same 100 ms (read from `/proc` as the phase runs). A p99 says how bad the tail was;
 //! this says when, and whether the server was faulting memory in, the kernel reclaiming, the
 //! hypervisor stealing time, or the disk taking milliseconds over an `fdatasync` while it
-//! happened.
+//! happened. Counters are read from outside the server and may read as zero when a read
+//! fails, so every difference saturates: a diagnosis never panics a run.
 
 use std::time::Duration;
 
@@ -157,14 +158,14 @@ impl Sample {
     /// The bound (ms) the slowest fsync between `self` and the later `b` was under, if any
     /// fsync ran and the histogram has a bound it was under.
     fn slowest_fsync_ms(&self, b: &Sample) -> Option<f64> {
-        let total = b.fsyncs - self.fsyncs;
+        let total = b.fsyncs.saturating_sub(self.fsyncs);
         if total == 0 {
             return None;
         }
         self.fsync_le
             .iter()
             .zip(&b.fsync_le)
-            .find(|(x, y)| y.0 > 0.0 && y.1 - x.1 == total)
+            .find(|(x, y)| y.0 > 0.0 && y.1.saturating_sub(x.1) == total)
             .map(|(_, y)| y.0)
     }
 }
@@ -175,20 +176,20 @@ pub(crate) fn report(slots: &Slots, samples: &[Sample]) -> Value {
     let delta = |from: Duration, to: Duration| -> Option<Value> {
         let a = samples.iter().rev().find(|s| s.at <= from)?;
         let b = samples.iter().find(|s| s.at >= to)?;
-        let ms = (b.at - a.at).as_millis().max(1) as u64;
+        let ms = b.at.saturating_sub(a.at).as_millis().max(1) as u64;
         Some(json!({
             "over_ms": ms,
             "rss_kb": b.rss_kb as i64 - a.rss_kb as i64,
-            "minflt": b.minflt - a.minflt,
-            "majflt": b.majflt - a.majflt,
-            "cpu_ms": (b.cpu_ticks - a.cpu_ticks) * 10,
-            "steal_ms": (b.steal_ticks - a.steal_ticks) * 10,
-            "pgscan": b.pgscan - a.pgscan,
-            "stalls": b.stalls - a.stalls,
-            "fsyncs": b.fsyncs - a.fsyncs,
-            "fsyncs_over_2_5ms": b.slow_fsyncs - a.slow_fsyncs,
+            "minflt": b.minflt.saturating_sub(a.minflt),
+            "majflt": b.majflt.saturating_sub(a.majflt),
+            "cpu_ms": b.cpu_ticks.saturating_sub(a.cpu_ticks) * 10,
+            "steal_ms": b.steal_ticks.saturating_sub(a.steal_ticks) * 10,
+            "pgscan": b.pgscan.saturating_sub(a.pgscan),
+            "stalls": b.stalls.saturating_sub(a.stalls),
+            "fsyncs": b.fsyncs.saturating_sub(a.fsyncs),
+            "fsyncs_over_2_5ms": b.slow_fsyncs.saturating_sub(a.slow_fsyncs),
             "slowest_fsync_under_ms": a.slowest_fsync_ms(b),
-            "server_slow_sends": b.server_slow_sends - a.server_slow_sends,
+            "server_slow_sends": b.server_slow_sends.saturating_sub(a.server_slow_sends),
         }))
     };
     let mut slow: Vec<(usize, u64, u64)> = slots
@@ -215,7 +216,7 @@ pub(crate) fn report(slots: &Slots, samples: &[Sample]) -> Value {
     // The typical 100 ms of the phase, to read the slow ones against.
     let mut minflt: Vec<u64> = samples
         .windows(2)
-        .map(|w| w[1].minflt - w[0].minflt)
+        .map(|w| w[1].minflt.saturating_sub(w[0].minflt))
         .collect();
     minflt.sort_unstable();
     let mut rss: Vec<i64> = samples
@@ -223,8 +224,10 @@ pub(crate) fn report(slots: &Slots, samples: &[Sample]) -> Value {
         .map(|w| w[1].rss_kb as i64 - w[0].rss_kb as i64)
         .collect();
     rss.sort_unstable();
-    let slow_fsyncs =
-        samples.last().map_or(0, |l| l.slow_fsyncs) - samples.first().map_or(0, |f| f.slow_fsyncs);
+    let slow_fsyncs = samples
+        .last()
+        .map_or(0, |l| l.slow_fsyncs)
+        .saturating_sub(samples.first().map_or(0, |f| f.slow_fsyncs));
     json!({
         "slot_ms": SLOT.as_millis() as u64,
         "slow_slots": slow.len(),
