@@ -158,29 +158,18 @@ impl PartialEq for Idempotency {
 
 impl Eq for Idempotency {}
 
-/// The window reserves room for this many entries at most when it is made.
+/// The window reserves room for this many entries at most.
 const RESERVE_MAX: usize = 1 << 20;
 
 impl Idempotency {
-    /// An empty window, with room for `max_entries` (up to [`RESERVE_MAX`]) reserved.
-    ///
-    /// Reserving costs address space, not memory: pages are touched as entries arrive. Grown
-    /// by doubling instead, a full window of 100,000 moved its 7 MiB of entries to a fresh
-    /// 9 MiB block in one step, and the page faults of that step showed in the send latency
-    /// (a ~10 ms stall of every send at ~65,000 sends after start, seen by `tidings-load
-    /// send`'s timeline). The table gets twice the room: a full window evicts as it inserts,
-    /// and with the table over half full the tombstones of evictions make it grow (hashbrown
-    /// rehashes in place only at most half full), which it did to twice the size anyway.
+    /// An empty window (it reserves its room at its first entry: [`Idempotency::reserve`]).
     pub fn new(max_entries: usize, max_age_ms: u64) -> Self {
-        // The 32-bit ids need fewer than 2^32 live entries.
-        let max_entries = max_entries.min(u32::MAX as usize - 1);
-        // The window holds one more than `max_entries` between a push and its eviction.
-        let room = max_entries.saturating_add(1).min(RESERVE_MAX);
         Self {
-            max_entries,
+            // The 32-bit ids need fewer than 2^32 live entries.
+            max_entries: max_entries.min(u32::MAX as usize - 1),
             max_age_ms,
-            table: HashTable::with_capacity(room.saturating_mul(2)),
-            entries: VecDeque::with_capacity(room),
+            table: HashTable::new(),
+            entries: VecDeque::new(),
             first_id: 0,
             hasher: foldhash::fast::RandomState::default(),
         }
@@ -243,8 +232,35 @@ impl Idempotency {
         }
     }
 
+    /// Reserves room for `max_entries` (up to [`RESERVE_MAX`]) at once.
+    ///
+    /// The entries' room is address space until entries arrive (the table's control bytes are
+    /// written at once: ~256 KiB for 100,000). Grown by doubling instead, a filling window of
+    /// 100,000 moved its ~4.5 MiB of entries to a fresh 9 MiB block at 65,536 entries, and the
+    /// page faults of that step showed in the send latency (a ~10 ms stall of every send at
+    /// that moment, seen by `tidings-load send`'s timeline). The table gets twice the room: a
+    /// full window evicts as it inserts, and with the table over half full the tombstones of
+    /// evictions make it grow (hashbrown rehashes in place only at most half full), which it
+    /// did to twice the size anyway. Done at the first entry, not in `new`, so that a window
+    /// made and dropped (a default state, say) costs nothing.
+    fn reserve(&mut self) {
+        // The window holds one more than `max_entries` between a push and its eviction.
+        let room = self.max_entries.saturating_add(1).min(RESERVE_MAX);
+        self.entries.reserve_exact(room);
+        let first = self.first_id;
+        let entries = &self.entries;
+        self.table.reserve(room.saturating_mul(2), |&id| {
+            entries
+                .get(id.wrapping_sub(first) as usize)
+                .map_or(0, |e| e.hash)
+        });
+    }
+
     /// Appends an entry whose key is not in the window.
     fn push(&mut self, e: Entry) {
+        if self.entries.capacity() == 0 {
+            self.reserve();
+        }
         let id = self.first_id.wrapping_add(self.entries.len() as u32);
         let first = self.first_id;
         let entries = &self.entries;
@@ -366,9 +382,15 @@ mod tests {
     #[test]
     fn the_window_is_reserved_once_and_never_moves() {
         let mut w = Idempotency::new(5_000, u64::MAX);
+        assert_eq!(
+            w.entries.capacity(),
+            0,
+            "nothing reserved before the first entry"
+        );
+        w.record("al", "first", sent("g", 0, 0));
         let (entries, table) = (w.entries.capacity(), w.table.allocation_size());
         assert!(entries > 5_000 && w.table.capacity() > 10_000);
-        for i in 0..20_000u64 {
+        for i in 1..20_000u64 {
             w.record("al", &i.to_string(), sent("g", i, i));
         }
         assert_eq!(w.len(), 5_000);
@@ -378,7 +400,8 @@ mod tests {
             "no growth while the window filled and turned over"
         );
         // A huge window reserves a bounded amount.
-        let big = Idempotency::new(usize::MAX, 1);
+        let mut big = Idempotency::new(usize::MAX, 1);
+        big.record("al", "x", sent("g", 1, 1));
         assert!(big.entries.capacity() < 2 * RESERVE_MAX);
     }
 
