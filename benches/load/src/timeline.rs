@@ -112,7 +112,8 @@ impl Sample {
                     continue;
                 };
                 let v: u64 = v.parse().unwrap_or(0);
-                if k.starts_with("pgscan_") {
+                // kswapd + direct (pgscan_anon/_file count the same pages again).
+                if k == "pgscan_kswapd" || k == "pgscan_direct" {
                     s.pgscan += v;
                 } else if k.starts_with("allocstall_") || k == "compact_stall" {
                     s.stalls += v;

@@ -114,9 +114,12 @@ async fn drive(
     mode: Mode,
     secs: f64,
     base: Instant,
-    started: Instant,
+    phase_start: Instant,
 ) -> anyhow::Result<PhaseOut> {
     let (mut sink, mut stream) = c.ws.split();
+    // Each connection paces from its own start (as before the timeline), so the connections'
+    // timers are not all in phase; slots count from the phase's start.
+    let started = Instant::now();
     let mut h = hist();
     let mut h_intended = hist();
     let mut slots = Slots::default();
@@ -158,7 +161,7 @@ async fn drive(
                         if let Some((intended, written)) = n.and_then(|n| pending.remove(&n)) {
                             let us = written.elapsed().as_micros().max(1) as u64;
                             let _ = h.record(us);
-                            slots.record(written.saturating_duration_since(started), us);
+                            slots.record(written.saturating_duration_since(phase_start), us);
                             let _ = h_intended.record(intended.elapsed().as_micros().max(1) as u64);
                             acked += 1;
                             if r.duplicate != Some(false) {
@@ -253,7 +256,7 @@ async fn phase(
             }
             _ = tick.tick(), if pid.is_some() => {
                 if let (Some(pid), Some(server)) = (pid, server) {
-                    samples.push(sample(server, pid, started).await);
+                    samples.extend(sample(server, pid, started).await);
                 }
             }
         }
@@ -264,19 +267,21 @@ async fn phase(
     v["acked"] = json!(acked);
     v["from_intended_send"] = summary(&h_intended);
     if let (Some(pid), Some(server)) = (pid, server) {
-        samples.push(sample(server, pid, started).await);
+        samples.extend(sample(server, pid, started).await);
         v["timeline"] = timeline::report(&slots, &samples);
     }
     Ok((out, v))
 }
 
-/// The counters of the timeline, now.
-async fn sample(server: &Server, pid: u32, started: Instant) -> Sample {
+/// The counters of the timeline, now; none if the server's metrics cannot be read (a sample
+/// of zeros would make the next difference the whole count).
+async fn sample(server: &Server, pid: u32, started: Instant) -> Option<Sample> {
     let s = Sample::read(pid, started.elapsed());
-    match server.metrics().await {
-        Ok(text) => s.with_metrics(&text),
-        Err(_) => s,
-    }
+    server
+        .metrics()
+        .await
+        .ok()
+        .map(|text| s.with_metrics(&text))
 }
 
 /// The server's own send latency (accepted → durable and applied; its `/metrics` histogram)
