@@ -35,6 +35,26 @@ fn payloads(recs: Vec<tidings_log::Record>) -> Vec<Bytes> {
     recs.into_iter().map(|r| r.payload).collect()
 }
 
+/// Small segments on a simulated disk, each preallocated whole.
+fn sim_opts(fs: &SimFs) -> LogOptions {
+    small_opts(fs)
+        .with_segment_bytes(16 << 10)
+        .with_preallocate_bytes(16 << 10)
+}
+
+/// Opens the log and waits until its first spare is written (and a moment more for it to be
+/// marked ready).
+async fn open_with_a_spare(fs: &SimFs, opts: &LogOptions) -> Log {
+    let log = Log::open(sim_dir(), opts.clone()).await.unwrap();
+    let spare = sim_dir().join(SPARE);
+    wait_for("the first spare", || {
+        fs.read_file(&spare).is_some_and(|b| b.len() == 16 << 10)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    log
+}
+
 #[tokio::test]
 async fn segments_start_preallocated_and_are_cut_to_their_batches() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,12 +129,7 @@ async fn segments_start_preallocated_and_are_cut_to_their_batches() {
 /// Appends on a simulated disk until a roll has moved to a preallocated segment, then cuts the
 /// power with the process running; returns the acknowledged records.
 async fn crash_with_a_preallocated_segment(opts: &LogOptions, fs: &SimFs) -> Vec<Bytes> {
-    let log = Log::open(sim_dir(), opts.clone()).await.unwrap();
-    let spare = sim_dir().join(SPARE);
-    wait_for("the first spare", || {
-        fs.read_file(&spare).is_some_and(|b| b.len() == 16 << 10)
-    })
-    .await;
+    let log = open_with_a_spare(fs, opts).await;
     let mut acked = Vec::new();
     let mut i = 0;
     // At least 150 records, and on until the active segment is a preallocated one.
@@ -146,9 +161,7 @@ fn active_file(log: &Log) -> (PathBuf, u64) {
 #[tokio::test]
 async fn a_power_cut_keeps_everything_acknowledged_and_the_preallocation() {
     let fs = SimFs::new();
-    let opts = small_opts(&fs)
-        .with_segment_bytes(16 << 10)
-        .with_preallocate_bytes(16 << 10);
+    let opts = sim_opts(&fs);
     let mut acked = crash_with_a_preallocated_segment(&opts, &fs).await;
 
     let log = Log::open(sim_dir(), opts.clone()).await.unwrap();
@@ -182,9 +195,7 @@ async fn a_power_cut_keeps_everything_acknowledged_and_the_preallocation() {
 #[tokio::test]
 async fn bytes_after_the_last_batch_that_are_not_zeros_are_cut_as_a_torn_tail() {
     let fs = SimFs::new();
-    let opts = small_opts(&fs)
-        .with_segment_bytes(16 << 10)
-        .with_preallocate_bytes(16 << 10);
+    let opts = sim_opts(&fs);
     let acked = crash_with_a_preallocated_segment(&opts, &fs).await;
     // Find the active segment and its batches' end from a clean read-only look.
     let (path, bytes) = {
@@ -218,16 +229,8 @@ async fn bytes_after_the_last_batch_that_are_not_zeros_are_cut_as_a_torn_tail() 
 #[tokio::test]
 async fn a_spare_that_cannot_be_renamed_turns_preallocation_off_and_loses_nothing() {
     let fs = SimFs::new();
-    let opts = small_opts(&fs)
-        .with_segment_bytes(16 << 10)
-        .with_preallocate_bytes(16 << 10);
-    let log = Log::open(sim_dir(), opts.clone()).await.unwrap();
-    let spare = sim_dir().join(SPARE);
-    wait_for("the first spare", || {
-        fs.read_file(&spare).is_some_and(|b| b.len() == 16 << 10)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let opts = sim_opts(&fs);
+    let log = open_with_a_spare(&fs, &opts).await;
     fs.fail_rename_after(1);
     let mut acked = Vec::new();
     for i in 0..600 {
@@ -270,17 +273,8 @@ async fn under_every_and_never_a_power_cut_keeps_a_synced_prefix_over_the_zeros(
         FsyncPolicy::Never,
     ] {
         let fs = SimFs::new();
-        let opts = small_opts(&fs)
-            .with_segment_bytes(16 << 10)
-            .with_preallocate_bytes(16 << 10)
-            .with_fsync(policy);
-        let log = Log::open(sim_dir(), opts.clone()).await.unwrap();
-        let spare = sim_dir().join(SPARE);
-        wait_for("the first spare", || {
-            fs.read_file(&spare).is_some_and(|b| b.len() == 16 << 10)
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let opts = sim_opts(&fs).with_fsync(policy);
+        let log = open_with_a_spare(&fs, &opts).await;
         let mut written = Vec::new();
         for i in 0..40 {
             let p = payload(i, 100);
