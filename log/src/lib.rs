@@ -38,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acks;
 mod batch;
 mod error;
 mod index;

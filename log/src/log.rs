@@ -9,6 +9,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+use crate::acks::Acks;
 use crate::batch::{self, HEADER_LEN, Record};
 use crate::error::{LogError, Result};
 use crate::metrics::{Counters, LogMetrics};
@@ -126,6 +127,8 @@ pub(crate) struct Shared {
     /// The writer thread; it owns the directory lock and releases it only once it has stopped
     /// writing (a log dropped without `close` stays locked until its writer has finished).
     writer: tokio::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The acknowledger task (`acks.rs`); it ends once the writer has dropped its sender.
+    acker: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Read-only mode: no writer; [`Log::refresh`] publishes the watermark through this.
     read_only: Option<Mutex<Option<watch::Sender<Watermark>>>>,
     /// The tier uploader, when the log has a tier.
@@ -323,7 +326,9 @@ impl Log {
         let poison = Arc::new(PoisonSlot::default());
         let counters = Arc::new(Counters::default());
         let rolled = Arc::new(tokio::sync::Notify::new());
+        let (acks, acker) = Acks::start(permits.clone());
         let parts = WriterParts {
+            acks,
             rolled: rolled.clone(),
             dir: dir.clone(),
             opts: opts.clone(),
@@ -355,6 +360,7 @@ impl Log {
                 counters,
                 closed: AtomicBool::new(false),
                 writer: tokio::sync::Mutex::new(Some(handle)),
+                acker: Mutex::new(acker),
                 read_only: None,
                 uploader: opts_has_tier.then(|| Mutex::new(None)),
                 rolled,
@@ -380,6 +386,7 @@ impl Log {
                 counters: Arc::new(Counters::default()),
                 closed: AtomicBool::new(false),
                 writer: tokio::sync::Mutex::new(None),
+                acker: Mutex::new(None),
                 read_only: Some(Mutex::new(Some(wm_tx))),
                 uploader: None,
                 rolled: Arc::new(tokio::sync::Notify::new()),
@@ -545,6 +552,17 @@ impl Log {
             Err(_) => Err(LogError::WriterGone),
         };
         let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+        // The writer is gone, and with it the acknowledger's sender: every acknowledgement
+        // is delivered once the task ends.
+        let acker = self
+            .shared
+            .acker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = acker {
+            let _ = task.await;
+        }
         self.shared.permits.close();
         if let Some(tier) = &self.shared.opts.tier {
             tier.close().await?;

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+use crate::acks::{Acks, Outcome, Pending};
 use crate::batch::BatchBuilder;
 use crate::error::{LogError, Result};
 use crate::index::{IndexEntry, SegmentIndex, TimeEntry};
@@ -75,16 +76,10 @@ pub(crate) struct WriterParts {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) poison: Arc<PoisonSlot>,
     pub(crate) counters: Arc<Counters>,
+    /// Where acknowledgements go.
+    pub(crate) acks: Acks,
     /// Woken after every roll (the tier uploader waits on it).
     pub(crate) rolled: Arc<tokio::sync::Notify>,
-}
-
-/// An append waiting for its acknowledgement.
-struct Pending {
-    ack: oneshot::Sender<Result<AppendAck>>,
-    base: u64,
-    count: u32,
-    size: u32,
 }
 
 pub(crate) struct Writer {
@@ -287,35 +282,16 @@ impl Writer {
                 Err(_) => {}
             }
         }
-        let result = self.checked().and_then(|()| self.write_built());
-        let mut permits = 0usize;
+        let result = self
+            .checked()
+            .and_then(|()| self.write_built())
+            .map_err(|e| match e {
+                LogError::Poisoned { cause } => cause,
+                other => Arc::new(other),
+            });
         let n = pending.len() as u64;
-        match result {
-            Ok(ts) => {
-                for p in pending {
-                    permits += p.size as usize;
-                    let _ = p.ack.send(Ok(AppendAck {
-                        base_offset: p.base,
-                        count: p.count,
-                        timestamp_ms: ts,
-                    }));
-                }
-            }
-            Err(e) => {
-                let cause = match e {
-                    LogError::Poisoned { cause } => cause,
-                    other => Arc::new(other),
-                };
-                for p in pending {
-                    permits += p.size as usize;
-                    let _ = p.ack.send(Err(LogError::Poisoned {
-                        cause: cause.clone(),
-                    }));
-                }
-            }
-        }
         self.parts.counters.appends.fetch_add(n, Ordering::Relaxed);
-        self.parts.permits.add_permits(permits);
+        self.parts.acks.send(Outcome { pending, result });
     }
 
     /// Writes the batch in the builder (rolling first if due), syncs under `always`, publishes
