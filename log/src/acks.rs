@@ -15,8 +15,14 @@
 //! An append's queue permits come back once it has been acknowledged, wherever that happens,
 //! so batches waiting here count against `max_queued_bytes` like those still queued. The task
 //! is owned by the log: it ends when the writer drops its sender, and `Log::close` joins it.
-//! Should the runtime drop it first (a log outliving its runtime), the writer finds the channel
-//! closed and acknowledges inline.
+//! Should the runtime drop it first (a log outliving its runtime), the batches still in the
+//! channel are acknowledged as the channel drops them, and the writer, finding the channel
+//! closed, acknowledges inline from then on. Only a multi-thread runtime gets an
+//! acknowledger (see [`Acks::start`]).
+//!
+//! Only append acknowledgements keep their order. The replies to `sync`, `roll` and `close` are
+//! sent by the writer directly, so `sync()` may return before the acknowledgements of earlier
+//! appends have arrived (their bytes are durable all the same).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,17 +46,20 @@ pub(crate) struct Pending {
 }
 
 /// The appends of one batch and what became of it: the batch timestamp, or why it failed.
+/// Delivered when dropped, wherever that happens: by the acknowledger, by the writer, or by
+/// the channel itself when the runtime drops the acknowledger with batches still queued.
 #[derive(Debug)]
 pub(crate) struct Outcome {
     pub(crate) pending: Vec<Pending>,
     pub(crate) result: std::result::Result<u64, Arc<LogError>>,
+    pub(crate) permits: Arc<Semaphore>,
 }
 
-impl Outcome {
+impl Drop for Outcome {
     /// Sends every acknowledgement, then gives the permits back.
-    fn deliver(self, permits: &Semaphore) {
+    fn drop(&mut self) {
         let mut total = 0usize;
-        for p in self.pending {
+        for p in self.pending.drain(..) {
             total += p.size as usize;
             let msg = match &self.result {
                 Ok(ts) => Ok(AppendAck {
@@ -65,7 +74,7 @@ impl Outcome {
             // The appender may have stopped waiting; its append stands all the same.
             let _ = p.ack.send(msg);
         }
-        permits.add_permits(total);
+        self.permits.add_permits(total);
     }
 }
 
@@ -75,61 +84,104 @@ pub(crate) struct Acks {
     tx: Option<mpsc::UnboundedSender<Outcome>>,
     /// Batches handed to the task and not yet delivered.
     queued: Arc<AtomicUsize>,
-    permits: Arc<Semaphore>,
 }
 
 impl Acks {
-    /// Starts the acknowledger on the current runtime; returns the writer's side and the
-    /// task's handle (`None` outside a runtime: then the writer acknowledges everything).
-    pub(crate) fn start(permits: Arc<Semaphore>) -> (Acks, Option<tokio::task::JoinHandle<()>>) {
+    /// Starts the acknowledger on the current runtime when that is a multi-thread runtime;
+    /// returns the writer's side and the task's handle. A current-thread runtime runs its
+    /// tasks only while someone drives it — a log opened in one and used from elsewhere would
+    /// wait forever for its acknowledgements — so there the writer acknowledges everything.
+    pub(crate) fn start() -> (Acks, Option<tokio::task::JoinHandle<()>>) {
         let queued = Arc::new(AtomicUsize::new(0));
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            let acks = Acks {
-                tx: None,
-                queued,
-                permits,
-            };
-            return (acks, None);
+        let rt = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let Some(rt) = rt else {
+            return (Acks { tx: None, queued }, None);
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = rt.spawn(run(rx, queued.clone(), permits.clone()));
+        let task = rt.spawn(run(rx, queued.clone()));
         let acks = Acks {
             tx: Some(tx),
             queued,
-            permits,
         };
         (acks, Some(task))
     }
 
     /// Acknowledges a batch's appends (see the module doc for where).
-    pub(crate) fn send(&self, outcome: Outcome) {
+    pub(crate) fn send(&self, mut outcome: Outcome) {
         let inline =
             outcome.pending.len() <= INLINE_MAX && self.queued.load(Ordering::Acquire) == 0;
-        let outcome = match (&self.tx, inline) {
-            (Some(tx), false) => {
-                self.queued.fetch_add(1, Ordering::AcqRel);
-                match tx.send(outcome) {
-                    Ok(()) => return,
-                    Err(mpsc::error::SendError(back)) => {
-                        self.queued.fetch_sub(1, Ordering::AcqRel);
-                        back
-                    }
-                }
-            }
-            _ => outcome,
+        let Some(tx) = self.tx.as_ref().filter(|_| !inline) else {
+            return drop(outcome);
         };
-        outcome.deliver(&self.permits);
+        // A batch may wait in the channel: it keeps no more memory than it needs.
+        if outcome.pending.capacity() > 2 * outcome.pending.len() {
+            outcome.pending.shrink_to_fit();
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::error::SendError(back)) = tx.send(outcome) {
+            // The runtime dropped the acknowledger.
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            drop(back);
+        }
     }
 }
 
 /// The acknowledger task: delivers batches in the order the writer sent them.
-async fn run(
-    mut rx: mpsc::UnboundedReceiver<Outcome>,
-    queued: Arc<AtomicUsize>,
-    permits: Arc<Semaphore>,
-) {
+async fn run(mut rx: mpsc::UnboundedReceiver<Outcome>, queued: Arc<AtomicUsize>) {
     while let Some(outcome) = rx.recv().await {
-        outcome.deliver(&permits);
+        drop(outcome);
         queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(
+        n: u64,
+        permits: &Arc<Semaphore>,
+    ) -> (Outcome, Vec<oneshot::Receiver<Result<AppendAck>>>) {
+        let mut rxs = Vec::new();
+        let pending = (0..n)
+            .map(|i| {
+                let (ack, rx) = oneshot::channel();
+                rxs.push(rx);
+                Pending {
+                    ack,
+                    base: i,
+                    count: 1,
+                    size: 100,
+                }
+            })
+            .collect();
+        let o = Outcome {
+            pending,
+            result: Ok(7),
+            permits: permits.clone(),
+        };
+        (o, rxs)
+    }
+
+    #[test]
+    fn batches_still_queued_when_the_channel_goes_are_acknowledged() {
+        let permits = Arc::new(Semaphore::new(0));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (a, mut acks_a) = outcome(10, &permits);
+        let (b, mut acks_b) = outcome(5, &permits);
+        tx.send(a).unwrap();
+        tx.send(b).unwrap();
+        // The acknowledger's receiver dropped with both batches in it (its runtime shut down).
+        drop(rx);
+        for (i, rx) in acks_a.iter_mut().chain(acks_b.iter_mut()).enumerate() {
+            let ack = rx
+                .try_recv()
+                .unwrap_or_else(|e| panic!("append {i}: {e}"))
+                .unwrap();
+            assert_eq!(ack.timestamp_ms, 7);
+        }
+        assert_eq!(permits.available_permits(), 15 * 100);
     }
 }

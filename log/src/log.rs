@@ -326,7 +326,7 @@ impl Log {
         let poison = Arc::new(PoisonSlot::default());
         let counters = Arc::new(Counters::default());
         let rolled = Arc::new(tokio::sync::Notify::new());
-        let (acks, acker) = Acks::start(permits.clone());
+        let (acks, acker) = Acks::start();
         let parts = WriterParts {
             acks,
             rolled: rolled.clone(),

@@ -1,11 +1,13 @@
 //! The group-commit writer: one thread owns the active segment (protocol in `log/DESIGN.md`,
 //! "Append protocol").
 //!
-//! The cycle is strictly sequential: take every queued append, write one batch, fdatasync,
-//! acknowledge, repeat. While the writer is in `fdatasync`, appenders queue up and form the
-//! next batch. A pipelined variant (next sync started before the acknowledgements go out) was
-//! measured slower here: acknowledged appenders then always miss the sync that is already
-//! running, so each waits about two syncs instead of one and a half (`log/DESIGN.md`).
+//! The cycle: take every queued append, write one batch, fdatasync, acknowledge, repeat. While
+//! the writer is in `fdatasync`, appenders queue up and form the next batch. The writer never
+//! starts a sync before the previous batch's acknowledgements are out of its hands: a pipelined
+//! variant (next sync started first) was measured slower here — acknowledged appenders then
+//! always miss the sync already running, so each waits about two syncs instead of one and a
+//! half (`log/DESIGN.md`). A large batch's acknowledgements are handed to the acknowledger task
+//! (`acks.rs`) and may still be on their way while the next batch is written.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -291,7 +293,11 @@ impl Writer {
             });
         let n = pending.len() as u64;
         self.parts.counters.appends.fetch_add(n, Ordering::Relaxed);
-        self.parts.acks.send(Outcome { pending, result });
+        self.parts.acks.send(Outcome {
+            pending,
+            result,
+            permits: self.parts.permits.clone(),
+        });
     }
 
     /// Writes the batch in the builder (rolling first if due), syncs under `always`, publishes
