@@ -474,6 +474,12 @@ impl Writer {
                         // fail again, and each try would cost a segment of zeros.
                         tracing::warn!(error = %why, file = %paths.log.display(), "could not use the preallocated segment; preallocation is off until the log is reopened");
                         self.prealloc = None;
+                        // Its zeros are of no use now (gone already if the rename went through).
+                        if let Err(e) = vfs.remove(&spare.path)
+                            && e.kind() != std::io::ErrorKind::NotFound
+                        {
+                            tracing::warn!(error = %e, file = %spare.path.display(), "could not remove the spare segment");
+                        }
                         let f = open(&paths.log)?;
                         f.set_len(0)
                             .map_err(|e| LogError::io("create segment", &paths.log, e))?;

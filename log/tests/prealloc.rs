@@ -259,6 +259,11 @@ async fn a_spare_that_cannot_be_renamed_turns_preallocation_off_and_loses_nothin
         segs.len()
     );
     assert_eq!(payloads(read_all(&log, 0).await), acked);
+    assert!(
+        fs.read_file(&sim_dir().join("next-segment.zeros"))
+            .is_none(),
+        "the unused spare is removed when preallocation turns off"
+    );
     log.close().await.unwrap();
     let log = Log::open(sim_dir(), opts).await.unwrap();
     assert_eq!(payloads(read_all(&log, 0).await), acked);
