@@ -76,7 +76,32 @@ pub struct IndexState {
     pub runs: HashMap<ChannelId, Vec<Run>>,
     /// The sidecars, in log order.
     pub sidecars: Vec<Sidecar>,
+    /// Entry vectors emptied by the last flush (not state: see [`SpareVecs`]).
+    #[serde(skip)]
+    pub spare: SpareVecs,
 }
+
+/// Entry vectors emptied by the last flush, handed to the channels that gather entries next, so
+/// they do not all grow from nothing again: with many busy channels their vectors doubled in
+/// step, a burst of page faults (~5 ms at 20k sends/s over 64 channels). Holds at most what
+/// the last period's vectors held. Not part of the state: skipped by serde, empty when cloned,
+/// equal to any other.
+#[derive(Debug, Default)]
+pub struct SpareVecs(Vec<Vec<(u64, u64)>>);
+
+impl Clone for SpareVecs {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for SpareVecs {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for SpareVecs {}
 
 /// A sidecar ready to be written, and what it adds to the state once written.
 #[derive(Debug)]
@@ -116,7 +141,9 @@ impl IndexState {
         match self.mem.get_mut(channel) {
             Some(v) => v.push((seq, offset)),
             None => {
-                self.mem.insert(channel.to_owned(), vec![(seq, offset)]);
+                let mut v = self.spare.0.pop().unwrap_or_default();
+                v.push((seq, offset));
+                self.mem.insert(channel.to_owned(), v);
             }
         }
         self.mem_len += 1;
@@ -186,7 +213,12 @@ impl IndexState {
             self.runs.entry(channel).or_default().push(run);
         }
         self.sidecars.push(flush.sidecar);
-        self.mem.clear();
+        // The spares of the period before go; this period's vectors take their place.
+        self.spare.0.clear();
+        self.spare.0.extend(self.mem.drain().map(|(_, mut v)| {
+            v.clear();
+            v
+        }));
         self.mem_len = 0;
         self.mem_first_offset = None;
         self.mem_last_offset = 0;
@@ -370,4 +402,44 @@ pub fn offsets(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_flush_hands_its_vectors_to_the_next_period_and_they_are_not_state() {
+        let mut live = IndexState::new(100);
+        for i in 0..100 {
+            live.add(&format!("ch{}", i % 4), i / 4 + 1, i);
+        }
+        let flush = live.prepare_flush().unwrap();
+        live.commit_flush(flush);
+        assert_eq!(live.spare.0.len(), 4);
+        assert!(
+            live.spare
+                .0
+                .iter()
+                .all(|v| v.is_empty() && v.capacity() >= 25)
+        );
+        // A copy (as a snapshot restores it) has no spares, and is the same state.
+        let copy = live.clone();
+        assert!(copy.spare.0.is_empty());
+        assert_eq!(live, copy);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        ciborium::into_writer(&live, &mut a).unwrap();
+        ciborium::into_writer(&copy, &mut b).unwrap();
+        assert_eq!(a, b, "spares are not serialized");
+        // The next period's channels start from the old vectors.
+        live.add("ch9", 1, 100);
+        assert_eq!(live.spare.0.len(), 3);
+        assert!(live.mem["ch9"].capacity() >= 25);
+        assert_eq!(live.mem["ch9"], [(1, 100)]);
+        // The next flush replaces the spares: never more than one period's worth.
+        let flush = live.prepare_flush().unwrap();
+        live.commit_flush(flush);
+        assert_eq!(live.spare.0.len(), 1);
+    }
 }
