@@ -20,7 +20,9 @@
 //! closed, acknowledges inline from then on. Only a multi-thread runtime gets an
 //! acknowledger (see [`Acks::start`]).
 //!
-//! Only append acknowledgements keep their order. The replies to `sync`, `roll` and `close` are
+//! (One narrow exception: a batch sent in the instant the runtime drops the task may land in
+//! the channel after it was drained; it is delivered when the writer drops its sender, at
+//! close.) Only append acknowledgements keep their order. The replies to `sync`, `roll` and `close` are
 //! sent by the writer directly, so `sync()` may return before the acknowledgements of earlier
 //! appends have arrived (their bytes are durable all the same).
 
@@ -183,5 +185,20 @@ mod tests {
             assert_eq!(ack.timestamp_ms, 7);
         }
         assert_eq!(permits.available_permits(), 15 * 100);
+    }
+
+    #[test]
+    fn a_failed_batch_fails_every_append_in_it_and_gives_its_permits_back() {
+        let permits = Arc::new(Semaphore::new(0));
+        let (mut o, mut rxs) = outcome(8, &permits);
+        o.result = Err(Arc::new(LogError::Closed));
+        drop(o);
+        for rx in &mut rxs {
+            match rx.try_recv().unwrap() {
+                Err(LogError::Poisoned { cause }) => assert!(matches!(*cause, LogError::Closed)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(permits.available_permits(), 8 * 100);
     }
 }

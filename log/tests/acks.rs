@@ -28,12 +28,9 @@ async fn every_acknowledgement_arrives_before_close_returns() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogOptions::default()).await.unwrap();
     let mut pending = enqueue_many(&log, 0, 2_000).await;
+    // (On this project's disk they go in batches of dozens, through the acknowledger; on a disk
+    // that syncs for free they may go one by one, inline. Either way:)
     log.close().await.unwrap();
-    let batches = log.metrics().batches;
-    assert!(
-        batches < 2_000 / 5,
-        "the appends went in batches of more than 4 ({batches} batches)"
-    );
     for (i, p) in pending.iter_mut().enumerate() {
         match p.try_wait() {
             Some(Ok(ack)) => assert_eq!(ack.base_offset, i as u64),
