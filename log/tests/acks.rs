@@ -101,36 +101,45 @@ async fn a_failed_sync_fails_every_append_of_a_large_batch() {
     log.close().await.unwrap();
 }
 
-#[test]
-fn a_log_that_outlives_the_runtime_that_opened_it_still_acknowledges() {
-    let dir = tempfile::tempdir().unwrap();
-    let first = tokio::runtime::Builder::new_multi_thread()
+fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Enqueues `n` appends from offset `first` on and checks that each is acknowledged with its
+/// offset within 30 s (`lost` says what a missing acknowledgement would mean).
+async fn all_acknowledged(log: &Log, first: u64, n: u64, lost: &str) {
+    for (i, p) in enqueue_many(log, first, n).await.into_iter().enumerate() {
+        let ack = tokio::time::timeout(Duration::from_secs(30), p.wait())
+            .await
+            .expect(lost)
+            .unwrap();
+        assert_eq!(ack.base_offset, first + i as u64);
+    }
+}
+
+#[test]
+fn a_log_that_outlives_the_runtime_that_opened_it_still_acknowledges() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = multi_thread_runtime();
     let log = first.block_on(async {
         let log = Log::open(dir.path(), LogOptions::default()).await.unwrap();
-        for (i, p) in enqueue_many(&log, 0, 500).await.into_iter().enumerate() {
-            assert_eq!(p.wait().await.unwrap().base_offset, i as u64);
-        }
+        all_acknowledged(&log, 0, 500, "acknowledgement missing").await;
         log
     });
     // The acknowledger task dies with its runtime; the writer thread does not.
     drop(first);
-    let second = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    second.block_on(async {
-        for (i, p) in enqueue_many(&log, 500, 500).await.into_iter().enumerate() {
-            let ack = tokio::time::timeout(Duration::from_secs(30), p.wait())
-                .await
-                .expect("an acknowledgement was lost with the old runtime")
-                .unwrap();
-            assert_eq!(ack.base_offset, 500 + i as u64);
-        }
+    multi_thread_runtime().block_on(async {
+        all_acknowledged(
+            &log,
+            500,
+            500,
+            "an acknowledgement was lost with the old runtime",
+        )
+        .await;
         log.close().await.unwrap();
     });
 }
@@ -146,19 +155,14 @@ fn a_log_opened_in_a_current_thread_runtime_works_from_another() {
         .block_on(Log::open(dir.path(), LogOptions::default()))
         .unwrap();
     // `opener` is never driven again: nothing of the log may depend on it.
-    let user = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    user.block_on(async {
-        for (i, p) in enqueue_many(&log, 0, 500).await.into_iter().enumerate() {
-            let ack = tokio::time::timeout(Duration::from_secs(30), p.wait())
-                .await
-                .expect("an acknowledgement waits for a runtime nobody drives")
-                .unwrap();
-            assert_eq!(ack.base_offset, i as u64);
-        }
+    multi_thread_runtime().block_on(async {
+        all_acknowledged(
+            &log,
+            0,
+            500,
+            "an acknowledgement waits for a runtime nobody drives",
+        )
+        .await;
         log.close().await.unwrap();
     });
     drop(opener);
