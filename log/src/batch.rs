@@ -113,6 +113,13 @@ impl BatchBuilder {
         b[4..8].copy_from_slice(&crc.to_le_bytes());
         &self.buf
     }
+
+    /// The finished batch followed by `zeros` zero bytes (not part of it: the writer writes
+    /// them over zeros already on disk, see `writer.rs`).
+    pub(crate) fn padded(&mut self, zeros: usize) -> &[u8] {
+        self.buf.resize(self.buf.len() + zeros, 0);
+        &self.buf
+    }
 }
 
 /// Reads the header at the start of `bytes` (which must hold at least [`HEADER_LEN`] bytes)

@@ -62,4 +62,4 @@ pub use crate::log::{AppendAck, Log, PendingAppend, SegmentCheck, SegmentInfo, W
 pub use crate::metrics::{FSYNC_BUCKETS_MICROS, LogMetrics};
 pub use crate::options::{FsyncPolicy, LogOptions, RecoveryMode};
 pub use crate::tail::Tail;
-pub use crate::vfs::{StdFs, Vfs, VfsFile, VfsLock};
+pub use crate::vfs::{DIRECT_ALIGN, StdFs, Vfs, VfsFile, VfsLock};

@@ -459,6 +459,14 @@ impl Vfs for CountingFs {
             bytes_read: self.bytes_read.clone(),
         }))
     }
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Arc<dyn VfsFile>>> {
+        Ok(self.inner.open_direct(path)?.map(|inner| {
+            Arc::new(CountingFile {
+                inner,
+                bytes_read: self.bytes_read.clone(),
+            }) as Arc<dyn VfsFile>
+        }))
+    }
     fn exists(&self, path: &Path) -> io::Result<bool> {
         self.inner.exists(path)
     }

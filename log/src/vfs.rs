@@ -38,6 +38,13 @@ pub trait Vfs: Send + Sync + Debug + 'static {
     fn open_read(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>>;
     /// Opens a file for reading and writing, creating it when missing.
     fn open_write(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>>;
+    /// Opens a file for writing past the page cache (`O_DIRECT`), creating it when missing;
+    /// `None` where this file system has no such mode. Writes through it must start, end and
+    /// sit in memory at multiples of [`DIRECT_ALIGN`]. Only the preallocation thread uses it,
+    /// for zeros (`prealloc.rs`).
+    fn open_direct(&self, _path: &Path) -> io::Result<Option<Arc<dyn VfsFile>>> {
+        Ok(None)
+    }
     /// Whether `path` exists.
     fn exists(&self, path: &Path) -> io::Result<bool>;
     /// Removes a file.
@@ -50,6 +57,11 @@ pub trait Vfs: Send + Sync + Debug + 'static {
     /// `Err(WouldBlock)` when another holder has it.
     fn try_lock(&self, path: &Path) -> io::Result<Box<dyn VfsLock>>;
 }
+
+/// Alignment of position, length and memory for writes through [`Vfs::open_direct`]: 4 KiB, a
+/// multiple of the logical block size of the disks the log runs on, and the file system's
+/// block size (ext4, XFS) — the unit a partial write may have to read first.
+pub const DIRECT_ALIGN: usize = 4096;
 
 /// The real file system (`std::fs`, `pread`/`pwrite`, `fdatasync`, `flock`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -112,6 +124,23 @@ impl Vfs for StdFs {
             .truncate(false)
             .open(path)?;
         Ok(Arc::new(StdFile(file)))
+    }
+    #[cfg(target_os = "linux")]
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Arc<dyn VfsFile>>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_DIRECT)
+            .open(path);
+        match opened {
+            Ok(file) => Ok(Some(Arc::new(StdFile(file)))),
+            // A file system without O_DIRECT (tmpfs, some FUSE ones) refuses it at open.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
     fn exists(&self, path: &Path) -> io::Result<bool> {
         path.try_exists()

@@ -30,6 +30,9 @@ use crate::recovery::Recovered;
 use crate::segment::{Segment, SegmentPaths};
 use crate::vfs::{VfsFile, VfsLock};
 
+/// Writes into preallocated zeros end at a multiple of this (see `write_and_sync`).
+const PAGE: u64 = crate::vfs::DIRECT_ALIGN as u64;
+
 /// How long the writer polls its queue before parking (see `spin_for_command`).
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 
@@ -331,9 +334,20 @@ impl Writer {
     fn write_and_sync(&mut self, ts: u64) -> Result<()> {
         let base = self.next_offset;
         let count = self.builder.count();
-        let bytes = self.builder.finish(base, ts);
-        let n = bytes.len() as u64;
+        let n = self.builder.finish(base, ts).len() as u64;
         let pos = self.active.len;
+        // Inside the preallocated part, the write runs on with zeros (what is already there)
+        // to the end of its last 4 KiB block: the spare's zeros were written past the page
+        // cache (`prealloc.rs`), and a write that ended inside an uncached block would make
+        // the kernel read it from disk first. The padding never goes past the file's end (a
+        // growing segment gets none); `len`, the watermark and the indexes count the batch
+        // alone.
+        let end = pos + n;
+        let pad = end
+            .next_multiple_of(PAGE)
+            .min(self.active.file_len)
+            .saturating_sub(end);
+        let bytes = self.builder.padded(pad as usize);
         let a = &mut self.active;
         a.file
             .write_all_at(bytes, pos)

@@ -126,6 +126,64 @@ async fn segments_start_preallocated_and_are_cut_to_their_batches() {
     log.close().await.unwrap();
 }
 
+/// Writes into a preallocated segment run on with zeros to the end of their last page (the
+/// spare's zeros were written past the page cache); a segment that grows as it is written
+/// never gets such zeros: its file is exactly its batches, before any close.
+#[tokio::test]
+async fn writes_are_padded_to_the_page_only_inside_the_preallocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let grown = LogOptions::default().with_preallocate_bytes(0);
+    let log = Log::open(dir.path(), grown).await.unwrap();
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let p = payload(i, 300);
+        log.append_one(p.clone()).await.unwrap();
+        expected.push(p);
+        let (path, bytes) = active_file(&log);
+        assert_eq!(disk_len(&path), bytes, "a growing segment is its batches");
+    }
+    assert_eq!(payloads(read_all(&log, 0).await), expected);
+    log.close().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 << 10;
+    let opts = LogOptions::default()
+        .with_segment_bytes(size)
+        .with_preallocate_bytes(size);
+    let log = Log::open(dir.path(), opts).await.unwrap();
+    let spare = dir.path().join(SPARE);
+    wait_for("the first spare", || disk_len(&spare) == size).await;
+    let mut i = 0;
+    while disk_len(&active_file(&log).0) == active_file(&log).1 {
+        assert!(i < 2_000, "the log never moved to a preallocated segment");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let p = payload(i, 300);
+        log.append_one(p.clone()).await.unwrap();
+        expected.push(p);
+        i += 1;
+    }
+    expected.clear();
+    let first = log.next_offset();
+    for i in 10_000..10_020 {
+        let p = payload(i, 300);
+        log.append_one(p.clone()).await.unwrap();
+        expected.push(p);
+        let (path, bytes) = active_file(&log);
+        assert_eq!(
+            disk_len(&path),
+            size,
+            "the preallocated file keeps its size"
+        );
+        let disk = std::fs::read(&path).unwrap();
+        assert!(
+            disk[bytes as usize..].iter().all(|&b| b == 0),
+            "zeros after the batches"
+        );
+    }
+    assert_eq!(payloads(read_all(&log, first).await), expected);
+    log.close().await.unwrap();
+}
+
 /// Appends on a simulated disk until a roll has moved to a preallocated segment, then cuts the
 /// power with the process running; returns the acknowledged records.
 async fn crash_with_a_preallocated_segment(opts: &LogOptions, fs: &SimFs) -> Vec<Bytes> {
