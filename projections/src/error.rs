@@ -56,6 +56,33 @@ pub enum ProjectionError {
         /// The last offset applied.
         applied: u64,
     },
+    /// The log no longer holds the events the state needs next: its first offset is past
+    /// the state's (a tiered log opened without its object store, or segments removed).
+    #[error(
+        "the state needs events from offset {needed}, but the log starts at offset {log_start}: \
+         history is missing (open the log with its object store, or restore the segments)"
+    )]
+    HistoryMissing {
+        /// The next offset the state needs.
+        needed: u64,
+        /// The log's first offset.
+        log_start: u64,
+    },
+    /// The state (from a snapshot) covers events the log does not hold: the log lost its end
+    /// (a power cut under `fsync = every/never`, or a tail cut in recovery) after the
+    /// snapshot was written. Applying from the log's end would skip every event appended at
+    /// the offsets the state already counts.
+    #[error(
+        "the state covers offsets up to {applied_to} but the log ends at {log_end}: the log \
+         lost events after this snapshot was taken; rebuild from the log (`tidings rebuild`, \
+         or `--from-offset N` with N below {log_end})"
+    )]
+    AheadOfLog {
+        /// One past the last offset the state has applied.
+        applied_to: u64,
+        /// The log's next offset.
+        log_end: u64,
+    },
     /// The cache failed.
     #[error("cache: {0}")]
     Cache(String),

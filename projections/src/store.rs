@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tidings_log::{Log, Record};
 
-use crate::error::Result;
+use crate::error::{ProjectionError, Result};
 use crate::event::Envelope;
 use crate::idempotency::Idempotency;
 use crate::msgindex::{self, DEFAULT_FLUSH_ENTRIES, IndexFiles};
@@ -174,7 +174,20 @@ impl Projections {
     /// halves of the work use both cores. That thread is joined before this returns.
     pub async fn catch_up(&mut self, log: &Log, mut progress: impl FnMut(u64, u64)) -> Result<u64> {
         let end = log.next_offset();
-        let start = self.state.next_offset().max(log.start_offset());
+        let needed = self.state.next_offset();
+        // Same log, same state: a state that has applied offsets the log does not hold, or
+        // that needs offsets the log no longer has, cannot be brought to the log's state.
+        if needed > end {
+            return Err(ProjectionError::AheadOfLog {
+                applied_to: needed,
+                log_end: end,
+            });
+        }
+        let log_start = log.start_offset();
+        if needed < log_start {
+            return Err(ProjectionError::HistoryMissing { needed, log_start });
+        }
+        let start = needed;
         if start >= end {
             return Ok(0);
         }

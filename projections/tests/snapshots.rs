@@ -139,3 +139,58 @@ async fn a_damaged_sidecar_is_named_and_never_served() {
     let plan = messages::plan_range(&p.state, p.index_files(), "g", 11, 12).unwrap();
     assert_eq!(plan.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![11, 12]);
 }
+
+/// A state that has applied offsets the log does not hold (a snapshot newer than what a power
+/// cut left of the log) is refused, not silently continued from the log's end.
+#[tokio::test]
+async fn a_state_ahead_of_the_log_is_refused() {
+    let mut w = busy_world().await;
+    let applied_to = w.state().next_offset();
+    let dir = tempfile::tempdir().unwrap();
+    let short = tidings_log::Log::open(dir.path(), tidings_log::LogOptions::default())
+        .await
+        .unwrap();
+    match w.p.catch_up(&short, |_, _| {}).await {
+        Err(ProjectionError::AheadOfLog {
+            applied_to: a,
+            log_end: 0,
+        }) => assert_eq!(a, applied_to),
+        other => panic!("expected AheadOfLog, got {other:?}"),
+    }
+    short.close().await.unwrap();
+}
+
+/// A log whose oldest segments are gone (a tiered log opened without its object store) cannot
+/// rebuild a state from offset 0: a typed error, never a state that silently starts later.
+#[tokio::test]
+async fn a_log_missing_its_first_segments_is_refused_for_a_rebuild_from_zero() {
+    let mut w = busy_world().await;
+    for i in 0..200 {
+        w.send("alice", "g", &format!("filler {i} {}", "x".repeat(200)))
+            .await
+            .unwrap();
+    }
+    let segs = w.log.segments().unwrap();
+    assert!(segs.len() >= 3, "{} segments", segs.len());
+    let log_dir = segs[0].path.parent().unwrap().to_path_buf();
+    let first = segs[0].path.clone();
+    w.log.close().await.unwrap();
+    for ext in ["log", "index", "timeindex"] {
+        let _ = std::fs::remove_file(first.with_extension(ext));
+    }
+    let log = tidings_log::Log::open(&log_dir, tidings_log::LogOptions::default())
+        .await
+        .unwrap();
+    let log_start = log.start_offset();
+    assert!(log_start > 0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Projections::empty(dir.path(), config()).unwrap();
+    match p.catch_up(&log, |_, _| {}).await {
+        Err(ProjectionError::HistoryMissing {
+            needed: 0,
+            log_start: s,
+        }) => assert_eq!(s, log_start),
+        other => panic!("expected HistoryMissing, got {other:?}"),
+    }
+    log.close().await.unwrap();
+}

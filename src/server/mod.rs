@@ -126,7 +126,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("opening the log in {}", data.log().display()))?;
 
     let started = Instant::now();
-    let mut proj = Projections::load(&data.projections(), projection_config(&config))?;
+    let mut proj = load_projections(&data.projections(), projection_config(&config), &log)?;
     let replayed = proj.catch_up(&log, |_, _| {}).await?;
     tracing::info!(
         origin = ?proj.origin(),
@@ -414,4 +414,38 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// The newest snapshot that the log still covers (or empty projections). A snapshot past the
+/// log's end describes events the log lost — a power cut under `fsync = every/never`, or a
+/// tail cut in recovery — and applying from there would skip every event appended again at
+/// those offsets; it is passed over with a warning, and the state is rebuilt from an older
+/// snapshot or from offset 0 (same log, same state).
+fn load_projections(
+    dir: &std::path::Path,
+    config: tidings_projections::ProjectionConfig,
+    log: &Log,
+) -> anyhow::Result<Projections> {
+    let end = log.next_offset();
+    for snap in tidings_projections::snapshot::list(&dir.join("snapshots"))? {
+        if snap.applied < end {
+            continue;
+        }
+        // Set aside, not deleted (for a post-mortem), and never loaded again: once the log
+        // grows past its offset it would look current while describing other events.
+        let aside = snap.path.with_extension("snap.ahead-of-log");
+        tracing::warn!(
+            snapshot = %snap.path.display(),
+            snapshot_applied = snap.applied,
+            log_end = end,
+            moved_to = %aside.display(),
+            "a snapshot covers events the log no longer holds (lost in a power cut under fsync every/never, or cut in recovery); loading an older one or replaying the log"
+        );
+        std::fs::rename(&snap.path, &aside)
+            .with_context(|| format!("setting aside {}", snap.path.display()))?;
+    }
+    Ok(match end.checked_sub(1) {
+        Some(last) => Projections::load_at_most(dir, config, Some(last))?,
+        None => Projections::empty(dir, config)?,
+    })
 }
