@@ -169,6 +169,54 @@ async fn history_tiers_out_and_an_empty_data_dir_restores_from_the_store() {
     drop(fresh);
 }
 
+/// `tidings tier upload-now` while the server runs is refused before it touches the object
+/// store (the directory lock comes first), and the server goes on owning the prefix: before,
+/// the CLI's claim wrote a manifest version under the server's own id and the server's next
+/// write found it and fenced itself until restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_now_from_the_cli_while_the_server_runs_leaves_it_owning_the_prefix() {
+    let bucket = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", bucket.path().display());
+    let args = tier_args(&url);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let send = |from: u32, to: u32| {
+        let (api, alice) = (&api, &alice);
+        async move {
+            for i in from..=to {
+                api.send(
+                    alice,
+                    "g",
+                    &format!("c{i}"),
+                    &format!("message {i} {}", "x".repeat(40)),
+                )
+                .await;
+            }
+        }
+    };
+    send(1, 200).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["tier", "upload-now", "--data"])
+        .arg(&server.data)
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the server is running"),
+        "{err}"
+    );
+    send(201, 400).await;
+    let status = api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
+    assert_eq!(status["status"]["fenced"], false, "{status}");
+    assert_eq!(status["status"]["lag_segments"], 0, "{status}");
+    assert_eq!(history(&api, &alice, "g").await.len(), 400);
+    server.stop();
+}
+
 fn s3s_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TIDINGS_S3S_FS") {
         return PathBuf::from(p);

@@ -159,6 +159,19 @@ impl Log {
     /// are read through the tier; an empty directory restores from the store.
     pub async fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
         let dir = dir.as_ref().to_path_buf();
+        // The directory lock comes first: a second process on this directory (the CLI while
+        // the server runs) must fail before it claims the prefix, or its claim, made under
+        // this directory's owner id, would look like a rival's to the running server.
+        let lock = if opts.read_only {
+            None
+        } else {
+            let (vfs, lock_dir) = (opts.vfs.clone(), dir.clone());
+            let taken =
+                tokio::task::spawn_blocking(move || lock_directory(vfs.as_ref(), &lock_dir))
+                    .await
+                    .map_err(|_| LogError::WriterGone)??;
+            Some(taken)
+        };
         let mut claimed = false;
         if let (Some(tier), false) = (&opts.tier, opts.read_only) {
             let claim = tokio::time::timeout(
@@ -179,7 +192,7 @@ impl Log {
             }
         }
         let open_dir = dir.clone();
-        let log = tokio::task::spawn_blocking(move || Self::open_blocking(open_dir, opts))
+        let log = tokio::task::spawn_blocking(move || Self::open_blocking(open_dir, opts, lock))
             .await
             .map_err(|_| LogError::WriterGone)??;
         log.start_uploader(claimed);
@@ -230,7 +243,12 @@ impl Log {
         up.pass().await
     }
 
-    fn open_blocking(dir: PathBuf, opts: LogOptions) -> Result<Log> {
+    /// Opens the log; `lock` is the directory's lock when the caller took it already.
+    fn open_blocking(
+        dir: PathBuf,
+        opts: LogOptions,
+        lock: Option<Box<dyn crate::vfs::VfsLock>>,
+    ) -> Result<Log> {
         opts.validate()?;
         if opts.read_only {
             return Self::open_read_only(dir, opts);
@@ -238,13 +256,10 @@ impl Log {
         let vfs = opts.vfs.clone();
         vfs.create_dir_all(&dir)
             .map_err(|e| LogError::io("create directory", &dir, e))?;
-        let lock_path = dir.join("LOCK");
-        let lock = vfs.try_lock(&lock_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => LogError::Locked {
-                path: lock_path.clone(),
-            },
-            _ => LogError::io("lock", &lock_path, e),
-        })?;
+        let lock = match lock {
+            Some(l) => l,
+            None => lock_directory(vfs.as_ref(), &dir)?,
+        };
         let names = vfs
             .list(&dir)
             .map_err(|e| LogError::io("list directory", &dir, e))?;
@@ -754,4 +769,18 @@ impl Log {
     pub(crate) fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }
+}
+
+/// Creates `dir` if missing and takes its `LOCK` (refused with [`LogError::Locked`] while
+/// another process holds it).
+fn lock_directory(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> Result<Box<dyn crate::vfs::VfsLock>> {
+    vfs.create_dir_all(dir)
+        .map_err(|e| LogError::io("create directory", dir, e))?;
+    let lock_path = dir.join("LOCK");
+    vfs.try_lock(&lock_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => LogError::Locked {
+            path: lock_path.clone(),
+        },
+        _ => LogError::io("lock", &lock_path, e),
+    })
 }

@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use object_store::{ObjectStore, ObjectStoreExt};
+use tidings_log::tier::manifest::Manifest;
 use tidings_log::tier::{ColdStorageUnavailable, Tier, TierOptions};
 use tidings_log::{Log, LogError, LogOptions};
 
@@ -515,5 +516,67 @@ async fn a_damaged_segment_in_the_bucket_is_detected_and_named() {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
+    log.close().await.unwrap();
+}
+
+/// Puts `m` into the store as manifest version `m.epoch` (as a writer that got there first).
+async fn put_manifest(store: &Arc<dyn ObjectStore>, prefix: &str, m: &Manifest) {
+    let key = object_store::path::Path::from(format!("{prefix}/{}", Manifest::key(m.epoch)));
+    store
+        .put(&key, object_store::PutPayload::from(m.encode()))
+        .await
+        .unwrap();
+}
+
+/// A manifest write that timed out but landed left a version of this node's in the store: the
+/// next write adopts it and goes on (before, the node fenced itself until restart). A version
+/// under the same node id that lists a segment this node does not know (a clone with a copied
+/// id) still fences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_manifest_version_that_landed_late_is_adopted_not_fencing() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let prefix = "own-version";
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let log = Log::open(
+        data.path().join("log"),
+        log_opts(tier(store.clone(), prefix, "node-a", cache.path()).await),
+    )
+    .await
+    .unwrap();
+    append(&log, 0, 300).await;
+    log.roll().await.unwrap();
+    let status = log.upload_now().await.unwrap();
+    assert_eq!(status.lag_segments, 0);
+
+    // Version k+1 is already there, ours: what a write whose answer timed out leaves.
+    let current = log.tier().unwrap().manifest();
+    let landed = current.next("node-a", current.owner.heartbeat_ms + 1);
+    put_manifest(&store, prefix, &landed).await;
+    append(&log, 300, 300).await;
+    log.roll().await.unwrap();
+    let status = log.upload_now().await.unwrap();
+    assert!(!status.fenced);
+    assert_eq!(status.lag_segments, 0);
+    assert!(
+        status.epoch > landed.epoch,
+        "written after the adopted version"
+    );
+
+    // A version under our id listing a segment we never uploaded: someone else. Fenced.
+    let current = log.tier().unwrap().manifest();
+    let mut clone = current.next("node-a", current.owner.heartbeat_ms + 1);
+    let mut extra = clone.segments.last().unwrap().clone();
+    extra.crc32 ^= 1;
+    clone.segments.pop();
+    clone.segments.push(extra);
+    put_manifest(&store, prefix, &clone).await;
+    append(&log, 600, 300).await;
+    log.roll().await.unwrap();
+    // (The background pass may meet it first; either way the node is fenced.)
+    assert!(log.upload_now().await.is_err());
+    assert!(log.tier().unwrap().status().fenced);
+    assert_eq!(read_all(&log).await.len(), 900);
     log.close().await.unwrap();
 }

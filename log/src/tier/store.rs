@@ -84,8 +84,69 @@ pub(crate) enum Written {
     Fenced(Manifest),
 }
 
+/// How many versions in a row may turn out to be our own earlier writes (see below) before
+/// writing the manifest gives up for this pass.
+const MAX_OWN_VERSIONS: u32 = 8;
+
 /// Creates manifest version `m.epoch` (create-if-absent).
+///
+/// A version that already exists is another writer's (we are fenced) unless its owner is us
+/// and every segment it lists is one `m` lists too: then it is an earlier write of ours whose
+/// answer never came (it timed out but landed, and the uploader tried again from the version
+/// before it). That version is adopted and `m`'s content is written as the next one, so a slow
+/// store no longer fences its own owner until restart.
 pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Written> {
+    let mut m = m.clone();
+    let mut own = 0;
+    loop {
+        match put_manifest(inner, &m).await? {
+            Put::Written => break,
+            Put::Exists(t) if t == m => break,
+            // Ours, and nothing in it that this process does not also list (a second node
+            // cloned with the same id would list segments of its own: that stays fenced).
+            Put::Exists(t)
+                if t.owner.id == m.owner.id
+                    && t.segments.iter().all(|s| m.segments.contains(s)) =>
+            {
+                if own == MAX_OWN_VERSIONS {
+                    return Err(err(
+                        inner,
+                        "writing the manifest",
+                        "too many versions already written by this node",
+                    ));
+                }
+                tracing::warn!(
+                    epoch = t.epoch,
+                    store = %inner.opts.display,
+                    "manifest version already written by this node (an earlier write that timed out landed); writing the next"
+                );
+                own += 1;
+                m.epoch = t.epoch + 1;
+                inner.manifest.store(std::sync::Arc::new(t));
+            }
+            Put::Exists(t) => {
+                inner.fenced.store(true, Ordering::Relaxed);
+                return Ok(Written::Fenced(t));
+            }
+        }
+    }
+    inner
+        .counters
+        .manifest_writes
+        .fetch_add(1, Ordering::Relaxed);
+    inner.manifest.store(std::sync::Arc::new(m.clone()));
+    prune_versions(inner, m.epoch).await;
+    Ok(Written::Ok)
+}
+
+/// What one create-if-absent of a manifest version came to.
+enum Put {
+    Written,
+    /// The version exists; what it holds.
+    Exists(Manifest),
+}
+
+async fn put_manifest(inner: &TierInner, m: &Manifest) -> Result<Put> {
     let path = key(inner, &Manifest::key(m.epoch));
     let opts = PutOptions {
         mode: PutMode::Create,
@@ -100,32 +161,19 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
     )
     .await;
     match put {
-        Ok(Ok(_)) => {}
+        Ok(Ok(_)) => Ok(Put::Written),
         Ok(Err(object_store::Error::AlreadyExists { .. })) => {
-            // Either another writer won this epoch, or our own earlier attempt did.
             let theirs = timed(inner, "reading the manifest", async {
                 inner.opts.store.get(&path).await?.bytes().await
             })
             .await?;
-            match Manifest::decode(&theirs) {
-                Ok(t) if t == *m => {}
-                Ok(t) => {
-                    inner.fenced.store(true, Ordering::Relaxed);
-                    return Ok(Written::Fenced(t));
-                }
-                Err(e) => return Err(err(inner, "decoding a competing manifest", e)),
-            }
+            Manifest::decode(&theirs)
+                .map(Put::Exists)
+                .map_err(|e| err(inner, "decoding a competing manifest", e))
         }
-        Ok(Err(e)) => return Err(err(inner, "writing the manifest", e)),
-        Err(_) => return Err(err(inner, "writing the manifest", "timed out")),
+        Ok(Err(e)) => Err(err(inner, "writing the manifest", e)),
+        Err(_) => Err(err(inner, "writing the manifest", "timed out")),
     }
-    inner
-        .counters
-        .manifest_writes
-        .fetch_add(1, Ordering::Relaxed);
-    inner.manifest.store(std::sync::Arc::new(m.clone()));
-    prune_versions(inner, m.epoch).await;
-    Ok(Written::Ok)
 }
 
 /// Deletes manifest versions older than the newest [`KEEP_VERSIONS`] (best effort).

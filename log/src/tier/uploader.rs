@@ -216,7 +216,7 @@ impl Uploader {
 
     async fn write(&self, next: &Manifest) -> Result<()> {
         match store::write_manifest(&self.tier.inner, next).await? {
-            Written::Ok => write_local_manifest(&self.dir, next),
+            Written::Ok => write_local_manifest(&self.dir, &self.tier.manifest()),
             Written::Fenced(theirs) => {
                 tracing::error!(
                     owner = %theirs.owner.id,
