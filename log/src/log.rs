@@ -299,13 +299,31 @@ impl Log {
             .iter()
             .map(|&b| Arc::new(Segment::new(vfs.clone(), &dir, b, interval)))
             .collect();
-        // Segments only in the object store.
+        // Segments only in the object store: the history before the first local segment
+        // (local copies are removed oldest first, after upload). One that reaches into the
+        // local segments is another history of this log — the prefix was written by another
+        // node after this directory's data was made (a fail-back to an old data directory):
+        // it is not read, and the tier stops (no uploads, no local deletion).
         if let (Some(tier), Some(m)) = (&opts.tier, &manifest) {
+            let first_local = bases[0];
             for s in m
                 .segments
                 .iter()
                 .filter(|s| s.base < active_base && !bases.contains(&s.base))
             {
+                if s.end > first_local {
+                    tracing::error!(
+                        base = s.base,
+                        end = s.end,
+                        first_local,
+                        store = tier.display(),
+                        "the object store holds a segment that overlaps this directory's own: another history of this log; tiering stops (no uploads, no local deletion) until an operator decides"
+                    );
+                    tier.inner
+                        .diverged
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
                 segs.push(crate::tier::uploader::remote_segment(
                     tier, &dir, s.base, interval,
                 ));

@@ -580,3 +580,95 @@ async fn an_own_manifest_version_that_landed_late_is_adopted_not_fencing() {
     assert_eq!(read_all(&log).await.len(), 900);
     log.close().await.unwrap();
 }
+
+/// A fail-back to an old data directory: node A uploads, writes 100 more records, and stops
+/// before they are sealed; node B restores from the store and writes a different history from
+/// that offset on; A starts again on its old directory and seals its own. The store now has a
+/// segment at the base of A's, but not A's. A's own records must stay readable as they were
+/// (never B's at the same offsets), A's copy must not be deleted as "uploaded", and tiering
+/// stops — at the first pass, and at the next open (where B's later segment, overlapping A's,
+/// is not read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_holding_another_history_stops_the_tier_and_deletes_nothing() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let prefix = "fail-back";
+    let open = |dir: PathBuf, owner: &'static str, cache: PathBuf| {
+        let store = store.clone();
+        async move {
+            let tier = Tier::open(
+                TierOptions::new(store, prefix, format!("test://{prefix}"), owner, cache)
+                    .with_local_retention_bytes(0)
+                    .with_block_bytes(4096)
+                    .with_cache_bytes(1 << 20, 16 << 20)
+                    .with_read_timeout(Duration::from_secs(2))
+                    .with_upload_interval(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap();
+            Log::open(dir, log_opts(tier)).await.unwrap()
+        }
+    };
+    let (a_data, a_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a_dir = a_data.path().join("log");
+    let a = open(a_dir.clone(), "node-a", a_cache.path().to_path_buf()).await;
+    append(&a, 0, 300).await;
+    a.roll().await.unwrap();
+    assert_eq!(a.upload_now().await.unwrap().lag_segments, 0);
+    let e = a.next_offset();
+    append(&a, e, 100).await; // in the active segment: not sealed, not uploaded
+    a.close().await.unwrap();
+
+    let (b_data, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b = open(
+        b_data.path().join("log"),
+        "node-b",
+        b_cache.path().to_path_buf(),
+    )
+    .await;
+    assert_eq!(b.next_offset(), e, "B restores where the store ends");
+    for half in 0..2 {
+        for i in 0..50 {
+            b.append_one(Bytes::from(format!("node b {half} {i}")))
+                .await
+                .unwrap();
+        }
+        b.roll().await.unwrap();
+    }
+    assert_eq!(b.upload_now().await.unwrap().lag_segments, 0);
+    b.close().await.unwrap();
+
+    let a = open(a_dir.clone(), "node-a", a_cache.path().to_path_buf()).await;
+    append(&a, e + 100, 10).await;
+    a.roll().await.unwrap(); // A's segment at `e` is sealed now
+    assert!(a.upload_now().await.is_err(), "tiering stops");
+    assert!(a.tier().unwrap().status().diverged);
+    let a_records = read_all(&a).await;
+    assert_eq!(a_records.len(), 410);
+    assert_eq!(
+        a_records[e as usize],
+        payload(e),
+        "A's own record at B's offsets"
+    );
+    let a_segment = |log: &Log| {
+        log.segments()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.base_offset == e)
+            .unwrap()
+    };
+    let seg = a_segment(&a);
+    assert!(
+        !seg.remote && seg.path.exists(),
+        "A's segment is still local"
+    );
+    a.close().await.unwrap();
+
+    // Opened again: B's second segment lies inside A's; it is not read.
+    let a = open(a_dir, "node-a", a_cache.path().to_path_buf()).await;
+    assert!(a.tier().unwrap().status().diverged);
+    assert_eq!(read_all(&a).await, a_records);
+    assert!(!a_segment(&a).remote);
+    a.close().await.unwrap();
+}

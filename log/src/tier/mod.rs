@@ -172,6 +172,10 @@ pub struct TierStatus {
     pub epoch: u64,
     /// Another server took the prefix over: uploads stopped.
     pub fenced: bool,
+    /// The object store holds another history of this log than the local segments (a segment
+    /// with a local segment's base but other offsets or size, or one overlapping them):
+    /// uploads and local deletion stopped until the log is reopened.
+    pub diverged: bool,
     /// Segment uploads since open.
     pub uploads: u64,
     /// Failed upload attempts since open.
@@ -202,6 +206,8 @@ pub(crate) struct TierInner {
     pub(crate) tracker: TaskTracker,
     pub(crate) manifest: arc_swap::ArcSwap<Manifest>,
     pub(crate) fenced: AtomicBool,
+    /// See [`TierStatus::diverged`]; never cleared while the log is open.
+    pub(crate) diverged: AtomicBool,
     pub(crate) counters: TierCounters,
     pub(crate) lag: std::sync::Mutex<(usize, u64)>,
 }
@@ -226,6 +232,7 @@ impl Tier {
                 tracker: TaskTracker::new(),
                 manifest: arc_swap::ArcSwap::from_pointee(Manifest::new(&opts.owner_id, 0)),
                 fenced: AtomicBool::new(false),
+                diverged: AtomicBool::new(false),
                 counters: TierCounters::default(),
                 lag: std::sync::Mutex::new((0, 0)),
                 opts,
@@ -258,6 +265,7 @@ impl Tier {
             lag_bytes,
             epoch: m.epoch,
             fenced: self.inner.fenced.load(Ordering::Relaxed),
+            diverged: self.inner.diverged.load(Ordering::Relaxed),
             uploads: l(&c.uploads),
             upload_failures: l(&c.upload_failures),
             gets: l(&c.gets),

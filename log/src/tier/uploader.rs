@@ -158,6 +158,9 @@ impl Uploader {
                 "fenced: another server owns the prefix".into(),
             ));
         }
+        if inner.diverged.load(Ordering::Relaxed) {
+            return Err(LogError::Tier(DIVERGED.into()));
+        }
         if !state.claimed {
             store::claim(inner).await?;
             write_local_manifest(&self.dir, &self.tier.manifest())?;
@@ -167,11 +170,13 @@ impl Uploader {
         let sealed = self.sealed_local();
         let pending: Vec<_> = {
             let m = self.tier.manifest();
-            sealed
-                .iter()
-                .filter(|(b, ..)| !m.has(*b))
-                .cloned()
-                .collect()
+            let mut pending = Vec::new();
+            for s in &sealed {
+                if !self.in_store(&m, s)? {
+                    pending.push(s.clone());
+                }
+            }
+            pending
         };
         self.set_lag(&pending);
         for (i, (base, end, _)) in pending.iter().enumerate() {
@@ -245,6 +250,31 @@ impl Uploader {
             .unwrap_or_else(|p| p.into_inner()) = (pending.len(), bytes);
     }
 
+    /// Whether the store holds this local sealed segment: an entry with its base, end and
+    /// size. An entry with its base but other offsets or another size is another history of
+    /// this log (another node wrote the prefix after this directory's data was made): an
+    /// error that stops the tier — nothing more is uploaded and no local copy is deleted.
+    fn in_store(&self, m: &Manifest, (base, end, seg): &(u64, u64, Arc<Segment>)) -> Result<bool> {
+        let Some(r) = m.segments.iter().find(|r| r.base == *base) else {
+            return Ok(false);
+        };
+        let len = seg.sealed_len()?;
+        if r.end == *end && r.bytes == len {
+            return Ok(true);
+        }
+        tracing::error!(
+            base,
+            end,
+            bytes = len,
+            store_end = r.end,
+            store_bytes = r.bytes,
+            store = %self.tier.inner.opts.display,
+            "a local segment differs from the object store's segment at its base: another history of this log; tiering stops (no uploads, no local deletion)"
+        );
+        self.tier.inner.diverged.store(true, Ordering::Relaxed);
+        Err(LogError::Tier(DIVERGED.into()))
+    }
+
     /// Deletes local copies of uploaded segments the retention no longer needs, newest kept.
     fn retention(&self) -> Result<()> {
         let opts = &self.tier.inner.opts;
@@ -252,7 +282,8 @@ impl Uploader {
         let sealed = self.sealed_local();
         let mut kept = 0u64;
         let now = SystemTime::now();
-        for (base, _, seg) in sealed.iter().rev() {
+        for sealed_seg in sealed.iter().rev() {
+            let (base, _, seg) = sealed_seg;
             let len = seg.sealed_len().unwrap_or(0);
             let paths = SegmentPaths::new(&self.dir, *base);
             let too_old = opts.local_retention_age.is_some_and(|age| {
@@ -263,7 +294,7 @@ impl Uploader {
                     .is_some_and(|d| d > age)
             });
             let fits = kept + len <= opts.local_retention_bytes && !too_old;
-            if fits || !m.has(*base) {
+            if fits || !self.in_store(&m, sealed_seg)? {
                 kept += len;
                 continue;
             }
@@ -298,6 +329,9 @@ impl Uploader {
         Ok(())
     }
 }
+
+/// Why a diverged tier refuses to go on.
+const DIVERGED: &str = "the object store holds another history of this log than the local segments: uploads and local deletion stopped (see the server log)";
 
 /// How long to wait for the store at open before using the local manifest copy.
 pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -140,6 +140,11 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 "1 when another server took the prefix over.",
                 if tier.fenced { 1.0 } else { 0.0 },
             ),
+            (
+                "tidings_tier_diverged",
+                "1 when the object store holds another history of the log than the local segments (tiering stopped).",
+                if tier.diverged { 1.0 } else { 0.0 },
+            ),
         ])
         .collect();
     let mut text = state.metrics.render(&extra);
