@@ -300,7 +300,10 @@ impl Uploader {
             }
             // Uploaded, confirmed, in the manifest, and not needed locally: readers switch to
             // the remote copy first; open file handles keep the local bytes readable until the
-            // last reader lets go.
+            // last reader lets go. The segment opens its file lazily, so it is opened here,
+            // before the unlink: a reader still holding the old segment list would otherwise
+            // open it after the unlink and fail with "not found".
+            seg.file()?;
             let remote = remote_segment(&self.tier, &self.dir, *base, self.interval);
             self.segments.rcu(|segs| {
                 segs.iter()
