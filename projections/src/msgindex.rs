@@ -6,7 +6,9 @@
 //! sidecar file `index/{first_offset:020}.cidx`, grouped by channel, and each channel keeps one
 //! small [`Run`] per sidecar it appears in (where its entries start, how many, their CRC).
 //! Reading a run is one positional read, checked against its CRC, behind an in-memory foyer
-//! cache. Sidecars are derived data: a missing or damaged one is rebuilt from the log.
+//! cache. Sidecars are derived data: a missing or damaged one is a typed error naming the file
+//! (never wrong data) until `tidings rebuild` writes it again from the log; a restore from
+//! the object store replays the log when a sidecar cannot be fetched.
 //!
 //! Sidecar layout (little-endian): a 32-byte header — magic `"TDCX"`, version `1` (u32),
 //! entry count (u64), first log offset (u64), CRC-32 of the entries (u32), reserved (u32) —
