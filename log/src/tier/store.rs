@@ -282,19 +282,31 @@ pub(crate) async fn upload_object(
             .map_err(|e| err(inner, &format!("starting the upload of {path}"), e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
         let mut pos = 0u64;
-        while pos < len {
-            let chunk = read_chunk(local, pos, PART.min((len - pos) as usize))
-                .await
-                .map_err(|e| LogError::io("read", local, e))?;
-            if chunk.is_empty() {
-                break;
+        let sent: Result<()> = async {
+            while pos < len {
+                let chunk = read_chunk(local, pos, PART.min((len - pos) as usize))
+                    .await
+                    .map_err(|e| LogError::io("read", local, e))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                crc.update(&chunk);
+                pos += chunk.len() as u64;
+                w.wait_for_capacity(2)
+                    .await
+                    .map_err(|e| err(inner, &format!("uploading {path}"), e))?;
+                w.put(Bytes::from(chunk));
             }
-            crc.update(&chunk);
-            pos += chunk.len() as u64;
-            w.wait_for_capacity(2)
-                .await
-                .map_err(|e| err(inner, &format!("uploading {path}"), e))?;
-            w.put(Bytes::from(chunk));
+            Ok(())
+        }
+        .await;
+        if let Err(e) = sent {
+            // The parts already stored would otherwise stay in the bucket (billed) until a
+            // lifecycle rule removes them. Best effort: the error that stopped us is the news.
+            if let Err(abort) = w.abort().await {
+                tracing::debug!(error = %abort, path = %path, "could not abort a failed multipart upload");
+            }
+            return Err(e);
         }
         w.finish()
             .await
