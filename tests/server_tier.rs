@@ -68,11 +68,16 @@ fn tier_args(url: &str) -> Vec<String> {
     .collect()
 }
 
+/// A bucket directory and the server flags that tier into it (`file://`).
+fn file_bucket() -> (tempfile::TempDir, Vec<String>) {
+    let bucket = tempfile::tempdir().unwrap();
+    let args = tier_args(&format!("file://{}", bucket.path().display()));
+    (bucket, args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_tiers_out_and_an_empty_data_dir_restores_from_the_store() {
-    let bucket = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", bucket.path().display());
-    let args = tier_args(&url);
+    let (_bucket, args) = file_bucket();
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = Server::start(&refs);
     let api = Api::new(&server);
@@ -175,9 +180,7 @@ async fn history_tiers_out_and_an_empty_data_dir_restores_from_the_store() {
 /// write found it and fenced itself until restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_now_from_the_cli_while_the_server_runs_leaves_it_owning_the_prefix() {
-    let bucket = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", bucket.path().display());
-    let args = tier_args(&url);
+    let (_bucket, args) = file_bucket();
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = Server::start(&refs);
     let api = Api::new(&server);

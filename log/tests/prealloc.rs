@@ -73,18 +73,7 @@ async fn segments_start_preallocated_and_are_cut_to_their_batches() {
     }
     // The next spare may have been late for the last roll; once it is ready, the next append
     // moves to it.
-    let mut i = 700;
-    while {
-        let a = active_file(&log);
-        disk_len(&a.0) == a.1
-    } {
-        assert!(i < 2_000, "the log never moved to a preallocated segment");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let p = payload(i, 300);
-        log.append_one(p.clone()).await.unwrap();
-        expected.push(p);
-        i += 1;
-    }
+    until_preallocated(&log, 700, &mut expected).await;
 
     let segs = log.segments().unwrap();
     assert!(segs.len() >= 4, "{} segments", segs.len());
@@ -153,15 +142,7 @@ async fn writes_are_padded_to_the_page_only_inside_the_preallocation() {
     let log = Log::open(dir.path(), opts).await.unwrap();
     let spare = dir.path().join(SPARE);
     wait_for("the first spare", || disk_len(&spare) == size).await;
-    let mut i = 0;
-    while disk_len(&active_file(&log).0) == active_file(&log).1 {
-        assert!(i < 2_000, "the log never moved to a preallocated segment");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let p = payload(i, 300);
-        log.append_one(p.clone()).await.unwrap();
-        expected.push(p);
-        i += 1;
-    }
+    until_preallocated(&log, 0, &mut expected).await;
     expected.clear();
     let first = log.next_offset();
     for i in 10_000..10_020 {
@@ -208,6 +189,26 @@ async fn crash_with_a_preallocated_segment(opts: &LogOptions, fs: &SimFs) -> Vec
     fs.kill_process();
     drop(log);
     acked
+}
+
+/// Appends a record every 10 ms (numbers from `from`, into `expected`) until the active
+/// segment is a preallocated file (larger on disk than its batches).
+async fn until_preallocated(log: &Log, from: u64, expected: &mut Vec<Bytes>) {
+    let mut i = from;
+    while {
+        let a = active_file(log);
+        disk_len(&a.0) == a.1
+    } {
+        assert!(
+            i < from + 1_300,
+            "the log never moved to a preallocated segment"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let p = payload(i, 300);
+        log.append_one(p.clone()).await.unwrap();
+        expected.push(p);
+        i += 1;
+    }
 }
 
 fn active_file(log: &Log) -> (PathBuf, u64) {
