@@ -299,34 +299,65 @@ impl Log {
             .iter()
             .map(|&b| Arc::new(Segment::new(vfs.clone(), &dir, b, interval)))
             .collect();
-        // Segments only in the object store: the history before the first local segment
-        // (local copies are removed oldest first, after upload). One that reaches into the
-        // local segments is another history of this log — the prefix was written by another
-        // node after this directory's data was made (a fail-back to an old data directory):
-        // it is not read, and the tier stops (no uploads, no local deletion).
+        // Segments only in the object store: the gaps between the local segments (retention
+        // removes uploaded local copies, not always oldest first). A store that holds another
+        // history of this log — the prefix was written by another node after this
+        // directory's data was made (a fail-back to an old data directory) — shows as an
+        // entry at a local segment's base that is not that segment (another size on disk; any
+        // entry at the active segment's base, which was never uploaded), or as a remote
+        // segment overlapping a local one. Then that remote segment is not read, and the tier
+        // stops (no uploads, no local deletion).
         if let (Some(tier), Some(m)) = (&opts.tier, &manifest) {
-            let first_local = bases[0];
+            let mut diverged = false;
+            // Where each local segment's offsets end, as far as can be told without reading
+            // it: its manifest entry's end when that entry is this segment, else the next
+            // local base (the active segment runs on).
+            let mut local = Vec::with_capacity(bases.len());
+            for (i, &b) in bases.iter().enumerate() {
+                let next = bases.get(i + 1).copied().unwrap_or(u64::MAX);
+                let end = match m.segments.iter().find(|r| r.base == b) {
+                    None => next,
+                    Some(r) if i + 1 < bases.len() => {
+                        let path = segment::SegmentPaths::new(&dir, b).log;
+                        let len = vfs
+                            .open_read(&path)
+                            .and_then(|f| f.len())
+                            .map_err(|e| LogError::io("stat segment", &path, e))?;
+                        if len == r.bytes {
+                            r.end
+                        } else {
+                            diverged = true;
+                            next
+                        }
+                    }
+                    Some(_) => {
+                        diverged = true;
+                        next
+                    }
+                };
+                local.push((b, end));
+            }
             for s in m
                 .segments
                 .iter()
                 .filter(|s| s.base < active_base && !bases.contains(&s.base))
             {
-                if s.end > first_local {
-                    tracing::error!(
-                        base = s.base,
-                        end = s.end,
-                        first_local,
-                        store = tier.display(),
-                        "the object store holds a segment that overlaps this directory's own: another history of this log; tiering stops (no uploads, no local deletion) until an operator decides"
-                    );
-                    tier.inner
-                        .diverged
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                if local.iter().any(|&(b, e)| s.base < e && s.end > b) {
+                    diverged = true;
                     continue;
                 }
                 segs.push(crate::tier::uploader::remote_segment(
                     tier, &dir, s.base, interval,
                 ));
+            }
+            if diverged {
+                tracing::error!(
+                    store = tier.display(),
+                    "the object store holds another history of this log than this directory's segments; tiering stops (no uploads, no local deletion) and the store's conflicting segments are not read, until an operator decides"
+                );
+                tier.inner
+                    .diverged
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             segs.sort_by_key(|s| s.base);
         }

@@ -672,3 +672,56 @@ async fn a_store_holding_another_history_stops_the_tier_and_deletes_nothing() {
     assert!(!a_segment(&a).remote);
     a.close().await.unwrap();
 }
+
+/// Retention keeps the newest local copies that fit its budget, so an old short segment can
+/// stay local while newer ones are only in the store: after a reopen those fill the gap (the
+/// same history, not a diverged one) and every record reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_old_local_segment_between_remote_ones_is_the_same_history() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let open = || {
+        let (store, cache) = (store.clone(), cache.path().to_path_buf());
+        let dir = dir.clone();
+        async move {
+            let tier = Tier::open(
+                TierOptions::new(store, "gaps", "test://gaps", "node-a", cache)
+                    .with_local_retention_bytes(2_000)
+                    .with_block_bytes(4096)
+                    .with_cache_bytes(1 << 20, 16 << 20)
+                    .with_read_timeout(Duration::from_secs(2))
+                    .with_upload_interval(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap();
+            Log::open(dir, log_opts(tier)).await.unwrap()
+        }
+    };
+    let log = open().await;
+    append(&log, 0, 5).await;
+    log.roll().await.unwrap(); // a short segment
+    append(&log, 5, 400).await; // several full ones
+    log.roll().await.unwrap();
+    let status = log.upload_now().await.unwrap();
+    assert_eq!(status.lag_segments, 0);
+    let segs = log.segments().unwrap();
+    assert!(
+        !segs[0].remote,
+        "the short segment fits the budget and stays"
+    );
+    assert!(
+        segs[1].remote,
+        "the newer, larger ones are only in the store"
+    );
+    let all = read_all(&log).await;
+    log.close().await.unwrap();
+
+    let log = open().await;
+    assert!(!log.tier().unwrap().status().diverged);
+    assert_eq!(read_all(&log).await, all);
+    assert!(log.upload_now().await.is_ok());
+    log.close().await.unwrap();
+}
