@@ -530,8 +530,7 @@ async fn put_manifest(store: &Arc<dyn ObjectStore>, prefix: &str, m: &Manifest) 
 
 /// A manifest write that timed out but landed left a version of this node's in the store: the
 /// next write adopts it and goes on (before, the node fenced itself until restart). A version
-/// under the same node id that lists a segment this node does not know (a clone with a copied
-/// id) still fences.
+/// under the same node id from another process (a clone with a copied id) still fences.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_own_manifest_version_that_landed_late_is_adopted_not_fencing() {
     let bucket = tempfile::tempdir().unwrap();
@@ -552,7 +551,8 @@ async fn an_own_manifest_version_that_landed_late_is_adopted_not_fencing() {
 
     // Version k+1 is already there, ours: what a write whose answer timed out leaves.
     let current = log.tier().unwrap().manifest();
-    let landed = current.next("node-a", current.owner.heartbeat_ms + 1);
+    let mut landed = current.next("node-a", current.owner.heartbeat_ms + 1);
+    landed.owner.incarnation = current.owner.incarnation;
     put_manifest(&store, prefix, &landed).await;
     append(&log, 300, 300).await;
     log.roll().await.unwrap();
@@ -564,13 +564,11 @@ async fn an_own_manifest_version_that_landed_late_is_adopted_not_fencing() {
         "written after the adopted version"
     );
 
-    // A version under our id listing a segment we never uploaded: someone else. Fenced.
+    // A version under our id from another process (a node cloned with its data directory),
+    // even one that only renews the lease: someone else. Fenced.
     let current = log.tier().unwrap().manifest();
     let mut clone = current.next("node-a", current.owner.heartbeat_ms + 1);
-    let mut extra = clone.segments.last().unwrap().clone();
-    extra.crc32 ^= 1;
-    clone.segments.pop();
-    clone.segments.push(extra);
+    clone.owner.incarnation = current.owner.incarnation.map(|i| i ^ 1);
     put_manifest(&store, prefix, &clone).await;
     append(&log, 600, 300).await;
     log.roll().await.unwrap();

@@ -33,6 +33,10 @@ pub struct Owner {
     pub id: String,
     /// When it last wrote (ms since the Unix epoch): its lease is renewed by every write.
     pub heartbeat_ms: u64,
+    /// A random number of the writing process (new at every open of the tier): tells this
+    /// process's own earlier writes from those of another process under the same id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<u64>,
 }
 
 /// One version of the manifest.
@@ -57,6 +61,7 @@ impl Manifest {
             owner: Owner {
                 id: owner.to_owned(),
                 heartbeat_ms: now_ms,
+                incarnation: None,
             },
             segments: Vec::new(),
         }
@@ -69,6 +74,7 @@ impl Manifest {
             owner: Owner {
                 id: owner.to_owned(),
                 heartbeat_ms: now_ms,
+                incarnation: None,
             },
             ..self.clone()
         }

@@ -188,6 +188,20 @@ pub struct TierStatus {
     pub corrupt_cache_entries: u64,
 }
 
+/// A random number for this opening of the tier (std's hasher keys come from the OS's
+/// randomness; the process id and the time are mixed in as well).
+fn incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
 /// Claims the prefix for this node (used by `Log::open`).
 pub(crate) async fn store_claim(tier: &Tier) -> Result<()> {
     store::claim(&tier.inner).await
@@ -208,6 +222,10 @@ pub(crate) struct TierInner {
     pub(crate) fenced: AtomicBool,
     /// See [`TierStatus::diverged`]; never cleared while the log is open.
     pub(crate) diverged: AtomicBool,
+    /// This process's mark on the manifest versions it writes ([`Owner::incarnation`]).
+    ///
+    /// [`Owner::incarnation`]: manifest::Owner::incarnation
+    pub(crate) incarnation: u64,
     pub(crate) counters: TierCounters,
     pub(crate) lag: std::sync::Mutex<(usize, u64)>,
 }
@@ -233,6 +251,7 @@ impl Tier {
                 manifest: arc_swap::ArcSwap::from_pointee(Manifest::new(&opts.owner_id, 0)),
                 fenced: AtomicBool::new(false),
                 diverged: AtomicBool::new(false),
+                incarnation: incarnation(),
                 counters: TierCounters::default(),
                 lag: std::sync::Mutex::new((0, 0)),
                 opts,

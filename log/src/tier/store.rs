@@ -90,22 +90,26 @@ const MAX_OWN_VERSIONS: u32 = 8;
 
 /// Creates manifest version `m.epoch` (create-if-absent).
 ///
-/// A version that already exists is another writer's (we are fenced) unless its owner is us
-/// and every segment it lists is one `m` lists too: then it is an earlier write of ours whose
+/// A version that already exists is another writer's (we are fenced) unless it is this
+/// process's (same owner id and incarnation) and every segment it lists is one `m` lists too:
+/// then it is an earlier write of ours whose
 /// answer never came (it timed out but landed, and the uploader tried again from the version
 /// before it). That version is adopted and `m`'s content is written as the next one, so a slow
 /// store no longer fences its own owner until restart.
 pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Written> {
     let mut m = m.clone();
+    m.owner.incarnation = Some(inner.incarnation);
     let mut own = 0;
     loop {
         match put_manifest(inner, &m).await? {
             Put::Written => break,
             Put::Exists(t) if t == m => break,
-            // Ours, and nothing in it that this process does not also list (a second node
-            // cloned with the same id would list segments of its own: that stays fenced).
+            // This process's own (same id and incarnation: another process under the same
+            // id — a node cloned with its data directory — stays fenced), and nothing in it
+            // that this process does not also list.
             Put::Exists(t)
                 if t.owner.id == m.owner.id
+                    && t.owner.incarnation == m.owner.incarnation
                     && t.segments.iter().all(|s| m.segments.contains(s)) =>
             {
                 if own == MAX_OWN_VERSIONS {
