@@ -261,6 +261,57 @@ async fn snapshots_past_the_logs_end_leave_the_store() {
     drop(dir);
 }
 
+/// `tidings rebuild` reads local segments only: on a data directory whose oldest segments are
+/// only in the object store it refuses to rebuild from offset 0 (before, it rebuilt from the
+/// first local segment and wrote that state as the newest snapshot) and says what works;
+/// `--from-snapshot` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_on_a_tiered_directory_refuses_a_replay_from_zero() {
+    let (_bucket, args) = file_bucket();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    for i in 1..=300 {
+        api.send(
+            &alice,
+            "g",
+            &format!("c{i}"),
+            &format!("message {i} {}", "x".repeat(40)),
+        )
+        .await;
+    }
+    let status = api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
+    assert!(
+        status["status"]["remote_segments"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    let data = server.data.clone();
+    let dir = server.stop();
+    let rebuild = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["rebuild", "--data"])
+            .arg(&data)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = rebuild(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("only in the object store"),
+        "{err}"
+    );
+    let out = rebuild(&["--from-snapshot"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(dir);
+}
+
 fn s3s_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TIDINGS_S3S_FS") {
         return PathBuf::from(p);

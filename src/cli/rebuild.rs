@@ -53,7 +53,8 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
     let n = p
         .catch_up(&log, |applied, _| bar.set_position(applied - start))
-        .await?;
+        .await
+        .map_err(super::explain)?;
     bar.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     let snap = p.snapshot()?;

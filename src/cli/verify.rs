@@ -59,11 +59,17 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             problems += 1;
         }
     }
-    let tail = live.catch_up(&log, |_, _| {}).await?;
+    let tail = live
+        .catch_up(&log, |_, _| {})
+        .await
+        .map_err(super::explain)?;
 
     let rebuilt_dir = tempfile::tempdir()?;
     let mut rebuilt = Projections::empty(rebuilt_dir.path(), live.config().clone())?;
-    let all = rebuilt.catch_up(&log, |_, _| {}).await?;
+    let all = rebuilt
+        .catch_up(&log, |_, _| {})
+        .await
+        .map_err(super::explain)?;
     log.close().await?;
 
     let lines = diff(&live.state, &rebuilt.state, args.max_differences);
