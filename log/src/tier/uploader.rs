@@ -120,6 +120,11 @@ impl Uploader {
             match r {
                 Ok(_) => attempt = 0,
                 Err(LogError::Fenced { .. }) => {} // reported once when it happened
+                // Fenced or diverged: reported once when it happened, and final until the log
+                // is reopened — not a failure to retry and warn about at every backoff.
+                Err(_)
+                    if self.tier.inner.fenced.load(Ordering::Relaxed)
+                        || self.tier.inner.diverged.load(Ordering::Relaxed) => {}
                 Err(e) => {
                     attempt = attempt.saturating_add(1);
                     self.tier
