@@ -220,47 +220,6 @@ async fn upload_now_from_the_cli_while_the_server_runs_leaves_it_owning_the_pref
     server.stop();
 }
 
-/// Snapshots and index sidecars in the store past the log's end (left by a log that lost its
-/// end, or by the old node of a restore) are deleted at start-up: once the new history passes
-/// their offsets, a restore would take them for current.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshots_past_the_logs_end_leave_the_store() {
-    let (bucket, args) = file_bucket();
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(&refs);
-    let api = Api::new(&server);
-    api.group("g", &["alice"]).await;
-    let alice = api.user("alice").await;
-    for i in 1..=5 {
-        api.send(&alice, "g", &format!("c{i}"), &format!("m{i}"))
-            .await;
-    }
-    let data = server.data.clone();
-    let dir = server.stop(); // graceful: the snapshot is uploaded
-    let snaps = bucket.path().join("snapshots");
-    let uploaded = std::fs::read_dir(&snaps)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "snap"))
-        .expect("a snapshot in the store");
-    // What a lost tail leaves behind: a snapshot and a sidecar far past the log's end.
-    let ahead = snaps.join(format!("{:020}.snap", 1u64 << 40));
-    std::fs::copy(&uploaded, &ahead).unwrap();
-    let index = bucket.path().join("projections").join("index");
-    std::fs::create_dir_all(&index).unwrap();
-    let sidecar = index.join(format!("{:020}.cidx", 1u64 << 40));
-    std::fs::write(&sidecar, b"TDCX").unwrap();
-
-    let server = Server::start_on(&data, &refs);
-    let api = Api::new(&server);
-    assert!(!ahead.exists(), "the snapshot past the log's end is gone");
-    assert!(!sidecar.exists(), "and the sidecar");
-    assert!(uploaded.exists(), "the snapshot the log covers stays");
-    assert_eq!(api.send(&alice, "g", "c6", "after").await["seq"], 6);
-    drop(server);
-    drop(dir);
-}
-
 /// `tidings rebuild` reads local segments only: on a data directory whose oldest segments are
 /// only in the object store it refuses to rebuild from offset 0 (before, it rebuilt from the
 /// first local segment and wrote that state as the newest snapshot) and says what works;

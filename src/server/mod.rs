@@ -128,18 +128,6 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let started = Instant::now();
     let mut proj = load_projections(&data.projections(), projection_config(&config), &log)?;
     let replayed = proj.catch_up(&log, |_, _| {}).await?;
-    if let Some(t) = log.tier() {
-        match tiering::drop_remote_ahead_of(t, log.next_offset()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                objects = n,
-                "removed snapshots and index sidecars past the log's end from the object store"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not check the object store for snapshots past the log's end")
-            }
-        }
-    }
     tracing::info!(
         origin = ?proj.origin(),
         replayed,

@@ -190,34 +190,6 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
     Ok(false)
 }
 
-/// Deletes from the store the snapshots and index sidecars past `end`, the log's end at
-/// start-up: they describe events the log does not hold (its tail was lost, or a restore
-/// started it at the end of the uploaded segments), and once the log grows past their offsets
-/// a restore would take them for current. Not when the tier is fenced or diverged (the store
-/// then holds another writer's history). Returns how many objects went.
-pub(crate) async fn drop_remote_ahead_of(tier: &Tier, end: u64) -> anyhow::Result<usize> {
-    let status = tier.status();
-    if status.fenced || status.diverged {
-        return Ok(0);
-    }
-    let mut dropped = 0;
-    for name in tier.list("snapshots").await? {
-        let applied: Option<u64> = name.strip_suffix(".snap").and_then(|s| s.parse().ok());
-        if applied.is_some_and(|a| a >= end) {
-            tier.delete(&format!("snapshots/{name}")).await?;
-            dropped += 1;
-        }
-    }
-    for name in tier.list("projections/index").await? {
-        let first: Option<u64> = name.strip_suffix(".cidx").and_then(|s| s.parse().ok());
-        if let Some(first) = first.filter(|&f| f >= end) {
-            tier.delete(&sidecar_key(first)).await?;
-            dropped += 1;
-        }
-    }
-    Ok(dropped)
-}
-
 /// Uploads a snapshot and the sidecars it refers to; keeps the newest few in the store.
 pub(crate) async fn upload_snapshot(
     tier: &Tier,
