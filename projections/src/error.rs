@@ -56,16 +56,17 @@ pub enum ProjectionError {
         /// The last offset applied.
         applied: u64,
     },
-    /// The log no longer holds the events the state needs next: its first offset is past
-    /// the state's (a tiered log opened without its object store, or segments removed).
+    /// The log does not hold the events the state needs next: it starts past them, or has a
+    /// gap there (a tiered log opened without its object store, or segments removed).
     #[error(
-        "the state needs events from offset {needed}, but the log starts at offset {log_start}: \
-         history is missing (open the log with its object store, or restore the segments)"
+        "the state needs events from offset {needed}, but the log's next record is at offset \
+         {log_start}: history is missing (open the log with its object store, or restore the \
+         segments)"
     )]
     HistoryMissing {
         /// The next offset the state needs.
         needed: u64,
-        /// The log's first offset.
+        /// Where the log's records go on: its first offset, or the end of the gap.
         log_start: u64,
     },
     /// The state (from a snapshot) covers events the log does not hold: the log lost its end

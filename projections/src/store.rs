@@ -207,7 +207,34 @@ impl Projections {
                         return;
                     }
                 };
-                let Some(last) = chunk.last() else { return };
+                // Offsets in a log are dense: a read below the end that finds nothing, or lands
+                // past `next`, met a gap (a tiered log opened without its store, whose retention
+                // left local segments with remote ones between them) — the events in it would
+                // be skipped, or the catch-up would end early, without a word.
+                let mut expect = next;
+                let gap_in_chunk = chunk.iter().find_map(|r| {
+                    let gap = (r.offset > expect).then_some((expect, r.offset));
+                    expect = r.offset + 1;
+                    gap
+                });
+                if let Some((needed, log_start)) = gap_in_chunk {
+                    let _ = tx
+                        .blocking_send(Err(ProjectionError::HistoryMissing { needed, log_start }));
+                    return;
+                }
+                let Some(last) = chunk.last() else {
+                    // Nothing below the end: the gap runs to the next segment's base.
+                    let log_start = reader_log
+                        .segments()
+                        .ok()
+                        .and_then(|s| s.iter().map(|x| x.base_offset).filter(|&b| b > next).min())
+                        .unwrap_or(end);
+                    let _ = tx.blocking_send(Err(ProjectionError::HistoryMissing {
+                        needed: next,
+                        log_start,
+                    }));
+                    return;
+                };
                 next = last.offset + 1;
                 let mut events = match recycle_rx.try_recv() {
                     Ok(mut v) => {

@@ -194,3 +194,36 @@ async fn a_log_missing_its_first_segments_is_refused_for_a_rebuild_from_zero() {
     }
     log.close().await.unwrap();
 }
+
+/// A gap inside the log (a middle segment gone, as tiering's retention can leave a tiered log
+/// opened without its store) stops a replay with a typed error at the gap: no event after it
+/// is applied as if the ones in it had never been.
+#[tokio::test]
+async fn a_gap_in_the_log_is_refused_not_skipped() {
+    let mut w = busy_world().await;
+    for i in 0..200 {
+        w.send("alice", "g", &format!("filler {i} {}", "x".repeat(200)))
+            .await
+            .unwrap();
+    }
+    let segs = w.log.segments().unwrap();
+    assert!(segs.len() >= 4, "{} segments", segs.len());
+    let gap = segs[1].clone();
+    let log_dir = gap.path.parent().unwrap().to_path_buf();
+    w.log.close().await.unwrap();
+    for ext in ["log", "index", "timeindex"] {
+        let _ = std::fs::remove_file(gap.path.with_extension(ext));
+    }
+    let log = tidings_log::Log::open(&log_dir, tidings_log::LogOptions::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Projections::empty(dir.path(), config()).unwrap();
+    match p.catch_up(&log, |_, _| {}).await {
+        Err(ProjectionError::HistoryMissing { needed, log_start }) => {
+            assert_eq!((needed, log_start), (gap.base_offset, gap.end_offset));
+        }
+        other => panic!("expected HistoryMissing, got {other:?}"),
+    }
+    log.close().await.unwrap();
+}

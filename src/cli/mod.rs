@@ -35,17 +35,18 @@ pub(crate) async fn open_exclusive(data: &DataDir) -> anyhow::Result<Log> {
     }
 }
 
-/// A projections error in words for an operator: a log whose oldest segments are only in the
-/// object store cannot be replayed from offset 0 by these commands, which read local
-/// segments only.
+/// A projections error in words for an operator: a log whose segments are partly only in the
+/// object store cannot be replayed across them by these commands, which read local segments
+/// only.
 pub(crate) fn explain(e: tidings_projections::ProjectionError) -> anyhow::Error {
     match e {
         tidings_projections::ProjectionError::HistoryMissing { needed, log_start } => {
             anyhow::anyhow!(
-                "the log here starts at offset {log_start}, and this needs events from offset \
-                 {needed}: the older segments are only in the object store (tiering) or were \
-                 removed, and this command reads local segments only. Start from a snapshot at \
-                 or after offset {log_start} instead (`tidings rebuild --from-snapshot`)."
+                "this needs events from offset {needed}, but the local log's next record is at \
+                 offset {log_start}: the segments between are only in the object store \
+                 (tiering) or were removed, and this command reads local segments only. Start \
+                 from a snapshot at or after offset {log_start} if the local segments run \
+                 without a gap from there (`tidings rebuild --from-snapshot`)."
             )
         }
         other => other.into(),
