@@ -68,6 +68,20 @@ fn tier_args(url: &str) -> Vec<String> {
     .collect()
 }
 
+/// Sends message `i` (`client_msg_id` `c{i}`, text `message {i} xx…`) into group `g` for
+/// each `i`, one after another.
+async fn send_numbered(api: &Api, token: &str, numbers: std::ops::RangeInclusive<u32>) {
+    for i in numbers {
+        api.send(
+            token,
+            "g",
+            &format!("c{i}"),
+            &format!("message {i} {}", "x".repeat(40)),
+        )
+        .await;
+    }
+}
+
 /// A bucket directory and the server flags that tier into it (`file://`).
 fn file_bucket() -> (tempfile::TempDir, Vec<String>) {
     let bucket = tempfile::tempdir().unwrap();
@@ -84,15 +98,7 @@ async fn history_tiers_out_and_an_empty_data_dir_restores_from_the_store() {
     api.group("g", &["alice", "bob"]).await;
     let alice = api.user("alice").await;
     let bob = api.user("bob").await;
-    for i in 1..=600 {
-        api.send(
-            &alice,
-            "g",
-            &format!("c{i}"),
-            &format!("message {i} {}", "x".repeat(40)),
-        )
-        .await;
-    }
+    send_numbered(&api, &alice, 1..=600).await;
     api.ok(
         "POST",
         "/v1/channels/g/read",
@@ -186,21 +192,7 @@ async fn upload_now_from_the_cli_while_the_server_runs_leaves_it_owning_the_pref
     let api = Api::new(&server);
     api.group("g", &["alice"]).await;
     let alice = api.user("alice").await;
-    let send = |from: u32, to: u32| {
-        let (api, alice) = (&api, &alice);
-        async move {
-            for i in from..=to {
-                api.send(
-                    alice,
-                    "g",
-                    &format!("c{i}"),
-                    &format!("message {i} {}", "x".repeat(40)),
-                )
-                .await;
-            }
-        }
-    };
-    send(1, 200).await;
+    send_numbered(&api, &alice, 1..=200).await;
     let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
         .args(["tier", "upload-now", "--data"])
         .arg(&server.data)
@@ -212,7 +204,7 @@ async fn upload_now_from_the_cli_while_the_server_runs_leaves_it_owning_the_pref
         !out.status.success() && err.contains("the server is running"),
         "{err}"
     );
-    send(201, 400).await;
+    send_numbered(&api, &alice, 201..=400).await;
     let status = api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
     assert_eq!(status["status"]["fenced"], false, "{status}");
     assert_eq!(status["status"]["lag_segments"], 0, "{status}");
@@ -232,15 +224,7 @@ async fn rebuild_on_a_tiered_directory_refuses_a_replay_from_zero() {
     let api = Api::new(&server);
     api.group("g", &["alice"]).await;
     let alice = api.user("alice").await;
-    for i in 1..=300 {
-        api.send(
-            &alice,
-            "g",
-            &format!("c{i}"),
-            &format!("message {i} {}", "x".repeat(40)),
-        )
-        .await;
-    }
+    send_numbered(&api, &alice, 1..=300).await;
     let status = api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
     assert!(
         status["status"]["remote_segments"].as_u64().unwrap() >= 2,

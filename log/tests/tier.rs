@@ -170,16 +170,42 @@ fn log_opts(tier: Tier) -> LogOptions {
 }
 
 async fn tier(store: Arc<dyn ObjectStore>, prefix: &str, owner: &str, cache: &Path) -> Tier {
+    tier_with(store, prefix, owner, cache, 0, Duration::from_millis(100)).await
+}
+
+/// [`tier`] with a local retention budget and an upload interval of its own.
+async fn tier_with(
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+    owner: &str,
+    cache: &Path,
+    retention_bytes: u64,
+    upload_interval: Duration,
+) -> Tier {
     Tier::open(
         TierOptions::new(store, prefix, format!("test://{prefix}"), owner, cache)
-            .with_local_retention_bytes(0)
+            .with_local_retention_bytes(retention_bytes)
             .with_block_bytes(4096)
             .with_cache_bytes(1 << 20, 16 << 20)
             .with_read_timeout(Duration::from_secs(2))
-            .with_upload_interval(Duration::from_millis(100)),
+            .with_upload_interval(upload_interval),
     )
     .await
     .unwrap()
+}
+
+/// A log whose uploader runs only when asked (or woken by a roll).
+async fn quiet_log(
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+    owner: &str,
+    cache: &Path,
+    retention_bytes: u64,
+    dir: &Path,
+) -> Log {
+    let hour = Duration::from_secs(3600);
+    let tier = tier_with(store, prefix, owner, cache, retention_bytes, hour).await;
+    Log::open(dir, log_opts(tier)).await.unwrap()
 }
 
 async fn read_all(log: &Log) -> Vec<Bytes> {
@@ -594,19 +620,7 @@ async fn a_store_holding_another_history_stops_the_tier_and_deletes_nothing() {
     let prefix = "fail-back";
     let open = |dir: PathBuf, owner: &'static str, cache: PathBuf| {
         let store = store.clone();
-        async move {
-            let tier = Tier::open(
-                TierOptions::new(store, prefix, format!("test://{prefix}"), owner, cache)
-                    .with_local_retention_bytes(0)
-                    .with_block_bytes(4096)
-                    .with_cache_bytes(1 << 20, 16 << 20)
-                    .with_read_timeout(Duration::from_secs(2))
-                    .with_upload_interval(Duration::from_secs(3600)),
-            )
-            .await
-            .unwrap();
-            Log::open(dir, log_opts(tier)).await.unwrap()
-        }
+        async move { quiet_log(store, prefix, owner, &cache, 0, &dir).await }
     };
     let (a_data, a_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a_dir = a_data.path().join("log");
@@ -682,23 +696,7 @@ async fn a_short_old_local_segment_between_remote_ones_is_the_same_history() {
         Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
     let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let dir = data.path().join("log");
-    let open = || {
-        let (store, cache) = (store.clone(), cache.path().to_path_buf());
-        let dir = dir.clone();
-        async move {
-            let tier = Tier::open(
-                TierOptions::new(store, "gaps", "test://gaps", "node-a", cache)
-                    .with_local_retention_bytes(1 << 40)
-                    .with_block_bytes(4096)
-                    .with_cache_bytes(1 << 20, 16 << 20)
-                    .with_read_timeout(Duration::from_secs(2))
-                    .with_upload_interval(Duration::from_secs(3600)),
-            )
-            .await
-            .unwrap();
-            Log::open(dir, log_opts(tier)).await.unwrap()
-        }
-    };
+    let open = || quiet_log(store.clone(), "gaps", "node-a", cache.path(), 1 << 40, &dir);
     let log = open().await;
     append(&log, 0, 5).await;
     log.roll().await.unwrap(); // a short segment

@@ -160,10 +160,16 @@ async fn a_state_ahead_of_the_log_is_refused() {
     short.close().await.unwrap();
 }
 
-/// A log whose oldest segments are gone (a tiered log opened without its object store) cannot
-/// rebuild a state from offset 0: a typed error, never a state that silently starts later.
-#[tokio::test]
-async fn a_log_missing_its_first_segments_is_refused_for_a_rebuild_from_zero() {
+/// A busy world's log over several segments, closed, with segment `i` (its three files)
+/// removed, and opened again; returns its directory (keep it while the log is open), the log
+/// and what the removed segment was.
+async fn a_log_without_segment(
+    i: usize,
+) -> (
+    tempfile::TempDir,
+    tidings_log::Log,
+    tidings_log::SegmentInfo,
+) {
     let mut w = busy_world().await;
     for i in 0..200 {
         w.send("alice", "g", &format!("filler {i} {}", "x".repeat(200)))
@@ -171,16 +177,24 @@ async fn a_log_missing_its_first_segments_is_refused_for_a_rebuild_from_zero() {
             .unwrap();
     }
     let segs = w.log.segments().unwrap();
-    assert!(segs.len() >= 3, "{} segments", segs.len());
-    let log_dir = segs[0].path.parent().unwrap().to_path_buf();
-    let first = segs[0].path.clone();
+    assert!(segs.len() >= i + 3, "{} segments", segs.len());
+    let gone = segs[i].clone();
+    let log_dir = gone.path.parent().unwrap().to_path_buf();
     w.log.close().await.unwrap();
     for ext in ["log", "index", "timeindex"] {
-        let _ = std::fs::remove_file(first.with_extension(ext));
+        let _ = std::fs::remove_file(gone.path.with_extension(ext));
     }
     let log = tidings_log::Log::open(&log_dir, tidings_log::LogOptions::default())
         .await
         .unwrap();
+    (w.dir, log, gone)
+}
+
+/// A log whose oldest segments are gone (a tiered log opened without its object store) cannot
+/// rebuild a state from offset 0: a typed error, never a state that silently starts later.
+#[tokio::test]
+async fn a_log_missing_its_first_segments_is_refused_for_a_rebuild_from_zero() {
+    let (_dir, log, _) = a_log_without_segment(0).await;
     let log_start = log.start_offset();
     assert!(log_start > 0);
     let dir = tempfile::tempdir().unwrap();
@@ -200,23 +214,7 @@ async fn a_log_missing_its_first_segments_is_refused_for_a_rebuild_from_zero() {
 /// is applied as if the ones in it had never been.
 #[tokio::test]
 async fn a_gap_in_the_log_is_refused_not_skipped() {
-    let mut w = busy_world().await;
-    for i in 0..200 {
-        w.send("alice", "g", &format!("filler {i} {}", "x".repeat(200)))
-            .await
-            .unwrap();
-    }
-    let segs = w.log.segments().unwrap();
-    assert!(segs.len() >= 4, "{} segments", segs.len());
-    let gap = segs[1].clone();
-    let log_dir = gap.path.parent().unwrap().to_path_buf();
-    w.log.close().await.unwrap();
-    for ext in ["log", "index", "timeindex"] {
-        let _ = std::fs::remove_file(gap.path.with_extension(ext));
-    }
-    let log = tidings_log::Log::open(&log_dir, tidings_log::LogOptions::default())
-        .await
-        .unwrap();
+    let (_dir, log, gap) = a_log_without_segment(1).await;
     let dir = tempfile::tempdir().unwrap();
     let mut p = Projections::empty(dir.path(), config()).unwrap();
     match p.catch_up(&log, |_, _| {}).await {
