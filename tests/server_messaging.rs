@@ -154,6 +154,53 @@ async fn an_offline_user_reconnects_and_gets_exactly_the_missed_messages() {
     ws.close().await;
 }
 
+/// An app that posts its outbox before it syncs (or a user's second device replying) must not
+/// lose what was sent to the user meanwhile: the reply used to move the sender's delivered
+/// cursor to itself, and the messages below it never came back in sync or catch-up.
+#[tokio::test]
+async fn a_reply_before_syncing_loses_nothing_sent_meanwhile() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    // bob is offline while alice writes twice; his app then posts a queued reply first.
+    api.send(&alice, "g", "a1", "m1").await;
+    api.send(&alice, "g", "a2", "m2").await;
+    let reply = api.send(&bob, "g", "b1", "queued reply").await;
+    assert_eq!(reply["seq"], 3);
+    // His reply makes nothing unread, and sync still has alice's two (and his own, once).
+    let convs = api.ok("GET", "/v1/conversations", &bob, None).await;
+    let g = convs["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "g")
+        .unwrap()
+        .clone();
+    assert_eq!(g["unread"], 0);
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert_eq!(seqs(sync["messages"].as_array().unwrap()), vec![1, 2, 3]);
+    // A read reported below the read cursor the reply gave still counts as delivery.
+    let cur = api
+        .ok("POST", "/v1/channels/g/read", &bob, Some(json!({"seq": 2})))
+        .await;
+    assert_eq!(
+        (cur["delivered_seq"].clone(), cur["read_seq"].clone()),
+        (json!(2), json!(3))
+    );
+    // Over WebSocket: the catch-up on connect brings the rest, then nothing more.
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    assert_eq!(seqs(&ws.messages(1).await), vec![3]);
+    ws.send(json!({"type": "ack", "channel": "g", "seq": 3}))
+        .await;
+    ws.quiet(Duration::from_millis(300)).await;
+    ws.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert!(sync["messages"].as_array().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn an_abrupt_disconnect_mid_stream_loses_and_duplicates_nothing() {
     let server = Server::start(&[]);

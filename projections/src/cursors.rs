@@ -1,10 +1,18 @@
 //! Cursors: (user, channel) → delivered_seq, read_seq. Both only move forward.
 //!
 //! Semantics fixed for everyone: channel seqs start at 1; a cursor is "the last seq received"
-//! (0 = nothing yet); sync returns every message with `seq > delivered`. Reading implies
-//! delivery. Sending a message advances the sender's own cursors to it, so a user's own
-//! messages are never unread. A user who joins a group starts at the channel's last seq (the
-//! join point): they receive what is sent after they joined.
+//! (0 = nothing yet); sync returns every message with `seq > delivered`. A read the user
+//! reports implies delivery up to it. A user who joins a group starts at the channel's last
+//! seq (the join point): they receive what is sent after they joined.
+//!
+//! Sending a message marks the conversation read up to it (a user's own messages are never
+//! unread, and replying is reading), but moves the sender's *delivered* cursor only when it is
+//! contiguous: when everything before the message had been delivered to them. Otherwise a
+//! reply sent before syncing (an app that posts its outbox first, a second device) would skip
+//! the messages the sender never received, and they would be lost to sync. The cost: such a
+//! sender gets their own message again on the next sync or catch-up (clients deduplicate by
+//! `(channel, seq)`, as they do for every redelivery). So `read` may be above `delivered`;
+//! only the read a user *reports* moves `delivered`, never the read a send gives.
 
 use std::collections::BTreeMap;
 
@@ -71,7 +79,11 @@ impl Cursors {
         if let Some(r) = read {
             c.read = c.read.max(r);
         }
-        c.delivered = c.delivered.max(delivered.unwrap_or(0)).max(c.read);
+        // The read this event reports, not `c.read`: that may come from a send (module doc).
+        c.delivered = c
+            .delivered
+            .max(delivered.unwrap_or(0))
+            .max(read.unwrap_or(0));
         let changed = (c.delivered, c.read) != (before.delivered, before.read);
         if changed {
             c.version = offset;
@@ -79,10 +91,13 @@ impl Cursors {
         changed
     }
 
-    /// The sender of `seq` has it, has read it, and the conversation shows again.
+    /// The sender of `seq` has read the conversation up to it, has it delivered if nothing
+    /// before it is missing (module doc), and the conversation shows again.
     pub(crate) fn sent(&mut self, offset: u64, uid: &str, channel: &str, seq: u64) {
         let c = self.entry(uid, channel);
-        c.delivered = c.delivered.max(seq);
+        if c.delivered.saturating_add(1) >= seq {
+            c.delivered = c.delivered.max(seq);
+        }
         c.read = c.read.max(seq);
         c.hidden_at = None;
         c.version = offset;
@@ -120,7 +135,7 @@ impl Cursors {
         let c = self.entry(uid, channel);
         c.cleared = c.cleared.max(up_to);
         c.read = c.read.max(up_to);
-        c.delivered = c.delivered.max(c.read);
+        c.delivered = c.delivered.max(up_to);
         c.version = offset;
     }
 }

@@ -48,6 +48,21 @@ pub enum ProjectionError {
         /// What was wrong.
         reason: String,
     },
+    /// A snapshot written by an earlier build whose projections applied events differently
+    /// (format versions in `snapshot.rs`): it is not loaded; the state is rebuilt from the log.
+    #[error(
+        "snapshot {path} has format version {version} (this build writes {current}): it was \
+         written under rules that changed since, so it is not used; the state is rebuilt \
+         from the log"
+    )]
+    SnapshotOutdated {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        version: u32,
+        /// The version this build writes.
+        current: u32,
+    },
     /// Events were applied out of order.
     #[error("offset {offset} applied after offset {applied}")]
     OutOfOrder {

@@ -1,9 +1,20 @@
 //! Snapshots of every projection: `snapshots/{applied:020}.snap`, written to a temp file,
 //! fsynced, renamed, directory fsynced; the newest few kept.
 //!
-//! Layout (little-endian): a 32-byte header — magic `"TDSN"`, version `1` (u32), the last
+//! Layout (little-endian): a 32-byte header — magic `"TDSN"`, version `2` (u32), the last
 //! offset applied (u64), body length (u64), CRC-32 of the body (u32), CRC-32 of the header's
 //! first 28 bytes (u32) — then the body: the CBOR of [`State`].
+//!
+//! The version changes when the *rules* of a projection change, not only its layout: a
+//! snapshot is the state the log's events produced under the rules of the build that wrote
+//! it, and a state carried on under other rules would differ from a rebuild for good. An
+//! older version is refused with [`ProjectionError::SnapshotOutdated`] (so the state is
+//! rebuilt from the log), a newer or unknown one as corrupt.
+//!
+//! - 1: until 2026-11-30.
+//! - 2: a send no longer moves the sender's delivered cursor past messages they were never
+//!   delivered (`cursors.rs`). Version 1 states may hold such skipped cursors; a rebuild
+//!   under the new rule gives those messages back to sync.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +23,7 @@ use crate::fsutil::write_atomic;
 use crate::state::State;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"TDSN");
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 32;
 
 /// A snapshot file found on disk.
@@ -78,8 +89,16 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<State> {
     if crc32fast::hash(&bytes[..28]) != u32_at(28) {
         return Err(corrupt(0, "header checksum mismatch".into()));
     }
-    if u32_at(4) != VERSION {
-        return Err(corrupt(4, format!("unknown version {}", u32_at(4))));
+    match u32_at(4) {
+        VERSION => {}
+        old @ 1..VERSION => {
+            return Err(ProjectionError::SnapshotOutdated {
+                path: path.to_path_buf(),
+                version: old,
+                current: VERSION,
+            });
+        }
+        other => return Err(corrupt(4, format!("unknown version {other}"))),
     }
     let applied = u64_at(8);
     let len = u64_at(16);
@@ -193,6 +212,9 @@ pub fn load_newest_at_most(
             .and_then(|bytes| decode(&snap.path, &bytes));
         match loaded {
             Ok(state) => return Ok(Some((state, snap))),
+            Err(e @ ProjectionError::SnapshotOutdated { .. }) => {
+                tracing::info!(error = %e, "skipping a snapshot of an earlier format; trying an older one");
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "skipping a snapshot that does not load; trying an older one");
             }

@@ -109,7 +109,7 @@ pub struct Trace {
     pub delivered: Vec<Ack>,
     /// Who read it, first time each.
     pub read: Vec<Ack>,
-    /// Current members whose delivered cursor is still below the seq.
+    /// Current members other than the sender whose delivered cursor is still below the seq.
     pub not_delivered: Vec<Uid>,
     /// When it was recalled, if it was.
     pub recalled_at_ms: Option<u64>,
@@ -254,7 +254,13 @@ pub async fn trace(
     t.scan_complete = stop >= end;
     t.delivered = sorted(delivered);
     t.read = sorted(read);
-    t.not_delivered = plan.not_delivered.clone();
+    // The sender's delivered cursor may stay below their own message (`cursors.rs`).
+    t.not_delivered = plan
+        .not_delivered
+        .iter()
+        .filter(|u| *u != from)
+        .cloned()
+        .collect();
     Ok(Some(t))
 }
 

@@ -245,3 +245,71 @@ async fn denied_and_not_allowed_senders_never_reach_the_cursor() {
     })
     .await;
 }
+
+/// A user who replies before syncing (an app posting its outbox first, a second device) must
+/// still get what was sent to them meanwhile: before 2026-11-30 the send moved the sender's
+/// delivered cursor to their own message and the messages below it were lost to sync.
+#[tokio::test]
+async fn a_reply_sent_before_syncing_skips_nothing() {
+    each(async |c, mut w, _p| {
+        w.send("alice", "g", "m1").await.unwrap();
+        w.send("alice", "g", "m2").await.unwrap();
+        let reply = w.send("bob", "g", "r3").await.unwrap();
+        assert_eq!(reply.seq, 3);
+        let cur = w.state().cursors.get("bob", "g");
+        assert_eq!((cur.delivered, cur.read), (0, 3), "{c:?}");
+        // Everything bob never received, his own reply included (clients deduplicate).
+        assert_eq!(
+            seqs(&w.sync("bob", 100).await.0, "g"),
+            vec![1, 2, 3],
+            "{c:?}"
+        );
+        // A cumulative ack below the read cursor moves delivered only as far as it says.
+        w.ack("bob", "g", Some(1), None).await;
+        assert_eq!(seqs(&w.sync("bob", 100).await.0, "g"), vec![2, 3], "{c:?}");
+        // A reported read implies delivery, even below the read cursor the send gave.
+        w.ack("bob", "g", None, Some(2)).await;
+        let cur = w.state().cursors.get("bob", "g");
+        assert_eq!((cur.delivered, cur.read), (2, 3), "{c:?}");
+        assert_eq!(seqs(&w.sync("bob", 100).await.0, "g"), vec![3], "{c:?}");
+        // Clearing the conversation below the read cursor does not skip past the clear.
+        w.send("alice", "g", "m4").await.unwrap();
+        w.send("bob", "g", "r5").await.unwrap();
+        w.emit(tidings_projections::Event::ConversationCleared {
+            uid: "bob".into(),
+            channel: "g".into(),
+            up_to_seq: 3,
+        })
+        .await;
+        assert_eq!(seqs(&w.sync("bob", 100).await.0, "g"), vec![4, 5], "{c:?}");
+        // The rule holds in a rebuild too.
+        assert_eq!(w.state(), &w.rebuild().await, "{c:?}");
+    })
+    .await;
+}
+
+/// A sender who had everything before their message has it delivered at once: no own-message
+/// redelivery in the common case.
+#[tokio::test]
+async fn a_reply_after_everything_was_delivered_moves_the_delivered_cursor() {
+    each(async |c, mut w, p| {
+        // With the person-channel switch on, alice must allow bob to hear from him.
+        w.list(
+            ListOwner::User("alice".into()),
+            ListKind::Allow,
+            ListOp::Add,
+            &["bob"],
+        )
+        .await;
+        w.send("alice", &p, "m1").await.unwrap();
+        w.ack("bob", &p, Some(1), None).await;
+        w.send("bob", &p, "r2").await.unwrap();
+        let cur = w.state().cursors.get("bob", &p);
+        assert_eq!((cur.delivered, cur.read), (2, 2), "{c:?}");
+        assert!(seqs(&w.sync("bob", 100).await.0, &p).is_empty(), "{c:?}");
+        // The first message of a channel, sent by the user: nothing before it to miss.
+        w.send("bob", "g", "first").await.unwrap();
+        assert_eq!(w.state().cursors.get("bob", "g").delivered, 1, "{c:?}");
+    })
+    .await;
+}

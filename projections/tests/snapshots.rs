@@ -225,3 +225,52 @@ async fn a_gap_in_the_log_is_refused_not_skipped() {
     }
     log.close().await.unwrap();
 }
+
+/// A snapshot written under the rules of version 1 (a send moved the sender's delivered cursor
+/// past messages they never received) is not carried on: it is refused as outdated, not as
+/// damage, and the state is rebuilt from the log under the current rules.
+#[tokio::test]
+async fn a_snapshot_of_an_earlier_format_is_refused_and_the_log_replayed() {
+    let mut w = busy_world().await;
+    // bob replies without having received anything: current rules keep his delivered at 0.
+    w.send("bob", "g", "reply").await.unwrap();
+    let snap = w.p.snapshot().unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(w.p.dir(), dir.path());
+    let copy = dir.path().join("snapshots").join(snap.file_name().unwrap());
+    // What version 1 would have held: bob's delivered cursor at his reply (seq 13).
+    let mut state = decode(&copy, &std::fs::read(&copy).unwrap()).unwrap();
+    let bob = state.cursors.by_user.get_mut("bob").unwrap();
+    bob.get_mut("g").unwrap().delivered = 13;
+    let mut bytes = snapshot::encode(&state).unwrap();
+    bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&copy, &bytes).unwrap();
+    match decode(&copy, &bytes) {
+        Err(ProjectionError::SnapshotOutdated {
+            path,
+            version: 1,
+            current: 2,
+        }) => assert_eq!(path, copy),
+        other => panic!("expected SnapshotOutdated, got {other:?}"),
+    }
+    // An unknown (newer) version is still corrupt.
+    bytes[4..8].copy_from_slice(&9u32.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    assert!(matches!(
+        decode(&copy, &bytes),
+        Err(ProjectionError::Corrupt { position: 4, .. })
+    ));
+    bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&copy, &bytes).unwrap();
+
+    let mut p = Projections::load(dir.path(), config()).unwrap();
+    assert_eq!(p.origin(), &Origin::Empty);
+    p.catch_up(&w.log, |_, _| {}).await.unwrap();
+    assert_eq!(&p.state, w.state());
+    assert_eq!(p.state.cursors.get("bob", "g").delivered, 0);
+}

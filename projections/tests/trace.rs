@@ -113,3 +113,23 @@ fn push_samples_are_bounded_and_sampled_by_message_id() {
     );
     assert_eq!(s.get("g", 4).len(), 1);
 }
+
+#[tokio::test]
+async fn the_sender_is_never_listed_as_not_delivered_for_their_own_message() {
+    let mut w = World::new().await;
+    w.create("g").await;
+    w.subscribe("g", &["alice", "bob"]).await;
+    w.send("alice", "g", "m1").await.unwrap();
+    // bob replies without having received seq 1: his delivered cursor stays at 0.
+    let reply = w.send("bob", "g", "r2").await.unwrap();
+    assert_eq!(w.state().cursors.get("bob", "g").delivered, 0);
+    let plan = trace::plan(w.state(), w.p.index_files(), "g", reply.seq)
+        .unwrap()
+        .unwrap();
+    let t = trace::trace(&w.log, &plan, None, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.from, "bob");
+    assert_eq!(t.not_delivered, vec!["alice".to_string()]);
+}

@@ -66,6 +66,14 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 newest.get_or_insert(state);
                 "ok".to_string()
             }
+            Err(e)
+                if matches!(
+                    e.downcast_ref(),
+                    Some(tidings_projections::ProjectionError::SnapshotOutdated { .. })
+                ) =>
+            {
+                format!("outdated (not used): {e}")
+            }
             Err(e) => {
                 problems += 1;
                 format!("CORRUPT: {e}")

@@ -47,8 +47,10 @@ async fn advance(
         let p = state.proj();
         let seq = seq.min(p.state.heads.last_seq(&channel));
         let cur = p.state.cursors.get(&me, &channel);
+        // A read implies delivery, and the read cursor may be ahead of the delivered one (a
+        // send moves the sender's read only): a read below `cur.read` can still move it.
         let moves = if read {
-            seq > cur.read
+            seq > cur.read || seq > cur.delivered
         } else {
             seq > cur.delivered
         };
