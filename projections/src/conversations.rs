@@ -3,7 +3,7 @@
 //! size; nobody's conversation is rewritten.
 //!
 //! Unread = messages in `(max(read, cleared), last_seq]` that were not recalled. A user's own
-//! messages are never in that range (sending advances the sender's cursors). Ordered by last
+//! messages are never in that range (sending advances the sender's read cursor; `cursors.rs`). Ordered by last
 //! activity, newest first. The incremental form returns the conversations whose version (the
 //! log offset of the last change to the head or to the user's cursor) is above the version the
 //! client holds, plus the channels that left the list since then.

@@ -288,8 +288,8 @@ async fn a_reply_sent_before_syncing_skips_nothing() {
     .await;
 }
 
-/// A sender who had everything before their message has it delivered at once: no own-message
-/// redelivery in the common case.
+/// A sender who had everything before their message has it delivered at once (no redelivery of
+/// their own message then).
 #[tokio::test]
 async fn a_reply_after_everything_was_delivered_moves_the_delivered_cursor() {
     each(async |c, mut w, p| {
