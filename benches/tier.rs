@@ -283,11 +283,12 @@ async fn run(args: Args) {
     );
 
     // One ranged GET of a block, straight through object_store, for reference.
-    let segs = cold.segments().unwrap();
+    let manifest = cold.tier().unwrap().manifest();
+    let remote = &manifest.segments;
     let mut gets = Vec::new();
     for i in 0..args.samples {
-        let seg = &segs[i % segs.len().saturating_sub(1).max(1)];
-        let key = ObjectPath::from(format!("{prefix}/segments/{:020}.log", seg.base_offset));
+        let seg = &remote[i % remote.len()];
+        let key = ObjectPath::from(format!("{prefix}/{}", seg.key("log")));
         let len = seg.bytes.min(s.block_bytes as u64);
         let started = Instant::now();
         let got = store.get_range(&key, 0..len).await.unwrap();

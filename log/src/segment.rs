@@ -43,6 +43,16 @@ impl SegmentPaths {
             time: dir.join(format!("{base:020}.timeindex")),
         }
     }
+
+    /// The files of a segment named `{stem}.log|.index|.timeindex` (a remote segment's objects,
+    /// `RemoteSegment::stem`).
+    pub(crate) fn named(dir: &Path, stem: &str) -> Self {
+        Self {
+            log: dir.join(format!("{stem}.log")),
+            index: dir.join(format!("{stem}.index")),
+            time: dir.join(format!("{stem}.timeindex")),
+        }
+    }
 }
 
 /// A segment shared by the writer and readers.
@@ -80,12 +90,24 @@ impl Segment {
         }
     }
 
-    /// A sealed segment read from the object store through `vfs` (a `TierVfs`); `dir` is the
-    /// name its files are shown under in messages.
-    pub(crate) fn new_remote(vfs: Arc<dyn Vfs>, dir: &Path, base: u64, interval: u64) -> Self {
+    /// A sealed segment read from the object store through `vfs` (a `TierVfs`); `paths` are
+    /// its objects as shown in messages (and as the `TierVfs` resolves them).
+    pub(crate) fn new_remote(
+        vfs: Arc<dyn Vfs>,
+        paths: SegmentPaths,
+        base: u64,
+        interval: u64,
+    ) -> Self {
         Self {
+            base,
+            paths,
+            vfs,
+            file: OnceLock::new(),
+            index: RwLock::new(None),
+            interval,
+            sealed_len: OnceLock::new(),
+            first_ts: OnceLock::new(),
             remote: true,
-            ..Self::new(vfs, dir, base, interval)
         }
     }
 

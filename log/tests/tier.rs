@@ -514,7 +514,9 @@ async fn a_damaged_segment_in_the_bucket_is_detected_and_named() {
     log.roll().await.unwrap();
     log.upload_now().await.unwrap();
     log.close().await.unwrap();
-    let object = format!("{prefix}/segments/{:020}.log", 0);
+    let rel = t_manifest(&s3s, &prefix).await.segments[0].key("log");
+    assert!(rel.starts_with(&format!("segments/{:020}.", 0)), "{rel}");
+    let object = format!("{prefix}/{rel}");
     let file = s3s.object_file(&object);
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[2000] ^= 0x01;
@@ -533,16 +535,186 @@ async fn a_damaged_segment_in_the_bucket_is_detected_and_named() {
     };
     match &err {
         LogError::Corrupt { path, position, .. } => {
-            assert!(
-                path.to_string_lossy()
-                    .ends_with(&format!("segments/{:020}.log", 0)),
-                "{err}"
-            );
+            // Named as the object it is in the bucket.
+            assert!(path.to_string_lossy().ends_with(&rel), "{err}");
             assert!(*position <= 2000);
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
     log.close().await.unwrap();
+}
+
+/// The newest manifest version in the store, read through a tier handle of its own.
+async fn t_manifest(s3s: &S3Server, prefix: &str) -> Manifest {
+    let cache = tempfile::tempdir().unwrap();
+    let t = tier(s3s.store(), prefix, "reader", cache.path()).await;
+    let m = t.remote_manifest().await.unwrap().unwrap();
+    t.close().await.unwrap();
+    m
+}
+
+/// A TCP relay to the S3 server that can cut a client off (a network partition): while cut,
+/// it closes every relayed connection and refuses new ones.
+struct Relay {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Relay {
+    async fn start(to: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *cut_rx.borrow() {
+                    continue; // dropped: refused
+                }
+                let mut cut_rx = cut_rx.clone();
+                conns.spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_rx.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Relay { port, cut, tasks }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// A server that lost the prefix (its lease ran out while it was cut off from the store, and
+/// another server took over) uploads what it sealed meanwhile as soon as it can reach the
+/// store again, and learns it is fenced only at the manifest write after that upload. It must
+/// not have overwritten an object the new owner's manifest lists. Before 2026-11-30 both wrote
+/// the fixed key `segments/{base:020}.log`, and the new owner then served the stale writer's
+/// records at its own offsets (valid batches: no CRC caught it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_writer_never_overwrites_what_the_new_owner_uploaded() {
+    let s3s = S3Server::start();
+    let relay = Relay::start(s3s.port).await;
+    let prefix = unique_prefix("stale");
+    let lease = Duration::from_millis(400);
+    let open_tier = |store: Arc<dyn ObjectStore>, owner: &'static str, cache: PathBuf| {
+        let prefix = prefix.clone();
+        async move {
+            Tier::open(
+                TierOptions::new(store, &prefix, format!("test://{prefix}"), owner, cache)
+                    .with_block_bytes(4096)
+                    .with_cache_bytes(1 << 20, 16 << 20)
+                    .with_read_timeout(Duration::from_secs(2))
+                    .with_upload_interval(Duration::from_secs(3600))
+                    .with_local_retention_bytes(0)
+                    .with_lease(lease),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let relayed = s3(
+        &format!("http://127.0.0.1:{}", relay.port),
+        BUCKET,
+        KEY,
+        SECRET,
+    );
+    let record = |who: &str, i: u64| Bytes::from(format!("{who}-record {i:08}"));
+    let (a_dir, a_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Log::open(
+        a_dir.path(),
+        log_opts(open_tier(relayed, "node-a", a_cache.path().into()).await),
+    )
+    .await
+    .unwrap();
+    append(&a, 0, 300).await;
+    a.roll().await.unwrap();
+    a.upload_now().await.unwrap();
+    // node-a is cut off from the store; it goes on appending and seals offsets 300..400.
+    relay.set_cut(true);
+    for i in 300..400 {
+        assert_eq!(a.append_one(record("A", i)).await.unwrap(), i);
+    }
+    a.roll().await.unwrap();
+    assert!(a.upload_now().await.is_err(), "the store is out of reach");
+    // Its lease runs out; node-b takes over from the store and uploads its own 300..400.
+    tokio::time::sleep(lease * 2).await;
+    let (b_dir, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b = Log::open(
+        b_dir.path(),
+        log_opts(open_tier(s3s.store(), "node-b", b_cache.path().into()).await),
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.next_offset(), 300);
+    for i in 300..400 {
+        assert_eq!(b.append_one(record("B", i)).await.unwrap(), i);
+    }
+    b.roll().await.unwrap();
+    b.upload_now().await.unwrap();
+    let theirs = t_manifest(&s3s, &prefix).await;
+    assert_eq!(theirs.owner.id, "node-b");
+    let seg = theirs
+        .segments
+        .iter()
+        .find(|s| s.base == 300)
+        .unwrap()
+        .clone();
+    // node-a reaches the store again: it uploads its 300..400, then finds itself fenced.
+    // (Its uploader may be retrying in the background too: one of the two passes uploads and
+    // is fenced, the other then finds the tier fenced.)
+    relay.set_cut(false);
+    match a.upload_now().await {
+        Err(LogError::Fenced { owner, .. }) => assert_eq!(owner, "node-b"),
+        Err(LogError::Tier(m)) if m.contains("fenced") => {}
+        other => panic!("expected Fenced, got {:?}", other.map(|_| ())),
+    }
+    assert!(a.tier().unwrap().status().fenced);
+    // node-b's object is as node-b wrote it, and node-b reads its own records back from it.
+    let object = s3s.object_file(&format!("{prefix}/{}", seg.key("log")));
+    let bytes = std::fs::read(&object).unwrap();
+    assert_eq!(
+        (bytes.len() as u64, crc32fast::hash(&bytes)),
+        (seg.bytes, seg.crc32)
+    );
+    assert!(
+        b.segments()
+            .unwrap()
+            .iter()
+            .any(|s| s.base_offset == 300 && s.remote),
+        "node-b reads offset 300 from the store"
+    );
+    let recs = b.read(300, 1 << 20).await.unwrap();
+    assert_eq!(recs.len(), 100);
+    for r in &recs {
+        assert_eq!(r.payload, record("B", r.offset), "offset {}", r.offset);
+    }
+    let listed = a.tier().unwrap().list("segments").await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|n| n.starts_with(&format!("{:020}.", 300)) && n.ends_with(".log"))
+            .count(),
+        2,
+        "node-a's upload is in the store beside node-b's: {listed:?}"
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
 }
 
 /// Puts `m` into the store as manifest version `m.epoch` (as a writer that got there first).

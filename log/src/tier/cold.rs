@@ -14,7 +14,6 @@ use object_store::ObjectStoreExt;
 
 use super::{TierInner, TierOptions};
 use crate::error::{LogError, Result};
-use crate::segment;
 use crate::vfs::{Vfs, VfsFile, VfsLock};
 
 /// A cold read could not be served within the read timeout (the store is down or slow).
@@ -237,30 +236,33 @@ pub(crate) struct TierVfs {
 }
 
 impl TierVfs {
-    /// The local copy of an index file, when there is one.
+    /// The local copy of an index file (named `{base:020}.index|.timeindex` in the log
+    /// directory, whatever the object's name), when there is one.
     fn local_index(&self, path: &Path) -> Option<std::path::PathBuf> {
-        let name = path.file_name()?;
-        let ext = Path::new(name).extension()?;
+        let (base, _, ext) = split_name(path)?;
         if ext != "index" && ext != "timeindex" {
             return None;
         }
-        let local = self.local_dir.as_ref()?.join(name);
+        let local = self.local_dir.as_ref()?.join(format!("{base:020}.{ext}"));
         local.is_file().then_some(local)
     }
 
+    /// The object behind `path` (`{stem}.{ext}`) and its length, when the manifest lists a
+    /// segment under exactly that stem: never another object at the same base.
     fn lookup(&self, path: &Path) -> Option<(String, u64)> {
-        let name = path.file_name()?.to_str()?;
-        let (stem, ext) = name.rsplit_once('.')?;
-        let base = segment::parse_log_name(&format!("{stem}.log"))?;
+        let (base, stem, ext) = split_name(path)?;
         let m = self.inner.manifest.load();
         let s = m.segments.iter().find(|s| s.base == base)?;
+        if s.stem() != stem {
+            return None;
+        }
         let len = match ext {
             "log" => s.bytes,
             "index" => s.index_bytes,
             "timeindex" => s.time_bytes,
             _ => return None,
         };
-        Some((format!("segments/{name}"), len))
+        Some((s.key(ext), len))
     }
 
     /// The directory remote segments are shown in (their "paths" in messages).
@@ -270,6 +272,19 @@ impl TierVfs {
             self.inner.opts.display.trim_end_matches('/')
         ))
     }
+}
+
+/// `{base:020}[.{writer}].{ext}` → (base, stem, ext).
+fn split_name(path: &Path) -> Option<(u64, &str, &str)> {
+    let name = path.file_name()?.to_str()?;
+    let (stem, ext) = name.rsplit_once('.')?;
+    let digits = stem.get(..20)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit())
+        || !matches!(stem.as_bytes().get(20), None | Some(b'.'))
+    {
+        return None;
+    }
+    Some((digits.parse().ok()?, stem, ext))
 }
 
 fn read_only() -> io::Error {

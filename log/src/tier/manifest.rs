@@ -24,6 +24,33 @@ pub struct RemoteSegment {
     pub index_bytes: u64,
     /// Bytes of the `.timeindex` object.
     pub time_bytes: u64,
+    /// The objects' name below `segments/`, without the extension: `{base:020}.{writer:016x}`,
+    /// unique to the process that uploaded them (its incarnation), so that a writer that lost
+    /// the prefix and still uploads never overwrites an object a manifest lists. Absent in
+    /// entries written before 2026-11-30: then `{base:020}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+impl RemoteSegment {
+    /// The name of its objects below `segments/`, without the extension.
+    pub fn stem(&self) -> String {
+        match &self.object {
+            Some(stem) => stem.clone(),
+            None => format!("{:020}", self.base),
+        }
+    }
+
+    /// The key (below the prefix) of its object with extension `ext` (`log`, `index`,
+    /// `timeindex`).
+    pub fn key(&self, ext: &str) -> String {
+        format!("segments/{}.{ext}", self.stem())
+    }
+
+    /// The stem a writer of incarnation `incarnation` uploads the segment at `base` under.
+    pub fn unique_stem(base: u64, incarnation: u64) -> String {
+        format!("{base:020}.{incarnation:016x}")
+    }
 }
 
 /// Who writes to the prefix, and when it last said so.
@@ -133,5 +160,30 @@ mod tests {
         );
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
         assert!(Manifest::decode(b"{").is_err());
+    }
+
+    #[test]
+    fn segment_keys_old_and_unique() {
+        let mut s = RemoteSegment {
+            base: 7,
+            end: 9,
+            bytes: 1,
+            crc32: 2,
+            index_bytes: 3,
+            time_bytes: 4,
+            object: None,
+        };
+        // An entry from before unique keys: no field written, the fixed key read.
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("object"), "{json}");
+        assert_eq!(s.key("log"), "segments/00000000000000000007.log");
+        s.object = Some(RemoteSegment::unique_stem(7, 0xab));
+        assert_eq!(
+            s.key("index"),
+            "segments/00000000000000000007.00000000000000ab.index"
+        );
+        let back: RemoteSegment =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 }

@@ -3,7 +3,9 @@
 //! uploaded and no longer needed by the local retention. Reads of offsets that are no longer
 //! local fetch fixed-size blocks with ranged GETs through a foyer `HybridCache`.
 //!
-//! Layout under the prefix: `segments/{base:020}.log|.index|.timeindex`,
+//! Layout under the prefix: `segments/{base:020}.{writer:016x}.log|.index|.timeindex` (the
+//! manifest names each segment's objects: [`manifest::RemoteSegment::object`]; entries from
+//! before writer-unique keys name `segments/{base:020}.*`),
 //! `manifest/{epoch:020}.json` (see [`manifest`]), and whatever the server stores beside them
 //! (snapshots) through [`Tier::put_file`] / [`Tier::get_file`].
 //!
@@ -17,6 +19,10 @@
 //!   fetched again, never served. Batches read from cold segments are CRC-checked like local ones.
 //! - One writer per prefix: each manifest version names its owner, and the owner's lease is
 //!   renewed by its writes; a second server finding a live owner is refused ([`LogError::Fenced`]).
+//! - No process overwrites an object another process uploaded: segment objects are keyed by
+//!   the uploading process's incarnation, so a writer that lost the prefix and uploads before
+//!   its manifest write is fenced only adds objects nobody lists. A cold read resolves a
+//!   segment through the manifest entry's exact key, never "whatever is at this base".
 
 mod cold;
 pub mod manifest;

@@ -363,27 +363,14 @@ pub(crate) async fn upload_segment(
     end: u64,
 ) -> Result<RemoteSegment> {
     let paths = SegmentPaths::new(dir, base);
-    let name = |p: &Path| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (index_bytes, _) = upload_object(
-        inner,
-        &format!("segments/{}", name(&paths.index)),
-        &paths.index,
-    )
-    .await?;
-    let (time_bytes, _) = upload_object(
-        inner,
-        &format!("segments/{}", name(&paths.time)),
-        &paths.time,
-    )
-    .await?;
+    // Keys of this process's own (`RemoteSegment::object`): a retry overwrites only what this
+    // process uploaded before, with the same bytes.
+    let stem = RemoteSegment::unique_stem(base, inner.incarnation);
+    let key = |ext: &str| format!("segments/{stem}.{ext}");
+    let (index_bytes, _) = upload_object(inner, &key("index"), &paths.index).await?;
+    let (time_bytes, _) = upload_object(inner, &key("timeindex"), &paths.time).await?;
     // The segment last: a manifest entry is only written after all three are stored.
-    let (bytes, crc32) =
-        upload_object(inner, &format!("segments/{}", name(&paths.log)), &paths.log).await?;
+    let (bytes, crc32) = upload_object(inner, &key("log"), &paths.log).await?;
     inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
     Ok(RemoteSegment {
         base,
@@ -392,6 +379,7 @@ pub(crate) async fn upload_segment(
         crc32,
         index_bytes,
         time_bytes,
+        object: Some(stem),
     })
 }
 

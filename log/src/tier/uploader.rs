@@ -56,14 +56,18 @@ pub(crate) fn remote_segment(
         local_dir: Some(local_dir.to_path_buf()),
     };
     let dir = vfs.display_dir();
-    let len = tier
+    let entry = tier
         .manifest()
         .segments
         .iter()
         .find(|s| s.base == base)
-        .map(|s| s.bytes);
-    let seg = Segment::new_remote(Arc::new(vfs), &dir, base, interval);
-    if let Some(len) = len {
+        .map(|s| (s.bytes, s.stem()));
+    let paths = match &entry {
+        Some((_, stem)) => SegmentPaths::named(&dir, stem),
+        None => SegmentPaths::new(&dir, base),
+    };
+    let seg = Segment::new_remote(Arc::new(vfs), paths, base, interval);
+    if let Some((len, _)) = entry {
         seg.seal(len);
     }
     Arc::new(seg)
