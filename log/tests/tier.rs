@@ -715,6 +715,29 @@ async fn a_stale_writer_never_overwrites_what_the_new_owner_uploaded() {
     );
     a.close().await.unwrap();
     b.close().await.unwrap();
+
+    // node-b stops (releasing the prefix) and node-a starts again on its old directory. Its
+    // local 300..400 has node-b's offsets and size but its own bytes: it must not take it
+    // for uploaded and delete it (it would then serve node-b's records as its own).
+    let a_cache = tempfile::tempdir().unwrap();
+    let a = Log::open(
+        a_dir.path(),
+        log_opts(open_tier(s3s.store(), "node-a", a_cache.path().into()).await),
+    )
+    .await
+    .unwrap();
+    match a.upload_now().await {
+        Err(LogError::Tier(m)) if m.contains("another history") => {}
+        other => panic!("expected the tier to stop, got {:?}", other.map(|_| ())),
+    }
+    assert!(a.tier().unwrap().status().diverged);
+    assert!(a_dir.path().join(format!("{:020}.log", 300)).exists());
+    let recs = a.read(300, 1 << 20).await.unwrap();
+    assert_eq!(recs.len(), 100);
+    for r in &recs {
+        assert_eq!(r.payload, record("A", r.offset), "offset {}", r.offset);
+    }
+    a.close().await.unwrap();
 }
 
 /// Puts `m` into the store as manifest version `m.epoch` (as a writer that got there first).

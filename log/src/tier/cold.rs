@@ -223,7 +223,10 @@ impl VfsFile for RemoteFile {
 }
 
 /// The segment files in the object store, seen as a read-only file system: a file name
-/// (`{base:020}.log|.index|.timeindex`) opens the object the current manifest lists.
+/// (`{stem}.log|.index|.timeindex`, the stem of a manifest entry: [`RemoteSegment::stem`])
+/// opens that entry's object; a name whose stem is not the entry's at its base opens nothing.
+///
+/// [`RemoteSegment::stem`]: super::manifest::RemoteSegment::stem
 ///
 /// The index files of an uploaded segment stay on local disk (they are about 0.6% of its size)
 /// when the segment file itself is deleted, and are read from there when present: a cold read

@@ -69,7 +69,7 @@ pub struct Owner {
 /// One version of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Format version (1).
+    /// Format version: [`Manifest::VERSION`] when written by this build; 1 is read too.
     pub version: u32,
     /// This version's number.
     pub epoch: u64,
@@ -80,10 +80,16 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The format this build writes. 2: segment entries may name writer-unique objects
+    /// ([`RemoteSegment::object`]). A build that knows only 1 would read a version-2 manifest
+    /// without those names and write it back without them, losing every segment's key: so it
+    /// must refuse it, and does (it refuses any version but 1).
+    pub const VERSION: u32 = 2;
+
     /// The first manifest of a prefix.
     pub fn new(owner: &str, now_ms: u64) -> Self {
         Self {
-            version: 1,
+            version: Self::VERSION,
             epoch: 0,
             owner: Owner {
                 id: owner.to_owned(),
@@ -97,6 +103,7 @@ impl Manifest {
     /// The next version, written by `owner` at `now_ms`.
     pub fn next(&self, owner: &str, now_ms: u64) -> Self {
         Self {
+            version: Self::VERSION,
             epoch: self.epoch + 1,
             owner: Owner {
                 id: owner.to_owned(),
@@ -137,7 +144,7 @@ impl Manifest {
     /// Parses a manifest.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if m.version != 1 {
+        if !(1..=Self::VERSION).contains(&m.version) {
             return Err(format!("unknown manifest version {}", m.version));
         }
         Ok(m)
@@ -160,6 +167,13 @@ mod tests {
         );
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
         assert!(Manifest::decode(b"{").is_err());
+        // Version 1 (before writer-unique keys) is read, and its successor is written as 2.
+        let mut old = m.clone();
+        old.version = 1;
+        let read = Manifest::decode(&old.encode()).unwrap();
+        assert_eq!(read.next("b", 10).version, Manifest::VERSION);
+        old.version = Manifest::VERSION + 1;
+        assert!(Manifest::decode(&old.encode()).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! applies the local retention. It never blocks appends; failures are retried with exponential
 //! backoff and jitter.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -91,6 +92,9 @@ pub(crate) struct Uploader {
 pub(crate) struct PassState {
     claimed: bool,
     last_write_ms: u64,
+    /// (base, CRC-32) of local segments known to hold exactly the bytes of the manifest entry
+    /// at their base: uploaded by this process, or read and compared before a deletion.
+    confirmed: HashSet<(u64, u32)>,
 }
 
 impl PassState {
@@ -98,6 +102,7 @@ impl PassState {
         Self {
             claimed: true,
             last_write_ms: store::now_ms(),
+            confirmed: HashSet::new(),
         }
     }
 }
@@ -190,6 +195,7 @@ impl Uploader {
         self.set_lag(&pending);
         for (i, (base, end, _)) in pending.iter().enumerate() {
             let rs = store::upload_segment(inner, &self.dir, *base, *end).await?;
+            state.confirmed.insert((rs.base, rs.crc32));
             let mut next = self
                 .tier
                 .manifest()
@@ -212,7 +218,7 @@ impl Uploader {
             self.write(&next).await?;
             state.last_write_ms = store::now_ms();
         }
-        self.retention()?;
+        self.retention(&mut state).await?;
         Ok(self.tier.status())
     }
 
@@ -285,7 +291,7 @@ impl Uploader {
     }
 
     /// Deletes local copies of uploaded segments the retention no longer needs, newest kept.
-    fn retention(&self) -> Result<()> {
+    async fn retention(&self, state: &mut PassState) -> Result<()> {
         let opts = &self.tier.inner.opts;
         let m = self.tier.manifest();
         let sealed = self.sealed_local();
@@ -306,6 +312,28 @@ impl Uploader {
             if fits || !self.in_store(&m, sealed_seg)? {
                 kept += len;
                 continue;
+            }
+            // Base, end and size matched; the bytes must too before the local copy goes (two
+            // histories can hold batches of the same sizes). Read once per segment and process.
+            let crc = m
+                .segments
+                .iter()
+                .find(|r| r.base == *base)
+                .map_or(0, |r| r.crc32);
+            if !state.confirmed.contains(&(*base, crc)) {
+                let local = self.local_crc(&paths.log).await?;
+                if local != crc {
+                    tracing::error!(
+                        base,
+                        local_crc = local,
+                        store_crc = crc,
+                        store = %opts.display,
+                        "a local segment holds other bytes than the object store's segment at its base: another history of this log; tiering stops (no uploads, no local deletion)"
+                    );
+                    self.tier.inner.diverged.store(true, Ordering::Relaxed);
+                    return Err(LogError::Tier(DIVERGED.into()));
+                }
+                state.confirmed.insert((*base, crc));
             }
             // Uploaded, confirmed, in the manifest, and not needed locally: readers switch to
             // the remote copy first; open file handles keep the local bytes readable until the
@@ -339,6 +367,28 @@ impl Uploader {
             tracing::debug!(base, "deleted the local copy of an uploaded segment");
         }
         Ok(())
+    }
+}
+
+impl Uploader {
+    /// CRC-32 of a local file, read on the blocking pool.
+    async fn local_crc(&self, path: &Path) -> Result<u32> {
+        let p = path.to_path_buf();
+        tokio::task::spawn_blocking(move || -> std::io::Result<u32> {
+            use std::io::Read;
+            let mut f = std::fs::File::open(&p)?;
+            let mut h = crc32fast::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match f.read(&mut buf)? {
+                    0 => return Ok(h.finalize()),
+                    n => h.update(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .map_err(|e| LogError::Tier(format!("checksum task: {e}")))?
+        .map_err(|e| LogError::io("read", path, e))
     }
 }
 
