@@ -209,11 +209,25 @@ async fn verify_names_the_difference_in_a_hand_corrupted_snapshot() {
     let (code, out, _) = tidings(&["verify", "--data", d]);
     assert_eq!(code, 1);
     assert!(out.contains("damaged snapshot"), "{out}");
-    // Rebuilding writes a fresh snapshot at the same offset over the damaged one.
+    // Rebuilding writes a fresh snapshot at the same offset over the damaged one, anchored to
+    // the log's record at its offset.
     let (code, _, _) = tidings(&["rebuild", "--data", d]);
     assert_eq!(code, 0);
     let (code, out, _) = tidings(&["verify", "--data", d]);
     assert_eq!(code, 0, "{out}");
+    let (state, anchor) = snapshot::decode_anchored(path, &std::fs::read(path).unwrap()).unwrap();
+    assert!(anchor.is_some(), "rebuild anchors its snapshot");
+
+    // The same state anchored to another record: made from another history of the log.
+    let mut other = snapshot::Encoded::of(&state).unwrap();
+    other.set_anchor(anchor.unwrap() ^ 1);
+    other.write(path.parent().unwrap(), 3).unwrap();
+    let (code, out, _) = tidings(&["verify", "--data", d]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("made from another history of the log"),
+        "{out}"
+    );
 }
 
 #[tokio::test]

@@ -149,6 +149,84 @@ async fn a_snapshot_ahead_of_a_log_that_lost_its_end_is_set_aside() {
     drop(dir);
 }
 
+/// A snapshot made from another history of the log — here another server's, whose log is
+/// shorter — is set aside at start-up although the log covers its offset: the record at that
+/// offset differs from the one the snapshot was anchored to. Before anchors the server loaded
+/// it and applied the rest of its own log on top of another server's state.
+#[tokio::test]
+async fn a_snapshot_from_another_history_of_the_log_is_set_aside() {
+    let other = Server::start(&[]);
+    let api = Api::new(&other);
+    api.group("elsewhere", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    for i in 1..=3 {
+        api.send(&alice, "elsewhere", &format!("o{i}"), "not ours")
+            .await;
+    }
+    let other_data = other.data.clone();
+    let other_dir = other.stop();
+
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    for i in 1..=12 {
+        api.send(&alice, "g", &format!("a{i}"), &format!("m{i}"))
+            .await;
+    }
+    let data = server.data.clone();
+    let dir = server.stop();
+    // This server's snapshots replaced by the other's (a restore gone wrong).
+    let snaps = data.join("projections").join("snapshots");
+    for e in std::fs::read_dir(&snaps).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    for e in std::fs::read_dir(other_data.join("projections").join("snapshots")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), snaps.join(e.file_name())).unwrap();
+    }
+
+    let server = Server::start_on(&data, &[]);
+    let api = Api::new(&server);
+    assert_eq!(
+        seqs(
+            &api.ok("GET", "/v1/channels/g/messages?after_seq=0", &bob, None)
+                .await
+        ),
+        (1..=12).collect::<Vec<_>>(),
+        "the state is this log's"
+    );
+    let (status, _) = api.call("GET", "/v1/channels/elsewhere", ADMIN, None).await;
+    assert_eq!(status, 404, "nothing of the other history");
+    let aside: Vec<_> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".snap.other-history"))
+        .collect();
+    assert!(
+        !aside.is_empty(),
+        "the other history's snapshot is kept aside"
+    );
+    // The shutdown snapshot written now is anchored to this log and loads at the next start.
+    let server = server.restart();
+    let api = Api::new(&server);
+    assert_eq!(api.send(&alice, "g", "a13", "m13").await["seq"], 13);
+    let aside_now = std::fs::read_dir(&snaps)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".snap.other-history")
+        })
+        .count();
+    assert_eq!(aside_now, aside.len(), "its own snapshot is not set aside");
+    drop(server);
+    drop((dir, other_dir));
+}
+
 /// The clients of a load run, connected before the clock starts.
 struct Load {
     http: Vec<(usize, String)>,

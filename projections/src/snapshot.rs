@@ -1,9 +1,17 @@
 //! Snapshots of every projection: `snapshots/{applied:020}.snap`, written to a temp file,
 //! fsynced, renamed, directory fsynced; the newest few kept.
 //!
-//! Layout (little-endian): a 32-byte header — magic `"TDSN"`, version `2` (u32), the last
-//! offset applied (u64), body length (u64), CRC-32 of the body (u32), CRC-32 of the header's
-//! first 28 bytes (u32) — then the body: the CBOR of [`State`].
+//! Layout (little-endian): a 40-byte header — magic `"TDSN"`, version `2` (u32), the last
+//! offset applied (u64), body length (u64), CRC-32 of the body (u32), the *anchor* (u32),
+//! flags (u32; bit 0: the anchor is set), CRC-32 of the header's first 36 bytes (u32) — then
+//! the body: the CBOR of [`State`]. (Version 1 had a 32-byte header without anchor and flags.)
+//!
+//! The anchor is the CRC-32 of the payload of the log record at the applied offset, as the log
+//! held it when the snapshot was written ([`Encoded::set_anchor`]; the server and `rebuild`
+//! set it). A snapshot describes one history of the log; a loader that finds another record at
+//! that offset (a data directory whose log was replaced or restored from another node's
+//! history, a snapshot restored from a store another writer also wrote) knows the snapshot is
+//! not this log's state, where the offsets alone would match.
 //!
 //! The version changes when the *rules* of a projection change, not only its layout: a
 //! snapshot is the state the log's events produced under the rules of the build that wrote
@@ -24,7 +32,9 @@ use crate::state::State;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"TDSN");
 const VERSION: u32 = 2;
-const HEADER_LEN: usize = 32;
+const HEADER_LEN: usize = 40;
+/// Flags bit: the anchor field is set.
+const HAS_ANCHOR: u32 = 1;
 
 /// A snapshot file found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,21 +63,59 @@ pub fn encode(state: &State) -> Option<Vec<u8>> {
     out.extend_from_slice(&applied.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    let header_crc = crc32fast::hash(&out[..28]);
+    out.extend_from_slice(&0u32.to_le_bytes()); // anchor
+    out.extend_from_slice(&0u32.to_le_bytes()); // flags
+    let header_crc = crc32fast::hash(&out[..36]);
     out.extend_from_slice(&header_crc.to_le_bytes());
     out.extend_from_slice(&body);
     Some(out)
 }
 
+/// Sets the anchor in encoded snapshot bytes (and the header's CRC).
+fn set_anchor(bytes: &mut [u8], anchor: u32) {
+    if bytes.len() < HEADER_LEN {
+        return;
+    }
+    bytes[28..32].copy_from_slice(&anchor.to_le_bytes());
+    bytes[32..36].copy_from_slice(&HAS_ANCHOR.to_le_bytes());
+    let header_crc = crc32fast::hash(&bytes[..36]);
+    bytes[36..40].copy_from_slice(&header_crc.to_le_bytes());
+}
+
+/// The anchor of a record payload (see the module doc).
+pub fn anchor_of(payload: &[u8]) -> u32 {
+    crc32fast::hash(payload)
+}
+
+/// The anchor of the record `log` holds at `offset`, or `None` when it holds none there.
+pub async fn anchor_at(log: &tidings_log::Log, offset: u64) -> Result<Option<u32>> {
+    if offset < log.start_offset() || offset >= log.next_offset() {
+        return Ok(None);
+    }
+    Ok(log
+        .read(offset, 0)
+        .await?
+        .iter()
+        .find(|r| r.offset == offset)
+        .map(|r| anchor_of(&r.payload)))
+}
+
 /// Decodes a snapshot file's bytes, checking both CRCs.
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<State> {
+    decode_anchored(path, bytes).map(|(state, _)| state)
+}
+
+/// [`decode`], and the snapshot's anchor when it has one (module doc).
+pub fn decode_anchored(path: &Path, bytes: &[u8]) -> Result<(State, Option<u32>)> {
     let corrupt = |position: u64, reason: String| ProjectionError::Corrupt {
         what: "snapshot",
         path: path.to_path_buf(),
         position,
         reason,
     };
-    if bytes.len() < HEADER_LEN {
+    // Long enough for the fields every version has (magic, version); the full header of
+    // this version is checked once the version is known.
+    if bytes.len() < 8 {
         return Err(corrupt(
             0,
             format!("{} bytes, shorter than the header", bytes.len()),
@@ -86,9 +134,6 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<State> {
     if u32_at(0) != MAGIC {
         return Err(corrupt(0, "bad magic".into()));
     }
-    if crc32fast::hash(&bytes[..28]) != u32_at(28) {
-        return Err(corrupt(0, "header checksum mismatch".into()));
-    }
     match u32_at(4) {
         VERSION => {}
         old @ 1..VERSION => {
@@ -100,6 +145,16 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<State> {
         }
         other => return Err(corrupt(4, format!("unknown version {other}"))),
     }
+    if bytes.len() < HEADER_LEN {
+        return Err(corrupt(
+            0,
+            format!("{} bytes, shorter than the header", bytes.len()),
+        ));
+    }
+    if crc32fast::hash(&bytes[..36]) != u32_at(36) {
+        return Err(corrupt(0, "header checksum mismatch".into()));
+    }
+    let anchor = (u32_at(32) & HAS_ANCHOR != 0).then(|| u32_at(28));
     let applied = u64_at(8);
     let len = u64_at(16);
     let body = &bytes[HEADER_LEN..];
@@ -118,7 +173,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<State> {
     if state.applied != Some(applied) {
         return Err(corrupt(8, "header offset differs from the body's".into()));
     }
-    Ok(state)
+    Ok((state, anchor))
 }
 
 /// Snapshots in `dir`, newest first.
@@ -175,6 +230,16 @@ impl Encoded {
         })
     }
 
+    /// The last offset the snapshot covers.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Records the anchor: [`anchor_of`] the payload of the log's record at [`Self::applied`].
+    pub fn set_anchor(&mut self, anchor: u32) {
+        set_anchor(&mut self.bytes, anchor);
+    }
+
     /// Writes it atomically into `dir` and keeps the newest `keep` snapshots.
     pub fn write(self, dir: &Path, keep: usize) -> Result<PathBuf> {
         write_encoded(dir, self.applied, &self.bytes, keep)
@@ -203,15 +268,23 @@ pub fn load_newest_at_most(
     dir: &Path,
     max_applied: Option<u64>,
 ) -> Result<Option<(State, SnapshotFile)>> {
+    Ok(load_newest_anchored(dir, max_applied)?.map(|(state, file, _)| (state, file)))
+}
+
+/// [`load_newest_at_most`], with the snapshot's anchor.
+pub fn load_newest_anchored(
+    dir: &Path,
+    max_applied: Option<u64>,
+) -> Result<Option<(State, SnapshotFile, Option<u32>)>> {
     for snap in list(dir)?
         .into_iter()
         .filter(|s| max_applied.is_none_or(|m| s.applied <= m))
     {
         let loaded = std::fs::read(&snap.path)
             .map_err(|e| ProjectionError::io("read", &snap.path, e))
-            .and_then(|bytes| decode(&snap.path, &bytes));
+            .and_then(|bytes| decode_anchored(&snap.path, &bytes));
         match loaded {
-            Ok(state) => return Ok(Some((state, snap))),
+            Ok((state, anchor)) => return Ok(Some((state, snap, anchor))),
             Err(e @ ProjectionError::SnapshotOutdated { .. }) => {
                 tracing::info!(error = %e, "skipping a snapshot of an earlier format; trying an older one");
             }

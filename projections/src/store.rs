@@ -81,6 +81,8 @@ pub struct Projections {
     files: IndexFiles,
     config: ProjectionConfig,
     origin: Origin,
+    /// The anchor of the snapshot the state was loaded from (`snapshot.rs`), when it has one.
+    anchor: Option<u32>,
 }
 
 impl Projections {
@@ -93,6 +95,7 @@ impl Projections {
             files,
             config,
             origin: Origin::Empty,
+            anchor: None,
         })
     }
 
@@ -109,11 +112,13 @@ impl Projections {
         max_applied: Option<u64>,
     ) -> Result<Self> {
         let mut p = Self::empty(dir, config)?;
-        if let Some((state, snap)) = snapshot::load_newest_at_most(&p.snapshot_dir(), max_applied)?
+        if let Some((state, snap, anchor)) =
+            snapshot::load_newest_anchored(&p.snapshot_dir(), max_applied)?
         {
             tracing::info!(path = %snap.path.display(), applied = snap.applied, "loaded snapshot");
             p.state = state;
             p.origin = Origin::Snapshot(snap.path);
+            p.anchor = anchor;
         }
         Ok(p)
     }
@@ -121,6 +126,13 @@ impl Projections {
     /// Where the state came from.
     pub fn origin(&self) -> &Origin {
         &self.origin
+    }
+
+    /// The anchor of the snapshot the state was loaded from, when it has one: the CRC-32 of
+    /// the payload of the log's record at the state's last applied offset when the snapshot
+    /// was written (`snapshot.rs`). A log holding another record there is another history.
+    pub fn snapshot_anchor(&self) -> Option<u32> {
+        self.anchor
     }
 
     /// The projections directory.
@@ -334,6 +346,17 @@ pub struct PreparedSnapshot {
 }
 
 impl PreparedSnapshot {
+    /// The last offset it covers.
+    pub fn applied(&self) -> u64 {
+        self.encoded.applied()
+    }
+
+    /// Records its anchor (`snapshot.rs`): [`snapshot::anchor_of`] the payload of the log's
+    /// record at [`Self::applied`].
+    pub fn set_anchor(&mut self, anchor: u32) {
+        self.encoded.set_anchor(anchor);
+    }
+
     /// Writes it (temp file, fsync, rename, directory fsync) and prunes old snapshots.
     pub fn write(self) -> Result<PathBuf> {
         self.encoded.write(&self.dir, self.keep)

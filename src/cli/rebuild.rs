@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tidings_projections::{Origin, ProjectionConfig, Projections};
+use tidings_projections::{Origin, ProjectionConfig, Projections, snapshot};
 
 use crate::data::DataDir;
 
@@ -57,7 +57,16 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         .map_err(super::explain)?;
     bar.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
-    let snap = p.snapshot()?;
+    // Anchored like the server's snapshots (which record this log's record at its offset).
+    let snap = match p.prepare_snapshot() {
+        Some(mut prepared) => {
+            if let Some(anchor) = snapshot::anchor_at(&log, prepared.applied()).await? {
+                prepared.set_anchor(anchor);
+            }
+            Some(prepared.write()?)
+        }
+        None => None,
+    };
     log.close().await?;
     println!(
         "applied {n} events in {secs:.2} s ({:.0} events/s); snapshot: {}",

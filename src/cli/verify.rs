@@ -53,8 +53,20 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 
     let base = ProjectionConfig::default();
     let live_dir = tempfile::tempdir()?;
-    let (mut live, from) = match snapshot::load_newest(&snap_dir)? {
-        Some((state, snap)) => {
+    let (mut live, from) = match snapshot::load_newest_anchored(&snap_dir, None)? {
+        Some((state, snap, anchor)) => {
+            // Made from this log? (The server sets such a snapshot aside at start-up.)
+            if let (Some(anchor), Some(applied)) = (anchor, state.applied)
+                && let Some(found) = snapshot::anchor_at(&log, applied).await?
+                && found != anchor
+            {
+                println!(
+                    "snapshot {} was made from another history of the log: the record at \
+                     offset {applied} differs (anchor {anchor:#010x}, log {found:#010x})",
+                    snap.path.display()
+                );
+                problems += 1;
+            }
             let mut p = Projections::empty(live_dir.path(), base.shaped_like(&state))?;
             p.state = state;
             (p, format!("snapshot {}", snap.path.display()))

@@ -35,7 +35,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use tidings_log::{Log, LogOptions};
 use tidings_projections::conv_cache::{ConversationCache, ConversationCacheConfig};
-use tidings_projections::{ProjectionConfig, Projections};
+use tidings_projections::{Origin, ProjectionConfig, Projections, snapshot};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -126,7 +126,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("opening the log in {}", data.log().display()))?;
 
     let started = Instant::now();
-    let mut proj = load_projections(&data.projections(), projection_config(&config), &log)?;
+    let mut proj = load_projections(&data.projections(), projection_config(&config), &log).await?;
     let replayed = proj.catch_up(&log, |_, _| {}).await?;
     tracing::info!(
         origin = ?proj.origin(),
@@ -241,24 +241,33 @@ async fn snapshots(state: Arc<AppState>, stop: CancellationToken) {
 /// Writes a snapshot and, with a tier, uploads it (and the sidecars it needs).
 async fn snapshot_and_upload(state: &Arc<AppState>) -> anyhow::Result<()> {
     let s = state.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        // Encode under the read lock; write and fsync outside it, so the applier (which
-        // needs the write lock) is not held up by the disk.
-        let (prepared, sidecars, dir) = {
-            let p = s.proj();
-            let sidecars: Vec<u64> = p
-                .state
-                .index
-                .sidecars
-                .iter()
-                .map(|x| x.first_offset)
-                .collect();
-            (p.prepare_snapshot(), sidecars, p.dir().to_path_buf())
-        };
-        let path = prepared.map(|p| p.write()).transpose()?;
-        Ok::<_, tidings_projections::ProjectionError>((path, sidecars, dir))
+    // Encode under the read lock; write and fsync outside it, so the applier (which needs the
+    // write lock) is not held up by the disk.
+    let (prepared, sidecars, dir) = tokio::task::spawn_blocking(move || {
+        let p = s.proj();
+        let sidecars: Vec<u64> = p
+            .state
+            .index
+            .sidecars
+            .iter()
+            .map(|x| x.first_offset)
+            .collect();
+        (p.prepare_snapshot(), sidecars, p.dir().to_path_buf())
     })
-    .await??;
+    .await?;
+    let Some(mut prepared) = prepared else {
+        return Ok(());
+    };
+    // The anchor: which record this state ends at (checked when the snapshot is loaded).
+    match snapshot::anchor_at(&state.log, prepared.applied()).await {
+        Ok(Some(anchor)) => prepared.set_anchor(anchor),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the record a snapshot ends at; writing it without an anchor")
+        }
+    }
+    let path = tokio::task::spawn_blocking(move || prepared.write()).await??;
+    let written = (Some(path), sidecars, dir);
     let (Some(path), sidecars, dir) = written else {
         return Ok(());
     };
@@ -420,8 +429,11 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 /// log's end describes events the log lost — a power cut under `fsync = every/never`, or a
 /// tail cut in recovery — and applying from there would skip every event appended again at
 /// those offsets; it is passed over with a warning, and the state is rebuilt from an older
-/// snapshot or from offset 0 (same log, same state).
-fn load_projections(
+/// snapshot or from offset 0 (same log, same state). A snapshot whose anchor differs from the
+/// log's record at its offset (`projections/src/snapshot.rs`) describes another history of the
+/// log — a data directory whose log was replaced or restored from another node's, a snapshot
+/// from a store another writer also wrote — and is set aside the same way.
+async fn load_projections(
     dir: &std::path::Path,
     config: tidings_projections::ProjectionConfig,
     log: &Log,
@@ -444,8 +456,37 @@ fn load_projections(
         std::fs::rename(&snap.path, &aside)
             .with_context(|| format!("setting aside {}", snap.path.display()))?;
     }
-    Ok(match end.checked_sub(1) {
-        Some(last) => Projections::load_at_most(dir, config, Some(last))?,
-        None => Projections::empty(dir, config)?,
-    })
+    loop {
+        let Some(last) = end.checked_sub(1) else {
+            return Ok(Projections::empty(dir, config)?);
+        };
+        let p = Projections::load_at_most(dir, config.clone(), Some(last))?;
+        let (Origin::Snapshot(path), Some(anchor)) = (p.origin(), p.snapshot_anchor()) else {
+            return Ok(p);
+        };
+        let Some(applied) = p.state.applied else {
+            return Ok(p);
+        };
+        let found = match snapshot::anchor_at(log, applied).await {
+            Ok(found) => found,
+            Err(e) => {
+                // Not a verdict: the state is used, as before anchors existed.
+                tracing::warn!(error = %e, snapshot = %path.display(), "could not read the record a snapshot ends at to check it belongs to this log; using it");
+                return Ok(p);
+            }
+        };
+        if found.is_none_or(|f| f == anchor) {
+            return Ok(p);
+        }
+        let path = path.clone();
+        let aside = path.with_extension("snap.other-history");
+        tracing::warn!(
+            snapshot = %path.display(),
+            snapshot_applied = applied,
+            moved_to = %aside.display(),
+            "a snapshot was made from another history of the log (the record at its offset differs); loading an older one or replaying the log"
+        );
+        std::fs::rename(&path, &aside)
+            .with_context(|| format!("setting aside {}", path.display()))?;
+    }
 }
