@@ -1,10 +1,11 @@
 //! Snapshots of every projection: `snapshots/{applied:020}.snap`, written to a temp file,
 //! fsynced, renamed, directory fsynced; the newest few kept.
 //!
-//! Layout (little-endian): a 40-byte header — magic `"TDSN"`, version `2` (u32), the last
+//! Layout (little-endian): a 40-byte header — magic `"TDSN"`, version `3` (u32), the last
 //! offset applied (u64), body length (u64), CRC-32 of the body (u32), the *anchor* (u32),
 //! flags (u32; bit 0: the anchor is set), CRC-32 of the header's first 36 bytes (u32) — then
-//! the body: the CBOR of [`State`]. (Version 1 had a 32-byte header without anchor and flags.)
+//! the body: the CBOR of [`State`]. Versions 1 and 2 have a 32-byte header: the same fields
+//! up to the body's CRC, then the CRC-32 of the first 28 bytes.
 //!
 //! The anchor is the CRC-32 of the payload of the log record at the applied offset, as the log
 //! held it when the snapshot was written ([`Encoded::set_anchor`]; the server and `rebuild`
@@ -23,6 +24,8 @@
 //! - 2: a send no longer moves the sender's delivered cursor past messages they were never
 //!   delivered (`cursors.rs`). Version 1 states may hold such skipped cursors; a rebuild
 //!   under the new rule gives those messages back to sync.
+//! - 3 (2026-11-30, the same day): the 40-byte header with the anchor. Same rules as 2, so a
+//!   version 2 snapshot still loads (without an anchor).
 
 use std::path::{Path, PathBuf};
 
@@ -31,8 +34,12 @@ use crate::fsutil::write_atomic;
 use crate::state::State;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"TDSN");
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+/// The oldest version whose states follow the current rules (older ones are outdated).
+const OLDEST_CURRENT: u32 = 2;
 const HEADER_LEN: usize = 40;
+/// The header of versions 1 and 2: no anchor, no flags.
+const SHORT_HEADER_LEN: usize = 32;
 /// Flags bit: the anchor field is set.
 const HAS_ANCHOR: u32 = 1;
 
@@ -134,42 +141,47 @@ pub fn decode_anchored(path: &Path, bytes: &[u8]) -> Result<(State, Option<u32>)
     if u32_at(0) != MAGIC {
         return Err(corrupt(0, "bad magic".into()));
     }
-    match u32_at(4) {
-        VERSION => {}
-        old @ 1..VERSION => {
-            return Err(ProjectionError::SnapshotOutdated {
-                path: path.to_path_buf(),
-                version: old,
-                current: VERSION,
-            });
-        }
+    let version = u32_at(4);
+    // Versions 1 and 2 have the short header (no anchor, no flags).
+    let header_len = match version {
+        1 | 2 => SHORT_HEADER_LEN,
+        VERSION => HEADER_LEN,
         other => return Err(corrupt(4, format!("unknown version {other}"))),
-    }
-    if bytes.len() < HEADER_LEN {
+    };
+    if bytes.len() < header_len {
         return Err(corrupt(
             0,
             format!("{} bytes, shorter than the header", bytes.len()),
         ));
     }
-    if crc32fast::hash(&bytes[..36]) != u32_at(36) {
+    let crc_at = header_len - 4;
+    if crc32fast::hash(&bytes[..crc_at]) != u32_at(crc_at) {
         return Err(corrupt(0, "header checksum mismatch".into()));
     }
-    let anchor = (u32_at(32) & HAS_ANCHOR != 0).then(|| u32_at(28));
+    // Only now is the version known to be what was written (not a damaged byte).
+    if version < OLDEST_CURRENT {
+        return Err(ProjectionError::SnapshotOutdated {
+            path: path.to_path_buf(),
+            version,
+            current: VERSION,
+        });
+    }
+    let anchor = (header_len == HEADER_LEN && u32_at(32) & HAS_ANCHOR != 0).then(|| u32_at(28));
     let applied = u64_at(8);
     let len = u64_at(16);
-    let body = &bytes[HEADER_LEN..];
+    let body = &bytes[header_len..];
     if body.len() as u64 != len {
         return Err(corrupt(
-            HEADER_LEN as u64,
+            header_len as u64,
             format!("body of {} bytes, header says {len}", body.len()),
         ));
     }
     let crc = crc32fast::hash(body);
     if crc != u32_at(24) {
-        return Err(corrupt(HEADER_LEN as u64, "body checksum mismatch".into()));
+        return Err(corrupt(header_len as u64, "body checksum mismatch".into()));
     }
     let state: State = ciborium::from_reader(body)
-        .map_err(|e| corrupt(HEADER_LEN as u64, format!("undecodable body: {e}")))?;
+        .map_err(|e| corrupt(header_len as u64, format!("undecodable body: {e}")))?;
     if state.applied != Some(applied) {
         return Err(corrupt(8, "header offset differs from the body's".into()));
     }

@@ -135,6 +135,19 @@ impl Projections {
         self.anchor
     }
 
+    /// Whether `log` holds, at the state's last applied offset, the record the snapshot this
+    /// state was loaded from is anchored to: `Some(false)` means the snapshot was made from
+    /// another history of the log. `None` when that cannot be told (loaded from no snapshot,
+    /// or from one without an anchor, or the log holds no record there).
+    pub async fn anchor_matches(&self, log: &Log) -> Result<Option<bool>> {
+        let (Some(anchor), Some(applied)) = (self.anchor, self.state.applied) else {
+            return Ok(None);
+        };
+        Ok(snapshot::anchor_at(log, applied)
+            .await?
+            .map(|found| found == anchor))
+    }
+
     /// The projections directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -96,7 +96,7 @@ async fn only_the_newest_snapshots_are_kept_and_each_decodes() {
     assert_eq!(snaps[0].applied, w.state().applied.unwrap());
     // Every damaged header byte is caught.
     let good = std::fs::read(&snaps[0].path).unwrap();
-    for i in 0..32 {
+    for i in 0..40 {
         let mut bad = good.clone();
         bad[i] ^= 0x01;
         assert!(decode(&snaps[0].path, &bad).is_err(), "header byte {i}");
@@ -242,31 +242,24 @@ async fn a_snapshot_of_an_earlier_format_is_refused_and_the_log_replayed() {
     let mut state = decode(&copy, &std::fs::read(&copy).unwrap()).unwrap();
     let bob = state.cursors.by_user.get_mut("bob").unwrap();
     bob.get_mut("g").unwrap().delivered = 13;
-    let mut bytes = snapshot::encode(&state).unwrap();
-    bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
-    let crc = crc32fast::hash(&bytes[..28]);
-    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    let current = snapshot::encode(&state).unwrap();
+    let bytes = short_header(1, state.applied.unwrap(), &current[40..]);
     std::fs::write(&copy, &bytes).unwrap();
     match decode(&copy, &bytes) {
         Err(ProjectionError::SnapshotOutdated {
             path,
             version: 1,
-            current: 2,
+            current: 3,
         }) => assert_eq!(path, copy),
         other => panic!("expected SnapshotOutdated, got {other:?}"),
     }
-    // An unknown (newer) version is still corrupt.
-    bytes[4..8].copy_from_slice(&9u32.to_le_bytes());
-    let crc = crc32fast::hash(&bytes[..28]);
-    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    // An unknown (newer) version is corrupt.
+    let mut newer = current.clone();
+    newer[4..8].copy_from_slice(&9u32.to_le_bytes());
     assert!(matches!(
-        decode(&copy, &bytes),
+        decode(&copy, &newer),
         Err(ProjectionError::Corrupt { position: 4, .. })
     ));
-    bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
-    let crc = crc32fast::hash(&bytes[..28]);
-    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
-    std::fs::write(&copy, &bytes).unwrap();
 
     let mut p = Projections::load(dir.path(), config()).unwrap();
     assert_eq!(p.origin(), &Origin::Empty);
@@ -317,4 +310,54 @@ async fn a_snapshot_carries_its_anchor() {
     let p = Projections::load(dir.path(), config()).unwrap();
     assert!(matches!(p.origin(), Origin::Snapshot(_)));
     assert_eq!(p.snapshot_anchor(), None);
+}
+
+/// The short header of versions 1 and 2 (no anchor) around `body`.
+fn short_header(version: u32, applied: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"TDSN");
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&applied.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Version 2 (the current rules, the short header written for part of 2026-11-30) still
+/// loads, without an anchor; version 1 is outdated only when its header is intact — a damaged
+/// version byte that reads as 1 is damage, not an old format.
+#[tokio::test]
+async fn a_version_2_snapshot_loads_without_an_anchor() {
+    let w = busy_world().await;
+    let bytes = snapshot::encode(w.state()).unwrap();
+    let body = &bytes[40..];
+    let applied = w.state().applied.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(w.p.dir(), dir.path());
+    let path = dir
+        .path()
+        .join("snapshots")
+        .join(format!("{applied:020}.snap"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, short_header(2, applied, body)).unwrap();
+    let p = Projections::load(dir.path(), config()).unwrap();
+    assert_eq!(p.origin(), &Origin::Snapshot(path.clone()));
+    assert_eq!(p.snapshot_anchor(), None);
+    assert_eq!(&p.state, w.state());
+
+    let v1 = short_header(1, applied, body);
+    assert!(matches!(
+        decode(&path, &v1),
+        Err(ProjectionError::SnapshotOutdated { version: 1, .. })
+    ));
+    // A version-3 file whose version byte was damaged into 1: the short header's CRC fails.
+    let mut damaged = bytes.clone();
+    damaged[4..8].copy_from_slice(&1u32.to_le_bytes());
+    assert!(matches!(
+        decode(&path, &damaged),
+        Err(ProjectionError::Corrupt { position: 0, .. })
+    ));
 }

@@ -28,12 +28,28 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let data = DataDir::new(&args.data);
     let log = super::open_exclusive(&data).await?;
     let config = ProjectionConfig::default();
-    let mut p = if args.from_snapshot {
-        Projections::load(&data.projections(), config)?
-    } else if let Some(n) = args.from_offset {
-        Projections::load_at_most(&data.projections(), config, Some(n))?
-    } else {
-        Projections::empty(&data.projections(), config)?
+    let mut max = args.from_offset;
+    let mut p = loop {
+        if !args.from_snapshot && max.is_none() {
+            break Projections::empty(&data.projections(), config)?;
+        }
+        let p = Projections::load_at_most(&data.projections(), config.clone(), max)?;
+        // A snapshot made from another history of the log would carry that history's state
+        // into the new snapshot, anchored to this log: skip it (the server sets it aside).
+        if p.anchor_matches(&log).await? != Some(false) {
+            break p;
+        }
+        let applied = p.state.applied.unwrap_or(0);
+        if let Origin::Snapshot(path) = p.origin() {
+            eprintln!(
+                "skipping snapshot {}: it was made from another history of the log (the record at offset {applied} differs)",
+                path.display()
+            );
+        }
+        match applied.checked_sub(1) {
+            Some(m) => max = Some(m),
+            None => break Projections::empty(&data.projections(), config)?,
+        }
     };
     match p.origin() {
         Origin::Empty => eprintln!("rebuilding from offset 0"),

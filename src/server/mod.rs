@@ -464,19 +464,15 @@ async fn load_projections(
         let (Origin::Snapshot(path), Some(anchor)) = (p.origin(), p.snapshot_anchor()) else {
             return Ok(p);
         };
-        let Some(applied) = p.state.applied else {
-            return Ok(p);
-        };
-        let found = match snapshot::anchor_at(log, applied).await {
-            Ok(found) => found,
+        let applied = p.state.applied.unwrap_or(0);
+        match p.anchor_matches(log).await {
+            Ok(Some(false)) => {}
+            Ok(_) => return Ok(p),
             Err(e) => {
                 // Not a verdict: the state is used, as before anchors existed.
-                tracing::warn!(error = %e, snapshot = %path.display(), "could not read the record a snapshot ends at to check it belongs to this log; using it");
+                tracing::warn!(error = %e, snapshot = %path.display(), anchor, "could not read the record a snapshot ends at to check it belongs to this log; using it");
                 return Ok(p);
             }
-        };
-        if found.is_none_or(|f| f == anchor) {
-            return Ok(p);
         }
         let path = path.clone();
         let aside = path.with_extension("snap.other-history");
