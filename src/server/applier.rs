@@ -119,6 +119,18 @@ fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
     }
 }
 
+/// Of the uids a `MembersSubscribed` event named, those the projection holds as members of
+/// `channel` now (after the pass). The projection ignores a subscribe to a channel that no
+/// longer exists — a `DELETE` of the channel can land between the subscribe's existence check
+/// and its event — and registering those uids for delivery anyway would push them the
+/// messages of a channel re-created later under the same id, which they are not members of.
+/// (Any later unsubscribe in the same pass is applied after this, in log order.)
+fn still_members(state: &tidings_projections::State, channel: &str, uids: Vec<Uid>) -> Vec<Uid> {
+    uids.into_iter()
+        .filter(|u| state.subs.is_member(channel, u))
+        .collect()
+}
+
 /// Runs until `stop` is cancelled. A record that is not a valid event stops the applier (the
 /// server then reports not ready): the projections must never skip what a rebuild would not.
 pub(crate) async fn run(
@@ -240,7 +252,10 @@ pub(crate) async fn run(
             push_runs(&state, &mut pushes);
             match e {
                 Effect::Push(..) => {} // gathered above
-                Effect::Joined(c, uids) => state.delivery.joined(&c, &uids),
+                Effect::Joined(c, uids) => {
+                    let members = still_members(&state.proj().state, &c, uids);
+                    state.delivery.joined(&c, &members);
+                }
                 Effect::Left(c, uids) => state.delivery.left(&c, &uids),
                 Effect::Deleted(c) => state.delivery.deleted(&c),
                 Effect::Revoked(uid) => state.delivery.close_user(&uid, TOKEN_REVOKED),
@@ -310,5 +325,62 @@ fn push_by_channel(state: &AppState, pushes: &[(Arc<Pushed>, u64)]) {
                 .slow_consumer_closes
                 .add(u64::from(stats.closed_slow));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tidings_projections::{ChannelFlags, Envelope, Event, State};
+
+    use super::still_members;
+
+    fn apply(state: &mut State, events: Vec<Event>) {
+        for e in events {
+            let offset = state.next_offset();
+            state.apply(offset, &Envelope::new(1, e)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_subscribe_the_projection_ignored_registers_nobody_for_delivery() {
+        let mut state = State::default();
+        let uids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // A subscribe that landed after the channel's deletion (it passed the existence check
+        // before the delete's event was applied): the projection ignores it.
+        apply(
+            &mut state,
+            vec![
+                Event::ChannelCreated {
+                    channel: "g".into(),
+                    flags: ChannelFlags::default(),
+                },
+                Event::ChannelDeleted {
+                    channel: "g".into(),
+                },
+                Event::MembersSubscribed {
+                    channel: "g".into(),
+                    uids: uids(&["mallory"]),
+                },
+            ],
+        );
+        assert!(still_members(&state, "g", uids(&["mallory"])).is_empty());
+        // Re-created under the same id: only its members count.
+        apply(
+            &mut state,
+            vec![
+                Event::ChannelCreated {
+                    channel: "g".into(),
+                    flags: ChannelFlags::default(),
+                },
+                Event::MembersSubscribed {
+                    channel: "g".into(),
+                    uids: uids(&["alice"]),
+                },
+            ],
+        );
+        assert_eq!(
+            still_members(&state, "g", uids(&["mallory", "alice"])),
+            uids(&["alice"])
+        );
     }
 }
