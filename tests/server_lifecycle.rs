@@ -227,6 +227,40 @@ async fn a_snapshot_from_another_history_of_the_log_is_set_aside() {
     drop((dir, other_dir));
 }
 
+/// The idempotency window's settings come from the configuration: after a restart with a
+/// larger window, a retry of a send the smaller window had forgotten but the larger one covers
+/// is recognised (the projections are rebuilt under the new settings). Before, the snapshot's
+/// window kept its old settings until a rebuild.
+#[tokio::test]
+async fn a_changed_idempotency_window_takes_effect_after_a_restart() {
+    let server = Server::start(&["--projections-idempotency-entries", "3"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    for i in 1..=5 {
+        api.send(&alice, "g", &format!("c{i}"), "m").await;
+    }
+    // Three remembered (c3..c5): a retry of c2 is a new message.
+    let again = api.send(&alice, "g", "c2", "m").await;
+    assert_eq!(
+        (again["seq"].as_u64(), again["duplicate"].as_bool()),
+        (Some(6), Some(false))
+    );
+    let data = server.data.clone();
+    let dir = server.stop();
+
+    let server = Server::start_on(&data, &["--projections-idempotency-entries", "100"]);
+    let api = Api::new(&server);
+    let again = api.send(&alice, "g", "c1", "m").await;
+    assert_eq!(
+        (again["seq"].as_u64(), again["duplicate"].as_bool()),
+        (Some(1), Some(true)),
+        "{again}"
+    );
+    drop(server);
+    drop(dir);
+}
+
 /// The clients of a load run, connected before the clock starts.
 struct Load {
     http: Vec<(usize, String)>,

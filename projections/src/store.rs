@@ -54,6 +54,17 @@ impl ProjectionConfig {
         }
     }
 
+    /// Whether `state` is shaped by this configuration (the settings that change what the
+    /// state holds: the idempotency window's size and age, the index's flush size). A state
+    /// shaped otherwise cannot be reshaped exactly — a window that grew would lack the entries
+    /// a rebuild under the new settings remembers — so it is rebuilt from the log.
+    pub fn shapes(&self, state: &State) -> bool {
+        let fresh = self.empty_state();
+        state.idempotency.max_entries == fresh.idempotency.max_entries
+            && state.idempotency.max_age_ms == fresh.idempotency.max_age_ms
+            && state.index.flush_entries == fresh.index.flush_entries
+    }
+
     /// An empty state shaped by this configuration.
     pub fn empty_state(&self) -> State {
         State::new(

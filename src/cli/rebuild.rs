@@ -27,7 +27,13 @@ pub(crate) struct RebuildArgs {
 pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let data = DataDir::new(&args.data);
     let log = super::open_exclusive(&data).await?;
-    let config = ProjectionConfig::default();
+    // Shaped like the state it replaces (the idempotency window's settings are the server's
+    // configuration, which the CLI does not read): the server would otherwise find the new
+    // snapshot shaped by other settings and rebuild again at start-up.
+    let config = match snapshot::load_newest(&data.projections().join("snapshots"))? {
+        Some((state, _)) => ProjectionConfig::default().shaped_like(&state),
+        None => ProjectionConfig::default(),
+    };
     let mut max = args.from_offset;
     let mut p = loop {
         if !args.from_snapshot && max.is_none() {

@@ -432,7 +432,9 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 /// snapshot or from offset 0 (same log, same state). A snapshot whose anchor differs from the
 /// log's record at its offset (`projections/src/snapshot.rs`) describes another history of the
 /// log — a data directory whose log was replaced or restored from another node's, a snapshot
-/// from a store another writer also wrote — and is set aside the same way.
+/// from a store another writer also wrote — and is set aside the same way. A snapshot shaped by
+/// other settings of the idempotency window (`ProjectionConfig::shapes`) is not loaded: the
+/// projections are rebuilt from the log under the configured ones.
 async fn load_projections(
     dir: &std::path::Path,
     config: tidings_projections::ProjectionConfig,
@@ -461,6 +463,19 @@ async fn load_projections(
             return Ok(Projections::empty(dir, config)?);
         };
         let p = Projections::load_at_most(dir, config.clone(), Some(last))?;
+        if let Origin::Snapshot(path) = p.origin()
+            && !config.shapes(&p.state)
+        {
+            tracing::info!(
+                snapshot = %path.display(),
+                snapshot_idempotency_entries = p.state.idempotency.max_entries,
+                snapshot_idempotency_ms = p.state.idempotency.max_age_ms,
+                idempotency_entries = config.idempotency_max_entries,
+                idempotency_ms = config.idempotency_max_age_ms,
+                "the idempotency window's settings changed since the snapshot; rebuilding the projections from the log"
+            );
+            return Ok(Projections::empty(dir, config)?);
+        }
         let (Origin::Snapshot(path), Some(anchor)) = (p.origin(), p.snapshot_anchor()) else {
             return Ok(p);
         };
