@@ -113,6 +113,11 @@ async fn a_snapshot_ahead_of_a_log_that_lost_its_end_is_set_aside() {
         .unwrap()
         .set_len(len - 10)
         .unwrap();
+    // Four set aside by earlier starts (at lower offsets): only the newest three of a kind
+    // are kept.
+    for i in 1..=4u64 {
+        std::fs::write(snaps.join(format!("{i:020}.snap.ahead-of-log")), b"old").unwrap();
+    }
 
     let server = Server::start_on(&data, &[]);
     let api = Api::new(&server);
@@ -144,7 +149,12 @@ async fn a_snapshot_ahead_of_a_log_that_lost_its_end_is_set_aside() {
                 .ends_with(".ahead-of-log")
         })
         .count();
-    assert_eq!(aside, 1, "the snapshot ahead of the log is kept aside");
+    assert_eq!(
+        aside, 3,
+        "the snapshot ahead of the log is kept aside, and two older ones"
+    );
+    assert!(!snaps.join(format!("{:020}.snap.ahead-of-log", 2)).exists());
+    assert!(snaps.join(format!("{:020}.snap.ahead-of-log", 4)).exists());
     drop(server);
     drop(dir);
 }

@@ -458,6 +458,7 @@ async fn load_projections(
         std::fs::rename(&snap.path, &aside)
             .with_context(|| format!("setting aside {}", snap.path.display()))?;
     }
+    prune_set_aside(&dir.join("snapshots"));
     loop {
         let Some(last) = end.checked_sub(1) else {
             return Ok(Projections::empty(dir, config)?);
@@ -499,5 +500,34 @@ async fn load_projections(
         );
         std::fs::rename(&path, &aside)
             .with_context(|| format!("setting aside {}", path.display()))?;
+        prune_set_aside(&dir.join("snapshots"));
     }
 }
+
+/// Snapshots set aside (each a full state) are kept for a post-mortem, the newest
+/// [`SET_ASIDE_KEPT`] of each kind; older ones are deleted (best effort).
+fn prune_set_aside(snapshots: &std::path::Path) {
+    for suffix in [".snap.ahead-of-log", ".snap.other-history"] {
+        let Ok(entries) = std::fs::read_dir(snapshots) else {
+            return;
+        };
+        let mut found: Vec<(String, std::path::PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_owned();
+                name.ends_with(suffix).then(|| (name, e.path()))
+            })
+            .collect();
+        // Names start with the zero-padded offset: newest last.
+        found.sort();
+        let excess = found.len().saturating_sub(SET_ASIDE_KEPT);
+        for (_, path) in found.into_iter().take(excess) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(error = %e, path = %path.display(), "could not remove an old set-aside snapshot");
+            }
+        }
+    }
+}
+
+/// Set-aside snapshots kept of each kind (see [`prune_set_aside`]).
+const SET_ASIDE_KEPT: usize = 3;
