@@ -105,6 +105,12 @@ pub fn plan_sync_from(
     let mut out = Vec::new();
     let mut has_more = false;
     for channel in state.subs.channels_of(uid) {
+        // A channel the user may not read now (a banned group) is passed over, not returned:
+        // its messages wait after the cursor until it may be read again. (Returned, they
+        // would also fill every page for good, since its cursor cannot be moved meanwhile.)
+        if !crate::permissions::can_read(state, uid, channel) {
+            continue;
+        }
         let last = state.heads.last_seq(channel);
         let cur = state.cursors.get(uid, channel);
         let from = after(channel, cur.delivered.max(cur.cleared));
