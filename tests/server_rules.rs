@@ -464,3 +464,56 @@ fn the_admin_key_is_generated_once_with_mode_0600() {
         "and kept"
     );
 }
+
+/// A group deleted and created again under the same id is a new group: its members read none
+/// of the earlier group's messages (history, conversation preview), only what is sent after.
+/// Seqs are never reused, so the earlier messages stayed readable under the id before.
+#[tokio::test]
+async fn a_recreated_group_does_not_show_the_deleted_groups_history() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let mallory = api.user("mallory").await;
+    api.send(&alice, "g", "s1", "secret one").await;
+    api.send(&alice, "g", "s2", "secret two").await;
+    api.ok("DELETE", "/v1/channels/g", ADMIN, None).await;
+    api.group("g", &["alice", "mallory"]).await;
+
+    for q in ["", "?after_seq=0", "?before_seq=3"] {
+        let page = api
+            .ok(
+                "GET",
+                &format!("/v1/channels/g/messages{q}"),
+                &mallory,
+                None,
+            )
+            .await;
+        assert_eq!(page["messages"], json!([]), "{q}: {page}");
+        assert_eq!(page["has_more"], json!(false), "{q}: {page}");
+    }
+    let convs = api.ok("GET", "/v1/conversations", &mallory, None).await;
+    let g = convs["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "g")
+        .cloned();
+    assert!(
+        g.as_ref().is_none_or(|g| g["last_message"].is_null()),
+        "{convs}"
+    );
+
+    let sent = api.send(&alice, "g", "n1", "hello").await;
+    assert_eq!(sent["seq"], 3, "seqs go on");
+    let page = api
+        .ok("GET", "/v1/channels/g/messages?after_seq=0", &mallory, None)
+        .await;
+    let seqs: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![3]);
+}

@@ -21,9 +21,10 @@ use crate::state::State;
 const MAGIC: u32 = u32::from_le_bytes(*b"TDCV");
 /// Part of every key, so entries of an older format are never even looked at. Also bumped when
 /// the projection rules change what a list holds without changing the versions the fingerprint
-/// hashes (v2: the sender's delivered cursor on send, snapshot format 2): a list computed under
-/// the old rules would otherwise be served on.
-const KEY_VERSION: &str = "v2";
+/// hashes (v2: the sender's delivered cursor on send, snapshot format 2; v3: a re-created
+/// group's floor, snapshot format 4): a list computed under the old rules would otherwise be
+/// served on.
+const KEY_VERSION: &str = "v3";
 
 /// What the cached list was computed from.
 pub fn fingerprint(state: &State, uid: &str) -> u64 {

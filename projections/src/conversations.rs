@@ -88,7 +88,9 @@ pub fn compute(state: &State, uid: &str) -> Vec<Conversation> {
             .last_seq
             .saturating_sub(seen)
             .saturating_sub(state.heads.recalled_between(channel, seen, head.last_seq));
-        let last_message = (head.last_seq > cur.cleared).then(|| LastMessage {
+        // A group re-created under this id shows nothing of the earlier one's messages.
+        let floor = cur.cleared.max(state.subs.history_from(channel));
+        let last_message = (head.last_seq > floor).then(|| LastMessage {
             seq: head.last_seq,
             message_id: head.last_message_id,
             from: head.from.clone(),

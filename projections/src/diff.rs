@@ -138,6 +138,7 @@ pub fn diff(live: &State, rebuilt: &State, max: usize) -> Vec<String> {
         &rebuilt.subs.channels,
         |o, w, l, r| {
             field(o, &w, "flags", &l.flags, &r.flags);
+            field(o, &w, "history_from", &l.history_from, &r.history_from);
             sets(o, &format!("{w} member"), &l.members, &r.members);
             sets(o, &format!("{w} allowlist"), &l.allow, &r.allow);
             sets(o, &format!("{w} denylist"), &l.deny, &r.deny);

@@ -71,7 +71,10 @@ impl State {
         match &env.event {
             Event::TokenSet { uid, token_hash } => self.tokens.set(uid, token_hash),
             Event::TokensRevoked { uid } => self.tokens.revoke_all(uid),
-            Event::ChannelCreated { channel, flags } => self.subs.create(channel, *flags),
+            Event::ChannelCreated { channel, flags } => {
+                let last = self.heads.last_seq(channel);
+                self.subs.create(channel, *flags, last);
+            }
             Event::ChannelUpdated { channel, flags } => self.subs.update(channel, *flags),
             Event::ChannelDeleted { channel } => {
                 for uid in self.subs.delete(channel) {

@@ -24,6 +24,11 @@ pub struct ChannelInfo {
     pub allow: BTreeSet<Uid>,
     /// These users may not send.
     pub deny: BTreeSet<Uid>,
+    /// Seqs up to this one belong to an earlier group under the same id (deleted, then
+    /// created again: seqs are never reused), whose messages this group's members may not
+    /// read. 0 for a group created once.
+    #[serde(default)]
+    pub history_from: u64,
 }
 
 /// A user's own lists, applied to person channels with that user.
@@ -59,8 +64,22 @@ fn apply_list(set: &mut BTreeSet<Uid>, op: ListOp, uids: &[Uid]) {
 }
 
 impl Subscriptions {
-    pub(crate) fn create(&mut self, channel: &str, flags: ChannelFlags) {
-        self.channels.entry(channel.to_owned()).or_default().flags = flags;
+    /// Creates a group (or sets the flags of an existing one); `last_seq` is the channel's
+    /// last seq so far, the history a new group does not inherit.
+    pub(crate) fn create(&mut self, channel: &str, flags: ChannelFlags, last_seq: u64) {
+        let info = self
+            .channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| ChannelInfo {
+                history_from: last_seq,
+                ..ChannelInfo::default()
+            });
+        info.flags = flags;
+    }
+
+    /// The last seq of an earlier group under this id ([`ChannelInfo::history_from`]).
+    pub fn history_from(&self, channel: &str) -> u64 {
+        self.channels.get(channel).map_or(0, |c| c.history_from)
     }
 
     pub(crate) fn update(&mut self, channel: &str, flags: ChannelFlags) {

@@ -249,7 +249,7 @@ async fn a_snapshot_of_an_earlier_format_is_refused_and_the_log_replayed() {
         Err(ProjectionError::SnapshotOutdated {
             path,
             version: 1,
-            current: 3,
+            current: 4,
         }) => assert_eq!(path, copy),
         other => panic!("expected SnapshotOutdated, got {other:?}"),
     }
@@ -326,11 +326,11 @@ fn short_header(version: u32, applied: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Version 2 (the current rules, the short header written for part of 2026-11-30) still
-/// loads, without an anchor; version 1 is outdated only when its header is intact — a damaged
-/// version byte that reads as 1 is damage, not an old format.
+/// Versions 1 to 3 are outdated (their states lack rules made since), each recognised by its
+/// own header; version 1 only when its short header is intact — a damaged version byte that
+/// reads as 1 is damage, not an old format.
 #[tokio::test]
-async fn a_version_2_snapshot_loads_without_an_anchor() {
+async fn earlier_versions_are_outdated_and_a_damaged_version_is_damage() {
     let w = busy_world().await;
     let bytes = snapshot::encode(w.state()).unwrap();
     let body = &bytes[40..];
@@ -342,18 +342,25 @@ async fn a_version_2_snapshot_loads_without_an_anchor() {
         .join("snapshots")
         .join(format!("{applied:020}.snap"));
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, short_header(2, applied, body)).unwrap();
-    let p = Projections::load(dir.path(), config()).unwrap();
-    assert_eq!(p.origin(), &Origin::Snapshot(path.clone()));
-    assert_eq!(p.snapshot_anchor(), None);
-    assert_eq!(&p.state, w.state());
-
-    let v1 = short_header(1, applied, body);
+    for v in [1, 2] {
+        assert!(matches!(
+            decode(&path, &short_header(v, applied, body)),
+            Err(ProjectionError::SnapshotOutdated { version, .. }) if version == v
+        ));
+    }
+    let mut v3 = bytes.clone();
+    v3[4..8].copy_from_slice(&3u32.to_le_bytes());
+    let crc = crc32fast::hash(&v3[..36]);
+    v3[36..40].copy_from_slice(&crc.to_le_bytes());
     assert!(matches!(
-        decode(&path, &v1),
-        Err(ProjectionError::SnapshotOutdated { version: 1, .. })
+        decode(&path, &v3),
+        Err(ProjectionError::SnapshotOutdated { version: 3, .. })
     ));
-    // A version-3 file whose version byte was damaged into 1: the short header's CRC fails.
+    std::fs::write(&path, &v3).unwrap();
+    let p = Projections::load(dir.path(), config()).unwrap();
+    assert_eq!(p.origin(), &Origin::Empty);
+
+    // A current file whose version byte was damaged into 1: the short header's CRC fails.
     let mut damaged = bytes.clone();
     damaged[4..8].copy_from_slice(&1u32.to_le_bytes());
     assert!(matches!(

@@ -231,9 +231,12 @@ pub(crate) async fn get_messages(
     let (plan, has_more, descending) = {
         let p = state.proj();
         let last = p.state.heads.last_seq(&channel);
+        // Below the floor: messages cleared for the caller, and those of an earlier group under
+        // this id (deleted and created again), which the new group's members may not read.
         let cleared = caller
             .uid()
-            .map_or(0, |me| p.state.cursors.get(me, &channel).cleared);
+            .map_or(0, |me| p.state.cursors.get(me, &channel).cleared)
+            .max(p.state.subs.history_from(&channel));
         let (lo, hi, descending) = match (q.after_seq, q.before_seq) {
             (Some(after), _) => (
                 after.saturating_add(1),
