@@ -57,12 +57,56 @@ fn open_index(
     Ok((file, bytes))
 }
 
+/// The file in the log directory that records the fsync policy the log was last opened with:
+/// `always`, `every` or `never` (see [`recover_active`]). Absent: `always` is assumed.
+pub(crate) const POLICY_FILE: &str = "fsync-policy";
+
+/// Whether the log's tail may hold unsynced writes: the policy recorded by the last open was
+/// `every` or `never`.
+pub(crate) fn recorded_unsynced(vfs: &dyn Vfs, dir: &Path) -> bool {
+    let path = dir.join(POLICY_FILE);
+    let Ok(file) = vfs.open_read(&path) else {
+        return false;
+    };
+    read_up_to(file.as_ref(), 16, 0).is_ok_and(|b| matches!(&b[..], b"every" | b"never"))
+}
+
+/// Records `policy` (see [`POLICY_FILE`]) before anything is written under it: temp file,
+/// fsync, rename, directory fsync. Nothing is written when it is already recorded.
+pub(crate) fn record_policy(vfs: &dyn Vfs, dir: &Path, policy: &str) -> Result<()> {
+    let path = dir.join(POLICY_FILE);
+    if let Ok(file) = vfs.open_read(&path)
+        && read_up_to(file.as_ref(), 16, 0).is_ok_and(|b| b == policy.as_bytes())
+    {
+        return Ok(());
+    }
+    let tmp = dir.join(format!("{POLICY_FILE}.tmp"));
+    let file = vfs
+        .open_write(&tmp)
+        .map_err(|e| LogError::io("create", &tmp, e))?;
+    file.set_len(0)
+        .and_then(|()| file.write_all_at(policy.as_bytes(), 0))
+        .and_then(|()| file.sync_data())
+        .map_err(|e| LogError::io("write", &tmp, e))?;
+    vfs.rename(&tmp, &path)
+        .map_err(|e| LogError::io("rename", &path, e))?;
+    vfs.sync_dir(dir)
+        .map_err(|e| LogError::io("sync directory", dir, e))
+}
+
 /// Recovers the active segment with base offset `base` in `dir`.
+///
+/// `unsynced_tail`: the tail was written under `fsync = every/never` (the policy recorded by
+/// the last open, [`POLICY_FILE`]). Then writes after the last sync were acknowledged without
+/// being durable and may have reached the disk in any order — a later batch without an
+/// earlier one — so damage followed by valid data is what a power cut leaves, not a sign of
+/// bad data: it is cut like a torn tail even under `RecoveryMode::Strict`.
 pub(crate) fn recover_active(
     vfs: &dyn Vfs,
     dir: &Path,
     base: u64,
     opts: &LogOptions,
+    unsynced_tail: bool,
 ) -> Result<Recovered> {
     let paths = SegmentPaths::new(dir, base);
     let file = vfs
@@ -132,7 +176,7 @@ pub(crate) fn recover_active(
             next_offset,
         )?;
         match (resume, opts.recovery) {
-            (Some(resume_at), RecoveryMode::Strict) => {
+            (Some(resume_at), RecoveryMode::Strict) if !unsynced_tail => {
                 return Err(LogError::Corrupt {
                     path: paths.log.clone(),
                     position: good_end,
@@ -150,6 +194,16 @@ pub(crate) fn recover_active(
                     resume_at,
                     discarded_bytes = file_len - good_end,
                     "damaged batch followed by valid data; truncating as recovery = truncate allows"
+                );
+            }
+            (Some(resume_at), RecoveryMode::Strict) => {
+                tracing::warn!(
+                    segment = %paths.log.display(),
+                    position = good_end,
+                    next_offset,
+                    resume_at,
+                    discarded_bytes = file_len - good_end,
+                    "a gap in the unsynced tail (written under fsync every/never: later writes reached the disk, earlier ones did not); truncating at the gap"
                 );
             }
             (None, _) => {

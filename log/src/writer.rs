@@ -69,6 +69,11 @@ struct Active {
     /// Whether the segment started as a preallocated file (then it is never rolled early to
     /// get one).
     preallocated: bool,
+    /// Index entries of batches not yet synced (`every`/`never`), written to the index files
+    /// after the sync that makes their batches durable: an entry on disk must never point past
+    /// data that may not have reached it (open trusts the last entry and scans on from there,
+    /// `log/DESIGN.md`, "Recovery").
+    deferred: Vec<(IndexEntry, TimeEntry)>,
 }
 
 /// Everything the writer shares with the `Log` handles (never the queue's sender, so the
@@ -153,6 +158,7 @@ impl Writer {
                 unsynced: false,
                 file_len: rec.file_len,
                 preallocated: rec.file_len > rec.len,
+                deferred: Vec::new(),
             },
             next_offset: rec.next_offset,
             last_ts,
@@ -392,7 +398,28 @@ impl Writer {
         Ok(())
     }
 
+    /// Records an index entry: at once in memory (for readers), in the index files at once
+    /// when its batch is synced, else after the sync that makes it so.
     fn write_index(&mut self, e: IndexEntry, t: TimeEntry) -> Result<()> {
+        let a = &mut self.active;
+        a.last_entry_pos = u64::from(e.pos);
+        a.seg.push_index(Some(e), Some(t));
+        if a.unsynced {
+            a.deferred.push((e, t));
+            return Ok(());
+        }
+        self.write_index_files(e, t)
+    }
+
+    /// Writes the deferred index entries (their batches are synced now).
+    fn write_deferred_index(&mut self) -> Result<()> {
+        for (e, t) in std::mem::take(&mut self.active.deferred) {
+            self.write_index_files(e, t)?;
+        }
+        Ok(())
+    }
+
+    fn write_index_files(&mut self, e: IndexEntry, t: TimeEntry) -> Result<()> {
         let a = &mut self.active;
         a.index_file
             .write_all_at(&e.encode(), a.index_len)
@@ -402,8 +429,6 @@ impl Writer {
             .write_all_at(&t.encode(), a.time_len)
             .map_err(|err| LogError::io("write time index", &a.seg.paths.time, err))?;
         a.time_len += t.encode().len() as u64;
-        a.last_entry_pos = u64::from(e.pos);
-        a.seg.push_index(Some(e), Some(t));
         Ok(())
     }
 
@@ -427,7 +452,7 @@ impl Writer {
             .map_err(|e| LogError::io("sync segment", &a.seg.paths.log, e))?;
         a.unsynced = false;
         self.parts.counters.fsynced(started.elapsed());
-        Ok(())
+        self.write_deferred_index()
     }
 
     /// Syncs the segment and both index files.
@@ -447,7 +472,9 @@ impl Writer {
         if self.active.len == 0 {
             return Ok(());
         }
-        // The final time entry makes the sealed segment's newest timestamp exact.
+        // The batches first (and with them the index entries waiting for them), then the final
+        // time entry makes the sealed segment's newest timestamp exact.
+        self.sync_segment()?;
         let a = &mut self.active;
         if let Some(last) = a.last_batch
             && a.seg.last_time_pos() != Some(last.pos)
@@ -538,6 +565,7 @@ impl Writer {
             unsynced: false,
             file_len,
             preallocated: file_len > 0,
+            deferred: Vec::new(),
         };
         self.parts.counters.rolls.fetch_add(1, Ordering::Relaxed);
         self.parts.rolled.notify_one();

@@ -320,3 +320,94 @@ async fn without_fsync_a_power_cut_loses_acknowledged_appends() {
     );
     reopened.close().await.unwrap();
 }
+
+/// Under `fsync = every/never`, writes after the last sync were acknowledged without being
+/// durable and may reach the disk in any order: a power cut can keep a later batch and lose an
+/// earlier one (over preallocated zeros no metadata orders them). Reopening cuts the tail at
+/// the gap — the policy allows losing those appends — instead of refusing to open as it must
+/// for a log written under `always`, where the same image means damaged durable data. The
+/// policy of the writes is the one the last open recorded (`fsync-policy`).
+#[tokio::test]
+async fn a_gap_in_a_tail_written_without_fsync_is_cut_not_refused() {
+    for policy in [
+        FsyncPolicy::Never,
+        FsyncPolicy::Every(std::time::Duration::from_secs(3600)),
+    ] {
+        let fs = SimFs::new();
+        // No index entry in this segment: only entries of synced batches reach the index
+        // files (the next test), so a crash under every/never leaves none after the gap.
+        let o =
+            |fs: &SimFs, p: FsyncPolicy| opts(fs).with_fsync(p).with_index_interval_bytes(1 << 20);
+        let log = Log::open(sim_dir(), o(&fs, policy)).await.unwrap();
+        let mut payloads = Vec::new();
+        for i in 0..12 {
+            let p = payload(i, 40);
+            log.append_one(p.clone()).await.unwrap();
+            payloads.push(p);
+        }
+        log.close().await.unwrap();
+        // Batch 7 never reached the disk; 8.. did.
+        let mut bytes = fs.read_file(&seg0()).unwrap();
+        let starts = batch_starts(&bytes);
+        bytes[starts[7]..starts[8]].fill(0);
+        fs.write_file(&seg0(), bytes);
+
+        // Reopened under `always`: the tail was written under `never`/`every`, so it is cut.
+        let image = fs.fork();
+        let log = Log::open(sim_dir(), o(&image, FsyncPolicy::Always))
+            .await
+            .unwrap();
+        assert_eq!(log.next_offset(), 7, "{policy:?}");
+        assert_eq!(
+            read_all(&log, 0)
+                .await
+                .into_iter()
+                .map(|r| r.payload)
+                .collect::<Vec<_>>(),
+            payloads[..7]
+        );
+        log.close().await.unwrap();
+
+        // The same image, recorded as written under `always`: refused (damaged durable data).
+        let image = fs.fork();
+        image.write_file(&sim_dir().join("fsync-policy"), b"always".to_vec());
+        match Log::open(sim_dir(), o(&image, FsyncPolicy::Never)).await {
+            Err(LogError::Corrupt {
+                kind: CorruptKind::DamageBeforeValidData { .. },
+                ..
+            }) => {}
+            other => panic!(
+                "{policy:?}: strict recovery must refuse: {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+}
+
+/// Under `every/never`, index entries reach the index files only after the sync that makes
+/// their batches durable: open trusts the last entry and scans on from it, so an entry on disk
+/// ahead of its data would hide a gap before it.
+#[tokio::test]
+async fn index_entries_wait_for_the_sync_of_their_batches() {
+    let fs = SimFs::new();
+    let log = Log::open(sim_dir(), opts(&fs).with_fsync(FsyncPolicy::Never))
+        .await
+        .unwrap();
+    for i in 0..40 {
+        log.append_one(payload(i, 60)).await.unwrap();
+    }
+    let index = sim_dir().join(format!("{:020}.index", 0));
+    assert_eq!(
+        fs.read_file(&index).map_or(0, |b| b.len()),
+        0,
+        "no entry before a sync"
+    );
+    // Reads use the entries at once (they are in memory).
+    assert_eq!(read_all(&log, 0).await.len(), 40);
+    log.sync().await.unwrap();
+    assert!(
+        fs.read_file(&index).unwrap().len() >= 8,
+        "written after the sync"
+    );
+    log.close().await.unwrap();
+}
