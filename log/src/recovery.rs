@@ -57,26 +57,52 @@ fn open_index(
     Ok((file, bytes))
 }
 
-/// The file in the log directory that records the fsync policy the log was last opened with:
-/// `always`, `every` or `never` (see [`recover_active`]). Absent: `always` is assumed.
+/// The file in the log directory that records the fsync policy the log was last opened with,
+/// and from where its writes may be unsynced: `always`, or `every {base} {len}` / `never
+/// {base} {len}` — the active segment and its length at that open, all durable then (see
+/// [`recover_active`]). Absent or unreadable: `always` is assumed.
 pub(crate) const POLICY_FILE: &str = "fsync-policy";
 
-/// Whether the log's tail may hold unsynced writes: the policy recorded by the last open was
-/// `every` or `never`.
-pub(crate) fn recorded_unsynced(vfs: &dyn Vfs, dir: &Path) -> bool {
+/// Where, in the active segment `active_base`, the writes of the last open began if they were
+/// made under `every`/`never` (so may be unsynced from there on): the recorded length when the
+/// segment is the one recorded, 0 when it came later (a roll since). `None`: written under
+/// `always`, or nothing usable is recorded.
+pub(crate) fn recorded_unsynced(vfs: &dyn Vfs, dir: &Path, active_base: u64) -> Option<u64> {
     let path = dir.join(POLICY_FILE);
-    let Ok(file) = vfs.open_read(&path) else {
-        return false;
-    };
-    read_up_to(file.as_ref(), 16, 0).is_ok_and(|b| matches!(&b[..], b"every" | b"never"))
+    let file = vfs.open_read(&path).ok()?;
+    let bytes = read_up_to(file.as_ref(), 64, 0).ok()?;
+    let text = std::str::from_utf8(&bytes).ok()?;
+    let mut parts = text.split(' ');
+    if !matches!(parts.next(), Some("every" | "never")) {
+        return None;
+    }
+    let base: u64 = parts.next()?.parse().ok()?;
+    let len: u64 = parts.next()?.parse().ok()?;
+    match active_base.cmp(&base) {
+        std::cmp::Ordering::Equal => Some(len),
+        std::cmp::Ordering::Greater => Some(0),
+        std::cmp::Ordering::Less => None,
+    }
 }
 
-/// Records `policy` (see [`POLICY_FILE`]) before anything is written under it: temp file,
+/// Records the policy of this open (see [`POLICY_FILE`]; `from` = the active segment and its
+/// durable length, for `every`/`never`) before anything is written under it: temp file,
 /// fsync, rename, directory fsync. Nothing is written when it is already recorded.
-pub(crate) fn record_policy(vfs: &dyn Vfs, dir: &Path, policy: &str) -> Result<()> {
+pub(crate) fn record_policy(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    unsynced: bool,
+    policy: &str,
+    from: (u64, u64),
+) -> Result<()> {
     let path = dir.join(POLICY_FILE);
+    let policy = if unsynced {
+        format!("{policy} {} {}", from.0, from.1)
+    } else {
+        policy.to_owned()
+    };
     if let Ok(file) = vfs.open_read(&path)
-        && read_up_to(file.as_ref(), 16, 0).is_ok_and(|b| b == policy.as_bytes())
+        && read_up_to(file.as_ref(), 64, 0).is_ok_and(|b| b == policy.as_bytes())
     {
         return Ok(());
     }
@@ -96,17 +122,23 @@ pub(crate) fn record_policy(vfs: &dyn Vfs, dir: &Path, policy: &str) -> Result<(
 
 /// Recovers the active segment with base offset `base` in `dir`.
 ///
-/// `unsynced_tail`: the tail was written under `fsync = every/never` (the policy recorded by
-/// the last open, [`POLICY_FILE`]). Then writes after the last sync were acknowledged without
-/// being durable and may have reached the disk in any order — a later batch without an
-/// earlier one — so damage followed by valid data is what a power cut leaves, not a sign of
-/// bad data: it is cut like a torn tail even under `RecoveryMode::Strict`.
+/// `unsynced_from`: the position from which the segment was written under `fsync =
+/// every/never` (recorded by the last open, [`POLICY_FILE`]). Writes there were acknowledged
+/// without being durable and may have reached the disk in any order — a later batch without an
+/// earlier one — so damage at or after it followed by valid data is what a power cut leaves,
+/// not a sign of bad data: it is cut like a torn tail even under `RecoveryMode::Strict`.
+/// Damage before it was durable data and is refused as before.
+///
+/// The segment is fdatasynced before the index files are rewritten, whatever was found: the
+/// recovered tail may be in the page cache only (a process killed under `every`/`never`), and
+/// an index entry on disk must never point past data that may not be (step 2 of recovery
+/// trusts the last entry).
 pub(crate) fn recover_active(
     vfs: &dyn Vfs,
     dir: &Path,
     base: u64,
     opts: &LogOptions,
-    unsynced_tail: bool,
+    unsynced_from: Option<u64>,
 ) -> Result<Recovered> {
     let paths = SegmentPaths::new(dir, base);
     let file = vfs
@@ -175,6 +207,7 @@ pub(crate) fn recover_active(
             file_len,
             next_offset,
         )?;
+        let unsynced_tail = unsynced_from.is_some_and(|from| good_end >= from);
         match (resume, opts.recovery) {
             (Some(resume_at), RecoveryMode::Strict) if !unsynced_tail => {
                 return Err(LogError::Corrupt {
@@ -222,6 +255,11 @@ pub(crate) fn recover_active(
         file.sync_data()
             .map_err(|e| LogError::io("sync segment", &paths.log, e))?;
         truncated_bytes = file_len - good_end;
+    }
+    if truncated_bytes == 0 {
+        // Synced above when cut; else the tail kept may be in the page cache only.
+        file.sync_data()
+            .map_err(|e| LogError::io("sync segment", &paths.log, e))?;
     }
 
     // Rewrite the index files to exactly the trusted entries plus the re-derived ones.

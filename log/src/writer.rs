@@ -472,8 +472,10 @@ impl Writer {
         if self.active.len == 0 {
             return Ok(());
         }
-        // The batches first (and with them the index entries waiting for them), then the final
-        // time entry makes the sealed segment's newest timestamp exact.
+        // Cut the unused zeros, sync the batches (and with them write the index entries
+        // waiting for that), then the final time entry makes the sealed segment's newest
+        // timestamp exact.
+        self.trim_active()?;
         self.sync_segment()?;
         let a = &mut self.active;
         if let Some(last) = a.last_batch
@@ -485,7 +487,6 @@ impl Writer {
             a.time_len += last.encode().len() as u64;
             a.seg.push_index(None, Some(last));
         }
-        self.trim_active()?;
         self.sync_all()?;
         let base = self.next_offset;
         let vfs = self.parts.opts.vfs.clone();

@@ -368,18 +368,25 @@ async fn a_gap_in_a_tail_written_without_fsync_is_cut_not_refused() {
         );
         log.close().await.unwrap();
 
-        // The same image, recorded as written under `always`: refused (damaged durable data).
-        let image = fs.fork();
-        image.write_file(&sim_dir().join("fsync-policy"), b"always".to_vec());
-        match Log::open(sim_dir(), o(&image, FsyncPolicy::Never)).await {
-            Err(LogError::Corrupt {
-                kind: CorruptKind::DamageBeforeValidData { .. },
-                ..
-            }) => {}
-            other => panic!(
-                "{policy:?}: strict recovery must refuse: {:?}",
-                other.map(|_| ())
-            ),
+        // The same image, recorded as written under `always`, or under `never` only from
+        // after the gap (the part before was durable at that open): refused, damaged durable
+        // data.
+        for recorded in ["always".to_string(), format!("never 0 {}", starts[9])] {
+            let image = fs.fork();
+            image.write_file(
+                &sim_dir().join("fsync-policy"),
+                recorded.clone().into_bytes(),
+            );
+            match Log::open(sim_dir(), o(&image, FsyncPolicy::Never)).await {
+                Err(LogError::Corrupt {
+                    kind: CorruptKind::DamageBeforeValidData { .. },
+                    ..
+                }) => {}
+                other => panic!(
+                    "{policy:?} {recorded}: strict recovery must refuse: {:?}",
+                    other.map(|_| ())
+                ),
+            }
         }
     }
 }
@@ -409,5 +416,32 @@ async fn index_entries_wait_for_the_sync_of_their_batches() {
         fs.read_file(&index).unwrap().len() >= 8,
         "written after the sync"
     );
+    log.close().await.unwrap();
+}
+
+/// A process killed under `every`/`never` leaves its unsynced tail in the page cache; the
+/// next open recovers it and must make it durable before it writes index entries about it (an
+/// entry on disk must never point past data that may not be), and before it records a new
+/// policy (under which the same tail would no longer count as unsynced).
+#[tokio::test]
+async fn a_tail_recovered_after_a_kill_is_made_durable_by_the_open() {
+    let fs = SimFs::new();
+    let o = |fs: &SimFs| opts(fs).with_fsync(FsyncPolicy::Never);
+    let log = Log::open(sim_dir(), o(&fs)).await.unwrap();
+    for i in 0..30 {
+        log.append_one(payload(i, 50)).await.unwrap();
+    }
+    // kill -9: the process is gone (its lock with it), the page cache stays.
+    fs.kill_process();
+    std::mem::forget(log);
+    let log = Log::open(sim_dir(), opts(&fs)).await.unwrap();
+    assert_eq!(log.next_offset(), 30);
+    // Killed again before writing anything, then the power goes.
+    fs.kill_process();
+    std::mem::forget(log);
+    fs.crash();
+    let log = Log::open(sim_dir(), opts(&fs)).await.unwrap();
+    assert_eq!(log.next_offset(), 30, "the recovering open synced the tail");
+    assert_eq!(read_all(&log, 0).await.len(), 30);
     log.close().await.unwrap();
 }
