@@ -118,6 +118,20 @@ pub enum LogError {
         /// One past the last readable offset (the high-watermark).
         end: u64,
     },
+    /// The log has no records from `from` up to `next`: a segment between two others is
+    /// missing (a tiered log's directory read without its object store, whose retention
+    /// removed uploaded middle segments; a segment file removed by hand). Reads never skip
+    /// over it.
+    #[error(
+        "offsets {from} to {next} are missing from the log (a segment between two others is \
+         not here: a tiered log read without its object store, or a segment file removed)"
+    )]
+    Gap {
+        /// The first missing offset.
+        from: u64,
+        /// Where records go on.
+        next: u64,
+    },
     /// An append exceeded `max_append_bytes`.
     #[error("append of {size} bytes exceeds the limit of {max} bytes")]
     AppendTooLarge {

@@ -706,6 +706,18 @@ impl Log {
             if seg.base >= wm.next_offset || seg.base > wm.active_base {
                 break;
             }
+            // Offsets are dense: a segment that starts past the next offset due means the
+            // one holding it is missing. Return what came before it, or say so; never skip.
+            let due = out.last().map_or(from, |r: &Record| r.offset + 1);
+            if seg.base > due {
+                if out.is_empty() {
+                    return Err(LogError::Gap {
+                        from: due,
+                        next: seg.base,
+                    });
+                }
+                break;
+            }
             let end = self.segment_end(seg, &wm)?;
             if let Err(e) = seg.read_into(from.max(seg.base), end, &mut budget, &mut out) {
                 // Hand out the good records gathered before the damage; the read that starts

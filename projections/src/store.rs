@@ -238,6 +238,13 @@ impl Projections {
             while next < end {
                 let chunk = match reader_log.read_blocking(next, 1 << 20) {
                     Ok(c) => c,
+                    Err(tidings_log::LogError::Gap { from, next }) => {
+                        let _ = tx.blocking_send(Err(ProjectionError::HistoryMissing {
+                            needed: from,
+                            log_start: next,
+                        }));
+                        return;
+                    }
                     Err(e) => {
                         let _ = tx.blocking_send(Err(e.into()));
                         return;
