@@ -136,10 +136,14 @@ impl Session {
     fn offer(&self, run: &Run) -> bool {
         let mut p = self.phase.lock().unwrap_or_else(|p| p.into_inner());
         if !p.live {
-            // Catch-up will plan again and find the message in the log. (A notice sent
-            // during catch-up is not replayed: the message itself carries the state.)
+            // Catch-up will plan again and find the message in the log. A notice (a recall)
+            // is not in that replay when its message went out in an earlier page: it waits
+            // in the queue, read once the session is live (the run's messages are skipped
+            // then, catch-up having sent them).
             p.dirty = true;
-            return true;
+            if run.iter().all(|x| x.is_message) {
+                return true;
+            }
         }
         // A run is taken whole when the queue is empty, so a run longer than the limit still
         // reaches a session that keeps up (the applier also cuts runs to MAX_RUN).
@@ -449,6 +453,38 @@ mod tests {
         assert!(rx_a.try_recv().is_err());
         assert_eq!(rx_b.try_recv().map(|r| r.len()).ok(), Some(2));
         drop(b);
+    }
+
+    #[test]
+    fn a_notice_during_catch_up_waits_in_the_queue_a_message_does_not() {
+        let d = Delivery::default();
+        let (s, mut rx) = d.register(
+            "a",
+            ["g".to_owned()].into_iter(),
+            16,
+            &CancellationToken::new(),
+        );
+        // Catching up: a message is left to the next catch-up round.
+        assert_eq!(d.push(&Arc::new(vec![msg("g", 1, None)])).dropped, 0);
+        assert!(rx.try_recv().is_err());
+        // A recall of a message catch-up may already have sent is queued for after it.
+        let recall = Arc::new(Pushed {
+            channel: "g".into(),
+            seq: 1,
+            is_message: false,
+            origin: None,
+            frames: vec![(
+                None,
+                Frame {
+                    json: "recall".into(),
+                    cbor: Bytes::new(),
+                },
+            )],
+        });
+        assert_eq!(d.push(&Arc::new(vec![recall])).dropped, 0);
+        assert_eq!(rx.try_recv().map(|r| r.len()).ok(), Some(1));
+        // Both marked the round dirty: catch-up plans again before going live.
+        assert!(!s.try_go_live());
     }
 
     #[test]
