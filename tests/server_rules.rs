@@ -504,6 +504,12 @@ async fn a_recreated_group_does_not_show_the_deleted_groups_history() {
         "{convs}"
     );
 
+    // Its sender cannot recall an old message through the new group either.
+    let (status, v) = api
+        .call("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    assert_eq!(status, 404, "{v}");
+
     let sent = api.send(&alice, "g", "n1", "hello").await;
     assert_eq!(sent["seq"], 3, "seqs go on");
     let page = api

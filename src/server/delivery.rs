@@ -135,16 +135,21 @@ impl Session {
 
     fn offer(&self, run: &Run) -> bool {
         let mut p = self.phase.lock().unwrap_or_else(|p| p.into_inner());
-        if !p.live {
+        let notices: Run;
+        let run = if p.live {
+            run
+        } else {
             // Catch-up will plan again and find the message in the log. A notice (a recall)
-            // is not in that replay when its message went out in an earlier page: it waits
-            // in the queue, read once the session is live (the run's messages are skipped
-            // then, catch-up having sent them).
+            // is not in that replay when its message went out in an earlier page: the
+            // notices alone wait in the queue, read once the session is live (the messages
+            // would only be skipped then, yet count against the queue's limit).
             p.dirty = true;
             if run.iter().all(|x| x.is_message) {
                 return true;
             }
-        }
+            notices = Arc::new(run.iter().filter(|x| !x.is_message).cloned().collect());
+            &notices
+        };
         // A run is taken whole when the queue is empty, so a run longer than the limit still
         // reaches a session that keeps up (the applier also cuts runs to MAX_RUN).
         let n = run.len();
@@ -481,8 +486,13 @@ mod tests {
                 },
             )],
         });
-        assert_eq!(d.push(&Arc::new(vec![recall])).dropped, 0);
-        assert_eq!(rx.try_recv().map(|r| r.len()).ok(), Some(1));
+        // In a run with messages: the recall alone is queued (the messages would only count
+        // against the limit of a session still catching up).
+        let run: Run = Arc::new(vec![msg("g", 2, None), recall, msg("g", 3, None)]);
+        assert_eq!(d.push(&run).dropped, 0);
+        let queued = rx.try_recv().unwrap();
+        assert_eq!(queued.len(), 1);
+        assert!(!queued[0].is_message);
         // Both marked the round dirty: catch-up plans again before going live.
         assert!(!s.try_go_live());
     }

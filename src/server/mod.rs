@@ -408,21 +408,19 @@ fn deadline_elapsed(deadline: tokio::time::Instant, grace: std::time::Duration) 
 
 /// `tidings serve`: runs until SIGTERM or SIGINT, then shuts down.
 pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
-    let running = start(config).await?;
-    println!("tidings listening on http://{}", running.addr);
-    wait_for_signal().await?;
-    running.shutdown().await
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
+    // The handlers go in before the server says it listens: a SIGTERM sent as soon as the
+    // line appears (a supervisor, a test) must shut it down cleanly, not kill it by the
+    // signal's default action.
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let running = start(config).await?;
+    println!("tidings listening on http://{}", running.addr);
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    Ok(())
+    running.shutdown().await
 }
 
 /// The newest snapshot that the log still covers (or empty projections). A snapshot past the
@@ -511,17 +509,20 @@ fn prune_set_aside(snapshots: &std::path::Path) {
         let Ok(entries) = std::fs::read_dir(snapshots) else {
             return;
         };
-        let mut found: Vec<(String, std::path::PathBuf)> = entries
+        let mut found: Vec<(i64, String, std::path::PathBuf)> = entries
             .filter_map(Result::ok)
             .filter_map(|e| {
+                use std::os::unix::fs::MetadataExt;
                 let name = e.file_name().to_str()?.to_owned();
-                name.ends_with(suffix).then(|| (name, e.path()))
+                // The rename that set it aside changed its inode: `ctime` is when.
+                let when = e.metadata().ok()?.ctime();
+                name.ends_with(suffix).then(|| (when, name, e.path()))
             })
             .collect();
-        // Names start with the zero-padded offset: newest last.
+        // Set aside most recently last (then by name).
         found.sort();
         let excess = found.len().saturating_sub(SET_ASIDE_KEPT);
-        for (_, path) in found.into_iter().take(excess) {
+        for (_, _, path) in found.into_iter().take(excess) {
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(error = %e, path = %path.display(), "could not remove an old set-aside snapshot");
             }

@@ -293,7 +293,12 @@ pub(crate) async fn recall(
     readable(&state, &caller, &channel)?;
     let (plan, already) = {
         let p = state.proj();
-        let plan = messages::plan_range(&p.state, p.index_files(), &channel, seq, seq)?;
+        // A message of an earlier group under this id is not this group's (not found).
+        let plan = if seq <= p.state.subs.history_from(&channel) {
+            Vec::new()
+        } else {
+            messages::plan_range(&p.state, p.index_files(), &channel, seq, seq)?
+        };
         (plan, p.state.heads.is_recalled(&channel, seq))
     };
     let Some(m) = messages::load(&state.log, &plan).await?.into_iter().next() else {
