@@ -523,3 +523,49 @@ async fn a_recreated_group_does_not_show_the_deleted_groups_history() {
         .collect();
     assert_eq!(seqs, vec![3]);
 }
+
+/// A ban lifted while a member's WebSocket session is live loses nothing: the session's
+/// catch-up does not pass the banned group over (it would go live past its backlog, and the
+/// cumulative ack of the first message after the ban would then move the cursor past the
+/// backlog it never sent), while `/v1/sync` does (it could never move that cursor).
+#[tokio::test]
+async fn a_ban_lifted_during_a_live_session_loses_nothing() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    for i in 1..=5 {
+        api.send(&alice, "g", &format!("a{i}"), "before").await;
+    }
+    let ban = |on: bool| json!({"flags": {"ban": on, "send_ban": false, "disband": false}});
+    api.ok("PUT", "/v1/channels/g", ADMIN, Some(ban(true)))
+        .await;
+    // HTTP sync passes the banned group over.
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert_eq!(sync["messages"], json!([]), "{sync}");
+
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    let mut got: Vec<u64> = ws
+        .messages(5)
+        .await
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    api.ok("PUT", "/v1/channels/g", ADMIN, Some(ban(false)))
+        .await;
+    api.send(&alice, "g", "a6", "after").await;
+    got.extend(
+        ws.messages(1)
+            .await
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap()),
+    );
+    assert_eq!(got, vec![1, 2, 3, 4, 5, 6]);
+    ws.send(json!({"type": "ack", "channel": "g", "seq": 6}))
+        .await;
+    ws.quiet(Duration::from_millis(300)).await;
+    ws.close().await;
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert_eq!(sync["messages"], json!([]), "{sync}");
+}

@@ -84,17 +84,26 @@ pub fn plan_range(
 /// The plan for a user's sync: messages after the delivered cursor in every channel of the
 /// user, oldest first per channel, channels in id order, at most `limit` in all. Returns the
 /// plan and whether more remain.
+///
+/// A channel the user may not read now (a banned group) is passed over: its messages wait
+/// after the cursor until it may be read again. (Returned, they would fill every page for
+/// good, since its cursor cannot be moved meanwhile.)
 pub fn plan_sync(
     state: &State,
     files: &IndexFiles,
     uid: &str,
     limit: usize,
 ) -> Result<(Vec<MessageRef>, bool)> {
-    plan_sync_from(state, files, uid, limit, |_, cursor| cursor)
+    plan(state, files, uid, limit, |_, cursor| cursor, true)
 }
 
 /// Like [`plan_sync`], but each channel starts after `after(channel, cursor)` instead of the
-/// cursor (a WebSocket session's catch-up continues from what it already sent).
+/// cursor (a WebSocket session's catch-up continues from what it already sent), and banned
+/// groups are not passed over: a session that went live past one would, once the ban lifts,
+/// push its next message while the ones before it were never sent, and the client's
+/// cumulative ack of that message would move the cursor past them for good. Until live
+/// delivery can tell such a hole and return to catch-up, a banned group's backlog still
+/// reaches its members on connect (the lesser evil: shown, not lost).
 pub fn plan_sync_from(
     state: &State,
     files: &IndexFiles,
@@ -102,13 +111,21 @@ pub fn plan_sync_from(
     limit: usize,
     after: impl Fn(&str, u64) -> u64,
 ) -> Result<(Vec<MessageRef>, bool)> {
+    plan(state, files, uid, limit, after, false)
+}
+
+fn plan(
+    state: &State,
+    files: &IndexFiles,
+    uid: &str,
+    limit: usize,
+    after: impl Fn(&str, u64) -> u64,
+    readable_only: bool,
+) -> Result<(Vec<MessageRef>, bool)> {
     let mut out = Vec::new();
     let mut has_more = false;
     for channel in state.subs.channels_of(uid) {
-        // A channel the user may not read now (a banned group) is passed over, not returned:
-        // its messages wait after the cursor until it may be read again. (Returned, they
-        // would also fill every page for good, since its cursor cannot be moved meanwhile.)
-        if !crate::permissions::can_read(state, uid, channel) {
+        if readable_only && !crate::permissions::can_read(state, uid, channel) {
             continue;
         }
         let last = state.heads.last_seq(channel);
