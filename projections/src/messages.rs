@@ -85,25 +85,23 @@ pub fn plan_range(
 /// user, oldest first per channel, channels in id order, at most `limit` in all. Returns the
 /// plan and whether more remain.
 ///
-/// A channel the user may not read now (a banned group) is passed over: its messages wait
-/// after the cursor until it may be read again. (Returned, they would fill every page for
-/// good, since its cursor cannot be moved meanwhile.)
+/// A banned group's backlog is included: those messages were sent to its members before the
+/// ban, and a member may move their cursor past them (`permissions::can_move_cursor`).
+/// Passing it over would be worse both ways — a WebSocket session that went live past it, or
+/// a client that acks live messages cumulatively, would move the cursor past a backlog it
+/// never got once the ban is lifted, and a page of messages that cannot be acked would come
+/// back at every sync. The ban stops sends and history reads.
 pub fn plan_sync(
     state: &State,
     files: &IndexFiles,
     uid: &str,
     limit: usize,
 ) -> Result<(Vec<MessageRef>, bool)> {
-    plan(state, files, uid, limit, |_, cursor| cursor, true)
+    plan_sync_from(state, files, uid, limit, |_, cursor| cursor)
 }
 
 /// Like [`plan_sync`], but each channel starts after `after(channel, cursor)` instead of the
-/// cursor (a WebSocket session's catch-up continues from what it already sent), and banned
-/// groups are not passed over: a session that went live past one would, once the ban lifts,
-/// push its next message while the ones before it were never sent, and the client's
-/// cumulative ack of that message would move the cursor past them for good. Until live
-/// delivery can tell such a hole and return to catch-up, a banned group's backlog still
-/// reaches its members on connect (the lesser evil: shown, not lost).
+/// cursor (a WebSocket session's catch-up continues from what it already sent).
 pub fn plan_sync_from(
     state: &State,
     files: &IndexFiles,
@@ -111,23 +109,9 @@ pub fn plan_sync_from(
     limit: usize,
     after: impl Fn(&str, u64) -> u64,
 ) -> Result<(Vec<MessageRef>, bool)> {
-    plan(state, files, uid, limit, after, false)
-}
-
-fn plan(
-    state: &State,
-    files: &IndexFiles,
-    uid: &str,
-    limit: usize,
-    after: impl Fn(&str, u64) -> u64,
-    readable_only: bool,
-) -> Result<(Vec<MessageRef>, bool)> {
     let mut out = Vec::new();
     let mut has_more = false;
     for channel in state.subs.channels_of(uid) {
-        if readable_only && !crate::permissions::can_read(state, uid, channel) {
-            continue;
-        }
         let last = state.heads.last_seq(channel);
         let cur = state.cursors.get(uid, channel);
         let from = after(channel, cur.delivered.max(cur.cleared));

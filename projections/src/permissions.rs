@@ -116,6 +116,13 @@ pub fn check_send(
     Ok(())
 }
 
+/// Whether `uid` may move their own cursors in `channel`: members of a group, banned or not
+/// (a ban stops sends and history reads, not the delivery of what was sent before it: see
+/// `messages::plan_sync`), or either user of a person channel.
+pub fn can_move_cursor(state: &State, uid: &str, channel: &str) -> bool {
+    state.subs.is_member(channel, uid)
+}
+
 /// Whether `uid` may read `channel`'s messages: members of a group (not banned), or either user
 /// of a person channel.
 pub fn can_read(state: &State, uid: &str, channel: &str) -> bool {

@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tidings_projections::ids::{ChannelId, is_person_channel};
 use tidings_projections::messages;
-use tidings_projections::permissions::can_read;
+use tidings_projections::permissions::can_move_cursor;
 use tokio::sync::mpsc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -567,7 +567,8 @@ impl Ctx {
 
     fn cursor_target(&self, channel: &str) -> ApiResult<ChannelId> {
         let ch = resolve(&self.caller, channel)?;
-        if !can_read(&self.state.proj().state, &self.uid, &ch) {
+        // Members ack even in a banned group (its backlog reaches them: `messages::plan_sync`).
+        if !can_move_cursor(&self.state.proj().state, &self.uid, &ch) {
             return Err(ApiError::forbidden(
                 "not_member",
                 "not a member of this channel",

@@ -42,7 +42,11 @@ async fn advance(
 ) -> ApiResult<axum::Json<Cursors>> {
     let me = caller.require_user()?.to_owned();
     let channel = resolve(caller, id)?;
-    readable(state, caller, &channel)?;
+    // Members move their own cursors even in a banned group: sync hands them its backlog
+    // (`messages::plan_sync`), which they must be able to acknowledge.
+    if !tidings_projections::permissions::can_move_cursor(&state.proj().state, &me, &channel) {
+        readable(state, caller, &channel)?;
+    }
     let (moves, seq) = {
         let p = state.proj();
         let seq = seq.min(p.state.heads.last_seq(&channel));
