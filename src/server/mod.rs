@@ -410,11 +410,22 @@ fn deadline_elapsed(deadline: tokio::time::Instant, grace: std::time::Duration) 
 pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     // The handlers go in before the server says it listens: a SIGTERM sent as soon as the
     // line appears (a supervisor, a test) must shut it down cleanly, not kill it by the
-    // signal's default action.
+    // signal's default action. A signal during start-up (a long replay, a slow object store)
+    // stops it there: the log is crash-safe, and nothing was served yet.
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let running = start(config).await?;
+    let running = tokio::select! {
+        r = start(config) => r?,
+        _ = term.recv() => {
+            tracing::warn!("SIGTERM during start-up; stopping before serving");
+            return Ok(());
+        }
+        _ = int.recv() => {
+            tracing::warn!("SIGINT during start-up; stopping before serving");
+            return Ok(());
+        }
+    };
     println!("tidings listening on http://{}", running.addr);
     tokio::select! {
         _ = term.recv() => {}
@@ -509,13 +520,14 @@ fn prune_set_aside(snapshots: &std::path::Path) {
         let Ok(entries) = std::fs::read_dir(snapshots) else {
             return;
         };
-        let mut found: Vec<(i64, String, std::path::PathBuf)> = entries
+        let mut found: Vec<((i64, i64), String, std::path::PathBuf)> = entries
             .filter_map(Result::ok)
             .filter_map(|e| {
                 use std::os::unix::fs::MetadataExt;
                 let name = e.file_name().to_str()?.to_owned();
                 // The rename that set it aside changed its inode: `ctime` is when.
-                let when = e.metadata().ok()?.ctime();
+                let md = e.metadata().ok()?;
+                let when = (md.ctime(), md.ctime_nsec());
                 name.ends_with(suffix).then(|| (when, name, e.path()))
             })
             .collect();
