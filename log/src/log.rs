@@ -298,12 +298,7 @@ impl Log {
             recovery::recover_active(vfs.as_ref(), &dir, active_base, &opts, unsynced_from)?;
         // Before anything is written under this open's policy (the next open's recovery
         // reads it); the recovered tail is durable now (recovery synced it).
-        let (unsynced, policy) = match opts.fsync {
-            crate::options::FsyncPolicy::Always => (false, "always"),
-            crate::options::FsyncPolicy::Every(_) => (true, "every"),
-            crate::options::FsyncPolicy::Never => (true, "never"),
-        };
-        recovery::record_policy(vfs.as_ref(), &dir, unsynced, policy, (active_base, rec.len))?;
+        recovery::record_policy(vfs.as_ref(), &dir, opts.fsync, (active_base, rec.len))?;
         let interval = u64::from(opts.index_interval_bytes);
         let mut segs: Vec<Arc<Segment>> = bases[..bases.len() - 1]
             .iter()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::batch::{self, HEADER_LEN, MAGIC};
 use crate::error::{CorruptKind, LogError, Result};
 use crate::index::{self, INDEX_ENTRY_LEN, IndexEntry, SegmentIndex, TIME_ENTRY_LEN, TimeEntry};
-use crate::options::{LogOptions, RecoveryMode};
+use crate::options::{FsyncPolicy, LogOptions, RecoveryMode};
 use crate::segment::{Scanner, SegmentPaths};
 use crate::vfs::{Vfs, VfsFile, read_up_to};
 
@@ -91,15 +91,15 @@ pub(crate) fn recorded_unsynced(vfs: &dyn Vfs, dir: &Path, active_base: u64) -> 
 pub(crate) fn record_policy(
     vfs: &dyn Vfs,
     dir: &Path,
-    unsynced: bool,
-    policy: &str,
+    policy: FsyncPolicy,
     from: (u64, u64),
 ) -> Result<()> {
     let path = dir.join(POLICY_FILE);
-    let policy = if unsynced {
-        format!("{policy} {} {}", from.0, from.1)
-    } else {
-        policy.to_owned()
+    let (base, len) = from;
+    let policy = match policy {
+        FsyncPolicy::Always => "always".to_owned(),
+        FsyncPolicy::Every(_) => format!("every {base} {len}"),
+        FsyncPolicy::Never => format!("never {base} {len}"),
     };
     if let Ok(file) = vfs.open_read(&path)
         && read_up_to(file.as_ref(), 64, 0).is_ok_and(|b| b == policy.as_bytes())

@@ -37,11 +37,7 @@ pub(crate) struct SegmentPaths {
 
 impl SegmentPaths {
     pub(crate) fn new(dir: &Path, base: u64) -> Self {
-        Self {
-            log: dir.join(log_name(base)),
-            index: dir.join(format!("{base:020}.index")),
-            time: dir.join(format!("{base:020}.timeindex")),
-        }
+        Self::named(dir, &format!("{base:020}"))
     }
 
     /// The files of a segment named `{stem}.log|.index|.timeindex` (a remote segment's objects,
@@ -99,15 +95,9 @@ impl Segment {
         interval: u64,
     ) -> Self {
         Self {
-            base,
             paths,
-            vfs,
-            file: OnceLock::new(),
-            index: RwLock::new(None),
-            interval,
-            sealed_len: OnceLock::new(),
-            first_ts: OnceLock::new(),
             remote: true,
+            ..Self::new(vfs, Path::new(""), base, interval)
         }
     }
 

@@ -267,10 +267,6 @@ async fn snapshot_and_upload(state: &Arc<AppState>) -> anyhow::Result<()> {
         }
     }
     let path = tokio::task::spawn_blocking(move || prepared.write()).await??;
-    let written = (Some(path), sidecars, dir);
-    let (Some(path), sidecars, dir) = written else {
-        return Ok(());
-    };
     state.metrics.snapshots.inc();
     tracing::debug!(path = %path.display(), "wrote a snapshot");
     if let Some(tier) = state.log.tier() {

@@ -44,7 +44,12 @@ impl RemoteSegment {
     /// The key (below the prefix) of its object with extension `ext` (`log`, `index`,
     /// `timeindex`).
     pub fn key(&self, ext: &str) -> String {
-        format!("segments/{}.{ext}", self.stem())
+        Self::key_of(&self.stem(), ext)
+    }
+
+    /// The key (below the prefix) of the object `{stem}.{ext}`.
+    pub fn key_of(stem: &str, ext: &str) -> String {
+        format!("segments/{stem}.{ext}")
     }
 
     /// The stem a writer of incarnation `incarnation` uploads the segment at `base` under.

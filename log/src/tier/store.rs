@@ -366,7 +366,7 @@ pub(crate) async fn upload_segment(
     // Keys of this process's own (`RemoteSegment::object`): a retry overwrites only what this
     // process uploaded before, with the same bytes.
     let stem = RemoteSegment::unique_stem(base, inner.incarnation);
-    let key = |ext: &str| format!("segments/{stem}.{ext}");
+    let key = |ext: &str| RemoteSegment::key_of(&stem, ext);
     let (index_bytes, _) = upload_object(inner, &key("index"), &paths.index).await?;
     let (time_bytes, _) = upload_object(inner, &key("timeindex"), &paths.time).await?;
     // The segment last: a manifest entry is only written after all three are stored.
