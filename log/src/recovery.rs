@@ -144,6 +144,12 @@ pub(crate) fn recover_active(
     let file = vfs
         .open_write(&paths.log)
         .map_err(|e| LogError::io("open segment", &paths.log, e))?;
+    // Read what is on the disk, not what a failed writeback left cached: after a failed
+    // `fdatasync` Linux keeps those pages, marked clean, and a restart in the same boot would
+    // read back a batch that never reached the disk (and was never acknowledged) as valid.
+    if let Err(e) = file.drop_clean_cache() {
+        tracing::warn!(segment = %paths.log.display(), error = %e, "could not drop the cached pages of the active segment before recovery");
+    }
     let file_len = file
         .len()
         .map_err(|e| LogError::io("stat segment", &paths.log, e))?;

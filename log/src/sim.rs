@@ -18,6 +18,10 @@ use crate::vfs::{Vfs, VfsFile, VfsLock};
 struct FileState {
     live: Vec<u8>,
     durable: Vec<u8>,
+    /// A sync of this file failed: its live bytes past the durable ones are what Linux keeps
+    /// cached, marked clean, after a failed writeback — read back until the cache is dropped
+    /// ([`VfsFile::drop_clean_cache`]), and never on the disk.
+    failed_sync: bool,
 }
 
 #[derive(Debug, Default)]
@@ -165,6 +169,7 @@ impl SimFs {
                     Arc::new(Mutex::new(FileState {
                         live: bytes.clone(),
                         durable: bytes,
+                        failed_sync: false,
                     })),
                 );
                 cst.durable_names.insert(path.clone());
@@ -260,11 +265,25 @@ impl VfsFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         self.alive()?;
         if SimFs::countdown(&mut lock(&self.fs.state).fail_sync_in) {
+            lock(&self.data).failed_sync = true;
             return Err(injected("fsync"));
         }
+        // (Optimistic after a failed sync: this writes the bytes Linux would have dropped.
+        // The log never syncs a file between a failed sync and the next open's recovery,
+        // which drops them first.)
         let mut f = lock(&self.data);
         f.durable = f.live.clone();
         self.fs.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn drop_clean_cache(&self) -> io::Result<()> {
+        self.alive()?;
+        let mut f = lock(&self.data);
+        if f.failed_sync {
+            f.live = f.durable.clone();
+            f.failed_sync = false;
+        }
         Ok(())
     }
 }
@@ -437,6 +456,9 @@ impl VfsFile for CountingFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         self.inner.sync_data()
+    }
+    fn drop_clean_cache(&self) -> io::Result<()> {
+        self.inner.drop_clean_cache()
     }
 }
 

@@ -23,6 +23,14 @@ pub trait VfsFile: Send + Sync + Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data (and the size needed to read it) durable: `fdatasync`.
     fn sync_data(&self) -> io::Result<()>;
+    /// Asks the OS to forget this file's cached pages that are clean, so that reads go to the
+    /// disk: pages written back, and pages the kernel marked clean after their writeback
+    /// *failed* (Linux does, after reporting the error once) — those hold bytes that are not
+    /// on the disk. Dirty pages are kept (and written back). Recovery calls it before it reads
+    /// the active segment's tail (`log/DESIGN.md`, "Recovery"). Default: nothing to forget.
+    fn drop_clean_cache(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Held while a directory is locked; dropping it releases the lock.
@@ -90,6 +98,9 @@ impl VfsFile for StdFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
+    }
+    fn drop_clean_cache(&self) -> io::Result<()> {
+        rustix::fs::fadvise(&self.0, 0, None, rustix::fs::Advice::DontNeed).map_err(io::Error::from)
     }
 }
 

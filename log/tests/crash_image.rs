@@ -445,3 +445,39 @@ async fn a_tail_recovered_after_a_kill_is_made_durable_by_the_open() {
     assert_eq!(read_all(&log, 0).await.len(), 30);
     log.close().await.unwrap();
 }
+
+/// After a failed `fdatasync`, Linux keeps the failed pages cached and marked clean: a
+/// restart in the same boot (no power cut) would read back the batch that never reached the
+/// disk — and was never acknowledged — as valid, and build on it. Recovery drops the clean
+/// cache of the active segment first, so it reads what the disk holds.
+#[tokio::test]
+async fn a_batch_whose_sync_failed_is_not_read_back_after_a_restart() {
+    let fs = SimFs::new();
+    let log = Log::open(sim_dir(), opts(&fs)).await.unwrap();
+    let mut payloads = Vec::new();
+    for i in 0..5 {
+        let p = payload(i, 40);
+        log.append_one(p.clone()).await.unwrap();
+        payloads.push(p);
+    }
+    fs.fail_sync_after(1);
+    assert!(log.append_one(payload(5, 40)).await.is_err());
+    // The process is restarted (the page cache stays).
+    fs.kill_process();
+    std::mem::forget(log);
+    let log = Log::open(sim_dir(), opts(&fs)).await.unwrap();
+    assert_eq!(
+        log.next_offset(),
+        5,
+        "the unacknowledged batch is not there"
+    );
+    assert_eq!(
+        read_all(&log, 0)
+            .await
+            .into_iter()
+            .map(|r| r.payload)
+            .collect::<Vec<_>>(),
+        payloads
+    );
+    log.close().await.unwrap();
+}
