@@ -8,18 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{ADMIN, Api, Server, Ws};
+use common::{ADMIN, Api, Server, Ws, page_seqs as seqs};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
-
-fn seqs(v: &Value) -> Vec<u64> {
-    v["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect()
-}
 
 #[tokio::test]
 async fn a_restart_between_steps_keeps_the_same_state() {

@@ -6,14 +6,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{ADMIN, Api, Server, Ws};
+use common::{ADMIN, Api, Server, Ws, frame_seqs as seqs};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-
-fn seqs(msgs: &[Value]) -> Vec<u64> {
-    msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect()
-}
 
 #[tokio::test]
 async fn a_direct_message_between_two_users() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN, Api, Server, Ws};
+use common::{ADMIN, Api, Server, Ws, frame_seqs, page_seqs};
 use serde_json::json;
 
 async fn code_of(
@@ -515,13 +515,7 @@ async fn a_recreated_group_does_not_show_the_deleted_groups_history() {
     let page = api
         .ok("GET", "/v1/channels/g/messages?after_seq=0", &mallory, None)
         .await;
-    let seqs: Vec<u64> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, vec![3]);
+    assert_eq!(page_seqs(&page), vec![3]);
 }
 
 /// A banned group's backlog reaches its members and they can acknowledge it, so it neither
@@ -542,17 +536,9 @@ async fn a_banned_groups_backlog_is_delivered_acked_and_never_lost() {
     let ban = |on: bool| json!({"flags": {"ban": on, "send_ban": false, "disband": false}});
     api.ok("PUT", "/v1/channels/g", ADMIN, Some(ban(true)))
         .await;
-    let seqs = |v: &serde_json::Value| -> Vec<u64> {
-        v["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect()
-    };
     // Over HTTP: in sync, and acknowledged (before, 403: sync returned it forever).
     let sync = api.ok("GET", "/v1/sync?limit=3", &bob, None).await;
-    assert_eq!(seqs(&sync), vec![1, 2, 3]);
+    assert_eq!(page_seqs(&sync), vec![1, 2, 3]);
     api.ok("POST", "/v1/channels/g/ack", &bob, Some(json!({"seq": 3})))
         .await;
     // History reads stay closed while banned.
@@ -561,21 +547,11 @@ async fn a_banned_groups_backlog_is_delivered_acked_and_never_lost() {
 
     // Over WebSocket: catch-up sends the rest; the ban is lifted while the session is live.
     let mut ws = Ws::connect(&server, &bob, "").await;
-    let mut got: Vec<u64> = ws
-        .messages(2)
-        .await
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let mut got = frame_seqs(&ws.messages(2).await);
     api.ok("PUT", "/v1/channels/g", ADMIN, Some(ban(false)))
         .await;
     api.send(&alice, "g", "a6", "after").await;
-    got.extend(
-        ws.messages(1)
-            .await
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap()),
-    );
+    got.extend(frame_seqs(&ws.messages(1).await));
     assert_eq!(got, vec![4, 5, 6]);
     ws.send(json!({"type": "ack", "channel": "g", "seq": 6}))
         .await;

@@ -8,17 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Api, Server, Ws};
+use common::{ADMIN, Api, Server, Ws, page_seqs as seqs};
 use serde_json::{Value, json};
-
-fn seqs(v: &Value) -> Vec<u64> {
-    v["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect()
-}
 
 async fn history(api: &Api, token: &str, channel: &str) -> Vec<Value> {
     let mut out = Vec::new();

@@ -323,3 +323,13 @@ impl Ws {
         let _ = self.ws.close(None).await;
     }
 }
+
+/// The seqs of a page of messages (`{"messages": [...]}`: history, `/v1/sync`).
+pub(crate) fn page_seqs(v: &Value) -> Vec<u64> {
+    frame_seqs(v["messages"].as_array().unwrap())
+}
+
+/// The seqs of message frames or messages.
+pub(crate) fn frame_seqs(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect()
+}
