@@ -134,6 +134,14 @@ impl Session {
     }
 
     fn offer(&self, run: &Run) -> bool {
+        // A session asked to close takes nothing more. After a run was refused as too much, a
+        // later smaller one could fit again (the session took some meanwhile) and would reach
+        // the client with the refused messages missing before it: a gap on the wire that a
+        // client acking what it got would turn into lost messages. Refused instead, the whole
+        // remainder comes back in order by catch-up on reconnect.
+        if self.close.is_cancelled() {
+            return false;
+        }
         let mut p = self.phase.lock().unwrap_or_else(|p| p.into_inner());
         let notices: Run;
         let run = if p.live {
@@ -503,14 +511,33 @@ mod tests {
         let (s, mut rx) = live_session(&d, "a", 5);
         let run3: Run = Arc::new((1..=3).map(|q| msg("g", q, None)).collect());
         assert_eq!(d.push(&run3).dropped, 0);
-        // 3 queued + 3 more > 5: the session is closed as too slow.
-        let stats = d.push(&run3);
-        assert_eq!((stats.dropped, stats.closed_slow), (1, 1));
-        assert_eq!(s.close_reason(), Some(SLOW_CONSUMER));
         // What was taken off the queue frees room again.
         assert_eq!(rx.try_recv().map(|r| r.len()).ok(), Some(3));
         s.taken(3);
         assert_eq!(d.push(&run3).dropped, 0);
+        // 3 queued + 3 more > 5: the session is closed as too slow.
+        let stats = d.push(&run3);
+        assert_eq!((stats.dropped, stats.closed_slow), (1, 1));
+        assert_eq!(s.close_reason(), Some(SLOW_CONSUMER));
+    }
+
+    #[test]
+    fn a_session_closed_as_too_slow_takes_no_later_run() {
+        let d = Delivery::default();
+        let (s, mut rx) = live_session(&d, "a", 5);
+        let run = |seqs: std::ops::RangeInclusive<u64>| -> Run {
+            Arc::new(seqs.map(|q| msg("g", q, None)).collect())
+        };
+        assert_eq!(d.push(&run(1..=3)).dropped, 0);
+        // 4..=6 does not fit: refused, the session is asked to close.
+        assert_eq!(d.push(&run(4..=6)).closed_slow, 1);
+        // The session takes 1..=3 before it sees the close; 7 would fit the queue again, but
+        // it must not reach the client without 4..=6 before it.
+        assert_eq!(rx.try_recv().map(|r| r.len()).ok(), Some(3));
+        s.taken(3);
+        let stats = d.push(&run(7..=7));
+        assert_eq!((stats.dropped, stats.closed_slow), (1, 0));
+        assert!(rx.try_recv().is_err(), "nothing after the refused run");
     }
 
     #[test]
