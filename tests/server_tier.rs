@@ -203,6 +203,40 @@ async fn upload_now_from_the_cli_while_the_server_runs_leaves_it_owning_the_pref
     server.stop();
 }
 
+/// A second `tidings serve` on a running server's data directory is refused by the
+/// directory's lock before it opens anything: before, it opened the block cache the running
+/// server was using (and would have restored a snapshot) and only then met the log's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_directory_opens_nothing() {
+    let (_bucket, args) = file_bucket();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    send_numbered(&api, &alice, 1..=50).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&server.data)
+        .args(&args)
+        .env("TIDINGS_ADMIN_KEY", ADMIN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is in use by another tidings process"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    send_numbered(&api, &alice, 51..=100).await;
+    assert_eq!(history(&api, &alice, "g").await.len(), 100);
+    // Once the first has stopped, the directory is free again.
+    let server = server.restart();
+    let api = Api::new(&server);
+    assert_eq!(history(&api, &alice, "g").await.len(), 100);
+    server.stop();
+}
+
 /// `tidings rebuild` reads local segments only: on a data directory whose oldest segments are
 /// only in the object store it refuses to rebuild from offset 0 (before, it rebuilt from the
 /// first local segment and wrote that state as the newest snapshot) and says what works;

@@ -82,6 +82,13 @@ fn status(data: &DataDir) -> anyhow::Result<ExitCode> {
 async fn upload_now(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.resolve()?;
     let data = DataDir::new(&config.data);
+    // The directory's lock before the tier: opening the tier opens the block cache the
+    // running server uses.
+    let Some(_dir_lock) = data.try_lock()? else {
+        anyhow::bail!(
+            "the server is running: ask it instead (POST /v1/tier/upload with the admin key)"
+        );
+    };
     let Some(tier) = crate::server::tiering::open(&config, &data).await? else {
         anyhow::bail!("no object store is configured (tier.url)");
     };

@@ -54,6 +54,8 @@ pub(crate) struct Running {
     stop_acks: CancellationToken,
     stop_applier: CancellationToken,
     stop_snapshots: CancellationToken,
+    /// The data directory's `LOCK`, released when the server has stopped (dropped last).
+    _dir_lock: std::fs::File,
 }
 
 fn projection_config(c: &Config) -> ProjectionConfig {
@@ -104,8 +106,7 @@ fn admin_key(config: &Config, data: &DataDir) -> anyhow::Result<String> {
 /// Starts a server; returns once it accepts connections.
 pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let data = DataDir::new(&config.data);
-    std::fs::create_dir_all(data.root())
-        .with_context(|| format!("creating the data directory {}", data.root().display()))?;
+    let dir_lock = data.lock()?;
     let admin_key = admin_key(&config, &data)?;
     let tier = tiering::open(&config, &data).await?;
     if let Some(t) = &tier
@@ -213,6 +214,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         stop_acks,
         stop_applier,
         stop_snapshots,
+        _dir_lock: dir_lock,
     })
 }
 
