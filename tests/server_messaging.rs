@@ -197,6 +197,111 @@ async fn a_reply_before_syncing_loses_nothing_sent_meanwhile() {
     assert!(sync["messages"].as_array().unwrap().is_empty());
 }
 
+/// A recall made while a device was offline reaches it through `GET /v1/changes` (the live
+/// `recall` frame goes only to sessions online at the time; sync and catch-up bring messages
+/// after the cursor, not changes to messages before it), in a group and a person channel,
+/// paged, and across a restart.
+#[tokio::test]
+async fn a_recall_while_offline_reaches_the_device_through_changes() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    for i in 1..=3 {
+        api.send(&alice, "g", &format!("a{i}"), &format!("m{i}"))
+            .await;
+    }
+    api.send(&alice, "@bob", "d1", "direct").await;
+    // bob's device syncs, acks, remembers the version, goes offline.
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert_eq!(seqs(sync["messages"].as_array().unwrap()), vec![1, 2, 3, 1]);
+    api.ok("POST", "/v1/channels/g/ack", &bob, Some(json!({"seq": 3})))
+        .await;
+    api.ok(
+        "POST",
+        "/v1/channels/@alice/ack",
+        &bob,
+        Some(json!({"seq": 1})),
+    )
+    .await;
+    let first = api.ok("GET", "/v1/changes", &bob, None).await;
+    assert!(first["messages"].as_array().unwrap().is_empty(), "{first}");
+    let v0 = first["version"].as_u64().unwrap();
+    // Meanwhile alice recalls two of them.
+    api.ok("DELETE", "/v1/channels/g/messages/2", &alice, None)
+        .await;
+    api.ok("DELETE", "/v1/channels/@bob/messages/1", &alice, None)
+        .await;
+    // Sync has nothing new for bob: the recalls are changes to messages he holds.
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert!(sync["messages"].as_array().unwrap().is_empty(), "{sync}");
+    let changes = api
+        .ok("GET", &format!("/v1/changes?since={v0}"), &bob, None)
+        .await;
+    let msgs = changes["messages"].as_array().unwrap();
+    let got: Vec<(String, u64, bool)> = msgs
+        .iter()
+        .map(|m| {
+            (
+                m["channel"].as_str().unwrap().to_owned(),
+                m["seq"].as_u64().unwrap(),
+                m["recalled"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("g".into(), 2, true), ("@alice".into(), 1, true)],
+        "{changes}"
+    );
+    assert!(msgs.iter().all(|m| m.get("payload").is_none()));
+    assert_eq!(changes["has_more"], false);
+    let v1 = changes["version"].as_u64().unwrap();
+    assert!(v1 > v0);
+    let again = api
+        .ok("GET", &format!("/v1/changes?since={v1}"), &bob, None)
+        .await;
+    assert!(again["messages"].as_array().unwrap().is_empty(), "{again}");
+    // Paged.
+    let page = api
+        .ok(
+            "GET",
+            &format!("/v1/changes?since={v0}&limit=1"),
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(seqs(page["messages"].as_array().unwrap()), vec![2]);
+    assert_eq!(page["has_more"], true);
+    let next = page["version"].as_u64().unwrap();
+    let page = api
+        .ok(
+            "GET",
+            &format!("/v1/changes?since={next}&limit=1"),
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(seqs(page["messages"].as_array().unwrap()), vec![1]);
+    assert_eq!(
+        (page["has_more"].clone(), page["version"].clone()),
+        (json!(false), json!(v1))
+    );
+    // After a restart (from the snapshot written at shutdown) the answer is the same.
+    let server = server.restart();
+    let api = Api::new(&server);
+    let after = api
+        .ok("GET", &format!("/v1/changes?since={v0}"), &bob, None)
+        .await;
+    assert_eq!(after["messages"], changes["messages"]);
+    assert_eq!(after["version"], v1);
+    // A bad version is a JSON error.
+    let (status, err) = api.call("GET", "/v1/changes?since=x", &bob, None).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(err["error"]["code"].is_string());
+}
+
 #[tokio::test]
 async fn an_abrupt_disconnect_mid_stream_loses_and_duplicates_nothing() {
     let server = Server::start(&[]);

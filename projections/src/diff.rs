@@ -197,6 +197,13 @@ pub fn diff(live: &State, rebuilt: &State, max: usize) -> Vec<String> {
         &rebuilt.heads.edits,
         values,
     );
+    maps(
+        o,
+        "channel",
+        &live.heads.changes,
+        &rebuilt.heads.changes,
+        |o, w, l, r| field(o, &w, "changes (offset, seq)", l, r),
+    );
     field(
         o,
         "heads",

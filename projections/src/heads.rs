@@ -1,5 +1,8 @@
 //! Channel heads: channel → last seq, last message id, preview, timestamp; plus the per-channel
-//! sets of recalled seqs and edited seqs (these grow with recalls and edits, not messages).
+//! sets of recalled seqs and edited seqs, and each channel's *changes* — the log offsets at
+//! which a message was recalled or edited, in log order, so that a device that was offline can
+//! ask which messages it may hold changed since it last asked (`messages::plan_changes`).
+//! These grow with recalls and edits, not messages.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,6 +48,8 @@ pub struct Heads {
     pub recalled: BTreeMap<ChannelId, BTreeSet<u64>>,
     /// For each edited message, the log offset of its latest edit.
     pub edits: BTreeMap<ChannelId, BTreeMap<u64, u64>>,
+    /// Recalls and edits by channel as `(offset, seq)`, in log order (offsets ascending).
+    pub changes: BTreeMap<ChannelId, Vec<(u64, u64)>>,
     /// The next server message id.
     pub next_message_id: u64,
 }
@@ -79,6 +84,22 @@ impl Heads {
         self.recalled
             .get(channel)
             .map_or(0, |s| s.range(after + 1..=up_to).count() as u64)
+    }
+
+    /// The changes of `channel` (recalls and edits, as `(offset, seq)`) at offsets `>= since`,
+    /// oldest first.
+    pub fn changes_since(&self, channel: &str, since: u64) -> &[(u64, u64)] {
+        self.changes.get(channel).map_or(&[], |c| {
+            let at = c.partition_point(|(offset, _)| *offset < since);
+            &c[at..]
+        })
+    }
+
+    fn changed(&mut self, offset: u64, channel: &str, seq: u64) {
+        self.changes
+            .entry(channel.to_owned())
+            .or_default()
+            .push((offset, seq));
     }
 
     /// The offset of the latest edit of a message, if edited.
@@ -125,10 +146,14 @@ impl Heads {
     }
 
     pub(crate) fn recall(&mut self, offset: u64, channel: &str, seq: u64) {
-        self.recalled
+        if self
+            .recalled
             .entry(channel.to_owned())
             .or_default()
-            .insert(seq);
+            .insert(seq)
+        {
+            self.changed(offset, channel, seq);
+        }
         if let Some(h) = self.heads.get_mut(channel) {
             if h.last_seq == seq {
                 h.recalled = true;
@@ -154,6 +179,7 @@ impl Heads {
             .entry(channel.to_owned())
             .or_default()
             .insert(seq, offset);
+        self.changed(offset, channel, seq);
         if let Some(h) = self.heads.get_mut(channel) {
             if h.last_seq == seq {
                 (h.preview, h.truncated) = preview(payload);

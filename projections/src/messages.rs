@@ -1,4 +1,4 @@
-//! Loading messages: history pages and sync.
+//! Loading messages: history pages, sync, and the changes (recalls, edits) since a version.
 //!
 //! Each read is split in two: a *plan* computed from the state (synchronous, so a caller can
 //! hold a lock on the state for it) naming the log offsets to read, then a *load* from the log
@@ -130,6 +130,72 @@ pub fn plan_sync_from(
         }
     }
     Ok((out, has_more))
+}
+
+/// What changed for a device since it last asked ([`plan_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangesPlan {
+    /// The changed messages, each once, in the order of their latest change.
+    pub messages: Vec<MessageRef>,
+    /// The `since` to ask with next time: every change before it is in this plan or an
+    /// earlier one.
+    pub version: u64,
+    /// Whether more changes remain (ask again with `version`).
+    pub has_more: bool,
+}
+
+/// The messages of `uid`'s channels recalled or edited at a log offset `>= since`: a device
+/// that holds messages from before it went offline learns which of them changed (the live
+/// `recall` notice reaches only the sessions online at the time). Each message comes once, in
+/// the order of its latest change; at most `limit`. The same rules as history reads: channels
+/// the user may read now (a banned group's are not), nothing at or below the user's cleared
+/// point or from an earlier group under the same id.
+pub fn plan_changes(
+    state: &State,
+    files: &IndexFiles,
+    uid: &str,
+    since: u64,
+    limit: usize,
+) -> Result<ChangesPlan> {
+    let mut found: Vec<(u64, &str, u64)> = Vec::new();
+    for channel in state.subs.channels_of(uid) {
+        if !crate::permissions::can_read(state, uid, channel) {
+            continue;
+        }
+        let floor = state
+            .cursors
+            .get(uid, channel)
+            .cleared
+            .max(state.subs.history_from(channel));
+        found.extend(
+            state
+                .heads
+                .changes_since(channel, since)
+                .iter()
+                .filter(|(_, seq)| *seq > floor)
+                .map(|&(offset, seq)| (offset, channel.as_str(), seq)),
+        );
+    }
+    found.sort_unstable_by_key(|&(offset, _, _)| offset);
+    // Each message at its latest change only.
+    let mut seen = crate::FastSet::default();
+    found.reverse();
+    found.retain(|&(_, channel, seq)| seen.insert((channel, seq)));
+    found.reverse();
+    let (version, has_more) = match found.get(limit) {
+        Some(&(offset, _, _)) => (offset, true),
+        None => (state.next_offset(), false),
+    };
+    found.truncate(limit);
+    let mut messages = Vec::with_capacity(found.len());
+    for (_, channel, seq) in found {
+        messages.extend(plan_range(state, files, channel, seq, seq)?);
+    }
+    Ok(ChangesPlan {
+        messages,
+        version,
+        has_more,
+    })
 }
 
 fn decode_at(offset: u64, recs: &[tidings_log::Record]) -> Result<Envelope> {

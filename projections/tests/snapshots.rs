@@ -249,7 +249,7 @@ async fn a_snapshot_of_an_earlier_format_is_refused_and_the_log_replayed() {
         Err(ProjectionError::SnapshotOutdated {
             path,
             version: 1,
-            current: 4,
+            current: 5,
         }) => assert_eq!(path, copy),
         other => panic!("expected SnapshotOutdated, got {other:?}"),
     }
@@ -326,7 +326,7 @@ fn short_header(version: u32, applied: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Versions 1 to 3 are outdated (their states lack rules made since), each recognised by its
+/// Versions 1 to 4 are outdated (their states lack rules made since), each recognised by its
 /// own header; version 1 only when its short header is intact — a damaged version byte that
 /// reads as 1 is damage, not an old format.
 #[tokio::test]
@@ -348,10 +348,18 @@ async fn earlier_versions_are_outdated_and_a_damaged_version_is_damage() {
             Err(ProjectionError::SnapshotOutdated { version, .. }) if version == v
         ));
     }
-    let mut v3 = bytes.clone();
-    v3[4..8].copy_from_slice(&3u32.to_le_bytes());
-    let crc = crc32fast::hash(&v3[..36]);
-    v3[36..40].copy_from_slice(&crc.to_le_bytes());
+    let long_header = |v: u32| {
+        let mut b = bytes.clone();
+        b[4..8].copy_from_slice(&v.to_le_bytes());
+        let crc = crc32fast::hash(&b[..36]);
+        b[36..40].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
+    assert!(matches!(
+        decode(&path, &long_header(4)),
+        Err(ProjectionError::SnapshotOutdated { version: 4, .. })
+    ));
+    let v3 = long_header(3);
     assert!(matches!(
         decode(&path, &v3),
         Err(ProjectionError::SnapshotOutdated { version: 3, .. })

@@ -172,3 +172,50 @@ pub(crate) async fn sync(
         has_more,
     }))
 }
+
+/// Query of `GET /v1/changes`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ChangesQuery {
+    /// The `version` of the previous answer (0, the default: every change).
+    pub(crate) since: Option<u64>,
+    /// At most this many messages (default 100, at most 1000).
+    pub(crate) limit: Option<usize>,
+}
+
+/// Messages recalled or edited since a version.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ChangesPage {
+    /// Each changed message once, as the history API shows it now (`"recalled": true`, or
+    /// the edited payload with `"edited": true`), in the order of its latest change.
+    #[schema(value_type = Vec<Object>)]
+    pub(crate) messages: Vec<Value>,
+    /// Pass as `since` next time.
+    pub(crate) version: u64,
+    /// Whether more changes remain (ask again with `since=version` now).
+    pub(crate) has_more: bool,
+}
+
+/// Recalls and edits of messages in the caller's channels since `since`: what a device that
+/// was offline (or synced over HTTP only) missed of messages it may already hold. A live
+/// WebSocket session gets each recall as a `recall` frame; this is the catch-up for them.
+#[utoipa::path(get, path = "/v1/changes", tag = "conversations", params(ChangesQuery),
+    responses((status = 200, body = ChangesPage)), security(("bearer" = [])))]
+pub(crate) async fn changes(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ChangesQuery>,
+) -> ApiResult<axum::Json<ChangesPage>> {
+    let me = caller.require_user()?.to_owned();
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let plan = {
+        let p = state.proj();
+        messages::plan_changes(&p.state, p.index_files(), &me, q.since.unwrap_or(0), limit)?
+    };
+    let msgs = messages::load(&state.log, &plan.messages).await?;
+    Ok(axum::Json(ChangesPage {
+        messages: msgs.iter().map(|m| message_json(m, Some(&me))).collect(),
+        version: plan.version,
+        has_more: plan.has_more,
+    }))
+}

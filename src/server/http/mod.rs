@@ -167,6 +167,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/channels/{id}/ack", post(cursors::ack))
         .route("/v1/conversations", get(conversations::conversations))
         .route("/v1/sync", get(conversations::sync))
+        .route("/v1/changes", get(conversations::changes))
         .route("/v1/log", get(ops::log_stream))
         .route("/v1/tier", get(ops::tier_status))
         .route("/v1/tier/upload", post(ops::tier_upload))

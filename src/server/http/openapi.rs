@@ -67,7 +67,7 @@ impl Modify for Extras {
         channels::get_list, channels::add_to_list, channels::remove_from_list,
         messages::post_message, messages::get_messages, messages::recall, messages::trace,
         cursors::read, cursors::ack,
-        conversations::conversations, conversations::sync,
+        conversations::conversations, conversations::sync, conversations::changes,
         crate::server::ws::upgrade,
         ops::log_stream, ops::tier_status, ops::tier_upload, ops::healthz, ops::readyz, ops::metrics, document,
     ),
