@@ -553,6 +553,58 @@ async fn t_manifest(s3s: &S3Server, prefix: &str) -> Manifest {
     m
 }
 
+/// A log that opened while the store was out of reach claims the prefix at its first upload
+/// pass. When another server holds a live lease there, the claim is refused as the open would
+/// have been, and the log is fenced and says so. Before, the refusal was dropped silently at
+/// every pass (status `fenced: false`, lag growing, local retention stopped) until the other
+/// lease lapsed, and the log then took the prefix over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_opened_offline_that_finds_a_live_owner_is_fenced() {
+    let s3s = S3Server::start();
+    let relay = Relay::start(s3s.port).await;
+    let prefix = unique_prefix("offline-open");
+    let (a_data, b_data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a_cache, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b = Log::open(
+        b_data.path().join("log"),
+        log_opts(tier(s3s.store(), &prefix, "node-b", b_cache.path()).await),
+    )
+    .await
+    .unwrap();
+    append(&b, 0, 300).await;
+    relay.set_cut(true);
+    let relayed = s3(
+        &format!("http://127.0.0.1:{}", relay.port),
+        BUCKET,
+        KEY,
+        SECRET,
+    );
+    let hour = Duration::from_secs(3600);
+    let a = Log::open(
+        a_data.path().join("log"),
+        log_opts(tier_with(relayed, &prefix, "node-a", a_cache.path(), 0, hour).await),
+    )
+    .await
+    .unwrap();
+    append(&a, 0, 300).await;
+    a.roll().await.unwrap();
+    relay.set_cut(false);
+    // (The roll woke the uploader too: this pass or that one meets the refusal first.)
+    match a.upload_now().await {
+        Err(LogError::Fenced { owner, .. }) => assert_eq!(owner, "node-b"),
+        Err(LogError::Tier(m)) if m.contains("fenced") => {}
+        other => panic!("expected Fenced, got {:?}", other.map(|_| ())),
+    }
+    assert!(a.tier().unwrap().status().fenced);
+    // The owner goes on as before.
+    b.roll().await.unwrap();
+    let status = b.upload_now().await.unwrap();
+    assert_eq!((status.lag_segments, status.fenced), (0, false));
+    assert_eq!(t_manifest(&s3s, &prefix).await.owner.id, "node-b");
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
 /// A TCP relay to the S3 server that can cut a client off (a network partition): while cut,
 /// it closes every relayed connection and refuses new ones.
 struct Relay {

@@ -176,7 +176,18 @@ impl Uploader {
             return Err(LogError::Tier(DIVERGED.into()));
         }
         if !state.claimed {
-            store::claim(inner).await?;
+            // The log opened while the store was out of reach. Another server's live lease
+            // refuses this claim as it would have refused the open: fenced, final until the
+            // log is reopened (not a failure to retry until that lease lapses, then take the
+            // prefix over from under a history this log never saw).
+            if let Err(e) = store::claim(inner).await {
+                if matches!(e, LogError::Fenced { .. })
+                    && !inner.fenced.swap(true, Ordering::Relaxed)
+                {
+                    tracing::error!(error = %e, store = %inner.opts.display, "another server owns the prefix; this log stops tiering until it is reopened");
+                }
+                return Err(e);
+            }
             write_local_manifest(&self.dir, &self.tier.manifest())?;
             state.claimed = true;
             state.last_write_ms = store::now_ms();
