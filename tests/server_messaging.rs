@@ -225,6 +225,7 @@ async fn a_recall_while_offline_reaches_the_device_through_changes() {
         Some(json!({"seq": 1})),
     )
     .await;
+    // Without `since`: only the version to start from.
     let first = api.ok("GET", "/v1/changes", &bob, None).await;
     assert!(first["messages"].as_array().unwrap().is_empty(), "{first}");
     let v0 = first["version"].as_u64().unwrap();

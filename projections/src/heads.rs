@@ -48,7 +48,8 @@ pub struct Heads {
     pub recalled: BTreeMap<ChannelId, BTreeSet<u64>>,
     /// For each edited message, the log offset of its latest edit.
     pub edits: BTreeMap<ChannelId, BTreeMap<u64, u64>>,
-    /// Recalls and edits by channel as `(offset, seq)`, in log order (offsets ascending).
+    /// Recalls and edits by channel as `(offset, seq)`, in log order (offsets ascending), each
+    /// seq once: at its latest change.
     pub changes: BTreeMap<ChannelId, Vec<(u64, u64)>>,
     /// The next server message id.
     pub next_message_id: u64,
@@ -96,10 +97,14 @@ impl Heads {
     }
 
     fn changed(&mut self, offset: u64, channel: &str, seq: u64) {
-        self.changes
-            .entry(channel.to_owned())
-            .or_default()
-            .push((offset, seq));
+        let list = self.changes.entry(channel.to_owned()).or_default();
+        // A message edited again (or edited, then recalled) moves to its latest change: the
+        // list stays as long as the changed messages, not the changes. (A linear search, but
+        // recalls and edits are rare next to messages.)
+        if let Some(at) = list.iter().rposition(|&(_, s)| s == seq) {
+            list.remove(at);
+        }
+        list.push((offset, seq));
     }
 
     /// The offset of the latest edit of a message, if edited.

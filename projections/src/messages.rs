@@ -147,9 +147,12 @@ pub struct ChangesPlan {
 /// The messages of `uid`'s channels recalled or edited at a log offset `>= since`: a device
 /// that holds messages from before it went offline learns which of them changed (the live
 /// `recall` notice reaches only the sessions online at the time). Each message comes once, in
-/// the order of its latest change; at most `limit`. The same rules as history reads: channels
-/// the user may read now (a banned group's are not), nothing at or below the user's cleared
-/// point or from an earlier group under the same id.
+/// the order of its latest change; at most `limit`. Channels: those the user is a member of,
+/// as for sync — a banned group too (its backlog still reaches its members by sync, so a
+/// recall made during the ban must reach them as well, or it would be lost for good once the
+/// version moved past it). Nothing at or below the user's cleared point or from an earlier
+/// group under the same id. Cost: O(channels + limit × log channels) — the channels' lists
+/// are merged, not gathered and sorted.
 pub fn plan_changes(
     state: &State,
     files: &IndexFiles,
@@ -157,38 +160,43 @@ pub fn plan_changes(
     since: u64,
     limit: usize,
 ) -> Result<ChangesPlan> {
-    let mut found: Vec<(u64, &str, u64)> = Vec::new();
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut lists: Vec<(&str, &[(u64, u64)], u64)> = Vec::new();
+    let mut heap = BinaryHeap::new();
     for channel in state.subs.channels_of(uid) {
-        if !crate::permissions::can_read(state, uid, channel) {
+        let list = state.heads.changes_since(channel, since);
+        let Some(&(first, _)) = list.first() else {
             continue;
-        }
+        };
         let floor = state
             .cursors
             .get(uid, channel)
             .cleared
             .max(state.subs.history_from(channel));
-        found.extend(
-            state
-                .heads
-                .changes_since(channel, since)
-                .iter()
-                .filter(|(_, seq)| *seq > floor)
-                .map(|&(offset, seq)| (offset, channel.as_str(), seq)),
-        );
+        heap.push(Reverse((first, lists.len(), 0usize)));
+        lists.push((channel.as_str(), list, floor));
     }
-    found.sort_unstable_by_key(|&(offset, _, _)| offset);
-    // Each message at its latest change only.
-    let mut seen = crate::FastSet::default();
-    found.reverse();
-    found.retain(|&(_, channel, seq)| seen.insert((channel, seq)));
-    found.reverse();
-    let (version, has_more) = match found.get(limit) {
-        Some(&(offset, _, _)) => (offset, true),
-        None => (state.next_offset(), false),
-    };
-    found.truncate(limit);
-    let mut messages = Vec::with_capacity(found.len());
-    for (_, channel, seq) in found {
+    let mut picked: Vec<(&str, u64)> = Vec::new();
+    let mut version = state.next_offset();
+    let mut has_more = false;
+    while let Some(Reverse((offset, i, at))) = heap.pop() {
+        let (channel, list, floor) = lists[i];
+        if let Some(&(next, _)) = list.get(at + 1) {
+            heap.push(Reverse((next, i, at + 1)));
+        }
+        let seq = list[at].1;
+        if seq <= floor {
+            continue;
+        }
+        if picked.len() == limit {
+            (version, has_more) = (offset, true);
+            break;
+        }
+        picked.push((channel, seq));
+    }
+    let mut messages = Vec::with_capacity(picked.len());
+    for (channel, seq) in picked {
         messages.extend(plan_range(state, files, channel, seq, seq)?);
     }
     Ok(ChangesPlan {

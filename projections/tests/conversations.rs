@@ -350,7 +350,8 @@ async fn changes_since_a_version_name_each_changed_message_once() {
     assert_eq!(changes(&w, "carol", v0, 10).0, vec![5]);
     // The rebuilt state holds the same changes.
     assert_eq!(w.rebuild().await.heads.changes, w.state().heads.changes);
-    // A banned group's history is closed, its changes too.
+    // A banned group's backlog still reaches its members by sync: so do its changes, and a
+    // recall made during the ban (else the version would move past it for good).
     w.flags(
         "g",
         tidings_projections::ChannelFlags {
@@ -359,5 +360,18 @@ async fn changes_since_a_version_name_each_changed_message_once() {
         },
     )
     .await;
-    assert!(changes(&w, "bob", v0, 10).0.is_empty());
+    w.recall("g", 1, "admin").await;
+    assert_eq!(changes(&w, "bob", v0, 10).0, vec![2, 5, 3, 1]);
+    // A message changed again moves to its latest change; the list holds it once.
+    w.recall("g", 6, "alice").await;
+    w.emit(Event::MessageEdited {
+        channel: "g".into(),
+        seq: 3,
+        by: "alice".into(),
+        payload: bytes::Bytes::from_static(b"{\"text\":\"best\"}"),
+        flags: 1,
+    })
+    .await;
+    assert_eq!(changes(&w, "bob", v0, 10).0, vec![2, 5, 1, 6, 3]);
+    assert_eq!(w.state().heads.changes["g"].len(), 5);
 }

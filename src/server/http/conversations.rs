@@ -177,7 +177,8 @@ pub(crate) async fn sync(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ChangesQuery {
-    /// The `version` of the previous answer (0, the default: every change).
+    /// The `version` of the previous answer. Without it: no messages, only the version to
+    /// start from (a new device holds nothing that could have changed). `0`: every change.
     pub(crate) since: Option<u64>,
     /// At most this many messages (default 100, at most 1000).
     pub(crate) limit: Option<usize>,
@@ -210,7 +211,14 @@ pub(crate) async fn changes(
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let plan = {
         let p = state.proj();
-        messages::plan_changes(&p.state, p.index_files(), &me, q.since.unwrap_or(0), limit)?
+        match q.since {
+            Some(since) => messages::plan_changes(&p.state, p.index_files(), &me, since, limit)?,
+            None => messages::ChangesPlan {
+                messages: Vec::new(),
+                version: p.state.next_offset(),
+                has_more: false,
+            },
+        }
     };
     let msgs = messages::load(&state.log, &plan.messages).await?;
     Ok(axum::Json(ChangesPage {
