@@ -162,7 +162,10 @@ pub fn plan_changes(
 ) -> Result<ChangesPlan> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    let mut lists: Vec<(&str, &[(u64, u64)], u64)> = Vec::new();
+    // Per channel: its id, its changes at or after `since`, and the seq at or below which
+    // none is reported.
+    type Pending<'a> = (&'a str, &'a [(u64, u64)], u64);
+    let mut lists: Vec<Pending<'_>> = Vec::new();
     let mut heap = BinaryHeap::new();
     for channel in state.subs.channels_of(uid) {
         let list = state.heads.changes_since(channel, since);
