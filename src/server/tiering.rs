@@ -198,6 +198,18 @@ pub(crate) async fn upload_snapshot(
     sidecars: &[u64],
     uploaded: &Mutex<Option<HashSet<u64>>>,
 ) -> anyhow::Result<()> {
+    // A server fenced from the prefix (another owns it) or whose log is another history than
+    // the prefix's uploads nothing more: the snapshot and sidecar keys are fixed, so it would
+    // overwrite the owner's sidecars and prune the owner's newer snapshots.
+    let status = tier.status();
+    if status.fenced || status.diverged {
+        tracing::debug!(
+            fenced = status.fenced,
+            diverged = status.diverged,
+            "not uploading the snapshot: the prefix is not this server's"
+        );
+        return Ok(());
+    }
     let known = uploaded.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut known = match known {
         Some(k) => k,
@@ -236,4 +248,73 @@ pub(crate) async fn upload_snapshot(
         tier.delete(&format!("snapshots/{old}")).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt as _;
+    use tidings_log::tier::manifest::Manifest;
+    use tidings_log::{Log, LogOptions};
+
+    /// A server fenced from the prefix does not upload its snapshot: before, it put it (and
+    /// its sidecars) under the same fixed keys the owner uses and pruned the owner's newest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fenced_server_uploads_no_snapshot() {
+        let (bucket, data, cache) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+        let tier = Tier::open(
+            TierOptions::new(store.clone(), "p", "test", "node-a", cache.path())
+                .with_upload_interval(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+        let log = Log::open(
+            data.path().join("log"),
+            LogOptions::default().with_tier(tier),
+        )
+        .await
+        .unwrap();
+        log.append_one(bytes::Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        log.roll().await.unwrap();
+        log.upload_now().await.unwrap();
+        let tier = log.tier().unwrap().clone();
+        let snap = data.path().join("00000000000000000000.snap");
+        std::fs::write(&snap, b"a snapshot").unwrap();
+        let uploaded = Mutex::new(None);
+        upload_snapshot(&tier, data.path(), &snap, &[], &uploaded)
+            .await
+            .unwrap();
+        assert_eq!(tier.list("snapshots").await.unwrap().len(), 1);
+        // node-b takes the prefix over (its manifest version lands first).
+        let theirs = tier.manifest().next("node-b", u64::MAX / 2);
+        let key = object_store::path::Path::from(format!("p/{}", Manifest::key(theirs.epoch)));
+        store
+            .put(&key, object_store::PutPayload::from(theirs.encode()))
+            .await
+            .unwrap();
+        log.append_one(bytes::Bytes::from_static(b"two"))
+            .await
+            .unwrap();
+        log.roll().await.unwrap();
+        assert!(log.upload_now().await.is_err());
+        assert!(tier.status().fenced);
+        let newer = data.path().join("00000000000000000001.snap");
+        std::fs::write(&newer, b"another snapshot").unwrap();
+        upload_snapshot(&tier, data.path(), &newer, &[], &uploaded)
+            .await
+            .unwrap();
+        assert_eq!(
+            tier.list("snapshots").await.unwrap(),
+            vec!["00000000000000000000.snap".to_owned()]
+        );
+        log.close().await.unwrap();
+    }
 }
