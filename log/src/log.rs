@@ -181,7 +181,14 @@ impl Log {
             .await
             .unwrap_or_else(|_| Err(LogError::Tier("no answer from the object store".into())));
             match claim {
-                Ok(()) => claimed = true,
+                Ok(crate::tier::Claim::Taken) => claimed = true,
+                Ok(crate::tier::Claim::Waiting { seen_ms_ago }) => {
+                    tracing::warn!(
+                        seen_ms_ago,
+                        store = tier.display(),
+                        "another process under this node id wrote the manifest within its lease (a restart after a crash, or a copy of this data directory running): claiming once its lease lapses; fenced if it writes meanwhile"
+                    );
+                }
                 Err(e @ LogError::Fenced { .. }) => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, store = tier.display(), "object store unreachable at open: using the local manifest copy, claiming later");

@@ -852,6 +852,123 @@ async fn an_own_manifest_version_that_landed_late_is_adopted_not_fencing() {
     log.close().await.unwrap();
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A tier on a local-directory store with a short lease.
+async fn leased_tier(
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+    cache: &Path,
+    every: Duration,
+    lease: Duration,
+) -> Tier {
+    Tier::open(
+        TierOptions::new(store, prefix, format!("test://{prefix}"), "node-a", cache)
+            .with_upload_interval(every)
+            .with_lease(lease),
+    )
+    .await
+    .unwrap()
+}
+
+/// A copy of a running node's data directory started under the same node id: it cannot tell
+/// itself from a restart after a crash, so it waits out the running one's lease before
+/// claiming — and as the running one renews meanwhile, it is fenced, while the original goes
+/// on owning the prefix. Before, the copy claimed at once (same id) and fenced the original:
+/// two servers accepting writes at the same offsets, the original's never uploaded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_running_node_under_its_id_is_fenced_not_the_original() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let prefix = "clone";
+    let (a_data, a_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (every, lease) = (Duration::from_millis(50), Duration::from_millis(400));
+    let a = Log::open(
+        a_data.path().join("log"),
+        log_opts(leased_tier(store.clone(), prefix, a_cache.path(), every, lease).await),
+    )
+    .await
+    .unwrap();
+    append(&a, 0, 300).await;
+    a.roll().await.unwrap();
+    a.upload_now().await.unwrap();
+    let (b_data, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    copy_dir(&a_data.path().join("log"), &b_data.path().join("log"));
+    let hour = Duration::from_secs(3600);
+    let b = Log::open(
+        b_data.path().join("log"),
+        log_opts(leased_tier(store.clone(), prefix, b_cache.path(), hour, lease).await),
+    )
+    .await
+    .unwrap();
+    // Opened, not claimed: waiting.
+    assert!(!b.tier().unwrap().status().fenced);
+    // The original renews its lease meanwhile (every third of it).
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    match b.upload_now().await {
+        Err(LogError::Fenced { owner, .. }) => assert_eq!(owner, "node-a"),
+        other => panic!("expected Fenced, got {:?}", other.map(|_| ())),
+    }
+    assert!(b.tier().unwrap().status().fenced);
+    append(&a, 300, 300).await;
+    a.roll().await.unwrap();
+    let status = a.upload_now().await.unwrap();
+    assert_eq!((status.fenced, status.lag_segments), (false, 0));
+    b.close().await.unwrap();
+    a.close().await.unwrap();
+}
+
+/// A restart after a crash (the last manifest version is this node's, from another process,
+/// with a fresh heartbeat that nobody renews) claims once that lease has lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_crash_claims_once_its_old_lease_lapsed() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let prefix = "crashed";
+    let lease = Duration::from_secs(2);
+    let mut crashed = Manifest::new(
+        "node-a",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    crashed.owner.incarnation = Some(7);
+    put_manifest(&store, prefix, &crashed).await;
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hour = Duration::from_secs(3600);
+    let log = Log::open(
+        data.path().join("log"),
+        log_opts(leased_tier(store.clone(), prefix, cache.path(), hour, lease).await),
+    )
+    .await
+    .unwrap();
+    append(&log, 0, 30).await;
+    log.roll().await.unwrap();
+    match log.upload_now().await {
+        Err(LogError::Tier(m)) if m.contains("waiting for the lease") => {}
+        other => panic!("expected the claim to wait, got {:?}", other.map(|_| ())),
+    }
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let status = log.upload_now().await.unwrap();
+    assert_eq!((status.fenced, status.lag_segments), (false, 0));
+    let m = log.tier().unwrap().manifest();
+    assert!(m.epoch > crashed.epoch && m.owner.incarnation != Some(7));
+    log.close().await.unwrap();
+}
+
 /// A fail-back to an old data directory: node A uploads, writes 100 more records, and stops
 /// before they are sealed; node B restores from the store and writes a different history from
 /// that offset on; A starts again on its old directory and seals its own. The store now has a

@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 pub use self::cold::ColdStorageUnavailable;
 pub(crate) use self::cold::TierVfs;
 use self::manifest::Manifest;
+pub(crate) use self::store::Claim;
 use crate::error::{LogError, Result};
 
 /// How a log tiers to an object store.
@@ -209,7 +210,7 @@ fn incarnation() -> u64 {
 }
 
 /// Claims the prefix for this node (used by `Log::open`).
-pub(crate) async fn store_claim(tier: &Tier) -> Result<()> {
+pub(crate) async fn store_claim(tier: &Tier) -> Result<store::Claim> {
     store::claim(&tier.inner).await
 }
 
@@ -228,6 +229,9 @@ pub(crate) struct TierInner {
     pub(crate) fenced: AtomicBool,
     /// See [`TierStatus::diverged`]; never cleared while the log is open.
     pub(crate) diverged: AtomicBool,
+    /// The manifest epoch at which another process under this node id was first seen holding
+    /// a live lease, while this one waits to claim ([`store::claim`]).
+    pub(crate) predecessor: std::sync::Mutex<Option<u64>>,
     /// This process's mark on the manifest versions it writes ([`Owner::incarnation`]).
     ///
     /// [`Owner::incarnation`]: manifest::Owner::incarnation
@@ -256,6 +260,7 @@ impl Tier {
                 tracker: TaskTracker::new(),
                 manifest: arc_swap::ArcSwap::from_pointee(Manifest::new(&opts.owner_id, 0)),
                 fenced: AtomicBool::new(false),
+                predecessor: std::sync::Mutex::new(None),
                 diverged: AtomicBool::new(false),
                 incarnation: incarnation(),
                 counters: TierCounters::default(),

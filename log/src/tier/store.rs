@@ -198,20 +198,62 @@ async fn prune_versions(inner: &TierInner, newest: u64) {
     }
 }
 
-/// Takes ownership of the prefix: refused while another owner's lease is live.
-pub(crate) async fn claim(inner: &TierInner) -> Result<()> {
+/// What a claim did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The prefix is this process's.
+    Taken,
+    /// Another process under this node id holds a live lease: this node restarted after a
+    /// crash within the lease, or its data directory was cloned and the other copy runs. Only
+    /// waiting tells them apart — a crashed process writes no more, a running one renews —
+    /// so the claim is made once that lease has lapsed, and refused (fenced) if the other
+    /// process writes meanwhile. Until then nothing is uploaded or deleted.
+    Waiting {
+        /// When the other process last wrote.
+        seen_ms_ago: u64,
+    },
+}
+
+/// Takes ownership of the prefix: refused while another owner's lease is live; waits out
+/// the lease of another process under this node id ([`Claim::Waiting`]).
+pub(crate) async fn claim(inner: &TierInner) -> Result<Claim> {
     let me = &inner.opts.owner_id;
     let now = now_ms();
+    let lease_ms = inner.opts.lease.as_millis() as u64;
     let next = match latest_manifest(inner).await? {
         None => Manifest::new(me, now),
         Some(m) => {
             let age = now.saturating_sub(m.owner.heartbeat_ms);
-            if &m.owner.id != me && age < inner.opts.lease.as_millis() as u64 {
+            if &m.owner.id != me && age < lease_ms {
                 return Err(LogError::Fenced {
                     owner: m.owner.id,
                     seen_ms_ago: age,
                     store: inner.opts.display.clone(),
                 });
+            }
+            let other_process =
+                &m.owner.id == me && m.owner.incarnation.is_some_and(|i| i != inner.incarnation);
+            if other_process && age < lease_ms {
+                let mut seen = inner.predecessor.lock().unwrap_or_else(|p| p.into_inner());
+                match *seen {
+                    Some(epoch) if m.epoch > epoch => {
+                        inner.fenced.store(true, Ordering::Relaxed);
+                        tracing::error!(
+                            node = %me,
+                            store = %inner.opts.display,
+                            "another process under this node id is writing to the prefix (a copy of this data directory?); this log stops tiering"
+                        );
+                        return Err(LogError::Fenced {
+                            owner: m.owner.id,
+                            seen_ms_ago: age,
+                            store: inner.opts.display.clone(),
+                        });
+                    }
+                    Some(_) => {}
+                    None => *seen = Some(m.epoch),
+                }
+                inner.manifest.store(std::sync::Arc::new(m));
+                return Ok(Claim::Waiting { seen_ms_ago: age });
             }
             inner.manifest.store(std::sync::Arc::new(m.clone()));
             m.next(me, now)
@@ -220,7 +262,8 @@ pub(crate) async fn claim(inner: &TierInner) -> Result<()> {
     match write_manifest(inner, &next).await? {
         Written::Ok => {
             inner.fenced.store(false, Ordering::Relaxed);
-            Ok(())
+            *inner.predecessor.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            Ok(Claim::Taken)
         }
         Written::Fenced(t) => Err(LogError::Fenced {
             owner: t.owner.id,

@@ -87,6 +87,9 @@ pub(crate) struct Uploader {
     pub(crate) pass_lock: Arc<Mutex<PassState>>,
 }
 
+/// The start of a pass's error while the claim waits ([`store::Claim::Waiting`]).
+const WAITING: &str = "waiting for the lease of another process under this node id to lapse before claiming the prefix";
+
 /// State kept between passes.
 #[derive(Debug, Default)]
 pub(crate) struct PassState {
@@ -134,6 +137,8 @@ impl Uploader {
                 Err(_)
                     if self.tier.inner.fenced.load(Ordering::Relaxed)
                         || self.tier.inner.diverged.load(Ordering::Relaxed) => {}
+                // Waiting out another process's lease (reported at open): not a failure.
+                Err(LogError::Tier(m)) if m.starts_with(WAITING) => attempt = 0,
                 Err(e) => {
                     attempt = attempt.saturating_add(1);
                     self.tier
@@ -180,13 +185,21 @@ impl Uploader {
             // refuses this claim as it would have refused the open: fenced, final until the
             // log is reopened (not a failure to retry until that lease lapses, then take the
             // prefix over from under a history this log never saw).
-            if let Err(e) = store::claim(inner).await {
-                if matches!(e, LogError::Fenced { .. })
-                    && !inner.fenced.swap(true, Ordering::Relaxed)
-                {
-                    tracing::error!(error = %e, store = %inner.opts.display, "another server owns the prefix; this log stops tiering until it is reopened");
+            match store::claim(inner).await {
+                Ok(store::Claim::Taken) => {}
+                Ok(store::Claim::Waiting { seen_ms_ago }) => {
+                    return Err(LogError::Tier(format!(
+                        "{WAITING}: it wrote {seen_ms_ago} ms ago"
+                    )));
                 }
-                return Err(e);
+                Err(e) => {
+                    if matches!(e, LogError::Fenced { .. })
+                        && !inner.fenced.swap(true, Ordering::Relaxed)
+                    {
+                        tracing::error!(error = %e, store = %inner.opts.display, "another server owns the prefix; this log stops tiering until it is reopened");
+                    }
+                    return Err(e);
+                }
             }
             write_local_manifest(&self.dir, &self.tier.manifest())?;
             state.claimed = true;
