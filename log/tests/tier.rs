@@ -913,7 +913,8 @@ async fn a_copy_of_a_running_node_under_its_id_is_fenced_not_the_original() {
     .await
     .unwrap();
     // Opened, not claimed: waiting.
-    assert!(!b.tier().unwrap().status().fenced);
+    let status = b.tier().unwrap().status();
+    assert!(!status.fenced && !status.claimed);
     // The original renews its lease meanwhile (every third of it).
     tokio::time::sleep(Duration::from_millis(900)).await;
     match b.upload_now().await {
@@ -927,6 +928,47 @@ async fn a_copy_of_a_running_node_under_its_id_is_fenced_not_the_original() {
     assert_eq!((status.fenced, status.lag_segments), (false, 0));
     b.close().await.unwrap();
     a.close().await.unwrap();
+}
+
+/// The same, when the original stops cleanly while the copy waits: its release (a version
+/// with heartbeat 0) is no invitation to the copy, which saw it write meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_copy_is_fenced_when_the_original_stops_cleanly() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let prefix = "clone-stops";
+    let (hour, lease) = (Duration::from_secs(3600), Duration::from_millis(400));
+    let (a_data, a_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Log::open(
+        a_data.path().join("log"),
+        log_opts(leased_tier(store.clone(), prefix, a_cache.path(), hour, lease).await),
+    )
+    .await
+    .unwrap();
+    append(&a, 0, 300).await;
+    a.roll().await.unwrap();
+    a.upload_now().await.unwrap();
+    let (b_data, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    copy_dir(&a_data.path().join("log"), &b_data.path().join("log"));
+    let b = Log::open(
+        b_data.path().join("log"),
+        log_opts(leased_tier(store.clone(), prefix, b_cache.path(), hour, lease).await),
+    )
+    .await
+    .unwrap();
+    assert!(!b.tier().unwrap().status().claimed);
+    append(&a, 300, 300).await;
+    a.roll().await.unwrap();
+    a.upload_now().await.unwrap();
+    a.close().await.unwrap();
+    match b.upload_now().await {
+        Err(LogError::Fenced { owner, .. }) => assert_eq!(owner, "node-a"),
+        other => panic!("expected Fenced, got {:?}", other.map(|_| ())),
+    }
+    let status = b.tier().unwrap().status();
+    assert!(status.fenced && !status.claimed);
+    b.close().await.unwrap();
 }
 
 /// A restart after a crash (the last manifest version is this node's, from another process,

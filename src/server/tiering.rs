@@ -198,12 +198,14 @@ pub(crate) async fn upload_snapshot(
     sidecars: &[u64],
     uploaded: &Mutex<Option<HashSet<u64>>>,
 ) -> anyhow::Result<()> {
-    // A server fenced from the prefix (another owns it) or whose log is another history than
-    // the prefix's uploads nothing more: the snapshot and sidecar keys are fixed, so it would
-    // overwrite the owner's sidecars and prune the owner's newer snapshots.
+    // Only the prefix's owner uploads: a server that has not claimed it (yet: the store was
+    // out of reach at open, or it waits out another process's lease under this node id), was
+    // fenced from it, or whose log is another history than the prefix's would put its
+    // snapshot and sidecars under the owner's fixed keys and prune the owner's newest.
     let status = tier.status();
-    if status.fenced || status.diverged {
+    if !status.claimed || status.fenced || status.diverged {
         tracing::debug!(
+            claimed = status.claimed,
             fenced = status.fenced,
             diverged = status.diverged,
             "not uploading the snapshot: the prefix is not this server's"
@@ -315,6 +317,47 @@ mod tests {
             tier.list("snapshots").await.unwrap(),
             vec!["00000000000000000000.snap".to_owned()]
         );
+        log.close().await.unwrap();
+    }
+
+    /// Nor does one that has not claimed the prefix: here it waits out the lease of another
+    /// process under its node id (a copy of its data directory may be running).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_waiting_to_claim_uploads_no_snapshot() {
+        let (bucket, data, cache) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+        let mut other = Manifest::new("node-a", u64::MAX / 2);
+        other.owner.incarnation = Some(7);
+        let key = object_store::path::Path::from(format!("p/{}", Manifest::key(other.epoch)));
+        store
+            .put(&key, object_store::PutPayload::from(other.encode()))
+            .await
+            .unwrap();
+        let tier = Tier::open(
+            TierOptions::new(store.clone(), "p", "test", "node-a", cache.path())
+                .with_upload_interval(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+        let log = Log::open(
+            data.path().join("log"),
+            LogOptions::default().with_tier(tier),
+        )
+        .await
+        .unwrap();
+        let tier = log.tier().unwrap().clone();
+        assert!(!tier.status().claimed);
+        let snap = data.path().join("00000000000000000000.snap");
+        std::fs::write(&snap, b"a snapshot").unwrap();
+        upload_snapshot(&tier, data.path(), &snap, &[], &Mutex::new(None))
+            .await
+            .unwrap();
+        assert!(tier.list("snapshots").await.unwrap().is_empty());
         log.close().await.unwrap();
     }
 }

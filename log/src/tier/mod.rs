@@ -177,6 +177,9 @@ pub struct TierStatus {
     pub lag_bytes: u64,
     /// The latest manifest version.
     pub epoch: u64,
+    /// This log holds the prefix: false until its claim is taken (while the store is out of
+    /// reach at open, or while it waits out another process's lease under this node id).
+    pub claimed: bool,
     /// Another server took the prefix over: uploads stopped.
     pub fenced: bool,
     /// The object store holds another history of this log than the local segments (a segment
@@ -226,6 +229,8 @@ pub(crate) struct TierInner {
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) tracker: TaskTracker,
     pub(crate) manifest: arc_swap::ArcSwap<Manifest>,
+    /// See [`TierStatus::claimed`].
+    pub(crate) claimed: AtomicBool,
     pub(crate) fenced: AtomicBool,
     /// See [`TierStatus::diverged`]; never cleared while the log is open.
     pub(crate) diverged: AtomicBool,
@@ -259,6 +264,7 @@ impl Tier {
                 runtime: tokio::runtime::Handle::current(),
                 tracker: TaskTracker::new(),
                 manifest: arc_swap::ArcSwap::from_pointee(Manifest::new(&opts.owner_id, 0)),
+                claimed: AtomicBool::new(false),
                 fenced: AtomicBool::new(false),
                 predecessor: std::sync::Mutex::new(None),
                 diverged: AtomicBool::new(false),
@@ -294,6 +300,7 @@ impl Tier {
             lag_segments,
             lag_bytes,
             epoch: m.epoch,
+            claimed: self.inner.claimed.load(Ordering::Relaxed),
             fenced: self.inner.fenced.load(Ordering::Relaxed),
             diverged: self.inner.diverged.load(Ordering::Relaxed),
             uploads: l(&c.uploads),

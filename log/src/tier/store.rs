@@ -233,27 +233,29 @@ pub(crate) async fn claim(inner: &TierInner) -> Result<Claim> {
             }
             let other_process =
                 &m.owner.id == me && m.owner.incarnation.is_some_and(|i| i != inner.incarnation);
-            if other_process && age < lease_ms {
+            if other_process {
                 let mut seen = inner.predecessor.lock().unwrap_or_else(|p| p.into_inner());
-                match *seen {
-                    Some(epoch) if m.epoch > epoch => {
-                        inner.fenced.store(true, Ordering::Relaxed);
-                        tracing::error!(
-                            node = %me,
-                            store = %inner.opts.display,
-                            "another process under this node id is writing to the prefix (a copy of this data directory?); this log stops tiering"
-                        );
-                        return Err(LogError::Fenced {
-                            owner: m.owner.id,
-                            seen_ms_ago: age,
-                            store: inner.opts.display.clone(),
-                        });
-                    }
-                    Some(_) => {}
-                    None => *seen = Some(m.epoch),
+                // It wrote again since this process first saw it: it runs (a crashed process
+                // writes nothing more). Checked before the lease's age: a running copy that
+                // stopped cleanly meanwhile left a released lease, which is no invitation.
+                if seen.is_some_and(|epoch| m.epoch > epoch) {
+                    inner.fenced.store(true, Ordering::Relaxed);
+                    tracing::error!(
+                        node = %me,
+                        store = %inner.opts.display,
+                        "another process under this node id is writing to the prefix (a copy of this data directory?); this log stops tiering"
+                    );
+                    return Err(LogError::Fenced {
+                        owner: m.owner.id,
+                        seen_ms_ago: age,
+                        store: inner.opts.display.clone(),
+                    });
                 }
-                inner.manifest.store(std::sync::Arc::new(m));
-                return Ok(Claim::Waiting { seen_ms_ago: age });
+                if age < lease_ms {
+                    seen.get_or_insert(m.epoch);
+                    inner.manifest.store(std::sync::Arc::new(m));
+                    return Ok(Claim::Waiting { seen_ms_ago: age });
+                }
             }
             inner.manifest.store(std::sync::Arc::new(m.clone()));
             m.next(me, now)
@@ -262,6 +264,7 @@ pub(crate) async fn claim(inner: &TierInner) -> Result<Claim> {
     match write_manifest(inner, &next).await? {
         Written::Ok => {
             inner.fenced.store(false, Ordering::Relaxed);
+            inner.claimed.store(true, Ordering::Relaxed);
             *inner.predecessor.lock().unwrap_or_else(|p| p.into_inner()) = None;
             Ok(Claim::Taken)
         }
