@@ -259,29 +259,60 @@ mod tests {
     use tidings_log::tier::manifest::Manifest;
     use tidings_log::{Log, LogOptions};
 
+    /// A local-directory store, and a data directory and a cache for node-a's log.
+    struct Setup {
+        _bucket: tempfile::TempDir,
+        data: tempfile::TempDir,
+        cache: tempfile::TempDir,
+        store: Arc<dyn ObjectStore>,
+    }
+
+    impl Setup {
+        fn new() -> (Setup, Arc<dyn ObjectStore>) {
+            let bucket = tempfile::tempdir().unwrap();
+            let store: Arc<dyn ObjectStore> =
+                Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+            let t = Setup {
+                _bucket: bucket,
+                data: tempfile::tempdir().unwrap(),
+                cache: tempfile::tempdir().unwrap(),
+                store: store.clone(),
+            };
+            (t, store)
+        }
+
+        /// node-a's log, tiered under prefix `p`; it uploads when asked.
+        async fn open_log(&self) -> Log {
+            let tier = Tier::open(
+                TierOptions::new(self.store.clone(), "p", "test", "node-a", self.cache.path())
+                    .with_upload_interval(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap();
+            Log::open(
+                self.data.path().join("log"),
+                LogOptions::default().with_tier(tier),
+            )
+            .await
+            .unwrap()
+        }
+    }
+
+    /// Puts manifest version `m` into the store (as another writer would).
+    async fn put_version(store: &Arc<dyn ObjectStore>, m: &Manifest) {
+        let key = object_store::path::Path::from(format!("p/{}", Manifest::key(m.epoch)));
+        store
+            .put(&key, object_store::PutPayload::from(m.encode()))
+            .await
+            .unwrap();
+    }
+
     /// A server fenced from the prefix does not upload its snapshot: before, it put it (and
     /// its sidecars) under the same fixed keys the owner uses and pruned the owner's newest.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fenced_server_uploads_no_snapshot() {
-        let (bucket, data, cache) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
-        let tier = Tier::open(
-            TierOptions::new(store.clone(), "p", "test", "node-a", cache.path())
-                .with_upload_interval(Duration::from_secs(3600)),
-        )
-        .await
-        .unwrap();
-        let log = Log::open(
-            data.path().join("log"),
-            LogOptions::default().with_tier(tier),
-        )
-        .await
-        .unwrap();
+        let (t, store) = Setup::new();
+        let (log, data) = (t.open_log().await, &t.data);
         log.append_one(bytes::Bytes::from_static(b"one"))
             .await
             .unwrap();
@@ -297,11 +328,7 @@ mod tests {
         assert_eq!(tier.list("snapshots").await.unwrap().len(), 1);
         // node-b takes the prefix over (its manifest version lands first).
         let theirs = tier.manifest().next("node-b", u64::MAX / 2);
-        let key = object_store::path::Path::from(format!("p/{}", Manifest::key(theirs.epoch)));
-        store
-            .put(&key, object_store::PutPayload::from(theirs.encode()))
-            .await
-            .unwrap();
+        put_version(&store, &theirs).await;
         log.append_one(bytes::Bytes::from_static(b"two"))
             .await
             .unwrap();
@@ -324,32 +351,11 @@ mod tests {
     /// process under its node id (a copy of its data directory may be running).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_server_waiting_to_claim_uploads_no_snapshot() {
-        let (bucket, data, cache) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+        let (t, store) = Setup::new();
         let mut other = Manifest::new("node-a", u64::MAX / 2);
         other.owner.incarnation = Some(7);
-        let key = object_store::path::Path::from(format!("p/{}", Manifest::key(other.epoch)));
-        store
-            .put(&key, object_store::PutPayload::from(other.encode()))
-            .await
-            .unwrap();
-        let tier = Tier::open(
-            TierOptions::new(store.clone(), "p", "test", "node-a", cache.path())
-                .with_upload_interval(Duration::from_secs(3600)),
-        )
-        .await
-        .unwrap();
-        let log = Log::open(
-            data.path().join("log"),
-            LogOptions::default().with_tier(tier),
-        )
-        .await
-        .unwrap();
+        put_version(&store, &other).await;
+        let (log, data) = (t.open_log().await, &t.data);
         let tier = log.tier().unwrap().clone();
         assert!(!tier.status().claimed);
         let snap = data.path().join("00000000000000000000.snap");
