@@ -61,6 +61,42 @@ pub struct Sidecar {
     pub crc: u32,
 }
 
+impl Sidecar {
+    /// Checks this sidecar's file in `dir` against its recorded length, magic and CRC (a file
+    /// fetched from elsewhere, e.g. the object store, may be another history's).
+    pub fn check_file(&self, dir: &Path) -> Result<()> {
+        let path = sidecar_path(dir, self.first_offset);
+        let bytes = std::fs::read(&path).map_err(|e| ProjectionError::io("read", &path, e))?;
+        let corrupt = |position: u64, reason: String| ProjectionError::Corrupt {
+            what: "message index sidecar",
+            path: path.clone(),
+            position,
+            reason,
+        };
+        let want = HEADER_LEN + self.entries * ENTRY_LEN;
+        if bytes.len() as u64 != want {
+            return Err(corrupt(
+                0,
+                format!("{} bytes, expected {want}", bytes.len()),
+            ));
+        }
+        if bytes[0..4] != MAGIC.to_le_bytes() {
+            return Err(corrupt(0, "bad magic".into()));
+        }
+        let crc = crc32fast::hash(&bytes[HEADER_LEN as usize..]);
+        if crc != self.crc {
+            return Err(corrupt(
+                HEADER_LEN,
+                format!(
+                    "checksum mismatch: expected {:#010x}, found {crc:#010x}",
+                    self.crc
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The index's serializable state (part of every snapshot).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexState {
@@ -356,35 +392,7 @@ impl IndexFiles {
 
     /// Checks a whole sidecar file against its recorded CRC.
     pub fn check(&self, sidecar: &Sidecar) -> Result<()> {
-        let path = sidecar_path(&self.dir, sidecar.first_offset);
-        let bytes = std::fs::read(&path).map_err(|e| ProjectionError::io("read", &path, e))?;
-        let corrupt = |position: u64, reason: String| ProjectionError::Corrupt {
-            what: "message index sidecar",
-            path: path.clone(),
-            position,
-            reason,
-        };
-        let want = HEADER_LEN + sidecar.entries * ENTRY_LEN;
-        if bytes.len() as u64 != want {
-            return Err(corrupt(
-                0,
-                format!("{} bytes, expected {want}", bytes.len()),
-            ));
-        }
-        if bytes[0..4] != MAGIC.to_le_bytes() {
-            return Err(corrupt(0, "bad magic".into()));
-        }
-        let crc = crc32fast::hash(&bytes[HEADER_LEN as usize..]);
-        if crc != sidecar.crc {
-            return Err(corrupt(
-                HEADER_LEN,
-                format!(
-                    "checksum mismatch: expected {:#010x}, found {crc:#010x}",
-                    sidecar.crc
-                ),
-            ));
-        }
-        Ok(())
+        sidecar.check_file(&self.dir)
     }
 }
 

@@ -166,20 +166,27 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
                 continue;
             }
         };
+        let index = projections.join("index");
         for side in &state.index.sidecars {
-            let dest = tidings_projections::msgindex::sidecar_path(
-                &projections.join("index"),
-                side.first_offset,
-            );
-            if !tier
+            let dest = tidings_projections::msgindex::sidecar_path(&index, side.first_offset);
+            // The index is derived: a sidecar missing from the store, or not the one the
+            // snapshot recorded (another writer's under the same fixed key: a stale owner not
+            // yet fenced), is rebuilt by replaying the log instead.
+            let problem = if !tier
                 .get_file(&sidecar_key(side.first_offset), &dest)
                 .await?
             {
-                // The index is derived: a missing sidecar is rebuilt by replaying the log.
+                Some("missing from the object store".to_owned())
+            } else {
+                side.check_file(&index).err().map(|e| e.to_string())
+            };
+            if let Some(problem) = problem {
                 tracing::warn!(
                     first_offset = side.first_offset,
-                    "a message index sidecar is missing from the object store; replaying instead"
+                    problem = %problem,
+                    "a message index sidecar the snapshot needs is not usable; replaying instead"
                 );
+                let _ = std::fs::remove_file(&dest);
                 let _ = std::fs::remove_file(&path);
                 return Ok(false);
             }
@@ -258,6 +265,7 @@ mod tests {
     use object_store::ObjectStoreExt as _;
     use tidings_log::tier::manifest::Manifest;
     use tidings_log::{Log, LogOptions};
+    use tidings_projections::msgindex;
 
     /// A local-directory store, and a data directory and a cache for node-a's log.
     struct Setup {
@@ -364,6 +372,84 @@ mod tests {
             .await
             .unwrap();
         assert!(tier.list("snapshots").await.unwrap().is_empty());
+        log.close().await.unwrap();
+    }
+    /// A sidecar file as the message index writes it, and its entry for a snapshot.
+    fn sidecar(first_offset: u64, entries: &[(u64, u64)]) -> (Vec<u8>, msgindex::Sidecar) {
+        let mut body = Vec::new();
+        for (seq, offset) in entries {
+            body.extend_from_slice(&seq.to_le_bytes());
+            body.extend_from_slice(&offset.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&body);
+        let mut bytes = b"TDCX".to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&first_offset.to_le_bytes());
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes.resize(32, 0);
+        bytes.extend_from_slice(&body);
+        let side = msgindex::Sidecar {
+            first_offset,
+            last_offset: entries.last().map_or(first_offset, |e| e.1),
+            entries: entries.len() as u64,
+            crc,
+        };
+        (bytes, side)
+    }
+
+    /// A restore checks each sidecar it downloads against the snapshot's record of it: one
+    /// under the same key with other entries (another writer's) makes the server replay the
+    /// log instead of serving history through a wrong index.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_refuses_a_sidecar_the_snapshot_does_not_describe() {
+        let (t, _store) = Setup::new();
+        let log = t.open_log().await;
+        for r in [&b"one"[..], b"two"] {
+            log.append_one(bytes::Bytes::copy_from_slice(r))
+                .await
+                .unwrap();
+        }
+        log.roll().await.unwrap();
+        log.upload_now().await.unwrap();
+        let tier = log.tier().unwrap().clone();
+        let (ours, side) = sidecar(0, &[(1, 0)]);
+        let (theirs, _) = sidecar(0, &[(1, 1)]);
+        assert_eq!(ours.len(), theirs.len());
+        let mut state = tidings_projections::State {
+            applied: Some(0),
+            ..Default::default()
+        };
+        state.index.sidecars.push(side);
+        let staging = t.data.path().join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        let snap = staging.join("00000000000000000000.snap");
+        std::fs::write(&snap, snapshot::encode(&state).unwrap()).unwrap();
+        tier.put_file("snapshots/00000000000000000000.snap", &snap)
+            .await
+            .unwrap();
+        let put_sidecar = |bytes: Vec<u8>| {
+            let (tier, file) = (tier.clone(), staging.join("side.cidx"));
+            async move {
+                std::fs::write(&file, bytes).unwrap();
+                tier.put_file(&sidecar_key(0), &file).await.unwrap();
+            }
+        };
+        let projections = t.data.path().join("projections");
+        put_sidecar(theirs).await;
+        assert!(!restore_snapshot(&tier, &projections).await.unwrap());
+        assert!(
+            snapshot::list(&projections.join("snapshots"))
+                .unwrap()
+                .is_empty()
+        );
+        put_sidecar(ours.clone()).await;
+        assert!(restore_snapshot(&tier, &projections).await.unwrap());
+        let index = projections.join("index");
+        assert_eq!(
+            std::fs::read(msgindex::sidecar_path(&index, 0)).unwrap(),
+            ours
+        );
         log.close().await.unwrap();
     }
 }
