@@ -247,13 +247,7 @@ async fn snapshot_and_upload(state: &Arc<AppState>) -> anyhow::Result<()> {
     // write lock) is not held up by the disk.
     let (prepared, sidecars, dir) = tokio::task::spawn_blocking(move || {
         let p = s.proj();
-        let sidecars: Vec<u64> = p
-            .state
-            .index
-            .sidecars
-            .iter()
-            .map(|x| x.first_offset)
-            .collect();
+        let sidecars = p.state.index.sidecars.clone();
         (p.prepare_snapshot(), sidecars, p.dir().to_path_buf())
     })
     .await?;

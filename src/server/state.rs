@@ -61,8 +61,9 @@ pub(crate) struct AppState {
     user_rates: Mutex<HashMap<String, TokenBucket>>,
     /// Sends enqueued and not yet answered; the applier answers them.
     pub(crate) completions: Completions,
-    /// Message index sidecars already in the object store (`None`: not listed yet).
-    pub(crate) uploaded_sidecars: Mutex<Option<std::collections::HashSet<u64>>>,
+    /// Keys of the message index sidecars already in the object store (`None`: not listed
+    /// yet).
+    pub(crate) uploaded_sidecars: Mutex<Option<std::collections::HashSet<String>>>,
 }
 
 impl AppState {

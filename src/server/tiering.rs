@@ -2,8 +2,9 @@
 //! snapshot upload and restore.
 //!
 //! Under the prefix the log keeps `segments/` and `manifest/`; the server adds
-//! `snapshots/{applied:020}.snap` (the newest three) and `projections/index/{first:020}.cidx`
-//! (the message index sidecars the snapshots refer to). A server started on an empty data
+//! `snapshots/{applied:020}.snap` (the newest three) and
+//! `projections/index/{first:020}-{crc:08x}.cidx` (the message index sidecars the snapshots
+//! refer to). A server started on an empty data
 //! directory with an existing prefix restores: the newest snapshot and its sidecars are
 //! downloaded, the log opens at the end of the uploaded segments, and the rest is replayed.
 
@@ -17,6 +18,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use tidings_log::tier::{Tier, TierOptions};
+use tidings_projections::msgindex::{Sidecar, sidecar_path};
 use tidings_projections::snapshot;
 
 use crate::config::{Config, TierConfig};
@@ -126,8 +128,20 @@ pub(crate) async fn open(config: &Config, data: &DataDir) -> anyhow::Result<Opti
     Ok(Some(Tier::open(opts).await?))
 }
 
-fn sidecar_key(first: u64) -> String {
-    format!("projections/index/{first:020}.cidx")
+const SIDECAR_DIR: &str = "projections/index";
+
+/// A sidecar's key: its first offset and its CRC, so that a sidecar with other entries (another
+/// writer's: a stale owner not yet fenced) goes under another key instead of over this one.
+fn sidecar_key(side: &Sidecar) -> String {
+    format!(
+        "{SIDECAR_DIR}/{:020}-{:08x}.cidx",
+        side.first_offset, side.crc
+    )
+}
+
+/// The key sidecars had before their CRC was part of it (still read on restore).
+fn legacy_sidecar_key(side: &Sidecar) -> String {
+    format!("{SIDECAR_DIR}/{:020}.cidx", side.first_offset)
 }
 
 /// Downloads the newest usable snapshot (and the sidecars it refers to) when there is none
@@ -168,13 +182,12 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
         };
         let index = projections.join("index");
         for side in &state.index.sidecars {
-            let dest = tidings_projections::msgindex::sidecar_path(&index, side.first_offset);
+            let dest = sidecar_path(&index, side.first_offset);
             // The index is derived: a sidecar missing from the store, or not the one the
-            // snapshot recorded (another writer's under the same fixed key: a stale owner not
-            // yet fenced), is rebuilt by replaying the log instead.
-            let problem = if !tier
-                .get_file(&sidecar_key(side.first_offset), &dest)
-                .await?
+            // snapshot recorded (under the legacy key, without the CRC, another writer's could
+            // replace it), is rebuilt by replaying the log instead.
+            let problem = if !tier.get_file(&sidecar_key(side), &dest).await?
+                && !tier.get_file(&legacy_sidecar_key(side), &dest).await?
             {
                 Some("missing from the object store".to_owned())
             } else {
@@ -202,8 +215,8 @@ pub(crate) async fn upload_snapshot(
     tier: &Tier,
     projections: &Path,
     snap: &Path,
-    sidecars: &[u64],
-    uploaded: &Mutex<Option<HashSet<u64>>>,
+    sidecars: &[Sidecar],
+    uploaded: &Mutex<Option<HashSet<String>>>,
 ) -> anyhow::Result<()> {
     // Only the prefix's owner uploads: a server that has not claimed it (yet: the store was
     // out of reach at open, or it waits out another process's lease under this node id), was
@@ -223,21 +236,20 @@ pub(crate) async fn upload_snapshot(
     let mut known = match known {
         Some(k) => k,
         None => tier
-            .list("projections/index")
+            .list(SIDECAR_DIR)
             .await?
-            .iter()
-            .filter_map(|n| n.strip_suffix(".cidx").and_then(|s| s.parse().ok()))
+            .into_iter()
+            .map(|n| format!("{SIDECAR_DIR}/{n}"))
             .collect(),
     };
-    let missing: Vec<u64> = sidecars
-        .iter()
-        .copied()
-        .filter(|f| !known.contains(f))
-        .collect();
-    for first in missing {
-        let local = tidings_projections::msgindex::sidecar_path(&projections.join("index"), first);
-        tier.put_file(&sidecar_key(first), &local).await?;
-        known.insert(first);
+    for side in sidecars {
+        let key = sidecar_key(side);
+        if known.contains(&key) {
+            continue;
+        }
+        let local = sidecar_path(&projections.join("index"), side.first_offset);
+        tier.put_file(&key, &local).await?;
+        known.insert(key);
     }
     *uploaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(known);
     let name = snap
@@ -398,11 +410,13 @@ mod tests {
         (bytes, side)
     }
 
-    /// A restore checks each sidecar it downloads against the snapshot's record of it: one
-    /// under the same key with other entries (another writer's) makes the server replay the
-    /// log instead of serving history through a wrong index.
+    /// Sidecar keys carry the CRC, so a stale owner not yet fenced that uploads its own sidecar
+    /// at the same first offset puts it beside the owner's, not over it; and a restore checks
+    /// each sidecar it downloads against the snapshot's record of it, so one found under the
+    /// legacy key (no CRC) with other entries makes the server replay the log instead of
+    /// serving history through a wrong index.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_restore_refuses_a_sidecar_the_snapshot_does_not_describe() {
+    async fn a_restore_gets_the_sidecar_its_snapshot_describes() {
         let (t, _store) = Setup::new();
         let log = t.open_log().await;
         for r in [&b"one"[..], b"two"] {
@@ -414,42 +428,45 @@ mod tests {
         log.upload_now().await.unwrap();
         let tier = log.tier().unwrap().clone();
         let (ours, side) = sidecar(0, &[(1, 0)]);
-        let (theirs, _) = sidecar(0, &[(1, 1)]);
+        let (theirs, their_side) = sidecar(0, &[(1, 1)]);
         assert_eq!(ours.len(), theirs.len());
+        // The owner uploads a snapshot and the sidecar it needs.
         let mut state = tidings_projections::State {
             applied: Some(0),
             ..Default::default()
         };
         state.index.sidecars.push(side);
-        let staging = t.data.path().join("staging");
-        std::fs::create_dir_all(&staging).unwrap();
-        let snap = staging.join("00000000000000000000.snap");
+        let owner = t.data.path().join("owner");
+        std::fs::create_dir_all(owner.join("index")).unwrap();
+        std::fs::write(sidecar_path(&owner.join("index"), 0), &ours).unwrap();
+        let snap = owner.join("00000000000000000000.snap");
         std::fs::write(&snap, snapshot::encode(&state).unwrap()).unwrap();
-        tier.put_file("snapshots/00000000000000000000.snap", &snap)
+        upload_snapshot(&tier, &owner, &snap, &[side], &Mutex::new(None))
             .await
             .unwrap();
-        let put_sidecar = |bytes: Vec<u8>| {
-            let (tier, file) = (tier.clone(), staging.join("side.cidx"));
+        // A stale writer uploads its sidecar for the same offsets (as its upload would).
+        let put = |key: String, bytes: Vec<u8>| {
+            let (tier, file) = (tier.clone(), t.data.path().join("side.cidx"));
             async move {
                 std::fs::write(&file, bytes).unwrap();
-                tier.put_file(&sidecar_key(0), &file).await.unwrap();
+                tier.put_file(&key, &file).await.unwrap();
             }
         };
-        let projections = t.data.path().join("projections");
-        put_sidecar(theirs).await;
-        assert!(!restore_snapshot(&tier, &projections).await.unwrap());
-        assert!(
-            snapshot::list(&projections.join("snapshots"))
-                .unwrap()
-                .is_empty()
-        );
-        put_sidecar(ours.clone()).await;
-        assert!(restore_snapshot(&tier, &projections).await.unwrap());
-        let index = projections.join("index");
-        assert_eq!(
-            std::fs::read(msgindex::sidecar_path(&index, 0)).unwrap(),
-            ours
-        );
+        put(sidecar_key(&their_side), theirs.clone()).await;
+        let restored = |n: &str| t.data.path().join(n);
+        assert!(restore_snapshot(&tier, &restored("a")).await.unwrap());
+        let got = std::fs::read(sidecar_path(&restored("a").join("index"), 0)).unwrap();
+        assert_eq!(got, ours);
+        // Under the legacy key only: the right sidecar restores, another one does not.
+        tier.delete(&sidecar_key(&side)).await.unwrap();
+        put(legacy_sidecar_key(&side), theirs).await;
+        assert!(!restore_snapshot(&tier, &restored("b")).await.unwrap());
+        let left = snapshot::list(&restored("b").join("snapshots")).unwrap();
+        assert!(left.is_empty());
+        put(legacy_sidecar_key(&side), ours.clone()).await;
+        assert!(restore_snapshot(&tier, &restored("c")).await.unwrap());
+        let got = std::fs::read(sidecar_path(&restored("c").join("index"), 0)).unwrap();
+        assert_eq!(got, ours);
         log.close().await.unwrap();
     }
 }
