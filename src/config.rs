@@ -361,7 +361,7 @@ impl ServeArgs {
             .log_segment_bytes
             .or(file.log.segment_bytes)
             .unwrap_or(d.log_segment_bytes);
-        Ok(Config {
+        let config = Config {
             listen: self.listen.or(file.listen).unwrap_or(d.listen),
             data: self.data.or(file.data).unwrap_or(d.data),
             admin_key: self.admin_key.or(file.admin_key).filter(|k| !k.is_empty()),
@@ -480,7 +480,41 @@ impl ServeArgs {
                         .unwrap_or(dt.lease_secs),
                 }
             },
-        })
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+/// The largest `limits.max_payload_bytes`: a message, not a file transfer (the log's largest
+/// append, twice this plus framing, must fit its 64 MiB queue).
+pub(crate) const MAX_PAYLOAD_LIMIT: usize = 16 << 20;
+
+impl Config {
+    /// Values that each parse but together (or alone) would break the server.
+    fn check(&self) -> anyhow::Result<()> {
+        let t = &self.tier;
+        // The lease is renewed by upload passes (at the first pass a third of a lease after
+        // the last manifest write): passes further apart than that let the lease lapse while
+        // the owner runs, and a second server (or a copy of this directory) would take the
+        // prefix over.
+        anyhow::ensure!(
+            t.lease_secs >= 3 && t.lease_secs >= 3 * t.upload_interval_secs.max(1),
+            "tier.lease_secs ({}) must be at least 3 and at least 3 × tier.upload_interval_secs ({}): \
+             the owner renews its lease only at upload passes",
+            t.lease_secs,
+            t.upload_interval_secs
+        );
+        anyhow::ensure!(
+            t.read_timeout_ms > 0,
+            "tier.read_timeout_ms must be above 0 (it bounds every call to the object store)"
+        );
+        anyhow::ensure!(
+            (1..=MAX_PAYLOAD_LIMIT).contains(&self.limits_max_payload_bytes),
+            "limits.max_payload_bytes ({}) must be in [1, {MAX_PAYLOAD_LIMIT}]",
+            self.limits_max_payload_bytes
+        );
+        Ok(())
     }
 }
 
@@ -521,5 +555,56 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("segmnt_bytes"), "{err:#}");
+    }
+
+    #[test]
+    fn values_that_would_break_the_server_are_refused() {
+        let refused = |args: ServeArgs, what: &str| {
+            let err = format!("{:#}", args.resolve().unwrap_err());
+            assert!(err.contains(what), "{err}");
+        };
+        // A lease that lapses between upload passes (the default interval is 5 s).
+        refused(
+            ServeArgs {
+                tier_lease_secs: Some(10),
+                ..ServeArgs::default()
+            },
+            "tier.lease_secs",
+        );
+        refused(
+            ServeArgs {
+                tier_lease_secs: Some(0),
+                tier_upload_interval_secs: Some(0),
+                ..ServeArgs::default()
+            },
+            "tier.lease_secs",
+        );
+        refused(
+            ServeArgs {
+                tier_upload_interval_secs: Some(60),
+                ..ServeArgs::default()
+            },
+            "tier.lease_secs",
+        );
+        refused(
+            ServeArgs {
+                tier_read_timeout_ms: Some(0),
+                ..ServeArgs::default()
+            },
+            "tier.read_timeout_ms",
+        );
+        refused(
+            ServeArgs {
+                limits_max_payload_bytes: Some(MAX_PAYLOAD_LIMIT + 1),
+                ..ServeArgs::default()
+            },
+            "limits.max_payload_bytes",
+        );
+        let ok = ServeArgs {
+            tier_lease_secs: Some(15),
+            limits_max_payload_bytes: Some(MAX_PAYLOAD_LIMIT),
+            ..ServeArgs::default()
+        };
+        assert_eq!(ok.resolve().unwrap().tier.lease_secs, 15);
     }
 }
