@@ -269,3 +269,64 @@ async fn inspect_checks_every_crc_and_rebuild_refuses_a_live_log() {
     assert!(err.contains("stop the server first"), "{err}");
     log.close().await.unwrap();
 }
+
+/// `rebuild` refuses a directory without a log (it would create one, which a server restoring
+/// that directory from the object store would then take for its own history) and one whose
+/// lock another process holds; and sets aside snapshots past the log's end first, as the
+/// server does (its own snapshot was the oldest among three of them, and pruned).
+#[tokio::test]
+async fn rebuild_refuses_no_log_and_a_held_directory_and_keeps_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let none = dir.path().join("none");
+    let (code, out, err) = tidings(&["rebuild", "--data", none.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("nothing to rebuild"), "{err}");
+    assert!(!none.join("log").exists());
+
+    let data = dir.path().join("data");
+    write_log(&data, &events()).await;
+    let d = data.to_str().unwrap();
+    let (code, out, err) = tidings(&["rebuild", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Three snapshots past the log's end (25 events: offsets 0..=24), as a power cut under
+    // `fsync = never` leaves them.
+    let snaps = data.join("projections/snapshots");
+    let mine = snapshot::snapshot_path(&snaps, 24);
+    let state = snapshot::decode(&mine, &std::fs::read(&mine).unwrap()).unwrap();
+    for applied in [30, 31, 32] {
+        let mut ahead = state.clone();
+        ahead.applied = Some(applied);
+        std::fs::write(
+            snapshot::snapshot_path(&snaps, applied),
+            snapshot::encode(&ahead).unwrap(),
+        )
+        .unwrap();
+    }
+    std::fs::remove_file(&mine).unwrap();
+    let (code, out, err) = tidings(&["rebuild", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&mine.display().to_string()), "{out}");
+    assert!(mine.exists(), "the rebuilt snapshot is kept");
+    let left: Vec<u64> = snapshot::list(&snaps)
+        .unwrap()
+        .iter()
+        .map(|s| s.applied)
+        .collect();
+    assert_eq!(left, vec![24]);
+    assert!(
+        snaps
+            .join("00000000000000000030.snap.ahead-of-log")
+            .exists()
+    );
+    let (code, out, _) = tidings(&["verify", "--data", d]);
+    assert_eq!(code, 0, "{out}");
+
+    // The data directory's lock held (a server starting: it restores snapshots before it
+    // opens the log).
+    let lock = std::fs::File::open(data.join("LOCK")).unwrap();
+    lock.try_lock().unwrap();
+    let (code, _, err) = tidings(&["rebuild", "--data", d]);
+    assert_ne!(code, 0);
+    assert!(err.contains("in use by another tidings process"), "{err}");
+    drop(lock);
+}

@@ -227,9 +227,10 @@ async fn auth_and_error_shapes() {
     )
     .await;
     assert_eq!((status, code.as_str()), (413, "payload_too_large"));
-    // Past the body limit (2 × payload limit + 64 KiB), small enough that the client finishes
-    // writing before the server answers and closes.
-    let huge = "y".repeat(300 << 10);
+    // Past the body limit (here the room for 10,000 uids of 64 characters, 670,000 bytes, +
+    // 64 KiB), small enough that the client finishes writing before the server answers and
+    // closes.
+    let huge = "y".repeat(800 << 10);
     let (status, code) = code_of(
         &api,
         "POST",
@@ -298,6 +299,15 @@ async fn auth_and_error_shapes() {
         code_of(&api, "GET", "/v1/nothing", &alice, None).await,
         (404, "not_found".into())
     );
+    // The most uids a call takes, each of the longest form, fit the body limit.
+    let longest: Vec<String> = (0..10_000).map(|i| format!("{i:0>64}")).collect();
+    api.ok(
+        "POST",
+        "/v1/channels/g/members",
+        ADMIN,
+        Some(json!({"uids": longest})),
+    )
+    .await;
     let many: Vec<String> = (0..10_001).map(|i| format!("u{i}")).collect();
     assert_eq!(
         code_of(
@@ -428,7 +438,9 @@ fn the_admin_key_is_generated_once_with_mode_0600() {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         loop {
             let mut l = String::new();
-            out.read_line(&mut l).unwrap();
+            if out.read_line(&mut l).unwrap() == 0 {
+                panic!("the server exited before listening: {lines:?}");
+            }
             if l.starts_with("tidings listening") {
                 break;
             }
@@ -462,6 +474,16 @@ fn the_admin_key_is_generated_once_with_mode_0600() {
         std::fs::read_to_string(data.join("admin.key")).unwrap(),
         key,
         "and kept"
+    );
+    // An empty key file (a crash between its creation and its bytes reaching the disk, with
+    // an earlier build) is replaced by a new key; before, every later start failed.
+    std::fs::write(data.join("admin.key"), "").unwrap();
+    let third = start();
+    let new_key = std::fs::read_to_string(data.join("admin.key")).unwrap();
+    assert!(!new_key.trim().is_empty() && new_key != key);
+    assert!(
+        third.iter().any(|l| l.contains(new_key.trim())),
+        "{third:?}"
     );
 }
 
@@ -516,6 +538,30 @@ async fn a_recreated_group_does_not_show_the_deleted_groups_history() {
         .ok("GET", "/v1/channels/g/messages?after_seq=0", &mallory, None)
         .await;
     assert_eq!(page_seqs(&page), vec![3]);
+    // Paging forward from below the floor with a small page starts at the floor: a page
+    // counted from `after_seq` ended below it, empty with `has_more` (a client paging on
+    // from the last seq it got looped for ever).
+    api.send(&alice, "g", "n2", "again").await;
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=0&limit=1",
+            &mallory,
+            None,
+        )
+        .await;
+    assert_eq!(page_seqs(&page), vec![3], "{page}");
+    assert_eq!(page["has_more"], json!(true), "{page}");
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=1&limit=2",
+            &mallory,
+            None,
+        )
+        .await;
+    assert_eq!(page_seqs(&page), vec![3, 4], "{page}");
+    assert_eq!(page["has_more"], json!(false), "{page}");
 }
 
 /// A banned group's backlog reaches its members and they can acknowledge it, so it neither

@@ -26,7 +26,26 @@ pub(crate) struct RebuildArgs {
 
 pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let data = DataDir::new(&args.data);
+    // Nothing to rebuild from an empty log; and opening one would create it, which a server
+    // about to restore this directory from the object store would then take for a history of
+    // its own.
+    let has_segments = std::fs::read_dir(data.log()).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().ends_with(".log"))
+    });
+    anyhow::ensure!(
+        has_segments,
+        "no log segments in {}: nothing to rebuild",
+        data.log().display()
+    );
+    // The directory's lock first, as the server takes it: a starting server restores
+    // snapshots and sidecars before it opens (and locks) the log.
+    let _dir_lock = data.lock()?;
     let log = super::open_exclusive(&data).await?;
+    // Snapshots past the log's end (lost events) go aside as at the server's start: this
+    // rebuild's snapshot would otherwise be the oldest among them, and pruned.
+    crate::server::set_aside_snapshots_ahead_of(&data.projections(), log.next_offset())?;
     // Shaped like the state it replaces (the idempotency window's settings are the server's
     // configuration, which the CLI does not read): the server would otherwise find the new
     // snapshot shaped by other settings and rebuild again at start-up.

@@ -84,17 +84,26 @@ fn admin_key(config: &Config, data: &DataDir) -> anyhow::Result<String> {
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     use base64::Engine;
     let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    // Written whole under another name and renamed: a crash leaves no key or the key, never
+    // an empty file (which the next start would fail to replace). An empty one left by an
+    // earlier build is replaced. The data directory's lock keeps two servers out.
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("key.tmp");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(key.as_bytes())?;
         f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::File::open(data.root())
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", data.root().display()))?;
     }
     println!(
         "generated the admin key (stored in {}): {key}",
@@ -442,24 +451,7 @@ async fn load_projections(
     log: &Log,
 ) -> anyhow::Result<Projections> {
     let end = log.next_offset();
-    for snap in tidings_projections::snapshot::list(&dir.join("snapshots"))? {
-        if snap.applied < end {
-            continue;
-        }
-        // Set aside, not deleted (for a post-mortem), and never loaded again: once the log
-        // grows past its offset it would look current while describing other events.
-        let aside = snap.path.with_extension("snap.ahead-of-log");
-        tracing::warn!(
-            snapshot = %snap.path.display(),
-            snapshot_applied = snap.applied,
-            log_end = end,
-            moved_to = %aside.display(),
-            "a snapshot covers events the log no longer holds (lost in a power cut under fsync every/never, or cut in recovery); loading an older one or replaying the log"
-        );
-        std::fs::rename(&snap.path, &aside)
-            .with_context(|| format!("setting aside {}", snap.path.display()))?;
-    }
-    prune_set_aside(&dir.join("snapshots"));
+    set_aside_snapshots_ahead_of(dir, end)?;
     loop {
         let Some(last) = end.checked_sub(1) else {
             return Ok(Projections::empty(dir, config)?);
@@ -503,6 +495,32 @@ async fn load_projections(
             .with_context(|| format!("setting aside {}", path.display()))?;
         prune_set_aside(&dir.join("snapshots"));
     }
+}
+
+/// Sets aside (renames to `*.snap.ahead-of-log`) every snapshot covering offset `end` or
+/// later: it describes events the log no longer holds (lost in a power cut under `fsync =
+/// every/never`, or cut in recovery). Used by the server at start and by `rebuild`, which
+/// would otherwise write its snapshot among them and prune it as the oldest.
+pub(crate) fn set_aside_snapshots_ahead_of(dir: &std::path::Path, end: u64) -> anyhow::Result<()> {
+    for snap in tidings_projections::snapshot::list(&dir.join("snapshots"))? {
+        if snap.applied < end {
+            continue;
+        }
+        // Set aside, not deleted (for a post-mortem), and never loaded again: once the log
+        // grows past its offset it would look current while describing other events.
+        let aside = snap.path.with_extension("snap.ahead-of-log");
+        tracing::warn!(
+            snapshot = %snap.path.display(),
+            snapshot_applied = snap.applied,
+            log_end = end,
+            moved_to = %aside.display(),
+            "a snapshot covers events the log no longer holds (lost in a power cut under fsync every/never, or cut in recovery); loading an older one or replaying the log"
+        );
+        std::fs::rename(&snap.path, &aside)
+            .with_context(|| format!("setting aside {}", snap.path.display()))?;
+    }
+    prune_set_aside(&dir.join("snapshots"));
+    Ok(())
 }
 
 /// Snapshots set aside (each a full state) are kept for a post-mortem, the newest

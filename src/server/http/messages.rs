@@ -238,17 +238,18 @@ pub(crate) async fn get_messages(
             .map_or(0, |me| p.state.cursors.get(me, &channel).cleared)
             .max(p.state.subs.history_from(&channel));
         let (lo, hi, descending) = match (q.after_seq, q.before_seq) {
-            (Some(after), _) => (
-                after.saturating_add(1),
-                after.saturating_add(limit).min(last),
-                false,
-            ),
+            // Forward from the floor when `after_seq` is below it: a page counted from
+            // `after_seq` could end below the floor and come back empty with more to read.
+            (Some(after), _) => {
+                let lo = after.max(cleared).saturating_add(1);
+                (lo, lo.saturating_add(limit - 1).min(last), false)
+            }
             (None, before) => {
                 let hi = before.map_or(last, |b| b.saturating_sub(1)).min(last);
                 (hi.saturating_sub(limit - 1).max(1), hi, true)
             }
         };
-        let lo = lo.max(cleared + 1);
+        let lo = lo.max(cleared.saturating_add(1));
         let plan = messages::plan_range(&p.state, p.index_files(), &channel, lo, hi)?;
         let has_more = if descending {
             lo > cleared + 1 && hi > 0

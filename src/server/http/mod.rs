@@ -119,8 +119,12 @@ async fn not_found() -> ApiError {
 
 /// Every route.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    // A body may carry a payload of the maximum size in base64 (4/3) plus JSON framing.
-    let body_limit = state.config.limits_max_payload_bytes * 2 + 64 * 1024;
+    // A body may carry a payload of the maximum size in base64 (4/3) plus JSON framing, or a
+    // membership or list call's uids: each at most 64 characters, quoted, with a comma.
+    let c = &state.config;
+    let body_limit = (c.limits_max_payload_bytes * 2)
+        .max(c.limits_max_uids_per_call.saturating_mul(67))
+        .saturating_add(64 * 1024);
     let list = |kind| {
         get(move |s, c, p| channels::get_list(s, c, p, kind))
             .post(move |s, c, p, b| channels::add_to_list(s, c, p, b, kind))
