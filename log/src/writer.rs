@@ -382,13 +382,14 @@ impl Writer {
         self.next_offset = base + u64::from(count);
         self.last_ts = ts;
         if pos > 0 && pos - a.last_entry_pos >= u64::from(self.parts.opts.index_interval_bytes) {
-            self.write_index(
+            let index = self.write_index(
                 IndexEntry {
                     rel,
                     pos: pos as u32,
                 },
                 entry,
-            )?;
+            );
+            self.after_durable(index);
         }
         let c = &self.parts.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
@@ -396,6 +397,17 @@ impl Writer {
         c.bytes.fetch_add(n, Ordering::Relaxed);
         self.publish();
         Ok(())
+    }
+
+    /// The outcome of index-file writes made after the batches they describe were written
+    /// (and, under `fsync = always`, synced): a failure stops the log for later appends, but
+    /// does not fail those batches — they are in the segment, and recovery finds them without
+    /// the index (which only speeds up seeks). Answering them with an error would tell the
+    /// caller "not written" about records that are there after a restart.
+    fn after_durable(&mut self, index: Result<()>) {
+        if let Err(e) = index {
+            self.poison(e);
+        }
     }
 
     /// Records an index entry: at once in memory (for readers), in the index files at once
@@ -452,7 +464,9 @@ impl Writer {
             .map_err(|e| LogError::io("sync segment", &a.seg.paths.log, e))?;
         a.unsynced = false;
         self.parts.counters.fsynced(started.elapsed());
-        self.write_deferred_index()
+        let index = self.write_deferred_index();
+        self.after_durable(index);
+        Ok(())
     }
 
     /// Syncs the segment and both index files.

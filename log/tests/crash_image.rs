@@ -186,12 +186,12 @@ async fn damage_followed_by_valid_batches_is_refused_unless_truncation_is_allowe
 }
 
 /// Runs concurrent appenders until the log fails, then power-cuts the disk; returns the
-/// acknowledged records and the errors seen.
+/// acknowledged records and the errors seen (with the records they refused).
 async fn append_until_failure(
     fs: &SimFs,
     policy: FsyncPolicy,
     arm: impl FnOnce(&SimFs),
-) -> (BTreeMap<u64, Bytes>, Vec<String>) {
+) -> (BTreeMap<u64, Bytes>, Vec<(String, Bytes)>) {
     let log = Log::open(
         sim_dir(),
         opts(fs).with_fsync(policy).with_segment_bytes(8 << 10),
@@ -209,7 +209,7 @@ async fn append_until_failure(
                 let p = payload(t * 1000 + i, 40 + (i as usize % 5) * 30);
                 match log.append_one(p.clone()).await {
                     Ok(off) => acked.push((off, p)),
-                    Err(e) => errors.push(e.to_string()),
+                    Err(e) => errors.push((e.to_string(), p)),
                 }
             }
             (acked, errors)
@@ -254,11 +254,31 @@ async fn a_crash_at_any_fsync_loses_nothing_acknowledged() {
         assert!(
             errors
                 .iter()
-                .all(|e| e.contains("refusing appends") || e.contains("stopped")),
+                .all(|(e, _)| e.contains("refusing appends") || e.contains("stopped")),
             "{errors:?}"
         );
         assert_acknowledged_survive(&fs, &acked).await;
+        assert_refused_absent(&fs, &errors).await;
     }
+}
+
+/// What the log refused is not in it after the crash either: an append answered with an
+/// error must not turn up later (a caller that then writes it again, as a new message,
+/// makes a duplicate).
+async fn assert_refused_absent(fs: &SimFs, errors: &[(String, Bytes)]) {
+    let log = Log::open(sim_dir(), opts(fs)).await.unwrap();
+    let all: Vec<Bytes> = read_all(&log, 0)
+        .await
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    for (e, p) in errors {
+        assert!(
+            !all.contains(p),
+            "refused ({e}) but in the log after the crash"
+        );
+    }
+    log.close().await.unwrap();
 }
 
 #[tokio::test]
@@ -269,7 +289,32 @@ async fn a_torn_write_then_crash_loses_nothing_acknowledged() {
             append_until_failure(&fs, FsyncPolicy::Always, |fs| fs.fail_write_after(n, torn)).await;
         assert!(!errors.is_empty());
         assert_acknowledged_survive(&fs, &acked).await;
+        assert_refused_absent(&fs, &errors).await;
     }
+}
+
+/// A failed write at every position of a run of appends — the segment's or, after a batch's
+/// sync, one of its index files': the batch is durable then, so it is acknowledged (and the
+/// log refuses later appends); before, it was answered with an error yet was in the log after
+/// a restart.
+#[tokio::test]
+async fn a_failed_write_anywhere_acknowledges_exactly_what_is_durable() {
+    let mut index_failures = 0;
+    for n in 1..=30 {
+        let fs = SimFs::new();
+        let (acked, errors) =
+            append_until_failure(&fs, FsyncPolicy::Always, |fs| fs.fail_write_after(n, 0)).await;
+        assert!(!errors.is_empty(), "write #{n} failed");
+        if errors.iter().any(|(e, _)| e.contains("index")) {
+            index_failures += 1;
+        }
+        assert_acknowledged_survive(&fs, &acked).await;
+        assert_refused_absent(&fs, &errors).await;
+    }
+    assert!(
+        index_failures > 0,
+        "some of the failed writes were index writes"
+    );
 }
 
 #[tokio::test]
