@@ -29,6 +29,10 @@ pub(crate) struct Config {
     pub(crate) limits_sends_per_second: u32,
     pub(crate) limits_session_queue: usize,
     pub(crate) limits_max_uids_per_call: usize,
+    /// WebSocket sessions one user may hold at once.
+    pub(crate) limits_sessions_per_user: usize,
+    /// A WebSocket silent this long is closed; the server pings it after a third of that.
+    pub(crate) limits_ws_idle_secs: u64,
     pub(crate) acks_flush_ms: u64,
     pub(crate) projections_snapshot_interval_secs: u64,
     pub(crate) projections_idempotency_entries: usize,
@@ -98,6 +102,8 @@ impl Default for Config {
             limits_sends_per_second: 200,
             limits_session_queue: 4096,
             limits_max_uids_per_call: 10_000,
+            limits_sessions_per_user: 32,
+            limits_ws_idle_secs: 90,
             acks_flush_ms: 200,
             projections_snapshot_interval_secs: 300,
             projections_idempotency_entries: 100_000,
@@ -173,6 +179,13 @@ pub(crate) struct ServeArgs {
     /// Most uids in one membership or list call. Default: 10000.
     #[arg(long, env = "TIDINGS_LIMITS_MAX_UIDS_PER_CALL")]
     limits_max_uids_per_call: Option<usize>,
+    /// WebSocket sessions one user may hold at once (429 beyond). Default: 32.
+    #[arg(long, env = "TIDINGS_LIMITS_SESSIONS_PER_USER")]
+    limits_sessions_per_user: Option<usize>,
+    /// Seconds of silence after which a WebSocket is closed (4002 `idle_timeout`); the server
+    /// pings it after a third of that. Default: 90.
+    #[arg(long, env = "TIDINGS_LIMITS_WS_IDLE_SECS")]
+    limits_ws_idle_secs: Option<u64>,
     /// How long WebSocket acks are coalesced before they become cursor events. Default: 200.
     #[arg(long, env = "TIDINGS_ACKS_FLUSH_MS")]
     acks_flush_ms: Option<u64>,
@@ -307,6 +320,8 @@ struct LimitsSection {
     sends_per_second: Option<u32>,
     session_queue: Option<usize>,
     max_uids_per_call: Option<usize>,
+    sessions_per_user: Option<usize>,
+    ws_idle_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -403,6 +418,14 @@ impl ServeArgs {
                 .limits_max_uids_per_call
                 .or(file.limits.max_uids_per_call)
                 .unwrap_or(d.limits_max_uids_per_call),
+            limits_sessions_per_user: self
+                .limits_sessions_per_user
+                .or(file.limits.sessions_per_user)
+                .unwrap_or(d.limits_sessions_per_user),
+            limits_ws_idle_secs: self
+                .limits_ws_idle_secs
+                .or(file.limits.ws_idle_secs)
+                .unwrap_or(d.limits_ws_idle_secs),
             acks_flush_ms: self
                 .acks_flush_ms
                 .or(file.acks.flush_ms)
@@ -510,6 +533,15 @@ impl Config {
             "tier.read_timeout_ms must be above 0 (it bounds every call to the object store)"
         );
         anyhow::ensure!(
+            self.limits_sessions_per_user >= 1,
+            "limits.sessions_per_user must be at least 1"
+        );
+        anyhow::ensure!(
+            self.limits_ws_idle_secs >= 3,
+            "limits.ws_idle_secs ({}) must be at least 3 (the server pings after a third of it)",
+            self.limits_ws_idle_secs
+        );
+        anyhow::ensure!(
             (1..=MAX_PAYLOAD_LIMIT).contains(&self.limits_max_payload_bytes),
             "limits.max_payload_bytes ({}) must be in [1, {MAX_PAYLOAD_LIMIT}]",
             self.limits_max_payload_bytes
@@ -599,6 +631,13 @@ mod tests {
                 ..ServeArgs::default()
             },
             "limits.max_payload_bytes",
+        );
+        refused(
+            ServeArgs {
+                limits_ws_idle_secs: Some(2),
+                ..ServeArgs::default()
+            },
+            "limits.ws_idle_secs",
         );
         let ok = ServeArgs {
             tier_lease_secs: Some(15),

@@ -6,8 +6,10 @@ mod common;
 
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+
 use common::{ADMIN, Api, Server, Ws, frame_seqs, page_seqs};
-use serde_json::json;
+use serde_json::{Value, json};
 
 async fn code_of(
     api: &Api,
@@ -605,4 +607,99 @@ async fn a_banned_groups_backlog_is_delivered_acked_and_never_lost() {
     ws.close().await;
     let sync = api.ok("GET", "/v1/sync", &bob, None).await;
     assert_eq!(sync["messages"], json!([]), "{sync}");
+}
+
+/// A WebSocket upgrade of `token`, or the refusal's status and JSON body.
+async fn try_connect(server: &Server, token: &str) -> Result<Ws, (u16, Value)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = server
+        .ws_url("?catch_up=false")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(Ws { ws }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            Err((
+                resp.status().as_u16(),
+                serde_json::from_slice(&body).unwrap_or(Value::Null),
+            ))
+        }
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+/// A user holds at most `limits.sessions_per_user` WebSockets (one token could otherwise take
+/// every connection slot and multiply its per-connection send rate); a closed one frees its
+/// place.
+#[tokio::test]
+async fn a_user_holds_at_most_sessions_per_user_websockets() {
+    let server = Server::start(&["--limits-sessions-per-user", "2"]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let first = try_connect(&server, &alice).await.unwrap();
+    let mut second = try_connect(&server, &alice).await.unwrap();
+    let Err((status, body)) = try_connect(&server, &alice).await else {
+        panic!("a third session was accepted");
+    };
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_sessions", "{body}");
+    assert!(try_connect(&server, &bob).await.is_ok(), "per user");
+    // The second still works; once the first is gone, a new one is accepted.
+    second.send(json!({"type": "ping"})).await;
+    assert_eq!(second.next_of("pong").await["type"], "pong");
+    first.close().await;
+    let mut accepted = false;
+    for _ in 0..100 {
+        if try_connect(&server, &alice).await.is_ok() {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(accepted, "a closed session frees its place");
+}
+
+/// A client that stays silent — not even answering the server's pings, as a peer gone without
+/// a FIN cannot — is closed with 4002 `idle_timeout` after `limits.ws_idle_secs`; one that
+/// reads (and so answers pings by itself) stays, however quiet.
+#[tokio::test]
+async fn a_silent_websocket_is_closed_one_that_answers_pings_stays() {
+    let server = Server::start(&["--limits-ws-idle-secs", "3"]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let mut reading = try_connect(&server, &alice).await.unwrap();
+    let mut silent = try_connect(&server, &alice).await.unwrap();
+    // Only `reading` is polled for 4.5 s: its client library answers the pings.
+    let until = tokio::time::Instant::now() + Duration::from_millis(4500);
+    let mut pings = 0;
+    while let Ok(frame) = tokio::time::timeout_at(until, reading.ws.next()).await {
+        match frame {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 1, "the quiet client was pinged");
+    // Closed by now: a close frame 4002, unless the client's late answers to the pings
+    // queued before it met the server's closed socket first (a reset, then no frame).
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        use tokio_tungstenite::tungstenite::Message;
+        match tokio::time::timeout_at(until, silent.ws.next()).await {
+            Err(_) => panic!("the silent session is still open"),
+            Ok(Some(Ok(Message::Ping(_)))) => continue,
+            Ok(Some(Ok(Message::Close(c)))) => {
+                let code = c.map(|c| u16::from(c.code));
+                assert_eq!(code, Some(4002));
+                break;
+            }
+            Ok(Some(Ok(other))) => panic!("unexpected {other:?}"),
+            Ok(None) | Ok(Some(Err(_))) => break,
+        }
+    }
+    reading.send(json!({"type": "ping"})).await;
+    assert_eq!(reading.next_of("pong").await["type"], "pong");
 }

@@ -76,6 +76,14 @@ pub(crate) const TOKEN_REVOKED: CloseReason = CloseReason {
     code: 4001,
     reason: "token_revoked",
 };
+pub(crate) const IDLE_TIMEOUT: CloseReason = CloseReason {
+    code: 4002,
+    reason: "idle_timeout",
+};
+pub(crate) const TOO_MANY_SESSIONS: CloseReason = CloseReason {
+    code: 4003,
+    reason: "too_many_sessions",
+};
 
 #[derive(Debug, Default)]
 struct Phase {
@@ -229,16 +237,26 @@ impl Delivery {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many sessions `uid` holds.
+    pub(crate) fn sessions_of(&self, uid: &str) -> usize {
+        self.read().sessions.get(uid).map_or(0, Vec::len)
+    }
+
     /// Registers a session of `uid`, online in `groups`. Returns it and the receiving end of
-    /// its queue. The caller must hold the projections' read lock while calling, so that no
-    /// membership change slips between reading `groups` and registering.
+    /// its queue; `None` when the user already holds `max_sessions`. The caller must hold the
+    /// projections' read lock while calling, so that no membership change slips between
+    /// reading `groups` and registering.
     pub(crate) fn register(
         &self,
         uid: &str,
         groups: impl Iterator<Item = ChannelId>,
         queue: usize,
+        max_sessions: usize,
         parent: &CancellationToken,
-    ) -> (Arc<Session>, mpsc::Receiver<Run>) {
+    ) -> Option<(Arc<Session>, mpsc::Receiver<Run>)> {
+        if self.sessions_of(uid) >= max_sessions {
+            return None;
+        }
         let (tx, rx) = mpsc::channel(queue.max(1));
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -252,16 +270,18 @@ impl Delivery {
         });
         let mut r = self.write();
         let first = !r.sessions.contains_key(uid);
-        r.sessions
-            .entry(uid.to_owned())
-            .or_default()
-            .push(session.clone());
+        let list = r.sessions.entry(uid.to_owned()).or_default();
+        // Checked again under the write lock: two connections racing past the first check.
+        if list.len() >= max_sessions {
+            return None;
+        }
+        list.push(session.clone());
         if first {
             for g in groups {
                 r.online.entry(g).or_default().insert(uid.to_owned());
             }
         }
-        (session, rx)
+        Some((session, rx))
     }
 
     /// Removes a session; the user goes offline with their last one.
@@ -425,14 +445,34 @@ mod tests {
     }
 
     fn live_session(d: &Delivery, uid: &str, queue: usize) -> (Arc<Session>, mpsc::Receiver<Run>) {
-        let (s, rx) = d.register(
-            uid,
-            ["g".to_owned()].into_iter(),
-            queue,
-            &CancellationToken::new(),
-        );
+        let (s, rx) = d
+            .register(
+                uid,
+                ["g".to_owned()].into_iter(),
+                queue,
+                8,
+                &CancellationToken::new(),
+            )
+            .unwrap();
         assert!(s.try_go_live());
         (s, rx)
+    }
+
+    /// A user holds at most `max_sessions`; a session that goes frees its place.
+    #[test]
+    fn a_user_holds_at_most_max_sessions() {
+        let d = Delivery::default();
+        let reg = |uid: &str| {
+            d.register(uid, std::iter::empty(), 4, 2, &CancellationToken::new())
+                .map(|(s, _)| s)
+        };
+        let first = reg("a").unwrap();
+        let _second = reg("a").unwrap();
+        assert!(reg("a").is_none());
+        assert!(reg("b").is_some(), "per user");
+        assert_eq!(d.sessions_of("a"), 2);
+        d.unregister(&first, std::iter::empty());
+        assert!(reg("a").is_some());
     }
 
     #[test]
@@ -471,12 +511,15 @@ mod tests {
     #[test]
     fn a_notice_during_catch_up_waits_in_the_queue_a_message_does_not() {
         let d = Delivery::default();
-        let (s, mut rx) = d.register(
-            "a",
-            ["g".to_owned()].into_iter(),
-            16,
-            &CancellationToken::new(),
-        );
+        let (s, mut rx) = d
+            .register(
+                "a",
+                ["g".to_owned()].into_iter(),
+                16,
+                8,
+                &CancellationToken::new(),
+            )
+            .unwrap();
         // Catching up: a message is left to the next catch-up round.
         assert_eq!(d.push(&Arc::new(vec![msg("g", 1, None)])).dropped, 0);
         assert!(rx.try_recv().is_err());
@@ -579,12 +622,15 @@ mod tests {
     #[test]
     fn a_session_in_catch_up_is_only_marked_dirty() {
         let d = Delivery::default();
-        let (s, mut rx) = d.register(
-            "a",
-            ["g".to_owned()].into_iter(),
-            4,
-            &CancellationToken::new(),
-        );
+        let (s, mut rx) = d
+            .register(
+                "a",
+                ["g".to_owned()].into_iter(),
+                4,
+                8,
+                &CancellationToken::new(),
+            )
+            .unwrap();
         let run: Run = Arc::new(vec![msg("g", 1, None)]);
         assert_eq!(d.push(&run).dropped, 0);
         assert!(rx.try_recv().is_err());

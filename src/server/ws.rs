@@ -31,7 +31,9 @@ use tokio_util::sync::CancellationToken;
 use crate::render::{cbor_frame, channel_ref, message_json};
 use crate::server::auth::{Caller, authenticate, bearer, resolve};
 use crate::server::completions::{Answer, Answers, Reply};
-use crate::server::delivery::{CloseReason, GOING_AWAY, Pushed, Run, Session, TOKEN_REVOKED};
+use crate::server::delivery::{
+    CloseReason, GOING_AWAY, IDLE_TIMEOUT, Pushed, Run, Session, TOKEN_REVOKED, TOO_MANY_SESSIONS,
+};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::http::ApiQuery;
 use crate::server::limits::TokenBucket;
@@ -96,7 +98,7 @@ impl FromRequestParts<Arc<AppState>> for WsCaller {
 
 /// Upgrades to a WebSocket session.
 #[utoipa::path(get, path = "/v1/ws", tag = "websocket", params(WsQuery),
-    responses((status = 101, description = "Switching to the WebSocket protocol (see the README for frames)"), (status = 401, body = crate::server::http::openapi::ErrorBody), (status = 503, body = crate::server::http::openapi::ErrorBody)),
+    responses((status = 101, description = "Switching to the WebSocket protocol (see the README for frames)"), (status = 401, body = crate::server::http::openapi::ErrorBody), (status = 429, description = "The user holds `limits.sessions_per_user` sessions already (`too_many_sessions`)", body = crate::server::http::openapi::ErrorBody), (status = 503, body = crate::server::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn upgrade(
     State(state): State<Arc<AppState>>,
@@ -108,6 +110,14 @@ pub(crate) async fn upgrade(
         return Err(ApiError::unavailable(
             "not_ready",
             "starting up or shutting down",
+        ));
+    }
+    let per_user = state.config.limits_sessions_per_user;
+    if state.delivery.sessions_of(&uid) >= per_user {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sessions",
+            format!("at most {per_user} WebSocket sessions per user"),
         ));
     }
     let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
@@ -394,6 +404,8 @@ enum Step {
     Push(Run),
     Reaped,
     CatchUp,
+    /// The keepalive timer: ping a silent client, close one silent too long.
+    Keepalive,
 }
 
 impl Ctx {
@@ -650,24 +662,32 @@ async fn run(
                 .channels_of(&uid)
                 .filter(|c| !is_person_channel(c))
                 .cloned();
-            Some(state.delivery.register(
-                &uid,
-                groups,
-                state.config.limits_session_queue,
-                &state.sessions_stop,
-            ))
+            state
+                .delivery
+                .register(
+                    &uid,
+                    groups,
+                    state.config.limits_session_queue,
+                    state.config.limits_sessions_per_user,
+                    &state.sessions_stop,
+                )
+                // Past the check at the upgrade: connections of one user racing.
+                .ok_or(TOO_MANY_SESSIONS)
         } else {
-            None
+            Err(TOKEN_REVOKED)
         }
     };
-    let Some((session, mut queue)) = registered else {
-        let w = Writer {
-            sink,
-            cbor,
-            close: CancellationToken::new(),
-        };
-        w.finish(Some(TOKEN_REVOKED)).await;
-        return;
+    let (session, mut queue) = match registered {
+        Ok(r) => r,
+        Err(reason) => {
+            let w = Writer {
+                sink,
+                cbor,
+                close: CancellationToken::new(),
+            };
+            w.finish(Some(reason)).await;
+            return;
+        }
     };
     state.metrics.ws_sessions.inc();
     if !catch_up {
@@ -700,6 +720,15 @@ async fn run(
     let mut burst: Vec<WsMessage> = Vec::new();
     // In-flight slots of the answers in `burst`.
     let mut slots: Vec<OwnedSemaphorePermit> = Vec::new();
+    // Keepalive: a client silent for a third of `ws_idle_secs` is pinged (clients answer
+    // pings by themselves), one silent for all of it is closed — a peer that vanished without
+    // a FIN (a phone out of coverage, a NAT that dropped the mapping) would otherwise hold its
+    // slot, its registry entry and its queue until the next write to it failed.
+    let idle_after = Duration::from_secs(state.config.limits_ws_idle_secs);
+    let ping_after = idle_after / 3;
+    let mut heard = tokio::time::Instant::now();
+    let keepalive = tokio::time::sleep(ping_after);
+    tokio::pin!(keepalive);
     let close: Option<CloseReason> = loop {
         let step = tokio::select! {
             biased;
@@ -721,11 +750,13 @@ async fn run(
             // All slots taken: wake when one frees (the permit is given straight back).
             _ = in_flight.acquire(), if in_flight.available_permits() == 0 => Step::Reaped,
             () = std::future::ready(()), if catching_up => Step::CatchUp,
+            () = &mut keepalive => Step::Keepalive,
         };
         let done = match step {
             Step::Close(reason) => break Some(reason),
             Step::Gone => break None,
             Step::Frame(msg) => {
+                heard = tokio::time::Instant::now();
                 if ctx.sends.is_empty() {
                     burst_frames = 0;
                 }
@@ -766,6 +797,21 @@ async fn run(
                 w.burst(&mut burst).await
             }
             Step::Reaped => Ok(()),
+            Step::Keepalive => {
+                let now = tokio::time::Instant::now();
+                let silent = now.saturating_duration_since(heard);
+                if silent >= idle_after {
+                    break Some(IDLE_TIMEOUT);
+                }
+                let (next, written) = if silent < ping_after {
+                    (heard + ping_after, Ok(()))
+                } else {
+                    let ping = w.raw(WsMessage::Ping(Bytes::new())).await;
+                    ((now + ping_after).min(heard + idle_after), ping)
+                };
+                keepalive.as_mut().reset(next);
+                written
+            }
             Step::CatchUp => match ctx.catch_up_page(&mut w).await {
                 Ok(CatchUp::More) => Ok(()),
                 Ok(CatchUp::Live) => {

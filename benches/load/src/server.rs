@@ -51,6 +51,8 @@ impl Server {
             .arg(dir.path().join("data"))
             .args(["--limits-sends-per-second", "10000000"])
             .args(["--limits-max-connections", "1000000"])
+            // `idle` connects 100 sessions per user.
+            .args(["--limits-sessions-per-user", "1000"])
             .args(["--limits-session-queue", "65536"])
             .args(["--acks-flush-ms", "200"])
             .args(extra)
