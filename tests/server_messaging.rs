@@ -369,38 +369,6 @@ async fn messages_sent_during_catch_up_arrive_once_with_no_gap() {
     ws.close().await;
 }
 
-/// Another device's ack during a session's catch-up does not cut a gap into that session's
-/// stream: catch-up goes on from what the session sent, not from the user's cursor (it did:
-/// the phone, held up writing its first page, skipped everything the laptop acknowledged).
-#[tokio::test]
-async fn another_devices_ack_during_catch_up_leaves_no_gap() {
-    let server = Server::start(&["--limits-sends-per-second", "100000"]);
-    let api = Api::new(&server);
-    api.group("g", &["alice", "bob"]).await;
-    let alice = api.user("alice").await;
-    let bob = api.user("bob").await;
-    // Pages too large for the socket's buffers: the session waits for the phone to read.
-    let big = "z".repeat(60_000);
-    for i in 1..=400 {
-        api.send(&alice, "g", &format!("a{i}"), &big).await;
-    }
-    let mut phone = Ws::connect(&server, &bob, "").await;
-    let first = phone.messages(1).await;
-    assert_eq!(seqs(&first), vec![1]);
-    // The laptop reads up to 390 meanwhile (written at once over HTTP).
-    api.ok(
-        "POST",
-        "/v1/channels/g/ack",
-        &bob,
-        Some(json!({"seq": 390})),
-    )
-    .await;
-    let rest = phone.messages(399).await;
-    assert_eq!(seqs(&rest), (2..=400).collect::<Vec<_>>());
-    phone.quiet(Duration::from_millis(300)).await;
-    phone.close().await;
-}
-
 #[tokio::test]
 async fn a_retried_send_with_the_same_client_msg_id_is_one_message() {
     let server = Server::start(&[]);

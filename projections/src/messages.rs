@@ -8,7 +8,6 @@ use bytes::Bytes;
 use serde::Serialize;
 use tidings_log::Log;
 
-use crate::cursors::Cursor;
 use crate::error::{ProjectionError, Result};
 use crate::event::{Envelope, Event};
 use crate::ids::ChannelId;
@@ -98,27 +97,24 @@ pub fn plan_sync(
     uid: &str,
     limit: usize,
 ) -> Result<(Vec<MessageRef>, bool)> {
-    plan_sync_from(state, files, uid, limit, |_, cur| {
-        cur.delivered.max(cur.cleared)
-    })
+    plan_sync_from(state, files, uid, limit, |_, cursor| cursor)
 }
 
-/// Like [`plan_sync`], but each channel starts after `after(channel, cursor)` instead of
-/// after the cursor's delivered (or cleared) seq: a WebSocket session's catch-up continues
-/// from what it already sent, whatever another device acknowledged meanwhile.
+/// Like [`plan_sync`], but each channel starts after `after(channel, cursor)` instead of the
+/// cursor (a WebSocket session's catch-up continues from what it already sent).
 pub fn plan_sync_from(
     state: &State,
     files: &IndexFiles,
     uid: &str,
     limit: usize,
-    after: impl Fn(&str, &Cursor) -> u64,
+    after: impl Fn(&str, u64) -> u64,
 ) -> Result<(Vec<MessageRef>, bool)> {
     let mut out = Vec::new();
     let mut has_more = false;
     for channel in state.subs.channels_of(uid) {
         let last = state.heads.last_seq(channel);
         let cur = state.cursors.get(uid, channel);
-        let from = after(channel, &cur);
+        let from = after(channel, cur.delivered.max(cur.cleared));
         if last <= from {
             continue;
         }

@@ -443,13 +443,7 @@ impl Ctx {
                 p.index_files(),
                 &self.uid,
                 CATCH_UP_PAGE,
-                // Where this session left a channel: another device's ack meanwhile (the
-                // user's cursor) would otherwise cut a gap into this connection's stream;
-                // never below what the user cleared.
-                |ch, cur| match sent.get(ch) {
-                    Some(&s) => s.max(cur.cleared),
-                    None => cur.delivered.max(cur.cleared),
-                },
+                |ch, cursor| sent.get(ch).copied().unwrap_or(0).max(cursor),
             )
         };
         let plan = match plan {
