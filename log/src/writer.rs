@@ -328,7 +328,12 @@ impl Writer {
         } else {
             Ok(())
         };
-        match rolled.and_then(|()| self.write_and_sync(ts)) {
+        // A roll whose sync of the old segment stored the data but not its index entries
+        // poisons the log without failing (`after_durable`): this batch is not written.
+        match rolled
+            .and_then(|()| self.checked())
+            .and_then(|()| self.write_and_sync(ts))
+        {
             Ok(()) => Ok(ts),
             Err(e) => {
                 self.poison(e);
@@ -491,6 +496,8 @@ impl Writer {
         // timestamp exact.
         self.trim_active()?;
         self.sync_segment()?;
+        // Its index entries may have failed to write (`after_durable`): no sealing then.
+        self.checked()?;
         let a = &mut self.active;
         if let Some(last) = a.last_batch
             && a.seg.last_time_pos() != Some(last.pos)

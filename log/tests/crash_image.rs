@@ -526,3 +526,38 @@ async fn a_batch_whose_sync_failed_is_not_read_back_after_a_restart() {
     );
     log.close().await.unwrap();
 }
+
+/// Without fsync, index entries are written at the next sync — at a roll, for instance. When
+/// that write fails, the log stops (poisoned), and the append that caused the roll must be
+/// refused: it was acknowledged into the next segment, which a stopped log never syncs.
+#[tokio::test]
+async fn an_append_after_a_failed_index_write_at_a_roll_is_refused() {
+    let mut poisoned_runs = 0;
+    for n in 1..=40 {
+        let fs = SimFs::new();
+        let log = Log::open(
+            sim_dir(),
+            opts(&fs)
+                .with_fsync(FsyncPolicy::Never)
+                .with_segment_bytes(1024),
+        )
+        .await
+        .unwrap();
+        fs.fail_write_after(n, 0);
+        for i in 0..60u64 {
+            match log.append_one(payload(i, 60)).await {
+                // One appender: nothing else can have stopped the log meanwhile.
+                Ok(off) => assert!(
+                    log.poisoned().is_none(),
+                    "write #{n}: offset {off} acknowledged by a stopped log"
+                ),
+                Err(_) => {
+                    poisoned_runs += 1;
+                    break;
+                }
+            }
+        }
+        let _ = log.close().await;
+    }
+    assert!(poisoned_runs > 0);
+}
