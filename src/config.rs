@@ -522,7 +522,9 @@ impl Config {
         // the owner runs, and a second server (or a copy of this directory) would take the
         // prefix over.
         anyhow::ensure!(
-            t.lease_secs >= 3 && t.lease_secs >= 3 * t.upload_interval_secs.max(1),
+            t.url.is_none()
+                || (t.lease_secs >= 3
+                    && t.lease_secs >= t.upload_interval_secs.max(1).saturating_mul(3)),
             "tier.lease_secs ({}) must be at least 3 and at least 3 × tier.upload_interval_secs ({}): \
              the owner renews its lease only at upload passes",
             t.lease_secs,
@@ -599,6 +601,7 @@ mod tests {
         refused(
             ServeArgs {
                 tier_lease_secs: Some(10),
+                tier_url: Some("file:///nowhere".into()),
                 ..ServeArgs::default()
             },
             "tier.lease_secs",
@@ -607,6 +610,7 @@ mod tests {
             ServeArgs {
                 tier_lease_secs: Some(0),
                 tier_upload_interval_secs: Some(0),
+                tier_url: Some("file:///nowhere".into()),
                 ..ServeArgs::default()
             },
             "tier.lease_secs",
@@ -614,6 +618,7 @@ mod tests {
         refused(
             ServeArgs {
                 tier_upload_interval_secs: Some(60),
+                tier_url: Some("file:///nowhere".into()),
                 ..ServeArgs::default()
             },
             "tier.lease_secs",
@@ -639,6 +644,12 @@ mod tests {
             },
             "limits.ws_idle_secs",
         );
+        // Without a tier the lease is not used: a leftover interval is no reason to refuse.
+        let untiered = ServeArgs {
+            tier_upload_interval_secs: Some(60),
+            ..ServeArgs::default()
+        };
+        assert!(untiered.resolve().is_ok());
         let ok = ServeArgs {
             tier_lease_secs: Some(15),
             limits_max_payload_bytes: Some(MAX_PAYLOAD_LIMIT),

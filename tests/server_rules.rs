@@ -703,3 +703,44 @@ async fn a_silent_websocket_is_closed_one_that_answers_pings_stays() {
     reading.send(json!({"type": "ping"})).await;
     assert_eq!(reading.next_of("pong").await["type"], "pong");
 }
+
+/// A client that only reads — here through a catch-up longer than `ws_idle_secs`, reading
+/// slowly — stays: pages written count as activity (its answer to a ping would come only
+/// after it read everything before the ping), and the keepalive timer is not starved by the
+/// always-ready catch-up (at first it was, and its first look after the catch-up closed the
+/// client at once, unpinged).
+#[tokio::test]
+async fn a_client_that_only_reads_through_a_long_catch_up_stays() {
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(&[
+        "--limits-ws-idle-secs",
+        "3",
+        "--limits-sends-per-second",
+        "100000",
+    ]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let big = "z".repeat(60_000);
+    for i in 1..=400 {
+        api.send(&alice, "g", &format!("a{i}"), &big).await;
+    }
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    let mut got = 0;
+    while got < 400 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.ws.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => {
+                got += 1;
+                tokio::time::sleep(Duration::from_millis(12)).await;
+            }
+            Ok(Some(Ok(Message::Ping(_)))) => {}
+            other => panic!("after {got} messages: {other:?}"),
+        }
+    }
+    // Past the catch-up and well past `ws_idle_secs` since the client last wrote anything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Still open and answering.
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_of("pong").await["type"], "pong");
+}

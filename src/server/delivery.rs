@@ -269,13 +269,17 @@ impl Delivery {
             close: parent.child_token(),
         });
         let mut r = self.write();
-        let first = !r.sessions.contains_key(uid);
-        let list = r.sessions.entry(uid.to_owned()).or_default();
         // Checked again under the write lock: two connections racing past the first check.
-        if list.len() >= max_sessions {
+        // (Before any entry is made: an empty list would make the user look online.)
+        let held = r.sessions.get(uid).map_or(0, Vec::len);
+        if held >= max_sessions {
             return None;
         }
-        list.push(session.clone());
+        let first = held == 0;
+        r.sessions
+            .entry(uid.to_owned())
+            .or_default()
+            .push(session.clone());
         if first {
             for g in groups {
                 r.online.entry(g).or_default().insert(uid.to_owned());

@@ -718,15 +718,23 @@ async fn run(
     // pings by themselves), one silent for all of it is closed — a peer that vanished without
     // a FIN (a phone out of coverage, a NAT that dropped the mapping) would otherwise hold its
     // slot, its registry entry and its queue until the next write to it failed.
+    // Writes that complete count as activity too: a client slowly reading a long catch-up
+    // reads the ping only after everything written before it (and a peer that is gone fails
+    // those writes within the write timeout anyway). The close needs a ping unanswered for a
+    // third of the time: a session too busy to look at its timer closes nobody unpinged.
     let idle_after = Duration::from_secs(state.config.limits_ws_idle_secs);
     let ping_after = idle_after / 3;
     let mut heard = tokio::time::Instant::now();
+    let mut pinged: Option<tokio::time::Instant> = None;
     let keepalive = tokio::time::sleep(ping_after);
     tokio::pin!(keepalive);
     let close: Option<CloseReason> = loop {
         let step = tokio::select! {
             biased;
             () = session.close.cancelled() => Step::Close(session.close_reason().unwrap_or(GOING_AWAY)),
+            // Early in the order: ready at most once per `ping_after`, never starved by the
+            // always-ready branches below (catch-up, a queue that never empties).
+            () = &mut keepalive => Step::Keepalive,
             frame = stream.next(), if in_flight.available_permits() > 0
                 && ctx.sends.len() < SEND_BATCH
                 && (ctx.sends.is_empty() || burst_frames < BURST_FRAMES) => match frame {
@@ -744,13 +752,13 @@ async fn run(
             // All slots taken: wake when one frees (the permit is given straight back).
             _ = in_flight.acquire(), if in_flight.available_permits() == 0 => Step::Reaped,
             () = std::future::ready(()), if catching_up => Step::CatchUp,
-            () = &mut keepalive => Step::Keepalive,
         };
         let done = match step {
             Step::Close(reason) => break Some(reason),
             Step::Gone => break None,
             Step::Frame(msg) => {
                 heard = tokio::time::Instant::now();
+                pinged = None;
                 if ctx.sends.is_empty() {
                     burst_frames = 0;
                 }
@@ -788,26 +796,41 @@ async fn run(
                     burst.extend(next.iter().filter_map(|p| ctx.live(session.id, p)));
                 }
                 session.taken(messages);
-                w.burst(&mut burst).await
+                let written = w.burst(&mut burst).await;
+                if written.is_ok() {
+                    heard = tokio::time::Instant::now();
+                    pinged = None;
+                }
+                written
             }
             Step::Reaped => Ok(()),
             Step::Keepalive => {
                 let now = tokio::time::Instant::now();
                 let silent = now.saturating_duration_since(heard);
-                if silent >= idle_after {
+                let unanswered =
+                    pinged.is_some_and(|p| now.saturating_duration_since(p) >= ping_after);
+                if silent >= idle_after && unanswered {
                     break Some(IDLE_TIMEOUT);
                 }
-                let (next, written) = if silent < ping_after {
-                    (heard + ping_after, Ok(()))
+                if silent < ping_after {
+                    keepalive.as_mut().reset(heard + ping_after);
+                    Ok(())
                 } else {
-                    let ping = w.raw(WsMessage::Ping(Bytes::new())).await;
-                    ((now + ping_after).min(heard + idle_after), ping)
-                };
-                keepalive.as_mut().reset(next);
-                written
+                    keepalive.as_mut().reset(now + ping_after);
+                    if pinged.is_none() || unanswered {
+                        pinged.get_or_insert(now);
+                        w.raw(WsMessage::Ping(Bytes::new())).await
+                    } else {
+                        Ok(())
+                    }
+                }
             }
             Step::CatchUp => match ctx.catch_up_page(&mut w).await {
-                Ok(CatchUp::More) => Ok(()),
+                Ok(CatchUp::More) => {
+                    heard = tokio::time::Instant::now();
+                    pinged = None;
+                    Ok(())
+                }
                 Ok(CatchUp::Live) => {
                     catching_up = false;
                     Ok(())
