@@ -12,7 +12,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use foyer::{BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder};
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, RecoverMode,
+};
 
 use crate::conversations::Conversation;
 use crate::error::{ProjectionError, Result};
@@ -49,6 +51,11 @@ pub struct ConversationCacheConfig {
     pub memory_bytes: usize,
     /// Disk for lists evicted from memory. Default: 256 MiB.
     pub disk_bytes: usize,
+    /// Whether lists on disk are used again after a restart. Only when the state they were
+    /// computed from cannot be lost: under `fsync = every/never` a power cut can take applied
+    /// events off the log's end, the offsets are written again by other events, and a list
+    /// fingerprinted by those offsets would match a state it does not describe. Default: true.
+    pub recover: bool,
 }
 
 impl Default for ConversationCacheConfig {
@@ -56,6 +63,7 @@ impl Default for ConversationCacheConfig {
         Self {
             memory_bytes: 64 << 20,
             disk_bytes: 256 << 20,
+            recover: true,
         }
     }
 }
@@ -108,6 +116,11 @@ impl ConversationCache {
             .memory(config.memory_bytes.max(1 << 20))
             .with_weighter(|k: &String, v: &Bytes| k.len() + v.len() + 64)
             .storage()
+            .with_recover_mode(if config.recover {
+                RecoverMode::Quiet
+            } else {
+                RecoverMode::None
+            })
             .with_engine_config(BlockEngineConfig::new(device).with_block_size(block))
             .build()
             .await

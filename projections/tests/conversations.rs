@@ -186,6 +186,7 @@ async fn the_cache_is_used_when_valid_and_never_trusted_when_not() {
     let cfg = ConversationCacheConfig {
         memory_bytes: 1 << 20,
         disk_bytes: 16 << 20,
+        recover: true,
     };
     let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
 
@@ -220,7 +221,19 @@ async fn the_cache_is_used_when_valid_and_never_trusted_when_not() {
     cache.close().await.unwrap();
     drop(cache);
     let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
-    assert_eq!(cache.get("bob", fp4).await, Some(list));
+    assert_eq!(cache.get("bob", fp4).await, Some(list.clone()));
+    cache.close().await.unwrap();
+    drop(cache);
+    // Unless told not to (a log that may lose applied events in a power cut).
+    let forgetful = ConversationCacheConfig {
+        recover: false,
+        ..cfg.clone()
+    };
+    let cache = ConversationCache::open(dir.path(), &forgetful)
+        .await
+        .unwrap();
+    assert_eq!(cache.get("bob", fp4).await, None);
+    cache.put("bob", fp4, &list);
     cache.close().await.unwrap();
     drop(cache);
 

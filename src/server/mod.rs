@@ -150,6 +150,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         &ConversationCacheConfig {
             memory_bytes: config.cache_conversation_memory_bytes,
             disk_bytes: config.cache_conversation_disk_bytes,
+            recover: config.log_fsync == tidings_log::FsyncPolicy::Always,
         },
     )
     .await?;
