@@ -29,6 +29,8 @@ pub(crate) struct Config {
     pub(crate) limits_sends_per_second: u32,
     pub(crate) limits_session_queue: usize,
     pub(crate) limits_max_uids_per_call: usize,
+    /// Bytes of frames queued for one WebSocket session before it is closed as too slow.
+    pub(crate) limits_session_queue_bytes: usize,
     /// WebSocket sessions one user may hold at once.
     pub(crate) limits_sessions_per_user: usize,
     /// A WebSocket silent this long is closed; the server pings it after a third of that.
@@ -102,6 +104,7 @@ impl Default for Config {
             limits_sends_per_second: 200,
             limits_session_queue: 4096,
             limits_max_uids_per_call: 10_000,
+            limits_session_queue_bytes: 32 << 20,
             limits_sessions_per_user: 32,
             limits_ws_idle_secs: 90,
             acks_flush_ms: 200,
@@ -179,6 +182,10 @@ pub(crate) struct ServeArgs {
     /// Most uids in one membership or list call. Default: 10000.
     #[arg(long, env = "TIDINGS_LIMITS_MAX_UIDS_PER_CALL")]
     limits_max_uids_per_call: Option<usize>,
+    /// Bytes of frames queued for one WebSocket session before it is closed as too slow.
+    /// Default: 33554432.
+    #[arg(long, env = "TIDINGS_LIMITS_SESSION_QUEUE_BYTES")]
+    limits_session_queue_bytes: Option<usize>,
     /// WebSocket sessions one user may hold at once (429 beyond). Default: 32.
     #[arg(long, env = "TIDINGS_LIMITS_SESSIONS_PER_USER")]
     limits_sessions_per_user: Option<usize>,
@@ -320,6 +327,7 @@ struct LimitsSection {
     sends_per_second: Option<u32>,
     session_queue: Option<usize>,
     max_uids_per_call: Option<usize>,
+    session_queue_bytes: Option<usize>,
     sessions_per_user: Option<usize>,
     ws_idle_secs: Option<u64>,
 }
@@ -418,6 +426,10 @@ impl ServeArgs {
                 .limits_max_uids_per_call
                 .or(file.limits.max_uids_per_call)
                 .unwrap_or(d.limits_max_uids_per_call),
+            limits_session_queue_bytes: self
+                .limits_session_queue_bytes
+                .or(file.limits.session_queue_bytes)
+                .unwrap_or(d.limits_session_queue_bytes),
             limits_sessions_per_user: self
                 .limits_sessions_per_user
                 .or(file.limits.sessions_per_user)

@@ -44,6 +44,19 @@ pub(crate) struct Pushed {
 }
 
 impl Pushed {
+    /// The bytes its frames hold (what a queued copy keeps alive).
+    pub(crate) fn bytes(&self) -> usize {
+        self.frames
+            .iter()
+            .map(|(_, f)| f.json.len() + f.cbor.len())
+            .sum()
+    }
+
+    /// The bytes of the frames of a run.
+    pub(crate) fn run_bytes(run: &[Arc<Pushed>]) -> usize {
+        run.iter().map(|p| p.bytes()).sum()
+    }
+
     /// The frame `uid` gets.
     pub(crate) fn frame_for(&self, uid: &str) -> Option<&Frame> {
         self.frames
@@ -100,6 +113,10 @@ pub(crate) struct Session {
     /// Messages queued and not yet taken by the session; at most `limit`.
     queued: AtomicUsize,
     limit: usize,
+    /// Bytes of the frames queued (shared with other sessions, but kept alive by this
+    /// queue); at most `limit_bytes`: a count alone let a session pin ~150 KB per message.
+    queued_bytes: AtomicUsize,
+    limit_bytes: usize,
     phase: Mutex<Phase>,
     closing: Mutex<Option<CloseReason>>,
     pub(crate) close: CancellationToken,
@@ -136,9 +153,10 @@ impl Session {
         true
     }
 
-    /// The session took `n` queued messages off its queue.
-    pub(crate) fn taken(&self, n: usize) {
+    /// The session took `n` queued messages of `bytes` off its queue.
+    pub(crate) fn taken(&self, n: usize, bytes: usize) {
         self.queued.fetch_sub(n, Ordering::AcqRel);
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     fn offer(&self, run: &Run) -> bool {
@@ -169,13 +187,13 @@ impl Session {
         // A run is taken whole when the queue is empty, so a run longer than the limit still
         // reaches a session that keeps up (the applier also cuts runs to MAX_RUN).
         let n = run.len();
+        let bytes = Pushed::run_bytes(run);
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
-        if before != 0 && before + n > self.limit {
-            self.queued.fetch_sub(n, Ordering::AcqRel);
-            return false;
-        }
-        if self.tx.try_send(run.clone()).is_err() {
-            self.queued.fetch_sub(n, Ordering::AcqRel);
+        let before_bytes = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let refused =
+            before != 0 && (before + n > self.limit || before_bytes + bytes > self.limit_bytes);
+        if refused || self.tx.try_send(run.clone()).is_err() {
+            self.taken(n, bytes);
             return false;
         }
         true
@@ -251,6 +269,7 @@ impl Delivery {
         uid: &str,
         groups: impl Iterator<Item = ChannelId>,
         queue: usize,
+        queue_bytes: usize,
         max_sessions: usize,
         parent: &CancellationToken,
     ) -> Option<(Arc<Session>, mpsc::Receiver<Run>)> {
@@ -264,6 +283,8 @@ impl Delivery {
             tx,
             queued: AtomicUsize::new(0),
             limit: queue.max(1),
+            queued_bytes: AtomicUsize::new(0),
+            limit_bytes: queue_bytes.max(1),
             phase: Mutex::new(Phase::default()),
             closing: Mutex::new(None),
             close: parent.child_token(),
@@ -454,6 +475,7 @@ mod tests {
                 uid,
                 ["g".to_owned()].into_iter(),
                 queue,
+                usize::MAX,
                 8,
                 &CancellationToken::new(),
             )
@@ -467,8 +489,15 @@ mod tests {
     fn a_user_holds_at_most_max_sessions() {
         let d = Delivery::default();
         let reg = |uid: &str| {
-            d.register(uid, std::iter::empty(), 4, 2, &CancellationToken::new())
-                .map(|(s, _)| s)
+            d.register(
+                uid,
+                std::iter::empty(),
+                4,
+                usize::MAX,
+                2,
+                &CancellationToken::new(),
+            )
+            .map(|(s, _)| s)
         };
         let first = reg("a").unwrap();
         let _second = reg("a").unwrap();
@@ -520,6 +549,7 @@ mod tests {
                 "a",
                 ["g".to_owned()].into_iter(),
                 16,
+                usize::MAX,
                 8,
                 &CancellationToken::new(),
             )
@@ -560,12 +590,51 @@ mod tests {
         assert_eq!(d.push(&run3).dropped, 0);
         // What was taken off the queue frees room again.
         assert_eq!(rx.try_recv().map(|r| r.len()).ok(), Some(3));
-        s.taken(3);
+        s.taken(3, 3);
         assert_eq!(d.push(&run3).dropped, 0);
         // 3 queued + 3 more > 5: the session is closed as too slow.
         let stats = d.push(&run3);
         assert_eq!((stats.dropped, stats.closed_slow), (1, 1));
         assert_eq!(s.close_reason(), Some(SLOW_CONSUMER));
+    }
+
+    /// Bytes count too: a few large messages fill a session's queue long before 4,096 do.
+    #[test]
+    fn the_queue_limit_counts_bytes_too() {
+        let d = Delivery::default();
+        let (s, mut rx) = d
+            .register(
+                "a",
+                ["g".to_owned()].into_iter(),
+                100,
+                10,
+                8,
+                &CancellationToken::new(),
+            )
+            .unwrap();
+        assert!(s.try_go_live());
+        let big = |seq: u64| -> Run {
+            Arc::new(vec![Arc::new(Pushed {
+                channel: "g".into(),
+                seq,
+                is_message: true,
+                origin: None,
+                frames: vec![(
+                    None,
+                    Frame {
+                        json: "x".repeat(4).into(),
+                        cbor: Bytes::from_static(b"yy"),
+                    },
+                )],
+            })])
+        };
+        // An empty queue takes a run whatever its size; 6 + 6 bytes > 10 do not fit.
+        assert_eq!(d.push(&big(1)).dropped, 0);
+        let stats = d.push(&big(2));
+        assert_eq!((stats.dropped, stats.closed_slow), (1, 1));
+        assert_eq!(s.close_reason(), Some(SLOW_CONSUMER));
+        assert_eq!(rx.try_recv().map(|r| r[0].seq).ok(), Some(1));
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]
@@ -581,7 +650,7 @@ mod tests {
         // The session takes 1..=3 before it sees the close; 7 would fit the queue again, but
         // it must not reach the client without 4..=6 before it.
         assert_eq!(rx.try_recv().map(|r| r.len()).ok(), Some(3));
-        s.taken(3);
+        s.taken(3, 3);
         let stats = d.push(&run(7..=7));
         assert_eq!((stats.dropped, stats.closed_slow), (1, 0));
         assert!(rx.try_recv().is_err(), "nothing after the refused run");
@@ -631,6 +700,7 @@ mod tests {
                 "a",
                 ["g".to_owned()].into_iter(),
                 4,
+                usize::MAX,
                 8,
                 &CancellationToken::new(),
             )

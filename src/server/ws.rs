@@ -42,6 +42,8 @@ use crate::server::state::AppState;
 
 const CBOR_PROTOCOL: &str = "tidings.cbor";
 const CATCH_UP_PAGE: usize = 256;
+/// Catch-up messages read from the log (and held) at a time.
+const CATCH_UP_LOAD: usize = 32;
 /// Sends in flight per connection; beyond it the session stops reading the socket until some
 /// complete, so a client that floods sends meets TCP backpressure instead of growing memory.
 const MAX_IN_FLIGHT: usize = 256;
@@ -463,23 +465,27 @@ impl Ctx {
             self.session.begin_catch_up_round();
             return Ok(CatchUp::More);
         }
-        let msgs = match messages::load(&self.state.log, &plan).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(uid = %self.uid, error = %e, "catch-up read failed; closing the session");
-                let err: ApiError = e.into();
-                w.frame(&error_frame(&err, None)).await?;
-                return Ok(CatchUp::Failed);
+        // Loaded and written a few at a time: a page of 256 messages of up to 64 KiB each
+        // held whole in memory while a slow client read it (~16 MiB per session).
+        for part in plan.chunks(CATCH_UP_LOAD) {
+            let msgs = match messages::load(&self.state.log, part).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(uid = %self.uid, error = %e, "catch-up read failed; closing the session");
+                    let err: ApiError = e.into();
+                    w.frame(&error_frame(&err, None)).await?;
+                    return Ok(CatchUp::Failed);
+                }
+            };
+            for m in &msgs {
+                let mut frame = message_json(m, Some(&self.uid));
+                if let Some(o) = frame.as_object_mut() {
+                    o.insert("type".into(), json!("message"));
+                }
+                w.frame(&frame).await?;
+                let e = self.sent_upto.entry(m.channel.clone()).or_default();
+                *e = (*e).max(m.seq);
             }
-        };
-        for m in &msgs {
-            let mut frame = message_json(m, Some(&self.uid));
-            if let Some(o) = frame.as_object_mut() {
-                o.insert("type".into(), json!("message"));
-            }
-            w.frame(&frame).await?;
-            let e = self.sent_upto.entry(m.channel.clone()).or_default();
-            *e = (*e).max(m.seq);
         }
         Ok(CatchUp::More)
     }
@@ -662,6 +668,7 @@ async fn run(
                     &uid,
                     groups,
                     state.config.limits_session_queue,
+                    state.config.limits_session_queue_bytes,
                     state.config.limits_sessions_per_user,
                     &state.sessions_stop,
                 )
@@ -788,14 +795,16 @@ async fn run(
             }
             Step::Push(run) => {
                 let mut messages = run.len();
+                let mut bytes = Pushed::run_bytes(&run);
                 burst.extend(run.iter().filter_map(|p| ctx.live(session.id, p)));
                 while messages < BURST
                     && let Ok(next) = queue.try_recv()
                 {
                     messages += next.len();
+                    bytes += Pushed::run_bytes(&next);
                     burst.extend(next.iter().filter_map(|p| ctx.live(session.id, p)));
                 }
-                session.taken(messages);
+                session.taken(messages, bytes);
                 let written = w.burst(&mut burst).await;
                 if written.is_ok() {
                     heard = tokio::time::Instant::now();

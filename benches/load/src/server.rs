@@ -54,6 +54,7 @@ impl Server {
             // `idle` connects 100 sessions per user.
             .args(["--limits-sessions-per-user", "1000"])
             .args(["--limits-session-queue", "65536"])
+            .args(["--limits-session-queue-bytes", "1073741824"])
             .args(["--acks-flush-ms", "200"])
             .args(extra)
             .env("TIDINGS_ADMIN_KEY", ADMIN)
