@@ -192,6 +192,10 @@ pub fn page(
             }
         }
     }
+    // In channel order: the hidden ones came in hash-map order (another per process, and
+    // between a live state and a restored one).
+    removed.sort_unstable();
+    removed.dedup();
     ConversationList {
         conversations: picked,
         removed,

@@ -160,6 +160,30 @@ async fn ordered_by_last_activity_with_incremental_sync_and_removals() {
     assert!(compute(w.state(), "bob").iter().any(|c| c.channel == "a"));
 }
 
+/// Conversations hidden since a version come back in `removed` in channel order, not in the
+/// order of a hash map (which differs between processes, and between a live and a restored
+/// state).
+#[tokio::test]
+async fn removed_conversations_are_listed_in_channel_order() {
+    let mut w = World::new().await;
+    let channels = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"];
+    for ch in channels {
+        w.create(ch).await;
+        w.subscribe(ch, &["alice", "bob"]).await;
+        w.send("alice", ch, "x").await.unwrap();
+    }
+    let v = conversations(w.state(), "bob", None, 50).version;
+    for ch in channels.iter().rev() {
+        w.emit(Event::ConversationHidden {
+            uid: "bob".into(),
+            channel: (*ch).into(),
+        })
+        .await;
+    }
+    let inc = conversations(w.state(), "bob", Some(v), 50);
+    assert_eq!(inc.removed, channels.map(String::from).to_vec());
+}
+
 #[tokio::test]
 async fn a_send_to_a_large_group_writes_one_event() {
     let mut w = World::new().await;
