@@ -240,7 +240,7 @@ async fn a_second_server_on_the_same_data_directory_opens_nothing() {
 /// `tidings rebuild` reads local segments only: on a data directory whose oldest segments are
 /// only in the object store it refuses to rebuild from offset 0 (before, it rebuilt from the
 /// first local segment and wrote that state as the newest snapshot) and says what works;
-/// `--from-snapshot` does.
+/// `--from-snapshot` does. `replay` says where it starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_on_a_tiered_directory_refuses_a_replay_from_zero() {
     let (_bucket, args) = file_bucket();
@@ -277,6 +277,15 @@ async fn rebuild_on_a_tiered_directory_refuses_a_replay_from_zero() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // `replay --from 0` starts at the first local offset and says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["replay", "--from", "0", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("the local log starts at offset"), "{err}");
     drop(dir);
 }
 

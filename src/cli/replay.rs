@@ -32,6 +32,15 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let data = DataDir::new(&args.data);
     let log = super::open_read_only(&data).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // Older offsets may be only in the object store (tiering) or removed: say where the
+    // replay starts instead of starting later silently.
+    if args.from < log.start_offset() {
+        eprintln!(
+            "the local log starts at offset {} (older segments are only in the object store, or were removed): replaying from there, not from {}",
+            log.start_offset(),
+            args.from
+        );
+    }
     let mut tail = log.tail(args.from.max(log.start_offset()));
     let mut bad = 0u64;
     let end = log.next_offset();
