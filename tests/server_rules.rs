@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 
 use common::{ADMIN, Api, Server, Ws, frame_seqs, page_seqs};
 use serde_json::{Value, json};
@@ -391,6 +391,14 @@ async fn websocket_limits_answer_with_error_frames() {
     ws.send(json!({"type": "ack", "channel": "elsewhere", "seq": 1}))
         .await;
     assert_eq!(ws.next_of("error").await["code"], "not_member");
+    // A binary (CBOR) frame larger than a send can be is refused before it is decoded.
+    let mut cbor = vec![0x9a, 0x00, 0x00, 0x27, 0x10]; // an array of 10,000 …
+    cbor.extend(std::iter::repeat_n(0x01, 10_000)); // … one-byte integers
+    ws.ws
+        .send(tokio_tungstenite::tungstenite::Message::Binary(cbor.into()))
+        .await
+        .unwrap();
+    assert_eq!(ws.next_of("error").await["code"], "payload_too_large");
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.next_of("pong").await["type"], "pong");
     ws.quiet(Duration::from_millis(100)).await;

@@ -42,6 +42,8 @@ use crate::server::state::AppState;
 
 const CBOR_PROTOCOL: &str = "tidings.cbor";
 const CATCH_UP_PAGE: usize = 256;
+/// Bytes a CBOR frame may hold besides its payload (type, client_msg_id, channel).
+const CBOR_FRAME_OVERHEAD: usize = 4096;
 /// Catch-up messages read from the log (and held) at a time.
 const CATCH_UP_LOAD: usize = 32;
 /// Sends in flight per connection; beyond it the session stops reading the socket until some
@@ -521,6 +523,23 @@ impl Ctx {
         msg: &WsMessage,
         in_flight: &Arc<Semaphore>,
     ) -> Result<(), axum::Error> {
+        // A CBOR frame becomes two value trees before it is checked: bounded by what a send
+        // needs (its payload and a few short fields), not by the frame limit — a 1 MiB array
+        // of one-byte integers would be a million nodes, twice.
+        if let WsMessage::Binary(b) = msg {
+            let most = self
+                .state
+                .config
+                .limits_max_payload_bytes
+                .saturating_add(CBOR_FRAME_OVERHEAD);
+            if b.len() > most {
+                let err = ApiError::too_large(format!(
+                    "a binary frame of {} bytes; at most {most} (limits.max_payload_bytes and the frame's fields)",
+                    b.len()
+                ));
+                return w.frame(&error_frame(&err, None)).await;
+            }
+        }
         let (frame, raw) = match parse(msg) {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
