@@ -336,7 +336,10 @@ impl Writer {
         {
             Ok(()) => Ok(ts),
             Err(e) => {
-                self.poison(e);
+                // Already stopped (a roll's index write): the first cause stays, logged once.
+                if !matches!(e, LogError::Poisoned { .. }) {
+                    self.poison(e);
+                }
                 self.checked().map(|()| ts)
             }
         }

@@ -199,14 +199,16 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let stop_http = CancellationToken::new();
     let app = http::router(state.clone());
     let t = stop_http.clone();
+    let user_timeout_ms =
+        u32::try_from(state.config.limits_ws_idle_secs.saturating_mul(1000)).unwrap_or(u32::MAX);
     tasks.spawn(async move {
         // TCP_NODELAY: a sendack or a push is a small write that must leave now, not wait
         // for the previous segment's ACK (Nagle) while the client delays that ACK.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
+        // TCP_USER_TIMEOUT: a peer gone without a FIN while data is written to it (a phone
+        // out of coverage in a busy group) never acknowledges it; the kernel ends the
+        // connection after `ws_idle_secs` of that instead of ~15 min of retransmissions, and
+        // the session's next write fails. (A quiet one is found by the WebSocket keepalive.)
+        let listener = listener.tap_io(move |tcp| tune_socket(tcp, user_timeout_ms));
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(async move { t.cancelled().await });
         if let Err(e) = serve.await {
@@ -226,6 +228,17 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         stop_snapshots,
         _dir_lock: dir_lock,
     })
+}
+
+/// Options of an accepted connection (see where it is called).
+fn tune_socket(tcp: &tokio::net::TcpStream, user_timeout_ms: u32) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::net::sockopt::set_tcp_user_timeout(tcp, user_timeout_ms) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+    }
 }
 
 /// Writes a snapshot every interval (when anything changed).
@@ -555,3 +568,24 @@ fn prune_set_aside(snapshots: &std::path::Path) {
 
 /// Set-aside snapshots kept of each kind (see [`prune_set_aside`]).
 const SET_ASIDE_KEPT: usize = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted sockets get TCP_NODELAY and the user timeout.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_get_nodelay_and_a_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        tune_socket(&tcp, 90_000);
+        assert!(tcp.nodelay().unwrap());
+        assert_eq!(
+            rustix::net::sockopt::tcp_user_timeout(&tcp).unwrap(),
+            90_000
+        );
+    }
+}

@@ -42,7 +42,7 @@ use crate::server::state::AppState;
 
 const CBOR_PROTOCOL: &str = "tidings.cbor";
 const CATCH_UP_PAGE: usize = 256;
-/// Bytes a CBOR frame may hold besides its payload (type, client_msg_id, channel).
+/// Bytes a CBOR frame may hold besides three times its payload (type, client_msg_id, channel).
 const CBOR_FRAME_OVERHEAD: usize = 4096;
 /// Catch-up messages read from the log (and held) at a time.
 const CATCH_UP_LOAD: usize = 32;
@@ -525,16 +525,20 @@ impl Ctx {
     ) -> Result<(), axum::Error> {
         // A CBOR frame becomes two value trees before it is checked: bounded by what a send
         // needs (its payload and a few short fields), not by the frame limit — a 1 MiB array
-        // of one-byte integers would be a million nodes, twice.
+        // of one-byte integers would be a million nodes, twice. The frame is not read, so the
+        // error names no `client_msg_id`.
         if let WsMessage::Binary(b) = msg {
+            // Three times the payload limit: a CBOR map payload of short decimals takes about
+            // twice its JSON size, a `payload_b64` 4/3 of the payload.
             let most = self
                 .state
                 .config
                 .limits_max_payload_bytes
+                .saturating_mul(3)
                 .saturating_add(CBOR_FRAME_OVERHEAD);
             if b.len() > most {
                 let err = ApiError::too_large(format!(
-                    "a binary frame of {} bytes; at most {most} (limits.max_payload_bytes and the frame's fields)",
+                    "a binary frame of {} bytes, not read; at most {most} (3 × limits.max_payload_bytes and the frame's fields)",
                     b.len()
                 ));
                 return w.frame(&error_frame(&err, None)).await;

@@ -53,6 +53,8 @@ impl Server {
             .args(["--limits-max-connections", "1000000"])
             // `idle` connects 100 sessions per user.
             .args(["--limits-sessions-per-user", "1000"])
+            // `idle` clients never read (so never answer pings) while 100k connect.
+            .args(["--limits-ws-idle-secs", "3600"])
             .args(["--limits-session-queue", "65536"])
             .args(["--limits-session-queue-bytes", "1073741824"])
             .args(["--acks-flush-ms", "200"])
