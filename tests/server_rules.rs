@@ -391,6 +391,19 @@ async fn websocket_limits_answer_with_error_frames() {
     ws.send(json!({"type": "ack", "channel": "elsewhere", "seq": 1}))
         .await;
     assert_eq!(ws.next_of("error").await["code"], "not_member");
+    // An oversized payload that is also invalid is too large first (it was `invalid_payload`).
+    tokio::time::sleep(Duration::from_millis(500)).await; // a send token again
+    let bad = "\\ud800".repeat(40);
+    let raw = format!(r#"{{"type":"send","client_msg_id":"bad","channel":"g","payload":"{bad}"}}"#);
+    ws.ws
+        .send(tokio_tungstenite::tungstenite::Message::Text(raw.into()))
+        .await
+        .unwrap();
+    let e = ws.next_of("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["client_msg_id"].as_str()),
+        (Some("payload_too_large"), Some("bad"))
+    );
     // A binary (CBOR) frame larger than a send can be is refused before it is decoded.
     let mut cbor = vec![0x9a, 0x00, 0x00, 0x27, 0x10]; // an array of 10,000 …
     cbor.extend(std::iter::repeat_n(0x01, 10_000)); // … one-byte integers

@@ -63,6 +63,16 @@ pub(crate) fn payload_bytes(
     payload: Option<Box<RawValue>>,
     payload_b64: Option<String>,
 ) -> ApiResult<(Bytes, u32)> {
+    let max = state.config.limits_max_payload_bytes;
+    let too_large =
+        |n: usize| ApiError::too_large(format!("payload of {n} bytes; the limit is {max}"));
+    // The size first: an oversized payload is `payload_too_large` whatever else is wrong
+    // with it, and is not read through.
+    match (&payload, &payload_b64) {
+        (Some(v), None) if v.get().len() > max => return Err(too_large(v.get().len())),
+        (None, Some(b)) if b.len() / 4 * 3 > max => return Err(too_large(b.len() / 4 * 3)),
+        _ => {}
+    }
     let (bytes, flags) = match (payload, payload_b64) {
         (Some(v), None) => (json_payload(&v)?, FLAG_JSON_PAYLOAD),
         (None, Some(b)) => (
@@ -78,12 +88,8 @@ pub(crate) fn payload_bytes(
             ));
         }
     };
-    let max = state.config.limits_max_payload_bytes;
     if bytes.len() > max {
-        return Err(ApiError::too_large(format!(
-            "payload of {} bytes; the limit is {max}",
-            bytes.len()
-        )));
+        return Err(too_large(bytes.len()));
     }
     Ok((bytes, flags))
 }
