@@ -18,6 +18,7 @@ mod completions;
 mod delivery;
 mod error;
 pub(crate) mod http;
+mod keepalive;
 mod limits;
 mod metrics;
 mod sequencer;

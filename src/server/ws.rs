@@ -36,6 +36,7 @@ use crate::server::delivery::{
 };
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::http::ApiQuery;
+use crate::server::keepalive::{Due, Keepalive};
 use crate::server::limits::TokenBucket;
 use crate::server::sequencer::{self, SendRequest};
 use crate::server::state::AppState;
@@ -744,19 +745,12 @@ async fn run(
     let mut burst: Vec<WsMessage> = Vec::new();
     // In-flight slots of the answers in `burst`.
     let mut slots: Vec<OwnedSemaphorePermit> = Vec::new();
-    // Keepalive: a client silent for a third of `ws_idle_secs` is pinged (clients answer
-    // pings by themselves), one silent for all of it is closed — a peer that vanished without
-    // a FIN (a phone out of coverage, a NAT that dropped the mapping) would otherwise hold its
-    // slot, its registry entry and its queue until the next write to it failed.
-    // Writes that complete count as activity too: a client slowly reading a long catch-up
-    // reads the ping only after everything written before it (and a peer that is gone fails
-    // those writes within the write timeout anyway). The close needs a ping unanswered for a
-    // third of the time: a session too busy to look at its timer closes nobody unpinged.
-    let idle_after = Duration::from_secs(state.config.limits_ws_idle_secs);
-    let ping_after = idle_after / 3;
-    let mut heard = tokio::time::Instant::now();
-    let mut pinged: Option<tokio::time::Instant> = None;
-    let keepalive = tokio::time::sleep(ping_after);
+    // Pings a quiet client, closes one gone (`keepalive.rs`).
+    let mut liveness = Keepalive::new(
+        Duration::from_secs(state.config.limits_ws_idle_secs),
+        tokio::time::Instant::now(),
+    );
+    let keepalive = tokio::time::sleep_until(liveness.first_check());
     tokio::pin!(keepalive);
     let close: Option<CloseReason> = loop {
         let step = tokio::select! {
@@ -787,8 +781,7 @@ async fn run(
             Step::Close(reason) => break Some(reason),
             Step::Gone => break None,
             Step::Frame(msg) => {
-                heard = tokio::time::Instant::now();
-                pinged = None;
+                liveness.activity(tokio::time::Instant::now());
                 if ctx.sends.is_empty() {
                     burst_frames = 0;
                 }
@@ -830,37 +823,25 @@ async fn run(
                 session.taken(messages, bytes);
                 let written = w.burst(&mut burst).await;
                 if written.is_ok() {
-                    heard = tokio::time::Instant::now();
-                    pinged = None;
+                    liveness.activity(tokio::time::Instant::now());
                 }
                 written
             }
             Step::Reaped => Ok(()),
-            Step::Keepalive => {
-                let now = tokio::time::Instant::now();
-                let silent = now.saturating_duration_since(heard);
-                let unanswered =
-                    pinged.is_some_and(|p| now.saturating_duration_since(p) >= ping_after);
-                if silent >= idle_after && unanswered {
-                    break Some(IDLE_TIMEOUT);
-                }
-                if silent < ping_after {
-                    keepalive.as_mut().reset(heard + ping_after);
+            Step::Keepalive => match liveness.check(tokio::time::Instant::now()) {
+                Due::Close => break Some(IDLE_TIMEOUT),
+                Due::Wait(next) => {
+                    keepalive.as_mut().reset(next);
                     Ok(())
-                } else {
-                    keepalive.as_mut().reset(now + ping_after);
-                    if pinged.is_none() || unanswered {
-                        pinged.get_or_insert(now);
-                        w.raw(WsMessage::Ping(Bytes::new())).await
-                    } else {
-                        Ok(())
-                    }
                 }
-            }
+                Due::Ping(next) => {
+                    keepalive.as_mut().reset(next);
+                    w.raw(WsMessage::Ping(Bytes::new())).await
+                }
+            },
             Step::CatchUp => match ctx.catch_up_page(&mut w).await {
                 Ok(CatchUp::More) => {
-                    heard = tokio::time::Instant::now();
-                    pinged = None;
+                    liveness.activity(tokio::time::Instant::now());
                     Ok(())
                 }
                 Ok(CatchUp::Live) => {
