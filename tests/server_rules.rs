@@ -80,9 +80,10 @@ async fn denylist_allowlist_and_flags_are_enforced_in_groups() {
         try_send(&api, &carol, "g").await,
         (403, "not_member".into())
     );
+    // Whether a group exists is not told to a user outside it.
     assert_eq!(
         try_send(&api, &carol, "nosuch").await,
-        (404, "channel_not_found".into())
+        (403, "not_member".into())
     );
     // Flags.
     api.ok(
@@ -213,6 +214,32 @@ async fn auth_and_error_shapes() {
         code_of(&api, "GET", "/v1/channels/no-such-channel", &alice, None).await,
         (403, "not_member".into())
     );
+    // Nor by its history, or a send (they said 404 `channel_not_found` for a missing group).
+    assert_eq!(
+        code_of(
+            &api,
+            "GET",
+            "/v1/channels/no-such-channel/messages",
+            &alice,
+            None
+        )
+        .await,
+        (403, "not_member".into())
+    );
+    // A wrong method, and a plain GET of the WebSocket endpoint, are JSON errors too.
+    assert_eq!(
+        code_of(&api, "PATCH", "/v1/messages", &alice, None).await,
+        (405, "method_not_allowed".into())
+    );
+    assert_eq!(
+        code_of(&api, "GET", "/v1/ws", &alice, None).await.1,
+        "not_a_websocket"
+    );
+    // A token in the query string is for WebSocket upgrades only.
+    let resp = reqwest::get(server.url(&format!("/v1/sync?token={alice}")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
     // Admin-only calls.
     assert_eq!(
         code_of(&api, "PUT", "/v1/channels/x", &alice, None).await,
@@ -585,6 +612,17 @@ async fn a_recreated_group_does_not_show_the_deleted_groups_history() {
         .await;
     assert_eq!(page_seqs(&page), vec![3, 4], "{page}");
     assert_eq!(page["has_more"], json!(false), "{page}");
+    // Both bounds: the messages between them (`before_seq` was ignored).
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=0&before_seq=4",
+            &mallory,
+            None,
+        )
+        .await;
+    assert_eq!(page_seqs(&page), vec![3], "{page}");
+    assert_eq!(page["has_more"], json!(false), "{page}");
 }
 
 /// A banned group's backlog reaches its members and they can acknowledge it, so it neither
@@ -611,8 +649,11 @@ async fn a_banned_groups_backlog_is_delivered_acked_and_never_lost() {
     api.ok("POST", "/v1/channels/g/ack", &bob, Some(json!({"seq": 3})))
         .await;
     // History reads stay closed while banned.
-    let (status, _) = api.call("GET", "/v1/channels/g/messages", &bob, None).await;
-    assert_eq!(status, 403);
+    let (status, v) = api.call("GET", "/v1/channels/g/messages", &bob, None).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("channel_banned"))
+    );
 
     // Over WebSocket: catch-up sends the rest; the ban is lifted while the session is live.
     let mut ws = Ws::connect(&server, &bob, "").await;

@@ -90,11 +90,18 @@ pub fn check_send(
         }
         return Ok(());
     }
-    let info = state
-        .subs
-        .channels
-        .get(channel)
-        .ok_or(SendDenied::ChannelNotFound)?;
+    // A user who is not a member learns nothing of the group — whether it exists, or its
+    // flags — only that they are not a member (as reads answer). The admin is told more.
+    let Some(info) = state.subs.channels.get(channel) else {
+        return Err(if by_admin {
+            SendDenied::ChannelNotFound
+        } else {
+            SendDenied::NotMember
+        });
+    };
+    if !by_admin && !info.members.contains(from) {
+        return Err(SendDenied::NotMember);
+    }
     if info.flags.ban {
         return Err(SendDenied::ChannelBanned);
     }

@@ -65,7 +65,7 @@ pub(crate) fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<C
     }
 }
 
-/// The bearer token of a request, from the header or (for WebSocket clients) `?token=`.
+/// The bearer token of a request, from the `Authorization` header.
 pub(crate) fn bearer(parts: &Parts) -> Option<String> {
     if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION)
         && let Ok(v) = h.to_str()
@@ -75,10 +75,18 @@ pub(crate) fn bearer(parts: &Parts) -> Option<String> {
     {
         return Some(t.trim().to_owned());
     }
-    parts.uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(percent_decode)
+    None
+}
+
+/// The token of a WebSocket upgrade: the header, or `?token=` (browsers cannot set headers
+/// on a WebSocket). Only there: a token in a URL ends up in proxy logs and browser history.
+pub(crate) fn ws_bearer(parts: &Parts) -> Option<String> {
+    bearer(parts).or_else(|| {
+        parts.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(percent_decode)
+        })
     })
 }
 

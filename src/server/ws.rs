@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -29,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::render::{cbor_frame, channel_ref, message_json};
-use crate::server::auth::{Caller, authenticate, bearer, resolve};
+use crate::server::auth::{Caller, authenticate, resolve, ws_bearer};
 use crate::server::completions::{Answer, Answers, Reply};
 use crate::server::delivery::{
     CloseReason, GOING_AWAY, IDLE_TIMEOUT, Pushed, Run, Session, TOKEN_REVOKED, TOO_MANY_SESSIONS,
@@ -90,7 +91,7 @@ impl FromRequestParts<Arc<AppState>> for WsCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
-        let token = bearer(parts);
+        let token = ws_bearer(parts);
         match authenticate(state, token.as_deref())? {
             Caller::User(uid) => Ok(WsCaller(uid, token.unwrap_or_default())),
             Caller::Admin => Err(ApiError::bad_request(
@@ -109,8 +110,9 @@ pub(crate) async fn upgrade(
     State(state): State<Arc<AppState>>,
     WsCaller(uid, token): WsCaller,
     ApiQuery(q): ApiQuery<WsQuery>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    let ws = ws.map_err(|e| ApiError::new(e.status(), "not_a_websocket", e.body_text()))?;
     if !state.is_ready() || state.sessions_stop.is_cancelled() {
         return Err(ApiError::unavailable(
             "not_ready",

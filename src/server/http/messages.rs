@@ -208,10 +208,18 @@ pub(crate) fn readable(state: &AppState, caller: &Caller, channel: &str) -> ApiR
     if can_read(&p.state, me, channel) {
         return Ok(());
     }
-    if !channel.starts_with("p:") && !p.state.subs.channels.contains_key(channel) {
-        return Err(ApiError::not_found(
-            "channel_not_found",
-            format!("no channel {channel:?}"),
+    // A member of a banned group is told so; anyone else hears the same whether the group
+    // exists or not (as `GET /v1/channels/{id}` answers): a user learns nothing of groups
+    // they are not in.
+    if p.state
+        .subs
+        .channels
+        .get(channel)
+        .is_some_and(|c| c.flags.ban && c.members.contains(me.as_str()))
+    {
+        return Err(ApiError::forbidden(
+            "channel_banned",
+            "the channel is banned: its history is closed",
         ));
     }
     Err(ApiError::forbidden(
@@ -243,16 +251,19 @@ pub(crate) async fn get_messages(
             .uid()
             .map_or(0, |me| p.state.cursors.get(me, &channel).cleared)
             .max(p.state.subs.history_from(&channel));
-        let (lo, hi, descending) = match (q.after_seq, q.before_seq) {
+        // `top`: the highest seq the query asks for (forward paging stops there).
+        let (lo, hi, descending, top) = match (q.after_seq, q.before_seq) {
             // Forward from the floor when `after_seq` is below it: a page counted from
             // `after_seq` could end below the floor and come back empty with more to read.
-            (Some(after), _) => {
+            // With `before_seq` too: the messages between the two.
+            (Some(after), before) => {
                 let lo = after.max(cleared).saturating_add(1);
-                (lo, lo.saturating_add(limit - 1).min(last), false)
+                let top = before.map_or(last, |b| b.saturating_sub(1)).min(last);
+                (lo, lo.saturating_add(limit - 1).min(top), false, top)
             }
             (None, before) => {
                 let hi = before.map_or(last, |b| b.saturating_sub(1)).min(last);
-                (hi.saturating_sub(limit - 1).max(1), hi, true)
+                (hi.saturating_sub(limit - 1).max(1), hi, true, hi)
             }
         };
         let lo = lo.max(cleared.saturating_add(1));
@@ -260,7 +271,7 @@ pub(crate) async fn get_messages(
         let has_more = if descending {
             lo > cleared + 1 && hi > 0
         } else {
-            hi < last
+            hi < top
         };
         (plan, has_more, descending)
     };

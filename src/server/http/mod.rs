@@ -58,6 +58,37 @@ fn json_rejection(r: JsonRejection) -> ApiError {
     }
 }
 
+/// A raw body whose rejections (too large, unreadable) are API errors.
+pub(crate) struct ApiBytes(pub(crate) axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::too_large("the request body is larger than the server accepts")
+                } else {
+                    ApiError::new(e.status(), "invalid_request", e.body_text())
+                }
+            })
+    }
+}
+
+/// A JSON parse error's code: `invalid_json` for text that is not JSON, `invalid_request` for
+/// JSON of the wrong shape (as [`ApiJson`] answers).
+pub(crate) fn json_error(e: &serde_json::Error) -> ApiError {
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::bad_request("invalid_request", e.to_string())
+        }
+        _ => ApiError::bad_request("invalid_json", e.to_string()),
+    }
+}
+
 /// Query parameters whose rejections are API errors.
 pub(crate) struct ApiQuery<T>(pub(crate) T);
 
@@ -115,6 +146,14 @@ async fn observe(state: axum::extract::State<Arc<AppState>>, req: Request, next:
 
 async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
 }
 
 /// Every route.
@@ -181,6 +220,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
