@@ -235,6 +235,18 @@ async fn auth_and_error_shapes() {
         code_of(&api, "GET", "/v1/ws", &alice, None).await.1,
         "not_a_websocket"
     );
+    // A channel's flags of the wrong shape: `invalid_request`, as elsewhere (was `invalid_json`).
+    assert_eq!(
+        code_of(
+            &api,
+            "PUT",
+            "/v1/channels/x",
+            ADMIN,
+            Some(json!({"flags": 5}))
+        )
+        .await,
+        (400, "invalid_request".into())
+    );
     // A token in the query string is for WebSocket upgrades only.
     let resp = reqwest::get(server.url(&format!("/v1/sync?token={alice}")))
         .await
