@@ -206,12 +206,26 @@ pub(crate) fn recover_active(
             batch_len: 0,
             available: file_len - good_end,
         });
+        // The damaged batch's own extent, when its header still reads: its payload is a
+        // client's bytes and may hold a whole valid batch (a message can carry any bytes).
+        // Inside that extent only a batch that continues its offsets is evidence of durable
+        // data after damage (a length field flipped larger still finds the real next batch).
+        let head = read_up_to(file.as_ref(), HEADER_LEN, good_end)
+            .map_err(|e| LogError::io("read segment", &paths.log, e))?;
+        let inside = batch::peek_header(&head)
+            .ok()
+            .filter(|h| h.base_offset == next_offset)
+            .map(|h| Extent {
+                end: good_end.saturating_add(h.batch_len),
+                next_base: h.next_offset(),
+            });
         let resume = find_valid_batch(
             file.as_ref(),
             &paths.log,
             good_end + 1,
             file_len,
             next_offset,
+            inside,
         )?;
         let unsynced_tail = unsynced_from.is_some_and(|from| good_end >= from);
         match (resume, opts.recovery) {
@@ -437,14 +451,25 @@ fn rewrite<const N: usize>(
         .map_err(|e| LogError::io("rewrite index", path, e))
 }
 
+/// A damaged batch's extent, as its intact header declares it.
+#[derive(Debug, Clone, Copy)]
+struct Extent {
+    /// One past its last byte.
+    end: u64,
+    /// The base offset of the batch that follows it.
+    next_base: u64,
+}
+
 /// The position of the first valid batch in `[from, end)` whose base offset is at least
-/// `min_base` (evidence that damage is not a torn tail), if any.
+/// `min_base` (evidence that damage is not a torn tail), if any. Inside `inside` (the damaged
+/// batch's declared extent) a batch counts only if its base is exactly `next_base`.
 fn find_valid_batch(
     file: &dyn VfsFile,
     path: &Path,
     from: u64,
     end: u64,
     min_base: u64,
+    inside: Option<Extent>,
 ) -> Result<Option<u64>> {
     const CHUNK: usize = 1 << 20;
     let magic = MAGIC.to_le_bytes();
@@ -466,7 +491,9 @@ fn find_valid_batch(
             let Ok(h) = batch::peek_header(&head) else {
                 continue;
             };
-            if h.base_offset < min_base {
+            if h.base_offset < min_base
+                || inside.is_some_and(|x| at < x.end && h.base_offset != x.next_base)
+            {
                 continue;
             }
             let mut scan = Scanner::new(file, path, at, end, h.base_offset);

@@ -561,3 +561,64 @@ async fn an_append_after_a_failed_index_write_at_a_roll_is_refused() {
     }
     assert!(poisoned_runs > 0);
 }
+
+/// A message's bytes are the client's: a payload can hold a whole, valid batch. When the batch
+/// carrying it is torn by a crash, that inner batch is not taken for durable data after
+/// damage (recovery refused to open the log then, under the default `Strict` mode, until an
+/// operator stepped in): inside a damaged batch whose header is intact, only a batch that
+/// continues its offsets counts.
+#[tokio::test]
+async fn a_batch_inside_a_torn_message_does_not_stop_recovery() {
+    // A valid batch with a far offset, cut from another log.
+    let (other, _) = written_log(100).await;
+    let theirs = other.read_file(&seg0()).unwrap();
+    let last = *batch_starts(&theirs).last().unwrap();
+    let fake = theirs[last..].to_vec();
+    // Our log: three records, then one whose payload carries the fake batch.
+    let (fs, payloads) = written_log(3).await;
+    let log = Log::open(sim_dir(), opts(&fs)).await.unwrap();
+    let mut evil = vec![0u8; 64];
+    evil.extend_from_slice(&fake);
+    evil.extend_from_slice(&[0u8; 64]);
+    log.append_one(Bytes::from(evil)).await.unwrap();
+    log.close().await.unwrap();
+    // The crash tore that batch just after the fake one.
+    let bytes = fs.read_file(&seg0()).unwrap();
+    let start = *batch_starts(&bytes).last().unwrap();
+    let cut = start + 40 + 4 + 64 + fake.len() + 8;
+    assert!(cut < bytes.len());
+    fs.write_file(&seg0(), bytes[..cut].to_vec());
+    let log = Log::open(sim_dir(), opts(&fs)).await.unwrap();
+    assert_eq!(log.next_offset(), 3);
+    let got: Vec<Bytes> = read_all(&log, 0)
+        .await
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(got, payloads);
+    log.close().await.unwrap();
+}
+
+/// A length field flipped larger (the batch now claims the next ones) is still damage
+/// before valid data, not a torn tail: the real next batch, inside the claimed extent,
+/// continues the damaged one's offsets.
+#[tokio::test]
+async fn a_length_flipped_larger_is_refused_not_cut() {
+    let (fs, _) = written_log(10).await;
+    let mut bytes = fs.read_file(&seg0()).unwrap();
+    let starts = batch_starts(&bytes);
+    // The 9th batch, after the last index entry (recovery scans from there); the 10th follows.
+    let len_at = starts[8] + 8;
+    let len = u32::from_le_bytes(bytes[len_at..len_at + 4].try_into().unwrap());
+    bytes[len_at..len_at + 4].copy_from_slice(&(len + 30).to_le_bytes());
+    fs.write_file(&seg0(), bytes);
+    let opened = Log::open(sim_dir(), opts(&fs)).await;
+    let Err(LogError::Corrupt {
+        kind: CorruptKind::DamageBeforeValidData { resume_at, .. },
+        ..
+    }) = opened
+    else {
+        panic!("strict recovery must refuse, not cut acknowledged batches");
+    };
+    assert_eq!(resume_at, starts[9] as u64);
+}
