@@ -121,6 +121,12 @@ impl SegmentIndex {
     }
 }
 
+/// The most bytes an index file of a segment of `data_len` bytes needs at one entry per
+/// `interval` bytes (entries are at most 16 bytes); what lies beyond is damage.
+pub(crate) fn max_index_bytes(data_len: u64, interval: u64) -> u64 {
+    (data_len / interval.max(1) + 2) * 16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,7 +39,7 @@ fn scan_active(opts: &LogOptions, dir: &Path, base: u64) -> Result<(Arc<Segment>
         match vfs.open_read(path) {
             Ok(f) => {
                 let len = f.len().map_err(|e| LogError::io("stat index", path, e))?;
-                let len = len.min((file_len / 16 + 1) * 16);
+                let len = len.min(crate::index::max_index_bytes(file_len, interval));
                 read_up_to(f.as_ref(), len as usize, 0)
                     .map_err(|e| LogError::io("read index", path, e))
             }

@@ -215,9 +215,11 @@ impl Segment {
         let len = file
             .len()
             .map_err(|e| LogError::io("stat index", path, e))?;
-        // An index never needs more than one entry per 16 bytes of data; anything larger is
-        // damaged, and the part that decodes cleanly is still usable.
-        let cap = (data_len / 16 + 1) * 16;
+        // An index holds about one entry per `interval` bytes of data (16 bytes at most
+        // each); a larger file is damaged (or written with a smaller interval: cut, it is
+        // only sparser), and what decodes cleanly is still usable. Bounded by the interval,
+        // not the data: a damaged index file the size of its segment was read whole.
+        let cap = crate::index::max_index_bytes(data_len, self.interval);
         let bytes = read_up_to(file.as_ref(), len.min(cap) as usize, 0)
             .map_err(|e| LogError::io("read index", path, e))?;
         Ok(decode(&bytes, data_len))

@@ -51,3 +51,42 @@ async fn bytes_read_on_open_do_not_grow_with_the_log() {
         "open cost grew: {small_read} -> {big_read}"
     );
 }
+
+/// A sealed segment's index file grown far past what its segment needs (damage) is read only
+/// as far as one entry per index interval: it was read whole, up to the segment's size.
+#[tokio::test]
+async fn a_swollen_index_file_is_read_only_as_far_as_it_can_be_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = LogOptions::default()
+        .with_segment_bytes(256 << 10)
+        .with_index_interval_bytes(4096);
+    let log = Log::open(dir.path(), o.clone()).await.unwrap();
+    let batch: Vec<_> = (0..20).map(|i| payload(i, 200)).collect();
+    for _ in 0..100 {
+        log.append(batch.clone()).await.unwrap();
+    }
+    log.roll().await.unwrap();
+    log.close().await.unwrap();
+    // Bytes read by an open and a read of offset 1000 (in the sealed segment).
+    let cost = || async {
+        let counting = CountingFs::new(Arc::new(StdFs));
+        let log = Log::open(dir.path(), o.clone().with_vfs(Arc::new(counting.clone())))
+            .await
+            .unwrap();
+        let got = log.read(1000, 4096).await.unwrap();
+        assert_eq!((got[0].offset, &got[0].payload), (1000, &payload(0, 200)));
+        log.close().await.unwrap();
+        counting.bytes_read()
+    };
+    let intact = cost().await;
+    let index = dir.path().join(format!("{:020}.index", 0));
+    let mut bytes = std::fs::read(&index).unwrap();
+    bytes.resize(200 << 10, 0xff);
+    std::fs::write(&index, bytes).unwrap();
+    let swollen = cost().await;
+    // At most (230 KB / 4096 + 2) × 16 ≈ 0.9 KB of the index is read, whatever its size.
+    assert!(
+        swollen <= intact + 1024,
+        "read {intact} bytes, then {swollen}"
+    );
+}
