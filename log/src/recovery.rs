@@ -10,7 +10,7 @@ use crate::batch::{self, HEADER_LEN, MAGIC};
 use crate::error::{CorruptKind, LogError, Result};
 use crate::index::{self, INDEX_ENTRY_LEN, IndexEntry, SegmentIndex, TIME_ENTRY_LEN, TimeEntry};
 use crate::options::{FsyncPolicy, LogOptions, RecoveryMode};
-use crate::segment::{Scanner, SegmentPaths};
+use crate::segment::{MAX_OFFSET, Scanner, SegmentPaths};
 use crate::vfs::{Vfs, VfsFile, read_up_to};
 
 /// The active segment as recovery left it, ready for the writer.
@@ -492,6 +492,7 @@ fn find_valid_batch(
                 continue;
             };
             if h.base_offset < min_base
+                || h.base_offset >= MAX_OFFSET
                 || inside.is_some_and(|x| at < x.end && h.base_offset != x.next_base)
             {
                 continue;

@@ -18,13 +18,19 @@ pub(crate) fn log_name(base: u64) -> String {
     format!("{base:020}.log")
 }
 
-/// The base offset named by a segment file name, if it is one.
+/// Offsets stay below this (2^63, centuries of appends): a segment's offsets (its base plus
+/// a `u32` position of a record) and a batch's (its base plus its count) then never overflow,
+/// whatever a damaged or foreign file names or holds.
+pub(crate) const MAX_OFFSET: u64 = 1 << 63;
+
+/// The base offset named by a segment file name, if it is one (a name past [`MAX_OFFSET`] is
+/// not: no log gets there).
 pub(crate) fn parse_log_name(name: &str) -> Option<u64> {
     let stem = name.strip_suffix(".log")?;
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    stem.parse().ok()
+    stem.parse().ok().filter(|&base| base < MAX_OFFSET)
 }
 
 /// The three files of a segment.
@@ -513,7 +519,11 @@ mod tests {
     #[test]
     fn names_round_trip() {
         assert_eq!(log_name(42), "00000000000000000042.log");
-        assert_eq!(parse_log_name(&log_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(
+            parse_log_name(&log_name(MAX_OFFSET - 1)),
+            Some(MAX_OFFSET - 1)
+        );
+        assert_eq!(parse_log_name(&log_name(u64::MAX)), None);
         assert_eq!(parse_log_name("42.log"), None);
         assert_eq!(parse_log_name("0000000000000000004x.log"), None);
         assert_eq!(parse_log_name("00000000000000000042.index"), None);

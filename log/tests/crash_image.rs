@@ -622,3 +622,13 @@ async fn a_length_flipped_larger_is_refused_not_cut() {
     };
     assert_eq!(resume_at, starts[9] as u64);
 }
+
+/// A file named for a base offset no log reaches (past 2^63), holding a valid batch, is not
+/// taken for a segment: its offsets would overflow (a panic in a debug build).
+#[tokio::test]
+async fn a_segment_named_past_any_real_offset_is_ignored() {
+    let (fs, payloads) = written_log(3).await;
+    let bytes = fs.read_file(&seg0()).unwrap();
+    fs.write_file(&sim_dir().join(format!("{}.log", u64::MAX)), bytes);
+    reopen_and_check(&fs, &payloads, RecoveryMode::Strict).await;
+}
