@@ -268,6 +268,18 @@ async fn auth_and_error_shapes() {
     )
     .await;
     assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+    // Exactly the limit in base64 is accepted (1024 % 3 = 1: two characters of padding).
+    use base64::Engine as _;
+    let exact = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 1024]);
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/messages",
+            &alice,
+            Some(json!({"channel": "g", "payload_b64": exact})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
     // Past the body limit (here the room for 10,000 uids of 64 characters, 670,000 bytes, +
     // 64 KiB), small enough that the client finishes writing before the server answers and
     // closes.

@@ -212,13 +212,21 @@ pub(crate) fn recover_active(
         // data after damage (a length field flipped larger still finds the real next batch).
         let head = read_up_to(file.as_ref(), HEADER_LEN, good_end)
             .map_err(|e| LogError::io("read segment", &paths.log, e))?;
-        let inside = batch::peek_header(&head)
-            .ok()
-            .filter(|h| h.base_offset == next_offset)
-            .map(|h| Extent {
-                end: good_end.saturating_add(h.batch_len),
-                next_base: h.next_offset(),
-            });
+        // Only when the damaged batch is the last thing written — the file ends inside its
+        // extent, or zeros follow it — as a torn last batch does: a length flipped larger with
+        // the next batch damaged as well would otherwise hide valid batches inside the extent.
+        let inside = match batch::peek_header(&head) {
+            Ok(h) if h.base_offset == next_offset => {
+                let end = good_end.saturating_add(h.batch_len);
+                let last =
+                    end >= file_len || zeros_to_end(file.as_ref(), &paths.log, end, file_len)?;
+                last.then(|| Extent {
+                    end,
+                    next_base: h.next_offset(),
+                })
+            }
+            _ => None,
+        };
         let resume = find_valid_batch(
             file.as_ref(),
             &paths.log,

@@ -632,3 +632,33 @@ async fn a_segment_named_past_any_real_offset_is_ignored() {
     fs.write_file(&sim_dir().join(format!("{}.log", u64::MAX)), bytes);
     reopen_and_check(&fs, &payloads, RecoveryMode::Strict).await;
 }
+
+/// Two faults: a length flipped larger over the rest of the segment, and the next batch
+/// damaged too. The batches still inside that extent are durable data after damage, not a
+/// torn tail: a damaged batch's extent is its own only when nothing but zeros (or the file's
+/// end) follows it.
+#[tokio::test]
+async fn a_length_flipped_over_later_batches_with_the_next_one_damaged_is_refused() {
+    let fs = SimFs::new();
+    let o = |fs: &SimFs| opts(fs).with_index_interval_bytes(1 << 20);
+    let log = Log::open(sim_dir(), o(&fs)).await.unwrap();
+    for i in 0..10 {
+        log.append_one(payload(i, 30)).await.unwrap();
+    }
+    log.close().await.unwrap();
+    let mut bytes = fs.read_file(&seg0()).unwrap();
+    let starts = batch_starts(&bytes);
+    // Batch 6 claims everything up to one byte before the end; batch 7 is damaged.
+    let claimed = (bytes.len() - 1 - starts[6]) as u32;
+    bytes[starts[6] + 8..starts[6] + 12].copy_from_slice(&claimed.to_le_bytes());
+    bytes[starts[7] + 50] ^= 0x40;
+    fs.write_file(&seg0(), bytes);
+    let Err(LogError::Corrupt {
+        kind: CorruptKind::DamageBeforeValidData { resume_at, .. },
+        ..
+    }) = Log::open(sim_dir(), o(&fs)).await
+    else {
+        panic!("strict recovery must refuse, not cut acknowledged batches");
+    };
+    assert_eq!(resume_at, starts[8] as u64);
+}

@@ -70,7 +70,10 @@ pub(crate) fn payload_bytes(
     // with it, and is not read through.
     match (&payload, &payload_b64) {
         (Some(v), None) if v.get().len() > max => return Err(too_large(v.get().len())),
-        (None, Some(b)) if b.len() / 4 * 3 > max => return Err(too_large(b.len() / 4 * 3)),
+        // At least this many bytes once decoded (up to two of padding less).
+        (None, Some(b)) if (b.len() / 4 * 3).saturating_sub(2) > max => {
+            return Err(too_large((b.len() / 4 * 3).saturating_sub(2)));
+        }
         _ => {}
     }
     let (bytes, flags) = match (payload, payload_b64) {
