@@ -152,6 +152,18 @@ impl Manifest {
         if !(1..=Self::VERSION).contains(&m.version) {
             return Err(format!("unknown manifest version {}", m.version));
         }
+        // Offsets stay below 2^63 (`segment::MAX_OFFSET`): a manifest past it is damaged, and
+        // a segment restored from it would be named for a base the log then ignores.
+        if let Some(s) = m
+            .segments
+            .iter()
+            .find(|s| s.base > s.end || s.end >= crate::segment::MAX_OFFSET)
+        {
+            return Err(format!(
+                "a segment from offset {} to {} (offsets stay below 2^63, and a segment ends after it starts)",
+                s.base, s.end
+            ));
+        }
         Ok(m)
     }
 }
@@ -179,6 +191,20 @@ mod tests {
         assert_eq!(read.next("b", 10).version, Manifest::VERSION);
         old.version = Manifest::VERSION + 1;
         assert!(Manifest::decode(&old.encode()).is_err());
+        // Offsets past 2^63, or a segment that ends before it starts: damaged.
+        for (base, end) in [(0, 1 << 63), (5, 4)] {
+            let mut bad = m.clone();
+            bad.segments.push(RemoteSegment {
+                base,
+                end,
+                bytes: 1,
+                crc32: 0,
+                index_bytes: 0,
+                time_bytes: 0,
+                object: None,
+            });
+            assert!(Manifest::decode(&bad.encode()).is_err(), "{base}..{end}");
+        }
     }
 
     #[test]
