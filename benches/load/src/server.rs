@@ -45,8 +45,17 @@ impl Server {
     pub(crate) async fn start(args: &Args, extra: &[&str]) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let bin = server_bin(args)?;
-        let mut child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        // The harness fixes the durability measured: nothing from the caller's environment
+        // (TIDINGS_LOG_FSYNC, TIDINGS_CONFIG, …) may weaken it unseen.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TIDINGS_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
             .arg("serve")
+            .args(["--log-fsync", "always"])
             .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(dir.path().join("data"))
             .args(["--limits-sends-per-second", "10000000"])

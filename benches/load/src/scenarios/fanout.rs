@@ -78,6 +78,17 @@ async fn receive(
             }
         }
     }
+    // Nothing more may come: a late duplicate counts too (kept, so the check sees it).
+    while let Ok(Some(Ok(text))) =
+        tokio::time::timeout(Duration::from_millis(300), client::next_text(&mut stream))
+            .await
+            .map(|f| f.transpose())
+    {
+        let f: Incoming = serde_json::from_str(text.as_str())?;
+        if f.kind == "message" {
+            seqs.push(f.seq.unwrap_or(0));
+        }
+    }
     Ok((h, seqs, last))
 }
 

@@ -10,7 +10,10 @@
 //! - tidings: the `send` scenario at saturation.
 //!
 //! Same payload size (~200 bytes), same number of connections and in-flight requests per
-//! connection. Check: each consumer received every acknowledged message.
+//! connection, connected before the clock starts. Timed: the durable writes alone, as for
+//! tidings (whose recipients are offline in `send`: nothing is delivered during its run). Each
+//! peer's consumer then reads everything back; check: it received every acknowledged message
+//! (tidings': each channel's head is its acknowledged count).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -94,42 +97,15 @@ async fn redis(conns: usize, secs: f64) -> anyhow::Result<Value> {
     )?;
     wait_port(port).await?;
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-    // The subscriber: reads the stream until told how many to expect.
-    let (total_tx, mut total_rx) = tokio::sync::watch::channel(None::<u64>);
-    let mut sub = client.get_multiplexed_async_connection().await?;
-    let subscriber = tokio::spawn(async move {
-        let mut last = "0-0".to_string();
-        let mut seen = 0u64;
-        loop {
-            if let Some(t) = *total_rx.borrow_and_update()
-                && seen >= t
-            {
-                return Ok::<u64, anyhow::Error>(seen);
-            }
-            let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(10_000)
-                .arg("BLOCK")
-                .arg(200)
-                .arg("STREAMS")
-                .arg("s")
-                .arg(&last)
-                .query_async(&mut sub)
-                .await
-                .unwrap_or_default();
-            for k in reply.keys {
-                for id in k.ids {
-                    seen += 1;
-                    last = id.id;
-                }
-            }
-        }
-    });
+    // Connected before the clock starts, as tidings' clients are.
+    let mut cons = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        cons.push(client.get_multiplexed_async_connection().await?);
+    }
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
-    for _ in 0..conns {
-        let con = client.get_multiplexed_async_connection().await?;
+    for con in cons {
         tasks.spawn(async move {
             let mut h = hist();
             let mut acked = 0u64;
@@ -163,6 +139,37 @@ async fn redis(conns: usize, secs: f64) -> anyhow::Result<Value> {
     }
     let (h, acked) = gather(&mut tasks).await?;
     let took = started.elapsed().as_secs_f64();
+    // The subscriber: reads the stream until told how many to expect.
+    let (total_tx, mut total_rx) = tokio::sync::watch::channel(None::<u64>);
+    let mut sub = client.get_multiplexed_async_connection().await?;
+    let subscriber = tokio::spawn(async move {
+        let mut last = "0-0".to_string();
+        let mut seen = 0u64;
+        loop {
+            if let Some(t) = *total_rx.borrow_and_update()
+                && seen >= t
+            {
+                return Ok::<u64, anyhow::Error>(seen);
+            }
+            let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(10_000)
+                .arg("BLOCK")
+                .arg(200)
+                .arg("STREAMS")
+                .arg("s")
+                .arg(&last)
+                .query_async(&mut sub)
+                .await
+                .unwrap_or_default();
+            for k in reply.keys {
+                for id in k.ids {
+                    seen += 1;
+                    last = id.id;
+                }
+            }
+        }
+    });
     let _ = total_tx.send(Some(acked));
     let consumed = tokio::time::timeout(CONSUME_GRACE, subscriber).await???;
     Ok(result(
@@ -203,34 +210,14 @@ async fn nats(conns: usize, secs: f64) -> anyhow::Result<Value> {
             ..Default::default()
         })
         .await?;
-    let (total_tx, mut total_rx) = tokio::sync::watch::channel(None::<u64>);
-    let reader = tokio::spawn(async move {
-        let mut messages = consumer.messages().await?;
-        let mut seen = 0u64;
-        loop {
-            if let Some(t) = *total_rx.borrow_and_update()
-                && seen >= t
-            {
-                return Ok::<u64, anyhow::Error>(seen);
-            }
-            tokio::select! {
-                m = messages.next() => match m {
-                    Some(Ok(_)) => seen += 1,
-                    // The server was too busy to send its idle heartbeat in time (the
-                    // publishers saturate the box); the stream goes on.
-                    Some(Err(e)) if e.kind() == jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat => {}
-                    Some(Err(e)) => anyhow::bail!("consumer: {e}"),
-                    None => anyhow::bail!("consumer ended"),
-                },
-                _ = total_rx.changed() => {}
-            }
-        }
-    });
+    let mut clients = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        clients.push(jetstream::new(async_nats::connect(&url).await?));
+    }
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
-    for _ in 0..conns {
-        let js = jetstream::new(async_nats::connect(&url).await?);
+    for js in clients {
         tasks.spawn(async move {
             let mut h = hist();
             let mut acked = 0u64;
@@ -254,6 +241,29 @@ async fn nats(conns: usize, secs: f64) -> anyhow::Result<Value> {
     }
     let (h, acked) = gather(&mut tasks).await?;
     let took = started.elapsed().as_secs_f64();
+    let (total_tx, mut total_rx) = tokio::sync::watch::channel(None::<u64>);
+    let reader = tokio::spawn(async move {
+        let mut messages = consumer.messages().await?;
+        let mut seen = 0u64;
+        loop {
+            if let Some(t) = *total_rx.borrow_and_update()
+                && seen >= t
+            {
+                return Ok::<u64, anyhow::Error>(seen);
+            }
+            tokio::select! {
+                m = messages.next() => match m {
+                    Some(Ok(_)) => seen += 1,
+                    // The server was too busy to send its idle heartbeat in time (the
+                    // publishers saturate the box); the stream goes on.
+                    Some(Err(e)) if e.kind() == jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat => {}
+                    Some(Err(e)) => anyhow::bail!("consumer: {e}"),
+                    None => anyhow::bail!("consumer ended"),
+                },
+                _ = total_rx.changed() => {}
+            }
+        }
+    });
     let _ = total_tx.send(Some(acked));
     let consumed = tokio::time::timeout(CONSUME_GRACE, reader).await???;
     Ok(result(

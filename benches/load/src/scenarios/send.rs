@@ -367,6 +367,16 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         seqs.sort_unstable();
         let dense = seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1);
         correct &= dense && c.errors == 0 && seqs.len() as u64 == c.next;
+        // Read back: the server's own view of the channel holds exactly what it acknowledged
+        // (applied, not only answered).
+        let view = server
+            .admin(
+                reqwest::Method::GET,
+                &format!("/v1/channels/{}", c.channel),
+                None,
+            )
+            .await?;
+        correct &= view["last_seq"].as_u64() == Some(seqs.len() as u64);
         total += seqs.len();
     }
     server.stop().await;
