@@ -52,6 +52,14 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = server.rss()?;
+    // Every connection is a registered session (the server's own count).
+    let sessions = server
+        .metrics()
+        .await?
+        .lines()
+        .find_map(|l| l.strip_prefix("tidings_ws_sessions "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(-1.0);
     // A sample of connections must still be alive and answering.
     let mut alive = 0;
     for ws in conns.iter_mut().step_by((n / 100).max(1)) {
@@ -76,6 +84,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         "rss_after_mib": after as f64 / 1048576.0,
         "rss_bytes_per_connection": per_conn.round(),
         "sampled_pings_answered": format!("{alive}/{sampled}"),
-        "correct": alive == sampled,
+        "sessions_registered": sessions,
+        "correct": alive == sampled && sessions == n as f64,
     }))
 }
