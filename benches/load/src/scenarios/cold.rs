@@ -51,7 +51,10 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let (messages, samples, segment, block) = if args.smoke {
         (2_000u64, 3u64, "65536", "65536")
     } else {
-        (60_000, 20, "2097152", "1048576")
+        // Samples ~4,800 messages (~1.2 MB) apart: no two in one 1 MiB block, so every
+        // first read is a GET (at 60,000 they were ~0.6 MB apart and some first reads hit a
+        // block an earlier sample had cached).
+        (120_000, 20, "2097152", "1048576")
     };
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("bkt"))?;
@@ -118,6 +121,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let old = (messages * 8 / 10).saturating_sub(100);
     let (mut first, mut second, mut hot) = (hist(), hist(), hist());
     let mut correct = remote_end > 0;
+    let gets_before = status["status"]["gets"].as_u64().unwrap_or(0);
     for i in 0..samples {
         let from = i * old / samples;
         let (t1, ok1) = page(&server, from).await?;
@@ -129,6 +133,9 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         let _ = hot.record(t3.as_micros().max(1) as u64);
     }
     let tier = server.admin(reqwest::Method::GET, "/v1/tier", None).await?;
+    // Every first read went to the object store.
+    let gets = tier["status"]["gets"].as_u64().unwrap_or(0);
+    correct &= gets.saturating_sub(gets_before) >= samples;
     server.stop().await;
     Ok(json!({
         "scenario": "cold",
