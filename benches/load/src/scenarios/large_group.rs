@@ -4,7 +4,9 @@
 //! pushes to online members. The run also measures the big group with nobody online (that
 //! ratio isolates the write path) and a group of just the same online members (the same
 //! pushes without the 99,000 offline members: that ratio shows what the offline members
-//! cost). Check: every online member got every message exactly once.
+//! cost). The same sessions are open in every phase (the nobody-online group is of other
+//! users), and the server's idle CPU over each window is subtracted. Check: every online
+//! member got every message exactly once.
 
 use std::time::Duration;
 
@@ -17,19 +19,28 @@ use crate::client::{self, Ws};
 use crate::scenarios::{Until, payload, send_windowed};
 use crate::server::Server;
 
-/// Sends `n` messages into `channel` with 16 in flight; returns the server CPU seconds used.
-async fn sends(server: &Server, ws: &mut Ws, channel: &str, n: u64) -> anyhow::Result<(f64, u64)> {
+/// Sends `n` messages into `channel` with 16 in flight; returns the server CPU seconds used,
+/// less what the server spends idle (`idle_rate` CPU seconds per second) over the window.
+async fn sends(
+    server: &Server,
+    ws: &mut Ws,
+    channel: &str,
+    n: u64,
+    idle_rate: f64,
+) -> anyhow::Result<(f64, u64)> {
     let base = std::time::Instant::now();
     // Let the previous phase's work (pushes, acks) settle before reading the CPU clock.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = server.cpu_secs()?;
+    let window = std::time::Instant::now();
     let (_, errors) = send_windowed(ws, 16, Until::Count(n), |i| {
         json!({"type": "send", "client_msg_id": format!("{channel}-{i}"), "channel": channel, "payload": payload(base, i)})
     })
     .await?;
     // Pushes finish after the acks: wait for the server to go idle again.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    Ok((server.cpu_secs()? - before, errors))
+    let idle = idle_rate * window.elapsed().as_secs_f64();
+    Ok(((server.cpu_secs()? - before - idle).max(0.0), errors))
 }
 
 /// Collects message frames until told to stop; returns the (channel, seq) pairs seen.
@@ -66,7 +77,11 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let mut members: Vec<String> = (0..big).map(|i| format!("g{i}")).collect();
     members.push("sender".into());
     server.group("big", &members).await?;
-    server.group("big-offline", &members).await?;
+    // As big, but of other users: with the same sessions open in every phase (like for
+    // like), none of its members is online.
+    let mut others: Vec<String> = (0..big).map(|i| format!("h{i}")).collect();
+    others.push("sender".into());
+    server.group("big-offline", &others).await?;
     server
         .group("small", &["sender".to_string(), "g0".to_string()])
         .await?;
@@ -75,10 +90,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     server.group("online-only", &who).await?;
     let tokens = server.tokens(&who).await?;
     let mut ws = client::connect(server.addr, &tokens[online], online, "?catch_up=false").await?;
-
-    // Nobody online: the write path alone.
-    let (cpu_big_offline, e0) = sends(&server, &mut ws, "big-offline", n).await?;
-    // 1% online.
+    // The online members connect first and stay for every phase.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut receivers = JoinSet::new();
     for (i, t) in tokens[..online].iter().enumerate() {
@@ -86,9 +98,19 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         let stop = stop_rx.clone();
         receivers.spawn(async move { (i, drain(r, stop).await) });
     }
-    let (cpu_big, e1) = sends(&server, &mut ws, "big", n).await?;
-    let (cpu_online_only, e3) = sends(&server, &mut ws, "online-only", n).await?;
-    let (cpu_small, e2) = sends(&server, &mut ws, "small", n).await?;
+    // What the server spends idle with those sessions open, per second (subtracted).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_before = server.cpu_secs()?;
+    let idle_window = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rate = (server.cpu_secs()? - idle_before) / idle_window.elapsed().as_secs_f64();
+
+    // Nobody online: the write path alone.
+    let (cpu_big_offline, e0) = sends(&server, &mut ws, "big-offline", n, idle_rate).await?;
+    // 1% online.
+    let (cpu_big, e1) = sends(&server, &mut ws, "big", n, idle_rate).await?;
+    let (cpu_online_only, e3) = sends(&server, &mut ws, "online-only", n, idle_rate).await?;
+    let (cpu_small, e2) = sends(&server, &mut ws, "small", n, idle_rate).await?;
     let _ = stop_tx.send(true);
     let mut correct = e0 + e1 + e2 + e3 == 0;
     let exactly = |got: &[(String, u64)], channel: &str| {
@@ -119,6 +141,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
         "members": big,
         "online": online,
         "sends_each": n,
+        "idle_cpu_per_sec": idle_rate,
         "cpu_us_per_send_big_1pct_online": per(cpu_big),
         "cpu_us_per_send_big_nobody_online": per(cpu_big_offline),
         "cpu_us_per_send_two_members": per(cpu_small),
