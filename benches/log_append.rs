@@ -143,6 +143,13 @@ async fn append_run(dir: &Path, concurrency: usize, secs: f64, smoke: bool) -> A
     }
     let secs = start.elapsed().as_secs_f64();
     let after = log.metrics();
+    // What the appenders counted as acknowledged is what the log wrote: nothing counted twice
+    // or lost (the read row below reads every record back).
+    assert_eq!(
+        after.records - before.records,
+        records,
+        "acknowledged appends and the log's records differ"
+    );
     log.close().await.unwrap();
     AppendResult {
         concurrency,
@@ -280,6 +287,11 @@ async fn read_run(dir: &Path) -> (u64, f64, f64) {
     let (mut at, mut bytes) = (0u64, 0u64);
     while at < end {
         let recs = log.read(at, 1 << 20).await.unwrap();
+        // Every record, in order, at its size: a fast wrong read does not count.
+        for (i, r) in recs.iter().enumerate() {
+            assert_eq!(r.offset, at + i as u64, "a gap or a repeat in the read");
+            assert_eq!(r.payload.len(), RECORD, "a record of the wrong size");
+        }
         at = recs.last().unwrap().offset + 1;
         bytes += recs.iter().map(|r| r.payload.len() as u64).sum::<u64>();
     }

@@ -169,6 +169,16 @@ fn main() {
         rates[rates.len() - 1]
     );
     let messages: u64 = p.state.heads.heads.values().map(|h| h.last_seq).sum();
+    // A fast wrong rebuild does not count: every event applied, and the state is what the
+    // log's events make (a cursor event every 10th after setup, messages otherwise).
+    let after_setup = events - 2 * CHANNELS;
+    assert_eq!(n, events, "events applied");
+    assert_eq!(p.state.subs.channels.len() as u64, CHANNELS, "channels");
+    assert_eq!(
+        messages,
+        after_setup - after_setup / 10,
+        "messages in the state"
+    );
     println!(
         "  state: {} channels, {} users with cursors, {messages} messages, {} index sidecars",
         p.state.subs.channels.len(),
