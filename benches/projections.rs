@@ -171,7 +171,9 @@ fn main() {
     let messages: u64 = p.state.heads.heads.values().map(|h| h.last_seq).sum();
     // A fast wrong rebuild does not count: every event applied, and the state is what the
     // log's events make (a cursor event every 10th after setup, messages otherwise).
-    let after_setup = events - 2 * CHANNELS;
+    let after_setup = events
+        .checked_sub(2 * CHANNELS)
+        .expect("--events must cover the setup (2,000 events)");
     assert_eq!(n, events, "events applied");
     assert_eq!(p.state.subs.channels.len() as u64, CHANNELS, "channels");
     assert_eq!(

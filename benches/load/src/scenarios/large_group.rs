@@ -102,7 +102,8 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_before = server.cpu_secs()?;
     let idle_window = std::time::Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Long enough for the 10 ms CPU clock: 5 s resolve 0.002 CPU/s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let idle_rate = (server.cpu_secs()? - idle_before) / idle_window.elapsed().as_secs_f64();
 
     // Nobody online: the write path alone.
