@@ -830,3 +830,32 @@ async fn a_client_that_only_reads_through_a_long_catch_up_stays() {
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.next_of("pong").await["type"], "pong");
 }
+
+/// A frame past `limits.max_frame_bytes` ends the session with close code 1009
+/// `message_too_big` (the client saw the connection drop, 1006, and could not tell why); what
+/// the client sent before it still counts.
+#[tokio::test]
+async fn a_frame_too_large_closes_with_1009() {
+    let server = Server::start(&["--limits-max-frame-bytes", "4096"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let mut ws = try_connect(&server, &alice).await.unwrap();
+    ws.send(json!({"type": "send", "client_msg_id": "ok", "channel": "g", "payload": 1}))
+        .await;
+    assert_eq!(ws.next_of("sendack").await["client_msg_id"], "ok");
+    ws.ws
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            "x".repeat(16 << 10).into(),
+        ))
+        .await
+        .unwrap();
+    let closed = ws.next_of("closed").await;
+    assert_eq!(
+        (closed["code"].as_u64(), closed["reason"].as_str()),
+        (Some(1009), Some("message_too_big")),
+        "{closed}"
+    );
+    let page = api.ok("GET", "/v1/channels/g/messages", &alice, None).await;
+    assert_eq!(page_seqs(&page), vec![1]);
+}

@@ -413,6 +413,29 @@ enum Step {
     CatchUp,
     /// The keepalive timer: ping a silent client, close one silent too long.
     Keepalive,
+    /// The client sent a frame the server cannot read (too large, not WebSocket): closed
+    /// with a code that says so; what it sent before still goes to the log, as on a close.
+    Broken(CloseReason),
+}
+
+/// Close code 1009 for a frame past `limits.max_frame_bytes`, 1002 for a protocol error;
+/// `None` for a connection that failed (nothing to say, nobody to say it to). tungstenite's
+/// errors reach us as text only (axum wraps them).
+fn broken_frame(e: &axum::Error) -> Option<CloseReason> {
+    let text = e.to_string();
+    if text.contains("Space limit exceeded") {
+        Some(CloseReason {
+            code: 1009,
+            reason: "message_too_big",
+        })
+    } else if text.contains("WebSocket protocol error") {
+        Some(CloseReason {
+            code: 1002,
+            reason: "protocol_error",
+        })
+    } else {
+        None
+    }
 }
 
 impl Ctx {
@@ -754,6 +777,7 @@ async fn run(
     );
     let keepalive = tokio::time::sleep_until(liveness.first_check());
     tokio::pin!(keepalive);
+    let mut broken = false;
     let close: Option<CloseReason> = loop {
         let step = tokio::select! {
             biased;
@@ -767,7 +791,7 @@ async fn run(
                 Some(Ok(WsMessage::Close(_))) | None => Step::Gone,
                 Some(Err(e)) => {
                     tracing::debug!(session = session.id, error = %e, "WebSocket read failed");
-                    Step::Gone
+                    broken_frame(&e).map_or(Step::Gone, Step::Broken)
                 }
                 Some(Ok(msg)) => Step::Frame(msg),
             },
@@ -782,6 +806,10 @@ async fn run(
         let done = match step {
             Step::Close(reason) => break Some(reason),
             Step::Gone => break None,
+            Step::Broken(reason) => {
+                broken = true;
+                break Some(reason);
+            }
             Step::Frame(msg) => {
                 liveness.activity(tokio::time::Instant::now());
                 if ctx.sends.is_empty() {
@@ -869,7 +897,7 @@ async fn run(
     // server asked for (shutdown, a revoked token, too slow) they are dropped unanswered: the
     // client saw no sendack and retries them with the same `client_msg_id`.
     let unstarted = ctx.sends.len();
-    if close.is_none() {
+    if close.is_none() || broken {
         sequencer::send_batch_for_session(&state, &mut ctx.sends).await;
     }
     tracing::debug!(
