@@ -588,15 +588,7 @@ async fn a_batch_inside_a_torn_message_does_not_stop_recovery() {
     let cut = start + 40 + 4 + 64 + fake.len() + 8;
     assert!(cut < bytes.len());
     fs.write_file(&seg0(), bytes[..cut].to_vec());
-    let log = Log::open(sim_dir(), opts(&fs)).await.unwrap();
-    assert_eq!(log.next_offset(), 3);
-    let got: Vec<Bytes> = read_all(&log, 0)
-        .await
-        .into_iter()
-        .map(|r| r.payload)
-        .collect();
-    assert_eq!(got, payloads);
-    log.close().await.unwrap();
+    reopen_and_check(&fs, &payloads, RecoveryMode::Strict).await;
 }
 
 /// A length field flipped larger (the batch now claims the next ones) is still damage
