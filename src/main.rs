@@ -26,6 +26,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the server.
+    // A flag given twice takes its last value (a wrapper script's defaults, then the user's).
+    #[command(args_override_self = true)]
     Serve(Box<config::ServeArgs>),
     /// Print events as NDJSON, one per line.
     Replay(cli::replay::ReplayArgs),

@@ -422,6 +422,54 @@ async fn a_graceful_shutdown_under_load_keeps_every_acknowledged_message() {
     drop(dir);
 }
 
+/// A request that outlasts the grace period (a client trickling its body) must not cost the
+/// steps after it: the shutdown used to drop every background task with it, the ack flusher
+/// among them, and the reads a client had reported were lost.
+#[tokio::test]
+async fn a_request_outlasting_the_grace_period_still_lets_acks_flush() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&["--acks-flush-ms", "600000", "--shutdown-grace-secs", "2"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.send(&alice, "g", "a1", "hello").await;
+    let unread = |convs: &Value| {
+        convs["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["channel"] == "g")
+            .unwrap()["unread"]
+            .clone()
+    };
+    // bob reads it over WebSocket: the read waits in the ack flusher (the window is long).
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    assert_eq!(common::frame_seqs(&ws.messages(1).await), vec![1]);
+    ws.send(json!({"type": "read", "channel": "g", "seq": 1}))
+        .await;
+    ws.quiet(Duration::from_millis(300)).await;
+    ws.close().await;
+    // A request whose body never finishes arriving.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let server = server.restart();
+    drop(slow);
+    let convs = Api::new(&server)
+        .ok("GET", "/v1/conversations", &bob, None)
+        .await;
+    assert_eq!(
+        unread(&convs),
+        0,
+        "bob's read survived the shutdown: {convs}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_under_load_loses_no_acknowledged_message() {
     let server = Server::start(&["--limits-sends-per-second", "1000000"]);

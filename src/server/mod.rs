@@ -6,10 +6,12 @@
 //! tracked in a `TaskTracker`.
 //!
 //! Shutdown (SIGTERM/SIGINT, or [`Running::shutdown`]): stop accepting; close WebSockets with
-//! "going away" (1001); let in-flight HTTP requests finish; flush coalesced acks; let the
-//! applier reach the end of the log; write a snapshot; close the log (fsync); join every task.
-//! Whatever is not done within the grace period is aborted — acknowledged writes are already
-//! durable, so a restart loses none.
+//! "going away" (1001) within half the grace period; let in-flight HTTP requests finish
+//! within three quarters of it (then the HTTP task alone is aborted: a slow client must not
+//! take the time the steps after it need); flush coalesced acks; let the applier reach the end
+//! of the log; write a snapshot; close the log (fsync); join every task. Whatever is not done
+//! within the grace period is aborted — acknowledged writes are already durable, so a restart
+//! loses none.
 
 mod acks;
 mod applier;
@@ -51,6 +53,8 @@ pub(crate) struct Running {
     pub(crate) addr: SocketAddr,
     state: Arc<AppState>,
     tasks: JoinSet<&'static str>,
+    /// The HTTP server's task, aborted alone if requests outlast their share of the grace.
+    http_task: tokio::task::AbortHandle,
     stop_http: CancellationToken,
     stop_acks: CancellationToken,
     stop_applier: CancellationToken,
@@ -202,7 +206,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let t = stop_http.clone();
     let user_timeout_ms =
         u32::try_from(state.config.limits_ws_idle_secs.saturating_mul(1000)).unwrap_or(u32::MAX);
-    tasks.spawn(async move {
+    let http_task = tasks.spawn(async move {
         // TCP_NODELAY: a sendack or a push is a small write that must leave now, not wait
         // for the previous segment's ACK (Nagle) while the client delays that ACK.
         // TCP_USER_TIMEOUT: a peer gone without a FIN while data is written to it (a phone
@@ -223,6 +227,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         addr,
         state,
         tasks,
+        http_task,
         stop_http,
         stop_acks,
         stop_applier,
@@ -320,25 +325,28 @@ impl Running {
             took_ms = deadline_elapsed(deadline, grace),
             "sessions closed"
         );
-        // In-flight HTTP requests finish inside the HTTP task.
-        let mut rest = JoinSet::new();
-        std::mem::swap(&mut rest, &mut self.tasks);
-        let mut pending = rest;
+        // In-flight HTTP requests finish inside the HTTP task, within three quarters of the
+        // grace period; then that task alone is aborted. (The set is only ever borrowed by a
+        // wait that can time out: dropping a `JoinSet` aborts every task in it, the ack
+        // flusher and the applier too.)
+        let mut pending = std::mem::take(&mut self.tasks);
+        let http_deadline = deadline - grace / 4;
         let http_done = async {
             while let Some(done) = pending.join_next().await {
                 if let Ok("http") = done {
-                    break;
+                    return;
                 }
             }
-            pending
         };
-        let mut pending = match tokio::time::timeout_at(deadline, http_done).await {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::warn!("requests still running at the end of the grace period");
-                JoinSet::new()
-            }
-        };
+        if tokio::time::timeout_at(http_deadline, http_done)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "requests still running at three quarters of the grace period; ending them"
+            );
+            self.http_task.abort();
+        }
         tracing::debug!(took_ms = deadline_elapsed(deadline, grace), "http done");
         // Sends already queued finish (durable, applied, answered) before the applier stops:
         // the completions empty as the applier answers them (or the sweeper fails them), and
@@ -369,11 +377,10 @@ impl Running {
                     break;
                 }
             }
-            pending
         };
-        let mut pending = tokio::time::timeout_at(deadline, joined)
-            .await
-            .unwrap_or_default();
+        if tokio::time::timeout_at(deadline, joined).await.is_err() {
+            tracing::warn!("the ack flusher still running at the end of the grace period");
+        }
         let log_end = state.log.next_offset();
         let _ = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= log_end)).await;
         self.stop_applier.cancel();
