@@ -38,6 +38,7 @@ struct State {
     fail_write_in: Option<u64>,
     fail_sync_in: Option<u64>,
     fail_rename_in: Option<u64>,
+    fail_dir_sync_in: Option<u64>,
     /// A failing write applies this many bytes of its buffer first (a torn write).
     torn_write_bytes: usize,
     /// Bumped when the process dies (power cut or kill): files opened before it cannot be
@@ -98,6 +99,7 @@ impl SimFs {
         st.fail_write_in = None;
         st.fail_sync_in = None;
         st.fail_rename_in = None;
+        st.fail_dir_sync_in = None;
         st.epoch += 1;
     }
 
@@ -126,12 +128,18 @@ impl SimFs {
         lock(&self.state).fail_rename_in = Some(n.max(1));
     }
 
+    /// The `n`th directory sync from now (1 = the next one) fails and makes nothing durable.
+    pub fn fail_dir_sync_after(&self, n: u64) {
+        lock(&self.state).fail_dir_sync_in = Some(n.max(1));
+    }
+
     /// Disarms any pending fault.
     pub fn clear_faults(&self) {
         let mut st = lock(&self.state);
         st.fail_write_in = None;
         st.fail_sync_in = None;
         st.fail_rename_in = None;
+        st.fail_dir_sync_in = None;
     }
 
     /// The live bytes of a file, if it exists.
@@ -383,6 +391,9 @@ impl Vfs for SimFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = lock(&self.state);
+        if SimFs::countdown(&mut st.fail_dir_sync_in) {
+            return Err(injected("directory sync"));
+        }
         let live: Vec<PathBuf> = st
             .files
             .keys()

@@ -186,15 +186,15 @@ impl Writer {
                 Command::Append { records, size, ack } => self.append_batch(records, size, ack),
                 Command::Roll(ack) => {
                     let r = self.checked().and_then(|()| self.roll());
-                    let _ = ack.send(r);
+                    let _ = ack.send(self.stop_on_error(r));
                 }
                 Command::Sync(ack) => {
                     let r = self.checked().and_then(|()| self.sync_all());
-                    let _ = ack.send(r);
+                    let _ = ack.send(self.stop_on_error(r));
                 }
                 Command::Close(ack) => {
                     let r = self.finish();
-                    self.drain_closed();
+                    self.drain_closed().await;
                     let _ = ack.send(r);
                     return;
                 }
@@ -249,6 +249,22 @@ impl Writer {
         match self.parts.poison.get() {
             Some(cause) => Err(LogError::Poisoned { cause }),
             None => Ok(()),
+        }
+    }
+
+    /// A roll or a sync that failed stops the log as a failed append does. A failed roll may
+    /// have created the next segment (a reopen takes the highest base for the log's end:
+    /// appends acknowledged after it into the old segment would vanish), and a failed
+    /// `fdatasync` leaves pages the kernel may report clean to the next one (which would then
+    /// succeed for bytes the disk never got).
+    /// The caller is told `Poisoned`, with the failure as its cause.
+    fn stop_on_error(&mut self, r: Result<()>) -> Result<()> {
+        match r {
+            Err(e) if !matches!(e, LogError::Poisoned { .. }) => {
+                self.poison(e);
+                self.checked()
+            }
+            r => r,
         }
     }
 
@@ -640,19 +656,29 @@ impl Writer {
     }
 
     /// Answers every command still queued after a close.
-    fn drain_closed(&mut self) {
+    ///
+    /// `recv`, not `try_recv`: an appender may hold a queue slot it reserved before the close
+    /// and fill it a moment later. The queue ends only once every such slot is filled or given
+    /// back; a command sent into a slot after the receiver is gone would stay in the channel
+    /// unanswered, and its appender would wait for ever.
+    async fn drain_closed(&mut self) {
         self.rx.close();
-        let stashed = self.stashed.take();
-        let rest = std::iter::from_fn(|| self.rx.try_recv().ok());
-        for cmd in stashed.into_iter().chain(rest) {
-            match cmd {
-                Command::Append { ack, size, .. } => {
-                    self.parts.permits.add_permits(size as usize);
-                    let _ = ack.send(Err(LogError::Closed));
-                }
-                Command::Roll(ack) | Command::Sync(ack) | Command::Close(ack) => {
-                    let _ = ack.send(Err(LogError::Closed));
-                }
+        if let Some(cmd) = self.stashed.take() {
+            self.refuse(cmd);
+        }
+        while let Some(cmd) = self.rx.recv().await {
+            self.refuse(cmd);
+        }
+    }
+
+    fn refuse(&self, cmd: Command) {
+        match cmd {
+            Command::Append { ack, size, .. } => {
+                self.parts.permits.add_permits(size as usize);
+                let _ = ack.send(Err(LogError::Closed));
+            }
+            Command::Roll(ack) | Command::Sync(ack) | Command::Close(ack) => {
+                let _ = ack.send(Err(LogError::Closed));
             }
         }
     }
