@@ -660,6 +660,20 @@ impl Drop for Relay {
 /// records at its own offsets (valid batches: no CRC caught it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_writer_never_overwrites_what_the_new_owner_uploaded() {
+    stale_writer(false).await;
+}
+
+/// The same once the new owner has written many versions and pruned its oldest (it keeps the
+/// newest 20): the stale writer's next version no longer exists, so its create succeeds.
+/// Before, that counted as written: the stale writer was not fenced, its retention deleted
+/// local segments only its orphan version listed, and it went on pruning the new owner's
+/// snapshots. A version newer than the one just written fences it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_writer_is_fenced_after_the_new_owner_pruned_old_versions() {
+    stale_writer(true).await;
+}
+
+async fn stale_writer(pruned: bool) {
     let s3s = S3Server::start();
     let relay = Relay::start(s3s.port).await;
     let prefix = unique_prefix("stale");
@@ -727,6 +741,13 @@ async fn a_stale_writer_never_overwrites_what_the_new_owner_uploaded() {
         .find(|s| s.base == 300)
         .unwrap()
         .clone();
+    if pruned {
+        // Every version but node-b's newest goes, as node-b's pruning would take them.
+        for e in 0..theirs.epoch {
+            let f = s3s.object_file(&format!("{prefix}/{}", Manifest::key(e)));
+            let _ = std::fs::remove_file(f);
+        }
+    }
     // node-a reaches the store again: it uploads its 300..400, then finds itself fenced.
     // (Its uploader may be retrying in the background too: one of the two passes uploads and
     // is fenced, the other then finds the tier fenced.)

@@ -102,7 +102,17 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
     let mut own = 0;
     loop {
         match put_manifest(inner, &m).await? {
-            Put::Written => break,
+            // Created — yet a newer version may exist: fencing rests on the next version
+            // being there, and an owner that took over long ago prunes its oldest versions
+            // (a stale owner's create of a pruned one succeeds). Any newer version is
+            // another writer's (this process writes one version after the other).
+            Put::Written => match latest_manifest(inner).await? {
+                Some(t) if t.epoch > m.epoch => {
+                    inner.fenced.store(true, Ordering::Relaxed);
+                    return Ok(Written::Fenced(t));
+                }
+                _ => break,
+            },
             Put::Exists(t) if t == m => break,
             // This process's own (same id and incarnation: another process under the same
             // id — a node cloned with its data directory — stays fenced), and nothing in it
