@@ -191,10 +191,21 @@ impl Log {
                 }
                 Err(e @ LogError::Fenced { .. }) => return Err(e),
                 Err(e) => {
-                    tracing::warn!(error = %e, store = tier.display(), "object store unreachable at open: using the local manifest copy, claiming later");
-                    if let Some(m) = crate::tier::uploader::read_local_manifest(&dir) {
-                        tier.inner.manifest.store(Arc::new(m));
+                    match crate::tier::uploader::read_local_manifest(&dir) {
+                        Some(m) => tier.inner.manifest.store(Arc::new(m)),
+                        // Nothing here says where the store's history ends: a log started
+                        // at 0 would take offsets the store already holds (another history,
+                        // served as this one's). Refused until the store answers.
+                        None if !has_segments(opts.vfs.as_ref(), &dir) => {
+                            return Err(LogError::Tier(format!(
+                                "the object store {} did not answer ({e}) and {} holds no log:                                  cannot tell where the log starts; try again once the store answers",
+                                tier.display(),
+                                dir.display()
+                            )));
+                        }
+                        None => {}
                     }
+                    tracing::warn!(error = %e, store = tier.display(), "object store unreachable at open: using the local manifest copy, claiming later");
                 }
             }
         }
@@ -842,6 +853,12 @@ impl Log {
     pub(crate) fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }
+}
+
+/// Whether `dir` holds any segment (a missing directory holds none).
+fn has_segments(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> bool {
+    vfs.list(dir)
+        .is_ok_and(|names| names.iter().any(|n| segment::parse_log_name(n).is_some()))
 }
 
 /// Creates `dir` if missing and takes its `LOCK` (refused with [`LogError::Locked`] while

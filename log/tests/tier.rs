@@ -572,6 +572,14 @@ async fn a_log_opened_offline_that_finds_a_live_owner_is_fenced() {
     .await
     .unwrap();
     append(&b, 0, 300).await;
+    // node-a has a log of its own (an empty directory is refused while the store does not
+    // answer: see below).
+    let plain = LogOptions::default()
+        .with_segment_bytes(16 << 10)
+        .with_index_interval_bytes(1024);
+    let a = Log::open(a_data.path().join("log"), plain).await.unwrap();
+    append(&a, 0, 300).await;
+    a.close().await.unwrap();
     relay.set_cut(true);
     let relayed = s3(
         &format!("http://127.0.0.1:{}", relay.port),
@@ -586,7 +594,6 @@ async fn a_log_opened_offline_that_finds_a_live_owner_is_fenced() {
     )
     .await
     .unwrap();
-    append(&a, 0, 300).await;
     a.roll().await.unwrap();
     relay.set_cut(false);
     // (The roll woke the uploader too: this pass or that one meets the refusal first.)
@@ -603,6 +610,58 @@ async fn a_log_opened_offline_that_finds_a_live_owner_is_fenced() {
     assert_eq!(t_manifest(&s3s, &prefix).await.owner.id, "node-b");
     a.close().await.unwrap();
     b.close().await.unwrap();
+}
+
+/// An empty data directory cannot be opened while the store does not answer: nothing local
+/// says where the store's history ends, and a log started at 0 would take offsets the store
+/// already holds (before, it did, and served a history of its own under them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_directory_is_not_opened_while_the_store_does_not_answer() {
+    let s3s = S3Server::start();
+    let relay = Relay::start(s3s.port).await;
+    let prefix = unique_prefix("empty-offline");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = Log::open(
+        data.path().join("first"),
+        log_opts(tier(s3s.store(), &prefix, "node-a", cache.path()).await),
+    )
+    .await
+    .unwrap();
+    append(&first, 0, 300).await;
+    first.roll().await.unwrap();
+    first.upload_now().await.unwrap();
+    first.close().await.unwrap();
+    relay.set_cut(true);
+    let relayed = s3(
+        &format!("http://127.0.0.1:{}", relay.port),
+        BUCKET,
+        KEY,
+        SECRET,
+    );
+    let cache2 = tempfile::tempdir().unwrap();
+    let hour = Duration::from_secs(3600);
+    let opened = Log::open(
+        data.path().join("empty"),
+        log_opts(tier_with(relayed.clone(), &prefix, "node-a", cache2.path(), 0, hour).await),
+    )
+    .await;
+    match opened {
+        Err(LogError::Tier(m)) => assert!(m.contains("cannot tell where the log starts"), "{m}"),
+        other => panic!(
+            "expected a refusal, got {:?}",
+            other.map(|l| l.next_offset())
+        ),
+    }
+    // Once the store answers, the same directory restores from it.
+    relay.set_cut(false);
+    let log = Log::open(
+        data.path().join("empty"),
+        log_opts(tier_with(relayed, &prefix, "node-a", cache2.path(), 0, hour).await),
+    )
+    .await
+    .unwrap();
+    assert_eq!(log.next_offset(), 300);
+    log.close().await.unwrap();
 }
 
 /// A TCP relay to the S3 server that can cut a client off (a network partition): while cut,
