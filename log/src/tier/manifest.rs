@@ -164,6 +164,22 @@ impl Manifest {
                 s.base, s.end
             ));
         }
+        // A segment's positions are u32 (a segment is at most 2 GiB and one batch): a larger
+        // size is damage, and readers size their buffers from these fields.
+        if let Some(s) = m.segments.iter().find(|s| s.bytes > u64::from(u32::MAX)) {
+            return Err(format!(
+                "the segment at offset {} of {} bytes (a segment is under 4 GiB)",
+                s.base, s.bytes
+            ));
+        }
+        // In offset order, none overlapping the next: a reader goes from one to the next, and
+        // two entries holding the same offsets would serve them twice.
+        if let Some(w) = m.segments.windows(2).find(|w| w[0].end > w[1].base) {
+            return Err(format!(
+                "the segments at offsets {}..{} and {}..{} overlap or are out of order",
+                w[0].base, w[0].end, w[1].base, w[1].end
+            ));
+        }
         Ok(m)
     }
 }
@@ -205,6 +221,26 @@ mod tests {
             });
             assert!(Manifest::decode(&bad.encode()).is_err(), "{base}..{end}");
         }
+        // Sizes past a segment's u32 positions, overlapping or unordered entries: damaged.
+        let seg = |base, end, bytes| RemoteSegment {
+            base,
+            end,
+            bytes,
+            crc32: 0,
+            index_bytes: 0,
+            time_bytes: 0,
+            object: None,
+        };
+        let with = |segments: Vec<RemoteSegment>| {
+            let mut m = m.clone();
+            m.segments = segments;
+            Manifest::decode(&m.encode())
+        };
+        assert!(with(vec![seg(0, 100, 10), seg(100, 200, 10), seg(200, 200, 0)]).is_ok());
+        assert!(with(vec![seg(0, 100, 1 << 32)]).is_err());
+        assert!(with(vec![seg(0, 200, 10), seg(100, 260, 10)]).is_err());
+        assert!(with(vec![seg(100, 200, 10), seg(0, 100, 10)]).is_err());
+        assert!(with(vec![seg(0, 100, 10), seg(0, 100, 10)]).is_err());
     }
 
     #[test]
