@@ -39,6 +39,7 @@ pub(crate) struct Config {
     pub(crate) projections_snapshot_interval_secs: u64,
     pub(crate) projections_idempotency_entries: usize,
     pub(crate) projections_idempotency_secs: u64,
+    pub(crate) projections_index_flush_entries: u64,
     pub(crate) cache_conversation_memory_bytes: usize,
     pub(crate) cache_conversation_disk_bytes: usize,
     pub(crate) cache_index_bytes: usize,
@@ -111,6 +112,7 @@ impl Default for Config {
             projections_snapshot_interval_secs: 300,
             projections_idempotency_entries: 100_000,
             projections_idempotency_secs: 24 * 3600,
+            projections_index_flush_entries: tidings_projections::msgindex::DEFAULT_FLUSH_ENTRIES,
             cache_conversation_memory_bytes: 64 << 20,
             cache_conversation_disk_bytes: 256 << 20,
             cache_index_bytes: 64 << 20,
@@ -205,6 +207,9 @@ pub(crate) struct ServeArgs {
     /// How long a send is remembered for idempotent retries. Default: 86400.
     #[arg(long, env = "TIDINGS_PROJECTIONS_IDEMPOTENCY_SECS")]
     projections_idempotency_secs: Option<u64>,
+    /// Message index entries per sidecar file. Default: 262144.
+    #[arg(long, env = "TIDINGS_PROJECTIONS_INDEX_FLUSH_ENTRIES")]
+    projections_index_flush_entries: Option<u64>,
     /// Memory for cached conversation lists. Default: 67108864.
     #[arg(long, env = "TIDINGS_CACHE_CONVERSATION_MEMORY_BYTES")]
     cache_conversation_memory_bytes: Option<usize>,
@@ -344,6 +349,7 @@ struct ProjectionsSection {
     snapshot_interval_secs: Option<u64>,
     idempotency_entries: Option<usize>,
     idempotency_secs: Option<u64>,
+    index_flush_entries: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -454,6 +460,10 @@ impl ServeArgs {
                 .projections_idempotency_secs
                 .or(file.projections.idempotency_secs)
                 .unwrap_or(d.projections_idempotency_secs),
+            projections_index_flush_entries: self
+                .projections_index_flush_entries
+                .or(file.projections.index_flush_entries)
+                .unwrap_or(d.projections_index_flush_entries),
             cache_conversation_memory_bytes: self
                 .cache_conversation_memory_bytes
                 .or(file.cache.conversation_memory_bytes)
@@ -545,6 +555,10 @@ impl Config {
         anyhow::ensure!(
             t.read_timeout_ms > 0,
             "tier.read_timeout_ms must be above 0 (it bounds every call to the object store)"
+        );
+        anyhow::ensure!(
+            self.projections_index_flush_entries >= 1,
+            "projections.index_flush_entries must be at least 1"
         );
         anyhow::ensure!(
             self.limits_sessions_per_user >= 1,

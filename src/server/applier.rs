@@ -193,6 +193,10 @@ pub(crate) async fn run(
                     }
                 };
                 if let Err(e) = p.apply(rec.offset, &env) {
+                    // Set under the write lock: no snapshot reads the state in between.
+                    state
+                        .applier_failed
+                        .store(true, std::sync::atomic::Ordering::Release);
                     failed = Some(e.to_string());
                     break;
                 }

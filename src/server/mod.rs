@@ -68,6 +68,7 @@ fn projection_config(c: &Config) -> ProjectionConfig {
         idempotency_max_entries: c.projections_idempotency_entries,
         idempotency_max_age_ms: c.projections_idempotency_secs * 1000,
         index_cache_bytes: c.cache_index_bytes,
+        index_flush_entries: c.projections_index_flush_entries,
         ..ProjectionConfig::default()
     }
 }
@@ -269,17 +270,24 @@ async fn snapshots(state: Arc<AppState>, stop: CancellationToken) {
     }
 }
 
-/// Writes a snapshot and, with a tier, uploads it (and the sidecars it needs).
+/// Writes a snapshot and, with a tier, uploads it (and the sidecars it needs). Not after the
+/// applier failed: its state may hold part of the record it stopped at.
 async fn snapshot_and_upload(state: &Arc<AppState>) -> anyhow::Result<()> {
     let s = state.clone();
     // Encode under the read lock; write and fsync outside it, so the applier (which needs the
     // write lock) is not held up by the disk.
     let (prepared, sidecars, dir) = tokio::task::spawn_blocking(move || {
         let p = s.proj();
+        // Read under the lock the applier sets it under.
+        if s.applier_failed.load(Ordering::Acquire) {
+            anyhow::bail!(
+                "the applier stopped on a record it could not apply: no snapshot of its state (the next start replays the log from the last snapshot)"
+            );
+        }
         let sidecars = p.state.index.sidecars.clone();
-        (p.prepare_snapshot(), sidecars, p.dir().to_path_buf())
+        Ok((p.prepare_snapshot(), sidecars, p.dir().to_path_buf()))
     })
-    .await?;
+    .await??;
     let Some(mut prepared) = prepared else {
         return Ok(());
     };

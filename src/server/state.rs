@@ -58,6 +58,10 @@ pub(crate) struct AppState {
     pub(crate) send_tasks: TaskTracker,
     pub(crate) connections: std::sync::Arc<Semaphore>,
     pub(crate) ready: AtomicBool,
+    /// The applier stopped on a record it could not apply: the state in memory may hold part
+    /// of that record (an index entry whose sidecar write failed), so it is never snapshotted
+    /// (a restart replays from the last snapshot instead).
+    pub(crate) applier_failed: AtomicBool,
     user_rates: Mutex<HashMap<String, TokenBucket>>,
     /// Sends enqueued and not yet answered; the applier answers them.
     pub(crate) completions: Completions,
@@ -99,6 +103,7 @@ impl AppState {
             send_tasks: TaskTracker::new(),
             connections,
             ready: AtomicBool::new(false),
+            applier_failed: AtomicBool::new(false),
             user_rates: Mutex::new(HashMap::new()),
             completions: Completions::default(),
             uploaded_sidecars: Mutex::new(None),
