@@ -272,6 +272,15 @@ async fn conformance(store: Arc<dyn ObjectStore>) {
     // Every offset, from cold storage, byte-identical.
     let expected: Vec<Bytes> = (0..2000).map(payload).collect();
     assert_eq!(read_all(&log).await, expected);
+    // One GET per block at most (all fit in the cache): the reader and the prefetches of the
+    // blocks before it share a fetch in flight instead of each making its own.
+    let blocks: u64 = segs
+        .iter()
+        .filter(|s| s.remote)
+        .map(|s| s.bytes.div_ceil(4096))
+        .sum();
+    let gets = log.tier().unwrap().status().gets;
+    assert!(gets <= blocks, "{gets} GETs for {blocks} blocks");
     for i in (0..2000).step_by(97) {
         assert_eq!(log.read(i, 0).await.unwrap()[0].payload, payload(i));
     }

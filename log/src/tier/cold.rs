@@ -3,14 +3,16 @@
 //! carries its CRC-32: one that does not match is dropped and fetched again, never served.
 //! Sequential reads prefetch the next blocks.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use foyer::{BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder};
 use object_store::ObjectStoreExt;
+use tokio::sync::OnceCell;
 
 use super::{TierInner, TierOptions};
 use crate::error::{LogError, Result};
@@ -97,6 +99,27 @@ impl TierInner {
             );
             self.cache.remove(&ckey);
         }
+        // One fetch per block at a time: a caller arriving while it runs waits for its answer
+        // (a failed fetch is tried again by the next caller).
+        let cell = self.fetching.cell(&ckey);
+        // Forgotten however this ends (a caller dropped mid-fetch too).
+        let _done = Done(&self.fetching, &ckey, &cell);
+        cell.get_or_try_init(|| self.fetch(rel, ckey.clone(), start, end))
+            .await
+            .cloned()
+    }
+
+    /// GETs bytes `[start, end)` of object `rel` and caches them (with a CRC) under `ckey`.
+    async fn fetch(&self, rel: &str, ckey: String, start: u64, end: u64) -> io::Result<Bytes> {
+        // Fetched (and cached in memory) by another caller between this one's cache miss and
+        // its turn here.
+        if let Some(entry) = self.cache.memory().get(&ckey) {
+            let v = entry.value();
+            if v.len() as u64 == end - start + 4 {
+                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(v.slice(..v.len() - 4));
+            }
+        }
         let path = super::store::key(self, rel);
         let got = tokio::time::timeout(
             self.opts.read_timeout,
@@ -128,6 +151,42 @@ impl TierInner {
         v.extend_from_slice(&crc32fast::hash(&data).to_le_bytes());
         self.cache.insert(ckey, v.freeze());
         Ok(data)
+    }
+}
+
+/// Fetches in flight, by cache key.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight(Mutex<HashMap<String, Arc<OnceCell<Bytes>>>>);
+
+impl InFlight {
+    /// The fetch of `key` in flight, or a new one.
+    fn cell(&self, key: &str) -> Arc<OnceCell<Bytes>> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(key) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(OnceCell::new());
+                m.insert(key.to_owned(), c.clone());
+                c
+            }
+        }
+    }
+
+    /// Forgets `cell` once its fetch has an outcome (the block is in the cache by then; a
+    /// failed one is tried again by whoever asks next).
+    fn done(&self, key: &str, cell: &Arc<OnceCell<Bytes>>) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            m.remove(key);
+        }
+    }
+}
+
+struct Done<'a>(&'a InFlight, &'a str, &'a Arc<OnceCell<Bytes>>);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.done(self.1, self.2);
     }
 }
 

@@ -243,6 +243,9 @@ pub(crate) struct TierInner {
     pub(crate) incarnation: u64,
     pub(crate) counters: TierCounters,
     pub(crate) lag: std::sync::Mutex<(usize, u64)>,
+    /// Blocks being fetched (cache key → the fetch's outcome): a reader and the prefetches
+    /// of the blocks before it wait for one GET instead of each making its own.
+    pub(crate) fetching: cold::InFlight,
 }
 
 impl std::fmt::Debug for Tier {
@@ -263,6 +266,7 @@ impl Tier {
                 cache,
                 runtime: tokio::runtime::Handle::current(),
                 tracker: TaskTracker::new(),
+                fetching: cold::InFlight::default(),
                 manifest: arc_swap::ArcSwap::from_pointee(Manifest::new(&opts.owner_id, 0)),
                 claimed: AtomicBool::new(false),
                 fenced: AtomicBool::new(false),
