@@ -198,7 +198,8 @@ impl Log {
                         // served as this one's). Refused until the store answers.
                         None if !has_segments(opts.vfs.as_ref(), &dir) => {
                             return Err(LogError::Tier(format!(
-                                "the object store {} did not answer ({e}) and {} holds no log:                                  cannot tell where the log starts; try again once the store answers",
+                                "the object store {} did not answer ({e}) and {} holds no log: \
+                                 cannot tell where the log starts; try again once the store answers",
                                 tier.display(),
                                 dir.display()
                             )));

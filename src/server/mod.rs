@@ -351,7 +351,7 @@ impl Running {
             .is_err()
         {
             tracing::warn!(
-                "requests still running at three quarters of the grace period; ending them"
+                "requests still running at three quarters of the grace period; no longer waiting for them"
             );
             self.http_task.abort();
         }

@@ -99,18 +99,31 @@ impl TierInner {
             );
             self.cache.remove(&ckey);
         }
-        // One fetch per block at a time: a caller arriving while it runs waits for its answer
-        // (a failed fetch is tried again by the next caller).
+        // One fetch per block at a time: a caller arriving while it runs waits for its
+        // outcome, a failure too (each waiter retrying in turn would wait `read_timeout` once
+        // per waiter before the last one's answer); the next caller after it tries again.
         let cell = self.fetching.cell(&ckey);
-        // Forgotten however this ends (a caller dropped mid-fetch too).
+        // Forgotten however this ends (a caller dropped mid-fetch too: the next waiter then
+        // fetches).
         let _done = Done(&self.fetching, &ckey, &cell);
-        cell.get_or_try_init(|| self.fetch(rel, ckey.clone(), start, end))
-            .await
-            .cloned()
+        let shared = cell
+            .get_or_init(|| self.fetch(rel, ckey.clone(), start, end))
+            .await;
+        match shared {
+            Ok(b) if b.len() as u64 == end - start => Ok(b.clone()),
+            // A reader of another object under the same key (keys from before writer-unique
+            // object names) with another length: its own fetch.
+            Ok(_) => self
+                .fetch(rel, ckey.clone(), start, end)
+                .await
+                .map_err(unavailable),
+            Err(e) => Err(unavailable(e.clone())),
+        }
     }
 
-    /// GETs bytes `[start, end)` of object `rel` and caches them (with a CRC) under `ckey`.
-    async fn fetch(&self, rel: &str, ckey: String, start: u64, end: u64) -> io::Result<Bytes> {
+    /// GETs bytes `[start, end)` of object `rel` and caches them (with a CRC) under `ckey`;
+    /// a failure is what [`ColdStorageUnavailable`] will say.
+    async fn fetch(&self, rel: &str, ckey: String, start: u64, end: u64) -> Shared {
         // Fetched (and cached in memory) by another caller between this one's cache miss and
         // its turn here.
         if let Some(entry) = self.cache.memory().get(&ckey) {
@@ -128,19 +141,19 @@ impl TierInner {
         .await;
         let data = match got {
             Ok(Ok(d)) => d,
-            Ok(Err(e)) => return Err(unavailable(format!("reading {path} [{start}, {end}): {e}"))),
+            Ok(Err(e)) => return Err(format!("reading {path} [{start}, {end}): {e}")),
             Err(_) => {
-                return Err(unavailable(format!(
+                return Err(format!(
                     "reading {path} [{start}, {end}): no answer within {:?}",
                     self.opts.read_timeout
-                )));
+                ));
             }
         };
         if data.len() as u64 != end - start {
-            return Err(unavailable(format!(
+            return Err(format!(
                 "reading {path} [{start}, {end}): got {} bytes",
                 data.len()
-            )));
+            ));
         }
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -154,13 +167,16 @@ impl TierInner {
     }
 }
 
+/// A fetch's outcome, as every caller waiting for it gets it.
+type Shared = std::result::Result<Bytes, String>;
+
 /// Fetches in flight, by cache key.
 #[derive(Debug, Default)]
-pub(crate) struct InFlight(Mutex<HashMap<String, Arc<OnceCell<Bytes>>>>);
+pub(crate) struct InFlight(Mutex<HashMap<String, Arc<OnceCell<Shared>>>>);
 
 impl InFlight {
     /// The fetch of `key` in flight, or a new one.
-    fn cell(&self, key: &str) -> Arc<OnceCell<Bytes>> {
+    fn cell(&self, key: &str) -> Arc<OnceCell<Shared>> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match m.get(key) {
             Some(c) => c.clone(),
@@ -174,7 +190,7 @@ impl InFlight {
 
     /// Forgets `cell` once its fetch has an outcome (the block is in the cache by then; a
     /// failed one is tried again by whoever asks next).
-    fn done(&self, key: &str, cell: &Arc<OnceCell<Bytes>>) {
+    fn done(&self, key: &str, cell: &Arc<OnceCell<Shared>>) {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if m.get(key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
             m.remove(key);
@@ -182,7 +198,7 @@ impl InFlight {
     }
 }
 
-struct Done<'a>(&'a InFlight, &'a str, &'a Arc<OnceCell<Bytes>>);
+struct Done<'a>(&'a InFlight, &'a str, &'a Arc<OnceCell<Shared>>);
 
 impl Drop for Done<'_> {
     fn drop(&mut self) {

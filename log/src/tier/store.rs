@@ -50,6 +50,14 @@ async fn timed<T>(
 
 /// The latest manifest version in the store, if any.
 pub(crate) async fn latest_manifest(inner: &TierInner) -> Result<Option<Manifest>> {
+    match latest_epoch(inner).await? {
+        Some(epoch) => manifest_at(inner, epoch).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The highest manifest epoch in the store (one listing), if any.
+async fn latest_epoch(inner: &TierInner) -> Result<Option<u64>> {
     let dir = key(inner, "manifest");
     let metas: Vec<_> = timed(inner, "listing the manifest", async {
         let mut out = Vec::new();
@@ -60,21 +68,20 @@ pub(crate) async fn latest_manifest(inner: &TierInner) -> Result<Option<Manifest
         Ok(out)
     })
     .await?;
-    let Some(epoch) = metas
+    Ok(metas
         .iter()
         .filter_map(|m| m.location.filename().and_then(Manifest::epoch_of))
-        .max()
-    else {
-        return Ok(None);
-    };
+        .max())
+}
+
+/// Manifest version `epoch`.
+async fn manifest_at(inner: &TierInner, epoch: u64) -> Result<Manifest> {
     let path = key(inner, &Manifest::key(epoch));
     let bytes = timed(inner, "reading the manifest", async {
         inner.opts.store.get(&path).await?.bytes().await
     })
     .await?;
-    Manifest::decode(&bytes)
-        .map(Some)
-        .map_err(|e| err(inner, &format!("decoding {path}"), e))
+    Manifest::decode(&bytes).map_err(|e| err(inner, &format!("decoding {path}"), e))
 }
 
 /// What writing a manifest version came to.
@@ -106,10 +113,10 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
             // being there, and an owner that took over long ago prunes its oldest versions
             // (a stale owner's create of a pruned one succeeds). Any newer version is
             // another writer's (this process writes one version after the other).
-            Put::Written => match latest_manifest(inner).await? {
-                Some(t) if t.epoch > m.epoch => {
+            Put::Written => match latest_epoch(inner).await? {
+                Some(newer) if newer > m.epoch => {
                     inner.fenced.store(true, Ordering::Relaxed);
-                    return Ok(Written::Fenced(t));
+                    return Ok(Written::Fenced(manifest_at(inner, newer).await?));
                 }
                 _ => break,
             },
