@@ -35,6 +35,7 @@ pub(crate) struct Config {
     pub(crate) limits_sessions_per_user: usize,
     /// A WebSocket silent this long is closed; the server pings it after a third of that.
     pub(crate) limits_ws_idle_secs: u64,
+    pub(crate) limits_http_read_timeout_secs: u64,
     pub(crate) acks_flush_ms: u64,
     pub(crate) projections_snapshot_interval_secs: u64,
     pub(crate) projections_idempotency_entries: usize,
@@ -108,6 +109,7 @@ impl Default for Config {
             limits_session_queue_bytes: 32 << 20,
             limits_sessions_per_user: 32,
             limits_ws_idle_secs: 90,
+            limits_http_read_timeout_secs: 30,
             acks_flush_ms: 200,
             projections_snapshot_interval_secs: 300,
             projections_idempotency_entries: 100_000,
@@ -195,6 +197,10 @@ pub(crate) struct ServeArgs {
     /// pings it after a third of that. Default: 90.
     #[arg(long, env = "TIDINGS_LIMITS_WS_IDLE_SECS")]
     limits_ws_idle_secs: Option<u64>,
+    /// Seconds a client has to send a request's headers (also the longest an idle keep-alive
+    /// connection is kept), and again its body. Default: 30.
+    #[arg(long, env = "TIDINGS_LIMITS_HTTP_READ_TIMEOUT_SECS")]
+    limits_http_read_timeout_secs: Option<u64>,
     /// How long WebSocket acks are coalesced before they become cursor events. Default: 200.
     #[arg(long, env = "TIDINGS_ACKS_FLUSH_MS")]
     acks_flush_ms: Option<u64>,
@@ -335,6 +341,7 @@ struct LimitsSection {
     session_queue_bytes: Option<usize>,
     sessions_per_user: Option<usize>,
     ws_idle_secs: Option<u64>,
+    http_read_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -444,6 +451,10 @@ impl ServeArgs {
                 .limits_ws_idle_secs
                 .or(file.limits.ws_idle_secs)
                 .unwrap_or(d.limits_ws_idle_secs),
+            limits_http_read_timeout_secs: self
+                .limits_http_read_timeout_secs
+                .or(file.limits.http_read_timeout_secs)
+                .unwrap_or(d.limits_http_read_timeout_secs),
             acks_flush_ms: self
                 .acks_flush_ms
                 .or(file.acks.flush_ms)
@@ -563,6 +574,10 @@ impl Config {
         anyhow::ensure!(
             self.limits_sessions_per_user >= 1,
             "limits.sessions_per_user must be at least 1"
+        );
+        anyhow::ensure!(
+            self.limits_http_read_timeout_secs >= 1,
+            "limits.http_read_timeout_secs must be at least 1"
         );
         anyhow::ensure!(
             self.limits_ws_idle_secs >= 3,

@@ -859,3 +859,68 @@ async fn a_frame_too_large_closes_with_1009() {
     let page = api.ok("GET", "/v1/channels/g/messages", &alice, None).await;
     assert_eq!(page_seqs(&page), vec![1]);
 }
+
+/// Reads until the server closes the connection; what it sent first.
+async fn read_to_close(tcp: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    closed
+        .ok()
+        .map(|()| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A client gets `limits.http_read_timeout_secs` for a request's headers (also the longest an
+/// idle keep-alive connection is kept) and again for its body; a WebSocket is not bound by it.
+/// Before, a connection trickling its headers or body, or just left open, was kept for ever.
+#[tokio::test]
+async fn slow_or_idle_http_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&["--limits-http-read-timeout-secs", "1"]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let mut ws = Ws::connect(&server, &alice, "").await;
+    // Headers that never end: closed without an answer.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut slow, Duration::from_secs(10)).await;
+    assert_eq!(got.as_deref(), Some(""), "closed, nothing sent");
+    // A body that never ends: 408 request_timeout.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let got = read_to_close(&mut slow, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("request_timeout"), "{got}");
+    // A keep-alive connection left idle after its request: closed.
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut idle, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    // The WebSocket, quiet longer than that, still works.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    api.group("g", &["alice", "bob"]).await;
+    let bob = api.user("bob").await;
+    api.send(&bob, "g", "b1", "hello").await;
+    assert_eq!(frame_seqs(&ws.messages(1).await), vec![1]);
+}

@@ -13,6 +13,7 @@
 //! within the grace period is aborted — acknowledged writes are already durable, so a restart
 //! loses none.
 
+mod accept;
 mod acks;
 mod applier;
 mod auth;
@@ -35,7 +36,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tidings_log::{Log, LogOptions};
 use tidings_projections::conv_cache::{ConversationCache, ConversationCacheConfig};
 use tidings_projections::{Origin, ProjectionConfig, Projections, snapshot};
@@ -207,6 +207,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let t = stop_http.clone();
     let user_timeout_ms =
         u32::try_from(state.config.limits_ws_idle_secs.saturating_mul(1000)).unwrap_or(u32::MAX);
+    let read_timeout = std::time::Duration::from_secs(state.config.limits_http_read_timeout_secs);
     let http_task = tasks.spawn(async move {
         // TCP_NODELAY: a sendack or a push is a small write that must leave now, not wait
         // for the previous segment's ACK (Nagle) while the client delays that ACK.
@@ -214,12 +215,10 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         // out of coverage in a busy group) never acknowledges it; the kernel ends the
         // connection after `ws_idle_secs` of that instead of ~15 min of retransmissions, and
         // the session's next write fails. (A quiet one is found by the WebSocket keepalive.)
-        let listener = listener.tap_io(move |tcp| tune_socket(tcp, user_timeout_ms));
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(async move { t.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "the HTTP server failed");
-        }
+        accept::serve(listener, app, t, read_timeout, move |tcp| {
+            tune_socket(tcp, user_timeout_ms);
+        })
+        .await;
         "http"
     });
     state.ready.store(true, Ordering::Release);

@@ -35,11 +35,37 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
+        let within = body_timeout(&req);
+        match within_body_timeout(within, axum::Json::<T>::from_request(req, state)).await? {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// How long a request's body may take to arrive (`limits.http_read_timeout_secs`, set on
+/// every request by the router).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyTimeout(pub(crate) std::time::Duration);
+
+fn body_timeout(req: &Request) -> std::time::Duration {
+    req.extensions()
+        .get::<BodyTimeout>()
+        .map_or(std::time::Duration::from_secs(30), |t| t.0)
+}
+
+/// `fut` (reading a body), or `408 request_timeout` once `within` has passed.
+async fn within_body_timeout<T>(
+    within: std::time::Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(within, fut).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {within:?}"),
+        )
+    })
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {
@@ -65,8 +91,9 @@ impl<S: Send + Sync> FromRequest<S> for ApiBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        axum::body::Bytes::from_request(req, state)
-            .await
+        let within = body_timeout(&req);
+        within_body_timeout(within, axum::body::Bytes::from_request(req, state))
+            .await?
             .map(ApiBytes)
             .map_err(|e| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -223,5 +250,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(BodyTimeout(
+            std::time::Duration::from_secs(c.limits_http_read_timeout_secs),
+        )))
         .with_state(state)
 }
