@@ -74,6 +74,8 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             {
                 format!("outdated (not used): {e}")
             }
+            // Pruned by a running server between the listing and the read: not damage.
+            Err(e) if super::vanished(&e) => "gone (pruned while this ran)".to_string(),
             Err(e) => {
                 problems += 1;
                 format!("CORRUPT: {e}")

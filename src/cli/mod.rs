@@ -52,3 +52,10 @@ pub(crate) fn explain(e: tidings_projections::ProjectionError) -> anyhow::Error 
         other => other.into(),
     }
 }
+
+/// Whether `e` is a file that is no longer there (a snapshot a running server pruned after it
+/// was listed).
+pub(crate) fn vanished(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}

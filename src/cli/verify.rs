@@ -44,6 +44,8 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             {
                 println!("note: {e}");
             }
+            // Pruned by a running server between the listing and the read: not damage.
+            Err(e) if super::vanished(&e) => {}
             Err(e) => {
                 println!("damaged snapshot: {e}");
                 problems += 1;
