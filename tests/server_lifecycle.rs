@@ -228,6 +228,49 @@ async fn a_snapshot_from_another_history_of_the_log_is_set_aside() {
     drop((dir, other_dir));
 }
 
+/// The conversation cache on disk is keyed by log offsets: after the log was replaced by
+/// another history (same offsets, other events), a cached list described events the log no
+/// longer holds and was served as is. It is reused only when the state continues the
+/// directory's history (a snapshot whose anchor matches the log, nothing set aside).
+#[tokio::test]
+async fn the_conversation_cache_is_not_reused_across_histories() {
+    let run = |text: &'static str| async move {
+        let server = Server::start(&[]);
+        let api = Api::new(&server);
+        api.group("g", &["alice", "bob"]).await;
+        let alice = api.user("alice").await;
+        api.send(&alice, "g", "a1", text).await;
+        let convs = api.ok("GET", "/v1/conversations", &alice, None).await;
+        assert_eq!(
+            convs["conversations"][0]["last_message"]["payload"]["text"],
+            text
+        );
+        (server, alice)
+    };
+    let (ours, _) = run("ours").await;
+    let (theirs, their_alice) = run("theirs").await;
+    let (data, their_data) = (ours.data.clone(), theirs.data.clone());
+    let dirs = (ours.stop(), theirs.stop());
+    // This directory's log replaced by the other's (a restore gone wrong).
+    let log = data.join("log");
+    for e in std::fs::read_dir(&log).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    for e in std::fs::read_dir(their_data.join("log")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), log.join(e.file_name())).unwrap();
+    }
+    let server = Server::start_on(&data, &[]);
+    let api = Api::new(&server);
+    let convs = api.ok("GET", "/v1/conversations", &their_alice, None).await;
+    assert_eq!(
+        convs["conversations"][0]["last_message"]["payload"]["text"], "theirs",
+        "the list is the log's: {convs}"
+    );
+    drop(server);
+    drop(dirs);
+}
+
 /// The idempotency window's settings come from the configuration: after a restart with a
 /// larger window, a retry of a send the smaller window had forgotten but the larger one covers
 /// is recognised (the projections are rebuilt under the new settings). Before, the snapshot's

@@ -142,7 +142,8 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("opening the log in {}", data.log().display()))?;
 
     let started = Instant::now();
-    let mut proj = load_projections(&data.projections(), projection_config(&config), &log).await?;
+    let (mut proj, continues) =
+        load_projections(&data.projections(), projection_config(&config), &log).await?;
     let replayed = proj.catch_up(&log, |_, _| {}).await?;
     tracing::info!(
         origin = ?proj.origin(),
@@ -156,7 +157,10 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         &ConversationCacheConfig {
             memory_bytes: config.cache_conversation_memory_bytes,
             disk_bytes: config.cache_conversation_disk_bytes,
-            recover: config.log_fsync == tidings_log::FsyncPolicy::Always,
+            // Entries on disk are reused only under `fsync = always` (under every/never a power
+            // cut can take applied events, whose offsets are then reused) and only when the
+            // state continues this directory's history (see `load_projections`).
+            recover: config.log_fsync == tidings_log::FsyncPolicy::Always && continues,
         },
     )
     .await?;
@@ -474,16 +478,21 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
 /// from a store another writer also wrote — and is set aside the same way. A snapshot shaped by
 /// other settings of the idempotency window (`ProjectionConfig::shapes`) is not loaded: the
 /// projections are rebuilt from the log under the configured ones.
+///
+/// Also says whether the state is known to continue the history this directory last ran with:
+/// loaded from a snapshot whose anchor matches the log, with nothing set aside at this start.
+/// Only then is the conversation cache on disk reused (its entries are keyed by log offsets,
+/// which another history reuses for other events).
 async fn load_projections(
     dir: &std::path::Path,
     config: tidings_projections::ProjectionConfig,
     log: &Log,
-) -> anyhow::Result<Projections> {
+) -> anyhow::Result<(Projections, bool)> {
     let end = log.next_offset();
-    set_aside_snapshots_ahead_of(dir, end)?;
+    let mut continues = set_aside_snapshots_ahead_of(dir, end)? == 0;
     loop {
         let Some(last) = end.checked_sub(1) else {
-            return Ok(Projections::empty(dir, config)?);
+            return Ok((Projections::empty(dir, config)?, false));
         };
         let p = Projections::load_at_most(dir, config.clone(), Some(last))?;
         if let Origin::Snapshot(path) = p.origin()
@@ -497,21 +506,23 @@ async fn load_projections(
                 idempotency_ms = config.idempotency_max_age_ms,
                 "the idempotency window's settings changed since the snapshot; rebuilding the projections from the log"
             );
-            return Ok(Projections::empty(dir, config)?);
+            return Ok((Projections::empty(dir, config)?, false));
         }
         let (Origin::Snapshot(path), Some(anchor)) = (p.origin(), p.snapshot_anchor()) else {
-            return Ok(p);
+            return Ok((p, false));
         };
         let applied = p.state.applied.unwrap_or(0);
         match p.anchor_matches(log).await {
             Ok(Some(false)) => {}
-            Ok(_) => return Ok(p),
+            Ok(Some(true)) => return Ok((p, continues)),
+            Ok(None) => return Ok((p, false)),
             Err(e) => {
                 // Not a verdict: the state is used, as before anchors existed.
                 tracing::warn!(error = %e, snapshot = %path.display(), anchor, "could not read the record a snapshot ends at to check it belongs to this log; using it");
-                return Ok(p);
+                return Ok((p, false));
             }
         }
+        continues = false;
         let path = path.clone();
         let aside = path.with_extension("snap.other-history");
         tracing::warn!(
@@ -530,11 +541,17 @@ async fn load_projections(
 /// later: it describes events the log no longer holds (lost in a power cut under `fsync =
 /// every/never`, or cut in recovery). Used by the server at start and by `rebuild`, which
 /// would otherwise write its snapshot among them and prune it as the oldest.
-pub(crate) fn set_aside_snapshots_ahead_of(dir: &std::path::Path, end: u64) -> anyhow::Result<()> {
+/// Returns how many it set aside.
+pub(crate) fn set_aside_snapshots_ahead_of(
+    dir: &std::path::Path,
+    end: u64,
+) -> anyhow::Result<usize> {
+    let mut set_aside = 0;
     for snap in tidings_projections::snapshot::list(&dir.join("snapshots"))? {
         if snap.applied < end {
             continue;
         }
+        set_aside += 1;
         // Set aside, not deleted (for a post-mortem), and never loaded again: once the log
         // grows past its offset it would look current while describing other events.
         let aside = snap.path.with_extension("snap.ahead-of-log");
@@ -549,7 +566,7 @@ pub(crate) fn set_aside_snapshots_ahead_of(dir: &std::path::Path, end: u64) -> a
             .with_context(|| format!("setting aside {}", snap.path.display()))?;
     }
     prune_set_aside(&dir.join("snapshots"));
-    Ok(())
+    Ok(set_aside)
 }
 
 /// Snapshots set aside (each a full state) are kept for a post-mortem, the newest
