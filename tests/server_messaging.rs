@@ -750,3 +750,27 @@ async fn cbor_clients_get_binary_frames_and_byte_payloads() {
     assert_eq!(page["messages"][0]["payload_b64"], "AAEC/w==");
     let _ = ws.close(None).await;
 }
+
+/// A WebSocket ack past the channel's head ("mark all read") is capped at the head when it
+/// arrives, as over HTTP. It was capped when the ack window was flushed, so the messages that
+/// arrived in between counted as delivered and never came by sync or catch-up.
+#[tokio::test]
+async fn an_ack_past_the_head_covers_only_what_was_there() {
+    let server = Server::start(&["--acks-flush-ms", "1000"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.send(&alice, "g", "a1", "m1").await;
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    assert_eq!(seqs(&ws.messages(1).await), vec![1]);
+    ws.send(json!({"type": "read", "channel": "g", "seq": 1000}))
+        .await;
+    ws.quiet(Duration::from_millis(100)).await;
+    ws.close().await;
+    api.send(&alice, "g", "a2", "m2").await;
+    api.send(&alice, "g", "a3", "m3").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert_eq!(seqs(sync["messages"].as_array().unwrap()), vec![2, 3]);
+}

@@ -623,8 +623,12 @@ impl Ctx {
         read: u64,
     ) -> Result<(), axum::Error> {
         match self.cursor_target(channel) {
-            Ok(ch) => {
+            Ok((ch, head)) => {
                 self.state.metrics.acks_received.inc();
+                // Capped at the head as it is now, as HTTP does: capped only when the window
+                // is flushed, an ack past the head ("mark all read") also covered messages
+                // that arrived meanwhile, which then never came by sync or catch-up.
+                let (delivered, read) = (delivered.min(head), read.min(head));
                 self.state.acks.record(&self.uid, &ch, delivered, read);
                 Ok(())
             }
@@ -632,16 +636,19 @@ impl Ctx {
         }
     }
 
-    fn cursor_target(&self, channel: &str) -> ApiResult<ChannelId> {
+    /// The channel an ack names, and its head (last seq) now.
+    fn cursor_target(&self, channel: &str) -> ApiResult<(ChannelId, u64)> {
         let ch = resolve(&self.caller, channel)?;
+        let p = self.state.proj();
         // Members ack even in a banned group (its backlog reaches them: `messages::plan_sync`).
-        if !can_move_cursor(&self.state.proj().state, &self.uid, &ch) {
+        if !can_move_cursor(&p.state, &self.uid, &ch) {
             return Err(ApiError::forbidden(
                 "not_member",
                 "not a member of this channel",
             ));
         }
-        Ok(ch)
+        let head = p.state.heads.last_seq(&ch);
+        Ok((ch, head))
     }
 
     fn prepare_send(
