@@ -93,15 +93,19 @@ pub(crate) const IDLE_TIMEOUT: CloseReason = CloseReason {
     code: 4002,
     reason: "idle_timeout",
 };
-pub(crate) const TOO_MANY_SESSIONS: CloseReason = CloseReason {
-    code: 4003,
-    reason: "too_many_sessions",
-};
 
 #[derive(Debug, Default)]
 struct Phase {
     live: bool,
     dirty: bool,
+}
+
+/// What bounds a session: its queue (messages and bytes) and the user's sessions at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionLimits {
+    pub(crate) queue: usize,
+    pub(crate) queue_bytes: usize,
+    pub(crate) per_user: usize,
 }
 
 /// One WebSocket session as the registry sees it.
@@ -268,11 +272,15 @@ impl Delivery {
         &self,
         uid: &str,
         groups: impl Iterator<Item = ChannelId>,
-        queue: usize,
-        queue_bytes: usize,
-        max_sessions: usize,
+        limits: SessionLimits,
         parent: &CancellationToken,
+        live: bool,
     ) -> Option<(Arc<Session>, mpsc::Receiver<Run>)> {
+        let SessionLimits {
+            queue,
+            queue_bytes,
+            per_user: max_sessions,
+        } = limits;
         if self.sessions_of(uid) >= max_sessions {
             return None;
         }
@@ -285,7 +293,9 @@ impl Delivery {
             limit: queue.max(1),
             queued_bytes: AtomicUsize::new(0),
             limit_bytes: queue_bytes.max(1),
-            phase: Mutex::new(Phase::default()),
+            // Live from the start (a session without catch-up): no push between registering
+            // and going live can be taken for one that catch-up will plan again.
+            phase: Mutex::new(Phase { live, dirty: false }),
             closing: Mutex::new(None),
             close: parent.child_token(),
         });
@@ -474,10 +484,13 @@ mod tests {
             .register(
                 uid,
                 ["g".to_owned()].into_iter(),
-                queue,
-                usize::MAX,
-                8,
+                SessionLimits {
+                    queue,
+                    queue_bytes: usize::MAX,
+                    per_user: 8,
+                },
                 &CancellationToken::new(),
+                false,
             )
             .unwrap();
         assert!(s.try_go_live());
@@ -492,10 +505,13 @@ mod tests {
             d.register(
                 uid,
                 std::iter::empty(),
-                4,
-                usize::MAX,
-                2,
+                SessionLimits {
+                    queue: 4,
+                    queue_bytes: usize::MAX,
+                    per_user: 2,
+                },
                 &CancellationToken::new(),
+                false,
             )
             .map(|(s, _)| s)
         };
@@ -541,6 +557,29 @@ mod tests {
         drop(b);
     }
 
+    /// A session without catch-up is live from its registration: a message pushed before its
+    /// task runs is queued, not left to a catch-up that will not come (a session registered,
+    /// then made live, dropped a push in between).
+    #[test]
+    fn a_session_without_catch_up_is_live_from_its_registration() {
+        let d = Delivery::default();
+        let (_s, mut rx) = d
+            .register(
+                "a",
+                ["g".to_owned()].into_iter(),
+                SessionLimits {
+                    queue: 16,
+                    queue_bytes: usize::MAX,
+                    per_user: 8,
+                },
+                &CancellationToken::new(),
+                true,
+            )
+            .unwrap();
+        assert_eq!(d.push(&Arc::new(vec![msg("g", 1, None)])).dropped, 0);
+        assert_eq!(rx.try_recv().map(|r| r.len()).ok(), Some(1));
+    }
+
     #[test]
     fn a_notice_during_catch_up_waits_in_the_queue_a_message_does_not() {
         let d = Delivery::default();
@@ -548,10 +587,13 @@ mod tests {
             .register(
                 "a",
                 ["g".to_owned()].into_iter(),
-                16,
-                usize::MAX,
-                8,
+                SessionLimits {
+                    queue: 16,
+                    queue_bytes: usize::MAX,
+                    per_user: 8,
+                },
                 &CancellationToken::new(),
+                false,
             )
             .unwrap();
         // Catching up: a message is left to the next catch-up round.
@@ -606,10 +648,13 @@ mod tests {
             .register(
                 "a",
                 ["g".to_owned()].into_iter(),
-                100,
-                10,
-                8,
+                SessionLimits {
+                    queue: 100,
+                    queue_bytes: 10,
+                    per_user: 8,
+                },
                 &CancellationToken::new(),
+                false,
             )
             .unwrap();
         assert!(s.try_go_live());
@@ -699,10 +744,13 @@ mod tests {
             .register(
                 "a",
                 ["g".to_owned()].into_iter(),
-                4,
-                usize::MAX,
-                8,
+                SessionLimits {
+                    queue: 4,
+                    queue_bytes: usize::MAX,
+                    per_user: 8,
+                },
                 &CancellationToken::new(),
+                false,
             )
             .unwrap();
         let run: Run = Arc::new(vec![msg("g", 1, None)]);

@@ -33,7 +33,7 @@ use crate::render::{cbor_frame, channel_ref, message_json};
 use crate::server::auth::{Caller, authenticate, resolve, ws_bearer};
 use crate::server::completions::{Answer, Answers, Reply};
 use crate::server::delivery::{
-    CloseReason, GOING_AWAY, IDLE_TIMEOUT, Pushed, Run, Session, TOKEN_REVOKED, TOO_MANY_SESSIONS,
+    CloseReason, GOING_AWAY, IDLE_TIMEOUT, Pushed, Run, Session, SessionLimits, TOKEN_REVOKED,
 };
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::http::ApiQuery;
@@ -138,6 +138,10 @@ pub(crate) async fn upgrade(
     })?;
     let max = state.config.limits_max_frame_bytes;
     let catch_up = q.catch_up.unwrap_or(true);
+    // Registered before the 101 goes out: a client without catch-up syncs over HTTP once it is
+    // connected, and every message applied from here on is pushed to it (one applied between
+    // that sync and a registration after the upgrade reached it neither way).
+    let registered = Registered::new(&state, &uid, &token, !catch_up)?;
     let tracker = state.ws_tasks.clone();
     Ok(ws
         .protocols([CBOR_PROTOCOL])
@@ -152,7 +156,7 @@ pub(crate) async fn upgrade(
                 let cbor = socket
                     .protocol()
                     .is_some_and(|p| p.as_bytes() == CBOR_PROTOCOL.as_bytes());
-                run(state, uid, token, socket, cbor, catch_up).await;
+                run(state, registered, socket, cbor, catch_up).await;
                 drop(permit);
             })
         })
@@ -697,60 +701,91 @@ impl Ctx {
     }
 }
 
-async fn run(
+/// A session registered with delivery (pushes reach it from then on); unregistered when
+/// dropped — at the end of the session, or with the upgrade if it never completes.
+struct Registered {
     state: Arc<AppState>,
     uid: String,
-    token: String,
+    session: Arc<Session>,
+    queue: mpsc::Receiver<Run>,
+}
+
+impl Registered {
+    /// Registers `uid`'s new session (`live`: without catch-up). Under the projections' lock: no
+    /// membership change slips between reading the user's groups and registering, and a
+    /// revocation applied since the request was authenticated is seen here (one applied later
+    /// closes the registered session).
+    fn new(state: &Arc<AppState>, uid: &str, token: &str, live: bool) -> ApiResult<Registered> {
+        let p = state.proj();
+        if p.state.tokens.user_of(token).map(String::as_str) != Some(uid) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                TOKEN_REVOKED.reason,
+                "the token was revoked",
+            ));
+        }
+        let groups = p
+            .state
+            .subs
+            .channels_of(uid)
+            .filter(|c| !is_person_channel(c))
+            .cloned();
+        let per_user = state.config.limits_sessions_per_user;
+        let (session, queue) = state
+            .delivery
+            .register(
+                uid,
+                groups,
+                SessionLimits {
+                    queue: state.config.limits_session_queue,
+                    queue_bytes: state.config.limits_session_queue_bytes,
+                    per_user,
+                },
+                &state.sessions_stop,
+                live,
+            )
+            // Past the check above: connections of one user racing.
+            .ok_or_else(|| {
+                ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_sessions",
+                    format!("at most {per_user} WebSocket sessions per user"),
+                )
+            })?;
+        Ok(Registered {
+            state: state.clone(),
+            uid: uid.to_owned(),
+            session,
+            queue,
+        })
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let p = self.state.proj();
+        let groups = p
+            .state
+            .subs
+            .channels_of(&self.uid)
+            .filter(|c| !is_person_channel(c))
+            .cloned();
+        self.state.delivery.unregister(&self.session, groups);
+    }
+}
+
+async fn run(
+    state: Arc<AppState>,
+    mut registered: Registered,
     socket: WebSocket,
     cbor: bool,
     catch_up: bool,
 ) {
     let (sink, mut stream): (Sink, SplitStream<WebSocket>) = socket.split();
-    let registered = {
-        // Under the projections' lock: no membership change slips between reading the
-        // user's groups and registering, and a revocation applied since the upgrade was
-        // authorised is seen here (one applied later closes the registered session).
-        let p = state.proj();
-        if p.state.tokens.user_of(&token) == Some(&uid) {
-            let groups = p
-                .state
-                .subs
-                .channels_of(&uid)
-                .filter(|c| !is_person_channel(c))
-                .cloned();
-            state
-                .delivery
-                .register(
-                    &uid,
-                    groups,
-                    state.config.limits_session_queue,
-                    state.config.limits_session_queue_bytes,
-                    state.config.limits_sessions_per_user,
-                    &state.sessions_stop,
-                )
-                // Past the check at the upgrade: connections of one user racing.
-                .ok_or(TOO_MANY_SESSIONS)
-        } else {
-            Err(TOKEN_REVOKED)
-        }
-    };
-    let (session, mut queue) = match registered {
-        Ok(r) => r,
-        Err(reason) => {
-            let w = Writer {
-                sink,
-                cbor,
-                close: CancellationToken::new(),
-            };
-            w.finish(Some(reason)).await;
-            return;
-        }
-    };
+    let session = registered.session.clone();
+    let uid = registered.uid.clone();
+    let queue = &mut registered.queue;
     state.metrics.ws_sessions.inc();
-    if !catch_up {
-        session.begin_catch_up_round();
-        session.try_go_live();
-    }
     let (replies_tx, mut replies) = mpsc::unbounded_channel::<Box<Answer>>();
     let mut ctx = Ctx {
         caller: Caller::User(uid.clone()),
@@ -917,16 +952,7 @@ async fn run(
     // Sends in flight finish in the log and the applier (their appends are already queued);
     // their answers are dropped: closing the reply channel means none waits to deliver one.
     drop(replies);
-    {
-        let p = state.proj();
-        let groups = p
-            .state
-            .subs
-            .channels_of(&uid)
-            .filter(|c| !is_person_channel(c))
-            .cloned();
-        state.delivery.unregister(&session, groups);
-    }
+    drop(registered);
     state.metrics.ws_sessions.dec();
 }
 
