@@ -271,6 +271,39 @@ async fn the_conversation_cache_is_not_reused_across_histories() {
     drop(dirs);
 }
 
+/// A start under other message-index settings rebuilds the projections and rewrites the
+/// sidecar files under names the old snapshots use, cut elsewhere: those snapshots are set
+/// aside. Before, one loaded once the setting was changed back (the server having been killed
+/// before its next snapshot) failed every history read of the messages in those sidecars.
+#[tokio::test]
+async fn snapshots_of_other_index_settings_are_set_aside() {
+    let four = ["--projections-index-flush-entries", "4"];
+    let server = Server::start(&four);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    for i in 1..=10 {
+        api.send(&alice, "g", &format!("a{i}"), &format!("m{i}"))
+            .await;
+    }
+    let data = server.data.clone();
+    let dir = server.stop();
+    let server = Server::start_on(&data, &["--projections-index-flush-entries", "3"]);
+    let page = Api::new(&server)
+        .ok("GET", "/v1/channels/g/messages", &alice, None)
+        .await;
+    assert_eq!(seqs(&page).len(), 10);
+    server.kill();
+    let server = Server::start_on(&data, &four);
+    let (status, page) = Api::new(&server)
+        .call("GET", "/v1/channels/g/messages?after_seq=0", &alice, None)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(seqs(&page), (1..=10).collect::<Vec<_>>());
+    drop(server);
+    drop(dir);
+}
+
 /// The idempotency window's settings come from the configuration: after a restart with a
 /// larger window, a retry of a send the smaller window had forgotten but the larger one covers
 /// is recognised (the projections are rebuilt under the new settings). Before, the snapshot's

@@ -504,8 +504,16 @@ async fn load_projections(
                 snapshot_idempotency_ms = p.state.idempotency.max_age_ms,
                 idempotency_entries = config.idempotency_max_entries,
                 idempotency_ms = config.idempotency_max_age_ms,
-                "the idempotency window's settings changed since the snapshot; rebuilding the projections from the log"
+                snapshot_index_flush_entries = p.state.index.flush_entries,
+                index_flush_entries = config.index_flush_entries,
+                "the projections' settings changed since the snapshot; rebuilding the projections from the log"
             );
+            // The rebuild writes the message index's sidecars anew, under names the snapshots
+            // already use (a sidecar is named for its first offset) but cut where the new
+            // settings cut them: no snapshot of the old settings may load after it (one loaded
+            // once the settings were changed back failed every read of those messages).
+            drop(p);
+            set_aside_all_snapshots(dir, ".snap.other-settings")?;
             return Ok((Projections::empty(dir, config)?, false));
         }
         let (Origin::Snapshot(path), Some(anchor)) = (p.origin(), p.snapshot_anchor()) else {
@@ -569,10 +577,27 @@ pub(crate) fn set_aside_snapshots_ahead_of(
     Ok(set_aside)
 }
 
+/// Sets aside (renames to `*{suffix}`) every snapshot in `dir`'s `snapshots/`.
+fn set_aside_all_snapshots(dir: &std::path::Path, suffix: &str) -> anyhow::Result<()> {
+    for snap in tidings_projections::snapshot::list(&dir.join("snapshots"))? {
+        // `….snap` → `….snap.other-settings`.
+        let aside = snap.path.with_extension(suffix.trim_start_matches('.'));
+        tracing::warn!(snapshot = %snap.path.display(), moved_to = %aside.display(), "setting aside a snapshot of other settings");
+        std::fs::rename(&snap.path, &aside)
+            .with_context(|| format!("setting aside {}", snap.path.display()))?;
+    }
+    prune_set_aside(&dir.join("snapshots"));
+    Ok(())
+}
+
 /// Snapshots set aside (each a full state) are kept for a post-mortem, the newest
 /// [`SET_ASIDE_KEPT`] of each kind; older ones are deleted (best effort).
 fn prune_set_aside(snapshots: &std::path::Path) {
-    for suffix in [".snap.ahead-of-log", ".snap.other-history"] {
+    for suffix in [
+        ".snap.ahead-of-log",
+        ".snap.other-history",
+        ".snap.other-settings",
+    ] {
         let Ok(entries) = std::fs::read_dir(snapshots) else {
             return;
         };
