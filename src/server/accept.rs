@@ -40,9 +40,16 @@ pub(crate) async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
+                // That one connection's trouble (gone before it was accepted).
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionRefused
+                ) => continue,
                 Err(e) => {
                     // Out of file descriptors, most often: let some connections end first.
-                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tracing::warn!(error = %e, "accepting a connection failed; pausing 100 ms");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
