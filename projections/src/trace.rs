@@ -113,6 +113,8 @@ pub struct Trace {
     pub not_delivered: Vec<Uid>,
     /// When it was recalled, if it was.
     pub recalled_at_ms: Option<u64>,
+    /// Whether the message is recalled now (also when the recall lies past the scan).
+    pub recalled: bool,
     /// When it was edited.
     pub edited_at_ms: Vec<u64>,
     /// The last offset the scan read.
@@ -132,6 +134,8 @@ pub struct TracePlan {
     pub offset: u64,
     /// Recipients whose delivered cursor is below the seq now.
     pub not_delivered: Vec<Uid>,
+    /// Whether it is recalled now.
+    pub recalled: bool,
 }
 
 /// The plan for tracing `(channel, seq)`, or `None` if there is no such message.
@@ -141,6 +145,11 @@ pub fn plan(
     channel: &str,
     seq: u64,
 ) -> Result<Option<TracePlan>> {
+    // A seq of an earlier group under this id is not this group's message (as for history
+    // and recall).
+    if seq <= state.subs.history_from(channel) {
+        return Ok(None);
+    }
     let Some(&(_, offset)) = msgindex::offsets(&state.index, files, channel, seq, seq)?.first()
     else {
         return Ok(None);
@@ -156,6 +165,7 @@ pub fn plan(
         seq,
         offset,
         not_delivered,
+        recalled: state.heads.is_recalled(channel, seq),
     }))
 }
 
@@ -190,10 +200,12 @@ pub async fn trace(
         read: Vec::new(),
         not_delivered: Vec::new(),
         recalled_at_ms: None,
+        recalled: plan.recalled,
         edited_at_ms: Vec::new(),
         scanned_to: offset,
         scan_complete: false,
     };
+    let sender = from.clone();
     let mut delivered: BTreeMap<Uid, Ack> = BTreeMap::new();
     let mut read: BTreeMap<Uid, Ack> = BTreeMap::new();
     let end = log.next_offset();
@@ -241,6 +253,14 @@ pub async fn trace(
                     for c in cursors {
                         covers(&c.uid, c.delivered_seq, c.read_seq);
                     }
+                }
+                // A member who sends a later message has read up to it (`cursors.rs`); whether
+                // it also counts as delivery depends on their cursor then, which the
+                // cursor events tell.
+                Event::MessageSent {
+                    from: by, seq: s, ..
+                } if *s > seq && *by != sender => {
+                    read.entry(by.clone()).or_insert_with(|| ack(by));
                 }
                 Event::MessageRecalled { seq: s, .. } if *s == seq => {
                     t.recalled_at_ms.get_or_insert(e.ts);

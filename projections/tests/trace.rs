@@ -133,3 +133,63 @@ async fn the_sender_is_never_listed_as_not_delivered_for_their_own_message() {
     assert_eq!(t.from, "bob");
     assert_eq!(t.not_delivered, vec!["alice".to_string()]);
 }
+
+/// A member who sends a later message has read up to it (their conversation shows nothing
+/// unread): the trace lists them as readers, as it does for a read ack. The message's own
+/// sender is not listed for their later messages.
+#[tokio::test]
+async fn a_reply_counts_as_reading_the_message() {
+    let mut w = World::new().await;
+    w.create("g").await;
+    w.subscribe("g", &["alice", "bob"]).await;
+    w.send("alice", "g", "m1").await.unwrap();
+    w.send("alice", "g", "m2").await.unwrap();
+    w.send("bob", "g", "r3").await.unwrap();
+    assert_eq!(w.state().cursors.get("bob", "g").read, 3);
+    let plan = trace::plan(w.state(), w.p.index_files(), "g", 1)
+        .unwrap()
+        .unwrap();
+    let t = trace::trace(&w.log, &plan, None, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        t.read.iter().map(|a| a.uid.as_str()).collect::<Vec<_>>(),
+        ["bob"]
+    );
+}
+
+/// A recall past the scan's reach still shows (`recalled`), and a seq of an earlier group
+/// under the same id has no trace in the group that replaced it (as for history and recall).
+#[tokio::test]
+async fn a_trace_knows_a_recall_past_its_scan_and_the_group_s_floor() {
+    let mut w = World::new().await;
+    w.create("g").await;
+    w.subscribe("g", &["alice", "bob"]).await;
+    w.send("alice", "g", "m1").await.unwrap();
+    w.ack("bob", "g", Some(1), None).await;
+    w.recall("g", 1, "alice").await;
+    let plan = trace::plan(w.state(), w.p.index_files(), "g", 1)
+        .unwrap()
+        .unwrap();
+    let t = trace::trace(&w.log, &plan, None, 1).await.unwrap().unwrap();
+    assert!(!t.scan_complete);
+    assert_eq!((t.recalled, t.recalled_at_ms), (true, None));
+    let t = trace::trace(&w.log, &plan, None, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(t.recalled && t.recalled_at_ms.is_some());
+
+    w.emit(Event::ChannelDeleted {
+        channel: "g".into(),
+    })
+    .await;
+    w.create("g").await;
+    w.subscribe("g", &["bob"]).await;
+    assert!(
+        trace::plan(w.state(), w.p.index_files(), "g", 1)
+            .unwrap()
+            .is_none()
+    );
+}
