@@ -682,6 +682,44 @@ async fn recall_hides_the_payload_everywhere() {
     ws.close().await;
 }
 
+/// Recalls of one message racing each other (each checked before the first was applied) all
+/// reach the log; only the first changes anything, and sessions get one `recall` frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_recalls_reach_a_session_once() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    api.send(&alice, "g", "r1", "oops").await;
+    ws.next_of("message").await;
+    let recalls = (0..16).map(|_| {
+        let (api, alice) = (api.clone(), alice.clone());
+        tokio::spawn(async move {
+            api.call("DELETE", "/v1/channels/g/messages/1", &alice, None)
+                .await
+                .0
+        })
+    });
+    for r in recalls.collect::<Vec<_>>() {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    // A marker after them: every frame before it has arrived once it does.
+    api.send(&alice, "g", "r2", "marker").await;
+    let mut notices = 0;
+    loop {
+        let f = ws.next().await;
+        match f["type"].as_str() {
+            Some("recall") => notices += 1,
+            Some("message") if f["seq"] == 2 => break,
+            _ => {}
+        }
+    }
+    assert_eq!(notices, 1);
+    ws.close().await;
+}
+
 #[tokio::test]
 async fn cbor_clients_get_binary_frames_and_byte_payloads() {
     let server = Server::start(&[]);

@@ -192,6 +192,10 @@ pub(crate) async fn run(
                         break;
                     }
                 };
+                // A second recall of one message (two recalls raced to the log) changes nothing
+                // and is pushed to no one: sessions get one `recall` frame per message.
+                let repeated = matches!(&env.event, Event::MessageRecalled { channel, seq, .. }
+                    if p.state.heads.is_recalled(channel, *seq));
                 if let Err(e) = p.apply(rec.offset, &env) {
                     // Set under the write lock: no snapshot reads the state in between.
                     state
@@ -202,7 +206,9 @@ pub(crate) async fn run(
                 }
                 next = rec.offset + 1;
                 state.metrics.events_applied.inc();
-                applied_envs.push((rec.offset, env));
+                if !repeated {
+                    applied_envs.push((rec.offset, env));
+                }
             }
             next
         };
