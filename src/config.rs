@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) limits_max_frame_bytes: usize,
     pub(crate) limits_max_connections: usize,
     pub(crate) limits_sends_per_second: u32,
+    pub(crate) limits_frames_per_second: u32,
     pub(crate) limits_session_queue: usize,
     pub(crate) limits_max_uids_per_call: usize,
     /// Bytes of frames queued for one WebSocket session before it is closed as too slow.
@@ -104,6 +105,7 @@ impl Default for Config {
             limits_max_frame_bytes: 1 << 20,
             limits_max_connections: 100_000,
             limits_sends_per_second: 200,
+            limits_frames_per_second: 1000,
             limits_session_queue: 4096,
             limits_max_uids_per_call: 10_000,
             limits_session_queue_bytes: 32 << 20,
@@ -180,6 +182,11 @@ pub(crate) struct ServeArgs {
     /// that. Default: 200.
     #[arg(long, env = "TIDINGS_LIMITS_SENDS_PER_SECOND")]
     limits_sends_per_second: Option<u32>,
+    /// WebSocket frames other than sends (acks, reads, pings, bad frames) per second per
+    /// connection, bursts of twice that; past it the server stops reading the connection for
+    /// a while. Default: 1000.
+    #[arg(long, env = "TIDINGS_LIMITS_FRAMES_PER_SECOND")]
+    limits_frames_per_second: Option<u32>,
     /// Messages queued for one WebSocket session before it is closed as too slow. Default: 4096.
     #[arg(long, env = "TIDINGS_LIMITS_SESSION_QUEUE")]
     limits_session_queue: Option<usize>,
@@ -336,6 +343,7 @@ struct LimitsSection {
     max_frame_bytes: Option<usize>,
     max_connections: Option<usize>,
     sends_per_second: Option<u32>,
+    frames_per_second: Option<u32>,
     session_queue: Option<usize>,
     max_uids_per_call: Option<usize>,
     session_queue_bytes: Option<usize>,
@@ -431,6 +439,10 @@ impl ServeArgs {
                 .limits_sends_per_second
                 .or(file.limits.sends_per_second)
                 .unwrap_or(d.limits_sends_per_second),
+            limits_frames_per_second: self
+                .limits_frames_per_second
+                .or(file.limits.frames_per_second)
+                .unwrap_or(d.limits_frames_per_second),
             limits_session_queue: self
                 .limits_session_queue
                 .or(file.limits.session_queue)

@@ -924,3 +924,41 @@ async fn slow_or_idle_http_connections_are_closed() {
     api.send(&bob, "g", "b1", "hello").await;
     assert_eq!(frame_seqs(&ws.messages(1).await), vec![1]);
 }
+
+/// Frames other than sends (acks, reads, pings, bad frames) are limited per connection
+/// (`limits.frames_per_second`, bursts of twice that): past it the server stops reading the
+/// connection until a token is back — the frames are answered later, not dropped. Before, a
+/// client could make the server parse and answer such frames as fast as it could send them.
+#[tokio::test]
+async fn non_send_frames_are_rate_limited_by_backpressure() {
+    let server = Server::start(&["--limits-frames-per-second", "5"]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let mut ws = Ws::connect(&server, &alice, "").await;
+    for _ in 0..30 {
+        ws.feed(json!({"type": "ping"})).await;
+    }
+    ws.flush().await;
+    // The burst (10) and what half a second refills (2 or 3) come back at once...
+    let mut pongs = 0;
+    let early = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(f)) =
+        tokio::time::timeout_at(early, ws.next_within(Duration::from_secs(5))).await
+    {
+        assert_eq!(f["type"], "pong");
+        pongs += 1;
+    }
+    assert!(
+        (10..=14).contains(&pongs),
+        "{pongs} pongs in the first half second"
+    );
+    // ...and the rest as tokens come back: none is lost.
+    while pongs < 30 {
+        let f = ws
+            .next_within(Duration::from_secs(10))
+            .await
+            .expect("a pong");
+        assert_eq!(f["type"], "pong");
+        pongs += 1;
+    }
+}

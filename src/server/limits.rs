@@ -38,6 +38,13 @@ impl TokenBucket {
         }
     }
 
+    /// How long until a token is there (`None`: there is one now). Takes nothing.
+    pub(crate) fn wait(&mut self, now: Instant) -> Option<std::time::Duration> {
+        self.refill(now);
+        (self.tokens < 1.0)
+            .then(|| std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+    }
+
     pub(crate) fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= self.burst
@@ -60,5 +67,19 @@ mod tests {
             b.take(t0 + Duration::from_millis(150)),
             "refills at the rate"
         );
+    }
+
+    #[test]
+    fn says_how_long_until_a_token() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10);
+        assert_eq!(b.wait(t0), None);
+        while b.take(t0) {}
+        let w = b.wait(t0).unwrap();
+        assert!(
+            w > Duration::from_millis(90) && w <= Duration::from_millis(100),
+            "{w:?}"
+        );
+        assert_eq!(b.wait(t0 + w), None, "a token is back after that long");
     }
 }

@@ -395,6 +395,11 @@ struct Ctx {
     /// are read first, then their sends go together ([`sequencer::send_batch_for_session`]).
     sends: Vec<(SendRequest, Reply)>,
     limiter: TokenBucket,
+    /// Frames other than sends (acks, reads, pings, bad frames): past the rate the session
+    /// stops reading the socket until a token is back (TCP pushes back on the client).
+    frames: TokenBucket,
+    /// Whether the last frame read was a send (sends have `limiter`).
+    last_was_send: bool,
 }
 
 /// The outcome of one catch-up page.
@@ -574,6 +579,7 @@ impl Ctx {
                 return w.frame(&error_frame(&err, None)).await;
             }
         }
+        self.last_was_send = false;
         let (frame, raw) = match parse(msg) {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
@@ -592,6 +598,7 @@ impl Ctx {
                 payload,
                 payload_b64,
             } => {
+                self.last_was_send = true;
                 match self.prepare_send(client_msg_id.clone(), &channel, payload, payload_b64, raw)
                 {
                     Ok(req) => {
@@ -790,6 +797,8 @@ async fn run(
     let mut ctx = Ctx {
         caller: Caller::User(uid.clone()),
         limiter: TokenBucket::new(state.config.limits_sends_per_second),
+        frames: TokenBucket::new(state.config.limits_frames_per_second),
+        last_was_send: false,
         state: state.clone(),
         uid: uid.clone(),
         cbor,
@@ -821,13 +830,16 @@ async fn run(
     tokio::pin!(keepalive);
     let mut broken = false;
     let close: Option<CloseReason> = loop {
+        // Out of frame tokens: no frame is read until one is back.
+        let frames_wait = ctx.frames.wait(Instant::now());
         let step = tokio::select! {
             biased;
             () = session.close.cancelled() => Step::Close(session.close_reason().unwrap_or(GOING_AWAY)),
             // Early in the order: ready at most once per `ping_after`, never starved by the
             // always-ready branches below (catch-up, a queue that never empties).
             () = &mut keepalive => Step::Keepalive,
-            frame = stream.next(), if in_flight.available_permits() > 0
+            frame = stream.next(), if frames_wait.is_none()
+                && in_flight.available_permits() > 0
                 && ctx.sends.len() < SEND_BATCH
                 && (ctx.sends.is_empty() || burst_frames < BURST_FRAMES) => match frame {
                 Some(Ok(WsMessage::Close(_))) | None => Step::Gone,
@@ -843,6 +855,8 @@ async fn run(
             Some(pushed) = queue.recv(), if !catching_up => Step::Push(pushed),
             // All slots taken: wake when one frees (the permit is given straight back).
             _ = in_flight.acquire(), if in_flight.available_permits() == 0 => Step::Reaped,
+            // Out of frame tokens: wake when one is back.
+            () = tokio::time::sleep(frames_wait.unwrap_or_default()), if frames_wait.is_some() => Step::Reaped,
             () = std::future::ready(()), if catching_up => Step::CatchUp,
         };
         let done = match step {
@@ -858,7 +872,11 @@ async fn run(
                     burst_frames = 0;
                 }
                 burst_frames += 1;
-                ctx.incoming(&mut w, &msg, &in_flight).await
+                let done = ctx.incoming(&mut w, &msg, &in_flight).await;
+                if !ctx.last_was_send {
+                    ctx.frames.take(Instant::now());
+                }
+                done
             }
             Step::Sends => {
                 sequencer::send_batch_for_session(&ctx.state, &mut ctx.sends).await;
