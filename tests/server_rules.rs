@@ -961,4 +961,25 @@ async fn non_send_frames_are_rate_limited_by_backpressure() {
         assert_eq!(f["type"], "pong");
         pongs += 1;
     }
+    // A refused send is charged as any other frame (only an accepted send is the send
+    // limit's): a flood of them is slowed the same way.
+    tokio::time::sleep(Duration::from_secs(4)).await; // the burst is back
+    let bad = "x".repeat(300);
+    for _ in 0..30 {
+        ws.feed(json!({"type": "send", "client_msg_id": bad, "channel": "g", "payload": {}}))
+            .await;
+    }
+    ws.flush().await;
+    let mut errors = 0;
+    let early = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(f)) =
+        tokio::time::timeout_at(early, ws.next_within(Duration::from_secs(5))).await
+    {
+        assert_eq!(f["type"], "error", "{f}");
+        errors += 1;
+    }
+    assert!(
+        (10..=14).contains(&errors),
+        "{errors} refusals in the first half second"
+    );
 }

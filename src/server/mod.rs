@@ -586,7 +586,15 @@ fn set_aside_all_snapshots(dir: &std::path::Path, suffix: &str) -> anyhow::Resul
         std::fs::rename(&snap.path, &aside)
             .with_context(|| format!("setting aside {}", snap.path.display()))?;
     }
-    prune_set_aside(&dir.join("snapshots"));
+    // Durable before the replay rewrites the sidecars: a rename lost in a power cut would
+    // bring such a snapshot back over sidecars cut elsewhere.
+    let snapshots = dir.join("snapshots");
+    if snapshots.is_dir() {
+        std::fs::File::open(&snapshots)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", snapshots.display()))?;
+    }
+    prune_set_aside(&snapshots);
     Ok(())
 }
 

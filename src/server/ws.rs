@@ -398,7 +398,7 @@ struct Ctx {
     /// Frames other than sends (acks, reads, pings, bad frames): past the rate the session
     /// stops reading the socket until a token is back (TCP pushes back on the client).
     frames: TokenBucket,
-    /// Whether the last frame read was a send (sends have `limiter`).
+    /// Whether the last frame read was a send that was accepted (those have `limiter`).
     last_was_send: bool,
 }
 
@@ -558,6 +558,7 @@ impl Ctx {
         msg: &WsMessage,
         in_flight: &Arc<Semaphore>,
     ) -> Result<(), axum::Error> {
+        self.last_was_send = false;
         // A CBOR frame becomes two value trees before it is checked: bounded by what a send
         // needs (its payload and a few short fields), not by the frame limit — a 1 MiB array
         // of one-byte integers would be a million nodes, twice. The frame is not read, so the
@@ -579,7 +580,6 @@ impl Ctx {
                 return w.frame(&error_frame(&err, None)).await;
             }
         }
-        self.last_was_send = false;
         let (frame, raw) = match parse(msg) {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
@@ -598,7 +598,6 @@ impl Ctx {
                 payload,
                 payload_b64,
             } => {
-                self.last_was_send = true;
                 match self.prepare_send(client_msg_id.clone(), &channel, payload, payload_b64, raw)
                 {
                     Ok(req) => {
@@ -617,6 +616,9 @@ impl Ctx {
                             permit,
                         };
                         self.sends.push((req, reply));
+                        // Accepted: charged to the send limit, not the frame limit (a refused
+                        // send is charged as any other frame).
+                        self.last_was_send = true;
                         Ok(())
                     }
                     Err(e) => w.frame(&error_frame(&e, Some(&client_msg_id))).await,
@@ -855,8 +857,13 @@ async fn run(
             Some(pushed) = queue.recv(), if !catching_up => Step::Push(pushed),
             // All slots taken: wake when one frees (the permit is given straight back).
             _ = in_flight.acquire(), if in_flight.available_permits() == 0 => Step::Reaped,
-            // Out of frame tokens: wake when one is back.
-            () = tokio::time::sleep(frames_wait.unwrap_or_default()), if frames_wait.is_some() => Step::Reaped,
+            // Out of frame tokens: wake when one is back. (A disabled branch's future is still
+            // built: no timer unless paused.)
+            () = async {
+                if let Some(d) = frames_wait {
+                    tokio::time::sleep(d).await;
+                }
+            }, if frames_wait.is_some() => Step::Reaped,
             () = std::future::ready(()), if catching_up => Step::CatchUp,
         };
         let done = match step {
