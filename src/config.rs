@@ -388,6 +388,23 @@ struct ShutdownSection {
 }
 
 impl ServeArgs {
+    /// Only the projections' settings (the rest from the file or the defaults): what
+    /// `rebuild` needs of the server's configuration.
+    pub(crate) fn projections_only(
+        config: Option<PathBuf>,
+        idempotency_entries: Option<usize>,
+        idempotency_secs: Option<u64>,
+        index_flush_entries: Option<u64>,
+    ) -> ServeArgs {
+        ServeArgs {
+            config,
+            projections_idempotency_entries: idempotency_entries,
+            projections_idempotency_secs: idempotency_secs,
+            projections_index_flush_entries: index_flush_entries,
+            ..ServeArgs::default()
+        }
+    }
+
     /// The configuration: these flags (and variables) over the file over the defaults.
     pub(crate) fn resolve(self) -> anyhow::Result<Config> {
         let file: FileConfig = match &self.config {

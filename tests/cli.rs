@@ -330,3 +330,51 @@ async fn rebuild_refuses_no_log_and_a_held_directory_and_keeps_its_snapshot() {
     assert!(err.contains("in use by another tidings process"), "{err}");
     drop(lock);
 }
+
+/// `rebuild` shaped by the server's projections settings (`--config` or the same flags as
+/// `serve`): the new snapshot loads at the server's next start instead of being replayed
+/// again, and snapshots of other settings go aside first (the rebuild rewrites the sidecars
+/// they name). Without settings it is shaped like the newest snapshot, as before.
+#[tokio::test]
+async fn rebuild_takes_the_server_s_projections_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_log(&data, &events()).await;
+    let d = data.to_str().unwrap();
+    let snaps = data.join("projections/snapshots");
+    let newest_flush = || {
+        let s = snapshot::load_newest(&snaps).unwrap().unwrap().0;
+        s.index.flush_entries
+    };
+    let (code, out, err) = tidings(&["rebuild", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(newest_flush(), 262_144);
+    let config = dir.path().join("tidings.toml");
+    std::fs::write(&config, "[projections]\nindex_flush_entries = 3\n").unwrap();
+    let (code, out, err) = tidings(&["rebuild", "--data", d, "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(newest_flush(), 3);
+    assert!(
+        snaps
+            .join("00000000000000000024.snap.other-settings")
+            .exists(),
+        "the snapshot of the defaults is set aside"
+    );
+    // Starting from a snapshot of other settings is refused; without settings, the newest
+    // snapshot's shape is kept.
+    let (code, _, err) = tidings(&[
+        "rebuild",
+        "--data",
+        d,
+        "--from-snapshot",
+        "--projections-index-flush-entries",
+        "5",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("other projections settings"), "{err}");
+    let (code, out, err) = tidings(&["rebuild", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(newest_flush(), 3);
+    let (code, out, _) = tidings(&["verify", "--data", d]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -22,6 +22,40 @@ pub(crate) struct RebuildArgs {
     /// there is none), to step around a suspect newer snapshot.
     #[arg(long, value_name = "N")]
     from_offset: Option<u64>,
+    /// The server's configuration file: the rebuild is shaped by its projections settings, as
+    /// the server's next start would be (with none of these four given: like the newest
+    /// snapshot).
+    #[arg(long, env = "TIDINGS_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// As `serve --projections-idempotency-entries`.
+    #[arg(long, env = "TIDINGS_PROJECTIONS_IDEMPOTENCY_ENTRIES")]
+    projections_idempotency_entries: Option<usize>,
+    /// As `serve --projections-idempotency-secs`.
+    #[arg(long, env = "TIDINGS_PROJECTIONS_IDEMPOTENCY_SECS")]
+    projections_idempotency_secs: Option<u64>,
+    /// As `serve --projections-index-flush-entries`.
+    #[arg(long, env = "TIDINGS_PROJECTIONS_INDEX_FLUSH_ENTRIES")]
+    projections_index_flush_entries: Option<u64>,
+}
+
+impl RebuildArgs {
+    /// The server's projections settings, when any were given.
+    fn server_settings(&self) -> anyhow::Result<Option<ProjectionConfig>> {
+        if self.config.is_none()
+            && self.projections_idempotency_entries.is_none()
+            && self.projections_idempotency_secs.is_none()
+            && self.projections_index_flush_entries.is_none()
+        {
+            return Ok(None);
+        }
+        let serve = crate::config::ServeArgs::projections_only(
+            self.config.clone(),
+            self.projections_idempotency_entries,
+            self.projections_idempotency_secs,
+            self.projections_index_flush_entries,
+        );
+        Ok(Some(crate::server::projection_config(&serve.resolve()?)))
+    }
 }
 
 pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
@@ -49,9 +83,25 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     // Shaped like the state it replaces (the idempotency window's settings are the server's
     // configuration, which the CLI does not read): the server would otherwise find the new
     // snapshot shaped by other settings and rebuild again at start-up.
-    let config = match snapshot::load_newest(&data.projections().join("snapshots"))? {
-        Some((state, _)) => ProjectionConfig::default().shaped_like(&state),
-        None => ProjectionConfig::default(),
+    let newest = snapshot::load_newest(&data.projections().join("snapshots"))?;
+    let config = match (args.server_settings()?, newest) {
+        // The server's settings: snapshots shaped otherwise go aside, as at the server's start
+        // (this rebuild rewrites the message index sidecars they name, cut elsewhere).
+        (Some(config), newest) => {
+            if newest.is_some_and(|(state, _)| !config.shapes(&state)) {
+                anyhow::ensure!(
+                    !args.from_snapshot && args.from_offset.is_none(),
+                    "the snapshots were made under other projections settings: rebuild from offset 0 (without --from-snapshot or --from-offset)"
+                );
+                crate::server::set_aside_all_snapshots(
+                    &data.projections(),
+                    ".snap.other-settings",
+                )?;
+            }
+            config
+        }
+        (None, Some((state, _))) => ProjectionConfig::default().shaped_like(&state),
+        (None, None) => ProjectionConfig::default(),
     };
     let mut max = args.from_offset;
     let mut p = loop {

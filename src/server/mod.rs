@@ -63,7 +63,7 @@ pub(crate) struct Running {
     _dir_lock: std::fs::File,
 }
 
-fn projection_config(c: &Config) -> ProjectionConfig {
+pub(crate) fn projection_config(c: &Config) -> ProjectionConfig {
     ProjectionConfig {
         idempotency_max_entries: c.projections_idempotency_entries,
         idempotency_max_age_ms: c.projections_idempotency_secs * 1000,
@@ -578,7 +578,7 @@ pub(crate) fn set_aside_snapshots_ahead_of(
 }
 
 /// Sets aside (renames to `*{suffix}`) every snapshot in `dir`'s `snapshots/`.
-fn set_aside_all_snapshots(dir: &std::path::Path, suffix: &str) -> anyhow::Result<()> {
+pub(crate) fn set_aside_all_snapshots(dir: &std::path::Path, suffix: &str) -> anyhow::Result<()> {
     for snap in tidings_projections::snapshot::list(&dir.join("snapshots"))? {
         // `….snap` → `….snap.other-settings`.
         let aside = snap.path.with_extension(suffix.trim_start_matches('.'));
