@@ -73,14 +73,22 @@ impl Sidecar {
             position,
             reason,
         };
-        let want = HEADER_LEN + self.entries * ENTRY_LEN;
-        if bytes.len() as u64 != want {
+        // Checked arithmetic: the entry count comes from a snapshot (possibly downloaded).
+        let want = self
+            .entries
+            .checked_mul(ENTRY_LEN)
+            .and_then(|b| b.checked_add(HEADER_LEN));
+        if want != Some(bytes.len() as u64) {
             return Err(corrupt(
                 0,
-                format!("{} bytes, expected {want}", bytes.len()),
+                format!(
+                    "{} bytes, expected {} entries of {ENTRY_LEN} after a {HEADER_LEN}-byte header",
+                    bytes.len(),
+                    self.entries
+                ),
             ));
         }
-        if bytes[0..4] != MAGIC.to_le_bytes() {
+        if bytes.get(0..4) != Some(&MAGIC.to_le_bytes()[..]) {
             return Err(corrupt(0, "bad magic".into()));
         }
         let crc = crc32fast::hash(&bytes[HEADER_LEN as usize..]);
@@ -426,6 +434,25 @@ pub fn offsets(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A sidecar record whose entry count overflows the length (a damaged or crafted snapshot)
+    /// is an error, not a panic, whatever the file holds.
+    #[test]
+    fn a_check_against_an_impossible_record_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for entries in [u64::MAX, u64::MAX / ENTRY_LEN - 1, (1 << 60) - 2] {
+            let side = Sidecar {
+                first_offset: 0,
+                last_offset: 0,
+                entries,
+                crc: 0,
+            };
+            for bytes in [&b""[..], b"TD"] {
+                std::fs::write(sidecar_path(dir.path(), 0), bytes).unwrap();
+                assert!(side.check_file(dir.path()).is_err(), "{entries}");
+            }
+        }
+    }
 
     #[test]
     fn a_flush_keeps_each_busy_channels_vector_for_it_and_they_are_not_state() {

@@ -165,7 +165,12 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
         if applied.is_none_or(|a| a >= end) {
             continue;
         }
-        let path = local.join(name);
+        // Downloaded under a name no start loads (`*.snap.restoring`), and moved to its own
+        // name only once every sidecar it names is in place and durable: a restore cut short
+        // (a failed GET, a crash, a power cut) leaves no snapshot that would load without
+        // its sidecars (every read of their messages failed until a `rebuild`).
+        let path = local.join(format!("{name}.restoring"));
+        let mut staged = Staged(Some(path.clone()));
         if !tier.get_file(&format!("snapshots/{name}"), &path).await? {
             continue;
         }
@@ -200,14 +205,39 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
                     "a message index sidecar the snapshot needs is not usable; replaying instead"
                 );
                 let _ = std::fs::remove_file(&dest);
-                let _ = std::fs::remove_file(&path);
                 return Ok(false);
             }
         }
+        sync_dir(&index)?;
+        std::fs::rename(&path, local.join(name))
+            .with_context(|| format!("moving {} into place", path.display()))?;
+        sync_dir(&local)?;
+        staged.0 = None;
         tracing::info!(snapshot = %name, store = tier.display(), "restored a snapshot from the object store");
         return Ok(true);
     }
     Ok(false)
+}
+
+/// A downloaded snapshot not yet moved into place: removed if the restore stops short.
+struct Staged(Option<std::path::PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// fsync of a directory (its entries durable), when it exists.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Uploads a snapshot and the sidecars it refers to; keeps the newest few in the store.
@@ -467,6 +497,28 @@ mod tests {
         assert!(restore_snapshot(&tier, &restored("c")).await.unwrap());
         let got = std::fs::read(sidecar_path(&restored("c").join("index"), 0)).unwrap();
         assert_eq!(got, ours);
+        // A sidecar the store fails to serve (not "not found": here a symlink loop in the
+        // bucket) stops the restore with an error and leaves no snapshot behind — before, the
+        // snapshot was already in place and the next start loaded it without its sidecar.
+        put(sidecar_key(&side), ours.clone()).await;
+        let object = t._bucket.path().join("p").join(sidecar_key(&side));
+        std::fs::remove_file(&object).unwrap();
+        std::os::unix::fs::symlink(&object, &object).unwrap();
+        assert!(restore_snapshot(&tier, &restored("d")).await.is_err());
+        assert!(
+            snapshot::list(&restored("d").join("snapshots"))
+                .unwrap()
+                .is_empty()
+        );
+        std::fs::remove_file(&object).unwrap();
+        put(sidecar_key(&side), ours.clone()).await;
+        assert!(restore_snapshot(&tier, &restored("d")).await.unwrap());
+        assert_eq!(
+            snapshot::list(&restored("d").join("snapshots"))
+                .unwrap()
+                .len(),
+            1
+        );
         log.close().await.unwrap();
     }
 }

@@ -470,7 +470,13 @@ pub(crate) async fn get_file(inner: &TierInner, rel: &str, local: &Path) -> Resu
         }
         std::fs::write(&tmp, &bytes)?;
         std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &local)
+        std::fs::rename(&tmp, &local)?;
+        // The new name durable too (a power cut would otherwise lose it after the caller
+        // went on).
+        match local.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => std::fs::File::open(parent)?.sync_all(),
+            None => Ok(()),
+        }
     })
     .await
     .map_err(|e| LogError::Tier(format!("download task: {e}")))?
