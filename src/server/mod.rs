@@ -266,7 +266,7 @@ async fn snapshots(state: Arc<AppState>, stop: CancellationToken) {
         if applied == last {
             continue;
         }
-        match snapshot_and_upload(&state).await {
+        match snapshot_and_upload(&state, None).await {
             Ok(()) => last = applied,
             Err(e) => tracing::warn!(error = %e, "snapshot failed"),
         }
@@ -275,7 +275,13 @@ async fn snapshots(state: Arc<AppState>, stop: CancellationToken) {
 
 /// Writes a snapshot and, with a tier, uploads it (and the sidecars it needs). Not after the
 /// applier failed: its state may hold part of the record it stopped at.
-async fn snapshot_and_upload(state: &Arc<AppState>) -> anyhow::Result<()> {
+/// With `upload_by`, the upload is given up at that instant (the shutdown's deadline: the
+/// snapshot is on disk already, and a store that does not answer must not hold the server
+/// past its grace period).
+async fn snapshot_and_upload(
+    state: &Arc<AppState>,
+    upload_by: Option<tokio::time::Instant>,
+) -> anyhow::Result<()> {
     let s = state.clone();
     // Encode under the read lock; write and fsync outside it, so the applier (which needs the
     // write lock) is not held up by the disk.
@@ -306,7 +312,14 @@ async fn snapshot_and_upload(state: &Arc<AppState>) -> anyhow::Result<()> {
     state.metrics.snapshots.inc();
     tracing::debug!(path = %path.display(), "wrote a snapshot");
     if let Some(tier) = state.log.tier() {
-        tiering::upload_snapshot(tier, &dir, &path, &sidecars, &state.uploaded_sidecars).await?;
+        let upload =
+            tiering::upload_snapshot(tier, &dir, &path, &sidecars, &state.uploaded_sidecars);
+        match upload_by {
+            None => upload.await?,
+            Some(by) => tokio::time::timeout_at(by, upload)
+                .await
+                .map_err(|_| anyhow::anyhow!("no time left in the grace period to upload it"))??,
+        }
     }
     Ok(())
 }
@@ -424,7 +437,11 @@ impl Running {
             }
         }
         // Snapshot what was applied (uploading it with a tier), then close the log.
-        match snapshot_and_upload(&state).await {
+        // Written whatever the time; uploaded only within the grace period (a few seconds at
+        // least, for a store that answers).
+        let upload_by =
+            deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
+        match snapshot_and_upload(&state, Some(upload_by)).await {
             Ok(()) => tracing::info!("wrote the shutdown snapshot"),
             Err(e) => tracing::warn!(error = %e, "shutdown snapshot failed"),
         }

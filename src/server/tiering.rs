@@ -262,6 +262,20 @@ pub(crate) async fn upload_snapshot(
         );
         return Ok(());
     }
+    // The status changes only at this server's next manifest write: a server cut off while
+    // another took the prefix over still says "claimed". The store's newest version tells:
+    // if it is not the one this server wrote last, another writer owns the prefix now, and
+    // this server's snapshot would overwrite or prune that owner's.
+    let ours = tier.manifest().epoch;
+    let newest = tier.remote_manifest().await?.map(|m| m.epoch);
+    if newest != Some(ours) {
+        tracing::warn!(
+            ours,
+            ?newest,
+            "not uploading the snapshot: the store's newest manifest version is not this server's"
+        );
+        return Ok(());
+    }
     let known = uploaded.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut known = match known {
         Some(k) => k,
@@ -393,6 +407,45 @@ mod tests {
         assert_eq!(
             tier.list("snapshots").await.unwrap(),
             vec!["00000000000000000000.snap".to_owned()]
+        );
+        log.close().await.unwrap();
+    }
+
+    /// Nor one whose status still says "claimed" because it has not written a manifest version
+    /// since another writer took the prefix over (it was cut off): its snapshot would have
+    /// overwritten or pruned the new owner's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_overtaken_before_its_next_manifest_write_uploads_no_snapshot() {
+        let (t, store) = Setup::new();
+        let (log, data) = (t.open_log().await, &t.data);
+        log.append_one(bytes::Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        log.roll().await.unwrap();
+        log.upload_now().await.unwrap();
+        let tier = log.tier().unwrap().clone();
+        // node-b takes over and uploads snapshots of its own; node-a has not noticed.
+        put_version(&store, &tier.manifest().next("node-b", u64::MAX / 2)).await;
+        for applied in [10, 11, 12] {
+            let snap = data.path().join(format!("{applied:020}.snap"));
+            std::fs::write(&snap, b"node-b's").unwrap();
+            tier.put_file(&format!("snapshots/{applied:020}.snap"), &snap)
+                .await
+                .unwrap();
+        }
+        assert!(tier.status().claimed && !tier.status().fenced);
+        let ours = data.path().join(format!("{:020}.snap", 13));
+        std::fs::write(&ours, b"node-a's").unwrap();
+        upload_snapshot(&tier, data.path(), &ours, &[], &Mutex::new(None))
+            .await
+            .unwrap();
+        let names = tier.list("snapshots").await.unwrap();
+        assert_eq!(
+            names,
+            [10, 11, 12]
+                .iter()
+                .map(|a| format!("{a:020}.snap"))
+                .collect::<Vec<_>>()
         );
         log.close().await.unwrap();
     }
