@@ -405,8 +405,17 @@ impl ServeArgs {
         }
     }
 
-    /// The configuration: these flags (and variables) over the file over the defaults.
+    /// The configuration: these flags (and variables) over the file over the defaults,
+    /// checked.
     pub(crate) fn resolve(self) -> anyhow::Result<Config> {
+        let config = self.merge()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The same, unchecked: `rebuild` reads only the projections' settings, and must not fail
+    /// on others (which `serve` may take from variables `rebuild` does not read).
+    pub(crate) fn merge(self) -> anyhow::Result<Config> {
         let file: FileConfig = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -566,7 +575,6 @@ impl ServeArgs {
                 }
             },
         };
-        config.check()?;
         Ok(config)
     }
 }

@@ -54,7 +54,7 @@ impl RebuildArgs {
             self.projections_idempotency_secs,
             self.projections_index_flush_entries,
         );
-        Ok(Some(crate::server::projection_config(&serve.resolve()?)))
+        Ok(Some(crate::server::projection_config(&serve.merge()?)))
     }
 }
 

@@ -209,6 +209,8 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
             }
         }
         sync_dir(&index)?;
+        // The entries of `index/` and `snapshots/` themselves (made by this restore).
+        sync_dir(projections)?;
         std::fs::rename(&path, local.join(name))
             .with_context(|| format!("moving {} into place", path.display()))?;
         sync_dir(&local)?;
@@ -266,13 +268,17 @@ pub(crate) async fn upload_snapshot(
     // another took the prefix over still says "claimed". The store's newest version tells:
     // if it is not the one this server wrote last, another writer owns the prefix now, and
     // this server's snapshot would overwrite or prune that owner's.
-    let ours = tier.manifest().epoch;
-    let newest = tier.remote_manifest().await?.map(|m| m.epoch);
-    if newest != Some(ours) {
+    // (Compared by writer — node id and the incarnation drawn at open — not by epoch: this
+    // server's own uploader may write a newer version meanwhile.)
+    let ours = tier.manifest().owner.clone();
+    let newest = tier.remote_manifest().await?.map(|m| m.owner);
+    if newest
+        .as_ref()
+        .is_none_or(|o| o.id != ours.id || o.incarnation != ours.incarnation)
+    {
         tracing::warn!(
-            ours,
-            ?newest,
-            "not uploading the snapshot: the store's newest manifest version is not this server's"
+            owner = ?newest.map(|o| o.id),
+            "not uploading the snapshot: the store's newest manifest version is another writer's"
         );
         return Ok(());
     }
