@@ -214,15 +214,8 @@ pub(crate) struct ServeArgs {
     /// Seconds between snapshots. Default: 300.
     #[arg(long, env = "TIDINGS_PROJECTIONS_SNAPSHOT_INTERVAL_SECS")]
     projections_snapshot_interval_secs: Option<u64>,
-    /// Sends remembered for idempotent retries. Default: 100000.
-    #[arg(long, env = "TIDINGS_PROJECTIONS_IDEMPOTENCY_ENTRIES")]
-    projections_idempotency_entries: Option<usize>,
-    /// How long a send is remembered for idempotent retries. Default: 86400.
-    #[arg(long, env = "TIDINGS_PROJECTIONS_IDEMPOTENCY_SECS")]
-    projections_idempotency_secs: Option<u64>,
-    /// Message index entries per sidecar file. Default: 262144.
-    #[arg(long, env = "TIDINGS_PROJECTIONS_INDEX_FLUSH_ENTRIES")]
-    projections_index_flush_entries: Option<u64>,
+    #[command(flatten)]
+    projections: ProjectionsArgs,
     /// Memory for cached conversation lists. Default: 67108864.
     #[arg(long, env = "TIDINGS_CACHE_CONVERSATION_MEMORY_BYTES")]
     cache_conversation_memory_bytes: Option<usize>,
@@ -387,20 +380,39 @@ struct ShutdownSection {
     grace_secs: Option<u64>,
 }
 
+/// The settings that shape the projections (`serve` and `rebuild` take the same flags).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct ProjectionsArgs {
+    /// Sends remembered for idempotent retries. Default: 100000.
+    #[arg(long, env = "TIDINGS_PROJECTIONS_IDEMPOTENCY_ENTRIES")]
+    projections_idempotency_entries: Option<usize>,
+    /// How long a send is remembered for idempotent retries. Default: 86400.
+    #[arg(long, env = "TIDINGS_PROJECTIONS_IDEMPOTENCY_SECS")]
+    projections_idempotency_secs: Option<u64>,
+    /// Message index entries per sidecar file. Default: 262144.
+    #[arg(long, env = "TIDINGS_PROJECTIONS_INDEX_FLUSH_ENTRIES")]
+    projections_index_flush_entries: Option<u64>,
+}
+
+impl ProjectionsArgs {
+    /// Whether any is given.
+    pub(crate) fn any(&self) -> bool {
+        self.projections_idempotency_entries.is_some()
+            || self.projections_idempotency_secs.is_some()
+            || self.projections_index_flush_entries.is_some()
+    }
+}
+
 impl ServeArgs {
     /// Only the projections' settings (the rest from the file or the defaults): what
     /// `rebuild` needs of the server's configuration.
     pub(crate) fn projections_only(
         config: Option<PathBuf>,
-        idempotency_entries: Option<usize>,
-        idempotency_secs: Option<u64>,
-        index_flush_entries: Option<u64>,
+        projections: ProjectionsArgs,
     ) -> ServeArgs {
         ServeArgs {
             config,
-            projections_idempotency_entries: idempotency_entries,
-            projections_idempotency_secs: idempotency_secs,
-            projections_index_flush_entries: index_flush_entries,
+            projections,
             ..ServeArgs::default()
         }
     }
@@ -502,14 +514,17 @@ impl ServeArgs {
                 .or(file.projections.snapshot_interval_secs)
                 .unwrap_or(d.projections_snapshot_interval_secs),
             projections_idempotency_entries: self
+                .projections
                 .projections_idempotency_entries
                 .or(file.projections.idempotency_entries)
                 .unwrap_or(d.projections_idempotency_entries),
             projections_idempotency_secs: self
+                .projections
                 .projections_idempotency_secs
                 .or(file.projections.idempotency_secs)
                 .unwrap_or(d.projections_idempotency_secs),
             projections_index_flush_entries: self
+                .projections
                 .projections_index_flush_entries
                 .or(file.projections.index_flush_entries)
                 .unwrap_or(d.projections_index_flush_entries),

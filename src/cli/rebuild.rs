@@ -27,32 +27,19 @@ pub(crate) struct RebuildArgs {
     /// snapshot).
     #[arg(long, env = "TIDINGS_CONFIG")]
     config: Option<std::path::PathBuf>,
-    /// As `serve --projections-idempotency-entries`.
-    #[arg(long, env = "TIDINGS_PROJECTIONS_IDEMPOTENCY_ENTRIES")]
-    projections_idempotency_entries: Option<usize>,
-    /// As `serve --projections-idempotency-secs`.
-    #[arg(long, env = "TIDINGS_PROJECTIONS_IDEMPOTENCY_SECS")]
-    projections_idempotency_secs: Option<u64>,
-    /// As `serve --projections-index-flush-entries`.
-    #[arg(long, env = "TIDINGS_PROJECTIONS_INDEX_FLUSH_ENTRIES")]
-    projections_index_flush_entries: Option<u64>,
+    #[command(flatten)]
+    projections: crate::config::ProjectionsArgs,
 }
 
 impl RebuildArgs {
     /// The server's projections settings, when any were given.
     fn server_settings(&self) -> anyhow::Result<Option<ProjectionConfig>> {
-        if self.config.is_none()
-            && self.projections_idempotency_entries.is_none()
-            && self.projections_idempotency_secs.is_none()
-            && self.projections_index_flush_entries.is_none()
-        {
+        if self.config.is_none() && !self.projections.any() {
             return Ok(None);
         }
         let serve = crate::config::ServeArgs::projections_only(
             self.config.clone(),
-            self.projections_idempotency_entries,
-            self.projections_idempotency_secs,
-            self.projections_index_flush_entries,
+            self.projections.clone(),
         );
         Ok(Some(crate::server::projection_config(&serve.merge()?)))
     }
