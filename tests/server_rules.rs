@@ -135,6 +135,55 @@ async fn denylist_allowlist_and_flags_are_enforced_in_groups() {
     );
 }
 
+/// A banned group's history is closed: a member who joins after the ban does not see its last
+/// message in the conversation list either (before, that list was the one place it showed);
+/// a member with a backlog from before the ban (which sync still brings) does.
+#[tokio::test]
+async fn a_banned_group_s_last_message_is_shown_only_to_whom_it_is_owed() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.send(&alice, "g", "s1", "secret").await;
+    let last = |v: &Value| {
+        v["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["channel"] == "g")
+            .unwrap()["last_message"]
+            .clone()
+    };
+    // alice's list, cached before the ban, is not served on after it.
+    let hers = api.ok("GET", "/v1/conversations", &alice, None).await;
+    assert_eq!(last(&hers)["payload"]["text"], "secret");
+    api.ok(
+        "PUT",
+        "/v1/channels/g",
+        ADMIN,
+        Some(json!({"flags": {"ban": true}})),
+    )
+    .await;
+    let hers = api.ok("GET", "/v1/conversations", &alice, None).await;
+    assert!(last(&hers).is_null(), "{hers}");
+    api.ok(
+        "POST",
+        "/v1/channels/g/members",
+        ADMIN,
+        Some(json!({"uids": ["mallory"]})),
+    )
+    .await;
+    let mallory = api.user("mallory").await;
+    let theirs = api.ok("GET", "/v1/conversations", &mallory, None).await;
+    assert!(last(&theirs).is_null(), "{theirs}");
+    // bob has not had it yet: sync brings it, and the list shows it.
+    let his = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert_eq!(last(&his)["payload"]["text"], "secret", "{his}");
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert_eq!(sync["messages"].as_array().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn person_channels_honour_deny_lists_and_the_allowlist_switch() {
     for switch in [false, true] {

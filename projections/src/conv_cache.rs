@@ -24,9 +24,9 @@ const MAGIC: u32 = u32::from_le_bytes(*b"TDCV");
 /// Part of every key, so entries of an older format are never even looked at. Also bumped when
 /// the projection rules change what a list holds without changing the versions the fingerprint
 /// hashes (v2: the sender's delivered cursor on send, snapshot format 2; v3: a re-created
-/// group's floor, snapshot format 4): a list computed under the old rules would otherwise be
-/// served on.
-const KEY_VERSION: &str = "v3";
+/// group's floor, snapshot format 4; v4: a banned group's last message shown only to whom it
+/// is owed): a list computed under the old rules would otherwise be served on.
+const KEY_VERSION: &str = "v4";
 
 /// What the cached list was computed from.
 pub fn fingerprint(state: &State, uid: &str) -> u64 {
@@ -40,6 +40,13 @@ pub fn fingerprint(state: &State, uid: &str) -> u64 {
             .map(|x| x.version)
             .hash(&mut h);
         state.cursors.get(uid, channel).version.hash(&mut h);
+        // A ban changes what the list shows without moving a head or a cursor.
+        state
+            .subs
+            .channels
+            .get(channel)
+            .map(|c| c.flags.ban)
+            .hash(&mut h);
     }
     h.finish()
 }

@@ -88,9 +88,14 @@ pub fn compute(state: &State, uid: &str) -> Vec<Conversation> {
             .last_seq
             .saturating_sub(seen)
             .saturating_sub(state.heads.recalled_between(channel, seen, head.last_seq));
-        // A group re-created under this id shows nothing of the earlier one's messages.
+        // A group re-created under this id shows nothing of the earlier one's messages. A
+        // banned one (its history closed) shows its last message only to a member it is
+        // still to be delivered to (a backlog from before the ban, which sync brings): a
+        // member who joined after the ban saw it here and nowhere else.
         let floor = cur.cleared.max(state.subs.history_from(channel));
-        let last_message = (head.last_seq > floor).then(|| LastMessage {
+        let shown =
+            crate::permissions::can_read(state, uid, channel) || cur.delivered < head.last_seq;
+        let last_message = (head.last_seq > floor && shown).then(|| LastMessage {
             seq: head.last_seq,
             message_id: head.last_message_id,
             from: head.from.clone(),
