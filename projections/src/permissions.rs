@@ -56,7 +56,8 @@ impl SendDenied {
 }
 
 /// Whether `from` may send into `channel` (canonical id). `by_admin` is a send made with the
-/// admin key on the user's behalf.
+/// admin key on the user's behalf: it is not held to the recipient's allowlist of a person
+/// channel (an app server's system messages), but to deny lists and a group's allowlist.
 pub fn check_send(
     state: &State,
     from: &str,
