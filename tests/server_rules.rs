@@ -1032,3 +1032,20 @@ async fn non_send_frames_are_rate_limited_by_backpressure() {
         "{errors} refusals in the first half second"
     );
 }
+
+/// The admin reads any channel that exists or has had messages; one that never did is 404
+/// `channel_not_found`, as the README says (it was `200 []`).
+#[tokio::test]
+async fn the_admin_reading_a_channel_that_never_existed_gets_404() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    assert_eq!(
+        code_of(&api, "GET", "/v1/channels/nope/messages", ADMIN, None).await,
+        (404, "channel_not_found".into())
+    );
+    let (status, _) = api
+        .call("GET", "/v1/channels/g/messages", ADMIN, None)
+        .await;
+    assert_eq!(status, 200);
+}
