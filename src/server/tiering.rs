@@ -149,6 +149,7 @@ fn legacy_sidecar_key(side: &Sidecar) -> String {
 /// would describe events the restored log does not have). Returns whether one was restored.
 pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow::Result<bool> {
     let local = projections.join("snapshots");
+    remove_leftovers(projections);
     if !snapshot::list(&local)?.is_empty() {
         return Ok(false);
     }
@@ -219,6 +220,28 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
         return Ok(true);
     }
     Ok(false)
+}
+
+/// Removes what a restore cut short by a crash left (a staged snapshot, half-written
+/// downloads): never loaded, but never cleaned otherwise (best effort).
+fn remove_leftovers(projections: &Path) {
+    for (dir, suffixes) in [
+        ("snapshots", &[".snap.restoring", ".download"][..]),
+        ("index", &[".download"][..]),
+    ] {
+        let Ok(entries) = std::fs::read_dir(projections.join(dir)) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name();
+            if name
+                .to_str()
+                .is_some_and(|n| suffixes.iter().any(|s| n.ends_with(s)))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// A downloaded snapshot not yet moved into place: removed if the restore stops short.
@@ -571,6 +594,16 @@ mod tests {
         );
         std::fs::remove_file(&object).unwrap();
         put(sidecar_key(&side), ours.clone()).await;
+        // What a crash mid-restore would leave is cleaned by the next one.
+        let leftovers = [
+            restored("d").join("snapshots/00000000000000000009.snap.restoring"),
+            restored("d").join("snapshots/00000000000000000009.snap.download"),
+            restored("d").join("index/00000000000000000009.download"),
+        ];
+        for f in &leftovers {
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, b"half").unwrap();
+        }
         assert!(restore_snapshot(&tier, &restored("d")).await.unwrap());
         assert_eq!(
             snapshot::list(&restored("d").join("snapshots"))
@@ -578,6 +611,7 @@ mod tests {
                 .len(),
             1
         );
+        assert!(leftovers.iter().all(|f| !f.exists()));
         log.close().await.unwrap();
     }
 }
