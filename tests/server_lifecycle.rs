@@ -780,6 +780,76 @@ async fn health_readiness_metrics_and_the_event_log() {
     server.stop();
 }
 
+/// The event log export does not end early on a log it cannot read, as if that were the log's
+/// end: from a damaged offset it answers the error's status; from before it, the lines up to the
+/// damage and then a last line that names it.
+#[tokio::test]
+async fn the_event_log_export_names_damage_instead_of_ending_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--log-segment-bytes",
+        "4096",
+        "--log-preallocate-bytes",
+        "0",
+    ];
+    let server = Server::start_on(&data, &args);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    api.group("g", &["alice"]).await;
+    for i in 0..60 {
+        api.send(&alice, "g", &format!("c{i}"), &"x".repeat(200))
+            .await;
+    }
+    server.stop();
+    let mut segments: Vec<std::path::PathBuf> = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    // A flipped byte in the middle of the first (sealed) segment: the server still starts (it
+    // reads sealed segments only when asked), and the snapshot covers the damage.
+    let damaged = &segments[0];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(damaged, bytes).unwrap();
+    let name = damaged.file_name().unwrap().to_str().unwrap().to_owned();
+    let server = Server::start_on(&data, &args);
+    let get = |from: u64| {
+        reqwest::Client::new()
+            .get(server.url(&format!("/v1/log?from={from}")))
+            .bearer_auth(ADMIN)
+            .send()
+    };
+    let resp = get(0).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (last, events) = lines.split_last().unwrap();
+    assert!(!events.is_empty(), "the records before the damage: {text}");
+    assert!(events.iter().all(|e| e["type"].is_string()), "{text}");
+    assert_eq!(last["code"], "internal", "{text}");
+    assert!(
+        last["error"].as_str().unwrap().contains(&name),
+        "the line names the file: {last}"
+    );
+    let bad = last["offset"].as_u64().unwrap();
+    assert_eq!(bad, events.len() as u64, "the stream stopped at the damage");
+    // From the damaged offset: an error status, not an empty 200.
+    let resp = get(bad).await.unwrap();
+    assert_eq!(resp.status(), 500);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains(&name));
+    server.stop();
+}
+
 #[tokio::test]
 async fn the_openapi_document_matches_the_checked_in_copy() {
     let server = Server::start(&[]);

@@ -235,16 +235,46 @@ pub(crate) async fn log_stream(
         ));
     }
     let end = (!q.follow).then(|| state.log.next_offset());
-    let tail = state.log.tail(from);
+    let mut tail = state.log.tail(from);
+    // The first batch is read before answering: a log that cannot be read at `from` (damage,
+    // a gap, the object store out of reach) is an error status, not an empty 200 that looks
+    // like the end of the log.
+    let first = if end.is_none_or(|e| from < e) && from < state.log.next_offset() {
+        Some(tail.next_batch(1 << 20).await?)
+    } else {
+        None
+    };
     let stop = state.sessions_stop.clone();
-    let stream =
-        futures_util::stream::unfold((tail, end, stop), |(mut tail, end, stop)| async move {
-            if end.is_some_and(|e| tail.position() >= e) {
+    let stream = futures_util::stream::unfold(
+        (tail, end, stop, first, false),
+        |(mut tail, end, stop, first, failed)| async move {
+            if failed || (first.is_none() && end.is_some_and(|e| tail.position() >= e)) {
                 return None;
             }
-            let batch = tokio::select! {
-                () = stop.cancelled() => return None,
-                b = tail.next_batch(1 << 20) => b.ok()?,
+            let (batch, failed) = match first {
+                Some(b) => (b, false),
+                None => {
+                    let read = tokio::select! {
+                        () = stop.cancelled() => return None,
+                        b = tail.next_batch(1 << 20) => b,
+                    };
+                    match read {
+                        Ok(b) => (b, false),
+                        // A read that fails mid-stream ends it with a line that says why
+                        // (the status went out with the first batch).
+                        Err(tidings_log::LogError::Closed) => return None,
+                        Err(e) => {
+                            let err = ApiError::from(e);
+                            let line = json!({
+                                "offset": tail.position(),
+                                "error": err.message,
+                                "code": err.code,
+                            });
+                            let bytes = Bytes::from(format!("{line}\n"));
+                            return Some((Ok(bytes), (tail, end, stop, None, true)));
+                        }
+                    }
+                }
             };
             let mut buf = String::new();
             for r in batch {
@@ -258,8 +288,12 @@ pub(crate) async fn log_stream(
                 buf.push_str(&line.to_string());
                 buf.push('\n');
             }
-            Some((Ok::<_, Infallible>(Bytes::from(buf)), (tail, end, stop)))
-        });
+            Some((
+                Ok::<_, Infallible>(Bytes::from(buf)),
+                (tail, end, stop, None, failed),
+            ))
+        },
+    );
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/x-ndjson")],
