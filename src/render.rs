@@ -3,9 +3,17 @@
 //! A payload sent as JSON (`payload`) comes back as JSON; bytes sent as `payload_b64` come back
 //! base64-encoded in JSON, and as a CBOR byte string to clients speaking CBOR. A person channel
 //! is shown as `@peer` from the viewer's side; the admin sees canonical ids (`p:a:b`).
+//!
+//! JSON payloads go out as the exact text that was sent ([`MessageView`], through
+//! `serde_json::value::RawValue`): parsed into a `serde_json::Value` they would come back with
+//! their keys re-sorted, repeated keys dropped and long numbers rounded — and a page of large
+//! payloads would be held as trees many times their size. CBOR clients get the payload as a
+//! CBOR value (converted from the JSON text).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tidings_projections::FLAG_JSON_PAYLOAD;
 use tidings_projections::ids::person_peer;
@@ -30,7 +38,123 @@ pub(crate) fn channel_ref(channel: &str, viewer: Option<&str>) -> String {
     }
 }
 
-/// A message as JSON for `viewer`.
+/// A message as `viewer` sees it, ready to serialize (the payload borrowed as sent).
+#[derive(Debug, Serialize)]
+pub(crate) struct MessageView<'a> {
+    /// `"message"` in WebSocket frames; absent in HTTP pages.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub(crate) kind: Option<&'static str>,
+    channel: String,
+    seq: u64,
+    message_id: u64,
+    from: &'a str,
+    client_msg_id: &'a str,
+    ts: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    recalled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_b64: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    edited: bool,
+}
+
+/// A payload's field: JSON text as sent, or base64 of other bytes (and of JSON that no longer
+/// parses, which the send path never stores).
+fn payload_view(payload: &[u8], json: bool) -> (Option<&RawValue>, Option<String>) {
+    if json && let Ok(raw) = serde_json::from_slice::<&RawValue>(payload) {
+        return (Some(raw), None);
+    }
+    (None, Some(B64.encode(payload)))
+}
+
+/// A message as `viewer` sees it (`None`: the admin).
+pub(crate) fn message_view<'a>(m: &'a Message, viewer: Option<&str>) -> MessageView<'a> {
+    let (payload, payload_b64) = match &m.payload {
+        Some(p) if !m.recalled => payload_view(p, m.json),
+        _ => (None, None),
+    };
+    MessageView {
+        kind: None,
+        channel: channel_ref(&m.channel, viewer),
+        seq: m.seq,
+        message_id: m.message_id,
+        from: &m.from,
+        client_msg_id: &m.client_msg_id,
+        ts: m.ts,
+        recalled: m.recalled,
+        edited: m.edited && !m.recalled && m.payload.is_some(),
+        payload,
+        payload_b64,
+    }
+}
+
+/// A message as JSON text for `viewer`, payload as sent.
+pub(crate) fn message_text(
+    m: &Message,
+    viewer: Option<&str>,
+    kind: Option<&'static str>,
+) -> String {
+    let mut view = message_view(m, viewer);
+    view.kind = kind;
+    // Serializing strings, numbers and already-checked JSON text into memory cannot fail;
+    // were it to, the tree form says the same with the payload parsed.
+    serde_json::to_string(&view).unwrap_or_else(|_| message_json(m, viewer).to_string())
+}
+
+/// A message as one JSON text for a page of messages.
+pub(crate) fn message_raw(m: &Message, viewer: Option<&str>) -> Box<RawValue> {
+    // Text serde_json just wrote is JSON (`null` would stand in were it not).
+    RawValue::from_string(message_text(m, viewer, None)).unwrap_or_default()
+}
+
+/// A conversation's last message from the head's preview (a payload short enough to be kept
+/// whole), as sent.
+#[derive(Debug, Serialize)]
+pub(crate) struct PreviewView<'a> {
+    seq: u64,
+    message_id: u64,
+    from: &'a str,
+    ts: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    recalled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_b64: Option<String>,
+}
+
+impl<'a> PreviewView<'a> {
+    /// `preview` is the whole payload (not cut), with the message's flags.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        seq: u64,
+        message_id: u64,
+        from: &'a str,
+        ts: u64,
+        recalled: bool,
+        preview: &'a [u8],
+        flags: u32,
+    ) -> Self {
+        let (payload, payload_b64) = if recalled {
+            (None, None)
+        } else {
+            payload_view(preview, flags & FLAG_JSON_PAYLOAD != 0)
+        };
+        Self {
+            seq,
+            message_id,
+            from,
+            ts,
+            recalled,
+            payload,
+            payload_b64,
+        }
+    }
+}
+
+/// A message as a JSON tree for `viewer` (for CBOR frames: the payload parsed).
 pub(crate) fn message_json(m: &Message, viewer: Option<&str>) -> Value {
     let mut obj = Map::new();
     obj.insert("channel".into(), json!(channel_ref(&m.channel, viewer)));

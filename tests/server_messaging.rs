@@ -814,3 +814,142 @@ async fn an_ack_past_the_head_covers_only_what_was_there() {
     let sync = Api::new(&server).ok("GET", "/v1/sync", &bob, None).await;
     assert_eq!(seqs(sync["messages"].as_array().unwrap()), vec![2, 3]);
 }
+
+/// The raw text of the next `message` frame (frames of other types skipped).
+async fn raw_message_frame(ws: &mut Ws) -> String {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the connection is open")
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = frame
+            && t.as_str().contains("\"type\":\"message\"")
+        {
+            return t.as_str().to_owned();
+        }
+    }
+}
+
+/// A JSON payload comes back as the text that was sent — not re-sorted, repeated keys kept,
+/// long numbers unrounded — everywhere a client reads it: a push, catch-up, history, sync, the
+/// conversation list (from the head's preview, and from the log for a long payload).
+#[tokio::test]
+async fn json_payloads_come_back_exactly_as_sent() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.group("g", &["alice", "bob"]).await;
+    let mut bob_ws = Ws::connect(&server, &bob, "").await;
+    let post = |cid: &str, payload: &str| {
+        reqwest::Client::new()
+            .post(server.url("/v1/messages"))
+            .bearer_auth(&alice)
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"channel":"g","client_msg_id":"{cid}","payload":{payload}}}"#
+            ))
+            .send()
+    };
+    let short = r#"{"b":1,"a":123456789012345678901234567890,"c":0.10000000000000000001,"a2":1,"a2":2,"n":[1.0,{"z":null,"y":"\u00e9"}]}"#;
+    assert_eq!(post("c1", short).await.unwrap().status(), 201);
+    let pushed = raw_message_frame(&mut bob_ws).await;
+    assert!(
+        pushed.contains(&format!(r#""payload":{short}"#)),
+        "{pushed}"
+    );
+    bob_ws.close().await;
+    // Catch-up on a new connection (nothing was acknowledged).
+    let mut bob_ws = Ws::connect(&server, &bob, "").await;
+    let caught_up = raw_message_frame(&mut bob_ws).await;
+    assert!(caught_up.contains(short), "{caught_up}");
+    bob_ws.close().await;
+    let get = |path: &str| {
+        reqwest::Client::new()
+            .get(server.url(path))
+            .bearer_auth(&bob)
+            .send()
+    };
+    for path in ["/v1/channels/g/messages", "/v1/sync", "/v1/conversations"] {
+        let text = get(path).await.unwrap().text().await.unwrap();
+        assert!(text.contains(short), "{path}: {text}");
+    }
+    // Longer than the head's preview: the conversation list reads the message itself.
+    let long = format!("[{}1.50]", "1.50,".repeat(200));
+    assert_eq!(post("c2", &long).await.unwrap().status(), 201);
+    let text = get("/v1/conversations")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(&long), "{text}");
+}
+
+/// A page of large messages stops at its byte budget (4 MiB of payload) and says there is more:
+/// 1,000 messages of 64 KiB were a 64 MB answer held whole in memory. A descending page keeps
+/// the newest (newest first, as descending pages come); an ascending one the oldest; sync the
+/// first.
+#[tokio::test]
+async fn a_page_of_large_messages_stops_at_its_byte_budget() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.group("g", &["alice", "bob"]).await;
+    // 70 payloads of 63,992 bytes (a JSON string): 4.48 MB; 65 fit in 4 MiB.
+    let big = "x".repeat(63_990);
+    for i in 0..70 {
+        let (status, v) = api
+            .call(
+                "POST",
+                "/v1/messages",
+                &alice,
+                Some(json!({"channel": "g", "client_msg_id": format!("c{i}"), "payload": big})),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    let newest = api
+        .ok("GET", "/v1/channels/g/messages?limit=1000", &bob, None)
+        .await;
+    assert_eq!(
+        seqs(newest["messages"].as_array().unwrap()),
+        (6..=70).rev().collect::<Vec<_>>()
+    );
+    assert_eq!(newest["has_more"], true);
+    let oldest = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=0&limit=1000",
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(
+        seqs(oldest["messages"].as_array().unwrap()),
+        (1..=65).collect::<Vec<_>>()
+    );
+    assert_eq!(oldest["has_more"], true);
+    let sync = api.ok("GET", "/v1/sync?limit=1000", &bob, None).await;
+    assert_eq!(
+        seqs(sync["messages"].as_array().unwrap()),
+        (1..=65).collect::<Vec<_>>()
+    );
+    assert_eq!(sync["has_more"], true);
+    // A page that fits is whole and says so.
+    let rest = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=65&limit=1000",
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(
+        seqs(rest["messages"].as_array().unwrap()),
+        (66..=70).collect::<Vec<_>>()
+    );
+    assert_eq!(rest["has_more"], false);
+}

@@ -13,7 +13,7 @@ use tidings_projections::{Envelope, Event, FLAG_JSON_PAYLOAD, FastMap};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::render::{cbor_frame, channel_ref, message_json};
+use crate::render::{cbor_frame, channel_ref, message_json, message_text};
 use crate::server::completions;
 use crate::server::delivery::{Frame, MAX_RUN, Pushed, Run, TOKEN_REVOKED};
 use crate::server::state::{AppState, now_ms};
@@ -37,18 +37,27 @@ fn frame(v: serde_json::Value) -> Frame {
     }
 }
 
+/// A message's frame: JSON with the payload as sent; CBOR from the parsed tree.
+fn message_frame(m: &Message, viewer: Option<&str>) -> Frame {
+    let mut v = message_json(m, viewer);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("type".into(), json!("message"));
+    }
+    Frame {
+        cbor: cbor_frame(&v),
+        json: message_text(m, viewer, Some("message")).into(),
+    }
+}
+
 /// One frame per viewpoint: shared for a group, one per side for a person channel.
-fn frames(
-    channel: &str,
-    build: impl Fn(Option<&str>) -> serde_json::Value,
-) -> Vec<(Option<Uid>, Frame)> {
+fn frames(channel: &str, build: impl Fn(Option<&str>) -> Frame) -> Vec<(Option<Uid>, Frame)> {
     match person_pair(channel) {
         Some((a, b)) if a != b => vec![
-            (Some(a.to_owned()), frame(build(Some(a)))),
-            (Some(b.to_owned()), frame(build(Some(b)))),
+            (Some(a.to_owned()), build(Some(a))),
+            (Some(b.to_owned()), build(Some(b))),
         ],
-        Some((a, _)) => vec![(None, frame(build(Some(a))))],
-        None => vec![(None, frame(build(None)))],
+        Some((a, _)) => vec![(None, build(Some(a)))],
+        None => vec![(None, build(None))],
     }
 }
 
@@ -76,13 +85,7 @@ fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
                 recalled: false,
                 edited: false,
             };
-            let build = |viewer: Option<&str>| {
-                let mut v = message_json(&m, viewer);
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("type".into(), json!("message"));
-                }
-                v
-            };
+            let build = |viewer: Option<&str>| message_frame(&m, viewer);
             Some(Effect::Push(
                 Arc::new(Pushed {
                     channel: channel.clone(),
@@ -95,7 +98,11 @@ fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
             ))
         }
         Event::MessageRecalled { channel, seq, by } => {
-            let build = |viewer: Option<&str>| json!({"type": "recall", "channel": channel_ref(channel, viewer), "seq": seq, "by": by});
+            let build = |viewer: Option<&str>| {
+                frame(
+                    json!({"type": "recall", "channel": channel_ref(channel, viewer), "seq": seq, "by": by}),
+                )
+            };
             Some(Effect::Push(
                 Arc::new(Pushed {
                     channel: channel.clone(),

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::render::{cbor_frame, channel_ref, message_json};
+use crate::render::{cbor_frame, channel_ref, message_json, message_text};
 use crate::server::auth::{Caller, authenticate, resolve, ws_bearer};
 use crate::server::completions::{Answer, Answers, Reply};
 use crate::server::delivery::{
@@ -515,11 +515,17 @@ impl Ctx {
                 }
             };
             for m in &msgs {
-                let mut frame = message_json(m, Some(&self.uid));
-                if let Some(o) = frame.as_object_mut() {
-                    o.insert("type".into(), json!("message"));
-                }
-                w.frame(&frame).await?;
+                let msg = if self.cbor {
+                    let mut frame = message_json(m, Some(&self.uid));
+                    if let Some(o) = frame.as_object_mut() {
+                        o.insert("type".into(), json!("message"));
+                    }
+                    WsMessage::Binary(cbor_frame(&frame))
+                } else {
+                    // The payload as sent.
+                    WsMessage::Text(message_text(m, Some(&self.uid), Some("message")).into())
+                };
+                w.raw(msg).await?;
                 let e = self.sent_upto.entry(m.channel.clone()).or_default();
                 *e = (*e).max(m.seq);
             }

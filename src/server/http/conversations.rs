@@ -4,15 +4,16 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::value::{RawValue, to_raw_value};
 use tidings_projections::conv_cache::fingerprint;
 use tidings_projections::conversations::{Conversation, compute, page};
 use tidings_projections::messages;
 
 use super::ApiQuery;
-use crate::render::{channel_ref, message_json, payload_fields};
+use super::messages::load_page;
+use crate::render::{PreviewView, channel_ref, message_raw};
 use crate::server::auth::Caller;
-use crate::server::error::ApiResult;
+use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::AppState;
 
 /// Query of `GET /v1/conversations`.
@@ -30,7 +31,7 @@ pub(crate) struct ConversationsQuery {
 pub(crate) struct ConversationsPage {
     /// `{channel, last_seq, last_message, unread, read_seq, updated_at, version}`, newest first.
     #[schema(value_type = Vec<Object>)]
-    pub(crate) conversations: Vec<Value>,
+    pub(crate) conversations: Vec<Box<RawValue>>,
     /// Channels that left the list since `since_version`.
     pub(crate) removed: Vec<String>,
     /// Whether `limit` cut the list.
@@ -39,44 +40,58 @@ pub(crate) struct ConversationsPage {
     pub(crate) version: u64,
 }
 
-async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Value> {
+/// A conversation as the caller sees it.
+#[derive(Debug, Serialize)]
+struct ConversationView {
+    channel: String,
+    last_seq: u64,
+    last_message: Option<Box<RawValue>>,
+    unread: u64,
+    read_seq: u64,
+    delivered_seq: u64,
+    updated_at: u64,
+    version: u64,
+}
+
+async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Box<RawValue>> {
     let last_message = match &c.last_message {
-        None => Value::Null,
+        None => None,
         Some(m) if m.truncated && !m.recalled => {
             // The head keeps a prefix of long payloads: read the message itself.
             let plan = {
                 let p = state.proj();
                 messages::plan_range(&p.state, p.index_files(), &c.channel, m.seq, m.seq)?
             };
-            match messages::load(&state.log, &plan).await?.first() {
-                Some(full) => message_json(full, Some(me)),
-                None => Value::Null,
-            }
+            messages::load(&state.log, &plan)
+                .await?
+                .first()
+                .map(|full| message_raw(full, Some(me)))
         }
-        Some(m) => {
-            let mut o = Map::new();
-            o.insert("seq".into(), json!(m.seq));
-            o.insert("message_id".into(), json!(m.message_id));
-            o.insert("from".into(), json!(m.from));
-            o.insert("ts".into(), json!(m.ts));
-            if m.recalled {
-                o.insert("recalled".into(), json!(true));
-            } else {
-                payload_fields(&m.preview, m.flags, &mut o);
-            }
-            Value::Object(o)
-        }
+        Some(m) => Some(raw(&PreviewView::new(
+            m.seq,
+            m.message_id,
+            &m.from,
+            m.ts,
+            m.recalled,
+            &m.preview,
+            m.flags,
+        ))?),
     };
-    Ok(json!({
-        "channel": channel_ref(&c.channel, Some(me)),
-        "last_seq": c.last_seq,
-        "last_message": last_message,
-        "unread": c.unread,
-        "read_seq": c.read_seq,
-        "delivered_seq": c.delivered_seq,
-        "updated_at": c.updated_at,
-        "version": c.version,
-    }))
+    raw(&ConversationView {
+        channel: channel_ref(&c.channel, Some(me)),
+        last_seq: c.last_seq,
+        last_message,
+        unread: c.unread,
+        read_seq: c.read_seq,
+        delivered_seq: c.delivered_seq,
+        updated_at: c.updated_at,
+        version: c.version,
+    })
+}
+
+/// One JSON text (the payloads in it as sent).
+fn raw<T: Serialize>(v: &T) -> ApiResult<Box<RawValue>> {
+    to_raw_value(v).map_err(|e| ApiError::internal(format!("rendering the answer: {e}")))
 }
 
 /// The caller's conversations: computed from channels × heads × cursors, cached per user.
@@ -147,7 +162,7 @@ pub(crate) struct SyncQuery {
 pub(crate) struct SyncPage {
     /// Oldest first per channel. Ack what you stored (`POST /v1/channels/{id}/ack`).
     #[schema(value_type = Vec<Object>)]
-    pub(crate) messages: Vec<Value>,
+    pub(crate) messages: Vec<Box<RawValue>>,
     /// Whether more remain after these.
     pub(crate) has_more: bool,
 }
@@ -166,10 +181,10 @@ pub(crate) async fn sync(
         let p = state.proj();
         messages::plan_sync(&p.state, p.index_files(), &me, limit)?
     };
-    let msgs = messages::load(&state.log, &plan).await?;
+    let (msgs, cut) = load_page(&state.log, &plan, false).await?;
     Ok(axum::Json(SyncPage {
-        messages: msgs.iter().map(|m| message_json(m, Some(&me))).collect(),
-        has_more,
+        messages: msgs.iter().map(|m| message_raw(m, Some(&me))).collect(),
+        has_more: has_more || cut,
     }))
 }
 
@@ -190,7 +205,7 @@ pub(crate) struct ChangesPage {
     /// Each changed message once, as the history API shows it now (`"recalled": true`, or
     /// the edited payload with `"edited": true`), in the order of its latest change.
     #[schema(value_type = Vec<Object>)]
-    pub(crate) messages: Vec<Value>,
+    pub(crate) messages: Vec<Box<RawValue>>,
     /// Pass as `since` next time.
     pub(crate) version: u64,
     /// Whether more changes remain (ask again with `since=version` now).
@@ -222,7 +237,7 @@ pub(crate) async fn changes(
     };
     let msgs = messages::load(&state.log, &plan.messages).await?;
     Ok(axum::Json(ChangesPage {
-        messages: msgs.iter().map(|m| message_json(m, Some(&me))).collect(),
+        messages: msgs.iter().map(|m| message_raw(m, Some(&me))).collect(),
         version: plan.version,
         has_more: plan.has_more,
     }))

@@ -8,15 +8,16 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
+use tidings_log::Log;
 use tidings_projections::ids::is_valid_id;
+use tidings_projections::messages::{Message, MessageRef};
 use tidings_projections::permissions::can_read;
 use tidings_projections::{Event, FLAG_JSON_PAYLOAD, messages, trace as tr};
 
 use super::json_check::JsonCheck;
 use super::{ApiJson, ApiPath, ApiQuery};
-use crate::render::{channel_ref, message_json};
+use crate::render::{channel_ref, message_raw};
 use crate::server::auth::{Caller, resolve};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::sequencer::{self, SendRequest};
@@ -197,7 +198,7 @@ pub(crate) struct MessagePage {
     /// The messages: `{channel, seq, message_id, from, client_msg_id, ts, payload | payload_b64}`,
     /// or `{…, recalled: true}` without payload.
     #[schema(value_type = Vec<Object>)]
-    pub(crate) messages: Vec<Value>,
+    pub(crate) messages: Vec<Box<RawValue>>,
     /// Whether there are more in that direction.
     pub(crate) has_more: bool,
 }
@@ -287,15 +288,62 @@ pub(crate) async fn get_messages(
         };
         (plan, has_more, descending)
     };
-    let mut msgs = messages::load(&state.log, &plan).await?;
+    let (mut msgs, cut) = load_page(&state.log, &plan, descending).await?;
     if descending {
         msgs.reverse();
     }
     let viewer = caller.uid();
     Ok(axum::Json(MessagePage {
-        messages: msgs.iter().map(|m| message_json(m, viewer)).collect(),
-        has_more,
+        messages: msgs.iter().map(|m| message_raw(m, viewer)).collect(),
+        has_more: has_more || cut,
     }))
+}
+
+/// Payload bytes at which a page of messages stops (after at least one message): a page of
+/// 1,000 messages of 64 KiB would be a 64 MB answer held in memory whole. `has_more` says the
+/// page was cut.
+pub(crate) const PAGE_PAYLOAD_BYTES: usize = 4 << 20;
+
+/// Loads planned messages up to [`PAGE_PAYLOAD_BYTES`] of payload, from the start of `plan`,
+/// or from its end (`newest_first`: a descending page keeps its newest). Returns them in plan
+/// order, and whether the budget cut the plan short.
+pub(crate) async fn load_page(
+    log: &Log,
+    plan: &[MessageRef],
+    newest_first: bool,
+) -> ApiResult<(Vec<Message>, bool)> {
+    // Loaded a few at a time, so a cut page reads little past its end.
+    const CHUNK: usize = 32;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut done = 0usize;
+    let mut cut = false;
+    'chunks: while done < plan.len() {
+        let n = CHUNK.min(plan.len() - done);
+        let part = if newest_first {
+            &plan[plan.len() - done - n..plan.len() - done]
+        } else {
+            &plan[done..done + n]
+        };
+        done += n;
+        let mut msgs = messages::load(log, part).await?;
+        if newest_first {
+            msgs.reverse();
+        }
+        for m in msgs {
+            let size = m.payload.as_ref().map_or(0, |p| p.len());
+            if !out.is_empty() && bytes.saturating_add(size) > PAGE_PAYLOAD_BYTES {
+                cut = true;
+                break 'chunks;
+            }
+            bytes = bytes.saturating_add(size);
+            out.push(m);
+        }
+    }
+    if newest_first {
+        out.reverse();
+    }
+    Ok((out, cut))
 }
 
 /// Answer of a recall.
