@@ -1100,6 +1100,67 @@ async fn a_restart_after_a_crash_claims_once_its_old_lease_lapsed() {
     log.close().await.unwrap();
 }
 
+/// A claim judges the owner's lease by the longer of the owner's (recorded in each manifest
+/// version it writes) and the claimer's own. Node A runs with a lease of 120 s, so it renews
+/// only every 40 s; node B, with 30 s, starting 40 s after A's last write is refused. Before,
+/// B judged A by its own 30 s, took the prefix over and fenced A, while both took writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_waits_out_the_owners_longer_lease() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let prefix = "long-lease";
+    let (hour, a_lease) = (Duration::from_secs(3600), Duration::from_secs(120));
+    let (a_data, a_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Log::open(
+        a_data.path().join("log"),
+        log_opts(leased_tier(store.clone(), prefix, a_cache.path(), hour, a_lease).await),
+    )
+    .await
+    .unwrap();
+    append(&a, 0, 300).await;
+    a.roll().await.unwrap();
+    a.upload_now().await.unwrap();
+    let current = a.tier().unwrap().remote_manifest().await.unwrap().unwrap();
+    assert_eq!(current.owner.lease_ms, Some(120_000));
+    // The store as A leaves it when its last write was 40 s ago: a version of its own (same
+    // id and incarnation) with that heartbeat.
+    let mut quiet = current.clone();
+    quiet.epoch += 1;
+    quiet.owner.heartbeat_ms -= 40_000;
+    put_manifest(&store, prefix, &quiet).await;
+    let (b_data, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b_tier = Tier::open(
+        TierOptions::new(
+            store.clone(),
+            prefix,
+            format!("test://{prefix}"),
+            "node-b",
+            b_cache.path(),
+        )
+        .with_lease(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    match Log::open(b_data.path().join("log"), log_opts(b_tier)).await {
+        Err(LogError::Fenced {
+            owner, seen_ms_ago, ..
+        }) => {
+            assert_eq!(owner, "node-a");
+            assert!(seen_ms_ago >= 40_000, "{seen_ms_ago}");
+        }
+        other => panic!("expected Fenced, got {:?}", other.map(|_| ())),
+    }
+    // A goes on owning the prefix (the version put above is its own: adopted).
+    append(&a, 300, 300).await;
+    a.roll().await.unwrap();
+    let status = a.upload_now().await.unwrap();
+    assert_eq!((status.fenced, status.lag_segments), (false, 0));
+    let m = a.tier().unwrap().remote_manifest().await.unwrap().unwrap();
+    assert!(m.epoch > quiet.epoch && m.owner.id == "node-a");
+    a.close().await.unwrap();
+}
+
 /// A fail-back to an old data directory: node A uploads, writes 100 more records, and stops
 /// before they are sealed; node B restores from the store and writes a different history from
 /// that offset on; A starts again on its old directory and seals its own. The store now has a

@@ -69,6 +69,23 @@ pub struct Owner {
     /// process's own earlier writes from those of another process under the same id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incarnation: Option<u64>,
+    /// The owner's lease (ms): how long after `heartbeat_ms` it keeps the prefix without
+    /// writing. It renews by its own lease (a write every third of it), so a claimer must
+    /// judge by this one and not only by its own, which may be shorter
+    /// ([`Owner::lease_ms_for`]). Absent in versions written before 2026-11-30: then a
+    /// claimer judges by its own lease alone, as those builds did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+}
+
+impl Owner {
+    /// How long after its heartbeat this owner keeps the prefix, as judged by a claimer whose
+    /// own lease is `own_ms`: the longer of the owner's recorded lease (it renews by that one
+    /// only) and `own_ms` (all there is for a version without one, and a claimer may always
+    /// wait longer).
+    pub fn lease_ms_for(&self, own_ms: u64) -> u64 {
+        self.lease_ms.map_or(own_ms, |theirs| theirs.max(own_ms))
+    }
 }
 
 /// One version of the manifest.
@@ -88,7 +105,9 @@ impl Manifest {
     /// The format this build writes. 2: segment entries may name writer-unique objects
     /// ([`RemoteSegment::object`]). A build that knows only 1 would read a version-2 manifest
     /// without those names and write it back without them, losing every segment's key: so it
-    /// must refuse it, and does (it refuses any version but 1).
+    /// must refuse it, and does (it refuses any version but 1). [`Owner::lease_ms`] came
+    /// later without a new version: a build without it reads past the field, and the versions
+    /// it writes name itself as the owner, so nothing of another writer's is lost.
     pub const VERSION: u32 = 2;
 
     /// The first manifest of a prefix.
@@ -100,6 +119,7 @@ impl Manifest {
                 id: owner.to_owned(),
                 heartbeat_ms: now_ms,
                 incarnation: None,
+                lease_ms: None,
             },
             segments: Vec::new(),
         }
@@ -114,6 +134,7 @@ impl Manifest {
                 id: owner.to_owned(),
                 heartbeat_ms: now_ms,
                 incarnation: None,
+                lease_ms: None,
             },
             ..self.clone()
         }
@@ -241,6 +262,34 @@ mod tests {
         assert!(with(vec![seg(0, 200, 10), seg(100, 260, 10)]).is_err());
         assert!(with(vec![seg(100, 200, 10), seg(0, 100, 10)]).is_err());
         assert!(with(vec![seg(0, 100, 10), seg(0, 100, 10)]).is_err());
+    }
+
+    #[test]
+    fn owner_lease_recorded_or_absent() {
+        // A version written before the owner's lease was recorded decodes; a claimer then
+        // judges by its own lease alone, as before.
+        let old = br#"{
+            "version": 2,
+            "epoch": 4,
+            "owner": { "id": "a", "heartbeat_ms": 9, "incarnation": 7 },
+            "segments": []
+        }"#;
+        let mut m = Manifest::decode(old).unwrap();
+        assert_eq!(
+            (m.epoch, m.owner.incarnation, m.owner.lease_ms),
+            (4, Some(7), None)
+        );
+        assert_eq!(m.owner.lease_ms_for(30_000), 30_000);
+        // None is not written (the format of those versions); a recorded one round-trips,
+        // and the longer of the owner's and the claimer's counts.
+        assert!(!String::from_utf8(m.encode()).unwrap().contains("lease_ms"));
+        m.owner.lease_ms = Some(120_000);
+        let back = Manifest::decode(&m.encode()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.owner.lease_ms_for(30_000), 120_000);
+        assert_eq!(back.owner.lease_ms_for(300_000), 300_000);
+        // The next writer records its own (at the write), not this one's.
+        assert_eq!(back.next("b", 10).owner.lease_ms, None);
     }
 
     #[test]

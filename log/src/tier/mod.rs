@@ -17,8 +17,10 @@
 //! - A cold read fails within `read_timeout` with [`ColdStorageUnavailable`] when the store is
 //!   down; it never hangs. Every cached block carries a CRC: a damaged entry is dropped and
 //!   fetched again, never served. Batches read from cold segments are CRC-checked like local ones.
-//! - One writer per prefix: each manifest version names its owner, and the owner's lease is
-//!   renewed by its writes; a second server finding a live owner is refused ([`LogError::Fenced`]).
+//! - One writer per prefix: each manifest version names its owner and its lease, and the
+//!   owner's lease is renewed by its writes; a second server finding a live owner is refused
+//!   ([`LogError::Fenced`]). A lease is live for the longer of the owner's and the claimer's,
+//!   so servers with different `lease` settings never judge each other's lapsed early.
 //! - No process overwrites an object another process uploaded: segment objects are keyed by
 //!   the uploading process's incarnation, so a writer that lost the prefix and uploads before
 //!   its manifest write is fenced only adds objects nobody lists. A cold read resolves a
@@ -134,7 +136,8 @@ impl TierOptions {
         self.upload_interval = t;
         self
     }
-    /// How long an owner that stopped writing keeps the prefix. Default: 30 s.
+    /// How long an owner that stopped writing keeps the prefix. Recorded in each manifest
+    /// version it writes: a claimer waits out the longer of that and its own. Default: 30 s.
     pub fn with_lease(mut self, t: Duration) -> Self {
         self.lease = t;
         self
@@ -143,6 +146,12 @@ impl TierOptions {
     pub fn with_verify_uploads(mut self, v: bool) -> Self {
         self.verify_uploads = v;
         self
+    }
+
+    /// The lease in ms: recorded in every manifest version this process writes, and compared
+    /// with heartbeat ages.
+    pub(crate) fn lease_ms(&self) -> u64 {
+        u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX)
     }
 }
 

@@ -95,7 +95,8 @@ pub(crate) enum Written {
 /// writing the manifest gives up for this pass.
 const MAX_OWN_VERSIONS: u32 = 8;
 
-/// Creates manifest version `m.epoch` (create-if-absent).
+/// Creates manifest version `m.epoch` (create-if-absent), its owner marked with this process's
+/// incarnation and lease.
 ///
 /// A version that already exists is another writer's (we are fenced) unless it is this
 /// process's (same owner id and incarnation) and every segment it lists is one `m` lists too:
@@ -106,6 +107,7 @@ const MAX_OWN_VERSIONS: u32 = 8;
 pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Written> {
     let mut m = m.clone();
     m.owner.incarnation = Some(inner.incarnation);
+    m.owner.lease_ms = Some(inner.opts.lease_ms());
     let mut own = 0;
     loop {
         match put_manifest(inner, &m).await? {
@@ -232,15 +234,19 @@ pub(crate) enum Claim {
 }
 
 /// Takes ownership of the prefix: refused while another owner's lease is live; waits out
-/// the lease of another process under this node id ([`Claim::Waiting`]).
+/// the lease of another process under this node id ([`Claim::Waiting`]). A lease is live for
+/// the longer of the owner's recorded lease and this process's ([`Owner::lease_ms_for`]): the
+/// owner renews by its own, so one set longer than ours is still held after ours ran out.
+///
+/// [`Owner::lease_ms_for`]: super::manifest::Owner::lease_ms_for
 pub(crate) async fn claim(inner: &TierInner) -> Result<Claim> {
     let me = &inner.opts.owner_id;
     let now = now_ms();
-    let lease_ms = inner.opts.lease.as_millis() as u64;
     let next = match latest_manifest(inner).await? {
         None => Manifest::new(me, now),
         Some(m) => {
             let age = now.saturating_sub(m.owner.heartbeat_ms);
+            let lease_ms = m.owner.lease_ms_for(inner.opts.lease_ms());
             if &m.owner.id != me && age < lease_ms {
                 return Err(LogError::Fenced {
                     owner: m.owner.id,

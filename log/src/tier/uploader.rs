@@ -232,9 +232,9 @@ impl Uploader {
             self.set_lag(&pending[i + 1..]);
             tracing::info!(base, end, store = %inner.opts.display, "uploaded a sealed segment");
         }
-        // Renew the lease when nothing else was written for a third of it.
-        let lease_ms = inner.opts.lease.as_millis() as u64;
-        if store::now_ms().saturating_sub(state.last_write_ms) >= lease_ms / 3 {
+        // Renew the lease when nothing else was written for a third of it (our own lease: the
+        // one each write records, and the least a claimer waits).
+        if store::now_ms().saturating_sub(state.last_write_ms) >= inner.opts.lease_ms() / 3 {
             let next = self
                 .tier
                 .manifest()
