@@ -270,6 +270,66 @@ async fn inspect_checks_every_crc_and_rebuild_refuses_a_live_log() {
     log.close().await.unwrap();
 }
 
+/// Damage in the active segment that valid batches follow (what `serve` refuses to start on):
+/// `inspect` reports it and exits 1, `replay` prints the events before it and fails naming it.
+/// Both ended quietly at the damaged batch before (the read-only view's end of the valid
+/// data): inspect said ok, replay exited 0 short of the last events.
+#[tokio::test]
+async fn inspect_and_replay_report_damage_that_valid_batches_follow_in_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    // Synced as written (`always`: a gap is not what a power cut leaves), all in the active
+    // segment, no index entry after its start.
+    let opts = LogOptions::default().with_index_interval_bytes(1 << 20);
+    let log = Log::open(dir.path().join("log"), opts).await.unwrap();
+    let evs = events();
+    for (i, e) in evs.iter().enumerate() {
+        log.append_one(Envelope::new(1_000 + i as u64, e.clone()).encode())
+            .await
+            .unwrap();
+    }
+    log.close().await.unwrap();
+    let seg = dir.path().join("log").join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Each batch starts with the magic `TDTG` (which no event here holds); one per append.
+    let starts: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"TDTG")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(starts.len(), evs.len());
+    // A byte of the record in batch 20 (past its 40-byte header and 4-byte length).
+    let flip = starts[20] + 45;
+    assert!(flip < starts[21]);
+    bytes[flip] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let d = dir.path().to_str().unwrap();
+
+    let (code, out, err) = tidings(&["inspect", "--data", d]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("CORRUPT") && out.contains("valid batches follow a damaged one"),
+        "{out}"
+    );
+
+    let (code, out, err) = tidings(&["replay", "--data", d]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines().count(),
+        20,
+        "the events before the damage: {out}"
+    );
+    assert!(
+        err.contains("valid batches follow a damaged one")
+            && err.contains(&seg.display().to_string()),
+        "{err}"
+    );
+    // A range that ends before the damage is replayed as before.
+    let (code, out, err) = tidings(&["replay", "--data", d, "--to", "19"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 20);
+}
+
 /// `rebuild` refuses a directory without a log (it would create one, which a server restoring
 /// that directory from the object store would then take for its own history) and one whose
 /// lock another process holds; and sets aside snapshots past the log's end first, as the

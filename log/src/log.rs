@@ -691,6 +691,12 @@ impl Log {
     /// `max_bytes`. Every batch returned has
     /// passed its CRC check. A read that meets damaged data after some good records returns
     /// those; a read that starts at damaged data fails with [`LogError::Corrupt`].
+    ///
+    /// On a read-only view, whose watermark stops at the first bad batch of the active segment,
+    /// a read at the watermark fails the same way when valid data follows that batch (the
+    /// writable open would refuse the log, under `RecoveryMode::Strict`, with this error); a
+    /// torn tail, such as a batch a running writer is writing, stays a clean end. That read
+    /// looks through the rest of the active segment file (with preallocation, its unused zeros).
     pub async fn read(&self, from: u64, max_bytes: usize) -> Result<Vec<Record>> {
         let log = self.clone();
         tokio::task::spawn_blocking(move || log.read_blocking(from, max_bytes))
@@ -712,6 +718,15 @@ impl Log {
                 start,
                 end: wm.next_offset,
             });
+        }
+        // A read-only view's valid data ends at the first bad batch of the active segment: a
+        // read that reaches it while valid data follows fails as a read of damage in a sealed
+        // segment does, not as a clean end of the log.
+        if from == wm.next_offset
+            && let Some(seg) = segs.iter().find(|s| s.base == wm.active_base)
+            && let Some(e) = self.damage_at_end(seg, &wm)?
+        {
+            return Err(e);
         }
         let mut out = Vec::new();
         let mut budget = Budget::new(max_bytes);
@@ -746,6 +761,16 @@ impl Log {
             }
         }
         Ok(out)
+    }
+
+    /// Read-only views: the damage the active segment `seg`'s valid data ends at, when valid
+    /// data follows it (`readonly::damage_at_end`). `None` for other segments, and for a
+    /// writable log, whose open refused such damage or cut it as its options say.
+    fn damage_at_end(&self, seg: &Segment, wm: &Watermark) -> Result<Option<LogError>> {
+        if !self.is_read_only() || seg.base != wm.active_base {
+            return Ok(None);
+        }
+        crate::readonly::damage_at_end(&self.shared.opts, &self.shared.dir, seg, wm)
     }
 
     /// The committed byte length of a segment under watermark `wm`.
@@ -820,7 +845,9 @@ impl Log {
     }
 
     /// Reads every batch of the segment with base `base_offset` and checks its CRC and framing
-    /// (blocking: for tools such as `tidings inspect`).
+    /// (blocking: for tools such as `tidings inspect`). On a read-only view the active segment
+    /// also fails when its valid data ends at damage that valid data follows, with the error a
+    /// writable open would refuse the log with (see [`Log::read`]).
     pub fn check_segment(&self, base_offset: u64) -> Result<SegmentCheck> {
         let wm = self.watermark();
         let segs = self.shared.segments.load();
@@ -833,6 +860,9 @@ impl Log {
                 end: wm.next_offset,
             })?;
         let (batches, records, next) = seg.check(self.segment_end(seg, &wm)?)?;
+        if let Some(e) = self.damage_at_end(seg, &wm)? {
+            return Err(e);
+        }
         let expected_end = segs
             .iter()
             .find(|s| s.base > seg.base && s.base <= wm.active_base)

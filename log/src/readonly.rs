@@ -8,9 +8,9 @@ use crate::error::{LogError, Result};
 use crate::index::{self, SegmentIndex};
 use crate::log::Watermark;
 use crate::options::LogOptions;
-use crate::recovery::scan_tail;
-use crate::segment::{self, Segment, SegmentPaths};
-use crate::vfs::{Vfs, read_up_to};
+use crate::recovery::{self, scan_tail};
+use crate::segment::{self, Scanner, Segment, SegmentPaths};
+use crate::vfs::{Vfs, VfsFile, read_up_to};
 
 /// The segment bases in `dir`, ascending.
 fn bases(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<u64>> {
@@ -125,4 +125,79 @@ pub(crate) fn scan(
     let (active, wm) = scan_active(opts, dir, last)?;
     segs.push(active);
     Ok((segs, wm))
+}
+
+/// The damage the active segment `seg`'s valid data ends at under watermark `wm`, as the
+/// error a writable open with these options would refuse the log with: only when valid data
+/// follows it (the rule of `recovery::recover_active`), never for a torn tail or the zeros of
+/// a preallocated segment. A writer still running never writes past a batch it has not
+/// finished, so a batch being written at the end of the data is a torn tail here, as today.
+///
+/// Not part of [`scan`], which runs at every refresh of a view that follows a running writer:
+/// it reads the rest of the active segment file (with preallocation, up to `preallocate_bytes`
+/// of zeros), so it runs only when asked — a check of the active segment, a read at the
+/// watermark.
+pub(crate) fn damage_at_end(
+    opts: &LogOptions,
+    dir: &Path,
+    seg: &Segment,
+    wm: &Watermark,
+) -> Result<Option<LogError>> {
+    let (good_end, next_offset) = (wm.active_len, wm.next_offset);
+    if seg.base != wm.active_base {
+        return Ok(None);
+    }
+    let unsynced_from = recovery::recorded_unsynced(opts.vfs.as_ref(), dir, seg.base);
+    if !recovery::refuses_damage(opts.recovery, unsynced_from, good_end) {
+        return Ok(None);
+    }
+    let path = &seg.paths.log;
+    let file = match opts.vfs.open_read(path) {
+        Ok(f) => f,
+        // A log whose first segment does not exist yet (an empty directory).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LogError::io("open segment", path, e)),
+    };
+    let file_len = file
+        .len()
+        .map_err(|e| LogError::io("stat segment", path, e))?;
+    // Not damage: nothing after the valid data; a valid batch there (a writer went on since
+    // the watermark was taken); or only the unused zeros of a preallocated segment.
+    if good_end >= file_len
+        || !damaged_at(file.as_ref(), path, good_end, file_len, next_offset)?
+        || recovery::zeros_to_end(file.as_ref(), path, good_end, file_len)?
+    {
+        return Ok(None);
+    }
+    let Some(resume_at) =
+        recovery::resume_after_damage(file.as_ref(), path, good_end, next_offset, file_len)?
+    else {
+        return Ok(None);
+    };
+    // Read the damaged batch again, now that valid data was seen after it: a writer that
+    // finished it meanwhile and went on to the next one is not damage (it was read while being
+    // written).
+    let now_len = file
+        .len()
+        .map_err(|e| LogError::io("stat segment", path, e))?;
+    if !damaged_at(file.as_ref(), path, good_end, now_len, next_offset)? {
+        return Ok(None);
+    }
+    Ok(Some(recovery::damage_before_valid_data(
+        path,
+        good_end,
+        next_offset,
+        resume_at,
+        file_len,
+    )))
+}
+
+/// Whether the batch at `pos`, where offset `expected` is due, fails to read as a valid batch
+/// within the first `len` bytes of the file.
+fn damaged_at(file: &dyn VfsFile, path: &Path, pos: u64, len: u64, expected: u64) -> Result<bool> {
+    match Scanner::new(file, path, pos, len, expected).next_batch() {
+        Some(Err(LogError::Corrupt { .. })) => Ok(true),
+        Some(Err(e)) => Err(e),
+        Some(Ok(_)) | None => Ok(false),
+    }
 }

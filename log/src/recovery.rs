@@ -206,47 +206,18 @@ pub(crate) fn recover_active(
             batch_len: 0,
             available: file_len - good_end,
         });
-        // The damaged batch's own extent, when its header still reads: its payload is a
-        // client's bytes and may hold a whole valid batch (a message can carry any bytes).
-        // Inside that extent only a batch that continues its offsets is evidence of durable
-        // data after damage (a length field flipped larger still finds the real next batch).
-        let head = read_up_to(file.as_ref(), HEADER_LEN, good_end)
-            .map_err(|e| LogError::io("read segment", &paths.log, e))?;
-        // Only when the damaged batch is the last thing written — the file ends inside its
-        // extent, or zeros follow it — as a torn last batch does: a length flipped larger with
-        // the next batch damaged as well would otherwise hide valid batches inside the extent.
-        let inside = match batch::peek_header(&head) {
-            Ok(h) if h.base_offset == next_offset => {
-                let end = good_end.saturating_add(h.batch_len);
-                let last =
-                    end >= file_len || zeros_to_end(file.as_ref(), &paths.log, end, file_len)?;
-                last.then(|| Extent {
-                    end,
-                    next_base: h.next_offset(),
-                })
-            }
-            _ => None,
-        };
-        let resume = find_valid_batch(
-            file.as_ref(),
-            &paths.log,
-            good_end + 1,
-            file_len,
-            next_offset,
-            inside,
-        )?;
-        let unsynced_tail = unsynced_from.is_some_and(|from| good_end >= from);
+        let resume =
+            resume_after_damage(file.as_ref(), &paths.log, good_end, next_offset, file_len)?;
+        let refused = refuses_damage(opts.recovery, unsynced_from, good_end);
         match (resume, opts.recovery) {
-            (Some(resume_at), RecoveryMode::Strict) if !unsynced_tail => {
-                return Err(LogError::Corrupt {
-                    path: paths.log.clone(),
-                    position: good_end,
-                    expected_offset: next_offset,
-                    kind: CorruptKind::DamageBeforeValidData {
-                        resume_at,
-                        valid_after: file_len - resume_at,
-                    },
-                });
+            (Some(resume_at), _) if refused => {
+                return Err(damage_before_valid_data(
+                    &paths.log,
+                    good_end,
+                    next_offset,
+                    resume_at,
+                    file_len,
+                ));
             }
             (Some(resume_at), RecoveryMode::Truncate) => {
                 tracing::error!(
@@ -333,7 +304,7 @@ pub(crate) fn recover_active(
 }
 
 /// Whether `[from, end)` of the file is all zero bytes (read in 1 MiB pieces).
-fn zeros_to_end(file: &dyn VfsFile, path: &Path, from: u64, end: u64) -> Result<bool> {
+pub(crate) fn zeros_to_end(file: &dyn VfsFile, path: &Path, from: u64, end: u64) -> Result<bool> {
     const CHUNK: u64 = 1 << 20;
     let mut pos = from;
     while pos < end {
@@ -350,6 +321,72 @@ fn zeros_to_end(file: &dyn VfsFile, path: &Path, from: u64, end: u64) -> Result<
         pos += want as u64;
     }
     Ok(true)
+}
+
+/// Where a valid batch resumes after the damage that ends a segment's valid data at
+/// `good_end` (where offset `next_offset` was due), in a file of `file_len` bytes: `None` when
+/// none does, and the damage is a torn tail. Callers have ruled out zeros to the end (the unused
+/// part of a preallocated segment).
+pub(crate) fn resume_after_damage(
+    file: &dyn VfsFile,
+    path: &Path,
+    good_end: u64,
+    next_offset: u64,
+    file_len: u64,
+) -> Result<Option<u64>> {
+    // The damaged batch's own extent, when its header still reads: its payload is a
+    // client's bytes and may hold a whole valid batch (a message can carry any bytes).
+    // Inside that extent only a batch that continues its offsets is evidence of durable
+    // data after damage (a length field flipped larger still finds the real next batch).
+    let head = read_up_to(file, HEADER_LEN, good_end)
+        .map_err(|e| LogError::io("read segment", path, e))?;
+    // Only when the damaged batch is the last thing written — the file ends inside its
+    // extent, or zeros follow it — as a torn last batch does: a length flipped larger with
+    // the next batch damaged as well would otherwise hide valid batches inside the extent.
+    let inside = match batch::peek_header(&head) {
+        Ok(h) if h.base_offset == next_offset => {
+            let end = good_end.saturating_add(h.batch_len);
+            let last = end >= file_len || zeros_to_end(file, path, end, file_len)?;
+            last.then(|| Extent {
+                end,
+                next_base: h.next_offset(),
+            })
+        }
+        _ => None,
+    };
+    find_valid_batch(file, path, good_end + 1, file_len, next_offset, inside)
+}
+
+/// Whether an open refuses damage at `good_end` that valid data follows: under
+/// `RecoveryMode::Strict`, unless the damage lies in a tail written under `every`/`never`
+/// (at or after `unsynced_from`, see [`recover_active`]), where it is what a power cut leaves.
+pub(crate) fn refuses_damage(
+    recovery: RecoveryMode,
+    unsynced_from: Option<u64>,
+    good_end: u64,
+) -> bool {
+    recovery == RecoveryMode::Strict && unsynced_from.is_none_or(|from| good_end < from)
+}
+
+/// The error an open refuses a segment with whose valid data ends at damage at `good_end`
+/// (where offset `next_offset` was due) and resumes at `resume_at`, in a file of `file_len`
+/// bytes.
+pub(crate) fn damage_before_valid_data(
+    path: &Path,
+    good_end: u64,
+    next_offset: u64,
+    resume_at: u64,
+    file_len: u64,
+) -> LogError {
+    LogError::Corrupt {
+        path: path.to_path_buf(),
+        position: good_end,
+        expected_offset: next_offset,
+        kind: CorruptKind::DamageBeforeValidData {
+            resume_at,
+            valid_after: file_len - resume_at,
+        },
+    }
 }
 
 /// Where the valid data of a segment ends, found from its index and a scan of the tail.

@@ -1,12 +1,17 @@
 //! Read-only views: follow a log another handle is writing, across rolls, without a lock and
-//! without changing a byte on disk.
+//! without changing a byte on disk; damage in the active segment that valid batches follow is
+//! reported as the writable open reports it, a torn tail is a clean end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use common::{payload, read_all, segment_files};
-use tidings_log::{Log, LogError, LogOptions};
+use tidings_log::{CorruptKind, Log, LogError, LogOptions};
 
 fn opts() -> LogOptions {
     LogOptions::default()
@@ -96,4 +101,139 @@ async fn a_read_only_view_changes_nothing_on_disk() {
         Log::open(empty.path().join("missing"), opts().with_read_only(true)).await,
         Err(LogError::Io { .. })
     ));
+}
+
+/// Preallocation off and no index entry in a segment of 32 batches (the interval is larger),
+/// so a read-only view scans the active segment from its start.
+fn damage_opts() -> LogOptions {
+    LogOptions::default()
+        .with_preallocate_bytes(0)
+        .with_index_interval_bytes(1 << 20)
+}
+
+/// A log of 32 records of 200 bytes, one batch each, all in its active segment (closed).
+/// Returns the segment file and the length of each batch (they are all alike).
+async fn thirty_two_batches(dir: &Path) -> (PathBuf, usize) {
+    let log = Log::open(dir, damage_opts()).await.unwrap();
+    for i in 0..32 {
+        log.append_one(payload(i, 200)).await.unwrap();
+    }
+    log.close().await.unwrap();
+    let files = segment_files(dir);
+    assert_eq!(files.len(), 1, "one (active) segment");
+    let len = std::fs::metadata(&files[0]).unwrap().len() as usize;
+    assert_eq!(len % 32, 0, "32 batches of one length");
+    (files[0].clone(), len / 32)
+}
+
+/// A byte flipped in batch 30 of the active segment, with batch 31 valid after it: the
+/// read-only view's valid data ends at batch 30 (its watermark is 30), and before the fix its
+/// check of the active segment said ok and a read at the watermark was a clean end, while
+/// the writable open refused the log. Now all three name the same damage.
+#[tokio::test]
+async fn damage_in_the_active_segment_that_valid_batches_follow_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, batch) = thirty_two_batches(dir.path()).await;
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = 30 * batch;
+    bytes[at + batch / 2] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let is_this_damage = |e: &LogError| {
+        matches!(
+            e,
+            LogError::Corrupt {
+                path,
+                position,
+                expected_offset: 30,
+                kind: CorruptKind::DamageBeforeValidData { resume_at, .. },
+            } if *path == seg && *position == at as u64 && *resume_at == (31 * batch) as u64
+        )
+    };
+
+    let view = Log::open(dir.path(), damage_opts().with_read_only(true))
+        .await
+        .unwrap();
+    assert_eq!(view.next_offset(), 30, "the valid data ends at batch 30");
+    let err = view.check_segment(0).unwrap_err();
+    assert!(is_this_damage(&err), "{err:?}");
+    // The records before the damage read; the read that reaches it fails, naming it.
+    assert_eq!(read_all(&view, 0).await.len(), 30);
+    let err = view.read(30, 1 << 20).await.unwrap_err();
+    assert!(is_this_damage(&err), "{err:?}");
+    view.close().await.unwrap();
+
+    // The writable open refuses the same log with the same error.
+    let err = Log::open(dir.path(), damage_opts()).await.unwrap_err();
+    assert!(is_this_damage(&err), "{err:?}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was cut");
+}
+
+/// A torn tail — the last batch cut short, or damaged with nothing valid after it — stays a
+/// clean end of a read-only view, as it is for the writable open (which cuts it).
+#[tokio::test]
+async fn a_torn_tail_stays_a_clean_end_of_a_read_only_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, batch) = thirty_two_batches(dir.path()).await;
+    let whole = std::fs::read(&seg).unwrap();
+
+    // Cut in the middle of batch 31.
+    std::fs::write(&seg, &whole[..31 * batch + batch / 2]).unwrap();
+    let view = Log::open(dir.path(), damage_opts().with_read_only(true))
+        .await
+        .unwrap();
+    assert_eq!(view.next_offset(), 31);
+    assert_eq!(view.check_segment(0).unwrap().records, 31);
+    assert!(view.read(31, 1 << 20).await.unwrap().is_empty());
+    view.close().await.unwrap();
+
+    // A byte flipped in the last batch: damage, but nothing valid follows it.
+    let mut bytes = whole;
+    bytes[31 * batch + batch / 2] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let view = Log::open(dir.path(), damage_opts().with_read_only(true))
+        .await
+        .unwrap();
+    assert_eq!(view.next_offset(), 31);
+    assert_eq!(view.check_segment(0).unwrap().records, 31);
+    assert!(view.read(31, 1 << 20).await.unwrap().is_empty());
+    view.close().await.unwrap();
+
+    // The writable open agrees: it cuts the torn batch and opens.
+    let log = Log::open(dir.path(), damage_opts()).await.unwrap();
+    assert_eq!(log.next_offset(), 31);
+    log.close().await.unwrap();
+}
+
+/// A view that keeps reading at its watermark while a writer appends never takes the batch
+/// being written for damage: a running writer writes nothing past a batch it has not finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_the_watermark_of_a_view_of_a_live_writer_never_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), damage_opts()).await.unwrap();
+    log.append_one(payload(0, 200)).await.unwrap();
+    let view = Log::open(dir.path(), damage_opts().with_read_only(true))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let (view, stop) = (view.clone(), stop.clone());
+        move || {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let wm = view.refresh().unwrap();
+                view.read_blocking(wm.next_offset, 0).unwrap();
+                reads += 1;
+            }
+            reads
+        }
+    });
+    for i in 1..300 {
+        log.append_one(payload(i, 200)).await.unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    let reads = reader.join().unwrap();
+    assert!(reads > 0);
+    assert_eq!(view.refresh().unwrap().next_offset, 300);
+    view.close().await.unwrap();
+    log.close().await.unwrap();
 }

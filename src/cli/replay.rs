@@ -46,7 +46,16 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let end = log.next_offset();
     'outer: loop {
         let next = tail.position();
-        if args.to.is_some_and(|to| next > to) || (!args.follow && next >= end) {
+        if args.to.is_some_and(|to| next > to) {
+            break;
+        }
+        if !args.follow && next >= end {
+            // The read at the end fails when the active segment's valid data ends at damage
+            // that valid data follows (which `serve` refuses to start on): the replay stops
+            // with that error, as at damage in a sealed segment, not as at the end of the log.
+            if next == end {
+                log.read(end, 0).await?;
+            }
             break;
         }
         let batch = tail.next_batch(4 << 20).await?;
