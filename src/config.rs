@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 use tidings_log::FsyncPolicy;
+use tidings_projections::ids::MAX_ID_LEN;
 
 /// Every setting, with defaults applied.
 #[derive(Debug, Clone)]
@@ -172,10 +173,11 @@ pub(crate) struct ServeArgs {
     /// Largest message payload. Default: 65536.
     #[arg(long, env = "TIDINGS_LIMITS_MAX_PAYLOAD_BYTES")]
     limits_max_payload_bytes: Option<usize>,
-    /// Largest WebSocket frame. Default: 1048576.
+    /// Largest WebSocket frame; at least 3 × the payload limit + 4096 (the largest binary frame
+    /// read as a send). Default: 1048576.
     #[arg(long, env = "TIDINGS_LIMITS_MAX_FRAME_BYTES")]
     limits_max_frame_bytes: Option<usize>,
-    /// Most WebSocket connections at once. Default: 100000.
+    /// Most WebSocket connections at once (at most 2^30). Default: 100000.
     #[arg(long, env = "TIDINGS_LIMITS_MAX_CONNECTIONS")]
     limits_max_connections: Option<usize>,
     /// Sends per second per WebSocket connection (and per user over HTTP); bursts of twice
@@ -187,10 +189,12 @@ pub(crate) struct ServeArgs {
     /// a while. Default: 1000.
     #[arg(long, env = "TIDINGS_LIMITS_FRAMES_PER_SECOND")]
     limits_frames_per_second: Option<u32>,
-    /// Messages queued for one WebSocket session before it is closed as too slow. Default: 4096.
+    /// Messages queued for one WebSocket session before it is closed as too slow (at most
+    /// 2^30). Default: 4096.
     #[arg(long, env = "TIDINGS_LIMITS_SESSION_QUEUE")]
     limits_session_queue: Option<usize>,
-    /// Most uids in one membership or list call. Default: 10000.
+    /// Most uids in one membership or list call (1 to 1000913: the call's event must fit one
+    /// log append). Default: 10000.
     #[arg(long, env = "TIDINGS_LIMITS_MAX_UIDS_PER_CALL")]
     limits_max_uids_per_call: Option<usize>,
     /// Bytes of frames queued for one WebSocket session before it is closed as too slow.
@@ -598,9 +602,140 @@ impl ServeArgs {
 /// append, twice this plus framing, must fit its 64 MiB queue).
 pub(crate) const MAX_PAYLOAD_LIMIT: usize = 16 << 20;
 
+/// Bytes a binary (CBOR) WebSocket frame may hold besides three times its payload: its type,
+/// `client_msg_id` and channel.
+pub(crate) const CBOR_FRAME_OVERHEAD: usize = 4096;
+
+/// The longest a duration setting may be, in seconds (about 31 years; a setting in
+/// milliseconds, [`MAX_DURATION_MS`]): beyond any real use, and far inside what a deadline (now
+/// plus the setting) can hold. One of 2^63 s or more panicked where it was added to the clock:
+/// hyper's read timeout at every connection, the shutdown's deadline at SIGTERM.
+pub(crate) const MAX_DURATION_SECS: u64 = 1_000_000_000;
+
+/// [`MAX_DURATION_SECS`] in milliseconds.
+pub(crate) const MAX_DURATION_MS: u64 = MAX_DURATION_SECS * 1000;
+
+/// The largest count that becomes the capacity of a semaphore or a queue
+/// (`limits.max_connections`, `limits.session_queue`): tokio panics above `usize::MAX >> 3`, at
+/// start-up or at every WebSocket upgrade.
+pub(crate) const MAX_CAPACITY: usize = 1 << 30;
+
+/// The largest append the server's log takes: one must fit the log writer's queue
+/// (`LogOptions`' default `max_queued_bytes`, 64 MiB), or the log refuses to open.
+const LOG_MAX_APPEND: usize = 64 << 20;
+
+/// Room in an append besides its payload or its uids: the rest of the event (ids, field names)
+/// and the log's framing (a batch header, a record length).
+const APPEND_SLACK: usize = 1 << 20;
+
+/// Bytes one uid adds to a membership or list event at most: its text and the 2-byte CBOR head
+/// of a text of 24 to 255 bytes (`projections/src/codec.rs`).
+const UID_EVENT_BYTES: usize = MAX_ID_LEN + 2;
+
+/// The largest `limits.max_uids_per_call` (1,000,913): the event of a call with that many uids
+/// of the longest kind must fit one append.
+pub(crate) const MAX_UIDS_PER_CALL: usize = (LOG_MAX_APPEND - APPEND_SLACK) / UID_EVENT_BYTES;
+
+/// Refuses setting `name` above `max` (in `unit`).
+fn at_most<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    max: T,
+    unit: &str,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        value <= max,
+        "{name} ({value}) must be at most {max} {unit}"
+    );
+    Ok(())
+}
+
 impl Config {
+    /// The largest binary (CBOR) WebSocket frame that is read: 3 × `limits.max_payload_bytes`
+    /// and the frame's fields (a CBOR map payload of short decimals takes about twice its JSON
+    /// size, a `payload_b64` 4/3 of the payload). A larger one is answered `payload_too_large`
+    /// unread.
+    pub(crate) fn max_binary_frame_bytes(&self) -> usize {
+        self.limits_max_payload_bytes
+            .saturating_mul(3)
+            .saturating_add(CBOR_FRAME_OVERHEAD)
+    }
+
+    /// The log's largest append: room for the largest event a request makes — a send (twice
+    /// the largest payload) or a membership or list call with `limits.max_uids_per_call` uids
+    /// of the longest kind — and the rest. (Sized by the payload alone, a call with many uids
+    /// made an event larger than the log took: a 500.)
+    pub(crate) fn log_max_append_bytes(&self) -> usize {
+        self.limits_max_payload_bytes
+            .saturating_mul(2)
+            .max(
+                self.limits_max_uids_per_call
+                    .saturating_mul(UID_EVENT_BYTES),
+            )
+            .saturating_add(APPEND_SLACK)
+    }
+
+    /// Durations and capacities within what the code that uses them can hold.
+    fn check_bounds(&self) -> anyhow::Result<()> {
+        let t = &self.tier;
+        let secs = [
+            ("limits.ws_idle_secs", self.limits_ws_idle_secs),
+            (
+                "limits.http_read_timeout_secs",
+                self.limits_http_read_timeout_secs,
+            ),
+            (
+                "projections.snapshot_interval_secs",
+                self.projections_snapshot_interval_secs,
+            ),
+            (
+                "projections.idempotency_secs",
+                self.projections_idempotency_secs,
+            ),
+            ("shutdown.grace_secs", self.shutdown_grace_secs),
+            (
+                "tier.local_retention_secs",
+                t.local_retention_secs.unwrap_or(0),
+            ),
+            ("tier.upload_interval_secs", t.upload_interval_secs),
+            ("tier.lease_secs", t.lease_secs),
+        ];
+        for (name, value) in secs {
+            at_most(name, value, MAX_DURATION_SECS, "(seconds: about 31 years)")?;
+        }
+        let ms = [
+            ("acks.flush_ms", self.acks_flush_ms),
+            ("tier.read_timeout_ms", t.read_timeout_ms),
+        ];
+        for (name, value) in ms {
+            at_most(
+                name,
+                value,
+                MAX_DURATION_MS,
+                "(milliseconds: about 31 years)",
+            )?;
+        }
+        if let FsyncPolicy::Every(d) = self.log_fsync {
+            at_most(
+                "log.fsync every(MS)",
+                d.as_millis(),
+                u128::from(MAX_DURATION_MS),
+                "(milliseconds: about 31 years)",
+            )?;
+        }
+        let capacities = [
+            ("limits.max_connections", self.limits_max_connections),
+            ("limits.session_queue", self.limits_session_queue),
+        ];
+        for (name, value) in capacities {
+            at_most(name, value, MAX_CAPACITY, "(2^30)")?;
+        }
+        Ok(())
+    }
+
     /// Values that each parse but together (or alone) would break the server.
     fn check(&self) -> anyhow::Result<()> {
+        self.check_bounds()?;
         let t = &self.tier;
         // The lease is renewed by upload passes (at the first pass a third of a lease after
         // the last manifest write): passes further apart than that let the lease lapse while
@@ -641,6 +776,23 @@ impl Config {
             "limits.max_payload_bytes ({}) must be in [1, {MAX_PAYLOAD_LIMIT}]",
             self.limits_max_payload_bytes
         );
+        // Binary frames up to this size are read as sends: below it, a send HTTP takes closed
+        // the connection (1009) instead of being answered, and 0 closed it at every frame.
+        let frame_floor = self.max_binary_frame_bytes();
+        anyhow::ensure!(
+            self.limits_max_frame_bytes >= frame_floor,
+            "limits.max_frame_bytes ({}) must be at least 3 × limits.max_payload_bytes + \
+             {CBOR_FRAME_OVERHEAD} ({frame_floor}): a binary frame up to that size may be a \
+             valid send, and a frame past limits.max_frame_bytes closes the connection",
+            self.limits_max_frame_bytes
+        );
+        anyhow::ensure!(
+            (1..=MAX_UIDS_PER_CALL).contains(&self.limits_max_uids_per_call),
+            "limits.max_uids_per_call ({}) must be in [1, {MAX_UIDS_PER_CALL}]: the event of a \
+             call, up to {UID_EVENT_BYTES} bytes a uid, must fit one log append \
+             ({LOG_MAX_APPEND} bytes at most)",
+            self.limits_max_uids_per_call
+        );
         Ok(())
     }
 }
@@ -648,6 +800,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidings_projections::{Envelope, Event, ListKind, ListOp, ListOwner};
 
     #[test]
     fn flags_beat_the_file_which_beats_the_defaults() {
@@ -737,6 +890,144 @@ mod tests {
             },
             "limits.ws_idle_secs",
         );
+        // Durations a deadline cannot hold (2^63 s and up panicked: hyper's read timeout at
+        // every connection, the shutdown's deadline at SIGTERM; the idempotency window wrapped
+        // in milliseconds), and one second past the bound.
+        let huge = u64::MAX;
+        let durations = [
+            (
+                ServeArgs {
+                    limits_http_read_timeout_secs: Some(1 << 63),
+                    ..ServeArgs::default()
+                },
+                "limits.http_read_timeout_secs",
+            ),
+            (
+                ServeArgs {
+                    limits_ws_idle_secs: Some(huge),
+                    ..ServeArgs::default()
+                },
+                "limits.ws_idle_secs",
+            ),
+            (
+                ServeArgs {
+                    shutdown_grace_secs: Some(1 << 63),
+                    ..ServeArgs::default()
+                },
+                "shutdown.grace_secs",
+            ),
+            (
+                ServeArgs {
+                    shutdown_grace_secs: Some(MAX_DURATION_SECS + 1),
+                    ..ServeArgs::default()
+                },
+                "shutdown.grace_secs",
+            ),
+            (
+                ServeArgs {
+                    projections_snapshot_interval_secs: Some(huge),
+                    ..ServeArgs::default()
+                },
+                "projections.snapshot_interval_secs",
+            ),
+            (
+                ServeArgs {
+                    projections: ProjectionsArgs {
+                        projections_idempotency_secs: Some(huge / 1000 + 1),
+                        ..ProjectionsArgs::default()
+                    },
+                    ..ServeArgs::default()
+                },
+                "projections.idempotency_secs",
+            ),
+            (
+                ServeArgs {
+                    acks_flush_ms: Some(huge),
+                    ..ServeArgs::default()
+                },
+                "acks.flush_ms",
+            ),
+            (
+                ServeArgs {
+                    tier_read_timeout_ms: Some(huge),
+                    ..ServeArgs::default()
+                },
+                "tier.read_timeout_ms",
+            ),
+            (
+                ServeArgs {
+                    tier_local_retention_secs: Some(huge),
+                    ..ServeArgs::default()
+                },
+                "tier.local_retention_secs",
+            ),
+            (
+                ServeArgs {
+                    tier_upload_interval_secs: Some(huge),
+                    ..ServeArgs::default()
+                },
+                "tier.upload_interval_secs",
+            ),
+            (
+                ServeArgs {
+                    log_fsync: Some(format!("every({huge})")),
+                    ..ServeArgs::default()
+                },
+                "log.fsync",
+            ),
+            // The lease in milliseconds was cut to 64 bits; checked with or without a tier.
+            (
+                ServeArgs {
+                    tier_lease_secs: Some(huge),
+                    ..ServeArgs::default()
+                },
+                "tier.lease_secs",
+            ),
+        ];
+        for (args, what) in durations {
+            refused(args, what);
+        }
+        // Capacities tokio refuses with a panic (above `usize::MAX >> 3`): at start-up for the
+        // connections' semaphore, at every WebSocket upgrade for a session's queue.
+        for n in [usize::MAX, (1 << 61) + 1, MAX_CAPACITY + 1] {
+            refused(
+                ServeArgs {
+                    limits_max_connections: Some(n),
+                    ..ServeArgs::default()
+                },
+                "limits.max_connections",
+            );
+            refused(
+                ServeArgs {
+                    limits_session_queue: Some(n),
+                    ..ServeArgs::default()
+                },
+                "limits.session_queue",
+            );
+        }
+        // A frame limit below what a send's binary frame may take (3 × the payload limit and
+        // 4 KiB): a 1.5 MB send closed the connection (1009) where HTTP took it; 0 closed
+        // every connection at its first frame.
+        for (payload, frame) in [(4 << 20, 1 << 20), (64 << 10, 0), (1024, 3 * 1024 + 4095)] {
+            refused(
+                ServeArgs {
+                    limits_max_payload_bytes: Some(payload),
+                    limits_max_frame_bytes: Some(frame),
+                    ..ServeArgs::default()
+                },
+                "limits.max_frame_bytes",
+            );
+        }
+        // More uids per call than one log append holds the event of (and none at all).
+        for n in [MAX_UIDS_PER_CALL + 1, usize::MAX, 0] {
+            refused(
+                ServeArgs {
+                    limits_max_uids_per_call: Some(n),
+                    ..ServeArgs::default()
+                },
+                "limits.max_uids_per_call",
+            );
+        }
         // Without a tier the lease is not used: a leftover interval is no reason to refuse.
         let untiered = ServeArgs {
             tier_upload_interval_secs: Some(60),
@@ -746,8 +1037,83 @@ mod tests {
         let ok = ServeArgs {
             tier_lease_secs: Some(15),
             limits_max_payload_bytes: Some(MAX_PAYLOAD_LIMIT),
+            limits_max_frame_bytes: Some(3 * MAX_PAYLOAD_LIMIT + CBOR_FRAME_OVERHEAD),
             ..ServeArgs::default()
         };
         assert_eq!(ok.resolve().unwrap().tier.lease_secs, 15);
+    }
+
+    /// Every bound is a value that is taken, and the defaults are within them all.
+    #[test]
+    fn values_at_the_bounds_are_taken() {
+        let at_bounds = ServeArgs {
+            limits_ws_idle_secs: Some(MAX_DURATION_SECS),
+            limits_http_read_timeout_secs: Some(MAX_DURATION_SECS),
+            projections_snapshot_interval_secs: Some(MAX_DURATION_SECS),
+            projections: ProjectionsArgs {
+                projections_idempotency_secs: Some(MAX_DURATION_SECS),
+                ..ProjectionsArgs::default()
+            },
+            shutdown_grace_secs: Some(MAX_DURATION_SECS),
+            acks_flush_ms: Some(MAX_DURATION_MS),
+            tier_url: Some("file:///nowhere".into()),
+            tier_local_retention_secs: Some(MAX_DURATION_SECS),
+            tier_upload_interval_secs: Some(MAX_DURATION_SECS / 3),
+            tier_lease_secs: Some(MAX_DURATION_SECS),
+            tier_read_timeout_ms: Some(MAX_DURATION_MS),
+            log_fsync: Some(format!("every({MAX_DURATION_MS})")),
+            limits_max_connections: Some(MAX_CAPACITY),
+            limits_session_queue: Some(MAX_CAPACITY),
+            limits_max_payload_bytes: Some(MAX_PAYLOAD_LIMIT),
+            limits_max_frame_bytes: Some(3 * MAX_PAYLOAD_LIMIT + CBOR_FRAME_OVERHEAD),
+            limits_max_uids_per_call: Some(MAX_UIDS_PER_CALL),
+            ..ServeArgs::default()
+        };
+        let c = at_bounds.resolve().unwrap();
+        assert!(
+            c.log_max_append_bytes() <= LOG_MAX_APPEND,
+            "{} bytes: more than the log takes",
+            c.log_max_append_bytes()
+        );
+        assert_eq!(c.max_binary_frame_bytes(), c.limits_max_frame_bytes);
+        let d = ServeArgs::default().resolve().unwrap();
+        assert_eq!(d.max_binary_frame_bytes(), 3 * (64 << 10) + 4096);
+    }
+
+    /// A membership or list call of `limits.max_uids_per_call` uids of the longest kind fits
+    /// the log's largest append. Sized by the payload limit alone (2 × 64 KiB + 1 MiB), it was
+    /// below the event of 20,000 such uids (~1.3 MB), and the call answered 500.
+    #[test]
+    fn the_largest_uids_call_fits_one_append() {
+        let event_bytes = |n: usize| {
+            Envelope::new(
+                u64::MAX,
+                Event::ListChanged {
+                    owner: ListOwner::Channel("c".repeat(MAX_ID_LEN)),
+                    list: ListKind::Allow,
+                    op: ListOp::Set,
+                    uids: vec!["u".repeat(MAX_ID_LEN); n],
+                },
+            )
+            .encode()
+            .len()
+        };
+        let n = 20_000;
+        // Each uid adds at most `UID_EVENT_BYTES` (the array's head grows by a few bytes).
+        assert!(event_bytes(n) - event_bytes(0) <= n * UID_EVENT_BYTES + 8);
+        let c = ServeArgs {
+            limits_max_uids_per_call: Some(n),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        // The log frames a one-record append with a 40-byte batch header and a 4-byte length.
+        let append = event_bytes(n) + 44;
+        assert!(
+            append <= c.log_max_append_bytes(),
+            "an append of {append} bytes, the log's largest {}",
+            c.log_max_append_bytes()
+        );
+        assert!(append > 2 * c.limits_max_payload_bytes + (1 << 20));
     }
 }

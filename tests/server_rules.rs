@@ -882,10 +882,16 @@ async fn a_client_that_only_reads_through_a_long_catch_up_stays() {
 
 /// A frame past `limits.max_frame_bytes` ends the session with close code 1009
 /// `message_too_big` (the client saw the connection drop, 1006, and could not tell why); what
-/// the client sent before it still counts.
+/// the client sent before it still counts. (The frame limit is at least 3 × the payload limit
+/// and 4 KiB.)
 #[tokio::test]
 async fn a_frame_too_large_closes_with_1009() {
-    let server = Server::start(&["--limits-max-frame-bytes", "4096"]);
+    let server = Server::start(&[
+        "--limits-max-payload-bytes",
+        "1024",
+        "--limits-max-frame-bytes",
+        "8192",
+    ]);
     let api = Api::new(&server);
     api.group("g", &["alice"]).await;
     let alice = api.user("alice").await;
@@ -1050,4 +1056,47 @@ async fn the_admin_reading_a_channel_that_never_existed_gets_404() {
         .call("GET", "/v1/channels/g/messages", ADMIN, None)
         .await;
     assert_eq!(status, 200);
+}
+
+/// A membership or list call of `limits.max_uids_per_call` uids of the longest kind is taken:
+/// the log's largest append was sized by the payload limit alone (2 × 64 KiB + 1 MiB), and
+/// 20,000 uids of 64 characters made an event past it, answered 500 `internal`.
+#[tokio::test]
+async fn the_largest_uids_call_fits_the_log() {
+    let server = Server::start(&["--limits-max-uids-per-call", "20000"]);
+    let api = Api::new(&server);
+    api.group("g", &[]).await;
+    let uids: Vec<String> = (0..20_000).map(|i| format!("{i:064}")).collect();
+    let view = api
+        .ok(
+            "POST",
+            "/v1/channels/g/members",
+            ADMIN,
+            Some(json!({ "uids": uids })),
+        )
+        .await;
+    assert_eq!(view["members"], 20_000);
+    let list = api
+        .ok(
+            "POST",
+            "/v1/users/alice/denylist",
+            ADMIN,
+            Some(json!({ "uids": uids })),
+        )
+        .await;
+    assert_eq!(list["uids"].as_array().map(Vec::len), Some(20_000));
+    // One more uid is refused, as before.
+    let mut more = uids;
+    more.push("one-more".into());
+    assert_eq!(
+        code_of(
+            &api,
+            "POST",
+            "/v1/channels/g/members",
+            ADMIN,
+            Some(json!({ "uids": more }))
+        )
+        .await,
+        (413, "payload_too_large".into())
+    );
 }

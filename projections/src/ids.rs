@@ -12,9 +12,12 @@ pub type ChannelId = String;
 
 const PERSON_PREFIX: &str = "p:";
 
+/// The longest user id or group channel id, in bytes (all ASCII).
+pub const MAX_ID_LEN: usize = 64;
+
 /// Whether `s` is a valid user id or group channel id.
 pub fn is_valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
+    (1..=MAX_ID_LEN).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }

@@ -66,7 +66,8 @@ pub(crate) struct Running {
 pub(crate) fn projection_config(c: &Config) -> ProjectionConfig {
     ProjectionConfig {
         idempotency_max_entries: c.projections_idempotency_entries,
-        idempotency_max_age_ms: c.projections_idempotency_secs * 1000,
+        // Saturating: `rebuild` takes these settings unchecked.
+        idempotency_max_age_ms: c.projections_idempotency_secs.saturating_mul(1000),
         index_cache_bytes: c.cache_index_bytes,
         index_flush_entries: c.projections_index_flush_entries,
         ..ProjectionConfig::default()
@@ -133,7 +134,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         .with_fsync(config.log_fsync)
         .with_segment_bytes(config.log_segment_bytes)
         .with_preallocate_bytes(config.log_preallocate_bytes)
-        .with_max_append_bytes((config.limits_max_payload_bytes * 2 + (1 << 20)).min(256 << 20));
+        .with_max_append_bytes(config.log_max_append_bytes());
     if let Some(t) = tier {
         log_opts = log_opts.with_tier(t);
     }

@@ -44,8 +44,6 @@ use crate::server::state::AppState;
 
 const CBOR_PROTOCOL: &str = "tidings.cbor";
 const CATCH_UP_PAGE: usize = 256;
-/// Bytes a CBOR frame may hold besides three times its payload (type, client_msg_id, channel).
-const CBOR_FRAME_OVERHEAD: usize = 4096;
 /// Catch-up messages read from the log (and held) at a time.
 const CATCH_UP_LOAD: usize = 32;
 /// Sends in flight per connection; beyond it the session stops reading the socket until some
@@ -570,14 +568,9 @@ impl Ctx {
         // of one-byte integers would be a million nodes, twice. The frame is not read, so the
         // error names no `client_msg_id`.
         if let WsMessage::Binary(b) = msg {
-            // Three times the payload limit: a CBOR map payload of short decimals takes about
-            // twice its JSON size, a `payload_b64` 4/3 of the payload.
-            let most = self
-                .state
-                .config
-                .limits_max_payload_bytes
-                .saturating_mul(3)
-                .saturating_add(CBOR_FRAME_OVERHEAD);
+            // Three times the payload limit and the frame's fields; `limits.max_frame_bytes` is
+            // at least that, so a frame the transport lets through is read or answered here.
+            let most = self.state.config.max_binary_frame_bytes();
             if b.len() > most {
                 let err = ApiError::too_large(format!(
                     "a binary frame of {} bytes, not read; at most {most} (3 × limits.max_payload_bytes and the frame's fields)",

@@ -38,10 +38,12 @@ pub(crate) async fn open_cache(opts: &TierOptions) -> Result<HybridCache<String,
         .with_capacity(disk)
         .build()
         .map_err(err)?;
-    // Engine blocks must hold a cache block plus headers; at least 8 of them fit on disk.
+    // Engine blocks: an eighth of the disk, at most 16 MiB, but at least two cache blocks plus
+    // headers — past 16 MiB for blocks near their 8 MiB maximum (a `clamp` whose lower bound
+    // passed its upper one panicked there).
     let engine_block = ((disk / 8) & !4095)
-        .clamp(2 * opts.block_bytes + 8192, 16 << 20)
-        .max(opts.block_bytes + 8192);
+        .min(16 << 20)
+        .max(2 * opts.block_bytes + 8192);
     HybridCacheBuilder::new()
         .with_name("cold-blocks")
         .memory(opts.cache_memory_bytes.max(1 << 20))
@@ -461,6 +463,31 @@ mod tests {
             10_000 - 8192
         );
         assert!(inner.block("obj", 3, 10_000).await.unwrap().is_empty());
+        t.close().await.unwrap();
+    }
+
+    /// Blocks of up to 8 MiB are taken; one above 8 MiB − 4 KiB panicked when the cache
+    /// opened (its engine blocks' lower bound passed their 16 MiB upper one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_largest_blocks_are_served() {
+        let bucket = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        store
+            .put(&"p/obj".into(), PutPayload::from(data.clone()))
+            .await
+            .unwrap();
+        let t = Tier::open(
+            TierOptions::new(store, "p", "test://p", "n", cache.path())
+                .with_block_bytes(16 << 20)
+                .with_cache_bytes(1 << 20, 256 << 20),
+        )
+        .await
+        .unwrap();
+        assert_eq!(t.inner.opts.block_bytes, 8 << 20, "clamped to 8 MiB");
+        let b0 = t.inner.block("obj", 0, 10_000).await.unwrap();
+        assert_eq!(&b0[..], &data[..]);
         t.close().await.unwrap();
     }
 }
