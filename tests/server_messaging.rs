@@ -953,3 +953,38 @@ async fn a_page_of_large_messages_stops_at_its_byte_budget() {
     );
     assert_eq!(rest["has_more"], false);
 }
+
+/// What a session acknowledged is not sent again to the user's next session, nor by sync, while
+/// the acks' window is still unwritten (`acks.flush_ms`): a phone that drops and reconnects at
+/// once got its whole backlog again.
+#[tokio::test]
+async fn an_ack_counts_for_the_next_session_before_its_window_is_written() {
+    let server = Server::start(&["--acks-flush-ms", "600000"]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.group("g", &["alice", "bob"]).await;
+    for i in 0..3 {
+        api.send(&alice, "g", &format!("c{i}"), "hi").await;
+    }
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    assert_eq!(seqs(&ws.messages(3).await), [1, 2, 3]);
+    ws.send(json!({"type": "ack", "channel": "g", "seq": 3}))
+        .await;
+    // The ack is read before the close (frames in order); nothing is written for ten minutes.
+    ws.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = Ws::connect(&server, &bob, "").await;
+    again.quiet(Duration::from_millis(500)).await;
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert_eq!(sync["messages"], json!([]), "{sync}");
+    // What came after the ack still comes.
+    api.send(&alice, "g", "c3", "more").await;
+    assert_eq!(seqs(&again.messages(1).await), [4]);
+    again.close().await;
+    // The window is written at shutdown: after a restart the cursor itself says so.
+    let server = server.restart();
+    let api = Api::new(&server);
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert_eq!(seqs(sync["messages"].as_array().unwrap()), [4]);
+}

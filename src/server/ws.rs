@@ -475,12 +475,18 @@ impl Ctx {
         let plan = {
             let p = self.state.proj();
             let sent = &self.sent_upto;
+            let acks = &self.state.acks;
+            // After what this session sent, and what any session of the user acknowledged
+            // that the cursor does not show yet (a window not yet written).
             messages::plan_sync_from(
                 &p.state,
                 p.index_files(),
                 &self.uid,
                 CATCH_UP_PAGE,
-                |ch, cursor| sent.get(ch).copied().unwrap_or(0).max(cursor),
+                |ch, cursor| {
+                    let sent = sent.get(ch).copied().unwrap_or(0);
+                    sent.max(cursor).max(acks.delivered(&self.uid, ch))
+                },
             )
         };
         let plan = match plan {

@@ -179,7 +179,10 @@ pub(crate) async fn sync(
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let (plan, has_more) = {
         let p = state.proj();
-        messages::plan_sync(&p.state, p.index_files(), &me, limit)?
+        // Also after what a WebSocket session acknowledged that is not yet written.
+        messages::plan_sync_from(&p.state, p.index_files(), &me, limit, |ch, cursor| {
+            cursor.max(state.acks.delivered(&me, ch))
+        })?
     };
     let (msgs, cut) = load_page(&state.log, &plan, false).await?;
     Ok(axum::Json(SyncPage {
