@@ -118,10 +118,10 @@ pub enum LogError {
         /// One past the last readable offset (the high-watermark).
         end: u64,
     },
-    /// The log has no records from `from` up to `next`: a segment between two others is
-    /// missing (a tiered log's directory read without its object store, whose retention
-    /// removed uploaded middle segments; a segment file removed by hand). Reads never skip
-    /// over it.
+    /// The log has no records from `from` up to `next`, below its watermark: the segment that
+    /// held them is missing (a segment file removed by hand; a tiered log's directory read
+    /// without its object store, where the retention of a build before 2026-11-30 left newer
+    /// segments only in the store). Reads never skip over it, nor return nothing there.
     #[error(
         "offsets {from} to {next} are missing from the log (a segment between two others is \
          not here: a tiered log read without its object store, or a segment file removed)"

@@ -191,7 +191,21 @@ impl Log {
                 }
                 Err(e @ LogError::Fenced { .. }) => return Err(e),
                 Err(e) => {
-                    match crate::tier::uploader::read_local_manifest(&dir) {
+                    // A damaged copy is no copy to open from: the log would know none of its
+                    // remote segments, and every read of their offsets would fail until it
+                    // was reopened. Refused until the store answers (whose manifest the next
+                    // write copies over it).
+                    let local =
+                        crate::tier::uploader::read_local_manifest(&dir).map_err(|why| {
+                            LogError::Tier(format!(
+                                "the object store {} did not answer ({e}) and the local manifest \
+                             copy {why}: cannot tell which of the log's segments are in the \
+                             store; try again once the store answers",
+                                tier.display()
+                            ))
+                        })?;
+                    let has_copy = local.is_some();
+                    match local {
                         Some(m) => tier.inner.manifest.store(Arc::new(m)),
                         // Nothing here says where the store's history ends: a log started
                         // at 0 would take offsets the store already holds (another history,
@@ -206,7 +220,7 @@ impl Log {
                         }
                         None => {}
                     }
-                    tracing::warn!(error = %e, store = tier.display(), "object store unreachable at open: using the local manifest copy, claiming later");
+                    tracing::warn!(error = %e, store = tier.display(), local_manifest_copy = has_copy, "object store unreachable at open: opening from what is local (the manifest copy when there is one), claiming later");
                 }
             }
         }
@@ -323,9 +337,10 @@ impl Log {
             .iter()
             .map(|&b| Arc::new(Segment::new(vfs.clone(), &dir, b, interval)))
             .collect();
-        // Segments only in the object store: the gaps between the local segments (retention
-        // removes uploaded local copies, not always oldest first). A store that holds another
-        // history of this log — the prefix was written by another node after this
+        // Segments only in the object store: the offsets before the local segments, and the
+        // gaps between them (the retention of builds before 2026-11-30 did not always remove
+        // the oldest local copies first; the next pass closes such a gap). A store that holds
+        // another history of this log — the prefix was written by another node after this
         // directory's data was made (a fail-back to an old data directory) — shows as an
         // entry at a local segment's base that is not that segment (another size on disk; any
         // entry at the active segment's base, which was never uploaded), or as a remote
@@ -498,7 +513,12 @@ impl Log {
         let segs = self.shared.segments.load_full();
         let (fresh, wm) =
             crate::readonly::scan(&self.shared.opts, &self.shared.dir, Some((&segs, current)))?;
-        if fresh.len() != segs.len() {
+        // Published before the watermark that may name a new active segment. Compared by
+        // base, not by count: a segment removed (tiering's retention) and one rolled since
+        // the last look leave the count as it was, and the old list lacks the new active one.
+        let same = fresh.len() == segs.len()
+            && fresh.iter().zip(segs.iter()).all(|(a, b)| a.base == b.base);
+        if !same {
             self.shared.segments.store(Arc::new(fresh));
         }
         if let Some(tx) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
@@ -732,11 +752,13 @@ impl Log {
         let mut budget = Budget::new(max_bytes);
         let first = segs.partition_point(|s| s.base <= from).saturating_sub(1);
         for seg in &segs[first..] {
-            if seg.base >= wm.next_offset || seg.base > wm.active_base {
+            if seg.base > wm.active_base {
                 break;
             }
             // Offsets are dense: a segment that starts past the next offset due means the
             // one holding it is missing. Return what came before it, or say so; never skip.
+            // Checked before the end of the log: the missing segment may be the last sealed
+            // one, before an empty active segment that starts at the watermark.
             let due = out.last().map_or(from, |r: &Record| r.offset + 1);
             if seg.base > due {
                 if out.is_empty() {
@@ -745,6 +767,9 @@ impl Log {
                         next: seg.base,
                     });
                 }
+                break;
+            }
+            if seg.base >= wm.next_offset {
                 break;
             }
             let end = self.segment_end(seg, &wm)?;
@@ -759,6 +784,17 @@ impl Log {
             if budget.full {
                 break;
             }
+        }
+        // Below the watermark there is always a record to return: nothing found means the
+        // segment holding `from` is missing. An empty answer would read as the end of the log
+        // (a tail waits there for ever).
+        if out.is_empty() && from < wm.next_offset {
+            let next = segs
+                .iter()
+                .map(|s| s.base)
+                .find(|&b| b > from && b <= wm.active_base)
+                .map_or(wm.next_offset, |b| b.min(wm.next_offset));
+            return Err(LogError::Gap { from, next });
         }
         Ok(out)
     }

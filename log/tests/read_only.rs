@@ -237,3 +237,91 @@ async fn reads_at_the_watermark_of_a_view_of_a_live_writer_never_fail() {
     view.close().await.unwrap();
     log.close().await.unwrap();
 }
+
+/// Removes the `.log` file of the segment at `base`, as tiering's retention does (it keeps
+/// the index files).
+fn remove_segment(dir: &Path, base: u64) {
+    std::fs::remove_file(dir.join(format!("{base:020}.log"))).unwrap();
+}
+
+/// The last sealed segment missing before an empty active segment (a tiered directory whose
+/// retention left an old segment and removed the newer ones; a file removed by hand): a read
+/// of its offsets is a `Gap`, and a tail there fails with it. Before, the read stopped at the
+/// active segment as at the end of the log and returned nothing, and the tail (so `tidings
+/// replay` without `--follow`) waited there for ever.
+#[tokio::test]
+async fn a_missing_last_sealed_segment_before_an_empty_active_one_is_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    for i in 0..30 {
+        log.append_one(payload(i, 50)).await.unwrap();
+        if i % 10 == 9 {
+            log.roll().await.unwrap();
+        }
+    }
+    log.close().await.unwrap();
+    // Sealed segments at 0, 10 and 20; the active one at 30 is empty.
+    remove_segment(dir.path(), 20);
+
+    let view = Log::open(dir.path(), opts().with_read_only(true))
+        .await
+        .unwrap();
+    assert_eq!(view.next_offset(), 30);
+    for from in [20, 25, 29] {
+        match view.read(from, 1 << 20).await {
+            Err(LogError::Gap { from: f, next }) => assert_eq!((f, next), (from, 30)),
+            other => panic!(
+                "read at {from}: expected Gap, got {:?}",
+                other.map(|r| r.len())
+            ),
+        }
+    }
+    // A read before the gap ends at it.
+    assert_eq!(view.read(0, 1 << 20).await.unwrap().len(), 20);
+    let mut tail = view.tail(20);
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), tail.next_batch(1 << 20));
+    match first.await {
+        Ok(Err(LogError::Gap { from: 20, next: 30 })) => {}
+        Ok(other) => panic!("expected Gap, got {:?}", other.map(|r| r.len())),
+        Err(_) => panic!("the tail waited at the gap instead of failing"),
+    }
+    view.close().await.unwrap();
+}
+
+/// A refresh that finds one segment removed (tiering's retention deleted the oldest local
+/// copy) and one rolled since the last look publishes the new segment list. Before, the list
+/// was replaced only when the count changed: the view kept the old list, without the new
+/// active segment its watermark named, and read nothing there (its tail waited for ever).
+#[tokio::test]
+async fn a_refresh_after_a_removal_and_a_roll_sees_the_new_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    for i in 0..30 {
+        log.append_one(payload(i, 50)).await.unwrap();
+        if i == 9 || i == 19 {
+            log.roll().await.unwrap();
+        }
+    }
+    let view = Log::open(dir.path(), opts().with_read_only(true))
+        .await
+        .unwrap();
+    assert_eq!(view.next_offset(), 30);
+    assert_eq!(view.start_offset(), 0);
+    log.roll().await.unwrap();
+    for i in 30..40 {
+        log.append_one(payload(i, 50)).await.unwrap();
+    }
+    remove_segment(dir.path(), 0);
+
+    assert_eq!(view.refresh().unwrap().next_offset, 40);
+    assert_eq!(view.start_offset(), 10);
+    let records = view.read(30, 1 << 20).await.unwrap();
+    assert_eq!(records.first().map(|r| r.offset), Some(30));
+    let all = read_all(&view, 10).await;
+    assert_eq!(
+        all.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
+        (10..40).map(|i| payload(i, 50)).collect::<Vec<_>>()
+    );
+    view.close().await.unwrap();
+    log.close().await.unwrap();
+}

@@ -1241,10 +1241,13 @@ async fn a_store_holding_another_history_stops_the_tier_and_deletes_nothing() {
     a.close().await.unwrap();
 }
 
-/// Retention keeps the newest local copies that fit its budget, so an old short segment can
-/// stay local while newer ones are only in the store: after a reopen those fill the gap (the
-/// same history, not a diverged one) and every record reads back. (The gap is made by hand,
-/// as retention would: the local `.log` of an uploaded middle segment removed.)
+/// Retention before 2026-11-30 judged each segment alone, so an old short segment could stay
+/// local while newer ones were only in the store. Such a directory opens: the remote segments
+/// fill the gap (the same history, not a diverged one) and every record reads back; and the
+/// next pass closes the hole, deleting the old local copy below the remote segment, so that
+/// the local segments are a suffix of the log again (what `tidings replay` reads). (The gap is
+/// made by hand, as that retention did: the local `.log` of an uploaded middle segment
+/// removed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_old_local_segment_between_remote_ones_is_the_same_history() {
     let bucket = tempfile::tempdir().unwrap();
@@ -1271,5 +1274,127 @@ async fn a_short_old_local_segment_between_remote_ones_is_the_same_history() {
     assert!(!segs[0].remote && segs[1].remote && !segs[2].remote);
     assert_eq!(read_all(&log).await, all);
     assert!(log.upload_now().await.is_ok());
+    let segs = log.segments().unwrap();
+    assert!(
+        segs[0].remote && segs[1].remote && segs[2..].iter().all(|s| !s.remote),
+        "the hole is closed: {segs:?}"
+    );
+    assert!(!dir.join("00000000000000000000.log").exists());
+    assert_eq!(read_all(&log).await, all);
+    let (start, local) = read_local(&dir).await;
+    assert_eq!(start, segs[2].base_offset);
+    assert_eq!(local, all[start as usize..].to_vec());
+    log.close().await.unwrap();
+}
+
+/// What `tidings replay` and `inspect` read: a read-only view of the directory's local
+/// segments. Returns where they start and every record from there to the end (a gap panics).
+async fn read_local(dir: &Path) -> (u64, Vec<Bytes>) {
+    let opts = LogOptions::default()
+        .with_index_interval_bytes(1024)
+        .with_read_only(true);
+    let view = Log::open(dir, opts).await.unwrap();
+    let start = view.start_offset();
+    let records = read_all(&view).await;
+    view.close().await.unwrap();
+    (start, records)
+}
+
+/// Retention keeps the newest run of local segments, up to the active one: once a segment
+/// does not fit the budget, every older uploaded copy goes too. Before 2026-11-30 each was
+/// judged alone, so the short segment 0 (two records) still fitted after the larger ones
+/// after it were deleted; a read-only view then met a hole at offset 2 (`inspect` reported a
+/// false CORRUPT, `replay` failed with "offsets 2 to … are missing").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_segments_are_the_newest_run_up_to_the_active_one() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store, "suffix", "node-a", cache.path(), 4200, hour).await;
+    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    append(&log, 0, 2).await;
+    log.roll().await.unwrap(); // a short segment 0
+    append(&log, 2, 400).await; // full segments of at most 4096 bytes
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    let segs = log.segments().unwrap();
+    assert!(segs.iter().filter(|s| s.sealed).count() >= 5, "{segs:?}");
+    let first_local = segs.iter().position(|s| !s.remote).unwrap();
+    assert!(first_local > 0, "older copies were deleted: {segs:?}");
+    assert!(
+        segs[first_local..].iter().all(|s| !s.remote),
+        "the local segments are a suffix: {segs:?}"
+    );
+    assert!(!segs.last().unwrap().sealed, "ending at the active segment");
+    let kept: u64 = segs[first_local..]
+        .iter()
+        .filter(|s| s.sealed)
+        .map(|s| s.bytes)
+        .sum();
+    assert!(kept <= 4200, "{kept} sealed bytes kept locally");
+    let expected: Vec<Bytes> = (0..402).map(payload).collect();
+    assert_eq!(read_all(&log).await, expected);
+    let (start, local) = read_local(&dir).await;
+    assert_eq!(start, segs[first_local].base_offset);
+    assert_eq!(local, expected[start as usize..].to_vec());
+    log.close().await.unwrap();
+}
+
+/// A damaged local manifest copy is not a missing one. With the store out of reach at open,
+/// the log opened as if it had no copy — knowing none of its remote segments, so every read
+/// of their offsets failed until it was reopened — and said it used the local copy. It is
+/// refused now, naming the file; once the store answers, the same directory opens whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_local_manifest_copy_is_refused_while_the_store_does_not_answer() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let caches: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dir = data.path().join("log");
+    let prefix = "damaged-copy";
+    let log = quiet_log(store.clone(), prefix, "node-a", caches[0].path(), 0, &dir).await;
+    append(&log, 0, 300).await;
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    assert!(
+        log.segments().unwrap()[0].remote,
+        "the old segments are only in the store"
+    );
+    log.close().await.unwrap();
+    let copy = dir.join("tier-manifest.json");
+    assert!(copy.is_file());
+    std::fs::write(&copy, b"{\"version\": 2, \"segm").unwrap();
+
+    // Nothing listens on this port: the store does not answer.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = s3(&format!("http://127.0.0.1:{port}"), BUCKET, KEY, SECRET);
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(unreachable, prefix, "node-a", caches[1].path(), 0, hour).await;
+    match Log::open(&dir, log_opts(t)).await {
+        Err(LogError::Tier(m)) => assert!(
+            m.contains(&copy.display().to_string()) && m.contains("damaged"),
+            "{m}"
+        ),
+        other => panic!(
+            "expected a refusal, got {:?}",
+            other.map(|l| l.start_offset())
+        ),
+    }
+    let log = quiet_log(store, prefix, "node-a", caches[2].path(), 0, &dir).await;
+    assert_eq!(log.start_offset(), 0);
+    assert_eq!(
+        read_all(&log).await,
+        (0..300).map(payload).collect::<Vec<_>>()
+    );
     log.close().await.unwrap();
 }

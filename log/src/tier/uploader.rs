@@ -25,9 +25,19 @@ pub(crate) fn local_manifest_path(dir: &Path) -> PathBuf {
     dir.join("tier-manifest.json")
 }
 
-pub(crate) fn read_local_manifest(dir: &Path) -> Option<Manifest> {
-    let bytes = std::fs::read(local_manifest_path(dir)).ok()?;
-    Manifest::decode(&bytes).ok()
+/// The local manifest copy: `None` when there is none. A copy that cannot be read or decoded
+/// is an error that names the file and the cause (`"{path} is damaged: {why}"`): it is not a
+/// missing copy, and a log opened as if it were would know none of its remote segments.
+pub(crate) fn read_local_manifest(dir: &Path) -> std::result::Result<Option<Manifest>, String> {
+    let path = local_manifest_path(dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{} cannot be read: {e}", path.display())),
+    };
+    Manifest::decode(&bytes)
+        .map(Some)
+        .map_err(|why| format!("{} is damaged: {why}", path.display()))
 }
 
 fn write_local_manifest(dir: &Path, m: &Manifest) -> Result<()> {
@@ -152,19 +162,21 @@ impl Uploader {
         }
     }
 
-    /// Sealed segments that are still local: (base, end, local bytes).
-    fn sealed_local(&self) -> Vec<(u64, u64, Arc<Segment>)> {
+    /// Sealed segments, local and remote, oldest first: (base, end, segment).
+    fn sealed(&self) -> Vec<(u64, u64, Arc<Segment>)> {
         let wm = *self.watermark.borrow();
         let segs = self.segments.load_full();
-        let mut out = Vec::new();
-        for (i, s) in segs.iter().enumerate() {
-            if s.base >= wm.active_base || s.is_remote() {
-                continue;
-            }
-            if let Some(next) = segs.get(i + 1) {
-                out.push((s.base, next.base, s.clone()));
-            }
-        }
+        segs.iter()
+            .zip(segs.iter().skip(1))
+            .filter(|(s, _)| s.base < wm.active_base)
+            .map(|(s, next)| (s.base, next.base, s.clone()))
+            .collect()
+    }
+
+    /// Sealed segments that are still local: (base, end, local bytes).
+    fn sealed_local(&self) -> Vec<(u64, u64, Arc<Segment>)> {
+        let mut out = self.sealed();
+        out.retain(|(_, _, s)| !s.is_remote());
         out
     }
 
@@ -314,29 +326,54 @@ impl Uploader {
         Err(LogError::Tier(DIVERGED.into()))
     }
 
-    /// Deletes local copies of uploaded segments the retention no longer needs, newest kept.
+    /// The local sealed segments the retention no longer needs, oldest first. What stays local
+    /// is one run of the newest sealed segments, up to the active one: from the first segment
+    /// (newest first) that does not fit the byte budget, is too old, or is remote already,
+    /// every older local copy goes too. The local segments are then a suffix of the log, which
+    /// is all a read-only view (`tidings replay`, `inspect`, `verify`) reads. Until 2026-11-30
+    /// each segment was judged alone, so a short old one (segment 0 often holds a few records)
+    /// stayed local below newer remote ones, and those tools met a hole after it. A hole left
+    /// by an older build is closed the same way: the remote segment in it cuts the run.
+    fn beyond_retention(&self) -> Vec<(u64, u64, Arc<Segment>)> {
+        let opts = &self.tier.inner.opts;
+        let now = SystemTime::now();
+        let (mut kept, mut cut) = (0u64, false);
+        let mut out = Vec::new();
+        for sealed_seg in self.sealed().into_iter().rev() {
+            let (base, _, seg) = &sealed_seg;
+            if seg.is_remote() {
+                cut = true;
+                continue;
+            }
+            let len = seg.sealed_len().unwrap_or(0);
+            cut = cut
+                || kept + len > opts.local_retention_bytes
+                || self.too_old(&SegmentPaths::new(&self.dir, *base).log, now);
+            if cut {
+                out.push(sealed_seg);
+            } else {
+                kept += len;
+            }
+        }
+        out.reverse();
+        out
+    }
+
+    /// Deletes the local copies of uploaded segments the retention no longer needs
+    /// ([`Self::beyond_retention`]), oldest first, so that what is left is a suffix of the log
+    /// at every step (a read-only view looking meanwhile meets no hole).
     async fn retention(&self, state: &mut PassState) -> Result<()> {
         let opts = &self.tier.inner.opts;
         let m = self.tier.manifest();
-        let sealed = self.sealed_local();
-        let mut kept = 0u64;
-        let now = SystemTime::now();
-        for sealed_seg in sealed.iter().rev() {
+        let gone = self.beyond_retention();
+        for sealed_seg in &gone {
             let (base, _, seg) = sealed_seg;
-            let len = seg.sealed_len().unwrap_or(0);
-            let paths = SegmentPaths::new(&self.dir, *base);
-            let too_old = opts.local_retention_age.is_some_and(|age| {
-                std::fs::metadata(&paths.log)
-                    .and_then(|md| md.modified())
-                    .ok()
-                    .and_then(|t| now.duration_since(t).ok())
-                    .is_some_and(|d| d > age)
-            });
-            let fits = kept + len <= opts.local_retention_bytes && !too_old;
-            if fits || !self.in_store(&m, sealed_seg)? {
-                kept += len;
-                continue;
+            // Not uploaded: sealed after this pass's uploads (so newer than every uploaded
+            // one); it and everything newer stay until a later pass.
+            if !self.in_store(&m, sealed_seg)? {
+                break;
             }
+            let paths = SegmentPaths::new(&self.dir, *base);
             // Base, end and size matched; the bytes must too before the local copy goes (two
             // histories can hold batches of the same sizes). Read once per segment and process.
             let crc = m
@@ -395,6 +432,18 @@ impl Uploader {
 }
 
 impl Uploader {
+    /// Whether the local file at `path` is older than the retention's age limit (by its
+    /// modification time; never without a limit, nor when its time cannot be read).
+    fn too_old(&self, path: &Path, now: SystemTime) -> bool {
+        self.tier.inner.opts.local_retention_age.is_some_and(|age| {
+            std::fs::metadata(path)
+                .and_then(|md| md.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|d| d > age)
+        })
+    }
+
     /// CRC-32 of a local file, read on the blocking pool.
     async fn local_crc(&self, path: &Path) -> Result<u32> {
         let p = path.to_path_buf();
