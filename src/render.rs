@@ -62,7 +62,7 @@ pub(crate) struct MessageView<'a> {
 
 /// A payload's field: JSON text as sent, or base64 of other bytes (and of JSON that no longer
 /// parses, which the send path never stores).
-fn payload_view(payload: &[u8], json: bool) -> (Option<&RawValue>, Option<String>) {
+pub(crate) fn payload_view(payload: &[u8], json: bool) -> (Option<&RawValue>, Option<String>) {
     if json && let Ok(raw) = serde_json::from_slice::<&RawValue>(payload) {
         return (Some(raw), None);
     }

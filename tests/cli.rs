@@ -1,10 +1,10 @@
 //! The operator CLI end to end, running the real binary: replay prints NDJSON (and follows a
 //! live log), rebuild writes a snapshot, verify names the difference in a hand-corrupted
-//! snapshot, inspect finds a flipped bit.
+//! snapshot, inspect finds a flipped bit, tier status names a bad manifest.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
@@ -271,11 +271,12 @@ async fn inspect_checks_every_crc_and_rebuild_refuses_a_live_log() {
 }
 
 /// Damage in the active segment that valid batches follow (what `serve` refuses to start on):
-/// `inspect` reports it and exits 1, `replay` prints the events before it and fails naming it.
-/// Both ended quietly at the damaged batch before (the read-only view's end of the valid
-/// data): inspect said ok, replay exited 0 short of the last events.
+/// `inspect` reports it and exits 1, `replay` prints the events before it and fails naming it,
+/// `verify` names it and exits 1. They ended quietly at the damaged batch before (the
+/// read-only view's end of the valid data): inspect said ok, replay exited 0 short of the last
+/// events, verify said ok (its rebuild and its live state both stopped there).
 #[tokio::test]
-async fn inspect_and_replay_report_damage_that_valid_batches_follow_in_the_active_segment() {
+async fn inspect_replay_and_verify_report_damage_that_valid_batches_follow() {
     let dir = tempfile::tempdir().unwrap();
     // Synced as written (`always`: a gap is not what a power cut leaves), all in the active
     // segment, no index entry after its start.
@@ -328,6 +329,234 @@ async fn inspect_and_replay_report_damage_that_valid_batches_follow_in_the_activ
     let (code, out, err) = tidings(&["replay", "--data", d, "--to", "19"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 20);
+
+    let (code, out, err) = tidings(&["verify", "--data", d]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("damaged log") && out.contains("valid batches follow a damaged one"),
+        "{out}"
+    );
+}
+
+/// Every path under `dir`, sorted.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `verify` and `inspect` create nothing in the data directory (the README: read-only, they
+/// change nothing). Both opened the message index through `IndexFiles::open`, which creates its
+/// directory: verify made `projections/index` in a directory holding only `log/`, and inspect
+/// did when a snapshot was there without it.
+#[tokio::test]
+async fn verify_and_inspect_create_nothing_in_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), &events()).await;
+    let d = dir.path().to_str().unwrap();
+    let unchanged = |what: &str| {
+        let before = tree(dir.path());
+        for cmd in ["verify", "inspect"] {
+            let (code, out, err) = tidings(&[cmd, "--data", d]);
+            assert_eq!(code, 0, "{what}: {cmd}: {out}{err}");
+            assert_eq!(tree(dir.path()), before, "{what}: {cmd}");
+        }
+    };
+    unchanged("only the log");
+    assert!(!dir.path().join("projections").exists());
+    // A snapshot (naming no sidecar: 20 messages stay in memory) without its index directory.
+    let (code, out, err) = tidings(&["rebuild", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::remove_dir_all(dir.path().join("projections/index")).unwrap();
+    unchanged("a snapshot");
+    assert!(!dir.path().join("projections/index").exists());
+}
+
+/// A message's JSON payload as stored, byte for byte: a repeated key, keys out of order, a
+/// number no f64 holds.
+const EXACT_PAYLOAD: &str = r#"{"to":"bob","amount":1,"amount":1000,"id":12345678901234567890123}"#;
+
+/// `replay` prints JSON payloads as the exact stored text (of sends and edits), other bytes as
+/// base64. They were parsed into a tree first: keys re-sorted, the first `amount` dropped, the
+/// id rounded to 1.2345678901234568e22.
+#[tokio::test]
+async fn replay_prints_payloads_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = |x: &str| x.to_string();
+    let exact = Bytes::from_static(EXACT_PAYLOAD.as_bytes());
+    let send = |seq: u64, payload: Bytes, flags: u32| Event::MessageSent {
+        channel: s("g"),
+        from: s("alice"),
+        client_msg_id: format!("c{seq}"),
+        seq,
+        message_id: seq,
+        payload,
+        flags,
+    };
+    let evs = vec![
+        Event::ChannelCreated {
+            channel: s("g"),
+            flags: ChannelFlags::default(),
+        },
+        send(1, exact.clone(), FLAG_JSON_PAYLOAD),
+        Event::MessageEdited {
+            channel: s("g"),
+            seq: 1,
+            by: s("alice"),
+            payload: exact,
+            flags: FLAG_JSON_PAYLOAD,
+        },
+        send(2, Bytes::from_static(&[0, 1, 0xff]), 0),
+    ];
+    write_log(dir.path(), &evs).await;
+    let (code, out, err) = tidings(&["replay", "--data", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    for line in &lines[1..3] {
+        assert!(
+            line.contains(&format!(r#""payload":{EXACT_PAYLOAD}"#)),
+            "{line}"
+        );
+    }
+    // The other fields as before.
+    let sent: Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(sent["offset"], 1, "{}", lines[1]);
+    assert_eq!(sent["type"], "message_sent", "{}", lines[1]);
+    assert_eq!(sent["seq"], 1, "{}", lines[1]);
+    assert_eq!(sent["flags"], FLAG_JSON_PAYLOAD, "{}", lines[1]);
+    let bytes: Value = serde_json::from_str(lines[3]).unwrap();
+    assert_eq!(bytes["payload_b64"], "AAH/", "{}", lines[3]);
+    assert!(bytes.get("payload").is_none(), "{}", lines[3]);
+}
+
+/// `replay` of a range the local log does not hold fails naming why: from past the end of the
+/// log (as `GET /v1/log` answers 400), and a range that ends before the local log starts. Both
+/// printed nothing and exited 0, as for a range without events. From the end it prints nothing
+/// and exits 0, and with `--follow` from past the end it waits, as before.
+#[tokio::test]
+async fn replay_refuses_a_range_the_local_log_does_not_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), &events()).await; // offsets 0..=24
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = tidings(&["replay", "--data", d, "--from", "30"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("nothing at offset 30") && err.contains("the log ends at offset 25"),
+        "{err}"
+    );
+    let (code, out, err) = tidings(&["replay", "--data", d, "--from", "25"]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+
+    // `--follow` from past the end waits for the offset.
+    let log = Log::open(dir.path().join("log"), opts()).await.unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["replay", "--data", d, "--from", "27", "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for e in &events()[..5] {
+        log.append_one(Envelope::new(5, e.clone()).encode())
+            .await
+            .unwrap();
+    }
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(first["offset"], 27);
+    log.close().await.unwrap();
+
+    // The first segment removed: the local log starts later.
+    let log_dir = dir.path().join("log");
+    let mut bases: Vec<u64> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse::<u64>().ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    assert!(bases.len() >= 2, "{bases:?}");
+    let first_stem = format!("{:020}.", bases[0]);
+    for entry in std::fs::read_dir(&log_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&first_stem))
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let start = bases[1];
+    assert!(start < 30, "{bases:?}");
+    let before = (start - 1).to_string();
+    let (code, out, err) = tidings(&["replay", "--data", d, "--from", "0", "--to", &before]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains(&format!("offsets 0 to {before} are not in the local log"))
+            && err.contains(&format!("starts at offset {start}")),
+        "{err}"
+    );
+    // A range that reaches into the local log is replayed from its start, saying so.
+    let to = start.to_string();
+    let (code, out, err) = tidings(&["replay", "--data", d, "--from", "0", "--to", &to]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(err.contains("the local log starts at offset"), "{err}");
+}
+
+/// `tier status` names a local manifest it cannot read or decode and exits 1 (it said "tiering
+/// is not configured, or nothing was uploaded yet" and exited 0), and names the log directory
+/// of a data directory that is not there (the error said only "No such file or directory").
+#[tokio::test]
+async fn tier_status_names_a_bad_manifest_and_a_missing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), &events()[..4]).await;
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = tidings(&["tier", "status", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no tier manifest"), "{out}");
+
+    let manifest = dir.path().join("log/tier-manifest.json");
+    std::fs::write(&manifest, br#"{"version":2,"epo"#).unwrap();
+    let (code, out, err) = tidings(&["tier", "status", "--data", d]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&manifest.display().to_string()) && err.contains("does not decode"),
+        "{err}"
+    );
+    // Unreadable (a directory in its place).
+    std::fs::remove_file(&manifest).unwrap();
+    std::fs::create_dir(&manifest).unwrap();
+    let (code, out, err) = tidings(&["tier", "status", "--data", d]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("reading the tier manifest {}", manifest.display())),
+        "{err}"
+    );
+
+    let none = dir.path().join("none");
+    let (code, out, err) = tidings(&["tier", "status", "--data", none.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&none.join("log").display().to_string()),
+        "{err}"
+    );
+    assert!(!none.exists());
 }
 
 /// `rebuild` refuses a directory without a log (it would create one, which a server restoring

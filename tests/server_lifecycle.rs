@@ -780,6 +780,43 @@ async fn health_readiness_metrics_and_the_event_log() {
     server.stop();
 }
 
+/// `GET /v1/log` carries a JSON payload as the exact text sent, as history does: it was parsed
+/// into a tree (keys re-sorted, the first `amount` dropped, the id rounded).
+#[tokio::test]
+async fn the_event_log_carries_payloads_as_sent() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let payload = r#"{"to":"bob","amount":1,"amount":1000,"id":12345678901234567890123}"#;
+    let sent = reqwest::Client::new()
+        .post(server.url("/v1/messages"))
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"channel":"g","client_msg_id":"c1","payload":{payload}}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 201);
+    let text = reqwest::Client::new()
+        .get(server.url("/v1/log?from=0"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"message_sent\""))
+        .unwrap_or_else(|| panic!("no message_sent in {text}"));
+    assert!(line.contains(&format!(r#""payload":{payload}"#)), "{line}");
+    server.stop();
+}
+
 /// The event log export does not end early on a log it cannot read, as if that were the log's
 /// end: from a damaged offset it answers the error's status; from before it, the lines up to the
 /// damage and then a last line that names it.

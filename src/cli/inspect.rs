@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use tidings_projections::msgindex::IndexFiles;
 use tidings_projections::snapshot;
 
 use crate::data::DataDir;
@@ -88,10 +87,12 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(state) = newest {
-        let files = IndexFiles::open(&data.projections().join("index"), 1 << 20)?;
+        // Read in place: `IndexFiles::open` would create the directory, and inspect changes
+        // nothing.
+        let index_dir = data.projections().join("index");
         let mut ok = 0;
         for side in &state.index.sidecars {
-            match files.check(side) {
+            match side.check_file(&index_dir) {
                 Ok(()) => ok += 1,
                 Err(e) => {
                     problems += 1;

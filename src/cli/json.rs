@@ -1,36 +1,65 @@
 //! Events as JSON, for `tidings replay` and `GET /v1/log` (one object per line).
+//!
+//! A message's JSON payload goes out as the exact text that was stored (as history and pushes
+//! send it, see `crate::render`): parsed into a `serde_json::Value` it would come back with its
+//! keys re-sorted, repeated keys dropped and long numbers rounded.
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use tidings_projections::{Envelope, Event};
+use tidings_projections::{Envelope, Event, FLAG_JSON_PAYLOAD};
 
-use crate::render::payload_fields;
+use crate::render::payload_view;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `{"offset", "ts", "written_ms", "type", …the event's fields}`.
-pub(crate) fn event_line(offset: u64, written_ms: u64, env: &Envelope) -> Value {
-    let mut obj = Map::new();
-    obj.insert("offset".into(), json!(offset));
-    obj.insert("ts".into(), json!(env.ts));
-    obj.insert("written_ms".into(), json!(written_ms));
-    obj.insert("type".into(), json!(env.event.kind()));
+/// One event's line: its fields, and a message's payload as stored.
+#[derive(Serialize)]
+struct EventLine<'a> {
+    #[serde(flatten)]
+    fields: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_b64: Option<String>,
+}
+
+/// `{"offset", "ts", "written_ms", "type", …the event's fields}` as JSON text (one line, no
+/// newline). A message's payload is JSON text as stored under `payload`, or base64 of other
+/// bytes under `payload_b64`.
+pub(crate) fn event_line(offset: u64, written_ms: u64, env: &Envelope) -> String {
+    let mut fields = Map::new();
+    fields.insert("offset".into(), json!(offset));
+    fields.insert("ts".into(), json!(env.ts));
+    fields.insert("written_ms".into(), json!(written_ms));
+    fields.insert("type".into(), json!(env.event.kind()));
     // The event's own fields (externally tagged: {"kind": {fields}}).
     if let Ok(Value::Object(outer)) = serde_json::to_value(&env.event)
-        && let Some(Value::Object(fields)) = outer.into_iter().next().map(|(_, v)| v)
+        && let Some(Value::Object(own)) = outer.into_iter().next().map(|(_, v)| v)
     {
-        obj.extend(fields);
+        fields.extend(own);
     }
-    match &env.event {
+    let (payload, payload_b64) = match &env.event {
         Event::MessageSent { payload, flags, .. } | Event::MessageEdited { payload, flags, .. } => {
-            obj.remove("payload");
-            payload_fields(payload, *flags, &mut obj);
+            fields.remove("payload");
+            payload_view(payload, flags & FLAG_JSON_PAYLOAD != 0)
         }
         Event::TokenSet { token_hash, .. } => {
-            obj.insert("token_hash".into(), Value::String(hex(token_hash)));
+            fields.insert("token_hash".into(), Value::String(hex(token_hash)));
+            (None, None)
         }
-        _ => {}
-    }
-    Value::Object(obj)
+        _ => (None, None),
+    };
+    let line = EventLine {
+        fields,
+        payload,
+        payload_b64,
+    };
+    // Serializing strings, numbers and already-checked JSON text into memory cannot fail; were
+    // it to, the line says so as a record that is not a valid event does.
+    serde_json::to_string(&line).unwrap_or_else(|e| {
+        json!({"offset": offset, "error": format!("the event does not serialize: {e}")}).to_string()
+    })
 }

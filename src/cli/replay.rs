@@ -31,6 +31,9 @@ pub(crate) struct ReplayArgs {
 pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let data = DataDir::new(&args.data);
     let log = super::open_read_only(&data).await?;
+    if let Some(why) = unavailable(&args, log.start_offset(), log.next_offset()) {
+        anyhow::bail!("{why}");
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     // Older offsets may be only in the object store (tiering) or removed: say where the
     // replay starts instead of starting later silently.
@@ -76,11 +79,11 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => {
                     bad += 1;
-                    serde_json::json!({"offset": rec.offset, "error": e.to_string()})
+                    serde_json::json!({"offset": rec.offset, "error": e.to_string()}).to_string()
                 }
             };
-            let written = serde_json::to_writer(&mut out, &line)
-                .map_err(std::io::Error::from)
+            let written = out
+                .write_all(line.as_bytes())
                 .and_then(|()| out.write_all(b"\n"));
             match written {
                 Ok(()) => {}
@@ -110,4 +113,27 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why none of the requested range can be printed, if so: it ends before the local log starts,
+/// or (without `--follow`, which waits for it) it starts past the log's end. An empty output
+/// with exit 0 would read as a range without events. `start` and `end` are the log's first
+/// offset and one past its last.
+fn unavailable(args: &ReplayArgs, start: u64, end: u64) -> Option<String> {
+    if let Some(to) = args.to
+        && to < start
+    {
+        return Some(format!(
+            "offsets {} to {to} are not in the local log, which starts at offset {start} (older \
+             segments are only in the object store, or were removed)",
+            args.from
+        ));
+    }
+    if !args.follow && args.from > end {
+        return Some(format!(
+            "nothing at offset {}: the log ends at offset {end} (--follow waits for it)",
+            args.from
+        ));
+    }
+    None
 }

@@ -1,7 +1,9 @@
 //! `tidings tier status` and `tidings tier upload-now`.
 
+use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use tidings_log::tier::manifest::Manifest;
 use tidings_log::{Log, LogError, LogOptions};
 
@@ -32,10 +34,8 @@ pub(crate) async fn run(cmd: TierCmd) -> anyhow::Result<ExitCode> {
 
 fn status(data: &DataDir) -> anyhow::Result<ExitCode> {
     let dir = data.log();
-    let manifest = std::fs::read(dir.join("tier-manifest.json"))
-        .ok()
-        .and_then(|b| Manifest::decode(&b).ok());
-    let mut local: Vec<(u64, u64)> = std::fs::read_dir(&dir)?
+    let mut local: Vec<(u64, u64)> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing the log directory {}", dir.display()))?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
@@ -44,7 +44,7 @@ fn status(data: &DataDir) -> anyhow::Result<ExitCode> {
         })
         .collect();
     local.sort();
-    let Some(m) = manifest else {
+    let Some(m) = local_manifest(&dir)? else {
         println!(
             "no tier manifest in {}: tiering is not configured, or nothing was uploaded yet",
             dir.display()
@@ -77,6 +77,24 @@ fn status(data: &DataDir) -> anyhow::Result<ExitCode> {
         lag.iter().map(|s| s.1).sum::<u64>()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The log's local copy of the tier manifest in `dir`; `None` when there is none (tiering is
+/// not configured, or nothing was uploaded yet). One that cannot be read or decoded is an error
+/// naming the file: taken for no manifest, it would hide the damage behind "not configured".
+fn local_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
+    let path = dir.join("tier-manifest.json");
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("reading the tier manifest {}", path.display())));
+        }
+    };
+    Manifest::decode(&bytes)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("the tier manifest {} does not decode: {e}", path.display()))
 }
 
 async fn upload_now(args: ServeArgs) -> anyhow::Result<ExitCode> {

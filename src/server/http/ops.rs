@@ -283,9 +283,9 @@ pub(crate) async fn log_stream(
                 }
                 let line = match Envelope::decode(r.offset, &r.payload) {
                     Ok(env) => event_line(r.offset, r.timestamp_ms, &env),
-                    Err(e) => json!({"offset": r.offset, "error": e.to_string()}),
+                    Err(e) => json!({"offset": r.offset, "error": e.to_string()}).to_string(),
                 };
-                buf.push_str(&line.to_string());
+                buf.push_str(&line);
                 buf.push('\n');
             }
             Some((
