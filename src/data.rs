@@ -5,6 +5,7 @@
 //! DIR/projections/    snapshots/ and index/ (message index sidecars)
 //! DIR/cache/          foyer disk caches (safe to delete while the server is stopped)
 //! DIR/admin.key       the admin key generated on first start (mode 0600)
+//! DIR/node.id         this node's tier owner name, generated on first start with a tier
 //! DIR/LOCK            held by the process that owns the directory (a server, `tier upload-now`)
 //! ```
 //!
@@ -13,7 +14,7 @@
 //! comes later, after the tier is open, and read-only commands (`verify`, `inspect`, `replay`)
 //! take neither.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A data directory.
 #[derive(Debug, Clone)]
@@ -69,5 +70,63 @@ impl DataDir {
     }
     pub(crate) fn projections(&self) -> PathBuf {
         self.0.join("projections")
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash or a power cut leaves the earlier file (or none)
+/// or the new one whole, never an empty or torn one: written under another name (`path` +
+/// `.tmp`, created with permission bits `mode`), synced, renamed over `path`, and the
+/// directory synced so the rename itself survives. For the files generated once and then
+/// relied on (the admin key, the node id); the data directory's lock keeps a second writer
+/// out.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_durable_write_replaces_the_file_whole_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.key");
+        // What a crash between create and rename left behind is written over.
+        std::fs::write(dir.path().join("admin.key.tmp"), b"half").unwrap();
+        write_durably(&path, b"first", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        write_durably(&path, b"second", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert!(!dir.path().join("admin.key.tmp").exists());
+        let fresh = dir.path().join("node.id");
+        write_durably(&fresh, b"id", 0o600).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -109,6 +109,36 @@ pub(crate) fn message_raw(m: &Message, viewer: Option<&str>) -> Box<RawValue> {
     RawValue::from_string(message_text(m, viewer, None)).unwrap_or_default()
 }
 
+/// A change told without its message (`messages::Change::Notice`): `{channel, seq,
+/// recalled: true}` or `{channel, seq, edited: true}`.
+#[derive(Debug, Serialize)]
+struct NoticeView {
+    channel: String,
+    seq: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    recalled: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    edited: bool,
+}
+
+/// A change to `channel`'s message `seq` (recalled, or else edited) as JSON text for `viewer`,
+/// without the message.
+pub(crate) fn change_notice_raw(
+    channel: &str,
+    seq: u64,
+    recalled: bool,
+    viewer: Option<&str>,
+) -> Box<RawValue> {
+    let view = NoticeView {
+        channel: channel_ref(channel, viewer),
+        seq,
+        recalled,
+        edited: !recalled,
+    };
+    // A string, a number and booleans always serialize (`null` would stand in were it not).
+    serde_json::value::to_raw_value(&view).unwrap_or_default()
+}
+
 /// A conversation's last message from the head's preview (a payload short enough to be kept
 /// whole), as sent.
 #[derive(Debug, Serialize)]

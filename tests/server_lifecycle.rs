@@ -594,6 +594,83 @@ async fn a_failed_apply_is_not_snapshotted() {
     drop(dir);
 }
 
+/// The log's end as `/metrics` tells it (`tidings_log_next_offset`).
+async fn log_end(server: &Server) -> String {
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("tidings_log_next_offset "));
+    line.unwrap_or_else(|| panic!("no log end in\n{metrics}"))
+        .to_owned()
+}
+
+/// Once the applier has stopped (as above), a write other than a send — a recall, a member
+/// change — is refused before it is appended, with the `not_ready` a send gets. Before, it was
+/// appended, answered 503 `shutting_down` (the server was not shutting down), and took effect
+/// at the next start although its caller had been told it failed.
+#[tokio::test]
+async fn a_write_after_the_applier_stopped_is_refused_before_the_log() {
+    let args = ["--projections-index-flush-entries", "2"];
+    let server = Server::start(&args);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    api.send(&alice, "g", "a1", "one").await;
+    let index = server.data.join("projections/index");
+    let aside = server.data.join("projections/index.aside");
+    std::fs::rename(&index, &aside).unwrap();
+    std::fs::write(&index, b"not a directory").unwrap();
+    let body = json!({"channel": "g", "client_msg_id": "a2", "payload": {"text": "two"}});
+    let _ = api
+        .try_call("POST", "/v1/messages", &alice, Some(body))
+        .await;
+    let ready = reqwest::get(server.url("/readyz")).await.unwrap().status();
+    assert_eq!(ready, 503);
+    let before = log_end(&server).await;
+    let (status, v) = api
+        .call("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("not_ready")),
+        "{v}"
+    );
+    let carol = json!({"uids": ["carol"]});
+    let (status, v) = api
+        .call("POST", "/v1/channels/g/members", ADMIN, Some(carol))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("not_ready")),
+        "{v}"
+    );
+    assert_eq!(log_end(&server).await, before, "nothing was appended");
+    // Restarted (the index back in place): neither took effect.
+    let data = server.data.clone();
+    let dir = server.stop();
+    std::fs::remove_file(&index).unwrap();
+    std::fs::rename(&aside, &index).unwrap();
+    let server = Server::start_on(&data, &args);
+    let api = Api::new(&server);
+    let page = api.ok("GET", "/v1/channels/g/messages", &alice, None).await;
+    let first = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["seq"] == 1);
+    assert_eq!(first.unwrap()["recalled"], Value::Null, "{page}");
+    let members = api.ok("GET", "/v1/channels/g/members", ADMIN, None).await;
+    assert!(!members.to_string().contains("carol"), "{members}");
+    drop(api);
+    server.stop();
+    drop(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_under_load_loses_no_acknowledged_message() {
     let server = Server::start(&["--limits-sends-per-second", "1000000"]);

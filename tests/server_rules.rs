@@ -184,6 +184,74 @@ async fn a_banned_group_s_last_message_is_shown_only_to_whom_it_is_owed() {
     assert_eq!(sync["messages"].as_array().unwrap().len(), 1);
 }
 
+/// `/v1/changes` in a banned group tells a member of a change to a message they are not owed
+/// (at or below their delivered cursor) without the message: a member who joined after the
+/// ban, whose history read is refused and whose sync is empty, learned there the sender and
+/// client id of a message sent and recalled before the ban. A member who had the message still
+/// gets its recall; one it is still to be delivered to gets it whole, as sync brings it.
+#[tokio::test]
+async fn changes_in_a_banned_group_show_only_what_is_owed() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("z", &["alice", "bob", "carol"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let carol = api.user("carol").await;
+    api.send(&alice, "z", "secret-plan-42", "the plan").await;
+    // bob receives it; carol has not synced yet.
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert_eq!(page_seqs(&sync), vec![1]);
+    api.ok("POST", "/v1/channels/z/ack", &bob, Some(json!({"seq": 1})))
+        .await;
+    api.ok("DELETE", "/v1/channels/z/messages/1", &alice, None)
+        .await;
+    let ban = |on: bool| json!({"flags": {"ban": on}});
+    api.ok("PUT", "/v1/channels/z", ADMIN, Some(ban(true)))
+        .await;
+    api.ok(
+        "POST",
+        "/v1/channels/z/members",
+        ADMIN,
+        Some(json!({"uids": ["dave"]})),
+    )
+    .await;
+    let dave = api.user("dave").await;
+    let (status, code) = code_of(&api, "GET", "/v1/channels/z/messages", &dave, None).await;
+    assert_eq!((status, code.as_str()), (403, "channel_banned"));
+    let sync = api.ok("GET", "/v1/sync", &dave, None).await;
+    assert!(sync["messages"].as_array().unwrap().is_empty(), "{sync}");
+    let notice = json!([{"channel": "z", "seq": 1, "recalled": true}]);
+    let theirs = api.ok("GET", "/v1/changes?since=0", &dave, None).await;
+    assert_eq!(theirs["messages"], notice, "{theirs}");
+    let text = theirs.to_string();
+    assert!(
+        !text.contains("secret-plan-42") && !text.contains("alice"),
+        "{text}"
+    );
+    // bob had it: he learns of the recall.
+    let his = api.ok("GET", "/v1/changes?since=0", &bob, None).await;
+    assert_eq!(his["messages"], notice, "{his}");
+    // carol is owed it: the change comes whole, as her sync brings the message.
+    let hers = api.ok("GET", "/v1/changes?since=0", &carol, None).await;
+    let msgs = hers["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 1, "{hers}");
+    assert_eq!(
+        (
+            &msgs[0]["from"],
+            &msgs[0]["client_msg_id"],
+            &msgs[0]["recalled"]
+        ),
+        (&json!("alice"), &json!("secret-plan-42"), &json!(true))
+    );
+    let sync = api.ok("GET", "/v1/sync", &carol, None).await;
+    assert_eq!(sync["messages"][0]["client_msg_id"], "secret-plan-42");
+    // Once the ban is lifted the history is open again, and so is the change.
+    api.ok("PUT", "/v1/channels/z", ADMIN, Some(ban(false)))
+        .await;
+    let theirs = api.ok("GET", "/v1/changes?since=0", &dave, None).await;
+    assert_eq!(theirs["messages"][0]["from"], "alice", "{theirs}");
+}
+
 #[tokio::test]
 async fn person_channels_honour_deny_lists_and_the_allowlist_switch() {
     for switch in [false, true] {

@@ -37,7 +37,9 @@ pub struct SentRef {
 pub struct Idempotency {
     /// At most this many sends are remembered.
     pub max_entries: usize,
-    /// Sends older than this (by event time, relative to the newest) are forgotten.
+    /// Sends older than this (by event time, relative to the newest) are forgotten — when a
+    /// send is recorded, from the front of the queue; [`Idempotency::get`] does not look at
+    /// the age: the window is a function of the log alone.
     pub max_age_ms: u64,
     /// Ids of the entries, by the hash of their key. Ids wrap around: `entries` never holds
     /// 2^32 entries, so `id - first_id` (wrapping) is an entry's index.

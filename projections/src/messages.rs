@@ -132,16 +132,65 @@ pub fn plan_sync_from(
     Ok((out, has_more))
 }
 
+/// One entry of a [`ChangesPlan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The message, to [`load`] and show as history shows it now.
+    Message(MessageRef),
+    /// Only which message changed and how: the caller may not see the message itself (a
+    /// banned group's message they are not owed, see [`plan_changes`]).
+    Notice {
+        /// The channel.
+        channel: ChannelId,
+        /// The message's seq.
+        seq: u64,
+        /// Recalled; otherwise edited.
+        recalled: bool,
+    },
+}
+
+impl Change {
+    /// The channel of the changed message.
+    pub fn channel(&self) -> &str {
+        match self {
+            Change::Message(m) => &m.channel,
+            Change::Notice { channel, .. } => channel,
+        }
+    }
+
+    /// The seq of the changed message.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Change::Message(m) => m.seq,
+            Change::Notice { seq, .. } => *seq,
+        }
+    }
+}
+
 /// What changed for a device since it last asked ([`plan_changes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangesPlan {
     /// The changed messages, each once, in the order of their latest change.
-    pub messages: Vec<MessageRef>,
+    pub changes: Vec<Change>,
     /// The `since` to ask with next time: every change before it is in this plan or an
     /// earlier one.
     pub version: u64,
     /// Whether more changes remain (ask again with `version`).
     pub has_more: bool,
+}
+
+impl ChangesPlan {
+    /// The messages to load: the [`Change::Message`] entries, in order ([`load`] returns one
+    /// message for each).
+    pub fn to_load(&self) -> Vec<MessageRef> {
+        self.changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Message(m) => Some(m.clone()),
+                Change::Notice { .. } => None,
+            })
+            .collect()
+    }
 }
 
 /// The messages of `uid`'s channels recalled or edited at a log offset `>= since`: a device
@@ -151,8 +200,20 @@ pub struct ChangesPlan {
 /// as for sync — a banned group too (its backlog still reaches its members by sync, so a
 /// recall made during the ban must reach them as well, or it would be lost for good once the
 /// version moved past it). Nothing at or below the user's cleared point or from an earlier
-/// group under the same id. Cost: O(channels + limit × log channels) — the channels' lists
-/// are merged, not gathered and sorted.
+/// group under the same id.
+///
+/// What the caller sees of a change follows what they may see of the message. In a channel
+/// whose history they can read ([`crate::permissions::can_read`]), and in a banned group for a
+/// message still to be delivered to them (above their delivered cursor: sync brings it, and
+/// the conversation list shows it), the message as history shows it now
+/// ([`Change::Message`]). A banned group's message at or below their delivered cursor was
+/// either delivered to them before the ban or sent before they joined — no projection tells
+/// which (a join moves the cursor to the head and is not kept) — so it comes as a
+/// [`Change::Notice`]: enough for a device that holds the message to drop or mark it, and
+/// nothing of it (sender, client id, payload) to a member who never had it.
+///
+/// Cost: O(channels + limit × log channels) — the channels' lists are merged, not gathered
+/// and sorted.
 pub fn plan_changes(
     state: &State,
     files: &IndexFiles,
@@ -162,9 +223,9 @@ pub fn plan_changes(
 ) -> Result<ChangesPlan> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    // Per channel: its id, its changes at or after `since`, and the seq at or below which
-    // none is reported.
-    type Pending<'a> = (&'a str, &'a [(u64, u64)], u64);
+    // Per channel: its id, its changes at or after `since`, the seq at or below which none is
+    // reported, and the seq above which a change comes with its message.
+    type Pending<'a> = (&'a str, &'a [(u64, u64)], u64, u64);
     let mut lists: Vec<Pending<'_>> = Vec::new();
     let mut heap = BinaryHeap::new();
     for channel in state.subs.channels_of(uid) {
@@ -172,19 +233,21 @@ pub fn plan_changes(
         let Some(&(first, _)) = list.first() else {
             continue;
         };
-        let floor = state
-            .cursors
-            .get(uid, channel)
-            .cleared
-            .max(state.subs.history_from(channel));
+        let cur = state.cursors.get(uid, channel);
+        let floor = cur.cleared.max(state.subs.history_from(channel));
+        let whole_above = if crate::permissions::can_read(state, uid, channel) {
+            0
+        } else {
+            cur.delivered
+        };
         heap.push(Reverse((first, lists.len(), 0usize)));
-        lists.push((channel.as_str(), list, floor));
+        lists.push((channel.as_str(), list, floor, whole_above));
     }
-    let mut picked: Vec<(&str, u64)> = Vec::new();
+    let mut picked: Vec<(&str, u64, bool)> = Vec::new();
     let mut version = state.next_offset();
     let mut has_more = false;
     while let Some(Reverse((offset, i, at))) = heap.pop() {
-        let (channel, list, floor) = lists[i];
+        let (channel, list, floor, whole_above) = lists[i];
         if let Some(&(next, _)) = list.get(at + 1) {
             heap.push(Reverse((next, i, at + 1)));
         }
@@ -196,14 +259,26 @@ pub fn plan_changes(
             (version, has_more) = (offset, true);
             break;
         }
-        picked.push((channel, seq));
+        picked.push((channel, seq, seq > whole_above));
     }
-    let mut messages = Vec::with_capacity(picked.len());
-    for (channel, seq) in picked {
-        messages.extend(plan_range(state, files, channel, seq, seq)?);
+    let mut changes = Vec::with_capacity(picked.len());
+    for (channel, seq, whole) in picked {
+        if whole {
+            changes.extend(
+                plan_range(state, files, channel, seq, seq)?
+                    .into_iter()
+                    .map(Change::Message),
+            );
+        } else {
+            changes.push(Change::Notice {
+                channel: channel.to_owned(),
+                seq,
+                recalled: state.heads.is_recalled(channel, seq),
+            });
+        }
     }
     Ok(ChangesPlan {
-        messages,
+        changes,
         version,
         has_more,
     })

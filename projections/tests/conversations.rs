@@ -313,16 +313,19 @@ async fn paging_with_a_small_limit_reaches_every_conversation_and_ends() {
     assert!(rest.conversations.is_empty() && !rest.has_more);
 }
 
+fn changes_plan(
+    w: &World,
+    uid: &str,
+    since: u64,
+    limit: usize,
+) -> tidings_projections::messages::ChangesPlan {
+    tidings_projections::messages::plan_changes(w.state(), w.p.index_files(), uid, since, limit)
+        .unwrap()
+}
+
 fn changes(w: &World, uid: &str, since: u64, limit: usize) -> (Vec<u64>, u64, bool) {
-    let plan = tidings_projections::messages::plan_changes(
-        w.state(),
-        w.p.index_files(),
-        uid,
-        since,
-        limit,
-    )
-    .unwrap();
-    let seqs = plan.messages.iter().map(|m| m.seq).collect();
+    let plan = changes_plan(w, uid, since, limit);
+    let seqs = plan.changes.iter().map(|c| c.seq()).collect();
     (seqs, plan.version, plan.has_more)
 }
 
@@ -371,7 +374,7 @@ async fn changes_since_a_version_name_each_changed_message_once() {
     let plan =
         tidings_projections::messages::plan_changes(w.state(), w.p.index_files(), "bob", v0, 10)
             .unwrap();
-    let loaded = tidings_projections::messages::load(&w.log, &plan.messages)
+    let loaded = tidings_projections::messages::load(&w.log, &plan.to_load())
         .await
         .unwrap();
     assert!(loaded[0].recalled && loaded[1].recalled && loaded[2].edited);
@@ -411,4 +414,19 @@ async fn changes_since_a_version_name_each_changed_message_once() {
     .await;
     assert_eq!(changes(&w, "bob", v0, 10).0, vec![2, 5, 1, 6, 3]);
     assert_eq!(w.state().heads.changes["g"].len(), 5);
+    // bob is owed all of them (sync brings them): each comes with its message. One who joins
+    // during the ban is owed none: each comes as a notice, without the message.
+    assert_eq!(changes_plan(&w, "bob", v0, 10).to_load().len(), 5);
+    w.subscribe("g", &["erin"]).await;
+    let theirs = changes_plan(&w, "erin", v0, 10);
+    assert!(theirs.to_load().is_empty());
+    assert_eq!(
+        theirs.changes.last(),
+        Some(&tidings_projections::messages::Change::Notice {
+            channel: "g".into(),
+            seq: 3,
+            recalled: false,
+        })
+    );
+    assert_eq!(changes(&w, "erin", v0, 10).0, vec![2, 5, 1, 6, 3]);
 }

@@ -149,12 +149,12 @@ pub(crate) async fn run(
     struct CloseWaiters<'a>(&'a AppState, &'a CancellationToken);
     impl Drop for CloseWaiters<'_> {
         fn drop(&mut self) {
-            self.0.applied_waiters.close();
             let why = if self.1.is_cancelled() {
                 completions::shutting_down()
             } else {
                 completions::applier_stopped()
             };
+            self.0.applied_waiters.close(why.clone());
             self.0.completions.close(why, &self.0.metrics);
         }
     }

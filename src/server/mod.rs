@@ -94,24 +94,7 @@ fn admin_key(config: &Config, data: &DataDir) -> anyhow::Result<String> {
     // Written whole under another name and renamed: a crash leaves no key or the key, never
     // an empty file (which the next start would fail to replace). An empty one left by an
     // earlier build is replaced. The data directory's lock keeps two servers out.
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension("key.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(key.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        std::fs::File::open(data.root())
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", data.root().display()))?;
-    }
+    crate::data::write_durably(&path, key.as_bytes(), 0o600)?;
     println!(
         "generated the admin key (stored in {}): {key}",
         path.display()

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::server::acks::Acks;
-use crate::server::completions::Completions;
+use crate::server::completions::{self, Completions};
 use crate::server::delivery::Delivery;
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::limits::TokenBucket;
@@ -133,19 +133,38 @@ impl AppState {
     }
 
     /// Waits, with no time limit, until the event at `offset` is applied; fails only when the
-    /// applier has stopped (shutdown).
+    /// applier has stopped, with what it stopped with: `shutting_down` at shutdown,
+    /// `not_ready` when it stopped on its own (a record it could not read or apply).
     pub(crate) async fn applied_past(&self, offset: u64) -> ApiResult<()> {
-        let stopped = || ApiError::unavailable("shutting_down", "the server is shutting down");
         match self.applied_waiters.wait(offset) {
             Wait::Done => Ok(()),
-            Wait::Pending(rx) => rx.await.map_err(|_| stopped()),
-            Wait::Stopped => Err(stopped()),
+            Wait::Pending(rx) => rx.await.map_err(|_| {
+                self.applied_waiters
+                    .stopped()
+                    .unwrap_or_else(completions::applier_stopped)
+            }),
+            Wait::Stopped(why) => Err(why),
         }
     }
 
+    /// Refuses a write the applier will never apply (it stopped, or is stopping on a record it
+    /// could not apply), as sends are refused: before anything is appended. Appended, the event
+    /// would still take effect at the next start, though its caller was told it failed.
+    fn writable(&self) -> ApiResult<()> {
+        if let Some(why) = self.applied_waiters.stopped() {
+            return Err(why);
+        }
+        if self.applier_failed.load(Ordering::Acquire) {
+            return Err(completions::applier_stopped());
+        }
+        Ok(())
+    }
+
     /// Appends an event (not a message: those go through the sequencer), waits until it is
-    /// durable and applied, returns its offset.
+    /// durable and applied, returns its offset. Refused (nothing appended) once the applier
+    /// has stopped.
     pub(crate) async fn emit(&self, event: Event) -> ApiResult<u64> {
+        self.writable()?;
         let env = Envelope::new(now_ms(), event);
         let ack = self.log.append(vec![env.encode()]).await?;
         self.wait_applied(ack.base_offset).await?;

@@ -86,7 +86,10 @@ fn build_store(
     anyhow::bail!("tier.url {url:?}: expected s3://bucket/prefix or file:///dir")
 }
 
-/// This node's id: configured, or generated once into DATA/node.id.
+/// This node's id: configured, or generated once into DATA/node.id. Written durably, as the
+/// admin key is: a node.id lost or left empty by a power cut made the node pick a new id, and
+/// its own live lease under the old one then refused it as a second server on its prefix (an
+/// empty one left by an earlier build is still replaced).
 pub(crate) fn node_id(config: &Config, data: &DataDir) -> anyhow::Result<String> {
     if let Some(id) = &config.node_id {
         return Ok(id.clone());
@@ -100,7 +103,7 @@ pub(crate) fn node_id(config: &Config, data: &DataDir) -> anyhow::Result<String>
     let mut raw = [0u8; 8];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    crate::data::write_durably(&path, id.as_bytes(), 0o644)?;
     Ok(id)
 }
 
@@ -351,6 +354,23 @@ mod tests {
     use tidings_log::tier::manifest::Manifest;
     use tidings_log::{Log, LogOptions};
     use tidings_projections::msgindex;
+
+    /// The node id is generated once, written whole through the durable path (no temporary
+    /// left beside it), and read back the same at the next start; an empty node.id (what a
+    /// power cut could leave of a plain write) is replaced.
+    #[test]
+    fn the_node_id_is_written_whole_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        let path = dir.path().join("node.id");
+        std::fs::write(&path, b"").unwrap();
+        let config = Config::default();
+        let id = node_id(&config, &data).unwrap();
+        assert_eq!(id.len(), 16, "{id}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), id);
+        assert!(!dir.path().join("node.id.tmp").exists());
+        assert_eq!(node_id(&config, &data).unwrap(), id);
+    }
 
     /// A local-directory store, and a data directory and a cache for node-a's log.
     struct Setup {

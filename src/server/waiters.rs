@@ -7,12 +7,14 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
+use crate::server::error::ApiError;
+
 #[derive(Debug, Default)]
 struct Inner {
     /// Every offset below this is applied.
     next: u64,
-    /// The applier stopped: nothing more will be applied.
-    closed: bool,
+    /// The applier stopped, with what waiters are told: nothing more will be applied.
+    closed: Option<ApiError>,
     by_offset: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
 }
 
@@ -23,8 +25,8 @@ pub(crate) enum Wait {
     Done,
     /// Resolves when applied; errs when the applier stops first.
     Pending(oneshot::Receiver<()>),
-    /// The applier has stopped and the offset was not applied.
-    Stopped,
+    /// The applier has stopped (why) and the offset was not applied.
+    Stopped(ApiError),
 }
 
 /// The registry; the applier advances it after each pass.
@@ -54,8 +56,8 @@ impl AppliedWaiters {
         if offset < w.next {
             return Wait::Done;
         }
-        if w.closed {
-            return Wait::Stopped;
+        if let Some(why) = &w.closed {
+            return Wait::Stopped(why.clone());
         }
         let (tx, rx) = oneshot::channel();
         w.by_offset.entry(offset).or_default().push(tx);
@@ -76,11 +78,18 @@ impl AppliedWaiters {
         }
     }
 
-    /// The applier stopped: every waiter still waiting gets an error.
-    pub(crate) fn close(&self) {
+    /// Why the applier stopped (`None`: it runs). A waiter whose receiver errs reads it here:
+    /// [`close`](Self::close) sets it before it drops the senders.
+    pub(crate) fn stopped(&self) -> Option<ApiError> {
+        self.lock().closed.clone()
+    }
+
+    /// The applier stopped (`why`: what waiters are told): every waiter still waiting gets an
+    /// error.
+    pub(crate) fn close(&self, why: ApiError) {
         let dropped = {
             let mut w = self.lock();
-            w.closed = true;
+            w.closed = Some(why);
             std::mem::take(&mut w.by_offset)
         };
         drop(dropped);
@@ -114,9 +123,11 @@ mod tests {
         // Never backwards.
         w.advance(3);
         assert!(matches!(w.wait(5), Wait::Done));
-        w.close();
+        assert_eq!(w.stopped(), None);
+        w.close(crate::server::completions::applier_stopped());
         assert!(b.await.is_err(), "the applier stopped first");
-        assert!(matches!(w.wait(10), Wait::Stopped));
+        assert_eq!(w.stopped().map(|e| e.code), Some("not_ready"));
+        assert!(matches!(w.wait(10), Wait::Stopped(e) if e.code == "not_ready"));
         assert!(matches!(w.wait(1), Wait::Done));
     }
 }

@@ -11,7 +11,7 @@ use tidings_projections::messages;
 
 use super::ApiQuery;
 use super::messages::load_page;
-use crate::render::{PreviewView, channel_ref, message_raw};
+use crate::render::{PreviewView, change_notice_raw, channel_ref, message_raw};
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::AppState;
@@ -206,7 +206,9 @@ pub(crate) struct ChangesQuery {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ChangesPage {
     /// Each changed message once, as the history API shows it now (`"recalled": true`, or
-    /// the edited payload with `"edited": true`), in the order of its latest change.
+    /// the edited payload with `"edited": true`), in the order of its latest change. A banned
+    /// group's message the caller is not owed (at or below their delivered cursor) comes as
+    /// `{channel, seq, recalled: true}` or `{channel, seq, edited: true}` alone.
     #[schema(value_type = Vec<Object>)]
     pub(crate) messages: Vec<Box<RawValue>>,
     /// Pass as `since` next time.
@@ -232,15 +234,31 @@ pub(crate) async fn changes(
         match q.since {
             Some(since) => messages::plan_changes(&p.state, p.index_files(), &me, since, limit)?,
             None => messages::ChangesPlan {
-                messages: Vec::new(),
+                changes: Vec::new(),
                 version: p.state.next_offset(),
                 has_more: false,
             },
         }
     };
-    let msgs = messages::load(&state.log, &plan.messages).await?;
+    let mut loaded = messages::load(&state.log, &plan.to_load())
+        .await?
+        .into_iter();
+    let mut out = Vec::with_capacity(plan.changes.len());
+    for change in &plan.changes {
+        match change {
+            // `load` returned one message for each `Message` entry, in order.
+            messages::Change::Message(_) => {
+                out.extend(loaded.next().map(|m| message_raw(&m, Some(&me))));
+            }
+            messages::Change::Notice {
+                channel,
+                seq,
+                recalled,
+            } => out.push(change_notice_raw(channel, *seq, *recalled, Some(&me))),
+        }
+    }
     Ok(axum::Json(ChangesPage {
-        messages: msgs.iter().map(|m| message_raw(m, Some(&me))).collect(),
+        messages: out,
         version: plan.version,
         has_more: plan.has_more,
     }))
