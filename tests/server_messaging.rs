@@ -789,6 +789,198 @@ async fn cbor_clients_get_binary_frames_and_byte_payloads() {
     let _ = ws.close(None).await;
 }
 
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket speaking CBOR (`tidings.cbor`), without catch-up.
+async fn connect_cbor(server: &Server, token: &str) -> RawWs {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = server
+        .ws_url("?catch_up=false")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "tidings.cbor".parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+/// The next binary frame, as JSON (the frames read here hold no byte strings).
+async fn next_cbor(ws: &mut RawWs) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the connection is open")
+            .unwrap();
+        if let Message::Binary(b) = frame {
+            let v: ciborium::Value = ciborium::from_reader(&b[..]).unwrap();
+            return v.deserialized().unwrap();
+        }
+    }
+}
+
+/// A CBOR map with these entries, in this order (repeated keys kept).
+fn cbor_map(entries: Vec<(&str, ciborium::Value)>) -> Vec<u8> {
+    let v = ciborium::Value::Map(entries.into_iter().map(|(k, v)| (k.into(), v)).collect());
+    let mut buf = Vec::new();
+    ciborium::into_writer(&v, &mut buf).unwrap();
+    buf
+}
+
+/// A CBOR frame is answered with the code the same frame in JSON gets, and names its
+/// `client_msg_id`: NaN or an infinity in a payload is `invalid_payload` (as a JSON number out
+/// of range), a key twice and bytes after the frame are `invalid_frame`, a byte-string payload
+/// beside `payload_b64` is `invalid_request`. Before, all of them were taken: the NaN stored as
+/// null, the last key kept, the trailing bytes ignored, the bytes stored.
+#[tokio::test]
+async fn cbor_frames_are_refused_as_their_json_equivalents() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let mut cbor = connect_cbor(&server, &bob).await;
+    let mut json_ws = Ws::connect(&server, &bob, "?catch_up=false").await;
+    let send = |id: &str, extra: Vec<(&'static str, ciborium::Value)>| {
+        let mut entries: Vec<(&str, ciborium::Value)> = vec![
+            ("type", "send".into()),
+            ("client_msg_id", id.into()),
+            ("channel", "@alice".into()),
+        ];
+        entries.extend(extra);
+        cbor_map(entries)
+    };
+    let nan = ciborium::Value::Map(vec![("x".into(), f64::NAN.into())]);
+    let mut trailing = send("trail", vec![("payload", 1u8.into())]);
+    trailing.push(0);
+    let cases = [
+        (
+            "nan",
+            send("nan", vec![("payload", nan)]),
+            r#"{"type":"send","client_msg_id":"nan","channel":"@alice","payload":{"x":1e400}}"#,
+            "invalid_payload",
+        ),
+        (
+            "inf",
+            send("inf", vec![("payload", f64::NEG_INFINITY.into())]),
+            r#"{"type":"send","client_msg_id":"inf","channel":"@alice","payload":-1e400}"#,
+            "invalid_payload",
+        ),
+        (
+            "dup",
+            send(
+                "dup",
+                vec![("channel", "@bob".into()), ("payload", 1u8.into())],
+            ),
+            r#"{"type":"send","client_msg_id":"dup","channel":"@alice","channel":"@bob","payload":1}"#,
+            "invalid_frame",
+        ),
+        (
+            "both",
+            send(
+                "both",
+                vec![
+                    ("payload", ciborium::Value::Bytes(vec![1])),
+                    ("payload_b64", "AQ==".into()),
+                ],
+            ),
+            r#"{"type":"send","client_msg_id":"both","channel":"@alice","payload":1,"payload_b64":"AQ=="}"#,
+            "invalid_request",
+        ),
+        (
+            "trail",
+            trailing,
+            r#"{"type":"send","client_msg_id":"trail","channel":"@alice","payload":1} 0"#,
+            "invalid_frame",
+        ),
+    ];
+    for (id, frame, json, code) in cases {
+        cbor.send(Message::Binary(frame.into())).await.unwrap();
+        let got = next_cbor(&mut cbor).await;
+        json_ws.ws.send(Message::Text(json.into())).await.unwrap();
+        let want = json_ws.next_of("error").await;
+        assert_eq!(
+            (want["code"].as_str(), want["client_msg_id"].as_str()),
+            (Some(code), Some(id)),
+            "JSON {id}: {want}"
+        );
+        assert_eq!(
+            (got["type"].as_str(), got["code"].as_str()),
+            (Some("error"), Some(code)),
+            "CBOR {id}: {got}"
+        );
+        assert_eq!(got["client_msg_id"], id, "CBOR {id}: {got}");
+    }
+    // None was stored; the connection still sends.
+    let ok = send("ok", vec![("payload", 1u8.into())]);
+    cbor.send(Message::Binary(ok.into())).await.unwrap();
+    let ack = next_cbor(&mut cbor).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["seq"].as_u64()),
+        (Some("sendack"), Some(1)),
+        "{ack}"
+    );
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/@bob/messages?after_seq=0",
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(seqs(page["messages"].as_array().unwrap()), vec![1]);
+    assert_eq!(page["messages"][0]["client_msg_id"], "ok");
+}
+
+/// `"payload": null` is a payload like any JSON value, over HTTP and the WebSocket: stored,
+/// and read back as null (it was refused as if no payload were given). Beside `payload_b64`
+/// it still stands for no JSON payload, as before.
+#[tokio::test]
+async fn a_null_payload_is_stored_and_read_back_as_null() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let body = json!({"channel": "g", "client_msg_id": "h1", "payload": null});
+    let (status, v) = api.call("POST", "/v1/messages", &alice, Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    let mut ws = Ws::connect(&server, &alice, "?catch_up=false").await;
+    ws.send(json!({"type": "send", "client_msg_id": "w1", "channel": "g", "payload": null}))
+        .await;
+    let ack = ws.next_of("sendack").await;
+    assert_eq!(
+        (ack["client_msg_id"].as_str(), ack["seq"].as_u64()),
+        (Some("w1"), Some(2))
+    );
+    let body =
+        json!({"channel": "g", "client_msg_id": "h2", "payload": null, "payload_b64": "AAE="});
+    api.ok("POST", "/v1/messages", &alice, Some(body)).await;
+    let page = api
+        .ok("GET", "/v1/channels/g/messages?after_seq=0", &bob, None)
+        .await;
+    let msgs = page["messages"].as_array().unwrap();
+    assert_eq!(seqs(msgs), vec![1, 2, 3]);
+    for m in &msgs[..2] {
+        let m = m.as_object().unwrap();
+        assert_eq!(m.get("payload"), Some(&Value::Null), "{m:?}");
+        assert!(!m.contains_key("payload_b64"), "{m:?}");
+    }
+    assert_eq!(msgs[2]["payload_b64"], "AAE=");
+    assert!(!msgs[2].as_object().unwrap().contains_key("payload"));
+    // Catch-up over the WebSocket says so too.
+    let mut bob_ws = Ws::connect(&server, &bob, "").await;
+    let frames = bob_ws.messages(3).await;
+    for f in &frames[..2] {
+        assert_eq!(
+            f.as_object().unwrap().get("payload"),
+            Some(&Value::Null),
+            "{f}"
+        );
+    }
+}
+
 /// A WebSocket ack past the channel's head ("mark all read") is capped at the head when it
 /// arrives, as over HTTP. It was capped when the ack window was flushed, so the messages that
 /// arrived in between counted as delivered and never came by sync or catch-up.

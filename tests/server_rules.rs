@@ -559,6 +559,27 @@ async fn websocket_limits_answer_with_error_frames() {
     ws.send(json!({"type": "ack", "channel": "elsewhere", "seq": 1}))
         .await;
     assert_eq!(ws.next_of("error").await["code"], "not_member");
+    // A send that does not parse still names its client_msg_id (a field missing, another of
+    // the wrong type): a client pipelining sends can tell which one failed.
+    ws.send(json!({"type": "send", "client_msg_id": "c7", "payload": {"t": 1}}))
+        .await;
+    let e = ws.next_of("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["client_msg_id"].as_str()),
+        (Some("invalid_frame"), Some("c7")),
+        "{e}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("`channel`"), "{e}");
+    ws.send(
+        json!({"type": "send", "client_msg_id": "c8", "channel": "g", "payload": 1, "seq": "x"}),
+    )
+    .await;
+    let e = ws.next_of("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["client_msg_id"].as_str()),
+        (Some("invalid_frame"), Some("c8")),
+        "{e}"
+    );
     // An oversized payload that is also invalid is too large first (it was `invalid_payload`).
     tokio::time::sleep(Duration::from_millis(500)).await; // a send token again
     let bad = "\\ud800".repeat(40);
@@ -977,6 +998,42 @@ async fn a_frame_too_large_closes_with_1009() {
     assert_eq!(
         (closed["code"].as_u64(), closed["reason"].as_str()),
         (Some(1009), Some("message_too_big")),
+        "{closed}"
+    );
+    let page = api.ok("GET", "/v1/channels/g/messages", &alice, None).await;
+    assert_eq!(page_seqs(&page), vec![1]);
+}
+
+/// A text frame that is not UTF-8 ends the session with close code 1007
+/// `invalid_payload_data` (RFC 6455); before, the server closed without a code and the client
+/// could not tell why. What the client sent before it still counts.
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let mut ws = try_connect(&server, &alice).await.unwrap();
+    ws.send(json!({"type": "send", "client_msg_id": "ok", "channel": "g", "payload": 1}))
+        .await;
+    assert_eq!(ws.next_of("sendack").await["client_msg_id"], "ok");
+    // A text frame with a byte that is not UTF-8, written raw (the library's text is UTF-8).
+    let text = b"{\"type\":\"ping\xff\"}".to_vec();
+    ws.ws
+        .send(Message::Frame(Frame::message(
+            text,
+            OpCode::Data(Data::Text),
+            true,
+        )))
+        .await
+        .unwrap();
+    let closed = ws.next_of("closed").await;
+    assert_eq!(
+        (closed["code"].as_u64(), closed["reason"].as_str()),
+        (Some(1007), Some("invalid_payload_data")),
         "{closed}"
     );
     let page = api.ok("GET", "/v1/channels/g/messages", &alice, None).await;

@@ -7,7 +7,7 @@
 //! push arrived meanwhile. Live messages at or below the last seq sent in a channel are skipped,
 //! so a connection sees each message once, with no gap, even when messages arrive mid-catch-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ use crate::server::delivery::{
     CloseReason, GOING_AWAY, IDLE_TIMEOUT, Pushed, Run, Session, SessionLimits, TOKEN_REVOKED,
 };
 use crate::server::error::{ApiError, ApiResult};
-use crate::server::http::ApiQuery;
+use crate::server::http::{ApiQuery, one_payload_form, payload_bytes, present};
 use crate::server::keepalive::{Due, Keepalive};
 use crate::server::limits::TokenBucket;
 use crate::server::sequencer::{self, SendRequest};
@@ -290,9 +290,7 @@ enum ClientFrame {
     Send {
         client_msg_id: String,
         channel: String,
-        /// The JSON payload as the client wrote it (stored verbatim, not printed again).
-        payload: Option<Box<RawValue>>,
-        payload_b64: Option<String>,
+        payload: SendPayload,
     },
     Ack {
         channel: String,
@@ -305,6 +303,48 @@ enum ClientFrame {
     Ping,
 }
 
+/// A send's payload as the frame gave it, checked with the rest of the send
+/// ([`Ctx::prepare_send`]) in the order HTTP checks one: its size before its content.
+#[derive(Debug, Default)]
+struct SendPayload {
+    /// `payload` as JSON text: from a JSON frame as the client wrote it (stored verbatim, not
+    /// printed again), from a CBOR frame converted.
+    json: Option<Box<RawValue>>,
+    payload_b64: Option<String>,
+    /// A CBOR `payload` given as a byte string: stored as those bytes.
+    bytes: Option<Bytes>,
+    /// The CBOR `payload` holds a float JSON cannot express (NaN, ±Infinity; `json` has `null`
+    /// in its place): refused as `invalid_payload`, as a JSON number out of range is.
+    non_finite: bool,
+}
+
+/// A frame the server could not read: what is wrong, and its `client_msg_id` when that much
+/// could be read (a client pipelining sends learns which one failed).
+#[derive(Debug)]
+struct BadFrame {
+    message: String,
+    client_msg_id: Option<String>,
+}
+
+impl BadFrame {
+    /// What is wrong with a decoded CBOR frame, naming its `client_msg_id` if it has one.
+    fn cbor(v: &ciborium::Value, message: impl Into<String>) -> BadFrame {
+        let client_msg_id = v
+            .as_map()
+            .and_then(|entries| {
+                entries
+                    .iter()
+                    .find(|(k, _)| k.as_text() == Some("client_msg_id"))
+            })
+            .and_then(|(_, id)| id.as_text())
+            .map(str::to_owned);
+        BadFrame {
+            message: message.into(),
+            client_msg_id,
+        }
+    }
+}
+
 /// Every field any frame has, flat: serde reads it in one pass (an internally tagged enum
 /// would buffer the whole frame first), and `payload` stays raw text.
 #[derive(Debug, Deserialize)]
@@ -313,68 +353,178 @@ struct WireFrame {
     kind: String,
     client_msg_id: Option<String>,
     channel: Option<String>,
+    /// `null` is a payload (JSON null); only a missing field is none.
+    #[serde(default, deserialize_with = "present")]
     payload: Option<Box<RawValue>>,
     payload_b64: Option<String>,
     seq: Option<u64>,
 }
 
 impl TryFrom<WireFrame> for ClientFrame {
-    type Error = String;
+    type Error = BadFrame;
 
-    fn try_from(w: WireFrame) -> Result<Self, String> {
-        fn need<T>(v: Option<T>, field: &str) -> Result<T, String> {
-            v.ok_or_else(|| format!("missing field `{field}`"))
-        }
-        Ok(match w.kind.as_str() {
-            "send" => ClientFrame::Send {
-                client_msg_id: w.client_msg_id.unwrap_or_default(),
-                channel: need(w.channel, "channel")?,
-                payload: w.payload,
-                payload_b64: w.payload_b64,
-            },
-            "ack" => ClientFrame::Ack {
-                channel: need(w.channel, "channel")?,
-                seq: need(w.seq, "seq")?,
-            },
-            "read" => ClientFrame::Read {
-                channel: need(w.channel, "channel")?,
-                seq: need(w.seq, "seq")?,
-            },
-            "ping" => ClientFrame::Ping,
-            other => {
-                return Err(format!(
-                    "unknown frame type `{other}`, expected one of `send`, `ack`, `read`, `ping`"
-                ));
+    fn try_from(w: WireFrame) -> Result<Self, BadFrame> {
+        let WireFrame {
+            kind,
+            client_msg_id,
+            channel,
+            payload,
+            payload_b64,
+            seq,
+        } = w;
+        let missing = |field: &str| format!("missing field `{field}`");
+        let message = match (kind.as_str(), channel, seq) {
+            ("send", Some(channel), _) => {
+                return Ok(ClientFrame::Send {
+                    client_msg_id: client_msg_id.unwrap_or_default(),
+                    channel,
+                    payload: SendPayload {
+                        json: payload,
+                        payload_b64,
+                        ..SendPayload::default()
+                    },
+                });
             }
+            ("ack", Some(channel), Some(seq)) => return Ok(ClientFrame::Ack { channel, seq }),
+            ("read", Some(channel), Some(seq)) => return Ok(ClientFrame::Read { channel, seq }),
+            ("ping", ..) => return Ok(ClientFrame::Ping),
+            ("send" | "ack" | "read", None, _) => missing("channel"),
+            ("ack" | "read", Some(_), None) => missing("seq"),
+            (other, ..) => format!(
+                "unknown frame type `{other}`, expected one of `send`, `ack`, `read`, `ping`"
+            ),
+        };
+        Err(BadFrame {
+            message,
+            client_msg_id,
         })
     }
 }
 
-/// Parses a frame; a CBOR `payload` given as a byte string is kept as raw bytes.
-fn parse(msg: &WsMessage) -> Result<Option<(ClientFrame, Option<Bytes>)>, String> {
-    match msg {
-        WsMessage::Text(t) => serde_json::from_str::<WireFrame>(t.as_str())
-            .map_err(|e| e.to_string())
-            .and_then(ClientFrame::try_from)
-            .map(|f| Some((f, None))),
-        WsMessage::Binary(b) => {
-            let mut v: ciborium::Value =
-                ciborium::from_reader(&b[..]).map_err(|e| e.to_string())?;
-            let mut raw = None;
-            if let ciborium::Value::Map(entries) = &mut v
-                && let Some(i) = entries.iter().position(|(k, val)| {
-                    k.as_text() == Some("payload") && matches!(val, ciborium::Value::Bytes(_))
-                })
-                && let (_, ciborium::Value::Bytes(bytes)) = entries.remove(i)
-            {
-                raw = Some(Bytes::from(bytes));
+/// Only a frame's `client_msg_id`, read leniently (any other field may be anything, and what
+/// follows the frame is not looked at) from a JSON frame that did not parse, so that the
+/// error names the send it answers.
+struct IdOnly(Option<String>);
+
+impl<'de> Deserialize<'de> for IdOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(IdVisitor)
+    }
+}
+
+struct IdVisitor;
+
+impl<'de> serde::de::Visitor<'de> for IdVisitor {
+    type Value = IdOnly;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a frame (an object)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<IdOnly, A::Error> {
+        let mut id = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "client_msg_id" && id.is_none() {
+                id = map.next_value::<Option<String>>()?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
             }
-            let json: Value = v.deserialized().map_err(|e| e.to_string())?;
-            serde_json::from_value::<WireFrame>(json)
-                .map_err(|e| e.to_string())
-                .and_then(ClientFrame::try_from)
-                .map(|f| Some((f, raw)))
         }
+        Ok(IdOnly(id))
+    }
+}
+
+/// A JSON text frame.
+fn parse_text(text: &str) -> Result<ClientFrame, BadFrame> {
+    match serde_json::from_str::<WireFrame>(text) {
+        Ok(w) => ClientFrame::try_from(w),
+        Err(e) => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            Err(BadFrame {
+                message: e.to_string(),
+                client_msg_id: IdOnly::deserialize(&mut de).ok().and_then(|IdOnly(id)| id),
+            })
+        }
+    }
+}
+
+/// A CBOR binary frame, read as strictly as its JSON equivalent is: one CBOR item and nothing
+/// after it, no key twice (serde refuses a JSON field given twice; the JSON tree the frame is
+/// converted to would keep the last), a payload JSON can express (checked with the send); a
+/// byte-string `payload` is kept as raw bytes.
+fn parse_cbor(b: &[u8]) -> Result<ClientFrame, BadFrame> {
+    let mut rest = b;
+    let mut v: ciborium::Value = ciborium::from_reader(&mut rest).map_err(|e| BadFrame {
+        message: e.to_string(),
+        client_msg_id: None,
+    })?;
+    if !rest.is_empty() {
+        return Err(BadFrame::cbor(
+            &v,
+            format!("{} bytes after the frame's CBOR item", rest.len()),
+        ));
+    }
+    let (mut raw, mut non_finite) = (None, false);
+    if let ciborium::Value::Map(entries) = &mut v {
+        if let Some(key) = duplicate_key(entries) {
+            let message = format!("duplicate field `{key}`");
+            return Err(BadFrame::cbor(&v, message));
+        }
+        let at = entries
+            .iter()
+            .position(|(k, _)| k.as_text() == Some("payload"));
+        match at {
+            Some(i) if matches!(entries[i].1, ciborium::Value::Bytes(_)) => {
+                if let (_, ciborium::Value::Bytes(bytes)) = entries.remove(i) {
+                    raw = Some(Bytes::from(bytes));
+                }
+            }
+            Some(i) => non_finite = has_non_finite(&entries[i].1),
+            None => {}
+        }
+    }
+    let json: Value = v
+        .deserialized()
+        .map_err(|e| BadFrame::cbor(&v, e.to_string()))?;
+    let wire: WireFrame =
+        serde_json::from_value(json).map_err(|e| BadFrame::cbor(&v, e.to_string()))?;
+    let mut frame = ClientFrame::try_from(wire)?;
+    if let ClientFrame::Send { payload, .. } = &mut frame {
+        payload.bytes = raw;
+        payload.non_finite = non_finite;
+    }
+    Ok(frame)
+}
+
+/// The first text key a CBOR map has twice.
+fn duplicate_key(entries: &[(ciborium::Value, ciborium::Value)]) -> Option<&str> {
+    let mut seen = HashSet::with_capacity(entries.len());
+    entries
+        .iter()
+        .filter_map(|(k, _)| k.as_text())
+        .find(|k| !seen.insert(*k))
+}
+
+/// Whether a CBOR value holds a float JSON cannot express (NaN, ±Infinity) anywhere. (The
+/// conversion to JSON would store `null` in its place.) Its depth is bounded by the CBOR
+/// decoder's recursion limit.
+fn has_non_finite(v: &ciborium::Value) -> bool {
+    match v {
+        ciborium::Value::Float(f) => !f.is_finite(),
+        ciborium::Value::Array(items) => items.iter().any(has_non_finite),
+        ciborium::Value::Map(entries) => entries
+            .iter()
+            .any(|(k, v)| has_non_finite(k) || has_non_finite(v)),
+        ciborium::Value::Tag(_, inner) => has_non_finite(inner),
+        _ => false,
+    }
+}
+
+/// Parses a frame (`None`: not a text or binary frame).
+fn parse(msg: &WsMessage) -> Result<Option<ClientFrame>, BadFrame> {
+    match msg {
+        WsMessage::Text(t) => parse_text(t.as_str()).map(Some),
+        WsMessage::Binary(b) => parse_cbor(b).map(Some),
         _ => Ok(None),
     }
 }
@@ -420,12 +570,14 @@ enum Step {
     CatchUp,
     /// The keepalive timer: ping a silent client, close one silent too long.
     Keepalive,
-    /// The client sent a frame the server cannot read (too large, not WebSocket): closed
-    /// with a code that says so; what it sent before still goes to the log, as on a close.
+    /// The client sent a frame the server cannot read (too large, text not UTF-8, not
+    /// WebSocket): closed with a code that says so; what it sent before still goes to the log,
+    /// as on a close.
     Broken(CloseReason),
 }
 
-/// Close code 1009 for a frame past `limits.max_frame_bytes`, 1002 for a protocol error;
+/// Close code 1009 for a frame past `limits.max_frame_bytes`, 1007 for a text frame that is
+/// not UTF-8 (RFC 6455: data inconsistent with the message's type), 1002 for a protocol error;
 /// `None` for a connection that failed (nothing to say, nobody to say it to). tungstenite's
 /// errors reach us as text only (axum wraps them).
 fn broken_frame(e: &axum::Error) -> Option<CloseReason> {
@@ -434,6 +586,11 @@ fn broken_frame(e: &axum::Error) -> Option<CloseReason> {
         Some(CloseReason {
             code: 1009,
             reason: "message_too_big",
+        })
+    } else if text.contains("UTF-8 encoding error") {
+        Some(CloseReason {
+            code: 1007,
+            reason: "invalid_payload_data",
         })
     } else if text.contains("WebSocket protocol error") {
         Some(CloseReason {
@@ -585,12 +742,14 @@ impl Ctx {
                 return w.frame(&error_frame(&err, None)).await;
             }
         }
-        let (frame, raw) = match parse(msg) {
+        let frame = match parse(msg) {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
-            Err(e) => {
-                let err = ApiError::bad_request("invalid_frame", e);
-                return w.frame(&error_frame(&err, None)).await;
+            Err(bad) => {
+                let err = ApiError::bad_request("invalid_frame", bad.message);
+                return w
+                    .frame(&error_frame(&err, bad.client_msg_id.as_deref()))
+                    .await;
             }
         };
         match frame {
@@ -601,10 +760,8 @@ impl Ctx {
                 client_msg_id,
                 channel,
                 payload,
-                payload_b64,
             } => {
-                match self.prepare_send(client_msg_id.clone(), &channel, payload, payload_b64, raw)
-                {
+                match self.prepare_send(client_msg_id.clone(), &channel, payload) {
                     Ok(req) => {
                         // Always available: the session reads a frame only with a permit free.
                         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
@@ -673,9 +830,7 @@ impl Ctx {
         &mut self,
         client_msg_id: String,
         channel: &str,
-        payload: Option<Box<RawValue>>,
-        payload_b64: Option<String>,
-        raw: Option<Bytes>,
+        payload: SendPayload,
     ) -> ApiResult<SendRequest> {
         if !self.limiter.take(Instant::now()) {
             self.state.metrics.rate_limited.inc();
@@ -690,8 +845,12 @@ impl Ctx {
         }
         crate::server::http::check_client_msg_id(&client_msg_id)?;
         let channel = resolve(&self.caller, channel)?;
-        let (payload, flags) = match raw {
-            Some(bytes) => {
+        let (payload, flags) = match payload {
+            SendPayload {
+                bytes: Some(bytes),
+                payload_b64: None,
+                ..
+            } => {
                 let max = self.state.config.limits_max_payload_bytes;
                 if bytes.len() > max {
                     return Err(ApiError::too_large(format!(
@@ -701,7 +860,29 @@ impl Ctx {
                 }
                 (bytes, 0)
             }
-            None => crate::server::http::payload_bytes(&self.state, payload, payload_b64)?,
+            // A byte string and `payload_b64`: two payloads, as `payload` and `payload_b64` are.
+            SendPayload { bytes: Some(_), .. } => return Err(one_payload_form()),
+            SendPayload {
+                json,
+                payload_b64,
+                non_finite,
+                ..
+            } => {
+                // Converted to `null` (a bare NaN to exactly that), it is still not the null that
+                // may stand beside `payload_b64` for no payload.
+                if non_finite && payload_b64.is_some() {
+                    return Err(one_payload_form());
+                }
+                let stored = payload_bytes(&self.state, json, payload_b64)?;
+                // After the size and the JSON checks, as for a JSON number out of range.
+                if non_finite {
+                    return Err(ApiError::bad_request(
+                        "invalid_payload",
+                        "payload: NaN or an infinite number, which JSON cannot express",
+                    ));
+                }
+                stored
+            }
         };
         Ok(SendRequest {
             from: self.uid.clone(),
@@ -991,88 +1172,220 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn text(s: &str) -> Result<Option<(ClientFrame, Option<Bytes>)>, String> {
+    fn text(s: &str) -> Result<Option<ClientFrame>, BadFrame> {
         parse(&WsMessage::Text(Utf8Bytes::from(s.to_owned())))
+    }
+
+    fn binary(b: Vec<u8>) -> Result<Option<ClientFrame>, BadFrame> {
+        parse(&WsMessage::Binary(Bytes::from(b)))
+    }
+
+    /// A CBOR map with these entries, in this order (repeated keys kept).
+    fn cbor(entries: Vec<(&str, ciborium::Value)>) -> Vec<u8> {
+        let v = ciborium::Value::Map(entries.into_iter().map(|(k, v)| (k.into(), v)).collect());
+        let mut buf = Vec::new();
+        ciborium::into_writer(&v, &mut buf).unwrap();
+        buf
+    }
+
+    /// The `client_msg_id` and payload of a send.
+    fn sent(f: ClientFrame) -> (String, SendPayload) {
+        let ClientFrame::Send {
+            client_msg_id,
+            payload,
+            ..
+        } = f
+        else {
+            panic!("not a send: {f:?}")
+        };
+        (client_msg_id, payload)
     }
 
     #[test]
     fn a_send_keeps_its_json_payload_verbatim() {
-        let (f, raw) = text(r#"{"type":"send","channel":"g","client_msg_id":"c1","payload":{"z":1,"a":[true, null]},"extra":0}"#)
+        let f = text(r#"{"type":"send","channel":"g","client_msg_id":"c1","payload":{"z":1,"a":[true, null]},"extra":0}"#)
             .unwrap()
             .unwrap();
-        assert!(raw.is_none());
         let ClientFrame::Send {
             client_msg_id,
             channel,
             payload,
-            payload_b64,
         } = f
         else {
             panic!("not a send: {f:?}")
         };
         assert_eq!((client_msg_id.as_str(), channel.as_str()), ("c1", "g"));
-        assert_eq!(payload.unwrap().get(), r#"{"z":1,"a":[true, null]}"#);
-        assert!(payload_b64.is_none());
-        // A null payload is no payload.
-        let (f, _) = text(r#"{"type":"send","channel":"g","payload":null}"#)
-            .unwrap()
-            .unwrap();
-        assert!(
-            matches!(f, ClientFrame::Send { payload: None, ref client_msg_id, .. } if client_msg_id.is_empty())
+        assert_eq!(payload.json.unwrap().get(), r#"{"z":1,"a":[true, null]}"#);
+        assert!(payload.payload_b64.is_none() && payload.bytes.is_none());
+        // A null payload is a payload (JSON null); only a missing one is none.
+        let (id, p) = sent(
+            text(r#"{"type":"send","channel":"g","payload":null}"#)
+                .unwrap()
+                .unwrap(),
         );
+        assert!(id.is_empty());
+        assert_eq!(p.json.unwrap().get(), "null");
+        let (_, p) = sent(
+            text(r#"{"type":"send","channel":"g","payload_b64":"AA=="}"#)
+                .unwrap()
+                .unwrap(),
+        );
+        assert!(p.json.is_none());
     }
 
     #[test]
     fn bad_frames_say_what_is_wrong() {
-        assert!(text(r#"{"channel":"g"}"#).unwrap_err().contains("`type`"));
-        assert!(
-            text(r#"{"type":"teleport"}"#)
-                .unwrap_err()
-                .contains("teleport")
-        );
-        assert!(
-            text(r#"{"type":"ack","channel":"g"}"#)
-                .unwrap_err()
-                .contains("`seq`")
-        );
-        assert!(
-            text(r#"{"type":"send","payload":1}"#)
-                .unwrap_err()
-                .contains("`channel`")
-        );
+        let message = |s: &str| text(s).unwrap_err().message;
+        assert!(message(r#"{"channel":"g"}"#).contains("`type`"));
+        assert!(message(r#"{"type":"teleport"}"#).contains("teleport"));
+        assert!(message(r#"{"type":"ack","channel":"g"}"#).contains("`seq`"));
+        assert!(message(r#"{"type":"send","payload":1}"#).contains("`channel`"));
         assert!(text(r#"{"type":"read","channel":"g","seq":-1}"#).is_err());
         assert!(text("not json").is_err());
         assert!(matches!(
             text(r#"{"type":"ping"}"#),
-            Ok(Some((ClientFrame::Ping, None)))
+            Ok(Some(ClientFrame::Ping))
         ));
         assert!(matches!(
             text(r#"{"type":"read","channel":"g","seq":7}"#),
-            Ok(Some((ClientFrame::Read { seq: 7, .. }, None)))
+            Ok(Some(ClientFrame::Read { seq: 7, .. }))
         ));
+    }
+
+    /// An `invalid_frame` names the frame's `client_msg_id` whenever that could be read: a
+    /// field missing, another of the wrong type (before or after the id), a field twice, text
+    /// after the frame. Before, none did: a client pipelining sends could not tell which failed.
+    #[test]
+    fn a_bad_send_names_its_client_msg_id() {
+        let id = |s: &str| text(s).unwrap_err().client_msg_id;
+        for (frame, want) in [
+            (
+                r#"{"type":"send","client_msg_id":"c7","payload":{"t":1}}"#,
+                "c7",
+            ),
+            (
+                r#"{"type":"send","client_msg_id":"c8","channel":"g","seq":"x"}"#,
+                "c8",
+            ),
+            (
+                r#"{"seq":"x","type":"send","client_msg_id":"c9","channel":"g"}"#,
+                "c9",
+            ),
+            (
+                r#"{"type":"send","client_msg_id":"c10","channel":"g","payload":1} x"#,
+                "c10",
+            ),
+            (
+                r#"{"type":"send","channel":"g","channel":"h","client_msg_id":"c11"}"#,
+                "c11",
+            ),
+            (r#"{"type":"teleport","client_msg_id":"c12"}"#, "c12"),
+        ] {
+            assert_eq!(id(frame).as_deref(), Some(want), "{frame}");
+        }
+        // Not to be read: none.
+        assert_eq!(id(r#"{"type":"send","client_msg_id":7}"#), None);
+        assert_eq!(id(r#"["send","c13"]"#), None);
+        assert_eq!(id("not json"), None);
+        // CBOR alike.
+        let e = binary(cbor(vec![
+            ("type", "send".into()),
+            ("client_msg_id", "c14".into()),
+        ]))
+        .unwrap_err();
+        assert!(e.message.contains("`channel`"), "{}", e.message);
+        assert_eq!(e.client_msg_id.as_deref(), Some("c14"));
+        let e = binary(cbor(vec![
+            ("type", "send".into()),
+            ("client_msg_id", "c15".into()),
+            ("channel", 1u8.into()),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.client_msg_id.as_deref(), Some("c15"));
+        assert_eq!(binary(vec![0xa1]).unwrap_err().client_msg_id, None);
     }
 
     #[test]
     fn a_cbor_send_with_a_json_payload_or_raw_bytes() {
-        let frame = |payload: ciborium::Value| {
-            let v = ciborium::Value::Map(vec![
-                ("type".into(), "send".into()),
-                ("channel".into(), "g".into()),
-                ("payload".into(), payload),
+        let send = |payload: ciborium::Value| {
+            let b = cbor(vec![
+                ("type", "send".into()),
+                ("channel", "g".into()),
+                ("payload", payload),
             ]);
-            let mut buf = Vec::new();
-            ciborium::into_writer(&v, &mut buf).unwrap();
-            parse(&WsMessage::Binary(Bytes::from(buf)))
-                .unwrap()
-                .unwrap()
+            sent(binary(b).unwrap().unwrap()).1
         };
-        let (f, raw) = frame(ciborium::Value::Map(vec![("t".into(), "hi".into())]));
-        assert!(raw.is_none());
+        let p = send(ciborium::Value::Map(vec![("t".into(), "hi".into())]));
+        assert!(p.bytes.is_none() && !p.non_finite);
+        assert_eq!(p.json.unwrap().get(), r#"{"t":"hi"}"#);
+        let p = send(ciborium::Value::Bytes(vec![0, 1, 2]));
+        assert!(p.json.is_none());
+        assert_eq!(p.bytes.unwrap(), Bytes::from_static(&[0, 1, 2]));
+        // A null payload is a payload, as in JSON.
+        let p = send(ciborium::Value::Null);
+        assert_eq!(p.json.unwrap().get(), "null");
+    }
+
+    /// A CBOR frame is read as strictly as the same frame in JSON. Before, trailing bytes were
+    /// ignored, a key given twice kept its last value, and NaN or an infinity in a payload was
+    /// stored as null.
+    #[test]
+    fn cbor_frames_are_read_as_strictly_as_json() {
+        let send = |extra: Vec<(&'static str, ciborium::Value)>| {
+            let mut entries: Vec<(&str, ciborium::Value)> = vec![
+                ("type", "send".into()),
+                ("client_msg_id", "c1".into()),
+                ("channel", "g".into()),
+            ];
+            entries.extend(extra);
+            cbor(entries)
+        };
+        // Bytes after the map.
+        let mut b = send(vec![("payload", 1u8.into())]);
+        assert!(binary(b.clone()).is_ok());
+        b.push(0);
+        let e = binary(b).unwrap_err();
+        assert!(e.message.contains("1 bytes after"), "{}", e.message);
+        assert_eq!(e.client_msg_id.as_deref(), Some("c1"));
+        // A key twice: the same words as serde's for JSON.
+        let e = binary(send(vec![("channel", "h".into()), ("payload", 1u8.into())])).unwrap_err();
+        let json =
+            text(r#"{"type":"send","client_msg_id":"c1","channel":"g","channel":"h","payload":1}"#)
+                .unwrap_err();
         assert!(
-            matches!(f, ClientFrame::Send { payload: Some(ref p), .. } if p.get() == r#"{"t":"hi"}"#)
+            json.message.starts_with("duplicate field `channel`"),
+            "{}",
+            json.message
         );
-        let (f, raw) = frame(ciborium::Value::Bytes(vec![0, 1, 2]));
-        assert_eq!(raw.unwrap(), Bytes::from_static(&[0, 1, 2]));
-        assert!(matches!(f, ClientFrame::Send { payload: None, .. }));
+        assert_eq!(e.message, "duplicate field `channel`");
+        assert_eq!(e.client_msg_id.as_deref(), Some("c1"));
+        // Floats JSON cannot express, anywhere in the payload: flagged, refused with the send.
+        let nan = ciborium::Value::Map(vec![("x".into(), f64::NAN.into())]);
+        let deep =
+            ciborium::Value::Array(vec![ciborium::Value::Array(vec![f64::NEG_INFINITY.into()])]);
+        for payload in [nan, f64::INFINITY.into(), deep] {
+            let p = sent(
+                binary(send(vec![("payload", payload.clone())]))
+                    .unwrap()
+                    .unwrap(),
+            )
+            .1;
+            assert!(p.non_finite, "{payload:?}");
+        }
+        let p = sent(
+            binary(send(vec![("payload", 1.5f64.into())]))
+                .unwrap()
+                .unwrap(),
+        )
+        .1;
+        assert!(!p.non_finite);
+        assert_eq!(p.json.unwrap().get(), "1.5");
+        // A byte string and `payload_b64`: both kept, for the send to refuse.
+        let b = send(vec![
+            ("payload", ciborium::Value::Bytes(vec![1])),
+            ("payload_b64", "AQ==".into()),
+        ]);
+        let p = sent(binary(b).unwrap().unwrap()).1;
+        assert!(p.bytes.is_some() && p.payload_b64.is_some());
     }
 }

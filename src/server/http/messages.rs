@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use tidings_log::Log;
 use tidings_projections::ids::is_valid_id;
@@ -32,8 +32,9 @@ pub(crate) struct PostMessage {
     /// The client's id for this send: a retry with the same id returns the original message.
     #[serde(default)]
     pub(crate) client_msg_id: String,
-    /// Any JSON value.
+    /// Any JSON value, `null` included.
     #[schema(value_type = Object)]
+    #[serde(default, deserialize_with = "present")]
     pub(crate) payload: Option<Box<RawValue>>,
     /// Bytes, base64-encoded (instead of `payload`).
     pub(crate) payload_b64: Option<String>,
@@ -58,12 +59,32 @@ pub(crate) struct MessageSent {
     pub(crate) duplicate: bool,
 }
 
+/// For `#[serde(default, deserialize_with = "present")]` on an `Option` field: a field given as
+/// `null` is `Some` of that null, and only an absent field is `None` (`Option`'s own impl reads
+/// `null` as absent, and a payload may be any JSON value, `null` too).
+pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// The answer to a send with both payload forms, or neither.
+pub(crate) fn one_payload_form() -> ApiError {
+    ApiError::bad_request(
+        "invalid_request",
+        "give exactly one of payload (JSON) and payload_b64 (bytes)",
+    )
+}
+
 /// Decodes a payload given as JSON or base64 and checks its size.
 pub(crate) fn payload_bytes(
     state: &AppState,
     payload: Option<Box<RawValue>>,
     payload_b64: Option<String>,
 ) -> ApiResult<(Bytes, u32)> {
+    // `"payload": null` beside `payload_b64` stands for no JSON payload, as it did before a
+    // null payload was stored: clients that write every field of a send write it so.
+    let payload = payload.filter(|v| payload_b64.is_none() || v.get() != "null");
     let max = state.config.limits_max_payload_bytes;
     let too_large =
         |n: usize| ApiError::too_large(format!("payload of {n} bytes; the limit is {max}"));
@@ -85,12 +106,7 @@ pub(crate) fn payload_bytes(
             })?),
             0,
         ),
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "give exactly one of payload (JSON) and payload_b64 (bytes)",
-            ));
-        }
+        _ => return Err(one_payload_form()),
     };
     if bytes.len() > max {
         return Err(too_large(bytes.len()));
@@ -457,6 +473,23 @@ mod tests {
     fn a_json_payload_is_kept_verbatim() {
         let text = r#"{ "z": 1, "a": [true, null, "\u00e9"] }"#;
         assert_eq!(&json_payload(&raw(text)).unwrap()[..], text.as_bytes());
+    }
+
+    /// `"payload": null` is a payload (JSON null); only a missing field is none.
+    #[test]
+    fn a_null_payload_is_a_payload() {
+        let m: PostMessage = serde_json::from_str(r#"{"channel":"g","payload":null}"#).unwrap();
+        assert_eq!(m.payload.unwrap().get(), "null");
+        let m: PostMessage =
+            serde_json::from_str(r#"{"channel":"g","payload_b64":"AA=="}"#).unwrap();
+        assert!(m.payload.is_none());
+        let m: PostMessage =
+            serde_json::from_str(r#"{"channel":"g","payload":{"a":[null]}}"#).unwrap();
+        assert_eq!(m.payload.unwrap().get(), r#"{"a":[null]}"#);
+        assert!(
+            serde_json::from_str::<PostMessage>(r#"{"channel":"g","payload":1,"payload":2}"#)
+                .is_err()
+        );
     }
 
     #[test]
