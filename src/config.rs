@@ -447,6 +447,10 @@ impl ServeArgs {
             .log_segment_bytes
             .or(file.log.segment_bytes)
             .unwrap_or(d.log_segment_bytes);
+        let limits_max_payload_bytes = self
+            .limits_max_payload_bytes
+            .or(file.limits.max_payload_bytes)
+            .unwrap_or(d.limits_max_payload_bytes);
         let config = Config {
             listen: self.listen.or(file.listen).unwrap_or(d.listen),
             data: self.data.or(file.data).unwrap_or(d.data),
@@ -465,14 +469,16 @@ impl ServeArgs {
                 .or(file.log.preallocate_bytes)
                 .unwrap_or(log_segment_bytes)
                 .min(log_segment_bytes),
-            limits_max_payload_bytes: self
-                .limits_max_payload_bytes
-                .or(file.limits.max_payload_bytes)
-                .unwrap_or(d.limits_max_payload_bytes),
+            limits_max_payload_bytes,
+            // Unset: 1 MiB, or what the payload limit needs (so raising only the payload
+            // limit, as configurations did before the floor existed, still starts).
             limits_max_frame_bytes: self
                 .limits_max_frame_bytes
                 .or(file.limits.max_frame_bytes)
-                .unwrap_or(d.limits_max_frame_bytes),
+                .unwrap_or_else(|| {
+                    d.limits_max_frame_bytes
+                        .max(binary_frame_bytes(limits_max_payload_bytes))
+                }),
             limits_max_connections: self
                 .limits_max_connections
                 .or(file.limits.max_connections)
@@ -636,6 +642,14 @@ const UID_EVENT_BYTES: usize = MAX_ID_LEN + 2;
 /// of the longest kind must fit one append.
 pub(crate) const MAX_UIDS_PER_CALL: usize = (LOG_MAX_APPEND - APPEND_SLACK) / UID_EVENT_BYTES;
 
+/// The largest binary frame read as a send under payload limit `payload`
+/// ([`Config::max_binary_frame_bytes`]).
+fn binary_frame_bytes(payload: usize) -> usize {
+    payload
+        .saturating_mul(3)
+        .saturating_add(CBOR_FRAME_OVERHEAD)
+}
+
 /// Refuses setting `name` above `max` (in `unit`).
 fn at_most<T: PartialOrd + std::fmt::Display>(
     name: &str,
@@ -656,9 +670,7 @@ impl Config {
     /// size, a `payload_b64` 4/3 of the payload). A larger one is answered `payload_too_large`
     /// unread.
     pub(crate) fn max_binary_frame_bytes(&self) -> usize {
-        self.limits_max_payload_bytes
-            .saturating_mul(3)
-            .saturating_add(CBOR_FRAME_OVERHEAD)
+        binary_frame_bytes(self.limits_max_payload_bytes)
     }
 
     /// The log's largest append: room for the largest event a request makes — a send (twice
@@ -1044,6 +1056,34 @@ mod tests {
     }
 
     /// Every bound is a value that is taken, and the defaults are within them all.
+    #[test]
+    fn an_unset_frame_limit_follows_a_raised_payload_limit() {
+        // Only the payload limit raised (as configurations did before the frame floor): the
+        // frame limit follows it instead of refusing the start.
+        let c = ServeArgs {
+            limits_max_payload_bytes: Some(4 << 20),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.limits_max_frame_bytes,
+            3 * (4 << 20) + CBOR_FRAME_OVERHEAD
+        );
+        // The default stays 1 MiB while it is enough.
+        let c = ServeArgs::default().resolve().unwrap();
+        assert_eq!(c.limits_max_frame_bytes, 1 << 20);
+        // One set below the floor is still refused.
+        let e = ServeArgs {
+            limits_max_payload_bytes: Some(4 << 20),
+            limits_max_frame_bytes: Some(1 << 20),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.to_string().contains("limits.max_frame_bytes"), "{e}");
+    }
+
     #[test]
     fn values_at_the_bounds_are_taken() {
         let at_bounds = ServeArgs {

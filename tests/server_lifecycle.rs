@@ -853,8 +853,14 @@ async fn health_readiness_metrics_and_the_event_log() {
     }
     assert!(seen.lines().nth(1).unwrap().contains("\"c2\""));
     assert_eq!(api.call("GET", "/v1/log", &alice, None).await.0, 403);
-    // A follow stream does not hold up shutdown.
+    // A follow stream does not hold up shutdown, and says it was cut short by it.
     server.stop();
+    let mut rest = String::new();
+    while let Ok(Some(chunk)) = follow.chunk().await {
+        rest.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let last: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    assert_eq!(last["code"], "shutting_down", "{rest}");
 }
 
 /// `GET /v1/log` carries a JSON payload as the exact text sent, as history does: it was parsed

@@ -114,7 +114,12 @@ pub fn plan_sync_from(
     for channel in state.subs.channels_of(uid) {
         let last = state.heads.last_seq(channel);
         let cur = state.cursors.get(uid, channel);
-        let from = after(channel, cur.delivered.max(cur.cleared));
+        let floor = cur.delivered.max(cur.cleared);
+        // Nothing after the cursor: `after` (never below it) is not asked.
+        if last <= floor {
+            continue;
+        }
+        let from = after(channel, floor).max(floor);
         if last <= from {
             continue;
         }

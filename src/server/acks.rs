@@ -24,18 +24,26 @@ use crate::server::state::{AppState, now_ms};
 /// Per channel: user → (delivered, read).
 type Pending = HashMap<String, HashMap<String, (u64, u64)>>;
 
-/// Cursors in one `CursorBatch` event (a uid is at most 64 bytes: ~330 KB at most).
+/// Cursors in one `CursorBatch` event (uids of 64 bytes, the longest: under 400 KB).
 const CURSORS_PER_EVENT: usize = 4096;
 
-/// Bytes of events in one append (the log's largest append is at least 1 MiB more than this).
-const APPEND_BYTES: usize = 1 << 20;
+/// Bytes of one append, the log's framing counted ([`append_size`]): the log's largest append
+/// is always more than 1 MiB (`Config::log_max_append_bytes`), and one event fits this alone.
+const APPEND_BYTES: usize = 512 << 10;
+
+/// What an append of records of these sizes takes against the log's limit: the records, a
+/// length prefix each, the batch header (`tidings_log`'s framing, with room to spare).
+fn append_size(records: usize, bytes: usize) -> usize {
+    bytes + records * 4 + 64
+}
 
 #[derive(Debug, Default)]
 struct Windows {
     /// Gathered since the last flush.
     pending: Pending,
-    /// Taken by the flush in progress, until its events are applied.
-    flushing: Pending,
+    /// Taken by the flush in progress, until its events are applied (shared with that flush:
+    /// taking a window costs no copy under the lock every session's acks take).
+    flushing: Arc<Pending>,
 }
 
 /// Pending acks.
@@ -68,43 +76,43 @@ impl Acks {
 
     /// Takes the window to flush; it still counts for [`Acks::delivered`] until
     /// [`Acks::flushed`].
-    fn take(&self) -> Pending {
+    fn take(&self) -> Arc<Pending> {
         let mut w = self.lock();
-        let taken = std::mem::take(&mut w.pending);
-        w.flushing.clone_from(&taken);
+        let taken = Arc::new(std::mem::take(&mut w.pending));
+        w.flushing = taken.clone();
         taken
     }
 
     /// The flush's events are applied (or failed: at-least-once).
     fn flushed(&self) {
-        self.lock().flushing.clear();
+        self.lock().flushing = Arc::default();
     }
 }
 
 /// The events of a window: per channel, only moves that advance a cursor, at most
 /// [`CURSORS_PER_EVENT`] users each.
-fn events(state: &AppState, pending: Pending) -> Vec<Bytes> {
+fn events(state: &AppState, pending: &Pending) -> Vec<Bytes> {
     let p = state.proj();
     let st = &p.state;
     let ts = now_ms();
     let mut out = Vec::new();
     for (channel, users) in pending {
-        let last = st.heads.last_seq(&channel);
+        let last = st.heads.last_seq(channel);
         let cursors: Vec<CursorUpdate> = users
-            .into_iter()
-            .filter_map(|(uid, (d, r))| {
+            .iter()
+            .filter_map(|(uid, &(d, r))| {
                 let (d, r) = (d.min(last), r.min(last));
-                let cur = st.cursors.get(&uid, &channel);
+                let cur = st.cursors.get(uid, channel);
                 let d = (d > cur.delivered).then_some(d);
                 let r = (r > cur.read).then_some(r);
-                (d.is_some() || r.is_some()).then_some(CursorUpdate {
-                    uid,
+                (d.is_some() || r.is_some()).then(|| CursorUpdate {
+                    uid: uid.clone(),
                     delivered_seq: d,
                     read_seq: r,
                 })
             })
             .collect();
-        out.extend(cursor_events(&channel, cursors, ts));
+        out.extend(cursor_events(channel, cursors, ts));
     }
     out
 }
@@ -124,13 +132,14 @@ fn cursor_events(channel: &str, mut cursors: Vec<CursorUpdate>, ts: u64) -> Vec<
         .collect()
 }
 
-/// Events grouped into appends of at most [`APPEND_BYTES`] (an event alone may be larger).
+/// Events grouped into appends of at most [`APPEND_BYTES`] with the log's framing (an event
+/// alone may be larger).
 fn appends(events: Vec<Bytes>) -> Vec<Vec<Bytes>> {
     let mut out: Vec<Vec<Bytes>> = Vec::new();
     let mut bytes = 0;
     for e in events {
         match out.last_mut() {
-            Some(last) if bytes + e.len() <= APPEND_BYTES => {
+            Some(last) if append_size(last.len() + 1, bytes + e.len()) <= APPEND_BYTES => {
                 bytes += e.len();
                 last.push(e);
             }
@@ -150,7 +159,7 @@ pub(crate) async fn flush(state: &AppState) {
         return;
     }
     let mut last = None;
-    for append in appends(events(state, pending)) {
+    for append in appends(events(state, &pending)) {
         let n = append.len() as u64;
         match state.log.append(append).await {
             Ok(ack) => {
@@ -221,11 +230,29 @@ mod tests {
             seen.windows(2).all(|w| w[0] < w[1]),
             "each user once, in order"
         );
-        let appends = appends(events.clone());
-        assert!(appends.len() > 1);
-        for a in &appends {
-            assert!(a.iter().map(Bytes::len).sum::<usize>() <= APPEND_BYTES);
+        let grouped = appends(events.clone());
+        assert!(grouped.len() > 1);
+        for a in &grouped {
+            let size = append_size(a.len(), a.iter().map(Bytes::len).sum());
+            assert!(size <= APPEND_BYTES, "{size}");
         }
-        assert_eq!(appends.concat(), events, "every event, in order");
+        // Many small events (one per channel): their framing counts too, against the smallest
+        // largest append the server configures (1 MiB and a little).
+        let small: Vec<Bytes> = (0..20_000)
+            .flat_map(|i| {
+                let c = CursorUpdate {
+                    uid: "u".into(),
+                    delivered_seq: Some(1),
+                    read_seq: None,
+                };
+                cursor_events(&format!("c{i}"), vec![c], 1)
+            })
+            .collect();
+        for a in appends(small) {
+            // The log's own count: records, a 4-byte length each, a 40-byte header.
+            let logged = a.iter().map(|e| e.len() + 4).sum::<usize>() + 40;
+            assert!(logged <= 1 << 20, "{logged}");
+        }
+        assert_eq!(grouped.concat(), events, "every event, in order");
     }
 }

@@ -329,7 +329,7 @@ pub(crate) async fn load_page(
     newest_first: bool,
 ) -> ApiResult<(Vec<Message>, bool)> {
     // Loaded a few at a time, so a cut page reads little past its end.
-    const CHUNK: usize = 32;
+    const CHUNK: usize = 64;
     let mut out = Vec::new();
     let mut bytes = 0usize;
     let mut done = 0usize;

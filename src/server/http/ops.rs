@@ -255,14 +255,14 @@ pub(crate) async fn log_stream(
                 Some(b) => (b, false),
                 None => {
                     let read = tokio::select! {
-                        () = stop.cancelled() => return None,
+                        () = stop.cancelled() => Err(tidings_log::LogError::Closed),
                         b = tail.next_batch(1 << 20) => b,
                     };
                     match read {
                         Ok(b) => (b, false),
-                        // A read that fails mid-stream ends it with a line that says why
-                        // (the status went out with the first batch).
-                        Err(tidings_log::LogError::Closed) => return None,
+                        // A read that fails mid-stream, or a shutdown before the end, ends it
+                        // with a line that says why (the status went out with the first
+                        // batch): an export cut short must not look whole.
                         Err(e) => {
                             let err = ApiError::from(e);
                             let line = json!({
