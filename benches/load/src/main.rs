@@ -66,7 +66,8 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 32)]
     pub(crate) fanout_window: u64,
     /// `fanout` at a fixed rate instead (messages/s, each delivered to every member), with up
-    /// to `--fanout-window` in flight: the send→receive latency at a load below saturation.
+    /// to `--fanout-window` in flight: the send→receive latency at a load below saturation,
+    /// from the moment each send was due (a sender running late counts).
     #[arg(long)]
     pub(crate) fanout_rate: Option<f64>,
 }

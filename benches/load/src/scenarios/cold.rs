@@ -106,10 +106,11 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let token = server.token("writer").await?;
     let mut ws = client::connect(server.addr, &token, 0, "?catch_up=false").await?;
     let base = Instant::now();
-    let (_, errors) = send_windowed(&mut ws, 64, Until::Count(messages), |i| {
+    let errors = send_windowed(&mut ws, 64, Until::Count(messages), |i| {
         json!({"type": "send", "client_msg_id": format!("h{i}"), "channel": "h", "payload": payload(base, i)})
     })
-    .await?;
+    .await?
+    .errors;
     anyhow::ensure!(errors == 0, "{errors} sends failed");
     // Everything sealed goes up; nothing sealed stays local.
     server

@@ -33,10 +33,11 @@ async fn sends(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = server.cpu_secs()?;
     let window = std::time::Instant::now();
-    let (_, errors) = send_windowed(ws, 16, Until::Count(n), |i| {
+    let errors = send_windowed(ws, 16, Until::Count(n), |i| {
         json!({"type": "send", "client_msg_id": format!("{channel}-{i}"), "channel": channel, "payload": payload(base, i)})
     })
-    .await?;
+    .await?
+    .errors;
     // Pushes finish after the acks: wait for the server to go idle again.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let idle = idle_rate * window.elapsed().as_secs_f64();

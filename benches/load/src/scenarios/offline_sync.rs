@@ -22,10 +22,11 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let tokens = server.tokens(&users).await?;
     let base = Instant::now();
     let mut writer = client::connect(server.addr, &tokens[1], 1, "?catch_up=false").await?;
-    let (_, errors) = send_windowed(&mut writer, 64, Until::Count(messages), |i| {
+    let errors = send_windowed(&mut writer, 64, Until::Count(messages), |i| {
         json!({"type": "send", "client_msg_id": format!("o{i}"), "channel": format!("c{}", i % channels), "payload": payload(base, i)})
     })
-    .await?;
+    .await?
+    .errors;
     let started = Instant::now();
     let mut reader = client::connect(server.addr, &tokens[0], 0, "").await?;
     let mut seen = HashSet::new();

@@ -6,7 +6,8 @@
 //! server's send→ack time; the sends are open-loop, so a server stall still shows) and from
 //! the intended send time (adds the generator's own lateness: tokio's 1 ms timer and its share
 //! of the two cores). Check: every send acknowledged once, not as a duplicate, and each
-//! channel's seqs are exactly 1..=n.
+//! channel's seqs are exactly 1..=n. A send still unacknowledged [`GRACE`] after its phase
+//! fails the run, whether or not anything else arrives meanwhile.
 //!
 //! Frames are written from and read into typed structs, never `serde_json::Value` trees: the
 //! generator shares the two cores with the server, and building and parsing a tree per send
@@ -93,6 +94,9 @@ fn send_frame(channel: &str, n: u64, base: Instant) -> anyhow::Result<Message> {
     Ok(Message::Text(serde_json::to_string(&frame)?.into()))
 }
 
+/// How long after its phase a connection waits for its last acks.
+const GRACE: Duration = Duration::from_secs(30);
+
 /// The send number in a `client_msg_id` made by [`send_frame`].
 fn send_number(id: &str) -> Option<u64> {
     id.rsplit_once('-')?.1.parse().ok()
@@ -109,12 +113,15 @@ struct PhaseOut {
     acked: u64,
 }
 
+/// Sends on `c` for `secs`, then waits up to `grace` for the acks still owed (failing,
+/// with their count, at the end of it).
 async fn drive(
     mut c: Conn,
     mode: Mode,
     secs: f64,
     base: Instant,
     phase_start: Instant,
+    grace: Duration,
 ) -> anyhow::Result<PhaseOut> {
     let (mut sink, mut stream) = c.ws.split();
     // Each connection paces from its own start (as before the timeline), so the connections'
@@ -126,6 +133,11 @@ async fn drive(
     // Per send in flight (by its number): (intended send time, when its frame was written).
     let mut pending: HashMap<u64, (Instant, Instant)> = HashMap::new();
     let stop = started + Duration::from_secs_f64(secs);
+    // After the phase nothing else may come, and keepalive pings are not text frames: without
+    // a timer of its own, a lost ack would leave the wait below waiting for ever.
+    let give_up = tokio::time::sleep_until(tokio::time::Instant::from_std(stop + grace));
+    tokio::pin!(give_up);
+    let unacked = |n: usize| anyhow::anyhow!("{n} sends unacknowledged {grace:?} after the phase");
     let mut next_at = started;
     let mut acked = 0;
     loop {
@@ -134,11 +146,9 @@ async fn drive(
         if !sending && pending.is_empty() {
             break;
         }
-        if now > stop + Duration::from_secs(30) {
-            anyhow::bail!(
-                "{} sends unacknowledged 30 s after the phase",
-                pending.len()
-            );
+        // (Also checked here: frames that keep coming would starve the timer below.)
+        if now > stop + grace {
+            return Err(unacked(pending.len()));
         }
         let may_send = sending
             && match mode {
@@ -182,6 +192,7 @@ async fn drive(
                     _ => {}
                 }
             }
+            () = &mut give_up, if !sending => return Err(unacked(pending.len())),
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(next_at)), if paced => {
                 let intended = next_at;
                 if let Mode::Rate(r) = mode {
@@ -234,7 +245,7 @@ async fn phase(
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for (i, c) in conns.into_iter().enumerate() {
-        tasks.spawn(drive(c, mode(i), secs, base, started));
+        tasks.spawn(drive(c, mode(i), secs, base, started, GRACE));
     }
     let mut h = hist();
     let mut h_intended = hist();
@@ -394,6 +405,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenarios::loopback::{peer, sendack};
 
     /// The typed frame is the frame the `Value` version made, and its id reads back.
     #[test]
@@ -410,6 +422,42 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(send_number("g-send-3-41"), Some(41));
         assert_eq!(send_number("nope"), None);
+        Ok(())
+    }
+
+    /// A connection still owed an ack after its phase fails once the grace is over, though
+    /// its peer keeps the connection open and says nothing more (the wait after the phase
+    /// read frames only, and its check ran only when one came: it waited for ever).
+    #[tokio::test]
+    async fn a_lost_ack_fails_the_phase_after_the_grace() -> anyhow::Result<()> {
+        let mut seq = 0;
+        let (ws, _peer) = peer(Duration::ZERO, move |v| {
+            if v["client_msg_id"].as_str() == Some("g-1") {
+                return vec![];
+            }
+            seq += 1;
+            vec![sendack(v, seq)]
+        })
+        .await?;
+        let conn = Conn {
+            ws,
+            channel: "g".into(),
+            next: 0,
+            seqs: Vec::new(),
+            errors: 0,
+        };
+        let started = Instant::now();
+        let grace = Duration::from_millis(500);
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            drive(conn, Mode::Rate(50.0), 0.2, started, started, grace),
+        )
+        .await;
+        let Ok(Err(e)) = r else {
+            anyhow::bail!("the phase did not fail within 10 s")
+        };
+        assert!(e.to_string().contains("1 sends unacknowledged"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
         Ok(())
     }
 }
