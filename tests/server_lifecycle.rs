@@ -897,6 +897,35 @@ async fn the_event_log_carries_payloads_as_sent() {
         .find(|l| l.contains("\"message_sent\""))
         .unwrap_or_else(|| panic!("no message_sent in {text}"));
     assert!(line.contains(&format!(r#""payload":{payload}"#)), "{line}");
+    // Sent pretty-printed: still one event per line (its line breaks, whitespace between
+    // tokens, become spaces), every line JSON.
+    let pretty = "{\n  \"text\": \"hi\",\r\n  \"n\": [1.50,\n 2]\n}";
+    let sent = reqwest::Client::new()
+        .post(server.url("/v1/messages"))
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"channel":"g","client_msg_id":"c2","payload":{pretty}}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 201);
+    let text = reqwest::Client::new()
+        .get(server.url("/v1/log?from=0"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for l in text.lines() {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+    }
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["client_msg_id"], "c2");
+    assert!(text.contains(r#""n": [1.50,  2]"#), "{text}");
     server.stop();
 }
 

@@ -103,9 +103,14 @@ pub(crate) fn scan(
         Some((known, wm))
             if wm.active_base == last && known.last().is_some_and(|s| s.base == last) =>
         {
-            // Same active segment: rescan it (cheap: from its last index entry).
+            // Same active segment: rescan it (cheap: from its last index entry). Sealed ones
+            // removed since (tiering's retention) leave the list.
             let (seg, wm) = scan_active(opts, dir, last)?;
-            let mut v: Vec<Arc<Segment>> = known[..known.len() - 1].to_vec();
+            let mut v: Vec<Arc<Segment>> = known[..known.len() - 1]
+                .iter()
+                .filter(|s| all.contains(&s.base))
+                .cloned()
+                .collect();
             v.push(seg);
             return Ok((v, wm));
         }

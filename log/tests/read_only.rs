@@ -322,6 +322,10 @@ async fn a_refresh_after_a_removal_and_a_roll_sees_the_new_active_segment() {
         all.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
         (10..40).map(|i| payload(i, 50)).collect::<Vec<_>>()
     );
+    // A removal alone (the same active segment): the view's start moves too.
+    remove_segment(dir.path(), 10);
+    view.refresh().unwrap();
+    assert_eq!(view.start_offset(), 20);
     view.close().await.unwrap();
     log.close().await.unwrap();
 }

@@ -52,9 +52,14 @@ pub(crate) fn event_line(offset: u64, written_ms: u64, env: &Envelope) -> String
         }
         _ => (None, None),
     };
+    // One event, one line: a payload sent pretty-printed holds line breaks, which in JSON text
+    // can only be whitespace between tokens (never inside a string), so spaces stand in.
+    let one_line = payload
+        .filter(|p| p.get().contains(['\n', '\r']))
+        .and_then(|p| RawValue::from_string(p.get().replace(['\n', '\r'], " ")).ok());
     let line = EventLine {
         fields,
-        payload,
+        payload: one_line.as_deref().or(payload),
         payload_b64,
     };
     // Serializing strings, numbers and already-checked JSON text into memory cannot fail; were

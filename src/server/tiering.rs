@@ -95,10 +95,16 @@ pub(crate) fn node_id(config: &Config, data: &DataDir) -> anyhow::Result<String>
         return Ok(id.clone());
     }
     let path = data.root().join("node.id");
-    if let Ok(id) = std::fs::read_to_string(&path)
-        && !id.trim().is_empty()
-    {
-        return Ok(id.trim().to_owned());
+    // Made only when there is none (or an empty one, left by an earlier build): a file that
+    // cannot be read is an error, not a reason to take a new id (the node's own lease under
+    // the old one would then refuse it, and the old id would be gone).
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("reading {}", path.display())));
+        }
     }
     let mut raw = [0u8; 8];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -370,6 +376,11 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), id);
         assert!(!dir.path().join("node.id.tmp").exists());
         assert_eq!(node_id(&config, &data).unwrap(), id);
+        // One that cannot be read is an error, not a new id written over it.
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        let e = node_id(&config, &data).unwrap_err();
+        assert!(format!("{e:#}").contains("node.id"), "{e:#}");
+        assert_eq!(std::fs::read(&path).unwrap(), [0xff, 0xfe]);
     }
 
     /// A local-directory store, and a data directory and a cache for node-a's log.

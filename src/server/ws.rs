@@ -36,7 +36,7 @@ use crate::server::delivery::{
     CloseReason, GOING_AWAY, IDLE_TIMEOUT, Pushed, Run, Session, SessionLimits, TOKEN_REVOKED,
 };
 use crate::server::error::{ApiError, ApiResult};
-use crate::server::http::{ApiQuery, one_payload_form, payload_bytes, present};
+use crate::server::http::{ApiQuery, MAX_CLIENT_MSG_ID, one_payload_form, payload_bytes, present};
 use crate::server::keepalive::{Due, Keepalive};
 use crate::server::limits::TokenBucket;
 use crate::server::sequencer::{self, SendRequest};
@@ -278,6 +278,9 @@ fn encode<T: Serialize>(frame: &T, cbor: bool) -> Option<WsMessage> {
 
 fn error_frame(e: &ApiError, client_msg_id: Option<&str>) -> Value {
     let mut v = json!({"type": "error", "code": e.code, "message": e.message});
+    // An id no send may carry (over 128 bytes) is not echoed: a frame's worth of it would go
+    // back to the client.
+    let client_msg_id = client_msg_id.filter(|id| id.len() <= MAX_CLIENT_MSG_ID);
     if let (Some(id), Some(o)) = (client_msg_id, v.as_object_mut()) {
         o.insert("client_msg_id".into(), json!(id));
     }
@@ -496,12 +499,24 @@ fn parse_cbor(b: &[u8]) -> Result<ClientFrame, BadFrame> {
     Ok(frame)
 }
 
-/// The first text key a CBOR map has twice.
+/// The fields a frame may have (serde refuses one of these given twice in JSON; other keys
+/// are ignored there, repeated or not).
+const FRAME_FIELDS: [&str; 6] = [
+    "type",
+    "client_msg_id",
+    "channel",
+    "payload",
+    "payload_b64",
+    "seq",
+];
+
+/// The first frame field a CBOR map has twice.
 fn duplicate_key(entries: &[(ciborium::Value, ciborium::Value)]) -> Option<&str> {
     let mut seen = HashSet::with_capacity(entries.len());
     entries
         .iter()
         .filter_map(|(k, _)| k.as_text())
+        .filter(|k| FRAME_FIELDS.contains(k))
         .find(|k| !seen.insert(*k))
 }
 
@@ -1359,6 +1374,23 @@ mod tests {
         );
         assert_eq!(e.message, "duplicate field `channel`");
         assert_eq!(e.client_msg_id.as_deref(), Some("c1"));
+        // An unknown key twice is ignored, as JSON ignores it.
+        let unknown = send(vec![
+            ("x", 1u8.into()),
+            ("x", 2u8.into()),
+            ("payload", 1u8.into()),
+        ]);
+        assert!(binary(unknown).is_ok());
+        assert!(
+            text(r#"{"type":"send","client_msg_id":"c1","channel":"g","x":1,"x":2,"payload":1}"#)
+                .is_ok()
+        );
+        // An id longer than any send may carry is not echoed back.
+        let long = "i".repeat(MAX_CLIENT_MSG_ID + 1);
+        let frame = error_frame(&ApiError::bad_request("invalid_frame", "x"), Some(&long));
+        assert!(frame.get("client_msg_id").is_none(), "{frame}");
+        let frame = error_frame(&ApiError::bad_request("invalid_frame", "x"), Some("c1"));
+        assert_eq!(frame["client_msg_id"], "c1");
         // Floats JSON cannot express, anywhere in the payload: flagged, refused with the send.
         let nan = ciborium::Value::Map(vec![("x".into(), f64::NAN.into())]);
         let deep =

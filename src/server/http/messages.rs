@@ -128,8 +128,11 @@ fn json_payload(raw: &RawValue) -> ApiResult<Bytes> {
     Ok(Bytes::copy_from_slice(raw.get().as_bytes()))
 }
 
+/// The longest `client_msg_id` a send may carry, in bytes.
+pub(crate) const MAX_CLIENT_MSG_ID: usize = 128;
+
 pub(crate) fn check_client_msg_id(id: &str) -> ApiResult<()> {
-    if id.len() > 128 {
+    if id.len() > MAX_CLIENT_MSG_ID {
         return Err(ApiError::bad_request(
             "invalid_request",
             "client_msg_id is longer than 128 bytes",

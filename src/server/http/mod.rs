@@ -26,7 +26,9 @@ use tracing::Instrument;
 use crate::server::error::ApiError;
 use crate::server::state::AppState;
 
-pub(crate) use messages::{check_client_msg_id, one_payload_form, payload_bytes, present};
+pub(crate) use messages::{
+    MAX_CLIENT_MSG_ID, check_client_msg_id, one_payload_form, payload_bytes, present,
+};
 
 /// A JSON body whose rejections are API errors.
 pub(crate) struct ApiJson<T>(pub(crate) T);
