@@ -1180,3 +1180,40 @@ async fn an_ack_counts_for_the_next_session_before_its_window_is_written() {
     let sync = api.ok("GET", "/v1/sync", &bob, None).await;
     assert_eq!(seqs(sync["messages"].as_array().unwrap()), [4]);
 }
+
+/// A session still catching up does not get its own send back as a message (it has the
+/// sendack; the README: "the session that sent a message gets its sendack, not the message"),
+/// while the user's other sessions do.
+#[tokio::test]
+async fn a_session_catching_up_does_not_get_its_own_send_back() {
+    let server = Server::start(&["--limits-sends-per-second", "100000"]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.group("g", &["alice", "bob"]).await;
+    // A backlog of several catch-up pages.
+    for i in 0..600 {
+        api.send(&alice, "g", &format!("a{i}"), "x").await;
+    }
+    let mut other = Ws::connect(&server, &bob, "?catch_up=false").await;
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    ws.send(json!({"type": "send", "client_msg_id": "b1", "channel": "g", "payload": {"t": 1}}))
+        .await;
+    let (mut acked, mut seqs_seen, mut own) = (None, Vec::new(), 0);
+    while acked.is_none() || seqs_seen.len() < 600 {
+        let v = ws.next().await;
+        match v["type"].as_str() {
+            Some("sendack") => acked = v["seq"].as_u64(),
+            Some("message") if v["client_msg_id"] == "b1" => own += 1,
+            Some("message") => seqs_seen.push(v["seq"].as_u64().unwrap()),
+            _ => {}
+        }
+    }
+    ws.quiet(Duration::from_millis(300)).await;
+    assert_eq!(acked, Some(601));
+    assert_eq!(own, 0, "its own send came back as a message");
+    assert_eq!(seqs_seen, (1..=600).collect::<Vec<_>>());
+    // The other session of the user gets it.
+    let got = other.next_of("message").await;
+    assert_eq!(got["client_msg_id"], "b1");
+}

@@ -563,6 +563,10 @@ struct Ctx {
     frames: TokenBucket,
     /// Whether the last frame read was a send that was accepted (those have `limiter`).
     last_was_send: bool,
+    /// While catching up: the `client_msg_id`s of the sends this session made, so that catch-up
+    /// does not send their messages back to it (it has their sendacks; live pushes skip them
+    /// by origin). `None` once live.
+    own_sends: Option<HashSet<String>>,
 }
 
 /// The outcome of one catch-up page.
@@ -691,6 +695,16 @@ impl Ctx {
                 }
             };
             for m in &msgs {
+                let e = self.sent_upto.entry(m.channel.clone()).or_default();
+                *e = (*e).max(m.seq);
+                if m.from == self.uid
+                    && self
+                        .own_sends
+                        .as_ref()
+                        .is_some_and(|own| own.contains(&m.client_msg_id))
+                {
+                    continue;
+                }
                 let msg = if self.cbor {
                     let mut frame = message_json(m, Some(&self.uid));
                     if let Some(o) = frame.as_object_mut() {
@@ -702,8 +716,6 @@ impl Ctx {
                     WsMessage::Text(message_text(m, Some(&self.uid), Some("message")).into())
                 };
                 w.raw(msg).await?;
-                let e = self.sent_upto.entry(m.channel.clone()).or_default();
-                *e = (*e).max(m.seq);
             }
         }
         Ok(CatchUp::More)
@@ -792,6 +804,11 @@ impl Ctx {
                             client_msg_id,
                             permit,
                         };
+                        if let Some(own) = &mut self.own_sends
+                            && !reply.client_msg_id.is_empty()
+                        {
+                            own.insert(reply.client_msg_id.clone());
+                        }
                         self.sends.push((req, reply));
                         // Accepted: charged to the send limit, not the frame limit (a refused
                         // send is charged as any other frame).
@@ -1009,6 +1026,7 @@ async fn run(
         sent_upto: HashMap::new(),
         replies: replies_tx,
         sends: Vec::new(),
+        own_sends: catch_up.then(HashSet::new),
     };
     let mut w = Writer {
         sink,
@@ -1144,6 +1162,7 @@ async fn run(
                 }
                 Ok(CatchUp::Live) => {
                     catching_up = false;
+                    ctx.own_sends = None;
                     Ok(())
                 }
                 Ok(CatchUp::Failed) => break Some(CATCH_UP_FAILED),
