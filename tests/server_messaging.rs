@@ -1217,3 +1217,370 @@ async fn a_session_catching_up_does_not_get_its_own_send_back() {
     let got = other.next_of("message").await;
     assert_eq!(got["client_msg_id"], "b1");
 }
+
+/// The conversation `ch` of a `/v1/conversations` answer, if listed.
+fn listed(v: &Value, ch: &str) -> Option<Value> {
+    v["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == ch)
+        .cloned()
+}
+
+/// A page of `g`'s history as `who` reads it (`query`: the page's query string).
+async fn history_of(api: &Api, who: &str, query: &str) -> Value {
+    api.ok("GET", &format!("/v1/channels/g/messages{query}"), who, None)
+        .await
+}
+
+/// An error answer's code.
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_default()
+}
+
+/// Events of a kind in the log.
+async fn events_of(server: &Server, kind: &str) -> usize {
+    let log = reqwest::Client::new()
+        .get(server.url("/v1/log?from=0"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let kind = format!("\"{kind}\"");
+    log.lines().filter(|l| l.contains(&kind)).count()
+}
+
+/// "Delete chat": a hidden conversation leaves the caller's list (and the incremental form
+/// reports it removed) until its next message; the other member's list is unchanged.
+#[tokio::test]
+async fn a_hidden_conversation_leaves_the_list_until_its_next_message() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.send(&alice, "g", "a1", "m1").await;
+    api.send(&alice, "@bob", "d1", "direct").await;
+    let before = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert!(listed(&before, "g").is_some() && listed(&before, "@alice").is_some());
+    let v = before["version"].as_u64().unwrap();
+
+    let hid = api.ok("POST", "/v1/conversations/g/hide", &bob, None).await;
+    assert_eq!(
+        hid,
+        json!({"channel": "g", "last_seq": 1, "cleared_seq": 0, "read_seq": 0, "delivered_seq": 0, "hidden": true})
+    );
+    let hid = api
+        .ok("POST", "/v1/conversations/@alice/hide", &bob, None)
+        .await;
+    assert_eq!(
+        (&hid["channel"], &hid["hidden"]),
+        (&json!("@alice"), &json!(true))
+    );
+    // Hiding what is hidden writes nothing.
+    api.ok("POST", "/v1/conversations/g/hide", &bob, None).await;
+    assert_eq!(events_of(&server, "conversation_hidden").await, 2);
+
+    let list = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert_eq!(list["conversations"], json!([]), "{list}");
+    let inc = api
+        .ok(
+            "GET",
+            &format!("/v1/conversations?since_version={v}"),
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(inc["conversations"], json!([]), "{inc}");
+    let mut removed: Vec<&str> = inc["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    removed.sort_unstable();
+    assert_eq!(removed, ["@alice", "g"]);
+    // Alice's list is hers: nothing hidden there.
+    let theirs = api.ok("GET", "/v1/conversations", &alice, None).await;
+    assert!(listed(&theirs, "g").is_some() && listed(&theirs, "@bob").is_some());
+
+    // The next message brings it back, in both forms; the other one stays hidden.
+    let v = inc["version"].as_u64().unwrap();
+    api.send(&alice, "g", "a2", "m2").await;
+    let list = api.ok("GET", "/v1/conversations", &bob, None).await;
+    let g = listed(&list, "g").expect("g is back");
+    assert_eq!(
+        (g["last_seq"].as_u64(), g["unread"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert!(listed(&list, "@alice").is_none());
+    let inc = api
+        .ok(
+            "GET",
+            &format!("/v1/conversations?since_version={v}"),
+            &bob,
+            None,
+        )
+        .await;
+    assert!(listed(&inc, "g").is_some(), "{inc}");
+    let back = api
+        .ok(
+            "POST",
+            "/v1/conversations/g/clear",
+            &bob,
+            Some(json!({"seq": 0})),
+        )
+        .await;
+    assert_eq!(back["hidden"], false);
+}
+
+/// "Clear history": the caller's history, sync, catch-up and changes start after the cleared
+/// seq and its unread count drops, while another member still sees everything; a clear past
+/// the head stops at it, so later messages are not cleared in advance.
+#[tokio::test]
+async fn a_cleared_conversation_starts_after_the_cleared_seq_for_the_caller_only() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob", "carol"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let carol = api.user("carol").await;
+    for i in 1..=5 {
+        api.send(&alice, "g", &format!("a{i}"), &format!("m{i}"))
+            .await;
+    }
+    // A recall of a message bob then clears: /v1/changes does not bring it to him.
+    api.ok("DELETE", "/v1/channels/g/messages/2", &alice, None)
+        .await;
+    let unread = |v: &Value| listed(v, "g").map(|c| c["unread"].as_u64().unwrap());
+    assert_eq!(
+        unread(&api.ok("GET", "/v1/conversations", &bob, None).await),
+        Some(4)
+    );
+
+    let cleared = api
+        .ok(
+            "POST",
+            "/v1/conversations/g/clear",
+            &bob,
+            Some(json!({"seq": 3})),
+        )
+        .await;
+    assert_eq!(
+        cleared,
+        json!({"channel": "g", "last_seq": 5, "cleared_seq": 3, "read_seq": 3, "delivered_seq": 3, "hidden": false})
+    );
+    let page = history_of(&api, &bob, "?after_seq=0").await;
+    assert_eq!(common::page_seqs(&page), [4, 5]);
+    let newest = history_of(&api, &bob, "").await;
+    assert_eq!(common::page_seqs(&newest), [5, 4], "newest first");
+    assert_eq!(newest["has_more"], false);
+    assert_eq!(
+        common::page_seqs(&history_of(&api, &carol, "?after_seq=0").await),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(
+        unread(&api.ok("GET", "/v1/conversations", &bob, None).await),
+        Some(2)
+    );
+    assert_eq!(
+        unread(&api.ok("GET", "/v1/conversations", &carol, None).await),
+        Some(4)
+    );
+    let sync = api.ok("GET", "/v1/sync", &bob, None).await;
+    assert_eq!(common::page_seqs(&sync), [4, 5]);
+    let changes = api.ok("GET", "/v1/changes?since=0", &bob, None).await;
+    assert_eq!(changes["messages"], json!([]), "{changes}");
+    let changes = api.ok("GET", "/v1/changes?since=0", &carol, None).await;
+    assert_eq!(common::page_seqs(&changes), [2]);
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    assert_eq!(seqs(&ws.messages(2).await), [4, 5]);
+    ws.quiet(Duration::from_millis(300)).await;
+    ws.close().await;
+
+    // No body: everything up to the last message. Still listed, nothing unread, nothing to
+    // read or sync.
+    let cleared = api
+        .ok("POST", "/v1/conversations/g/clear", &bob, None)
+        .await;
+    assert_eq!(
+        (
+            cleared["cleared_seq"].as_u64(),
+            cleared["read_seq"].as_u64()
+        ),
+        (Some(5), Some(5))
+    );
+    let list = api.ok("GET", "/v1/conversations", &bob, None).await;
+    let g = listed(&list, "g").expect("a cleared conversation stays listed");
+    assert_eq!(
+        (g["unread"].as_u64(), &g["last_message"]),
+        (Some(0), &Value::Null)
+    );
+    assert_eq!(history_of(&api, &bob, "").await["messages"], json!([]));
+    assert_eq!(
+        api.ok("GET", "/v1/sync", &bob, None).await["messages"],
+        json!([])
+    );
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    ws.quiet(Duration::from_millis(300)).await;
+    ws.close().await;
+    // Carol's view never changed.
+    assert_eq!(
+        common::page_seqs(&history_of(&api, &carol, "").await),
+        [5, 4, 3, 2, 1]
+    );
+
+    // Past the head: capped at it (6), so the message after it is not cleared.
+    api.send(&alice, "g", "a6", "m6").await;
+    let cleared = api
+        .ok(
+            "POST",
+            "/v1/conversations/g/clear",
+            &bob,
+            Some(json!({"seq": 1000})),
+        )
+        .await;
+    assert_eq!(cleared["cleared_seq"], 6);
+    api.send(&alice, "g", "a7", "m7").await;
+    assert_eq!(
+        common::page_seqs(&history_of(&api, &bob, "?after_seq=0").await),
+        [7]
+    );
+    assert_eq!(
+        common::page_seqs(&api.ok("GET", "/v1/sync", &bob, None).await),
+        [7]
+    );
+    assert_eq!(
+        unread(&api.ok("GET", "/v1/conversations", &bob, None).await),
+        Some(1)
+    );
+    // A clear never moves back (and writes nothing): 1 leaves it at 6.
+    let events = events_of(&server, "conversation_cleared").await;
+    let again = api
+        .ok(
+            "POST",
+            "/v1/conversations/g/clear",
+            &bob,
+            Some(json!({"seq": 1})),
+        )
+        .await;
+    assert_eq!(again["cleared_seq"], 6);
+    assert_eq!(events_of(&server, "conversation_cleared").await, events);
+}
+
+/// Only a conversation of the caller's own may be hidden or cleared: a user outside a group,
+/// one who left it, a deleted group and another pair's person channel are `not_member` (as a
+/// history read answers); the admin key is `user_only`. A member of a banned group may (the
+/// backlog is theirs to drop, as it is theirs to acknowledge).
+#[tokio::test]
+async fn only_the_callers_own_conversation_is_hidden_or_cleared() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let carol = api.user("carol").await;
+    api.send(&alice, "g", "a1", "m1").await;
+    api.send(&alice, "@bob", "d1", "direct").await;
+    for call in ["hide", "clear"] {
+        for (channel, who) in [("g", &carol), ("nope", &carol), ("p:alice:bob", &carol)] {
+            let (status, v) = api
+                .call(
+                    "POST",
+                    &format!("/v1/conversations/{channel}/{call}"),
+                    who,
+                    None,
+                )
+                .await;
+            assert_eq!((status, code(&v)), (403, "not_member"), "{call} {channel}");
+        }
+        let (status, v) = api
+            .call("POST", &format!("/v1/conversations/g/{call}"), ADMIN, None)
+            .await;
+        assert_eq!((status, code(&v)), (400, "user_only"), "{call}");
+    }
+    // Bad bodies are refused as elsewhere.
+    for (body, want) in [
+        ("{\"seq\": \"x\"}", "invalid_request"),
+        ("{\"upto\": 1}", "invalid_request"),
+        ("not json", "invalid_json"),
+    ] {
+        let resp = reqwest::Client::new()
+            .post(server.url("/v1/conversations/g/clear"))
+            .bearer_auth(&bob)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{body}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(code(&v), want, "{body}");
+    }
+    // `null` is no body.
+    let resp = reqwest::Client::new()
+        .post(server.url("/v1/conversations/@alice/clear"))
+        .bearer_auth(&bob)
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (&v["channel"], &v["cleared_seq"]),
+        (&json!("@alice"), &json!(1))
+    );
+    assert_eq!(events_of(&server, "conversation_hidden").await, 0);
+    assert_eq!(events_of(&server, "conversation_cleared").await, 1);
+
+    // A member of a banned group clears its backlog and hides it.
+    api.ok(
+        "PUT",
+        "/v1/channels/g",
+        ADMIN,
+        Some(json!({"flags": {"ban": true}})),
+    )
+    .await;
+    assert_eq!(
+        common::page_seqs(&api.ok("GET", "/v1/sync", &bob, None).await),
+        [1]
+    );
+    let v = api
+        .ok("POST", "/v1/conversations/g/clear", &bob, None)
+        .await;
+    assert_eq!(v["cleared_seq"], 1);
+    assert_eq!(
+        api.ok("GET", "/v1/sync", &bob, None).await["messages"],
+        json!([])
+    );
+    let v = api.ok("POST", "/v1/conversations/g/hide", &bob, None).await;
+    assert_eq!(v["hidden"], true);
+
+    // A member who left is no longer a member; nor is anyone once the group is deleted.
+    api.ok(
+        "DELETE",
+        "/v1/channels/g/members",
+        ADMIN,
+        Some(json!({"uids": ["alice"]})),
+    )
+    .await;
+    for call in ["hide", "clear"] {
+        let (status, v) = api
+            .call("POST", &format!("/v1/conversations/g/{call}"), &alice, None)
+            .await;
+        assert_eq!((status, code(&v)), (403, "not_member"), "alice {call}");
+    }
+    api.ok("DELETE", "/v1/channels/g", ADMIN, None).await;
+    for call in ["hide", "clear"] {
+        let (status, v) = api
+            .call("POST", &format!("/v1/conversations/g/{call}"), &bob, None)
+            .await;
+        assert_eq!((status, code(&v)), (403, "not_member"), "bob {call}");
+    }
+}

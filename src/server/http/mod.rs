@@ -3,6 +3,7 @@
 mod channels;
 mod conversations;
 mod cursors;
+mod hide;
 mod json_check;
 mod messages;
 pub(crate) mod openapi;
@@ -238,6 +239,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/channels/{id}/read", post(cursors::read))
         .route("/v1/channels/{id}/ack", post(cursors::ack))
         .route("/v1/conversations", get(conversations::conversations))
+        .route("/v1/conversations/{id}/hide", post(hide::hide))
+        .route("/v1/conversations/{id}/clear", post(hide::clear))
         .route("/v1/sync", get(conversations::sync))
         .route("/v1/changes", get(conversations::changes))
         .route("/v1/log", get(ops::log_stream))

@@ -5,7 +5,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{channels, conversations, cursors, messages, ops, users};
+use super::{channels, conversations, cursors, hide, messages, ops, users};
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -68,6 +68,7 @@ impl Modify for Extras {
         messages::post_message, messages::get_messages, messages::recall, messages::trace,
         cursors::read, cursors::ack,
         conversations::conversations, conversations::sync, conversations::changes,
+        hide::hide, hide::clear,
         crate::server::ws::upgrade,
         ops::log_stream, ops::tier_status, ops::tier_upload, ops::healthz, ops::readyz, ops::metrics, document,
     ),
@@ -77,7 +78,7 @@ impl Modify for Extras {
         (name = "channels", description = "Group channels, members, lists (admin)"),
         (name = "messages", description = "Send, history, recall, trace"),
         (name = "cursors", description = "Read and delivery cursors"),
-        (name = "conversations", description = "Conversation list and offline sync"),
+        (name = "conversations", description = "Conversation list, offline sync, hide and clear"),
         (name = "websocket", description = "The WebSocket gateway"),
         (name = "ops", description = "Health, metrics, the event log"),
     )

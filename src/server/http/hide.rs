@@ -1,0 +1,149 @@
+//! `POST /v1/conversations/{id}/hide` and `/clear`: the caller's own view of a conversation
+//! ("delete chat", "clear history"). Hiding leaves it out of the caller's conversation list
+//! until its next message; clearing drops its messages up to a seq from the caller's history,
+//! sync, catch-up and changes, and counts them as read and delivered (the cursors projection's
+//! `hide` and `clear`). Other members see no change. Written at once, as the cursor calls are,
+//! so the answer reflects them.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use tidings_projections::Event;
+use tidings_projections::cursors::Cursor;
+use tidings_projections::permissions::can_move_cursor;
+
+use super::messages::readable;
+use super::{ApiBytes, ApiPath};
+use crate::render::channel_ref;
+use crate::server::auth::{Caller, resolve};
+use crate::server::error::ApiResult;
+use crate::server::state::AppState;
+
+/// Body of `/clear` (optional: none, or `null`, clears the whole conversation).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClearBody {
+    /// Clear up to and including this seq. Default: the conversation's last seq; a seq past
+    /// it is taken as it (messages sent later are never cleared in advance).
+    pub(crate) seq: Option<u64>,
+}
+
+/// The caller's view of a conversation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ConversationState {
+    /// The channel, as the caller refers to it.
+    pub(crate) channel: String,
+    /// The channel's last seq.
+    pub(crate) last_seq: u64,
+    /// Messages up to this seq are cleared for the caller.
+    pub(crate) cleared_seq: u64,
+    /// Everything up to this seq was read.
+    pub(crate) read_seq: u64,
+    /// Everything up to this seq was delivered.
+    pub(crate) delivered_seq: u64,
+    /// Whether the caller's conversation list leaves it out until its next message (hidden,
+    /// or no message yet).
+    pub(crate) hidden: bool,
+}
+
+/// The caller and the canonical channel, when the conversation is the caller's: a member of
+/// the group, or one of a person channel's pair. A member of a banned group may hide or clear
+/// it (as they may move its cursors: it is their list and their backlog); anyone else (a
+/// member who left, a deleted group) is answered as a history read is: `not_member`.
+fn own_conversation(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(String, String)> {
+    let me = caller.require_user()?.to_owned();
+    let channel = resolve(caller, id)?;
+    if !can_move_cursor(&state.proj().state, &me, &channel) {
+        readable(state, caller, &channel)?;
+    }
+    Ok((me, channel))
+}
+
+/// Whether the conversation list leaves the conversation out (as `conversations::compute`
+/// does): hidden at its last seq, or without a message.
+fn unlisted(cur: &Cursor, last_seq: u64) -> bool {
+    last_seq == 0 || cur.hidden_at.is_some_and(|h| last_seq <= h)
+}
+
+fn view(state: &AppState, me: &str, channel: &str) -> ConversationState {
+    let p = state.proj();
+    let last_seq = p.state.heads.last_seq(channel);
+    let cur = p.state.cursors.get(me, channel);
+    ConversationState {
+        channel: channel_ref(channel, Some(me)),
+        last_seq,
+        cleared_seq: cur.cleared,
+        read_seq: cur.read,
+        delivered_seq: cur.delivered,
+        hidden: unlisted(&cur, last_seq),
+    }
+}
+
+/// Hides the conversation from the caller's list until its next message.
+#[utoipa::path(post, path = "/v1/conversations/{id}/hide", tag = "conversations",
+    params(("id" = String, Path, description = "Group id or @uid")),
+    responses((status = 200, body = ConversationState), (status = 400, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn hide(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<axum::Json<ConversationState>> {
+    let (me, channel) = own_conversation(&state, &caller, &id)?;
+    // Nothing is written for a conversation already out of the list: hidden at its last seq,
+    // or without messages (a person channel with anyone, which would only add a cursor).
+    let hides = {
+        let p = state.proj();
+        let last = p.state.heads.last_seq(&channel);
+        !unlisted(&p.state.cursors.get(&me, &channel), last)
+    };
+    if hides {
+        state
+            .emit(Event::ConversationHidden {
+                uid: me.clone(),
+                channel: channel.clone(),
+            })
+            .await?;
+    }
+    Ok(axum::Json(view(&state, &me, &channel)))
+}
+
+/// Clears the caller's history of the conversation up to `seq` (default: its last message).
+#[utoipa::path(post, path = "/v1/conversations/{id}/clear", tag = "conversations",
+    params(("id" = String, Path, description = "Group id or @uid")), request_body = Option<ClearBody>,
+    responses((status = 200, body = ConversationState), (status = 400, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn clear(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiBytes(body): ApiBytes,
+) -> ApiResult<axum::Json<ConversationState>> {
+    let (me, channel) = own_conversation(&state, &caller, &id)?;
+    // The body is optional: none (or `null`) clears up to the last message.
+    let body: Option<ClearBody> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice(&body).map_err(|e| super::json_error(&e))?
+    };
+    let asked = body.and_then(|b| b.seq);
+    // Never past the head: a clear must not swallow messages sent after it. Nothing is
+    // written when the clear point would not move (it only moves forward).
+    let up_to = {
+        let p = state.proj();
+        let last = p.state.heads.last_seq(&channel);
+        let seq = asked.map_or(last, |s| s.min(last));
+        (seq > p.state.cursors.get(&me, &channel).cleared).then_some(seq)
+    };
+    if let Some(up_to_seq) = up_to {
+        state
+            .emit(Event::ConversationCleared {
+                uid: me.clone(),
+                channel: channel.clone(),
+                up_to_seq,
+            })
+            .await?;
+    }
+    Ok(axum::Json(view(&state, &me, &channel)))
+}
