@@ -1225,3 +1225,239 @@ async fn the_largest_uids_call_fits_the_log() {
         (413, "payload_too_large".into())
     );
 }
+
+/// `limit` is 1 to 1000 on every paged call: 0 is 400 `invalid_query` (it was taken as 1 and
+/// answered one item with `has_more`), a larger one is taken as 1000.
+#[tokio::test]
+async fn a_zero_limit_is_refused_and_a_large_one_capped() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.send(&alice, "g", "c1", "one").await;
+    api.send(&alice, "g", "c2", "two").await;
+    for path in [
+        "/v1/channels/g/messages?limit=0",
+        "/v1/sync?limit=0",
+        "/v1/conversations?limit=0",
+        "/v1/changes?since=0&limit=0",
+    ] {
+        let (status, v) = api.call("GET", path, &bob, None).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some("invalid_query")),
+            "{path}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("between 1 and 1000"), "{path}: {v}");
+    }
+    let page = api
+        .ok("GET", "/v1/channels/g/messages?limit=1", &bob, None)
+        .await;
+    assert_eq!(
+        (page_seqs(&page), &page["has_more"]),
+        (vec![2], &json!(true))
+    );
+    let page = api
+        .ok("GET", "/v1/channels/g/messages?limit=5000", &bob, None)
+        .await;
+    assert_eq!(
+        (page_seqs(&page), &page["has_more"]),
+        (vec![2, 1], &json!(false)),
+        "the newest page, newest first"
+    );
+    let sync = api.ok("GET", "/v1/sync?limit=5000", &bob, None).await;
+    assert_eq!(page_seqs(&sync), vec![1, 2]);
+}
+
+/// A uid in the path of a user's list is checked on GET as on POST and DELETE (an invalid one
+/// answered 200 and an empty list), and an admin send naming an invalid sender is
+/// `invalid_uid` (it was `invalid_request`, as for no sender at all).
+#[tokio::test]
+async fn an_invalid_uid_is_invalid_uid_on_every_call() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let long = "u".repeat(70);
+    for list in ["allowlist", "denylist"] {
+        for uid in ["bad%20x", long.as_str()] {
+            let path = format!("/v1/users/{uid}/{list}");
+            assert_eq!(
+                code_of(&api, "GET", &path, ADMIN, None).await,
+                (400, "invalid_uid".into()),
+                "GET {path}"
+            );
+            assert_eq!(
+                code_of(&api, "POST", &path, ADMIN, Some(json!({"uids": ["bob"]}))).await,
+                (400, "invalid_uid".into()),
+                "POST {path}"
+            );
+        }
+        let v = api
+            .ok("GET", &format!("/v1/users/alice/{list}"), ADMIN, None)
+            .await;
+        assert_eq!(v, json!({"uids": []}));
+    }
+    let send = |from: Option<&str>| {
+        let mut body = json!({"channel": "g", "payload": 1});
+        if let Some(from) = from {
+            body["from"] = json!(from);
+        }
+        body
+    };
+    assert_eq!(
+        code_of(
+            &api,
+            "POST",
+            "/v1/messages",
+            ADMIN,
+            Some(send(Some("bad uid")))
+        )
+        .await,
+        (400, "invalid_uid".into())
+    );
+    assert_eq!(
+        code_of(
+            &api,
+            "POST",
+            "/v1/messages",
+            ADMIN,
+            Some(send(Some(long.as_str())))
+        )
+        .await,
+        (400, "invalid_uid".into())
+    );
+    assert_eq!(
+        code_of(&api, "POST", "/v1/messages", ADMIN, Some(send(None))).await,
+        (400, "invalid_request".into())
+    );
+    let (status, v) = api
+        .call("POST", "/v1/messages", ADMIN, Some(send(Some("alice"))))
+        .await;
+    assert_eq!(status, 201, "{v}");
+}
+
+/// A body that is present needs `Content-Type: application/json` where the body is optional
+/// too (`PUT /v1/channels/{id}` took a JSON body sent as `text/plain`, or with no type, and
+/// applied it); an empty body is still taken whatever its type.
+#[tokio::test]
+async fn an_optional_body_that_is_present_must_be_json() {
+    let server = Server::start(&[]);
+    let client = reqwest::Client::new();
+    let put = |content_type: Option<&str>, body: &str| {
+        let mut req = client
+            .put(server.url("/v1/channels/tp2"))
+            .bearer_auth(ADMIN)
+            .body(body.to_owned());
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap();
+            (status, v)
+        }
+    };
+    let ban = r#"{"flags": {"ban": true}}"#;
+    for content_type in [Some("text/plain"), None] {
+        let (status, v) = put(content_type, ban).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (415, Some("unsupported_media_type")),
+            "{content_type:?}: {v}"
+        );
+    }
+    let (status, v) = put(None, "").await;
+    assert_eq!(status, 201, "an empty body, no type: created, {v}");
+    assert_eq!(v["flags"]["ban"], false, "{v}");
+    let (status, v) = put(Some("text/plain"), " \n").await;
+    assert_eq!(status, 200, "whitespace alone is no body: {v}");
+    let (status, v) = put(Some("application/json"), ban).await;
+    assert_eq!((status, &v["flags"]["ban"]), (200, &json!(true)), "{v}");
+    let (status, v) = put(Some("application/json"), r#"{"flags": 5}"#).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+}
+
+/// A send refused by the rate limit says when to retry: `Retry-After` in whole seconds (the
+/// 429 had none).
+#[tokio::test]
+async fn a_rate_limited_send_says_when_to_retry() {
+    let server = Server::start(&["--limits-sends-per-second", "1"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let client = reqwest::Client::new();
+    // A burst of two is taken; one of the next few is refused (a second refills one).
+    let mut refused = None;
+    for i in 0..5 {
+        let resp = client
+            .post(server.url("/v1/messages"))
+            .bearer_auth(&alice)
+            .json(&json!({"channel": "g", "client_msg_id": format!("r{i}"), "payload": i}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status().as_u16() == 429 {
+            refused = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status().as_u16(), 201);
+    }
+    let resp = refused.expect("a send past the burst is refused");
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+}
+
+/// A recall by the admin is `"by": ":admin"`, which no user id can be (`:` is in none): it was
+/// `"admin"`, a valid uid, so a recall by the user `admin` looked the same. A recalled
+/// message in catch-up is a `message` frame with `"recalled": true` and no payload.
+#[tokio::test]
+async fn an_admin_recall_is_not_taken_for_the_user_admin() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["admin", "bob", "carol"]).await;
+    let admin_user = api.user("admin").await;
+    let bob = api.user("bob").await;
+    let carol = api.user("carol").await;
+    let mut ws = Ws::connect(&server, &bob, "?catch_up=false").await;
+    api.send(&admin_user, "g", "c1", "from the user admin")
+        .await;
+    api.send(&bob, "g", "c2", "from bob").await;
+    api.ok("DELETE", "/v1/channels/g/messages/1", &admin_user, None)
+        .await;
+    api.ok("DELETE", "/v1/channels/g/messages/2", ADMIN, None)
+        .await;
+    let by_user = ws.next_of("recall").await;
+    assert_eq!(
+        (&by_user["seq"], &by_user["by"]),
+        (&json!(1), &json!("admin"))
+    );
+    let by_admin = ws.next_of("recall").await;
+    assert_eq!(
+        (&by_admin["seq"], &by_admin["by"]),
+        (&json!(2), &json!(":admin"))
+    );
+    // carol was never online: her catch-up brings both, recalled, without payloads.
+    let mut ws = Ws::connect(&server, &carol, "").await;
+    let msgs = ws.messages(2).await;
+    assert_eq!(frame_seqs(&msgs), vec![1, 2]);
+    for m in &msgs {
+        assert_eq!(m["recalled"], true, "{m}");
+        assert!(
+            m.get("payload").is_none() && m.get("payload_b64").is_none(),
+            "{m}"
+        );
+        assert!(m["from"].is_string() && m["message_id"].is_u64(), "{m}");
+    }
+}

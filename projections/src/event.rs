@@ -171,7 +171,8 @@ pub enum Event {
         channel: ChannelId,
         /// The message's seq.
         seq: u64,
-        /// Who recalled it.
+        /// Who recalled it: the sender's uid, or `:admin` for the admin key (no uid has a
+        /// colon; events written before 2026-11-30 say `admin`).
         by: Uid,
     },
     /// A message's payload was replaced.

@@ -10,6 +10,11 @@ use tidings_projections::ids::{ChannelId, is_valid_id, person_channel, person_pa
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::AppState;
 
+/// The admin as the author of what it does to a user's message (a recall's `by`, in the log
+/// and in the `recall` frame): `:` is in no user id, so no user reads as the admin. Until
+/// 2026-11-30 the admin recalled as `"admin"`, which is also a valid user id.
+pub(crate) const ADMIN_ACTOR: &str = ":admin";
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Caller {

@@ -11,6 +11,8 @@ pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) message: String,
+    /// Whole seconds for a `Retry-After` header (a rate limit's 429: when a retry can pass).
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -19,7 +21,17 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+    /// This error, answered over HTTP with `Retry-After: wait` in whole seconds, rounded up
+    /// (at least 1: a client told 0 would retry at once and be refused again).
+    pub(crate) fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait
+            .as_secs()
+            .saturating_add(u64::from(wait.subsec_nanos() > 0));
+        self.retry_after_secs = Some(secs.max(1));
+        self
     }
     pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -52,6 +64,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The body may be left unread, so the server closes the connection after this
             // answer; saying so keeps clients from reusing it for their next request.

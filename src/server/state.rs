@@ -182,15 +182,19 @@ impl AppState {
         let bucket = m
             .entry(uid.to_owned())
             .or_insert_with(|| TokenBucket::new(rate));
-        if bucket.take(Instant::now()) {
+        let now = Instant::now();
+        if bucket.take(now) {
             Ok(())
         } else {
             self.metrics.rate_limited.inc();
+            // When the bucket holds a send again (under a second at any rate).
+            let wait = bucket.wait(now).unwrap_or_default();
             Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 format!("more than {rate} sends per second"),
-            ))
+            )
+            .with_retry_after(wait))
         }
     }
 

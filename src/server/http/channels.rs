@@ -10,7 +10,7 @@ use tidings_projections::ids::is_valid_id;
 use tidings_projections::{ChannelFlags, Event, ListKind, ListOp, ListOwner};
 
 use super::users::{Uids, valid_uids};
-use super::{ApiBytes, ApiJson, ApiPath};
+use super::{ApiJson, ApiOptionalJson, ApiPath};
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::AppState;
@@ -117,16 +117,11 @@ pub(crate) async fn put_channel(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-    ApiBytes(body): ApiBytes,
+    // The body is optional: no body means no flags.
+    ApiOptionalJson(put): ApiOptionalJson<PutChannel>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require_admin()?;
     group_id(&id)?;
-    // The body is optional: no body means no flags.
-    let put: PutChannel = if body.iter().all(u8::is_ascii_whitespace) {
-        PutChannel::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| super::json_error(&e))?
-    };
     let flags: ChannelFlags = put.flags.into();
     let existed = state.proj().state.subs.channels.contains_key(&id);
     let event = if existed {

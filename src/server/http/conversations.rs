@@ -9,8 +9,8 @@ use tidings_projections::conv_cache::fingerprint;
 use tidings_projections::conversations::{Conversation, compute, page};
 use tidings_projections::messages;
 
-use super::ApiQuery;
 use super::messages::load_page;
+use super::{ApiQuery, page_limit};
 use crate::render::{PreviewView, change_notice_raw, channel_ref, message_raw};
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult};
@@ -20,7 +20,8 @@ use crate::server::state::AppState;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ConversationsQuery {
-    /// At most this many (default 100, at most 1000), newest first.
+    /// At most this many, newest first: 1 to 1000 (default 100; a larger limit is taken as 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<usize>,
     /// Only conversations changed after this version (from an earlier answer).
     pub(crate) since_version: Option<u64>,
@@ -103,7 +104,7 @@ pub(crate) async fn conversations(
     ApiQuery(q): ApiQuery<ConversationsQuery>,
 ) -> ApiResult<axum::Json<ConversationsPage>> {
     let me = caller.require_user()?.to_owned();
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(q.limit, 100)?;
     // The version a page answers with is the offset applied when its list was valid: taken
     // under the same lock as the fingerprint the cached list is checked against.
     let (fp, version) = {
@@ -153,7 +154,8 @@ pub(crate) async fn conversations(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct SyncQuery {
-    /// At most this many messages (default 100, at most 1000).
+    /// At most this many messages: 1 to 1000 (default 100; a larger limit is taken as 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<usize>,
 }
 
@@ -176,7 +178,7 @@ pub(crate) async fn sync(
     ApiQuery(q): ApiQuery<SyncQuery>,
 ) -> ApiResult<axum::Json<SyncPage>> {
     let me = caller.require_user()?.to_owned();
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(q.limit, 100)?;
     let (plan, has_more) = {
         let p = state.proj();
         // Also after what a WebSocket session acknowledged that is not yet written.
@@ -198,7 +200,8 @@ pub(crate) struct ChangesQuery {
     /// The `version` of the previous answer. Without it: no messages, only the version to
     /// start from (a new device holds nothing that could have changed). `0`: every change.
     pub(crate) since: Option<u64>,
-    /// At most this many messages (default 100, at most 1000).
+    /// At most this many messages: 1 to 1000 (default 100; a larger limit is taken as 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<usize>,
 }
 
@@ -228,7 +231,7 @@ pub(crate) async fn changes(
     ApiQuery(q): ApiQuery<ChangesQuery>,
 ) -> ApiResult<axum::Json<ChangesPage>> {
     let me = caller.require_user()?.to_owned();
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(q.limit, 100)?;
     let plan = {
         let p = state.proj();
         match q.since {

@@ -14,7 +14,7 @@ use tidings_projections::cursors::Cursor;
 use tidings_projections::permissions::can_move_cursor;
 
 use super::messages::readable;
-use super::{ApiBytes, ApiPath};
+use super::{ApiOptionalJson, ApiPath};
 use crate::render::channel_ref;
 use crate::server::auth::{Caller, resolve};
 use crate::server::error::ApiResult;
@@ -118,15 +118,10 @@ pub(crate) async fn clear(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-    ApiBytes(body): ApiBytes,
+    ApiOptionalJson(body): ApiOptionalJson<Option<ClearBody>>,
 ) -> ApiResult<axum::Json<ConversationState>> {
     let (me, channel) = own_conversation(&state, &caller, &id)?;
     // The body is optional: none (or `null`) clears up to the last message.
-    let body: Option<ClearBody> = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice(&body).map_err(|e| super::json_error(&e))?
-    };
     let asked = body.and_then(|b| b.seq);
     // Never past the head: a clear must not swallow messages sent after it. Nothing is
     // written when the clear point would not move (it only moves forward).

@@ -3,9 +3,10 @@
 //! A raw JSON payload is stored as the client wrote it; the frame's parser only delimited it.
 //! [`JsonCheck`] walks it through the same `deserialize_any` a `serde_json::Value` uses, so it
 //! refuses exactly what a `Value` refuses (a lone UTF-16 surrogate escape, a number out of
-//! `f64` range, nesting deeper than serde_json's recursion limit) — but allocates nothing
-//! except the scratch buffer of an escaped string. A send's payload is checked on every send,
-//! and a `Value` tree cost one allocation per node.
+//! `f64` range, arrays and objects nested more than 127 deep: serde_json's recursion limit
+//! refuses a 128th level) — but allocates nothing except the scratch buffer of an escaped
+//! string. A send's payload is checked on every send, and a `Value` tree cost one allocation
+//! per node.
 //!
 //! One deliberate difference: an object with serde_json's private raw-value key (`RAW_KEY`)
 //! anywhere is refused. With the `raw_value` feature a `Value` gives that key special meaning
@@ -156,5 +157,23 @@ mod tests {
         assert!(serde_json::from_str::<Value>(r#"{"$serde_json::private::RawValue": 5}"#).is_err());
         assert!(serde_json::from_str::<JsonCheck>(r#"{"$serde_json": 1, "private": 2}"#).is_ok());
         assert!(serde_json::from_str::<JsonCheck>(&deep_ok).is_ok());
+    }
+
+    /// The nesting limit the README states: 127 levels are taken, 128 refused (the README
+    /// said 128 were).
+    #[test]
+    fn nesting_stops_at_127() {
+        const MAX_NESTING: usize = 127;
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let in_objects = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+        for text in [nested(MAX_NESTING), in_objects(MAX_NESTING)] {
+            assert!(serde_json::from_str::<JsonCheck>(&text).is_ok());
+        }
+        for text in [nested(MAX_NESTING + 1), in_objects(MAX_NESTING + 1)] {
+            let Err(e) = serde_json::from_str::<JsonCheck>(&text) else {
+                panic!("{} levels were taken", MAX_NESTING + 1);
+            };
+            assert!(e.to_string().contains("recursion limit"), "{e}");
+        }
     }
 }

@@ -10,15 +10,15 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use tidings_log::Log;
-use tidings_projections::ids::is_valid_id;
 use tidings_projections::messages::{Message, MessageRef};
 use tidings_projections::permissions::can_read;
 use tidings_projections::{Event, FLAG_JSON_PAYLOAD, messages, trace as tr};
 
 use super::json_check::JsonCheck;
-use super::{ApiJson, ApiPath, ApiQuery};
+use super::users::valid_uid;
+use super::{ApiJson, ApiPath, ApiQuery, page_limit};
 use crate::render::{channel_ref, message_raw};
-use crate::server::auth::{Caller, resolve};
+use crate::server::auth::{ADMIN_ACTOR, Caller, resolve};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::sequencer::{self, SendRequest};
 use crate::server::state::AppState;
@@ -117,7 +117,7 @@ pub(crate) fn payload_bytes(
 /// A JSON payload, stored as the client wrote it (not printed again). It must be a value the
 /// server can read back as JSON when it renders the message: the frame's parser only
 /// delimited it, and accepts what a JSON tree does not (a lone UTF-16 surrogate escape, a
-/// number out of `f64` range, nesting deeper than 128).
+/// number out of `f64` range, arrays and objects nested more than 127 deep).
 fn json_payload(raw: &RawValue) -> ApiResult<Bytes> {
     if let Err(e) = serde_json::from_str::<JsonCheck>(raw.get()) {
         return Err(ApiError::bad_request(
@@ -151,8 +151,12 @@ pub(crate) async fn post_message(
     ApiJson(body): ApiJson<PostMessage>,
 ) -> ApiResult<(StatusCode, axum::Json<MessageSent>)> {
     let (from, by_admin) = match (&caller, body.from) {
-        (Caller::Admin, Some(from)) if is_valid_id(&from) => (from, true),
-        (Caller::Admin, _) => {
+        // A `from` that is not a user id is `invalid_uid`, as a uid in a path or a list is.
+        (Caller::Admin, Some(from)) => {
+            valid_uid(&from)?;
+            (from, true)
+        }
+        (Caller::Admin, None) => {
             return Err(ApiError::bad_request(
                 "invalid_request",
                 "the admin names the sender in \"from\"",
@@ -207,7 +211,8 @@ pub(crate) struct PageQuery {
     pub(crate) after_seq: Option<u64>,
     /// Messages before this seq, descending. (Neither: the newest page, descending.)
     pub(crate) before_seq: Option<u64>,
-    /// At most this many (default 50, at most 1000).
+    /// At most this many: 1 to 1000 (default 50; a larger limit is taken as 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<usize>,
 }
 
@@ -273,7 +278,7 @@ pub(crate) async fn get_messages(
 ) -> ApiResult<axum::Json<MessagePage>> {
     let channel = resolve(&caller, &id)?;
     readable(&state, &caller, &channel)?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000) as u64;
+    let limit = page_limit(q.limit, 50)? as u64;
     let (plan, has_more, descending) = {
         let p = state.proj();
         let last = p.state.heads.last_seq(&channel);
@@ -405,7 +410,7 @@ pub(crate) async fn recall(
         ));
     };
     let by = match &caller {
-        Caller::Admin => "admin".to_owned(),
+        Caller::Admin => ADMIN_ACTOR.to_owned(),
         Caller::User(me) if *me == m.from => me.clone(),
         Caller::User(_) => {
             return Err(ApiError::forbidden(

@@ -24,7 +24,7 @@ use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use crate::server::error::ApiError;
+use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::AppState;
 
 pub(crate) use messages::{
@@ -87,8 +87,32 @@ fn json_rejection(r: JsonRejection) -> ApiError {
     }
 }
 
+/// An optional JSON body: one that is empty (or only whitespace) is `T::default()`, whatever
+/// its content type; any other is read as [`ApiJson`] reads it, so it needs
+/// `Content-Type: application/json` (415 `unsupported_media_type` otherwise), as the README
+/// says of every body. Read as bytes alone, a JSON body sent as `text/plain` was taken.
+pub(crate) struct ApiOptionalJson<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ApiOptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let ApiBytes(bytes) =
+            ApiBytes::from_request(Request::from_parts(parts.clone(), body), state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ApiOptionalJson(T::default()));
+        }
+        // The body is in memory: reading it again costs no wait, and its content type and
+        // errors are judged as a required body's are.
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        let ApiJson(v) = ApiJson::<T>::from_request(req, state).await?;
+        Ok(ApiOptionalJson(v))
+    }
+}
+
 /// A raw body whose rejections (too large, unreadable) are API errors.
-pub(crate) struct ApiBytes(pub(crate) axum::body::Bytes);
+struct ApiBytes(axum::body::Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for ApiBytes {
     type Rejection = ApiError;
@@ -108,17 +132,6 @@ impl<S: Send + Sync> FromRequest<S> for ApiBytes {
     }
 }
 
-/// A JSON parse error's code: `invalid_json` for text that is not JSON, `invalid_request` for
-/// JSON of the wrong shape (as [`ApiJson`] answers).
-pub(crate) fn json_error(e: &serde_json::Error) -> ApiError {
-    match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::bad_request("invalid_request", e.to_string())
-        }
-        _ => ApiError::bad_request("invalid_json", e.to_string()),
-    }
-}
-
 /// Query parameters whose rejections are API errors.
 pub(crate) struct ApiQuery<T>(pub(crate) T);
 
@@ -130,6 +143,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|e: QueryRejection| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+/// The most items a page holds: a larger `limit` is taken as this (the query structs'
+/// `#[param(maximum = 1000)]` say so in the OpenAPI document).
+const MAX_PAGE_LIMIT: usize = 1000;
+
+/// A page's size from its `limit` query parameter (history, conversations, sync, changes):
+/// `default` without one, and a larger one than [`MAX_PAGE_LIMIT`] is taken as that. `0` is
+/// `invalid_query`: taken as 1, it answered one item and `has_more` to a client that asked
+/// for none.
+pub(crate) fn page_limit(limit: Option<usize>, default: usize) -> ApiResult<usize> {
+    match limit {
+        Some(0) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "limit must be between 1 and {MAX_PAGE_LIMIT} (a larger one is taken as {MAX_PAGE_LIMIT})"
+            ),
+        )),
+        Some(n) => Ok(n.min(MAX_PAGE_LIMIT)),
+        None => Ok(default),
     }
 }
 

@@ -111,6 +111,8 @@ pub(crate) async fn get_list(
     kind: ListKind,
 ) -> ApiResult<axum::Json<Uids>> {
     may_read_user_list(&caller, &uid)?;
+    // As the calls that change a list answer: no user has an invalid uid, nor a list.
+    valid_uid(&uid)?;
     let p = state.proj();
     let lists = p.state.subs.user_lists.get(&uid);
     let set = lists.map(|l| match kind {
