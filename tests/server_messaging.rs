@@ -303,6 +303,91 @@ async fn a_recall_while_offline_reaches_the_device_through_changes() {
     assert!(err["error"]["code"].is_string());
 }
 
+/// A recall made while the user was out of a group reaches their device through
+/// `/v1/changes`: the device keeps the messages it had when the user was removed. Only the
+/// user's current groups were looked at, so the answer while out was empty with a version past
+/// the recall, and the device kept the recalled text for good (after a re-join too, asking
+/// from that version). While out the change comes as `{channel, seq, recalled}` alone, and
+/// nothing of what was sent meanwhile; a deleted group's recalls reach former members the same
+/// way.
+#[tokio::test]
+async fn a_recall_made_while_out_of_the_group_reaches_the_device() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("L2", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.send(&alice, "L2", "secret-7", "the first text").await;
+    api.ok("POST", "/v1/channels/L2/ack", &bob, Some(json!({"seq": 1})))
+        .await;
+    let v0 = api.ok("GET", "/v1/changes", &bob, None).await["version"]
+        .as_u64()
+        .unwrap();
+    let members = |uid: &str| Some(json!({"uids": [uid]}));
+    api.ok("DELETE", "/v1/channels/L2/members", ADMIN, members("bob"))
+        .await;
+    api.ok("DELETE", "/v1/channels/L2/messages/1", &alice, None)
+        .await;
+    // Sent and recalled while bob is out: not his to hear of.
+    api.send(&alice, "L2", "meanwhile-8", "while out").await;
+    api.ok("DELETE", "/v1/channels/L2/messages/2", &alice, None)
+        .await;
+    let out = api
+        .ok("GET", &format!("/v1/changes?since={v0}"), &bob, None)
+        .await;
+    assert_eq!(
+        out["messages"],
+        json!([{"channel": "L2", "seq": 1, "recalled": true}]),
+        "{out}"
+    );
+    let text = out.to_string();
+    assert!(
+        !text.contains("secret-7") && !text.contains("alice") && !text.contains("meanwhile"),
+        "{text}"
+    );
+    let v1 = out["version"].as_u64().unwrap();
+    let again = api
+        .ok("GET", &format!("/v1/changes?since={v1}"), &bob, None)
+        .await;
+    assert_eq!(again["messages"], json!([]), "{again}");
+    // Re-added: nothing comes twice from where he was; from before, both recalls, as history
+    // now shows them to him.
+    api.ok("POST", "/v1/channels/L2/members", ADMIN, members("bob"))
+        .await;
+    let again = api
+        .ok("GET", &format!("/v1/changes?since={v1}"), &bob, None)
+        .await;
+    assert_eq!(again["messages"], json!([]), "{again}");
+    let back = api
+        .ok("GET", &format!("/v1/changes?since={v0}"), &bob, None)
+        .await;
+    let msgs = back["messages"].as_array().unwrap();
+    assert_eq!(seqs(msgs), vec![1, 2], "{back}");
+    assert!(
+        msgs.iter()
+            .all(|m| m["recalled"] == true && m.get("payload").is_none()),
+        "{back}"
+    );
+    // A group deleted under its members: a recall made after reaches them too.
+    api.send(&alice, "L2", "last-9", "before the end").await;
+    api.ok("POST", "/v1/channels/L2/ack", &bob, Some(json!({"seq": 3})))
+        .await;
+    let v2 = api.ok("GET", "/v1/changes", &bob, None).await["version"]
+        .as_u64()
+        .unwrap();
+    api.ok("DELETE", "/v1/channels/L2", ADMIN, None).await;
+    api.ok("DELETE", "/v1/channels/L2/messages/3", ADMIN, None)
+        .await;
+    let gone = api
+        .ok("GET", &format!("/v1/changes?since={v2}"), &bob, None)
+        .await;
+    assert_eq!(
+        gone["messages"],
+        json!([{"channel": "L2", "seq": 3, "recalled": true}]),
+        "{gone}"
+    );
+}
+
 #[tokio::test]
 async fn an_abrupt_disconnect_mid_stream_loses_and_duplicates_nothing() {
     let server = Server::start(&[]);

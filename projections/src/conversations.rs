@@ -6,7 +6,9 @@
 //! messages are never in that range (sending advances the sender's read cursor; `cursors.rs`). Ordered by last
 //! activity, newest first. The incremental form returns the conversations whose version (the
 //! log offset of the last change to the head or to the user's cursor) is above the version the
-//! client holds, plus the channels that left the list since then.
+//! client holds, plus the channels that left the list since then. A group is listed from its
+//! first message: a group created again under an earlier group's id, too (its head is the
+//! earlier group's until then).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -76,7 +78,7 @@ pub fn compute(state: &State, uid: &str) -> Vec<Conversation> {
         let Some(head) = state.heads.heads.get(channel) else {
             continue;
         };
-        if head.last_seq == 0 {
+        if !has_own_message(state, channel, head.last_seq) {
             continue;
         }
         let cur = state.cursors.get(uid, channel);
@@ -118,6 +120,18 @@ pub fn compute(state: &State, uid: &str) -> Vec<Conversation> {
     }
     sort(&mut out);
     out
+}
+
+/// Whether `channel`, whose last seq is `last_seq`, holds a message of the group under its id
+/// now. A group with none yet is not listed: a new group, and one created again under an id
+/// whose earlier group had messages (its head, seqs and time are the earlier group's, and a
+/// new member was shown `last_seq` and `updated_at` of a group they never belonged to). Once
+/// it has a message it is listed with the channel's seqs as they are, since every message,
+/// cursor and ack carries them (the first message a new member gets already has a seq past
+/// the earlier group's): a `last_seq` counted from the new group would no longer add up with
+/// `read_seq` and `unread`, nor name the seq a client acks.
+fn has_own_message(state: &State, channel: &str, last_seq: u64) -> bool {
+    last_seq > state.subs.history_from(channel)
 }
 
 fn sort(list: &mut [Conversation]) {
@@ -184,10 +198,16 @@ pub fn page(
                     .map(|(c, _)| c.clone()),
             );
         }
-        // Hidden since then: their cursor changed after `since` and they are not listed.
+        // Hidden since then: their cursor changed after `since` and they are not listed. So is
+        // a group the user joined again after it was deleted and created anew, until its
+        // first message: the join took it off `cursors.removed`, and the client may still
+        // hold the earlier group's entry (one that never listed it has nothing to drop).
         if let Some(curs) = state.cursors.by_user.get(uid) {
             for (channel, cur) in curs {
-                if cur.hidden_at.is_some()
+                let last_seq = state.heads.last_seq(channel);
+                let unlisted = cur.hidden_at.is_some()
+                    || (last_seq > 0 && !has_own_message(state, channel, last_seq));
+                if unlisted
                     && window(cur.version)
                     && !all.iter().any(|c| &c.channel == channel)
                     && !removed.contains(channel)

@@ -42,7 +42,9 @@ pub struct Cursor {
 pub struct Cursors {
     /// Cursors by user, then channel.
     pub by_user: HashMap<Uid, HashMap<ChannelId, Cursor>>,
-    /// When a conversation left a user's list (unsubscribed, deleted), by user then channel.
+    /// When a conversation left a user's list (unsubscribed, deleted), by user then channel;
+    /// kept until the user joins the group again. `/v1/changes` reads it too: a recall in a
+    /// group the user left still reaches their devices (`messages::plan_changes`).
     pub removed: HashMap<Uid, BTreeMap<ChannelId, u64>>,
 }
 

@@ -204,7 +204,11 @@ impl ChangesPlan {
 /// the order of its latest change; at most `limit`. Channels: those the user is a member of,
 /// as for sync — a banned group too (its backlog still reaches its members by sync, so a
 /// recall made during the ban must reach them as well, or it would be lost for good once the
-/// version moved past it). Nothing at or below the user's cleared point or from an earlier
+/// version moved past it) — and the groups the user left or that were deleted
+/// ([`crate::cursors::Cursors::removed`]): a device that held a group's messages keeps them
+/// when the user is removed, and a recall made while they were out would otherwise never
+/// reach it (the version moves past it, and a re-join starts at the head). Nothing at or
+/// below the user's cleared point, and in a group they belong to nothing from an earlier
 /// group under the same id.
 ///
 /// What the caller sees of a change follows what they may see of the message. In a channel
@@ -215,10 +219,15 @@ impl ChangesPlan {
 /// either delivered to them before the ban or sent before they joined — no projection tells
 /// which (a join moves the cursor to the head and is not kept) — so it comes as a
 /// [`Change::Notice`]: enough for a device that holds the message to drop or mark it, and
-/// nothing of it (sender, client id, payload) to a member who never had it.
+/// nothing of it (sender, client id, payload) to a member who never had it. A group the user
+/// is no longer in is told the same way, and only for the messages they could hold: at or
+/// below their cursor there (delivered, or read: a send moves the sender's read cursor), which
+/// stays when they leave: nothing sent after they left, so nothing of a group created again
+/// under the same id reaches the earlier group's members (its seqs are above their cursor),
+/// while a recall of a message they had reaches them even once the group is deleted.
 ///
-/// Cost: O(channels + limit × log channels) — the channels' lists are merged, not gathered
-/// and sorted.
+/// Cost: O(channels + groups left + limit × log channels) — the channels' lists are merged,
+/// not gathered and sorted.
 pub fn plan_changes(
     state: &State,
     files: &IndexFiles,
@@ -228,43 +237,67 @@ pub fn plan_changes(
 ) -> Result<ChangesPlan> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    // Per channel: its id, its changes at or after `since`, the seq at or below which none is
-    // reported, and the seq above which a change comes with its message.
-    type Pending<'a> = (&'a str, &'a [(u64, u64)], u64, u64);
     let mut lists: Vec<Pending<'_>> = Vec::new();
-    let mut heap = BinaryHeap::new();
     for channel in state.subs.channels_of(uid) {
         let list = state.heads.changes_since(channel, since);
-        let Some(&(first, _)) = list.first() else {
+        if list.is_empty() {
             continue;
-        };
+        }
         let cur = state.cursors.get(uid, channel);
-        let floor = cur.cleared.max(state.subs.history_from(channel));
         let whole_above = if crate::permissions::can_read(state, uid, channel) {
             0
         } else {
             cur.delivered
         };
-        heap.push(Reverse((first, lists.len(), 0usize)));
-        lists.push((channel.as_str(), list, floor, whole_above));
+        lists.push(Pending {
+            channel: channel.as_str(),
+            list,
+            floor: cur.cleared.max(state.subs.history_from(channel)),
+            ceiling: u64::MAX,
+            whole_above,
+        });
     }
+    for channel in left_groups(state, uid) {
+        let list = state.heads.changes_since(channel, since);
+        if list.is_empty() {
+            continue;
+        }
+        let cur = state.cursors.get(uid, channel);
+        lists.push(Pending {
+            channel: channel.as_str(),
+            list,
+            floor: cur.cleared,
+            ceiling: cur.delivered.max(cur.read),
+            whole_above: u64::MAX,
+        });
+    }
+    // Offsets are unique (one change per event, each in one channel): the order is the log's.
+    let mut heap: BinaryHeap<_> = lists
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            p.list
+                .first()
+                .map(|&(offset, _)| Reverse((offset, i, 0usize)))
+        })
+        .collect();
     let mut picked: Vec<(&str, u64, bool)> = Vec::new();
     let mut version = state.next_offset();
     let mut has_more = false;
     while let Some(Reverse((offset, i, at))) = heap.pop() {
-        let (channel, list, floor, whole_above) = lists[i];
-        if let Some(&(next, _)) = list.get(at + 1) {
+        let p = &lists[i];
+        if let Some(&(next, _)) = p.list.get(at + 1) {
             heap.push(Reverse((next, i, at + 1)));
         }
-        let seq = list[at].1;
-        if seq <= floor {
+        let seq = p.list[at].1;
+        if seq <= p.floor || seq > p.ceiling {
             continue;
         }
         if picked.len() == limit {
             (version, has_more) = (offset, true);
             break;
         }
-        picked.push((channel, seq, seq > whole_above));
+        picked.push((p.channel, seq, seq > p.whole_above));
     }
     let mut changes = Vec::with_capacity(picked.len());
     for (channel, seq, whole) in picked {
@@ -287,6 +320,33 @@ pub fn plan_changes(
         version,
         has_more,
     })
+}
+
+/// A channel's changes for [`plan_changes`] to merge, and which of them the user is told of.
+struct Pending<'a> {
+    /// The channel.
+    channel: &'a str,
+    /// Its changes at or after `since`, as `(offset, seq)`, oldest first.
+    list: &'a [(u64, u64)],
+    /// Changes to seqs at or below this are not reported.
+    floor: u64,
+    /// Changes to seqs above this are not reported.
+    ceiling: u64,
+    /// A change to a seq above this comes with its message, one at or below it as a notice.
+    whole_above: u64,
+}
+
+/// The groups `uid` left or that were deleted under them, and is not a member of now (a
+/// re-join takes a group off [`crate::cursors::Cursors::removed`]; checked again so that no
+/// channel is merged twice), in id order.
+fn left_groups<'a>(state: &'a State, uid: &'a str) -> impl Iterator<Item = &'a ChannelId> {
+    state
+        .cursors
+        .removed
+        .get(uid)
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .filter(move |channel| !state.subs.is_member(channel, uid))
 }
 
 fn decode_at(offset: u64, recs: &[tidings_log::Record]) -> Result<Envelope> {

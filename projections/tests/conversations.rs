@@ -430,3 +430,168 @@ async fn changes_since_a_version_name_each_changed_message_once() {
     );
     assert_eq!(changes(&w, "erin", v0, 10).0, vec![2, 5, 1, 6, 3]);
 }
+
+fn notice(channel: &str, seq: u64, recalled: bool) -> tidings_projections::messages::Change {
+    tidings_projections::messages::Change::Notice {
+        channel: channel.into(),
+        seq,
+        recalled,
+    }
+}
+
+/// A user out of a group (removed, or the group deleted) still hears of changes to the
+/// messages a device of theirs could hold — at or below their cursor there, which stays when
+/// they leave — as notices, merged in log order with their groups' changes and paged the
+/// same way. Only the user's current channels were walked: the version moved past such a
+/// recall and it was lost for good. Nothing of what was sent after they left, nor of a group
+/// created again under the id.
+#[tokio::test]
+async fn changes_reach_a_user_out_of_the_group_for_what_they_could_hold() {
+    let mut w = World::new().await;
+    for ch in ["l", "m"] {
+        w.create(ch).await;
+        w.subscribe(ch, &["alice", "bob"]).await;
+    }
+    for i in 0..3 {
+        w.send("alice", "l", &format!("l{i}")).await.unwrap();
+    }
+    w.send("alice", "m", "m0").await.unwrap();
+    w.ack("bob", "l", Some(2), None).await;
+    w.send("bob", "l", "mine").await.unwrap(); // seq 4: bob's own, read but not delivered
+    let v0 = w.state().next_offset();
+    w.unsubscribe("l", &["bob"]).await;
+    w.send("alice", "l", "after").await.unwrap(); // seq 5: sent after bob left
+    w.recall("l", 1, "alice").await;
+    w.recall("m", 1, "alice").await;
+    w.recall("l", 5, "alice").await;
+    w.recall("l", 3, "alice").await; // above bob's delivered cursor, below his read one
+    w.emit(Event::MessageEdited {
+        channel: "l".into(),
+        seq: 2,
+        by: "alice".into(),
+        payload: bytes::Bytes::from_static(b"{\"text\":\"fixed\"}"),
+        flags: 1,
+    })
+    .await;
+    w.recall("l", 4, "admin").await;
+    let plan = changes_plan(&w, "bob", v0, 10);
+    let m1 = plan.changes[1].clone();
+    assert_eq!(
+        plan.changes,
+        vec![
+            notice("l", 1, true),
+            m1.clone(),
+            notice("l", 3, true),
+            notice("l", 2, false),
+            notice("l", 4, true),
+        ]
+    );
+    assert_eq!((m1.channel(), m1.seq()), ("m", 1));
+    assert_eq!(
+        plan.to_load().len(),
+        1,
+        "only m's change comes with its message"
+    );
+    assert_eq!(
+        (plan.version, plan.has_more),
+        (w.state().next_offset(), false)
+    );
+    // Paged one at a time: the same changes, each once; the recall of 5 is passed over.
+    let mut since = v0;
+    let mut paged = Vec::new();
+    loop {
+        let page = changes_plan(&w, "bob", since, 1);
+        paged.extend(page.changes);
+        since = page.version;
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!((paged, since), (plan.changes.clone(), plan.version));
+    // The group deleted: a change made after reaches its former members too. carol, who was
+    // never in it, hears of nothing.
+    let v1 = w.state().next_offset();
+    w.emit(Event::ChannelDeleted {
+        channel: "l".into(),
+    })
+    .await;
+    w.emit(Event::MessageEdited {
+        channel: "l".into(),
+        seq: 2,
+        by: "admin".into(),
+        payload: bytes::Bytes::from_static(b"{\"text\":\"again\"}"),
+        flags: 1,
+    })
+    .await;
+    assert_eq!(
+        changes_plan(&w, "bob", v1, 10).changes,
+        vec![notice("l", 2, false)]
+    );
+    assert_eq!(
+        changes_plan(&w, "alice", v1, 10).changes,
+        vec![notice("l", 2, false)]
+    );
+    assert!(changes(&w, "carol", 0, 10).0.is_empty());
+    // Created again under the id: its members' changes reach none of the earlier group's.
+    let v2 = w.state().next_offset();
+    w.create("l").await;
+    w.subscribe("l", &["zoe"]).await;
+    w.send("zoe", "l", "new").await.unwrap(); // seq 6
+    w.recall("l", 6, "zoe").await;
+    assert_eq!(changes(&w, "zoe", v2, 10).0, vec![6]);
+    assert!(changes(&w, "bob", v2, 10).0.is_empty());
+    assert!(changes(&w, "alice", v2, 10).0.is_empty());
+}
+
+/// A group deleted and created again under its id is listed as a new group is — not at all —
+/// until its first message. Its head is the earlier group's: a new member was shown that
+/// group's last seq and time (`last_message` null), where a new empty group shows nothing. A
+/// member of the earlier group who joins again is told it left the list (the join took it off
+/// the removals, and their client may hold the earlier group's entry). From its first message
+/// on it is listed with the channel's seqs, which add up with the cursors.
+#[tokio::test]
+async fn a_recreated_group_is_listed_from_its_first_message() {
+    let mut w = World::new().await;
+    w.create("d").await;
+    w.subscribe("d", &["alice", "bob"]).await;
+    w.send("alice", "d", "a1").await.unwrap();
+    w.send("alice", "d", "a2").await.unwrap();
+    let held = conversations(w.state(), "bob", None, 50);
+    assert_eq!(held.conversations.len(), 1);
+    w.emit(Event::ChannelDeleted {
+        channel: "d".into(),
+    })
+    .await;
+    w.create("d").await;
+    w.subscribe("d", &["alice", "bob", "zoe"]).await;
+    w.create("e").await;
+    w.subscribe("e", &["zoe"]).await;
+    assert!(compute(w.state(), "zoe").is_empty());
+    assert!(compute(w.state(), "bob").is_empty());
+    let inc = conversations(w.state(), "bob", Some(held.version), 50);
+    assert!(inc.conversations.is_empty(), "{inc:?}");
+    assert_eq!(inc.removed, vec!["d".to_string()]);
+    // The first message of the new group.
+    w.send("alice", "d", "n1").await.unwrap();
+    for uid in ["zoe", "bob"] {
+        let list = compute(w.state(), uid);
+        assert_eq!(list.len(), 1, "{uid}: {list:?}");
+        let d = &list[0];
+        assert_eq!(
+            (
+                d.channel.as_str(),
+                d.last_seq,
+                d.read_seq,
+                d.delivered_seq,
+                d.unread
+            ),
+            ("d", 3, 2, 2, 1),
+            "{uid}"
+        );
+        assert_eq!(d.last_message.as_ref().map(|m| m.seq), Some(3), "{uid}");
+        assert_eq!(d.updated_at, w.ts, "{uid}");
+    }
+    let inc = conversations(w.state(), "bob", Some(held.version), 50);
+    assert_eq!(inc.conversations.len(), 1);
+    assert!(inc.removed.is_empty(), "{inc:?}");
+}

@@ -210,7 +210,8 @@ pub(crate) struct ChangesQuery {
 pub(crate) struct ChangesPage {
     /// Each changed message once, as the history API shows it now (`"recalled": true`, or
     /// the edited payload with `"edited": true`), in the order of its latest change. A banned
-    /// group's message the caller is not owed (at or below their delivered cursor) comes as
+    /// group's message the caller is not owed (at or below their delivered cursor), and one
+    /// at or below their cursor in a group they left or that was deleted, comes as
     /// `{channel, seq, recalled: true}` or `{channel, seq, edited: true}` alone.
     #[schema(value_type = Vec<Object>)]
     pub(crate) messages: Vec<Box<RawValue>>,
