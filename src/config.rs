@@ -642,6 +642,12 @@ const UID_EVENT_BYTES: usize = MAX_ID_LEN + 2;
 /// of the longest kind must fit one append.
 pub(crate) const MAX_UIDS_PER_CALL: usize = (LOG_MAX_APPEND - APPEND_SLACK) / UID_EVENT_BYTES;
 
+/// The smallest `log.segment_bytes` the log takes (`LogOptions::validate`).
+const LOG_MIN_SEGMENT_BYTES: u64 = 1 << 10;
+
+/// The largest `log.segment_bytes` the log takes: a segment's positions are 32-bit.
+const LOG_MAX_SEGMENT_BYTES: u64 = 2 << 30;
+
 /// The largest binary frame read as a send under payload limit `payload`
 /// ([`Config::max_binary_frame_bytes`]).
 fn binary_frame_bytes(payload: usize) -> usize {
@@ -745,9 +751,111 @@ impl Config {
         Ok(())
     }
 
+    /// The log's options as the log checks them when it opens (`LogOptions::validate`), named
+    /// as settings: refused there, they failed the start after the data directory and the
+    /// admin key were made, with the log's own names. The rest of what it checks follows from
+    /// the checks here: `preallocate_bytes` is at most the segment size (a larger one is taken
+    /// as that), `every(0)` does not parse, and the largest append is within its bounds.
+    fn check_log(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (LOG_MIN_SEGMENT_BYTES..=LOG_MAX_SEGMENT_BYTES).contains(&self.log_segment_bytes),
+            "log.segment_bytes ({}) must be in [{LOG_MIN_SEGMENT_BYTES}, {LOG_MAX_SEGMENT_BYTES}] \
+             (1 KiB to 2 GiB)",
+            self.log_segment_bytes
+        );
+        Ok(())
+    }
+
+    /// Counts and rates that 0 does not turn off: the code takes it as 1 (a limit of "more
+    /// than 0 sends per second" let two sends through, then one a second; a `sample_every`
+    /// of 0 sampled every message), so it is refused rather than taken for something else.
+    /// Intervals of 0 (`acks.flush_ms`, `projections.snapshot_interval_secs`,
+    /// `tier.upload_interval_secs`) are taken as the shortest, as the README says.
+    fn check_zeros(&self) -> anyhow::Result<()> {
+        let zeros = [
+            ("limits.sends_per_second", self.limits_sends_per_second == 0),
+            (
+                "limits.frames_per_second",
+                self.limits_frames_per_second == 0,
+            ),
+            ("limits.session_queue", self.limits_session_queue == 0),
+            (
+                "limits.session_queue_bytes",
+                self.limits_session_queue_bytes == 0,
+            ),
+            ("trace.sample_every", self.trace_sample_every == 0),
+        ];
+        if let Some((name, _)) = zeros.iter().find(|(_, zero)| *zero) {
+            anyhow::bail!("{name} must be at least 1 (0 does not turn it off: it was taken as 1)");
+        }
+        Ok(())
+    }
+
+    /// `tier.url` names a store the server can open, and the S3 settings go with an `s3://`
+    /// one: without it they were ignored (a tier the operator set up silently did not exist),
+    /// an endpoint without a scheme panicked the server in the S3 client, one of another
+    /// scheme failed only when the store was built, and `file://relative/dir` made a directory
+    /// relative to wherever the server was started. Checked before anything is created.
+    fn check_tier(&self) -> anyhow::Result<()> {
+        let t = &self.tier;
+        let given = |v: Option<&str>| v.is_some_and(|v| !v.is_empty());
+        if let Some(e) = &t.endpoint {
+            let rest = e
+                .strip_prefix("https://")
+                .or_else(|| e.strip_prefix("http://"));
+            anyhow::ensure!(
+                rest.is_some_and(|r| !r.is_empty()),
+                "tier.endpoint {e:?} must start with http:// or https:// (e.g. \
+                 http://127.0.0.1:9000)"
+            );
+        }
+        let s3_only = [
+            ("tier.endpoint", given(t.endpoint.as_deref())),
+            ("tier.region", given(t.region.as_deref())),
+            ("tier.access_key_id", given(t.access_key_id.as_deref())),
+            (
+                "tier.secret_access_key",
+                given(t.secret_access_key.as_deref()),
+            ),
+        ];
+        let s3_setting = s3_only.iter().find(|(_, set)| *set).map(|(name, _)| *name);
+        let Some(url) = t.url.as_deref() else {
+            if let Some(name) = s3_setting {
+                anyhow::bail!(
+                    "{name} is set but tier.url is not: without tier.url nothing is tiered \
+                     (set tier.url = \"s3://bucket/prefix\", or remove {name})"
+                );
+            }
+            return Ok(());
+        };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let bucket = rest.split('/').next().unwrap_or_default();
+            anyhow::ensure!(
+                !bucket.is_empty(),
+                "tier.url {url:?}: no bucket (expected s3://bucket/prefix)"
+            );
+            return Ok(());
+        }
+        let Some(dir) = url.strip_prefix("file://") else {
+            anyhow::bail!("tier.url {url:?}: expected s3://bucket/prefix or file:///dir");
+        };
+        anyhow::ensure!(
+            std::path::Path::new(dir).is_absolute(),
+            "tier.url {url:?}: a file URL names an absolute directory, file:///dir (three \
+             slashes); {dir:?} is relative"
+        );
+        if let Some(name) = s3_setting {
+            anyhow::bail!("{name} is set but tier.url {url:?} is not s3://: it applies to S3 only");
+        }
+        Ok(())
+    }
+
     /// Values that each parse but together (or alone) would break the server.
     fn check(&self) -> anyhow::Result<()> {
         self.check_bounds()?;
+        self.check_log()?;
+        self.check_zeros()?;
+        self.check_tier()?;
         let t = &self.tier;
         // The lease is renewed by upload passes (at the first pass a third of a lease after
         // the last manifest write): passes further apart than that let the lease lapse while
@@ -1040,6 +1148,140 @@ mod tests {
                 "limits.max_uids_per_call",
             );
         }
+        // Segment sizes the log refuses when it opens (after the data directory and the admin
+        // key were made, and without the `log.` name).
+        for n in [
+            0,
+            5,
+            LOG_MIN_SEGMENT_BYTES - 1,
+            LOG_MAX_SEGMENT_BYTES + 1,
+            u64::MAX,
+        ] {
+            refused(
+                ServeArgs {
+                    log_segment_bytes: Some(n),
+                    ..ServeArgs::default()
+                },
+                "log.segment_bytes",
+            );
+        }
+        // Counts and rates that 0 does not turn off (they were taken as 1).
+        let zeros = [
+            (
+                ServeArgs {
+                    limits_sends_per_second: Some(0),
+                    ..ServeArgs::default()
+                },
+                "limits.sends_per_second",
+            ),
+            (
+                ServeArgs {
+                    limits_frames_per_second: Some(0),
+                    ..ServeArgs::default()
+                },
+                "limits.frames_per_second",
+            ),
+            (
+                ServeArgs {
+                    limits_session_queue: Some(0),
+                    ..ServeArgs::default()
+                },
+                "limits.session_queue",
+            ),
+            (
+                ServeArgs {
+                    limits_session_queue_bytes: Some(0),
+                    ..ServeArgs::default()
+                },
+                "limits.session_queue_bytes",
+            ),
+            (
+                ServeArgs {
+                    trace_sample_every: Some(0),
+                    ..ServeArgs::default()
+                },
+                "trace.sample_every",
+            ),
+        ];
+        for (args, what) in zeros {
+            refused(args, what);
+        }
+        // An S3 endpoint without a scheme (the S3 client panicked at start: InvalidUri) or of
+        // another scheme (a late "builder error").
+        for endpoint in [
+            "127.0.0.1:17650",
+            "ftp://127.0.0.1:21",
+            "http://",
+            "HTTP://x",
+        ] {
+            refused(
+                ServeArgs {
+                    tier_url: Some("s3://bucket/prefix".into()),
+                    tier_endpoint: Some(endpoint.into()),
+                    ..ServeArgs::default()
+                },
+                "tier.endpoint",
+            );
+        }
+        // S3 settings without an S3 tier.url (ignored without a word).
+        let s3_settings = [
+            (
+                ServeArgs {
+                    tier_endpoint: Some("http://127.0.0.1:9000".into()),
+                    ..ServeArgs::default()
+                },
+                "tier.endpoint is set but tier.url is not",
+            ),
+            (
+                ServeArgs {
+                    tier_region: Some("eu-west-1".into()),
+                    ..ServeArgs::default()
+                },
+                "tier.region is set but tier.url is not",
+            ),
+            (
+                ServeArgs {
+                    tier_access_key_id: Some("k".into()),
+                    ..ServeArgs::default()
+                },
+                "tier.access_key_id is set but tier.url is not",
+            ),
+            (
+                ServeArgs {
+                    tier_secret_access_key: Some("s".into()),
+                    ..ServeArgs::default()
+                },
+                "tier.secret_access_key is set but tier.url is not",
+            ),
+            (
+                ServeArgs {
+                    tier_url: Some("file:///nowhere".into()),
+                    tier_endpoint: Some("http://127.0.0.1:9000".into()),
+                    ..ServeArgs::default()
+                },
+                "tier.endpoint is set but tier.url \"file:///nowhere\" is not s3://",
+            ),
+        ];
+        for (args, what) in s3_settings {
+            refused(args, what);
+        }
+        // Store URLs the server cannot open: a relative directory (it was made relative to
+        // wherever the server started), none, no bucket, another scheme.
+        for url in [
+            "file://relative/dir",
+            "file://",
+            "s3://",
+            "s3:///prefix",
+            "gs://b/p",
+        ] {
+            refused(
+                ServeArgs {
+                    tier_url: Some(url.into()),
+                    ..ServeArgs::default()
+                },
+                "tier.url",
+            );
+        }
         // Without a tier the lease is not used: a leftover interval is no reason to refuse.
         let untiered = ServeArgs {
             tier_upload_interval_secs: Some(60),
@@ -1110,6 +1352,35 @@ mod tests {
             ..ServeArgs::default()
         };
         let c = at_bounds.resolve().unwrap();
+        for n in [LOG_MIN_SEGMENT_BYTES, LOG_MAX_SEGMENT_BYTES] {
+            let c = ServeArgs {
+                log_segment_bytes: Some(n),
+                ..ServeArgs::default()
+            }
+            .resolve()
+            .unwrap();
+            assert_eq!(c.log_preallocate_bytes, n, "the segment size by default");
+        }
+        for endpoint in ["http://127.0.0.1:9000", "https://s3.example.com"] {
+            let s3 = ServeArgs {
+                tier_url: Some("s3://bucket/prefix".into()),
+                tier_endpoint: Some(endpoint.into()),
+                tier_region: Some("eu-west-1".into()),
+                tier_access_key_id: Some("k".into()),
+                tier_secret_access_key: Some("s".into()),
+                ..ServeArgs::default()
+            };
+            assert!(s3.resolve().is_ok(), "{endpoint}");
+        }
+        let rates = ServeArgs {
+            limits_sends_per_second: Some(1),
+            limits_frames_per_second: Some(1),
+            limits_session_queue: Some(1),
+            limits_session_queue_bytes: Some(1),
+            trace_sample_every: Some(1),
+            ..ServeArgs::default()
+        };
+        assert!(rates.resolve().is_ok());
         assert!(
             c.log_max_append_bytes() <= LOG_MAX_APPEND,
             "{} bytes: more than the log takes",

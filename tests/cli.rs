@@ -1,6 +1,7 @@
 //! The operator CLI end to end, running the real binary: replay prints NDJSON (and follows a
 //! live log), rebuild writes a snapshot, verify names the difference in a hand-corrupted
-//! snapshot, inspect finds a flipped bit, tier status names a bad manifest.
+//! snapshot, inspect finds a flipped bit, tier status names a bad manifest, offsets only in the
+//! data directory and a store holding another history.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -9,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use serde_json::Value;
+use tidings_log::tier::manifest::{Manifest, RemoteSegment};
 use tidings_log::{FsyncPolicy, Log, LogOptions};
 use tidings_projections::{ChannelFlags, Envelope, Event, FLAG_JSON_PAYLOAD, snapshot};
 
@@ -270,26 +272,23 @@ async fn inspect_checks_every_crc_and_rebuild_refuses_a_live_log() {
     log.close().await.unwrap();
 }
 
-/// Damage in the active segment that valid batches follow (what `serve` refuses to start on):
-/// `inspect` reports it and exits 1, `replay` prints the events before it and fails naming it,
-/// `verify` names it and exits 1. They ended quietly at the damaged batch before (the
-/// read-only view's end of the valid data): inspect said ok, replay exited 0 short of the last
-/// events, verify said ok (its rebuild and its live state both stopped there).
-#[tokio::test]
-async fn inspect_replay_and_verify_report_damage_that_valid_batches_follow() {
-    let dir = tempfile::tempdir().unwrap();
-    // Synced as written (`always`: a gap is not what a power cut leaves), all in the active
-    // segment, no index entry after its start.
+/// The events of [`events`] in one active segment, synced as written (`always`: a gap is not
+/// what a power cut leaves), one batch each, no index entry after the segment's start.
+async fn write_synced_log(dir: &Path) {
     let opts = LogOptions::default().with_index_interval_bytes(1 << 20);
-    let log = Log::open(dir.path().join("log"), opts).await.unwrap();
-    let evs = events();
-    for (i, e) in evs.iter().enumerate() {
+    let log = Log::open(dir.join("log"), opts).await.unwrap();
+    for (i, e) in events().iter().enumerate() {
         log.append_one(Envelope::new(1_000 + i as u64, e.clone()).encode())
             .await
             .unwrap();
     }
     log.close().await.unwrap();
-    let seg = dir.path().join("log").join(format!("{:020}.log", 0));
+}
+
+/// Flips a bit in batch 20 of the log [`write_synced_log`] wrote (offset 20, before 4 valid
+/// batches: damage `serve` refuses to start on); returns the segment's path.
+fn damage_batch_20(dir: &Path) -> PathBuf {
+    let seg = dir.join("log").join(format!("{:020}.log", 0));
     let mut bytes = std::fs::read(&seg).unwrap();
     // Each batch starts with the magic `TDTG` (which no event here holds); one per append.
     let starts: Vec<usize> = bytes
@@ -298,12 +297,25 @@ async fn inspect_replay_and_verify_report_damage_that_valid_batches_follow() {
         .filter(|(_, w)| *w == b"TDTG")
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(starts.len(), evs.len());
+    assert_eq!(starts.len(), events().len());
     // A byte of the record in batch 20 (past its 40-byte header and 4-byte length).
     let flip = starts[20] + 45;
     assert!(flip < starts[21]);
     bytes[flip] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
+    seg
+}
+
+/// Damage in the active segment that valid batches follow (what `serve` refuses to start on):
+/// `inspect` reports it and exits 1, `replay` prints the events before it and fails naming it,
+/// `verify` names it and exits 1. They ended quietly at the damaged batch before (the
+/// read-only view's end of the valid data): inspect said ok, replay exited 0 short of the last
+/// events, verify said ok (its rebuild and its live state both stopped there).
+#[tokio::test]
+async fn inspect_replay_and_verify_report_damage_that_valid_batches_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    write_synced_log(dir.path()).await;
+    let seg = damage_batch_20(dir.path());
     let d = dir.path().to_str().unwrap();
 
     let (code, out, err) = tidings(&["inspect", "--data", d]);
@@ -334,6 +346,38 @@ async fn inspect_replay_and_verify_report_damage_that_valid_batches_follow() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.contains("damaged log") && out.contains("valid batches follow a damaged one"),
+        "{out}"
+    );
+}
+
+/// The same damage with a snapshot taken before it (a rebuild, as a clean server stop leaves
+/// one): `verify` names the damage and exits 1. It compared the snapshot with the log's valid
+/// end first, and said only that the log had lost events after the snapshot and to rebuild
+/// from the log (which would drop the four valid events after the damage).
+#[tokio::test]
+async fn verify_names_damage_in_the_active_segment_past_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    write_synced_log(dir.path()).await;
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = tidings(&["rebuild", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The rebuild's open indexes the segment every 4 KiB: an entry past the damage would make
+    // it damage found when read (`serve` starts on that), not at the view's end.
+    let seg = dir.path().join("log").join(format!("{:020}.log", 0));
+    assert!(std::fs::metadata(&seg).unwrap().len() < 4096);
+    let seg = damage_batch_20(dir.path());
+
+    let (code, out, err) = tidings(&["verify", "--data", d]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("damaged log")
+            && out.contains("valid batches follow a damaged one")
+            && out.contains(&seg.display().to_string()),
+        "{out}{err}"
+    );
+    assert!(!err.contains("the log lost events"), "{err}");
+    assert!(
+        out.contains("not compared with a rebuild") && out.contains("offset 20"),
         "{out}"
     );
 }
@@ -443,7 +487,9 @@ async fn replay_prints_payloads_as_stored() {
 /// `replay` of a range the local log does not hold fails naming why: from past the end of the
 /// log (as `GET /v1/log` answers 400), and a range that ends before the local log starts. Both
 /// printed nothing and exited 0, as for a range without events. From the end it prints nothing
-/// and exits 0, and with `--follow` from past the end it waits, as before.
+/// and exits 0, and with `--follow` from past the end it waits, as before. `--to` before
+/// `--from` is refused as such (it printed nothing and exited 0, or said the offsets were not
+/// in the local log when `--to` was before its start).
 #[tokio::test]
 async fn replay_refuses_a_range_the_local_log_does_not_hold() {
     let dir = tempfile::tempdir().unwrap();
@@ -458,6 +504,11 @@ async fn replay_refuses_a_range_the_local_log_does_not_hold() {
     );
     let (code, out, err) = tidings(&["replay", "--data", d, "--from", "25"]);
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    // A reversed range is a usage error (it printed nothing and exited 0).
+    let (code, out, err) = tidings(&["replay", "--data", d, "--from", "5", "--to", "3"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("--to 3 is before --from 5"), "{err}");
 
     // `--follow` from past the end waits for the offset.
     let log = Log::open(dir.path().join("log"), opts()).await.unwrap();
@@ -511,6 +562,15 @@ async fn replay_refuses_a_range_the_local_log_does_not_hold() {
             && err.contains(&format!("starts at offset {start}")),
         "{err}"
     );
+    // Reversed, it is the usage error, not offsets missing from the local log.
+    let from = start.to_string();
+    let (code, out, err) = tidings(&["replay", "--data", d, "--from", &from, "--to", &before]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("--to {before} is before --from {start}"))
+            && !err.contains("not in the local log"),
+        "{err}"
+    );
     // A range that reaches into the local log is replayed from its start, saying so.
     let to = start.to_string();
     let (code, out, err) = tidings(&["replay", "--data", d, "--from", "0", "--to", &to]);
@@ -557,6 +617,95 @@ async fn tier_status_names_a_bad_manifest_and_a_missing_directory() {
         "{err}"
     );
     assert!(!none.exists());
+}
+
+/// `tier status` compares the local segments with the local manifest copy as the log's open
+/// does. Offsets only in this directory (the active segment, sealed segments not uploaded) are
+/// named; a store that went on from another directory at this one's active segment is reported
+/// as divergence (exit 1). It printed the remote range, "lag: 0" and nothing about the records
+/// the store does not hold or the other history (a fail-back after a restore elsewhere).
+#[tokio::test]
+async fn tier_status_names_local_only_offsets_and_divergence() {
+    let dir = tempfile::tempdir().unwrap();
+    // 100 events in segments of 2 KiB: several sealed segments.
+    let evs: Vec<Event> = (0..4).flat_map(|_| events()).collect();
+    write_log(dir.path(), &evs).await;
+    let d = dir.path().to_str().unwrap();
+    let view = Log::open(
+        dir.path().join("log"),
+        LogOptions::default().with_read_only(true),
+    )
+    .await
+    .unwrap();
+    let segs = view.segments().unwrap();
+    view.close().await.unwrap();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let active = segs.last().unwrap();
+    let end = active.end_offset;
+    assert!(
+        !active.sealed && end == 100 && active.base_offset < end,
+        "{segs:?}"
+    );
+    let sealed = &segs[..segs.len() - 1];
+    let entry = |base: u64, to: u64, bytes: u64| RemoteSegment {
+        base,
+        end: to,
+        bytes,
+        crc32: 0,
+        index_bytes: 0,
+        time_bytes: 0,
+        object: None,
+    };
+    let write_manifest = |entries: Vec<RemoteSegment>| {
+        let mut m = Manifest::new("node-a", 1);
+        m.segments = entries;
+        std::fs::write(dir.path().join("log/tier-manifest.json"), m.encode()).unwrap();
+    };
+
+    // The first sealed segment uploaded: the rest is local only, and no divergence is seen
+    // (this copy is all that was read).
+    let first = &sealed[0];
+    write_manifest(vec![entry(
+        first.base_offset,
+        first.end_offset,
+        first.bytes,
+    )]);
+    let (code, out, err) = tidings(&["tier", "status", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lag = sealed.len() - 1;
+    assert!(
+        out.contains(&format!(
+            "local only: offsets [{}, {end})",
+            sealed[1].base_offset
+        )) && out.contains(&format!("lag:    {lag} sealed segments"))
+            && out.contains("the object store was not consulted")
+            && out.contains("diverged: no"),
+        "{out}"
+    );
+
+    // Every sealed segment uploaded, and another directory restored from the store and wrote
+    // on from this one's active segment: its records are in no store.
+    let mut entries: Vec<RemoteSegment> = sealed
+        .iter()
+        .map(|s| entry(s.base_offset, s.end_offset, s.bytes))
+        .collect();
+    entries.push(entry(active.base_offset, active.base_offset + 5, 300));
+    write_manifest(entries);
+    let (code, out, err) = tidings(&["tier", "status", "--data", d]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "local only: offsets [{}, {end})",
+            active.base_offset
+        )) && out.contains("lag:    0 sealed segments")
+            && out.contains("DIVERGED")
+            && out.contains(&format!(
+                "[{}, {})",
+                active.base_offset,
+                active.base_offset + 5
+            )),
+        "{out}"
+    );
 }
 
 /// `rebuild` refuses a directory without a log (it would create one, which a server restoring

@@ -1166,7 +1166,8 @@ async fn non_send_frames_are_rate_limited_by_backpressure() {
 }
 
 /// The admin reads any channel that exists or has had messages; one that never did is 404
-/// `channel_not_found`, as the README says (it was `200 []`).
+/// `channel_not_found`, as the README says (it was `200 []`). So is a message trace in one
+/// (it said `message_not_found`); a message that is not there is `message_not_found`.
 #[tokio::test]
 async fn the_admin_reading_a_channel_that_never_existed_gets_404() {
     let server = Server::start(&[]);
@@ -1175,6 +1176,21 @@ async fn the_admin_reading_a_channel_that_never_existed_gets_404() {
     assert_eq!(
         code_of(&api, "GET", "/v1/channels/nope/messages", ADMIN, None).await,
         (404, "channel_not_found".into())
+    );
+    assert_eq!(
+        code_of(
+            &api,
+            "GET",
+            "/v1/channels/nope/messages/1/trace",
+            ADMIN,
+            None
+        )
+        .await,
+        (404, "channel_not_found".into())
+    );
+    assert_eq!(
+        code_of(&api, "GET", "/v1/channels/g/messages/1/trace", ADMIN, None).await,
+        (404, "message_not_found".into())
     );
     let (status, _) = api
         .call("GET", "/v1/channels/g/messages", ADMIN, None)

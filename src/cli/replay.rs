@@ -29,6 +29,16 @@ pub(crate) struct ReplayArgs {
 }
 
 pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    // A usage error, whatever the log holds (it printed nothing and exited 0, or on a log
+    // starting later said the offsets were not in the local log).
+    if let Some(to) = args.to
+        && to < args.from
+    {
+        anyhow::bail!(
+            "--to {to} is before --from {}: no offsets to print (both are included in the range)",
+            args.from
+        );
+    }
     let data = DataDir::new(&args.data);
     let log = super::open_read_only(&data).await?;
     if let Some(why) = unavailable(&args, log.start_offset(), log.next_offset()) {

@@ -447,6 +447,9 @@ pub(crate) async fn trace(
 ) -> ApiResult<axum::Json<tr::Trace>> {
     caller.require_admin()?;
     let channel = resolve(&caller, &id)?;
+    // A channel that never existed is not found as such, as in the admin's history (it was
+    // told `message_not_found`).
+    readable(&state, &caller, &channel)?;
     let plan = {
         let p = state.proj();
         tr::plan(&p.state, p.index_files(), &channel, seq)?
