@@ -415,3 +415,256 @@ async fn a_cold_read_while_s3_is_down_is_a_bounded_503() {
     let _ = s3s.kill();
     let _ = s3s.wait();
 }
+
+/// s3s-fs on a free port with a bucket `bkt`; killed on drop (a stopped one too).
+struct S3s {
+    _dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl S3s {
+    fn start() -> S3s {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bkt")).unwrap();
+        let port = free_port();
+        let child = start_s3s(dir.path(), port);
+        S3s {
+            _dir: dir,
+            port,
+            child,
+        }
+    }
+
+    /// The server flags that tier into `s3://bkt/tidings` here.
+    fn args(&self) -> Vec<String> {
+        let mut args = tier_args("s3://bkt/tidings");
+        args.extend(s3_endpoint_args(self.port));
+        args
+    }
+
+    /// Sends `signal` (`-STOP`: its connections are accepted and never answered; `-CONT`).
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for S3s {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn s3_endpoint_args(port: u16) -> Vec<String> {
+    let endpoint = format!("http://127.0.0.1:{port}");
+    [
+        "--tier-endpoint",
+        &endpoint,
+        "--tier-access-key-id",
+        "k",
+        "--tier-secret-access-key",
+        "s",
+    ]
+    .map(String::from)
+    .into()
+}
+
+/// The newest snapshot in a data directory.
+fn newest_snapshot(data: &std::path::Path) -> PathBuf {
+    let dir = data.join("projections/snapshots");
+    let mut snaps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .collect();
+    snaps.sort();
+    snaps.pop().expect("a snapshot")
+}
+
+/// Whether a snapshot's header says it is anchored (flags bit 0, bytes 32..36:
+/// `projections/src/snapshot.rs`).
+fn anchored(snapshot: &std::path::Path) -> bool {
+    let bytes = std::fs::read(snapshot).unwrap();
+    u32::from_le_bytes(bytes[32..36].try_into().unwrap()) & 1 == 1
+}
+
+/// A shutdown whose object store stops answering (s3s-fs stopped with SIGSTOP: connections
+/// are accepted and never answered) ends within its grace period: every step that waits for
+/// the store (the last segment's upload, the snapshot's, the release of the prefix) ends at
+/// the deadline. Before, the snapshot's upload had 5 s past the deadline and the release its
+/// own read timeout after that: about 10 s here for a grace period of 4 s. Every acknowledged
+/// message is there after a restart with the store answering again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_a_hung_store_ends_within_its_grace_period() {
+    let s3s = S3s::start();
+    let mut args = s3s.args();
+    args.extend(
+        [
+            "--shutdown-grace-secs",
+            "4",
+            "--tier-read-timeout-ms",
+            "3000",
+        ]
+        .map(String::from),
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    send_numbered(&api, &alice, 1..=200).await;
+    s3s.signal("-STOP");
+    let data = server.data.clone();
+    let started = Instant::now();
+    let dir = server.stop();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "took {took:?} with a grace period of 4 s"
+    );
+    // The shutdown snapshot was written, anchored (its record was local).
+    assert!(anchored(&newest_snapshot(&data)));
+    s3s.signal("-CONT");
+    let server = Server::start_on(&data, &refs);
+    let api = Api::new(&server);
+    let h = history(&api, &bob, "g").await;
+    assert_eq!(
+        h.iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        (1..=200).collect::<Vec<_>>()
+    );
+    server.stop();
+    drop(dir);
+}
+
+/// The shutdown snapshot's anchor is read from a local segment only: when the record it would
+/// end at is only in the store (nothing was appended since the last segment went up and the
+/// retention deleted its local copy) it is not written, and the store is not asked. Before,
+/// the read waited for a store that did not answer and the snapshot was then written without
+/// an anchor, over the anchored one of the same offset (fails without the fix: the bytes
+/// differ in the anchor's flag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_snapshot_is_anchored_or_not_written() {
+    let s3s = S3s::start();
+    let mut args = s3s.args();
+    args.extend(["--shutdown-grace-secs", "4"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    send_numbered(&api, &alice, 1..=50).await;
+    let data = server.data.clone();
+    // Graceful, with the store answering: the last segment goes up, and its local copy goes
+    // (the retention keeps none).
+    let dir = server.stop();
+    let newest = newest_snapshot(&data);
+    assert!(anchored(&newest));
+    let before = std::fs::read(&newest).unwrap();
+    // A cold block cache (before, that shutdown read the record back from the store, and the
+    // next start found it in the cache).
+    std::fs::remove_dir_all(data.join("cache/blocks")).unwrap();
+    // Started again with the store hung (it opens from the local manifest copy, and its
+    // start-up check of the snapshot's anchor gets no answer), and stopped; nothing appended
+    // meanwhile.
+    s3s.signal("-STOP");
+    let server = Server::start_on(&data, &refs);
+    let started = Instant::now();
+    drop(server.stop());
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert_eq!(newest_snapshot(&data), newest);
+    assert_eq!(
+        std::fs::read(&newest).unwrap(),
+        before,
+        "the anchored snapshot is left as it was"
+    );
+    s3s.signal("-CONT");
+    drop(dir);
+}
+
+/// A fresh data directory whose object store does not answer is refused as the README says,
+/// "cannot tell where the log starts", at the store's first failed request (here at once:
+/// nothing listens on the endpoint). Before, the snapshot restore asked the store first and
+/// the start failed with the store's raw error ("listing the manifest … error sending
+/// request").
+#[test]
+fn a_fresh_data_directory_with_the_store_down_cannot_tell_where_the_log_starts() {
+    let mut args = tier_args("s3://bkt/tidings");
+    args.extend(s3_endpoint_args(free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .args(&args)
+        .env("TIDINGS_ADMIN_KEY", ADMIN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot tell where the log starts"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A tiered data directory started without `tier.url` (its oldest segments only in the store):
+/// history and sync of those messages answer 503 `history_unavailable`, saying where the log
+/// starts (before: 500 `internal`, "offset 6 is out of range"); newer messages still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_directory_started_without_its_store_says_history_is_unavailable() {
+    let (_bucket, args) = file_bucket();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    send_numbered(&api, &alice, 1..=300).await;
+    let status = api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
+    assert!(
+        status["status"]["remote_segments"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    let data = server.data.clone();
+    let dir = server.stop();
+    let server = Server::start_on(&data, &["--limits-sends-per-second", "100000"]);
+    let api = Api::new(&server);
+    for path in ["/v1/channels/g/messages?after_seq=0&limit=10", "/v1/sync"] {
+        let (status, v) = api.call("GET", path, &bob, None).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (503, Some("history_unavailable")),
+            "{path}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("tier.url"), "{message}");
+    }
+    assert_eq!(api.send(&alice, "g", "c301", "after").await["seq"], 301);
+    let page = api
+        .ok("GET", "/v1/channels/g/messages?after_seq=300", &bob, None)
+        .await;
+    assert_eq!(seqs(&page), vec![301]);
+    server.stop();
+    drop(dir);
+}

@@ -631,6 +631,19 @@ impl Log {
     /// Stops the writer after every append queued before this call, syncs, releases the
     /// directory lock and joins the writer thread. Idempotent.
     pub async fn close(&self) -> Result<()> {
+        self.close_within(None).await
+    }
+
+    /// [`Log::close`], giving up at `by` on what waits for the object store: the release of
+    /// the prefix (a successor then waits for the lease to lapse, as after a crash) and the
+    /// cold-read prefetches still running. A store that does not answer must not hold a
+    /// shutdown past its grace period. Appends are synced and the writer joined whatever the
+    /// time (local disk only).
+    pub async fn close_by(&self, by: tokio::time::Instant) -> Result<()> {
+        self.close_within(Some(by)).await
+    }
+
+    async fn close_within(&self, by: Option<tokio::time::Instant>) -> Result<()> {
         let mut writer = self.shared.writer.lock().await;
         if let Some(slot) = &self.shared.read_only {
             self.shared.closed.store(true, Ordering::Release);
@@ -649,7 +662,17 @@ impl Log {
         if let Some(up) = up {
             up.stop.cancel();
             let _ = up.task.await;
-            if let Err(e) = up.up.release().await {
+            let released = match by {
+                None => up.up.release().await,
+                Some(by) => tokio::time::timeout_at(by, up.up.release())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(LogError::Tier(
+                            "no answer before the close's deadline; gave up".into(),
+                        ))
+                    }),
+            };
+            if let Err(e) = released {
                 tracing::warn!(error = %e, "could not release the object-store prefix (a successor waits for the lease)");
             }
         }
@@ -673,7 +696,7 @@ impl Log {
         }
         self.shared.permits.close();
         if let Some(tier) = &self.shared.opts.tier {
-            tier.close().await?;
+            tier.close_within(by).await?;
         }
         match joined {
             Ok(Ok(())) => result,
@@ -694,6 +717,19 @@ impl Log {
     /// The first offset still held.
     pub fn start_offset(&self) -> u64 {
         self.shared.segments.load().first().map_or(0, |s| s.base)
+    }
+
+    /// Whether the record at `offset` is in a local segment, so that reading it needs no
+    /// object store (false past the end of the log, and for segments only in the store).
+    pub fn is_local(&self, offset: u64) -> bool {
+        if offset >= self.next_offset() {
+            return false;
+        }
+        let segs = self.shared.segments.load();
+        segs.partition_point(|s| s.base <= offset)
+            .checked_sub(1)
+            .and_then(|i| segs.get(i))
+            .is_some_and(|s| !s.is_remote())
     }
 
     /// Counters since open.

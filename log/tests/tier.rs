@@ -621,6 +621,46 @@ async fn a_log_opened_offline_that_finds_a_live_owner_is_fenced() {
     b.close().await.unwrap();
 }
 
+/// `Log::is_local` tells a record in a local segment from one only in the store; and
+/// `Log::close_by` gives the release of the prefix up at its deadline when the store does not
+/// answer (s3s-fs stopped with SIGSTOP: it accepts connections and never answers), where the
+/// release would wait for the tier's read timeout (2 s here): a shutdown's grace period bounds
+/// the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_by_gives_up_on_a_store_that_does_not_answer() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("close-by");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let log = quiet_log(s3s.store(), &prefix, "node-a", cache.path(), 0, &dir).await;
+    append(&log, 0, 10).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    append(&log, 10, 1).await;
+    // The retention keeps nothing sealed: offsets 0-9 are only in the store.
+    assert!(!log.is_local(9));
+    assert!(log.is_local(10));
+    assert!(!log.is_local(11), "past the end");
+    let pid = s3s.child.as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    log.close_by(tokio::time::Instant::now() + Duration::from_millis(300))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    signal("-CONT");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    // Closed all the same: the directory opens again (its lease was not released, so this
+    // process waits it out before claiming; it reads and appends meanwhile).
+    let log = quiet_log(s3s.store(), &prefix, "node-a", cache.path(), 0, &dir).await;
+    assert_eq!(log.next_offset(), 11);
+    log.close().await.unwrap();
+}
+
 /// An empty data directory cannot be opened while the store does not answer: nothing local
 /// says where the store's history ends, and a log started at 0 would take offsets the store
 /// already holds (before, it did, and served a history of its own under them).

@@ -111,6 +111,17 @@ impl From<tidings_log::LogError> for ApiError {
                 "storage_failed",
                 format!("the log stopped after a write failure: {e}"),
             ),
+            // Below the first offset the log holds: its older segments were tiered out and
+            // this server reads no object store (`tier.url` unset; start-up warns), or they
+            // were removed. Not the server's fault to report as `internal`, nor the client's.
+            LogError::OffsetOutOfRange {
+                requested, start, ..
+            } if requested < start => ApiError::unavailable(
+                "history_unavailable",
+                format!(
+                    "offset {requested} is not held by this server: its log starts at offset {start}, and the older segments are only in an object store it does not read (tier.url is not set) or were removed"
+                ),
+            ),
             LogError::Corrupt { .. } => {
                 ApiError::internal(format!("stored data failed its checksum: {e}"))
             }
@@ -130,3 +141,31 @@ impl From<tidings_projections::ProjectionError> for ApiError {
 
 /// Result of a handler.
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_log::LogError;
+
+    /// A read below the log's first offset (a tiered directory served without its store) is
+    /// 503 `history_unavailable` naming where the log starts; one past its end is not.
+    #[test]
+    fn a_read_below_the_log_start_is_history_unavailable() {
+        let below = ApiError::from(LogError::OffsetOutOfRange {
+            requested: 6,
+            start: 2275,
+            end: 2407,
+        });
+        assert_eq!(
+            (below.status, below.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "history_unavailable")
+        );
+        assert!(below.message.contains("starts at offset 2275"), "{below:?}");
+        let past = ApiError::from(LogError::OffsetOutOfRange {
+            requested: 2500,
+            start: 2275,
+            end: 2407,
+        });
+        assert_eq!(past.code, "internal");
+    }
+}

@@ -9,9 +9,11 @@
 //! "going away" (1001) within half the grace period; let in-flight HTTP requests finish
 //! within three quarters of it (then the HTTP task alone is aborted: a slow client must not
 //! take the time the steps after it need); flush coalesced acks; let the applier reach the end
-//! of the log; write a snapshot; close the log (fsync); join every task. Whatever is not done
-//! within the grace period is aborted — acknowledged writes are already durable, so a restart
-//! loses none.
+//! of the log; join every task; write a snapshot; with a tier, seal and upload the active
+//! segment, upload the snapshot and release the prefix; close the log (fsync). Whatever is not
+//! done within the grace period is aborted, the steps that wait for the object store too (a
+//! store that does not answer costs the rest of the grace period, not more) — acknowledged
+//! writes are already durable, so a restart loses none.
 
 mod accept;
 mod acks;
@@ -108,11 +110,6 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let dir_lock = data.lock()?;
     let admin_key = admin_key(&config, &data)?;
     let tier = tiering::open(&config, &data).await?;
-    if let Some(t) = &tier
-        && tiering::restore_snapshot(t, &data.projections()).await?
-    {
-        tracing::info!(store = t.display(), "restoring from the object store");
-    }
     let mut log_opts = LogOptions::default()
         .with_fsync(config.log_fsync)
         .with_segment_bytes(config.log_segment_bytes)
@@ -121,9 +118,36 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     if let Some(t) = tier {
         log_opts = log_opts.with_tier(t);
     }
+    // The log first: it decides whether a start can go on while the store does not answer
+    // (from the local manifest copy), and refuses a directory that says nothing of where the
+    // log starts ("cannot tell where the log starts"). Until 2026-11-30 the snapshot restore
+    // came first, and a fresh directory got the store's raw error from it instead.
     let log = Log::open(data.log(), log_opts)
         .await
         .with_context(|| format!("opening the log in {}", data.log().display()))?;
+    match log.tier() {
+        Some(t) => {
+            let restored = match tiering::restore_snapshot(t, &data.projections()).await {
+                Ok(restored) => restored,
+                Err(e) => {
+                    let what = format!(
+                        "restoring a snapshot from the object store {} (this data directory has none)",
+                        t.display()
+                    );
+                    // Closed, so that a claim the open took is released: the next start then
+                    // claims at once instead of waiting out this process's lease.
+                    if let Err(c) = log.close().await {
+                        tracing::warn!(error = %c, "could not close the log");
+                    }
+                    return Err(e.context(what));
+                }
+            };
+            if restored {
+                tracing::info!(store = t.display(), "restoring from the object store");
+            }
+        }
+        None => tiering::warn_if_tiered(&log),
+    }
 
     let started = Instant::now();
     let (mut proj, continues) =
@@ -250,22 +274,60 @@ async fn snapshots(state: Arc<AppState>, stop: CancellationToken) {
         if applied == last {
             continue;
         }
-        match snapshot_and_upload(&state, None).await {
-            Ok(()) => last = applied,
-            Err(e) => tracing::warn!(error = %e, "snapshot failed"),
+        let written = match write_snapshot(&state, AnchorFrom::AnySegment).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot failed");
+                continue;
+            }
+        };
+        // The upload gives way to a shutdown (a store that does not answer must not hold the
+        // steps after it); the write, local and short, does not: one cut short would go on in
+        // its blocking thread beside the shutdown snapshot's, through the same temporary file.
+        if let Some(w) = &written {
+            let uploaded = tokio::select! {
+                () = stop.cancelled() => return,
+                r = upload_written(&state, w) => r,
+            };
+            if let Err(e) = uploaded {
+                tracing::warn!(error = %e, "snapshot upload failed");
+                continue;
+            }
         }
+        last = applied;
     }
 }
 
-/// Writes a snapshot and, with a tier, uploads it (and the sidecars it needs). Not after the
-/// applier failed: its state may hold part of the record it stopped at.
-/// With `upload_by`, the upload is given up at that instant (the shutdown's deadline: the
-/// snapshot is on disk already, and a store that does not answer must not hold the server
-/// past its grace period).
-async fn snapshot_and_upload(
+/// A snapshot written to disk, and what its upload needs.
+struct WrittenSnapshot {
+    path: std::path::PathBuf,
+    /// The projections directory (the sidecars are in its `index/`).
+    dir: std::path::PathBuf,
+    sidecars: Vec<tidings_projections::msgindex::Sidecar>,
+}
+
+/// Which segments a snapshot's anchor (the record it ends at) may be read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnchorFrom {
+    /// Any, one only in the object store too (a periodic snapshot: the read is bounded by
+    /// `tier.read_timeout_ms`). When the record cannot be read the snapshot is written without
+    /// an anchor, and loads unchecked as snapshots from before anchors do.
+    AnySegment,
+    /// Local segments only (the shutdown's: it must not wait for the store). A snapshot whose
+    /// record is not in one is not written: the next start loads the previous snapshot and
+    /// replays the log after it, which an unanchored one would have spared it at the cost of
+    /// the check that the snapshot belongs to this log (and, at the same offset, of the
+    /// anchored snapshot it would overwrite).
+    LocalSegment,
+}
+
+/// Writes a snapshot of what was applied; `None` when nothing was, or when its anchor is not
+/// to be had from where `from` allows. Not after the applier failed: its state may hold part
+/// of the record it stopped at.
+async fn write_snapshot(
     state: &Arc<AppState>,
-    upload_by: Option<tokio::time::Instant>,
-) -> anyhow::Result<()> {
+    from: AnchorFrom,
+) -> anyhow::Result<Option<WrittenSnapshot>> {
     let s = state.clone();
     // Encode under the read lock; write and fsync outside it, so the applier (which needs the
     // write lock) is not held up by the disk.
@@ -282,10 +344,18 @@ async fn snapshot_and_upload(
     })
     .await??;
     let Some(mut prepared) = prepared else {
-        return Ok(());
+        return Ok(None);
     };
+    let applied = prepared.applied();
+    if from == AnchorFrom::LocalSegment && !state.log.is_local(applied) {
+        tracing::warn!(
+            applied,
+            "the log record this snapshot would end at is not in a local segment (its segment is only in the object store, or gone); not writing it: the next start loads the previous snapshot and replays the log after it"
+        );
+        return Ok(None);
+    }
     // The anchor: which record this state ends at (checked when the snapshot is loaded).
-    match snapshot::anchor_at(&state.log, prepared.applied()).await {
+    match snapshot::anchor_at(&state.log, applied).await {
         Ok(Some(anchor)) => prepared.set_anchor(anchor),
         Ok(None) => {}
         Err(e) => {
@@ -295,17 +365,19 @@ async fn snapshot_and_upload(
     let path = tokio::task::spawn_blocking(move || prepared.write()).await??;
     state.metrics.snapshots.inc();
     tracing::debug!(path = %path.display(), "wrote a snapshot");
-    if let Some(tier) = state.log.tier() {
-        let upload =
-            tiering::upload_snapshot(tier, &dir, &path, &sidecars, &state.uploaded_sidecars);
-        match upload_by {
-            None => upload.await?,
-            Some(by) => tokio::time::timeout_at(by, upload)
-                .await
-                .map_err(|_| anyhow::anyhow!("no time left in the grace period to upload it"))??,
-        }
-    }
-    Ok(())
+    Ok(Some(WrittenSnapshot {
+        path,
+        dir,
+        sidecars,
+    }))
+}
+
+/// With a tier, uploads a written snapshot and the sidecars it needs.
+async fn upload_written(state: &AppState, w: &WrittenSnapshot) -> anyhow::Result<()> {
+    let Some(tier) = state.log.tier() else {
+        return Ok(());
+    };
+    tiering::upload_snapshot(tier, &w.dir, &w.path, &w.sidecars, &state.uploaded_sidecars).await
 }
 
 impl Running {
@@ -403,8 +475,25 @@ impl Running {
             pending.shutdown().await;
         }
         tracing::debug!(took_ms = deadline_elapsed(deadline, grace), "tasks joined");
+        // Snapshot what was applied, before the active segment is sealed and uploaded: the
+        // record the snapshot ends at is then still in a local segment (once its segment is
+        // uploaded, the retention may delete the local copy, and the anchor would have to come
+        // from the store). Written whatever the time (local disk); uploaded below.
+        let written = match write_snapshot(&state, AnchorFrom::LocalSegment).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "shutdown snapshot failed");
+                None
+            }
+        };
+        if written.is_some() {
+            tracing::info!("wrote the shutdown snapshot");
+        }
         // With a tier: seal and upload the active segment, so that the object store holds the
-        // whole log (a restore elsewhere then loses nothing).
+        // whole log (a restore elsewhere then loses nothing); then the snapshot. Every step
+        // that waits for the store ends at the deadline, the release of the prefix (in the
+        // log's close) too: a store that does not answer must not hold the process past its
+        // grace period. What is not uploaded stays local and goes up from the next start.
         if state.log.tier().is_some() {
             let upload = async {
                 state.log.roll().await?;
@@ -416,20 +505,24 @@ impl Running {
                     tracing::warn!(error = %e, "could not upload the last segment; it stays local until the next start")
                 }
                 Err(_) => {
-                    tracing::warn!("no time left in the grace period to upload the last segment")
+                    tracing::warn!(
+                        "no time left in the grace period to upload the last segment; it stays local until the next start"
+                    )
+                }
+            }
+            if let Some(w) = &written {
+                match tokio::time::timeout_at(deadline, upload_written(&state, w)).await {
+                    Ok(Ok(())) => tracing::info!("uploaded the shutdown snapshot"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "could not upload the shutdown snapshot; it stays local")
+                    }
+                    Err(_) => tracing::warn!(
+                        "no time left in the grace period to upload the shutdown snapshot; it stays local"
+                    ),
                 }
             }
         }
-        // Snapshot what was applied (uploading it with a tier), then close the log.
-        // Written whatever the time; uploaded only within the grace period (a few seconds at
-        // least, for a store that answers).
-        let upload_by =
-            deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
-        match snapshot_and_upload(&state, Some(upload_by)).await {
-            Ok(()) => tracing::info!("wrote the shutdown snapshot"),
-            Err(e) => tracing::warn!(error = %e, "shutdown snapshot failed"),
-        }
-        state.log.close().await?;
+        state.log.close_by(deadline).await?;
         state.conv_cache.close().await?;
         tracing::info!("stopped");
         Ok(())

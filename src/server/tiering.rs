@@ -137,6 +137,28 @@ pub(crate) async fn open(config: &Config, data: &DataDir) -> anyhow::Result<Opti
     Ok(Some(Tier::open(opts).await?))
 }
 
+/// The log's local copy of its tier manifest (`local_manifest_path` in
+/// `log/src/tier/uploader.rs`).
+const LOCAL_MANIFEST: &str = "tier-manifest.json";
+
+/// Warns, for a server without `tier.url`, when its log was tiered: the log directory holds a
+/// tier manifest copy, or the log starts past offset 0 (its older segments were deleted once
+/// uploaded). The server starts, but reads of the offsets before its first local one answer
+/// 503 `history_unavailable`, and nothing is uploaded; this says why at start-up.
+pub(crate) fn warn_if_tiered(log: &tidings_log::Log) {
+    let manifest = log.dir().join(LOCAL_MANIFEST);
+    let has_manifest = manifest.exists();
+    let log_starts_at = log.start_offset();
+    if has_manifest || log_starts_at > 0 {
+        tracing::warn!(
+            log_starts_at,
+            has_manifest,
+            manifest = %manifest.display(),
+            "this log was tiered to an object store, but tier.url is not set: nothing is uploaded, and the offsets before log_starts_at are only in the store (history and sync of them answer 503 history_unavailable); start with the tier settings it ran with"
+        );
+    }
+}
+
 const SIDECAR_DIR: &str = "projections/index";
 
 /// A sidecar's key: its first offset and its CRC, so that a sidecar with other entries (another

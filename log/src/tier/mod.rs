@@ -351,8 +351,27 @@ impl Tier {
 
     /// Stops background fetches and closes the block cache.
     pub async fn close(&self) -> Result<()> {
+        self.close_within(None).await
+    }
+
+    /// [`Tier::close`], no longer waiting for background fetches at `by` (each ends within
+    /// the read timeout, which may be longer than a shutdown has left).
+    pub(crate) async fn close_within(&self, by: Option<tokio::time::Instant>) -> Result<()> {
         self.inner.tracker.close();
-        self.inner.tracker.wait().await;
+        match by {
+            None => self.inner.tracker.wait().await,
+            Some(by) => {
+                if tokio::time::timeout_at(by, self.inner.tracker.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        store = %self.inner.opts.display,
+                        "cold-read prefetches still waiting for the object store at the close's deadline; not waiting for them"
+                    );
+                }
+            }
+        }
         self.inner
             .cache
             .close()
