@@ -808,15 +808,7 @@ async fn health_readiness_metrics_and_the_event_log() {
     assert_eq!(buckets.len(), 11, "ten bounds and +Inf");
     assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
     // The event log, and following it.
-    let text = reqwest::Client::new()
-        .get(server.url("/v1/log?from=0"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.text("/v1/log?from=0", ADMIN).await;
     let kinds: Vec<String> = text
         .lines()
         .map(|l| {
@@ -872,26 +864,9 @@ async fn the_event_log_carries_payloads_as_sent() {
     api.group("g", &["alice"]).await;
     let alice = api.user("alice").await;
     let payload = r#"{"to":"bob","amount":1,"amount":1000,"id":12345678901234567890123}"#;
-    let sent = reqwest::Client::new()
-        .post(server.url("/v1/messages"))
-        .bearer_auth(&alice)
-        .header("content-type", "application/json")
-        .body(format!(
-            r#"{{"channel":"g","client_msg_id":"c1","payload":{payload}}}"#
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 201);
-    let text = reqwest::Client::new()
-        .get(server.url("/v1/log?from=0"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = format!(r#"{{"channel":"g","client_msg_id":"c1","payload":{payload}}}"#);
+    assert_eq!(api.post_text("/v1/messages", &alice, &body).await.0, 201);
+    let text = api.text("/v1/log?from=0", ADMIN).await;
     let line = text
         .lines()
         .find(|l| l.contains("\"message_sent\""))
@@ -900,26 +875,9 @@ async fn the_event_log_carries_payloads_as_sent() {
     // Sent pretty-printed: still one event per line (its line breaks, whitespace between
     // tokens, become spaces), every line JSON.
     let pretty = "{\n  \"text\": \"hi\",\r\n  \"n\": [1.50,\n 2]\n}";
-    let sent = reqwest::Client::new()
-        .post(server.url("/v1/messages"))
-        .bearer_auth(&alice)
-        .header("content-type", "application/json")
-        .body(format!(
-            r#"{{"channel":"g","client_msg_id":"c2","payload":{pretty}}}"#
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 201);
-    let text = reqwest::Client::new()
-        .get(server.url("/v1/log?from=0"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = format!(r#"{{"channel":"g","client_msg_id":"c2","payload":{pretty}}}"#);
+    assert_eq!(api.post_text("/v1/messages", &alice, &body).await.0, 201);
+    let text = api.text("/v1/log?from=0", ADMIN).await;
     for l in text.lines() {
         serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
     }

@@ -83,15 +83,7 @@ async fn a_group_of_1000_with_10_online_delivers_each_message_once() {
         ws.quiet(Duration::from_millis(200)).await;
     }
     // One event per send, however big the group.
-    let log = reqwest::Client::new()
-        .get(server.url("/v1/log?from=0"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = api.text("/v1/log?from=0", ADMIN).await;
     let sends = log
         .lines()
         .filter(|l| l.contains("\"message_sent\""))
@@ -1120,17 +1112,12 @@ async fn json_payloads_come_back_exactly_as_sent() {
     api.group("g", &["alice", "bob"]).await;
     let mut bob_ws = Ws::connect(&server, &bob, "").await;
     let post = |cid: &str, payload: &str| {
-        reqwest::Client::new()
-            .post(server.url("/v1/messages"))
-            .bearer_auth(&alice)
-            .header("content-type", "application/json")
-            .body(format!(
-                r#"{{"channel":"g","client_msg_id":"{cid}","payload":{payload}}}"#
-            ))
-            .send()
+        let body = format!(r#"{{"channel":"g","client_msg_id":"{cid}","payload":{payload}}}"#);
+        let (api, alice) = (&api, &alice);
+        async move { api.post_text("/v1/messages", alice, &body).await.0 }
     };
     let short = r#"{"b":1,"a":123456789012345678901234567890,"c":0.10000000000000000001,"a2":1,"a2":2,"n":[1.0,{"z":null,"y":"\u00e9"}]}"#;
-    assert_eq!(post("c1", short).await.unwrap().status(), 201);
+    assert_eq!(post("c1", short).await, 201);
     let pushed = raw_message_frame(&mut bob_ws).await;
     assert!(
         pushed.contains(&format!(r#""payload":{short}"#)),
@@ -1142,25 +1129,14 @@ async fn json_payloads_come_back_exactly_as_sent() {
     let caught_up = raw_message_frame(&mut bob_ws).await;
     assert!(caught_up.contains(short), "{caught_up}");
     bob_ws.close().await;
-    let get = |path: &str| {
-        reqwest::Client::new()
-            .get(server.url(path))
-            .bearer_auth(&bob)
-            .send()
-    };
     for path in ["/v1/channels/g/messages", "/v1/sync", "/v1/conversations"] {
-        let text = get(path).await.unwrap().text().await.unwrap();
+        let text = api.text(path, &bob).await;
         assert!(text.contains(short), "{path}: {text}");
     }
     // Longer than the head's preview: the conversation list reads the message itself.
     let long = format!("[{}1.50]", "1.50,".repeat(200));
-    assert_eq!(post("c2", &long).await.unwrap().status(), 201);
-    let text = get("/v1/conversations")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(post("c2", &long).await, 201);
+    let text = api.text("/v1/conversations", &bob).await;
     assert!(text.contains(&long), "{text}");
 }
 
@@ -1326,15 +1302,7 @@ fn code(v: &Value) -> &str {
 
 /// Events of a kind in the log.
 async fn events_of(server: &Server, kind: &str) -> usize {
-    let log = reqwest::Client::new()
-        .get(server.url("/v1/log?from=0"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = Api::new(server).text("/v1/log?from=0", ADMIN).await;
     let kind = format!("\"{kind}\"");
     log.lines().filter(|l| l.contains(&kind)).count()
 }
@@ -1594,29 +1562,15 @@ async fn only_the_callers_own_conversation_is_hidden_or_cleared() {
         ("{\"upto\": 1}", "invalid_request"),
         ("not json", "invalid_json"),
     ] {
-        let resp = reqwest::Client::new()
-            .post(server.url("/v1/conversations/g/clear"))
-            .bearer_auth(&bob)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 400, "{body}");
-        let v: Value = resp.json().await.unwrap();
+        let (status, v) = api.post_text("/v1/conversations/g/clear", &bob, body).await;
+        assert_eq!(status, 400, "{body}");
         assert_eq!(code(&v), want, "{body}");
     }
     // `null` is no body.
-    let resp = reqwest::Client::new()
-        .post(server.url("/v1/conversations/@alice/clear"))
-        .bearer_auth(&bob)
-        .header("content-type", "application/json")
-        .body("null")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let v: Value = resp.json().await.unwrap();
+    let (status, v) = api
+        .post_text("/v1/conversations/@alice/clear", &bob, "null")
+        .await;
+    assert_eq!(status, 200);
     assert_eq!(
         (&v["channel"], &v["cleared_seq"]),
         (&json!("@alice"), &json!(1))

@@ -415,16 +415,10 @@ async fn auth_and_error_shapes() {
         "past the body limit too"
     );
     // Malformed JSON and wrong shapes: 400 with a code.
-    let resp = reqwest::Client::new()
-        .post(server.url("/v1/messages"))
-        .bearer_auth(&alice)
-        .header("content-type", "application/json")
-        .body("{\"channel\": ")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 400);
-    let v: serde_json::Value = resp.json().await.unwrap();
+    let (status, v) = api
+        .post_text("/v1/messages", &alice, "{\"channel\": ")
+        .await;
+    assert_eq!(status, 400);
     assert_eq!(v["error"]["code"], "invalid_json");
     assert_eq!(
         code_of(

@@ -192,6 +192,39 @@ impl Api {
         v
     }
 
+    /// A POST of `body`, JSON text sent exactly as given (not re-serialized: key order,
+    /// repeated keys, number text and whitespace stay): the status and the answer.
+    pub(crate) async fn post_text(&self, path: &str, token: &str, body: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// The text of a GET's answer (NDJSON, or JSON compared as text).
+    pub(crate) async fn text(&self, path: &str, token: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A token for `uid`.
     pub(crate) async fn user(&self, uid: &str) -> String {
         let v = self
