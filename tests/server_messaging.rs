@@ -1623,3 +1623,22 @@ async fn only_the_callers_own_conversation_is_hidden_or_cleared() {
         assert_eq!((status, code(&v)), (403, "not_member"), "bob {call}");
     }
 }
+
+/// Hiding a group re-created under an id, before its first message, writes nothing: the list
+/// does not show it (as a new group's), and the answer says it is not shown.
+#[tokio::test]
+async fn hiding_a_recreated_group_before_its_first_message_writes_nothing() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let dave = api.user("dave").await;
+    api.group("z", &["alice"]).await;
+    api.send(&alice, "z", "a1", "old").await;
+    api.ok("DELETE", "/v1/channels/z", ADMIN, None).await;
+    api.group("z", &["dave"]).await;
+    let v = api
+        .ok("POST", "/v1/conversations/z/hide", &dave, None)
+        .await;
+    assert_eq!(v["hidden"], true, "{v}");
+    assert_eq!(events_of(&server, "conversation_hidden").await, 0);
+}

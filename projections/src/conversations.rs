@@ -78,11 +78,8 @@ pub fn compute(state: &State, uid: &str) -> Vec<Conversation> {
         let Some(head) = state.heads.heads.get(channel) else {
             continue;
         };
-        if !has_own_message(state, channel, head.last_seq) {
-            continue;
-        }
         let cur = state.cursors.get(uid, channel);
-        if cur.hidden_at.is_some_and(|h| head.last_seq <= h) {
+        if !listed(state, &cur, channel, head.last_seq) {
             continue;
         }
         let seen = cur.read.max(cur.cleared);
@@ -120,6 +117,17 @@ pub fn compute(state: &State, uid: &str) -> Vec<Conversation> {
     }
     sort(&mut out);
     out
+}
+
+/// Whether `uid`'s list shows `channel` (one of their channels): it holds a message of the
+/// group under its id now, and `uid` has not hidden it since its last message.
+pub fn is_listed(state: &State, uid: &str, channel: &str) -> bool {
+    let cur = state.cursors.get(uid, channel);
+    listed(state, &cur, channel, state.heads.last_seq(channel))
+}
+
+fn listed(state: &State, cur: &crate::cursors::Cursor, channel: &str, last_seq: u64) -> bool {
+    has_own_message(state, channel, last_seq) && cur.hidden_at.is_none_or(|h| last_seq > h)
 }
 
 /// Whether `channel`, whose last seq is `last_seq`, holds a message of the group under its id

@@ -35,7 +35,7 @@ mod ws;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tidings_log::{Log, LogOptions};
@@ -354,10 +354,31 @@ async fn write_snapshot(
         );
         return Ok(None);
     }
-    // The anchor: which record this state ends at (checked when the snapshot is loaded).
-    match snapshot::anchor_at(&state.log, applied).await {
+    // The anchor: which record this state ends at (checked when the snapshot is loaded). The
+    // shutdown's is a local read, given a second at most: the copy can go between the check
+    // above and the read (an upload pass), and the store must not hold the shutdown.
+    let anchor = match from {
+        AnchorFrom::AnySegment => snapshot::anchor_at(&state.log, applied).await,
+        AnchorFrom::LocalSegment => tokio::time::timeout(
+            Duration::from_secs(1),
+            snapshot::anchor_at(&state.log, applied),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(tidings_projections::ProjectionError::Cache(
+                "the record was not read within a second".into(),
+            ))
+        }),
+    };
+    match anchor {
         Ok(Some(anchor)) => prepared.set_anchor(anchor),
         Ok(None) => {}
+        // The shutdown's: not written unanchored (the record was local a moment ago; the
+        // upload pass may have removed its copy since, and the read went to the store).
+        Err(e) if from == AnchorFrom::LocalSegment => {
+            tracing::warn!(error = %e, "could not read the record the shutdown snapshot ends at; not writing it: the next start loads the previous snapshot and replays the log after it");
+            return Ok(None);
+        }
         Err(e) => {
             tracing::warn!(error = %e, "could not read the record a snapshot ends at; writing it without an anchor")
         }
@@ -495,11 +516,16 @@ impl Running {
         // log's close) too: a store that does not answer must not hold the process past its
         // grace period. What is not uploaded stays local and goes up from the next start.
         if state.log.tier().is_some() {
+            // The uploads leave the release of the prefix (in the close) a slice of the grace
+            // period: without it a long last upload took it all, and the next owner (this
+            // node restarting too) waited out the lease.
+            let reserve = (grace / 10).min(Duration::from_secs(1));
+            let uploads_by = deadline.checked_sub(reserve).unwrap_or(deadline);
             let upload = async {
                 state.log.roll().await?;
                 state.log.upload_now().await
             };
-            match tokio::time::timeout_at(deadline, upload).await {
+            match tokio::time::timeout_at(uploads_by, upload).await {
                 Ok(Ok(_)) => tracing::info!("uploaded the last segment"),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "could not upload the last segment; it stays local until the next start")
@@ -511,7 +537,7 @@ impl Running {
                 }
             }
             if let Some(w) = &written {
-                match tokio::time::timeout_at(deadline, upload_written(&state, w)).await {
+                match tokio::time::timeout_at(uploads_by, upload_written(&state, w)).await {
                     Ok(Ok(())) => tracing::info!("uploaded the shutdown snapshot"),
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "could not upload the shutdown snapshot; it stays local")

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use tidings_projections::Event;
-use tidings_projections::cursors::Cursor;
+use tidings_projections::conversations::is_listed;
 use tidings_projections::permissions::can_move_cursor;
 
 use super::messages::readable;
@@ -60,12 +60,6 @@ fn own_conversation(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(S
     Ok((me, channel))
 }
 
-/// Whether the conversation list leaves the conversation out (as `conversations::compute`
-/// does): hidden at its last seq, or without a message.
-fn unlisted(cur: &Cursor, last_seq: u64) -> bool {
-    last_seq == 0 || cur.hidden_at.is_some_and(|h| last_seq <= h)
-}
-
 fn view(state: &AppState, me: &str, channel: &str) -> ConversationState {
     let p = state.proj();
     let last_seq = p.state.heads.last_seq(channel);
@@ -76,7 +70,9 @@ fn view(state: &AppState, me: &str, channel: &str) -> ConversationState {
         cleared_seq: cur.cleared,
         read_seq: cur.read,
         delivered_seq: cur.delivered,
-        hidden: unlisted(&cur, last_seq),
+        // What the list shows (`conversations::is_listed`: also a group re-created under this
+        // id before its first message).
+        hidden: !is_listed(&p.state, me, channel),
     }
 }
 
@@ -92,12 +88,9 @@ pub(crate) async fn hide(
 ) -> ApiResult<axum::Json<ConversationState>> {
     let (me, channel) = own_conversation(&state, &caller, &id)?;
     // Nothing is written for a conversation already out of the list: hidden at its last seq,
-    // or without messages (a person channel with anyone, which would only add a cursor).
-    let hides = {
-        let p = state.proj();
-        let last = p.state.heads.last_seq(&channel);
-        !unlisted(&p.state.cursors.get(&me, &channel), last)
-    };
+    // or without a message of its own (a person channel with anyone, which would only add a
+    // cursor; a group re-created under its id before its first message).
+    let hides = is_listed(&state.proj().state, &me, &channel);
     if hides {
         state
             .emit(Event::ConversationHidden {
