@@ -298,6 +298,9 @@ async fn snapshots(state: Arc<AppState>, stop: CancellationToken) {
     }
 }
 
+/// Held while a snapshot is written (see [`write_snapshot`]).
+static SNAPSHOT_WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A snapshot written to disk, and what its upload needs.
 struct WrittenSnapshot {
     path: std::path::PathBuf,
@@ -383,7 +386,14 @@ async fn write_snapshot(
             tracing::warn!(error = %e, "could not read the record a snapshot ends at; writing it without an anchor")
         }
     }
-    let path = tokio::task::spawn_blocking(move || prepared.write()).await??;
+    // One write at a time, held in the blocking thread itself: a periodic snapshot's write
+    // that a shutdown cut short (its task aborted) goes on there, and the shutdown's write of
+    // the same offset would share its temporary file.
+    let path = tokio::task::spawn_blocking(move || {
+        let _one = SNAPSHOT_WRITE.lock().unwrap_or_else(|p| p.into_inner());
+        prepared.write()
+    })
+    .await??;
     state.metrics.snapshots.inc();
     tracing::debug!(path = %path.display(), "wrote a snapshot");
     Ok(Some(WrittenSnapshot {
