@@ -170,6 +170,15 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// Whether this is a cold read the object store did not answer within `read_timeout`
+    /// ([`crate::tier::ColdStorageUnavailable`]).
+    pub fn is_cold_storage_unavailable(&self) -> bool {
+        matches!(self, LogError::Io { source, .. }
+            if source
+                .get_ref()
+                .is_some_and(|s| s.is::<crate::tier::ColdStorageUnavailable>()))
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         LogError::Io {
             op,

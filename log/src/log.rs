@@ -811,8 +811,10 @@ impl Log {
             let end = self.segment_end(seg, &wm)?;
             if let Err(e) = seg.read_into(from.max(seg.base), end, &mut budget, &mut out) {
                 // Hand out the good records gathered before the damage; the read that starts
-                // at the damaged batch reports it.
-                if out.is_empty() {
+                // at the damaged batch reports it. A store that did not answer is not damage:
+                // said at once (handed the records before it, a reader asked again and waited
+                // `read_timeout` a second time before hearing of it).
+                if out.is_empty() || e.is_cold_storage_unavailable() {
                     return Err(e);
                 }
                 break;

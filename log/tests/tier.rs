@@ -661,6 +661,51 @@ async fn close_by_gives_up_on_a_store_that_does_not_answer() {
     log.close().await.unwrap();
 }
 
+/// A store that stops answering in the middle of a run of reads (a tail, an export) fails the
+/// read that meets it within one read timeout: a read that had gathered records before the
+/// cold block handed them out and dropped the error, so the next read waited the timeout a
+/// second time before saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_stops_mid_read_fails_a_run_of_reads_within_one_read_timeout() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("stall-mid-read");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let log = quiet_log(s3s.store(), &prefix, "node-a", cache.path(), 0, &dir).await;
+    append(&log, 0, 1000).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    assert!(!log.is_local(0));
+    // The first segment's blocks in the cache (one read of it fetches them).
+    assert_eq!(log.read(0, 0).await.unwrap()[0].payload, payload(0));
+    let pid = s3s.child.as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let mut at = 0;
+    let err = loop {
+        match log.read(at, 1 << 20).await {
+            Ok(r) => at = r.last().unwrap().offset + 1,
+            Err(e) => break e,
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            signal("-CONT");
+            panic!("no error within 20 s");
+        }
+    };
+    let took = started.elapsed();
+    signal("-CONT");
+    assert!(err.is_cold_storage_unavailable(), "{err}");
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?} for a read timeout of 2 s"
+    );
+    log.close().await.unwrap();
+}
+
 /// An empty data directory cannot be opened while the store does not answer: nothing local
 /// says where the store's history ends, and a log started at 0 would take offsets the store
 /// already holds (before, it did, and served a history of its own under them).

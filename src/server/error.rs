@@ -96,11 +96,7 @@ impl From<tidings_log::LogError> for ApiError {
     fn from(e: tidings_log::LogError) -> Self {
         use tidings_log::LogError;
         match e {
-            LogError::Io { ref source, .. }
-                if source
-                    .get_ref()
-                    .is_some_and(|s| s.is::<tidings_log::tier::ColdStorageUnavailable>()) =>
-            {
+            LogError::Io { .. } if e.is_cold_storage_unavailable() => {
                 ApiError::unavailable("cold_storage_unavailable", e.to_string())
             }
             LogError::Tier(msg) => ApiError::unavailable("object_store_unavailable", msg),
