@@ -233,6 +233,23 @@ impl Writer {
     }
 }
 
+/// After the server's close frame: reads (and drops) what the client still sends, until its
+/// close frame, the end of the stream, or [`CLOSE_TIMEOUT`]. A socket closed with unread bytes
+/// in its receive buffer is reset (RST), and the reset discards what was still on its way to
+/// the client — the close frame with its code (4000 `slow_consumer`, 1001 at shutdown) and
+/// the messages before it: a client that had sent anything (an ack, a ping, a send) saw the
+/// connection drop without a code.
+async fn drain(stream: &mut SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// A sendack, serialized straight from its fields: no JSON tree is built per send.
 #[derive(Serialize)]
 struct SendAck<'a> {
@@ -349,7 +366,9 @@ impl BadFrame {
 }
 
 /// Every field any frame has, flat: serde reads it in one pass (an internally tagged enum
-/// would buffer the whole frame first), and `payload` stays raw text.
+/// would buffer the whole frame first), and `payload` stays raw text. Other fields are ignored
+/// (a newer client's frame still reads; HTTP bodies refuse them) — the README warns that a
+/// misspelled `client_msg_id` is then a send without one.
 #[derive(Debug, Deserialize)]
 struct WireFrame {
     #[serde(rename = "type")]
@@ -1193,7 +1212,11 @@ async fn run(
         unstarted,
         "session loop ended"
     );
+    let said_goodbye = close.is_some();
     w.finish(close).await;
+    if said_goodbye {
+        drain(&mut stream).await;
+    }
     // Sends in flight finish in the log and the applier (their appends are already queued);
     // their answers are dropped: closing the reply channel means none waits to deliver one.
     drop(replies);
