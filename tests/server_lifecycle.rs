@@ -998,3 +998,25 @@ async fn the_openapi_document_matches_the_checked_in_copy() {
         "the API changed: regenerate docs/openapi.json with TIDINGS_UPDATE_OPENAPI=1 and review the diff"
     );
 }
+
+/// A shutdown closes WebSocket sessions with 1001 `going_away`, also one that had just sent a
+/// frame the server may not have read.
+#[tokio::test]
+async fn a_shutdown_closes_websockets_with_1001() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let bob = api.user("bob").await;
+    let mut quiet = Ws::connect(&server, &bob, "").await;
+    let mut chatty = Ws::connect(&server, &bob, "").await;
+    chatty.send(json!({"type": "ping"})).await;
+    server.stop();
+    for ws in [&mut quiet, &mut chatty] {
+        let closed = loop {
+            let f = ws.next().await;
+            if f["type"] == "closed" {
+                break f;
+            }
+        };
+        assert_eq!(closed["code"], 1001, "{closed}");
+    }
+}

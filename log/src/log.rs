@@ -746,7 +746,9 @@ impl Log {
     /// when it equals it), then each next record while its payload fits in what is left of
     /// `max_bytes`. Every batch returned has
     /// passed its CRC check. A read that meets damaged data after some good records returns
-    /// those; a read that starts at damaged data fails with [`LogError::Corrupt`].
+    /// those; a read that starts at damaged data fails with [`LogError::Corrupt`]. A cold read
+    /// the object store does not answer fails the read at once, good records before it or not
+    /// ([`LogError::is_cold_storage_unavailable`]).
     ///
     /// On a read-only view, whose watermark stops at the first bad batch of the active segment,
     /// a read at the watermark fails the same way when valid data follows that batch (the

@@ -233,14 +233,16 @@ impl Writer {
     }
 }
 
-/// After the server's close frame: reads (and drops) what the client still sends, until its
-/// close frame, the end of the stream, or [`CLOSE_TIMEOUT`]. A socket closed with unread bytes
-/// in its receive buffer is reset (RST), and the reset discards what was still on its way to
-/// the client — the close frame with its code (4000 `slow_consumer`, 1001 at shutdown) and
-/// the messages before it: a client that had sent anything (an ack, a ping, a send) saw the
-/// connection drop without a code.
+/// While the server's close frame goes out: reads (and drops) what the client still sends,
+/// until its close frame, the end of the stream, or twice [`CLOSE_TIMEOUT`] (the close's own
+/// two bounded steps). A socket closed with unread bytes in its receive buffer is reset
+/// (RST), and the reset discards what was still on its way to the client — the close frame
+/// with its code (4000 `slow_consumer`, 1001 at shutdown) and the messages before it: a client
+/// that had sent anything (an ack, a ping, a send) saw the connection drop without a code. A
+/// client that goes on sending past that, or reads too slowly for the close frame to go out
+/// within it, can still see none.
 async fn drain(stream: &mut SplitStream<WebSocket>) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+    let _ = tokio::time::timeout(2 * CLOSE_TIMEOUT, async {
         while let Some(Ok(msg)) = stream.next().await {
             if matches!(msg, WsMessage::Close(_)) {
                 break;
@@ -1212,15 +1214,23 @@ async fn run(
         unstarted,
         "session loop ended"
     );
-    let said_goodbye = close.is_some();
-    w.finish(close).await;
-    if said_goodbye {
-        drain(&mut stream).await;
+    // Unregistered first: nothing more is pushed to a session that is closing (it would
+    // count as dropped, and hold its place among the user's sessions a while longer).
+    drop(registered);
+    // The close frame and, at the same time, what the client still sends: a client that is
+    // not reading holds the close frame back, and one whose frames stay unread when the
+    // socket goes gets a reset (`drain`). Not after a frame the server could not read: the
+    // stream ends at a read error.
+    let drain_too = close.is_some() && !broken;
+    let finishing = w.finish(close);
+    if drain_too {
+        tokio::join!(finishing, drain(&mut stream));
+    } else {
+        finishing.await;
     }
     // Sends in flight finish in the log and the applier (their appends are already queued);
     // their answers are dropped: closing the reply channel means none waits to deliver one.
     drop(replies);
-    drop(registered);
     state.metrics.ws_sessions.dec();
 }
 
