@@ -1642,3 +1642,78 @@ async fn hiding_a_recreated_group_before_its_first_message_writes_nothing() {
     assert_eq!(v["hidden"], true, "{v}");
     assert_eq!(events_of(&server, "conversation_hidden").await, 0);
 }
+
+/// Recalls of one message racing each other (its sender twice, the admin) write one recall
+/// event: each checked the applied state, and two or three were written, naming different
+/// people (every device was told once, by the first).
+#[tokio::test]
+async fn racing_recalls_write_one_recall_event() {
+    let server = Server::start(&["--limits-sends-per-second", "100000"]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    api.group("r", &["alice"]).await;
+    for i in 0..20 {
+        api.send(&alice, "r", &format!("m{i}"), "x").await;
+    }
+    let recalls = (1..=20).flat_map(|seq| {
+        [alice.clone(), ADMIN.to_string(), alice.clone()].map(|token| {
+            let api = api.clone();
+            async move {
+                let path = format!("/v1/channels/r/messages/{seq}");
+                api.call("DELETE", &path, &token, None).await.0
+            }
+        })
+    });
+    let statuses = futures_util::future::join_all(recalls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(events_of(&server, "message_recalled").await, 20);
+}
+
+/// Sends racing the deletion of their group are never written after it: each was checked
+/// against the applied state, and ones checked before the deletion was applied went into the
+/// log after it — acknowledged, yet no member could ever read them.
+#[tokio::test]
+async fn no_message_is_written_after_its_group_was_deleted() {
+    let server = Server::start(&["--limits-sends-per-second", "100000"]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    for round in 0..5 {
+        let g = format!("d{round}");
+        api.group(&g, &["alice"]).await;
+        let sends = (0..300).map(|i| {
+            let (api, alice, g) = (api.clone(), alice.clone(), g.clone());
+            async move {
+                let body =
+                    json!({"channel": g, "client_msg_id": format!("{g}-{i}"), "payload": {"n": i}});
+                api.call("POST", "/v1/messages", &alice, Some(body)).await.0
+            }
+        });
+        let delete = async {
+            tokio::time::sleep(Duration::from_millis(2 + 4 * round)).await;
+            api.ok("DELETE", &format!("/v1/channels/{g}"), ADMIN, None)
+                .await;
+        };
+        let (statuses, ()) = tokio::join!(futures_util::future::join_all(sends), delete);
+        assert!(
+            statuses.iter().all(|s| [201, 403, 404].contains(s)),
+            "{statuses:?}"
+        );
+    }
+    let log = api.text("/v1/log?from=0", ADMIN).await;
+    let mut deleted = HashSet::new();
+    for line in log.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        let channel = e["channel"].as_str().unwrap_or_default().to_owned();
+        match e["type"].as_str() {
+            Some("channel_deleted") => {
+                deleted.insert(channel);
+            }
+            Some("message_sent") => assert!(
+                !deleted.contains(&channel),
+                "a message written after its group was deleted: {line}"
+            ),
+            _ => {}
+        }
+    }
+    assert_eq!(deleted.len(), 5);
+}

@@ -163,7 +163,38 @@ impl AppState {
     /// Appends an event (not a message: those go through the sequencer), waits until it is
     /// durable and applied, returns its offset. Refused (nothing appended) once the applier
     /// has stopped.
+    ///
+    /// An event that narrows who may send where (a group's flags or deletion, members removed,
+    /// allow and deny lists) is appended under the sequencer's lock and applied before the lock
+    /// is released: sends are checked against the applied state, and one checked before such
+    /// an event was applied was written after it in the log — a message from a removed member,
+    /// into a banned group, or into a deleted group where no member can ever read it (it was
+    /// acknowledged all the same).
     pub(crate) async fn emit(&self, event: Event) -> ApiResult<u64> {
+        if narrows_sends(&event) {
+            let _sends = self.sequencer.lock().await;
+            return self.append_applied(event).await;
+        }
+        self.append_applied(event).await
+    }
+
+    /// Like [`AppState::emit`] under the sequencer's lock, unless `done(state)` says the event
+    /// is not needed (checked under the lock, after every earlier such event was applied): two
+    /// racing requests for one change write it once (a message recalled twice at once wrote
+    /// two recall events naming different people). `None` when it was not written.
+    pub(crate) async fn emit_unless(
+        &self,
+        event: Event,
+        done: impl FnOnce(&tidings_projections::State) -> bool,
+    ) -> ApiResult<Option<u64>> {
+        let _one = self.sequencer.lock().await;
+        if done(&self.proj().state) {
+            return Ok(None);
+        }
+        self.append_applied(event).await.map(Some)
+    }
+
+    async fn append_applied(&self, event: Event) -> ApiResult<u64> {
         self.writable()?;
         let env = Envelope::new(now_ms(), event);
         let ack = self.log.append(vec![env.encode()]).await?;
@@ -201,4 +232,15 @@ impl AppState {
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+}
+
+/// Whether `event` can refuse sends that were allowed before it ([`AppState::emit`]).
+fn narrows_sends(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::ChannelUpdated { .. }
+            | Event::ChannelDeleted { .. }
+            | Event::MembersUnsubscribed { .. }
+            | Event::ListChanged { .. }
+    )
 }

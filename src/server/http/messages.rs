@@ -420,12 +420,15 @@ pub(crate) async fn recall(
         }
     };
     if !already {
+        // Checked again under the lock that orders such changes: a racing recall of the same
+        // message already written makes this one nothing to write.
+        let recall = Event::MessageRecalled {
+            channel: channel.clone(),
+            seq,
+            by,
+        };
         state
-            .emit(Event::MessageRecalled {
-                channel: channel.clone(),
-                seq,
-                by,
-            })
+            .emit_unless(recall, |st| st.heads.is_recalled(&channel, seq))
             .await?;
     }
     Ok(axum::Json(Recalled {
