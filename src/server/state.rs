@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
@@ -170,10 +170,12 @@ impl AppState {
     /// an event was applied was written after it in the log — a message from a removed member,
     /// into a banned group, or into a deleted group where no member can ever read it (it was
     /// acknowledged all the same).
-    pub(crate) async fn emit(&self, event: Event) -> ApiResult<u64> {
+    pub(crate) async fn emit(self: &Arc<Self>, event: Event) -> ApiResult<u64> {
         if narrows_sends(&event) {
-            let _sends = self.sequencer.lock().await;
-            return self.append_applied(event).await;
+            return self
+                .emit_unless(event, |_| false)
+                .await?
+                .ok_or_else(|| ApiError::internal("an event to write was not written"));
         }
         self.append_applied(event).await
     }
@@ -182,16 +184,36 @@ impl AppState {
     /// is not needed (checked under the lock, after every earlier such event was applied): two
     /// racing requests for one change write it once (a message recalled twice at once wrote
     /// two recall events naming different people). `None` when it was not written.
+    ///
+    /// The locked part runs in a task of its own (in `send_tasks`, waited for at shutdown):
+    /// the lock is released only once the event is applied, or the applier stopped — not when
+    /// the request that asked for it goes away or stops waiting ([`APPLY_TIMEOUT`]), which
+    /// would let sends checked against the state without the event be written after it.
     pub(crate) async fn emit_unless(
-        &self,
+        self: &Arc<Self>,
         event: Event,
-        done: impl FnOnce(&tidings_projections::State) -> bool,
+        done: impl FnOnce(&tidings_projections::State) -> bool + Send + 'static,
     ) -> ApiResult<Option<u64>> {
-        let _one = self.sequencer.lock().await;
-        if done(&self.proj().state) {
-            return Ok(None);
+        let state = self.clone();
+        let locked = self.send_tasks.spawn(async move {
+            let _sends = state.sequencer.lock().await;
+            if done(&state.proj().state) {
+                return Ok(None);
+            }
+            state.writable()?;
+            let env = Envelope::new(now_ms(), event);
+            let ack = state.log.append(vec![env.encode()]).await?;
+            state.applied_past(ack.base_offset).await?;
+            Ok(Some(ack.base_offset))
+        });
+        match tokio::time::timeout(APPLY_TIMEOUT, locked).await {
+            Ok(Ok(written)) => written,
+            Ok(Err(e)) => Err(ApiError::internal(format!("writing the event: {e}"))),
+            Err(_) => Err(ApiError::unavailable(
+                "apply_timeout",
+                "the change is durable but not yet visible; retry the read",
+            )),
         }
-        self.append_applied(event).await.map(Some)
     }
 
     async fn append_applied(&self, event: Event) -> ApiResult<u64> {
@@ -238,7 +260,9 @@ impl AppState {
 fn narrows_sends(event: &Event) -> bool {
     matches!(
         event,
-        Event::ChannelUpdated { .. }
+        // Created: it sets the flags of an existing channel too (an upsert).
+        Event::ChannelCreated { .. }
+            | Event::ChannelUpdated { .. }
             | Event::ChannelDeleted { .. }
             | Event::MembersUnsubscribed { .. }
             | Event::ListChanged { .. }

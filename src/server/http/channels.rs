@@ -281,7 +281,7 @@ pub(crate) async fn get_list(
 }
 
 async fn change(
-    state: &AppState,
+    state: &Arc<AppState>,
     caller: &Caller,
     id: String,
     body: Uids,

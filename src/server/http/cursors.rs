@@ -34,7 +34,7 @@ pub(crate) struct Cursors {
 }
 
 async fn advance(
-    state: &AppState,
+    state: &Arc<AppState>,
     caller: &Caller,
     id: &str,
     seq: u64,

@@ -427,8 +427,9 @@ pub(crate) async fn recall(
             seq,
             by,
         };
+        let ch = channel.clone();
         state
-            .emit_unless(recall, |st| st.heads.is_recalled(&channel, seq))
+            .emit_unless(recall, move |st| st.heads.is_recalled(&ch, seq))
             .await?;
     }
     Ok(axum::Json(Recalled {

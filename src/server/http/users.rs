@@ -125,7 +125,7 @@ pub(crate) async fn get_list(
 }
 
 async fn change(
-    state: &AppState,
+    state: &Arc<AppState>,
     caller: &Caller,
     uid: String,
     body: Uids,
