@@ -93,6 +93,13 @@ impl S3Server {
         }
     }
 
+    /// Sends the server process a signal (`-STOP`: it stops answering; `-CONT`: it goes on).
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
     fn store(&self) -> Arc<dyn ObjectStore> {
         s3(
             &format!("http://127.0.0.1:{}", self.port),
@@ -641,11 +648,7 @@ async fn close_by_gives_up_on_a_store_that_does_not_answer() {
     assert!(!log.is_local(9));
     assert!(log.is_local(10));
     assert!(!log.is_local(11), "past the end");
-    let pid = s3s.child.as_ref().unwrap().id().to_string();
-    let signal = |sig: &str| {
-        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
-        assert!(status.success());
-    };
+    let signal = |sig: &str| s3s.signal(sig);
     signal("-STOP");
     let started = Instant::now();
     log.close_by(tokio::time::Instant::now() + Duration::from_millis(300))
@@ -678,11 +681,7 @@ async fn a_store_that_stops_mid_read_fails_a_run_of_reads_within_one_read_timeou
     assert!(!log.is_local(0));
     // The first segment's blocks in the cache (one read of it fetches them).
     assert_eq!(log.read(0, 0).await.unwrap()[0].payload, payload(0));
-    let pid = s3s.child.as_ref().unwrap().id().to_string();
-    let signal = |sig: &str| {
-        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
-        assert!(status.success());
-    };
+    let signal = |sig: &str| s3s.signal(sig);
     signal("-STOP");
     let started = Instant::now();
     let mut at = 0;
