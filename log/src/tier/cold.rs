@@ -424,16 +424,22 @@ mod tests {
 
     use crate::tier::{Tier, TierOptions};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn blocks_are_fetched_once_then_served_from_the_cache() {
+    /// A local-directory store holding `p/obj`: 10,000 bytes, returned with it.
+    async fn store_with_object() -> (tempfile::TempDir, Arc<LocalFileSystem>, Vec<u8>) {
         let bucket = tempfile::tempdir().unwrap();
-        let cache = tempfile::tempdir().unwrap();
         let store = Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         store
             .put(&"p/obj".into(), PutPayload::from(data.clone()))
             .await
             .unwrap();
+        (bucket, store, data)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocks_are_fetched_once_then_served_from_the_cache() {
+        let (_bucket, store, data) = store_with_object().await;
+        let cache = tempfile::tempdir().unwrap();
         let t = Tier::open(
             TierOptions::new(store, "p", "test://p", "n", cache.path()).with_block_bytes(4096),
         )
@@ -470,14 +476,8 @@ mod tests {
     /// opened (its engine blocks' lower bound passed their 16 MiB upper one).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_largest_blocks_are_served() {
-        let bucket = tempfile::tempdir().unwrap();
+        let (_bucket, store, data) = store_with_object().await;
         let cache = tempfile::tempdir().unwrap();
-        let store = Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        store
-            .put(&"p/obj".into(), PutPayload::from(data.clone()))
-            .await
-            .unwrap();
         let t = Tier::open(
             TierOptions::new(store, "p", "test://p", "n", cache.path())
                 .with_block_bytes(16 << 20)
