@@ -780,6 +780,35 @@ async fn a_recreated_group_does_not_show_the_deleted_groups_history() {
     assert_eq!(page["has_more"], json!(false), "{page}");
 }
 
+/// A send whose `client_msg_id` was used in a group since deleted and created again under the
+/// id is a new message of the new group: it was answered `duplicate` with the old group's seq,
+/// which nobody can read. Within one group a retry is still a duplicate.
+#[tokio::test]
+async fn a_retry_into_a_recreated_group_is_sent_again() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let first = api.send(&alice, "g", "c1", "hello").await;
+    assert_eq!(first["seq"], 1);
+    let again = api.send(&alice, "g", "c1", "hello").await;
+    assert_eq!((&again["seq"], &again["duplicate"]), (&json!(1), &json!(true)));
+
+    api.ok("DELETE", "/v1/channels/g", ADMIN, None).await;
+    api.group("g", &["alice", "bob"]).await;
+    let retry = api.send(&alice, "g", "c1", "hello").await;
+    assert_eq!(retry["duplicate"], json!(false), "{retry}");
+    assert_eq!(retry["seq"], 2, "{retry}");
+    let page = api
+        .ok("GET", "/v1/channels/g/messages?after_seq=0", &bob, None)
+        .await;
+    assert_eq!(page_seqs(&page), vec![2], "{page}");
+    // And a retry of that one is its duplicate.
+    let again = api.send(&alice, "g", "c1", "hello").await;
+    assert_eq!((&again["seq"], &again["duplicate"]), (&json!(2), &json!(true)));
+}
+
 /// A banned group's backlog reaches its members and they can acknowledge it, so it neither
 /// blocks `/v1/sync` nor is lost when the ban is lifted while a session is live. (For a while
 /// on 2026-11-30 sync and catch-up passed banned groups over: a session then went live past

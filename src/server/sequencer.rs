@@ -287,6 +287,10 @@ fn prepare_locked(
         let st = &p.state;
         if key.is_some()
             && let Some(prev) = st.idempotency.get(&req.from, &req.client_msg_id)
+            // A send into a group deleted since, and created again under the id, is not this
+            // group's message (its seq is below the new group's floor, readable by nobody):
+            // the id is free again. It was answered `duplicate` with that seq.
+            && !(prev.channel == req.channel && prev.seq <= st.subs.history_from(&req.channel))
         {
             state.metrics.send_duplicates.inc();
             if prev.channel != req.channel {
