@@ -793,7 +793,10 @@ async fn a_retry_into_a_recreated_group_is_sent_again() {
     let first = api.send(&alice, "g", "c1", "hello").await;
     assert_eq!(first["seq"], 1);
     let again = api.send(&alice, "g", "c1", "hello").await;
-    assert_eq!((&again["seq"], &again["duplicate"]), (&json!(1), &json!(true)));
+    assert_eq!(
+        (&again["seq"], &again["duplicate"]),
+        (&json!(1), &json!(true))
+    );
 
     api.ok("DELETE", "/v1/channels/g", ADMIN, None).await;
     api.group("g", &["alice", "bob"]).await;
@@ -806,7 +809,10 @@ async fn a_retry_into_a_recreated_group_is_sent_again() {
     assert_eq!(page_seqs(&page), vec![2], "{page}");
     // And a retry of that one is its duplicate.
     let again = api.send(&alice, "g", "c1", "hello").await;
-    assert_eq!((&again["seq"], &again["duplicate"]), (&json!(2), &json!(true)));
+    assert_eq!(
+        (&again["seq"], &again["duplicate"]),
+        (&json!(2), &json!(true))
+    );
 }
 
 /// A banned group's backlog reaches its members and they can acknowledge it, so it neither
@@ -1219,6 +1225,45 @@ async fn the_admin_reading_a_channel_that_never_existed_gets_404() {
         .call("GET", "/v1/channels/g/messages", ADMIN, None)
         .await;
     assert_eq!(status, 200);
+}
+
+/// A message's trace counts the reads of members only: a user added after it (whose join put
+/// their cursor past it) is not listed when they read, while a member re-added meanwhile
+/// still is — adding a member writes nothing, so the log's subscribes are joins.
+#[tokio::test]
+async fn a_trace_lists_the_reads_of_members_not_of_later_joiners() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let dan = api.user("dan").await;
+    api.send(&alice, "g", "m1", "hello").await;
+    let members = Some(json!({"uids": ["bob", "dan"]}));
+    api.ok("POST", "/v1/channels/g/members", ADMIN, members)
+        .await;
+    for token in [&bob, &dan] {
+        api.ok(
+            "POST",
+            "/v1/channels/g/read",
+            token,
+            Some(json!({"seq": 1})),
+        )
+        .await;
+    }
+    let trace = api
+        .ok("GET", "/v1/channels/g/messages/1/trace", ADMIN, None)
+        .await;
+    let uids = |k: &str| -> Vec<String> {
+        trace[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["uid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(uids("read"), vec!["bob"], "{trace}");
+    assert_eq!(uids("delivered"), vec!["bob"], "{trace}");
 }
 
 /// A membership or list call of `limits.max_uids_per_call` uids of the longest kind is taken:

@@ -7,8 +7,19 @@
 //! `max_scan` records; the trace says whether the scan reached the end). Pushes are not logged
 //! per recipient (that cost is what made WuKongIM drop its trace): the server samples one
 //! message in N and keeps its push records in a bounded ring ([`PushSamples`]).
+//!
+//! A cover counts only for a user in the group continuously since the message. A join puts
+//! the joiner's cursors at the head (`cursors.rs`), so their next ack or send covers messages
+//! that were never theirs: from a subscribe naming a user, and from an unsubscribe naming
+//! them, the scan no longer counts them (a member removed before acking and added again is
+//! marked as having read what they were owed; that is the join rule, not a read), and after
+//! the group's deletion it counts nobody. The server writes a subscribe only for users not
+//! members yet, so one in the log is a join; logs written before 2026-11-30 also hold
+//! re-subscribes of members: one naming a user whose ack or send the scan has already counted
+//! is taken as a re-subscribe, one naming a member who has not acted since the message as a
+//! join (their later acks are left out).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -109,7 +120,9 @@ pub struct Trace {
     pub delivered: Vec<Ack>,
     /// Who read it, first time each.
     pub read: Vec<Ack>,
-    /// Current members other than the sender whose delivered cursor is still below the seq.
+    /// Current members other than the sender whose delivered cursor is still below the seq
+    /// (a member who joined after the message is never among them: the join moved their
+    /// cursor to the head).
     pub not_delivered: Vec<Uid>,
     /// When it was recalled, if it was.
     pub recalled_at_ms: Option<u64>,
@@ -154,6 +167,8 @@ pub fn plan(
     else {
         return Ok(None);
     };
+    // The subscriptions keep no join point, but none is needed: a join moves the joiner's
+    // delivered cursor to the head, past any message sent before it (`cursors.rs`).
     let not_delivered = state
         .subs
         .recipients(channel)
@@ -208,6 +223,9 @@ pub async fn trace(
     let sender = from.clone();
     let mut delivered: BTreeMap<Uid, Ack> = BTreeMap::new();
     let mut read: BTreeMap<Uid, Ack> = BTreeMap::new();
+    let mut members = Standing::default();
+    // The sender was a member when they sent it (`permissions.rs`).
+    members.seen.insert(sender.clone());
     let end = log.next_offset();
     let mut next = offset + 1;
     // Records offset+1 ..= offset+max_scan.
@@ -234,6 +252,9 @@ pub async fn trace(
                 offset: r.offset,
             };
             let mut covers = |uid: &str, delivered_seq: Option<u64>, read_seq: Option<u64>| {
+                if !members.counts(uid) {
+                    return;
+                }
                 let d = delivered_seq.unwrap_or(0).max(read_seq.unwrap_or(0));
                 if d >= seq {
                     delivered.entry(uid.to_owned()).or_insert_with(|| ack(uid));
@@ -260,8 +281,13 @@ pub async fn trace(
                 Event::MessageSent {
                     from: by, seq: s, ..
                 } if *s > seq && *by != sender => {
-                    read.entry(by.clone()).or_insert_with(|| ack(by));
+                    if members.counts(by) {
+                        read.entry(by.clone()).or_insert_with(|| ack(by));
+                    }
                 }
+                Event::MembersSubscribed { uids, .. } => members.subscribed(uids),
+                Event::MembersUnsubscribed { uids, .. } => members.unsubscribed(uids),
+                Event::ChannelDeleted { .. } => members.deleted = true,
                 Event::MessageRecalled { seq: s, .. } if *s == seq => {
                     t.recalled_at_ms.get_or_insert(e.ts);
                 }
@@ -282,6 +308,46 @@ pub async fn trace(
         .cloned()
         .collect();
     Ok(Some(t))
+}
+
+/// Whose covers the scan still counts (module doc): users in the group continuously since
+/// the message.
+#[derive(Debug, Default)]
+struct Standing {
+    /// Users no longer counted: they joined after the message, or were removed since it.
+    out: BTreeSet<Uid>,
+    /// Users counted so far (an ack or a send of theirs since the message): members then, so
+    /// a later subscribe naming them changes nothing.
+    seen: BTreeSet<Uid>,
+    /// The group was deleted: nobody counts any more.
+    deleted: bool,
+}
+
+impl Standing {
+    /// Whether a cover by `uid` counts here; one that does makes them a known member.
+    fn counts(&mut self, uid: &str) -> bool {
+        if self.deleted || self.out.contains(uid) {
+            return false;
+        }
+        if !self.seen.contains(uid) {
+            self.seen.insert(uid.to_owned());
+        }
+        true
+    }
+
+    /// A subscribe: a join for everyone named but the members already seen.
+    fn subscribed(&mut self, uids: &[Uid]) {
+        for u in uids {
+            if !self.seen.contains(u) {
+                self.out.insert(u.clone());
+            }
+        }
+    }
+
+    /// An unsubscribe: whoever it names is out from here on (also if added again).
+    fn unsubscribed(&mut self, uids: &[Uid]) {
+        self.out.extend(uids.iter().cloned());
+    }
 }
 
 fn sorted(m: BTreeMap<Uid, Ack>) -> Vec<Ack> {

@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::World;
 use tidings_projections::Event;
-use tidings_projections::trace::{self, PushRecord, PushSamples};
+use tidings_projections::trace::{self, Ack, PushRecord, PushSamples, Trace};
 
 #[tokio::test]
 async fn a_trace_shows_who_got_and_read_a_message_and_when() {
@@ -192,4 +192,87 @@ async fn a_trace_knows_a_recall_past_its_scan_and_the_group_s_floor() {
             .unwrap()
             .is_none()
     );
+}
+
+/// A user who joins after a message never had it: the join puts their cursors at the head, so
+/// their acks and sends cover it, but the trace does not count them. A member's ack does, and
+/// the joiner is not listed as not delivered either (the join moved their cursor past it).
+#[tokio::test]
+async fn a_user_who_joined_after_the_message_is_not_counted_for_it() {
+    let mut w = World::new().await;
+    w.create("g").await;
+    w.subscribe("g", &["alice", "bob"]).await;
+    w.send("alice", "g", "m1").await.unwrap();
+    w.subscribe("g", &["carol"]).await;
+    w.send("alice", "g", "m2").await.unwrap();
+    w.ack("carol", "g", Some(2), Some(2)).await;
+    w.send("carol", "g", "r3").await.unwrap();
+    w.ack("bob", "g", Some(1), Some(1)).await;
+    let t = traced(&w, 1).await;
+    assert_eq!(uids(&t.delivered), ["bob"]);
+    assert_eq!(uids(&t.read), ["bob"]);
+    assert!(t.not_delivered.is_empty(), "{:?}", t.not_delivered);
+}
+
+/// A member removed before acking and added again is marked as having read what they were
+/// owed (the join rule): that, and their acks after it, are not reads of the message. A
+/// subscribe naming a member whose ack the scan already counted changes nothing: their later
+/// read counts.
+#[tokio::test]
+async fn a_member_removed_and_added_again_is_not_counted_for_what_they_missed() {
+    let mut w = World::new().await;
+    w.create("g").await;
+    w.subscribe("g", &["alice", "bob", "carol"]).await;
+    w.send("alice", "g", "m1").await.unwrap();
+    w.ack("carol", "g", Some(1), None).await;
+    w.unsubscribe("g", &["bob"]).await;
+    w.subscribe("g", &["bob", "carol"]).await;
+    assert_eq!(w.state().cursors.get("bob", "g").read, 1, "the join rule");
+    w.ack("bob", "g", Some(1), Some(1)).await;
+    w.ack("carol", "g", None, Some(1)).await;
+    let t = traced(&w, 1).await;
+    assert_eq!(uids(&t.delivered), ["carol"]);
+    assert_eq!(uids(&t.read), ["carol"]);
+}
+
+/// A group deleted and created again under the same id is another group: a send there (its
+/// seqs continue) by a member of the earlier one is not a read of the earlier group's message.
+#[tokio::test]
+async fn nobody_is_counted_after_the_group_is_deleted() {
+    let mut w = World::new().await;
+    w.create("g").await;
+    w.subscribe("g", &["alice", "bob"]).await;
+    w.send("alice", "g", "m1").await.unwrap();
+    w.ack("bob", "g", Some(1), None).await;
+    let plan = trace::plan(w.state(), w.p.index_files(), "g", 1)
+        .unwrap()
+        .unwrap();
+    w.emit(Event::ChannelDeleted {
+        channel: "g".into(),
+    })
+    .await;
+    w.create("g").await;
+    w.subscribe("g", &["bob"]).await;
+    assert_eq!(w.send("bob", "g", "n2").await.unwrap().seq, 2);
+    let t = trace::trace(&w.log, &plan, None, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(uids(&t.delivered), ["bob"]);
+    assert!(t.read.is_empty(), "{:?}", t.read);
+}
+
+/// The trace of seq `seq` in `g`, the whole log scanned.
+async fn traced(w: &World, seq: u64) -> Trace {
+    let plan = trace::plan(w.state(), w.p.index_files(), "g", seq)
+        .unwrap()
+        .unwrap();
+    trace::trace(&w.log, &plan, None, 1_000)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn uids(acks: &[Ack]) -> Vec<&str> {
+    acks.iter().map(|a| a.uid.as_str()).collect()
 }
