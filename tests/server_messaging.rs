@@ -709,6 +709,84 @@ async fn unread_counts_after_reads_on_two_devices() {
     ws.close().await;
 }
 
+/// A read on one device reaches the user's other online sessions at once as a `read` frame
+/// (CBOR sessions too), not the session that read; an HTTP read and a clear reach every
+/// session; a read at or below the known position, and an ack, send nothing. Before, no frame
+/// told the other sessions: their unread badge stayed until they fetched their conversation
+/// list again (without the fix, B waits 10 s for the first `read` frame and fails).
+#[tokio::test]
+async fn a_read_on_one_device_reaches_the_users_other_sessions() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let mut a = Ws::connect(&server, &bob, "?catch_up=false").await;
+    let mut b = Ws::connect(&server, &bob, "?catch_up=false").await;
+    let mut c = connect_cbor(&server, &bob).await;
+    for i in 1..=3 {
+        api.send(&alice, "g", &format!("a{i}"), "x").await;
+    }
+    assert_eq!(seqs(&a.messages(3).await), [1, 2, 3]);
+    assert_eq!(seqs(&b.messages(3).await), [1, 2, 3]);
+    for seq in 1..=3 {
+        assert_eq!(next_cbor(&mut c).await["seq"], seq);
+    }
+    // The frame as the server sends it, and a client's read frame: the same shape.
+    let read = |channel: &str, seq: u64| json!({"type": "read", "channel": channel, "seq": seq});
+
+    // A reads up to 2: B and C are told; A is not (its next frame below is the HTTP read's).
+    a.send(read("g", 2)).await;
+    assert_eq!(b.next().await, read("g", 2));
+    assert_eq!(next_cbor(&mut c).await, read("g", 2));
+    // An HTTP read reaches every session.
+    api.ok("POST", "/v1/channels/g/read", &bob, Some(json!({"seq": 3})))
+        .await;
+    assert_eq!(a.next().await, read("g", 3));
+    assert_eq!(b.next().await, read("g", 3));
+    assert_eq!(next_cbor(&mut c).await, read("g", 3));
+
+    // At or below what is known, over WebSocket and HTTP, and an ack: nothing. (The pong says
+    // A's frames were taken before the message below is sent.)
+    a.send(read("g", 3)).await;
+    a.send(read("g", 1)).await;
+    a.send(json!({"type": "ack", "channel": "g", "seq": 3}))
+        .await;
+    a.send(json!({"type": "ping"})).await;
+    assert_eq!(a.next().await["type"], "pong");
+    api.ok("POST", "/v1/channels/g/read", &bob, Some(json!({"seq": 2})))
+        .await;
+    api.send(&alice, "g", "a4", "x").await;
+    for ws in [&mut a, &mut b] {
+        let next = ws.next().await;
+        assert_eq!(
+            (next["type"].as_str(), next["seq"].as_u64()),
+            (Some("message"), Some(4)),
+            "{next}"
+        );
+    }
+    let next = next_cbor(&mut c).await;
+    assert_eq!(
+        (next["type"].as_str(), next["seq"].as_u64()),
+        (Some("message"), Some(4)),
+        "{next}"
+    );
+
+    // A clear is a read of the cleared seq, in a person channel named as bob names it.
+    api.send(&alice, "@bob", "d1", "dm").await;
+    assert_eq!(seqs(&a.messages(1).await), [1]);
+    assert_eq!(seqs(&b.messages(1).await), [1]);
+    assert_eq!(next_cbor(&mut c).await["channel"], "@alice");
+    api.ok("POST", "/v1/conversations/@alice/clear", &bob, None)
+        .await;
+    assert_eq!(a.next().await, read("@alice", 1));
+    assert_eq!(b.next().await, read("@alice", 1));
+    assert_eq!(next_cbor(&mut c).await, read("@alice", 1));
+    a.close().await;
+    b.close().await;
+    let _ = c.close(None).await;
+}
+
 #[tokio::test]
 async fn recall_hides_the_payload_everywhere() {
     let server = Server::start(&[]);

@@ -6,7 +6,9 @@
 //! again on reconnect (clients deduplicate by seq). HTTP `/read` and `/ack` are written at once.
 //! Until a window's events are applied, what it holds still counts for the user's other
 //! sessions: a device that connects (or syncs) meanwhile starts after what was acknowledged
-//! ([`Acks::delivered`]), not after the cursor the projections show yet.
+//! ([`Acks::delivered`]), not after the cursor the projections show yet. A read is told to the
+//! user's other sessions when it is recorded, not when its window is written, and only when it
+//! moves past every read known for them ([`Acks::record`]).
 //!
 //! A window is written in appends of at most [`APPEND_BYTES`], each channel's users in events
 //! of at most [`CURSORS_PER_EVENT`]: one event of a large group's acks (or one append of many
@@ -46,6 +48,20 @@ struct Windows {
     flushing: Arc<Pending>,
 }
 
+impl Windows {
+    /// `(delivered, read)` of `uid` in `channel` in both windows (0: none).
+    fn held(&self, uid: &str, channel: &str) -> (u64, u64) {
+        let of = |p: &Pending| {
+            p.get(channel)
+                .and_then(|u| u.get(uid))
+                .copied()
+                .unwrap_or_default()
+        };
+        let (a, b) = (of(&self.pending), of(&self.flushing));
+        (a.0.max(b.0), a.1.max(b.1))
+    }
+}
+
 /// Pending acks.
 #[derive(Debug, Default)]
 pub(crate) struct Acks {
@@ -57,21 +73,38 @@ impl Acks {
         self.windows.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records an ack (delivered) and/or a read, cumulative.
-    pub(crate) fn record(&self, uid: &str, channel: &str, delivered: u64, read: u64) {
+    /// Records an ack (delivered) and/or a read, cumulative. Returns whether the read moves
+    /// past `known` and every read the windows hold: a read to tell the user's other sessions
+    /// of, once. `known` is the user's read in the projections, read under their lock, which
+    /// the caller holds across this call: a window is let go only once applied, so one let go
+    /// by now is in `known`.
+    pub(crate) fn record(
+        &self,
+        uid: &str,
+        channel: &str,
+        delivered: u64,
+        read: u64,
+        known: u64,
+    ) -> bool {
         let mut w = self.lock();
+        let moved = read > known.max(w.held(uid, channel).1);
         let users = w.pending.entry(channel.to_owned()).or_default();
         let e = users.entry(uid.to_owned()).or_default();
         e.0 = e.0.max(delivered).max(read);
         e.1 = e.1.max(read);
+        moved
     }
 
     /// The highest seq `uid` acknowledged as delivered in `channel` that may not be in the
     /// projections yet (0: none).
     pub(crate) fn delivered(&self, uid: &str, channel: &str) -> u64 {
-        let w = self.lock();
-        let of = |p: &Pending| p.get(channel).and_then(|u| u.get(uid)).map_or(0, |e| e.0);
-        of(&w.pending).max(of(&w.flushing))
+        self.lock().held(uid, channel).0
+    }
+
+    /// The highest seq `uid` read in `channel` by a WebSocket `read` that may not be in the
+    /// projections yet (0: none).
+    pub(crate) fn read(&self, uid: &str, channel: &str) -> u64 {
+        self.lock().held(uid, channel).1
     }
 
     /// Takes the window to flush; it still counts for [`Acks::delivered`] until

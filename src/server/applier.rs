@@ -30,13 +30,6 @@ enum Effect {
     Revoked(Uid),
 }
 
-fn frame(v: serde_json::Value) -> Frame {
-    Frame {
-        cbor: cbor_frame(&v),
-        json: v.to_string().into(),
-    }
-}
-
 /// A message's frame: JSON with the payload as sent; CBOR from the parsed tree.
 fn message_frame(m: &Message, viewer: Option<&str>) -> Frame {
     let mut v = message_json(m, viewer);
@@ -99,8 +92,8 @@ fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
         }
         Event::MessageRecalled { channel, seq, by } => {
             let build = |viewer: Option<&str>| {
-                frame(
-                    json!({"type": "recall", "channel": channel_ref(channel, viewer), "seq": seq, "by": by}),
+                Frame::new(
+                    &json!({"type": "recall", "channel": channel_ref(channel, viewer), "seq": seq, "by": by}),
                 )
             };
             Some(Effect::Push(

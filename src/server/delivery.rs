@@ -10,6 +10,9 @@
 //! order, shared by every recipient. A session is woken once per run, not once per message,
 //! and writes the run with one flush. The queue limit still counts messages (a run is cut at
 //! `MAX_RUN` and always fits an empty queue).
+//!
+//! Notices for one user (a `read` frame when their read position moves) travel the same
+//! queues under the same limits ([`Delivery::push_to_user`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,11 +25,23 @@ use tokio_util::sync::CancellationToken;
 use tidings_projections::ids::{ChannelId, Uid, person_pair};
 use tidings_projections::{FastMap as HashMap, FastSet as HashSet};
 
+use crate::render::cbor_frame;
+
 /// One encoding of a frame: JSON text and CBOR binary (both shared, not copied, per session).
 #[derive(Debug, Clone)]
 pub(crate) struct Frame {
     pub(crate) json: Utf8Bytes,
     pub(crate) cbor: Bytes,
+}
+
+impl Frame {
+    /// `v` in both encodings.
+    pub(crate) fn new(v: &serde_json::Value) -> Frame {
+        Frame {
+            cbor: cbor_frame(v),
+            json: v.to_string().into(),
+        }
+    }
 }
 
 /// A frame as pushed to sessions: encoded once per viewpoint, shared by every recipient
@@ -444,6 +459,39 @@ impl Delivery {
         stats
     }
 
+    /// Queues a notice to every session of `uid` but `origin` (the session it comes from), as
+    /// [`Delivery::push`] queues a run: a session still catching up gets it once live, and one
+    /// whose queue is full is closed as too slow; nothing waits for a session. `notice` is
+    /// built only when there is a session to take it.
+    pub(crate) fn push_to_user(
+        &self,
+        uid: &str,
+        origin: Option<u64>,
+        notice: impl FnOnce() -> Pushed,
+    ) -> PushStats {
+        let mut stats = PushStats::default();
+        let r = self.read();
+        let Some(sessions) = r.sessions.get(uid) else {
+            return stats;
+        };
+        let mut others = sessions.iter().filter(|s| Some(s.id) != origin).peekable();
+        if others.peek().is_none() {
+            return stats;
+        }
+        let run: Run = Arc::new(vec![Arc::new(notice())]);
+        stats.users = 1;
+        for s in others {
+            stats.sessions += 1;
+            if !s.offer(&run) {
+                stats.dropped += 1;
+                if s.close_with(SLOW_CONSUMER) {
+                    stats.closed_slow += 1;
+                }
+            }
+        }
+        stats
+    }
+
     /// Closes every session of a user.
     pub(crate) fn close_user(&self, uid: &str, reason: CloseReason) {
         if let Some(sessions) = self.read().sessions.get(uid) {
@@ -622,6 +670,42 @@ mod tests {
         assert!(!queued[0].is_message);
         // Both marked the round dirty: catch-up plans again before going live.
         assert!(!s.try_go_live());
+    }
+
+    /// A notice for one user reaches each of their sessions but the one it comes from, and
+    /// nobody else; one whose queue is full is closed as too slow, as for a message. Built only
+    /// when a session takes it.
+    #[test]
+    fn a_notice_to_a_user_skips_its_origin_and_closes_a_full_queue() {
+        fn notice(seq: u64) -> Pushed {
+            Pushed {
+                channel: "g".into(),
+                seq,
+                is_message: false,
+                origin: None,
+                frames: Vec::new(),
+            }
+        }
+        let d = Delivery::default();
+        let (a, mut rx_a) = live_session(&d, "a", 1);
+        let (a2, mut rx_a2) = live_session(&d, "a", 1);
+        let (b, mut rx_b) = live_session(&d, "b", 16);
+        let stats = d.push_to_user("a", Some(a.id), || notice(1));
+        assert_eq!((stats.sessions, stats.dropped), (1, 0));
+        assert_eq!(rx_a2.try_recv().map(|r| r[0].seq).ok(), Some(1));
+        assert!(rx_a.try_recv().is_err(), "not the session it comes from");
+        assert!(rx_b.try_recv().is_err(), "not another user");
+        // a2 has not taken the first off its queue (a limit of 1): closed as too slow.
+        let stats = d.push_to_user("a", None, || notice(2));
+        assert_eq!(
+            (stats.sessions, stats.dropped, stats.closed_slow),
+            (2, 1, 1)
+        );
+        assert_eq!(a2.close_reason(), Some(SLOW_CONSUMER));
+        assert_eq!(rx_a.try_recv().map(|r| r[0].seq).ok(), Some(2));
+        // No other session, or none at all: nothing is built.
+        d.push_to_user("b", Some(b.id), || panic!("built for nobody"));
+        d.push_to_user("c", None, || panic!("built for nobody"));
     }
 
     #[test]

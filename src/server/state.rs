@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
+use serde_json::json;
 use tidings_log::Log;
 use tidings_projections::conv_cache::ConversationCache;
 use tidings_projections::trace::PushSamples;
@@ -15,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::render::channel_ref;
 use crate::server::acks::Acks;
 use crate::server::completions::{self, Completions};
-use crate::server::delivery::Delivery;
+use crate::server::delivery::{Delivery, Frame, Pushed};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::limits::TokenBucket;
 use crate::server::metrics::Metrics;
@@ -253,6 +255,30 @@ impl AppState {
 
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Tells `uid`'s online sessions but `origin` (the session that read) that their read
+    /// position in `channel` moved to `seq`: a `read` frame, in the channel as they name it.
+    /// Queued as a message push is (a full queue closes the session as too slow); never waits.
+    pub(crate) fn push_read(&self, uid: &str, channel: &str, seq: u64, origin: Option<u64>) {
+        let stats = self.delivery.push_to_user(uid, origin, || {
+            let named = channel_ref(channel, Some(uid));
+            let v = json!({"type": "read", "channel": named, "seq": seq});
+            Pushed {
+                channel: channel.to_owned(),
+                seq,
+                is_message: false,
+                origin,
+                frames: vec![(None, Frame::new(&v))],
+            }
+        });
+        // Counted as a recall's notice is.
+        self.metrics
+            .pushes
+            .add(u64::from(stats.sessions.saturating_sub(stats.dropped)));
+        self.metrics
+            .slow_consumer_closes
+            .add(u64::from(stats.closed_slow));
     }
 }
 

@@ -842,7 +842,8 @@ impl Ctx {
         }
     }
 
-    /// Records an ack (delivered) or a read; coalesced into cursor events.
+    /// Records an ack (delivered) or a read; coalesced into cursor events. A read that moves
+    /// the user's read position is told to their other sessions at once.
     async fn cursor(
         &mut self,
         w: &mut Writer,
@@ -850,23 +851,30 @@ impl Ctx {
         delivered: u64,
         read: u64,
     ) -> Result<(), axum::Error> {
-        match self.cursor_target(channel) {
-            Ok((ch, head)) => {
+        match self.record_cursor(channel, delivered, read) {
+            Ok(moved) => {
                 self.state.metrics.acks_received.inc();
-                // Capped at the head as it is now, as HTTP does: capped only when the window
-                // is flushed, an ack past the head ("mark all read") also covered messages
-                // that arrived meanwhile, which then never came by sync or catch-up.
-                let (delivered, read) = (delivered.min(head), read.min(head));
-                self.state.acks.record(&self.uid, &ch, delivered, read);
+                if let Some((ch, seq)) = moved {
+                    self.state
+                        .push_read(&self.uid, &ch, seq, Some(self.session.id));
+                }
                 Ok(())
             }
             Err(e) => w.frame(&error_frame(&e, None)).await,
         }
     }
 
-    /// The channel an ack names, and its head (last seq) now.
-    fn cursor_target(&self, channel: &str) -> ApiResult<(ChannelId, u64)> {
+    /// Records an ack or a read in the channel it names; returns the channel and the read when
+    /// that moves the user's read position past what was known.
+    fn record_cursor(
+        &self,
+        channel: &str,
+        delivered: u64,
+        read: u64,
+    ) -> ApiResult<Option<(ChannelId, u64)>> {
         let ch = resolve(&self.caller, channel)?;
+        // Held while recording: the read known in the projections and the windows are looked
+        // at together (`Acks::record`).
         let p = self.state.proj();
         // Members ack even in a banned group (its backlog reaches them: `messages::plan_sync`).
         if !can_move_cursor(&p.state, &self.uid, &ch) {
@@ -875,8 +883,17 @@ impl Ctx {
                 "not a member of this channel",
             ));
         }
+        // Capped at the head as it is now, as HTTP does: capped only when the window is
+        // flushed, an ack past the head ("mark all read") also covered messages that arrived
+        // meanwhile, which then never came by sync or catch-up.
         let head = p.state.heads.last_seq(&ch);
-        Ok((ch, head))
+        let (delivered, read) = (delivered.min(head), read.min(head));
+        let known = p.state.cursors.get(&self.uid, &ch).read;
+        let moved = self
+            .state
+            .acks
+            .record(&self.uid, &ch, delivered, read, known);
+        Ok(moved.then_some((ch, read)))
     }
 
     fn prepare_send(

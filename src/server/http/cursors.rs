@@ -1,5 +1,6 @@
 //! `POST /v1/channels/{id}/read` and `/ack`: move the caller's cursors forward (never back).
-//! Written at once (not coalesced like WebSocket acks), so the answer reflects them.
+//! Written at once (not coalesced like WebSocket acks), so the answer reflects them. A read
+//! that moves the caller's read position is then told to each of their online sessions.
 
 use std::sync::Arc;
 
@@ -47,7 +48,7 @@ async fn advance(
     if !tidings_projections::permissions::can_move_cursor(&state.proj().state, &me, &channel) {
         readable(state, caller, &channel)?;
     }
-    let (moves, seq) = {
+    let (moves, seq, read_moves) = {
         let p = state.proj();
         let seq = seq.min(p.state.heads.last_seq(&channel));
         let cur = p.state.cursors.get(&me, &channel);
@@ -58,7 +59,10 @@ async fn advance(
         } else {
             seq > cur.delivered
         };
-        (moves, seq)
+        // Past what the user's sessions were told: the read in the projections and a
+        // WebSocket read not yet written.
+        let read_moves = read && seq > cur.read.max(state.acks.read(&me, &channel));
+        (moves, seq, read_moves)
     };
     if moves {
         state
@@ -70,6 +74,9 @@ async fn advance(
             })
             .await?;
         state.metrics.cursor_events.inc();
+        if read_moves {
+            state.push_read(&me, &channel, seq, None);
+        }
     }
     let cur = state.proj().state.cursors.get(&me, &channel);
     Ok(axum::Json(Cursors {

@@ -3,7 +3,8 @@
 //! until its next message; clearing drops its messages up to a seq from the caller's history,
 //! sync, catch-up and changes, and counts them as read and delivered (the cursors projection's
 //! `hide` and `clear`). Other members see no change. Written at once, as the cursor calls are,
-//! so the answer reflects them.
+//! so the answer reflects them. A clear moves the caller's read position too: their online
+//! sessions are told of it as of a read.
 
 use std::sync::Arc;
 
@@ -118,11 +119,15 @@ pub(crate) async fn clear(
     let asked = body.and_then(|b| b.seq);
     // Never past the head: a clear must not swallow messages sent after it. Nothing is
     // written when the clear point would not move (it only moves forward).
-    let up_to = {
+    let (up_to, read_moves) = {
         let p = state.proj();
         let last = p.state.heads.last_seq(&channel);
         let seq = asked.map_or(last, |s| s.min(last));
-        (seq > p.state.cursors.get(&me, &channel).cleared).then_some(seq)
+        let cur = p.state.cursors.get(&me, &channel);
+        // The cleared messages count as read: past what the user's sessions were told (the
+        // read in the projections, a WebSocket read not yet written), it is told as a read.
+        let read_moves = seq > cur.read.max(state.acks.read(&me, &channel));
+        ((seq > cur.cleared).then_some(seq), read_moves)
     };
     if let Some(up_to_seq) = up_to {
         state
@@ -132,6 +137,9 @@ pub(crate) async fn clear(
                 up_to_seq,
             })
             .await?;
+        if read_moves {
+            state.push_read(&me, &channel, up_to_seq, None);
+        }
     }
     Ok(axum::Json(view(&state, &me, &channel)))
 }
