@@ -37,7 +37,7 @@ enum Cmd {
     Verify(cli::verify::VerifyArgs),
     /// List segments, snapshots and index sidecars, and check every checksum.
     Inspect(cli::inspect::InspectArgs),
-    /// Tiered storage: status, upload now.
+    /// Tiered storage: status, upload now, garbage collection.
     #[command(subcommand)]
     Tier(cli::tier::TierCmd),
 }

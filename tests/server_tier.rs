@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -418,7 +419,7 @@ async fn a_cold_read_while_s3_is_down_is_a_bounded_503() {
 
 /// s3s-fs on a free port with a bucket `bkt`; killed on drop (a stopped one too).
 struct S3s {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     port: u16,
     child: Child,
 }
@@ -429,11 +430,12 @@ impl S3s {
         std::fs::create_dir_all(dir.path().join("bkt")).unwrap();
         let port = free_port();
         let child = start_s3s(dir.path(), port);
-        S3s {
-            _dir: dir,
-            port,
-            child,
-        }
+        S3s { dir, port, child }
+    }
+
+    /// The bucket's directory: one file per object, named by its key.
+    fn bucket(&self) -> PathBuf {
+        self.dir.path().join("bkt")
     }
 
     /// The server flags that tier into `s3://bkt/tidings` here.
@@ -667,4 +669,169 @@ async fn a_tiered_directory_started_without_its_store_says_history_is_unavailabl
     assert_eq!(seqs(&page), vec![301]);
     server.stop();
     drop(dir);
+}
+
+/// `tidings tier gc` against the S3 server, beside a real tiered log. Planted next to its
+/// objects: an old upload of another process whose manifest write never came, a fresh one,
+/// one under the running owner's own writer key, and a key that is not tidings'. The dry run
+/// lists the first as an orphan, the second as young and the last as unknown, and deletes
+/// nothing; `--delete --min-age-secs 0` while the server runs deletes the first two and keeps
+/// the owner's (its manifest write may still come), which goes once the server stopped and
+/// released the prefix. The unknown key and every object of the log stay, and an empty data
+/// directory restores from the bucket with every message (read cold from the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_gc_deletes_only_what_nothing_needs() {
+    let s3s = S3s::start();
+    let mut args = s3s.args();
+    // No lease renewals: the manifest versions stay fewer than the 20 kept, so every key of
+    // the log is one gc must keep.
+    args.extend(["--tier-lease-secs", "3600"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    send_numbered(&api, &alice, 1..=300).await;
+    let status = api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
+    assert!(
+        status["status"]["remote_segments"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    let prefix = s3s.bucket().join("tidings");
+    let owner = newest_manifest(&prefix)["owner"]["incarnation"]
+        .as_u64()
+        .unwrap();
+    // At a base nothing was uploaded at: the log's own objects are never overwritten here.
+    let key = |writer: u64, ext: &str| format!("segments/{:020}.{writer:016x}.{ext}", 1_000_000);
+    let old = key(0xdead_beef, "log");
+    let young = key(0xdead_beef, "index");
+    let owners = key(owner, "log");
+    let unknown = "notes/readme.txt".to_owned();
+    let two_hours = Duration::from_secs(7200);
+    plant(&prefix, &old, two_hours);
+    plant(&prefix, &young, Duration::ZERO);
+    plant(&prefix, &owners, two_hours);
+    plant(&prefix, &unknown, two_hours);
+    let gc = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["tier", "gc"])
+            .args(&args)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+
+    // Dry runs: listed, nothing deleted.
+    let before = keys(&prefix);
+    let text = gc(&[]);
+    assert_eq!(listed(&text, "orphan"), set(&[&old]), "{text}");
+    assert_eq!(listed(&text, "young"), set(&[&young]), "{text}");
+    assert_eq!(listed(&text, "unknown"), set(&[&unknown]), "{text}");
+    assert!(text.contains("dry run"), "{text}");
+    let text = gc(&["--min-age-secs", "0"]);
+    assert_eq!(listed(&text, "orphan"), set(&[&old, &young]), "{text}");
+    assert_eq!(keys(&prefix), before);
+
+    // Deleting while the server runs: the two orphans go, nothing else.
+    let text = gc(&["--delete", "--min-age-secs", "0"]);
+    assert!(text.contains("deleted: 2 objects"), "{text}");
+    let after = keys(&prefix);
+    let mut expected = before.clone();
+    expected.remove(&old);
+    expected.remove(&young);
+    assert!(
+        after.is_superset(&expected) && !after.contains(&old) && !after.contains(&young),
+        "before: {before:?}\nafter: {after:?}"
+    );
+
+    // Stopped, the server released the prefix: its own unlisted upload goes too.
+    let dir = server.stop();
+    let before = keys(&prefix);
+    let text = gc(&["--delete", "--min-age-secs", "0"]);
+    assert_eq!(listed(&text, "orphan"), set(&[&owners]), "{text}");
+    let mut expected = before.clone();
+    expected.remove(&owners);
+    assert_eq!(keys(&prefix), expected);
+    assert!(expected.contains(&unknown));
+
+    // The history is whole in the bucket: a new machine restores from it and reads it.
+    let fresh = tempfile::tempdir().unwrap();
+    let server = Server::start_on(&fresh.path().join("data"), &refs);
+    let api = Api::new(&server);
+    let h = history(&api, &bob, "g").await;
+    assert_eq!(
+        h.iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        (1..=300).collect::<Vec<_>>()
+    );
+    server.stop();
+    drop((dir, fresh));
+}
+
+/// Puts an object straight into s3s-fs's bucket directory (it lists the files there, with
+/// their modification time as the object's), last modified `age` ago.
+fn plant(prefix: &Path, key: &str, age: Duration) {
+    let path = prefix.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, b"planted").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
+}
+
+/// The keys below `prefix` in s3s-fs's bucket directory.
+fn keys(prefix: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut dirs = vec![prefix.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let key = path.strip_prefix(prefix).unwrap();
+                out.insert(key.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The newest manifest version in s3s-fs's directory for the prefix.
+fn newest_manifest(prefix: &Path) -> Value {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(prefix.join("manifest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    versions.sort();
+    serde_json::from_slice(&std::fs::read(versions.last().unwrap()).unwrap()).unwrap()
+}
+
+/// The keys, as a set.
+fn set(of: &[&String]) -> BTreeSet<String> {
+    of.iter().map(|k| k.to_string()).collect()
+}
+
+/// The keys `tier gc` printed a line for that starts with `word` (`orphan`, `young`,
+/// `unknown`: the word, then the key).
+fn listed(text: &str, word: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next() == Some(word)).then(|| parts.next()).flatten()
+        })
+        .map(String::from)
+        .collect()
 }

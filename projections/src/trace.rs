@@ -280,10 +280,8 @@ pub async fn trace(
                 // cursor events tell.
                 Event::MessageSent {
                     from: by, seq: s, ..
-                } if *s > seq && *by != sender => {
-                    if members.counts(by) {
-                        read.entry(by.clone()).or_insert_with(|| ack(by));
-                    }
+                } if *s > seq && *by != sender && members.counts(by) => {
+                    read.entry(by.clone()).or_insert_with(|| ack(by));
                 }
                 Event::MembersSubscribed { uids, .. } => members.subscribed(uids),
                 Event::MembersUnsubscribed { uids, .. } => members.unsubscribed(uids),

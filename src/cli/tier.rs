@@ -1,9 +1,14 @@
-//! `tidings tier status` and `tidings tier upload-now`.
+//! `tidings tier status`, `tidings tier upload-now` and `tidings tier gc`.
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt as _};
+use tidings_log::tier::gc::{self, Listed, Verdict};
 use tidings_log::tier::manifest::Manifest;
 use tidings_log::{Log, LogError, LogOptions, SegmentInfo};
 
@@ -25,12 +30,41 @@ pub(crate) enum TierCmd {
     /// Uploads every sealed segment now (server stopped; while it runs, use
     /// `POST /v1/tier/upload`). Takes the same options as `serve`.
     UploadNow(Box<ServeArgs>),
+    /// Lists the objects under the prefix that nothing needs, with their size and age, and
+    /// deletes them with `--delete` (works while the server runs). Takes the same options as
+    /// `serve` (only the tier's are read).
+    ///
+    /// Never deleted: the newest manifest version (it holds the owner's lease: there is no
+    /// other lease object) and the 19 before it; every object of a segment it lists; the
+    /// segment uploads of the owner's process (its manifest write may still come) unless it
+    /// released the prefix; the newest 3 snapshots and the newest a restore could use; the
+    /// message index sidecars (snapshots share them); any key that is not a name tidings
+    /// writes (reported as unknown); anything younger than `--min-age-secs`. The store is
+    /// listed first and the manifest read after, then read again just before deleting:
+    /// what a version published meanwhile names is kept. Refused when the prefix holds no
+    /// manifest.
+    Gc(Box<GcArgs>),
+}
+
+/// `tidings tier gc`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct GcArgs {
+    /// Objects nothing needs are kept until this old (by the store's last-modified time):
+    /// far longer than a segment's upload and the manifest write after it.
+    #[arg(long, default_value_t = gc::DEFAULT_MIN_AGE.as_secs())]
+    min_age_secs: u64,
+    /// Delete them; without it, only list them.
+    #[arg(long)]
+    delete: bool,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 pub(crate) async fn run(cmd: TierCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         TierCmd::Status { data } => status(&DataDir::new(data)).await,
         TierCmd::UploadNow(args) => upload_now(*args).await,
+        TierCmd::Gc(args) => collect(*args).await,
     }
 }
 
@@ -238,6 +272,206 @@ async fn upload_now(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let status = result?;
     println!("{}", serde_json::to_string_pretty(&status)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tidings tier gc`: the decisions are `tidings_log::tier::gc::judge`'s; this lists, reads the
+/// manifest, prints and deletes. It opens no block cache and takes no lock, so it runs beside
+/// the server.
+async fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
+    let config = args.serve.resolve()?;
+    let Some(url) = &config.tier.url else {
+        anyhow::bail!("no object store is configured (tier.url)");
+    };
+    let (store, prefix, display) = crate::server::tiering::build_store(&config.tier, url)?;
+    let store: &dyn ObjectStore = &*store;
+    let prefix = (!prefix.is_empty()).then(|| ObjectPath::from(prefix.as_str()));
+    let prefix = prefix.as_ref();
+    let rules = gc::Rules {
+        min_age: Duration::from_secs(args.min_age_secs),
+        keep_snapshots: crate::server::tiering::KEEP_SNAPSHOTS,
+    };
+    // The listing before the manifest: a version published before this read names whatever
+    // its writer uploaded before the listing.
+    let (paths, listing) = list_all(store, prefix)
+        .await
+        .with_context(|| format!("listing {display}"))?;
+    let no_manifest = || {
+        format!(
+            "{display} holds no tier manifest: nothing is judged (without one, every segment \
+             would look unreferenced)"
+        )
+    };
+    let manifest = newest_manifest(store, prefix)
+        .await
+        .with_context(|| format!("reading the tier manifest in {display}"))?
+        .with_context(no_manifest)?;
+    let verdicts = gc::judge(&manifest, &listing, &rules);
+    report(&display, &manifest, &listing, &verdicts, args.min_age_secs);
+    let (orphans, _) = tally(&listing, &verdicts, Verdict::Collect);
+    if !args.delete {
+        println!("dry run: nothing deleted (--delete deletes the {orphans} orphans)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Again just before deleting: a server may have published a version naming some of them.
+    let again = newest_manifest(store, prefix)
+        .await
+        .with_context(|| format!("reading the tier manifest in {display} again"))?
+        .with_context(no_manifest)?;
+    let now = gc::judge(&again, &listing, &rules);
+    let (mut deleted, mut bytes) = (0usize, 0u64);
+    for ((o, path), (before, after)) in listing.iter().zip(&paths).zip(verdicts.iter().zip(&now)) {
+        if *before != Verdict::Collect {
+            continue;
+        }
+        if *after != Verdict::Collect {
+            println!(
+                "kept     {} (manifest epoch {} needs it now)",
+                o.key, again.epoch
+            );
+            continue;
+        }
+        match store.delete(path).await {
+            // Gone already (the owner's own pruning, another gc).
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "deleting {path} ({deleted} deleted before it; run gc again)"
+                )));
+            }
+        }
+        deleted += 1;
+        bytes += o.size;
+    }
+    println!("deleted: {deleted} objects, {bytes} bytes");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every object under the prefix: its path, and as the judgment takes it (key below the
+/// prefix, size, age by its last-modified time).
+async fn list_all(
+    store: &dyn ObjectStore,
+    prefix: Option<&ObjectPath>,
+) -> anyhow::Result<(Vec<ObjectPath>, Vec<Listed>)> {
+    // Unreadable, the clock makes every age 0: everything is young, nothing deleted.
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0);
+    let (mut paths, mut listing) = (Vec::new(), Vec::new());
+    let mut stream = store.list(prefix);
+    while let Some(meta) = stream.next().await {
+        let meta = meta?;
+        let age_ms = now_ms.saturating_sub(meta.last_modified.timestamp_millis());
+        listing.push(Listed {
+            key: relative(&meta.location, prefix),
+            size: meta.size,
+            age: Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)),
+        });
+        paths.push(meta.location);
+    }
+    Ok((paths, listing))
+}
+
+/// `location` below the prefix (`segments/…`); the whole location when it is not below it
+/// (then it parses as no name of ours, and is left alone).
+fn relative(location: &ObjectPath, prefix: Option<&ObjectPath>) -> String {
+    let full: &str = location.as_ref();
+    prefix
+        .and_then(|p| {
+            let p: &str = p.as_ref();
+            full.strip_prefix(p)?.strip_prefix('/')
+        })
+        .unwrap_or(full)
+        .to_owned()
+}
+
+/// The newest manifest version under the prefix, as the server finds it (the highest epoch
+/// listed under `manifest/`); `None` when there is none.
+async fn newest_manifest(
+    store: &dyn ObjectStore,
+    prefix: Option<&ObjectPath>,
+) -> anyhow::Result<Option<Manifest>> {
+    let dir = match prefix {
+        Some(p) => ObjectPath::from(format!("{p}/manifest")),
+        None => ObjectPath::from("manifest"),
+    };
+    let mut newest: Option<(u64, ObjectPath)> = None;
+    let mut stream = store.list(Some(&dir));
+    while let Some(meta) = stream.next().await {
+        let meta = meta?;
+        let epoch = meta.location.filename().and_then(Manifest::epoch_of);
+        if let Some(epoch) = epoch
+            && newest.as_ref().is_none_or(|(e, _)| epoch > *e)
+        {
+            newest = Some((epoch, meta.location));
+        }
+    }
+    let Some((_, path)) = newest else {
+        return Ok(None);
+    };
+    let bytes = store.get(&path).await?.bytes().await?;
+    Manifest::decode(&bytes)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{path} does not decode: {e}"))
+}
+
+/// Prints each object gc would delete, each unneeded one kept for its age, each unknown key,
+/// and the totals.
+fn report(display: &str, m: &Manifest, listing: &[Listed], verdicts: &[Verdict], min_age: u64) {
+    println!(
+        "{display}: {} objects; manifest epoch {} (owner {}{})",
+        listing.len(),
+        m.epoch,
+        m.owner.id,
+        if m.owner.heartbeat_ms == 0 {
+            ", released"
+        } else {
+            ""
+        }
+    );
+    for (o, v) in listing.iter().zip(verdicts) {
+        let (word, note) = match v {
+            Verdict::Keep => continue,
+            Verdict::Collect => ("orphan ", ""),
+            Verdict::Young => (
+                "young  ",
+                " (nothing needs it; kept: younger than --min-age-secs)",
+            ),
+            Verdict::Unknown => ("unknown", " (not a name tidings writes: left alone)"),
+        };
+        println!(
+            "{word}  {}  {} bytes, {} s old{note}",
+            o.key,
+            o.size,
+            o.age.as_secs()
+        );
+    }
+    let line = |what: &str, v: Verdict, why: &str| {
+        let (n, bytes) = tally(listing, verdicts, v);
+        println!("{what} {n} objects, {bytes} bytes{why}");
+    };
+    line(
+        "kept:   ",
+        Verdict::Keep,
+        " (what the manifest lists, its newest versions, the newest snapshots, index sidecars, the owner's uploads)",
+    );
+    line(
+        "orphans:",
+        Verdict::Collect,
+        &format!(" (nothing needs them; at least {min_age} s old)"),
+    );
+    line("young:  ", Verdict::Young, "");
+    line("unknown:", Verdict::Unknown, " (never deleted)");
+}
+
+/// How many objects got `v`, and their bytes.
+fn tally(listing: &[Listed], verdicts: &[Verdict], v: Verdict) -> (usize, u64) {
+    listing
+        .iter()
+        .zip(verdicts)
+        .filter(|(_, got)| **got == v)
+        .fold((0, 0), |(n, bytes), (o, _)| (n + 1, bytes + o.size))
 }
 
 #[cfg(test)]

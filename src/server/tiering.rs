@@ -4,7 +4,8 @@
 //! Under the prefix the log keeps `segments/` and `manifest/`; the server adds
 //! `snapshots/{applied:020}.snap` (the newest three) and
 //! `projections/index/{first:020}-{crc:08x}.cidx` (the message index sidecars the snapshots
-//! refer to). A server started on an empty data
+//! refer to); `tidings tier gc` knows these names (`log/src/tier/gc.rs`: keep them in step, or
+//! it reports new ones as unknown keys and leaves them). A server started on an empty data
 //! directory with an existing prefix restores: the newest snapshot and its sidecars are
 //! downloaded, the log opens at the end of the uploaded segments, and the rest is replayed.
 
@@ -24,11 +25,11 @@ use tidings_projections::snapshot;
 use crate::config::{Config, TierConfig};
 use crate::data::DataDir;
 
-/// Snapshots kept in the object store.
-const KEEP_SNAPSHOTS: usize = 3;
+/// Snapshots kept in the object store (`tidings tier gc` keeps as many).
+pub(crate) const KEEP_SNAPSHOTS: usize = 3;
 
 /// The object store, the prefix in it, and its name for messages.
-fn build_store(
+pub(crate) fn build_store(
     t: &TierConfig,
     url: &str,
 ) -> anyhow::Result<(Arc<dyn ObjectStore>, String, String)> {

@@ -7,7 +7,9 @@
 //! manifest names each segment's objects: [`manifest::RemoteSegment::object`]; entries from
 //! before writer-unique keys name `segments/{base:020}.*`),
 //! `manifest/{epoch:020}.json` (see [`manifest`]), and whatever the server stores beside them
-//! (snapshots) through [`Tier::put_file`] / [`Tier::get_file`].
+//! (snapshots) through [`Tier::put_file`] / [`Tier::get_file`]. What no manifest needs any more
+//! (an upload whose manifest write never came, old versions and snapshots) is judged by [`gc`]
+//! for `tidings tier gc`.
 //!
 //! Guarantees:
 //! - The object store never blocks appends: uploads run in the log's own background task, retried
@@ -27,6 +29,7 @@
 //!   segment through the manifest entry's exact key, never "whatever is at this base".
 
 mod cold;
+pub mod gc;
 pub mod manifest;
 mod store;
 pub(crate) mod uploader;

@@ -16,8 +16,8 @@ use crate::segment::SegmentPaths;
 
 /// Uploads up to this size are one PUT; larger ones are multipart in parts of this size.
 const PART: usize = 8 << 20;
-/// Manifest versions kept (older ones are deleted).
-const KEEP_VERSIONS: usize = 20;
+/// Manifest versions kept (older ones are deleted; `tidings tier gc` keeps as many).
+pub(crate) const KEEP_VERSIONS: usize = 20;
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
