@@ -83,6 +83,7 @@ fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
                 Arc::new(Pushed {
                     channel: channel.clone(),
                     seq: *seq,
+                    offset,
                     is_message: true,
                     origin: None,
                     frames: frames(channel, build),
@@ -100,6 +101,7 @@ fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
                 Arc::new(Pushed {
                     channel: channel.clone(),
                     seq: *seq,
+                    offset,
                     is_message: false,
                     origin: None,
                     frames: frames(channel, build),
@@ -244,7 +246,9 @@ pub(crate) async fn run(
             effects_of(*offset, env)
         });
         // Pushes are gathered into one run per channel (in log order within it) and handed
-        // out when the pass ends or a membership change comes (which must see them first).
+        // out when the pass ends or a membership change comes (which must see them first). A
+        // session registered since the pass was applied holds the groups of after it, and is
+        // offered none of it (`Session::from_offset` in delivery.rs).
         for e in effects {
             let e = match e {
                 Effect::Push(mut msg, message_id) => {

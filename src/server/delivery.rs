@@ -13,7 +13,15 @@
 //!
 //! Notices for one user (a `read` frame when their read position moves) travel the same
 //! queues under the same limits ([`Delivery::push_to_user`]).
+//!
+//! The applier applies a pass of events to the projections, then updates the online members
+//! and pushes, in log order. A session registers with the user's groups as the projections
+//! hold them, which can be ahead of the pushes still to come from that pass: a session
+//! registered just after a join was applied would be pushed the messages sent before it. So
+//! a session gets only the events applied after its registration (`Session::from_offset`);
+//! those before it reach the client by catch-up or sync, and only if they are owed to it.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -50,6 +58,10 @@ impl Frame {
 pub(crate) struct Pushed {
     pub(crate) channel: ChannelId,
     pub(crate) seq: u64,
+    /// The log offset of the event it comes from: a session registered after that event was
+    /// applied does not get it ([`Delivery::push`]). `u64::MAX` for a notice that is no event
+    /// of the log (a `read` frame, [`Delivery::push_to_user`], which does not compare it).
+    pub(crate) offset: u64,
     /// A message (deduplicated by seq against catch-up) or a notice (a recall).
     pub(crate) is_message: bool,
     /// The session that sent the message: it has its sendack and is skipped.
@@ -128,6 +140,11 @@ pub(crate) struct SessionLimits {
 pub(crate) struct Session {
     pub(crate) id: u64,
     pub(crate) uid: Uid,
+    /// The projections' next offset when the session registered: its groups are those of
+    /// that point, so pushes of earlier events (the applier may still be handing out a pass
+    /// it applied before) are not for it. A group joined in that pass would otherwise get the
+    /// session the messages sent before the join (catch-up and sync already leave them out).
+    from_offset: u64,
     tx: mpsc::Sender<Run>,
     /// Messages queued and not yet taken by the session; at most `limit`.
     queued: AtomicUsize,
@@ -176,6 +193,23 @@ impl Session {
     pub(crate) fn taken(&self, n: usize, bytes: usize) {
         self.queued.fetch_sub(n, Ordering::AcqRel);
         self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// What of `run` is for this session: the events applied since it registered. A run is in
+    /// log order, so that is its tail; all of it but in the moment after a registration.
+    /// `None` when nothing of it is.
+    fn since_registered<'r>(&self, run: &'r Run) -> Option<Cow<'r, Run>> {
+        let before = run
+            .iter()
+            .take_while(|p| p.offset < self.from_offset)
+            .count();
+        if before == 0 {
+            Some(Cow::Borrowed(run))
+        } else if before == run.len() {
+            None
+        } else {
+            Some(Cow::Owned(Arc::new(run.as_slice()[before..].to_vec())))
+        }
     }
 
     fn offer(&self, run: &Run) -> bool {
@@ -279,14 +313,16 @@ impl Delivery {
         self.read().sessions.get(uid).map_or(0, Vec::len)
     }
 
-    /// Registers a session of `uid`, online in `groups`. Returns it and the receiving end of
-    /// its queue; `None` when the user already holds `max_sessions`. The caller must hold the
+    /// Registers a session of `uid`, online in `groups`, the user's groups as the projections
+    /// hold them with `from_offset` their next offset. Returns it and the receiving end of its
+    /// queue; `None` when the user already holds `max_sessions`. The caller must hold the
     /// projections' read lock while calling, so that no membership change slips between
     /// reading `groups` and registering.
     pub(crate) fn register(
         &self,
         uid: &str,
         groups: impl Iterator<Item = ChannelId>,
+        from_offset: u64,
         limits: SessionLimits,
         parent: &CancellationToken,
         live: bool,
@@ -303,6 +339,7 @@ impl Delivery {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             uid: uid.to_owned(),
+            from_offset,
             tx,
             queued: AtomicUsize::new(0),
             limit: queue.max(1),
@@ -406,7 +443,8 @@ impl Delivery {
     }
 
     /// Queues `run` (one channel's messages) to every session of every online recipient, once
-    /// per session. A session that sent every message of the run is skipped.
+    /// per session. A session that sent every message of the run is skipped, and a session
+    /// gets only what was applied after it registered.
     pub(crate) fn push(&self, run: &Run) -> PushStats {
         let mut stats = PushStats::default();
         let Some(first) = run.first() else {
@@ -427,8 +465,11 @@ impl Delivery {
                     if only_from == Some(s.id) {
                         continue;
                     }
+                    let Some(run) = s.since_registered(run) else {
+                        continue;
+                    };
                     stats.sessions += 1;
-                    let taken = s.offer(run);
+                    let taken = s.offer(&run);
                     if origins.contains(&s.id) {
                         stats.origins_offered.push((s.id, !taken));
                     }
@@ -515,6 +556,8 @@ mod tests {
         Arc::new(Pushed {
             channel: channel.into(),
             seq,
+            // One event in ten a message.
+            offset: 10 * seq,
             is_message: true,
             origin,
             frames: vec![(
@@ -532,6 +575,7 @@ mod tests {
             .register(
                 uid,
                 ["g".to_owned()].into_iter(),
+                0,
                 SessionLimits {
                     queue,
                     queue_bytes: usize::MAX,
@@ -553,6 +597,7 @@ mod tests {
             d.register(
                 uid,
                 std::iter::empty(),
+                0,
                 SessionLimits {
                     queue: 4,
                     queue_bytes: usize::MAX,
@@ -615,6 +660,7 @@ mod tests {
             .register(
                 "a",
                 ["g".to_owned()].into_iter(),
+                0,
                 SessionLimits {
                     queue: 16,
                     queue_bytes: usize::MAX,
@@ -628,6 +674,59 @@ mod tests {
         assert_eq!(rx.try_recv().map(|r| r.len()).ok(), Some(1));
     }
 
+    /// The applier applies a pass, then pushes it; a session registered in between has the
+    /// groups of after the pass. Here bob joined `g` at offset 11, after message 1 (offset 10):
+    /// its push, handed out after the registration, went to bob, a message sent before he
+    /// joined (the join rule's catch-up and sync leave it out). Now a session gets only what
+    /// was applied after it registered (without that, `rx` holds message 1).
+    #[test]
+    fn a_session_gets_only_what_was_applied_after_it_registered() {
+        let d = Delivery::default();
+        let limits = SessionLimits {
+            queue: 16,
+            queue_bytes: usize::MAX,
+            per_user: 8,
+        };
+        let token = CancellationToken::new();
+        // Registered (without catch-up: live at once) when the projections' next offset is 12.
+        let (_s, mut rx) = d
+            .register(
+                "bob",
+                ["g".to_owned()].into_iter(),
+                12,
+                limits,
+                &token,
+                true,
+            )
+            .unwrap();
+        let stats = d.push(&Arc::new(vec![msg("g", 1, None)]));
+        assert_eq!((stats.sessions, stats.dropped), (0, 0));
+        assert!(rx.try_recv().is_err(), "sent before bob joined");
+        // What is applied after the registration reaches it.
+        assert_eq!(d.push(&Arc::new(vec![msg("g", 2, None)])).sessions, 1);
+        assert_eq!(rx.try_recv().map(|r| r[0].seq).ok(), Some(2));
+        // Of a run from before and after the registration, the part after.
+        let run: Run = Arc::new(vec![msg("g", 1, None), msg("g", 3, None)]);
+        assert_eq!(d.push(&run).sessions, 1);
+        let got = rx.try_recv().unwrap();
+        assert_eq!(got.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![3]);
+
+        // A session catching up is not sent it, nor sent into another round for it: it plans
+        // from projections that hold it already.
+        let (catching_up, _rx) = d
+            .register(
+                "carol",
+                ["g".to_owned()].into_iter(),
+                12,
+                limits,
+                &token,
+                false,
+            )
+            .unwrap();
+        d.push(&Arc::new(vec![msg("g", 1, None)]));
+        assert!(catching_up.try_go_live());
+    }
+
     #[test]
     fn a_notice_during_catch_up_waits_in_the_queue_a_message_does_not() {
         let d = Delivery::default();
@@ -635,6 +734,7 @@ mod tests {
             .register(
                 "a",
                 ["g".to_owned()].into_iter(),
+                0,
                 SessionLimits {
                     queue: 16,
                     queue_bytes: usize::MAX,
@@ -651,6 +751,7 @@ mod tests {
         let recall = Arc::new(Pushed {
             channel: "g".into(),
             seq: 1,
+            offset: 25,
             is_message: false,
             origin: None,
             frames: vec![(
@@ -681,6 +782,7 @@ mod tests {
             Pushed {
                 channel: "g".into(),
                 seq,
+                offset: u64::MAX,
                 is_message: false,
                 origin: None,
                 frames: Vec::new(),
@@ -732,6 +834,7 @@ mod tests {
             .register(
                 "a",
                 ["g".to_owned()].into_iter(),
+                0,
                 SessionLimits {
                     queue: 100,
                     queue_bytes: 10,
@@ -746,6 +849,7 @@ mod tests {
             Arc::new(vec![Arc::new(Pushed {
                 channel: "g".into(),
                 seq,
+                offset: seq,
                 is_message: true,
                 origin: None,
                 frames: vec![(
@@ -828,6 +932,7 @@ mod tests {
             .register(
                 "a",
                 ["g".to_owned()].into_iter(),
+                0,
                 SessionLimits {
                     queue: 4,
                     queue_bytes: usize::MAX,

@@ -267,6 +267,7 @@ impl AppState {
             Pushed {
                 channel: channel.to_owned(),
                 seq,
+                offset: u64::MAX,
                 is_message: false,
                 origin,
                 frames: vec![(None, Frame::new(&v))],

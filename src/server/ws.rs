@@ -979,7 +979,10 @@ impl Registered {
     /// Registers `uid`'s new session (`live`: without catch-up). Under the projections' lock: no
     /// membership change slips between reading the user's groups and registering, and a
     /// revocation applied since the request was authenticated is seen here (one applied later
-    /// closes the registered session).
+    /// closes the registered session). The session is pushed what is applied from here on:
+    /// the applier may still be pushing events the projections hold already, and the groups
+    /// read here are those of after them (a group joined among them is not yet the user's for
+    /// the messages before the join).
     fn new(state: &Arc<AppState>, uid: &str, token: &str, live: bool) -> ApiResult<Registered> {
         let p = state.proj();
         if p.state.tokens.user_of(token).map(String::as_str) != Some(uid) {
@@ -1001,6 +1004,7 @@ impl Registered {
             .register(
                 uid,
                 groups,
+                p.state.next_offset(),
                 SessionLimits {
                     queue: state.config.limits_session_queue,
                     queue_bytes: state.config.limits_session_queue_bytes,
