@@ -1721,6 +1721,100 @@ async fn hiding_a_recreated_group_before_its_first_message_writes_nothing() {
     assert_eq!(events_of(&server, "conversation_hidden").await, 0);
 }
 
+/// The seqs the log's hide events carry (`null` for one without).
+async fn hidden_seqs(server: &Server) -> Vec<Value> {
+    let log = Api::new(server).text("/v1/log?from=0", ADMIN).await;
+    log.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["type"] == "conversation_hidden")
+        .map(|e| e["up_to_seq"].clone())
+        .collect()
+}
+
+/// A hide is as of a seq: `{"seq"}`, the last message the caller's client showed, or without a
+/// body the head the server reads. A message after it keeps the conversation listed, also one
+/// the server had before the hide (with the head read when the hide was applied, that message
+/// stayed hidden, unread, until the next one). A seq past the head is taken as it; the body is
+/// refused as clear's is.
+#[tokio::test]
+async fn a_hide_as_of_a_seq_leaves_a_later_message_listed() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.send(&alice, "g", "a1", "m1").await;
+    // Bob's client showed message 1 when he hid g; message 2 reached the server first.
+    api.send(&alice, "g", "a2", "m2").await;
+    let hid = api
+        .ok(
+            "POST",
+            "/v1/conversations/g/hide",
+            &bob,
+            Some(json!({"seq": 1})),
+        )
+        .await;
+    assert_eq!(
+        hid,
+        json!({"channel": "g", "last_seq": 2, "cleared_seq": 0, "read_seq": 0, "delivered_seq": 0, "hidden": false})
+    );
+    let list = api.ok("GET", "/v1/conversations", &bob, None).await;
+    let g = listed(&list, "g").expect("message 2 keeps g listed");
+    assert_eq!(
+        (g["last_seq"].as_u64(), g["unread"].as_u64()),
+        (Some(2), Some(2))
+    );
+    // It would hide nothing: nothing is written.
+    assert_eq!(hidden_seqs(&server).await, Vec::<Value>::new());
+
+    // Past the head: as of the head (2), recorded in the event; message 3 brings it back.
+    let hid = api
+        .ok(
+            "POST",
+            "/v1/conversations/g/hide",
+            &bob,
+            Some(json!({"seq": 1000})),
+        )
+        .await;
+    assert_eq!(hid["hidden"], true, "{hid}");
+    let list = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert!(listed(&list, "g").is_none(), "{list}");
+    assert_eq!(hidden_seqs(&server).await, [json!(2)]);
+    api.send(&alice, "g", "a3", "m3").await;
+    let list = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert!(listed(&list, "g").is_some(), "{list}");
+
+    // No body, and `null`: as of the head the server reads.
+    let hid = api.ok("POST", "/v1/conversations/g/hide", &bob, None).await;
+    assert_eq!(
+        (&hid["last_seq"], &hid["hidden"]),
+        (&json!(3), &json!(true))
+    );
+    let list = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert!(listed(&list, "g").is_none(), "{list}");
+    api.send(&alice, "g", "a4", "m4").await;
+    let (status, hid) = api
+        .post_text("/v1/conversations/g/hide", &bob, "null")
+        .await;
+    assert_eq!((status, &hid["hidden"]), (200, &json!(true)), "{hid}");
+    assert_eq!(hidden_seqs(&server).await, [json!(2), json!(3), json!(4)]);
+
+    // Bad bodies are refused as clear's are, and write nothing.
+    api.send(&alice, "g", "a5", "m5").await;
+    for (body, want) in [
+        ("{\"seq\": \"x\"}", "invalid_request"),
+        ("{\"upto\": 1}", "invalid_request"),
+        ("not json", "invalid_json"),
+    ] {
+        let (status, v) = api.post_text("/v1/conversations/g/hide", &bob, body).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(code(&v), want, "{body}");
+    }
+    assert_eq!(hidden_seqs(&server).await.len(), 3);
+    let list = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert!(listed(&list, "g").is_some(), "{list}");
+}
+
 /// Recalls of one message racing each other (its sender twice, the admin) write one recall
 /// event: each checked the applied state, and two or three were written, naming different
 /// people (every device was told once, by the first).

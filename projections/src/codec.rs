@@ -10,6 +10,9 @@
 //!   golden file pins them).
 //! - [`decode`] reads that form — fields in any order — and returns `None` for anything else
 //!   (indefinite lengths, tags, unknown or duplicate or missing fields, trailing bytes, ...).
+//!   An optional field the encoder leaves out when `None` (`skip_serializing_if`: so far only
+//!   `conversation_hidden`'s `up_to_seq`) is read present or absent; a `null` there is
+//!   "anything else".
 //!   The caller then runs the reference decoder, which either accepts the unusual-but-valid
 //!   encoding or produces the typed error. So this codec never accepts what the reference
 //!   rejects, and never decodes differently (a property test checks both on mutated inputs).
@@ -268,12 +271,22 @@ pub(crate) fn encode(env: &Envelope, out: &mut Vec<u8>) {
                 opt_uint(out, c.read_seq);
             }
         }
-        Event::ConversationHidden { uid, channel } => {
-            map(out, 2);
+        Event::ConversationHidden {
+            uid,
+            channel,
+            up_to_seq,
+        } => {
+            // `None` is left out (`skip_serializing_if`): the two-field form of events written
+            // before the field existed.
+            map(out, if up_to_seq.is_some() { 3 } else { 2 });
             text(out, "uid");
             text(out, uid);
             text(out, "channel");
             text(out, channel);
+            if let Some(seq) = up_to_seq {
+                text(out, "up_to_seq");
+                uint(out, *seq);
+            }
         }
         Event::ConversationCleared {
             uid,
@@ -489,6 +502,27 @@ fn read_cursors(r: &mut Reader<'_>) -> Option<Vec<CursorUpdate>> {
     Some(v)
 }
 
+/// The fields of `conversation_hidden`, whose `up_to_seq` may be absent (the encoder leaves
+/// out `None`; events written before the field have none). A `null` there is not the form the
+/// encoder writes: the reference decoder judges it (and reads it as `None`).
+fn read_hidden(r: &mut Reader<'_>) -> Option<Event> {
+    let (mut uid, mut channel, mut up_to_seq) = (None, None, None);
+    for _ in 0..r.map()? {
+        // A field seen twice falls to the last arm, as an unknown one does.
+        match r.key()? {
+            b"uid" if uid.is_none() => uid = Some(r.string()?),
+            b"channel" if channel.is_none() => channel = Some(r.string()?),
+            b"up_to_seq" if up_to_seq.is_none() => up_to_seq = Some(r.uint()?),
+            _ => return None,
+        }
+    }
+    Some(Event::ConversationHidden {
+        uid: uid?,
+        channel: channel?,
+        up_to_seq,
+    })
+}
+
 fn read_event(r: &mut Reader<'_>) -> Option<Event> {
     if r.map()? != 1 {
         return None;
@@ -616,13 +650,7 @@ fn read_event(r: &mut Reader<'_>) -> Option<Event> {
                 flags,
             }
         }
-        b"conversation_hidden" => {
-            let (uid, channel) = fields!(r, {
-                b"uid" => uid: r.string(),
-                b"channel" => channel: r.string(),
-            });
-            Event::ConversationHidden { uid, channel }
-        }
+        b"conversation_hidden" => read_hidden(r)?,
         b"conversation_cleared" => {
             let (uid, channel, up_to_seq) = fields!(r, {
                 b"uid" => uid: r.string(),
@@ -650,4 +678,88 @@ pub(crate) fn decode(buf: &[u8]) -> Option<Envelope> {
         b"event" => event: read_event(&mut r),
     });
     (r.pos == buf.len()).then_some(Envelope { v, ts, event })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use ciborium::Value;
+
+    use super::*;
+
+    fn hidden(up_to_seq: Option<u64>) -> Envelope {
+        Envelope::new(
+            3,
+            Event::ConversationHidden {
+                uid: "bob".into(),
+                channel: "g".into(),
+                up_to_seq,
+            },
+        )
+    }
+
+    /// `{v: 1, ts: 3, event: {conversation_hidden: {fields}}}` as ciborium writes it.
+    fn hidden_with(fields: Vec<(&str, Value)>) -> Vec<u8> {
+        let fields = fields
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect::<Vec<_>>();
+        let event = Value::Map(vec![(
+            Value::from("conversation_hidden"),
+            Value::Map(fields),
+        )]);
+        let env = Value::Map(vec![
+            (Value::from("v"), Value::from(1u8)),
+            (Value::from("ts"), Value::from(3u64)),
+            (Value::from("event"), event),
+        ]);
+        let mut out = Vec::new();
+        ciborium::into_writer(&env, &mut out).unwrap();
+        out
+    }
+
+    /// Both forms of a hide (with and without `up_to_seq`) are the reference's bytes and are
+    /// read here, fields in any order; what the encoder never writes (a `null`, a field twice,
+    /// one missing) is left to the reference, which reads the `null` as `None` and refuses the
+    /// others.
+    #[test]
+    fn a_hide_is_read_with_or_without_its_seq() {
+        for up_to_seq in [None, Some(0), Some(24), Some(u64::MAX)] {
+            let env = hidden(up_to_seq);
+            let mut out = Vec::new();
+            encode(&env, &mut out);
+            assert_eq!(out, env.encode_reference().to_vec());
+            assert_eq!(decode(&out), Some(env));
+        }
+        let seq_first = hidden_with(vec![
+            ("up_to_seq", Value::from(7u64)),
+            ("channel", Value::from("g")),
+            ("uid", Value::from("bob")),
+        ]);
+        assert_eq!(decode(&seq_first), Some(hidden(Some(7))));
+
+        let null = hidden_with(vec![
+            ("uid", Value::from("bob")),
+            ("channel", Value::from("g")),
+            ("up_to_seq", Value::Null),
+        ]);
+        assert_eq!(decode(&null), None);
+        assert_eq!(Envelope::decode(0, &null).unwrap(), hidden(None));
+
+        let twice = hidden_with(vec![
+            ("uid", Value::from("bob")),
+            ("channel", Value::from("g")),
+            ("up_to_seq", Value::from(1u64)),
+            ("up_to_seq", Value::from(2u64)),
+        ]);
+        assert_eq!(decode(&twice), None);
+        assert!(Envelope::decode(0, &twice).is_err());
+
+        let no_channel = hidden_with(vec![
+            ("uid", Value::from("bob")),
+            ("up_to_seq", Value::from(1u64)),
+        ]);
+        assert_eq!(decode(&no_channel), None);
+        assert!(Envelope::decode(0, &no_channel).is_err());
+    }
 }

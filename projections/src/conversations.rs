@@ -120,7 +120,8 @@ pub fn compute(state: &State, uid: &str) -> Vec<Conversation> {
 }
 
 /// Whether `uid`'s list shows `channel` (one of their channels): it holds a message of the
-/// group under its id now, and `uid` has not hidden it since its last message.
+/// group under its id now, and `uid` has not hidden it as of its last message (a hide as of an
+/// earlier seq leaves it listed).
 pub fn is_listed(state: &State, uid: &str, channel: &str) -> bool {
     let cur = state.cursors.get(uid, channel);
     listed(state, &cur, channel, state.heads.last_seq(channel))

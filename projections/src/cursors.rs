@@ -127,9 +127,12 @@ impl Cursors {
             .insert(channel.to_owned(), offset);
     }
 
-    pub(crate) fn hide(&mut self, offset: u64, uid: &str, channel: &str, last_seq: u64) {
+    /// The conversation is hidden while the channel's last seq is at most `up_to`: the seq the
+    /// hide was made as of, which may be below the last seq already applied (a message
+    /// sequenced after the user hid it, applied first, keeps it listed).
+    pub(crate) fn hide(&mut self, offset: u64, uid: &str, channel: &str, up_to: u64) {
         let c = self.entry(uid, channel);
-        c.hidden_at = Some(last_seq);
+        c.hidden_at = Some(up_to);
         c.version = offset;
     }
 

@@ -6,6 +6,13 @@
 //! (the reference codec); `codec.rs` is a hand-written codec of the same bytes for the hot
 //! paths, and a new variant or field must be added to both (the property tests in
 //! `tests/events.rs` compare them).
+//!
+//! A field added to an existing variant is an `Option` left out of the encoding when `None`
+//! (`#[serde(default, skip_serializing_if = "Option::is_none")]`): events written before it
+//! keep their bytes and decode as `None`, so the envelope version stays; and a build from
+//! before the field still reads an event that has it (serde skips unknown fields; its
+//! hand-written decoder hands such an event to the reference), without its meaning. So far:
+//! `ConversationHidden::up_to_seq` (2026-11-30).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -207,12 +214,22 @@ pub enum Event {
         /// The users' new positions.
         cursors: Vec<CursorUpdate>,
     },
-    /// A user hid a conversation (it returns with the next message).
+    /// A user hid a conversation (it returns with the next message after the hide).
     ConversationHidden {
         /// The user.
         uid: Uid,
         /// The channel.
         channel: ChannelId,
+        /// Hidden while the channel's last seq is at most this: the seq the user hid it as of
+        /// (the one their client showed, or the head when the server took the request). A
+        /// message sequenced after it keeps the conversation listed, even one applied before
+        /// this event. `None` — the field absent, as in every event written before
+        /// 2026-11-30 — is the channel's last seq when the event is applied. Absent rather
+        /// than `null` when `None`, so such an event keeps the old two-field encoding; a build
+        /// from before the field reads a new event too (serde skips the unknown field) and
+        /// applies it by the old rule.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        up_to_seq: Option<u64>,
     },
     /// A user cleared a conversation up to a seq (those messages are no longer listed for them).
     ConversationCleared {

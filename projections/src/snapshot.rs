@@ -32,6 +32,13 @@
 //! - 5 (2026-11-30): the channel heads keep each recall's and edit's log offset
 //!   ([`crate::heads::Heads::changes`], what `GET /v1/changes` answers from); a version 4
 //!   state lacks them.
+//!
+//! Not a version: a hide carrying the seq it hides as of (`ConversationHidden::up_to_seq`,
+//! 2026-11-30). A hide without it is applied as before, and every state an earlier build wrote
+//! applied only such hides. The other way (a build from before it loading a newer state) reads
+//! the state, but a hide written with the seq had, under that build's rule, covered a message
+//! sequenced before it was applied: its `verify` may report such a cursor's `hidden_at` as
+//! differing from its rebuild, which is its rule, not damage.
 
 use std::path::{Path, PathBuf};
 

@@ -160,9 +160,16 @@ impl State {
                         .advance(offset, &c.uid, channel, c.delivered_seq, c.read_seq);
                 }
             }
-            Event::ConversationHidden { uid, channel } => {
+            Event::ConversationHidden {
+                uid,
+                channel,
+                up_to_seq,
+            } => {
                 let last = self.heads.last_seq(channel);
-                self.cursors.hide(offset, uid, channel, last);
+                // As of the seq the user hid it at (an event without one: now). Never past
+                // the head: a hide does not cover messages in advance.
+                let up_to = up_to_seq.map_or(last, |s| s.min(last));
+                self.cursors.hide(offset, uid, channel, up_to);
             }
             Event::ConversationCleared {
                 uid,

@@ -153,6 +153,7 @@ async fn ordered_by_last_activity_with_incremental_sync_and_removals() {
     w.emit(Event::ConversationHidden {
         uid: "bob".into(),
         channel: "a".into(),
+        up_to_seq: Some(2),
     })
     .await;
     assert!(!compute(w.state(), "bob").iter().any(|c| c.channel == "a"));
@@ -177,11 +178,69 @@ async fn removed_conversations_are_listed_in_channel_order() {
         w.emit(Event::ConversationHidden {
             uid: "bob".into(),
             channel: (*ch).into(),
+            up_to_seq: Some(1),
         })
         .await;
     }
     let inc = conversations(w.state(), "bob", Some(v), 50);
     assert_eq!(inc.removed, channels.map(String::from).to_vec());
+}
+
+fn shown(w: &World, uid: &str, channel: &str) -> bool {
+    compute(w.state(), uid).iter().any(|c| c.channel == channel)
+}
+
+async fn hide(w: &mut World, uid: &str, channel: &str, up_to_seq: Option<u64>) {
+    w.emit(Event::ConversationHidden {
+        uid: uid.into(),
+        channel: channel.into(),
+        up_to_seq,
+    })
+    .await;
+}
+
+/// A hide carries the seq it was made as of: a message sequenced after it keeps the
+/// conversation listed, even one applied before the hide (the user never saw it; with the head
+/// read at apply time it stayed hidden, unread, until the next message). A seq past the head
+/// is taken as the head. A hide without one (every event written before the field) hides as of
+/// the head when it is applied, as it always did.
+#[tokio::test]
+async fn a_hide_as_of_a_seq_never_covers_a_later_message() {
+    let mut w = World::new().await;
+    group(&mut w).await;
+    w.send("alice", "g", "a1").await.unwrap();
+    let v = conversations(w.state(), "bob", None, 50).version;
+    // Bob hides g as of 1, while message 2 is sequenced and applied before his hide.
+    w.send("alice", "g", "a2").await.unwrap();
+    hide(&mut w, "bob", "g", Some(1)).await;
+    let g = compute(w.state(), "bob")
+        .into_iter()
+        .find(|c| c.channel == "g")
+        .expect("message 2 keeps g listed");
+    assert_eq!((g.last_seq, g.unread), (2, 2));
+    let inc = conversations(w.state(), "bob", Some(v), 50);
+    assert!(inc.removed.is_empty(), "{inc:?}");
+    assert_eq!(&w.rebuild().await, w.state(), "the rule holds on replay");
+
+    // As of the head: hidden until the next message.
+    hide(&mut w, "bob", "g", Some(2)).await;
+    assert!(!shown(&w, "bob", "g"));
+    w.send("alice", "g", "a3").await.unwrap();
+    assert!(shown(&w, "bob", "g"));
+    // Past the head: as of the head, so the next message still brings it back.
+    hide(&mut w, "bob", "g", Some(99)).await;
+    assert!(!shown(&w, "bob", "g"));
+    w.send("alice", "g", "a4").await.unwrap();
+    assert!(shown(&w, "bob", "g"));
+    // No seq (an older event): as of the head when applied, message 4 included.
+    hide(&mut w, "bob", "g", None).await;
+    assert!(!shown(&w, "bob", "g"));
+    assert_eq!(w.state().cursors.get("bob", "g").hidden_at, Some(4));
+    w.send("alice", "g", "a5").await.unwrap();
+    assert!(shown(&w, "bob", "g"));
+    // Bob's hides are his: carol's list always had g.
+    assert!(shown(&w, "carol", "g"));
+    assert_eq!(&w.rebuild().await, w.state());
 }
 
 #[tokio::test]

@@ -113,7 +113,13 @@ fn event() -> impl Strategy<Value = Event> {
                     })
                     .collect()
             }),
-        (id(), id()).prop_map(|(uid, channel)| Event::ConversationHidden { uid, channel }),
+        (id(), id(), any::<Option<u64>>()).prop_map(|(uid, channel, up_to_seq)| {
+            Event::ConversationHidden {
+                uid,
+                channel,
+                up_to_seq,
+            }
+        }),
         (id(), id(), any::<u64>()).prop_map(|(uid, channel, up_to_seq)| {
             Event::ConversationCleared {
                 uid,
@@ -289,6 +295,66 @@ fn fields_in_another_order_decode_the_same() {
     assert_eq!(Envelope::decode_reference(1, &buf).unwrap(), want);
 }
 
+/// `ConversationHidden` gained `up_to_seq` without a new envelope version: an event without it
+/// is written as before the field existed (the two-field map, byte for byte what the old
+/// variant encodes to) and reads back as `None`; one with it is read by both decoders; and a
+/// build from before the field (its variant, decoded by serde) still reads the new form,
+/// skipping the field.
+#[test]
+fn a_hide_without_a_seq_keeps_the_old_encoding_and_old_builds_read_one_with_it() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    #[serde(rename_all = "snake_case")]
+    enum OldEvent {
+        ConversationHidden { uid: String, channel: String },
+    }
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct OldEnvelope {
+        v: u8,
+        ts: u64,
+        event: OldEvent,
+    }
+    let old = OldEnvelope {
+        v: 1,
+        ts: 5,
+        event: OldEvent::ConversationHidden {
+            uid: "bob".into(),
+            channel: "g".into(),
+        },
+    };
+    let mut old_bytes = Vec::new();
+    ciborium::into_writer(&old, &mut old_bytes).unwrap();
+    let hidden = |up_to_seq: Option<u64>| {
+        Envelope::new(
+            5,
+            Event::ConversationHidden {
+                uid: "bob".into(),
+                channel: "g".into(),
+                up_to_seq,
+            },
+        )
+    };
+
+    let without = hidden(None);
+    assert_eq!(without.encode(), Bytes::from(old_bytes.clone()));
+    assert_eq!(without.encode_reference(), Bytes::from(old_bytes.clone()));
+    assert_eq!(Envelope::decode(1, &old_bytes).unwrap(), without);
+    assert_eq!(Envelope::decode_reference(1, &old_bytes).unwrap(), without);
+
+    let with = hidden(Some(4));
+    let bytes = with.encode();
+    assert_eq!(bytes, with.encode_reference());
+    assert_eq!(
+        bytes.len(),
+        old_bytes.len() + 11,
+        "one more field: up_to_seq: 4"
+    );
+    assert_eq!(Envelope::decode(1, &bytes).unwrap(), with);
+    assert_eq!(Envelope::decode_reference(1, &bytes).unwrap(), with);
+    // The downgrade: what a build without the field decodes (it then hides by the old rule).
+    let read_by_old: OldEnvelope = ciborium::from_reader(&bytes[..]).unwrap();
+    assert_eq!(read_by_old, old);
+}
+
 /// One envelope of every kind, with fixed values.
 fn golden_events() -> Vec<Envelope> {
     let s = |x: &str| x.to_string();
@@ -361,6 +427,7 @@ fn golden_events() -> Vec<Envelope> {
         Event::ConversationHidden {
             uid: s("bob"),
             channel: s("general"),
+            up_to_seq: None,
         },
         Event::ConversationCleared {
             uid: s("bob"),
@@ -381,6 +448,12 @@ fn golden_events() -> Vec<Envelope> {
                     read_seq: None,
                 },
             ],
+        },
+        // Appended with the field (2026-11-30): the entries before it kept their bytes.
+        Event::ConversationHidden {
+            uid: s("bob"),
+            channel: s("general"),
+            up_to_seq: Some(4),
         },
     ];
     evs.into_iter()

@@ -36,7 +36,7 @@ enum Action {
     Recall(usize, u64),
     List(usize, bool, u8, Vec<usize>),
     UserList(usize, bool, u8, Vec<usize>),
-    Hide(usize, usize),
+    Hide(usize, usize, Option<u64>),
     Clear(usize, usize, u64),
     Snapshot,
 }
@@ -58,7 +58,7 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (g.clone(), 1u64..10).prop_map(|(c, s)| Action::Recall(c, s)),
         2 => (g.clone(), any::<bool>(), 0u8..3, us.clone()).prop_map(|(c, a, o, u)| Action::List(c, a, o, u)),
         1 => (u.clone(), any::<bool>(), 0u8..3, us.clone()).prop_map(|(x, a, o, u)| Action::UserList(x, a, o, u)),
-        1 => (u.clone(), g.clone()).prop_map(|(x, c)| Action::Hide(x, c)),
+        1 => (u.clone(), g.clone(), prop::option::of(0u64..12)).prop_map(|(x, c, s)| Action::Hide(x, c, s)),
         1 => (u.clone(), g.clone(), 0u64..8).prop_map(|(x, c, s)| Action::Clear(x, c, s)),
         1 => Just(Action::Snapshot),
     ]
@@ -143,10 +143,12 @@ async fn run(actions: Vec<Action>, snap_at: usize) {
                 w.list(ListOwner::User(USERS[x].into()), kind, op(k), &names(&u))
                     .await
             }
-            Action::Hide(x, c) => {
+            Action::Hide(x, c, s) => {
+                // As of a seq (below, at or past the head) or, as older events, of the head.
                 w.emit(Event::ConversationHidden {
                     uid: USERS[x].into(),
                     channel: GROUPS[c].into(),
+                    up_to_seq: s,
                 })
                 .await;
             }
@@ -222,12 +224,13 @@ async fn run(actions: Vec<Action>, snap_at: usize) {
         }
     }
     // Cursors never pass the channel's head (`read` may be above `delivered`: a send moves
-    // the sender's read cursor, and their delivered one only when contiguous).
+    // the sender's read cursor, and their delivered one only when contiguous); nor does a
+    // hide, whatever seq its event names (it covers no message in advance).
     for (uid, curs) in &w.state().cursors.by_user {
         for (ch, c) in curs {
             let last = w.state().heads.last_seq(ch);
             assert!(
-                c.read <= last && c.delivered <= last,
+                c.read <= last && c.delivered <= last && c.hidden_at.is_none_or(|h| h <= last),
                 "{uid} in {ch}: {c:?}"
             );
         }

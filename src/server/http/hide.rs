@@ -1,10 +1,12 @@
 //! `POST /v1/conversations/{id}/hide` and `/clear`: the caller's own view of a conversation
 //! ("delete chat", "clear history"). Hiding leaves it out of the caller's conversation list
-//! until its next message; clearing drops its messages up to a seq from the caller's history,
-//! sync, catch-up and changes, and counts them as read and delivered (the cursors projection's
-//! `hide` and `clear`). Other members see no change. Written at once, as the cursor calls are,
-//! so the answer reflects them. A clear moves the caller's read position too: their online
-//! sessions are told of it as of a read.
+//! until a message after the seq it hides as of (the one the caller's client showed, or the
+//! head the server read when it took the request; the event carries it, so a message sequenced
+//! after it but applied first is never covered); clearing drops its messages up to a seq from
+//! the caller's history, sync, catch-up and changes, and counts them as read and delivered
+//! (the cursors projection's `hide` and `clear`). Other members see no change. Written at once,
+//! as the cursor calls are, so the answer reflects them. A clear moves the caller's read
+//! position too: their online sessions are told of it as of a read.
 
 use std::sync::Arc;
 
@@ -27,6 +29,17 @@ use crate::server::state::AppState;
 pub(crate) struct ClearBody {
     /// Clear up to and including this seq. Default: the conversation's last seq; a seq past
     /// it is taken as it (messages sent later are never cleared in advance).
+    pub(crate) seq: Option<u64>,
+}
+
+/// Body of `/hide` (optional: none, or `null`, hides the conversation as of its last seq).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HideBody {
+    /// Hide as of this seq: the last message the caller saw. A message after it keeps the
+    /// conversation listed, also one sent while the request was on its way. Default: the
+    /// conversation's last seq; a seq past it is taken as it (a hide never covers messages
+    /// sent later).
     pub(crate) seq: Option<u64>,
 }
 
@@ -77,26 +90,42 @@ fn view(state: &AppState, me: &str, channel: &str) -> ConversationState {
     }
 }
 
-/// Hides the conversation from the caller's list until its next message.
+/// Hides the conversation from the caller's list until a message after `seq` (default: its last
+/// message).
 #[utoipa::path(post, path = "/v1/conversations/{id}/hide", tag = "conversations",
-    params(("id" = String, Path, description = "Group id or @uid")),
+    params(("id" = String, Path, description = "Group id or @uid")), request_body = Option<HideBody>,
     responses((status = 200, body = ConversationState), (status = 400, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn hide(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    ApiOptionalJson(body): ApiOptionalJson<Option<HideBody>>,
 ) -> ApiResult<axum::Json<ConversationState>> {
     let (me, channel) = own_conversation(&state, &caller, &id)?;
-    // Nothing is written for a conversation already out of the list: hidden at its last seq,
-    // or without a message of its own (a person channel with anyone, which would only add a
-    // cursor; a group re-created under its id before its first message).
-    let hides = is_listed(&state.proj().state, &me, &channel);
-    if hides {
+    // The body is optional: none (or `null`) hides as of the last seq applied now.
+    let asked = body.and_then(|b| b.seq);
+    let up_to = {
+        let p = state.proj();
+        let last = p.state.heads.last_seq(&channel);
+        // Never past the head: a hide must not cover messages sent after it.
+        let seq = asked.map_or(last, |s| s.min(last));
+        // Nothing is written for a conversation already out of the list: hidden at its last
+        // seq, or without a message of its own (a person channel with anyone, which would only
+        // add a cursor; a group re-created under its id before its first message). Nor for a
+        // hide as of a seq below the head: a later message is already there, which would keep
+        // it listed.
+        (seq == last && is_listed(&p.state, &me, &channel)).then_some(seq)
+    };
+    // The event carries the seq: a message sequenced after this read but applied before the
+    // event keeps the conversation listed (with the head read at apply time, the hide covered
+    // it until the next message).
+    if let Some(up_to_seq) = up_to {
         state
             .emit(Event::ConversationHidden {
                 uid: me.clone(),
                 channel: channel.clone(),
+                up_to_seq: Some(up_to_seq),
             })
             .await?;
     }
