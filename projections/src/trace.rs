@@ -257,6 +257,7 @@ pub async fn trace(
                 }
                 let d = delivered_seq.unwrap_or(0).max(read_seq.unwrap_or(0));
                 if d >= seq {
+                    members.saw(uid);
                     delivered.entry(uid.to_owned()).or_insert_with(|| ack(uid));
                 }
                 if read_seq.is_some_and(|s| s >= seq) {
@@ -281,6 +282,7 @@ pub async fn trace(
                 Event::MessageSent {
                     from: by, seq: s, ..
                 } if *s > seq && *by != sender && members.counts(by) => {
+                    members.saw(by);
                     read.entry(by.clone()).or_insert_with(|| ack(by));
                 }
                 Event::MembersSubscribed { uids, .. } => members.subscribed(uids),
@@ -314,23 +316,26 @@ pub async fn trace(
 struct Standing {
     /// Users no longer counted: they joined after the message, or were removed since it.
     out: BTreeSet<Uid>,
-    /// Users counted so far (an ack or a send of theirs since the message): members then, so
-    /// a later subscribe naming them changes nothing.
+    /// Users counted so far (an ack covering the message, or a send of theirs since it):
+    /// members then, so a later subscribe naming them changes nothing. A cursor event below
+    /// the message proves nothing: WebSocket acks are written up to a window late, so one can
+    /// land after its user's removal and before their re-join.
     seen: BTreeSet<Uid>,
     /// The group was deleted: nobody counts any more.
     deleted: bool,
 }
 
 impl Standing {
-    /// Whether a cover by `uid` counts here; one that does makes them a known member.
-    fn counts(&mut self, uid: &str) -> bool {
-        if self.deleted || self.out.contains(uid) {
-            return false;
-        }
+    /// Whether a cover by `uid` counts here.
+    fn counts(&self, uid: &str) -> bool {
+        !self.deleted && !self.out.contains(uid)
+    }
+
+    /// A counted cover of the message, or a send, by `uid`: a member since the message.
+    fn saw(&mut self, uid: &str) {
         if !self.seen.contains(uid) {
             self.seen.insert(uid.to_owned());
         }
-        true
     }
 
     /// A subscribe: a join for everyone named but the members already seen.

@@ -235,6 +235,25 @@ async fn a_member_removed_and_added_again_is_not_counted_for_what_they_missed() 
     assert_eq!(uids(&t.read), ["carol"]);
 }
 
+/// A cursor event below the message proves no membership: WebSocket acks are written up to a
+/// window late, so one a user made before their removal can land after the message, and their
+/// re-join after it is still a join (it was taken for a re-subscribe of a member).
+#[tokio::test]
+async fn a_late_ack_from_before_a_removal_does_not_make_a_later_joiner_a_member() {
+    let mut w = World::new().await;
+    w.create("g").await;
+    w.subscribe("g", &["alice", "dan"]).await;
+    w.send("alice", "g", "m1").await.unwrap();
+    w.unsubscribe("g", &["dan"]).await;
+    w.send("alice", "g", "m2").await.unwrap();
+    w.ack("dan", "g", Some(1), Some(1)).await; // dan's window, written late
+    w.subscribe("g", &["dan"]).await;
+    w.ack("dan", "g", Some(2), Some(2)).await;
+    let t = traced(&w, 2).await;
+    assert!(t.delivered.is_empty(), "{:?}", t.delivered);
+    assert!(t.read.is_empty(), "{:?}", t.read);
+}
+
 /// A group deleted and created again under the same id is another group: a send there (its
 /// seqs continue) by a member of the earlier one is not a read of the earlier group's message.
 #[tokio::test]
