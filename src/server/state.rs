@@ -257,6 +257,21 @@ impl AppState {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// [`AppState::push_read`] of a read written and applied just now (`POST …/read`, a clear),
+    /// unless a later read overtook it meanwhile — applied (the projections' read is past
+    /// `seq`) or a WebSocket read still in its window at or past it: that one was told, and
+    /// telling this one after it would move the other sessions' read position back.
+    pub(crate) fn push_applied_read(&self, uid: &str, channel: &str, seq: u64) {
+        let newest = {
+            let p = self.proj();
+            // The projections' lock, then the acks' (the order of `Acks::record`'s callers).
+            p.state.cursors.get(uid, channel).read <= seq && self.acks.read(uid, channel) < seq
+        };
+        if newest {
+            self.push_read(uid, channel, seq, None);
+        }
+    }
+
     /// Tells `uid`'s online sessions but `origin` (the session that read) that their read
     /// position in `channel` moved to `seq`: a `read` frame, in the channel as they name it.
     /// Queued as a message push is (a full queue closes the session as too slow); never waits.

@@ -75,7 +75,7 @@ async fn advance(
             .await?;
         state.metrics.cursor_events.inc();
         if read_moves {
-            state.push_read(&me, &channel, seq, None);
+            state.push_applied_read(&me, &channel, seq);
         }
     }
     let cur = state.proj().state.cursors.get(&me, &channel);

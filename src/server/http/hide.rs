@@ -167,7 +167,7 @@ pub(crate) async fn clear(
             })
             .await?;
         if read_moves {
-            state.push_read(&me, &channel, up_to_seq, None);
+            state.push_applied_read(&me, &channel, up_to_seq);
         }
     }
     Ok(axum::Json(view(&state, &me, &channel)))
