@@ -30,7 +30,9 @@
 //! 3. Kept too: segment objects of the manifest owner's process (its incarnation is the
 //!    writer in their name), unless it released the prefix: it may be between an upload and
 //!    the version naming it. Another writer can no longer publish a version naming its
-//!    objects: its next manifest write finds the owner's newer version and fences it.
+//!    objects: its next manifest write finds the owner's newer version and fences it. And an
+//!    older build's per-base key at or past the manifest's end: such a build uploads that
+//!    base to that very key, which could be overwritten between the listing and the delete.
 //! 4. Anything else younger than [`Rules::min_age`] is [`Verdict::Young`] (kept); older, it is
 //!    [`Verdict::Collect`].
 //!
@@ -93,13 +95,19 @@ pub fn judge(manifest: &Manifest, listing: &[Listed], rules: &Rules) -> Vec<Verd
         .incarnation
         .filter(|_| manifest.owner.heartbeat_ms != 0);
     let snapshots = kept_snapshots(manifest, listing, rules.keep_snapshots);
+    // An older build's per-base key at or past the uploaded end is where its next upload of
+    // that base goes: overwritten between the listing and the delete, it would be a segment
+    // the manifest names by then. Those below the end can never be written again.
+    let end = manifest.end();
     listing
         .iter()
         .map(|o| {
             let needed = match Name::parse(&o.key) {
                 None => return Verdict::Unknown,
-                Some(Name::Segment { stem, writer }) => {
-                    stems.contains(stem) || writer.is_some_and(|w| owner == Some(w))
+                Some(Name::Segment { stem, base, writer }) => {
+                    stems.contains(stem)
+                        || writer.is_some_and(|w| owner == Some(w))
+                        || (writer.is_none() && base >= end)
                 }
                 Some(Name::Manifest(epoch)) => {
                     manifest.epoch.saturating_sub(epoch) < KEEP_VERSIONS as u64
@@ -138,7 +146,11 @@ fn kept_snapshots(manifest: &Manifest, listing: &[Listed], keep: usize) -> HashS
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Name<'a> {
     /// A segment object: its stem, and the writer in it (none in the older per-base keys).
-    Segment { stem: &'a str, writer: Option<u64> },
+    Segment {
+        stem: &'a str,
+        base: u64,
+        writer: Option<u64>,
+    },
     /// A manifest version: its epoch.
     Manifest(u64),
     /// A snapshot: the offset it applied.
@@ -158,8 +170,8 @@ impl<'a> Name<'a> {
                 Some((base, writer)) => (base, Some(hex(writer, 16)?)),
                 None => (stem, None),
             };
-            decimal20(base)?;
-            return Some(Name::Segment { stem, writer });
+            let base = decimal20(base)?;
+            return Some(Name::Segment { stem, base, writer });
         }
         if let Some(name) = leaf(key, "manifest/") {
             return decimal20(name.strip_suffix(".json")?).map(Name::Manifest);
@@ -272,10 +284,11 @@ mod tests {
 
     #[test]
     fn an_unlisted_segment_object_is_collected_once_old_and_kept_once_listed() {
-        // Another process's upload at a listed base, and an older build's at an unlisted one.
+        // Another process's upload at a listed base, and an older build's at an unlisted one
+        // below the uploaded end.
         let keys = [
             "segments/00000000000000000000.00000000000000cc.log",
-            "segments/00000000000000000020.index",
+            "segments/00000000000000000005.index",
         ];
         let m = manifest();
         assert_eq!(verdicts(&m, &RULES, &keys, DAY), [Verdict::Collect; 2]);
@@ -291,10 +304,27 @@ mod tests {
         // A version read later (just before deleting) that names one keeps it.
         let mut later = m.next("node-a", 2_000);
         later.owner.incarnation = Some(0xab);
-        later.segments.push(seg(20, 30, None));
+        later.segments.push(seg(5, 6, None));
         assert_eq!(
             verdicts(&later, &RULES, &keys, DAY),
             [Verdict::Collect, Verdict::Keep]
+        );
+    }
+
+    /// An older build uploads a base to its per-base key, and again after a crash: one at or
+    /// past the uploaded end may be overwritten by the upload the next manifest version names
+    /// between gc's listing and its delete, so it is kept at any age; below the end no upload
+    /// writes it again.
+    #[test]
+    fn an_older_builds_key_at_or_past_the_uploaded_end_is_kept() {
+        let keys = [
+            "segments/00000000000000000020.log",
+            "segments/00000000000000000031.timeindex",
+            "segments/00000000000000000015.log",
+        ];
+        assert_eq!(
+            verdicts(&manifest(), &RULES, &keys, DAY),
+            [Verdict::Keep, Verdict::Keep, Verdict::Collect]
         );
     }
 
