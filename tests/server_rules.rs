@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -506,6 +507,130 @@ async fn a_revoked_token_is_refused_and_its_websockets_close() {
     // A new token works.
     let again = api.user("alice").await;
     api.ok("GET", "/v1/sync", &again, None).await;
+}
+
+/// Sends racing the revocation of their sender's tokens, over HTTP and a WebSocket, are never
+/// written after it: each send's token is checked under the sequencer's lock, which the
+/// revocation is written and applied under. Before, a send authenticated just before the
+/// revocation (an HTTP request on its way to the sequencer, any send of a session the applier
+/// had not closed yet) was written after it: a user cut off still got messages in.
+#[tokio::test]
+async fn no_message_is_written_after_its_senders_tokens_were_revoked() {
+    use tokio_tungstenite::tungstenite::Message;
+
+    const ROUNDS: u64 = 5;
+    const WS_SENDS: usize = 5000;
+    const HTTP_SENDS: usize = 300;
+    let server = Server::start(&["--limits-sends-per-second", "100000"]);
+    let api = Api::new(&server);
+    let users: Vec<String> = (0..ROUNDS).map(|r| format!("u{r}")).collect();
+    let members: Vec<&str> = users.iter().map(String::as_str).collect();
+    api.group("g", &members).await;
+    for (round, uid) in (0..ROUNDS).zip(&users) {
+        let token = api.user(uid).await;
+        // One session (a second would be pushed the first's messages, and might fill its
+        // queue): it pipelines sends until it is closed.
+        let ws = Ws::connect(&server, &token, "?catch_up=false").await;
+        let (mut sink, mut stream) = ws.ws.split();
+        let prefix = uid.clone();
+        let sender = tokio::spawn(async move {
+            for i in 0..WS_SENDS {
+                let f = json!({"type": "send", "client_msg_id": format!("{prefix}-w{i}"), "channel": "g", "payload": i});
+                if sink
+                    .send(Message::Text(f.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let reader = tokio::spawn(async move {
+            let mut started_tx = Some(started_tx);
+            let (mut acked, mut refused, mut closed) = (0usize, Vec::new(), None);
+            while let Some(Ok(msg)) = stream.next().await {
+                match msg {
+                    Message::Text(t) => {
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                        match v["type"].as_str() {
+                            Some("sendack") => {
+                                acked += 1;
+                                if let Some(tx) = started_tx.take() {
+                                    let _ = tx.send(());
+                                }
+                            }
+                            Some("error") => {
+                                refused.push(v["code"].as_str().unwrap_or_default().to_owned());
+                            }
+                            _ => {}
+                        }
+                    }
+                    Message::Close(c) => {
+                        closed = c.map(|c| u16::from(c.code));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            (acked, refused, closed)
+        });
+        // The session's sends are being written: now HTTP sends and the revocation, racing.
+        tokio::time::timeout(Duration::from_secs(10), started)
+            .await
+            .unwrap()
+            .unwrap();
+        let sends = (0..HTTP_SENDS).map(|i| {
+            let (api, token, uid) = (api.clone(), token.clone(), uid.clone());
+            async move {
+                let body =
+                    json!({"channel": "g", "client_msg_id": format!("{uid}-h{i}"), "payload": {"n": i}});
+                code_of(&api, "POST", "/v1/messages", &token, Some(body)).await
+            }
+        });
+        let revoke = async {
+            tokio::time::sleep(Duration::from_millis(2 + 3 * round)).await;
+            api.ok("DELETE", &format!("/v1/users/{uid}/tokens"), ADMIN, None)
+                .await;
+        };
+        let (answers, ()) = tokio::join!(futures_util::future::join_all(sends), revoke);
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.0 == 201 || *a == (401, "invalid_token".to_owned())),
+            "{answers:?}"
+        );
+        let (acked, refused, closed) = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        sender.abort();
+        assert_eq!(closed, Some(4001));
+        assert!(refused.iter().all(|c| c == "invalid_token"), "{refused:?}");
+        assert!(
+            acked < WS_SENDS,
+            "every WebSocket send was written before the revocation came: nothing raced it"
+        );
+    }
+    // No message of a user at or past the offset of their revocation.
+    let log = api.text("/v1/log?from=0", ADMIN).await;
+    let events: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let revoked_at: HashMap<&str, u64> = events
+        .iter()
+        .filter(|e| e["type"] == "tokens_revoked")
+        .map(|e| (e["uid"].as_str().unwrap(), e["offset"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(revoked_at.len(), users.len());
+    for e in events.iter().filter(|e| e["type"] == "message_sent") {
+        let from = e["from"].as_str().unwrap();
+        assert!(
+            e["offset"].as_u64().unwrap() < revoked_at[from],
+            "a message written after its sender's tokens were revoked: {e}"
+        );
+    }
 }
 
 #[tokio::test]

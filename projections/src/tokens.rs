@@ -41,6 +41,13 @@ impl Tokens {
 
     /// The user a token belongs to, if it is valid.
     pub fn user_of(&self, token: &str) -> Option<&Uid> {
-        self.by_hash.get(&token_hash(token))
+        self.user_of_hash(&token_hash(token))
+    }
+
+    /// The user a token belongs to, by the hash it is stored under ([`token_hash`]), if it is
+    /// valid: for a caller that holds the hash and not the token (a send checked again under
+    /// the server's sequencer lock).
+    pub fn user_of_hash(&self, hash: &[u8]) -> Option<&Uid> {
+        self.by_hash.get(hash)
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use bytes::Bytes;
 use tidings_projections::ids::{ChannelId, is_valid_id, person_channel, person_pair};
+use tidings_projections::tokens::token_hash;
 
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::AppState;
@@ -51,22 +53,45 @@ impl Caller {
     }
 }
 
+/// A caller and the credential it was authenticated with.
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated {
+    pub(crate) caller: Caller,
+    /// A user's token as the SHA-256 it is stored under (`None`: the admin key). A send
+    /// carries it to the sequencer, which refuses the send if the token was revoked before
+    /// the send was sequenced (`SendRequest::token_hash`).
+    pub(crate) token_hash: Option<Bytes>,
+}
+
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The caller a bearer token names.
-pub(crate) fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<Caller> {
+/// The answer to a user token that is unknown or revoked: 401 `invalid_token`. A send
+/// authenticated just before its token was revoked, and sequenced after, is answered so too.
+pub(crate) fn invalid_token() -> ApiError {
+    ApiError::unauthorized("unknown or revoked token")
+}
+
+/// The caller a bearer token names, and the hash of a user's token.
+pub(crate) fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<Authenticated> {
     let token = token
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
     if ct_eq(token.as_bytes(), state.admin_key.as_bytes()) {
-        return Ok(Caller::Admin);
+        return Ok(Authenticated {
+            caller: Caller::Admin,
+            token_hash: None,
+        });
     }
-    let p = state.proj();
-    match p.state.tokens.user_of(token) {
-        Some(uid) => Ok(Caller::User(uid.clone())),
-        None => Err(ApiError::unauthorized("unknown or revoked token")),
+    let hash = token_hash(token);
+    let uid = state.proj().state.tokens.user_of_hash(&hash).cloned();
+    match uid {
+        Some(uid) => Ok(Authenticated {
+            caller: Caller::User(uid),
+            token_hash: Some(hash),
+        }),
+        None => Err(invalid_token()),
     }
 }
 
@@ -120,11 +145,19 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-impl FromRequestParts<Arc<AppState>> for Caller {
+impl FromRequestParts<Arc<AppState>> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
         authenticate(state, bearer(parts).as_deref())
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
+        authenticate(state, bearer(parts).as_deref()).map(|a| a.caller)
     }
 }
 

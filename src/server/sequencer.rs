@@ -24,6 +24,7 @@ use tidings_projections::permissions::check_send;
 use tidings_projections::{Envelope, Event, FastMap};
 use tokio::sync::watch;
 
+use crate::server::auth::invalid_token;
 use crate::server::completions::{Outcome, Registration, Reply};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::{APPLY_TIMEOUT, AppState, now_ms};
@@ -52,6 +53,11 @@ pub(crate) struct SendRequest {
     pub(crate) by_admin: bool,
     /// The WebSocket session that sent it (it gets a sendack, not the message).
     pub(crate) origin: Option<u64>,
+    /// The hash of the user token the send was authenticated with (`None`: the admin key),
+    /// checked again in [`prepare_locked`]: a revocation is applied under the sequencer's lock
+    /// ([`AppState::emit`]), so a send authenticated before it is either written before it or
+    /// refused. Shared, not copied: every send of a WebSocket session holds its one hash.
+    pub(crate) token_hash: Option<Bytes>,
 }
 
 /// Reservations made but not yet applied.
@@ -281,10 +287,19 @@ fn prepare_locked(
         return Ok(Prepared::Wait(rx, req.channel));
     }
 
-    // Already applied: answer with the original.
     let (last_seq, next_id) = {
         let p = state.proj();
         let st = &p.state;
+        // The credential, still valid in the applied state (one lookup in the token index). A
+        // revocation is appended and applied under this lock, so a send authenticated before
+        // it and sequenced after is refused here, as a request made after it is refused at
+        // authentication: a user cut off writes nothing after the revocation in the log.
+        if let Some(hash) = &req.token_hash
+            && st.tokens.user_of_hash(hash) != Some(&req.from)
+        {
+            return Err(invalid_token());
+        }
+        // Already applied: answer with the original.
         if key.is_some()
             && let Some(prev) = st.idempotency.get(&req.from, &req.client_msg_id)
             // A send into a group deleted since, and created again under the id, is not this

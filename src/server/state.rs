@@ -167,11 +167,12 @@ impl AppState {
     /// has stopped.
     ///
     /// An event that narrows who may send where (a group's flags or deletion, members removed,
-    /// allow and deny lists) is appended under the sequencer's lock and applied before the lock
-    /// is released: sends are checked against the applied state, and one checked before such
-    /// an event was applied was written after it in the log — a message from a removed member,
-    /// into a banned group, or into a deleted group where no member can ever read it (it was
-    /// acknowledged all the same).
+    /// allow and deny lists, a user's tokens revoked) is appended under the sequencer's lock
+    /// and applied before the lock is released: sends are checked against the applied state,
+    /// and one checked before such an event was applied was written after it in the log — a
+    /// message from a removed member, into a banned group, into a deleted group where no member
+    /// can ever read it (it was acknowledged all the same), or from a user whose tokens were
+    /// revoked (the send's token is checked under the lock: `SendRequest::token_hash`).
     pub(crate) async fn emit(self: &Arc<Self>, event: Event) -> ApiResult<u64> {
         if narrows_sends(&event) {
             return self
@@ -308,5 +309,7 @@ fn narrows_sends(event: &Event) -> bool {
             | Event::ChannelDeleted { .. }
             | Event::MembersUnsubscribed { .. }
             | Event::ListChanged { .. }
+            // The sends of the user's tokens, authenticated before it.
+            | Event::TokensRevoked { .. }
     )
 }

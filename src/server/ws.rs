@@ -30,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::render::{cbor_frame, channel_ref, message_json, message_text};
-use crate::server::auth::{Caller, authenticate, resolve, ws_bearer};
+use crate::server::auth::{Authenticated, Caller, authenticate, resolve, ws_bearer};
 use crate::server::completions::{Answer, Answers, Reply};
 use crate::server::delivery::{
     CloseReason, GOING_AWAY, IDLE_TIMEOUT, Pushed, Run, Session, SessionLimits, TOKEN_REVOKED,
@@ -82,17 +82,21 @@ pub(crate) struct WsQuery {
     pub(crate) catch_up: Option<bool>,
 }
 
-/// The caller of an upgrade request, taken from the header or `?token=`.
-pub(crate) struct WsCaller(String, String);
+/// The caller of an upgrade request, taken from the header or `?token=`, and the hash of its
+/// token.
+pub(crate) struct WsCaller(String, Bytes);
 
 impl FromRequestParts<Arc<AppState>> for WsCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
-        let token = ws_bearer(parts);
-        match authenticate(state, token.as_deref())? {
-            Caller::User(uid) => Ok(WsCaller(uid, token.unwrap_or_default())),
-            Caller::Admin => Err(ApiError::bad_request(
+        match authenticate(state, ws_bearer(parts).as_deref())? {
+            Authenticated {
+                caller: Caller::User(uid),
+                token_hash: Some(hash),
+            } => Ok(WsCaller(uid, hash)),
+            // The admin key (a user always has a token hash).
+            _ => Err(ApiError::bad_request(
                 "user_only",
                 "WebSocket sessions are for users (a user token)",
             )),
@@ -106,7 +110,7 @@ impl FromRequestParts<Arc<AppState>> for WsCaller {
     security(("bearer" = [])))]
 pub(crate) async fn upgrade(
     State(state): State<Arc<AppState>>,
-    WsCaller(uid, token): WsCaller,
+    WsCaller(uid, token_hash): WsCaller,
     ApiQuery(q): ApiQuery<WsQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
@@ -139,7 +143,7 @@ pub(crate) async fn upgrade(
     // Registered before the 101 goes out: a client without catch-up syncs over HTTP once it is
     // connected, and every message applied from here on is pushed to it (one applied between
     // that sync and a registration after the upgrade reached it neither way).
-    let registered = Registered::new(&state, &uid, &token, !catch_up)?;
+    let registered = Registered::new(&state, &uid, token_hash, !catch_up)?;
     let tracker = state.ws_tasks.clone();
     Ok(ws
         .protocols([CBOR_PROTOCOL])
@@ -569,6 +573,10 @@ struct Ctx {
     state: Arc<AppState>,
     uid: String,
     caller: Caller,
+    /// The hash of the session's token: each send carries it, and is refused if the token was
+    /// revoked before the send was sequenced (the session is closed with 4001 once the
+    /// revocation is applied, but sends it had read by then are still on their way).
+    token_hash: Bytes,
     cbor: bool,
     session: Arc<Session>,
     /// The last seq this connection has sent in each channel.
@@ -962,6 +970,7 @@ impl Ctx {
             flags,
             by_admin: false,
             origin: Some(self.session.id),
+            token_hash: Some(self.token_hash.clone()),
         })
     }
 }
@@ -971,6 +980,8 @@ impl Ctx {
 struct Registered {
     state: Arc<AppState>,
     uid: String,
+    /// The hash of the token the session was opened with.
+    token_hash: Bytes,
     session: Arc<Session>,
     queue: mpsc::Receiver<Run>,
 }
@@ -983,9 +994,14 @@ impl Registered {
     /// the applier may still be pushing events the projections hold already, and the groups
     /// read here are those of after them (a group joined among them is not yet the user's for
     /// the messages before the join).
-    fn new(state: &Arc<AppState>, uid: &str, token: &str, live: bool) -> ApiResult<Registered> {
+    fn new(
+        state: &Arc<AppState>,
+        uid: &str,
+        token_hash: Bytes,
+        live: bool,
+    ) -> ApiResult<Registered> {
         let p = state.proj();
-        if p.state.tokens.user_of(token).map(String::as_str) != Some(uid) {
+        if p.state.tokens.user_of_hash(&token_hash).map(String::as_str) != Some(uid) {
             return Err(ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,
                 TOKEN_REVOKED.reason,
@@ -1024,6 +1040,7 @@ impl Registered {
         Ok(Registered {
             state: state.clone(),
             uid: uid.to_owned(),
+            token_hash,
             session,
             queue,
         })
@@ -1053,11 +1070,13 @@ async fn run(
     let (sink, mut stream): (Sink, SplitStream<WebSocket>) = socket.split();
     let session = registered.session.clone();
     let uid = registered.uid.clone();
+    let token_hash = registered.token_hash.clone();
     let queue = &mut registered.queue;
     state.metrics.ws_sessions.inc();
     let (replies_tx, mut replies) = mpsc::unbounded_channel::<Box<Answer>>();
     let mut ctx = Ctx {
         caller: Caller::User(uid.clone()),
+        token_hash,
         limiter: TokenBucket::new(state.config.limits_sends_per_second),
         frames: TokenBucket::new(state.config.limits_frames_per_second),
         last_was_send: false,

@@ -18,7 +18,7 @@ use super::json_check::JsonCheck;
 use super::users::valid_uid;
 use super::{ApiJson, ApiPath, ApiQuery, page_limit};
 use crate::render::{channel_ref, message_raw};
-use crate::server::auth::{ADMIN_ACTOR, Caller, resolve};
+use crate::server::auth::{ADMIN_ACTOR, Authenticated, Caller, resolve};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::sequencer::{self, SendRequest};
 use crate::server::state::AppState;
@@ -147,7 +147,7 @@ pub(crate) fn check_client_msg_id(id: &str) -> ApiResult<()> {
     security(("bearer" = [])))]
 pub(crate) async fn post_message(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    Authenticated { caller, token_hash }: Authenticated,
     ApiJson(body): ApiJson<PostMessage>,
 ) -> ApiResult<(StatusCode, axum::Json<MessageSent>)> {
     let (from, by_admin) = match (&caller, body.from) {
@@ -187,6 +187,7 @@ pub(crate) async fn post_message(
             flags,
             by_admin,
             origin: None,
+            token_hash,
         },
     )
     .await?;
