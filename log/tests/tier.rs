@@ -1482,3 +1482,62 @@ async fn a_damaged_local_manifest_copy_is_refused_while_the_store_does_not_answe
     );
     log.close().await.unwrap();
 }
+
+/// A log whose prefix lies below another log's `manifest/` directory (`{p}/manifest/x`) is
+/// another log. Listings are recursive, and its manifest versions, numbered past the outer
+/// log's, were taken for the outer log's newest: the outer owner's next manifest read failed
+/// (that key is not in its directory) and left it fenced, and `tier gc` judged its objects
+/// against the nested log's manifest and deleted them. Found by a black-box QA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_nested_below_another_logs_manifest_directory_is_another_log() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("nest");
+    let nested = format!("{prefix}/manifest/x");
+    let (a_data, b_data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a_cache, b_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = quiet_log(
+        s3s.store(),
+        &prefix,
+        "node-a",
+        a_cache.path(),
+        0,
+        a_data.path(),
+    )
+    .await;
+    append(&a, 0, 300).await;
+    a.roll().await.unwrap();
+    assert_eq!(a.upload_now().await.unwrap().lag_segments, 0);
+    let outer = t_manifest(&s3s, &prefix).await;
+    let b = quiet_log(
+        s3s.store(),
+        &nested,
+        "node-b",
+        b_cache.path(),
+        0,
+        b_data.path(),
+    )
+    .await;
+    for round in 0..6 {
+        append(&b, round * 100, 100).await;
+        b.roll().await.unwrap();
+        assert_eq!(b.upload_now().await.unwrap().lag_segments, 0);
+    }
+    let inner = t_manifest(&s3s, &nested).await;
+    assert!(
+        inner.epoch > outer.epoch,
+        "{} vs {}",
+        inner.epoch,
+        outer.epoch
+    );
+
+    // Each log reads its own manifest, and the outer owner goes on uploading.
+    let m = t_manifest(&s3s, &prefix).await;
+    assert_eq!((m.owner.id.as_str(), m.epoch), ("node-a", outer.epoch));
+    append(&a, 300, 300).await;
+    a.roll().await.unwrap();
+    let status = a.upload_now().await.unwrap();
+    assert!(!status.fenced && status.lag_segments == 0, "{status:?}");
+    assert_eq!(t_manifest(&s3s, &prefix).await.end(), 600);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -400,6 +400,11 @@ async fn newest_manifest(
     let mut stream = store.list(Some(&dir));
     while let Some(meta) = stream.next().await {
         let meta = meta?;
+        // Only the versions directly in `manifest/`: a log whose prefix lies below it is
+        // another log (its versions judged this one's objects, and deleted them).
+        if !gc::is_child(&dir, &meta.location) {
+            continue;
+        }
         let epoch = meta.location.filename().and_then(Manifest::epoch_of);
         if let Some(epoch) = epoch
             && newest.as_ref().is_none_or(|(e, _)| epoch > *e)

@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use super::manifest::{Manifest, RemoteSegment};
 use super::store::KEEP_VERSIONS;
+pub use super::store::is_child;
 
 /// The default [`Rules::min_age`]: far longer than any segment's upload and the manifest
 /// write after it.

@@ -70,8 +70,17 @@ async fn latest_epoch(inner: &TierInner) -> Result<Option<u64>> {
     .await?;
     Ok(metas
         .iter()
+        .filter(|m| is_child(&dir, &m.location))
         .filter_map(|m| m.location.filename().and_then(Manifest::epoch_of))
         .max())
+}
+
+/// Whether `location` is directly in `dir`. A listing is recursive, and another log's prefix
+/// may lie below this one's directories (`{prefix}/manifest/x`): its files are not ours.
+pub fn is_child(dir: &object_store::path::Path, location: &object_store::path::Path) -> bool {
+    location
+        .prefix_match(dir)
+        .is_some_and(|mut rest| rest.next().is_some() && rest.next().is_none())
 }
 
 /// Manifest version `epoch`.
@@ -497,7 +506,11 @@ pub(crate) async fn list(inner: &TierInner, rel: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         let mut stream = inner.opts.store.list(Some(&dir));
         while let Some(m) = stream.next().await {
-            if let Some(n) = m?.location.filename() {
+            let m = m?;
+            if !is_child(&dir, &m.location) {
+                continue;
+            }
+            if let Some(n) = m.location.filename() {
                 out.push(n.to_owned());
             }
         }
