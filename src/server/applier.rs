@@ -276,6 +276,8 @@ pub(crate) async fn run(
             }
         }
         push_runs(&state, &mut pushes);
+        // The reads waiting for this pass's pushes follow them.
+        state.read_notices.pushed_through(&state, next);
         if let Some(e) = failed {
             tracing::error!(error = %e, offset = next, "cannot apply the log; stopping the applier (run `tidings verify`)");
             state

@@ -26,6 +26,7 @@ pub(crate) mod http;
 mod keepalive;
 mod limits;
 mod metrics;
+mod read_notices;
 mod sequencer;
 mod state;
 pub(crate) mod tiering;

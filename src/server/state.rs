@@ -23,6 +23,7 @@ use crate::server::delivery::{Delivery, Frame, Pushed};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::limits::TokenBucket;
 use crate::server::metrics::Metrics;
+use crate::server::read_notices::ReadNotices;
 use crate::server::sequencer::Sequencer;
 use crate::server::waiters::{AppliedWaiters, Wait};
 
@@ -47,6 +48,8 @@ pub(crate) struct AppState {
     pub(crate) sequencer: tokio::sync::Mutex<Sequencer>,
     pub(crate) delivery: Delivery,
     pub(crate) acks: Acks,
+    /// `read` frames waiting for the pushes they follow.
+    pub(crate) read_notices: ReadNotices,
     pub(crate) conv_cache: ConversationCache,
     pub(crate) samples: PushSamples,
     pub(crate) metrics: Metrics,
@@ -96,6 +99,7 @@ impl AppState {
             sequencer: tokio::sync::Mutex::new(sequencer),
             delivery: Delivery::default(),
             acks,
+            read_notices: ReadNotices::new(next_applied),
             conv_cache,
             samples,
             metrics: Metrics::default(),
@@ -258,25 +262,34 @@ impl AppState {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// [`AppState::push_read`] of a read written and applied just now (`POST …/read`, a clear),
-    /// unless a later read overtook it meanwhile — applied (the projections' read is past
-    /// `seq`) or a WebSocket read still in its window at or past it: that one was told, and
-    /// telling this one after it would move the other sessions' read position back.
-    pub(crate) fn push_applied_read(&self, uid: &str, channel: &str, seq: u64) {
+    /// Tells the user's sessions of a read written at `offset` and applied (`POST …/read`, a
+    /// clear), unless a later read overtook it meanwhile — applied (the projections' read is
+    /// past `seq`) or a WebSocket read still in its window at or past it: that one was told,
+    /// and telling this one after it would move the other sessions' read position back.
+    pub(crate) fn push_applied_read(&self, uid: &str, channel: &str, seq: u64, offset: u64) {
         let newest = {
             let p = self.proj();
             // The projections' lock, then the acks' (the order of `Acks::record`'s callers).
             p.state.cursors.get(uid, channel).read <= seq && self.acks.read(uid, channel) < seq
         };
         if newest {
-            self.push_read(uid, channel, seq, None);
+            // After the pushes of the messages applied before it.
+            self.read_notices
+                .tell(self, offset.saturating_add(1), uid, channel, seq, None);
         }
     }
 
     /// Tells `uid`'s online sessions but `origin` (the session that read) that their read
     /// position in `channel` moved to `seq`: a `read` frame, in the channel as they name it.
     /// Queued as a message push is (a full queue closes the session as too slow); never waits.
-    pub(crate) fn push_read(&self, uid: &str, channel: &str, seq: u64, origin: Option<u64>) {
+    /// Whether the user had such a session. Called by [`ReadNotices`], which orders notices.
+    pub(crate) fn push_read(
+        &self,
+        uid: &str,
+        channel: &str,
+        seq: u64,
+        origin: Option<u64>,
+    ) -> bool {
         let stats = self.delivery.push_to_user(uid, origin, || {
             let named = channel_ref(channel, Some(uid));
             let v = json!({"type": "read", "channel": named, "seq": seq});
@@ -296,6 +309,7 @@ impl AppState {
         self.metrics
             .slow_consumer_closes
             .add(u64::from(stats.closed_slow));
+        stats.sessions > 0
     }
 }
 

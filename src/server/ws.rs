@@ -862,9 +862,10 @@ impl Ctx {
         match self.record_cursor(channel, delivered, read) {
             Ok(moved) => {
                 self.state.metrics.acks_received.inc();
-                if let Some((ch, seq)) = moved {
-                    self.state
-                        .push_read(&self.uid, &ch, seq, Some(self.session.id));
+                if let Some((ch, seq, needs)) = moved {
+                    let origin = Some(self.session.id);
+                    let notices = &self.state.read_notices;
+                    notices.tell(&self.state, needs, &self.uid, &ch, seq, origin);
                 }
                 Ok(())
             }
@@ -873,13 +874,14 @@ impl Ctx {
     }
 
     /// Records an ack or a read in the channel it names; returns the channel and the read when
-    /// that moves the user's read position past what was known.
+    /// that moves the user's read position past what was known, and the projections' next
+    /// offset (the read's notice follows the pushes of what was applied: `read_notices.rs`).
     fn record_cursor(
         &self,
         channel: &str,
         delivered: u64,
         read: u64,
-    ) -> ApiResult<Option<(ChannelId, u64)>> {
+    ) -> ApiResult<Option<(ChannelId, u64, u64)>> {
         let ch = resolve(&self.caller, channel)?;
         // Held while recording: the read known in the projections and the windows are looked
         // at together (`Acks::record`).
@@ -901,7 +903,7 @@ impl Ctx {
             .state
             .acks
             .record(&self.uid, &ch, delivered, read, known);
-        Ok(moved.then_some((ch, read)))
+        Ok(moved.then(|| (ch, read, p.state.next_offset())))
     }
 
     fn prepare_send(

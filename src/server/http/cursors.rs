@@ -65,7 +65,7 @@ async fn advance(
         (moves, seq, read_moves)
     };
     if moves {
-        state
+        let offset = state
             .emit(Event::CursorAdvanced {
                 uid: me.clone(),
                 channel: channel.clone(),
@@ -75,7 +75,7 @@ async fn advance(
             .await?;
         state.metrics.cursor_events.inc();
         if read_moves {
-            state.push_applied_read(&me, &channel, seq);
+            state.push_applied_read(&me, &channel, seq, offset);
         }
     }
     let cur = state.proj().state.cursors.get(&me, &channel);

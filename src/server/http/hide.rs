@@ -159,7 +159,7 @@ pub(crate) async fn clear(
         ((seq > cur.cleared).then_some(seq), read_moves)
     };
     if let Some(up_to_seq) = up_to {
-        state
+        let offset = state
             .emit(Event::ConversationCleared {
                 uid: me.clone(),
                 channel: channel.clone(),
@@ -167,7 +167,7 @@ pub(crate) async fn clear(
             })
             .await?;
         if read_moves {
-            state.push_applied_read(&me, &channel, up_to_seq);
+            state.push_applied_read(&me, &channel, up_to_seq, offset);
         }
     }
     Ok(axum::Json(view(&state, &me, &channel)))
