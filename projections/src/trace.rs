@@ -276,6 +276,10 @@ pub async fn trace(
                         covers(&c.uid, c.delivered_seq, c.read_seq);
                     }
                 }
+                // A clear counts the messages up to it as delivered and read (`cursors.rs`).
+                Event::ConversationCleared { uid, up_to_seq, .. } => {
+                    covers(uid, Some(*up_to_seq), Some(*up_to_seq));
+                }
                 // A member who sends a later message has read up to it (`cursors.rs`); whether
                 // it also counts as delivery depends on their cursor then, which the
                 // cursor events tell.

@@ -254,6 +254,27 @@ async fn a_late_ack_from_before_a_removal_does_not_make_a_later_joiner_a_member(
     assert!(t.read.is_empty(), "{:?}", t.read);
 }
 
+/// A clear counts the messages up to it as delivered and read (the cursors projection), so
+/// the trace lists the member who cleared as having them (it listed them nowhere: neither
+/// delivered nor not delivered). Found by a black-box QA.
+#[tokio::test]
+async fn a_clear_counts_as_delivery_and_read() {
+    let mut w = World::new().await;
+    w.create("g").await;
+    w.subscribe("g", &["alice", "bob", "carol"]).await;
+    w.send("alice", "g", "m1").await.unwrap();
+    w.emit(Event::ConversationCleared {
+        uid: "bob".into(),
+        channel: "g".into(),
+        up_to_seq: 1,
+    })
+    .await;
+    let t = traced(&w, 1).await;
+    assert_eq!(uids(&t.delivered), ["bob"]);
+    assert_eq!(uids(&t.read), ["bob"]);
+    assert_eq!(t.not_delivered, ["carol"]);
+}
+
 /// A group deleted and created again under the same id is another group: a send there (its
 /// seqs continue) by a member of the earlier one is not a read of the earlier group's message.
 #[tokio::test]
