@@ -816,3 +816,18 @@ async fn rebuild_takes_the_server_s_projections_settings() {
     let (code, out, _) = tidings(&["verify", "--data", d]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// `tier gc` on a `file://` store that does not exist says so and makes nothing (opening the
+/// store made the directory: a mistyped path left a tree behind). Found by a black-box QA.
+#[test]
+fn tier_gc_on_a_missing_file_store_makes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/store");
+    let url = format!("file://{}", missing.display());
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let (code, out, err) = tidings(&["tier", "gc", "--data", d, "--tier-url", &url]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("no such directory"), "{err}");
+    assert!(!dir.path().join("no").exists());
+}

@@ -282,6 +282,12 @@ async fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
     let Some(url) = &config.tier.url else {
         anyhow::bail!("no object store is configured (tier.url)");
     };
+    // Opening a `file://` store makes its directory: a mistyped one is reported, not made.
+    if let Some(dir) = url.strip_prefix("file://")
+        && !Path::new(dir).is_dir()
+    {
+        anyhow::bail!("{url}: no such directory (nothing to judge)");
+    }
     let (store, prefix, display) = crate::server::tiering::build_store(&config.tier, url)?;
     let store: &dyn ObjectStore = &*store;
     let prefix = (!prefix.is_empty()).then(|| ObjectPath::from(prefix.as_str()));
