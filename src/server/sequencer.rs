@@ -68,9 +68,28 @@ pub(crate) struct Sequencer {
     next_message_id: u64,
     /// Sweep `reserved` when it grows past this.
     sweep_at: usize,
+    /// Users whose tokens' revocation is in the log and not yet applied (a count: revocations
+    /// may overlap). Their sends are refused here from the moment the revocation is enqueued,
+    /// so the lock is not held across its fsync and apply ([`Sequencer::revoking`]).
+    revoking: FastMap<String, u32>,
 }
 
 impl Sequencer {
+    /// Marks `uid`'s revocation as enqueued (call under the lock, with the enqueue).
+    pub(crate) fn revoking(&mut self, uid: &str) {
+        *self.revoking.entry(uid.to_owned()).or_default() += 1;
+    }
+
+    /// The revocation marked by [`Sequencer::revoking`] is applied, or was never written.
+    pub(crate) fn revoked(&mut self, uid: &str) {
+        if let Some(n) = self.revoking.get_mut(uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.revoking.remove(uid);
+            }
+        }
+    }
+
     /// Drops reservations the projections have caught up with, once the map has doubled since
     /// the last sweep (amortised O(1) per send).
     fn sweep(&mut self, state: &AppState) {
@@ -295,7 +314,8 @@ fn prepare_locked(
         // it and sequenced after is refused here, as a request made after it is refused at
         // authentication: a user cut off writes nothing after the revocation in the log.
         if let Some(hash) = &req.token_hash
-            && st.tokens.user_of_hash(hash) != Some(&req.from)
+            && ((!seq.revoking.is_empty() && seq.revoking.contains_key(&req.from))
+                || st.tokens.user_of_hash(hash) != Some(&req.from))
         {
             return Err(invalid_token());
         }

@@ -171,13 +171,18 @@ impl AppState {
     /// has stopped.
     ///
     /// An event that narrows who may send where (a group's flags or deletion, members removed,
-    /// allow and deny lists, a user's tokens revoked) is appended under the sequencer's lock
-    /// and applied before the lock is released: sends are checked against the applied state,
-    /// and one checked before such an event was applied was written after it in the log — a
-    /// message from a removed member, into a banned group, into a deleted group where no member
-    /// can ever read it (it was acknowledged all the same), or from a user whose tokens were
-    /// revoked (the send's token is checked under the lock: `SendRequest::token_hash`).
+    /// allow and deny lists) is appended under the sequencer's lock and applied before the
+    /// lock is released: sends are checked against the applied state, and one checked before
+    /// such an event was applied was written after it in the log — a message from a removed
+    /// member, into a banned group, or into a deleted group where no member can ever read it
+    /// (it was acknowledged all the same). A user's tokens revoked are ordered with sends too,
+    /// without holding the lock that long ([`AppState::revoke`]; the send's token is checked
+    /// under the lock: `SendRequest::token_hash`).
     pub(crate) async fn emit(self: &Arc<Self>, event: Event) -> ApiResult<u64> {
+        if let Event::TokensRevoked { uid } = &event {
+            let uid = uid.clone();
+            return self.revoke(uid, event).await;
+        }
         if narrows_sends(&event) {
             return self
                 .emit_unless(event, |_| false)
@@ -214,6 +219,42 @@ impl AppState {
             Ok(Some(ack.base_offset))
         });
         match tokio::time::timeout(APPLY_TIMEOUT, locked).await {
+            Ok(Ok(written)) => written,
+            Ok(Err(e)) => Err(ApiError::internal(format!("writing the event: {e}"))),
+            Err(_) => Err(ApiError::unavailable(
+                "apply_timeout",
+                "the change is durable but not yet visible; retry the read",
+            )),
+        }
+    }
+
+    /// Writes a revocation of `uid`'s tokens, ordered with sends as a narrowing change is but
+    /// without holding the sequencer's lock across its fsync and apply (logouts are frequent;
+    /// every send would wait for each): under the lock it is enqueued and `uid` marked as being
+    /// revoked, so a send of theirs sequenced after it is refused, and one before it is written
+    /// before it; the mark goes once the event is applied. In a task of its own, as
+    /// [`AppState::emit_unless`]'s: the mark is taken off however the request ends.
+    async fn revoke(self: &Arc<Self>, uid: String, event: Event) -> ApiResult<u64> {
+        let state = self.clone();
+        let task = self.send_tasks.spawn(async move {
+            let pending = {
+                let mut seq = state.sequencer.lock().await;
+                state.writable()?;
+                let env = Envelope::new(now_ms(), event);
+                let pending = state.log.enqueue(vec![env.encode()]).await?;
+                seq.revoking(&uid);
+                pending
+            };
+            let written = async {
+                let ack = pending.wait().await?;
+                state.applied_past(ack.base_offset).await?;
+                Ok::<_, ApiError>(ack.base_offset)
+            }
+            .await;
+            state.sequencer.lock().await.revoked(&uid);
+            written
+        });
+        match tokio::time::timeout(APPLY_TIMEOUT, task).await {
             Ok(Ok(written)) => written,
             Ok(Err(e)) => Err(ApiError::internal(format!("writing the event: {e}"))),
             Err(_) => Err(ApiError::unavailable(
@@ -323,7 +364,5 @@ fn narrows_sends(event: &Event) -> bool {
             | Event::ChannelDeleted { .. }
             | Event::MembersUnsubscribed { .. }
             | Event::ListChanged { .. }
-            // The sends of the user's tokens, authenticated before it.
-            | Event::TokensRevoked { .. }
     )
 }
