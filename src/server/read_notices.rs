@@ -12,7 +12,8 @@
 //! channel is dropped: reads racing each other (two devices, HTTP and WebSocket) never tell a
 //! lower seq after a higher one, nor one seq twice. What was told is kept only while the user
 //! has another session to tell, and the whole record is dropped past [`MAX_TOLD`] entries
-//! (a race after that can tell a seq again, which a client takes as it is: no change).
+//! (two reads racing at that moment can then tell a seq again, or a lower one after a higher
+//! one: clients take the highest `seq` they were told).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
