@@ -1020,3 +1020,55 @@ async fn a_shutdown_closes_websockets_with_1001() {
         assert_eq!(closed["code"], 1001, "{closed}");
     }
 }
+
+/// Idle connections cannot take the descriptors the log needs. A connection is accepted only
+/// within the budget the open-file limit leaves (the limit less a reserve), so with more idle
+/// connections open than the limit, the log still rolls its segments and every send is
+/// acknowledged. Before, the server accepted connections until no descriptor was left: a roll
+/// that could not open its files stopped the log until a restart (`storage_failed`), while
+/// `/readyz` said ready. Found by a resource audit (which saw the roll fail at a limit of 200
+/// with ~290 idle connections; here the roll's timing rarely meets the moment of exhaustion,
+/// so this test shows the budget holds, not the failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_take_the_logs_descriptors() {
+    let server = Server::start_with_open_files(
+        300,
+        &[
+            "--log-segment-bytes",
+            "65536",
+            "--limits-http-read-timeout-secs",
+            "2",
+            "--limits-sends-per-second",
+            "1000000",
+        ],
+    );
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let mut ws = Ws::connect(&server, &alice, "").await;
+    let idle: Vec<std::net::TcpStream> = (0..400)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    // Accepted (as many as may be) before the sends; their requests time out after 2 s.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ~6,000 × ~230 B: some twenty rolls of 64 KiB segments while the idle connections are
+    // open (more than the spare segments made ahead).
+    const N: usize = 6000;
+    for i in 0..N {
+        ws.feed(json!({"type": "send", "client_msg_id": format!("m{i}"), "channel": "g", "payload": {"text": "x".repeat(100)}}))
+            .await;
+    }
+    ws.flush().await;
+    for _ in 0..N {
+        let v = ws.next().await;
+        assert_eq!(v["type"], "sendack", "{v}");
+    }
+    drop(idle);
+    let ready = api.call("GET", "/readyz", ADMIN, None).await;
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    let bob = api.user("bob").await;
+    let page = api
+        .ok("GET", "/v1/channels/g/messages?after_seq=5990", &bob, None)
+        .await;
+    assert_eq!(seqs(&page).len(), 10, "{page}");
+}

@@ -9,22 +9,69 @@
 //!   descriptor) for ever. An upgraded WebSocket leaves this loop: its own keepalive applies.
 //! - **Ownership.** Every connection task is in this loop's `JoinSet`: on shutdown each is
 //!   asked to finish its request and close; aborting the loop's task aborts them all.
+//! - **A budget of descriptors.** A connection is accepted only with a permit of the sockets
+//!   budget ([`socket_budget`]: the open-file limit less a reserve for the log, snapshots and
+//!   caches), held for the connection's life (an upgraded WebSocket takes one of its own).
+//!   Past it, new connections wait in the kernel's backlog. Without it, idle connections
+//!   could take every descriptor, and the log's next segment roll, unable to open its files,
+//!   stopped the log until a restart.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// Descriptors kept for everything but client connections: the log's segments and index
+/// files, snapshots, sidecars, the caches' files, the object store's connections. A quarter
+/// of the limit when that is less.
+const RESERVED_DESCRIPTORS: u64 = 1024;
+
+/// Raises the soft open-file limit to the hard one (a service manager's soft default, often
+/// 1,024, is far below what a chat server's connections need) and returns it.
+pub(crate) fn raise_open_files_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+        && soft < hard
+    {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit");
+        }
+    }
+    open_files_limit()
+}
+
+/// The soft open-file limit now (`u64::MAX`: unlimited).
+pub(crate) fn open_files_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit};
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Client connections (HTTP and WebSocket together) that an open-file limit of `limit` leaves
+/// room for: the limit less [`RESERVED_DESCRIPTORS`] (or a quarter of it, when smaller).
+pub(crate) fn socket_budget(limit: u64) -> usize {
+    let reserve = RESERVED_DESCRIPTORS.min(limit / 4);
+    usize::try_from(limit.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
+}
+
 /// Serves `app` on `listener` until `stop`, then lets the connections finish their requests.
+/// Each connection holds one of `sockets`' permits.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     stop: CancellationToken,
     read_timeout: Duration,
+    sockets: Arc<Semaphore>,
     tune: impl Fn(&TcpStream),
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -33,6 +80,16 @@ pub(crate) async fn serve(
         .keep_alive(true);
     let mut conns = JoinSet::new();
     loop {
+        // A descriptor for the next connection, before it is accepted.
+        let permit = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            permit = sockets.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let tcp = tokio::select! {
             biased;
             () = stop.cancelled() => break,
@@ -62,6 +119,7 @@ pub(crate) async fn serve(
             .with_upgrades();
         let stop = stop.clone();
         conns.spawn(async move {
+            let _descriptor = permit;
             let mut conn = std::pin::pin!(conn);
             let served = tokio::select! {
                 r = conn.as_mut() => r,

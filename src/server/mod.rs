@@ -175,6 +175,12 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     .await?;
 
     let (applied_tx, applied_rx) = watch::channel(proj.state.next_offset());
+    let open_files = accept::raise_open_files_limit();
+    tracing::info!(
+        open_files,
+        connections = accept::socket_budget(open_files),
+        "open-file limit, and the client connections it leaves room for"
+    );
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -221,6 +227,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let user_timeout_ms =
         u32::try_from(state.config.limits_ws_idle_secs.saturating_mul(1000)).unwrap_or(u32::MAX);
     let read_timeout = std::time::Duration::from_secs(state.config.limits_http_read_timeout_secs);
+    let sockets = state.sockets.clone();
     let http_task = tasks.spawn(async move {
         // TCP_NODELAY: a sendack or a push is a small write that must leave now, not wait
         // for the previous segment's ACK (Nagle) while the client delays that ACK.
@@ -228,7 +235,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         // out of coverage in a busy group) never acknowledges it; the kernel ends the
         // connection after `ws_idle_secs` of that instead of ~15 min of retransmissions, and
         // the session's next write fails. (A quiet one is found by the WebSocket keepalive.)
-        accept::serve(listener, app, t, read_timeout, move |tcp| {
+        accept::serve(listener, app, t, read_timeout, sockets, move |tcp| {
             tune_socket(tcp, user_timeout_ms);
         })
         .await;

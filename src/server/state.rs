@@ -62,6 +62,9 @@ pub(crate) struct AppState {
     /// shutdown.
     pub(crate) send_tasks: TaskTracker,
     pub(crate) connections: std::sync::Arc<Semaphore>,
+    /// Client connections, HTTP and WebSocket, that the open-file limit leaves room for
+    /// (`accept.rs`): one permit per accepted connection, and one per WebSocket session.
+    pub(crate) sockets: std::sync::Arc<Semaphore>,
     pub(crate) ready: AtomicBool,
     /// The applier stopped on a record it could not apply: the state in memory may hold part
     /// of that record (an index entry whose sidecar write failed), so it is never snapshotted
@@ -89,6 +92,9 @@ impl AppState {
     ) -> Self {
         let samples = PushSamples::new(config.trace_sample_every, 10_000);
         let connections = std::sync::Arc::new(Semaphore::new(config.limits_max_connections));
+        let budget =
+            crate::server::accept::socket_budget(crate::server::accept::open_files_limit());
+        let sockets = std::sync::Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS)));
         let next_applied = *applied.borrow();
         Self {
             config,
@@ -108,6 +114,7 @@ impl AppState {
             ws_tasks: TaskTracker::new(),
             send_tasks: TaskTracker::new(),
             connections,
+            sockets,
             ready: AtomicBool::new(false),
             applier_failed: AtomicBool::new(false),
             user_rates: Mutex::new(HashMap::new()),

@@ -138,6 +138,15 @@ pub(crate) async fn upgrade(
             ),
         )
     })?;
+    // The session's descriptor, in the budget the open-file limit leaves (`accept.rs`): the
+    // HTTP connection's permit goes when the upgrade takes the socket out of it.
+    let descriptor = state.sockets.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable(
+            "too_many_connections",
+            "as many connections as the open-file limit allows",
+        )
+    })?;
+    let permit = (permit, descriptor);
     let max = state.config.limits_max_frame_bytes;
     let catch_up = q.catch_up.unwrap_or(true);
     // Registered before the 101 goes out: a client without catch-up syncs over HTTP once it is

@@ -36,8 +36,26 @@ impl Server {
 
     /// A server on `data` (kept by the caller).
     pub(crate) fn start_on(data: &Path, args: &[&str]) -> Server {
+        Server::spawn(Command::new(env!("CARGO_BIN_EXE_tidings")), data, args)
+    }
+
+    /// A server on a fresh data directory whose open-file limit (soft and hard) is
+    /// `open_files` (set by util-linux's `prlimit`, which then runs the server in its place).
+    pub(crate) fn start_with_open_files(open_files: u64, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={open_files}:{open_files}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_tidings"));
+        let mut s = Server::spawn(cmd, &data, args);
+        s._dir = Some(dir);
+        s
+    }
+
+    fn spawn(mut cmd: Command, data: &Path, args: &[&str]) -> Server {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        let mut child = cmd
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(data)

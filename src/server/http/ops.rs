@@ -26,10 +26,19 @@ pub(crate) async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the projections have caught up with the log and the server is not shutting down.
+/// Readiness: the projections have caught up with the log, the log takes writes, and the
+/// server is not shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, description = "Ready"), (status = 503, body = super::openapi::ErrorBody)))]
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> ApiResult<impl IntoResponse> {
+    // A log stopped by a write error refuses every write until a restart (fail-stop): the
+    // server is up, and not ready (it said ready, and every send failed `storage_failed`).
+    if let Some(e) = state.log.poisoned() {
+        return Err(ApiError::unavailable(
+            "storage_failed",
+            format!("the log stopped taking writes (restart the server): {e}"),
+        ));
+    }
     if state.is_ready() && !state.sessions_stop.is_cancelled() {
         Ok(axum::Json(
             json!({"status": "ready", "applied": *state.applied.borrow()}),
