@@ -23,11 +23,12 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let wanted = args
         .idle_connections
         .unwrap_or(if args.smoke { 500 } else { 100_000 });
-    // Each side holds one descriptor per connection; keep headroom for everything else.
+    // Each side holds one descriptor per connection; keep headroom for everything else (the
+    // server takes connections only up to its limit less 1,024 descriptors of its own).
     let limit = fd_limit();
     let n = match limit {
-        Some(l) if wanted + 1000 > l => {
-            let n = l.saturating_sub(1000).max(100);
+        Some(l) if wanted + 1200 > l => {
+            let n = l.saturating_sub(1200).max(100);
             eprintln!("idle: the open-file limit is {l}: {n} connections instead of {wanted}");
             n
         }
