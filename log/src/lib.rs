@@ -23,6 +23,12 @@
 //!    confirmed and recorded in a manifest version; appends never wait for the object store;
 //!    a cold read fails within the tier's read timeout instead of hanging; one owner per
 //!    prefix (see the [`tier`] module).
+//! 10. What the log holds does not grow with its history: a process holds at most
+//!     [`MAX_OPEN_SEALED_FILES`] sealed segment files open and [`MAX_LOADED_SEALED_INDEXES`]
+//!     sealed segment indexes in memory (the least recently used are dropped, and opened or
+//!     loaded again when read), plus those a read is using at that moment, the index rebuilt for
+//!     a segment whose index files are damaged, and a file tiering's retention unlinked while
+//!     a reader may still use it; the active segment's are never dropped.
 //!
 //! # Example
 //! ```
@@ -48,6 +54,7 @@ mod options;
 mod prealloc;
 mod readonly;
 mod recovery;
+mod sealed;
 mod segment;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -61,5 +68,6 @@ pub use crate::error::{CorruptKind, LogError, Result};
 pub use crate::log::{AppendAck, Log, PendingAppend, SegmentCheck, SegmentInfo, Watermark};
 pub use crate::metrics::{FSYNC_BUCKETS_MICROS, LogMetrics};
 pub use crate::options::{FsyncPolicy, LogOptions, RecoveryMode};
+pub use crate::sealed::{MAX_LOADED_SEALED_INDEXES, MAX_OPEN_SEALED_FILES};
 pub use crate::tail::Tail;
 pub use crate::vfs::{DIRECT_ALIGN, StdFs, Vfs, VfsFile, VfsLock};

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::batch::{self, BatchHeader, HEADER_LEN, Record};
 use crate::error::{LogError, Result};
 use crate::index::{self, IndexEntry, SegmentIndex, TimeEntry};
+use crate::sealed::{self, SEALED};
 use crate::vfs::{Vfs, VfsFile, read_up_to};
 
 /// Bytes read at a time by scanners.
@@ -58,13 +59,27 @@ impl SegmentPaths {
 }
 
 /// A segment shared by the writer and readers.
+///
+/// The active segment holds its file and index itself. A sealed one holds neither: they are
+/// in the process's cache of sealed segments ([`SEALED`], `sealed.rs`) while recently used,
+/// opened and loaded again on the next use after that, so that the log's open files and memory
+/// do not grow with its history.
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) base: u64,
     pub(crate) paths: SegmentPaths,
     vfs: Arc<dyn Vfs>,
-    file: OnceLock<Arc<dyn VfsFile>>,
-    /// `None` until loaded (sealed segments load lazily); the writer keeps the active one's.
+    /// This segment's key in [`SEALED`], never another segment value's.
+    key: u64,
+    /// The file the segment holds itself: the active segment's (the writer's handle, handed to
+    /// [`SEALED`] when sealed), or a sealed one's pinned before tiering unlinks it
+    /// ([`Segment::pin_file`]). `None`: a sealed segment, whose file is in [`SEALED`] or opened
+    /// on use.
+    file: RwLock<Option<Arc<dyn VfsFile>>>,
+    /// The index the segment holds itself: the active segment's (the writer adds to it; dropped
+    /// when sealed, the index files holding the same entries by then), or a sealed one's rebuilt
+    /// by a scan (kept for the segment's life: its files do not match the segment). `None`: a
+    /// sealed segment, whose index is in [`SEALED`] or loaded from its files on use.
     index: RwLock<Option<SegmentIndex>>,
     /// The sparse index interval, for rebuilding an index.
     interval: u64,
@@ -83,7 +98,8 @@ impl Segment {
             base,
             paths: SegmentPaths::new(dir, base),
             vfs,
-            file: OnceLock::new(),
+            key: sealed::next_key(),
+            file: RwLock::new(None),
             index: RwLock::new(None),
             interval,
             sealed_len: OnceLock::new(),
@@ -100,11 +116,11 @@ impl Segment {
         base: u64,
         interval: u64,
     ) -> Self {
-        Self {
-            paths,
-            remote: true,
-            ..Self::new(vfs, Path::new(""), base, interval)
-        }
+        // Not `..Self::new(..)`: a `Drop` type's fields cannot be moved out.
+        let mut seg = Self::new(vfs, Path::new(""), base, interval);
+        seg.paths = paths;
+        seg.remote = true;
+        seg
     }
 
     /// Whether the segment's files are in the object store.
@@ -122,7 +138,7 @@ impl Segment {
         index: SegmentIndex,
     ) -> Self {
         let seg = Self::new(vfs, dir, base, interval);
-        let _ = seg.file.set(file);
+        *seg.file_slot() = Some(file);
         *seg.index_slot() = Some(index);
         seg
     }
@@ -131,28 +147,51 @@ impl Segment {
         self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The file, opened on first use.
-    pub(crate) fn file(&self) -> Result<&Arc<dyn VfsFile>> {
-        if let Some(f) = self.file.get() {
+    fn file_slot(&self) -> std::sync::RwLockWriteGuard<'_, Option<Arc<dyn VfsFile>>> {
+        self.file.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The file: the one the segment holds, else the one in [`SEALED`], else opened now (and
+    /// kept there). The handle returned stays readable however long the caller holds it, even
+    /// once the cache has dropped it.
+    pub(crate) fn file(&self) -> Result<Arc<dyn VfsFile>> {
+        let held = self.file.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(f) = held {
+            return Ok(f);
+        }
+        if let Some(f) = SEALED.file(self.key) {
             return Ok(f);
         }
         let f = self
             .vfs
             .open_read(&self.paths.log)
             .map_err(|e| LogError::io("open segment", &self.paths.log, e))?;
-        let _ = self.file.set(f);
-        self.file.get().ok_or_else(|| {
-            LogError::io(
-                "open segment",
-                &self.paths.log,
-                std::io::ErrorKind::NotFound.into(),
-            )
-        })
+        Ok(SEALED.keep_file(self.key, f))
     }
 
-    /// Marks the segment sealed at `len` bytes (called by the writer when it rolls).
+    /// Holds the file open for as long as this segment value lives, outside [`SEALED`]:
+    /// tiering's retention calls it before it unlinks the file, so that a reader still holding
+    /// the segment list from before the switch to the remote copy reads through this handle
+    /// (the path is gone, and the cache may have closed its handle by then).
+    pub(crate) fn pin_file(&self) -> Result<()> {
+        let f = self.file()?;
+        *self.file_slot() = Some(f);
+        Ok(())
+    }
+
+    /// Marks the segment sealed at `len` bytes (called by the writer when it rolls, after the
+    /// segment and both index files are synced). Its file goes to [`SEALED`] with the others;
+    /// its index is dropped: the index files hold the same entries, and the next lookup loads
+    /// them.
     pub(crate) fn seal(&self, len: u64) {
         let _ = self.sealed_len.set(len);
+        // Into the cache first, so a reader meanwhile finds it in one place or the other.
+        let held = self.file.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(f) = held {
+            SEALED.keep_file(self.key, f);
+        }
+        *self.file_slot() = None;
+        *self.index_slot() = None;
     }
 
     /// The length of a sealed segment.
@@ -185,8 +224,9 @@ impl Segment {
         slot.as_ref()?.times.last().map(|t| t.pos)
     }
 
-    /// Runs a lookup on the index (held under a read lock only for the lookup), loading a
-    /// sealed segment's index from its files on first use.
+    /// Runs a lookup on the index: the one the segment holds (under a read lock only for the
+    /// lookup), else a sealed segment's from [`SEALED`], else loaded from its files (and kept
+    /// there).
     fn lookup<R>(&self, end: u64, f: impl Fn(&SegmentIndex) -> R) -> Result<R> {
         if let Some(idx) = self
             .index
@@ -196,15 +236,19 @@ impl Segment {
         {
             return Ok(f(idx));
         }
+        if let Some(idx) = SEALED.index(self.key) {
+            return Ok(f(&idx));
+        }
         let offsets = self.read_index_file(&self.paths.index, end, index::decode_index)?;
         let times = self.read_index_file(&self.paths.time, end, index::decode_time_index)?;
         let idx = SegmentIndex { offsets, times };
-        let r = f(&idx);
-        let mut slot = self.index_slot();
-        if slot.is_none() {
-            *slot = Some(idx);
+        // Decoding drops the entries at or past `end`: kept only when `end` is the sealed
+        // length. A reader whose watermark was taken before the roll reads the segment just
+        // sealed only up to its length then, and its index must not stand for the whole one.
+        if self.sealed_len.get() != Some(&end) {
+            return Ok(f(&idx));
         }
-        Ok(r)
+        Ok(f(&SEALED.keep_index(self.key, Arc::new(idx))))
     }
 
     fn read_index_file<T>(
@@ -255,6 +299,8 @@ impl Segment {
                 last_entry_pos = pos;
             }
         }
+        // Held by the segment, not the cache: reloading the damaged files would mean another
+        // scan (and another warning) each time the cache had dropped it.
         *self.index_slot() = Some(idx.clone());
         Ok(idx)
     }
@@ -353,6 +399,15 @@ impl Segment {
             next = header.next_offset();
         }
         Ok((batches, records, next))
+    }
+}
+
+impl Drop for Segment {
+    /// What the cache holds for this segment goes with it: a segment tiering replaced by its
+    /// remote copy (its file unlinked) must not keep a descriptor open, and its disk space
+    /// taken, once the last reader has let go of it.
+    fn drop(&mut self) {
+        SEALED.forget(self.key);
     }
 }
 
@@ -527,5 +582,112 @@ mod tests {
         assert_eq!(parse_log_name("42.log"), None);
         assert_eq!(parse_log_name("0000000000000000004x.log"), None);
         assert_eq!(parse_log_name("00000000000000000042.index"), None);
+    }
+
+    /// A file that holds nothing and no descriptor.
+    #[derive(Debug)]
+    struct NoFile;
+
+    impl VfsFile for NoFile {
+        fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<usize> {
+            Ok(0)
+        }
+        fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(0)
+        }
+        fn set_len(&self, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Fills the cache of sealed segments with other keys' files: every segment's is pushed out.
+    fn push_out_of_cache() {
+        for _ in 0..sealed::MAX_OPEN_SEALED_FILES {
+            SEALED.keep_file(sealed::next_key(), Arc::new(NoFile));
+        }
+    }
+
+    fn std_fs() -> Arc<dyn Vfs> {
+        Arc::new(crate::vfs::StdFs)
+    }
+
+    /// Sealing used to leave the writer's file and full index with the segment until the
+    /// process exited; now the segment holds neither, and lookups load the index files.
+    #[test]
+    fn a_sealed_segment_holds_no_file_or_index_and_lookups_load_the_index_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SegmentPaths::new(dir.path(), 0);
+        let file = std_fs().open_write(&paths.log).unwrap();
+        file.write_all_at(&[0u8; 1000], 0).unwrap();
+        let entry = IndexEntry { rel: 5, pos: 100 };
+        let time = TimeEntry {
+            ts: 7,
+            rel: 5,
+            pos: 100,
+        };
+        std::fs::write(&paths.index, entry.encode()).unwrap();
+        std::fs::write(&paths.time, time.encode()).unwrap();
+        let index = SegmentIndex {
+            offsets: vec![entry],
+            times: vec![time],
+        };
+        let seg = Segment::new_active(std_fs(), dir.path(), 0, 64, file, index);
+        assert_eq!(seg.lookup(1000, |i| i.floor(7)).unwrap(), (5, 100));
+
+        seg.seal(1000);
+        assert!(
+            seg.file.read().unwrap().is_none(),
+            "the file went to the cache"
+        );
+        assert!(seg.index.read().unwrap().is_none(), "the index was dropped");
+        // A reader whose watermark predates the roll reads less than the sealed length: the
+        // index it loads lacks the entry at 100, and must not be kept for later lookups.
+        assert_eq!(seg.lookup(50, |i| i.floor(7)).unwrap(), (0, 0));
+        assert_eq!(seg.lookup(1000, |i| i.floor(7)).unwrap(), (5, 100));
+        assert_eq!(seg.lookup(1000, |i| i.time_floor(8)).unwrap(), (5, 100));
+        assert_eq!(seg.file().unwrap().len().unwrap(), 1000);
+        // Pushed out of the cache, it is opened and loaded again.
+        push_out_of_cache();
+        assert_eq!(seg.file().unwrap().len().unwrap(), 1000);
+        assert_eq!(seg.lookup(1000, |i| i.floor(7)).unwrap(), (5, 100));
+    }
+
+    /// Tiering's retention pins a segment's file before it unlinks it: a reader still holding
+    /// the old segment list reads through that handle, whatever the cache dropped meanwhile.
+    #[test]
+    fn a_pinned_file_stays_readable_after_the_cache_dropped_it_and_the_path_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SegmentPaths::new(dir.path(), 0);
+        std::fs::write(&paths.log, b"batches").unwrap();
+        let pinned = Segment::new(std_fs(), dir.path(), 0, 64);
+        let unpinned = Segment::new(std_fs(), dir.path(), 0, 64);
+        pinned.pin_file().unwrap();
+        unpinned.file().unwrap();
+        std::fs::remove_file(&paths.log).unwrap();
+        push_out_of_cache();
+        assert_eq!(pinned.file().unwrap().len().unwrap(), 7);
+        // The cache closed the other one's file: opened again by its path, which is gone.
+        assert!(unpinned.file().is_err());
+    }
+
+    /// A segment that is dropped (replaced by its remote copy, its file unlinked) takes its
+    /// cache entries with it: no descriptor of it stays open once its readers let go.
+    #[test]
+    fn a_dropped_segment_leaves_nothing_in_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SegmentPaths::new(dir.path(), 0);
+        std::fs::write(&paths.log, b"batches").unwrap();
+        let seg = Segment::new(std_fs(), dir.path(), 0, 64);
+        let file = seg.file().unwrap();
+        let key = seg.key;
+        drop(seg);
+        assert!(SEALED.file(key).is_none());
+        assert_eq!(Arc::strong_count(&file), 1, "only this reader holds it");
     }
 }

@@ -585,6 +585,8 @@ impl Writer {
             file.clone(),
             SegmentIndex::default(),
         ));
+        // Its file goes to the cache of sealed segments and its in-memory index is dropped:
+        // readers load it from the index files, complete and synced above (`sync_all`).
         self.active.seg.seal(self.active.len);
         self.parts.segments.rcu(|segs| {
             let mut v = Vec::with_capacity(segs.len() + 1);

@@ -398,10 +398,11 @@ impl Uploader {
             }
             // Uploaded, confirmed, in the manifest, and not needed locally: readers switch to
             // the remote copy first; open file handles keep the local bytes readable until the
-            // last reader lets go. The segment opens its file lazily, so it is opened here,
+            // last reader lets go. A sealed segment opens its file on use and the cache of
+            // sealed segments may close it, so it is opened and pinned to the segment here,
             // before the unlink: a reader still holding the old segment list would otherwise
             // open it after the unlink and fail with "not found".
-            seg.file()?;
+            seg.pin_file()?;
             let remote = remote_segment(&self.tier, &self.dir, *base, self.interval);
             self.segments.rcu(|segs| {
                 segs.iter()
