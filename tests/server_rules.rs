@@ -1669,3 +1669,42 @@ async fn an_admin_recall_is_not_taken_for_the_user_admin() {
         assert!(m["from"].is_string() && m["message_id"].is_u64(), "{m}");
     }
 }
+
+/// A server full of WebSocket sessions still answers plain HTTP: sessions stop short of the
+/// connection budget the open-file limit leaves by a headroom, so `/healthz`, `/readyz` and
+/// the admin API stay reachable. At capacity they waited in the kernel's backlog, and a
+/// liveness probe would have restarted a server that was only full. Found by a review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_full_of_sessions_still_answers_http() {
+    let server = Server::start_with_open_files(300, &[]);
+    let api = Api::new(&server);
+    let mut tokens = Vec::new();
+    for u in 0..8 {
+        tokens.push(api.user(&format!("u{u}")).await);
+    }
+    let mut sessions = Vec::new();
+    let refused = loop {
+        // At most 30 sessions a user (32 by default).
+        let token = &tokens[sessions.len() / 30];
+        match try_connect(&server, token).await {
+            Ok(ws) => sessions.push(ws),
+            Err(e) => break e,
+        }
+        assert!(sessions.len() < 240, "no connection limit was reached");
+    };
+    assert_eq!(
+        (refused.0, refused.1["error"]["code"].as_str()),
+        (503, Some("too_many_connections")),
+        "{refused:?} after {} sessions",
+        sessions.len()
+    );
+    // New clients, new connections: answered.
+    for path in ["/healthz", "/readyz", "/v1/channels/nope"] {
+        let fresh = Api::new(&server);
+        let answered =
+            tokio::time::timeout(Duration::from_secs(5), fresh.call("GET", path, ADMIN, None))
+                .await;
+        let (status, body) = answered.unwrap_or_else(|_| panic!("{path}: no answer within 5 s"));
+        assert!(status == 200 || status == 404, "{path}: {status} {body}");
+    }
+}

@@ -28,9 +28,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Descriptors kept for everything but client connections: the log's segments and index
-/// files, snapshots, sidecars, the caches' files, the object store's connections. A quarter
-/// of the limit when that is less.
+/// files, snapshots, sidecars, the caches' files, the object store's connections. Half the
+/// limit when that is less, but never under [`MIN_RESERVED_DESCRIPTORS`].
 const RESERVED_DESCRIPTORS: u64 = 1024;
+
+/// What the server holds besides connections at most, roughly: ~35 at start (the conversation
+/// cache's files, the active segment's three, locks, epoll), the log's cache of sealed segment
+/// files, and room for a roll, snapshots, sidecars and the object store's connections.
+const MIN_RESERVED_DESCRIPTORS: u64 = tidings_log::MAX_OPEN_SEALED_FILES as u64 + 128;
+
+/// WebSocket sessions leave this many connections of the budget to plain HTTP: a full server
+/// still answers `/healthz`, `/readyz`, `/metrics` and the admin API (a liveness probe that
+/// timed out restarted a server that was only full).
+pub(crate) const HTTP_HEADROOM: usize = 32;
 
 /// Raises the soft open-file limit to the hard one (a service manager's soft default, often
 /// 1,024, is far below what a chat server's connections need) and returns it.
@@ -58,9 +68,12 @@ pub(crate) fn open_files_limit() -> u64 {
 }
 
 /// Client connections (HTTP and WebSocket together) that an open-file limit of `limit` leaves
-/// room for: the limit less [`RESERVED_DESCRIPTORS`] (or a quarter of it, when smaller).
+/// room for: the limit less [`RESERVED_DESCRIPTORS`] (half the limit when smaller, never less
+/// than [`MIN_RESERVED_DESCRIPTORS`]).
 pub(crate) fn socket_budget(limit: u64) -> usize {
-    let reserve = RESERVED_DESCRIPTORS.min(limit / 4);
+    let reserve = RESERVED_DESCRIPTORS
+        .min(limit / 2)
+        .max(MIN_RESERVED_DESCRIPTORS);
     usize::try_from(limit.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
 }
 

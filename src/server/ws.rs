@@ -140,12 +140,21 @@ pub(crate) async fn upgrade(
     })?;
     // The session's descriptor, in the budget the open-file limit leaves (`accept.rs`): the
     // HTTP connection's permit goes when the upgrade takes the socket out of it.
-    let descriptor = state.sockets.clone().try_acquire_owned().map_err(|_| {
+    // Refused while only the headroom for plain HTTP is left (`accept::HTTP_HEADROOM`).
+    let full = || {
         ApiError::unavailable(
             "too_many_connections",
             "as many connections as the open-file limit allows",
         )
-    })?;
+    };
+    if state.sockets.available_permits() <= crate::server::accept::HTTP_HEADROOM {
+        return Err(full());
+    }
+    let descriptor = state
+        .sockets
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| full())?;
     let permit = (permit, descriptor);
     let max = state.config.limits_max_frame_bytes;
     let catch_up = q.catch_up.unwrap_or(true);
