@@ -114,10 +114,20 @@ pub(crate) fn scan(
             v.push(seg);
             return Ok((v, wm));
         }
-        Some((known, _)) => known
+        // The active segment changed: the one that was active is sealed now, and becomes a
+        // plain segment whose file and index go through the sealed cache (kept as scanned, it
+        // held its own file and index for as long as the view ran: one more of each per roll
+        // a `replay --follow` saw).
+        Some((known, old)) => known
             .iter()
             .filter(|s| s.base < last && all.contains(&s.base))
-            .cloned()
+            .map(|s| {
+                if s.base == old.active_base {
+                    Arc::new(Segment::new(vfs.clone(), dir, s.base, interval))
+                } else {
+                    s.clone()
+                }
+            })
             .collect(),
         None => Vec::new(),
     };

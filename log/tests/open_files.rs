@@ -176,3 +176,31 @@ async fn random_reads_stay_exact_while_the_cache_churns() {
     assert_few_open(dir.path(), "after the random reads");
     log.close().await.unwrap();
 }
+
+/// A read-only view following a live log (`tidings replay --follow`) holds no more files as
+/// the writer rolls: the segment it saw active becomes a plain sealed one at its next refresh.
+/// It kept the file and index it had scanned, one more of each for every roll it saw.
+#[tokio::test]
+async fn a_read_only_view_following_a_writer_keeps_few_files_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let log = Log::open(&path, opts()).await.unwrap();
+    let view = Log::open(&path, opts().with_read_only(true)).await.unwrap();
+    let mut n = 0u64;
+    while log.segments().unwrap().len() <= 2 * MAX_OPEN_SEALED_FILES {
+        assert_eq!(log.append_one(payload(n, RECORD)).await.unwrap(), n);
+        n += 1;
+        view.refresh().unwrap();
+    }
+    // The writer's and the view's active segments, and the cache's sealed ones.
+    let open = open_log_files(&path);
+    assert!(
+        open <= MAX_OPEN_SEALED_FILES + 2,
+        "{open} segment files open after {} rolls",
+        log.segments().unwrap().len()
+    );
+    let recs = view.read(n - 1, 0).await.unwrap();
+    assert_eq!(recs[0].payload, payload(n - 1, RECORD));
+    view.close().await.unwrap();
+    log.close().await.unwrap();
+}
