@@ -636,18 +636,7 @@ fn a_fresh_data_directory_with_the_store_down_cannot_tell_where_the_log_starts()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiered_directory_started_without_its_store_says_history_is_unavailable() {
     let (_bucket, args) = file_bucket();
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(&refs);
-    let api = Api::new(&server);
-    api.group("g", &["alice", "bob"]).await;
-    let alice = api.user("alice").await;
-    let bob = api.user("bob").await;
-    send_numbered(&api, &alice, 1..=300).await;
-    let status = api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
-    assert!(
-        status["status"]["remote_segments"].as_u64().unwrap() >= 2,
-        "{status}"
-    );
+    let (server, _, alice, bob) = tiered_history(&args).await;
     let data = server.data.clone();
     let dir = server.stop();
     let server = Server::start_on(&data, &["--limits-sends-per-second", "100000"]);
@@ -687,17 +676,7 @@ async fn tier_gc_deletes_only_what_nothing_needs() {
     // the log is one gc must keep.
     args.extend(["--tier-lease-secs", "3600"].map(String::from));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(&refs);
-    let api = Api::new(&server);
-    api.group("g", &["alice", "bob"]).await;
-    let alice = api.user("alice").await;
-    let bob = api.user("bob").await;
-    send_numbered(&api, &alice, 1..=300).await;
-    let status = api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
-    assert!(
-        status["status"]["remote_segments"].as_u64().unwrap() >= 2,
-        "{status}"
-    );
+    let (server, _, _, bob) = tiered_history(&args).await;
     let prefix = s3s.bucket().join("tidings");
     let owner = newest_manifest(&prefix)["owner"]["incarnation"]
         .as_u64()
@@ -834,4 +813,23 @@ fn listed(text: &str, word: &str) -> BTreeSet<String> {
         })
         .map(String::from)
         .collect()
+}
+
+/// A server started with `args` (a tier), a group `g` of alice and bob, and 300 messages from
+/// alice uploaded to the store (at least two remote segments). Returns the server, its API
+/// and alice's and bob's tokens.
+async fn tiered_history(args: &[String]) -> (Server, Api, String, String) {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    send_numbered(&api, &alice, 1..=300).await;
+    let status = api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
+    assert!(
+        status["status"]["remote_segments"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    (server, api, alice, bob)
 }
