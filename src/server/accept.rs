@@ -29,18 +29,21 @@ use tokio_util::sync::CancellationToken;
 
 /// Descriptors kept for everything but client connections: the log's segments and index
 /// files, snapshots, sidecars, the caches' files, the object store's connections. Half the
-/// limit when that is less, but never under [`MIN_RESERVED_DESCRIPTORS`].
+/// limit when that is less: the server holds ~35 at start (the conversation cache's files, the
+/// active segment's three, locks, epoll) and up to `tidings_log::MAX_OPEN_SEALED_FILES` (64)
+/// sealed segment files, so a quarter of a small limit (75 of 300) was too few.
 const RESERVED_DESCRIPTORS: u64 = 1024;
 
-/// What the server holds besides connections at most, roughly: ~35 at start (the conversation
-/// cache's files, the active segment's three, locks, epoll), the log's cache of sealed segment
-/// files, and room for a roll, snapshots, sidecars and the object store's connections.
-const MIN_RESERVED_DESCRIPTORS: u64 = tidings_log::MAX_OPEN_SEALED_FILES as u64 + 128;
+/// WebSocket sessions leave this many connections of the budget to plain HTTP (a quarter of
+/// the budget when that is less): a full server still answers `/healthz`, `/readyz`,
+/// `/metrics` and the admin API (a liveness probe that timed out restarted a server that was
+/// only full).
+const HTTP_HEADROOM: usize = 32;
 
-/// WebSocket sessions leave this many connections of the budget to plain HTTP: a full server
-/// still answers `/healthz`, `/readyz`, `/metrics` and the admin API (a liveness probe that
-/// timed out restarted a server that was only full).
-pub(crate) const HTTP_HEADROOM: usize = 32;
+/// The connections of a budget of `budget` that WebSocket sessions leave to plain HTTP.
+pub(crate) fn http_headroom(budget: usize) -> usize {
+    HTTP_HEADROOM.min(budget / 4)
+}
 
 /// Raises the soft open-file limit to the hard one (a service manager's soft default, often
 /// 1,024, is far below what a chat server's connections need) and returns it.
@@ -68,12 +71,9 @@ pub(crate) fn open_files_limit() -> u64 {
 }
 
 /// Client connections (HTTP and WebSocket together) that an open-file limit of `limit` leaves
-/// room for: the limit less [`RESERVED_DESCRIPTORS`] (half the limit when smaller, never less
-/// than [`MIN_RESERVED_DESCRIPTORS`]).
+/// room for: the limit less [`RESERVED_DESCRIPTORS`] (half the limit when smaller).
 pub(crate) fn socket_budget(limit: u64) -> usize {
-    let reserve = RESERVED_DESCRIPTORS
-        .min(limit / 2)
-        .max(MIN_RESERVED_DESCRIPTORS);
+    let reserve = RESERVED_DESCRIPTORS.min(limit / 2);
     usize::try_from(limit.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
 }
 
@@ -149,4 +149,31 @@ pub(crate) async fn serve(
     }
     drop(listener);
     while conns.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small open-file limit still leaves room for WebSocket sessions beside the headroom
+    /// for plain HTTP (a reserve floor of 192 and a fixed headroom of 32 refused every upgrade
+    /// below a limit of ~226), and a large one keeps 1,024 descriptors for the server.
+    #[test]
+    fn the_budget_leaves_room_for_sessions_at_small_limits() {
+        for limit in [64, 190, 220, 256, 300, 1024, 20_000] {
+            let budget = socket_budget(limit);
+            let sessions = budget - http_headroom(budget);
+            assert!(sessions >= budget / 2, "{limit}: {budget} / {sessions}");
+            assert!(
+                budget as u64 <= limit / 2 || limit >= 2048,
+                "{limit}: {budget}"
+            );
+        }
+        assert_eq!(socket_budget(20_000), 20_000 - 1024);
+        assert_eq!(http_headroom(socket_budget(20_000)), 32);
+        assert_eq!(
+            socket_budget(u64::MAX),
+            usize::try_from(u64::MAX - 1024).unwrap()
+        );
+    }
 }

@@ -65,6 +65,8 @@ pub(crate) struct AppState {
     /// Client connections, HTTP and WebSocket, that the open-file limit leaves room for
     /// (`accept.rs`): one permit per accepted connection, and one per WebSocket session.
     pub(crate) sockets: std::sync::Arc<Semaphore>,
+    /// Of `sockets`, what WebSocket sessions leave to plain HTTP (`accept::http_headroom`).
+    pub(crate) http_headroom: usize,
     pub(crate) ready: AtomicBool,
     /// The applier stopped on a record it could not apply: the state in memory may hold part
     /// of that record (an index entry whose sidecar write failed), so it is never snapshotted
@@ -94,7 +96,9 @@ impl AppState {
         let connections = std::sync::Arc::new(Semaphore::new(config.limits_max_connections));
         let budget =
             crate::server::accept::socket_budget(crate::server::accept::open_files_limit());
-        let sockets = std::sync::Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS)));
+        let budget = budget.min(Semaphore::MAX_PERMITS);
+        let sockets = std::sync::Arc::new(Semaphore::new(budget));
+        let http_headroom = crate::server::accept::http_headroom(budget);
         let next_applied = *applied.borrow();
         Self {
             config,
@@ -115,6 +119,7 @@ impl AppState {
             send_tasks: TaskTracker::new(),
             connections,
             sockets,
+            http_headroom,
             ready: AtomicBool::new(false),
             applier_failed: AtomicBool::new(false),
             user_rates: Mutex::new(HashMap::new()),
@@ -258,7 +263,11 @@ impl AppState {
                 Ok::<_, ApiError>(ack.base_offset)
             }
             .await;
-            state.sequencer.lock().await.revoked(&uid);
+            // Left in place if it failed: the log or the applier stopped, and a send checked
+            // against a state without the revocation must not be written after it meanwhile.
+            if written.is_ok() {
+                state.sequencer.lock().await.revoked(&uid);
+            }
             written
         });
         match tokio::time::timeout(APPLY_TIMEOUT, task).await {

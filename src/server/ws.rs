@@ -140,14 +140,14 @@ pub(crate) async fn upgrade(
     })?;
     // The session's descriptor, in the budget the open-file limit leaves (`accept.rs`): the
     // HTTP connection's permit goes when the upgrade takes the socket out of it.
-    // Refused while only the headroom for plain HTTP is left (`accept::HTTP_HEADROOM`).
+    // Refused while only the headroom for plain HTTP is left (`accept::http_headroom`).
     let full = || {
         ApiError::unavailable(
             "too_many_connections",
             "as many connections as the open-file limit allows",
         )
     };
-    if state.sockets.available_permits() <= crate::server::accept::HTTP_HEADROOM {
+    if state.sockets.available_permits() <= state.http_headroom {
         return Err(full());
     }
     let descriptor = state
