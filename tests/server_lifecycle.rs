@@ -1072,3 +1072,40 @@ async fn idle_connections_cannot_take_the_logs_descriptors() {
         .await;
     assert_eq!(seqs(&page).len(), 10, "{page}");
 }
+
+/// A log stopped by a write error makes the server not ready: `/readyz` answers 503
+/// `storage_failed`, as every write then does (it said ready). The next segment's file cannot
+/// be created here: directories stand at the names it could take.
+#[tokio::test]
+async fn a_stopped_log_makes_the_server_not_ready() {
+    let server = Server::start(&["--log-segment-bytes", "1024"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let log = server.data.join("log");
+    for base in 1..3000u64 {
+        let _ = std::fs::create_dir(log.join(format!("{base:020}.log")));
+    }
+    let mut failed = None;
+    for i in 0..200 {
+        let body = json!({"channel": "g", "client_msg_id": format!("m{i}"), "payload": {"text": "x".repeat(100)}});
+        let (status, v) = api.call("POST", "/v1/messages", &alice, Some(body)).await;
+        if status != 201 {
+            failed = Some((status, v));
+            break;
+        }
+    }
+    let (status, v) = failed.expect("a roll failed within 200 sends");
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("storage_failed")),
+        "{v}"
+    );
+    let (status, v) = api.call("GET", "/readyz", ADMIN, None).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("storage_failed")),
+        "{v}"
+    );
+    server.kill();
+}
