@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Api, Server, Ws, page_seqs as seqs};
+use common::{ADMIN, Api, Server, Ws, frame_seqs, page_seqs as seqs};
 use serde_json::{Value, json};
 
 async fn history(api: &Api, token: &str, channel: &str) -> Vec<Value> {
@@ -111,12 +111,7 @@ async fn history_tiers_out_and_an_empty_data_dir_restores_from_the_store() {
     );
     // History comes back from the object store, whole and in order.
     let h = history(&api, &bob, "g").await;
-    assert_eq!(
-        h.iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        (1..=600).collect::<Vec<_>>()
-    );
+    assert_eq!(frame_seqs(&h), (1..=600).collect::<Vec<_>>());
     assert!(
         h[0]["payload"]["text"]
             .as_str()
@@ -405,13 +400,7 @@ async fn a_cold_read_while_s3_is_down_is_a_bounded_503() {
     // With the store back, the reconnected session catches up from the first message.
     let mut ws = Ws::connect(&server, &bob, "").await;
     let first = ws.messages(3).await;
-    assert_eq!(
-        first
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        [1, 2, 3]
-    );
+    assert_eq!(frame_seqs(&first), [1, 2, 3]);
     drop(server);
     let _ = s3s.kill();
     let _ = s3s.wait();
@@ -544,12 +533,7 @@ async fn a_shutdown_with_a_hung_store_ends_within_its_grace_period() {
     let server = Server::start_on(&data, &refs);
     let api = Api::new(&server);
     let h = history(&api, &bob, "g").await;
-    assert_eq!(
-        h.iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        (1..=200).collect::<Vec<_>>()
-    );
+    assert_eq!(frame_seqs(&h), (1..=200).collect::<Vec<_>>());
     server.stop();
     drop(dir);
 }
@@ -746,12 +730,7 @@ async fn tier_gc_deletes_only_what_nothing_needs() {
     let server = Server::start_on(&fresh.path().join("data"), &refs);
     let api = Api::new(&server);
     let h = history(&api, &bob, "g").await;
-    assert_eq!(
-        h.iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        (1..=300).collect::<Vec<_>>()
-    );
+    assert_eq!(frame_seqs(&h), (1..=300).collect::<Vec<_>>());
     server.stop();
     drop((dir, fresh));
 }

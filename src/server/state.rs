@@ -230,14 +230,7 @@ impl AppState {
             state.applied_past(ack.base_offset).await?;
             Ok(Some(ack.base_offset))
         });
-        match tokio::time::timeout(APPLY_TIMEOUT, locked).await {
-            Ok(Ok(written)) => written,
-            Ok(Err(e)) => Err(ApiError::internal(format!("writing the event: {e}"))),
-            Err(_) => Err(ApiError::unavailable(
-                "apply_timeout",
-                "the change is durable but not yet visible; retry the read",
-            )),
-        }
+        answer_of(locked).await
     }
 
     /// Writes a revocation of `uid`'s tokens, ordered with sends as a narrowing change is but
@@ -270,14 +263,7 @@ impl AppState {
             }
             written
         });
-        match tokio::time::timeout(APPLY_TIMEOUT, task).await {
-            Ok(Ok(written)) => written,
-            Ok(Err(e)) => Err(ApiError::internal(format!("writing the event: {e}"))),
-            Err(_) => Err(ApiError::unavailable(
-                "apply_timeout",
-                "the change is durable but not yet visible; retry the read",
-            )),
-        }
+        answer_of(task).await
     }
 
     async fn append_applied(&self, event: Event) -> ApiResult<u64> {
@@ -367,6 +353,19 @@ impl AppState {
             .slow_consumer_closes
             .add(u64::from(stats.closed_slow));
         stats.sessions > 0
+    }
+}
+
+/// The answer of a write run in a task of its own ([`AppState::emit_unless`],
+/// [`AppState::revoke`]), waited for at most [`APPLY_TIMEOUT`]: the task goes on after that.
+async fn answer_of<T>(task: tokio::task::JoinHandle<ApiResult<T>>) -> ApiResult<T> {
+    match tokio::time::timeout(APPLY_TIMEOUT, task).await {
+        Ok(Ok(written)) => written,
+        Ok(Err(e)) => Err(ApiError::internal(format!("writing the event: {e}"))),
+        Err(_) => Err(ApiError::unavailable(
+            "apply_timeout",
+            "the change is durable but not yet visible; retry the read",
+        )),
     }
 }
 
