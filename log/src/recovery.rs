@@ -269,14 +269,14 @@ pub(crate) fn recover_active(
     rewrite(
         index_file.as_ref(),
         &paths.index,
+        &index_bytes,
         offsets.iter().map(|e| e.encode()),
-        INDEX_ENTRY_LEN,
     )?;
     rewrite(
         time_file.as_ref(),
         &paths.time,
+        &time_bytes,
         times.iter().map(|t| t.encode()),
-        TIME_ENTRY_LEN,
     )?;
 
     let first_ts = if good_end >= HEADER_LEN as u64 {
@@ -473,23 +473,26 @@ pub(crate) fn scan_tail(
     })
 }
 
-/// Sets an index file to exactly `entries` (only writing when it differs in length).
+/// Sets an index file to exactly `entries`, writing only when it differs from `read` (the bytes
+/// [`open_index`] read of it). Not when it differs in length alone: an entry that pointed at
+/// damage is replaced by one re-derived at another position, and the file keeps its length
+/// (until 2026-11-30 the stale entry stayed, and each later open or read of the sealed segment
+/// met it, warned and scanned the segment again).
 fn rewrite<const N: usize>(
     file: &dyn VfsFile,
     path: &Path,
+    read: &[u8],
     entries: impl ExactSizeIterator<Item = [u8; N]>,
-    entry_len: usize,
 ) -> Result<()> {
-    let want = (entries.len() * entry_len) as u64;
+    let mut bytes = Vec::with_capacity(entries.len() * N);
+    for e in entries {
+        bytes.extend_from_slice(&e);
+    }
     let have = file
         .len()
         .map_err(|e| LogError::io("stat index", path, e))?;
-    if have == want {
+    if have == bytes.len() as u64 && read == bytes.as_slice() {
         return Ok(());
-    }
-    let mut bytes = Vec::with_capacity(want as usize);
-    for e in entries {
-        bytes.extend_from_slice(&e);
     }
     file.set_len(0)
         .and_then(|()| file.write_all_at(&bytes, 0))

@@ -173,3 +173,35 @@ async fn a_missing_sealed_index_falls_back_to_a_scan() {
     }
     log.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_active_index_entry_pointing_at_no_batch_is_rewritten_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = build(dir.path(), 120).await;
+    let files = segment_files(dir.path());
+    let index = files.last().unwrap().with_extension("index");
+    let good = std::fs::read(&index).unwrap();
+    assert!(good.len() >= 16, "the active segment has index entries");
+    // The last entry moved off its batch (still monotonic and inside the data): the open
+    // drops it, scans from the one before and derives it again at its true position — an
+    // index file of the same length, which must not keep the stale entry.
+    let mut bad = good.clone();
+    let at = good.len() - 8 + 4;
+    let pos = u32::from_le_bytes(bad[at..at + 4].try_into().unwrap());
+    bad[at..at + 4].copy_from_slice(&(pos + 3).to_le_bytes());
+    std::fs::write(&index, &bad).unwrap();
+
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    assert_eq!(
+        std::fs::read(&index).unwrap(),
+        good,
+        "the index file holds the re-derived entry"
+    );
+    let got: Vec<Bytes> = read_all(&log, 0)
+        .await
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(got, payloads);
+    log.close().await.unwrap();
+}
