@@ -1391,6 +1391,45 @@ async fn a_trace_lists_the_reads_of_members_not_of_later_joiners() {
     assert_eq!(uids("delivered"), vec!["bob"], "{trace}");
 }
 
+/// Calls racing to add one user write one subscribe: each read them as not a member before
+/// either's event was applied, and both wrote one (a message between the two was then not
+/// counted in its trace for that user, whose second subscribe read as a join after it).
+#[tokio::test]
+async fn racing_calls_adding_one_user_write_one_subscribe() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    for round in 0..5 {
+        let uid = format!("new{round}");
+        let calls = (0..12).map(|_| {
+            let (api, body) = (api.clone(), json!({"uids": [uid.clone(), "alice"]}));
+            async move {
+                api.ok("POST", "/v1/channels/g/members", ADMIN, Some(body))
+                    .await
+            }
+        });
+        for view in futures_util::future::join_all(calls).await {
+            assert_eq!(view["members"], 2 + round, "{view}");
+        }
+    }
+    let log = api.text("/v1/log?from=0", ADMIN).await;
+    let subscribes: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["type"] == "members_subscribed")
+        .collect();
+    let uids: Vec<&str> = subscribes
+        .iter()
+        .flat_map(|e| e["uids"].as_array().unwrap())
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        uids,
+        ["alice", "new0", "new1", "new2", "new3", "new4"],
+        "{subscribes:?}"
+    );
+}
+
 /// A membership or list call of `limits.max_uids_per_call` uids of the longest kind is taken:
 /// the log's largest append was sized by the payload limit alone (2 × 64 KiB + 1 MiB), and
 /// 20,000 uids of 64 characters made an event past it, answered 500 `internal`.

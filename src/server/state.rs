@@ -78,6 +78,8 @@ pub(crate) struct AppState {
     /// Keys of the message index sidecars already in the object store (`None`: not listed
     /// yet).
     pub(crate) uploaded_sidecars: Mutex<Option<std::collections::HashSet<String>>>,
+    /// Held by [`AppState::subscribe`] from its read of who is a member to its event applied.
+    subscribing: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -125,6 +127,7 @@ impl AppState {
             user_rates: Mutex::new(HashMap::new()),
             completions: Completions::default(),
             uploaded_sidecars: Mutex::new(None),
+            subscribing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -231,6 +234,46 @@ impl AppState {
             Ok(Some(ack.base_offset))
         });
         answer_of(locked).await
+    }
+
+    /// Subscribes those of `uids` who are not members of group `channel` yet (each once), so
+    /// that a subscribe in the log is a join (the trace reads it so: `trace.rs`) and re-adding
+    /// members writes nothing. Calls are serialized from their read of the members to their
+    /// event applied: two racing to add one user both read them as not a member, and both
+    /// wrote a subscribe (the trace then left a message between the two uncounted for them).
+    /// Not under the sequencer's lock: a join narrows no send. In a task of its own, as
+    /// [`AppState::emit_unless`]'s: a request that goes away does not release the lock before
+    /// its event is applied.
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        channel: String,
+        uids: Vec<String>,
+    ) -> ApiResult<()> {
+        let state = self.clone();
+        let task = self.send_tasks.spawn(async move {
+            let _one_at_a_time = state.subscribing.lock().await;
+            let joining: Vec<String> = {
+                let p = state.proj();
+                let mut seen = std::collections::HashSet::new();
+                uids.into_iter()
+                    .filter(|u| !p.state.subs.is_member(&channel, u) && seen.insert(u.clone()))
+                    .collect()
+            };
+            if joining.is_empty() {
+                return Ok(());
+            }
+            state.writable()?;
+            let env = Envelope::new(
+                now_ms(),
+                Event::MembersSubscribed {
+                    channel,
+                    uids: joining,
+                },
+            );
+            let ack = state.log.append(vec![env.encode()]).await?;
+            state.applied_past(ack.base_offset).await
+        });
+        answer_of(task).await
     }
 
     /// Writes a revocation of `uid`'s tokens, ordered with sends as a narrowing change is but

@@ -218,24 +218,7 @@ pub(crate) async fn add_members(
     group_id(&id)?;
     valid_uids(&state, &body.uids)?;
     exists(&state, &id)?;
-    // Only who is not a member yet: a subscribe in the log is then a join (the trace reads
-    // it so: `trace.rs`), and re-adding members writes nothing.
-    let joining: Vec<String> = {
-        let p = state.proj();
-        let mut seen = std::collections::HashSet::new();
-        body.uids
-            .into_iter()
-            .filter(|u| !p.state.subs.is_member(&id, u) && seen.insert(u.clone()))
-            .collect()
-    };
-    if !joining.is_empty() {
-        state
-            .emit(Event::MembersSubscribed {
-                channel: id.clone(),
-                uids: joining,
-            })
-            .await?;
-    }
+    state.subscribe(id.clone(), body.uids).await?;
     Ok(axum::Json(view(&state, &id)?))
 }
 
