@@ -180,8 +180,9 @@ pub(crate) struct ServeArgs {
     /// Most WebSocket connections at once (at most 2^30). Default: 100000.
     #[arg(long, env = "TIDINGS_LIMITS_MAX_CONNECTIONS")]
     limits_max_connections: Option<usize>,
-    /// Sends per second per WebSocket connection (and per user over HTTP); bursts of twice
-    /// that. Default: 200.
+    /// Sends per second per user, over all of their WebSocket sessions and HTTP sends
+    /// together (the admin's sends as a user are not counted); bursts of twice that.
+    /// Default: 200.
     #[arg(long, env = "TIDINGS_LIMITS_SENDS_PER_SECOND")]
     limits_sends_per_second: Option<u32>,
     /// WebSocket frames other than sends (acks, reads, pings, bad frames) per second per

@@ -725,6 +725,82 @@ async fn websocket_limits_answer_with_error_frames() {
     ws.quiet(Duration::from_millis(100)).await;
 }
 
+/// `limits.sends_per_second` is one bucket per user, whatever carries the sends: two WebSocket
+/// sessions of one user (two devices) draw on it together, and so do the user's HTTP sends.
+/// Each session had a bucket of its own (and HTTP another), so a user holding
+/// `limits.sessions_per_user` sessions sent that many times the limit. The admin's sends as a
+/// user (an app server's) are not charged to the user.
+#[tokio::test]
+async fn a_users_sessions_and_http_sends_share_one_send_limit() {
+    let server = Server::start(&["--limits-sends-per-second", "5"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let phone = api.user("alice").await;
+    let laptop = api.user("alice").await;
+    let mut devices = [
+        Ws::connect(&server, &phone, "?catch_up=false").await,
+        Ws::connect(&server, &laptop, "?catch_up=false").await,
+    ];
+    // Ten sends pipelined on each: the user's burst is 2 × 5, for both sessions together.
+    for (d, ws) in devices.iter_mut().enumerate() {
+        for i in 0..10 {
+            ws.feed(json!({"type": "send", "client_msg_id": format!("d{d}-{i}"), "channel": "g", "payload": i}))
+                .await;
+        }
+    }
+    for ws in &mut devices {
+        ws.flush().await;
+    }
+    let (mut accepted, mut limited) = (0, 0);
+    for ws in &mut devices {
+        let mut answered = 0;
+        while answered < 10 {
+            let f = ws.next().await;
+            match f["type"].as_str() {
+                Some("sendack") => accepted += 1,
+                Some("error") => {
+                    assert_eq!(f["code"], "rate_limited", "{f}");
+                    assert!(f["client_msg_id"].is_string(), "{f}");
+                    limited += 1;
+                }
+                // The other session's messages, pushed to this one.
+                _ => continue,
+            }
+            answered += 1;
+        }
+    }
+    // The burst, and at most two sends refilled meanwhile (400 ms at 5/s).
+    assert!(
+        (10..=12).contains(&accepted),
+        "{accepted} of 20 accepted ({limited} refused): the user's burst is 10"
+    );
+    // HTTP sends draw on the same bucket, which the sessions have (nearly) emptied.
+    let mut http_accepted = 0;
+    loop {
+        let body =
+            json!({"channel": "g", "client_msg_id": format!("h{http_accepted}"), "payload": 1});
+        let (status, v) = api.call("POST", "/v1/messages", &phone, Some(body)).await;
+        if status == 429 {
+            assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+            break;
+        }
+        assert_eq!(status, 201, "{v}");
+        http_accepted += 1;
+        assert!(
+            http_accepted <= 10,
+            "HTTP sends past the burst were accepted"
+        );
+    }
+    assert!(
+        http_accepted <= 2,
+        "{http_accepted} HTTP sends accepted after the sessions emptied the user's bucket"
+    );
+    // An app server sending as alice (the admin with `from`) is not held to her limit.
+    let body = json!({"channel": "g", "from": "alice", "client_msg_id": "app", "payload": 1});
+    let (status, v) = api.call("POST", "/v1/messages", ADMIN, Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+}
+
 #[tokio::test]
 async fn the_connection_limit_answers_503_and_frees_slots() {
     let server = Server::start(&["--limits-max-connections", "2"]);
@@ -1009,8 +1085,7 @@ async fn try_connect(server: &Server, token: &str) -> Result<Ws, (u16, Value)> {
 }
 
 /// A user holds at most `limits.sessions_per_user` WebSockets (one token could otherwise take
-/// every connection slot and multiply its per-connection send rate); a closed one frees its
-/// place.
+/// every connection slot); a closed one frees its place.
 #[tokio::test]
 async fn a_user_holds_at_most_sessions_per_user_websockets() {
     let server = Server::start(&["--limits-sessions-per-user", "2"]);

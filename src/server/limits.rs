@@ -1,6 +1,12 @@
-//! Rate limits: a token bucket of `rate` tokens per second holding up to twice that.
+//! Rate limits: a token bucket of `rate` tokens per second holding up to twice that, and the
+//! send buckets of users ([`UserRates`]): one per user, whatever carries their sends.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Users [`UserRates`] holds before it first forgets idle buckets.
+const SWEEP_FLOOR: usize = 100_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct TokenBucket {
@@ -39,10 +45,9 @@ impl TokenBucket {
     }
 
     /// How long until a token is there (`None`: there is one now). Takes nothing.
-    pub(crate) fn wait(&mut self, now: Instant) -> Option<std::time::Duration> {
+    pub(crate) fn wait(&mut self, now: Instant) -> Option<Duration> {
         self.refill(now);
-        (self.tokens < 1.0)
-            .then(|| std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        (self.tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
     }
 
     pub(crate) fn is_full(&mut self, now: Instant) -> bool {
@@ -51,10 +56,116 @@ impl TokenBucket {
     }
 }
 
+/// One user's send bucket: every send of theirs, over any of their WebSocket sessions or over
+/// HTTP, takes a token from it (a bucket per connection let a user with
+/// `limits.sessions_per_user` sessions send that many times the limit). A session holds its
+/// handle for its life, so its sends take this bucket's lock only — shared with the user's own
+/// other connections, not with every send on the server.
+#[derive(Debug, Clone)]
+pub(crate) struct UserBucket(Arc<Mutex<TokenBucket>>);
+
+impl UserBucket {
+    fn new(rate_per_sec: u32) -> Self {
+        Self(Arc::new(Mutex::new(TokenBucket::new(rate_per_sec))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a send's token, or says how long until one is back. The clock is read under the
+    /// lock, so the connections sharing the bucket take in the order of their times (an older
+    /// time after a newer one would move the bucket's clock back and count the time between
+    /// twice).
+    pub(crate) fn take(&self) -> Result<(), Duration> {
+        let mut bucket = self.lock();
+        let now = Instant::now();
+        if bucket.take(now) {
+            Ok(())
+        } else {
+            Err(bucket.wait(now).unwrap_or_default())
+        }
+    }
+
+    /// Whether a connection holds this bucket besides the map. A handle is made only from
+    /// another, so once the map's is the last only [`UserRates::bucket`] makes one, under the
+    /// map's lock: under that lock, a bucket no connection holds stays so.
+    fn in_use(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
+}
+
+/// The send buckets of users, by uid: a WebSocket session takes its user's at registration
+/// and keeps it; an HTTP send takes it per request.
+#[derive(Debug)]
+pub(crate) struct UserRates {
+    rate: u32,
+    /// The fewest users held before idle buckets are forgotten.
+    floor: usize,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug)]
+struct Buckets {
+    by_user: HashMap<String, UserBucket>,
+    /// How many users make the next new one forget the idle buckets first: twice those kept
+    /// by the last sweep (at least the floor), so sweeps cost O(1) a new user however many
+    /// buckets stay in use.
+    sweep_at: usize,
+}
+
+impl UserRates {
+    /// Buckets of `rate_per_sec` sends a second (bursts of twice that).
+    pub(crate) fn new(rate_per_sec: u32) -> Self {
+        Self::with_floor(rate_per_sec, SWEEP_FLOOR)
+    }
+
+    fn with_floor(rate_per_sec: u32, floor: usize) -> Self {
+        Self {
+            rate: rate_per_sec,
+            floor,
+            buckets: Mutex::new(Buckets {
+                by_user: HashMap::new(),
+                sweep_at: floor,
+            }),
+        }
+    }
+
+    /// `uid`'s bucket: the one their other connections use, or a new full one.
+    pub(crate) fn bucket(&self, uid: &str) -> UserBucket {
+        let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = m.by_user.get(uid) {
+            return b.clone();
+        }
+        if m.by_user.len() >= m.sweep_at {
+            m.forget_idle(Instant::now());
+            m.sweep_at = m.by_user.len().saturating_mul(2).max(self.floor);
+        }
+        let b = UserBucket::new(self.rate);
+        m.by_user.insert(uid.to_owned(), b.clone());
+        b
+    }
+
+    #[cfg(test)]
+    fn users(&self) -> usize {
+        let m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        m.by_user.len()
+    }
+}
+
+impl Buckets {
+    /// Forgets the buckets no connection holds and that are full: one made again is full too,
+    /// so the user gains nothing. A bucket a session holds stays, full or not: a fresh one in
+    /// its place would give the user's other connections a second bucket beside the session's.
+    fn forget_idle(&mut self, now: Instant) {
+        self.by_user
+            .retain(|_, b| b.in_use() || !b.lock().is_full(now));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bursts_then_refills() {
@@ -81,5 +192,48 @@ mod tests {
             "{w:?}"
         );
         assert_eq!(b.wait(t0 + w), None, "a token is back after that long");
+    }
+
+    #[test]
+    fn connections_of_one_user_share_a_bucket() {
+        let rates = UserRates::new(1);
+        let (phone, laptop) = (rates.bucket("alice"), rates.bucket("alice"));
+        let http = || rates.bucket("alice");
+        let taken = (0..20)
+            .filter(|i| match i % 3 {
+                0 => phone.take().is_ok(),
+                1 => laptop.take().is_ok(),
+                _ => http().take().is_ok(),
+            })
+            .count();
+        assert_eq!(taken, 2, "one burst of twice the rate for the user");
+        let wait = laptop.take().unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(rates.bucket("bob").take().is_ok(), "per user");
+    }
+
+    #[test]
+    fn idle_buckets_are_forgotten_and_held_ones_kept() {
+        let rates = UserRates::with_floor(1, 3);
+        let held = rates.bucket("held");
+        while held.take().is_ok() {}
+        // Not full, though no connection holds it: forgotten, it would come back full.
+        assert!(rates.bucket("spent").take().is_ok());
+        drop(rates.bucket("idle"));
+        assert_eq!(rates.users(), 3);
+        // A fourth user finds three: the idle one goes, the others stay.
+        drop(rates.bucket("new"));
+        assert_eq!(rates.users(), 3);
+        let again = rates.bucket("held");
+        assert!(Arc::ptr_eq(&again.0, &held.0), "not a fresh one");
+        assert!(again.take().is_err(), "still empty");
+        // Once no session holds it and it has refilled, it is forgotten too.
+        drop((held, again));
+        let later = Instant::now() + Duration::from_secs(10);
+        rates.buckets.lock().unwrap().forget_idle(later);
+        assert_eq!(rates.users(), 0, "every bucket was full and unheld by then");
     }
 }

@@ -1,9 +1,8 @@
 //! The state every handler shares.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use serde_json::json;
@@ -21,7 +20,7 @@ use crate::server::acks::Acks;
 use crate::server::completions::{self, Completions};
 use crate::server::delivery::{Delivery, Frame, Pushed};
 use crate::server::error::{ApiError, ApiResult};
-use crate::server::limits::TokenBucket;
+use crate::server::limits::{UserBucket, UserRates};
 use crate::server::metrics::Metrics;
 use crate::server::read_notices::ReadNotices;
 use crate::server::sequencer::Sequencer;
@@ -72,7 +71,8 @@ pub(crate) struct AppState {
     /// of that record (an index entry whose sidecar write failed), so it is never snapshotted
     /// (a restart replays from the last snapshot instead).
     pub(crate) applier_failed: AtomicBool,
-    user_rates: Mutex<HashMap<String, TokenBucket>>,
+    /// Every user's send bucket, shared by their WebSocket sessions and their HTTP sends.
+    pub(crate) user_rates: UserRates,
     /// Sends enqueued and not yet answered; the applier answers them.
     pub(crate) completions: Completions,
     /// Keys of the message index sidecars already in the object store (`None`: not listed
@@ -102,6 +102,7 @@ impl AppState {
         let sockets = std::sync::Arc::new(Semaphore::new(budget));
         let http_headroom = crate::server::accept::http_headroom(budget);
         let next_applied = *applied.borrow();
+        let user_rates = UserRates::new(config.limits_sends_per_second);
         Self {
             config,
             log,
@@ -124,7 +125,7 @@ impl AppState {
             http_headroom,
             ready: AtomicBool::new(false),
             applier_failed: AtomicBool::new(false),
-            user_rates: Mutex::new(HashMap::new()),
+            user_rates,
             completions: Completions::default(),
             uploaded_sidecars: Mutex::new(None),
             subscribing: tokio::sync::Mutex::new(()),
@@ -317,31 +318,26 @@ impl AppState {
         Ok(ack.base_offset)
     }
 
-    /// Charges one send to `uid`'s HTTP rate limit.
+    /// Charges one send over HTTP to `uid`'s send limit (a WebSocket session holds its user's
+    /// bucket: [`AppState::charge_send`]).
     pub(crate) fn charge_user_send(&self, uid: &str) -> ApiResult<()> {
-        let rate = self.config.limits_sends_per_second;
-        let mut m = self.user_rates.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() > 100_000 {
-            // Idle buckets are full anyway: forget them rather than grow without bound.
-            m.retain(|_, b| !b.is_full(Instant::now()));
-        }
-        let bucket = m
-            .entry(uid.to_owned())
-            .or_insert_with(|| TokenBucket::new(rate));
-        let now = Instant::now();
-        if bucket.take(now) {
-            Ok(())
-        } else {
+        self.charge_send(&self.user_rates.bucket(uid))
+    }
+
+    /// Charges one send to its user's bucket, which all of their connections share: 429
+    /// `rate_limited` when it is empty.
+    pub(crate) fn charge_send(&self, bucket: &UserBucket) -> ApiResult<()> {
+        bucket.take().map_err(|wait| {
             self.metrics.rate_limited.inc();
-            // When the bucket holds a send again (under a second at any rate).
-            let wait = bucket.wait(now).unwrap_or_default();
-            Err(ApiError::new(
+            let rate = self.config.limits_sends_per_second;
+            // `wait`: when the bucket holds a send again (under a second at any rate).
+            ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!("more than {rate} sends per second"),
+                format!("more than {rate} sends per second by this user"),
             )
-            .with_retry_after(wait))
-        }
+            .with_retry_after(wait)
+        })
     }
 
     pub(crate) fn is_ready(&self) -> bool {

@@ -38,7 +38,7 @@ use crate::server::delivery::{
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::http::{ApiQuery, MAX_CLIENT_MSG_ID, one_payload_form, payload_bytes, present};
 use crate::server::keepalive::{Due, Keepalive};
-use crate::server::limits::TokenBucket;
+use crate::server::limits::{TokenBucket, UserBucket};
 use crate::server::sequencer::{self, SendRequest};
 use crate::server::state::AppState;
 
@@ -604,11 +604,15 @@ struct Ctx {
     /// Sends read and checked, not yet given to the sequencer: the frames already readable
     /// are read first, then their sends go together ([`sequencer::send_batch_for_session`]).
     sends: Vec<(SendRequest, Reply)>,
-    limiter: TokenBucket,
+    /// The user's send bucket, shared with their other sessions and their HTTP sends
+    /// (`limits.sends_per_second` is per user: a bucket per session multiplied it by
+    /// `limits.sessions_per_user`). Held for the session's life, so a send takes only its lock.
+    send_rate: UserBucket,
     /// Frames other than sends (acks, reads, pings, bad frames): past the rate the session
     /// stops reading the socket until a token is back (TCP pushes back on the client).
     frames: TokenBucket,
-    /// Whether the last frame read was a send that was accepted (those have `limiter`).
+    /// Whether the last frame read was a send that was accepted (those are charged to
+    /// `send_rate`).
     last_was_send: bool,
     /// While catching up: the `client_msg_id`s of the sends this session made, so that catch-up
     /// does not send their messages back to it (it has their sendacks; live pushes skip them
@@ -925,22 +929,12 @@ impl Ctx {
     }
 
     fn prepare_send(
-        &mut self,
+        &self,
         client_msg_id: String,
         channel: &str,
         payload: SendPayload,
     ) -> ApiResult<SendRequest> {
-        if !self.limiter.take(Instant::now()) {
-            self.state.metrics.rate_limited.inc();
-            return Err(ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "more than {} sends per second on this connection",
-                    self.state.config.limits_sends_per_second
-                ),
-            ));
-        }
+        self.state.charge_send(&self.send_rate)?;
         crate::server::http::check_client_msg_id(&client_msg_id)?;
         let channel = resolve(&self.caller, channel)?;
         let (payload, flags) = match payload {
@@ -1097,7 +1091,7 @@ async fn run(
     let mut ctx = Ctx {
         caller: Caller::User(uid.clone()),
         token_hash,
-        limiter: TokenBucket::new(state.config.limits_sends_per_second),
+        send_rate: state.user_rates.bucket(&uid),
         frames: TokenBucket::new(state.config.limits_frames_per_second),
         last_was_send: false,
         state: state.clone(),

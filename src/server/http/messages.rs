@@ -174,6 +174,8 @@ pub(crate) async fn post_message(
     check_client_msg_id(&body.client_msg_id)?;
     let channel = resolve(&caller, &body.channel)?;
     let (payload, flags) = payload_bytes(&state, body.payload, body.payload_b64)?;
+    // Not the admin's sends as a user: an app server sending on many users' behalf is not held
+    // to one user's limit (the README says so).
     if !by_admin {
         state.charge_user_send(&from)?;
     }
