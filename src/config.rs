@@ -38,6 +38,10 @@ pub(crate) struct Config {
     /// A WebSocket silent this long is closed; the server pings it after a third of that.
     pub(crate) limits_ws_idle_secs: u64,
     pub(crate) limits_http_read_timeout_secs: u64,
+    /// Origins whose pages may call the HTTP API from a browser (CORS): each
+    /// `scheme://host[:port]` as a browser sends it, or `*` alone for any. Empty: no CORS
+    /// headers at all.
+    pub(crate) http_cors_origins: Vec<String>,
     pub(crate) acks_flush_ms: u64,
     pub(crate) projections_snapshot_interval_secs: u64,
     pub(crate) projections_idempotency_entries: usize,
@@ -113,6 +117,7 @@ impl Default for Config {
             limits_sessions_per_user: 32,
             limits_ws_idle_secs: 90,
             limits_http_read_timeout_secs: 30,
+            http_cors_origins: Vec::new(),
             acks_flush_ms: 200,
             projections_snapshot_interval_secs: 300,
             projections_idempotency_entries: 100_000,
@@ -213,6 +218,11 @@ pub(crate) struct ServeArgs {
     /// connection is kept), and again its body. Default: 30.
     #[arg(long, env = "TIDINGS_LIMITS_HTTP_READ_TIMEOUT_SECS")]
     limits_http_read_timeout_secs: Option<u64>,
+    /// Origins whose web pages may call the HTTP API from a browser (CORS), comma-separated:
+    /// each scheme://host[:port] as the browser sends it (e.g. https://app.example.com), or *
+    /// for any. An empty value: none. Default: none (no CORS headers).
+    #[arg(long, env = "TIDINGS_HTTP_CORS_ORIGINS")]
+    http_cors_origins: Option<String>,
     /// How long WebSocket acks are coalesced before they become cursor events. Default: 200.
     #[arg(long, env = "TIDINGS_ACKS_FLUSH_MS")]
     acks_flush_ms: Option<u64>,
@@ -312,6 +322,8 @@ struct FileConfig {
     #[serde(default)]
     limits: LimitsSection,
     #[serde(default)]
+    http: HttpSection,
+    #[serde(default)]
     acks: AcksSection,
     #[serde(default)]
     projections: ProjectionsSection,
@@ -348,6 +360,12 @@ struct LimitsSection {
     sessions_per_user: Option<usize>,
     ws_idle_secs: Option<u64>,
     http_read_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    cors_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -516,6 +534,10 @@ impl ServeArgs {
                 .limits_http_read_timeout_secs
                 .or(file.limits.http_read_timeout_secs)
                 .unwrap_or(d.limits_http_read_timeout_secs),
+            http_cors_origins: match self.http_cors_origins {
+                Some(list) => comma_list(&list),
+                None => file.http.cors_origins.unwrap_or(d.http_cors_origins),
+            },
             acks_flush_ms: self
                 .acks_flush_ms
                 .or(file.acks.flush_ms)
@@ -655,6 +677,94 @@ fn binary_frame_bytes(payload: usize) -> usize {
     payload
         .saturating_mul(3)
         .saturating_add(CBOR_FRAME_OVERHEAD)
+}
+
+/// The items of a comma-separated setting (a variable or a flag), trimmed; empty ones (a
+/// trailing comma, an empty value) are none.
+fn comma_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Why `origin` is not an origin as a browser sends it in its `Origin` header, if it is not:
+/// `scheme://host[:port]`, scheme and host in lowercase, without the scheme's default port, and
+/// nothing after (no path, not even `/`). The server compares the header with the setting byte
+/// for byte, so any other spelling would never match.
+fn origin_error(origin: &str) -> Option<String> {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Some("no scheme://".into());
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if !scheme_ok {
+        return Some(format!(
+            "the scheme {scheme:?} is not a URL scheme in lowercase (browsers send it so)"
+        ));
+    }
+    if let Some(c) = authority.chars().find(|c| "/\\?#@".contains(*c)) {
+        return Some(format!(
+            "{c:?}: an origin has no path (not even a trailing slash), query, fragment or user"
+        ));
+    }
+    // The host ends at the first `:`, or after the `]` of an IPv6 literal.
+    let host_end = if authority.starts_with('[') {
+        authority.find(']').map_or(authority.len(), |i| i + 1)
+    } else {
+        authority.find(':').unwrap_or(authority.len())
+    };
+    let (host, rest) = authority.split_at(host_end);
+    if let Some(why) = host_error(host) {
+        return Some(why);
+    }
+    match rest.strip_prefix(':') {
+        Some(port) => port_error(scheme, host, port),
+        None if rest.is_empty() => None,
+        None => Some(format!("{rest:?} after the host")),
+    }
+}
+
+/// Why `host` (of an origin) is not one as a browser sends it, if it is not.
+fn host_error(host: &str) -> Option<String> {
+    if let Some(inner) = host.strip_prefix('[') {
+        let Some(ip) = inner.strip_suffix(']') else {
+            return Some("an IPv6 host without its closing ]".into());
+        };
+        let bad =
+            ip.parse::<std::net::Ipv6Addr>().is_err() || ip.chars().any(|c| c.is_ascii_uppercase());
+        return bad.then(|| format!("[{ip}] is not an IPv6 address in lowercase"));
+    }
+    if host.is_empty() {
+        return Some("no host".into());
+    }
+    let c = host
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(*c)))?;
+    let why = if c.is_ascii_uppercase() {
+        "browsers send the host in lowercase"
+    } else if !c.is_ascii() {
+        "browsers send an internationalized name in its xn-- form"
+    } else {
+        "no host name has it"
+    };
+    Some(format!("{c:?} in the host: {why}"))
+}
+
+/// Why `port` (of an origin of `scheme` and `host`) is not one as a browser sends it, if it is
+/// not: a browser leaves the scheme's default port out, and writes no leading zeros.
+fn port_error(scheme: &str, host: &str, port: &str) -> Option<String> {
+    let Ok(n) = port.parse::<u16>() else {
+        return Some(format!("the port {port:?} is not a number up to 65535"));
+    };
+    if n.to_string() != port {
+        return Some(format!("the port {port:?}: browsers send it as {n}"));
+    }
+    let default = matches!((scheme, n), ("http", 80) | ("https", 443));
+    default.then(|| format!("browsers leave the default port out: {scheme}://{host}"))
 }
 
 /// Refuses setting `name` above `max` (in `unit`).
@@ -851,12 +961,38 @@ impl Config {
         Ok(())
     }
 
+    /// `http.cors_origins` holds origins as browsers send them (see [`origin_error`]), or `*`
+    /// alone. A misspelt one (a trailing slash, a default port, uppercase) would never match
+    /// the `Origin` header: the server would answer that page without the header it needs,
+    /// and the failure would show only in the browser's console.
+    fn check_http(&self) -> anyhow::Result<()> {
+        let origins = &self.http_cors_origins;
+        if origins.iter().any(|o| o == "*") {
+            anyhow::ensure!(
+                origins.len() == 1,
+                "http.cors_origins {origins:?}: \"*\" allows every origin and must be the only \
+                 entry"
+            );
+            return Ok(());
+        }
+        for origin in origins {
+            if let Some(why) = origin_error(origin) {
+                anyhow::bail!(
+                    "http.cors_origins: {origin:?} is not an origin as a browser sends it: {why} \
+                     (expected scheme://host[:port], e.g. https://app.example.com, or * alone)"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Values that each parse but together (or alone) would break the server.
     fn check(&self) -> anyhow::Result<()> {
         self.check_bounds()?;
         self.check_log()?;
         self.check_zeros()?;
         self.check_tier()?;
+        self.check_http()?;
         let t = &self.tier;
         // The lease is renewed by upload passes (at the first pass a third of a lease after
         // the last manifest write): passes further apart than that let the lease lapse while
@@ -1283,6 +1419,43 @@ mod tests {
                 "tier.url",
             );
         }
+        // CORS origins no browser sends (the `Origin` header is compared byte for byte, so each
+        // would never match), and `*` beside others.
+        for origins in [
+            "https://app.example.com/",
+            "https://app.example.com/app",
+            "https://app.example.com?x",
+            "https://user@app.example.com",
+            "app.example.com",
+            "//app.example.com",
+            "null",
+            "HTTPS://app.example.com",
+            "https://App.example.com",
+            "https://app.exämple.com",
+            "https://app example.com",
+            "https://",
+            "https://:8443",
+            "https://app.example.com:443",
+            "http://app.example.com:80",
+            "https://app.example.com:",
+            "https://app.example.com:08443",
+            "https://app.example.com:65536",
+            "https://app.example.com:x",
+            "http://[::1",
+            "http://[::1]x",
+            "http://[::G]",
+            "http://[::A]",
+            "*,https://app.example.com",
+            "https://app.example.com, https://other.example.com/",
+        ] {
+            refused(
+                ServeArgs {
+                    http_cors_origins: Some(origins.into()),
+                    ..ServeArgs::default()
+                },
+                "http.cors_origins",
+            );
+        }
         // Without a tier the lease is not used: a leftover interval is no reason to refuse.
         let untiered = ServeArgs {
             tier_upload_interval_secs: Some(60),
@@ -1296,6 +1469,68 @@ mod tests {
             ..ServeArgs::default()
         };
         assert_eq!(ok.resolve().unwrap().tier.lease_secs, 15);
+    }
+
+    /// CORS origins come from the file as a list, from the variable or the flag as one
+    /// comma-separated value (which replaces the file's; an empty one turns CORS off), and
+    /// every form of origin a browser sends is taken.
+    #[test]
+    fn cors_origins_from_the_file_or_a_comma_separated_flag() {
+        assert!(
+            ServeArgs::default()
+                .resolve()
+                .unwrap()
+                .http_cors_origins
+                .is_empty()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "[http]\ncors_origins = [\"https://app.example.com\", \"http://localhost:5173\"]\n",
+        )
+        .unwrap();
+        let from = |flag: Option<&str>| {
+            ServeArgs {
+                config: Some(path.clone()),
+                http_cors_origins: flag.map(str::to_owned),
+                ..ServeArgs::default()
+            }
+            .resolve()
+            .unwrap()
+            .http_cors_origins
+        };
+        assert_eq!(
+            from(None),
+            ["https://app.example.com", "http://localhost:5173"]
+        );
+        assert_eq!(
+            from(Some(" https://a.example.com ,https://b.example.com:8443,")),
+            ["https://a.example.com", "https://b.example.com:8443"]
+        );
+        assert!(from(Some("")).is_empty(), "an empty value turns CORS off");
+        assert_eq!(from(Some("*")), ["*"]);
+        let taken = [
+            "http://127.0.0.1:7070",
+            "http://[::1]:8080",
+            "http://[2001:db8::1]",
+            "https://xn--exmple-cua.com",
+            "https://my_host.internal:1",
+            "capacitor://localhost",
+            "chrome-extension://abcdefghijklmnop",
+            "https://app.example.com:8443",
+            "http://app.example.com:443",
+        ];
+        for origin in taken {
+            let resolved = ServeArgs {
+                http_cors_origins: Some(origin.into()),
+                ..ServeArgs::default()
+            }
+            .resolve();
+            if let Err(e) = resolved {
+                panic!("{origin} refused: {e:#}");
+            }
+        }
     }
 
     /// Every bound is a value that is taken, and the defaults are within them all.

@@ -1,5 +1,5 @@
 //! The server end to end, rules and limits: lists and switches enforced, auth, error shapes,
-//! size and rate limits.
+//! size and rate limits, CORS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -1821,4 +1821,225 @@ async fn a_server_full_of_sessions_still_answers_http() {
         let (status, body) = answered.unwrap_or_else(|_| panic!("{path}: no answer within 5 s"));
         assert!(status == 200 || status == 404, "{path}: {status} {body}");
     }
+}
+
+/// A preflight (`OPTIONS`) from `origin` for a `method` call of `path` with a bearer token and
+/// a JSON body, as a browser sends it before a cross-origin `fetch`.
+async fn preflight(server: &Server, origin: &str, method: &str, path: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, server.url(path))
+        .header("origin", origin)
+        .header("access-control-request-method", method)
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A call from a page of `origin` with `token` (and `body`, as JSON).
+async fn cross_origin(
+    server: &Server,
+    origin: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = reqwest::Client::new()
+        .request(m, server.url(path))
+        .header("origin", origin)
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.unwrap()
+}
+
+/// A response's header `name` as text, if it has it.
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// The comma-separated items of a response's header `name`, in lowercase.
+fn header_items(resp: &reqwest::Response, name: &str) -> Vec<String> {
+    header(resp, name).map_or_else(Vec::new, |v| {
+        v.split(',')
+            .map(|item| item.trim().to_ascii_lowercase())
+            .collect()
+    })
+}
+
+/// The names of a response's CORS headers (`access-control-*`).
+fn cors_header_names(resp: &reqwest::Response) -> Vec<String> {
+    resp.headers()
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .filter(|k| k.starts_with("access-control-"))
+        .collect()
+}
+
+/// With `http.cors_origins` set, a page of a listed origin can call the API from a browser:
+/// preflights of user and admin calls are answered with the methods and request headers the
+/// API takes, and every answer to that origin — errors included (401, 404, 429: a browser
+/// hides an answer without the header from the page) — has `Access-Control-Allow-Origin`, and
+/// exposes `Retry-After`. Another origin is told nothing (the browser then refuses). Without
+/// CORS the preflight was a 405 and no answer had the header.
+#[tokio::test]
+async fn cors_answers_the_configured_origins_errors_included() {
+    let app = "https://app.example.com";
+    let local = "http://localhost:5173";
+    let server = Server::start(&[
+        "--http-cors-origins",
+        "https://app.example.com,http://localhost:5173",
+        "--limits-sends-per-second",
+        "1",
+    ]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    for origin in [app, local] {
+        for (method, path) in [
+            ("POST", "/v1/messages"),
+            ("GET", "/v1/conversations"),
+            ("DELETE", "/v1/channels/g/messages/1"),
+            ("PUT", "/v1/channels/g"),
+        ] {
+            let resp = preflight(&server, origin, method, path).await;
+            let what = format!("{origin} {method} {path}");
+            assert!(resp.status().is_success(), "{what}: {}", resp.status());
+            assert_eq!(
+                header(&resp, "access-control-allow-origin").as_deref(),
+                Some(origin),
+                "{what}"
+            );
+            let methods = header_items(&resp, "access-control-allow-methods");
+            for m in ["get", "post", "put", "delete"] {
+                assert!(methods.iter().any(|x| x == m), "{what}: {methods:?}");
+            }
+            let headers = header_items(&resp, "access-control-allow-headers");
+            for h in ["authorization", "content-type"] {
+                assert!(headers.iter().any(|x| x == h), "{what}: {headers:?}");
+            }
+            assert_eq!(
+                header(&resp, "access-control-max-age").as_deref(),
+                Some("600")
+            );
+            assert_eq!(
+                header(&resp, "access-control-allow-credentials"),
+                None,
+                "{what}: bearer tokens, not cookies"
+            );
+        }
+    }
+    // Another origin (one that only starts like a listed one, too): no allow-origin, so the
+    // browser refuses the call, on the preflight and on an answer alike.
+    for other in [
+        "https://evil.example.com",
+        "https://app.example.com.evil.com",
+    ] {
+        let resp = preflight(&server, other, "POST", "/v1/messages").await;
+        assert_eq!(
+            header(&resp, "access-control-allow-origin"),
+            None,
+            "{other}"
+        );
+        let resp = cross_origin(&server, other, "GET", "/v1/conversations", "nope", None).await;
+        assert_eq!(resp.status().as_u16(), 401);
+        assert_eq!(
+            header(&resp, "access-control-allow-origin"),
+            None,
+            "{other}"
+        );
+    }
+    // Errors to a listed origin carry the headers: a bad token (401), no such endpoint (404).
+    for (path, status, code) in [
+        ("/v1/conversations", 401, "invalid_token"),
+        ("/v1/nowhere", 404, "not_found"),
+    ] {
+        let resp = cross_origin(&server, app, "GET", path, "nope", None).await;
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        assert_eq!(
+            header(&resp, "access-control-allow-origin").as_deref(),
+            Some(app),
+            "{path}"
+        );
+        assert!(
+            header_items(&resp, "access-control-expose-headers").contains(&"retry-after".into()),
+            "{path}"
+        );
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code, "{path}: {v}");
+    }
+    // A token made by an admin call from a listed origin, used from the other one; sends until
+    // the rate limit refuses one: its 429 has the headers, and the page may read Retry-After.
+    let resp = cross_origin(
+        &server,
+        local,
+        "POST",
+        "/v1/users/alice/tokens",
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(
+        header(&resp, "access-control-allow-origin").as_deref(),
+        Some(local)
+    );
+    let alice = resp.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut refused = None;
+    for i in 0..5 {
+        let body = json!({"channel": "g", "client_msg_id": format!("c{i}"), "payload": i});
+        let resp = cross_origin(&server, app, "POST", "/v1/messages", &alice, Some(body)).await;
+        assert_eq!(
+            header(&resp, "access-control-allow-origin").as_deref(),
+            Some(app)
+        );
+        if resp.status().as_u16() == 429 {
+            refused = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status().as_u16(), 201);
+    }
+    let resp = refused.expect("a send past the burst is refused");
+    assert!(header(&resp, "retry-after").is_some());
+    assert!(header_items(&resp, "access-control-expose-headers").contains(&"retry-after".into()));
+}
+
+/// `*` lets any origin call (no credentials header: it cannot go with `*`); without
+/// `http.cors_origins` no answer has a CORS header, and a preflight is 405, as before the
+/// setting.
+#[tokio::test]
+async fn cors_is_off_by_default_and_star_allows_any_origin() {
+    let origin = "https://anywhere.example.org";
+    let any = Server::start(&["--http-cors-origins", "*"]);
+    let resp = preflight(&any, origin, "POST", "/v1/messages").await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(
+        header(&resp, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    assert_eq!(header(&resp, "access-control-allow-credentials"), None);
+    let resp = cross_origin(&any, origin, "GET", "/v1/conversations", "nope", None).await;
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(
+        header(&resp, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+
+    let off = Server::start(&[]);
+    let resp = preflight(&off, origin, "POST", "/v1/messages").await;
+    assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(cors_header_names(&resp), Vec::<String>::new());
+    let resp = cross_origin(&off, origin, "GET", "/v1/conversations", "nope", None).await;
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(cors_header_names(&resp), Vec::<String>::new());
 }

@@ -1,7 +1,9 @@
-//! The HTTP API under `/v1`, plus `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP API under `/v1`, plus `/healthz`, `/readyz`, `/metrics`; CORS headers when
+//! `http.cors_origins` is set.
 
 mod channels;
 mod conversations;
+mod cors;
 mod cursors;
 mod hide;
 mod json_check;
@@ -239,7 +241,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             .delete(move |s, c, p, b| users::remove_from_list(s, c, p, b, kind))
     };
     use tidings_projections::ListKind::{Allow, Deny};
-    Router::new()
+    let routes = Router::new()
         .route(
             "/v1/users/{uid}/tokens",
             post(users::create_token).delete(users::revoke_tokens),
@@ -286,7 +288,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    // Around every route and both fallbacks, so error answers carry the CORS headers too; inside
+    // `observe`, so preflights are counted (as OPTIONS) like any request.
+    let routes = match cors::layer(&c.http_cors_origins) {
+        Some(layer) => routes.layer(layer),
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(BodyTimeout(
