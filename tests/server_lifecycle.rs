@@ -1031,17 +1031,32 @@ async fn a_shutdown_closes_websockets_with_1001() {
 /// so this test shows the budget holds, not the failure).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cannot_take_the_logs_descriptors() {
-    let server = Server::start_with_open_files(
-        300,
-        &[
-            "--log-segment-bytes",
-            "65536",
-            "--limits-http-read-timeout-secs",
-            "2",
-            "--limits-sends-per-second",
-            "1000000",
-        ],
-    );
+    idle_connections_beside_rolls(&[]).await;
+}
+
+/// The same with a conversation cache of 2 GiB on disk: its 128 files (one per 16 MiB block)
+/// took most of the reserve, and the budget (the limit less the reserve alone) let idle
+/// connections take what was left, rolls included — found by a configuration audit, which
+/// stopped the log so with a 16 GiB block cache at a limit of 1,400. What the server holds at
+/// start now comes out of the budget first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_disk_cache_leaves_the_log_its_descriptors() {
+    idle_connections_beside_rolls(&["--cache-conversation-disk-bytes", "2147483648"]).await;
+}
+
+/// 400 idle connections held open under an open-file limit of 300 while some twenty segment
+/// rolls happen: every send acknowledged, the server ready after, the messages readable.
+async fn idle_connections_beside_rolls(extra: &[&str]) {
+    let mut args = vec![
+        "--log-segment-bytes",
+        "65536",
+        "--limits-http-read-timeout-secs",
+        "2",
+        "--limits-sends-per-second",
+        "1000000",
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start_with_open_files(300, &args);
     let api = Api::new(&server);
     api.group("g", &["alice", "bob"]).await;
     let alice = api.user("alice").await;

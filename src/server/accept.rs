@@ -10,8 +10,9 @@
 //! - **Ownership.** Every connection task is in this loop's `JoinSet`: on shutdown each is
 //!   asked to finish its request and close; aborting the loop's task aborts them all.
 //! - **A budget of descriptors.** A connection is accepted only with a permit of the sockets
-//!   budget ([`socket_budget`]: the open-file limit less a reserve for the log, snapshots and
-//!   caches), held for the connection's life (an upgraded WebSocket takes one of its own).
+//!   budget ([`socket_budget`]: the open-file limit less what the server holds at start — its
+//!   disk caches' files above all — and a reserve for what the log, snapshots and the object
+//!   store's connections open later), held for the connection's life (an upgraded WebSocket takes one of its own).
 //!   Past it, new connections wait in the kernel's backlog. Without it, idle connections
 //!   could take every descriptor, and the log's next segment roll, unable to open its files,
 //!   stopped the log until a restart.
@@ -70,11 +71,22 @@ pub(crate) fn open_files_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
+/// Descriptors the process holds now (Linux: the entries of `/proc/self/fd`, less the one
+/// reading them; elsewhere 0, and [`RESERVED_DESCRIPTORS`] alone stands for them).
+pub(crate) fn open_descriptors() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| (dir.count() as u64).saturating_sub(1))
+}
+
 /// Client connections (HTTP and WebSocket together) that an open-file limit of `limit` leaves
-/// room for: the limit less [`RESERVED_DESCRIPTORS`] (half the limit when smaller).
-pub(crate) fn socket_budget(limit: u64) -> usize {
-    let reserve = RESERVED_DESCRIPTORS.min(limit / 2);
-    usize::try_from(limit.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
+/// room for when the server already holds `held` descriptors (at start, with its caches open):
+/// what is left less [`RESERVED_DESCRIPTORS`] for what it opens later (half of what is left
+/// when smaller). Not the limit less the reserve alone: the disk caches hold one file per
+/// block (16 MiB), 1,024 for a 16 GiB `tier.cache_disk_bytes`, and with those taking the
+/// reserve idle connections could again take the descriptors a segment roll needs.
+pub(crate) fn socket_budget(limit: u64, held: u64) -> usize {
+    let free = limit.saturating_sub(held);
+    let reserve = RESERVED_DESCRIPTORS.min(free / 2);
+    usize::try_from(free.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
 }
 
 /// Serves `app` on `listener` until `stop`, then lets the connections finish their requests.
@@ -161,7 +173,7 @@ mod tests {
     #[test]
     fn the_budget_leaves_room_for_sessions_at_small_limits() {
         for limit in [64, 190, 220, 256, 300, 1024, 20_000] {
-            let budget = socket_budget(limit);
+            let budget = socket_budget(limit, 0);
             let sessions = budget - http_headroom(budget);
             assert!(sessions >= budget / 2, "{limit}: {budget} / {sessions}");
             assert!(
@@ -169,11 +181,23 @@ mod tests {
                 "{limit}: {budget}"
             );
         }
-        assert_eq!(socket_budget(20_000), 20_000 - 1024);
-        assert_eq!(http_headroom(socket_budget(20_000)), 32);
+        assert_eq!(socket_budget(20_000, 0), 20_000 - 1024);
+        assert_eq!(http_headroom(socket_budget(20_000, 0)), 32);
         assert_eq!(
-            socket_budget(u64::MAX),
+            socket_budget(u64::MAX, 0),
             usize::try_from(u64::MAX - 1024).unwrap()
         );
+    }
+
+    /// What the server holds at start (its disk caches' files above all) comes out of the
+    /// budget before the reserve: a 16 GiB block cache holds 1,024 files, and at a limit of
+    /// 1,400 the budget was 700 connections beside ~1,060 descriptors held.
+    #[test]
+    fn descriptors_held_at_start_are_not_in_the_budget() {
+        assert_eq!(socket_budget(20_000, 1_060), 20_000 - 1_060 - 1024);
+        let budget = socket_budget(1_400, 1_060) as u64;
+        assert!(1_060 + budget <= 1_400 - budget, "{budget}");
+        assert_eq!(socket_budget(100, 400), 1, "never none");
+        assert!(open_descriptors() >= 3, "stdin, stdout and stderr at least");
     }
 }

@@ -176,11 +176,6 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
 
     let (applied_tx, applied_rx) = watch::channel(proj.state.next_offset());
     let open_files = accept::raise_open_files_limit();
-    tracing::info!(
-        open_files,
-        connections = accept::socket_budget(open_files),
-        "open-file limit, and the client connections it leaves room for"
-    );
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -195,6 +190,12 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         conv_cache,
         admin_key,
     ));
+    tracing::info!(
+        open_files,
+        held = accept::open_descriptors(),
+        connections = state.sockets.available_permits(),
+        "open-file limit, descriptors held at start, and the client connections they leave room for"
+    );
 
     let mut tasks = JoinSet::new();
     let stop_applier = CancellationToken::new();

@@ -96,8 +96,11 @@ impl AppState {
     ) -> Self {
         let samples = PushSamples::new(config.trace_sample_every, 10_000);
         let connections = std::sync::Arc::new(Semaphore::new(config.limits_max_connections));
-        let budget =
-            crate::server::accept::socket_budget(crate::server::accept::open_files_limit());
+        // After the log and the caches opened: their files are not the connections'.
+        let budget = crate::server::accept::socket_budget(
+            crate::server::accept::open_files_limit(),
+            crate::server::accept::open_descriptors(),
+        );
         let budget = budget.min(Semaphore::MAX_PERMITS);
         let sockets = std::sync::Arc::new(Semaphore::new(budget));
         let http_headroom = crate::server::accept::http_headroom(budget);
