@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -237,6 +237,13 @@ async fn a_second_server_on_the_same_data_directory_opens_nothing() {
 /// only in the object store it refuses to rebuild from offset 0 (before, it rebuilt from the
 /// first local segment and wrote that state as the newest snapshot) and says what works;
 /// `--from-snapshot` does. `replay` says where it starts.
+///
+/// Under other projections settings (a replay from 0 or nothing) it is refused before any
+/// snapshot goes aside: before, every `.snap` was renamed `.snap.other-settings` and the replay
+/// then failed, leaving none (fails without the fix: the snapshot files differ). And
+/// `--from-snapshot` with no events after the snapshot (its record is only in the store after
+/// the graceful stop) leaves that anchored snapshot as it was: before, it rewrote it without an
+/// anchor (fails without the fix: the bytes differ in the anchor and its flag).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_on_a_tiered_directory_refuses_a_replay_from_zero() {
     let (_bucket, args) = file_bucket();
@@ -261,17 +268,54 @@ async fn rebuild_on_a_tiered_directory_refuses_a_replay_from_zero() {
             .output()
             .unwrap()
     };
+    let stopped = snapshot_files(&data);
+    assert!(
+        stopped.keys().any(|name| name.ends_with(".snap")),
+        "{stopped:?}"
+    );
+    let out = rebuild(&["--projections-idempotency-entries", "5000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("the local log starts at offset")
+            && err.contains("left in place"),
+        "{err}"
+    );
+    assert_eq!(snapshot_files(&data), stopped, "no snapshot was set aside");
     let out = rebuild(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("only in the object store"),
         "{err}"
     );
+    // The newest snapshot is the shutdown's, anchored; its record is only in the store (every
+    // local segment starts after it), and nothing follows it.
+    let newest = newest_snapshot(&data);
+    assert!(anchored(&newest));
+    let applied: u64 = newest
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let local = local_segment_bases(&data);
+    assert!(
+        local.iter().all(|&base| base > applied),
+        "{applied} {local:?}"
+    );
     let out = rebuild(&["--from-snapshot"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("applied 0 events"), "{stdout}");
+    assert_eq!(
+        snapshot_files(&data),
+        stopped,
+        "the anchored snapshot is left as it was"
     );
     // `replay --from 0` starts at the first local offset and says so.
     let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
@@ -483,6 +527,30 @@ fn newest_snapshot(data: &std::path::Path) -> PathBuf {
         .collect();
     snaps.sort();
     snaps.pop().expect("a snapshot")
+}
+
+/// Every file in a data directory's `projections/snapshots/` (set-aside ones too), by name,
+/// with the CRC-32 of its bytes.
+fn snapshot_files(data: &Path) -> BTreeMap<String, u32> {
+    std::fs::read_dir(data.join("projections/snapshots"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            (name, crc32fast::hash(&std::fs::read(e.path()).unwrap()))
+        })
+        .collect()
+}
+
+/// The base offsets of the segments in a data directory's `log/` (`{base:020}.log`).
+fn local_segment_bases(data: &Path) -> Vec<u64> {
+    std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect()
 }
 
 /// Whether a snapshot's header says it is anchored (flags bit 0, bytes 32..36:

@@ -1,9 +1,11 @@
-//! `tidings rebuild`: rebuild the projections from the log and write a fresh snapshot.
+//! `tidings rebuild`: rebuild the projections from the log and write a fresh snapshot (or keep
+//! the one it started from, when no events follow it).
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use tidings_log::Log;
 use tidings_projections::{Origin, ProjectionConfig, Projections, snapshot};
 
 use crate::data::DataDir;
@@ -76,14 +78,7 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         // (this rebuild rewrites the message index sidecars they name, cut elsewhere).
         (Some(config), newest) => {
             if newest.is_some_and(|(state, _)| !config.shapes(&state)) {
-                anyhow::ensure!(
-                    !args.from_snapshot && args.from_offset.is_none(),
-                    "the snapshots were made under other projections settings: rebuild from offset 0 (without --from-snapshot or --from-offset)"
-                );
-                crate::server::set_aside_all_snapshots(
-                    &data.projections(),
-                    ".snap.other-settings",
-                )?;
+                set_aside_other_settings(&args, &data, &log)?;
             }
             config
         }
@@ -135,21 +130,57 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         .map_err(super::explain)?;
     bar.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
-    // Anchored like the server's snapshots (which record this log's record at its offset).
-    let snap = match p.prepare_snapshot() {
-        Some(mut prepared) => {
-            if let Some(anchor) = snapshot::anchor_at(&log, prepared.applied()).await? {
-                prepared.set_anchor(anchor);
-            }
-            Some(prepared.write()?)
-        }
-        None => None,
-    };
+    let snap = write_snapshot(&p, &log, n).await?;
     log.close().await?;
     println!(
-        "applied {n} events in {secs:.2} s ({:.0} events/s); snapshot: {}",
+        "applied {n} events in {secs:.2} s ({:.0} events/s); snapshot: {snap}",
         n as f64 / secs.max(1e-9),
-        snap.map_or("none (empty log)".into(), |p| p.display().to_string())
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sets aside every snapshot, made under projections settings other than the rebuild's, as the
+/// server does at start. Before the replay from offset 0 that follows, not after it: the replay
+/// rewrites the message index sidecars they name, cut elsewhere, and one stopped midway would
+/// leave them loadable over sidecars they no longer match. So the replay must be able to run
+/// first: refused, with every snapshot left in place, when it would start from a snapshot or
+/// when the local log no longer starts at offset 0 (its older segments only in the object
+/// store, or removed) — the directory would otherwise be left with no snapshot at all.
+fn set_aside_other_settings(args: &RebuildArgs, data: &DataDir, log: &Log) -> anyhow::Result<()> {
+    let log_start = log.start_offset();
+    anyhow::ensure!(
+        log_start == 0,
+        "the snapshots were made under other projections settings, so this rebuild must replay the log from offset 0, but the local log starts at offset {log_start} (the segments before it are only in the object store, or were removed): the snapshots were left in place. The server, started with these settings and its tier.url, sets them aside and replays the log from the object store"
+    );
+    anyhow::ensure!(
+        !args.from_snapshot && args.from_offset.is_none(),
+        "the snapshots were made under other projections settings: rebuild from offset 0 (without --from-snapshot or --from-offset)"
+    );
+    crate::server::set_aside_all_snapshots(&data.projections(), ".snap.other-settings")
+}
+
+/// Writes the rebuilt state's snapshot, anchored like the server's (to this log's record at its
+/// offset), and describes it for the summary line. A state that is the loaded snapshot's own
+/// (no events applied after it) stays in that file as it is, unless the log can give it the
+/// anchor it lacks: rewritten, it would hold the same state, and no anchor when its record is
+/// only in the object store (a tiered log after a graceful stop) — an unanchored file over the
+/// anchored one of the same offset.
+async fn write_snapshot(p: &Projections, log: &Log, events_applied: u64) -> anyhow::Result<String> {
+    let Some(mut prepared) = p.prepare_snapshot() else {
+        return Ok("none (empty log)".into());
+    };
+    let anchor = snapshot::anchor_at(log, prepared.applied()).await?;
+    if let Origin::Snapshot(path) = p.origin()
+        && events_applied == 0
+        && (anchor.is_none() || p.snapshot_anchor().is_some())
+    {
+        return Ok(format!(
+            "{} (as it was: no events after it)",
+            path.display()
+        ));
+    }
+    if let Some(anchor) = anchor {
+        prepared.set_anchor(anchor);
+    }
+    Ok(prepared.write()?.display().to_string())
 }
