@@ -18,6 +18,7 @@ use tidings_projections::ids::MAX_ID_LEN;
 pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
     pub(crate) data: PathBuf,
+    /// Trimmed, and what an `Authorization` header can carry (see [`admin_key_error`]).
     pub(crate) admin_key: Option<String>,
     pub(crate) person_allowlist: bool,
     pub(crate) log_fsync: FsyncPolicy,
@@ -158,8 +159,9 @@ pub(crate) struct ServeArgs {
     /// Data directory. Default: ./data.
     #[arg(long, env = "TIDINGS_DATA")]
     data: Option<PathBuf>,
-    /// The admin key for app-server calls. Default: generated on first start into
-    /// DATA/admin.key (mode 0600) and printed once.
+    /// The admin key for app-server calls (surrounding whitespace trimmed; visible ASCII and
+    /// inner spaces only). Default: generated on first start into DATA/admin.key (mode 0600)
+    /// and printed once.
     #[arg(long, env = "TIDINGS_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
     /// Person channels honour the recipient's allowlist. Default: false.
@@ -473,7 +475,14 @@ impl ServeArgs {
         let config = Config {
             listen: self.listen.or(file.listen).unwrap_or(d.listen),
             data: self.data.or(file.data).unwrap_or(d.data),
-            admin_key: self.admin_key.or(file.admin_key).filter(|k| !k.is_empty()),
+            // Trimmed as tokens are (`auth::bearer`): a key ending in a newline (a Kubernetes
+            // secret, `$(cat key)` in a unit file) matched no call. Empty is unset; nothing but
+            // whitespace is refused by `check`.
+            admin_key: self
+                .admin_key
+                .or(file.admin_key)
+                .filter(|k| !k.is_empty())
+                .map(|k| k.trim().to_owned()),
             person_allowlist: self
                 .person_allowlist
                 .or(file.person_allowlist)
@@ -767,6 +776,24 @@ fn port_error(scheme: &str, host: &str, port: &str) -> Option<String> {
     default.then(|| format!("browsers leave the default port out: {scheme}://{host}"))
 }
 
+/// Why `key` (trimmed) cannot be the admin key, if it cannot. It is compared with the bearer
+/// token of an `Authorization` header, which `auth::bearer` takes only as visible ASCII with
+/// spaces or tabs between (`HeaderValue::to_str`) and trims: a key holding any other character
+/// (a control character, a letter outside ASCII), or nothing, could never match, and every
+/// admin call would be refused. The reason names the character, never the key.
+pub(crate) fn admin_key_error(key: &str) -> Option<String> {
+    if key.is_empty() {
+        return Some("nothing but whitespace".into());
+    }
+    let (at, c) = key
+        .char_indices()
+        .find(|&(_, c)| !(c.is_ascii_graphic() || c == ' ' || c == '\t'))?;
+    Some(format!(
+        "{c:?} at byte {at}: an Authorization header carries visible ASCII (and spaces inside) \
+         only, so no admin call could match the key"
+    ))
+}
+
 /// Refuses setting `name` above `max` (in `unit`).
 fn at_most<T: PartialOrd + std::fmt::Display>(
     name: &str,
@@ -986,8 +1013,21 @@ impl Config {
         Ok(())
     }
 
+    /// `admin_key`, trimmed, is a key some admin call can send (see [`admin_key_error`]):
+    /// one that cannot was taken, and every admin call was answered 401.
+    fn check_admin_key(&self) -> anyhow::Result<()> {
+        if let Some(why) = self.admin_key.as_deref().and_then(admin_key_error) {
+            anyhow::bail!(
+                "admin_key: {why} (surrounding whitespace is trimmed; leave it empty or unset \
+                 to use DATA/admin.key)"
+            );
+        }
+        Ok(())
+    }
+
     /// Values that each parse but together (or alone) would break the server.
     fn check(&self) -> anyhow::Result<()> {
+        self.check_admin_key()?;
         self.check_bounds()?;
         self.check_log()?;
         self.check_zeros()?;
@@ -1469,6 +1509,57 @@ mod tests {
             ..ServeArgs::default()
         };
         assert_eq!(ok.resolve().unwrap().tier.lease_secs, 15);
+    }
+
+    /// The admin key is trimmed, as the bearer tokens it is compared with are: a key ending in
+    /// a newline (a Kubernetes secret, `$(cat key)`) was taken whole, and every admin call was
+    /// then 401. One that no `Authorization` header can carry is refused, naming the setting
+    /// and not the key; an empty one is unset (generated into DATA/admin.key).
+    #[test]
+    fn the_admin_key_is_trimmed_and_one_no_header_carries_is_refused() {
+        let resolve = |key: &str| {
+            ServeArgs {
+                admin_key: Some(key.into()),
+                ..ServeArgs::default()
+            }
+            .resolve()
+        };
+        for key in [
+            "s3cret-admin-key\n",
+            " s3cret-admin-key\t",
+            "\r\ns3cret-admin-key \r\n",
+        ] {
+            let c = resolve(key).unwrap();
+            assert_eq!(c.admin_key.as_deref(), Some("s3cret-admin-key"), "{key:?}");
+        }
+        // Spaces inside reach the server (a header value loses only its ends).
+        assert_eq!(
+            resolve("two words").unwrap().admin_key.as_deref(),
+            Some("two words")
+        );
+        assert_eq!(resolve("").unwrap().admin_key, None);
+        for key in [
+            " ",
+            "\n\n",
+            "s3cret\nkey",
+            "s3cret\u{7f}",
+            "s3cr\u{e9}t",
+            "key\0",
+        ] {
+            let err = format!("{:#}", resolve(key).unwrap_err());
+            assert!(err.contains("admin_key"), "{key:?}: {err}");
+            assert!(!err.contains("s3cr"), "the key itself is not shown: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "admin_key = \"from-the-file\\n\"\n").unwrap();
+        let c = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.admin_key.as_deref(), Some("from-the-file"));
     }
 
     /// CORS origins come from the file as a list, from the variable or the flag as one

@@ -233,6 +233,38 @@ async fn a_second_server_on_the_same_data_directory_opens_nothing() {
     server.stop();
 }
 
+/// A start that fails once the log is open (here at its conversation cache: a file stands
+/// where the cache's directory goes) closes the log, releasing the prefix its open claimed:
+/// the next start claims it at once. Until 2026-11-30 only a failed snapshot restore closed
+/// it: the next start found the failed one's claim within its lease and waited it out
+/// (`claimed` false, and its stop could not upload its last segment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_after_the_log_opened_releases_the_prefix() {
+    let (_bucket, args) = file_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let blocker = data.join("cache").join("conversations");
+    std::fs::create_dir_all(data.join("cache")).unwrap();
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .args(&args)
+        .env("TIDINGS_ADMIN_KEY", ADMIN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    std::fs::remove_file(&blocker).unwrap();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_on(&data, &refs);
+    let api = Api::new(&server);
+    let tier = api.ok("GET", "/v1/tier", ADMIN, None).await;
+    assert_eq!(tier["status"]["claimed"], true, "{tier}");
+    assert!(err.contains("opening the conversation cache"), "{err}");
+    server.stop();
+}
+
 /// `tidings rebuild` reads local segments only: on a data directory whose oldest segments are
 /// only in the object store it refuses to rebuild from offset 0 (before, it rebuilt from the
 /// first local segment and wrote that state as the newest snapshot) and says what works;

@@ -112,6 +112,11 @@ impl ConversationCache {
     /// A cache with its disk part in `dir` (created when missing). Needs a tokio runtime.
     pub async fn open(dir: &Path, config: &ConversationCacheConfig) -> Result<Self> {
         let err = |e: foyer::Error| ProjectionError::Cache(e.to_string());
+        // Made here, not by foyer: its builder unwraps the creation, and panicked when a file
+        // stood at the path.
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ProjectionError::Cache(format!("creating the directory {}: {e}", dir.display()))
+        })?;
         let disk = config.disk_bytes.max(16 << 20);
         let device = FsDeviceBuilder::new(dir)
             .with_capacity(disk)

@@ -1,9 +1,12 @@
 //! The server: start-up, the background tasks it owns, and shutdown.
 //!
-//! Start-up: open the log (recovering its tail), load the newest snapshot and catch up with the
-//! log, then serve. Background tasks — the applier, the ack flusher, the snapshotter and the
-//! HTTP server — live in one `JoinSet` with a `CancellationToken` each; WebSocket sessions are
-//! tracked in a `TaskTracker`.
+//! Start-up: take the data directory's lock and bind the port (a port that is taken fails the
+//! start before the admin key, the tier or the log; connections made until the server serves
+//! wait in the kernel's backlog), open the log (recovering its tail), load the newest snapshot and
+//! catch up with the log, open the conversation cache, then serve. A start that fails once the
+//! log is open closes it (releasing a tier prefix the open claimed). Background tasks — the
+//! applier, the ack flusher, the snapshotter and the HTTP server — live in one `JoinSet` with a
+//! `CancellationToken` each; WebSocket sessions are tracked in a `TaskTracker`.
 //!
 //! Shutdown (SIGTERM/SIGINT, or [`Running::shutdown`]): stop accepting; close WebSockets with
 //! "going away" (1001) within half the grace period; let in-flight HTTP requests finish
@@ -77,15 +80,22 @@ pub(crate) fn projection_config(c: &Config) -> ProjectionConfig {
     }
 }
 
-/// The admin key: configured, or read from DATA/admin.key, or generated there (mode 0600) and
-/// printed once.
+/// The admin key: configured (trimmed and checked by the configuration), or read from
+/// DATA/admin.key (trimmed; refused when no `Authorization` header can carry it, as a
+/// configured one is), or generated there (mode 0600) and printed once.
 fn admin_key(config: &Config, data: &DataDir) -> anyhow::Result<String> {
     if let Some(k) = &config.admin_key {
         return Ok(k.clone());
     }
     let path = data.admin_key();
     match std::fs::read_to_string(&path) {
-        Ok(k) if !k.trim().is_empty() => return Ok(k.trim().to_owned()),
+        Ok(k) if !k.trim().is_empty() => {
+            let k = k.trim();
+            if let Some(why) = crate::config::admin_key_error(k) {
+                anyhow::bail!("the admin key in {}: {why}", path.display());
+            }
+            return Ok(k.to_owned());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -109,6 +119,14 @@ fn admin_key(config: &Config, data: &DataDir) -> anyhow::Result<String> {
 pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let data = DataDir::new(&config.data);
     let dir_lock = data.lock()?;
+    // The port next, before the admin key, the tier and the log: a port that is taken (another
+    // server, a mistyped `listen`) failed the start only after the replay, with the admin key
+    // generated and the tier's prefix claimed. Connections made until the server serves wait
+    // in the kernel's backlog.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr()?;
     let admin_key = admin_key(&config, &data)?;
     let tier = tiering::open(&config, &data).await?;
     let mut log_opts = LogOptions::default()
@@ -126,60 +144,16 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let log = Log::open(data.log(), log_opts)
         .await
         .with_context(|| format!("opening the log in {}", data.log().display()))?;
-    match log.tier() {
-        Some(t) => {
-            let restored = match tiering::restore_snapshot(t, &data.projections()).await {
-                Ok(restored) => restored,
-                Err(e) => {
-                    let what = format!(
-                        "restoring a snapshot from the object store {} (this data directory has none)",
-                        t.display()
-                    );
-                    // Closed, so that a claim the open took is released: the next start then
-                    // claims at once instead of waiting out this process's lease.
-                    if let Err(c) = log.close().await {
-                        tracing::warn!(error = %c, "could not close the log");
-                    }
-                    return Err(e.context(what));
-                }
-            };
-            if restored {
-                tracing::info!(store = t.display(), "restoring from the object store");
-            }
+    let (proj, conv_cache) = match open_state(&config, &data, &log).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            close_after_failed_start(&log, &config).await;
+            return Err(e);
         }
-        None => tiering::warn_if_tiered(&log),
-    }
-
-    let started = Instant::now();
-    let (mut proj, continues) =
-        load_projections(&data.projections(), projection_config(&config), &log).await?;
-    let replayed = proj.catch_up(&log, |_, _| {}).await?;
-    tracing::info!(
-        origin = ?proj.origin(),
-        replayed,
-        applied = proj.state.next_offset(),
-        took_ms = started.elapsed().as_millis() as u64,
-        "projections ready"
-    );
-    let conv_cache = ConversationCache::open(
-        &data.cache().join("conversations"),
-        &ConversationCacheConfig {
-            memory_bytes: config.cache_conversation_memory_bytes,
-            disk_bytes: config.cache_conversation_disk_bytes,
-            // Entries on disk are reused only under `fsync = always` (under every/never a power
-            // cut can take applied events, whose offsets are then reused) and only when the
-            // state continues this directory's history (see `load_projections`).
-            recover: config.log_fsync == tidings_log::FsyncPolicy::Always && continues,
-        },
-    )
-    .await?;
+    };
 
     let (applied_tx, applied_rx) = watch::channel(proj.state.next_offset());
     let open_files = accept::raise_open_files_limit();
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let addr = listener.local_addr()?;
     let state = Arc::new(AppState::new(
         config,
         log,
@@ -255,6 +229,72 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         stop_snapshots,
         _dir_lock: dir_lock,
     })
+}
+
+/// What the server serves from, once the log is open: the projections caught up with the log
+/// (from a snapshot, restored from the object store when this directory has none) and the
+/// conversation cache. The caller closes the log when this fails.
+async fn open_state(
+    config: &Config,
+    data: &DataDir,
+    log: &Log,
+) -> anyhow::Result<(Projections, ConversationCache)> {
+    match log.tier() {
+        Some(t) => {
+            let restored = tiering::restore_snapshot(t, &data.projections())
+                .await
+                .with_context(|| {
+                    format!(
+                        "restoring a snapshot from the object store {} (this data directory has none)",
+                        t.display()
+                    )
+                })?;
+            if restored {
+                tracing::info!(store = t.display(), "restoring from the object store");
+            }
+        }
+        None => tiering::warn_if_tiered(log),
+    }
+
+    let started = Instant::now();
+    let (mut proj, continues) =
+        load_projections(&data.projections(), projection_config(config), log).await?;
+    let replayed = proj.catch_up(log, |_, _| {}).await?;
+    tracing::info!(
+        origin = ?proj.origin(),
+        replayed,
+        applied = proj.state.next_offset(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "projections ready"
+    );
+    let dir = data.cache().join("conversations");
+    let conv_cache = ConversationCache::open(
+        &dir,
+        &ConversationCacheConfig {
+            memory_bytes: config.cache_conversation_memory_bytes,
+            disk_bytes: config.cache_conversation_disk_bytes,
+            // Entries on disk are reused only under `fsync = always` (under every/never a power
+            // cut can take applied events, whose offsets are then reused) and only when the
+            // state continues this directory's history (see `load_projections`).
+            recover: config.log_fsync == tidings_log::FsyncPolicy::Always && continues,
+        },
+    )
+    .await
+    .with_context(|| format!("opening the conversation cache in {}", dir.display()))?;
+    Ok((proj, conv_cache))
+}
+
+/// Closes the log of a start that failed after it opened, within the shutdown's grace period:
+/// a claim of the tier's prefix that the open took is released, so the next start claims at
+/// once instead of waiting out this process's lease (until 2026-11-30 only a failed snapshot
+/// restore closed it; a failed replay or conversation cache left the claim, and the next
+/// start's last segment stayed local at its stop). A store that does not answer costs the
+/// grace period, not more.
+async fn close_after_failed_start(log: &Log, config: &Config) {
+    let by = tokio::time::Instant::now() + config.shutdown_grace();
+    if let Err(e) = log.close_by(by).await {
+        tracing::warn!(error = %e, "could not close the log");
+    }
 }
 
 /// Options of an accepted connection (see where it is called).
@@ -776,6 +816,19 @@ const SET_ASIDE_KEPT: usize = 3;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The key in DATA/admin.key is trimmed, and one that no `Authorization` header can carry
+    /// is refused at start, naming the file (it was taken, and every admin call was 401).
+    #[test]
+    fn an_admin_key_file_no_header_carries_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        std::fs::write(data.admin_key(), " the-key\n").unwrap();
+        assert_eq!(admin_key(&Config::default(), &data).unwrap(), "the-key");
+        std::fs::write(data.admin_key(), "the-k\u{e9}y\n").unwrap();
+        let err = format!("{:#}", admin_key(&Config::default(), &data).unwrap_err());
+        assert!(err.contains("admin.key"), "{err}");
+    }
 
     /// Accepted sockets get TCP_NODELAY and the user timeout.
     #[cfg(target_os = "linux")]

@@ -33,6 +33,14 @@ pub(crate) async fn open_cache(opts: &TierOptions) -> Result<HybridCache<String,
             opts.cache_dir.display()
         ))
     };
+    // Made here, not by foyer: its builder unwraps the creation, and panicked when a file stood
+    // at the path.
+    std::fs::create_dir_all(&opts.cache_dir).map_err(|e| {
+        LogError::Tier(format!(
+            "creating the block cache's directory {}: {e}",
+            opts.cache_dir.display()
+        ))
+    })?;
     let disk = opts.cache_disk_bytes.max(16 << 20);
     let device = FsDeviceBuilder::new(&opts.cache_dir)
         .with_capacity(disk)
