@@ -744,6 +744,68 @@ async fn a_tiered_directory_started_without_its_store_says_history_is_unavailabl
     drop(dir);
 }
 
+/// A tiered data directory started with another store's `tier.url` (an empty one) is refused:
+/// the server exits non-zero, naming the offsets neither holds and the store, and asking whether
+/// it is the store the directory was tiered to; nothing is written there. Before, it started,
+/// claimed that store, uploaded its new segments there and deleted them locally, so a restore
+/// from its own store lacked acknowledged messages (a configuration audit's finding). With its
+/// own store it starts as before, every message there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_directory_started_with_another_store_is_refused() {
+    let (_bucket, args) = file_bucket();
+    let (server, _, alice, _) = tiered_history(&args).await;
+    let data = server.data.clone();
+    let dir = server.stop();
+    let other = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", other.path().display());
+    let (succeeded, err) = refused_start(&data, &tier_args(&url));
+    assert!(
+        !succeeded && err.contains("is it the store this directory was tiered to"),
+        "{err}"
+    );
+    assert!(err.contains(&url) && err.contains("offsets 0 to "), "{err}");
+    let written: Vec<_> = std::fs::read_dir(other.path()).unwrap().collect();
+    assert!(written.is_empty(), "nothing written to it: {written:?}");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_on(&data, &refs);
+    let api = Api::new(&server);
+    assert_eq!(history(&api, &alice, "g").await.len(), 300);
+    server.stop();
+    drop(dir);
+}
+
+/// Runs `tidings serve` on `data` with `args` where it must refuse to start: whether it exited
+/// successfully, and what it wrote to stderr. Panics when it still runs after 30 s (it started).
+fn refused_start(data: &Path, args: &[String]) -> (bool, String) {
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(args)
+        .env("TIDINGS_ADMIN_KEY", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "started: {}",
+                std::fs::read_to_string(stderr.path()).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(stderr.path()).unwrap();
+    (status.success(), text)
+}
+
 /// `tidings tier gc` against the S3 server, beside a real tiered log. Planted next to its
 /// objects: an old upload of another process whose manifest write never came, a fresh one,
 /// one under the running owner's own writer key, and a key that is not tidings'. The dry run

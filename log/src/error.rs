@@ -161,6 +161,30 @@ pub enum LogError {
         /// The store.
         store: String,
     },
+    /// The object store does not hold offsets of the log that its directory no longer holds
+    /// either: no segment of the store's manifest holds `from..to`, and the directory's oldest
+    /// segment starts at `first_local` (the older ones were deleted once uploaded). The store
+    /// is not the one the directory was tiered to, or those segments went to another store.
+    /// Refused by the claim, before anything is written to the store: tiering on would upload
+    /// the log's new segments there and delete their local copies, and a restore from the
+    /// right store would never find them. At open the open fails; at a later claim (the store
+    /// did not answer at open) tiering stops, as for another history (`diverged`).
+    #[error(
+        "offsets {from} to {to} of this log are in neither its directory (whose oldest segment \
+         starts at offset {first_local}) nor the object store {store} (no segment of its \
+         manifest holds them): is it the store this directory was tiered to, or were they \
+         uploaded to another? Refusing to tier to it"
+    )]
+    HistoryNotInStore {
+        /// The store.
+        store: String,
+        /// The first offset neither holds.
+        from: u64,
+        /// One past the last offset of that missing run.
+        to: u64,
+        /// The first offset of the directory's oldest segment.
+        first_local: u64,
+    },
     /// The log was opened read-only.
     #[error("log is open read-only")]
     ReadOnly,

@@ -154,29 +154,37 @@ impl Log {
     /// Opens (creating when missing) the log in `dir`, recovering the active segment's tail.
     ///
     /// With a tier (see [`LogOptions::with_tier`]): the prefix is claimed first (refused with
-    /// [`LogError::Fenced`] while another server owns it); when the store cannot be reached,
-    /// the log opens from its local manifest copy and claims later. Segments only in the store
-    /// are read through the tier; an empty directory restores from the store.
+    /// [`LogError::Fenced`] while another server owns it, and with
+    /// [`LogError::HistoryNotInStore`] when the store does not hold every offset before the
+    /// directory's oldest segment: another store than the one it was tiered to); when the
+    /// store cannot be reached, the log opens from its local manifest copy and claims later.
+    /// Segments only in the store are read through the tier; an empty directory restores from
+    /// the store.
     pub async fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
         let dir = dir.as_ref().to_path_buf();
         // The directory lock comes first: a second process on this directory (the CLI while
         // the server runs) must fail before it claims the prefix, or its claim, made under
-        // this directory's owner id, would look like a rival's to the running server.
-        let lock = if opts.read_only {
-            None
+        // this directory's owner id, would look like a rival's to the running server. Under
+        // it, the base of the oldest local segment: the offsets before it are only in the
+        // store, and the claim refuses a store that does not hold them (another store than
+        // this directory's).
+        let (lock, first_local) = if opts.read_only {
+            (None, None)
         } else {
             let (vfs, lock_dir) = (opts.vfs.clone(), dir.clone());
-            let taken =
-                tokio::task::spawn_blocking(move || lock_directory(vfs.as_ref(), &lock_dir))
-                    .await
-                    .map_err(|_| LogError::WriterGone)??;
-            Some(taken)
+            let (taken, first) = tokio::task::spawn_blocking(move || {
+                let lock = lock_directory(vfs.as_ref(), &lock_dir)?;
+                Ok::<_, LogError>((lock, first_segment(vfs.as_ref(), &lock_dir)))
+            })
+            .await
+            .map_err(|_| LogError::WriterGone)??;
+            (Some(taken), first)
         };
         let mut claimed = false;
         if let (Some(tier), false) = (&opts.tier, opts.read_only) {
             let claim = tokio::time::timeout(
                 crate::tier::uploader::OPEN_TIMEOUT,
-                crate::tier::store_claim(tier),
+                crate::tier::store_claim(tier, first_local),
             )
             .await
             .unwrap_or_else(|_| Err(LogError::Tier("no answer from the object store".into())));
@@ -189,7 +197,9 @@ impl Log {
                         "another process under this node id wrote the manifest within its lease (a restart after a crash, or a copy of this data directory running): claiming once its lease lapses; fenced if it writes meanwhile"
                     );
                 }
-                Err(e @ LogError::Fenced { .. }) => return Err(e),
+                Err(e @ (LogError::Fenced { .. } | LogError::HistoryNotInStore { .. })) => {
+                    return Err(e);
+                }
                 Err(e) => {
                     // A damaged copy is no copy to open from: the log would know none of its
                     // remote segments, and every read of their offsets would fail until it
@@ -206,11 +216,25 @@ impl Log {
                         })?;
                     let has_copy = local.is_some();
                     match local {
-                        Some(m) => tier.inner.manifest.store(Arc::new(m)),
+                        Some(m) => {
+                            // Said, not refused: the copy is as of this directory's last
+                            // manifest write, and the claim checks the store itself once it
+                            // answers (tiering stops there if it lacks these offsets too).
+                            let missing = first_local.and_then(|f| m.missing_before(f));
+                            if let Some(missing) = missing {
+                                tracing::warn!(
+                                    from = missing.start,
+                                    to = missing.end,
+                                    store = tier.display(),
+                                    "the local manifest copy lists no segment holding these offsets, which this directory no longer holds: reads of them fail; the store's manifest is checked when it answers"
+                                );
+                            }
+                            tier.inner.manifest.store(Arc::new(m));
+                        }
                         // Nothing here says where the store's history ends: a log started
                         // at 0 would take offsets the store already holds (another history,
                         // served as this one's). Refused until the store answers.
-                        None if !has_segments(opts.vfs.as_ref(), &dir) => {
+                        None if first_local.is_none() => {
                             return Err(LogError::Tier(format!(
                                 "the object store {} did not answer ({e}) and {} holds no log: \
                                  cannot tell where the log starts; try again once the store answers",
@@ -962,10 +986,15 @@ impl Log {
     }
 }
 
-/// Whether `dir` holds any segment (a missing directory holds none).
-fn has_segments(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> bool {
+/// The base of the oldest segment in `dir`; `None` when it holds none (a missing directory
+/// holds none; one that cannot be listed counts as none here, and the open then fails
+/// listing it).
+fn first_segment(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> Option<u64> {
     vfs.list(dir)
-        .is_ok_and(|names| names.iter().any(|n| segment::parse_log_name(n).is_some()))
+        .ok()?
+        .iter()
+        .filter_map(|n| segment::parse_log_name(n))
+        .min()
 }
 
 /// Creates `dir` if missing and takes its `LOCK` (refused with [`LogError::Locked`] while

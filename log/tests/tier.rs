@@ -1541,3 +1541,167 @@ async fn a_log_nested_below_another_logs_manifest_directory_is_another_log() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// A tiered data directory pointed at another store is refused at open, naming the offsets
+/// neither holds and the store, and nothing is written to that store: an empty store, and one
+/// whose manifest ends before the directory's oldest segment. Before, the open claimed it, the
+/// next segments were uploaded there and deleted locally, and a restore from the directory's own
+/// store lacked those acknowledged records (a configuration audit's finding). With its own
+/// store, whose manifest ends exactly where the directory's segments start, it opens as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_lacking_the_offsets_before_the_local_segments_is_refused_at_open() {
+    let buckets: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let stores: Vec<Arc<dyn ObjectStore>> = buckets
+        .iter()
+        .map(|b| {
+            Arc::new(LocalFileSystem::new_with_prefix(b.path()).unwrap()) as Arc<dyn ObjectStore>
+        })
+        .collect();
+    let caches: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("log");
+    let prefix = "mismatch";
+    let log = quiet_log(
+        stores[0].clone(),
+        prefix,
+        "node-a",
+        caches[0].path(),
+        0,
+        &dir,
+    )
+    .await;
+    append(&log, 0, 600).await;
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    let segs = log.segments().unwrap();
+    let first_local = segs.iter().find(|s| !s.remote).unwrap().base_offset;
+    assert_eq!(
+        first_local, 600,
+        "the older segments are only in the store: {segs:?}"
+    );
+    let own = log.tier().unwrap().manifest();
+    assert!(own.segments.len() >= 2, "{own:?}");
+    log.close().await.unwrap();
+
+    let hour = Duration::from_secs(3600);
+    let refused = |store: Arc<dyn ObjectStore>, cache: PathBuf| {
+        let dir = dir.clone();
+        async move {
+            let t = tier_with(store, prefix, "node-a", &cache, 0, hour).await;
+            Log::open(&dir, log_opts(t))
+                .await
+                .map(|l| l.next_offset())
+                .unwrap_err()
+        }
+    };
+    // An empty store: every offset before the local segments is missing.
+    let err = refused(stores[1].clone(), caches[1].path().to_path_buf()).await;
+    match &err {
+        LogError::HistoryNotInStore {
+            store,
+            from,
+            to,
+            first_local: at,
+        } => {
+            assert_eq!((*from, *to, *at), (0, 600, 600));
+            assert_eq!(store, &format!("test://{prefix}"));
+        }
+        other => panic!("expected HistoryNotInStore, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains("offsets 0 to 600")
+            && message.contains("is it the store this directory was tiered to"),
+        "{message}"
+    );
+    let written: Vec<_> = std::fs::read_dir(buckets[1].path()).unwrap().collect();
+    assert!(written.is_empty(), "nothing written to it: {written:?}");
+
+    // A store whose manifest ends before them (it lists the first segment only).
+    let mut short = (*own).clone();
+    short.segments.truncate(1);
+    short.owner.heartbeat_ms = 0; // released: nobody owns it
+    let ends_at = short.end();
+    assert!(ends_at > 0 && ends_at < 600, "{ends_at}");
+    put_manifest(&stores[2], prefix, &short).await;
+    match refused(stores[2].clone(), caches[2].path().to_path_buf()).await {
+        LogError::HistoryNotInStore { from, to, .. } => assert_eq!((from, to), (ends_at, 600)),
+        other => panic!("expected HistoryNotInStore, got {other:?}"),
+    }
+    let versions = std::fs::read_dir(buckets[2].path().join(prefix).join("manifest"))
+        .unwrap()
+        .count();
+    assert_eq!(versions, 1, "no version claiming it");
+
+    // Its own store: opened, every record read back (the older ones from the store).
+    let log = quiet_log(
+        stores[0].clone(),
+        prefix,
+        "node-a",
+        caches[3].path(),
+        0,
+        &dir,
+    )
+    .await;
+    assert_eq!(
+        read_all(&log).await,
+        (0..600).map(payload).collect::<Vec<_>>()
+    );
+    append(&log, 600, 10).await;
+    log.close().await.unwrap();
+}
+
+/// The same when the store did not answer at open: the log opens from its local manifest copy
+/// (its own store's), and its first claim, once the store answers, finds another prefix that
+/// holds none of the offsets before the directory's segments. Tiering stops there (`diverged`):
+/// nothing is uploaded to that prefix and no local copy is deleted. Before, the claim took the
+/// prefix, and the uploader put the log's new segments there and deleted them locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_after_an_offline_open_refuses_a_store_lacking_the_older_offsets() {
+    let s3s = S3Server::start();
+    let relay = Relay::start(s3s.port).await;
+    let (own, other) = (unique_prefix("own"), unique_prefix("other"));
+    let data = tempfile::tempdir().unwrap();
+    let caches: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dir = data.path().join("log");
+    let log = quiet_log(s3s.store(), &own, "node-a", caches[0].path(), 0, &dir).await;
+    append(&log, 0, 300).await;
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    log.close().await.unwrap();
+
+    // Started on the other prefix while the store does not answer: opened from the copy.
+    relay.set_cut(true);
+    let relayed = s3(
+        &format!("http://127.0.0.1:{}", relay.port),
+        BUCKET,
+        KEY,
+        SECRET,
+    );
+    let log = quiet_log(relayed, &other, "node-a", caches[1].path(), 0, &dir).await;
+    append(&log, 300, 300).await;
+    log.roll().await.unwrap();
+    relay.set_cut(false);
+    // (The roll woke the uploader too: this pass or that one meets the refusal first.)
+    match log.upload_now().await {
+        Err(LogError::HistoryNotInStore { from, to, .. }) => assert_eq!((from, to), (0, 300)),
+        Err(LogError::Tier(m)) if m.contains("lacks offsets") => {}
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    assert!(log.tier().unwrap().status().diverged);
+    // Nothing in the other prefix; the new segments are still local and read back.
+    let t = tier(s3s.store(), &other, "reader", caches[2].path()).await;
+    assert_eq!(t.remote_manifest().await.unwrap(), None);
+    assert_eq!(t.list("segments").await.unwrap(), Vec::<String>::new());
+    t.close().await.unwrap();
+    assert!(dir.join(format!("{:020}.log", 300)).exists());
+    let mut at = 300;
+    while at < log.next_offset() {
+        for r in log.read(at, 64 << 10).await.unwrap() {
+            assert_eq!((r.offset, r.payload), (at, payload(at)));
+            at += 1;
+        }
+    }
+    assert_eq!(at, 600);
+    log.close().await.unwrap();
+}

@@ -100,6 +100,11 @@ impl From<tidings_log::LogError> for ApiError {
                 ApiError::unavailable("cold_storage_unavailable", e.to_string())
             }
             LogError::Tier(msg) => ApiError::unavailable("object_store_unavailable", msg),
+            // Found at a claim after a start the store did not answer: tiering stopped, and the
+            // next calls answer so too (`diverged`).
+            LogError::HistoryNotInStore { .. } => {
+                ApiError::unavailable("object_store_unavailable", e.to_string())
+            }
             LogError::Closed => {
                 ApiError::unavailable("shutting_down", "the server is shutting down")
             }
@@ -108,14 +113,17 @@ impl From<tidings_log::LogError> for ApiError {
                 format!("the log stopped after a write failure: {e}"),
             ),
             // Below the first offset the log holds: its older segments were tiered out and
-            // this server reads no object store (`tier.url` unset; start-up warns), or they
-            // were removed. Not the server's fault to report as `internal`, nor the client's.
+            // this server reads no object store (`tier.url` unset; start-up warns), or its
+            // store did not answer at start and the log knows none of their segments (no
+            // manifest copy in the directory; the log warns), or they were removed. Not the
+            // server's fault to report as `internal`, nor the client's. Said without claiming
+            // which: this conversion does not know whether `tier.url` is set.
             LogError::OffsetOutOfRange {
                 requested, start, ..
             } if requested < start => ApiError::unavailable(
                 "history_unavailable",
                 format!(
-                    "offset {requested} is not held by this server: its log starts at offset {start}, and the older segments are only in an object store it does not read (tier.url is not set) or were removed"
+                    "offset {requested} is not held by this server: its log starts at offset {start}; the older segments were removed, or are only in an object store this server does not read them from (tier.url is not set, or the store did not answer when the server started: a restart once it answers reads them)"
                 ),
             ),
             LogError::Corrupt { .. } => {

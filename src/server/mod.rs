@@ -139,8 +139,10 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     }
     // The log first: it decides whether a start can go on while the store does not answer
     // (from the local manifest copy), and refuses a directory that says nothing of where the
-    // log starts ("cannot tell where the log starts"). Until 2026-11-30 the snapshot restore
-    // came first, and a fresh directory got the store's raw error from it instead.
+    // log starts ("cannot tell where the log starts") and a store that lacks the offsets
+    // before the directory's oldest segment (another store than the one it was tiered to).
+    // Until 2026-11-30 the snapshot restore came first, and a fresh directory got the store's
+    // raw error from it instead.
     let log = Log::open(data.log(), log_opts)
         .await
         .with_context(|| format!("opening the log in {}", data.log().display()))?;

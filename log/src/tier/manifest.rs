@@ -150,6 +150,20 @@ impl Manifest {
         self.segments.iter().map(|s| s.end).max().unwrap_or(0)
     }
 
+    /// The first run of offsets below `before` that no segment holds, if any: what a log whose
+    /// oldest local segment starts at `before` could read from nowhere. Segments are in offset
+    /// order (as [`Manifest::decode`] requires).
+    pub fn missing_before(&self, before: u64) -> Option<std::ops::Range<u64>> {
+        let mut due = 0;
+        for s in self.segments.iter().take_while(|s| s.base < before) {
+            if s.base > due {
+                return Some(due..s.base);
+            }
+            due = due.max(s.end);
+        }
+        (due < before).then_some(due..before)
+    }
+
     /// The object key (below the prefix) of a manifest version.
     pub fn key(epoch: u64) -> String {
         format!("manifest/{epoch:020}.json")
@@ -262,6 +276,37 @@ mod tests {
         assert!(with(vec![seg(0, 200, 10), seg(100, 260, 10)]).is_err());
         assert!(with(vec![seg(100, 200, 10), seg(0, 100, 10)]).is_err());
         assert!(with(vec![seg(0, 100, 10), seg(0, 100, 10)]).is_err());
+    }
+
+    #[test]
+    fn offsets_missing_before_the_first_local_one() {
+        let seg = |base, end| RemoteSegment {
+            base,
+            end,
+            bytes: 1,
+            crc32: 0,
+            index_bytes: 0,
+            time_bytes: 0,
+            object: None,
+        };
+        let mut m = Manifest::new("a", 0);
+        // Nothing listed: all of them (none before 0).
+        assert_eq!(m.missing_before(0), None);
+        assert_eq!(m.missing_before(102), Some(0..102));
+        // Listed up to exactly the first local offset, or past it: none.
+        m.segments = vec![seg(0, 50), seg(50, 102)];
+        assert_eq!(m.missing_before(102), None);
+        assert_eq!(m.missing_before(80), None);
+        // Ending before it: the rest.
+        assert_eq!(m.missing_before(142), Some(102..142));
+        // A hole: the first run missing.
+        m.segments = vec![seg(0, 50), seg(60, 102), seg(110, 120)];
+        assert_eq!(m.missing_before(102), Some(50..60));
+        assert_eq!(m.missing_before(55), Some(50..55));
+        // Not from 0.
+        m.segments = vec![seg(102, 142)];
+        assert_eq!(m.missing_before(142), Some(0..102));
+        assert_eq!(m.missing_before(150), Some(0..102));
     }
 
     #[test]

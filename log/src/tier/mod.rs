@@ -19,6 +19,10 @@
 //! - A cold read fails within `read_timeout` with [`ColdStorageUnavailable`] when the store is
 //!   down; it never hangs. Every cached block carries a CRC: a damaged entry is dropped and
 //!   fetched again, never served. Batches read from cold segments are CRC-checked like local ones.
+//! - A store that does not hold the offsets before the log directory's oldest segment is not
+//!   this log's store: the claim refuses it before writing anything there
+//!   ([`LogError::HistoryNotInStore`]), so a data directory pointed at another store never
+//!   uploads its new segments where a restore from its own store would not find them.
 //! - One writer per prefix: each manifest version names its owner and its lease, and the
 //!   owner's lease is renewed by its writes; a second server finding a live owner is refused
 //!   ([`LogError::Fenced`]). A lease is live for the longer of the owner's and the claimer's,
@@ -195,8 +199,10 @@ pub struct TierStatus {
     /// Another server took the prefix over: uploads stopped.
     pub fenced: bool,
     /// The object store holds another history of this log than the local segments (a segment
-    /// with a local segment's base but other offsets or size, or one overlapping them):
-    /// uploads and local deletion stopped until the log is reopened.
+    /// with a local segment's base but other offsets or size, or one overlapping them), or,
+    /// found at a claim after an open the store did not answer, lacks offsets from before the
+    /// oldest local segment ([`LogError::HistoryNotInStore`]): uploads and local deletion
+    /// stopped until the log is reopened.
     pub diverged: bool,
     /// Segment uploads since open.
     pub uploads: u64,
@@ -224,9 +230,10 @@ fn incarnation() -> u64 {
     h.finish()
 }
 
-/// Claims the prefix for this node (used by `Log::open`).
-pub(crate) async fn store_claim(tier: &Tier) -> Result<store::Claim> {
-    store::claim(&tier.inner).await
+/// Claims the prefix for this node (used by `Log::open`); `first_local` is the first offset of
+/// the log directory's oldest segment, `None` when it holds none ([`store::claim`]).
+pub(crate) async fn store_claim(tier: &Tier, first_local: Option<u64>) -> Result<store::Claim> {
+    store::claim(&tier.inner, first_local).await
 }
 
 /// A log's link to its object store. Cheap to clone.

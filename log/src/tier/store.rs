@@ -247,11 +247,20 @@ pub(crate) enum Claim {
 /// the longer of the owner's recorded lease and this process's ([`Owner::lease_ms_for`]): the
 /// owner renews by its own, so one set longer than ours is still held after ours ran out.
 ///
+/// Refused first ([`LogError::HistoryNotInStore`]) when `first_local`, the first offset of
+/// the log directory's oldest segment, is past offsets the store's manifest does not hold:
+/// that store is not this log's, and nothing is written to it. `None`: the directory holds no
+/// segment (a restore starts at the store's end).
+///
 /// [`Owner::lease_ms_for`]: super::manifest::Owner::lease_ms_for
-pub(crate) async fn claim(inner: &TierInner) -> Result<Claim> {
+pub(crate) async fn claim(inner: &TierInner, first_local: Option<u64>) -> Result<Claim> {
     let me = &inner.opts.owner_id;
     let now = now_ms();
-    let next = match latest_manifest(inner).await? {
+    let latest = latest_manifest(inner).await?;
+    if let Some(first_local) = first_local {
+        holds_history(inner, latest.as_ref(), first_local)?;
+    }
+    let next = match latest {
         None => Manifest::new(me, now),
         Some(m) => {
             let age = now.saturating_sub(m.owner.heartbeat_ms);
@@ -304,6 +313,25 @@ pub(crate) async fn claim(inner: &TierInner) -> Result<Claim> {
             owner: t.owner.id,
             seen_ms_ago: now_ms().saturating_sub(t.owner.heartbeat_ms),
             store: inner.opts.display.clone(),
+        }),
+    }
+}
+
+/// Whether the store's manifest `m` (`None`: the store holds no manifest) holds every offset
+/// before `first_local`, the first offset of the log directory's oldest segment: the offsets
+/// the directory no longer holds must be in the store, or they are nowhere.
+fn holds_history(inner: &TierInner, m: Option<&Manifest>, first_local: u64) -> Result<()> {
+    let missing = match m {
+        Some(m) => m.missing_before(first_local),
+        None => (first_local > 0).then_some(0..first_local),
+    };
+    match missing {
+        None => Ok(()),
+        Some(r) => Err(LogError::HistoryNotInStore {
+            store: inner.opts.display.clone(),
+            from: r.start,
+            to: r.end,
+            first_local,
         }),
     }
 }

@@ -173,6 +173,15 @@ impl Uploader {
             .collect()
     }
 
+    /// The base of the oldest segment that is still local (the active one always is).
+    fn first_local(&self) -> Option<u64> {
+        self.segments
+            .load()
+            .iter()
+            .find(|s| !s.is_remote())
+            .map(|s| s.base)
+    }
+
     /// Sealed segments that are still local: (base, end, local bytes).
     fn sealed_local(&self) -> Vec<(u64, u64, Arc<Segment>)> {
         let mut out = self.sealed();
@@ -196,8 +205,11 @@ impl Uploader {
             // The log opened while the store was out of reach. Another server's live lease
             // refuses this claim as it would have refused the open: fenced, final until the
             // log is reopened (not a failure to retry until that lease lapses, then take the
-            // prefix over from under a history this log never saw).
-            match store::claim(inner).await {
+            // prefix over from under a history this log never saw). A store that lacks the
+            // offsets before the oldest local segment is refused too (the open checks only the
+            // local manifest copy, which may be another store's): tiering stops, final as for
+            // another history, before anything is uploaded there or deleted here.
+            match store::claim(inner, self.first_local()).await {
                 Ok(store::Claim::Taken) => {}
                 Ok(store::Claim::Waiting { seen_ms_ago }) => {
                     return Err(LogError::Tier(format!(
@@ -209,6 +221,11 @@ impl Uploader {
                         && !inner.fenced.swap(true, Ordering::Relaxed)
                     {
                         tracing::error!(error = %e, store = %inner.opts.display, "another server owns the prefix; this log stops tiering until it is reopened");
+                    }
+                    if matches!(e, LogError::HistoryNotInStore { .. })
+                        && !inner.diverged.swap(true, Ordering::Relaxed)
+                    {
+                        tracing::error!(error = %e, "this log stops tiering (no uploads, no local deletion) until it is reopened with the store it was tiered to");
                     }
                     return Err(e);
                 }
@@ -467,7 +484,7 @@ impl Uploader {
 }
 
 /// Why a diverged tier refuses to go on.
-const DIVERGED: &str = "the object store holds another history of this log than the local segments: uploads and local deletion stopped (see the server log)";
+const DIVERGED: &str = "the object store holds another history of this log than the local segments, or lacks offsets the local segments no longer hold: uploads and local deletion stopped (see the server log)";
 
 /// How long to wait for the store at open before using the local manifest copy.
 pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);

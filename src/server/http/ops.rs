@@ -151,7 +151,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             ),
             (
                 "tidings_tier_diverged",
-                "1 when the object store holds another history of the log than the local segments (tiering stopped).",
+                "1 when the object store holds another history of the log than the local segments, or lacks offsets they no longer hold (tiering stopped).",
                 if tier.diverged { 1.0 } else { 0.0 },
             ),
         ])
