@@ -78,8 +78,9 @@ pub(crate) struct AppState {
     /// Keys of the message index sidecars already in the object store (`None`: not listed
     /// yet).
     pub(crate) uploaded_sidecars: Mutex<Option<std::collections::HashSet<String>>>,
-    /// Held by [`AppState::subscribe`] from its read of who is a member to its event applied.
-    subscribing: tokio::sync::Mutex<()>,
+    /// Held by [`AppState::subscribe`] from its read of who is a member to its event applied:
+    /// one of these locks per group, by a hash of its id ([`SUBSCRIBE_LOCKS`]).
+    subscribing: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl AppState {
@@ -131,7 +132,9 @@ impl AppState {
             user_rates,
             completions: Completions::default(),
             uploaded_sidecars: Mutex::new(None),
-            subscribing: tokio::sync::Mutex::new(()),
+            subscribing: (0..SUBSCRIBE_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -243,8 +246,10 @@ impl AppState {
     /// Subscribes those of `uids` who are not members of group `channel` yet (each once), so
     /// that a subscribe in the log is a join (the trace reads it so: `trace.rs`) and re-adding
     /// members writes nothing. Calls are serialized from their read of the members to their
-    /// event applied: two racing to add one user both read them as not a member, and both
-    /// wrote a subscribe (the trace then left a message between the two uncounted for them).
+    /// event applied, per group (by a hash of its id: calls for other groups go on, and their
+    /// events share fsyncs): two racing to add one user both read them as not a member, and
+    /// both wrote a subscribe (the trace then left a message between the two uncounted for
+    /// them).
     /// Not under the sequencer's lock: a join narrows no send. In a task of its own, as
     /// [`AppState::emit_unless`]'s: a request that goes away does not release the lock before
     /// its event is applied.
@@ -255,7 +260,7 @@ impl AppState {
     ) -> ApiResult<()> {
         let state = self.clone();
         let task = self.send_tasks.spawn(async move {
-            let _one_at_a_time = state.subscribing.lock().await;
+            let _one_at_a_time = state.subscribing_lock(&channel).lock().await;
             let joining: Vec<String> = {
                 let p = state.proj();
                 let mut seen = std::collections::HashSet::new();
@@ -278,6 +283,13 @@ impl AppState {
             state.applied_past(ack.base_offset).await
         });
         answer_of(task).await
+    }
+
+    /// The lock [`AppState::subscribe`] holds for group `channel`.
+    fn subscribing_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(channel);
+        &self.subscribing[(hash % self.subscribing.len() as u64) as usize]
     }
 
     /// Writes a revocation of `uid`'s tokens, ordered with sends as a narrowing change is but
@@ -410,6 +422,11 @@ async fn answer_of<T>(task: tokio::task::JoinHandle<ApiResult<T>>) -> ApiResult<
         )),
     }
 }
+
+/// Locks of [`AppState::subscribe`], one per group by a hash of its id: calls adding members to
+/// different groups rarely wait for each other (one lock for all ran every such call on the
+/// server one fsync and apply at a time).
+const SUBSCRIBE_LOCKS: usize = 64;
 
 /// Whether `event` can refuse sends that were allowed before it ([`AppState::emit`]).
 fn narrows_sends(event: &Event) -> bool {
