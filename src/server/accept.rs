@@ -28,11 +28,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Descriptors kept for everything but client connections: the log's segments and index
-/// files, snapshots, sidecars, the caches' files, the object store's connections. Half the
-/// limit when that is less: the server holds ~35 at start (the conversation cache's files, the
-/// active segment's three, locks, epoll) and up to `tidings_log::MAX_OPEN_SEALED_FILES` (64)
-/// sealed segment files, so a quarter of a small limit (75 of 300) was too few.
+/// Descriptors kept, beyond those the server holds at start (the caches' files, the active
+/// segment's, locks, the listener: counted by [`socket_budget`]'s caller), for what it opens
+/// later: new segments and their index files, up to `tidings_log::MAX_OPEN_SEALED_FILES` (64)
+/// sealed segment files, snapshots, sidecars, the object store's connections. Half of what
+/// the limit leaves when that is less (a quarter of a small limit, 75 of 300, was too few).
 const RESERVED_DESCRIPTORS: u64 = 1024;
 
 /// WebSocket sessions leave this many connections of the budget to plain HTTP (a quarter of

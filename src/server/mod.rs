@@ -166,12 +166,24 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         conv_cache,
         admin_key,
     ));
+    let (held, connections) = (
+        accept::open_descriptors(),
+        state.sockets.available_permits(),
+    );
     tracing::info!(
         open_files,
-        held = accept::open_descriptors(),
-        connections = state.sockets.available_permits(),
+        held,
+        connections,
         "open-file limit, descriptors held at start, and the client connections they leave room for"
     );
+    if connections < LOW_CONNECTION_BUDGET {
+        tracing::warn!(
+            open_files,
+            held,
+            connections,
+            "the open-file limit leaves room for few client connections: raise it (ulimit -n, LimitNOFILE) or shrink the disk caches (one open file per 16 MiB)"
+        );
+    }
 
     let mut tasks = JoinSet::new();
     let stop_applier = CancellationToken::new();
@@ -298,6 +310,9 @@ async fn close_after_failed_start(log: &Log, config: &Config) {
         tracing::warn!(error = %e, "could not close the log");
     }
 }
+
+/// A connection budget below this is warned about at start: a few keep-alive clients fill it.
+const LOW_CONNECTION_BUDGET: usize = 64;
 
 /// Options of an accepted connection (see where it is called).
 fn tune_socket(tcp: &tokio::net::TcpStream, user_timeout_ms: u32) {
