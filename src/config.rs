@@ -743,12 +743,27 @@ fn host_error(host: &str) -> Option<String> {
         let Some(ip) = inner.strip_suffix(']') else {
             return Some("an IPv6 host without its closing ]".into());
         };
-        let bad =
-            ip.parse::<std::net::Ipv6Addr>().is_err() || ip.chars().any(|c| c.is_ascii_uppercase());
-        return bad.then(|| format!("[{ip}] is not an IPv6 address in lowercase"));
+        return match ip.parse::<std::net::Ipv6Addr>() {
+            Ok(addr) if ipv6_as_browsers_write(addr) == ip => None,
+            Ok(addr) => Some(format!(
+                "browsers write [{ip}] as [{}]",
+                ipv6_as_browsers_write(addr)
+            )),
+            Err(_) => Some(format!("[{ip}] is not an IPv6 address")),
+        };
     }
     if host.is_empty() {
         return Some("no host".into());
+    }
+    if ends_in_a_number(host) {
+        // An IPv4 address, to a browser, however written (`127.0.0.01`, `0x7f.1`, `2130706433`):
+        // it sends the dotted decimal form.
+        return match host.parse::<std::net::Ipv4Addr>() {
+            Ok(addr) if addr.to_string() == host => None,
+            _ => Some(format!(
+                "{host:?} is an IPv4 address to a browser, which sends it in the dotted decimal form without leading zeros"
+            )),
+        };
     }
     let c = host
         .chars()
@@ -761,6 +776,50 @@ fn host_error(host: &str) -> Option<String> {
         "no host name has it"
     };
     Some(format!("{c:?} in the host: {why}"))
+}
+
+/// Whether a browser takes `host` for an IPv4 address (the URL standard's "ends in a number":
+/// its last label, a trailing dot aside, is decimal digits or `0x` and hex digits).
+fn ends_in_a_number(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let last = host.rsplit('.').next().unwrap_or(host);
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()));
+    hex || (!last.is_empty() && last.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// An IPv6 address as a browser writes it in an origin (the URL standard's serializer):
+/// lowercase hex without leading zeros, the first longest run of two or more zero pieces as
+/// `::`, and no dotted IPv4 tail (`::ffff:c000:280`, where Rust writes `::ffff:192.0.2.128`).
+fn ipv6_as_browsers_write(addr: std::net::Ipv6Addr) -> String {
+    let pieces = addr.segments();
+    // The first longest run of zeros, if two or more long.
+    let (mut best, mut run) = (None::<(usize, usize)>, None::<(usize, usize)>);
+    for (i, &p) in pieces.iter().enumerate() {
+        run = match (p, run) {
+            (0, Some((start, len))) => Some((start, len + 1)),
+            (0, None) => Some((i, 1)),
+            _ => None,
+        };
+        if let Some((start, len)) = run
+            && len >= 2
+            && best.is_none_or(|(_, l)| len > l)
+        {
+            best = Some((start, len));
+        }
+    }
+    let hex = |ps: &[u16]| {
+        ps.iter()
+            .map(|p| format!("{p:x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    match best {
+        Some((start, len)) => format!("{}::{}", hex(&pieces[..start]), hex(&pieces[start + len..])),
+        None => hex(&pieces),
+    }
 }
 
 /// Why `port` (of an origin of `scheme` and `host`) is not one as a browser sends it, if it is
@@ -1485,6 +1544,15 @@ mod tests {
             "http://[::1]x",
             "http://[::G]",
             "http://[::A]",
+            // Browsers send the canonical forms: [::1], 127.0.0.1.
+            "http://[0:0:0:0:0:0:0:1]",
+            "http://[::0:1]",
+            "http://[::ffff:192.0.2.128]",
+            "http://127.0.0.01",
+            "http://0x7f.0.0.1",
+            "http://2130706433",
+            "http://127.1",
+            "http://1.2.3.4.",
             "*,https://app.example.com",
             "https://app.example.com, https://other.example.com/",
         ] {
@@ -1605,6 +1673,11 @@ mod tests {
             "http://127.0.0.1:7070",
             "http://[::1]:8080",
             "http://[2001:db8::1]",
+            "http://[::ffff:c000:280]",
+            "http://[1:0:0:2::3]",
+            "http://[1::2:0:0:3]",
+            "http://10.0.0.255:3000",
+            "https://1a.example",
             "https://xn--exmple-cua.com",
             "https://my_host.internal:1",
             "capacitor://localhost",
