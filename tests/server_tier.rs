@@ -638,6 +638,60 @@ async fn a_shutdown_with_a_hung_store_ends_within_its_grace_period() {
     drop(dir);
 }
 
+/// The port is bound at the start of a start-up but listened on only once the server serves:
+/// while the start waits for an object store that does not answer (s3s-fs stopped), a
+/// connection is refused — as it was before the port was bound first — rather than completed
+/// by the kernel and left unanswered, which a TCP health check or a load balancer took for a
+/// serving server (a review's finding; fails without: the connection was accepted). Once the
+/// store answers, the start goes on and the server serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_port_refuses_connections_until_the_server_serves() {
+    let s3s = S3s::start();
+    let args = s3s.args();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    send_numbered(&api, &alice, 1..=5).await;
+    let data = server.data.clone();
+    let dir = server.stop();
+    s3s.signal("-STOP");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", &addr, "--data"])
+        .arg(&data)
+        .args(&args)
+        .env("TIDINGS_ADMIN_KEY", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The start binds the port, then waits up to 10 s for the store's answer to its claim.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let early = std::net::TcpStream::connect(&addr);
+    s3s.signal("-CONT");
+    let refused = matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let serving = loop {
+        if let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            reqwest::get(format!("http://{addr}/healthz")),
+        )
+        .await
+        {
+            break r.status().as_u16();
+        }
+        assert!(Instant::now() < deadline, "the server never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(refused, "a connection during the start-up: {early:?}");
+    assert_eq!(serving, 200);
+    drop(dir);
+}
+
 /// The shutdown snapshot's anchor is read from a local segment only: when the record it would
 /// end at is only in the store (nothing was appended since the last segment went up and the
 /// retention deleted its local copy) it is not written, and the store is not asked. Before,

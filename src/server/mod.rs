@@ -1,8 +1,8 @@
 //! The server: start-up, the background tasks it owns, and shutdown.
 //!
 //! Start-up: take the data directory's lock and bind the port (a port that is taken fails the
-//! start before the admin key, the tier or the log; connections made until the server serves
-//! wait in the kernel's backlog), open the log (recovering its tail), load the newest snapshot and
+//! start before the admin key, the tier or the log; it listens only once the server serves, so
+//! connections are refused until then), open the log (recovering its tail), load the newest snapshot and
 //! catch up with the log, open the conversation cache, then serve. A start that fails once the
 //! log is open closes it (releasing a tier prefix the open claimed). Background tasks — the
 //! applier, the ack flusher, the snapshotter and the HTTP server — live in one `JoinSet` with a
@@ -45,7 +45,6 @@ use anyhow::Context;
 use tidings_log::{Log, LogOptions};
 use tidings_projections::conv_cache::{ConversationCache, ConversationCacheConfig};
 use tidings_projections::{Origin, ProjectionConfig, Projections, snapshot};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -121,12 +120,11 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let dir_lock = data.lock()?;
     // The port next, before the admin key, the tier and the log: a port that is taken (another
     // server, a mistyped `listen`) failed the start only after the replay, with the admin key
-    // generated and the tier's prefix claimed. Connections made until the server serves wait
-    // in the kernel's backlog.
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    // generated and the tier's prefix claimed. Bound only: it listens once the server serves,
+    // so until then connections are refused, as before (a TCP health check or a load balancer
+    // would otherwise take a server still replaying for one that serves).
+    let socket = bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
+    let addr = socket.local_addr()?;
     let admin_key = admin_key(&config, &data)?;
     let tier = tiering::open(&config, &data).await?;
     let mut log_opts = LogOptions::default()
@@ -212,6 +210,9 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let stop_http = CancellationToken::new();
     let app = http::router(state.clone());
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("listening on {addr}"))?;
     let t = stop_http.clone();
     let user_timeout_ms =
         u32::try_from(state.config.limits_ws_idle_secs.saturating_mul(1000)).unwrap_or(u32::MAX);
@@ -309,6 +310,24 @@ async fn close_after_failed_start(log: &Log, config: &Config) {
     if let Err(e) = log.close_by(by).await {
         tracing::warn!(error = %e, "could not close the log");
     }
+}
+
+/// Connections the kernel completes before the server accepts them (tokio's default).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A socket bound to `addr`, not yet listening. With `SO_REUSEADDR`, as a listener is bound
+/// (a restart is not refused for the last run's connections in TIME_WAIT); Linux still refuses
+/// a port another socket listens on.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 /// A connection budget below this is warned about at start: a few keep-alive clients fill it.
@@ -833,6 +852,7 @@ const SET_ASIDE_KEPT: usize = 3;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     /// The key in DATA/admin.key is trimmed, and one that no `Authorization` header can carry
     /// is refused at start, naming the file (it was taken, and every admin call was 401).
