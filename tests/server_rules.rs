@@ -982,6 +982,94 @@ async fn a_recreated_group_does_not_show_the_deleted_groups_history() {
     assert_eq!(page["has_more"], json!(false), "{page}");
 }
 
+/// A retry of a send stored before `limits.max_payload_bytes` was lowered (by a restart) is
+/// answered as the duplicate it is, over HTTP and WebSocket: it was refused 413
+/// `payload_too_large`, and its client took a message that was stored and delivered for one
+/// that failed. Only the exact retry: a new send of that size, and the same `client_msg_id`
+/// sent to another channel, are still refused, and nothing more is written.
+#[tokio::test]
+async fn a_retry_of_a_send_stored_under_a_larger_payload_limit_is_its_duplicate() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    // 115 bytes of JSON text: a string of 113 characters and its quotes.
+    let payload = json!("z".repeat(113));
+    let http_send = |channel: &str, cid: &str| json!({"channel": channel, "client_msg_id": cid, "payload": payload});
+    let ws_send = |channel: &str, cid: &str| json!({"type": "send", "client_msg_id": cid, "channel": channel, "payload": payload});
+    let first = api
+        .ok("POST", "/v1/messages", &alice, Some(http_send("g", "c80")))
+        .await;
+    assert_eq!(
+        (&first["seq"], &first["duplicate"]),
+        (&json!(1), &json!(false))
+    );
+    let data = server.data.clone();
+    let dir = server.stop();
+
+    let server = Server::start_on(&data, &["--limits-max-payload-bytes", "20"]);
+    let api = Api::new(&server);
+    let original = |v: &Value| {
+        (
+            v["channel"].clone(),
+            v["seq"].clone(),
+            v["message_id"].clone(),
+            v["offset"].clone(),
+            v["ts"].clone(),
+            v["duplicate"].clone(),
+        )
+    };
+    let mut expected = original(&first);
+    expected.5 = json!(true);
+    let (status, again) = api
+        .call("POST", "/v1/messages", &alice, Some(http_send("g", "c80")))
+        .await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(original(&again), expected, "{again}");
+
+    let mut ws = Ws::connect(&server, &alice, "?catch_up=false").await;
+    ws.send(ws_send("g", "c80")).await;
+    let ack = ws.next().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["client_msg_id"].as_str()),
+        (Some("sendack"), Some("c80")),
+        "{ack}"
+    );
+    assert_eq!(original(&ack), expected, "{ack}");
+
+    // A new send of that size is refused, over both; so is the id in another channel (not a
+    // retry of the stored send: its original is in g).
+    for (channel, cid) in [("g", "c81"), ("@bob", "c80")] {
+        assert_eq!(
+            code_of(
+                &api,
+                "POST",
+                "/v1/messages",
+                &alice,
+                Some(http_send(channel, cid))
+            )
+            .await,
+            (413, "payload_too_large".into()),
+            "{channel} {cid}"
+        );
+        ws.send(ws_send(channel, cid)).await;
+        let e = ws.next().await;
+        assert_eq!(
+            (e["code"].as_str(), e["client_msg_id"].as_str()),
+            (Some("payload_too_large"), Some(cid)),
+            "{e}"
+        );
+    }
+    let page = api
+        .ok("GET", "/v1/channels/g/messages?after_seq=0", &bob, None)
+        .await;
+    assert_eq!(page_seqs(&page), vec![1], "{page}");
+    ws.close().await;
+    drop(server);
+    drop(dir);
+}
+
 /// A send whose `client_msg_id` was used in a group since deleted and created again under the
 /// id is a new message of the new group: it was answered `duplicate` with the old group's seq,
 /// which nobody can read. Within one group a retry is still a duplicate.

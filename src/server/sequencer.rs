@@ -13,15 +13,18 @@
 //! through in one hold of the lock, in appends of at most [`CHUNK_BYTES`] of records; their
 //! seqs are committed to the sequencer only once their append is enqueued, so an append that
 //! fails leaves no gap. A retry of a send that is still in flight
-//! waits for the first attempt and gets its answer: never a second message.
+//! waits for the first attempt and gets its answer: never a second message. A retry refused
+//! `payload_too_large` before it reaches the sequencer (the limit lowered since its original
+//! was taken) is answered from the idempotency window all the same ([`stored_retry`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use bytes::Bytes;
+use tidings_projections::idempotency::SentRef;
 use tidings_projections::permissions::check_send;
-use tidings_projections::{Envelope, Event, FastMap};
+use tidings_projections::{Envelope, Event, FastMap, State};
 use tokio::sync::watch;
 
 use crate::server::auth::invalid_token;
@@ -101,6 +104,60 @@ impl Sequencer {
             .retain(|ch, seq| *seq > p.state.heads.last_seq(ch));
         self.sweep_at = self.reserved.len() * 2;
     }
+}
+
+impl Sent {
+    /// The answer to a retry: the original message, marked `duplicate`.
+    fn duplicate_of(prev: SentRef) -> Self {
+        Self {
+            channel: prev.channel,
+            seq: prev.seq,
+            message_id: prev.message_id,
+            offset: prev.offset,
+            ts: prev.ts,
+            duplicate: true,
+        }
+    }
+}
+
+/// The applied send `from` made with `client_msg_id`, as a retry of it into `channel` sees
+/// it: none when the idempotency window has forgotten it, or when it went to a group deleted
+/// since and created again under `channel`'s id (its seq is below the new group's floor,
+/// readable by nobody: the id is free again; it was answered `duplicate` with that seq).
+fn remembered(st: &State, from: &str, client_msg_id: &str, channel: &str) -> Option<SentRef> {
+    st.idempotency
+        .get(from, client_msg_id)
+        .filter(|prev| !(prev.channel == channel && prev.seq <= st.subs.history_from(channel)))
+}
+
+/// The original of a send refused `payload_too_large` that retries one already stored, as a
+/// duplicate; `None` for any other send, which keeps its refusal.
+///
+/// `limits.max_payload_bytes` may be lowered by a restart while clients still retry sends the
+/// old limit took: refused, such a retry told its client that a message stored and delivered
+/// had failed. Only an exact retry is answered so (same sender, `client_msg_id` and channel),
+/// so the lowered limit still holds for every new send. Looked up in the applied state alone,
+/// without the sequencer's lock: a retry racing its original while that is still in flight
+/// (not yet applied) may still be refused 413, and its next retry is answered here. Nothing is
+/// written either way.
+pub(crate) fn stored_retry(
+    state: &AppState,
+    from: &str,
+    channel: &str,
+    client_msg_id: &str,
+) -> Option<Sent> {
+    if client_msg_id.is_empty() {
+        return None;
+    }
+    let prev = {
+        let p = state.proj();
+        remembered(&p.state, from, client_msg_id, channel)?
+    };
+    if prev.channel != channel {
+        return None;
+    }
+    state.metrics.send_duplicates.inc();
+    Some(Sent::duplicate_of(prev))
 }
 
 fn idem_key(from: &str, client_msg_id: &str) -> String {
@@ -321,24 +378,13 @@ fn prepare_locked(
         }
         // Already applied: answer with the original.
         if key.is_some()
-            && let Some(prev) = st.idempotency.get(&req.from, &req.client_msg_id)
-            // A send into a group deleted since, and created again under the id, is not this
-            // group's message (its seq is below the new group's floor, readable by nobody):
-            // the id is free again. It was answered `duplicate` with that seq.
-            && !(prev.channel == req.channel && prev.seq <= st.subs.history_from(&req.channel))
+            && let Some(prev) = remembered(st, &req.from, &req.client_msg_id, &req.channel)
         {
             state.metrics.send_duplicates.inc();
             if prev.channel != req.channel {
                 return Err(reused(&prev.channel));
             }
-            return Ok(Prepared::Done(Sent {
-                channel: prev.channel,
-                seq: prev.seq,
-                message_id: prev.message_id,
-                offset: prev.offset,
-                ts: prev.ts,
-                duplicate: true,
-            }));
+            return Ok(Prepared::Done(Sent::duplicate_of(prev)));
         }
         if let Err(denied) = check_send(
             st,

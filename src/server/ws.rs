@@ -39,7 +39,7 @@ use crate::server::error::{ApiError, ApiResult};
 use crate::server::http::{ApiQuery, MAX_CLIENT_MSG_ID, one_payload_form, payload_bytes, present};
 use crate::server::keepalive::{Due, Keepalive};
 use crate::server::limits::{TokenBucket, UserBucket};
-use crate::server::sequencer::{self, SendRequest};
+use crate::server::sequencer::{self, SendRequest, Sent};
 use crate::server::state::AppState;
 
 const CBOR_PROTOCOL: &str = "tidings.cbor";
@@ -676,21 +676,26 @@ impl Ctx {
     /// The frame answering a send.
     fn answer(&self, a: &Answer) -> Option<WsMessage> {
         match &a.result {
-            Ok(s) => encode(
-                &SendAck {
-                    kind: "sendack",
-                    client_msg_id: &a.client_msg_id,
-                    channel: channel_ref(&s.channel, Some(&self.uid)),
-                    seq: s.seq,
-                    message_id: s.message_id,
-                    offset: s.offset,
-                    ts: s.ts,
-                    duplicate: s.duplicate,
-                },
-                self.cbor,
-            ),
+            Ok(s) => self.sendack(&a.client_msg_id, s),
             Err(e) => encode(&error_frame(e, Some(&a.client_msg_id)), self.cbor),
         }
+    }
+
+    /// The sendack of a send that is durable and applied.
+    fn sendack(&self, client_msg_id: &str, s: &Sent) -> Option<WsMessage> {
+        encode(
+            &SendAck {
+                kind: "sendack",
+                client_msg_id,
+                channel: channel_ref(&s.channel, Some(&self.uid)),
+                seq: s.seq,
+                message_id: s.message_id,
+                offset: s.offset,
+                ts: s.ts,
+                duplicate: s.duplicate,
+            },
+            self.cbor,
+        )
     }
 
     /// One page of catch-up: whether catch-up goes on, or why the session must close.
@@ -855,20 +860,50 @@ impl Ctx {
                             client_msg_id,
                             permit,
                         };
-                        if let Some(own) = &mut self.own_sends
-                            && !reply.client_msg_id.is_empty()
-                        {
-                            own.insert(reply.client_msg_id.clone());
-                        }
+                        self.mark_own_send(&reply.client_msg_id);
                         self.sends.push((req, reply));
                         // Accepted: charged to the send limit, not the frame limit (a refused
                         // send is charged as any other frame).
                         self.last_was_send = true;
                         Ok(())
                     }
-                    Err(e) => w.frame(&error_frame(&e, Some(&client_msg_id))).await,
+                    Err(e) => match self.stored_original(&e, &client_msg_id, &channel) {
+                        // Answered at once, as a refusal is; charged as an accepted send.
+                        Some(sent) => {
+                            self.last_was_send = true;
+                            self.mark_own_send(&client_msg_id);
+                            match self.sendack(&client_msg_id, &sent) {
+                                Some(ack) => w.raw(ack).await,
+                                None => Ok(()),
+                            }
+                        }
+                        None => w.frame(&error_frame(&e, Some(&client_msg_id))).await,
+                    },
                 }
             }
+        }
+    }
+
+    /// For a send refused with `refused`: the original message when it retries one already
+    /// stored and the refusal is `payload_too_large` (`limits.max_payload_bytes` lowered
+    /// since; [`sequencer::stored_retry`]).
+    fn stored_original(
+        &self,
+        refused: &ApiError,
+        client_msg_id: &str,
+        channel: &str,
+    ) -> Option<Sent> {
+        let channel = resolve(&self.caller, channel).ok()?;
+        crate::server::http::stored_retry(&self.state, refused, &self.uid, &channel, client_msg_id)
+    }
+
+    /// Notes a send of this session while it catches up, so that catch-up does not send its
+    /// message back (the session answers it with a sendack).
+    fn mark_own_send(&mut self, client_msg_id: &str) {
+        if let Some(own) = &mut self.own_sends
+            && !client_msg_id.is_empty()
+        {
+            own.insert(client_msg_id.to_owned());
         }
     }
 

@@ -20,7 +20,7 @@ use super::{ApiJson, ApiPath, ApiQuery, page_limit};
 use crate::render::{channel_ref, message_raw};
 use crate::server::auth::{ADMIN_ACTOR, Authenticated, Caller, resolve};
 use crate::server::error::{ApiError, ApiResult};
-use crate::server::sequencer::{self, SendRequest};
+use crate::server::sequencer::{self, SendRequest, Sent};
 use crate::server::state::AppState;
 
 /// Body of `POST /v1/messages`.
@@ -173,7 +173,20 @@ pub(crate) async fn post_message(
     };
     check_client_msg_id(&body.client_msg_id)?;
     let channel = resolve(&caller, &body.channel)?;
-    let (payload, flags) = payload_bytes(&state, body.payload, body.payload_b64)?;
+    let (payload, flags) = match payload_bytes(&state, body.payload, body.payload_b64) {
+        Ok(stored) => stored,
+        Err(e) => {
+            // A retry of a send stored under a larger limit is answered as any retry is.
+            let Some(sent) = stored_retry(&state, &e, &from, &channel, &body.client_msg_id) else {
+                return Err(e);
+            };
+            // Charged as a duplicate answered by the sequencer is.
+            if !by_admin {
+                state.charge_user_send(&from)?;
+            }
+            return Ok(created(&caller, sent));
+        }
+    };
     // Not the admin's sends as a user: an app server sending on many users' behalf is not held
     // to one user's limit (the README says so).
     if !by_admin {
@@ -193,7 +206,12 @@ pub(crate) async fn post_message(
         },
     )
     .await?;
-    Ok((
+    Ok(created(&caller, sent))
+}
+
+/// The answer to a send, with its channel as `caller` refers to it.
+fn created(caller: &Caller, sent: Sent) -> (StatusCode, axum::Json<MessageSent>) {
+    (
         StatusCode::CREATED,
         axum::Json(MessageSent {
             channel: channel_ref(&sent.channel, caller.uid()),
@@ -203,7 +221,25 @@ pub(crate) async fn post_message(
             ts: sent.ts,
             duplicate: sent.duplicate,
         }),
-    ))
+    )
+}
+
+/// For a send refused with `refused`: the original message when the refusal is
+/// `payload_too_large` and the send retries one already stored (the same sender,
+/// `client_msg_id` and canonical `channel`), answered as a duplicate
+/// ([`sequencer::stored_retry`]). `limits.max_payload_bytes` may have been lowered since the
+/// original was taken; a new send of that size is still refused.
+pub(crate) fn stored_retry(
+    state: &AppState,
+    refused: &ApiError,
+    from: &str,
+    channel: &str,
+    client_msg_id: &str,
+) -> Option<Sent> {
+    if refused.status != StatusCode::PAYLOAD_TOO_LARGE {
+        return None;
+    }
+    sequencer::stored_retry(state, from, channel, client_msg_id)
 }
 
 /// Query of `GET /v1/channels/{id}/messages`.

@@ -30,7 +30,7 @@ use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::AppState;
 
 pub(crate) use messages::{
-    MAX_CLIENT_MSG_ID, check_client_msg_id, one_payload_form, payload_bytes, present,
+    MAX_CLIENT_MSG_ID, check_client_msg_id, one_payload_form, payload_bytes, present, stored_retry,
 };
 
 /// A JSON body whose rejections are API errors.
