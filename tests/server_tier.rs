@@ -361,6 +361,67 @@ async fn rebuild_on_a_tiered_directory_refuses_a_replay_from_zero() {
     drop(dir);
 }
 
+/// A replay from offset 0 across a hole in the local segments (segment 0 local, the next one
+/// only in the store, newer ones local: what the retention of builds before 2026-11-30 could
+/// leave, or a segment removed by hand) is refused before any snapshot goes aside, under other
+/// projections settings, by `rebuild` and by the server started without `tier.url`: every
+/// snapshot file is left byte for byte (fails without the fix: `rebuild` checked only that the
+/// local log starts at 0, and both renamed every `.snap` to `.snap.other-settings` before the
+/// replay met the gap). With its `tier.url` the server reads the missing segment from the
+/// store, sets the snapshots aside and serves every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_zero_across_a_hole_in_the_local_segments_keeps_the_snapshots() {
+    let (_bucket, mut args) = file_bucket();
+    // Every segment stays local once uploaded (the later flag wins).
+    args.extend(["--tier-local-retention-bytes", "1073741824"].map(String::from));
+    let (server, _, _, bob) = tiered_history(&args).await;
+    let data = server.data.clone();
+    let dir = server.stop();
+    let mut local = local_segment_bases(&data);
+    local.sort_unstable();
+    assert!(local.len() >= 3 && local[0] == 0, "{local:?}");
+    std::fs::remove_file(data.join("log").join(format!("{:020}.log", local[1]))).unwrap();
+    let stopped = snapshot_files(&data);
+    assert!(
+        stopped.keys().any(|name| name.ends_with(".snap")),
+        "{stopped:?}"
+    );
+    let other = ["--projections-idempotency-entries", "5000"].map(String::from);
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["rebuild", "--data"])
+        .arg(&data)
+        .args(&other)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is in no segment") && err.contains("left in place"),
+        "{err}"
+    );
+    assert_eq!(snapshot_files(&data), stopped, "rebuild set none aside");
+    let (succeeded, err) = refused_start(&data, &untiered(&other));
+    assert!(
+        !succeeded && err.contains("is in no segment") && err.contains("left in place"),
+        "{err}"
+    );
+    assert_eq!(snapshot_files(&data), stopped, "the server set none aside");
+    let mut tiered = args.clone();
+    tiered.extend(other);
+    let refs: Vec<&str> = tiered.iter().map(String::as_str).collect();
+    let server = Server::start_on(&data, &refs);
+    let api = Api::new(&server);
+    let h = history(&api, &bob, "g").await;
+    assert_eq!(frame_seqs(&h), (1..=300).collect::<Vec<_>>());
+    server.stop();
+    assert!(
+        snapshot_files(&data)
+            .keys()
+            .any(|name| name.ends_with(".snap.other-settings")),
+        "the replay from the store set them aside"
+    );
+    drop(dir);
+}
+
 fn s3s_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TIDINGS_S3S_FS") {
         return PathBuf::from(p);
@@ -737,6 +798,48 @@ async fn a_shutdown_snapshot_is_anchored_or_not_written() {
     drop(dir);
 }
 
+/// A tiered data directory started under other projections settings while its S3 server is
+/// stopped (SIGSTOP; the log opens from its local manifest copy) exits non-zero, the store not
+/// answering, every snapshot file as it was (fails without the fix: the snapshots went aside,
+/// then the replay from offset 0 failed at its first cold read, and the next start needed the
+/// store). Under the settings the snapshots were made under it serves with the store still
+/// stopped; once the store answers, every message is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_directory_started_with_its_store_down_under_other_settings_keeps_its_snapshots() {
+    let s3s = S3s::start();
+    let mut args = s3s.args();
+    args.extend(["--shutdown-grace-secs", "4"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (server, _, alice, bob) = tiered_history(&args).await;
+    let data = server.data.clone();
+    let dir = server.stop();
+    let stopped = snapshot_files(&data);
+    assert!(
+        stopped.keys().any(|name| name.ends_with(".snap")),
+        "{stopped:?}"
+    );
+    s3s.signal("-STOP");
+    let mut other = args.clone();
+    other.extend(["--projections-idempotency-entries", "5000"].map(String::from));
+    let (succeeded, err) = refused_start(&data, &other);
+    assert!(
+        !succeeded && err.contains("which does not answer") && err.contains("left in place"),
+        "{err}"
+    );
+    assert_eq!(snapshot_files(&data), stopped, "no snapshot was set aside");
+    let server = Server::start_on(&data, &refs);
+    let api = Api::new(&server);
+    assert_eq!(api.send(&alice, "g", "c301", "after").await["seq"], 301);
+    server.stop();
+    s3s.signal("-CONT");
+    let server = Server::start_on(&data, &refs);
+    let api = Api::new(&server);
+    let h = history(&api, &bob, "g").await;
+    assert_eq!(frame_seqs(&h), (1..=301).collect::<Vec<_>>());
+    server.stop();
+    drop(dir);
+}
+
 /// A fresh data directory whose object store does not answer is refused as the README says,
 /// "cannot tell where the log starts", at the store's first failed request (here at once:
 /// nothing listens on the endpoint). Before, the snapshot restore asked the store first and
@@ -798,6 +901,52 @@ async fn a_tiered_directory_started_without_its_store_says_history_is_unavailabl
     drop(dir);
 }
 
+/// A tiered data directory (its local log starting past offset 0) started without `tier.url`
+/// under other projections settings exits non-zero naming the changed setting and where the
+/// local log starts, every snapshot file as it was: the replay from offset 0 cannot run (fails
+/// without the fix: every `.snap` was renamed `.snap.other-settings` before the replay failed
+/// with the history missing, and the next start failed under either settings). Started again
+/// under the settings the snapshots were made under, it serves; with its `tier.url` and the new
+/// settings it replays the log from the store and serves every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_directory_started_without_its_store_under_other_settings_keeps_its_snapshots() {
+    let (_bucket, args) = file_bucket();
+    let (server, _, alice, bob) = tiered_history(&args).await;
+    let data = server.data.clone();
+    let dir = server.stop();
+    let stopped = snapshot_files(&data);
+    assert!(
+        stopped.keys().any(|name| name.ends_with(".snap")),
+        "{stopped:?}"
+    );
+    let other = ["--projections-idempotency-entries", "5000"].map(String::from);
+    let (succeeded, err) = refused_start(&data, &untiered(&other));
+    assert!(
+        !succeeded
+            && err.contains("the local log starts at offset")
+            && err.contains("left in place"),
+        "{err}"
+    );
+    assert!(
+        err.contains("projections.idempotency_entries 100000 → 5000"),
+        "{err}"
+    );
+    assert_eq!(snapshot_files(&data), stopped, "no snapshot was set aside");
+    let server = Server::start_on(&data, &["--limits-sends-per-second", "100000"]);
+    let api = Api::new(&server);
+    assert_eq!(api.send(&alice, "g", "c301", "after").await["seq"], 301);
+    server.stop();
+    let mut tiered = args.clone();
+    tiered.extend(other);
+    let refs: Vec<&str> = tiered.iter().map(String::as_str).collect();
+    let server = Server::start_on(&data, &refs);
+    let api = Api::new(&server);
+    let h = history(&api, &bob, "g").await;
+    assert_eq!(frame_seqs(&h), (1..=301).collect::<Vec<_>>());
+    server.stop();
+    drop(dir);
+}
+
 /// A tiered data directory started with another store's `tier.url` (an empty one) is refused:
 /// the server exits non-zero, naming the offsets neither holds and the store, and asking whether
 /// it is the store the directory was tiered to; nothing is written there. Before, it started,
@@ -826,6 +975,15 @@ async fn a_tiered_directory_started_with_another_store_is_refused() {
     assert_eq!(history(&api, &alice, "g").await.len(), 300);
     server.stop();
     drop(dir);
+}
+
+/// Flags for a server without `tier.url`: `args`, and small preallocated segments as the
+/// harness's servers have (the default segment size would have a 128 MiB spare of zeros
+/// written).
+fn untiered(args: &[String]) -> Vec<String> {
+    let mut out = args.to_vec();
+    out.extend(["--log-preallocate-bytes", "262144"].map(String::from));
+    out
 }
 
 /// Runs `tidings serve` on `data` with `args` where it must refuse to start: whether it exited

@@ -78,7 +78,7 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         // (this rebuild rewrites the message index sidecars they name, cut elsewhere).
         (Some(config), newest) => {
             if newest.is_some_and(|(state, _)| !config.shapes(&state)) {
-                set_aside_other_settings(&args, &data, &log)?;
+                set_aside_other_settings(&args, &data, &log).await?;
             }
             config
         }
@@ -144,18 +144,24 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
 /// rewrites the message index sidecars they name, cut elsewhere, and one stopped midway would
 /// leave them loadable over sidecars they no longer match. So the replay must be able to run
 /// first: refused, with every snapshot left in place, when it would start from a snapshot or
-/// when the local log no longer starts at offset 0 (its older segments only in the object
-/// store, or removed) — the directory would otherwise be left with no snapshot at all.
-fn set_aside_other_settings(args: &RebuildArgs, data: &DataDir, log: &Log) -> anyhow::Result<()> {
-    let log_start = log.start_offset();
-    anyhow::ensure!(
-        log_start == 0,
-        "the snapshots were made under other projections settings, so this rebuild must replay the log from offset 0, but the local log starts at offset {log_start} (the segments before it are only in the object store, or were removed): the snapshots were left in place. The server, started with these settings and its tier.url, sets them aside and replays the log from the object store"
-    );
+/// when the local log cannot be read from offset 0 (`replay_from_zero::check`: it starts later,
+/// its older segments only in the object store or removed, or a segment between two others is
+/// missing) — the directory would otherwise be left with no snapshot at all. Until 2026-11-30
+/// only where the local log starts was checked, and a hole passed.
+async fn set_aside_other_settings(
+    args: &RebuildArgs,
+    data: &DataDir,
+    log: &Log,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         !args.from_snapshot && args.from_offset.is_none(),
         "the snapshots were made under other projections settings: rebuild from offset 0 (without --from-snapshot or --from-offset)"
     );
+    if let Err(e) = crate::server::replay_from_zero::check(log).await {
+        anyhow::bail!(
+            "the snapshots were made under other projections settings, so this rebuild must replay the log from offset 0, which it cannot read: {e:#}. The snapshots were left in place. When the segments it lacks are in the object store, the server, started with these settings and its tier.url, sets them aside and replays the log from there"
+        );
+    }
     crate::server::set_aside_all_snapshots(&data.projections(), ".snap.other-settings")
 }
 

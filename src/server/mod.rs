@@ -30,6 +30,7 @@ mod keepalive;
 mod limits;
 mod metrics;
 mod read_notices;
+pub(crate) mod replay_from_zero;
 mod sequencer;
 mod state;
 pub(crate) mod tiering;
@@ -692,7 +693,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
 /// log — a data directory whose log was replaced or restored from another node's, a snapshot
 /// from a store another writer also wrote — and is set aside the same way. A snapshot shaped by
 /// other settings of the idempotency window (`ProjectionConfig::shapes`) is not loaded: the
-/// projections are rebuilt from the log under the configured ones.
+/// projections are rebuilt from the log under the configured ones, every snapshot set aside
+/// first — once the log can be read from offset 0 now ([`replay_from_zero::check`]); else the
+/// start is refused and every snapshot left in place.
 ///
 /// Also says whether the state is known to continue the history this directory last ran with:
 /// loaded from a snapshot whose anchor matches the log, with nothing set aside at this start.
@@ -726,7 +729,16 @@ async fn load_projections(
             // The rebuild writes the message index's sidecars anew, under names the snapshots
             // already use (a sidecar is named for its first offset) but cut where the new
             // settings cut them: no snapshot of the old settings may load after it (one loaded
-            // once the settings were changed back failed every read of those messages).
+            // once the settings were changed back failed every read of those messages). So
+            // they go aside first, and only when the replay from offset 0 can run: one that
+            // failed would leave none, and the next start, under either settings, the same.
+            if let Err(e) = replay_from_zero::check(log).await {
+                anyhow::bail!(
+                    "the projections' settings changed since snapshot {} was made ({}), so the projections must be rebuilt by replaying the log from offset 0, which cannot be read now: {e:#}. Every snapshot was left in place: start with the settings they were made under, or with the object store this directory was tiered to (tier.url) set and answering",
+                    path.display(),
+                    changed_settings(&p.state, &config)
+                );
+            }
             drop(p);
             set_aside_all_snapshots(dir, ".snap.other-settings")?;
             return Ok((Projections::empty(dir, config)?, false));
@@ -758,6 +770,34 @@ async fn load_projections(
             .with_context(|| format!("setting aside {}", path.display()))?;
         prune_set_aside(&dir.join("snapshots"));
     }
+}
+
+/// The state-shaping settings in which a snapshot's `state` differs from `config`, as
+/// `projections.name old → new`, for messages.
+fn changed_settings(state: &tidings_projections::State, config: &ProjectionConfig) -> String {
+    let fresh = config.empty_state();
+    let mut changed = Vec::new();
+    let (was, now) = (&state.idempotency, &fresh.idempotency);
+    if was.max_entries != now.max_entries {
+        changed.push(format!(
+            "projections.idempotency_entries {} → {}",
+            was.max_entries, now.max_entries
+        ));
+    }
+    if was.max_age_ms != now.max_age_ms {
+        changed.push(format!(
+            "projections.idempotency_secs {} → {}",
+            was.max_age_ms / 1000,
+            now.max_age_ms / 1000
+        ));
+    }
+    if state.index.flush_entries != fresh.index.flush_entries {
+        changed.push(format!(
+            "projections.index_flush_entries {} → {}",
+            state.index.flush_entries, fresh.index.flush_entries
+        ));
+    }
+    changed.join(", ")
 }
 
 /// Sets aside (renames to `*.snap.ahead-of-log`) every snapshot covering offset `end` or
