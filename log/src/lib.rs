@@ -47,6 +47,7 @@
 
 mod acks;
 mod batch;
+pub mod disk_cache;
 mod error;
 mod index;
 mod log;

@@ -134,6 +134,8 @@ pub(crate) struct Shared {
     /// The tier uploader, when the log has a tier.
     uploader: Option<Mutex<Option<UploaderHandle>>>,
     rolled: Arc<tokio::sync::Notify>,
+    /// See [`Log::opened_after_unsynced_writes`].
+    after_unsynced: bool,
 }
 
 #[derive(Debug)]
@@ -351,6 +353,8 @@ impl Log {
         }
         let active_base = bases[bases.len() - 1];
         let unsynced_from = recovery::recorded_unsynced(vfs.as_ref(), &dir, active_base);
+        // Read before `record_policy` below replaces the last open's record with this one's.
+        let after_unsynced = recovery::recorded_unsynced_writes(vfs.as_ref(), &dir);
         let mut rec =
             recovery::recover_active(vfs.as_ref(), &dir, active_base, &opts, unsynced_from)?;
         // Before anything is written under this open's policy (the next open's recovery
@@ -491,6 +495,7 @@ impl Log {
                 read_only: None,
                 uploader: opts_has_tier.then(|| Mutex::new(None)),
                 rolled,
+                after_unsynced,
             }),
         })
     }
@@ -500,6 +505,7 @@ impl Log {
     /// view may include batches that process has not acknowledged yet).
     fn open_read_only(dir: PathBuf, opts: LogOptions) -> Result<Log> {
         let (segs, wm) = crate::readonly::scan(&opts, &dir, None)?;
+        let after_unsynced = recovery::recorded_unsynced_writes(opts.vfs.as_ref(), &dir);
         let (wm_tx, wm_rx) = watch::channel(wm);
         let (tx, _) = mpsc::channel(1);
         Ok(Log {
@@ -517,9 +523,21 @@ impl Log {
                 read_only: Some(Mutex::new(Some(wm_tx))),
                 uploader: None,
                 rolled: Arc::new(tokio::sync::Notify::new()),
+                after_unsynced,
                 opts,
             }),
         })
+    }
+
+    /// Whether the open before this one ran under `FsyncPolicy::Every` or `Never` (as
+    /// recorded in the directory's `fsync-policy`), and so may have acknowledged writes that a
+    /// power cut then took: the offsets they had are written again by other records. Whatever
+    /// was derived from that run's records and kept outside the log (a cache keyed by offsets)
+    /// may describe records this log no longer holds. A run that stopped cleanly is not told
+    /// apart. False for a new log. For a read-only view: the last writable open (it may still
+    /// be running).
+    pub fn opened_after_unsynced_writes(&self) -> bool {
+        self.shared.after_unsynced
     }
 
     /// Whether this is a read-only view.

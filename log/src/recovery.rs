@@ -68,6 +68,23 @@ pub(crate) const POLICY_FILE: &str = "fsync-policy";
 /// segment is the one recorded, 0 when it came later (a roll since). `None`: written under
 /// `always`, or nothing usable is recorded.
 pub(crate) fn recorded_unsynced(vfs: &dyn Vfs, dir: &Path, active_base: u64) -> Option<u64> {
+    let (base, len) = recorded_unsynced_start(vfs, dir)?;
+    match active_base.cmp(&base) {
+        std::cmp::Ordering::Equal => Some(len),
+        std::cmp::Ordering::Greater => Some(0),
+        std::cmp::Ordering::Less => None,
+    }
+}
+
+/// Whether the last open recorded `every`/`never` (so may have acknowledged writes a power cut
+/// took), whatever segment it names. Read before this open records its own policy.
+pub(crate) fn recorded_unsynced_writes(vfs: &dyn Vfs, dir: &Path) -> bool {
+    recorded_unsynced_start(vfs, dir).is_some()
+}
+
+/// The active segment and its length recorded by an open under `every`/`never`: `None` under
+/// `always`, or when nothing usable is recorded.
+fn recorded_unsynced_start(vfs: &dyn Vfs, dir: &Path) -> Option<(u64, u64)> {
     let path = dir.join(POLICY_FILE);
     let file = vfs.open_read(&path).ok()?;
     let bytes = read_up_to(file.as_ref(), 64, 0).ok()?;
@@ -78,11 +95,7 @@ pub(crate) fn recorded_unsynced(vfs: &dyn Vfs, dir: &Path, active_base: u64) -> 
     }
     let base: u64 = parts.next()?.parse().ok()?;
     let len: u64 = parts.next()?.parse().ok()?;
-    match active_base.cmp(&base) {
-        std::cmp::Ordering::Equal => Some(len),
-        std::cmp::Ordering::Greater => Some(0),
-        std::cmp::Ordering::Less => None,
-    }
+    Some((base, len))
 }
 
 /// Records the policy of this open (see [`POLICY_FILE`]; `from` = the active segment and its

@@ -246,6 +246,60 @@ async fn every_and_never_policies_acknowledge_and_sync_later() {
     }
 }
 
+/// A log tells whether its last open ran under `every`/`never` (so a power cut may have taken
+/// acknowledged records, whose offsets later records then take): the server keeps no
+/// conversation list computed from that run's state. Read before this open records its own
+/// policy, which the server checked alone before (a run under `never` cut by a power loss,
+/// restarted under `always`, reused lists fingerprinted by offsets the cut took).
+#[tokio::test]
+async fn a_log_tells_whether_its_last_open_wrote_unsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let open = |fsync: FsyncPolicy| Log::open(path.clone(), opts().with_fsync(fsync));
+    let log = open(FsyncPolicy::Always).await.unwrap();
+    assert!(!log.opened_after_unsynced_writes(), "a new log");
+    log.append_one(payload(0, 10)).await.unwrap();
+    log.close().await.unwrap();
+    let mut next = 1;
+    for (last, now, after_unsynced) in [
+        (FsyncPolicy::Always, FsyncPolicy::Never, false),
+        (FsyncPolicy::Never, FsyncPolicy::Always, true),
+        (FsyncPolicy::Always, FsyncPolicy::Always, false),
+        (
+            FsyncPolicy::Always,
+            FsyncPolicy::Every(Duration::from_millis(5)),
+            false,
+        ),
+        (
+            FsyncPolicy::Every(Duration::from_millis(5)),
+            FsyncPolicy::Never,
+            true,
+        ),
+        (FsyncPolicy::Never, FsyncPolicy::Never, true),
+        (FsyncPolicy::Never, FsyncPolicy::Always, true),
+        (FsyncPolicy::Always, FsyncPolicy::Always, false),
+    ] {
+        let log = open(now).await.unwrap();
+        assert_eq!(
+            log.opened_after_unsynced_writes(),
+            after_unsynced,
+            "opened under {now} after {last}"
+        );
+        log.append_one(payload(next, 10)).await.unwrap();
+        next += 1;
+        log.close().await.unwrap();
+    }
+    // A read-only view tells it of the last writable open.
+    let view = Log::open(&path, opts().with_read_only(true)).await.unwrap();
+    assert!(!view.opened_after_unsynced_writes());
+    view.close().await.unwrap();
+    let log = open(FsyncPolicy::Never).await.unwrap();
+    log.close().await.unwrap();
+    let view = Log::open(&path, opts().with_read_only(true)).await.unwrap();
+    assert!(view.opened_after_unsynced_writes());
+    view.close().await.unwrap();
+}
+
 #[test]
 fn fsync_policy_parses() {
     assert_eq!(

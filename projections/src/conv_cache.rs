@@ -15,6 +15,7 @@ use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, RecoverMode,
 };
+use tidings_log::disk_cache;
 
 use crate::conversations::Conversation;
 use crate::error::{ProjectionError, Result};
@@ -62,7 +63,9 @@ pub struct ConversationCacheConfig {
     /// Whether lists on disk are used again after a restart. Only when the state they were
     /// computed from cannot be lost: under `fsync = every/never` a power cut can take applied
     /// events off the log's end, the offsets are written again by other events, and a list
-    /// fingerprinted by those offsets would match a state it does not describe. Default: true.
+    /// fingerprinted by those offsets would match a state it does not describe. When false,
+    /// the lists on disk are removed, not only left unread: a later open that recovers would
+    /// otherwise find them again in the blocks this run did not overwrite. Default: true.
     pub recover: bool,
 }
 
@@ -118,12 +121,22 @@ impl ConversationCache {
             ProjectionError::Cache(format!("creating the directory {}: {e}", dir.display()))
         })?;
         let disk = config.disk_bytes.max(16 << 20);
+        // At least 8 blocks, so that eviction has room to work.
+        let block = (disk / 8).clamp(1 << 20, 16 << 20) & !4095;
+        // Files foyer would not open (those of a larger cache before), and with no recovery
+        // all of them (`RecoverMode::None` only skips the scan: see `recover`).
+        let keep = if config.recover {
+            disk_cache::files_used(disk, block)
+        } else {
+            0
+        };
+        disk_cache::remove_files_from(dir, keep).map_err(|e| {
+            ProjectionError::Cache(format!("clearing the directory {}: {e}", dir.display()))
+        })?;
         let device = FsDeviceBuilder::new(dir)
             .with_capacity(disk)
             .build()
             .map_err(err)?;
-        // At least 8 blocks, so that eviction has room to work.
-        let block = (disk / 8).clamp(1 << 20, 16 << 20) & !4095;
         let cache = HybridCacheBuilder::new()
             .with_name("conversations")
             .memory(config.memory_bytes.max(1 << 20))

@@ -334,6 +334,67 @@ async fn the_cache_is_used_when_valid_and_never_trusted_when_not() {
     cache.close().await.unwrap();
 }
 
+/// A cache opened without recovery (the log's last run may have lost applied events) leaves
+/// nothing for a later open to recover. `RecoverMode::None` alone only skipped the scan: the
+/// lists stayed in the blocks that run did not overwrite, and the next start under
+/// `fsync = always` found them again.
+#[tokio::test]
+async fn lists_not_recovered_once_are_never_recovered_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ConversationCacheConfig {
+        memory_bytes: 1 << 20,
+        disk_bytes: 16 << 20,
+        recover: true,
+    };
+    let forgetful = ConversationCacheConfig {
+        recover: false,
+        ..cfg.clone()
+    };
+    let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
+    cache.put("bob", 7, &[]);
+    cache.close().await.unwrap();
+    drop(cache);
+    let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
+    assert_eq!(cache.get("bob", 7).await, Some(vec![]), "on disk");
+    cache.close().await.unwrap();
+    drop(cache);
+    let cache = ConversationCache::open(dir.path(), &forgetful)
+        .await
+        .unwrap();
+    assert_eq!(cache.get("bob", 7).await, None);
+    cache.close().await.unwrap();
+    drop(cache);
+    let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
+    assert_eq!(cache.get("bob", 7).await, None, "found again");
+    cache.close().await.unwrap();
+}
+
+/// A cache reopened smaller keeps only the files it uses: 16 of 16 MiB for 256 MiB, then 8 of
+/// 2 MiB for 16 MiB. foyer opens the first 8 and never removes the others, so the disk the
+/// larger cache took stayed taken.
+#[tokio::test]
+async fn a_smaller_cache_leaves_no_files_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = || std::fs::read_dir(dir.path()).unwrap().count();
+    let cfg = |disk_bytes| ConversationCacheConfig {
+        memory_bytes: 1 << 20,
+        disk_bytes,
+        recover: true,
+    };
+    let cache = ConversationCache::open(dir.path(), &cfg(256 << 20))
+        .await
+        .unwrap();
+    assert_eq!(files(), 16);
+    cache.put("bob", 7, &[]);
+    cache.close().await.unwrap();
+    drop(cache);
+    let cache = ConversationCache::open(dir.path(), &cfg(16 << 20))
+        .await
+        .unwrap();
+    assert_eq!(files(), 8);
+    cache.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn paging_with_a_small_limit_reaches_every_conversation_and_ends() {
     let mut w = World::new().await;

@@ -284,15 +284,28 @@ async fn open_state(
         "projections ready"
     );
     let dir = data.cache().join("conversations");
+    // Whether the log's last run wrote under every/never: a power cut may then have taken
+    // applied events whose offsets are now other events', and the lists on disk were
+    // fingerprinted by them. This run's policy alone does not tell (it was all that was
+    // checked until 2026-11-30).
+    let after_unsynced = log.opened_after_unsynced_writes();
+    if after_unsynced && config.log_fsync == tidings_log::FsyncPolicy::Always {
+        tracing::info!(
+            "the conversation cache starts empty: the log's last run wrote under fsync every/never"
+        );
+    }
     let conv_cache = ConversationCache::open(
         &dir,
         &ConversationCacheConfig {
             memory_bytes: config.cache_conversation_memory_bytes,
             disk_bytes: config.cache_conversation_disk_bytes,
-            // Entries on disk are reused only under `fsync = always` (under every/never a power
-            // cut can take applied events, whose offsets are then reused) and only when the
-            // state continues this directory's history (see `load_projections`).
-            recover: config.log_fsync == tidings_log::FsyncPolicy::Always && continues,
+            // Entries on disk are reused only under `fsync = always`, this run's and the last
+            // one's (under every/never a power cut can take applied events, whose offsets are
+            // then reused), and only when the state continues this directory's history (see
+            // `load_projections`).
+            recover: config.log_fsync == tidings_log::FsyncPolicy::Always
+                && !after_unsynced
+                && continues,
         },
     )
     .await

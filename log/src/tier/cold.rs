@@ -23,8 +23,13 @@ use crate::vfs::{Vfs, VfsFile, VfsLock};
 #[error("cold storage unavailable: {0}")]
 pub struct ColdStorageUnavailable(pub String);
 
-/// Cache keys carry the format version, so a format change never decodes old entries.
-const KEY_VERSION: &str = "b1";
+/// Cache keys are `{KEY_VERSION}:{block_bytes}:{object}:{index}`: the format version, so a
+/// format change never decodes old entries, and the block size, so a cache that outlives a
+/// restart under another `block_bytes` never serves a block cut at the old size. The `b1` keys
+/// had no size: a block of the old size was found at the same index, counted damaged and
+/// refetched when its length differed, and served as this block when it did not (every read
+/// of it then failed its checksum).
+const KEY_VERSION: &str = "b2";
 
 pub(crate) async fn open_cache(opts: &TierOptions) -> Result<HybridCache<String, Bytes>> {
     let err = |e: foyer::Error| {
@@ -42,16 +47,22 @@ pub(crate) async fn open_cache(opts: &TierOptions) -> Result<HybridCache<String,
         ))
     })?;
     let disk = opts.cache_disk_bytes.max(16 << 20);
-    let device = FsDeviceBuilder::new(&opts.cache_dir)
-        .with_capacity(disk)
-        .build()
-        .map_err(err)?;
     // Engine blocks: an eighth of the disk, at most 16 MiB, but at least two cache blocks plus
     // headers — past 16 MiB for blocks near their 8 MiB maximum (a `clamp` whose lower bound
     // passed its upper one panicked there).
     let engine_block = ((disk / 8) & !4095)
         .min(16 << 20)
         .max(2 * opts.block_bytes + 8192);
+    // The files a larger cache of an earlier start left, which foyer neither opens nor removes.
+    crate::disk_cache::remove_files_from(
+        &opts.cache_dir,
+        crate::disk_cache::files_used(disk, engine_block),
+    )
+    .map_err(|e| LogError::Tier(format!("trimming the block cache: {e}")))?;
+    let device = FsDeviceBuilder::new(&opts.cache_dir)
+        .with_capacity(disk)
+        .build()
+        .map_err(err)?;
     HybridCacheBuilder::new()
         .with_name("cold-blocks")
         .memory(opts.cache_memory_bytes.max(1 << 20))
@@ -68,8 +79,8 @@ fn unavailable(what: String) -> io::Error {
 }
 
 impl TierInner {
-    fn cache_key(rel: &str, idx: u64) -> String {
-        format!("{KEY_VERSION}:{rel}:{idx}")
+    fn cache_key(&self, rel: &str, idx: u64) -> String {
+        format!("{KEY_VERSION}:{}:{rel}:{idx}", self.opts.block_bytes)
     }
 
     /// Block `idx` of object `rel` (`len` bytes long), from the cache or the store.
@@ -80,7 +91,7 @@ impl TierInner {
         if start >= end {
             return Ok(Bytes::new());
         }
-        let ckey = Self::cache_key(rel, idx);
+        let ckey = self.cache_key(rel, idx);
         // A read error from the cache (such as an undecodable entry) is a miss.
         if let Ok(Some(entry)) = self.cache.get(&ckey).await {
             let v = entry.value();
@@ -434,14 +445,40 @@ mod tests {
 
     /// A local-directory store holding `p/obj`: 10,000 bytes, returned with it.
     async fn store_with_object() -> (tempfile::TempDir, Arc<LocalFileSystem>, Vec<u8>) {
+        store_with(10_000).await
+    }
+
+    /// A local-directory store holding `p/obj`: `len` bytes, returned with it.
+    async fn store_with(len: u32) -> (tempfile::TempDir, Arc<LocalFileSystem>, Vec<u8>) {
         let bucket = tempfile::tempdir().unwrap();
         let store = Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         store
             .put(&"p/obj".into(), PutPayload::from(data.clone()))
             .await
             .unwrap();
         (bucket, store, data)
+    }
+
+    /// A tier on `store` with its block cache in `cache`.
+    async fn tier(
+        store: &Arc<LocalFileSystem>,
+        cache: &std::path::Path,
+        block_bytes: usize,
+        disk_bytes: usize,
+    ) -> Tier {
+        Tier::open(
+            TierOptions::new(store.clone(), "p", "test://p", "n", cache)
+                .with_block_bytes(block_bytes)
+                .with_cache_bytes(1 << 20, disk_bytes),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The files in `dir`.
+    fn files_in(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).unwrap().count()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,6 +514,62 @@ mod tests {
             10_000 - 8192
         );
         assert!(inner.block("obj", 3, 10_000).await.unwrap().is_empty());
+        t.close().await.unwrap();
+    }
+
+    /// A cache reopened under another `block_bytes` serves no block cut at the old size. Its
+    /// keys had no size: block 1 of 8,192 bytes (`[8192, 16384)`) was found again as block 1
+    /// of 11,808 (`[11808, 20000)`), as long, with a good CRC, and served; block 0 was counted
+    /// a damaged entry. (A 20,000-byte object is one new block plus one old.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_block_size_serves_no_block_of_the_old_size() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (_bucket, store, data) = store_with(20_000).await;
+        let cache = tempfile::tempdir().unwrap();
+        let t = tier(&store, cache.path(), 8192, 1 << 30).await;
+        for idx in 0..3u64 {
+            let at = idx as usize * 8192;
+            let b = t.inner.block("obj", idx, 20_000).await.unwrap();
+            assert_eq!(&b[..], &data[at..(at + 8192).min(20_000)]);
+        }
+        t.close().await.unwrap(); // flushes the blocks to the disk cache
+        let t = tier(&store, cache.path(), 20_000 - 8192, 1 << 30).await;
+        let b0 = t.inner.block("obj", 0, 20_000).await.unwrap();
+        assert_eq!(&b0[..], &data[..11_808]);
+        let b1 = t.inner.block("obj", 1, 20_000).await.unwrap();
+        assert_eq!(&b1[..], &data[11_808..], "not the old block 1");
+        let c = &t.inner.counters;
+        assert_eq!(c.corrupt_cache_entries.load(Relaxed), 0);
+        assert_eq!(c.gets.load(Relaxed), 2, "both fetched");
+        t.close().await.unwrap();
+        // The disk cache kept the blocks of either size: back at 8,192, all served from it.
+        let t = tier(&store, cache.path(), 8192, 1 << 30).await;
+        for idx in 0..3u64 {
+            let at = idx as usize * 8192;
+            let b = t.inner.block("obj", idx, 20_000).await.unwrap();
+            assert_eq!(&b[..], &data[at..(at + 8192).min(20_000)]);
+        }
+        let c = &t.inner.counters;
+        assert_eq!((c.gets.load(Relaxed), c.cache_hits.load(Relaxed)), (0, 3));
+        t.close().await.unwrap();
+    }
+
+    /// A cache reopened smaller keeps only the files it uses: 64 of 16 MiB for 1 GiB, then 8
+    /// of 2 MiB for 16 MiB. foyer opens the first 8 and never removes the other 56, so the
+    /// disk the larger cache took stayed taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_smaller_cache_leaves_no_files_behind() {
+        let (_bucket, store, data) = store_with_object().await;
+        let cache = tempfile::tempdir().unwrap();
+        let t = tier(&store, cache.path(), 4096, 1 << 30).await;
+        assert_eq!(files_in(cache.path()), 64);
+        let b1 = t.inner.block("obj", 1, 10_000).await.unwrap();
+        assert_eq!(&b1[..], &data[4096..8192]);
+        t.close().await.unwrap();
+        let t = tier(&store, cache.path(), 4096, 16 << 20).await;
+        assert_eq!(files_in(cache.path()), 8);
+        let b1 = t.inner.block("obj", 1, 10_000).await.unwrap();
+        assert_eq!(&b1[..], &data[4096..8192]);
         t.close().await.unwrap();
     }
 
