@@ -986,6 +986,30 @@ fn untiered(args: &[String]) -> Vec<String> {
     out
 }
 
+/// A new node started once without `tier.url` (forgotten) and stopped with no traffic, then
+/// started with it, restores from the store as an empty data directory does: the history is
+/// there, tiering runs (`diverged` false) and new messages follow it. Before, its empty log at
+/// offset 0 met the store's segment at 0: tiering stopped as diverged and the server served an
+/// empty state, taking new writes at offsets the store already held (an audit's finding;
+/// fails without the fix: no history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_started_once_without_its_store_restores_from_it() {
+    let (_bucket, args) = file_bucket();
+    let (server, _, alice, _) = tiered_history(&args).await;
+    drop(server.stop()); // graceful: the last segment and a snapshot uploaded, prefix released
+    let fresh = tempfile::tempdir().unwrap();
+    let data = fresh.path().join("data");
+    Server::start_on(&data, &[]).stop();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_on(&data, &refs);
+    let api = Api::new(&server);
+    assert_eq!(history(&api, &alice, "g").await.len(), 300);
+    let tier = api.ok("GET", "/v1/tier", ADMIN, None).await;
+    assert_eq!(tier["status"]["diverged"], false, "{tier}");
+    assert_eq!(api.send(&alice, "g", "c301", "after").await["seq"], 301);
+    server.stop();
+}
+
 /// Runs `tidings serve` on `data` with `args` where it must refuse to start: whether it exited
 /// successfully, and what it wrote to stderr. Panics when it still runs after 30 s (it started).
 fn refused_start(data: &Path, args: &[String]) -> (bool, String) {

@@ -169,11 +169,21 @@ pub enum LogError {
     /// the log's new segments there and delete their local copies, and a restore from the
     /// right store would never find them. At open the open fails; at a later claim (the store
     /// did not answer at open) tiering stops, as for another history (`diverged`).
+    ///
+    /// A store's history starts at its first segment. A store holding none is refused only
+    /// when this directory tiered before (`store_empty`: its local manifest copy lists
+    /// segments, which went to another store); a directory that never tiered starts its
+    /// store's history at its oldest segment, whatever its offset.
     #[error(
         "offsets {from} to {to} of this log are in neither its directory (whose oldest segment \
-         starts at offset {first_local}) nor the object store {store} (no segment of its \
-         manifest holds them): is it the store this directory was tiered to, or were they \
-         uploaded to another? Refusing to tier to it"
+         starts at offset {first_local}) nor the object store {store} ({}): is it the store \
+         this directory was tiered to, or were they uploaded to another? Refusing to tier to it",
+        if *.store_empty {
+            "it holds no segment, while this directory tiered before: its local manifest copy \
+             lists segments it uploaded, or cannot be read"
+        } else {
+            "no segment of its manifest holds them"
+        }
     )]
     HistoryNotInStore {
         /// The store.
@@ -184,6 +194,9 @@ pub enum LogError {
         to: u64,
         /// The first offset of the directory's oldest segment.
         first_local: u64,
+        /// The store's manifest lists no segment (or there is none): refused because the
+        /// directory's local manifest copy lists segments (from `from` on), or cannot be read.
+        store_empty: bool,
     },
     /// The log was opened read-only.
     #[error("log is open read-only")]

@@ -22,8 +22,8 @@
 //! 9. With a [`tier::Tier`]: a sealed segment's local file is deleted only after its upload was
 //!    confirmed and recorded in a manifest version; appends never wait for the object store;
 //!    a cold read fails within the tier's read timeout instead of hanging; one owner per
-//!    prefix; no tiering to a store that lacks offsets from before the oldest local segment
-//!    ([`LogError::HistoryNotInStore`]; see the [`tier`] module).
+//!    prefix; no tiering to a store that lacks offsets from its history's start up to the
+//!    oldest local segment ([`LogError::HistoryNotInStore`]; see the [`tier`] module).
 //! 10. What the log holds does not grow with its history: a process holds at most
 //!     [`MAX_OPEN_SEALED_FILES`] sealed segment files open and [`MAX_LOADED_SEALED_INDEXES`]
 //!     sealed segment indexes in memory (the least recently used are dropped, and opened or

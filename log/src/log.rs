@@ -157,31 +157,39 @@ impl Log {
     ///
     /// With a tier (see [`LogOptions::with_tier`]): the prefix is claimed first (refused with
     /// [`LogError::Fenced`] while another server owns it, and with
-    /// [`LogError::HistoryNotInStore`] when the store does not hold every offset before the
-    /// directory's oldest segment: another store than the one it was tiered to); when the
-    /// store cannot be reached, the log opens from its local manifest copy and claims later.
-    /// Segments only in the store are read through the tier; an empty directory restores from
-    /// the store.
+    /// [`LogError::HistoryNotInStore`] when the store does not hold every offset from its
+    /// first segment up to the directory's oldest one, or holds none while the directory
+    /// tiered before: another store than the one it was tiered to); when the store cannot be
+    /// reached, the log opens from its local manifest copy and claims later. Segments only in
+    /// the store are read through the tier; an empty directory restores from the store, and
+    /// so does an empty log (one segment, at 0, holding no record), its files removed. An open
+    /// that fails after the claim gives the prefix up.
     pub async fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<Log> {
         let dir = dir.as_ref().to_path_buf();
         // The directory lock comes first: a second process on this directory (the CLI while
         // the server runs) must fail before it claims the prefix, or its claim, made under
         // this directory's owner id, would look like a rival's to the running server. Under
-        // it, the base of the oldest local segment: the offsets before it are only in the
-        // store, and the claim refuses a store that does not hold them (another store than
-        // this directory's).
-        let (lock, first_local) = if opts.read_only {
-            (None, None)
+        // it, with a tier, what the directory holds (`LocalLog`): the offsets before its
+        // oldest segment are only in the store, and the claim refuses a store that does not
+        // hold them (another store than this directory's).
+        let (lock, local) = if opts.read_only {
+            (None, LocalLog::untiered())
         } else {
-            let (vfs, lock_dir) = (opts.vfs.clone(), dir.clone());
-            let (taken, first) = tokio::task::spawn_blocking(move || {
+            let (vfs, lock_dir, tiered) = (opts.vfs.clone(), dir.clone(), opts.tier.is_some());
+            let (taken, local) = tokio::task::spawn_blocking(move || {
                 let lock = lock_directory(vfs.as_ref(), &lock_dir)?;
-                Ok::<_, LogError>((lock, first_segment(vfs.as_ref(), &lock_dir)))
+                let local = if tiered {
+                    LocalLog::read(vfs.as_ref(), &lock_dir)?
+                } else {
+                    LocalLog::untiered()
+                };
+                Ok::<_, LogError>((lock, local))
             })
             .await
             .map_err(|_| LogError::WriterGone)??;
-            (Some(taken), first)
+            (Some(taken), local)
         };
+        let first_local = local.start();
         let mut claimed = false;
         if let (Some(tier), false) = (&opts.tier, opts.read_only) {
             let claim = tokio::time::timeout(
@@ -207,22 +215,21 @@ impl Log {
                     // remote segments, and every read of their offsets would fail until it
                     // was reopened. Refused until the store answers (whose manifest the next
                     // write copies over it).
-                    let local =
-                        crate::tier::uploader::read_local_manifest(&dir).map_err(|why| {
-                            LogError::Tier(format!(
-                                "the object store {} did not answer ({e}) and the local manifest \
+                    let copy = local.copy.clone().map_err(|why| {
+                        LogError::Tier(format!(
+                            "the object store {} did not answer ({e}) and the local manifest \
                              copy {why}: cannot tell which of the log's segments are in the \
                              store; try again once the store answers",
-                                tier.display()
-                            ))
-                        })?;
-                    let has_copy = local.is_some();
-                    match local {
+                            tier.display()
+                        ))
+                    })?;
+                    let has_copy = copy.is_some();
+                    match copy {
                         Some(m) => {
                             // Said, not refused: the copy is as of this directory's last
                             // manifest write, and the claim checks the store itself once it
                             // answers (tiering stops there if it lacks these offsets too).
-                            let missing = first_local.and_then(|f| m.missing_before(f));
+                            let missing = first_local.and_then(|l| m.missing_before(l.first));
                             if let Some(missing) = missing {
                                 tracing::warn!(
                                     from = missing.start,
@@ -234,8 +241,9 @@ impl Log {
                             tier.inner.manifest.store(Arc::new(m));
                         }
                         // Nothing here says where the store's history ends: a log started
-                        // at 0 would take offsets the store already holds (another history,
-                        // served as this one's). Refused until the store answers.
+                        // at 0 (or kept empty at 0) would take offsets the store already
+                        // holds (another history, served as this one's). Refused until the
+                        // store answers.
                         None if first_local.is_none() => {
                             return Err(LogError::Tier(format!(
                                 "the object store {} did not answer ({e}) and {} holds no log: \
@@ -250,16 +258,29 @@ impl Log {
                 }
             }
         }
-        let open_dir = dir.clone();
-        let log = tokio::task::spawn_blocking(move || Self::open_blocking(open_dir, opts, lock))
-            .await
-            .map_err(|_| LogError::WriterGone)??;
-        log.start_uploader(claimed);
+        let (open_dir, tier, empty) = (dir.clone(), opts.tier.clone(), local.empty);
+        let opened =
+            tokio::task::spawn_blocking(move || Self::open_blocking(open_dir, opts, lock, empty))
+                .await
+                .unwrap_or(Err(LogError::WriterGone));
+        let log = match (opened, &tier) {
+            (Ok(log), _) => log,
+            // Claimed, then failed (strict recovery refused damage, the options are invalid):
+            // given up, or the next start would find this claim within its lease and wait it
+            // out (its uploads and its stop's last upload with it).
+            (Err(e), Some(tier)) if claimed => {
+                release_after_failed_open(tier).await;
+                return Err(e);
+            }
+            (Err(e), _) => return Err(e),
+        };
+        log.start_uploader(claimed, local.tiered_from());
         Ok(log)
     }
 
-    /// Starts the tier's uploader task (owned by the log; joined on close).
-    fn start_uploader(&self, claimed: bool) {
+    /// Starts the tier's uploader task (owned by the log; joined on close); `tiered_from` is
+    /// where the history this directory tiered before starts ([`LocalLog::tiered_from`]).
+    fn start_uploader(&self, claimed: bool, tiered_from: Option<u64>) {
         let (Some(tier), Some(slot)) = (&self.shared.opts.tier, &self.shared.uploader) else {
             return;
         };
@@ -275,6 +296,7 @@ impl Log {
             } else {
                 crate::tier::uploader::PassState::default()
             })),
+            tiered_from,
         });
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(up.clone().run(stop.clone()));
@@ -302,11 +324,14 @@ impl Log {
         up.pass().await
     }
 
-    /// Opens the log; `lock` is the directory's lock when the caller took it already.
+    /// Opens the log; `lock` is the directory's lock when the caller took it already;
+    /// `empty_log`: the directory's only segment is at 0 and holds no record
+    /// ([`LocalLog::empty`]).
     fn open_blocking(
         dir: PathBuf,
         opts: LogOptions,
         lock: Option<Box<dyn crate::vfs::VfsLock>>,
+        empty_log: bool,
     ) -> Result<Log> {
         opts.validate()?;
         if opts.read_only {
@@ -334,6 +359,17 @@ impl Log {
         }
         bases.sort_unstable();
         let manifest = opts.tier.as_ref().map(|t| t.manifest());
+        // An empty log beside a store that holds history: a data directory started once
+        // without its `tier.url` and no write, then with it. Kept, its segment 0 would meet the
+        // store's (another history: tiering stopped) and the log would take offsets the store
+        // already holds; until 2026-11-30 it did, serving an empty state. Its files go, and it
+        // restores as an empty directory does.
+        let store_end = manifest.as_ref().map_or(0, |m| m.end());
+        if empty_log && store_end > 0 {
+            tracing::info!(dir = %dir.display(), store_end, "the log holds no record and the object store holds its history: removing its empty segment to restore from the store");
+            remove_empty_log(vfs.as_ref(), &dir)?;
+            bases.clear();
+        }
         if bases.is_empty() {
             // A new log starts at 0; with a tier, where the object store ends (a restore).
             let first = manifest.as_ref().map_or(0, |m| m.end());
@@ -1004,15 +1040,115 @@ impl Log {
     }
 }
 
-/// The base of the oldest segment in `dir`; `None` when it holds none (a missing directory
-/// holds none; one that cannot be listed counts as none here, and the open then fails
-/// listing it).
-fn first_segment(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> Option<u64> {
-    vfs.list(dir)
-        .ok()?
-        .iter()
-        .filter_map(|n| segment::parse_log_name(n))
-        .min()
+/// The log directory as an open with a tier finds it under the directory's lock, before the
+/// claim.
+#[derive(Debug)]
+struct LocalLog {
+    /// The base of the oldest segment; `None` when the directory holds none.
+    first: Option<u64>,
+    /// The only segment is at 0 and holds no record: a log that never took a write (a data
+    /// directory started once without its `tier.url`). It restores from a store holding
+    /// history as an empty directory does (`Log::open_blocking`).
+    empty: bool,
+    /// The local manifest copy ([`crate::tier::uploader::read_local_manifest`]; `Err` says
+    /// why it cannot be read).
+    copy: std::result::Result<Option<crate::tier::manifest::Manifest>, String>,
+}
+
+impl LocalLog {
+    /// Nothing read: no tier, or a read-only view (which claims nothing).
+    fn untiered() -> Self {
+        Self {
+            first: None,
+            empty: false,
+            copy: Ok(None),
+        }
+    }
+
+    /// Reads `dir` (made by the lock: a listing that fails is an error, not "no segment",
+    /// which would skip the claim's check of the store and then fail the open after the
+    /// claim).
+    fn read(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> Result<Self> {
+        let names = vfs
+            .list(dir)
+            .map_err(|e| LogError::io("list directory", dir, e))?;
+        let mut bases: Vec<u64> = names
+            .iter()
+            .filter_map(|n| segment::parse_log_name(n))
+            .collect();
+        bases.sort_unstable();
+        let empty = matches!(bases.as_slice(), [0]) && holds_no_record(vfs, dir)?;
+        Ok(Self {
+            first: bases.first().copied(),
+            empty,
+            copy: crate::tier::uploader::read_local_manifest(dir),
+        })
+    }
+
+    /// Where the directory's segments start, for the claim; `None` when it holds no record
+    /// (no segment, or an empty log): it restores from the store.
+    fn start(&self) -> Option<crate::tier::LocalStart> {
+        let first = self.first.filter(|_| !self.empty)?;
+        Some(crate::tier::LocalStart {
+            first,
+            tiered_from: self.tiered_from(),
+        })
+    }
+
+    /// Where the history this directory tiered before starts: the first segment its manifest
+    /// copy lists; 0 when the copy cannot be read (it exists: the directory tiered); `None`
+    /// without a copy or with one listing none (it never uploaded a segment).
+    fn tiered_from(&self) -> Option<u64> {
+        match &self.copy {
+            Ok(copy) => copy.as_ref()?.segments.first().map(|s| s.base),
+            Err(_) => Some(0),
+        }
+    }
+}
+
+/// Whether segment 0 in `dir` holds no record: no byte, or only zeros (a preallocation, or a
+/// first write of which nothing reached the disk). Read to its end: its length alone says
+/// nothing of a preallocated file.
+fn holds_no_record(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> Result<bool> {
+    let path = segment::SegmentPaths::new(dir, 0).log;
+    let file = vfs
+        .open_read(&path)
+        .map_err(|e| LogError::io("open segment", &path, e))?;
+    let len = file
+        .len()
+        .map_err(|e| LogError::io("stat segment", &path, e))?;
+    recovery::zeros_to_end(file.as_ref(), &path, 0, len)
+}
+
+/// Removes the files of an empty log's segment 0 ([`LocalLog::empty`]) and any spare of
+/// preallocated zeros, so that `dir` opens as an empty directory. The segment goes last: an
+/// open stopped before it finds an empty log again.
+fn remove_empty_log(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> Result<()> {
+    let paths = segment::SegmentPaths::new(dir, 0);
+    let spare = dir.join(crate::prealloc::SPARE_NAME);
+    for path in [&paths.index, &paths.time, &spare, &paths.log] {
+        match vfs.remove(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io("remove", path, e)),
+        }
+    }
+    vfs.sync_dir(dir)
+        .map_err(|e| LogError::io("sync directory", dir, e))
+}
+
+/// Gives up the prefix an open claimed before it failed ([`crate::tier::store_release`]),
+/// bounded as the claim is. A failure is only said: the open's own error is the news.
+async fn release_after_failed_open(tier: &crate::tier::Tier) {
+    let released = tokio::time::timeout(
+        crate::tier::uploader::OPEN_TIMEOUT,
+        crate::tier::store_release(tier),
+    )
+    .await
+    .unwrap_or_else(|_| Err(LogError::Tier("no answer from the object store".into())));
+    if let Err(e) = released {
+        tracing::warn!(error = %e, store = tier.display(), "the open failed after claiming the prefix, and the claim could not be given up: the next start waits out this process's lease");
+    }
 }
 
 /// Creates `dir` if missing and takes its `LOCK` (refused with [`LogError::Locked`] while

@@ -18,7 +18,7 @@ use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use object_store::{ObjectStore, ObjectStoreExt};
 use tidings_log::tier::manifest::Manifest;
 use tidings_log::tier::{ColdStorageUnavailable, Tier, TierOptions};
-use tidings_log::{Log, LogError, LogOptions};
+use tidings_log::{CorruptKind, Log, LogError, LogOptions, StdFs, Vfs, VfsFile, VfsLock};
 
 const KEY: &str = "tidings-test-key";
 const SECRET: &str = "tidings-test-secret";
@@ -1602,15 +1602,18 @@ async fn a_store_lacking_the_offsets_before_the_local_segments_is_refused_at_ope
             from,
             to,
             first_local: at,
+            store_empty,
         } => {
             assert_eq!((*from, *to, *at), (0, 600, 600));
             assert_eq!(store, &format!("test://{prefix}"));
+            assert!(*store_empty, "refused for its manifest copy's segments");
         }
         other => panic!("expected HistoryNotInStore, got {other:?}"),
     }
     let message = err.to_string();
     assert!(
         message.contains("offsets 0 to 600")
+            && message.contains("this directory tiered before")
             && message.contains("is it the store this directory was tiered to"),
         "{message}"
     );
@@ -1625,7 +1628,12 @@ async fn a_store_lacking_the_offsets_before_the_local_segments_is_refused_at_ope
     assert!(ends_at > 0 && ends_at < 600, "{ends_at}");
     put_manifest(&stores[2], prefix, &short).await;
     match refused(stores[2].clone(), caches[2].path().to_path_buf()).await {
-        LogError::HistoryNotInStore { from, to, .. } => assert_eq!((from, to), (ends_at, 600)),
+        LogError::HistoryNotInStore {
+            from,
+            to,
+            store_empty,
+            ..
+        } => assert_eq!((from, to, store_empty), (ends_at, 600, false)),
         other => panic!("expected HistoryNotInStore, got {other:?}"),
     }
     let versions = std::fs::read_dir(buckets[2].path().join(prefix).join("manifest"))
@@ -1703,5 +1711,253 @@ async fn a_claim_after_an_offline_open_refuses_a_store_lacking_the_older_offsets
         }
     }
     assert_eq!(at, 600);
+    log.close().await.unwrap();
+}
+
+/// The options [`log_opts`] gives, without a tier: a directory that never tiered.
+fn untiered_opts() -> LogOptions {
+    LogOptions::default()
+        .with_segment_bytes(16 << 10)
+        .with_index_interval_bytes(1024)
+}
+
+/// A store's history starts at its first segment. A directory that never tiered, whose first
+/// segment was removed by hand, takes an empty store (its history starts there), and then its
+/// store, whose manifest starts past 0, opens it at every start. Before, the claim counted the
+/// offsets missing from 0: the empty store was refused ("offsets 0 to …"), and so was such a
+/// store — which builds before 2026-11-30 wrote — at every restart, though it was the
+/// directory's own (fails without the fix at either open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_history_starts_past_offset_0_opens_its_directory() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let caches: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dir = data.path().join("log");
+    let prefix = "from-past-0";
+    let log = Log::open(&dir, untiered_opts()).await.unwrap();
+    append(&log, 0, 600).await;
+    let segs = log.segments().unwrap();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let first = segs[1].base_offset;
+    log.close().await.unwrap();
+    std::fs::remove_file(dir.join(format!("{:020}.log", 0))).unwrap();
+    for ext in ["index", "timeindex"] {
+        let _ = std::fs::remove_file(dir.join(format!("{:020}.{ext}", 0)));
+    }
+
+    // An empty store, never tiered to: taken.
+    let log = quiet_log(store.clone(), prefix, "node-a", caches[0].path(), 0, &dir).await;
+    assert_eq!(log.start_offset(), first);
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    let m = log.tier().unwrap().manifest();
+    assert_eq!(m.segments.first().map(|s| s.base), Some(first), "{m:?}");
+    let segs = log.segments().unwrap();
+    let local = segs.iter().find(|s| !s.remote).unwrap().base_offset;
+    assert!(local > first, "older segments only in the store: {segs:?}");
+    log.close().await.unwrap();
+
+    // Its store, whose history starts at `first`: opened, every record from there read back.
+    let log = quiet_log(store, prefix, "node-a", caches[1].path(), 0, &dir).await;
+    assert!(!log.tier().unwrap().status().diverged);
+    assert_eq!(log.start_offset(), first);
+    assert_eq!(
+        read_all(&log).await,
+        (first..600).map(payload).collect::<Vec<_>>()
+    );
+    append(&log, 600, 10).await;
+    log.close().await.unwrap();
+}
+
+/// The real file system, except that listing one directory fails (an unreadable directory).
+#[derive(Debug)]
+struct UnlistableDir(PathBuf);
+
+impl Vfs for UnlistableDir {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        if dir == self.0.as_path() {
+            return Err(std::io::ErrorKind::PermissionDenied.into());
+        }
+        StdFs.list(dir)
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Arc<dyn VfsFile>> {
+        StdFs.open_read(path)
+    }
+    fn open_write(&self, path: &Path) -> std::io::Result<Arc<dyn VfsFile>> {
+        StdFs.open_write(path)
+    }
+    fn exists(&self, path: &Path) -> std::io::Result<bool> {
+        StdFs.exists(path)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        StdFs.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.sync_dir(dir)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<Box<dyn VfsLock>> {
+        StdFs.try_lock(path)
+    }
+}
+
+/// A log directory that cannot be listed fails the open before the claim: nothing is written
+/// to the store. Before, the failed listing counted as "no segment": the claim skipped its
+/// check of the store and wrote a manifest version, then the open failed listing the
+/// directory, and the claim stayed (fails without the fix: a version in the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_that_cannot_be_listed_fails_the_open_before_the_claim() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store, "unlistable", "node-a", cache.path(), 0, hour).await;
+    let opts = log_opts(t).with_vfs(Arc::new(UnlistableDir(dir.clone())));
+    match Log::open(&dir, opts).await {
+        Err(LogError::Io { op, path, .. }) => {
+            assert_eq!((op, path), ("list directory", dir.clone()));
+        }
+        other => panic!(
+            "expected the listing's error, got {:?}",
+            other.map(|l| l.next_offset())
+        ),
+    }
+    let written: Vec<_> = std::fs::read_dir(bucket.path()).unwrap().collect();
+    assert!(
+        written.is_empty(),
+        "nothing written to the store: {written:?}"
+    );
+}
+
+/// An open that fails after its claim (strict recovery refusing damage followed by valid
+/// batches in the active segment) gives the prefix up, as a close does: the store's latest
+/// version has a heartbeat of 0, and the next start under the same node id claims at once.
+/// Before, the claim stayed with a fresh heartbeat, and the next start waited out that lease
+/// (`claimed` false: nothing uploaded, and its stop could not upload its last segment). Fails
+/// without the fix at the heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_failing_after_its_claim_releases_the_prefix() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let caches: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dir = data.path().join("log");
+    let prefix = "failed-open";
+    let log = quiet_log(store.clone(), prefix, "node-a", caches[0].path(), 0, &dir).await;
+    // Five short records: under one index interval, so recovery scans them from the start.
+    append(&log, 0, 5).await;
+    log.close().await.unwrap();
+    let seg = dir.join(format!("{:020}.log", 0));
+    let good = std::fs::read(&seg).unwrap();
+    let at = good
+        .windows(15)
+        .position(|w| w == b"record 00000000")
+        .unwrap();
+    let mut bad = good.clone();
+    bad[at + 7] ^= 0x01;
+    std::fs::write(&seg, &bad).unwrap();
+
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store.clone(), prefix, "node-a", caches[1].path(), 0, hour).await;
+    match Log::open(&dir, log_opts(t.clone())).await {
+        Err(LogError::Corrupt {
+            kind: CorruptKind::DamageBeforeValidData { .. },
+            ..
+        }) => {}
+        other => panic!(
+            "expected strict recovery's refusal, got {:?}",
+            other.map(|l| l.next_offset())
+        ),
+    }
+    let m = t.remote_manifest().await.unwrap().unwrap();
+    assert_eq!(m.owner.heartbeat_ms, 0, "given up: {m:?}");
+    t.close().await.unwrap();
+
+    std::fs::write(&seg, &good).unwrap();
+    let log = quiet_log(store, prefix, "node-a", caches[2].path(), 0, &dir).await;
+    assert!(log.tier().unwrap().status().claimed, "claimed at once");
+    assert_eq!(
+        read_all(&log).await,
+        (0..5).map(payload).collect::<Vec<_>>()
+    );
+    log.close().await.unwrap();
+}
+
+/// A data directory whose log took no write (started once without its `tier.url`) restores
+/// from a store holding history as an empty directory does: every record read back, the tier
+/// not diverged, the empty segment gone and new appends at the store's end — whether its
+/// segment 0 is empty or only zeros (a preallocation). Before, the claim passed (its oldest
+/// segment at 0) and the store's segment at 0 marked the tier diverged at open: the log served
+/// none of the store's history and took new writes at offset 0 (fails without the fix at
+/// `diverged`). A segment 0 holding a record is kept, and that is another history, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_log_restores_from_a_store_holding_history() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let prefix = "empty-log";
+    let data = tempfile::tempdir().unwrap();
+    let caches: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let origin = data.path().join("origin");
+    let log = quiet_log(
+        store.clone(),
+        prefix,
+        "node-a",
+        caches[0].path(),
+        0,
+        &origin,
+    )
+    .await;
+    append(&log, 0, 300).await;
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    log.close().await.unwrap();
+    let expected: Vec<Bytes> = (0..300).map(payload).collect();
+
+    for (i, zeros) in [0usize, 4096].into_iter().enumerate() {
+        let dir = data.path().join(format!("empty-{zeros}"));
+        Log::open(&dir, untiered_opts())
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+        let seg = dir.join(format!("{:020}.log", 0));
+        std::fs::write(&seg, vec![0u8; zeros]).unwrap();
+        let log = quiet_log(
+            store.clone(),
+            prefix,
+            "node-a",
+            caches[i + 1].path(),
+            0,
+            &dir,
+        )
+        .await;
+        assert!(!log.tier().unwrap().status().diverged, "{zeros} zeros");
+        assert!(!seg.exists(), "its empty segment went");
+        assert_eq!((log.start_offset(), log.next_offset()), (0, 300));
+        assert_eq!(read_all(&log).await, expected);
+        assert_eq!(log.append_one(payload(300)).await.unwrap(), 300);
+        log.close().await.unwrap();
+    }
+
+    let dir = data.path().join("one-record");
+    let log = Log::open(&dir, untiered_opts()).await.unwrap();
+    log.append_one(Bytes::from_static(b"local")).await.unwrap();
+    log.close().await.unwrap();
+    let log = quiet_log(store, prefix, "node-a", caches[3].path(), 0, &dir).await;
+    assert!(log.tier().unwrap().status().diverged);
+    let recs = log.read(0, 1 << 20).await.unwrap();
+    assert_eq!(recs[0].payload, Bytes::from_static(b"local"));
     log.close().await.unwrap();
 }

@@ -150,11 +150,16 @@ impl Manifest {
         self.segments.iter().map(|s| s.end).max().unwrap_or(0)
     }
 
-    /// The first run of offsets below `before` that no segment holds, if any: what a log whose
-    /// oldest local segment starts at `before` could read from nowhere. Segments are in offset
-    /// order (as [`Manifest::decode`] requires).
+    /// The first run of offsets from the first listed segment's base up to `before` that no
+    /// segment holds, if any: what a log whose oldest local segment starts at `before` could
+    /// read from nowhere. The store's history starts at its first segment, not at 0: a
+    /// directory whose oldest segment was past 0 when it first tiered (its older segments
+    /// removed by hand; or, by a build before 2026-11-30, restored from another store) uploads
+    /// from there, and its store holds every offset the log has. `None` for a manifest that
+    /// lists no segment: it says nothing of where the history starts (the claim judges an
+    /// empty store apart). Segments are in offset order (as [`Manifest::decode`] requires).
     pub fn missing_before(&self, before: u64) -> Option<std::ops::Range<u64>> {
-        let mut due = 0;
+        let mut due = self.segments.first()?.base;
         for s in self.segments.iter().take_while(|s| s.base < before) {
             if s.base > due {
                 return Some(due..s.base);
@@ -290,9 +295,9 @@ mod tests {
             object: None,
         };
         let mut m = Manifest::new("a", 0);
-        // Nothing listed: all of them (none before 0).
+        // Nothing listed: nothing said (the claim judges an empty store apart).
         assert_eq!(m.missing_before(0), None);
-        assert_eq!(m.missing_before(102), Some(0..102));
+        assert_eq!(m.missing_before(102), None);
         // Listed up to exactly the first local offset, or past it: none.
         m.segments = vec![seg(0, 50), seg(50, 102)];
         assert_eq!(m.missing_before(102), None);
@@ -303,10 +308,16 @@ mod tests {
         m.segments = vec![seg(0, 50), seg(60, 102), seg(110, 120)];
         assert_eq!(m.missing_before(102), Some(50..60));
         assert_eq!(m.missing_before(55), Some(50..55));
-        // Not from 0.
+        // Not from 0: the history starts at the first segment (0..102 counted as missing once,
+        // and such a store was refused at every start).
         m.segments = vec![seg(102, 142)];
-        assert_eq!(m.missing_before(142), Some(0..102));
-        assert_eq!(m.missing_before(150), Some(0..102));
+        assert_eq!(m.missing_before(142), None);
+        assert_eq!(m.missing_before(102), None);
+        assert_eq!(m.missing_before(50), None);
+        assert_eq!(m.missing_before(150), Some(142..150));
+        // ... and holes and an early end after it still count.
+        m.segments = vec![seg(102, 142), seg(150, 160)];
+        assert_eq!(m.missing_before(160), Some(142..150));
     }
 
     #[test]

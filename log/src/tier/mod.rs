@@ -22,7 +22,9 @@
 //! - A store that does not hold the offsets before the log directory's oldest segment is not
 //!   this log's store: the claim refuses it before writing anything there
 //!   ([`LogError::HistoryNotInStore`]), so a data directory pointed at another store never
-//!   uploads its new segments where a restore from its own store would not find them.
+//!   uploads its new segments where a restore from its own store would not find them. A
+//!   store's history starts at its first segment; a store holding none is refused only by a
+//!   directory that tiered before (its local manifest copy lists segments).
 //! - One writer per prefix: each manifest version names its owner and its lease, and the
 //!   owner's lease is renewed by its writes; a second server finding a live owner is refused
 //!   ([`LogError::Fenced`]). A lease is live for the longer of the owner's and the claimer's,
@@ -50,7 +52,7 @@ use tokio_util::task::TaskTracker;
 pub use self::cold::ColdStorageUnavailable;
 pub(crate) use self::cold::TierVfs;
 use self::manifest::Manifest;
-pub(crate) use self::store::Claim;
+pub(crate) use self::store::{Claim, LocalStart};
 use crate::error::{LogError, Result};
 
 /// How a log tiers to an object store.
@@ -230,10 +232,15 @@ fn incarnation() -> u64 {
     h.finish()
 }
 
-/// Claims the prefix for this node (used by `Log::open`); `first_local` is the first offset of
-/// the log directory's oldest segment, `None` when it holds none ([`store::claim`]).
-pub(crate) async fn store_claim(tier: &Tier, first_local: Option<u64>) -> Result<store::Claim> {
-    store::claim(&tier.inner, first_local).await
+/// Claims the prefix for this node (used by `Log::open`); `local` is where the log directory's
+/// segments start, `None` when it holds no record ([`store::claim`]).
+pub(crate) async fn store_claim(tier: &Tier, local: Option<LocalStart>) -> Result<store::Claim> {
+    store::claim(&tier.inner, local).await
+}
+
+/// Gives up the prefix a claim took when the log then failed to open ([`store::release`]).
+pub(crate) async fn store_release(tier: &Tier) -> Result<()> {
+    store::release(&tier.inner).await
 }
 
 /// A log's link to its object store. Cheap to clone.

@@ -242,23 +242,35 @@ pub(crate) enum Claim {
     },
 }
 
+/// What the log directory holds, as a claim checks the store against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LocalStart {
+    /// The first offset of the directory's oldest segment: the offsets before it are only in
+    /// the store (deleted here once uploaded), or nowhere (removed by hand before tiering).
+    pub(crate) first: u64,
+    /// Where the history this directory tiered before starts: the base of the first segment
+    /// its local manifest copy lists (0 when the copy cannot be read). `None`: no copy, or one
+    /// listing no segment — this directory never uploaded a segment.
+    pub(crate) tiered_from: Option<u64>,
+}
+
 /// Takes ownership of the prefix: refused while another owner's lease is live; waits out
 /// the lease of another process under this node id ([`Claim::Waiting`]). A lease is live for
 /// the longer of the owner's recorded lease and this process's ([`Owner::lease_ms_for`]): the
 /// owner renews by its own, so one set longer than ours is still held after ours ran out.
 ///
-/// Refused first ([`LogError::HistoryNotInStore`]) when `first_local`, the first offset of
-/// the log directory's oldest segment, is past offsets the store's manifest does not hold:
-/// that store is not this log's, and nothing is written to it. `None`: the directory holds no
-/// segment (a restore starts at the store's end).
+/// Refused first ([`LogError::HistoryNotInStore`]) when the log directory's oldest segment
+/// (`local`) starts past offsets the store does not hold ([`holds_history`]): that store is
+/// not this log's, and nothing is written to it. `None`: the directory holds no record (a
+/// restore starts at the store's end).
 ///
 /// [`Owner::lease_ms_for`]: super::manifest::Owner::lease_ms_for
-pub(crate) async fn claim(inner: &TierInner, first_local: Option<u64>) -> Result<Claim> {
+pub(crate) async fn claim(inner: &TierInner, local: Option<LocalStart>) -> Result<Claim> {
     let me = &inner.opts.owner_id;
     let now = now_ms();
     let latest = latest_manifest(inner).await?;
-    if let Some(first_local) = first_local {
-        holds_history(inner, latest.as_ref(), first_local)?;
+    if let Some(local) = local {
+        holds_history(inner, latest.as_ref(), local)?;
     }
     let next = match latest {
         None => Manifest::new(me, now),
@@ -318,12 +330,25 @@ pub(crate) async fn claim(inner: &TierInner, first_local: Option<u64>) -> Result
 }
 
 /// Whether the store's manifest `m` (`None`: the store holds no manifest) holds every offset
-/// before `first_local`, the first offset of the log directory's oldest segment: the offsets
-/// the directory no longer holds must be in the store, or they are nowhere.
-fn holds_history(inner: &TierInner, m: Option<&Manifest>, first_local: u64) -> Result<()> {
-    let missing = match m {
-        Some(m) => m.missing_before(first_local),
-        None => (first_local > 0).then_some(0..first_local),
+/// the log directory `local` no longer holds: those before its oldest segment must be in the
+/// store, or they are nowhere.
+///
+/// The store's history starts at its first segment (a directory whose oldest segment was past
+/// 0 when it first tiered uploads from there): from it up to the oldest local segment, no
+/// offset may be missing. A store holding no segment says nothing of where the history
+/// starts: it is refused only when this directory tiered before (its manifest copy lists
+/// segments, so its older offsets went to another store), and taken by a directory that never
+/// tiered, whatever its first offset (its older segments, if any, were removed by hand: the
+/// store's history starts here). Until 2026-11-30 every store was judged from offset 0, and a
+/// store whose history starts later was refused at every start.
+fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> Result<()> {
+    let listed = m.filter(|m| !m.segments.is_empty());
+    let missing = match listed {
+        Some(m) => m.missing_before(local.first),
+        None => local
+            .tiered_from
+            .filter(|&from| from < local.first)
+            .map(|from| from..local.first),
     };
     match missing {
         None => Ok(()),
@@ -331,8 +356,29 @@ fn holds_history(inner: &TierInner, m: Option<&Manifest>, first_local: u64) -> R
             store: inner.opts.display.clone(),
             from: r.start,
             to: r.end,
-            first_local,
+            first_local: local.first,
+            store_empty: listed.is_none(),
         }),
+    }
+}
+
+/// Gives the prefix up after a claim whose log then failed to open (strict recovery refused
+/// damage, the options did not validate, ...): a version whose heartbeat is 0, as a graceful
+/// close writes (`Uploader::release`), so that the next start claims at once instead of
+/// waiting out this process's lease. Nothing to give up when this process does not hold the
+/// prefix (never claimed, or fenced since); a version another writer made first leaves it
+/// theirs.
+pub(crate) async fn release(inner: &TierInner) -> Result<()> {
+    if !inner.claimed.load(Ordering::Relaxed) || inner.fenced.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let next = inner.manifest.load().next(&inner.opts.owner_id, 0);
+    match write_manifest(inner, &next).await? {
+        Written::Ok => {
+            inner.claimed.store(false, Ordering::Relaxed);
+            Ok(())
+        }
+        Written::Fenced(_) => Ok(()),
     }
 }
 

@@ -95,6 +95,10 @@ pub(crate) struct Uploader {
     pub(crate) wake: Arc<Notify>,
     /// Serializes passes (background and `upload_now`).
     pub(crate) pass_lock: Arc<Mutex<PassState>>,
+    /// Where the history this directory tiered before starts, by its local manifest copy as of
+    /// the open ([`store::LocalStart::tiered_from`]): for the claim after an open the store
+    /// did not answer (nothing rewrites the copy before that claim).
+    pub(crate) tiered_from: Option<u64>,
 }
 
 /// The start of a pass's error while the claim waits ([`store::Claim::Waiting`]).
@@ -173,13 +177,17 @@ impl Uploader {
             .collect()
     }
 
-    /// The base of the oldest segment that is still local (the active one always is).
-    fn first_local(&self) -> Option<u64> {
+    /// Where the local segments start, for the claim: the base of the oldest segment that is
+    /// still local (the active one always is).
+    fn local_start(&self) -> Option<store::LocalStart> {
         self.segments
             .load()
             .iter()
             .find(|s| !s.is_remote())
-            .map(|s| s.base)
+            .map(|s| store::LocalStart {
+                first: s.base,
+                tiered_from: self.tiered_from,
+            })
     }
 
     /// Sealed segments that are still local: (base, end, local bytes).
@@ -209,7 +217,7 @@ impl Uploader {
             // offsets before the oldest local segment is refused too (the open checks only the
             // local manifest copy, which may be another store's): tiering stops, final as for
             // another history, before anything is uploaded there or deleted here.
-            match store::claim(inner, self.first_local()).await {
+            match store::claim(inner, self.local_start()).await {
                 Ok(store::Claim::Taken) => {}
                 Ok(store::Claim::Waiting { seen_ms_ago }) => {
                     return Err(LogError::Tier(format!(
