@@ -260,8 +260,7 @@ async fn a_log_tells_whether_its_last_open_wrote_unsynced() {
     assert!(!log.opened_after_unsynced_writes(), "a new log");
     log.append_one(payload(0, 10)).await.unwrap();
     log.close().await.unwrap();
-    let mut next = 1;
-    for (last, now, after_unsynced) in [
+    for (next, (last, now, after_unsynced)) in (1..).zip([
         (FsyncPolicy::Always, FsyncPolicy::Never, false),
         (FsyncPolicy::Never, FsyncPolicy::Always, true),
         (FsyncPolicy::Always, FsyncPolicy::Always, false),
@@ -278,7 +277,7 @@ async fn a_log_tells_whether_its_last_open_wrote_unsynced() {
         (FsyncPolicy::Never, FsyncPolicy::Never, true),
         (FsyncPolicy::Never, FsyncPolicy::Always, true),
         (FsyncPolicy::Always, FsyncPolicy::Always, false),
-    ] {
+    ]) {
         let log = open(now).await.unwrap();
         assert_eq!(
             log.opened_after_unsynced_writes(),
@@ -286,7 +285,6 @@ async fn a_log_tells_whether_its_last_open_wrote_unsynced() {
             "opened under {now} after {last}"
         );
         log.append_one(payload(next, 10)).await.unwrap();
-        next += 1;
         log.close().await.unwrap();
     }
     // A read-only view tells it of the last writable open.
