@@ -730,6 +730,15 @@ async fn the_port_refuses_connections_until_the_server_serves() {
         .unwrap();
     // The start binds the port, then waits up to 10 s for the store's answer to its claim.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Bound (a socket without `SO_REUSEADDR` cannot take it), so the refusal below is not a
+    // start that has not got that far.
+    let taken = tokio::net::TcpSocket::new_v4()
+        .unwrap()
+        .bind(addr.parse().unwrap());
+    assert!(
+        matches!(&taken, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse),
+        "{taken:?}"
+    );
     let early = std::net::TcpStream::connect(&addr);
     s3s.signal("-CONT");
     let refused = matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused);
@@ -750,6 +759,67 @@ async fn the_port_refuses_connections_until_the_server_serves() {
     let _ = child.wait();
     assert!(refused, "a connection during the start-up: {early:?}");
     assert_eq!(serving, 200);
+    drop(dir);
+}
+
+/// A port another process binds and listens on while the start waits (both with
+/// `SO_REUSEADDR`, which a socket only bound does not keep out) fails the start at its
+/// `listen`, after the replay — and the start closes its log, releasing the prefix, so the
+/// next start claims it at once. Before (a review's finding), that `listen` failed after the
+/// server's tasks were started, and the log was not closed: the next start waited out the
+/// lease (`claimed` false).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_taken_during_the_start_fails_it_and_releases_the_prefix() {
+    let s3s = S3s::start();
+    let args = s3s.args();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    send_numbered(&api, &alice, 1..=5).await;
+    let data = server.data.clone();
+    let dir = server.stop();
+    s3s.signal("-STOP");
+    let addr = format!("127.0.0.1:{}", free_port());
+    // The claim at open waits for the store (SIGSTOPped) past the 1.5 s read timeout of the other
+    // starts, so that the start holds the prefix when its `listen` fails.
+    let patient: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a == "1500" {
+                "8000".to_owned()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", &addr, "--data"])
+        .arg(&data)
+        .args(&patient)
+        .env("TIDINGS_ADMIN_KEY", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // std's listener sets SO_REUSEADDR, as the start's bound socket does.
+    let other = std::net::TcpListener::bind(&addr).unwrap();
+    s3s.signal("-CONT");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("listening on {addr}")),
+        "{err}"
+    );
+    drop(other);
+    let server = Server::start_on(&data, &refs);
+    let api = Api::new(&server);
+    let tier = api.ok("GET", "/v1/tier", ADMIN, None).await;
+    assert_eq!(tier["status"]["claimed"], true, "{tier}\n{err}");
+    assert_eq!(history(&api, &alice, "g").await.len(), 5);
+    server.stop();
     drop(dir);
 }
 

@@ -121,9 +121,10 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let dir_lock = data.lock()?;
     // The port next, before the admin key, the tier and the log: a port that is taken (another
     // server, a mistyped `listen`) failed the start only after the replay, with the admin key
-    // generated and the tier's prefix claimed. Bound only: it listens once the server serves,
-    // so until then connections are refused, as before (a TCP health check or a load balancer
-    // would otherwise take a server still replaying for one that serves).
+    // generated and the tier's prefix claimed (a port another socket only binds is not seen
+    // here: see the `listen` below). Bound only: it listens once the server's state is
+    // ready, so until then connections are refused, as before (a TCP health check or a load
+    // balancer would otherwise take a server still replaying for one that serves).
     let socket = bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
     let addr = socket.local_addr()?;
     let admin_key = admin_key(&config, &data)?;
@@ -145,7 +146,18 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     let log = Log::open(data.log(), log_opts)
         .await
         .with_context(|| format!("opening the log in {}", data.log().display()))?;
-    let (proj, conv_cache) = match open_state(&config, &data, &log).await {
+    // Listening once the state is ready (the tasks that serve follow at once), and as part of
+    // the start whose failure closes the log: a socket only bound does not keep another from
+    // binding the port and listening first (both with `SO_REUSEADDR`), and this `listen` then
+    // fails after the replay.
+    let opened = match open_state(&config, &data, &log).await {
+        Ok(state) => socket
+            .listen(LISTEN_BACKLOG)
+            .with_context(|| format!("listening on {addr}"))
+            .map(|listener| (state, listener)),
+        Err(e) => Err(e),
+    };
+    let ((proj, conv_cache), listener) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             close_after_failed_start(&log, &config).await;
@@ -211,9 +223,6 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let stop_http = CancellationToken::new();
     let app = http::router(state.clone());
-    let listener = socket
-        .listen(LISTEN_BACKLOG)
-        .with_context(|| format!("listening on {addr}"))?;
     let t = stop_http.clone();
     let user_timeout_ms =
         u32::try_from(state.config.limits_ws_idle_secs.saturating_mul(1000)).unwrap_or(u32::MAX);
