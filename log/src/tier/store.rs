@@ -369,10 +369,41 @@ fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> 
 /// prefix (never claimed, or fenced since); a version another writer made first leaves it
 /// theirs.
 pub(crate) async fn release(inner: &TierInner) -> Result<()> {
-    if !inner.claimed.load(Ordering::Relaxed) || inner.fenced.load(Ordering::Relaxed) {
+    if inner.fenced.load(Ordering::Relaxed) {
         return Ok(());
     }
+    if !inner.claimed.load(Ordering::Relaxed) {
+        return release_unconfirmed(inner).await;
+    }
     let next = inner.manifest.load().next(&inner.opts.owner_id, 0);
+    match write_manifest(inner, &next).await? {
+        Written::Ok => {
+            inner.claimed.store(false, Ordering::Relaxed);
+            Ok(())
+        }
+        Written::Fenced(_) => Ok(()),
+    }
+}
+
+/// Gives the prefix up when a claim of this process may have landed unconfirmed: its manifest
+/// write was sent and its answer never read (the close cancelled the tiering pass making it,
+/// or the open's timeout ran out), so this process does not know it holds the prefix. It does
+/// when the store's newest version is its own (this node id and incarnation) and not released:
+/// then a released version follows it. Until 2026-11-30 such a claim was left live, and the
+/// next start under this node id waited out its lease (`claimed` false, its last segment not
+/// uploaded at its stop).
+pub(crate) async fn release_unconfirmed(inner: &TierInner) -> Result<()> {
+    if inner.fenced.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let Some(m) = latest_manifest(inner).await? else {
+        return Ok(());
+    };
+    let ours = m.owner.id == inner.opts.owner_id && m.owner.incarnation == Some(inner.incarnation);
+    if !ours || m.owner.heartbeat_ms == 0 {
+        return Ok(());
+    }
+    let next = m.next(&inner.opts.owner_id, 0);
     match write_manifest(inner, &next).await? {
         Written::Ok => {
             inner.claimed.store(false, Ordering::Relaxed);

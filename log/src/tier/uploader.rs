@@ -287,8 +287,12 @@ impl Uploader {
     /// server may claim it at once instead of waiting for the lease to run out.
     pub(crate) async fn release(&self) -> Result<()> {
         let state = self.pass_lock.lock().await;
-        if !state.claimed || self.tier.inner.fenced.load(Ordering::Relaxed) {
+        if self.tier.inner.fenced.load(Ordering::Relaxed) {
             return Ok(());
+        }
+        if !state.claimed {
+            // A pass cancelled by the close may have been claiming: its write may have landed.
+            return store::release_unconfirmed(&self.tier.inner).await;
         }
         let mut next = self.tier.manifest().next(&self.tier.inner.opts.owner_id, 0);
         next.owner.heartbeat_ms = 0;
