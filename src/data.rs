@@ -62,6 +62,10 @@ impl DataDir {
     pub(crate) fn cache(&self) -> PathBuf {
         self.0.join("cache")
     }
+    /// The conversation cache's files, and its mark of lists not to be reused.
+    pub(crate) fn conversation_cache(&self) -> PathBuf {
+        self.cache().join("conversations")
+    }
     pub(crate) fn admin_key(&self) -> PathBuf {
         self.0.join("admin.key")
     }

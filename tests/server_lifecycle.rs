@@ -271,6 +271,100 @@ async fn the_conversation_cache_is_not_reused_across_histories() {
     drop(dirs);
 }
 
+/// `tidings_conversation_cache_hits` as `/metrics` tells it.
+async fn conversation_cache_hits(server: &Server) -> f64 {
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("tidings_conversation_cache_hits "));
+    let line = line.unwrap_or_else(|| panic!("no cache hits in\n{metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// A server under `fsync = never` that listed alice's conversations and stopped, on `data`.
+async fn a_run_under_fsync_never(data: &std::path::Path) -> String {
+    let server = Server::start_on(data, &["--log-fsync", "never"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    api.send(&alice, "g", "a1", "m1").await;
+    api.ok("GET", "/v1/conversations", &alice, None).await;
+    server.stop();
+    alice
+}
+
+/// The lists of a run under `fsync = never` (fingerprinted by offsets a power cut could have
+/// taken) are not reused by a start under `always` after a `tidings rebuild` in between. The
+/// rebuild's log open records `always`, its snapshot continues the log, so the start saw
+/// neither and reused them (fails without the fix: 1 hit). A later start reuses what a trusted
+/// run wrote.
+#[tokio::test]
+async fn lists_of_a_run_under_fsync_never_are_not_reused_after_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let alice = a_run_under_fsync_never(&data).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["rebuild", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rebuild: {out:?}");
+
+    let server = Server::start_on(&data, &[]);
+    Api::new(&server)
+        .ok("GET", "/v1/conversations", &alice, None)
+        .await;
+    assert_eq!(conversation_cache_hits(&server).await, 0.0);
+    let server = server.restart();
+    Api::new(&server)
+        .ok("GET", "/v1/conversations", &alice, None)
+        .await;
+    assert_eq!(
+        conversation_cache_hits(&server).await,
+        1.0,
+        "the trusted run's list"
+    );
+    server.stop();
+}
+
+/// Nor after a start under `always` that failed after the log's open (here its cache's
+/// directory taken by a file) and so recorded `always` in the log (fails without the fix: the
+/// next start had 1 hit).
+#[tokio::test]
+async fn lists_of_a_run_under_fsync_never_are_not_reused_after_a_failed_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let alice = a_run_under_fsync_never(&data).await;
+    let cache = data.join("cache").join("conversations");
+    let aside = data.join("cache").join("conversations.aside");
+    std::fs::rename(&cache, &aside).unwrap();
+    std::fs::write(&cache, "not a directory").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .args(["--log-preallocate-bytes", "262144"])
+        .env("TIDINGS_ADMIN_KEY", ADMIN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("conversation cache"), "{err}");
+    std::fs::remove_file(&cache).unwrap();
+    std::fs::rename(&aside, &cache).unwrap();
+
+    let server = Server::start_on(&data, &[]);
+    Api::new(&server)
+        .ok("GET", "/v1/conversations", &alice, None)
+        .await;
+    assert_eq!(conversation_cache_hits(&server).await, 0.0);
+    server.stop();
+}
+
 /// A start under other message-index settings rebuilds the projections and rewrites the
 /// sidecar files under names the old snapshots use, cut elsewhere: those snapshots are set
 /// aside. Before, one loaded once the setting was changed back (the server having been killed

@@ -30,7 +30,8 @@ pub fn files_used(capacity: usize, block_size: usize) -> usize {
 
 /// Removes the foyer partition files in `dir` numbered `first` or above (`first = 0`: all of
 /// them), before the cache is built on it; returns how many it removed. Nothing else is
-/// touched: only regular files named exactly as foyer names them.
+/// touched: only regular files named exactly as foyer names them (the conversation cache keeps
+/// a file of its own beside them, `UNTRUSTED`).
 pub fn remove_files_from(dir: &Path, first: usize) -> io::Result<usize> {
     let with_path = |what: &str, path: &Path, e: io::Error| {
         io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
@@ -104,6 +105,8 @@ mod tests {
             "foyer-storage-direct-fs-0000000x",
             "foyer-storage-direct-fs-99999999999999999999999", // past u64
             "notes.txt",
+            // The conversation cache's mark of lists not to be reused (tidings-projections).
+            "UNTRUSTED",
         ];
         for name in others {
             std::fs::write(dir.path().join(name), b"x").unwrap();

@@ -570,7 +570,9 @@ impl Log {
     /// power cut then took: the offsets they had are written again by other records. Whatever
     /// was derived from that run's records and kept outside the log (a cache keyed by offsets)
     /// may describe records this log no longer holds. A run that stopped cleanly is not told
-    /// apart. False for a new log. For a read-only view: the last writable open (it may still
+    /// apart. Only the open before this one is told of: this open's record replaces it, so a
+    /// caller that must remember it past this run (the server's conversation cache) writes it
+    /// down itself. False for a new log. For a read-only view: the last writable open (it may still
     /// be running).
     pub fn opened_after_unsynced_writes(&self) -> bool {
         self.shared.after_unsynced

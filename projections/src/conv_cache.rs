@@ -6,6 +6,16 @@
 //! fingerprint from the live state (a few map lookups per channel, no allocation, no sort) and
 //! uses the entry only when it matches. Entries carry their own CRC: a damaged disk entry, or one
 //! written by another format version, is a miss.
+//!
+//! The fingerprint names log offsets, so lists on disk are reused after a restart only while the
+//! log still holds the history they were computed from. Whether it does is known at times when
+//! the cache is not open (a start that finds snapshots of another history, a run whose writes
+//! a power cut may have taken), and a process can die before it opens the cache. So the
+//! doubt is kept in the cache's directory: a file named [`UNTRUSTED`] beside foyer's, written
+//! and synced by [`ConversationCache::distrust`] and by every open without `recover`, removed
+//! only by an open with `recover` once it has removed the lists. Until 2026-11-30 each start
+//! judged from what it saw itself, and a start after the one that knew (a `tidings rebuild`,
+//! a start that failed before its cache opened) reused lists whose offsets were lost.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
@@ -19,7 +29,18 @@ use tidings_log::disk_cache;
 
 use crate::conversations::Conversation;
 use crate::error::{ProjectionError, Result};
+use crate::fsutil::write_atomic;
 use crate::state::State;
+
+/// The file in the cache's directory whose presence says the lists there may describe offsets
+/// the log no longer holds, or holds for other events (see the module doc). foyer opens only
+/// its own partition files, and `tidings_log::disk_cache` removes only those: this one stays
+/// until an open with `recover` removes it.
+pub const UNTRUSTED: &str = "UNTRUSTED";
+
+/// What [`UNTRUSTED`] holds, for whoever finds it (only its presence is read).
+const UNTRUSTED_TEXT: &[u8] = b"The conversation lists in this directory may describe another \
+history of the log than the one it holds now: the next start removes them.\n";
 
 const MAGIC: u32 = u32::from_le_bytes(*b"TDCV");
 /// Part of every key, so entries of an older format are never even looked at. Also bumped when
@@ -64,8 +85,12 @@ pub struct ConversationCacheConfig {
     /// computed from cannot be lost: under `fsync = every/never` a power cut can take applied
     /// events off the log's end, the offsets are written again by other events, and a list
     /// fingerprinted by those offsets would match a state it does not describe. When false,
-    /// the lists on disk are removed, not only left unread: a later open that recovers would
-    /// otherwise find them again in the blocks this run did not overwrite. Default: true.
+    /// the lists on disk are removed, not only left unread (a later open that recovers would
+    /// otherwise find them again in the blocks this run did not overwrite), and the directory
+    /// is marked first ([`ConversationCache::distrust`]), so that no later open reuses what
+    /// this run writes either. When true, lists are reused only if the directory is not
+    /// marked; if it is, they are removed and the mark with them (this run's state is
+    /// trusted, and so are the lists it writes). Default: true.
     pub recover: bool,
 }
 
@@ -111,21 +136,67 @@ fn decode(bytes: &[u8]) -> Option<(u64, Vec<Conversation>)> {
     ciborium::from_reader(&bytes[8..]).ok()
 }
 
+/// Creates the cache's directory when missing. Made here, not by foyer: its builder unwraps the
+/// creation, and panicked when a file stood at the path.
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        ProjectionError::Cache(format!("creating the directory {}: {e}", dir.display()))
+    })
+}
+
+/// Whether `dir` holds the [`UNTRUSTED`] mark.
+fn distrusted(dir: &Path) -> Result<bool> {
+    let path = dir.join(UNTRUSTED);
+    path.try_exists()
+        .map_err(|e| ProjectionError::io("look for", &path, e))
+}
+
+/// Removes the [`UNTRUSTED`] mark once the lists are gone. The directory is synced first, so
+/// that a power cut cannot keep the removed lists while losing the mark; the mark's own removal
+/// is not synced: lost, it only costs the next start the lists this run writes.
+fn trust_again(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ProjectionError::io("sync directory", dir, e))?;
+    let path = dir.join(UNTRUSTED);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ProjectionError::io("remove", &path, e)),
+    }
+}
+
 impl ConversationCache {
+    /// Marks the lists on disk in `dir` (created when missing) as not to be reused: the next
+    /// open removes them whatever its `recover`, and only an open with `recover`, having
+    /// removed them, clears the mark. Durable when this returns (written and synced, and the
+    /// directory synced). For whoever learns that the log's history may have changed under the
+    /// lists before the cache opens (snapshots set aside, a run that wrote under `fsync =
+    /// every/never`): said only to the open, it would be lost with a process that died first.
+    pub fn distrust(dir: &Path) -> Result<()> {
+        create_dir(dir)?;
+        write_atomic(&dir.join(UNTRUSTED), UNTRUSTED_TEXT)
+    }
+
     /// A cache with its disk part in `dir` (created when missing). Needs a tokio runtime.
     pub async fn open(dir: &Path, config: &ConversationCacheConfig) -> Result<Self> {
         let err = |e: foyer::Error| ProjectionError::Cache(e.to_string());
-        // Made here, not by foyer: its builder unwraps the creation, and panicked when a file
-        // stood at the path.
-        std::fs::create_dir_all(dir).map_err(|e| {
-            ProjectionError::Cache(format!("creating the directory {}: {e}", dir.display()))
-        })?;
+        create_dir(dir)?;
+        // Without recovery the mark goes first, before anything this run writes: the next open
+        // must not reuse those lists either.
+        let marked = if config.recover {
+            distrusted(dir)?
+        } else {
+            Self::distrust(dir)?;
+            true
+        };
+        let recover = !marked;
         let disk = config.disk_bytes.max(16 << 20);
         // At least 8 blocks, so that eviction has room to work.
         let block = (disk / 8).clamp(1 << 20, 16 << 20) & !4095;
         // Files foyer would not open (those of a larger cache before), and with no recovery
         // all of them (`RecoverMode::None` only skips the scan: see `recover`).
-        let keep = if config.recover {
+        let keep = if recover {
             disk_cache::files_used(disk, block)
         } else {
             0
@@ -133,6 +204,13 @@ impl ConversationCache {
         disk_cache::remove_files_from(dir, keep).map_err(|e| {
             ProjectionError::Cache(format!("clearing the directory {}: {e}", dir.display()))
         })?;
+        if config.recover && marked {
+            tracing::info!(
+                dir = %dir.display(),
+                "the conversation cache starts empty: its lists were marked as not to be reused (by a start or a rebuild that found the log's history in doubt, or a run under fsync every/never)"
+            );
+            trust_again(dir)?;
+        }
         let device = FsDeviceBuilder::new(dir)
             .with_capacity(disk)
             .build()
@@ -142,7 +220,7 @@ impl ConversationCache {
             .memory(config.memory_bytes.max(1 << 20))
             .with_weighter(|k: &String, v: &Bytes| k.len() + v.len() + 64)
             .storage()
-            .with_recover_mode(if config.recover {
+            .with_recover_mode(if recover {
                 RecoverMode::Quiet
             } else {
                 RecoverMode::None

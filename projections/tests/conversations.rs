@@ -7,7 +7,9 @@ mod common;
 
 use common::World;
 use tidings_projections::Event;
-use tidings_projections::conv_cache::{ConversationCache, ConversationCacheConfig, fingerprint};
+use tidings_projections::conv_cache::{
+    ConversationCache, ConversationCacheConfig, UNTRUSTED, fingerprint,
+};
 use tidings_projections::conversations::{compute, conversations};
 use tidings_projections::ids::person_channel;
 
@@ -319,6 +321,13 @@ async fn the_cache_is_used_when_valid_and_never_trusted_when_not() {
     cache.put("bob", fp4, &list);
     cache.close().await.unwrap();
     drop(cache);
+    // Nor by the next open that may recover: that run left its directory marked. Its own
+    // list, then, is the one on disk.
+    let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
+    assert_eq!(cache.get("bob", fp4).await, None);
+    cache.put("bob", fp4, &list);
+    cache.close().await.unwrap();
+    drop(cache);
 
     // Damage every byte past the first block header region: nothing wrong is ever served.
     for f in std::fs::read_dir(dir.path()).unwrap() {
@@ -367,6 +376,63 @@ async fn lists_not_recovered_once_are_never_recovered_later() {
     let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
     assert_eq!(cache.get("bob", 7).await, None, "found again");
     cache.close().await.unwrap();
+}
+
+/// The doubt about the lists on disk outlives the run that had it. Lists written by a run
+/// opened without recovery are not reused by the next open that may recover (before, foyer
+/// found them: the server's start after a `tidings rebuild`, or after a start that failed
+/// before its cache opened, reused the lists of a run under `fsync = never`), nor are lists
+/// after `distrust` (which the server calls before it sets snapshots aside). Once an open that
+/// may recover has removed them, the lists it writes are reused.
+#[tokio::test]
+async fn a_distrusted_cache_stays_so_until_an_open_that_recovers_empties_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ConversationCacheConfig {
+        memory_bytes: 1 << 20,
+        disk_bytes: 16 << 20,
+        recover: true,
+    };
+    let forgetful = ConversationCacheConfig {
+        recover: false,
+        ..cfg.clone()
+    };
+    let marker = dir.path().join(UNTRUSTED);
+
+    let cache = ConversationCache::open(dir.path(), &forgetful)
+        .await
+        .unwrap();
+    assert!(
+        marker.exists(),
+        "marked, and not removed with foyer's files"
+    );
+    cache.put("bob", 7, &[]);
+    cache.close().await.unwrap();
+    drop(cache);
+    let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
+    assert_eq!(cache.get("bob", 7).await, None, "a forgetful run's list");
+    assert!(!marker.exists(), "emptied, so no longer marked");
+    cache.put("bob", 7, &[]);
+    cache.close().await.unwrap();
+    drop(cache);
+    let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
+    assert_eq!(
+        cache.get("bob", 7).await,
+        Some(vec![]),
+        "a trusted run's list"
+    );
+    cache.close().await.unwrap();
+    drop(cache);
+
+    ConversationCache::distrust(dir.path()).unwrap();
+    let cache = ConversationCache::open(dir.path(), &cfg).await.unwrap();
+    assert_eq!(cache.get("bob", 7).await, None, "found after distrust");
+    cache.close().await.unwrap();
+    drop(cache);
+
+    // A directory not made yet is made and marked.
+    let fresh = dir.path().join("fresh");
+    ConversationCache::distrust(&fresh).unwrap();
+    assert!(fresh.join(UNTRUSTED).exists());
 }
 
 /// A cache reopened smaller keeps only the files it uses: 16 of 16 MiB for 256 MiB, then 8 of

@@ -65,10 +65,17 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     // The directory's lock first, as the server takes it: a starting server restores
     // snapshots and sidecars before it opens (and locks) the log.
     let _dir_lock = data.lock()?;
+    // A rebuild is run when the state is in doubt (a log that lost its end or was replaced,
+    // snapshots of another history), and the server's next start can no longer tell: this
+    // rebuild sets aside what told it or writes a newer snapshot over it, and its log's open
+    // replaces the record of a last run under fsync every/never with its own. So the
+    // conversation cache's lists are marked not to be reused, before that open. Until
+    // 2026-11-30 the next start reused them.
+    crate::server::distrust_conversation_cache(&data)?;
     let log = super::open_exclusive(&data).await?;
     // Snapshots past the log's end (lost events) go aside as at the server's start: this
     // rebuild's snapshot would otherwise be the oldest among them, and pruned.
-    crate::server::set_aside_snapshots_ahead_of(&data.projections(), log.next_offset())?;
+    crate::server::set_aside_snapshots_ahead_of(&data, log.next_offset())?;
     // Shaped like the state it replaces (the idempotency window's settings are the server's
     // configuration, which the CLI does not read): the server would otherwise find the new
     // snapshot shaped by other settings and rebuild again at start-up.
@@ -162,7 +169,7 @@ async fn set_aside_other_settings(
             "the snapshots were made under other projections settings, so this rebuild must replay the log from offset 0, which it cannot read: {e:#}. The snapshots were left in place. When the segments it lacks are in the object store, the server, started with these settings and its tier.url, sets them aside and replays the log from there"
         );
     }
-    crate::server::set_aside_all_snapshots(&data.projections(), ".snap.other-settings")
+    crate::server::set_aside_all_snapshots(data, ".snap.other-settings")
 }
 
 /// Writes the rebuilt state's snapshot, anchored like the server's (to this log's record at its

@@ -264,6 +264,18 @@ async fn open_state(
     data: &DataDir,
     log: &Log,
 ) -> anyhow::Result<(Projections, ConversationCache)> {
+    // Whether the log's last run wrote under every/never: a power cut may then have taken
+    // applied events whose offsets are now other events', and the lists on disk were
+    // fingerprinted by them. This run's policy alone does not tell (it was all that was
+    // checked until 2026-11-30). It is written in the cache's directory now, before anything
+    // else can fail: the log's open has replaced its record of that run with this one's, and
+    // a start that failed before its cache opened left the next start nothing to go by. (A run
+    // under every/never marks the directory itself as its cache opens; one of an earlier build
+    // did not.)
+    let after_unsynced = log.opened_after_unsynced_writes();
+    if after_unsynced {
+        distrust_conversation_cache(data)?;
+    }
     match log.tier() {
         Some(t) => {
             let restored = tiering::restore_snapshot(t, &data.projections())
@@ -282,8 +294,7 @@ async fn open_state(
     }
 
     let started = Instant::now();
-    let (mut proj, continues) =
-        load_projections(&data.projections(), projection_config(config), log).await?;
+    let (mut proj, continues) = load_projections(data, projection_config(config), log).await?;
     let replayed = proj.catch_up(log, |_, _| {}).await?;
     tracing::info!(
         origin = ?proj.origin(),
@@ -292,12 +303,7 @@ async fn open_state(
         took_ms = started.elapsed().as_millis() as u64,
         "projections ready"
     );
-    let dir = data.cache().join("conversations");
-    // Whether the log's last run wrote under every/never: a power cut may then have taken
-    // applied events whose offsets are now other events', and the lists on disk were
-    // fingerprinted by them. This run's policy alone does not tell (it was all that was
-    // checked until 2026-11-30).
-    let after_unsynced = log.opened_after_unsynced_writes();
+    let dir = data.conversation_cache();
     if after_unsynced && config.log_fsync == tidings_log::FsyncPolicy::Always {
         tracing::info!(
             "the conversation cache starts empty: the log's last run wrote under fsync every/never"
@@ -311,7 +317,8 @@ async fn open_state(
             // Entries on disk are reused only under `fsync = always`, this run's and the last
             // one's (under every/never a power cut can take applied events, whose offsets are
             // then reused), and only when the state continues this directory's history (see
-            // `load_projections`).
+            // `load_projections`); and never when the directory is marked (by an earlier start
+            // or a rebuild that knew one of these: `ConversationCache::distrust`).
             recover: config.log_fsync == tidings_log::FsyncPolicy::Always
                 && !after_unsynced
                 && continues,
@@ -320,6 +327,21 @@ async fn open_state(
     .await
     .with_context(|| format!("opening the conversation cache in {}", dir.display()))?;
     Ok((proj, conv_cache))
+}
+
+/// Marks the conversation cache's lists on disk as not to be reused
+/// ([`ConversationCache::distrust`]), before whatever puts the log's history in doubt is done
+/// (snapshots set aside, a rebuild): a process that died between that and the cache's open
+/// otherwise left the next start with nothing to tell it, and that start reused the lists
+/// (until 2026-11-30).
+pub(crate) fn distrust_conversation_cache(data: &DataDir) -> anyhow::Result<()> {
+    let dir = data.conversation_cache();
+    ConversationCache::distrust(&dir).with_context(|| {
+        format!(
+            "marking the conversation cache in {} as not to be reused",
+            dir.display()
+        )
+    })
 }
 
 /// Closes the log of a start that failed after it opened, within the shutdown's grace period:
@@ -722,14 +744,18 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
 /// Also says whether the state is known to continue the history this directory last ran with:
 /// loaded from a snapshot whose anchor matches the log, with nothing set aside at this start.
 /// Only then is the conversation cache on disk reused (its entries are keyed by log offsets,
-/// which another history reuses for other events).
+/// which another history reuses for other events). Whatever is set aside marks the cache
+/// first ([`distrust_conversation_cache`]): the next start, if this one fails before the cache
+/// opens, finds nothing left to set aside and would otherwise reuse it.
 async fn load_projections(
-    dir: &std::path::Path,
+    data: &DataDir,
     config: tidings_projections::ProjectionConfig,
     log: &Log,
 ) -> anyhow::Result<(Projections, bool)> {
+    let projections = data.projections();
+    let dir = projections.as_path();
     let end = log.next_offset();
-    let mut continues = set_aside_snapshots_ahead_of(dir, end)? == 0;
+    let mut continues = set_aside_snapshots_ahead_of(data, end)? == 0;
     loop {
         let Some(last) = end.checked_sub(1) else {
             return Ok((Projections::empty(dir, config)?, false));
@@ -762,7 +788,7 @@ async fn load_projections(
                 );
             }
             drop(p);
-            set_aside_all_snapshots(dir, ".snap.other-settings")?;
+            set_aside_all_snapshots(data, ".snap.other-settings")?;
             return Ok((Projections::empty(dir, config)?, false));
         }
         let (Origin::Snapshot(path), Some(anchor)) = (p.origin(), p.snapshot_anchor()) else {
@@ -788,6 +814,7 @@ async fn load_projections(
             moved_to = %aside.display(),
             "a snapshot was made from another history of the log (the record at its offset differs); loading an older one or replaying the log"
         );
+        distrust_conversation_cache(data)?;
         std::fs::rename(&path, &aside)
             .with_context(|| format!("setting aside {}", path.display()))?;
         prune_set_aside(&dir.join("snapshots"));
@@ -825,18 +852,19 @@ fn changed_settings(state: &tidings_projections::State, config: &ProjectionConfi
 /// Sets aside (renames to `*.snap.ahead-of-log`) every snapshot covering offset `end` or
 /// later: it describes events the log no longer holds (lost in a power cut under `fsync =
 /// every/never`, or cut in recovery). Used by the server at start and by `rebuild`, which
-/// would otherwise write its snapshot among them and prune it as the oldest.
+/// would otherwise write its snapshot among them and prune it as the oldest. When any goes
+/// aside, the conversation cache is marked first (its lists may name the lost offsets).
 /// Returns how many it set aside.
-pub(crate) fn set_aside_snapshots_ahead_of(
-    dir: &std::path::Path,
-    end: u64,
-) -> anyhow::Result<usize> {
-    let mut set_aside = 0;
-    for snap in tidings_projections::snapshot::list(&dir.join("snapshots"))? {
-        if snap.applied < end {
-            continue;
-        }
-        set_aside += 1;
+pub(crate) fn set_aside_snapshots_ahead_of(data: &DataDir, end: u64) -> anyhow::Result<usize> {
+    let snapshots = data.projections().join("snapshots");
+    let ahead: Vec<_> = tidings_projections::snapshot::list(&snapshots)?
+        .into_iter()
+        .filter(|snap| snap.applied >= end)
+        .collect();
+    if !ahead.is_empty() {
+        distrust_conversation_cache(data)?;
+    }
+    for snap in &ahead {
         // Set aside, not deleted (for a post-mortem), and never loaded again: once the log
         // grows past its offset it would look current while describing other events.
         let aside = snap.path.with_extension("snap.ahead-of-log");
@@ -850,13 +878,19 @@ pub(crate) fn set_aside_snapshots_ahead_of(
         std::fs::rename(&snap.path, &aside)
             .with_context(|| format!("setting aside {}", snap.path.display()))?;
     }
-    prune_set_aside(&dir.join("snapshots"));
-    Ok(set_aside)
+    prune_set_aside(&snapshots);
+    Ok(ahead.len())
 }
 
-/// Sets aside (renames to `*{suffix}`) every snapshot in `dir`'s `snapshots/`.
-pub(crate) fn set_aside_all_snapshots(dir: &std::path::Path, suffix: &str) -> anyhow::Result<()> {
-    for snap in tidings_projections::snapshot::list(&dir.join("snapshots"))? {
+/// Sets aside (renames to `*{suffix}`) every snapshot in the data directory's
+/// `projections/snapshots/`; when there is any, the conversation cache is marked first.
+pub(crate) fn set_aside_all_snapshots(data: &DataDir, suffix: &str) -> anyhow::Result<()> {
+    let snapshots = data.projections().join("snapshots");
+    let all = tidings_projections::snapshot::list(&snapshots)?;
+    if !all.is_empty() {
+        distrust_conversation_cache(data)?;
+    }
+    for snap in all {
         // `….snap` → `….snap.other-settings`.
         let aside = snap.path.with_extension(suffix.trim_start_matches('.'));
         tracing::warn!(snapshot = %snap.path.display(), moved_to = %aside.display(), "setting aside a snapshot of other settings");
@@ -865,7 +899,6 @@ pub(crate) fn set_aside_all_snapshots(dir: &std::path::Path, suffix: &str) -> an
     }
     // Durable before the replay rewrites the sidecars: a rename lost in a power cut would
     // bring such a snapshot back over sidecars cut elsewhere.
-    let snapshots = dir.join("snapshots");
     if snapshots.is_dir() {
         std::fs::File::open(&snapshots)
             .and_then(|d| d.sync_all())
