@@ -1557,7 +1557,7 @@ async fn a_store_lacking_the_offsets_before_the_local_segments_is_refused_at_ope
             Arc::new(LocalFileSystem::new_with_prefix(b.path()).unwrap()) as Arc<dyn ObjectStore>
         })
         .collect();
-    let caches: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let caches: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("log");
     let prefix = "mismatch";
@@ -1640,6 +1640,26 @@ async fn a_store_lacking_the_offsets_before_the_local_segments_is_refused_at_ope
         .unwrap()
         .count();
     assert_eq!(versions, 1, "no version claiming it");
+
+    // Another node's store whose history starts after the local segments (nothing before them
+    // to count from its first segment): refused all the same, for the offsets this directory
+    // tiered from 0 (a review's finding: it was taken, and its prefix claimed).
+    let mut later = (*own).clone();
+    let mut seg = later.segments[0].clone();
+    (seg.base, seg.end) = (700, 750);
+    later.segments = vec![seg];
+    later.owner.id = "node-b".into();
+    later.owner.heartbeat_ms = 0;
+    put_manifest(&stores[1], prefix, &later).await;
+    match refused(stores[1].clone(), caches[4].path().to_path_buf()).await {
+        LogError::HistoryNotInStore {
+            from,
+            to,
+            store_empty,
+            ..
+        } => assert_eq!((from, to, store_empty), (0, 600, false)),
+        other => panic!("expected HistoryNotInStore, got {other:?}"),
+    }
 
     // Its own store: opened, every record read back (the older ones from the store).
     let log = quiet_log(

@@ -344,7 +344,15 @@ pub(crate) async fn claim(inner: &TierInner, local: Option<LocalStart>) -> Resul
 fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> Result<()> {
     let listed = m.filter(|m| !m.segments.is_empty());
     let missing = match listed {
-        Some(m) => m.missing_before(local.first),
+        // From the store's first segment — and from where this directory's own tiering began,
+        // when that is earlier: a store whose history starts after it is another log's (its
+        // first segment at or past the local start left nothing to count before it, and a
+        // directory tiered from 0 took another node's prefix starting later).
+        Some(m) => m.missing_before(local.first).or_else(|| {
+            let from = local.tiered_from?;
+            let store_from = m.segments.first()?.base;
+            (from < store_from && from < local.first).then(|| from..store_from.min(local.first))
+        }),
         None => local
             .tiered_from
             .filter(|&from| from < local.first)
