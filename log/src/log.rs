@@ -1108,9 +1108,13 @@ impl LocalLog {
     }
 }
 
-/// Whether segment 0 in `dir` holds no record: no byte, or only zeros (a preallocation, or a
-/// first write of which nothing reached the disk). Read to its end: its length alone says
-/// nothing of a preallocated file.
+/// Whether segment 0 in `dir` holds no record, as its recovery would find it: no valid batch
+/// at its start, and none after — no byte, only zeros (a preallocation, or a first write of
+/// which nothing reached the disk), or a first batch torn short (never acknowledged under
+/// `always`; one lost under every/never, which those allow), which recovery cuts. A damaged
+/// first batch that valid ones follow is not empty: recovery judges it. Read to its end: its
+/// length alone says nothing of a preallocated file. (Until 2026-11-30 a torn first batch kept
+/// the segment, and the log met the store's history as another one.)
 fn holds_no_record(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> Result<bool> {
     let path = segment::SegmentPaths::new(dir, 0).log;
     let file = vfs
@@ -1119,7 +1123,14 @@ fn holds_no_record(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> Result<bool> {
     let len = file
         .len()
         .map_err(|e| LogError::io("stat segment", &path, e))?;
-    recovery::zeros_to_end(file.as_ref(), &path, 0, len)
+    let scan = recovery::scan_tail(file.as_ref(), &path, len, 0, u64::MAX, &mut Vec::new())?;
+    if scan.next_offset > 0 {
+        return Ok(false);
+    }
+    if recovery::zeros_to_end(file.as_ref(), &path, 0, len)? {
+        return Ok(true);
+    }
+    Ok(recovery::resume_after_damage(file.as_ref(), &path, 0, 0, len)?.is_none())
 }
 
 /// Removes the files of an empty log's segment 0 ([`LocalLog::empty`]) and any spare of
