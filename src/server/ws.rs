@@ -33,7 +33,7 @@ use crate::render::{cbor_frame, channel_ref, message_json, message_text};
 use crate::server::auth::{Authenticated, Caller, authenticate, resolve, ws_bearer};
 use crate::server::completions::{Answer, Answers, Reply};
 use crate::server::delivery::{
-    CloseReason, GOING_AWAY, IDLE_TIMEOUT, Pushed, Run, Session, SessionLimits, TOKEN_REVOKED,
+    CloseReason, GOING_AWAY, IDLE_TIMEOUT, Pushed, Run, Session, SessionLimits,
 };
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::http::{ApiQuery, MAX_CLIENT_MSG_ID, one_payload_form, payload_bytes, present};
@@ -1051,11 +1051,9 @@ impl Registered {
     ) -> ApiResult<Registered> {
         let p = state.proj();
         if p.state.tokens.user_of_hash(&token_hash).map(String::as_str) != Some(uid) {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                TOKEN_REVOKED.reason,
-                "the token was revoked",
-            ));
+            // The upgrade's answer, as any request's with a revoked token (the close reason
+            // `token_revoked` is a registered session's).
+            return Err(crate::server::auth::invalid_token());
         }
         let groups = p
             .state
