@@ -1123,9 +1123,12 @@ fn holds_no_record(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> Result<bool> {
     let len = file
         .len()
         .map_err(|e| LogError::io("stat segment", &path, e))?;
-    let scan = recovery::scan_tail(file.as_ref(), &path, len, 0, u64::MAX, &mut Vec::new())?;
-    if scan.next_offset > 0 {
-        return Ok(false);
+    // Its first batch alone: valid, the segment holds a record (a scan to the end would read a
+    // whole segment at every open, which reads only the tail otherwise).
+    match segment::Scanner::new(file.as_ref(), &path, 0, len, 0).next_batch() {
+        Some(Ok(_)) => return Ok(false),
+        Some(Err(e @ LogError::Io { .. })) => return Err(e),
+        _ => {}
     }
     if recovery::zeros_to_end(file.as_ref(), &path, 0, len)? {
         return Ok(true);

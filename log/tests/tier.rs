@@ -1995,3 +1995,42 @@ async fn an_empty_log_restores_from_a_store_holding_history() {
     assert_eq!(recs[0].payload, Bytes::from_static(b"local"));
     log.close().await.unwrap();
 }
+
+/// A tiered open of a log whose only segment is segment 0 reads its tail, as an untiered one
+/// does, not the whole segment: whether it holds a record (an empty log restores from a store
+/// holding history) is told by its first batch. A review found it scanned to the end (8 MB
+/// here) at every open while the log had one segment.
+#[tokio::test]
+async fn a_tiered_open_of_a_lone_large_segment_reads_only_its_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions::default()
+        .with_segment_bytes(16 << 20)
+        .with_index_interval_bytes(4096);
+    let log = Log::open(dir.path(), opts.clone()).await.unwrap();
+    let batch: Vec<Bytes> = (0..20).map(|_| Bytes::from(vec![b'x'; 200])).collect();
+    for _ in 0..2000 {
+        log.append(batch.clone()).await.unwrap();
+    }
+    let segs = log.segments().unwrap();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    assert!(segs[0].bytes > 8_000_000, "{segs:?}");
+    log.close().await.unwrap();
+
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let cache = tempfile::tempdir().unwrap();
+    let hour = Duration::from_secs(3600);
+    let tier = tier_with(store, "lone", "node-a", cache.path(), u64::MAX, hour).await;
+    let counting = tidings_log::sim::CountingFs::new(Arc::new(StdFs));
+    let log = Log::open(
+        dir.path(),
+        opts.with_tier(tier).with_vfs(Arc::new(counting.clone())),
+    )
+    .await
+    .unwrap();
+    let read = counting.bytes_read();
+    assert_eq!(log.next_offset(), 40_000);
+    log.close().await.unwrap();
+    assert!(read < 1 << 20, "read {read} bytes to open");
+}
