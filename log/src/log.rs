@@ -274,13 +274,13 @@ impl Log {
             }
             (Err(e), _) => return Err(e),
         };
-        log.start_uploader(claimed, local.tiered_from());
+        log.start_uploader(claimed, local.tiered());
         Ok(log)
     }
 
-    /// Starts the tier's uploader task (owned by the log; joined on close); `tiered_from` is
-    /// where the history this directory tiered before starts ([`LocalLog::tiered_from`]).
-    fn start_uploader(&self, claimed: bool, tiered_from: Option<u64>) {
+    /// Starts the tier's uploader task (owned by the log; joined on close); `tiered` is where
+    /// the history this directory tiered before starts ([`LocalLog::tiered`]).
+    fn start_uploader(&self, claimed: bool, tiered: crate::tier::Tiered) {
         let (Some(tier), Some(slot)) = (&self.shared.opts.tier, &self.shared.uploader) else {
             return;
         };
@@ -296,7 +296,7 @@ impl Log {
             } else {
                 crate::tier::uploader::PassState::default()
             })),
-            tiered_from,
+            tiered,
         });
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(up.clone().run(stop.clone()));
@@ -1093,17 +1093,19 @@ impl LocalLog {
         let first = self.first.filter(|_| !self.empty)?;
         Some(crate::tier::LocalStart {
             first,
-            tiered_from: self.tiered_from(),
+            tiered: self.tiered(),
         })
     }
 
-    /// Where the history this directory tiered before starts: the first segment its manifest
-    /// copy lists; 0 when the copy cannot be read (it exists: the directory tiered); `None`
-    /// without a copy or with one listing none (it never uploaded a segment).
-    fn tiered_from(&self) -> Option<u64> {
+    /// Where the history this directory tiered before starts, by its manifest copy.
+    fn tiered(&self) -> crate::tier::Tiered {
+        use crate::tier::Tiered;
         match &self.copy {
-            Ok(copy) => copy.as_ref()?.segments.first().map(|s| s.base),
-            Err(_) => Some(0),
+            Ok(copy) => copy
+                .as_ref()
+                .and_then(|c| c.segments.first())
+                .map_or(Tiered::Never, |s| Tiered::From(s.base)),
+            Err(_) => Tiered::Unknown,
         }
     }
 }

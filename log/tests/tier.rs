@@ -1779,7 +1779,10 @@ async fn a_store_whose_history_starts_past_offset_0_opens_its_directory() {
     assert!(local > first, "older segments only in the store: {segs:?}");
     log.close().await.unwrap();
 
-    // Its store, whose history starts at `first`: opened, every record from there read back.
+    // Its store, whose history starts at `first`: opened, every record from there read back —
+    // also with its manifest copy damaged (it cannot say where the directory's tiering began:
+    // a review found such a store then refused, for offsets 0 to `first`, at every start).
+    std::fs::write(dir.join("tier-manifest.json"), b"{ not json").unwrap();
     let log = quiet_log(store, prefix, "node-a", caches[1].path(), 0, &dir).await;
     assert!(!log.tier().unwrap().status().diverged);
     assert_eq!(log.start_offset(), first);

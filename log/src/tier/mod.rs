@@ -52,7 +52,7 @@ use tokio_util::task::TaskTracker;
 pub use self::cold::ColdStorageUnavailable;
 pub(crate) use self::cold::TierVfs;
 use self::manifest::Manifest;
-pub(crate) use self::store::{Claim, LocalStart};
+pub(crate) use self::store::{Claim, LocalStart, Tiered};
 use crate::error::{LogError, Result};
 
 /// How a log tiers to an object store.

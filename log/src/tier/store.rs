@@ -248,10 +248,19 @@ pub(crate) struct LocalStart {
     /// The first offset of the directory's oldest segment: the offsets before it are only in
     /// the store (deleted here once uploaded), or nowhere (removed by hand before tiering).
     pub(crate) first: u64,
-    /// Where the history this directory tiered before starts: the base of the first segment
-    /// its local manifest copy lists (0 when the copy cannot be read). `None`: no copy, or one
-    /// listing no segment — this directory never uploaded a segment.
-    pub(crate) tiered_from: Option<u64>,
+    /// Where the history this directory tiered before starts, by its local manifest copy.
+    pub(crate) tiered: Tiered,
+}
+
+/// Where the history a log directory tiered before starts, by its local manifest copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tiered {
+    /// No copy, or one listing no segment: the directory never uploaded a segment.
+    Never,
+    /// The base of the first segment its copy lists.
+    From(u64),
+    /// A copy that cannot be read: the directory tiered, from where is not known.
+    Unknown,
 }
 
 /// Takes ownership of the prefix: refused while another owner's lease is live; waits out
@@ -348,15 +357,21 @@ fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> 
         // when that is earlier: a store whose history starts after it is another log's (its
         // first segment at or past the local start left nothing to count before it, and a
         // directory tiered from 0 took another node's prefix starting later).
+        // Not from an unreadable copy: a store starting past 0 is a legitimate one (segments
+        // removed by hand before the first tiering), and the next manifest write repairs the copy.
         Some(m) => m.missing_before(local.first).or_else(|| {
-            let from = local.tiered_from?;
+            let Tiered::From(from) = local.tiered else {
+                return None;
+            };
             let store_from = m.segments.first()?.base;
             (from < store_from && from < local.first).then(|| from..store_from.min(local.first))
         }),
-        None => local
-            .tiered_from
-            .filter(|&from| from < local.first)
-            .map(|from| from..local.first),
+        // A store holding nothing, to a directory that tiered (from 0 when the copy cannot tell).
+        None => match local.tiered {
+            Tiered::Never => None,
+            Tiered::From(from) => (from < local.first).then(|| from..local.first),
+            Tiered::Unknown => (local.first > 0).then(|| 0..local.first),
+        },
     };
     match missing {
         None => Ok(()),

@@ -96,9 +96,9 @@ pub(crate) struct Uploader {
     /// Serializes passes (background and `upload_now`).
     pub(crate) pass_lock: Arc<Mutex<PassState>>,
     /// Where the history this directory tiered before starts, by its local manifest copy as of
-    /// the open ([`store::LocalStart::tiered_from`]): for the claim after an open the store
-    /// did not answer (nothing rewrites the copy before that claim).
-    pub(crate) tiered_from: Option<u64>,
+    /// the open ([`store::LocalStart::tiered`]): for the claim after an open the store did
+    /// not answer (nothing rewrites the copy before that claim).
+    pub(crate) tiered: store::Tiered,
 }
 
 /// The start of a pass's error while the claim waits ([`store::Claim::Waiting`]).
@@ -186,7 +186,7 @@ impl Uploader {
             .find(|s| !s.is_remote())
             .map(|s| store::LocalStart {
                 first: s.base,
-                tiered_from: self.tiered_from,
+                tiered: self.tiered,
             })
     }
 
