@@ -365,6 +365,25 @@ async fn lists_of_a_run_under_fsync_never_are_not_reused_after_a_failed_start() 
     server.stop();
 }
 
+/// The first start under `always` after a run under `never` starts with an empty cache, and
+/// the lists it writes are reused by the next start (the doubt is cleared by the start that
+/// had it; a review found the mark left behind, and the next start under `always` emptied
+/// the cache again: fails without, 0 hits).
+#[tokio::test]
+async fn lists_written_after_a_run_under_fsync_never_are_reused_by_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let alice = a_run_under_fsync_never(&data).await;
+    for hits in [0.0, 1.0] {
+        let server = Server::start_on(&data, &[]);
+        Api::new(&server)
+            .ok("GET", "/v1/conversations", &alice, None)
+            .await;
+        assert_eq!(conversation_cache_hits(&server).await, hits);
+        server.stop();
+    }
+}
+
 /// A start under other message-index settings rebuilds the projections and rewrites the
 /// sidecar files under names the old snapshots use, cut elsewhere: those snapshots are set
 /// aside. Before, one loaded once the setting was changed back (the server having been killed

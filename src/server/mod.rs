@@ -304,7 +304,16 @@ async fn open_state(
         "projections ready"
     );
     let dir = data.conversation_cache();
-    if after_unsynced && config.log_fsync == tidings_log::FsyncPolicy::Always {
+    // Under `always`, a doubt about the lists on disk marks the cache, and the open that may
+    // recover then finds the mark, empties the cache and clears the mark: the lists this run
+    // writes are reused by the next start. (An open without recovery leaves the mark, and the
+    // next start under `always` emptied the cache a second time.) Under every/never nothing
+    // is reused, and the mark stays for the next start.
+    let always = config.log_fsync == tidings_log::FsyncPolicy::Always;
+    if always && !(continues && !after_unsynced) {
+        distrust_conversation_cache(data)?;
+    }
+    if after_unsynced && always {
         tracing::info!(
             "the conversation cache starts empty: the log's last run wrote under fsync every/never"
         );
@@ -319,9 +328,7 @@ async fn open_state(
             // then reused), and only when the state continues this directory's history (see
             // `load_projections`); and never when the directory is marked (by an earlier start
             // or a rebuild that knew one of these: `ConversationCache::distrust`).
-            recover: config.log_fsync == tidings_log::FsyncPolicy::Always
-                && !after_unsynced
-                && continues,
+            recover: always,
         },
     )
     .await
