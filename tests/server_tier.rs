@@ -261,7 +261,7 @@ async fn a_start_that_fails_after_the_log_opened_releases_the_prefix() {
     let api = Api::new(&server);
     let tier = api.ok("GET", "/v1/tier", ADMIN, None).await;
     assert_eq!(tier["status"]["claimed"], true, "{tier}");
-    assert!(err.contains("opening the conversation cache"), "{err}");
+    assert!(err.contains("the conversation cache in"), "{err}");
     server.stop();
 }
 
