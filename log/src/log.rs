@@ -191,6 +191,8 @@ impl Log {
         };
         let first_local = local.start();
         let mut claimed = false;
+        // A claim without an answer (a timeout, an error) may have landed all the same.
+        let mut maybe_claimed = false;
         if let (Some(tier), false) = (&opts.tier, opts.read_only) {
             let claim = tokio::time::timeout(
                 crate::tier::uploader::OPEN_TIMEOUT,
@@ -211,6 +213,7 @@ impl Log {
                     return Err(e);
                 }
                 Err(e) => {
+                    maybe_claimed = true;
                     // A damaged copy is no copy to open from: the log would know none of its
                     // remote segments, and every read of their offsets would fail until it
                     // was reopened. Refused until the store answers (whose manifest the next
@@ -268,7 +271,7 @@ impl Log {
             // Claimed, then failed (strict recovery refused damage, the options are invalid):
             // given up, or the next start would find this claim within its lease and wait it
             // out (its uploads and its stop's last upload with it).
-            (Err(e), Some(tier)) if claimed => {
+            (Err(e), Some(tier)) if claimed || maybe_claimed => {
                 release_after_failed_open(tier).await;
                 return Err(e);
             }

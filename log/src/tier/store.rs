@@ -396,7 +396,7 @@ pub(crate) async fn release(inner: &TierInner) -> Result<()> {
         return Ok(());
     }
     if !inner.claimed.load(Ordering::Relaxed) {
-        return release_unconfirmed(inner).await;
+        return release_own(inner).await;
     }
     let next = inner.manifest.load().next(&inner.opts.owner_id, 0);
     match write_manifest(inner, &next).await? {
@@ -408,14 +408,14 @@ pub(crate) async fn release(inner: &TierInner) -> Result<()> {
     }
 }
 
-/// Gives the prefix up when a claim of this process may have landed unconfirmed: its manifest
-/// write was sent and its answer never read (the close cancelled the tiering pass making it,
-/// or the open's timeout ran out), so this process does not know it holds the prefix. It does
-/// when the store's newest version is its own (this node id and incarnation) and not released:
-/// then a released version follows it. Until 2026-11-30 such a claim was left live, and the
-/// next start under this node id waited out its lease (`claimed` false, its last segment not
-/// uploaded at its stop).
-pub(crate) async fn release_unconfirmed(inner: &TierInner) -> Result<()> {
+/// Gives the prefix up from the store's newest version, when that is this process's own (this
+/// node id and incarnation) and not released: a released version follows it. Read from the
+/// store, not taken from memory: a manifest write of this process's whose answer never came
+/// (a claim or a pass the close cancelled, a claim past the open's timeout) may have landed,
+/// so the process may hold the prefix without knowing it, or hold it at a later version than
+/// it knows. Until 2026-11-30 such a version was left live, and the next start under this
+/// node id waited out its lease (`claimed` false, its last segment not uploaded at its stop).
+pub(crate) async fn release_own(inner: &TierInner) -> Result<()> {
     if inner.fenced.load(Ordering::Relaxed) {
         return Ok(());
     }

@@ -290,13 +290,16 @@ impl Uploader {
         if self.tier.inner.fenced.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if !state.claimed {
-            // A pass cancelled by the close may have been claiming: its write may have landed.
-            return store::release_unconfirmed(&self.tier.inner).await;
+        // From the store's newest version, claimed or not: a manifest write of this process's
+        // that the close cut short (a pass claiming, or writing the version naming a segment it
+        // uploaded) may have landed, and a release built on the version in memory then found
+        // it at its epoch, listing a segment the release did not, and took it for another
+        // writer's: fenced, the lease left live (until 2026-11-30).
+        store::release_own(&self.tier.inner).await?;
+        if state.claimed {
+            write_local_manifest(&self.dir, &self.tier.manifest())?;
         }
-        let mut next = self.tier.manifest().next(&self.tier.inner.opts.owner_id, 0);
-        next.owner.heartbeat_ms = 0;
-        self.write(&next).await
+        Ok(())
     }
 
     async fn write(&self, next: &Manifest) -> Result<()> {
