@@ -310,7 +310,7 @@ async fn open_state(
     // next start under `always` emptied the cache a second time.) Under every/never nothing
     // is reused, and the mark stays for the next start.
     let always = config.log_fsync == tidings_log::FsyncPolicy::Always;
-    if always && !(continues && !after_unsynced) {
+    if always && (after_unsynced || !continues) {
         distrust_conversation_cache(data)?;
     }
     if after_unsynced && always {

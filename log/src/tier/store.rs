@@ -369,8 +369,8 @@ fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> 
         // A store holding nothing, to a directory that tiered (from 0 when the copy cannot tell).
         None => match local.tiered {
             Tiered::Never => None,
-            Tiered::From(from) => (from < local.first).then(|| from..local.first),
-            Tiered::Unknown => (local.first > 0).then(|| 0..local.first),
+            Tiered::From(from) => (from < local.first).then_some(from..local.first),
+            Tiered::Unknown => (local.first > 0).then_some(0..local.first),
         },
     };
     match missing {
