@@ -1117,9 +1117,10 @@ impl LocalLog {
 /// at its start, and none after — no byte, only zeros (a preallocation, or a first write of
 /// which nothing reached the disk), or a first batch torn short (never acknowledged under
 /// `always`; one lost under every/never, which those allow), which recovery cuts. A damaged
-/// first batch that valid ones follow is not empty: recovery judges it. Read to its end: its
-/// length alone says nothing of a preallocated file. (Until 2026-11-30 a torn first batch kept
-/// the segment, and the log met the store's history as another one.)
+/// first batch that valid ones follow is not empty: recovery judges it. A valid first batch
+/// settles it; only without one is the file read to its end (its length alone says nothing of
+/// a preallocated file). (Until 2026-11-30 a torn first batch kept the segment, and the log
+/// met the store's history as another one.)
 fn holds_no_record(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> Result<bool> {
     let path = segment::SegmentPaths::new(dir, 0).log;
     let file = vfs
@@ -1168,7 +1169,7 @@ async fn release_after_failed_open(tier: &crate::tier::Tier) {
     .await
     .unwrap_or_else(|_| Err(LogError::Tier("no answer from the object store".into())));
     if let Err(e) = released {
-        tracing::warn!(error = %e, store = tier.display(), "the open failed after claiming the prefix, and the claim could not be given up: the next start waits out this process's lease");
+        tracing::warn!(error = %e, store = tier.display(), "the open failed after claiming the prefix (or a claim that got no answer), and it could not be given up: the next start may wait out this process's lease");
     }
 }
 

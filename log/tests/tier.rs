@@ -2037,3 +2037,49 @@ async fn a_tiered_open_of_a_lone_large_segment_reads_only_its_tail() {
     log.close().await.unwrap();
     assert!(read < 1 << 20, "read {read} bytes to open");
 }
+
+/// A close releases the prefix even when a manifest write of its own that it cut short landed
+/// at the epoch its release writes (listing a segment the release does not: the stop's last
+/// upload past its deadline). Before, the release took that version for another writer's:
+/// fenced, the lease left live, and the next start under the node id waited it out (a
+/// review's finding; fails without: the newest version is the live one put here).
+#[tokio::test]
+async fn a_close_releases_the_prefix_after_its_own_late_manifest_write() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = data.path().join("log");
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(
+        store.clone(),
+        "late",
+        "node-a",
+        cache.path(),
+        u64::MAX,
+        hour,
+    )
+    .await;
+    let log = Log::open(&dir, log_opts(t.clone())).await.unwrap();
+    append(&log, 0, 300).await;
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    let held = t.remote_manifest().await.unwrap().unwrap();
+    assert_eq!(held.epoch, t.manifest().epoch);
+    let mut late = held.clone();
+    late.epoch += 1;
+    let mut extra = late.segments.last().unwrap().clone();
+    (extra.base, extra.end) = (extra.end, extra.end + 10);
+    late.segments.push(extra);
+    late.owner.heartbeat_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    put_manifest(&store, "late", &late).await;
+    log.close().await.unwrap();
+    let m = t.remote_manifest().await.unwrap().unwrap();
+    assert!(m.epoch > late.epoch, "{m:?}");
+    assert_eq!(m.owner.heartbeat_ms, 0, "released: {m:?}");
+    t.close().await.unwrap();
+}

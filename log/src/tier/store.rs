@@ -395,17 +395,11 @@ pub(crate) async fn release(inner: &TierInner) -> Result<()> {
     if inner.fenced.load(Ordering::Relaxed) {
         return Ok(());
     }
-    if !inner.claimed.load(Ordering::Relaxed) {
-        return release_own(inner).await;
-    }
-    let next = inner.manifest.load().next(&inner.opts.owner_id, 0);
-    match write_manifest(inner, &next).await? {
-        Written::Ok => {
-            inner.claimed.store(false, Ordering::Relaxed);
-            Ok(())
-        }
-        Written::Fenced(_) => Ok(()),
-    }
+    let known = inner
+        .claimed
+        .load(Ordering::Relaxed)
+        .then(|| inner.manifest.load_full());
+    release_own(inner, known).await
 }
 
 /// Gives the prefix up from the store's newest version, when that is this process's own (this
@@ -415,25 +409,57 @@ pub(crate) async fn release(inner: &TierInner) -> Result<()> {
 /// so the process may hold the prefix without knowing it, or hold it at a later version than
 /// it knows. Until 2026-11-30 such a version was left live, and the next start under this
 /// node id waited out its lease (`claimed` false, its last segment not uploaded at its stop).
-pub(crate) async fn release_own(inner: &TierInner) -> Result<()> {
+///
+/// `known`: the version this process knows it holds (it claimed), released after at once (one
+/// write, as a close always did); `None`: it does not know it holds one, and the store's newest
+/// version is read. Either way a version of its own found at the epoch it writes — a write the
+/// close cut short that landed, listing a segment the release does not — is released in turn
+/// (it was taken for another writer's: fenced, the lease left live); another writer's leaves
+/// the prefix theirs, and says so.
+pub(crate) async fn release_own(
+    inner: &TierInner,
+    known: Option<std::sync::Arc<Manifest>>,
+) -> Result<()> {
     if inner.fenced.load(Ordering::Relaxed) {
         return Ok(());
     }
-    let Some(m) = latest_manifest(inner).await? else {
-        return Ok(());
+    let mut m = match known {
+        Some(m) => (*m).clone(),
+        None => match latest_manifest(inner).await? {
+            Some(m) if is_own(inner, &m) && m.owner.heartbeat_ms != 0 => m,
+            _ => return Ok(()),
+        },
     };
-    let ours = m.owner.id == inner.opts.owner_id && m.owner.incarnation == Some(inner.incarnation);
-    if !ours || m.owner.heartbeat_ms == 0 {
-        return Ok(());
-    }
-    let next = m.next(&inner.opts.owner_id, 0);
-    match write_manifest(inner, &next).await? {
-        Written::Ok => {
-            inner.claimed.store(false, Ordering::Relaxed);
-            Ok(())
+    for _ in 0..=MAX_OWN_VERSIONS {
+        match write_manifest(inner, &m.next(&inner.opts.owner_id, 0)).await? {
+            Written::Ok => {
+                inner.claimed.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
+            Written::Fenced(t) if is_own(inner, &t) => {
+                inner.fenced.store(false, Ordering::Relaxed);
+                if t.owner.heartbeat_ms == 0 {
+                    return Ok(());
+                }
+                m = t;
+            }
+            Written::Fenced(t) => {
+                tracing::warn!(owner = %t.owner.id, store = %inner.opts.display, "another writer wrote the tier manifest: the prefix is not released (it is theirs)");
+                return Ok(());
+            }
         }
-        Written::Fenced(_) => Ok(()),
     }
+    Err(err(
+        inner,
+        "releasing the prefix",
+        "too many versions already written by this node",
+    ))
+}
+
+/// Whether manifest version `m` is this process's own: this node id and this process's
+/// incarnation (another process under the same id has another).
+fn is_own(inner: &TierInner, m: &Manifest) -> bool {
+    m.owner.id == inner.opts.owner_id && m.owner.incarnation == Some(inner.incarnation)
 }
 
 /// Reads a local file region (blocking IO on the blocking pool).

@@ -290,12 +290,13 @@ impl Uploader {
         if self.tier.inner.fenced.load(Ordering::Relaxed) {
             return Ok(());
         }
-        // From the store's newest version, claimed or not: a manifest write of this process's
-        // that the close cut short (a pass claiming, or writing the version naming a segment it
-        // uploaded) may have landed, and a release built on the version in memory then found
-        // it at its epoch, listing a segment the release did not, and took it for another
-        // writer's: fenced, the lease left live (until 2026-11-30).
-        store::release_own(&self.tier.inner).await?;
+        // A manifest write of this process's that the close cut short (a pass claiming, or
+        // writing the version naming a segment it uploaded) may have landed: unclaimed, the
+        // store's newest version is read; claimed, such a version found at the release's epoch
+        // is released in turn (until 2026-11-30 it was taken for another writer's: fenced, the
+        // lease left live).
+        let known = state.claimed.then(|| self.tier.manifest());
+        store::release_own(&self.tier.inner, known).await?;
         if state.claimed {
             write_local_manifest(&self.dir, &self.tier.manifest())?;
         }
