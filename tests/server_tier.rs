@@ -699,14 +699,11 @@ async fn a_shutdown_with_a_hung_store_ends_within_its_grace_period() {
     drop(dir);
 }
 
-/// The port is bound at the start of a start-up but listened on only once the server serves:
-/// while the start waits for an object store that does not answer (s3s-fs stopped), a
-/// connection is refused — as it was before the port was bound first — rather than completed
-/// by the kernel and left unanswered, which a TCP health check or a load balancer took for a
-/// serving server (a review's finding; fails without: the connection was accepted). Once the
-/// store answers, the start goes on and the server serves.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_port_refuses_connections_until_the_server_serves() {
+/// A tiered server's history of five messages in group `g`, stopped cleanly, and its S3 server
+/// then stopped (SIGSTOP): the S3 server, the server flags, the data directory (and what holds
+/// it), and alice's token.
+async fn five_messages_and_a_stopped_store()
+-> (S3s, Vec<String>, PathBuf, Option<tempfile::TempDir>, String) {
     let s3s = S3s::start();
     let args = s3s.args();
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -718,6 +715,18 @@ async fn the_port_refuses_connections_until_the_server_serves() {
     let data = server.data.clone();
     let dir = server.stop();
     s3s.signal("-STOP");
+    (s3s, args, data, dir, alice)
+}
+
+/// The port is bound at the start of a start-up but listened on only once the server serves:
+/// while the start waits for an object store that does not answer (s3s-fs stopped), a
+/// connection is refused — as it was before the port was bound first — rather than completed
+/// by the kernel and left unanswered, which a TCP health check or a load balancer took for a
+/// serving server (a review's finding; fails without: the connection was accepted). Once the
+/// store answers, the start goes on and the server serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_port_refuses_connections_until_the_server_serves() {
+    let (s3s, args, data, dir, _) = five_messages_and_a_stopped_store().await;
     let addr = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
         .args(["serve", "--listen", &addr, "--data"])
@@ -770,17 +779,8 @@ async fn the_port_refuses_connections_until_the_server_serves() {
 /// lease (`claimed` false).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_taken_during_the_start_fails_it_and_releases_the_prefix() {
-    let s3s = S3s::start();
-    let args = s3s.args();
+    let (s3s, args, data, dir, alice) = five_messages_and_a_stopped_store().await;
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(&refs);
-    let api = Api::new(&server);
-    api.group("g", &["alice"]).await;
-    let alice = api.user("alice").await;
-    send_numbered(&api, &alice, 1..=5).await;
-    let data = server.data.clone();
-    let dir = server.stop();
-    s3s.signal("-STOP");
     let addr = format!("127.0.0.1:{}", free_port());
     // The claim at open waits for the store (SIGSTOPped) past the 1.5 s read timeout of the other
     // starts, so that the start holds the prefix when its `listen` fails.
