@@ -272,6 +272,14 @@ async fn the_conversation_cache_is_not_reused_across_histories() {
 }
 
 /// `tidings_conversation_cache_hits` as `/metrics` tells it.
+/// The conversation cache's hits after `token`'s user lists their conversations.
+async fn cache_hits_after_a_list(server: &Server, token: &str) -> f64 {
+    Api::new(server)
+        .ok("GET", "/v1/conversations", token, None)
+        .await;
+    conversation_cache_hits(server).await
+}
+
 async fn conversation_cache_hits(server: &Server) -> f64 {
     let metrics = reqwest::get(server.url("/metrics"))
         .await
@@ -316,16 +324,10 @@ async fn lists_of_a_run_under_fsync_never_are_not_reused_after_a_rebuild() {
     assert!(out.status.success(), "rebuild: {out:?}");
 
     let server = Server::start_on(&data, &[]);
-    Api::new(&server)
-        .ok("GET", "/v1/conversations", &alice, None)
-        .await;
-    assert_eq!(conversation_cache_hits(&server).await, 0.0);
+    assert_eq!(cache_hits_after_a_list(&server, &alice).await, 0.0);
     let server = server.restart();
-    Api::new(&server)
-        .ok("GET", "/v1/conversations", &alice, None)
-        .await;
     assert_eq!(
-        conversation_cache_hits(&server).await,
+        cache_hits_after_a_list(&server, &alice).await,
         1.0,
         "the trusted run's list"
     );
@@ -358,10 +360,7 @@ async fn lists_of_a_run_under_fsync_never_are_not_reused_after_a_failed_start() 
     std::fs::rename(&aside, &cache).unwrap();
 
     let server = Server::start_on(&data, &[]);
-    Api::new(&server)
-        .ok("GET", "/v1/conversations", &alice, None)
-        .await;
-    assert_eq!(conversation_cache_hits(&server).await, 0.0);
+    assert_eq!(cache_hits_after_a_list(&server, &alice).await, 0.0);
     server.stop();
 }
 
@@ -376,10 +375,7 @@ async fn lists_written_after_a_run_under_fsync_never_are_reused_by_the_next_star
     let alice = a_run_under_fsync_never(&data).await;
     for hits in [0.0, 1.0] {
         let server = Server::start_on(&data, &[]);
-        Api::new(&server)
-            .ok("GET", "/v1/conversations", &alice, None)
-            .await;
-        assert_eq!(conversation_cache_hits(&server).await, hits);
+        assert_eq!(cache_hits_after_a_list(&server, &alice).await, hits);
         server.stop();
     }
 }
