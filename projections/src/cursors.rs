@@ -119,8 +119,20 @@ impl Cursors {
         }
     }
 
-    /// The conversation left the user's list.
-    pub(crate) fn left(&mut self, offset: u64, uid: &str, channel: &str) {
+    /// The conversation left the user's list: they left the group, or it was deleted. The
+    /// messages of earlier groups under the id (up to `history_from`, the group's floor) count
+    /// as cleared for them from now on: out of the group, only `cleared` bounds what
+    /// `/v1/changes` tells them from below (`messages::plan_changes`), and a user who joined a
+    /// group created again under an id never held the earlier group's messages. While a member
+    /// nothing changes: every read of the group is bounded by its floor already.
+    pub(crate) fn left(&mut self, offset: u64, uid: &str, channel: &str, history_from: u64) {
+        if let Some(c) = self
+            .by_user
+            .get_mut(uid)
+            .and_then(|m| m.get_mut(channel))
+        {
+            c.cleared = c.cleared.max(history_from);
+        }
         self.removed
             .entry(uid.to_owned())
             .or_default()

@@ -77,8 +77,9 @@ impl State {
             }
             Event::ChannelUpdated { channel, flags } => self.subs.update(channel, *flags),
             Event::ChannelDeleted { channel } => {
+                let floor = self.subs.history_from(channel);
                 for uid in self.subs.delete(channel) {
-                    self.cursors.left(offset, &uid, channel);
+                    self.cursors.left(offset, &uid, channel, floor);
                 }
             }
             Event::MembersSubscribed { channel, uids } => {
@@ -88,8 +89,9 @@ impl State {
                 }
             }
             Event::MembersUnsubscribed { channel, uids } => {
+                let floor = self.subs.history_from(channel);
                 for uid in self.subs.unsubscribe(channel, uids) {
-                    self.cursors.left(offset, &uid, channel);
+                    self.cursors.left(offset, &uid, channel, floor);
                 }
             }
             Event::ListChanged {

@@ -727,6 +727,15 @@ async fn changes_reach_a_user_out_of_the_group_for_what_they_could_hold() {
     assert_eq!(changes(&w, "zoe", v2, 10).0, vec![6]);
     assert!(changes(&w, "bob", v2, 10).0.is_empty());
     assert!(changes(&w, "alice", v2, 10).0.is_empty());
+    // zoe leaves the group created again: out of it, she still hears of what she could hold
+    // of it (her recall of 6), never of the earlier group's changes below her join (its
+    // recalls of 1, 3, 4 and 5 and the edit of 2), which she never held.
+    w.unsubscribe("l", &["zoe"]).await;
+    assert_eq!(
+        changes_plan(&w, "zoe", 0, 10).changes,
+        vec![notice("l", 6, true)]
+    );
+    assert_eq!(w.rebuild().await.cursors, w.state().cursors);
 }
 
 /// A group deleted and created again under its id is listed as a new group is — not at all —
