@@ -526,6 +526,7 @@ async fn no_message_is_written_after_its_senders_tokens_were_revoked() {
     let users: Vec<String> = (0..ROUNDS).map(|r| format!("u{r}")).collect();
     let members: Vec<&str> = users.iter().map(String::as_str).collect();
     api.group("g", &members).await;
+    let mut raced = 0;
     for (round, uid) in (0..ROUNDS).zip(&users) {
         let token = api.user(uid).await;
         // One session (a second would be pushed the first's messages, and might fill its
@@ -607,11 +608,15 @@ async fn no_message_is_written_after_its_senders_tokens_were_revoked() {
         sender.abort();
         assert_eq!(closed, Some(4001));
         assert!(refused.iter().all(|c| c == "invalid_token"), "{refused:?}");
-        assert!(
-            acked < WS_SENDS,
-            "every WebSocket send was written before the revocation came: nothing raced it"
-        );
+        raced += usize::from(acked < WS_SENDS);
     }
+    // On a loaded machine the revocation of one round may come after all of its sends; not of
+    // every round (before 2026-11-30 each round had to race, and one under the full suite's
+    // load did not).
+    assert!(
+        raced > 0,
+        "every WebSocket send was written before the revocation came: nothing raced it"
+    );
     // No message of a user at or past the offset of their revocation.
     let log = api.text("/v1/log?from=0", ADMIN).await;
     let events: Vec<Value> = log
@@ -631,6 +636,285 @@ async fn no_message_is_written_after_its_senders_tokens_were_revoked() {
             "a message written after its sender's tokens were revoked: {e}"
         );
     }
+}
+
+/// A token as `POST /v1/users/{uid}/tokens` answers it, issued with `body`.
+async fn issue(api: &Api, uid: &str, body: Option<Value>) -> Value {
+    let path = format!("/v1/users/{uid}/tokens");
+    let (status, v) = api.call("POST", &path, ADMIN, body).await;
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+/// A string field.
+fn text(v: &Value) -> String {
+    v.as_str().unwrap().to_owned()
+}
+
+/// `uid`'s live tokens as the admin lists them: `(token_id, expires_at_ms)`, by id.
+async fn live_tokens(api: &Api, uid: &str) -> Vec<(String, Value)> {
+    let path = format!("/v1/users/{uid}/tokens");
+    let v = api.ok("GET", &path, ADMIN, None).await;
+    assert_eq!(v["uid"], uid, "{v}");
+    let mut tokens = Vec::new();
+    for t in v["tokens"].as_array().unwrap() {
+        tokens.push((text(&t["token_id"]), t["expires_at_ms"].clone()));
+    }
+    tokens.sort_by(|a, b| a.0.cmp(&b.0));
+    tokens
+}
+
+/// Whether `id` is a token id: the lowercase hex of a SHA-256.
+fn is_token_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Polls `GET /v1/sync` with `token` (every 50 ms, up to 10 s) until it is refused: the
+/// refusal's status and code.
+async fn refused_within(api: &Api, token: &str) -> (u16, String) {
+    for _ in 0..200 {
+        let (status, code) = code_of(api, "GET", "/v1/sync", token, None).await;
+        if status != 200 {
+            return (status, code);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the token was still taken after 10 s");
+}
+
+/// The wall clock in ms since the Unix epoch (the server's clock for expiries).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The close frame a WebSocket gets next (other frames skipped): its code and reason.
+async fn close_of(ws: &mut Ws) -> (Option<u64>, Option<String>) {
+    let closed = ws.next_of("closed").await;
+    let reason = closed["reason"].as_str().map(str::to_owned);
+    (closed["code"].as_u64(), reason)
+}
+
+/// A token issued with `ttl_secs` works until its expiry; from then on it is refused 401
+/// `token_expired` (an upgrade too), and its WebSocket is closed then with 4001
+/// `token_expired`. A token without one, and its session, go on. Before, no token expired.
+#[tokio::test]
+async fn a_token_with_a_ttl_expires_and_its_websocket_closes() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let lasting = issue(&api, "alice", None).await;
+    assert_eq!(lasting["expires_at_ms"], Value::Null, "{lasting}");
+    let (lasting_id, lasting) = (text(&lasting["token_id"]), text(&lasting["token"]));
+    let before = wall_ms();
+    let short = issue(&api, "alice", Some(json!({"ttl_secs": 2}))).await;
+    let expires_at = short["expires_at_ms"].as_u64().unwrap();
+    assert!(
+        (before + 2_000..=wall_ms() + 2_000).contains(&expires_at),
+        "{short}"
+    );
+    let (short_id, short) = (text(&short["token_id"]), text(&short["token"]));
+    assert!(is_token_id(&short_id), "{short_id}");
+    let mut listed = vec![
+        (lasting_id.clone(), Value::Null),
+        (short_id, json!(expires_at)),
+    ];
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(live_tokens(&api, "alice").await, listed);
+    // Until then it works, over HTTP and a WebSocket.
+    api.ok("GET", "/v1/sync", &short, None).await;
+    let mut expiring = try_connect(&server, &short).await.unwrap();
+    let mut staying = try_connect(&server, &lasting).await.unwrap();
+    assert_eq!(
+        close_of(&mut expiring).await,
+        (Some(4001), Some("token_expired".into()))
+    );
+    assert_eq!(
+        refused_within(&api, &short).await,
+        (401, "token_expired".into())
+    );
+    let Err((status, body)) = try_connect(&server, &short).await else {
+        panic!("an expired token opened a WebSocket");
+    };
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "token_expired", "{body}");
+    // The token without an expiry, and its session, go on.
+    api.ok("GET", "/v1/sync", &lasting, None).await;
+    staying.send(json!({"type": "ping"})).await;
+    assert_eq!(staying.next_of("pong").await["type"], "pong");
+    assert_eq!(
+        live_tokens(&api, "alice").await,
+        vec![(lasting_id, Value::Null)]
+    );
+}
+
+/// Revoking one token (`DELETE /v1/users/{uid}/tokens/{token_id}`) refuses it and closes the
+/// WebSockets opened with it; the user's other token and its session go on. Again, or with an
+/// id that names no live token of that user, it is 404 `token_not_found`. Before, only all of
+/// a user's tokens could be revoked.
+#[tokio::test]
+async fn revoking_one_token_leaves_the_users_others() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let bob = api.user("bob").await;
+    let lost = issue(&api, "alice", None).await;
+    let kept = issue(&api, "alice", None).await;
+    let (lost_id, lost) = (text(&lost["token_id"]), text(&lost["token"]));
+    let (kept_id, kept) = (text(&kept["token_id"]), text(&kept["token"]));
+    let mut lost_ws = try_connect(&server, &lost).await.unwrap();
+    let mut kept_ws = try_connect(&server, &kept).await.unwrap();
+    let path = format!("/v1/users/alice/tokens/{lost_id}");
+    assert_eq!(
+        code_of(&api, "DELETE", &path, &kept, None).await,
+        (403, "admin_only".into())
+    );
+    // Another user's token, or an id that is no token's: not found, nothing revoked.
+    for wrong in [
+        format!("/v1/users/bob/tokens/{lost_id}"),
+        format!("/v1/users/alice/tokens/{}", lost_id.to_uppercase()),
+        format!("/v1/users/alice/tokens/{}", &lost_id[..63]),
+        "/v1/users/alice/tokens/nope".to_owned(),
+    ] {
+        assert_eq!(
+            code_of(&api, "DELETE", &wrong, ADMIN, None).await,
+            (404, "token_not_found".into()),
+            "{wrong}"
+        );
+    }
+    api.ok("GET", "/v1/sync", &lost, None).await;
+    let (status, v) = api.call("DELETE", &path, ADMIN, None).await;
+    assert_eq!(status, 204, "{v}");
+    assert_eq!(
+        close_of(&mut lost_ws).await,
+        (Some(4001), Some("token_revoked".into()))
+    );
+    assert_eq!(
+        code_of(&api, "GET", "/v1/sync", &lost, None).await,
+        (401, "invalid_token".into())
+    );
+    // The other token works, and its session is still pushed messages.
+    api.ok("GET", "/v1/sync", &kept, None).await;
+    api.send(&bob, "g", "c1", "still there?").await;
+    let got = kept_ws.messages(1).await;
+    assert_eq!(got[0]["from"], "bob", "{got:?}");
+    // Revoked, it is not found again; only the other token is listed.
+    assert_eq!(
+        code_of(&api, "DELETE", &path, ADMIN, None).await,
+        (404, "token_not_found".into())
+    );
+    assert_eq!(
+        live_tokens(&api, "alice").await,
+        vec![(kept_id, Value::Null)]
+    );
+}
+
+/// `DELETE /v1/token` logs the caller out: the token it is made with is revoked and its
+/// WebSockets close, the user's other tokens stay; the admin key is no user's (400
+/// `user_only`).
+#[tokio::test]
+async fn logout_revokes_the_token_it_is_made_with() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let other = api.user("alice").await;
+    let mut ws = try_connect(&server, &alice).await.unwrap();
+    assert_eq!(
+        code_of(&api, "DELETE", "/v1/token", ADMIN, None).await,
+        (400, "user_only".into())
+    );
+    let (status, v) = api.call("DELETE", "/v1/token", &alice, None).await;
+    assert_eq!(status, 204, "{v}");
+    assert_eq!(
+        close_of(&mut ws).await,
+        (Some(4001), Some("token_revoked".into()))
+    );
+    for (method, path) in [("GET", "/v1/sync"), ("DELETE", "/v1/token")] {
+        assert_eq!(
+            code_of(&api, method, path, &alice, None).await,
+            (401, "invalid_token".into()),
+            "{method} {path}"
+        );
+    }
+    api.ok("GET", "/v1/sync", &other, None).await;
+}
+
+/// A `ttl_secs` outside 1 to ten years, or not a number (or a field the body does not take),
+/// is 400 `invalid_request` and issues nothing; ten years, or `null`, is taken.
+#[tokio::test]
+async fn a_bad_ttl_is_invalid_request() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let path = "/v1/users/alice/tokens";
+    for body in [
+        r#"{"ttl_secs": 0}"#,
+        r#"{"ttl_secs": -1}"#,
+        r#"{"ttl_secs": 315360001}"#,
+        r#"{"ttl_secs": 100000000000000000000}"#,
+        r#"{"ttl_secs": "60"}"#,
+        r#"{"ttl": 60}"#,
+    ] {
+        let (status, v) = api.post_text(path, ADMIN, body).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{body}: {v}"
+        );
+    }
+    assert!(live_tokens(&api, "alice").await.is_empty());
+    let v = issue(&api, "alice", Some(json!({"ttl_secs": null}))).await;
+    assert_eq!(v["expires_at_ms"], Value::Null, "{v}");
+    let before = wall_ms();
+    let ten_years = json!({"ttl_secs": 315_360_000});
+    let v = issue(&api, "alice", Some(ten_years)).await;
+    let expires_at = v["expires_at_ms"].as_u64().unwrap();
+    assert!(expires_at >= before + 315_360_000_000, "{v}");
+    assert_eq!(live_tokens(&api, "alice").await.len(), 2);
+}
+
+/// An expiry and a single revocation hold after a restart: the projection keeps both.
+#[tokio::test]
+async fn expiries_and_single_revocations_survive_a_restart() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let kept = issue(&api, "alice", None).await;
+    let revoked = issue(&api, "alice", None).await;
+    let expiring = issue(&api, "alice", Some(json!({"ttl_secs": 1}))).await;
+    let an_hour = json!({"ttl_secs": 3600});
+    let later = issue(&api, "alice", Some(an_hour)).await;
+    let path = format!("/v1/users/alice/tokens/{}", text(&revoked["token_id"]));
+    let (status, v) = api.call("DELETE", &path, ADMIN, None).await;
+    assert_eq!(status, 204, "{v}");
+    let expiring = text(&expiring["token"]);
+    assert_eq!(
+        refused_within(&api, &expiring).await,
+        (401, "token_expired".into())
+    );
+
+    let server = server.restart();
+    let api = Api::new(&server);
+    let refusals = [
+        (text(&revoked["token"]), "invalid_token"),
+        (expiring, "token_expired"),
+    ];
+    for (token, code) in refusals {
+        assert_eq!(
+            code_of(&api, "GET", "/v1/sync", &token, None).await,
+            (401, code.to_owned()),
+            "{code}"
+        );
+    }
+    for token in [text(&kept["token"]), text(&later["token"])] {
+        api.ok("GET", "/v1/sync", &token, None).await;
+    }
+    let mut want = vec![
+        (text(&kept["token_id"]), Value::Null),
+        (text(&later["token_id"]), later["expires_at_ms"].clone()),
+    ];
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(live_tokens(&api, "alice").await, want);
+    server.stop();
 }
 
 #[tokio::test]

@@ -10,9 +10,9 @@
 //!   golden file pins them).
 //! - [`decode`] reads that form — fields in any order — and returns `None` for anything else
 //!   (indefinite lengths, tags, unknown or duplicate or missing fields, trailing bytes, ...).
-//!   An optional field the encoder leaves out when `None` (`skip_serializing_if`: so far only
-//!   `conversation_hidden`'s `up_to_seq`) is read present or absent; a `null` there is
-//!   "anything else".
+//!   An optional field the encoder leaves out when `None` (`skip_serializing_if`: so far
+//!   `conversation_hidden`'s `up_to_seq` and `token_set`'s `expires_at_ms`) is read present or
+//!   absent; a `null` there is "anything else".
 //!   The caller then runs the reference decoder, which either accepts the unusual-but-valid
 //!   encoding or produces the typed error. So this codec never accepts what the reference
 //!   rejects, and never decodes differently (a property test checks both on mutated inputs).
@@ -127,7 +127,24 @@ pub(crate) fn encode(env: &Envelope, out: &mut Vec<u8>) {
     let ev = &env.event;
     text(out, ev.kind());
     match ev {
-        Event::TokenSet { uid, token_hash } => {
+        Event::TokenSet {
+            uid,
+            token_hash,
+            expires_at_ms,
+        } => {
+            // `None` is left out (`skip_serializing_if`): the two-field form of tokens issued
+            // before expiries existed.
+            map(out, if expires_at_ms.is_some() { 3 } else { 2 });
+            text(out, "uid");
+            text(out, uid);
+            text(out, "token_hash");
+            bytes(out, token_hash);
+            if let Some(at) = expires_at_ms {
+                text(out, "expires_at_ms");
+                uint(out, *at);
+            }
+        }
+        Event::TokenRevoked { uid, token_hash } => {
             map(out, 2);
             text(out, "uid");
             text(out, uid);
@@ -523,6 +540,27 @@ fn read_hidden(r: &mut Reader<'_>) -> Option<Event> {
     })
 }
 
+/// The fields of `token_set`, whose `expires_at_ms` may be absent (the encoder leaves out
+/// `None`; tokens issued before expiries existed have none). A `null` there is left to the
+/// reference decoder, as for [`read_hidden`].
+fn read_token_set(r: &mut Reader<'_>) -> Option<Event> {
+    let (mut uid, mut token_hash, mut expires_at_ms) = (None, None, None);
+    for _ in 0..r.map()? {
+        // A field seen twice falls to the last arm, as an unknown one does.
+        match r.key()? {
+            b"uid" if uid.is_none() => uid = Some(r.string()?),
+            b"token_hash" if token_hash.is_none() => token_hash = Some(r.bytes()?),
+            b"expires_at_ms" if expires_at_ms.is_none() => expires_at_ms = Some(r.uint()?),
+            _ => return None,
+        }
+    }
+    Some(Event::TokenSet {
+        uid: uid?,
+        token_hash: token_hash?,
+        expires_at_ms,
+    })
+}
+
 fn read_event(r: &mut Reader<'_>) -> Option<Event> {
     if r.map()? != 1 {
         return None;
@@ -569,12 +607,13 @@ fn read_event(r: &mut Reader<'_>) -> Option<Event> {
             });
             Event::CursorBatch { channel, cursors }
         }
-        b"token_set" => {
+        b"token_set" => read_token_set(r)?,
+        b"token_revoked" => {
             let (uid, token_hash) = fields!(r, {
                 b"uid" => uid: r.string(),
                 b"token_hash" => token_hash: r.bytes(),
             });
-            Event::TokenSet { uid, token_hash }
+            Event::TokenRevoked { uid, token_hash }
         }
         b"tokens_revoked" => {
             let (uid,) = fields!(r, { b"uid" => uid: r.string() });
@@ -761,5 +800,77 @@ mod tests {
         ]);
         assert_eq!(decode(&no_channel), None);
         assert!(Envelope::decode(0, &no_channel).is_err());
+    }
+
+    fn token_set(expires_at_ms: Option<u64>) -> Envelope {
+        Envelope::new(
+            3,
+            Event::TokenSet {
+                uid: "bob".into(),
+                token_hash: Bytes::from_static(&[7; 32]),
+                expires_at_ms,
+            },
+        )
+    }
+
+    /// `{v: 1, ts: 3, event: {token_set: {fields}}}` as ciborium writes it.
+    fn token_set_with(fields: Vec<(&str, Value)>) -> Vec<u8> {
+        let fields = fields
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect::<Vec<_>>();
+        let event = Value::Map(vec![(Value::from("token_set"), Value::Map(fields))]);
+        let env = Value::Map(vec![
+            (Value::from("v"), Value::from(1u8)),
+            (Value::from("ts"), Value::from(3u64)),
+            (Value::from("event"), event),
+        ]);
+        let mut out = Vec::new();
+        ciborium::into_writer(&env, &mut out).unwrap();
+        out
+    }
+
+    /// A token set is read with or without its expiry, fields in any order, as a hide is with
+    /// or without its seq; a `null` expiry or a field twice is left to the reference.
+    #[test]
+    fn a_token_set_is_read_with_or_without_its_expiry() {
+        for expires_at_ms in [None, Some(0), Some(1_764_000_000_000), Some(u64::MAX)] {
+            let env = token_set(expires_at_ms);
+            let mut out = Vec::new();
+            encode(&env, &mut out);
+            assert_eq!(out, env.encode_reference().to_vec());
+            assert_eq!(decode(&out), Some(env));
+        }
+        let hash = Value::Bytes(vec![7; 32]);
+        let expiry_first = token_set_with(vec![
+            ("expires_at_ms", Value::from(9u64)),
+            ("token_hash", hash.clone()),
+            ("uid", Value::from("bob")),
+        ]);
+        assert_eq!(decode(&expiry_first), Some(token_set(Some(9))));
+
+        let null = token_set_with(vec![
+            ("uid", Value::from("bob")),
+            ("token_hash", hash.clone()),
+            ("expires_at_ms", Value::Null),
+        ]);
+        assert_eq!(decode(&null), None);
+        assert_eq!(Envelope::decode(0, &null).unwrap(), token_set(None));
+
+        let twice = token_set_with(vec![
+            ("uid", Value::from("bob")),
+            ("token_hash", hash),
+            ("expires_at_ms", Value::from(1u64)),
+            ("expires_at_ms", Value::from(2u64)),
+        ]);
+        assert_eq!(decode(&twice), None);
+        assert!(Envelope::decode(0, &twice).is_err());
+
+        let no_hash = token_set_with(vec![
+            ("uid", Value::from("bob")),
+            ("expires_at_ms", Value::from(1u64)),
+        ]);
+        assert_eq!(decode(&no_hash), None);
+        assert!(Envelope::decode(0, &no_hash).is_err());
     }
 }

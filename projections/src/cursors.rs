@@ -126,11 +126,7 @@ impl Cursors {
     /// group created again under an id never held the earlier group's messages. While a member
     /// nothing changes: every read of the group is bounded by its floor already.
     pub(crate) fn left(&mut self, offset: u64, uid: &str, channel: &str, history_from: u64) {
-        if let Some(c) = self
-            .by_user
-            .get_mut(uid)
-            .and_then(|m| m.get_mut(channel))
-        {
+        if let Some(c) = self.by_user.get_mut(uid).and_then(|m| m.get_mut(channel)) {
             c.cleared = c.cleared.max(history_from);
         }
         self.removed

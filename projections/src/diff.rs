@@ -130,6 +130,13 @@ pub fn diff(live: &State, rebuilt: &State, max: usize) -> Vec<String> {
         &rebuilt.tokens.by_user,
         |o, w, l, r| sets(o, &format!("{w} token"), l, r),
     );
+    maps(
+        o,
+        "token",
+        &live.tokens.expires,
+        &rebuilt.tokens.expires,
+        |o, w, l, r| field(o, &w, "expiry", l, r),
+    );
 
     maps(
         o,

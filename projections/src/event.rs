@@ -12,7 +12,7 @@
 //! keep their bytes and decode as `None`, so the envelope version stays; and a build from
 //! before the field still reads an event that has it (serde skips unknown fields; its
 //! hand-written decoder hands such an event to the reference), without its meaning. So far:
-//! `ConversationHidden::up_to_seq` (2026-11-30).
+//! `ConversationHidden::up_to_seq` (2026-11-30), `TokenSet::expires_at_ms` (2026-11-30).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -105,6 +105,13 @@ pub enum Event {
         uid: Uid,
         /// SHA-256 of the token.
         token_hash: Bytes,
+        /// When the token expires (ms since the Unix epoch): it authenticates nothing from
+        /// then on. `None` — the field absent, as in every event written before 2026-11-30 —
+        /// never expires. Absent rather than `null` when `None`, so such an event keeps the
+        /// old two-field encoding; a build from before the field reads a new event too (serde
+        /// skips the unknown field) and takes the token as one that never expires.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
     },
     /// All of a user's tokens were revoked.
     TokensRevoked {
@@ -240,6 +247,14 @@ pub enum Event {
         /// Cleared up to and including this seq.
         up_to_seq: u64,
     },
+    /// One of a user's tokens was revoked (a lost device, a logout); their others stay valid.
+    /// Revokes nothing when the token is not the user's.
+    TokenRevoked {
+        /// The user.
+        uid: Uid,
+        /// SHA-256 of the token.
+        token_hash: Bytes,
+    },
 }
 
 impl Event {
@@ -261,6 +276,7 @@ impl Event {
             Event::CursorBatch { .. } => "cursor_batch",
             Event::ConversationHidden { .. } => "conversation_hidden",
             Event::ConversationCleared { .. } => "conversation_cleared",
+            Event::TokenRevoked { .. } => "token_revoked",
         }
     }
 

@@ -43,6 +43,15 @@
 //! the state, but a hide written with the seq had, under that build's rule, covered a message
 //! sequenced before it was applied: its `verify` may report such a cursor's `hidden_at` as
 //! differing from its rebuild, which is its rule, not damage.
+//!
+//! Not a version either: token expiries (`Tokens::expires`, from `TokenSet::expires_at_ms`,
+//! 2026-11-30) and single revocations (`TokenRevoked`). A state an earlier build wrote decodes
+//! with no expiries (`#[serde(default)]`), which is right: none of its tokens had one, nor was
+//! any revoked alone. The other way, a build from before them loading a newer state ignores
+//! the expiries (serde skips the field), and takes those tokens as never expiring; it cannot
+//! read a log holding a `token_revoked` at all (an unknown event kind stops its applier). Nor
+//! a token hash issued again to another user now leaving the first user's set: tokens are
+//! random, so only a crafted log repeats one.
 
 use std::path::{Path, PathBuf};
 

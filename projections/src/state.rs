@@ -69,8 +69,13 @@ impl State {
         self.applied = Some(offset);
         let ts = env.ts;
         match &env.event {
-            Event::TokenSet { uid, token_hash } => self.tokens.set(uid, token_hash),
+            Event::TokenSet {
+                uid,
+                token_hash,
+                expires_at_ms,
+            } => self.tokens.set(uid, token_hash, *expires_at_ms, ts),
             Event::TokensRevoked { uid } => self.tokens.revoke_all(uid),
+            Event::TokenRevoked { uid, token_hash } => self.tokens.revoke(uid, token_hash),
             Event::ChannelCreated { channel, flags } => {
                 let last = self.heads.last_seq(channel);
                 self.subs.create(channel, *flags, last);

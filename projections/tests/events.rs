@@ -32,7 +32,13 @@ fn uids() -> impl Strategy<Value = Vec<String>> {
 
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        (id(), bytes()).prop_map(|(uid, token_hash)| Event::TokenSet { uid, token_hash }),
+        (id(), bytes(), any::<Option<u64>>()).prop_map(|(uid, token_hash, expires_at_ms)| {
+            Event::TokenSet {
+                uid,
+                token_hash,
+                expires_at_ms,
+            }
+        }),
         id().prop_map(|uid| Event::TokensRevoked { uid }),
         (id(), flags()).prop_map(|(channel, flags)| Event::ChannelCreated { channel, flags }),
         (id(), flags()).prop_map(|(channel, flags)| Event::ChannelUpdated { channel, flags }),
@@ -127,6 +133,7 @@ fn event() -> impl Strategy<Value = Event> {
                 up_to_seq,
             }
         }),
+        (id(), bytes()).prop_map(|(uid, token_hash)| Event::TokenRevoked { uid, token_hash }),
     ]
 }
 
@@ -355,6 +362,58 @@ fn a_hide_without_a_seq_keeps_the_old_encoding_and_old_builds_read_one_with_it()
     assert_eq!(read_by_old, old);
 }
 
+/// `TokenSet` gained `expires_at_ms` as the hide gained its seq: a token without an expiry is
+/// written as before the field existed, and a build from before it reads one with it (as a
+/// token that never expires).
+#[test]
+fn a_token_without_an_expiry_keeps_the_old_encoding_and_old_builds_read_one_with_it() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    #[serde(rename_all = "snake_case")]
+    enum OldEvent {
+        TokenSet { uid: String, token_hash: Bytes },
+    }
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct OldEnvelope {
+        v: u8,
+        ts: u64,
+        event: OldEvent,
+    }
+    let hash = Bytes::from_static(&[0x11; 32]);
+    let old = OldEnvelope {
+        v: 1,
+        ts: 5,
+        event: OldEvent::TokenSet {
+            uid: "bob".into(),
+            token_hash: hash.clone(),
+        },
+    };
+    let mut old_bytes = Vec::new();
+    ciborium::into_writer(&old, &mut old_bytes).unwrap();
+    let issued = |expires_at_ms: Option<u64>| {
+        Envelope::new(
+            5,
+            Event::TokenSet {
+                uid: "bob".into(),
+                token_hash: hash.clone(),
+                expires_at_ms,
+            },
+        )
+    };
+
+    let without = issued(None);
+    assert_eq!(without.encode(), Bytes::from(old_bytes.clone()));
+    assert_eq!(without.encode_reference(), Bytes::from(old_bytes.clone()));
+    assert_eq!(Envelope::decode(1, &old_bytes).unwrap(), without);
+
+    let with = issued(Some(1_764_086_400_000));
+    let bytes = with.encode();
+    assert_eq!(bytes, with.encode_reference());
+    assert_eq!(Envelope::decode(1, &bytes).unwrap(), with);
+    assert_eq!(Envelope::decode_reference(1, &bytes).unwrap(), with);
+    let read_by_old: OldEnvelope = ciborium::from_reader(&bytes[..]).unwrap();
+    assert_eq!(read_by_old, old);
+}
+
 /// One envelope of every kind, with fixed values.
 fn golden_events() -> Vec<Envelope> {
     let s = |x: &str| x.to_string();
@@ -362,6 +421,7 @@ fn golden_events() -> Vec<Envelope> {
         Event::TokenSet {
             uid: s("alice"),
             token_hash: Bytes::from_static(&[0xab; 32]),
+            expires_at_ms: None,
         },
         Event::TokensRevoked { uid: s("alice") },
         Event::ChannelCreated {
@@ -454,6 +514,17 @@ fn golden_events() -> Vec<Envelope> {
             uid: s("bob"),
             channel: s("general"),
             up_to_seq: Some(4),
+        },
+        // Appended with token expiries and single revocations (2026-11-30): the entries before
+        // them kept their bytes.
+        Event::TokenSet {
+            uid: s("alice"),
+            token_hash: Bytes::from_static(&[0xcd; 32]),
+            expires_at_ms: Some(1_764_086_400_000),
+        },
+        Event::TokenRevoked {
+            uid: s("alice"),
+            token_hash: Bytes::from_static(&[0xcd; 32]),
         },
     ];
     evs.into_iter()

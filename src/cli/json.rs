@@ -46,7 +46,9 @@ pub(crate) fn event_line(offset: u64, written_ms: u64, env: &Envelope) -> String
             fields.remove("payload");
             payload_view(payload, flags & FLAG_JSON_PAYLOAD != 0)
         }
-        Event::TokenSet { token_hash, .. } => {
+        // The hash as hex (the token's id in the API), not an array of numbers; a token's
+        // `expires_at_ms` (ms since the Unix epoch) is there when it has one.
+        Event::TokenSet { token_hash, .. } | Event::TokenRevoked { token_hash, .. } => {
             fields.insert("token_hash".into(), Value::String(hex(token_hash)));
             (None, None)
         }
@@ -67,4 +69,46 @@ pub(crate) fn event_line(offset: u64, written_ms: u64, env: &Envelope) -> String
     serde_json::to_string(&line).unwrap_or_else(|e| {
         json!({"offset": offset, "error": format!("the event does not serialize: {e}")}).to_string()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use bytes::Bytes;
+    use serde_json::Value;
+    use tidings_projections::{Envelope, Event};
+
+    use super::event_line;
+
+    fn line(event: Event) -> Value {
+        let text = event_line(3, 6, &Envelope::new(5, event));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// A token's hash is hex (its id in the API) in a single revocation as in a token set, not
+    /// an array of numbers; a set's expiry is there when it has one.
+    #[test]
+    fn token_events_show_the_hash_as_hex_and_the_expiry() {
+        let token_hash = Bytes::from_static(&[0xab, 0x01]);
+        let set = line(Event::TokenSet {
+            uid: "alice".into(),
+            token_hash: token_hash.clone(),
+            expires_at_ms: Some(9),
+        });
+        assert_eq!(set["token_hash"], "ab01");
+        assert_eq!(set["expires_at_ms"], 9);
+        let set = line(Event::TokenSet {
+            uid: "alice".into(),
+            token_hash: token_hash.clone(),
+            expires_at_ms: None,
+        });
+        assert!(set.get("expires_at_ms").is_none(), "{set}");
+        let revoked = line(Event::TokenRevoked {
+            uid: "alice".into(),
+            token_hash,
+        });
+        assert_eq!(revoked["type"], "token_revoked");
+        assert_eq!(revoked["uid"], "alice");
+        assert_eq!(revoked["token_hash"], "ab01");
+    }
 }

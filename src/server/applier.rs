@@ -1,10 +1,12 @@
 //! The applier: follows the log and applies every event to the projections in offset order,
 //! publishes how far it got (requests wait on that for read-your-writes), then acts on what
 //! changed: pushes new messages and recalls to online sessions, updates presence on membership
-//! changes, closes the sessions of users whose tokens were revoked.
+//! changes, closes the sessions of users whose tokens were revoked (all of a user's sessions,
+//! or those opened with the one token revoked).
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::json;
 use tidings_projections::ids::{ChannelId, Uid, person_pair};
 use tidings_projections::messages::Message;
@@ -28,6 +30,8 @@ enum Effect {
     Left(ChannelId, Vec<Uid>),
     Deleted(ChannelId),
     Revoked(Uid),
+    /// One token of the user revoked: the sessions opened with it close, not the others.
+    TokenRevoked(Uid, Bytes),
 }
 
 /// A message's frame: JSON with the payload as sent; CBOR from the parsed tree.
@@ -117,6 +121,9 @@ fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
         }
         Event::ChannelDeleted { channel } => Some(Effect::Deleted(channel.clone())),
         Event::TokensRevoked { uid } => Some(Effect::Revoked(uid.clone())),
+        Event::TokenRevoked { uid, token_hash } => {
+            Some(Effect::TokenRevoked(uid.clone(), token_hash.clone()))
+        }
         _ => None,
     }
 }
@@ -273,6 +280,9 @@ pub(crate) async fn run(
                 Effect::Left(c, uids) => state.delivery.left(&c, &uids),
                 Effect::Deleted(c) => state.delivery.deleted(&c),
                 Effect::Revoked(uid) => state.delivery.close_user(&uid, TOKEN_REVOKED),
+                Effect::TokenRevoked(uid, hash) => {
+                    state.delivery.close_token(&uid, &hash, TOKEN_REVOKED);
+                }
             }
         }
         push_runs(&state, &mut pushes);

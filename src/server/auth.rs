@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use bytes::Bytes;
-use tidings_projections::ids::{ChannelId, is_valid_id, person_channel, person_pair};
-use tidings_projections::tokens::token_hash;
+use tidings_projections::ids::{ChannelId, Uid, is_valid_id, person_channel, person_pair};
+use tidings_projections::tokens::{TokenStatus, Tokens, token_hash};
 
 use crate::server::error::{ApiError, ApiResult};
-use crate::server::state::AppState;
+use crate::server::state::{AppState, now_ms};
 
 /// The admin as the author of what it does to a user's message (a recall's `by`, in the log
 /// and in the `recall` frame): `:` is in no user id, so no user reads as the admin. Until
@@ -73,6 +74,28 @@ pub(crate) fn invalid_token() -> ApiError {
     ApiError::unauthorized("unknown or revoked token")
 }
 
+/// The answer to a user token past its expiry: 401 `token_expired` (the client asks its app
+/// server for a new one). A send authenticated before its token expired, and sequenced after,
+/// is answered so too.
+pub(crate) fn token_expired() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "token_expired",
+        "the token has expired",
+    )
+}
+
+/// The user the token stored under `hash` authenticates at `now` (wall-clock ms, the clock
+/// events are stamped with): 401 `token_expired` past its expiry, `invalid_token` when it is
+/// unknown or revoked.
+pub(crate) fn token_owner<'a>(tokens: &'a Tokens, hash: &[u8], now: u64) -> ApiResult<&'a Uid> {
+    match tokens.status(hash, now) {
+        TokenStatus::Valid(uid) => Ok(uid),
+        TokenStatus::Expired => Err(token_expired()),
+        TokenStatus::Unknown => Err(invalid_token()),
+    }
+}
+
 /// The caller a bearer token names, and the hash of a user's token.
 pub(crate) fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<Authenticated> {
     let token = token
@@ -85,14 +108,14 @@ pub(crate) fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<A
         });
     }
     let hash = token_hash(token);
-    let uid = state.proj().state.tokens.user_of_hash(&hash).cloned();
-    match uid {
-        Some(uid) => Ok(Authenticated {
-            caller: Caller::User(uid),
-            token_hash: Some(hash),
-        }),
-        None => Err(invalid_token()),
-    }
+    let uid = {
+        let p = state.proj();
+        token_owner(&p.state.tokens, &hash, now_ms())?.clone()
+    };
+    Ok(Authenticated {
+        caller: Caller::User(uid),
+        token_hash: Some(hash),
+    })
 }
 
 /// The bearer token of a request, from the `Authorization` header.

@@ -116,6 +116,11 @@ pub(crate) const TOKEN_REVOKED: CloseReason = CloseReason {
     code: 4001,
     reason: "token_revoked",
 };
+/// The session's token reached its expiry (`ws.rs` keeps a timer for it).
+pub(crate) const TOKEN_EXPIRED: CloseReason = CloseReason {
+    code: 4001,
+    reason: "token_expired",
+};
 pub(crate) const IDLE_TIMEOUT: CloseReason = CloseReason {
     code: 4002,
     reason: "idle_timeout",
@@ -135,11 +140,31 @@ pub(crate) struct SessionLimits {
     pub(crate) per_user: usize,
 }
 
+/// Whose a session is: the user, and the hash of the token it was opened with.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionUser {
+    pub(crate) uid: Uid,
+    /// `None`: no token to revoke it by (only the registry's own tests open such sessions).
+    pub(crate) token_hash: Option<Bytes>,
+}
+
+impl From<&str> for SessionUser {
+    fn from(uid: &str) -> Self {
+        SessionUser {
+            uid: uid.to_owned(),
+            token_hash: None,
+        }
+    }
+}
+
 /// One WebSocket session as the registry sees it.
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) id: u64,
     pub(crate) uid: Uid,
+    /// The hash of the token the session was opened with: revoking that token closes it, and
+    /// the user's other sessions stay ([`Delivery::close_token`]).
+    token_hash: Option<Bytes>,
     /// The projections' next offset when the session registered: its groups are those of
     /// that point, so pushes of earlier events (the applier may still be handing out a pass
     /// it applied before) are not for it. A group joined in that pass would otherwise get the
@@ -313,20 +338,23 @@ impl Delivery {
         self.read().sessions.get(uid).map_or(0, Vec::len)
     }
 
-    /// Registers a session of `uid`, online in `groups`, the user's groups as the projections
-    /// hold them with `from_offset` their next offset. Returns it and the receiving end of its
-    /// queue; `None` when the user already holds `max_sessions`. The caller must hold the
-    /// projections' read lock while calling, so that no membership change slips between
-    /// reading `groups` and registering.
+    /// Registers a session of `user` (a user id, and the hash of the token it was opened
+    /// with), online in `groups`, the user's groups as the projections hold them with
+    /// `from_offset` their next offset. Returns it and the receiving end of its queue; `None`
+    /// when the user already holds `max_sessions`. The caller must hold the projections' read
+    /// lock while calling, so that no membership change slips between reading `groups` and
+    /// registering.
     pub(crate) fn register(
         &self,
-        uid: &str,
+        user: impl Into<SessionUser>,
         groups: impl Iterator<Item = ChannelId>,
         from_offset: u64,
         limits: SessionLimits,
         parent: &CancellationToken,
         live: bool,
     ) -> Option<(Arc<Session>, mpsc::Receiver<Run>)> {
+        let SessionUser { uid, token_hash } = user.into();
+        let uid = uid.as_str();
         let SessionLimits {
             queue,
             queue_bytes,
@@ -339,6 +367,7 @@ impl Delivery {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             uid: uid.to_owned(),
+            token_hash,
             from_offset,
             tx,
             queued: AtomicUsize::new(0),
@@ -538,6 +567,18 @@ impl Delivery {
         if let Some(sessions) = self.read().sessions.get(uid) {
             for s in sessions {
                 s.close_with(reason);
+            }
+        }
+    }
+
+    /// Closes the sessions of `uid` opened with the token stored under `token_hash`; the
+    /// user's other sessions stay.
+    pub(crate) fn close_token(&self, uid: &str, token_hash: &[u8], reason: CloseReason) {
+        if let Some(sessions) = self.read().sessions.get(uid) {
+            for s in sessions {
+                if s.token_hash.as_deref() == Some(token_hash) {
+                    s.close_with(reason);
+                }
             }
         }
     }
@@ -808,6 +849,37 @@ mod tests {
         // No other session, or none at all: nothing is built.
         d.push_to_user("b", Some(b.id), || panic!("built for nobody"));
         d.push_to_user("c", None, || panic!("built for nobody"));
+    }
+
+    /// Revoking one token closes the sessions opened with it, not the user's others (nor
+    /// another user's); revoking all of the user's closes every one.
+    #[test]
+    fn revoking_a_token_closes_only_its_sessions() {
+        let d = Delivery::default();
+        let register = |uid: &str, token: u8| {
+            let user = SessionUser {
+                uid: uid.to_owned(),
+                token_hash: Some(Bytes::from(vec![token; 32])),
+            };
+            let limits = SessionLimits {
+                queue: 4,
+                queue_bytes: usize::MAX,
+                per_user: 8,
+            };
+            let parent = CancellationToken::new();
+            d.register(user, std::iter::empty(), 0, limits, &parent, true)
+                .unwrap()
+                .0
+        };
+        let (lost, lost_too, kept) = (register("a", 1), register("a", 1), register("a", 2));
+        let other = register("b", 1);
+        d.close_token("a", &[1; 32], TOKEN_REVOKED);
+        assert_eq!(lost.close_reason(), Some(TOKEN_REVOKED));
+        assert_eq!(lost_too.close_reason(), Some(TOKEN_REVOKED));
+        assert_eq!(kept.close_reason(), None, "another token of the user");
+        assert_eq!(other.close_reason(), None, "another user");
+        d.close_user("a", TOKEN_REVOKED);
+        assert_eq!(kept.close_reason(), Some(TOKEN_REVOKED));
     }
 
     #[test]

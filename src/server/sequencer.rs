@@ -27,7 +27,7 @@ use tidings_projections::permissions::check_send;
 use tidings_projections::{Envelope, Event, FastMap, State};
 use tokio::sync::watch;
 
-use crate::server::auth::invalid_token;
+use crate::server::auth::{invalid_token, token_owner};
 use crate::server::completions::{Outcome, Registration, Reply};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::{APPLY_TIMEOUT, AppState, now_ms};
@@ -59,8 +59,18 @@ pub(crate) struct SendRequest {
     /// The hash of the user token the send was authenticated with (`None`: the admin key),
     /// checked again in [`prepare_locked`]: a revocation is applied under the sequencer's lock
     /// ([`AppState::emit`]), so a send authenticated before it is either written before it or
-    /// refused. Shared, not copied: every send of a WebSocket session holds its one hash.
+    /// refused; and a send sequenced at or after its token's expiry is refused. Shared, not
+    /// copied: every send of a WebSocket session holds its one hash.
     pub(crate) token_hash: Option<Bytes>,
+}
+
+/// What a revocation in flight covers ([`Sequencer::revoking`]).
+#[derive(Debug, Clone)]
+pub(crate) enum Revocation {
+    /// Every token of a user.
+    User(String),
+    /// One token, by its hash.
+    Token(Bytes),
 }
 
 /// Reservations made but not yet applied.
@@ -75,22 +85,47 @@ pub(crate) struct Sequencer {
     /// may overlap). Their sends are refused here from the moment the revocation is enqueued,
     /// so the lock is not held across its fsync and apply ([`Sequencer::revoking`]).
     revoking: FastMap<String, u32>,
+    /// The same for single tokens revoked (by hash): sends made with them are refused, the
+    /// user's other tokens' are not.
+    revoking_tokens: FastMap<Bytes, u32>,
 }
 
 impl Sequencer {
-    /// Marks `uid`'s revocation as enqueued (call under the lock, with the enqueue).
-    pub(crate) fn revoking(&mut self, uid: &str) {
-        *self.revoking.entry(uid.to_owned()).or_default() += 1;
+    /// Marks a revocation as enqueued (call under the lock, with the enqueue).
+    pub(crate) fn revoking(&mut self, what: &Revocation) {
+        match what {
+            Revocation::User(uid) => *self.revoking.entry(uid.clone()).or_default() += 1,
+            Revocation::Token(hash) => *self.revoking_tokens.entry(hash.clone()).or_default() += 1,
+        }
     }
 
     /// The revocation marked by [`Sequencer::revoking`] is applied, or was never written.
-    pub(crate) fn revoked(&mut self, uid: &str) {
-        if let Some(n) = self.revoking.get_mut(uid) {
-            *n -= 1;
-            if *n == 0 {
-                self.revoking.remove(uid);
+    pub(crate) fn revoked(&mut self, what: &Revocation) {
+        match what {
+            Revocation::User(uid) => {
+                if let Some(n) = self.revoking.get_mut(uid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.revoking.remove(uid);
+                    }
+                }
+            }
+            Revocation::Token(hash) => {
+                if let Some(n) = self.revoking_tokens.get_mut(hash) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.revoking_tokens.remove(hash);
+                    }
+                }
             }
         }
+    }
+
+    /// Whether a revocation of `uid`'s tokens, or of the token stored under `hash`, is
+    /// enqueued and not yet applied.
+    fn is_revoking(&self, uid: &str, hash: &[u8]) -> bool {
+        (!self.revoking.is_empty() && self.revoking.contains_key(uid))
+            || (!self.revoking_tokens.is_empty() && self.revoking_tokens.contains_key(hash))
     }
 
     /// Drops reservations the projections have caught up with, once the map has doubled since
@@ -363,18 +398,23 @@ fn prepare_locked(
         return Ok(Prepared::Wait(rx, req.channel));
     }
 
+    // The message's timestamp, and the time its token must still be valid at.
+    let ts = now_ms();
     let (last_seq, next_id) = {
         let p = state.proj();
         let st = &p.state;
         // The credential, still valid in the applied state (one lookup in the token index). A
         // revocation is appended and applied under this lock, so a send authenticated before
         // it and sequenced after is refused here, as a request made after it is refused at
-        // authentication: a user cut off writes nothing after the revocation in the log.
-        if let Some(hash) = &req.token_hash
-            && ((!seq.revoking.is_empty() && seq.revoking.contains_key(&req.from))
-                || st.tokens.user_of_hash(hash) != Some(&req.from))
-        {
-            return Err(invalid_token());
+        // authentication: a user cut off writes nothing after the revocation in the log. So
+        // is one whose token expired by the time it is sequenced (`token_expired`).
+        if let Some(hash) = &req.token_hash {
+            if seq.is_revoking(&req.from, hash) {
+                return Err(invalid_token());
+            }
+            if *token_owner(&st.tokens, hash, ts)? != req.from {
+                return Err(invalid_token());
+            }
         }
         // Already applied: answer with the original.
         if key.is_some()
@@ -411,7 +451,6 @@ fn prepare_locked(
         .max(seq.next_message_id)
         .max(next_id)
         .max(1);
-    let ts = now_ms();
     let env = Envelope::new(
         ts,
         Event::MessageSent {

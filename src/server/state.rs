@@ -23,7 +23,7 @@ use crate::server::error::{ApiError, ApiResult};
 use crate::server::limits::{UserBucket, UserRates};
 use crate::server::metrics::Metrics;
 use crate::server::read_notices::ReadNotices;
-use crate::server::sequencer::Sequencer;
+use crate::server::sequencer::{Revocation, Sequencer};
 use crate::server::waiters::{AppliedWaiters, Wait};
 
 /// How long a request waits for its own event to be applied before answering 503.
@@ -197,13 +197,17 @@ impl AppState {
     /// lock is released: sends are checked against the applied state, and one checked before
     /// such an event was applied was written after it in the log — a message from a removed
     /// member, into a banned group, or into a deleted group where no member can ever read it
-    /// (it was acknowledged all the same). A user's tokens revoked are ordered with sends too,
-    /// without holding the lock that long ([`AppState::revoke`]; the send's token is checked
-    /// under the lock: `SendRequest::token_hash`).
+    /// (it was acknowledged all the same). A user's tokens revoked, all or one, are ordered
+    /// with sends too, without holding the lock that long ([`AppState::revoke`]; the send's
+    /// token is checked under the lock: `SendRequest::token_hash`).
     pub(crate) async fn emit(self: &Arc<Self>, event: Event) -> ApiResult<u64> {
-        if let Event::TokensRevoked { uid } = &event {
-            let uid = uid.clone();
-            return self.revoke(uid, event).await;
+        let revocation = match &event {
+            Event::TokensRevoked { uid } => Some(Revocation::User(uid.clone())),
+            Event::TokenRevoked { token_hash, .. } => Some(Revocation::Token(token_hash.clone())),
+            _ => None,
+        };
+        if let Some(what) = revocation {
+            return self.revoke(what, event).await;
         }
         if narrows_sends(&event) {
             return self
@@ -292,13 +296,14 @@ impl AppState {
         &self.subscribing[(hash % self.subscribing.len() as u64) as usize]
     }
 
-    /// Writes a revocation of `uid`'s tokens, ordered with sends as a narrowing change is but
-    /// without holding the sequencer's lock across its fsync and apply (logouts are frequent;
-    /// every send would wait for each): under the lock it is enqueued and `uid` marked as being
-    /// revoked, so a send of theirs sequenced after it is refused, and one before it is written
-    /// before it; the mark goes once the event is applied. In a task of its own, as
-    /// [`AppState::emit_unless`]'s: the mark is taken off however the request ends.
-    async fn revoke(self: &Arc<Self>, uid: String, event: Event) -> ApiResult<u64> {
+    /// Writes a revocation (`what`: a user's tokens, or one token), ordered with sends as a
+    /// narrowing change is but without holding the sequencer's lock across its fsync and apply
+    /// (logouts are frequent; every send would wait for each): under the lock it is enqueued
+    /// and what it revokes marked as being revoked, so a send made with such a token and
+    /// sequenced after it is refused, and one before it is written before it; the mark goes
+    /// once the event is applied. In a task of its own, as [`AppState::emit_unless`]'s: the
+    /// mark is taken off however the request ends.
+    async fn revoke(self: &Arc<Self>, what: Revocation, event: Event) -> ApiResult<u64> {
         let state = self.clone();
         let task = self.send_tasks.spawn(async move {
             let pending = {
@@ -306,7 +311,7 @@ impl AppState {
                 state.writable()?;
                 let env = Envelope::new(now_ms(), event);
                 let pending = state.log.enqueue(vec![env.encode()]).await?;
-                seq.revoking(&uid);
+                seq.revoking(&what);
                 pending
             };
             let written = async {
@@ -318,7 +323,7 @@ impl AppState {
             // Left in place if it failed: the log or the applier stopped, and a send checked
             // against a state without the revocation must not be written after it meanwhile.
             if written.is_ok() {
-                state.sequencer.lock().await.revoked(&uid);
+                state.sequencer.lock().await.revoked(&what);
             }
             written
         });

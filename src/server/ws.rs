@@ -30,17 +30,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::render::{cbor_frame, channel_ref, message_json, message_text};
-use crate::server::auth::{Authenticated, Caller, authenticate, resolve, ws_bearer};
+use crate::server::auth::{Authenticated, Caller, authenticate, resolve, token_owner, ws_bearer};
 use crate::server::completions::{Answer, Answers, Reply};
 use crate::server::delivery::{
-    CloseReason, GOING_AWAY, IDLE_TIMEOUT, Pushed, Run, Session, SessionLimits,
+    CloseReason, GOING_AWAY, IDLE_TIMEOUT, Pushed, Run, Session, SessionLimits, SessionUser,
+    TOKEN_EXPIRED,
 };
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::http::{ApiQuery, MAX_CLIENT_MSG_ID, one_payload_form, payload_bytes, present};
 use crate::server::keepalive::{Due, Keepalive};
 use crate::server::limits::{TokenBucket, UserBucket};
 use crate::server::sequencer::{self, SendRequest, Sent};
-use crate::server::state::AppState;
+use crate::server::state::{AppState, now_ms};
 
 const CBOR_PROTOCOL: &str = "tidings.cbor";
 const CATCH_UP_PAGE: usize = 256;
@@ -640,6 +641,8 @@ enum Step {
     CatchUp,
     /// The keepalive timer: ping a silent client, close one silent too long.
     Keepalive,
+    /// The session's token reached its expiry: closed (4001 `token_expired`).
+    Expired,
     /// The client sent a frame the server cannot read (too large, text not UTF-8, not
     /// WebSocket): closed with a code that says so; what it sent before still goes to the log,
     /// as on a close.
@@ -1031,6 +1034,9 @@ struct Registered {
     uid: String,
     /// The hash of the token the session was opened with.
     token_hash: Bytes,
+    /// When that token expires (ms since the Unix epoch; `None`: never): the session closes
+    /// then.
+    expires_at_ms: Option<u64>,
     session: Arc<Session>,
     queue: mpsc::Receiver<Run>,
 }
@@ -1039,10 +1045,10 @@ impl Registered {
     /// Registers `uid`'s new session (`live`: without catch-up). Under the projections' lock: no
     /// membership change slips between reading the user's groups and registering, and a
     /// revocation applied since the request was authenticated is seen here (one applied later
-    /// closes the registered session). The session is pushed what is applied from here on:
-    /// the applier may still be pushing events the projections hold already, and the groups
-    /// read here are those of after them (a group joined among them is not yet the user's for
-    /// the messages before the join).
+    /// closes the registered session), as is an expiry reached since. The session is pushed
+    /// what is applied from here on: the applier may still be pushing events the projections
+    /// hold already, and the groups read here are those of after them (a group joined among
+    /// them is not yet the user's for the messages before the join).
     fn new(
         state: &Arc<AppState>,
         uid: &str,
@@ -1050,11 +1056,12 @@ impl Registered {
         live: bool,
     ) -> ApiResult<Registered> {
         let p = state.proj();
-        if p.state.tokens.user_of_hash(&token_hash).map(String::as_str) != Some(uid) {
-            // The upgrade's answer, as any request's with a revoked token (the close reason
-            // `token_revoked` is a registered session's).
+        // The upgrade's answer, as any request's with a revoked or expired token (the close
+        // reasons `token_revoked` and `token_expired` are a registered session's).
+        if token_owner(&p.state.tokens, &token_hash, now_ms())? != uid {
             return Err(crate::server::auth::invalid_token());
         }
+        let expires_at_ms = p.state.tokens.expiry(&token_hash);
         let groups = p
             .state
             .subs
@@ -1062,10 +1069,14 @@ impl Registered {
             .filter(|c| !is_person_channel(c))
             .cloned();
         let per_user = state.config.limits_sessions_per_user;
+        let user = SessionUser {
+            uid: uid.to_owned(),
+            token_hash: Some(token_hash.clone()),
+        };
         let (session, queue) = state
             .delivery
             .register(
-                uid,
+                user,
                 groups,
                 p.state.next_offset(),
                 SessionLimits {
@@ -1088,6 +1099,7 @@ impl Registered {
             state: state.clone(),
             uid: uid.to_owned(),
             token_hash,
+            expires_at_ms,
             session,
             queue,
         })
@@ -1157,6 +1169,12 @@ async fn run(
     );
     let keepalive = tokio::time::sleep_until(liveness.first_check());
     tokio::pin!(keepalive);
+    // A timer for the token's expiry, when it has one: the session closes then (its sends
+    // would be refused from then on anyway: the sequencer checks the token of each).
+    let mut expiry = registered.expires_at_ms.map(|at| {
+        let left = Duration::from_millis(at.saturating_sub(now_ms()));
+        Box::pin(tokio::time::sleep(left))
+    });
     let mut broken = false;
     let close: Option<CloseReason> = loop {
         // Out of frame tokens: no frame is read until one is back.
@@ -1167,6 +1185,12 @@ async fn run(
             // Early in the order: ready at most once per `ping_after`, never starved by the
             // always-ready branches below (catch-up, a queue that never empties).
             () = &mut keepalive => Step::Keepalive,
+            // Likewise: ready once, at the token's expiry.
+            () = async {
+                if let Some(at) = expiry.as_mut() {
+                    at.await;
+                }
+            }, if expiry.is_some() => Step::Expired,
             frame = stream.next(), if frames_wait.is_none()
                 && in_flight.available_permits() > 0
                 && ctx.sends.len() < SEND_BATCH
@@ -1195,6 +1219,12 @@ async fn run(
         };
         let done = match step {
             Step::Close(reason) => break Some(reason),
+            Step::Expired => {
+                // Through the session's close: the first reason wins (a revocation that came
+                // at the same moment), and pushes stop at once.
+                session.close_with(TOKEN_EXPIRED);
+                break Some(session.close_reason().unwrap_or(TOKEN_EXPIRED));
+            }
             Step::Gone => break None,
             Step::Broken(reason) => {
                 broken = true;

@@ -244,8 +244,15 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let routes = Router::new()
         .route(
             "/v1/users/{uid}/tokens",
-            post(users::create_token).delete(users::revoke_tokens),
+            post(users::create_token)
+                .get(users::list_tokens)
+                .delete(users::revoke_tokens),
         )
+        .route(
+            "/v1/users/{uid}/tokens/{token_id}",
+            axum::routing::delete(users::revoke_token),
+        )
+        .route("/v1/token", axum::routing::delete(users::logout))
         .route("/v1/users/{uid}/allowlist", user_list(Allow))
         .route("/v1/users/{uid}/denylist", user_list(Deny))
         .route(

@@ -61,7 +61,8 @@ impl Modify for Extras {
 #[openapi(
     info(title = "tidings", description = "An instant-messaging server on a checksummed commit log. Authorization: Bearer <admin key | user token>. Errors: {\"error\":{\"code\",\"message\"}}."),
     paths(
-        users::create_token, users::revoke_tokens, users::get_list, users::add_to_list, users::remove_from_list,
+        users::create_token, users::list_tokens, users::revoke_tokens, users::revoke_token, users::logout,
+        users::get_list, users::add_to_list, users::remove_from_list,
         channels::put_channel, channels::delete_channel, channels::get_channel,
         channels::get_members, channels::add_members, channels::remove_members,
         channels::get_list, channels::add_to_list, channels::remove_from_list,
