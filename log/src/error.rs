@@ -201,6 +201,18 @@ pub enum LogError {
     /// The log was opened read-only.
     #[error("log is open read-only")]
     ReadOnly,
+    /// A rewrite of a sealed segment ([`crate::Log::rewrite_sealed`]) was refused, and the
+    /// segment left as it was: the log is read-only or tiered, no local sealed segment starts
+    /// at `base` (it is the active segment, only in the object store, or not a segment's
+    /// base), an offset to replace is outside the segment, or a replacement's length is not
+    /// its record's.
+    #[error("rewrite of the segment at offset {base} refused: {reason}")]
+    RewriteRefused {
+        /// The base offset of the segment asked for.
+        base: u64,
+        /// Why.
+        reason: String,
+    },
     /// The writer thread ended unexpectedly.
     #[error("log writer stopped unexpectedly")]
     WriterGone,

@@ -14,9 +14,12 @@
 //! 5. After a write or sync error the log refuses appends ([`LogError::Poisoned`]) until it is
 //!    reopened.
 //! 6. Opening reads only the active segment's indexes and tail, never the whole log.
-//! 7. Sealed segments are immutable, and hold exactly their batches. Only the active segment
-//!    may end in zeros (the unused part of a preallocated segment, `log/DESIGN.md`); they are
-//!    never read as records, and sealing or closing cuts them.
+//! 7. Sealed segments are never written to, and hold exactly their batches. Only the active
+//!    segment may end in zeros (the unused part of a preallocated segment, `log/DESIGN.md`);
+//!    they are never read as records, and sealing or closing cuts them. A sealed segment is
+//!    only ever replaced whole, by [`Log::rewrite_sealed`]: the same batches, offsets,
+//!    timestamps and length, some records' bytes replaced by others of the same length, in a
+//!    new file renamed over it (a crash leaves the old segment or the new one, never a mix).
 //! 8. One process at a time: the directory is locked while open, by the writer thread, until
 //!    its last write (a log dropped without `close` stays locked while its writer finishes).
 //! 9. With a [`tier::Tier`]: a sealed segment's local file is deleted only after its upload was
@@ -56,6 +59,7 @@ mod options;
 mod prealloc;
 mod readonly;
 mod recovery;
+mod rewrite;
 mod sealed;
 mod segment;
 #[cfg(feature = "sim")]
@@ -70,6 +74,7 @@ pub use crate::error::{CorruptKind, LogError, Result};
 pub use crate::log::{AppendAck, Log, PendingAppend, SegmentCheck, SegmentInfo, Watermark};
 pub use crate::metrics::{FSYNC_BUCKETS_MICROS, LogMetrics};
 pub use crate::options::{FsyncPolicy, LogOptions, RecoveryMode};
+pub use crate::rewrite::{RewriteStats, SealedSegment};
 pub use crate::sealed::{MAX_LOADED_SEALED_INDEXES, MAX_OPEN_SEALED_FILES};
 pub use crate::tail::Tail;
 pub use crate::vfs::{DIRECT_ALIGN, StdFs, Vfs, VfsFile, VfsLock};

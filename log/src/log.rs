@@ -79,7 +79,8 @@ pub struct SegmentInfo {
     pub end_offset: u64,
     /// Bytes of batches.
     pub bytes: u64,
-    /// Whether the segment is sealed (immutable).
+    /// Whether the segment is sealed (no longer written to by appends; only
+    /// [`Log::rewrite_sealed`] replaces it, whole and at the same length).
     pub sealed: bool,
     /// Whether its files are only in the object store.
     pub remote: bool,
@@ -117,7 +118,7 @@ impl PoisonSlot {
 pub(crate) struct Shared {
     dir: PathBuf,
     opts: LogOptions,
-    segments: Arc<ArcSwap<Vec<Arc<Segment>>>>,
+    pub(crate) segments: Arc<ArcSwap<Vec<Arc<Segment>>>>,
     pub(crate) watermark: watch::Receiver<Watermark>,
     tx: mpsc::Sender<Command>,
     permits: Arc<Semaphore>,
@@ -136,6 +137,10 @@ pub(crate) struct Shared {
     rolled: Arc<tokio::sync::Notify>,
     /// See [`Log::opened_after_unsynced_writes`].
     after_unsynced: bool,
+    /// Held by a rewrite of a sealed segment (`rewrite.rs`) from before its checks until it
+    /// ends, so that rewrites run one at a time, and by a close until it marks the log closed,
+    /// so that none runs on after the directory lock is given up.
+    pub(crate) rewrites: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug)]
@@ -149,7 +154,7 @@ struct UploaderHandle {
 /// dropping the last handle to sync and stop the writer deterministically.
 #[derive(Debug, Clone)]
 pub struct Log {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Log {
@@ -351,15 +356,18 @@ impl Log {
             .list(&dir)
             .map_err(|e| LogError::io("list directory", &dir, e))?;
         let mut bases = Vec::new();
+        let mut leftovers = Vec::new();
         for name in &names {
             match segment::parse_log_name(name) {
                 Some(base) => bases.push(base),
                 None if name.ends_with(".log") => {
                     tracing::warn!(file = %dir.join(name).display(), "ignoring a .log file that is not named {{base:020}}.log");
                 }
+                None if crate::rewrite::is_rewrite_leftover(name) => leftovers.push(name.as_str()),
                 None => {}
             }
         }
+        crate::rewrite::remove_leftovers(vfs.as_ref(), &dir, &leftovers)?;
         bases.sort_unstable();
         let manifest = opts.tier.as_ref().map(|t| t.manifest());
         // An empty log beside a store that holds history: a data directory started once
@@ -535,6 +543,7 @@ impl Log {
                 uploader: opts_has_tier.then(|| Mutex::new(None)),
                 rolled,
                 after_unsynced,
+                rewrites: Arc::new(tokio::sync::Mutex::new(())),
             }),
         })
     }
@@ -563,6 +572,7 @@ impl Log {
                 uploader: None,
                 rolled: Arc::new(tokio::sync::Notify::new()),
                 after_unsynced,
+                rewrites: Arc::new(tokio::sync::Mutex::new(())),
                 opts,
             }),
         })
@@ -759,7 +769,11 @@ impl Log {
                 tracing::warn!(error = %e, "could not release the object-store prefix (a successor waits for the lease)");
             }
         }
+        // A rewrite of a sealed segment that is running ends first (its file is renamed, or
+        // removed, before the writer gives up the directory lock); later ones see the log closed.
+        let rewrites = self.shared.rewrites.lock().await;
         self.shared.closed.store(true, Ordering::Release);
+        drop(rewrites);
         let (ack, rx) = oneshot::channel();
         let result = match self.shared.tx.send(Command::Close(ack)).await {
             Ok(()) => rx.await.unwrap_or(Err(LogError::WriterGone)),

@@ -2,9 +2,12 @@
 //!
 //! Every file has *live* bytes (what reads see: every write lands here at once) and *durable*
 //! bytes (what a completed `sync_data` promoted). A directory's entries become durable only at
-//! `sync_dir`. [`SimFs::crash`] throws away everything that was not durable, as a power cut
-//! would. Faults can be armed to fail the Nth write or sync (a failed write may first apply a
-//! torn prefix), and every byte read is counted.
+//! `sync_dir`: a crash leaves each directory's names as they were at its last sync, each naming
+//! the file it named then (a file created since is gone, one removed since is back, and a rename
+//! since is undone, so a rename over a file leaves the old one). [`SimFs::crash`] throws away
+//! everything that was not durable, as a power cut would. Faults can be armed to fail the Nth
+//! write, sync, rename or directory sync (a failed write may first apply a torn prefix), and
+//! every byte read is counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -28,8 +31,11 @@ struct FileState {
 struct State {
     /// Files by path; a file removed from the namespace but still open lives on in its handles.
     files: BTreeMap<PathBuf, Arc<Mutex<FileState>>>,
-    /// Directory entries that survive a crash.
-    durable_names: BTreeSet<PathBuf>,
+    /// Directory entries that survive a crash: each name with the file it named at the last
+    /// `sync_dir` of its directory (a file created since is not here; one removed, or renamed
+    /// away or over, since is, as it was). Until 2026-11-30 only the names were kept, and a
+    /// rename dropped its target's: a rename over a file then a crash kept neither file.
+    durable_names: BTreeMap<PathBuf, Arc<Mutex<FileState>>>,
     /// Held locks, each with the id of its guard.
     locks: BTreeMap<PathBuf, u64>,
     next_lock_id: u64,
@@ -84,12 +90,12 @@ impl SimFs {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    /// Power cut: every file goes back to its durable bytes, and files whose directory entry was
-    /// never synced disappear. Locks are released (the process died).
+    /// Power cut: the namespace goes back to what the last directory syncs made durable (files
+    /// whose entry was never synced disappear, removed or renamed ones are back under their
+    /// names), and every file to its durable bytes. Locks are released (the process died).
     pub fn crash(&self) {
         let mut st = lock(&self.state);
-        let durable = st.durable_names.clone();
-        st.files.retain(|path, _| durable.contains(path));
+        st.files = st.durable_names.clone();
         let files: Vec<_> = st.files.values().cloned().collect();
         for f in files {
             let mut f = lock(&f);
@@ -153,7 +159,7 @@ impl SimFs {
     pub fn write_file(&self, path: &Path, bytes: Vec<u8>) {
         let mut st = lock(&self.state);
         let f = st.files.entry(path.to_path_buf()).or_default().clone();
-        st.durable_names.insert(path.to_path_buf());
+        st.durable_names.insert(path.to_path_buf(), f.clone());
         let mut f = lock(&f);
         f.durable = bytes.clone();
         f.live = bytes;
@@ -172,15 +178,13 @@ impl SimFs {
             let mut cst = lock(&copy.state);
             for (path, f) in &st.files {
                 let bytes = lock(f).live.clone();
-                cst.files.insert(
-                    path.clone(),
-                    Arc::new(Mutex::new(FileState {
-                        live: bytes.clone(),
-                        durable: bytes,
-                        failed_sync: false,
-                    })),
-                );
-                cst.durable_names.insert(path.clone());
+                let copied = Arc::new(Mutex::new(FileState {
+                    live: bytes.clone(),
+                    durable: bytes,
+                    failed_sync: false,
+                }));
+                cst.files.insert(path.clone(), copied.clone());
+                cst.durable_names.insert(path.clone(), copied);
             }
             cst.dirs = st.dirs.clone();
         }
@@ -364,6 +368,8 @@ impl Vfs for SimFs {
         Ok(lock(&self.state).files.contains_key(path))
     }
 
+    /// Takes the name out of the namespace (open handles keep the file); until the directory is
+    /// synced, a crash brings it back as it was durable.
     fn remove(&self, path: &Path) -> io::Result<()> {
         lock(&self.state)
             .files
@@ -372,9 +378,11 @@ impl Vfs for SimFs {
             .ok_or(io::ErrorKind::NotFound.into())
     }
 
-    /// Moves the file (open handles keep seeing it) to the new name; until the directory is
-    /// synced, a crash keeps neither name (the old one left the namespace, the new one is not
-    /// durable yet). That is harsher than a real file system, never kinder.
+    /// Moves the file (open handles keep seeing it) to the new name, replacing what `to` named;
+    /// until the directory is synced, a crash undoes it: `to` names the file it named at the
+    /// last sync (the old one, or nothing) and `from` its file again if its name was durable.
+    /// A rename over a file thus leaves the old file or the new one, never neither (what
+    /// `log/DESIGN.md` assumes of the disk).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = lock(&self.state);
         if SimFs::countdown(&mut st.fail_rename_in) {
@@ -385,7 +393,6 @@ impl Vfs for SimFs {
             .remove(from)
             .ok_or(io::Error::from(io::ErrorKind::NotFound))?;
         st.files.insert(to.to_path_buf(), data);
-        st.durable_names.remove(to);
         Ok(())
     }
 
@@ -394,13 +401,13 @@ impl Vfs for SimFs {
         if SimFs::countdown(&mut st.fail_dir_sync_in) {
             return Err(injected("directory sync"));
         }
-        let live: Vec<PathBuf> = st
+        let live: Vec<(PathBuf, Arc<Mutex<FileState>>)> = st
             .files
-            .keys()
-            .filter(|p| p.parent() == Some(dir))
-            .cloned()
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .map(|(p, f)| (p.clone(), f.clone()))
             .collect();
-        st.durable_names.retain(|p| p.parent() != Some(dir));
+        st.durable_names.retain(|p, _| p.parent() != Some(dir));
         st.durable_names.extend(live);
         Ok(())
     }
