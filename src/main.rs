@@ -37,6 +37,8 @@ enum Cmd {
     Verify(cli::verify::VerifyArgs),
     /// List segments, snapshots and index sidecars, and check every checksum.
     Inspect(cli::inspect::InspectArgs),
+    /// Purge the payloads of recalled messages from sealed log segments (server stopped).
+    Compact(cli::compact::CompactArgs),
     /// Tiered storage: status, upload now, garbage collection.
     #[command(subcommand)]
     Tier(cli::tier::TierCmd),
@@ -69,6 +71,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Cmd::Rebuild(a) => cli::rebuild::run(a).await,
             Cmd::Verify(a) => cli::verify::run(a).await,
             Cmd::Inspect(a) => cli::inspect::run(a).await,
+            Cmd::Compact(a) => cli::compact::run(a).await,
             Cmd::Tier(t) => cli::tier::run(t).await,
         }
     })

@@ -4,27 +4,18 @@
 //! data directory and a store holding another history.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
+use common::{tidings, tree};
 use serde_json::Value;
 use tidings_log::tier::manifest::{Manifest, RemoteSegment};
 use tidings_log::{FsyncPolicy, Log, LogOptions};
 use tidings_projections::{ChannelFlags, Envelope, Event, FLAG_JSON_PAYLOAD, snapshot};
-
-fn tidings(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn opts() -> LogOptions {
     LogOptions::default()
@@ -380,23 +371,6 @@ async fn verify_names_damage_in_the_active_segment_past_a_snapshot() {
         out.contains("not compared with a rebuild") && out.contains("offset 20"),
         "{out}"
     );
-}
-
-/// Every path under `dir`, sorted.
-fn tree(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path.clone());
-            }
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
 }
 
 /// `verify` and `inspect` create nothing in the data directory (the README: read-only, they

@@ -46,7 +46,7 @@ async fn written(dir: &Path, opts: LogOptions) -> (Log, Vec<Bytes>) {
 /// Replacements for the first and every third offset of `seg`.
 fn replacements(seg: &SealedSegment, payloads: &[Bytes]) -> BTreeMap<u64, Bytes> {
     (seg.base..seg.end)
-        .filter(|o| (o - seg.base) % 3 == 0)
+        .filter(|o| (o - seg.base).is_multiple_of(3))
         .map(|o| (o, replacement(o, payloads[o as usize].len())))
         .collect()
 }

@@ -13,6 +13,17 @@
 //! before the field still reads an event that has it (serde skips unknown fields; its
 //! hand-written decoder hands such an event to the reference), without its meaning. So far:
 //! `ConversationHidden::up_to_seq` (2026-11-30), `TokenSet::expires_at_ms` (2026-11-30).
+//!
+//! A message's `flags` carry [`FLAG_JSON_PAYLOAD`] and [`FLAG_PURGED`]; the other bits are
+//! reserved. [`FLAG_PURGED`] marks a send or an edit whose payload `tidings compact` replaced
+//! with zeros of the same length (the payload of a recalled message, which nothing serves
+//! again): the record keeps its length, so its segment's batch lengths, byte positions and
+//! index files stay valid. The flags are a CBOR integer (one byte while below 24), and setting
+//! bit 1 never moves them across a head-length boundary (24, 256, 2^16 and 2^32 are multiples
+//! of 4, and the two values just below each have bit 1 set already), so the encoding keeps the
+//! original's length. The projections ignore the bit (`State::apply` masks it): a purged log
+//! rebuilds into the state the original gave. A build from before the bit reads a purged
+//! record as a message whose payload is zeros (never served: the message is recalled).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -22,6 +33,12 @@ use crate::ids::{ChannelId, Uid};
 
 /// Message flag: the payload is a JSON document (the API returns it as JSON, not base64).
 pub const FLAG_JSON_PAYLOAD: u32 = 1;
+
+/// Message flag: the payload was purged — replaced by zeros of the same length, by `tidings
+/// compact`, in a send or an edit of a recalled message (see the module doc). The other flags
+/// are the original's. Ignored by the projections; `tidings replay` and `GET /v1/log` show
+/// `"purged": true` instead of the zeros.
+pub const FLAG_PURGED: u32 = 1 << 1;
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 4096]);
@@ -176,7 +193,7 @@ pub enum Event {
         message_id: u64,
         /// The message body.
         payload: Bytes,
-        /// Message options: [`FLAG_JSON_PAYLOAD`]; other bits reserved.
+        /// Message options: [`FLAG_JSON_PAYLOAD`], [`FLAG_PURGED`]; other bits reserved.
         flags: u32,
     },
     /// A message was recalled: its payload is no longer served.
@@ -199,7 +216,8 @@ pub enum Event {
         by: Uid,
         /// The new body.
         payload: Bytes,
-        /// Options of the new body: [`FLAG_JSON_PAYLOAD`]; other bits reserved.
+        /// Options of the new body: [`FLAG_JSON_PAYLOAD`], [`FLAG_PURGED`]; other bits
+        /// reserved.
         flags: u32,
     },
     /// A user's cursors in a channel moved forward (cumulative, coalesced acks).

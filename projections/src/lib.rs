@@ -45,7 +45,8 @@ pub type FastMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 /// The set to go with [`FastMap`].
 pub type FastSet<K> = hashbrown::HashSet<K, foldhash::fast::RandomState>;
 pub use crate::event::{
-    ChannelFlags, CursorUpdate, Envelope, Event, FLAG_JSON_PAYLOAD, ListKind, ListOp, ListOwner,
+    ChannelFlags, CursorUpdate, Envelope, Event, FLAG_JSON_PAYLOAD, FLAG_PURGED, ListKind, ListOp,
+    ListOwner,
 };
 pub use crate::state::{Applied, State};
 pub use crate::store::{Origin, PreparedSnapshot, ProjectionConfig, Projections};

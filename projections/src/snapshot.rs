@@ -52,6 +52,10 @@
 //! read a log holding a `token_revoked` at all (an unknown event kind stops its applier). Nor
 //! a token hash issued again to another user now leaving the first user's set: tokens are
 //! random, so only a crafted log repeats one.
+//!
+//! Not a version either: the purged bit of a message's flags (`FLAG_PURGED`, masked by
+//! `State::apply`). No log written before it holds the bit, so every earlier state is the one
+//! this build applies.
 
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cursors::Cursors;
 use crate::error::{ProjectionError, Result};
-use crate::event::{Envelope, Event};
+use crate::event::{Envelope, Event, FLAG_PURGED};
 use crate::heads::Heads;
 use crate::idempotency::{Idempotency, SentRef};
 use crate::ids::is_person_channel;
@@ -118,6 +118,8 @@ impl State {
                 if is_person_channel(channel) {
                     self.subs.person_message(channel);
                 }
+                // A purged payload (`FLAG_PURGED`) was a recalled message's: the bit is not
+                // part of the message, and a purged log rebuilds into the original's state.
                 self.heads.sent(
                     offset,
                     ts,
@@ -126,7 +128,7 @@ impl State {
                     *seq,
                     *message_id,
                     payload,
-                    *flags,
+                    *flags & !FLAG_PURGED,
                 );
                 self.cursors.sent(offset, from, channel, *seq);
                 self.idempotency.record(
@@ -151,7 +153,9 @@ impl State {
                 payload,
                 flags,
                 ..
-            } => self.heads.edit(offset, channel, *seq, payload, *flags),
+            } => self
+                .heads
+                .edit(offset, channel, *seq, payload, *flags & !FLAG_PURGED),
             Event::CursorAdvanced {
                 uid,
                 channel,

@@ -2,12 +2,14 @@
 //!
 //! A message's JSON payload goes out as the exact text that was stored (as history and pushes
 //! send it, see `crate::render`): parsed into a `serde_json::Value` it would come back with its
-//! keys re-sorted, repeated keys dropped and long numbers rounded.
+//! keys re-sorted, repeated keys dropped and long numbers rounded. A payload `tidings compact`
+//! purged (`FLAG_PURGED`: zeros in place of a recalled message's bytes) is left out, and the
+//! line says `"purged": true`.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use tidings_projections::{Envelope, Event, FLAG_JSON_PAYLOAD};
+use tidings_projections::{Envelope, Event, FLAG_JSON_PAYLOAD, FLAG_PURGED};
 
 use crate::render::payload_view;
 
@@ -28,7 +30,7 @@ struct EventLine<'a> {
 
 /// `{"offset", "ts", "written_ms", "type", …the event's fields}` as JSON text (one line, no
 /// newline). A message's payload is JSON text as stored under `payload`, or base64 of other
-/// bytes under `payload_b64`.
+/// bytes under `payload_b64`; a purged one is neither, and `"purged": true` says why.
 pub(crate) fn event_line(offset: u64, written_ms: u64, env: &Envelope) -> String {
     let mut fields = Map::new();
     fields.insert("offset".into(), json!(offset));
@@ -44,7 +46,13 @@ pub(crate) fn event_line(offset: u64, written_ms: u64, env: &Envelope) -> String
     let (payload, payload_b64) = match &env.event {
         Event::MessageSent { payload, flags, .. } | Event::MessageEdited { payload, flags, .. } => {
             fields.remove("payload");
-            payload_view(payload, flags & FLAG_JSON_PAYLOAD != 0)
+            if flags & FLAG_PURGED != 0 {
+                // Zeros, not the message: nothing to show.
+                fields.insert("purged".into(), Value::Bool(true));
+                (None, None)
+            } else {
+                payload_view(payload, flags & FLAG_JSON_PAYLOAD != 0)
+            }
         }
         // The hash as hex (the token's id in the API), not an array of numbers; a token's
         // `expires_at_ms` (ms since the Unix epoch) is there when it has one.

@@ -1,5 +1,6 @@
 //! Operator subcommands. Errors are `anyhow` here (and only here and in `main`).
 
+pub(crate) mod compact;
 pub(crate) mod inspect;
 pub(crate) mod json;
 pub(crate) mod rebuild;
@@ -8,8 +9,56 @@ pub(crate) mod tier;
 pub(crate) mod verify;
 
 use tidings_log::{Log, LogError, LogOptions};
+use tidings_projections::{Origin, ProjectionConfig, Projections};
 
 use crate::data::DataDir;
+
+/// Refuses a data directory whose log has no segment: nothing to `what`. And opening one would
+/// create it, which a server about to restore this directory from the object store would then
+/// take for a history of its own.
+pub(crate) fn ensure_segments(data: &DataDir, what: &str) -> anyhow::Result<()> {
+    let has_segments = std::fs::read_dir(data.log()).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().ends_with(".log"))
+    });
+    anyhow::ensure!(
+        has_segments,
+        "no log segments in {}: nothing to {what}",
+        data.log().display()
+    );
+    Ok(())
+}
+
+/// The projections in `dir` from the newest snapshot covering at most offset `max` (any, with
+/// `None`) that was made from this log's history, or empty ones when there is none. A snapshot
+/// made from another history of the log (its anchor differs from the record `log` holds at its
+/// offset) would carry that history's state into a snapshot anchored to this log: it is
+/// skipped, saying so, and the next older one tried (the server sets such a snapshot aside).
+pub(crate) async fn load_this_history(
+    dir: &std::path::Path,
+    config: ProjectionConfig,
+    log: &Log,
+    mut max: Option<u64>,
+) -> anyhow::Result<Projections> {
+    loop {
+        let p = Projections::load_at_most(dir, config.clone(), max)?;
+        if p.anchor_matches(log).await? != Some(false) {
+            return Ok(p);
+        }
+        let applied = p.state.applied.unwrap_or(0);
+        if let Origin::Snapshot(path) = p.origin() {
+            eprintln!(
+                "skipping snapshot {}: it was made from another history of the log (the record at offset {applied} differs)",
+                path.display()
+            );
+        }
+        match applied.checked_sub(1) {
+            Some(m) => max = Some(m),
+            None => return Ok(Projections::empty(dir, config)?),
+        }
+    }
+}
 
 /// Opens the log read-only (works while a server is running).
 pub(crate) async fn open_read_only(data: &DataDir) -> anyhow::Result<Log> {

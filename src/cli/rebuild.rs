@@ -49,19 +49,7 @@ impl RebuildArgs {
 
 pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let data = DataDir::new(&args.data);
-    // Nothing to rebuild from an empty log; and opening one would create it, which a server
-    // about to restore this directory from the object store would then take for a history of
-    // its own.
-    let has_segments = std::fs::read_dir(data.log()).is_ok_and(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().ends_with(".log"))
-    });
-    anyhow::ensure!(
-        has_segments,
-        "no log segments in {}: nothing to rebuild",
-        data.log().display()
-    );
+    super::ensure_segments(&data, "rebuild")?;
     // The directory's lock first, as the server takes it: a starting server restores
     // snapshots and sidecars before it opens (and locks) the log.
     let _dir_lock = data.lock()?;
@@ -92,28 +80,10 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         (None, Some((state, _))) => ProjectionConfig::default().shaped_like(&state),
         (None, None) => ProjectionConfig::default(),
     };
-    let mut max = args.from_offset;
-    let mut p = loop {
-        if !args.from_snapshot && max.is_none() {
-            break Projections::empty(&data.projections(), config)?;
-        }
-        let p = Projections::load_at_most(&data.projections(), config.clone(), max)?;
-        // A snapshot made from another history of the log would carry that history's state
-        // into the new snapshot, anchored to this log: skip it (the server sets it aside).
-        if p.anchor_matches(&log).await? != Some(false) {
-            break p;
-        }
-        let applied = p.state.applied.unwrap_or(0);
-        if let Origin::Snapshot(path) = p.origin() {
-            eprintln!(
-                "skipping snapshot {}: it was made from another history of the log (the record at offset {applied} differs)",
-                path.display()
-            );
-        }
-        match applied.checked_sub(1) {
-            Some(m) => max = Some(m),
-            None => break Projections::empty(&data.projections(), config)?,
-        }
+    let mut p = if args.from_snapshot || args.from_offset.is_some() {
+        super::load_this_history(&data.projections(), config, &log, args.from_offset).await?
+    } else {
+        Projections::empty(&data.projections(), config)?
     };
     match p.origin() {
         Origin::Empty => eprintln!("rebuilding from offset 0"),

@@ -375,6 +375,36 @@ impl Ws {
     }
 }
 
+/// Runs the `tidings` binary with `args` to its end: the exit code, stdout and stderr.
+pub(crate) fn tidings(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every path under `dir`, sorted.
+pub(crate) fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The seqs of a page of messages (`{"messages": [...]}`: history, `/v1/sync`).
 pub(crate) fn page_seqs(v: &Value) -> Vec<u64> {
     frame_seqs(v["messages"].as_array().unwrap())

@@ -1,0 +1,170 @@
+//! `tidings compact`: purge the payloads of recalled messages from the log's sealed segments
+//! (the `tidings-compaction` crate does the work; this is its operator's side).
+//!
+//! The server must be stopped (the data directory's lock, then the log's). The state is brought
+//! up to the log's end from the newest snapshot of this log's history, the records to purge are
+//! planned and printed, then (unless `--dry-run`) a fresh snapshot anchored to the log's last
+//! record is written, every other snapshot file removed, each sealed segment holding records to
+//! purge rewritten in place, and the conversation cache's files removed (its lists may show a
+//! recalled message's preview). Tiered data directories are refused: the object store keeps its
+//! own copies of segments and snapshots, which a purge would not reach.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use tidings_compaction::{Plan, Progress, plan_recall_purge};
+use tidings_log::Log;
+use tidings_projections::{Origin, ProjectionConfig, snapshot};
+
+use crate::data::DataDir;
+
+/// The local copy of a tiered log's manifest (`tidings_log::tier`): its presence makes a data
+/// directory tiered.
+const TIER_MANIFEST: &str = "tier-manifest.json";
+
+/// Options of `tidings compact`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CompactArgs {
+    /// The data directory.
+    #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
+    data: std::path::PathBuf,
+    /// Print what would be purged, and change nothing (the log is opened read-only; the server
+    /// must still be stopped).
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub(crate) async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
+    let data = DataDir::new(&args.data);
+    super::ensure_segments(&data, "compact")?;
+    refuse_tiered(&data)?;
+    // The directory's lock first, as the server takes it (and `rebuild`): a starting server
+    // restores snapshots before it opens (and locks) the log.
+    let _dir_lock = data.lock()?;
+    let log = if args.dry_run {
+        super::open_read_only(&data).await?
+    } else {
+        // The conversation cache's lists are marked not to be reused, before the log's open:
+        // that open replaces the record of a last run under fsync every/never (as `rebuild`'s
+        // does), and the lists may show previews of the messages this run purges (their files
+        // are removed once it is done).
+        crate::server::distrust_conversation_cache(&data)?;
+        super::open_exclusive(&data).await?
+    };
+    let result = compact(&args, &data, &log).await;
+    let closed = log.close().await;
+    let code = result?;
+    closed?;
+    Ok(code)
+}
+
+/// Refuses a tiered data directory (slice 1 of compaction purges local files only).
+fn refuse_tiered(data: &DataDir) -> anyhow::Result<()> {
+    let manifest = data.log().join(TIER_MANIFEST);
+    anyhow::ensure!(
+        !manifest.exists(),
+        "{} is a tiered data directory ({} exists): `tidings compact` does not purge tiered \
+         logs yet (the object store keeps its own copies of segments and snapshots); nothing \
+         was changed",
+        data.root().display(),
+        manifest.display()
+    );
+    Ok(())
+}
+
+async fn compact(args: &CompactArgs, data: &DataDir, log: &Log) -> anyhow::Result<ExitCode> {
+    let end = log.next_offset();
+    let Some(last) = end.checked_sub(1) else {
+        println!("the log holds no record: nothing to purge");
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !args.dry_run {
+        // Snapshots past the log's end go aside as at the server's start (the run removes
+        // them with every other snapshot file).
+        crate::server::set_aside_snapshots_ahead_of(data, end)?;
+    }
+    // Shaped like the newest snapshot, as `rebuild` without settings: the fresh snapshot must
+    // load at the server's next start.
+    let snapshots = data.projections().join("snapshots");
+    let config = match snapshot::load_newest_at_most(&snapshots, Some(last))? {
+        Some((state, _)) => ProjectionConfig::default().shaped_like(&state),
+        None => ProjectionConfig::default(),
+    };
+    let mut p = super::load_this_history(&data.projections(), config, log, Some(last)).await?;
+    let from = match p.origin() {
+        Origin::Empty => "offset 0".to_string(),
+        Origin::Snapshot(path) => format!("snapshot {}", path.display()),
+    };
+    let n = p.catch_up(log, |_, _| {}).await.map_err(super::explain)?;
+    eprintln!("state: {from} + {n} events, up to offset {last}");
+
+    let plan = {
+        let log = log.clone();
+        let recalled = p.state.heads.recalled.clone();
+        let protect = p.state.applied;
+        tokio::task::spawn_blocking(move || plan_recall_purge(&log, &recalled, protect)).await??
+    };
+    print_plan(&plan);
+    if args.dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if plan.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let report = tidings_compaction::run(log, &p, &plan, |step| match step {
+        Progress::SnapshotWritten(path) => println!("wrote snapshot {}", path.display()),
+        Progress::Removed(path) => println!("removed {}", path.display()),
+        Progress::SegmentRewritten { base, stats } => println!(
+            "rewrote segment {base:020}: {} records purged, {} batches ({} bytes) written",
+            stats.records, stats.batches, stats.bytes
+        ),
+        _ => {}
+    })
+    .await?;
+    let cache = data.conversation_cache();
+    let removed = tidings_log::disk_cache::remove_files_from(&cache, 0)
+        .with_context(|| format!("clearing {}", cache.display()))?;
+    if removed > 0 {
+        println!(
+            "removed the conversation cache's {removed} files in {}",
+            cache.display()
+        );
+    }
+    println!(
+        "purged {} records in {} segments",
+        report.records, report.segments
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the plan purges and what it leaves, in words.
+fn print_plan(plan: &Plan) {
+    if plan.is_empty() {
+        println!("nothing to purge in sealed segments");
+    } else {
+        println!(
+            "to purge: {} records of recalled messages in {} sealed segments",
+            plan.records(),
+            plan.sealed.len()
+        );
+        for (base, offsets) in &plan.sealed {
+            println!("  segment {base:020}: {} records", offsets.len());
+        }
+    }
+    if plan.already_purged > 0 {
+        println!("purged already: {} records", plan.already_purged);
+    }
+    if !plan.active.is_empty() {
+        println!(
+            "left in the active segment: {} records of recalled messages (run `tidings compact` again once the server has sealed that segment)",
+            plan.active.len()
+        );
+    }
+    if let (true, Some(offset)) = (plan.kept_protected, plan.protect) {
+        println!(
+            "left at offset {offset}: the log's last record, a recalled message's, which the new snapshot is anchored to (a later run purges it)"
+        );
+    }
+}

@@ -1,0 +1,284 @@
+//! `tidings compact` end to end: a real server process takes messages over real HTTP (JSON,
+//! binary, longer than a preview, person to person), recalls some of them (the channel's head
+//! too) with a snapshot and cached conversation lists taken between the sends and the recalls;
+//! stopped, the directory is compacted, and no file under it holds a recalled message's bytes
+//! while every other message's remain. The server then answers as before, byte for byte; a
+//! second compact changes nothing; compact is refused while the server runs and on a tiered
+//! data directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::{ADMIN, Api, Server, tidings, tree};
+use serde_json::{Value, json};
+
+/// Small segments, so that a few hundred messages seal some; no send limit in the way; the
+/// smallest conversation cache (its files are read whole by the search below).
+const ARGS: [&str; 6] = [
+    "--log-segment-bytes",
+    "16384",
+    "--limits-sends-per-second",
+    "100000",
+    "--cache-conversation-disk-bytes",
+    "16777216",
+];
+
+/// The recalled messages' markers (JSON, binary, long, the head, person to person).
+const RECALLED: [&str; 5] = [
+    "RECALLED-JSON-q7Zp",
+    "RECALLED-BIN-w3Xk",
+    "RECALLED-BIG-m4Rt",
+    "RECALLED-HEAD-t8Vn",
+    "RECALLED-DM-c2Lj",
+];
+
+/// The markers of messages that stay.
+const KEPT: [&str; 2] = ["KEPT-ONE-h5Bw", "KEPT-TWO-p9Fy"];
+
+/// The bytes of every file under `dir` that `pick` picks, by path.
+fn contents(dir: &Path, pick: impl Fn(&Path) -> bool) -> BTreeMap<PathBuf, Vec<u8>> {
+    tree(dir)
+        .into_iter()
+        .filter(|p| p.is_file() && pick(p.as_path()))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// The files (of `files`, as read by [`contents`]) whose bytes hold `needle`.
+fn holding<'a>(files: &'a BTreeMap<PathBuf, Vec<u8>>, needle: &str) -> Vec<&'a PathBuf> {
+    let needle = needle.as_bytes();
+    files
+        .iter()
+        .filter(|(_, b)| b.windows(needle.len()).any(|w| w == needle))
+        .map(|(path, _)| path)
+        .collect()
+}
+
+/// Segment files and snapshot files.
+fn segment_or_snapshot(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "log")
+        || path
+            .parent()
+            .is_some_and(|d| d.file_name().is_some_and(|n| n == "snapshots"))
+}
+
+/// The base offset of the log's active segment (its newest segment file).
+fn active_base(data: &Path) -> u64 {
+    std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name();
+            name.to_str()?.strip_suffix(".log")?.parse().ok()
+        })
+        .max()
+        .unwrap()
+}
+
+/// Sends filler messages to group `f` until the active segment starts past `offset` (so that
+/// every record up to it is in a sealed segment).
+async fn seal_past(api: &Api, server: &Server, token: &str, offset: u64) {
+    let mut i = 0;
+    while active_base(&server.data) <= offset {
+        api.send(token, "f", &format!("f{i}"), &"filler ".repeat(20))
+            .await;
+        i += 1;
+        assert!(i < 3000, "the log never rolled past offset {offset}");
+    }
+}
+
+/// The offset of a send's answer.
+fn offset(sent: &Value) -> u64 {
+    sent["offset"].as_u64().unwrap()
+}
+
+/// What the API answers about the messages, as text.
+async fn answers(api: &Api, alice: &str, bob: &str) -> BTreeMap<&'static str, String> {
+    let mut out = BTreeMap::new();
+    let g = "/v1/channels/g/messages?after_seq=0&limit=100";
+    out.insert("history", api.text(g, bob).await);
+    let dm = "/v1/channels/@alice/messages?after_seq=0";
+    out.insert("person history", api.text(dm, bob).await);
+    out.insert("sync", api.text("/v1/sync", bob).await);
+    out.insert("changes", api.text("/v1/changes?since=0", bob).await);
+    out.insert("conversations", api.text("/v1/conversations", bob).await);
+    out.insert("alice's", api.text("/v1/conversations", alice).await);
+    let trace = "/v1/channels/g/messages/2/trace";
+    out.insert("trace of a recalled message", api.text(trace, ADMIN).await);
+    let trace = "/v1/channels/g/messages/5/trace";
+    out.insert("trace of a kept message", api.text(trace, ADMIN).await);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_purges_recalled_payloads_from_every_file() {
+    let server = Server::start(&ARGS);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    api.group("f", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    // The sends a compact purges.
+    let mut targets = Vec::new();
+    api.send(&alice, "g", "k1", KEPT[0]).await;
+    targets.push(offset(&api.send(&alice, "g", "r-json", RECALLED[0]).await));
+    let mut bin = vec![0u8, 0xff];
+    bin.extend_from_slice(RECALLED[1].as_bytes());
+    bin.extend_from_slice(&[1, 2, 0xfe]);
+    let b64 = B64.encode(&bin);
+    let body = json!({"channel": "g", "client_msg_id": "r-bin", "payload_b64": b64});
+    let (status, sent) = api.call("POST", "/v1/messages", &alice, Some(body)).await;
+    assert_eq!(status, 201, "{sent}");
+    targets.push(offset(&sent));
+    let big = format!("{} {}", RECALLED[2], "y".repeat(900));
+    targets.push(offset(&api.send(&alice, "g", "r-big", &big).await));
+    api.send(&alice, "g", "k2", KEPT[1]).await;
+    targets.push(offset(&api.send(&alice, "g", "r-head", RECALLED[3]).await));
+    targets.push(offset(&api.send(&alice, "@bob", "r-dm", RECALLED[4]).await));
+    // Lists showing the markers (the conversation cache holds them), and a snapshot holding the
+    // head's preview: the shutdown's.
+    let convs = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert!(convs.to_string().contains(RECALLED[3]), "{convs}");
+    api.ok("GET", "/v1/conversations", &alice, None).await;
+    let server = server.restart();
+    let api = Api::new(&server);
+    for seq in [2, 3, 4] {
+        let path = format!("/v1/channels/g/messages/{seq}");
+        api.ok("DELETE", &path, &alice, None).await;
+    }
+    // The head, by the admin.
+    api.ok("DELETE", "/v1/channels/g/messages/6", ADMIN, None)
+        .await;
+    api.ok("DELETE", "/v1/channels/@bob/messages/1", &alice, None)
+        .await;
+    api.ok("GET", "/v1/conversations", &bob, None).await;
+    seal_past(&api, &server, &alice, *targets.iter().max().unwrap()).await;
+    let before = answers(&api, &alice, &bob).await;
+    let history = &before["history"];
+    assert!(history.contains(KEPT[0]), "{history}");
+    assert!(history.contains(r#""recalled":true"#), "{history}");
+    for (what, answer) in &before {
+        assert!(!answer.contains("RECALLED-"), "{what}: {answer}");
+    }
+    let data = server.data.clone();
+    let d = data.to_str().unwrap();
+    let _dir = server.stop();
+    // Every file under the data directory, read whole.
+    let everything = contents(&data, |_| true);
+    for marker in RECALLED {
+        let found = holding(&everything, marker);
+        assert!(!found.is_empty(), "{marker} is on disk before the compact");
+    }
+
+    // A dry run prints the plan and changes nothing.
+    let (code, out, err) = tidings(&["compact", "--data", d, "--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("to purge: 5 records"), "{out}");
+    let after_dry_run = contents(&data, |_| true);
+    assert!(after_dry_run == everything, "a dry run changed files");
+
+    let (code, out, err) = tidings(&["compact", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("purged 5 records"), "{out}");
+    let everything = contents(&data, |_| true);
+    for marker in RECALLED {
+        let found = holding(&everything, marker);
+        assert_eq!(found, Vec::<&PathBuf>::new(), "{marker}: {out}");
+    }
+    for marker in KEPT {
+        assert!(!holding(&everything, marker).is_empty(), "{marker}");
+    }
+    for cmd in ["verify", "inspect"] {
+        let (code, out, err) = tidings(&[cmd, "--data", d]);
+        assert_eq!(code, 0, "{cmd}: {out}{err}");
+    }
+    let (code, out, err) = tidings(&["replay", "--data", d]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for target in &targets {
+        let line = lines.iter().find(|l| l["offset"] == *target).unwrap();
+        assert_eq!(line["purged"], true, "{line}");
+        assert!(line.get("payload").is_none(), "{line}");
+        assert!(line.get("payload_b64").is_none(), "{line}");
+    }
+    let kept = lines.iter().find(|l| l["client_msg_id"] == "k1").unwrap();
+    assert_eq!(kept["payload"]["text"], KEPT[0]);
+    assert!(kept.get("purged").is_none(), "{kept}");
+
+    // A second compact finds nothing to do, and changes no segment or snapshot.
+    let files = contents(&data, segment_or_snapshot);
+    let (code, out, err) = tidings(&["compact", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("nothing to purge in sealed segments"), "{out}");
+    assert!(out.contains("purged already: 5 records"), "{out}");
+    assert!(contents(&data, segment_or_snapshot) == files, "{out}");
+
+    // The server starts from the fresh snapshot (this log's: nothing set aside) and answers as
+    // before.
+    let server = Server::start_on(&data, &ARGS);
+    let api = Api::new(&server);
+    let snapshots = tree(&data.join("projections/snapshots"));
+    assert!(
+        snapshots
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with(".other-history")),
+        "{snapshots:?}"
+    );
+    assert_eq!(answers(&api, &alice, &bob).await, before);
+    // A retry of a purged message's send is still answered as its duplicate.
+    let text = RECALLED[0];
+    let retry = json!({"channel": "g", "client_msg_id": "r-json", "payload": {"text": text}});
+    let (status, again) = api.call("POST", "/v1/messages", &alice, Some(retry)).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["seq"], 2, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    // Refused while the server runs.
+    let (code, out, err) = tidings(&["compact", "--data", d]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("in use"), "{err}");
+}
+
+/// A tiered data directory is refused (its object store keeps copies the compact would not
+/// reach), before anything changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_refuses_a_tiered_data_directory() {
+    let bucket = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", bucket.path().display());
+    let mut args = vec![
+        "--tier-url",
+        url.as_str(),
+        "--tier-upload-interval-secs",
+        "1",
+        "--tier-cache-disk-bytes",
+        "16777216",
+    ];
+    args.extend(ARGS);
+    let server = Server::start(&args);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    api.group("f", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let sent = api.send(&alice, "g", "r1", RECALLED[0]).await;
+    api.ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    seal_past(&api, &server, &alice, offset(&sent)).await;
+    api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
+    let data = server.data.clone();
+    let _dir = server.stop();
+    assert!(data.join("log/tier-manifest.json").exists());
+    let segments = contents(&data, segment_or_snapshot);
+    let (code, out, err) = tidings(&["compact", "--data", data.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("tiered data directory"), "{err}");
+    assert!(contents(&data, segment_or_snapshot) == segments);
+}
