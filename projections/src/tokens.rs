@@ -3,8 +3,11 @@
 //!
 //! Whether a token is valid depends on the time: [`Tokens::status`] and [`Tokens::list`] take
 //! the caller's clock. The projection itself never reads one (it must be deterministic): an
-//! expired token stays until its user's next token is issued, which drops it as of that
-//! event's timestamp ([`Tokens::set`]), or their tokens are revoked.
+//! expired token is kept (answered `token_expired`, which tells a client to get a new one)
+//! until a token issued [`EXPIRED_KEPT_MS`] or more after its expiry — any user's — drops it,
+//! as of that event's timestamp ([`Tokens::set`]); or until it is revoked. Only issuing adds
+//! tokens, so the expired ones kept are bounded by those that expired within that time of the
+//! last issue.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +22,10 @@ pub fn token_hash(token: &str) -> Bytes {
     Bytes::copy_from_slice(&Sha256::digest(token.as_bytes()))
 }
 
+/// How long after its expiry a token is kept (answered `token_expired`) before an issue drops
+/// it (then `invalid_token`): a week, longer than most devices stay offline.
+pub const EXPIRED_KEPT_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// Token hashes by user and by hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tokens {
@@ -31,6 +38,10 @@ pub struct Tokens {
     /// from before them loading a newer state skips the field (`snapshot.rs`).
     #[serde(default)]
     pub expires: BTreeMap<Bytes, u64>,
+    /// The same expiries ordered by time, (expiry, hash): what [`Tokens::set`] drops from,
+    /// oldest first, without a scan.
+    #[serde(default)]
+    pub by_expiry: BTreeSet<(u64, Bytes)>,
 }
 
 /// What a token is worth at a given time ([`Tokens::status`]).
@@ -46,8 +57,9 @@ pub enum TokenStatus<'a> {
 
 impl Tokens {
     /// A token issued to `uid`, expiring at `expires_at_ms` (`None`: never), by an event of
-    /// timestamp `ts`. The user's tokens expired by `ts` are dropped. A hash another user held
-    /// (only a crafted log repeats one: tokens are random) is theirs no longer.
+    /// timestamp `ts`. Every token that expired [`EXPIRED_KEPT_MS`] or more before `ts` is
+    /// dropped. A hash another user held (only a crafted log repeats one: tokens are random)
+    /// is theirs no longer.
     pub(crate) fn set(&mut self, uid: &str, hash: &Bytes, expires_at_ms: Option<u64>, ts: u64) {
         if let Some(previous) = self.by_hash.insert(hash.clone(), uid.to_owned())
             && previous != uid
@@ -58,12 +70,19 @@ impl Tokens {
             .entry(uid.to_owned())
             .or_default()
             .insert(hash.clone());
+        self.forget_expiry(hash);
         if let Some(at) = expires_at_ms {
             self.expires.insert(hash.clone(), at);
-        } else {
-            self.expires.remove(hash);
+            self.by_expiry.insert((at, hash.clone()));
         }
-        self.prune(uid, ts);
+        self.prune(ts);
+    }
+
+    /// Takes `hash`'s expiry out of both maps.
+    fn forget_expiry(&mut self, hash: &[u8]) {
+        if let Some(at) = self.expires.remove(hash) {
+            self.by_expiry.remove(&(at, Bytes::copy_from_slice(hash)));
+        }
     }
 
     /// Revokes one token, if it is `uid`'s (a revocation naming another user's token changes
@@ -74,7 +93,7 @@ impl Tokens {
             return;
         }
         self.by_hash.remove(hash);
-        self.expires.remove(hash);
+        self.forget_expiry(hash);
         self.forget_for(uid, hash);
     }
 
@@ -83,7 +102,7 @@ impl Tokens {
         if let Some(hashes) = self.by_user.remove(uid) {
             for h in hashes {
                 self.by_hash.remove(&h);
-                self.expires.remove(&h);
+                self.forget_expiry(&h);
             }
         }
     }
@@ -98,20 +117,19 @@ impl Tokens {
         }
     }
 
-    /// Drops `uid`'s tokens that expired by `ts` (an event's timestamp).
-    fn prune(&mut self, uid: &str, ts: u64) {
-        let Some(hashes) = self.by_user.get(uid) else {
-            return;
-        };
-        let expired: Vec<Bytes> = hashes
-            .iter()
-            .filter(|h| self.expires.get(*h).is_some_and(|at| *at <= ts))
-            .cloned()
-            .collect();
-        for h in &expired {
-            self.by_hash.remove(h);
-            self.expires.remove(h);
-            self.forget_for(uid, h);
+    /// Drops the tokens that expired [`EXPIRED_KEPT_MS`] or more before `ts` (an event's
+    /// timestamp), oldest first.
+    fn prune(&mut self, ts: u64) {
+        while let Some((at, _)) = self.by_expiry.first()
+            && at.saturating_add(EXPIRED_KEPT_MS) <= ts
+        {
+            let Some((_, h)) = self.by_expiry.pop_first() else {
+                break;
+            };
+            self.expires.remove(&h);
+            if let Some(owner) = self.by_hash.remove(&h) {
+                self.forget_for(&owner, &h);
+            }
         }
     }
 
@@ -178,6 +196,9 @@ mod tests {
             }
         }
         assert!(t.expires.keys().all(|h| t.by_hash.contains_key(h)));
+        let indexed: BTreeSet<(u64, Bytes)> =
+            t.expires.iter().map(|(h, at)| (*at, h.clone())).collect();
+        assert_eq!(indexed, t.by_expiry);
     }
 
     #[test]
@@ -200,25 +221,35 @@ mod tests {
         assert!(t.list("bob", 0).is_empty());
     }
 
-    /// A user's next token drops their tokens expired by its event's time, and only theirs:
-    /// the projection keeps no expired token longer than it must, without reading a clock.
+    /// A token issued (any user's) drops the tokens that expired a week or more before its
+    /// event's time, and only those: an expired token is answered `token_expired` for a week,
+    /// and none is kept for ever, without the projection reading a clock.
     #[test]
-    fn a_new_token_drops_the_users_expired_ones() {
+    fn an_issue_drops_the_tokens_expired_a_week_before_it() {
+        const WEEK: u64 = EXPIRED_KEPT_MS;
         let mut t = Tokens::default();
         t.set("alice", &hash(1), Some(100), 1);
         t.set("alice", &hash(2), Some(500), 1);
         t.set("bob", &hash(3), Some(100), 1);
-        t.set("alice", &hash(4), None, 100);
+        // Expired, not yet a week ago: kept, answered expired.
+        t.set("carol", &hash(4), None, 99 + WEEK);
         consistent(&t);
-        assert_eq!(t.status(&hash(1), 100), TokenStatus::Unknown, "dropped");
-        assert_eq!(owner(&t, 2, 100), Some("alice"));
-        assert_eq!(t.status(&hash(3), 100), TokenStatus::Expired, "bob's");
-        assert!(!t.expires.contains_key(&hash(1)));
-        // A token issued already expired (by its event's own time) is dropped at once.
-        t.set("alice", &hash(5), Some(150), 200);
+        assert_eq!(t.status(&hash(1), 200), TokenStatus::Expired);
+        assert_eq!(t.status(&hash(3), 200), TokenStatus::Expired);
+        // A week after 1 and 3 expired (another user's issue): both dropped, 2 kept.
+        t.set("carol", &hash(5), None, 100 + WEEK);
         consistent(&t);
-        assert_eq!(t.status(&hash(5), 0), TokenStatus::Unknown);
-        assert_eq!(owner(&t, 2, 0), Some("alice"));
+        assert_eq!(t.status(&hash(1), 200), TokenStatus::Unknown, "dropped");
+        assert_eq!(t.status(&hash(3), 200), TokenStatus::Unknown, "bob's too");
+        assert!(!t.by_user.contains_key("bob"), "no empty set left");
+        assert_eq!(t.status(&hash(2), 500), TokenStatus::Expired);
+        assert_eq!(owner(&t, 2, 499), Some("alice"));
+        // A token issued again with another expiry keeps only the later one.
+        t.set("alice", &hash(2), Some(10 * WEEK), 100 + WEEK);
+        consistent(&t);
+        t.set("carol", &hash(6), None, 9 * WEEK);
+        consistent(&t);
+        assert_eq!(owner(&t, 2, 9 * WEEK), Some("alice"));
     }
 
     #[test]
@@ -287,7 +318,7 @@ mod tests {
         ciborium::into_writer(&old, &mut buf).unwrap();
         let read: Tokens = ciborium::from_reader(&buf[..]).unwrap();
         assert_eq!(read.by_hash, old.by_hash);
-        assert!(read.expires.is_empty());
+        assert!(read.expires.is_empty() && read.by_expiry.is_empty());
 
         let mut new = Tokens::default();
         new.set("alice", &hash(1), Some(5), 0);

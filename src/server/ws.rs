@@ -44,6 +44,8 @@ use crate::server::sequencer::{self, SendRequest, Sent};
 use crate::server::state::{AppState, now_ms};
 
 const CBOR_PROTOCOL: &str = "tidings.cbor";
+/// The longest a session's expiry timer is set for before the wall clock is read again.
+const EXPIRY_RECHECK: Duration = Duration::from_secs(60);
 const CATCH_UP_PAGE: usize = 256;
 /// Catch-up messages read from the log (and held) at a time.
 const CATCH_UP_LOAD: usize = 32;
@@ -1170,11 +1172,17 @@ async fn run(
     let keepalive = tokio::time::sleep_until(liveness.first_check());
     tokio::pin!(keepalive);
     // A timer for the token's expiry, when it has one: the session closes then (its sends
-    // would be refused from then on anyway: the sequencer checks the token of each).
-    let mut expiry = registered.expires_at_ms.map(|at| {
+    // would be refused from then on anyway: the sequencer checks the token of each). The
+    // expiry is wall-clock time and a timer runs on a monotonic clock: the timer is set for
+    // at most EXPIRY_RECHECK and the wall clock read again when it fires, so a clock stepped
+    // forward (NTP, a VM resumed) closes the session within that time of the expiry, and one
+    // stepped back does not close it early.
+    let expires_at = registered.expires_at_ms;
+    let expiry_timer = |at: u64| {
         let left = Duration::from_millis(at.saturating_sub(now_ms()));
-        Box::pin(tokio::time::sleep(left))
-    });
+        Box::pin(tokio::time::sleep(left.min(EXPIRY_RECHECK)))
+    };
+    let mut expiry = expires_at.map(expiry_timer);
     let mut broken = false;
     let close: Option<CloseReason> = loop {
         // Out of frame tokens: no frame is read until one is back.
@@ -1219,6 +1227,11 @@ async fn run(
         };
         let done = match step {
             Step::Close(reason) => break Some(reason),
+            Step::Expired if expires_at.is_some_and(|at| now_ms() < at) => {
+                // Not yet by the wall clock (the timer's share, or the clock stepped back).
+                expiry = expires_at.map(expiry_timer);
+                Ok(())
+            }
             Step::Expired => {
                 // Through the session's close: the first reason wins (a revocation that came
                 // at the same moment), and pushes stop at once.
