@@ -513,12 +513,13 @@ async fn a_revoked_token_is_refused_and_its_websockets_close() {
 /// written after it: each send's token is checked under the sequencer's lock, which the
 /// revocation is written and applied under. Before, a send authenticated just before the
 /// revocation (an HTTP request on its way to the sequencer, any send of a session the applier
-/// had not closed yet) was written after it: a user cut off still got messages in.
+/// had not closed yet) was written after it: a user cut off still got messages in. The same
+/// for one token revoked by its id, and for a logout (the session's own token).
 #[tokio::test]
 async fn no_message_is_written_after_its_senders_tokens_were_revoked() {
     use tokio_tungstenite::tungstenite::Message;
 
-    const ROUNDS: u64 = 5;
+    const ROUNDS: u64 = 6;
     const WS_SENDS: usize = 5000;
     const HTTP_SENDS: usize = 300;
     let server = Server::start(&["--limits-sends-per-second", "100000"]);
@@ -589,10 +590,27 @@ async fn no_message_is_written_after_its_senders_tokens_were_revoked() {
                 code_of(&api, "POST", "/v1/messages", &token, Some(body)).await
             }
         });
+        // Rounds take turns: every token of the user, the one token by its id, a logout.
+        let token_id = match round % 3 {
+            1 => {
+                let listed = api
+                    .ok("GET", &format!("/v1/users/{uid}/tokens"), ADMIN, None)
+                    .await;
+                listed["tokens"][0]["token_id"].as_str().unwrap().to_owned()
+            }
+            _ => String::new(),
+        };
+        let (all, one) = (
+            format!("/v1/users/{uid}/tokens"),
+            format!("/v1/users/{uid}/tokens/{token_id}"),
+        );
         let revoke = async {
             tokio::time::sleep(Duration::from_millis(2 + 3 * round)).await;
-            api.ok("DELETE", &format!("/v1/users/{uid}/tokens"), ADMIN, None)
-                .await;
+            match round % 3 {
+                0 => api.ok("DELETE", &all, ADMIN, None).await,
+                1 => api.ok("DELETE", &one, ADMIN, None).await,
+                _ => api.ok("DELETE", "/v1/token", &token, None).await,
+            };
         };
         let (answers, ()) = tokio::join!(futures_util::future::join_all(sends), revoke);
         assert!(
@@ -625,7 +643,7 @@ async fn no_message_is_written_after_its_senders_tokens_were_revoked() {
         .collect();
     let revoked_at: HashMap<&str, u64> = events
         .iter()
-        .filter(|e| e["type"] == "tokens_revoked")
+        .filter(|e| e["type"] == "tokens_revoked" || e["type"] == "token_revoked")
         .map(|e| (e["uid"].as_str().unwrap(), e["offset"].as_u64().unwrap()))
         .collect();
     assert_eq!(revoked_at.len(), users.len());
