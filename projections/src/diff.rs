@@ -137,6 +137,12 @@ pub fn diff(live: &State, rebuilt: &State, max: usize) -> Vec<String> {
         &rebuilt.tokens.expires,
         |o, w, l, r| field(o, &w, "expiry", l, r),
     );
+    sets(
+        o,
+        "token expiry index",
+        &live.tokens.by_expiry,
+        &rebuilt.tokens.by_expiry,
+    );
 
     maps(
         o,

@@ -38,6 +38,11 @@ enum Action {
     UserList(usize, bool, u8, Vec<usize>),
     Hide(usize, usize, Option<u64>),
     Clear(usize, usize, u64),
+    /// A token (one of a few hashes) issued to a user: no expiry, expired long ago (dropped by
+    /// the next issue), or expiring far ahead.
+    Token(usize, u8, u8),
+    RevokeToken(usize, u8),
+    RevokeAll(usize),
     Snapshot,
 }
 
@@ -60,6 +65,9 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (u.clone(), any::<bool>(), 0u8..3, us.clone()).prop_map(|(x, a, o, u)| Action::UserList(x, a, o, u)),
         1 => (u.clone(), g.clone(), prop::option::of(0u64..12)).prop_map(|(x, c, s)| Action::Hide(x, c, s)),
         1 => (u.clone(), g.clone(), 0u64..8).prop_map(|(x, c, s)| Action::Clear(x, c, s)),
+        1 => (u.clone(), 0u8..5, 0u8..3).prop_map(|(x, h, e)| Action::Token(x, h, e)),
+        1 => (u.clone(), 0u8..5).prop_map(|(x, h)| Action::RevokeToken(x, h)),
+        1 => u.clone().prop_map(Action::RevokeAll),
         1 => Just(Action::Snapshot),
     ]
 }
@@ -158,6 +166,32 @@ async fn run(actions: Vec<Action>, snap_at: usize) {
                     uid: USERS[x].into(),
                     channel: GROUPS[c].into(),
                     up_to_seq: s,
+                })
+                .await;
+            }
+            Action::Token(x, h, e) => {
+                let expires_at_ms = match e {
+                    0 => None,
+                    1 => Some(1),
+                    _ => Some(u64::MAX / 2),
+                };
+                w.emit(Event::TokenSet {
+                    uid: USERS[x].into(),
+                    token_hash: bytes::Bytes::from(vec![h; 32]),
+                    expires_at_ms,
+                })
+                .await;
+            }
+            Action::RevokeToken(x, h) => {
+                w.emit(Event::TokenRevoked {
+                    uid: USERS[x].into(),
+                    token_hash: bytes::Bytes::from(vec![h; 32]),
+                })
+                .await;
+            }
+            Action::RevokeAll(x) => {
+                w.emit(Event::TokensRevoked {
+                    uid: USERS[x].into(),
                 })
                 .await;
             }
