@@ -14,13 +14,15 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use tidings_compaction::{Plan, Progress, plan_recall_purge};
 use tidings_log::Log;
-use tidings_projections::{Origin, ProjectionConfig, snapshot};
+use tidings_projections::{Origin, ProjectionConfig, Projections, snapshot};
 
 use crate::data::DataDir;
 
 /// The local copy of a tiered log's manifest (`tidings_log::tier`): its presence makes a data
 /// directory tiered.
 const TIER_MANIFEST: &str = "tier-manifest.json";
+/// The node id a first start with a tier generates (`crate::data`).
+const NODE_ID: &str = "node.id";
 
 /// Options of `tidings compact`.
 #[derive(Debug, clap::Args)]
@@ -28,8 +30,8 @@ pub(crate) struct CompactArgs {
     /// The data directory.
     #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
     data: std::path::PathBuf,
-    /// Print what would be purged, and change nothing (the log is opened read-only; the server
-    /// must still be stopped).
+    /// Print what would be purged, and change nothing (the log is opened read-only and the
+    /// state loaded into a temporary directory; the server must still be stopped).
     #[arg(long)]
     dry_run: bool,
 }
@@ -41,48 +43,112 @@ pub(crate) async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
     // The directory's lock first, as the server takes it (and `rebuild`): a starting server
     // restores snapshots before it opens (and locks) the log.
     let _dir_lock = data.lock()?;
-    let log = if args.dry_run {
-        super::open_read_only(&data).await?
-    } else {
-        // The conversation cache's lists are marked not to be reused, before the log's open:
-        // that open replaces the record of a last run under fsync every/never (as `rebuild`'s
-        // does), and the lists may show previews of the messages this run purges (their files
-        // are removed once it is done).
-        crate::server::distrust_conversation_cache(&data)?;
-        super::open_exclusive(&data).await?
+    // Planned first from a read-only open, the state loaded into a temporary directory: a dry
+    // run, and a run with nothing to purge, change nothing in the data directory.
+    let planned = {
+        let log = super::open_read_only(&data).await?;
+        let planned = plan_read_only(&data, &log).await;
+        let closed = log.close().await;
+        let planned = planned?;
+        closed?;
+        planned
     };
-    let result = compact(&args, &data, &log).await;
+    let Some(plan) = planned else {
+        println!("the log holds no record: nothing to purge");
+        return Ok(ExitCode::SUCCESS);
+    };
+    print_plan(&plan);
+    if args.dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if plan.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The conversation cache's lists are marked not to be reused, before the log's open: that
+    // open replaces the record of a last run under fsync every/never (as `rebuild`'s does), and
+    // the lists may show previews of the messages this run purges (their files are removed
+    // once it is done).
+    crate::server::distrust_conversation_cache(&data)?;
+    let log = super::open_exclusive(&data).await?;
+    let result = compact(&data, &log).await;
     let closed = log.close().await;
     let code = result?;
     closed?;
     Ok(code)
 }
 
-/// Refuses a tiered data directory (slice 1 of compaction purges local files only).
+/// The plan, from `log` opened read-only and the state loaded into a temporary directory (as
+/// `verify` does): the newest snapshot of this log's history (an older one when the newest was
+/// made from another history; none: offset 0), brought up to the log's end. `None` for an
+/// empty log.
+async fn plan_read_only(data: &DataDir, log: &Log) -> anyhow::Result<Option<Plan>> {
+    let Some(last) = log.next_offset().checked_sub(1) else {
+        return Ok(None);
+    };
+    let snapshots = data.projections().join("snapshots");
+    let tmp = tempfile::tempdir()?;
+    let base = ProjectionConfig::default();
+    let mut max = Some(last);
+    let mut p = loop {
+        let Some((state, _, anchor)) = snapshot::load_newest_anchored(&snapshots, max)? else {
+            break Projections::empty(tmp.path(), base)?;
+        };
+        let applied = state.applied.unwrap_or(0);
+        let ours = match anchor {
+            Some(anchor) => snapshot::anchor_at(log, applied)
+                .await?
+                .is_none_or(|found| found == anchor),
+            None => true,
+        };
+        if ours {
+            let mut p = Projections::empty(tmp.path(), base.shaped_like(&state))?;
+            p.state = state;
+            break p;
+        }
+        let Some(older) = applied.checked_sub(1) else {
+            break Projections::empty(tmp.path(), base)?;
+        };
+        max = Some(older);
+    };
+    p.catch_up(log, |_, _| {}).await.map_err(super::explain)?;
+    let log = log.clone();
+    let recalled = p.state.heads.recalled.clone();
+    let protect = p.state.applied;
+    let plan =
+        tokio::task::spawn_blocking(move || plan_recall_purge(&log, &recalled, protect)).await??;
+    Ok(Some(plan))
+}
+
+/// Refuses a tiered data directory (slice 1 of compaction purges local files only): one with
+/// the local copy of a tier manifest, or with the node id a first start with a tier generates
+/// (a start killed after its claim of the store's prefix, before its first manifest write, has
+/// no copy yet, and the store may hold its snapshots already).
 fn refuse_tiered(data: &DataDir) -> anyhow::Result<()> {
-    let manifest = data.log().join(TIER_MANIFEST);
-    anyhow::ensure!(
-        !manifest.exists(),
-        "{} is a tiered data directory ({} exists): `tidings compact` does not purge tiered \
-         logs yet (the object store keeps its own copies of segments and snapshots); nothing \
-         was changed",
-        data.root().display(),
-        manifest.display()
-    );
+    for marker in [data.log().join(TIER_MANIFEST), data.root().join(NODE_ID)] {
+        anyhow::ensure!(
+            !marker.exists(),
+            "{} is a tiered data directory ({} exists): `tidings compact` does not purge \
+             tiered logs yet (the object store keeps its own copies of segments and \
+             snapshots); nothing was changed",
+            data.root().display(),
+            marker.display()
+        );
+    }
     Ok(())
 }
 
-async fn compact(args: &CompactArgs, data: &DataDir, log: &Log) -> anyhow::Result<ExitCode> {
+/// The run, on the log opened for writing: planned again (from the data directory's own
+/// projections, whose fresh snapshot it writes), then carried out.
+async fn compact(data: &DataDir, log: &Log) -> anyhow::Result<ExitCode> {
     let end = log.next_offset();
     let Some(last) = end.checked_sub(1) else {
         println!("the log holds no record: nothing to purge");
         return Ok(ExitCode::SUCCESS);
     };
-    if !args.dry_run {
-        // Snapshots past the log's end go aside as at the server's start (the run removes
-        // them with every other snapshot file).
-        crate::server::set_aside_snapshots_ahead_of(data, end)?;
-    }
+    // Snapshots past the log's end go aside as at the server's start (the run removes them
+    // with every other snapshot file).
+    crate::server::set_aside_snapshots_ahead_of(data, end)?;
     // Shaped like the newest snapshot, as `rebuild` without settings: the fresh snapshot must
     // load at the server's next start.
     let snapshots = data.projections().join("snapshots");
@@ -104,12 +170,8 @@ async fn compact(args: &CompactArgs, data: &DataDir, log: &Log) -> anyhow::Resul
         let protect = p.state.applied;
         tokio::task::spawn_blocking(move || plan_recall_purge(&log, &recalled, protect)).await??
     };
-    print_plan(&plan);
-    if args.dry_run {
-        println!("dry run: nothing was changed");
-        return Ok(ExitCode::SUCCESS);
-    }
     if plan.is_empty() {
+        // Nothing to rewrite after all (the read-only plan had something): nothing is.
         return Ok(ExitCode::SUCCESS);
     }
 
