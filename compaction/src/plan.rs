@@ -6,7 +6,7 @@ use tidings_log::Log;
 use tidings_projections::ids::ChannelId;
 use tidings_projections::{Envelope, FLAG_PURGED};
 
-use crate::error::Result;
+use crate::error::{CompactionError, Result};
 use crate::purge::{message_of, purge_env};
 
 /// Bytes of records read at a time while scanning.
@@ -28,6 +28,12 @@ pub struct Plan {
     pub kept_protected: bool,
     /// Records of recalled messages purged already (skipped).
     pub already_purged: u64,
+    /// Records of recalled messages this build cannot purge in place, left as they are, each
+    /// with the reason: ones not in the encoding this build writes for the event they decode
+    /// to ([`crate::CompactionError::NotCanonical`]: re-encoding would change more than the
+    /// payload), or whose purge would change their length. Reported, not fatal: one such
+    /// record must not keep every other from being purged.
+    pub unpurgeable: Vec<(u64, String)>,
     /// Records scanned.
     pub scanned: u64,
 }
@@ -90,8 +96,18 @@ pub fn plan_recall_purge(
                 plan.already_purged += 1;
                 continue;
             }
-            // Refused here rather than halfway through the run.
-            purge_env(rec.offset, &rec.payload, env)?;
+            // Found here rather than halfway through the run.
+            match purge_env(rec.offset, &rec.payload, env) {
+                Ok(_) => {}
+                Err(
+                    e @ (CompactionError::NotCanonical { .. }
+                    | CompactionError::LengthChanged { .. }),
+                ) => {
+                    plan.unpurgeable.push((rec.offset, e.to_string()));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if protect == Some(rec.offset) {
                 plan.kept_protected = true;
                 continue;
@@ -240,9 +256,10 @@ mod tests {
         log.close().await.unwrap();
     }
 
-    /// A record to purge in another encoding than this build's fails the plan, naming it.
+    /// A record to purge in another encoding than this build's is left and reported, naming
+    /// it; the other records are still planned.
     #[tokio::test]
-    async fn a_record_in_another_encoding_fails_the_plan() {
+    async fn a_record_in_another_encoding_is_left_and_reported() {
         let dir = tempfile::tempdir().unwrap();
         let opts = LogOptions::default().with_fsync(FsyncPolicy::Never);
         let log = Log::open(dir.path(), opts).await.unwrap();
@@ -250,12 +267,14 @@ mod tests {
         // The envelope's version (1) with a needless one-byte argument.
         odd.insert(3, 0x18);
         let offset = log.append_one(Bytes::from(odd)).await.unwrap();
-        let recalled = BTreeMap::from([("g".to_string(), BTreeSet::from([1]))]);
-        let err = plan_recall_purge(&log, &recalled, None).unwrap_err();
-        assert!(
-            matches!(err, crate::CompactionError::NotCanonical { offset: o } if o == offset),
-            "{err}"
-        );
+        let other = append(&log, send("g", 2, "another secret")).await;
+        log.roll().await.unwrap();
+        let recalled = BTreeMap::from([("g".to_string(), BTreeSet::from([1, 2]))]);
+        let plan = plan_recall_purge(&log, &recalled, None).unwrap();
+        assert_eq!(plan.unpurgeable.len(), 1, "{plan:?}");
+        assert_eq!(plan.unpurgeable[0].0, offset);
+        let planned: Vec<u64> = plan.sealed.values().flatten().copied().collect();
+        assert_eq!(planned, vec![other]);
         // Not recalled: not a target, and not refused.
         let plan = plan_recall_purge(&log, &BTreeMap::new(), None).unwrap();
         assert!(plan.is_empty());

@@ -218,6 +218,15 @@ fn print_plan(plan: &Plan) {
     if plan.already_purged > 0 {
         println!("purged already: {} records", plan.already_purged);
     }
+    if !plan.unpurgeable.is_empty() {
+        println!(
+            "left as they are: {} records of recalled messages this build cannot purge in place",
+            plan.unpurgeable.len()
+        );
+        for (offset, why) in &plan.unpurgeable {
+            println!("  offset {offset}: {why}");
+        }
+    }
     if !plan.active.is_empty() {
         println!(
             "left in the active segment: {} records of recalled messages (run `tidings compact` again once the server has sealed that segment)",
