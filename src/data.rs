@@ -11,8 +11,8 @@
 //!
 //! The directory's `LOCK` is taken before anything else is opened: the block cache, a
 //! snapshot restored from the object store, the admin key. The log's own `LOCK` (in `log/`)
-//! comes later, after the tier is open, and read-only commands (`verify`, `inspect`, `replay`)
-//! take neither.
+//! comes later, after the tier is open, and read-only commands (`verify`, `inspect`, `replay`,
+//! `trace`) take neither.
 
 use std::path::{Path, PathBuf};
 

@@ -39,6 +39,13 @@ enum Cmd {
     Inspect(cli::inspect::InspectArgs),
     /// Purge the payloads of recalled messages from sealed log segments (server stopped).
     Compact(cli::compact::CompactArgs),
+    /// Print a message's trace (JSON), as the admin's HTTP trace call answers it.
+    ///
+    /// Read-only, as `verify`: it works on a stopped server's data directory and while the
+    /// server runs, and changes nothing in the data directory. `pushes` is always empty: the
+    /// server keeps its sampled push records in memory only. Exits 1 for a channel or a
+    /// message the data directory does not hold (channel_not_found, message_not_found).
+    Trace(cli::trace::TraceArgs),
     /// Tiered storage: status, upload now, garbage collection.
     #[command(subcommand)]
     Tier(cli::tier::TierCmd),
@@ -72,6 +79,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Cmd::Verify(a) => cli::verify::run(a).await,
             Cmd::Inspect(a) => cli::inspect::run(a).await,
             Cmd::Compact(a) => cli::compact::run(a).await,
+            Cmd::Trace(a) => cli::trace::run(a).await,
             Cmd::Tier(t) => cli::tier::run(t).await,
         }
     })

@@ -1,20 +1,23 @@
 //! The operator CLI end to end, running the real binary: replay prints NDJSON (and follows a
 //! live log), rebuild writes a snapshot, verify names the difference in a hand-corrupted
 //! snapshot, inspect finds a flipped bit, tier status names a bad manifest, offsets only in the
-//! data directory and a store holding another history.
+//! data directory and a store holding another history, trace prints what the admin's HTTP trace
+//! call answered.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use common::{tidings, tree};
-use serde_json::Value;
+use common::{ADMIN, Api, Server, Ws, tidings, tree};
+use serde_json::{Value, json};
 use tidings_log::tier::manifest::{Manifest, RemoteSegment};
 use tidings_log::{FsyncPolicy, Log, LogOptions};
+use tidings_projections::msgindex::Located;
 use tidings_projections::{ChannelFlags, Envelope, Event, FLAG_JSON_PAYLOAD, snapshot};
 
 fn opts() -> LogOptions {
@@ -804,4 +807,153 @@ fn tier_gc_on_a_missing_file_store_makes_nothing() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("no such directory"), "{err}");
     assert!(!dir.path().join("no").exists());
+}
+
+/// The bytes of every file under `dir`, by path.
+fn file_bytes(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    tree(dir)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// `cli` (what `tidings trace` printed) is `http` (what the HTTP call answered) but for
+/// `pushes`, the sampled push records a server keeps in its memory only: the HTTP answer has
+/// them (every message sampled, a recipient online), `tidings trace` never.
+fn same_but_pushes(http: &Value, cli: &Value, what: &str) {
+    assert!(
+        !http["pushes"].as_array().unwrap().is_empty(),
+        "{what}: sampled pushes in {http}"
+    );
+    assert_eq!(cli["pushes"], json!([]), "{what}: {cli}");
+    let without = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("pushes");
+        v
+    };
+    assert_eq!(without(cli), without(http), "{what}");
+}
+
+/// `tidings trace --data DIR CHANNEL SEQ` prints the JSON the admin's `GET
+/// /v1/channels/{ref}/messages/{seq}/trace` answered, pretty-printed, apart from the sampled
+/// pushes: on a stopped server's data directory (a group's messages, a recalled one, a person
+/// channel named in either order; message 1 indexed in a sidecar the shutdown snapshot names,
+/// which the trace reads from the data directory) and while the server runs. A seq or a channel
+/// the data directory does not hold exits 1 naming it (`message_not_found`,
+/// `channel_not_found`); `@uid` (a user's form, which the admin's call refuses) and a seq that is
+/// not a number are usage errors (2). No file in the data directory changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_prints_what_the_http_trace_answered() {
+    // Every message's pushes sampled; a message index sidecar every 3 messages.
+    let server = Server::start(&[
+        "--trace-sample-every",
+        "1",
+        "--projections-index-flush-entries",
+        "3",
+    ]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob", "carol"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    // Bob online (the pushes sampled), carol never (never delivered).
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    for i in 1..=4 {
+        api.send(&alice, "g", &format!("a{i}"), &format!("hello {i}"))
+            .await;
+    }
+    let seq = |n: u64| Some(json!({"seq": n}));
+    api.ok("POST", "/v1/channels/g/read", &bob, seq(1)).await;
+    api.ok("POST", "/v1/channels/g/ack", &bob, seq(2)).await;
+    api.ok("DELETE", "/v1/channels/g/messages/2", ADMIN, None)
+        .await;
+    api.send(&bob, "g", "b1", "a reply: bob has read up to it")
+        .await;
+    api.send(&alice, "@bob", "d1", "psst").await;
+    api.send(&bob, "@alice", "d2", "psst back").await;
+    // Pushed to bob (in log order): every push before it is recorded.
+    loop {
+        let m = ws.next_of("message").await;
+        if m["channel"] == "@alice" && m["seq"] == 1 {
+            break;
+        }
+    }
+    ws.close().await;
+
+    let cases = [("g", 1), ("g", 2), ("g", 4), ("p:alice:bob", 1)];
+    let mut answered = Vec::new();
+    for (channel, n) in cases {
+        let path = format!("/v1/channels/{channel}/messages/{n}/trace");
+        answered.push(api.ok("GET", &path, ADMIN, None).await);
+    }
+    // What the answers hold (so that the comparison below compares something).
+    assert_eq!(answered[0]["delivered"][0]["uid"], "bob", "{}", answered[0]);
+    assert_eq!(
+        answered[0]["not_delivered"],
+        json!(["carol"]),
+        "{}",
+        answered[0]
+    );
+    assert_eq!(answered[1]["recalled"], true, "{}", answered[1]);
+    assert_eq!(answered[2]["read"][0]["uid"], "bob", "{}", answered[2]);
+
+    let data = server.data.clone();
+    let d = data.to_str().unwrap().to_owned();
+    let trace = |channel: &str, n: &str| tidings(&["trace", "--data", d.as_str(), channel, n]);
+    // While the server runs (read-only, as `verify`).
+    let (code, out, err) = trace("g", "1");
+    assert_eq!(code, 0, "{out}{err}");
+    let printed: Value = serde_json::from_str(&out).unwrap();
+    same_but_pushes(&answered[0], &printed, "g 1, server running");
+
+    let _dir = server.stop();
+    // The shutdown snapshot has message 1 of g in a sidecar: the trace must read it from the
+    // data directory's `projections/index`.
+    let snaps = data.join("projections/snapshots");
+    let (state, _) = snapshot::load_newest(&snaps).unwrap().unwrap();
+    assert!(
+        matches!(state.index.locate("g", 1, 1).as_slice(), [Located::Run(_)]),
+        "{:?}",
+        state.index.locate("g", 1, 1)
+    );
+
+    let before = (tree(&data), file_bytes(&data));
+    for ((channel, n), http) in cases.iter().zip(&answered) {
+        let (code, out, err) = trace(channel, &n.to_string());
+        assert_eq!(code, 0, "{channel} {n}: {out}{err}");
+        assert!(out.starts_with("{\n  \""), "pretty-printed: {out}");
+        let printed: Value = serde_json::from_str(&out).unwrap();
+        same_but_pushes(http, &printed, &format!("{channel} {n}"));
+    }
+    // A person channel's users in the other order name the same channel.
+    let (code, out, err) = trace("p:bob:alice", "1");
+    assert_eq!(code, 0, "{out}{err}");
+    let printed: Value = serde_json::from_str(&out).unwrap();
+    same_but_pushes(&answered[3], &printed, "p:bob:alice 1");
+
+    // Not held: exit 1, naming it.
+    let (code, out, err) = trace("g", "99");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("message_not_found") && err.contains("message 99"),
+        "{err}"
+    );
+    let (code, out, err) = trace("nope", "1");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("channel_not_found") && err.contains("\"nope\""),
+        "{err}"
+    );
+    // Usage errors.
+    let (code, _, err) = trace("@bob", "1");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("p:{uid_a}:{uid_b}"), "{err}");
+    let (code, _, err) = trace("g", "x");
+    assert_eq!(code, 2, "{err}");
+
+    assert_eq!((tree(&data), file_bytes(&data)), before, "no file changed");
 }

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use tidings_compaction::{Plan, Progress, plan_recall_purge};
 use tidings_log::Log;
-use tidings_projections::{Origin, ProjectionConfig, Projections, snapshot};
+use tidings_projections::{Origin, ProjectionConfig, snapshot};
 
 use crate::data::DataDir;
 
@@ -83,34 +83,11 @@ pub(crate) async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
 /// made from another history; none: offset 0), brought up to the log's end. `None` for an
 /// empty log.
 async fn plan_read_only(data: &DataDir, log: &Log) -> anyhow::Result<Option<Plan>> {
-    let Some(last) = log.next_offset().checked_sub(1) else {
+    if log.next_offset() == 0 {
         return Ok(None);
-    };
-    let snapshots = data.projections().join("snapshots");
+    }
     let tmp = tempfile::tempdir()?;
-    let base = ProjectionConfig::default();
-    let mut max = Some(last);
-    let mut p = loop {
-        let Some((state, _, anchor)) = snapshot::load_newest_anchored(&snapshots, max)? else {
-            break Projections::empty(tmp.path(), base)?;
-        };
-        let applied = state.applied.unwrap_or(0);
-        let ours = match anchor {
-            Some(anchor) => snapshot::anchor_at(log, applied)
-                .await?
-                .is_none_or(|found| found == anchor),
-            None => true,
-        };
-        if ours {
-            let mut p = Projections::empty(tmp.path(), base.shaped_like(&state))?;
-            p.state = state;
-            break p;
-        }
-        let Some(older) = applied.checked_sub(1) else {
-            break Projections::empty(tmp.path(), base)?;
-        };
-        max = Some(older);
-    };
+    let mut p = super::load_read_only(data, log, tmp.path()).await?;
     p.catch_up(log, |_, _| {}).await.map_err(super::explain)?;
     let log = log.clone();
     let recalled = p.state.heads.recalled.clone();

@@ -6,10 +6,11 @@ pub(crate) mod json;
 pub(crate) mod rebuild;
 pub(crate) mod replay;
 pub(crate) mod tier;
+pub(crate) mod trace;
 pub(crate) mod verify;
 
 use tidings_log::{Log, LogError, LogOptions};
-use tidings_projections::{Origin, ProjectionConfig, Projections};
+use tidings_projections::{Origin, ProjectionConfig, Projections, snapshot};
 
 use crate::data::DataDir;
 
@@ -57,6 +58,46 @@ pub(crate) async fn load_this_history(
             Some(m) => max = Some(m),
             None => return Ok(Projections::empty(dir, config)?),
         }
+    }
+}
+
+/// The projections of the newest snapshot of this log's history that covers at most the log's
+/// last record, in the temporary directory `tmp` (the data directory is only read): a snapshot
+/// made from another history of the log (its anchor differs from the record `log` holds at its
+/// offset) is passed over for the next older one; without one, empty projections. Shaped like
+/// the snapshot, and not caught up: [`Projections::catch_up`] brings them to the log's end
+/// (writing any message index sidecar due into `tmp`). For `compact`'s plan and `trace`.
+pub(crate) async fn load_read_only(
+    data: &DataDir,
+    log: &Log,
+    tmp: &std::path::Path,
+) -> anyhow::Result<Projections> {
+    let base = ProjectionConfig::default();
+    let Some(last) = log.next_offset().checked_sub(1) else {
+        return Ok(Projections::empty(tmp, base)?);
+    };
+    let snapshots = data.projections().join("snapshots");
+    let mut max = Some(last);
+    loop {
+        let Some((state, _, anchor)) = snapshot::load_newest_anchored(&snapshots, max)? else {
+            return Ok(Projections::empty(tmp, base)?);
+        };
+        let applied = state.applied.unwrap_or(0);
+        let ours = match anchor {
+            Some(anchor) => snapshot::anchor_at(log, applied)
+                .await?
+                .is_none_or(|found| found == anchor),
+            None => true,
+        };
+        if ours {
+            let mut p = Projections::empty(tmp, base.shaped_like(&state))?;
+            p.state = state;
+            return Ok(p);
+        }
+        let Some(older) = applied.checked_sub(1) else {
+            return Ok(Projections::empty(tmp, base)?);
+        };
+        max = Some(older);
     }
 }
 

@@ -10,9 +10,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use tidings_log::Log;
+use tidings_projections::ids::ChannelId;
 use tidings_projections::messages::{Message, MessageRef};
 use tidings_projections::permissions::can_read;
-use tidings_projections::{Event, FLAG_JSON_PAYLOAD, messages, trace as tr};
+use tidings_projections::{Event, FLAG_JSON_PAYLOAD, Projections, messages, trace as tr};
 
 use super::json_check::JsonCheck;
 use super::users::valid_uid;
@@ -270,16 +271,7 @@ pub(crate) struct MessagePage {
 pub(crate) fn readable(state: &AppState, caller: &Caller, channel: &str) -> ApiResult<()> {
     let p = state.proj();
     let Caller::User(me) = caller else {
-        // The admin reads any channel that exists or has had messages (a deleted group's
-        // history too); one that never did is not found.
-        if p.state.subs.channels.contains_key(channel) || p.state.heads.heads.contains_key(channel)
-        {
-            return Ok(());
-        }
-        return Err(ApiError::not_found(
-            "channel_not_found",
-            format!("no channel {channel:?}"),
-        ));
+        return admin_readable(&p.state, channel);
     };
     if can_read(&p.state, me, channel) {
         return Ok(());
@@ -301,6 +293,18 @@ pub(crate) fn readable(state: &AppState, caller: &Caller, channel: &str) -> ApiR
     Err(ApiError::forbidden(
         "not_member",
         "not a member of this channel",
+    ))
+}
+
+/// Whether the admin may read `channel`: any channel that exists or has had messages (a
+/// deleted group's history too); one that never did is not found.
+fn admin_readable(state: &tidings_projections::State, channel: &str) -> ApiResult<()> {
+    if state.subs.channels.contains_key(channel) || state.heads.heads.contains_key(channel) {
+        return Ok(());
+    }
+    Err(ApiError::not_found(
+        "channel_not_found",
+        format!("no channel {channel:?}"),
     ))
 }
 
@@ -478,6 +482,10 @@ pub(crate) async fn recall(
     }))
 }
 
+/// Records a trace scans past its message, at most: the trace of an old message in a busy
+/// log stops there (`scan_complete: false`).
+const TRACE_MAX_SCAN: u64 = 1_000_000;
+
 /// A message's timeline (admin).
 #[utoipa::path(get, path = "/v1/channels/{id}/messages/{seq}/trace", tag = "messages",
     params(("id" = String, Path, description = "Group id or p:a:b"), ("seq" = u64, Path, description = "The message's seq")),
@@ -489,29 +497,56 @@ pub(crate) async fn trace(
     ApiPath((id, seq)): ApiPath<(String, u64)>,
 ) -> ApiResult<axum::Json<tr::Trace>> {
     caller.require_admin()?;
-    let channel = resolve(&caller, &id)?;
-    // A channel that never existed is not found as such, as in the admin's history (it was
-    // told `message_not_found`).
-    readable(&state, &caller, &channel)?;
+    let channel = admin_channel(&id)?;
     let plan = {
         let p = state.proj();
-        tr::plan(&p.state, p.index_files(), &channel, seq)?
+        admin_trace_plan(&p, &channel, seq)?
     };
-    let plan = plan.ok_or_else(|| {
-        ApiError::not_found(
-            "message_not_found",
-            format!("no message {seq} in this channel"),
-        )
-    })?;
-    let t = tr::trace(&state.log, &plan, Some(&state.samples), 1_000_000)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "message_not_found",
-                format!("no message {seq} in this channel"),
-            )
-        })?;
+    let t = trace_planned(&state.log, &plan, Some(&state.samples)).await?;
     Ok(axum::Json(t))
+}
+
+/// The canonical id of a channel as the admin names it: a group id, or a person channel as
+/// `p:{uid_a}:{uid_b}` (in either order); `@uid`, a user's form, is refused
+/// `invalid_channel`. `tidings trace` takes its channel argument so too.
+pub(crate) fn admin_channel(reference: &str) -> ApiResult<ChannelId> {
+    resolve(&Caller::Admin, reference)
+}
+
+/// The plan of the admin's trace of message `seq` in `channel` (canonical), from `p` (the
+/// server's projections, under their lock; or `tidings trace`'s, loaded from a data
+/// directory). 404 `channel_not_found` for a channel that never existed nor had messages (as
+/// in the admin's history: it was told `message_not_found`), `message_not_found` for a seq it
+/// does not hold (one of an earlier group under the id included).
+pub(crate) fn admin_trace_plan(
+    p: &Projections,
+    channel: &str,
+    seq: u64,
+) -> ApiResult<tr::TracePlan> {
+    admin_readable(&p.state, channel)?;
+    tr::plan(&p.state, p.index_files(), channel, seq)?.ok_or_else(|| no_message(seq))
+}
+
+/// The trace of a planned message as `GET /v1/channels/{id}/messages/{seq}/trace` answers it
+/// (the same value `tidings trace` prints): scanned from `log`, with the push records
+/// `samples` holds for it (the server's, in its memory; `None`, as for `tidings trace`, gives
+/// none).
+pub(crate) async fn trace_planned(
+    log: &Log,
+    plan: &tr::TracePlan,
+    samples: Option<&tr::PushSamples>,
+) -> ApiResult<tr::Trace> {
+    tr::trace(log, plan, samples, TRACE_MAX_SCAN)
+        .await?
+        .ok_or_else(|| no_message(plan.seq))
+}
+
+/// The answer for a seq the channel does not hold.
+fn no_message(seq: u64) -> ApiError {
+    ApiError::not_found(
+        "message_not_found",
+        format!("no message {seq} in this channel"),
+    )
 }
 
 #[cfg(test)]

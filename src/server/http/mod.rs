@@ -30,7 +30,8 @@ use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::AppState;
 
 pub(crate) use messages::{
-    MAX_CLIENT_MSG_ID, check_client_msg_id, one_payload_form, payload_bytes, present, stored_retry,
+    MAX_CLIENT_MSG_ID, admin_channel, admin_trace_plan, check_client_msg_id, one_payload_form,
+    payload_bytes, present, stored_retry, trace_planned,
 };
 
 /// A JSON body whose rejections are API errors.
