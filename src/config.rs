@@ -53,6 +53,9 @@ pub(crate) struct Config {
     pub(crate) cache_index_bytes: usize,
     pub(crate) trace_sample_every: u64,
     pub(crate) shutdown_grace_secs: u64,
+    /// Seconds between passes of the background purge of recalled messages' payloads (0:
+    /// off; off on a tiered server too).
+    pub(crate) compaction_purge_interval_secs: u64,
     pub(crate) node_id: Option<String>,
     pub(crate) tier: TierConfig,
 }
@@ -129,6 +132,7 @@ impl Default for Config {
             cache_index_bytes: 64 << 20,
             trace_sample_every: 100,
             shutdown_grace_secs: 10,
+            compaction_purge_interval_secs: 3600,
             node_id: None,
             tier: TierConfig::default(),
         }
@@ -144,6 +148,13 @@ impl Config {
     }
     pub(crate) fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+    /// The interval between passes of the background purge; `None`: off.
+    pub(crate) fn purge_interval(&self) -> Option<Duration> {
+        match self.compaction_purge_interval_secs {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        }
     }
 }
 
@@ -248,6 +259,10 @@ pub(crate) struct ServeArgs {
     /// Seconds a shutdown may take before remaining tasks are aborted. Default: 10.
     #[arg(long, env = "TIDINGS_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
+    /// Seconds between passes of the background purge of recalled messages' payloads from
+    /// sealed segments (0: off; off on a tiered server). Default: 3600.
+    #[arg(long, env = "TIDINGS_COMPACTION_PURGE_INTERVAL_SECS")]
+    compaction_purge_interval_secs: Option<u64>,
     /// This server's name in the tier manifest. Default: generated into DATA/node.id.
     #[arg(long, env = "TIDINGS_NODE_ID")]
     node_id: Option<String>,
@@ -335,6 +350,8 @@ struct FileConfig {
     trace: TraceSection,
     #[serde(default)]
     shutdown: ShutdownSection,
+    #[serde(default)]
+    compaction: CompactionSection,
     node_id: Option<String>,
     #[serde(default)]
     tier: TierSection,
@@ -403,6 +420,12 @@ struct TraceSection {
 #[serde(deny_unknown_fields)]
 struct ShutdownSection {
     grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompactionSection {
+    purge_interval_secs: Option<u64>,
 }
 
 /// The settings that shape the projections (`serve` and `rebuild` take the same flags).
@@ -590,6 +613,10 @@ impl ServeArgs {
                 .shutdown_grace_secs
                 .or(file.shutdown.grace_secs)
                 .unwrap_or(d.shutdown_grace_secs),
+            compaction_purge_interval_secs: self
+                .compaction_purge_interval_secs
+                .or(file.compaction.purge_interval_secs)
+                .unwrap_or(d.compaction_purge_interval_secs),
             node_id: self.node_id.or(file.node_id).filter(|n| !n.is_empty()),
             tier: {
                 let t = file.tier;
@@ -909,6 +936,10 @@ impl Config {
             ),
             ("shutdown.grace_secs", self.shutdown_grace_secs),
             (
+                "compaction.purge_interval_secs",
+                self.compaction_purge_interval_secs,
+            ),
+            (
                 "tier.local_retention_secs",
                 t.local_retention_secs.unwrap_or(0),
             ),
@@ -1191,6 +1222,36 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("segmnt_bytes"), "{err:#}");
+    }
+
+    /// `[compaction] purge_interval_secs`: an hour by default, from the file, the flag over it,
+    /// 0 turning the purge off; a duration past the bound is refused, and so is an unknown key
+    /// in the section.
+    #[test]
+    fn the_purge_interval_comes_from_the_file_or_the_flag() {
+        let d = ServeArgs::default().resolve().unwrap();
+        assert_eq!(d.purge_interval(), Some(Duration::from_secs(3600)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[compaction]\npurge_interval_secs = 0\n").unwrap();
+        let from = |flag: Option<u64>| {
+            ServeArgs {
+                config: Some(path.clone()),
+                compaction_purge_interval_secs: flag,
+                ..ServeArgs::default()
+            }
+            .resolve()
+        };
+        assert_eq!(from(None).unwrap().purge_interval(), None);
+        assert_eq!(
+            from(Some(5)).unwrap().purge_interval(),
+            Some(Duration::from_secs(5))
+        );
+        let err = format!("{:#}", from(Some(MAX_DURATION_SECS + 1)).unwrap_err());
+        assert!(err.contains("compaction.purge_interval_secs"), "{err}");
+        std::fs::write(&path, "[compaction]\npurge_interval = 60\n").unwrap();
+        let err = format!("{:#}", from(None).unwrap_err());
+        assert!(err.contains("unknown field `purge_interval`"), "{err}");
     }
 
     #[test]

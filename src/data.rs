@@ -75,6 +75,17 @@ impl DataDir {
     pub(crate) fn projections(&self) -> PathBuf {
         self.0.join("projections")
     }
+    /// A file marking this directory as tiered, if there is one: the log's local copy of a
+    /// tier manifest (`log/tier-manifest.json`), or the node id a first start with a tier
+    /// writes (`node.id`: a start killed after its claim of the store's prefix, before its
+    /// first manifest write, has no copy yet). Neither `tidings compact` nor the server's
+    /// background purge rewrites the segments of such a directory: the object store keeps its
+    /// own copies of segments and snapshots, which they would not reach.
+    pub(crate) fn tier_marker(&self) -> Option<PathBuf> {
+        let manifest = self.log().join("tier-manifest.json");
+        let node_id = self.0.join("node.id");
+        [manifest, node_id].into_iter().find(|path| path.exists())
+    }
 }
 
 /// Writes `bytes` to `path` so that a crash or a power cut leaves the earlier file (or none)

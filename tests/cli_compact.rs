@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{ADMIN, Api, Server, tidings, tree};
+use common::{ADMIN, Api, Server, seal_past, tidings, tree};
 use serde_json::{Value, json};
 
 /// Small segments, so that a few hundred messages seal some; no send limit in the way; the
@@ -68,30 +68,6 @@ fn segment_or_snapshot(path: &Path) -> bool {
         || path
             .parent()
             .is_some_and(|d| d.file_name().is_some_and(|n| n == "snapshots"))
-}
-
-/// The base offset of the log's active segment (its newest segment file).
-fn active_base(data: &Path) -> u64 {
-    std::fs::read_dir(data.join("log"))
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name();
-            name.to_str()?.strip_suffix(".log")?.parse().ok()
-        })
-        .max()
-        .unwrap()
-}
-
-/// Sends filler messages to group `f` until the active segment starts past `offset` (so that
-/// every record up to it is in a sealed segment).
-async fn seal_past(api: &Api, server: &Server, token: &str, offset: u64) {
-    let mut i = 0;
-    while active_base(&server.data) <= offset {
-        api.send(token, "f", &format!("f{i}"), &"filler ".repeat(20))
-            .await;
-        i += 1;
-        assert!(i < 3000, "the log never rolled past offset {offset}");
-    }
 }
 
 /// The offset of a send's answer.

@@ -9,6 +9,13 @@
 //! writes a fresh anchored snapshot, removes every other snapshot file (one may hold a recalled
 //! message's preview) and rewrites each segment in place through `Log::rewrite_sealed`.
 //!
+//! The server purges too, while it runs (`compaction.purge_interval_secs`): it finds its
+//! targets in its projections rather than by a scan — each recalled message's send, through
+//! the message index, and its latest edit — and [`plan_online_purge`] decides, reading
+//! nothing, which of the records it read to rewrite in which sealed segment, which to leave
+//! for a later pass (in the active segment, or at an offset a snapshot is anchored to) and
+//! which to skip (not the record the projections said).
+//!
 //! # Invariants
 //! 1. A purged record has the original's offset and length, and decodes to the original event
 //!    but for its payload (zeros) and flags (`FLAG_PURGED` added): its segment's batch lengths,
@@ -22,20 +29,25 @@
 //! 4. A record whose bytes are not what this build encodes for the event they decode to is
 //!    refused, never rewritten: re-encoding it would change more than its payload. The plan
 //!    checks every record it would purge, so such a record stops a run before anything changes.
-//! 5. The log's last record, to which the fresh snapshot is anchored, is never purged, and the
-//!    active segment is never rewritten: what they hold waits for a later run.
+//! 5. The log's last record, to which the fresh snapshot is anchored, is never purged (nor, by
+//!    the server, its last applied record or any snapshot's anchor record), and the active
+//!    segment is never rewritten: what they hold waits for a later run.
 //! 6. Segments are rewritten only once the fresh snapshot is durable and every other snapshot
 //!    file is gone, each atomically (old or new, never half): a run cut short leaves a log and
 //!    a snapshot that agree, and running it again finishes it.
-//! 7. Tiered logs are not compacted (`Log::rewrite_sealed` refuses them, and `tidings compact`
+//! 7. A record is purged only once it is identified as the send or edit of a recalled message:
+//!    decoded, of that channel and seq (the online plan checks what it was handed).
+//! 8. Tiered logs are not compacted (`Log::rewrite_sealed` refuses them, and `tidings compact`
 //!    a tiered data directory): the object store keeps its own copies of segments and snapshots.
 
 mod error;
+mod online;
 mod plan;
 mod purge;
 mod run;
 
 pub use crate::error::{CompactionError, Result};
+pub use crate::online::{OnlinePlan, Target, TargetKind, plan_online_purge};
 pub use crate::plan::{Plan, plan_recall_purge};
 pub use crate::purge::purge_record;
 pub use crate::run::{Progress, Report, run};

@@ -18,12 +18,6 @@ use tidings_projections::{Origin, ProjectionConfig, snapshot};
 
 use crate::data::DataDir;
 
-/// The local copy of a tiered log's manifest (`tidings_log::tier`): its presence makes a data
-/// directory tiered.
-const TIER_MANIFEST: &str = "tier-manifest.json";
-/// The node id a first start with a tier generates (`crate::data`).
-const NODE_ID: &str = "node.id";
-
 /// Options of `tidings compact`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct CompactArgs {
@@ -102,9 +96,8 @@ async fn plan_read_only(data: &DataDir, log: &Log) -> anyhow::Result<Option<Plan
 /// (a start killed after its claim of the store's prefix, before its first manifest write, has
 /// no copy yet, and the store may hold its snapshots already).
 fn refuse_tiered(data: &DataDir) -> anyhow::Result<()> {
-    for marker in [data.log().join(TIER_MANIFEST), data.root().join(NODE_ID)] {
-        anyhow::ensure!(
-            !marker.exists(),
+    if let Some(marker) = data.tier_marker() {
+        anyhow::bail!(
             "{} is a tiered data directory ({} exists): `tidings compact` does not purge \
              tiered logs yet (the object store keeps its own copies of segments and \
              snapshots); nothing was changed",

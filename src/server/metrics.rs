@@ -98,6 +98,12 @@ pub(crate) struct Metrics {
     pub(crate) acks_received: Counter,
     pub(crate) rate_limited: Counter,
     pub(crate) snapshots: Counter,
+    /// Records of recalled messages purged by the background purge (`purger.rs`).
+    pub(crate) purged_records: Counter,
+    /// Passes of the background purge run.
+    pub(crate) purge_passes: Counter,
+    /// Passes of the background purge that failed (retried at the next pass).
+    pub(crate) purge_failures: Counter,
     pub(crate) ws_sessions: Gauge,
     pub(crate) send_latency: Histogram,
     pub(crate) http_latency: Histogram,
@@ -115,7 +121,7 @@ impl Metrics {
     /// The text exposition, with `extra` gauges appended (name, help, value).
     pub(crate) fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 13] = [
             (
                 "tidings_sends_total",
                 "Messages accepted and durable.",
@@ -165,6 +171,21 @@ impl Metrics {
                 "tidings_snapshots_total",
                 "Snapshots written.",
                 &self.snapshots,
+            ),
+            (
+                "tidings_purged_records_total",
+                "Records of recalled messages whose payloads the background purge replaced.",
+                &self.purged_records,
+            ),
+            (
+                "tidings_purge_passes_total",
+                "Passes of the background purge of recalled messages.",
+                &self.purge_passes,
+            ),
+            (
+                "tidings_purge_failures_total",
+                "Passes of the background purge that failed (retried at the next pass).",
+                &self.purge_failures,
             ),
         ];
         for (name, help, c) in counters {

@@ -5,8 +5,9 @@
 //! connections are refused until then), open the log (recovering its tail), load the newest snapshot and
 //! catch up with the log, open the conversation cache, then serve. A start that fails once the
 //! log is open closes it (releasing a tier prefix the open claimed). Background tasks — the
-//! applier, the ack flusher, the snapshotter and the HTTP server — live in one `JoinSet` with a
-//! `CancellationToken` each; WebSocket sessions are tracked in a `TaskTracker`.
+//! applier, the ack flusher, the snapshotter, the background purge of recalled messages
+//! (`purger.rs`) and the HTTP server — live in one `JoinSet` with a `CancellationToken` each;
+//! WebSocket sessions are tracked in a `TaskTracker`.
 //!
 //! Shutdown (SIGTERM/SIGINT, or [`Running::shutdown`]): stop accepting; close WebSockets with
 //! "going away" (1001) within half the grace period; let in-flight HTTP requests finish
@@ -29,6 +30,7 @@ pub(crate) mod http;
 mod keepalive;
 mod limits;
 mod metrics;
+mod purger;
 mod read_notices;
 pub(crate) mod replay_from_zero;
 mod sequencer;
@@ -65,6 +67,7 @@ pub(crate) struct Running {
     stop_acks: CancellationToken,
     stop_applier: CancellationToken,
     stop_snapshots: CancellationToken,
+    stop_purge: CancellationToken,
     /// The data directory's `LOCK`, released when the server has stopped (dropped last).
     _dir_lock: std::fs::File,
 }
@@ -221,6 +224,14 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         snapshots(s, t).await;
         "snapshots"
     });
+    // Purges recalled messages' payloads from sealed segments (off with a tier); stopped and
+    // joined with the others, before the log is closed.
+    let stop_purge = CancellationToken::new();
+    let (s, t) = (state.clone(), stop_purge.clone());
+    tasks.spawn(async move {
+        purger::run(s, t).await;
+        "purge"
+    });
     let stop_http = CancellationToken::new();
     let app = http::router(state.clone());
     let t = stop_http.clone();
@@ -252,6 +263,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         stop_acks,
         stop_applier,
         stop_snapshots,
+        stop_purge,
         _dir_lock: dir_lock,
     })
 }
@@ -471,7 +483,7 @@ async fn write_snapshot(
     let s = state.clone();
     // Encode under the read lock; write and fsync outside it, so the applier (which needs the
     // write lock) is not held up by the disk.
-    let (prepared, sidecars, dir) = tokio::task::spawn_blocking(move || {
+    let (prepared, writing, sidecars, dir) = tokio::task::spawn_blocking(move || {
         let p = s.proj();
         // Read under the lock the applier sets it under.
         if s.applier_failed.load(Ordering::Acquire) {
@@ -480,10 +492,16 @@ async fn write_snapshot(
             );
         }
         let sidecars = p.state.index.sidecars.clone();
-        Ok((p.prepare_snapshot(), sidecars, p.dir().to_path_buf()))
+        let prepared = p.prepare_snapshot();
+        // Registered under the lock its state was read under: the background purge must not
+        // rewrite the record it will be anchored to (`purger.rs`).
+        let writing = prepared
+            .as_ref()
+            .map(|w| s.snapshot_writes.begin(w.applied()));
+        Ok((prepared, writing, sidecars, p.dir().to_path_buf()))
     })
     .await??;
-    let Some(mut prepared) = prepared else {
+    let (Some(mut prepared), Some(writing)) = (prepared, writing) else {
         return Ok(None);
     };
     let applied = prepared.applied();
@@ -528,6 +546,9 @@ async fn write_snapshot(
     // the same offset would share its temporary file.
     let path = tokio::task::spawn_blocking(move || {
         let _one = SNAPSHOT_WRITE.lock().unwrap_or_else(|p| p.into_inner());
+        // Until the file is in place (or the write failed), here: a write cut short by an
+        // abort goes on in this thread.
+        let _writing = writing;
         prepared.write()
     })
     .await??;
@@ -615,6 +636,7 @@ impl Running {
         // Coalesced acks, then everything applied.
         self.stop_acks.cancel();
         self.stop_snapshots.cancel();
+        self.stop_purge.cancel();
         let log_end = state.log.next_offset();
         let mut applied = state.applied.clone();
         let _ = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= log_end)).await;

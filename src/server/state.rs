@@ -22,6 +22,7 @@ use crate::server::delivery::{Delivery, Frame, Pushed};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::limits::{UserBucket, UserRates};
 use crate::server::metrics::Metrics;
+use crate::server::purger::SnapshotWrites;
 use crate::server::read_notices::ReadNotices;
 use crate::server::sequencer::{Revocation, Sequencer};
 use crate::server::waiters::{AppliedWaiters, Wait};
@@ -78,6 +79,8 @@ pub(crate) struct AppState {
     /// Keys of the message index sidecars already in the object store (`None`: not listed
     /// yet).
     pub(crate) uploaded_sidecars: Mutex<Option<std::collections::HashSet<String>>>,
+    /// The snapshots being written, whose records the background purge must not rewrite.
+    pub(crate) snapshot_writes: Arc<SnapshotWrites>,
     /// Held by [`AppState::subscribe`] from its read of who is a member to its event applied:
     /// one of these locks per group, by a hash of its id ([`SUBSCRIBE_LOCKS`]).
     subscribing: Box<[tokio::sync::Mutex<()>]>,
@@ -132,6 +135,7 @@ impl AppState {
             user_rates,
             completions: Completions::default(),
             uploaded_sidecars: Mutex::new(None),
+            snapshot_writes: Arc::new(SnapshotWrites::default()),
             subscribing: (0..SUBSCRIBE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),

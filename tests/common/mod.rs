@@ -388,6 +388,31 @@ pub(crate) fn tidings(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The base offset of the log's active segment in data directory `data` (its newest segment
+/// file).
+pub(crate) fn active_base(data: &Path) -> u64 {
+    std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name();
+            name.to_str()?.strip_suffix(".log")?.parse().ok()
+        })
+        .max()
+        .unwrap()
+}
+
+/// Sends filler messages as `token`'s user to group `f` until the active segment starts past
+/// `offset` (so that every record up to it is in a sealed segment).
+pub(crate) async fn seal_past(api: &Api, server: &Server, token: &str, offset: u64) {
+    let mut i = 0;
+    while active_base(&server.data) <= offset {
+        api.send(token, "f", &format!("f{i}"), &"filler ".repeat(20))
+            .await;
+        i += 1;
+        assert!(i < 3000, "the log never rolled past offset {offset}");
+    }
+}
+
 /// Every path under `dir`, sorted.
 pub(crate) fn tree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

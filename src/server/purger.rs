@@ -1,0 +1,394 @@
+//! The background purge of recalled messages' payloads (`compaction.purge_interval_secs`): what
+//! `tidings compact` does with the server stopped, done by the running server, a few records
+//! at a time, in place (`Log::rewrite_sealed`: the same offsets and lengths, the payload
+//! replaced by zeros and the record marked purged).
+//!
+//! Every interval (the first pass one interval after the start), a pass:
+//! 1. Under the projections' read lock, takes the last applied offset (A0) and, for every
+//!    recall applied after the watermark (the A0 of the last pass that finished; none at the
+//!    start, so the first pass after a start considers every recall ever), the message index's
+//!    location of the recalled message's send and the offset of its latest edit, if any. The
+//!    lock is held only for that copy: the sidecar runs are read after it is released.
+//! 2. Then protects A0 and the offset of every snapshot: those being written
+//!    ([`SnapshotWrites`]), then those on disk. A record a snapshot is anchored to is never
+//!    rewritten (its anchor would no longer match, and the next start would set the snapshot
+//!    aside as another history's). A snapshot taken after step 1 ends at A0 or later, past
+//!    every target (a message is sent before it is recalled or edited); one prepared before
+//!    it is registered in [`SnapshotWrites`] under the lock its state was read under, before
+//!    the applier could apply anything past it, so it is listed there or its file is on disk
+//!    by the time the pass looks.
+//! 3. Reads each target record and plans ([`tidings_compaction::plan_online_purge`]): a record
+//!    that is not the expected send or edit of that channel and seq is skipped with a warning
+//!    (never purged unidentified), one purged already is skipped, one in the active segment
+//!    or at a protected offset is left for a later pass, the others are grouped by sealed
+//!    segment.
+//! 4. Rewrites each of those segments, checking for shutdown between them.
+//!
+//! The watermark then moves to A0 — or, when records were left, to just before the earliest
+//! recall whose record was left, so that the next pass considers it again (and finds the later
+//! ones purged already). A pass that fails (a read, a rewrite) keeps the watermark: the next
+//! pass tries again.
+//!
+//! Left as they are, by design: the edits of a recalled message before its latest one, and an
+//! edit written after its recall (the projections keep only the latest edit's offset, and none
+//! of an edit after a recall; no API writes edits yet) — `tidings compact`, which scans the
+//! whole log, purges them. The conversation cache's files and older snapshots may still hold
+//! a recalled message's preview until they are overwritten or pruned.
+//!
+//! Off on a tiered server (`tier.url` set: the log refuses to rewrite a tiered segment, whose
+//! copy in the object store the manifest's CRC vouches for), and on a data directory that was
+//! tiered ([`DataDir::tier_marker`]), as `tidings compact` refuses them: the object store keeps
+//! its own copies of segments and snapshots.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use tidings_compaction::{Target, TargetKind, plan_online_purge};
+use tidings_log::Log;
+use tidings_projections::heads::Heads;
+use tidings_projections::ids::ChannelId;
+use tidings_projections::msgindex::{IndexFiles, IndexState, Located};
+use tidings_projections::snapshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::data::DataDir;
+use crate::server::state::AppState;
+
+/// Recalls at offsets up to this one were dealt with by an earlier pass (`None`: none yet).
+type Watermark = Option<u64>;
+
+/// Runs a pass every `compaction.purge_interval_secs` until `stop` (the module doc), unless
+/// the purge is off.
+pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
+    let Some(every) = state.config.purge_interval() else {
+        tracing::debug!(
+            "the background purge of recalled messages is off (compaction.purge_interval_secs = 0)"
+        );
+        return;
+    };
+    if let Some(why) = off_because(&state) {
+        tracing::info!("{why}");
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The first tick is at once: the first pass comes one interval after the start.
+    tick.tick().await;
+    let mut watermark: Watermark = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        state.metrics.purge_passes.inc();
+        match pass(&state, watermark, &stop).await {
+            Ok(Some(next)) => watermark = next,
+            Ok(None) => return,
+            Err(e) => {
+                state.metrics.purge_failures.inc();
+                let why = format!("{e:#}");
+                tracing::warn!(error = %why, "a pass of the background purge of recalled messages failed; the next pass tries again");
+            }
+        }
+    }
+}
+
+/// Said at the start of a tiered server (module doc).
+const OFF_WITH_A_TIER: &str = "the background purge of recalled messages is off on a tiered \
+     server: the uploader uploads sealed segments and the object store keeps its copies, which a \
+     purge would not reach (`tidings compact` refuses tiered data directories too)";
+
+/// Why the purge is off on this server, if it is: a tier, or a data directory that was
+/// tiered.
+fn off_because(state: &AppState) -> Option<String> {
+    if state.config.tier.url.is_some() || state.log.tier().is_some() {
+        return Some(OFF_WITH_A_TIER.to_owned());
+    }
+    let marker = DataDir::new(&state.config.data).tier_marker()?;
+    Some(format!(
+        "the background purge of recalled messages is off: this data directory was tiered ({} \
+         exists), and the object store keeps its copies of segments and snapshots, which a \
+         purge would not reach (`tidings compact` refuses it too)",
+        marker.display()
+    ))
+}
+
+/// A recalled message, as step 1 of a pass finds it (module doc).
+struct Recalled {
+    channel: ChannelId,
+    seq: u64,
+    /// The offset of its recall.
+    recall: u64,
+    /// Where the message index holds its send's offset.
+    send: Vec<Located>,
+    /// The offset of its latest edit.
+    edit: Option<u64>,
+}
+
+/// What a pass copies out from under the projections' lock.
+struct Found {
+    /// A0: the last offset applied.
+    applied: u64,
+    recalled: Vec<Recalled>,
+    files: IndexFiles,
+    snapshots: std::path::PathBuf,
+}
+
+/// One pass (module doc): the watermark to keep, or `None` when `stop` ended it midway.
+async fn pass(
+    state: &Arc<AppState>,
+    watermark: Watermark,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<Watermark>> {
+    // 1. Under the lock: what to look at.
+    let found = {
+        let p = state.proj();
+        // Read under the lock the applier sets it under: its state may hold part of the record
+        // it stopped at.
+        if state.applier_failed.load(Ordering::Acquire) {
+            return Ok(Some(watermark));
+        }
+        let Some(applied) = p.state.applied else {
+            return Ok(Some(watermark));
+        };
+        Found {
+            applied,
+            recalled: recalled_since(&p.state.heads, &p.state.index, watermark),
+            files: p.index_files().clone(),
+            snapshots: p.snapshot_dir(),
+        }
+    };
+    if found.recalled.is_empty() {
+        return Ok(Some(Some(found.applied)));
+    }
+    let Found {
+        applied,
+        recalled,
+        files,
+        snapshots,
+    } = found;
+    // 2. What must not be rewritten: A0 and every snapshot's record, those being written first.
+    let mut protected = state.snapshot_writes.offsets();
+    protected.insert(applied);
+    protected.extend(snapshot::list(&snapshots)?.iter().map(|s| s.applied));
+    // 3. The records, read, and the plan.
+    let (log, halt) = (state.log.clone(), stop.clone());
+    let read = tokio::task::spawn_blocking(move || read_targets(&log, &files, recalled, &halt));
+    let Some((targets, records)) = read.await?? else {
+        return Ok(None);
+    };
+    let sealed = state.log.sealed_segments();
+    let plan = plan_online_purge(&targets, &records, &sealed, &protected);
+    for (target, why) in &plan.skipped {
+        tracing::warn!(
+            channel = %target.channel,
+            seq = target.seq,
+            record = target.kind.name(),
+            offset = target.offset,
+            reason = %why,
+            "not purging a recalled message's record: it is not what the projections say is there"
+        );
+    }
+    let next = plan.next_watermark(applied);
+    let (planned, segments, left) = (plan.records(), plan.segments.len(), plan.left.len());
+    // 4. The rewrites.
+    let mut purged = 0;
+    let mut failed = 0;
+    for (base, replacements) in plan.segments {
+        if stop.is_cancelled() {
+            return Ok(None);
+        }
+        match state.log.rewrite_sealed(base, replacements).await {
+            Ok(stats) => {
+                purged += stats.records;
+                state.metrics.purged_records.add(stats.records);
+            }
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(segment = base, error = %e, "could not purge recalled messages from a sealed segment");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {segments} segment rewrites failed");
+    }
+    if planned > 0 || left > 0 {
+        tracing::info!(
+            purged,
+            segments,
+            left,
+            already_purged = plan.already_purged,
+            "purged recalled messages' payloads from sealed segments (those left are in the active segment, or a snapshot ends at them: a later pass purges them)"
+        );
+    }
+    Ok(Some(next))
+}
+
+/// Every message in `heads.recalled` whose recall (its entry in `heads.changes`: a recalled
+/// message's latest change is its recall) is past `watermark`, with where its send and latest
+/// edit are.
+fn recalled_since(heads: &Heads, index: &IndexState, watermark: Watermark) -> Vec<Recalled> {
+    let since = watermark.map_or(0, |w| w.saturating_add(1));
+    let mut out = Vec::new();
+    for (channel, seqs) in &heads.recalled {
+        for &(recall, seq) in heads.changes_since(channel, since) {
+            if !seqs.contains(&seq) {
+                continue;
+            }
+            out.push(Recalled {
+                channel: channel.clone(),
+                seq,
+                recall,
+                send: index.locate(channel, seq, seq),
+                edit: heads.edit_offset(channel, seq),
+            });
+        }
+    }
+    out
+}
+
+/// The targets of a pass and the records at their offsets, by offset.
+type TargetsRead = (Vec<Target>, BTreeMap<u64, Bytes>);
+
+/// The targets of `recalled` (each message's send, found through the message index, and its
+/// latest edit) and the records at their offsets (blocking: sidecar and log reads); `None`
+/// when `stop` came first (a first pass may read many).
+fn read_targets(
+    log: &Log,
+    files: &IndexFiles,
+    recalled: Vec<Recalled>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<TargetsRead>> {
+    let mut targets = Vec::with_capacity(recalled.len());
+    for r in recalled {
+        if stop.is_cancelled() {
+            return Ok(None);
+        }
+        let target = |kind, offset| Target {
+            channel: r.channel.clone(),
+            seq: r.seq,
+            kind,
+            offset,
+            recall: r.recall,
+        };
+        match send_offset(files, &r)? {
+            Some(offset) => targets.push(target(TargetKind::Send, offset)),
+            None => tracing::warn!(
+                channel = %r.channel,
+                seq = r.seq,
+                "a recalled message has no entry in the message index; its send is not purged"
+            ),
+        }
+        if let Some(offset) = r.edit {
+            targets.push(target(TargetKind::Edit, offset));
+        }
+    }
+    let mut records = BTreeMap::new();
+    for t in &targets {
+        if stop.is_cancelled() {
+            return Ok(None);
+        }
+        if records.contains_key(&t.offset) {
+            continue;
+        }
+        let read = log
+            .read_blocking(t.offset, 0)
+            .with_context(|| format!("reading the record at offset {}", t.offset))?;
+        if let Some(record) = read.into_iter().find(|rec| rec.offset == t.offset) {
+            records.insert(t.offset, record.payload);
+        }
+    }
+    Ok(Some((targets, records)))
+}
+
+/// The offset of `r`'s send, from the message index (a sidecar run read when it is in one).
+fn send_offset(files: &IndexFiles, r: &Recalled) -> anyhow::Result<Option<u64>> {
+    for located in &r.send {
+        match *located {
+            Located::Entry { seq, offset } if seq == r.seq => return Ok(Some(offset)),
+            Located::Entry { .. } => {}
+            Located::Run(run) => {
+                let entries = files.read_run(&run).with_context(|| {
+                    let (seq, channel) = (r.seq, &r.channel);
+                    format!("reading the index entry of message {seq} of {channel:?}")
+                })?;
+                if let Some(&(_, offset)) = entries.iter().find(|(seq, _)| *seq == r.seq) {
+                    return Ok(Some(offset));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The offsets of the snapshots being written: prepared (encoded under the projections' read
+/// lock), not yet renamed into place. A pass protects them with those on disk (module doc,
+/// step 2).
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotWrites(Mutex<BTreeMap<u64, usize>>);
+
+/// A snapshot being written, registered in [`SnapshotWrites`] until dropped (once its file is
+/// in place, or its write failed).
+pub(crate) struct SnapshotWrite {
+    writes: Arc<SnapshotWrites>,
+    offset: u64,
+}
+
+impl SnapshotWrites {
+    /// Registers the write of a snapshot ending at `offset`. Called under the projections'
+    /// lock the snapshot was prepared under: a pass that read a later applied offset then
+    /// finds it here (or its file on disk).
+    pub(crate) fn begin(self: &Arc<Self>, offset: u64) -> SnapshotWrite {
+        *self.lock().entry(offset).or_default() += 1;
+        SnapshotWrite {
+            writes: self.clone(),
+            offset,
+        }
+    }
+
+    /// The offsets being written.
+    fn offsets(&self) -> BTreeSet<u64> {
+        self.lock().keys().copied().collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for SnapshotWrite {
+    fn drop(&mut self) {
+        let mut writes = self.writes.lock();
+        if let Some(n) = writes.get_mut(&self.offset) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                writes.remove(&self.offset);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot's offset is registered while one of its writes is under way, and no longer
+    /// once every write of it is done.
+    #[test]
+    fn snapshot_writes_are_listed_until_done() {
+        let writes = Arc::new(SnapshotWrites::default());
+        let a = writes.begin(7);
+        let b = writes.begin(7);
+        let c = writes.begin(9);
+        assert_eq!(writes.offsets(), BTreeSet::from([7, 9]));
+        drop(a);
+        assert_eq!(writes.offsets(), BTreeSet::from([7, 9]));
+        drop(c);
+        assert_eq!(writes.offsets(), BTreeSet::from([7]));
+        drop(b);
+        assert!(writes.offsets().is_empty());
+    }
+}

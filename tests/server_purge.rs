@@ -1,0 +1,207 @@
+//! The server's background purge of recalled messages' payloads
+//! (`compaction.purge_interval_secs`), end to end: a real server with small segments and a pass
+//! every second takes messages over HTTP, recalls some (a group's head by the admin, a person
+//! to person one by its sender) and seals their segments with filler. While it runs, no
+//! segment file comes to hold a recalled message's bytes while every kept one's stay, and it
+//! answers as before; stopped, `verify` and `inspect` pass; restarted, it sets nothing aside
+//! and answers the same. A tiered server does not purge.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{ADMIN, Api, Server, seal_past, tidings, tree};
+use serde_json::{Value, json};
+
+/// Small segments (a few hundred messages seal some), no send limit in the way, a purge pass
+/// every second.
+const ARGS: [&str; 6] = [
+    "--log-segment-bytes",
+    "16384",
+    "--limits-sends-per-second",
+    "100000",
+    "--compaction-purge-interval-secs",
+    "1",
+];
+
+/// The recalled messages' markers: in a group, the group's head, person to person.
+const RECALLED: [&str; 3] = ["RECALLED-1-k3Qd", "RECALLED-HEAD-b5Wy", "RECALLED-DM-v8Ns"];
+
+/// The markers of messages that stay.
+const KEPT: [&str; 2] = ["KEPT-ONE-r2Gm", "KEPT-TWO-x7Tc"];
+
+/// Whether the file at `path` holds `needle` (one the log removed meanwhile does not).
+fn holds(path: &Path, needle: &[u8]) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    bytes.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The segment files (`*.log` under `DATA/log`) holding `marker`. A file the log replaces
+/// meanwhile (a rewrite's rename) is read as it is then, old or new.
+fn segments_holding(data: &Path, marker: &str) -> Vec<PathBuf> {
+    tree(&data.join("log"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .filter(|p| holds(p, marker.as_bytes()))
+        .collect()
+}
+
+/// A counter of the server's `/metrics`.
+async fn metric(server: &Server, name: &str) -> u64 {
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name} ");
+    let value = text.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+    let value = value.unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    value.trim().parse().unwrap()
+}
+
+/// The offset of a send's answer.
+fn offset(sent: &Value) -> u64 {
+    sent["offset"].as_u64().unwrap()
+}
+
+/// What the API answers about the messages, as text.
+async fn answers(api: &Api, bob: &str) -> BTreeMap<&'static str, String> {
+    let mut out = BTreeMap::new();
+    let g = "/v1/channels/g/messages?after_seq=0&limit=100";
+    out.insert("history", api.text(g, bob).await);
+    let dm = "/v1/channels/@alice/messages?after_seq=0";
+    out.insert("person history", api.text(dm, bob).await);
+    out.insert("sync", api.text("/v1/sync", bob).await);
+    out.insert("changes", api.text("/v1/changes?since=0", bob).await);
+    out.insert("conversations", api.text("/v1/conversations", bob).await);
+    let trace = "/v1/channels/g/messages/2/trace";
+    out.insert("trace of a recalled message", api.text(trace, ADMIN).await);
+    let trace = "/v1/channels/g/messages/3/trace";
+    out.insert("trace of a kept message", api.text(trace, ADMIN).await);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_purges_recalled_payloads_from_sealed_segments() {
+    let server = Server::start(&ARGS);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    api.group("f", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let mut targets = Vec::new();
+    api.send(&alice, "g", "k1", KEPT[0]).await;
+    targets.push(offset(&api.send(&alice, "g", "r1", RECALLED[0]).await));
+    api.send(&alice, "g", "k2", KEPT[1]).await;
+    targets.push(offset(&api.send(&alice, "g", "r-head", RECALLED[1]).await));
+    targets.push(offset(&api.send(&alice, "@bob", "r-dm", RECALLED[2]).await));
+    api.ok("DELETE", "/v1/channels/g/messages/2", &alice, None)
+        .await;
+    // The head, by the admin.
+    api.ok("DELETE", "/v1/channels/g/messages/4", ADMIN, None)
+        .await;
+    api.ok("DELETE", "/v1/channels/@bob/messages/1", &alice, None)
+        .await;
+    // Passes run meanwhile: the first ones find the records in the active segment and leave
+    // them for a later pass.
+    seal_past(&api, &server, &alice, *targets.iter().max().unwrap()).await;
+    let before = answers(&api, &bob).await;
+    let history = &before["history"];
+    assert!(history.contains(KEPT[0]), "{history}");
+    assert!(history.contains(r#""recalled":true"#), "{history}");
+    for (what, answer) in &before {
+        assert!(!answer.contains("RECALLED-"), "{what}: {answer}");
+    }
+
+    // Within 30 s, no segment holds a recalled message's bytes, and the counter says so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<&str> = RECALLED
+            .into_iter()
+            .filter(|m| !segments_holding(&server.data, m).is_empty())
+            .collect();
+        let purged = metric(&server, "tidings_purged_records_total").await;
+        if left.is_empty() && purged == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still in a segment after 30 s: {left:?}; {purged} records purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for marker in KEPT {
+        let found = segments_holding(&server.data, marker);
+        assert!(!found.is_empty(), "{marker}");
+    }
+    assert!(metric(&server, "tidings_purge_passes_total").await > 0);
+    assert_eq!(metric(&server, "tidings_purge_failures_total").await, 0);
+    assert_eq!(answers(&api, &bob).await, before);
+
+    let data = server.data.clone();
+    let d = data.to_str().unwrap();
+    let _dir = server.stop();
+    for cmd in ["verify", "inspect"] {
+        let (code, out, err) = tidings(&[cmd, "--data", d]);
+        assert_eq!(code, 0, "{cmd}: {out}{err}");
+    }
+    // Restarted: the snapshots are this log's (none set aside), the answers the same, and the
+    // first pass finds the records purged already.
+    let server = Server::start_on(&data, &ARGS);
+    let api = Api::new(&server);
+    let snapshots = tree(&data.join("projections/snapshots"));
+    assert!(
+        snapshots
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(".snap.")),
+        "{snapshots:?}"
+    );
+    assert_eq!(answers(&api, &bob).await, before);
+    for marker in RECALLED {
+        assert_eq!(segments_holding(&data, marker), Vec::<PathBuf>::new());
+    }
+    // A retry of a purged message's send is still answered as its duplicate.
+    let text = RECALLED[0];
+    let retry = json!({"channel": "g", "client_msg_id": "r1", "payload": {"text": text}});
+    let (status, again) = api.call("POST", "/v1/messages", &alice, Some(retry)).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["seq"], 2, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+}
+
+/// A tiered server does not purge (the object store keeps its copies of the segments): no pass
+/// runs, and the recalled message's bytes stay in its sealed segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_server_does_not_purge() {
+    let bucket = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", bucket.path().display());
+    let mut args = vec![
+        "--tier-url",
+        url.as_str(),
+        "--tier-upload-interval-secs",
+        "1",
+        "--tier-cache-disk-bytes",
+        "16777216",
+    ];
+    args.extend(ARGS);
+    let server = Server::start(&args);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    api.group("f", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let sent = api.send(&alice, "g", "r1", RECALLED[0]).await;
+    api.ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    seal_past(&api, &server, &alice, offset(&sent)).await;
+    // A pass a second would have run by now, more than once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metric(&server, "tidings_purge_passes_total").await, 0);
+    assert_eq!(metric(&server, "tidings_purged_records_total").await, 0);
+    assert!(!segments_holding(&server.data, RECALLED[0]).is_empty());
+}
