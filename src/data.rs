@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! DIR/log/            the commit log (segments, indexes, LOCK)
-//! DIR/projections/    snapshots/ and index/ (message index sidecars)
+//! DIR/projections/    snapshots/, index/ (message index sidecars), purge-watermark
 //! DIR/cache/          foyer disk caches (safe to delete while the server is stopped)
 //! DIR/admin.key       the admin key generated on first start (mode 0600)
 //! DIR/node.id         this node's tier owner name, generated on first start with a tier

@@ -147,6 +147,14 @@ async fn the_server_purges_recalled_payloads_from_sealed_segments() {
     let data = server.data.clone();
     let d = data.to_str().unwrap();
     let _dir = server.stop();
+    // The watermark is kept for the next start, past every recall (each made after its send),
+    // with the anchor of the record there.
+    let kept = std::fs::read_to_string(data.join("projections/purge-watermark")).unwrap();
+    let fields: Vec<&str> = kept.split_whitespace().collect();
+    assert_eq!(fields.len(), 2, "{kept:?}");
+    let watermark: u64 = fields[0].parse().unwrap();
+    assert!(watermark > *targets.iter().max().unwrap(), "{kept:?}");
+    assert!(u32::from_str_radix(fields[1], 16).is_ok(), "{kept:?}");
     for cmd in ["verify", "inspect"] {
         let (code, out, err) = tidings(&[cmd, "--data", d]);
         assert_eq!(code, 0, "{cmd}: {out}{err}");

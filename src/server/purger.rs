@@ -5,8 +5,9 @@
 //!
 //! Every interval (the first pass one interval after the start), a pass:
 //! 1. Under the projections' read lock, takes the last applied offset (A0) and, for every
-//!    recall applied after the watermark (the A0 of the last pass that finished; none at the
-//!    start, so the first pass after a start considers every recall ever), the message index's
+//!    recall applied after the watermark (the A0 of the last pass that finished, kept across
+//!    restarts; none at a first start, whose first pass considers every recall ever), the
+//!    message index's
 //!    location of the recalled message's send and the offset of its latest edit, if any. The
 //!    lock is held only for that copy: the sidecar runs are read after it is released.
 //! 2. Then protects A0 and the offset of every snapshot: those being written
@@ -26,8 +27,11 @@
 //!
 //! The watermark then moves to A0 — or, when records were left, to just before the earliest
 //! recall whose record was left, so that the next pass considers it again (and finds the later
-//! ones purged already). A pass that fails (a read, a rewrite) keeps the watermark: the next
-//! pass tries again.
+//! ones purged already) — and is kept in `DIR/projections/purge-watermark` for the next start
+//! ([`load_watermark`]). A pass whose rewrite fails keeps the watermark: the next pass tries
+//! again. A target that cannot be read (a damaged sidecar or batch) is skipped with a warning,
+//! not retried: one damaged record must not stop every later purge. The records read are
+//! copied out of the log's read buffers, so a pass holds only the targets' own bytes.
 //!
 //! Left as they are, by design: the edits of a recalled message before its latest one, and an
 //! edit written after its recall (the projections keep only the latest edit's offset, and none
@@ -77,7 +81,7 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // The first tick is at once: the first pass comes one interval after the start.
     tick.tick().await;
-    let mut watermark: Watermark = None;
+    let mut watermark: Watermark = load_watermark(&state).await;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -85,7 +89,16 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
         }
         state.metrics.purge_passes.inc();
         match pass(&state, watermark, &stop).await {
-            Ok(Some(next)) => watermark = next,
+            Ok(Some(next)) => {
+                if next != watermark
+                    && let Some(w) = next
+                    && let Err(e) = store_watermark(&state, w).await
+                {
+                    let why = format!("{e:#}");
+                    tracing::warn!(error = %why, "could not keep the purge's watermark (the first pass after a restart considers every recall again)");
+                }
+                watermark = next;
+            }
             Ok(None) => return,
             Err(e) => {
                 state.metrics.purge_failures.inc();
@@ -94,6 +107,56 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// Where the watermark is kept across restarts: `DIR/projections/purge-watermark`, the offset
+/// and the anchor of the record there (the CRC-32 of its payload, as a snapshot's), which ties
+/// it to this log's history. Without it (a first start, a file that does not match the log),
+/// the first pass considers every recall ever: each is read, and those purged already are
+/// skipped.
+fn watermark_path(state: &AppState) -> std::path::PathBuf {
+    DataDir::new(&state.config.data)
+        .projections()
+        .join("purge-watermark")
+}
+
+/// The watermark kept by an earlier run, if it is this log's.
+async fn load_watermark(state: &AppState) -> Watermark {
+    let path = watermark_path(state);
+    let text = match tokio::fs::read_to_string(&path).await {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "could not read the purge's watermark: every recall is considered again");
+            return None;
+        }
+    };
+    let mut fields = text.split_whitespace();
+    let offset = fields.next().and_then(|f| f.parse::<u64>().ok());
+    let anchor = fields.next().and_then(|f| u32::from_str_radix(f, 16).ok());
+    let (Some(offset), Some(anchor)) = (offset, anchor) else {
+        tracing::warn!(file = %path.display(), "the purge's watermark does not parse: every recall is considered again");
+        return None;
+    };
+    match snapshot::anchor_at(&state.log, offset).await {
+        Ok(Some(found)) if found == anchor => Some(offset),
+        _ => {
+            tracing::info!(file = %path.display(), offset, "the purge's watermark is not this log's (the record there differs, or the log does not hold it): every recall is considered again");
+            None
+        }
+    }
+}
+
+/// Keeps `w` for the next start (module doc), with the anchor of the record there.
+async fn store_watermark(state: &AppState, w: u64) -> anyhow::Result<()> {
+    let Some(anchor) = snapshot::anchor_at(&state.log, w).await? else {
+        return Ok(());
+    };
+    let path = watermark_path(state);
+    let bytes = format!("{w} {anchor:08x}\n");
+    tokio::task::spawn_blocking(move || crate::data::write_durably(&path, bytes.as_bytes(), 0o644))
+        .await??;
+    Ok(())
 }
 
 /// Said at the start of a tiered server (module doc).
@@ -189,7 +252,7 @@ async fn pass(
             record = target.kind.name(),
             offset = target.offset,
             reason = %why,
-            "not purging a recalled message's record: it is not what the projections say is there"
+            "not purging a recalled message's record (the reason says why; it is not retried)"
         );
     }
     let next = plan.next_watermark(applied);
@@ -274,12 +337,20 @@ fn read_targets(
             offset,
             recall: r.recall,
         };
-        match send_offset(files, &r)? {
-            Some(offset) => targets.push(target(TargetKind::Send, offset)),
-            None => tracing::warn!(
+        // A failure to read is this target's, not the pass's: one damaged sidecar must not
+        // stop every later purge (`tidings verify` names the damage; `rebuild` mends it).
+        match send_offset(files, &r) {
+            Ok(Some(offset)) => targets.push(target(TargetKind::Send, offset)),
+            Ok(None) => tracing::warn!(
                 channel = %r.channel,
                 seq = r.seq,
                 "a recalled message has no entry in the message index; its send is not purged"
+            ),
+            Err(e) => tracing::warn!(
+                channel = %r.channel,
+                seq = r.seq,
+                error = %format!("{e:#}"),
+                "not purging a recalled message's send: its index entry could not be read"
             ),
         }
         if let Some(offset) = r.edit {
@@ -294,11 +365,20 @@ fn read_targets(
         if records.contains_key(&t.offset) {
             continue;
         }
-        let read = log
-            .read_blocking(t.offset, 0)
-            .with_context(|| format!("reading the record at offset {}", t.offset))?;
+        let read = match log.read_blocking(t.offset, 0) {
+            Ok(read) => read,
+            // The log closed under the pass (a stop): the pass ends.
+            Err(tidings_log::LogError::Closed) => return Ok(None),
+            // Damage, or a record no longer local: this target is skipped (no record read).
+            Err(e) => {
+                tracing::warn!(offset = t.offset, error = %e, "not purging a recalled message's record: it could not be read");
+                continue;
+            }
+        };
         if let Some(record) = read.into_iter().find(|rec| rec.offset == t.offset) {
-            records.insert(t.offset, record.payload);
+            // Copied: the record's bytes are a slice of the read's buffer (64 KiB or more),
+            // which the plan would otherwise keep alive for every target.
+            records.insert(t.offset, Bytes::copy_from_slice(&record.payload));
         }
     }
     Ok(Some((targets, records)))
