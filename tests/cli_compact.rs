@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{ADMIN, Api, Server, seal_past, tidings, tree};
+use common::{ADMIN, Api, Server, answers_about_g, seal_past, sent_offset, tidings, tree};
 use serde_json::{Value, json};
 
 /// Small segments, so that a few hundred messages seal some; no send limit in the way; the
@@ -70,29 +70,6 @@ fn segment_or_snapshot(path: &Path) -> bool {
             .is_some_and(|d| d.file_name().is_some_and(|n| n == "snapshots"))
 }
 
-/// The offset of a send's answer.
-fn offset(sent: &Value) -> u64 {
-    sent["offset"].as_u64().unwrap()
-}
-
-/// What the API answers about the messages, as text.
-async fn answers(api: &Api, alice: &str, bob: &str) -> BTreeMap<&'static str, String> {
-    let mut out = BTreeMap::new();
-    let g = "/v1/channels/g/messages?after_seq=0&limit=100";
-    out.insert("history", api.text(g, bob).await);
-    let dm = "/v1/channels/@alice/messages?after_seq=0";
-    out.insert("person history", api.text(dm, bob).await);
-    out.insert("sync", api.text("/v1/sync", bob).await);
-    out.insert("changes", api.text("/v1/changes?since=0", bob).await);
-    out.insert("conversations", api.text("/v1/conversations", bob).await);
-    out.insert("alice's", api.text("/v1/conversations", alice).await);
-    let trace = "/v1/channels/g/messages/2/trace";
-    out.insert("trace of a recalled message", api.text(trace, ADMIN).await);
-    let trace = "/v1/channels/g/messages/5/trace";
-    out.insert("trace of a kept message", api.text(trace, ADMIN).await);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_purges_recalled_payloads_from_every_file() {
     let server = Server::start(&ARGS);
@@ -104,7 +81,9 @@ async fn compact_purges_recalled_payloads_from_every_file() {
     // The sends a compact purges.
     let mut targets = Vec::new();
     api.send(&alice, "g", "k1", KEPT[0]).await;
-    targets.push(offset(&api.send(&alice, "g", "r-json", RECALLED[0]).await));
+    targets.push(sent_offset(
+        &api.send(&alice, "g", "r-json", RECALLED[0]).await,
+    ));
     let mut bin = vec![0u8, 0xff];
     bin.extend_from_slice(RECALLED[1].as_bytes());
     bin.extend_from_slice(&[1, 2, 0xfe]);
@@ -112,12 +91,16 @@ async fn compact_purges_recalled_payloads_from_every_file() {
     let body = json!({"channel": "g", "client_msg_id": "r-bin", "payload_b64": b64});
     let (status, sent) = api.call("POST", "/v1/messages", &alice, Some(body)).await;
     assert_eq!(status, 201, "{sent}");
-    targets.push(offset(&sent));
+    targets.push(sent_offset(&sent));
     let big = format!("{} {}", RECALLED[2], "y".repeat(900));
-    targets.push(offset(&api.send(&alice, "g", "r-big", &big).await));
+    targets.push(sent_offset(&api.send(&alice, "g", "r-big", &big).await));
     api.send(&alice, "g", "k2", KEPT[1]).await;
-    targets.push(offset(&api.send(&alice, "g", "r-head", RECALLED[3]).await));
-    targets.push(offset(&api.send(&alice, "@bob", "r-dm", RECALLED[4]).await));
+    targets.push(sent_offset(
+        &api.send(&alice, "g", "r-head", RECALLED[3]).await,
+    ));
+    targets.push(sent_offset(
+        &api.send(&alice, "@bob", "r-dm", RECALLED[4]).await,
+    ));
     // Lists showing the markers (the conversation cache holds them), and a snapshot holding the
     // head's preview: the shutdown's.
     let convs = api.ok("GET", "/v1/conversations", &bob, None).await;
@@ -136,7 +119,7 @@ async fn compact_purges_recalled_payloads_from_every_file() {
         .await;
     api.ok("GET", "/v1/conversations", &bob, None).await;
     seal_past(&api, &server, &alice, *targets.iter().max().unwrap()).await;
-    let before = answers(&api, &alice, &bob).await;
+    let before = answers_about_g(&api, &bob, Some(&alice), &[2, 5]).await;
     let history = &before["history"];
     assert!(history.contains(KEPT[0]), "{history}");
     assert!(history.contains(r#""recalled":true"#), "{history}");
@@ -211,7 +194,10 @@ async fn compact_purges_recalled_payloads_from_every_file() {
             .all(|p| !p.to_string_lossy().ends_with(".other-history")),
         "{snapshots:?}"
     );
-    assert_eq!(answers(&api, &alice, &bob).await, before);
+    assert_eq!(
+        answers_about_g(&api, &bob, Some(&alice), &[2, 5]).await,
+        before
+    );
     // A retry of a purged message's send is still answered as its duplicate.
     let text = RECALLED[0];
     let retry = json!({"channel": "g", "client_msg_id": "r-json", "payload": {"text": text}});
@@ -257,7 +243,7 @@ async fn compact_refuses_a_tiered_data_directory() {
     let sent = api.send(&alice, "g", "r1", RECALLED[0]).await;
     api.ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
         .await;
-    seal_past(&api, &server, &alice, offset(&sent)).await;
+    seal_past(&api, &server, &alice, sent_offset(&sent)).await;
     api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
     let data = server.data.clone();
     let _dir = server.stop();

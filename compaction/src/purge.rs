@@ -18,22 +18,22 @@ pub fn purge_record(offset: u64, bytes: &[u8]) -> Result<Option<Bytes>> {
 }
 
 /// [`purge_record`] of a record already decoded to `env`.
-pub(crate) fn purge_env(offset: u64, bytes: &[u8], mut env: Envelope) -> Result<Option<Bytes>> {
+pub(crate) fn purge_env(offset: u64, bytes: &[u8], env: Envelope) -> Result<Option<Bytes>> {
     if env.encode() != bytes {
         return Err(CompactionError::NotCanonical { offset });
     }
-    let kind = env.event.kind();
-    let (payload, flags) = match &mut env.event {
-        Event::MessageSent { payload, flags, .. } => (payload, flags),
-        Event::MessageEdited { payload, flags, .. } => (payload, flags),
-        _ => return Err(CompactionError::NotAMessage { offset, kind }),
+    let Some((_, _, flags)) = message_of(&env.event) else {
+        let kind = env.event.kind();
+        return Err(CompactionError::NotAMessage { offset, kind });
     };
-    if *flags & FLAG_PURGED != 0 {
+    if flags & FLAG_PURGED != 0 {
         return Ok(None);
     }
-    *payload = Bytes::from(vec![0; payload.len()]);
-    *flags |= FLAG_PURGED;
-    let purged = env.encode();
+    let Some(purged) = env.purged() else {
+        let kind = env.event.kind();
+        return Err(CompactionError::NotAMessage { offset, kind });
+    };
+    let purged = purged.encode();
     if purged.len() != bytes.len() {
         return Err(CompactionError::LengthChanged {
             offset,

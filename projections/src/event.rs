@@ -346,6 +346,22 @@ impl Event {
 }
 
 impl Envelope {
+    /// This envelope as a purge leaves it (`tidings compact`, the server's background purge): a
+    /// send's or an edit's payload replaced by zeros of its length, [`FLAG_PURGED`] set (its
+    /// encoding keeps the original's length: the module doc). `None` for any other event.
+    pub fn purged(&self) -> Option<Envelope> {
+        let mut out = self.clone();
+        match &mut out.event {
+            Event::MessageSent { payload, flags, .. }
+            | Event::MessageEdited { payload, flags, .. } => {
+                *payload = Bytes::from(vec![0; payload.len()]);
+                *flags |= FLAG_PURGED;
+            }
+            _ => return None,
+        }
+        Some(out)
+    }
+
     /// An envelope of the current version.
     pub fn new(ts: u64, event: Event) -> Self {
         Self {

@@ -9,21 +9,12 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use proptest::prelude::*;
 use tidings_projections::{
-    ChannelFlags, Envelope, Event, FLAG_JSON_PAYLOAD, FLAG_PURGED, ProjectionConfig, State,
+    ChannelFlags, Envelope, Event, FLAG_JSON_PAYLOAD, ProjectionConfig, State,
 };
 
-/// `env` as `tidings compact` purges it: a message's payload replaced by zeros of its length,
-/// [`FLAG_PURGED`] set.
+/// `env` as `tidings compact` purges it ([`Envelope::purged`]; another event as it is).
 fn purged(env: &Envelope) -> Envelope {
-    let mut out = env.clone();
-    let (payload, flags) = match &mut out.event {
-        Event::MessageSent { payload, flags, .. } => (payload, flags),
-        Event::MessageEdited { payload, flags, .. } => (payload, flags),
-        _ => return out,
-    };
-    *payload = Bytes::from(vec![0; payload.len()]);
-    *flags |= FLAG_PURGED;
-    out
+    env.purged().unwrap_or_else(|| env.clone())
 }
 
 /// The message a send or an edit is about.

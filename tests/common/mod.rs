@@ -413,6 +413,41 @@ pub(crate) async fn seal_past(api: &Api, server: &Server, token: &str, offset: u
     }
 }
 
+/// The log offset of a send, from its `201` answer.
+pub(crate) fn sent_offset(sent: &Value) -> u64 {
+    sent["offset"].as_u64().unwrap()
+}
+
+/// What the API answers about group `g`'s messages, as text, to compare before and after a
+/// change to the log's files (a purge): to `reader`, its history, their person channel with
+/// alice, their sync, changes and conversations; to `other`, when given, their conversations;
+/// to the admin, the traces of `traced` seqs of `g`.
+pub(crate) async fn answers_about_g(
+    api: &Api,
+    reader: &str,
+    other: Option<&str>,
+    traced: &[u64],
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let g = "/v1/channels/g/messages?after_seq=0&limit=100";
+    out.insert("history".into(), api.text(g, reader).await);
+    let dm = "/v1/channels/@alice/messages?after_seq=0";
+    out.insert("person history".into(), api.text(dm, reader).await);
+    out.insert("sync".into(), api.text("/v1/sync", reader).await);
+    let changes = "/v1/changes?since=0";
+    out.insert("changes".into(), api.text(changes, reader).await);
+    let convs = "/v1/conversations";
+    out.insert("conversations".into(), api.text(convs, reader).await);
+    if let Some(other) = other {
+        out.insert("the other's".into(), api.text(convs, other).await);
+    }
+    for seq in traced {
+        let trace = format!("/v1/channels/g/messages/{seq}/trace");
+        out.insert(format!("trace of {seq}"), api.text(&trace, ADMIN).await);
+    }
+    out
+}
+
 /// Every path under `dir`, sorted.
 pub(crate) fn tree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
