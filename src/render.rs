@@ -19,6 +19,11 @@ use tidings_projections::FLAG_JSON_PAYLOAD;
 use tidings_projections::ids::person_peer;
 use tidings_projections::messages::Message;
 
+/// Lowercase hex of `bytes` (a token's hash as its id and in `tidings replay`, a node id).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Adds the payload to `into`: JSON under `payload`, other bytes base64 under `payload_b64`.
 pub(crate) fn payload_fields(payload: &[u8], flags: u32, into: &mut Map<String, Value>) {
     if flags & FLAG_JSON_PAYLOAD != 0

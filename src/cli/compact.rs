@@ -65,7 +65,7 @@ pub(crate) async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
     // once it is done).
     crate::server::distrust_conversation_cache(&data)?;
     let log = super::open_exclusive(&data).await?;
-    let result = compact(&data, &log).await;
+    let result = compact(&data, &log, plan).await;
     let closed = log.close().await;
     let code = result?;
     closed?;
@@ -108,9 +108,10 @@ fn refuse_tiered(data: &DataDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The run, on the log opened for writing: planned again (from the data directory's own
-/// projections, whose fresh snapshot it writes), then carried out.
-async fn compact(data: &DataDir, log: &Log) -> anyhow::Result<ExitCode> {
+/// The run, on the log opened for writing: the read-only plan (made again only when the log's
+/// end moved), carried out with the data directory's own projections, whose fresh snapshot it
+/// writes.
+async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<ExitCode> {
     let end = log.next_offset();
     let Some(last) = end.checked_sub(1) else {
         println!("the log holds no record: nothing to purge");
@@ -134,7 +135,11 @@ async fn compact(data: &DataDir, log: &Log) -> anyhow::Result<ExitCode> {
     let n = p.catch_up(log, |_, _| {}).await.map_err(super::explain)?;
     eprintln!("state: {from} + {n} events, up to offset {last}");
 
-    let plan = {
+    // The read-only plan holds while the log ends where it did (the writable open's recovery
+    // may have cut a torn tail): no second scan of every record.
+    let plan = if planned.end == end && planned.protect == p.state.applied {
+        planned
+    } else {
         let log = log.clone();
         let recalled = p.state.heads.recalled.clone();
         let protect = p.state.applied;

@@ -11,11 +11,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tidings_projections::{Envelope, Event, FLAG_JSON_PAYLOAD, FLAG_PURGED};
 
-use crate::render::payload_view;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::render::{hex, payload_view};
 
 /// One event's line: its fields, and a message's payload as stored.
 #[derive(Serialize)]

@@ -108,9 +108,10 @@ pub(crate) fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<A
         });
     }
     let hash = token_hash(token);
+    let now = now_ms();
     let uid = {
         let p = state.proj();
-        token_owner(&p.state.tokens, &hash, now_ms())?.clone()
+        token_owner(&p.state.tokens, &hash, now)?.clone()
     };
     Ok(Authenticated {
         caller: Caller::User(uid),

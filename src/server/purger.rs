@@ -147,7 +147,9 @@ async fn load_watermark(state: &AppState) -> Watermark {
     }
 }
 
-/// Keeps `w` for the next start (module doc), with the anchor of the record there.
+/// Keeps `w` for the next start (module doc), with the anchor of the record there. The record
+/// may be one a later pass purges (a send just before its recall): its anchor then no longer
+/// matches, and the next start's first pass considers every recall again — slower, not wrong.
 async fn store_watermark(state: &AppState, w: u64) -> anyhow::Result<()> {
     let Some(anchor) = snapshot::anchor_at(&state.log, w).await? else {
         return Ok(());

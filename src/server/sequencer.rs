@@ -403,7 +403,7 @@ fn prepare_locked(
     let (last_seq, next_id) = {
         let p = state.proj();
         let st = &p.state;
-        // The credential, still valid in the applied state (one lookup in the token index). A
+        // The credential, still valid in the applied state (a lookup in the token index, and one in its expiries). A
         // revocation is appended and applied under this lock, so a send authenticated before
         // it and sequenced after is refused here, as a request made after it is refused at
         // authentication: a user cut off writes nothing after the revocation in the log. So

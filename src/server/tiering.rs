@@ -109,7 +109,7 @@ pub(crate) fn node_id(config: &Config, data: &DataDir) -> anyhow::Result<String>
     }
     let mut raw = [0u8; 8];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let id = crate::render::hex(&raw);
     crate::data::write_durably(&path, id.as_bytes(), 0o644)?;
     Ok(id)
 }

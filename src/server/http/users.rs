@@ -68,9 +68,10 @@ pub(crate) struct TokenList {
     pub(crate) tokens: Vec<TokenInfo>,
 }
 
-/// A token's id: the lowercase hex of the hash it is stored under.
+/// A token's id: the lowercase hex of the hash it is stored under (as `tidings replay` shows
+/// a `token_set`'s hash).
 fn token_id(hash: &[u8]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    crate::render::hex(hash)
 }
 
 /// The hash a token id names: `None` unless it is 64 lowercase hex digits.
