@@ -4,12 +4,12 @@
 //! replaced by zeros and the record marked purged).
 //!
 //! Every interval (the first pass one interval after the start), a pass:
-//! 1. Under the projections' read lock, takes the last applied offset (A0) and, for every
-//!    recall applied after the watermark (the A0 of the last pass that finished, kept across
-//!    restarts; none at a first start, whose first pass considers every recall ever), the
-//!    message index's
-//!    location of the recalled message's send and the offset of its latest edit, if any. The
-//!    lock is held only for that copy: the sidecar runs are read after it is released.
+//! 1. Under the projections' read lock, takes the last applied offset (A0); then, holding the
+//!    lock for a few channels at a time, for every recall applied after the watermark (the A0
+//!    of the last pass that finished, kept across restarts; none at a first start, whose first
+//!    pass considers every recall ever) and at most A0, the message index's location of the
+//!    recalled message's send and the offset of its latest edit, if any. The lock is held only
+//!    for those copies: the sidecar runs are read after it is released.
 //! 2. Then protects A0 and the offset of every snapshot: those being written
 //!    ([`SnapshotWrites`]), then those on disk. A record a snapshot is anchored to is never
 //!    rewritten (its anchor would no longer match, and the next start would set the snapshot
@@ -219,13 +219,30 @@ async fn pass(
         let Some(applied) = p.state.applied else {
             return Ok(Some(watermark));
         };
-        Found {
+        let channels: Vec<ChannelId> = p.state.heads.recalled.keys().cloned().collect();
+        let found = Found {
             applied,
-            recalled: recalled_since(&p.state.heads, &p.state.index, watermark),
+            recalled: Vec::new(),
             files: p.index_files().clone(),
             snapshots: p.snapshot_dir(),
-        }
+        };
+        (found, channels)
     };
+    // The recalls, a few channels per hold of the lock: the applier (which needs the write lock,
+    // and every reader after it waits on it) is held up for a share of a first pass over every
+    // recall ever made, not all of it. Recalls past A0 are left to the next pass; what the
+    // index said of a message stays true (an entry moves to a sidecar run, which never changes).
+    let (mut found, channels) = found;
+    for chunk in channels.chunks(RECALL_CHANNELS_PER_LOCK) {
+        let p = state.proj();
+        found.recalled.extend(recalled_since(
+            &p.state.heads,
+            &p.state.index,
+            chunk,
+            watermark,
+            found.applied,
+        ));
+    }
     if found.recalled.is_empty() {
         return Ok(Some(Some(found.applied)));
     }
@@ -292,14 +309,27 @@ async fn pass(
     Ok(Some(next))
 }
 
-/// Every message in `heads.recalled` whose recall (its entry in `heads.changes`: a recalled
-/// message's latest change is its recall) is past `watermark`, with where its send and latest
-/// edit are.
-fn recalled_since(heads: &Heads, index: &IndexState, watermark: Watermark) -> Vec<Recalled> {
+/// Every message of `channels` in `heads.recalled` whose recall (its entry in
+/// `heads.changes`: a recalled message's latest change is its recall) is past `watermark` and
+/// at most `applied` (A0), with where its send and latest edit are.
+fn recalled_since(
+    heads: &Heads,
+    index: &IndexState,
+    channels: &[ChannelId],
+    watermark: Watermark,
+    applied: u64,
+) -> Vec<Recalled> {
     let since = watermark.map_or(0, |w| w.saturating_add(1));
     let mut out = Vec::new();
-    for (channel, seqs) in &heads.recalled {
+    for channel in channels {
+        let Some(seqs) = heads.recalled.get(channel) else {
+            continue;
+        };
         for &(recall, seq) in heads.changes_since(channel, since) {
+            // In log order: past A0 (applied since step 1 began), the rest is the next pass's.
+            if recall > applied {
+                break;
+            }
             if !seqs.contains(&seq) {
                 continue;
             }
@@ -314,6 +344,9 @@ fn recalled_since(heads: &Heads, index: &IndexState, watermark: Watermark) -> Ve
     }
     out
 }
+
+/// Channels whose recalls a pass collects per hold of the projections' read lock.
+const RECALL_CHANNELS_PER_LOCK: usize = 64;
 
 /// The targets of a pass and the records at their offsets, by offset.
 type TargetsRead = (Vec<Target>, BTreeMap<u64, Bytes>);
