@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{ADMIN, Api, Server, answers_about_g, seal_past, sent_offset, tidings, tree};
+use common::{
+    ADMIN, Api, Server, answers_about_g, seal_past, sent_offset, tidings,
+    tiered_with_a_sealed_recall, tree,
+};
 use serde_json::{Value, json};
 
 /// Small segments, so that a few hundred messages seal some; no send limit in the way; the
@@ -225,25 +228,8 @@ async fn compact_purges_recalled_payloads_from_every_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_refuses_a_tiered_data_directory() {
     let bucket = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", bucket.path().display());
-    let mut args = vec![
-        "--tier-url",
-        url.as_str(),
-        "--tier-upload-interval-secs",
-        "1",
-        "--tier-cache-disk-bytes",
-        "16777216",
-    ];
-    args.extend(ARGS);
-    let server = Server::start(&args);
-    let api = Api::new(&server);
-    api.group("g", &["alice"]).await;
-    api.group("f", &["alice"]).await;
-    let alice = api.user("alice").await;
-    let sent = api.send(&alice, "g", "r1", RECALLED[0]).await;
-    api.ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
-        .await;
-    seal_past(&api, &server, &alice, sent_offset(&sent)).await;
+    let (server, api, _alice) =
+        tiered_with_a_sealed_recall(bucket.path(), &ARGS, RECALLED[0]).await;
     api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
     let data = server.data.clone();
     let _dir = server.stop();

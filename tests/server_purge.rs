@@ -12,7 +12,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Api, Server, answers_about_g, seal_past, sent_offset, tidings, tree};
+use common::{
+    ADMIN, Api, Server, answers_about_g, seal_past, sent_offset, tidings,
+    tiered_with_a_sealed_recall, tree,
+};
 use serde_json::json;
 
 /// Small segments (a few hundred messages seal some), no send limit in the way, a purge pass
@@ -169,25 +172,8 @@ async fn the_server_purges_recalled_payloads_from_sealed_segments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiered_server_does_not_purge() {
     let bucket = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", bucket.path().display());
-    let mut args = vec![
-        "--tier-url",
-        url.as_str(),
-        "--tier-upload-interval-secs",
-        "1",
-        "--tier-cache-disk-bytes",
-        "16777216",
-    ];
-    args.extend(ARGS);
-    let server = Server::start(&args);
-    let api = Api::new(&server);
-    api.group("g", &["alice"]).await;
-    api.group("f", &["alice"]).await;
-    let alice = api.user("alice").await;
-    let sent = api.send(&alice, "g", "r1", RECALLED[0]).await;
-    api.ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
-        .await;
-    seal_past(&api, &server, &alice, sent_offset(&sent)).await;
+    let (server, _api, _alice) =
+        tiered_with_a_sealed_recall(bucket.path(), &ARGS, RECALLED[0]).await;
     // A pass a second would have run by now, more than once.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(metric(&server, "tidings_purge_passes_total").await, 0);

@@ -448,6 +448,36 @@ pub(crate) async fn answers_about_g(
     out
 }
 
+/// A server tiered to a `file://` store in `bucket` (uploads every second), started with `args`
+/// as well, where alice sent `text` to group `g` and recalled it (seq 1), and sent fillers to
+/// group `f` until the send's segment was sealed.
+pub(crate) async fn tiered_with_a_sealed_recall(
+    bucket: &Path,
+    args: &[&str],
+    text: &str,
+) -> (Server, Api, String) {
+    let url = format!("file://{}", bucket.display());
+    let mut all = vec![
+        "--tier-url",
+        url.as_str(),
+        "--tier-upload-interval-secs",
+        "1",
+        "--tier-cache-disk-bytes",
+        "16777216",
+    ];
+    all.extend(args);
+    let server = Server::start(&all);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    api.group("f", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let sent = api.send(&alice, "g", "r1", text).await;
+    api.ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    seal_past(&api, &server, &alice, sent_offset(&sent)).await;
+    (server, api, alice)
+}
+
 /// Every path under `dir`, sorted.
 pub(crate) fn tree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
