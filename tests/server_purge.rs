@@ -4,7 +4,8 @@
 //! to person one by its sender) and seals their segments with filler. While it runs, no
 //! segment file comes to hold a recalled message's bytes while every kept one's stay, and it
 //! answers as before; stopped, `verify` and `inspect` pass; restarted, it sets nothing aside
-//! and answers the same. A tiered server does not purge.
+//! and answers the same. Every edit of a recalled message goes with its send (the log written
+//! before the server starts: no API writes edits yet). A tiered server does not purge.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -12,11 +13,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::{
     ADMIN, Api, Server, answers_about_g, seal_past, sent_offset, tidings,
     tiered_with_a_sealed_recall, tree,
 };
 use serde_json::json;
+use tidings_log::{Log, LogOptions};
+use tidings_projections::{ChannelFlags, Envelope, Event, FLAG_JSON_PAYLOAD};
 
 /// Small segments (a few hundred messages seal some), no send limit in the way, a purge pass
 /// every second.
@@ -34,6 +38,12 @@ const RECALLED: [&str; 3] = ["RECALLED-1-k3Qd", "RECALLED-HEAD-b5Wy", "RECALLED-
 
 /// The markers of messages that stay.
 const KEPT: [&str; 2] = ["KEPT-ONE-r2Gm", "KEPT-TWO-x7Tc"];
+
+/// A message edited twice, then recalled: the markers of its send and of its two edits.
+const EDITED_RECALLED: [&str; 3] = ["GONE-SEND-q4Lz", "GONE-FIRST-n6Jc", "GONE-SECOND-w9Hp"];
+
+/// A message edited twice that stays: the markers of its send and of its two edits.
+const EDITED_KEPT: [&str; 3] = ["STAYS-SEND-d3Vr", "STAYS-FIRST-m8Xe", "STAYS-SECOND-t5Bk"];
 
 /// Whether the file at `path` holds `needle` (one the log removed meanwhile does not).
 fn holds(path: &Path, needle: &[u8]) -> bool {
@@ -65,6 +75,88 @@ async fn metric(server: &Server, name: &str) -> u64 {
     let value = text.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
     let value = value.unwrap_or_else(|| panic!("no {name} in\n{text}"));
     value.trim().parse().unwrap()
+}
+
+/// Waits (30 s at most) until no segment file holds any of `markers` and the server counts
+/// `records` records purged.
+async fn wait_for_purge(server: &Server, markers: &[&str], records: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<&str> = markers
+            .iter()
+            .copied()
+            .filter(|m| !segments_holding(&server.data, m).is_empty())
+            .collect();
+        let purged = metric(server, "tidings_purged_records_total").await;
+        if left.is_empty() && purged == records {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still in a segment after 30 s: {left:?}; {purged} records purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A JSON payload `{"text": said}`, as the API stores one.
+fn json_text(said: &str) -> Bytes {
+    Bytes::from(format!(r#"{{"text":"{said}"}}"#))
+}
+
+/// Alice's message `seq` in group `g`, saying `said`.
+fn sent(seq: u64, said: &str) -> Event {
+    Event::MessageSent {
+        channel: "g".into(),
+        from: "alice".into(),
+        client_msg_id: format!("c{seq}"),
+        seq,
+        message_id: seq,
+        payload: json_text(said),
+        flags: FLAG_JSON_PAYLOAD,
+    }
+}
+
+/// Alice's edit of message `seq` of group `g`, to say `said`.
+fn edited(seq: u64, said: &str) -> Event {
+    Event::MessageEdited {
+        channel: "g".into(),
+        seq,
+        by: "alice".into(),
+        payload: json_text(said),
+        flags: FLAG_JSON_PAYLOAD,
+    }
+}
+
+/// Group `id` with `members`.
+fn group(id: &str, members: &[&str]) -> [Event; 2] {
+    [
+        Event::ChannelCreated {
+            channel: id.into(),
+            flags: ChannelFlags::default(),
+        },
+        Event::MembersSubscribed {
+            channel: id.into(),
+            uids: members.iter().map(|m| m.to_string()).collect(),
+        },
+    ]
+}
+
+/// Writes `events` as the log of data directory `data` (no server running): the offset of
+/// the last.
+async fn write_log(data: &Path, events: Vec<Event>) -> u64 {
+    let log = Log::open(data.join("log"), LogOptions::default())
+        .await
+        .unwrap();
+    let mut last = 0;
+    for (ts, event) in (1_764_000_000_000u64..).zip(events) {
+        last = log
+            .append_one(Envelope::new(ts, event).encode())
+            .await
+            .unwrap();
+    }
+    log.close().await.unwrap();
+    last
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,22 +196,7 @@ async fn the_server_purges_recalled_payloads_from_sealed_segments() {
     }
 
     // Within 30 s, no segment holds a recalled message's bytes, and the counter says so.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left: Vec<&str> = RECALLED
-            .into_iter()
-            .filter(|m| !segments_holding(&server.data, m).is_empty())
-            .collect();
-        let purged = metric(&server, "tidings_purged_records_total").await;
-        if left.is_empty() && purged == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still in a segment after 30 s: {left:?}; {purged} records purged"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_purge(&server, &RECALLED, 3).await;
     for marker in KEPT {
         let found = segments_holding(&server.data, marker);
         assert!(!found.is_empty(), "{marker}");
@@ -165,6 +242,62 @@ async fn the_server_purges_recalled_payloads_from_sealed_segments() {
     assert_eq!(status, 201, "{again}");
     assert_eq!(again["seq"], 2, "{again}");
     assert_eq!(again["duplicate"], true, "{again}");
+}
+
+/// A message edited twice and then recalled has its send and both its edits purged (until
+/// 2026-11-30 the earlier edit's payload stayed: the projections kept the latest edit's offset
+/// only), while another message edited twice keeps all three records and is read with its
+/// latest edit; stopped, `verify` and `inspect` pass. No API writes edits yet: the log is
+/// written first, and the server started on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_edit_of_a_recalled_message_is_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut events = Vec::new();
+    events.extend(group("g", &["alice", "bob"]));
+    events.extend(group("f", &["alice"]));
+    events.extend([
+        sent(1, EDITED_RECALLED[0]),
+        sent(2, EDITED_KEPT[0]),
+        edited(1, EDITED_RECALLED[1]),
+        edited(2, EDITED_KEPT[1]),
+        edited(1, EDITED_RECALLED[2]),
+        edited(2, EDITED_KEPT[2]),
+        Event::MessageRecalled {
+            channel: "g".into(),
+            seq: 1,
+            by: "alice".into(),
+        },
+    ]);
+    let recall = write_log(&data, events).await;
+    let server = Server::start_on(&data, &ARGS);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    seal_past(&api, &server, &alice, recall).await;
+
+    // The send and both edits: three records.
+    wait_for_purge(&server, &EDITED_RECALLED, 3).await;
+    for marker in EDITED_KEPT {
+        assert!(!segments_holding(&data, marker).is_empty(), "{marker}");
+    }
+    assert_eq!(metric(&server, "tidings_purge_failures_total").await, 0);
+    let history = api
+        .text("/v1/channels/g/messages?after_seq=0&limit=100", &bob)
+        .await;
+    assert!(history.contains(r#""recalled":true"#), "{history}");
+    assert!(history.contains(EDITED_KEPT[2]), "{history}");
+    for marker in [EDITED_KEPT[0], EDITED_KEPT[1]] {
+        assert!(!history.contains(marker), "{history}");
+    }
+    assert!(!history.contains("GONE-"), "{history}");
+
+    let d = data.to_str().unwrap();
+    server.stop();
+    for cmd in ["verify", "inspect"] {
+        let (code, out, err) = tidings(&[cmd, "--data", d]);
+        assert_eq!(code, 0, "{cmd}: {out}{err}");
+    }
 }
 
 /// A tiered server does not purge (the object store keeps its copies of the segments): no pass

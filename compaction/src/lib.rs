@@ -11,7 +11,7 @@
 //!
 //! The server purges too, while it runs (`compaction.purge_interval_secs`): it finds its
 //! targets in its projections rather than by a scan — each recalled message's send, through
-//! the message index, and its latest edit — and [`plan_online_purge`] decides, reading
+//! the message index, and every edit of it — and [`plan_online_purge`] decides, reading
 //! nothing, which of the records it read to rewrite in which sealed segment, which to leave
 //! for a later pass (in the active segment, or at an offset a snapshot is anchored to) and
 //! which to skip (not the record the projections said).

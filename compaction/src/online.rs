@@ -3,9 +3,9 @@
 //!
 //! The running server cannot scan its whole log at every pass, nor stop appending: it finds its
 //! targets in its projections instead — for each recalled message, its send (through the
-//! message index) and its latest edit (`Heads::edits`) — reads those records, lists its sealed
-//! segments and the offsets it must not rewrite, and hands it all to this function, which reads
-//! nothing and decides:
+//! message index) and every edit of it (`Heads::edit_offsets`), each a target of its own —
+//! reads those records, lists its sealed segments and the offsets it must not rewrite, and
+//! hands it all to this function, which reads nothing and decides:
 //!
 //! - a record that is not the target's (another kind of event, another channel or seq, bytes
 //!   that do not decode, nothing read) is skipped, for good: a record is rewritten only once

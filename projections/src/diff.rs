@@ -208,7 +208,11 @@ pub fn diff(live: &State, rebuilt: &State, max: usize) -> Vec<String> {
         "channel",
         &live.heads.edits,
         &rebuilt.heads.edits,
-        values,
+        |o, w, l, r| {
+            maps(o, &format!("{w} edited message"), l, r, |o, w, l, r| {
+                field(o, &w, "edit offsets", l, r)
+            })
+        },
     );
     maps(
         o,
@@ -282,4 +286,28 @@ pub fn diff(live: &State, rebuilt: &State, max: usize) -> Vec<String> {
         out.lines.push(format!("… and {more} more differences"));
     }
     out.lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every edit offset of a message is compared, not only the latest: a state that lost an
+    /// earlier edit's is named, with the message and both lists.
+    #[test]
+    fn every_edit_offset_is_compared() {
+        let mut live = State::default();
+        let mut rebuilt = State::default();
+        let edits = |offsets: Vec<u64>| {
+            BTreeMap::from([("g".to_owned(), BTreeMap::from([(1u64, offsets)]))])
+        };
+        live.heads.edits = edits(vec![3, 8]);
+        rebuilt.heads.edits = edits(vec![3, 5, 8]);
+        let d = diff(&live, &rebuilt, 10);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].contains("edited message 1"), "{}", d[0]);
+        assert!(d[0].contains("[3, 8] live, [3, 5, 8] rebuilt"), "{}", d[0]);
+        live.heads.edits = edits(vec![3, 5, 8]);
+        assert!(diff(&live, &rebuilt, 10).is_empty());
+    }
 }

@@ -1,8 +1,10 @@
 //! Channel heads: channel → last seq, last message id, preview, timestamp; plus the per-channel
 //! sets of recalled seqs and edited seqs, and each channel's *changes* — the log offsets at
 //! which a message was recalled or edited, in log order, so that a device that was offline can
-//! ask which messages it may hold changed since it last asked (`messages::plan_changes`).
-//! These grow with recalls and edits, not messages.
+//! ask which messages it may hold changed since it last asked (`messages::plan_changes`);
+//! and, for each edited message, the log offset of every edit of it (history serves the
+//! latest; the server's purge of a recalled message rewrites them all). These grow with
+//! recalls and edits, not messages: a message edited n times holds n offsets.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,8 +48,10 @@ pub struct Heads {
     pub heads: HashMap<ChannelId, Head>,
     /// Recalled seqs by channel.
     pub recalled: BTreeMap<ChannelId, BTreeSet<u64>>,
-    /// For each edited message, the log offset of its latest edit.
-    pub edits: BTreeMap<ChannelId, BTreeMap<u64, u64>>,
+    /// For each edited message, the log offsets of all its edits, in log order (ascending):
+    /// the last is the edit history shows. Edits applied after the message's recall are not
+    /// kept (the projections ignore them); those before it stay, for the purge.
+    pub edits: BTreeMap<ChannelId, BTreeMap<u64, Vec<u64>>>,
     /// Recalls and edits by channel as `(offset, seq)`, in log order (offsets ascending), each
     /// seq once: at its latest change.
     pub changes: BTreeMap<ChannelId, Vec<(u64, u64)>>,
@@ -109,7 +113,15 @@ impl Heads {
 
     /// The offset of the latest edit of a message, if edited.
     pub fn edit_offset(&self, channel: &str, seq: u64) -> Option<u64> {
-        self.edits.get(channel)?.get(&seq).copied()
+        self.edit_offsets(channel, seq).last().copied()
+    }
+
+    /// The offsets of every edit of a message, in log order (empty when never edited).
+    pub fn edit_offsets(&self, channel: &str, seq: u64) -> &[u64] {
+        self.edits
+            .get(channel)
+            .and_then(|by_seq| by_seq.get(&seq))
+            .map_or(&[], Vec::as_slice)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -183,7 +195,9 @@ impl Heads {
         self.edits
             .entry(channel.to_owned())
             .or_default()
-            .insert(seq, offset);
+            .entry(seq)
+            .or_default()
+            .push(offset);
         self.changed(offset, channel, seq);
         if let Some(h) = self.heads.get_mut(channel) {
             if h.last_seq == seq {
@@ -192,5 +206,38 @@ impl Heads {
             }
             h.version = offset;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every edit of a message keeps its offset, in log order, the latest last (what history
+    /// serves); its recall leaves them (the purge rewrites each), and an edit after the recall
+    /// adds none.
+    #[test]
+    fn every_edit_offset_is_kept_in_log_order() {
+        let mut heads = Heads::default();
+        let payload = Bytes::from_static(b"body");
+        heads.sent(1, 1_000, "g", "ann", 1, 1, &payload, 0);
+        heads.sent(2, 1_001, "g", "ann", 2, 2, &payload, 0);
+        // In log order: message 1 three times, message 2 once between its second and third.
+        for (offset, seq) in [(3, 1), (5, 1), (6, 2), (8, 1)] {
+            heads.edit(offset, "g", seq, &payload, 0);
+        }
+        assert_eq!(heads.edit_offsets("g", 1), [3, 5, 8]);
+        assert_eq!(heads.edit_offset("g", 1), Some(8));
+        assert_eq!(heads.edit_offsets("g", 2), [6]);
+        assert!(heads.edit_offsets("g", 3).is_empty());
+        assert!(heads.edit_offsets("h", 1).is_empty());
+        assert_eq!(heads.edit_offset("g", 3), None);
+
+        heads.recall(9, "g", 1);
+        heads.edit(10, "g", 1, &payload, 0);
+        assert_eq!(heads.edit_offsets("g", 1), [3, 5, 8]);
+        assert_eq!(heads.edit_offset("g", 1), Some(8));
+        // The message is listed once among the changes, at its recall.
+        assert_eq!(heads.changes_since("g", 0), [(6, 2), (9, 1)]);
     }
 }

@@ -1,7 +1,7 @@
 //! Snapshots of every projection: `snapshots/{applied:020}.snap`, written to a temp file,
 //! fsynced, renamed, directory fsynced; the newest few kept.
 //!
-//! Layout (little-endian): a 40-byte header — magic `"TDSN"`, version `6` (u32), the last
+//! Layout (little-endian): a 40-byte header — magic `"TDSN"`, version `7` (u32), the last
 //! offset applied (u64), body length (u64), CRC-32 of the body (u32), the *anchor* (u32),
 //! flags (u32; bit 0: the anchor is set), CRC-32 of the header's first 36 bytes (u32) — then
 //! the body: the CBOR of [`State`]. Versions 1 and 2 have a 32-byte header: the same fields
@@ -36,6 +36,10 @@
 //!   earlier groups under its id counted as cleared (`Cursors::left`), so `/v1/changes` no
 //!   longer tells one who joined a group created again under an id of recalls made in the
 //!   earlier group; a version 5 state lacks that floor for those who left before.
+//! - 7 (2026-11-30): the channel heads keep the offset of every edit of a message
+//!   ([`crate::heads::Heads::edits`]), not only its latest, so that the server's purge of a
+//!   recalled message rewrites each; a version 6 state holds one offset per message, in
+//!   another shape.
 //!
 //! Not a version: a hide carrying the seq it hides as of (`ConversationHidden::up_to_seq`,
 //! 2026-11-30). A hide without it is applied as before, and every state an earlier build wrote
@@ -64,9 +68,9 @@ use crate::fsutil::write_atomic;
 use crate::state::State;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"TDSN");
-const VERSION: u32 = 6;
+const VERSION: u32 = 7;
 /// The oldest version whose states follow the current rules (older ones are outdated).
-const OLDEST_CURRENT: u32 = 6;
+const OLDEST_CURRENT: u32 = 7;
 const HEADER_LEN: usize = 40;
 /// The header of versions 1 and 2: no anchor, no flags.
 const SHORT_HEADER_LEN: usize = 32;
@@ -175,7 +179,7 @@ pub fn decode_anchored(path: &Path, bytes: &[u8]) -> Result<(State, Option<u32>)
     // Versions 1 and 2 have the short header (no anchor, no flags).
     let header_len = match version {
         1 | 2 => SHORT_HEADER_LEN,
-        3..=5 | VERSION => HEADER_LEN,
+        3..=6 | VERSION => HEADER_LEN,
         other => return Err(corrupt(4, format!("unknown version {other}"))),
     };
     if bytes.len() < header_len {

@@ -249,7 +249,7 @@ async fn a_snapshot_of_an_earlier_format_is_refused_and_the_log_replayed() {
         Err(ProjectionError::SnapshotOutdated {
             path,
             version: 1,
-            current: 6,
+            current: 7,
         }) => assert_eq!(path, copy),
         other => panic!("expected SnapshotOutdated, got {other:?}"),
     }
@@ -326,7 +326,7 @@ fn short_header(version: u32, applied: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Versions 1 to 5 are outdated (their states lack rules made since), each recognised by its
+/// Versions 1 to 6 are outdated (their states lack rules made since), each recognised by its
 /// own header; version 1 only when its short header is intact — a damaged version byte that
 /// reads as 1 is damage, not an old format.
 #[tokio::test]
@@ -355,7 +355,7 @@ async fn earlier_versions_are_outdated_and_a_damaged_version_is_damage() {
         b[36..40].copy_from_slice(&crc.to_le_bytes());
         b
     };
-    for v in [4, 5] {
+    for v in [4, 5, 6] {
         assert!(matches!(
             decode(&path, &long_header(v)),
             Err(ProjectionError::SnapshotOutdated { version, .. }) if version == v

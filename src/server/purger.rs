@@ -8,8 +8,9 @@
 //!    lock for a few channels at a time, for every recall applied after the watermark (the A0
 //!    of the last pass that finished, kept across restarts; none at a first start, whose first
 //!    pass considers every recall ever) and at most A0, the message index's location of the
-//!    recalled message's send and the offset of its latest edit, if any. The lock is held only
-//!    for those copies: the sidecar runs are read after it is released.
+//!    recalled message's send and the offsets of all its edits (`Heads::edit_offsets`), if
+//!    any. The lock is held only for those copies: the sidecar runs are read after it is
+//!    released.
 //! 2. Then protects A0 and the offset of every snapshot: those being written
 //!    ([`SnapshotWrites`]), then those on disk. A record a snapshot is anchored to is never
 //!    rewritten (its anchor would no longer match, and the next start would set the snapshot
@@ -33,11 +34,14 @@
 //! not retried: one damaged record must not stop every later purge. The records read are
 //! copied out of the log's read buffers, so a pass holds only the targets' own bytes.
 //!
-//! Left as they are, by design: the edits of a recalled message before its latest one, and an
-//! edit written after its recall (the projections keep only the latest edit's offset, and none
-//! of an edit after a recall; no API writes edits yet) — `tidings compact`, which scans the
-//! whole log, purges them. The conversation cache's files and older snapshots may still hold
-//! a recalled message's preview until they are overwritten or pruned.
+//! Every edit of a recalled message is a target, not only its latest: the projections keep
+//! each edit's offset (until 2026-11-30 they kept the latest only, and the earlier edits'
+//! payloads stayed on disk). An edit after a recall is never written by the API (the edit
+//! endpoint refuses it under the sequencer lock), and the projections ignore one, keeping no
+//! offset of it: a log that holds one anyway (written by hand, or by another build) keeps its
+//! payload until `tidings compact`, which scans the whole log, purges it. Left as they are, by
+//! design: the conversation cache's files and older snapshots may still hold a recalled
+//! message's preview until they are overwritten or pruned.
 //!
 //! Off on a tiered server (`tier.url` set: the log refuses to rewrite a tiered segment, whose
 //! copy in the object store the manifest's CRC vouches for), and on a data directory that was
@@ -189,8 +193,8 @@ struct Recalled {
     recall: u64,
     /// Where the message index holds its send's offset.
     send: Vec<Located>,
-    /// The offset of its latest edit.
-    edit: Option<u64>,
+    /// The offsets of its edits, in log order (empty when never edited).
+    edits: Vec<u64>,
 }
 
 /// What a pass copies out from under the projections' lock.
@@ -311,7 +315,7 @@ async fn pass(
 
 /// Every message of `channels` in `heads.recalled` whose recall (its entry in
 /// `heads.changes`: a recalled message's latest change is its recall) is past `watermark` and
-/// at most `applied` (A0), with where its send and latest edit are.
+/// at most `applied` (A0), with where its send and every edit of it are.
 fn recalled_since(
     heads: &Heads,
     index: &IndexState,
@@ -338,7 +342,7 @@ fn recalled_since(
                 seq,
                 recall,
                 send: index.locate(channel, seq, seq),
-                edit: heads.edit_offset(channel, seq),
+                edits: heads.edit_offsets(channel, seq).to_vec(),
             });
         }
     }
@@ -351,8 +355,8 @@ const RECALL_CHANNELS_PER_LOCK: usize = 64;
 /// The targets of a pass and the records at their offsets, by offset.
 type TargetsRead = (Vec<Target>, BTreeMap<u64, Bytes>);
 
-/// The targets of `recalled` (each message's send, found through the message index, and its
-/// latest edit) and the records at their offsets (blocking: sidecar and log reads); `None`
+/// The targets of `recalled` (each message's send, found through the message index, and every
+/// edit of it) and the records at their offsets (blocking: sidecar and log reads); `None`
 /// when `stop` came first (a first pass may read many).
 fn read_targets(
     log: &Log,
@@ -388,7 +392,7 @@ fn read_targets(
                 "not purging a recalled message's send: its index entry could not be read"
             ),
         }
-        if let Some(offset) = r.edit {
+        for &offset in &r.edits {
             targets.push(target(TargetKind::Edit, offset));
         }
     }
@@ -488,7 +492,65 @@ impl Drop for SnapshotWrite {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use tidings_projections::idempotency::Idempotency;
+    use tidings_projections::{Envelope, Event, State};
+
     use super::*;
+
+    fn sent(seq: u64) -> Event {
+        Event::MessageSent {
+            channel: "g".into(),
+            from: "ann".into(),
+            client_msg_id: format!("c{seq}"),
+            seq,
+            message_id: seq,
+            payload: Bytes::from_static(b"sent"),
+            flags: 0,
+        }
+    }
+
+    fn edited(seq: u64) -> Event {
+        Event::MessageEdited {
+            channel: "g".into(),
+            seq,
+            by: "ann".into(),
+            payload: Bytes::from_static(b"edited"),
+            flags: 0,
+        }
+    }
+
+    /// A recalled message is collected with every edit of it, in log order (not only its
+    /// latest), and its send's index entry; an edited message that stays is not collected, nor
+    /// a recall at or below the watermark.
+    #[test]
+    fn a_recalled_message_is_collected_with_every_edit() {
+        let recall = Event::MessageRecalled {
+            channel: "g".into(),
+            seq: 1,
+            by: "ann".into(),
+        };
+        // Offsets 0 to 5.
+        let events = [sent(1), sent(2), edited(1), edited(2), edited(1), recall];
+        let mut state = State::new(Idempotency::new(100, 86_400_000), 1_000);
+        for (offset, event) in (0u64..).zip(events) {
+            state.apply(offset, &Envelope::new(1_000, event)).unwrap();
+        }
+        let channels = ["g".to_owned()];
+        let found = recalled_since(&state.heads, &state.index, &channels, None, 5);
+        assert_eq!(found.len(), 1);
+        let r = &found[0];
+        assert_eq!((r.channel.as_str(), r.seq, r.recall), ("g", 1, 5));
+        assert_eq!(r.edits, [2, 4]);
+        assert!(
+            matches!(r.send[..], [Located::Entry { seq: 1, offset: 0 }]),
+            "{:?}",
+            r.send
+        );
+        // At the watermark: done with.
+        let past = recalled_since(&state.heads, &state.index, &channels, Some(5), 5);
+        assert!(past.is_empty());
+    }
 
     /// A snapshot's offset is registered while one of its writes is under way, and no longer
     /// once every write of it is done.
