@@ -189,6 +189,61 @@ impl<'a> PreviewView<'a> {
     }
 }
 
+/// An edit as a WebSocket frame for `viewer`: `{type: "edit", channel, seq, by, edited_at_ms,
+/// payload | payload_b64}`, the new payload as sent.
+#[derive(Debug, Serialize)]
+struct EditView<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: String,
+    seq: u64,
+    by: &'a str,
+    edited_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_b64: Option<String>,
+}
+
+/// What an edit frame says, for [`edit_text`] and [`edit_json`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EditNotice<'a> {
+    pub(crate) channel: &'a str,
+    pub(crate) seq: u64,
+    pub(crate) by: &'a str,
+    pub(crate) ts: u64,
+    pub(crate) payload: &'a [u8],
+    pub(crate) flags: u32,
+}
+
+/// An edit frame as JSON text for `viewer`, the payload as sent.
+pub(crate) fn edit_text(e: &EditNotice<'_>, viewer: Option<&str>) -> String {
+    let (payload, payload_b64) = payload_view(e.payload, e.flags & FLAG_JSON_PAYLOAD != 0);
+    let view = EditView {
+        kind: "edit",
+        channel: channel_ref(e.channel, viewer),
+        seq: e.seq,
+        by: e.by,
+        edited_at_ms: e.ts,
+        payload,
+        payload_b64,
+    };
+    // As for messages: strings, numbers and checked JSON text always serialize.
+    serde_json::to_string(&view).unwrap_or_else(|_| edit_json(e, viewer).to_string())
+}
+
+/// An edit frame as a JSON tree for `viewer` (for CBOR frames: the payload parsed).
+pub(crate) fn edit_json(e: &EditNotice<'_>, viewer: Option<&str>) -> Value {
+    let mut obj = Map::new();
+    obj.insert("type".into(), json!("edit"));
+    obj.insert("channel".into(), json!(channel_ref(e.channel, viewer)));
+    obj.insert("seq".into(), json!(e.seq));
+    obj.insert("by".into(), json!(e.by));
+    obj.insert("edited_at_ms".into(), json!(e.ts));
+    payload_fields(e.payload, e.flags, &mut obj);
+    Value::Object(obj)
+}
+
 /// A message as a JSON tree for `viewer` (for CBOR frames: the payload parsed).
 pub(crate) fn message_json(m: &Message, viewer: Option<&str>) -> Value {
     let mut obj = Map::new();

@@ -1,6 +1,6 @@
 //! The applier: follows the log and applies every event to the projections in offset order,
 //! publishes how far it got (requests wait on that for read-your-writes), then acts on what
-//! changed: pushes new messages and recalls to online sessions, updates presence on membership
+//! changed: pushes new messages, recalls and edits to online sessions, updates presence on membership
 //! changes, closes the sessions of users whose tokens were revoked (all of a user's sessions,
 //! or those opened with the one token revoked).
 
@@ -15,7 +15,9 @@ use tidings_projections::{Envelope, Event, FLAG_JSON_PAYLOAD, FastMap};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::render::{cbor_frame, channel_ref, message_json, message_text};
+use crate::render::{
+    EditNotice, cbor_frame, channel_ref, edit_json, edit_text, message_json, message_text,
+};
 use crate::server::completions;
 use crate::server::delivery::{Frame, MAX_RUN, Pushed, Run, TOKEN_REVOKED};
 use crate::server::state::{AppState, now_ms};
@@ -100,6 +102,37 @@ fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
                 Frame::new(
                     &json!({"type": "recall", "channel": channel_ref(channel, viewer), "seq": seq, "by": by}),
                 )
+            };
+            Some(Effect::Push(
+                Arc::new(Pushed {
+                    channel: channel.clone(),
+                    seq: *seq,
+                    offset,
+                    is_message: false,
+                    origin: None,
+                    frames: frames(channel, build),
+                }),
+                u64::MAX,
+            ))
+        }
+        Event::MessageEdited {
+            channel,
+            seq,
+            by,
+            payload,
+            flags,
+        } => {
+            let notice = EditNotice {
+                channel,
+                seq: *seq,
+                by,
+                ts: env.ts,
+                payload,
+                flags: *flags,
+            };
+            let build = |viewer: Option<&str>| Frame {
+                cbor: cbor_frame(&edit_json(&notice, viewer)),
+                json: edit_text(&notice, viewer).into(),
             };
             Some(Effect::Push(
                 Arc::new(Pushed {
@@ -202,9 +235,16 @@ pub(crate) async fn run(
                     }
                 };
                 // A second recall of one message (two recalls raced to the log) changes nothing
-                // and is pushed to no one: sessions get one `recall` frame per message.
-                let repeated = matches!(&env.event, Event::MessageRecalled { channel, seq, .. }
-                    if p.state.heads.is_recalled(channel, *seq));
+                // and is pushed to no one: sessions get one `recall` frame per message. Nor is
+                // an edit of a recalled message, which the projections ignore (the server
+                // refuses to write one: `http/edit.rs`).
+                let repeated = match &env.event {
+                    Event::MessageRecalled { channel, seq, .. }
+                    | Event::MessageEdited { channel, seq, .. } => {
+                        p.state.heads.is_recalled(channel, *seq)
+                    }
+                    _ => false,
+                };
                 if let Err(e) = p.apply(rec.offset, &env) {
                     // Set under the write lock: no snapshot reads the state in between.
                     state

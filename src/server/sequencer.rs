@@ -123,6 +123,16 @@ impl Sequencer {
 
     /// Whether a revocation of `uid`'s tokens, or of the token stored under `hash`, is
     /// enqueued and not yet applied.
+    /// Whether the token stored under `hash` still authenticates `uid` at `ts` under the
+    /// sequencer's lock: not revoked in the applied state nor by a revocation in flight
+    /// ([`Sequencer::revoking`]), and not expired (`token_expired`).
+    pub(crate) fn check_token(&self, st: &State, uid: &str, hash: &[u8], ts: u64) -> ApiResult<()> {
+        if self.is_revoking(uid, hash) || *token_owner(&st.tokens, hash, ts)? != uid {
+            return Err(invalid_token());
+        }
+        Ok(())
+    }
+
     fn is_revoking(&self, uid: &str, hash: &[u8]) -> bool {
         (!self.revoking.is_empty() && self.revoking.contains_key(uid))
             || (!self.revoking_tokens.is_empty() && self.revoking_tokens.contains_key(hash))
@@ -409,12 +419,7 @@ fn prepare_locked(
         // authentication: a user cut off writes nothing after the revocation in the log. So
         // is one whose token expired by the time it is sequenced (`token_expired`).
         if let Some(hash) = &req.token_hash {
-            if seq.is_revoking(&req.from, hash) {
-                return Err(invalid_token());
-            }
-            if *token_owner(&st.tokens, hash, ts)? != req.from {
-                return Err(invalid_token());
-            }
+            seq.check_token(st, &req.from, hash, ts)?;
         }
         // Already applied: answer with the original.
         if key.is_some()

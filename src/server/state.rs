@@ -36,6 +36,13 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// An event written and applied: its offset and the time it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub(crate) offset: u64,
+    pub(crate) ts: u64,
+}
+
 /// Shared by every handler and task.
 pub(crate) struct AppState {
     pub(crate) config: Config,
@@ -236,17 +243,40 @@ impl AppState {
         event: Event,
         done: impl FnOnce(&tidings_projections::State) -> bool + Send + 'static,
     ) -> ApiResult<Option<u64>> {
+        let written = self
+            .emit_checked(event, move |_, st, _| Ok(!done(st)))
+            .await?;
+        Ok(written.map(|w| w.offset))
+    }
+
+    /// [`AppState::emit_unless`] with a check that may refuse the event: `check(sequencer,
+    /// state, ts)` runs under the sequencer's lock against the applied state, `ts` being the
+    /// time the event will carry; `Ok(false)` writes nothing (`None`), an error is the answer.
+    /// What a send is checked against — its token, its permission to send — is checked so for
+    /// other writes a user makes (an edit): one checked before a revocation or a narrowing
+    /// change was applied is written before it, or refused.
+    pub(crate) async fn emit_checked(
+        self: &Arc<Self>,
+        event: Event,
+        check: impl FnOnce(&Sequencer, &tidings_projections::State, u64) -> ApiResult<bool>
+        + Send
+        + 'static,
+    ) -> ApiResult<Option<Written>> {
         let state = self.clone();
         let locked = self.send_tasks.spawn(async move {
-            let _sends = state.sequencer.lock().await;
-            if done(&state.proj().state) {
+            let sequencer = state.sequencer.lock().await;
+            let ts = now_ms();
+            if !check(&sequencer, &state.proj().state, ts)? {
                 return Ok(None);
             }
             state.writable()?;
-            let env = Envelope::new(now_ms(), event);
+            let env = Envelope::new(ts, event);
             let ack = state.log.append(vec![env.encode()]).await?;
             state.applied_past(ack.base_offset).await?;
-            Ok(Some(ack.base_offset))
+            Ok(Some(Written {
+                offset: ack.base_offset,
+                ts,
+            }))
         });
         answer_of(locked).await
     }

@@ -213,9 +213,21 @@ impl Api {
     /// A POST of `body`, JSON text sent exactly as given (not re-serialized: key order,
     /// repeated keys, number text and whitespace stay): the status and the answer.
     pub(crate) async fn post_text(&self, path: &str, token: &str, body: &str) -> (u16, Value) {
+        self.send_text("POST", path, token, body).await
+    }
+
+    /// [`Api::post_text`] with another method.
+    pub(crate) async fn send_text(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let resp = self
             .client
-            .post(format!("{}{path}", self.base))
+            .request(m, format!("{}{path}", self.base))
             .bearer_auth(token)
             .header("content-type", "application/json")
             .body(body.to_owned())
@@ -339,6 +351,23 @@ impl Ws {
         self.next_within(Duration::from_secs(10))
             .await
             .expect("a frame within 10 s")
+    }
+
+    /// The text of the next frame of a type, as the server wrote it (others skipped).
+    pub(crate) async fn next_text_of(&mut self, kind: &str) -> String {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a frame within 10 s")
+                .expect("the session is open")
+                .unwrap();
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == kind {
+                    return t.as_str().to_owned();
+                }
+            }
+        }
     }
 
     /// The next frame of a type, skipping others.

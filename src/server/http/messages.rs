@@ -413,6 +413,30 @@ pub(crate) async fn load_page(
     Ok((out, cut))
 }
 
+/// Message `seq` of `channel` as history shows it (404 `message_not_found` when the channel
+/// holds none: a seq past its last, or one of an earlier group under the id).
+pub(crate) async fn load_message(state: &AppState, channel: &str, seq: u64) -> ApiResult<Message> {
+    let plan = {
+        let p = state.proj();
+        // A message of an earlier group under this id is not this group's (not found).
+        if seq <= p.state.subs.history_from(channel) {
+            Vec::new()
+        } else {
+            messages::plan_range(&p.state, p.index_files(), channel, seq, seq)?
+        }
+    };
+    messages::load(&state.log, &plan)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "message_not_found",
+                format!("no message {seq} in this channel"),
+            )
+        })
+}
+
 /// Answer of a recall.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Recalled {
@@ -436,22 +460,8 @@ pub(crate) async fn recall(
 ) -> ApiResult<axum::Json<Recalled>> {
     let channel = resolve(&caller, &id)?;
     readable(&state, &caller, &channel)?;
-    let (plan, already) = {
-        let p = state.proj();
-        // A message of an earlier group under this id is not this group's (not found).
-        let plan = if seq <= p.state.subs.history_from(&channel) {
-            Vec::new()
-        } else {
-            messages::plan_range(&p.state, p.index_files(), &channel, seq, seq)?
-        };
-        (plan, p.state.heads.is_recalled(&channel, seq))
-    };
-    let Some(m) = messages::load(&state.log, &plan).await?.into_iter().next() else {
-        return Err(ApiError::not_found(
-            "message_not_found",
-            format!("no message {seq} in this channel"),
-        ));
-    };
+    let m = load_message(&state, &channel, seq).await?;
+    let already = m.recalled;
     let by = match &caller {
         Caller::Admin => ADMIN_ACTOR.to_owned(),
         Caller::User(me) if *me == m.from => me.clone(),

@@ -5,6 +5,7 @@ mod channels;
 mod conversations;
 mod cors;
 mod cursors;
+mod edit;
 mod hide;
 mod json_check;
 mod messages;
@@ -274,7 +275,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/channels/{id}/messages", get(messages::get_messages))
         .route(
             "/v1/channels/{id}/messages/{seq}",
-            axum::routing::delete(messages::recall),
+            axum::routing::delete(messages::recall).patch(edit::edit),
         )
         .route(
             "/v1/channels/{id}/messages/{seq}/trace",

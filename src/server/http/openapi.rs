@@ -5,7 +5,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{channels, conversations, cursors, hide, messages, ops, users};
+use super::{channels, conversations, cursors, edit, hide, messages, ops, users};
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -66,7 +66,7 @@ impl Modify for Extras {
         channels::put_channel, channels::delete_channel, channels::get_channel,
         channels::get_members, channels::add_members, channels::remove_members,
         channels::get_list, channels::add_to_list, channels::remove_from_list,
-        messages::post_message, messages::get_messages, messages::recall, messages::trace,
+        messages::post_message, messages::get_messages, messages::recall, edit::edit, messages::trace,
         cursors::read, cursors::ack,
         conversations::conversations, conversations::sync, conversations::changes,
         hide::hide, hide::clear,
@@ -77,7 +77,7 @@ impl Modify for Extras {
     tags(
         (name = "users", description = "Tokens and a user's own lists (admin)"),
         (name = "channels", description = "Group channels, members, lists (admin)"),
-        (name = "messages", description = "Send, history, recall, trace"),
+        (name = "messages", description = "Send, history, recall, edit, trace"),
         (name = "cursors", description = "Read and delivery cursors"),
         (name = "conversations", description = "Conversation list, offline sync, hide and clear"),
         (name = "websocket", description = "The WebSocket gateway"),
