@@ -1,7 +1,7 @@
 //! Editing messages (`PATCH /v1/channels/{id}/messages/{seq}`), end to end: the edit reaches
 //! online sessions as an `edit` frame and every read (history, sync, changes, the conversation
 //! list) shows the latest payload, across a restart; who may edit, and what is refused with
-//! which code; an edit racing a recall is never written after it.
+//! which code; an edit racing a recall, or its token's revocation, is never written after it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -250,6 +250,16 @@ async fn only_the_sender_who_may_still_send_or_the_admin_edits() {
         .collect();
     assert_eq!(edits.len(), 1, "{log}");
     assert_eq!(edits[0]["by"], ":admin");
+    // Not into a banned group: its members would get the new payload.
+    api.ok(
+        "PUT",
+        "/v1/channels/g",
+        ADMIN,
+        Some(json!({"flags": {"ban": true}})),
+    )
+    .await;
+    let (status, v) = edit(&api, ADMIN, "g", 1, text("x")).await;
+    assert_eq!((status, code(&v).as_str()), (403, "channel_banned"), "{v}");
     api.ok("PUT", "/v1/channels/g", ADMIN, Some(json!({"flags": {}})))
         .await;
 
@@ -355,4 +365,49 @@ async fn an_edit_racing_a_recall_is_written_before_it_or_refused() {
             .all(|m| m["recalled"] == true && m.get("payload").is_none())
     );
     eprintln!("{refused} of {ROUNDS} edits refused as recalled");
+}
+
+#[tokio::test]
+async fn an_edit_racing_its_tokens_revocation_is_written_before_it_or_refused() {
+    let server = Server::start(&["--limits-sends-per-second", "100000"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let first = api.user("alice").await;
+    api.send(&first, "g", "c1", "draft").await;
+    const ROUNDS: usize = 24;
+    let mut answers = std::collections::BTreeMap::new();
+    for round in 0..ROUNDS {
+        let token = api.user("alice").await;
+        let body = json!({"payload": {"text": format!("edit {round}")}});
+        let (e, r) = tokio::join!(
+            edit(&api, &token, "g", 1, body),
+            api.call("DELETE", "/v1/users/alice/tokens", ADMIN, None)
+        );
+        assert!((200..300).contains(&r.0), "{}", r.1);
+        assert!(matches!(e.0, 200 | 401), "edit answered {}: {}", e.0, e.1);
+        *answers.entry(e.0).or_insert(0) += 1;
+    }
+    // In the log, no edit of alice's comes between a revocation of her tokens and the next
+    // token issued to her.
+    let log = api.text("/v1/log?from=0", ADMIN).await;
+    let mut revoked = false;
+    let mut edits = 0;
+    for line in log.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        match e["type"].as_str().unwrap() {
+            "tokens_revoked" => revoked = true,
+            "token_set" => revoked = false,
+            "message_edited" => {
+                assert!(!revoked, "an edit after its token's revocation: {line}");
+                edits += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        edits,
+        answers.get(&200).copied().unwrap_or(0),
+        "{answers:?}"
+    );
+    eprintln!("answers: {answers:?}");
 }

@@ -5,7 +5,7 @@
 //! segment file comes to hold a recalled message's bytes while every kept one's stay, and it
 //! answers as before; stopped, `verify` and `inspect` pass; restarted, it sets nothing aside
 //! and answers the same. Every edit of a recalled message goes with its send (the log written
-//! before the server starts: no API writes edits yet). A tiered server does not purge.
+//! before the server starts, with edits at chosen places). A tiered server does not purge.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -247,8 +247,8 @@ async fn the_server_purges_recalled_payloads_from_sealed_segments() {
 /// A message edited twice and then recalled has its send and both its edits purged (until
 /// 2026-11-30 the earlier edit's payload stayed: the projections kept the latest edit's offset
 /// only), while another message edited twice keeps all three records and is read with its
-/// latest edit; stopped, `verify` and `inspect` pass. No API writes edits yet: the log is
-/// written first, and the server started on it.
+/// latest edit; stopped, `verify` and `inspect` pass. The log is written first (the edits at
+/// chosen places), and the server started on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_edit_of_a_recalled_message_is_purged() {
     let dir = tempfile::tempdir().unwrap();

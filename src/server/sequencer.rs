@@ -121,8 +121,6 @@ impl Sequencer {
         }
     }
 
-    /// Whether a revocation of `uid`'s tokens, or of the token stored under `hash`, is
-    /// enqueued and not yet applied.
     /// Whether the token stored under `hash` still authenticates `uid` at `ts` under the
     /// sequencer's lock: not revoked in the applied state nor by a revocation in flight
     /// ([`Sequencer::revoking`]), and not expired (`token_expired`).
@@ -133,6 +131,8 @@ impl Sequencer {
         Ok(())
     }
 
+    /// Whether a revocation of `uid`'s tokens, or of the token stored under `hash`, is
+    /// enqueued and not yet applied.
     fn is_revoking(&self, uid: &str, hash: &[u8]) -> bool {
         (!self.revoking.is_empty() && self.revoking.contains_key(uid))
             || (!self.revoking_tokens.is_empty() && self.revoking_tokens.contains_key(hash))

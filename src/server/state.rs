@@ -243,18 +243,31 @@ impl AppState {
         event: Event,
         done: impl FnOnce(&tidings_projections::State) -> bool + Send + 'static,
     ) -> ApiResult<Option<u64>> {
-        let written = self
-            .emit_checked(event, move |_, st, _| Ok(!done(st)))
-            .await?;
-        Ok(written.map(|w| w.offset))
+        let state = self.clone();
+        let locked = self.send_tasks.spawn(async move {
+            let _sends = state.sequencer.lock().await;
+            if done(&state.proj().state) {
+                return Ok(None);
+            }
+            state.writable()?;
+            let env = Envelope::new(now_ms(), event);
+            let ack = state.log.append(vec![env.encode()]).await?;
+            state.applied_past(ack.base_offset).await?;
+            Ok(Some(ack.base_offset))
+        });
+        answer_of(locked).await
     }
 
-    /// [`AppState::emit_unless`] with a check that may refuse the event: `check(sequencer,
-    /// state, ts)` runs under the sequencer's lock against the applied state, `ts` being the
-    /// time the event will carry; `Ok(false)` writes nothing (`None`), an error is the answer.
-    /// What a send is checked against — its token, its permission to send — is checked so for
-    /// other writes a user makes (an edit): one checked before a revocation or a narrowing
-    /// change was applied is written before it, or refused.
+    /// Writes an event a user's request makes of a message (an edit) as a send is written:
+    /// `check(sequencer, state, ts)` runs under the sequencer's lock against the applied state,
+    /// `ts` being the time the event will carry — `Ok(false)` writes nothing (`None`), an error
+    /// is the answer — and the event is enqueued in the log before the lock is released, so it
+    /// takes its place among the sends; its fsync and apply are waited for after. That is
+    /// enough for what a check reads: the events that change it are applied under the lock
+    /// (recalls, narrowing changes: [`AppState::emit_unless`]) or marked in the sequencer while
+    /// in flight (revocations), so an edit checked before one of them was applied is written
+    /// before it, or refused. (Held across the fsync as `emit_unless` holds it, every send on
+    /// the server would wait for each edit's.)
     pub(crate) async fn emit_checked(
         self: &Arc<Self>,
         event: Event,
@@ -263,22 +276,25 @@ impl AppState {
         + 'static,
     ) -> ApiResult<Option<Written>> {
         let state = self.clone();
-        let locked = self.send_tasks.spawn(async move {
-            let sequencer = state.sequencer.lock().await;
-            let ts = now_ms();
-            if !check(&sequencer, &state.proj().state, ts)? {
-                return Ok(None);
-            }
-            state.writable()?;
-            let env = Envelope::new(ts, event);
-            let ack = state.log.append(vec![env.encode()]).await?;
+        let task = self.send_tasks.spawn(async move {
+            let (pending, ts) = {
+                let sequencer = state.sequencer.lock().await;
+                let ts = now_ms();
+                if !check(&sequencer, &state.proj().state, ts)? {
+                    return Ok(None);
+                }
+                state.writable()?;
+                let env = Envelope::new(ts, event);
+                (state.log.enqueue(vec![env.encode()]).await?, ts)
+            };
+            let ack = pending.wait().await?;
             state.applied_past(ack.base_offset).await?;
             Ok(Some(Written {
                 offset: ack.base_offset,
                 ts,
             }))
         });
-        answer_of(locked).await
+        answer_of(task).await
     }
 
     /// Subscribes those of `uids` who are not members of group `channel` yet (each once), so

@@ -5,8 +5,11 @@
 //!   group neither banned, disbanded nor send-banned, not on a deny list, on an allowlist where
 //!   there is one) and with a token still valid — checked under the sequencer's lock as a send
 //!   is, so an edit checked before a revocation or a narrowing change was applied is written
-//!   before it, or refused. And the admin (moderation: an app server replacing a message's
-//!   text), in any channel that holds the message; its frames name `:admin` in `by`.
+//!   before it, or refused — the lock is held until the edit is enqueued, not across its
+//!   fsync (`AppState::emit_checked`). And the admin (moderation: an app server replacing a
+//!   message's text), in any channel that holds the message but a banned group (403
+//!   `channel_banned`: its members would get the new payload in an `edit` frame, and some of
+//!   them are not owed the message); its frames name `:admin` in `by`.
 //! - **Not after a recall:** 409 `message_recalled` (checked again under the lock, so an edit
 //!   racing a recall is written before it or refused). The recall purges the message's
 //!   payloads, and an edit after it would write one back.
@@ -15,7 +18,9 @@
 //! - **What changes:** every edit stays in the log; history, sync, catch-up, `/v1/changes` and
 //!   the conversation preview (when it is the channel's last message) show the latest, marked
 //!   `"edited": true`; online members' sessions (the editor's own included) get an `edit`
-//!   frame. The message keeps its seq, id, sender and `ts`.
+//!   frame — a session still catching up once it is live, as a `recall` frame; a member who
+//!   cleared the conversation past the message gets it too (a client drops what it cleared).
+//!   The message keeps its seq, id, sender and `ts`.
 
 use std::sync::Arc;
 
@@ -124,11 +129,22 @@ pub(crate) async fn edit(
                     format!("no message {seq} in this channel"),
                 ));
             }
-            if let Some(me) = &user {
-                if let Some(hash) = &token_hash {
-                    sequencer.check_token(st, me, hash, ts)?;
+            match &user {
+                Some(me) => {
+                    if let Some(hash) = &token_hash {
+                        sequencer.check_token(st, me, hash, ts)?;
+                    }
+                    check_send(st, me, &ch, person_allowlist, false)?;
                 }
-                check_send(st, me, &ch, person_allowlist, false)?;
+                // Not into a banned group: its members get the edit frame, and some of them
+                // are not owed the message's payload (`/v1/changes` tells them its seq alone).
+                None if st.subs.channels.get(&ch).is_some_and(|c| c.flags.ban) => {
+                    return Err(ApiError::forbidden(
+                        "channel_banned",
+                        "the channel is banned: its messages cannot be edited",
+                    ));
+                }
+                None => {}
             }
             Ok(true)
         })
