@@ -213,6 +213,14 @@ pub enum LogError {
         /// Why.
         reason: String,
     },
+    /// A removal of the oldest segments ([`crate::Log::remove_segments_before`]) was refused,
+    /// and nothing removed: the log is a read-only view, or has an object store (whose own
+    /// local retention deletes segments once uploaded, and whose manifest keeps listing them).
+    #[error("removal of the oldest segments refused: {reason}")]
+    RemoveRefused {
+        /// Why.
+        reason: &'static str,
+    },
     /// The writer thread ended unexpectedly.
     #[error("log writer stopped unexpectedly")]
     WriterGone,

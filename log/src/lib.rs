@@ -20,6 +20,10 @@
 //!    only ever replaced whole, by [`Log::rewrite_sealed`]: the same batches, offsets,
 //!    timestamps and length, some records' bytes replaced by others of the same length, in a
 //!    new file renamed over it (a crash leaves the old segment or the new one, never a mix).
+//!    The oldest sealed segments may be removed whole, oldest first, by
+//!    [`Log::remove_segments_before`] (retention without an object store): the log's start
+//!    offset only moves forward, what a crash leaves is a suffix of the log, and a read below
+//!    the start fails with [`LogError::OffsetOutOfRange`].
 //! 8. One process at a time: the directory is locked while open, by the writer thread, until
 //!    its last write (a log dropped without `close` stays locked while its writer finishes).
 //! 9. With a [`tier::Tier`]: a sealed segment's local file is deleted only after its upload was
@@ -59,6 +63,7 @@ mod options;
 mod prealloc;
 mod readonly;
 mod recovery;
+mod retention;
 mod rewrite;
 mod sealed;
 mod segment;
@@ -74,6 +79,7 @@ pub use crate::error::{CorruptKind, LogError, Result};
 pub use crate::log::{AppendAck, Log, PendingAppend, SegmentCheck, SegmentInfo, Watermark};
 pub use crate::metrics::{FSYNC_BUCKETS_MICROS, LogMetrics};
 pub use crate::options::{FsyncPolicy, LogOptions, RecoveryMode};
+pub use crate::retention::Removed;
 pub use crate::rewrite::{RewriteStats, SealedSegment};
 pub use crate::sealed::{MAX_LOADED_SEALED_INDEXES, MAX_OPEN_SEALED_FILES};
 pub use crate::tail::Tail;

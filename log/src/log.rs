@@ -123,7 +123,7 @@ pub(crate) struct Shared {
     tx: mpsc::Sender<Command>,
     permits: Arc<Semaphore>,
     poison: Arc<PoisonSlot>,
-    counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
     closed: AtomicBool,
     /// The writer thread; it owns the directory lock and releases it only once it has stopped
     /// writing (a log dropped without `close` stays locked until its writer has finished).
@@ -137,9 +137,10 @@ pub(crate) struct Shared {
     rolled: Arc<tokio::sync::Notify>,
     /// See [`Log::opened_after_unsynced_writes`].
     after_unsynced: bool,
-    /// Held by a rewrite of a sealed segment (`rewrite.rs`) from before its checks until it
-    /// ends, so that rewrites run one at a time, and by a close until it marks the log closed,
-    /// so that none runs on after the directory lock is given up.
+    /// Held by a rewrite of a sealed segment (`rewrite.rs`) and by a removal of the oldest
+    /// segments (`retention.rs`) from before its checks until it ends, so that they run one at
+    /// a time (a removal never unlinks a segment being rewritten), and by a close until it
+    /// marks the log closed, so that none runs on after the directory lock is given up.
     pub(crate) rewrites: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -907,8 +908,14 @@ impl Log {
             if seg.base >= wm.next_offset {
                 break;
             }
-            let end = self.segment_end(seg, &wm)?;
+            // A segment removed (`Log::remove_segments_before`) since this read loaded the
+            // list, its file unlinked before the read opened it: out of range, as the read
+            // would have been had it loaded the list after the removal.
+            let end = self
+                .segment_end(seg, &wm)
+                .map_err(|e| self.or_removed(e, from))?;
             if let Err(e) = seg.read_into(from.max(seg.base), end, &mut budget, &mut out) {
+                let e = self.or_removed(e, from);
                 // Hand out the good records gathered before the damage; the read that starts
                 // at the damaged batch reports it. A store that did not answer is not damage:
                 // said at once (handed the records before it, a reader asked again and waited
@@ -958,6 +965,28 @@ impl Log {
     /// The first offset whose batch timestamp is at or after `timestamp_ms`, or `None` when
     /// every record is older.
     pub fn offset_for_timestamp(&self, timestamp_ms: u64) -> Result<Option<u64>> {
+        let first = self.offset_for_timestamp_in_list(timestamp_ms);
+        // A removal of the oldest segments (`Log::remove_segments_before`) unlinked a segment
+        // of the list this lookup loaded: the list loaded again lacks it (a read-only view's
+        // is only renewed by a refresh).
+        let again = !self.is_read_only() && matches!(&first, Err(e) if self.removed(e).is_some());
+        let result = if again {
+            self.offset_for_timestamp_in_list(timestamp_ms)
+        } else {
+            first
+        };
+        result.map_err(|e| match self.removed(&e) {
+            Some((base, start)) => LogError::OffsetOutOfRange {
+                requested: base,
+                start,
+                end: self.next_offset(),
+            },
+            None => e,
+        })
+    }
+
+    /// [`Log::offset_for_timestamp`] over the segment list as loaded now.
+    fn offset_for_timestamp_in_list(&self, timestamp_ms: u64) -> Result<Option<u64>> {
         let wm = self.watermark();
         let segs = self.shared.segments.load();
         let n = segs
@@ -1005,10 +1034,17 @@ impl Log {
                 Some(next) if sealed => next.base,
                 _ => wm.next_offset,
             };
+            let bytes = match self.segment_end(seg, &wm) {
+                Ok(bytes) => bytes,
+                // Removed since the list was loaded (`Log::remove_segments_before`, oldest
+                // first): no longer part of the log.
+                Err(e) if self.removed(&e).is_some() => continue,
+                Err(e) => return Err(e),
+            };
             out.push(SegmentInfo {
                 base_offset: seg.base,
                 end_offset,
-                bytes: self.segment_end(seg, &wm)?,
+                bytes,
                 sealed,
                 remote: seg.is_remote(),
                 path: seg.paths.log.clone(),
@@ -1032,7 +1068,10 @@ impl Log {
                 start: segs.first().map_or(0, |s| s.base),
                 end: wm.next_offset,
             })?;
-        let (batches, records, next) = seg.check(self.segment_end(seg, &wm)?)?;
+        let (batches, records, next) = self
+            .segment_end(seg, &wm)
+            .and_then(|end| seg.check(end))
+            .map_err(|e| self.or_removed(e, base_offset))?;
         if let Some(e) = self.damage_at_end(seg, &wm)? {
             return Err(e);
         }

@@ -20,6 +20,7 @@ pub(crate) struct Counters {
     /// `fdatasync` calls by latency bucket (not cumulative; the last counts the slower ones).
     pub(crate) fsync_buckets: [AtomicU64; FSYNC_BUCKETS_MICROS.len() + 1],
     pub(crate) rolls: AtomicU64,
+    pub(crate) segments_removed: AtomicU64,
 }
 
 /// A snapshot of the log's counters since it was opened.
@@ -42,6 +43,9 @@ pub struct LogMetrics {
     pub fsync_le: [u64; FSYNC_BUCKETS_MICROS.len()],
     /// Segment rolls.
     pub rolls: u64,
+    /// Sealed segments taken out of the log by [`crate::Log::remove_segments_before`]
+    /// (retention without an object store; tiering's local deletions are counted by the tier).
+    pub segments_removed: u64,
 }
 
 impl Counters {
@@ -75,6 +79,7 @@ impl Counters {
             fsync_nanos: l(&self.fsync_nanos),
             fsync_le,
             rolls: l(&self.rolls),
+            segments_removed: l(&self.segments_removed),
         }
     }
 }

@@ -24,6 +24,13 @@ fn bases(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
+/// The base of the oldest segment in `dir`, if it holds any: where a read-only view's log
+/// starts now, when the writer removed its oldest segments since the view last looked
+/// (`Log::remove_segments_before`).
+pub(crate) fn first_base(vfs: &dyn Vfs, dir: &Path) -> Result<Option<u64>> {
+    Ok(bases(vfs, dir)?.first().copied())
+}
+
 /// Scans the active (last) segment for the end of its valid data.
 fn scan_active(opts: &LogOptions, dir: &Path, base: u64) -> Result<(Arc<Segment>, Watermark)> {
     let vfs = opts.vfs.clone();
@@ -104,7 +111,8 @@ pub(crate) fn scan(
             if wm.active_base == last && known.last().is_some_and(|s| s.base == last) =>
         {
             // Same active segment: rescan it (cheap: from its last index entry). Sealed ones
-            // removed since (tiering's retention) leave the list.
+            // removed since (tiering's retention, or the writer's removal of the oldest ones)
+            // leave the list.
             let (seg, wm) = scan_active(opts, dir, last)?;
             let mut v: Vec<Arc<Segment>> = known[..known.len() - 1]
                 .iter()

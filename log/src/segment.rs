@@ -179,6 +179,16 @@ impl Segment {
         Ok(())
     }
 
+    /// Drops what [`SEALED`] holds for this segment (its open file, its loaded index) now,
+    /// rather than when the segment value goes: [`crate::Log::remove_segments_before`] calls it
+    /// once the segment has left the log's segment list, before and after it unlinks the file,
+    /// so that no descriptor of the unlinked file stays cached (an unlinked file that is still
+    /// open keeps its disk space). A reader that took the file keeps its own handle until it
+    /// lets go; one that opens it again meanwhile caches it until the segment value is dropped.
+    pub(crate) fn forget_cached(&self) {
+        SEALED.forget(self.key);
+    }
+
     /// Marks the segment sealed at `len` bytes (called by the writer when it rolls, after the
     /// segment and both index files are synced). Its file goes to [`SEALED`] with the others;
     /// its index is dropped: the index files hold the same entries, and the next lookup loads

@@ -6,8 +6,8 @@
 //! the file it named then (a file created since is gone, one removed since is back, and a rename
 //! since is undone, so a rename over a file leaves the old one). [`SimFs::crash`] throws away
 //! everything that was not durable, as a power cut would. Faults can be armed to fail the Nth
-//! write, sync, rename or directory sync (a failed write may first apply a torn prefix), and
-//! every byte read is counted.
+//! write, sync, rename, removal or directory sync (a failed write may first apply a torn
+//! prefix), and every byte read is counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -45,6 +45,7 @@ struct State {
     fail_sync_in: Option<u64>,
     fail_rename_in: Option<u64>,
     fail_dir_sync_in: Option<u64>,
+    fail_remove_in: Option<u64>,
     /// A failing write applies this many bytes of its buffer first (a torn write).
     torn_write_bytes: usize,
     /// Bumped when the process dies (power cut or kill): files opened before it cannot be
@@ -106,6 +107,7 @@ impl SimFs {
         st.fail_sync_in = None;
         st.fail_rename_in = None;
         st.fail_dir_sync_in = None;
+        st.fail_remove_in = None;
         st.epoch += 1;
     }
 
@@ -139,6 +141,11 @@ impl SimFs {
         lock(&self.state).fail_dir_sync_in = Some(n.max(1));
     }
 
+    /// The `n`th file removal from now (1 = the next one) fails and removes nothing.
+    pub fn fail_remove_after(&self, n: u64) {
+        lock(&self.state).fail_remove_in = Some(n.max(1));
+    }
+
     /// Disarms any pending fault.
     pub fn clear_faults(&self) {
         let mut st = lock(&self.state);
@@ -146,6 +153,7 @@ impl SimFs {
         st.fail_sync_in = None;
         st.fail_rename_in = None;
         st.fail_dir_sync_in = None;
+        st.fail_remove_in = None;
     }
 
     /// The live bytes of a file, if it exists.
@@ -371,8 +379,11 @@ impl Vfs for SimFs {
     /// Takes the name out of the namespace (open handles keep the file); until the directory is
     /// synced, a crash brings it back as it was durable.
     fn remove(&self, path: &Path) -> io::Result<()> {
-        lock(&self.state)
-            .files
+        let mut st = lock(&self.state);
+        if SimFs::countdown(&mut st.fail_remove_in) {
+            return Err(injected("remove"));
+        }
+        st.files
             .remove(path)
             .map(|_| ())
             .ok_or(io::ErrorKind::NotFound.into())

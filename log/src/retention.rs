@@ -1,0 +1,295 @@
+//! Removing the oldest sealed segments: retention for a log without an object store
+//! (`log/DESIGN.md`, "Removing the oldest segments (retention)"). The server removes the
+//! segments whose records a durable snapshot covers; the log only removes what it is told to.
+//!
+//! A removal takes the longest prefix of sealed segments whose offsets all lie below the offset
+//! asked for (never the active segment) out of the segment list first, so that readers that
+//! load the list afterwards see the new start and get [`LogError::OffsetOutOfRange`] below it;
+//! then it drops those segments' open files and indexes from the cache of sealed segments (an
+//! unlinked file that is still open keeps its disk space), and unlinks their files, oldest
+//! segment first and each segment's index files before its `.log`, syncing the directory after
+//! each segment. A crash at any step leaves segments that are a suffix of the log, each with its
+//! `.log`: open lists segments by their `.log` files alone, and a missing index loads as empty.
+//!
+//! A reader that took the segment list before the removal reads a removed segment through the
+//! handle it holds, or opens its file again while the file is still there; once the file is
+//! gone, the "not found" is answered as [`LogError::OffsetOutOfRange`] ([`Log::or_removed`]).
+//!
+//! Removals run one at a time with rewrites of sealed segments (`rewrite.rs`: the same lock), so
+//! a segment being rewritten is never removed; the writer only writes the active segment, so
+//! appends go on. Refused for read-only views and tiered logs.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::error::{LogError, Result};
+use crate::log::Log;
+use crate::segment::{self, Segment, SegmentPaths};
+use crate::vfs::Vfs;
+
+/// What [`Log::remove_segments_before`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Sealed segments this call took out of the log (0 when no sealed segment at the start of
+    /// the log held only offsets below the one asked for).
+    pub segments: u64,
+    /// Bytes of batches those segments held (their `.log` files; their index files, about 0.6%
+    /// of that, are not counted).
+    pub bytes: u64,
+    /// The log's first offset afterwards ([`Log::start_offset`]): the base of its oldest
+    /// remaining segment.
+    pub start_offset: u64,
+}
+
+impl Log {
+    /// Removes the oldest sealed segments whose records all lie below `offset`: the longest
+    /// prefix of the segment list whose segments end (where the next one starts) at or before
+    /// `offset`. The active segment is never removed, whatever `offset` is. Reads below the new
+    /// start fail with [`LogError::OffsetOutOfRange`] from then on; the start only moves
+    /// forward. Removing nothing is not an error: a second call with the same offset removes
+    /// nothing (and finishes the unlinks of one that failed midway).
+    ///
+    /// Refused with [`LogError::RemoveRefused`], nothing removed, on a read-only view and on a
+    /// log with a tier (its own local retention deletes segments once uploaded); a closed log
+    /// answers [`LogError::Closed`]. Runs one at a time with [`Log::rewrite_sealed`], beside
+    /// appends and reads. An error from an unlink or a directory sync comes after the segments
+    /// left the log: the files not yet removed are removed by the next call.
+    pub async fn remove_segments_before(&self, offset: u64) -> Result<Removed> {
+        // Taken before the checks and held by the blocking task to its end, even if this
+        // future is dropped meanwhile: a close waits for it.
+        let guard = self.shared.rewrites.clone().lock_owned().await;
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _running = guard;
+            log.remove_blocking(offset)
+        })
+        .await
+        .map_err(|_| LogError::Closed)?
+    }
+
+    /// [`Log::remove_segments_before`], under its lock.
+    fn remove_blocking(&self, offset: u64) -> Result<Removed> {
+        let refuse = |reason: &'static str| LogError::RemoveRefused { reason };
+        if self.is_read_only() {
+            return Err(refuse("the log is open read-only"));
+        }
+        if self.tier().is_some() {
+            return Err(refuse(
+                "the log has an object store: its local retention deletes segments once they are uploaded, and its manifest keeps listing them",
+            ));
+        }
+        if self.is_closed() {
+            return Err(LogError::Closed);
+        }
+        let (gone, bytes) = self.take_out_before(offset);
+        let start = self.start_offset();
+        let unlinked = self.unlink_below(start, &gone);
+        // Again: a reader still holding the old segment list may have opened a file between
+        // the first forget and its unlink, and cached it.
+        for seg in &gone {
+            seg.forget_cached();
+        }
+        unlinked?;
+        let removed = Removed {
+            segments: gone.len() as u64,
+            bytes,
+            start_offset: start,
+        };
+        if removed.segments > 0 {
+            tracing::info!(
+                dir = %self.dir().display(),
+                segments = removed.segments,
+                bytes = removed.bytes,
+                start_offset = removed.start_offset,
+                "removed the oldest segments of the log"
+            );
+        }
+        Ok(removed)
+    }
+
+    /// Publishes the segment list without its longest prefix of sealed segments that end at or
+    /// before `offset` ([`removable_prefix`]), drops their entries in the cache of sealed
+    /// segments, and returns them, oldest first, with the bytes they hold.
+    fn take_out_before(&self, offset: u64) -> (Vec<Arc<Segment>>, u64) {
+        // The watermark first, as reads do: the segment list is published before any watermark
+        // that names its active segment, so the segment it names is in the list loaded after.
+        let wm = self.watermark();
+        let segs = self.shared.segments.load_full();
+        let bases: Vec<u64> = segs.iter().map(|s| s.base).collect();
+        let n = removable_prefix(&bases, wm.active_base, offset);
+        let gone: Vec<Arc<Segment>> = segs.iter().take(n).cloned().collect();
+        drop(segs);
+        let Some(last) = gone.last().map(|s| s.base) else {
+            return (gone, 0);
+        };
+        // Before the cache entries are dropped (a length not known yet opens the file); one
+        // that cannot be read counts 0: the file is removed all the same.
+        let bytes: u64 = gone.iter().map(|s| s.sealed_len().unwrap_or(0)).sum();
+        // Only a roll changes the list meanwhile (rewrites wait for the lock held here), and it
+        // appends: the segments kept are those past the last one removed.
+        self.shared.segments.rcu(|segs| {
+            segs.iter()
+                .filter(|s| s.base > last)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        for seg in &gone {
+            seg.forget_cached();
+        }
+        self.shared
+            .counters
+            .segments_removed
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        (gone, bytes)
+    }
+
+    /// Unlinks the files of the segments `gone` and any other segment files in the directory
+    /// below `start` (a removal that failed midway left them), oldest first
+    /// ([`unlink_segment`]).
+    fn unlink_below(&self, start: u64, gone: &[Arc<Segment>]) -> Result<()> {
+        let vfs = self.options().vfs.clone();
+        let dir = self.dir();
+        let names = vfs
+            .list(dir)
+            .map_err(|e| LogError::io("list directory", dir, e))?;
+        let mut bases: BTreeSet<u64> = names
+            .iter()
+            .filter_map(|n| segment_file_base(n))
+            .filter(|&b| b < start)
+            .collect();
+        bases.extend(gone.iter().map(|s| s.base));
+        if bases.is_empty() {
+            // Nothing left to unlink, but an earlier removal may have unlinked and then failed
+            // its directory sync: its unlinks are not known to be durable, and a power cut
+            // would bring those segments back below the start. (Found by the crash test: a
+            // second call after such a failure removed nothing and synced nothing.)
+            return vfs
+                .sync_dir(dir)
+                .map_err(|e| LogError::io("sync directory", dir, e));
+        }
+        for base in bases {
+            unlink_segment(vfs.as_ref(), dir, base)?;
+        }
+        Ok(())
+    }
+
+    /// The base of the segment whose file `err` says is not found, and the log's start now,
+    /// when that segment lies below the start: [`Log::remove_segments_before`] removed it while
+    /// a reader held the segment list from before (for a read-only view, the writer removed it
+    /// since the view last looked; the start is then the directory's oldest segment).
+    pub(crate) fn removed(&self, err: &LogError) -> Option<(u64, u64)> {
+        let LogError::Io { path, source, .. } = err else {
+            return None;
+        };
+        if source.kind() != io::ErrorKind::NotFound || path.parent() != Some(self.dir()) {
+            return None;
+        }
+        let base = segment::parse_log_name(path.file_name()?.to_str()?)?;
+        let start = if self.is_read_only() {
+            crate::readonly::first_base(self.options().vfs.as_ref(), self.dir())
+                .ok()
+                .flatten()?
+        } else {
+            self.start_offset()
+        };
+        (base < start).then_some((base, start))
+    }
+
+    /// `err`, met by a read of `requested`, as the reader should see it: a segment file that is
+    /// not found because the segment was removed ([`Log::removed`]) is
+    /// [`LogError::OffsetOutOfRange`], as the read would have been had it loaded the segment
+    /// list after the removal. Any other error is returned as it is.
+    pub(crate) fn or_removed(&self, err: LogError, requested: u64) -> LogError {
+        match self.removed(&err) {
+            Some((_, start)) => LogError::OffsetOutOfRange {
+                requested,
+                start,
+                end: self.next_offset(),
+            },
+            None => err,
+        }
+    }
+}
+
+/// How many segments of the list with bases `bases` (ascending) a removal before `offset`
+/// takes: the longest prefix of sealed segments (base below `active_base`) each of which ends —
+/// where the next segment starts — at or before `offset`. The active segment never goes: it
+/// has no next segment in the list, or only one a roll published before the watermark that
+/// names it.
+fn removable_prefix(bases: &[u64], active_base: u64, offset: u64) -> usize {
+    bases
+        .windows(2)
+        .take_while(|w| w[0] < active_base && w[1] <= offset)
+        .count()
+}
+
+/// The base offset named by a segment file's name (`{base:020}.log`, `.index` or
+/// `.timeindex`), if it is one.
+fn segment_file_base(name: &str) -> Option<u64> {
+    [".index", ".timeindex"]
+        .into_iter()
+        .find_map(|ext| name.strip_suffix(ext))
+        .map_or_else(
+            || segment::parse_log_name(name),
+            |stem| segment::parse_log_name(&format!("{stem}.log")),
+        )
+}
+
+/// Unlinks the files of the segment at `base` in `dir` — its index files first, then its
+/// `.log` — and syncs the directory. Files already gone are skipped. A crash between two
+/// unlinks leaves the `.log` with fewer index files (a missing index loads as empty: reads of
+/// the segment scan it from its start), not index files without their `.log` (unless the disk
+/// made the unlinks durable out of order; open ignores those, and the next removal unlinks
+/// them). The directory sync after each segment makes the removals durable oldest first on a
+/// disk that could otherwise make a later unlink durable before an earlier one, so that what a
+/// crash leaves is a suffix of the log.
+fn unlink_segment(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<()> {
+    let paths = SegmentPaths::new(dir, base);
+    for path in [&paths.index, &paths.time, &paths.log] {
+        match vfs.remove(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io("remove", path, e)),
+        }
+    }
+    vfs.sync_dir(dir)
+        .map_err(|e| LogError::io("sync directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_ends_at_the_first_segment_reaching_the_offset_and_before_the_active_one() {
+        let bases = [0, 10, 20, 30];
+        // Segment [0, 10) ends at 10: removed by an offset of 10, not 9.
+        assert_eq!(removable_prefix(&bases, 30, 9), 0);
+        assert_eq!(removable_prefix(&bases, 30, 10), 1);
+        assert_eq!(removable_prefix(&bases, 30, 25), 2);
+        // Past the end: every sealed segment, never the active one.
+        assert_eq!(removable_prefix(&bases, 30, u64::MAX), 3);
+        // A roll published its segment (40) before the watermark that names it: 30 is still
+        // the active segment for this removal.
+        assert_eq!(removable_prefix(&[0, 10, 20, 30, 40], 30, u64::MAX), 3);
+        assert_eq!(removable_prefix(&[30], 30, u64::MAX), 0);
+        assert_eq!(removable_prefix(&[], 0, u64::MAX), 0);
+        // A gap (a segment missing between 10 and 25): [10, 25) ends at 25.
+        assert_eq!(removable_prefix(&[0, 10, 25, 30], 30, 25), 2);
+    }
+
+    #[test]
+    fn segment_files_name_their_base() {
+        let name = |ext: &str| format!("{:020}.{}", 42, ext);
+        assert_eq!(segment_file_base(&name("log")), Some(42));
+        assert_eq!(segment_file_base(&name("index")), Some(42));
+        assert_eq!(segment_file_base(&name("timeindex")), Some(42));
+        assert_eq!(segment_file_base(&name("log.rewrite")), None);
+        assert_eq!(segment_file_base("next-segment.zeros"), None);
+        assert_eq!(segment_file_base("42.index"), None);
+        assert_eq!(segment_file_base("LOCK"), None);
+    }
+}
