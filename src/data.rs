@@ -86,6 +86,15 @@ impl DataDir {
         let node_id = self.0.join("node.id");
         [manifest, node_id].into_iter().find(|path| path.exists())
     }
+    /// Whether a message whose send lies below the first offset `log` holds has *expired*
+    /// (`tidings_projections::messages`' module doc: gone by retention, or its segment removed
+    /// by hand; read as gone, never an error): when the log has no tier and this directory was
+    /// never tiered ([`DataDir::tier_marker`]). A tiered directory's older segments are in the
+    /// object store, not gone: reads of them answer 503 `history_unavailable` when it is not
+    /// read.
+    pub(crate) fn expires_below_log_start(&self, log: &tidings_log::Log) -> bool {
+        log.tier().is_none() && self.tier_marker().is_none()
+    }
 }
 
 /// Writes `bytes` to `path` so that a crash or a power cut leaves the earlier file (or none)

@@ -3,15 +3,34 @@
 //! Each read is split in two: a *plan* computed from the state (synchronous, so a caller can
 //! hold a lock on the state for it) naming the log offsets to read, then a *load* from the log
 //! (asynchronous, no state needed). A page costs O(page) index lookups and log reads.
+//!
+//! **Expired messages.** A log whose oldest segments were deleted (the server's retention once
+//! a durable snapshot covers them, or an operator by hand) starts past offset 0, while the
+//! projections still hold everything about the messages it no longer has: heads, cursors and
+//! their message index entries. A message whose send lies below the log's first offset has
+//! *expired*: gone by retention, as a message cleared for everyone is, and never an error. The
+//! planning functions take that offset as `expired_below` (0: nothing expires — a log read
+//! from its start, or one whose older segments are in an object store, where a read of them
+//! fails as unavailable instead), and the loaders a flag, `expiring`, saying whether to read
+//! the log's first offset as that bound. Decisions:
+//! - Offsets grow with seq, so a channel's expired messages are the seqs up to its *expired
+//!   floor* ([`expired_floor`]), found from the message index alone (never the log) and only
+//!   when a read planned an expired message first. Below it is a floor as a clear is: a
+//!   history page starts after it, or ends there with nothing more to read; sync and
+//!   catch-up start after it when the cursor is below it ([`plan_sync_from`]).
+//! - `/v1/changes` tells a recall or an edit of an expired message as the notice alone
+//!   ([`Change::Notice`]), whatever of its edits the log still holds ([`plan_changes`]).
+//! - A message that expires between its plan and its load (the log's start moved meanwhile)
+//!   is left out of what [`load_retained`] returns; the next plan finds the new floor.
 
 use bytes::Bytes;
 use serde::Serialize;
-use tidings_log::Log;
+use tidings_log::{Log, LogError, Record};
 
 use crate::error::{ProjectionError, Result};
 use crate::event::{Envelope, Event};
 use crate::ids::ChannelId;
-use crate::msgindex::{self, IndexFiles};
+use crate::msgindex::{self, IndexFiles, Located};
 use crate::state::State;
 
 /// A message to load.
@@ -81,6 +100,59 @@ pub fn plan_range(
         .collect())
 }
 
+/// Whether the planned message `m` has expired: its send lies below `expired_below`, the log's
+/// first offset (module doc).
+pub fn is_expired(m: &MessageRef, expired_below: u64) -> bool {
+    m.offset < expired_below
+}
+
+/// The *expired floor* of `channel` (module doc): the highest seq in `(above, last]` whose
+/// message lies below offset `expired_below`, the log's first offset; 0 when none does (and
+/// when `expired_below` is 0). `above` is a floor the caller already has — a clear, the last
+/// seq of an earlier group under the id, a cursor — and the channel's last seq the top: no seq
+/// outside them is looked at.
+///
+/// Reads the message index only, never the log: offsets grow with seq, so the entries below
+/// `expired_below` come first. The channel's index runs (one per sidecar, in log order, each
+/// starting at or after its sidecar's first offset, [`msgindex::Run::file`]) and its entries
+/// still in memory are binary-searched for the last that starts below it; that run is read
+/// (through the run cache) and binary-searched in turn. When none of its entries lies below
+/// it, the run before it ends below it (its sidecar ends before this one's first offset), and
+/// that run's last entry is the floor. Costs O(log runs + log run length) and at most two run
+/// reads.
+pub fn expired_floor(
+    state: &State,
+    files: &IndexFiles,
+    channel: &str,
+    above: u64,
+    expired_below: u64,
+) -> Result<u64> {
+    let last = state.heads.last_seq(channel);
+    if expired_below == 0 || above >= last {
+        return Ok(0);
+    }
+    let lo = above + 1;
+    let located = state.index.locate(channel, lo, last);
+    let start_below = located.partition_point(|loc| match *loc {
+        Located::Run(run) => run.file < expired_below,
+        Located::Entry { offset, .. } => offset < expired_below,
+    });
+    for loc in located[..start_below].iter().rev() {
+        let run = match *loc {
+            // An entry in memory, within `[lo, last]` (`locate` gives no other), below it.
+            Located::Entry { seq, .. } => return Ok(seq),
+            Located::Run(run) => run,
+        };
+        let entries = files.read_run(&run)?;
+        let below = entries.partition_point(|&(_, offset)| offset < expired_below);
+        if let Some(&(seq, _)) = below.checked_sub(1).and_then(|i| entries.get(i)) {
+            // The run may begin below `lo`: then nothing in range has expired.
+            return Ok(if seq >= lo { seq } else { 0 });
+        }
+    }
+    Ok(0)
+}
+
 /// The plan for a user's sync: messages after the delivered cursor in every channel of the
 /// user, oldest first per channel, channels in id order, at most `limit` in all. Returns the
 /// plan and whether more remain.
@@ -91,22 +163,28 @@ pub fn plan_range(
 /// a client that acks live messages cumulatively, would move the cursor past a backlog it
 /// never got once the ban is lifted, and a page of messages that cannot be acked would come
 /// back at every sync. The ban stops sends and history reads.
+///
+/// Nothing expires here (module doc): see [`plan_sync_from`].
 pub fn plan_sync(
     state: &State,
     files: &IndexFiles,
     uid: &str,
     limit: usize,
 ) -> Result<(Vec<MessageRef>, bool)> {
-    plan_sync_from(state, files, uid, limit, |_, cursor| cursor)
+    plan_sync_from(state, files, uid, limit, 0, |_, cursor| cursor)
 }
 
 /// Like [`plan_sync`], but each channel starts after `after(channel, cursor)` instead of the
-/// cursor (a WebSocket session's catch-up continues from what it already sent).
+/// cursor (a WebSocket session's catch-up continues from what it already sent), and the
+/// messages whose send lies below `expired_below` have expired (module doc): a channel whose
+/// first message planned has expired starts after its [`expired_floor`] instead — a user
+/// offline for longer than the retention gets what is retained, and nothing of what it removed.
 pub fn plan_sync_from(
     state: &State,
     files: &IndexFiles,
     uid: &str,
     limit: usize,
+    expired_below: u64,
     after: impl Fn(&str, u64) -> u64,
 ) -> Result<(Vec<MessageRef>, bool)> {
     let mut out = Vec::new();
@@ -119,7 +197,7 @@ pub fn plan_sync_from(
         if last <= floor {
             continue;
         }
-        let from = after(channel, floor).max(floor);
+        let mut from = after(channel, floor).max(floor);
         if last <= from {
             continue;
         }
@@ -128,8 +206,17 @@ pub fn plan_sync_from(
             has_more = true;
             break;
         }
-        let hi = last.min(from + room);
-        out.extend(plan_range(state, files, channel, from + 1, hi)?);
+        let mut hi = last.min(from + room);
+        let mut part = plan_range(state, files, channel, from + 1, hi)?;
+        if part.first().is_some_and(|m| is_expired(m, expired_below)) {
+            from = from.max(expired_floor(state, files, channel, from, expired_below)?);
+            if last <= from {
+                continue;
+            }
+            hi = last.min(from + room);
+            part = plan_range(state, files, channel, from + 1, hi)?;
+        }
+        out.extend(part);
         if hi < last {
             has_more = true;
         }
@@ -143,7 +230,8 @@ pub enum Change {
     /// The message, to [`load`] and show as history shows it now.
     Message(MessageRef),
     /// Only which message changed and how: the caller may not see the message itself (a
-    /// banned group's message they are not owed, see [`plan_changes`]).
+    /// banned group's message they are not owed, see [`plan_changes`]), or it has expired
+    /// (module doc).
     Notice {
         /// The channel.
         channel: ChannelId,
@@ -226,6 +314,10 @@ impl ChangesPlan {
 /// under the same id reaches the earlier group's members (its seqs are above their cursor),
 /// while a recall of a message they had reaches them even once the group is deleted.
 ///
+/// A message whose send lies below `expired_below` has expired (module doc): a change to it
+/// comes as a [`Change::Notice`] too, never with its message — also when the edit that made
+/// it, the latest, is still in the log (the message's sender, ids and time are not).
+///
 /// Cost: O(channels + groups left + limit × log channels) — the channels' lists are merged,
 /// not gathered and sorted.
 pub fn plan_changes(
@@ -234,6 +326,7 @@ pub fn plan_changes(
     uid: &str,
     since: u64,
     limit: usize,
+    expired_below: u64,
 ) -> Result<ChangesPlan> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
@@ -301,17 +394,15 @@ pub fn plan_changes(
     }
     let mut changes = Vec::with_capacity(picked.len());
     for (channel, seq, whole) in picked {
-        if whole {
-            changes.extend(
-                plan_range(state, files, channel, seq, seq)?
-                    .into_iter()
-                    .map(Change::Message),
-            );
-        } else {
-            changes.push(Change::Notice {
-                channel: channel.to_owned(),
-                seq,
-                recalled: state.heads.is_recalled(channel, seq),
+        if !whole {
+            changes.push(notice(state, channel, seq));
+            continue;
+        }
+        for m in plan_range(state, files, channel, seq, seq)? {
+            changes.push(if is_expired(&m, expired_below) {
+                notice(state, channel, seq)
+            } else {
+                Change::Message(m)
             });
         }
     }
@@ -320,6 +411,15 @@ pub fn plan_changes(
         version,
         has_more,
     })
+}
+
+/// The [`Change::Notice`] of a change to `channel`'s message `seq`: recalled, or else edited.
+fn notice(state: &State, channel: &str, seq: u64) -> Change {
+    Change::Notice {
+        channel: channel.to_owned(),
+        seq,
+        recalled: state.heads.is_recalled(channel, seq),
+    }
 }
 
 /// A channel's changes for [`plan_changes`] to merge, and which of them the user is told of.
@@ -360,23 +460,59 @@ fn decode_at(offset: u64, recs: &[tidings_log::Record]) -> Result<Envelope> {
     Envelope::decode(rec.offset, &rec.payload)
 }
 
-/// Loads planned messages from the log (one blocking task for the whole plan).
+/// Loads planned messages from the log (one blocking task for the whole plan), one for each,
+/// in plan order. Nothing expires here: a message below the log's first offset fails the load
+/// ([`LogError::OffsetOutOfRange`]); see [`load_retained`].
 pub async fn load(log: &Log, plan: &[MessageRef]) -> Result<Vec<Message>> {
+    load_retained(log, plan, false).await
+}
+
+/// Like [`load`], but when `expiring` (module doc) the messages whose send lies below the log's
+/// first offset now — expired since the plan left out those expired when it was made — are
+/// left out, not an error. The others come one for each, in plan order.
+pub async fn load_retained(log: &Log, plan: &[MessageRef], expiring: bool) -> Result<Vec<Message>> {
     if plan.is_empty() {
         return Ok(Vec::new());
     }
     let log = log.clone();
     let plan = plan.to_vec();
-    tokio::task::spawn_blocking(move || load_blocking(&log, &plan))
+    tokio::task::spawn_blocking(move || load_blocking_retained(&log, &plan, expiring))
         .await
         .map_err(|e| ProjectionError::Cache(format!("message loader task: {e}")))?
 }
 
 /// [`load`] for blocking contexts.
 pub fn load_blocking(log: &Log, plan: &[MessageRef]) -> Result<Vec<Message>> {
+    load_blocking_retained(log, plan, false)
+}
+
+/// The records `log` reads from `offset` (the one there first); `None` when `expiring` and
+/// `offset` lies below the log's first offset, checked before the read and, should the start
+/// move past it meanwhile, from the read's error: the record has expired (module doc).
+fn read_unless_expired(log: &Log, offset: u64, expiring: bool) -> Result<Option<Vec<Record>>> {
+    if expiring && offset < log.start_offset() {
+        return Ok(None);
+    }
+    match log.read_blocking(offset, 0) {
+        Ok(recs) => Ok(Some(recs)),
+        Err(LogError::OffsetOutOfRange {
+            requested, start, ..
+        }) if expiring && requested < start => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`load_retained`] for blocking contexts.
+pub fn load_blocking_retained(
+    log: &Log,
+    plan: &[MessageRef],
+    expiring: bool,
+) -> Result<Vec<Message>> {
     let mut out = Vec::with_capacity(plan.len());
     for m in plan {
-        let recs = log.read_blocking(m.offset, 0)?;
+        let Some(recs) = read_unless_expired(log, m.offset, expiring)? else {
+            continue;
+        };
         let env = decode_at(m.offset, &recs)?;
         let Event::MessageSent {
             from,
@@ -408,7 +544,10 @@ pub fn load_blocking(log: &Log, plan: &[MessageRef]) -> Result<Vec<Message>> {
         let (payload, flags) = match (m.recalled, m.edit_offset) {
             (true, _) => (None, flags),
             (false, Some(edit)) => {
-                let recs = log.read_blocking(edit, 0)?;
+                // After the send in the log: below its start only if the send is now too.
+                let Some(recs) = read_unless_expired(log, edit, expiring)? else {
+                    continue;
+                };
                 match decode_at(edit, &recs)?.event {
                     Event::MessageEdited { payload, flags, .. } => (Some(payload), flags),
                     _ => (Some(payload), flags),
@@ -431,4 +570,175 @@ pub fn load_blocking(log: &Log, plan: &[MessageRef]) -> Result<Vec<Message>> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{ChannelFlags, ProjectionConfig, Projections};
+
+    /// Projections in `dir` whose message index writes a sidecar every 3 entries: a channel's
+    /// entries lie in several runs and in memory.
+    fn projections(dir: &std::path::Path) -> Projections {
+        let config = ProjectionConfig {
+            index_flush_entries: 3,
+            ..ProjectionConfig::default()
+        };
+        Projections::empty(dir, config).unwrap()
+    }
+
+    /// Ann's message `seq` in `channel`.
+    fn sent(channel: &str, seq: u64) -> Event {
+        Event::MessageSent {
+            channel: channel.into(),
+            from: "ann".into(),
+            client_msg_id: format!("{channel}{seq}"),
+            seq,
+            message_id: seq,
+            payload: Bytes::from_static(b"hi"),
+            flags: 0,
+        }
+    }
+
+    fn apply(p: &mut Projections, offset: u64, event: Event) {
+        p.apply(offset, &Envelope::new(1_000, event)).unwrap();
+    }
+
+    /// The expired floor is the highest seq above the caller's floor whose message lies below
+    /// the log's start, 0 when none does, for every start and floor: with the channel's
+    /// entries in several sidecar runs and in memory, interleaved with another channel's, and
+    /// offsets between them that are no message's.
+    #[test]
+    fn the_expired_floor_is_the_last_seq_below_the_log_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = projections(dir.path());
+        let mut offset = 0;
+        for (i, ch) in "aabaababaaababbaa".chars().enumerate() {
+            let channel = ch.to_string();
+            let seq = p.state.heads.last_seq(&channel) + 1;
+            offset += 1 + i as u64 % 3;
+            apply(&mut p, offset, sent(&channel, seq));
+        }
+        assert!(p.state.index.sidecars.len() >= 5, "entries in sidecars");
+        assert!(!p.state.index.mem.is_empty(), "entries in memory");
+        let files = p.index_files();
+        for channel in ["a", "b"] {
+            let last = p.state.heads.last_seq(channel);
+            let entries = msgindex::offsets(&p.state.index, files, channel, 1, last).unwrap();
+            assert_eq!(entries.len() as u64, last);
+            for start in 0..=offset + 2 {
+                for above in 0..=last {
+                    let want = entries
+                        .iter()
+                        .filter(|&&(seq, at)| seq > above && at < start)
+                        .map(|&(seq, _)| seq)
+                        .max()
+                        .unwrap_or(0);
+                    let got = expired_floor(&p.state, files, channel, above, start).unwrap();
+                    assert_eq!(got, want, "{channel}: above {above}, start {start}");
+                }
+            }
+        }
+        // A channel without messages, and one asked above its last seq.
+        assert_eq!(expired_floor(&p.state, files, "c", 0, 100).unwrap(), 0);
+        assert_eq!(expired_floor(&p.state, files, "b", 6, 100).unwrap(), 0);
+    }
+
+    /// Bob's group `g` at offsets 0 and 1, ten messages at offsets 2 to 11 (seq + 1), bob's
+    /// ack of 2, then a recall of 3, edits of 4 and 8 and a recall of 9 (offsets 13 to 16).
+    fn group_with_changes(dir: &std::path::Path) -> Projections {
+        let mut p = projections(dir);
+        apply(
+            &mut p,
+            0,
+            Event::ChannelCreated {
+                channel: "g".into(),
+                flags: ChannelFlags::default(),
+            },
+        );
+        apply(
+            &mut p,
+            1,
+            Event::MembersSubscribed {
+                channel: "g".into(),
+                uids: vec!["bob".into()],
+            },
+        );
+        for seq in 1..=10 {
+            apply(&mut p, seq + 1, sent("g", seq));
+        }
+        apply(
+            &mut p,
+            12,
+            Event::CursorAdvanced {
+                uid: "bob".into(),
+                channel: "g".into(),
+                delivered_seq: Some(2),
+                read_seq: None,
+            },
+        );
+        let recalled = |seq| Event::MessageRecalled {
+            channel: "g".into(),
+            seq,
+            by: "ann".into(),
+        };
+        let edited = |seq| Event::MessageEdited {
+            channel: "g".into(),
+            seq,
+            by: "ann".into(),
+            payload: Bytes::from_static(b"edited"),
+            flags: 0,
+        };
+        apply(&mut p, 13, recalled(3));
+        apply(&mut p, 14, edited(4));
+        apply(&mut p, 15, edited(8));
+        apply(&mut p, 16, recalled(9));
+        p
+    }
+
+    /// Sync starts after the expired floor when the cursor is below it (seqs 1 to 5 lie below
+    /// offset 7), pages from there, and plans nothing when every message after the cursor has
+    /// expired; with nothing expired it starts after the cursor.
+    #[test]
+    fn sync_starts_after_the_expired_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = group_with_changes(dir.path());
+        let files = p.index_files();
+        let sync = |limit, expired_below| {
+            let (plan, more) =
+                plan_sync_from(&p.state, files, "bob", limit, expired_below, |_, c| c).unwrap();
+            (plan.iter().map(|m| m.seq).collect::<Vec<_>>(), more)
+        };
+        assert_eq!(sync(100, 0), ((3..=10).collect::<Vec<u64>>(), false));
+        assert_eq!(sync(100, 7), ((6..=10).collect::<Vec<u64>>(), false));
+        assert_eq!(sync(3, 7), (vec![6, 7, 8], true));
+        assert_eq!(sync(100, 100), (Vec::<u64>::new(), false));
+    }
+
+    /// A recall or an edit of an expired message is told as the notice alone — the edit of 4 at
+    /// offset 14 too, though the log still holds it — and those of retained messages with the
+    /// message; with nothing expired, every one comes with its message.
+    #[test]
+    fn a_change_to_an_expired_message_is_a_notice() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = group_with_changes(dir.path());
+        let files = p.index_files();
+        let told = |seq, recalled| Change::Notice {
+            channel: "g".into(),
+            seq,
+            recalled,
+        };
+        let plan = plan_changes(&p.state, files, "bob", 0, 100, 7).unwrap();
+        assert_eq!(plan.changes.len(), 4, "{plan:?}");
+        assert_eq!(plan.changes[..2], [told(3, true), told(4, false)]);
+        let loaded: Vec<_> = plan
+            .to_load()
+            .iter()
+            .map(|m| (m.seq, m.recalled, m.edit_offset))
+            .collect();
+        assert_eq!(loaded, [(8, false, Some(15)), (9, true, None)]);
+        let whole = plan_changes(&p.state, files, "bob", 0, 100, 0).unwrap();
+        assert_eq!(whole.to_load().len(), 4, "{whole:?}");
+    }
 }

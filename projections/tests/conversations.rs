@@ -505,8 +505,8 @@ fn changes_plan(
     since: u64,
     limit: usize,
 ) -> tidings_projections::messages::ChangesPlan {
-    tidings_projections::messages::plan_changes(w.state(), w.p.index_files(), uid, since, limit)
-        .unwrap()
+    let files = w.p.index_files();
+    tidings_projections::messages::plan_changes(w.state(), files, uid, since, limit, 0).unwrap()
 }
 
 fn changes(w: &World, uid: &str, since: u64, limit: usize) -> (Vec<u64>, u64, bool) {
@@ -557,9 +557,7 @@ async fn changes_since_a_version_name_each_changed_message_once() {
     assert_eq!((page, more), (vec![2, 5], true));
     assert_eq!(changes(&w, "bob", v, 2), (vec![3], v1, false));
     // The loaded messages show the change.
-    let plan =
-        tidings_projections::messages::plan_changes(w.state(), w.p.index_files(), "bob", v0, 10)
-            .unwrap();
+    let plan = changes_plan(&w, "bob", v0, 10);
     let loaded = tidings_projections::messages::load(&w.log, &plan.to_load())
         .await
         .unwrap();

@@ -285,7 +285,7 @@ async fn run(actions: Vec<Action>, snap_at: usize) {
 /// each message once; in a group the user is not in, only notices, at or below their cursor.
 fn check_changes(w: &World, uid: &str) {
     let plan =
-        |since, limit| plan_changes(w.state(), w.p.index_files(), uid, since, limit).unwrap();
+        |since, limit| plan_changes(w.state(), w.p.index_files(), uid, since, limit, 0).unwrap();
     let all = plan(0, usize::MAX);
     assert!(!all.has_more);
     let (mut paged, mut since) = (Vec::new(), 0);

@@ -63,9 +63,13 @@ async fn trace(data: &DataDir, log: &Log, channel: &str, seq: u64) -> anyhow::Re
     let mut p = super::load_read_only(data, log, tmp.path()).await?;
     p.catch_up(log, |_, _| {}).await.map_err(super::explain)?;
     link_sidecar(&data.projections().join("index"), &p, channel, seq)?;
-    let plan = admin_trace_plan(&p, channel, seq)
+    // A message below the log's first offset has expired, as the server answers it, unless
+    // the directory was tiered (its older segments are in the object store).
+    let expiring = data.expires_below_log_start(log);
+    let expired_below = if expiring { log.start_offset() } else { 0 };
+    let plan = admin_trace_plan(&p, channel, seq, expired_below)
         .map_err(|e| refused(channel, seq, e.code, &e.message))?;
-    let t = trace_planned(log, &plan, None)
+    let t = trace_planned(log, &plan, None, expiring)
         .await
         .map_err(|e| refused(channel, seq, e.code, &e.message))?;
     Ok(t)
@@ -98,8 +102,8 @@ fn link_sidecar(index_dir: &Path, p: &Projections, channel: &str, seq: u64) -> a
     Ok(())
 }
 
-/// What the HTTP call would answer as an error (`channel_not_found`, `message_not_found`, or
-/// the log's), in words naming the message.
+/// What the HTTP call would answer as an error (`channel_not_found`, `message_not_found`,
+/// `message_expired`, or the log's), in words naming the message.
 fn refused(channel: &str, seq: u64, code: &str, message: &str) -> anyhow::Error {
     let mut text = format!("message {seq} in channel {channel:?}: {code}: {message}");
     if code == "history_unavailable" {

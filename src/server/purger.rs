@@ -31,8 +31,12 @@
 //! ones purged already) — and is kept in `DIR/projections/purge-watermark` for the next start
 //! ([`load_watermark`]). A pass whose rewrite fails keeps the watermark: the next pass tries
 //! again. A target that cannot be read (a damaged sidecar or batch) is skipped with a warning,
-//! not retried: one damaged record must not stop every later purge. The records read are
-//! copied out of the log's read buffers, so a pass holds only the targets' own bytes.
+//! not retried: one damaged record must not stop every later purge. A target below the log's
+//! first offset is gone already (its segment was deleted: the retention, or by hand; its
+//! message has expired, `tidings_projections::messages`' module doc): left out of the pass
+//! without a word — not a failure, not counted as purged, not left for a later pass. The
+//! records read are copied out of the log's read buffers, so a pass holds only the targets' own
+//! bytes.
 //!
 //! Every edit of a recalled message is a target, not only its latest: the projections keep
 //! each edit's offset (until 2026-11-30 they kept the latest only, and the earlier edits'
@@ -356,8 +360,9 @@ const RECALL_CHANNELS_PER_LOCK: usize = 64;
 type TargetsRead = (Vec<Target>, BTreeMap<u64, Bytes>);
 
 /// The targets of `recalled` (each message's send, found through the message index, and every
-/// edit of it) and the records at their offsets (blocking: sidecar and log reads); `None`
-/// when `stop` came first (a first pass may read many).
+/// edit of it) and the records at their offsets (blocking: sidecar and log reads), less the
+/// targets below the log's first offset, gone already (module doc); `None` when `stop` came
+/// first (a first pass may read many).
 fn read_targets(
     log: &Log,
     files: &IndexFiles,
@@ -396,6 +401,11 @@ fn read_targets(
             targets.push(target(TargetKind::Edit, offset));
         }
     }
+    // Below the log's start: gone already (module doc), also when the start moves past one
+    // while the pass reads.
+    let start = log.start_offset();
+    targets.retain(|t| t.offset >= start);
+    let mut gone = BTreeSet::new();
     let mut records = BTreeMap::new();
     for t in &targets {
         if stop.is_cancelled() {
@@ -408,6 +418,12 @@ fn read_targets(
             Ok(read) => read,
             // The log closed under the pass (a stop): the pass ends.
             Err(tidings_log::LogError::Closed) => return Ok(None),
+            Err(tidings_log::LogError::OffsetOutOfRange {
+                requested, start, ..
+            }) if requested < start => {
+                gone.insert(t.offset);
+                continue;
+            }
             // Damage, or a record no longer local: this target is skipped (no record read).
             Err(e) => {
                 tracing::warn!(offset = t.offset, error = %e, "not purging a recalled message's record: it could not be read");
@@ -420,6 +436,7 @@ fn read_targets(
             records.insert(t.offset, Bytes::copy_from_slice(&record.payload));
         }
     }
+    targets.retain(|t| !gone.contains(&t.offset));
     Ok(Some((targets, records)))
 }
 
@@ -493,6 +510,7 @@ impl Drop for SnapshotWrite {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use tidings_log::LogOptions;
     use tidings_projections::idempotency::Idempotency;
     use tidings_projections::{Envelope, Event, State};
 
@@ -550,6 +568,61 @@ mod tests {
         // At the watermark: done with.
         let past = recalled_since(&state.heads, &state.index, &channels, Some(5), 5);
         assert!(past.is_empty());
+    }
+
+    /// Targets below the log's first offset (their segment deleted: the retention, or by hand)
+    /// are gone already: left out of a pass's targets, with no record read (before, each was
+    /// warned about as unreadable, and the plan skipped it with another warning); a target
+    /// after it is read as before.
+    #[tokio::test]
+    async fn targets_below_the_log_start_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_dir = dir.path().join("log");
+        let options = || LogOptions::default().with_segment_bytes(16 << 10);
+        let log = Log::open(&log_dir, options()).await.unwrap();
+        let mut last = 0;
+        for seq in 1..=400 {
+            last = log
+                .append_one(Envelope::new(1_000, sent(seq)).encode())
+                .await
+                .unwrap();
+        }
+        log.close().await.unwrap();
+        // The first segment's files deleted: the log starts at the second one's base.
+        let first = format!("{:020}.", 0);
+        for entry in std::fs::read_dir(&log_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&first))
+            {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        let log = Log::open(&log_dir, options()).await.unwrap();
+        let start = log.start_offset();
+        assert!(start > 0 && start <= last, "{start} {last}");
+        let recalled = |seq, send, edits| Recalled {
+            channel: "g".into(),
+            seq,
+            recall: last + 1,
+            send: vec![Located::Entry { seq, offset: send }],
+            edits,
+        };
+        // Message 1's send and an edit of it below the start; message 400's send after it.
+        let found = vec![
+            recalled(1, 0, vec![start - 1]),
+            recalled(400, last, Vec::new()),
+        ];
+        let files = IndexFiles::open(&dir.path().join("index"), 1 << 20).unwrap();
+        let (reader, stop) = (log.clone(), CancellationToken::new());
+        let read = tokio::task::spawn_blocking(move || read_targets(&reader, &files, found, &stop));
+        let (targets, records) = read.await.unwrap().unwrap().unwrap();
+        let at: Vec<u64> = targets.iter().map(|t| t.offset).collect();
+        assert_eq!(at, [last]);
+        assert_eq!(records.keys().copied().collect::<Vec<_>>(), [last]);
+        log.close().await.unwrap();
     }
 
     /// A snapshot's offset is registered while one of its writes is under way, and no longer

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::data::DataDir;
 use crate::render::channel_ref;
 use crate::server::acks::Acks;
 use crate::server::completions::{self, Completions};
@@ -88,6 +89,9 @@ pub(crate) struct AppState {
     pub(crate) uploaded_sidecars: Mutex<Option<std::collections::HashSet<String>>>,
     /// The snapshots being written, whose records the background purge must not rewrite.
     pub(crate) snapshot_writes: Arc<SnapshotWrites>,
+    /// Whether messages below the log's first offset have expired rather than being
+    /// unavailable ([`DataDir::expires_below_log_start`]; see [`AppState::expired_below`]).
+    pub(crate) expiring: bool,
     /// Held by [`AppState::subscribe`] from its read of who is a member to its event applied:
     /// one of these locks per group, by a hash of its id ([`SUBSCRIBE_LOCKS`]).
     subscribing: Box<[tokio::sync::Mutex<()>]>,
@@ -117,6 +121,7 @@ impl AppState {
         let http_headroom = crate::server::accept::http_headroom(budget);
         let next_applied = *applied.borrow();
         let user_rates = UserRates::new(config.limits_sends_per_second);
+        let expiring = DataDir::new(&config.data).expires_below_log_start(&log);
         Self {
             config,
             log,
@@ -143,9 +148,21 @@ impl AppState {
             completions: Completions::default(),
             uploaded_sidecars: Mutex::new(None),
             snapshot_writes: Arc::new(SnapshotWrites::default()),
+            expiring,
             subscribing: (0..SUBSCRIBE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+        }
+    }
+
+    /// The log offset below which messages have expired (`tidings_projections::messages`'
+    /// module doc: gone by retention, read as gone and never an error): the log's first offset
+    /// now, or 0 when nothing expires here ([`AppState::expiring`]). It only grows.
+    pub(crate) fn expired_below(&self) -> u64 {
+        if self.expiring {
+            self.log.start_offset()
+        } else {
+            0
         }
     }
 

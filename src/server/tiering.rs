@@ -138,25 +138,27 @@ pub(crate) async fn open(config: &Config, data: &DataDir) -> anyhow::Result<Opti
     Ok(Some(Tier::open(opts).await?))
 }
 
-/// The log's local copy of its tier manifest (`local_manifest_path` in
-/// `log/src/tier/uploader.rs`).
-const LOCAL_MANIFEST: &str = "tier-manifest.json";
-
-/// Warns, for a server without `tier.url`, when its log was tiered: the log directory holds a
-/// tier manifest copy, or the log starts past offset 0 (its older segments were deleted once
-/// uploaded). The server starts, but reads of the offsets before its first local one answer
-/// 503 `history_unavailable`, and nothing is uploaded; this says why at start-up.
-pub(crate) fn warn_if_tiered(log: &tidings_log::Log) {
-    let manifest = log.dir().join(LOCAL_MANIFEST);
-    let has_manifest = manifest.exists();
+/// Warns, for a server without `tier.url`, when its log was tiered: the data directory is
+/// marked so ([`DataDir::tier_marker`]: the log's manifest copy, or the node id). The server
+/// starts, but reads of the offsets before its first local one answer 503
+/// `history_unavailable`, and nothing is uploaded; this says why at start-up. A log that was
+/// never tiered and starts past offset 0 (its oldest segments deleted: the retention, or by
+/// hand) is said so too: the messages before its start have expired
+/// (`tidings_projections::messages`' module doc). Until 2026-11-30 such a log was taken for a
+/// tiered one, and reads of those messages answered `history_unavailable` too.
+pub(crate) fn warn_if_tiered(data: &DataDir, log: &tidings_log::Log) {
     let log_starts_at = log.start_offset();
-    if has_manifest || log_starts_at > 0 {
-        tracing::warn!(
+    match data.tier_marker() {
+        Some(marker) => tracing::warn!(
             log_starts_at,
-            has_manifest,
-            manifest = %manifest.display(),
+            marker = %marker.display(),
             "this log was tiered to an object store, but tier.url is not set: nothing is uploaded, and the offsets before log_starts_at are only in the store (history and sync of them answer 503 history_unavailable); start with the tier settings it ran with"
-        );
+        ),
+        None if log_starts_at > 0 => tracing::info!(
+            log_starts_at,
+            "the log starts past offset 0 (its oldest segments were deleted): the messages before log_starts_at have expired, and reads leave them out"
+        ),
+        None => {}
     }
 }
 

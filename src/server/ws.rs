@@ -6,6 +6,8 @@
 //! so memory stays bounded), and goes live only when a catch-up round found nothing new and no
 //! push arrived meanwhile. Live messages at or below the last seq sent in a channel are skipped,
 //! so a connection sees each message once, with no gap, even when messages arrive mid-catch-up.
+//! A channel whose cursor is below its expired floor (`tidings_projections::messages`' module
+//! doc: messages whose segments the retention deleted) is caught up from after that floor.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -709,17 +711,20 @@ impl Ctx {
     /// messages it could not deliver would leave a silent gap; the client reconnects and
     /// catch-up starts again from its cursor.
     async fn catch_up_page(&mut self, w: &mut Writer) -> Result<CatchUp, axum::Error> {
+        let expired_below = self.state.expired_below();
         let plan = {
             let p = self.state.proj();
             let sent = &self.sent_upto;
             let acks = &self.state.acks;
             // After what this session sent, and what any session of the user acknowledged
-            // that the cursor does not show yet (a window not yet written).
+            // that the cursor does not show yet (a window not yet written); and after the
+            // expired messages (`tidings_projections::messages`' module doc).
             messages::plan_sync_from(
                 &p.state,
                 p.index_files(),
                 &self.uid,
                 CATCH_UP_PAGE,
+                expired_below,
                 |ch, cursor| {
                     let sent = sent.get(ch).copied().unwrap_or(0);
                     sent.max(cursor).max(acks.delivered(&self.uid, ch))
@@ -744,9 +749,11 @@ impl Ctx {
             return Ok(CatchUp::More);
         }
         // Loaded and written a few at a time: a page of 256 messages of up to 64 KiB each
-        // held whole in memory while a slow client read it (~16 MiB per session).
+        // held whole in memory while a slow client read it (~16 MiB per session). One that
+        // expired since the plan is left out: the next page's plan starts after it.
         for part in plan.chunks(CATCH_UP_LOAD) {
-            let msgs = match messages::load(&self.state.log, part).await {
+            let loaded = messages::load_retained(&self.state.log, part, self.state.expiring);
+            let msgs = match loaded.await {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(uid = %self.uid, error = %e, "catch-up read failed; closing the session");

@@ -1,4 +1,11 @@
-//! `GET /v1/conversations` (read mode, cached per user) and `GET /v1/sync`.
+//! `GET /v1/conversations` (read mode, cached per user), `GET /v1/sync` and `GET /v1/changes`.
+//!
+//! Expired messages (their send below the log's first offset: `tidings_projections::messages`'
+//! module doc): sync starts after a channel's expired floor when the cursor is below it;
+//! `/v1/changes` tells a recall or an edit of one as the notice alone. The conversation list
+//! shows its last message from the head's preview, which needs no log, but for a payload
+//! longer than the preview, read from the log: once expired it is not shown (as after a
+//! clear). Unread counts are left as they are: they may count expired messages.
 
 use std::sync::Arc;
 
@@ -58,12 +65,14 @@ async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Box<R
     let last_message = match &c.last_message {
         None => None,
         Some(m) if m.truncated && !m.recalled => {
-            // The head keeps a prefix of long payloads: read the message itself.
+            // The head keeps a prefix of long payloads: read the message itself. One that has
+            // expired (`tidings_projections::messages`' module doc) is not shown, as one
+            // cleared is not.
             let plan = {
                 let p = state.proj();
                 messages::plan_range(&p.state, p.index_files(), &c.channel, m.seq, m.seq)?
             };
-            messages::load(&state.log, &plan)
+            messages::load_retained(&state.log, &plan, state.expiring)
                 .await?
                 .first()
                 .map(|full| message_raw(full, Some(me)))
@@ -179,14 +188,21 @@ pub(crate) async fn sync(
 ) -> ApiResult<axum::Json<SyncPage>> {
     let me = caller.require_user()?.to_owned();
     let limit = page_limit(q.limit, 100)?;
+    let expired_below = state.expired_below();
     let (plan, has_more) = {
         let p = state.proj();
-        // Also after what a WebSocket session acknowledged that is not yet written.
-        messages::plan_sync_from(&p.state, p.index_files(), &me, limit, |ch, cursor| {
-            cursor.max(state.acks.delivered(&me, ch))
-        })?
+        // Also after what a WebSocket session acknowledged that is not yet written; and after
+        // the expired messages (`tidings_projections::messages`' module doc).
+        messages::plan_sync_from(
+            &p.state,
+            p.index_files(),
+            &me,
+            limit,
+            expired_below,
+            |ch, cursor| cursor.max(state.acks.delivered(&me, ch)),
+        )?
     };
-    let (msgs, cut) = load_page(&state.log, &plan, false).await?;
+    let (msgs, cut) = load_page(&state.log, &plan, false, state.expiring).await?;
     Ok(axum::Json(SyncPage {
         messages: msgs.iter().map(|m| message_raw(m, Some(&me))).collect(),
         has_more: has_more || cut,
@@ -236,7 +252,10 @@ pub(crate) async fn changes(
     let plan = {
         let p = state.proj();
         match q.since {
-            Some(since) => messages::plan_changes(&p.state, p.index_files(), &me, since, limit)?,
+            Some(since) => {
+                let (files, expired_below) = (p.index_files(), state.expired_below());
+                messages::plan_changes(&p.state, files, &me, since, limit, expired_below)?
+            }
             None => messages::ChangesPlan {
                 changes: Vec::new(),
                 version: p.state.next_offset(),
@@ -244,15 +263,22 @@ pub(crate) async fn changes(
             },
         }
     };
-    let mut loaded = messages::load(&state.log, &plan.to_load())
+    let mut loaded = messages::load_retained(&state.log, &plan.to_load(), state.expiring)
         .await?
-        .into_iter();
+        .into_iter()
+        .peekable();
     let mut out = Vec::with_capacity(plan.changes.len());
     for change in &plan.changes {
         match change {
-            // `load` returned one message for each `Message` entry, in order.
-            messages::Change::Message(_) => {
-                out.extend(loaded.next().map(|m| message_raw(&m, Some(&me))));
+            // `load_retained` returned one message for each `Message` entry, in order, but for
+            // those that expired since the plan: told as the notice alone, as the plan tells
+            // the ones expired before.
+            messages::Change::Message(m) => {
+                let told = match loaded.next_if(|l| l.channel == m.channel && l.seq == m.seq) {
+                    Some(l) => message_raw(&l, Some(&me)),
+                    None => change_notice_raw(&m.channel, m.seq, m.recalled, Some(&me)),
+                };
+                out.push(told);
             }
             messages::Change::Notice {
                 channel,

@@ -13,6 +13,10 @@
 //! - **Not after a recall:** 409 `message_recalled` (checked again under the lock, so an edit
 //!   racing a recall is written before it or refused). The recall purges the message's
 //!   payloads, and an edit after it would write one back.
+//! - **Not after its expiry:** a message whose send lies below the log's first offset (its
+//!   segment deleted by the retention, or by hand) is 404 `message_expired`, as for a recall
+//!   (`load_message`). An edit that races the deletion of the segment is written (nothing
+//!   orders the two), and told by `/v1/changes` as the notice alone.
 //! - **Limits:** the payload is checked as a send's (`limits.max_payload_bytes`, JSON that can
 //!   be read back); a user's edit is charged to their send rate.
 //! - **What changes:** every edit stays in the log; history, sync, catch-up, `/v1/changes` and

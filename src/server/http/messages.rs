@@ -1,4 +1,12 @@
 //! Messages: send, history pages, recall, trace.
+//!
+//! A message whose send lies below the log's first offset has *expired* (its segment deleted
+//! by the retention, or by hand: `tidings_projections::messages`' module doc): history pages
+//! leave it out, its channel's expired floor acting as a lower floor as a clear does (an
+//! ascending page from below it starts after it, a descending one stops there with `has_more:
+//! false`: [`plan_page`]); recall, edit and trace answer 404 `message_expired`. Nothing expires
+//! on a tiered data directory ([`AppState::expiring`]): its older segments are in the object
+//! store, and a read of them answers 503 `history_unavailable` while it is not read.
 
 use std::sync::Arc;
 
@@ -347,15 +355,22 @@ pub(crate) async fn get_messages(
             }
         };
         let lo = lo.max(cleared.saturating_add(1));
-        let plan = messages::plan_range(&p.state, p.index_files(), &channel, lo, hi)?;
+        let page = Page {
+            lo,
+            hi,
+            descending,
+            top,
+            limit,
+        };
+        let (plan, floor, lo, hi) = plan_page(&p, &channel, page, cleared, state.expired_below())?;
         let has_more = if descending {
-            lo > cleared + 1 && hi > 0
+            lo > floor + 1 && hi > 0
         } else {
             hi < top
         };
         (plan, has_more, descending)
     };
-    let (mut msgs, cut) = load_page(&state.log, &plan, descending).await?;
+    let (mut msgs, cut) = load_page(&state.log, &plan, descending, state.expiring).await?;
     if descending {
         msgs.reverse();
     }
@@ -366,6 +381,68 @@ pub(crate) async fn get_messages(
     }))
 }
 
+/// The seqs a history page asks for: `[lo, hi]`, at most `limit`, ascending up to `top` (the
+/// highest seq the query asks for) or descending from `hi`.
+#[derive(Debug, Clone, Copy)]
+struct Page {
+    lo: u64,
+    hi: u64,
+    descending: bool,
+    top: u64,
+    limit: u64,
+}
+
+/// The plan of a history page of `channel` above `cleared` (the caller's floor), less its
+/// expired messages (`tidings_projections::messages`' module doc: below `expired_below`, the
+/// log's first offset), with the floor the page ends at and its bounds once moved above it.
+///
+/// The expired floor is a floor as `cleared` is: found (from the message index) only when the
+/// page planned an expired message first. An ascending page from below it starts after it —
+/// counted from below, it could come back empty with more to read — and a descending one stops
+/// there. A descending page whose first message is retained looks at the one just below it
+/// (one index lookup): expired, it is the floor, and the page the last.
+fn plan_page(
+    p: &Projections,
+    channel: &str,
+    page: Page,
+    cleared: u64,
+    expired_below: u64,
+) -> ApiResult<(Vec<MessageRef>, u64, u64, u64)> {
+    let Page {
+        mut lo,
+        mut hi,
+        descending,
+        top,
+        limit,
+    } = page;
+    let (state, files) = (&p.state, p.index_files());
+    let mut plan = messages::plan_range(state, files, channel, lo, hi)?;
+    let mut floor = cleared;
+    if plan
+        .first()
+        .is_some_and(|m| messages::is_expired(m, expired_below))
+    {
+        let expired = messages::expired_floor(state, files, channel, cleared, expired_below)?;
+        floor = floor.max(expired);
+        lo = lo.max(floor.saturating_add(1));
+        if descending {
+            plan.retain(|m| m.seq >= lo);
+        } else {
+            hi = lo.saturating_add(limit - 1).min(top);
+            plan = messages::plan_range(state, files, channel, lo, hi)?;
+        }
+    } else if descending && expired_below > 0 && lo > floor.saturating_add(1) {
+        let below = messages::plan_range(state, files, channel, lo - 1, lo - 1)?;
+        if below
+            .first()
+            .is_some_and(|m| messages::is_expired(m, expired_below))
+        {
+            floor = lo - 1;
+        }
+    }
+    Ok((plan, floor, lo, hi))
+}
+
 /// Payload bytes at which a page of messages stops (after at least one message): a page of
 /// 1,000 messages of 64 KiB would be a 64 MB answer held in memory whole. `has_more` says the
 /// page was cut.
@@ -373,11 +450,13 @@ pub(crate) const PAGE_PAYLOAD_BYTES: usize = 4 << 20;
 
 /// Loads planned messages up to [`PAGE_PAYLOAD_BYTES`] of payload, from the start of `plan`,
 /// or from its end (`newest_first`: a descending page keeps its newest). Returns them in plan
-/// order, and whether the budget cut the plan short.
+/// order, and whether the budget cut the plan short. When `expiring` ([`AppState::expiring`]),
+/// a message that expired since the plan was made is left out.
 pub(crate) async fn load_page(
     log: &Log,
     plan: &[MessageRef],
     newest_first: bool,
+    expiring: bool,
 ) -> ApiResult<(Vec<Message>, bool)> {
     // Loaded a few at a time, so a cut page reads little past its end.
     const CHUNK: usize = 64;
@@ -393,7 +472,7 @@ pub(crate) async fn load_page(
             &plan[done..done + n]
         };
         done += n;
-        let mut msgs = messages::load(log, part).await?;
+        let mut msgs = messages::load_retained(log, part, expiring).await?;
         if newest_first {
             msgs.reverse();
         }
@@ -414,7 +493,10 @@ pub(crate) async fn load_page(
 }
 
 /// Message `seq` of `channel` as history shows it (404 `message_not_found` when the channel
-/// holds none: a seq past its last, or one of an earlier group under the id).
+/// holds none: a seq past its last, or one of an earlier group under the id; 404
+/// `message_expired` when its send lies below the log's first offset, as the plan finds it or
+/// as the load does once the log's start moved past it: `tidings_projections::messages`'
+/// module doc). Recall and edit look their message up so.
 pub(crate) async fn load_message(state: &AppState, channel: &str, seq: u64) -> ApiResult<Message> {
     let plan = {
         let p = state.proj();
@@ -425,16 +507,17 @@ pub(crate) async fn load_message(state: &AppState, channel: &str, seq: u64) -> A
             messages::plan_range(&p.state, p.index_files(), channel, seq, seq)?
         }
     };
-    messages::load(&state.log, &plan)
+    let Some(planned) = plan.first() else {
+        return Err(no_message(seq));
+    };
+    if messages::is_expired(planned, state.expired_below()) {
+        return Err(message_expired(seq));
+    }
+    messages::load_retained(&state.log, &plan, state.expiring)
         .await?
         .into_iter()
         .next()
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "message_not_found",
-                format!("no message {seq} in this channel"),
-            )
-        })
+        .ok_or_else(|| message_expired(seq))
 }
 
 /// Answer of a recall.
@@ -510,9 +593,9 @@ pub(crate) async fn trace(
     let channel = admin_channel(&id)?;
     let plan = {
         let p = state.proj();
-        admin_trace_plan(&p, &channel, seq)?
+        admin_trace_plan(&p, &channel, seq, state.expired_below())?
     };
-    let t = trace_planned(&state.log, &plan, Some(&state.samples)).await?;
+    let t = trace_planned(&state.log, &plan, Some(&state.samples), state.expiring).await?;
     Ok(axum::Json(t))
 }
 
@@ -527,28 +610,41 @@ pub(crate) fn admin_channel(reference: &str) -> ApiResult<ChannelId> {
 /// server's projections, under their lock; or `tidings trace`'s, loaded from a data
 /// directory). 404 `channel_not_found` for a channel that never existed nor had messages (as
 /// in the admin's history: it was told `message_not_found`), `message_not_found` for a seq it
-/// does not hold (one of an earlier group under the id included).
+/// does not hold (one of an earlier group under the id included), `message_expired` for one
+/// whose send lies below `expired_below`, the log's first offset when messages expire there
+/// (`tidings_projections::messages`' module doc; 0: none does).
 pub(crate) fn admin_trace_plan(
     p: &Projections,
     channel: &str,
     seq: u64,
+    expired_below: u64,
 ) -> ApiResult<tr::TracePlan> {
     admin_readable(&p.state, channel)?;
-    tr::plan(&p.state, p.index_files(), channel, seq)?.ok_or_else(|| no_message(seq))
+    let Some(plan) = tr::plan(&p.state, p.index_files(), channel, seq)? else {
+        return Err(no_message(seq));
+    };
+    if plan.offset < expired_below {
+        return Err(message_expired(seq));
+    }
+    Ok(plan)
 }
 
 /// The trace of a planned message as `GET /v1/channels/{id}/messages/{seq}/trace` answers it
 /// (the same value `tidings trace` prints): scanned from `log`, with the push records
 /// `samples` holds for it (the server's, in its memory; `None`, as for `tidings trace`, gives
-/// none).
+/// none). When `expiring` ([`AppState::expiring`]), a scan that fails once the log's start
+/// moved past the message (it expired since the plan) answers `message_expired`.
 pub(crate) async fn trace_planned(
     log: &Log,
     plan: &tr::TracePlan,
     samples: Option<&tr::PushSamples>,
+    expiring: bool,
 ) -> ApiResult<tr::Trace> {
-    tr::trace(log, plan, samples, TRACE_MAX_SCAN)
-        .await?
-        .ok_or_else(|| no_message(plan.seq))
+    match tr::trace(log, plan, samples, TRACE_MAX_SCAN).await {
+        Ok(t) => t.ok_or_else(|| no_message(plan.seq)),
+        Err(_) if expiring && plan.offset < log.start_offset() => Err(message_expired(plan.seq)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The answer for a seq the channel does not hold.
@@ -556,6 +652,16 @@ fn no_message(seq: u64) -> ApiError {
     ApiError::not_found(
         "message_not_found",
         format!("no message {seq} in this channel"),
+    )
+}
+
+/// The answer for a message of the channel that has expired: its send lies below the log's
+/// first offset (`tidings_projections::messages`' module doc), its segment deleted by the
+/// retention (or by hand).
+fn message_expired(seq: u64) -> ApiError {
+    ApiError::not_found(
+        "message_expired",
+        format!("message {seq} has expired: the log no longer holds it"),
     )
 }
 
