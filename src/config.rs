@@ -56,6 +56,14 @@ pub(crate) struct Config {
     /// Seconds between passes of the background purge of recalled messages' payloads (0:
     /// off; off on a tiered server too).
     pub(crate) compaction_purge_interval_secs: u64,
+    /// Sealed segments whose every record is older than this are removed once snapshots
+    /// cover them (`None`: kept for ever; not with a tier). `server/retention.rs`.
+    pub(crate) compaction_retention_secs: Option<u64>,
+    /// The oldest sealed segments are removed, once snapshots cover them, while the log holds
+    /// more than this many bytes (`None`: no bound; not with a tier).
+    pub(crate) compaction_retention_bytes: Option<u64>,
+    /// Seconds between passes of the retention (0 is taken as 1).
+    pub(crate) compaction_retention_interval_secs: u64,
     pub(crate) node_id: Option<String>,
     pub(crate) tier: TierConfig,
 }
@@ -133,6 +141,9 @@ impl Default for Config {
             trace_sample_every: 100,
             shutdown_grace_secs: 10,
             compaction_purge_interval_secs: 3600,
+            compaction_retention_secs: None,
+            compaction_retention_bytes: None,
+            compaction_retention_interval_secs: 60,
             node_id: None,
             tier: TierConfig::default(),
         }
@@ -148,6 +159,11 @@ impl Config {
     }
     pub(crate) fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+    /// The interval between passes of the retention; `None`: no retention is set.
+    pub(crate) fn retention_interval(&self) -> Option<Duration> {
+        (self.compaction_retention_secs.is_some() || self.compaction_retention_bytes.is_some())
+            .then(|| Duration::from_secs(self.compaction_retention_interval_secs.max(1)))
     }
     /// The interval between passes of the background purge; `None`: off.
     pub(crate) fn purge_interval(&self) -> Option<Duration> {
@@ -263,6 +279,17 @@ pub(crate) struct ServeArgs {
     /// sealed segments (0: off; off on a tiered server). Default: 3600.
     #[arg(long, env = "TIDINGS_COMPACTION_PURGE_INTERVAL_SECS")]
     compaction_purge_interval_secs: Option<u64>,
+    /// Remove sealed log segments whose every record is older than this many seconds, once
+    /// snapshots cover them (not with a tier). Default: none (kept for ever).
+    #[arg(long, env = "TIDINGS_COMPACTION_RETENTION_SECS")]
+    compaction_retention_secs: Option<u64>,
+    /// Remove the oldest sealed log segments, once snapshots cover them, while the log holds
+    /// more than this many bytes (not with a tier). Default: none.
+    #[arg(long, env = "TIDINGS_COMPACTION_RETENTION_BYTES")]
+    compaction_retention_bytes: Option<u64>,
+    /// Seconds between passes of the retention. Default: 60.
+    #[arg(long, env = "TIDINGS_COMPACTION_RETENTION_INTERVAL_SECS")]
+    compaction_retention_interval_secs: Option<u64>,
     /// This server's name in the tier manifest. Default: generated into DATA/node.id.
     #[arg(long, env = "TIDINGS_NODE_ID")]
     node_id: Option<String>,
@@ -426,6 +453,9 @@ struct ShutdownSection {
 #[serde(deny_unknown_fields)]
 struct CompactionSection {
     purge_interval_secs: Option<u64>,
+    retention_secs: Option<u64>,
+    retention_bytes: Option<u64>,
+    retention_interval_secs: Option<u64>,
 }
 
 /// The settings that shape the projections (`serve` and `rebuild` take the same flags).
@@ -617,6 +647,16 @@ impl ServeArgs {
                 .compaction_purge_interval_secs
                 .or(file.compaction.purge_interval_secs)
                 .unwrap_or(d.compaction_purge_interval_secs),
+            compaction_retention_secs: self
+                .compaction_retention_secs
+                .or(file.compaction.retention_secs),
+            compaction_retention_bytes: self
+                .compaction_retention_bytes
+                .or(file.compaction.retention_bytes),
+            compaction_retention_interval_secs: self
+                .compaction_retention_interval_secs
+                .or(file.compaction.retention_interval_secs)
+                .unwrap_or(d.compaction_retention_interval_secs),
             node_id: self.node_id.or(file.node_id).filter(|n| !n.is_empty()),
             tier: {
                 let t = file.tier;
@@ -940,6 +980,14 @@ impl Config {
                 self.compaction_purge_interval_secs,
             ),
             (
+                "compaction.retention_secs",
+                self.compaction_retention_secs.unwrap_or(0),
+            ),
+            (
+                "compaction.retention_interval_secs",
+                self.compaction_retention_interval_secs,
+            ),
+            (
                 "tier.local_retention_secs",
                 t.local_retention_secs.unwrap_or(0),
             ),
@@ -1015,6 +1063,28 @@ impl Config {
         ];
         if let Some((name, _)) = zeros.iter().find(|(_, zero)| *zero) {
             anyhow::bail!("{name} must be at least 1 (0 does not turn it off: it was taken as 1)");
+        }
+        Ok(())
+    }
+
+    /// No retention with a tier: the object store keeps every segment uploaded (its manifest
+    /// lists each for ever), and `tier.local_retention_*` bounds the local disk instead.
+    fn check_retention(&self) -> anyhow::Result<()> {
+        if self.tier.url.is_some() {
+            for (name, set) in [
+                ("compaction.retention_secs", self.compaction_retention_secs),
+                (
+                    "compaction.retention_bytes",
+                    self.compaction_retention_bytes,
+                ),
+            ] {
+                anyhow::ensure!(
+                    set.is_none(),
+                    "{name} cannot be set with tier.url: the object store keeps every segment \
+                     uploaded (tier.local_retention_bytes and tier.local_retention_secs bound \
+                     the local disk)"
+                );
+            }
         }
         Ok(())
     }
@@ -1122,6 +1192,7 @@ impl Config {
         self.check_log()?;
         self.check_zeros()?;
         self.check_tier()?;
+        self.check_retention()?;
         self.check_http()?;
         let t = &self.tier;
         // The lease is renewed by upload passes (at the first pass a third of a lease after
@@ -1252,6 +1323,76 @@ mod tests {
         std::fs::write(&path, "[compaction]\npurge_interval = 60\n").unwrap();
         let err = format!("{:#}", from(None).unwrap_err());
         assert!(err.contains("unknown field `purge_interval`"), "{err}");
+    }
+
+    /// `[compaction] retention_*`: off by default; from the file, the flag over it; the
+    /// interval a minute by default; refused with a tier (naming the setting) and past the
+    /// duration bound.
+    #[test]
+    fn retention_comes_from_the_file_or_the_flag_and_not_with_a_tier() {
+        let d = ServeArgs::default().resolve().unwrap();
+        assert_eq!(d.retention_interval(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "[compaction]\nretention_secs = 86400\nretention_interval_secs = 0\n",
+        )
+        .unwrap();
+        let with = |args: ServeArgs| {
+            ServeArgs {
+                config: Some(path.clone()),
+                ..args
+            }
+            .resolve()
+        };
+        let c = with(ServeArgs::default()).unwrap();
+        assert_eq!(c.compaction_retention_secs, Some(86400));
+        assert_eq!(c.compaction_retention_bytes, None);
+        assert_eq!(c.retention_interval(), Some(Duration::from_secs(1)));
+        let c = with(ServeArgs {
+            compaction_retention_secs: Some(60),
+            compaction_retention_bytes: Some(1 << 30),
+            compaction_retention_interval_secs: Some(5),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (c.compaction_retention_secs, c.compaction_retention_bytes),
+            (Some(60), Some(1 << 30))
+        );
+        assert_eq!(c.retention_interval(), Some(Duration::from_secs(5)));
+        let bytes_only = ServeArgs {
+            compaction_retention_bytes: Some(0),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            bytes_only.retention_interval(),
+            Some(Duration::from_secs(60))
+        );
+        let err = format!(
+            "{:#}",
+            with(ServeArgs {
+                tier_url: Some("file:///tmp/tidings-store".into()),
+                ..ServeArgs::default()
+            })
+            .unwrap_err()
+        );
+        assert!(
+            err.contains("compaction.retention_secs cannot be set with tier.url"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            with(ServeArgs {
+                compaction_retention_secs: Some(MAX_DURATION_SECS + 1),
+                ..ServeArgs::default()
+            })
+            .unwrap_err()
+        );
+        assert!(err.contains("compaction.retention_secs"), "{err}");
     }
 
     #[test]

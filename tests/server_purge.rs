@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    ADMIN, Api, Server, answers_about_g, seal_past, sent_offset, tidings,
+    ADMIN, Api, Server, answers_about_g, metric, seal_past, sent_offset, tidings,
     tiered_with_a_sealed_recall, tree,
 };
 use serde_json::json;
@@ -61,20 +61,6 @@ fn segments_holding(data: &Path, marker: &str) -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .filter(|p| holds(p, marker.as_bytes()))
         .collect()
-}
-
-/// A counter of the server's `/metrics`.
-async fn metric(server: &Server, name: &str) -> u64 {
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("{name} ");
-    let value = text.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
-    let value = value.unwrap_or_else(|| panic!("no {name} in\n{text}"));
-    value.trim().parse().unwrap()
 }
 
 /// Waits (30 s at most) until no segment file holds any of `markers` and the server counts

@@ -1,5 +1,7 @@
 //! `tidings verify`: rebuild every projection from offset 0 (in memory and temp files) and
-//! compare it with the newest snapshot plus the log after it. The answer to "a user stopped
+//! compare it with the newest snapshot plus the log after it. A log that starts past 0 (the
+//! retention removed its oldest segments) is rebuilt from the oldest snapshot it holds the
+//! records after. The answer to "a user stopped
 //! receiving a channel": which user, which channel, which field differ. Also reports damaged
 //! snapshots and sidecars, and damage that ends the log's valid data early. Creates nothing in
 //! the data directory.
@@ -118,6 +120,20 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 
     let rebuilt_dir = tempfile::tempdir()?;
     let mut rebuilt = Projections::empty(rebuilt_dir.path(), live.config().clone())?;
+    // A log whose oldest segments the retention removed starts past 0: the rebuild starts
+    // from the oldest snapshot it can replay after instead.
+    let mut rebuilt_from = "offset 0".to_string();
+    if log.start_offset() > 0
+        && let Some((state, snap)) = oldest_replayable(&snap_dir, &log).await?
+    {
+        rebuilt = Projections::empty(rebuilt_dir.path(), base.shaped_like(&state))?;
+        rebuilt.state = state;
+        rebuilt_from = format!(
+            "snapshot {} (the log starts at offset {}: its older segments were removed)",
+            snap.path.display(),
+            log.start_offset()
+        );
+    }
     let all = rebuilt
         .catch_up(&log, |_, _| {})
         .await
@@ -130,12 +146,37 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     problems += lines.len();
     if problems == 0 {
-        println!("ok: {from} + {tail} events equals a rebuild of all {all} events from offset 0");
+        println!(
+            "ok: {from} + {tail} events equals a rebuild of all {all} events from {rebuilt_from}"
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         println!(
-            "verify found problems (live = {from} + {tail} events; rebuilt = {all} events from offset 0)"
+            "verify found problems (live = {from} + {tail} events; rebuilt = {all} events from {rebuilt_from})"
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The oldest snapshot in `dir` that loads and that `log` holds the records after: its anchor
+/// record is in the log (at or past its start) and matches. `None` when there is none.
+async fn oldest_replayable(
+    dir: &std::path::Path,
+    log: &tidings_log::Log,
+) -> anyhow::Result<Option<(tidings_projections::State, snapshot::SnapshotFile)>> {
+    for snap in snapshot::list(dir)?.into_iter().rev() {
+        if snap.applied < log.start_offset() {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&snap.path) else {
+            continue;
+        };
+        let Ok((state, Some(anchor))) = snapshot::decode_anchored(&snap.path, &bytes) else {
+            continue;
+        };
+        if snapshot::anchor_at(log, snap.applied).await? == Some(anchor) {
+            return Ok(Some((state, snap)));
+        }
+    }
+    Ok(None)
 }

@@ -104,6 +104,12 @@ pub(crate) struct Metrics {
     pub(crate) purge_passes: Counter,
     /// Passes of the background purge that failed (retried at the next pass).
     pub(crate) purge_failures: Counter,
+    /// Log segments the retention removed (`retention.rs`).
+    pub(crate) retention_removed_segments: Counter,
+    /// Bytes of the log segments the retention removed.
+    pub(crate) retention_removed_bytes: Counter,
+    /// Passes of the retention that failed (retried at the next pass).
+    pub(crate) retention_failures: Counter,
     pub(crate) ws_sessions: Gauge,
     pub(crate) send_latency: Histogram,
     pub(crate) http_latency: Histogram,
@@ -121,7 +127,7 @@ impl Metrics {
     /// The text exposition, with `extra` gauges appended (name, help, value).
     pub(crate) fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 13] = [
+        let counters: [(&str, &str, &Counter); 16] = [
             (
                 "tidings_sends_total",
                 "Messages accepted and durable.",
@@ -186,6 +192,21 @@ impl Metrics {
                 "tidings_purge_failures_total",
                 "Passes of the background purge that failed (retried at the next pass).",
                 &self.purge_failures,
+            ),
+            (
+                "tidings_retention_removed_segments_total",
+                "Log segments the retention removed.",
+                &self.retention_removed_segments,
+            ),
+            (
+                "tidings_retention_removed_bytes_total",
+                "Bytes of the log segments the retention removed.",
+                &self.retention_removed_bytes,
+            ),
+            (
+                "tidings_retention_failures_total",
+                "Passes of the retention that failed (retried at the next pass).",
+                &self.retention_failures,
             ),
         ];
         for (name, help, c) in counters {

@@ -6,7 +6,7 @@
 //! catch up with the log, open the conversation cache, then serve. A start that fails once the
 //! log is open closes it (releasing a tier prefix the open claimed). Background tasks — the
 //! applier, the ack flusher, the snapshotter, the background purge of recalled messages
-//! (`purger.rs`) and the HTTP server — live in one `JoinSet` with a `CancellationToken` each;
+//! (`purger.rs`), the log's retention (`retention.rs`) and the HTTP server — live in one `JoinSet` with a `CancellationToken` each;
 //! WebSocket sessions are tracked in a `TaskTracker`.
 //!
 //! Shutdown (SIGTERM/SIGINT, or [`Running::shutdown`]): stop accepting; close WebSockets with
@@ -33,6 +33,7 @@ mod metrics;
 mod purger;
 mod read_notices;
 pub(crate) mod replay_from_zero;
+mod retention;
 mod sequencer;
 mod state;
 pub(crate) mod tiering;
@@ -68,6 +69,7 @@ pub(crate) struct Running {
     stop_applier: CancellationToken,
     stop_snapshots: CancellationToken,
     stop_purge: CancellationToken,
+    stop_retention: CancellationToken,
     /// The data directory's `LOCK`, released when the server has stopped (dropped last).
     _dir_lock: std::fs::File,
 }
@@ -232,6 +234,14 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         purger::run(s, t).await;
         "purge"
     });
+    // Removes the log's oldest segments once snapshots cover them, when a retention is set;
+    // stopped and joined with the others, before the log is closed.
+    let stop_retention = CancellationToken::new();
+    let (s, t) = (state.clone(), stop_retention.clone());
+    tasks.spawn(async move {
+        retention::run(s, t).await;
+        "retention"
+    });
     let stop_http = CancellationToken::new();
     let app = http::router(state.clone());
     let t = stop_http.clone();
@@ -264,6 +274,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         stop_applier,
         stop_snapshots,
         stop_purge,
+        stop_retention,
         _dir_lock: dir_lock,
     })
 }
@@ -302,12 +313,16 @@ async fn open_state(
                 tracing::info!(store = t.display(), "restoring from the object store");
             }
         }
-        None => tiering::warn_if_tiered(log),
+        None => tiering::warn_if_tiered(data, log),
     }
 
     let started = Instant::now();
     let (mut proj, continues) = load_projections(data, projection_config(config), log).await?;
-    let replayed = proj.catch_up(log, |_, _| {}).await?;
+    let origin = proj.origin().clone();
+    let replayed = proj
+        .catch_up(log, |_, _| {})
+        .await
+        .map_err(|e| catch_up_refused(e, &origin, log))?;
     tracing::info!(
         origin = ?proj.origin(),
         replayed,
@@ -346,6 +361,36 @@ async fn open_state(
     .await
     .with_context(|| format!("opening the conversation cache in {}", dir.display()))?;
     Ok((proj, conv_cache))
+}
+
+/// The start's catch-up error, in words for the operator when it needs offsets before the
+/// log's first one: the log starts past offset 0 (its oldest segments deleted, by the
+/// retention or by hand, or only in an object store this server does not read) and no
+/// snapshot covers what it no longer holds. A start goes on from a snapshot of the offset
+/// before the log's start or later: the messages before it have expired.
+fn catch_up_refused(
+    e: tidings_projections::ProjectionError,
+    origin: &Origin,
+    log: &Log,
+) -> anyhow::Error {
+    let start = log.start_offset();
+    match e {
+        tidings_projections::ProjectionError::HistoryMissing { needed, .. } if needed < start => {
+            let from = match origin {
+                Origin::Empty => "there is no usable snapshot".to_owned(),
+                Origin::Snapshot(path) => format!(
+                    "the newest usable one, {}, ends at offset {}",
+                    path.display(),
+                    needed.saturating_sub(1)
+                ),
+            };
+            anyhow::anyhow!(
+                "the log starts at offset {start} (the segments before it were deleted, by the retention or by hand, or are only in an object store this server does not read), and no snapshot covers the offsets before it: {from}, so the state needs the log from offset {needed}. Restore the deleted segments, or a snapshot of offset {} or later, or start with the object store the log was tiered to",
+                start.saturating_sub(1)
+            )
+        }
+        other => other.into(),
+    }
 }
 
 /// Marks the conversation cache's lists on disk as not to be reused
@@ -637,6 +682,7 @@ impl Running {
         self.stop_acks.cancel();
         self.stop_snapshots.cancel();
         self.stop_purge.cancel();
+        self.stop_retention.cancel();
         let log_end = state.log.next_offset();
         let mut applied = state.applied.clone();
         let _ = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= log_end)).await;

@@ -404,6 +404,20 @@ impl Ws {
     }
 }
 
+/// A counter of the server's `/metrics`.
+pub(crate) async fn metric(server: &Server, name: &str) -> u64 {
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name} ");
+    let value = text.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+    let value = value.unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    value.trim().parse().unwrap()
+}
+
 /// Runs the `tidings` binary with `args` to its end: the exit code, stdout and stderr.
 pub(crate) fn tidings(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tidings"))

@@ -1,0 +1,225 @@
+//! Retention of an untiered server's log (`compaction.retention_secs`,
+//! `compaction.retention_bytes`): a pass every `compaction.retention_interval_secs` removes the
+//! oldest sealed segments the policy no longer keeps, once snapshots cover them.
+//!
+//! A pass:
+//! 1. **What the policy lets go** ([`policy_cut`]): the log's sealed segments are taken oldest
+//!    first while the log (every segment, the active one included) holds more than
+//!    `retention_bytes`, and every sealed segment whose records are all older than
+//!    `retention_secs` goes too (by batch time: the first offset written at or after the cut-off,
+//!    `Log::offset_for_timestamp`). Whole segments only, and never the active one: a segment
+//!    goes once its newest record is past the age (it rolls by size, and a day after its first
+//!    record: `log.segment_max_age`).
+//! 2. **What snapshots allow** ([`snapshot_bound`]): the newest two snapshot files must check
+//!    (both CRCs, the current format, without decoding the state) and be anchored to the
+//!    records the log holds at their offsets; only segments wholly below the older one's offset
+//!    go. A start loads the newest snapshot and replays the log after it, so every segment
+//!    removed must lie below a snapshot it can load, and its anchor record must stay; two
+//!    keep a start possible when the newest file is damaged. With fewer, or one that does not
+//!    check, nothing is removed (the next snapshot, `projections.snapshot_interval_secs`,
+//!    brings one).
+//! 3. `Log::remove_segments_before`: the segments' files are deleted, oldest first; readers of
+//!    their offsets get "expired" (`messages::expired_floor` and the read paths).
+//!
+//! Refused with a tier (the config check: the object store keeps every segment uploaded), and
+//! off on a data directory that was tiered (its store holds the older segments; a later
+//! start with the tier again would find segments missing from both). The record a snapshot
+//! is anchored to is never removed; the purge's watermark may be (its next start considers
+//! every recall again, and finds those below the log's start gone).
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tidings_log::{Log, SegmentInfo};
+use tidings_projections::snapshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::data::DataDir;
+use crate::server::state::{AppState, now_ms};
+
+/// Runs a pass every `compaction.retention_interval_secs` until `stop`, when a retention is
+/// set (the module doc).
+pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
+    let Some(every) = state.config.retention_interval() else {
+        return;
+    };
+    if let Some(marker) = DataDir::new(&state.config.data).tier_marker() {
+        tracing::warn!(
+            "the retention (compaction.retention_secs / retention_bytes) is off: this data \
+             directory was tiered ({} exists), and its object store holds its older segments",
+            marker.display()
+        );
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = pass(&state).await {
+            state.metrics.retention_failures.inc();
+            let why = format!("{e:#}");
+            tracing::warn!(error = %why, "a pass of the log's retention failed; the next pass tries again");
+        }
+    }
+}
+
+/// One pass (the module doc).
+async fn pass(state: &AppState) -> anyhow::Result<()> {
+    let log = state.log.clone();
+    let age_cut = match state.config.compaction_retention_secs {
+        None => None,
+        Some(secs) => {
+            let before = now_ms().saturating_sub(secs.saturating_mul(1000));
+            let l = log.clone();
+            let first_kept = tokio::task::spawn_blocking(move || l.offset_for_timestamp(before))
+                .await
+                .context("finding the first record inside the retention age")??;
+            Some(first_kept.unwrap_or_else(|| log.next_offset()))
+        }
+    };
+    let segments = log.segments()?;
+    let wanted = policy_cut(&segments, age_cut, state.config.compaction_retention_bytes);
+    if wanted <= log.start_offset() {
+        return Ok(());
+    }
+    let dir = state.proj().snapshot_dir();
+    let Some(bound) = snapshot_bound(&log, &dir).await? else {
+        tracing::debug!(
+            "the retention waits for two snapshots to cover the segments it would remove"
+        );
+        return Ok(());
+    };
+    let upto = wanted.min(bound);
+    if upto <= log.start_offset() {
+        return Ok(());
+    }
+    let removed = log.remove_segments_before(upto).await?;
+    if removed.segments > 0 {
+        state
+            .metrics
+            .retention_removed_segments
+            .add(removed.segments as u64);
+        state.metrics.retention_removed_bytes.add(removed.bytes);
+        tracing::info!(
+            segments = removed.segments,
+            bytes = removed.bytes,
+            log_start = removed.start_offset,
+            "the retention removed the log's oldest segments"
+        );
+    }
+    Ok(())
+}
+
+/// The offset below which the policy lets sealed segments go: the end of the last segment of
+/// the longest run of sealed segments, oldest first, that the size bound or the age removes
+/// (module doc, step 1). `age_cut`: the first offset inside the retention age (the log's end
+/// when every record is older). Not above the first segment that is not local and sealed.
+pub(crate) fn policy_cut(
+    segments: &[SegmentInfo],
+    age_cut: Option<u64>,
+    max_bytes: Option<u64>,
+) -> u64 {
+    let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
+    let mut cut = segments.first().map_or(0, |s| s.base_offset);
+    for s in segments {
+        if !s.sealed || s.remote {
+            break;
+        }
+        let too_big = max_bytes.is_some_and(|max| total > max);
+        let too_old = age_cut.is_some_and(|first_kept| s.end_offset <= first_kept);
+        if !(too_big || too_old) {
+            break;
+        }
+        total = total.saturating_sub(s.bytes);
+        cut = s.end_offset;
+    }
+    cut
+}
+
+/// The offset of the older of the newest two snapshots in `dir`, when both check and are
+/// anchored to the records `log` holds at their offsets (module doc, step 2); `None`
+/// otherwise.
+async fn snapshot_bound(log: &Log, dir: &std::path::Path) -> anyhow::Result<Option<u64>> {
+    let files = snapshot::list(dir)?;
+    if files.len() < 2 {
+        return Ok(None);
+    }
+    let mut bound = u64::MAX;
+    for f in files.into_iter().take(2) {
+        let path = f.path.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("reading the snapshot {}", path.display()))?;
+            anyhow::Ok(snapshot::check(&path, &bytes)?)
+        })
+        .await
+        .context("checking a snapshot")?;
+        let checked = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::warn!(error = %why, "the retention removes nothing while one of the newest two snapshots does not check");
+                return Ok(None);
+            }
+        };
+        let held = snapshot::anchor_at(log, checked.applied).await?;
+        if checked.anchor.is_none() || held != checked.anchor {
+            tracing::warn!(
+                snapshot = %f.path.display(),
+                "the retention removes nothing while one of the newest two snapshots is not anchored to this log's record at its offset"
+            );
+            return Ok(None);
+        }
+        bound = bound.min(checked.applied);
+    }
+    Ok(Some(bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn seg(base: u64, end: u64, bytes: u64, sealed: bool) -> SegmentInfo {
+        SegmentInfo {
+            base_offset: base,
+            end_offset: end,
+            bytes,
+            sealed,
+            remote: false,
+            path: PathBuf::from(format!("{base:020}.log")),
+        }
+    }
+
+    /// Four segments of 100 bytes (the last active): the size bound takes the oldest while the
+    /// log holds more than it, the age every sealed one before the first kept offset, either
+    /// one enough; the active segment never goes.
+    #[test]
+    fn the_policy_takes_whole_sealed_segments_oldest_first() {
+        let segs = [
+            seg(0, 10, 100, true),
+            seg(10, 20, 100, true),
+            seg(20, 30, 100, true),
+            seg(30, 35, 100, false),
+        ];
+        assert_eq!(policy_cut(&segs, None, None), 0);
+        assert_eq!(policy_cut(&segs, None, Some(400)), 0);
+        assert_eq!(policy_cut(&segs, None, Some(399)), 10);
+        assert_eq!(policy_cut(&segs, None, Some(250)), 20);
+        assert_eq!(policy_cut(&segs, None, Some(0)), 30);
+        assert_eq!(policy_cut(&segs, Some(9), None), 0);
+        assert_eq!(policy_cut(&segs, Some(10), None), 10);
+        assert_eq!(policy_cut(&segs, Some(25), None), 20);
+        assert_eq!(policy_cut(&segs, Some(35), None), 30);
+        assert_eq!(policy_cut(&segs, Some(25), Some(399)), 20);
+        assert_eq!(policy_cut(&segs, Some(5), Some(250)), 20);
+        // A log that starts past 0 (segments removed before).
+        assert_eq!(policy_cut(&segs[2..], Some(35), None), 30);
+        assert_eq!(policy_cut(&segs[3..], Some(35), Some(0)), 30);
+        assert_eq!(policy_cut(&[], Some(35), Some(0)), 0);
+    }
+}

@@ -1,0 +1,169 @@
+//! The server's log retention (`compaction.retention_bytes`), end to end: a real server with
+//! small segments, a snapshot and a retention pass every second takes messages over HTTP; the
+//! retention removes the oldest segments until the sealed ones fit the bound, never below what
+//! the newest two snapshots cover; reads serve what is retained; a restart starts from its
+//! snapshot; stopped, `verify` passes by a rebuild from a snapshot. And the settings are
+//! refused with a tier.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{ADMIN, Api, Server, metric, page_seqs, tidings};
+
+const BOUND: u64 = 40_000;
+
+/// Small segments, a snapshot and a retention pass every second, a bound of 40 KB.
+const ARGS: [&str; 10] = [
+    "--log-segment-bytes",
+    "16384",
+    "--limits-sends-per-second",
+    "100000",
+    "--projections-snapshot-interval-secs",
+    "1",
+    "--compaction-retention-bytes",
+    "40000",
+    "--compaction-retention-interval-secs",
+    "1",
+];
+
+/// The segment files (`DATA/log/*.log`), oldest first.
+fn segment_files(data: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Bytes of the sealed segment files (every one but the newest, the active one, whose file is
+/// preallocated to the segment size).
+fn sealed_bytes(data: &Path) -> u64 {
+    let files = segment_files(data);
+    files[..files.len() - 1]
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+/// The first offset `/v1/log` has.
+async fn log_start(api: &Api) -> u64 {
+    let text = api.text("/v1/log?from=0", ADMIN).await;
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    first["offset"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_rest() {
+    let server = Server::start(&ARGS);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    const SENT: u64 = 600;
+    for i in 1..=SENT {
+        api.send(
+            &alice,
+            "g",
+            &format!("c{i}"),
+            &format!("m{i} {}", "x".repeat(200)),
+        )
+        .await;
+    }
+    // A second snapshot (a second later, past a later write): the retention removes only what
+    // the older of the newest two covers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    api.send(&alice, "g", "c-late", "a later write").await;
+    let first_segment = segment_files(&server.data)[0].clone();
+    assert!(first_segment.ends_with("00000000000000000000.log"));
+
+    // The sealed segments come to fit the bound, segment 0 gone, within 30 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first_segment.exists() || sealed_bytes(&server.data) > BOUND {
+        assert!(
+            Instant::now() < deadline,
+            "sealed segments hold {} bytes ({} files)",
+            sealed_bytes(&server.data),
+            segment_files(&server.data).len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric(&server, "tidings_retention_removed_segments_total").await >= 2);
+    assert!(metric(&server, "tidings_retention_removed_bytes_total").await > 60_000);
+    assert_eq!(metric(&server, "tidings_retention_failures_total").await, 0);
+    // No more than the bound lets go: the newest of the sealed segments, with the active one,
+    // hold more than it (or the active one alone is all that is left).
+    let files = segment_files(&server.data);
+    assert!(files.len() >= 2, "{files:?}");
+    let start = log_start(&api).await;
+    assert!(start > 0);
+
+    // Reads serve what is retained: the history from its first retained message to the last,
+    // without a gap; bob's sync (he never acked) the same; a send goes on.
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=0&limit=1000",
+            &bob,
+            None,
+        )
+        .await;
+    let seqs = page_seqs(&page);
+    let first = seqs[0];
+    assert!(first > 1, "{page}");
+    assert_eq!(seqs, (first..=SENT + 1).collect::<Vec<_>>());
+    assert_eq!(page["has_more"], false);
+    let sync = api.ok("GET", "/v1/sync?limit=1000", &bob, None).await;
+    assert_eq!(page_seqs(&sync), seqs, "{sync}");
+    api.send(&alice, "g", "after", "after the retention").await;
+
+    // A restart starts from a snapshot (the log starts past 0) and answers the same.
+    let server = server.restart();
+    let api = Api::new(&server);
+    assert_eq!(log_start(&api).await, start);
+    let again = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=0&limit=1000",
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(page_seqs(&again), (first..=SENT + 2).collect::<Vec<_>>());
+    let data = server.data.clone();
+    let _dir = server.stop();
+    let (code, out, err) = tidings(&["verify", "--data", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("rebuild") && out.contains("from snapshot"),
+        "{out}"
+    );
+    assert!(out.contains("older segments were removed"), "{out}");
+}
+
+#[test]
+fn retention_is_refused_with_a_tier() {
+    let store = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let (code, out, err) = tidings(&[
+        "serve",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--tier-url",
+        &url,
+        "--compaction-retention-secs",
+        "86400",
+    ]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("compaction.retention_secs cannot be set with tier.url"),
+        "{err}"
+    );
+    let created: Vec<_> = std::fs::read_dir(data.path()).unwrap().collect();
+    assert!(created.is_empty(), "{created:?}");
+}
