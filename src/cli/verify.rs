@@ -158,24 +158,30 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The oldest snapshot in `dir` that loads and that `log` holds the records after: its anchor
-/// record is in the log (at or past its start) and matches. `None` when there is none.
+/// The oldest snapshot in `dir` that loads and that `log` holds the records after, not anchored
+/// to another record than the log holds at its offset. `None` when there is none. When it is
+/// the newest (the only one the log holds the records after), the comparison checks the
+/// tail's events alone: the note in the output says which snapshot the rebuild started from.
 async fn oldest_replayable(
     dir: &std::path::Path,
     log: &tidings_log::Log,
 ) -> anyhow::Result<Option<(tidings_projections::State, snapshot::SnapshotFile)>> {
     for snap in snapshot::list(dir)?.into_iter().rev() {
-        if snap.applied < log.start_offset() {
+        // The log must hold every record after it (its own record may be the one before the
+        // log's start, as the server accepts).
+        if snap.applied.saturating_add(1) < log.start_offset() {
             continue;
         }
         let Ok(bytes) = std::fs::read(&snap.path) else {
             continue;
         };
-        let Ok((state, Some(anchor))) = snapshot::decode_anchored(&snap.path, &bytes) else {
+        let Ok((state, anchor)) = snapshot::decode_anchored(&snap.path, &bytes) else {
             continue;
         };
-        if snapshot::anchor_at(log, snap.applied).await? == Some(anchor) {
-            return Ok(Some((state, snap)));
+        // Anchored to another record of the log: another history's, never replayed after.
+        match (anchor, snapshot::anchor_at(log, snap.applied).await?) {
+            (Some(a), Some(held)) if a != held => continue,
+            _ => return Ok(Some((state, snap))),
         }
     }
     Ok(None)

@@ -857,7 +857,7 @@ async fn load_projections(
             // failed would leave none, and the next start, under either settings, the same.
             if let Err(e) = replay_from_zero::check(log).await {
                 anyhow::bail!(
-                    "the projections' settings changed since snapshot {} was made ({}), so the projections must be rebuilt by replaying the log from offset 0, which cannot be read now: {e:#}. Every snapshot was left in place: start with the settings they were made under, or with the object store this directory was tiered to (tier.url) set and answering",
+                    "the projections' settings changed since snapshot {} was made ({}), so the projections must be rebuilt by replaying the log from offset 0, which cannot be read now: {e:#}. Every snapshot was left in place: start with the settings they were made under, or with the object store this directory was tiered to (tier.url) set and answering (a log whose oldest segments the retention removed, compaction.retention_*, cannot be replayed from offset 0 again: keep the settings)",
                     path.display(),
                     changed_settings(&p.state, &config)
                 );

@@ -17,7 +17,8 @@
 //!    removed must lie below a snapshot it can load, and its anchor record must stay; two
 //!    keep a start possible when the newest file is damaged. With fewer, or one that does not
 //!    check, nothing is removed (the next snapshot, `projections.snapshot_interval_secs`,
-//!    brings one).
+//!    brings one). The log is synced before the removal: under `log.fsync = every | never`
+//!    the anchors may be records not yet durable, which a power cut would take.
 //! 3. `Log::remove_segments_before`: the segments' files are deleted, oldest first; readers of
 //!    their offsets get "expired" (`messages::expired_floor` and the read paths).
 //!
@@ -96,6 +97,12 @@ async fn pass(state: &AppState) -> anyhow::Result<()> {
     if upto <= log.start_offset() {
         return Ok(());
     }
+    // Under `log.fsync = every | never` the snapshots may be anchored to records not yet
+    // durable (the applier applies what is written): a power cut would take those records,
+    // the start would set both snapshots aside as ahead of the log, and the segments that a
+    // replay from an older one needs would be gone. Synced now, every record up to the
+    // anchors is durable before anything is removed.
+    log.sync().await?;
     let removed = log.remove_segments_before(upto).await?;
     if removed.segments > 0 {
         state
@@ -182,7 +189,66 @@ async fn snapshot_bound(log: &Log, dir: &std::path::Path) -> anyhow::Result<Opti
 mod tests {
     use std::path::PathBuf;
 
+    use bytes::Bytes;
+    use tidings_projections::State;
+
     use super::*;
+
+    /// Writes a snapshot ending at `applied` into `dir`, anchored to `anchor` (none: unanchored).
+    fn snapshot_at(dir: &std::path::Path, applied: u64, anchor: Option<u32>) -> PathBuf {
+        let state = State {
+            applied: Some(applied),
+            ..State::default()
+        };
+        let mut e = snapshot::Encoded::of(&state).unwrap();
+        if let Some(a) = anchor {
+            e.set_anchor(a);
+        }
+        e.write(dir, 10).unwrap()
+    }
+
+    /// The bound is the older of the newest two snapshots' offsets, and only when both check
+    /// and are anchored to this log's records: none with fewer than two, with the newest
+    /// damaged, anchored to another record, or unanchored.
+    #[tokio::test]
+    async fn only_two_good_anchored_snapshots_bound_the_removal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = Log::open(tmp.path().join("log"), tidings_log::LogOptions::default())
+            .await
+            .unwrap();
+        let payloads: Vec<Bytes> = (0..10)
+            .map(|i| Bytes::from(format!("record {i}")))
+            .collect();
+        for p in &payloads {
+            log.append_one(p.clone()).await.unwrap();
+        }
+        let anchor = |at: u64| Some(snapshot::anchor_of(&payloads[at as usize]));
+        let dir = tmp.path().join("snapshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), None);
+        snapshot_at(&dir, 5, anchor(5));
+        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), None);
+        let newest = snapshot_at(&dir, 8, anchor(8));
+        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), Some(5));
+        // The newest damaged: nothing.
+        let good = std::fs::read(&newest).unwrap();
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(&newest, &bad).unwrap();
+        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), None);
+        std::fs::write(&newest, &good).unwrap();
+        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), Some(5));
+        // Anchored to another record, or not at all: nothing.
+        let other = snapshot_at(&dir, 9, anchor(8));
+        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), None);
+        std::fs::remove_file(other).unwrap();
+        snapshot_at(&dir, 9, None);
+        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), None);
+        snapshot_at(&dir, 9, anchor(9));
+        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), Some(8));
+        log.close().await.unwrap();
+    }
 
     fn seg(base: u64, end: u64, bytes: u64, sealed: bool) -> SegmentInfo {
         SegmentInfo {
