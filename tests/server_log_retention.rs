@@ -215,6 +215,47 @@ async fn the_removal_stops_below_the_older_of_the_newest_two_snapshots() {
     assert_eq!(log_start(&api).await, start);
 }
 
+/// By age (`retention_secs`): the segments whose records are all older go (once two snapshots
+/// taken after them cover them), newer ones stay, and the history serves from the first
+/// retained message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_older_than_the_age_go() {
+    let mut args = ARGS;
+    args[6] = "--compaction-retention-secs";
+    args[7] = "2";
+    let server = Server::start(&args);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let text = "z".repeat(200);
+    for i in 0..300 {
+        api.send(&alice, "g", &format!("old{i}"), &text).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Two snapshots after the old messages, and newer messages the age keeps.
+    for i in 0..2 {
+        api.send(&alice, "g", &format!("new{i}"), &text).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&server, "tidings_retention_removed_segments_total").await == 0 {
+        assert!(Instant::now() < deadline, "nothing removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!server.data.join("log/00000000000000000000.log").exists());
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=0&limit=1000",
+            &alice,
+            None,
+        )
+        .await;
+    let seqs = page_seqs(&page);
+    assert!(seqs[0] > 1, "{page}");
+    assert_eq!(seqs, (seqs[0]..=302).collect::<Vec<_>>());
+}
+
 #[test]
 fn retention_is_refused_with_a_tier() {
     let store = tempfile::tempdir().unwrap();

@@ -54,12 +54,13 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
     }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut checked = Checks::default();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = pass(&state).await {
+        if let Err(e) = pass(&state, &mut checked).await {
             state.metrics.retention_failures.inc();
             let why = format!("{e:#}");
             tracing::warn!(error = %why, "a pass of the log's retention failed; the next pass tries again");
@@ -68,7 +69,7 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
 }
 
 /// One pass (the module doc).
-async fn pass(state: &AppState) -> anyhow::Result<()> {
+async fn pass(state: &AppState, checked: &mut Checks) -> anyhow::Result<()> {
     let log = state.log.clone();
     let age_cut = match state.config.compaction_retention_secs {
         None => None,
@@ -87,7 +88,7 @@ async fn pass(state: &AppState) -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = state.proj().snapshot_dir();
-    let Some(bound) = snapshot_bound(&log, &dir).await? else {
+    let Some(bound) = snapshot_bound(&log, &dir, checked).await? else {
         tracing::debug!(
             "the retention waits for two snapshots to cover the segments it would remove"
         );
@@ -146,28 +147,61 @@ pub(crate) fn policy_cut(
     cut
 }
 
+/// A snapshot file as it was when checked: its path, length and modification time.
+type FileKey = (std::path::PathBuf, u64, std::time::SystemTime);
+
+/// The checks of the snapshot files made by earlier passes, by [`FileKey`]: a file that has not
+/// changed is not read again (a pass that waits for snapshots, on a server that takes no
+/// writes, would otherwise read both files whole every interval).
+#[derive(Default)]
+struct Checks(Vec<(FileKey, Result<snapshot::Checked, String>)>);
+
+impl Checks {
+    /// The check of `path`: the earlier one if the file is unchanged, else made now.
+    async fn of(
+        &mut self,
+        path: &std::path::Path,
+    ) -> anyhow::Result<Result<snapshot::Checked, String>> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("reading the snapshot {}", path.display()))?;
+        let key: FileKey = (path.to_path_buf(), meta.len(), meta.modified()?);
+        if let Some((_, done)) = self.0.iter().find(|(k, _)| *k == key) {
+            return Ok(done.clone());
+        }
+        let p = path.to_path_buf();
+        let done = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&p)
+                .with_context(|| format!("reading the snapshot {}", p.display()))?;
+            anyhow::Ok(snapshot::check(&p, &bytes).map_err(|e| format!("{e:#}")))
+        })
+        .await
+        .context("checking a snapshot")??;
+        // The newest two are what a pass checks: older entries are never asked for again.
+        if self.0.len() >= 4 {
+            self.0.drain(..1);
+        }
+        self.0.push((key, done.clone()));
+        Ok(done)
+    }
+}
+
 /// The offset of the older of the newest two snapshots in `dir`, when both check and are
 /// anchored to the records `log` holds at their offsets (module doc, step 2); `None`
 /// otherwise.
-async fn snapshot_bound(log: &Log, dir: &std::path::Path) -> anyhow::Result<Option<u64>> {
+async fn snapshot_bound(
+    log: &Log,
+    dir: &std::path::Path,
+    checks: &mut Checks,
+) -> anyhow::Result<Option<u64>> {
     let files = snapshot::list(dir)?;
     if files.len() < 2 {
         return Ok(None);
     }
     let mut bound = u64::MAX;
     for f in files.into_iter().take(2) {
-        let path = f.path.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("reading the snapshot {}", path.display()))?;
-            anyhow::Ok(snapshot::check(&path, &bytes)?)
-        })
-        .await
-        .context("checking a snapshot")?;
-        let checked = match checked {
+        let checked = match checks.of(&f.path).await? {
             Ok(c) => c,
-            Err(e) => {
-                let why = format!("{e:#}");
+            Err(why) => {
                 tracing::warn!(error = %why, "the retention removes nothing while one of the newest two snapshots does not check");
                 return Ok(None);
             }
@@ -188,6 +222,8 @@ async fn snapshot_bound(log: &Log, dir: &std::path::Path) -> anyhow::Result<Opti
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    use std::time::Duration;
 
     use bytes::Bytes;
     use tidings_projections::State;
@@ -225,29 +261,95 @@ mod tests {
         let anchor = |at: u64| Some(snapshot::anchor_of(&payloads[at as usize]));
         let dir = tmp.path().join("snapshots");
         std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), None);
+        assert_eq!(
+            snapshot_bound(&log, &dir, &mut Checks::default())
+                .await
+                .unwrap(),
+            None
+        );
         snapshot_at(&dir, 5, anchor(5));
-        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), None);
+        assert_eq!(
+            snapshot_bound(&log, &dir, &mut Checks::default())
+                .await
+                .unwrap(),
+            None
+        );
         let newest = snapshot_at(&dir, 8, anchor(8));
-        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), Some(5));
+        assert_eq!(
+            snapshot_bound(&log, &dir, &mut Checks::default())
+                .await
+                .unwrap(),
+            Some(5)
+        );
         // The newest damaged: nothing.
         let good = std::fs::read(&newest).unwrap();
         let mut bad = good.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
         std::fs::write(&newest, &bad).unwrap();
-        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), None);
+        assert_eq!(
+            snapshot_bound(&log, &dir, &mut Checks::default())
+                .await
+                .unwrap(),
+            None
+        );
         std::fs::write(&newest, &good).unwrap();
-        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), Some(5));
+        assert_eq!(
+            snapshot_bound(&log, &dir, &mut Checks::default())
+                .await
+                .unwrap(),
+            Some(5)
+        );
         // Anchored to another record, or not at all: nothing.
         let other = snapshot_at(&dir, 9, anchor(8));
-        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), None);
+        assert_eq!(
+            snapshot_bound(&log, &dir, &mut Checks::default())
+                .await
+                .unwrap(),
+            None
+        );
         std::fs::remove_file(other).unwrap();
         snapshot_at(&dir, 9, None);
-        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), None);
+        assert_eq!(
+            snapshot_bound(&log, &dir, &mut Checks::default())
+                .await
+                .unwrap(),
+            None
+        );
         snapshot_at(&dir, 9, anchor(9));
-        assert_eq!(snapshot_bound(&log, &dir).await.unwrap(), Some(8));
+        assert_eq!(
+            snapshot_bound(&log, &dir, &mut Checks::default())
+                .await
+                .unwrap(),
+            Some(8)
+        );
         log.close().await.unwrap();
+    }
+
+    /// A snapshot file unchanged since its check (path, length, modification time) is not
+    /// read again; a changed one is.
+    #[tokio::test]
+    async fn an_unchanged_snapshot_file_is_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = snapshot_at(dir.path(), 7, Some(1));
+        let mut checks = Checks::default();
+        let first = checks.of(&path).await.unwrap().unwrap();
+        assert_eq!(first.applied, 7);
+        // Damaged in place with its time kept: the earlier check stands (not read).
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        assert_eq!(checks.of(&path).await.unwrap(), Ok(first));
+        // Its time moved: read and checked again.
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(mtime + Duration::from_secs(1)).unwrap();
+        drop(f);
+        assert!(checks.of(&path).await.unwrap().is_err());
     }
 
     fn seg(base: u64, end: u64, bytes: u64, sealed: bool) -> SegmentInfo {
