@@ -16,12 +16,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    ADMIN, Api, Server, Ws, active_base, answers_about_g, page_seqs, seal_past, sent_offset,
-    tidings,
+    ADMIN, Api, Server, Ws, active_base, answers_about_g, page_seqs, refused_start, seal_past,
+    sent_offset, tidings,
 };
 use serde_json::{Value, json};
 
@@ -143,39 +142,6 @@ fn delete_segments_below(data: &Path, before: u64) -> usize {
     deleted.len()
 }
 
-/// Starts the server on `data`, expecting it to refuse: its stderr (a start that serves
-/// instead is killed after 30 s and fails the test).
-fn refused_start(data: &Path) -> String {
-    let stderr = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .args(ARGS)
-        .env("TIDINGS_ADMIN_KEY", ADMIN)
-        .stdout(Stdio::null())
-        .stderr(stderr.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!(
-                "started: {}",
-                std::fs::read_to_string(stderr.path()).unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let err = std::fs::read_to_string(stderr.path()).unwrap();
-    assert!(!status.success(), "{err}");
-    err
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_in_deleted_segments_have_expired() {
     let server = Server::start(&ARGS);
@@ -237,7 +203,8 @@ async fn messages_in_deleted_segments_have_expired() {
     for name in &names {
         std::fs::rename(snapshots.join(name), aside.join(name)).unwrap();
     }
-    let err = refused_start(&data);
+    let (started, err) = refused_start(&data, ARGS);
+    assert!(!started, "{err}");
     assert!(
         err.contains(&format!("the log starts at offset {cut}"))
             && err.contains("no snapshot covers the offsets before it")

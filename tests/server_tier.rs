@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Api, Server, Ws, frame_seqs, page_seqs as seqs};
+use common::{ADMIN, Api, Server, Ws, frame_seqs, page_seqs as seqs, refused_start};
 use serde_json::{Value, json};
 
 async fn history(api: &Api, token: &str, channel: &str) -> Vec<Value> {
@@ -399,7 +399,7 @@ async fn a_replay_from_zero_across_a_hole_in_the_local_segments_keeps_the_snapsh
         "{err}"
     );
     assert_eq!(snapshot_files(&data), stopped, "rebuild set none aside");
-    let (succeeded, err) = refused_start(&data, &untiered(&other));
+    let (succeeded, err) = refused_start(&data, untiered(&other));
     assert!(
         !succeeded && err.contains("is in no segment") && err.contains("left in place"),
         "{err}"
@@ -990,7 +990,7 @@ async fn a_tiered_directory_started_without_its_store_under_other_settings_keeps
         "{stopped:?}"
     );
     let other = ["--projections-idempotency-entries", "5000"].map(String::from);
-    let (succeeded, err) = refused_start(&data, &untiered(&other));
+    let (succeeded, err) = refused_start(&data, untiered(&other));
     assert!(
         !succeeded
             && err.contains("the local log starts at offset")
@@ -1031,7 +1031,7 @@ async fn a_tiered_directory_started_with_another_store_is_refused() {
     let dir = server.stop();
     let other = tempfile::tempdir().unwrap();
     let url = format!("file://{}", other.path().display());
-    let (succeeded, err) = refused_start(&data, &tier_args(&url));
+    let (succeeded, err) = refused_start(&data, tier_args(&url));
     assert!(
         !succeeded && err.contains("is it the store this directory was tiered to"),
         "{err}"
@@ -1078,38 +1078,6 @@ async fn a_data_directory_started_once_without_its_store_restores_from_it() {
     assert_eq!(tier["status"]["diverged"], false, "{tier}");
     assert_eq!(api.send(&alice, "g", "c301", "after").await["seq"], 301);
     server.stop();
-}
-
-/// Runs `tidings serve` on `data` with `args` where it must refuse to start: whether it exited
-/// successfully, and what it wrote to stderr. Panics when it still runs after 30 s (it started).
-fn refused_start(data: &Path, args: &[String]) -> (bool, String) {
-    let stderr = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .args(args)
-        .env("TIDINGS_ADMIN_KEY", ADMIN)
-        .stdout(Stdio::null())
-        .stderr(stderr.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!(
-                "started: {}",
-                std::fs::read_to_string(stderr.path()).unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = std::fs::read_to_string(stderr.path()).unwrap();
-    (status.success(), text)
 }
 
 /// `tidings tier gc` against the S3 server, beside a real tiered log. Planted next to its

@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{payload, read_all, sim_dir, small_opts};
+use common::{payload, read_all, sim_dir, small_opts, tiered_with_a_sealed_segment};
 use tidings_log::sim::SimFs;
 use tidings_log::{Log, LogError, LogOptions, Removed, Vfs, VfsFile, VfsLock};
 
@@ -275,34 +275,7 @@ async fn a_read_only_view_is_refused_and_nothing_is_removed() {
 /// manifest keeps listing them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiered_log_is_refused() {
-    use object_store::ObjectStore;
-    use object_store::local::LocalFileSystem;
-    use tidings_log::tier::{Tier, TierOptions};
-
-    let bucket = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
-    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let tier = Tier::open(
-        TierOptions::new(store, "remove", "test://remove", "node-a", cache.path())
-            .with_upload_interval(Duration::from_secs(3600)),
-    )
-    .await
-    .unwrap();
-    let dir = data.path().join("log");
-    let log = Log::open(
-        &dir,
-        LogOptions::default()
-            .with_segment_bytes(16 << 10)
-            .with_index_interval_bytes(1024)
-            .with_tier(tier),
-    )
-    .await
-    .unwrap();
-    for i in 0..5 {
-        log.append_one(payload(i, 40)).await.unwrap();
-    }
-    log.roll().await.unwrap();
+    let (_dirs, log, dir) = tiered_with_a_sealed_segment("remove").await;
     let r = log.remove_segments_before(u64::MAX).await;
     assert!(refused(&r), "{r:?}");
     assert!(segment_file(&dir, 0, "log").exists());

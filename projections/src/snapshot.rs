@@ -155,60 +155,22 @@ pub struct Checked {
 /// know that the file would load, at the cost of one pass of CRC-32 over it. The state's own
 /// offset is not compared with the header's (that needs the body decoded).
 pub fn check(path: &Path, bytes: &[u8]) -> Result<Checked> {
-    let corrupt = |position: u64, reason: String| ProjectionError::Corrupt {
-        what: "snapshot",
-        path: path.to_path_buf(),
-        position,
-        reason,
-    };
-    if bytes.len() < HEADER_LEN {
-        return Err(corrupt(
-            0,
-            format!("{} bytes, shorter than the header", bytes.len()),
-        ));
-    }
-    let u32_at = |at: usize| {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(&bytes[at..at + 4]);
-        u32::from_le_bytes(a)
-    };
-    let u64_at = |at: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(a)
-    };
-    if u32_at(0) != MAGIC {
-        return Err(corrupt(0, "bad magic".into()));
-    }
-    if crc32fast::hash(&bytes[..HEADER_LEN - 4]) != u32_at(HEADER_LEN - 4) {
-        return Err(corrupt(0, "header checksum mismatch".into()));
-    }
-    let version = u32_at(4);
+    let raw = Raw { path, bytes };
+    raw.at_least(HEADER_LEN)?;
+    raw.magic()?;
+    raw.header_crc(HEADER_LEN)?;
+    let version = raw.u32_at(4);
     if version != VERSION {
         return Err(if (1..VERSION).contains(&version) {
-            ProjectionError::SnapshotOutdated {
-                path: path.to_path_buf(),
-                version,
-                current: VERSION,
-            }
+            raw.outdated(version)
         } else {
-            corrupt(4, format!("unknown version {version}"))
+            raw.corrupt(4, format!("unknown version {version}"))
         });
     }
-    let len = u64_at(16);
-    let body = &bytes[HEADER_LEN..];
-    if body.len() as u64 != len {
-        return Err(corrupt(
-            HEADER_LEN as u64,
-            format!("body of {} bytes, header says {len}", body.len()),
-        ));
-    }
-    if crc32fast::hash(body) != u32_at(24) {
-        return Err(corrupt(HEADER_LEN as u64, "body checksum mismatch".into()));
-    }
+    raw.body(HEADER_LEN)?;
     Ok(Checked {
-        applied: u64_at(8),
-        anchor: (u32_at(32) & HAS_ANCHOR != 0).then(|| u32_at(28)),
+        applied: raw.u64_at(8),
+        anchor: raw.anchor(HEADER_LEN),
     })
 }
 
@@ -219,78 +181,127 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<State> {
 
 /// [`decode`], and the snapshot's anchor when it has one (module doc).
 pub fn decode_anchored(path: &Path, bytes: &[u8]) -> Result<(State, Option<u32>)> {
-    let corrupt = |position: u64, reason: String| ProjectionError::Corrupt {
-        what: "snapshot",
-        path: path.to_path_buf(),
-        position,
-        reason,
-    };
+    let raw = Raw { path, bytes };
     // Long enough for the fields every version has (magic, version); the full header of
     // this version is checked once the version is known.
-    if bytes.len() < 8 {
-        return Err(corrupt(
-            0,
-            format!("{} bytes, shorter than the header", bytes.len()),
-        ));
-    }
-    let u32_at = |at: usize| {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(&bytes[at..at + 4]);
-        u32::from_le_bytes(a)
-    };
-    let u64_at = |at: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(a)
-    };
-    if u32_at(0) != MAGIC {
-        return Err(corrupt(0, "bad magic".into()));
-    }
-    let version = u32_at(4);
+    raw.at_least(8)?;
+    raw.magic()?;
+    let version = raw.u32_at(4);
     // Versions 1 and 2 have the short header (no anchor, no flags).
     let header_len = match version {
         1 | 2 => SHORT_HEADER_LEN,
         3..=6 | VERSION => HEADER_LEN,
-        other => return Err(corrupt(4, format!("unknown version {other}"))),
+        other => return Err(raw.corrupt(4, format!("unknown version {other}"))),
     };
-    if bytes.len() < header_len {
-        return Err(corrupt(
-            0,
-            format!("{} bytes, shorter than the header", bytes.len()),
-        ));
-    }
-    let crc_at = header_len - 4;
-    if crc32fast::hash(&bytes[..crc_at]) != u32_at(crc_at) {
-        return Err(corrupt(0, "header checksum mismatch".into()));
-    }
+    raw.at_least(header_len)?;
+    raw.header_crc(header_len)?;
     // Only now is the version known to be what was written (not a damaged byte).
     if version < OLDEST_CURRENT {
-        return Err(ProjectionError::SnapshotOutdated {
-            path: path.to_path_buf(),
-            version,
-            current: VERSION,
-        });
+        return Err(raw.outdated(version));
     }
-    let anchor = (header_len == HEADER_LEN && u32_at(32) & HAS_ANCHOR != 0).then(|| u32_at(28));
-    let applied = u64_at(8);
-    let len = u64_at(16);
-    let body = &bytes[header_len..];
-    if body.len() as u64 != len {
-        return Err(corrupt(
-            header_len as u64,
-            format!("body of {} bytes, header says {len}", body.len()),
-        ));
-    }
-    let crc = crc32fast::hash(body);
-    if crc != u32_at(24) {
-        return Err(corrupt(header_len as u64, "body checksum mismatch".into()));
-    }
+    let anchor = raw.anchor(header_len);
+    let applied = raw.u64_at(8);
+    let body = raw.body(header_len)?;
     let state: State = ciborium::from_reader(body)
-        .map_err(|e| corrupt(header_len as u64, format!("undecodable body: {e}")))?;
+        .map_err(|e| raw.corrupt(header_len as u64, format!("undecodable body: {e}")))?;
     if state.applied != Some(applied) {
-        return Err(corrupt(8, "header offset differs from the body's".into()));
+        return Err(raw.corrupt(8, "header offset differs from the body's".into()));
     }
     Ok((state, anchor))
+}
+
+/// A snapshot file's bytes and path: the reads and checks [`check`] and [`decode_anchored`]
+/// share, each calling them in its own order (which error a damaged file gets depends on it).
+/// A field is read only once [`Raw::at_least`] has covered it.
+struct Raw<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
+}
+
+impl<'a> Raw<'a> {
+    /// Damage found at `position`.
+    fn corrupt(&self, position: u64, reason: String) -> ProjectionError {
+        ProjectionError::Corrupt {
+            what: "snapshot",
+            path: self.path.to_path_buf(),
+            position,
+            reason,
+        }
+    }
+
+    /// A version written under earlier rules (module doc).
+    fn outdated(&self, version: u32) -> ProjectionError {
+        ProjectionError::SnapshotOutdated {
+            path: self.path.to_path_buf(),
+            version,
+            current: VERSION,
+        }
+    }
+
+    /// The little-endian u32 at `at`.
+    fn u32_at(&self, at: usize) -> u32 {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&self.bytes[at..at + 4]);
+        u32::from_le_bytes(a)
+    }
+
+    /// The little-endian u64 at `at`.
+    fn u64_at(&self, at: usize) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&self.bytes[at..at + 8]);
+        u64::from_le_bytes(a)
+    }
+
+    /// At least `len` bytes, or corrupt at 0 as shorter than the header.
+    fn at_least(&self, len: usize) -> Result<()> {
+        if self.bytes.len() < len {
+            return Err(self.corrupt(
+                0,
+                format!("{} bytes, shorter than the header", self.bytes.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The magic (the first 4 bytes, which [`Raw::at_least`] has covered).
+    fn magic(&self) -> Result<()> {
+        if self.u32_at(0) != MAGIC {
+            return Err(self.corrupt(0, "bad magic".into()));
+        }
+        Ok(())
+    }
+
+    /// The CRC-32 in the last 4 bytes of a header of `header_len` bytes, over the rest of it.
+    fn header_crc(&self, header_len: usize) -> Result<()> {
+        let crc_at = header_len - 4;
+        if crc32fast::hash(&self.bytes[..crc_at]) != self.u32_at(crc_at) {
+            return Err(self.corrupt(0, "header checksum mismatch".into()));
+        }
+        Ok(())
+    }
+
+    /// The anchor in a header of `header_len` bytes, when it is set (the short header has
+    /// none).
+    fn anchor(&self, header_len: usize) -> Option<u32> {
+        (header_len == HEADER_LEN && self.u32_at(32) & HAS_ANCHOR != 0).then(|| self.u32_at(28))
+    }
+
+    /// The body after a header of `header_len` bytes, its length and CRC-32 checked against
+    /// the header's.
+    fn body(&self, header_len: usize) -> Result<&'a [u8]> {
+        let body = &self.bytes[header_len..];
+        let len = self.u64_at(16);
+        if body.len() as u64 != len {
+            return Err(self.corrupt(
+                header_len as u64,
+                format!("body of {} bytes, header says {len}", body.len()),
+            ));
+        }
+        if crc32fast::hash(body) != self.u32_at(24) {
+            return Err(self.corrupt(header_len as u64, "body checksum mismatch".into()));
+        }
+        Ok(body)
+    }
 }
 
 /// Snapshots in `dir`, newest first.

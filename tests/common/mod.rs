@@ -2,11 +2,12 @@
 //! WebSocket clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -429,6 +430,41 @@ pub(crate) fn tidings(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `tidings serve` on `data` with `args` where it must refuse to start: whether it exited
+/// successfully, and what it wrote to stderr. Panics when it still runs after 30 s (it started).
+pub(crate) fn refused_start(
+    data: &Path,
+    args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+) -> (bool, String) {
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(args)
+        .env("TIDINGS_ADMIN_KEY", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "started: {}",
+                std::fs::read_to_string(stderr.path()).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(stderr.path()).unwrap();
+    (status.success(), text)
 }
 
 /// The base offset of the log's active segment in data directory `data` (its newest segment
