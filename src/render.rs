@@ -158,6 +158,8 @@ pub(crate) struct PreviewView<'a> {
     payload: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_b64: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    edited: bool,
 }
 
 impl<'a> PreviewView<'a> {
@@ -169,6 +171,7 @@ impl<'a> PreviewView<'a> {
         from: &'a str,
         ts: u64,
         recalled: bool,
+        edited: bool,
         preview: &'a [u8],
         flags: u32,
     ) -> Self {
@@ -185,6 +188,7 @@ impl<'a> PreviewView<'a> {
             recalled,
             payload,
             payload_b64,
+            edited: edited && !recalled,
         }
     }
 }

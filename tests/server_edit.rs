@@ -177,6 +177,7 @@ async fn an_edit_reaches_sessions_and_every_read_and_survives_a_restart() {
         json!({"text": "2nd, final"}),
         "{g}"
     );
+    assert_eq!(g["last_message"]["edited"], true, "{g}");
     ws.close().await;
 
     // A restart (snapshot, then the log) answers the same.
@@ -186,6 +187,19 @@ async fn an_edit_reaches_sessions_and_every_read_and_survives_a_restart() {
     assert_eq!(again.1, dm);
     assert_eq!(again.2["messages"], changes["messages"]);
     assert_eq!(again.3["conversations"], convs["conversations"]);
+    // A message after it: the list shows that one, not marked edited.
+    let api = Api::new(&server);
+    api.send(&alice, "g", "c3", "third").await;
+    let convs = api.ok("GET", "/v1/conversations", &bob, None).await;
+    let g = convs["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "g")
+        .unwrap()
+        .clone();
+    assert_eq!(g["last_message"]["seq"], 3, "{g}");
+    assert!(g["last_message"].get("edited").is_none(), "{g}");
 }
 
 #[tokio::test]

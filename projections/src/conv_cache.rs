@@ -47,9 +47,9 @@ const MAGIC: u32 = u32::from_le_bytes(*b"TDCV");
 /// the projection rules change what a list holds without changing the versions the fingerprint
 /// hashes (v2: the sender's delivered cursor on send, snapshot format 2; v3: a re-created
 /// group's floor, snapshot format 4; v4: a banned group's last message shown only to whom it
-/// is owed; v5: a re-created group listed only from its first message): a list computed under
-/// the old rules would otherwise be served on.
-const KEY_VERSION: &str = "v5";
+/// is owed; v5: a re-created group listed only from its first message; v6: the last message's
+/// `edited` mark): a list computed under the old rules would otherwise be served on.
+const KEY_VERSION: &str = "v6";
 
 /// What the cached list was computed from.
 pub fn fingerprint(state: &State, uid: &str) -> u64 {

@@ -35,6 +35,9 @@ pub struct LastMessage {
     pub flags: u32,
     /// Whether it was recalled (then `preview` is empty).
     pub recalled: bool,
+    /// Whether it was edited (`preview` is its latest edit's).
+    #[serde(default)]
+    pub edited: bool,
 }
 
 /// One entry of a user's conversation list.
@@ -103,6 +106,7 @@ pub fn compute(state: &State, uid: &str) -> Vec<Conversation> {
             truncated: head.truncated,
             flags: head.flags,
             recalled: head.recalled,
+            edited: head.edited,
         });
         out.push(Conversation {
             channel: channel.clone(),

@@ -35,6 +35,10 @@ pub struct Head {
     pub flags: u32,
     /// Whether the last message was recalled.
     pub recalled: bool,
+    /// Whether the last message was edited (`preview` is its latest edit's). Absent from heads
+    /// written before edits could be made (none was edited then).
+    #[serde(default)]
+    pub edited: bool,
     /// When it was sent (ms since the Unix epoch).
     pub ts: u64,
     /// Log offset of the last change to this head.
@@ -147,6 +151,7 @@ impl Heads {
             head.truncated = truncated;
             head.flags = flags;
             head.recalled = false;
+            head.edited = false;
             head.ts = ts;
             head.version = offset;
         };
@@ -203,6 +208,7 @@ impl Heads {
             if h.last_seq == seq {
                 (h.preview, h.truncated) = preview(payload);
                 h.flags = flags;
+                h.edited = true;
             }
             h.version = offset;
         }

@@ -39,7 +39,8 @@
 //! - 7 (2026-11-30): the channel heads keep the offset of every edit of a message
 //!   ([`crate::heads::Heads::edits`]), not only its latest, so that the server's purge of a
 //!   recalled message rewrites each; a version 6 state holds one offset per message, in
-//!   another shape.
+//!   another shape. The same version carries the head's `edited` mark (`Head::edited`,
+//!   `#[serde(default)]`): the edit API came with it, so no earlier state holds an edited head.
 //!
 //! Not a version: a hide carrying the seq it hides as of (`ConversationHidden::up_to_seq`,
 //! 2026-11-30). A hide without it is applied as before, and every state an earlier build wrote

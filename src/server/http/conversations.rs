@@ -83,6 +83,7 @@ async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Box<R
             &m.from,
             m.ts,
             m.recalled,
+            m.edited,
             &m.preview,
             m.flags,
         ))?),
