@@ -122,6 +122,9 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
     assert_eq!(page["has_more"], false);
     let sync = api.ok("GET", "/v1/sync?limit=1000", &bob, None).await;
     assert_eq!(page_seqs(&sync), seqs, "{sync}");
+    // His unread count is what he can still read, not every message since he joined.
+    let convs = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert_eq!(convs["conversations"][0]["unread"], seqs.len(), "{convs}");
     api.send(&alice, "g", "after", "after the retention").await;
 
     // A restart starts from a snapshot (the log starts past 0) and answers the same.

@@ -5,7 +5,8 @@
 //! `/v1/changes` tells a recall or an edit of one as the notice alone. The conversation list
 //! shows its last message from the head's preview, which needs no log, but for a payload
 //! longer than the preview, read from the log: once expired it is not shown (as after a
-//! clear). Unread counts are left as they are: they may count expired messages.
+//! clear). Unread counts leave expired messages out ([`unread_retained`], on the page's
+//! conversations: the cached list counts from the read position).
 
 use std::sync::Arc;
 
@@ -100,6 +101,39 @@ async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Box<R
     })
 }
 
+/// `c.unread` without the messages that have expired (`tidings_projections::messages`' module
+/// doc): the cached list counts every message after the caller's read position, and a user
+/// away longer than the retention would be told of messages no read can bring. One index
+/// lookup (is the first unread message expired?) per conversation with unread messages, and
+/// the channel's expired floor when it is. Only the page's conversations, and only once the
+/// log starts past 0.
+fn unread_retained(
+    p: &tidings_projections::Projections,
+    me: &str,
+    c: &Conversation,
+    expired_below: u64,
+) -> ApiResult<u64> {
+    if c.unread == 0 {
+        return Ok(0);
+    }
+    let (state, files) = (&p.state, p.index_files());
+    let cur = state.cursors.get(me, &c.channel);
+    let seen = cur.read.max(cur.cleared);
+    let first = messages::plan_range(state, files, &c.channel, seen + 1, seen + 1)?;
+    if !first
+        .first()
+        .is_some_and(|m| messages::is_expired(m, expired_below))
+    {
+        return Ok(c.unread);
+    }
+    let floor = messages::expired_floor(state, files, &c.channel, seen, expired_below)?;
+    let retained = c
+        .last_seq
+        .saturating_sub(floor)
+        .saturating_sub(state.heads.recalled_between(&c.channel, floor, c.last_seq));
+    Ok(retained.min(c.unread))
+}
+
 /// One JSON text (the payloads in it as sent).
 fn raw<T: Serialize>(v: &T) -> ApiResult<Box<RawValue>> {
     to_raw_value(v).map_err(|e| ApiError::internal(format!("rendering the answer: {e}")))
@@ -136,7 +170,7 @@ pub(crate) async fn conversations(
             (list, version)
         }
     };
-    let list = page(
+    let mut list = page(
         &state.proj().state,
         &me,
         &all,
@@ -144,6 +178,13 @@ pub(crate) async fn conversations(
         limit,
         version,
     );
+    let expired_below = state.expired_below();
+    if expired_below > 0 {
+        let p = state.proj();
+        for c in &mut list.conversations {
+            c.unread = unread_retained(&p, &me, c, expired_below)?;
+        }
+    }
     let mut convs = Vec::with_capacity(list.conversations.len());
     for c in &list.conversations {
         convs.push(render(&state, c, &me).await?);
