@@ -54,13 +54,48 @@ pub struct Heads {
     pub recalled: BTreeMap<ChannelId, BTreeSet<u64>>,
     /// For each edited message, the log offsets of all its edits, in log order (ascending):
     /// the last is the edit history shows. Edits applied after the message's recall are not
-    /// kept (the projections ignore them); those before it stay, for the purge.
-    pub edits: BTreeMap<ChannelId, BTreeMap<u64, Vec<u64>>>,
+    /// kept (the projections ignore them); those before it stay, for the purge. Read from a
+    /// snapshot of format 6 too, which held the latest offset alone ([`edits_of_either_shape`]).
+    #[serde(deserialize_with = "edits_of_either_shape")]
+    pub edits: Edits,
     /// Recalls and edits by channel as `(offset, seq)`, in log order (offsets ascending), each
     /// seq once: at its latest change.
     pub changes: BTreeMap<ChannelId, Vec<(u64, u64)>>,
     /// The next server message id.
     pub next_message_id: u64,
+}
+
+/// Every edited message's edit offsets, by channel then seq ([`Heads::edits`]).
+pub type Edits = BTreeMap<ChannelId, BTreeMap<u64, Vec<u64>>>;
+
+/// A message's edit offsets as a snapshot holds them: all of them (format 7), or the latest
+/// alone (format 6, written before the edit API existed: no message had an earlier edit, so
+/// the one offset is all of them).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EditOffsets {
+    Latest(u64),
+    All(Vec<u64>),
+}
+
+/// [`Heads::edits`] from either shape ([`EditOffsets`]): a format 6 snapshot loads as it is,
+/// without the replay from offset 0 an outdated one costs (which a log the retention trimmed
+/// cannot make).
+fn edits_of_either_shape<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Edits, D::Error> {
+    let read: BTreeMap<ChannelId, BTreeMap<u64, EditOffsets>> = Deserialize::deserialize(d)?;
+    Ok(read
+        .into_iter()
+        .map(|(channel, edits)| {
+            let edits = edits
+                .into_iter()
+                .map(|(seq, offsets)| match offsets {
+                    EditOffsets::Latest(offset) => (seq, vec![offset]),
+                    EditOffsets::All(all) => (seq, all),
+                })
+                .collect();
+            (channel, edits)
+        })
+        .collect())
 }
 
 /// A copy of the payload's first [`PREVIEW_MAX`] bytes. A copy, not a slice: a head outlives
@@ -218,6 +253,35 @@ impl Heads {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A format 6 state's edits (the latest offset of each edited message alone) read as
+    /// lists of one; format 7's as they are.
+    #[test]
+    fn edits_read_from_either_shape() {
+        let mut heads = Heads::default();
+        let payload = Bytes::from_static(b"body");
+        heads.sent(1, 1_000, "g", "ann", 1, 1, &payload, 0);
+        heads.edit(2, "g", 1, &payload, 0);
+        heads.edit(3, "g", 1, &payload, 0);
+        let value = ciborium::Value::serialized(&heads).unwrap();
+        let back: Heads = value.deserialized().unwrap();
+        assert_eq!(back, heads);
+        // The format 6 shape: `{"g": {1: 3}}`.
+        let ciborium::Value::Map(mut fields) = value else {
+            panic!("a map");
+        };
+        for (k, v) in &mut fields {
+            if k.as_text() == Some("edits") {
+                *v = ciborium::Value::Map(vec![(
+                    ciborium::Value::Text("g".into()),
+                    ciborium::Value::Map(vec![(1.into(), 3.into())]),
+                )]);
+            }
+        }
+        let old: Heads = ciborium::Value::Map(fields).deserialized().unwrap();
+        assert_eq!(old.edit_offsets("g", 1), [3]);
+        assert_eq!(old.edit_offset("g", 1), Some(3));
+    }
 
     /// Every edit of a message keeps its offset, in log order, the latest last (what history
     /// serves); its recall leaves them (the purge rewrites each), and an edit after the recall

@@ -41,6 +41,10 @@
 //!   recalled message rewrites each; a version 6 state holds one offset per message, in
 //!   another shape. The same version carries the head's `edited` mark (`Head::edited`,
 //!   `#[serde(default)]`): the edit API came with it, so no earlier state holds an edited head.
+//!   Version 6 is still *current*: its one offset per message is read as a list of one
+//!   (`heads::edits_of_either_shape`), which is exact, since no message had an earlier edit
+//!   before the API — so a log the retention trimmed, which cannot be replayed from offset 0,
+//!   still starts after this change. (A format change that is not exact so needs the replay.)
 //!
 //! Not a version: a hide carrying the seq it hides as of (`ConversationHidden::up_to_seq`,
 //! 2026-11-30). A hide without it is applied as before, and every state an earlier build wrote
@@ -71,7 +75,7 @@ use crate::state::State;
 const MAGIC: u32 = u32::from_le_bytes(*b"TDSN");
 const VERSION: u32 = 7;
 /// The oldest version whose states follow the current rules (older ones are outdated).
-const OLDEST_CURRENT: u32 = 7;
+const OLDEST_CURRENT: u32 = 6;
 const HEADER_LEN: usize = 40;
 /// The header of versions 1 and 2: no anchor, no flags.
 const SHORT_HEADER_LEN: usize = 32;
@@ -161,8 +165,8 @@ pub fn check(path: &Path, bytes: &[u8]) -> Result<Checked> {
     raw.magic()?;
     raw.header_crc(HEADER_LEN)?;
     let version = raw.u32_at(4);
-    if version != VERSION {
-        return Err(if (1..VERSION).contains(&version) {
+    if !(OLDEST_CURRENT..=VERSION).contains(&version) {
+        return Err(if (1..OLDEST_CURRENT).contains(&version) {
             raw.outdated(version)
         } else {
             raw.corrupt(4, format!("unknown version {version}"))
