@@ -92,8 +92,19 @@ impl DataDir {
     /// never tiered ([`DataDir::tier_marker`]). A tiered directory's older segments are in the
     /// object store, not gone: reads of them answer 503 `history_unavailable` when it is not
     /// read.
+    ///
+    /// A directory the retention trimmed ([`DataDir::trimmed_marker`]) expires below its start
+    /// whatever its tier: a tier turned on afterwards starts its store's history at the oldest
+    /// segment left, and nothing holds the removed ones (before the marker, such a directory's
+    /// sync failed 503 for every user whose cursor was below the start, for good).
     pub(crate) fn expires_below_log_start(&self, log: &tidings_log::Log) -> bool {
-        log.tier().is_none() && self.tier_marker().is_none()
+        (log.tier().is_none() && self.tier_marker().is_none()) || self.trimmed_marker().exists()
+    }
+    /// The file the retention writes (durably) before it first removes segments: this
+    /// directory's log lost its oldest segments for good, so messages below its start have
+    /// expired, tiered or not.
+    pub(crate) fn trimmed_marker(&self) -> PathBuf {
+        self.0.join("log-trimmed")
     }
 }
 

@@ -152,6 +152,25 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
         "{out}"
     );
     assert!(out.contains("older segments were removed"), "{out}");
+
+    // A tier turned on afterwards (the retention settings dropped: they go without one): the
+    // removed messages stay expired, not "unavailable" (nothing holds them).
+    assert!(data.join("log-trimmed").exists());
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let server = Server::start_on(&data, &["--tier-url", &url]);
+    let api = Api::new(&server);
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=0&limit=1000",
+            &bob,
+            None,
+        )
+        .await;
+    assert_eq!(page_seqs(&page), again, "{page}");
+    let sync = api.ok("GET", "/v1/sync?limit=1000", &bob, None).await;
+    assert_eq!(page_seqs(&sync), again, "{sync}");
 }
 
 /// The snapshots' offsets in `data`, oldest first.

@@ -586,6 +586,13 @@ async fn write_snapshot(
             tracing::warn!(error = %e, "could not read the record a snapshot ends at; writing it without an anchor")
         }
     }
+    // A log that cannot be replayed from offset 0 (the retention trims it, or trimmed it):
+    // under `log.fsync = every | never` the record this snapshot ends at may not be durable
+    // yet, and a power cut would set it aside as ahead of the log — the newest 3 kept all so,
+    // no snapshot would be left that a start can use (`retention.rs`). Synced first, it is.
+    if state.config.retention_interval().is_some() || state.log.start_offset() > 0 {
+        state.log.sync().await?;
+    }
     // One write at a time, held in the blocking thread itself: a periodic snapshot's write
     // that a shutdown cut short (its task aborted) goes on there, and the shutdown's write of
     // the same offset would share its temporary file.

@@ -104,6 +104,17 @@ async fn pass(state: &AppState, checked: &mut Checks) -> anyhow::Result<()> {
     // replay from an older one needs would be gone. Synced now, every record up to the
     // anchors is durable before anything is removed.
     log.sync().await?;
+    // Before the first removal: this directory's messages below the log's start expire for
+    // good, also if a tier is turned on later (`DataDir::trimmed_marker`).
+    let data = DataDir::new(&state.config.data);
+    let marker = data.trimmed_marker();
+    if !marker.exists() {
+        crate::data::write_durably(
+            &marker,
+            b"the retention removed the log's oldest segments: messages below its start have expired\n",
+            0o644,
+        )?;
+    }
     let removed = log.remove_segments_before(upto).await?;
     if removed.segments > 0 {
         state

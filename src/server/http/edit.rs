@@ -34,7 +34,7 @@ use serde_json::value::RawValue;
 use tidings_projections::Event;
 use tidings_projections::permissions::check_send;
 
-use super::messages::{load_message, payload_bytes, present, readable};
+use super::messages::{load_message, message_expired, payload_bytes, present, readable};
 use super::{ApiJson, ApiPath};
 use crate::render::channel_ref;
 use crate::server::auth::{ADMIN_ACTOR, Authenticated, Caller, resolve};
@@ -118,6 +118,7 @@ pub(crate) async fn edit(
         flags,
     };
     let ch = channel.clone();
+    let (app, sent_at) = (state.clone(), m.offset);
     let user = caller.uid().map(str::to_owned);
     let person_allowlist = state.config.person_allowlist;
     let written = state
@@ -132,6 +133,10 @@ pub(crate) async fn edit(
                     "message_not_found",
                     format!("no message {seq} in this channel"),
                 ));
+            }
+            // Or expired since (the retention removed its segment).
+            if sent_at < app.expired_below() {
+                return Err(message_expired(seq));
             }
             match &user {
                 Some(me) => {

@@ -658,7 +658,7 @@ fn no_message(seq: u64) -> ApiError {
 /// The answer for a message of the channel that has expired: its send lies below the log's
 /// first offset (`tidings_projections::messages`' module doc), its segment deleted by the
 /// retention (or by hand).
-fn message_expired(seq: u64) -> ApiError {
+pub(crate) fn message_expired(seq: u64) -> ApiError {
     ApiError::not_found(
         "message_expired",
         format!("message {seq} has expired: the log no longer holds it"),
