@@ -241,6 +241,12 @@ async fn pass(
     // recall ever made, not all of it. Recalls past A0 are left to the next pass; what the
     // index said of a message stays true (an entry moves to a sidecar run, which never changes).
     let (mut found, channels) = found;
+    // A recall below the log's start is gone with the send and edits it recalled (all before
+    // it): taken as done, not looked up in the index to be dropped later.
+    let watermark = match (watermark, state.log.start_offset().checked_sub(1)) {
+        (Some(w), Some(below)) => Some(w.max(below)),
+        (w, below) => w.or(below),
+    };
     for chunk in channels.chunks(RECALL_CHANNELS_PER_LOCK) {
         let p = state.proj();
         found.recalled.extend(recalled_since(
