@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN, Api, Server, Ws, page_seqs};
+use common::{ADMIN, Api, Server, Ws, listed, page_seqs};
 use serde_json::{Value, json};
 
 /// `PATCH` of message `seq` in `channel` with `body`: the status and the answer.
@@ -165,13 +165,7 @@ async fn an_edit_reaches_sessions_and_every_read_and_survives_a_restart() {
         json!({"text": "2nd, final"})
     );
     // The conversation list's last message of `g` is its edited text.
-    let g = convs["conversations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["channel"] == "g")
-        .unwrap()
-        .clone();
+    let g = listed(&convs, "g").unwrap();
     assert_eq!(
         g["last_message"]["payload"],
         json!({"text": "2nd, final"}),
@@ -191,13 +185,7 @@ async fn an_edit_reaches_sessions_and_every_read_and_survives_a_restart() {
     let api = Api::new(&server);
     api.send(&alice, "g", "c3", "third").await;
     let convs = api.ok("GET", "/v1/conversations", &bob, None).await;
-    let g = convs["conversations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["channel"] == "g")
-        .unwrap()
-        .clone();
+    let g = listed(&convs, "g").unwrap();
     assert_eq!(g["last_message"]["seq"], 3, "{g}");
     assert!(g["last_message"].get("edited").is_none(), "{g}");
 }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{ADMIN, Api, Server, Ws, frame_seqs as seqs};
+use common::{ADMIN, Api, Server, Ws, frame_seqs as seqs, listed};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -1498,16 +1498,6 @@ async fn a_session_catching_up_does_not_get_its_own_send_back() {
     // The other session of the user gets it.
     let got = other.next_of("message").await;
     assert_eq!(got["client_msg_id"], "b1");
-}
-
-/// The conversation `ch` of a `/v1/conversations` answer, if listed.
-fn listed(v: &Value, ch: &str) -> Option<Value> {
-    v["conversations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["channel"] == ch)
-        .cloned()
 }
 
 /// A page of `g`'s history as `who` reads it (`query`: the page's query string).

@@ -60,6 +60,22 @@ fn frames(channel: &str, build: impl Fn(Option<&str>) -> Frame) -> Vec<(Option<U
     }
 }
 
+/// The push of a notice about message `seq` of `channel` (a recall, an edit), from the event at
+/// `offset`, with its frame for each viewpoint.
+fn notice(channel: &str, seq: u64, offset: u64, build: impl Fn(Option<&str>) -> Frame) -> Effect {
+    Effect::Push(
+        Arc::new(Pushed {
+            channel: channel.to_owned(),
+            seq,
+            offset,
+            is_message: false,
+            origin: None,
+            frames: frames(channel, build),
+        }),
+        u64::MAX,
+    )
+}
+
 fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
     match &env.event {
         Event::MessageSent {
@@ -103,17 +119,7 @@ fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
                     &json!({"type": "recall", "channel": channel_ref(channel, viewer), "seq": seq, "by": by}),
                 )
             };
-            Some(Effect::Push(
-                Arc::new(Pushed {
-                    channel: channel.clone(),
-                    seq: *seq,
-                    offset,
-                    is_message: false,
-                    origin: None,
-                    frames: frames(channel, build),
-                }),
-                u64::MAX,
-            ))
+            Some(notice(channel, *seq, offset, build))
         }
         Event::MessageEdited {
             channel,
@@ -122,7 +128,7 @@ fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
             payload,
             flags,
         } => {
-            let notice = EditNotice {
+            let edit = EditNotice {
                 channel,
                 seq: *seq,
                 by,
@@ -131,20 +137,10 @@ fn effects_of(offset: u64, env: &Envelope) -> Option<Effect> {
                 flags: *flags,
             };
             let build = |viewer: Option<&str>| Frame {
-                cbor: cbor_frame(&edit_json(&notice, viewer)),
-                json: edit_text(&notice, viewer).into(),
+                cbor: cbor_frame(&edit_json(&edit, viewer)),
+                json: edit_text(&edit, viewer).into(),
             };
-            Some(Effect::Push(
-                Arc::new(Pushed {
-                    channel: channel.clone(),
-                    seq: *seq,
-                    offset,
-                    is_message: false,
-                    origin: None,
-                    frames: frames(channel, build),
-                }),
-                u64::MAX,
-            ))
+            Some(notice(channel, *seq, offset, build))
         }
         Event::MembersSubscribed { channel, uids } => {
             Some(Effect::Joined(channel.clone(), uids.clone()))

@@ -405,6 +405,16 @@ impl Ws {
     }
 }
 
+/// The conversation `ch` of a `/v1/conversations` answer, if listed.
+pub(crate) fn listed(v: &Value, ch: &str) -> Option<Value> {
+    v["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == ch)
+        .cloned()
+}
+
 /// A counter of the server's `/metrics`.
 pub(crate) async fn metric(server: &Server, name: &str) -> u64 {
     let text = reqwest::get(server.url("/metrics"))
