@@ -44,6 +44,14 @@ pub(crate) struct Written {
     pub(crate) ts: u64,
 }
 
+/// A channel's expired floor and what it was found for: the log's start and the channel's
+/// earlier-group floor ([`AppState::expired_floor`]).
+#[derive(Debug, Clone, Copy)]
+struct ExpiredFloor {
+    key: (u64, u64),
+    floor: u64,
+}
+
 /// Shared by every handler and task.
 pub(crate) struct AppState {
     pub(crate) config: Config,
@@ -92,6 +100,9 @@ pub(crate) struct AppState {
     /// Whether messages below the log's first offset have expired rather than being
     /// unavailable ([`DataDir::expires_below_log_start`]; see [`AppState::expired_below`]).
     pub(crate) expiring: bool,
+    /// Each channel's expired floor as last found, with the log start and the channel's
+    /// earlier-group floor it was found for ([`AppState::expired_floor`]).
+    expired_floors: Mutex<tidings_projections::FastMap<String, ExpiredFloor>>,
     /// Held by [`AppState::subscribe`] from its read of who is a member to its event applied:
     /// one of these locks per group, by a hash of its id ([`SUBSCRIBE_LOCKS`]).
     subscribing: Box<[tokio::sync::Mutex<()>]>,
@@ -149,6 +160,7 @@ impl AppState {
             uploaded_sidecars: Mutex::new(None),
             snapshot_writes: Arc::new(SnapshotWrites::default()),
             expiring,
+            expired_floors: Mutex::default(),
             subscribing: (0..SUBSCRIBE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -164,6 +176,43 @@ impl AppState {
         } else {
             0
         }
+    }
+
+    /// The highest seq of `channel` whose message has expired (0: none), from the projections
+    /// `p`: found by a binary search of the message index (`messages::expired_floor`) once per
+    /// log start — it changes only when the retention removes segments — and remembered, so a
+    /// conversation list reads no index for it again (nor holds `p` over sidecar reads).
+    pub(crate) fn expired_floor(&self, p: &Projections, channel: &str) -> ApiResult<u64> {
+        let start = self.expired_below();
+        if start == 0 {
+            return Ok(0);
+        }
+        let above = p.state.subs.history_from(channel);
+        let key = (start, above);
+        let memo = |m: &mut tidings_projections::FastMap<String, ExpiredFloor>| {
+            m.get(channel).filter(|f| f.key == key).map(|f| f.floor)
+        };
+        if let Some(floor) = memo(&mut self.floors()) {
+            return Ok(floor);
+        }
+        let floor = tidings_projections::messages::expired_floor(
+            &p.state,
+            p.index_files(),
+            channel,
+            above,
+            start,
+        )?;
+        self.floors()
+            .insert(channel.to_owned(), ExpiredFloor { key, floor });
+        Ok(floor)
+    }
+
+    fn floors(
+        &self,
+    ) -> std::sync::MutexGuard<'_, tidings_projections::FastMap<String, ExpiredFloor>> {
+        self.expired_floors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The projections, for reading (never held across an await).

@@ -103,34 +103,30 @@ async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Box<R
 
 /// `c.unread` without the messages that have expired (`tidings_projections::messages`' module
 /// doc): the cached list counts every message after the caller's read position, and a user
-/// away longer than the retention would be told of messages no read can bring. One index
-/// lookup (is the first unread message expired?) per conversation with unread messages, and
-/// the channel's expired floor when it is. Only the page's conversations, and only once the
-/// log starts past 0.
+/// away longer than the retention would be told of messages no read can bring. Cut at the
+/// channel's expired floor ([`AppState::expired_floor`]: found once per log start) when the
+/// caller's read position is below it. Only the page's conversations, and only once the log
+/// starts past 0.
 fn unread_retained(
+    state: &AppState,
     p: &tidings_projections::Projections,
     me: &str,
     c: &Conversation,
-    expired_below: u64,
 ) -> ApiResult<u64> {
     if c.unread == 0 {
         return Ok(0);
     }
-    let (state, files) = (&p.state, p.index_files());
-    let cur = state.cursors.get(me, &c.channel);
+    let cur = p.state.cursors.get(me, &c.channel);
     let seen = cur.read.max(cur.cleared);
-    let first = messages::plan_range(state, files, &c.channel, seen + 1, seen + 1)?;
-    if !first
-        .first()
-        .is_some_and(|m| messages::is_expired(m, expired_below))
-    {
+    let floor = state.expired_floor(p, &c.channel)?;
+    if floor <= seen {
         return Ok(c.unread);
     }
-    let floor = messages::expired_floor(state, files, &c.channel, seen, expired_below)?;
-    let retained = c
-        .last_seq
-        .saturating_sub(floor)
-        .saturating_sub(state.heads.recalled_between(&c.channel, floor, c.last_seq));
+    let retained = c.last_seq.saturating_sub(floor).saturating_sub(
+        p.state
+            .heads
+            .recalled_between(&c.channel, floor, c.last_seq),
+    );
     Ok(retained.min(c.unread))
 }
 
@@ -182,7 +178,7 @@ pub(crate) async fn conversations(
     if expired_below > 0 {
         let p = state.proj();
         for c in &mut list.conversations {
-            c.unread = unread_retained(&p, &me, c, expired_below)?;
+            c.unread = unread_retained(&state, &p, &me, c)?;
         }
     }
     let mut convs = Vec::with_capacity(list.conversations.len());
