@@ -117,10 +117,6 @@ async fn pass(state: &AppState, checked: &mut Checks) -> anyhow::Result<()> {
     }
     let removed = log.remove_segments_before(upto).await?;
     if removed.segments > 0 {
-        state.expired_at.store(
-            *state.applied.borrow(),
-            std::sync::atomic::Ordering::Release,
-        );
         state
             .metrics
             .retention_removed_segments

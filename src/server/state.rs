@@ -103,11 +103,6 @@ pub(crate) struct AppState {
     /// Each channel's expired floor as last found, with the log start and the channel's
     /// earlier-group floor it was found for ([`AppState::expired_floor`]).
     expired_floors: Mutex<tidings_projections::FastMap<String, ExpiredFloor>>,
-    /// The applied offset when messages last expired (the retention moved the log's start), or
-    /// when this process started on a log that starts past 0: a conversation whose unread count
-    /// expiry cut is listed as changed at it, so an incremental list asked from before it gets
-    /// the new count (no event moved the conversation's own version).
-    pub(crate) expired_at: std::sync::atomic::AtomicU64,
     /// Held by [`AppState::subscribe`] from its read of who is a member to its event applied:
     /// one of these locks per group, by a hash of its id ([`SUBSCRIBE_LOCKS`]).
     subscribing: Box<[tokio::sync::Mutex<()>]>,
@@ -138,7 +133,6 @@ impl AppState {
         let next_applied = *applied.borrow();
         let user_rates = UserRates::new(config.limits_sends_per_second);
         let expiring = DataDir::new(&config.data).expires_below_log_start(&log);
-        let log_starts_late = expiring && log.start_offset() > 0;
         Self {
             config,
             log,
@@ -167,11 +161,6 @@ impl AppState {
             snapshot_writes: Arc::new(SnapshotWrites::default()),
             expiring,
             expired_floors: Mutex::default(),
-            expired_at: std::sync::atomic::AtomicU64::new(if log_starts_late {
-                next_applied
-            } else {
-                0
-            }),
             subscribing: (0..SUBSCRIBE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),

@@ -105,7 +105,8 @@ async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Box<R
 /// doc): the cached list counts every message after the caller's read position, and a user
 /// away longer than the retention would be told of messages no read can bring. Cut at the
 /// channel's expired floor ([`AppState::expired_floor`]: found once per log start) when the
-/// caller's read position is below it. Only once the log starts past 0.
+/// caller's read position is below it. Only the page's conversations, and only once the log
+/// starts past 0.
 fn unread_retained(
     state: &AppState,
     p: &tidings_projections::Projections,
@@ -150,7 +151,7 @@ pub(crate) async fn conversations(
         let p = state.proj();
         (fingerprint(&p.state, &me), p.state.applied.unwrap_or(0))
     };
-    let (mut all, version) = match state.conv_cache.get(&me, fp).await {
+    let (all, version) = match state.conv_cache.get(&me, fp).await {
         Some(list) => (list, version),
         None => {
             let (fp, list, version) = {
@@ -165,20 +166,7 @@ pub(crate) async fn conversations(
             (list, version)
         }
     };
-    // Expired messages out of the unread counts; a count that changed so is listed as changed
-    // when messages last expired, for an incremental list asked from before then.
-    if state.expired_below() > 0 {
-        let expired_at = state.expired_at.load(std::sync::atomic::Ordering::Acquire);
-        let p = state.proj();
-        for c in &mut all {
-            let unread = unread_retained(&state, &p, &me, c)?;
-            if unread != c.unread {
-                c.unread = unread;
-                c.version = c.version.max(expired_at);
-            }
-        }
-    }
-    let list = page(
+    let mut list = page(
         &state.proj().state,
         &me,
         &all,
@@ -186,6 +174,13 @@ pub(crate) async fn conversations(
         limit,
         version,
     );
+    let expired_below = state.expired_below();
+    if expired_below > 0 {
+        let p = state.proj();
+        for c in &mut list.conversations {
+            c.unread = unread_retained(&state, &p, &me, c)?;
+        }
+    }
     let mut convs = Vec::with_capacity(list.conversations.len());
     for c in &list.conversations {
         convs.push(render(&state, c, &me).await?);
