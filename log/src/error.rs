@@ -214,8 +214,8 @@ pub enum LogError {
         reason: String,
     },
     /// A removal of the oldest segments ([`crate::Log::remove_segments_before`]) was refused,
-    /// and nothing removed: the log is a read-only view, or has an object store (whose own
-    /// local retention deletes segments once uploaded, and whose manifest keeps listing them).
+    /// and nothing removed: the log is a read-only view, or its object store's prefix is not
+    /// this log's to change now (not claimed yet, fenced, another history).
     #[error("removal of the oldest segments refused: {reason}")]
     RemoveRefused {
         /// Why.

@@ -21,9 +21,10 @@
 //!    timestamps and length, some records' bytes replaced by others of the same length, in a
 //!    new file renamed over it (a crash leaves the old segment or the new one, never a mix).
 //!    The oldest sealed segments may be removed whole, oldest first, by
-//!    [`Log::remove_segments_before`] (retention without an object store): the log's start
-//!    offset only moves forward, what a crash leaves is a suffix of the log, and a read below
-//!    the start fails with [`LogError::OffsetOutOfRange`].
+//!    [`Log::remove_segments_before`] (retention; with an object store, from the store too,
+//!    only segments it holds, its manifest's start moved before anything is deleted): the
+//!    log's start offset only moves forward, what a crash leaves is a suffix of the log, and a
+//!    read below the start fails with [`LogError::OffsetOutOfRange`].
 //! 8. One process at a time: the directory is locked while open, by the writer thread, until
 //!    its last write (a log dropped without `close` stays locked while its writer finishes).
 //! 9. With a [`tier::Tier`]: a sealed segment's local file is deleted only after its upload was

@@ -320,17 +320,19 @@ impl Log {
     /// Uploads every sealed segment now (and applies the local retention); returns the status.
     pub async fn upload_now(&self) -> Result<crate::tier::TierStatus> {
         let up = self
-            .shared
-            .uploader
-            .as_ref()
-            .and_then(|s| {
-                s.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                    .map(|h| h.up.clone())
-            })
+            .uploader()
             .ok_or_else(|| LogError::Tier("this log has no object store".into()))?;
         up.pass().await
+    }
+
+    /// The tier's uploader, when the log has a tier and it runs.
+    pub(crate) fn uploader(&self) -> Option<Arc<crate::tier::uploader::Uploader>> {
+        self.shared.uploader.as_ref().and_then(|s| {
+            s.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|h| h.up.clone())
+        })
     }
 
     /// Opens the log; `lock` is the directory's lock when the caller took it already;
@@ -1159,8 +1161,8 @@ impl LocalLog {
         match &self.copy {
             Ok(copy) => copy
                 .as_ref()
-                .and_then(|c| c.segments.first())
-                .map_or(Tiered::Never, |s| Tiered::From(s.base)),
+                .and_then(crate::tier::manifest::Manifest::history_start)
+                .map_or(Tiered::Never, Tiered::From),
             Err(_) => Tiered::Unknown,
         }
     }

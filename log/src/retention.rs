@@ -17,7 +17,12 @@
 //!
 //! Removals run one at a time with rewrites of sealed segments (`rewrite.rs`: the same lock), so
 //! a segment being rewritten is never removed; the writer only writes the active segment, so
-//! appends go on. Refused for read-only views and tiered logs.
+//! appends go on. Refused for read-only views.
+//!
+//! With a tier the removal is the object store's retention as well ([`Log::remove_tiered`]):
+//! only segments already uploaded go, and they leave the store's manifest (its `start` moves
+//! to the first offset kept) before the segment list, so a crash never leaves a store that
+//! lists a segment the log removed; their objects are deleted last.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -52,15 +57,23 @@ impl Log {
     /// forward. Removing nothing is not an error: a second call with the same offset removes
     /// nothing (and finishes the unlinks of one that failed midway).
     ///
+    /// With a tier, only segments already in the object store go, from the store and locally
+    /// ([`Log::remove_tiered`]): the store's manifest then starts at the new start, and
+    /// everything below the store's start goes whatever `offset` is.
+    ///
     /// Refused with [`LogError::RemoveRefused`], nothing removed, on a read-only view and on a
-    /// log with a tier (its own local retention deletes segments once uploaded); a closed log
-    /// answers [`LogError::Closed`]. Runs one at a time with [`Log::rewrite_sealed`], beside
+    /// tiered log that does not hold its prefix (not claimed yet, fenced) or whose store holds
+    /// another history; a closed log answers [`LogError::Closed`]. Runs one at a time with [`Log::rewrite_sealed`], beside
     /// appends and reads. An error from an unlink or a directory sync comes after the segments
     /// left the log: the files not yet removed are removed by the next call.
     pub async fn remove_segments_before(&self, offset: u64) -> Result<Removed> {
         // Taken before the checks and held by the blocking task to its end, even if this
         // future is dropped meanwhile: a close waits for it.
         let guard = self.shared.rewrites.clone().lock_owned().await;
+        if self.tier().is_some() && !self.is_read_only() {
+            let _running = guard;
+            return self.remove_tiered(offset).await;
+        }
         let log = self.clone();
         tokio::task::spawn_blocking(move || {
             let _running = guard;
@@ -75,11 +88,6 @@ impl Log {
         let refuse = |reason: &'static str| LogError::RemoveRefused { reason };
         if self.is_read_only() {
             return Err(refuse("the log is open read-only"));
-        }
-        if self.tier().is_some() {
-            return Err(refuse(
-                "the log has an object store: its local retention deletes segments once they are uploaded, and its manifest keeps listing them",
-            ));
         }
         if self.is_closed() {
             return Err(LogError::Closed);
@@ -108,6 +116,72 @@ impl Log {
             );
         }
         Ok(removed)
+    }
+
+    /// [`Log::remove_segments_before`] of a log with a tier: the segments leave the store's
+    /// manifest first (`Uploader::take_out_before`: a version whose start is the first offset
+    /// kept), then the segment list; then their local files (the `.log` of a local copy, the
+    /// index files kept for cold reads, anything a removal cut short left below the start) are
+    /// unlinked as without a tier, and last their objects are deleted. A crash after the
+    /// manifest write leaves files and objects below the start: the next removal unlinks the
+    /// files (it removes below the store's start whatever it is asked), `tidings tier gc`
+    /// collects the objects. A failed object delete is said, not an error: the segments are
+    /// out of the log.
+    async fn remove_tiered(&self, offset: u64) -> Result<Removed> {
+        if self.is_closed() {
+            return Err(LogError::Closed);
+        }
+        let (Some(tier), Some(up)) = (self.tier(), self.uploader()) else {
+            return Err(LogError::RemoveRefused {
+                reason: "the log's tier is not running",
+            });
+        };
+        let (gone, dropped) = up.take_out_before(offset).await?;
+        // Counted before the cache entries are dropped (a local length not known yet opens the
+        // file; a remote segment's is its manifest entry's).
+        let bytes: u64 = gone.iter().map(|s| s.sealed_len().unwrap_or(0)).sum();
+        for seg in &gone {
+            seg.forget_cached();
+        }
+        self.shared
+            .counters
+            .segments_removed
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        let start = self.start_offset();
+        let log = self.clone();
+        let unlinked = tokio::task::spawn_blocking(move || {
+            let r = log.unlink_below(start, &gone);
+            for seg in &gone {
+                seg.forget_cached();
+            }
+            r.map(|()| gone.len() as u64)
+        })
+        .await
+        .map_err(|_| LogError::Closed)?;
+        for entry in &dropped {
+            for ext in ["log", "index", "timeindex"] {
+                let key = entry.key(ext);
+                if let Err(e) = tier.delete(&key).await {
+                    tracing::warn!(key, error = %e, store = tier.display(), "could not delete the object of a removed segment; `tidings tier gc` collects it");
+                }
+            }
+        }
+        let segments = unlinked?;
+        if segments > 0 {
+            tracing::info!(
+                dir = %self.dir().display(),
+                store = tier.display(),
+                segments,
+                bytes,
+                start_offset = start,
+                "removed the oldest segments of the log, from the object store and locally"
+            );
+        }
+        Ok(Removed {
+            segments,
+            bytes,
+            start_offset: start,
+        })
     }
 
     /// Publishes the segment list without its longest prefix of sealed segments that end at or
@@ -209,6 +283,18 @@ impl Log {
                 start,
                 end: self.next_offset(),
             },
+            // A segment only in the object store, removed since this read loaded the list: its
+            // objects (and local index files) gone, whatever error that came as.
+            None if self.tier().is_some()
+                && !self.is_read_only()
+                && requested < self.start_offset() =>
+            {
+                LogError::OffsetOutOfRange {
+                    requested,
+                    start: self.start_offset(),
+                    end: self.next_offset(),
+                }
+            }
             None => err,
         }
     }

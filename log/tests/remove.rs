@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{payload, read_all, sim_dir, small_opts, tiered_with_a_sealed_segment};
+use common::{payload, read_all, sim_dir, small_opts};
 use tidings_log::sim::SimFs;
 use tidings_log::{Log, LogError, LogOptions, Removed, Vfs, VfsFile, VfsLock};
 
@@ -269,18 +269,6 @@ async fn a_read_only_view_is_refused_and_nothing_is_removed() {
     assert_eq!(view.start_offset(), 0);
     assert_eq!(payloads_from(&view, 0).await, payloads);
     view.close().await.unwrap();
-}
-
-/// A tiered log is refused: its own local retention deletes segments once uploaded, and its
-/// manifest keeps listing them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tiered_log_is_refused() {
-    let (_dirs, log, dir) = tiered_with_a_sealed_segment("remove").await;
-    let r = log.remove_segments_before(u64::MAX).await;
-    assert!(refused(&r), "{r:?}");
-    assert!(segment_file(&dir, 0, "log").exists());
-    assert_eq!(log.start_offset(), 0);
-    log.close().await.unwrap();
 }
 
 /// Index files whose `.log` is gone: a removal never leaves one (it unlinks a segment's index

@@ -2083,3 +2083,294 @@ async fn a_close_releases_the_prefix_after_its_own_late_manifest_write() {
     assert_eq!(m.owner.heartbeat_ms, 0, "released: {m:?}");
     t.close().await.unwrap();
 }
+
+/// The bases of the segment objects in the store (any writer, any extension).
+async fn object_bases(tier: &Tier) -> Vec<u64> {
+    let mut bases: Vec<u64> = tier
+        .list("segments")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.get(..20)?.parse().ok())
+        .collect();
+    bases.dedup();
+    bases
+}
+
+/// The bases of the segment files (`.log`, `.index`, `.timeindex`) in a log directory.
+fn local_bases(dir: &Path) -> Vec<u64> {
+    let mut bases: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let (stem, ext) = name.split_once('.')?;
+            matches!(ext, "log" | "index" | "timeindex").then(|| stem.parse().ok())?
+        })
+        .collect();
+    bases.sort_unstable();
+    bases.dedup();
+    bases
+}
+
+/// A tiered log whose segments are all uploaded, the oldest only in the store and the newest two
+/// sealed ones local copies too: (log, the sealed segments).
+async fn uploaded_log(
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+    owner: &str,
+    cache: &Path,
+    dir: &Path,
+) -> (Log, Vec<tidings_log::SegmentInfo>) {
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store, prefix, owner, cache, 8300, hour).await;
+    let log = Log::open(dir, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    if log.next_offset() == 0 {
+        append(&log, 0, 400).await;
+        log.roll().await.unwrap();
+    }
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    let sealed: Vec<_> = log
+        .segments()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.sealed)
+        .collect();
+    (log, sealed)
+}
+
+/// A removal from a tiered log (the retention of its object store): whole segments below the
+/// offset leave the store's manifest (its start moves there) and the segment list, their
+/// objects and local files are deleted, reads below the start are out of range and every record
+/// from it reads back; a reopen and a restore into an empty directory start there; removing
+/// every sealed segment leaves a store that lists none and still opens its directory.
+async fn removal(store: Arc<dyn ObjectStore>) {
+    let prefix = unique_prefix("remove");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, sealed) = uploaded_log(store.clone(), &prefix, "node-a", cache.path(), &dir).await;
+    assert!(sealed.len() >= 6, "{sealed:?}");
+    assert!(sealed[0].remote && !sealed[sealed.len() - 1].remote);
+    // The local manifest copy as it was before the removal.
+    let copy = std::fs::read(dir.join("tier-manifest.json")).unwrap();
+    // Whole segments only: an offset inside the fourth takes the first three.
+    let start = sealed[3].base_offset;
+    let removed = log.remove_segments_before(start + 1).await.unwrap();
+    assert_eq!(removed.segments, 3);
+    assert_eq!((removed.start_offset, log.start_offset()), (start, start));
+    let bytes: u64 = sealed[..3].iter().map(|s| s.bytes).sum();
+    assert_eq!(removed.bytes, bytes);
+    let r = log.read(start - 1, 1 << 20).await;
+    assert!(
+        matches!(r, Err(LogError::OffsetOutOfRange { start: s, .. }) if s == start),
+        "{r:?}"
+    );
+    let expected: Vec<Bytes> = (start..400).map(payload).collect();
+    assert_eq!(read_all(&log).await, expected);
+    let tier = log.tier().unwrap().clone();
+    let m = tier.remote_manifest().await.unwrap().unwrap();
+    assert_eq!(
+        (m.start, m.segments[0].base, m.version),
+        (Some(start), start, 3)
+    );
+    let objects = object_bases(&tier).await;
+    assert!(objects.first() == Some(&start), "{objects:?}");
+    let local = local_bases(&dir);
+    assert!(local.iter().all(|&b| b >= start), "{local:?}");
+    // Again with the same offset: nothing more.
+    assert_eq!(
+        log.remove_segments_before(start + 1)
+            .await
+            .unwrap()
+            .segments,
+        0
+    );
+    log.close().await.unwrap();
+
+    // Reopened: the same start and records — also when the local copy is still the one from
+    // before the removal (a crash between the store's version and the copy): the store's
+    // history starts at its start, not past offsets the directory's copy knew.
+    std::fs::write(dir.join("tier-manifest.json"), &copy).unwrap();
+    let (log, _) = uploaded_log(store.clone(), &prefix, "node-a", cache.path(), &dir).await;
+    assert_eq!(log.start_offset(), start);
+    assert_eq!(read_all(&log).await, expected);
+    log.close().await.unwrap();
+
+    // Restored into an empty directory by another node: from the store's start.
+    let (data_b, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir_b = data_b.path().join("log");
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store.clone(), &prefix, "node-b", cache_b.path(), 0, hour).await;
+    let b = Log::open(&dir_b, log_opts(t)).await.unwrap();
+    assert_eq!((b.start_offset(), b.next_offset()), (start, 400));
+    assert_eq!(read_all(&b).await, expected);
+    b.close().await.unwrap();
+
+    // Every sealed segment removed: the store lists none, and starts at the active segment.
+    let (log, sealed) = uploaded_log(store.clone(), &prefix, "node-a", cache.path(), &dir).await;
+    let active = log.segments().unwrap().last().unwrap().base_offset;
+    let removed = log.remove_segments_before(u64::MAX).await.unwrap();
+    assert_eq!(removed.segments, sealed.len() as u64);
+    assert_eq!(log.start_offset(), active);
+    let m = log
+        .tier()
+        .unwrap()
+        .remote_manifest()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(m.segments.is_empty(), "{m:?}");
+    assert_eq!((m.start, m.end()), (Some(active), active));
+    assert!(object_bases(log.tier().unwrap()).await.is_empty());
+    assert_eq!(local_bases(&dir), vec![active]);
+    let expected: Vec<Bytes> = (active..400).map(payload).collect();
+    assert_eq!(read_all(&log).await, expected);
+    log.close().await.unwrap();
+    // A store listing no segment, but with a start, is this directory's history: it opens.
+    let (log, _) = uploaded_log(store, &prefix, "node-a", cache.path(), &dir).await;
+    assert_eq!(log.start_offset(), active);
+    assert_eq!(read_all(&log).await, expected);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_takes_segments_out_of_the_store_local_directory() {
+    let bucket = tempfile::tempdir().unwrap();
+    removal(Arc::new(
+        LocalFileSystem::new_with_prefix(bucket.path()).unwrap(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_takes_segments_out_of_the_store_s3() {
+    let s3s = S3Server::start();
+    removal(s3s.store()).await;
+}
+
+/// A removal cut short after its manifest version (a crash before the unlinks and deletes):
+/// the directory still holds the copies below the store's start. It opens (those offsets
+/// expired, they are not missing from the store), uploads none of them again, and the next
+/// removal unlinks them whatever offset it is given; their objects are `tier gc`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_cut_short_after_its_manifest_version_is_finished_by_the_next() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store.clone(), "cut", "node-a", cache.path(), 1 << 30, hour).await;
+    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    append(&log, 0, 400).await;
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    let sealed: Vec<_> = log
+        .segments()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.sealed)
+        .collect();
+    assert!(sealed.iter().all(|s| !s.remote), "all local: {sealed:?}");
+    let m = log
+        .tier()
+        .unwrap()
+        .remote_manifest()
+        .await
+        .unwrap()
+        .unwrap();
+    log.close().await.unwrap();
+    // The removal's version, as its process wrote it before the crash.
+    let start = sealed[2].base_offset;
+    let mut cut = m.next("node-a", 1);
+    cut.remove_before(start);
+    put_manifest(&store, "cut", &cut).await;
+
+    let t = tier_with(store.clone(), "cut", "node-a", cache.path(), 1 << 30, hour).await;
+    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    assert_eq!(
+        log.start_offset(),
+        0,
+        "the copies below the start are still there"
+    );
+    log.upload_now().await.unwrap();
+    let m = log
+        .tier()
+        .unwrap()
+        .remote_manifest()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.start, m.segments[0].base),
+        (Some(start), start),
+        "nothing below the start uploaded again"
+    );
+    let removed = log.remove_segments_before(0).await.unwrap();
+    assert_eq!((removed.segments, log.start_offset()), (2, start));
+    assert!(local_bases(&dir).iter().all(|&b| b >= start));
+    let expected: Vec<Bytes> = (start..400).map(payload).collect();
+    assert_eq!(read_all(&log).await, expected);
+    // Their objects are left to `tier gc`, which collects them.
+    let names = log.tier().unwrap().list("segments").await.unwrap();
+    let listing: Vec<tidings_log::tier::gc::Listed> = names
+        .iter()
+        .map(|n| tidings_log::tier::gc::Listed {
+            key: format!("segments/{n}"),
+            size: 1,
+            age: Duration::ZERO,
+        })
+        .collect();
+    let rules = tidings_log::tier::gc::Rules {
+        min_age: Duration::ZERO,
+        keep_snapshots: 3,
+    };
+    let m = log
+        .tier()
+        .unwrap()
+        .remote_manifest()
+        .await
+        .unwrap()
+        .unwrap();
+    let verdicts = tidings_log::tier::gc::judge(&m, &listing, &rules);
+    for (n, v) in names.iter().zip(verdicts) {
+        let below = n[..20].parse::<u64>().unwrap() < start;
+        let want = if below {
+            tidings_log::tier::gc::Verdict::Collect
+        } else {
+            tidings_log::tier::gc::Verdict::Keep
+        };
+        assert_eq!(v, want, "{n}");
+    }
+    log.close().await.unwrap();
+}
+
+/// A tiered log that has not claimed its prefix (it opened while the store was down) removes
+/// nothing: the store's manifest is not its to change yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_is_refused_until_the_prefix_is_claimed() {
+    let mut s3s = S3Server::start();
+    let prefix = unique_prefix("unclaimed");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, _) = uploaded_log(s3s.store(), &prefix, "node-a", cache.path(), &dir).await;
+    log.close().await.unwrap();
+    s3s.stop();
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(s3s.store(), &prefix, "node-a", cache.path(), 8300, hour).await;
+    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    assert!(!log.tier().unwrap().status().claimed);
+    let before = local_bases(&dir);
+    let r = log.remove_segments_before(u64::MAX).await;
+    assert!(matches!(r, Err(LogError::RemoveRefused { .. })), "{r:?}");
+    assert_eq!((log.start_offset(), local_bases(&dir)), (0, before));
+    s3s.spawn();
+    log.close().await.unwrap();
+}

@@ -7,9 +7,11 @@
 //!   entries written by older builds): needed while a manifest entry names the stem. An
 //!   unnamed one is an upload whose manifest write never came (the process crashed or stopped
 //!   between the two, or it had lost the prefix and was fenced at that write), and nothing
-//!   reads it: a reader resolves a segment through its entry's exact stem. Entries never leave
-//!   the manifest (there is no remote retention), so every version a reader may still hold
-//!   names a subset of the newest one's objects.
+//!   reads it: a reader resolves a segment through its entry's exact stem. Entries leave the
+//!   manifest only by a removal (the retention), which moves the manifest's `start` past them
+//!   and then deletes their objects itself; a crash between the two leaves objects below the
+//!   start that no version from then on names, collected here (a reader still holding an older
+//!   version meets them gone once collected: [`Rules::min_age`] gives it time).
 //! - `manifest/{epoch:020}.json`: the newest is the segment list and the owner's lease (there
 //!   is no lease object of its own). The owner prunes older versions itself, keeping 20, in
 //!   steps and at best effort, so some are left behind; a fenced writer's create of a pruned
@@ -28,8 +30,9 @@
 //!    [`Rules::keep_snapshots`] snapshots and the newest one a restore could use (below the
 //!    manifest's end); every sidecar.
 //! 3. Kept too: segment objects of the manifest owner's process (its incarnation is the
-//!    writer in their name), unless it released the prefix: it may be between an upload and
-//!    the version naming it. Another writer can no longer publish a version naming its
+//!    writer in their name), unless it released the prefix or they lie below the manifest's
+//!    start (the owner uploads nothing there: its removals and uploads run one at a time): it
+//!    may be between an upload and the version naming it. Another writer can no longer publish a version naming its
 //!    objects: its next manifest write finds the owner's newer version and fences it. And an
 //!    older build's per-base key at or past the manifest's end: such a build uploads that
 //!    base to that very key, which could be overwritten between the listing and the delete.
@@ -100,6 +103,7 @@ pub fn judge(manifest: &Manifest, listing: &[Listed], rules: &Rules) -> Vec<Verd
     // that base goes: overwritten between the listing and the delete, it would be a segment
     // the manifest names by then. Those below the end can never be written again.
     let end = manifest.end();
+    let start = manifest.start.unwrap_or(0);
     listing
         .iter()
         .map(|o| {
@@ -107,7 +111,7 @@ pub fn judge(manifest: &Manifest, listing: &[Listed], rules: &Rules) -> Vec<Verd
                 None => return Verdict::Unknown,
                 Some(Name::Segment { stem, base, writer }) => {
                     stems.contains(stem)
-                        || writer.is_some_and(|w| owner == Some(w))
+                        || (writer.is_some_and(|w| owner == Some(w)) && base >= start)
                         || (writer.is_none() && base >= end)
                 }
                 Some(Name::Manifest(epoch)) => {
@@ -128,7 +132,7 @@ pub fn judge(manifest: &Manifest, listing: &[Listed], rules: &Rules) -> Vec<Verd
 }
 
 /// The snapshots kept, by applied offset: the newest `keep`, and the newest a restore could
-/// use now (a restore skips those at or past the manifest's end).
+/// use now (a restore skips those at or past the manifest's end, and those below its start).
 fn kept_snapshots(manifest: &Manifest, listing: &[Listed], keep: usize) -> HashSet<u64> {
     let mut applied: Vec<u64> = listing
         .iter()
@@ -139,7 +143,9 @@ fn kept_snapshots(manifest: &Manifest, listing: &[Listed], keep: usize) -> HashS
         .collect();
     applied.sort_unstable_by(|a, b| b.cmp(a));
     let end = manifest.end();
-    let restorable = applied.iter().copied().find(|&a| a < end);
+    // Not below the start either: the records after such a snapshot up to the start are gone.
+    let start = manifest.start.unwrap_or(0);
+    let restorable = applied.iter().copied().find(|&a| a < end && a >= start);
     applied.into_iter().take(keep).chain(restorable).collect()
 }
 
@@ -342,6 +348,43 @@ mod tests {
         let mut m = manifest();
         m.owner.incarnation = None;
         assert_eq!(verdicts(&m, &RULES, &keys, DAY), [Verdict::Collect]);
+    }
+
+    /// A removal moved the start past segments and deleted their objects itself; what a crash
+    /// between the two left — also the running owner's own uploads — is collected, and so are
+    /// snapshots below the start that a restore could no longer replay from.
+    #[test]
+    fn objects_below_the_start_are_collected_even_the_running_owners() {
+        let mut m = manifest();
+        m.segments
+            .push(seg(20, 30, Some(RemoteSegment::unique_stem(20, 0xab))));
+        let gone = m.remove_before(20);
+        assert_eq!(gone.len(), 2);
+        let keys = [
+            "segments/00000000000000000000.00000000000000aa.log",
+            "segments/00000000000000000010.index",
+            "segments/00000000000000000012.00000000000000ab.log",
+            "segments/00000000000000000020.00000000000000ab.log",
+            "segments/00000000000000000030.00000000000000ab.log",
+        ];
+        assert_eq!(
+            verdicts(&m, &RULES, &keys, DAY),
+            [
+                Verdict::Collect,
+                Verdict::Collect,
+                Verdict::Collect,
+                Verdict::Keep,
+                Verdict::Keep
+            ]
+        );
+        let snaps = ["snapshots/00000000000000000015.snap"];
+        let one = Rules {
+            keep_snapshots: 0,
+            ..RULES
+        };
+        assert_eq!(verdicts(&m, &one, &snaps, DAY), [Verdict::Collect]);
+        let snaps = ["snapshots/00000000000000000025.snap"];
+        assert_eq!(verdicts(&m, &one, &snaps, DAY), [Verdict::Keep]);
     }
 
     #[test]

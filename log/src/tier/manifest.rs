@@ -91,7 +91,8 @@ impl Owner {
 /// One version of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Format version: [`Manifest::VERSION`] when written by this build; 1 is read too.
+    /// Format version: 2, or 3 once [`Manifest::start`] is set, when written by this build;
+    /// 1 is read too ([`Manifest::VERSION`]).
     pub version: u32,
     /// This version's number.
     pub epoch: u64,
@@ -99,6 +100,12 @@ pub struct Manifest {
     pub owner: Owner,
     /// Uploaded segments, by base offset.
     pub segments: Vec<RemoteSegment>,
+    /// The log's first offset, once a removal (the retention, `Log::remove_segments_before`)
+    /// took the oldest segments out of the store: the offsets below it have expired, and no
+    /// entry lies below it. `None`: nothing was ever removed, and the history starts at the
+    /// first segment ([`Manifest::history_start`]). Written only when set, in format 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
 }
 
 impl Manifest {
@@ -108,12 +115,23 @@ impl Manifest {
     /// must refuse it, and does (it refuses any version but 1). [`Owner::lease_ms`] came
     /// later without a new version: a build without it reads past the field, and the versions
     /// it writes name itself as the owner, so nothing of another writer's is lost.
-    pub const VERSION: u32 = 2;
+    ///
+    /// 3: the manifest has a [`Manifest::start`]. Written only once one is set (a prefix nothing
+    /// was removed from stays at 2, which builds from before read): a build that knows only 2
+    /// would write the next version without the start, and a removal that took every entry
+    /// would then read as a store holding no history (refused at the next start); it refuses
+    /// version 3.
+    pub const VERSION: u32 = 3;
+
+    /// The format of a version: 3 with a start, else 2.
+    fn format(start: Option<u64>) -> u32 {
+        if start.is_some() { 3 } else { 2 }
+    }
 
     /// The first manifest of a prefix.
     pub fn new(owner: &str, now_ms: u64) -> Self {
         Self {
-            version: Self::VERSION,
+            version: Self::format(None),
             epoch: 0,
             owner: Owner {
                 id: owner.to_owned(),
@@ -122,13 +140,14 @@ impl Manifest {
                 lease_ms: None,
             },
             segments: Vec::new(),
+            start: None,
         }
     }
 
     /// The next version, written by `owner` at `now_ms`.
     pub fn next(&self, owner: &str, now_ms: u64) -> Self {
         Self {
-            version: Self::VERSION,
+            version: Self::format(self.start),
             epoch: self.epoch + 1,
             owner: Owner {
                 id: owner.to_owned(),
@@ -145,9 +164,35 @@ impl Manifest {
         self.segments.iter().any(|s| s.base == base)
     }
 
-    /// One past the last offset in the object store.
+    /// One past the last offset in the object store (at least [`Manifest::start`]: a store
+    /// whose every segment was removed ends where its history now starts).
     pub fn end(&self) -> u64 {
-        self.segments.iter().map(|s| s.end).max().unwrap_or(0)
+        self.segments
+            .iter()
+            .map(|s| s.end)
+            .max()
+            .unwrap_or(0)
+            .max(self.start.unwrap_or(0))
+    }
+
+    /// Where the store's history starts: [`Manifest::start`] once a removal set it, else the
+    /// first segment's base; `None` for a store holding no segment that nothing was removed
+    /// from (it says nothing of where the history starts).
+    pub fn history_start(&self) -> Option<u64> {
+        self.start.or_else(|| self.segments.first().map(|s| s.base))
+    }
+
+    /// This version with the log's start moved to `start` (never back): the entries below it
+    /// dropped, the format 3. Returns the entries dropped.
+    pub fn remove_before(&mut self, start: u64) -> Vec<RemoteSegment> {
+        let start = start.max(self.start.unwrap_or(0));
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.segments)
+            .into_iter()
+            .partition(|s| s.base < start);
+        self.segments = kept;
+        self.start = Some(start);
+        self.version = Self::format(self.start);
+        gone
     }
 
     /// The first run of offsets from the first listed segment's base up to `before` that no
@@ -158,8 +203,10 @@ impl Manifest {
     /// from there, and its store holds every offset the log has. `None` for a manifest that
     /// lists no segment: it says nothing of where the history starts (the claim judges an
     /// empty store apart). Segments are in offset order (as [`Manifest::decode`] requires).
+    /// Once a removal set [`Manifest::start`], the history starts there, also with no segment
+    /// left: the offsets below it expired, and are not missing.
     pub fn missing_before(&self, before: u64) -> Option<std::ops::Range<u64>> {
-        let mut due = self.segments.first()?.base;
+        let mut due = self.history_start()?;
         for s in self.segments.iter().take_while(|s| s.base < before) {
             if s.base > due {
                 return Some(due..s.base);
@@ -220,6 +267,20 @@ impl Manifest {
                 w[0].base, w[0].end, w[1].base, w[1].end
             ));
         }
+        // The start is the log's first offset: no entry below it, and not past 2^63.
+        if let Some(start) = m.start {
+            if start >= crate::segment::MAX_OFFSET {
+                return Err(format!(
+                    "a start at offset {start} (offsets stay below 2^63)"
+                ));
+            }
+            if let Some(s) = m.segments.first().filter(|s| s.base < start) {
+                return Err(format!(
+                    "the segment at offset {} lies below the log's start {start}",
+                    s.base
+                ));
+            }
+        }
         Ok(m)
     }
 }
@@ -240,11 +301,12 @@ mod tests {
         );
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
         assert!(Manifest::decode(b"{").is_err());
-        // Version 1 (before writer-unique keys) is read, and its successor is written as 2.
+        // Version 1 (before writer-unique keys) is read, and its successor is written as 2
+        // (3 only with a start).
         let mut old = m.clone();
         old.version = 1;
         let read = Manifest::decode(&old.encode()).unwrap();
-        assert_eq!(read.next("b", 10).version, Manifest::VERSION);
+        assert_eq!(read.next("b", 10).version, 2);
         old.version = Manifest::VERSION + 1;
         assert!(Manifest::decode(&old.encode()).is_err());
         // Offsets past 2^63, or a segment that ends before it starts: damaged.
@@ -318,6 +380,52 @@ mod tests {
         // ... and holes and an early end after it still count.
         m.segments = vec![seg(102, 142), seg(150, 160)];
         assert_eq!(m.missing_before(160), Some(142..150));
+    }
+
+    #[test]
+    fn a_removal_sets_the_start_and_format_3() {
+        let seg = |base, end| RemoteSegment {
+            base,
+            end,
+            bytes: 1,
+            crc32: 0,
+            index_bytes: 0,
+            time_bytes: 0,
+            object: None,
+        };
+        let mut m = Manifest::new("a", 0);
+        m.segments = vec![seg(0, 50), seg(50, 102), seg(102, 140)];
+        // Nothing removed: no start written, format 2, history from the first segment.
+        assert!(!String::from_utf8(m.encode()).unwrap().contains("start"));
+        assert_eq!((m.version, m.history_start()), (2, Some(0)));
+        // Entries wholly below the start leave; the start is the log's first offset.
+        let gone = m.remove_before(102);
+        assert_eq!(gone, vec![seg(0, 50), seg(50, 102)]);
+        assert_eq!(
+            (m.start, m.version, m.history_start()),
+            (Some(102), 3, Some(102))
+        );
+        let back = Manifest::decode(&m.encode()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.next("b", 1).version, 3);
+        assert_eq!(back.next("b", 1).start, Some(102));
+        // Never back.
+        assert!(m.remove_before(50).is_empty());
+        assert_eq!(m.start, Some(102));
+        // Every entry removed: the history starts, and the store ends, at the start; nothing
+        // before it is missing, what lies after it is.
+        m.remove_before(140);
+        assert!(m.segments.is_empty());
+        assert_eq!((m.history_start(), m.end()), (Some(140), 140));
+        assert_eq!(m.missing_before(140), None);
+        assert_eq!(m.missing_before(120), None);
+        assert_eq!(m.missing_before(150), Some(140..150));
+        // An entry below the start is damage.
+        let mut bad = m.clone();
+        bad.segments = vec![seg(100, 150)];
+        assert!(Manifest::decode(&bad.encode()).is_err());
+        bad.segments = vec![seg(140, 150)];
+        assert!(Manifest::decode(&bad.encode()).is_ok());
     }
 
     #[test]

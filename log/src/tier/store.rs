@@ -133,13 +133,15 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
             },
             Put::Exists(t) if t == m => break,
             // This process's own (same id and incarnation: another process under the same
-            // id — a node cloned with its data directory — stays fenced), and nothing in it
-            // that this process does not also list.
+            // id — a node cloned with its data directory — stays fenced), and its segments fit
+            // with `m`'s: `m` is written next with what that version holds and `m` lacks.
             Put::Exists(t)
-                if t.owner.id == m.owner.id
-                    && t.owner.incarnation == m.owner.incarnation
-                    && t.segments.iter().all(|s| m.segments.contains(s)) =>
+                if t.owner.id == m.owner.id && t.owner.incarnation == m.owner.incarnation =>
             {
+                let Some(merged) = merge_own(&m, &t) else {
+                    inner.fenced.store(true, Ordering::Relaxed);
+                    return Ok(Written::Fenced(t));
+                };
                 if own == MAX_OWN_VERSIONS {
                     return Err(err(
                         inner,
@@ -153,6 +155,7 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
                     "manifest version already written by this node (an earlier write that timed out landed); writing the next"
                 );
                 own += 1;
+                m = merged;
                 m.epoch = t.epoch + 1;
                 inner.manifest.store(std::sync::Arc::new(t));
             }
@@ -169,6 +172,38 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
     inner.manifest.store(std::sync::Arc::new(m.clone()));
     prune_versions(inner, m.epoch).await;
     Ok(Written::Ok)
+}
+
+/// `m` with what `t` — a version this process wrote whose answer never came — holds and `m`
+/// lacks: the later start of the two (a removal that landed: the entries below it are not
+/// listed again; their objects may be deleted), and `t`'s segments at or past it (an upload that
+/// landed). `None` when the two do not fit together (an entry of `t` overlapping one of `m`'s
+/// other than the same): not a version this process could have written before `m`.
+///
+/// Until 2026-11-30 `t` was adopted only when `m` listed every segment of `t`, which was all a
+/// process that never removed entries could write; a removal's version that landed unanswered
+/// would then have been written again with the removed entries.
+pub(crate) fn merge_own(m: &Manifest, t: &Manifest) -> Option<Manifest> {
+    let mut merged = m.clone();
+    for s in &t.segments {
+        if merged.segments.contains(s) {
+            continue;
+        }
+        if merged
+            .segments
+            .iter()
+            .any(|o| o.base < s.end && s.base < o.end)
+        {
+            return None;
+        }
+        merged.segments.push(s.clone());
+    }
+    merged.segments.sort_by_key(|s| s.base);
+    // The later start of the two: neither `m`'s removed entries nor `t`'s come back.
+    if let Some(start) = m.start.max(t.start) {
+        merged.remove_before(start);
+    }
+    Some(merged)
 }
 
 /// What one create-if-absent of a manifest version came to.
@@ -343,15 +378,16 @@ pub(crate) async fn claim(inner: &TierInner, local: Option<LocalStart>) -> Resul
 /// store, or they are nowhere.
 ///
 /// The store's history starts at its first segment (a directory whose oldest segment was past
-/// 0 when it first tiered uploads from there): from it up to the oldest local segment, no
-/// offset may be missing. A store holding no segment says nothing of where the history
-/// starts: it is refused only when this directory tiered before (its manifest copy lists
+/// 0 when it first tiered uploads from there), or at the start a removal (the retention) set
+/// ([`Manifest::history_start`]): from it up to the oldest local segment, no offset may be
+/// missing. A store holding no segment that nothing was removed from says nothing of where
+/// the history starts: it is refused only when this directory tiered before (its manifest copy lists
 /// segments, so its older offsets went to another store), and taken by a directory that never
 /// tiered, whatever its first offset (its older segments, if any, were removed by hand: the
 /// store's history starts here). Until 2026-11-30 every store was judged from offset 0, and a
 /// store whose history starts later was refused at every start.
 fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> Result<()> {
-    let listed = m.filter(|m| !m.segments.is_empty());
+    let listed = m.filter(|m| m.history_start().is_some());
     let missing = match listed {
         // From the store's first segment — and from where this directory's own tiering began,
         // when that is earlier: a store whose history starts after it is another log's (its
@@ -359,11 +395,17 @@ fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> 
         // directory tiered from 0 took another node's prefix starting later).
         // Not from an unreadable copy: a store starting past 0 is a legitimate one (segments
         // removed by hand before the first tiering), and the next manifest write repairs the copy.
+        // Not below a start a removal set: those offsets expired (this directory's manifest copy
+        // may be from before the removal, if it crashed between the store's version and the
+        // copy).
         Some(m) => m.missing_before(local.first).or_else(|| {
             let Tiered::From(from) = local.tiered else {
                 return None;
             };
-            let store_from = m.segments.first()?.base;
+            if m.start.is_some() {
+                return None;
+            }
+            let store_from = m.history_start()?;
             (from < store_from && from < local.first).then(|| from..store_from.min(local.first))
         }),
         // A store holding nothing, to a directory that tiered (from 0 when the copy cannot tell).
@@ -688,4 +730,59 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
     let base = 200u64.saturating_mul(1u64 << attempt.min(8)).min(30_000);
     let jitter = (now_ms() ^ u64::from(attempt).wrapping_mul(0x9e37_79b9)) % (base / 2 + 1);
     Duration::from_millis(base / 2 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tier::manifest::RemoteSegment;
+
+    fn entry(base: u64, end: u64) -> RemoteSegment {
+        RemoteSegment {
+            base,
+            end,
+            bytes: 1,
+            crc32: 0,
+            index_bytes: 0,
+            time_bytes: 0,
+            object: None,
+        }
+    }
+
+    fn with(segments: Vec<RemoteSegment>) -> Manifest {
+        let mut m = Manifest::new("a", 0);
+        m.segments = segments;
+        m
+    }
+
+    /// A version of this process's that landed unanswered is adopted with what it holds: a
+    /// removal's start (its entries not listed again), an upload's entry; one that does not
+    /// fit (an entry overlapping another) is not this process's history.
+    #[test]
+    fn an_own_version_is_merged_into_the_next() {
+        let m = with(vec![entry(0, 10), entry(10, 20)]);
+        // Nothing more than `m`: `m` itself (what adoption always did).
+        assert_eq!(merge_own(&m, &with(vec![entry(0, 10)])), Some(m.clone()));
+        // A removal that landed: its start, and not the entries below it.
+        let mut removal = m.clone();
+        removal.remove_before(10);
+        let merged = merge_own(&m, &removal).unwrap();
+        assert_eq!(merged.start, Some(10));
+        assert_eq!(merged.segments, vec![entry(10, 20)]);
+        // Building on it, the next write carries the start too (format 3).
+        assert_eq!(merged.next("a", 1).version, 3);
+        // An upload that landed: its entry joins, in order.
+        let upload = with(vec![entry(0, 10), entry(10, 20), entry(20, 30)]);
+        let mut removed = m.clone();
+        removed.remove_before(10);
+        let merged = merge_own(&removed, &upload).unwrap();
+        assert_eq!(merged.segments, vec![entry(10, 20), entry(20, 30)]);
+        assert_eq!(merged.start, Some(10));
+        // ... and `t`'s entries below `m`'s own start stay out.
+        let merged = merge_own(&removed, &m).unwrap();
+        assert_eq!(merged.segments, vec![entry(10, 20)]);
+        // Overlapping: not ours.
+        assert_eq!(merge_own(&m, &with(vec![entry(5, 15)])), None);
+        assert_eq!(merge_own(&m, &with(vec![entry(10, 21)])), None);
+    }
 }

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::manifest::Manifest;
+use super::manifest::{Manifest, RemoteSegment};
 use super::store::{self, Written};
 use super::{Tier, TierStatus, TierVfs};
 use crate::error::{LogError, Result};
@@ -246,7 +246,11 @@ impl Uploader {
         let pending: Vec<_> = {
             let m = self.tier.manifest();
             let mut pending = Vec::new();
-            for s in &sealed {
+            // A local segment below the store's start is left of a removal cut short (its
+            // manifest version written, its files not yet unlinked): expired, never uploaded;
+            // the next removal unlinks it (`Log::remove_segments_before`).
+            let start = m.start.unwrap_or(0);
+            for s in sealed.iter().filter(|(base, _, _)| *base >= start) {
                 if !self.in_store(&m, s)? {
                     pending.push(s.clone());
                 }
@@ -283,6 +287,65 @@ impl Uploader {
         Ok(self.tier.status())
     }
 
+    /// The tiered half of `Log::remove_segments_before` (`retention.rs`), under the pass lock
+    /// (its manifest write is one of the uploader's): the longest run of the oldest sealed
+    /// segments that end at or before `offset` and are in the store — remote, or local with
+    /// their entry listed, or left below the store's start by a removal cut short — leaves the
+    /// manifest (a version with its start moved to the first segment kept, written before
+    /// anything else changes) and then the segment list. Returns the segments taken out, oldest
+    /// first, and the manifest entries dropped (whose objects the caller deletes). A segment
+    /// not uploaded yet stops the run: the store keeps the whole history from its start.
+    ///
+    /// Refused ([`LogError::RemoveRefused`]) while this log does not hold the prefix (not
+    /// claimed yet, fenced) or its store holds another history (diverged).
+    pub(crate) async fn take_out_before(
+        &self,
+        offset: u64,
+    ) -> Result<(Vec<Arc<Segment>>, Vec<RemoteSegment>)> {
+        let mut state = self.pass_lock.lock().await;
+        let inner = &self.tier.inner;
+        let refuse = |reason| Err(LogError::RemoveRefused { reason });
+        if inner.fenced.load(Ordering::Relaxed) {
+            return refuse("another server owns the object store's prefix (this log is fenced)");
+        }
+        if inner.diverged.load(Ordering::Relaxed) {
+            return refuse("the object store holds another history of this log");
+        }
+        if !state.claimed {
+            return refuse("this log has not claimed the object store's prefix yet");
+        }
+        let m = self.tier.manifest();
+        let start = m.start.unwrap_or(0);
+        let sealed = self.sealed();
+        let runs: Vec<(u64, u64, bool)> = sealed
+            .iter()
+            .map(|(base, end, seg)| (*base, *end, seg.is_remote()))
+            .collect();
+        let taken = removable_run(&runs, &m, offset);
+        let Some(&(_, new_start, _)) = taken.checked_sub(1).and_then(|i| sealed.get(i)) else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let mut dropped = Vec::new();
+        if new_start > start {
+            let mut next = m.next(&inner.opts.owner_id, store::now_ms());
+            dropped = next.remove_before(new_start);
+            self.write(&next).await?;
+            state.last_write_ms = store::now_ms();
+        }
+        self.segments.rcu(|segs| {
+            segs.iter()
+                .filter(|s| s.base >= new_start)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        let gone = sealed
+            .into_iter()
+            .take(taken)
+            .map(|(_, _, seg)| seg)
+            .collect();
+        Ok((gone, dropped))
+    }
+
     /// Gives the prefix up (a graceful close): a version whose heartbeat is 0, so that another
     /// server may claim it at once instead of waiting for the lease to run out.
     pub(crate) async fn release(&self) -> Result<()> {
@@ -303,7 +366,7 @@ impl Uploader {
         Ok(())
     }
 
-    async fn write(&self, next: &Manifest) -> Result<()> {
+    pub(crate) async fn write(&self, next: &Manifest) -> Result<()> {
         match store::write_manifest(&self.tier.inner, next).await? {
             Written::Ok => write_local_manifest(&self.dir, &self.tier.manifest()),
             Written::Fenced(theirs) => {
@@ -398,7 +461,10 @@ impl Uploader {
     async fn retention(&self, state: &mut PassState) -> Result<()> {
         let opts = &self.tier.inner.opts;
         let m = self.tier.manifest();
-        let gone = self.beyond_retention();
+        let mut gone = self.beyond_retention();
+        // Left of a removal cut short (see `pass`): not in the store, and not in the way of
+        // the local deletion of those that are.
+        gone.retain(|(base, _, _)| *base >= m.start.unwrap_or(0));
         for sealed_seg in &gone {
             let (base, _, seg) = sealed_seg;
             // Not uploaded: sealed after this pass's uploads (so newer than every uploaded
@@ -499,8 +565,79 @@ impl Uploader {
     }
 }
 
+/// How many of the oldest sealed segments `sealed` — (base, end, only in the store), oldest
+/// first — a removal before `offset` takes from a log whose store's manifest is `m`: the
+/// longest run that ends at or before `offset` (or at the store's start, whatever `offset` is:
+/// what lies below it expired) and is in the store — remote, listed with the same offsets, or
+/// left below the store's start. A segment not uploaded yet ends the run.
+fn removable_run(sealed: &[(u64, u64, bool)], m: &Manifest, offset: u64) -> usize {
+    let start = m.start.unwrap_or(0);
+    let offset = offset.max(start);
+    sealed
+        .iter()
+        .take_while(|&&(base, end, remote)| {
+            end <= offset
+                && (remote
+                    || end <= start
+                    || m.segments.iter().any(|r| r.base == base && r.end == end))
+        })
+        .count()
+}
+
 /// Why a diverged tier refuses to go on.
 const DIVERGED: &str = "the object store holds another history of this log than the local segments, or lacks offsets the local segments no longer hold: uploads and local deletion stopped (see the server log)";
 
 /// How long to wait for the store at open before using the local manifest copy.
 pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tier::manifest::RemoteSegment;
+
+    fn entry(base: u64, end: u64) -> RemoteSegment {
+        RemoteSegment {
+            base,
+            end,
+            bytes: 1,
+            crc32: 0,
+            index_bytes: 0,
+            time_bytes: 0,
+            object: None,
+        }
+    }
+
+    /// Only segments in the store go: remote ones, local copies listed with their offsets, and
+    /// what a removal cut short left below the store's start; the first one not uploaded (or
+    /// listed with other offsets) ends the run, and so does the offset.
+    #[test]
+    fn a_removal_takes_the_oldest_run_the_store_holds() {
+        let mut m = Manifest::new("a", 0);
+        m.segments = vec![entry(0, 10), entry(10, 20), entry(20, 30)];
+        let sealed = [
+            (0, 10, true),
+            (10, 20, true),
+            (20, 30, false),
+            (30, 40, false),
+            (40, 50, false),
+        ];
+        assert_eq!(removable_run(&sealed, &m, 9), 0);
+        assert_eq!(removable_run(&sealed, &m, 10), 1);
+        assert_eq!(removable_run(&sealed, &m, 25), 2);
+        // The local copy of [20, 30) is listed: it goes; [30, 40) is not uploaded: it stays,
+        // and so does everything after it.
+        assert_eq!(removable_run(&sealed, &m, u64::MAX), 3);
+        // Listed with other offsets: not this segment, not known to be in the store.
+        m.segments[2] = entry(20, 31);
+        assert_eq!(removable_run(&sealed, &m, u64::MAX), 2);
+        // A removal cut short: the store starts at 30, the local copies below it are left.
+        let mut m = Manifest::new("a", 0);
+        m.segments = vec![entry(30, 40)];
+        m.remove_before(30);
+        let left = [(20, 30, false), (30, 40, false), (40, 50, false)];
+        // Below the start whatever the offset asked for; then up to the offset.
+        assert_eq!(removable_run(&left, &m, 0), 1);
+        assert_eq!(removable_run(&left, &m, 40), 2);
+        assert_eq!(removable_run(&left, &m, u64::MAX), 2);
+    }
+}
