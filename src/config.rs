@@ -57,10 +57,11 @@ pub(crate) struct Config {
     /// off; off on a tiered server too).
     pub(crate) compaction_purge_interval_secs: u64,
     /// Sealed segments whose every record is older than this are removed once snapshots
-    /// cover them (`None`: kept for ever; not with a tier). `server/retention.rs`.
+    /// cover them (`None`: kept for ever; with a tier, from the object store too).
+    /// `server/retention.rs`.
     pub(crate) compaction_retention_secs: Option<u64>,
     /// The oldest sealed segments are removed, once snapshots cover them, while the log holds
-    /// more than this many bytes (`None`: no bound; not with a tier).
+    /// more than this many bytes (`None`: no bound; with a tier, from the object store too).
     pub(crate) compaction_retention_bytes: Option<u64>,
     /// Seconds between passes of the retention (0 is taken as 1).
     pub(crate) compaction_retention_interval_secs: u64,
@@ -280,11 +281,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TIDINGS_COMPACTION_PURGE_INTERVAL_SECS")]
     compaction_purge_interval_secs: Option<u64>,
     /// Remove sealed log segments whose every record is older than this many seconds, once
-    /// snapshots cover them (not with a tier). Default: none (kept for ever).
+    /// snapshots cover them (with a tier, from the object store too). Default: none (kept for
+    /// ever).
     #[arg(long, env = "TIDINGS_COMPACTION_RETENTION_SECS")]
     compaction_retention_secs: Option<u64>,
     /// Remove the oldest sealed log segments, once snapshots cover them, while the log holds
-    /// more than this many bytes (not with a tier). Default: none.
+    /// more than this many bytes (with a tier, from the object store too). Default: none.
     #[arg(long, env = "TIDINGS_COMPACTION_RETENTION_BYTES")]
     compaction_retention_bytes: Option<u64>,
     /// Seconds between passes of the retention. Default: 60.
@@ -1067,28 +1069,6 @@ impl Config {
         Ok(())
     }
 
-    /// No retention with a tier: the object store keeps every segment uploaded (its manifest
-    /// lists each for ever), and `tier.local_retention_*` bounds the local disk instead.
-    fn check_retention(&self) -> anyhow::Result<()> {
-        if self.tier.url.is_some() {
-            for (name, set) in [
-                ("compaction.retention_secs", self.compaction_retention_secs),
-                (
-                    "compaction.retention_bytes",
-                    self.compaction_retention_bytes,
-                ),
-            ] {
-                anyhow::ensure!(
-                    set.is_none(),
-                    "{name} cannot be set with tier.url: the object store keeps every segment \
-                     uploaded (tier.local_retention_bytes and tier.local_retention_secs bound \
-                     the local disk)"
-                );
-            }
-        }
-        Ok(())
-    }
-
     /// `tier.url` names a store the server can open, and the S3 settings go with an `s3://`
     /// one: without it they were ignored (a tier the operator set up silently did not exist),
     /// an endpoint without a scheme panicked the server in the S3 client, one of another
@@ -1192,7 +1172,6 @@ impl Config {
         self.check_log()?;
         self.check_zeros()?;
         self.check_tier()?;
-        self.check_retention()?;
         self.check_http()?;
         let t = &self.tier;
         // The lease is renewed by upload passes (at the first pass a third of a lease after
@@ -1326,10 +1305,10 @@ mod tests {
     }
 
     /// `[compaction] retention_*`: off by default; from the file, the flag over it; the
-    /// interval a minute by default; refused with a tier (naming the setting) and past the
-    /// duration bound.
+    /// interval a minute by default; taken with a tier too (refused with one until the tiered
+    /// log could remove from its store); refused past the duration bound.
     #[test]
-    fn retention_comes_from_the_file_or_the_flag_and_not_with_a_tier() {
+    fn retention_comes_from_the_file_or_the_flag_with_or_without_a_tier() {
         let d = ServeArgs::default().resolve().unwrap();
         assert_eq!(d.retention_interval(), None);
         let dir = tempfile::tempdir().unwrap();
@@ -1372,18 +1351,24 @@ mod tests {
             bytes_only.retention_interval(),
             Some(Duration::from_secs(60))
         );
-        let err = format!(
-            "{:#}",
-            with(ServeArgs {
-                tier_url: Some("file:///tmp/tidings-store".into()),
-                ..ServeArgs::default()
-            })
-            .unwrap_err()
+        let tiered = with(ServeArgs {
+            tier_url: Some("file:///tmp/tidings-store".into()),
+            compaction_retention_bytes: Some(1 << 30),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            tiered.tier.url.as_deref(),
+            Some("file:///tmp/tidings-store")
         );
-        assert!(
-            err.contains("compaction.retention_secs cannot be set with tier.url"),
-            "{err}"
+        assert_eq!(
+            (
+                tiered.compaction_retention_secs,
+                tiered.compaction_retention_bytes
+            ),
+            (Some(86400), Some(1 << 30))
         );
+        assert_eq!(tiered.retention_interval(), Some(Duration::from_secs(1)));
         let err = format!(
             "{:#}",
             with(ServeArgs {

@@ -88,24 +88,52 @@ impl DataDir {
     }
     /// Whether a message whose send lies below the first offset `log` holds has *expired*
     /// (`tidings_projections::messages`' module doc: gone by retention, or its segment removed
-    /// by hand; read as gone, never an error): when the log has no tier and this directory was
-    /// never tiered ([`DataDir::tier_marker`]). A tiered directory's older segments are in the
-    /// object store, not gone: reads of them answer 503 `history_unavailable` when it is not
-    /// read.
+    /// by hand; read as gone, never an error):
     ///
-    /// A directory the retention trimmed ([`DataDir::trimmed_marker`]) expires below its start
-    /// whatever its tier: a tier turned on afterwards starts its store's history at the oldest
-    /// segment left, and nothing holds the removed ones (before the marker, such a directory's
-    /// sync failed 503 for every user whose cursor was below the start, for good).
+    /// - `log` without a tier, on a directory never tiered ([`DataDir::tier_marker`]): always.
+    /// - `log` with its tier: [`expires_with_tier`], with whether this directory's
+    ///   [`DataDir::trimmed_marker`] exists.
+    /// - `log` without a tier on a directory that was tiered: never. Its older segments are in
+    ///   the object store, not gone (those the retention removed from it too, but the local
+    ///   log cannot tell where that ends): reads of them answer 503 `history_unavailable`
+    ///   until it is started with its tier again.
+    ///
+    /// The server's view of this changes while it runs: its tiered log's first removal comes
+    /// later (`AppState::expiring`).
     pub(crate) fn expires_below_log_start(&self, log: &tidings_log::Log) -> bool {
-        (log.tier().is_none() && self.tier_marker().is_none()) || self.trimmed_marker().exists()
+        match log.tier() {
+            Some(tier) => expires_with_tier(tier, self.trimmed_marker().exists()),
+            None => self.tier_marker().is_none(),
+        }
     }
     /// The file the retention writes (durably) before it first removes segments: this
-    /// directory's log lost its oldest segments for good, so messages below its start have
-    /// expired, tiered or not.
+    /// directory's log lost its oldest segments for good (with a tier, from the object store
+    /// too), so messages below its start have expired, whenever the log is read with the
+    /// store its history is in ([`DataDir::expires_below_log_start`]).
     pub(crate) fn trimmed_marker(&self) -> PathBuf {
         self.0.join("log-trimmed")
     }
+}
+
+/// Whether messages below the first offset of a log read with its `tier` have expired
+/// ([`DataDir::expires_below_log_start`]); `trimmed`: the data directory's
+/// [`DataDir::trimmed_marker`] exists.
+///
+/// The store holds the log's history from where its manifest says it starts (a removal's
+/// `start`, else its first segment): below a start past 0 the messages are gone for good —
+/// removed by the retention (this node's, or another's whose store this directory restored
+/// from, which left no marker here), or before the store's first upload (by a retention that
+/// ran before the tier was turned on, or by hand). The marker says the same of a store that
+/// holds no segment yet (a tier just turned on after the retention; before the marker, such a
+/// directory's sync failed 503 for every user whose cursor was below the start, for good) —
+/// once the store's manifest is known: claimed, or a local copy read. With neither (the store
+/// did not answer at open and the directory has no copy), the log does not know its remote
+/// segments, and what is below its local start may be in the store: unavailable (503), not
+/// expired.
+pub(crate) fn expires_with_tier(tier: &tidings_log::tier::Tier, trimmed: bool) -> bool {
+    let m = tier.manifest();
+    let from = m.history_start();
+    from.is_some_and(|s| s > 0) || (trimmed && (from.is_some() || tier.is_claimed()))
 }
 
 /// Writes `bytes` to `path` so that a crash or a power cut leaves the earlier file (or none)

@@ -2,8 +2,8 @@
 //! small segments, a snapshot and a retention pass every second takes messages over HTTP; the
 //! retention removes the oldest segments until the sealed ones fit the bound, never below what
 //! the newest two snapshots cover; reads serve what is retained; a restart starts from its
-//! snapshot; stopped, `verify` passes by a rebuild from a snapshot. And the settings are
-//! refused with a tier.
+//! snapshot; stopped, `verify` passes by a rebuild from a snapshot. (With a tier:
+//! `server_tier_retention.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -153,8 +153,9 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
     );
     assert!(out.contains("older segments were removed"), "{out}");
 
-    // A tier turned on afterwards (the retention settings dropped: they go without one): the
-    // removed messages stay expired, not "unavailable" (nothing holds them).
+    // A tier turned on afterwards (without the retention settings: nothing is removed from
+    // the store here): the removed messages stay expired, not "unavailable" (nothing holds
+    // them).
     assert!(data.join("log-trimmed").exists());
     let store = tempfile::tempdir().unwrap();
     let url = format!("file://{}", store.path().display());
@@ -276,27 +277,4 @@ async fn segments_older_than_the_age_go() {
     let seqs = page_seqs(&page);
     assert!(seqs[0] > 1, "{page}");
     assert_eq!(seqs, (seqs[0]..=302).collect::<Vec<_>>());
-}
-
-#[test]
-fn retention_is_refused_with_a_tier() {
-    let store = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", store.path().display());
-    let (code, out, err) = tidings(&[
-        "serve",
-        "--data",
-        data.path().to_str().unwrap(),
-        "--tier-url",
-        &url,
-        "--compaction-retention-secs",
-        "86400",
-    ]);
-    assert_ne!(code, 0, "{out}\n{err}");
-    assert!(
-        err.contains("compaction.retention_secs cannot be set with tier.url"),
-        "{err}"
-    );
-    let created: Vec<_> = std::fs::read_dir(data.path()).unwrap().collect();
-    assert!(created.is_empty(), "{created:?}");
 }

@@ -1106,6 +1106,8 @@ impl Log {
 struct LocalLog {
     /// The base of the oldest segment; `None` when the directory holds none.
     first: Option<u64>,
+    /// The base of the newest segment (the active one).
+    last: Option<u64>,
     /// The only segment is at 0 and holds no record: a log that never took a write (a data
     /// directory started once without its `tier.url`). It restores from a store holding
     /// history as an empty directory does (`Log::open_blocking`).
@@ -1120,6 +1122,7 @@ impl LocalLog {
     fn untiered() -> Self {
         Self {
             first: None,
+            last: None,
             empty: false,
             copy: Ok(None),
         }
@@ -1140,6 +1143,7 @@ impl LocalLog {
         let empty = matches!(bases.as_slice(), [0]) && holds_no_record(vfs, dir)?;
         Ok(Self {
             first: bases.first().copied(),
+            last: bases.last().copied(),
             empty,
             copy: crate::tier::uploader::read_local_manifest(dir),
         })
@@ -1151,6 +1155,7 @@ impl LocalLog {
         let first = self.first.filter(|_| !self.empty)?;
         Some(crate::tier::LocalStart {
             first,
+            active: self.last.unwrap_or(first),
             tiered: self.tiered(),
         })
     }

@@ -2374,3 +2374,102 @@ async fn a_removal_is_refused_until_the_prefix_is_claimed() {
     s3s.spawn();
     log.close().await.unwrap();
 }
+
+/// An old copy of a data directory, started again after its store went on without it (a
+/// fail-back, a restored backup): the store holds history past where the copy's active
+/// segment starts — entries there, or, once a removal took them, a start past it. Another
+/// history: the copy opens with its own records, and tiering stops — no upload, no removal,
+/// no local deletion. Before, entries past the active segment were ignored, and a start past
+/// it let the copy claim the prefix and its retention unlink what it acknowledged since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_past_the_directorys_log_is_another_history() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (dir, old) = (data.path().join("log"), data.path().join("old"));
+    let (log, _) = uploaded_log(store.clone(), "ahead", "node-a", cache.path(), &dir).await;
+    log.close().await.unwrap();
+    copy_dir(&dir, &old);
+    let hour = Duration::from_secs(3600);
+    // The old copy, opened: diverged; it removes nothing, and reads its own records.
+    let check_old = || async {
+        let t = tier_with(store.clone(), "ahead", "node-a", cache.path(), 0, hour).await;
+        let copy = Log::open(&old, log_opts(t).with_segment_bytes(4096))
+            .await
+            .unwrap();
+        assert!(copy.tier().unwrap().status().diverged);
+        let files = local_bases(&old);
+        let r = copy.remove_segments_before(u64::MAX).await;
+        assert!(matches!(r, Err(LogError::RemoveRefused { .. })), "{r:?}");
+        assert!(copy.upload_now().await.is_err());
+        assert_eq!(local_bases(&old), files, "nothing deleted");
+        let expected: Vec<Bytes> = (copy.start_offset()..400).map(payload).collect();
+        assert_eq!(read_all(&copy).await, expected);
+        copy.close().await.unwrap();
+    };
+
+    // The directory goes on: more records, uploaded.
+    let (log, _) = uploaded_log(store.clone(), "ahead", "node-a", cache.path(), &dir).await;
+    append(&log, 400, 400).await;
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    log.close().await.unwrap();
+    check_old().await;
+
+    // Every sealed segment removed: no entry is left, the start is past the copy's log.
+    let (log, _) = uploaded_log(store.clone(), "ahead", "node-a", cache.path(), &dir).await;
+    log.remove_segments_before(u64::MAX).await.unwrap();
+    let m = log
+        .tier()
+        .unwrap()
+        .remote_manifest()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(m.segments.is_empty() && m.start == Some(800), "{m:?}");
+    log.close().await.unwrap();
+    check_old().await;
+    // The directory itself is the store's history.
+    let (log, _) = uploaded_log(store, "ahead", "node-a", cache.path(), &dir).await;
+    assert!(!log.tier().unwrap().status().diverged);
+    assert_eq!(log.start_offset(), 800);
+    log.close().await.unwrap();
+}
+
+/// A local copy listed in the manifest goes with its entry only if it holds the store's bytes:
+/// one of the same offsets and size but other bytes (another history, here a byte changed in
+/// place) makes the tier diverge, and nothing is removed — from the store or locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_checks_the_bytes_of_a_local_copy() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, sealed) = uploaded_log(store.clone(), "bytes", "node-a", cache.path(), &dir).await;
+    log.close().await.unwrap();
+    // The newest sealed segment is a local copy: a byte of it changed, its size kept.
+    let copy = sealed.last().unwrap();
+    assert!(!copy.remote);
+    let mut bytes = std::fs::read(&copy.path).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x20;
+    std::fs::write(&copy.path, &bytes).unwrap();
+    let (log, _) = uploaded_log(store, "bytes", "node-a", cache.path(), &dir).await;
+    let files = local_bases(&dir);
+    let r = log.remove_segments_before(u64::MAX).await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(log.tier().unwrap().status().diverged);
+    assert_eq!(log.start_offset(), 0);
+    assert_eq!(local_bases(&dir), files);
+    let m = log
+        .tier()
+        .unwrap()
+        .remote_manifest()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((m.start, m.segments.len()), (None, sealed.len()));
+    log.close().await.unwrap();
+}

@@ -37,7 +37,7 @@ pub(crate) enum TierCmd {
     /// Never deleted: the newest manifest version (it holds the owner's lease: there is no
     /// other lease object) and the 19 before it; every object of a segment it lists; the
     /// segment uploads of the owner's process (its manifest write may still come) unless it
-    /// released the prefix; the newest 3 snapshots and the newest a restore could use; the
+    /// released the prefix; the newest 3 snapshots and the newest two a restore could use; the
     /// message index sidecars (snapshots share them); any key that is not a name tidings
     /// writes (reported as unknown); anything younger than `--min-age-secs`. The store is
     /// listed first and the manifest read after, then read again just before deleting:

@@ -1,15 +1,17 @@
-//! Retention of an untiered server's log (`compaction.retention_secs`,
-//! `compaction.retention_bytes`): a pass every `compaction.retention_interval_secs` removes the
-//! oldest sealed segments the policy no longer keeps, once snapshots cover them.
+//! Retention of the server's log (`compaction.retention_secs`, `compaction.retention_bytes`):
+//! a pass every `compaction.retention_interval_secs` removes the oldest sealed segments the
+//! policy no longer keeps, once snapshots cover them. With a tier (`tier.url`) it is the
+//! object store's retention: the segments leave the store and the local directory
+//! (`tier.local_retention_*` only decide which uploaded segments also stay local).
 //!
 //! A pass:
 //! 1. **What the policy lets go** ([`policy_cut`]): the log's sealed segments are taken oldest
-//!    first while the log (every segment, the active one included) holds more than
-//!    `retention_bytes`, and every sealed segment whose records are all older than
-//!    `retention_secs` goes too (by batch time: the first offset written at or after the cut-off,
-//!    `Log::offset_for_timestamp`). Whole segments only, and never the active one: a segment
-//!    goes once its newest record is past the age (it rolls by size, and a day after its first
-//!    record: `log.segment_max_age`).
+//!    first while the log (every segment, the active one included, those only in the object
+//!    store too) holds more than `retention_bytes`, and every sealed segment whose records are
+//!    all older than `retention_secs` goes too (by batch time: the first offset written at or
+//!    after the cut-off, `Log::offset_for_timestamp`). Whole segments only, and never the
+//!    active one: a segment goes once its newest record is past the age (it rolls by size,
+//!    and a day after its first record: `log.segment_max_age`).
 //! 2. **What snapshots allow** ([`snapshot_bound`]): the newest two snapshot files must check
 //!    (both CRCs, the current format, without decoding the state) and be anchored to the
 //!    records the log holds at their offsets; only segments wholly below the older one's offset
@@ -19,19 +21,36 @@
 //!    check, nothing is removed (the next snapshot, `projections.snapshot_interval_secs`,
 //!    brings one). The log is synced before the removal: under `log.fsync = every | never`
 //!    the anchors may be records not yet durable, which a power cut would take.
+//!    With a tier, the object store's snapshots bound it as well ([`store_bound`]): a restore
+//!    into an empty data directory loads the newest snapshot in the store below the end of the
+//!    uploaded segments (one past it describes records the store does not hold) and replays
+//!    after it, so only segments wholly below the older of the store's newest two such
+//!    snapshots go (by their names, `snapshots/{applied:020}.snap`; with fewer than two,
+//!    nothing: on a server whose writes fit in the active segment, the retention waits for
+//!    its roll — `log.segment_max_age` — and the upload). The store keeps those two as well as
+//!    its newest three (`tiering::upload_snapshot`).
 //! 3. `Log::remove_segments_before`: the segments' files are deleted, oldest first; readers of
-//!    their offsets get "expired" (`messages::expired_floor` and the read paths).
+//!    their offsets get "expired" (`messages::expired_floor` and the read paths). A tiered log
+//!    removes only segments already uploaded: first from the store (a manifest version without
+//!    them, whose `start` is the log's new first offset, then their objects), then locally.
+//!    A pass while this server does not hold the store's prefix (not claimed yet, fenced, or
+//!    its history diverged from the store's) removes nothing, and is not a failure.
 //!
-//! Refused with a tier (the config check: the object store keeps every segment uploaded), and
-//! off on a data directory that was tiered (its store holds the older segments; a later
-//! start with the tier again would find segments missing from both). The record a snapshot
-//! is anchored to is never removed; the purge's watermark may be (its next start considers
-//! every recall again, and finds those below the log's start gone).
+//! Before the first removal, `DATA/log-trimmed` is written ([`DataDir::trimmed_marker`]) and
+//! the server's reads take messages below the log's start as expired from then on
+//! ([`AppState::expiring`]; with a tier, the manifest's start says so as well). A tiered log
+//! also removes, whatever the offset asked, what a removal cut short by a crash left below the
+//! store's start. Off on a data directory that was tiered but is started without `tier.url`
+//! (its store holds the older segments; a later start with the tier again would find segments
+//! missing from both). The record a snapshot is anchored to is never removed;
+//! the purge's watermark may be (its next start considers every recall again, and finds those
+//! below the log's start gone).
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tidings_log::{Log, SegmentInfo};
+use tidings_log::tier::Tier;
+use tidings_log::{Log, LogError, SegmentInfo};
 use tidings_projections::snapshot;
 use tokio_util::sync::CancellationToken;
 
@@ -44,10 +63,15 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
     let Some(every) = state.config.retention_interval() else {
         return;
     };
-    if let Some(marker) = DataDir::new(&state.config.data).tier_marker() {
+    // With its tier the log removes from the object store too; without it, a directory that
+    // was tiered keeps its older segments in a store this server does not reach.
+    if state.log.tier().is_none()
+        && let Some(marker) = DataDir::new(&state.config.data).tier_marker()
+    {
         tracing::warn!(
             "the retention (compaction.retention_secs / retention_bytes) is off: this data \
-             directory was tiered ({} exists), and its object store holds its older segments",
+             directory was tiered ({} exists) and is started without tier.url, and its object \
+             store holds its older segments",
             marker.display()
         );
         return;
@@ -55,12 +79,13 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut checked = Checks::default();
+    let mut stored = StoreChecks::default();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = pass(&state, &mut checked).await {
+        if let Err(e) = pass(&state, &mut checked, &mut stored).await {
             state.metrics.retention_failures.inc();
             let why = format!("{e:#}");
             tracing::warn!(error = %why, "a pass of the log's retention failed; the next pass tries again");
@@ -69,7 +94,11 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
 }
 
 /// One pass (the module doc).
-async fn pass(state: &AppState, checked: &mut Checks) -> anyhow::Result<()> {
+async fn pass(
+    state: &AppState,
+    checked: &mut Checks,
+    stored: &mut StoreChecks,
+) -> anyhow::Result<()> {
     let log = state.log.clone();
     let age_cut = match state.config.compaction_retention_secs {
         None => None,
@@ -87,6 +116,11 @@ async fn pass(state: &AppState, checked: &mut Checks) -> anyhow::Result<()> {
     if wanted <= log.start_offset() {
         return Ok(());
     }
+    if let Some(tier) = log.tier()
+        && !holds_prefix(tier)
+    {
+        return Ok(());
+    }
     let dir = state.proj().snapshot_dir();
     let Some(bound) = snapshot_bound(&log, &dir, checked).await? else {
         tracing::debug!(
@@ -94,7 +128,16 @@ async fn pass(state: &AppState, checked: &mut Checks) -> anyhow::Result<()> {
         );
         return Ok(());
     };
-    let upto = wanted.min(bound);
+    let mut upto = wanted.min(bound);
+    if let Some(tier) = log.tier() {
+        let Some(stored) = store_bound(tier, &dir, stored).await? else {
+            tracing::debug!(
+                "the retention waits for two snapshots in the object store to cover the segments it would remove"
+            );
+            return Ok(());
+        };
+        upto = upto.min(stored);
+    }
     if upto <= log.start_offset() {
         return Ok(());
     }
@@ -105,7 +148,8 @@ async fn pass(state: &AppState, checked: &mut Checks) -> anyhow::Result<()> {
     // anchors is durable before anything is removed.
     log.sync().await?;
     // Before the first removal: this directory's messages below the log's start expire for
-    // good, also if a tier is turned on later (`DataDir::trimmed_marker`).
+    // good (with a tier, the store loses them too), also if a tier is turned on later
+    // (`DataDir::trimmed_marker`).
     let data = DataDir::new(&state.config.data);
     let marker = data.trimmed_marker();
     if !marker.exists() {
@@ -115,7 +159,22 @@ async fn pass(state: &AppState, checked: &mut Checks) -> anyhow::Result<()> {
             0o644,
         )?;
     }
-    let removed = log.remove_segments_before(upto).await?;
+    // The marker is written: reads take what lies below the start as expired from now on
+    // (with a tier, once the store's manifest is known: `data::expires_with_tier`).
+    state.set_trimmed();
+    let removed = match log.remove_segments_before(upto).await {
+        Ok(removed) => removed,
+        // A tiered log refuses while its tier does not hold the prefix (it may have lost it
+        // since the check above): the next pass tries again.
+        Err(LogError::RemoveRefused { reason, .. }) if log.tier().is_some() => {
+            tracing::debug!(
+                reason = %reason,
+                "the tiered log refused the retention's removal; nothing removed"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if removed.segments > 0 {
         state
             .metrics
@@ -132,10 +191,124 @@ async fn pass(state: &AppState, checked: &mut Checks) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether this server holds its tier's prefix (claimed, not fenced, its history not diverged
+/// from the store's): otherwise the tiered log refuses a removal, and a pass removes nothing
+/// (module doc, step 3).
+fn holds_prefix(tier: &Tier) -> bool {
+    let status = tier.status();
+    let holds = status.claimed && !status.fenced && !status.diverged;
+    if !holds {
+        tracing::debug!(
+            claimed = status.claimed,
+            fenced = status.fenced,
+            diverged = status.diverged,
+            "the retention removes nothing: the object store's prefix is not this server's"
+        );
+    }
+    holds
+}
+
+/// The checks of the object store's snapshots made by earlier passes, by name: a snapshot is
+/// uploaded once under its name (its offset), so a verdict stands while the name is listed.
+#[derive(Default)]
+struct StoreChecks(std::collections::HashMap<String, bool>);
+
+/// The offset of the older of the newest two snapshots in the tier's object store that a
+/// restore could use — below the end of the uploaded segments (module doc, step 2) —, when
+/// both check (downloaded once each into `dir` under a name no start loads, CRCs and format as
+/// for the local ones: a restore of a damaged or outdated one goes on to an older one, which a
+/// removal may have left nothing to replay from); `None` with fewer than two, or one that does
+/// not check.
+async fn store_bound(
+    tier: &Tier,
+    dir: &std::path::Path,
+    checks: &mut StoreChecks,
+) -> anyhow::Result<Option<u64>> {
+    let names = tier
+        .list("snapshots")
+        .await
+        .context("listing the snapshots in the object store")?;
+    checks.0.retain(|name, _| names.contains(name));
+    let newest = newest_two_below(&names, tier.manifest().end());
+    let [(_, newer), (older, older_name)] = newest.as_slice() else {
+        return Ok(None);
+    };
+    for name in [*newer, *older_name] {
+        let good = match checks.0.get(name) {
+            Some(&good) => good,
+            None => {
+                let good = store_snapshot_checks(tier, dir, name).await?;
+                checks.0.insert(name.clone(), good);
+                good
+            }
+        };
+        if !good {
+            tracing::warn!(snapshot = %name, "the retention removes nothing while one of the newest two snapshots in the object store that a restore could use does not check");
+            return Ok(None);
+        }
+    }
+    Ok(Some(*older))
+}
+
+/// Whether the store's snapshot `name` checks ([`snapshot::check`]), downloaded into `dir` as
+/// `{name}.check.download` (a name no start loads; a restore removes what a crash left) and
+/// removed after.
+async fn store_snapshot_checks(
+    tier: &Tier,
+    dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<bool> {
+    let path = dir.join(format!("{name}.check.download"));
+    if !tier.get_file(&format!("snapshots/{name}"), &path).await? {
+        return Ok(false);
+    }
+    let p = path.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let bytes =
+            std::fs::read(&p).with_context(|| format!("reading the snapshot {}", p.display()))?;
+        anyhow::Ok(snapshot::check(&p, &bytes))
+    })
+    .await
+    .context("checking a snapshot")?;
+    let _ = std::fs::remove_file(&path);
+    match checked? {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            tracing::warn!(snapshot = name, error = %e, "a snapshot in the object store does not check");
+            Ok(false)
+        }
+    }
+}
+
+/// The newest two snapshots named in `names` (`{applied:020}.snap`; other names are left
+/// out) below offset `end`, newest first, with their offsets.
+fn newest_two_below(names: &[String], end: u64) -> Vec<(u64, &String)> {
+    let mut found: Vec<(u64, &String)> = names
+        .iter()
+        .filter_map(|n| Some((n.strip_suffix(".snap")?.parse().ok()?, n)))
+        .filter(|&(applied, _)| applied < end)
+        .collect();
+    found.sort_unstable_by(|a, b| b.cmp(a));
+    found.dedup_by_key(|(applied, _)| *applied);
+    found.truncate(2);
+    found
+}
+
+/// The offset of the older of the newest two snapshots named in `names` below offset `end`
+/// ([`newest_two_below`]); `None` with fewer than two.
+#[cfg(test)]
+fn older_of_newest_two(names: &[String], end: u64) -> Option<u64> {
+    match newest_two_below(names, end).as_slice() {
+        [_, (older, _)] => Some(*older),
+        _ => None,
+    }
+}
+
 /// The offset below which the policy lets sealed segments go: the end of the last segment of
 /// the longest run of sealed segments, oldest first, that the size bound or the age removes
 /// (module doc, step 1). `age_cut`: the first offset inside the retention age (the log's end
-/// when every record is older). Not above the first segment that is not local and sealed.
+/// when every record is older). Segments only in the object store count as local ones do (a
+/// tiered log removes them from the store); not above the first segment that is not sealed.
 pub(crate) fn policy_cut(
     segments: &[SegmentInfo],
     age_cut: Option<u64>,
@@ -144,7 +317,7 @@ pub(crate) fn policy_cut(
     let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
     let mut cut = segments.first().map_or(0, |s| s.base_offset);
     for s in segments {
-        if !s.sealed || s.remote {
+        if !s.sealed {
             break;
         }
         let too_big = max_bytes.is_some_and(|max| total > max);
@@ -400,5 +573,160 @@ mod tests {
         assert_eq!(policy_cut(&segs[2..], Some(35), None), 30);
         assert_eq!(policy_cut(&segs[3..], Some(35), Some(0)), 30);
         assert_eq!(policy_cut(&[], Some(35), Some(0)), 0);
+    }
+
+    /// A tiered log's segments only in the object store count as local ones do, by bytes and
+    /// by age (its removal takes them from the store): before, the cut stopped at the first
+    /// one. The active segment still never goes.
+    #[test]
+    fn the_policy_counts_segments_only_in_the_object_store() {
+        let remote = |base, end| SegmentInfo {
+            remote: true,
+            ..seg(base, end, 100, true)
+        };
+        let segs = [
+            remote(0, 10),
+            remote(10, 20),
+            seg(20, 30, 100, true),
+            seg(30, 35, 100, false),
+        ];
+        assert_eq!(policy_cut(&segs, None, None), 0);
+        assert_eq!(policy_cut(&segs, None, Some(399)), 10);
+        assert_eq!(policy_cut(&segs, None, Some(250)), 20);
+        assert_eq!(policy_cut(&segs, None, Some(0)), 30);
+        assert_eq!(policy_cut(&segs, Some(25), None), 20);
+        assert_eq!(policy_cut(&segs, Some(35), None), 30);
+        // Remote after local ones (a local copy kept below newer remote ones) too.
+        let mixed = [
+            seg(0, 10, 100, true),
+            remote(10, 20),
+            seg(20, 25, 100, false),
+        ];
+        assert_eq!(policy_cut(&mixed, None, Some(0)), 20);
+    }
+
+    /// The store's bound needs its newest two snapshots below the uploaded end to check: a
+    /// damaged one (or one in an outdated format) there bounds nothing, as a restore would go
+    /// past it to an older one. Each is downloaded once; its verdict is kept while listed.
+    #[tokio::test]
+    async fn the_store_bound_needs_its_two_snapshots_to_check() {
+        use tidings_log::tier::TierOptions;
+        let (bucket, data, cache) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let store: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+        let tier = Tier::open(
+            TierOptions::new(store, "p", "test", "node-a", cache.path())
+                .with_upload_interval(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+        let log = Log::open(
+            data.path().join("log"),
+            tidings_log::LogOptions::default().with_tier(tier.clone()),
+        )
+        .await
+        .unwrap();
+        for i in 0..10 {
+            log.append_one(Bytes::from(format!("record {i}")))
+                .await
+                .unwrap();
+        }
+        log.roll().await.unwrap();
+        log.upload_now().await.unwrap();
+        assert_eq!(tier.manifest().end(), 10);
+        let local = data.path().join("snapshots");
+        std::fs::create_dir_all(&local).unwrap();
+        let put = |applied: u64, damaged: bool| {
+            let (tier, local) = (tier.clone(), local.clone());
+            async move {
+                let path = snapshot_at(&local, applied, Some(1));
+                if damaged {
+                    let mut bytes = std::fs::read(&path).unwrap();
+                    let last = bytes.len() - 1;
+                    bytes[last] ^= 1;
+                    std::fs::write(&path, bytes).unwrap();
+                }
+                let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+                tier.put_file(&format!("snapshots/{name}"), &path)
+                    .await
+                    .unwrap();
+                std::fs::remove_file(path).unwrap();
+            }
+        };
+        let dir = data.path().join("check");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut checks = StoreChecks::default();
+        put(3, false).await;
+        put(5, false).await;
+        // Past the uploaded end: not one a restore could use.
+        put(12, false).await;
+        assert_eq!(
+            store_bound(&tier, &dir, &mut checks).await.unwrap(),
+            Some(3)
+        );
+        put(7, true).await;
+        assert_eq!(store_bound(&tier, &dir, &mut checks).await.unwrap(), None);
+        assert_eq!(checks.0.get("00000000000000000007.snap"), Some(&false));
+        // Nothing left behind in the directory it downloads to.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        log.close().await.unwrap();
+    }
+
+    /// The store's bound is the older of its newest two snapshots below the uploaded end by
+    /// offset (the names' number), whatever order the listing has; none with fewer than two;
+    /// names that are not a snapshot's are left out.
+    #[test]
+    fn the_store_bound_is_the_older_of_its_newest_two_snapshots() {
+        fn names(list: &[&str]) -> Vec<String> {
+            list.iter().map(|n| (*n).to_owned()).collect()
+        }
+        assert_eq!(older_of_newest_two(&names(&[]), u64::MAX), None);
+        assert_eq!(
+            older_of_newest_two(&names(&["00000000000000000302.snap"]), u64::MAX),
+            None
+        );
+        assert_eq!(
+            older_of_newest_two(
+                &names(&[
+                    "00000000000000000302.snap",
+                    "00000000000000000100.snap",
+                    "00000000000000000250.snap",
+                ],),
+                u64::MAX
+            ),
+            Some(250)
+        );
+        assert_eq!(
+            older_of_newest_two(
+                &names(&[
+                    "00000000000000000302.snap",
+                    "00000000000000000302.snap.tmp",
+                    "notes.txt",
+                    "x.snap",
+                ]),
+                u64::MAX
+            ),
+            None
+        );
+        assert_eq!(
+            older_of_newest_two(
+                &names(&["00000000000000000009.snap", "00000000000000000010.snap",]),
+                u64::MAX
+            ),
+            Some(9)
+        );
+        // Only those a restore could use: below the end of the uploaded segments.
+        let three = names(&[
+            "00000000000000000100.snap",
+            "00000000000000000250.snap",
+            "00000000000000000302.snap",
+        ]);
+        assert_eq!(older_of_newest_two(&three, 303), Some(250));
+        assert_eq!(older_of_newest_two(&three, 302), Some(100));
+        assert_eq!(older_of_newest_two(&three, 250), None);
     }
 }

@@ -97,9 +97,12 @@ pub(crate) struct AppState {
     pub(crate) uploaded_sidecars: Mutex<Option<std::collections::HashSet<String>>>,
     /// The snapshots being written, whose records the background purge must not rewrite.
     pub(crate) snapshot_writes: Arc<SnapshotWrites>,
-    /// Whether messages below the log's first offset have expired rather than being
-    /// unavailable ([`DataDir::expires_below_log_start`]; see [`AppState::expired_below`]).
-    pub(crate) expiring: bool,
+    /// Without a tier: whether messages below the log's first offset have expired rather than
+    /// being unavailable ([`DataDir::expires_below_log_start`]: on a directory never tiered).
+    untiered_expiring: bool,
+    /// `DATA/log-trimmed` exists: found at start, or written since by the retention
+    /// ([`AppState::set_trimmed`]). With a tier, [`AppState::expiring`] asks the manifest too.
+    trimmed: AtomicBool,
     /// Each channel's expired floor as last found, with the log start and the channel's
     /// earlier-group floor it was found for ([`AppState::expired_floor`]).
     expired_floors: Mutex<tidings_projections::FastMap<String, ExpiredFloor>>,
@@ -132,7 +135,9 @@ impl AppState {
         let http_headroom = crate::server::accept::http_headroom(budget);
         let next_applied = *applied.borrow();
         let user_rates = UserRates::new(config.limits_sends_per_second);
-        let expiring = DataDir::new(&config.data).expires_below_log_start(&log);
+        let data = DataDir::new(&config.data);
+        let untiered_expiring = data.tier_marker().is_none();
+        let trimmed = AtomicBool::new(data.trimmed_marker().exists());
         Self {
             config,
             log,
@@ -159,7 +164,8 @@ impl AppState {
             completions: Completions::default(),
             uploaded_sidecars: Mutex::new(None),
             snapshot_writes: Arc::new(SnapshotWrites::default()),
-            expiring,
+            untiered_expiring,
+            trimmed,
             expired_floors: Mutex::default(),
             subscribing: (0..SUBSCRIBE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -167,11 +173,30 @@ impl AppState {
         }
     }
 
+    /// Whether messages below the log's first offset have expired (read as gone) rather than
+    /// being unavailable (503 `history_unavailable`), as [`DataDir::expires_below_log_start`]
+    /// says, asked again at each call: with a tier the answer changes while the server runs
+    /// (the first removal of its retention, a claim made after a start the store did not
+    /// answer: `data::expires_with_tier`).
+    pub(crate) fn expiring(&self) -> bool {
+        match self.log.tier() {
+            None => self.untiered_expiring,
+            Some(tier) => {
+                crate::data::expires_with_tier(tier, self.trimmed.load(Ordering::Acquire))
+            }
+        }
+    }
+
+    /// `DATA/log-trimmed` was written (by the retention, before it first removes segments).
+    pub(crate) fn set_trimmed(&self) {
+        self.trimmed.store(true, Ordering::Release);
+    }
+
     /// The log offset below which messages have expired (`tidings_projections::messages`'
     /// module doc: gone by retention, read as gone and never an error): the log's first offset
     /// now, or 0 when nothing expires here ([`AppState::expiring`]). It only grows.
     pub(crate) fn expired_below(&self) -> u64 {
-        if self.expiring {
+        if self.expiring() {
             self.log.start_offset()
         } else {
             0

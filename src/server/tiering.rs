@@ -2,12 +2,16 @@
 //! snapshot upload and restore.
 //!
 //! Under the prefix the log keeps `segments/` and `manifest/`; the server adds
-//! `snapshots/{applied:020}.snap` (the newest three) and
+//! `snapshots/{applied:020}.snap` (the newest three, and the newest two below the end of the
+//! uploaded segments: [`stale_snapshots`]) and
 //! `projections/index/{first:020}-{crc:08x}.cidx` (the message index sidecars the snapshots
 //! refer to); `tidings tier gc` knows these names (`log/src/tier/gc.rs`: keep them in step, or
 //! it reports new ones as unknown keys and leaves them). A server started on an empty data
 //! directory with an existing prefix restores: the newest snapshot and its sidecars are
-//! downloaded, the log opens at the end of the uploaded segments, and the rest is replayed.
+//! downloaded (one the log still holds the records after: not below the manifest's `start`,
+//! up to which the retention removed segments from the store; one whose sidecars are not all
+//! usable gives way to an older one), the log opens at the end of the uploaded segments, and
+//! the rest is replayed.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -27,6 +31,10 @@ use crate::data::DataDir;
 
 /// Snapshots kept in the object store (`tidings tier gc` keeps as many).
 pub(crate) const KEEP_SNAPSHOTS: usize = 3;
+
+/// Snapshots below the end of the uploaded segments (those a restore could use) kept in the
+/// object store besides the newest [`KEEP_SNAPSHOTS`] (`tidings tier gc` keeps as many).
+pub(crate) const KEEP_RESTORABLE: usize = 2;
 
 /// The object store, the prefix in it, and its name for messages.
 pub(crate) fn build_store(
@@ -180,14 +188,19 @@ fn legacy_sidecar_key(side: &Sidecar) -> String {
 
 /// Downloads the newest usable snapshot (and the sidecars it refers to) when there is none
 /// locally. Usable: every event it covers is in the uploaded segments (a snapshot ahead of them
-/// would describe events the restored log does not have). Returns whether one was restored.
+/// would describe events the restored log does not have), and the log still holds every record
+/// after it (not below the manifest's `start`: the retention removed the segments from there
+/// down, and the replay after such a snapshot would lack them). Returns whether one was
+/// restored.
 pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow::Result<bool> {
     let local = projections.join("snapshots");
     remove_leftovers(projections);
     if !snapshot::list(&local)?.is_empty() {
         return Ok(false);
     }
-    let end = tier.remote_manifest().await?.map_or(0, |m| m.end());
+    let manifest = tier.remote_manifest().await?;
+    let end = manifest.as_ref().map_or(0, |m| m.end());
+    let start = manifest.as_ref().and_then(|m| m.start).unwrap_or(0);
     let mut names: Vec<String> = tier
         .list("snapshots")
         .await?
@@ -197,7 +210,7 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
     names.sort();
     for name in names.iter().rev() {
         let applied: Option<u64> = name.strip_suffix(".snap").and_then(|s| s.parse().ok());
-        if applied.is_none_or(|a| a >= end) {
+        if applied.is_none_or(|a| a >= end || a < start) {
             continue;
         }
         // Downloaded under a name no start loads (`*.snap.restoring`), and moved to its own
@@ -221,11 +234,16 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
             }
         };
         let index = projections.join("index");
+        let mut usable = true;
         for side in &state.index.sidecars {
             let dest = sidecar_path(&index, side.first_offset);
             // The index is derived: a sidecar missing from the store, or not the one the
             // snapshot recorded (under the legacy key, without the CRC, another writer's could
-            // replace it), is rebuilt by replaying the log instead.
+            // replace it), is rebuilt by replaying the log from an older snapshot instead —
+            // or from the log's start when none is usable, which a store the retention
+            // trimmed no longer holds (until 2026-11-30 the first such sidecar went straight
+            // to a replay from the start, refused on a trimmed store though an older snapshot
+            // was usable).
             let problem = if !tier.get_file(&sidecar_key(side), &dest).await?
                 && !tier.get_file(&legacy_sidecar_key(side), &dest).await?
             {
@@ -237,11 +255,15 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
                 tracing::warn!(
                     first_offset = side.first_offset,
                     problem = %problem,
-                    "a message index sidecar the snapshot needs is not usable; replaying instead"
+                    "a message index sidecar the snapshot needs is not usable; trying an older snapshot"
                 );
                 let _ = std::fs::remove_file(&dest);
-                return Ok(false);
+                usable = false;
+                break;
             }
+        }
+        if !usable {
+            continue;
         }
         sync_dir(&index)?;
         // The entries of `index/` and `snapshots/` themselves (made by this restore).
@@ -364,23 +386,64 @@ pub(crate) async fn upload_snapshot(
         .and_then(|n| n.to_str())
         .context("snapshot file name")?;
     tier.put_file(&format!("snapshots/{name}"), snap).await?;
-    let mut names: Vec<String> = tier
+    let names: Vec<String> = tier
         .list("snapshots")
         .await?
         .into_iter()
         .filter(|n| n.ends_with(".snap"))
         .collect();
-    names.sort();
-    let stale = names.len().saturating_sub(KEEP_SNAPSHOTS);
-    for old in &names[..stale] {
+    for old in stale_snapshots(names, tier.manifest().end()) {
         tier.delete(&format!("snapshots/{old}")).await?;
     }
     Ok(())
 }
 
+/// The snapshots of the store (`names`, `{applied:020}.snap`) that are not kept: all but the
+/// newest [`KEEP_SNAPSHOTS`] and the newest [`KEEP_RESTORABLE`] a restore could use — below
+/// `end`, the end of the uploaded segments (the newest three may all lie past it, on a server
+/// whose writes fit in the active segment); the retention removes segments only below those
+/// two (`retention.rs`).
+fn stale_snapshots(mut names: Vec<String>, end: u64) -> Vec<String> {
+    names.sort();
+    let applied = |n: &String| n.strip_suffix(".snap").and_then(|a| a.parse::<u64>().ok());
+    let restorable: Vec<String> = names
+        .iter()
+        .rev()
+        .filter(|n| applied(n).is_some_and(|a| a < end))
+        .take(KEEP_RESTORABLE)
+        .cloned()
+        .collect();
+    let stale = names.len().saturating_sub(KEEP_SNAPSHOTS);
+    names.truncate(stale);
+    names.retain(|n| !restorable.contains(n));
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The store keeps its newest three snapshots and the newest two below the end of the
+    /// uploaded segments (those a restore could use, which bound the retention).
+    #[test]
+    fn the_store_keeps_the_newest_three_and_two_a_restore_could_use() {
+        let names: Vec<String> = [5, 8, 15, 25, 30, 40]
+            .iter()
+            .map(|a| format!("{a:020}.snap"))
+            .collect();
+        let stale = |end| -> Vec<u64> {
+            stale_snapshots(names.clone(), end)
+                .iter()
+                .map(|n| n[..20].parse().unwrap())
+                .collect()
+        };
+        assert_eq!(stale(u64::MAX), [5, 8, 15]);
+        assert_eq!(stale(41), [5, 8, 15]);
+        assert_eq!(stale(26), [5, 8]);
+        assert_eq!(stale(20), [5]);
+        assert_eq!(stale(10), [15]);
+        assert_eq!(stale(0), [5, 8, 15]);
+    }
     use object_store::ObjectStoreExt as _;
     use tidings_log::tier::manifest::Manifest;
     use tidings_log::{Log, LogOptions};
@@ -554,6 +617,82 @@ mod tests {
         assert!(tier.list("snapshots").await.unwrap().is_empty());
         log.close().await.unwrap();
     }
+
+    /// A snapshot in the store below the manifest's `start` (a retention removed the segments
+    /// below it: a manifest version without them) is not restored — the replay after it
+    /// would lack the records up to the start —, and with no other the restore brings none
+    /// (before, it restored it). One at the start is restored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_skips_the_snapshots_below_the_stores_start() {
+        let (t, store) = Setup::new();
+        let log = t.open_log().await;
+        // Two uploaded segments: offsets 0 and 1, then 2 and 3.
+        let records: [&[u8]; 4] = [b"one", b"two", b"three", b"four"];
+        for (i, r) in records.iter().enumerate() {
+            log.append_one(bytes::Bytes::copy_from_slice(r))
+                .await
+                .unwrap();
+            if i % 2 == 1 {
+                log.roll().await.unwrap();
+                log.upload_now().await.unwrap();
+            }
+        }
+        let tier = log.tier().unwrap().clone();
+        assert_eq!(tier.manifest().segments.len(), 2);
+        let put_snapshot = |applied: u64| {
+            let (tier, dir) = (tier.clone(), t.data.path().join("snaps"));
+            async move {
+                std::fs::create_dir_all(&dir).unwrap();
+                let state = tidings_projections::State {
+                    applied: Some(applied),
+                    ..Default::default()
+                };
+                let name = format!("{applied:020}.snap");
+                let file = dir.join(&name);
+                std::fs::write(&file, snapshot::encode(&state).unwrap()).unwrap();
+                tier.put_file(&format!("snapshots/{name}"), &file)
+                    .await
+                    .unwrap();
+            }
+        };
+        put_snapshot(1).await;
+        let restored = |n: &str| t.data.path().join(n);
+        assert!(restore_snapshot(&tier, &restored("a")).await.unwrap());
+        // A retention took the first segment out of the store: the log starts at 2.
+        let mut trimmed = tier.manifest().next("node-b", u64::MAX / 2);
+        trimmed.segments.retain(|s| s.base >= 2);
+        trimmed.start = Some(2);
+        put_version(&store, &trimmed).await;
+        assert!(!restore_snapshot(&tier, &restored("b")).await.unwrap());
+        assert!(
+            snapshot::list(&restored("b").join("snapshots"))
+                .unwrap()
+                .is_empty()
+        );
+        put_snapshot(2).await;
+        assert!(restore_snapshot(&tier, &restored("c")).await.unwrap());
+        let got = snapshot::list(&restored("c").join("snapshots")).unwrap();
+        assert_eq!(got.iter().map(|f| f.applied).collect::<Vec<_>>(), [2]);
+        // A newer snapshot whose message index sidecar is not in the store: the older one is
+        // restored (before, the first such sidecar went to a replay from the log's start,
+        // which this trimmed store no longer holds).
+        let (_, side) = sidecar(2, &[(1, 2)]);
+        let mut state = tidings_projections::State {
+            applied: Some(3),
+            ..Default::default()
+        };
+        state.index.sidecars.push(side);
+        let file = t.data.path().join("snaps").join(format!("{:020}.snap", 3));
+        std::fs::write(&file, snapshot::encode(&state).unwrap()).unwrap();
+        tier.put_file(&format!("snapshots/{:020}.snap", 3), &file)
+            .await
+            .unwrap();
+        assert!(restore_snapshot(&tier, &restored("d")).await.unwrap());
+        let got = snapshot::list(&restored("d").join("snapshots")).unwrap();
+        assert_eq!(got.iter().map(|f| f.applied).collect::<Vec<_>>(), [2]);
+        log.close().await.unwrap();
+    }
+
     /// A sidecar file as the message index writes it, and its entry for a snapshot.
     fn sidecar(first_offset: u64, entries: &[(u64, u64)]) -> (Vec<u8>, msgindex::Sidecar) {
         let mut body = Vec::new();

@@ -752,7 +752,7 @@ impl Ctx {
         // held whole in memory while a slow client read it (~16 MiB per session). One that
         // expired since the plan is left out: the next page's plan starts after it.
         for part in plan.chunks(CATCH_UP_LOAD) {
-            let loaded = messages::load_retained(&self.state.log, part, self.state.expiring);
+            let loaded = messages::load_retained(&self.state.log, part, self.state.expiring());
             let msgs = match loaded.await {
                 Ok(m) => m,
                 Err(e) => {

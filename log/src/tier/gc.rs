@@ -27,7 +27,7 @@
 //! 1. A key that is none of these names is [`Verdict::Unknown`]: reported, never deleted.
 //! 2. Needed, kept at any age: every object of a segment the manifest lists; the manifest
 //!    version read, any newer one, and the 19 before it (the owner keeps 20); the newest
-//!    [`Rules::keep_snapshots`] snapshots and the newest one a restore could use (below the
+//!    [`Rules::keep_snapshots`] snapshots and the newest two a restore could use (below the
 //!    manifest's end); every sidecar.
 //! 3. Kept too: segment objects of the manifest owner's process (its incarnation is the
 //!    writer in their name), unless it released the prefix or they lie below the manifest's
@@ -131,8 +131,9 @@ pub fn judge(manifest: &Manifest, listing: &[Listed], rules: &Rules) -> Vec<Verd
         .collect()
 }
 
-/// The snapshots kept, by applied offset: the newest `keep`, and the newest a restore could
-/// use now (a restore skips those at or past the manifest's end, and those below its start).
+/// The snapshots kept, by applied offset: the newest `keep`, and the newest two a restore could
+/// use now (a restore skips those at or past the manifest's end, and those below its start; the
+/// server keeps two, which bound its retention).
 fn kept_snapshots(manifest: &Manifest, listing: &[Listed], keep: usize) -> HashSet<u64> {
     let mut applied: Vec<u64> = listing
         .iter()
@@ -145,7 +146,12 @@ fn kept_snapshots(manifest: &Manifest, listing: &[Listed], keep: usize) -> HashS
     let end = manifest.end();
     // Not below the start either: the records after such a snapshot up to the start are gone.
     let start = manifest.start.unwrap_or(0);
-    let restorable = applied.iter().copied().find(|&a| a < end && a >= start);
+    let restorable: Vec<u64> = applied
+        .iter()
+        .copied()
+        .filter(|&a| a < end && a >= start)
+        .take(2)
+        .collect();
     applied.into_iter().take(keep).chain(restorable).collect()
 }
 
@@ -456,16 +462,16 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_snapshots_the_one_a_restore_would_use_and_every_sidecar_are_kept() {
+    fn the_newest_snapshots_the_two_a_restore_would_use_and_every_sidecar_are_kept() {
         use Verdict::{Collect, Keep};
         // The manifest ends at 20: the newest three are ahead of the uploaded segments, and a
-        // restore now would use the one at 15.
+        // restore now would use the one at 15, or the one at 8 if that one did not load.
         let snap = |applied: u64| format!("snapshots/{applied:020}.snap");
         let keys: Vec<String> = [5, 8, 15, 25, 30, 40].into_iter().map(snap).collect();
         let mut refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         refs.push("projections/index/00000000000000000005-0000abcd.cidx");
         refs.push("projections/index/00000000000000000005.cidx");
         let out = verdicts(&manifest(), &RULES, &refs, DAY);
-        assert_eq!(out, [Collect, Collect, Keep, Keep, Keep, Keep, Keep, Keep]);
+        assert_eq!(out, [Collect, Keep, Keep, Keep, Keep, Keep, Keep, Keep]);
     }
 }

@@ -311,6 +311,12 @@ impl Tier {
         &self.inner.opts.display
     }
 
+    /// Whether this log holds the prefix now ([`TierStatus::claimed`], without the rest of the
+    /// status).
+    pub fn is_claimed(&self) -> bool {
+        self.inner.claimed.load(Ordering::Relaxed)
+    }
+
     /// The manifest version last read or written.
     pub fn manifest(&self) -> Arc<Manifest> {
         self.inner.manifest.load_full()

@@ -283,6 +283,9 @@ pub(crate) struct LocalStart {
     /// The first offset of the directory's oldest segment: the offsets before it are only in
     /// the store (deleted here once uploaded), or nowhere (removed by hand before tiering).
     pub(crate) first: u64,
+    /// The first offset of the directory's newest segment (the active one): this log's own
+    /// store never ends past it ([`holds_history`]).
+    pub(crate) active: u64,
     /// Where the history this directory tiered before starts, by its local manifest copy.
     pub(crate) tiered: Tiered,
 }
@@ -387,6 +390,24 @@ pub(crate) async fn claim(inner: &TierInner, local: Option<LocalStart>) -> Resul
 /// store's history starts here). Until 2026-11-30 every store was judged from offset 0, and a
 /// store whose history starts later was refused at every start.
 fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> Result<()> {
+    // A store ending past where the directory's active segment starts holds what this log
+    // never sealed: entries there, or a start a removal moved there (a log tiers only what it
+    // sealed, and removes only below its own active segment). Another process wrote it since
+    // this directory's data was made (a fail-back to an old data directory, a restored backup):
+    // another history, as when its entries differ from the local segments — the log opens,
+    // and tiering stops (no upload, no removal, no local deletion). Until 2026-11-30 entries
+    // past the active segment were ignored, and a start past it let such a directory claim the
+    // prefix and its retention unlink what it acknowledged since.
+    if let Some(end) = m.map(Manifest::end).filter(|&end| end > local.active)
+        && !inner.diverged.swap(true, Ordering::Relaxed)
+    {
+        tracing::error!(
+            store = %inner.opts.display,
+            store_end = end,
+            local_active = local.active,
+            "the object store holds this log's history past the start of this directory's newest segment: another history of this log; tiering stops (no uploads, no removal, no local deletion)"
+        );
+    }
     let listed = m.filter(|m| m.history_start().is_some());
     let missing = match listed {
         // From the store's first segment — and from where this directory's own tiering began,

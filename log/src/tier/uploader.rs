@@ -186,6 +186,7 @@ impl Uploader {
             .find(|s| !s.is_remote())
             .map(|s| store::LocalStart {
                 first: s.base,
+                active: self.watermark.borrow().active_base,
                 tiered: self.tiered,
             })
     }
@@ -290,7 +291,8 @@ impl Uploader {
     /// The tiered half of `Log::remove_segments_before` (`retention.rs`), under the pass lock
     /// (its manifest write is one of the uploader's): the longest run of the oldest sealed
     /// segments that end at or before `offset` and are in the store — remote, or local with
-    /// their entry listed, or left below the store's start by a removal cut short — leaves the
+    /// their entry listed (and its bytes: size and CRC, else the tier diverged and nothing goes),
+    /// or left below the store's start by a removal cut short — leaves the
     /// manifest (a version with its start moved to the first segment kept, written before
     /// anything else changes) and then the segment list. Returns the segments taken out, oldest
     /// first, and the manifest entries dropped (whose objects the caller deletes). A segment
@@ -325,6 +327,29 @@ impl Uploader {
         let Some(&(_, new_start, _)) = taken.checked_sub(1).and_then(|i| sealed.get(i)) else {
             return Ok((Vec::new(), Vec::new()));
         };
+        // A local copy goes with its entry only if it holds the entry's bytes, as the local
+        // retention requires before it deletes one: two histories can hold segments of the same
+        // offsets and size.
+        for (base, _, seg) in sealed.iter().take(taken).filter(|(_, _, s)| !s.is_remote()) {
+            let Some(r) = m.segments.iter().find(|r| r.base == *base) else {
+                continue; // left below the store's start by a removal cut short
+            };
+            if state.confirmed.contains(&(*base, r.crc32)) {
+                continue;
+            }
+            let path = SegmentPaths::new(&self.dir, *base).log;
+            let same = seg.sealed_len()? == r.bytes && self.local_crc(&path).await? == r.crc32;
+            if !same {
+                tracing::error!(
+                    base,
+                    store = %inner.opts.display,
+                    "a local segment holds other bytes than the object store's segment at its base: another history of this log; tiering stops (no uploads, no removal, no local deletion)"
+                );
+                inner.diverged.store(true, Ordering::Relaxed);
+                return Err(LogError::Tier(DIVERGED.into()));
+            }
+            state.confirmed.insert((*base, r.crc32));
+        }
         let mut dropped = Vec::new();
         if new_start > start {
             let mut next = m.next(&inner.opts.owner_id, store::now_ms());
@@ -349,7 +374,7 @@ impl Uploader {
     /// Gives the prefix up (a graceful close): a version whose heartbeat is 0, so that another
     /// server may claim it at once instead of waiting for the lease to run out.
     pub(crate) async fn release(&self) -> Result<()> {
-        let state = self.pass_lock.lock().await;
+        let mut state = self.pass_lock.lock().await;
         if self.tier.inner.fenced.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -363,6 +388,9 @@ impl Uploader {
         if state.claimed {
             write_local_manifest(&self.dir, &self.tier.manifest())?;
         }
+        // Given up: a removal called meanwhile (it waits for this lock) writes no version after
+        // the release, which would renew the lease a successor then waits out.
+        state.claimed = false;
         Ok(())
     }
 

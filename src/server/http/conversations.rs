@@ -73,7 +73,7 @@ async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Box<R
                 let p = state.proj();
                 messages::plan_range(&p.state, p.index_files(), &c.channel, m.seq, m.seq)?
             };
-            messages::load_retained(&state.log, &plan, state.expiring)
+            messages::load_retained(&state.log, &plan, state.expiring())
                 .await?
                 .first()
                 .map(|full| message_raw(full, Some(me)))
@@ -240,7 +240,7 @@ pub(crate) async fn sync(
             |ch, cursor| cursor.max(state.acks.delivered(&me, ch)),
         )?
     };
-    let (msgs, cut) = load_page(&state.log, &plan, false, state.expiring).await?;
+    let (msgs, cut) = load_page(&state.log, &plan, false, state.expiring()).await?;
     Ok(axum::Json(SyncPage {
         messages: msgs.iter().map(|m| message_raw(m, Some(&me))).collect(),
         has_more: has_more || cut,
@@ -301,7 +301,7 @@ pub(crate) async fn changes(
             },
         }
     };
-    let mut loaded = messages::load_retained(&state.log, &plan.to_load(), state.expiring)
+    let mut loaded = messages::load_retained(&state.log, &plan.to_load(), state.expiring())
         .await?
         .into_iter()
         .peekable();

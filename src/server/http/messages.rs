@@ -4,9 +4,13 @@
 //! by the retention, or by hand: `tidings_projections::messages`' module doc): history pages
 //! leave it out, its channel's expired floor acting as a lower floor as a clear does (an
 //! ascending page from below it starts after it, a descending one stops there with `has_more:
-//! false`: [`plan_page`]); recall, edit and trace answer 404 `message_expired`. Nothing expires
-//! on a tiered data directory ([`AppState::expiring`]): its older segments are in the object
-//! store, and a read of them answers 503 `history_unavailable` while it is not read.
+//! false`: [`plan_page`]); recall, edit and trace answer 404 `message_expired`. On a tiered data
+//! directory messages expire below where the object store's history starts
+//! ([`AppState::expiring`], `data::expires_with_tier`: the retention removed them from the
+//! store too, or they were gone before its first upload); above it they are in the store, not
+//! gone, and a read of them answers 503 `history_unavailable` while the store is not read (a
+//! tiered directory started without `tier.url` never expires any:
+//! `DataDir::expires_below_log_start`).
 
 use std::sync::Arc;
 
@@ -370,7 +374,7 @@ pub(crate) async fn get_messages(
         };
         (plan, has_more, descending)
     };
-    let (mut msgs, cut) = load_page(&state.log, &plan, descending, state.expiring).await?;
+    let (mut msgs, cut) = load_page(&state.log, &plan, descending, state.expiring()).await?;
     if descending {
         msgs.reverse();
     }
@@ -513,7 +517,7 @@ pub(crate) async fn load_message(state: &AppState, channel: &str, seq: u64) -> A
     if messages::is_expired(planned, state.expired_below()) {
         return Err(message_expired(seq));
     }
-    messages::load_retained(&state.log, &plan, state.expiring)
+    messages::load_retained(&state.log, &plan, state.expiring())
         .await?
         .into_iter()
         .next()
@@ -595,7 +599,7 @@ pub(crate) async fn trace(
         let p = state.proj();
         admin_trace_plan(&p, &channel, seq, state.expired_below())?
     };
-    let t = trace_planned(&state.log, &plan, Some(&state.samples), state.expiring).await?;
+    let t = trace_planned(&state.log, &plan, Some(&state.samples), state.expiring()).await?;
     Ok(axum::Json(t))
 }
 
