@@ -5,7 +5,8 @@
 //! segment file comes to hold a recalled message's bytes while every kept one's stay, and it
 //! answers as before; stopped, `verify` and `inspect` pass; restarted, it sets nothing aside
 //! and answers the same. Every edit of a recalled message goes with its send (the log written
-//! before the server starts, with edits at chosen places). A tiered server does not purge.
+//! before the server starts, with edits at chosen places). A tiered server purges its local
+//! copies and the object store's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -286,16 +287,51 @@ async fn every_edit_of_a_recalled_message_is_purged() {
     }
 }
 
-/// A tiered server does not purge (the object store keeps its copies of the segments): no pass
-/// runs, and the recalled message's bytes stay in its sealed segment.
+/// A tiered server purges too: the sealed segment holding the recalled message, uploaded and
+/// kept locally, is rewritten and goes up again under new objects — neither the local copy
+/// nor any object in the store holds the recalled bytes afterwards (the old objects are
+/// deleted), no pass fails, and history still shows the message as recalled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tiered_server_does_not_purge() {
+async fn a_tiered_server_purges_its_copies_and_the_stores() {
     let bucket = tempfile::tempdir().unwrap();
-    let (server, _api, _alice) =
-        tiered_with_a_sealed_recall(bucket.path(), &ARGS, RECALLED[0]).await;
-    // A pass a second would have run by now, more than once.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(metric(&server, "tidings_purge_passes_total").await, 0);
-    assert_eq!(metric(&server, "tidings_purged_records_total").await, 0);
-    assert!(!segments_holding(&server.data, RECALLED[0]).is_empty());
+    let (server, api, alice) = tiered_with_a_sealed_recall(bucket.path(), &ARGS, RECALLED[0]).await;
+    let in_store = || -> Vec<PathBuf> {
+        tree(&bucket.path().join("segments"))
+            .into_iter()
+            .filter(|p| p.is_file() && holds(p, RECALLED[0].as_bytes()))
+            .collect()
+    };
+    // Uploaded first: the store holds the recalled bytes until the purge.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let purged = metric(&server, "tidings_purged_records_total").await;
+        if purged >= 1
+            && in_store().is_empty()
+            && segments_holding(&server.data, RECALLED[0]).is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "purged {purged}; holding it: local {:?}, store {:?}",
+            segments_holding(&server.data, RECALLED[0]),
+            in_store()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(&server, "tidings_purge_failures_total").await, 0);
+    assert!(
+        !tree(&server.data.join("log"))
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".reupload"))
+    );
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/g/messages?after_seq=0&limit=10",
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(page["messages"][0]["recalled"], true, "{page}");
 }

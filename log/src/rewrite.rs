@@ -13,8 +13,18 @@
 //! Only the writer writes the active segment, and a rewrite never touches it; readers keep
 //! reading through the segment value they hold (its open file is the old one until they let
 //! go), and the log's segment list gets a fresh value for the rewritten segment, which opens
-//! the new file. Refused for read-only views and tiered logs (the object store's manifest holds
-//! each uploaded segment's CRC, and the uploader deletes local copies it confirmed against it).
+//! the new file. Refused for read-only views.
+//!
+//! With a tier (`Uploader::rewrite`, under the uploader's pass lock: no upload, removal or
+//! local deletion meanwhile), a segment not uploaded yet is rewritten as above and goes up
+//! later with its new bytes. A local copy of an uploaded segment is rewritten the same way, a
+//! marker `{base:020}.log.reupload` made durable before the rename; then it goes up under new
+//! objects, a manifest version names them in place of the old entry, the old objects are
+//! deleted and the marker removed. Until then the local copy is kept (the local retention and
+//! removals stop at it: its CRC is not the entry's), and a pass finishes what a crash left —
+//! uploads it, or drops the marker when the store holds its bytes already (a rename that never
+//! happened, a manifest version that landed). A segment only in the object store is not
+//! rewritten (its recalled payloads stay there until the retention removes it).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -118,9 +128,14 @@ impl Log {
     /// `replacements` replaced by the given bytes, which must have the record's length.
     /// Atomic per segment (temp file, fsync, rename, dir fsync). Errors: LogError variants.
     ///
+    /// With a tier, a local copy the object store holds goes up again under new objects once
+    /// rewritten, and its manifest entry is replaced (`Uploader::rewrite`); a segment only in
+    /// the store is not rewritten.
+    ///
     /// Refused with [`LogError::RewriteRefused`], the segment left as it was, for a read-only
-    /// view, a log with a tier, a `base` that is not a local sealed segment's (the active
-    /// segment's, a remote one's, or none), an offset outside `[base, end)`, and a replacement
+    /// view, a tiered log that does not hold its prefix (fenced, diverged; not claimed yet, for
+    /// a segment in the store), a `base` that is not a local sealed segment's (the active
+    /// segment's, one only in the object store, or none), an offset outside `[base, end)`, and a replacement
     /// of another length than its record's; [`LogError::Closed`] once the log is closed. Every
     /// batch of the segment is read and checked: damage fails the rewrite
     /// ([`LogError::Corrupt`]) with nothing changed. Rewrites of one log run one at a time,
@@ -136,6 +151,13 @@ impl Log {
         // Taken before the checks and held by the blocking task to its end, even if this
         // future is dropped meanwhile: a close waits for it.
         let guard = self.shared.rewrites.clone().lock_owned().await;
+        if self.tier().is_some() && !self.is_read_only() {
+            let up = self.uploader().ok_or_else(|| LogError::RewriteRefused {
+                base,
+                reason: "the log's tier is not running".into(),
+            })?;
+            return up.rewrite(self, base, replacements, guard).await;
+        }
         let log = self.clone();
         tokio::task::spawn_blocking(move || {
             let _running = guard;
@@ -145,8 +167,9 @@ impl Log {
         .map_err(|_| LogError::Closed)?
     }
 
-    /// [`Log::rewrite_sealed`], under its lock.
-    fn rewrite_blocking(
+    /// [`Log::rewrite_sealed`], under its lock (with a tier, under the uploader's pass lock too:
+    /// `Uploader::rewrite`).
+    pub(crate) fn rewrite_blocking(
         &self,
         base: u64,
         replacements: &BTreeMap<u64, Bytes>,
@@ -154,11 +177,6 @@ impl Log {
         let refuse = |reason: String| LogError::RewriteRefused { base, reason };
         if self.is_read_only() {
             return Err(refuse("the log is open read-only".into()));
-        }
-        if self.tier().is_some() {
-            return Err(refuse(
-                "the log has an object store: a tiered log's segments are not rewritten".into(),
-            ));
         }
         if self.is_closed() {
             return Err(LogError::Closed);

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use common::{payload, read_all, sim_dir, small_opts, tiered_with_a_sealed_segment};
+use common::{payload, read_all, sim_dir, small_opts};
 use tidings_log::sim::SimFs;
 use tidings_log::{Log, LogError, LogOptions, Record, RewriteStats, SealedSegment, Vfs};
 
@@ -249,22 +249,6 @@ async fn refusals_leave_the_segment_untouched() {
     let r = view.rewrite_sealed(first.base, at(first.base)).await;
     assert!(refused(&r, first.base), "a read-only view: {r:?}");
     view.close().await.unwrap();
-}
-
-/// A tiered log is refused: the object store's manifest holds each uploaded segment's CRC.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tiered_log_is_refused() {
-    let (_dirs, log, dir) = tiered_with_a_sealed_segment("rewrite").await;
-    let seg = log.sealed_segments()[0];
-    assert_eq!((seg.base, seg.end), (0, 5));
-    let path = segment_file(&dir, 0, "log");
-    let bytes = std::fs::read(&path).unwrap();
-    let r = log
-        .rewrite_sealed(0, BTreeMap::from([(2, replacement(2, 40))]))
-        .await;
-    assert!(refused(&r, 0), "{r:?}");
-    assert_eq!(std::fs::read(&path).unwrap(), bytes);
-    log.close().await.unwrap();
 }
 
 /// Where a rewrite is made to fail before the power cut (or the kill).

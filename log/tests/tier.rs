@@ -6,6 +6,7 @@
 //! against another endpoint (MinIO, Garage, AWS) as well.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -2471,5 +2472,212 @@ async fn a_removal_checks_the_bytes_of_a_local_copy() {
         .unwrap()
         .unwrap();
     assert_eq!((m.start, m.segments.len()), (None, sealed.len()));
+    log.close().await.unwrap();
+}
+
+/// A replacement of the record at `offset` of the same length, in `#`s.
+fn hashes(offset: u64) -> Bytes {
+    Bytes::from(vec![b'#'; payload(offset).len()])
+}
+
+/// The manifest entry at `base`, as the store holds it now.
+async fn entry_at(log: &Log, base: u64) -> tidings_log::tier::manifest::RemoteSegment {
+    let m = log
+        .tier()
+        .unwrap()
+        .remote_manifest()
+        .await
+        .unwrap()
+        .unwrap();
+    m.segments.into_iter().find(|s| s.base == base).unwrap()
+}
+
+/// A tiered log rewrites a sealed local copy the store holds (the purge of a recalled
+/// message's payload): it goes up again under new objects, named in place of the old entry,
+/// whose objects are deleted — the store never serves the old bytes again, also once the local
+/// copy is gone. A segment only in the store is refused, nothing changed.
+async fn tiered_rewrite(store: Arc<dyn ObjectStore>) {
+    let prefix = unique_prefix("rewrite");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, sealed) = uploaded_log(store.clone(), &prefix, "node-a", cache.path(), &dir).await;
+    let (copy, remote) = (sealed[sealed.len() - 1].clone(), sealed[0].clone());
+    assert!(!copy.remote && remote.remote);
+    let at = copy.base_offset + 1;
+    let before = entry_at(&log, copy.base_offset).await;
+    let stats = log
+        .rewrite_sealed(copy.base_offset, BTreeMap::from([(at, hashes(at))]))
+        .await
+        .unwrap();
+    assert_eq!(stats.records, 1);
+    let after = entry_at(&log, copy.base_offset).await;
+    assert_ne!(after.object, before.object);
+    assert_ne!(after.crc32, before.crc32);
+    assert_eq!((after.end, after.bytes), (before.end, before.bytes));
+    let objects = log.tier().unwrap().list("segments").await.unwrap();
+    let old = format!("{}.", before.stem());
+    assert!(!objects.iter().any(|n| n.starts_with(&old)), "{objects:?}");
+    let new = format!("{}.", after.stem());
+    assert_eq!(objects.iter().filter(|n| n.starts_with(&new)).count(), 3);
+    assert!(!tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
+    // Only in the store: refused.
+    let r = log
+        .rewrite_sealed(
+            remote.base_offset,
+            BTreeMap::from([(remote.base_offset, hashes(remote.base_offset))]),
+        )
+        .await;
+    assert!(matches!(r, Err(LogError::RewriteRefused { .. })), "{r:?}");
+    log.close().await.unwrap();
+
+    // No local copy kept: the record is read from the store, rewritten.
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store, &prefix, "node-a", cache.path(), 0, hour).await;
+    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    log.upload_now().await.unwrap();
+    assert!(!log.is_local(at));
+    assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
+    let mut expected: Vec<Bytes> = (0..400).map(payload).collect();
+    expected[at as usize] = hashes(at);
+    assert_eq!(read_all(&log).await, expected);
+    log.close().await.unwrap();
+}
+
+/// The re-upload marker of the segment at `base` (`{base:020}.log.reupload`).
+fn tidings_log_reupload_marker(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log.reupload"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_rewrite_replaces_the_segment_in_the_store_local_directory() {
+    let bucket = tempfile::tempdir().unwrap();
+    tiered_rewrite(Arc::new(
+        LocalFileSystem::new_with_prefix(bucket.path()).unwrap(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_rewrite_replaces_the_segment_in_the_store_s3() {
+    let s3s = S3Server::start();
+    tiered_rewrite(s3s.store()).await;
+}
+
+/// A rewrite whose re-upload fails (the store down) keeps its marker and its local copy, which
+/// no local retention or removal takes while the store holds other bytes; the next pass once
+/// the store answers uploads it in place of the old entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_whose_upload_failed_goes_up_at_the_next_pass() {
+    let mut s3s = S3Server::start();
+    let prefix = unique_prefix("reupload");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, sealed) = uploaded_log(s3s.store(), &prefix, "node-a", cache.path(), &dir).await;
+    let copy = sealed[sealed.len() - 1].clone();
+    let at = copy.base_offset;
+    let before = entry_at(&log, copy.base_offset).await;
+    s3s.stop();
+    let r = log
+        .rewrite_sealed(copy.base_offset, BTreeMap::from([(at, hashes(at))]))
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
+    s3s.spawn();
+    // Neither a removal nor the local retention takes the copy meanwhile.
+    let removed = log.remove_segments_before(u64::MAX).await.unwrap();
+    assert!(log.start_offset() <= copy.base_offset, "{removed:?}");
+    log.upload_now().await.unwrap();
+    assert!(!tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    let after = entry_at(&log, copy.base_offset).await;
+    assert_ne!(after.crc32, before.crc32);
+    log.close().await.unwrap();
+}
+
+/// A segment rewritten before its first upload (the store down at its roll) goes up at the
+/// next pass under a rewrite's objects of its own, with its new bytes; its marker goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_rewritten_before_its_upload_goes_up_rewritten() {
+    let mut s3s = S3Server::start();
+    let prefix = unique_prefix("early");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, _) = uploaded_log(s3s.store(), &prefix, "node-a", cache.path(), &dir).await;
+    s3s.stop();
+    append(&log, 400, 50).await;
+    log.roll().await.unwrap();
+    let at = 420;
+    let base = log
+        .segments()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.base_offset <= at && at < s.end_offset)
+        .unwrap()
+        .base_offset;
+    log.rewrite_sealed(base, BTreeMap::from([(at, hashes(at))]))
+        .await
+        .unwrap();
+    assert!(tidings_log_reupload_marker(&dir, base).exists());
+    s3s.spawn();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    assert!(!tidings_log_reupload_marker(&dir, base).exists());
+    let entry = entry_at(&log, base).await;
+    assert!(
+        entry.stem().contains('-'),
+        "a rewrite's stem: {}",
+        entry.stem()
+    );
+    log.close().await.unwrap();
+    // Read from the store alone: the rewritten bytes.
+    let (data_b, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(s3s.store(), &prefix, "node-b", cache_b.path(), 0, hour).await;
+    let b = Log::open(data_b.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    assert_eq!(b.read(at, 1).await.unwrap()[0].payload, hashes(at));
+    b.close().await.unwrap();
+}
+
+/// A local copy of an uploaded segment that no longer holds its entry's bytes (damage since
+/// its upload, a byte changed in place here) is not rewritten: the tier diverges, no marker is
+/// made, the file is left. And a marked copy that does not check (damage after a rewrite's
+/// marker) is not uploaded: its marker is dropped and the store keeps its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_local_copy_is_neither_rewritten_nor_uploaded() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, sealed) = uploaded_log(store.clone(), "damage", "node-a", cache.path(), &dir).await;
+    let copy = sealed[sealed.len() - 1].clone();
+    let before = entry_at(&log, copy.base_offset).await;
+    log.close().await.unwrap();
+    let mut bytes = std::fs::read(&copy.path).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x20;
+    std::fs::write(&copy.path, &bytes).unwrap();
+
+    // A marked copy that does not check: the pass drops the marker, uploads nothing.
+    std::fs::File::create(tidings_log_reupload_marker(&dir, copy.base_offset)).unwrap();
+    let (log, _) = uploaded_log(store.clone(), "damage", "node-a", cache.path(), &dir).await;
+    assert!(!tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    assert_eq!(entry_at(&log, copy.base_offset).await, before);
+    // A rewrite of it: refused as another history.
+    let r = log
+        .rewrite_sealed(
+            copy.base_offset,
+            BTreeMap::from([(copy.base_offset, hashes(copy.base_offset))]),
+        )
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(log.tier().unwrap().status().diverged);
+    assert!(!tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    assert_eq!(std::fs::read(&copy.path).unwrap(), bytes);
+    assert_eq!(entry_at(&log, copy.base_offset).await, before);
     log.close().await.unwrap();
 }

@@ -12,7 +12,7 @@
 //!    any. The lock is held only for those copies: the sidecar runs are read after it is
 //!    released.
 //! 2. Then protects A0 and the offset of every snapshot: those being written
-//!    ([`SnapshotWrites`]), then those on disk. A record a snapshot is anchored to is never
+//!    ([`SnapshotWrites`]), then those on disk, and with a tier those in the object store. A record a snapshot is anchored to is never
 //!    rewritten (its anchor would no longer match, and the next start would set the snapshot
 //!    aside as another history's). A snapshot taken after step 1 ends at A0 or later, past
 //!    every target (a message is sent before it is recalled or edited); one prepared before
@@ -47,10 +47,13 @@
 //! design: the conversation cache's files and older snapshots may still hold a recalled
 //! message's preview until they are overwritten or pruned.
 //!
-//! Off on a tiered server (`tier.url` set: the log refuses to rewrite a tiered segment, whose
-//! copy in the object store the manifest's CRC vouches for), and on a data directory that was
-//! tiered ([`DataDir::tier_marker`]), as `tidings compact` refuses them: the object store keeps
-//! its own copies of segments and snapshots.
+//! On a tiered server (`tier.url` set) the log rewrites a local copy of an uploaded segment and
+//! uploads it again under new objects in place of the old ones (`Log::rewrite_sealed`); a
+//! target whose segment is only in the object store is left out of the pass (not read, not
+//! retried: the log does not rewrite such a segment, and the retention removes it). Until
+//! 2026-11-30 the purge was off on every tiered server. Off on a data directory that was tiered
+//! and is started without its tier ([`DataDir::tier_marker`]), as `tidings compact` refuses it:
+//! the object store keeps its own copies of segments and snapshots.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -169,16 +172,11 @@ async fn store_watermark(state: &AppState, w: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Said at the start of a tiered server (module doc).
-const OFF_WITH_A_TIER: &str = "the background purge of recalled messages is off on a tiered \
-     server: the uploader uploads sealed segments and the object store keeps its copies, which a \
-     purge would not reach (`tidings compact` refuses tiered data directories too)";
-
-/// Why the purge is off on this server, if it is: a tier, or a data directory that was
-/// tiered.
+/// Why the purge is off on this server, if it is: a data directory that was tiered, started
+/// without its tier.
 fn off_because(state: &AppState) -> Option<String> {
     if state.config.tier.url.is_some() || state.log.tier().is_some() {
-        return Some(OFF_WITH_A_TIER.to_owned());
+        return None;
     }
     let marker = DataDir::new(&state.config.data).tier_marker()?;
     Some(format!(
@@ -270,6 +268,20 @@ async fn pass(
     let mut protected = state.snapshot_writes.offsets();
     protected.insert(applied);
     protected.extend(snapshot::list(&snapshots)?.iter().map(|s| s.applied));
+    // With a tier, the store's snapshots too: it keeps some the directory pruned (the newest
+    // two a restore can use), and a restore or the retention's check of one anchored to a
+    // purged record would set it aside.
+    if let Some(tier) = state.log.tier() {
+        let names = tier
+            .list("snapshots")
+            .await
+            .context("listing the snapshots in the object store")?;
+        protected.extend(
+            names
+                .iter()
+                .filter_map(|n| n.strip_suffix(".snap")?.parse::<u64>().ok()),
+        );
+    }
     // 3. The records, read, and the plan.
     let (log, halt) = (state.log.clone(), stop.clone());
     let read = tokio::task::spawn_blocking(move || read_targets(&log, &files, recalled, &halt));
@@ -303,8 +315,11 @@ async fn pass(
                 state.metrics.purged_records.add(stats.records);
             }
             // Removed by the retention since the plan was made: its records are gone, which
-            // is what a purge wants.
+            // is what a purge wants. Or, with a tier, its local copy deleted meanwhile (only
+            // in the store now: not rewritten, as a target found there is not).
             Err(_) if base < state.log.start_offset() => {}
+            Err(tidings_log::LogError::RewriteRefused { .. })
+                if state.log.tier().is_some() && !state.log.is_local(base) => {}
             Err(e) => {
                 failed += 1;
                 tracing::warn!(segment = base, error = %e, "could not purge recalled messages from a sealed segment");
@@ -415,12 +430,23 @@ fn read_targets(
     let start = log.start_offset();
     targets.retain(|t| t.offset >= start);
     let mut gone = BTreeSet::new();
+    let mut remote = BTreeSet::new();
     let mut records = BTreeMap::new();
     for t in &targets {
         if stop.is_cancelled() {
             return Ok(None);
         }
         if records.contains_key(&t.offset) {
+            continue;
+        }
+        // Only in the object store (a tiered log whose local copy is gone): not rewritten
+        // there (`Log::rewrite_sealed`), so not read (a cold read) to be skipped by the plan.
+        if log.tier().is_some() && t.offset >= log.start_offset() && !log.is_local(t.offset) {
+            tracing::debug!(
+                offset = t.offset,
+                "not purging a recalled message's record: its segment is only in the object store (the retention removes it)"
+            );
+            remote.insert(t.offset);
             continue;
         }
         let read = match log.read_blocking(t.offset, 0) {
@@ -433,7 +459,7 @@ fn read_targets(
                 gone.insert(t.offset);
                 continue;
             }
-            // Damage, or a record no longer local: this target is skipped (no record read).
+            // Damage: this target is skipped (no record read).
             Err(e) => {
                 tracing::warn!(offset = t.offset, error = %e, "not purging a recalled message's record: it could not be read");
                 continue;
@@ -445,7 +471,7 @@ fn read_targets(
             records.insert(t.offset, Bytes::copy_from_slice(&record.payload));
         }
     }
-    targets.retain(|t| !gone.contains(&t.offset));
+    targets.retain(|t| !gone.contains(&t.offset) && !remote.contains(&t.offset));
     Ok(Some((targets, records)))
 }
 

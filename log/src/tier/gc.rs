@@ -180,7 +180,7 @@ impl<'a> Name<'a> {
                 return None;
             }
             let (base, writer) = match stem.split_once('.') {
-                Some((base, writer)) => (base, Some(hex(writer, 16)?)),
+                Some((base, writer)) => (base, Some(writer_of(writer)?)),
                 None => (stem, None),
             };
             let base = decimal20(base)?;
@@ -214,6 +214,21 @@ fn decimal20(s: &str) -> Option<u64> {
     } else {
         None
     }
+}
+
+/// The writer named by a segment stem's writer part: `{incarnation:016x}`, or
+/// `{incarnation:016x}-{generation}` for a rewrite's upload (`RemoteSegment::rewrite_stem`).
+fn writer_of(part: &str) -> Option<u64> {
+    let incarnation = match part.split_once('-') {
+        Some((incarnation, generation))
+            if !generation.is_empty() && generation.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            incarnation
+        }
+        Some(_) => return None,
+        None => part,
+    };
+    hex(incarnation, 16)
 }
 
 /// A number written as exactly `len` lowercase hex digits (as `{:016x}` writes it).
@@ -391,6 +406,34 @@ mod tests {
         assert_eq!(verdicts(&m, &one, &snaps, DAY), [Verdict::Collect]);
         let snaps = ["snapshots/00000000000000000025.snap"];
         assert_eq!(verdicts(&m, &one, &snaps, DAY), [Verdict::Keep]);
+    }
+
+    /// A rewrite's upload (`{base}.{incarnation}-{generation}`) is the writer's like its
+    /// first upload: kept while the owner may still name it, collected once unnamed after its
+    /// release; a malformed generation is not our name.
+    #[test]
+    fn a_rewrites_upload_is_its_writers() {
+        let mut m = manifest();
+        let keys = [
+            "segments/00000000000000000020.00000000000000ab-3.log",
+            "segments/00000000000000000020.00000000000000cc-1.log",
+            "segments/00000000000000000020.00000000000000ab-.log",
+            "segments/00000000000000000020.00000000000000ab-x.log",
+        ];
+        assert_eq!(
+            verdicts(&m, &RULES, &keys, DAY),
+            [
+                Verdict::Keep,
+                Verdict::Collect,
+                Verdict::Unknown,
+                Verdict::Unknown
+            ]
+        );
+        m.owner.heartbeat_ms = 0;
+        assert_eq!(verdicts(&m, &RULES, &keys[..1], DAY), [Verdict::Collect]);
+        m.segments
+            .push(seg(20, 30, Some(RemoteSegment::rewrite_stem(20, 0xab, 3))));
+        assert_eq!(verdicts(&m, &RULES, &keys[..1], DAY), [Verdict::Keep]);
     }
 
     #[test]

@@ -26,8 +26,9 @@ pub struct RemoteSegment {
     pub time_bytes: u64,
     /// The objects' name below `segments/`, without the extension: `{base:020}.{writer:016x}`,
     /// unique to the process that uploaded them (its incarnation), so that a writer that lost
-    /// the prefix and still uploads never overwrites an object a manifest lists. Absent in
-    /// entries written before 2026-11-30: then `{base:020}`.
+    /// the prefix and still uploads never overwrites an object a manifest lists; a rewrite's
+    /// upload adds `-{generation}` ([`RemoteSegment::rewrite_stem`]). Absent in entries written
+    /// before 2026-11-30: then `{base:020}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
 }
@@ -55,6 +56,14 @@ impl RemoteSegment {
     /// The stem a writer of incarnation `incarnation` uploads the segment at `base` under.
     pub fn unique_stem(base: u64, incarnation: u64) -> String {
         format!("{base:020}.{incarnation:016x}")
+    }
+
+    /// The stem a writer of incarnation `incarnation` uploads the `generation`th rewrite it
+    /// makes under (`Log::rewrite_sealed`): never one an earlier upload used (objects are never
+    /// overwritten with other bytes, and cached cold blocks are keyed by object), and still the
+    /// writer's for `tier gc` (its incarnation first).
+    pub fn rewrite_stem(base: u64, incarnation: u64, generation: u64) -> String {
+        format!("{base:020}.{incarnation:016x}-{generation}")
     }
 }
 

@@ -268,6 +268,8 @@ pub(crate) struct TierInner {
     /// [`Owner::incarnation`]: manifest::Owner::incarnation
     pub(crate) incarnation: u64,
     pub(crate) counters: TierCounters,
+    /// Rewrites uploaded by this process so far ([`manifest::RemoteSegment::rewrite_stem`]).
+    pub(crate) rewrites: AtomicU64,
     pub(crate) lag: std::sync::Mutex<(usize, u64)>,
     /// Blocks being fetched (cache key → the fetch's outcome): a reader and the prefetches
     /// of the blocks before it wait for one GET instead of each making its own.
@@ -300,6 +302,7 @@ impl Tier {
                 diverged: AtomicBool::new(false),
                 incarnation: incarnation(),
                 counters: TierCounters::default(),
+                rewrites: AtomicU64::new(0),
                 lag: std::sync::Mutex::new((0, 0)),
                 opts,
             }),

@@ -177,8 +177,9 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
 /// `m` with what `t` — a version this process wrote whose answer never came — holds and `m`
 /// lacks: the later start of the two (a removal that landed: the entries below it are not
 /// listed again; their objects may be deleted), and `t`'s segments at or past it (an upload that
-/// landed). `None` when the two do not fit together (an entry of `t` overlapping one of `m`'s
-/// other than the same): not a version this process could have written before `m`.
+/// landed; an entry of `t` with the offsets of one of `m`'s is a rewrite's, and `m`'s stays).
+/// `None` when the two do not fit together (an entry of `t` overlapping one of `m`'s with other
+/// offsets): not a version this process could have written before `m`.
 ///
 /// Until 2026-11-30 `t` was adopted only when `m` listed every segment of `t`, which was all a
 /// process that never removed entries could write; a removal's version that landed unanswered
@@ -186,7 +187,15 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
 pub(crate) fn merge_own(m: &Manifest, t: &Manifest) -> Option<Manifest> {
     let mut merged = m.clone();
     for s in &t.segments {
-        if merged.segments.contains(s) {
+        // The same offsets under other objects: one of the two replaced the other (a rewritten
+        // segment's upload, `Uploader::rewrite`); `m`'s is what this process knows now, and
+        // the objects of both are still in the store (the old ones are deleted only after a
+        // version naming the new ones was answered).
+        if merged
+            .segments
+            .iter()
+            .any(|o| o.base == s.base && o.end == s.end)
+        {
             continue;
         }
         if merged
@@ -657,10 +666,23 @@ pub(crate) async fn upload_segment(
     base: u64,
     end: u64,
 ) -> Result<RemoteSegment> {
-    let paths = SegmentPaths::new(dir, base);
     // Keys of this process's own (`RemoteSegment::object`): a retry overwrites only what this
     // process uploaded before, with the same bytes.
     let stem = RemoteSegment::unique_stem(base, inner.incarnation);
+    upload_segment_as(inner, dir, base, end, stem).await
+}
+
+/// [`upload_segment`] under the object stem `stem` (a rewritten segment goes up under a stem
+/// of its own: the objects its manifest entry names until the new one is written are not
+/// overwritten).
+pub(crate) async fn upload_segment_as(
+    inner: &TierInner,
+    dir: &Path,
+    base: u64,
+    end: u64,
+    stem: String,
+) -> Result<RemoteSegment> {
+    let paths = SegmentPaths::new(dir, base);
     let key = |ext: &str| RemoteSegment::key_of(&stem, ext);
     let (index_bytes, _) = upload_object(inner, &key("index"), &paths.index).await?;
     let (time_bytes, _) = upload_object(inner, &key("timeindex"), &paths.time).await?;
@@ -802,6 +824,14 @@ mod tests {
         // ... and `t`'s entries below `m`'s own start stay out.
         let merged = merge_own(&removed, &m).unwrap();
         assert_eq!(merged.segments, vec![entry(10, 20)]);
+        // The same offsets under another object (a rewrite's upload that landed): `m`'s stays.
+        let mut rewritten = entry(10, 20);
+        rewritten.crc32 = 7;
+        rewritten.object = Some("x".into());
+        assert_eq!(
+            merge_own(&m, &with(vec![entry(0, 10), rewritten])),
+            Some(m.clone())
+        );
         // Overlapping: not ours.
         assert_eq!(merge_own(&m, &with(vec![entry(5, 15)])), None);
         assert_eq!(merge_own(&m, &with(vec![entry(10, 21)])), None);

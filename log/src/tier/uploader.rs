@@ -54,6 +54,40 @@ fn write_local_manifest(dir: &Path, m: &Manifest) -> Result<()> {
         .map_err(io)
 }
 
+/// The marker of a local copy rewritten whose new bytes are not yet in the store
+/// ([`Uploader::rewrite`]): `{base:020}.log.reupload`.
+pub(crate) fn reupload_marker(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{}.reupload", crate::segment::log_name(base)))
+}
+
+/// The bases of the segments `dir` holds a re-upload marker of, ascending.
+fn pending_reuploads(dir: &Path) -> Result<Vec<u64>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LogError::io("list directory", dir, e))?;
+    let mut bases: Vec<u64> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| crate::segment::parse_log_name(n.strip_suffix(".reupload")?))
+        .collect();
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// Creates (`make`) or removes a re-upload marker, durably (the directory synced).
+fn set_marker(dir: &Path, base: u64, make: bool) -> Result<()> {
+    let path = reupload_marker(dir, base);
+    let done = if make {
+        std::fs::File::create(&path).and_then(|f| f.sync_all())
+    } else {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            r => r,
+        }
+    };
+    done.map_err(|e| LogError::io(if make { "create" } else { "remove" }, &path, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io("sync directory", dir, e))
+}
+
 /// A segment whose files are in the object store (its index files may still be local, in
 /// `local_dir`).
 pub(crate) fn remote_segment(
@@ -243,6 +277,7 @@ impl Uploader {
             state.claimed = true;
             state.last_write_ms = store::now_ms();
         }
+        self.finish_reuploads(&mut state).await?;
         let sealed = self.sealed_local();
         let pending: Vec<_> = {
             let m = self.tier.manifest();
@@ -260,7 +295,15 @@ impl Uploader {
         };
         self.set_lag(&pending);
         for (i, (base, end, _)) in pending.iter().enumerate() {
-            let rs = store::upload_segment(inner, &self.dir, *base, *end).await?;
+            // Rewritten before its first upload: under objects of its own, as a rewrite's
+            // (an upload of this process's own stem may have landed with the earlier bytes).
+            let marked = reupload_marker(&self.dir, *base).exists();
+            let rs = if marked {
+                let stem = self.rewrite_stem(*base);
+                store::upload_segment_as(inner, &self.dir, *base, *end, stem).await?
+            } else {
+                store::upload_segment(inner, &self.dir, *base, *end).await?
+            };
             state.confirmed.insert((rs.base, rs.crc32));
             let mut next = self
                 .tier
@@ -271,6 +314,9 @@ impl Uploader {
             next.segments.sort_by_key(|s| s.base);
             self.write(&next).await?;
             state.last_write_ms = store::now_ms();
+            if marked {
+                set_marker(&self.dir, *base, false)?;
+            }
             self.set_lag(&pending[i + 1..]);
             tracing::info!(base, end, store = %inner.opts.display, "uploaded a sealed segment");
         }
@@ -324,6 +370,15 @@ impl Uploader {
             .map(|(base, end, seg)| (*base, *end, seg.is_remote()))
             .collect();
         let taken = removable_run(&runs, &m, offset);
+        // A rewritten local copy whose new bytes are not in the store yet ends the run too
+        // (`Uploader::rewrite`): the next pass uploads it.
+        let taken = sealed
+            .iter()
+            .take(taken)
+            .position(|(base, _, seg)| {
+                !seg.is_remote() && reupload_marker(&self.dir, *base).exists()
+            })
+            .unwrap_or(taken);
         let Some(&(_, new_start, _)) = taken.checked_sub(1).and_then(|i| sealed.get(i)) else {
             return Ok((Vec::new(), Vec::new()));
         };
@@ -369,6 +424,185 @@ impl Uploader {
             .map(|(_, _, seg)| seg)
             .collect();
         Ok((gone, dropped))
+    }
+
+    /// The tiered `Log::rewrite_sealed` (`rewrite.rs`'s module doc), under the pass lock
+    /// (`rewrites` is the log's rewrite lock, held for the local step): a re-upload marker is
+    /// made durable, the local segment at `base` rewritten, and — when the store holds it — the
+    /// rewritten copy goes up under new objects that a manifest version names in place of the
+    /// old entry ([`Self::upload_marked`]); one not uploaded yet goes up at the next pass, under
+    /// new objects too. A copy the store holds must hold the entry's bytes first (else another
+    /// history: diverged). The local step runs to its end, with both locks, even if this future
+    /// is dropped; what is left after it (an error, a stop, a crash) the next pass finishes.
+    pub(crate) async fn rewrite(
+        &self,
+        log: &crate::log::Log,
+        base: u64,
+        replacements: std::collections::BTreeMap<u64, bytes::Bytes>,
+        rewrites: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<crate::rewrite::RewriteStats> {
+        let mut state = self.pass_lock.clone().lock_owned().await;
+        let inner = &self.tier.inner;
+        let refuse = |reason: &str| {
+            Err(LogError::RewriteRefused {
+                base,
+                reason: reason.into(),
+            })
+        };
+        if inner.fenced.load(Ordering::Relaxed) {
+            return refuse("another server owns the object store's prefix (this log is fenced)");
+        }
+        if inner.diverged.load(Ordering::Relaxed) {
+            return refuse("the object store holds another history of this log");
+        }
+        // Unclaimed, the manifest known may be older than the store's (an upload's version
+        // that landed unanswered): a segment it does not list may be in the store.
+        if !state.claimed {
+            return refuse("this log has not claimed the object store's prefix yet");
+        }
+        if replacements.is_empty() {
+            return Ok(crate::rewrite::RewriteStats::default());
+        }
+        let local = self.sealed_local().into_iter().find(|(b, _, _)| *b == base);
+        let entry = self
+            .tier
+            .manifest()
+            .segments
+            .iter()
+            .find(|r| r.base == base)
+            .cloned();
+        if let (Some((_, end, seg)), Some(e)) = (&local, &entry)
+            && !state.confirmed.contains(&(base, e.crc32))
+        {
+            let path = SegmentPaths::new(&self.dir, base).log;
+            let same = *end == e.end
+                && seg.sealed_len()? == e.bytes
+                && self.local_crc(&path).await? == e.crc32;
+            if !same {
+                tracing::error!(
+                    base,
+                    store = %inner.opts.display,
+                    "a local segment holds other bytes than the object store's segment at its base: another history of this log (or damage); tiering stops, and it is not rewritten"
+                );
+                inner.diverged.store(true, Ordering::Relaxed);
+                return Err(LogError::Tier(DIVERGED.into()));
+            }
+            state.confirmed.insert((base, e.crc32));
+        }
+        // Not a local sealed segment: `rewrite_blocking` refuses it, and no marker is made.
+        if local.is_some() {
+            set_marker(&self.dir, base, true)?;
+        }
+        let l = log.clone();
+        let (stats, mut state) = tokio::task::spawn_blocking(move || {
+            let _rewrites = rewrites;
+            (l.rewrite_blocking(base, &replacements), state)
+        })
+        .await
+        .map_err(|_| LogError::Closed)?;
+        let stats = stats?;
+        if entry.is_some() {
+            self.upload_marked(&mut state, base).await?;
+        } else {
+            self.wake.notify_one();
+        }
+        Ok(stats)
+    }
+
+    /// The stem of this process's next rewrite upload of the segment at `base`.
+    fn rewrite_stem(&self, base: u64) -> String {
+        let inner = &self.tier.inner;
+        let generation = inner.rewrites.fetch_add(1, Ordering::Relaxed) + 1;
+        RemoteSegment::rewrite_stem(base, inner.incarnation, generation)
+    }
+
+    /// Uploads the marked local copy of the segment at `base`, which the store holds under an
+    /// older entry, under new objects ([`Self::rewrite_stem`]), writes a manifest version naming
+    /// them in place of that entry, deletes the entry's objects and removes the marker. A copy
+    /// whose CRC is the entry's drops the marker only (the store holds its bytes: a rename that
+    /// never happened, a manifest version that landed); one that no longer is a local sealed
+    /// segment listed in the store (removed, deleted, never uploaded) is left to the upload loop
+    /// or dropped. A copy whose batches do not all check is damage, not a rewrite: not uploaded
+    /// (the marker is dropped, the store's copy stays, and the error says so); one of other
+    /// offsets or size than its entry is another history (diverged).
+    async fn upload_marked(&self, state: &mut PassState, base: u64) -> Result<()> {
+        let inner = &self.tier.inner;
+        let m = self.tier.manifest();
+        let local = self.sealed_local().into_iter().find(|(b, _, _)| *b == base);
+        let entry = m.segments.iter().find(|r| r.base == base).cloned();
+        let (Some((_, end, seg)), Some(old)) = (local, entry) else {
+            // Not uploaded yet: the upload loop takes it (under a stem of its own). Otherwise
+            // nothing to do.
+            let pending = self.sealed_local().iter().any(|(b, _, _)| *b == base)
+                && base >= m.start.unwrap_or(0);
+            if !pending {
+                set_marker(&self.dir, base, false)?;
+            }
+            return Ok(());
+        };
+        let len = seg.sealed_len()?;
+        if end != old.end || len != old.bytes {
+            tracing::error!(base, store = %inner.opts.display, "a rewritten local segment has other offsets or size than the object store's segment at its base: another history of this log; tiering stops");
+            inner.diverged.store(true, Ordering::Relaxed);
+            return Err(LogError::Tier(DIVERGED.into()));
+        }
+        let path = SegmentPaths::new(&self.dir, base).log;
+        let crc = self.local_crc(&path).await?;
+        if crc == old.crc32 {
+            state.confirmed.insert((base, crc));
+            return set_marker(&self.dir, base, false);
+        }
+        // A rewrite is checked before its rename, and a crash leaves the old file or the new
+        // one whole: a copy that does not check is damage since, and the store's copy stays.
+        let checking = seg.clone();
+        let checked = tokio::task::spawn_blocking(move || checking.check(len))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        if let Err(e) = checked {
+            tracing::error!(base, error = %e, store = %inner.opts.display, "a local segment marked for re-upload after a rewrite is damaged: not uploaded (the object store keeps its earlier copy)");
+            return set_marker(&self.dir, base, false);
+        }
+        let new =
+            store::upload_segment_as(inner, &self.dir, base, end, self.rewrite_stem(base)).await?;
+        if new.crc32 != crc || new.bytes != len {
+            return Err(LogError::Tier(format!(
+                "the rewritten segment at offset {base} changed during its upload"
+            )));
+        }
+        let mut next = self
+            .tier
+            .manifest()
+            .next(&inner.opts.owner_id, store::now_ms());
+        for e in next.segments.iter_mut().filter(|e| e.base == base) {
+            *e = new.clone();
+        }
+        self.write(&next).await?;
+        state.last_write_ms = store::now_ms();
+        state.confirmed.insert((base, new.crc32));
+        for ext in ["log", "index", "timeindex"] {
+            let key = old.key(ext);
+            if let Err(e) = self.tier.delete(&key).await {
+                tracing::warn!(key, error = %e, store = %inner.opts.display, "could not delete an object a rewritten segment replaced; `tidings tier gc` collects it once the writer that uploaded it released the prefix");
+            }
+        }
+        set_marker(&self.dir, base, false)?;
+        tracing::info!(base, store = %inner.opts.display, "uploaded a rewritten segment in place of its earlier objects");
+        Ok(())
+    }
+
+    /// Finishes what rewrites left ([`Self::rewrite`]: an error, a stop, a crash), each marker
+    /// on its own ([`Self::upload_marked`]): one that fails is said and stays for the next pass,
+    /// and the pass goes on (its uploads, lease and local retention do not wait for it).
+    async fn finish_reuploads(&self, state: &mut PassState) -> Result<()> {
+        for base in pending_reuploads(&self.dir)? {
+            if let Err(e) = self.upload_marked(state, base).await {
+                if self.tier.inner.diverged.load(Ordering::Relaxed) {
+                    return Err(e);
+                }
+                tracing::warn!(base, error = %e, "could not finish the upload of a rewritten segment; the next pass tries again");
+            }
+        }
+        Ok(())
     }
 
     /// Gives the prefix up (a graceful close): a version whose heartbeat is 0, so that another
@@ -496,8 +730,9 @@ impl Uploader {
         for sealed_seg in &gone {
             let (base, _, seg) = sealed_seg;
             // Not uploaded: sealed after this pass's uploads (so newer than every uploaded
-            // one); it and everything newer stay until a later pass.
-            if !self.in_store(&m, sealed_seg)? {
+            // one); it and everything newer stay until a later pass. Nor a rewritten copy whose
+            // new bytes are not in the store yet (its CRC is not the entry's).
+            if !self.in_store(&m, sealed_seg)? || reupload_marker(&self.dir, *base).exists() {
                 break;
             }
             let paths = SegmentPaths::new(&self.dir, *base);

@@ -3,14 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
-use tempfile::TempDir;
 use tidings_log::sim::SimFs;
-use tidings_log::tier::{Tier, TierOptions};
 use tidings_log::{Log, LogOptions, Record};
 
 /// The directory simulated logs live in.
@@ -66,43 +61,4 @@ pub(crate) fn segment_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-/// A log tiered to an object store in a temporary directory, under `prefix` (uploads an hour
-/// apart: none while a test runs), holding records 0 to 4 (`payload(i, 40)`) in its one sealed
-/// segment. Returns the temporary directories (the store's, the log's and the block cache's),
-/// the log and its directory; bound as `let (_dirs, log, dir)`, the directories outlive the log
-/// (a pattern's bindings drop right to left).
-pub(crate) async fn tiered_with_a_sealed_segment(prefix: &str) -> ([TempDir; 3], Log, PathBuf) {
-    let bucket = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
-    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let tier = Tier::open(
-        TierOptions::new(
-            store,
-            prefix,
-            format!("test://{prefix}"),
-            "node-a",
-            cache.path(),
-        )
-        .with_upload_interval(Duration::from_secs(3600)),
-    )
-    .await
-    .unwrap();
-    let dir = data.path().join("log");
-    let log = Log::open(
-        &dir,
-        LogOptions::default()
-            .with_segment_bytes(16 << 10)
-            .with_index_interval_bytes(1024)
-            .with_tier(tier),
-    )
-    .await
-    .unwrap();
-    for i in 0..5 {
-        log.append_one(payload(i, 40)).await.unwrap();
-    }
-    log.roll().await.unwrap();
-    ([bucket, data, cache], log, dir)
 }
