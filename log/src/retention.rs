@@ -140,13 +140,7 @@ impl Log {
         // Counted before the cache entries are dropped (a local length not known yet opens the
         // file; a remote segment's is its manifest entry's).
         let bytes: u64 = gone.iter().map(|s| s.sealed_len().unwrap_or(0)).sum();
-        for seg in &gone {
-            seg.forget_cached();
-        }
-        self.shared
-            .counters
-            .segments_removed
-            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        self.forget_removed(&gone);
         let start = self.start_offset();
         let log = self.clone();
         let unlinked = tokio::task::spawn_blocking(move || {
@@ -210,14 +204,20 @@ impl Log {
                 .cloned()
                 .collect::<Vec<_>>()
         });
-        for seg in &gone {
+        self.forget_removed(&gone);
+        (gone, bytes)
+    }
+
+    /// Drops the cache entries of the segments `gone`, taken out of the segment list, and
+    /// counts them removed.
+    fn forget_removed(&self, gone: &[Arc<Segment>]) {
+        for seg in gone {
             seg.forget_cached();
         }
         self.shared
             .counters
             .segments_removed
             .fetch_add(gone.len() as u64, Ordering::Relaxed);
-        (gone, bytes)
     }
 
     /// Unlinks the files of the segments `gone` and any other segment files in the directory

@@ -65,6 +65,20 @@ impl RemoteSegment {
     pub fn rewrite_stem(base: u64, incarnation: u64, generation: u64) -> String {
         format!("{base:020}.{incarnation:016x}-{generation}")
     }
+
+    /// An entry of offsets `[base, end)`, one byte, under the per-base key: for unit tests.
+    #[cfg(test)]
+    pub(crate) fn of_offsets(base: u64, end: u64) -> Self {
+        Self {
+            base,
+            end,
+            bytes: 1,
+            crc32: 0,
+            index_bytes: 0,
+            time_bytes: 0,
+            object: None,
+        }
+    }
 }
 
 /// Who writes to the prefix, and when it last said so.
@@ -356,15 +370,7 @@ mod tests {
 
     #[test]
     fn offsets_missing_before_the_first_local_one() {
-        let seg = |base, end| RemoteSegment {
-            base,
-            end,
-            bytes: 1,
-            crc32: 0,
-            index_bytes: 0,
-            time_bytes: 0,
-            object: None,
-        };
+        let seg = RemoteSegment::of_offsets;
         let mut m = Manifest::new("a", 0);
         // Nothing listed: nothing said (the claim judges an empty store apart).
         assert_eq!(m.missing_before(0), None);
@@ -393,15 +399,7 @@ mod tests {
 
     #[test]
     fn a_removal_sets_the_start_and_format_3() {
-        let seg = |base, end| RemoteSegment {
-            base,
-            end,
-            bytes: 1,
-            crc32: 0,
-            index_bytes: 0,
-            time_bytes: 0,
-            object: None,
-        };
+        let seg = RemoteSegment::of_offsets;
         let mut m = Manifest::new("a", 0);
         m.segments = vec![seg(0, 50), seg(50, 102), seg(102, 140)];
         // Nothing removed: no start written, format 2, history from the first segment.

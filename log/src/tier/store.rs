@@ -781,15 +781,7 @@ mod tests {
     use crate::tier::manifest::RemoteSegment;
 
     fn entry(base: u64, end: u64) -> RemoteSegment {
-        RemoteSegment {
-            base,
-            end,
-            bytes: 1,
-            crc32: 0,
-            index_bytes: 0,
-            time_bytes: 0,
-            object: None,
-        }
+        RemoteSegment::of_offsets(base, end)
     }
 
     fn with(segments: Vec<RemoteSegment>) -> Manifest {

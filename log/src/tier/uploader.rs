@@ -334,6 +334,21 @@ impl Uploader {
         Ok(self.tier.status())
     }
 
+    /// Why this log may not change the store's manifest now (removals, rewrites), if it may
+    /// not: fenced, diverged, or not claimed yet.
+    fn not_holding(&self, state: &PassState) -> Option<&'static str> {
+        let inner = &self.tier.inner;
+        if inner.fenced.load(Ordering::Relaxed) {
+            Some("another server owns the object store's prefix (this log is fenced)")
+        } else if inner.diverged.load(Ordering::Relaxed) {
+            Some("the object store holds another history of this log")
+        } else if !state.claimed {
+            Some("this log has not claimed the object store's prefix yet")
+        } else {
+            None
+        }
+    }
+
     /// The tiered half of `Log::remove_segments_before` (`retention.rs`), under the pass lock
     /// (its manifest write is one of the uploader's): the longest run of the oldest sealed
     /// segments that end at or before `offset` and are in the store — remote, or local with
@@ -351,17 +366,10 @@ impl Uploader {
         offset: u64,
     ) -> Result<(Vec<Arc<Segment>>, Vec<RemoteSegment>)> {
         let mut state = self.pass_lock.lock().await;
+        if let Some(reason) = self.not_holding(&state) {
+            return Err(LogError::RemoveRefused { reason });
+        }
         let inner = &self.tier.inner;
-        let refuse = |reason| Err(LogError::RemoveRefused { reason });
-        if inner.fenced.load(Ordering::Relaxed) {
-            return refuse("another server owns the object store's prefix (this log is fenced)");
-        }
-        if inner.diverged.load(Ordering::Relaxed) {
-            return refuse("the object store holds another history of this log");
-        }
-        if !state.claimed {
-            return refuse("this log has not claimed the object store's prefix yet");
-        }
         let m = self.tier.manifest();
         let start = m.start.unwrap_or(0);
         let sealed = self.sealed();
@@ -443,22 +451,13 @@ impl Uploader {
     ) -> Result<crate::rewrite::RewriteStats> {
         let mut state = self.pass_lock.clone().lock_owned().await;
         let inner = &self.tier.inner;
-        let refuse = |reason: &str| {
-            Err(LogError::RewriteRefused {
-                base,
-                reason: reason.into(),
-            })
-        };
-        if inner.fenced.load(Ordering::Relaxed) {
-            return refuse("another server owns the object store's prefix (this log is fenced)");
-        }
-        if inner.diverged.load(Ordering::Relaxed) {
-            return refuse("the object store holds another history of this log");
-        }
         // Unclaimed, the manifest known may be older than the store's (an upload's version
         // that landed unanswered): a segment it does not list may be in the store.
-        if !state.claimed {
-            return refuse("this log has not claimed the object store's prefix yet");
+        if let Some(reason) = self.not_holding(&state) {
+            return Err(LogError::RewriteRefused {
+                base,
+                reason: reason.into(),
+            });
         }
         if replacements.is_empty() {
             return Ok(crate::rewrite::RewriteStats::default());
@@ -859,15 +858,7 @@ mod tests {
     use crate::tier::manifest::RemoteSegment;
 
     fn entry(base: u64, end: u64) -> RemoteSegment {
-        RemoteSegment {
-            base,
-            end,
-            bytes: 1,
-            crc32: 0,
-            index_bytes: 0,
-            time_bytes: 0,
-            object: None,
-        }
+        RemoteSegment::of_offsets(base, end)
     }
 
     /// Only segments in the store go: remote ones, local copies listed with their offsets, and
