@@ -54,7 +54,7 @@ pub(crate) struct Config {
     pub(crate) trace_sample_every: u64,
     pub(crate) shutdown_grace_secs: u64,
     /// Seconds between passes of the background purge of recalled messages' payloads (0:
-    /// off; with a tier, segments only in the object store are not purged).
+    /// off; with a tier, the object store's copies too).
     pub(crate) compaction_purge_interval_secs: u64,
     /// Sealed segments whose every record is older than this are removed once snapshots
     /// cover them (`None`: kept for ever; with a tier, from the object store too).
@@ -277,8 +277,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TIDINGS_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
     /// Seconds between passes of the background purge of recalled messages' payloads from
-    /// sealed segments (0: off; with a tier, not those only in the object store). Default:
-    /// 3600.
+    /// sealed segments (0: off; with a tier, the object store's copies too). Default: 3600.
     #[arg(long, env = "TIDINGS_COMPACTION_PURGE_INTERVAL_SECS")]
     compaction_purge_interval_secs: Option<u64>,
     /// Remove sealed log segments whose every record is older than this many seconds, once

@@ -287,6 +287,54 @@ async fn every_edit_of_a_recalled_message_is_purged() {
     }
 }
 
+/// A tiered server keeping no local copy of an uploaded segment purges the store's: the pass
+/// (its first one four seconds after the start, by then the segment is uploaded and its local
+/// copy deleted) rewrites it from cold reads and uploads the rewrite in place of its objects —
+/// no local file holds the recalled bytes afterwards, no pass failed, and once the server
+/// stopped (the replaced objects are deleted a minute after the rewrite, or at the stop) no
+/// object does either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_server_purges_a_segment_only_in_the_store() {
+    let bucket = tempfile::tempdir().unwrap();
+    let args = [
+        "--log-segment-bytes",
+        "16384",
+        "--limits-sends-per-second",
+        "100000",
+        "--compaction-purge-interval-secs",
+        "4",
+        "--tier-local-retention-bytes",
+        "0",
+    ];
+    let (server, _api, _alice) =
+        tiered_with_a_sealed_recall(bucket.path(), &args, RECALLED[0]).await;
+    let in_store = || -> Vec<PathBuf> {
+        tree(&bucket.path().join("segments"))
+            .into_iter()
+            .filter(|p| p.is_file() && holds(p, RECALLED[0].as_bytes()))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let purged = metric(&server, "tidings_purged_records_total").await;
+        if purged >= 1 && segments_holding(&server.data, RECALLED[0]).is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "purged {purged}; holding it: local {:?}, store {:?}",
+            segments_holding(&server.data, RECALLED[0]),
+            in_store()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(&server, "tidings_purge_failures_total").await, 0);
+    // The replaced objects go a minute after the rewrite (a reader of the old segment may
+    // still fetch them), or at the stop: then no object holds the bytes.
+    server.stop();
+    assert_eq!(in_store(), Vec::<PathBuf>::new());
+}
+
 /// A tiered server purges too: the sealed segment holding the recalled message, uploaded and
 /// kept locally, is rewritten and goes up again under new objects — neither the local copy
 /// nor any object in the store holds the recalled bytes afterwards (the old objects are

@@ -15,7 +15,8 @@
 //!   [`CompactionError::LengthChanged`]) is skipped, for good, with the reason;
 //! - one at a protected offset (the server's last applied offset, a snapshot's anchor record)
 //!   or in the active segment is left for a later pass;
-//! - one in a sealed local segment is planned: its purged bytes ([`crate::purge_record`]),
+//! - one in a sealed segment — local, or only in the object store (a tiered log rewrites it
+//!   there: `Log::rewrite_sealed`) — is planned: its purged bytes ([`crate::purge_record`]),
 //!   under its segment's base.
 //!
 //! [`OnlinePlan::next_watermark`] tells the server which recalls its next pass must consider
@@ -72,7 +73,7 @@ pub struct Target {
 /// What one pass rewrites, and what it leaves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OnlinePlan {
-    /// The replacements, per sealed local segment (its base offset): the record's offset → its
+    /// The replacements, per sealed segment (its base offset): the record's offset → its
     /// purged bytes, of the record's length (what `Log::rewrite_sealed` takes).
     pub segments: BTreeMap<u64, BTreeMap<u64, Bytes>>,
     /// Targets left for a later pass: at a protected offset, or in the active segment.
@@ -81,7 +82,7 @@ pub struct OnlinePlan {
     pub already_purged: u64,
     /// Targets never to be purged by a pass, each with why: the record read at its offset is
     /// not the target's (or none was read), or this build cannot purge it in place, or it is
-    /// in no local sealed segment.
+    /// in no sealed segment.
     pub skipped: Vec<(Target, String)>,
 }
 
@@ -107,12 +108,11 @@ impl OnlinePlan {
 /// Where a record is, for a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
-    /// In the sealed local segment starting at this offset.
+    /// In the sealed segment starting at this offset (local, or only in the object store: a
+    /// tiered log rewrites either, `Log::rewrite_sealed`).
     Sealed(u64),
     /// In the active segment (past every sealed one).
     Active,
-    /// In a sealed segment only in the object store.
-    Remote,
     /// Before the first sealed segment: in no segment the log holds.
     Nowhere,
 }
@@ -122,7 +122,6 @@ enum Place {
 fn place(sealed: &[SealedSegment], offset: u64) -> Place {
     let at = sealed.partition_point(|s| s.base <= offset);
     match at.checked_sub(1).and_then(|i| sealed.get(i)) {
-        Some(s) if offset < s.end && s.remote => Place::Remote,
         Some(s) if offset < s.end => Place::Sealed(s.base),
         _ if sealed.last().is_none_or(|s| offset >= s.end) => Place::Active,
         _ => Place::Nowhere,
@@ -159,7 +158,7 @@ fn mismatch(target: &Target, event: &Event) -> Option<String> {
 /// What becomes of one target (module doc).
 #[derive(Debug)]
 enum Verdict {
-    /// Purged: these bytes replace it, in the sealed local segment at this base.
+    /// Purged: these bytes replace it, in the sealed segment at this base.
     Purge(u64, Bytes),
     /// Left for a later pass.
     Left,
@@ -197,7 +196,6 @@ fn judge(
     match place(sealed, target.offset) {
         Place::Sealed(base) => Verdict::Purge(base, purged),
         Place::Active => Verdict::Left,
-        Place::Remote => Verdict::Skip("its segment is only in the object store".into()),
         Place::Nowhere => Verdict::Skip("it is in no segment of the log".into()),
     }
 }
@@ -449,11 +447,14 @@ mod tests {
             remote: true,
         };
         let plan = plan_online_purge(&targets, &records, &sealed, &BTreeSet::new());
-        assert_eq!(plan.records(), 0, "{:?}", plan.segments);
+        // The right record in a segment only in the object store: purged there (a tiered log
+        // rewrites it through the store; until 2026-11-30 it was skipped).
+        assert_eq!(plan.records(), 1, "{:?}", plan.segments);
+        assert!(plan.segments.contains_key(&9), "{:?}", plan.segments);
         assert!(plan.left.is_empty());
         assert_eq!(plan.already_purged, 0);
         let skipped: Vec<u64> = plan.skipped.iter().map(|(t, _)| t.offset).collect();
-        assert_eq!(skipped, vec![1, 2, 4, 5, 6, 7, 8, 9, 3]);
+        assert_eq!(skipped, vec![1, 2, 4, 5, 6, 7, 8, 3]);
         let why = |offset: u64| {
             plan.skipped
                 .iter()
@@ -468,7 +469,6 @@ mod tests {
         assert!(why(6).contains("channel_created"), "{}", why(6));
         assert!(why(7).contains("does not decode"), "{}", why(7));
         assert!(why(8).contains("encoding"), "{}", why(8));
-        assert!(why(9).contains("object store"), "{}", why(9));
         assert!(why(3).contains("no record"), "{}", why(3));
         assert_eq!(plan.next_watermark(50), Some(50));
 
@@ -485,9 +485,9 @@ mod tests {
         assert_eq!(plan.skipped.len(), 1);
         let why = &plan.skipped[0].1;
         assert!(why.contains("no segment"), "{why}");
-        // And a whole remote log: nothing local.
+        // And a whole remote log: planned as a local one.
         let plan = plan_online_purge(&targets[..1], &records, &remote, &BTreeSet::new());
-        let why = &plan.skipped[0].1;
-        assert!(why.contains("object store"), "{why}");
+        assert!(plan.skipped.is_empty(), "{:?}", plan.skipped);
+        assert!(plan.segments.contains_key(&0), "{:?}", plan.segments);
     }
 }

@@ -202,10 +202,11 @@ pub enum LogError {
     #[error("log is open read-only")]
     ReadOnly,
     /// A rewrite of a sealed segment ([`crate::Log::rewrite_sealed`]) was refused, and the
-    /// segment left as it was: the log is read-only or tiered, no local sealed segment starts
-    /// at `base` (it is the active segment, only in the object store, or not a segment's
-    /// base), an offset to replace is outside the segment, or a replacement's length is not
-    /// its record's.
+    /// segment left as it was: the log is read-only, or tiered and not holding its prefix
+    /// (fenced, diverged, not claimed yet), no sealed segment starts at `base` (it is the active
+    /// segment, not a segment's base, or — without a tier — only in the object store), an
+    /// offset to replace is outside the segment, or a replacement's length is not its
+    /// record's.
     #[error("rewrite of the segment at offset {base} refused: {reason}")]
     RewriteRefused {
         /// The base offset of the segment asked for.

@@ -23,8 +23,10 @@
 //! deleted and the marker removed. Until then the local copy is kept (the local retention and
 //! removals stop at it: its CRC is not the entry's), and a pass finishes what a crash left —
 //! uploads it, or drops the marker when the store holds its bytes already (a rename that never
-//! happened, a manifest version that landed). A segment only in the object store is not
-//! rewritten (its recalled payloads stay there until the retention removes it).
+//! happened, a manifest version that landed). A segment only in the object store is rewritten
+//! from its cold reads into `{base:020}.log.purge`, uploaded from there under new objects (its
+//! index objects copied) named in place of its entry, and the temp file removed
+//! (`Uploader::rewrite_remote`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -124,18 +126,18 @@ impl Log {
             .collect()
     }
 
-    /// Rewrites the sealed local segment starting at `base`, each record at an offset in
+    /// Rewrites the sealed segment starting at `base`, each record at an offset in
     /// `replacements` replaced by the given bytes, which must have the record's length.
     /// Atomic per segment (temp file, fsync, rename, dir fsync). Errors: LogError variants.
     ///
     /// With a tier, a local copy the object store holds goes up again under new objects once
     /// rewritten, and its manifest entry is replaced (`Uploader::rewrite`); a segment only in
-    /// the store is not rewritten.
+    /// the store is rewritten from cold reads and replaced the same way.
     ///
     /// Refused with [`LogError::RewriteRefused`], the segment left as it was, for a read-only
-    /// view, a tiered log that does not hold its prefix (fenced, diverged; not claimed yet, for
-    /// a segment in the store), a `base` that is not a local sealed segment's (the active
-    /// segment's, one only in the object store, or none), an offset outside `[base, end)`, and a replacement
+    /// view, a tiered log that does not hold its prefix (fenced, diverged, not claimed yet), a
+    /// `base` that is not a sealed segment's (the active segment's, or none; without a tier,
+    /// one only in the object store), an offset outside `[base, end)`, and a replacement
     /// of another length than its record's; [`LogError::Closed`] once the log is closed. Every
     /// batch of the segment is read and checked: damage fails the rewrite
     /// ([`LogError::Corrupt`]) with nothing changed. Rewrites of one log run one at a time,
@@ -260,7 +262,7 @@ impl Log {
 
 /// Writes `seg`'s rewrite into `tmp` (removed first when a failed run left it: `open_write`
 /// does not truncate), fdatasyncs it and checks it; `end` is the segment's end offset.
-fn write_rewrite(
+pub(crate) fn write_rewrite(
     vfs: &dyn Vfs,
     seg: &Segment,
     end: u64,

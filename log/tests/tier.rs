@@ -2495,7 +2495,7 @@ async fn entry_at(log: &Log, base: u64) -> tidings_log::tier::manifest::RemoteSe
 /// A tiered log rewrites a sealed local copy the store holds (the purge of a recalled
 /// message's payload): it goes up again under new objects, named in place of the old entry,
 /// whose objects are deleted — the store never serves the old bytes again, also once the local
-/// copy is gone. A segment only in the store is refused, nothing changed.
+/// copy is gone. A segment only in the store is rewritten from cold reads, the same way.
 async fn tiered_rewrite(store: Arc<dyn ObjectStore>) {
     let prefix = unique_prefix("rewrite");
     let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -2521,18 +2521,68 @@ async fn tiered_rewrite(store: Arc<dyn ObjectStore>) {
     assert_eq!(objects.iter().filter(|n| n.starts_with(&new)).count(), 3);
     assert!(!tidings_log_reupload_marker(&dir, copy.base_offset).exists());
     assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
-    // Only in the store: refused.
-    let r = log
-        .rewrite_sealed(
-            remote.base_offset,
-            BTreeMap::from([(remote.base_offset, hashes(remote.base_offset))]),
-        )
-        .await;
-    assert!(matches!(r, Err(LogError::RewriteRefused { .. })), "{r:?}");
+    // Only in the store: rewritten from cold reads, uploaded under new objects in place of
+    // its entry (the old ones deleted a minute later, or at the release); reads serve the new
+    // bytes.
+    let r_at = remote.base_offset + 2;
+    assert_eq!(log.read(r_at, 1).await.unwrap()[0].payload, payload(r_at));
+    let r_before = entry_at(&log, remote.base_offset).await;
+    let stats = log
+        .rewrite_sealed(remote.base_offset, BTreeMap::from([(r_at, hashes(r_at))]))
+        .await
+        .unwrap();
+    assert_eq!(stats.records, 1);
+    let r_after = entry_at(&log, remote.base_offset).await;
+    assert_ne!(r_after.object, r_before.object);
+    assert_eq!(
+        (r_after.bytes, r_after.index_bytes, r_after.time_bytes),
+        (r_before.bytes, r_before.index_bytes, r_before.time_bytes)
+    );
+    let objects = log.tier().unwrap().list("segments").await.unwrap();
+    let gone = format!("{}.", r_before.stem());
+    let fresh = format!("{}.", r_after.stem());
+    assert_eq!(objects.iter().filter(|n| n.starts_with(&fresh)).count(), 3);
+    assert_eq!(
+        objects.iter().filter(|n| n.starts_with(&gone)).count(),
+        3,
+        "a reader of the old segment may still read them"
+    );
+    assert!(!log.is_local(r_at));
+    assert_eq!(log.read(r_at, 1).await.unwrap()[0].payload, hashes(r_at));
+    assert!(
+        !std::fs::read_dir(&dir).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".purge")),
+        "no temp file left"
+    );
+    let tier = log.tier().unwrap().clone();
     log.close().await.unwrap();
+    // Released: the replaced objects are gone.
+    let objects = tier.list("segments").await.unwrap();
+    assert!(!objects.iter().any(|n| n.starts_with(&gone)), "{objects:?}");
+
+    // Another node, restoring into an empty directory, reads the rewritten segment from the
+    // store alone (its index objects, copied, included).
+    let (data_b, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store.clone(), &prefix, "node-b", cache_b.path(), 0, hour).await;
+    let b = Log::open(data_b.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    assert_eq!(b.read(r_at, 1).await.unwrap()[0].payload, hashes(r_at));
+    // Its time index, copied (a lookup reads it from the store: the segment is the first).
+    assert_eq!(remote.base_offset, 0);
+    let view = b.clone();
+    let at_time = tokio::task::spawn_blocking(move || view.offset_for_timestamp(0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(at_time, Some(0));
+    b.close().await.unwrap();
 
     // No local copy kept: the record is read from the store, rewritten.
-    let hour = Duration::from_secs(3600);
     let t = tier_with(store, &prefix, "node-a", cache.path(), 0, hour).await;
     let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
         .await
@@ -2542,6 +2592,7 @@ async fn tiered_rewrite(store: Arc<dyn ObjectStore>) {
     assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
     let mut expected: Vec<Bytes> = (0..400).map(payload).collect();
     expected[at as usize] = hashes(at);
+    expected[(remote.base_offset + 2) as usize] = hashes(remote.base_offset + 2);
     assert_eq!(read_all(&log).await, expected);
     log.close().await.unwrap();
 }

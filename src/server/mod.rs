@@ -226,8 +226,8 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         snapshots(s, t).await;
         "snapshots"
     });
-    // Purges recalled messages' payloads from sealed segments (with a tier, the local copies and
-    // the store's objects of those kept locally); stopped and
+    // Purges recalled messages' payloads from sealed segments (with a tier, the object store's
+    // copies too); stopped and
     // joined with the others, before the log is closed.
     let stop_purge = CancellationToken::new();
     let (s, t) = (state.clone(), stop_purge.clone());

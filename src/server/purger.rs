@@ -31,7 +31,8 @@
 //! ones purged already) — and is kept in `DIR/projections/purge-watermark` for the next start
 //! ([`load_watermark`]). A pass whose rewrite fails keeps the watermark: the next pass tries
 //! again. A target that cannot be read (a damaged sidecar or batch) is skipped with a warning,
-//! not retried: one damaged record must not stop every later purge. A target below the log's
+//! not retried (an object store that does not answer fails the pass instead, its watermark
+//! kept): one damaged record must not stop every later purge. A target below the log's
 //! first offset is gone already (its segment was deleted: the retention, or by hand; its
 //! message has expired, `tidings_projections::messages`' module doc): left out of the pass
 //! without a word — not a failure, not counted as purged, not left for a later pass. The
@@ -47,10 +48,9 @@
 //! design: the conversation cache's files and older snapshots may still hold a recalled
 //! message's preview until they are overwritten or pruned.
 //!
-//! On a tiered server (`tier.url` set) the log rewrites a local copy of an uploaded segment and
-//! uploads it again under new objects in place of the old ones (`Log::rewrite_sealed`); a
-//! target whose segment is only in the object store is left out of the pass (not read, not
-//! retried: the log does not rewrite such a segment, and the retention removes it). Until
+//! On a tiered server (`tier.url` set) the log rewrites a sealed segment wherever it is — a
+//! local copy, or one only in the object store (read through the cold path) — and uploads the
+//! rewrite under new objects in place of the old ones (`Log::rewrite_sealed`). Until
 //! 2026-11-30 the purge was off on every tiered server. Off on a data directory that was tiered
 //! and is started without its tier ([`DataDir::tier_marker`]), as `tidings compact` refuses it:
 //! the object store keeps its own copies of segments and snapshots.
@@ -315,11 +315,8 @@ async fn pass(
                 state.metrics.purged_records.add(stats.records);
             }
             // Removed by the retention since the plan was made: its records are gone, which
-            // is what a purge wants. Or, with a tier, its local copy deleted meanwhile (only
-            // in the store now: not rewritten, as a target found there is not).
+            // is what a purge wants.
             Err(_) if base < state.log.start_offset() => {}
-            Err(tidings_log::LogError::RewriteRefused { .. })
-                if state.log.tier().is_some() && !state.log.is_local(base) => {}
             Err(e) => {
                 failed += 1;
                 tracing::warn!(segment = base, error = %e, "could not purge recalled messages from a sealed segment");
@@ -430,23 +427,12 @@ fn read_targets(
     let start = log.start_offset();
     targets.retain(|t| t.offset >= start);
     let mut gone = BTreeSet::new();
-    let mut remote = BTreeSet::new();
     let mut records = BTreeMap::new();
     for t in &targets {
         if stop.is_cancelled() {
             return Ok(None);
         }
         if records.contains_key(&t.offset) {
-            continue;
-        }
-        // Only in the object store (a tiered log whose local copy is gone): not rewritten
-        // there (`Log::rewrite_sealed`), so not read (a cold read) to be skipped by the plan.
-        if log.tier().is_some() && t.offset >= log.start_offset() && !log.is_local(t.offset) {
-            tracing::debug!(
-                offset = t.offset,
-                "not purging a recalled message's record: its segment is only in the object store (the retention removes it)"
-            );
-            remote.insert(t.offset);
             continue;
         }
         let read = match log.read_blocking(t.offset, 0) {
@@ -458,6 +444,11 @@ fn read_targets(
             }) if requested < start => {
                 gone.insert(t.offset);
                 continue;
+            }
+            // The object store did not answer (a target only in the store): the pass fails, and
+            // its watermark stays below this recall (skipped, it would never be purged).
+            Err(e) if e.is_cold_storage_unavailable() => {
+                anyhow::bail!("reading a recalled message's record from the object store: {e}");
             }
             // Damage: this target is skipped (no record read).
             Err(e) => {
@@ -471,7 +462,7 @@ fn read_targets(
             records.insert(t.offset, Bytes::copy_from_slice(&record.payload));
         }
     }
-    targets.retain(|t| !gone.contains(&t.offset) && !remote.contains(&t.offset));
+    targets.retain(|t| !gone.contains(&t.offset));
     Ok(Some((targets, records)))
 }
 

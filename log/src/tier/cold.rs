@@ -83,6 +83,16 @@ impl TierInner {
         format!("{KEY_VERSION}:{}:{rel}:{idx}", self.opts.block_bytes)
     }
 
+    /// Drops every cached block of object `rel` (`len` bytes) at the current block size: its
+    /// bytes are not to stay on this disk (a rewrite replaced the object: the purge). The
+    /// disk cache frees the entries; their bytes stay in its device file until overwritten.
+    pub(crate) fn forget_object(&self, rel: &str, len: u64) {
+        let bs = self.opts.block_bytes as u64;
+        for idx in 0..len.div_ceil(bs) {
+            self.cache.remove(&self.cache_key(rel, idx));
+        }
+    }
+
     /// Block `idx` of object `rel` (`len` bytes long), from the cache or the store.
     pub(crate) async fn block(&self, rel: &str, idx: u64, len: u64) -> io::Result<Bytes> {
         let bs = self.opts.block_bytes as u64;

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use object_store::ObjectStoreExt as _;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +70,30 @@ fn pending_reuploads(dir: &Path) -> Result<Vec<u64>> {
         .collect();
     bases.sort_unstable();
     Ok(bases)
+}
+
+/// Where the rewrite of a segment only in the store is written before its upload
+/// ([`Uploader::rewrite_remote`]): `{base:020}.log.purge`.
+fn purge_file(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{}.purge", crate::segment::log_name(base)))
+}
+
+/// Removes what rewrites of segments only in the store left in `dir` (a crash, a stop).
+fn remove_purge_files(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LogError::io("list directory", dir, e))?;
+    for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+        let left = name
+            .strip_suffix(".purge")
+            .and_then(crate::segment::parse_log_name)
+            .is_some();
+        if left {
+            let path = dir.join(&name);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "could not remove a rewritten segment's temp file");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Creates (`make`) or removes a re-upload marker, durably (the directory synced).
@@ -146,7 +171,14 @@ pub(crate) struct PassState {
     /// (base, CRC-32) of local segments known to hold exactly the bytes of the manifest entry
     /// at their base: uploaded by this process, or read and compared before a deletion.
     confirmed: HashSet<(u64, u32)>,
+    /// Objects a rewrite of a segment only in the store replaced, and when: deleted a while
+    /// later ([`DOOMED_AFTER`]), so that a reader still holding the old segment finishes (its
+    /// blocks are fetched by the old keys). At the release, all of them.
+    doomed: Vec<(std::time::Instant, String)>,
 }
+
+/// How long the objects a remote rewrite replaced stay before they are deleted.
+const DOOMED_AFTER: Duration = Duration::from_secs(60);
 
 impl PassState {
     pub(crate) fn claimed() -> Self {
@@ -154,6 +186,7 @@ impl PassState {
             claimed: true,
             last_write_ms: store::now_ms(),
             confirmed: HashSet::new(),
+            doomed: Vec::new(),
         }
     }
 }
@@ -331,6 +364,7 @@ impl Uploader {
             state.last_write_ms = store::now_ms();
         }
         self.retention(&mut state).await?;
+        self.delete_doomed(&mut state, false).await;
         Ok(self.tier.status())
     }
 
@@ -470,6 +504,16 @@ impl Uploader {
             .iter()
             .find(|r| r.base == base)
             .cloned();
+        // Only in the store: rewritten from its cold reads ([`Self::rewrite_remote`]).
+        let remote = self
+            .sealed()
+            .into_iter()
+            .find(|(b, _, s)| *b == base && s.is_remote());
+        if let (Some((_, end, seg)), Some(old)) = (remote, &entry) {
+            return self
+                .rewrite_remote(state, rewrites, log, (end, seg), old, replacements)
+                .await;
+        }
         if let (Some((_, end, seg)), Some(e)) = (&local, &entry)
             && !state.confirmed.contains(&(base, e.crc32))
         {
@@ -506,6 +550,151 @@ impl Uploader {
             self.wake.notify_one();
         }
         Ok(stats)
+    }
+
+    /// [`Self::rewrite`] of a segment only in the store (`seg`, ending at offset `end`, listed
+    /// as `old`): its rewrite is written from cold reads into `{base:020}.log.purge` in the
+    /// local directory (synced, read back and checked, as a local rewrite), uploaded from there
+    /// under a rewrite's objects (its index objects copied: a rewrite keeps positions), and a
+    /// manifest version names them in place of `old`; the segment list's value for it then reads
+    /// the new objects, `old`'s are deleted and the temp file removed. A crash or an error
+    /// before the manifest version leaves the store as it was (and objects nothing names, which
+    /// `tidings tier gc` collects); after it, old objects (likewise) and a temp file, which the
+    /// next pass removes.
+    async fn rewrite_remote(
+        &self,
+        state: tokio::sync::OwnedMutexGuard<PassState>,
+        rewrites: tokio::sync::OwnedMutexGuard<()>,
+        log: &crate::log::Log,
+        (end, seg): (u64, Arc<Segment>),
+        old: &RemoteSegment,
+        replacements: std::collections::BTreeMap<u64, bytes::Bytes>,
+    ) -> Result<crate::rewrite::RewriteStats> {
+        let inner = &self.tier.inner;
+        let base = old.base;
+        if log.is_closed() {
+            return Err(LogError::Closed);
+        }
+        if let Some(offset) = replacements.keys().find(|&&o| o < base || o >= end) {
+            return Err(LogError::RewriteRefused {
+                base,
+                reason: format!(
+                    "offset {offset} is not in the segment, which holds [{base}, {end})"
+                ),
+            });
+        }
+        let tmp = purge_file(&self.dir, base);
+        let vfs = log.options().vfs.clone();
+        let (from, to) = (seg.clone(), tmp.clone());
+        // Both locks go with the blocking write and come back with it: a caller dropped
+        // meanwhile (a stop) does not release them while the file is written.
+        let (stats, mut state) = tokio::task::spawn_blocking(move || {
+            let _rewrites = rewrites;
+            let stats = crate::rewrite::write_rewrite(vfs.as_ref(), &from, end, &replacements, &to);
+            (stats, state)
+        })
+        .await
+        .map_err(|_| LogError::Closed)?;
+        let uploaded = match stats {
+            Ok(stats) => self
+                .upload_purged(&mut state, old, &tmp)
+                .await
+                .map(|()| stats),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = std::fs::remove_file(&tmp)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %tmp.display(), error = %e, "could not remove a rewritten segment's temp file (the next pass does)");
+        }
+        let stats = uploaded?;
+        // Readers from here on read the new objects; the old value's cached handles go.
+        let fresh = remote_segment(&self.tier, &self.dir, base, self.interval);
+        self.segments.rcu(|segs| {
+            segs.iter()
+                .map(|s| {
+                    if s.base == base && s.is_remote() {
+                        fresh.clone()
+                    } else {
+                        s.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        seg.forget_cached();
+        // The old bytes leave this disk's block cache now (a purge), and the store a while
+        // later (a reader holding the old segment may still fetch blocks of it).
+        inner.forget_object(&old.key("log"), old.bytes);
+        let now = std::time::Instant::now();
+        state
+            .doomed
+            .extend(["log", "index", "timeindex"].map(|ext| (now, old.key(ext))));
+        tracing::info!(base, records = stats.records, store = %inner.opts.display, "rewrote a segment only in the object store");
+        Ok(stats)
+    }
+
+    /// Deletes the objects remote rewrites replaced ([`PassState::doomed`]) that have waited
+    /// [`DOOMED_AFTER`] (`all`: every one, at the release). A failed delete is said:
+    /// `tidings tier gc` collects the object once the writer that uploaded it released the
+    /// prefix.
+    async fn delete_doomed(&self, state: &mut PassState, all: bool) {
+        let now = std::time::Instant::now();
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut state.doomed)
+            .into_iter()
+            .partition(|(at, _)| all || now.duration_since(*at) >= DOOMED_AFTER);
+        state.doomed = wait;
+        for (_, key) in due {
+            if let Err(e) = self.tier.delete(&key).await {
+                tracing::warn!(key, error = %e, store = %self.tier.inner.opts.display, "could not delete an object a rewritten segment replaced; `tidings tier gc` collects it once the writer that uploaded it released the prefix");
+            }
+        }
+    }
+
+    /// Uploads the rewrite of the remote segment `old` from `tmp` under a rewrite's objects,
+    /// its index objects copied, and writes a manifest version naming them in place of `old`.
+    async fn upload_purged(
+        &self,
+        state: &mut PassState,
+        old: &RemoteSegment,
+        tmp: &Path,
+    ) -> Result<()> {
+        let inner = &self.tier.inner;
+        let stem = self.rewrite_stem(old.base);
+        for ext in ["index", "timeindex"] {
+            let (from, to) = (
+                store::key(inner, &old.key(ext)),
+                store::key(inner, &RemoteSegment::key_of(&stem, ext)),
+            );
+            inner
+                .opts
+                .store
+                .copy(&from, &to)
+                .await
+                .map_err(|e| LogError::Tier(format!("copying {from} to {to}: {e}")))?;
+        }
+        let (bytes, crc32) =
+            store::upload_object(inner, &RemoteSegment::key_of(&stem, "log"), tmp).await?;
+        if bytes != old.bytes {
+            return Err(LogError::Tier(format!(
+                "the rewritten segment at offset {} holds {bytes} bytes, its entry {}",
+                old.base, old.bytes
+            )));
+        }
+        let new = RemoteSegment {
+            crc32,
+            object: Some(stem),
+            ..old.clone()
+        };
+        let mut next = self
+            .tier
+            .manifest()
+            .next(&inner.opts.owner_id, store::now_ms());
+        for e in next.segments.iter_mut().filter(|e| e.base == old.base) {
+            *e = new.clone();
+        }
+        self.write(&next).await?;
+        state.last_write_ms = store::now_ms();
+        Ok(())
     }
 
     /// The stem of this process's next rewrite upload of the segment at `base`.
@@ -578,6 +767,7 @@ impl Uploader {
         self.write(&next).await?;
         state.last_write_ms = store::now_ms();
         state.confirmed.insert((base, new.crc32));
+        inner.forget_object(&old.key("log"), old.bytes);
         for ext in ["log", "index", "timeindex"] {
             let key = old.key(ext);
             if let Err(e) = self.tier.delete(&key).await {
@@ -593,6 +783,7 @@ impl Uploader {
     /// on its own ([`Self::upload_marked`]): one that fails is said and stays for the next pass,
     /// and the pass goes on (its uploads, lease and local retention do not wait for it).
     async fn finish_reuploads(&self, state: &mut PassState) -> Result<()> {
+        remove_purge_files(&self.dir)?;
         for base in pending_reuploads(&self.dir)? {
             if let Err(e) = self.upload_marked(state, base).await {
                 if self.tier.inner.diverged.load(Ordering::Relaxed) {
@@ -616,6 +807,7 @@ impl Uploader {
         // store's newest version is read; claimed, such a version found at the release's epoch
         // is released in turn (until 2026-11-30 it was taken for another writer's: fenced, the
         // lease left live).
+        self.delete_doomed(&mut state, true).await;
         let known = state.claimed.then(|| self.tier.manifest());
         store::release_own(&self.tier.inner, known).await?;
         if state.claimed {
