@@ -64,6 +64,14 @@ fn segments_holding(data: &Path, marker: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The segment objects in the `file://` store at `bucket` that hold `marker`.
+fn objects_holding(bucket: &Path, marker: &str) -> Vec<PathBuf> {
+    tree(&bucket.join("segments"))
+        .into_iter()
+        .filter(|p| p.is_file() && holds(p, marker.as_bytes()))
+        .collect()
+}
+
 /// Waits (30 s at most) until no segment file holds any of `markers` and the server counts
 /// `records` records purged.
 async fn wait_for_purge(server: &Server, markers: &[&str], records: u64) {
@@ -308,12 +316,7 @@ async fn a_tiered_server_purges_a_segment_only_in_the_store() {
     ];
     let (server, _api, _alice) =
         tiered_with_a_sealed_recall(bucket.path(), &args, RECALLED[0]).await;
-    let in_store = || -> Vec<PathBuf> {
-        tree(&bucket.path().join("segments"))
-            .into_iter()
-            .filter(|p| p.is_file() && holds(p, RECALLED[0].as_bytes()))
-            .collect()
-    };
+    let in_store = || objects_holding(bucket.path(), RECALLED[0]);
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let purged = metric(&server, "tidings_purged_records_total").await;
@@ -343,12 +346,7 @@ async fn a_tiered_server_purges_a_segment_only_in_the_store() {
 async fn a_tiered_server_purges_its_copies_and_the_stores() {
     let bucket = tempfile::tempdir().unwrap();
     let (server, api, alice) = tiered_with_a_sealed_recall(bucket.path(), &ARGS, RECALLED[0]).await;
-    let in_store = || -> Vec<PathBuf> {
-        tree(&bucket.path().join("segments"))
-            .into_iter()
-            .filter(|p| p.is_file() && holds(p, RECALLED[0].as_bytes()))
-            .collect()
-    };
+    let in_store = || objects_holding(bucket.path(), RECALLED[0]);
     // Uploaded first: the store holds the recalled bytes until the purge.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
