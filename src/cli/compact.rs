@@ -99,8 +99,9 @@ fn refuse_tiered(data: &DataDir) -> anyhow::Result<()> {
     if let Some(marker) = data.tier_marker() {
         anyhow::bail!(
             "{} is a tiered data directory ({} exists): `tidings compact` does not purge \
-             tiered logs yet (the object store keeps its own copies of segments and \
-             snapshots); nothing was changed",
+             tiered logs (the object store keeps its own copies of segments and snapshots; \
+             the server's background purge, `compaction.purge_interval_secs`, rewrites them \
+             there); nothing was changed",
             data.root().display(),
             marker.display()
         );
