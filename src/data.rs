@@ -173,8 +173,67 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
+    use std::sync::Arc;
 
     use super::*;
+
+    /// A tiered log's messages below its start expire where the store's history starts past
+    /// 0 (a removal's `start`, also one another node made: no marker needed), and with the
+    /// `log-trimmed` marker once the store's manifest is known; a store whose history starts at
+    /// 0 expires nothing without the marker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tiered_log_expires_below_where_the_stores_history_starts() {
+        use object_store::ObjectStore;
+        use tidings_log::tier::{Tier, TierOptions};
+        use tidings_log::{Log, LogOptions};
+        let (bucket, data, cache) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+        let open = |owner: &'static str, dir: std::path::PathBuf| {
+            let (store, cache) = (store.clone(), cache.path().to_path_buf());
+            async move {
+                let tier = Tier::open(
+                    TierOptions::new(store, "p", "test", owner, cache)
+                        .with_upload_interval(std::time::Duration::from_secs(3600)),
+                )
+                .await
+                .unwrap();
+                let opts = LogOptions::default()
+                    .with_segment_bytes(4096)
+                    .with_tier(tier);
+                Log::open(dir, opts).await.unwrap()
+            }
+        };
+        let log = open("node-a", data.path().join("a")).await;
+        for i in 0..100 {
+            log.append_one(bytes::Bytes::from(format!(
+                "record {i:04} {}",
+                "x".repeat(60)
+            )))
+            .await
+            .unwrap();
+        }
+        log.roll().await.unwrap();
+        log.upload_now().await.unwrap();
+        let tier = log.tier().unwrap();
+        assert!(tier.is_claimed());
+        // From 0, nothing removed: nothing expires, unless the marker says the log was
+        // trimmed before its first upload (then its store starts past 0 anyway).
+        assert!(!expires_with_tier(tier, false));
+        assert!(expires_with_tier(tier, true));
+        log.remove_segments_before(50).await.unwrap();
+        assert!(tier.manifest().start.is_some_and(|s| s > 0));
+        assert!(expires_with_tier(tier, false));
+        log.close().await.unwrap();
+        // Another node restoring from that store: no marker, the start says so.
+        let b = open("node-b", data.path().join("b")).await;
+        assert!(expires_with_tier(b.tier().unwrap(), false));
+        b.close().await.unwrap();
+    }
 
     #[test]
     fn a_durable_write_replaces_the_file_whole_and_leaves_no_temporary() {
