@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use tidings_log::FSYNC_BUCKETS_MICROS;
+use tidings_log::{FSYNC_BUCKETS_MICROS, Log, LogError, Record, Tail};
 use tidings_projections::Envelope;
 
 use super::ApiQuery;
@@ -226,6 +226,23 @@ pub(crate) struct LogQuery {
     pub(crate) follow: bool,
 }
 
+/// A tail from `from` with its first batch. A retention removal that lands between the
+/// request's start check and this read moves the log's start past `from`: the stream begins at
+/// the new start, as the same request a moment later would (a `from` below the start is read
+/// from the start). Without this the request failed 503 `history_unavailable` once in a while
+/// on a server whose retention runs. A removal that overtakes a stream later ends it with an
+/// error line: a gap is never skipped silently once records went out.
+async fn first_batch(log: &Log, mut from: u64) -> Result<(Tail, Vec<Record>), LogError> {
+    loop {
+        let mut tail = log.tail(from);
+        match tail.next_batch(1 << 20).await {
+            // The start only rises, so this ends.
+            Err(LogError::OffsetOutOfRange { start, .. }) if start > from => from = start,
+            read => return read.map(|batch| (tail, batch)),
+        }
+    }
+}
+
 /// The events as NDJSON, one per line, from an offset (admin).
 #[utoipa::path(get, path = "/v1/log", tag = "ops", params(LogQuery),
     responses((status = 200, description = "NDJSON: one event per line", content_type = "application/x-ndjson")),
@@ -244,14 +261,14 @@ pub(crate) async fn log_stream(
         ));
     }
     let end = (!q.follow).then(|| state.log.next_offset());
-    let mut tail = state.log.tail(from);
     // The first batch is read before answering: a log that cannot be read at `from` (damage,
     // a gap, the object store out of reach) is an error status, not an empty 200 that looks
     // like the end of the log.
-    let first = if end.is_none_or(|e| from < e) && from < state.log.next_offset() {
-        Some(tail.next_batch(1 << 20).await?)
+    let (tail, first) = if end.is_none_or(|e| from < e) && from < state.log.next_offset() {
+        let (tail, batch) = first_batch(&state.log, from).await?;
+        (tail, Some(batch))
     } else {
-        None
+        (state.log.tail(from), None)
     };
     let stop = state.sessions_stop.clone();
     let stream = futures_util::stream::unfold(
@@ -309,4 +326,46 @@ pub(crate) async fn log_stream(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tidings_log::{Log, LogError, LogOptions};
+
+    use super::first_batch;
+
+    /// A removal that lands between the start check and the first read (the old start read
+    /// after it): the stream begins at the new start instead of failing. Before, the read
+    /// failed `OffsetOutOfRange` (503 `history_unavailable`).
+    #[tokio::test]
+    async fn a_removal_before_the_first_read_starts_the_stream_at_the_new_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), LogOptions::default()).await.unwrap();
+        for round in 0..3u64 {
+            for i in 0..5u64 {
+                log.append_one(Bytes::from(format!("r{round}-{i}")))
+                    .await
+                    .unwrap();
+            }
+            log.roll().await.unwrap();
+        }
+        let old_start = log.start_offset();
+        assert_eq!(old_start, 0);
+        log.remove_segments_before(10).await.unwrap();
+        assert_eq!(log.start_offset(), 10);
+        assert!(matches!(
+            log.read(old_start, 1 << 20).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        let (mut tail, batch) = first_batch(&log, old_start).await.unwrap();
+        assert_eq!(batch.first().map(|r| r.offset), Some(10));
+        assert_eq!(batch[0].payload, Bytes::from("r2-0"));
+        assert_eq!(tail.position(), batch.last().unwrap().offset + 1);
+        // A later read carries on from there.
+        log.append_one(Bytes::from("after")).await.unwrap();
+        let next = tail.next_batch(1 << 20).await.unwrap();
+        assert_eq!(next.last().unwrap().payload, Bytes::from("after"));
+        log.close().await.unwrap();
+    }
 }
