@@ -413,3 +413,177 @@ async fn an_edit_racing_its_tokens_revocation_is_written_before_it_or_refused() 
     );
     eprintln!("answers: {answers:?}");
 }
+
+/// The frame answering `client_msg_id` (an ack or an error), skipping others.
+async fn answer_to(ws: &mut Ws, client_msg_id: &str) -> Value {
+    loop {
+        let f = ws.next().await;
+        if f["client_msg_id"] == client_msg_id {
+            return f;
+        }
+    }
+}
+
+/// Recalls and edits over a WebSocket (`recall` and `edit` frames): answered `recallack` and
+/// `editack` with the HTTP answer's fields and the frame's `client_msg_id`, refused with the
+/// HTTP codes in error frames naming it, and told to the other members' sessions as over
+/// HTTP; a send written before an edit in one burst reaches the log before it.
+#[tokio::test]
+async fn recalls_and_edits_over_a_websocket() {
+    let server = Server::start(&["--limits-sends-per-second", "100000"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let mut a = Ws::connect(&server, &alice, "?catch_up=false").await;
+    let mut b = Ws::connect(&server, &bob, "?catch_up=false").await;
+    for (i, id) in ["c1", "c2"].into_iter().enumerate() {
+        a.send(json!({"type": "send", "client_msg_id": id, "channel": "g", "payload": {"n": i}}))
+            .await;
+        assert_eq!(answer_to(&mut a, id).await["type"], "sendack");
+    }
+    assert_eq!(b.messages(2).await.len(), 2);
+
+    a.send(json!({"type": "edit", "client_msg_id": "e1", "channel": "g", "seq": 1, "payload": {"text": "fixed"}}))
+        .await;
+    let ack = answer_to(&mut a, "e1").await;
+    assert_eq!(
+        (&ack["type"], &ack["channel"], &ack["seq"], &ack["edited"]),
+        (&json!("editack"), &json!("g"), &json!(1), &json!(true)),
+        "{ack}"
+    );
+    assert!(ack["offset"].as_u64().is_some(), "{ack}");
+    let frame = b.next_of("edit").await;
+    assert_eq!(frame["payload"], json!({"text": "fixed"}), "{frame}");
+    assert_eq!(frame["by"], "alice");
+    assert_eq!(frame["edited_at_ms"], ack["ts"]);
+    // Bytes, and a person channel as the sender names it.
+    api.send(&alice, "@bob", "d1", "direct").await;
+    a.send(json!({"type": "edit", "client_msg_id": "e2", "channel": "@bob", "seq": 1, "payload_b64": "AAEC"}))
+        .await;
+    let ack = answer_to(&mut a, "e2").await;
+    assert_eq!(
+        (&ack["type"], &ack["channel"]),
+        (&json!("editack"), &json!("@bob")),
+        "{ack}"
+    );
+    assert_eq!(b.next_of("edit").await["payload_b64"], "AAEC");
+
+    a.send(json!({"type": "recall", "client_msg_id": "r1", "channel": "g", "seq": 2}))
+        .await;
+    let ack = answer_to(&mut a, "r1").await;
+    assert_eq!(
+        (&ack["type"], &ack["channel"], &ack["seq"], &ack["recalled"]),
+        (&json!("recallack"), &json!("g"), &json!(2), &json!(true)),
+        "{ack}"
+    );
+    let frame = b.next_of("recall").await;
+    assert_eq!(
+        (&frame["seq"], &frame["by"]),
+        (&json!(2), &json!("alice")),
+        "{frame}"
+    );
+    // Again: nothing to write, answered the same.
+    a.send(json!({"type": "recall", "client_msg_id": "r2", "channel": "g", "seq": 2}))
+        .await;
+    assert_eq!(answer_to(&mut a, "r2").await["type"], "recallack");
+    let page = history(&api, &bob, "g").await;
+    assert_eq!(page[0]["payload"], json!({"text": "fixed"}));
+    assert_eq!(page[0]["edited"], true);
+    assert_eq!(page[1]["recalled"], true);
+
+    // Refused, with the HTTP codes, naming the frame.
+    let refusals = [
+        (
+            true,
+            json!({"type": "edit", "client_msg_id": "x1", "channel": "g", "seq": 1, "payload": 1}),
+            "forbidden",
+        ),
+        (
+            true,
+            json!({"type": "recall", "client_msg_id": "x2", "channel": "g", "seq": 1}),
+            "forbidden",
+        ),
+        (
+            false,
+            json!({"type": "edit", "client_msg_id": "x3", "channel": "g", "seq": 2, "payload": 1}),
+            "message_recalled",
+        ),
+        (
+            false,
+            json!({"type": "edit", "client_msg_id": "x4", "channel": "g", "seq": 99, "payload": 1}),
+            "message_not_found",
+        ),
+        (
+            false,
+            json!({"type": "recall", "client_msg_id": "x5", "channel": "g", "seq": 99}),
+            "message_not_found",
+        ),
+        (
+            false,
+            json!({"type": "edit", "client_msg_id": "x6", "channel": "g", "seq": 1}),
+            "invalid_request",
+        ),
+        (
+            false,
+            json!({"type": "edit", "client_msg_id": "x7", "channel": "g", "payload": 1}),
+            "invalid_frame",
+        ),
+        (
+            false,
+            json!({"type": "recall", "client_msg_id": "x8", "channel": "nowhere", "seq": 1}),
+            "not_member",
+        ),
+    ];
+    for (by_bob, frame, code) in refusals {
+        let ws = if by_bob { &mut b } else { &mut a };
+        let id = frame["client_msg_id"].as_str().unwrap().to_owned();
+        ws.send(frame.clone()).await;
+        let answer = answer_to(ws, &id).await;
+        assert_eq!(
+            (&answer["type"], &answer["code"]),
+            (&json!("error"), &json!(code)),
+            "{frame} → {answer}"
+        );
+    }
+
+    // A send, then an edit, in one burst (more sends after them): the send is written first,
+    // every time.
+    for round in 0..20 {
+        let id = format!("burst{round}");
+        a.feed(json!({"type": "send", "client_msg_id": id, "channel": "g", "payload": round}))
+            .await;
+        a.feed(json!({"type": "edit", "client_msg_id": format!("edit{round}"), "channel": "g", "seq": 1, "payload": round}))
+            .await;
+        // More sends in the burst: without the flush at the edit, the first send waited for
+        // them to go to the sequencer together, while the edit went ahead.
+        for k in 0..40 {
+            a.feed(json!({"type": "send", "client_msg_id": format!("fill{round}-{k}"), "channel": "g", "payload": k}))
+                .await;
+        }
+        a.flush().await;
+        assert_eq!(
+            answer_to(&mut a, &format!("edit{round}")).await["type"],
+            "editack"
+        );
+    }
+    let log = api.text("/v1/log?from=0", ADMIN).await;
+    let mut sent = std::collections::HashSet::new();
+    for line in log.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        match e["type"].as_str().unwrap() {
+            "message_sent" => {
+                sent.insert(e["client_msg_id"].as_str().unwrap().to_owned());
+            }
+            "message_edited" if e["payload"].is_u64() => {
+                let round = e["payload"].as_u64().unwrap();
+                assert!(
+                    sent.contains(&format!("burst{round}")),
+                    "edit before its burst's send: {line}"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(history(&api, &bob, "g").await[0]["payload"], json!(19));
+}

@@ -349,6 +349,20 @@ enum ClientFrame {
         channel: String,
         seq: u64,
     },
+    /// A recall of one of the user's messages (`DELETE /v1/channels/{id}/messages/{seq}`).
+    Recall {
+        /// Echoed in the answer, to tell answers apart.
+        client_msg_id: Option<String>,
+        channel: String,
+        seq: u64,
+    },
+    /// An edit of one of the user's messages (`PATCH /v1/channels/{id}/messages/{seq}`).
+    Edit {
+        client_msg_id: Option<String>,
+        channel: String,
+        seq: u64,
+        payload: SendPayload,
+    },
     Ping,
 }
 
@@ -438,11 +452,30 @@ impl TryFrom<WireFrame> for ClientFrame {
             }
             ("ack", Some(channel), Some(seq)) => return Ok(ClientFrame::Ack { channel, seq }),
             ("read", Some(channel), Some(seq)) => return Ok(ClientFrame::Read { channel, seq }),
+            ("recall", Some(channel), Some(seq)) => {
+                return Ok(ClientFrame::Recall {
+                    client_msg_id,
+                    channel,
+                    seq,
+                });
+            }
+            ("edit", Some(channel), Some(seq)) => {
+                return Ok(ClientFrame::Edit {
+                    client_msg_id,
+                    channel,
+                    seq,
+                    payload: SendPayload {
+                        json: payload,
+                        payload_b64,
+                        ..SendPayload::default()
+                    },
+                });
+            }
             ("ping", ..) => return Ok(ClientFrame::Ping),
-            ("send" | "ack" | "read", None, _) => missing("channel"),
-            ("ack" | "read", Some(_), None) => missing("seq"),
+            ("send" | "ack" | "read" | "recall" | "edit", None, _) => missing("channel"),
+            ("ack" | "read" | "recall" | "edit", Some(_), None) => missing("seq"),
             (other, ..) => format!(
-                "unknown frame type `{other}`, expected one of `send`, `ack`, `read`, `ping`"
+                "unknown frame type `{other}`, expected one of `send`, `ack`, `read`, `recall`, `edit`, `ping`"
             ),
         };
         Err(BadFrame {
@@ -540,7 +573,7 @@ fn parse_cbor(b: &[u8]) -> Result<ClientFrame, BadFrame> {
     let wire: WireFrame =
         serde_json::from_value(json).map_err(|e| BadFrame::cbor(&v, e.to_string()))?;
     let mut frame = ClientFrame::try_from(wire)?;
-    if let ClientFrame::Send { payload, .. } = &mut frame {
+    if let ClientFrame::Send { payload, .. } | ClientFrame::Edit { payload, .. } = &mut frame {
         payload.bytes = raw;
         payload.non_finite = non_finite;
     }
@@ -606,6 +639,8 @@ struct Ctx {
     sent_upto: HashMap<ChannelId, u64>,
     /// Answers to this session's sends (at most [`MAX_IN_FLIGHT`] queued: each holds a slot).
     replies: Answers,
+    /// Answers to its recalls and edits (each holds a slot too).
+    changes: mpsc::UnboundedSender<Changed>,
     /// Sends read and checked, not yet given to the sequencer: the frames already readable
     /// are read first, then their sends go together ([`sequencer::send_batch_for_session`]).
     sends: Vec<(SendRequest, Reply)>,
@@ -625,6 +660,18 @@ struct Ctx {
     own_sends: Option<HashSet<String>>,
 }
 
+/// The answer to a recall or an edit frame ([`Ctx::change`]), with the in-flight slot it held:
+/// the slot frees once the answer is written.
+struct Changed {
+    frame: Option<WsMessage>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// An answer's fields as JSON.
+fn to_json<T: Serialize>(answer: &T) -> ApiResult<Value> {
+    serde_json::to_value(answer).map_err(|e| ApiError::internal(e.to_string()))
+}
+
 /// The outcome of one catch-up page.
 enum CatchUp {
     More,
@@ -640,6 +687,7 @@ enum Step {
     /// No further frame readable now (or a batch is full): start the sends read so far.
     Sends,
     Reply(Box<Answer>),
+    Changed(Changed),
     Push(Run),
     Reaped,
     CatchUp,
@@ -851,6 +899,23 @@ impl Ctx {
             ClientFrame::Ping => w.frame(&json!({"type": "pong"})).await,
             ClientFrame::Ack { channel, seq } => self.cursor(w, &channel, seq, 0).await,
             ClientFrame::Read { channel, seq } => self.cursor(w, &channel, 0, seq).await,
+            ClientFrame::Recall {
+                client_msg_id,
+                channel,
+                seq,
+            } => {
+                self.change(w, in_flight, client_msg_id, &channel, seq, None)
+                    .await
+            }
+            ClientFrame::Edit {
+                client_msg_id,
+                channel,
+                seq,
+                payload,
+            } => {
+                self.change(w, in_flight, client_msg_id, &channel, seq, Some(payload))
+                    .await
+            }
             ClientFrame::Send {
                 client_msg_id,
                 channel,
@@ -894,6 +959,95 @@ impl Ctx {
                 }
             }
         }
+    }
+
+    /// Starts a recall (`edit`: `None`) or an edit of `seq` in `channel`: checked here as far
+    /// as HTTP checks before reading the message, then made in a task of its own (in
+    /// `send_tasks`, waited for at shutdown) holding one of the session's in-flight slots, so
+    /// the session goes on reading and pushing while the message is read (from the object
+    /// store, maybe) and the change is written and applied; its answer — a `recallack` or an
+    /// `editack`, with the HTTP answer's fields, or an error frame — comes back through
+    /// `changes`. The sends read before the frame go to the sequencer first: the session's
+    /// writes reach the log in the order it sent them. An edit is charged to the user's send
+    /// rate, as over HTTP (not also as a frame).
+    async fn change(
+        &mut self,
+        w: &mut Writer,
+        in_flight: &Arc<Semaphore>,
+        client_msg_id: Option<String>,
+        channel: &str,
+        seq: u64,
+        edit: Option<SendPayload>,
+    ) -> Result<(), axum::Error> {
+        let checked = (|| {
+            if let Some(id) = &client_msg_id {
+                crate::server::http::check_client_msg_id(id)?;
+            }
+            let channel = resolve(&self.caller, channel)?;
+            crate::server::http::readable(&self.state, &self.caller, &channel)?;
+            let edit = match edit {
+                Some(payload) => {
+                    let payload = self.frame_payload(payload)?;
+                    self.state.charge_send(&self.send_rate)?;
+                    Some(payload)
+                }
+                None => None,
+            };
+            // Always available: the session reads a frame only with a permit free.
+            let slot = in_flight.clone().try_acquire_owned().map_err(|_| {
+                ApiError::unavailable("busy", "too many sends and changes in flight")
+            })?;
+            Ok::<_, ApiError>((channel, edit, slot))
+        })();
+        let (channel, edit, slot) = match checked {
+            Ok(c) => c,
+            Err(e) => return w.frame(&error_frame(&e, client_msg_id.as_deref())).await,
+        };
+        self.last_was_send = edit.is_some();
+        sequencer::send_batch_for_session(&self.state, &mut self.sends).await;
+        let state = self.state.clone();
+        let caller = self.caller.clone();
+        let token_hash = self.token_hash.clone();
+        let (to, cbor) = (self.changes.clone(), self.cbor);
+        self.state.send_tasks.spawn(async move {
+            let (kind, done) = match edit {
+                None => (
+                    "recallack",
+                    crate::server::http::recall_message(&state, &caller, &channel, seq)
+                        .await
+                        .and_then(|r| to_json(&r)),
+                ),
+                Some(payload) => (
+                    "editack",
+                    crate::server::http::edit_message(
+                        &state,
+                        &caller,
+                        Some(token_hash),
+                        &channel,
+                        seq,
+                        payload,
+                        false,
+                    )
+                    .await
+                    .and_then(|e| to_json(&e)),
+                ),
+            };
+            let frame = match done {
+                Ok(mut v) => {
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("type".into(), json!(kind));
+                        if let Some(id) = &client_msg_id {
+                            o.insert("client_msg_id".into(), json!(id));
+                        }
+                    }
+                    encode(&v, cbor)
+                }
+                Err(e) => encode(&error_frame(&e, client_msg_id.as_deref()), cbor),
+            };
+            // A session that has ended drops it.
+            let _ = to.send(Changed { frame, _slot: slot });
+        });
+        Ok(())
     }
 
     /// For a send refused with `refused`: the original message when it retries one already
@@ -984,7 +1138,22 @@ impl Ctx {
         self.state.charge_send(&self.send_rate)?;
         crate::server::http::check_client_msg_id(&client_msg_id)?;
         let channel = resolve(&self.caller, channel)?;
-        let (payload, flags) = match payload {
+        let (payload, flags) = self.frame_payload(payload)?;
+        Ok(SendRequest {
+            from: self.uid.clone(),
+            channel,
+            client_msg_id,
+            payload,
+            flags,
+            by_admin: false,
+            origin: Some(self.session.id),
+            token_hash: Some(self.token_hash.clone()),
+        })
+    }
+
+    /// A send's or an edit's payload, checked: its size, then its content (as HTTP checks it).
+    fn frame_payload(&self, payload: SendPayload) -> ApiResult<(Bytes, u32)> {
+        Ok(match payload {
             SendPayload {
                 bytes: Some(bytes),
                 payload_b64: None,
@@ -1022,16 +1191,6 @@ impl Ctx {
                 }
                 stored
             }
-        };
-        Ok(SendRequest {
-            from: self.uid.clone(),
-            channel,
-            client_msg_id,
-            payload,
-            flags,
-            by_admin: false,
-            origin: Some(self.session.id),
-            token_hash: Some(self.token_hash.clone()),
         })
     }
 }
@@ -1142,6 +1301,7 @@ async fn run(
     let queue = &mut registered.queue;
     state.metrics.ws_sessions.inc();
     let (replies_tx, mut replies) = mpsc::unbounded_channel::<Box<Answer>>();
+    let (changes_tx, mut changes) = mpsc::unbounded_channel::<Changed>();
     let mut ctx = Ctx {
         caller: Caller::User(uid.clone()),
         token_hash,
@@ -1154,6 +1314,7 @@ async fn run(
         session: session.clone(),
         sent_upto: HashMap::new(),
         replies: replies_tx,
+        changes: changes_tx,
         sends: Vec::new(),
         own_sends: catch_up.then(HashSet::new),
     };
@@ -1220,6 +1381,7 @@ async fn run(
             // Polled only when no frame is readable (or the batch is full).
             () = std::future::ready(()), if !ctx.sends.is_empty() => Step::Sends,
             Some(reply) = replies.recv() => Step::Reply(reply),
+            Some(done) = changes.recv() => Step::Changed(done),
             Some(pushed) = queue.recv(), if !catching_up => Step::Push(pushed),
             // All slots taken: wake when one frees (the permit is given straight back).
             _ = in_flight.acquire(), if in_flight.available_permits() == 0 => Step::Reaped,
@@ -1283,6 +1445,11 @@ async fn run(
                 slots.clear();
                 written
             }
+            // Written (or failed): its slot frees.
+            Step::Changed(Changed { frame, _slot }) => match frame {
+                Some(frame) => w.raw(frame).await,
+                None => Ok(()),
+            },
             Step::Push(run) => {
                 let mut messages = run.len();
                 let mut bytes = Pushed::run_bytes(&run);
@@ -1435,6 +1602,53 @@ mod tests {
                 .unwrap(),
         );
         assert!(p.json.is_none());
+    }
+
+    /// `recall` and `edit` frames: their fields, an optional `client_msg_id`, an edit's payload
+    /// in either form (a CBOR byte string as raw bytes), and what is missing named.
+    #[test]
+    fn recall_and_edit_frames_read() {
+        let f = text(r#"{"type":"recall","channel":"g","seq":7}"#)
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&f, ClientFrame::Recall { client_msg_id: None, channel, seq: 7 } if channel == "g"),
+            "{f:?}"
+        );
+        let f = text(
+            r#"{"type":"edit","client_msg_id":"e","channel":"@bob","seq":2,"payload":{"t":1}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        let ClientFrame::Edit {
+            client_msg_id,
+            channel,
+            seq,
+            payload,
+        } = f
+        else {
+            panic!("not an edit: {f:?}")
+        };
+        assert_eq!(
+            (client_msg_id.as_deref(), channel.as_str(), seq),
+            (Some("e"), "@bob", 2)
+        );
+        assert_eq!(payload.json.unwrap().get(), r#"{"t":1}"#);
+        let frame = cbor(vec![
+            ("type", "edit".into()),
+            ("channel", "g".into()),
+            ("seq", 3.into()),
+            ("payload", ciborium::Value::Bytes(vec![0, 255])),
+        ]);
+        let Ok(Some(ClientFrame::Edit { payload, .. })) = binary(frame) else {
+            panic!("not an edit")
+        };
+        assert_eq!(payload.bytes.as_deref(), Some(&[0u8, 255][..]));
+        assert!(payload.json.is_none());
+        let message = |s: &str| text(s).unwrap_err().message;
+        assert!(message(r#"{"type":"recall","channel":"g"}"#).contains("`seq`"));
+        assert!(message(r#"{"type":"edit","seq":1,"payload":1}"#).contains("`channel`"));
+        assert!(message(r#"{"type":"nope"}"#).contains("`recall`, `edit`"));
     }
 
     #[test]

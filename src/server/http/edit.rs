@@ -1,4 +1,5 @@
-//! Editing a message: `PATCH /v1/channels/{id}/messages/{seq}` with a new payload.
+//! Editing a message: `PATCH /v1/channels/{id}/messages/{seq}` with a new payload, or a
+//! WebSocket `edit` frame ([`edit_message`] serves both).
 //!
 //! Decisions (where the tracker said nothing; the README's API table says the same):
 //! - **Who:** the message's sender, while they may still send into the channel (a member, the
@@ -29,6 +30,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tidings_projections::Event;
@@ -93,8 +95,37 @@ pub(crate) async fn edit(
     let channel = resolve(&caller, &id)?;
     readable(&state, &caller, &channel)?;
     let (payload, flags) = payload_bytes(&state, body.payload, body.payload_b64)?;
-    let m = load_message(&state, &channel, seq).await?;
-    let by = match &caller {
+    edit_message(
+        &state,
+        &caller,
+        token_hash,
+        &channel,
+        seq,
+        (payload, flags),
+        true,
+    )
+    .await
+    .map(axum::Json)
+}
+
+/// Replaces the payload of `seq` in `channel` (resolved, and readable by `caller`) with
+/// `payload` (checked already), over HTTP or a WebSocket `edit` frame; answers once the edit
+/// is durable and applied. `token_hash`: the caller's token, checked again under the
+/// sequencer's lock (`None` for the admin). `charge`: a user's edit is charged to their send
+/// rate here, once it passed the checks before the lock (a WebSocket session charged it
+/// already).
+pub(crate) async fn edit_message(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    token_hash: Option<Bytes>,
+    channel: &str,
+    seq: u64,
+    (payload, flags): (Bytes, u32),
+    charge: bool,
+) -> ApiResult<Edited> {
+    let channel = channel.to_owned();
+    let m = load_message(state, &channel, seq).await?;
+    let by = match caller {
         Caller::Admin => ADMIN_ACTOR.to_owned(),
         Caller::User(me) if *me == m.from => me.clone(),
         Caller::User(_) => {
@@ -107,7 +138,9 @@ pub(crate) async fn edit(
     if m.recalled {
         return Err(recalled(seq));
     }
-    if let Caller::User(me) = &caller {
+    if let Caller::User(me) = caller
+        && charge
+    {
         state.charge_user_send(me)?;
     }
     let event = Event::MessageEdited {
@@ -159,11 +192,11 @@ pub(crate) async fn edit(
         })
         .await?
         .ok_or_else(|| ApiError::internal("an edit to write was not written"))?;
-    Ok(axum::Json(Edited {
+    Ok(Edited {
         channel: channel_ref(&channel, caller.uid()),
         seq,
         edited: true,
         offset: written.offset,
         ts: written.ts,
-    }))
+    })
 }

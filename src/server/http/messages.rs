@@ -546,10 +546,25 @@ pub(crate) async fn recall(
     ApiPath((id, seq)): ApiPath<(String, u64)>,
 ) -> ApiResult<axum::Json<Recalled>> {
     let channel = resolve(&caller, &id)?;
-    readable(&state, &caller, &channel)?;
-    let m = load_message(&state, &channel, seq).await?;
+    recall_message(&state, &caller, &channel, seq)
+        .await
+        .map(axum::Json)
+}
+
+/// Recalls `seq` of `channel` (resolved) for `caller`, over HTTP or a WebSocket `recall`
+/// frame; answers once the recall is durable and applied (at once when it was recalled
+/// already).
+pub(crate) async fn recall_message(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    channel: &str,
+    seq: u64,
+) -> ApiResult<Recalled> {
+    let channel = channel.to_owned();
+    readable(state, caller, &channel)?;
+    let m = load_message(state, &channel, seq).await?;
     let already = m.recalled;
-    let by = match &caller {
+    let by = match caller {
         Caller::Admin => ADMIN_ACTOR.to_owned(),
         Caller::User(me) if *me == m.from => me.clone(),
         Caller::User(_) => {
@@ -572,11 +587,11 @@ pub(crate) async fn recall(
             .emit_unless(recall, move |st| st.heads.is_recalled(&ch, seq))
             .await?;
     }
-    Ok(axum::Json(Recalled {
+    Ok(Recalled {
         channel: channel_ref(&channel, caller.uid()),
         seq,
         recalled: true,
-    }))
+    })
 }
 
 /// Records a trace scans past its message, at most: the trace of an old message in a busy

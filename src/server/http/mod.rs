@@ -30,9 +30,10 @@ use tracing::Instrument;
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::AppState;
 
+pub(crate) use edit::edit_message;
 pub(crate) use messages::{
     MAX_CLIENT_MSG_ID, admin_channel, admin_trace_plan, check_client_msg_id, one_payload_form,
-    payload_bytes, present, stored_retry, trace_planned,
+    payload_bytes, present, readable, recall_message, stored_retry, trace_planned,
 };
 
 /// A JSON body whose rejections are API errors.
