@@ -381,3 +381,87 @@ async fn a_tiered_server_purges_its_copies_and_the_stores() {
         .await;
     assert_eq!(page["messages"][0]["recalled"], true, "{page}");
 }
+
+/// A rewrite that fails does not hold back the purge's watermark for what came before it, and
+/// damage never holds it (until 2026-11-30 one failed rewrite kept the whole pass's watermark,
+/// and a damaged segment failed every pass for good). Three sealed segments hold a recalled
+/// message each: the first also holds a batch with a flipped bit (the server started once
+/// before it was damaged, so no replay reads it), the second's rewrite fails while a directory
+/// stands where its temporary file goes, the third is purged. The watermark kept is then just
+/// below the blocked message's recall; once the directory is gone the next pass purges the
+/// second segment and the watermark moves past every recall, the damaged segment still
+/// unpurged (its recalled bytes stay: nothing can rewrite it) and counted as a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rewrite_holds_the_watermark_only_below_it_and_damage_never() {
+    const DAMAGED: &str = "DAMAGED-SEGMENT-h2Kw";
+    const FLIPPED: &str = "FLIPPED-BATCH-p7Rs";
+    const BLOCKED: &str = "BLOCKED-REWRITE-z5Dq";
+    const LATER: &str = "LATER-SEGMENT-c9Fn";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let recall = |seq| Event::MessageRecalled {
+        channel: "g".into(),
+        seq,
+        by: "alice".into(),
+    };
+    // Segments: [0, 6) with the damaged one's send at 4 and the batch to flip at 5; [6, 7);
+    // [7, 8); the recalls at 8, 9 and 10.
+    let mut segments = vec![group("g", &["alice", "bob"]).to_vec()];
+    segments[0].extend(group("f", &["alice"]));
+    segments[0].extend([sent(1, DAMAGED), sent(2, FLIPPED)]);
+    segments.push(vec![sent(3, BLOCKED)]);
+    segments.push(vec![sent(4, LATER)]);
+    segments.push(vec![recall(1), recall(3), recall(4)]);
+    let log = Log::open(data.join("log"), LogOptions::default())
+        .await
+        .unwrap();
+    for (ts, events) in (1_764_000_000_000u64..).step_by(10).zip(segments) {
+        for event in events {
+            log.append_one(Envelope::new(ts, event).encode())
+                .await
+                .unwrap();
+        }
+        log.roll().await.unwrap();
+    }
+    log.close().await.unwrap();
+    // Started once with the purge off: its snapshot at the stop holds the state, so the next
+    // start replays nothing before it.
+    let mut args = ARGS;
+    args[5] = "0";
+    Server::start_on(&data, &args).stop();
+    let first = data.join("log").join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    let at = bytes
+        .windows(FLIPPED.len())
+        .position(|w| w == FLIPPED.as_bytes())
+        .unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(&first, bytes).unwrap();
+
+    args[5] = "2";
+    let server = Server::start_on(&data, &args);
+    let blocker = data.join("log").join(format!("{:020}.log.rewrite", 6));
+    std::fs::create_dir(&blocker).unwrap();
+    let watermark = || {
+        let kept = std::fs::read_to_string(data.join("projections/purge-watermark")).ok()?;
+        kept.split_whitespace().next()?.parse::<u64>().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(segments_holding(&data, LATER).is_empty() && watermark().is_some()) {
+        assert!(Instant::now() < deadline, "watermark {:?}", watermark());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Just below the recall of the blocked message (at 9).
+    assert_eq!(watermark(), Some(8));
+    assert!(metric(&server, "tidings_purge_failures_total").await > 0);
+    assert!(!segments_holding(&data, BLOCKED).is_empty());
+    std::fs::remove_dir(&blocker).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(segments_holding(&data, BLOCKED).is_empty() && watermark() >= Some(10)) {
+        assert!(Instant::now() < deadline, "watermark {:?}", watermark());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&server, "tidings_purged_records_total").await, 2);
+    assert!(!segments_holding(&data, DAMAGED).is_empty());
+    server.stop();
+}

@@ -29,8 +29,11 @@
 //! The watermark then moves to A0 — or, when records were left, to just before the earliest
 //! recall whose record was left, so that the next pass considers it again (and finds the later
 //! ones purged already) — and is kept in `DIR/projections/purge-watermark` for the next start
-//! ([`load_watermark`]). A pass whose rewrite fails keeps the watermark: the next pass tries
-//! again. A target that cannot be read (a damaged sidecar or batch) is skipped with a warning,
+//! ([`load_watermark`]). The records of a segment whose rewrite fails are left as well (the
+//! next pass tries again; the pass counts as failed) — unless it failed on damage (a batch that
+//! fails its checksum, locally or in the object store), which fails the same way at every
+//! pass: those records are given up on with an error, as an unreadable target is, and never
+//! hold the watermark. A target that cannot be read (a damaged sidecar or batch) is skipped with a warning,
 //! not retried (an object store that does not answer fails the pass instead, its watermark
 //! kept): one damaged record must not stop every later purge. A target below the log's
 //! first offset is gone already (its segment was deleted: the retention, or by hand; its
@@ -289,7 +292,7 @@ async fn pass(
         return Ok(None);
     };
     let sealed = state.log.sealed_segments();
-    let plan = plan_online_purge(&targets, &records, &sealed, &protected);
+    let mut plan = plan_online_purge(&targets, &records, &sealed, &protected);
     for (target, why) in &plan.skipped {
         tracing::warn!(
             channel = %target.channel,
@@ -300,15 +303,17 @@ async fn pass(
             "not purging a recalled message's record (the reason says why; it is not retried)"
         );
     }
-    let next = plan.next_watermark(applied);
-    let (planned, segments, left) = (plan.records(), plan.segments.len(), plan.left.len());
+    let (planned, segments) = (plan.records(), plan.segments.len());
     // 4. The rewrites.
     let mut purged = 0;
+    // The offsets of the records in segments whose rewrite failed and is retried.
+    let mut retried = BTreeSet::new();
     let mut failed = 0;
-    for (base, replacements) in plan.segments {
+    for (base, replacements) in std::mem::take(&mut plan.segments) {
         if stop.is_cancelled() {
             return Ok(None);
         }
+        let offsets: Vec<u64> = replacements.keys().copied().collect();
         match state.log.rewrite_sealed(base, replacements).await {
             Ok(stats) => {
                 purged += stats.records;
@@ -317,14 +322,39 @@ async fn pass(
             // Removed by the retention since the plan was made: its records are gone, which
             // is what a purge wants.
             Err(_) if base < state.log.start_offset() => {}
+            // Damaged (a batch that fails its checksum, here or in the object store): as for a
+            // target that cannot be read, not retried — a rewrite fails the same way at every
+            // pass, and it would hold the watermark for good (module doc).
+            Err(e @ tidings_log::LogError::Corrupt { .. }) => {
+                failed += 1;
+                tracing::error!(segment = base, records = offsets.len(), error = %e, "could not purge recalled messages from a damaged sealed segment; not retried (`tidings inspect` names the damage)");
+            }
             Err(e) => {
                 failed += 1;
-                tracing::warn!(segment = base, error = %e, "could not purge recalled messages from a sealed segment");
+                retried.extend(offsets);
+                tracing::warn!(segment = base, error = %e, "could not purge recalled messages from a sealed segment; the next pass tries again");
             }
         }
     }
+    // Those retried are left for the next pass as those in the active segment are: the
+    // watermark stops just below the earliest of their recalls, and past every other recall
+    // before it (until 2026-11-30 a failed rewrite kept the whole pass's watermark).
+    plan.left.extend(
+        targets
+            .iter()
+            .filter(|t| retried.contains(&t.offset))
+            .cloned(),
+    );
+    let next = plan.next_watermark(applied);
+    let left = plan.left.len();
     if failed > 0 {
-        anyhow::bail!("{failed} of {segments} segment rewrites failed");
+        state.metrics.purge_failures.inc();
+        tracing::warn!(
+            failed,
+            segments,
+            retried = retried.len(),
+            "some rewrites of the background purge of recalled messages failed"
+        );
     }
     if planned > 0 || left > 0 {
         tracing::info!(
