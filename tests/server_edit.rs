@@ -586,4 +586,69 @@ async fn recalls_and_edits_over_a_websocket() {
         }
     }
     assert_eq!(history(&api, &bob, "g").await[0]["payload"], json!(19));
+
+    // Edits of one message in one burst are written in the order sent: the last one stays.
+    for k in 0..12 {
+        a.feed(json!({"type": "edit", "client_msg_id": format!("again{k}"), "channel": "g", "seq": 1, "payload": format!("v{k}")}))
+            .await;
+    }
+    a.flush().await;
+    // Answered in any order (the log says in which they were written).
+    let mut acked = std::collections::BTreeSet::new();
+    while acked.len() < 12 {
+        let f = a.next().await;
+        if let Some(id) = f["client_msg_id"]
+            .as_str()
+            .filter(|id| id.starts_with("again"))
+        {
+            assert_eq!(f["type"], "editack", "{f}");
+            acked.insert(id.to_owned());
+        }
+    }
+    let log = api.text("/v1/log?from=0", ADMIN).await;
+    let order: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["type"] == "message_edited" && e["payload"].is_string())
+        .map(|e| e["payload"].as_str().unwrap().to_owned())
+        .collect();
+    let sent: Vec<String> = (0..12).map(|k| format!("v{k}")).collect();
+    assert_eq!(order, sent);
+    assert_eq!(history(&api, &bob, "g").await[0]["payload"], json!("v11"));
+}
+
+/// A user's recall and edit are charged to their send rate, over HTTP and over a WebSocket
+/// (until 2026-11-30 a recall was not limited at all): with one send a second (bursts of 2),
+/// two sends leave nothing for them.
+#[tokio::test]
+async fn recalls_and_edits_are_charged_to_the_send_rate() {
+    let server = Server::start(&["--limits-sends-per-second", "1"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    api.send(&alice, "g", "c1", "one").await;
+    api.send(&alice, "g", "c2", "two").await;
+    let (status, v) = api
+        .call("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{v}"
+    );
+    let (status, v) = edit(&api, &alice, "g", 1, json!({"payload": 1})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{v}"
+    );
+    let mut ws = Ws::connect(&server, &alice, "?catch_up=false").await;
+    ws.send(json!({"type": "recall", "client_msg_id": "r", "channel": "g", "seq": 1}))
+        .await;
+    assert_eq!(answer_to(&mut ws, "r").await["code"], "rate_limited");
+    // The admin is not limited.
+    let (status, v) = api
+        .call("DELETE", "/v1/channels/g/messages/1", ADMIN, None)
+        .await;
+    assert_eq!(status, 200, "{v}");
 }

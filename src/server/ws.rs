@@ -641,6 +641,8 @@ struct Ctx {
     replies: Answers,
     /// Answers to its recalls and edits (each holds a slot too).
     changes: mpsc::UnboundedSender<Changed>,
+    /// Ends when the session's last recall or edit has ended ([`Ctx::change`]).
+    last_change: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Sends read and checked, not yet given to the sequencer: the frames already readable
     /// are read first, then their sends go together ([`sequencer::send_batch_for_session`]).
     sends: Vec<(SendRequest, Reply)>,
@@ -967,9 +969,15 @@ impl Ctx {
     /// the session goes on reading and pushing while the message is read (from the object
     /// store, maybe) and the change is written and applied; its answer — a `recallack` or an
     /// `editack`, with the HTTP answer's fields, or an error frame — comes back through
-    /// `changes`. The sends read before the frame go to the sequencer first: the session's
-    /// writes reach the log in the order it sent them. An edit is charged to the user's send
-    /// rate, as over HTTP (not also as a frame).
+    /// `changes`.
+    ///
+    /// Order: the sends read before the frame go to the sequencer first, so they reach the log
+    /// before the change; and a session's changes are made one after the other, each task
+    /// waiting for the one before it to end (two edits of one message sent back to back are
+    /// written in that order: the later payload is the one that stays). Sends read after the
+    /// frame may reach the log before it. Charged: as a frame here, and a user's recall or
+    /// edit to their send rate too once past the checks, as over HTTP (`recall_message`,
+    /// `edit_message`).
     async fn change(
         &mut self,
         w: &mut Writer,
@@ -985,14 +993,7 @@ impl Ctx {
             }
             let channel = resolve(&self.caller, channel)?;
             crate::server::http::readable(&self.state, &self.caller, &channel)?;
-            let edit = match edit {
-                Some(payload) => {
-                    let payload = self.frame_payload(payload)?;
-                    self.state.charge_send(&self.send_rate)?;
-                    Some(payload)
-                }
-                None => None,
-            };
+            let edit = edit.map(|p| self.frame_payload(p)).transpose()?;
             // Always available: the session reads a frame only with a permit free.
             let slot = in_flight.clone().try_acquire_owned().map_err(|_| {
                 ApiError::unavailable("busy", "too many sends and changes in flight")
@@ -1003,14 +1004,19 @@ impl Ctx {
             Ok(c) => c,
             Err(e) => return w.frame(&error_frame(&e, client_msg_id.as_deref())).await,
         };
-        self.last_was_send = edit.is_some();
         sequencer::send_batch_for_session(&self.state, &mut self.sends).await;
+        let (done, before) = tokio::sync::oneshot::channel::<()>();
+        let before = self.last_change.replace(before);
         let state = self.state.clone();
         let caller = self.caller.clone();
         let token_hash = self.token_hash.clone();
         let (to, cbor) = (self.changes.clone(), self.cbor);
         self.state.send_tasks.spawn(async move {
-            let (kind, done) = match edit {
+            // The change before it has ended (answered, or its session's task dropped).
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            let (kind, result) = match edit {
                 None => (
                     "recallack",
                     crate::server::http::recall_message(&state, &caller, &channel, seq)
@@ -1026,13 +1032,12 @@ impl Ctx {
                         &channel,
                         seq,
                         payload,
-                        false,
                     )
                     .await
                     .and_then(|e| to_json(&e)),
                 ),
             };
-            let frame = match done {
+            let frame = match result {
                 Ok(mut v) => {
                     if let Some(o) = v.as_object_mut() {
                         o.insert("type".into(), json!(kind));
@@ -1046,6 +1051,8 @@ impl Ctx {
             };
             // A session that has ended drops it.
             let _ = to.send(Changed { frame, _slot: slot });
+            // The next change may go.
+            drop(done);
         });
         Ok(())
     }
@@ -1315,6 +1322,7 @@ async fn run(
         sent_upto: HashMap::new(),
         replies: replies_tx,
         changes: changes_tx,
+        last_change: None,
         sends: Vec::new(),
         own_sends: catch_up.then(HashSet::new),
     };

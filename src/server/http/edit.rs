@@ -95,25 +95,16 @@ pub(crate) async fn edit(
     let channel = resolve(&caller, &id)?;
     readable(&state, &caller, &channel)?;
     let (payload, flags) = payload_bytes(&state, body.payload, body.payload_b64)?;
-    edit_message(
-        &state,
-        &caller,
-        token_hash,
-        &channel,
-        seq,
-        (payload, flags),
-        true,
-    )
-    .await
-    .map(axum::Json)
+    edit_message(&state, &caller, token_hash, &channel, seq, (payload, flags))
+        .await
+        .map(axum::Json)
 }
 
 /// Replaces the payload of `seq` in `channel` (resolved, and readable by `caller`) with
 /// `payload` (checked already), over HTTP or a WebSocket `edit` frame; answers once the edit
 /// is durable and applied. `token_hash`: the caller's token, checked again under the
-/// sequencer's lock (`None` for the admin). `charge`: a user's edit is charged to their send
-/// rate here, once it passed the checks before the lock (a WebSocket session charged it
-/// already).
+/// sequencer's lock (`None` for the admin). A user's edit is charged to their send rate, once
+/// it passed the checks before the lock.
 pub(crate) async fn edit_message(
     state: &Arc<AppState>,
     caller: &Caller,
@@ -121,7 +112,6 @@ pub(crate) async fn edit_message(
     channel: &str,
     seq: u64,
     (payload, flags): (Bytes, u32),
-    charge: bool,
 ) -> ApiResult<Edited> {
     let channel = channel.to_owned();
     let m = load_message(state, &channel, seq).await?;
@@ -138,9 +128,7 @@ pub(crate) async fn edit_message(
     if m.recalled {
         return Err(recalled(seq));
     }
-    if let Caller::User(me) = caller
-        && charge
-    {
+    if let Caller::User(me) = caller {
         state.charge_user_send(me)?;
     }
     let event = Event::MessageEdited {

@@ -538,7 +538,7 @@ pub(crate) struct Recalled {
 /// Recalls a message (its sender, or the admin).
 #[utoipa::path(delete, path = "/v1/channels/{id}/messages/{seq}", tag = "messages",
     params(("id" = String, Path, description = "Group id or @uid"), ("seq" = u64, Path, description = "The message's seq")),
-    responses((status = 200, body = Recalled), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)),
+    responses((status = 200, body = Recalled), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody), (status = 429, body = super::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn recall(
     State(state): State<Arc<AppState>>,
@@ -575,6 +575,11 @@ pub(crate) async fn recall_message(
         }
     };
     if !already {
+        // A write to the log, as a send is (a recall of a recalled message writes nothing).
+        // Until 2026-11-30 recalls were not limited.
+        if let Caller::User(me) = caller {
+            state.charge_user_send(me)?;
+        }
         // Checked again under the lock that orders such changes: a racing recall of the same
         // message already written makes this one nothing to write.
         let recall = Event::MessageRecalled {
