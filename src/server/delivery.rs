@@ -129,7 +129,10 @@ pub(crate) const IDLE_TIMEOUT: CloseReason = CloseReason {
 #[derive(Debug, Default)]
 struct Phase {
     live: bool,
+    /// A message was pushed during the catch-up round (and left to the next round).
     dirty: bool,
+    /// Catching up, and every push is queued as when live ([`Session::queue_from_now`]).
+    queueing: bool,
 }
 
 /// What bounds a session: its queue (messages and bytes) and the user's sessions at once.
@@ -204,14 +207,40 @@ impl Session {
         self.phase.lock().unwrap_or_else(|p| p.into_inner()).dirty = false;
     }
 
-    /// Goes live unless a message arrived during the round (then: another round).
+    /// Goes live unless a message arrived during the round and was left to the next round
+    /// (then: another round); while queueing nothing is left to a round.
     pub(crate) fn try_go_live(&self) -> bool {
         let mut p = self.phase.lock().unwrap_or_else(|p| p.into_inner());
-        if p.dirty {
+        if p.dirty && !p.queueing {
             return false;
         }
         p.live = true;
         true
+    }
+
+    /// From now on every push is queued, messages too, as once live — at the cost of queue
+    /// room, which the session does not read until it is live. A catch-up that found nothing
+    /// new while messages kept coming asks for it: without it, in a channel busy enough that a
+    /// message arrives during every round, the session caught up round after round and never
+    /// went live (a plan of every channel of the user per round, not a push). Its next round's
+    /// plan then holds everything applied before it, and whatever is pushed after is queued: a
+    /// round that planned all there was ([`Session::go_live_if_queueing`]) goes live; messages
+    /// both planned and queued are skipped once live (by seq, `ws.rs`).
+    pub(crate) fn queue_from_now(&self) {
+        self.phase
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queueing = true;
+    }
+
+    /// Goes live when queueing ([`Session::queue_from_now`]): called after a round whose plan
+    /// held every message not yet sent (none left past its page).
+    pub(crate) fn go_live_if_queueing(&self) -> bool {
+        let mut p = self.phase.lock().unwrap_or_else(|p| p.into_inner());
+        if p.queueing {
+            p.live = true;
+        }
+        p.live
     }
 
     /// The session took `n` queued messages of `bytes` off its queue.
@@ -248,7 +277,7 @@ impl Session {
         }
         let mut p = self.phase.lock().unwrap_or_else(|p| p.into_inner());
         let notices: Run;
-        let run = if p.live {
+        let run = if p.live || p.queueing {
             run
         } else {
             // Catch-up will plan again and find the message in the log. A notice (a recall)
@@ -376,7 +405,11 @@ impl Delivery {
             limit_bytes: queue_bytes.max(1),
             // Live from the start (a session without catch-up): no push between registering
             // and going live can be taken for one that catch-up will plan again.
-            phase: Mutex::new(Phase { live, dirty: false }),
+            phase: Mutex::new(Phase {
+                live,
+                dirty: false,
+                queueing: false,
+            }),
             closing: Mutex::new(None),
             close: parent.child_token(),
         });
@@ -766,6 +799,59 @@ mod tests {
             .unwrap();
         d.push(&Arc::new(vec![msg("g", 1, None)]));
         assert!(catching_up.try_go_live());
+    }
+
+    /// A round that found nothing while a message came (dirty) asks to queue from then on:
+    /// messages pushed since are queued, not left to a round, and the session goes live at the
+    /// next empty round — or after a round that planned everything — whatever comes meanwhile.
+    #[test]
+    fn a_session_queueing_at_the_end_of_catch_up_takes_messages_and_goes_live() {
+        let d = Delivery::default();
+        let (s, mut rx) = d
+            .register(
+                "a",
+                ["g".to_owned()].into_iter(),
+                0,
+                SessionLimits {
+                    queue: 16,
+                    queue_bytes: usize::MAX,
+                    per_user: 8,
+                },
+                &CancellationToken::new(),
+                false,
+            )
+            .unwrap();
+        d.push(&Arc::new(vec![msg("g", 1, None)]));
+        assert!(rx.try_recv().is_err());
+        assert!(!s.try_go_live());
+        // Not queueing: a round that planned everything does not end the catch-up.
+        assert!(!s.go_live_if_queueing());
+        s.queue_from_now();
+        s.begin_catch_up_round();
+        d.push(&Arc::new(vec![msg("g", 2, None)]));
+        let queued = rx.try_recv().unwrap();
+        assert_eq!((queued.len(), queued[0].seq), (1, 2));
+        // Dirty or not, it goes live now.
+        assert!(s.go_live_if_queueing());
+        assert!(s.try_go_live());
+        let (t, _rx) = d
+            .register(
+                "b",
+                ["g".to_owned()].into_iter(),
+                0,
+                SessionLimits {
+                    queue: 16,
+                    queue_bytes: usize::MAX,
+                    per_user: 8,
+                },
+                &CancellationToken::new(),
+                false,
+            )
+            .unwrap();
+        d.push(&Arc::new(vec![msg("g", 3, None)]));
+        t.queue_from_now();
+        d.push(&Arc::new(vec![msg("g", 4, None)]));
+        assert!(t.try_go_live());
     }
 
     #[test]

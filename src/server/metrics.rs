@@ -111,6 +111,8 @@ pub(crate) struct Metrics {
     /// Passes of the retention that failed (retried at the next pass).
     pub(crate) retention_failures: Counter,
     pub(crate) ws_sessions: Gauge,
+    /// Sessions still catching up (not live yet).
+    pub(crate) ws_catching_up: Gauge,
     pub(crate) send_latency: Histogram,
     pub(crate) http_latency: Histogram,
     http_requests: Mutex<BTreeMap<(String, String, u16), u64>>,
@@ -220,6 +222,11 @@ impl Metrics {
             out,
             "# HELP tidings_ws_sessions Open WebSocket sessions.\n# TYPE tidings_ws_sessions gauge\ntidings_ws_sessions {}",
             self.ws_sessions.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tidings_ws_catching_up WebSocket sessions still catching up (not live yet).\n# TYPE tidings_ws_catching_up gauge\ntidings_ws_catching_up {}",
+            self.ws_catching_up.get()
         );
         for (name, help, value) in extra {
             let _ = writeln!(

@@ -781,8 +781,8 @@ impl Ctx {
                 },
             )
         };
-        let plan = match plan {
-            Ok((plan, _)) => plan,
+        let (plan, more) = match plan {
+            Ok(planned) => planned,
             Err(e) => {
                 tracing::warn!(uid = %self.uid, error = %e, "catch-up planning failed; closing the session");
                 let err: ApiError = e.into();
@@ -794,7 +794,10 @@ impl Ctx {
             if self.session.try_go_live() {
                 return Ok(CatchUp::Live);
             }
-            // Something arrived during this round: plan again.
+            // Something arrived during this round: plan again, with what comes from now on
+            // queued (`Session::queue_from_now`), so that the next round that plans all there
+            // is ends the catch-up.
+            self.session.queue_from_now();
             self.session.begin_catch_up_round();
             return Ok(CatchUp::More);
         }
@@ -835,6 +838,11 @@ impl Ctx {
                 };
                 w.raw(msg).await?;
             }
+        }
+        // Everything applied before this plan is sent, and, when queueing, everything since
+        // is queued.
+        if !more && self.session.go_live_if_queueing() {
+            return Ok(CatchUp::Live);
         }
         Ok(CatchUp::More)
     }
@@ -1307,6 +1315,9 @@ async fn run(
     let token_hash = registered.token_hash.clone();
     let queue = &mut registered.queue;
     state.metrics.ws_sessions.inc();
+    if catch_up {
+        state.metrics.ws_catching_up.inc();
+    }
     let (replies_tx, mut replies) = mpsc::unbounded_channel::<Box<Answer>>();
     let (changes_tx, mut changes) = mpsc::unbounded_channel::<Changed>();
     let mut ctx = Ctx {
@@ -1495,6 +1506,7 @@ async fn run(
                 }
                 Ok(CatchUp::Live) => {
                     catching_up = false;
+                    state.metrics.ws_catching_up.dec();
                     ctx.own_sends = None;
                     Ok(())
                 }
@@ -1544,6 +1556,9 @@ async fn run(
     // their answers are dropped: closing the reply channel means none waits to deliver one.
     drop(replies);
     state.metrics.ws_sessions.dec();
+    if catching_up {
+        state.metrics.ws_catching_up.dec();
+    }
 }
 
 #[cfg(test)]
