@@ -219,10 +219,10 @@ impl Session {
     }
 
     /// From now on every push is queued, messages too, as once live — at the cost of queue
-    /// room, which the session does not read until it is live. A catch-up that found nothing
-    /// new while messages kept coming asks for it: without it, in a channel busy enough that a
-    /// message arrives during every round, the session caught up round after round and never
-    /// went live (a plan of every channel of the user per round, not a push). Its next round's
+    /// room, which the session does not read until it is live. A catch-up round that planned
+    /// all there was asks for it: without it, in a channel busy enough that a message arrives
+    /// during every round, the session caught up round after round and never went live (a
+    /// plan of every channel of the user per round, not a push). Its next round's
     /// plan then holds everything applied before it, and whatever is pushed after is queued: a
     /// round that planned all there was ([`Session::go_live_if_queueing`]) goes live; messages
     /// both planned and queued are skipped once live (by seq, `ws.rs`).
@@ -834,7 +834,7 @@ mod tests {
         // Dirty or not, it goes live now.
         assert!(s.go_live_if_queueing());
         assert!(s.try_go_live());
-        let (t, _rx) = d
+        let (t, mut t_rx) = d
             .register(
                 "b",
                 ["g".to_owned()].into_iter(),
@@ -852,6 +852,10 @@ mod tests {
         t.queue_from_now();
         d.push(&Arc::new(vec![msg("g", 4, None)]));
         assert!(t.try_go_live());
+        // Only what came once it was queueing.
+        let queued = t_rx.try_recv().unwrap();
+        assert_eq!((queued.len(), queued[0].seq), (1, 4));
+        assert!(t_rx.try_recv().is_err());
     }
 
     #[test]

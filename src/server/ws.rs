@@ -840,9 +840,15 @@ impl Ctx {
             }
         }
         // Everything applied before this plan is sent, and, when queueing, everything since
-        // is queued.
-        if !more && self.session.go_live_if_queueing() {
-            return Ok(CatchUp::Live);
+        // is queued: live. Not queueing yet (messages pushed during this round were left to
+        // the next): queue from now on, so that the next round that plans all there is ends
+        // the catch-up, however busy the groups (a round meeting a new message every time
+        // kept the session catching up for as long as that lasted).
+        if !more {
+            if self.session.go_live_if_queueing() {
+                return Ok(CatchUp::Live);
+            }
+            self.session.queue_from_now();
         }
         Ok(CatchUp::More)
     }
@@ -1314,10 +1320,11 @@ async fn run(
     let uid = registered.uid.clone();
     let token_hash = registered.token_hash.clone();
     let queue = &mut registered.queue;
-    state.metrics.ws_sessions.inc();
+    // Catching up counted first: a scrape never sees the session without it.
     if catch_up {
         state.metrics.ws_catching_up.inc();
     }
+    state.metrics.ws_sessions.inc();
     let (replies_tx, mut replies) = mpsc::unbounded_channel::<Box<Answer>>();
     let (changes_tx, mut changes) = mpsc::unbounded_channel::<Changed>();
     let mut ctx = Ctx {
