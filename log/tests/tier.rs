@@ -2732,3 +2732,122 @@ async fn a_damaged_local_copy_is_neither_rewritten_nor_uploaded() {
     assert_eq!(entry_at(&log, copy.base_offset).await, before);
     log.close().await.unwrap();
 }
+
+/// The real file system, except that opening a segment rewrite's temp file (`*.purge`) waits
+/// until the test lets it go (20 s at most): a remote rewrite held while it reads.
+#[derive(Debug, Default)]
+struct PurgeGate {
+    state: std::sync::Mutex<(bool, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl PurgeGate {
+    /// Waits (blocking) until a rewrite reached the gate.
+    fn wait_entered(&self) {
+        let guard = self.state.lock().unwrap();
+        let (guard, timeout) = self
+            .changed
+            .wait_timeout_while(guard, Duration::from_secs(20), |(entered, _)| !*entered)
+            .unwrap();
+        assert!(
+            !timeout.timed_out() && guard.0,
+            "no rewrite reached the gate"
+        );
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+impl Vfs for PurgeGate {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        StdFs.list(dir)
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Arc<dyn VfsFile>> {
+        StdFs.open_read(path)
+    }
+    fn open_write(&self, path: &Path) -> std::io::Result<Arc<dyn VfsFile>> {
+        if path.to_string_lossy().ends_with(".purge") {
+            let mut guard = self.state.lock().unwrap();
+            guard.0 = true;
+            self.changed.notify_all();
+            let _ = self
+                .changed
+                .wait_timeout_while(guard, Duration::from_secs(20), |(_, open)| !*open)
+                .unwrap();
+        }
+        StdFs.open_write(path)
+    }
+    fn exists(&self, path: &Path) -> std::io::Result<bool> {
+        StdFs.exists(path)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        StdFs.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.sync_dir(dir)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<Box<dyn VfsLock>> {
+        StdFs.try_lock(path)
+    }
+}
+
+/// A rewrite of a segment only in the store gives the uploader's pass lock back while it
+/// reads the segment and uploads the rewrite: a pass runs meanwhile (it uploads a segment
+/// sealed since), and the rewrite then names its objects and reads back rewritten. Before
+/// 2026-11-30 the pass waited for the whole rewrite (uploads, lease renewals and the local
+/// retention, seconds per segment on a slow store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_rewrite_lets_passes_run_while_it_reads_and_uploads() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let gate = Arc::new(PurgeGate::default());
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store, "gated", "node-a", cache.path(), 8300, hour).await;
+    let opts = log_opts(t).with_segment_bytes(4096).with_vfs(gate.clone());
+    let log = Log::open(&dir, opts).await.unwrap();
+    append(&log, 0, 400).await;
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    let remote = log
+        .segments()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.sealed && s.remote)
+        .unwrap();
+    let (base, at) = (remote.base_offset, remote.base_offset + 2);
+    let rewriting = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            log.rewrite_sealed(base, BTreeMap::from([(at, hashes(at))]))
+                .await
+        })
+    };
+    let entered = gate.clone();
+    tokio::task::spawn_blocking(move || entered.wait_entered())
+        .await
+        .unwrap();
+    append(&log, 400, 50).await;
+    log.roll().await.unwrap();
+    let pass = tokio::time::timeout(Duration::from_secs(10), log.upload_now()).await;
+    gate.open();
+    let status = pass.expect("a pass ran while the rewrite read").unwrap();
+    assert_eq!(status.lag_segments, 0);
+    let stats = rewriting.await.unwrap().unwrap();
+    assert_eq!(stats.records, 1);
+    assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
+    let entry = entry_at(&log, base).await;
+    assert!(entry.stem().contains('-'), "{}", entry.stem());
+    log.close().await.unwrap();
+}

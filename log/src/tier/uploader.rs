@@ -561,6 +561,13 @@ impl Uploader {
     /// before the manifest version leaves the store as it was (and objects nothing names, which
     /// `tidings tier gc` collects); after it, old objects (likewise) and a temp file, which the
     /// next pass removes.
+    ///
+    /// The pass lock is given back for the cold read and the upload (a whole segment's, seconds
+    /// on a slow store; until 2026-11-30 uploads, lease renewals and the local retention waited
+    /// for them) and taken again to name the new objects — only while the prefix is still held
+    /// and the manifest still lists `old` for the segment; otherwise they are deleted and the
+    /// rewrite refused. The log's rewrite lock (`rewrites`) is held throughout: no removal of
+    /// the segment, nor another rewrite, runs meanwhile.
     async fn rewrite_remote(
         &self,
         state: tokio::sync::OwnedMutexGuard<PassState>,
@@ -583,23 +590,24 @@ impl Uploader {
                 ),
             });
         }
+        drop(state);
         let tmp = purge_file(&self.dir, base);
         let vfs = log.options().vfs.clone();
         let (from, to) = (seg.clone(), tmp.clone());
-        // Both locks go with the blocking write and come back with it: a caller dropped
-        // meanwhile (a stop) does not release them while the file is written.
-        let (stats, mut state) = tokio::task::spawn_blocking(move || {
-            let _rewrites = rewrites;
+        // The rewrite lock goes with the blocking write and comes back with it: a caller
+        // dropped meanwhile (a stop) does not release it while the file is written.
+        let (stats, rewrites) = tokio::task::spawn_blocking(move || {
             let stats = crate::rewrite::write_rewrite(vfs.as_ref(), &from, end, &replacements, &to);
-            (stats, state)
+            (stats, rewrites)
         })
         .await
         .map_err(|_| LogError::Closed)?;
+        let stem = self.rewrite_stem(base);
         let uploaded = match stats {
             Ok(stats) => self
-                .upload_purged(&mut state, old, &tmp)
+                .upload_purged(old, &stem, &tmp)
                 .await
-                .map(|()| stats),
+                .map(|new| (stats, new)),
             Err(e) => Err(e),
         };
         if let Err(e) = std::fs::remove_file(&tmp)
@@ -607,7 +615,29 @@ impl Uploader {
         {
             tracing::warn!(file = %tmp.display(), error = %e, "could not remove a rewritten segment's temp file (the next pass does)");
         }
-        let stats = uploaded?;
+        let (stats, new) = uploaded?;
+        let mut state = self.pass_lock.lock().await;
+        let refused = match self.not_holding(&state) {
+            Some(reason) => Some(reason),
+            None if !self.tier.manifest().segments.contains(old) => {
+                Some("its entry in the object store's manifest changed meanwhile")
+            }
+            None => None,
+        };
+        if let Some(reason) = refused {
+            // Named by no version: deleted (a failure leaves them to `tidings tier gc`).
+            for ext in ["log", "index", "timeindex"] {
+                let _ = self.tier.delete(&RemoteSegment::key_of(&stem, ext)).await;
+            }
+            return Err(LogError::RewriteRefused {
+                base,
+                reason: reason.into(),
+            });
+        }
+        // A version whose write failed may still have landed (then they are named): left to
+        // `tidings tier gc`, which keeps what a version names.
+        self.name_rewrite(&mut state, old, &new).await?;
+        drop(rewrites);
         // Readers from here on read the new objects; the old value's cached handles go.
         let fresh = remote_segment(&self.tier, &self.dir, base, self.interval);
         self.segments.rcu(|segs| {
@@ -650,20 +680,19 @@ impl Uploader {
         }
     }
 
-    /// Uploads the rewrite of the remote segment `old` from `tmp` under a rewrite's objects,
-    /// its index objects copied, and writes a manifest version naming them in place of `old`.
+    /// Uploads the rewrite of the remote segment `old` from `tmp` under the rewrite's objects
+    /// `stem`, its index objects copied: the entry that names them (not written here).
     async fn upload_purged(
         &self,
-        state: &mut PassState,
         old: &RemoteSegment,
+        stem: &str,
         tmp: &Path,
-    ) -> Result<()> {
+    ) -> Result<RemoteSegment> {
         let inner = &self.tier.inner;
-        let stem = self.rewrite_stem(old.base);
         for ext in ["index", "timeindex"] {
             let (from, to) = (
                 store::key(inner, &old.key(ext)),
-                store::key(inner, &RemoteSegment::key_of(&stem, ext)),
+                store::key(inner, &RemoteSegment::key_of(stem, ext)),
             );
             inner
                 .opts
@@ -673,18 +702,28 @@ impl Uploader {
                 .map_err(|e| LogError::Tier(format!("copying {from} to {to}: {e}")))?;
         }
         let (bytes, crc32) =
-            store::upload_object(inner, &RemoteSegment::key_of(&stem, "log"), tmp).await?;
+            store::upload_object(inner, &RemoteSegment::key_of(stem, "log"), tmp).await?;
         if bytes != old.bytes {
             return Err(LogError::Tier(format!(
                 "the rewritten segment at offset {} holds {bytes} bytes, its entry {}",
                 old.base, old.bytes
             )));
         }
-        let new = RemoteSegment {
+        Ok(RemoteSegment {
             crc32,
-            object: Some(stem),
+            object: Some(stem.to_owned()),
             ..old.clone()
-        };
+        })
+    }
+
+    /// Writes a manifest version naming `new` in place of `old` (under the pass lock).
+    async fn name_rewrite(
+        &self,
+        state: &mut PassState,
+        old: &RemoteSegment,
+        new: &RemoteSegment,
+    ) -> Result<()> {
+        let inner = &self.tier.inner;
         let mut next = self
             .tier
             .manifest()
