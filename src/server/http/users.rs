@@ -211,7 +211,7 @@ pub(crate) async fn revoke_tokens(
 /// user's other tokens and sessions stay.
 #[utoipa::path(delete, path = "/v1/users/{uid}/tokens/{token_id}", tag = "users",
     params(("uid" = String, Path, description = "The user"), ("token_id" = String, Path, description = "The token's id: the lowercase hex of its SHA-256")),
-    responses((status = 204), (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)),
+    responses((status = 204), (status = 400, description = "Not a valid user id", body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody), (status = 403, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn revoke_token(
     State(state): State<Arc<AppState>>,
