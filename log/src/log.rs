@@ -305,6 +305,7 @@ impl Log {
             } else {
                 crate::tier::uploader::PassState::default()
             })),
+            rewrites: self.shared.rewrites.clone(),
             tiered,
         });
         let stop = tokio_util::sync::CancellationToken::new();

@@ -15,8 +15,9 @@
 //! go), and the log's segment list gets a fresh value for the rewritten segment, which opens
 //! the new file. Refused for read-only views.
 //!
-//! With a tier (`Uploader::rewrite`, under the uploader's pass lock: no upload, removal or
-//! local deletion meanwhile), a segment not uploaded yet is rewritten as above and goes up
+//! With a tier (`Uploader::rewrite`, under the uploader's pass lock — no upload, removal or
+//! local deletion meanwhile — but for a segment only in the store, whose read and upload run
+//! without it, under the log's rewrite lock alone), a segment not uploaded yet is rewritten as above and goes up
 //! later with its new bytes. A local copy of an uploaded segment is rewritten the same way, a
 //! marker `{base:020}.log.reupload` made durable before the rename; then it goes up under new
 //! objects, a manifest version names them in place of the old entry, the old objects are
@@ -25,7 +26,8 @@
 //! uploads it, or drops the marker when the store holds its bytes already (a rename that never
 //! happened, a manifest version that landed). A segment only in the object store is rewritten
 //! from its cold reads into `{base:020}.log.purge`, uploaded from there under new objects (its
-//! index objects copied) named in place of its entry, and the temp file removed
+//! index objects copied) named in place of its entry under the pass lock again (if the prefix
+//! is still held and the entry unchanged), and the temp file removed
 //! (`Uploader::rewrite_remote`).
 
 use std::collections::BTreeMap;

@@ -2733,10 +2733,15 @@ async fn a_damaged_local_copy_is_neither_rewritten_nor_uploaded() {
     log.close().await.unwrap();
 }
 
-/// The real file system, except that opening a segment rewrite's temp file (`*.purge`) waits
-/// until the test lets it go (20 s at most): a remote rewrite held while it reads.
+/// The real file system, except that syncing a segment rewrite's temp file (`*.purge`), all
+/// of it written, waits until the test lets it go (20 s at most): a remote rewrite held with
+/// its temp file in place.
 #[derive(Debug, Default)]
-struct PurgeGate {
+struct PurgeGate(Arc<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// (a rewrite reached the gate, the gate is open)
     state: std::sync::Mutex<(bool, bool)>,
     changed: std::sync::Condvar,
 }
@@ -2744,8 +2749,9 @@ struct PurgeGate {
 impl PurgeGate {
     /// Waits (blocking) until a rewrite reached the gate.
     fn wait_entered(&self) {
-        let guard = self.state.lock().unwrap();
+        let guard = self.0.state.lock().unwrap();
         let (guard, timeout) = self
+            .0
             .changed
             .wait_timeout_while(guard, Duration::from_secs(20), |(entered, _)| !*entered)
             .unwrap();
@@ -2756,8 +2762,38 @@ impl PurgeGate {
     }
 
     fn open(&self) {
-        self.state.lock().unwrap().1 = true;
-        self.changed.notify_all();
+        self.0.state.lock().unwrap().1 = true;
+        self.0.changed.notify_all();
+    }
+}
+
+/// A rewrite's temp file, whose sync waits at the gate.
+#[derive(Debug)]
+struct GatedFile(Arc<dyn VfsFile>, Arc<GateState>);
+
+impl VfsFile for GatedFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+        self.0.read_at(buf, pos)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
+        self.0.write_all_at(buf, pos)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        let gate = &self.1;
+        let mut guard = gate.state.lock().unwrap();
+        guard.0 = true;
+        gate.changed.notify_all();
+        let _ = gate
+            .changed
+            .wait_timeout_while(guard, Duration::from_secs(20), |(_, open)| !*open)
+            .unwrap();
+        self.0.sync_data()
     }
 }
 
@@ -2772,16 +2808,11 @@ impl Vfs for PurgeGate {
         StdFs.open_read(path)
     }
     fn open_write(&self, path: &Path) -> std::io::Result<Arc<dyn VfsFile>> {
+        let file = StdFs.open_write(path)?;
         if path.to_string_lossy().ends_with(".purge") {
-            let mut guard = self.state.lock().unwrap();
-            guard.0 = true;
-            self.changed.notify_all();
-            let _ = self
-                .changed
-                .wait_timeout_while(guard, Duration::from_secs(20), |(_, open)| !*open)
-                .unwrap();
+            return Ok(Arc::new(GatedFile(file, self.0.clone())));
         }
-        StdFs.open_write(path)
+        Ok(file)
     }
     fn exists(&self, path: &Path) -> std::io::Result<bool> {
         StdFs.exists(path)
@@ -2802,9 +2833,11 @@ impl Vfs for PurgeGate {
 
 /// A rewrite of a segment only in the store gives the uploader's pass lock back while it
 /// reads the segment and uploads the rewrite: a pass runs meanwhile (it uploads a segment
-/// sealed since), and the rewrite then names its objects and reads back rewritten. Before
-/// 2026-11-30 the pass waited for the whole rewrite (uploads, lease renewals and the local
-/// retention, seconds per segment on a slow store).
+/// sealed since) and leaves the rewrite's temp file alone, and the rewrite then names its
+/// objects and reads back rewritten. Before 2026-11-30 the pass waited for the whole rewrite
+/// (uploads, lease renewals and the local retention, seconds per segment on a slow store;
+/// times out here); with the lock given back and the pass still removing every temp file, the
+/// rewrite uploaded an empty object (fails here too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_rewrite_lets_passes_run_while_it_reads_and_uploads() {
     let bucket = tempfile::tempdir().unwrap();
@@ -2844,10 +2877,88 @@ async fn a_remote_rewrite_lets_passes_run_while_it_reads_and_uploads() {
     gate.open();
     let status = pass.expect("a pass ran while the rewrite read").unwrap();
     assert_eq!(status.lag_segments, 0);
+    assert!(
+        dir.join(format!("{base:020}.log.purge")).exists(),
+        "the pass left the rewrite's temp file"
+    );
     let stats = rewriting.await.unwrap().unwrap();
     assert_eq!(stats.records, 1);
     assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
     let entry = entry_at(&log, base).await;
     assert!(entry.stem().contains('-'), "{}", entry.stem());
+    log.close().await.unwrap();
+}
+
+/// A close while a remote rewrite reads: the close gives the prefix up first, and the rewrite
+/// then names nothing — refused, its uploaded objects deleted — so the store's entry for the
+/// segment stays as it was and the release is its last version (a version written after it
+/// would renew the lease a successor waits out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_rewrite_names_nothing_after_the_close_released_the_prefix() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let gate = PurgeGate::default();
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store.clone(), "closing", "node-a", cache.path(), 8300, hour).await;
+    let opts = log_opts(t)
+        .with_segment_bytes(4096)
+        .with_vfs(Arc::new(PurgeGate(gate.0.clone())));
+    let log = Log::open(&dir, opts).await.unwrap();
+    append(&log, 0, 400).await;
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    let remote = log
+        .segments()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.sealed && s.remote)
+        .unwrap();
+    let (base, at) = (remote.base_offset, remote.base_offset + 2);
+    let before = entry_at(&log, base).await;
+    let rewriting = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            log.rewrite_sealed(base, BTreeMap::from([(at, hashes(at))]))
+                .await
+        })
+    };
+    let entered = PurgeGate(gate.0.clone());
+    tokio::task::spawn_blocking(move || entered.wait_entered())
+        .await
+        .unwrap();
+    let tier = log.tier().unwrap().clone();
+    let closing = tokio::spawn(async move { log.close().await });
+    // The release is written (the close then waits for the rewrite).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tier.is_claimed() {
+        assert!(Instant::now() < deadline, "the close never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.open();
+    match rewriting.await.unwrap() {
+        Err(LogError::RewriteRefused { reason, .. }) => {
+            assert!(reason.contains("closing"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    closing.await.unwrap().unwrap();
+    let objects = tier.list("segments").await.unwrap();
+    let ours = format!("{base:020}.");
+    assert!(
+        !objects
+            .iter()
+            .any(|n| n.starts_with(&ours) && n.contains('-')),
+        "{objects:?}"
+    );
+    // Opened again: the entry as it was, the record as it was.
+    let t = tier_with(store, "closing", "node-a", cache.path(), 8300, hour).await;
+    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    assert_eq!(entry_at(&log, base).await, before);
+    assert_eq!(log.read(at, 1).await.unwrap()[0].payload, payload(at));
     log.close().await.unwrap();
 }

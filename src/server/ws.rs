@@ -639,8 +639,11 @@ struct Ctx {
     sent_upto: HashMap<ChannelId, u64>,
     /// Answers to this session's sends (at most [`MAX_IN_FLIGHT`] queued: each holds a slot).
     replies: Answers,
-    /// Answers to its recalls and edits (each holds a slot too).
-    changes: mpsc::UnboundedSender<Changed>,
+    /// Answers to its recalls and edits (each holds a slot too): made at the first one (an
+    /// idle session holds no channel for them), the receiving end handed to the session loop
+    /// through `new_changes`.
+    changes: Option<mpsc::UnboundedSender<Changed>>,
+    new_changes: Option<mpsc::UnboundedReceiver<Changed>>,
     /// Ends when the session's last recall or edit has ended ([`Ctx::change`]).
     last_change: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Sends read and checked, not yet given to the sequencer: the frames already readable
@@ -1024,7 +1027,15 @@ impl Ctx {
         let state = self.state.clone();
         let caller = self.caller.clone();
         let token_hash = self.token_hash.clone();
-        let (to, cbor) = (self.changes.clone(), self.cbor);
+        let to = match &self.changes {
+            Some(to) => to.clone(),
+            None => {
+                let (to, from) = mpsc::unbounded_channel();
+                self.new_changes = Some(from);
+                self.changes.insert(to).clone()
+            }
+        };
+        let cbor = self.cbor;
         self.state.send_tasks.spawn(async move {
             // The change before it has ended (answered, or its session's task dropped).
             if let Some(before) = before {
@@ -1326,7 +1337,7 @@ async fn run(
     }
     state.metrics.ws_sessions.inc();
     let (replies_tx, mut replies) = mpsc::unbounded_channel::<Box<Answer>>();
-    let (changes_tx, mut changes) = mpsc::unbounded_channel::<Changed>();
+    let mut changes: Option<mpsc::UnboundedReceiver<Changed>> = None;
     let mut ctx = Ctx {
         caller: Caller::User(uid.clone()),
         token_hash,
@@ -1339,7 +1350,8 @@ async fn run(
         session: session.clone(),
         sent_upto: HashMap::new(),
         replies: replies_tx,
-        changes: changes_tx,
+        changes: None,
+        new_changes: None,
         last_change: None,
         sends: Vec::new(),
         own_sends: catch_up.then(HashSet::new),
@@ -1407,7 +1419,12 @@ async fn run(
             // Polled only when no frame is readable (or the batch is full).
             () = std::future::ready(()), if !ctx.sends.is_empty() => Step::Sends,
             Some(reply) = replies.recv() => Step::Reply(reply),
-            Some(done) = changes.recv() => Step::Changed(done),
+            Some(done) = async {
+                match changes.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if changes.is_some() => Step::Changed(done),
             Some(pushed) = queue.recv(), if !catching_up => Step::Push(pushed),
             // All slots taken: wake when one frees (the permit is given straight back).
             _ = in_flight.acquire(), if in_flight.available_permits() == 0 => Step::Reaped,
@@ -1445,6 +1462,9 @@ async fn run(
                 }
                 burst_frames += 1;
                 let done = ctx.incoming(&mut w, &msg, &in_flight).await;
+                if let Some(made) = ctx.new_changes.take() {
+                    changes = Some(made);
+                }
                 if !ctx.last_was_send {
                     ctx.frames.take(Instant::now());
                 }

@@ -154,6 +154,9 @@ pub(crate) struct Uploader {
     pub(crate) wake: Arc<Notify>,
     /// Serializes passes (background and `upload_now`).
     pub(crate) pass_lock: Arc<Mutex<PassState>>,
+    /// The log's rewrite lock (`Log::rewrite_sealed`, removals): held by a rewrite of a
+    /// segment only in the store while its temp file is in use, which a pass then leaves alone.
+    pub(crate) rewrites: Arc<Mutex<()>>,
     /// Where the history this directory tiered before starts, by its local manifest copy as of
     /// the open ([`store::LocalStart::tiered`]): for the claim after an open the store did
     /// not answer (nothing rewrites the copy before that claim).
@@ -167,6 +170,9 @@ const WAITING: &str = "waiting for the lease of another process under this node 
 #[derive(Debug, Default)]
 pub(crate) struct PassState {
     claimed: bool,
+    /// The prefix was given up at the close ([`Uploader::release`]): nothing is written to
+    /// the manifest any more.
+    released: bool,
     last_write_ms: u64,
     /// (base, CRC-32) of local segments known to hold exactly the bytes of the manifest entry
     /// at their base: uploaded by this process, or read and compared before a deletion.
@@ -185,8 +191,7 @@ impl PassState {
         Self {
             claimed: true,
             last_write_ms: store::now_ms(),
-            confirmed: HashSet::new(),
-            doomed: Vec::new(),
+            ..Self::default()
         }
     }
 }
@@ -372,7 +377,9 @@ impl Uploader {
     /// not: fenced, diverged, or not claimed yet.
     fn not_holding(&self, state: &PassState) -> Option<&'static str> {
         let inner = &self.tier.inner;
-        if inner.fenced.load(Ordering::Relaxed) {
+        if state.released {
+            Some("the log is closing: it gave up the object store's prefix")
+        } else if inner.fenced.load(Ordering::Relaxed) {
             Some("another server owns the object store's prefix (this log is fenced)")
         } else if inner.diverged.load(Ordering::Relaxed) {
             Some("the object store holds another history of this log")
@@ -475,7 +482,9 @@ impl Uploader {
     /// old entry ([`Self::upload_marked`]); one not uploaded yet goes up at the next pass, under
     /// new objects too. A copy the store holds must hold the entry's bytes first (else another
     /// history: diverged). The local step runs to its end, with both locks, even if this future
-    /// is dropped; what is left after it (an error, a stop, a crash) the next pass finishes.
+    /// is dropped; what is left after it (an error, a stop, a crash) the next pass finishes. A
+    /// segment only in the store: [`Self::rewrite_remote`], which gives the pass lock back for
+    /// its read and upload.
     pub(crate) async fn rewrite(
         &self,
         log: &crate::log::Log,
@@ -616,6 +625,9 @@ impl Uploader {
             tracing::warn!(file = %tmp.display(), error = %e, "could not remove a rewritten segment's temp file (the next pass does)");
         }
         let (stats, new) = uploaded?;
+        // Dropped while waiting here (a stop), the uploaded objects stay unnamed: `tidings tier
+        // gc` keeps them while this process may still name them, and collects them after its
+        // release.
         let mut state = self.pass_lock.lock().await;
         let refused = match self.not_holding(&state) {
             Some(reason) => Some(reason),
@@ -822,7 +834,11 @@ impl Uploader {
     /// on its own ([`Self::upload_marked`]): one that fails is said and stays for the next pass,
     /// and the pass goes on (its uploads, lease and local retention do not wait for it).
     async fn finish_reuploads(&self, state: &mut PassState) -> Result<()> {
-        remove_purge_files(&self.dir)?;
+        // Not while a rewrite runs: a rewrite of a segment only in the store no longer holds
+        // the pass lock while it writes and uploads its temp file.
+        if let Ok(_rewriting) = self.rewrites.try_lock() {
+            remove_purge_files(&self.dir)?;
+        }
         for base in pending_reuploads(&self.dir)? {
             if let Err(e) = self.upload_marked(state, base).await {
                 if self.tier.inner.diverged.load(Ordering::Relaxed) {
@@ -838,6 +854,12 @@ impl Uploader {
     /// server may claim it at once instead of waiting for the lease to run out.
     pub(crate) async fn release(&self) -> Result<()> {
         let mut state = self.pass_lock.lock().await;
+        // Given up before anything else, whatever comes of the release (an error, the close's
+        // deadline dropping this future): a removal or a remote rewrite waiting for this lock
+        // writes no version after it, which would renew the lease a successor then waits out
+        // (or undo a release version that landed unanswered).
+        let claimed = std::mem::replace(&mut state.claimed, false);
+        state.released = true;
         if self.tier.inner.fenced.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -847,14 +869,11 @@ impl Uploader {
         // is released in turn (until 2026-11-30 it was taken for another writer's: fenced, the
         // lease left live).
         self.delete_doomed(&mut state, true).await;
-        let known = state.claimed.then(|| self.tier.manifest());
+        let known = claimed.then(|| self.tier.manifest());
         store::release_own(&self.tier.inner, known).await?;
-        if state.claimed {
+        if claimed {
             write_local_manifest(&self.dir, &self.tier.manifest())?;
         }
-        // Given up: a removal called meanwhile (it waits for this lock) writes no version after
-        // the release, which would renew the lease a successor then waits out.
-        state.claimed = false;
         Ok(())
     }
 
