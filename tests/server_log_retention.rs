@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Api, Server, metric, page_seqs, tidings};
+use common::{ADMIN, Api, Server, listed, metric, page_seqs, tidings};
 
 const BOUND: u64 = 40_000;
 
@@ -62,8 +62,16 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
     let server = Server::start(&ARGS);
     let api = Api::new(&server);
     api.group("g", &["alice", "bob"]).await;
+    api.group("h", &["alice", "bob"]).await;
     let alice = api.user("alice").await;
     let bob = api.user("bob").await;
+    // Three messages bob never reads in h, in the first segment; the version of his list then.
+    for i in 1..=3 {
+        api.send(&alice, "h", &format!("h{i}"), "early").await;
+    }
+    let before = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert_eq!(listed(&before, "h").unwrap()["unread"], 3, "{before}");
+    let v_before = before["version"].as_u64().unwrap();
     const SENT: u64 = 600;
     for i in 1..=SENT {
         api.send(
@@ -125,6 +133,25 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
     // His unread count is what he can still read, not every message since he joined.
     let convs = api.ok("GET", "/v1/conversations", &bob, None).await;
     assert_eq!(convs["conversations"][0]["unread"], seqs.len(), "{convs}");
+    // The removal cut his count in h (its messages expired), and the log says so
+    // (`log_trimmed`): his incremental list from before it lists h again, with the count a
+    // full list has (until 2026-11-30 it left h out — no event had moved h's version — and
+    // the client kept 3).
+    assert_eq!(listed(&convs, "h").unwrap()["unread"], 0, "{convs}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let since = format!("/v1/conversations?since_version={v_before}");
+        let inc = api.ok("GET", &since, &bob, None).await;
+        if let Some(h) = listed(&inc, "h") {
+            assert_eq!(h["unread"], 0, "{inc}");
+            assert!(h["version"].as_u64().unwrap() > v_before, "{inc}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "h never listed again: {inc}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = api.text("/v1/log", ADMIN).await;
+    assert!(log.contains(r#""type":"log_trimmed""#), "{log}");
     api.send(&alice, "g", "after", "after the retention").await;
 
     // A restart starts from a snapshot (the log starts past 0) and answers the same.
@@ -188,8 +215,11 @@ fn snapshot_offsets(data: &Path) -> Vec<u64> {
 }
 
 /// With a bound of 0 bytes the policy lets every sealed segment go, and the snapshots stop
-/// it: the segment holding the older of the newest two snapshots' records stays, and those
-/// after it (the server takes no more writes, so no newer snapshot comes).
+/// it: the log never starts past the older of the newest two snapshots' records. The server
+/// takes no more messages, but each removal writes its `log_trimmed` event, after which a
+/// newer snapshot lets the next pass go further, until no sealed segment is left below the
+/// snapshots (until 2026-11-30, with no such event, the removal stopped at the older
+/// snapshot taken after the last message).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_removal_stops_below_the_older_of_the_newest_two_snapshots() {
     let mut args = ARGS;
@@ -231,8 +261,19 @@ async fn the_removal_stops_below_the_older_of_the_newest_two_snapshots() {
         start > 0 && start <= older,
         "start {start}, snapshots {snaps:?}"
     );
-    // Sealed segments stay past it: the bound, not the policy, stopped the removal.
-    assert!(segment_files(&server.data).len() >= 2);
+    // Every removal is in the log, as a `log_trimmed` event naming its start.
+    let log = api.text("/v1/log", ADMIN).await;
+    let trims: Vec<u64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["type"] == "log_trimmed")
+        .map(|e| e["start"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !trims.is_empty() && trims.windows(2).all(|w| w[0] < w[1]),
+        "{trims:?}"
+    );
+    assert_eq!(trims.last(), Some(&start));
     let server = server.restart();
     let api = Api::new(&server);
     assert_eq!(log_start(&api).await, start);

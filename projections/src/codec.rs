@@ -156,6 +156,11 @@ pub(crate) fn encode(env: &Envelope, out: &mut Vec<u8>) {
             text(out, "uid");
             text(out, uid);
         }
+        Event::LogTrimmed { start } => {
+            map(out, 1);
+            text(out, "start");
+            uint(out, *start);
+        }
         Event::ChannelCreated { channel, flags: f }
         | Event::ChannelUpdated { channel, flags: f } => {
             map(out, 2);
@@ -618,6 +623,10 @@ fn read_event(r: &mut Reader<'_>) -> Option<Event> {
         b"tokens_revoked" => {
             let (uid,) = fields!(r, { b"uid" => uid: r.string() });
             Event::TokensRevoked { uid }
+        }
+        b"log_trimmed" => {
+            let (start,) = fields!(r, { b"start" => start: r.uint() });
+            Event::LogTrimmed { start }
         }
         b"channel_created" => {
             let (channel, flags) = fields!(r, {

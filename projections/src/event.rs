@@ -273,6 +273,16 @@ pub enum Event {
         /// SHA-256 of the token.
         token_hash: Bytes,
     },
+    /// The retention removed the log's segments below `start`: the messages sent below it have
+    /// expired. Written by the server after each removal (from 2026-11-30), so that a change
+    /// the removal made to what is read — unread counts that now leave expired messages out —
+    /// has an offset: a conversation whose count it cut is listed again to incremental
+    /// conversation lists, as of this event (`State::trimmed`). A build from before it cannot
+    /// read a log that holds one.
+    LogTrimmed {
+        /// The log's first offset after the removal.
+        start: u64,
+    },
 }
 
 impl Event {
@@ -295,6 +305,7 @@ impl Event {
             Event::ConversationHidden { .. } => "conversation_hidden",
             Event::ConversationCleared { .. } => "conversation_cleared",
             Event::TokenRevoked { .. } => "token_revoked",
+            Event::LogTrimmed { .. } => "log_trimmed",
         }
     }
 

@@ -32,6 +32,19 @@ pub struct State {
     pub idempotency: Idempotency,
     /// The channel message index's in-memory part and the map of its sidecar files.
     pub index: IndexState,
+    /// The latest removal of the log's oldest segments by the retention
+    /// ([`Event::LogTrimmed`]), if any. Absent from snapshots written before it existed.
+    #[serde(default)]
+    pub trimmed: Option<Trimmed>,
+}
+
+/// A removal of the log's oldest segments, as the log says it ([`Event::LogTrimmed`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trimmed {
+    /// The offset of the event.
+    pub offset: u64,
+    /// The log's first offset after the removal (the highest so far).
+    pub start: u64,
 }
 
 /// What applying an event asks of the caller.
@@ -187,7 +200,61 @@ impl State {
                 channel,
                 up_to_seq,
             } => self.cursors.clear(offset, uid, channel, *up_to_seq),
+            Event::LogTrimmed { start } => {
+                let start = self.trimmed.map_or(*start, |t| t.start.max(*start));
+                self.trimmed = Some(Trimmed { offset, start });
+            }
         }
         Ok(Applied::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::idempotency::Idempotency;
+
+    /// A `log_trimmed` event records its offset and the highest start so far (a later event
+    /// naming a lower start keeps the higher one), and the state keeps it through a snapshot's
+    /// encoding; a snapshot's state without the field (written before it existed) reads as none.
+    #[test]
+    fn a_log_trimmed_event_is_kept_with_the_highest_start() {
+        let mut st = State::new(Idempotency::default(), 1024);
+        assert_eq!(st.trimmed, None);
+        let trim = |start| Envelope::new(1, Event::LogTrimmed { start });
+        st.apply(5, &trim(100)).unwrap();
+        assert_eq!(
+            st.trimmed,
+            Some(Trimmed {
+                offset: 5,
+                start: 100
+            })
+        );
+        st.apply(9, &trim(40)).unwrap();
+        assert_eq!(
+            st.trimmed,
+            Some(Trimmed {
+                offset: 9,
+                start: 100
+            })
+        );
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&st, &mut bytes).unwrap();
+        let back: State = ciborium::from_reader(&bytes[..]).unwrap();
+        assert_eq!(back, st);
+        // Without the field.
+        let value: ciborium::Value = ciborium::Value::serialized(&st).unwrap();
+        let ciborium::Value::Map(entries) = value else {
+            panic!("a map")
+        };
+        let older = ciborium::Value::Map(
+            entries
+                .into_iter()
+                .filter(|(k, _)| k.as_text() != Some("trimmed"))
+                .collect(),
+        );
+        let read: State = older.deserialized().unwrap();
+        assert_eq!(read.trimmed, None);
     }
 }

@@ -135,6 +135,7 @@ fn event() -> impl Strategy<Value = Event> {
             }
         }),
         (id(), bytes()).prop_map(|(uid, token_hash)| Event::TokenRevoked { uid, token_hash }),
+        any::<u64>().prop_map(|start| Event::LogTrimmed { start }),
     ]
 }
 
@@ -588,6 +589,9 @@ fn golden_events() -> Vec<Envelope> {
             uid: s("alice"),
             token_hash: Bytes::from_static(&[0xcd; 32]),
         },
+        // Appended with the retention's event (2026-11-30): the entries before it kept their
+        // bytes.
+        Event::LogTrimmed { start: 70_000 },
     ];
     evs.into_iter()
         .enumerate()

@@ -95,7 +95,7 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
 
 /// One pass (the module doc).
 async fn pass(
-    state: &AppState,
+    state: &Arc<AppState>,
     checked: &mut Checks,
     stored: &mut StoreChecks,
 ) -> anyhow::Result<()> {
@@ -187,6 +187,16 @@ async fn pass(
             log_start = removed.start_offset,
             "the retention removed the log's oldest segments"
         );
+        // The removal in the log, so that what it changed in reads has an offset: the
+        // conversations whose unread counts it cut are listed again to incremental lists
+        // (`Event::LogTrimmed`). Not written (a stop, the applier stopped): the next
+        // removal's event covers this one's cuts too.
+        let trimmed = tidings_projections::Event::LogTrimmed {
+            start: removed.start_offset,
+        };
+        if let Err(e) = state.emit(trimmed).await {
+            tracing::warn!(error = %e.message, "could not write the retention's log_trimmed event (incremental conversation lists learn of the counts this removal cut at the next one)");
+        }
     }
     Ok(())
 }

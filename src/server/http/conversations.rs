@@ -130,6 +130,46 @@ fn unread_retained(
     Ok(retained.min(c.unread))
 }
 
+/// Conversations whose floor a page checks per hold of the projections' lock
+/// ([`with_trim_versions`]).
+const FLOORS_PER_LOCK: usize = 64;
+
+/// `all` with the version of each conversation whose unread count the retention cut (the
+/// caller's read position below the channel's expired floor: [`unread_retained`]) raised to
+/// the offset of the latest `log_trimmed` event (`State::trimmed`), when lower: the removal
+/// changed the count, and an incremental list (`since_version` before the event) lists the
+/// conversation again with it. Until 2026-11-30 no event moved such a conversation's version,
+/// and incremental lists kept the count from before the removal. Every conversation still
+/// cut is listed again after each removal, cut then or earlier (a few listed twice, none
+/// missed); a removal whose event was not written (a stop) is covered by the next one's. The
+/// floors are those [`AppState::expired_floor`] remembers per log start: read once per channel
+/// after a removal, a few channels per hold of the lock.
+fn with_trim_versions(
+    state: &AppState,
+    me: &str,
+    mut all: Vec<Conversation>,
+) -> ApiResult<Vec<Conversation>> {
+    if state.expired_below() == 0 {
+        return Ok(all);
+    }
+    let Some(trimmed) = state.proj().state.trimmed else {
+        return Ok(all);
+    };
+    for chunk in all.chunks_mut(FLOORS_PER_LOCK) {
+        let p = state.proj();
+        for c in chunk {
+            if c.version >= trimmed.offset || c.unread == 0 {
+                continue;
+            }
+            let cur = p.state.cursors.get(me, &c.channel);
+            if state.expired_floor(&p, &c.channel)? > cur.read.max(cur.cleared) {
+                c.version = trimmed.offset;
+            }
+        }
+    }
+    Ok(all)
+}
+
 /// One JSON text (the payloads in it as sent).
 fn raw<T: Serialize>(v: &T) -> ApiResult<Box<RawValue>> {
     to_raw_value(v).map_err(|e| ApiError::internal(format!("rendering the answer: {e}")))
@@ -166,6 +206,7 @@ pub(crate) async fn conversations(
             (list, version)
         }
     };
+    let all = with_trim_versions(&state, &me, all)?;
     let mut list = page(
         &state.proj().state,
         &me,
