@@ -319,3 +319,84 @@ async fn segments_older_than_the_age_go() {
     assert!(seqs[0] > 1, "{page}");
     assert_eq!(seqs, (seqs[0]..=302).collect::<Vec<_>>());
 }
+
+/// Segments removed with no `log_trimmed` event written (deleted by hand here, as by a build
+/// from before the event, or a stop between a removal and its event): the retention's next
+/// pass writes the event for the log's start — also when its policy removes nothing — and an
+/// incremental conversation list from before then lists again the group whose unread messages
+/// expired, with its new count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_without_its_event_gets_one_at_the_next_pass() {
+    let server = Server::start(&[
+        "--log-segment-bytes",
+        "16384",
+        "--limits-sends-per-second",
+        "100000",
+    ]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    api.group("f", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let mut last = 0;
+    for i in 1..=3 {
+        last = common::sent_offset(&api.send(&alice, "g", &format!("g{i}"), "early").await);
+    }
+    let before = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert_eq!(listed(&before, "g").unwrap()["unread"], 3, "{before}");
+    let v_before = before["version"].as_u64().unwrap();
+    // Past g's messages: f (bob is not in it) fills segments.
+    common::seal_past(&api, &server, &alice, last).await;
+    let data = server.data.clone();
+    let dir = server.stop();
+    // Every sealed segment, g's messages with them.
+    let active = common::active_base(&data);
+    for path in segment_files(&data) {
+        let base: u64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        if base < active {
+            for ext in ["log", "index", "timeindex"] {
+                let _ = std::fs::remove_file(path.with_extension(ext));
+            }
+        }
+    }
+    let server = Server::start_on(
+        &data,
+        &[
+            "--log-segment-bytes",
+            "16384",
+            "--compaction-retention-bytes",
+            "1000000000",
+            "--compaction-retention-interval-secs",
+            "1",
+        ],
+    );
+    let api = Api::new(&server);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let since = format!("/v1/conversations?since_version={v_before}");
+        let inc = api.ok("GET", &since, &bob, None).await;
+        if let Some(g) = listed(&inc, "g") {
+            assert_eq!(g["unread"], 0, "{inc}");
+            break;
+        }
+        if Instant::now() >= deadline {
+            let log = api.text("/v1/log", ADMIN).await;
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            panic!("g never listed again: {inc}; the log ends {tail:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = api.text("/v1/log", ADMIN).await;
+    let start = log_start(&api).await;
+    let trimmed = format!(r#""start":{start}"#);
+    assert!(
+        log.lines()
+            .any(|l| l.contains(r#""type":"log_trimmed""#) && l.contains(&trimmed)),
+        "{log}"
+    );
+    assert_eq!(
+        metric(&server, "tidings_retention_removed_segments_total").await,
+        0
+    );
+    drop(dir);
+}

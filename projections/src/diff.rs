@@ -122,6 +122,7 @@ pub fn diff(live: &State, rebuilt: &State, max: usize) -> Vec<String> {
         &live.applied,
         &rebuilt.applied,
     );
+    field(o, "state", "log trimmed", &live.trimmed, &rebuilt.trimmed);
 
     maps(
         o,

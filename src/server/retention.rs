@@ -100,6 +100,9 @@ async fn pass(
     stored: &mut StoreChecks,
 ) -> anyhow::Result<()> {
     let log = state.log.clone();
+    if let Some(start) = missing_trim(state) {
+        record_trim(state, start).await;
+    }
     let age_cut = match state.config.compaction_retention_secs {
         None => None,
         Some(secs) => {
@@ -187,18 +190,29 @@ async fn pass(
             log_start = removed.start_offset,
             "the retention removed the log's oldest segments"
         );
-        // The removal in the log, so that what it changed in reads has an offset: the
-        // conversations whose unread counts it cut are listed again to incremental lists
-        // (`Event::LogTrimmed`). Not written (a stop, the applier stopped): the next
-        // removal's event covers this one's cuts too.
-        let trimmed = tidings_projections::Event::LogTrimmed {
-            start: removed.start_offset,
-        };
-        if let Err(e) = state.emit(trimmed).await {
-            tracing::warn!(error = %e.message, "could not write the retention's log_trimmed event (incremental conversation lists learn of the counts this removal cut at the next one)");
-        }
+        record_trim(state, removed.start_offset).await;
     }
     Ok(())
+}
+
+/// Writes the removal up to `start` in the log (`Event::LogTrimmed`), so that what it changed
+/// in reads has an offset: the conversations whose unread counts it cut are listed again to
+/// incremental lists. One not written (a stop between the removal and it, the applier
+/// stopped) is written by a later pass ([`missing_trim`]).
+async fn record_trim(state: &Arc<AppState>, start: u64) {
+    let trimmed = tidings_projections::Event::LogTrimmed { start };
+    if let Err(e) = state.emit(trimmed).await {
+        tracing::warn!(error = %e.message, start, "the retention's log_trimmed event was not written, or not applied yet (a later pass writes it if it is missing)");
+    }
+}
+
+/// The log's start when messages below it have expired and no `log_trimmed` event says so
+/// yet: a removal whose event was not written, or the removals of a build from before the
+/// event (2026-11-30).
+fn missing_trim(state: &AppState) -> Option<u64> {
+    let start = state.expired_below();
+    let known = state.proj().state.trimmed.map_or(0, |t| t.start);
+    (start > known).then_some(start)
 }
 
 /// Whether this server holds its tier's prefix (claimed, not fenced, its history not diverged

@@ -130,35 +130,40 @@ fn unread_retained(
     Ok(retained.min(c.unread))
 }
 
-/// Conversations whose floor a page checks per hold of the projections' lock
+/// Conversations whose floor a list checks per hold of the projections' lock
 /// ([`with_trim_versions`]).
-const FLOORS_PER_LOCK: usize = 64;
+const FLOORS_PER_LOCK: usize = 16;
 
-/// `all` with the version of each conversation whose unread count the retention cut (the
-/// caller's read position below the channel's expired floor: [`unread_retained`]) raised to
-/// the offset of the latest `log_trimmed` event (`State::trimmed`), when lower: the removal
-/// changed the count, and an incremental list (`since_version` before the event) lists the
-/// conversation again with it. Until 2026-11-30 no event moved such a conversation's version,
-/// and incremental lists kept the count from before the removal. Every conversation still
-/// cut is listed again after each removal, cut then or earlier (a few listed twice, none
-/// missed); a removal whose event was not written (a stop) is covered by the next one's. The
-/// floors are those [`AppState::expired_floor`] remembers per log start: read once per channel
-/// after a removal, a few channels per hold of the lock.
+/// For an incremental list from `since`: `all` with the version of each conversation whose
+/// unread count the retention cut (the caller's read position below the channel's expired
+/// floor: [`unread_retained`]) raised to the offset of the latest `log_trimmed` event
+/// (`State::trimmed`) when that is past `since` and the conversation's own version is not:
+/// the removal changed the count, and the list carries the conversation again with it. Until
+/// 2026-11-30 no event moved such a conversation's version, and incremental lists kept the
+/// count from before the removal. Every conversation still cut is listed again after each
+/// removal, cut by it or earlier (some listed again with the count the client has; none
+/// missed, as the latest event alone is known: a conversation cut by an earlier removal is
+/// raised as long as it stays cut), all at the event's version: a page then runs over its
+/// limit to take every conversation sharing it, as after any event that changed many. The
+/// floors are those [`AppState::expired_floor`] remembers per log start: read once per
+/// channel after a removal, a few channels per hold of the lock. Not for a full list, which
+/// has every count as it is and versions from which an incremental list raises in turn.
 fn with_trim_versions(
     state: &AppState,
     me: &str,
     mut all: Vec<Conversation>,
+    since: u64,
 ) -> ApiResult<Vec<Conversation>> {
     if state.expired_below() == 0 {
         return Ok(all);
     }
-    let Some(trimmed) = state.proj().state.trimmed else {
+    let Some(trimmed) = state.proj().state.trimmed.filter(|t| t.offset > since) else {
         return Ok(all);
     };
     for chunk in all.chunks_mut(FLOORS_PER_LOCK) {
         let p = state.proj();
         for c in chunk {
-            if c.version >= trimmed.offset || c.unread == 0 {
+            if c.version > since || c.unread == 0 {
                 continue;
             }
             let cur = p.state.cursors.get(me, &c.channel);
@@ -206,7 +211,10 @@ pub(crate) async fn conversations(
             (list, version)
         }
     };
-    let all = with_trim_versions(&state, &me, all)?;
+    let all = match q.since_version {
+        Some(since) => with_trim_versions(&state, &me, all, since)?,
+        None => all,
+    };
     let mut list = page(
         &state.proj().state,
         &me,
