@@ -2082,21 +2082,8 @@ async fn a_session_goes_live_while_a_busy_group_keeps_sending() {
     });
     // Both gauges from one scrape: the session counts as catching up before it counts at all.
     let gauges = || async {
-        let text = reqwest::get(server.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let value = |name: &str| -> u64 {
-            let prefix = format!("{name} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(prefix.as_str()))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
+        let text = common::metrics_text(&server).await;
+        let value = |name: &str| common::metric_in(&text, name);
         (
             value("tidings_ws_sessions"),
             value("tidings_ws_catching_up"),

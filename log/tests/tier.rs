@@ -1795,16 +1795,21 @@ async fn a_store_whose_history_starts_past_offset_0_opens_its_directory() {
     log.close().await.unwrap();
 }
 
-/// The real file system, except that listing one directory fails (an unreadable directory).
-#[derive(Debug)]
-struct UnlistableDir(PathBuf);
+/// The real file system, but for what a test asks of it: listing one directory fails (an
+/// unreadable directory), and syncing a segment rewrite's temp file waits at a gate
+/// ([`PurgeGate`]).
+#[derive(Debug, Default)]
+struct TestFs {
+    unlistable: Option<PathBuf>,
+    gate: Option<Arc<GateState>>,
+}
 
-impl Vfs for UnlistableDir {
+impl Vfs for TestFs {
     fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
         StdFs.create_dir_all(dir)
     }
     fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        if dir == self.0.as_path() {
+        if self.unlistable.as_deref() == Some(dir) {
             return Err(std::io::ErrorKind::PermissionDenied.into());
         }
         StdFs.list(dir)
@@ -1813,7 +1818,13 @@ impl Vfs for UnlistableDir {
         StdFs.open_read(path)
     }
     fn open_write(&self, path: &Path) -> std::io::Result<Arc<dyn VfsFile>> {
-        StdFs.open_write(path)
+        let file = StdFs.open_write(path)?;
+        match &self.gate {
+            Some(gate) if path.to_string_lossy().ends_with(".purge") => {
+                Ok(Arc::new(GatedFile(file, gate.clone())))
+            }
+            _ => Ok(file),
+        }
     }
     fn exists(&self, path: &Path) -> std::io::Result<bool> {
         StdFs.exists(path)
@@ -1845,7 +1856,10 @@ async fn a_directory_that_cannot_be_listed_fails_the_open_before_the_claim() {
     let dir = data.path().join("log");
     let hour = Duration::from_secs(3600);
     let t = tier_with(store, "unlistable", "node-a", cache.path(), 0, hour).await;
-    let opts = log_opts(t).with_vfs(Arc::new(UnlistableDir(dir.clone())));
+    let opts = log_opts(t).with_vfs(Arc::new(TestFs {
+        unlistable: Some(dir.clone()),
+        gate: None,
+    }));
     match Log::open(&dir, opts).await {
         Err(LogError::Io { op, path, .. }) => {
             assert_eq!((op, path), ("list directory", dir.clone()));
@@ -2733,9 +2747,9 @@ async fn a_damaged_local_copy_is_neither_rewritten_nor_uploaded() {
     log.close().await.unwrap();
 }
 
-/// The real file system, except that syncing a segment rewrite's temp file (`*.purge`), all
-/// of it written, waits until the test lets it go (20 s at most): a remote rewrite held with
-/// its temp file in place.
+/// A gate at the sync of a segment rewrite's temp file (`*.purge`), all of it written: the
+/// sync waits until the test lets it go (20 s at most) — a remote rewrite held with its temp
+/// file in place. Its file system: [`PurgeGate::fs`].
 #[derive(Debug, Default)]
 struct PurgeGate(Arc<GateState>);
 
@@ -2764,6 +2778,14 @@ impl PurgeGate {
     fn open(&self) {
         self.0.state.lock().unwrap().1 = true;
         self.0.changed.notify_all();
+    }
+
+    /// The real file system with this gate.
+    fn fs(&self) -> Arc<TestFs> {
+        Arc::new(TestFs {
+            unlistable: None,
+            gate: Some(self.0.clone()),
+        })
     }
 }
 
@@ -2797,38 +2819,52 @@ impl VfsFile for GatedFile {
     }
 }
 
-impl Vfs for PurgeGate {
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        StdFs.list(dir)
-    }
-    fn open_read(&self, path: &Path) -> std::io::Result<Arc<dyn VfsFile>> {
-        StdFs.open_read(path)
-    }
-    fn open_write(&self, path: &Path) -> std::io::Result<Arc<dyn VfsFile>> {
-        let file = StdFs.open_write(path)?;
-        if path.to_string_lossy().ends_with(".purge") {
-            return Ok(Arc::new(GatedFile(file, self.0.clone())));
-        }
-        Ok(file)
-    }
-    fn exists(&self, path: &Path) -> std::io::Result<bool> {
-        StdFs.exists(path)
-    }
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        StdFs.remove(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdFs.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        StdFs.sync_dir(dir)
-    }
-    fn try_lock(&self, path: &Path) -> std::io::Result<Box<dyn VfsLock>> {
-        StdFs.try_lock(path)
-    }
+/// A tiered log in `dir` (4 KiB segments) with 400 records uploaded, its file system gated by
+/// `gate`.
+async fn gated_log(
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+    cache: &Path,
+    dir: &Path,
+    gate: &PurgeGate,
+) -> Log {
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store, prefix, "node-a", cache, 8300, hour).await;
+    let opts = log_opts(t).with_segment_bytes(4096).with_vfs(gate.fs());
+    let log = Log::open(dir, opts).await.unwrap();
+    append(&log, 0, 400).await;
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    log
+}
+
+/// The base of a segment only in the store, and an offset in it.
+fn remote_target(log: &Log) -> (u64, u64) {
+    let mut segments = log.segments().unwrap().into_iter();
+    let remote = segments.find(|s| s.sealed && s.remote).unwrap();
+    (remote.base_offset, remote.base_offset + 2)
+}
+
+/// A rewrite of the record at `at` in the segment at `base`, started and held at `gate` (its
+/// temp file written); its task.
+async fn held_rewrite(
+    log: &Log,
+    gate: &PurgeGate,
+    base: u64,
+    at: u64,
+) -> tokio::task::JoinHandle<tidings_log::Result<tidings_log::RewriteStats>> {
+    let rewriting = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            log.rewrite_sealed(base, BTreeMap::from([(at, hashes(at))]))
+                .await
+        })
+    };
+    let entered = PurgeGate(gate.0.clone());
+    tokio::task::spawn_blocking(move || entered.wait_entered())
+        .await
+        .unwrap();
+    rewriting
 }
 
 /// A rewrite of a segment only in the store gives the uploader's pass lock back while it
@@ -2845,32 +2881,10 @@ async fn a_remote_rewrite_lets_passes_run_while_it_reads_and_uploads() {
         Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
     let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let dir = data.path().join("log");
-    let gate = Arc::new(PurgeGate::default());
-    let hour = Duration::from_secs(3600);
-    let t = tier_with(store, "gated", "node-a", cache.path(), 8300, hour).await;
-    let opts = log_opts(t).with_segment_bytes(4096).with_vfs(gate.clone());
-    let log = Log::open(&dir, opts).await.unwrap();
-    append(&log, 0, 400).await;
-    log.roll().await.unwrap();
-    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
-    let remote = log
-        .segments()
-        .unwrap()
-        .into_iter()
-        .find(|s| s.sealed && s.remote)
-        .unwrap();
-    let (base, at) = (remote.base_offset, remote.base_offset + 2);
-    let rewriting = {
-        let log = log.clone();
-        tokio::spawn(async move {
-            log.rewrite_sealed(base, BTreeMap::from([(at, hashes(at))]))
-                .await
-        })
-    };
-    let entered = gate.clone();
-    tokio::task::spawn_blocking(move || entered.wait_entered())
-        .await
-        .unwrap();
+    let gate = PurgeGate::default();
+    let log = gated_log(store, "gated", cache.path(), &dir, &gate).await;
+    let (base, at) = remote_target(&log);
+    let rewriting = held_rewrite(&log, &gate, base, at).await;
     append(&log, 400, 50).await;
     log.roll().await.unwrap();
     let pass = tokio::time::timeout(Duration::from_secs(10), log.upload_now()).await;
@@ -2901,34 +2915,10 @@ async fn a_remote_rewrite_names_nothing_after_the_close_released_the_prefix() {
     let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let dir = data.path().join("log");
     let gate = PurgeGate::default();
-    let hour = Duration::from_secs(3600);
-    let t = tier_with(store.clone(), "closing", "node-a", cache.path(), 8300, hour).await;
-    let opts = log_opts(t)
-        .with_segment_bytes(4096)
-        .with_vfs(Arc::new(PurgeGate(gate.0.clone())));
-    let log = Log::open(&dir, opts).await.unwrap();
-    append(&log, 0, 400).await;
-    log.roll().await.unwrap();
-    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
-    let remote = log
-        .segments()
-        .unwrap()
-        .into_iter()
-        .find(|s| s.sealed && s.remote)
-        .unwrap();
-    let (base, at) = (remote.base_offset, remote.base_offset + 2);
+    let log = gated_log(store.clone(), "closing", cache.path(), &dir, &gate).await;
+    let (base, at) = remote_target(&log);
     let before = entry_at(&log, base).await;
-    let rewriting = {
-        let log = log.clone();
-        tokio::spawn(async move {
-            log.rewrite_sealed(base, BTreeMap::from([(at, hashes(at))]))
-                .await
-        })
-    };
-    let entered = PurgeGate(gate.0.clone());
-    tokio::task::spawn_blocking(move || entered.wait_entered())
-        .await
-        .unwrap();
+    let rewriting = held_rewrite(&log, &gate, base, at).await;
     let tier = log.tier().unwrap().clone();
     let closing = tokio::spawn(async move { log.close().await });
     // The release is written (the close then waits for the rewrite).
@@ -2954,7 +2944,15 @@ async fn a_remote_rewrite_names_nothing_after_the_close_released_the_prefix() {
         "{objects:?}"
     );
     // Opened again: the entry as it was, the record as it was.
-    let t = tier_with(store, "closing", "node-a", cache.path(), 8300, hour).await;
+    let t = tier_with(
+        store,
+        "closing",
+        "node-a",
+        cache.path(),
+        8300,
+        Duration::from_secs(3600),
+    )
+    .await;
     let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
         .await
         .unwrap();

@@ -801,26 +801,25 @@ mod tests {
         assert!(catching_up.try_go_live());
     }
 
+    /// `uid`'s session in group `g`, catching up, with a queue of 16 messages.
+    fn catching_up_in_g(d: &Delivery, uid: &str) -> (Arc<Session>, mpsc::Receiver<Run>) {
+        let limits = SessionLimits {
+            queue: 16,
+            queue_bytes: usize::MAX,
+            per_user: 8,
+        };
+        let token = CancellationToken::new();
+        d.register(uid, ["g".to_owned()].into_iter(), 0, limits, &token, false)
+            .unwrap()
+    }
+
     /// A round that found nothing while a message came (dirty) asks to queue from then on:
     /// messages pushed since are queued, not left to a round, and the session goes live at the
     /// next empty round — or after a round that planned everything — whatever comes meanwhile.
     #[test]
     fn a_session_queueing_at_the_end_of_catch_up_takes_messages_and_goes_live() {
         let d = Delivery::default();
-        let (s, mut rx) = d
-            .register(
-                "a",
-                ["g".to_owned()].into_iter(),
-                0,
-                SessionLimits {
-                    queue: 16,
-                    queue_bytes: usize::MAX,
-                    per_user: 8,
-                },
-                &CancellationToken::new(),
-                false,
-            )
-            .unwrap();
+        let (s, mut rx) = catching_up_in_g(&d, "a");
         d.push(&Arc::new(vec![msg("g", 1, None)]));
         assert!(rx.try_recv().is_err());
         assert!(!s.try_go_live());
@@ -834,20 +833,7 @@ mod tests {
         // Dirty or not, it goes live now.
         assert!(s.go_live_if_queueing());
         assert!(s.try_go_live());
-        let (t, mut t_rx) = d
-            .register(
-                "b",
-                ["g".to_owned()].into_iter(),
-                0,
-                SessionLimits {
-                    queue: 16,
-                    queue_bytes: usize::MAX,
-                    per_user: 8,
-                },
-                &CancellationToken::new(),
-                false,
-            )
-            .unwrap();
+        let (t, mut t_rx) = catching_up_in_g(&d, "b");
         d.push(&Arc::new(vec![msg("g", 3, None)]));
         t.queue_from_now();
         d.push(&Arc::new(vec![msg("g", 4, None)]));
@@ -861,20 +847,7 @@ mod tests {
     #[test]
     fn a_notice_during_catch_up_waits_in_the_queue_a_message_does_not() {
         let d = Delivery::default();
-        let (s, mut rx) = d
-            .register(
-                "a",
-                ["g".to_owned()].into_iter(),
-                0,
-                SessionLimits {
-                    queue: 16,
-                    queue_bytes: usize::MAX,
-                    per_user: 8,
-                },
-                &CancellationToken::new(),
-                false,
-            )
-            .unwrap();
+        let (s, mut rx) = catching_up_in_g(&d, "a");
         // Catching up: a message is left to the next catch-up round.
         assert_eq!(d.push(&Arc::new(vec![msg("g", 1, None)])).dropped, 0);
         assert!(rx.try_recv().is_err());

@@ -417,12 +417,21 @@ pub(crate) fn listed(v: &Value, ch: &str) -> Option<Value> {
 
 /// A counter of the server's `/metrics`.
 pub(crate) async fn metric(server: &Server, name: &str) -> u64 {
-    let text = reqwest::get(server.url("/metrics"))
+    metric_in(&metrics_text(server).await, name)
+}
+
+/// The server's `/metrics`, as text (several values read from one scrape: [`metric_in`]).
+pub(crate) async fn metrics_text(server: &Server) -> String {
+    reqwest::get(server.url("/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A counter or gauge of a `/metrics` text.
+pub(crate) fn metric_in(text: &str, name: &str) -> u64 {
     let prefix = format!("{name} ");
     let value = text.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
     let value = value.unwrap_or_else(|| panic!("no {name} in\n{text}"));
