@@ -2112,3 +2112,77 @@ async fn a_session_goes_live_while_a_busy_group_keeps_sending() {
     let got = reader.await.unwrap();
     assert_eq!(got, (1..=total).collect::<Vec<_>>());
 }
+
+/// The binary frame naming `client_msg_id`, as JSON (others skipped: the session's own `edit`
+/// frame holds a byte string, which JSON cannot).
+async fn cbor_answer(ws: &mut RawWs, client_msg_id: &str) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the connection is open")
+            .unwrap();
+        if let Message::Binary(b) = frame {
+            let v: ciborium::Value = ciborium::from_reader(&b[..]).unwrap();
+            let id = v.as_map().and_then(|m| {
+                m.iter()
+                    .find(|(k, _)| k.as_text() == Some("client_msg_id"))
+                    .and_then(|(_, id)| id.as_text())
+            });
+            if id == Some(client_msg_id) {
+                return v.deserialized().unwrap();
+            }
+        }
+    }
+}
+
+/// Over CBOR, an `edit` frame's byte-string payload is stored as those bytes and answered with
+/// a binary `editack` naming its `client_msg_id`, and a `recall` frame with a `recallack`.
+#[tokio::test]
+async fn cbor_clients_edit_with_byte_payloads_and_recall() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    api.user("bob").await;
+    api.send(&alice, "@bob", "d1", "draft").await;
+    let mut ws = connect_cbor(&server, &alice).await;
+    let text = |s: &str| ciborium::Value::Text(s.into());
+    let edit = cbor_map(vec![
+        ("type", text("edit")),
+        ("client_msg_id", text("e1")),
+        ("channel", text("@bob")),
+        ("seq", ciborium::Value::Integer(1.into())),
+        ("payload", ciborium::Value::Bytes(vec![9, 8, 255])),
+    ]);
+    ws.send(Message::Binary(edit.into())).await.unwrap();
+    let ack = cbor_answer(&mut ws, "e1").await;
+    assert_eq!(
+        (&ack["type"], &ack["edited"]),
+        (&json!("editack"), &json!(true)),
+        "{ack}"
+    );
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/@bob/messages?after_seq=0",
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(page["messages"][0]["payload_b64"], "CQj/", "{page}");
+    assert_eq!(page["messages"][0]["edited"], true, "{page}");
+    let recall = cbor_map(vec![
+        ("type", text("recall")),
+        ("client_msg_id", text("r1")),
+        ("channel", text("@bob")),
+        ("seq", ciborium::Value::Integer(1.into())),
+    ]);
+    ws.send(Message::Binary(recall.into())).await.unwrap();
+    let ack = cbor_answer(&mut ws, "r1").await;
+    assert_eq!(
+        (&ack["type"], &ack["recalled"]),
+        (&json!("recallack"), &json!(true)),
+        "{ack}"
+    );
+    let _ = ws.close(None).await;
+}
