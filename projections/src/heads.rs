@@ -4,7 +4,9 @@
 //! ask which messages it may hold changed since it last asked (`messages::plan_changes`);
 //! and, for each edited message, the log offset of every edit of it (history serves the
 //! latest; the server's purge of a recalled message rewrites them all). These grow with
-//! recalls and edits, not messages: a message edited n times holds n offsets.
+//! recalls and edits, not messages: a message edited n times holds n offsets. The edit offsets
+//! below the log's start go with each `log_trimmed` event (the retention's removals), so those
+//! stay bounded by the log; the recalled seqs and the changes are kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -161,6 +163,21 @@ impl Heads {
             .get(channel)
             .and_then(|by_seq| by_seq.get(&seq))
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// Forgets the edits at offsets below `start` (the log's first offset after a removal,
+    /// `Event::LogTrimmed`): each belongs to a message sent before it, expired with its
+    /// segment, which no read shows and the purge leaves out. What edits keep is then bounded
+    /// by the log, as the log is by the retention (until 2026-11-30 it grew with every edit
+    /// ever made).
+    pub(crate) fn forget_edits_below(&mut self, start: u64) {
+        self.edits.retain(|_, by_seq| {
+            by_seq.retain(|_, offsets| {
+                offsets.retain(|&o| o >= start);
+                !offsets.is_empty()
+            });
+            !by_seq.is_empty()
+        });
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -203,6 +203,7 @@ impl State {
             Event::LogTrimmed { start } => {
                 let start = self.trimmed.map_or(*start, |t| t.start.max(*start));
                 self.trimmed = Some(Trimmed { offset, start });
+                self.heads.forget_edits_below(start);
             }
         }
         Ok(Applied::Done)
@@ -216,10 +217,11 @@ mod tests {
     use crate::idempotency::Idempotency;
 
     /// A `log_trimmed` event records its offset and the highest start so far (a later event
-    /// naming a lower start keeps the higher one), and the state keeps it through a snapshot's
+    /// naming a lower start keeps the higher one), forgets the edits below that start, and the
+    /// state keeps it through a snapshot's
     /// encoding; a snapshot's state without the field (written before it existed) reads as none.
     #[test]
-    fn a_log_trimmed_event_is_kept_with_the_highest_start() {
+    fn a_log_trimmed_event_is_kept_with_the_highest_start_and_forgets_older_edits() {
         let mut st = State::new(Idempotency::default(), 1024);
         assert_eq!(st.trimmed, None);
         let trim = |start| Envelope::new(1, Event::LogTrimmed { start });
@@ -239,6 +241,29 @@ mod tests {
                 start: 100
             })
         );
+        // Edits below the start are forgotten, those from it kept.
+        let edit = |seq| {
+            Envelope::new(
+                2,
+                Event::MessageEdited {
+                    channel: "g".into(),
+                    seq,
+                    by: "a".into(),
+                    payload: bytes::Bytes::from_static(b"x"),
+                    flags: 0,
+                },
+            )
+        };
+        st.apply(150, &edit(1)).unwrap();
+        st.apply(250, &edit(1)).unwrap();
+        st.apply(260, &edit(2)).unwrap();
+        st.apply(300, &trim(200)).unwrap();
+        assert_eq!(st.heads.edit_offsets("g", 1), [250]);
+        assert_eq!(st.heads.edit_offsets("g", 2), [260]);
+        st.apply(400, &trim(255)).unwrap();
+        assert!(st.heads.edit_offsets("g", 1).is_empty());
+        assert!(!st.heads.edits["g"].contains_key(&1));
+        assert_eq!(st.heads.edit_offsets("g", 2), [260]);
         let mut bytes = Vec::new();
         ciborium::into_writer(&st, &mut bytes).unwrap();
         let back: State = ciborium::from_reader(&bytes[..]).unwrap();
