@@ -1106,6 +1106,11 @@ async fn connect_cbor(server: &Server, token: &str) -> RawWs {
 
 /// The next binary frame, as JSON (the frames read here hold no byte strings).
 async fn next_cbor(ws: &mut RawWs) -> Value {
+    next_cbor_value(ws).await.deserialized().unwrap()
+}
+
+/// The next binary frame, decoded.
+async fn next_cbor_value(ws: &mut RawWs) -> ciborium::Value {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -1113,8 +1118,7 @@ async fn next_cbor(ws: &mut RawWs) -> Value {
             .expect("the connection is open")
             .unwrap();
         if let Message::Binary(b) = frame {
-            let v: ciborium::Value = ciborium::from_reader(&b[..]).unwrap();
-            return v.deserialized().unwrap();
+            return ciborium::from_reader(&b[..]).unwrap();
         }
     }
 }
@@ -2117,21 +2121,14 @@ async fn a_session_goes_live_while_a_busy_group_keeps_sending() {
 /// frame holds a byte string, which JSON cannot).
 async fn cbor_answer(ws: &mut RawWs, client_msg_id: &str) -> Value {
     loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("the connection is open")
-            .unwrap();
-        if let Message::Binary(b) = frame {
-            let v: ciborium::Value = ciborium::from_reader(&b[..]).unwrap();
-            let id = v.as_map().and_then(|m| {
-                m.iter()
-                    .find(|(k, _)| k.as_text() == Some("client_msg_id"))
-                    .and_then(|(_, id)| id.as_text())
-            });
-            if id == Some(client_msg_id) {
-                return v.deserialized().unwrap();
-            }
+        let v = next_cbor_value(ws).await;
+        let id = v.as_map().and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k.as_text() == Some("client_msg_id"))
+                .and_then(|(_, id)| id.as_text())
+        });
+        if id == Some(client_msg_id) {
+            return v.deserialized().unwrap();
         }
     }
 }
