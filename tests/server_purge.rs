@@ -94,6 +94,29 @@ async fn wait_for_purge(server: &Server, markers: &[&str], records: u64) {
     }
 }
 
+/// Waits (`within`) until a tiered server counts a record purged and no segment file holds
+/// `RECALLED[0]` — nor, with `store_too`, any object in the `file://` store at `bucket`.
+async fn wait_for_tiered_purge(server: &Server, bucket: &Path, store_too: bool, within: Duration) {
+    let in_store = || objects_holding(bucket, RECALLED[0]);
+    let deadline = Instant::now() + within;
+    loop {
+        let purged = metric(server, "tidings_purged_records_total").await;
+        if purged >= 1
+            && (!store_too || in_store().is_empty())
+            && segments_holding(&server.data, RECALLED[0]).is_empty()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "purged {purged}; holding it: local {:?}, store {:?}",
+            segments_holding(&server.data, RECALLED[0]),
+            in_store()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A JSON payload `{"text": said}`, as the API stores one.
 fn json_text(said: &str) -> Bytes {
     Bytes::from(format!(r#"{{"text":"{said}"}}"#))
@@ -317,20 +340,7 @@ async fn a_tiered_server_purges_a_segment_only_in_the_store() {
     let (server, _api, _alice) =
         tiered_with_a_sealed_recall(bucket.path(), &args, RECALLED[0]).await;
     let in_store = || objects_holding(bucket.path(), RECALLED[0]);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let purged = metric(&server, "tidings_purged_records_total").await;
-        if purged >= 1 && segments_holding(&server.data, RECALLED[0]).is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "purged {purged}; holding it: local {:?}, store {:?}",
-            segments_holding(&server.data, RECALLED[0]),
-            in_store()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_tiered_purge(&server, bucket.path(), false, Duration::from_secs(40)).await;
     assert_eq!(metric(&server, "tidings_purge_failures_total").await, 0);
     // The replaced objects go a minute after the rewrite (a reader of the old segment may
     // still fetch them), or at the stop: then no object holds the bytes.
@@ -346,25 +356,8 @@ async fn a_tiered_server_purges_a_segment_only_in_the_store() {
 async fn a_tiered_server_purges_its_copies_and_the_stores() {
     let bucket = tempfile::tempdir().unwrap();
     let (server, api, alice) = tiered_with_a_sealed_recall(bucket.path(), &ARGS, RECALLED[0]).await;
-    let in_store = || objects_holding(bucket.path(), RECALLED[0]);
     // Uploaded first: the store holds the recalled bytes until the purge.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let purged = metric(&server, "tidings_purged_records_total").await;
-        if purged >= 1
-            && in_store().is_empty()
-            && segments_holding(&server.data, RECALLED[0]).is_empty()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "purged {purged}; holding it: local {:?}, store {:?}",
-            segments_holding(&server.data, RECALLED[0]),
-            in_store()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_tiered_purge(&server, bucket.path(), true, Duration::from_secs(30)).await;
     assert_eq!(metric(&server, "tidings_purge_failures_total").await, 0);
     assert!(
         !tree(&server.data.join("log"))
