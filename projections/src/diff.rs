@@ -281,6 +281,13 @@ pub fn diff(live: &State, rebuilt: &State, max: usize) -> Vec<String> {
         &live.index.sidecars,
         &rebuilt.index.sidecars,
     );
+    maps(
+        o,
+        "message index: last seq dropped with its sidecar, of channel",
+        &live.index.dropped,
+        &rebuilt.index.dropped,
+        values,
+    );
 
     if out.more > 0 {
         let more = out.more;

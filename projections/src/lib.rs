@@ -9,7 +9,8 @@
 //! 1. `apply` is deterministic: the same log always produces the same [`State`].
 //! 2. Projection memory grows with channels, users, subscriptions, recalls and edits — never with
 //!    the number of messages: the message index keeps only its newest entries in memory and the
-//!    rest in CRC-checked sidecar files.
+//!    rest in CRC-checked sidecar files (a run per channel per sidecar: with a retention, only
+//!    the sidecars of the retained log, `log_trimmed` letting the older ones go).
 //! 3. Channel seqs start at 1 and are gapless; a cursor is the last seq received (0 = none);
 //!    sync returns `seq > cursor`. Cursors only move forward.
 //! 4. A send is O(1) events whatever the group size: conversations are computed on read.

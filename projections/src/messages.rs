@@ -115,11 +115,15 @@ pub fn is_expired(m: &MessageRef, expired_below: u64) -> bool {
 /// Reads the message index only, never the log: offsets grow with seq, so the entries below
 /// `expired_below` come first. The channel's index runs (one per sidecar, in log order, each
 /// starting at or after its sidecar's first offset, [`msgindex::Run::file`]) and its entries
-/// still in memory are binary-searched for the last that starts below it; that run is read
-/// (through the run cache) and binary-searched in turn. When none of its entries lies below
-/// it, the run before it ends below it (its sidecar ends before this one's first offset), and
-/// that run's last entry is the floor. Costs O(log runs + log run length) and at most two run
-/// reads.
+/// still in memory are binary-searched for the last that starts below it. A run whose whole
+/// sidecar ends below it has its last seq for the floor, unread; one whose sidecar reaches
+/// past it is read (through the run cache) and binary-searched in turn. When none of its
+/// entries lies below it, the run before it ends below it (its sidecar ends before this one's
+/// first offset), and that run's last seq is the floor. With no run left below it, the floor
+/// is the last seq whose entry the index dropped with its sidecar
+/// ([`msgindex::IndexState::dropped_through`]: those have expired whatever `expired_below`
+/// says, and count even when it is 0). Costs O(log runs + log run length) and at most one run
+/// read.
 pub fn expired_floor(
     state: &State,
     files: &IndexFiles,
@@ -128,10 +132,15 @@ pub fn expired_floor(
     expired_below: u64,
 ) -> Result<u64> {
     let last = state.heads.last_seq(channel);
-    if expired_below == 0 || above >= last {
+    if above >= last {
         return Ok(0);
     }
     let lo = above + 1;
+    let in_range = |seq: u64| if seq >= lo { seq } else { 0 };
+    let dropped = in_range(state.index.dropped_through(channel).min(last));
+    if expired_below == 0 {
+        return Ok(dropped);
+    }
     let located = state.index.locate(channel, lo, last);
     let start_below = located.partition_point(|loc| match *loc {
         Located::Run(run) => run.file < expired_below,
@@ -143,14 +152,38 @@ pub fn expired_floor(
             Located::Entry { seq, .. } => return Ok(seq),
             Located::Run(run) => run,
         };
+        // Wholly below (a sidecar the next `log_trimmed` drops): its last entry is the floor.
+        if state
+            .index
+            .sidecar_of(&run)
+            .is_some_and(|s| s.last_offset < expired_below)
+        {
+            return Ok(in_range(run.last_seq));
+        }
         let entries = files.read_run(&run)?;
         let below = entries.partition_point(|&(_, offset)| offset < expired_below);
         if let Some(&(seq, _)) = below.checked_sub(1).and_then(|i| entries.get(i)) {
             // The run may begin below `lo`: then nothing in range has expired.
-            return Ok(if seq >= lo { seq } else { 0 });
+            return Ok(in_range(seq));
         }
     }
-    Ok(0)
+    Ok(dropped)
+}
+
+/// Whether `channel`'s messages from seq `lo` begin with an expired one, `plan` being
+/// [`plan_range`]'s from `lo`: its first message expired, or `lo` at or below the seqs whose
+/// index entries went with their sidecars (which `plan_range` does not find:
+/// [`msgindex::IndexState::dropped_through`]). Then [`expired_floor`] is the floor to plan
+/// from.
+pub fn begins_expired(
+    state: &State,
+    channel: &str,
+    lo: u64,
+    plan: &[MessageRef],
+    expired_below: u64,
+) -> bool {
+    lo <= state.index.dropped_through(channel)
+        || plan.first().is_some_and(|m| is_expired(m, expired_below))
 }
 
 /// The plan for a user's sync: messages after the delivered cursor in every channel of the
@@ -208,7 +241,7 @@ pub fn plan_sync_from(
         }
         let mut hi = last.min(from + room);
         let mut part = plan_range(state, files, channel, from + 1, hi)?;
-        if part.first().is_some_and(|m| is_expired(m, expired_below)) {
+        if begins_expired(state, channel, from + 1, &part, expired_below) {
             from = from.max(expired_floor(state, files, channel, from, expired_below)?);
             if last <= from {
                 continue;
@@ -398,7 +431,12 @@ pub fn plan_changes(
             changes.push(notice(state, channel, seq));
             continue;
         }
-        for m in plan_range(state, files, channel, seq, seq)? {
+        let planned = plan_range(state, files, channel, seq, seq)?;
+        // Its index entry gone with its sidecar: expired.
+        if planned.is_empty() && seq <= state.index.dropped_through(channel) {
+            changes.push(notice(state, channel, seq));
+        }
+        for m in planned {
             changes.push(if is_expired(&m, expired_below) {
                 notice(state, channel, seq)
             } else {
@@ -643,6 +681,131 @@ mod tests {
         // A channel without messages, and one asked above its last seq.
         assert_eq!(expired_floor(&p.state, files, "c", 0, 100).unwrap(), 0);
         assert_eq!(expired_floor(&p.state, files, "b", 6, 100).unwrap(), 0);
+
+        // With the sidecars that end below a removal's start let go (`log_trimmed`), the
+        // floor is the same for that start and every later one, and with no start known (0)
+        // it is the last seq let go; the files of the sidecars let go are not read (removed).
+        for trim in 1..=offset + 1 {
+            let mut state = p.state.clone();
+            state.index.drop_below(trim);
+            let gone: Vec<_> = p
+                .state
+                .index
+                .sidecars
+                .iter()
+                .filter(|s| s.last_offset < trim)
+                .collect();
+            assert_eq!(
+                state.index.sidecars.len() + gone.len(),
+                p.state.index.sidecars.len()
+            );
+            let moved = tempfile::tempdir().unwrap();
+            for side in &gone {
+                let from = msgindex::sidecar_path(files.dir(), side.first_offset);
+                std::fs::rename(
+                    &from,
+                    msgindex::sidecar_path(moved.path(), side.first_offset),
+                )
+                .unwrap();
+            }
+            let cold = IndexFiles::open(files.dir(), 1 << 20).unwrap();
+            for channel in ["a", "b"] {
+                let last = p.state.heads.last_seq(channel);
+                let entries = msgindex::offsets(&p.state.index, files, channel, 1, last).unwrap();
+                let floor = |above: u64, start: u64| {
+                    entries
+                        .iter()
+                        .filter(|&&(seq, at)| seq > above && at < start)
+                        .map(|&(seq, _)| seq)
+                        .max()
+                        .unwrap_or(0)
+                };
+                let dropped = state.index.dropped_through(channel);
+                let in_sidecars_let_go = entries
+                    .iter()
+                    .filter(|&&(_, at)| {
+                        gone.iter()
+                            .any(|s| (s.first_offset..=s.last_offset).contains(&at))
+                    })
+                    .map(|&(seq, _)| seq)
+                    .max()
+                    .unwrap_or(0);
+                assert_eq!(dropped, in_sidecars_let_go, "{channel}, trimmed at {trim}");
+                for above in 0..=last {
+                    for start in trim..=offset + 2 {
+                        let got = expired_floor(&state, &cold, channel, above, start).unwrap();
+                        assert_eq!(
+                            got,
+                            floor(above, start),
+                            "{channel}: trim {trim}, above {above}, start {start}"
+                        );
+                    }
+                    let got = expired_floor(&state, &cold, channel, above, 0).unwrap();
+                    assert_eq!(got, if dropped > above { dropped } else { 0 });
+                }
+            }
+            for side in &gone {
+                let to = msgindex::sidecar_path(files.dir(), side.first_offset);
+                std::fs::rename(msgindex::sidecar_path(moved.path(), side.first_offset), to)
+                    .unwrap();
+            }
+        }
+    }
+
+    /// A `log_trimmed` event lets go of the index's sidecars that end below its start (and
+    /// their runs), and sync and the changes plan as they did with them, the recall of a
+    /// message whose entry went included (a notice). A state a snapshot held that applied the
+    /// event without letting them go (an earlier build's) has them let go at load, the same.
+    #[test]
+    fn a_log_trimmed_event_lets_the_index_below_the_start_go_and_reads_plan_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = group_with_changes(dir.path());
+        let files = p.index_files().clone();
+        let plans = |state: &State, expired_below| {
+            let (sync, more) =
+                plan_sync_from(state, &files, "bob", 100, expired_below, |_, c| c).unwrap();
+            let sync: Vec<u64> = sync.iter().map(|m| m.seq).collect();
+            let changes = plan_changes(state, &files, "bob", 0, 100, expired_below).unwrap();
+            (sync, more, changes.changes)
+        };
+        // Offsets 2 to 11 hold seqs 1 to 10; sidecars of 3 entries: seqs 1-3 (offsets 2-4),
+        // 4-6 (5-7), 7-9 (8-10), seq 10 in memory. The log starts at 9.
+        let before = plans(&p.state, 9);
+        let mut earlier_build = p.state.clone();
+        apply(&mut p, 17, Event::LogTrimmed { start: 9 });
+        assert_eq!(
+            p.state.index.sidecars.len(),
+            1,
+            "{:?}",
+            p.state.index.sidecars
+        );
+        assert_eq!(p.state.index.runs["g"].len(), 1);
+        assert_eq!(p.state.index.dropped_through("g"), 6);
+        assert_eq!(plans(&p.state, 9), before);
+        assert_eq!(before.0, [8, 9, 10]);
+        assert!(before.2.contains(&Change::Notice {
+            channel: "g".into(),
+            seq: 3,
+            recalled: true
+        }));
+        // No start known (a tiered directory started without its store): what went is below.
+        assert_eq!(plans(&p.state, 0).0, (7..=10).collect::<Vec<u64>>());
+        // A page whose whole range went (seqs 3 and 4) plans from after it, not nothing with
+        // more to come (which a client would ask for again and again).
+        let (page, more) = plan_sync_from(&p.state, &files, "bob", 2, 0, |_, c| c).unwrap();
+        assert_eq!(
+            (page.iter().map(|m| m.seq).collect::<Vec<_>>(), more),
+            (vec![7, 8], true)
+        );
+
+        earlier_build.applied = Some(17);
+        earlier_build.trimmed = Some(crate::state::Trimmed {
+            offset: 17,
+            start: 9,
+        });
+        let bytes = crate::snapshot::encode(&earlier_build).unwrap();
+        let loaded = crate::snapshot::decode(std::path::Path::new("s"), &bytes).unwrap();
+        assert_eq!(loaded, p.state);
     }
 
     /// Bob's group `g` at offsets 0 and 1, ten messages at offsets 2 to 11 (seq + 1), bob's

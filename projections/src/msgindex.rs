@@ -10,6 +10,16 @@
 //! (never wrong data) until `tidings rebuild` writes it again from the log; a restore from
 //! the object store replays the log when a sidecar cannot be fetched.
 //!
+//! **Bounded by the retention.** The retention's removal of the log's oldest segments
+//! (`Event::LogTrimmed { start }`) drops every sidecar that ends below the log's new start,
+//! with its runs ([`IndexState::drop_below`]): each of their messages has expired
+//! (`crate::messages`' module doc), and no read plans one. Each channel keeps the last seq
+//! its dropped runs held ([`IndexState::dropped`]), the floor below which its messages are
+//! gone whatever the log says, so the runs and sidecars a state holds grow with the retained
+//! log, not with every message ever sent (until 2026-11-30 they grew so, 48 bytes of memory per
+//! channel per sidecar and 16 bytes of disk per message). The files themselves go once no
+//! snapshot on disk names them (`Projections::remove_dropped_sidecars`).
+//!
 //! Sidecar layout (little-endian): a 32-byte header — magic `"TDCX"`, version `1` (u32),
 //! entry count (u64), first log offset (u64), CRC-32 of the entries (u32), reserved (u32) —
 //! then the entries, `(seq: u64, offset: u64)`, grouped by channel in id order, seq ascending.
@@ -122,6 +132,10 @@ pub struct IndexState {
     pub runs: HashMap<ChannelId, Vec<Run>>,
     /// The sidecars, in log order.
     pub sidecars: Vec<Sidecar>,
+    /// Each channel's last seq in the runs [`IndexState::drop_below`] dropped (absent: none
+    /// dropped). Absent from snapshots written before it existed, which had dropped none.
+    #[serde(default)]
+    pub dropped: HashMap<ChannelId, u64>,
     /// Entry vectors emptied by the last flush (not state: see [`SpareVecs`]).
     #[serde(skip)]
     pub spare: SpareVecs,
@@ -276,6 +290,45 @@ impl IndexState {
         self.mem_len = 0;
         self.mem_first_offset = None;
         self.mem_last_offset = 0;
+    }
+
+    /// Drops the sidecars that end below `start` (the log's first offset after a removal:
+    /// `Event::LogTrimmed`) and their runs, keeping each channel's last dropped seq in
+    /// [`IndexState::dropped`] (module doc). The entries in memory stay (at most a sidecar's
+    /// worth, written out at the next flush and dropped at a later removal). Sidecars end in
+    /// log order and a channel's runs follow them, so what goes is a prefix of each. Costs a
+    /// look at every channel's runs when any sidecar goes.
+    pub(crate) fn drop_below(&mut self, start: u64) {
+        let gone = self.sidecars.partition_point(|s| s.last_offset < start);
+        if gone == 0 {
+            return;
+        }
+        // Runs of a kept sidecar start at or after its first offset; those of a dropped one
+        // before the first kept sidecar's.
+        let kept_from = self.sidecars.get(gone).map_or(u64::MAX, |s| s.first_offset);
+        self.sidecars.drain(..gone);
+        let dropped = &mut self.dropped;
+        self.runs.retain(|channel, runs| {
+            let n = runs.partition_point(|r| r.file < kept_from);
+            if let Some(last) = n.checked_sub(1).and_then(|i| runs.get(i)) {
+                let seq = dropped.entry(channel.clone()).or_insert(0);
+                *seq = (*seq).max(last.last_seq);
+                runs.drain(..n);
+            }
+            !runs.is_empty()
+        });
+    }
+
+    /// The last seq of `channel` whose entry went with its sidecar ([`IndexState::drop_below`]);
+    /// 0 when none did. Every seq up to it has expired.
+    pub fn dropped_through(&self, channel: &str) -> u64 {
+        self.dropped.get(channel).copied().unwrap_or(0)
+    }
+
+    /// The sidecar a run is in (`None` for a run of a sidecar the state no longer holds).
+    pub fn sidecar_of(&self, run: &Run) -> Option<&Sidecar> {
+        let at = self.sidecars.partition_point(|s| s.first_offset < run.file);
+        self.sidecars.get(at).filter(|s| s.first_offset == run.file)
     }
 
     /// Where the entries of `channel` with seq in `[lo, hi]` are, in seq order.

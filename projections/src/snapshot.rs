@@ -62,6 +62,13 @@
 //! a token hash issued again to another user now leaving the first user's set: tokens are
 //! random, so only a crafted log repeats one.
 //!
+//! Not a version either: the message index letting go of the sidecars that end below the
+//! log's start at each `log_trimmed` event (`msgindex::IndexState::drop_below`, 2026-11-30;
+//! the event came the same day). A state an earlier build wrote after such an event still
+//! holds them, and loading lets them go (`State::after_load`): letting go below the highest
+//! start at once leaves what each event did, exactly. The other way, a build from before it
+//! cannot read a log holding a `log_trimmed` at all.
+//!
 //! Not a version either: the purged bit of a message's flags (`FLAG_PURGED`, masked by
 //! `State::apply`). No log written before it holds the bit, so every earlier state is the one
 //! this build applies.
@@ -207,11 +214,12 @@ pub fn decode_anchored(path: &Path, bytes: &[u8]) -> Result<(State, Option<u32>)
     let anchor = raw.anchor(header_len);
     let applied = raw.u64_at(8);
     let body = raw.body(header_len)?;
-    let state: State = ciborium::from_reader(body)
+    let mut state: State = ciborium::from_reader(body)
         .map_err(|e| raw.corrupt(header_len as u64, format!("undecodable body: {e}")))?;
     if state.applied != Some(applied) {
         return Err(raw.corrupt(8, "header offset differs from the body's".into()));
     }
+    state.after_load();
     Ok((state, anchor))
 }
 

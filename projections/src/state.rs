@@ -203,10 +203,29 @@ impl State {
             Event::LogTrimmed { start } => {
                 let start = self.trimmed.map_or(*start, |t| t.start.max(*start));
                 self.trimmed = Some(Trimmed { offset, start });
-                self.heads.forget_edits_below(start);
+                self.forget_below(start);
             }
         }
         Ok(Applied::Done)
+    }
+
+    /// What a `log_trimmed` event lets go, the log starting at `start`: the edit offsets
+    /// below it (`Heads::forget_edits_below`) and the message index's sidecars that end below
+    /// it (`IndexState::drop_below`).
+    fn forget_below(&mut self, start: u64) {
+        self.heads.forget_edits_below(start);
+        self.index.drop_below(start);
+    }
+
+    /// Brings a state a snapshot held to this build's rules where that is exact: one written
+    /// by a build that applied its `log_trimmed` events without letting the index's sidecars
+    /// go has them let go now (`crate::snapshot`'s module doc). Dropping below the highest
+    /// start at once leaves what dropping at each event did, so the state is the one this
+    /// build's replay of the log gives. Idempotent.
+    pub(crate) fn after_load(&mut self) {
+        if let Some(t) = self.trimmed {
+            self.forget_below(t.start);
+        }
     }
 }
 

@@ -357,6 +357,69 @@ impl Projections {
         msgindex::offsets(&self.state.index, &self.files, channel, lo, hi)
     }
 
+    /// Deletes up to `max` sidecar files the state let go (`msgindex::IndexState::drop_below`,
+    /// at a `log_trimmed` event) once no snapshot on disk can name them: when every snapshot
+    /// in the directory has applied the state's latest `log_trimmed` (no removal came after it,
+    /// so each names only sidecars the state names too), every `{offset:020}.cidx` file
+    /// starting below that event's start that the state does not name is one of them.
+    /// `writing`: the oldest offset of a snapshot prepared but not yet on disk, counted as one
+    /// in the directory. Returns how many went (`max` means more may remain: call again).
+    ///
+    /// Call it with the projections' lock held for reading, as this takes `&self`: a flush
+    /// (under the write lock) then cannot be naming a file between the check and its
+    /// deletion. A file deleted so that a later flush writes again (the entries in memory
+    /// below the start, written at the same offset after a restart) is written whole.
+    pub fn remove_dropped_sidecars(&self, writing: Option<u64>, max: usize) -> Result<usize> {
+        let Some(trimmed) = self.state.trimmed else {
+            return Ok(0);
+        };
+        if writing.is_some_and(|w| w < trimmed.offset)
+            || snapshot::list(&self.snapshot_dir())?
+                .iter()
+                .any(|s| s.applied < trimmed.offset)
+        {
+            return Ok(0);
+        }
+        let dir = self.files.dir();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(ProjectionError::io("list", dir, e)),
+        };
+        let sidecars = &self.state.index.sidecars;
+        let named = |first: u64| {
+            sidecars
+                .binary_search_by_key(&first, |s| s.first_offset)
+                .is_ok()
+        };
+        let mut removed = 0;
+        for entry in entries {
+            if removed == max {
+                break;
+            }
+            let entry = entry.map_err(|e| ProjectionError::io("list", dir, e))?;
+            let name = entry.file_name();
+            let Some(first) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".cidx"))
+                .filter(|stem| stem.len() == 20)
+                .and_then(|stem| stem.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if first >= trimmed.start || named(first) {
+                continue;
+            }
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ProjectionError::io("remove", &path, e)),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Checks every message index sidecar against its CRC; returns the failures.
     pub fn check_index_files(&self) -> Vec<crate::error::ProjectionError> {
         self.state
@@ -391,5 +454,92 @@ impl PreparedSnapshot {
     /// Writes it (temp file, fsync, rename, directory fsync) and prunes old snapshots.
     pub fn write(self) -> Result<PathBuf> {
         self.encoded.write(&self.dir, self.keep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::Event;
+    use bytes::Bytes;
+
+    fn cidx_files(p: &Projections) -> Vec<u64> {
+        let mut out: Vec<u64> = std::fs::read_dir(p.index_files().dir())
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".cidx")?.parse().ok()
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The sidecars a `log_trimmed` event let go stay on disk while a snapshot there (or one
+    /// being written) is from before the event, and go once none is, a few per call; those
+    /// the state names stay, and check.
+    #[test]
+    fn sidecars_let_go_are_removed_once_no_snapshot_can_name_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ProjectionConfig {
+            index_flush_entries: 2,
+            snapshots_keep: 2,
+            ..ProjectionConfig::default()
+        };
+        let mut p = Projections::empty(dir.path(), config).unwrap();
+        // Offsets 0 to 19: seqs 1 to 20 of `c`, a sidecar every two; 21: seq 21.
+        let sent = |seq: u64| {
+            let e = Event::MessageSent {
+                channel: "c".into(),
+                from: "ann".into(),
+                client_msg_id: format!("m{seq}"),
+                seq,
+                message_id: seq,
+                payload: Bytes::from_static(b"hi"),
+                flags: 0,
+            };
+            Envelope::new(1, e)
+        };
+        for seq in 1..=20u64 {
+            p.apply(seq - 1, &sent(seq)).unwrap();
+        }
+        assert_eq!(cidx_files(&p), (0..20).step_by(2).collect::<Vec<_>>());
+        p.snapshot().unwrap();
+        let trimmed = Envelope::new(1, Event::LogTrimmed { start: 9 });
+        p.apply(20, &trimmed).unwrap();
+        // Sidecars 0, 2, 4, 6 end below 9; 8 (offsets 8, 9) stays.
+        let named: Vec<u64> = p
+            .state
+            .index
+            .sidecars
+            .iter()
+            .map(|s| s.first_offset)
+            .collect();
+        assert_eq!(named, [8, 10, 12, 14, 16, 18]);
+        assert_eq!(
+            p.remove_dropped_sidecars(None, 64).unwrap(),
+            0,
+            "snapshot 19 names them"
+        );
+        p.snapshot().unwrap();
+        assert_eq!(
+            p.remove_dropped_sidecars(None, 64).unwrap(),
+            0,
+            "snapshot 19 is still kept"
+        );
+        p.apply(21, &sent(21)).unwrap();
+        p.snapshot().unwrap();
+        // Snapshots 20 and 21 now: none from before the event at 20.
+        assert_eq!(
+            p.remove_dropped_sidecars(Some(19), 64).unwrap(),
+            0,
+            "one being written"
+        );
+        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), 3);
+        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), 1);
+        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), 0);
+        assert_eq!(cidx_files(&p), named);
+        assert!(p.check_index_files().is_empty());
     }
 }

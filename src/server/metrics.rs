@@ -98,6 +98,8 @@ pub(crate) struct Metrics {
     pub(crate) acks_received: Counter,
     pub(crate) rate_limited: Counter,
     pub(crate) snapshots: Counter,
+    /// Message index sidecars deleted after the retention let them go (`mod.rs`).
+    pub(crate) sidecars_removed: Counter,
     /// Records of recalled messages purged by the background purge (`purger.rs`).
     pub(crate) purged_records: Counter,
     /// Passes of the background purge run.
@@ -129,7 +131,7 @@ impl Metrics {
     /// The text exposition, with `extra` gauges appended (name, help, value).
     pub(crate) fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 16] = [
+        let counters: [(&str, &str, &Counter); 17] = [
             (
                 "tidings_sends_total",
                 "Messages accepted and durable.",
@@ -179,6 +181,11 @@ impl Metrics {
                 "tidings_snapshots_total",
                 "Snapshots written.",
                 &self.snapshots,
+            ),
+            (
+                "tidings_sidecars_removed_total",
+                "Message index sidecars deleted once the retention let them go and no snapshot named them.",
+                &self.sidecars_removed,
             ),
             (
                 "tidings_purged_records_total",

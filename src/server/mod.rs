@@ -607,11 +607,47 @@ async fn write_snapshot(
     .await??;
     state.metrics.snapshots.inc();
     tracing::debug!(path = %path.display(), "wrote a snapshot");
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || remove_dropped_sidecars(&s)).await?;
     Ok(Some(WrittenSnapshot {
         path,
         dir,
         sidecars,
     }))
+}
+
+/// Deletes the message index sidecars the retention let go once no snapshot names them
+/// (`Projections::remove_dropped_sidecars`), a few per hold of the projections' read lock;
+/// after each snapshot written (the last one naming them leaves the directory at a later
+/// write). A failure is logged: the next snapshot's call tries again.
+fn remove_dropped_sidecars(state: &AppState) {
+    const PER_LOCK: usize = 64;
+    let mut removed = 0;
+    loop {
+        let done = {
+            let p = state.proj();
+            p.remove_dropped_sidecars(state.snapshot_writes.oldest(), PER_LOCK)
+        };
+        match done {
+            Ok(n) => {
+                removed += n;
+                if n < PER_LOCK {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove the message index sidecars the retention let go");
+                break;
+            }
+        }
+    }
+    if removed > 0 {
+        state.metrics.sidecars_removed.add(removed as u64);
+        tracing::info!(
+            removed,
+            "removed message index sidecars the retention let go"
+        );
+    }
 }
 
 /// With a tier, uploads a written snapshot and the sidecars it needs.

@@ -196,8 +196,12 @@ struct Recalled {
     seq: u64,
     /// The offset of its recall.
     recall: u64,
-    /// Where the message index holds its send's offset.
+    /// Where the message index holds its send's offset (nowhere when its entry went with its
+    /// sidecar: then `expired`).
     send: Vec<Located>,
+    /// Its send lies below a start of the log a `log_trimmed` event told
+    /// (`IndexState::dropped_through`): gone already.
+    expired: bool,
     /// The offsets of its edits, in log order (empty when never edited).
     edits: Vec<u64>,
 }
@@ -397,6 +401,7 @@ fn recalled_since(
                 seq,
                 recall,
                 send: index.locate(channel, seq, seq),
+                expired: seq <= index.dropped_through(channel),
                 edits: heads.edit_offsets(channel, seq).to_vec(),
             });
         }
@@ -436,6 +441,7 @@ fn read_targets(
         // stop every later purge (`tidings verify` names the damage; `rebuild` mends it).
         match send_offset(files, &r) {
             Ok(Some(offset)) => targets.push(target(TargetKind::Send, offset)),
+            Ok(None) if r.expired => {}
             Ok(None) => tracing::warn!(
                 channel = %r.channel,
                 seq = r.seq,
@@ -539,6 +545,11 @@ impl SnapshotWrites {
             writes: self.clone(),
             offset,
         }
+    }
+
+    /// The oldest offset being written.
+    pub(crate) fn oldest(&self) -> Option<u64> {
+        self.lock().keys().next().copied()
     }
 
     /// The offsets being written.
@@ -664,6 +675,7 @@ mod tests {
             seq,
             recall: last + 1,
             send: vec![Located::Entry { seq, offset: send }],
+            expired: false,
             edits,
         };
         // Message 1's send and an edit of it below the start; message 400's send after it.

@@ -422,10 +422,7 @@ fn plan_page(
     let (state, files) = (&p.state, p.index_files());
     let mut plan = messages::plan_range(state, files, channel, lo, hi)?;
     let mut floor = cleared;
-    if plan
-        .first()
-        .is_some_and(|m| messages::is_expired(m, expired_below))
-    {
+    if messages::begins_expired(state, channel, lo, &plan, expired_below) {
         let expired = messages::expired_floor(state, files, channel, cleared, expired_below)?;
         floor = floor.max(expired);
         lo = lo.max(floor.saturating_add(1));
@@ -435,12 +432,9 @@ fn plan_page(
             hi = lo.saturating_add(limit - 1).min(top);
             plan = messages::plan_range(state, files, channel, lo, hi)?;
         }
-    } else if descending && expired_below > 0 && lo > floor.saturating_add(1) {
+    } else if descending && lo > floor.saturating_add(1) {
         let below = messages::plan_range(state, files, channel, lo - 1, lo - 1)?;
-        if below
-            .first()
-            .is_some_and(|m| messages::is_expired(m, expired_below))
-        {
+        if messages::begins_expired(state, channel, lo - 1, &below, expired_below) {
             floor = lo - 1;
         }
     }
@@ -502,17 +496,18 @@ pub(crate) async fn load_page(
 /// as the load does once the log's start moved past it: `tidings_projections::messages`'
 /// module doc). Recall and edit look their message up so.
 pub(crate) async fn load_message(state: &AppState, channel: &str, seq: u64) -> ApiResult<Message> {
-    let plan = {
+    let (plan, absent) = {
         let p = state.proj();
         // A message of an earlier group under this id is not this group's (not found).
         if seq <= p.state.subs.history_from(channel) {
-            Vec::new()
+            (Vec::new(), no_message(seq))
         } else {
-            messages::plan_range(&p.state, p.index_files(), channel, seq, seq)?
+            let plan = messages::plan_range(&p.state, p.index_files(), channel, seq, seq)?;
+            (plan, not_planned(&p.state, channel, seq))
         }
     };
     let Some(planned) = plan.first() else {
-        return Err(no_message(seq));
+        return Err(absent);
     };
     if messages::is_expired(planned, state.expired_below()) {
         return Err(message_expired(seq));
@@ -645,7 +640,7 @@ pub(crate) fn admin_trace_plan(
 ) -> ApiResult<tr::TracePlan> {
     admin_readable(&p.state, channel)?;
     let Some(plan) = tr::plan(&p.state, p.index_files(), channel, seq)? else {
-        return Err(no_message(seq));
+        return Err(not_planned(&p.state, channel, seq));
     };
     if plan.offset < expired_below {
         return Err(message_expired(seq));
@@ -672,6 +667,18 @@ pub(crate) async fn trace_planned(
 }
 
 /// The answer for a seq the channel does not hold.
+/// Why message `seq` of `channel` has no plan: it expired with the message index's sidecar
+/// that held its entry (`msgindex::IndexState::dropped_through`), or the channel never held
+/// it (a seq past its last, or one of an earlier group under the id).
+fn not_planned(state: &tidings_projections::State, channel: &str, seq: u64) -> ApiError {
+    let dropped = state.index.dropped_through(channel);
+    if seq <= dropped && seq > state.subs.history_from(channel) {
+        message_expired(seq)
+    } else {
+        no_message(seq)
+    }
+}
+
 fn no_message(seq: u64) -> ApiError {
     ApiError::not_found(
         "message_not_found",
