@@ -1064,7 +1064,9 @@ impl Config {
             ("trace.sample_every", self.trace_sample_every == 0),
         ];
         if let Some((name, _)) = zeros.iter().find(|(_, zero)| *zero) {
-            anyhow::bail!("{name} must be at least 1 (0 does not turn it off: it was taken as 1)");
+            anyhow::bail!(
+                "{name} must be at least 1 (0 would not turn it off: it was taken as 1 before)"
+            );
         }
         Ok(())
     }

@@ -115,6 +115,36 @@ async fn replay_prints_ndjson_with_ranges_and_channel_filter() {
         })
         .collect();
     assert_eq!(kinds, ["channel_created", "members_subscribed"]);
+
+    // The channel as the admin names it: a person channel in either order (the other order
+    // matched nothing, silently), `@uid` and an invalid id are usage errors (they printed
+    // nothing and exited 0).
+    let with_person = tempfile::tempdir().unwrap();
+    let mut evs = events();
+    evs.push(Event::MessageSent {
+        channel: "p:alice:bob".into(),
+        from: "alice".into(),
+        client_msg_id: "p1".into(),
+        seq: 1,
+        message_id: 21,
+        payload: Bytes::from_static(b"{}"),
+        flags: FLAG_JSON_PAYLOAD,
+    });
+    write_log(with_person.path(), &evs).await;
+    let p = with_person.path().to_str().unwrap();
+    let person = |a: &str, b: &str| {
+        let channel = format!("p:{a}:{b}");
+        tidings(&["replay", "--data", p, "--channel", &channel])
+    };
+    let (code, ab, err) = person("alice", "bob");
+    assert_eq!((code, ab.lines().count()), (0, 1), "{ab}{err}");
+    let (code, ba, err) = person("bob", "alice");
+    assert_eq!((code, ba), (0, ab), "{err}");
+    for bad in ["@bob", "bad chan"] {
+        let (code, out, err) = tidings(&["replay", "--data", d, "--channel", bad]);
+        assert_eq!(code, 2, "{bad}: {out}{err}");
+        assert!(err.contains("p:{uid_a}:{uid_b}"), "{err}");
+    }
 }
 
 #[tokio::test]
@@ -242,6 +272,21 @@ async fn inspect_checks_every_crc_and_rebuild_refuses_a_live_log() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("25 records checked"), "{out}");
     assert!(out.matches("sealed").count() >= 1, "{out}");
+    // A reader that goes away (`| head -0`): no panic, and the exit code of the check (it was
+    // 101, "failed printing to stdout: Broken pipe"), for `verify` too.
+    for cmd in ["inspect", "verify"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args([cmd, "--data", d])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let done = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(0), "{cmd}: {err}");
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+    }
 
     let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("log"))
         .unwrap()
@@ -954,6 +999,13 @@ async fn trace_prints_what_the_http_trace_answered() {
     assert!(err.contains("p:{uid_a}:{uid_b}"), "{err}");
     let (code, _, err) = trace("g", "x");
     assert_eq!(code, 2, "{err}");
+    // An invalid id: told as the admin names channels (no `@uid`, which it refuses).
+    let (code, _, err) = trace("bad chan", "1");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("p:{uid_a}:{uid_b}") && !err.contains("@uid"),
+        "{err}"
+    );
 
     assert_eq!((tree(&data), file_bytes(&data)), before, "no file changed");
 }

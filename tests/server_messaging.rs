@@ -1776,6 +1776,7 @@ async fn only_the_callers_own_conversation_is_hidden_or_cleared() {
         ("{\"seq\": \"x\"}", "invalid_request"),
         ("{\"upto\": 1}", "invalid_request"),
         ("not json", "invalid_json"),
+        ("[3]", "invalid_request"),
     ] {
         let (status, v) = api.post_text("/v1/conversations/g/clear", &bob, body).await;
         assert_eq!(status, 400, "{body}");

@@ -151,6 +151,15 @@ fn distrusted(dir: &Path) -> Result<bool> {
         .map_err(|e| ProjectionError::io("look for", &path, e))
 }
 
+/// Whether `dir` holds any file but the [`UNTRUSTED`] mark (a cache's lists). Unreadable: no.
+fn holds_lists(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(std::result::Result::ok)
+            .any(|e| e.file_name() != UNTRUSTED)
+    })
+}
+
 /// Removes the [`UNTRUSTED`] mark once the lists are gone. The directory is synced first, so
 /// that a power cut cannot keep the removed lists while losing the mark; the mark's own removal
 /// is not synced: lost, it only costs the next start the lists this run writes.
@@ -191,6 +200,9 @@ impl ConversationCache {
             true
         };
         let recover = !marked;
+        // Said only when there were lists to drop (a new data directory's first start is
+        // marked too, and was told its lists were "not to be reused").
+        let had_lists = config.recover && marked && holds_lists(dir);
         let disk = config.disk_bytes.max(16 << 20);
         // At least 8 blocks, so that eviction has room to work.
         let block = (disk / 8).clamp(1 << 20, 16 << 20) & !4095;
@@ -204,11 +216,13 @@ impl ConversationCache {
         disk_cache::remove_files_from(dir, keep).map_err(|e| {
             ProjectionError::Cache(format!("clearing the directory {}: {e}", dir.display()))
         })?;
-        if config.recover && marked {
+        if had_lists {
             tracing::info!(
                 dir = %dir.display(),
                 "the conversation cache starts empty: its lists were marked as not to be reused (by a start or a rebuild that found the log's history in doubt, or a run under fsync every/never)"
             );
+        }
+        if config.recover && marked {
             trust_again(dir)?;
         }
         let device = FsDeviceBuilder::new(dir)

@@ -6,8 +6,11 @@
 //!
 //! **Expired messages.** A log whose oldest segments were deleted (the server's retention once
 //! a durable snapshot covers them, or an operator by hand) starts past offset 0, while the
-//! projections still hold everything about the messages it no longer has: heads, cursors and
-//! their message index entries. A message whose send lies below the log's first offset has
+//! projections still hold much about the messages it no longer has: heads, cursors and
+//! their message index entries — until a `log_trimmed` event (the retention's, after each
+//! removal) lets go of the index's sidecars that end below the start, keeping each channel's
+//! last seq let go ([`msgindex::IndexState::dropped_through`]), below which the index finds
+//! nothing. A message whose send lies below the log's first offset has
 //! *expired*: gone by retention, as a message cleared for everyone is, and never an error. The
 //! planning functions take that offset as `expired_below` (0: nothing expires — a log read
 //! from its start, or one whose older segments are in an object store, where a read of them
@@ -15,7 +18,8 @@
 //! the log's first offset as that bound. Decisions:
 //! - Offsets grow with seq, so a channel's expired messages are the seqs up to its *expired
 //!   floor* ([`expired_floor`]), found from the message index alone (never the log) and only
-//!   when a read planned an expired message first. Below it is a floor as a clear is: a
+//!   when a read planned an expired message first, or asked from at or below the seqs the
+//!   index let go ([`begins_expired`]). Below it is a floor as a clear is: a
 //!   history page starts after it, or ends there with nothing more to read; sync and
 //!   catch-up start after it when the cursor is below it ([`plan_sync_from`]).
 //! - `/v1/changes` tells a recall or an edit of an expired message as the notice alone
@@ -107,8 +111,9 @@ pub fn is_expired(m: &MessageRef, expired_below: u64) -> bool {
 }
 
 /// The *expired floor* of `channel` (module doc): the highest seq in `(above, last]` whose
-/// message lies below offset `expired_below`, the log's first offset; 0 when none does (and
-/// when `expired_below` is 0). `above` is a floor the caller already has — a clear, the last
+/// message lies below offset `expired_below`, the log's first offset; 0 when none does. With
+/// `expired_below` 0, the last seq the index let go (0 when none, or none above `above`).
+/// `above` is a floor the caller already has — a clear, the last
 /// seq of an earlier group under the id, a cursor — and the channel's last seq the top: no seq
 /// outside them is looked at.
 ///
@@ -197,7 +202,8 @@ pub fn begins_expired(
 /// never got once the ban is lifted, and a page of messages that cannot be acked would come
 /// back at every sync. The ban stops sends and history reads.
 ///
-/// Nothing expires here (module doc): see [`plan_sync_from`].
+/// Nothing expires here (module doc) but the seqs the index let go, which it skips: see
+/// [`plan_sync_from`].
 pub fn plan_sync(
     state: &State,
     files: &IndexFiles,

@@ -17,8 +17,10 @@
 //! its dropped runs held ([`IndexState::dropped`]), the floor below which its messages are
 //! gone whatever the log says, so the runs and sidecars a state holds grow with the retained
 //! log, not with every message ever sent (until 2026-11-30 they grew so, 48 bytes of memory per
-//! channel per sidecar and 16 bytes of disk per message). The files themselves go once no
-//! snapshot on disk names them (`Projections::remove_dropped_sidecars`).
+//! channel per sidecar and 16 bytes of disk per message). The files themselves go once every
+//! snapshot on disk follows the event (`Projections::remove_dropped_sidecars`; one an earlier
+//! build wrote after it still names them, and lets them go when loaded: `State::after_load`).
+//! Their copies in an object store stay.
 //!
 //! Sidecar layout (little-endian): a 32-byte header — magic `"TDCX"`, version `1` (u32),
 //! entry count (u64), first log offset (u64), CRC-32 of the entries (u32), reserved (u32) —

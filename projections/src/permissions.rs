@@ -32,11 +32,12 @@ pub enum SendDenied {
     /// The sender is not a member.
     #[error("sender is not a member of the channel")]
     NotMember,
-    /// The sender is on the denylist.
-    #[error("sender is on the channel's denylist")]
+    /// The sender is on the denylist (a group's, or a person channel's recipient's).
+    #[error("sender is on the denylist (the group's, or the recipient's in a person channel)")]
     Denied,
-    /// The allowlist does not include the sender.
-    #[error("sender is not on the channel's allowlist")]
+    /// The allowlist does not include the sender (a group's that lists anyone, or a person
+    /// channel's recipient's under `person_allowlist`, which lets nobody through when empty).
+    #[error("sender is not on the allowlist (the group's, or the recipient's in a person channel)")]
     NotAllowed,
 }
 

@@ -1,7 +1,7 @@
 //! Snapshots of every projection: `snapshots/{applied:020}.snap`, written to a temp file,
 //! fsynced, renamed, directory fsynced; the newest few kept.
 //!
-//! Layout (little-endian): a 40-byte header — magic `"TDSN"`, version `7` (u32), the last
+//! Layout (little-endian): a 40-byte header — magic `"TDSN"`, version `8` (u32), the last
 //! offset applied (u64), body length (u64), CRC-32 of the body (u32), the *anchor* (u32),
 //! flags (u32; bit 0: the anchor is set), CRC-32 of the header's first 36 bytes (u32) — then
 //! the body: the CBOR of [`State`]. Versions 1 and 2 have a 32-byte header: the same fields
@@ -45,6 +45,15 @@
 //!   (`heads::edits_of_either_shape`), which is exact, since no message had an earlier edit
 //!   before the API — so a log the retention trimmed, which cannot be replayed from offset 0,
 //!   still starts after this change. (A format change that is not exact so needs the replay.)
+//! - 8 (2026-11-30): the message index lets go of the sidecars that end below the log's start
+//!   at each `log_trimmed` event, and keeps each channel's last seq let go
+//!   (`msgindex::IndexState::drop_below`, `dropped`). Versions 6 and 7 are still *current*: a
+//!   state they hold that applied such an event still has those sidecars, and loading lets
+//!   them go (`State::after_load`) — letting go below the highest start at once leaves what
+//!   each event did, exactly. The version moved the other way: a build of version 7 knows the
+//!   event but not the dropped seqs, and would load this state without them (and write it so
+//!   for good), its reads of the seqs let go then finding nothing; it refuses this version
+//!   instead.
 //!
 //! Not a version: a hide carrying the seq it hides as of (`ConversationHidden::up_to_seq`,
 //! 2026-11-30). A hide without it is applied as before, and every state an earlier build wrote
@@ -62,13 +71,6 @@
 //! a token hash issued again to another user now leaving the first user's set: tokens are
 //! random, so only a crafted log repeats one.
 //!
-//! Not a version either: the message index letting go of the sidecars that end below the
-//! log's start at each `log_trimmed` event (`msgindex::IndexState::drop_below`, 2026-11-30;
-//! the event came the same day). A state an earlier build wrote after such an event still
-//! holds them, and loading lets them go (`State::after_load`): letting go below the highest
-//! start at once leaves what each event did, exactly. The other way, a build from before it
-//! cannot read a log holding a `log_trimmed` at all.
-//!
 //! Not a version either: the purged bit of a message's flags (`FLAG_PURGED`, masked by
 //! `State::apply`). No log written before it holds the bit, so every earlier state is the one
 //! this build applies.
@@ -80,7 +82,7 @@ use crate::fsutil::write_atomic;
 use crate::state::State;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"TDSN");
-const VERSION: u32 = 7;
+const VERSION: u32 = 8;
 /// The oldest version whose states follow the current rules (older ones are outdated).
 const OLDEST_CURRENT: u32 = 6;
 const HEADER_LEN: usize = 40;
@@ -202,7 +204,7 @@ pub fn decode_anchored(path: &Path, bytes: &[u8]) -> Result<(State, Option<u32>)
     // Versions 1 and 2 have the short header (no anchor, no flags).
     let header_len = match version {
         1 | 2 => SHORT_HEADER_LEN,
-        3..=6 | VERSION => HEADER_LEN,
+        3..=VERSION => HEADER_LEN,
         other => return Err(raw.corrupt(4, format!("unknown version {other}"))),
     };
     raw.at_least(header_len)?;

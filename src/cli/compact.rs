@@ -48,12 +48,12 @@ pub(crate) async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
         planned
     };
     let Some(plan) = planned else {
-        println!("the log holds no record: nothing to purge");
+        super::out!("the log holds no record: nothing to purge");
         return Ok(ExitCode::SUCCESS);
     };
     print_plan(&plan);
     if args.dry_run {
-        println!("dry run: nothing was changed");
+        super::out!("dry run: nothing was changed");
         return Ok(ExitCode::SUCCESS);
     }
     if plan.is_empty() {
@@ -115,7 +115,7 @@ fn refuse_tiered(data: &DataDir) -> anyhow::Result<()> {
 async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<ExitCode> {
     let end = log.next_offset();
     let Some(last) = end.checked_sub(1) else {
-        println!("the log holds no record: nothing to purge");
+        super::out!("the log holds no record: nothing to purge");
         return Ok(ExitCode::SUCCESS);
     };
     // Snapshots past the log's end go aside as at the server's start (the run removes them
@@ -152,11 +152,13 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
     }
 
     let report = tidings_compaction::run(log, &p, &plan, |step| match step {
-        Progress::SnapshotWritten(path) => println!("wrote snapshot {}", path.display()),
-        Progress::Removed(path) => println!("removed {}", path.display()),
-        Progress::SegmentRewritten { base, stats } => println!(
+        Progress::SnapshotWritten(path) => super::out!("wrote snapshot {}", path.display()),
+        Progress::Removed(path) => super::out!("removed {}", path.display()),
+        Progress::SegmentRewritten { base, stats } => super::out!(
             "rewrote segment {base:020}: {} records purged, {} batches ({} bytes) written",
-            stats.records, stats.batches, stats.bytes
+            stats.records,
+            stats.batches,
+            stats.bytes
         ),
         _ => {}
     })
@@ -165,14 +167,15 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
     let removed = tidings_log::disk_cache::remove_files_from(&cache, 0)
         .with_context(|| format!("clearing {}", cache.display()))?;
     if removed > 0 {
-        println!(
+        super::out!(
             "removed the conversation cache's {removed} files in {}",
             cache.display()
         );
     }
-    println!(
+    super::out!(
         "purged {} records in {} segments",
-        report.records, report.segments
+        report.records,
+        report.segments
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -180,37 +183,37 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
 /// What the plan purges and what it leaves, in words.
 fn print_plan(plan: &Plan) {
     if plan.is_empty() {
-        println!("nothing to purge in sealed segments");
+        super::out!("nothing to purge in sealed segments");
     } else {
-        println!(
+        super::out!(
             "to purge: {} records of recalled messages in {} sealed segments",
             plan.records(),
             plan.sealed.len()
         );
         for (base, offsets) in &plan.sealed {
-            println!("  segment {base:020}: {} records", offsets.len());
+            super::out!("  segment {base:020}: {} records", offsets.len());
         }
     }
     if plan.already_purged > 0 {
-        println!("purged already: {} records", plan.already_purged);
+        super::out!("purged already: {} records", plan.already_purged);
     }
     if !plan.unpurgeable.is_empty() {
-        println!(
+        super::out!(
             "left as they are: {} records of recalled messages this build cannot purge in place",
             plan.unpurgeable.len()
         );
         for (offset, why) in &plan.unpurgeable {
-            println!("  offset {offset}: {why}");
+            super::out!("  offset {offset}: {why}");
         }
     }
     if !plan.active.is_empty() {
-        println!(
+        super::out!(
             "left in the active segment: {} records of recalled messages (run `tidings compact` again once the server has sealed that segment)",
             plan.active.len()
         );
     }
     if let (true, Some(offset)) = (plan.kept_protected, plan.protect) {
-        println!(
+        super::out!(
             "left at offset {offset}: the log's last record, a recalled message's, which the new snapshot is anchored to (a later run purges it)"
         );
     }

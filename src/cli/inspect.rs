@@ -19,10 +19,14 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let data = DataDir::new(&args.data);
     let log = super::open_read_only(&data).await?;
     let mut problems = 0;
-    println!("log {}", data.log().display());
-    println!(
+    super::out!("log {}", data.log().display());
+    super::out!(
         "{:>20} {:>20} {:>12} {:>8} {:>9}  status",
-        "base", "end", "bytes", "state", "batches"
+        "base",
+        "end",
+        "bytes",
+        "state",
+        "batches"
     );
     let (mut total_bytes, mut total_records) = (0u64, 0u64);
     for seg in log.segments()? {
@@ -41,12 +45,16 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             }
         };
         total_bytes += seg.bytes;
-        println!(
+        super::out!(
             "{:>20} {:>20} {:>12} {:>8} {:>9}  {status}",
-            seg.base_offset, seg.end_offset, seg.bytes, state, batches
+            seg.base_offset,
+            seg.end_offset,
+            seg.bytes,
+            state,
+            batches
         );
     }
-    println!(
+    super::out!(
         "offsets [{}, {}), {total_records} records checked, {total_bytes} bytes",
         log.start_offset(),
         log.next_offset()
@@ -80,7 +88,7 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 format!("CORRUPT: {e}")
             }
         };
-        println!(
+        super::out!(
             "snapshot {} (offset {}, {len} bytes): {status}",
             s.path.display(),
             s.applied
@@ -96,17 +104,17 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 Ok(()) => ok += 1,
                 Err(e) => {
                     problems += 1;
-                    println!("message index sidecar: CORRUPT: {e}");
+                    super::out!("message index sidecar: CORRUPT: {e}");
                 }
             }
         }
-        println!(
+        super::out!(
             "message index: {ok} sidecars ok, {} entries in memory",
             state.index.mem_len
         );
     }
     if problems > 0 {
-        println!("{problems} problems found");
+        super::out!("{problems} problems found");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

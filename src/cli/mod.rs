@@ -1,5 +1,22 @@
 //! Operator subcommands. Errors are `anyhow` here (and only here and in `main`).
 
+/// Prints a line to stdout as `println!` does, but a reader that went away (`tidings inspect |
+/// head`) is not a panic (it was: exit 101 and a message): the line is dropped, and the command
+/// goes on to its end and its exit code (a `compact` or `rebuild` must not stop midway for
+/// it). Another write error is told on stderr.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        match writeln!(std::io::stdout(), $($arg)*) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("writing to stdout: {e}");
+            }
+            _ => {}
+        }
+    }};
+}
+pub(crate) use out;
+
 pub(crate) mod compact;
 pub(crate) mod inspect;
 pub(crate) mod json;

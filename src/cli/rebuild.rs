@@ -109,7 +109,7 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let secs = t.elapsed().as_secs_f64();
     let snap = write_snapshot(&p, &log, n).await?;
     log.close().await?;
-    println!(
+    super::out!(
         "applied {n} events in {secs:.2} s ({:.0} events/s); snapshot: {snap}",
         n as f64 / secs.max(1e-9),
     );

@@ -20,8 +20,9 @@ pub(crate) struct ReplayArgs {
     /// Last offset to print (inclusive).
     #[arg(long)]
     to: Option<u64>,
-    /// Only events about this channel (canonical id: a group id or `p:a:b`).
-    #[arg(long)]
+    /// Only events about this channel, as the admin names it over HTTP: a group id, or a
+    /// person channel as p:{uid_a}:{uid_b} (in either order).
+    #[arg(long, value_parser = super::trace::parse_channel)]
     channel: Option<String>,
     /// Keep waiting for new events.
     #[arg(long)]

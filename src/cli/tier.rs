@@ -85,11 +85,11 @@ async fn status(data: &DataDir) -> anyhow::Result<ExitCode> {
         .filter(|s| !s.remote)
         .collect();
     let Some(m) = manifest else {
-        println!(
+        super::out!(
             "no tier manifest in {}: tiering is not configured, or nothing was uploaded yet",
             dir.display()
         );
-        println!(
+        super::out!(
             "local: {} segments, {} bytes, offsets [{start}, {end})",
             local.len(),
             local.iter().map(|s| s.bytes).sum::<u64>()
@@ -97,42 +97,43 @@ async fn status(data: &DataDir) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let c = compare(&m, &local);
-    println!(
+    super::out!(
         "manifest epoch {} (owner {}), from the local copy {} (the object store was not consulted)",
         m.epoch,
         m.owner.id,
         dir.join("tier-manifest.json").display()
     );
-    println!(
+    super::out!(
         "remote: {} segments, {} bytes, offsets [{}, {})",
         m.segments.len(),
         m.segments.iter().map(|s| s.bytes).sum::<u64>(),
         m.segments.first().map_or(0, |s| s.base),
         m.end()
     );
-    println!(
+    super::out!(
         "local:  {} segments, {} bytes, offsets [{start}, {end}) (the newest is the active one)",
         local.len(),
         local.iter().map(|s| s.bytes).sum::<u64>()
     );
-    println!(
+    super::out!(
         "local only: {} (the active segment and {} sealed segments not uploaded yet)",
         ranges(&c.local_only),
         c.lag_segments
     );
-    println!(
+    super::out!(
         "lag:    {} sealed segments, {} bytes not uploaded yet",
-        c.lag_segments, c.lag_bytes
+        c.lag_segments,
+        c.lag_bytes
     );
     if c.diverged.is_empty() {
-        println!(
+        super::out!(
             "diverged: no, as far as this copy tells (a server on this directory updates it at \
              each manifest write, but another server may have written the store since): a \
              running server's GET /v1/tier says \"diverged\" from the store itself"
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    super::out!(
         "DIVERGED: the object store holds another history of this log than the local segments: \
          {}. The records at {} are in this directory only, and a server started on it does not \
          upload them or delete any local segment (tiering stops there) until an operator \
@@ -270,7 +271,7 @@ async fn upload_now(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let result = log.upload_now().await;
     log.close().await?;
     let status = result?;
-    println!("{}", serde_json::to_string_pretty(&status)?);
+    super::out!("{}", serde_json::to_string_pretty(&status)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -315,7 +316,7 @@ async fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
     report(&display, &manifest, &listing, &verdicts, args.min_age_secs);
     let (orphans, _) = tally(&listing, &verdicts, Verdict::Collect);
     if !args.delete {
-        println!("dry run: nothing deleted (--delete deletes the {orphans} orphans)");
+        super::out!("dry run: nothing deleted (--delete deletes the {orphans} orphans)");
         return Ok(ExitCode::SUCCESS);
     }
     // Again just before deleting: a server may have published a version naming some of them.
@@ -330,9 +331,10 @@ async fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         if *after != Verdict::Collect {
-            println!(
+            super::out!(
                 "kept     {} (manifest epoch {} needs it now)",
-                o.key, again.epoch
+                o.key,
+                again.epoch
             );
             continue;
         }
@@ -348,7 +350,7 @@ async fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
         deleted += 1;
         bytes += o.size;
     }
-    println!("deleted: {deleted} objects, {bytes} bytes");
+    super::out!("deleted: {deleted} objects, {bytes} bytes");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -430,7 +432,7 @@ async fn newest_manifest(
 /// Prints each object gc would delete, each unneeded one kept for its age, each unknown key,
 /// and the totals.
 fn report(display: &str, m: &Manifest, listing: &[Listed], verdicts: &[Verdict], min_age: u64) {
-    println!(
+    super::out!(
         "{display}: {} objects; manifest epoch {} (owner {}{})",
         listing.len(),
         m.epoch,
@@ -451,7 +453,7 @@ fn report(display: &str, m: &Manifest, listing: &[Listed], verdicts: &[Verdict],
             ),
             Verdict::Unknown => ("unknown", " (not a name tidings writes: left alone)"),
         };
-        println!(
+        super::out!(
             "{word}  {}  {} bytes, {} s old{note}",
             o.key,
             o.size,
@@ -460,7 +462,7 @@ fn report(display: &str, m: &Manifest, listing: &[Listed], verdicts: &[Verdict],
     }
     let line = |what: &str, v: Verdict, why: &str| {
         let (n, bytes) = tally(listing, verdicts, v);
-        println!("{what} {n} objects, {bytes} bytes{why}");
+        super::out!("{what} {n} objects, {bytes} bytes{why}");
     };
     line(
         "kept:   ",

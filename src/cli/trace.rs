@@ -40,7 +40,7 @@ pub(crate) struct TraceArgs {
 
 /// The canonical id of the channel argument; a reference the admin's HTTP call refuses
 /// (`@uid`, an invalid id) is a usage error.
-fn parse_channel(reference: &str) -> Result<String, String> {
+pub(crate) fn parse_channel(reference: &str) -> Result<String, String> {
     admin_channel(reference).map_err(|e| e.message)
 }
 
@@ -52,7 +52,7 @@ pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let closed = log.close().await;
     let t = traced?;
     closed?;
-    println!("{}", serde_json::to_string_pretty(&t)?);
+    super::out!("{}", serde_json::to_string_pretty(&t)?);
     Ok(ExitCode::SUCCESS)
 }
 

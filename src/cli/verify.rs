@@ -34,7 +34,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     // comparison below would otherwise blame the log for losing its end.
     let damaged = log.read(log.next_offset(), 0).await.err();
     if let Some(e) = &damaged {
-        println!("damaged log: {e}");
+        super::out!("damaged log: {e}");
         problems += 1;
     }
 
@@ -54,12 +54,12 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     Some(ProjectionError::SnapshotOutdated { .. })
                 ) =>
             {
-                println!("note: {e}");
+                super::out!("note: {e}");
             }
             // Pruned by a running server between the listing and the read: not damage.
             Err(e) if super::vanished(&e) => {}
             Err(e) => {
-                println!("damaged snapshot: {e}");
+                super::out!("damaged snapshot: {e}");
                 problems += 1;
             }
         }
@@ -74,7 +74,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 && let Some(found) = snapshot::anchor_at(&log, applied).await?
                 && found != anchor
             {
-                println!(
+                super::out!(
                     "snapshot {} was made from another history of the log: the record at \
                      offset {applied} differs (anchor {anchor:#010x}, log {found:#010x})",
                     snap.path.display()
@@ -95,7 +95,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let index_dir = data.projections().join("index");
     for side in &live.state.index.sidecars {
         if let Err(e) = side.check_file(&index_dir) {
-            println!("damaged message index sidecar: {e}");
+            super::out!("damaged message index sidecar: {e}");
             problems += 1;
         }
     }
@@ -107,12 +107,12 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             applied_to,
             log_end,
         }) if damaged.is_some() => {
-            println!(
+            super::out!(
                 "not compared with a rebuild: {from} covers offsets up to {applied_to}, past \
                  the damage at the log's valid end (offset {log_end})"
             );
             log.close().await?;
-            println!("verify found problems");
+            super::out!("verify found problems");
             return Ok(ExitCode::FAILURE);
         }
         Err(e) => return Err(super::explain(e)),
@@ -142,16 +142,16 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 
     let lines = diff(&live.state, &rebuilt.state, args.max_differences);
     for l in &lines {
-        println!("{l}");
+        super::out!("{l}");
     }
     problems += lines.len();
     if problems == 0 {
-        println!(
+        super::out!(
             "ok: {from} + {tail} events equals a rebuild of all {all} events from {rebuilt_from}"
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!(
+        super::out!(
             "verify found problems (live = {from} + {tail} events; rebuilt = {all} events from {rebuilt_from})"
         );
         Ok(ExitCode::FAILURE)

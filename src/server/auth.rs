@@ -209,8 +209,15 @@ pub(crate) fn resolve(caller: &Caller, reference: &str) -> ApiResult<ChannelId> 
     if is_valid_id(reference) {
         return Ok(reference.to_owned());
     }
+    // Named as this caller may name a channel (the admin has no `@`).
+    let or_at = match caller {
+        Caller::User(_) => ", @uid",
+        Caller::Admin => "",
+    };
     Err(ApiError::bad_request(
         "invalid_channel",
-        format!("{reference:?} is not a channel id ([A-Za-z0-9._-]{{1,64}}) or @uid"),
+        format!(
+            "{reference:?} is not a channel id ([A-Za-z0-9._-]{{1,64}}){or_at} or p:{{uid_a}}:{{uid_b}}"
+        ),
     ))
 }

@@ -926,7 +926,7 @@ async fn load_projections(
         }
         continues = false;
         let path = path.clone();
-        let aside = path.with_extension("snap.other-history");
+        let aside = aside_path(&path, ".snap.other-history");
         tracing::warn!(
             snapshot = %path.display(),
             snapshot_applied = applied,
@@ -986,7 +986,7 @@ pub(crate) fn set_aside_snapshots_ahead_of(data: &DataDir, end: u64) -> anyhow::
     for snap in &ahead {
         // Set aside, not deleted (for a post-mortem), and never loaded again: once the log
         // grows past its offset it would look current while describing other events.
-        let aside = snap.path.with_extension("snap.ahead-of-log");
+        let aside = aside_path(&snap.path, ".snap.ahead-of-log");
         tracing::warn!(
             snapshot = %snap.path.display(),
             snapshot_applied = snap.applied,
@@ -1011,7 +1011,7 @@ pub(crate) fn set_aside_all_snapshots(data: &DataDir, suffix: &str) -> anyhow::R
     }
     for snap in all {
         // `….snap` → `….snap.other-settings`.
-        let aside = snap.path.with_extension(suffix.trim_start_matches('.'));
+        let aside = aside_path(&snap.path, suffix);
         tracing::warn!(snapshot = %snap.path.display(), moved_to = %aside.display(), "setting aside a snapshot of other settings");
         std::fs::rename(&snap.path, &aside)
             .with_context(|| format!("setting aside {}", snap.path.display()))?;
@@ -1025,6 +1025,27 @@ pub(crate) fn set_aside_all_snapshots(data: &DataDir, suffix: &str) -> anyhow::R
     }
     prune_set_aside(&snapshots);
     Ok(())
+}
+
+/// Where snapshot `path` (`{applied:020}.snap`) goes aside with `suffix` (`.snap.{why}`):
+/// `{applied:020}.snap.{why}`, or `{applied:020}.{n}.snap.{why}` with the first `n` from 1 that
+/// is free when that is taken — a second snapshot of the same offset set aside for the same
+/// reason (two `rebuild`s under other settings) replaced the first, which was lost.
+fn aside_path(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let stem = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".snap"))
+        .unwrap_or("snapshot");
+    let at = |name: String| path.with_file_name(name);
+    let first = at(format!("{stem}{suffix}"));
+    if !first.exists() {
+        return first;
+    }
+    (1..)
+        .map(|n| at(format!("{stem}.{n}{suffix}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
 }
 
 /// Snapshots set aside (each a full state) are kept for a post-mortem, the newest
@@ -1095,5 +1116,35 @@ mod tests {
             rustix::net::sockopt::tcp_user_timeout(&tcp).unwrap(),
             90_000
         );
+    }
+
+    /// A snapshot set aside where one of the same offset and reason already is gets a name of
+    /// its own (the second `rebuild` under other settings replaced the first), which the
+    /// pruning of set-aside snapshots still counts.
+    #[test]
+    fn a_second_snapshot_set_aside_at_the_same_offset_keeps_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("00000000000000000061.snap");
+        let suffix = ".snap.other-settings";
+        let first = aside_path(&snap, suffix);
+        assert_eq!(
+            first,
+            dir.path().join("00000000000000000061.snap.other-settings")
+        );
+        std::fs::write(&first, b"1").unwrap();
+        let second = aside_path(&snap, suffix);
+        assert_eq!(
+            second,
+            dir.path()
+                .join("00000000000000000061.1.snap.other-settings")
+        );
+        std::fs::write(&second, b"2").unwrap();
+        let third = aside_path(&snap, suffix);
+        assert_eq!(
+            third,
+            dir.path()
+                .join("00000000000000000061.2.snap.other-settings")
+        );
+        assert!(third.to_str().unwrap().ends_with(suffix));
     }
 }

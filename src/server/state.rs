@@ -209,10 +209,19 @@ impl AppState {
     /// conversation list reads no index for it again (nor holds `p` over sidecar reads).
     pub(crate) fn expired_floor(&self, p: &Projections, channel: &str) -> ApiResult<u64> {
         let start = self.expired_below();
-        if start == 0 {
-            return Ok(0);
-        }
         let above = p.state.subs.history_from(channel);
+        if start == 0 {
+            // Only what the index let go (a tiered directory started without its store): read
+            // from the state, nothing to remember.
+            let floor = tidings_projections::messages::expired_floor(
+                &p.state,
+                p.index_files(),
+                channel,
+                above,
+                0,
+            )?;
+            return Ok(floor);
+        }
         let key = (start, above);
         let memo = |m: &mut tidings_projections::FastMap<String, ExpiredFloor>| {
             m.get(channel).filter(|f| f.key == key).map(|f| f.floor)

@@ -111,7 +111,7 @@ impl FromRequestParts<Arc<AppState>> for WsCaller {
 
 /// Upgrades to a WebSocket session.
 #[utoipa::path(get, path = "/v1/ws", tag = "websocket", params(WsQuery),
-    responses((status = 101, description = "Switching to the WebSocket protocol (see the README for frames)"), (status = 401, body = crate::server::http::openapi::ErrorBody), (status = 429, description = "The user holds `limits.sessions_per_user` sessions already (`too_many_sessions`)", body = crate::server::http::openapi::ErrorBody), (status = 503, body = crate::server::http::openapi::ErrorBody)),
+    responses((status = 101, description = "Switching to the WebSocket protocol (see the README for frames)"), (status = 400, description = "The admin's key (`user_only`), or not a WebSocket upgrade request (`not_a_websocket`)", body = crate::server::http::openapi::ErrorBody), (status = 401, body = crate::server::http::openapi::ErrorBody), (status = 429, description = "The user holds `limits.sessions_per_user` sessions already (`too_many_sessions`)", body = crate::server::http::openapi::ErrorBody), (status = 503, body = crate::server::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn upgrade(
     State(state): State<Arc<AppState>>,
@@ -376,9 +376,10 @@ struct SendPayload {
     payload_b64: Option<String>,
     /// A CBOR `payload` given as a byte string: stored as those bytes.
     bytes: Option<Bytes>,
-    /// The CBOR `payload` holds a float JSON cannot express (NaN, ±Infinity; `json` has `null`
-    /// in its place): refused as `invalid_payload`, as a JSON number out of range is.
-    non_finite: bool,
+    /// What in the CBOR `payload` JSON cannot express, if anything: a float NaN or ±Infinity
+    /// (`json` has `null` in its place), or a map key that is not a string (`json` is `null`).
+    /// Refused as `invalid_payload`, as a JSON number out of range is.
+    not_json: Option<&'static str>,
 }
 
 /// A frame the server could not read: what is wrong, and its `client_msg_id` when that much
@@ -548,7 +549,7 @@ fn parse_cbor(b: &[u8]) -> Result<ClientFrame, BadFrame> {
             format!("{} bytes after the frame's CBOR item", rest.len()),
         ));
     }
-    let (mut raw, mut non_finite) = (None, false);
+    let (mut raw, mut not_json) = (None, None);
     if let ciborium::Value::Map(entries) = &mut v {
         if let Some(key) = duplicate_key(entries) {
             let message = format!("duplicate field `{key}`");
@@ -563,19 +564,27 @@ fn parse_cbor(b: &[u8]) -> Result<ClientFrame, BadFrame> {
                     raw = Some(Bytes::from(bytes));
                 }
             }
-            Some(i) => non_finite = has_non_finite(&entries[i].1),
+            Some(i) => {
+                not_json = payload_not_json(&entries[i].1);
+                // Its conversion would fail and name the whole frame: the send refuses it.
+                if not_json == Some(NON_TEXT_KEY) {
+                    entries[i].1 = ciborium::Value::Null;
+                }
+            }
             None => {}
         }
     }
-    let json: Value = v
-        .deserialized()
-        .map_err(|e| BadFrame::cbor(&v, e.to_string()))?;
+    // The error's text alone (its `Display` is its `Debug`: `Custom("…")`).
+    let json: Value = v.deserialized().map_err(|e| {
+        let ciborium::value::Error::Custom(message) = e;
+        BadFrame::cbor(&v, message)
+    })?;
     let wire: WireFrame =
         serde_json::from_value(json).map_err(|e| BadFrame::cbor(&v, e.to_string()))?;
     let mut frame = ClientFrame::try_from(wire)?;
     if let ClientFrame::Send { payload, .. } | ClientFrame::Edit { payload, .. } = &mut frame {
         payload.bytes = raw;
-        payload.non_finite = non_finite;
+        payload.not_json = not_json;
     }
     Ok(frame)
 }
@@ -601,19 +610,36 @@ fn duplicate_key(entries: &[(ciborium::Value, ciborium::Value)]) -> Option<&str>
         .find(|k| !seen.insert(*k))
 }
 
-/// Whether a CBOR value holds a float JSON cannot express (NaN, ±Infinity) anywhere. (The
-/// conversion to JSON would store `null` in its place.) Its depth is bounded by the CBOR
-/// decoder's recursion limit.
-fn has_non_finite(v: &ciborium::Value) -> bool {
-    match v {
-        ciborium::Value::Float(f) => !f.is_finite(),
-        ciborium::Value::Array(items) => items.iter().any(has_non_finite),
-        ciborium::Value::Map(entries) => entries
-            .iter()
-            .any(|(k, v)| has_non_finite(k) || has_non_finite(v)),
-        ciborium::Value::Tag(_, inner) => has_non_finite(inner),
-        _ => false,
+/// A CBOR payload's map key that is not a text string (JSON's keys are strings).
+const NON_TEXT_KEY: &str = "payload: a map key that is not a string, which JSON cannot express";
+
+/// A payload's float NaN or infinity.
+const NON_FINITE: &str = "payload: NaN or an infinite number, which JSON cannot express";
+
+/// What of a CBOR value JSON cannot express, anywhere in it: a map key that is not a text
+/// string (the conversion to JSON fails on it; was answered `invalid_frame` with the
+/// decoder's debug text until 2026-11-30), else a float NaN or ±Infinity (the conversion
+/// stores `null` in its place). Its depth is bounded by the CBOR decoder's recursion limit.
+fn payload_not_json(v: &ciborium::Value) -> Option<&'static str> {
+    let mut non_finite = false;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            ciborium::Value::Float(f) => non_finite |= !f.is_finite(),
+            ciborium::Value::Array(items) => stack.extend(items),
+            ciborium::Value::Map(entries) => {
+                for (k, v) in entries {
+                    if !k.is_text() {
+                        return Some(NON_TEXT_KEY);
+                    }
+                    stack.push(v);
+                }
+            }
+            ciborium::Value::Tag(_, inner) => stack.push(inner),
+            _ => {}
+        }
     }
+    non_finite.then_some(NON_FINITE)
 }
 
 /// Parses a frame (`None`: not a text or binary frame).
@@ -1205,21 +1231,18 @@ impl Ctx {
             SendPayload {
                 json,
                 payload_b64,
-                non_finite,
+                not_json,
                 ..
             } => {
                 // Converted to `null` (a bare NaN to exactly that), it is still not the null that
                 // may stand beside `payload_b64` for no payload.
-                if non_finite && payload_b64.is_some() {
+                if not_json.is_some() && payload_b64.is_some() {
                     return Err(one_payload_form());
                 }
                 let stored = payload_bytes(&self.state, json, payload_b64)?;
                 // After the size and the JSON checks, as for a JSON number out of range.
-                if non_finite {
-                    return Err(ApiError::bad_request(
-                        "invalid_payload",
-                        "payload: NaN or an infinite number, which JSON cannot express",
-                    ));
+                if let Some(what) = not_json {
+                    return Err(ApiError::bad_request("invalid_payload", what));
                 }
                 stored
             }
@@ -1784,7 +1807,7 @@ mod tests {
             sent(binary(b).unwrap().unwrap()).1
         };
         let p = send(ciborium::Value::Map(vec![("t".into(), "hi".into())]));
-        assert!(p.bytes.is_none() && !p.non_finite);
+        assert!(p.bytes.is_none() && p.not_json.is_none());
         assert_eq!(p.json.unwrap().get(), r#"{"t":"hi"}"#);
         let p = send(ciborium::Value::Bytes(vec![0, 1, 2]));
         assert!(p.json.is_none());
@@ -1855,7 +1878,7 @@ mod tests {
                     .unwrap(),
             )
             .1;
-            assert!(p.non_finite, "{payload:?}");
+            assert_eq!(p.not_json, Some(NON_FINITE), "{payload:?}");
         }
         let p = sent(
             binary(send(vec![("payload", 1.5f64.into())]))
@@ -1863,8 +1886,22 @@ mod tests {
                 .unwrap(),
         )
         .1;
-        assert!(!p.non_finite);
+        assert_eq!(p.not_json, None);
         assert_eq!(p.json.unwrap().get(), "1.5");
+        // A map key that is not a string, anywhere in the payload (beside a NaN, too): flagged
+        // and the payload read as null, for the send to refuse; the rest of the frame is read.
+        let int_key = |inner| ciborium::Value::Map(vec![(1.into(), inner)]);
+        let nested = ciborium::Value::Array(vec![f64::NAN.into(), int_key(2.into())]);
+        for payload in [int_key(2.into()), nested] {
+            let (id, p) = sent(
+                binary(send(vec![("payload", payload.clone())]))
+                    .unwrap()
+                    .unwrap(),
+            );
+            assert_eq!(p.not_json, Some(NON_TEXT_KEY), "{payload:?}");
+            assert_eq!(p.json.unwrap().get(), "null");
+            assert!(!id.is_empty());
+        }
         // A byte string and `payload_b64`: both kept, for the send to refuse.
         let b = send(vec![
             ("payload", ciborium::Value::Bytes(vec![1])),

@@ -110,7 +110,7 @@ fn exists(state: &AppState, id: &str) -> ApiResult<()> {
 
 /// Creates a group channel or updates its flags.
 #[utoipa::path(put, path = "/v1/channels/{id}", tag = "channels",
-    params(("id" = String, Path, description = "Group channel id")), request_body = PutChannel,
+    params(("id" = String, Path, description = "Group channel id")), request_body = Option<PutChannel>,
     responses((status = 201, body = ChannelView, description = "Created"), (status = 200, body = ChannelView, description = "Updated"), (status = 400, body = super::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn put_channel(

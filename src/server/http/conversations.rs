@@ -38,7 +38,8 @@ pub(crate) struct ConversationsQuery {
 /// A user's conversation list.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ConversationsPage {
-    /// `{channel, last_seq, last_message, unread, read_seq, updated_at, version}`, newest first.
+    /// `{channel, last_seq, last_message, unread, read_seq, delivered_seq, updated_at, version}`,
+    /// newest first.
     #[schema(value_type = Vec<Object>)]
     pub(crate) conversations: Vec<Box<RawValue>>,
     /// Channels that left the list since `since_version`.
@@ -106,7 +107,7 @@ async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Box<R
 /// away longer than the retention would be told of messages no read can bring. Cut at the
 /// channel's expired floor ([`AppState::expired_floor`]: found once per log start) when the
 /// caller's read position is below it. Only the page's conversations, and only once the log
-/// starts past 0.
+/// starts past 0 or the message index let go of seqs (`IndexState::dropped_through`).
 fn unread_retained(
     state: &AppState,
     p: &tidings_projections::Projections,
@@ -223,11 +224,14 @@ pub(crate) async fn conversations(
         limit,
         version,
     );
-    let expired_below = state.expired_below();
-    if expired_below > 0 {
+    // Expired messages: below the log's start, or let go by the index (even with no start
+    // known: a tiered directory started without its store).
+    {
         let p = state.proj();
-        for c in &mut list.conversations {
-            c.unread = unread_retained(&state, &p, &me, c)?;
+        if state.expired_below() > 0 || !p.state.index.dropped.is_empty() {
+            for c in &mut list.conversations {
+                c.unread = unread_retained(&state, &p, &me, c)?;
+            }
         }
     }
     let mut convs = Vec::with_capacity(list.conversations.len());

@@ -432,7 +432,10 @@ fn plan_page(
             hi = lo.saturating_add(limit - 1).min(top);
             plan = messages::plan_range(state, files, channel, lo, hi)?;
         }
-    } else if descending && lo > floor.saturating_add(1) {
+    } else if descending
+        && lo > floor.saturating_add(1)
+        && (expired_below > 0 || lo - 1 <= state.index.dropped_through(channel))
+    {
         let below = messages::plan_range(state, files, channel, lo - 1, lo - 1)?;
         if messages::begins_expired(state, channel, lo - 1, &below, expired_below) {
             floor = lo - 1;
@@ -666,7 +669,6 @@ pub(crate) async fn trace_planned(
     }
 }
 
-/// The answer for a seq the channel does not hold.
 /// Why message `seq` of `channel` has no plan: it expired with the message index's sidecar
 /// that held its entry (`msgindex::IndexState::dropped_through`), or the channel never held
 /// it (a seq past its last, or one of an earlier group under the id).
@@ -679,6 +681,7 @@ fn not_planned(state: &tidings_projections::State, channel: &str, seq: u64) -> A
     }
 }
 
+/// The answer for a seq the channel does not hold.
 fn no_message(seq: u64) -> ApiError {
     ApiError::not_found(
         "message_not_found",

@@ -203,7 +203,7 @@ pub(crate) async fn tier_status(
 
 /// Uploads every sealed segment now (admin).
 #[utoipa::path(post, path = "/v1/tier/upload", tag = "ops",
-    responses((status = 200, description = "Tier status after the upload (JSON)", content_type = "application/json"), (status = 503, body = super::openapi::ErrorBody)),
+    responses((status = 200, description = "Tier status after the upload (JSON)", content_type = "application/json"), (status = 403, description = "Not the admin (`admin_only`)", body = super::openapi::ErrorBody), (status = 404, description = "No `tier.url` is set (`tier_not_configured`)", body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn tier_upload(
     State(state): State<Arc<AppState>>,
@@ -245,7 +245,7 @@ async fn first_batch(log: &Log, mut from: u64) -> Result<(Tail, Vec<Record>), Lo
 
 /// The events as NDJSON, one per line, from an offset (admin).
 #[utoipa::path(get, path = "/v1/log", tag = "ops", params(LogQuery),
-    responses((status = 200, description = "NDJSON: one event per line", content_type = "application/x-ndjson")),
+    responses((status = 200, description = "NDJSON: one event per line", content_type = "application/x-ndjson"), (status = 400, description = "`from` past the log's end (`offset_out_of_range`)", body = super::openapi::ErrorBody), (status = 403, description = "Not the admin (`admin_only`)", body = super::openapi::ErrorBody), (status = 503, description = "The log cannot be read at `from` (`history_unavailable`, `storage_failed`)", body = super::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn log_stream(
     State(state): State<Arc<AppState>>,
