@@ -392,9 +392,9 @@ impl Projections {
                 .binary_search_by_key(&first, |s| s.first_offset)
                 .is_ok()
         };
-        let mut removed = 0;
+        let mut doomed = Vec::new();
         for entry in entries {
-            if removed == max {
+            if doomed.len() == max {
                 break;
             }
             let entry = entry.map_err(|e| ProjectionError::io("list", dir, e))?;
@@ -410,7 +410,23 @@ impl Projections {
             if first >= trimmed.start || named(first) {
                 continue;
             }
-            let path = entry.path();
+            doomed.push(entry.path());
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        // The pruning of the snapshots that named them durable first: a power cut must not
+        // bring one back over deleted sidecars (unlikely to be loaded — every newer snapshot
+        // would have to be damaged — but then it would fail, not replay).
+        let snapshots = self.snapshot_dir();
+        match std::fs::File::open(&snapshots).and_then(|d| d.sync_all()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ProjectionError::io("sync directory", &snapshots, e));
+            }
+            _ => {}
+        }
+        let mut removed = 0;
+        for path in doomed {
             match std::fs::remove_file(&path) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
