@@ -1991,6 +1991,21 @@ async fn a_zero_limit_is_refused_and_a_large_one_capped() {
     );
     let sync = api.ok("GET", "/v1/sync?limit=5000", &bob, None).await;
     assert_eq!(page_seqs(&sync), vec![1, 2]);
+    // Past every integer is larger too (it was 400 `invalid_query`); not a number is refused.
+    let huge = "limit=99999999999999999999999";
+    let sync = api.ok("GET", &format!("/v1/sync?{huge}"), &bob, None).await;
+    assert_eq!(page_seqs(&sync), vec![1, 2]);
+    let list = format!("/v1/conversations?{huge}");
+    api.ok("GET", &list, &bob, None).await;
+    for bad in ["-1", "x", "", "1.5"] {
+        let path = format!("/v1/sync?limit={bad}");
+        let (status, v) = api.call("GET", &path, &bob, None).await;
+        assert_eq!(
+            (status, &v["error"]["code"]),
+            (400, &json!("invalid_query")),
+            "{bad}: {v}"
+        );
+    }
 }
 
 /// A uid in the path of a user's list is checked on GET as on POST and DELETE (an invalid one

@@ -30,6 +30,7 @@ use crate::server::state::AppState;
 pub(crate) struct ConversationsQuery {
     /// At most this many, newest first: 1 to 1000 (default 100; a larger limit is taken as 1000).
     #[param(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "super::saturating_limit")]
     pub(crate) limit: Option<usize>,
     /// Only conversations changed after this version (from an earlier answer).
     pub(crate) since_version: Option<u64>,
@@ -256,6 +257,7 @@ pub(crate) async fn conversations(
 pub(crate) struct SyncQuery {
     /// At most this many messages: 1 to 1000 (default 100; a larger limit is taken as 1000).
     #[param(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "super::saturating_limit")]
     pub(crate) limit: Option<usize>,
 }
 
@@ -309,6 +311,7 @@ pub(crate) struct ChangesQuery {
     pub(crate) since: Option<u64>,
     /// At most this many messages: 1 to 1000 (default 100; a larger limit is taken as 1000).
     #[param(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "super::saturating_limit")]
     pub(crate) limit: Option<usize>,
 }
 

@@ -265,6 +265,7 @@ pub(crate) struct PageQuery {
     pub(crate) before_seq: Option<u64>,
     /// At most this many: 1 to 1000 (default 50; a larger limit is taken as 1000).
     #[param(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "super::saturating_limit")]
     pub(crate) limit: Option<usize>,
 }
 

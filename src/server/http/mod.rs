@@ -168,6 +168,21 @@ const MAX_PAGE_LIMIT: usize = 1000;
 /// `default` without one, and a larger one than [`MAX_PAGE_LIMIT`] is taken as that. `0` is
 /// `invalid_query`: taken as 1, it answered one item and `has_more` to a client that asked
 /// for none.
+/// A `limit` query parameter: digits, read as a number saturating at `usize::MAX` (a limit
+/// past every integer is "a larger limit", taken as [`MAX_PAGE_LIMIT`] by [`page_limit`]; it
+/// was 400 `invalid_query`); anything else is refused as before.
+pub(crate) fn saturating_limit<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(serde::de::Error::custom(format!(
+            "limit: {text:?} is not a whole number"
+        )));
+    }
+    Ok(Some(text.parse().unwrap_or(usize::MAX)))
+}
+
 pub(crate) fn page_limit(limit: Option<usize>, default: usize) -> ApiResult<usize> {
     match limit {
         Some(0) => Err(ApiError::bad_request(
