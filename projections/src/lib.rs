@@ -49,5 +49,5 @@ pub use crate::event::{
     ChannelFlags, CursorUpdate, Envelope, Event, FLAG_JSON_PAYLOAD, FLAG_PURGED, ListKind, ListOp,
     ListOwner,
 };
-pub use crate::state::{Applied, State};
+pub use crate::state::{Applied, State, Trimmed};
 pub use crate::store::{Origin, PreparedSnapshot, ProjectionConfig, Projections};

@@ -100,6 +100,8 @@ pub(crate) struct Metrics {
     pub(crate) snapshots: Counter,
     /// Message index sidecars deleted after the retention let them go (`mod.rs`).
     pub(crate) sidecars_removed: Counter,
+    /// The same, in the object store (`tiering::upload_snapshot`).
+    pub(crate) tier_sidecars_removed: Counter,
     /// Records of recalled messages purged by the background purge (`purger.rs`).
     pub(crate) purged_records: Counter,
     /// Passes of the background purge run.
@@ -131,7 +133,7 @@ impl Metrics {
     /// The text exposition, with `extra` gauges appended (name, help, value).
     pub(crate) fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 17] = [
+        let counters: [(&str, &str, &Counter); 18] = [
             (
                 "tidings_sends_total",
                 "Messages accepted and durable.",
@@ -186,6 +188,11 @@ impl Metrics {
                 "tidings_sidecars_removed_total",
                 "Message index sidecars deleted once the retention let them go and no snapshot named them.",
                 &self.sidecars_removed,
+            ),
+            (
+                "tidings_tier_sidecars_removed_total",
+                "Message index sidecars deleted from the object store once the retention let them go and no snapshot there named them.",
+                &self.tier_sidecars_removed,
             ),
             (
                 "tidings_purged_records_total",

@@ -502,6 +502,8 @@ struct WrittenSnapshot {
     /// The projections directory (the sidecars are in its `index/`).
     dir: std::path::PathBuf,
     sidecars: Vec<tidings_projections::msgindex::Sidecar>,
+    /// The state's latest `log_trimmed` (for the store's sidecars it let go).
+    trimmed: Option<tidings_projections::Trimmed>,
 }
 
 /// Which segments a snapshot's anchor (the record it ends at) may be read from.
@@ -529,7 +531,7 @@ async fn write_snapshot(
     let s = state.clone();
     // Encode under the read lock; write and fsync outside it, so the applier (which needs the
     // write lock) is not held up by the disk.
-    let (prepared, writing, sidecars, dir) = tokio::task::spawn_blocking(move || {
+    let (prepared, writing, (sidecars, trimmed), dir) = tokio::task::spawn_blocking(move || {
         let p = s.proj();
         // Read under the lock the applier sets it under.
         if s.applier_failed.load(Ordering::Acquire) {
@@ -537,7 +539,7 @@ async fn write_snapshot(
                 "the applier stopped on a record it could not apply: no snapshot of its state (the next start replays the log from the last snapshot)"
             );
         }
-        let sidecars = p.state.index.sidecars.clone();
+        let sidecars = (p.state.index.sidecars.clone(), p.state.trimmed);
         let prepared = p.prepare_snapshot();
         // Registered under the lock its state was read under: the background purge must not
         // rewrite the record it will be anchored to (`purger.rs`).
@@ -613,6 +615,7 @@ async fn write_snapshot(
         path,
         dir,
         sidecars,
+        trimmed,
     }))
 }
 
@@ -655,7 +658,21 @@ async fn upload_written(state: &AppState, w: &WrittenSnapshot) -> anyhow::Result
     let Some(tier) = state.log.tier() else {
         return Ok(());
     };
-    tiering::upload_snapshot(tier, &w.dir, &w.path, &w.sidecars, &state.uploaded_sidecars).await
+    let snapshot = tiering::SnapshotUpload {
+        projections: &w.dir,
+        snap: &w.path,
+        sidecars: &w.sidecars,
+        trimmed: w.trimmed,
+    };
+    let removed = tiering::upload_snapshot(tier, &snapshot, &state.uploaded_sidecars).await?;
+    if removed > 0 {
+        state.metrics.tier_sidecars_removed.add(removed as u64);
+        tracing::info!(
+            removed,
+            "removed message index sidecars the retention let go from the object store"
+        );
+    }
+    Ok(())
 }
 
 impl Running {

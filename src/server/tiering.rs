@@ -321,14 +321,32 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Uploads a snapshot and the sidecars it refers to; keeps the newest few in the store.
+/// A snapshot written locally, to upload ([`upload_snapshot`]).
+pub(crate) struct SnapshotUpload<'a> {
+    /// The projections directory (the sidecars are in its `index/`).
+    pub(crate) projections: &'a Path,
+    /// The snapshot file.
+    pub(crate) snap: &'a Path,
+    /// The sidecars its state names.
+    pub(crate) sidecars: &'a [Sidecar],
+    /// Its state's latest `log_trimmed`.
+    pub(crate) trimmed: Option<tidings_projections::Trimmed>,
+}
+
+/// Uploads a snapshot and the sidecars it refers to; keeps the newest few in the store; then
+/// deletes the store's sidecars the retention let go ([`stale_sidecars`]). Returns how many
+/// sidecars it deleted.
 pub(crate) async fn upload_snapshot(
     tier: &Tier,
-    projections: &Path,
-    snap: &Path,
-    sidecars: &[Sidecar],
+    upload: &SnapshotUpload<'_>,
     uploaded: &Mutex<Option<HashSet<String>>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
+    let SnapshotUpload {
+        projections,
+        snap,
+        sidecars,
+        trimmed,
+    } = *upload;
     // Only the prefix's owner uploads: a server that has not claimed it (yet: the store was
     // out of reach at open, or it waits out another process's lease under this node id), was
     // fenced from it, or whose log is another history than the prefix's would put its
@@ -341,7 +359,7 @@ pub(crate) async fn upload_snapshot(
             diverged = status.diverged,
             "not uploading the snapshot: the prefix is not this server's"
         );
-        return Ok(());
+        return Ok(0);
     }
     // The status changes only at this server's next manifest write: a server cut off while
     // another took the prefix over still says "claimed". The store's newest version tells:
@@ -359,7 +377,7 @@ pub(crate) async fn upload_snapshot(
             owner = ?newest.map(|o| o.id),
             "not uploading the snapshot: the store's newest manifest version is another writer's"
         );
-        return Ok(());
+        return Ok(0);
     }
     let known = uploaded.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut known = match known {
@@ -380,7 +398,7 @@ pub(crate) async fn upload_snapshot(
         tier.put_file(&key, &local).await?;
         known.insert(key);
     }
-    *uploaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(known);
+    *uploaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(known.clone());
     let name = snap
         .file_name()
         .and_then(|n| n.to_str())
@@ -392,10 +410,64 @@ pub(crate) async fn upload_snapshot(
         .into_iter()
         .filter(|n| n.ends_with(".snap"))
         .collect();
-    for old in stale_snapshots(names, tier.manifest().end()) {
+    let stale = stale_snapshots(names.clone(), tier.manifest().end());
+    for old in &stale {
         tier.delete(&format!("snapshots/{old}")).await?;
     }
-    Ok(())
+    let Some(trimmed) = trimmed else {
+        return Ok(0);
+    };
+    let kept = names.iter().filter(|n| !stale.contains(n));
+    let doomed = stale_sidecars(kept, &known, sidecars, trimmed);
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    // Forgotten as uploaded before they go: a deletion cut short must not leave a key the
+    // cache says is there (a sidecar written again under it would not be uploaded).
+    for key in &doomed {
+        known.remove(key);
+    }
+    *uploaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(known);
+    for key in &doomed {
+        tier.delete(key).await?;
+    }
+    Ok(doomed.len())
+}
+
+/// The sidecar keys of the store (`keys`) the retention let go, once no snapshot kept there
+/// (`kept`, `{applied:020}.snap`) can name them: when each follows the `log_trimmed` event
+/// `trimmed` of the snapshot just uploaded (which names `sidecars`), every sidecar starting
+/// below the event's start that this snapshot does not name (under either key form). As
+/// locally (`Projections::remove_dropped_sidecars`): a snapshot an earlier build wrote after
+/// the event names them, but its state lets them go when decoded, and a restore downloads
+/// only what the decoded state names. Until 2026-11-30 the store kept every sidecar, 16 bytes
+/// per message ever sent.
+fn stale_sidecars<'a>(
+    mut kept: impl Iterator<Item = &'a String>,
+    keys: &HashSet<String>,
+    sidecars: &[Sidecar],
+    trimmed: tidings_projections::Trimmed,
+) -> Vec<String> {
+    let applied = |n: &str| n.strip_suffix(".snap").and_then(|a| a.parse::<u64>().ok());
+    if !kept.all(|n| applied(n).is_some_and(|a| a >= trimmed.offset)) {
+        return Vec::new();
+    }
+    let named: HashSet<u64> = sidecars.iter().map(|s| s.first_offset).collect();
+    let first_of = |key: &str| -> Option<u64> {
+        let name = key.strip_prefix(SIDECAR_DIR)?.strip_prefix('/')?;
+        let digits = name.get(..20)?;
+        let rest = name.get(20..)?;
+        (rest == ".cidx" || (rest.starts_with('-') && rest.ends_with(".cidx")))
+            .then(|| digits.parse().ok())
+            .flatten()
+    };
+    let mut doomed: Vec<String> = keys
+        .iter()
+        .filter(|k| first_of(k).is_some_and(|f| f < trimmed.start && !named.contains(&f)))
+        .cloned()
+        .collect();
+    doomed.sort();
+    doomed
 }
 
 /// The snapshots of the store (`names`, `{applied:020}.snap`) that are not kept: all but the
@@ -422,6 +494,72 @@ fn stale_snapshots(mut names: Vec<String>, end: u64) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A [`SnapshotUpload`] of `snap` with `sidecars` and no `log_trimmed`.
+    fn up<'a>(
+        projections: &'a Path,
+        snap: &'a Path,
+        sidecars: &'a [Sidecar],
+    ) -> SnapshotUpload<'a> {
+        SnapshotUpload {
+            projections,
+            snap,
+            sidecars,
+            trimmed: None,
+        }
+    }
+
+    /// The store's sidecars the retention let go: only once every snapshot kept there follows
+    /// the `log_trimmed` event, only those starting below its start, never one the uploaded
+    /// snapshot names (under either key form), and no key of another shape.
+    #[test]
+    fn store_sidecars_go_once_every_kept_snapshot_follows_the_trim() {
+        let side = |first: u64, crc: u32| Sidecar {
+            first_offset: first,
+            last_offset: first + 9,
+            entries: 10,
+            crc,
+        };
+        let keys: HashSet<String> = [
+            sidecar_key(&side(0, 1)),
+            legacy_sidecar_key(&side(10, 0)),
+            sidecar_key(&side(20, 2)),
+            sidecar_key(&side(30, 3)),
+            legacy_sidecar_key(&side(30, 0)),
+            sidecar_key(&side(40, 4)),
+            format!("{SIDECAR_DIR}/notes.txt"),
+            format!("{SIDECAR_DIR}/00000000000000000005-x.tmp"),
+        ]
+        .into_iter()
+        .collect();
+        // The snapshot names 30 (which starts below the start, 35, and reaches past it) and 40.
+        let named = [side(30, 3), side(40, 4)];
+        let trimmed = tidings_projections::Trimmed {
+            offset: 50,
+            start: 35,
+        };
+        let snaps = |applied: &[u64]| -> Vec<String> {
+            applied.iter().map(|a| format!("{a:020}.snap")).collect()
+        };
+        let stale = |kept: &[u64]| stale_sidecars(snaps(kept).iter(), &keys, &named, trimmed);
+        assert_eq!(
+            stale(&[49, 50, 60]),
+            Vec::<String>::new(),
+            "49 is from before"
+        );
+        let want = vec![
+            sidecar_key(&side(0, 1)),
+            legacy_sidecar_key(&side(10, 0)),
+            sidecar_key(&side(20, 2)),
+        ];
+        assert_eq!(stale(&[50, 60, 70]), want);
+        let no_trim_below = tidings_projections::Trimmed {
+            offset: 50,
+            start: 0,
+        };
+        let kept = snaps(&[60]);
+        assert!(stale_sidecars(kept.iter(), &keys, &named, no_trim_below).is_empty());
+    }
 
     /// The store keeps its newest three snapshots and the newest two below the end of the
     /// uploaded segments (those a restore could use, which bound the retention).
@@ -534,7 +672,7 @@ mod tests {
         let snap = data.path().join("00000000000000000000.snap");
         std::fs::write(&snap, b"a snapshot").unwrap();
         let uploaded = Mutex::new(None);
-        upload_snapshot(&tier, data.path(), &snap, &[], &uploaded)
+        upload_snapshot(&tier, &up(data.path(), &snap, &[]), &uploaded)
             .await
             .unwrap();
         assert_eq!(tier.list("snapshots").await.unwrap().len(), 1);
@@ -549,7 +687,7 @@ mod tests {
         assert!(tier.status().fenced);
         let newer = data.path().join("00000000000000000001.snap");
         std::fs::write(&newer, b"another snapshot").unwrap();
-        upload_snapshot(&tier, data.path(), &newer, &[], &uploaded)
+        upload_snapshot(&tier, &up(data.path(), &newer, &[]), &uploaded)
             .await
             .unwrap();
         assert_eq!(
@@ -584,7 +722,7 @@ mod tests {
         assert!(tier.status().claimed && !tier.status().fenced);
         let ours = data.path().join(format!("{:020}.snap", 13));
         std::fs::write(&ours, b"node-a's").unwrap();
-        upload_snapshot(&tier, data.path(), &ours, &[], &Mutex::new(None))
+        upload_snapshot(&tier, &up(data.path(), &ours, &[]), &Mutex::new(None))
             .await
             .unwrap();
         let names = tier.list("snapshots").await.unwrap();
@@ -611,7 +749,7 @@ mod tests {
         assert!(!tier.status().claimed);
         let snap = data.path().join("00000000000000000000.snap");
         std::fs::write(&snap, b"a snapshot").unwrap();
-        upload_snapshot(&tier, data.path(), &snap, &[], &Mutex::new(None))
+        upload_snapshot(&tier, &up(data.path(), &snap, &[]), &Mutex::new(None))
             .await
             .unwrap();
         assert!(tier.list("snapshots").await.unwrap().is_empty());
@@ -748,7 +886,7 @@ mod tests {
         std::fs::write(sidecar_path(&owner.join("index"), 0), &ours).unwrap();
         let snap = owner.join("00000000000000000000.snap");
         std::fs::write(&snap, snapshot::encode(&state).unwrap()).unwrap();
-        upload_snapshot(&tier, &owner, &snap, &[side], &Mutex::new(None))
+        upload_snapshot(&tier, &up(&owner, &snap, &[side]), &Mutex::new(None))
             .await
             .unwrap();
         // A stale writer uploads its sidecar for the same offsets (as its upload would).
