@@ -155,10 +155,10 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
         Progress::SnapshotWritten(path) => super::out!("wrote snapshot {}", path.display()),
         Progress::Removed(path) => super::out!("removed {}", path.display()),
         Progress::SegmentRewritten { base, stats } => super::out!(
-            "rewrote segment {base:020}: {} records purged, {} batches ({} bytes) written",
-            stats.records,
-            stats.batches,
-            stats.bytes
+            "rewrote segment {base:020}: {} purged, {} ({}) written",
+            super::count(stats.records, "record", "records"),
+            super::count(stats.batches, "batch", "batches"),
+            super::count(stats.bytes, "byte", "bytes")
         ),
         _ => {}
     })
@@ -173,9 +173,9 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
         );
     }
     super::out!(
-        "purged {} records in {} segments",
-        report.records,
-        report.segments
+        "purged {} in {}",
+        super::count(report.records, "record", "records"),
+        super::count(report.segments, "segment", "segments")
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -186,21 +186,31 @@ fn print_plan(plan: &Plan) {
         super::out!("nothing to purge in sealed segments");
     } else {
         super::out!(
-            "to purge: {} records of recalled messages in {} sealed segments",
-            plan.records(),
-            plan.sealed.len()
+            "to purge: {} of recalled messages in {}",
+            super::count(plan.records() as u64, "record", "records"),
+            super::count(
+                plan.sealed.len() as u64,
+                "sealed segment",
+                "sealed segments"
+            )
         );
         for (base, offsets) in &plan.sealed {
-            super::out!("  segment {base:020}: {} records", offsets.len());
+            super::out!(
+                "  segment {base:020}: {}",
+                super::count(offsets.len() as u64, "record", "records")
+            );
         }
     }
     if plan.already_purged > 0 {
-        super::out!("purged already: {} records", plan.already_purged);
+        super::out!(
+            "purged already: {}",
+            super::count(plan.already_purged, "record", "records")
+        );
     }
     if !plan.unpurgeable.is_empty() {
         super::out!(
-            "left as they are: {} records of recalled messages this build cannot purge in place",
-            plan.unpurgeable.len()
+            "left as they are: {} of recalled messages this build cannot purge in place",
+            super::count(plan.unpurgeable.len() as u64, "record", "records")
         );
         for (offset, why) in &plan.unpurgeable {
             super::out!("  offset {offset}: {why}");
@@ -208,8 +218,8 @@ fn print_plan(plan: &Plan) {
     }
     if !plan.active.is_empty() {
         super::out!(
-            "left in the active segment: {} records of recalled messages (run `tidings compact` again once the server has sealed that segment)",
-            plan.active.len()
+            "left in the active segment: {} of recalled messages (run `tidings compact` again once the server has sealed that segment)",
+            super::count(plan.active.len() as u64, "record", "records")
         );
     }
     if let (true, Some(offset)) = (plan.kept_protected, plan.protect) {

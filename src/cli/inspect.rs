@@ -55,9 +55,11 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         );
     }
     super::out!(
-        "offsets [{}, {}), {total_records} records checked, {total_bytes} bytes",
+        "offsets [{}, {}), {} checked, {}",
         log.start_offset(),
-        log.next_offset()
+        log.next_offset(),
+        super::count(total_records, "record", "records"),
+        super::count(total_bytes, "byte", "bytes")
     );
     log.close().await?;
 
@@ -109,12 +111,16 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             }
         }
         super::out!(
-            "message index: {ok} sidecars ok, {} entries in memory",
-            state.index.mem_len
+            "message index: {} ok, {} in memory",
+            super::count(ok as u64, "sidecar", "sidecars"),
+            super::count(state.index.mem_len, "entry", "entries")
         );
     }
     if problems > 0 {
-        super::out!("{problems} problems found");
+        super::out!(
+            "{} found",
+            super::count(problems as u64, "problem", "problems")
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

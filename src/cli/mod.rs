@@ -17,6 +17,14 @@ macro_rules! out {
 }
 pub(crate) use out;
 
+/// `n` and the word for it: `1 record`, `2 records` (`one` and `many` the two forms).
+pub(crate) fn count(n: u64, one: &str, many: &str) -> String {
+    match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
+}
+
 pub(crate) mod compact;
 pub(crate) mod inspect;
 pub(crate) mod json;
