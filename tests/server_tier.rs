@@ -1080,6 +1080,56 @@ async fn a_data_directory_started_once_without_its_store_restores_from_it() {
     server.stop();
 }
 
+/// A fail-back to an old data directory: node A stops, node B restores from the store into
+/// an empty directory and writes on (its segments uploaded), then A starts again on its own
+/// directory. Its log is another history than the store's (diverged): A is not ready
+/// (`/readyz` 503 `history_diverged`) and refuses every write with that code — nothing it
+/// took could reach the store — while it still serves what it holds. Until 2026-11-30 it
+/// answered ready and acknowledged sends under seqs B had already given other messages (an
+/// operator's QA found it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_back_to_an_old_data_directory_takes_no_writes() {
+    let (_bucket, args) = file_bucket();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (a, _, alice, bob) = tiered_history(&args).await;
+    let a_data = a.data.clone();
+    let _a_dir = a.stop(); // graceful: the last segment uploaded, the prefix released
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Server::start_on(&b_dir.path().join("data"), &refs);
+    let api = Api::new(&b);
+    send_numbered(&api, &alice, 301..=600).await;
+    let status = api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
+    assert_eq!(status["status"]["diverged"], false, "{status}");
+    drop(b.stop());
+
+    let a = Server::start_on(&a_data, &refs);
+    let api = Api::new(&a);
+    let tier = api.ok("GET", "/v1/tier", ADMIN, None).await;
+    assert_eq!(tier["status"]["diverged"], true, "{tier}");
+    let (status, ready) = api.call("GET", "/readyz", ADMIN, None).await;
+    assert_eq!(
+        (status, &ready["error"]["code"]),
+        (503, &json!("history_diverged")),
+        "{ready}"
+    );
+    let (status, sent) = api
+        .call(
+            "POST",
+            "/v1/messages",
+            &alice,
+            Some(json!({"channel": "g", "client_msg_id": "on-a", "payload": {"text": "lost"}})),
+        )
+        .await;
+    assert_eq!(
+        (status, &sent["error"]["code"]),
+        (503, &json!("history_diverged")),
+        "{sent}"
+    );
+    // What A holds still reads (its own 300 messages).
+    assert_eq!(history(&api, &bob, "g").await.len(), 300);
+    a.stop();
+}
+
 /// `tidings tier gc` against the S3 server, beside a real tiered log. Planted next to its
 /// objects: an old upload of another process whose manifest write never came, a fresh one,
 /// one under the running owner's own writer key, and a key that is not tidings'. The dry run

@@ -225,6 +225,22 @@ pub enum LogError {
     /// The writer thread ended unexpectedly.
     #[error("log writer stopped unexpectedly")]
     WriterGone,
+    /// The log's object store is no longer this log's to write to — it holds another history
+    /// of the log (`diverged`: a fail-back to an old data directory after another node wrote
+    /// on), or another server took its prefix over (`fenced`) — so the log refuses appends
+    /// until it is reopened: an acknowledged record could never reach the store's history.
+    #[error(
+        "the log takes no writes: {}",
+        if *diverged {
+            "its object store holds another history of this log (another node wrote on from it); an operator decides which history goes on (see tidings tier status), then restarts"
+        } else {
+            "another server took its object store's prefix over (this one is fenced); stop this server, or restart it once the other has stopped"
+        }
+    )]
+    NotTheStoresHistory {
+        /// Another history in the store (else: fenced).
+        diverged: bool,
+    },
 }
 
 impl LogError {

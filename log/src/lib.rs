@@ -12,7 +12,9 @@
 //! 4. Bytes that fail their CRC are never returned: the read fails with
 //!    [`LogError::Corrupt`], naming the file, byte position and offset.
 //! 5. After a write or sync error the log refuses appends ([`LogError::Poisoned`]) until it is
-//!    reopened.
+//!    reopened; so does a tiered log whose object store is no longer its to write — another
+//!    history of it there, or its prefix taken over — ([`LogError::NotTheStoresHistory`]):
+//!    nothing it acknowledged then could reach the store's history.
 //! 6. Opening reads only the active segment's indexes and tail, never the whole log.
 //! 7. Sealed segments are never written to, and hold exactly their batches. Only the active
 //!    segment may end in zeros (the unused part of a preallocated segment, `log/DESIGN.md`);

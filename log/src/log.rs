@@ -674,6 +674,15 @@ impl Log {
         self.check_open()?;
         // `size ≤ max_append_bytes ≤ max_queued_bytes < 4 GiB` (checked at open).
         let size = size as u32;
+        // A tier that is no longer this log's: what is appended could never reach the store's
+        // history (until 2026-11-30 such a server took writes, answering them durable, and
+        // stayed ready).
+        if let Some(tier) = self.tier() {
+            let (diverged, fenced) = (tier.diverged(), tier.fenced());
+            if diverged || fenced {
+                return Err(LogError::NotTheStoresHistory { diverged });
+            }
+        }
         // Both waits may be cancelled (the caller dropped): the byte permits and the queue
         // slot are held as guards until the command is handed over without another await,
         // so a cancelled enqueue gives back everything it took.

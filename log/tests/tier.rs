@@ -1013,15 +1013,24 @@ async fn an_own_manifest_version_that_landed_late_is_adopted_not_fencing() {
 
     // A version under our id from another process (a node cloned with its data directory),
     // even one that only renews the lease: someone else. Fenced.
+    append(&log, 600, 300).await;
     let current = log.tier().unwrap().manifest();
     let mut clone = current.next("node-a", current.owner.heartbeat_ms + 1);
     clone.owner.incarnation = current.owner.incarnation.map(|i| i ^ 1);
     put_manifest(&store, prefix, &clone).await;
-    append(&log, 600, 300).await;
     log.roll().await.unwrap();
     // (The background pass may meet it first; either way the node is fenced.)
     assert!(log.upload_now().await.is_err());
     assert!(log.tier().unwrap().status().fenced);
+    // Fenced, it takes no more writes (it did until 2026-11-30).
+    let refused = log.append_one(payload(900)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(LogError::NotTheStoresHistory { diverged: false })
+        ),
+        "{refused:?}"
+    );
     assert_eq!(read_all(&log).await.len(), 900);
     log.close().await.unwrap();
 }
@@ -1293,12 +1302,22 @@ async fn a_store_holding_another_history_stops_the_tier_and_deletes_nothing() {
     b.close().await.unwrap();
 
     let a = open(a_dir.clone(), "node-a", a_cache.path().to_path_buf()).await;
-    append(&a, e + 100, 10).await;
+    assert!(a.tier().unwrap().status().diverged);
+    // It takes no writes: none could reach the store's history (until 2026-11-30 they were
+    // acknowledged).
+    let refused = a.append_one(Bytes::from_static(b"on A")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(LogError::NotTheStoresHistory { diverged: true })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(a.next_offset(), e + 100);
     a.roll().await.unwrap(); // A's segment at `e` is sealed now
     assert!(a.upload_now().await.is_err(), "tiering stops");
-    assert!(a.tier().unwrap().status().diverged);
     let a_records = read_all(&a).await;
-    assert_eq!(a_records.len(), 410);
+    assert_eq!(a_records.len(), 400);
     assert_eq!(
         a_records[e as usize],
         payload(e),

@@ -105,6 +105,14 @@ impl From<tidings_log::LogError> for ApiError {
             LogError::HistoryNotInStore { .. } => {
                 ApiError::unavailable("object_store_unavailable", e.to_string())
             }
+            LogError::NotTheStoresHistory { diverged } => ApiError::unavailable(
+                if diverged {
+                    "history_diverged"
+                } else {
+                    "fenced"
+                },
+                e.to_string(),
+            ),
             LogError::Closed => {
                 ApiError::unavailable("shutting_down", "the server is shutting down")
             }

@@ -325,6 +325,16 @@ impl Tier {
         self.inner.manifest.load_full()
     }
 
+    /// [`TierStatus::diverged`], without the rest of the status.
+    pub fn diverged(&self) -> bool {
+        self.inner.diverged.load(Ordering::Relaxed)
+    }
+
+    /// [`TierStatus::fenced`], without the rest of the status.
+    pub fn fenced(&self) -> bool {
+        self.inner.fenced.load(Ordering::Relaxed)
+    }
+
     /// The current status.
     pub fn status(&self) -> TierStatus {
         let m = self.manifest();

@@ -39,6 +39,15 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> ApiResult<impl
             format!("the log stopped taking writes (restart the server): {e}"),
         ));
     }
+    // Nor one whose object store is no longer its to write (it refuses every write).
+    if let Some(tier) = state.log.tier()
+        && (tier.diverged() || tier.fenced())
+    {
+        let e = tidings_log::LogError::NotTheStoresHistory {
+            diverged: tier.diverged(),
+        };
+        return Err(e.into());
+    }
     if state.is_ready() && !state.sessions_stop.is_cancelled() {
         Ok(axum::Json(
             json!({"status": "ready", "applied": *state.applied.borrow()}),
