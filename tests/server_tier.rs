@@ -543,6 +543,39 @@ async fn a_cold_read_while_s3_is_down_is_a_bounded_503() {
     let _ = s3s.wait();
 }
 
+/// Credentials the store refuses fail the start, naming them — on an empty data directory
+/// (it said the store "did not answer", to try again once it does) and on a tiered one (it
+/// started, never claimed the prefix, never tiered, and answered ready) — and a start with the
+/// right ones goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_fail_the_start_naming_them() {
+    let s3s = S3s::start();
+    let good = s3s.args();
+    let mut bad = good.clone();
+    let at = bad
+        .iter()
+        .position(|a| a == "--tier-secret-access-key")
+        .unwrap();
+    bad[at + 1] = "wrong".into();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (started, err) = refused_start(&data, &bad);
+    assert!(!started, "{err}");
+    assert!(err.contains("refused the credentials"), "{err}");
+    let refs: Vec<&str> = good.iter().map(String::as_str).collect();
+    let server = Server::start_on(&data, &refs);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    drop(server.stop());
+    let (started, err) = refused_start(&data, &bad);
+    assert!(!started, "{err}");
+    assert!(
+        err.contains("refused the credentials") && err.contains("tier.secret_access_key"),
+        "{err}"
+    );
+    Server::start_on(&data, &refs).stop();
+}
+
 /// s3s-fs on a free port with a bucket `bkt`; killed on drop (a stopped one too).
 struct S3s {
     dir: tempfile::TempDir,

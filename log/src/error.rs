@@ -149,6 +149,12 @@ pub enum LogError {
     /// The object store failed (uploads are retried; reads fail within the read timeout).
     #[error("object store: {0}")]
     Tier(String),
+    /// The object store refused this server's credentials (HTTP 401 or 403): unlike an
+    /// outage, no retry mends it, so a start is refused on it.
+    #[error(
+        "the object store refused the credentials (check tier.access_key_id and tier.secret_access_key, or the AWS_* environment, and the bucket's policy): {0}"
+    )]
+    TierAccessDenied(String),
     /// Another server owns the object-store prefix.
     #[error(
         "the object-store prefix {store} is owned by node {owner} (last write {seen_ms_ago} ms ago); refusing to write to it"

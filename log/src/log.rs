@@ -215,7 +215,13 @@ impl Log {
                         "another process under this node id wrote the manifest within its lease (a restart after a crash, or a copy of this data directory running): claiming once its lease lapses; fenced if it writes meanwhile"
                     );
                 }
-                Err(e @ (LogError::Fenced { .. } | LogError::HistoryNotInStore { .. })) => {
+                // Refused credentials are no outage to open past: such a start never tiers (until
+                // 2026-11-30 it opened, never claimed the prefix, and served as ready).
+                Err(
+                    e @ (LogError::Fenced { .. }
+                    | LogError::HistoryNotInStore { .. }
+                    | LogError::TierAccessDenied(_)),
+                ) => {
                     return Err(e);
                 }
                 Err(e) => {

@@ -37,13 +37,32 @@ fn err(inner: &TierInner, what: &str, e: impl std::fmt::Display) -> LogError {
     LogError::Tier(format!("{what} ({}): {e}", inner.opts.display))
 }
 
+/// [`err`] of a store's answer, but one refusing the credentials (HTTP 401 / 403) is
+/// [`LogError::TierAccessDenied`]: waiting does not mend it. `object_store` gives most S3
+/// calls' refusals as a generic error whose text carries the status (its retry error, which
+/// has it, is not public), so the text is read too.
+fn store_err(inner: &TierInner, what: &str, e: object_store::Error) -> LogError {
+    let denied = matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) || {
+        let text = e.to_string();
+        text.contains("status code: 403") || text.contains("status code: 401")
+    };
+    if denied {
+        LogError::TierAccessDenied(format!("{what} ({}): {e}", inner.opts.display))
+    } else {
+        err(inner, what, e)
+    }
+}
+
 async fn timed<T>(
     inner: &TierInner,
     what: &str,
     fut: impl Future<Output = object_store::Result<T>>,
 ) -> Result<T> {
     match tokio::time::timeout(inner.opts.read_timeout, fut).await {
-        Ok(r) => r.map_err(|e| err(inner, what, e)),
+        Ok(r) => r.map_err(|e| store_err(inner, what, e)),
         Err(_) => Err(err(inner, what, "timed out")),
     }
 }
@@ -247,7 +266,7 @@ async fn put_manifest(inner: &TierInner, m: &Manifest) -> Result<Put> {
                 .map(Put::Exists)
                 .map_err(|e| err(inner, "decoding a competing manifest", e))
         }
-        Ok(Err(e)) => Err(err(inner, "writing the manifest", e)),
+        Ok(Err(e)) => Err(store_err(inner, "writing the manifest", e)),
         Err(_) => Err(err(inner, "writing the manifest", "timed out")),
     }
 }
