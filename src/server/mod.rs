@@ -653,10 +653,11 @@ fn remove_dropped_sidecars(state: &AppState) {
     }
 }
 
-/// With a tier, uploads a written snapshot and the sidecars it needs.
-async fn upload_written(state: &AppState, w: &WrittenSnapshot) -> anyhow::Result<()> {
+/// With a tier, uploads a written snapshot and the sidecars it needs; whether it did (not
+/// without a tier, nor when the prefix is not this server's).
+async fn upload_written(state: &AppState, w: &WrittenSnapshot) -> anyhow::Result<bool> {
     let Some(tier) = state.log.tier() else {
-        return Ok(());
+        return Ok(false);
     };
     let snapshot = tiering::SnapshotUpload {
         projections: &w.dir,
@@ -664,7 +665,10 @@ async fn upload_written(state: &AppState, w: &WrittenSnapshot) -> anyhow::Result
         sidecars: &w.sidecars,
         trimmed: w.trimmed,
     };
-    let removed = tiering::upload_snapshot(tier, &snapshot, &state.uploaded_sidecars).await?;
+    let Some(removed) = tiering::upload_snapshot(tier, &snapshot, &state.uploaded_sidecars).await?
+    else {
+        return Ok(false);
+    };
     if removed > 0 {
         state.metrics.tier_sidecars_removed.add(removed as u64);
         tracing::info!(
@@ -672,7 +676,7 @@ async fn upload_written(state: &AppState, w: &WrittenSnapshot) -> anyhow::Result
             "removed message index sidecars the retention let go from the object store"
         );
     }
-    Ok(())
+    Ok(true)
 }
 
 impl Running {
@@ -814,7 +818,8 @@ impl Running {
             }
             if let Some(w) = &written {
                 match tokio::time::timeout_at(uploads_by, upload_written(&state, w)).await {
-                    Ok(Ok(())) => tracing::info!("uploaded the shutdown snapshot"),
+                    Ok(Ok(true)) => tracing::info!("uploaded the shutdown snapshot"),
+                    Ok(Ok(false)) => {}
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "could not upload the shutdown snapshot; it stays local")
                     }

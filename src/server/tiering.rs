@@ -335,12 +335,12 @@ pub(crate) struct SnapshotUpload<'a> {
 
 /// Uploads a snapshot and the sidecars it refers to; keeps the newest few in the store; then
 /// deletes the store's sidecars the retention let go ([`stale_sidecars`]). Returns how many
-/// sidecars it deleted.
+/// sidecars it deleted, or `None` when it uploaded nothing (the prefix is not this server's).
 pub(crate) async fn upload_snapshot(
     tier: &Tier,
     upload: &SnapshotUpload<'_>,
     uploaded: &Mutex<Option<HashSet<String>>>,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Option<usize>> {
     let SnapshotUpload {
         projections,
         snap,
@@ -359,7 +359,7 @@ pub(crate) async fn upload_snapshot(
             diverged = status.diverged,
             "not uploading the snapshot: the prefix is not this server's"
         );
-        return Ok(0);
+        return Ok(None);
     }
     // The status changes only at this server's next manifest write: a server cut off while
     // another took the prefix over still says "claimed". The store's newest version tells:
@@ -377,7 +377,7 @@ pub(crate) async fn upload_snapshot(
             owner = ?newest.map(|o| o.id),
             "not uploading the snapshot: the store's newest manifest version is another writer's"
         );
-        return Ok(0);
+        return Ok(None);
     }
     let known = uploaded.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut known = match known {
@@ -415,12 +415,12 @@ pub(crate) async fn upload_snapshot(
         tier.delete(&format!("snapshots/{old}")).await?;
     }
     let Some(trimmed) = trimmed else {
-        return Ok(0);
+        return Ok(Some(0));
     };
     let kept = names.iter().filter(|n| !stale.contains(n));
     let doomed = stale_sidecars(kept, &known, sidecars, trimmed);
     if doomed.is_empty() {
-        return Ok(0);
+        return Ok(Some(0));
     }
     // Forgotten as uploaded before they go: a deletion cut short must not leave a key the
     // cache says is there (a sidecar written again under it would not be uploaded).
@@ -431,7 +431,7 @@ pub(crate) async fn upload_snapshot(
     for key in &doomed {
         tier.delete(key).await?;
     }
-    Ok(doomed.len())
+    Ok(Some(doomed.len()))
 }
 
 /// The sidecar keys of the store (`keys`) the retention let go, once no snapshot kept there
