@@ -15,7 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Api, Server, metric, page_seqs, sent_offset};
+use common::{ADMIN, Api, Server, metric, page_seqs, sent_offset, tidings};
 use serde_json::Value;
 
 /// Messages alice sends at least before the pause (one more, the late write, after it).
@@ -308,6 +308,12 @@ async fn the_store_loses_the_oldest_segments_and_a_restore_serves_the_rest() {
     assert!(metric(&server, "tidings_sidecars_removed_total").await > 0);
     let extra = offsets.len() as u64 - sent - 1;
     server.stop();
+    // `tidings trace` (local segments only) says what the server says of a removed message:
+    // expired. (Here its index entry went with its sidecar, which says so too; one still in
+    // the index is judged by the local manifest copy's start, which this does not reach.)
+    let d = data.to_str().unwrap();
+    let (code, out, err) = tidings(&["trace", "--data", d, "g", "1"]);
+    assert!(code == 1 && err.contains("message_expired"), "{out}{err}");
 
     // A new machine: an empty data directory, the same store (no retention set: nothing more
     // is removed). It restores, serves the retained messages, and the removed ones have

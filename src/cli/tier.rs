@@ -229,7 +229,7 @@ fn ranges(r: &[(u64, u64)]) -> String {
 /// The log's local copy of the tier manifest in `dir`; `None` when there is none (tiering is
 /// not configured, or nothing was uploaded yet). One that cannot be read or decoded is an error
 /// naming the file: taken for no manifest, it would hide the damage behind "not configured".
-fn local_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
+pub(crate) fn local_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
     let path = dir.join("tier-manifest.json");
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,

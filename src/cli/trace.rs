@@ -64,9 +64,21 @@ async fn trace(data: &DataDir, log: &Log, channel: &str, seq: u64) -> anyhow::Re
     p.catch_up(log, |_, _| {}).await.map_err(super::explain)?;
     link_sidecar(&data.projections().join("index"), &p, channel, seq)?;
     // A message below the log's first offset has expired, as the server answers it, unless
-    // the directory was tiered (its older segments are in the object store).
-    let expiring = data.expires_below_log_start(log);
-    let expired_below = if expiring { log.start_offset() } else { 0 };
+    // the directory was tiered: then below where the store's history starts, as its local
+    // manifest copy says (the retention removed them from the store too; until 2026-11-30
+    // this said `history_unavailable` where the server says `message_expired`), and the
+    // offsets between that and the local segments are in the store, which this reads not.
+    let (expired_below, expiring) = match data.tier_marker() {
+        Some(_) if log.tier().is_none() => {
+            let copy = super::tier::local_manifest(&data.log())?;
+            let start = copy.and_then(|m| m.history_start()).unwrap_or(0);
+            (start, false)
+        }
+        _ => {
+            let expiring = data.expires_below_log_start(log);
+            (if expiring { log.start_offset() } else { 0 }, expiring)
+        }
+    };
     let plan = admin_trace_plan(&p, channel, seq, expired_below)
         .map_err(|e| refused(channel, seq, e.code, &e.message))?;
     let t = trace_planned(log, &plan, None, expiring)
