@@ -191,7 +191,10 @@ fn compare(m: &Manifest, local: &[SegmentInfo]) -> Comparison {
             seg.base_offset,
             if seg.sealed { seg.end_offset } else { u64::MAX },
         ));
-        if seg.sealed {
+        // Below where the store's history starts, the store's retention removed it: no lag
+        // (until 2026-11-30 such segments were counted "not uploaded yet").
+        let removed_there = m.start.is_some_and(|s| seg.end_offset <= s);
+        if seg.sealed && !removed_there {
             c.lag_segments += 1;
             c.lag_bytes += seg.bytes;
         }
@@ -202,14 +205,31 @@ fn compare(m: &Manifest, local: &[SegmentInfo]) -> Comparison {
             }
         }
     }
+    // The store's segments past the active segment's first offset, which this directory's
+    // next records would take: told once, as a run (a store that went on for many segments
+    // was told once per segment, each said to overlap the local segments).
+    let active = local.iter().find(|s| !s.sealed).map(|s| s.base_offset);
+    let mut went_on: Option<(u64, u64)> = None;
     for r in &m.segments {
         let at_a_local_base = local.iter().any(|s| s.base_offset == r.base);
-        if !at_a_local_base && extents.iter().any(|&(b, e)| r.base < e && r.end > b) {
+        if at_a_local_base {
+            continue;
+        }
+        if active.is_some_and(|a| r.base >= a) {
+            let (from, to) = went_on.get_or_insert((r.base, r.end));
+            *from = (*from).min(r.base);
+            *to = (*to).max(r.end);
+        } else if extents.iter().any(|&(b, e)| r.base < e && r.end > b) {
             c.diverged.push(format!(
                 "its segment [{}, {}) overlaps the local segments' offsets",
                 r.base, r.end
             ));
         }
+    }
+    if let (Some((from, to)), Some(active)) = (went_on, active) {
+        c.diverged.push(format!(
+            "it holds offsets [{from}, {to}) past this directory's log (the active segment starts at {active}): another node wrote on from the store"
+        ));
     }
     c
 }
@@ -579,5 +599,29 @@ mod tests {
             let c = compare(&manifest(vec![r]), &segs);
             assert_eq!(c.diverged.len(), 1, "{:?}", c.diverged);
         }
+    }
+
+    /// A fail-back whose store went on for many segments, and whose retention removed this
+    /// directory's sealed segments from it: one line for the run past the local log (it was
+    /// one per remote segment, each said to overlap the local segments, which none did), and
+    /// no lag for segments below the store's start (they were counted "not uploaded yet").
+    #[test]
+    fn a_store_that_went_on_is_told_once_and_what_it_removed_is_no_lag() {
+        let segs = [
+            local(100, 110, 100, true),
+            local(110, 120, 100, true),
+            local(120, 125, 50, false),
+        ];
+        let mut m = manifest(
+            (0..25)
+                .map(|i| remote(200 + 10 * i, 210 + 10 * i, 100))
+                .collect(),
+        );
+        m.start = Some(200);
+        let c = compare(&m, &segs);
+        assert_eq!(c.diverged.len(), 1, "{:?}", c.diverged);
+        assert!(c.diverged[0].contains("[200, 450)"), "{:?}", c.diverged);
+        assert!(c.diverged[0].contains("starts at 120"), "{:?}", c.diverged);
+        assert_eq!((c.lag_segments, c.lag_bytes), (0, 0));
     }
 }
