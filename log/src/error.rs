@@ -152,7 +152,7 @@ pub enum LogError {
     /// The object store refused this server's credentials (HTTP 401 or 403): unlike an
     /// outage, no retry mends it, so a start is refused on it.
     #[error(
-        "the object store refused the credentials (check tier.access_key_id and tier.secret_access_key, or the AWS_* environment, and the bucket's policy): {0}"
+        "the object store refused the credentials (check tier.access_key_id and tier.secret_access_key, or the AWS_* environment, the bucket's policy, and this machine's clock): {0}"
     )]
     TierAccessDenied(String),
     /// Another server owns the object-store prefix.

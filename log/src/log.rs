@@ -482,6 +482,9 @@ impl Log {
                 tier.inner
                     .diverged
                     .store(true, std::sync::atomic::Ordering::Relaxed);
+                tier.inner
+                    .other_history
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             segs.sort_by_key(|s| s.base);
         }
@@ -682,9 +685,10 @@ impl Log {
         let size = size as u32;
         // A tier that is no longer this log's: what is appended could never reach the store's
         // history (until 2026-11-30 such a server took writes, answering them durable, and
-        // stayed ready).
+        // stayed ready). Not for every divergence: a damaged local copy of an uploaded segment
+        // stops tiering alone (`Tier::other_history`).
         if let Some(tier) = self.tier() {
-            let (diverged, fenced) = (tier.diverged(), tier.fenced());
+            let (diverged, fenced) = (tier.other_history(), tier.fenced());
             if diverged || fenced {
                 return Err(LogError::NotTheStoresHistory { diverged });
             }

@@ -423,13 +423,23 @@ pub(crate) async fn upload_snapshot(
         return Ok(Some(0));
     }
     // Forgotten as uploaded before they go: a deletion cut short must not leave a key the
-    // cache says is there (a sidecar written again under it would not be uploaded).
+    // cache says is there (a sidecar written again under it would not be uploaded). A failed
+    // deletion is the cleanup's, not the upload's (it was said "could not upload" and the
+    // snapshot uploaded again at every interval): the rest are remembered again, for the
+    // next upload's cleanup.
     for key in &doomed {
         known.remove(key);
     }
     *uploaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(known);
-    for key in &doomed {
-        tier.delete(key).await?;
+    for (i, key) in doomed.iter().enumerate() {
+        if let Err(e) = tier.delete(key).await {
+            tracing::warn!(error = %e, "could not delete a message index sidecar the retention let go from the object store; the next snapshot upload tries again");
+            let mut cache = uploaded.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(known) = cache.as_mut() {
+                known.extend(doomed[i..].iter().cloned());
+            }
+            return Ok(Some(i));
+        }
     }
     Ok(Some(doomed.len()))
 }
@@ -449,7 +459,13 @@ fn stale_sidecars<'a>(
     trimmed: tidings_projections::Trimmed,
 ) -> Vec<String> {
     let applied = |n: &str| n.strip_suffix(".snap").and_then(|a| a.parse::<u64>().ok());
-    if !kept.all(|n| applied(n).is_some_and(|a| a >= trimmed.offset)) {
+    // At least the snapshot just uploaded: a listing without it says nothing of the store.
+    let mut any = false;
+    if !kept.all(|n| {
+        any = true;
+        applied(n).is_some_and(|a| a >= trimmed.offset)
+    }) || !any
+    {
         return Vec::new();
     }
     let named: HashSet<u64> = sidecars.iter().map(|s| s.first_offset).collect();

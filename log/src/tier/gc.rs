@@ -19,9 +19,9 @@
 //! - `snapshots/{applied:020}.snap`: the server keeps the newest 3, pruning at each upload, so
 //!   older ones stay only when uploads stopped (or a prune failed).
 //! - `projections/index/{first:020}-{crc:08x}.cidx` (and `{first:020}.cidx` of older builds):
-//!   message index sidecars. Every later snapshot of a history refers to each one, and the
-//!   server remembers which it uploaded and does not upload them again, so they are not judged
-//!   here: always kept.
+//!   message index sidecars. The snapshots refer to them (those the retention let go the server
+//!   deletes itself once no kept snapshot can name them), and the server remembers which it
+//!   uploaded and does not upload them again, so they are not judged here: always kept.
 //!
 //! The rules, in [`judge`]:
 //! 1. A key that is none of these names is [`Verdict::Unknown`]: reported, never deleted.

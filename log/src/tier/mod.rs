@@ -198,7 +198,8 @@ pub struct TierStatus {
     /// This log holds the prefix: false until its claim is taken (while the store is out of
     /// reach at open, or while it waits out another process's lease under this node id).
     pub claimed: bool,
-    /// Another server took the prefix over: uploads stopped.
+    /// Another server took the prefix over: uploads stopped, and the log takes no appends
+    /// ([`crate::LogError::NotTheStoresHistory`]).
     pub fenced: bool,
     /// The object store holds another history of this log than the local segments (a segment
     /// with a local segment's base but other offsets or size, or one overlapping them), or,
@@ -260,6 +261,9 @@ pub(crate) struct TierInner {
     pub(crate) fenced: AtomicBool,
     /// See [`TierStatus::diverged`]; never cleared while the log is open.
     pub(crate) diverged: AtomicBool,
+    /// The divergence the open found in the offsets themselves ([`Tier::other_history`]);
+    /// never cleared while the log is open.
+    pub(crate) other_history: AtomicBool,
     /// The manifest epoch at which another process under this node id was first seen holding
     /// a live lease, while this one waits to claim ([`store::claim`]).
     pub(crate) predecessor: std::sync::Mutex<Option<u64>>,
@@ -300,6 +304,7 @@ impl Tier {
                 fenced: AtomicBool::new(false),
                 predecessor: std::sync::Mutex::new(None),
                 diverged: AtomicBool::new(false),
+                other_history: AtomicBool::new(false),
                 incarnation: incarnation(),
                 counters: TierCounters::default(),
                 rewrites: AtomicU64::new(0),
@@ -325,9 +330,15 @@ impl Tier {
         self.inner.manifest.load_full()
     }
 
-    /// [`TierStatus::diverged`], without the rest of the status.
-    pub fn diverged(&self) -> bool {
-        self.inner.diverged.load(Ordering::Relaxed)
+    /// Whether the open found the store's history going on over or past this log's offsets (a
+    /// store segment at the active segment's base, one of another size at a sealed segment's
+    /// base, one overlapping the local segments: a fail-back to an old data directory after
+    /// another node wrote on). One of the ways the tier is [`TierStatus::diverged`] — not a
+    /// local segment found to hold other bytes than its uploaded copy (damage, as likely) nor
+    /// a store lacking older offsets: those stop tiering, while this one's next appends would
+    /// take offsets the store's history has given other records, so the log refuses them.
+    pub fn other_history(&self) -> bool {
+        self.inner.other_history.load(Ordering::Relaxed)
     }
 
     /// [`TierStatus::fenced`], without the rest of the status.

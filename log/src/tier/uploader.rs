@@ -884,7 +884,7 @@ impl Uploader {
                 tracing::error!(
                     owner = %theirs.owner.id,
                     store = %self.tier.inner.opts.display,
-                    "another server wrote the tier manifest: this server stops uploading (appends continue locally)"
+                    "another server wrote the tier manifest: this server stops uploading, and its log takes no more appends (503 fenced) until a restart"
                 );
                 Err(LogError::Fenced {
                     owner: theirs.owner.id,

@@ -41,10 +41,10 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> ApiResult<impl
     }
     // Nor one whose object store is no longer its to write (it refuses every write).
     if let Some(tier) = state.log.tier()
-        && (tier.diverged() || tier.fenced())
+        && (tier.other_history() || tier.fenced())
     {
         let e = tidings_log::LogError::NotTheStoresHistory {
-            diverged: tier.diverged(),
+            diverged: tier.other_history(),
         };
         return Err(e.into());
     }
