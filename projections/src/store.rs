@@ -363,27 +363,32 @@ impl Projections {
     /// so each names only sidecars the state names too), every `{offset:020}.cidx` file
     /// starting below that event's start that the state does not name is one of them.
     /// `writing`: the oldest offset of a snapshot prepared but not yet on disk, counted as one
-    /// in the directory. Returns how many went (`max` means more may remain: call again).
+    /// in the directory. Returns how many went (`max` means more may remain: call again), or
+    /// `None` when a snapshot from before the event still holds them (nothing looked at).
     ///
     /// Call it with the projections' lock held for reading, as this takes `&self`: a flush
     /// (under the write lock) then cannot be naming a file between the check and its
     /// deletion. A file deleted so that a later flush writes again (the entries in memory
     /// below the start, written at the same offset after a restart) is written whole.
-    pub fn remove_dropped_sidecars(&self, writing: Option<u64>, max: usize) -> Result<usize> {
+    pub fn remove_dropped_sidecars(
+        &self,
+        writing: Option<u64>,
+        max: usize,
+    ) -> Result<Option<usize>> {
         let Some(trimmed) = self.state.trimmed else {
-            return Ok(0);
+            return Ok(Some(0));
         };
         if writing.is_some_and(|w| w < trimmed.offset)
             || snapshot::list(&self.snapshot_dir())?
                 .iter()
                 .any(|s| s.applied < trimmed.offset)
         {
-            return Ok(0);
+            return Ok(None);
         }
         let dir = self.files.dir();
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(0)),
             Err(e) => return Err(ProjectionError::io("list", dir, e)),
         };
         let sidecars = &self.state.index.sidecars;
@@ -413,7 +418,7 @@ impl Projections {
             doomed.push(entry.path());
         }
         if doomed.is_empty() {
-            return Ok(0);
+            return Ok(Some(0));
         }
         // The pruning of the snapshots that named them durable first: a power cut must not
         // bring one back over deleted sidecars (unlikely to be loaded — every newer snapshot
@@ -433,7 +438,7 @@ impl Projections {
                 Err(e) => return Err(ProjectionError::io("remove", &path, e)),
             }
         }
-        Ok(removed)
+        Ok(Some(removed))
     }
 
     /// Checks every message index sidecar against its CRC; returns the failures.
@@ -535,13 +540,13 @@ mod tests {
         assert_eq!(named, [8, 10, 12, 14, 16, 18]);
         assert_eq!(
             p.remove_dropped_sidecars(None, 64).unwrap(),
-            0,
+            None,
             "snapshot 19 names them"
         );
         p.snapshot().unwrap();
         assert_eq!(
             p.remove_dropped_sidecars(None, 64).unwrap(),
-            0,
+            None,
             "snapshot 19 is still kept"
         );
         p.apply(21, &sent(21)).unwrap();
@@ -549,12 +554,12 @@ mod tests {
         // Snapshots 20 and 21 now: none from before the event at 20.
         assert_eq!(
             p.remove_dropped_sidecars(Some(19), 64).unwrap(),
-            0,
+            None,
             "one being written"
         );
-        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), 3);
-        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), 1);
-        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), 0);
+        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), Some(3));
+        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), Some(1));
+        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), Some(0));
         assert_eq!(cidx_files(&p), named);
         assert!(p.check_index_files().is_empty());
     }

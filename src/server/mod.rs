@@ -627,17 +627,26 @@ fn remove_dropped_sidecars(state: &AppState) {
     const PER_LOCK: usize = 64;
     let mut removed = 0;
     loop {
-        let done = {
+        let (done, trimmed) = {
             let p = state.proj();
-            p.remove_dropped_sidecars(state.snapshot_writes.oldest(), PER_LOCK)
+            let trimmed = p.state.trimmed.map_or(0, |t| t.offset);
+            // Every file of this event's gone already: nothing to list (it listed the index
+            // directory under the lock after every snapshot).
+            if trimmed == state.sidecars_cleaned_for.load(Ordering::Relaxed) {
+                break;
+            }
+            let writing = state.snapshot_writes.oldest();
+            (p.remove_dropped_sidecars(writing, PER_LOCK), trimmed)
         };
         match done {
-            Ok(n) => {
+            Ok(Some(n)) => {
                 removed += n;
                 if n < PER_LOCK {
+                    state.sidecars_cleaned_for.store(trimmed, Ordering::Relaxed);
                     break;
                 }
             }
+            Ok(None) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "could not remove the message index sidecars the retention let go");
                 break;
