@@ -607,26 +607,29 @@ mod tests {
             local(110, 120, 100, true),
             local(120, 125, 50, false),
         ];
-        let mut m = manifest(
-            (0..25)
-                .map(|i| remote(200 + 10 * i, 210 + 10 * i, 100))
-                .collect(),
-        );
-        m.start = Some(200);
-        let c = compare(&m, &segs);
-        assert_eq!(c.diverged.len(), 1, "{:?}", c.diverged);
-        assert!(c.diverged[0].contains("[200, 450)"), "{:?}", c.diverged);
-        // The usual fail-back: the node that restored wrote on from this one's active base.
-        let mut on = manifest(
-            (0..5)
-                .map(|i| remote(120 + 10 * i, 130 + 10 * i, 100))
-                .collect(),
-        );
-        on.start = Some(120);
-        let c = compare(&on, &segs);
-        assert_eq!(c.diverged.len(), 1, "{:?}", c.diverged);
-        assert!(c.diverged[0].contains("[120, 170)"), "{:?}", c.diverged);
-        assert!(c.diverged[0].contains("starts at 120"), "{:?}", c.diverged);
-        assert_eq!((c.lag_segments, c.lag_bytes), (0, 0));
+        // A store whose history starts at `from`: `n` segments of 10 offsets.
+        let store = |from: u64, n: u64| {
+            let mut m = manifest(
+                (0..n)
+                    .map(|i| remote(from + 10 * i, from + 10 * i + 10, 100))
+                    .collect(),
+            );
+            m.start = Some(from);
+            m
+        };
+        // Then the usual fail-back: the node that restored wrote on from this one's active base.
+        for (m, run) in [
+            (store(200, 25), "[200, 450)"),
+            (store(120, 5), "[120, 170)"),
+        ] {
+            let c = compare(&m, &segs);
+            assert_eq!(c.diverged.len(), 1, "{:?}", c.diverged);
+            let told = &c.diverged[0];
+            assert!(
+                told.contains(run) && told.contains("starts at 120"),
+                "{told}"
+            );
+            assert_eq!((c.lag_segments, c.lag_bytes), (0, 0));
+        }
     }
 }

@@ -1157,25 +1157,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let snap = dir.path().join("00000000000000000061.snap");
         let suffix = ".snap.other-settings";
-        let first = aside_path(&snap, suffix);
-        assert_eq!(
-            first,
-            dir.path().join("00000000000000000061.snap.other-settings")
-        );
-        std::fs::write(&first, b"1").unwrap();
-        let second = aside_path(&snap, suffix);
-        assert_eq!(
-            second,
-            dir.path()
-                .join("00000000000000000061.1.snap.other-settings")
-        );
-        std::fs::write(&second, b"2").unwrap();
-        let third = aside_path(&snap, suffix);
-        assert_eq!(
-            third,
-            dir.path()
-                .join("00000000000000000061.2.snap.other-settings")
-        );
-        assert!(third.to_str().unwrap().ends_with(suffix));
+        for name in [
+            "00000000000000000061.snap.other-settings",
+            "00000000000000000061.1.snap.other-settings",
+            "00000000000000000061.2.snap.other-settings",
+        ] {
+            let aside = aside_path(&snap, suffix);
+            assert_eq!(aside, dir.path().join(name));
+            std::fs::write(&aside, name).unwrap();
+        }
     }
 }
