@@ -37,7 +37,8 @@ fn err(inner: &TierInner, what: &str, e: impl std::fmt::Display) -> LogError {
     LogError::Tier(format!("{what} ({}): {e}", inner.opts.display))
 }
 
-/// [`err`] of a store's answer, but one refusing the credentials (HTTP 401 / 403) is
+/// [`err`] of a store's answer, but one refusing the credentials (HTTP 401 / 403, or S3's
+/// `ExpiredToken` / `InvalidToken`) is
 /// [`LogError::TierAccessDenied`]: waiting does not mend it. `object_store` gives most S3
 /// calls' refusals as a generic error whose text carries the status (its retry error, which
 /// has it, is not public), so the text is read too.
@@ -46,8 +47,11 @@ fn store_err(inner: &TierInner, what: &str, e: object_store::Error) -> LogError 
         e,
         object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
     ) || {
+        // 401 / 403, and S3's 400s for a session token that expired or is not one.
         let text = e.to_string();
-        text.contains("status code: 403") || text.contains("status code: 401")
+        ["status code: 403", "status code: 401", "ExpiredToken", "InvalidToken"]
+            .iter()
+            .any(|mark| text.contains(mark))
     };
     if denied {
         LogError::TierAccessDenied(format!("{what} ({}): {e}", inner.opts.display))
