@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         match cli.command {
             Cmd::Serve(args) => {
                 server::serve(args.resolve()?).await?;
@@ -82,5 +82,11 @@ fn main() -> anyhow::Result<ExitCode> {
             Cmd::Trace(a) => cli::trace::run(a).await,
             Cmd::Tier(t) => cli::tier::run(t).await,
         }
+    })?;
+    // A report the CLI could not write whole is a failure, whatever it found.
+    Ok(if cli::stdout_failed() {
+        ExitCode::FAILURE
+    } else {
+        code
     })
 }

@@ -286,6 +286,23 @@ async fn inspect_checks_every_crc_and_rebuild_refuses_a_live_log() {
         let err = String::from_utf8_lossy(&done.stderr);
         assert_eq!(done.status.code(), Some(0), "{cmd}: {err}");
         assert!(!err.contains("panicked"), "{cmd}: {err}");
+        // Output that cannot be written (a full disk: /dev/full) is a failure, said once.
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let done = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args([cmd, "--data", d])
+            .stdout(full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(1), "{cmd}: {err}");
+        assert_eq!(
+            err.matches("writing to stdout failed").count(),
+            1,
+            "{cmd}: {err}"
+        );
     }
 
     let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("log"))

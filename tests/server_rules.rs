@@ -365,6 +365,11 @@ async fn auth_and_error_shapes() {
         .await,
         (400, "invalid_request".into())
     );
+    // A `null` body is no body, as the OpenAPI document says (it was `invalid_request`).
+    let (status, v) = api
+        .send_text("PUT", "/v1/channels/nul", ADMIN, "null")
+        .await;
+    assert_eq!(status, 201, "{v}");
     // A token in the query string is for WebSocket upgrades only.
     let resp = reqwest::get(server.url(&format!("/v1/sync?token={alice}")))
         .await

@@ -162,15 +162,24 @@ async fn purged_records(log: &Log, offsets: &[u64]) -> Result<BTreeMap<u64, Byte
 }
 
 /// Whether `name` is a snapshot file or one made from a snapshot: `{offset:020}.snap`, one set
-/// aside (`{offset:020}.snap.ahead-of-log`, `.other-history`, `.other-settings`), or the temp
-/// file of a write (`.{offset:020}.snap.tmp`).
+/// aside (`{offset:020}.snap.ahead-of-log`, `.other-history`, `.other-settings`, or
+/// `{offset:020}.{n}.snap.…` when one of that offset was set aside before), or the temp file
+/// of a write (`.{offset:020}.snap.tmp`).
 fn is_snapshot_file(name: &str) -> bool {
     let name = name.strip_prefix('.').unwrap_or(name);
     let b = name.as_bytes();
-    b.len() >= 25
-        && b[..20].iter().all(u8::is_ascii_digit)
-        && b[20..].starts_with(b".snap")
-        && (b.len() == 25 || b[25] == b'.')
+    if b.len() < 20 || !b[..20].iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let mut rest = &b[20..];
+    // `.{n}` of a second snapshot of the offset set aside.
+    if let Some(after) = rest.strip_prefix(b".") {
+        let digits = after.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits > 0 && after[digits..].starts_with(b".snap.") {
+            rest = &after[digits..];
+        }
+    }
+    rest.starts_with(b".snap") && (rest.len() == 5 || rest[5] == b'.')
 }
 
 /// The snapshot files in `dir` ([`is_snapshot_file`]) but `keep` and its temp file, by name.
@@ -225,6 +234,8 @@ mod tests {
             "00000000000000000042.snap.ahead-of-log",
             "00000000000000000042.snap.other-history",
             "00000000000000000042.snap.other-settings",
+            "00000000000000000042.1.snap.other-settings",
+            "00000000000000000042.12.snap.ahead-of-log",
             ".00000000000000000042.snap.tmp",
         ] {
             assert!(is_snapshot_file(name), "{name}");
@@ -237,6 +248,8 @@ mod tests {
             "notes.txt",
             "",
             "..00000000000000000042.snap",
+            "00000000000000000042.1.snapx",
+            "00000000000000000042.x.snap.other-settings",
         ] {
             assert!(!is_snapshot_file(name), "{name}");
         }

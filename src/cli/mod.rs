@@ -3,19 +3,34 @@
 /// Prints a line to stdout as `println!` does, but a reader that went away (`tidings inspect |
 /// head`) is not a panic (it was: exit 101 and a message): the line is dropped, and the command
 /// goes on to its end and its exit code (a `compact` or `rebuild` must not stop midway for
-/// it). Another write error is told on stderr.
+/// it). Another write error (a full disk under `> report`) is told on stderr once, and the
+/// command then exits 1 whatever it found ([`stdout_failed`]): its report is incomplete.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        match writeln!(std::io::stdout(), $($arg)*) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                eprintln!("writing to stdout: {e}");
-            }
-            _ => {}
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::cli::stdout_error(&e);
         }
     }};
 }
 pub(crate) use out;
+
+/// Set by [`out!`] at a write error other than a closed pipe.
+static STDOUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// [`out!`]'s error: a closed pipe is no failure; another is told once and remembered.
+pub(crate) fn stdout_error(e: &std::io::Error) {
+    if e.kind() != std::io::ErrorKind::BrokenPipe
+        && !STDOUT_FAILED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        eprintln!("writing to stdout failed, so the output is incomplete: {e}");
+    }
+}
+
+/// Whether [`out!`] failed to write (but for a closed pipe).
+pub(crate) fn stdout_failed() -> bool {
+    STDOUT_FAILED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// `n` and the word for it: `1 record`, `2 records` (`one` and `many` the two forms).
 pub(crate) fn count(n: u64, one: &str, many: &str) -> String {

@@ -639,13 +639,13 @@ fn remove_dropped_sidecars(state: &AppState) {
             (p.remove_dropped_sidecars(writing, PER_LOCK), trimmed)
         };
         match done {
-            Ok(Some(n)) => {
-                removed += n;
-                if n < PER_LOCK {
-                    state.sidecars_cleaned_for.store(trimmed, Ordering::Relaxed);
-                    break;
-                }
+            // Only a call that found nothing left marks the event done: one that removed fewer
+            // than it listed (another call removed some meanwhile) may have left more.
+            Ok(Some(0)) => {
+                state.sidecars_cleaned_for.store(trimmed, Ordering::Relaxed);
+                break;
             }
+            Ok(Some(n)) => removed += n,
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "could not remove the message index sidecars the retention let go");

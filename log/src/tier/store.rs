@@ -49,9 +49,14 @@ fn store_err(inner: &TierInner, what: &str, e: object_store::Error) -> LogError 
     ) || {
         // 401 / 403, and S3's 400s for a session token that expired or is not one.
         let text = e.to_string();
-        ["status code: 403", "status code: 401", "ExpiredToken", "InvalidToken"]
-            .iter()
-            .any(|mark| text.contains(mark))
+        [
+            "status code: 403",
+            "status code: 401",
+            "ExpiredToken",
+            "InvalidToken",
+        ]
+        .iter()
+        .any(|mark| text.contains(mark))
     };
     if denied {
         LogError::TierAccessDenied(format!("{what} ({}): {e}", inner.opts.display))

@@ -117,9 +117,10 @@ pub(crate) async fn put_channel(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-    // The body is optional: no body means no flags.
-    ApiOptionalJson(put): ApiOptionalJson<PutChannel>,
+    // The body is optional: no body (or `null`, as the OpenAPI document allows) means no flags.
+    ApiOptionalJson(put): ApiOptionalJson<Option<PutChannel>>,
 ) -> ApiResult<impl IntoResponse> {
+    let put = put.unwrap_or_default();
     caller.require_admin()?;
     group_id(&id)?;
     let flags: ChannelFlags = put.flags.into();

@@ -164,10 +164,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 /// `#[param(maximum = 1000)]` say so in the OpenAPI document).
 const MAX_PAGE_LIMIT: usize = 1000;
 
-/// A page's size from its `limit` query parameter (history, conversations, sync, changes):
-/// `default` without one, and a larger one than [`MAX_PAGE_LIMIT`] is taken as that. `0` is
-/// `invalid_query`: taken as 1, it answered one item and `has_more` to a client that asked
-/// for none.
 /// A `limit` query parameter: digits, read as a number saturating at `usize::MAX` (a limit
 /// past every integer is "a larger limit", taken as [`MAX_PAGE_LIMIT`] by [`page_limit`]; it
 /// was 400 `invalid_query`); anything else is refused as before.
@@ -175,14 +171,20 @@ pub(crate) fn saturating_limit<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<usize>, D::Error> {
     let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    // A leading `+`, as the number's own parse took it.
+    let digits = text.strip_prefix('+').unwrap_or(&text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(serde::de::Error::custom(format!(
             "limit: {text:?} is not a whole number"
         )));
     }
-    Ok(Some(text.parse().unwrap_or(usize::MAX)))
+    Ok(Some(digits.parse().unwrap_or(usize::MAX)))
 }
 
+/// A page's size from its `limit` query parameter (history, conversations, sync, changes):
+/// `default` without one, and a larger one than [`MAX_PAGE_LIMIT`] is taken as that. `0` is
+/// `invalid_query`: taken as 1, it answered one item and `has_more` to a client that asked
+/// for none.
 pub(crate) fn page_limit(limit: Option<usize>, default: usize) -> ApiResult<usize> {
     match limit {
         Some(0) => Err(ApiError::bad_request(
