@@ -181,6 +181,36 @@ async fn replay_follow_prints_events_as_they_are_written() {
     log.close().await.unwrap();
 }
 
+/// A newest snapshot older than the local log's start (the segments between gone: a tiered
+/// directory whose local copies go once uploaded, stopped before its next snapshot): verify
+/// says there is nothing to verify against and why (it advised starting from a snapshot at or
+/// after the start, which did not exist).
+#[tokio::test]
+async fn verify_says_a_snapshot_older_than_the_local_log_leaves_nothing_to_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let evs = events();
+    write_log(dir.path(), &evs[..5]).await;
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = tidings(&["rebuild", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    let log = Log::open(dir.path().join("log"), opts()).await.unwrap();
+    for (i, e) in evs[5..].iter().enumerate() {
+        log.append_one(Envelope::new(2_000 + i as u64, e.clone()).encode())
+            .await
+            .unwrap();
+    }
+    log.close().await.unwrap();
+    for ext in ["log", "index", "timeindex"] {
+        std::fs::remove_file(dir.path().join(format!("log/{:020}.{ext}", 0))).unwrap();
+    }
+    let (code, out, err) = tidings(&["verify", "--data", d]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("nothing to verify against") && err.contains("needs events from offset 5"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn verify_names_the_difference_in_a_hand_corrupted_snapshot() {
     let dir = tempfile::tempdir().unwrap();

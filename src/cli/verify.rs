@@ -99,6 +99,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             problems += 1;
         }
     }
+    let snapshot_older = live.state.next_offset() < log.start_offset();
     let tail = match live.catch_up(&log, |_, _| {}).await {
         Ok(tail) => tail,
         // The snapshot covers offsets past the damage (taken before it): the log lost nothing
@@ -114,6 +115,20 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             log.close().await?;
             super::out!("verify found problems");
             return Ok(ExitCode::FAILURE);
+        }
+        // The newest snapshot is older than the local log's start, so no snapshot is one the
+        // local segments can be replayed after (the advice to start from one, the general
+        // explanation's, named none that exists: a tiered directory whose local copies go once
+        // uploaded, stopped before its next snapshot).
+        Err(ProjectionError::HistoryMissing { needed, log_start }) if snapshot_older => {
+            log.close().await?;
+            anyhow::bail!(
+                "nothing to verify against: the newest snapshot ({from}) needs events from \
+                 offset {needed}, but the local log starts at offset {log_start} (the segments \
+                 before are only in the object store, or were removed), and verify reads local \
+                 segments only; the server writes a snapshot every \
+                 projections.snapshot_interval_secs while it takes writes — verify after the next"
+            );
         }
         Err(e) => return Err(super::explain(e)),
     };
