@@ -350,3 +350,40 @@ async fn the_store_loses_the_oldest_segments_and_a_restore_serves_the_rest() {
     server.stop();
     drop(fresh);
 }
+
+/// `tidings trace` on a tiered directory the retention trimmed (local segments only, read
+/// without the store) answers a message below where the store's history starts as the server
+/// does, `message_expired`, from the local manifest copy's start — here with the message still
+/// in the index (no sidecar written, nothing let go). It said `history_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tidings_trace_takes_what_the_store_removed_as_expired() {
+    let bucket = tempfile::tempdir().unwrap();
+    let flags = tier_args(bucket.path());
+    // The default sidecar size: every entry stays in memory.
+    let at = flags
+        .iter()
+        .position(|f| f == "--projections-index-flush-entries")
+        .unwrap();
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.drain(at..at + 2);
+    args.extend(RETENTION);
+    let server = Server::start(&args);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut i = 0;
+    while metric(&server, "tidings_retention_removed_segments_total").await < 2 {
+        assert!(Instant::now() < deadline, "the retention removed nothing");
+        for _ in 0..20 {
+            i += 1;
+            let text = format!("m{i} {}", "x".repeat(200));
+            api.send(&alice, "g", &format!("c{i}"), &text).await;
+        }
+    }
+    let data = server.data.clone();
+    let _dir = server.stop();
+    let d = data.to_str().unwrap();
+    let (code, out, err) = tidings(&["trace", "--data", d, "g", "1"]);
+    assert!(code == 1 && err.contains("message_expired"), "{out}{err}");
+}
