@@ -2840,6 +2840,26 @@ impl VfsFile for GatedFile {
 
 /// A tiered log in `dir` (4 KiB segments) with 400 records uploaded, its file system gated by
 /// `gate`.
+/// A bucket, data and cache directories (kept alive by the first value), the store on the
+/// bucket, the log directory, and a [`gated_log`] under `prefix` in them.
+async fn gated_setup(
+    prefix: &str,
+) -> (
+    [tempfile::TempDir; 3],
+    Arc<dyn ObjectStore>,
+    PathBuf,
+    PurgeGate,
+    Log,
+) {
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dirs[0].path()).unwrap());
+    let dir = dirs[1].path().join("log");
+    let gate = PurgeGate::default();
+    let log = gated_log(store.clone(), prefix, dirs[2].path(), &dir, &gate).await;
+    (dirs, store, dir, gate, log)
+}
+
 async fn gated_log(
     store: Arc<dyn ObjectStore>,
     prefix: &str,
@@ -2895,13 +2915,7 @@ async fn held_rewrite(
 /// rewrite uploaded an empty object (fails here too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_rewrite_lets_passes_run_while_it_reads_and_uploads() {
-    let bucket = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
-    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let dir = data.path().join("log");
-    let gate = PurgeGate::default();
-    let log = gated_log(store, "gated", cache.path(), &dir, &gate).await;
+    let (_dirs, _store, dir, gate, log) = gated_setup("gated").await;
     let (base, at) = remote_target(&log);
     let rewriting = held_rewrite(&log, &gate, base, at).await;
     append(&log, 400, 50).await;
@@ -2928,13 +2942,8 @@ async fn a_remote_rewrite_lets_passes_run_while_it_reads_and_uploads() {
 /// would renew the lease a successor waits out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_rewrite_names_nothing_after_the_close_released_the_prefix() {
-    let bucket = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
-    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let dir = data.path().join("log");
-    let gate = PurgeGate::default();
-    let log = gated_log(store.clone(), "closing", cache.path(), &dir, &gate).await;
+    let (dirs, store, dir, gate, log) = gated_setup("closing").await;
+    let cache = &dirs[2];
     let (base, at) = remote_target(&log);
     let before = entry_at(&log, base).await;
     let rewriting = held_rewrite(&log, &gate, base, at).await;
