@@ -1504,6 +1504,48 @@ async fn a_session_catching_up_does_not_get_its_own_send_back() {
     assert_eq!(got["client_msg_id"], "b1");
 }
 
+/// Catch-up skips the session's own sends by their seqs, not their `client_msg_id`s: a send
+/// without one is not sent back either, and a message of the user's other device is not
+/// taken for one of this session's sends because this session used its `client_msg_id` (here
+/// in another channel, refused as reused) — before, catch-up passed over that message for good.
+#[tokio::test]
+async fn catch_up_tells_its_own_sends_by_seq() {
+    let server = Server::start(&["--limits-sends-per-second", "100000"]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.group("g", &["alice", "bob"]).await;
+    api.group("h", &["alice", "bob"]).await;
+    for i in 0..600 {
+        api.send(&alice, "g", &format!("a{i}"), "x").await;
+    }
+    // Bob's phone, over HTTP: seq 601.
+    assert_eq!(
+        api.send(&bob, "g", "b1", "from the phone").await["seq"],
+        601
+    );
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    ws.send(json!({"type": "send", "client_msg_id": "b1", "channel": "h", "payload": {"t": 1}}))
+        .await;
+    ws.send(json!({"type": "send", "channel": "g", "payload": {"t": 2}}))
+        .await;
+    let (mut acked, mut refused, mut seen) = (None, None, Vec::new());
+    while acked.is_none() || refused.is_none() || seen.len() < 601 {
+        let v = ws.next().await;
+        match v["type"].as_str() {
+            Some("sendack") => acked = v["seq"].as_u64(),
+            Some("error") => refused = Some(v["code"].clone()),
+            Some("message") if v["channel"] == "g" => seen.push(v["seq"].as_u64().unwrap()),
+            other => panic!("unexpected frame {other:?}: {v}"),
+        }
+    }
+    ws.quiet(Duration::from_millis(300)).await;
+    assert_eq!(refused, Some(json!("client_msg_id_reused")));
+    assert_eq!(acked, Some(602));
+    // 601, the phone's, once; 602, this session's own, not at all.
+    assert_eq!(seen, (1..=601).collect::<Vec<_>>());
+}
+
 /// A page of `g`'s history as `who` reads it (`query`: the page's query string).
 async fn history_of(api: &Api, who: &str, query: &str) -> Value {
     api.ok("GET", &format!("/v1/channels/g/messages{query}"), who, None)

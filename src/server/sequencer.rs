@@ -266,7 +266,8 @@ pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<S
 /// Starts a WebSocket session's sends (the sends of one burst of its frames, in order) under
 /// one hold of the sequencer lock; each answer goes to its reply — from the applier once the
 /// message is durable and applied, or right away when it is a duplicate or refused. Drains
-/// `sends`.
+/// `sends`. `sequenced` is told the channel and seq of every send taken (registered, or
+/// answered from the idempotency window: its original's), before any of them can be applied.
 ///
 /// One hold for the burst, not one per send: with many sessions sending at once the lock is
 /// a convoy (each hand-over wakes the next waiting task), and a session that took it once
@@ -276,6 +277,7 @@ pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<S
 pub(crate) async fn send_batch_for_session(
     state: &Arc<AppState>,
     sends: &mut Vec<(SendRequest, Reply)>,
+    mut sequenced: impl FnMut(&str, u64),
 ) {
     if sends.is_empty() {
         return;
@@ -298,8 +300,15 @@ pub(crate) async fn send_batch_for_session(
             };
             match prepare_locked(state, &seq, &mut chunk, started, req, &mut slot) {
                 // The applier answers it (or `enqueue_chunk`, if the append fails).
-                Ok(Prepared::Registered(_)) => {}
-                Ok(Prepared::Done(sent)) => answer(&mut slot, Ok(sent)),
+                Ok(Prepared::Registered(_)) => {
+                    if let Some((channel, seq)) = chunk.reserved.last() {
+                        sequenced(channel, *seq);
+                    }
+                }
+                Ok(Prepared::Done(sent)) => {
+                    sequenced(&sent.channel, sent.seq);
+                    answer(&mut slot, Ok(sent));
+                }
                 Err(e) => answer(&mut slot, Err(e)),
                 Ok(Prepared::Wait(rx, channel)) => {
                     // A retry of a send still in flight (rare): waits for the first attempt in a

@@ -685,10 +685,24 @@ struct Ctx {
     /// Whether the last frame read was a send that was accepted (those are charged to
     /// `send_rate`).
     last_was_send: bool,
-    /// While catching up: the `client_msg_id`s of the sends this session made, so that catch-up
-    /// does not send their messages back to it (it has their sendacks; live pushes skip them
-    /// by origin). `None` once live.
-    own_sends: Option<HashSet<String>>,
+    /// While catching up: the channel and seq of each send this session made, so that
+    /// catch-up does not send their messages back to it (it has their sendacks; live pushes
+    /// skip them by origin). By seq, told by the sequencer before the message can be applied
+    /// ([`sequencer::send_batch_for_session`]): a `client_msg_id` told neither a send without
+    /// one nor the same id of another device's message apart. `None` once live.
+    own_sends: Option<OwnSends>,
+}
+
+/// Seqs of a session's own sends, by channel ([`Ctx::own_sends`]).
+type OwnSends = HashMap<ChannelId, HashSet<u64>>;
+
+/// Notes a session's send as its own while it catches up ([`Ctx::own_sends`]).
+fn mark_own(own: &mut Option<OwnSends>) -> impl FnMut(&str, u64) + '_ {
+    move |channel, seq| {
+        if let Some(own) = own {
+            own.entry(channel.to_owned()).or_default().insert(seq);
+        }
+    }
 }
 
 /// The answer to a recall or an edit frame ([`Ctx::change`]), with the in-flight slot it held:
@@ -851,7 +865,8 @@ impl Ctx {
                     && self
                         .own_sends
                         .as_ref()
-                        .is_some_and(|own| own.contains(&m.client_msg_id))
+                        .and_then(|own| own.get(&m.channel))
+                        .is_some_and(|seqs| seqs.contains(&m.seq))
                 {
                     continue;
                 }
@@ -982,7 +997,6 @@ impl Ctx {
                             client_msg_id,
                             permit,
                         };
-                        self.mark_own_send(&reply.client_msg_id);
                         self.sends.push((req, reply));
                         // Accepted: charged to the send limit, not the frame limit (a refused
                         // send is charged as any other frame).
@@ -993,7 +1007,7 @@ impl Ctx {
                         // Answered at once, as a refusal is; charged as an accepted send.
                         Some(sent) => {
                             self.last_was_send = true;
-                            self.mark_own_send(&client_msg_id);
+                            mark_own(&mut self.own_sends)(&sent.channel, sent.seq);
                             match self.sendack(&client_msg_id, &sent) {
                                 Some(ack) => w.raw(ack).await,
                                 None => Ok(()),
@@ -1047,7 +1061,12 @@ impl Ctx {
             Ok(c) => c,
             Err(e) => return w.frame(&error_frame(&e, client_msg_id.as_deref())).await,
         };
-        sequencer::send_batch_for_session(&self.state, &mut self.sends).await;
+        sequencer::send_batch_for_session(
+            &self.state,
+            &mut self.sends,
+            mark_own(&mut self.own_sends),
+        )
+        .await;
         let (done, before) = tokio::sync::oneshot::channel::<()>();
         let before = self.last_change.replace(before);
         let state = self.state.clone();
@@ -1119,16 +1138,6 @@ impl Ctx {
     ) -> Option<Sent> {
         let channel = resolve(&self.caller, channel).ok()?;
         crate::server::http::stored_retry(&self.state, refused, &self.uid, &channel, client_msg_id)
-    }
-
-    /// Notes a send of this session while it catches up, so that catch-up does not send its
-    /// message back (the session answers it with a sendack).
-    fn mark_own_send(&mut self, client_msg_id: &str) {
-        if let Some(own) = &mut self.own_sends
-            && !client_msg_id.is_empty()
-        {
-            own.insert(client_msg_id.to_owned());
-        }
     }
 
     /// Records an ack (delivered) or a read; coalesced into cursor events. A read that moves
@@ -1377,7 +1386,7 @@ async fn run(
         new_changes: None,
         last_change: None,
         sends: Vec::new(),
-        own_sends: catch_up.then(HashSet::new),
+        own_sends: catch_up.then(HashMap::new),
     };
     let mut w = Writer {
         sink,
@@ -1494,7 +1503,12 @@ async fn run(
                 done
             }
             Step::Sends => {
-                sequencer::send_batch_for_session(&ctx.state, &mut ctx.sends).await;
+                sequencer::send_batch_for_session(
+                    &ctx.state,
+                    &mut ctx.sends,
+                    mark_own(&mut ctx.own_sends),
+                )
+                .await;
                 Ok(())
             }
             // A burst of answers or pushes is written with one flush (one syscall), not one each.
@@ -1580,7 +1594,8 @@ async fn run(
     // client saw no sendack and retries them with the same `client_msg_id`.
     let unstarted = ctx.sends.len();
     if close.is_none() || broken {
-        sequencer::send_batch_for_session(&state, &mut ctx.sends).await;
+        sequencer::send_batch_for_session(&state, &mut ctx.sends, mark_own(&mut ctx.own_sends))
+            .await;
     }
     tracing::debug!(
         session = session.id,
