@@ -20,6 +20,14 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub(crate) struct DataDir(PathBuf);
 
+/// A data directory's lock ([`DataDir::lock`]): its `LOCK` file, and the directory itself
+/// where the file system locks directories.
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    _file: std::fs::File,
+    _dir: Option<std::fs::File>,
+}
+
 impl DataDir {
     pub(crate) fn new(root: impl Into<PathBuf>) -> Self {
         Self(root.into())
@@ -27,9 +35,10 @@ impl DataDir {
     pub(crate) fn root(&self) -> &std::path::Path {
         &self.0
     }
-    /// Creates the directory if missing and takes its `LOCK`, held while the returned file
-    /// is open; refused while another process holds it.
-    pub(crate) fn lock(&self) -> anyhow::Result<std::fs::File> {
+    /// Creates the directory if missing and takes its `LOCK` (and a lock on the directory
+    /// itself: `tidings_log::lock_dir_of`), held while the returned value lives; refused
+    /// while another process holds it.
+    pub(crate) fn lock(&self) -> anyhow::Result<DirLock> {
         self.try_lock()?.ok_or_else(|| {
             anyhow::anyhow!(
                 "the data directory {} is in use by another tidings process (a running server?)",
@@ -39,7 +48,7 @@ impl DataDir {
     }
 
     /// [`DataDir::lock`], with `None` while another process holds it.
-    pub(crate) fn try_lock(&self) -> anyhow::Result<Option<std::fs::File>> {
+    pub(crate) fn try_lock(&self) -> anyhow::Result<Option<DirLock>> {
         use anyhow::Context as _;
         std::fs::create_dir_all(&self.0)
             .with_context(|| format!("creating the data directory {}", self.0.display()))?;
@@ -52,7 +61,16 @@ impl DataDir {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
+            Ok(()) => match tidings_log::lock_dir_of(&path) {
+                Ok(dir) => Ok(Some(DirLock {
+                    _file: file,
+                    _dir: dir,
+                })),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => {
+                    Err(anyhow::Error::new(e).context(format!("locking {}", self.0.display())))
+                }
+            },
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))

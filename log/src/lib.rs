@@ -86,4 +86,4 @@ pub use crate::retention::Removed;
 pub use crate::rewrite::{RewriteStats, SealedSegment};
 pub use crate::sealed::{MAX_LOADED_SEALED_INDEXES, MAX_OPEN_SEALED_FILES};
 pub use crate::tail::Tail;
-pub use crate::vfs::{DIRECT_ALIGN, StdFs, Vfs, VfsFile, VfsLock};
+pub use crate::vfs::{DIRECT_ALIGN, StdFs, Vfs, VfsFile, VfsLock, lock_dir_of};

@@ -104,8 +104,9 @@ impl VfsFile for StdFile {
     }
 }
 
+/// The `LOCK` file, and the directory holding it (see [`lock_dir_of`]), both locked.
 #[derive(Debug)]
-struct StdLock(#[allow(dead_code)] File);
+struct StdLock(#[allow(dead_code)] File, #[allow(dead_code)] Option<File>);
 impl VfsLock for StdLock {}
 
 impl Vfs for StdFs {
@@ -173,10 +174,35 @@ impl Vfs for StdFs {
             .truncate(false)
             .open(path)?;
         match file.try_lock() {
-            Ok(()) => Ok(Box::new(StdLock(file))),
+            Ok(()) => Ok(Box::new(StdLock(file, lock_dir_of(path)?))),
             Err(std::fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
             Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
+    }
+}
+
+/// Locks the directory holding a `LOCK` file as well (`flock` on the directory): a `LOCK`
+/// deleted while its holder runs (a "stale lock" cleanup) is created afresh and locked by the
+/// next process, while the directory is the same inode for both, and its lock refuses the
+/// second. `None` where the file system refuses to lock a directory (some network file
+/// systems): the `LOCK` file's lock alone then holds, as before. `WouldBlock` while another
+/// process holds it.
+pub fn lock_dir_of(lock_file: &Path) -> io::Result<Option<File>> {
+    let Some(dir) = lock_file.parent() else {
+        return Ok(None);
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(file) = File::open(dir) else {
+        return Ok(None);
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+        Err(std::fs::TryLockError::Error(_)) => Ok(None),
     }
 }
 

@@ -131,6 +131,13 @@ async fn a_second_open_of_the_same_directory_is_refused() {
         Err(LogError::Locked { .. }) => {}
         other => panic!("expected Locked, got {other:?}"),
     }
+    // Also once its `LOCK` file is deleted (a "stale lock" cleanup): the directory itself is
+    // locked too (before, the second open created a new `LOCK`, and two writers shared the log).
+    std::fs::remove_file(dir.path().join("LOCK")).unwrap();
+    match Log::open(dir.path(), opts()).await {
+        Err(LogError::Locked { .. }) => {}
+        other => panic!("expected Locked with the LOCK file deleted, got {other:?}"),
+    }
     log.close().await.unwrap();
     // Closing releases the lock.
     let again = Log::open(dir.path(), opts()).await.unwrap();

@@ -26,6 +26,12 @@ pub(crate) struct VerifyArgs {
 
 pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let data = DataDir::new(&args.data);
+    // The newest snapshot is read before the log is opened: a running server may write one at
+    // any time, and one written after the read-only view was opened would cover offsets past
+    // its end, taken for a log that lost them (the view's end is fixed when it opens; what a
+    // snapshot covers was written to the log before the snapshot was).
+    let snap_dir = data.projections().join("snapshots");
+    let newest = snapshot::load_newest_anchored(&snap_dir, None)?;
     let log = super::open_read_only(&data).await?;
     let mut problems = 0usize;
     // The read-only view's valid data ends quietly at damage in the active segment that valid
@@ -39,7 +45,6 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
 
     // Every snapshot file must at least decode.
-    let snap_dir = data.projections().join("snapshots");
     for s in snapshot::list(&snap_dir)? {
         let loaded = std::fs::read(&s.path)
             .map_err(anyhow::Error::from)
@@ -67,7 +72,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 
     let base = ProjectionConfig::default();
     let live_dir = tempfile::tempdir()?;
-    let (mut live, from) = match snapshot::load_newest_anchored(&snap_dir, None)? {
+    let (mut live, from) = match newest {
         Some((state, snap, anchor)) => {
             // Made from this log? (The server sets such a snapshot aside at start-up.)
             if let (Some(anchor), Some(applied)) = (anchor, state.applied)

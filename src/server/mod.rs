@@ -71,7 +71,7 @@ pub(crate) struct Running {
     stop_purge: CancellationToken,
     stop_retention: CancellationToken,
     /// The data directory's `LOCK`, released when the server has stopped (dropped last).
-    _dir_lock: std::fs::File,
+    _dir_lock: crate::data::DirLock,
 }
 
 pub(crate) fn projection_config(c: &Config) -> ProjectionConfig {
