@@ -124,7 +124,8 @@ pub enum LogError {
     /// segments only in the store). Reads never skip over it, nor return nothing there.
     #[error(
         "offsets {from} to {next} are missing from the log (a segment between two others is \
-         not here: a tiered log read without its object store, or a segment file removed)"
+         not here: a tiered log read without its object store, or a segment file removed; or \
+         the segment before them was cut short at a batch's end)"
     )]
     Gap {
         /// The first missing offset.

@@ -1101,6 +1101,14 @@ impl Log {
             .iter()
             .find(|s| s.base > seg.base && s.base <= wm.active_base)
             .map_or(wm.next_offset, |s| s.base);
+        // The segment's records end before the next segment starts: the segment is whole,
+        // the offsets between are in no file (one removed, or a stray file past the log).
+        if next < expected_end && seg.base < wm.active_base {
+            return Err(LogError::Gap {
+                from: next,
+                next: expected_end,
+            });
+        }
         if next != expected_end {
             return Err(LogError::Corrupt {
                 path: seg.paths.log.clone(),

@@ -14,16 +14,24 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp"));
     let io = |op, e| ProjectionError::io(op, &tmp, e);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| io("create", e))?;
-    f.write_all(bytes).map_err(|e| io("write", e))?;
-    f.sync_data().map_err(|e| io("sync", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| ProjectionError::io("rename", path, e))?;
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| io("create", e))?;
+        f.write_all(bytes).map_err(|e| io("write", e))?;
+        f.sync_data().map_err(|e| io("sync", e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| ProjectionError::io("rename", path, e))
+    })();
+    if written.is_err() {
+        // A part written on a full disk would keep its space taken for good (the next write
+        // of this name truncates it, but the name changes with every snapshot).
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| ProjectionError::io("sync directory", dir, e))

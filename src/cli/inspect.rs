@@ -39,6 +39,11 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 total_records += c.records;
                 (c.batches.to_string(), "ok".to_string())
             }
+            // The segment is whole; the offsets after it are in no file.
+            Err(e @ tidings_log::LogError::Gap { .. }) => {
+                problems += 1;
+                ("-".into(), format!("GAP after it: {e}"))
+            }
             Err(e) => {
                 problems += 1;
                 ("-".into(), format!("CORRUPT: {e}"))

@@ -48,6 +48,15 @@ pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let data = DataDir::new(&args.data);
     super::ensure_segments(&data, "trace")?;
     let log = super::open_read_only(&data).await?;
+    // The read-only view's valid data ends quietly at damage in the active segment that valid
+    // batches follow (as `verify` says): a trace would leave out the records after it — the
+    // message itself, or acks of it — and call its scan complete.
+    if let Err(e) = log.read(log.next_offset(), 0).await {
+        log.close().await?;
+        anyhow::bail!(
+            "damaged log: {e} (the records after it cannot be read, and a trace would leave              them out; `tidings inspect` lists the damage)"
+        );
+    }
     let traced = trace(&data, &log, &args.channel, args.seq).await;
     let closed = log.close().await;
     let t = traced?;

@@ -119,6 +119,18 @@ pub(crate) fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<A
     })
 }
 
+/// Whether a request carries the admin key (in its `Authorization` header).
+pub(crate) fn is_admin_request(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .is_some_and(|t| ct_eq(t.trim().as_bytes(), state.admin_key.as_bytes()))
+}
+
 /// The bearer token of a request, from the `Authorization` header.
 pub(crate) fn bearer(parts: &Parts) -> Option<String> {
     if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION)

@@ -5,6 +5,25 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tidings_projections::permissions::SendDenied;
 
+/// What a user is told of an `internal` error (500): its details — file paths, offsets,
+/// checksums — are the operator's, logged here under an error id the answer names (the admin
+/// key's calls get them whole). Over HTTP by the `observe` middleware, over a WebSocket by its
+/// error frames.
+pub(crate) fn internal_for_user(detail: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = format!(
+        "{:x}-{}",
+        crate::server::state::now_ms(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    tracing::error!(error_id = %id, error = %detail, "an internal error, answered to a user without its details");
+    format!(
+        "internal error (stored data that failed its checksum, or another fault); the server's \
+         log has its details under error_id {id}"
+    )
+}
+
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ApiError {

@@ -1007,6 +1007,7 @@ fn changed_settings(state: &tidings_projections::State, config: &ProjectionConfi
 /// Returns how many it set aside.
 pub(crate) fn set_aside_snapshots_ahead_of(data: &DataDir, end: u64) -> anyhow::Result<usize> {
     let snapshots = data.projections().join("snapshots");
+    remove_snapshot_temp_files(&snapshots);
     let ahead: Vec<_> = tidings_projections::snapshot::list(&snapshots)?
         .into_iter()
         .filter(|snap| snap.applied >= end)
@@ -1081,6 +1082,36 @@ fn aside_path(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
 
 /// Snapshots set aside (each a full state) are kept for a post-mortem, the newest
 /// [`SET_ASIDE_KEPT`] of each kind; older ones are deleted (best effort).
+/// Removes what snapshot writes cut short left (`.{offset:020}.snap.tmp`: a crash, or a full
+/// disk, mid-write): never loaded, they only took space. Called with the data directory
+/// locked, when no snapshot is being written.
+fn remove_snapshot_temp_files(snapshots: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(snapshots) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(stem) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix('.'))
+            .and_then(|n| n.strip_suffix(".snap.tmp"))
+        else {
+            continue;
+        };
+        if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => {
+                tracing::info!(path = %e.path().display(), "removed the part of a snapshot write cut short");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, path = %e.path().display(), "could not remove the part of a snapshot write cut short");
+            }
+        }
+    }
+}
+
 fn prune_set_aside(snapshots: &std::path::Path) {
     for suffix in [
         ".snap.ahead-of-log",

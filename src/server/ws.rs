@@ -323,7 +323,13 @@ fn encode<T: Serialize>(frame: &T, cbor: bool) -> Option<WsMessage> {
 }
 
 fn error_frame(e: &ApiError, client_msg_id: Option<&str>) -> Value {
-    let mut v = json!({"type": "error", "code": e.code, "message": e.message});
+    // A session is a user's: an internal error's details stay in the server's log.
+    let message = if e.status == axum::http::StatusCode::INTERNAL_SERVER_ERROR {
+        crate::server::error::internal_for_user(&e.message)
+    } else {
+        e.message.clone()
+    };
+    let mut v = json!({"type": "error", "code": e.code, "message": message});
     // An id no send may carry (over 128 bytes) is not echoed: a frame's worth of it would go
     // back to the client.
     let client_msg_id = client_msg_id.filter(|id| id.len() <= MAX_CLIENT_MSG_ID);
@@ -540,7 +546,7 @@ fn parse_text(text: &str) -> Result<ClientFrame, BadFrame> {
 fn parse_cbor(b: &[u8]) -> Result<ClientFrame, BadFrame> {
     let mut rest = b;
     let mut v: ciborium::Value = ciborium::from_reader(&mut rest).map_err(|e| BadFrame {
-        message: e.to_string(),
+        message: cbor_error(&e),
         client_msg_id: None,
     })?;
     if !rest.is_empty() {
@@ -566,8 +572,8 @@ fn parse_cbor(b: &[u8]) -> Result<ClientFrame, BadFrame> {
             }
             Some(i) => {
                 not_json = payload_not_json(&entries[i].1);
-                // Its conversion would fail and name the whole frame: the send refuses it.
-                if not_json == Some(NON_TEXT_KEY) {
+                // Its conversion could fail and name the whole frame: the send refuses it.
+                if not_json.is_some() {
                     entries[i].1 = ciborium::Value::Null;
                 }
             }
@@ -616,6 +622,29 @@ const NON_TEXT_KEY: &str = "payload: a map key that is not a string, which JSON 
 /// A payload's float NaN or infinity.
 const NON_FINITE: &str = "payload: NaN or an infinite number, which JSON cannot express";
 
+/// A payload's CBOR tag (a date, a bignum, …).
+const TAGGED: &str = "payload: a CBOR tag (a date, a bignum, …), which JSON cannot express";
+
+/// A byte string inside a payload (a whole payload may be one: then it is binary).
+const NESTED_BYTES: &str = "payload: a byte string inside the payload, which JSON cannot express (a whole payload \
+     may be a byte string)";
+
+/// An integer outside what a JSON payload converted here can hold exactly.
+const HUGE_INTEGER: &str = "payload: an integer outside -2^63 to 2^64-1, which this conversion to JSON cannot hold \
+     exactly";
+
+/// A CBOR decoding error in words (its `Display` is its `Debug`: `Io(Error { kind: … })`).
+fn cbor_error(e: &ciborium::de::Error<std::io::Error>) -> String {
+    use ciborium::de::Error;
+    match e {
+        Error::Io(_) => "the frame ends inside its CBOR item (truncated or empty)".into(),
+        Error::Syntax(at) => format!("CBOR syntax error at byte {at}"),
+        Error::Semantic(Some(at), m) => format!("invalid CBOR at byte {at}: {m}"),
+        Error::Semantic(None, m) => format!("invalid CBOR: {m}"),
+        Error::RecursionLimitExceeded => "the CBOR item is nested too deeply".into(),
+    }
+}
+
 /// What of a CBOR value JSON cannot express, anywhere in it: a map key that is not a text
 /// string (the conversion to JSON fails on it; was answered `invalid_frame` with the
 /// decoder's debug text until 2026-11-30), else a float NaN or ±Infinity (the conversion
@@ -635,7 +664,14 @@ fn payload_not_json(v: &ciborium::Value) -> Option<&'static str> {
                     stack.push(v);
                 }
             }
-            ciborium::Value::Tag(_, inner) => stack.push(inner),
+            ciborium::Value::Tag(..) => return Some(TAGGED),
+            ciborium::Value::Bytes(_) => return Some(NESTED_BYTES),
+            ciborium::Value::Integer(i) => {
+                let i = i128::from(*i);
+                if i < i128::from(i64::MIN) || i > i128::from(u64::MAX) {
+                    return Some(HUGE_INTEGER);
+                }
+            }
             _ => {}
         }
     }
@@ -1916,6 +1952,39 @@ mod tests {
             assert_eq!(p.not_json, Some(NON_TEXT_KEY), "{payload:?}");
             assert_eq!(p.json.unwrap().get(), "null");
             assert!(!id.is_empty());
+        }
+        // A tag, a byte string inside the payload, an integer past 64 bits: flagged (they
+        // were `invalid_frame`, with serde's words for the whole frame).
+        let huge = ciborium::value::Integer::try_from(-(1i128 << 64)).unwrap();
+        let cases = [
+            (ciborium::Value::Tag(1, Box::new(0u8.into())), TAGGED),
+            (
+                ciborium::Value::Map(vec![("b".into(), ciborium::Value::Bytes(vec![1]))]),
+                NESTED_BYTES,
+            ),
+            (ciborium::Value::Array(vec![huge.into()]), HUGE_INTEGER),
+        ];
+        for (payload, why) in cases {
+            let (id, p) = sent(
+                binary(send(vec![("payload", payload.clone())]))
+                    .unwrap()
+                    .unwrap(),
+            );
+            assert_eq!(p.not_json, Some(why), "{payload:?}");
+            assert!(!id.is_empty());
+        }
+        let p = sent(
+            binary(send(vec![("payload", u64::MAX.into())]))
+                .unwrap()
+                .unwrap(),
+        )
+        .1;
+        assert_eq!(p.not_json, None);
+        // A truncated or empty frame: said in words, not as the decoder's debug text.
+        let whole = send(vec![("payload", 1u8.into())]);
+        for cut in [&whole[..whole.len() - 1], &[][..]] {
+            let e = binary(cut.to_vec()).unwrap_err();
+            assert!(e.message.contains("truncated or empty"), "{}", e.message);
         }
         // A byte string and `payload_b64`: both kept, for the send to refuse.
         let b = send(vec![

@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
@@ -231,12 +231,37 @@ async fn observe(state: axum::extract::State<Arc<AppState>>, req: Request, next:
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let span = tracing::info_span!("http", %method, %route);
-    let resp = next.run(req).instrument(span.clone()).await;
+    let admin = crate::server::auth::is_admin_request(&state.0, req.headers());
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    if resp.status() == StatusCode::INTERNAL_SERVER_ERROR && !admin {
+        resp = without_details(resp).instrument(span.clone()).await;
+    }
     let status = resp.status().as_u16();
     let took = started.elapsed();
     state.metrics.http_request(method, &route, status, took);
     span.in_scope(|| tracing::debug!(status, took_us = took.as_micros() as u64, "request"));
     resp
+}
+
+/// A 500 answered to anyone but the admin, its message replaced by
+/// [`internal_for_user`](crate::server::error::internal_for_user)'s (the details logged).
+async fn without_details(resp: Response) -> Response {
+    let (parts, body) = resp.into_parts();
+    let detail = match axum::body::to_bytes(body, 1 << 20).await {
+        Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+        Err(e) => format!("(the answer's body could not be read: {e})"),
+    };
+    let mut redacted =
+        ApiError::internal(crate::server::error::internal_for_user(&detail)).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::CONTENT_TYPE {
+            redacted.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    redacted
 }
 
 async fn not_found() -> ApiError {
