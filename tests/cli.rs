@@ -502,6 +502,20 @@ async fn verify_and_inspect_create_nothing_in_the_data_directory() {
     std::fs::remove_dir_all(dir.path().join("projections/index")).unwrap();
     unchanged("a snapshot");
     assert!(!dir.path().join("projections/index").exists());
+
+    // An empty log directory (no segment yet): both say so and exit 0 (inspect reported a
+    // segment 0 it could not open as CORRUPT, exit 1, where verify said ok).
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::create_dir(empty.path().join("log")).unwrap();
+    let e = empty.path().to_str().unwrap();
+    let (code, out, err) = tidings(&["inspect", "--data", e]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("empty: no file yet") && !out.contains("CORRUPT"),
+        "{out}"
+    );
+    let (code, out, err) = tidings(&["verify", "--data", e]);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 /// A message's JSON payload as stored, byte for byte: a repeated key, keys out of order, a

@@ -31,6 +31,19 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let (mut total_bytes, mut total_records) = (0u64, 0u64);
     for seg in log.segments()? {
         let state = if seg.sealed { "sealed" } else { "active" };
+        // A log directory with no segment yet (a server stopped before its log opened, or
+        // one made by hand): the view lists the active segment a first open would create.
+        if !seg.sealed && seg.bytes == 0 && !seg.path.exists() {
+            super::out!(
+                "{:>20} {:>20} {:>12} {:>8} {:>9}  empty: no file yet (the first open creates it)",
+                seg.base_offset,
+                seg.end_offset,
+                0,
+                state,
+                0
+            );
+            continue;
+        }
         let l = log.clone();
         let base = seg.base_offset;
         let check = tokio::task::spawn_blocking(move || l.check_segment(base)).await?;
