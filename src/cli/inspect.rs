@@ -52,7 +52,8 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 total_records += c.records;
                 (c.batches.to_string(), "ok".to_string())
             }
-            // The segment is whole; the offsets after it are in no file.
+            // The offsets after the segment's last record are in no file (a segment removed,
+            // or this one cut short at a batch's end).
             Err(e @ tidings_log::LogError::Gap { .. }) => {
                 problems += 1;
                 ("-".into(), format!("GAP after it: {e}"))

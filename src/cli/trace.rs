@@ -54,7 +54,8 @@ pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = log.read(log.next_offset(), 0).await {
         log.close().await?;
         anyhow::bail!(
-            "damaged log: {e} (the records after it cannot be read, and a trace would leave              them out; `tidings inspect` lists the damage)"
+            "damaged log: {e} (the records after it cannot be read, and a trace would leave \
+             them out; `tidings inspect` lists the damage)"
         );
     }
     let traced = trace(&data, &log, &args.channel, args.seq).await;

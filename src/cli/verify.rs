@@ -210,6 +210,10 @@ async fn oldest_replayable(
         if snap.applied.saturating_add(1) < log.start_offset() {
             continue;
         }
+        // Written by a running server after this view of the log was opened: past its end.
+        if snap.applied >= log.next_offset() {
+            continue;
+        }
         let Ok(bytes) = std::fs::read(&snap.path) else {
             continue;
         };

@@ -17,6 +17,12 @@ pub(crate) fn internal_for_user(detail: &str) -> String {
         crate::server::state::now_ms(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
+    // A fault's words, not a body's worth of them.
+    let mut cut = detail.len().min(4096);
+    while !detail.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let detail = &detail[..cut];
     tracing::error!(error_id = %id, error = %detail, "an internal error, answered to a user without its details");
     format!(
         "internal error (stored data that failed its checksum, or another fault); the server's \

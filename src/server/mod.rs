@@ -1080,8 +1080,6 @@ fn aside_path(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
         .unwrap_or(first)
 }
 
-/// Snapshots set aside (each a full state) are kept for a post-mortem, the newest
-/// [`SET_ASIDE_KEPT`] of each kind; older ones are deleted (best effort).
 /// Removes what snapshot writes cut short left (`.{offset:020}.snap.tmp`: a crash, or a full
 /// disk, mid-write): never loaded, they only took space. Called with the data directory
 /// locked, when no snapshot is being written.
@@ -1112,6 +1110,8 @@ fn remove_snapshot_temp_files(snapshots: &std::path::Path) {
     }
 }
 
+/// Snapshots set aside (each a full state) are kept for a post-mortem, the newest
+/// [`SET_ASIDE_KEPT`] of each kind; older ones are deleted (best effort).
 fn prune_set_aside(snapshots: &std::path::Path) {
     for suffix in [
         ".snap.ahead-of-log",

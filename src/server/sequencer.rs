@@ -266,8 +266,8 @@ pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<S
 /// Starts a WebSocket session's sends (the sends of one burst of its frames, in order) under
 /// one hold of the sequencer lock; each answer goes to its reply — from the applier once the
 /// message is durable and applied, or right away when it is a duplicate or refused. Drains
-/// `sends`. `sequenced` is told the channel and seq of every send taken (registered, or
-/// answered from the idempotency window: its original's), before any of them can be applied.
+/// `sends`. `sequenced` is told the channel and seq of every send this call enqueued, before
+/// the session that made them can see them applied (it awaits this call).
 ///
 /// One hold for the burst, not one per send: with many sessions sending at once the lock is
 /// a convoy (each hand-over wakes the next waiting task), and a session that took it once
@@ -290,7 +290,7 @@ pub(crate) async fn send_batch_for_session(
         for (req, reply) in sends.drain(..) {
             if !chunk.ids.is_empty() && chunk.bytes + record_size_bound(&req) > CHUNK_BYTES {
                 // Answers its sends itself if the append fails.
-                let _ = enqueue_chunk(state, &mut seq, &mut chunk).await;
+                let _ = enqueue_chunk(state, &mut seq, &mut chunk, &mut sequenced).await;
             }
             let mut slot = Some(reply);
             let answer = |slot: &mut Option<Reply>, result: ApiResult<Sent>| {
@@ -300,15 +300,9 @@ pub(crate) async fn send_batch_for_session(
             };
             match prepare_locked(state, &seq, &mut chunk, started, req, &mut slot) {
                 // The applier answers it (or `enqueue_chunk`, if the append fails).
-                Ok(Prepared::Registered(_)) => {
-                    if let Some((channel, seq)) = chunk.reserved.last() {
-                        sequenced(channel, *seq);
-                    }
-                }
-                Ok(Prepared::Done(sent)) => {
-                    sequenced(&sent.channel, sent.seq);
-                    answer(&mut slot, Ok(sent));
-                }
+                Ok(Prepared::Registered(_)) => {}
+                // The original may be another session's (another device's): not told.
+                Ok(Prepared::Done(sent)) => answer(&mut slot, Ok(sent)),
                 Err(e) => answer(&mut slot, Err(e)),
                 Ok(Prepared::Wait(rx, channel)) => {
                     // A retry of a send still in flight (rare): waits for the first attempt in a
@@ -320,7 +314,7 @@ pub(crate) async fn send_batch_for_session(
                 }
             }
         }
-        let _ = enqueue_chunk(state, &mut seq, &mut chunk).await;
+        let _ = enqueue_chunk(state, &mut seq, &mut chunk, &mut sequenced).await;
     })
     .await;
 }
@@ -384,7 +378,7 @@ async fn start(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Prepared> {
         let mut chunk = Chunk::default();
         let prepared = prepare_locked(state, &seq, &mut chunk, started, req, &mut None)?;
         if let Prepared::Registered(_) = prepared {
-            enqueue_chunk(state, &mut seq, &mut chunk).await?;
+            enqueue_chunk(state, &mut seq, &mut chunk, &mut |_, _| {}).await?;
         }
         Ok(prepared)
     })
@@ -504,13 +498,15 @@ fn prepare_locked(
     Ok(Prepared::Registered(rx))
 }
 
-/// Enqueues the chunk's records as one append and moves its reservations into the sequencer.
-/// If the enqueue fails nothing was written: each send is forgotten and answered with the
-/// error (a reply through it; an HTTP caller gets it returned), and its reservations go.
+/// Enqueues the chunk's records as one append and moves its reservations into the sequencer,
+/// telling `sequenced` each send's channel and seq. If the enqueue fails nothing was written:
+/// each send is forgotten and answered with the error (a reply through it; an HTTP caller
+/// gets it returned), and its reservations go (their seqs are handed out again: not told).
 async fn enqueue_chunk(
     state: &Arc<AppState>,
     seq: &mut Sequencer,
     chunk: &mut Chunk,
+    sequenced: &mut impl FnMut(&str, u64),
 ) -> ApiResult<()> {
     if chunk.ids.is_empty() {
         return Ok(());
@@ -529,6 +525,7 @@ async fn enqueue_chunk(
         Ok(pending) => {
             state.completions.enqueued(&ids, pending);
             for (channel, s) in chunk.reserved.drain(..) {
+                sequenced(&channel, s);
                 seq.reserved.insert(channel, s);
             }
             seq.next_message_id = seq.next_message_id.max(next_message_id);

@@ -572,8 +572,9 @@ fn parse_cbor(b: &[u8]) -> Result<ClientFrame, BadFrame> {
             }
             Some(i) => {
                 not_json = payload_not_json(&entries[i].1);
-                // Its conversion could fail and name the whole frame: the send refuses it.
-                if not_json.is_some() {
+                // Its conversion would fail and name the whole frame: the send refuses it. (A
+                // NaN converts, to `null`: the payload's size is still checked first.)
+                if not_json.is_some_and(|why| why != NON_FINITE) {
                     entries[i].1 = ciborium::Value::Null;
                 }
             }
@@ -1043,7 +1044,6 @@ impl Ctx {
                         // Answered at once, as a refusal is; charged as an accepted send.
                         Some(sent) => {
                             self.last_was_send = true;
-                            mark_own(&mut self.own_sends)(&sent.channel, sent.seq);
                             match self.sendack(&client_msg_id, &sent) {
                                 Some(ack) => w.raw(ack).await,
                                 None => Ok(()),

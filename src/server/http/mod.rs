@@ -258,7 +258,7 @@ async fn without_details(resp: Response) -> Response {
         ApiError::internal(crate::server::error::internal_for_user(&detail)).into_response();
     for (name, value) in parts.headers.iter() {
         if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::CONTENT_TYPE {
-            redacted.headers_mut().insert(name.clone(), value.clone());
+            redacted.headers_mut().append(name.clone(), value.clone());
         }
     }
     redacted
