@@ -1575,6 +1575,43 @@ async fn events_of(server: &Server, kind: &str) -> usize {
     log.lines().filter(|l| l.contains(&kind)).count()
 }
 
+/// A conversation's last message has one shape, whether its payload fits the head's preview
+/// (512 bytes) or is read from the log: it had `channel` and `client_msg_id` only when long.
+#[tokio::test]
+async fn a_last_message_has_one_shape_short_or_long() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.group("g", &["alice", "bob"]).await;
+    api.send(&alice, "g", "c1", "short").await;
+    let long = "y".repeat(600);
+    api.send(&alice, "@bob", "d1", &long).await;
+    let convs = api.ok("GET", "/v1/conversations", &bob, None).await;
+    let keys = |ch: &str| {
+        let c = listed(&convs, ch).unwrap();
+        let mut k: Vec<String> = c["last_message"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys("g"),
+        ["from", "message_id", "payload", "seq", "ts"],
+        "{convs}"
+    );
+    assert_eq!(keys("@alice"), keys("g"), "{convs}");
+    let dm = listed(&convs, "@alice").unwrap();
+    assert!(
+        dm["last_message"]["payload"].to_string().contains(&long),
+        "{dm}"
+    );
+}
+
 /// "Delete chat": a hidden conversation leaves the caller's list (and the incremental form
 /// reports it removed) until its next message; the other member's list is unchanged.
 #[tokio::test]

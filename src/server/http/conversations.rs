@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::{RawValue, to_raw_value};
 use tidings_projections::conv_cache::fingerprint;
 use tidings_projections::conversations::{Conversation, compute, page};
-use tidings_projections::messages;
+use tidings_projections::{FLAG_JSON_PAYLOAD, messages};
 
 use super::messages::load_page;
 use super::{ApiQuery, page_limit};
@@ -75,10 +75,23 @@ async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Box<R
                 let p = state.proj();
                 messages::plan_range(&p.state, p.index_files(), &c.channel, m.seq, m.seq)?
             };
-            messages::load_retained(&state.log, &plan, state.expiring())
-                .await?
-                .first()
-                .map(|full| message_raw(full, Some(me)))
+            // In the shape of a preview's (below): the conversation names the channel, and a
+            // head keeps no `client_msg_id` (the long message's answer had both, the short
+            // one's neither: one field a client read was there only for long messages).
+            let loaded = messages::load_retained(&state.log, &plan, state.expiring()).await?;
+            match loaded.first() {
+                Some(full) => Some(raw(&PreviewView::new(
+                    full.seq,
+                    full.message_id,
+                    &full.from,
+                    full.ts,
+                    full.recalled,
+                    full.edited,
+                    full.payload.as_deref().unwrap_or_default(),
+                    if full.json { FLAG_JSON_PAYLOAD } else { 0 },
+                ))?),
+                None => None,
+            }
         }
         Some(m) => Some(raw(&PreviewView::new(
             m.seq,
