@@ -529,14 +529,17 @@ impl ServeArgs {
             .unwrap_or(d.limits_max_payload_bytes);
         let config = Config {
             listen: self.listen.or(file.listen).unwrap_or(d.listen),
-            data: self.data.or(file.data).unwrap_or(d.data),
+            // Empty (`data = ""`) is not given: it named the working directory.
+            data: [self.data, file.data]
+                .into_iter()
+                .flatten()
+                .find(|p| !p.as_os_str().is_empty())
+                .unwrap_or(d.data),
             // Trimmed as tokens are (`auth::bearer`): a key ending in a newline (a Kubernetes
             // secret, `$(cat key)` in a unit file) matched no call. Empty is unset; nothing but
             // whitespace is refused by `check`.
-            admin_key: self
-                .admin_key
-                .or(file.admin_key)
-                .filter(|k| !k.is_empty())
+            admin_key: given(self.admin_key)
+                .or(given(file.admin_key))
                 .map(|k| k.trim().to_owned()),
             person_allowlist: self
                 .person_allowlist
@@ -659,13 +662,13 @@ impl ServeArgs {
                 .compaction_retention_interval_secs
                 .or(file.compaction.retention_interval_secs)
                 .unwrap_or(d.compaction_retention_interval_secs),
-            node_id: self.node_id.or(file.node_id).filter(|n| !n.is_empty()),
+            node_id: given(self.node_id).or(given(file.node_id)),
             tier: {
                 let t = file.tier;
                 let dt = TierConfig::default();
                 TierConfig {
-                    url: self.tier_url.or(t.url).filter(|u| !u.is_empty()),
-                    endpoint: self.tier_endpoint.or(t.endpoint).filter(|u| !u.is_empty()),
+                    url: given(self.tier_url).or(given(t.url)),
+                    endpoint: given(self.tier_endpoint).or(given(t.endpoint)),
                     region: self.tier_region.or(t.region).or(dt.region),
                     access_key_id: self.tier_access_key_id.or(t.access_key_id),
                     secret_access_key: self.tier_secret_access_key.or(t.secret_access_key),
@@ -755,6 +758,14 @@ fn binary_frame_bytes(payload: usize) -> usize {
     payload
         .saturating_mul(3)
         .saturating_add(CBOR_FRAME_OVERHEAD)
+}
+
+/// A setting given a value: an empty one (a variable set to nothing — a Kubernetes secret that
+/// came out empty —, `--admin-key ''`, `admin_key = ""`) is not given, and the next source
+/// (flag, then variable, then file) or the default holds. It overrode them, unset: the file's
+/// admin key gave way to a generated one, and the file's `tier.url` to no tiering.
+fn given(v: Option<String>) -> Option<String> {
+    v.filter(|v| !v.is_empty())
 }
 
 /// The items of a comma-separated setting (a variable or a flag), trimmed; empty ones (a
@@ -1811,12 +1822,33 @@ mod tests {
         let path = dir.path().join("t.toml");
         std::fs::write(&path, "admin_key = \"from-the-file\\n\"\n").unwrap();
         let c = ServeArgs {
-            config: Some(path),
+            config: Some(path.clone()),
             ..ServeArgs::default()
         }
         .resolve()
         .unwrap();
         assert_eq!(c.admin_key.as_deref(), Some("from-the-file"));
+        // An empty flag or variable is not given: the file's key holds (it was replaced by a
+        // generated one), as do its tier url and node id, and an empty `data` is the default.
+        std::fs::write(
+            &path,
+            "admin_key = \"from-the-file\"\nnode_id = \"n1\"\ndata = \"\"\n\
+             [tier]\nurl = \"file:///srv/tier\"\n",
+        )
+        .unwrap();
+        let c = ServeArgs {
+            config: Some(path),
+            admin_key: Some(String::new()),
+            node_id: Some(String::new()),
+            tier_url: Some(String::new()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.admin_key.as_deref(), Some("from-the-file"));
+        assert_eq!(c.node_id.as_deref(), Some("n1"));
+        assert_eq!(c.tier.url.as_deref(), Some("file:///srv/tier"));
+        assert_eq!(c.data, Config::default().data);
     }
 
     /// CORS origins come from the file as a list, from the variable or the flag as one

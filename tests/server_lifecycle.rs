@@ -286,7 +286,7 @@ async fn the_conversation_cache_is_not_reused_across_histories() {
     drop(dirs);
 }
 
-/// `tidings_conversation_cache_hits` as `/metrics` tells it.
+/// `tidings_conversation_cache_hits_total` as `/metrics` tells it.
 /// The conversation cache's hits after `token`'s user lists their conversations.
 async fn cache_hits_after_a_list(server: &Server, token: &str) -> f64 {
     Api::new(server)
@@ -304,7 +304,7 @@ async fn conversation_cache_hits(server: &Server) -> f64 {
         .unwrap();
     let line = metrics
         .lines()
-        .find(|l| l.starts_with("tidings_conversation_cache_hits "));
+        .find(|l| l.starts_with("tidings_conversation_cache_hits_total "));
     let line = line.unwrap_or_else(|| panic!("no cache hits in\n{metrics}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
@@ -923,7 +923,7 @@ async fn health_readiness_metrics_and_the_event_log() {
         let line = line.unwrap_or_else(|| panic!("{prefix} missing from\n{metrics}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
-    let fsyncs = value("tidings_log_fsyncs ");
+    let fsyncs = value("tidings_log_fsyncs_total ");
     assert!(fsyncs >= 1.0, "the group and the send were synced");
     assert_eq!(value("tidings_log_fsync_duration_seconds_count "), fsyncs);
     assert_eq!(
@@ -1159,22 +1159,68 @@ async fn the_openapi_document_matches_the_checked_in_copy() {
 /// frame the server may not have read.
 #[tokio::test]
 async fn a_shutdown_closes_websockets_with_1001() {
-    let server = Server::start(&[]);
-    let api = Api::new(&server);
-    let bob = api.user("bob").await;
-    let mut quiet = Ws::connect(&server, &bob, "").await;
-    let mut chatty = Ws::connect(&server, &bob, "").await;
-    chatty.send(json!({"type": "ping"})).await;
-    server.stop();
-    for ws in [&mut quiet, &mut chatty] {
-        let closed = loop {
-            let f = ws.next().await;
-            if f["type"] == "closed" {
-                break f;
-            }
-        };
-        assert_eq!(closed["code"], 1001, "{closed}");
+    // SIGTERM, SIGINT, and SIGHUP (a closed terminal: its default action killed the server,
+    // no shutdown, no 1001).
+    for signal in ["-TERM", "-INT", "-HUP"] {
+        let server = Server::start(&[]);
+        let api = Api::new(&server);
+        let bob = api.user("bob").await;
+        let mut quiet = Ws::connect(&server, &bob, "").await;
+        let mut chatty = Ws::connect(&server, &bob, "").await;
+        chatty.send(json!({"type": "ping"})).await;
+        server.stop_by(signal);
+        for ws in [&mut quiet, &mut chatty] {
+            let closed = loop {
+                let f = ws.next().await;
+                if f["type"] == "closed" {
+                    break f;
+                }
+            };
+            assert_eq!(closed["code"], 1001, "{signal}: {closed}");
+        }
     }
+}
+
+/// A second signal during the shutdown exits at once (the operator's second Ctrl-C), here
+/// while the shutdown waits for a request whose body never comes, which it would give three
+/// quarters of a 60 s grace period. It was ignored.
+#[test]
+fn a_second_signal_during_the_shutdown_exits_at_once() {
+    use std::io::Write;
+    let server = Server::start(&["--shutdown-grace-secs", "60"]);
+    let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
+    slow.write_all(
+        format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"chan"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = server.child.id().to_string();
+    let started = std::time::Instant::now();
+    let kill = |signal: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([signal, pid.as_str()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    kill("-TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    kill("-INT");
+    let mut server = server;
+    let exit = server.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(1), "{exit:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited {:?}",
+        started.elapsed()
+    );
+    drop(slow);
 }
 
 /// Idle connections cannot take the descriptors the log needs. A connection is accepted only
@@ -1306,4 +1352,31 @@ fn a_taken_port_fails_the_start_before_the_admin_key_and_the_log() {
     assert!(!stdout.contains("admin key"), "{stdout}");
     assert!(!data.join("admin.key").exists());
     assert!(!data.join("log").exists());
+}
+
+/// A conversation disk cache too large for the open-file limit (4 GiB: ~264 block files, at a
+/// limit of 300) fails the start before anything is created, naming the setting. It failed
+/// late, "Too many open files", with the data directory made and thousands of block files left
+/// in it (QA, at 1 TiB).
+#[test]
+fn a_disk_cache_the_open_file_limit_cannot_hold_fails_the_start_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new("prlimit")
+        .args(["--nofile=300:300", "--"])
+        .arg(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .args(["--cache-conversation-disk-bytes", "4294967296"])
+        .env_remove("TIDINGS_ADMIN_KEY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("cache.conversation_disk_bytes")
+            && stderr.contains("open-file limit (300)"),
+        "{stderr}"
+    );
+    assert!(!data.exists());
 }

@@ -242,10 +242,16 @@ impl Metrics {
             "# HELP tidings_ws_catching_up WebSocket sessions still catching up (not live yet).\n# TYPE tidings_ws_catching_up gauge\ntidings_ws_catching_up {}",
             self.ws_catching_up.get()
         );
+        // Values that only rise (counts since start) are counters, named `_total`.
         for (name, help, value) in extra {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
         for (name, help, h) in [

@@ -120,8 +120,34 @@ fn admin_key(config: &Config, data: &DataDir) -> anyhow::Result<String> {
     Ok(key)
 }
 
+/// The disk caches hold one open file per block of (at most) 16 MiB, for the server's life: a
+/// `cache.conversation_disk_bytes` (or `tier.cache_disk_bytes`) past what the open-file limit
+/// holds failed the start late — "Too many open files", with thousands of block files left in
+/// the data directory — and one just below it left the log and the connections few
+/// descriptors. Refused before anything is created when the caches would take more than half
+/// of the limit.
+fn check_cache_files(config: &Config, limit: u64) -> anyhow::Result<()> {
+    // Blocks are 16 MiB for caches of 128 MiB and more, and at least 8 for smaller ones.
+    let files = |bytes: usize| (bytes / (16 << 20)) as u64 + 8;
+    let mut used = files(config.cache_conversation_disk_bytes);
+    let mut named = "cache.conversation_disk_bytes";
+    if config.tier.url.is_some() {
+        used += files(config.tier.cache_disk_bytes);
+        named = "cache.conversation_disk_bytes + tier.cache_disk_bytes";
+    }
+    anyhow::ensure!(
+        used <= limit / 2,
+        "{named}: the disk caches would hold about {used} open files (one per 16 MiB block), \
+         more than half of the open-file limit ({limit}), which the log and the client \
+         connections need: shrink them, or raise the limit (ulimit -n, LimitNOFILE)"
+    );
+    Ok(())
+}
+
 /// Starts a server; returns once it accepts connections.
 pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
+    let open_files = accept::raise_open_files_limit();
+    check_cache_files(&config, open_files)?;
     let data = DataDir::new(&config.data);
     let dir_lock = data.lock()?;
     // The port next, before the admin key, the tier and the log: a port that is taken (another
@@ -171,7 +197,6 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     };
 
     let (applied_tx, applied_rx) = watch::channel(proj.state.next_offset());
-    let open_files = accept::raise_open_files_limit();
     let state = Arc::new(AppState::new(
         config,
         log,
@@ -850,32 +875,63 @@ fn deadline_elapsed(deadline: tokio::time::Instant, grace: std::time::Duration) 
         .as_millis()
 }
 
-/// `tidings serve`: runs until SIGTERM or SIGINT, then shuts down.
+/// The stop signals: SIGTERM, SIGINT (Ctrl-C), and SIGHUP (a closed terminal; its default
+/// action killed the server, with no shutdown snapshot and no 1001 to its WebSockets).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next one, by name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// `tidings serve`: runs until SIGTERM, SIGINT or SIGHUP, then shuts down; a second one during
+/// the shutdown exits at once.
 pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     // The handlers go in before the server says it listens: a SIGTERM sent as soon as the
     // line appears (a supervisor, a test) must shut it down cleanly, not kill it by the
     // signal's default action. A signal during start-up (a long replay, a slow object store)
     // stops it there: the log is crash-safe, and nothing was served yet.
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = StopSignals::new()?;
     let running = tokio::select! {
         r = start(config) => r?,
-        _ = term.recv() => {
-            tracing::warn!("SIGTERM during start-up; stopping before serving");
-            return Ok(());
-        }
-        _ = int.recv() => {
-            tracing::warn!("SIGINT during start-up; stopping before serving");
+        name = signals.next() => {
+            tracing::warn!("{name} during start-up; stopping before serving");
             return Ok(());
         }
     };
     println!("tidings listening on http://{}", running.addr);
+    let name = signals.next().await;
+    tracing::info!("{name} received");
+    let shutdown = running.shutdown();
+    tokio::pin!(shutdown);
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        r = &mut shutdown => r,
+        // The operator's second Ctrl-C: what a kill would do (every acknowledged write is in
+        // the log; the next start replays what no snapshot covers).
+        name = signals.next() => {
+            tracing::warn!("{name} during the shutdown: exiting now, without the rest of it");
+            std::process::exit(1);
+        }
     }
-    running.shutdown().await
 }
 
 /// The newest snapshot that the log still covers (or empty projections). A snapshot past the

@@ -106,9 +106,14 @@ impl Server {
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub(crate) fn stop(mut self) -> Option<tempfile::TempDir> {
+    pub(crate) fn stop(self) -> Option<tempfile::TempDir> {
+        self.stop_by("-TERM")
+    }
+
+    /// [`Server::stop`] by another signal (`-INT`, `-HUP`).
+    pub(crate) fn stop_by(mut self, signal: &str) -> Option<tempfile::TempDir> {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());

@@ -84,22 +84,22 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             next - applied,
         ),
         (
-            "tidings_log_records_written",
+            "tidings_log_records_written_total",
             "Records written since start.",
             log.records as f64,
         ),
         (
-            "tidings_log_bytes_written",
+            "tidings_log_bytes_written_total",
             "Bytes written to segments since start.",
             log.bytes as f64,
         ),
         (
-            "tidings_log_fsyncs",
+            "tidings_log_fsyncs_total",
             "fdatasync calls since start.",
             log.fsyncs as f64,
         ),
         (
-            "tidings_log_fsync_seconds",
+            "tidings_log_fsync_seconds_total",
             "Time spent in fdatasync since start.",
             log.fsync_nanos as f64 / 1e9,
         ),
@@ -109,12 +109,12 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             state.delivery.online_users() as f64,
         ),
         (
-            "tidings_conversation_cache_hits",
+            "tidings_conversation_cache_hits_total",
             "Conversation lists served from the cache.",
             hits as f64,
         ),
         (
-            "tidings_conversation_cache_misses",
+            "tidings_conversation_cache_misses_total",
             "Conversation lists computed.",
             misses as f64,
         ),
@@ -139,17 +139,17 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 tier.remote_segments as f64,
             ),
             (
-                "tidings_tier_upload_failures",
+                "tidings_tier_upload_failures_total",
                 "Failed tiering passes since start.",
                 tier.upload_failures as f64,
             ),
             (
-                "tidings_tier_gets",
+                "tidings_tier_gets_total",
                 "Ranged GETs of cold blocks since start.",
                 tier.gets as f64,
             ),
             (
-                "tidings_tier_cache_hits",
+                "tidings_tier_cache_hits_total",
                 "Cold blocks served from the cache since start.",
                 tier.cache_hits as f64,
             ),
