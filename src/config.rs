@@ -518,7 +518,7 @@ impl ServeArgs {
             None => FileConfig::default(),
         };
         let d = Config::default();
-        let fsync = self.log_fsync.or(file.log.fsync);
+        let fsync = given(self.log_fsync).or(given(file.log.fsync));
         let log_segment_bytes = self
             .log_segment_bytes
             .or(file.log.segment_bytes)
@@ -669,9 +669,10 @@ impl ServeArgs {
                 TierConfig {
                     url: given(self.tier_url).or(given(t.url)),
                     endpoint: given(self.tier_endpoint).or(given(t.endpoint)),
-                    region: self.tier_region.or(t.region).or(dt.region),
-                    access_key_id: self.tier_access_key_id.or(t.access_key_id),
-                    secret_access_key: self.tier_secret_access_key.or(t.secret_access_key),
+                    region: given(self.tier_region).or(given(t.region)).or(dt.region),
+                    access_key_id: given(self.tier_access_key_id).or(given(t.access_key_id)),
+                    secret_access_key: given(self.tier_secret_access_key)
+                        .or(given(t.secret_access_key)),
                     local_retention_bytes: self
                         .tier_local_retention_bytes
                         .or(t.local_retention_bytes)
@@ -1833,22 +1834,43 @@ mod tests {
         std::fs::write(
             &path,
             "admin_key = \"from-the-file\"\nnode_id = \"n1\"\ndata = \"\"\n\
-             [tier]\nurl = \"file:///srv/tier\"\n",
+             [log]\nfsync = \"never\"\n[tier]\nurl = \"file:///srv/tier\"\n",
         )
         .unwrap();
         let c = ServeArgs {
-            config: Some(path),
+            config: Some(path.clone()),
             admin_key: Some(String::new()),
             node_id: Some(String::new()),
             tier_url: Some(String::new()),
+            log_fsync: Some(String::new()),
             ..ServeArgs::default()
         }
         .resolve()
         .unwrap();
+        assert_eq!(c.log_fsync, FsyncPolicy::Never);
         assert_eq!(c.admin_key.as_deref(), Some("from-the-file"));
         assert_eq!(c.node_id.as_deref(), Some("n1"));
         assert_eq!(c.tier.url.as_deref(), Some("file:///srv/tier"));
         assert_eq!(c.data, Config::default().data);
+        // The tier's region and keys too (an empty one overrode the file's and `AWS_*`).
+        std::fs::write(
+            &path,
+            "[tier]\nurl = \"s3://b/p\"\nregion = \"eu-west-3\"\naccess_key_id = \"AK\"\n\
+             secret_access_key = \"SK\"\n",
+        )
+        .unwrap();
+        let c = ServeArgs {
+            config: Some(path),
+            tier_region: Some(String::new()),
+            tier_access_key_id: Some(String::new()),
+            tier_secret_access_key: Some(String::new()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.tier.region.as_deref(), Some("eu-west-3"));
+        assert_eq!(c.tier.access_key_id.as_deref(), Some("AK"));
+        assert_eq!(c.tier.secret_access_key.as_deref(), Some("SK"));
     }
 
     /// CORS origins come from the file as a list, from the variable or the flag as one

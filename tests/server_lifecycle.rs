@@ -1187,7 +1187,13 @@ async fn a_shutdown_closes_websockets_with_1001() {
 #[test]
 fn a_second_signal_during_the_shutdown_exits_at_once() {
     use std::io::Write;
-    let server = Server::start(&["--shutdown-grace-secs", "60"]);
+    // A body read timeout past the test: only the grace period would end the request.
+    let server = Server::start(&[
+        "--shutdown-grace-secs",
+        "60",
+        "--limits-http-read-timeout-secs",
+        "120",
+    ]);
     let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
     slow.write_all(
         format!(
@@ -1216,11 +1222,33 @@ fn a_second_signal_during_the_shutdown_exits_at_once() {
     let exit = server.child.wait().unwrap();
     assert_eq!(exit.code(), Some(1), "{exit:?}");
     assert!(
-        started.elapsed() < Duration::from_secs(30),
+        started.elapsed() < Duration::from_secs(10),
         "waited {:?}",
         started.elapsed()
     );
     drop(slow);
+}
+
+/// Under `nohup` (SIGHUP ignored, for the server to outlive its terminal) a hangup changes
+/// nothing: the server's own handler would have taken the ignore's place.
+#[tokio::test]
+async fn a_server_under_nohup_outlives_a_hangup() {
+    let server = Server::start_nohup(&[]);
+    let pid = server.child.id().to_string();
+    for _ in 0..2 {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", pid.as_str()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let api = Api::new(&server);
+    let bob = api.user("bob").await;
+    assert!(!bob.is_empty());
+    server.stop();
 }
 
 /// Idle connections cannot take the descriptors the log needs. A connection is accepted only

@@ -1517,9 +1517,9 @@ async fn catch_up_tells_its_own_sends_by_seq() {
     let bob = api.user("bob").await;
     api.group("g", &["alice", "bob"]).await;
     api.group("h", &["alice", "bob"]).await;
-    // A backlog of 600 KB: catch-up is still paging, held back by the socket, when the
-    // session's sends are read.
-    let text = "x".repeat(1000);
+    // A backlog of 2.4 MB, past what the loopback socket's buffers take at once: catch-up is
+    // still paging when the session's sends are read.
+    let text = "x".repeat(4000);
     for i in 0..600 {
         api.send(&alice, "g", &format!("a{i}"), &text).await;
     }

@@ -261,6 +261,9 @@ pub(crate) fn local_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
 
 async fn upload_now(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.resolve()?;
+    // It opens the block cache as the server does: the same limit, the same check.
+    let open_files = crate::server::accept::raise_open_files_limit();
+    crate::server::check_cache_files(&config, open_files)?;
     let data = DataDir::new(&config.data);
     // The directory's lock before the tier: opening the tier opens the block cache the
     // running server uses.

@@ -130,7 +130,8 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// The text exposition, with `extra` gauges appended (name, help, value).
+    /// The text exposition, with `extra` values appended (name, help, value): counters when
+    /// the name ends in `_total`, gauges otherwise.
     pub(crate) fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
         let counters: [(&str, &str, &Counter); 18] = [

@@ -19,7 +19,7 @@
 //! store that does not answer costs the rest of the grace period, not more) — acknowledged
 //! writes are already durable, so a restart loses none.
 
-mod accept;
+pub(crate) mod accept;
 mod acks;
 mod applier;
 mod auth;
@@ -126,7 +126,7 @@ fn admin_key(config: &Config, data: &DataDir) -> anyhow::Result<String> {
 /// the data directory — and one just below it left the log and the connections few
 /// descriptors. Refused before anything is created when the caches would take more than half
 /// of the limit.
-fn check_cache_files(config: &Config, limit: u64) -> anyhow::Result<()> {
+pub(crate) fn check_cache_files(config: &Config, limit: u64) -> anyhow::Result<()> {
     // Blocks are 16 MiB for caches of 128 MiB and more, and at least 8 for smaller ones.
     let files = |bytes: usize| (bytes / (16 << 20)) as u64 + 8;
     let mut used = files(config.cache_conversation_disk_bytes);
@@ -880,7 +880,20 @@ fn deadline_elapsed(deadline: tokio::time::Instant, grace: std::time::Duration) 
 struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+/// Whether SIGHUP is ignored (`nohup`), as `/proc/self/status` says (its `SigIgn` mask; on a
+/// system without it, not ignored).
+fn hangup_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 != 0)
 }
 
 impl StopSignals {
@@ -889,22 +902,45 @@ impl StopSignals {
         Ok(StopSignals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
+            // Not under `nohup` (which set it ignored, for the server to outlive its
+            // terminal): a handler would take the place of that.
+            hup: if hangup_ignored() {
+                None
+            } else {
+                Some(signal(SignalKind::hangup())?)
+            },
         })
     }
 
     /// The next one, by name.
     async fn next(&mut self) -> &'static str {
+        let hup = async {
+            match &mut self.hup {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
-            _ = self.hup.recv() => "SIGHUP",
+            _ = hup => "SIGHUP",
+        }
+    }
+
+    /// The next SIGTERM or SIGINT: a hangup may come twice as a terminal closes (from the
+    /// shell, then from the kernel), which is no operator asking again.
+    async fn next_but_hangup(&mut self) -> &'static str {
+        loop {
+            match self.next().await {
+                "SIGHUP" => continue,
+                name => return name,
+            }
         }
     }
 }
 
-/// `tidings serve`: runs until SIGTERM, SIGINT or SIGHUP, then shuts down; a second one during
-/// the shutdown exits at once.
+/// `tidings serve`: runs until SIGTERM, SIGINT or SIGHUP (unless `nohup` ignores it), then
+/// shuts down; a SIGTERM or SIGINT during the shutdown exits at once.
 pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     // The handlers go in before the server says it listens: a SIGTERM sent as soon as the
     // line appears (a supervisor, a test) must shut it down cleanly, not kill it by the
@@ -927,7 +963,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         r = &mut shutdown => r,
         // The operator's second Ctrl-C: what a kill would do (every acknowledged write is in
         // the log; the next start replays what no snapshot covers).
-        name = signals.next() => {
+        name = signals.next_but_hangup() => {
             tracing::warn!("{name} during the shutdown: exiting now, without the rest of it");
             std::process::exit(1);
         }

@@ -54,6 +54,17 @@ impl Server {
         s
     }
 
+    /// A server on a fresh data directory started under `nohup` (SIGHUP ignored).
+    pub(crate) fn start_nohup(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut cmd = Command::new("nohup");
+        cmd.arg(env!("CARGO_BIN_EXE_tidings"));
+        let mut s = Server::spawn(cmd, &data, args);
+        s._dir = Some(dir);
+        s
+    }
+
     fn spawn(mut cmd: Command, data: &Path, args: &[&str]) -> Server {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut child = cmd
