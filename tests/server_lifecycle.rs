@@ -1346,12 +1346,31 @@ async fn a_stopped_log_makes_the_server_not_ready() {
         (503, Some("storage_failed")),
         "{v}"
     );
+    // The fault's words (a segment's path) are the operator's: the user, and anyone reading
+    // `/readyz` without the admin key, get an `error_id` (QA: they were told the path).
+    let no_path = |v: &Value| {
+        let m = v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        m.contains("error_id") && !m.contains(".log") && !m.contains('/')
+    };
+    assert!(no_path(&v), "{v}");
     let (status, v) = api.call("GET", "/readyz", ADMIN, None).await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (503, Some("storage_failed")),
         "{v}"
     );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(".log"),
+        "{v}"
+    );
+    let resp = reqwest::get(server.url("/readyz")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "storage_failed", "{v}");
+    assert!(no_path(&v), "{v}");
     server.kill();
 }
 

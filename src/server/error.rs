@@ -5,10 +5,25 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tidings_projections::permissions::SendDenied;
 
-/// What a user is told of an `internal` error (500): its details — file paths, offsets,
-/// checksums — are the operator's, logged here under an error id the answer names (the admin
-/// key's calls get them whole). Over HTTP by the `observe` middleware, over a WebSocket by its
-/// error frames.
+/// Whether an answer's message is the operator's (file paths, offsets, checksums, object
+/// store errors): every 500, and the 503s that carry a storage fault's words. Anyone but the
+/// admin key's caller gets [`internal_for_user`]'s words instead (the code and status stay).
+pub(crate) fn is_operators(status: StatusCode, code: &str) -> bool {
+    status == StatusCode::INTERNAL_SERVER_ERROR
+        || (status == StatusCode::SERVICE_UNAVAILABLE
+            && matches!(
+                code,
+                "storage_failed"
+                    | "cold_storage_unavailable"
+                    | "object_store_unavailable"
+                    | "history_diverged"
+                    | "fenced"
+            ))
+}
+
+/// What a user is told of an error whose details are the operator's ([`is_operators`]): they
+/// are logged here under an error id the answer names (the admin key's calls get them whole).
+/// Over HTTP by the `observe` middleware (`/readyz` too), over a WebSocket by its error frames.
 pub(crate) fn internal_for_user(detail: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -25,8 +40,8 @@ pub(crate) fn internal_for_user(detail: &str) -> String {
     let detail = &detail[..cut];
     tracing::error!(error_id = %id, error = %detail, "an internal error, answered to a user without its details");
     format!(
-        "internal error (stored data that failed its checksum, or another fault); the server's \
-         log has its details under error_id {id}"
+        "a fault of the server's storage (see the code); the server's log has its details \
+         under error_id {id}"
     )
 }
 

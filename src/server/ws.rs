@@ -324,7 +324,7 @@ fn encode<T: Serialize>(frame: &T, cbor: bool) -> Option<WsMessage> {
 
 fn error_frame(e: &ApiError, client_msg_id: Option<&str>) -> Value {
     // A session is a user's: an internal error's details stay in the server's log.
-    let message = if e.status == axum::http::StatusCode::INTERNAL_SERVER_ERROR {
+    let message = if crate::server::error::is_operators(e.status, e.code) {
         crate::server::error::internal_for_user(&e.message)
     } else {
         e.message.clone()

@@ -233,7 +233,10 @@ async fn observe(state: axum::extract::State<Arc<AppState>>, req: Request, next:
     let span = tracing::info_span!("http", %method, %route);
     let admin = crate::server::auth::is_admin_request(&state.0, req.headers());
     let mut resp = next.run(req).instrument(span.clone()).await;
-    if resp.status() == StatusCode::INTERNAL_SERVER_ERROR && !admin {
+    if !admin
+        && (resp.status() == StatusCode::INTERNAL_SERVER_ERROR
+            || resp.status() == StatusCode::SERVICE_UNAVAILABLE)
+    {
         resp = without_details(resp).instrument(span.clone()).await;
     }
     let status = resp.status().as_u16();
@@ -243,19 +246,34 @@ async fn observe(state: axum::extract::State<Arc<AppState>>, req: Request, next:
     resp
 }
 
-/// A 500 answered to anyone but the admin, its message replaced by
-/// [`internal_for_user`](crate::server::error::internal_for_user)'s (the details logged).
+/// A 500 or 503 answered to anyone but the admin, its message replaced by
+/// [`internal_for_user`](crate::server::error::internal_for_user)'s (the details logged) when
+/// it is the operator's ([`is_operators`](crate::server::error::is_operators)).
 async fn without_details(resp: Response) -> Response {
     let (parts, body) = resp.into_parts();
-    let detail = match axum::body::to_bytes(body, 1 << 20).await {
-        Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
-        Err(e) => format!("(the answer's body could not be read: {e})"),
+    let bytes = match axum::body::to_bytes(body, 1 << 20).await {
+        Ok(bytes) => bytes,
+        Err(e) => bytes::Bytes::from(format!("(the answer's body could not be read: {e})")),
     };
-    let mut redacted =
-        ApiError::internal(crate::server::error::internal_for_user(&detail)).into_response();
+    let parsed = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+    let code = parsed
+        .as_ref()
+        .and_then(|v| v["error"]["code"].as_str())
+        .unwrap_or("internal")
+        .to_owned();
+    if !crate::server::error::is_operators(parts.status, &code) {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let detail = parsed
+        .as_ref()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    let message = crate::server::error::internal_for_user(&detail);
+    let mut redacted = (
+        parts.status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response();
     for (name, value) in parts.headers.iter() {
         if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::CONTENT_TYPE {
             redacted.headers_mut().append(name.clone(), value.clone());
