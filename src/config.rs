@@ -29,6 +29,7 @@ pub(crate) struct Config {
     pub(crate) limits_max_frame_bytes: usize,
     pub(crate) limits_max_connections: usize,
     pub(crate) limits_sends_per_second: u32,
+    pub(crate) limits_new_person_channels_per_hour: u32,
     pub(crate) limits_frames_per_second: u32,
     pub(crate) limits_session_queue: usize,
     pub(crate) limits_max_uids_per_call: usize,
@@ -123,6 +124,7 @@ impl Default for Config {
             limits_max_frame_bytes: 1 << 20,
             limits_max_connections: 100_000,
             limits_sends_per_second: 200,
+            limits_new_person_channels_per_hour: 1000,
             limits_frames_per_second: 1000,
             limits_session_queue: 4096,
             limits_max_uids_per_call: 10_000,
@@ -220,6 +222,11 @@ pub(crate) struct ServeArgs {
     /// Default: 200.
     #[arg(long, env = "TIDINGS_LIMITS_SENDS_PER_SECOND")]
     limits_sends_per_second: Option<u32>,
+    /// Person channels a user may open (send the first message of) per hour: each holds a head
+    /// and cursors for good, and any uid can be named. Not counted: the admin's sends as a
+    /// user. Default: 1000.
+    #[arg(long, env = "TIDINGS_LIMITS_NEW_PERSON_CHANNELS_PER_HOUR")]
+    limits_new_person_channels_per_hour: Option<u32>,
     /// WebSocket frames other than sends (acks, reads, pings, bad frames) per second per
     /// connection, bursts of twice that; past it the server stops reading the connection for
     /// a while. Default: 1000.
@@ -401,6 +408,7 @@ struct LimitsSection {
     max_frame_bytes: Option<usize>,
     max_connections: Option<usize>,
     sends_per_second: Option<u32>,
+    new_person_channels_per_hour: Option<u32>,
     frames_per_second: Option<u32>,
     session_queue: Option<usize>,
     max_uids_per_call: Option<usize>,
@@ -573,6 +581,10 @@ impl ServeArgs {
                 .limits_sends_per_second
                 .or(file.limits.sends_per_second)
                 .unwrap_or(d.limits_sends_per_second),
+            limits_new_person_channels_per_hour: self
+                .limits_new_person_channels_per_hour
+                .or(file.limits.new_person_channels_per_hour)
+                .unwrap_or(d.limits_new_person_channels_per_hour),
             limits_frames_per_second: self
                 .limits_frames_per_second
                 .or(file.limits.frames_per_second)
@@ -1064,6 +1076,10 @@ impl Config {
     fn check_zeros(&self) -> anyhow::Result<()> {
         let zeros = [
             ("limits.sends_per_second", self.limits_sends_per_second == 0),
+            (
+                "limits.new_person_channels_per_hour",
+                self.limits_new_person_channels_per_hour == 0,
+            ),
             (
                 "limits.frames_per_second",
                 self.limits_frames_per_second == 0,

@@ -1094,6 +1094,8 @@ async fn verify_on_a_running_server_writing_snapshots_finds_nothing_wrong() {
         "1",
         "--limits-sends-per-second",
         "100000",
+        "--limits-new-person-channels-per-hour",
+        "100000",
     ]);
     let api = Api::new(&server);
     api.group("g", &["alice", "bob"]).await;

@@ -2161,6 +2161,58 @@ async fn a_rate_limited_send_says_when_to_retry() {
     assert_eq!(v["error"]["code"], "rate_limited", "{v}");
 }
 
+/// A user opens at most `limits.new_person_channels_per_hour` person channels an hour (each
+/// holds a head and cursors for good, and any uid may be named: sends to made-up uids grew
+/// the server's memory without end — security QA): past it, 429 `too_many_new_chats` with
+/// `Retry-After` (over a WebSocket, an error frame with the send's `client_msg_id`), while the
+/// channels already open, groups, other users and the admin's sends on their behalf go on.
+#[tokio::test]
+async fn a_user_opens_so_many_person_channels_an_hour() {
+    let server = Server::start(&["--limits-new-person-channels-per-hour", "3"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    for to in ["a1", "a2", "a3"] {
+        api.send(&alice, &format!("@{to}"), &format!("to-{to}"), "hi")
+            .await;
+    }
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(server.url("/v1/messages"))
+        .bearer_auth(&alice)
+        .json(&json!({"channel": "@a4", "client_msg_id": "to-a4", "payload": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3500..=3600).contains(&wait), "{wait}");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "too_many_new_chats", "{v}");
+    // Over a WebSocket too.
+    let mut ws = Ws::connect(&server, &alice, "?catch_up=false").await;
+    ws.send(json!({"type": "send", "client_msg_id": "to-a5", "channel": "@a5", "payload": 1}))
+        .await;
+    let e = ws.next_of("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["client_msg_id"].as_str()),
+        (Some("too_many_new_chats"), Some("to-a5")),
+        "{e}"
+    );
+    // What is open goes on; so do groups, another user, and the admin as alice.
+    assert_eq!(api.send(&alice, "@a1", "again", "hi").await["seq"], 2);
+    assert_eq!(api.send(&alice, "g", "grp", "hi").await["seq"], 1);
+    assert_eq!(api.send(&bob, "@a4", "bob-a4", "hi").await["seq"], 1);
+    let by_admin =
+        json!({"channel": "p:a6:alice", "from": "alice", "client_msg_id": "adm", "payload": 1});
+    api.ok("POST", "/v1/messages", ADMIN, Some(by_admin)).await;
+}
+
 /// A recall by the admin is `"by": ":admin"`, which no user id can be (`:` is in none): it was
 /// `"admin"`, a valid uid, so a recall by the user `admin` looked the same. A recalled
 /// message in catch-up is a `message` frame with `"recalled": true` and no payload.

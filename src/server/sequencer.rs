@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use tidings_projections::idempotency::SentRef;
+use tidings_projections::ids::is_person_channel;
 use tidings_projections::permissions::check_send;
 use tidings_projections::{Envelope, Event, FastMap, State};
 use tokio::sync::watch;
@@ -88,6 +89,8 @@ pub(crate) struct Sequencer {
     /// The same for single tokens revoked (by hash): sends made with them are refused, the
     /// user's other tokens' are not.
     revoking_tokens: FastMap<Bytes, u32>,
+    /// The person channels each user opened this hour (`limits.new_person_channels_per_hour`).
+    new_chats: crate::server::limits::NewChats,
 }
 
 impl Sequencer {
@@ -298,7 +301,7 @@ pub(crate) async fn send_batch_for_session(
                     r.answer(result);
                 }
             };
-            match prepare_locked(state, &seq, &mut chunk, started, req, &mut slot) {
+            match prepare_locked(state, &mut seq, &mut chunk, started, req, &mut slot) {
                 // The applier answers it (or `enqueue_chunk`, if the append fails).
                 Ok(Prepared::Registered(_)) => {}
                 // The original may be another session's (another device's): not told.
@@ -376,7 +379,7 @@ async fn start(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Prepared> {
     // queue is full: that is backpressure, not the budget.
     tokio::task::coop::unconstrained(async {
         let mut chunk = Chunk::default();
-        let prepared = prepare_locked(state, &seq, &mut chunk, started, req, &mut None)?;
+        let prepared = prepare_locked(state, &mut seq, &mut chunk, started, req, &mut None)?;
         if let Prepared::Registered(_) = prepared {
             enqueue_chunk(state, &mut seq, &mut chunk, &mut |_, _| {}).await?;
         }
@@ -391,7 +394,7 @@ async fn start(state: &Arc<AppState>, req: SendRequest) -> ApiResult<Prepared> {
 /// chunk is enqueued.
 fn prepare_locked(
     state: &Arc<AppState>,
-    seq: &Sequencer,
+    seq: &mut Sequencer,
     chunk: &mut Chunk,
     started: Instant,
     req: SendRequest,
@@ -453,6 +456,22 @@ fn prepare_locked(
         .unwrap_or(0)
         .max(last_seq)
         + 1;
+    // A user's first message in a person channel opens it, for good: so many an hour.
+    if channel_seq == 1 && !req.by_admin && is_person_channel(&req.channel) {
+        let per_hour = state.config.limits_new_person_channels_per_hour;
+        if let Err(wait) = seq.new_chats.take(&req.from, per_hour, started) {
+            state.metrics.rate_limited.inc();
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_new_chats",
+                format!(
+                    "more than {per_hour} new person channels in an hour \
+                     (limits.new_person_channels_per_hour); messages to ones already open go on"
+                ),
+            )
+            .with_retry_after(wait));
+        }
+    }
     // Message ids start at 1 (0 is never a message).
     let message_id = chunk
         .next_message_id
