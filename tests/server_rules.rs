@@ -2199,6 +2199,10 @@ async fn a_user_opens_so_many_person_channels_an_hour() {
     ws.send(json!({"type": "send", "client_msg_id": "to-a5", "channel": "@a5", "payload": 1}))
         .await;
     let e = ws.next_of("error").await;
+    assert!(
+        (3500..=3600).contains(&e["retry_after"].as_u64().unwrap()),
+        "{e}"
+    );
     assert_eq!(
         (e["code"].as_str(), e["client_msg_id"].as_str()),
         (Some("too_many_new_chats"), Some("to-a5")),

@@ -73,6 +73,10 @@ impl ApiError {
         self.retry_after_secs = Some(secs.max(1));
         self
     }
+    /// The whole seconds of its `Retry-After`, if it has one.
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        self.retry_after_secs
+    }
     pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }

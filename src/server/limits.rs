@@ -167,6 +167,28 @@ impl Buckets {
 mod tests {
     use super::*;
 
+    /// A user's hour: `per_hour` new channels, then the wait until it ends; a fresh hour after
+    /// it. Users whose hour ended are forgotten only when a new user would pass the sweep mark.
+    #[test]
+    fn new_chats_per_user_per_hour() {
+        let mut n = NewChats::default();
+        let t0 = Instant::now();
+        assert!(n.take("a", 2, t0).is_ok());
+        assert!(n.take("a", 2, t0).is_ok());
+        let wait = n.take("a", 2, t0 + Duration::from_secs(600)).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(3000));
+        assert!(n.take("b", 2, t0).is_ok(), "another user's own hour");
+        assert!(n.take("a", 2, t0 + HOUR).is_ok(), "a fresh hour");
+        // The sweep: a map at the mark forgets the users whose hour ended, once.
+        let mut n = NewChats::default();
+        for i in 0..SWEEP_FLOOR {
+            assert!(n.take(&format!("u{i}"), 1, t0).is_ok());
+        }
+        assert!(n.take("late", 1, t0 + HOUR).is_ok());
+        assert_eq!(n.hours.len(), 1, "the ended hours forgotten");
+        assert_eq!(n.sweep_at, SWEEP_FLOOR);
+    }
+
     #[test]
     fn bursts_then_refills() {
         let t0 = Instant::now();
@@ -246,6 +268,9 @@ mod tests {
 pub(crate) struct NewChats {
     /// By user: when their hour began, and how many they opened in it.
     hours: HashMap<String, (Instant, u32)>,
+    /// Forget users whose hour ended once a new one would make the map this large (then twice
+    /// what is left, at least [`SWEEP_FLOOR`]): not a sweep of every entry at every call.
+    sweep_at: usize,
 }
 
 /// An hour of [`NewChats`].
@@ -255,9 +280,10 @@ impl NewChats {
     /// Counts a new person channel of `uid` against `per_hour`; `Err(wait)` when their hour's
     /// allowance is spent (`wait`: until it ends).
     pub(crate) fn take(&mut self, uid: &str, per_hour: u32, now: Instant) -> Result<(), Duration> {
-        if self.hours.len() >= SWEEP_FLOOR {
+        if !self.hours.contains_key(uid) && self.hours.len() >= self.sweep_at.max(SWEEP_FLOOR) {
             self.hours
                 .retain(|_, (began, _)| now.duration_since(*began) < HOUR);
+            self.sweep_at = (self.hours.len() * 2).max(SWEEP_FLOOR);
         }
         let (began, count) = self.hours.entry(uid.to_owned()).or_insert((now, 0));
         if now.duration_since(*began) >= HOUR {

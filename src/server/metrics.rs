@@ -97,6 +97,8 @@ pub(crate) struct Metrics {
     pub(crate) cursor_events: Counter,
     pub(crate) acks_received: Counter,
     pub(crate) rate_limited: Counter,
+    /// Sends refused as opening more person channels than `limits.new_person_channels_per_hour`.
+    pub(crate) new_chats_refused: Counter,
     pub(crate) snapshots: Counter,
     /// Message index sidecars deleted after the retention let them go (`mod.rs`).
     pub(crate) sidecars_removed: Counter,
@@ -134,7 +136,7 @@ impl Metrics {
     /// the name ends in `_total`, gauges otherwise.
     pub(crate) fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 18] = [
+        let counters: [(&str, &str, &Counter); 19] = [
             (
                 "tidings_sends_total",
                 "Messages accepted and durable.",
@@ -179,6 +181,11 @@ impl Metrics {
                 "tidings_rate_limited_total",
                 "Sends refused by a rate limit.",
                 &self.rate_limited,
+            ),
+            (
+                "tidings_new_chats_refused_total",
+                "Sends refused as opening more person channels in an hour than limits.new_person_channels_per_hour.",
+                &self.new_chats_refused,
             ),
             (
                 "tidings_snapshots_total",

@@ -460,7 +460,7 @@ fn prepare_locked(
     if channel_seq == 1 && !req.by_admin && is_person_channel(&req.channel) {
         let per_hour = state.config.limits_new_person_channels_per_hour;
         if let Err(wait) = seq.new_chats.take(&req.from, per_hour, started) {
-            state.metrics.rate_limited.inc();
+            state.metrics.new_chats_refused.inc();
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_new_chats",

@@ -330,6 +330,10 @@ fn error_frame(e: &ApiError, client_msg_id: Option<&str>) -> Value {
         e.message.clone()
     };
     let mut v = json!({"type": "error", "code": e.code, "message": message});
+    // When to try again, as HTTP's `Retry-After` says it (whole seconds).
+    if let (Some(secs), Some(o)) = (e.retry_after(), v.as_object_mut()) {
+        o.insert("retry_after".into(), json!(secs));
+    }
     // An id no send may carry (over 128 bytes) is not echoed: a frame's worth of it would go
     // back to the client.
     let client_msg_id = client_msg_id.filter(|id| id.len() <= MAX_CLIENT_MSG_ID);

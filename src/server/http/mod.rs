@@ -262,6 +262,9 @@ async fn without_details(resp: Response) -> Response {
         .unwrap_or("internal")
         .to_owned();
     if !crate::server::error::is_operators(parts.status, &code) {
+        let mut parts = parts;
+        // The body as read (the original's, or the words of a failure to read it).
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
         return Response::from_parts(parts, axum::body::Body::from(bytes));
     }
     let detail = parsed
