@@ -1,5 +1,6 @@
-//! Rate limits: a token bucket of `rate` tokens per second holding up to twice that, and the
-//! send buckets of users ([`UserRates`]): one per user, whatever carries their sends.
+//! Rate limits: a token bucket of `rate` tokens per second holding up to twice that, the
+//! send buckets of users ([`UserRates`]): one per user, whatever carries their sends, and the
+//! person channels each user opened this hour ([`NewChats`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
