@@ -64,15 +64,16 @@ pub(crate) struct Authenticated {
     pub(crate) token_hash: Option<Bytes>,
 }
 
-/// Whether a presented key is the admin key, in a time that tells nothing of either: their
-/// SHA-256s are compared, every byte (a comparison of the keys themselves returned at once
-/// when the lengths differed, telling the key's length).
-fn ct_eq(a: &str, b: &str) -> bool {
-    use tidings_projections::tokens::token_hash;
-    let (a, b) = (token_hash(a), token_hash(b));
-    a.len() == b.len()
-        && a.iter()
-            .zip(b.iter())
+/// Whether a presented key, by its SHA-256 (`token_hash`), is the admin key, in a time that
+/// tells nothing of either: the digests are compared, every byte, against the admin key's
+/// computed once at start (a comparison of the keys themselves returned at once when the
+/// lengths differed, telling the key's length).
+fn is_admin_hash(state: &AppState, hash: &[u8]) -> bool {
+    let admin = &state.admin_key_hash;
+    hash.len() == admin.len()
+        && hash
+            .iter()
+            .zip(admin.iter())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
 }
@@ -110,13 +111,14 @@ pub(crate) fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<A
     let token = token
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
-    if ct_eq(token, &state.admin_key) {
+    // One digest: the admin key's comparison and a user token's lookup both take it.
+    let hash = token_hash(token);
+    if is_admin_hash(state, &hash) {
         return Ok(Authenticated {
             caller: Caller::Admin,
             token_hash: None,
         });
     }
-    let hash = token_hash(token);
     let now = now_ms();
     let uid = {
         let p = state.proj();
@@ -137,7 +139,7 @@ pub(crate) fn is_admin_request(state: &AppState, headers: &axum::http::HeaderMap
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .is_some_and(|t| ct_eq(t.trim(), &state.admin_key))
+        .is_some_and(|t| is_admin_hash(state, &token_hash(t.trim())))
 }
 
 /// The bearer token of a request, from the `Authorization` header.

@@ -1,5 +1,6 @@
 //! The state every handler shares.
 
+use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -69,7 +70,9 @@ pub(crate) struct AppState {
     pub(crate) conv_cache: ConversationCache,
     pub(crate) samples: PushSamples,
     pub(crate) metrics: Metrics,
-    pub(crate) admin_key: String,
+    /// The admin key's SHA-256, which presented keys are compared against
+    /// (`auth::is_admin_hash`); the key itself is not kept.
+    pub(crate) admin_key_hash: Bytes,
     /// Cancelled at shutdown: WebSocket sessions close with "going away".
     pub(crate) sessions_stop: CancellationToken,
     /// Every WebSocket session and the tasks it spawns, waited for at shutdown.
@@ -154,7 +157,7 @@ impl AppState {
             conv_cache,
             samples,
             metrics: Metrics::default(),
-            admin_key,
+            admin_key_hash: tidings_projections::tokens::token_hash(&admin_key),
             sessions_stop: CancellationToken::new(),
             ws_tasks: TaskTracker::new(),
             send_tasks: TaskTracker::new(),
