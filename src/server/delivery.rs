@@ -116,7 +116,7 @@ pub(crate) const TOKEN_REVOKED: CloseReason = CloseReason {
     code: 4001,
     reason: "token_revoked",
 };
-/// The session's token reached its expiry (`ws.rs` keeps a timer for it).
+/// The session's token reached its expiry (`ws/mod.rs` keeps a timer for it).
 pub(crate) const TOKEN_EXPIRED: CloseReason = CloseReason {
     code: 4001,
     reason: "token_expired",
@@ -225,7 +225,7 @@ impl Session {
     /// plan of every channel of the user per round, not a push). Its next round's
     /// plan then holds everything applied before it, and whatever is pushed after is queued: a
     /// round that planned all there was ([`Session::go_live_if_queueing`]) goes live; messages
-    /// both planned and queued are skipped once live (by seq, `ws.rs`).
+    /// both planned and queued are skipped once live (by seq, `ws/mod.rs`).
     pub(crate) fn queue_from_now(&self) {
         self.phase
             .lock()
