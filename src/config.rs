@@ -29,6 +29,7 @@ pub(crate) struct Config {
     pub(crate) limits_max_frame_bytes: usize,
     pub(crate) limits_max_connections: usize,
     pub(crate) limits_sends_per_second: u32,
+    pub(crate) limits_send_bytes_per_second: u64,
     pub(crate) limits_new_person_channels_per_hour: u32,
     pub(crate) limits_frames_per_second: u32,
     pub(crate) limits_session_queue: usize,
@@ -124,6 +125,7 @@ impl Default for Config {
             limits_max_frame_bytes: 1 << 20,
             limits_max_connections: 100_000,
             limits_sends_per_second: 200,
+            limits_send_bytes_per_second: 1 << 20,
             limits_new_person_channels_per_hour: 1000,
             limits_frames_per_second: 1000,
             limits_session_queue: 4096,
@@ -222,6 +224,10 @@ pub(crate) struct ServeArgs {
     /// Default: 200.
     #[arg(long, env = "TIDINGS_LIMITS_SENDS_PER_SECOND")]
     limits_sends_per_second: Option<u32>,
+    /// Payload bytes per second per user (sends and edits), counted as sends are; bursts of
+    /// twice that, and at least one largest payload. Default: 1048576.
+    #[arg(long, env = "TIDINGS_LIMITS_SEND_BYTES_PER_SECOND")]
+    limits_send_bytes_per_second: Option<u64>,
     /// Person channels a user may open (send the first message of) per hour: each holds a head
     /// and cursors for good, and any uid can be named. Not counted: the admin's sends as a
     /// user. Default: 1000.
@@ -408,6 +414,7 @@ struct LimitsSection {
     max_frame_bytes: Option<usize>,
     max_connections: Option<usize>,
     sends_per_second: Option<u32>,
+    send_bytes_per_second: Option<u64>,
     new_person_channels_per_hour: Option<u32>,
     frames_per_second: Option<u32>,
     session_queue: Option<usize>,
@@ -581,6 +588,10 @@ impl ServeArgs {
                 .limits_sends_per_second
                 .or(file.limits.sends_per_second)
                 .unwrap_or(d.limits_sends_per_second),
+            limits_send_bytes_per_second: self
+                .limits_send_bytes_per_second
+                .or(file.limits.send_bytes_per_second)
+                .unwrap_or(d.limits_send_bytes_per_second),
             limits_new_person_channels_per_hour: self
                 .limits_new_person_channels_per_hour
                 .or(file.limits.new_person_channels_per_hour)
@@ -1076,6 +1087,10 @@ impl Config {
     fn check_zeros(&self) -> anyhow::Result<()> {
         let zeros = [
             ("limits.sends_per_second", self.limits_sends_per_second == 0),
+            (
+                "limits.send_bytes_per_second",
+                self.limits_send_bytes_per_second == 0,
+            ),
             (
                 "limits.new_person_channels_per_hour",
                 self.limits_new_person_channels_per_hour == 0,

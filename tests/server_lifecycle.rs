@@ -827,6 +827,8 @@ async fn a_slow_consumer_is_closed_and_resumes_on_reconnect() {
         "4",
         "--limits-sends-per-second",
         "100000",
+        "--limits-send-bytes-per-second",
+        "1000000000",
     ]);
     let api = Api::new(&server);
     api.group("g", &["alice", "bob"]).await;

@@ -1371,7 +1371,7 @@ async fn json_payloads_come_back_exactly_as_sent() {
 /// first.
 #[tokio::test]
 async fn a_page_of_large_messages_stops_at_its_byte_budget() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--limits-send-bytes-per-second", "1000000000"]);
     let api = Api::new(&server);
     let alice = api.user("alice").await;
     let bob = api.user("bob").await;
@@ -1511,7 +1511,12 @@ async fn a_session_catching_up_does_not_get_its_own_send_back() {
 /// in the same one (a retry, answered as its duplicate: the message still comes).
 #[tokio::test]
 async fn catch_up_tells_its_own_sends_by_seq() {
-    let server = Server::start(&["--limits-sends-per-second", "100000"]);
+    let server = Server::start(&[
+        "--limits-sends-per-second",
+        "100000",
+        "--limits-send-bytes-per-second",
+        "1000000000",
+    ]);
     let api = Api::new(&server);
     let alice = api.user("alice").await;
     let bob = api.user("bob").await;

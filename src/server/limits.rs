@@ -1,6 +1,7 @@
 //! Rate limits: a token bucket of `rate` tokens per second holding up to twice that, the
-//! send buckets of users ([`UserRates`]): one per user, whatever carries their sends, and the
-//! person channels each user opened this hour ([`NewChats`]).
+//! send buckets of users ([`UserRates`]): one per user, whatever carries their sends — a token
+//! per send and one per payload byte, taken together or not at all — and the person channels
+//! each user opened this hour ([`NewChats`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,10 +21,17 @@ pub(crate) struct TokenBucket {
 impl TokenBucket {
     pub(crate) fn new(rate_per_sec: u32) -> Self {
         let rate = f64::from(rate_per_sec.max(1));
+        Self::with_burst(rate, rate * 2.0)
+    }
+
+    /// `rate` tokens a second (at least 1), holding up to `burst` (at least the rate); full.
+    fn with_burst(rate: f64, burst: f64) -> Self {
+        let rate = rate.max(1.0);
+        let burst = burst.max(rate);
         Self {
             rate,
-            burst: rate * 2.0,
-            tokens: rate * 2.0,
+            burst,
+            tokens: burst,
             last: Instant::now(),
         }
     }
@@ -47,8 +55,14 @@ impl TokenBucket {
 
     /// How long until a token is there (`None`: there is one now). Takes nothing.
     pub(crate) fn wait(&mut self, now: Instant) -> Option<Duration> {
+        self.wait_for(now, 1.0)
+    }
+
+    /// How long until `n` tokens are there (`None`: they are now). Takes nothing. `n` past the
+    /// burst is never there: callers keep the burst at least the largest `n` they ask for.
+    fn wait_for(&mut self, now: Instant, n: f64) -> Option<Duration> {
         self.refill(now);
-        (self.tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        (self.tokens < n).then(|| Duration::from_secs_f64((n - self.tokens) / self.rate))
     }
 
     pub(crate) fn is_full(&mut self, now: Instant) -> bool {
@@ -59,32 +73,74 @@ impl TokenBucket {
 
 /// One user's send bucket: every send of theirs, over any of their WebSocket sessions or over
 /// HTTP, takes a token from it (a bucket per connection let a user with
-/// `limits.sessions_per_user` sessions send that many times the limit). A session holds its
-/// handle for its life, so its sends take this bucket's lock only — shared with the user's own
-/// other connections, not with every send on the server.
+/// `limits.sessions_per_user` sessions send that many times the limit), and one byte token per
+/// byte of its payload from the bucket beside it. A session holds its handle for its life, so
+/// its sends take this bucket's lock only — shared with the user's own other connections, not
+/// with every send on the server.
 #[derive(Debug, Clone)]
-pub(crate) struct UserBucket(Arc<Mutex<TokenBucket>>);
+pub(crate) struct UserBucket(Arc<Mutex<Pair>>);
+
+/// A user's two buckets: sends, and payload bytes.
+#[derive(Debug)]
+struct Pair {
+    sends: TokenBucket,
+    bytes: TokenBucket,
+}
+
+/// Which of a user's limits a refused send ran into, and how long until it would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limited {
+    /// Sends a second.
+    Sends(Duration),
+    /// Payload bytes a second.
+    Bytes(Duration),
+}
+
+/// The rates of a user's buckets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SendRates {
+    /// Sends a second (bursts of twice that).
+    pub(crate) sends: u32,
+    /// Payload bytes a second (bursts of twice that, and at least `max_payload`).
+    pub(crate) bytes: u64,
+    /// The largest payload: a full bucket always holds one.
+    pub(crate) max_payload: usize,
+}
 
 impl UserBucket {
-    fn new(rate_per_sec: u32) -> Self {
-        Self(Arc::new(Mutex::new(TokenBucket::new(rate_per_sec))))
+    fn new(rates: SendRates) -> Self {
+        let bytes = rates.bytes as f64;
+        let burst = (bytes * 2.0).max(rates.max_payload as f64);
+        Self(Arc::new(Mutex::new(Pair {
+            sends: TokenBucket::new(rates.sends),
+            bytes: TokenBucket::with_burst(bytes, burst),
+        })))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pair> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a send's token, or says how long until one is back. The clock is read under the
-    /// lock, so the connections sharing the bucket take in the order of their times (an older
-    /// time after a newer one would move the bucket's clock back and count the time between
-    /// twice).
-    pub(crate) fn take(&self) -> Result<(), Duration> {
-        let mut bucket = self.lock();
+    /// Takes a send's token and `bytes` byte tokens — both, or neither — or says which limit
+    /// holds the send back and for how long (the longer wait, when both do). The clock is
+    /// read under the lock, so the connections sharing the bucket take in the order of their
+    /// times (an older time after a newer one would move the bucket's clock back and count the
+    /// time between twice).
+    pub(crate) fn take(&self, bytes: usize) -> Result<(), Limited> {
+        let mut pair = self.lock();
         let now = Instant::now();
-        if bucket.take(now) {
-            Ok(())
-        } else {
-            Err(bucket.wait(now).unwrap_or_default())
+        let n = bytes as f64;
+        let by_sends = pair.sends.wait(now);
+        let by_bytes = pair.bytes.wait_for(now, n);
+        match (by_sends, by_bytes) {
+            (None, None) => {
+                pair.sends.tokens -= 1.0;
+                pair.bytes.tokens -= n;
+                Ok(())
+            }
+            (Some(s), Some(b)) if b > s => Err(Limited::Bytes(b)),
+            (Some(s), _) => Err(Limited::Sends(s)),
+            (None, Some(b)) => Err(Limited::Bytes(b)),
         }
     }
 
@@ -100,7 +156,7 @@ impl UserBucket {
 /// and keeps it; an HTTP send takes it per request.
 #[derive(Debug)]
 pub(crate) struct UserRates {
-    rate: u32,
+    rates: SendRates,
     /// The fewest users held before idle buckets are forgotten.
     floor: usize,
     buckets: Mutex<Buckets>,
@@ -116,14 +172,14 @@ struct Buckets {
 }
 
 impl UserRates {
-    /// Buckets of `rate_per_sec` sends a second (bursts of twice that).
-    pub(crate) fn new(rate_per_sec: u32) -> Self {
-        Self::with_floor(rate_per_sec, SWEEP_FLOOR)
+    /// Buckets of these rates.
+    pub(crate) fn new(rates: SendRates) -> Self {
+        Self::with_floor(rates, SWEEP_FLOOR)
     }
 
-    fn with_floor(rate_per_sec: u32, floor: usize) -> Self {
+    fn with_floor(rates: SendRates, floor: usize) -> Self {
         Self {
-            rate: rate_per_sec,
+            rates,
             floor,
             buckets: Mutex::new(Buckets {
                 by_user: HashMap::new(),
@@ -142,7 +198,7 @@ impl UserRates {
             m.forget_idle(Instant::now());
             m.sweep_at = m.by_user.len().saturating_mul(2).max(self.floor);
         }
-        let b = UserBucket::new(self.rate);
+        let b = UserBucket::new(self.rates);
         m.by_user.insert(uid.to_owned(), b.clone());
         b
     }
@@ -164,9 +220,68 @@ impl Buckets {
     }
 }
 
+impl Pair {
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.sends.is_full(now) && self.bytes.is_full(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rates of `n` sends a second, with bytes to spare.
+    fn sends(n: u32) -> SendRates {
+        SendRates {
+            sends: n,
+            bytes: 1 << 30,
+            max_payload: 1 << 16,
+        }
+    }
+
+    /// Payload bytes are a limit of their own beside sends, taken with the send or not at all:
+    /// a burst of twice the byte rate, but never less than one largest payload.
+    #[test]
+    fn payload_bytes_are_limited_beside_sends() {
+        let rates = UserRates::new(SendRates {
+            sends: 1000,
+            bytes: 1000,
+            max_payload: 1500,
+        });
+        let b = rates.bucket("alice");
+        assert!(
+            b.take(1500).is_ok(),
+            "the largest payload fits a full bucket"
+        );
+        // 500 bytes left of the 2,000 burst.
+        let Err(Limited::Bytes(wait)) = b.take(1000) else {
+            panic!("past the byte burst")
+        };
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert!(b.take(400).is_ok(), "a smaller payload still fits");
+        // A refused send took nothing: its send token is still there for the next.
+        let before = b.lock().sends.tokens;
+        assert!(b.take(1000).is_err());
+        assert!(
+            (b.lock().sends.tokens - before).abs() < 1.0,
+            "no send token taken"
+        );
+        // A byte rate below half the largest payload: the burst is one largest payload.
+        let small = UserRates::new(SendRates {
+            sends: 10,
+            bytes: 1,
+            max_payload: 1500,
+        });
+        assert!(small.bucket("bob").take(1500).is_ok());
+        // Sends run out on their own too (20 with no payload).
+        let s = small.bucket("carol");
+        let taken = (0..30).filter(|_| s.take(0).is_ok()).count();
+        assert_eq!(taken, 20);
+        assert!(matches!(s.take(0), Err(Limited::Sends(_))));
+    }
 
     /// A user's hour: `per_hour` new channels, then the wait until it ends; a fresh hour after
     /// it. Users whose hour ended are forgotten only when a new user would pass the sweep mark.
@@ -219,32 +334,34 @@ mod tests {
 
     #[test]
     fn connections_of_one_user_share_a_bucket() {
-        let rates = UserRates::new(1);
+        let rates = UserRates::new(sends(1));
         let (phone, laptop) = (rates.bucket("alice"), rates.bucket("alice"));
         let http = || rates.bucket("alice");
         let taken = (0..20)
             .filter(|i| match i % 3 {
-                0 => phone.take().is_ok(),
-                1 => laptop.take().is_ok(),
-                _ => http().take().is_ok(),
+                0 => phone.take(0).is_ok(),
+                1 => laptop.take(0).is_ok(),
+                _ => http().take(0).is_ok(),
             })
             .count();
         assert_eq!(taken, 2, "one burst of twice the rate for the user");
-        let wait = laptop.take().unwrap_err();
+        let Err(Limited::Sends(wait)) = laptop.take(0) else {
+            panic!("past the burst")
+        };
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_secs(1),
             "{wait:?}"
         );
-        assert!(rates.bucket("bob").take().is_ok(), "per user");
+        assert!(rates.bucket("bob").take(0).is_ok(), "per user");
     }
 
     #[test]
     fn idle_buckets_are_forgotten_and_held_ones_kept() {
-        let rates = UserRates::with_floor(1, 3);
+        let rates = UserRates::with_floor(sends(1), 3);
         let held = rates.bucket("held");
-        while held.take().is_ok() {}
+        while held.take(0).is_ok() {}
         // Not full, though no connection holds it: forgotten, it would come back full.
-        assert!(rates.bucket("spent").take().is_ok());
+        assert!(rates.bucket("spent").take(0).is_ok());
         drop(rates.bucket("idle"));
         assert_eq!(rates.users(), 3);
         // A fourth user finds three: the idle one goes, the others stay.
@@ -252,7 +369,7 @@ mod tests {
         assert_eq!(rates.users(), 3);
         let again = rates.bucket("held");
         assert!(Arc::ptr_eq(&again.0, &held.0), "not a fresh one");
-        assert!(again.take().is_err(), "still empty");
+        assert!(again.take(0).is_err(), "still empty");
         // Once no session holds it and it has refilled, it is forgotten too.
         drop((held, again));
         let later = Instant::now() + Duration::from_secs(10);

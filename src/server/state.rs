@@ -22,7 +22,7 @@ use crate::server::acks::Acks;
 use crate::server::completions::{self, Completions};
 use crate::server::delivery::{Delivery, Frame, Pushed};
 use crate::server::error::{ApiError, ApiResult};
-use crate::server::limits::{UserBucket, UserRates};
+use crate::server::limits::{Limited, SendRates, UserBucket, UserRates};
 use crate::server::metrics::Metrics;
 use crate::server::purger::SnapshotWrites;
 use crate::server::read_notices::ReadNotices;
@@ -140,7 +140,11 @@ impl AppState {
         let sockets = std::sync::Arc::new(Semaphore::new(budget));
         let http_headroom = crate::server::accept::http_headroom(budget);
         let next_applied = *applied.borrow();
-        let user_rates = UserRates::new(config.limits_sends_per_second);
+        let user_rates = UserRates::new(SendRates {
+            sends: config.limits_sends_per_second,
+            bytes: config.limits_send_bytes_per_second,
+            max_payload: config.limits_max_payload_bytes,
+        });
         let data = DataDir::new(&config.data);
         let untiered_expiring = data.tier_marker().is_none();
         let trimmed = AtomicBool::new(data.trimmed_marker().exists());
@@ -495,25 +499,38 @@ impl AppState {
         Ok(ack.base_offset)
     }
 
-    /// Charges one send over HTTP to `uid`'s send limit (a WebSocket session holds its user's
-    /// bucket: [`AppState::charge_send`]).
-    pub(crate) fn charge_user_send(&self, uid: &str) -> ApiResult<()> {
-        self.charge_send(&self.user_rates.bucket(uid))
+    /// Charges one send over HTTP, with `bytes` of payload, to `uid`'s send limits (a
+    /// WebSocket session holds its user's bucket: [`AppState::charge_send`]).
+    pub(crate) fn charge_user_send(&self, uid: &str, bytes: usize) -> ApiResult<()> {
+        self.charge_send(&self.user_rates.bucket(uid), bytes)
     }
 
-    /// Charges one send to its user's bucket, which all of their connections share: 429
-    /// `rate_limited` when it is empty.
-    pub(crate) fn charge_send(&self, bucket: &UserBucket) -> ApiResult<()> {
-        bucket.take().map_err(|wait| {
+    /// Charges one send with `bytes` of payload (0: a recall, or a retry answered as its
+    /// duplicate) to its user's buckets, which all of their connections share: 429
+    /// `rate_limited` when either holds too little, with the time until both would do.
+    pub(crate) fn charge_send(&self, bucket: &UserBucket, bytes: usize) -> ApiResult<()> {
+        bucket.take(bytes).map_err(|limited| {
             self.metrics.rate_limited.inc();
-            let rate = self.config.limits_sends_per_second;
-            // `wait`: when the bucket holds a send again (under a second at any rate).
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("more than {rate} sends per second by this user"),
-            )
-            .with_retry_after(wait)
+            let (message, wait) = match limited {
+                Limited::Sends(wait) => {
+                    let rate = self.config.limits_sends_per_second;
+                    (
+                        format!("more than {rate} sends per second by this user"),
+                        wait,
+                    )
+                }
+                Limited::Bytes(wait) => {
+                    let rate = self.config.limits_send_bytes_per_second;
+                    let m = format!(
+                        "more than {rate} payload bytes per second by this user \
+                         (limits.send_bytes_per_second)"
+                    );
+                    (m, wait)
+                }
+            };
+            // `wait`: when the buckets hold this send (a payload's wait may pass a second).
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+                .with_retry_after(wait)
         })
     }
 

@@ -59,6 +59,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(dir.path().join("data"))
             .args(["--limits-sends-per-second", "10000000"])
+            .args(["--limits-send-bytes-per-second", "100000000000"])
             .args(["--limits-max-connections", "1000000"])
             // `idle` connects 100 sessions per user.
             .args(["--limits-sessions-per-user", "1000"])

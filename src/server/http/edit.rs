@@ -129,7 +129,7 @@ pub(crate) async fn edit_message(
         return Err(recalled(seq));
     }
     if let Caller::User(me) = caller {
-        state.charge_user_send(me)?;
+        state.charge_user_send(me, payload.len())?;
     }
     let event = Event::MessageEdited {
         channel: channel.clone(),

@@ -193,9 +193,10 @@ pub(crate) async fn post_message(
             let Some(sent) = stored_retry(&state, &e, &from, &channel, &body.client_msg_id) else {
                 return Err(e);
             };
-            // Charged as a duplicate answered by the sequencer is.
+            // Charged as a duplicate answered by the sequencer is, but for its payload, which
+            // is not read (nor written).
             if !by_admin {
-                state.charge_user_send(&from)?;
+                state.charge_user_send(&from, 0)?;
             }
             return Ok(created(&caller, sent));
         }
@@ -203,7 +204,7 @@ pub(crate) async fn post_message(
     // Not the admin's sends as a user: an app server sending on many users' behalf is not held
     // to one user's limit (the README says so).
     if !by_admin {
-        state.charge_user_send(&from)?;
+        state.charge_user_send(&from, payload.len())?;
     }
     let sent = sequencer::send(
         &state,
@@ -577,7 +578,7 @@ pub(crate) async fn recall_message(
         // A write to the log, as a send is (a recall of a recalled message writes nothing).
         // Until 2026-11-30 recalls were not limited.
         if let Caller::User(me) = caller {
-            state.charge_user_send(me)?;
+            state.charge_user_send(me, 0)?;
         }
         // Checked again under the lock that orders such changes: a racing recall of the same
         // message already written makes this one nothing to write.

@@ -637,8 +637,12 @@ impl Ctx {
                         Ok(())
                     }
                     Err(e) => match self.stored_original(&e, &client_msg_id, &channel) {
-                        // Answered at once, as a refusal is; charged as an accepted send.
+                        // Answered at once, as a refusal is; charged as an accepted send (but
+                        // for its payload, which is not written).
                         Some(sent) => {
+                            if let Err(e) = self.state.charge_send(&self.send_rate, 0) {
+                                return w.frame(&error_frame(&e, Some(&client_msg_id))).await;
+                            }
                             self.last_was_send = true;
                             match self.sendack(&client_msg_id, &sent) {
                                 Some(ack) => w.raw(ack).await,
@@ -834,10 +838,10 @@ impl Ctx {
         channel: &str,
         payload: SendPayload,
     ) -> ApiResult<SendRequest> {
-        self.state.charge_send(&self.send_rate)?;
         crate::server::http::check_client_msg_id(&client_msg_id)?;
         let channel = resolve(&self.caller, channel)?;
         let (payload, flags) = self.frame_payload(payload)?;
+        self.state.charge_send(&self.send_rate, payload.len())?;
         Ok(SendRequest {
             from: self.uid.clone(),
             channel,
