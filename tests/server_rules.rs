@@ -2165,7 +2165,7 @@ async fn a_rate_limited_send_says_when_to_retry() {
 }
 
 /// `limits.send_bytes_per_second` limits the payload bytes a user sends (and edits in) a second,
-/// beside the number of sends: 200 sends of the largest payload a second were ~12.8 MB/s of log
+/// beside the number of sends: 200 sends of the largest payload a second were ~13 MB/s of log
 /// per user, for any user. Its burst is twice the rate, and never less than one largest
 /// payload; a refused send writes nothing and says when to retry; small sends go on, as do the
 /// admin's sends as the user.
