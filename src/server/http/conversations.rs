@@ -28,7 +28,10 @@ use crate::server::state::AppState;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ConversationsQuery {
-    /// At most this many, newest first: 1 to 1000 (default 100; a larger limit is taken as 1000).
+    /// At most this many: 1 to 1000 (default 100; a larger limit is taken as 1000). Without
+    /// `since_version`, the most recently active; with it, those changed longest ago first
+    /// (the lowest versions: page on with the answer's `version` while `has_more`). Each page
+    /// is ordered newest first.
     #[param(minimum = 1, maximum = 1000)]
     #[serde(default, deserialize_with = "super::saturating_limit")]
     pub(crate) limit: Option<usize>,
