@@ -2164,6 +2164,24 @@ async fn a_rate_limited_send_says_when_to_retry() {
     assert_eq!(v["error"]["code"], "rate_limited", "{v}");
 }
 
+/// Posts a send that must be refused 429: its `Retry-After` (whole seconds) and its body.
+async fn send_refused_429(server: &Server, token: &str, body: Value) -> (u64, Value) {
+    let resp = reqwest::Client::new()
+        .post(server.url("/v1/messages"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (wait, resp.json().await.unwrap())
+}
+
 /// `limits.send_bytes_per_second` limits the payload bytes a user sends (and edits in) a second,
 /// beside the number of sends: 200 sends of the largest payload a second were ~13 MB/s of log
 /// per user, for any user. Its burst is twice the rate, and never less than one largest
@@ -2190,23 +2208,10 @@ async fn payload_bytes_per_second_are_limited_per_user() {
         status, 201,
         "the largest burst (4,096 bytes) holds one: {v}"
     );
-    let resp = reqwest::Client::new()
-        .post(server.url("/v1/messages"))
-        .bearer_auth(&alice)
-        .json(&body("b2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 429);
+    let (wait, v) = send_refused_429(&server, &alice, body("b2")).await;
     // ~19 s until 3,000 bytes are there at 100 a second (a slow rate: a slow machine refills
     // little while the test runs).
-    let wait: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
     assert!((15..=20).contains(&wait), "{wait}");
-    let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "rate_limited", "{v}");
     assert!(
         v["error"]["message"]
@@ -2274,22 +2279,9 @@ async fn a_user_opens_so_many_person_channels_an_hour() {
         api.send(&alice, &format!("@{to}"), &format!("to-{to}"), "hi")
             .await;
     }
-    let client = reqwest::Client::new();
-    let resp = client
-        .post(server.url("/v1/messages"))
-        .bearer_auth(&alice)
-        .json(&json!({"channel": "@a4", "client_msg_id": "to-a4", "payload": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 429);
-    let wait: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let body = json!({"channel": "@a4", "client_msg_id": "to-a4", "payload": 1});
+    let (wait, v) = send_refused_429(&server, &alice, body).await;
     assert!((3500..=3600).contains(&wait), "{wait}");
-    let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "too_many_new_chats", "{v}");
     // Over a WebSocket too.
     let mut ws = Ws::connect(&server, &alice, "?catch_up=false").await;
