@@ -506,8 +506,9 @@ impl AppState {
     }
 
     /// Charges one send with `bytes` of payload (0: a recall, or a retry of a send stored under
-    /// a larger `limits.max_payload_bytes`, answered without its payload) to its user's buckets, which all of their connections share: 429
-    /// `rate_limited` when either holds too little, with the time until both would do.
+    /// a larger `limits.max_payload_bytes`, answered without its payload) to its user's
+    /// buckets, which all of their connections share: 429 `rate_limited` when either holds too
+    /// little, with the time until both would do.
     pub(crate) fn charge_send(&self, bucket: &UserBucket, bytes: usize) -> ApiResult<()> {
         bucket.take(bytes).map_err(|limited| {
             self.metrics.rate_limited.inc();
