@@ -428,6 +428,89 @@ async fn snapshots_of_other_index_settings_are_set_aside() {
     drop(dir);
 }
 
+/// The message index sidecars on disk, sorted, with their bytes.
+fn sidecar_files(data: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(data.join("projections/index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cidx"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A message index sidecar deleted while the server was stopped is made again from the log
+/// at the start, and one damaged while it runs is made again after the first read that finds
+/// it. Before, each failed every read of its messages (500, and the reader's whole
+/// `/v1/sync`) until a `tidings rebuild` with the server stopped.
+#[tokio::test]
+async fn lost_or_damaged_sidecars_are_made_again_from_the_log() {
+    let four = ["--projections-index-flush-entries", "4"];
+    let server = Server::start(&four);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    for i in 1..=10 {
+        api.send(&alice, "g", &format!("a{i}"), &format!("m{i}"))
+            .await;
+    }
+    let data = server.data.clone();
+    let dir = server.stop();
+    let sidecars = sidecar_files(&data);
+    assert_eq!(sidecars.len(), 2, "seqs 1-4 and 5-8");
+    let all = (1..=10).collect::<Vec<u64>>();
+
+    // Deleted while stopped: there again, byte for byte, before the server answers.
+    std::fs::remove_file(&sidecars[0].0).unwrap();
+    let server = Server::start_on(&data, &four);
+    assert_eq!(sidecar_files(&data), sidecars);
+    let api = Api::new(&server);
+    let page = api
+        .ok("GET", "/v1/channels/g/messages?after_seq=0", &alice, None)
+        .await;
+    assert_eq!(seqs(&page), all);
+    let sync = api.ok("GET", "/v1/sync?limit=100", &bob, None).await;
+    assert_eq!(seqs(&sync), all);
+    server.stop();
+
+    // Damaged while it runs (its length kept: a stat does not see it): the read that finds
+    // it fails, and the next ones answer once it is made again.
+    let server = Server::start_on(&data, &four);
+    let api = Api::new(&server);
+    let (path, good) = &sidecars[1];
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 0x10;
+    std::fs::write(path, &bad).unwrap();
+    let (status, v) = api
+        .call("GET", "/v1/channels/g/messages?after_seq=0", &alice, None)
+        .await;
+    assert_eq!(status, 500, "{v}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = api
+            .call("GET", "/v1/channels/g/messages?after_seq=0", &alice, None)
+            .await;
+        if status == 200 {
+            assert_eq!(seqs(&v), all);
+            break;
+        }
+        assert_eq!(status, 500, "{v}");
+        assert!(std::time::Instant::now() < deadline, "not made again: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read(path).unwrap(), *good);
+    let sync = api.ok("GET", "/v1/sync?limit=100", &bob, None).await;
+    assert_eq!(seqs(&sync), all);
+    drop(server);
+    drop(dir);
+}
+
 /// The idempotency window's settings come from the configuration: after a restart with a
 /// larger window, a retry of a send the smaller window had forgotten but the larger one covers
 /// is recognised (the projections are rebuilt under the new settings). Before, the snapshot's

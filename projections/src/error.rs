@@ -102,6 +102,9 @@ pub enum ProjectionError {
     /// The cache failed.
     #[error("cache: {0}")]
     Cache(String),
+    /// The work was stopped before it finished (a shutdown).
+    #[error("stopped before it finished")]
+    Stopped,
 }
 
 impl ProjectionError {

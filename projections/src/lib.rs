@@ -28,6 +28,7 @@ mod fsutil;
 pub mod heads;
 pub mod idempotency;
 pub mod ids;
+pub mod index_repair;
 pub mod messages;
 pub mod msgindex;
 pub mod permissions;

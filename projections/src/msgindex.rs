@@ -7,8 +7,10 @@
 //! small [`Run`] per sidecar it appears in (where its entries start, how many, their CRC).
 //! Reading a run is one positional read, checked against its CRC, behind an in-memory foyer
 //! cache. Sidecars are derived data: a missing or damaged one is a typed error naming the file
-//! (never wrong data) until `tidings rebuild` writes it again from the log; a restore from
-//! the object store replays the log when a sidecar cannot be fetched.
+//! (never wrong data), and the reads that fail are remembered ([`IndexFiles::take_failed`])
+//! for the server to make it again from the log's records of its range
+//! ([`crate::index_repair`]); `tidings rebuild` writes them all again; a restore from the
+//! object store replays the log when a sidecar cannot be fetched.
 //!
 //! **Bounded by the retention.** The retention's removal of the log's oldest segments
 //! (`Event::LogTrimmed { start }`) drops every sidecar that ends below the log's new start,
@@ -27,8 +29,9 @@
 //! then the entries, `(seq: u64, offset: u64)`, grouped by channel in id order, seq ascending.
 
 use crate::FastMap as HashMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -225,54 +228,12 @@ impl IndexState {
     /// [`commit_flush`]: IndexState::commit_flush
     pub fn prepare_flush(&self) -> Option<Flush> {
         let first_offset = self.mem_first_offset?;
-        let mut bytes = Vec::with_capacity((HEADER_LEN + self.mem_len * ENTRY_LEN) as usize);
-        bytes.resize(HEADER_LEN as usize, 0);
-        let mut runs = Vec::with_capacity(self.mem.len());
-        let mut entry = 0u64;
-        // Channel id order: the sidecar's bytes are a function of the log alone.
-        let mut channels: Vec<&ChannelId> = self.mem.keys().collect();
-        channels.sort_unstable();
-        for channel in channels {
-            let Some(entries) = self.mem.get(channel) else {
-                continue;
-            };
-            let start = bytes.len();
-            for (seq, off) in entries {
-                bytes.extend_from_slice(&seq.to_le_bytes());
-                bytes.extend_from_slice(&off.to_le_bytes());
-            }
-            let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-                continue;
-            };
-            runs.push((
-                channel.clone(),
-                Run {
-                    first_seq: first.0,
-                    last_seq: last.0,
-                    file: first_offset,
-                    first_entry: entry,
-                    count: entries.len() as u64,
-                    crc: crc32fast::hash(&bytes[start..]),
-                },
-            ));
-            entry += entries.len() as u64;
-        }
-        let crc = crc32fast::hash(&bytes[HEADER_LEN as usize..]);
-        bytes[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        bytes[4..8].copy_from_slice(&VERSION.to_le_bytes());
-        bytes[8..16].copy_from_slice(&entry.to_le_bytes());
-        bytes[16..24].copy_from_slice(&first_offset.to_le_bytes());
-        bytes[24..28].copy_from_slice(&crc.to_le_bytes());
-        Some(Flush {
-            sidecar: Sidecar {
-                first_offset,
-                last_offset: self.mem_last_offset,
-                entries: entry,
-                crc,
-            },
-            bytes,
-            runs,
-        })
+        Some(encode(
+            first_offset,
+            self.mem_last_offset,
+            self.mem_len,
+            &self.mem,
+        ))
     }
 
     /// Moves the in-memory entries into the sidecar just written.
@@ -361,6 +322,66 @@ impl IndexState {
     }
 }
 
+/// The sidecar of `len` entries, `mem` (channel → `(seq, offset)`, seq ascending), from log
+/// offset `first_offset` to `last_offset`: a function of those entries alone (channels in id
+/// order), so that one made again from the log's records ([`crate::Projections`]' repair)
+/// has the bytes and the CRC the first one had.
+pub fn encode(
+    first_offset: u64,
+    last_offset: u64,
+    len: u64,
+    mem: &HashMap<ChannelId, Vec<(u64, u64)>>,
+) -> Flush {
+    let mut bytes = Vec::with_capacity((HEADER_LEN + len * ENTRY_LEN) as usize);
+    bytes.resize(HEADER_LEN as usize, 0);
+    let mut runs = Vec::with_capacity(mem.len());
+    let mut entry = 0u64;
+    // Channel id order: the sidecar's bytes are a function of the log alone.
+    let mut channels: Vec<&ChannelId> = mem.keys().collect();
+    channels.sort_unstable();
+    for channel in channels {
+        let Some(entries) = mem.get(channel) else {
+            continue;
+        };
+        let start = bytes.len();
+        for (seq, off) in entries {
+            bytes.extend_from_slice(&seq.to_le_bytes());
+            bytes.extend_from_slice(&off.to_le_bytes());
+        }
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            continue;
+        };
+        runs.push((
+            channel.clone(),
+            Run {
+                first_seq: first.0,
+                last_seq: last.0,
+                file: first_offset,
+                first_entry: entry,
+                count: entries.len() as u64,
+                crc: crc32fast::hash(&bytes[start..]),
+            },
+        ));
+        entry += entries.len() as u64;
+    }
+    let crc = crc32fast::hash(&bytes[HEADER_LEN as usize..]);
+    bytes[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    bytes[4..8].copy_from_slice(&VERSION.to_le_bytes());
+    bytes[8..16].copy_from_slice(&entry.to_le_bytes());
+    bytes[16..24].copy_from_slice(&first_offset.to_le_bytes());
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    Flush {
+        sidecar: Sidecar {
+            first_offset,
+            last_offset,
+            entries: entry,
+            crc,
+        },
+        bytes,
+        runs,
+    }
+}
+
 /// Runs read from sidecars, by (sidecar, first entry).
 type RunCache = foyer::Cache<(u64, u64), Arc<Vec<(u64, u64)>>>;
 
@@ -369,6 +390,9 @@ type RunCache = foyer::Cache<(u64, u64), Arc<Vec<(u64, u64)>>>;
 pub struct IndexFiles {
     dir: PathBuf,
     cache: RunCache,
+    /// The sidecars (first offsets) a read found missing or damaged since the last
+    /// [`IndexFiles::take_failed`], for the server to write again.
+    failed: Arc<Mutex<BTreeSet<u64>>>,
 }
 
 impl std::fmt::Debug for IndexFiles {
@@ -395,6 +419,7 @@ impl IndexFiles {
         Ok(Self {
             dir: dir.to_path_buf(),
             cache,
+            failed: Arc::default(),
         })
     }
 
@@ -409,8 +434,29 @@ impl IndexFiles {
         crate::fsutil::write_atomic(&path, &flush.bytes)
     }
 
-    /// The `(seq, offset)` entries of a run, checked against its CRC.
+    /// The `(seq, offset)` entries of a run, checked against its CRC. A sidecar that fails
+    /// (missing, short, damaged) is remembered for [`IndexFiles::take_failed`].
     pub fn read_run(&self, run: &Run) -> Result<Arc<Vec<(u64, u64)>>> {
+        let read = self.read_run_checked(run);
+        if read.is_err() {
+            self.failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(run.file);
+        }
+        read
+    }
+
+    /// The sidecars (first offsets) reads found missing or damaged since the last call.
+    pub fn take_failed(&self) -> Vec<u64> {
+        let mut failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut *failed).into_iter().collect()
+    }
+
+    fn read_run_checked(&self, run: &Run) -> Result<Arc<Vec<(u64, u64)>>> {
         let key = (run.file, run.first_entry);
         if let Some(hit) = self.cache.get(&key) {
             return Ok(hit.value().clone());

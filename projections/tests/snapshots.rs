@@ -416,3 +416,133 @@ async fn earlier_versions_are_outdated_and_a_damaged_version_is_damage() {
         Err(ProjectionError::Corrupt { position: 0, .. })
     ));
 }
+
+/// A sidecar deleted, cut short or damaged is made again from the log, byte for byte (two
+/// channels interleaved, over several log segments); the reads that failed name it for the
+/// server; a state that does not match the log (another history) gets no sidecar written under
+/// its name; a range the log no longer holds is a typed error.
+#[tokio::test]
+async fn a_lost_or_damaged_sidecar_is_made_again_from_the_log() {
+    use tidings_projections::index_repair::{rewrite_from_log, unreadable};
+    use tidings_projections::msgindex::sidecar_path;
+    let mut w = busy_world().await;
+    w.create("h").await;
+    w.subscribe("h", &["alice", "bob"]).await;
+    for i in 0..60 {
+        let ch = if i % 3 == 0 { "h" } else { "g" };
+        w.send("bob", ch, &format!("n{i} {}", "y".repeat(300)))
+            .await
+            .unwrap();
+    }
+    assert!(w.log.segments().unwrap().len() >= 2);
+    let sidecars = w.state().index.sidecars.clone();
+    assert!(sidecars.len() >= 10, "{}", sidecars.len());
+    let dir = w.p.index_files().dir().to_path_buf();
+    let never = || false;
+    assert!(unreadable(&dir, &sidecars).is_empty());
+    let originals: Vec<Vec<u8>> = sidecars
+        .iter()
+        .map(|s| std::fs::read(sidecar_path(&dir, s.first_offset)).unwrap())
+        .collect();
+
+    // Deleted, cut short, damaged in place: each made again with the bytes it had.
+    let (a, b, c) = (sidecars[1], sidecars[4], sidecars[7]);
+    std::fs::remove_file(sidecar_path(&dir, a.first_offset)).unwrap();
+    let cut = &originals[4][..originals[4].len() - 5];
+    std::fs::write(sidecar_path(&dir, b.first_offset), cut).unwrap();
+    let mut flipped = originals[7].clone();
+    let n = flipped.len();
+    flipped[n - 1] ^= 0x40;
+    std::fs::write(sidecar_path(&dir, c.first_offset), &flipped).unwrap();
+    // A stat finds the first two; the damaged one has its length and is found by a read.
+    assert_eq!(unreadable(&dir, &sidecars), vec![a, b]);
+    // A reader without cached runs.
+    let fresh = tidings_projections::msgindex::IndexFiles::open(&dir, 1 << 20).unwrap();
+    for side in [a, b, c] {
+        // The file's last run (the one the damage is in).
+        let run = w
+            .state()
+            .index
+            .runs
+            .values()
+            .flatten()
+            .filter(|r| r.file == side.first_offset)
+            .max_by_key(|r| r.first_entry);
+        assert!(fresh.read_run(run.unwrap()).is_err());
+    }
+    let mut failed = fresh.take_failed();
+    failed.sort_unstable();
+    assert_eq!(failed, vec![a.first_offset, b.first_offset, c.first_offset]);
+    assert!(fresh.take_failed().is_empty(), "taken once");
+    for (i, side) in [(1, a), (4, b), (7, c)] {
+        rewrite_from_log(&w.log, &dir, &side, &never).unwrap();
+        assert_eq!(
+            std::fs::read(sidecar_path(&dir, side.first_offset)).unwrap(),
+            originals[i],
+            "sidecar {i}"
+        );
+    }
+    assert!(unreadable(&dir, &sidecars).is_empty());
+    assert!(w.p.check_index_files().is_empty());
+    let plan = messages::plan_range(&w.p.state, &fresh, "g", 1, 100).unwrap();
+    assert_eq!(plan.len() as u64, w.state().heads.last_seq("g"));
+
+    // A record that does not match what this log makes: nothing written.
+    std::fs::remove_file(sidecar_path(&dir, a.first_offset)).unwrap();
+    let other = tidings_projections::msgindex::Sidecar {
+        crc: a.crc ^ 1,
+        ..a
+    };
+    match rewrite_from_log(&w.log, &dir, &other, &never) {
+        Err(ProjectionError::Corrupt { path, reason, .. }) => {
+            assert_eq!(path, sidecar_path(&dir, a.first_offset));
+            assert!(
+                reason.contains("not the one the state was built from"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let more = tidings_projections::msgindex::Sidecar {
+        entries: a.entries + 1,
+        ..a
+    };
+    assert!(rewrite_from_log(&w.log, &dir, &more, &never).is_err());
+    assert!(!sidecar_path(&dir, a.first_offset).exists());
+    // Stopped before it reads: nothing written.
+    assert!(matches!(
+        rewrite_from_log(&w.log, &dir, &a, &|| true),
+        Err(ProjectionError::Stopped)
+    ));
+    assert!(!sidecar_path(&dir, a.first_offset).exists());
+    rewrite_from_log(&w.log, &dir, &a, &never).unwrap();
+    assert_eq!(
+        std::fs::read(sidecar_path(&dir, a.first_offset)).unwrap(),
+        originals[1]
+    );
+}
+
+/// A sidecar whose range the log no longer holds (its first segments gone) cannot be made
+/// again: a typed error naming where the log starts, and nothing written.
+#[tokio::test]
+async fn a_sidecar_below_the_logs_start_is_not_made_again() {
+    use tidings_projections::index_repair::rewrite_from_log;
+    use tidings_projections::msgindex::{Sidecar, sidecar_path};
+    let (_dir, log, _) = a_log_without_segment(0).await;
+    let start = log.start_offset();
+    let out = tempfile::tempdir().unwrap();
+    let side = Sidecar {
+        first_offset: 1,
+        last_offset: start + 2,
+        entries: 3,
+        crc: 0,
+    };
+    match rewrite_from_log(&log, out.path(), &side, &|| false) {
+        Err(ProjectionError::HistoryMissing { needed, log_start }) => {
+            assert_eq!((needed, log_start), (1, start));
+        }
+        other => panic!("expected HistoryMissing, got {other:?}"),
+    }
+    assert!(!sidecar_path(out.path(), 1).exists());
+    log.close().await.unwrap();
+}

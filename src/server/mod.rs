@@ -27,6 +27,7 @@ mod completions;
 mod delivery;
 mod error;
 pub(crate) mod http;
+mod index_repair;
 mod keepalive;
 mod limits;
 mod metrics;
@@ -268,6 +269,12 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         retention::run(s, t).await;
         "retention"
     });
+    // Makes again the message index sidecars reads find missing or damaged.
+    let (s, t) = (state.clone(), stop_retention.clone());
+    tasks.spawn(async move {
+        index_repair::run(s, t).await;
+        "index repair"
+    });
     let stop_http = CancellationToken::new();
     let app = http::router(state.clone());
     let t = stop_http.clone();
@@ -349,6 +356,8 @@ async fn open_state(
         .catch_up(log, |_, _| {})
         .await
         .map_err(|e| catch_up_refused(e, &origin, log))?;
+    // Before it serves: a sidecar deleted or cut short failed every read of its messages.
+    index_repair::at_start(&proj, log).await;
     tracing::info!(
         origin = ?proj.origin(),
         replayed,

@@ -244,18 +244,10 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
             // trimmed no longer holds (until 2026-11-30 the first such sidecar went straight
             // to a replay from the start, refused on a trimmed store though an older snapshot
             // was usable).
-            let problem = if !tier.get_file(&sidecar_key(side), &dest).await?
-                && !tier.get_file(&legacy_sidecar_key(side), &dest).await?
-            {
-                Some("missing from the object store".to_owned())
-            } else {
-                side.check_file(&index).err().map(|e| e.to_string())
-            };
-            if let Some(problem) = problem {
+            if !fetch_sidecar(tier, &index, side).await? {
                 tracing::warn!(
                     first_offset = side.first_offset,
-                    problem = %problem,
-                    "a message index sidecar the snapshot needs is not usable; trying an older snapshot"
+                    "a message index sidecar the snapshot needs is missing from the object store, or not the one it recorded; trying an older snapshot"
                 );
                 let _ = std::fs::remove_file(&dest);
                 usable = false;
@@ -274,6 +266,26 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
         staged.0 = None;
         tracing::info!(snapshot = %name, store = tier.display(), "restored a snapshot from the object store");
         return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Fetches `side` from the object store into `dir` (under its key, else the legacy one) and
+/// checks it against its record; one that is not the recorded sidecar is removed again.
+/// Returns whether it is in place (`false`: not in the store, or another one).
+pub(crate) async fn fetch_sidecar(tier: &Tier, dir: &Path, side: &Sidecar) -> anyhow::Result<bool> {
+    let dest = sidecar_path(dir, side.first_offset);
+    for key in [sidecar_key(side), legacy_sidecar_key(side)] {
+        if !tier.get_file(&key, &dest).await? {
+            continue;
+        }
+        match side.check_file(dir) {
+            Ok(()) => return Ok(true),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "the object store's copy of a message index sidecar is not the one the state recorded");
+                let _ = std::fs::remove_file(&dest);
+            }
+        }
     }
     Ok(false)
 }
@@ -961,6 +973,42 @@ mod tests {
             1
         );
         assert!(leftovers.iter().all(|f| !f.exists()));
+        log.close().await.unwrap();
+    }
+
+    /// A sidecar the log cannot make again (`index_repair`) is fetched from the store: the one
+    /// recorded, under its key or the legacy one; another one found there is not left in place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_sidecar_is_fetched_from_the_store_only_when_it_is_the_one_recorded() {
+        let (t, _store) = Setup::new();
+        let log = t.open_log().await;
+        let tier = log.tier().unwrap().clone();
+        let (ours, side) = sidecar(0, &[(1, 0), (2, 1)]);
+        let (theirs, _) = sidecar(0, &[(1, 0), (2, 2)]);
+        let dir = t.data.path().join("index");
+        let local = sidecar_path(&dir, 0);
+        let put = |key: String, bytes: &[u8]| {
+            let (tier, file) = (tier.clone(), t.data.path().join("side.cidx"));
+            std::fs::write(&file, bytes).unwrap();
+            async move { tier.put_file(&key, &file).await.unwrap() }
+        };
+        assert!(
+            !fetch_sidecar(&tier, &dir, &side).await.unwrap(),
+            "not there"
+        );
+        put(legacy_sidecar_key(&side), &theirs).await;
+        assert!(!fetch_sidecar(&tier, &dir, &side).await.unwrap());
+        assert!(!local.exists(), "another one is not left in place");
+        put(sidecar_key(&side), &theirs).await;
+        assert!(!fetch_sidecar(&tier, &dir, &side).await.unwrap());
+        assert!(!local.exists());
+        put(legacy_sidecar_key(&side), &ours).await;
+        assert!(fetch_sidecar(&tier, &dir, &side).await.unwrap());
+        assert_eq!(std::fs::read(&local).unwrap(), ours);
+        std::fs::remove_file(&local).unwrap();
+        put(sidecar_key(&side), &ours).await;
+        assert!(fetch_sidecar(&tier, &dir, &side).await.unwrap());
+        assert_eq!(std::fs::read(&local).unwrap(), ours);
         log.close().await.unwrap();
     }
 }
