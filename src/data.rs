@@ -7,6 +7,7 @@
 //! DIR/admin.key       the admin key generated on first start (mode 0600)
 //! DIR/node.id         this node's tier owner name, generated on first start with a tier
 //! DIR/LOCK            held by the process that owns the directory (a server, `tier upload-now`)
+//! DIR/FORMAT          the data format of the newest build that wrote here ([`DATA_FORMAT`])
 //! ```
 //!
 //! The directory's `LOCK` is taken before anything else is opened: the block cache, a
@@ -15,6 +16,15 @@
 //! `trace`) take neither.
 
 use std::path::{Path, PathBuf};
+
+/// The data format this build writes: kept in `DIR/FORMAT` by every command that takes the
+/// directory's lock (`serve`, `rebuild`, `compact`, `tier upload-now`), written there when the
+/// file is missing or holds an older number. A later build that writes what this one would
+/// misread (an event kind, a snapshot or sidecar format, a file this one would take for
+/// damage) raises the number, and this build then refuses the directory before it opens
+/// anything — the way back from an upgrade is a copy of the directory made before it. Builds
+/// from before 2026-12-01 do not read the file (format 1 is what they wrote too).
+pub(crate) const DATA_FORMAT: u32 = 1;
 
 /// A data directory.
 #[derive(Debug, Clone)]
@@ -62,10 +72,14 @@ impl DataDir {
             .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => match tidings_log::lock_dir_of(&path) {
-                Ok(dir) => Ok(Some(DirLock {
-                    _file: file,
-                    _dir: dir,
-                })),
+                Ok(dir) => {
+                    let lock = DirLock {
+                        _file: file,
+                        _dir: dir,
+                    };
+                    self.check_format()?;
+                    Ok(Some(lock))
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
                 Err(e) => {
                     Err(anyhow::Error::new(e).context(format!("locking {}", self.0.display())))
@@ -77,6 +91,35 @@ impl DataDir {
             }
         }
     }
+    /// Refuses a directory a newer build wrote ([`DATA_FORMAT`]); records this build's format
+    /// where none or an older one is. Called with the directory's lock held.
+    fn check_format(&self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let path = self.0.join("FORMAT");
+        let found = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u32>().map_err(|_| {
+                anyhow::anyhow!(
+                    "{} does not hold a data format number (it holds {:?}): it is written by tidings; if this directory is this build's, write {DATA_FORMAT} there",
+                    path.display(),
+                    text.chars().take(40).collect::<String>()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        if found > DATA_FORMAT {
+            anyhow::bail!(
+                "the data directory {} is in data format {found} ({}), written by a newer build of tidings; this build reads format {DATA_FORMAT} and older, and would misread it. Run that newer build, or restore a copy of the directory made before the upgrade",
+                self.0.display(),
+                path.display()
+            );
+        }
+        if found < DATA_FORMAT {
+            write_durably(&path, format!("{DATA_FORMAT}\n").as_bytes(), 0o644)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn cache(&self) -> PathBuf {
         self.0.join("cache")
     }
@@ -251,6 +294,33 @@ mod tests {
         let b = open("node-b", data.path().join("b")).await;
         assert!(expires_with_tier(b.tier().unwrap(), false));
         b.close().await.unwrap();
+    }
+
+    /// Taking the lock records this build's data format; a newer one is refused, naming it,
+    /// and the file is left as it was; a file that is not a number is refused too.
+    #[test]
+    fn the_lock_records_the_data_format_and_refuses_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path().join("data"));
+        let format = data.root().join("FORMAT");
+        drop(data.lock().unwrap());
+        assert_eq!(std::fs::read_to_string(&format).unwrap(), "1\n");
+        // An older number (none yet below 1: 0 stands for it) is raised.
+        std::fs::write(&format, "0").unwrap();
+        drop(data.lock().unwrap());
+        assert_eq!(std::fs::read_to_string(&format).unwrap(), "1\n");
+        for (text, says) in [
+            ("2\n", "data format 2"),
+            ("4294967295", "written by a newer build"),
+            ("two", "does not hold a data format number"),
+            ("", "does not hold a data format number"),
+        ] {
+            std::fs::write(&format, text).unwrap();
+            let e = format!("{:#}", data.lock().unwrap_err());
+            assert!(e.contains(says), "{text:?}: {e}");
+            assert!(data.try_lock().is_err(), "{text:?}");
+            assert_eq!(std::fs::read_to_string(&format).unwrap(), text);
+        }
     }
 
     #[test]

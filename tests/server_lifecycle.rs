@@ -511,6 +511,49 @@ async fn lost_or_damaged_sidecars_are_made_again_from_the_log() {
     drop(dir);
 }
 
+/// A data directory a newer build wrote (its `FORMAT` above this build's) is refused before
+/// anything in it changes, naming the format; with this build's format it starts and serves
+/// what it held. A directory of a build from before the file gets it.
+#[tokio::test]
+async fn a_directory_of_a_newer_data_format_is_refused_unchanged() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    api.send(&alice, "g", "a1", "kept").await;
+    let data = server.data.clone();
+    let dir = server.stop();
+    let format = data.join("FORMAT");
+    assert_eq!(std::fs::read_to_string(&format).unwrap(), "1\n");
+    std::fs::write(&format, "2\n").unwrap();
+    let files = || {
+        common::tree(&data)
+            .into_iter()
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = files();
+    let (ok, err) = common::refused_start(&data, ["--listen", "127.0.0.1:0"]);
+    assert!(!ok);
+    assert!(err.contains("data format 2"), "{err}");
+    let after = files();
+    assert_eq!(before, after, "nothing changed");
+    // As a build from before the file left it: none.
+    std::fs::remove_file(&format).unwrap();
+    let server = Server::start_on(&data, &[]);
+    assert_eq!(std::fs::read_to_string(&format).unwrap(), "1\n");
+    let page = Api::new(&server)
+        .ok("GET", "/v1/channels/g/messages", &alice, None)
+        .await;
+    assert_eq!(seqs(&page), vec![1]);
+    drop(server);
+    drop(dir);
+}
+
 /// The idempotency window's settings come from the configuration: after a restart with a
 /// larger window, a retry of a send the smaller window had forgotten but the larger one covers
 /// is recognised (the projections are rebuilt under the new settings). Before, the snapshot's
