@@ -469,6 +469,10 @@ async fn lost_or_damaged_sidecars_are_made_again_from_the_log() {
     std::fs::remove_file(&sidecars[0].0).unwrap();
     let server = Server::start_on(&data, &four);
     assert_eq!(sidecar_files(&data), sidecars);
+    assert_eq!(
+        common::metric(&server, "tidings_sidecars_repaired_total").await,
+        1
+    );
     let api = Api::new(&server);
     let page = api
         .ok("GET", "/v1/channels/g/messages?after_seq=0", &alice, None)
@@ -507,6 +511,14 @@ async fn lost_or_damaged_sidecars_are_made_again_from_the_log() {
     assert_eq!(std::fs::read(path).unwrap(), *good);
     let sync = api.ok("GET", "/v1/sync?limit=100", &bob, None).await;
     assert_eq!(seqs(&sync), all);
+    assert_eq!(
+        common::metric(&server, "tidings_sidecars_repaired_total").await,
+        1
+    );
+    assert_eq!(
+        common::metric(&server, "tidings_sidecar_repairs_failed_total").await,
+        0
+    );
     drop(server);
     drop(dir);
 }

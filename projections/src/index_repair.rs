@@ -28,9 +28,8 @@ pub fn unreadable(dir: &Path, sidecars: &[Sidecar]) -> Vec<Sidecar> {
     sidecars
         .iter()
         .filter(|s| {
-            let want = s.entries.checked_mul(16).and_then(|b| b.checked_add(32));
             std::fs::metadata(sidecar_path(dir, s.first_offset))
-                .map_or(true, |m| Some(m.len()) != want)
+                .map_or(true, |m| Some(m.len()) != s.file_len())
         })
         .copied()
         .collect()

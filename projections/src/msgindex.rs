@@ -9,8 +9,8 @@
 //! cache. Sidecars are derived data: a missing or damaged one is a typed error naming the file
 //! (never wrong data), and the reads that fail are remembered ([`IndexFiles::take_failed`])
 //! for the server to make it again from the log's records of its range
-//! ([`crate::index_repair`]); `tidings rebuild` writes them all again; a restore from the
-//! object store replays the log when a sidecar cannot be fetched.
+//! ([`crate::index_repair`]); `tidings rebuild` writes them all again (from offset 0); a
+//! restore from the object store replays the log when a sidecar cannot be fetched.
 //!
 //! **Bounded by the retention.** The retention's removal of the log's oldest segments
 //! (`Event::LogTrimmed { start }`) drops every sidecar that ends below the log's new start,
@@ -77,10 +77,23 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// The length its file has: a header and its entries (`None`: a record no file can match,
+    /// its entry count overflowing).
+    pub fn file_len(&self) -> Option<u64> {
+        self.entries
+            .checked_mul(ENTRY_LEN)
+            .and_then(|b| b.checked_add(HEADER_LEN))
+    }
+
     /// Checks this sidecar's file in `dir` against its recorded length, magic and CRC (a file
     /// fetched from elsewhere, e.g. the object store, may be another history's).
     pub fn check_file(&self, dir: &Path) -> Result<()> {
-        let path = sidecar_path(dir, self.first_offset);
+        self.check_path(&sidecar_path(dir, self.first_offset))
+    }
+
+    /// [`Sidecar::check_file`] of the file at `path` (one downloaded beside its place).
+    pub fn check_path(&self, path: &Path) -> Result<()> {
+        let path = path.to_path_buf();
         let bytes = std::fs::read(&path).map_err(|e| ProjectionError::io("read", &path, e))?;
         let corrupt = |position: u64, reason: String| ProjectionError::Corrupt {
             what: "message index sidecar",
@@ -89,10 +102,7 @@ impl Sidecar {
             reason,
         };
         // Checked arithmetic: the entry count comes from a snapshot (possibly downloaded).
-        let want = self
-            .entries
-            .checked_mul(ENTRY_LEN)
-            .and_then(|b| b.checked_add(HEADER_LEN));
+        let want = self.file_len();
         if want != Some(bytes.len() as u64) {
             return Err(corrupt(
                 0,
@@ -439,12 +449,18 @@ impl IndexFiles {
     pub fn read_run(&self, run: &Run) -> Result<Arc<Vec<(u64, u64)>>> {
         let read = self.read_run_checked(run);
         if read.is_err() {
-            self.failed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(run.file);
+            self.mark_failed(run.file);
         }
         read
+    }
+
+    /// Adds a sidecar to those [`IndexFiles::take_failed`] returns (one found unreadable
+    /// otherwise than by a read).
+    pub fn mark_failed(&self, first_offset: u64) {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(first_offset);
     }
 
     /// The sidecars (first offsets) reads found missing or damaged since the last call.

@@ -104,6 +104,11 @@ pub(crate) struct Metrics {
     pub(crate) sidecars_removed: Counter,
     /// The same, in the object store (`tiering::upload_snapshot`).
     pub(crate) tier_sidecars_removed: Counter,
+    /// Message index sidecars found missing or damaged and made again or fetched
+    /// (`index_repair.rs`).
+    pub(crate) sidecars_repaired: Counter,
+    /// Those that could not be.
+    pub(crate) sidecar_repairs_failed: Counter,
     /// Records of recalled messages purged by the background purge (`purger.rs`).
     pub(crate) purged_records: Counter,
     /// Passes of the background purge run.
@@ -136,7 +141,7 @@ impl Metrics {
     /// the name ends in `_total`, gauges otherwise.
     pub(crate) fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 19] = [
+        let counters: [(&str, &str, &Counter); 21] = [
             (
                 "tidings_sends_total",
                 "Messages accepted and durable.",
@@ -201,6 +206,16 @@ impl Metrics {
                 "tidings_tier_sidecars_removed_total",
                 "Message index sidecars deleted from the object store once the retention let them go and no snapshot there named them.",
                 &self.tier_sidecars_removed,
+            ),
+            (
+                "tidings_sidecars_repaired_total",
+                "Message index sidecars found missing or damaged and made again from the log or fetched from the object store.",
+                &self.sidecars_repaired,
+            ),
+            (
+                "tidings_sidecar_repairs_failed_total",
+                "Tries to make a missing or damaged message index sidecar again that failed (at most one a minute per sidecar).",
+                &self.sidecar_repairs_failed,
             ),
             (
                 "tidings_purged_records_total",

@@ -189,7 +189,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
             .map(|listener| (state, listener)),
         Err(e) => Err(e),
     };
-    let ((proj, conv_cache), listener) = match opened {
+    let ((proj, conv_cache, repaired), listener) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             close_after_failed_start(&log, &config).await;
@@ -208,6 +208,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         conv_cache,
         admin_key,
     ));
+    state.metrics.sidecars_repaired.add(repaired);
     let (held, connections) = (
         accept::open_descriptors(),
         state.sockets.available_permits(),
@@ -313,13 +314,14 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 /// What the server serves from, once the log is open: the projections caught up with the log
-/// (from a snapshot, restored from the object store when this directory has none) and the
-/// conversation cache. The caller closes the log when this fails.
+/// (from a snapshot, restored from the object store when this directory has none), the
+/// conversation cache, and how many message index sidecars were made again on the way. The
+/// caller closes the log when this fails.
 async fn open_state(
     config: &Config,
     data: &DataDir,
     log: &Log,
-) -> anyhow::Result<(Projections, ConversationCache)> {
+) -> anyhow::Result<(Projections, ConversationCache, u64)> {
     // Whether the log's last run wrote under every/never: a power cut may then have taken
     // applied events whose offsets are now other events', and the lists on disk were
     // fingerprinted by them. This run's policy alone does not tell (it was all that was
@@ -357,7 +359,7 @@ async fn open_state(
         .await
         .map_err(|e| catch_up_refused(e, &origin, log))?;
     // Before it serves: a sidecar deleted or cut short failed every read of its messages.
-    index_repair::at_start(&proj, log).await;
+    let repaired = index_repair::at_start(&proj, log).await;
     tracing::info!(
         origin = ?proj.origin(),
         replayed,
@@ -395,7 +397,7 @@ async fn open_state(
     )
     .await
     .with_context(|| format!("opening the conversation cache in {}", dir.display()))?;
-    Ok((proj, conv_cache))
+    Ok((proj, conv_cache, repaired))
 }
 
 /// The start's catch-up error, in words for the operator when it needs offsets before the
@@ -708,8 +710,13 @@ async fn upload_written(state: &AppState, w: &WrittenSnapshot) -> anyhow::Result
         sidecars: &w.sidecars,
         trimmed: w.trimmed,
     };
-    let Some(removed) = tiering::upload_snapshot(tier, &snapshot, &state.uploaded_sidecars).await?
-    else {
+    let uploaded = tiering::upload_snapshot(tier, &snapshot, &state.uploaded_sidecars).await;
+    if let Err(e) = &uploaded
+        && let Some(d) = e.downcast_ref::<tiering::DamagedSidecar>()
+    {
+        state.proj().index_files().mark_failed(d.first_offset);
+    }
+    let Some(removed) = uploaded? else {
         return Ok(false);
     };
     if removed > 0 {

@@ -270,32 +270,74 @@ pub(crate) async fn restore_snapshot(tier: &Tier, projections: &Path) -> anyhow:
     Ok(false)
 }
 
-/// Fetches `side` from the object store into `dir` (under its key, else the legacy one) and
-/// checks it against its record; one that is not the recorded sidecar is removed again.
-/// Returns whether it is in place (`false`: not in the store, or another one).
+/// Fetches `side` from the object store into `dir` (under its key, else the legacy one):
+/// downloaded beside its place (`….cidx.fetch`), checked against its record, and only then
+/// renamed over whatever is there — a copy that is not the recorded sidecar never replaces a
+/// local file. Returns whether it is in place (`false`: not in the store, or another one).
 pub(crate) async fn fetch_sidecar(tier: &Tier, dir: &Path, side: &Sidecar) -> anyhow::Result<bool> {
     let dest = sidecar_path(dir, side.first_offset);
+    let staged = dest.with_extension("cidx.fetch");
+    let mut rejected = false;
     for key in [sidecar_key(side), legacy_sidecar_key(side)] {
-        if !tier.get_file(&key, &dest).await? {
-            continue;
-        }
-        match side.check_file(dir) {
-            Ok(()) => return Ok(true),
-            Err(e) => {
-                tracing::warn!(key, error = %e, "the object store's copy of a message index sidecar is not the one the state recorded");
-                let _ = std::fs::remove_file(&dest);
+        match tier.get_file(&key, &staged).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            // The legacy key after a copy the check rejected: a failure there is no worse
+            // than the copy not being there (the restore goes on to an older snapshot).
+            Err(e) if rejected => {
+                tracing::warn!(key, error = %e, "could not read the legacy copy of a message index sidecar");
+                continue;
             }
+            Err(e) => return Err(e.into()),
         }
+        let (side, staged, dest, dir) = (*side, staged.clone(), dest.clone(), dir.to_path_buf());
+        let placed = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+            if let Err(e) = side.check_path(&staged) {
+                tracing::warn!(error = %e, "the object store's copy of a message index sidecar is not the one the state recorded");
+                let _ = std::fs::remove_file(&staged);
+                return Ok(false);
+            }
+            std::fs::rename(&staged, &dest)
+                .with_context(|| format!("moving {} into place", staged.display()))?;
+            sync_dir(&dir)?;
+            Ok(true)
+        })
+        .await
+        .context("the sidecar check task failed")??;
+        if placed {
+            return Ok(true);
+        }
+        rejected = true;
     }
     Ok(false)
 }
+
+/// A sidecar a snapshot upload found damaged on disk (not uploaded; the caller has it made
+/// again).
+#[derive(Debug)]
+pub(crate) struct DamagedSidecar {
+    pub(crate) first_offset: u64,
+    error: String,
+}
+
+impl std::fmt::Display for DamagedSidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the message index sidecar starting at offset {} is damaged, not uploaded: {}",
+            self.first_offset, self.error
+        )
+    }
+}
+
+impl std::error::Error for DamagedSidecar {}
 
 /// Removes what a restore cut short by a crash left (a staged snapshot, half-written
 /// downloads): never loaded, but never cleaned otherwise (best effort).
 fn remove_leftovers(projections: &Path) {
     for (dir, suffixes) in [
         ("snapshots", &[".snap.restoring", ".download"][..]),
-        ("index", &[".download"][..]),
+        ("index", &[".download", ".fetch"][..]),
     ] {
         let Ok(entries) = std::fs::read_dir(projections.join(dir)) else {
             continue;
@@ -406,7 +448,19 @@ pub(crate) async fn upload_snapshot(
         if known.contains(&key) {
             continue;
         }
-        let local = sidecar_path(&projections.join("index"), side.first_offset);
+        let index = projections.join("index");
+        let local = sidecar_path(&index, side.first_offset);
+        // Checked first: a damaged one stored would be kept for good under its key, and a
+        // restore (or a repair) would find it and reject it. The upload fails instead, until
+        // the sidecar is made again (the caller asks for that: `index_repair`).
+        let checked = *side;
+        tokio::task::spawn_blocking(move || checked.check_file(&index))
+            .await
+            .context("the sidecar check task failed")?
+            .map_err(|e| DamagedSidecar {
+                first_offset: side.first_offset,
+                error: e.to_string(),
+            })?;
         tier.put_file(&key, &local).await?;
         known.insert(key);
     }
@@ -1009,6 +1063,72 @@ mod tests {
         put(sidecar_key(&side), &ours).await;
         assert!(fetch_sidecar(&tier, &dir, &side).await.unwrap());
         assert_eq!(std::fs::read(&local).unwrap(), ours);
+        let read = || std::fs::read(&local).unwrap();
+
+        // A local file stays as it was when the store's copy is rejected (the copy went over
+        // it and was then deleted), and nothing is left beside it.
+        std::fs::write(&local, &theirs).unwrap();
+        tier.delete(&sidecar_key(&side)).await.unwrap();
+        put(legacy_sidecar_key(&side), &theirs).await;
+        assert!(!fetch_sidecar(&tier, &dir, &side).await.unwrap());
+        assert_eq!(read(), theirs);
+        assert!(!local.with_extension("cidx.fetch").exists());
+
+        // The repair: a file that checks is left alone; a damaged one the log cannot make
+        // (these entries are not this log's: it is empty) comes from the store; with no good
+        // copy there it fails and the file stays; stopped, it does not reach the store.
+        use super::super::index_repair::{Outcome, repair};
+        let (never, stopped) = (
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        stopped.cancel();
+        std::fs::write(&local, &ours).unwrap();
+        assert_eq!(repair(&log, &dir, side, &never).await, Outcome::Intact);
+        std::fs::write(&local, &theirs).unwrap();
+        put(sidecar_key(&side), &ours).await;
+        assert_eq!(repair(&log, &dir, side, &stopped).await, Outcome::Failed);
+        assert_eq!(read(), theirs);
+        assert_eq!(repair(&log, &dir, side, &never).await, Outcome::Fetched);
+        assert_eq!(read(), ours);
+        std::fs::remove_file(&local).unwrap();
+        tier.delete(&sidecar_key(&side)).await.unwrap();
+        assert_eq!(repair(&log, &dir, side, &never).await, Outcome::Failed);
+        assert!(!local.exists());
+        log.close().await.unwrap();
+    }
+
+    /// A snapshot upload checks each sidecar it uploads: a damaged one is not stored (the
+    /// store would keep it under its key for good) and the error names it for the repair.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_sidecar_is_not_uploaded() {
+        let (t, _store) = Setup::new();
+        let log = t.open_log().await;
+        log.append_one(bytes::Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        log.roll().await.unwrap();
+        log.upload_now().await.unwrap();
+        let tier = log.tier().unwrap().clone();
+        let (mut bytes, side) = sidecar(0, &[(1, 0)]);
+        let owner = t.data.path().join("owner");
+        std::fs::create_dir_all(owner.join("index")).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::write(sidecar_path(&owner.join("index"), 0), &bytes).unwrap();
+        let mut state = tidings_projections::State {
+            applied: Some(0),
+            ..Default::default()
+        };
+        state.index.sidecars.push(side);
+        let snap = owner.join("00000000000000000000.snap");
+        std::fs::write(&snap, snapshot::encode(&state).unwrap()).unwrap();
+        let e = upload_snapshot(&tier, &up(&owner, &snap, &[side]), &Mutex::new(None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.downcast_ref::<DamagedSidecar>().unwrap().first_offset, 0);
+        assert!(tier.list(SIDECAR_DIR).await.unwrap().is_empty());
+        assert!(tier.list("snapshots").await.unwrap().is_empty());
         log.close().await.unwrap();
     }
 }
