@@ -100,7 +100,7 @@ pub(crate) struct Metrics {
     /// Sends refused as opening more person channels than `limits.new_person_channels_per_hour`.
     pub(crate) new_chats_refused: Counter,
     pub(crate) snapshots: Counter,
-    /// Message index sidecars deleted after the retention let them go (`mod.rs`).
+    /// Message index sidecars deleted after the retention let them go (`snapshots.rs`).
     pub(crate) sidecars_removed: Counter,
     /// The same, in the object store (`tiering::upload_snapshot`).
     pub(crate) tier_sidecars_removed: Counter,

@@ -101,7 +101,7 @@ pub(crate) struct AppState {
     /// The snapshots being written, whose records the background purge must not rewrite.
     pub(crate) snapshot_writes: Arc<SnapshotWrites>,
     /// The offset of the `log_trimmed` event whose let-go sidecar files are all deleted (0:
-    /// none yet, or no event): `mod.rs`'s `remove_dropped_sidecars` skips its listing then.
+    /// none yet, or no event): `snapshots.rs`' `remove_dropped_sidecars` skips its listing then.
     pub(crate) sidecars_cleaned_for: std::sync::atomic::AtomicU64,
     /// Without a tier: whether messages below the log's first offset have expired rather than
     /// being unavailable ([`DataDir::expires_below_log_start`]: on a directory never tiered).
