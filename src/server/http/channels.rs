@@ -54,7 +54,8 @@ impl From<ChannelFlags> for Flags {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PutChannel {
-    /// The flags (all false when absent).
+    /// The flags, set as a whole: one left out is false, so is every one when `flags` is
+    /// absent (send every flag the group should keep).
     #[serde(default)]
     pub(crate) flags: Flags,
 }
