@@ -97,6 +97,14 @@ impl DataDir {
         use anyhow::Context as _;
         let path = self.0.join("FORMAT");
         let found = match std::fs::read_to_string(&path) {
+            // A number too large for this build is a newer build's all the same.
+            Ok(text)
+                if !text.trim().is_empty()
+                    && text.trim().bytes().all(|b| b.is_ascii_digit())
+                    && text.trim().parse::<u32>().is_err() =>
+            {
+                u32::MAX
+            }
             Ok(text) => text.trim().parse::<u32>().map_err(|_| {
                 anyhow::anyhow!(
                     "{} does not hold a data format number (it holds {:?}): it is written by tidings; if this directory is this build's, write {DATA_FORMAT} there",
@@ -108,6 +116,10 @@ impl DataDir {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         if found > DATA_FORMAT {
+            let found = match found {
+                u32::MAX => "a number above this build's".to_owned(),
+                n => n.to_string(),
+            };
             anyhow::bail!(
                 "the data directory {} is in data format {found} ({}), written by a newer build of tidings; this build reads format {DATA_FORMAT} and older, and would misread it. Run that newer build, or restore a copy of the directory made before the upgrade",
                 self.0.display(),
@@ -312,6 +324,7 @@ mod tests {
         for (text, says) in [
             ("2\n", "data format 2"),
             ("4294967295", "written by a newer build"),
+            ("99999999999999999999999", "written by a newer build"),
             ("two", "does not hold a data format number"),
             ("", "does not hold a data format number"),
         ] {

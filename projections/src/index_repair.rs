@@ -21,18 +21,28 @@ use crate::msgindex::{self, Sidecar, sidecar_path};
 /// Bytes read from the log at a time.
 const READ_BYTES: usize = 1 << 20;
 
-/// The sidecars of `sidecars` whose file in `dir` is missing or not the length its record
-/// says (a stat each, no read: a start checks them all). A file of the right length with other
-/// bytes is found by the first read of it ([`msgindex::IndexFiles::take_failed`]).
+/// The sidecars of `sidecars` whose file in `dir` is missing, not the length its record says,
+/// or does not start with the header its record gives (a stat and a 32-byte read each: a
+/// start checks them all). A file with other entries under a right header is found by the
+/// first read of them ([`msgindex::IndexFiles::take_failed`]).
 pub fn unreadable(dir: &Path, sidecars: &[Sidecar]) -> Vec<Sidecar> {
     sidecars
         .iter()
-        .filter(|s| {
-            std::fs::metadata(sidecar_path(dir, s.first_offset))
-                .map_or(true, |m| Some(m.len()) != s.file_len())
-        })
+        .filter(|s| !header_and_length_match(&sidecar_path(dir, s.first_offset), s))
         .copied()
         .collect()
+}
+
+fn header_and_length_match(path: &Path, side: &Sidecar) -> bool {
+    use std::io::Read as _;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let want = side.header();
+    let mut got = [0u8; 32];
+    f.metadata().is_ok_and(|m| Some(m.len()) == side.file_len())
+        && f.read_exact(&mut got).is_ok()
+        && got == want
 }
 
 /// Makes `side` again from `log` and writes it into `dir` (see the module doc). Blocking: it

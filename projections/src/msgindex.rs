@@ -91,7 +91,20 @@ impl Sidecar {
         self.check_path(&sidecar_path(dir, self.first_offset))
     }
 
-    /// [`Sidecar::check_file`] of the file at `path` (one downloaded beside its place).
+    /// The 32-byte header its file starts with (module doc): magic, version, entry count,
+    /// first offset, CRC, zeros.
+    pub fn header(&self) -> [u8; HEADER_LEN as usize] {
+        let mut h = [0u8; HEADER_LEN as usize];
+        h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        h[4..8].copy_from_slice(&VERSION.to_le_bytes());
+        h[8..16].copy_from_slice(&self.entries.to_le_bytes());
+        h[16..24].copy_from_slice(&self.first_offset.to_le_bytes());
+        h[24..28].copy_from_slice(&self.crc.to_le_bytes());
+        h
+    }
+
+    /// [`Sidecar::check_file`] of the file at `path` (one downloaded beside its place): its
+    /// length, its whole header (the CRC covers the entries only) and its entries' CRC.
     pub fn check_path(&self, path: &Path) -> Result<()> {
         let path = path.to_path_buf();
         let bytes = std::fs::read(&path).map_err(|e| ProjectionError::io("read", &path, e))?;
@@ -115,6 +128,13 @@ impl Sidecar {
         }
         if bytes.get(0..4) != Some(&MAGIC.to_le_bytes()[..]) {
             return Err(corrupt(0, "bad magic".into()));
+        }
+        let want = self.header();
+        if let Some(at) = (0..want.len()).find(|&i| bytes.get(i) != want.get(i)) {
+            return Err(corrupt(
+                at as u64,
+                "the header differs from the sidecar's record (version, entry count, first offset, CRC or the zeros after them)".into(),
+            ));
         }
         let crc = crc32fast::hash(&bytes[HEADER_LEN as usize..]);
         if crc != self.crc {
@@ -374,19 +394,15 @@ pub fn encode(
         ));
         entry += entries.len() as u64;
     }
-    let crc = crc32fast::hash(&bytes[HEADER_LEN as usize..]);
-    bytes[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    bytes[4..8].copy_from_slice(&VERSION.to_le_bytes());
-    bytes[8..16].copy_from_slice(&entry.to_le_bytes());
-    bytes[16..24].copy_from_slice(&first_offset.to_le_bytes());
-    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    let sidecar = Sidecar {
+        first_offset,
+        last_offset,
+        entries: entry,
+        crc: crc32fast::hash(&bytes[HEADER_LEN as usize..]),
+    };
+    bytes[..HEADER_LEN as usize].copy_from_slice(&sidecar.header());
     Flush {
-        sidecar: Sidecar {
-            first_offset,
-            last_offset,
-            entries: entry,
-            crc,
-        },
+        sidecar,
         bytes,
         runs,
     }
@@ -568,6 +584,25 @@ mod tests {
                 std::fs::write(sidecar_path(dir.path(), 0), bytes).unwrap();
                 assert!(side.check_file(dir.path()).is_err(), "{entries}");
             }
+        }
+    }
+
+    /// Every byte of a sidecar's header is checked against its record (the entries' CRC does
+    /// not cover it: a flipped entry count or version passed every check, and was uploaded).
+    #[test]
+    fn every_header_byte_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mem = HashMap::default();
+        mem.insert("c".to_owned(), vec![(1, 5), (2, 6)]);
+        let flush = encode(5, 6, 2, &mem);
+        let path = sidecar_path(dir.path(), 5);
+        std::fs::write(&path, &flush.bytes).unwrap();
+        flush.sidecar.check_file(dir.path()).unwrap();
+        for i in 0..HEADER_LEN as usize {
+            let mut bad = flush.bytes.clone();
+            bad[i] ^= 0x01;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(flush.sidecar.check_file(dir.path()).is_err(), "byte {i}");
         }
     }
 

@@ -4,9 +4,9 @@
 //! the log; one deleted or damaged used to fail every read of its messages (500 to the
 //! client, and a user's whole `/v1/sync`, which spans their channels) until `tidings rebuild`
 //! ran with the server stopped. Now:
-//! - **At start**, every sidecar the state names is checked by a stat (present, of the length
-//!   its record says); those that are not are made again from the log before the server
-//!   listens ([`at_start`]; the object store is not waited on there: those the log cannot
+//! - **At start**, every sidecar the state names is checked by a stat and a read of its
+//!   32-byte header (present, of the length and with the header its record says); those that
+//!   are not are made again from the log before the server listens ([`at_start`]; the object store is not waited on there: those the log cannot
 //!   make go to the task below).
 //! - **While serving**, a sidecar a read found missing or damaged (`IndexFiles::take_failed`),
 //!   or a snapshot upload found damaged, is looked at within a second or so ([`run`]): left
@@ -56,8 +56,8 @@ pub(super) enum Outcome {
     Failed,
 }
 
-/// Makes again from the log, before the server serves, the sidecars that are missing or cut
-/// short; those it cannot are left to [`run`] (marked failed). Stops between reads when the
+/// Makes again from the log, before the server serves, the sidecars that are missing, of the
+/// wrong length or with a wrong header; those it cannot are left to [`run`] (marked failed). Stops between reads when the
 /// start is given up (the future dropped). Returns how many it made.
 pub(crate) async fn at_start(proj: &Projections, log: &Log) -> u64 {
     let dir = proj.index_files().dir().to_path_buf();
@@ -68,7 +68,7 @@ pub(crate) async fn at_start(proj: &Projections, log: &Log) -> u64 {
     tracing::warn!(
         sidecars = unreadable.len(),
         dir = %dir.display(),
-        "message index sidecars are missing or cut short; making them again from the log"
+        "message index sidecars are missing, of the wrong length or with a wrong header; making them again from the log"
     );
     let stop = CancellationToken::new();
     let _stop_when_dropped = stop.clone().drop_guard();
@@ -200,12 +200,22 @@ pub(super) async fn repair(
         }
         None => "no object store (tier.url)".to_owned(),
     };
-    let remedy = match from_log.downcast_ref::<ProjectionError>() {
-        Some(ProjectionError::HistoryMissing { .. }) => {
-            "the log no longer holds its range, so no rebuild can write it: reads of its messages fail until the retention lets it go or a copy of the file is put back"
-        }
-        _ => "reads of its messages fail until `tidings rebuild` (server stopped) writes it again",
+    let (from_log, remedy) = match from_log.downcast_ref::<ProjectionError>() {
+        Some(ProjectionError::HistoryMissing { needed, log_start }) => (
+            format!(
+                "the log does not hold offset {needed} of its range (it goes on from {log_start})"
+            ),
+            "no rebuild can write it: reads in the channels with entries in it fail until the retention lets it go (a removal past its last offset) or a copy of the file is put back",
+        ),
+        Some(ProjectionError::Io { .. }) => (
+            format!("{from_log:#}"),
+            "the file could not be read or written here: mend the path or its permissions; the server tries again within a minute of the next read that fails on it, and at its next start",
+        ),
+        _ => (
+            format!("{from_log:#}"),
+            "reads in the channels with entries in it fail until `tidings rebuild` (server stopped) writes it again",
+        ),
     };
-    tracing::error!(file = %file.display(), from_log = %from_log, from_store, remedy, "a message index sidecar is missing or damaged and could not be made again");
+    tracing::error!(file = %file.display(), last_offset = side.last_offset, from_log, from_store, remedy, "a message index sidecar is missing or damaged and could not be made again");
     Outcome::Failed
 }
