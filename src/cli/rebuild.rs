@@ -1,5 +1,6 @@
 //! `tidings rebuild`: rebuild the projections from the log and write a fresh snapshot (or keep
-//! the one it started from, when no events follow it).
+//! the one it started from, when no events follow it); with `--sidecars`, only make again the
+//! message index sidecars that fail their check.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -31,6 +32,11 @@ pub(crate) struct RebuildArgs {
     config: Option<std::path::PathBuf>,
     #[command(flatten)]
     projections: crate::config::ProjectionsArgs,
+    /// Only make again, from the log's records of their ranges, the message index sidecars the
+    /// newest snapshot names that fail their check (missing, cut short, damaged); nothing else
+    /// changes: no replay, no new snapshot.
+    #[arg(long, conflicts_with_all = ["from_snapshot", "from_offset", "config"])]
+    sidecars: bool,
 }
 
 impl RebuildArgs {
@@ -53,6 +59,13 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     // The directory's lock first, as the server takes it: a starting server restores
     // snapshots and sidecars before it opens (and locks) the log.
     let _dir_lock = data.lock()?;
+    if args.sidecars {
+        anyhow::ensure!(
+            !args.projections.any(),
+            "--sidecars makes the sidecars the newest snapshot names again as they were: it takes no projections settings"
+        );
+        return mend_sidecars(&data).await;
+    }
     // A rebuild is run when the state is in doubt (a log that lost its end or was replaced,
     // snapshots of another history), and the server's next start can no longer tell: this
     // rebuild sets aside what told it or writes a newer snapshot over it, and its log's open
@@ -114,6 +127,66 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         n as f64 / secs.max(1e-9),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `rebuild --sidecars`: each message index sidecar the newest snapshot names that fails its
+/// check is made again from the log (`tidings_projections::index_repair`, written only when
+/// its entry count and CRC are the recorded ones), as the server does when a read fails on
+/// one. Exit 1 when one could not be (its range not in the local log: with a tier, the server
+/// fetches it from the object store).
+async fn mend_sidecars(data: &DataDir) -> anyhow::Result<ExitCode> {
+    let Some((state, file)) = snapshot::load_newest(&data.projections().join("snapshots"))? else {
+        super::out!("no snapshot: no sidecar to mend");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let log = super::open_exclusive(data).await?;
+    let dir = data.projections().join("index");
+    let (l, d) = (log.clone(), dir.clone());
+    let results = tokio::task::spawn_blocking(move || {
+        state
+            .index
+            .sidecars
+            .iter()
+            .filter(|s| s.check_file(&d).is_err())
+            .map(|s| {
+                let made =
+                    tidings_projections::index_repair::rewrite_from_log(&l, &d, s, &|| false);
+                (*s, made)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    log.close().await?;
+    let mut failed = 0;
+    for (side, made) in &results {
+        let path = tidings_projections::msgindex::sidecar_path(&dir, side.first_offset);
+        match made {
+            Ok(()) => super::out!("made again: {}", path.display()),
+            Err(e) => {
+                failed += 1;
+                let why = match e {
+                    tidings_projections::ProjectionError::HistoryMissing { needed, log_start } => {
+                        format!(
+                            "the local log does not hold offset {needed} of its range (its records go on from {log_start}): those segments were removed, or are only in the object store (the server, started with its tier, fetches the sidecar from there)"
+                        )
+                    }
+                    other => other.to_string(),
+                };
+                super::out!("NOT made again: {}: {why}", path.display());
+            }
+        }
+    }
+    super::out!(
+        "{} of the sidecars snapshot {} names failed their check; {} made again",
+        results.len(),
+        file.path.display(),
+        results.len() - failed
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Sets aside every snapshot, made under projections settings other than the rebuild's, as the
