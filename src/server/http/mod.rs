@@ -213,6 +213,41 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 }
 
 /// A span per request; counts and times it by route and status.
+/// The longest request target (path and query) a request may have: 414 `uri_too_long`.
+pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most bytes its header fields may take together (names, values and 4 bytes of framing
+/// each): 431 `headers_too_large`.
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Refuses a request whose target or header fields are larger than any this API needs, with a
+/// JSON error. Below hyper's own limits (a target of 64 KiB, ~400 KiB of head, 100 fields),
+/// whose refusals have no body: those stay for larger requests.
+async fn head_limits(req: Request, next: Next) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return ApiError::new(
+            axum::http::StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {target} bytes; at most {MAX_URI_BYTES}"),
+        )
+        .into_response();
+    }
+    let head: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if head > MAX_HEADER_BYTES {
+        return ApiError::new(
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the header fields take {head} bytes; at most {MAX_HEADER_BYTES}"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 async fn observe(state: axum::extract::State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     // Metric labels stay bounded: a method outside the standard set is "other".
@@ -370,7 +405,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(head_limits));
     // Around every route and both fallbacks, so error answers carry the CORS headers too; inside
     // `observe`, so preflights are counted (as OPTIONS) like any request.
     let routes = match cors::layer(&c.http_cors_origins) {
