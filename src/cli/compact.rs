@@ -25,7 +25,9 @@ pub(crate) struct CompactArgs {
     #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
     data: std::path::PathBuf,
     /// Print what would be purged, and change nothing (the log is opened read-only and the
-    /// state loaded into a temporary directory; the server must still be stopped).
+    /// state loaded into a temporary directory; the server must still be stopped) but
+    /// `DATA/FORMAT`, which every command taking the directory's lock writes where it is
+    /// missing.
     #[arg(long)]
     dry_run: bool,
 }

@@ -33,9 +33,10 @@ pub(crate) struct RebuildArgs {
     #[command(flatten)]
     projections: crate::config::ProjectionsArgs,
     /// Only make again, from the log's records of their ranges, the message index sidecars the
-    /// newest snapshot names that fail their check (missing, cut short, damaged); nothing else
-    /// changes: no replay, no new snapshot.
-    #[arg(long, conflicts_with_all = ["from_snapshot", "from_offset", "config"])]
+    /// snapshot the server would load names that fail their check (missing, cut short,
+    /// damaged); nothing else changes: no replay, no new snapshot. Projections settings are
+    /// not read (each sidecar is made as its snapshot records it).
+    #[arg(long, conflicts_with_all = ["from_snapshot", "from_offset"])]
     sidecars: bool,
 }
 
@@ -60,10 +61,6 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     // snapshots and sidecars before it opens (and locks) the log.
     let _dir_lock = data.lock()?;
     if args.sidecars {
-        anyhow::ensure!(
-            !args.projections.any(),
-            "--sidecars makes the sidecars the newest snapshot names again as they were: it takes no projections settings"
-        );
         return mend_sidecars(&data).await;
     }
     // A rebuild is run when the state is in doubt (a log that lost its end or was replaced,
@@ -135,12 +132,27 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
 /// one. Exit 1 when one could not be (its range not in the local log: with a tier, the server
 /// fetches it from the object store).
 async fn mend_sidecars(data: &DataDir) -> anyhow::Result<ExitCode> {
-    let Some((state, file)) = snapshot::load_newest(&data.projections().join("snapshots"))? else {
-        super::out!("no snapshot: no sidecar to mend");
+    // Read-only: the directory's lock keeps a server out, and an open for writing would replace
+    // the log's record of a last run under fsync every/never (the conversation cache is
+    // trusted by it) with one of `always`.
+    let log = super::open_read_only(data).await?;
+    // The snapshot the server would load: the newest one of this log's history within its end.
+    let tmp = tempfile::tempdir()?;
+    let loaded = super::load_read_only(data, &log, tmp.path()).await;
+    let state = match loaded {
+        Ok(p) => p.state,
+        Err(e) => {
+            let _ = log.close().await;
+            return Err(e);
+        }
+    };
+    let Some(applied) = state.applied else {
+        log.close().await?;
+        super::out!("no snapshot of this log: no sidecar to mend");
         return Ok(ExitCode::SUCCESS);
     };
-    let log = super::open_exclusive(data).await?;
     let dir = data.projections().join("index");
+    std::fs::create_dir_all(&dir)?;
     let (l, d) = (log.clone(), dir.clone());
     let results = tokio::task::spawn_blocking(move || {
         state
@@ -165,10 +177,15 @@ async fn mend_sidecars(data: &DataDir) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 failed += 1;
                 let why = match e {
-                    tidings_projections::ProjectionError::HistoryMissing { needed, log_start } => {
+                    tidings_projections::ProjectionError::HistoryMissing { needed, log_start }
+                        if needed < log_start =>
+                    {
                         format!(
                             "the local log does not hold offset {needed} of its range (its records go on from {log_start}): those segments were removed, or are only in the object store (the server, started with its tier, fetches the sidecar from there)"
                         )
+                    }
+                    tidings_projections::ProjectionError::HistoryMissing { needed, .. } => {
+                        format!("the log ends before offset {needed} of its range")
                     }
                     other => other.to_string(),
                 };
@@ -177,9 +194,8 @@ async fn mend_sidecars(data: &DataDir) -> anyhow::Result<ExitCode> {
         }
     }
     super::out!(
-        "{} of the sidecars snapshot {} names failed their check; {} made again",
+        "{} of the sidecars the snapshot of offset {applied} names failed their check; {} made again",
         results.len(),
-        file.path.display(),
         results.len() - failed
     );
     Ok(if failed == 0 {

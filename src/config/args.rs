@@ -22,7 +22,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TIDINGS_DATA")]
     pub(super) data: Option<PathBuf>,
     /// The admin key for app-server calls (surrounding whitespace trimmed; visible ASCII and
-    /// inner spaces only). Default: generated on first start into DATA/admin.key (mode 0600)
+    /// inner spaces and tabs only). Default: generated on first start into DATA/admin.key (mode 0600)
     /// and printed once.
     #[arg(long, env = "TIDINGS_ADMIN_KEY", hide_env_values = true)]
     pub(super) admin_key: Option<String>,

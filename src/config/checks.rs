@@ -153,7 +153,7 @@ pub(crate) fn admin_key_error(key: &str) -> Option<String> {
         .char_indices()
         .find(|&(_, c)| !(c.is_ascii_graphic() || c == ' ' || c == '\t'))?;
     Some(format!(
-        "{c:?} at byte {at}: an Authorization header carries visible ASCII (and spaces inside) \
+        "{c:?} at byte {at}: an Authorization header carries visible ASCII (and spaces and tabs inside) \
          only, so no admin call could match the key"
     ))
 }

@@ -22,7 +22,8 @@
 //! stopped) writes every sidecar again by replaying the log from offset 0, which a log whose
 //! start the retention removed no longer allows — such a sidecar is only let go by the
 //! retention's next removal past its end, or mended by putting back a copy of its file. A
-//! sidecar is tried at most once a minute (each try reads its whole range of the log);
+//! sidecar is tried at most once a minute (each try reads its whole range of the log), and
+//! again each minute while it fails and the state names it;
 //! `tidings_sidecars_repaired_total` and `tidings_sidecar_repairs_failed_total` count them.
 
 use std::collections::HashMap;
@@ -102,7 +103,15 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
             let due = files
                 .take_failed()
                 .into_iter()
-                .filter(|first| !tried.contains_key(first))
+                // One tried within the minute waits for the next tick after it (kept marked):
+                // a sidecar that cannot be made is tried again each minute while it is named.
+                .filter(|&first| {
+                    let wait = tried.contains_key(&first);
+                    if wait {
+                        files.mark_failed(first);
+                    }
+                    !wait
+                })
                 // One the state no longer names (the retention let it go) is not made again.
                 .filter_map(|first| named(&proj, first))
                 .collect();
@@ -124,7 +133,10 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
                         let _ = std::fs::remove_file(sidecar_path(&dir, side.first_offset));
                     }
                 }
-                Outcome::Failed => state.metrics.sidecar_repairs_failed.inc(),
+                Outcome::Failed => {
+                    state.metrics.sidecar_repairs_failed.inc();
+                    state.proj().index_files().mark_failed(side.first_offset);
+                }
                 Outcome::Intact => {}
             }
         }
@@ -205,11 +217,15 @@ pub(super) async fn repair(
             format!(
                 "the log does not hold offset {needed} of its range (it goes on from {log_start})"
             ),
-            "no rebuild can write it: reads in the channels with entries in it fail until the retention lets it go (a removal past its last offset) or a copy of the file is put back",
+            "no rebuild can write it: reads in the channels with entries in it fail until the retention lets it go (a removal past its last offset) or a copy of the file is put back (a tiered directory started without its object store: start it with tier.url)",
         ),
         Some(ProjectionError::Io { .. }) => (
             format!("{from_log:#}"),
-            "the file could not be read or written here: mend the path or its permissions; the server tries again within a minute of the next read that fails on it, and at its next start",
+            "the file could not be read or written here: mend the path or its permissions; the server tries again each minute, and at its next start",
+        ),
+        Some(ProjectionError::Log(_)) => (
+            format!("{from_log:#}"),
+            "a record in its range cannot be read (the README's \"A damaged sealed segment\"): once the segment is mended the server makes it again, within a minute",
         ),
         _ => (
             format!("{from_log:#}"),
