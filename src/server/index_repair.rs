@@ -220,15 +220,15 @@ pub(super) async fn repair(
             "no rebuild can write it: reads in the channels with entries in it fail until the retention lets it go (a removal past its last offset) or a copy of the file is put back (a tiered directory started without its object store: start it with tier.url)",
         ),
         Some(ProjectionError::Io { .. }) => (
-            format!("{from_log:#}"),
+            from_log.to_string(),
             "the file could not be read or written here: mend the path or its permissions; the server tries again each minute, and at its next start",
         ),
         Some(ProjectionError::Log(_)) => (
-            format!("{from_log:#}"),
+            from_log.to_string(),
             "a record in its range cannot be read (the README's \"A damaged sealed segment\"): once the segment is mended the server makes it again, within a minute",
         ),
         _ => (
-            format!("{from_log:#}"),
+            from_log.to_string(),
             "reads in the channels with entries in it fail until `tidings rebuild` (server stopped) writes it again",
         ),
     };
