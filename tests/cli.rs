@@ -1233,6 +1233,10 @@ async fn rebuild_sidecars_mends_only_the_sidecars() {
     std::fs::remove_file(deleted).unwrap();
     let (code, out, _) = tidings(&["inspect", "--data", d]);
     assert_eq!(code, 1, "{out}");
+    assert!(out.contains("tidings rebuild --sidecars"), "{out}");
+    let (code, out, _) = tidings(&["verify", "--data", d]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("tidings rebuild --sidecars"), "{out}");
 
     let (code, out, err) = tidings(&["rebuild", "--data", d, "--sidecars"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -120,11 +120,12 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         // nothing.
         let index_dir = data.projections().join("index");
         let mut ok = 0;
+        let mut bad = 0;
         for side in &state.index.sidecars {
             match side.check_file(&index_dir) {
                 Ok(()) => ok += 1,
                 Err(e) => {
-                    problems += 1;
+                    bad += 1;
                     super::out!("message index sidecar: CORRUPT: {e}");
                 }
             }
@@ -134,6 +135,12 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             super::count(ok as u64, "sidecar", "sidecars"),
             super::count(state.index.mem_len, "entry", "entries")
         );
+        if bad > 0 {
+            problems += bad;
+            super::out!(
+                "  (derived from the log: `tidings rebuild --sidecars` with the server stopped, or the server itself, makes them again)"
+            );
+        }
     }
     if problems > 0 {
         super::out!(

@@ -100,7 +100,9 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let index_dir = data.projections().join("index");
     for side in &live.state.index.sidecars {
         if let Err(e) = side.check_file(&index_dir) {
-            super::out!("damaged message index sidecar: {e}");
+            super::out!(
+                "damaged message index sidecar: {e} (`tidings rebuild --sidecars` makes it again)"
+            );
             problems += 1;
         }
     }
