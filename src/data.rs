@@ -91,6 +91,23 @@ impl DataDir {
             }
         }
     }
+    /// For the commands that only read (and take no lock): a few words when `DATA/FORMAT` says
+    /// a newer build wrote here (what it holds may be misread), changing nothing.
+    pub(crate) fn newer_format(&self) -> Option<String> {
+        let path = self.0.join("FORMAT");
+        let text = std::fs::read_to_string(&path).ok()?;
+        let text = text.trim();
+        let newer = text.bytes().all(|b| b.is_ascii_digit())
+            && !text.is_empty()
+            && text.parse::<u32>().map_or(true, |n| n > DATA_FORMAT);
+        newer.then(|| {
+            format!(
+                "{} says data format {text}, written by a newer build of tidings; this build reads format {DATA_FORMAT} and older, and may misread what that build wrote",
+                path.display()
+            )
+        })
+    }
+
     /// Refuses a directory a newer build wrote ([`DATA_FORMAT`]); records this build's format
     /// where none or an older one is. Called with the directory's lock held.
     fn check_format(&self) -> anyhow::Result<()> {
@@ -321,6 +338,7 @@ mod tests {
         std::fs::write(&format, "0").unwrap();
         drop(data.lock().unwrap());
         assert_eq!(std::fs::read_to_string(&format).unwrap(), "1\n");
+        assert!(data.newer_format().is_none());
         for (text, says) in [
             ("2\n", "data format 2"),
             ("4294967295", "written by a newer build"),
@@ -333,6 +351,9 @@ mod tests {
             assert!(e.contains(says), "{text:?}: {e}");
             assert!(data.try_lock().is_err(), "{text:?}");
             assert_eq!(std::fs::read_to_string(&format).unwrap(), text);
+            // The read-only commands are warned of a newer build's number, not of the rest.
+            let newer = !text.trim().is_empty() && text.trim().bytes().all(|b| b.is_ascii_digit());
+            assert_eq!(data.newer_format().is_some(), newer, "{text:?}");
         }
     }
 

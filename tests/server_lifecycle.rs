@@ -552,6 +552,10 @@ async fn a_directory_of_a_newer_data_format_is_refused_unchanged() {
     let (ok, err) = common::refused_start(&data, ["--listen", "127.0.0.1:0"]);
     assert!(!ok);
     assert!(err.contains("data format 2"), "{err}");
+    // The commands that only read go on, with a warning.
+    let (code, out, err) = common::tidings(&["inspect", "--data", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("warning") && err.contains("newer build"), "{err}");
     let after = files();
     assert_eq!(before, after, "nothing changed");
     // As a build from before the file left it: none.

@@ -141,8 +141,13 @@ pub(crate) async fn load_read_only(
     }
 }
 
-/// Opens the log read-only (works while a server is running).
+/// Opens the log read-only (works while a server is running); first warns, on stderr, when
+/// a newer build's data format is recorded there (`DATA/FORMAT`: the commands that take the
+/// lock refuse such a directory; these read it, and may misread it).
 pub(crate) async fn open_read_only(data: &DataDir) -> anyhow::Result<Log> {
+    if let Some(warning) = data.newer_format() {
+        eprintln!("warning: {warning}");
+    }
     let path = data.log();
     Log::open(&path, LogOptions::default().with_read_only(true))
         .await
