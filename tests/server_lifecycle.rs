@@ -555,7 +555,10 @@ async fn a_directory_of_a_newer_data_format_is_refused_unchanged() {
     // The commands that only read go on, with a warning.
     let (code, out, err) = common::tidings(&["inspect", "--data", data.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(err.contains("warning") && err.contains("newer build"), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("newer build"),
+        "{err}"
+    );
     let after = files();
     assert_eq!(before, after, "nothing changed");
     // As a build from before the file left it: none.
