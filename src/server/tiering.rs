@@ -728,6 +728,19 @@ mod tests {
             .await
             .unwrap()
         }
+
+        /// [`Setup::open_log`] with one record appended, sealed and uploaded (the prefix is
+        /// claimed), and its tier.
+        async fn log_with_one_uploaded(&self) -> (Log, Tier) {
+            let log = self.open_log().await;
+            log.append_one(bytes::Bytes::from_static(b"one"))
+                .await
+                .unwrap();
+            log.roll().await.unwrap();
+            log.upload_now().await.unwrap();
+            let tier = log.tier().unwrap().clone();
+            (log, tier)
+        }
     }
 
     /// Puts manifest version `m` into the store (as another writer would).
@@ -744,13 +757,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fenced_server_uploads_no_snapshot() {
         let (t, store) = Setup::new();
-        let (log, data) = (t.open_log().await, &t.data);
-        log.append_one(bytes::Bytes::from_static(b"one"))
-            .await
-            .unwrap();
-        log.roll().await.unwrap();
-        log.upload_now().await.unwrap();
-        let tier = log.tier().unwrap().clone();
+        let ((log, tier), data) = (t.log_with_one_uploaded().await, &t.data);
         let snap = data.path().join("00000000000000000000.snap");
         std::fs::write(&snap, b"a snapshot").unwrap();
         let uploaded = Mutex::new(None);
@@ -785,13 +792,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_server_overtaken_before_its_next_manifest_write_uploads_no_snapshot() {
         let (t, store) = Setup::new();
-        let (log, data) = (t.open_log().await, &t.data);
-        log.append_one(bytes::Bytes::from_static(b"one"))
-            .await
-            .unwrap();
-        log.roll().await.unwrap();
-        log.upload_now().await.unwrap();
-        let tier = log.tier().unwrap().clone();
+        let ((log, tier), data) = (t.log_with_one_uploaded().await, &t.data);
         // node-b takes over and uploads snapshots of its own; node-a has not noticed.
         put_version(&store, &tier.manifest().next("node-b", u64::MAX / 2)).await;
         for applied in [10, 11, 12] {
@@ -1103,13 +1104,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_damaged_sidecar_is_not_uploaded() {
         let (t, _store) = Setup::new();
-        let log = t.open_log().await;
-        log.append_one(bytes::Bytes::from_static(b"one"))
-            .await
-            .unwrap();
-        log.roll().await.unwrap();
-        log.upload_now().await.unwrap();
-        let tier = log.tier().unwrap().clone();
+        let (log, tier) = t.log_with_one_uploaded().await;
         let (mut bytes, side) = sidecar(0, &[(1, 0)]);
         let owner = t.data.path().join("owner");
         std::fs::create_dir_all(owner.join("index")).unwrap();
