@@ -58,8 +58,9 @@ pub(super) enum Outcome {
 }
 
 /// Makes again from the log, before the server serves, the sidecars that are missing, of the
-/// wrong length or with a wrong header; those it cannot are left to [`run`] (marked failed). Stops between reads when the
-/// start is given up (the future dropped). Returns how many it made.
+/// wrong length or with a wrong header; those it cannot are left to [`run`] (marked failed).
+/// Stops between reads when the start is given up (the future dropped). Returns how many it
+/// made.
 pub(crate) async fn at_start(proj: &Projections, log: &Log) -> u64 {
     let dir = proj.index_files().dir().to_path_buf();
     let unreadable = index_repair::unreadable(&dir, &proj.state.index.sidecars);
@@ -103,17 +104,17 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
             let due = files
                 .take_failed()
                 .into_iter()
+                // One the state no longer names (the retention let it go) is not made again.
+                .filter_map(|first| named(&proj, first))
                 // One tried within the minute waits for the next tick after it (kept marked):
                 // a sidecar that cannot be made is tried again each minute while it is named.
-                .filter(|&first| {
-                    let wait = tried.contains_key(&first);
+                .filter(|side| {
+                    let wait = tried.contains_key(&side.first_offset);
                     if wait {
-                        files.mark_failed(first);
+                        files.mark_failed(side.first_offset);
                     }
                     !wait
                 })
-                // One the state no longer names (the retention let it go) is not made again.
-                .filter_map(|first| named(&proj, first))
                 .collect();
             (files.dir().to_path_buf(), due)
         };
