@@ -26,6 +26,25 @@ use std::path::{Path, PathBuf};
 /// from before 2026-12-01 do not read the file (format 1 is what they wrote too).
 pub(crate) const DATA_FORMAT: u32 = 1;
 
+/// The number `DATA/FORMAT` holds: decimal digits alone (surrounding whitespace aside), one too
+/// large for a `u32` taken as [`u32::MAX`] (a newer build's all the same); `None` for anything
+/// else.
+fn parse_format(text: &str) -> Option<u32> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse().unwrap_or(u32::MAX))
+}
+
+/// A format number in a message.
+fn format_words(n: u32) -> String {
+    match n {
+        u32::MAX => "a number above this build's".to_owned(),
+        n => n.to_string(),
+    }
+}
+
 /// A data directory.
 #[derive(Debug, Clone)]
 pub(crate) struct DataDir(PathBuf);
@@ -96,16 +115,14 @@ impl DataDir {
     pub(crate) fn newer_format(&self) -> Option<String> {
         let path = self.0.join("FORMAT");
         let text = std::fs::read_to_string(&path).ok()?;
-        let text = text.trim();
-        let newer = text.bytes().all(|b| b.is_ascii_digit())
-            && !text.is_empty()
-            && text.parse::<u32>().map_or(true, |n| n > DATA_FORMAT);
-        newer.then(|| {
-            format!(
-                "{} says data format {text}, written by a newer build of tidings; this build reads format {DATA_FORMAT} and older, and may misread what that build wrote",
-                path.display()
-            )
-        })
+        match parse_format(&text) {
+            Some(n) if n > DATA_FORMAT => Some(format!(
+                "{} says data format {}, written by a newer build of tidings; this build reads format {DATA_FORMAT} and older, and may misread what that build wrote",
+                path.display(),
+                format_words(n)
+            )),
+            _ => None,
+        }
     }
 
     /// Refuses a directory a newer build wrote ([`DATA_FORMAT`]); records this build's format
@@ -114,15 +131,7 @@ impl DataDir {
         use anyhow::Context as _;
         let path = self.0.join("FORMAT");
         let found = match std::fs::read_to_string(&path) {
-            // A number too large for this build is a newer build's all the same.
-            Ok(text)
-                if !text.trim().is_empty()
-                    && text.trim().bytes().all(|b| b.is_ascii_digit())
-                    && text.trim().parse::<u32>().is_err() =>
-            {
-                u32::MAX
-            }
-            Ok(text) => text.trim().parse::<u32>().map_err(|_| {
+            Ok(text) => parse_format(&text).ok_or_else(|| {
                 anyhow::anyhow!(
                     "{} does not hold a data format number (it holds {:?}): it is written by tidings; if this directory is this build's, write {DATA_FORMAT} there",
                     path.display(),
@@ -133,10 +142,7 @@ impl DataDir {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         if found > DATA_FORMAT {
-            let found = match found {
-                u32::MAX => "a number above this build's".to_owned(),
-                n => n.to_string(),
-            };
+            let found = format_words(found);
             anyhow::bail!(
                 "the data directory {} is in data format {found} ({}), written by a newer build of tidings; this build reads format {DATA_FORMAT} and older, and would misread it. Run that newer build, or restore a copy of the directory made before the upgrade",
                 self.0.display(),
@@ -344,6 +350,8 @@ mod tests {
             ("4294967295", "written by a newer build"),
             ("99999999999999999999999", "written by a newer build"),
             ("two", "does not hold a data format number"),
+            ("+2", "does not hold a data format number"),
+            ("02", "data format 2"),
             ("", "does not hold a data format number"),
         ] {
             std::fs::write(&format, text).unwrap();

@@ -1263,4 +1263,28 @@ async fn rebuild_sidecars_mends_only_the_sidecars() {
     assert!(out.contains("0 of the sidecars"), "{out}");
     let (code, _, _) = tidings(&["rebuild", "--data", d, "--sidecars", "--from-snapshot"]);
     assert_eq!(code, 2);
+
+    // A snapshot past the log's end (the server sets it aside) naming a sidecar that is not
+    // there: inspect says so, and checks the sidecars of the one the server would load (it
+    // called this one's missing sidecar corrupt and advised a mend that could not help).
+    let snaps = data.join("projections/snapshots");
+    let mut ahead = snapshot::load_newest(&snaps).unwrap().unwrap().0;
+    ahead.applied = Some(1000);
+    ahead
+        .index
+        .sidecars
+        .push(tidings_projections::msgindex::Sidecar {
+            first_offset: 999,
+            last_offset: 999,
+            entries: 1,
+            crc: 0,
+        });
+    std::fs::write(
+        snapshot::snapshot_path(&snaps, 1000),
+        snapshot::encode(&ahead).unwrap(),
+    )
+    .unwrap();
+    let (code, out, _) = tidings(&["inspect", "--data", d]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("past the log's end"), "{out}");
 }

@@ -80,9 +80,12 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         super::count(total_records, "record", "records"),
         super::count(total_bytes, "byte", "bytes")
     );
+    let log_end = log.next_offset();
     log.close().await?;
 
     let snap_dir = data.projections().join("snapshots");
+    // The snapshot the server would load (the newest that decodes within the log's end) names
+    // the sidecars checked below.
     let mut newest = None;
     for s in snapshot::list(&snap_dir)? {
         let len = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
@@ -90,6 +93,9 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::from)
             .and_then(|b| snapshot::decode(&s.path, &b).map_err(anyhow::Error::from))
         {
+            Ok(_) if s.applied >= log_end => format!(
+                "ok, but past the log's end (offset {log_end}): the server sets it aside and loads an older one"
+            ),
             Ok(state) => {
                 newest.get_or_insert(state);
                 "ok".to_string()

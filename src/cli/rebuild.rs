@@ -152,7 +152,13 @@ async fn mend_sidecars(data: &DataDir) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let dir = data.projections().join("index");
-    std::fs::create_dir_all(&dir)?;
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        let _ = log.close().await;
+        anyhow::bail!(
+            "creating the message index directory {}: {e}",
+            dir.display()
+        );
+    }
     let (l, d) = (log.clone(), dir.clone());
     let results = tokio::task::spawn_blocking(move || {
         state
@@ -187,6 +193,12 @@ async fn mend_sidecars(data: &DataDir) -> anyhow::Result<ExitCode> {
                     tidings_projections::ProjectionError::HistoryMissing { needed, .. } => {
                         format!("the log ends before offset {needed} of its range")
                     }
+                    e @ tidings_projections::ProjectionError::Io { .. } => format!(
+                        "{e} (the file cannot be written there: mend the path or its permissions, then run this again)"
+                    ),
+                    e @ tidings_projections::ProjectionError::Log(_) => format!(
+                        "{e} (a record in its range cannot be read: `tidings inspect` names the damage; nothing rebuilds a sidecar past it)"
+                    ),
                     other => other.to_string(),
                 };
                 super::out!("NOT made again: {}: {why}", path.display());

@@ -72,13 +72,18 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 
     let base = ProjectionConfig::default();
     let live_dir = tempfile::tempdir()?;
+    // Whether the snapshot compared is one the server would load (its sidecars are mended
+    // by `rebuild --sidecars`): not past the log's end, nor of another history.
+    let mut loadable = true;
     let (mut live, from) = match newest {
         Some((state, snap, anchor)) => {
+            loadable = state.next_offset() <= log.next_offset();
             // Made from this log? (The server sets such a snapshot aside at start-up.)
             if let (Some(anchor), Some(applied)) = (anchor, state.applied)
                 && let Some(found) = snapshot::anchor_at(&log, applied).await?
                 && found != anchor
             {
+                loadable = false;
                 super::out!(
                     "snapshot {} was made from another history of the log: the record at \
                      offset {applied} differs (anchor {anchor:#010x}, log {found:#010x})",
@@ -100,9 +105,12 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let index_dir = data.projections().join("index");
     for side in &live.state.index.sidecars {
         if let Err(e) = side.check_file(&index_dir) {
-            super::out!(
-                "damaged message index sidecar: {e} (`tidings rebuild --sidecars` makes it again)"
-            );
+            let fix = if loadable {
+                "`tidings rebuild --sidecars` makes it again"
+            } else {
+                "named by a snapshot the server sets aside"
+            };
+            super::out!("damaged message index sidecar: {e} ({fix})");
             problems += 1;
         }
     }

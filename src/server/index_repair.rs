@@ -79,7 +79,8 @@ pub(crate) async fn at_start(proj: &Projections, log: &Log) -> u64 {
         match from_log(log, &dir, side, &stop).await {
             Ok(()) => made += 1,
             Err(e) => {
-                tracing::warn!(file = %sidecar_path(&dir, side.first_offset).display(), error = %e, "the log could not make a message index sidecar again; trying again once the server serves");
+                // Said once, with its cause, by the task's first try (within a second).
+                tracing::debug!(file = %sidecar_path(&dir, side.first_offset).display(), error = %e, "the log could not make a message index sidecar again; trying again once the server serves");
                 proj.index_files().mark_failed(side.first_offset);
             }
         }
@@ -226,7 +227,7 @@ pub(super) async fn repair(
         ),
         Some(ProjectionError::Log(_)) => (
             from_log.to_string(),
-            "a record in its range cannot be read (the README's \"A damaged sealed segment\"): once the segment is mended the server makes it again, within a minute",
+            "a record in its range cannot be read (`tidings inspect` names the damage; the README's \"A damaged sealed segment\" says what to do): once the log reads again the server makes it within a minute",
         ),
         _ => (
             from_log.to_string(),
