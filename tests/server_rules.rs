@@ -2644,6 +2644,22 @@ async fn a_long_target_or_large_headers_get_a_json_error() {
     let (status, v) = get("/v1/sync".into(), Some("b".repeat(33 * 1024))).await;
     assert_eq!(status, 431);
     assert_eq!(v.unwrap()["error"]["code"], "headers_too_large");
+    // A refused request with a body (not read) ends its connection, and the answer says so;
+    // one without keeps it.
+    let long = server.url(&target(8 * 1024 + 1));
+    let resp = client
+        .post(&long)
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 16 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 414);
+    assert_eq!(resp.headers()["connection"], "close");
+    let resp = client.get(&long).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 414);
+    assert!(resp.headers().get("connection").is_none());
     // Past hyper's limit (more than 100 fields): refused all the same, without a body.
     let mut req = client.get(server.url("/v1/sync")).bearer_auth(&alice);
     for i in 0..101 {

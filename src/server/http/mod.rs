@@ -223,14 +223,31 @@ pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// JSON error. Below hyper's own limits (a target of 64 KiB, ~400 KiB of head, 100 fields),
 /// whose refusals have no body: those stay for larger requests.
 async fn head_limits(req: Request, next: Next) -> Response {
+    // A refused request's body is not read: the connection then ends after the answer, and
+    // says so (a client still writing a large body otherwise met a closed socket unwarned).
+    let with_body = |mut r: Response| {
+        let h = req.headers();
+        let body = h.contains_key(axum::http::header::TRANSFER_ENCODING)
+            || h.get(axum::http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if body {
+            r.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        r
+    };
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target > MAX_URI_BYTES {
-        return ApiError::new(
-            axum::http::StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            format!("the request target is {target} bytes; at most {MAX_URI_BYTES}"),
-        )
-        .into_response();
+        return with_body(
+            ApiError::new(
+                axum::http::StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                format!("the request target is {target} bytes; at most {MAX_URI_BYTES}"),
+            )
+            .into_response(),
+        );
     }
     let head: usize = req
         .headers()
@@ -238,12 +255,14 @@ async fn head_limits(req: Request, next: Next) -> Response {
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     if head > MAX_HEADER_BYTES {
-        return ApiError::new(
-            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
-            format!("the header fields take {head} bytes; at most {MAX_HEADER_BYTES}"),
-        )
-        .into_response();
+        return with_body(
+            ApiError::new(
+                axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("the header fields take {head} bytes; at most {MAX_HEADER_BYTES}"),
+            )
+            .into_response(),
+        );
     }
     next.run(req).await
 }
