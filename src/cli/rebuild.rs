@@ -35,7 +35,8 @@ pub(crate) struct RebuildArgs {
     /// Only make again, from the log's records of their ranges, the message index sidecars the
     /// snapshot the server would load names that fail their check (missing, cut short,
     /// damaged); nothing else changes: no replay, no new snapshot. Projections settings are
-    /// not read (each sidecar is made as its snapshot records it).
+    /// not used (each sidecar is made as its snapshot records it), though a malformed one
+    /// (a flag, or a `TIDINGS_PROJECTIONS_*` variable) is still refused as a usage error.
     #[arg(long, conflicts_with_all = ["from_snapshot", "from_offset"])]
     sidecars: bool,
 }
