@@ -72,6 +72,16 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
     let before = api.ok("GET", "/v1/conversations", &bob, None).await;
     assert_eq!(listed(&before, "h").unwrap()["unread"], 3, "{before}");
     let v_before = before["version"].as_u64().unwrap();
+    // carol's list holds a group she is then removed from (holding none of its messages).
+    api.group("gone", &["alice", "carol"]).await;
+    let carol = api.user("carol").await;
+    api.send(&alice, "gone", "gone1", "early").await;
+    let hers = api.ok("GET", "/v1/conversations", &carol, None).await;
+    assert!(listed(&hers, "gone").is_some(), "{hers}");
+    let v_carol = hers["version"].as_u64().unwrap();
+    let uids = Some(serde_json::json!({"uids": ["carol"]}));
+    api.ok("DELETE", "/v1/channels/gone/members", ADMIN, uids)
+        .await;
     const SENT: u64 = 600;
     for i in 1..=SENT {
         api.send(
@@ -145,6 +155,7 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
         if let Some(h) = listed(&inc, "h") {
             assert_eq!(h["unread"], 0, "{inc}");
             assert!(h["version"].as_u64().unwrap() > v_before, "{inc}");
+            assert_eq!(inc["reset"], false, "{inc}");
             break;
         }
         assert!(Instant::now() < deadline, "h never listed again: {inc}");
@@ -152,6 +163,23 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
     }
     let log = api.text("/v1/log", ADMIN).await;
     assert!(log.contains(r#""type":"log_trimmed""#), "{log}");
+    // The removal let go of carol's removal from "gone" (before the log's start, nothing of the
+    // group left to tell her): her incremental list from before it is the whole list, said so;
+    // from its version, incremental again. bob's (who left nothing) was incremental above.
+    let since = format!("/v1/conversations?since_version={v_carol}");
+    let reset = api.ok("GET", &since, &carol, None).await;
+    assert_eq!(
+        (&reset["reset"], &reset["removed"], &reset["conversations"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!([]),
+            &serde_json::json!([])
+        ),
+        "{reset}"
+    );
+    let since = format!("/v1/conversations?since_version={}", reset["version"]);
+    let next = api.ok("GET", &since, &carol, None).await;
+    assert_eq!(next["reset"], false, "{next}");
     api.send(&alice, "g", "after", "after the retention").await;
 
     // A restart starts from a snapshot (the log starts past 0) and answers the same.

@@ -46,6 +46,12 @@ pub struct Cursors {
     /// kept until the user joins the group again. `/v1/changes` reads it too: a recall in a
     /// group the user left still reaches their devices (`messages::plan_changes`).
     pub removed: HashMap<Uid, BTreeMap<ChannelId, u64>>,
+    /// For each user some of whose entries in `removed` a `log_trimmed` event let go
+    /// ([`Cursors::forget_left`]), the highest offset let go: an incremental list from a
+    /// version below it may have missed a removal, and answers the whole list instead. Absent
+    /// from snapshots written before 2026-12-01 (none was let go then).
+    #[serde(default)]
+    pub removals_let_go: HashMap<Uid, u64>,
 }
 
 impl Cursors {
@@ -133,6 +139,40 @@ impl Cursors {
             .entry(uid.to_owned())
             .or_default()
             .insert(channel.to_owned(), offset);
+    }
+
+    /// Lets go of the groups users left (or that were deleted under them) before `start` whose
+    /// remains `done` says nothing can need any more: the entry in [`Cursors::removed`] and the
+    /// user's cursor there (`None` to `done` when there is none), noting the removal's offset in
+    /// [`Cursors::removals_let_go`]. At a `log_trimmed` event (`State::forget_left`); until
+    /// 2026-12-01 both stayed for every group a user ever left.
+    pub(crate) fn forget_left(
+        &mut self,
+        start: u64,
+        done: impl Fn(&str, &str, Option<&Cursor>) -> bool,
+    ) {
+        let (by_user, let_go) = (&mut self.by_user, &mut self.removals_let_go);
+        self.removed.retain(|uid, gone| {
+            gone.retain(|channel, offset| {
+                if *offset >= start {
+                    return true;
+                }
+                let mine = by_user.get_mut(uid.as_str());
+                if !done(uid, channel, mine.as_deref().and_then(|m| m.get(channel))) {
+                    return true;
+                }
+                if let Some(mine) = mine {
+                    mine.remove(channel);
+                    if mine.is_empty() {
+                        by_user.remove(uid.as_str());
+                    }
+                }
+                let highest = let_go.entry_ref(uid.as_str()).or_default();
+                *highest = (*highest).max(*offset);
+                false
+            });
+            !gone.is_empty()
+        });
     }
 
     /// The conversation is hidden while the channel's last seq is at most `up_to`: the seq the

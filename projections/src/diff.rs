@@ -252,6 +252,13 @@ pub fn diff(live: &State, rebuilt: &State, max: usize) -> Vec<String> {
         &rebuilt.cursors.removed,
         values,
     );
+    maps(
+        o,
+        "removals let go of user",
+        &live.cursors.removals_let_go,
+        &rebuilt.cursors.removals_let_go,
+        values,
+    );
 
     if live.idempotency != rebuilt.idempotency {
         o.push(format!(

@@ -180,6 +180,35 @@ impl Heads {
         });
     }
 
+    /// Forgets the recalls and edits made at offsets below `start` (`Event::LogTrimmed`), from
+    /// [`Heads::changes`] and, for a recall, the seq from [`Heads::recalled`]. Each concerns a
+    /// message sent before its change, so before `start`: expired with its segment, which no
+    /// read serves and no recall or edit reaches (`message_expired`). A recalled seq's one
+    /// entry in `changes` is its recall (edits after a recall are not kept), so a recalled
+    /// seq goes exactly when that entry does. `/v1/changes` from a version below `start` says
+    /// it was told less (`forgotten`). Unread counts are unchanged where they are served: a
+    /// seq let go here is at or below its channel's expired floor, where the served count is
+    /// cut. Until 2026-12-01 both grew with every recall and edit ever made.
+    pub(crate) fn forget_changes_below(&mut self, start: u64) {
+        let recalled = &mut self.recalled;
+        self.changes.retain(|channel, list| {
+            let gone = list.partition_point(|&(offset, _)| offset < start);
+            if gone > 0 {
+                if let Some(seqs) = recalled.get_mut(channel) {
+                    for (_, seq) in list.drain(..gone) {
+                        seqs.remove(&seq);
+                    }
+                    if seqs.is_empty() {
+                        recalled.remove(channel);
+                    }
+                } else {
+                    list.drain(..gone);
+                }
+            }
+            !list.is_empty()
+        });
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn sent(
         &mut self,

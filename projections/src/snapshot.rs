@@ -54,6 +54,17 @@
 //!   event but not the dropped seqs, and would load this state without them (and write it so
 //!   for good), its reads of the seqs let go then finding nothing; it refuses this version
 //!   instead.
+//! - 9 (2026-12-01): each `log_trimmed` event also lets go of the recalls and edits made
+//!   below the log's start, from the heads' `changes` and `recalled`
+//!   (`Heads::forget_changes_below`): until then they grew with every recall and edit ever
+//!   made. Versions 6 to 8 are still *current*: the rule keeps or lets go by offset against
+//!   the start alone, so loading lets go below the highest start at once (`State::after_load`)
+//!   and leaves what each event did, exactly. The same events let go of the groups users
+//!   left before the start with nothing of them left to tell (`State::forget_left`, noted in
+//!   `Cursors::removals_let_go`): not at load, its conditions reading more than the start, so
+//!   a state of an earlier version keeps them until the next event (live and replayed states
+//!   apply it at the same events). A build of version 8 refuses this version: it would take
+//!   the recalls let go for never made.
 //!
 //! Not a version: a hide carrying the seq it hides as of (`ConversationHidden::up_to_seq`,
 //! 2026-11-30). A hide without it is applied as before, and every state an earlier build wrote
@@ -82,7 +93,7 @@ use crate::fsutil::write_atomic;
 use crate::state::State;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"TDSN");
-const VERSION: u32 = 8;
+const VERSION: u32 = 9;
 /// The oldest version whose states follow the current rules (older ones are outdated).
 const OLDEST_CURRENT: u32 = 6;
 const HEADER_LEN: usize = 40;

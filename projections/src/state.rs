@@ -204,17 +204,64 @@ impl State {
                 let start = self.trimmed.map_or(*start, |t| t.start.max(*start));
                 self.trimmed = Some(Trimmed { offset, start });
                 self.forget_below(start);
+                self.forget_left(start);
             }
         }
         Ok(Applied::Done)
     }
 
     /// What a `log_trimmed` event lets go, the log starting at `start`: the edit offsets
-    /// below it (`Heads::forget_edits_below`) and the message index's sidecars that end below
-    /// it (`IndexState::drop_below`).
+    /// below it (`Heads::forget_edits_below`), the recalls and edits made below it
+    /// (`Heads::forget_changes_below`) and the message index's sidecars that end below it
+    /// (`IndexState::drop_below`). Each rule keeps or lets go by its offsets against `start`
+    /// alone, so letting go at the highest start once leaves what each event did.
     fn forget_below(&mut self, start: u64) {
         self.heads.forget_edits_below(start);
+        self.heads.forget_changes_below(start);
         self.index.drop_below(start);
+    }
+
+    /// What a `log_trimmed` event lets go of a group a user left before `start` (or that was
+    /// deleted under them), with nothing of it still to tell them: its entry in
+    /// `Cursors::removed` (an incremental conversation list from a version below it answers
+    /// the whole list instead: `Cursors::removals_let_go`) and their cursor there. Nothing is to tell
+    /// when they are not a member again, every message they could hold there or cleared (up to
+    /// their cursor: delivered, read or cleared) is let go by the index (expired: no recall or
+    /// edit reaches it), no recall or edit of one is still kept (`/v1/changes` would tell it),
+    /// and a hide or a clear of theirs no longer hides anything (the last seq is past it: the
+    /// conversation list would show the last message either way). A user who joins again then
+    /// starts afresh at the head, as they would with the cursor kept: every part it kept was
+    /// below the head, of messages expired, or hid nothing. Not applied at load (unlike
+    /// `forget_below`): its conditions read more than the start, so the next event lets go of
+    /// what a state of an earlier format kept; live and replayed states apply it at the same
+    /// events. Until 2026-12-01 both stayed for every group anyone ever left.
+    fn forget_left(&mut self, start: u64) {
+        let State {
+            cursors,
+            subs,
+            heads,
+            index,
+            ..
+        } = self;
+        cursors.forget_left(start, |uid, channel, cur| {
+            if subs.is_member(channel, uid) {
+                return false;
+            }
+            let Some(cur) = cur else {
+                return true;
+            };
+            let (held, last) = (
+                cur.delivered.max(cur.read).max(cur.cleared),
+                heads.last_seq(channel),
+            );
+            held <= index.dropped_through(channel)
+                && cur.hidden_at.is_none_or(|h| h < last)
+                && (cur.cleared == 0 || cur.cleared < last)
+                && heads
+                    .changes_since(channel, 0)
+                    .iter()
+                    .all(|&(_, seq)| seq > held)
+        });
     }
 
     /// Brings a state a snapshot held to this build's rules where that is exact: one written
@@ -300,5 +347,71 @@ mod tests {
         );
         let read: State = older.deserialized().unwrap();
         assert_eq!(read.trimmed, None);
+    }
+
+    /// A `log_trimmed` event lets go of the recalls and edits made below its start (from the
+    /// changes and, a recall's, from the recalled seqs) and keeps those from it; a state that
+    /// applied the same events under a build that kept them all (the trims' starts recorded,
+    /// nothing let go) comes to the same heads at load.
+    #[test]
+    fn a_log_trimmed_event_forgets_older_recalls_and_edits() {
+        let sent = |channel: &str, seq| Event::MessageSent {
+            channel: channel.into(),
+            from: "a".into(),
+            client_msg_id: format!("{channel}{seq}"),
+            seq,
+            message_id: seq,
+            payload: bytes::Bytes::from_static(b"m"),
+            flags: 0,
+        };
+        let recall = |channel: &str, seq| Event::MessageRecalled {
+            channel: channel.into(),
+            seq,
+            by: "a".into(),
+        };
+        let edit = |channel: &str, seq| Event::MessageEdited {
+            channel: channel.into(),
+            seq,
+            by: "a".into(),
+            payload: bytes::Bytes::from_static(b"e"),
+            flags: 0,
+        };
+        let mut events: Vec<(u64, Event)> = (1..=5).map(|s| (9 + s, sent("g", s))).collect();
+        events.push((16, sent("h", 1)));
+        events.extend([
+            (20, recall("g", 1)),
+            (21, edit("g", 2)),
+            (22, recall("g", 3)),
+            (30, Event::LogTrimmed { start: 21 }),
+            (40, recall("g", 4)),
+            (41, edit("g", 5)),
+            (45, recall("h", 1)),
+            (50, Event::LogTrimmed { start: 41 }),
+            (60, edit("g", 5)),
+        ]);
+        let mut live = State::new(Idempotency::default(), 1024);
+        let mut kept_all = State::new(Idempotency::default(), 1024);
+        for (offset, event) in &events {
+            live.apply(*offset, &Envelope::new(1, event.clone()))
+                .unwrap();
+            if !matches!(event, Event::LogTrimmed { .. }) {
+                kept_all
+                    .apply(*offset, &Envelope::new(1, event.clone()))
+                    .unwrap();
+            }
+            if *offset == 30 {
+                // Between the trims: the recall below 21 went, the edit at 21 stays.
+                assert!(!live.heads.is_recalled("g", 1));
+                assert_eq!(live.heads.changes_since("g", 0), [(21, 2), (22, 3)]);
+            }
+        }
+        assert_eq!(live.heads.changes_since("g", 0), [(60, 5)]);
+        assert!(!live.heads.recalled.contains_key("g"));
+        assert_eq!(live.heads.changes_since("h", 0), [(45, 1)]);
+        assert!(live.heads.is_recalled("h", 1));
+        assert_eq!(kept_all.heads.changes_since("g", 0).len(), 5);
+        kept_all.trimmed = live.trimmed;
+        kept_all.after_load();
+        assert_eq!(kept_all.heads, live.heads);
     }
 }

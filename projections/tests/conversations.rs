@@ -788,3 +788,81 @@ async fn a_recreated_group_is_listed_from_its_first_message() {
     assert_eq!(inc.conversations.len(), 1);
     assert!(inc.removed.is_empty(), "{inc:?}");
 }
+
+/// A `log_trimmed` event lets go of what is kept of a group a user left (the entry the
+/// incremental list's `removed` reads, and their cursor there) once nothing of it can reach
+/// them: every message they held there let go by the index and no recall or edit of one still
+/// kept. One who held nothing (joined, never acked) goes at once; one holding a message whose
+/// recall is still kept stays until a later event lets the recall go; one holding a message
+/// the index still has stays. A member's own cursor stays. Live and rebuilt states agree, and a
+/// user let go joins again at the head.
+#[tokio::test]
+async fn a_trim_lets_go_of_groups_left_with_nothing_left_to_tell() {
+    let mut w = World::new().await;
+    w.create("g").await;
+    w.create("k").await;
+    w.subscribe("g", &["ann", "bob", "cat", "dan"]).await;
+    w.subscribe("k", &["ann", "bob"]).await;
+    // The index flushes every 5 entries (`common::config`): seqs 1 to 20 in sidecars.
+    for i in 0..12 {
+        w.send("ann", "g", &format!("a{i}")).await.unwrap();
+    }
+    w.ack("bob", "g", Some(12), None).await;
+    w.unsubscribe("g", &["bob", "cat"]).await;
+    w.unsubscribe("k", &["bob"]).await;
+    for i in 12..24 {
+        w.send("ann", "g", &format!("a{i}")).await.unwrap();
+    }
+    w.ack("dan", "g", Some(24), None).await;
+    w.unsubscribe("g", &["dan"]).await;
+    w.recall("g", 11, "ann").await;
+    let recall = w.state().applied.unwrap();
+
+    // The log starts at the recall: it is kept, and so is bob's group g (he held seq 11).
+    w.emit(Event::LogTrimmed { start: recall }).await;
+    assert_eq!(w.state().index.dropped_through("g"), 20);
+    let removed = |w: &World, uid: &str| -> Vec<String> {
+        w.state()
+            .cursors
+            .removed
+            .get(uid)
+            .map_or_else(Vec::new, |m| m.keys().cloned().collect())
+    };
+    let has_cursor = |w: &World, uid: &str, ch: &str| {
+        w.state()
+            .cursors
+            .by_user
+            .get(uid)
+            .is_some_and(|m| m.contains_key(ch))
+    };
+    assert_eq!(removed(&w, "bob"), ["g"]);
+    assert!(has_cursor(&w, "bob", "g") && !has_cursor(&w, "bob", "k"));
+    assert!(removed(&w, "cat").is_empty() && !has_cursor(&w, "cat", "g"));
+    assert!(!w.state().cursors.by_user.contains_key("cat"));
+    // Noted: an incremental list of cat's from before her removal answers the whole list.
+    let let_go = |w: &World, uid: &str| w.state().cursors.removals_let_go.get(uid).copied();
+    let left = let_go(&w, "cat").unwrap();
+    // (bob's group k, left at the next event, went: he held nothing there.)
+    assert!(left < recall && let_go(&w, "bob") == Some(left + 1));
+    assert!(let_go(&w, "dan").is_none());
+    // dan held seq 24, which the index still has in memory.
+    assert_eq!(removed(&w, "dan"), ["g"]);
+    assert!(has_cursor(&w, "dan", "g") && has_cursor(&w, "ann", "g"));
+    let plan =
+        tidings_projections::messages::plan_changes(w.state(), w.p.index_files(), "bob", 0, 10, 0)
+            .unwrap();
+    assert_eq!(plan.changes.len(), 1, "{:?}", plan.changes);
+
+    // Past the recall: it goes, and bob's group with it.
+    let next = w.state().next_offset();
+    w.emit(Event::LogTrimmed { start: next }).await;
+    assert!(removed(&w, "bob").is_empty() && !has_cursor(&w, "bob", "g"));
+    assert!(let_go(&w, "bob").unwrap() > left);
+    assert_eq!(removed(&w, "dan"), ["g"]);
+    assert_eq!(&w.rebuild().await, w.state());
+
+    // Joined again, bob starts at the head.
+    w.subscribe("g", &["bob"]).await;
+    let cur = w.state().cursors.get("bob", "g");
+    assert_eq!((cur.delivered, cur.read, cur.cleared), (24, 24, 0));
+}

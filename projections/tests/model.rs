@@ -1,5 +1,5 @@
 //! Property: random sequences of actions (create, subscribe, unsubscribe, resubscribe, send,
-//! ack, read, recall, allow/deny changes, hide, clear, delete) give the same state live, rebuilt
+//! ack, read, recall, allow/deny changes, hide, clear, delete, a retention's trim) give the same state live, rebuilt
 //! from offset 0, and from a snapshot taken at a random point plus a replay of the rest; and
 //! every message reads back through the index. And what is read from the state: `/v1/changes`
 //! paged one change at a time gives what one call gives, each message once, a group the user is
@@ -43,6 +43,9 @@ enum Action {
     Token(usize, u8, u8),
     RevokeToken(usize, u8),
     RevokeAll(usize),
+    /// A removal of the retention: the log now starts at this many eighths of the next offset
+    /// (the segments stay: the state's rules are what is checked).
+    Trim(u8),
     Snapshot,
 }
 
@@ -68,6 +71,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (u.clone(), 0u8..5, 0u8..3).prop_map(|(x, h, e)| Action::Token(x, h, e)),
         1 => (u.clone(), 0u8..5).prop_map(|(x, h)| Action::RevokeToken(x, h)),
         1 => u.clone().prop_map(Action::RevokeAll),
+        1 => (0u8..=8).prop_map(Action::Trim),
         1 => Just(Action::Snapshot),
     ]
 }
@@ -195,6 +199,10 @@ async fn run(actions: Vec<Action>, snap_at: usize) {
                 })
                 .await;
             }
+            Action::Trim(k) => {
+                let start = w.state().next_offset() * u64::from(k) / 8;
+                w.emit(Event::LogTrimmed { start }).await;
+            }
             Action::Snapshot => {
                 if let Some(p) = w.p.snapshot().unwrap() {
                     snap = Some(p);
@@ -243,14 +251,16 @@ async fn run(actions: Vec<Action>, snap_at: usize) {
         );
     }
 
-    // Every message of every channel reads back through the index, with its own seq.
+    // Every message of every channel reads back through the index, with its own seq (but for
+    // those whose sidecar a trim let go).
     let channels: Vec<String> = w.state().heads.heads.keys().cloned().collect();
     for ch in channels {
         let msgs = w.history(&ch).await;
         let last = w.state().heads.last_seq(&ch);
+        let dropped = w.state().index.dropped_through(&ch);
         assert_eq!(
             msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            (1..=last).collect::<Vec<_>>(),
+            (dropped + 1..=last).collect::<Vec<_>>(),
             "{ch}"
         );
         for m in &msgs {

@@ -52,6 +52,12 @@ pub(crate) struct ConversationsPage {
     pub(crate) has_more: bool,
     /// Pass as `since_version` next time.
     pub(crate) version: u64,
+    /// Whether `since_version` was below a conversation's leaving the caller's list (a group
+    /// they left, or that was deleted) that is no longer kept: the retention's removals let go
+    /// of those older than the log's start, once nothing of the group can reach the user. This
+    /// page is then of the whole list, as without `since_version` (replace what you hold;
+    /// `removed` is empty). `false` otherwise.
+    pub(crate) reset: bool,
 }
 
 /// A conversation as the caller sees it.
@@ -209,11 +215,22 @@ pub(crate) async fn conversations(
     let me = caller.require_user()?.to_owned();
     let limit = page_limit(q.limit, 100)?;
     // The version a page answers with is the offset applied when its list was valid: taken
-    // under the same lock as the fingerprint the cached list is checked against.
-    let (fp, version) = {
+    // under the same lock as the fingerprint the cached list is checked against. A version
+    // below a removal from the list that is let go (`State::forget_left`) may have missed it:
+    // the whole list instead.
+    let (fp, version, since_version) = {
         let p = state.proj();
-        (fingerprint(&p.state, &me), p.state.applied.unwrap_or(0))
+        let let_go = p.state.cursors.removals_let_go.get(me.as_str()).copied();
+        let since = q
+            .since_version
+            .filter(|&since| let_go.is_none_or(|offset| since >= offset));
+        (
+            fingerprint(&p.state, &me),
+            p.state.applied.unwrap_or(0),
+            since,
+        )
     };
+    let reset = q.since_version.is_some() && since_version.is_none();
     let (all, version) = match state.conv_cache.get(&me, fp).await {
         Some(list) => (list, version),
         None => {
@@ -229,7 +246,7 @@ pub(crate) async fn conversations(
             (list, version)
         }
     };
-    let all = match q.since_version {
+    let all = match since_version {
         Some(since) => with_trim_versions(&state, &me, all, since)?,
         None => all,
     };
@@ -237,7 +254,7 @@ pub(crate) async fn conversations(
         &state.proj().state,
         &me,
         &all,
-        q.since_version,
+        since_version,
         limit,
         version,
     );
@@ -264,6 +281,7 @@ pub(crate) async fn conversations(
             .collect(),
         has_more: list.has_more,
         version: list.version,
+        reset,
     }))
 }
 
@@ -345,6 +363,11 @@ pub(crate) struct ChangesPage {
     pub(crate) version: u64,
     /// Whether more changes remain (ask again with `since=version` now).
     pub(crate) has_more: bool,
+    /// Whether `since` is below where the log started at the retention's latest removal: the
+    /// recalls and edits made before then, all of messages that have expired since, are no
+    /// longer kept, so this answer cannot tell them. A device that holds messages history no
+    /// longer serves may hold some recalled or edited without knowing it (and may drop them).
+    pub(crate) forgotten: bool,
 }
 
 /// Recalls and edits of messages in the caller's channels since `since`: what a device that
@@ -359,9 +382,13 @@ pub(crate) async fn changes(
 ) -> ApiResult<axum::Json<ChangesPage>> {
     let me = caller.require_user()?.to_owned();
     let limit = page_limit(q.limit, 100)?;
-    let plan = {
+    let (plan, forgotten) = {
         let p = state.proj();
-        match q.since {
+        // The recalls and edits below the start were let go (`Heads::forget_changes_below`).
+        let forgotten = q
+            .since
+            .is_some_and(|since| p.state.trimmed.is_some_and(|t| since < t.start));
+        let plan = match q.since {
             Some(since) => {
                 let (files, expired_below) = (p.index_files(), state.expired_below());
                 messages::plan_changes(&p.state, files, &me, since, limit, expired_below)?
@@ -371,7 +398,8 @@ pub(crate) async fn changes(
                 version: p.state.next_offset(),
                 has_more: false,
             },
-        }
+        };
+        (plan, forgotten)
     };
     let mut loaded = messages::load_retained(&state.log, &plan.to_load(), state.expiring())
         .await?
@@ -401,5 +429,6 @@ pub(crate) async fn changes(
         messages: out,
         version: plan.version,
         has_more: plan.has_more,
+        forgotten,
     }))
 }
