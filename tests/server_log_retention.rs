@@ -72,9 +72,14 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
     let before = api.ok("GET", "/v1/conversations", &bob, None).await;
     assert_eq!(listed(&before, "h").unwrap()["unread"], 3, "{before}");
     let v_before = before["version"].as_u64().unwrap();
-    // carol's list holds a group she is then removed from (holding none of its messages).
-    api.group("gone", &["alice", "carol"]).await;
+    // carol's list holds a group she is then removed from (every message she held there
+    // expires), and two she stays in, active before it.
     let carol = api.user("carol").await;
+    for k in ["k1", "k2"] {
+        api.group(k, &["alice", "carol"]).await;
+        api.send(&alice, k, &format!("{k}-1"), "early").await;
+    }
+    api.group("gone", &["alice", "carol"]).await;
     api.send(&alice, "gone", "gone1", "early").await;
     let hers = api.ok("GET", "/v1/conversations", &carol, None).await;
     assert!(listed(&hers, "gone").is_some(), "{hers}");
@@ -164,22 +169,38 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
     let log = api.text("/v1/log", ADMIN).await;
     assert!(log.contains(r#""type":"log_trimmed""#), "{log}");
     // The removal let go of carol's removal from "gone" (before the log's start, nothing of the
-    // group left to tell her): her incremental list from before it is the whole list, said so;
-    // from its version, incremental again. bob's (who left nothing) was incremental above.
-    let since = format!("/v1/conversations?since_version={v_carol}");
+    // group left to tell her): her incremental list from before it is answered as a first
+    // call, said so, a page of the one most recent when asked for one; paged on from its
+    // version, incremental again with the other, never reset again (the 2026-12-01 build
+    // answered a version below the removal: the next call was reset too, for ever). bob's
+    // (who left nothing) was incremental above.
+    let since = format!("/v1/conversations?since_version={v_carol}&limit=1");
     let reset = api.ok("GET", &since, &carol, None).await;
     assert_eq!(
-        (&reset["reset"], &reset["removed"], &reset["conversations"]),
+        (&reset["reset"], &reset["removed"], &reset["has_more"]),
         (
             &serde_json::json!(true),
             &serde_json::json!([]),
-            &serde_json::json!([])
+            &serde_json::json!(true)
         ),
         "{reset}"
     );
-    let since = format!("/v1/conversations?since_version={}", reset["version"]);
-    let next = api.ok("GET", &since, &carol, None).await;
-    assert_eq!(next["reset"], false, "{next}");
+    assert_eq!(channels_of(&reset).len(), 1, "{reset}");
+    let mut seen = channels_of(&reset);
+    let mut version = reset["version"].as_u64().unwrap();
+    for _ in 0..5 {
+        let since = format!("/v1/conversations?since_version={version}&limit=1");
+        let next = api.ok("GET", &since, &carol, None).await;
+        assert_eq!(next["reset"], false, "{next}");
+        seen.extend(channels_of(&next));
+        version = next["version"].as_u64().unwrap();
+        if next["has_more"] == false {
+            break;
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["k1", "k2"]);
     api.send(&alice, "g", "after", "after the retention").await;
 
     // A restart starts from a snapshot (the log starts past 0) and answers the same.
@@ -227,6 +248,16 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
     assert_eq!(page_seqs(&page), again, "{page}");
     let sync = api.ok("GET", "/v1/sync?limit=1000", &bob, None).await;
     assert_eq!(page_seqs(&sync), again, "{sync}");
+}
+
+/// The channels of a conversation page, in its order.
+fn channels_of(page: &serde_json::Value) -> Vec<String> {
+    page["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// The snapshots' offsets in `data`, oldest first.

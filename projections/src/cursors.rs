@@ -43,8 +43,10 @@ pub struct Cursors {
     /// Cursors by user, then channel.
     pub by_user: HashMap<Uid, HashMap<ChannelId, Cursor>>,
     /// When a conversation left a user's list (unsubscribed, deleted), by user then channel;
-    /// kept until the user joins the group again. `/v1/changes` reads it too: a recall in a
-    /// group the user left still reaches their devices (`messages::plan_changes`).
+    /// kept until the user joins the group again, or a `log_trimmed` event lets it go with
+    /// nothing of the group left to tell them ([`Cursors::forget_left`]). `/v1/changes` reads
+    /// it too: a recall in a group the user left still reaches their devices
+    /// (`messages::plan_changes`).
     pub removed: HashMap<Uid, BTreeMap<ChannelId, u64>>,
     /// For each user some of whose entries in `removed` a `log_trimmed` event let go
     /// ([`Cursors::forget_left`]), the highest offset let go: an incremental list from a

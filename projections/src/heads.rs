@@ -5,8 +5,9 @@
 //! and, for each edited message, the log offset of every edit of it (history serves the
 //! latest; the server's purge of a recalled message rewrites them all). These grow with
 //! recalls and edits, not messages: a message edited n times holds n offsets. The edit offsets
-//! below the log's start go with each `log_trimmed` event (the retention's removals), so those
-//! stay bounded by the log; the recalled seqs and the changes are kept.
+//! below the log's start go with each `log_trimmed` event (the retention's removals), and so
+//! do the changes made below it and the recalled seqs they name (`forget_changes_below`), so
+//! all of them stay bounded by the log.
 
 use std::collections::{BTreeMap, BTreeSet};
 

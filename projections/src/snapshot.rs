@@ -1,7 +1,7 @@
 //! Snapshots of every projection: `snapshots/{applied:020}.snap`, written to a temp file,
 //! fsynced, renamed, directory fsynced; the newest few kept.
 //!
-//! Layout (little-endian): a 40-byte header — magic `"TDSN"`, version `8` (u32), the last
+//! Layout (little-endian): a 40-byte header — magic `"TDSN"`, version `9` (u32), the last
 //! offset applied (u64), body length (u64), CRC-32 of the body (u32), the *anchor* (u32),
 //! flags (u32; bit 0: the anchor is set), CRC-32 of the header's first 36 bytes (u32) — then
 //! the body: the CBOR of [`State`]. Versions 1 and 2 have a 32-byte header: the same fields
@@ -61,10 +61,17 @@
 //!   the start alone, so loading lets go below the highest start at once (`State::after_load`)
 //!   and leaves what each event did, exactly. The same events let go of the groups users
 //!   left before the start with nothing of them left to tell (`State::forget_left`, noted in
-//!   `Cursors::removals_let_go`): not at load, its conditions reading more than the start, so
-//!   a state of an earlier version keeps them until the next event (live and replayed states
-//!   apply it at the same events). A build of version 8 refuses this version: it would take
-//!   the recalls let go for never made.
+//!   `Cursors::removals_let_go`). Its conditions read more than the start: a state of
+//!   version 9 applied it at its events, and loading it again could let go of more than they
+//!   did, so it is not; a state of an earlier version has it applied at load, as of its
+//!   highest start. That is nearly what this build's replay of the events since an earlier
+//!   state gives, not exactly: a user who left before a trim and joined the group again
+//!   before the next snapshot keeps a cleared seq or hide that hid nothing where the replay
+//!   started them afresh, and a group whose old message was recalled between a trim and the
+//!   load is let go by the replay, kept by the load. So `verify` rebuilding from a snapshot
+//!   of version 8 or before, on a log trimmed since it, may report such cursors and removals
+//!   as differing: the rules changed between them, nothing is damaged. A build of version 8
+//!   refuses this version: it would take the recalls let go for never made.
 //!
 //! Not a version: a hide carrying the seq it hides as of (`ConversationHidden::up_to_seq`,
 //! 2026-11-30). A hide without it is applied as before, and every state an earlier build wrote
@@ -93,7 +100,7 @@ use crate::fsutil::write_atomic;
 use crate::state::State;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"TDSN");
-const VERSION: u32 = 9;
+pub(crate) const VERSION: u32 = 9;
 /// The oldest version whose states follow the current rules (older ones are outdated).
 const OLDEST_CURRENT: u32 = 6;
 const HEADER_LEN: usize = 40;
@@ -232,7 +239,7 @@ pub fn decode_anchored(path: &Path, bytes: &[u8]) -> Result<(State, Option<u32>)
     if state.applied != Some(applied) {
         return Err(raw.corrupt(8, "header offset differs from the body's".into()));
     }
-    state.after_load();
+    state.after_load(version);
     Ok((state, anchor))
 }
 

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::FastMap as HashMap;
 use crate::cursors::Cursors;
 use crate::error::{ProjectionError, Result};
 use crate::event::{Envelope, Event, FLAG_PURGED};
@@ -14,6 +15,10 @@ use crate::ids::is_person_channel;
 use crate::msgindex::IndexState;
 use crate::subscriptions::Subscriptions;
 use crate::tokens::Tokens;
+
+/// The snapshot format from which `log_trimmed` events were applied with `State::forget_left`
+/// (`crate::snapshot`'s module doc).
+const FORGETS_LEFT_SINCE: u32 = 9;
 
 /// Every projection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,10 +236,10 @@ impl State {
     /// and a hide or a clear of theirs no longer hides anything (the last seq is past it: the
     /// conversation list would show the last message either way). A user who joins again then
     /// starts afresh at the head, as they would with the cursor kept: every part it kept was
-    /// below the head, of messages expired, or hid nothing. Not applied at load (unlike
-    /// `forget_below`): its conditions read more than the start, so the next event lets go of
-    /// what a state of an earlier format kept; live and replayed states apply it at the same
-    /// events. Until 2026-12-01 both stayed for every group anyone ever left.
+    /// below the head, of messages expired, or hid nothing. Applied at load only to a state of
+    /// a format before it (`after_load`): its conditions read more than the start, so applied
+    /// again to a state that applied it at its events it could let go of more than they did.
+    /// Until 2026-12-01 both stayed for every group anyone ever left.
     fn forget_left(&mut self, start: u64) {
         let State {
             cursors,
@@ -243,6 +248,14 @@ impl State {
             index,
             ..
         } = self;
+        // The lowest seq of each channel whose recall or edit is still kept: read once, not
+        // once per removal (a deleted group of many members has as many).
+        let mut lowest_changed: HashMap<&str, u64> = HashMap::default();
+        for (channel, changes) in &heads.changes {
+            if let Some(lowest) = changes.iter().map(|&(_, seq)| seq).min() {
+                lowest_changed.insert(channel.as_str(), lowest);
+            }
+        }
         cursors.forget_left(start, |uid, channel, cur| {
             if subs.is_member(channel, uid) {
                 return false;
@@ -257,21 +270,26 @@ impl State {
             held <= index.dropped_through(channel)
                 && cur.hidden_at.is_none_or(|h| h < last)
                 && (cur.cleared == 0 || cur.cleared < last)
-                && heads
-                    .changes_since(channel, 0)
-                    .iter()
-                    .all(|&(_, seq)| seq > held)
+                && lowest_changed
+                    .get(channel)
+                    .is_none_or(|&lowest| lowest > held)
         });
     }
 
-    /// Brings a state a snapshot held to this build's rules where that is exact: one written
+    /// Brings a state a snapshot of format `version` held to this build's rules: one written
     /// by a build that applied its `log_trimmed` events without letting the index's sidecars
     /// go has them let go now (`crate::snapshot`'s module doc). Dropping below the highest
     /// start at once leaves what dropping at each event did, so the state is the one this
-    /// build's replay of the log gives. Idempotent.
-    pub(crate) fn after_load(&mut self) {
+    /// build's replay of the log gives. A state of a format before 9 has the groups its users
+    /// left let go as of its highest start too (`forget_left`): nearly what this build's
+    /// replay of its events gives, not exactly — the module doc says where they differ.
+    /// Idempotent.
+    pub(crate) fn after_load(&mut self, version: u32) {
         if let Some(t) = self.trimmed {
             self.forget_below(t.start);
+            if version < FORGETS_LEFT_SINCE {
+                self.forget_left(t.start);
+            }
         }
     }
 }
@@ -411,7 +429,50 @@ mod tests {
         assert!(live.heads.is_recalled("h", 1));
         assert_eq!(kept_all.heads.changes_since("g", 0).len(), 5);
         kept_all.trimmed = live.trimmed;
-        kept_all.after_load();
+        kept_all.after_load(crate::snapshot::VERSION);
         assert_eq!(kept_all.heads, live.heads);
+    }
+
+    /// A state of a format before 9 (its `log_trimmed` events applied without
+    /// `forget_left`) has the groups its users left let go at load, as of its highest start;
+    /// one of format 9 applied the rule at its events, and is not changed by a load.
+    #[test]
+    fn a_state_of_an_earlier_format_lets_go_of_groups_left_at_load() {
+        let mut old = State::new(Idempotency::default(), 1024);
+        let events = [
+            Event::ChannelCreated {
+                channel: "g".into(),
+                flags: Default::default(),
+            },
+            Event::MembersSubscribed {
+                channel: "g".into(),
+                uids: vec!["a".into(), "b".into()],
+            },
+            Event::MembersUnsubscribed {
+                channel: "g".into(),
+                uids: vec!["b".into()],
+            },
+        ];
+        for (offset, event) in events.into_iter().enumerate() {
+            old.apply(offset as u64, &Envelope::new(1, event)).unwrap();
+        }
+        assert!(old.cursors.removed.contains_key("b"));
+        // A trim past the removal, as a build of format 8 applied it: nothing let go.
+        old.trimmed = Some(Trimmed {
+            offset: 3,
+            start: 3,
+        });
+        let mut nine = old.clone();
+        nine.after_load(FORGETS_LEFT_SINCE);
+        assert_eq!(nine, old);
+        old.after_load(FORGETS_LEFT_SINCE - 1);
+        assert!(!old.cursors.removed.contains_key("b"));
+        assert_eq!(old.cursors.removals_let_go.get("b"), Some(&2));
+        // As this build applies the event.
+        let mut live = nine.clone();
+        live.trimmed = None;
+        live.apply(3, &Envelope::new(1, Event::LogTrimmed { start: 3 }))
+            .unwrap();
+        assert_eq!(live.cursors, old.cursors);
     }
 }

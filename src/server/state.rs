@@ -333,7 +333,7 @@ impl AppState {
         }
         if narrows_sends(&event) {
             return self
-                .emit_unless(event, |_| false)
+                .emit_unless(event, |_| Ok(false))
                 .await?
                 .ok_or_else(|| ApiError::internal("an event to write was not written"));
         }
@@ -343,7 +343,8 @@ impl AppState {
     /// Like [`AppState::emit`] under the sequencer's lock, unless `done(state)` says the event
     /// is not needed (checked under the lock, after every earlier such event was applied): two
     /// racing requests for one change write it once (a message recalled twice at once wrote
-    /// two recall events naming different people). `None` when it was not written.
+    /// two recall events naming different people). `None` when it was not written; an error
+    /// of `done` is the answer, nothing written.
     ///
     /// The locked part runs in a task of its own (in `send_tasks`, waited for at shutdown):
     /// the lock is released only once the event is applied, or the applier stopped — not when
@@ -352,12 +353,12 @@ impl AppState {
     pub(crate) async fn emit_unless(
         self: &Arc<Self>,
         event: Event,
-        done: impl FnOnce(&tidings_projections::State) -> bool + Send + 'static,
+        done: impl FnOnce(&tidings_projections::State) -> ApiResult<bool> + Send + 'static,
     ) -> ApiResult<Option<u64>> {
         let state = self.clone();
         let locked = self.send_tasks.spawn(async move {
             let _sends = state.sequencer.lock().await;
-            if done(&state.proj().state) {
+            if done(&state.proj().state)? {
                 return Ok(None);
             }
             state.writable()?;

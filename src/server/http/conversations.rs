@@ -55,8 +55,9 @@ pub(crate) struct ConversationsPage {
     /// Whether `since_version` was below a conversation's leaving the caller's list (a group
     /// they left, or that was deleted) that is no longer kept: the retention's removals let go
     /// of those older than the log's start, once nothing of the group can reach the user. This
-    /// page is then of the whole list, as without `since_version` (replace what you hold;
-    /// `removed` is empty). `false` otherwise.
+    /// page is then answered as without `since_version`: the most recently active, `has_more`
+    /// when `limit` cut the list (page on from `version` as after any first page); replace what
+    /// you hold with the list so paged (`removed` is empty). `false` otherwise.
     pub(crate) reset: bool,
 }
 
@@ -199,6 +200,22 @@ fn with_trim_versions(
     Ok(all)
 }
 
+/// `all` with every conversation's version raised past `let_go`, the highest offset of the
+/// caller's removals let go (`Cursors::removals_let_go`). An incremental call from below it is
+/// answered as a first call, so a version a page answers with must not be below it: the
+/// version of a first page that leaves some out is just below the lowest left out, and the
+/// call from it would be answered as a first call again, for ever. Raised, that version is at
+/// least `let_go` (the offset of a removal applied before the list's version). An incremental
+/// call from exactly `let_go` gets the raised conversations once more.
+fn past_let_go(mut all: Vec<Conversation>, let_go: Option<u64>) -> Vec<Conversation> {
+    if let Some(let_go) = let_go {
+        for c in &mut all {
+            c.version = c.version.max(let_go.saturating_add(1));
+        }
+    }
+    all
+}
+
 /// One JSON text (the payloads in it as sent).
 fn raw<T: Serialize>(v: &T) -> ApiResult<Box<RawValue>> {
     to_raw_value(v).map_err(|e| ApiError::internal(format!("rendering the answer: {e}")))
@@ -214,50 +231,57 @@ pub(crate) async fn conversations(
 ) -> ApiResult<axum::Json<ConversationsPage>> {
     let me = caller.require_user()?.to_owned();
     let limit = page_limit(q.limit, 100)?;
-    // The version a page answers with is the offset applied when its list was valid: taken
-    // under the same lock as the fingerprint the cached list is checked against. A version
-    // below a removal from the list that is let go (`State::forget_left`) may have missed it:
-    // the whole list instead.
-    let (fp, version, since_version) = {
-        let p = state.proj();
-        let let_go = p.state.cursors.removals_let_go.get(me.as_str()).copied();
-        let since = q
+    // Tried again when a `log_trimmed` event let go of one of the caller's removals while the
+    // list was read (`page` below): each try after the first needs another such event, one
+    // per retention pass at most.
+    let (mut list, reset) = loop {
+        // The version a page answers with is the offset applied when its list was valid:
+        // taken under the same lock as the fingerprint the cached list is checked against. A
+        // version below a removal from the list that was let go (`State::forget_left`) may
+        // have missed it: answered as a first call (`reset`).
+        let (fp, version, let_go) = {
+            let p = state.proj();
+            (
+                fingerprint(&p.state, &me),
+                p.state.applied.unwrap_or(0),
+                p.state.cursors.removals_let_go.get(me.as_str()).copied(),
+            )
+        };
+        let since_version = q
             .since_version
             .filter(|&since| let_go.is_none_or(|offset| since >= offset));
-        (
-            fingerprint(&p.state, &me),
-            p.state.applied.unwrap_or(0),
-            since,
-        )
-    };
-    let reset = q.since_version.is_some() && since_version.is_none();
-    let (all, version) = match state.conv_cache.get(&me, fp).await {
-        Some(list) => (list, version),
-        None => {
-            let (fp, list, version) = {
-                let p = state.proj();
-                (
-                    fingerprint(&p.state, &me),
-                    compute(&p.state, &me),
-                    p.state.applied.unwrap_or(0),
-                )
-            };
-            state.conv_cache.put(&me, fp, &list);
-            (list, version)
+        let reset = q.since_version.is_some() && since_version.is_none();
+        let (all, version) = match state.conv_cache.get(&me, fp).await {
+            Some(list) => (list, version),
+            None => {
+                let (fp, list, version) = {
+                    let p = state.proj();
+                    (
+                        fingerprint(&p.state, &me),
+                        compute(&p.state, &me),
+                        p.state.applied.unwrap_or(0),
+                    )
+                };
+                state.conv_cache.put(&me, fp, &list);
+                (list, version)
+            }
+        };
+        let all = past_let_go(all, let_go);
+        let all = match since_version {
+            Some(since) => with_trim_versions(&state, &me, all, since)?,
+            None => all,
+        };
+        let p = state.proj();
+        // The removals `page` reads are those of this lock: one let go since `let_go` was
+        // read could be one this call's `since_version` had not seen.
+        if p.state.cursors.removals_let_go.get(me.as_str()).copied() != let_go {
+            continue;
         }
+        break (
+            page(&p.state, &me, &all, since_version, limit, version),
+            reset,
+        );
     };
-    let all = match since_version {
-        Some(since) => with_trim_versions(&state, &me, all, since)?,
-        None => all,
-    };
-    let mut list = page(
-        &state.proj().state,
-        &me,
-        &all,
-        since_version,
-        limit,
-        version,
-    );
     // Expired messages: below the log's start, or let go by the index (even with no start
     // known: a tiered directory started without its store).
     {

@@ -581,15 +581,27 @@ pub(crate) async fn recall_message(
             state.charge_user_send(me, 0)?;
         }
         // Checked again under the lock that orders such changes: a racing recall of the same
-        // message already written makes this one nothing to write.
+        // message already written makes this one nothing to write, and one expired since it
+        // was loaded is refused as an edit is (the retention removes segments before its
+        // `log_trimmed` event lets go of what a user could still be told of the message: a
+        // recall written after that event, of a message below its start, would reach none of
+        // the devices of those let go).
         let recall = Event::MessageRecalled {
             channel: channel.clone(),
             seq,
             by,
         };
-        let ch = channel.clone();
+        let (ch, app, sent_at) = (channel.clone(), state.clone(), m.offset);
         state
-            .emit_unless(recall, move |st| st.heads.is_recalled(&ch, seq))
+            .emit_unless(recall, move |st| {
+                if st.heads.is_recalled(&ch, seq) {
+                    return Ok(true);
+                }
+                if sent_at < app.expired_below() {
+                    return Err(message_expired(seq));
+                }
+                Ok(false)
+            })
             .await?;
     }
     Ok(Recalled {
