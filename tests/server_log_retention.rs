@@ -81,6 +81,25 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
     }
     api.group("gone", &["alice", "carol"]).await;
     api.send(&alice, "gone", "gone1", "early").await;
+    // dave reads a message longer than a preview (a conversation shows it, read from the log,
+    // until it expires): his list's version then.
+    api.group("lg", &["alice", "dave"]).await;
+    let dave = api.user("dave").await;
+    api.send(&alice, "lg", "lg1", &"long ".repeat(200)).await;
+    let read = Some(serde_json::json!({"seq": 1}));
+    api.ok("POST", "/v1/channels/lg/read", &dave, read).await;
+    let his = api.ok("GET", "/v1/conversations", &dave, None).await;
+    let lg = listed(&his, "lg").unwrap();
+    assert!(
+        lg["last_message"]["payload"]["text"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 512,
+        "{his}"
+    );
+    assert_eq!(lg["unread"], 0, "{his}");
+    let v_dave = his["version"].as_u64().unwrap();
     let hers = api.ok("GET", "/v1/conversations", &carol, None).await;
     assert!(listed(&hers, "gone").is_some(), "{hers}");
     let v_carol = hers["version"].as_u64().unwrap();
@@ -166,6 +185,17 @@ async fn the_oldest_segments_go_once_snapshots_cover_them_and_reads_serve_the_re
         assert!(Instant::now() < deadline, "h never listed again: {inc}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // dave's incremental list from before the removal lists lg again, its long last message
+    // expired (until 2026-12-02 it was left out: his client kept the payload).
+    let since = format!("/v1/conversations?since_version={v_dave}");
+    let inc = api.ok("GET", &since, &dave, None).await;
+    let full = api.ok("GET", "/v1/conversations", &dave, None).await;
+    assert_eq!(
+        listed(&full, "lg").unwrap()["last_message"],
+        serde_json::Value::Null
+    );
+    let lg = listed(&inc, "lg").unwrap_or_else(|| panic!("lg not listed again: {inc}"));
+    assert_eq!(lg["last_message"], serde_json::Value::Null, "{inc}");
     let log = api.text("/v1/log", ADMIN).await;
     assert!(log.contains(r#""type":"log_trimmed""#), "{log}");
     // The removal let go of carol's removal from "gone" (before the log's start, nothing of the

@@ -318,6 +318,23 @@ impl IndexState {
         self.dropped.get(channel).copied().unwrap_or(0)
     }
 
+    /// The last seq of `channel` the state knows to have expired in a log starting at `start`:
+    /// the last one whose sidecar went ([`IndexState::dropped_through`]), or the last entry in
+    /// memory below `start` when that is higher (a small or quiet server may trim many
+    /// segments before its first sidecar is written). The entries below `start` of a sidecar
+    /// that ends past it are not counted (they would be read from the file); once a later
+    /// removal passes its end they are.
+    pub fn expired_through(&self, channel: &str, start: u64) -> u64 {
+        let in_mem = self.mem.get(channel).map_or(0, |entries| {
+            let below = entries.partition_point(|&(_, offset)| offset < start);
+            below
+                .checked_sub(1)
+                .and_then(|i| entries.get(i))
+                .map_or(0, |&(seq, _)| seq)
+        });
+        self.dropped_through(channel).max(in_mem)
+    }
+
     /// The sidecar a run is in (`None` for a run of a sidecar the state no longer holds).
     pub fn sidecar_of(&self, run: &Run) -> Option<&Sidecar> {
         let at = self.sidecars.partition_point(|s| s.first_offset < run.file);

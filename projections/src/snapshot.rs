@@ -73,7 +73,14 @@
 //!   as differing: the rules changed between them, nothing is damaged. A build of version 8
 //!   refuses this version: it would take the recalls let go for never made.
 //!
-//! Not a version: a hide carrying the seq it hides as of (`ConversationHidden::up_to_seq`,
+//! Not a version: `State::forget_left` counting the index's entries in memory below the
+//! start as expired (`IndexState::expired_through`, 2026-12-02; the build of 2026-12-01
+//! counted only the sidecars that went). A state of version 9 that build wrote kept some
+//! groups this build's replay lets go; the next `log_trimmed` event lets them go (its start
+//! is no lower), so live and replayed states meet there, and until then `verify` may report
+//! such removals and cursors as differing: the rule changed, nothing is damaged.
+//!
+//! Not a version either: a hide carrying the seq it hides as of (`ConversationHidden::up_to_seq`,
 //! 2026-11-30). A hide without it is applied as before, and every state an earlier build wrote
 //! applied only such hides. The other way (a build from before it loading a newer state) reads
 //! the state, but a hide written with the seq had, under that build's rule, covered a message

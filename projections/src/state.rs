@@ -228,11 +228,11 @@ impl State {
 
     /// What a `log_trimmed` event lets go of a group a user left before `start` (or that was
     /// deleted under them), with nothing of it still to tell them: its entry in
-    /// `Cursors::removed` (an incremental conversation list from a version below it answers
-    /// the whole list instead: `Cursors::removals_let_go`) and their cursor there. Nothing is to tell
-    /// when they are not a member again, every message they could hold there or cleared (up to
-    /// their cursor: delivered, read or cleared) is let go by the index (expired: no recall or
-    /// edit reaches it), no recall or edit of one is still kept (`/v1/changes` would tell it),
+    /// `Cursors::removed` (an incremental conversation list from a version below it is
+    /// answered as a first call: `Cursors::removals_let_go`) and their cursor there. Nothing is
+    /// to tell when they are not a member again, every message they could hold there or
+    /// cleared (up to their cursor: delivered, read or cleared) is known to have expired
+    /// (`IndexState::expired_through`: no recall or edit reaches it), no recall or edit of one is still kept (`/v1/changes` would tell it),
     /// and a hide or a clear of theirs no longer hides anything (the last seq is past it: the
     /// conversation list would show the last message either way). A user who joins again then
     /// starts afresh at the head, as they would with the cursor kept: every part it kept was
@@ -267,7 +267,7 @@ impl State {
                 cur.delivered.max(cur.read).max(cur.cleared),
                 heads.last_seq(channel),
             );
-            held <= index.dropped_through(channel)
+            held <= index.expired_through(channel, start)
                 && cur.hidden_at.is_none_or(|h| h < last)
                 && (cur.cleared == 0 || cur.cleared < last)
                 && lowest_changed

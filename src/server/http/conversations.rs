@@ -161,7 +161,9 @@ const FLOORS_PER_LOCK: usize = 16;
 
 /// For an incremental list from `since`: `all` with the version of each conversation whose
 /// unread count the retention cut (the caller's read position below the channel's expired
-/// floor: [`unread_retained`]) raised to the offset of the latest `log_trimmed` event
+/// floor: [`unread_retained`]), or whose last message, longer than its preview, it expired
+/// (shown as none from then on: [`render`]; until 2026-12-02 an incremental list kept it),
+/// raised to the offset of the latest `log_trimmed` event
 /// (`State::trimmed`) when that is past `since` and the conversation's own version is not:
 /// the removal changed the count, and the list carries the conversation again with it. Until
 /// 2026-11-30 no event moved such a conversation's version, and incremental lists kept the
@@ -188,11 +190,20 @@ fn with_trim_versions(
     for chunk in all.chunks_mut(FLOORS_PER_LOCK) {
         let p = state.proj();
         for c in chunk {
-            if c.version > since || c.unread == 0 {
+            // A last message longer than its preview is read from the log (`render`): once
+            // expired it is shown as none.
+            let long_head = c
+                .last_message
+                .as_ref()
+                .filter(|m| m.truncated && !m.recalled)
+                .map(|m| m.seq);
+            if c.version > since || (c.unread == 0 && long_head.is_none()) {
                 continue;
             }
             let cur = p.state.cursors.get(me, &c.channel);
-            if state.expired_floor(&p, &c.channel)? > cur.read.max(cur.cleared) {
+            let floor = state.expired_floor(&p, &c.channel)?;
+            let cut = c.unread > 0 && floor > cur.read.max(cur.cleared);
+            if cut || long_head.is_some_and(|seq| seq <= floor) {
                 c.version = trimmed.offset;
             }
         }
