@@ -417,6 +417,12 @@ impl Log {
         // Before anything is written under this open's policy (the next open's recovery
         // reads it); the recovered tail is durable now (recovery synced it).
         recovery::record_policy(vfs.as_ref(), &dir, opts.fsync, (active_base, rec.len))?;
+        // The directory's names are made durable before anything is appended: the active
+        // segment may be one a roll created (or renamed from its spare) just before a crash or
+        // a failed directory sync, whose name no sync made durable yet; records acknowledged
+        // into it would go with its name at a power cut.
+        vfs.sync_dir(&dir)
+            .map_err(|e| LogError::io("sync directory", &dir, e))?;
         let interval = u64::from(opts.index_interval_bytes);
         let mut segs: Vec<Arc<Segment>> = bases[..bases.len() - 1]
             .iter()

@@ -522,8 +522,9 @@ struct Extent {
 }
 
 /// The position of the first valid batch in `[from, end)` whose base offset is at least
-/// `min_base` (evidence that damage is not a torn tail), if any. Inside `inside` (the damaged
-/// batch's declared extent) a batch counts only if its base is exactly `next_base`.
+/// `min_base` (evidence that damage at `from - 1` is not a torn tail), if any, and no larger
+/// than the records the bytes between could hold. Inside `inside` (the damaged batch's
+/// declared extent) a batch counts only if its base is exactly `next_base`.
 fn find_valid_batch(
     file: &dyn VfsFile,
     path: &Path,
@@ -552,8 +553,15 @@ fn find_valid_batch(
             let Ok(h) = batch::peek_header(&head) else {
                 continue;
             };
+            // A batch written after the damage continues its offsets: every record between
+            // takes at least `RECORD_OVERHEAD` bytes, so its base is at most one per such
+            // bytes past `min_base`. A client's bytes embedding a batch with any larger base
+            // (say 2^62: no offset to predict) were taken for data after damage when the
+            // damaged batch's header did not read, and a strict open refused.
+            let most = min_base.saturating_add((at - (from - 1)) / batch::RECORD_OVERHEAD as u64);
             if h.base_offset < min_base
                 || h.base_offset >= MAX_OFFSET
+                || h.base_offset > most
                 || inside.is_some_and(|x| at < x.end && h.base_offset != x.next_base)
             {
                 continue;

@@ -368,6 +368,20 @@ impl Segment {
     /// past `end`.
     pub(crate) fn offset_for_timestamp(&self, ts: u64, end: u64) -> Result<Option<u64>> {
         let (rel, pos) = self.lookup(end, |idx| idx.time_floor(ts))?;
+        match self.scan_for_timestamp(ts, rel, pos, end) {
+            // The time index pointed at something that is not the batch it names (a torn
+            // entry that passed the checks): rebuilt, as `read_into` does for the offset index
+            // (before, every lookup in its range failed, and the retention by age with it).
+            Err(LogError::Corrupt { position, .. }) if pos > 0 && position == pos => {
+                let idx = self.rebuild_index(end)?;
+                let (rel, pos) = idx.time_floor(ts);
+                self.scan_for_timestamp(ts, rel, pos, end)
+            }
+            other => other,
+        }
+    }
+
+    fn scan_for_timestamp(&self, ts: u64, rel: u64, pos: u64, end: u64) -> Result<Option<u64>> {
         let file = self.file()?;
         let mut scan = Scanner::new(file.as_ref(), &self.paths.log, pos, end, self.base + rel);
         while let Some(item) = scan.next_batch() {

@@ -153,6 +153,44 @@ async fn a_damaged_sealed_index_is_rebuilt_not_trusted() {
     log.close().await.unwrap();
 }
 
+/// A time index entry moved off its batch (still monotonic and inside the data) is rebuilt
+/// when a lookup by time meets it, as an offset index entry is when a read does: every lookup
+/// in its range failed with a corruption error before (and the retention by age with it).
+#[tokio::test]
+async fn a_damaged_sealed_time_index_is_rebuilt_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Appended over some milliseconds, so that the segments' batches differ in time.
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    for i in 0..120 {
+        log.append_one(payload(i, 90)).await.unwrap();
+        if i % 10 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+    }
+    log.close().await.unwrap();
+    let files = segment_files(dir.path());
+    let time = files[0].with_extension("timeindex");
+    let good = std::fs::read(&time).unwrap();
+    assert!(good.len() >= 32, "the first segment has time entries");
+    let mut bad = good.clone();
+    let pos = u32::from_le_bytes(bad[16 + 12..16 + 16].try_into().unwrap());
+    bad[16 + 12..16 + 16].copy_from_slice(&(pos + 3).to_le_bytes());
+    std::fs::write(&time, &bad).unwrap();
+
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    let records = read_all(&log, 0).await;
+    let mut stamps: Vec<u64> = records.iter().map(|r| r.timestamp_ms).collect();
+    stamps.dedup();
+    for ts in stamps.iter().flat_map(|&t| [t, t + 1]) {
+        let want = records
+            .iter()
+            .find(|r| r.timestamp_ms >= ts)
+            .map(|r| r.offset);
+        assert_eq!(log.offset_for_timestamp(ts).unwrap(), want, "ts {ts}");
+    }
+    log.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_missing_sealed_index_falls_back_to_a_scan() {
     let dir = tempfile::tempdir().unwrap();
