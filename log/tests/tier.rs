@@ -706,6 +706,111 @@ async fn a_store_that_stops_mid_read_fails_a_run_of_reads_within_one_read_timeou
     log.close().await.unwrap();
 }
 
+/// A store that answers every block GET, each well within the read timeout, but slowly
+/// (a slow link): a cold read of a segment fails within about one read timeout, not one per
+/// block. Before, a read of a segment of 64 blocks took as long as the link made it (one
+/// timeout for each block), however far past the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_fails_a_cold_read_of_many_blocks_within_one_read_timeout() {
+    let s3s = S3Server::start();
+    let relay = Relay::start(s3s.port).await;
+    let store = s3(
+        &format!("http://127.0.0.1:{}", relay.port),
+        BUCKET,
+        KEY,
+        SECRET,
+    );
+    let prefix = unique_prefix("slow-link");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hour = Duration::from_secs(3600);
+    // 4 KiB blocks, 2 s read timeout; segments of 256 KiB: 64 blocks each.
+    let tier = tier_with(store, &prefix, "node-a", cache.path(), 0, hour).await;
+    let opts = LogOptions::default()
+        .with_segment_bytes(256 << 10)
+        .with_index_interval_bytes(1024)
+        .with_tier(tier);
+    let log = Log::open(data.path().join("log"), opts).await.unwrap();
+    append(&log, 0, 3000).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    assert!(!log.is_local(0));
+    // Each chunk of every answer 300 ms late: a block GET takes ~0.3-0.6 s, well within the
+    // timeout, and 64 of them (5 at a time with the prefetch) some 4 s or more.
+    relay.set_delay(Duration::from_millis(300));
+    let started = Instant::now();
+    let got = log.read(0, 1 << 20).await;
+    let took = started.elapsed();
+    relay.set_delay(Duration::ZERO);
+    let err = match got {
+        Ok(r) => panic!("{} records read in {took:?}, past the 2 s timeout", r.len()),
+        Err(e) => e,
+    };
+    assert!(err.is_cold_storage_unavailable(), "{err}");
+    assert!(
+        took < Duration::from_millis(3500),
+        "took {took:?} for a read timeout of 2 s"
+    );
+    // The link fast again: the same read answers whole.
+    let r = log.read(0, 1 << 20).await.unwrap();
+    assert_eq!(r[0].payload, payload(0));
+    assert!(r.len() > 100, "{}", r.len());
+    log.close().await.unwrap();
+}
+
+/// An upload that takes longer than a third of the lease renews it meanwhile: the lease was
+/// renewed only between segments, so a segment whose upload outlasted it let a standby take
+/// the prefix from a healthy owner (fenced at its next write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_upload_renews_the_lease_meanwhile() {
+    let s3s = S3Server::start();
+    let relay = Relay::start(s3s.port).await;
+    let store = s3(
+        &format!("http://127.0.0.1:{}", relay.port),
+        BUCKET,
+        KEY,
+        SECRET,
+    );
+    let prefix = unique_prefix("long-upload");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tier = Tier::open(
+        TierOptions::new(
+            store,
+            &prefix,
+            format!("test://{prefix}"),
+            "node-a",
+            cache.path(),
+        )
+        .with_block_bytes(4096)
+        .with_cache_bytes(1 << 20, 16 << 20)
+        .with_read_timeout(Duration::from_secs(5))
+        .with_upload_interval(Duration::from_secs(3600))
+        .with_lease(Duration::from_millis(1500)),
+    )
+    .await
+    .unwrap();
+    let log = Log::open(data.path().join("log"), log_opts(tier))
+        .await
+        .unwrap();
+    // Fewer than fill a segment (16 KiB): none is sealed before the roll below.
+    append(&log, 0, 100).await;
+    let before = log.tier().unwrap().manifest().epoch;
+    // Every answer of the store 400 ms late: a segment's upload (its three objects, their
+    // checks) takes some seconds, past a third of the lease (500 ms) several times over.
+    relay.set_delay(Duration::from_millis(400));
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    relay.set_delay(Duration::ZERO);
+    let m = log.tier().unwrap().manifest();
+    assert!(m.segments.iter().any(|s| s.base == 0), "{m:?}");
+    assert!(
+        m.epoch >= before + 2,
+        "epochs {before} → {}: the upload's version alone, no renewal during it",
+        m.epoch
+    );
+    assert_eq!(read_all(&log).await.len(), 100);
+    log.close().await.unwrap();
+}
+
 /// An empty data directory cannot be opened while the store does not answer: nothing local
 /// says where the store's history ends, and a log started at 0 would take offsets the store
 /// already holds (before, it did, and served a history of its own under them).
@@ -759,43 +864,76 @@ async fn an_empty_directory_is_not_opened_while_the_store_does_not_answer() {
 }
 
 /// A TCP relay to the S3 server that can cut a client off (a network partition): while cut,
-/// it closes every relayed connection and refuses new ones.
+/// it closes every relayed connection and refuses new ones. It can also hold each chunk of
+/// the server's answers for a while (a slow link: every answer comes, late).
 struct Relay {
     port: u16,
     cut: tokio::sync::watch::Sender<bool>,
+    delay: tokio::sync::watch::Sender<Duration>,
     tasks: tokio::task::JoinSet<()>,
 }
 
 impl Relay {
     async fn start(to: u16) -> Relay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let (delay, delay_rx) = tokio::sync::watch::channel(Duration::ZERO);
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 if *cut_rx.borrow() {
                     continue; // dropped: refused
                 }
                 let mut cut_rx = cut_rx.clone();
+                let delay_rx = delay_rx.clone();
                 conns.spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
-                    else {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
                         return;
                     };
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let up = tokio::io::copy(&mut client_rx, &mut server_tx);
+                    let down = async {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            let n = match server_rx.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let d = *delay_rx.borrow();
+                            if !d.is_zero() {
+                                tokio::time::sleep(d).await;
+                            }
+                            if client_tx.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = up => {}
+                        _ = down => {}
                         _ = cut_rx.wait_for(|c| *c) => {}
                     }
                 });
             }
         });
-        Relay { port, cut, tasks }
+        Relay {
+            port,
+            cut,
+            delay,
+            tasks,
+        }
     }
 
     fn set_cut(&self, cut: bool) {
         self.cut.send_replace(cut);
+    }
+
+    fn set_delay(&self, d: Duration) {
+        self.delay.send_replace(d);
     }
 }
 
@@ -806,8 +944,9 @@ impl Drop for Relay {
 }
 
 /// A server that lost the prefix (its lease ran out while it was cut off from the store, and
-/// another server took over) uploads what it sealed meanwhile as soon as it can reach the
-/// store again, and learns it is fenced only at the manifest write after that upload. It must
+/// another server took over) may upload what it sealed meanwhile as soon as it can reach the
+/// store again, learning it is fenced only at the manifest write after that upload (since
+/// 2026-12-02 it renews its overdue lease first, and usually learns it there). It must
 /// not have overwritten an object the new owner's manifest lists. Before 2026-11-30 both wrote
 /// the fixed key `segments/{base:020}.log`, and the new owner then served the stale writer's
 /// records at its own offsets (valid batches: no CRC caught it).
@@ -930,14 +1069,17 @@ async fn stale_writer(pruned: bool) {
     for r in &recs {
         assert_eq!(r.payload, record("B", r.offset), "offset {}", r.offset);
     }
+    // node-a's upload, if it made one, is under keys of its own beside node-b's. (Its last
+    // write being older than a third of its lease, it renews the lease before the upload, and
+    // usually learns there that it is fenced, uploading nothing.)
     let listed = a.tier().unwrap().list("segments").await.unwrap();
-    assert_eq!(
-        listed
-            .iter()
-            .filter(|n| n.starts_with(&format!("{:020}.", 300)) && n.ends_with(".log"))
-            .count(),
-        2,
-        "node-a's upload is in the store beside node-b's: {listed:?}"
+    let uploads = listed
+        .iter()
+        .filter(|n| n.starts_with(&format!("{:020}.", 300)) && n.ends_with(".log"))
+        .count();
+    assert!(
+        (1..=2).contains(&uploads),
+        "node-b's, and node-a's beside it if any: {listed:?}"
     );
     a.close().await.unwrap();
     b.close().await.unwrap();
@@ -2679,6 +2821,61 @@ async fn a_rewrite_whose_upload_failed_goes_up_at_the_next_pass() {
     let after = entry_at(&log, copy.base_offset).await;
     assert_ne!(after.crc32, before.crc32);
     log.close().await.unwrap();
+}
+
+/// A segment whose rewrite is still to go up (its marker left by a failed re-upload) is
+/// rewritten again by the next purge after a restart, the store down again: its local bytes
+/// are this log's own rewrite, not another history. Before, the new process (which had not
+/// confirmed the copy itself) compared them with the store's entry, found them other, and
+/// stopped tiering (diverged) until the next restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marked_copy_is_rewritten_again_after_a_restart() {
+    let mut s3s = S3Server::start();
+    let prefix = unique_prefix("remark");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, sealed) = uploaded_log(s3s.store(), &prefix, "node-a", cache.path(), &dir).await;
+    let copy = sealed[sealed.len() - 1].clone();
+    let (at, next) = (copy.base_offset, copy.base_offset + 1);
+    let before = entry_at(&log, copy.base_offset).await;
+    s3s.stop();
+    let r = log
+        .rewrite_sealed(copy.base_offset, BTreeMap::from([(at, hashes(at))]))
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    s3s.spawn();
+    log.close().await.unwrap();
+    assert!(tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    // Restarted (claimed at the open: the close released the prefix); no pass runs before
+    // the store goes down again.
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(s3s.store(), &prefix, "node-a", cache.path(), 8300, hour).await;
+    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    s3s.stop();
+    let r = log
+        .rewrite_sealed(copy.base_offset, BTreeMap::from([(next, hashes(next))]))
+        .await;
+    assert!(r.is_err(), "the re-upload fails: {r:?}");
+    assert!(!log.tier().unwrap().status().diverged, "{r:?}");
+    assert!(tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    assert_eq!(log.read(next, 1).await.unwrap()[0].payload, hashes(next));
+    // The store back: the copy goes up, both records rewritten.
+    s3s.spawn();
+    log.upload_now().await.unwrap();
+    assert!(!tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    assert_ne!(entry_at(&log, copy.base_offset).await.crc32, before.crc32);
+    log.close().await.unwrap();
+    let (data_b, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let t = tier_with(s3s.store(), &prefix, "node-b", cache_b.path(), 0, hour).await;
+    let b = Log::open(data_b.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    assert_eq!(b.read(at, 1).await.unwrap()[0].payload, hashes(at));
+    assert_eq!(b.read(next, 1).await.unwrap()[0].payload, hashes(next));
+    b.close().await.unwrap();
 }
 
 /// A segment rewritten before its first upload (the store down at its roll) goes up at the

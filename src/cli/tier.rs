@@ -438,11 +438,11 @@ async fn newest_manifest(
             newest = Some((epoch, meta.location));
         }
     }
-    let Some((_, path)) = newest else {
+    let Some((epoch, path)) = newest else {
         return Ok(None);
     };
     let bytes = store.get(&path).await?.bytes().await?;
-    Manifest::decode(&bytes)
+    Manifest::decode_at(&bytes, epoch)
         .map(Some)
         .map_err(|e| anyhow::anyhow!("{path} does not decode: {e}"))
 }

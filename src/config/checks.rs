@@ -336,6 +336,21 @@ impl Config {
                 !bucket.is_empty(),
                 "tier.url {url:?}: no bucket (expected s3://bucket/prefix)"
             );
+            // The object-store client escapes some characters of a key (`%`, `#`, `~`, `*`,
+            // `?`, brackets, non-ASCII ones, `.` and `..` as a whole name …), and the prefix went through it
+            // twice: the keys came out under another prefix than the one written (`a#b` as
+            // `a%2523b`), which `tidings tier gc` listed as once escaped and so never found.
+            // A prefix that needs no escaping is the same wherever it is used.
+            let prefix = rest[bucket.len()..].trim_matches('/');
+            let escaped = object_store::path::Path::from(prefix);
+            anyhow::ensure!(
+                escaped.as_ref() == prefix,
+                "tier.url {url:?}: the prefix {prefix:?} would be stored as {:?}: name it \
+                 with ASCII letters, digits and - _ . / (no empty, \".\" or \"..\" part; \
+                 none of % # ~ * ? \\ ^ ` | \" < > [ ] {{ }}, control or non-ASCII \
+                 characters)",
+                escaped.as_ref()
+            );
             return Ok(());
         }
         let Some(dir) = url.strip_prefix("file://") else {

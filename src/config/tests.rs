@@ -458,6 +458,13 @@ fn values_that_would_break_the_server_are_refused() {
         "s3://",
         "s3:///prefix",
         "gs://b/p",
+        // Prefixes the object-store client escapes (stored under another name).
+        "s3://b/node#a",
+        "s3://b/100%",
+        "s3://b/a/../b",
+        "s3://b/a//b",
+        "s3://b/~home",
+        "s3://b/naïve",
     ] {
         refused(
             ServeArgs {
@@ -466,6 +473,22 @@ fn values_that_would_break_the_server_are_refused() {
             },
             "tier.url",
         );
+    }
+    // A prefix that needs no escaping is taken as written.
+    for url in [
+        "s3://b",
+        "s3://b/",
+        "s3://b/tidings/node-1.a_b/",
+        "s3://b/a=b,c;d@e",
+    ] {
+        let c = ServeArgs {
+            tier_url: Some(url.into()),
+            ..ServeArgs::default()
+        }
+        .resolve();
+        if let Err(e) = c {
+            panic!("{url}: {e:#}");
+        }
     }
     // CORS origins no browser sends (the `Origin` header is compared byte for byte, so each
     // would never match), and `*` beside others.

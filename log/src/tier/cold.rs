@@ -282,14 +282,25 @@ impl VfsFile for RemoteFile {
         let bs = self.inner.opts.block_bytes as u64;
         let want = (buf.len() as u64).min(self.len - pos) as usize;
         let mut done = 0usize;
+        // One read timeout for the whole call, however many blocks it takes: a store that
+        // answers each block just in time no longer holds a 16 MiB read for 16 timeouts (one
+        // per 1 MiB block), nor a block fetched twice for two.
+        let timeout = self.inner.opts.read_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         while done < want {
             let at = pos + done as u64;
             let idx = at / bs;
             // Cold reads run on blocking threads (never inside an async task).
-            let block = self
-                .inner
-                .runtime
-                .block_on(self.inner.block(&self.rel, idx, self.len))?;
+            let block = self.inner.runtime.block_on(async {
+                tokio::time::timeout_at(deadline, self.inner.block(&self.rel, idx, self.len))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(unavailable(format!(
+                            "reading {} from byte {pos}: {done} of {want} bytes within {timeout:?}",
+                            self.rel
+                        )))
+                    })
+            })?;
             let prev = self.last_block.swap(idx, Ordering::Relaxed);
             if prev.wrapping_add(1) == idx {
                 self.prefetch(idx);

@@ -256,11 +256,30 @@ impl Manifest {
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 
+    /// Parses the manifest version stored under `epoch`'s key: its epoch must be that one (a
+    /// version holding a lower one made its owner write the next version at a key already
+    /// taken, and take that for another writer's: fenced at every start).
+    pub fn decode_at(bytes: &[u8], epoch: u64) -> Result<Self, String> {
+        let m = Self::decode(bytes)?;
+        if m.epoch != epoch {
+            return Err(format!(
+                "it says epoch {}, its key {}: damaged or written by another tool",
+                m.epoch,
+                Self::key(epoch)
+            ));
+        }
+        Ok(m)
+    }
+
     /// Parses a manifest.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if !(1..=Self::VERSION).contains(&m.version) {
             return Err(format!("unknown manifest version {}", m.version));
+        }
+        // The next version is `epoch + 1`.
+        if m.epoch == u64::MAX {
+            return Err(format!("epoch {} has no next version", m.epoch));
         }
         // Offsets stay below 2^63 (`segment::MAX_OFFSET`): a manifest past it is damaged, and
         // a segment restored from it would be named for a base the log then ignores.
@@ -324,6 +343,16 @@ mod tests {
         );
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
         assert!(Manifest::decode(b"{").is_err());
+        // Read at its key's epoch, and only there; an epoch with no next one is damage.
+        assert_eq!(Manifest::decode_at(&m.encode(), 1).unwrap(), m);
+        let at = Manifest::decode_at(&m.encode(), 2).unwrap_err();
+        assert!(
+            at.contains("epoch 1") && at.contains("00000000000000000002"),
+            "{at}"
+        );
+        let mut last = m.clone();
+        last.epoch = u64::MAX;
+        assert!(Manifest::decode(&last.encode()).is_err());
         // Version 1 (before writer-unique keys) is read, and its successor is written as 2
         // (3 only with a start).
         let mut old = m.clone();

@@ -118,7 +118,7 @@ async fn manifest_at(inner: &TierInner, epoch: u64) -> Result<Manifest> {
         inner.opts.store.get(&path).await?.bytes().await
     })
     .await?;
-    Manifest::decode(&bytes).map_err(|e| err(inner, &format!("decoding {path}"), e))
+    Manifest::decode_at(&bytes, epoch).map_err(|e| err(inner, &format!("decoding {path}"), e))
 }
 
 /// What writing a manifest version came to.
@@ -271,7 +271,7 @@ async fn put_manifest(inner: &TierInner, m: &Manifest) -> Result<Put> {
                 inner.opts.store.get(&path).await?.bytes().await
             })
             .await?;
-            Manifest::decode(&theirs)
+            Manifest::decode_at(&theirs, m.epoch)
                 .map(Put::Exists)
                 .map_err(|e| err(inner, "decoding a competing manifest", e))
         }
@@ -616,7 +616,11 @@ pub(crate) async fn upload_object(
             .put_multipart(&path)
             .await
             .map_err(|e| err(inner, &format!("starting the upload of {path}"), e))?;
-        let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut w = Unfinished {
+            inner,
+            path: path.clone(),
+            w: Some(WriteMultipart::new_with_chunk_size(upload, PART)),
+        };
         let mut pos = 0u64;
         let sent: Result<()> = async {
             while pos < len {
@@ -628,10 +632,12 @@ pub(crate) async fn upload_object(
                 }
                 crc.update(&chunk);
                 pos += chunk.len() as u64;
-                w.wait_for_capacity(2)
-                    .await
-                    .map_err(|e| err(inner, &format!("uploading {path}"), e))?;
-                w.put(Bytes::from(chunk));
+                if let Some(w) = w.w.as_mut() {
+                    w.wait_for_capacity(2)
+                        .await
+                        .map_err(|e| err(inner, &format!("uploading {path}"), e))?;
+                    w.put(Bytes::from(chunk));
+                }
             }
             Ok(())
         }
@@ -639,14 +645,18 @@ pub(crate) async fn upload_object(
         if let Err(e) = sent {
             // The parts already stored would otherwise stay in the bucket (billed) until a
             // lifecycle rule removes them. Best effort: the error that stopped us is the news.
-            if let Err(abort) = w.abort().await {
+            if let Some(w) = w.w.take()
+                && let Err(abort) = w.abort().await
+            {
                 tracing::debug!(error = %abort, path = %path, "could not abort a failed multipart upload");
             }
             return Err(e);
         }
-        w.finish()
-            .await
-            .map_err(|e| err(inner, &format!("completing the upload of {path}"), e))?;
+        if let Some(done) = w.w.take() {
+            done.finish()
+                .await
+                .map_err(|e| err(inner, &format!("completing the upload of {path}"), e))?;
+        }
     }
     let crc = crc.finalize();
     // Confirm: the size always, the bytes themselves when asked to.
@@ -685,6 +695,33 @@ pub(crate) async fn upload_object(
         .upload_bytes
         .fetch_add(len, Ordering::Relaxed);
     Ok((len, crc))
+}
+
+/// A multipart upload under way: one dropped before it finished or was aborted (the pass
+/// cancelled at close, or cut off by the shutdown's grace period) is aborted in the background,
+/// on the tier's tracker (which the close waits for, within its deadline): its parts would
+/// otherwise stay in the bucket, billed and listed by nothing, until a lifecycle rule.
+struct Unfinished<'a> {
+    inner: &'a TierInner,
+    path: ObjectPath,
+    w: Option<WriteMultipart>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        let Some(w) = self.w.take() else {
+            return;
+        };
+        let path = self.path.clone();
+        self.inner.tracker.spawn_on(
+            async move {
+                if let Err(e) = w.abort().await {
+                    tracing::debug!(error = %e, path = %path, "could not abort a cancelled multipart upload");
+                }
+            },
+            &self.inner.runtime,
+        );
+    }
 }
 
 /// Uploads a sealed segment and its index sidecars.

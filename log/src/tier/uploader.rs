@@ -336,12 +336,15 @@ impl Uploader {
             // Rewritten before its first upload: under objects of its own, as a rewrite's
             // (an upload of this process's own stem may have landed with the earlier bytes).
             let marked = reupload_marker(&self.dir, *base).exists();
-            let rs = if marked {
-                let stem = self.rewrite_stem(*base);
-                store::upload_segment_as(inner, &self.dir, *base, *end, stem).await?
-            } else {
-                store::upload_segment(inner, &self.dir, *base, *end).await?
+            let upload = async {
+                if marked {
+                    let stem = self.rewrite_stem(*base);
+                    store::upload_segment_as(inner, &self.dir, *base, *end, stem).await
+                } else {
+                    store::upload_segment(inner, &self.dir, *base, *end).await
+                }
             };
+            let rs = self.renewing(&mut state, upload).await?;
             state.confirmed.insert((rs.base, rs.crc32));
             let mut next = self
                 .tier
@@ -371,6 +374,37 @@ impl Uploader {
         self.retention(&mut state).await?;
         self.delete_doomed(&mut state, false).await;
         Ok(self.tier.status())
+    }
+
+    /// Runs `work` (an upload), renewing the lease meanwhile whenever nothing was written for
+    /// a third of it, as a pass does between uploads: a segment whose upload (and read-back)
+    /// outlasted the lease let a standby take the prefix from a healthy owner, which was then
+    /// fenced at its next write. A renewal is a manifest version like any other (the upload's
+    /// own version follows it); one that finds the prefix taken ends the upload.
+    async fn renewing<T>(
+        &self,
+        state: &mut PassState,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let inner = &self.tier.inner;
+        let third = (inner.opts.lease_ms() / 3).max(1);
+        let mut work = std::pin::pin!(work);
+        loop {
+            let due = state.last_write_ms.saturating_add(third);
+            let wait = Duration::from_millis(due.saturating_sub(store::now_ms()));
+            tokio::select! {
+                done = &mut work => return done,
+                () = tokio::time::sleep(wait) => {
+                    let next = self
+                        .tier
+                        .manifest()
+                        .next(&inner.opts.owner_id, store::now_ms());
+                    self.write(&next).await?;
+                    state.last_write_ms = store::now_ms();
+                    tracing::debug!(store = %inner.opts.display, "renewed the lease during an upload");
+                }
+            }
+        }
     }
 
     /// Why this log may not change the store's manifest now (removals, rewrites), if it may
@@ -523,8 +557,13 @@ impl Uploader {
                 .rewrite_remote(state, rewrites, log, (end, seg), old, replacements)
                 .await;
         }
+        // A copy marked for re-upload holds this log's own rewrite of the entry's bytes (a
+        // re-upload that failed, maybe in an earlier process): other bytes than the entry's,
+        // not another history. Its batches are checked as it is read for this rewrite, and
+        // again before it goes up.
         if let (Some((_, end, seg)), Some(e)) = (&local, &entry)
             && !state.confirmed.contains(&(base, e.crc32))
+            && !reupload_marker(&self.dir, base).exists()
         {
             let path = SegmentPaths::new(&self.dir, base).log;
             let same = *end == e.end
