@@ -1432,6 +1432,116 @@ async fn a_page_of_large_messages_stops_at_its_byte_budget() {
     assert_eq!(rest["has_more"], false);
 }
 
+/// A conversation list and a page of `/v1/changes` stop at the same byte budget (4 MiB) and
+/// page on from where they stopped, each conversation and each change told once: a list of
+/// a thousand conversations whose last messages are 64 KiB long (each read whole from the
+/// log), or a thousand edits to 64 KiB, was a 64 MB answer held whole in memory (the pages of
+/// 1,000 came whole: 70 conversations, 70 changes).
+#[tokio::test]
+async fn conversation_and_change_pages_stop_at_their_byte_budget() {
+    let server = Server::start(&[
+        "--limits-send-bytes-per-second",
+        "1000000000",
+        "--limits-sends-per-second",
+        "100000",
+    ]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let big = "x".repeat(63_990);
+    for i in 0..70 {
+        let g = format!("g{i:02}");
+        api.group(&g, &["alice", "bob"]).await;
+        let (status, v) = api
+            .call(
+                "POST",
+                "/v1/messages",
+                &alice,
+                Some(json!({"channel": g, "client_msg_id": format!("c{i}"), "payload": big})),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    let budget = 4 << 20;
+    // Conversations, the most recent first, then paged on by version.
+    let first = api
+        .ok("GET", "/v1/conversations?limit=1000", &bob, None)
+        .await;
+    let listed = first["conversations"].as_array().unwrap();
+    assert!(
+        (50..70).contains(&listed.len()),
+        "{} conversations",
+        listed.len()
+    );
+    assert!(first.to_string().len() < budget + (64 << 10));
+    assert_eq!(first["has_more"], true);
+    let mut seen: std::collections::BTreeSet<String> = listed
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen.len(), listed.len(), "each once");
+    let mut version = first["version"].as_u64().unwrap();
+    for _ in 0..10 {
+        let next = api
+            .ok(
+                "GET",
+                &format!("/v1/conversations?limit=1000&since_version={version}"),
+                &bob,
+                None,
+            )
+            .await;
+        for c in next["conversations"].as_array().unwrap() {
+            assert_eq!(c["last_message"]["payload"], json!(big));
+            seen.insert(c["channel"].as_str().unwrap().to_owned());
+        }
+        version = next["version"].as_u64().unwrap();
+        if next["has_more"] == false {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 70, "{seen:?}");
+    // Changes: alice edits every message (to another 64 KiB), bob pages through them.
+    let edited = "y".repeat(63_990);
+    for i in 0..70 {
+        let (status, v) = api
+            .call(
+                "PATCH",
+                &format!("/v1/channels/g{i:02}/messages/1"),
+                &alice,
+                Some(json!({"payload": edited})),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let mut told = Vec::new();
+    let mut since = 0;
+    let mut pages = 0;
+    loop {
+        let page = api
+            .ok(
+                "GET",
+                &format!("/v1/changes?since={since}&limit=1000"),
+                &bob,
+                None,
+            )
+            .await;
+        pages += 1;
+        assert!(page.to_string().len() < budget + (64 << 10));
+        for m in page["messages"].as_array().unwrap() {
+            assert_eq!(m["payload"], json!(edited));
+            told.push(m["channel"].as_str().unwrap().to_owned());
+        }
+        since = page["version"].as_u64().unwrap();
+        if page["has_more"] == false {
+            break;
+        }
+        assert!(pages < 10);
+    }
+    assert_eq!(pages, 2, "70 changes of 64 KiB in 4 MiB pages");
+    let want: Vec<String> = (0..70).map(|i| format!("g{i:02}")).collect();
+    assert_eq!(told, want, "each change once, in the order made");
+}
+
 /// What a session acknowledged is not sent again to the user's next session, nor by sync, while
 /// the acks' window is still unwritten (`acks.flush_ms`): a phone that drops and reconnects at
 /// once got its whole backlog again.

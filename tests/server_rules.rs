@@ -350,9 +350,29 @@ async fn auth_and_error_shapes() {
         (405, "method_not_allowed".into())
     );
     assert_eq!(
-        code_of(&api, "GET", "/v1/ws", &alice, None).await.1,
-        "not_a_websocket"
+        code_of(&api, "GET", "/v1/ws", &alice, None).await,
+        (400, "not_a_websocket".into())
     );
+    // A HEAD of it is a method it does not take (it was 405 `not_a_websocket`).
+    assert_eq!(code_of(&api, "HEAD", "/v1/ws", &alice, None).await.0, 405);
+    // A membership body with a field it does not take (a typo: `uid` for `uids`) is refused,
+    // as every other body's is: it subscribed the `uids` alone, and said 200.
+    api.group("typo", &["alice"]).await;
+    assert_eq!(
+        code_of(
+            &api,
+            "POST",
+            "/v1/channels/typo/members",
+            ADMIN,
+            Some(json!({"uids": ["bob"], "uid": ["carol"]}))
+        )
+        .await,
+        (400, "invalid_request".into())
+    );
+    let members = api
+        .ok("GET", "/v1/channels/typo/members", ADMIN, None)
+        .await;
+    assert_eq!(members["uids"], json!(["alice"]), "{members}");
     // A channel's flags of the wrong shape: `invalid_request`, as elsewhere (was `invalid_json`).
     assert_eq!(
         code_of(

@@ -309,9 +309,23 @@ pub struct ChangesPlan {
     pub version: u64,
     /// Whether more changes remain (ask again with `version`).
     pub has_more: bool,
+    /// The offset of each change's event (the latest change of its message), in the order of
+    /// `changes`: a page cut after `k` of them goes on from `offsets[k]` ([`Self::cut`]).
+    pub offsets: Vec<u64>,
 }
 
 impl ChangesPlan {
+    /// Keeps the first `k` changes (fewer than it holds): the next page starts at the first
+    /// one left out.
+    pub fn cut(&mut self, k: usize) {
+        if let Some(&next) = self.offsets.get(k) {
+            self.changes.truncate(k);
+            self.offsets.truncate(k);
+            self.version = next;
+            self.has_more = true;
+        }
+    }
+
     /// The messages to load: the [`Change::Message`] entries, in order ([`load`] returns one
     /// message for each).
     pub fn to_load(&self) -> Vec<MessageRef> {
@@ -413,7 +427,7 @@ pub fn plan_changes(
                 .map(|&(offset, _)| Reverse((offset, i, 0usize)))
         })
         .collect();
-    let mut picked: Vec<(&str, u64, bool)> = Vec::new();
+    let mut picked: Vec<(&str, u64, bool, u64)> = Vec::new();
     let mut version = state.next_offset();
     let mut has_more = false;
     while let Some(Reverse((offset, i, at))) = heap.pop() {
@@ -429,18 +443,21 @@ pub fn plan_changes(
             (version, has_more) = (offset, true);
             break;
         }
-        picked.push((p.channel, seq, seq > p.whole_above));
+        picked.push((p.channel, seq, seq > p.whole_above, offset));
     }
     let mut changes = Vec::with_capacity(picked.len());
-    for (channel, seq, whole) in picked {
+    let mut offsets = Vec::with_capacity(picked.len());
+    for (channel, seq, whole, offset) in picked {
         if !whole {
             changes.push(notice(state, channel, seq));
+            offsets.push(offset);
             continue;
         }
         let planned = plan_range(state, files, channel, seq, seq)?;
         // Its index entry gone with its sidecar: expired.
         if planned.is_empty() && seq <= state.index.dropped_through(channel) {
             changes.push(notice(state, channel, seq));
+            offsets.push(offset);
         }
         for m in planned {
             changes.push(if is_expired(&m, expired_below) {
@@ -448,12 +465,14 @@ pub fn plan_changes(
             } else {
                 Change::Message(m)
             });
+            offsets.push(offset);
         }
     }
     Ok(ChangesPlan {
         changes,
         version,
         has_more,
+        offsets,
     })
 }
 

@@ -34,8 +34,9 @@
 //! fails its checksum, locally or in the object store), which fails the same way at every
 //! pass: those records are given up on with an error, as an unreadable target is, and never
 //! hold the watermark. A target that cannot be read (a damaged sidecar or batch) is skipped with a warning,
-//! not retried (an object store that does not answer fails the pass instead, its watermark
-//! kept): one damaged record must not stop every later purge. A target below the log's
+//! not retried (an object store that does not answer, or a read that failed for want of file
+//! descriptors or memory, fails the pass instead, its watermark kept: until 2026-12-02 such a
+//! read skipped its target for good): one damaged record must not stop every later purge. A target below the log's
 //! first offset is gone already (its segment was deleted: the retention, or by hand; its
 //! message has expired, `tidings_projections::messages`' module doc): left out of the pass
 //! without a word — not a failure, not counted as purged, not left for a later pass. The
@@ -447,6 +448,12 @@ fn read_targets(
                 seq = r.seq,
                 "a recalled message has no entry in the message index; its send is not purged"
             ),
+            // Out of file descriptors or memory: a failure of the moment, not of the sidecar.
+            // The pass fails (its watermark kept below this recall) and the next one tries
+            // again; given up, the recall was never purged.
+            Err(e) if e.chain().any(passing) => {
+                anyhow::bail!("reading a recalled message's index entry: {e:#}");
+            }
             Err(e) => tracing::warn!(
                 channel = %r.channel,
                 seq = r.seq,
@@ -486,6 +493,10 @@ fn read_targets(
             Err(e) if e.is_cold_storage_unavailable() => {
                 anyhow::bail!("reading a recalled message's record from the object store: {e}");
             }
+            // A failure of the moment (out of file descriptors or memory): as above.
+            Err(e) if passing(&e) => {
+                anyhow::bail!("reading a recalled message's record: {e}");
+            }
             // Damage: this target is skipped (no record read).
             Err(e) => {
                 tracing::warn!(offset = t.offset, error = %e, "not purging a recalled message's record: it could not be read");
@@ -500,6 +511,28 @@ fn read_targets(
     }
     targets.retain(|t| !gone.contains(&t.offset));
     Ok(Some((targets, records)))
+}
+
+/// Whether `e` (or an error under it) is a failure of the moment rather than of the file: out
+/// of file descriptors (`EMFILE`, `ENFILE`) or memory (`ENOMEM`, `ENOBUFS`), or interrupted
+/// (`EINTR`, `EAGAIN`). Such a read is tried again at the next pass; others (a checksum that
+/// fails, a file missing, `EIO`) are damage, skipped for good (module doc).
+fn passing(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && (matches!(
+                io.kind(),
+                std::io::ErrorKind::OutOfMemory
+                    | std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::WouldBlock
+            ) || matches!(io.raw_os_error(), Some(4 | 11 | 12 | 23 | 24 | 105)))
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// The offset of `r`'s send, from the message index (a sidecar run read when it is in one).
@@ -708,5 +741,34 @@ mod tests {
         assert_eq!(writes.offsets(), BTreeSet::from([7]));
         drop(b);
         assert!(writes.offsets().is_empty());
+    }
+
+    /// Out of file descriptors, under a log's or a sidecar's error, is a failure of the
+    /// moment (the pass is tried again); `EIO`, a missing file or a checksum is damage.
+    #[test]
+    fn a_shortage_is_passing_damage_is_not() {
+        let io = std::io::Error::from_raw_os_error;
+        let log_err = |source| tidings_log::LogError::Io {
+            op: "read",
+            path: "/x".into(),
+            source,
+        };
+        assert!(passing(&log_err(io(24))));
+        assert!(passing(&log_err(io(23))));
+        assert!(!passing(&log_err(io(5))));
+        assert!(!passing(&log_err(std::io::ErrorKind::NotFound.into())));
+        let sidecar = anyhow::Error::new(tidings_projections::ProjectionError::Io {
+            op: "read",
+            path: "/x.cidx".into(),
+            source: io(24),
+        })
+        .context("reading the index entry of message 3");
+        assert!(sidecar.chain().any(passing));
+        let damaged = anyhow::Error::new(tidings_projections::ProjectionError::Io {
+            op: "read",
+            path: "/x.cidx".into(),
+            source: io(5),
+        });
+        assert!(!damaged.chain().any(passing));
     }
 }

@@ -17,7 +17,7 @@ use tidings_projections::conv_cache::fingerprint;
 use tidings_projections::conversations::{Conversation, compute, page};
 use tidings_projections::{FLAG_JSON_PAYLOAD, messages};
 
-use super::messages::load_page;
+use super::messages::{PAGE_PAYLOAD_BYTES, load_page};
 use super::{ApiQuery, page_limit};
 use crate::render::{PreviewView, change_notice_raw, channel_ref, message_raw};
 use crate::server::auth::Caller;
@@ -241,72 +241,109 @@ pub(crate) async fn conversations(
     ApiQuery(q): ApiQuery<ConversationsQuery>,
 ) -> ApiResult<axum::Json<ConversationsPage>> {
     let me = caller.require_user()?.to_owned();
-    let limit = page_limit(q.limit, 100)?;
-    // Tried again when a `log_trimmed` event let go of one of the caller's removals while the
-    // list was read (`page` below): each try after the first needs another such event, one
-    // per retention pass at most.
-    let (mut list, reset) = loop {
-        // The version a page answers with is the offset applied when its list was valid:
-        // taken under the same lock as the fingerprint the cached list is checked against. A
-        // version below a removal from the list that was let go (`State::forget_left`) may
-        // have missed it: answered as a first call (`reset`).
-        let (fp, version, let_go) = {
+    let mut limit = page_limit(q.limit, 100)?;
+    // A page stops at `PAGE_PAYLOAD_BYTES` of conversations (after the first), as a history
+    // page does: each last message longer than its preview is read whole from the log, and a
+    // thousand of 64 KiB were a 64 MB answer held whole. A page that would run past it is
+    // made again with the limit that fits (the page `page` makes for that limit: its
+    // `has_more` and `version` page on from it). Each try has a lower limit.
+    let (list, reset, convs) = 'fit: loop {
+        // Tried again when a `log_trimmed` event let go of one of the caller's removals while the
+        // list was read (`page` below): each try after the first needs another such event, one
+        // per retention pass at most.
+        let (mut list, reset) = loop {
+            // The version a page answers with is the offset applied when its list was valid:
+            // taken under the same lock as the fingerprint the cached list is checked against. A
+            // version below a removal from the list that was let go (`State::forget_left`) may
+            // have missed it: answered as a first call (`reset`).
+            let (fp, version, let_go) = {
+                let p = state.proj();
+                (
+                    fingerprint(&p.state, &me),
+                    p.state.applied.unwrap_or(0),
+                    p.state.cursors.removals_let_go.get(me.as_str()).copied(),
+                )
+            };
+            let since_version = q
+                .since_version
+                .filter(|&since| let_go.is_none_or(|offset| since >= offset));
+            let reset = q.since_version.is_some() && since_version.is_none();
+            let (all, version) = match state.conv_cache.get(&me, fp).await {
+                Some(list) => (list, version),
+                None => {
+                    let (fp, list, version) = {
+                        let p = state.proj();
+                        (
+                            fingerprint(&p.state, &me),
+                            compute(&p.state, &me),
+                            p.state.applied.unwrap_or(0),
+                        )
+                    };
+                    state.conv_cache.put(&me, fp, &list);
+                    (list, version)
+                }
+            };
+            let all = past_let_go(all, let_go);
+            let all = match since_version {
+                Some(since) => with_trim_versions(&state, &me, all, since)?,
+                None => all,
+            };
             let p = state.proj();
-            (
-                fingerprint(&p.state, &me),
-                p.state.applied.unwrap_or(0),
-                p.state.cursors.removals_let_go.get(me.as_str()).copied(),
-            )
-        };
-        let since_version = q
-            .since_version
-            .filter(|&since| let_go.is_none_or(|offset| since >= offset));
-        let reset = q.since_version.is_some() && since_version.is_none();
-        let (all, version) = match state.conv_cache.get(&me, fp).await {
-            Some(list) => (list, version),
-            None => {
-                let (fp, list, version) = {
-                    let p = state.proj();
-                    (
-                        fingerprint(&p.state, &me),
-                        compute(&p.state, &me),
-                        p.state.applied.unwrap_or(0),
-                    )
-                };
-                state.conv_cache.put(&me, fp, &list);
-                (list, version)
+            // The removals `page` reads are those of this lock: one let go since `let_go` was
+            // read could be one this call's `since_version` had not seen.
+            if p.state.cursors.removals_let_go.get(me.as_str()).copied() != let_go {
+                continue;
             }
+            break (
+                page(&p.state, &me, &all, since_version, limit, version),
+                reset,
+            );
         };
-        let all = past_let_go(all, let_go);
-        let all = match since_version {
-            Some(since) => with_trim_versions(&state, &me, all, since)?,
-            None => all,
-        };
-        let p = state.proj();
-        // The removals `page` reads are those of this lock: one let go since `let_go` was
-        // read could be one this call's `since_version` had not seen.
-        if p.state.cursors.removals_let_go.get(me.as_str()).copied() != let_go {
-            continue;
+        // Expired messages: below the log's start, or let go by the index (even with no start
+        // known: a tiered directory started without its store).
+        {
+            let p = state.proj();
+            if state.expired_below() > 0 || !p.state.index.dropped.is_empty() {
+                for c in &mut list.conversations {
+                    c.unread = unread_retained(&state, &p, &me, c)?;
+                }
+            }
+        }
+        // Rendered in the order `page` picks them (by activity; from `since_version`, lowest
+        // versions first), so that the first that fit are a page of their own.
+        let mut order: Vec<usize> = (0..list.conversations.len()).collect();
+        if q.since_version.is_some() && !reset {
+            order.sort_by_key(|&i| list.conversations[i].version);
+        }
+        let mut rendered: Vec<Option<Box<RawValue>>> = vec![None; order.len()];
+        let mut bytes = 0usize;
+        let mut fit = None;
+        for (k, &i) in order.iter().enumerate() {
+            let r = render(&state, &list.conversations[i], &me).await?;
+            let size = r.get().len();
+            if fit.is_none() && k > 0 && bytes.saturating_add(size) > PAGE_PAYLOAD_BYTES {
+                fit = Some(k);
+                // Past `limit` only by the conversations sharing the last one's version (which
+                // a page keeps together): those are kept.
+                if k < limit {
+                    break;
+                }
+            }
+            bytes = bytes.saturating_add(size);
+            rendered[i] = Some(r);
+        }
+        if let Some(k) = fit
+            && k < limit
+        {
+            limit = k;
+            continue 'fit;
         }
         break (
-            page(&p.state, &me, &all, since_version, limit, version),
+            list,
             reset,
+            rendered.into_iter().flatten().collect::<Vec<_>>(),
         );
     };
-    // Expired messages: below the log's start, or let go by the index (even with no start
-    // known: a tiered directory started without its store).
-    {
-        let p = state.proj();
-        if state.expired_below() > 0 || !p.state.index.dropped.is_empty() {
-            for c in &mut list.conversations {
-                c.unread = unread_retained(&state, &p, &me, c)?;
-            }
-        }
-    }
-    let mut convs = Vec::with_capacity(list.conversations.len());
-    for c in &list.conversations {
-        convs.push(render(&state, c, &me).await?);
-    }
     Ok(axum::Json(ConversationsPage {
         conversations: convs,
         removed: list
@@ -432,34 +469,62 @@ pub(crate) async fn changes(
                 changes: Vec::new(),
                 version: p.state.next_offset(),
                 has_more: false,
+                offsets: Vec::new(),
             },
         };
         (plan, forgotten)
     };
-    let mut loaded = messages::load_retained(&state.log, &plan.to_load(), state.expiring())
-        .await?
-        .into_iter()
-        .peekable();
+    // Loaded a few at a time, and cut (`has_more`, the next page from the first change left
+    // out) past `PAGE_PAYLOAD_BYTES` of payload after at least one message, as history pages
+    // are: a thousand edits to 64 KiB was a 64 MB answer held whole.
+    const CHUNK: usize = 64;
+    let mut plan = plan;
     let mut out = Vec::with_capacity(plan.changes.len());
-    for change in &plan.changes {
-        match change {
-            // `load_retained` returned one message for each `Message` entry, in order, but for
-            // those that expired since the plan: told as the notice alone, as the plan tells
-            // the ones expired before.
-            messages::Change::Message(m) => {
-                let told = match loaded.next_if(|l| l.channel == m.channel && l.seq == m.seq) {
-                    Some(l) => message_raw(&l, Some(&me)),
-                    None => change_notice_raw(&m.channel, m.seq, m.recalled, Some(&me)),
-                };
-                out.push(told);
+    let mut bytes = 0usize;
+    let mut told = 0usize;
+    'chunks: while told < plan.changes.len() {
+        let chunk = &plan.changes[told..(told + CHUNK).min(plan.changes.len())];
+        let refs: Vec<_> = chunk
+            .iter()
+            .filter_map(|c| match c {
+                messages::Change::Message(m) => Some(m.clone()),
+                messages::Change::Notice { .. } => None,
+            })
+            .collect();
+        let mut loaded = messages::load_retained(&state.log, &refs, state.expiring())
+            .await?
+            .into_iter()
+            .peekable();
+        for change in chunk {
+            match change {
+                // `load_retained` returned one message for each `Message` entry, in order,
+                // but for those that expired since the plan: told as the notice alone, as the
+                // plan tells the ones expired before.
+                messages::Change::Message(m) => {
+                    match loaded.next_if(|l| l.channel == m.channel && l.seq == m.seq) {
+                        Some(l) => {
+                            let size = l.payload.as_ref().map_or(0, |p| p.len());
+                            if told > 0 && bytes.saturating_add(size) > PAGE_PAYLOAD_BYTES {
+                                break 'chunks;
+                            }
+                            bytes = bytes.saturating_add(size);
+                            out.push(message_raw(&l, Some(&me)));
+                        }
+                        None => {
+                            out.push(change_notice_raw(&m.channel, m.seq, m.recalled, Some(&me)))
+                        }
+                    }
+                }
+                messages::Change::Notice {
+                    channel,
+                    seq,
+                    recalled,
+                } => out.push(change_notice_raw(channel, *seq, *recalled, Some(&me))),
             }
-            messages::Change::Notice {
-                channel,
-                seq,
-                recalled,
-            } => out.push(change_notice_raw(channel, *seq, *recalled, Some(&me))),
+            told += 1;
         }
     }
+    plan.cut(told);
     Ok(axum::Json(ChangesPage {
         messages: out,
         version: plan.version,

@@ -283,17 +283,25 @@ pub(crate) struct MessagePage {
 
 /// Checks that the caller may read the channel (the admin may read any).
 pub(crate) fn readable(state: &AppState, caller: &Caller, channel: &str) -> ApiResult<()> {
-    let p = state.proj();
+    readable_in(&state.proj().state, caller, channel)
+}
+
+/// [`readable`] against `state` (the state held under the sequencer's lock).
+fn readable_in(
+    state: &tidings_projections::State,
+    caller: &Caller,
+    channel: &str,
+) -> ApiResult<()> {
     let Caller::User(me) = caller else {
-        return admin_readable(&p.state, channel);
+        return admin_readable(state, channel);
     };
-    if can_read(&p.state, me, channel) {
+    if can_read(state, me, channel) {
         return Ok(());
     }
     // A member of a banned group is told so; anyone else hears the same whether the group
     // exists or not (as `GET /v1/channels/{id}` answers): a user learns nothing of groups
     // they are not in.
-    if p.state
+    if state
         .subs
         .channels
         .get(channel)
@@ -585,15 +593,25 @@ pub(crate) async fn recall_message(
         // was loaded is refused as an edit is (the retention removes segments before its
         // `log_trimmed` event lets go of what a user could still be told of the message: a
         // recall written after that event, of a message below its start, would reach none of
-        // the devices of those let go).
+        // the devices of those let go). So are the caller's rights, as an edit's are: a ban or
+        // a removal applied while the message was read (from the object store, maybe) came
+        // before this recall, which must not be written after it; nor one of a message of a
+        // group deleted and created again meanwhile.
         let recall = Event::MessageRecalled {
             channel: channel.clone(),
             seq,
             by,
         };
-        let (ch, app, sent_at) = (channel.clone(), state.clone(), m.offset);
+        let (ch, app, sent_at, who) = (channel.clone(), state.clone(), m.offset, caller.clone());
         state
             .emit_unless(recall, move |st| {
+                readable_in(st, &who, &ch)?;
+                if seq <= st.subs.history_from(&ch) {
+                    return Err(ApiError::not_found(
+                        "message_not_found",
+                        format!("no message {seq} in this channel"),
+                    ));
+                }
                 if st.heads.is_recalled(&ch, seq) {
                     return Ok(true);
                 }

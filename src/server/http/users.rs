@@ -105,6 +105,7 @@ fn expiry(now: u64, ttl_secs: u64) -> ApiResult<u64> {
 
 /// A list of user ids.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Uids {
     /// User ids (`[A-Za-z0-9._-]{1,64}`).
     pub(crate) uids: Vec<String>,

@@ -263,8 +263,23 @@ impl<'de> serde::de::Visitor<'de> for IdVisitor {
     }
 }
 
+/// What a frame that is not a map is told (serde reads a struct from an array of its fields
+/// in order: `["send","c1","g",{…}]` was taken as a send).
+const NOT_AN_OBJECT: &str = "a frame is an object (`{\"type\":…}`)";
+
 /// A JSON text frame.
 pub(super) fn parse_text(text: &str) -> Result<ClientFrame, BadFrame> {
+    // JSON's whitespace (serde's reading skips the same four).
+    let first = text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .bytes()
+        .next();
+    if first != Some(b'{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        return Err(BadFrame {
+            message: NOT_AN_OBJECT.to_owned(),
+            client_msg_id: None,
+        });
+    }
     match serde_json::from_str::<WireFrame>(text) {
         Ok(w) => ClientFrame::try_from(w),
         Err(e) => {
@@ -292,6 +307,9 @@ pub(super) fn parse_cbor(b: &[u8]) -> Result<ClientFrame, BadFrame> {
             &v,
             format!("{} bytes after the frame's CBOR item", rest.len()),
         ));
+    }
+    if !v.is_map() {
+        return Err(BadFrame::cbor(&v, NOT_AN_OBJECT));
     }
     let (mut raw, mut not_json) = (None, None);
     if let ciborium::Value::Map(entries) = &mut v {
@@ -550,6 +568,21 @@ mod tests {
         assert!(message(r#"{"type":"send","payload":1}"#).contains("`channel`"));
         assert!(text(r#"{"type":"read","channel":"g","seq":-1}"#).is_err());
         assert!(text("not json").is_err());
+        // A frame is an object: serde took an array of the fields in order for one.
+        for frame in [
+            r#"["send","c1","g",{"t":1},null,null]"#,
+            r#" ["ping"]"#,
+            r#""ping""#,
+            "7",
+        ] {
+            let e = text(frame).unwrap_err();
+            assert!(e.message.contains("is an object"), "{frame}: {}", e.message);
+            assert_eq!(e.client_msg_id, None);
+        }
+        assert!(matches!(
+            text(" \n{\"type\":\"ping\"}"),
+            Ok(Some(ClientFrame::Ping))
+        ));
         assert!(matches!(
             text(r#"{"type":"ping"}"#),
             Ok(Some(ClientFrame::Ping))
@@ -648,6 +681,19 @@ mod tests {
             entries.extend(extra);
             cbor(entries)
         };
+        // An array of the fields in order (serde reads a struct from one).
+        let array = ciborium::Value::Array(vec![
+            "send".into(),
+            "c1".into(),
+            "g".into(),
+            1u8.into(),
+            ciborium::Value::Null,
+            ciborium::Value::Null,
+        ]);
+        let mut b = Vec::new();
+        ciborium::into_writer(&array, &mut b).unwrap();
+        let e = binary(b).unwrap_err();
+        assert!(e.message.contains("is an object"), "{}", e.message);
         // Bytes after the map.
         let mut b = send(vec![("payload", 1u8.into())]);
         assert!(binary(b.clone()).is_ok());

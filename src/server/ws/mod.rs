@@ -124,7 +124,17 @@ pub(crate) async fn upgrade(
     ApiQuery(q): ApiQuery<WsQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let ws = ws.map_err(|e| ApiError::new(e.status(), "not_a_websocket", e.body_text()))?;
+    // A HEAD (routed here with the GET) is a method the endpoint does not take; anything
+    // else that is not an upgrade (no `Upgrade` header, HTTP/1.0, a bad key) is 400, whatever
+    // status axum's rejection carries (426 for a connection that cannot upgrade).
+    let ws = ws.map_err(|e| match e {
+        WebSocketUpgradeRejection::MethodNotGet(_) => ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "a WebSocket upgrade is a GET",
+        ),
+        e => ApiError::bad_request("not_a_websocket", e.body_text()),
+    })?;
     if !state.is_ready() || state.sessions_stop.is_cancelled() {
         return Err(ApiError::unavailable(
             "not_ready",
