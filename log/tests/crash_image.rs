@@ -651,19 +651,14 @@ async fn an_append_after_a_failed_index_write_at_a_roll_is_refused() {
     assert!(poisoned_runs > 0);
 }
 
-/// A message's bytes are the client's: a payload can hold a whole, valid batch. When the batch
-/// carrying it is torn by a crash, that inner batch is not taken for durable data after
-/// damage (recovery refused to open the log then, under the default `Strict` mode, until an
-/// operator stepped in): inside a damaged batch whose header is intact, only a batch that
-/// continues its offsets counts.
-#[tokio::test]
-async fn a_batch_inside_a_torn_message_does_not_stop_recovery() {
-    // A valid batch with a far offset, cut from another log.
+/// A log of three records, then one whose payload carries a valid batch with a far offset
+/// (cut from another log) between 64 zeros on each side; its acknowledged payloads, and that
+/// batch.
+async fn a_message_holding_a_batch() -> (SimFs, Vec<Bytes>, Vec<u8>) {
     let (other, _) = written_log(100).await;
     let theirs = other.read_file(&seg0()).unwrap();
     let last = *batch_starts(&theirs).last().unwrap();
     let fake = theirs[last..].to_vec();
-    // Our log: three records, then one whose payload carries the fake batch.
     let (fs, payloads) = written_log(3).await;
     let log = Log::open(sim_dir(), opts(&fs)).await.unwrap();
     let mut evil = vec![0u8; 64];
@@ -671,6 +666,17 @@ async fn a_batch_inside_a_torn_message_does_not_stop_recovery() {
     evil.extend_from_slice(&[0u8; 64]);
     log.append_one(Bytes::from(evil)).await.unwrap();
     log.close().await.unwrap();
+    (fs, payloads, fake)
+}
+
+/// A message's bytes are the client's: a payload can hold a whole, valid batch. When the batch
+/// carrying it is torn by a crash, that inner batch is not taken for durable data after
+/// damage (recovery refused to open the log then, under the default `Strict` mode, until an
+/// operator stepped in): inside a damaged batch whose header is intact, only a batch that
+/// continues its offsets counts.
+#[tokio::test]
+async fn a_batch_inside_a_torn_message_does_not_stop_recovery() {
+    let (fs, payloads, fake) = a_message_holding_a_batch().await;
     // The crash tore that batch just after the fake one.
     let bytes = fs.read_file(&seg0()).unwrap();
     let start = *batch_starts(&bytes).last().unwrap();
@@ -687,17 +693,7 @@ async fn a_batch_inside_a_torn_message_does_not_stop_recovery() {
 /// refused.
 #[tokio::test]
 async fn a_batch_inside_a_torn_message_without_its_header_does_not_stop_recovery() {
-    let (other, _) = written_log(100).await;
-    let theirs = other.read_file(&seg0()).unwrap();
-    let last = *batch_starts(&theirs).last().unwrap();
-    let fake = theirs[last..].to_vec();
-    let (fs, payloads) = written_log(3).await;
-    let log = Log::open(sim_dir(), opts(&fs)).await.unwrap();
-    let mut evil = vec![0u8; 64];
-    evil.extend_from_slice(&fake);
-    evil.extend_from_slice(&[0u8; 64]);
-    log.append_one(Bytes::from(evil)).await.unwrap();
-    log.close().await.unwrap();
+    let (fs, payloads, fake) = a_message_holding_a_batch().await;
     let mut bytes = fs.read_file(&seg0()).unwrap();
     let start = *batch_starts(&bytes).last().unwrap();
     let cut = start + 40 + 4 + 64 + fake.len() + 8;

@@ -598,12 +598,7 @@ async fn a_log_opened_offline_that_finds_a_live_owner_is_fenced() {
     append(&a, 0, 300).await;
     a.close().await.unwrap();
     relay.set_cut(true);
-    let relayed = s3(
-        &format!("http://127.0.0.1:{}", relay.port),
-        BUCKET,
-        KEY,
-        SECRET,
-    );
+    let relayed = relayed(&relay);
     let hour = Duration::from_secs(3600);
     let a = Log::open(
         a_data.path().join("log"),
@@ -714,12 +709,7 @@ async fn a_store_that_stops_mid_read_fails_a_run_of_reads_within_one_read_timeou
 async fn a_slow_store_fails_a_cold_read_of_many_blocks_within_one_read_timeout() {
     let s3s = S3Server::start();
     let relay = Relay::start(s3s.port).await;
-    let store = s3(
-        &format!("http://127.0.0.1:{}", relay.port),
-        BUCKET,
-        KEY,
-        SECRET,
-    );
+    let store = relayed(&relay);
     let prefix = unique_prefix("slow-link");
     let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let hour = Duration::from_secs(3600);
@@ -764,12 +754,7 @@ async fn a_slow_store_fails_a_cold_read_of_many_blocks_within_one_read_timeout()
 async fn a_long_upload_renews_the_lease_meanwhile() {
     let s3s = S3Server::start();
     let relay = Relay::start(s3s.port).await;
-    let store = s3(
-        &format!("http://127.0.0.1:{}", relay.port),
-        BUCKET,
-        KEY,
-        SECRET,
-    );
+    let store = relayed(&relay);
     let prefix = unique_prefix("long-upload");
     let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let tier = Tier::open(
@@ -831,12 +816,7 @@ async fn an_empty_directory_is_not_opened_while_the_store_does_not_answer() {
     first.upload_now().await.unwrap();
     first.close().await.unwrap();
     relay.set_cut(true);
-    let relayed = s3(
-        &format!("http://127.0.0.1:{}", relay.port),
-        BUCKET,
-        KEY,
-        SECRET,
-    );
+    let relayed = relayed(&relay);
     let cache2 = tempfile::tempdir().unwrap();
     let hour = Duration::from_secs(3600);
     let opened = Log::open(
@@ -937,6 +917,16 @@ impl Relay {
     }
 }
 
+/// A client of the S3 server through `relay`.
+fn relayed(relay: &Relay) -> Arc<dyn ObjectStore> {
+    s3(
+        &format!("http://127.0.0.1:{}", relay.port),
+        BUCKET,
+        KEY,
+        SECRET,
+    )
+}
+
 impl Drop for Relay {
     fn drop(&mut self) {
         self.tasks.abort_all();
@@ -986,12 +976,7 @@ async fn stale_writer(pruned: bool) {
             .unwrap()
         }
     };
-    let relayed = s3(
-        &format!("http://127.0.0.1:{}", relay.port),
-        BUCKET,
-        KEY,
-        SECRET,
-    );
+    let relayed = relayed(&relay);
     let record = |who: &str, i: u64| Bytes::from(format!("{who}-record {i:08}"));
     let (a_dir, a_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Log::open(
@@ -1862,12 +1847,7 @@ async fn a_claim_after_an_offline_open_refuses_a_store_lacking_the_older_offsets
 
     // Started on the other prefix while the store does not answer: opened from the copy.
     relay.set_cut(true);
-    let relayed = s3(
-        &format!("http://127.0.0.1:{}", relay.port),
-        BUCKET,
-        KEY,
-        SECRET,
-    );
+    let relayed = relayed(&relay);
     let log = quiet_log(relayed, &other, "node-a", caches[1].path(), 0, &dir).await;
     append(&log, 300, 300).await;
     log.roll().await.unwrap();

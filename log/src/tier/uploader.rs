@@ -364,16 +364,22 @@ impl Uploader {
         // Renew the lease when nothing else was written for a third of it (our own lease: the
         // one each write records, and the least a claimer waits).
         if store::now_ms().saturating_sub(state.last_write_ms) >= inner.opts.lease_ms() / 3 {
-            let next = self
-                .tier
-                .manifest()
-                .next(&inner.opts.owner_id, store::now_ms());
-            self.write(&next).await?;
-            state.last_write_ms = store::now_ms();
+            self.renew(&mut state).await?;
         }
         self.retention(&mut state).await?;
         self.delete_doomed(&mut state, false).await;
         Ok(self.tier.status())
+    }
+
+    /// Renews the lease: the next manifest version, holding what this one holds.
+    async fn renew(&self, state: &mut PassState) -> Result<()> {
+        let next = self
+            .tier
+            .manifest()
+            .next(&self.tier.inner.opts.owner_id, store::now_ms());
+        self.write(&next).await?;
+        state.last_write_ms = store::now_ms();
+        Ok(())
     }
 
     /// Runs `work` (an upload), renewing the lease meanwhile whenever nothing was written for
@@ -395,12 +401,7 @@ impl Uploader {
             tokio::select! {
                 done = &mut work => return done,
                 () = tokio::time::sleep(wait) => {
-                    let next = self
-                        .tier
-                        .manifest()
-                        .next(&inner.opts.owner_id, store::now_ms());
-                    self.write(&next).await?;
-                    state.last_write_ms = store::now_ms();
+                    self.renew(state).await?;
                     tracing::debug!(store = %inner.opts.display, "renewed the lease during an upload");
                 }
             }
