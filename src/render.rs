@@ -160,9 +160,27 @@ pub(crate) struct PreviewView<'a> {
     payload_b64: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     edited: bool,
+    /// Left out for the page's size: the payload is the message's, in its history.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
 }
 
 impl<'a> PreviewView<'a> {
+    /// A long last message whose payload a conversation page left out (its budget spent).
+    pub(crate) fn cut(seq: u64, message_id: u64, from: &'a str, ts: u64, edited: bool) -> Self {
+        Self {
+            seq,
+            message_id,
+            from,
+            ts,
+            recalled: false,
+            payload: None,
+            payload_b64: None,
+            edited,
+            truncated: true,
+        }
+    }
+
     /// `preview` is the whole payload (not cut), with the message's flags.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -189,6 +207,7 @@ impl<'a> PreviewView<'a> {
             payload,
             payload_b64,
             edited: edited && !recalled,
+            truncated: false,
         }
     }
 }

@@ -489,3 +489,121 @@ async fn a_removal_without_its_event_gets_one_at_the_next_pass() {
     );
     drop(dir);
 }
+
+/// A removal of the retention that lists again many conversations at once (each whose unread
+/// count it cut, all at its event's version, which a page keeps together past its `limit`)
+/// still answers a page of about 4 MiB: the conversations past the budget come with their
+/// long last messages left out (`"truncated": true`, read from history). Before, that page
+/// held every one of them whole (here 80 last messages of 64 KiB: 5 MB; with more, any size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_relisting_many_long_conversations_keeps_the_page_bounded() {
+    let server = Server::start(&[
+        "--log-segment-bytes",
+        "1048576",
+        "--limits-sends-per-second",
+        "100000",
+        "--limits-send-bytes-per-second",
+        "1000000000",
+        "--projections-snapshot-interval-secs",
+        "1",
+        "--compaction-retention-bytes",
+        "7500000",
+        "--compaction-retention-interval-secs",
+        "1",
+    ]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    const GROUPS: usize = 80;
+    let groups: Vec<String> = (0..GROUPS).map(|i| format!("g{i:02}")).collect();
+    // A short message bob never reads in each group, in the first segment.
+    for g in &groups {
+        api.group(g, &["alice", "bob"]).await;
+        api.send(&alice, g, &format!("{g}-short"), "early").await;
+    }
+    // Filler elsewhere, then a 64 KiB last message in each group (~6.7 MB in all, below the
+    // bound); bob's list then; then more filler, above the bound: the retention removes the
+    // first segment (every short message), which cuts every group's count after the version
+    // bob holds.
+    api.group("filler", &["alice"]).await;
+    let big = "x".repeat(63_990);
+    for i in 0..25 {
+        api.send(&alice, "filler", &format!("f{i}"), &big).await;
+    }
+    for g in &groups {
+        api.send(&alice, g, &format!("{g}-long"), &big).await;
+    }
+    // bob's client pages to the end of his list (the pages stop at 4 MiB): the version after
+    // every long message.
+    let mut page = api
+        .ok("GET", "/v1/conversations?limit=1000", &bob, None)
+        .await;
+    while page["has_more"] == true {
+        let v = page["version"].as_u64().unwrap();
+        let since = format!("/v1/conversations?limit=1000&since_version={v}");
+        page = api.ok("GET", &since, &bob, None).await;
+    }
+    let v_before = page["version"].as_u64().unwrap();
+    for i in 25..50 {
+        api.send(&alice, "filler", &format!("f{i}"), &big).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    api.send(&alice, "filler", "late", "a later write").await;
+    let first_segment = server.data.join("log/00000000000000000000.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = serde_json::Value::Null;
+    let page = loop {
+        if !first_segment.exists() {
+            let since = format!("/v1/conversations?since_version={v_before}&limit=1");
+            let page = api.ok("GET", &since, &bob, None).await;
+            if page["conversations"].as_array().unwrap().len() == GROUPS {
+                break page;
+            }
+            last = page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removal never re-listed the groups: {} files, sealed {} bytes: {}",
+            segment_files(&server.data).len(),
+            sealed_bytes(&server.data),
+            last.to_string().chars().take(2000).collect::<String>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let size = page.to_string().len();
+    assert!(size < (4 << 20) + GROUPS * 1024, "{size} bytes");
+    assert_eq!(page["has_more"], false);
+    let mut listed = channels_of(&page);
+    listed.sort();
+    assert_eq!(listed, groups, "each once");
+    let convs = page["conversations"].as_array().unwrap();
+    let cut: Vec<_> = convs
+        .iter()
+        .filter(|c| c["last_message"]["truncated"] == true)
+        .collect();
+    assert!(!cut.is_empty() && cut.len() < GROUPS, "{} cut", cut.len());
+    for c in convs {
+        let m = &c["last_message"];
+        assert_eq!(c["unread"], 1, "{c}");
+        if m["truncated"] == true {
+            assert!(
+                m.get("payload").is_none() && m.get("payload_b64").is_none(),
+                "{m}"
+            );
+            // The message itself, from history.
+            let path = format!(
+                "/v1/channels/{}/messages?after_seq={}&limit=1",
+                c["channel"].as_str().unwrap(),
+                m["seq"].as_u64().unwrap() - 1
+            );
+            let h = api.ok("GET", &path, &bob, None).await;
+            assert_eq!(
+                h["messages"][0]["payload"],
+                serde_json::json!({"text": big})
+            );
+        } else {
+            let whole = serde_json::json!({"text": big});
+            assert_eq!(m["payload"], whole, "{}", c["channel"]);
+        }
+    }
+}

@@ -414,15 +414,15 @@ impl Config {
         self.check_http()?;
         let t = &self.tier;
         // The lease is renewed by upload passes (at the first pass a third of a lease after
-        // the last manifest write): passes further apart than that let the lease lapse while
-        // the owner runs, and a second server (or a copy of this directory) would take the
-        // prefix over.
+        // the last manifest write, and every third of it during an upload): passes further
+        // apart than that let the lease lapse while the owner runs idle, and a second server
+        // (or a copy of this directory) would take the prefix over.
         anyhow::ensure!(
             t.url.is_none()
                 || (t.lease_secs >= 3
                     && t.lease_secs >= t.upload_interval_secs.max(1).saturating_mul(3)),
             "tier.lease_secs ({}) must be at least 3 and at least 3 × tier.upload_interval_secs ({}): \
-             the owner renews its lease only at upload passes",
+             the owner renews its lease at upload passes (and during uploads)",
             t.lease_secs,
             t.upload_interval_secs
         );

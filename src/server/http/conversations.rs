@@ -74,7 +74,14 @@ struct ConversationView {
     version: u64,
 }
 
-async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Box<RawValue>> {
+/// `c` as the caller sees it; `whole`: a last message longer than its preview is read from
+/// the log, else left out (`"truncated": true`: the page's budget is spent).
+async fn render(
+    state: &AppState,
+    c: &Conversation,
+    me: &str,
+    whole: bool,
+) -> ApiResult<Box<RawValue>> {
     let last_message = match &c.last_message {
         None => None,
         Some(m) if m.truncated && !m.recalled => {
@@ -85,6 +92,23 @@ async fn render(state: &AppState, c: &Conversation, me: &str) -> ApiResult<Box<R
                 let p = state.proj();
                 messages::plan_range(&p.state, p.index_files(), &c.channel, m.seq, m.seq)?
             };
+            if !whole {
+                let expired = plan
+                    .first()
+                    .is_none_or(|m| messages::is_expired(m, state.expired_below()));
+                let cut = PreviewView::cut(m.seq, m.message_id, &m.from, m.ts, m.edited);
+                let view = if expired { None } else { Some(raw(&cut)?) };
+                return raw(&ConversationView {
+                    channel: channel_ref(&c.channel, Some(me)),
+                    last_seq: c.last_seq,
+                    last_message: view,
+                    unread: c.unread,
+                    read_seq: c.read_seq,
+                    delivered_seq: c.delivered_seq,
+                    updated_at: c.updated_at,
+                    version: c.version,
+                });
+            }
             // In the shape of a preview's (below): the conversation names the channel, and a
             // head keeps no `client_msg_id` (the long message's answer had both, the short
             // one's neither: one field a client read was there only for long messages).
@@ -318,18 +342,24 @@ pub(crate) async fn conversations(
         let mut rendered: Vec<Option<Box<RawValue>>> = vec![None; order.len()];
         let mut bytes = 0usize;
         let mut fit = None;
+        let mut whole = true;
         for (k, &i) in order.iter().enumerate() {
-            let r = render(&state, &list.conversations[i], &me).await?;
-            let size = r.get().len();
-            if fit.is_none() && k > 0 && bytes.saturating_add(size) > PAGE_PAYLOAD_BYTES {
-                fit = Some(k);
-                // Past `limit` only by the conversations sharing the last one's version (which
-                // a page keeps together): those are kept.
+            let c = &list.conversations[i];
+            let mut r = render(&state, c, &me, whole).await?;
+            if whole && k > 0 && bytes.saturating_add(r.get().len()) > PAGE_PAYLOAD_BYTES {
                 if k < limit {
+                    fit = Some(k);
                     break;
                 }
+                // Past `limit`: the conversations sharing the last one's version, which a
+                // page keeps together (a paging version cannot fall between them) — as many
+                // as one event touched (a removal of the retention: every conversation whose
+                // count it cut). They are kept, their long last messages left out
+                // (`"truncated": true`).
+                whole = false;
+                r = render(&state, c, &me, false).await?;
             }
-            bytes = bytes.saturating_add(size);
+            bytes = bytes.saturating_add(r.get().len());
             rendered[i] = Some(r);
         }
         if let Some(k) = fit
