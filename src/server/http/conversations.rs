@@ -92,39 +92,31 @@ async fn render(
                 let p = state.proj();
                 messages::plan_range(&p.state, p.index_files(), &c.channel, m.seq, m.seq)?
             };
+            // Left out: as it would show unless expired (the plan says; not read).
             if !whole {
                 let expired = plan
                     .first()
                     .is_none_or(|m| messages::is_expired(m, state.expired_below()));
                 let cut = PreviewView::cut(m.seq, m.message_id, &m.from, m.ts, m.edited);
-                let view = if expired { None } else { Some(raw(&cut)?) };
-                return raw(&ConversationView {
-                    channel: channel_ref(&c.channel, Some(me)),
-                    last_seq: c.last_seq,
-                    last_message: view,
-                    unread: c.unread,
-                    read_seq: c.read_seq,
-                    delivered_seq: c.delivered_seq,
-                    updated_at: c.updated_at,
-                    version: c.version,
-                });
-            }
-            // In the shape of a preview's (below): the conversation names the channel, and a
-            // head keeps no `client_msg_id` (the long message's answer had both, the short
-            // one's neither: one field a client read was there only for long messages).
-            let loaded = messages::load_retained(&state.log, &plan, state.expiring()).await?;
-            match loaded.first() {
-                Some(full) => Some(raw(&PreviewView::new(
-                    full.seq,
-                    full.message_id,
-                    &full.from,
-                    full.ts,
-                    full.recalled,
-                    full.edited,
-                    full.payload.as_deref().unwrap_or_default(),
-                    if full.json { FLAG_JSON_PAYLOAD } else { 0 },
-                ))?),
-                None => None,
+                if expired { None } else { Some(raw(&cut)?) }
+            } else {
+                // In the shape of a preview's (below): the conversation names the channel, and a
+                // head keeps no `client_msg_id` (the long message's answer had both, the short
+                // one's neither: one field a client read was there only for long messages).
+                let loaded = messages::load_retained(&state.log, &plan, state.expiring()).await?;
+                match loaded.first() {
+                    Some(full) => Some(raw(&PreviewView::new(
+                        full.seq,
+                        full.message_id,
+                        &full.from,
+                        full.ts,
+                        full.recalled,
+                        full.edited,
+                        full.payload.as_deref().unwrap_or_default(),
+                        if full.json { FLAG_JSON_PAYLOAD } else { 0 },
+                    ))?),
+                    None => None,
+                }
             }
         }
         Some(m) => Some(raw(&PreviewView::new(
