@@ -576,6 +576,24 @@ async fn refused_credentials_fail_the_start_naming_them() {
     Server::start_on(&data, &refs).stop();
 }
 
+/// A bucket the store does not have fails the start naming it (it said the store "did not
+/// answer", to try again once it does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_fails_the_start_naming_it() {
+    let s3s = S3s::start();
+    let mut args = tier_args("s3://nobkt/tidings");
+    args.extend(s3_endpoint_args(s3s.port));
+    let dir = tempfile::tempdir().unwrap();
+    let (started, err) = refused_start(&dir.path().join("data"), &args);
+    assert!(!started, "{err}");
+    assert!(
+        err.contains("no such bucket")
+            && err.contains("tier.url")
+            && !err.contains("did not answer"),
+        "{err}"
+    );
+}
+
 /// s3s-fs on a free port with a bucket `bkt`; killed on drop (a stopped one too).
 struct S3s {
     dir: tempfile::TempDir,

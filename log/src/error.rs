@@ -156,6 +156,12 @@ pub enum LogError {
         "the object store refused the credentials (check tier.access_key_id and tier.secret_access_key, or the AWS_* environment, the bucket's policy, and this machine's clock): {0}"
     )]
     TierAccessDenied(String),
+    /// The object store has no bucket of that name, or refuses the name (S3's `NoSuchBucket`,
+    /// `InvalidBucketName`): like refused credentials, no retry mends it.
+    #[error(
+        "the object store has no such bucket, or refuses its name (check the bucket in tier.url, and tier.endpoint): {0}"
+    )]
+    TierNoBucket(String),
     /// Another server owns the object-store prefix.
     #[error(
         "the object-store prefix {store} is owned by node {owner} (last write {seen_ms_ago} ms ago); refusing to write to it"

@@ -216,11 +216,13 @@ impl Log {
                     );
                 }
                 // Refused credentials are no outage to open past: such a start never tiers (until
-                // 2026-11-30 it opened, never claimed the prefix, and served as ready).
+                // 2026-11-30 it opened, never claimed the prefix, and served as ready). Nor is
+                // a missing bucket (until 2026-12-02 "did not answer").
                 Err(
                     e @ (LogError::Fenced { .. }
                     | LogError::HistoryNotInStore { .. }
-                    | LogError::TierAccessDenied(_)),
+                    | LogError::TierAccessDenied(_)
+                    | LogError::TierNoBucket(_)),
                 ) => {
                     return Err(e);
                 }
@@ -414,6 +416,11 @@ impl Log {
         let after_unsynced = recovery::recorded_unsynced_writes(vfs.as_ref(), &dir);
         let mut rec =
             recovery::recover_active(vfs.as_ref(), &dir, active_base, &opts, unsynced_from)?;
+        if rec.last_batch.is_none()
+            && let Some(&before) = bases.len().checked_sub(2).and_then(|i| bases.get(i))
+        {
+            rec.floor_ts = recovery::newest_timestamp(vfs.as_ref(), &dir, before);
+        }
         // Before anything is written under this open's policy (the next open's recovery
         // reads it); the recovered tail is durable now (recovery synced it).
         recovery::record_policy(vfs.as_ref(), &dir, opts.fsync, (active_base, rec.len))?;

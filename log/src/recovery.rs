@@ -34,6 +34,9 @@ pub(crate) struct Recovered {
     pub(crate) last_batch: Option<TimeEntry>,
     /// Bytes discarded from the tail.
     pub(crate) truncated_bytes: u64,
+    /// The newest timestamp of the segment before, when this one holds no batch (see
+    /// [`newest_timestamp`]): the writer's timestamps never go below it.
+    pub(crate) floor_ts: Option<u64>,
     /// The file's size afterwards: `len`, or more when zeros of a preallocation follow.
     pub(crate) file_len: u64,
 }
@@ -313,7 +316,42 @@ pub(crate) fn recover_active(
         last_batch,
         truncated_bytes,
         file_len: kept_len,
+        floor_ts: None,
     })
+}
+
+/// The newest batch timestamp of the sealed local segment at `base`, read from its last time
+/// entry to its end (one batch when sealed by a roll, which writes that entry; at most an
+/// index interval of batches otherwise). Best effort, for the writer's floor after a restart
+/// whose active segment is empty (a roll just before it): `None` when the segment cannot be
+/// read, and damage stops the scan where it is (what was read before it stands; the batch
+/// CRCs vouch for it).
+pub(crate) fn newest_timestamp(vfs: &dyn Vfs, dir: &Path, base: u64) -> Option<u64> {
+    let paths = SegmentPaths::new(dir, base);
+    let file = vfs.open_read(&paths.log).ok()?;
+    let len = file.len().ok()?;
+    let (start, expected) = vfs
+        .open_read(&paths.time)
+        .and_then(|t| {
+            let tlen = t.len()?;
+            let whole = tlen - tlen % TIME_ENTRY_LEN as u64;
+            if whole == 0 {
+                return Ok(None);
+            }
+            let last = read_up_to(t.as_ref(), TIME_ENTRY_LEN, whole - TIME_ENTRY_LEN as u64)?;
+            Ok(index::decode_time_index(&last, len).first().copied())
+        })
+        .ok()
+        .flatten()
+        .map_or((0, base), |e| {
+            (u64::from(e.pos), base.saturating_add(u64::from(e.rel)))
+        });
+    let mut scan = Scanner::new(file.as_ref(), &paths.log, start, len, expected);
+    let mut newest = None;
+    while let Some(Ok((_, header, _))) = scan.next_batch() {
+        newest = newest.max(Some(header.timestamp_ms));
+    }
+    newest
 }
 
 /// Whether `[from, end)` of the file is all zero bytes (read in 1 MiB pieces).

@@ -318,7 +318,7 @@ pub(crate) fn write_rewrite(
         });
     }
     out.sync_data().map_err(|e| LogError::io("sync", tmp, e))?;
-    check_rewrite(out.as_ref(), tmp, seg.base, len, end)?;
+    check_rewrite(out.as_ref(), tmp, seg.base, len, end).map_err(read_back_failed(tmp))?;
     Ok(stats)
 }
 
@@ -394,6 +394,21 @@ fn patch_batch(
     Ok((out, replaced))
 }
 
+/// The error of a rewrite that does not read back as written: a fault of this write (the disk
+/// or memory), not damage of the segment it was made from, which read whole just before. An
+/// I/O error, so a caller retries it; as [`LogError::Corrupt`] the purge took the segment for
+/// damaged and never tried its records again (until 2026-12-02).
+fn read_back_failed(tmp: &Path) -> impl FnOnce(LogError) -> LogError + '_ {
+    move |e| match e {
+        LogError::Corrupt { .. } => LogError::io(
+            "check rewritten segment",
+            tmp,
+            io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+        ),
+        e => e,
+    }
+}
+
 /// Reads the rewrite back from `tmp`: `len` bytes, every batch valid, offsets from `base` to
 /// `end`, as the segment it replaces.
 fn check_rewrite(file: &dyn VfsFile, tmp: &Path, base: u64, len: u64, end: u64) -> Result<()> {
@@ -421,4 +436,27 @@ fn check_rewrite(file: &dyn VfsFile, tmp: &Path, base: u64, len: u64, end: u64) 
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::vfs::StdFs;
+
+    #[test]
+    fn a_rewrite_that_reads_back_damaged_is_an_io_error_not_the_segments_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join(rewrite_name(0));
+        let vfs = StdFs;
+        let file = vfs.open_write(&tmp).unwrap();
+        file.write_all_at(&[0xA5; 100], 0).unwrap();
+        let err = check_rewrite(file.as_ref(), &tmp, 0, 100, 1).unwrap_err();
+        assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+        let err = read_back_failed(&tmp)(err);
+        assert!(
+            matches!(&err, LogError::Io { op: "check rewritten segment", path, .. } if *path == tmp),
+            "{err}"
+        );
+    }
 }

@@ -125,7 +125,10 @@ impl Writer {
         rec: Recovered,
         lock: Box<dyn VfsLock>,
     ) -> Result<Self> {
-        let last_ts = rec.last_batch.map_or(0, |b| b.ts);
+        // Timestamps never decrease, across restarts too: from the active segment's last
+        // batch, or the segment before's when it holds none (a clock stepped back while the
+        // server was down would otherwise start this segment below the last one's end).
+        let last_ts = rec.last_batch.map(|b| b.ts).or(rec.floor_ts).unwrap_or(0);
         let opts = &parts.opts;
         let prealloc = match opts.preallocate_bytes.min(opts.segment_bytes) {
             0 => {
@@ -611,7 +614,6 @@ impl Writer {
             deferred: Vec::new(),
         };
         self.parts.counters.rolls.fetch_add(1, Ordering::Relaxed);
-        self.parts.rolled.notify_one();
         tracing::debug!(base, "rolled to a new segment");
         let wm = Watermark {
             next_offset: self.next_offset,
@@ -619,6 +621,10 @@ impl Writer {
             active_len: 0,
         };
         self.parts.watermark.send_replace(wm);
+        // After the watermark that shows the segment sealed: the uploader woken reads it (woken
+        // before, it could find the segment still active and spend the wake on nothing, the
+        // upload waiting for the next interval).
+        self.parts.rolled.notify_one();
         Ok(())
     }
 

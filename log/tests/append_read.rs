@@ -364,3 +364,62 @@ async fn a_missing_middle_segment_is_a_gap_never_skipped() {
     assert_eq!(after.first().unwrap().offset, next);
     log.close().await.unwrap();
 }
+
+/// The batches of a segment file as (position, length).
+fn batches_of(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos + 40 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
+        if len < 40 || pos + len > bytes.len() {
+            break;
+        }
+        out.push((pos, len));
+        pos += len;
+    }
+    out
+}
+
+#[tokio::test]
+async fn timestamps_do_not_go_back_when_the_active_segment_starts_empty() {
+    // A roll just before a stop leaves an empty active segment; the clock then steps back
+    // (here: the previous segment's last batch is stamped an hour ahead). The next append is
+    // stamped no earlier than that batch: timestamps never decrease along the log. It was
+    // stamped by the clock alone.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    for i in 0..200u64 {
+        log.append_one(payload(i, 100)).await.unwrap();
+    }
+    let next = log.next_offset();
+    log.close().await.unwrap();
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 2);
+    let last = files.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    let (pos, len) = *batches_of(&bytes).last().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let ahead = now + 3_600_000;
+    bytes[pos + 32..pos + 40].copy_from_slice(&ahead.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[pos + 8..pos + len]);
+    bytes[pos + 4..pos + 8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(last, &bytes).unwrap();
+    // The roll's new segment, created before the stop.
+    std::fs::write(dir.path().join(format!("{next:020}.log")), b"").unwrap();
+
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    assert_eq!(log.next_offset(), next);
+    assert_eq!(log.append_one(payload(999, 100)).await.unwrap(), next);
+    let got = log.read(next - 1, 1 << 20).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].timestamp_ms, ahead);
+    assert!(
+        got[1].timestamp_ms >= ahead,
+        "{} < {ahead}: the log's time went back",
+        got[1].timestamp_ms
+    );
+    log.close().await.unwrap();
+}

@@ -39,7 +39,9 @@ fn err(inner: &TierInner, what: &str, e: impl std::fmt::Display) -> LogError {
 
 /// [`err`] of a store's answer, but one refusing the credentials (HTTP 401 / 403, or S3's
 /// `ExpiredToken` / `InvalidToken`) is
-/// [`LogError::TierAccessDenied`]: waiting does not mend it. `object_store` gives most S3
+/// [`LogError::TierAccessDenied`], and one naming no bucket (`NoSuchBucket`,
+/// `InvalidBucketName`) [`LogError::TierNoBucket`]: waiting does not mend them (a missing
+/// bucket was said to be a store that "did not answer"). `object_store` gives most S3
 /// calls' refusals as a generic error whose text carries the status (its retry error, which
 /// has it, is not public), so the text is read too.
 fn store_err(inner: &TierInner, what: &str, e: object_store::Error) -> LogError {
@@ -58,8 +60,14 @@ fn store_err(inner: &TierInner, what: &str, e: object_store::Error) -> LogError 
         .iter()
         .any(|mark| text.contains(mark))
     };
+    let no_bucket = {
+        let text = e.to_string();
+        text.contains("NoSuchBucket") || text.contains("InvalidBucketName")
+    };
     if denied {
         LogError::TierAccessDenied(format!("{what} ({}): {e}", inner.opts.display))
+    } else if no_bucket {
+        LogError::TierNoBucket(format!("{what} ({}): {e}", inner.opts.display))
     } else {
         err(inner, what, e)
     }
