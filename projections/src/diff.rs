@@ -134,6 +134,13 @@ pub fn diff(live: &State, rebuilt: &State, max: usize) -> Vec<String> {
     maps(
         o,
         "token",
+        &live.tokens.by_hash,
+        &rebuilt.tokens.by_hash,
+        |o, w, l, r| field(o, &w, "owner", l, r),
+    );
+    maps(
+        o,
+        "token",
         &live.tokens.expires,
         &rebuilt.tokens.expires,
         |o, w, l, r| field(o, &w, "expiry", l, r),
@@ -192,7 +199,10 @@ pub fn diff(live: &State, rebuilt: &State, max: usize) -> Vec<String> {
             );
             field(o, &w, "from", &l.from, &r.from);
             field(o, &w, "preview", &l.preview, &r.preview);
+            field(o, &w, "truncated", &l.truncated, &r.truncated);
+            field(o, &w, "flags", &l.flags, &r.flags);
             field(o, &w, "recalled", &l.recalled, &r.recalled);
+            field(o, &w, "edited", &l.edited, &r.edited);
             field(o, &w, "ts", &l.ts, &r.ts);
             field(o, &w, "version", &l.version, &r.version);
         },
@@ -324,5 +334,33 @@ mod tests {
         assert!(d[0].contains("[3, 8] live, [3, 5, 8] rebuilt"), "{}", d[0]);
         live.heads.edits = edits(vec![3, 5, 8]);
         assert!(diff(&live, &rebuilt, 10).is_empty());
+    }
+
+    /// A head's flags, its preview's cut and its edit mark are compared, and a token's owner
+    /// (they were not: states differing there alone were said equal).
+    #[test]
+    fn head_marks_and_token_owners_are_compared() {
+        let mut live = State::default();
+        live.heads
+            .heads
+            .insert("g".into(), crate::heads::Head::default());
+        live.tokens
+            .by_hash
+            .insert(bytes::Bytes::from_static(b"h"), "alice".into());
+        let mut rebuilt = live.clone();
+        assert!(diff(&live, &rebuilt, 10).is_empty());
+        let head = rebuilt.heads.heads.get_mut("g").unwrap();
+        head.truncated = true;
+        head.flags = 1;
+        head.edited = true;
+        rebuilt
+            .tokens
+            .by_hash
+            .insert(bytes::Bytes::from_static(b"h"), "bob".into());
+        let d = diff(&live, &rebuilt, 10);
+        assert_eq!(d.len(), 4, "{d:?}");
+        for what in ["truncated", "flags", "edited", "owner"] {
+            assert!(d.iter().any(|l| l.contains(what)), "{what}: {d:?}");
+        }
     }
 }

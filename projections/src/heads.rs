@@ -246,7 +246,7 @@ impl Heads {
                 self.heads.insert(channel.to_owned(), head);
             }
         }
-        self.next_message_id = self.next_message_id.max(message_id + 1);
+        self.next_message_id = self.next_message_id.max(message_id.saturating_add(1));
     }
 
     pub(crate) fn recall(&mut self, offset: u64, channel: &str, seq: u64) {

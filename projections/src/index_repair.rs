@@ -56,7 +56,6 @@ pub fn rewrite_from_log(
 ) -> Result<()> {
     let path = sidecar_path(dir, side.first_offset);
     let mut mem: HashMap<ChannelId, Vec<(u64, u64)>> = HashMap::default();
-    let mut len = 0u64;
     let mut next = side.first_offset;
     while next <= side.last_offset {
         if stop() {
@@ -94,12 +93,11 @@ pub fn rewrite_from_log(
                 Envelope::decode(rec.offset, &rec.payload)?.event
             {
                 mem.entry(channel).or_default().push((seq, rec.offset));
-                len += 1;
             }
             next = rec.offset + 1;
         }
     }
-    let made = msgindex::encode(side.first_offset, side.last_offset, len, &mem);
+    let made = msgindex::encode(side.first_offset, side.last_offset, &mem);
     if made.sidecar != *side {
         return Err(ProjectionError::Corrupt {
             what: "message index sidecar",

@@ -258,12 +258,7 @@ impl IndexState {
     /// [`commit_flush`]: IndexState::commit_flush
     pub fn prepare_flush(&self) -> Option<Flush> {
         let first_offset = self.mem_first_offset?;
-        Some(encode(
-            first_offset,
-            self.mem_last_offset,
-            self.mem_len,
-            &self.mem,
-        ))
+        Some(encode(first_offset, self.mem_last_offset, &self.mem))
     }
 
     /// Moves the in-memory entries into the sidecar just written.
@@ -369,17 +364,19 @@ impl IndexState {
     }
 }
 
-/// The sidecar of `len` entries, `mem` (channel → `(seq, offset)`, seq ascending), from log
+/// The sidecar of the entries `mem` (channel → `(seq, offset)`, seq ascending), from log
 /// offset `first_offset` to `last_offset`: a function of those entries alone (channels in id
 /// order), so that one made again from the log's records ([`crate::Projections`]' repair)
 /// has the bytes and the CRC the first one had.
 pub fn encode(
     first_offset: u64,
     last_offset: u64,
-    len: u64,
     mem: &HashMap<ChannelId, Vec<(u64, u64)>>,
 ) -> Flush {
-    let mut bytes = Vec::with_capacity((HEADER_LEN + len * ENTRY_LEN) as usize);
+    // Sized by the entries held, not by `len` (a count a snapshot carries: a crafted one
+    // asked for an allocation that aborted the process).
+    let held: usize = mem.values().map(Vec::len).sum();
+    let mut bytes = Vec::with_capacity(HEADER_LEN as usize + held * ENTRY_LEN as usize);
     bytes.resize(HEADER_LEN as usize, 0);
     let mut runs = Vec::with_capacity(mem.len());
     let mut entry = 0u64;
@@ -511,8 +508,23 @@ impl IndexFiles {
             return Ok(hit.value().clone());
         }
         let path = sidecar_path(&self.dir, run.file);
-        let position = HEADER_LEN + run.first_entry * ENTRY_LEN;
-        let len = run.count * ENTRY_LEN;
+        // The run's place comes from a snapshot (possibly downloaded): checked, not wrapped.
+        let place = run
+            .first_entry
+            .checked_mul(ENTRY_LEN)
+            .and_then(|b| b.checked_add(HEADER_LEN))
+            .zip(run.count.checked_mul(ENTRY_LEN));
+        let Some((position, len)) = place else {
+            return Err(ProjectionError::Corrupt {
+                what: "message index sidecar",
+                path,
+                position: 0,
+                reason: format!(
+                    "a run of {} entries from entry {} lies past any file",
+                    run.count, run.first_entry
+                ),
+            });
+        };
         let bytes = crate::fsutil::read_at(&path, position, len)?;
         let corrupt = |reason: String| ProjectionError::Corrupt {
             what: "message index sidecar",
@@ -604,6 +616,30 @@ mod tests {
         }
     }
 
+    /// A run whose place overflows (a crafted snapshot's) is a typed error, not a panic or a
+    /// wrapped read.
+    #[test]
+    fn a_run_past_any_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = IndexFiles::open(dir.path(), 1 << 20).unwrap();
+        let mut mem = HashMap::default();
+        mem.insert("c".to_owned(), vec![(1, 5), (2, 6)]);
+        files.write(&encode(5, 6, &mem)).unwrap();
+        for (first_entry, count) in [(u64::MAX / 2, 1), (0, u64::MAX / 8), (u64::MAX, u64::MAX)] {
+            let run = Run {
+                first_seq: 1,
+                last_seq: 2,
+                file: 5,
+                first_entry,
+                count,
+                crc: 0,
+            };
+            let err = files.read_run(&run).unwrap_err();
+            assert!(matches!(err, ProjectionError::Corrupt { .. }), "{err}");
+        }
+        assert_eq!(files.take_failed(), vec![5]);
+    }
+
     /// Every byte of a sidecar's header is checked against its record (the entries' CRC does
     /// not cover it: a flipped entry count or version passed every check, and was uploaded).
     #[test]
@@ -611,7 +647,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut mem = HashMap::default();
         mem.insert("c".to_owned(), vec![(1, 5), (2, 6)]);
-        let flush = encode(5, 6, 2, &mem);
+        let flush = encode(5, 6, &mem);
         let path = sidecar_path(dir.path(), 5);
         std::fs::write(&path, &flush.bytes).unwrap();
         flush.sidecar.check_file(dir.path()).unwrap();
