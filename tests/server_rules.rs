@@ -355,6 +355,18 @@ async fn auth_and_error_shapes() {
     );
     // A HEAD of it is a method it does not take (it was 405 `not_a_websocket`).
     assert_eq!(code_of(&api, "HEAD", "/v1/ws", &alice, None).await.0, 405);
+    // With the method it takes named, as every 405 (it had no `Allow`).
+    let head = reqwest::Client::new()
+        .head(server.url("/v1/ws"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 405);
+    assert_eq!(
+        head.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET")
+    );
     // A membership body with a field it does not take (a typo: `uid` for `uids`) is refused,
     // as every other body's is: it subscribed the `uids` alone, and said 200.
     api.group("typo", &["alice"]).await;

@@ -169,6 +169,11 @@ fn still_members(state: &tidings_projections::State, channel: &str, uids: Vec<Ui
         .collect()
 }
 
+/// The first wait before the applier reads again records the object store did not answer
+/// for; doubled each time, up to [`COLD_WAIT_MAX`].
+const COLD_WAIT_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const COLD_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Runs until `stop` is cancelled. A record that is not a valid event stops the applier (the
 /// server then reports not ready): the projections must never skip what a rebuild would not.
 pub(crate) async fn run(
@@ -191,6 +196,8 @@ pub(crate) async fn run(
     }
     let _close = CloseWaiters(&state, &stop);
     let mut tail = state.log.tail(*applied.borrow());
+    // Reads of records the object store did not answer for, in a row.
+    let mut cold_waits = 0u32;
     // A pass's events and pushes; kept from pass to pass (fresh vectors each pass cost page
     // faults: at saturation the largest source of them in the server).
     let mut applied_envs: Vec<(u64, Envelope)> = Vec::new();
@@ -207,8 +214,29 @@ pub(crate) async fn run(
             b = tail.next_batch(1 << 20) => b,
         };
         let batch = match batch {
-            Ok(b) => b,
+            Ok(b) => {
+                cold_waits = 0;
+                b
+            }
             Err(tidings_log::LogError::Closed) => return,
+            // Records only in the object store (the tier's local retention let go of their
+            // segment before the applier read it), and the store did not answer in time: an
+            // outage, not damage. The applier waits and reads them again (it stopped for good:
+            // not ready until a restart); sends meanwhile wait, or are told `apply_timeout`.
+            Err(e) if e.is_cold_storage_unavailable() => {
+                cold_waits = cold_waits.saturating_add(1);
+                let wait = COLD_WAIT_FIRST
+                    .saturating_mul(1 << cold_waits.min(6))
+                    .min(COLD_WAIT_MAX);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "the applier's next records are in the object store, which did not answer; trying again");
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                tail = state.log.tail(*applied.borrow());
+                continue;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the applier cannot read the log; stopping");
                 state
@@ -272,6 +300,14 @@ pub(crate) async fn run(
                     }),
             )
             .answer(&state.metrics);
+        // A stopped applier refuses writes from here, not from the end of its last pass: a
+        // send or an event accepted while that pass's effects ran was written after the
+        // record it stopped at, then answered as failed (until 2026-12-02).
+        if failed.is_some() {
+            let why = completions::applier_stopped();
+            state.applied_waiters.close(why.clone());
+            state.completions.close(why, &state.metrics);
+        }
         // Effects are worked out after the projections' lock is released; a message nobody
         // else is online for is not rendered at all.
         let effects = applied_envs.iter().filter_map(|(offset, env)| {

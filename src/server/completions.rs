@@ -45,6 +45,10 @@ pub(crate) struct Answer {
     pub(crate) result: ApiResult<Sent>,
     /// The session's in-flight slot: it frees once the answer is written.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// A send answered before it was applied (`apply_timeout`): its channel and seq. It is
+    /// still written, and the session gets it as a message — catching up too, which skips
+    /// its own sends by seq: it must not skip this one.
+    pub(crate) not_applied: Option<(String, u64)>,
 }
 
 /// A session's answer queue. Boxed: an idle session's queue pre-allocates a block of slots,
@@ -62,10 +66,15 @@ pub(crate) struct Reply {
 impl Reply {
     /// Queues the answer (a session that has ended drops it), with the in-flight slot.
     pub(crate) fn answer(self, result: ApiResult<Sent>) {
+        self.answer_with(result, None);
+    }
+
+    fn answer_with(self, result: ApiResult<Sent>, not_applied: Option<(String, u64)>) {
         let _ = self.to.send(Box::new(Answer {
             client_msg_id: self.client_msg_id,
             result,
             permit: Some(self.permit),
+            not_applied,
         }));
     }
 }
@@ -253,7 +262,7 @@ impl Completions {
     /// WebSocket sends waiting longer than [`APPLY_TIMEOUT`]. Returns how many were answered.
     pub(crate) fn sweep(&self, poisoned: bool, now: Instant, metrics: &Metrics) -> usize {
         let mut failed: Vec<(Box<Entry>, ApiError)> = Vec::new();
-        let mut late: Vec<Reply> = Vec::new();
+        let mut late: Vec<(Reply, String, u64)> = Vec::new();
         {
             let mut inner = self.lock();
             let mut failed_ids: Vec<(u64, ApiError)> = Vec::new();
@@ -272,7 +281,7 @@ impl Completions {
                 if now.saturating_duration_since(e.reg.started) >= APPLY_TIMEOUT
                     && let Some(r) = e.reg.reply.take()
                 {
-                    late.push(r);
+                    late.push((r, e.reg.channel.clone(), e.reg.seq));
                 }
             }
             for (id, err) in failed_ids {
@@ -288,11 +297,14 @@ impl Completions {
         for (e, err) in failed {
             answer(*e, Err(err), metrics);
         }
-        for r in late {
-            r.answer(Err(ApiError::unavailable(
-                "apply_timeout",
-                "the send is queued but not yet applied; retry with the same client_msg_id",
-            )));
+        for (r, channel, seq) in late {
+            r.answer_with(
+                Err(ApiError::unavailable(
+                    "apply_timeout",
+                    "the send is queued but not yet applied; retry with the same client_msg_id",
+                )),
+                Some((channel, seq)),
+            );
         }
         n
     }
@@ -557,6 +569,11 @@ mod tests {
         assert_eq!(c.sweep(false, Instant::now(), &m), 1);
         let a = answers.try_recv().unwrap();
         assert_eq!(a.result.unwrap_err().code, "apply_timeout");
+        assert_eq!(
+            a.not_applied,
+            Some(("g".to_owned(), 1)),
+            "its channel and seq"
+        );
         drop(a.permit);
         assert_eq!(slots.available_permits(), 1);
         // Told once; the send is still in flight, and the applier still completes it.

@@ -53,6 +53,8 @@ pub(crate) struct ApiError {
     pub(crate) message: String,
     /// Whole seconds for a `Retry-After` header (a rate limit's 429: when a retry can pass).
     retry_after_secs: Option<u64>,
+    /// The methods an `Allow` header names (a 405 a handler answers itself).
+    allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -62,7 +64,13 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            allow: None,
         }
+    }
+    /// This error with `Allow: methods` (a 405: RFC 9110 asks for the methods taken).
+    pub(crate) fn with_allow(mut self, methods: &'static str) -> Self {
+        self.allow = Some(methods);
+        self
     }
     /// This error, answered over HTTP with `Retry-After: wait` in whole seconds, rounded up
     /// (at least 1: a client told 0 would retry at once and be refused again).
@@ -114,6 +122,12 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from(secs),
             );
         }
+        if let Some(methods) = self.allow {
+            resp.headers_mut().insert(
+                axum::http::header::ALLOW,
+                axum::http::HeaderValue::from_static(methods),
+            );
+        }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The body may be left unread, so the server closes the connection after this
             // answer; saying so keeps clients from reusing it for their next request.
@@ -144,7 +158,7 @@ impl From<tidings_log::LogError> for ApiError {
                 ApiError::unavailable("cold_storage_unavailable", e.to_string())
             }
             LogError::Tier(msg) => ApiError::unavailable("object_store_unavailable", msg),
-            LogError::TierAccessDenied(_) => {
+            LogError::TierAccessDenied(_) | LogError::TierNoBucket(_) => {
                 ApiError::unavailable("object_store_unavailable", e.to_string())
             }
             // Found at a claim after a start the store did not answer: tiering stopped, and the

@@ -295,6 +295,12 @@ mod tests {
         assert_eq!(wait, Duration::from_secs(3000));
         assert!(n.take("b", 2, t0).is_ok(), "another user's own hour");
         assert!(n.take("a", 2, t0 + HOUR).is_ok(), "a fresh hour");
+        // A slot given back (its send not written) is free again, once.
+        n.give_back("a");
+        assert!(n.take("a", 2, t0 + HOUR).is_ok());
+        assert!(n.take("a", 2, t0 + HOUR).is_ok());
+        assert!(n.take("a", 2, t0 + HOUR).is_err());
+        n.give_back("nobody");
         // The sweep: a map at the mark forgets the users whose hour ended, once.
         let mut n = NewChats::default();
         for i in 0..SWEEP_FLOOR {
@@ -412,5 +418,13 @@ impl NewChats {
         }
         *count += 1;
         Ok(())
+    }
+
+    /// Gives back a slot [`NewChats::take`] counted for `uid`, whose send was then not written
+    /// (refused, or its enqueue failed): only what was not written is free again.
+    pub(crate) fn give_back(&mut self, uid: &str) {
+        if let Some((_, count)) = self.hours.get_mut(uid) {
+            *count = count.saturating_sub(1);
+        }
     }
 }

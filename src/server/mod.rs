@@ -87,7 +87,7 @@ pub(crate) struct Running {
 pub(crate) fn projection_config(c: &Config) -> ProjectionConfig {
     ProjectionConfig {
         idempotency_max_entries: c.projections_idempotency_entries,
-        // Saturating: `rebuild` takes these settings unchecked.
+        // Saturating, though checked (`Config::check_projections`).
         idempotency_max_age_ms: c.projections_idempotency_secs.saturating_mul(1000),
         index_cache_bytes: c.cache_index_bytes,
         index_flush_entries: c.projections_index_flush_entries,
@@ -517,8 +517,12 @@ impl Running {
                 }
             }
         }
-        state.log.close_by(deadline).await?;
-        state.conv_cache.close().await?;
+        // Both closed whatever the other's outcome (the log's error returned first skipped
+        // the cache's close).
+        let log = state.log.close_by(deadline).await;
+        let cache = state.conv_cache.close().await;
+        log?;
+        cache?;
         tracing::info!("stopped");
         Ok(())
     }

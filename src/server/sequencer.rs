@@ -351,6 +351,9 @@ struct Chunk {
     ids: Vec<u64>,
     records: Vec<Bytes>,
     bytes: usize,
+    /// The senders whose send in this chunk opened a person channel (took a
+    /// [`NewChats`](crate::server::limits::NewChats) slot): given back if the enqueue fails.
+    opened: Vec<String>,
 }
 
 impl Chunk {
@@ -457,7 +460,8 @@ fn prepare_locked(
         .max(last_seq)
         + 1;
     // A user's first message in a person channel opens it, for good: so many an hour.
-    if channel_seq == 1 && !req.by_admin && is_person_channel(&req.channel) {
+    let opens = channel_seq == 1 && !req.by_admin && is_person_channel(&req.channel);
+    if opens {
         let per_hour = state.config.limits_new_person_channels_per_hour;
         if let Err(wait) = seq.new_chats.take(&req.from, per_hour, started) {
             state.metrics.new_chats_refused.inc();
@@ -472,6 +476,7 @@ fn prepare_locked(
             .with_retry_after(wait));
         }
     }
+    let opener = opens.then(|| req.from.clone());
     // Message ids start at 1 (0 is never a message).
     let message_id = chunk
         .next_message_id
@@ -505,9 +510,15 @@ fn prepare_locked(
         Ok(rx) => rx,
         Err((e, back)) => {
             *reply = back;
+            // Nothing is written: the channel is not opened (a slot spent on each refused
+            // retry ended in `too_many_new_chats`).
+            if let Some(uid) = &opener {
+                seq.new_chats.give_back(uid);
+            }
             return Err(e);
         }
     };
+    chunk.opened.extend(opener);
     let record = env.encode();
     chunk.bytes += record.len();
     chunk.records.push(record);
@@ -549,10 +560,14 @@ async fn enqueue_chunk(
             }
             seq.next_message_id = seq.next_message_id.max(next_message_id);
             seq.sweep(state);
+            chunk.opened.clear();
             Ok(())
         }
         Err(e) => {
             chunk.reserved.clear();
+            for uid in chunk.opened.drain(..) {
+                seq.new_chats.give_back(&uid);
+            }
             let err: ApiError = e.into();
             for id in ids {
                 if let Some(reply) = state.completions.abandon(id, &err) {

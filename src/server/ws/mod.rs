@@ -132,7 +132,8 @@ pub(crate) async fn upgrade(
             axum::http::StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "a WebSocket upgrade is a GET",
-        ),
+        )
+        .with_allow("GET"),
         e => ApiError::bad_request("not_a_websocket", e.body_text()),
     })?;
     if !state.is_ready() || state.sessions_stop.is_cancelled() {
@@ -1162,6 +1163,13 @@ async fn run(
                 let mut next = Some(first);
                 while let Some(mut a) = next.take() {
                     burst.extend(ctx.answer(&a));
+                    // Told `apply_timeout`: no sendack comes, so catch-up must not skip the
+                    // message as one this session has (it got neither until 2026-12-02).
+                    if let (Some((channel, seq)), Some(own)) = (&a.not_applied, &mut ctx.own_sends)
+                        && let Some(seqs) = own.get_mut(channel)
+                    {
+                        seqs.remove(seq);
+                    }
                     if let Some(p) = a.permit.take() {
                         slots.push(p);
                     }
