@@ -211,6 +211,43 @@ async fn verify_says_a_snapshot_older_than_the_local_log_leaves_nothing_to_verif
     );
 }
 
+/// On a log whose start only the live snapshot can be replayed after, `verify` says nothing
+/// was rebuilt to compare also when events follow that snapshot: both sides are it plus the
+/// same events. It said "ok: … equals a rebuild".
+#[tokio::test]
+async fn verify_says_so_when_the_rebuild_would_start_from_the_live_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), &events()).await;
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = tidings(&["rebuild", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    let log = Log::open(dir.path().join("log"), opts()).await.unwrap();
+    for seq in 21..=23u64 {
+        let e = Event::MessageSent {
+            channel: "g".into(),
+            from: "alice".into(),
+            client_msg_id: format!("c{seq}"),
+            seq,
+            message_id: seq,
+            payload: Bytes::from_static(b"{}"),
+            flags: FLAG_JSON_PAYLOAD,
+        };
+        log.append_one(Envelope::new(3_000 + seq, e).encode())
+            .await
+            .unwrap();
+    }
+    log.close().await.unwrap();
+    for ext in ["log", "index", "timeindex"] {
+        std::fs::remove_file(dir.path().join(format!("log/{:020}.{ext}", 0))).unwrap();
+    }
+    let (code, out, err) = tidings(&["verify", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("nothing was rebuilt to compare") && !out.contains("equals a rebuild"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn verify_names_the_difference_in_a_hand_corrupted_snapshot() {
     let dir = tempfile::tempdir().unwrap();
@@ -907,6 +944,116 @@ async fn rebuild_takes_the_server_s_projections_settings() {
     assert_eq!(newest_flush(), 3);
     let (code, out, _) = tidings(&["verify", "--data", d]);
     assert_eq!(code, 0, "{out}");
+    // Settings `serve` refuses, or a config file that is not there, are refused before
+    // anything changes: the snapshots stay where they are (they went aside first, and the
+    // rebuild then ran with a flush of 1, or failed).
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(&snaps)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let mark = data.join("cache/conversations/UNTRUSTED");
+    let _ = std::fs::remove_file(&mark);
+    for bad in [
+        vec!["--projections-index-flush-entries", "0"],
+        vec!["--projections-idempotency-secs", "2000000000"],
+        vec!["--config", "/nonexistent/tidings.toml"],
+    ] {
+        let mut args = vec!["rebuild", "--data", d];
+        args.extend(bad.iter().copied());
+        let (code, out, err) = tidings(&args);
+        assert_ne!(code, 0, "{bad:?}: {out}{err}");
+        assert_eq!(listing(), before, "{bad:?}: {err}");
+        assert!(
+            !mark.exists(),
+            "{bad:?}: the conversation cache was not marked"
+        );
+    }
+}
+
+/// A rebuild under other settings reads the whole log before it sets the snapshots aside:
+/// damage inside a sealed segment (where the server, starting from a snapshot past it, never
+/// reads) refuses it with every snapshot left in place. It set them aside, then failed at the
+/// damage, and the directory started under neither settings.
+#[tokio::test]
+async fn rebuild_under_other_settings_refuses_a_log_it_cannot_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Segments of many batches with an index entry every 256 bytes: the last record before a
+    // segment's end is read from an entry past the damage.
+    let mut evs = events()[..4].to_vec();
+    evs.extend((1..=300u64).map(|seq| Event::MessageSent {
+        channel: "g".into(),
+        from: "alice".into(),
+        client_msg_id: format!("m{seq}"),
+        seq,
+        message_id: seq,
+        payload: Bytes::from(format!("{{\"n\":{seq}}}")),
+        flags: FLAG_JSON_PAYLOAD,
+    }));
+    let opts = opts()
+        .with_segment_bytes(16 << 10)
+        .with_index_interval_bytes(256);
+    let log = Log::open(data.join("log"), opts).await.unwrap();
+    for (i, e) in evs.iter().enumerate() {
+        log.append_one(Envelope::new(1_000 + i as u64, e.clone()).encode())
+            .await
+            .unwrap();
+    }
+    log.close().await.unwrap();
+    let d = data.to_str().unwrap();
+    let (code, out, err) = tidings(&["rebuild", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    let seg = data.join("log").join(format!("{:020}.log", 0));
+    let next = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
+        .count();
+    assert!(next >= 2, "segment 0 is sealed");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let starts: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"TDTG")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(starts.len() >= 3, "{}", starts.len());
+    // Batch 1's record: not the segment's last (the check before it reads that one).
+    bytes[starts[1] + 45] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let snaps = data.join("projections/snapshots");
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(&snaps)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let (code, out, err) = tidings(&[
+        "rebuild",
+        "--data",
+        d,
+        "--projections-index-flush-entries",
+        "3",
+    ]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("cannot read whole") && err.contains(&seg.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(listing(), before, "the snapshots stay in place");
 }
 
 /// `tier gc` on a `file://` store that does not exist says so and makes nothing (opening the

@@ -63,9 +63,19 @@ pub(crate) async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
     }
     // The conversation cache's lists are marked not to be reused, before the log's open: that
     // open replaces the record of a last run under fsync every/never (as `rebuild`'s does), and
-    // the lists may show previews of the messages this run purges (their files are removed
-    // once it is done).
+    // the lists may show previews of the messages this run purges. Their files go before any
+    // segment changes: a run cut short after its rewrites is run again with nothing left to
+    // purge, and left them (removed at the end until 2026-12-02).
     crate::server::distrust_conversation_cache(&data)?;
+    let cache = data.conversation_cache();
+    let removed = tidings_log::disk_cache::remove_files_from(&cache, 0)
+        .with_context(|| format!("clearing {}", cache.display()))?;
+    if removed > 0 {
+        super::out!(
+            "removed the conversation cache's {removed} files in {}",
+            cache.display()
+        );
+    }
     let log = super::open_exclusive(&data).await?;
     let result = compact(&data, &log, plan).await;
     let closed = log.close().await;
@@ -165,20 +175,22 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
         _ => {}
     })
     .await?;
-    let cache = data.conversation_cache();
-    let removed = tidings_log::disk_cache::remove_files_from(&cache, 0)
-        .with_context(|| format!("clearing {}", cache.display()))?;
-    if removed > 0 {
-        super::out!(
-            "removed the conversation cache's {removed} files in {}",
-            cache.display()
-        );
-    }
     super::out!(
         "purged {} in {}",
         super::count(report.records, "record", "records"),
         super::count(report.segments, "segment", "segments")
     );
+    // The other snapshots went (they may hold the purged messages' previews): on a log the
+    // retention trimmed, the one written is then the only way the server starts.
+    let start = log.start_offset();
+    if start > 0 {
+        super::out!(
+            "note: the log starts at offset {start} (the retention removed its oldest \
+             segments), so the server starts only from a snapshot, and the one this run wrote \
+             is now the only one: keep a copy of it until the server has written another \
+             (every projections.snapshot_interval_secs while it takes writes, and at its stop)"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

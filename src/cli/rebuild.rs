@@ -5,6 +5,8 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use anyhow::Context;
+
 use indicatif::{ProgressBar, ProgressStyle};
 use tidings_log::Log;
 use tidings_projections::{Origin, ProjectionConfig, Projections, snapshot};
@@ -51,7 +53,9 @@ impl RebuildArgs {
             self.config.clone(),
             self.projections.clone(),
         );
-        Ok(Some(crate::server::projection_config(&serve.merge()?)))
+        let config = serve.merge()?;
+        config.check_projections()?;
+        Ok(Some(crate::server::projection_config(&config)))
     }
 }
 
@@ -64,6 +68,9 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     if args.sidecars {
         return mend_sidecars(&data).await;
     }
+    // Read and checked before anything in the directory changes (a mistyped `--config` was
+    // found after the snapshots went aside).
+    let settings = args.server_settings()?;
     // A rebuild is run when the state is in doubt (a log that lost its end or was replaced,
     // snapshots of another history), and the server's next start can no longer tell: this
     // rebuild sets aside what told it or writes a newer snapshot over it, and its log's open
@@ -79,7 +86,7 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     // configuration, which the CLI does not read): the server would otherwise find the new
     // snapshot shaped by other settings and rebuild again at start-up.
     let newest = snapshot::load_newest(&data.projections().join("snapshots"))?;
-    let config = match (args.server_settings()?, newest) {
+    let config = match (settings, newest) {
         // The server's settings: snapshots shaped otherwise go aside, as at the server's start
         // (this rebuild rewrites the message index sidecars they name, cut elsewhere).
         (Some(config), newest) => {
@@ -239,6 +246,24 @@ async fn set_aside_other_settings(
     if let Err(e) = crate::server::replay_from_zero::check(log).await {
         anyhow::bail!(
             "the snapshots were made under other projections settings, so this rebuild must replay the log from offset 0, which it cannot read: {e:#}. The snapshots were left in place. When the segments it lacks are in the object store, the server, started with these settings and its tier.url, sets them aside and replays the log from there"
+        );
+    }
+    // Every batch is read and checked first (the replay reads them all anyway): damage the
+    // check above does not look for failed the replay after the snapshots went aside, and
+    // the directory then started under neither the old settings nor the new.
+    let segments = log.segments()?;
+    let view = log.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        segments
+            .iter()
+            .filter(|s| !s.remote)
+            .try_for_each(|s| view.check_segment(s.base_offset).map(drop))
+    })
+    .await
+    .context("checking the log's segments")?;
+    if let Err(e) = checked {
+        anyhow::bail!(
+            "the snapshots were made under other projections settings, so this rebuild must replay the log from offset 0, which it cannot read whole: {e}. The snapshots were left in place (`tidings inspect` names every damaged batch)"
         );
     }
     crate::server::set_aside_all_snapshots(data, ".snap.other-settings")

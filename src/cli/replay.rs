@@ -98,9 +98,10 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 .and_then(|()| out.write_all(b"\n"));
             match written {
                 Ok(()) => {}
-                // The reader went away (`| head`): that is a normal end.
+                // The reader went away (`| head`): that is a normal end (a failure still, when
+                // an invalid record was printed before it).
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                    return Ok(ExitCode::SUCCESS);
+                    return Ok(gone(bad));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -108,14 +109,14 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         if args.follow {
             match out.flush() {
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                    return Ok(ExitCode::SUCCESS);
+                    return Ok(gone(bad));
                 }
                 other => other?,
             }
         }
     }
     match out.flush() {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(gone(bad)),
         other => other?,
     }
     log.close().await?;
@@ -124,6 +125,15 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The exit code when the reader went away after `bad` invalid records were printed.
+fn gone(bad: u64) -> ExitCode {
+    if bad > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Why none of the requested range can be printed, if so: it ends before the local log starts,

@@ -404,9 +404,27 @@ impl Config {
         Ok(())
     }
 
+    /// The projections settings `rebuild` shapes its state by, with the bounds `serve` holds
+    /// them to (a rebuild with a setting `serve` then refused made a state no start could
+    /// keep: it rebuilt again under the setting it could start with).
+    pub(crate) fn check_projections(&self) -> anyhow::Result<()> {
+        at_most(
+            "projections.idempotency_secs",
+            self.projections_idempotency_secs,
+            MAX_DURATION_SECS,
+            "(seconds: about 31 years)",
+        )?;
+        anyhow::ensure!(
+            self.projections_index_flush_entries >= 1,
+            "projections.index_flush_entries must be at least 1"
+        );
+        Ok(())
+    }
+
     /// Values that each parse but together (or alone) would break the server.
     pub(super) fn check(&self) -> anyhow::Result<()> {
         self.check_admin_key()?;
+        self.check_projections()?;
         self.check_bounds()?;
         self.check_log()?;
         self.check_zeros()?;
@@ -429,10 +447,6 @@ impl Config {
         anyhow::ensure!(
             t.read_timeout_ms > 0,
             "tier.read_timeout_ms must be above 0 (it bounds every call to the object store)"
-        );
-        anyhow::ensure!(
-            self.projections_index_flush_entries >= 1,
-            "projections.index_flush_entries must be at least 1"
         );
         anyhow::ensure!(
             self.limits_sessions_per_user >= 1,
