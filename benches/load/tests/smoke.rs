@@ -98,4 +98,7 @@ fn every_scenario_runs_and_passes_its_correctness_check() {
         ]
     );
     assert!(results.iter().all(|r| r["correct"] == true), "{stdout}");
+    // Traffic flowed (a run that sent nothing was `correct` too).
+    assert!(results[0]["messages"].as_u64() > Some(0), "{stdout}");
+    assert!(results[1]["deliveries"].as_u64() > Some(0), "{stdout}");
 }

@@ -65,7 +65,7 @@ async fn receive(
                 if f.kind == "message" {
                     let sent = f.payload.map_or(0, |p| p.t);
                     let now = base.elapsed().as_micros() as u64;
-                    let _ = h.record(now.saturating_sub(sent).max(1));
+                    h.saturating_record(now.saturating_sub(sent).max(1));
                     seqs.push(f.seq.unwrap_or(0));
                     last = Instant::now();
                 }
@@ -123,7 +123,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Value> {
     let acked = sent.acked;
     let _ = total_tx.send(Some(acked));
     let mut h = hist();
-    let mut correct = sent.errors == 0;
+    let mut correct = sent.errors == 0 && acked > 0;
     let mut delivered = 0u64;
     let mut last = started;
     while let Some(r) = receivers.join_next().await {

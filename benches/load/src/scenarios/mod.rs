@@ -181,7 +181,7 @@ async fn send_paced_within(
             client::send(ws, &f).await?;
             if due.is_some() {
                 let late = at.elapsed().as_micros().max(1) as u64;
-                let _ = lateness.record(late);
+                lateness.saturating_record(late);
             }
             continue;
         }

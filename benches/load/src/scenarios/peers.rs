@@ -73,7 +73,7 @@ fn result(name: &str, acked: u64, secs: f64, h: &Histogram<u64>, consumed: u64) 
         "latency": summary(h),
         "acked": acked,
         "consumed": consumed,
-        "correct": consumed == acked,
+        "correct": consumed == acked && acked > 0,
     })
 }
 
@@ -132,7 +132,7 @@ async fn redis(conns: usize, secs: f64) -> anyhow::Result<Value> {
                 };
                 r?;
                 acked += 1;
-                let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+                h.saturating_record(t0.elapsed().as_micros().max(1) as u64);
             }
             Ok::<_, anyhow::Error>((h, acked))
         });
@@ -234,7 +234,7 @@ async fn nats(conns: usize, secs: f64) -> anyhow::Result<Value> {
                 };
                 r?;
                 acked += 1;
-                let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+                h.saturating_record(t0.elapsed().as_micros().max(1) as u64);
             }
             Ok::<_, anyhow::Error>((h, acked))
         });
@@ -303,7 +303,7 @@ async fn raw_disk(secs: f64) -> anyhow::Result<Value> {
             let t0 = Instant::now();
             f.write_all(&body)?;
             f.sync_data()?;
-            let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+            h.saturating_record(t0.elapsed().as_micros().max(1) as u64);
             n += 1;
         }
         let took = started.elapsed().as_secs_f64();
