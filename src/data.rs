@@ -209,6 +209,13 @@ impl DataDir {
     pub(crate) fn trimmed_marker(&self) -> PathBuf {
         self.0.join("log-trimmed")
     }
+    /// The file `tidings compact` writes once it has removed the copies (old snapshots, the
+    /// conversation cache's lists) that may hold recalled messages' previews: the log offset
+    /// of the newest recall they were removed after, in decimal. A later run removes the
+    /// cache's files again only after a newer recall.
+    pub(crate) fn compacted_marker(&self) -> PathBuf {
+        self.0.join("compacted-through")
+    }
 }
 
 /// Whether messages below the first offset of a log read with its `tier` have expired

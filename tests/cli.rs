@@ -1050,7 +1050,9 @@ async fn rebuild_under_other_settings_refuses_a_log_it_cannot_read_whole() {
     ]);
     assert_ne!(code, 0, "{out}{err}");
     assert!(
-        err.contains("cannot read whole") && err.contains(&seg.display().to_string()),
+        err.contains("cannot read")
+            && err.contains("whole")
+            && err.contains(&seg.display().to_string()),
         "{err}"
     );
     assert_eq!(listing(), before, "the snapshots stay in place");
@@ -1408,6 +1410,17 @@ async fn rebuild_sidecars_mends_only_the_sidecars() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("0 of the sidecars"), "{out}");
+    // But settings `serve` would refuse, or a config file that is not there, are refused (it
+    // took them: QA).
+    for bad in [
+        ["--projections-index-flush-entries", "0"],
+        ["--config", "/nonexistent/tidings.toml"],
+    ] {
+        let mut args = vec!["rebuild", "--data", d, "--sidecars"];
+        args.extend(bad);
+        let (code, out, err) = tidings(&args);
+        assert_ne!(code, 0, "{bad:?}: {out}{err}");
+    }
     let (code, _, _) = tidings(&["rebuild", "--data", d, "--sidecars", "--from-snapshot"]);
     assert_eq!(code, 2);
 

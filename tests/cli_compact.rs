@@ -247,3 +247,69 @@ async fn compact_refuses_a_tiered_data_directory() {
     assert!(err.contains("node.id"), "{err}");
     assert!(contents(&data, segment_or_snapshot) == segments);
 }
+
+/// The server's background purge rewrote the recalled message's record, so a `compact` finds
+/// no record left to purge; the snapshots written before the recall and the conversation
+/// cache's lists still hold its preview, and the run removes them (it did nothing, exit 0,
+/// and left them: found by a QA round). A second run then changes no file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_after_the_background_purge_removes_the_old_copies() {
+    const SECRET: &str = "TOPSECRET-preview-k8Qd";
+    let mut args = ARGS.to_vec();
+    args.extend([
+        "--compaction-purge-interval-secs",
+        "1",
+        "--projections-snapshot-interval-secs",
+        "1",
+    ]);
+    let server = Server::start(&args);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    api.group("f", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let offset = sent_offset(&api.send(&alice, "g", "s1", SECRET).await);
+    let convs = api.ok("GET", "/v1/conversations", &bob, None).await;
+    assert!(convs.to_string().contains(SECRET), "{convs}");
+    // A snapshot holding the preview (one is written every second while writes come).
+    let snaps = server.data.join("projections/snapshots");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut tick = 0;
+    while !snaps.exists() || holding(&contents(&snaps, |_| true), SECRET).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot with the preview"
+        );
+        tick += 1;
+        api.send(&alice, "f", &format!("w{tick}"), "tick").await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    api.ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    seal_past(&api, &server, &alice, offset).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while common::metric(&server, "tidings_purged_records_total").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the purge never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let data = server.data.clone();
+    let _dir = server.stop();
+    let files = contents(&data, |_| true);
+    let left: Vec<_> = holding(&files, SECRET)
+        .into_iter()
+        .filter(|p| p.extension().is_none_or(|e| e != "log"))
+        .collect();
+    assert!(!left.is_empty(), "the copies this test is about: none");
+    let d = data.to_str().unwrap();
+    let (code, out, err) = tidings(&["compact", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("nothing to purge in sealed segments"), "{out}");
+    let files = contents(&data, |_| true);
+    assert!(holding(&files, SECRET).is_empty(), "{out}\n{left:?}");
+    // Done: a second run changes no file.
+    let (code, out, err) = tidings(&["compact", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(contents(&data, |_| true) == files, "{out}");
+    let (code, out, _) = tidings(&["verify", "--data", d]);
+    assert_eq!(code, 0, "{out}");
+}

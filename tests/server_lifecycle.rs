@@ -1574,3 +1574,73 @@ fn a_disk_cache_the_open_file_limit_cannot_hold_fails_the_start_first() {
     );
     assert!(!data.exists());
 }
+
+/// A start under changed projections settings reads the whole local log before it sets the
+/// snapshots aside: damage inside a sealed segment (which a start from a snapshot past it
+/// never reads) refuses it with every snapshot in place, and the start under the snapshots'
+/// settings still serves. It set them aside, then failed at the damage, and no start under
+/// either settings worked again (found by a QA round).
+#[tokio::test]
+async fn a_start_under_other_settings_refuses_damage_it_would_replay() {
+    let args = ["--log-segment-bytes", "16384"];
+    let server = Server::start(&args);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    for i in 0..200 {
+        api.send(&alice, "g", &format!("m{i}"), &"x".repeat(100))
+            .await;
+    }
+    let data = server.data.clone();
+    let dir = server.stop();
+    // The second segment (the first holds one batch: a new log hands over to a preallocated
+    // segment at once), sealed: a third follows.
+    let mut segs: Vec<_> = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let seg = segs[1].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let starts: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"TDTG")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(starts.len() > 20, "{}", starts.len());
+    // A record in the middle of that sealed segment.
+    bytes[starts[starts.len() / 2] + 45] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let snaps = data.join("projections/snapshots");
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(&snaps)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let (ok, err) = common::refused_start(
+        &data,
+        [&args[..], &["--projections-index-flush-entries", "50"]].concat(),
+    );
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("whole") && err.contains(&seg.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(listing(), before, "every snapshot left in place");
+    // Under the snapshots' settings it starts, and serves what it holds past the damage.
+    let server = Server::start_on(&data, &args);
+    let api = Api::new(&server);
+    let page = api
+        .ok("GET", "/v1/channels/g/messages?limit=1", &alice, None)
+        .await;
+    assert_eq!(seqs(&page), vec![200]);
+    server.stop();
+    drop(dir);
+}

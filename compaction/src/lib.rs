@@ -50,4 +50,4 @@ pub use crate::error::{CompactionError, Result};
 pub use crate::online::{OnlinePlan, Target, TargetKind, plan_online_purge};
 pub use crate::plan::{Plan, plan_recall_purge};
 pub use crate::purge::purge_record;
-pub use crate::run::{Progress, Report, run};
+pub use crate::run::{Progress, Report, run, stale_snapshot_files};

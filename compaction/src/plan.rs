@@ -36,6 +36,11 @@ pub struct Plan {
     pub unpurgeable: Vec<(u64, String)>,
     /// Records scanned.
     pub scanned: u64,
+    /// Snapshot files that may hold a recalled message's preview though no record is left to
+    /// purge (the server's background purge rewrote the log; they predate the newest recall,
+    /// or were set aside): set by the caller from [`crate::stale_snapshot_files`]. A run then
+    /// writes its fresh snapshot and removes them.
+    pub stale_copies: bool,
 }
 
 impl Plan {
@@ -47,6 +52,11 @@ impl Plan {
     /// Whether a run has nothing to rewrite.
     pub fn is_empty(&self) -> bool {
         self.sealed.is_empty()
+    }
+
+    /// Whether a run has nothing to do: nothing to rewrite, no stale snapshot to remove.
+    pub fn is_idle(&self) -> bool {
+        self.is_empty() && !self.stale_copies
     }
 }
 

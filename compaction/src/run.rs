@@ -61,7 +61,8 @@ pub struct Report {
 
 /// Carries out `plan` (from [`crate::plan_recall_purge`] over this log, protecting the state's
 /// last offset) with `projections` caught up with `log`: the steps of the module doc, each
-/// reported to `progress`. A plan with nothing to purge does nothing at all. The log must not
+/// reported to `progress`. A plan with nothing to purge and no stale snapshot
+/// ([`Plan::stale_copies`]) does nothing at all. The log must not
 /// take appends meanwhile (the server stopped): a plan or state behind its end is refused
 /// ([`CompactionError::Stale`]).
 pub async fn run(
@@ -71,7 +72,7 @@ pub async fn run(
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Report> {
     let mut report = Report::default();
-    if plan.is_empty() {
+    if plan.is_idle() {
         return Ok(report);
     }
     let end = log.next_offset();
@@ -180,6 +181,38 @@ fn is_snapshot_file(name: &str) -> bool {
         }
     }
     rest.starts_with(b".snap") && (rest.len() == 5 || rest[5] == b'.')
+}
+
+/// The snapshot files in `dir` that may hold the preview of a message recalled at offset
+/// `recalled_at` or before: every snapshot file ([`is_snapshot_file`]) but a plain
+/// `{offset:020}.snap` of its offset or later (a state after the recall shows none). Set-aside
+/// and temp files count, whatever their offset. By name.
+pub fn stale_snapshot_files(dir: &Path, recalled_at: u64) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(CompactionError::io("list", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| CompactionError::io("list", dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !is_snapshot_file(&name) {
+            continue;
+        }
+        let after = name
+            .strip_suffix(".snap")
+            .filter(|o| o.len() == 20)
+            .and_then(|o| o.parse::<u64>().ok())
+            .is_some_and(|o| o >= recalled_at);
+        if !after {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The snapshot files in `dir` ([`is_snapshot_file`]) but `keep` and its temp file, by name.

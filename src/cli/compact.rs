@@ -49,16 +49,24 @@ pub(crate) async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
         closed?;
         planned
     };
-    let Some(plan) = planned else {
+    let Some((plan, recalled_at)) = planned else {
         super::out!("the log holds no record: nothing to purge");
         return Ok(ExitCode::SUCCESS);
     };
+    // The conversation cache's lists may show a recalled message's preview until the first
+    // run after its recall removes them (the background purge rewrites the log, not them).
+    let cached_copies = recalled_at.is_some_and(|at| compacted_through(&data) < Some(at));
     print_plan(&plan);
+    if cached_copies && plan.is_empty() {
+        super::out!(
+            "the conversation cache's files may hold recalled messages' previews: removing them"
+        );
+    }
     if args.dry_run {
         super::out!("dry run: nothing was changed");
         return Ok(ExitCode::SUCCESS);
     }
-    if plan.is_empty() {
+    if plan.is_idle() && !cached_copies {
         return Ok(ExitCode::SUCCESS);
     }
     // The conversation cache's lists are marked not to be reused, before the log's open: that
@@ -81,26 +89,64 @@ pub(crate) async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
     let closed = log.close().await;
     let code = result?;
     closed?;
+    if let Some(at) = recalled_at {
+        crate::data::write_durably(&data.compacted_marker(), at.to_string().as_bytes(), 0o644)?;
+    }
     Ok(code)
+}
+
+/// The newest recall the copies were removed after ([`DataDir::compacted_marker`]); `None`
+/// when no run removed them (or the file does not read).
+fn compacted_through(data: &DataDir) -> Option<u64> {
+    std::fs::read_to_string(data.compacted_marker())
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The log offset of the newest recall `state` holds, if any: the recall's own offset, or,
+/// for one whose offset a trim let go, the log's start (it was written below it).
+fn newest_recall(state: &tidings_projections::State, log_start: u64) -> Option<u64> {
+    let mut newest = None;
+    for (channel, seqs) in &state.heads.recalled {
+        let at: std::collections::HashMap<u64, u64> = state
+            .heads
+            .changes
+            .get(channel)
+            .map(|c| c.iter().map(|&(offset, seq)| (seq, offset)).collect())
+            .unwrap_or_default();
+        for seq in seqs {
+            newest = newest.max(Some(at.get(seq).copied().unwrap_or(log_start)));
+        }
+    }
+    newest
 }
 
 /// The plan, from `log` opened read-only and the state loaded into a temporary directory (as
 /// `verify` does): the newest snapshot of this log's history (an older one when the newest was
 /// made from another history; none: offset 0), brought up to the log's end. `None` for an
 /// empty log.
-async fn plan_read_only(data: &DataDir, log: &Log) -> anyhow::Result<Option<Plan>> {
+async fn plan_read_only(data: &DataDir, log: &Log) -> anyhow::Result<Option<(Plan, Option<u64>)>> {
     if log.next_offset() == 0 {
         return Ok(None);
     }
     let tmp = tempfile::tempdir()?;
     let mut p = super::load_read_only(data, log, tmp.path()).await?;
     p.catch_up(log, |_, _| {}).await.map_err(super::explain)?;
+    let recalled_at = newest_recall(&p.state, log.start_offset());
     let log = log.clone();
     let recalled = p.state.heads.recalled.clone();
     let protect = p.state.applied;
-    let plan =
+    let mut plan =
         tokio::task::spawn_blocking(move || plan_recall_purge(&log, &recalled, protect)).await??;
-    Ok(Some(plan))
+    // Snapshots from before the newest recall (or set aside) may hold its preview, also when
+    // the server's background purge left no record to purge (a run then did nothing, and
+    // left them: found by a QA round).
+    if let Some(at) = recalled_at {
+        let stale =
+            tidings_compaction::stale_snapshot_files(&data.projections().join("snapshots"), at)?;
+        plan.stale_copies = !stale.is_empty();
+    }
+    Ok(Some((plan, recalled_at)))
 }
 
 /// Refuses a tiered data directory (slice 1 of compaction purges local files only): one with
@@ -150,7 +196,8 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
 
     // The read-only plan holds while the log ends where it did (the writable open's recovery
     // may have cut a torn tail): no second scan of every record.
-    let plan = if planned.end == end && planned.protect == p.state.applied {
+    let stale_copies = planned.stale_copies;
+    let mut plan = if planned.end == end && planned.protect == p.state.applied {
         planned
     } else {
         let log = log.clone();
@@ -158,8 +205,10 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
         let protect = p.state.applied;
         tokio::task::spawn_blocking(move || plan_recall_purge(&log, &recalled, protect)).await??
     };
-    if plan.is_empty() {
-        // Nothing to rewrite after all (the read-only plan had something): nothing is.
+    plan.stale_copies = stale_copies;
+    if plan.is_idle() {
+        // Nothing to rewrite after all (the read-only plan had something), and no stale
+        // snapshot: nothing is.
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -167,7 +216,7 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
         Progress::SnapshotWritten(path) => super::out!("wrote snapshot {}", path.display()),
         Progress::Removed(path) => super::out!("removed {}", path.display()),
         Progress::SegmentRewritten { base, stats } => super::out!(
-            "rewrote segment {base:020}: {} purged, {} ({}) written",
+            "rewrote segment {base:020}: {} purged in {} changed ({} of the segment written)",
             super::count(stats.records, "record", "records"),
             super::count(stats.batches, "batch", "batches"),
             super::count(stats.bytes, "byte", "bytes")
@@ -183,7 +232,7 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
     // The other snapshots went (they may hold the purged messages' previews): on a log the
     // retention trimmed, the one written is then the only way the server starts.
     let start = log.start_offset();
-    if start > 0 {
+    if start > 0 && report.snapshot.is_some() {
         super::out!(
             "note: the log starts at offset {start} (the retention removed its oldest \
              segments), so the server starts only from a snapshot, and the one this run wrote \
@@ -198,6 +247,12 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
 fn print_plan(plan: &Plan) {
     if plan.is_empty() {
         super::out!("nothing to purge in sealed segments");
+        if plan.stale_copies {
+            super::out!(
+                "snapshots from before the newest recall may hold recalled messages' previews: \
+                 writing a fresh one and removing them"
+            );
+        }
     } else {
         super::out!(
             "to purge: {} of recalled messages in {}",

@@ -5,8 +5,6 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Context;
-
 use indicatif::{ProgressBar, ProgressStyle};
 use tidings_log::Log;
 use tidings_projections::{Origin, ProjectionConfig, Projections, snapshot};
@@ -38,7 +36,7 @@ pub(crate) struct RebuildArgs {
     /// snapshot the server would load names that fail their check (missing, cut short,
     /// damaged); nothing else changes: no replay, no new snapshot. Projections settings are
     /// not used (each sidecar is made as its snapshot records it), though a malformed one
-    /// (a flag, or a `TIDINGS_PROJECTIONS_*` variable) is still refused as a usage error.
+    /// (a flag, a `TIDINGS_PROJECTIONS_*` variable, or the `--config` file) is still refused.
     #[arg(long, conflicts_with_all = ["from_snapshot", "from_offset"])]
     sidecars: bool,
 }
@@ -60,6 +58,10 @@ impl RebuildArgs {
 }
 
 pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
+    // Read and checked before anything in the directory changes (a mistyped `--config` was
+    // found after the snapshots went aside, and a refused one still wrote `FORMAT`); with
+    // `--sidecars` too, which does not use them (it took a missing or malformed file).
+    let settings = args.server_settings()?;
     let data = DataDir::new(&args.data);
     super::ensure_segments(&data, "rebuild")?;
     // The directory's lock first, as the server takes it: a starting server restores
@@ -68,9 +70,6 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     if args.sidecars {
         return mend_sidecars(&data).await;
     }
-    // Read and checked before anything in the directory changes (a mistyped `--config` was
-    // found after the snapshots went aside).
-    let settings = args.server_settings()?;
     // A rebuild is run when the state is in doubt (a log that lost its end or was replaced,
     // snapshots of another history), and the server's next start can no longer tell: this
     // rebuild sets aside what told it or writes a newer snapshot over it, and its log's open
@@ -246,24 +245,6 @@ async fn set_aside_other_settings(
     if let Err(e) = crate::server::replay_from_zero::check(log).await {
         anyhow::bail!(
             "the snapshots were made under other projections settings, so this rebuild must replay the log from offset 0, which it cannot read: {e:#}. The snapshots were left in place. When the segments it lacks are in the object store, the server, started with these settings and its tier.url, sets them aside and replays the log from there"
-        );
-    }
-    // Every batch is read and checked first (the replay reads them all anyway): damage the
-    // check above does not look for failed the replay after the snapshots went aside, and
-    // the directory then started under neither the old settings nor the new.
-    let segments = log.segments()?;
-    let view = log.clone();
-    let checked = tokio::task::spawn_blocking(move || {
-        segments
-            .iter()
-            .filter(|s| !s.remote)
-            .try_for_each(|s| view.check_segment(s.base_offset).map(drop))
-    })
-    .await
-    .context("checking the log's segments")?;
-    if let Err(e) = checked {
-        anyhow::bail!(
-            "the snapshots were made under other projections settings, so this rebuild must replay the log from offset 0, which it cannot read whole: {e}. The snapshots were left in place (`tidings inspect` names every damaged batch)"
         );
     }
     crate::server::set_aside_all_snapshots(data, ".snap.other-settings")

@@ -16,8 +16,12 @@ use tidings_log::{Log, LogError, SegmentInfo};
 /// segment that ends before the next one's base (a hole: a segment removed by hand, or left only
 /// in the store by the retention of a build before 2026-11-30 and read here without the store)
 /// fails there as a gap, and a segment only in the store is read once through the tier.
-/// Damage between those records is not looked for: the replay meets it as it did. Costs one
-/// small read per segment (one GET per segment only in the store, past the block cache).
+/// Then every batch of the local segments is read and checked, as the replay would read them:
+/// damage inside one (where a start from a snapshot past it never reads) failed the replay
+/// after the snapshots went aside, and the directory then started under neither settings
+/// (found by a QA round). Segments only in the store are probed, not read whole (the replay
+/// meets damage there as it did). Costs a read of the local log, and one GET per segment
+/// only in the store, past the block cache.
 pub(crate) async fn check(log: &Log) -> anyhow::Result<()> {
     let segments = log.segments()?;
     if let Some(tier) = log.tier()
@@ -71,6 +75,15 @@ fn read_segment_ends(log: &Log, segments: &[SegmentInfo]) -> anyhow::Result<()> 
                 )));
             }
         }
+    }
+    // Then every local batch, after the probes (whose errors name a hole).
+    for seg in segments.iter().filter(|s| !s.remote) {
+        log.check_segment(seg.base_offset).with_context(|| {
+            format!(
+                "reading the segment at offset {} whole (`tidings inspect` names every damaged batch)",
+                seg.base_offset
+            )
+        })?;
     }
     Ok(())
 }
