@@ -367,6 +367,25 @@ async fn auth_and_error_shapes() {
         head.headers().get("allow").and_then(|v| v.to_str().ok()),
         Some("GET")
     );
+    // Without a token too, and any other method (it was 401 for a HEAD without a token, and
+    // the others said `Allow: GET,HEAD`).
+    for method in [
+        reqwest::Method::HEAD,
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+    ] {
+        let resp = reqwest::Client::new()
+            .request(method.clone(), server.url("/v1/ws"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 405, "{method}");
+        assert_eq!(
+            resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some("GET"),
+            "{method}"
+        );
+    }
     // A membership body with a field it does not take (a typo: `uid` for `uids`) is refused,
     // as every other body's is: it subscribed the `uids` alone, and said 200.
     api.group("typo", &["alice"]).await;

@@ -1349,3 +1349,79 @@ async fn tiered_history(args: &[String]) -> (Server, Api, String, String) {
     );
     (server, api, alice, bob)
 }
+
+/// Acks a client sent while its catch-up waited on a cold read that then failed (the store
+/// down) are recorded as the server closes the session (1011), not dropped: the reconnect
+/// does not bring back what they acknowledged. It brought back hundreds (found by a QA round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_sent_before_a_failed_catch_up_closes_the_session_are_kept() {
+    let mut s3s = S3s::start();
+    let args = s3s.args();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let api = Api::new(&server);
+    api.group("a-warm", &["alice", "bob", "carol"]).await;
+    api.group("b-cold", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let carol = api.user("carol").await;
+    let text = "x".repeat(120);
+    for (channel, n) in [("a-warm", 150), ("b-cold", 150)] {
+        for i in 1..=n {
+            api.send(&alice, channel, &format!("{channel}{i}"), &text)
+                .await;
+        }
+    }
+    // Everything sealed goes up, and its local copy goes (local retention 0).
+    api.ok("POST", "/v1/tier/upload", ADMIN, None).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while local_segment_bases(&server.data).len() > 1 {
+        assert!(Instant::now() < deadline, "local copies stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // `a-warm`'s blocks come into the cache; then the store goes away.
+    let page = api
+        .ok(
+            "GET",
+            "/v1/channels/a-warm/messages?after_seq=0&limit=1000",
+            &carol,
+            None,
+        )
+        .await;
+    assert_eq!(seqs(&page).len(), 150);
+    s3s.child.kill().unwrap();
+    s3s.child.wait().unwrap();
+    // Bob catches up, acking every message as it comes, until the session is closed.
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    let mut acked = 0u64;
+    let closed = loop {
+        let v = ws.next().await;
+        match v["type"].as_str() {
+            Some("message") if v["channel"] == "a-warm" => {
+                let seq = v["seq"].as_u64().unwrap();
+                acked = acked.max(seq);
+                ws.send(json!({"type": "ack", "channel": "a-warm", "seq": seq}))
+                    .await;
+            }
+            Some("closed") => break v,
+            _ => {}
+        }
+    };
+    assert_eq!(closed["code"], 1011, "{closed}");
+    assert!(acked > 0, "the warm channel was delivered first");
+    // Back with the store: nothing acknowledged comes again.
+    let port = s3s.port;
+    s3s.child = start_s3s(s3s.dir.path(), port);
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    let mut again = Vec::new();
+    while let Some(v) = ws.next_within(Duration::from_secs(2)).await {
+        if v["type"] == "message" && v["channel"] == "a-warm" {
+            again.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    assert!(
+        again.iter().all(|&s| s > acked),
+        "acknowledged up to {acked}, sent again: {again:?}"
+    );
+    ws.close().await;
+}

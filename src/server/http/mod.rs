@@ -419,7 +419,15 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tier", get(ops::tier_status))
         .route("/v1/tier/upload", post(ops::tier_upload))
         .route("/v1/openapi.json", get(openapi::document))
-        .route("/v1/ws", get(crate::server::ws::upgrade))
+        // Any method but GET is answered 405 with `Allow: GET` before the caller is
+        // authenticated, as every other endpoint's wrong method is (a HEAD was routed to the
+        // upgrade with the GET: 401 without a token; others said `Allow: GET,HEAD`).
+        .route(
+            "/v1/ws",
+            get(crate::server::ws::upgrade)
+                .head(crate::server::ws::not_get)
+                .fallback(crate::server::ws::not_get),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -114,6 +114,16 @@ impl FromRequestParts<Arc<AppState>> for WsCaller {
     }
 }
 
+/// Any method on `/v1/ws` but GET: 405 with `Allow: GET`, before authentication.
+pub(crate) async fn not_get() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "a WebSocket upgrade is a GET",
+    )
+    .with_allow("GET")
+}
+
 /// Upgrades to a WebSocket session.
 #[utoipa::path(get, path = "/v1/ws", tag = "websocket", params(WsQuery),
     responses((status = 101, description = "Switching to the WebSocket protocol (see the README for frames)"), (status = 400, description = "The admin's key (`user_only`), or not a WebSocket upgrade request (`not_a_websocket`)", body = crate::server::http::openapi::ErrorBody), (status = 401, body = crate::server::http::openapi::ErrorBody), (status = 429, description = "The user holds `limits.sessions_per_user` sessions already (`too_many_sessions`)", body = crate::server::http::openapi::ErrorBody), (status = 503, body = crate::server::http::openapi::ErrorBody)),
@@ -284,16 +294,21 @@ impl Writer {
 /// that had sent anything (an ack, a ping, a send) saw the connection drop without a code. A
 /// client that goes on sending past that, or reads too slowly for the close frame to go out
 /// within it, can still see none.
-async fn drain(stream: &mut SplitStream<WebSocket>) {
+async fn drain(stream: &mut SplitStream<WebSocket>, mut late: impl FnMut(&WsMessage)) {
     let _ = tokio::time::timeout(2 * CLOSE_TIMEOUT, async {
         while let Some(Ok(msg)) = stream.next().await {
             if matches!(msg, WsMessage::Close(_)) {
                 break;
             }
+            late(&msg);
         }
     })
     .await;
 }
+
+/// At most this many frames read while a session closes are looked at for acks and reads
+/// ([`Ctx::late_cursor`]); the rest are read and dropped.
+const LATE_FRAMES: usize = 4096;
 
 struct Ctx {
     state: Arc<AppState>,
@@ -810,6 +825,33 @@ impl Ctx {
         }
     }
 
+    /// An ack or a read the client sent before the server closed the session, read while the
+    /// close frame goes out (the session loop had not read it: it was waiting on a catch-up
+    /// read that then failed, or pushing to a client being closed as too slow): recorded as
+    /// at any time. Acks are cumulative, and one dropped here brought back at the reconnect
+    /// every message it acknowledged (found by a QA round: hundreds after a catch-up closed
+    /// by a store outage). Anything else is dropped, as before; errors are not answered.
+    fn late_cursor(&self, msg: &WsMessage) {
+        if let WsMessage::Binary(b) = msg
+            && b.len() > self.state.config.max_binary_frame_bytes()
+        {
+            return;
+        }
+        let (channel, delivered, read) = match parse(msg) {
+            Ok(Some(ClientFrame::Ack { channel, seq })) => (channel, seq, 0),
+            Ok(Some(ClientFrame::Read { channel, seq })) => (channel, 0, seq),
+            _ => return,
+        };
+        if let Ok(moved) = self.record_cursor(&channel, delivered, read) {
+            self.state.metrics.acks_received.inc();
+            if let Some((ch, seq, needs)) = moved {
+                let origin = Some(self.session.id);
+                let notices = &self.state.read_notices;
+                notices.tell(&self.state, needs, &self.uid, &ch, seq, origin);
+            }
+        }
+    }
+
     /// Records an ack or a read in the channel it names; returns the channel and the read when
     /// that moves the user's read position past what was known, and the projections' next
     /// offset (the read's notice follows the pushes of what was applied: `read_notices.rs`).
@@ -1267,7 +1309,14 @@ async fn run(
     let drain_too = close.is_some() && !broken;
     let finishing = w.finish(close);
     if drain_too {
-        tokio::join!(finishing, drain(&mut stream));
+        let mut looked = 0;
+        let late = |msg: &WsMessage| {
+            looked += 1;
+            if looked <= LATE_FRAMES {
+                ctx.late_cursor(msg);
+            }
+        };
+        tokio::join!(finishing, drain(&mut stream, late));
     } else {
         finishing.await;
     }
