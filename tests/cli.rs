@@ -67,13 +67,25 @@ fn events() -> Vec<Event> {
 }
 
 async fn write_log(dir: &Path, evs: &[Event]) {
+    append_events(dir, evs, 1_000).await;
+}
+
+/// Appends `evs` to the log in `dir` (one batch each, timestamps from `ts`).
+async fn append_events(dir: &Path, evs: &[Event], ts: u64) {
     let log = Log::open(dir.join("log"), opts()).await.unwrap();
     for (i, e) in evs.iter().enumerate() {
-        log.append_one(Envelope::new(1_000 + i as u64, e.clone()).encode())
+        log.append_one(Envelope::new(ts + i as u64, e.clone()).encode())
             .await
             .unwrap();
     }
     log.close().await.unwrap();
+}
+
+/// Removes segment 0 and its index files (as the retention does), the server stopped.
+fn remove_segment_0(dir: &Path) {
+    for ext in ["log", "index", "timeindex"] {
+        std::fs::remove_file(dir.join(format!("log/{:020}.{ext}", 0))).unwrap();
+    }
 }
 
 #[tokio::test]
@@ -193,16 +205,8 @@ async fn verify_says_a_snapshot_older_than_the_local_log_leaves_nothing_to_verif
     let d = dir.path().to_str().unwrap();
     let (code, out, err) = tidings(&["rebuild", "--data", d]);
     assert_eq!(code, 0, "{out}{err}");
-    let log = Log::open(dir.path().join("log"), opts()).await.unwrap();
-    for (i, e) in evs[5..].iter().enumerate() {
-        log.append_one(Envelope::new(2_000 + i as u64, e.clone()).encode())
-            .await
-            .unwrap();
-    }
-    log.close().await.unwrap();
-    for ext in ["log", "index", "timeindex"] {
-        std::fs::remove_file(dir.path().join(format!("log/{:020}.{ext}", 0))).unwrap();
-    }
+    append_events(dir.path(), &evs[5..], 2_000).await;
+    remove_segment_0(dir.path());
     let (code, out, err) = tidings(&["verify", "--data", d]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
@@ -221,9 +225,8 @@ async fn verify_says_so_when_the_rebuild_would_start_from_the_live_snapshot() {
     let d = dir.path().to_str().unwrap();
     let (code, out, err) = tidings(&["rebuild", "--data", d]);
     assert_eq!(code, 0, "{out}{err}");
-    let log = Log::open(dir.path().join("log"), opts()).await.unwrap();
-    for seq in 21..=23u64 {
-        let e = Event::MessageSent {
+    let more: Vec<Event> = (21..=23u64)
+        .map(|seq| Event::MessageSent {
             channel: "g".into(),
             from: "alice".into(),
             client_msg_id: format!("c{seq}"),
@@ -231,15 +234,10 @@ async fn verify_says_so_when_the_rebuild_would_start_from_the_live_snapshot() {
             message_id: seq,
             payload: Bytes::from_static(b"{}"),
             flags: FLAG_JSON_PAYLOAD,
-        };
-        log.append_one(Envelope::new(3_000 + seq, e).encode())
-            .await
-            .unwrap();
-    }
-    log.close().await.unwrap();
-    for ext in ["log", "index", "timeindex"] {
-        std::fs::remove_file(dir.path().join(format!("log/{:020}.{ext}", 0))).unwrap();
-    }
+        })
+        .collect();
+    append_events(dir.path(), &more, 3_000).await;
+    remove_segment_0(dir.path());
     let (code, out, err) = tidings(&["verify", "--data", d]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -414,12 +412,7 @@ fn damage_batch_20(dir: &Path) -> PathBuf {
     let seg = dir.join("log").join(format!("{:020}.log", 0));
     let mut bytes = std::fs::read(&seg).unwrap();
     // Each batch starts with the magic `TDTG` (which no event here holds); one per append.
-    let starts: Vec<usize> = bytes
-        .windows(4)
-        .enumerate()
-        .filter(|(_, w)| *w == b"TDTG")
-        .map(|(i, _)| i)
-        .collect();
+    let starts = common::batch_starts(&bytes);
     assert_eq!(starts.len(), events().len());
     // A byte of the record in batch 20 (past its 40-byte header and 4-byte length).
     let flip = starts[20] + 45;
@@ -947,14 +940,7 @@ async fn rebuild_takes_the_server_s_projections_settings() {
     // Settings `serve` refuses, or a config file that is not there, are refused before
     // anything changes: the snapshots stay where they are (they went aside first, and the
     // rebuild then ran with a flush of 1, or failed).
-    let listing = || {
-        let mut names: Vec<String> = std::fs::read_dir(&snaps)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
+    let listing = || common::names_in(&snaps);
     let before = listing();
     let mark = data.join("cache/conversations/UNTRUSTED");
     let _ = std::fs::remove_file(&mark);
@@ -1021,25 +1007,13 @@ async fn rebuild_under_other_settings_refuses_a_log_it_cannot_read_whole() {
         .count();
     assert!(next >= 2, "segment 0 is sealed");
     let mut bytes = std::fs::read(&seg).unwrap();
-    let starts: Vec<usize> = bytes
-        .windows(4)
-        .enumerate()
-        .filter(|(_, w)| *w == b"TDTG")
-        .map(|(i, _)| i)
-        .collect();
+    let starts = common::batch_starts(&bytes);
     assert!(starts.len() >= 3, "{}", starts.len());
     // Batch 1's record: not the segment's last (the check before it reads that one).
     bytes[starts[1] + 45] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
     let snaps = data.join("projections/snapshots");
-    let listing = || {
-        let mut names: Vec<String> = std::fs::read_dir(&snaps)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
+    let listing = || common::names_in(&snaps);
     let before = listing();
     let (code, out, err) = tidings(&[
         "rebuild",

@@ -1604,25 +1604,13 @@ async fn a_start_under_other_settings_refuses_damage_it_would_replay() {
     assert!(segs.len() >= 3, "{segs:?}");
     let seg = segs[1].clone();
     let mut bytes = std::fs::read(&seg).unwrap();
-    let starts: Vec<usize> = bytes
-        .windows(4)
-        .enumerate()
-        .filter(|(_, w)| *w == b"TDTG")
-        .map(|(i, _)| i)
-        .collect();
+    let starts = common::batch_starts(&bytes);
     assert!(starts.len() > 20, "{}", starts.len());
     // A record in the middle of that sealed segment.
     bytes[starts[starts.len() / 2] + 45] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
     let snaps = data.join("projections/snapshots");
-    let listing = || {
-        let mut names: Vec<String> = std::fs::read_dir(&snaps)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
+    let listing = || common::names_in(&snaps);
     let before = listing();
     let (ok, err) = common::refused_start(
         &data,

@@ -618,3 +618,24 @@ pub(crate) fn page_seqs(v: &Value) -> Vec<u64> {
 pub(crate) fn frame_seqs(msgs: &[Value]) -> Vec<u64> {
     msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect()
 }
+
+/// Where each batch of a segment file's bytes starts: at its magic, `TDTG` (for tests whose
+/// records never hold those four bytes).
+pub(crate) fn batch_starts(bytes: &[u8]) -> Vec<usize> {
+    bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"TDTG")
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The names of the entries of `dir`, sorted.
+pub(crate) fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
