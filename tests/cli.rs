@@ -995,15 +995,9 @@ async fn rebuild_under_other_settings_refuses_a_log_it_cannot_read_whole() {
     let (code, out, err) = tidings(&["rebuild", "--data", d]);
     assert_eq!(code, 0, "{out}{err}");
     let seg = data.join("log").join(format!("{:020}.log", 0));
-    let next = std::fs::read_dir(data.join("log"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".log")
-        })
+    let next = common::names_in(&data.join("log"))
+        .iter()
+        .filter(|n| n.ends_with(".log"))
         .count();
     assert!(next >= 2, "segment 0 is sealed");
     let mut bytes = std::fs::read(&seg).unwrap();
