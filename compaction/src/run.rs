@@ -188,6 +188,32 @@ fn is_snapshot_file(name: &str) -> bool {
 /// `{offset:020}.snap` of its offset or later (a state after the recall shows none). Set-aside
 /// and temp files count, whatever their offset. By name.
 pub fn stale_snapshot_files(dir: &Path, recalled_at: u64) -> Result<Vec<PathBuf>> {
+    Ok(snapshot_files(dir)?
+        .into_iter()
+        .filter(|(name, _)| {
+            name.strip_suffix(".snap")
+                .filter(|o| o.len() == 20)
+                .and_then(|o| o.parse::<u64>().ok())
+                .is_none_or(|o| o < recalled_at)
+        })
+        .map(|(_, path)| path)
+        .collect())
+}
+
+/// The snapshot files in `dir` ([`is_snapshot_file`]) but `keep` and its temp file, by name.
+fn other_snapshot_files(dir: &Path, keep: &Path) -> Result<Vec<PathBuf>> {
+    let keep_name = keep.file_name().and_then(OsStr::to_str).unwrap_or("");
+    let keep_tmp = format!(".{keep_name}.tmp");
+    Ok(snapshot_files(dir)?
+        .into_iter()
+        .filter(|(name, _)| *name != keep_name && *name != keep_tmp)
+        .map(|(_, path)| path)
+        .collect())
+}
+
+/// The snapshot files ([`is_snapshot_file`], regular files) in `dir` as (name, path), by name;
+/// none when `dir` does not exist.
+fn snapshot_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -199,41 +225,9 @@ pub fn stale_snapshot_files(dir: &Path, recalled_at: u64) -> Result<Vec<PathBuf>
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if !is_snapshot_file(&name) {
-            continue;
-        }
-        let after = name
-            .strip_suffix(".snap")
-            .filter(|o| o.len() == 20)
-            .and_then(|o| o.parse::<u64>().ok())
-            .is_some_and(|o| o >= recalled_at);
-        if !after {
-            out.push(entry.path());
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The snapshot files in `dir` ([`is_snapshot_file`]) but `keep` and its temp file, by name.
-fn other_snapshot_files(dir: &Path, keep: &Path) -> Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(CompactionError::io("list", dir, e)),
-    };
-    let keep_name = keep.file_name().and_then(OsStr::to_str).unwrap_or("");
-    let keep_tmp = format!(".{keep_name}.tmp");
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| CompactionError::io("list", dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            continue;
-        };
         let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-        if is_file && is_snapshot_file(name) && name != keep_name && name != keep_tmp {
-            out.push(entry.path());
+        if is_file && is_snapshot_file(&name) {
+            out.push((name, entry.path()));
         }
     }
     out.sort();
