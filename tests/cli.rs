@@ -1279,6 +1279,52 @@ async fn deleting_the_lock_files_of_a_running_server_lets_no_second_writer_in() 
     assert!(err.contains("in use by another tidings process"), "{err}");
 }
 
+/// `inspect` names what a cut-short rewrite, a tier purge, a start under other settings or a
+/// cut-short snapshot write left beside the log and the snapshots (it said nothing of them),
+/// without counting them as problems or touching them.
+#[tokio::test]
+async fn inspect_names_the_leftovers_it_finds_and_leaves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), &events()).await;
+    let log_dir = dir.path().join("log");
+    let snaps = dir.path().join("projections/snapshots");
+    std::fs::create_dir_all(&snaps).unwrap();
+    let left = [
+        log_dir.join(format!("{:020}.log.rewrite", 0)),
+        log_dir.join(format!("{:020}.log.reupload", 0)),
+        log_dir.join(format!("{:020}.log.purge", 0)),
+        log_dir.join("stray.log"),
+        snaps.join(format!("{:020}.snap.other-settings", 3)),
+        snaps.join(format!("{:020}.1.snap.ahead-of-log", 3)),
+        snaps.join(format!("{:020}.snap.other-history", 3)),
+        snaps.join(format!(".{:020}.snap.tmp", 9)),
+    ];
+    for f in &left {
+        std::fs::write(f, b"x").unwrap();
+    }
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = tidings(&["inspect", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    let kinds = [
+        "rewrite in progress or cut short",
+        "not in the object store yet",
+        "purge of a segment held only in the object store",
+        "not part of the log",
+        "other projections settings",
+        "events the log no longer held",
+        "another history",
+        "snapshot write in progress or cut short",
+    ];
+    for (f, kind) in left.iter().zip(kinds) {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("other file {}:", f.display())))
+            .unwrap_or_else(|| panic!("{} not named: {out}", f.display()));
+        assert!(line.contains(kind), "{line}");
+        assert!(f.exists(), "{}", f.display());
+    }
+}
+
 /// A segment file removed from between two others: `inspect` names the missing offsets, not
 /// the whole segment before them as corrupt ("batch base offset …, expected …" at its end:
 /// QA), and still exits 1.

@@ -1,6 +1,10 @@
 //! `tidings inspect`: list segments, offsets and sizes, check every CRC; list snapshots and
-//! check the message index sidecars.
+//! check the message index sidecars; name the other files a crash, a rewrite or a start under
+//! other settings left beside them (rewrite leftovers, re-upload markers, purge temp files,
+//! set-aside snapshots, cut-short snapshot writes), which are not problems and which it leaves
+//! in place (it changes nothing).
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use tidings_projections::snapshot;
@@ -82,6 +86,9 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     );
     let log_end = log.next_offset();
     log.close().await?;
+    for (name, what) in other_files(&data.log(), log_file_kind) {
+        super::out!("other file {}: {what}", data.log().join(name).display());
+    }
 
     let snap_dir = data.projections().join("snapshots");
     // The snapshot the server would load (the newest that decodes within the log's end) names
@@ -121,6 +128,9 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             s.applied
         );
     }
+    for (name, what) in other_files(&snap_dir, snapshot_file_kind) {
+        super::out!("other file {}: {what}", snap_dir.join(name).display());
+    }
     if let Some(state) = newest {
         // Read in place: `IndexFiles::open` would create the directory, and inspect changes
         // nothing.
@@ -156,4 +166,73 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The files in `dir` that `kind` names, by name, with what each is; none when `dir` cannot
+/// be listed (a missing directory, or one the checks above already reported).
+fn other_files(dir: &Path, kind: fn(&str) -> Option<&'static str>) -> Vec<(String, &'static str)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            let what = kind(&name)?;
+            Some((name, what))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// What a file in the log directory that is not a segment or its index is, if it is one a
+/// rewrite, a purge or a hand left (`{base:020}.log.rewrite`, `.log.reupload`, `.log.purge`,
+/// a `.log` not named `{base:020}.log`).
+fn log_file_kind(name: &str) -> Option<&'static str> {
+    let seg = |suffix: &str| {
+        name.strip_suffix(suffix)
+            .and_then(|n| n.strip_suffix(".log"))
+            .is_some_and(|b| b.len() == 20 && b.bytes().all(|c| c.is_ascii_digit()))
+    };
+    if seg(".rewrite") {
+        Some(
+            "a segment rewrite in progress or cut short before its rename (the segment is whole under its own name; the next start removes it)",
+        )
+    } else if seg(".reupload") {
+        Some(
+            "marks a rewritten segment whose new bytes are not in the object store yet (the server's uploader finishes it)",
+        )
+    } else if seg(".purge") {
+        Some(
+            "a purge of a segment held only in the object store, in progress or cut short (the server's uploader finishes or removes it)",
+        )
+    } else if name.ends_with(".log") && !seg("") {
+        Some("not named {base:020}.log: not part of the log (ignored)")
+    } else {
+        None
+    }
+}
+
+/// What a file in the snapshots directory that is not a snapshot is, if it is a set-aside
+/// snapshot (`….snap.{why}`, kept for a post-mortem, the newest 3 of each kind) or a snapshot
+/// write cut short (`.{offset:020}.snap.tmp`).
+fn snapshot_file_kind(name: &str) -> Option<&'static str> {
+    if name.starts_with('.') && name.ends_with(".snap.tmp") {
+        Some("a snapshot write in progress or cut short (never loaded; the next start removes it)")
+    } else if name.ends_with(".snap.ahead-of-log") {
+        Some(
+            "set aside: it covered events the log no longer held (never loaded again; kept for a post-mortem)",
+        )
+    } else if name.ends_with(".snap.other-history") {
+        Some(
+            "set aside: it described another history than this log's (never loaded again; kept for a post-mortem)",
+        )
+    } else if name.ends_with(".snap.other-settings") {
+        Some(
+            "set aside: made under other projections settings (never loaded again; kept for a post-mortem)",
+        )
+    } else {
+        None
+    }
 }
