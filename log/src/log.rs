@@ -255,7 +255,7 @@ impl Log {
                                     "the local manifest copy lists no segment holding these offsets, which this directory no longer holds: reads of them fail; the store's manifest is checked when it answers"
                                 );
                             }
-                            tier.inner.manifest.store(Arc::new(m));
+                            tier.inner.set_manifest(m);
                         }
                         // Nothing here says where the store's history ends: a log started
                         // at 0 (or kept empty at 0) would take offsets the store already

@@ -1162,6 +1162,65 @@ async fn an_own_manifest_version_that_landed_late_is_adopted_not_fencing() {
     log.close().await.unwrap();
 }
 
+/// A rewrite's manifest version of this node's that landed unanswered (the write timed out,
+/// the purge failed): the next version keeps naming the rewrite's objects, not the ones they
+/// replaced — which `tidings tier gc` deletes once the newest version does not name them, and
+/// their writer (an earlier process) released the prefix — and the segment is read from the
+/// new objects, also once the old ones are gone. Until 2026-12-03 the next version named the
+/// old objects again: gc run between the two left a manifest naming deleted objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrites_own_version_that_landed_unanswered_stays_named() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let prefix = unique_prefix("landed-rewrite");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, sealed) = uploaded_log(store.clone(), &prefix, "node-a", cache.path(), &dir).await;
+    let remote = sealed[0].clone();
+    assert!(remote.remote);
+    let base = remote.base_offset;
+    let before = entry_at(&log, base).await;
+    // The rewrite's objects (a copy: their bytes are the old ones, which is all reading them
+    // needs) and the version naming them in place of the entry, written as this process
+    // would have.
+    let current = log.tier().unwrap().manifest();
+    let incarnation = current.owner.incarnation.unwrap();
+    let stem = tidings_log::tier::manifest::RemoteSegment::rewrite_stem(base, incarnation, 99);
+    let key = |stem: &str, ext: &str| {
+        object_store::path::Path::from(format!("{prefix}/segments/{stem}.{ext}"))
+    };
+    for ext in ["log", "index", "timeindex"] {
+        store
+            .copy(&key(&before.stem(), ext), &key(&stem, ext))
+            .await
+            .unwrap();
+    }
+    let mut landed = current.next("node-a", current.owner.heartbeat_ms + 1);
+    landed.owner.incarnation = Some(incarnation);
+    for e in landed.segments.iter_mut().filter(|e| e.base == base) {
+        e.object = Some(stem.clone());
+    }
+    put_manifest(&store, &prefix, &landed).await;
+    // The next write (an upload's, made from the version before) adopts it.
+    let next = log.next_offset();
+    append(&log, next, 50).await;
+    log.roll().await.unwrap();
+    let status = log.upload_now().await.unwrap();
+    assert!(!status.fenced);
+    assert!(status.epoch > landed.epoch);
+    assert_eq!(entry_at(&log, base).await.object, Some(stem.clone()));
+    // The replaced objects go (as `tidings tier gc` collects them): every record still reads.
+    for ext in ["log", "index", "timeindex"] {
+        store.delete(&key(&before.stem(), ext)).await.unwrap();
+    }
+    assert!(!log.is_local(base));
+    let all = read_all(&log).await;
+    assert_eq!(all.len() as u64, next + 50);
+    assert!(all.iter().enumerate().all(|(i, p)| *p == payload(i as u64)));
+    log.close().await.unwrap();
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

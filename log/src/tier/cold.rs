@@ -368,14 +368,32 @@ impl TierVfs {
     }
 
     /// The object behind `path` (`{stem}.{ext}`) and its length, when the manifest lists a
-    /// segment under exactly that stem: never another object at the same base.
+    /// segment under exactly that stem, or listed one a rewrite replaced since
+    /// ([`TierInner::retired`]: a reader holding the segment value made for it reads on until
+    /// its objects are deleted; until 2026-12-03 it met "not found" at once): never another
+    /// object at the same base.
     fn lookup(&self, path: &Path) -> Option<(String, u64)> {
         let (base, stem, ext) = split_name(path)?;
         let m = self.inner.manifest.load();
-        let s = m.segments.iter().find(|s| s.base == base)?;
-        if s.stem() != stem {
-            return None;
-        }
+        let current = m
+            .segments
+            .iter()
+            .find(|s| s.base == base && s.stem() == stem);
+        let retired;
+        let s = match current {
+            Some(s) => s,
+            None => {
+                retired = self
+                    .inner
+                    .retired
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .find(|s| s.base == base && s.stem() == stem)
+                    .cloned()?;
+                &retired
+            }
+        };
         let len = match ext {
             "log" => s.bytes,
             "index" => s.index_bytes,

@@ -278,6 +278,35 @@ pub(crate) struct TierInner {
     /// Blocks being fetched (cache key → the fetch's outcome): a reader and the prefetches
     /// of the blocks before it wait for one GET instead of each making its own.
     pub(crate) fetching: cold::InFlight,
+    /// Entries a newer manifest version replaced with other objects at the same offsets (a
+    /// rewrite's), newest last, at most [`RETIRED`]: a reader still holding the segment value
+    /// made for one reads its objects until they are deleted ([`cold::TierVfs`]).
+    pub(crate) retired: std::sync::Mutex<Vec<manifest::RemoteSegment>>,
+}
+
+/// The replaced entries [`TierInner::retired`] remembers.
+const RETIRED: usize = 64;
+
+impl TierInner {
+    /// Makes `m` the manifest this process knows, remembering the entries it replaced with
+    /// other objects ([`TierInner::retired`]).
+    pub(crate) fn set_manifest(&self, m: Manifest) {
+        let old = self.manifest.swap(Arc::new(m));
+        let now = self.manifest.load();
+        let replaced = old.segments.iter().filter(|o| {
+            now.segments
+                .iter()
+                .any(|n| n.base == o.base && n.end == o.end && n.stem() != o.stem())
+        });
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        for o in replaced {
+            if !retired.iter().any(|r| r.stem() == o.stem()) {
+                retired.push(o.clone());
+            }
+        }
+        let over = retired.len().saturating_sub(RETIRED);
+        retired.drain(..over);
+    }
 }
 
 impl std::fmt::Debug for Tier {
@@ -299,6 +328,7 @@ impl Tier {
                 runtime: tokio::runtime::Handle::current(),
                 tracker: TaskTracker::new(),
                 fetching: cold::InFlight::default(),
+                retired: std::sync::Mutex::new(Vec::new()),
                 manifest: arc_swap::ArcSwap::from_pointee(Manifest::new(&opts.owner_id, 0)),
                 claimed: AtomicBool::new(false),
                 fenced: AtomicBool::new(false),

@@ -174,7 +174,7 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
             Put::Exists(t)
                 if t.owner.id == m.owner.id && t.owner.incarnation == m.owner.incarnation =>
             {
-                let Some(merged) = merge_own(&m, &t) else {
+                let Some(merged) = merge_own(&m, &t, &inner.manifest.load()) else {
                     inner.fenced.store(true, Ordering::Relaxed);
                     return Ok(Written::Fenced(t));
                 };
@@ -193,7 +193,7 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
                 own += 1;
                 m = merged;
                 m.epoch = t.epoch + 1;
-                inner.manifest.store(std::sync::Arc::new(t));
+                inner.set_manifest(t);
             }
             Put::Exists(t) => {
                 inner.fenced.store(true, Ordering::Relaxed);
@@ -205,7 +205,7 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
         .counters
         .manifest_writes
         .fetch_add(1, Ordering::Relaxed);
-    inner.manifest.store(std::sync::Arc::new(m.clone()));
+    inner.set_manifest(m.clone());
     prune_versions(inner, m.epoch).await;
     Ok(Written::Ok)
 }
@@ -213,25 +213,35 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
 /// `m` with what `t` — a version this process wrote whose answer never came — holds and `m`
 /// lacks: the later start of the two (a removal that landed: the entries below it are not
 /// listed again; their objects may be deleted), and `t`'s segments at or past it (an upload that
-/// landed; an entry of `t` with the offsets of one of `m`'s is a rewrite's, and `m`'s stays).
-/// `None` when the two do not fit together (an entry of `t` overlapping one of `m`'s with other
-/// offsets): not a version this process could have written before `m`.
+/// landed). `None` when the two do not fit together (an entry of `t` overlapping one of `m`'s
+/// with other offsets): not a version this process could have written before `m`.
+///
+/// An entry of `t` with the offsets of one of `m`'s but other objects is a rewrite's (a purge
+/// naming its upload in place of the entry, `Uploader::rewrite`). Both `m` and `t` were made
+/// from `known`, the version this process last knew: the one that changed the entry is the
+/// newer, and `t`'s wins when `m`'s is `known`'s. Until 2026-12-03 `m`'s always stayed: a
+/// rewrite's version that landed unanswered was followed by one naming the objects it
+/// replaced again, and `tidings tier gc` run between the two (the newest version not naming
+/// them, an earlier process's upload) deleted them: a manifest naming objects the store no
+/// longer held.
 ///
 /// Until 2026-11-30 `t` was adopted only when `m` listed every segment of `t`, which was all a
 /// process that never removed entries could write; a removal's version that landed unanswered
 /// would then have been written again with the removed entries.
-pub(crate) fn merge_own(m: &Manifest, t: &Manifest) -> Option<Manifest> {
+pub(crate) fn merge_own(m: &Manifest, t: &Manifest, known: &Manifest) -> Option<Manifest> {
     let mut merged = m.clone();
     for s in &t.segments {
-        // The same offsets under other objects: one of the two replaced the other (a rewritten
-        // segment's upload, `Uploader::rewrite`); `m`'s is what this process knows now, and
-        // the objects of both are still in the store (the old ones are deleted only after a
-        // version naming the new ones was answered).
-        if merged
+        // The same offsets: the same entry, or under other objects (one of the two replaced
+        // the other; the objects of both are still in the store: the old ones are deleted only
+        // after a version naming the new ones was answered).
+        if let Some(o) = merged
             .segments
-            .iter()
-            .any(|o| o.base == s.base && o.end == s.end)
+            .iter_mut()
+            .find(|o| o.base == s.base && o.end == s.end)
         {
+            if known.segments.contains(o) {
+                *o = s.clone();
+            }
             continue;
         }
         if merged
@@ -398,11 +408,11 @@ pub(crate) async fn claim(inner: &TierInner, local: Option<LocalStart>) -> Resul
                 }
                 if age < lease_ms {
                     seen.get_or_insert(m.epoch);
-                    inner.manifest.store(std::sync::Arc::new(m));
+                    inner.set_manifest(m);
                     return Ok(Claim::Waiting { seen_ms_ago: age });
                 }
             }
-            inner.manifest.store(std::sync::Arc::new(m.clone()));
+            inner.set_manifest(m.clone());
             m.next(me, now)
         }
     };
@@ -870,11 +880,14 @@ mod tests {
     fn an_own_version_is_merged_into_the_next() {
         let m = with(vec![entry(0, 10), entry(10, 20)]);
         // Nothing more than `m`: `m` itself (what adoption always did).
-        assert_eq!(merge_own(&m, &with(vec![entry(0, 10)])), Some(m.clone()));
+        assert_eq!(
+            merge_own(&m, &with(vec![entry(0, 10)]), &m),
+            Some(m.clone())
+        );
         // A removal that landed: its start, and not the entries below it.
         let mut removal = m.clone();
         removal.remove_before(10);
-        let merged = merge_own(&m, &removal).unwrap();
+        let merged = merge_own(&m, &removal, &m).unwrap();
         assert_eq!(merged.start, Some(10));
         assert_eq!(merged.segments, vec![entry(10, 20)]);
         // Building on it, the next write carries the start too (format 3).
@@ -883,22 +896,52 @@ mod tests {
         let upload = with(vec![entry(0, 10), entry(10, 20), entry(20, 30)]);
         let mut removed = m.clone();
         removed.remove_before(10);
-        let merged = merge_own(&removed, &upload).unwrap();
+        let merged = merge_own(&removed, &upload, &m).unwrap();
         assert_eq!(merged.segments, vec![entry(10, 20), entry(20, 30)]);
         assert_eq!(merged.start, Some(10));
         // ... and `t`'s entries below `m`'s own start stay out.
-        let merged = merge_own(&removed, &m).unwrap();
+        let merged = merge_own(&removed, &m, &m).unwrap();
         assert_eq!(merged.segments, vec![entry(10, 20)]);
-        // The same offsets under another object (a rewrite's upload that landed): `m`'s stays.
+        // The same offsets under another object: the entry that changed since the version
+        // both were made from is the newer. A rewrite's version that landed (`t`), then an
+        // upload's built on the version before it (`m`): the rewrite's objects stay named.
         let mut rewritten = entry(10, 20);
         rewritten.crc32 = 7;
         rewritten.object = Some("x".into());
+        let rewrite = with(vec![entry(0, 10), rewritten.clone(), entry(20, 30)]);
+        let upload = with(vec![entry(0, 10), entry(10, 20), entry(30, 40)]);
         assert_eq!(
-            merge_own(&m, &with(vec![entry(0, 10), rewritten])),
-            Some(m.clone())
+            merge_own(&upload, &rewrite, &m).unwrap().segments,
+            vec![
+                entry(0, 10),
+                rewritten.clone(),
+                entry(20, 30),
+                entry(30, 40)
+            ]
+        );
+        // The other way round (an upload's version landed, the rewrite's written next): the
+        // rewrite's.
+        assert_eq!(
+            merge_own(&rewrite, &upload, &m).unwrap().segments,
+            vec![
+                entry(0, 10),
+                rewritten.clone(),
+                entry(20, 30),
+                entry(30, 40)
+            ]
+        );
+        // A rewrite tried again (the first one's version landed unanswered): the later one's.
+        let mut again = rewritten.clone();
+        again.crc32 = 8;
+        again.object = Some("y".into());
+        assert_eq!(
+            merge_own(&with(vec![entry(0, 10), again.clone()]), &rewrite, &m)
+                .unwrap()
+                .segments,
+            vec![entry(0, 10), again, entry(20, 30)]
         );
         // Overlapping: not ours.
-        assert_eq!(merge_own(&m, &with(vec![entry(5, 15)])), None);
-        assert_eq!(merge_own(&m, &with(vec![entry(10, 21)])), None);
+        assert_eq!(merge_own(&m, &with(vec![entry(5, 15)]), &m), None);
+        assert_eq!(merge_own(&m, &with(vec![entry(10, 21)]), &m), None);
     }
 }

@@ -311,6 +311,7 @@ impl Uploader {
                     return Err(e);
                 }
             }
+            self.refresh_remote();
             write_local_manifest(&self.dir, &self.tier.manifest())?;
             state.claimed = true;
             state.last_write_ms = store::now_ms();
@@ -919,7 +920,10 @@ impl Uploader {
 
     pub(crate) async fn write(&self, next: &Manifest) -> Result<()> {
         match store::write_manifest(&self.tier.inner, next).await? {
-            Written::Ok => write_local_manifest(&self.dir, &self.tier.manifest()),
+            Written::Ok => {
+                self.refresh_remote();
+                write_local_manifest(&self.dir, &self.tier.manifest())
+            }
             Written::Fenced(theirs) => {
                 tracing::error!(
                     owner = %theirs.owner.id,
@@ -932,6 +936,42 @@ impl Uploader {
                     store: self.tier.inner.opts.display.clone(),
                 })
             }
+        }
+    }
+
+    /// Replaces each remote segment value whose objects are no longer its entry's (a rewrite's
+    /// version adopted from the store: one of this process's that landed unanswered, or read
+    /// at a claim) with one reading the entry's, dropping what the old value cached. A reader
+    /// holding an old value reads on ([`TierInner::retired`]).
+    ///
+    /// [`TierInner::retired`]: super::TierInner::retired
+    fn refresh_remote(&self) {
+        let m = self.tier.manifest();
+        let stale = |s: &Arc<Segment>| {
+            s.is_remote()
+                && m.segments.iter().any(|e| {
+                    e.base == s.base
+                        && s.paths.log.file_stem().and_then(|n| n.to_str()) != Some(&e.stem())
+                })
+        };
+        let old = self.segments.load();
+        if !old.iter().any(stale) {
+            return;
+        }
+        self.segments.rcu(|segs| {
+            segs.iter()
+                .map(|s| {
+                    if stale(s) {
+                        remote_segment(&self.tier, &self.dir, s.base, self.interval)
+                    } else {
+                        s.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        for s in old.iter().filter(|s| stale(s)) {
+            tracing::info!(base = s.base, store = %self.tier.inner.opts.display, "a rewrite's objects named by the store's manifest are read in place of the segment's earlier ones");
+            s.forget_cached();
         }
     }
 
