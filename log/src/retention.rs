@@ -71,8 +71,7 @@ impl Log {
         // future is dropped meanwhile: a close waits for it.
         let guard = self.shared.rewrites.clone().lock_owned().await;
         if self.tier().is_some() && !self.is_read_only() {
-            let _running = guard;
-            return self.remove_tiered(offset).await;
+            return self.remove_tiered(offset, guard).await;
         }
         let log = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -127,7 +126,16 @@ impl Log {
     /// files (it removes below the store's start whatever it is asked), `tidings tier gc`
     /// collects the objects. A failed object delete is said, not an error: the segments are
     /// out of the log.
-    async fn remove_tiered(&self, offset: u64) -> Result<Removed> {
+    ///
+    /// The rewrite lock (`running`) goes with the blocking unlinks and comes back with them:
+    /// this future dropped meanwhile (a stop), a close waits for them before it lets the
+    /// directory go (until 2026-12-03 the lock was released with the future, and a close could
+    /// release the directory's lock while files were still being unlinked in it).
+    async fn remove_tiered(
+        &self,
+        offset: u64,
+        running: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<Removed> {
         if self.is_closed() {
             return Err(LogError::Closed);
         }
@@ -143,12 +151,12 @@ impl Log {
         self.forget_removed(&gone);
         let start = self.start_offset();
         let log = self.clone();
-        let unlinked = tokio::task::spawn_blocking(move || {
+        let (unlinked, _running) = tokio::task::spawn_blocking(move || {
             let r = log.unlink_below(start, &gone);
             for seg in &gone {
                 seg.forget_cached();
             }
-            r.map(|()| gone.len() as u64)
+            (r.map(|()| gone.len() as u64), running)
         })
         .await
         .map_err(|_| LogError::Closed)?;

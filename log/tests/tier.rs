@@ -561,6 +561,41 @@ async fn a_damaged_segment_in_the_bucket_is_detected_and_named() {
     log.close().await.unwrap();
 }
 
+/// A segment object the bucket no longer holds (deleted by hand, or by a lifecycle rule) is
+/// damage, named: not an outage of the store (`is_cold_storage_unavailable`), which readers
+/// wait out — the purge of recalled messages waited for it for good until 2026-12-03.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_missing_from_the_bucket_is_damage_not_an_outage() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("gone");
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    append(&log, 0, 1500).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    log.close().await.unwrap();
+    let rel = t_manifest(&s3s, &prefix).await.segments[0].key("log");
+    std::fs::remove_file(s3s.object_file(&format!("{prefix}/{rel}"))).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.path().join("log"), log_opts(t))
+        .await
+        .unwrap();
+    assert!(!log.is_local(0));
+    let err = log.read(0, 64 << 10).await.unwrap_err();
+    assert!(!err.is_cold_storage_unavailable(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&rel) && text.contains("does not hold it"),
+        "{text}"
+    );
+    log.close().await.unwrap();
+}
+
 /// The newest manifest version in the store, read through a tier handle of its own.
 async fn t_manifest(s3s: &S3Server, prefix: &str) -> Manifest {
     let cache = tempfile::tempdir().unwrap();

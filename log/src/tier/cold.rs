@@ -74,8 +74,24 @@ pub(crate) async fn open_cache(opts: &TierOptions) -> Result<HybridCache<String,
         .map_err(err)
 }
 
-fn unavailable(what: String) -> io::Error {
-    io::Error::other(ColdStorageUnavailable(what))
+/// Why a block could not be fetched.
+#[derive(Debug, Clone)]
+enum FetchError {
+    /// The store did not answer in time, or refused (an outage, credentials): reading again
+    /// later may succeed ([`ColdStorageUnavailable`]).
+    Unavailable(String),
+    /// The store answered that the object is not there, or holds fewer bytes than its
+    /// manifest entry: the segment is damaged in the store, as a local segment with a missing
+    /// or cut file is. Not an outage: reading again does not mend it (until 2026-12-03 it was
+    /// one, and a reader such as the purge of recalled messages waited for it for good).
+    Damaged(String),
+}
+
+fn fetch_error(e: FetchError) -> io::Error {
+    match e {
+        FetchError::Unavailable(what) => io::Error::other(ColdStorageUnavailable(what)),
+        FetchError::Damaged(what) => io::Error::new(io::ErrorKind::InvalidData, what),
+    }
 }
 
 impl TierInner {
@@ -147,8 +163,8 @@ impl TierInner {
             Ok(_) => self
                 .fetch(rel, ckey.clone(), start, end)
                 .await
-                .map_err(unavailable),
-            Err(e) => Err(unavailable(e.clone())),
+                .map_err(fetch_error),
+            Err(e) => Err(fetch_error(e.clone())),
         }
     }
 
@@ -172,19 +188,28 @@ impl TierInner {
         .await;
         let data = match got {
             Ok(Ok(d)) => d,
-            Ok(Err(e)) => return Err(format!("reading {path} [{start}, {end}): {e}")),
+            Ok(Err(e @ object_store::Error::NotFound { .. })) => {
+                return Err(FetchError::Damaged(format!(
+                    "reading {path} [{start}, {end}): the object store does not hold it: {e}"
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(FetchError::Unavailable(format!(
+                    "reading {path} [{start}, {end}): {e}"
+                )));
+            }
             Err(_) => {
-                return Err(format!(
+                return Err(FetchError::Unavailable(format!(
                     "reading {path} [{start}, {end}): no answer within {:?}",
                     self.opts.read_timeout
-                ));
+                )));
             }
         };
         if data.len() as u64 != end - start {
-            return Err(format!(
-                "reading {path} [{start}, {end}): got {} bytes",
+            return Err(FetchError::Damaged(format!(
+                "reading {path} [{start}, {end}): got {} bytes (the object is shorter than its manifest entry says)",
                 data.len()
-            ));
+            )));
         }
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -199,7 +224,7 @@ impl TierInner {
 }
 
 /// A fetch's outcome, as every caller waiting for it gets it.
-type Shared = std::result::Result<Bytes, String>;
+type Shared = std::result::Result<Bytes, FetchError>;
 
 /// Fetches in flight, by cache key.
 #[derive(Debug, Default)]
@@ -295,10 +320,10 @@ impl VfsFile for RemoteFile {
                 tokio::time::timeout_at(deadline, self.inner.block(&self.rel, idx, self.len))
                     .await
                     .unwrap_or_else(|_| {
-                        Err(unavailable(format!(
+                        Err(fetch_error(FetchError::Unavailable(format!(
                             "reading {} from byte {pos}: {done} of {want} bytes within {timeout:?}",
                             self.rel
-                        )))
+                        ))))
                     })
             })?;
             let prev = self.last_block.swap(idx, Ordering::Relaxed);
