@@ -18,7 +18,7 @@ pub enum CompactionError {
     /// would change more than its payload, so it is not rewritten.
     #[error(
         "the record at offset {offset} is not in the encoding this build writes for its event; \
-         it is left as it is, and nothing was rewritten"
+         it is left as it is"
     )]
     NotCanonical {
         /// The record's offset.

@@ -28,7 +28,8 @@
 //!    purged already is skipped, so a second run over the same log rewrites nothing.
 //! 4. A record whose bytes are not what this build encodes for the event they decode to is
 //!    refused, never rewritten: re-encoding it would change more than its payload. The plan
-//!    checks every record it would purge, so such a record stops a run before anything changes.
+//!    checks every record it would purge, and lists such a record as unpurgeable (left as it
+//!    is) before anything changes; the others are purged.
 //! 5. The log's last record, to which the fresh snapshot is anchored, is never purged (nor, by
 //!    the server, its last applied record or any snapshot's anchor record), and the active
 //!    segment is never rewritten: what they hold waits for a later run.

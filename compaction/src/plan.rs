@@ -67,7 +67,8 @@ impl Plan {
 /// read.
 ///
 /// Each record to purge is checked as [`crate::purge_record`] would purge it, so a record it
-/// refuses fails the plan, before anything is rewritten.
+/// refuses is listed in the plan's `unpurgeable` (left as it is), before anything is
+/// rewritten.
 pub fn plan_recall_purge(
     log: &Log,
     recalled: &BTreeMap<ChannelId, BTreeSet<u64>>,

@@ -89,7 +89,7 @@ pub enum ProjectionError {
     /// snapshot was written. Applying from the log's end would skip every event appended at
     /// the offsets the state already counts.
     #[error(
-        "the state covers offsets up to {applied_to} but the log ends at {log_end}: the log \
+        "the state covers the offsets below {applied_to} but the log ends at {log_end}: the log \
          lost events after this snapshot was taken; rebuild from the log (`tidings rebuild`, \
          or `--from-offset N` with N below {log_end})"
     )]

@@ -192,24 +192,22 @@ pub struct Checked {
 /// Checks a snapshot file's bytes as [`decode_anchored`] does — magic, a current version, both
 /// CRCs, the body's length — without decoding the state (its CBOR): what a caller needs to
 /// know that the file would load, at the cost of one pass of CRC-32 over it. The state's own
-/// offset is not compared with the header's (that needs the body decoded).
+/// offset is not compared with the header's (that needs the body decoded). A file of an
+/// earlier version is outdated, as [`decode_anchored`] says, its short header too (versions 1
+/// and 2: until 2026-12-03 read with the long one, and said to be damaged).
 pub fn check(path: &Path, bytes: &[u8]) -> Result<Checked> {
     let raw = Raw { path, bytes };
-    raw.at_least(HEADER_LEN)?;
-    raw.magic()?;
-    raw.header_crc(HEADER_LEN)?;
+    let header_len = raw.header_len()?;
+    raw.at_least(header_len)?;
+    raw.header_crc(header_len)?;
     let version = raw.u32_at(4);
-    if !(OLDEST_CURRENT..=VERSION).contains(&version) {
-        return Err(if (1..OLDEST_CURRENT).contains(&version) {
-            raw.outdated(version)
-        } else {
-            raw.corrupt(4, format!("unknown version {version}"))
-        });
+    if version < OLDEST_CURRENT {
+        return Err(raw.outdated(version));
     }
-    raw.body(HEADER_LEN)?;
+    raw.body(header_len)?;
     Ok(Checked {
         applied: raw.u64_at(8),
-        anchor: raw.anchor(HEADER_LEN),
+        anchor: raw.anchor(header_len),
     })
 }
 
@@ -221,17 +219,8 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<State> {
 /// [`decode`], and the snapshot's anchor when it has one (module doc).
 pub fn decode_anchored(path: &Path, bytes: &[u8]) -> Result<(State, Option<u32>)> {
     let raw = Raw { path, bytes };
-    // Long enough for the fields every version has (magic, version); the full header of
-    // this version is checked once the version is known.
-    raw.at_least(8)?;
-    raw.magic()?;
+    let header_len = raw.header_len()?;
     let version = raw.u32_at(4);
-    // Versions 1 and 2 have the short header (no anchor, no flags).
-    let header_len = match version {
-        1 | 2 => SHORT_HEADER_LEN,
-        3..=VERSION => HEADER_LEN,
-        other => return Err(raw.corrupt(4, format!("unknown version {other}"))),
-    };
     raw.at_least(header_len)?;
     raw.header_crc(header_len)?;
     // Only now is the version known to be what was written (not a damaged byte).
@@ -256,6 +245,21 @@ pub fn decode_anchored(path: &Path, bytes: &[u8]) -> Result<(State, Option<u32>)
 struct Raw<'a> {
     path: &'a Path,
     bytes: &'a [u8],
+}
+
+impl Raw<'_> {
+    /// The length of the header of the file's version, once the fields every version has
+    /// (magic, version) are there: versions 1 and 2 have the short header (no anchor, no
+    /// flags). The full header is checked once the version is known.
+    fn header_len(&self) -> Result<usize> {
+        self.at_least(8)?;
+        self.magic()?;
+        match self.u32_at(4) {
+            1 | 2 => Ok(SHORT_HEADER_LEN),
+            3..=VERSION => Ok(HEADER_LEN),
+            other => Err(self.corrupt(4, format!("unknown version {other}"))),
+        }
+    }
 }
 
 impl<'a> Raw<'a> {
@@ -452,6 +456,16 @@ pub fn load_newest_anchored(
             .map_err(|e| ProjectionError::io("read", &snap.path, e))
             .and_then(|bytes| decode_anchored(&snap.path, &bytes));
         match loaded {
+            // Named for another offset than it holds (renamed by hand, or damage in the name):
+            // not loaded. Taken for the offset of its name, a caller passing over it for an
+            // older one (`max_applied` below what it holds) was given it again, for good.
+            Ok((state, _)) if state.applied != Some(snap.applied) => {
+                tracing::warn!(
+                    snapshot = %snap.path.display(),
+                    holds = state.applied,
+                    "skipping a snapshot whose name is not the offset it covers; trying an older one"
+                );
+            }
             Ok((state, anchor)) => return Ok(Some((state, snap, anchor))),
             Err(e @ ProjectionError::SnapshotOutdated { .. }) => {
                 tracing::info!(error = %e, "skipping a snapshot of an earlier format; trying an older one");

@@ -127,7 +127,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             log_end,
         }) if damaged.is_some() => {
             super::out!(
-                "not compared with a rebuild: {from} covers offsets up to {applied_to}, past \
+                "not compared with a rebuild: {from} covers the offsets below {applied_to}, past \
                  the damage at the log's valid end (offset {log_end})"
             );
             log.close().await?;

@@ -235,8 +235,23 @@ async fn load_projections(
         distrust_conversation_cache(data)?;
         std::fs::rename(&path, &aside)
             .with_context(|| format!("setting aside {}", path.display()))?;
+        sync_snapshots_dir(&dir.join("snapshots"))?;
         prune_set_aside(&dir.join("snapshots"));
     }
+}
+
+/// Makes the renames in `snapshots` durable. A set-aside rename lost in a power cut brings the
+/// snapshot back; by then the log may reach past its offset again, and one the anchor check
+/// cannot judge (no anchor, or its record unreadable) is loaded, describing events the log
+/// does not hold (until 2026-12-03 only [`set_aside_all_snapshots`] synced: nothing else
+/// synced the directory before the first periodic snapshot).
+fn sync_snapshots_dir(snapshots: &std::path::Path) -> anyhow::Result<()> {
+    if snapshots.is_dir() {
+        std::fs::File::open(snapshots)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", snapshots.display()))?;
+    }
+    Ok(())
 }
 
 /// The state-shaping settings in which a snapshot's `state` differs from `config`, as
@@ -297,6 +312,9 @@ pub(crate) fn set_aside_snapshots_ahead_of(data: &DataDir, end: u64) -> anyhow::
         std::fs::rename(&snap.path, &aside)
             .with_context(|| format!("setting aside {}", snap.path.display()))?;
     }
+    if !ahead.is_empty() {
+        sync_snapshots_dir(&snapshots)?;
+    }
     prune_set_aside(&snapshots);
     Ok(ahead.len())
 }
@@ -318,11 +336,7 @@ pub(crate) fn set_aside_all_snapshots(data: &DataDir, suffix: &str) -> anyhow::R
     }
     // Durable before the replay rewrites the sidecars: a rename lost in a power cut would
     // bring such a snapshot back over sidecars cut elsewhere.
-    if snapshots.is_dir() {
-        std::fs::File::open(&snapshots)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", snapshots.display()))?;
-    }
+    sync_snapshots_dir(&snapshots)?;
     prune_set_aside(&snapshots);
     Ok(())
 }
