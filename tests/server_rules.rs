@@ -2067,6 +2067,227 @@ async fn a_zero_limit_is_refused_and_a_large_one_capped() {
     }
 }
 
+/// `.` and `..` name no user or channel: a client removes them from a URL path as dot
+/// segments, so a channel or user so named could not be reached by its path (one named `..`
+/// took `/v1/channels/../members` to `/v1/members`). Refused wherever an id is taken in a body.
+#[tokio::test]
+async fn dot_segments_are_not_ids() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    for dots in [".", ".."] {
+        let body = json!({"channel": dots, "payload": 1});
+        assert_eq!(
+            code_of(&api, "POST", "/v1/messages", &alice, Some(body)).await,
+            (400, "invalid_channel".into()),
+            "{dots}"
+        );
+        let body = json!({"channel": format!("@{dots}"), "payload": 1});
+        assert_eq!(
+            code_of(&api, "POST", "/v1/messages", &alice, Some(body)).await,
+            (400, "invalid_channel".into()),
+            "@{dots}"
+        );
+        let body = json!({"channel": "g", "payload": 1, "from": dots});
+        assert_eq!(
+            code_of(&api, "POST", "/v1/messages", ADMIN, Some(body)).await,
+            (400, "invalid_uid".into()),
+            "from {dots}"
+        );
+        let body = json!({"uids": [dots]});
+        assert_eq!(
+            code_of(&api, "POST", "/v1/channels/g/members", ADMIN, Some(body)).await,
+            (400, "invalid_uid".into()),
+            "member {dots}"
+        );
+    }
+    // Dots within an id are fine.
+    api.group("a..b", &["alice", "..c"]).await;
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/messages",
+            &alice,
+            Some(json!({"channel": "a..b", "payload": 1})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+}
+
+/// `"client_msg_id": null` over HTTP is no id, as over a WebSocket and as an absent one (it
+/// was 400 `invalid_request`): each such send is a new message.
+#[tokio::test]
+async fn a_null_client_msg_id_is_none() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let mut seqs = Vec::new();
+    for _ in 0..2 {
+        let body = json!({"channel": "g", "client_msg_id": null, "payload": 1});
+        let (status, v) = api.call("POST", "/v1/messages", &alice, Some(body)).await;
+        assert_eq!(status, 201, "{v}");
+        assert_eq!(v["duplicate"], json!(false), "{v}");
+        seqs.push(v["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, [1, 2]);
+}
+
+/// Whether a channel exists is read under the sequencer's lock: of racing creations of one
+/// channel exactly one is 201 (the others update it: 200), of racing deletions exactly one is
+/// 204 (the others 404). Read before the lock, several were 201 and several 204.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creations_and_deletions_of_a_channel_are_one_each() {
+    let server = Server::start(&[]);
+    let api = std::sync::Arc::new(Api::new(&server));
+    for method in ["PUT", "DELETE"].repeat(5) {
+        let calls: Vec<_> = (0..32)
+            .map(|_| {
+                let api = api.clone();
+                tokio::spawn(
+                    async move { api.call(method, "/v1/channels/race", ADMIN, None).await },
+                )
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for call in calls {
+            let (status, v) = call.await.unwrap();
+            statuses.push((status, v));
+        }
+        let (first, rest) = if method == "PUT" {
+            (201, 200)
+        } else {
+            (204, 404)
+        };
+        assert_eq!(
+            statuses.iter().filter(|(s, _)| *s == first).count(),
+            1,
+            "{method}: {statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|(s, _)| *s == first || *s == rest),
+            "{method}: {statuses:?}"
+        );
+    }
+}
+
+/// A version past the server's own (a data directory restored to an earlier point, or a
+/// client's damage) is no version of its lists: conversations answer as a first call
+/// (`reset`), changes tell every change still kept with `forgotten` (both answered "nothing
+/// changed", and the client never caught up).
+#[tokio::test]
+async fn a_version_from_the_future_starts_over() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    let alice = api.user("alice").await;
+    api.send(&alice, "g", "c1", "hi").await;
+    api.send(&alice, "g", "c2", "oops").await;
+    api.ok("DELETE", "/v1/channels/g/messages/2", &alice, None)
+        .await;
+    let now = api.ok("GET", "/v1/conversations", &alice, None).await;
+    let version = now["version"].as_u64().unwrap();
+    // Its own version: nothing changed since.
+    let same = api
+        .ok(
+            "GET",
+            &format!("/v1/conversations?since_version={version}"),
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            same["reset"].clone(),
+            same["conversations"].as_array().unwrap().len()
+        ),
+        (json!(false), 0)
+    );
+    let future = api
+        .ok(
+            "GET",
+            &format!("/v1/conversations?since_version={}", version + 1000),
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(future["reset"], json!(true), "{future}");
+    assert_eq!(
+        future["conversations"][0]["channel"],
+        json!("g"),
+        "{future}"
+    );
+    let changes = api
+        .ok(
+            "GET",
+            "/v1/changes?since=18446744073709551615",
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(changes["forgotten"], json!(true), "{changes}");
+    assert_eq!(changes["messages"][0]["seq"], json!(2), "{changes}");
+    assert_eq!(changes["messages"][0]["recalled"], json!(true), "{changes}");
+    let start = api.ok("GET", "/v1/changes", &alice, None).await;
+    let current = api
+        .ok(
+            "GET",
+            &format!("/v1/changes?since={}", start["version"]),
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(current["forgotten"], json!(false), "{current}");
+    assert_eq!(current["messages"], json!([]), "{current}");
+}
+
+/// Two credentials naming different callers are none (401 `invalid_token`): two
+/// `Authorization` headers (the first was taken), a WebSocket upgrade's header and `?token=`
+/// naming different tokens (the header's was taken). The same token twice over a WebSocket is
+/// one.
+#[tokio::test]
+async fn conflicting_credentials_are_none() {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    for (headers, status) in [
+        (format!("Authorization: Bearer {alice}\r\n"), "200"),
+        (
+            format!("Authorization: Bearer {alice}\r\nAuthorization: Bearer {bob}\r\n"),
+            "401",
+        ),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let req = format!(
+            "GET /v1/conversations HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let got = read_to_close(&mut tcp, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(got.starts_with(&format!("HTTP/1.1 {status}")), "{got}");
+    }
+    let upgrade = |header: &str, query: &str| {
+        let mut req = server.ws_url(query).into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {header}").parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let refused = upgrade(&bob, &format!("?token={alice}")).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401
+        ),
+        "{refused:?}"
+    );
+    assert!(upgrade(&alice, &format!("?token={alice}")).await.is_ok());
+}
+
 /// A uid in the path of a user's list is checked on GET as on POST and DELETE (an invalid one
 /// answered 200 and an empty list), and an admin send naming an invalid sender is
 /// `invalid_uid` (it was `invalid_request`, as for no sender at all).

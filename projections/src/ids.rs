@@ -22,6 +22,14 @@ pub fn is_valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Whether `s` is a valid id ([`is_valid_id`]) that may name a new user or channel, or be
+/// named in a request: not `.` or `..`, which an HTTP client removes from a URL path as dot
+/// segments (`/v1/channels/../messages` reaches `/v1/messages`). Ids already in the log stay
+/// valid ([`is_valid_id`]) whatever they are: replaying them is unchanged.
+pub fn is_usable_id(s: &str) -> bool {
+    is_valid_id(s) && s != "." && s != ".."
+}
+
 /// The canonical id of the person channel between `a` and `b`.
 pub fn person_channel(a: &str, b: &str) -> ChannelId {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
@@ -64,6 +72,9 @@ mod tests {
         assert!(!is_valid_id("a:b"));
         assert!(!is_valid_id("@bob"));
         assert!(!is_valid_id(&"x".repeat(65)));
+        // Dot segments: valid in the log, refused in requests.
+        assert!(is_valid_id("..") && !is_usable_id("..") && !is_usable_id("."));
+        assert!(is_usable_id("...") && is_usable_id(".a") && is_usable_id("a.."));
         assert_eq!(person_channel("bob", "alice"), "p:alice:bob");
         assert_eq!(person_channel("alice", "bob"), "p:alice:bob");
         assert_eq!(person_pair("p:alice:bob"), Some(("alice", "bob")));

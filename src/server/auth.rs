@@ -7,7 +7,7 @@ use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use bytes::Bytes;
-use tidings_projections::ids::{ChannelId, Uid, is_valid_id, person_channel, person_pair};
+use tidings_projections::ids::{ChannelId, Uid, is_usable_id, person_channel, person_pair};
 use tidings_projections::tokens::{TokenStatus, Tokens, token_hash};
 
 use crate::server::error::{ApiError, ApiResult};
@@ -132,39 +132,69 @@ pub(crate) fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<A
 
 /// Whether a request carries the admin key (in its `Authorization` header).
 pub(crate) fn is_admin_request(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .is_some_and(|t| is_admin_hash(state, &token_hash(t.trim())))
+    let mut all = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    match (all.next(), all.next()) {
+        (Some(h), None) => h
+            .to_str()
+            .ok()
+            .and_then(bearer_token)
+            .is_some_and(|t| is_admin_hash(state, &token_hash(t))),
+        // None, or two: no credential ([`bearer`]).
+        _ => false,
+    }
 }
 
-/// The bearer token of a request, from the `Authorization` header.
+/// The token of an `Authorization` header's value: `Bearer {token}`, the scheme in any case
+/// (RFC 9110 §11.1: `bearer`, `BEARER`; only `Bearer` and `bearer` were taken until
+/// 2026-12-03), spaces or tabs around the token.
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, token) = v.trim_start().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_matches([' ', '\t']))
+}
+
+/// The bearer token of a request, from the `Authorization` header. Two such headers are no
+/// token (`401 invalid_token`): which one names the caller is not for the server to guess (the
+/// first was taken until 2026-12-03).
 pub(crate) fn bearer(parts: &Parts) -> Option<String> {
-    if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION)
-        && let Ok(v) = h.to_str()
-        && let Some(t) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-    {
-        return Some(t.trim().to_owned());
+    let mut all = parts
+        .headers
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter();
+    let h = all.next()?;
+    if all.next().is_some() {
+        return None;
     }
-    None
+    bearer_token(h.to_str().ok()?).map(str::to_owned)
 }
 
 /// The token of a WebSocket upgrade: the header, or `?token=` (browsers cannot set headers
 /// on a WebSocket). Only there: a token in a URL ends up in proxy logs and browser history.
+/// Both, naming different tokens, are no token (`401 invalid_token`; the header's was
+/// taken until 2026-12-03), as are two `token=` parameters that differ.
 pub(crate) fn ws_bearer(parts: &Parts) -> Option<String> {
-    bearer(parts).or_else(|| {
-        parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("token="))
-                .map(percent_decode)
-        })
-    })
+    let mut query = parts.uri.query().into_iter().flat_map(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.strip_prefix("token="))
+            .map(percent_decode)
+    });
+    let from_query = query.next();
+    if from_query
+        .as_ref()
+        .is_some_and(|first| query.any(|other| &other != first))
+    {
+        return None;
+    }
+    let header = parts
+        .headers
+        .contains_key(axum::http::header::AUTHORIZATION)
+        .then(|| bearer(parts));
+    match (header, from_query) {
+        (Some(h), Some(q)) => h.filter(|h| *h == q),
+        (Some(h), None) => h,
+        (None, q) => q,
+    }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -212,7 +242,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 /// point of view), or — for the admin — a canonical person id `p:a:b`.
 pub(crate) fn resolve(caller: &Caller, reference: &str) -> ApiResult<ChannelId> {
     if let Some(peer) = reference.strip_prefix('@') {
-        if !is_valid_id(peer) {
+        if !is_usable_id(peer) {
             return Err(ApiError::bad_request(
                 "invalid_channel",
                 format!("{reference:?} is not a valid user"),
@@ -229,7 +259,7 @@ pub(crate) fn resolve(caller: &Caller, reference: &str) -> ApiResult<ChannelId> 
     if let Some((a, b)) = person_pair(reference) {
         return Ok(person_channel(a, b));
     }
-    if is_valid_id(reference) {
+    if is_usable_id(reference) {
         return Ok(reference.to_owned());
     }
     // Named as this caller may name a channel (the admin has no `@`).
@@ -243,4 +273,25 @@ pub(crate) fn resolve(caller: &Caller, reference: &str) -> ApiResult<ChannelId> 
             "{reference:?} is not a channel id ([A-Za-z0-9._-]{{1,64}}){or_at} or p:{{uid_a}}:{{uid_b}}"
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_taken_in_any_case() {
+        for v in [
+            "Bearer t1",
+            "bearer t1",
+            "BEARER t1",
+            "BeArEr  t1 ",
+            "Bearer\tt1",
+        ] {
+            assert_eq!(bearer_token(v), Some("t1"), "{v:?}");
+        }
+        for v in ["Basic t1", "Bearert1", "t1", "", "Bearer"] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
 }

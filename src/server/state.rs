@@ -355,17 +355,35 @@ impl AppState {
         event: Event,
         done: impl FnOnce(&tidings_projections::State) -> ApiResult<bool> + Send + 'static,
     ) -> ApiResult<Option<u64>> {
+        let written = self
+            .emit_decided(move |st| Ok((!done(st)?).then_some((event, ()))))
+            .await?;
+        Ok(written.map(|(offset, ())| offset))
+    }
+
+    /// Like [`AppState::emit_unless`], the event made under the sequencer's lock from the
+    /// applied state: `decide(state)` gives the event to write and what to answer with it
+    /// (`None`: nothing written). A channel's creation or update, or its deletion, is decided
+    /// by whether it exists there: read before the lock, two racing requests both created
+    /// the channel (both answered 201), or an update raced by a deletion wrote an update of
+    /// a channel that no longer was (answered 404 after it).
+    pub(crate) async fn emit_decided<T: Send + 'static>(
+        self: &Arc<Self>,
+        decide: impl FnOnce(&tidings_projections::State) -> ApiResult<Option<(Event, T)>>
+        + Send
+        + 'static,
+    ) -> ApiResult<Option<(u64, T)>> {
         let state = self.clone();
         let locked = self.send_tasks.spawn(async move {
             let _sends = state.sequencer.lock().await;
-            if done(&state.proj().state)? {
+            let Some((event, answer)) = decide(&state.proj().state)? else {
                 return Ok(None);
-            }
+            };
             state.writable()?;
             let env = Envelope::new(now_ms(), event);
             let ack = state.log.append(vec![env.encode()]).await?;
             state.applied_past(ack.base_offset).await?;
-            Ok(Some(ack.base_offset))
+            Ok(Some((ack.base_offset, answer)))
         });
         answer_of(locked).await
     }
@@ -597,9 +615,10 @@ async fn answer_of<T>(task: tokio::task::JoinHandle<ApiResult<T>>) -> ApiResult<
     match tokio::time::timeout(APPLY_TIMEOUT, task).await {
         Ok(Ok(written)) => written,
         Ok(Err(e)) => Err(ApiError::internal(format!("writing the event: {e}"))),
+        // The timer ran from before the lock: the change may not even be written yet.
         Err(_) => Err(ApiError::unavailable(
             "apply_timeout",
-            "the change is durable but not yet visible; retry the read",
+            "the change was not made within 30 s (waiting its turn, being written or applied); it goes on, and takes effect unless its write fails: read to see whether it did before asking again",
         )),
     }
 }

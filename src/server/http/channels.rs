@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
-use tidings_projections::ids::is_valid_id;
+use tidings_projections::ids::is_usable_id;
 use tidings_projections::{ChannelFlags, Event, ListKind, ListOp, ListOwner};
 
 use super::users::{Uids, valid_uids};
@@ -74,7 +74,7 @@ pub(crate) struct ChannelView {
 }
 
 fn group_id(id: &str) -> ApiResult<()> {
-    if is_valid_id(id) {
+    if is_usable_id(id) {
         Ok(())
     } else {
         Err(ApiError::bad_request(
@@ -102,11 +102,12 @@ fn exists(state: &AppState, id: &str) -> ApiResult<()> {
     if state.proj().state.subs.channels.contains_key(id) {
         Ok(())
     } else {
-        Err(ApiError::not_found(
-            "channel_not_found",
-            format!("no channel {id:?}"),
-        ))
+        Err(no_channel(id))
     }
+}
+
+fn no_channel(id: &str) -> ApiError {
+    ApiError::not_found("channel_not_found", format!("no channel {id:?}"))
 }
 
 /// Creates a group channel or updates its flags.
@@ -125,19 +126,20 @@ pub(crate) async fn put_channel(
     caller.require_admin()?;
     group_id(&id)?;
     let flags: ChannelFlags = put.flags.into();
-    let existed = state.proj().state.subs.channels.contains_key(&id);
-    let event = if existed {
-        Event::ChannelUpdated {
-            channel: id.clone(),
-            flags,
-        }
-    } else {
-        Event::ChannelCreated {
-            channel: id.clone(),
-            flags,
-        }
-    };
-    state.emit(event).await?;
+    // Created or updated as the channel is under the sequencer's lock (`emit_decided`).
+    let channel = id.clone();
+    let written = state
+        .emit_decided(move |st| {
+            let existed = st.subs.channels.contains_key(&channel);
+            let event = if existed {
+                Event::ChannelUpdated { channel, flags }
+            } else {
+                Event::ChannelCreated { channel, flags }
+            };
+            Ok(Some((event, existed)))
+        })
+        .await?;
+    let existed = written.is_some_and(|(_, existed)| existed);
     let status = if existed {
         StatusCode::OK
     } else {
@@ -157,8 +159,15 @@ pub(crate) async fn delete_channel(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     group_id(&id)?;
-    exists(&state, &id)?;
-    state.emit(Event::ChannelDeleted { channel: id }).await?;
+    // Whether it exists, under the sequencer's lock: of two racing deletions one is 404.
+    state
+        .emit_decided(move |st| {
+            if !st.subs.channels.contains_key(&id) {
+                return Err(no_channel(&id));
+            }
+            Ok(Some((Event::ChannelDeleted { channel: id }, ())))
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

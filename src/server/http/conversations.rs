@@ -280,9 +280,12 @@ pub(crate) async fn conversations(
                     p.state.cursors.removals_let_go.get(me.as_str()).copied(),
                 )
             };
+            // A version past this server's (a data directory restored to an earlier point, or
+            // a client's own damage) is no version of this list: answered as a first call too
+            // (it was answered as nothing changed, and the client never caught up).
             let since_version = q
                 .since_version
-                .filter(|&since| let_go.is_none_or(|offset| since >= offset));
+                .filter(|&since| since <= version && let_go.is_none_or(|offset| since >= offset));
             let reset = q.since_version.is_some() && since_version.is_none();
             let (all, version) = match state.conv_cache.get(&me, fp).await {
                 Some(list) => (list, version),
@@ -482,7 +485,14 @@ pub(crate) async fn changes(
         let forgotten = q
             .since
             .is_some_and(|since| p.state.trimmed.is_some_and(|t| since < t.start));
-        let plan = match q.since {
+        // A version past this server's (a data directory restored to an earlier point, or a
+        // client's own damage): every change still kept is told, from the start, and
+        // `forgotten` says the caller's version was no version of this log (it was answered
+        // as nothing changed, and the client never caught up).
+        let future = q.since.is_some_and(|since| since > p.state.next_offset());
+        let forgotten = forgotten || future;
+        let since = if future { Some(0) } else { q.since };
+        let plan = match since {
             Some(since) => {
                 let (files, expired_below) = (p.index_files(), state.expired_below());
                 messages::plan_changes(&p.state, files, &me, since, limit, expired_below)?

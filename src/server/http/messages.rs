@@ -43,8 +43,9 @@ pub(crate) struct PostMessage {
     /// A group channel id, or `@uid` for a person channel (the admin: `p:a:b`).
     pub(crate) channel: String,
     /// The client's id for this send: a retry with the same id returns the original message.
+    /// Absent, `null` or `""`: none (each such send is a new message).
     #[serde(default)]
-    pub(crate) client_msg_id: String,
+    pub(crate) client_msg_id: Option<String>,
     /// Any JSON value, `null` included.
     #[schema(value_type = Object)]
     #[serde(default, deserialize_with = "present")]
@@ -184,13 +185,14 @@ pub(crate) async fn post_message(
             ));
         }
     };
-    check_client_msg_id(&body.client_msg_id)?;
+    let client_msg_id = body.client_msg_id.unwrap_or_default();
+    check_client_msg_id(&client_msg_id)?;
     let channel = resolve(&caller, &body.channel)?;
     let (payload, flags) = match payload_bytes(&state, body.payload, body.payload_b64) {
         Ok(stored) => stored,
         Err(e) => {
             // A retry of a send stored under a larger limit is answered as any retry is.
-            let Some(sent) = stored_retry(&state, &e, &from, &channel, &body.client_msg_id) else {
+            let Some(sent) = stored_retry(&state, &e, &from, &channel, &client_msg_id) else {
                 return Err(e);
             };
             // Charged as a duplicate answered by the sequencer is, but for its payload, which
@@ -211,7 +213,7 @@ pub(crate) async fn post_message(
         SendRequest {
             from,
             channel,
-            client_msg_id: body.client_msg_id,
+            client_msg_id,
             payload,
             flags,
             by_admin,

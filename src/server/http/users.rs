@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tidings_projections::ids::is_valid_id;
+use tidings_projections::ids::is_usable_id;
 use tidings_projections::tokens::{TokenStatus, token_hash};
 use tidings_projections::{Event, ListKind, ListOp, ListOwner};
 
@@ -112,7 +112,7 @@ pub(crate) struct Uids {
 }
 
 pub(crate) fn valid_uid(uid: &str) -> ApiResult<()> {
-    if is_valid_id(uid) {
+    if is_usable_id(uid) {
         Ok(())
     } else {
         Err(ApiError::bad_request(

@@ -441,7 +441,14 @@ pub(super) fn payload_not_json(v: &ciborium::Value) -> Option<&'static str> {
 pub(super) fn parse(msg: &WsMessage) -> Result<Option<ClientFrame>, BadFrame> {
     match msg {
         WsMessage::Text(t) => parse_text(t.as_str()).map(Some),
-        WsMessage::Binary(b) => parse_cbor(b).map(Some),
+        WsMessage::Binary(b) => parse_cbor(b).map(Some).map_err(|mut e| {
+            // JSON sent as a binary frame: the error says what a binary frame is.
+            if b.first().is_some_and(|c| matches!(c, b'{' | b'[')) {
+                e.message
+                    .push_str(" (a binary frame is read as CBOR: send JSON as a text frame)");
+            }
+            e
+        }),
         _ => Ok(None),
     }
 }
@@ -457,6 +464,19 @@ mod tests {
 
     fn binary(b: Vec<u8>) -> Result<Option<ClientFrame>, BadFrame> {
         parse(&WsMessage::Binary(Bytes::from(b)))
+    }
+
+    /// JSON sent in a binary frame: refused, saying a binary frame is CBOR.
+    #[test]
+    fn json_in_a_binary_frame_says_binary_is_cbor() {
+        let e = binary(br#"{"type":"ping"}"#.to_vec()).unwrap_err();
+        assert!(
+            e.message.ends_with("send JSON as a text frame)"),
+            "{}",
+            e.message
+        );
+        let e = binary(vec![0xff]).unwrap_err();
+        assert!(!e.message.contains("text frame"), "{}", e.message);
     }
 
     /// A CBOR map with these entries, in this order (repeated keys kept).
