@@ -222,7 +222,8 @@ impl Log {
                     e @ (LogError::Fenced { .. }
                     | LogError::HistoryNotInStore { .. }
                     | LogError::TierAccessDenied(_)
-                    | LogError::TierNoBucket(_)),
+                    | LogError::TierNoBucket(_)
+                    | LogError::TierDamaged(_)),
                 ) => {
                     return Err(e);
                 }

@@ -596,6 +596,60 @@ async fn a_segment_missing_from_the_bucket_is_damage_not_an_outage() {
     log.close().await.unwrap();
 }
 
+/// A manifest version in the store that does not decode is damage, named, that a start does
+/// not open past (no retry mends it: the next version's create finds it there): until
+/// 2026-12-03 an outage, opened past from the local copy and retried by every pass for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_manifest_version_refuses_the_start_naming_it() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let prefix = "damaged-manifest";
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let log = Log::open(
+        &dir,
+        log_opts(tier(store.clone(), prefix, "node-a", cache.path()).await),
+    )
+    .await
+    .unwrap();
+    append(&log, 0, 300).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    log.close().await.unwrap();
+    let epoch = t_latest_epoch(&store, prefix).await;
+    let key = format!("{prefix}/{}", Manifest::key(epoch));
+    store
+        .put(
+            &object_store::path::Path::from(key.as_str()),
+            object_store::PutPayload::from_static(b"{\"not\": \"a manifest"),
+        )
+        .await
+        .unwrap();
+    let refused = Log::open(
+        &dir,
+        log_opts(tier(store.clone(), prefix, "node-a", cache.path()).await),
+    )
+    .await;
+    match refused {
+        Err(e @ LogError::TierDamaged(_)) => assert!(e.to_string().contains(&key), "{e}"),
+        other => panic!("expected TierDamaged, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// The highest manifest epoch under `prefix`.
+async fn t_latest_epoch(store: &Arc<dyn ObjectStore>, prefix: &str) -> u64 {
+    use futures_util::StreamExt as _;
+    let dir = object_store::path::Path::from(format!("{prefix}/manifest"));
+    let mut listing = store.list(Some(&dir));
+    let mut latest = None;
+    while let Some(m) = listing.next().await {
+        let name = m.unwrap().location.filename().unwrap().to_owned();
+        latest = latest.max(Manifest::epoch_of(&name));
+    }
+    latest.unwrap()
+}
+
 /// The newest manifest version in the store, read through a tier handle of its own.
 async fn t_manifest(s3s: &S3Server, prefix: &str) -> Manifest {
     let cache = tempfile::tempdir().unwrap();

@@ -158,7 +158,9 @@ impl From<tidings_log::LogError> for ApiError {
                 ApiError::unavailable("cold_storage_unavailable", e.to_string())
             }
             LogError::Tier(msg) => ApiError::unavailable("object_store_unavailable", msg),
-            LogError::TierAccessDenied(_) | LogError::TierNoBucket(_) => {
+            LogError::TierAccessDenied(_)
+            | LogError::TierNoBucket(_)
+            | LogError::TierDamaged(_) => {
                 ApiError::unavailable("object_store_unavailable", e.to_string())
             }
             // Found at a claim after a start the store did not answer: tiering stopped, and the

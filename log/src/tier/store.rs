@@ -73,6 +73,12 @@ fn store_err(inner: &TierInner, what: &str, e: object_store::Error) -> LogError 
     }
 }
 
+/// A manifest version at `path` that does not decode ([`LogError::TierDamaged`]: until
+/// 2026-12-03 an outage, which a start opened past and every pass retried for ever).
+fn damaged(inner: &TierInner, path: &ObjectPath, e: impl std::fmt::Display) -> LogError {
+    LogError::TierDamaged(format!("{path} ({}): {e}", inner.opts.display))
+}
+
 async fn timed<T>(
     inner: &TierInner,
     what: &str,
@@ -126,7 +132,7 @@ async fn manifest_at(inner: &TierInner, epoch: u64) -> Result<Manifest> {
         inner.opts.store.get(&path).await?.bytes().await
     })
     .await?;
-    Manifest::decode_at(&bytes, epoch).map_err(|e| err(inner, &format!("decoding {path}"), e))
+    Manifest::decode_at(&bytes, epoch).map_err(|e| damaged(inner, &path, e))
 }
 
 /// What writing a manifest version came to.
@@ -291,7 +297,7 @@ async fn put_manifest(inner: &TierInner, m: &Manifest) -> Result<Put> {
             .await?;
             Manifest::decode_at(&theirs, m.epoch)
                 .map(Put::Exists)
-                .map_err(|e| err(inner, "decoding a competing manifest", e))
+                .map_err(|e| damaged(inner, &path, e))
         }
         Ok(Err(e)) => Err(store_err(inner, "writing the manifest", e)),
         Err(_) => Err(err(inner, "writing the manifest", "timed out")),
