@@ -2660,6 +2660,52 @@ async fn a_server_full_of_sessions_still_answers_http() {
     }
 }
 
+/// A client holding the whole connection budget in connections that send half a request
+/// (each kept for the read timeout, and opened again) no longer leaves the server unreachable:
+/// a newcomer past the budget closes the oldest plain-HTTP connection and is answered. Before,
+/// it waited in the kernel's backlog until one timed out (found by a QA round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_holding_the_budget_are_shed_for_newcomers() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = Server::start_with_open_files(300, &[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let (alice, bob) = (api.user("alice").await, api.user("bob").await);
+    // A WebSocket session is not a connection to shed: it outlives the flood.
+    let mut ws = Ws::connect(&server, &bob, "").await;
+    // Far more than the budget a limit of 300 leaves (about half of it).
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        let Ok(Ok(mut tcp)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(server.addr),
+        )
+        .await
+        else {
+            break;
+        };
+        if tcp
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .is_ok()
+        {
+            held.push(tcp);
+        }
+    }
+    assert!(held.len() > 200, "{} connections", held.len());
+    for path in ["/healthz", "/v1/channels/nope"] {
+        let fresh = Api::new(&server);
+        let answered =
+            tokio::time::timeout(Duration::from_secs(5), fresh.call("GET", path, ADMIN, None))
+                .await;
+        let (status, body) = answered.unwrap_or_else(|_| panic!("{path}: no answer within 5 s"));
+        assert!(status == 200 || status == 404, "{path}: {status} {body}");
+    }
+    drop(held);
+    api.send(&alice, "g", "a1", "still there?").await;
+    assert_eq!(frame_seqs(&ws.messages(1).await), vec![1]);
+}
+
 /// A preflight (`OPTIONS`) from `origin` for a `method` call of `path` with a bearer token and
 /// a JSON body, as a browser sends it before a cross-origin `fetch`.
 async fn preflight(server: &Server, origin: &str, method: &str, path: &str) -> reqwest::Response {

@@ -13,18 +13,28 @@
 //!   budget ([`socket_budget`]: the open-file limit less what the server holds at start — its
 //!   disk caches' files above all — and a reserve for what the log, snapshots and the object
 //!   store's connections open later), held for the connection's life (an upgraded WebSocket takes one of its own).
-//!   Past it, new connections wait in the kernel's backlog. Without it, idle connections
-//!   could take every descriptor, and the log's next segment roll, unable to open its files,
-//!   stopped the log until a restart.
+//!   Without it, idle connections could take every descriptor, and the log's next segment
+//!   roll, unable to open its files, stopped the log until a restart.
+//! - **Shedding.** A connection accepted when the budget is spent asks the oldest plain-HTTP
+//!   connection serving no request (one waiting for a request's head: half-sent, or idle
+//!   between requests) to close at once, else the oldest of all, which finishes its request
+//!   first (within [`SHED_GRACE`]); the newcomer takes its descriptor ([`Shed`]). A server whose budget is
+//!   all WebSocket sessions has none to ask: the newcomer waits for a descriptor, as it did in
+//!   the kernel's backlog. Until 2026-12-03 every newcomer waited: a client holding the budget
+//!   in connections that send half a request (each kept for the read timeout, and opened
+//!   again) left the server unreachable for everyone else for as long as it liked.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -89,8 +99,103 @@ pub(crate) fn socket_budget(limit: u64, held: u64) -> usize {
     usize::try_from(free.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
 }
 
+/// How long a connection asked to close for a newcomer ([`Shed`]) may take to finish the
+/// request it serves.
+const SHED_GRACE: Duration = Duration::from_secs(1);
+
+/// The plain-HTTP connections open, oldest first (by the order they were accepted), each with
+/// the token that asks it to close and the count of requests it is serving.
+#[derive(Default)]
+struct Shed {
+    open: Mutex<BTreeMap<u64, (CancellationToken, Arc<AtomicUsize>)>>,
+}
+
+impl Shed {
+    fn add(&self, id: u64, token: CancellationToken, busy: Arc<AtomicUsize>) {
+        self.lock().insert(id, (token, busy));
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Asks the oldest connection serving no request to close, else the oldest; `false` when
+    /// there is none.
+    fn oldest(&self) -> bool {
+        let mut open = self.lock();
+        let idle = open
+            .iter()
+            .find(|(_, (_, busy))| busy.load(Ordering::Acquire) == 0)
+            .map(|(id, _)| *id);
+        let Some(id) = idle.or_else(|| open.keys().next().copied()) else {
+            return false;
+        };
+        if let Some((token, _)) = open.remove(&id) {
+            token.cancel();
+        }
+        true
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<u64, (CancellationToken, Arc<AtomicUsize>)>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The app as one connection serves it, counting the requests it is serving (from the
+/// request's head read to its response's head made) for [`Shed`].
+#[derive(Clone)]
+struct Counted {
+    app: TowerToHyperService<Router>,
+    busy: Arc<AtomicUsize>,
+}
+
+/// Counts a request out of [`Counted::busy`] when its response is made (or the request
+/// dropped).
+struct Serving(Arc<AtomicUsize>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<B> hyper::service::Service<hyper::Request<B>> for Counted
+where
+    TowerToHyperService<Router>: hyper::service::Service<hyper::Request<B>>,
+    <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Future:
+        Send + 'static,
+{
+    type Response =
+        <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Response;
+    type Error = <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn call(&self, req: hyper::Request<B>) -> Self::Future {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        let serving = Serving(self.busy.clone());
+        let answer = self.app.call(req);
+        Box::pin(async move {
+            let _serving = serving;
+            answer.await
+        })
+    }
+}
+
+/// Takes a connection out of [`Shed`] when its task ends.
+struct Registered(Arc<Shed>, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.remove(self.1);
+    }
+}
+
 /// Serves `app` on `listener` until `stop`, then lets the connections finish their requests.
-/// Each connection holds one of `sockets`' permits.
+/// Each connection holds one of `sockets`' permits; one accepted when none is left sheds the
+/// oldest plain-HTTP connection ([`Shed`]).
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
@@ -104,17 +209,9 @@ pub(crate) async fn serve(
         .header_read_timeout(read_timeout)
         .keep_alive(true);
     let mut conns = JoinSet::new();
+    let shed = Arc::new(Shed::default());
+    let mut next_id = 0u64;
     loop {
-        // A descriptor for the next connection, before it is accepted.
-        let permit = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            permit = sockets.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let tcp = tokio::select! {
             biased;
             () = stop.cancelled() => break,
@@ -137,14 +234,44 @@ pub(crate) async fn serve(
                 }
             },
         };
+        // A descriptor for it: when none is left, the oldest plain-HTTP connection is asked to
+        // close and give its own back (this one holds a descriptor of the reserve meanwhile).
+        let permit = match sockets.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => {
+                if shed.oldest() {
+                    tracing::debug!(
+                        "connection budget spent: closing the oldest HTTP connection for a new one"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    permit = sockets.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         tune(&tcp);
-        let service = TowerToHyperService::new(app.clone());
+        let busy = Arc::new(AtomicUsize::new(0));
+        let service = Counted {
+            app: TowerToHyperService::new(app.clone()),
+            busy: busy.clone(),
+        };
         let conn = http
             .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();
         let stop = stop.clone();
+        let asked = CancellationToken::new();
+        next_id += 1;
+        shed.add(next_id, asked.clone(), busy.clone());
+        let registered = Registered(shed.clone(), next_id);
         conns.spawn(async move {
             let _descriptor = permit;
+            let _registered = registered;
             let mut conn = std::pin::pin!(conn);
             let served = tokio::select! {
                 r = conn.as_mut() => r,
@@ -152,6 +279,19 @@ pub(crate) async fn serve(
                     // Finish the request in progress (if any), then close.
                     conn.as_mut().graceful_shutdown();
                     conn.as_mut().await
+                }
+                // Shed for a newcomer: at once when it serves no request (waiting for a head:
+                // half-sent, or idle between requests); else as at a stop, within
+                // `SHED_GRACE`.
+                () = asked.cancelled() => {
+                    if busy.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(SHED_GRACE, conn.as_mut()).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(()),
+                    }
                 }
             };
             if let Err(e) = served {
