@@ -151,37 +151,57 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(super::explain(e)),
     };
 
-    let rebuilt_dir = tempfile::tempdir()?;
-    let mut rebuilt = Projections::empty(rebuilt_dir.path(), live.config().clone())?;
-    // A log whose oldest segments the retention removed starts past 0: the rebuild starts
-    // from the oldest snapshot it can replay after instead.
-    let mut rebuilt_from = "offset 0".to_string();
-    // The rebuild starts from the live state's own snapshot: it compares nothing but the
-    // events after it (none, and it compared the snapshot with itself, said "ok").
-    let mut from_itself = false;
-    if log.start_offset() > 0
-        && let Some((state, snap)) = oldest_replayable(&snap_dir, &log).await?
-    {
-        from_itself =
-            state.applied == live_applied && from.ends_with(&snap.path.display().to_string());
-        rebuilt = Projections::empty(rebuilt_dir.path(), base.shaped_like(&state))?;
-        rebuilt.state = state;
-        // A tiered directory's older segments may be in its store (this reads local ones).
-        let why = if data.tier_marker().is_some() {
-            "its older segments were removed, or are only in the object store, which this does not read"
-        } else {
-            "its older segments were removed"
-        };
-        rebuilt_from = format!(
-            "snapshot {} (the local log starts at offset {}: {why})",
-            snap.path.display(),
-            log.start_offset()
-        );
-    }
-    let all = rebuilt
-        .catch_up(&log, |_, _| {})
-        .await
-        .map_err(super::explain)?;
+    // The rebuild's first record: where the local log starts, or — once a running server's
+    // retention removed segments this rebuild was reading (it writes a snapshot, then may
+    // remove the segments below the one before it) — where it starts since.
+    let mut floor = log.start_offset();
+    let mut tries = 0;
+    let (rebuilt, rebuilt_from, from_itself, all, _rebuilt_dir) = loop {
+        let rebuilt_dir = tempfile::tempdir()?;
+        let mut rebuilt = Projections::empty(rebuilt_dir.path(), live.config().clone())?;
+        // A log whose oldest segments the retention removed starts past 0: the rebuild starts
+        // from the oldest snapshot it can replay after instead.
+        let mut rebuilt_from = "offset 0".to_string();
+        // The rebuild starts from the live state's own snapshot: it compares nothing but the
+        // events after it (none, and it compared the snapshot with itself, said "ok").
+        let mut from_itself = false;
+        if floor > 0
+            && let Some((state, snap)) = oldest_replayable(&snap_dir, &log, floor).await?
+        {
+            from_itself =
+                state.applied == live_applied && from.ends_with(&snap.path.display().to_string());
+            rebuilt = Projections::empty(rebuilt_dir.path(), base.shaped_like(&state))?;
+            rebuilt.state = state;
+            // A tiered directory's older segments may be in its store (this reads local ones).
+            let why = if data.tier_marker().is_some() {
+                "its older segments were removed, or are only in the object store, which this does not read"
+            } else {
+                "its older segments were removed"
+            };
+            rebuilt_from = format!(
+                "snapshot {} (the local log starts at offset {floor}: {why})",
+                snap.path.display(),
+            );
+        }
+        match rebuilt.catch_up(&log, |_, _| {}).await {
+            Ok(all) => break (rebuilt, rebuilt_from, from_itself, all, rebuilt_dir),
+            // Removed under this read by the server's retention: again, from past the removal
+            // (until 2026-12-03 verify beside a server with a retention failed "out of range").
+            Err(ProjectionError::Log(tidings_log::LogError::OffsetOutOfRange {
+                requested,
+                start,
+                ..
+            })) if requested < start && start > floor && tries < 3 => {
+                tries += 1;
+                eprintln!(
+                    "note: the server's retention removed the segments the rebuild was reading \
+                     (offset {requested}); rebuilding again from the log's start now, offset {start}"
+                );
+                floor = start;
+            }
+            Err(e) => return Err(super::explain(e)),
+        }
+    };
     log.close().await?;
 
     let lines = diff(&live.state, &rebuilt.state, args.max_differences);
@@ -218,18 +238,20 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The oldest snapshot in `dir` that loads and that `log` holds the records after, not anchored
+/// The oldest snapshot in `dir` that loads and that `log` holds the records after (from offset
+/// `start`, where the log starts or, a removal met meanwhile, started since), not anchored
 /// to another record than the log holds at its offset. `None` when there is none. When it is
 /// the newest (the only one the log holds the records after), the comparison checks the
 /// tail's events alone: the note in the output says which snapshot the rebuild started from.
 async fn oldest_replayable(
     dir: &std::path::Path,
     log: &tidings_log::Log,
+    start: u64,
 ) -> anyhow::Result<Option<(tidings_projections::State, snapshot::SnapshotFile)>> {
     for snap in snapshot::list(dir)?.into_iter().rev() {
-        // The log must hold every record after it (its own record may be the one before the
-        // log's start, as the server accepts).
-        if snap.applied.saturating_add(1) < log.start_offset() {
+        // The log must hold every record after it, from `start` (its own record may be the
+        // one before the log's start, as the server accepts).
+        if snap.applied.saturating_add(1) < start {
             continue;
         }
         // Written by a running server after this view of the log was opened: past its end.
