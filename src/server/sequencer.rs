@@ -91,9 +91,44 @@ pub(crate) struct Sequencer {
     revoking_tokens: FastMap<Bytes, u32>,
     /// The person channels each user opened this hour (`limits.new_person_channels_per_hour`).
     new_chats: crate::server::limits::NewChats,
+    /// Recalls in the log and not yet applied, by channel and seq, each with what turns `true`
+    /// once it is applied or failed ([`AppState::emit_recall`]): an edit checked meanwhile
+    /// is refused as one of a recalled message, and a second recall of the message waits for
+    /// the first.
+    ///
+    /// [`AppState::emit_recall`]: crate::server::state::AppState::emit_recall
+    recalling: FastMap<(String, u64), tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Sequencer {
+    /// The recall of `seq` in `channel` in the log and not yet applied, if any: what turns
+    /// `true` once it is applied (or failed).
+    pub(crate) fn recall_in_flight(
+        &self,
+        channel: &str,
+        seq: u64,
+    ) -> Option<tokio::sync::watch::Receiver<bool>> {
+        if self.recalling.is_empty() {
+            return None;
+        }
+        self.recalling.get(&(channel.to_owned(), seq)).cloned()
+    }
+
+    /// Marks a recall as enqueued (call under the lock, with the enqueue).
+    pub(crate) fn recalling(
+        &mut self,
+        channel: &str,
+        seq: u64,
+        done: tokio::sync::watch::Receiver<bool>,
+    ) {
+        self.recalling.insert((channel.to_owned(), seq), done);
+    }
+
+    /// The recall marked by [`Sequencer::recalling`] is applied, or failed.
+    pub(crate) fn recalled(&mut self, channel: &str, seq: u64) {
+        self.recalling.remove(&(channel.to_owned(), seq));
+    }
+
     /// Marks a revocation as enqueued (call under the lock, with the enqueue).
     pub(crate) fn revoking(&mut self, what: &Revocation) {
         match what {

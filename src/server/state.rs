@@ -342,8 +342,7 @@ impl AppState {
 
     /// Like [`AppState::emit`] under the sequencer's lock, unless `done(state)` says the event
     /// is not needed (checked under the lock, after every earlier such event was applied): two
-    /// racing requests for one change write it once (a message recalled twice at once wrote
-    /// two recall events naming different people). `None` when it was not written; an error
+    /// racing requests for one change write it once. `None` when it was not written; an error
     /// of `done` is the answer, nothing written.
     ///
     /// The locked part runs in a task of its own (in `send_tasks`, waited for at shutdown):
@@ -394,9 +393,9 @@ impl AppState {
     /// is the answer — and the event is enqueued in the log before the lock is released, so it
     /// takes its place among the sends; its fsync and apply are waited for after. That is
     /// enough for what a check reads: the events that change it are applied under the lock
-    /// (recalls, narrowing changes: [`AppState::emit_unless`]) or marked in the sequencer while
-    /// in flight (revocations), so an edit checked before one of them was applied is written
-    /// before it, or refused. (Held across the fsync as `emit_unless` holds it, every send on
+    /// (narrowing changes: [`AppState::emit_unless`]) or marked in the sequencer while in
+    /// flight (revocations, recalls: [`AppState::emit_recall`]), so an edit checked before one
+    /// of them was applied is written before it, or refused. (Held across the fsync as `emit_unless` holds it, every send on
     /// the server would wait for each edit's.)
     pub(crate) async fn emit_checked(
         self: &Arc<Self>,
@@ -423,6 +422,58 @@ impl AppState {
                 offset: ack.base_offset,
                 ts,
             }))
+        });
+        answer_of(task).await
+    }
+
+    /// Writes the recall of `seq` in `channel` (`event`) as an edit is written
+    /// ([`AppState::emit_checked`]): `check(state)` runs under the sequencer's lock against the
+    /// applied state — `Ok(true)`: recalled already, nothing written; an error is the answer —
+    /// and the event is enqueued before the lock is released, marked in the sequencer while in
+    /// flight ([`Sequencer::recall_in_flight`]): an edit checked meanwhile is refused as one of
+    /// a recalled message, and another recall of the message waits for this one's outcome and
+    /// checks again. Answers once the recall is durable and applied (`true`: written).
+    ///
+    /// Until 2026-12-03 a recall held the sequencer's lock across its fsync and apply
+    /// ([`AppState::emit_unless`]): every send on the server waited for each recall's.
+    pub(crate) async fn emit_recall(
+        self: &Arc<Self>,
+        (channel, seq): (String, u64),
+        event: Event,
+        check: impl Fn(&tidings_projections::State) -> ApiResult<bool> + Send + 'static,
+    ) -> ApiResult<bool> {
+        let state = self.clone();
+        let task = self.send_tasks.spawn(async move {
+            loop {
+                let (pending, done) = {
+                    let mut sequencer = state.sequencer.lock().await;
+                    if let Some(mut other) = sequencer.recall_in_flight(&channel, seq) {
+                        drop(sequencer);
+                        // Its outcome, then this one's check again (recalled: nothing to
+                        // write; failed: this one is written, or refused as it was).
+                        let _ = other.wait_for(|done| *done).await;
+                        continue;
+                    }
+                    if check(&state.proj().state)? {
+                        return Ok(false);
+                    }
+                    state.writable()?;
+                    let env = Envelope::new(now_ms(), event.clone());
+                    let pending = state.log.enqueue(vec![env.encode()]).await?;
+                    let (done, rx) = tokio::sync::watch::channel(false);
+                    sequencer.recalling(&channel, seq, rx);
+                    (pending, done)
+                };
+                let written = async {
+                    let ack = pending.wait().await?;
+                    state.applied_past(ack.base_offset).await?;
+                    Ok::<_, ApiError>(true)
+                }
+                .await;
+                state.sequencer.lock().await.recalled(&channel, seq);
+                let _ = done.send(true);
+                return written;
+            }
         });
         answer_of(task).await
     }

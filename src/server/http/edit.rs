@@ -145,8 +145,8 @@ pub(crate) async fn edit_message(
     let written = state
         .emit_checked(event, move |sequencer, st, ts| {
             // Again under the lock: a recall (or the group deleted and created again) since
-            // the message was loaded.
-            if st.heads.is_recalled(&ch, seq) {
+            // the message was loaded; a recall enqueued and not yet applied too.
+            if st.heads.is_recalled(&ch, seq) || sequencer.recall_in_flight(&ch, seq).is_some() {
                 return Err(recalled(seq));
             }
             if seq <= st.subs.history_from(&ch) {

@@ -605,8 +605,10 @@ pub(crate) async fn recall_message(
             by,
         };
         let (ch, app, sent_at, who) = (channel.clone(), state.clone(), m.offset, caller.clone());
+        // Enqueued under the sequencer's lock and marked there while in flight, not applied
+        // under it: sends do not wait for a recall's fsync (`AppState::emit_recall`).
         state
-            .emit_unless(recall, move |st| {
+            .emit_recall((channel.clone(), seq), recall, move |st| {
                 readable_in(st, &who, &ch)?;
                 if seq <= st.subs.history_from(&ch) {
                     return Err(ApiError::not_found(
