@@ -2260,6 +2260,16 @@ async fn conflicting_credentials_are_none() {
             format!("Authorization: Bearer {alice}\r\nAuthorization: Bearer {bob}\r\n"),
             "401",
         ),
+        // Another scheme beside it (a proxy's) is not a credential of ours; the same token
+        // twice is one.
+        (
+            format!("Authorization: Basic dTpw\r\nAuthorization: Bearer {alice}\r\n"),
+            "200",
+        ),
+        (
+            format!("Authorization: Bearer {alice}\r\nAuthorization: Bearer {alice}\r\n"),
+            "200",
+        ),
     ] {
         let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let req = format!(
@@ -2271,13 +2281,13 @@ async fn conflicting_credentials_are_none() {
             .unwrap();
         assert!(got.starts_with(&format!("HTTP/1.1 {status}")), "{got}");
     }
-    let upgrade = |header: &str, query: &str| {
+    let upgrade = |header: String, query: &str| {
         let mut req = server.ws_url(query).into_client_request().unwrap();
         req.headers_mut()
-            .insert("Authorization", format!("Bearer {header}").parse().unwrap());
+            .insert("Authorization", header.parse().unwrap());
         tokio_tungstenite::connect_async(req)
     };
-    let refused = upgrade(&bob, &format!("?token={alice}")).await;
+    let refused = upgrade(format!("Bearer {bob}"), &format!("?token={alice}")).await;
     assert!(
         matches!(
             &refused,
@@ -2285,7 +2295,19 @@ async fn conflicting_credentials_are_none() {
         ),
         "{refused:?}"
     );
-    assert!(upgrade(&alice, &format!("?token={alice}")).await.is_ok());
+    assert!(
+        upgrade(format!("Bearer {alice}"), &format!("?token={alice}"))
+            .await
+            .is_ok()
+    );
+    // A page's `Basic` credentials, which a browser sends with its upgrade, beside the query's
+    // token; an empty `token=` beside the header's.
+    assert!(
+        upgrade("Basic dTpw".into(), &format!("?token={alice}"))
+            .await
+            .is_ok()
+    );
+    assert!(upgrade(format!("Bearer {alice}"), "?token=").await.is_ok());
 }
 
 /// A uid in the path of a user's list is checked on GET as on POST and DELETE (an invalid one
@@ -2671,8 +2693,15 @@ async fn half_sent_requests_holding_the_budget_are_shed_for_newcomers() {
     let api = Api::new(&server);
     api.group("g", &["alice", "bob"]).await;
     let (alice, bob) = (api.user("alice").await, api.user("bob").await);
-    // A WebSocket session is not a connection to shed: it outlives the flood.
+    // A WebSocket session is not a connection to shed: it outlives the flood. Nor is a
+    // response still being sent (a follow stream, the oldest plain-HTTP connection here).
     let mut ws = Ws::connect(&server, &bob, "").await;
+    let mut follow = reqwest::Client::new()
+        .get(server.url("/v1/log?follow=true"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
     // Far more than the budget a limit of 300 leaves (about half of it).
     let mut held = Vec::new();
     for _ in 0..400 {
@@ -2704,6 +2733,15 @@ async fn half_sent_requests_holding_the_budget_are_shed_for_newcomers() {
     drop(held);
     api.send(&alice, "g", "a1", "still there?").await;
     assert_eq!(frame_seqs(&ws.messages(1).await), vec![1]);
+    let mut seen = String::new();
+    while !seen.contains("still there?") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), follow.chunk())
+            .await
+            .expect("the follow stream goes on")
+            .unwrap()
+            .expect("the follow stream was not cut");
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
 }
 
 /// A preflight (`OPTIONS`) from `origin` for a `method` call of `path` with a bearer token and

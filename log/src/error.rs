@@ -162,12 +162,11 @@ pub enum LogError {
         "the object store has no such bucket, or refuses its name (check the bucket in tier.url, and tier.endpoint): {0}"
     )]
     TierNoBucket(String),
-    /// A manifest version in the object store does not decode (damage, or a write by
-    /// something else than tidings): like refused credentials, no retry mends it — the next
-    /// version's create finds it there too — so a start is refused on it, naming the object.
-    #[error(
-        "a manifest version in the object store is damaged: {0}; remove that object to go on from the version before it (the segments only it names are uploaded again, or collected by `tidings tier gc`), or put back an intact copy"
-    )]
+    /// A manifest version in the object store does not decode (damage, a write by something
+    /// else than tidings, or a newer build's format): like refused credentials, no retry mends
+    /// it — the next version's create finds it there too — so a start is refused on it,
+    /// naming the object and what to do.
+    #[error("a manifest version in the object store cannot be read: {0}")]
     TierDamaged(String),
     /// Another server owns the object-store prefix.
     #[error(

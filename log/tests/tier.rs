@@ -632,7 +632,36 @@ async fn a_damaged_manifest_version_refuses_the_start_naming_it() {
     )
     .await;
     match refused {
-        Err(e @ LogError::TierDamaged(_)) => assert!(e.to_string().contains(&key), "{e}"),
+        Err(e @ LogError::TierDamaged(_)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&key) && text.contains("remove that object"),
+                "{text}"
+            );
+        }
+        other => panic!("expected TierDamaged, got {:?}", other.map(|_| ())),
+    }
+    // A newer build's format is no damage: not to be removed.
+    store
+        .put(
+            &object_store::path::Path::from(key.as_str()),
+            object_store::PutPayload::from_static(b"{\"version\": 99, \"epoch\": 1}"),
+        )
+        .await
+        .unwrap();
+    let refused = Log::open(
+        &dir,
+        log_opts(tier(store.clone(), prefix, "node-a", cache.path()).await),
+    )
+    .await;
+    match refused {
+        Err(e @ LogError::TierDamaged(_)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("newer build") && !text.contains("remove"),
+                "{text}"
+            );
+        }
         other => panic!("expected TierDamaged, got {:?}", other.map(|_| ())),
     }
 }

@@ -143,16 +143,18 @@ impl Shed {
     }
 }
 
-/// The app as one connection serves it, counting the requests it is serving (from the
-/// request's head read to its response's head made) for [`Shed`].
+/// The app as one connection serves it, counting the requests it is serving — from the
+/// request's head read to its response's body sent in full (a `?follow=true` stream never
+/// ends), or for good once it answered an upgrade (the connection leaves this loop when the
+/// upgrade is handed over) — for [`Shed`].
 #[derive(Clone)]
 struct Counted {
     app: TowerToHyperService<Router>,
     busy: Arc<AtomicUsize>,
 }
 
-/// Counts a request out of [`Counted::busy`] when its response is made (or the request
-/// dropped).
+/// Counts a request out of [`Counted::busy`] when dropped: with its response's body, or with
+/// the request when it has none.
 struct Serving(Arc<AtomicUsize>);
 
 impl Drop for Serving {
@@ -161,25 +163,63 @@ impl Drop for Serving {
     }
 }
 
+/// A response body holding its request's [`Serving`] until it is sent in full (or dropped).
+struct CountedBody {
+    inner: axum::body::Body,
+    _serving: Serving,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = <axum::body::Body as http_body::Body>::Data;
+    type Error = <axum::body::Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl<B> hyper::service::Service<hyper::Request<B>> for Counted
 where
-    TowerToHyperService<Router>: hyper::service::Service<hyper::Request<B>>,
+    TowerToHyperService<Router>: hyper::service::Service<
+            hyper::Request<B>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
     <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Future:
         Send + 'static,
 {
-    type Response =
-        <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Response;
-    type Error = <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Error;
+    type Response = hyper::Response<CountedBody>;
+    type Error = std::convert::Infallible;
     type Future =
         Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
 
     fn call(&self, req: hyper::Request<B>) -> Self::Future {
         self.busy.fetch_add(1, Ordering::AcqRel);
         let serving = Serving(self.busy.clone());
+        let busy = self.busy.clone();
         let answer = self.app.call(req);
         Box::pin(async move {
-            let _serving = serving;
-            answer.await
+            let response = answer.await?;
+            if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                // Busy until the connection ends (at the upgrade's hand-over): shed between
+                // its 101 and the hand-over, the session would never start.
+                busy.fetch_add(1, Ordering::AcqRel);
+            }
+            Ok(response.map(|inner| CountedBody {
+                inner,
+                _serving: serving,
+            }))
         })
     }
 }

@@ -132,15 +132,10 @@ pub(crate) fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<A
 
 /// Whether a request carries the admin key (in its `Authorization` header).
 pub(crate) fn is_admin_request(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
-    let mut all = headers.get_all(axum::http::header::AUTHORIZATION).iter();
-    match (all.next(), all.next()) {
-        (Some(h), None) => h
-            .to_str()
-            .ok()
-            .and_then(bearer_token)
-            .is_some_and(|t| is_admin_hash(state, &token_hash(t))),
-        // None, or two: no credential ([`bearer`]).
-        _ => false,
+    match header_token(headers) {
+        HeaderToken::One(t) => is_admin_hash(state, &token_hash(&t)),
+        // None, or two that differ: no credential ([`bearer`]).
+        HeaderToken::None | HeaderToken::Conflicting => false,
     }
 }
 
@@ -154,29 +149,50 @@ fn bearer_token(v: &str) -> Option<&str> {
         .then(|| token.trim_matches([' ', '\t']))
 }
 
-/// The bearer token of a request, from the `Authorization` header. Two such headers are no
-/// token (`401 invalid_token`): which one names the caller is not for the server to guess (the
-/// first was taken until 2026-12-03).
-pub(crate) fn bearer(parts: &Parts) -> Option<String> {
-    let mut all = parts
-        .headers
-        .get_all(axum::http::header::AUTHORIZATION)
-        .iter();
-    let h = all.next()?;
-    if all.next().is_some() {
-        return None;
+/// The bearer tokens of a request's `Authorization` headers: none (no header, or none of the
+/// `Bearer` scheme: a proxy's `Basic`), one (the same token twice too), or several that differ.
+enum HeaderToken {
+    None,
+    One(String),
+    Conflicting,
+}
+
+fn header_token(headers: &axum::http::HeaderMap) -> HeaderToken {
+    let mut found: Option<&str> = None;
+    for h in headers.get_all(axum::http::header::AUTHORIZATION) {
+        let Some(t) = h.to_str().ok().and_then(bearer_token) else {
+            continue;
+        };
+        match found {
+            Some(other) if other != t => return HeaderToken::Conflicting,
+            _ => found = Some(t),
+        }
     }
-    bearer_token(h.to_str().ok()?).map(str::to_owned)
+    found.map_or(HeaderToken::None, |t| HeaderToken::One(t.to_owned()))
+}
+
+/// The bearer token of a request, from the `Authorization` header. Two naming different
+/// tokens are no token (`401 invalid_token`): which one names the caller is not for the
+/// server to guess (the first header was taken until 2026-12-03). A header of another scheme
+/// beside it (a proxy's `Basic`) is not one.
+pub(crate) fn bearer(parts: &Parts) -> Option<String> {
+    match header_token(&parts.headers) {
+        HeaderToken::One(t) => Some(t),
+        HeaderToken::None | HeaderToken::Conflicting => None,
+    }
 }
 
 /// The token of a WebSocket upgrade: the header, or `?token=` (browsers cannot set headers
 /// on a WebSocket). Only there: a token in a URL ends up in proxy logs and browser history.
-/// Both, naming different tokens, are no token (`401 invalid_token`; the header's was
-/// taken until 2026-12-03), as are two `token=` parameters that differ.
+/// The two naming different tokens are no token (`401 invalid_token`; the header's was
+/// taken until 2026-12-03), as are two `token=` parameters that differ; an empty `token=`
+/// is none, and so is a header of another scheme (a browser sends a page's `Basic`
+/// credentials with its upgrade).
 pub(crate) fn ws_bearer(parts: &Parts) -> Option<String> {
     let mut query = parts.uri.query().into_iter().flat_map(|q| {
         q.split('&')
             .filter_map(|kv| kv.strip_prefix("token="))
+            .filter(|t| !t.is_empty())
             .map(percent_decode)
     });
     let from_query = query.next();
@@ -186,14 +202,11 @@ pub(crate) fn ws_bearer(parts: &Parts) -> Option<String> {
     {
         return None;
     }
-    let header = parts
-        .headers
-        .contains_key(axum::http::header::AUTHORIZATION)
-        .then(|| bearer(parts));
-    match (header, from_query) {
-        (Some(h), Some(q)) => h.filter(|h| *h == q),
-        (Some(h), None) => h,
-        (None, q) => q,
+    match (header_token(&parts.headers), from_query) {
+        (HeaderToken::Conflicting, _) => None,
+        (HeaderToken::One(h), Some(q)) => (h == q).then_some(h),
+        (HeaderToken::One(h), None) => Some(h),
+        (HeaderToken::None, q) => q,
     }
 }
 

@@ -442,32 +442,33 @@ fn prepare_locked(
 
     // The message's timestamp, and the time its token must still be valid at.
     let ts = now_ms();
-    // The credential, still valid in the applied state (a lookup in the token index, and one
-    // in its expiries). A revocation is appended and applied under this lock, so a send
-    // authenticated before it and sequenced after is refused here, as a request made after it
-    // is refused at authentication: a user cut off writes nothing after the revocation in the
-    // log. So is one whose token expired by the time it is sequenced (`token_expired`). First
-    // of all: a retry of a send still in flight made with a revoked token is refused too (it
-    // waited for the first attempt's answer until 2026-12-03).
-    if let Some(hash) = &req.token_hash {
-        seq.check_token(&state.proj().state, &req.from, hash, ts)?;
-    }
-
-    // Still in flight: wait for the first attempt's answer. Checked before the projections:
-    // the applier applies a send and only then takes it from the completions, so once it is
-    // gone from here it is in the idempotency window read below (the other order would let
-    // it slip between the two reads and be sent twice). A send registered earlier in the same
-    // chunk is in flight too.
-    if let Some(k) = &key
-        && let Some(rx) = state.completions.in_flight(k)
-    {
-        state.metrics.send_duplicates.inc();
-        return Ok(Prepared::Wait(rx, req.channel));
-    }
-
     let (last_seq, next_id) = {
+        // One read of the projections for every check (each read queues behind an applier
+        // waiting to write).
         let p = state.proj();
         let st = &p.state;
+        // The credential, still valid in the applied state (a lookup in the token index, and
+        // one in its expiries). A revocation is appended and applied under this lock, so a
+        // send authenticated before it and sequenced after is refused here, as a request made
+        // after it is refused at authentication: a user cut off writes nothing after the
+        // revocation in the log. So is one whose token expired by the time it is sequenced
+        // (`token_expired`). First of all: a retry of a send still in flight made with a
+        // revoked token is refused too (it waited for the first attempt's answer until
+        // 2026-12-03).
+        if let Some(hash) = &req.token_hash {
+            seq.check_token(st, &req.from, hash, ts)?;
+        }
+        // Still in flight: wait for the first attempt's answer. The applier applies a send
+        // and only then takes it from the completions, and cannot apply while the
+        // projections are read here: gone from the completions, it is in the idempotency
+        // window read below (read in two steps, it could slip between them and be sent
+        // twice). A send registered earlier in the same chunk is in flight too.
+        if let Some(k) = &key
+            && let Some(rx) = state.completions.in_flight(k)
+        {
+            state.metrics.send_duplicates.inc();
+            return Ok(Prepared::Wait(rx, req.channel));
+        }
         // Already applied: answer with the original.
         if key.is_some()
             && let Some(prev) = remembered(st, &req.from, &req.client_msg_id, &req.channel)

@@ -293,10 +293,16 @@ impl TierInner {
     pub(crate) fn set_manifest(&self, m: Manifest) {
         let old = self.manifest.swap(Arc::new(m));
         let now = self.manifest.load();
+        // One lookup per entry (a manifest of 10,000 segments is written every lease renewal).
+        let stems: std::collections::HashMap<(u64, u64), String> = now
+            .segments
+            .iter()
+            .map(|n| ((n.base, n.end), n.stem()))
+            .collect();
         let replaced = old.segments.iter().filter(|o| {
-            now.segments
-                .iter()
-                .any(|n| n.base == o.base && n.end == o.end && n.stem() != o.stem())
+            stems
+                .get(&(o.base, o.end))
+                .is_some_and(|stem| *stem != o.stem())
         });
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         for o in replaced {

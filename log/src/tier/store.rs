@@ -73,10 +73,29 @@ fn store_err(inner: &TierInner, what: &str, e: object_store::Error) -> LogError 
     }
 }
 
-/// A manifest version at `path` that does not decode ([`LogError::TierDamaged`]: until
-/// 2026-12-03 an outage, which a start opened past and every pass retried for ever).
-fn damaged(inner: &TierInner, path: &ObjectPath, e: impl std::fmt::Display) -> LogError {
-    LogError::TierDamaged(format!("{path} ({}): {e}", inner.opts.display))
+/// A manifest version at `path` (`bytes`) that does not decode ([`LogError::TierDamaged`]:
+/// until 2026-12-03 an outage, which a start opened past and every pass retried for ever). One
+/// of a newer build's format is no damage: removing it would drop what it names.
+fn damaged(
+    inner: &TierInner,
+    path: &ObjectPath,
+    bytes: &[u8],
+    e: impl std::fmt::Display,
+) -> LogError {
+    let newer = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64))
+        .filter(|&v| v > u64::from(Manifest::VERSION));
+    let what = match newer {
+        Some(v) => format!(
+            "it is of manifest format {v}, which a newer build of tidings writes (this one reads up to {}): run that build, or a newer one",
+            Manifest::VERSION
+        ),
+        None => format!(
+            "{e}: it is damaged; remove that object to go on from the version before it (the segments only it names are uploaded again, or collected by `tidings tier gc`), or put back an intact copy"
+        ),
+    };
+    LogError::TierDamaged(format!("{path} ({}): {what}", inner.opts.display))
 }
 
 async fn timed<T>(
@@ -132,7 +151,7 @@ async fn manifest_at(inner: &TierInner, epoch: u64) -> Result<Manifest> {
         inner.opts.store.get(&path).await?.bytes().await
     })
     .await?;
-    Manifest::decode_at(&bytes, epoch).map_err(|e| damaged(inner, &path, e))
+    Manifest::decode_at(&bytes, epoch).map_err(|e| damaged(inner, &path, &bytes, e))
 }
 
 /// What writing a manifest version came to.
@@ -297,7 +316,7 @@ async fn put_manifest(inner: &TierInner, m: &Manifest) -> Result<Put> {
             .await?;
             Manifest::decode_at(&theirs, m.epoch)
                 .map(Put::Exists)
-                .map_err(|e| damaged(inner, &path, e))
+                .map_err(|e| damaged(inner, &path, &theirs, e))
         }
         Ok(Err(e)) => Err(store_err(inner, "writing the manifest", e)),
         Err(_) => Err(err(inner, "writing the manifest", "timed out")),

@@ -689,21 +689,10 @@ impl Uploader {
         }
         // A version whose write failed may still have landed (then they are named): left to
         // `tidings tier gc`, which keeps what a version names.
+        // Its manifest write replaces the segment's value with one reading the new objects
+        // (`Self::refresh_remote`), dropping the old value's cached handles.
         self.name_rewrite(&mut state, old, &new).await?;
         drop(rewrites);
-        // Readers from here on read the new objects; the old value's cached handles go.
-        let fresh = remote_segment(&self.tier, &self.dir, base, self.interval);
-        self.segments.rcu(|segs| {
-            segs.iter()
-                .map(|s| {
-                    if s.base == base && s.is_remote() {
-                        fresh.clone()
-                    } else {
-                        s.clone()
-                    }
-                })
-                .collect::<Vec<_>>()
-        });
         seg.forget_cached();
         // The old bytes leave this disk's block cache now (a purge), and the store a while
         // later (a reader holding the old segment may still fetch blocks of it).
@@ -947,11 +936,14 @@ impl Uploader {
     /// [`TierInner::retired`]: super::TierInner::retired
     fn refresh_remote(&self) {
         let m = self.tier.manifest();
+        // One lookup per segment (a manifest of 10,000 segments is written every lease
+        // renewal).
+        let stems: std::collections::HashMap<u64, String> =
+            m.segments.iter().map(|e| (e.base, e.stem())).collect();
         let stale = |s: &Arc<Segment>| {
             s.is_remote()
-                && m.segments.iter().any(|e| {
-                    e.base == s.base
-                        && s.paths.log.file_stem().and_then(|n| n.to_str()) != Some(&e.stem())
+                && stems.get(&s.base).is_some_and(|stem| {
+                    s.paths.log.file_stem().and_then(|n| n.to_str()) != Some(stem.as_str())
                 })
         };
         let old = self.segments.load();
@@ -970,7 +962,7 @@ impl Uploader {
                 .collect::<Vec<_>>()
         });
         for s in old.iter().filter(|s| stale(s)) {
-            tracing::info!(base = s.base, store = %self.tier.inner.opts.display, "a rewrite's objects named by the store's manifest are read in place of the segment's earlier ones");
+            tracing::debug!(base = s.base, store = %self.tier.inner.opts.display, "the segment is read from the objects its manifest entry names now (a rewrite's)");
             s.forget_cached();
         }
     }
