@@ -619,51 +619,28 @@ async fn a_damaged_manifest_version_refuses_the_start_naming_it() {
     log.close().await.unwrap();
     let epoch = t_latest_epoch(&store, prefix).await;
     let key = format!("{prefix}/{}", Manifest::key(epoch));
-    store
-        .put(
-            &object_store::path::Path::from(key.as_str()),
-            object_store::PutPayload::from_static(b"{\"not\": \"a manifest"),
-        )
-        .await
-        .unwrap();
-    let refused = Log::open(
-        &dir,
-        log_opts(tier(store.clone(), prefix, "node-a", cache.path()).await),
-    )
-    .await;
-    match refused {
-        Err(e @ LogError::TierDamaged(_)) => {
-            let text = e.to_string();
-            assert!(
-                text.contains(&key) && text.contains("remove that object"),
-                "{text}"
-            );
+    // The start's refusal with the newest version holding `bytes`.
+    let refusal = async |bytes: &'static [u8]| {
+        let path = object_store::path::Path::from(key.as_str());
+        let payload = object_store::PutPayload::from_static(bytes);
+        store.put(&path, payload).await.unwrap();
+        let t = tier(store.clone(), prefix, "node-a", cache.path()).await;
+        match Log::open(&dir, log_opts(t)).await {
+            Err(e @ LogError::TierDamaged(_)) => e.to_string(),
+            other => panic!("expected TierDamaged, got {:?}", other.map(|_| ())),
         }
-        other => panic!("expected TierDamaged, got {:?}", other.map(|_| ())),
-    }
+    };
+    let text = refusal(b"{\"not\": \"a manifest").await;
+    assert!(
+        text.contains(&key) && text.contains("remove that object"),
+        "{text}"
+    );
     // A newer build's format is no damage: not to be removed.
-    store
-        .put(
-            &object_store::path::Path::from(key.as_str()),
-            object_store::PutPayload::from_static(b"{\"version\": 99, \"epoch\": 1}"),
-        )
-        .await
-        .unwrap();
-    let refused = Log::open(
-        &dir,
-        log_opts(tier(store.clone(), prefix, "node-a", cache.path()).await),
-    )
-    .await;
-    match refused {
-        Err(e @ LogError::TierDamaged(_)) => {
-            let text = e.to_string();
-            assert!(
-                text.contains("newer build") && !text.contains("remove"),
-                "{text}"
-            );
-        }
-        other => panic!("expected TierDamaged, got {:?}", other.map(|_| ())),
-    }
+    let text = refusal(b"{\"version\": 99, \"epoch\": 1}").await;
+    assert!(
+        text.contains("newer build") && !text.contains("remove"),
+        "{text}"
+    );
 }
 
 /// The highest manifest epoch under `prefix`.
