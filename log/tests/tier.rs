@@ -522,27 +522,14 @@ async fn a_damaged_segment_in_the_bucket_is_detected_and_named() {
     let s3s = S3Server::start();
     let prefix = unique_prefix("rot");
     let data = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
-    let log = Log::open(data.path().join("log"), log_opts(t))
-        .await
-        .unwrap();
-    append(&log, 0, 1500).await;
-    log.roll().await.unwrap();
-    log.upload_now().await.unwrap();
-    log.close().await.unwrap();
-    let rel = t_manifest(&s3s, &prefix).await.segments[0].key("log");
+    let rel = one_segment_uploaded(&s3s, &prefix, data.path()).await;
     assert!(rel.starts_with(&format!("segments/{:020}.", 0)), "{rel}");
     let object = format!("{prefix}/{rel}");
     let file = s3s.object_file(&object);
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[2000] ^= 0x01;
     std::fs::write(&file, bytes).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
-    let log = Log::open(data.path().join("log"), log_opts(t))
-        .await
-        .unwrap();
+    let (log, _cache) = reopened_cold(&s3s, &prefix, data.path()).await;
     let mut at = 0;
     let err = loop {
         match log.read(at, 64 << 10).await {
@@ -561,6 +548,27 @@ async fn a_damaged_segment_in_the_bucket_is_detected_and_named() {
     log.close().await.unwrap();
 }
 
+/// A log in `data` of 1,500 records whose first segment is only in the bucket, closed: the
+/// key (below `prefix`) of that segment's object.
+async fn one_segment_uploaded(s3s: &S3Server, prefix: &str, data: &Path) -> String {
+    let cache = tempfile::tempdir().unwrap();
+    let t = tier(s3s.store(), prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.join("log"), log_opts(t)).await.unwrap();
+    append(&log, 0, 1500).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    log.close().await.unwrap();
+    t_manifest(s3s, prefix).await.segments[0].key("log")
+}
+
+/// The log in `data` opened again with an empty block cache (kept alive by the caller).
+async fn reopened_cold(s3s: &S3Server, prefix: &str, data: &Path) -> (Log, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let t = tier(s3s.store(), prefix, "node-a", cache.path()).await;
+    let log = Log::open(data.join("log"), log_opts(t)).await.unwrap();
+    (log, cache)
+}
+
 /// A segment object the bucket no longer holds (deleted by hand, or by a lifecycle rule) is
 /// damage, named: not an outage of the store (`is_cold_storage_unavailable`), which readers
 /// wait out — the purge of recalled messages waited for it for good until 2026-12-03.
@@ -569,22 +577,9 @@ async fn a_segment_missing_from_the_bucket_is_damage_not_an_outage() {
     let s3s = S3Server::start();
     let prefix = unique_prefix("gone");
     let data = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
-    let log = Log::open(data.path().join("log"), log_opts(t))
-        .await
-        .unwrap();
-    append(&log, 0, 1500).await;
-    log.roll().await.unwrap();
-    log.upload_now().await.unwrap();
-    log.close().await.unwrap();
-    let rel = t_manifest(&s3s, &prefix).await.segments[0].key("log");
+    let rel = one_segment_uploaded(&s3s, &prefix, data.path()).await;
     std::fs::remove_file(s3s.object_file(&format!("{prefix}/{rel}"))).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
-    let log = Log::open(data.path().join("log"), log_opts(t))
-        .await
-        .unwrap();
+    let (log, _cache) = reopened_cold(&s3s, &prefix, data.path()).await;
     assert!(!log.is_local(0));
     let err = log.read(0, 64 << 10).await.unwrap_err();
     assert!(!err.is_cold_storage_unavailable(), "{err}");
