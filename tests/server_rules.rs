@@ -2089,6 +2089,13 @@ async fn dot_segments_are_not_ids() {
             (400, "invalid_channel".into()),
             "@{dots}"
         );
+        // Nor in a person channel's canonical form.
+        let body = json!({"channel": format!("p:alice:{dots}"), "payload": 1});
+        assert_eq!(
+            code_of(&api, "POST", "/v1/messages", &alice, Some(body)).await,
+            (400, "invalid_channel".into()),
+            "p:alice:{dots}"
+        );
         let body = json!({"channel": "g", "payload": 1, "from": dots});
         assert_eq!(
             code_of(&api, "POST", "/v1/messages", ADMIN, Some(body)).await,
@@ -2280,6 +2287,9 @@ async fn conflicting_credentials_are_none() {
             .await
             .unwrap();
         assert!(got.starts_with(&format!("HTTP/1.1 {status}")), "{got}");
+        if status == "401" {
+            assert!(got.contains("two different tokens"), "{got}");
+        }
     }
     let upgrade = |header: String, query: &str| {
         let mut req = server.ws_url(query).into_client_request().unwrap();
@@ -2735,6 +2745,124 @@ async fn half_sent_requests_holding_the_budget_are_shed_for_newcomers() {
     assert_eq!(frame_seqs(&ws.messages(1).await), vec![1]);
     let mut seen = String::new();
     while !seen.contains("still there?") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), follow.chunk())
+            .await
+            .expect("the follow stream goes on")
+            .unwrap()
+            .expect("the follow stream was not cut");
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+/// Connections that serve a request are not shed for newcomers, whatever they wait for: a
+/// 4 MiB page going out to a reader that takes it slowly is sent whole during a flood of
+/// half-sent requests (its body ends before its last megabyte leaves: closed then, it was cut
+/// short), and with every connection busy — slow uploads, a follow stream — a newcomer waits
+/// for one to end rather than resetting one (it reset the oldest after a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_serving_a_request_are_not_shed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Server::start_with_open_files(300, &[]);
+    let api = std::sync::Arc::new(Api::new(&server));
+    api.group("big", &["alice"]).await;
+    let text = "x".repeat(60_000);
+    for i in 0..72 {
+        let body = json!({"channel": "big", "from": "alice", "client_msg_id": format!("b{i}"), "payload": text});
+        let (status, v) = api.call("POST", "/v1/messages", ADMIN, Some(body)).await;
+        assert_eq!(status, 201, "{v}");
+    }
+    // The page, read slowly through a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut page = socket.connect(server.addr).await.unwrap();
+    let req = format!(
+        "GET /v1/channels/big/messages?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nConnection: close\r\n\r\n"
+    );
+    page.write_all(req.as_bytes()).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            let n = page.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break got;
+            }
+            got.extend_from_slice(&buf[..n]);
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+    });
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        let Ok(Ok(mut tcp)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(server.addr),
+        )
+        .await
+        else {
+            break;
+        };
+        if tcp
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .is_ok()
+        {
+            held.push(tcp);
+        }
+    }
+    let got = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the page within a minute")
+        .unwrap();
+    drop(held);
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(length > 3 << 20, "{length}");
+    assert_eq!(got.len() - head_end, length, "the page was cut short");
+
+    // Every connection busy: a follow stream and uploads whose bodies come slowly, more of them
+    // than the budget holds (about 140).
+    let mut follow = reqwest::Client::new()
+        .get(server.url("/v1/log?follow=true"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let uploads: Vec<_> = (0..180)
+        .map(|i| {
+            let addr = server.addr;
+            tokio::spawn(async move {
+                let body = json!({"channel": "big", "from": "alice", "client_msg_id": format!("u{i}"), "payload": i}).to_string();
+                let (first, rest) = body.split_at(body.len() / 2);
+                let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let head = format!(
+                    "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{first}",
+                    body.len()
+                );
+                tcp.write_all(head.as_bytes()).await?;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                tcp.write_all(rest.as_bytes()).await?;
+                let mut answer = String::new();
+                tcp.read_to_string(&mut answer).await?;
+                Ok::<_, std::io::Error>(answer)
+            })
+        })
+        .collect();
+    for (i, upload) in uploads.into_iter().enumerate() {
+        let answer = upload
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("upload {i}: {e}"));
+        assert!(answer.starts_with("HTTP/1.1 201"), "upload {i}: {answer}");
+    }
+    let mut seen = String::new();
+    while !seen.contains("\"u179\"") {
         let chunk = tokio::time::timeout(Duration::from_secs(5), follow.chunk())
             .await
             .expect("the follow stream goes on")

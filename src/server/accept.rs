@@ -15,19 +15,17 @@
 //!   store's connections open later), held for the connection's life (an upgraded WebSocket takes one of its own).
 //!   Without it, idle connections could take every descriptor, and the log's next segment
 //!   roll, unable to open its files, stopped the log until a restart.
-//! - **Shedding.** A connection accepted when the budget is spent asks the oldest plain-HTTP
-//!   connection serving no request (one waiting for a request's head: half-sent, or idle
-//!   between requests) to close at once, else the oldest of all, which finishes its request
-//!   first (within [`SHED_GRACE`]); the newcomer takes its descriptor ([`Shed`]). A server whose budget is
-//!   all WebSocket sessions has none to ask: the newcomer waits for a descriptor, as it did in
-//!   the kernel's backlog. Until 2026-12-03 every newcomer waited: a client holding the budget
-//!   in connections that send half a request (each kept for the read timeout, and opened
-//!   again) left the server unreachable for everyone else for as long as it liked.
+//! - **Shedding.** A connection accepted when the budget is spent closes the oldest
+//!   plain-HTTP connection that is idle — waiting for a request's head (half-sent, or between
+//!   requests), with nothing of a response left to hand to the kernel — and takes its
+//!   descriptor (`shed.rs`). A connection serving a request (its body still coming in, or its
+//!   response going out, a follow stream's for as long as it lasts) is never closed for it, nor
+//!   a WebSocket session: with no idle connection the newcomer waits for a descriptor, as it
+//!   did in the kernel's backlog. Until 2026-12-03 every newcomer waited: a client holding the
+//!   budget in connections that send half a request (each kept for the read timeout, and
+//!   opened again) left the server unreachable for everyone else for as long as it liked.
 
-use std::collections::BTreeMap;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -37,6 +35,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use super::shed::{ConnState, Counted, IDLE_FOR, Registered, Shed, Watched};
 
 /// Descriptors kept, beyond those the server holds at start (the caches' files, the active
 /// segment's, locks, the listener: counted by [`socket_budget`]'s caller), for what it opens
@@ -99,143 +99,9 @@ pub(crate) fn socket_budget(limit: u64, held: u64) -> usize {
     usize::try_from(free.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
 }
 
-/// How long a connection asked to close for a newcomer ([`Shed`]) may take to finish the
-/// request it serves.
-const SHED_GRACE: Duration = Duration::from_secs(1);
-
-/// The plain-HTTP connections open, oldest first (by the order they were accepted), each with
-/// the token that asks it to close and the count of requests it is serving.
-#[derive(Default)]
-struct Shed {
-    open: Mutex<BTreeMap<u64, (CancellationToken, Arc<AtomicUsize>)>>,
-}
-
-impl Shed {
-    fn add(&self, id: u64, token: CancellationToken, busy: Arc<AtomicUsize>) {
-        self.lock().insert(id, (token, busy));
-    }
-
-    fn remove(&self, id: u64) {
-        self.lock().remove(&id);
-    }
-
-    /// Asks the oldest connection serving no request to close, else the oldest; `false` when
-    /// there is none.
-    fn oldest(&self) -> bool {
-        let mut open = self.lock();
-        let idle = open
-            .iter()
-            .find(|(_, (_, busy))| busy.load(Ordering::Acquire) == 0)
-            .map(|(id, _)| *id);
-        let Some(id) = idle.or_else(|| open.keys().next().copied()) else {
-            return false;
-        };
-        if let Some((token, _)) = open.remove(&id) {
-            token.cancel();
-        }
-        true
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<u64, (CancellationToken, Arc<AtomicUsize>)>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The app as one connection serves it, counting the requests it is serving — from the
-/// request's head read to its response's body sent in full (a `?follow=true` stream never
-/// ends), or for good once it answered an upgrade (the connection leaves this loop when the
-/// upgrade is handed over) — for [`Shed`].
-#[derive(Clone)]
-struct Counted {
-    app: TowerToHyperService<Router>,
-    busy: Arc<AtomicUsize>,
-}
-
-/// Counts a request out of [`Counted::busy`] when dropped: with its response's body, or with
-/// the request when it has none.
-struct Serving(Arc<AtomicUsize>);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A response body holding its request's [`Serving`] until it is sent in full (or dropped).
-struct CountedBody {
-    inner: axum::body::Body,
-    _serving: Serving,
-}
-
-impl http_body::Body for CountedBody {
-    type Data = <axum::body::Body as http_body::Body>::Data;
-    type Error = <axum::body::Body as http_body::Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<B> hyper::service::Service<hyper::Request<B>> for Counted
-where
-    TowerToHyperService<Router>: hyper::service::Service<
-            hyper::Request<B>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        >,
-    <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Future:
-        Send + 'static,
-{
-    type Response = hyper::Response<CountedBody>;
-    type Error = std::convert::Infallible;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
-
-    fn call(&self, req: hyper::Request<B>) -> Self::Future {
-        self.busy.fetch_add(1, Ordering::AcqRel);
-        let serving = Serving(self.busy.clone());
-        let busy = self.busy.clone();
-        let answer = self.app.call(req);
-        Box::pin(async move {
-            let response = answer.await?;
-            if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
-                // Busy until the connection ends (at the upgrade's hand-over): shed between
-                // its 101 and the hand-over, the session would never start.
-                busy.fetch_add(1, Ordering::AcqRel);
-            }
-            Ok(response.map(|inner| CountedBody {
-                inner,
-                _serving: serving,
-            }))
-        })
-    }
-}
-
-/// Takes a connection out of [`Shed`] when its task ends.
-struct Registered(Arc<Shed>, u64);
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.0.remove(self.1);
-    }
-}
-
 /// Serves `app` on `listener` until `stop`, then lets the connections finish their requests.
 /// Each connection holds one of `sockets`' permits; one accepted when none is left sheds the
-/// oldest plain-HTTP connection ([`Shed`]).
+/// oldest idle plain-HTTP connection (`shed.rs`).
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
@@ -251,7 +117,7 @@ pub(crate) async fn serve(
     let mut conns = JoinSet::new();
     let shed = Arc::new(Shed::default());
     let mut next_id = 0u64;
-    loop {
+    'accept: loop {
         let tcp = tokio::select! {
             biased;
             () = stop.cancelled() => break,
@@ -274,41 +140,41 @@ pub(crate) async fn serve(
                 }
             },
         };
-        // A descriptor for it: when none is left, the oldest plain-HTTP connection is asked to
-        // close and give its own back (this one holds a descriptor of the reserve meanwhile).
+        // A descriptor for it: when none is left, the oldest idle plain-HTTP connection is
+        // asked to close and give its own back (this one holds a descriptor of the reserve
+        // meanwhile); with none idle, it waits for one to end.
         let permit = match sockets.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => break,
-            Err(TryAcquireError::NoPermits) => {
-                if shed.oldest() {
+            // Asked again every quarter of `IDLE_FOR` while none is idle yet.
+            Err(TryAcquireError::NoPermits) => loop {
+                if shed.oldest_idle() {
                     tracing::debug!(
-                        "connection budget spent: closing the oldest HTTP connection for a new one"
+                        "connection budget spent: closing the oldest idle HTTP connection for a new one"
                     );
                 }
                 tokio::select! {
                     biased;
-                    () = stop.cancelled() => break,
+                    () = stop.cancelled() => break 'accept,
                     permit = sockets.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
+                        Ok(permit) => break permit,
+                        Err(_) => break 'accept,
                     },
+                    () = tokio::time::sleep(IDLE_FOR / 4) => {}
                 }
-            }
+            },
         };
         tune(&tcp);
-        let busy = Arc::new(AtomicUsize::new(0));
-        let service = Counted {
-            app: TowerToHyperService::new(app.clone()),
-            busy: busy.clone(),
-        };
+        let conn_state = Arc::new(ConnState::new());
+        let service = Counted::new(TowerToHyperService::new(app.clone()), conn_state.clone());
         let conn = http
-            .serve_connection(TokioIo::new(tcp), service)
+            .serve_connection(TokioIo::new(Watched::new(tcp, conn_state.clone())), service)
             .with_upgrades();
         let stop = stop.clone();
         let asked = CancellationToken::new();
         next_id += 1;
-        shed.add(next_id, asked.clone(), busy.clone());
-        let registered = Registered(shed.clone(), next_id);
+        shed.add(next_id, asked.clone(), conn_state.clone());
+        let registered = Registered::new(shed.clone(), next_id);
         conns.spawn(async move {
             let _descriptor = permit;
             let _registered = registered;
@@ -320,18 +186,14 @@ pub(crate) async fn serve(
                     conn.as_mut().graceful_shutdown();
                     conn.as_mut().await
                 }
-                // Shed for a newcomer: at once when it serves no request (waiting for a head:
-                // half-sent, or idle between requests); else as at a stop, within
-                // `SHED_GRACE`.
+                // Shed for a newcomer: it was idle when picked. Busy again since (a request's
+                // head came in meanwhile): it finishes that request and closes, as at a stop.
                 () = asked.cancelled() => {
-                    if busy.load(Ordering::Acquire) == 0 {
+                    if conn_state.idle() {
                         return;
                     }
                     conn.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(SHED_GRACE, conn.as_mut()).await {
-                        Ok(r) => r,
-                        Err(_) => Ok(()),
-                    }
+                    conn.as_mut().await
                 }
             };
             if let Err(e) = served {

@@ -175,11 +175,19 @@ fn header_token(headers: &axum::http::HeaderMap) -> HeaderToken {
 /// tokens are no token (`401 invalid_token`): which one names the caller is not for the
 /// server to guess (the first header was taken until 2026-12-03). A header of another scheme
 /// beside it (a proxy's `Basic`) is not one.
-pub(crate) fn bearer(parts: &Parts) -> Option<String> {
+pub(crate) fn bearer(parts: &Parts) -> ApiResult<Option<String>> {
     match header_token(&parts.headers) {
-        HeaderToken::One(t) => Some(t),
-        HeaderToken::None | HeaderToken::Conflicting => None,
+        HeaderToken::One(t) => Ok(Some(t)),
+        HeaderToken::None => Ok(None),
+        HeaderToken::Conflicting => Err(conflicting()),
     }
+}
+
+/// The answer to credentials that name different tokens.
+fn conflicting() -> ApiError {
+    ApiError::unauthorized(
+        "the request names two different tokens (two Authorization headers, or the header and ?token=): send one",
+    )
 }
 
 /// The token of a WebSocket upgrade: the header, or `?token=` (browsers cannot set headers
@@ -188,7 +196,7 @@ pub(crate) fn bearer(parts: &Parts) -> Option<String> {
 /// taken until 2026-12-03), as are two `token=` parameters that differ; an empty `token=`
 /// is none, and so is a header of another scheme (a browser sends a page's `Basic`
 /// credentials with its upgrade).
-pub(crate) fn ws_bearer(parts: &Parts) -> Option<String> {
+pub(crate) fn ws_bearer(parts: &Parts) -> ApiResult<Option<String>> {
     let mut query = parts.uri.query().into_iter().flat_map(|q| {
         q.split('&')
             .filter_map(|kv| kv.strip_prefix("token="))
@@ -200,13 +208,13 @@ pub(crate) fn ws_bearer(parts: &Parts) -> Option<String> {
         .as_ref()
         .is_some_and(|first| query.any(|other| &other != first))
     {
-        return None;
+        return Err(conflicting());
     }
     match (header_token(&parts.headers), from_query) {
-        (HeaderToken::Conflicting, _) => None,
-        (HeaderToken::One(h), Some(q)) => (h == q).then_some(h),
-        (HeaderToken::One(h), None) => Some(h),
-        (HeaderToken::None, q) => q,
+        (HeaderToken::Conflicting, _) => Err(conflicting()),
+        (HeaderToken::One(h), Some(q)) if h != q => Err(conflicting()),
+        (HeaderToken::One(h), _) => Ok(Some(h)),
+        (HeaderToken::None, q) => Ok(q),
     }
 }
 
@@ -239,7 +247,7 @@ impl FromRequestParts<Arc<AppState>> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
-        authenticate(state, bearer(parts).as_deref())
+        authenticate(state, bearer(parts)?.as_deref())
     }
 }
 
@@ -247,7 +255,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
-        authenticate(state, bearer(parts).as_deref()).map(|a| a.caller)
+        authenticate(state, bearer(parts)?.as_deref()).map(|a| a.caller)
     }
 }
 
@@ -270,6 +278,13 @@ pub(crate) fn resolve(caller: &Caller, reference: &str) -> ApiResult<ChannelId> 
         };
     }
     if let Some((a, b)) = person_pair(reference) {
+        // As for `@uid`: a dot segment names no user in a request.
+        if !is_usable_id(a) || !is_usable_id(b) {
+            return Err(ApiError::bad_request(
+                "invalid_channel",
+                format!("{reference:?} names a user that cannot be (`.` or `..`)"),
+            ));
+        }
         return Ok(person_channel(a, b));
     }
     if is_usable_id(reference) {

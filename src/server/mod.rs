@@ -39,6 +39,7 @@ mod read_notices;
 pub(crate) mod replay_from_zero;
 mod retention;
 mod sequencer;
+mod shed;
 mod snapshots;
 mod state;
 pub(crate) mod tiering;

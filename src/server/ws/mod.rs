@@ -100,7 +100,7 @@ impl FromRequestParts<Arc<AppState>> for WsCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
-        match authenticate(state, ws_bearer(parts).as_deref())? {
+        match authenticate(state, ws_bearer(parts)?.as_deref())? {
             Authenticated {
                 caller: Caller::User(uid),
                 token_hash: Some(hash),
