@@ -2698,7 +2698,6 @@ async fn a_server_full_of_sessions_still_answers_http() {
 /// it waited in the kernel's backlog until one timed out (found by a QA round).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_requests_holding_the_budget_are_shed_for_newcomers() {
-    use tokio::io::AsyncWriteExt as _;
     let server = Server::start_with_open_files(300, &[]);
     let api = Api::new(&server);
     api.group("g", &["alice", "bob"]).await;
@@ -2713,24 +2712,7 @@ async fn half_sent_requests_holding_the_budget_are_shed_for_newcomers() {
         .await
         .unwrap();
     // Far more than the budget a limit of 300 leaves (about half of it).
-    let mut held = Vec::new();
-    for _ in 0..400 {
-        let Ok(Ok(mut tcp)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(server.addr),
-        )
-        .await
-        else {
-            break;
-        };
-        if tcp
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .is_ok()
-        {
-            held.push(tcp);
-        }
-    }
+    let held = half_sent_requests(&server, 400).await;
     assert!(held.len() > 200, "{} connections", held.len());
     for path in ["/healthz", "/v1/channels/nope"] {
         let fresh = Api::new(&server);
@@ -2743,15 +2725,7 @@ async fn half_sent_requests_holding_the_budget_are_shed_for_newcomers() {
     drop(held);
     api.send(&alice, "g", "a1", "still there?").await;
     assert_eq!(frame_seqs(&ws.messages(1).await), vec![1]);
-    let mut seen = String::new();
-    while !seen.contains("still there?") {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), follow.chunk())
-            .await
-            .expect("the follow stream goes on")
-            .unwrap()
-            .expect("the follow stream was not cut");
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    follow_until(&mut follow, "still there?").await;
 }
 
 /// Connections that serve a request are not shed for newcomers, whatever they wait for: a
@@ -2791,24 +2765,7 @@ async fn connections_serving_a_request_are_not_shed() {
             tokio::time::sleep(Duration::from_millis(4)).await;
         }
     });
-    let mut held = Vec::new();
-    for _ in 0..400 {
-        let Ok(Ok(mut tcp)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(server.addr),
-        )
-        .await
-        else {
-            break;
-        };
-        if tcp
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .is_ok()
-        {
-            held.push(tcp);
-        }
-    }
+    let held = half_sent_requests(&server, 400).await;
     let got = tokio::time::timeout(Duration::from_secs(60), reader)
         .await
         .expect("the page within a minute")
@@ -2861,8 +2818,38 @@ async fn connections_serving_a_request_are_not_shed() {
             .unwrap_or_else(|e| panic!("upload {i}: {e}"));
         assert!(answer.starts_with("HTTP/1.1 201"), "upload {i}: {answer}");
     }
+    follow_until(&mut follow, "\"u179\"").await;
+}
+
+/// Up to `n` connections to `server`, each having sent half a request's head.
+async fn half_sent_requests(server: &Server, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let Ok(Ok(mut tcp)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(server.addr),
+        )
+        .await
+        else {
+            break;
+        };
+        if tcp
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .is_ok()
+        {
+            held.push(tcp);
+        }
+    }
+    held
+}
+
+/// Reads a `/v1/log?follow=true` stream until it has shown `needle`, failing if it stops or
+/// stays quiet for 5 s.
+async fn follow_until(follow: &mut reqwest::Response, needle: &str) {
     let mut seen = String::new();
-    while !seen.contains("\"u179\"") {
+    while !seen.contains(needle) {
         let chunk = tokio::time::timeout(Duration::from_secs(5), follow.chunk())
             .await
             .expect("the follow stream goes on")
