@@ -2318,6 +2318,24 @@ async fn conflicting_credentials_are_none() {
             .is_ok()
     );
     assert!(upgrade(format!("Bearer {alice}"), "?token=").await.is_ok());
+    // The same token twice in the query is that token (it was 400 `invalid_query`); two that
+    // differ are 401.
+    assert!(
+        upgrade(
+            "Basic dTpw".into(),
+            &format!("?token={alice}&token={alice}")
+        )
+        .await
+        .is_ok()
+    );
+    let refused = upgrade("Basic dTpw".into(), &format!("?token={alice}&token={bob}")).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401
+        ),
+        "{refused:?}"
+    );
 }
 
 /// A uid in the path of a user's list is checked on GET as on POST and DELETE (an invalid one
@@ -2657,6 +2675,8 @@ async fn an_admin_recall_is_not_taken_for_the_user_admin() {
 /// connection budget the open-file limit leaves by a headroom, so `/healthz`, `/readyz` and
 /// the admin API stay reachable. At capacity they waited in the kernel's backlog, and a
 /// liveness probe would have restarted a server that was only full. Found by a review.
+/// Sessions take the whole budget but the headroom, not one less (the upgrading connection's
+/// own permit was counted against it: found by a QA round).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_full_of_sessions_still_answers_http() {
     let server = Server::start_with_open_files(300, &[]);
@@ -2665,12 +2685,25 @@ async fn a_server_full_of_sessions_still_answers_http() {
     for u in 0..8 {
         tokens.push(api.user(&format!("u{u}")).await);
     }
+    // No connection but the sessions' from here on (the client's pooled one closed).
+    drop(api);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut sessions = Vec::new();
+    let mut retried = false;
     let refused = loop {
         // At most 30 sessions a user (32 by default).
         let token = &tokens[sessions.len() / 30];
         match try_connect(&server, token).await {
-            Ok(ws) => sessions.push(ws),
+            Ok(ws) => {
+                sessions.push(ws);
+                retried = false;
+            }
+            // Once more after a while: the previous upgrade's connection may not have given
+            // its permit back yet.
+            Err(_) if !retried => {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
             Err(e) => break e,
         }
         assert!(sessions.len() < 240, "no connection limit was reached");
@@ -2680,6 +2713,17 @@ async fn a_server_full_of_sessions_still_answers_http() {
         (503, Some("too_many_connections")),
         "{refused:?} after {} sessions",
         sessions.len()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = common::metrics_text(&server).await;
+    let budget = common::metric_in(&text, "tidings_connections_budget") as usize;
+    let headroom = common::metric_in(&text, "tidings_connections_http_headroom") as usize;
+    assert!(headroom > 0 && budget > 100, "{budget} / {headroom}");
+    assert_eq!(sessions.len(), budget - headroom, "{budget} / {headroom}");
+    // The scrape's own connection holds one.
+    assert_eq!(
+        common::metric_in(&text, "tidings_connections_free") as usize,
+        headroom - 1
     );
     // New clients, new connections: answered.
     for path in ["/healthz", "/readyz", "/v1/channels/nope"] {

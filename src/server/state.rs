@@ -84,6 +84,8 @@ pub(crate) struct AppState {
     /// Client connections, HTTP and WebSocket, that the open-file limit leaves room for
     /// (`accept.rs`): one permit per accepted connection, and one per WebSocket session.
     pub(crate) sockets: std::sync::Arc<Semaphore>,
+    /// `sockets`' permits at start: the connection budget.
+    pub(crate) socket_budget: usize,
     /// Of `sockets`, what WebSocket sessions leave to plain HTTP (`accept::http_headroom`).
     pub(crate) http_headroom: usize,
     pub(crate) ready: AtomicBool,
@@ -167,6 +169,7 @@ impl AppState {
             send_tasks: TaskTracker::new(),
             connections,
             sockets,
+            socket_budget: budget,
             http_headroom,
             ready: AtomicBool::new(false),
             applier_failed: AtomicBool::new(false),

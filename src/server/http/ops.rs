@@ -109,6 +109,21 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             state.delivery.online_users() as f64,
         ),
         (
+            "tidings_connections_budget",
+            "Client connections (HTTP and WebSocket) the open-file limit leaves room for.",
+            state.socket_budget as f64,
+        ),
+        (
+            "tidings_connections_free",
+            "Of the connection budget, what no connection or WebSocket session holds.",
+            state.sockets.available_permits() as f64,
+        ),
+        (
+            "tidings_connections_http_headroom",
+            "Of the connection budget, what WebSocket sessions leave to plain HTTP.",
+            state.http_headroom as f64,
+        ),
+        (
             "tidings_conversation_cache_hits_total",
             "Conversation lists served from the cache.",
             hits as f64,

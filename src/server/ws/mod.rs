@@ -81,15 +81,23 @@ const CATCH_UP_FAILED: CloseReason = CloseReason {
     reason: "catch_up_failed",
 };
 
-/// Query of `GET /v1/ws`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+/// Query of `GET /v1/ws`, as the API document shows it (read as [`WsArgs`] and by
+/// `auth::ws_bearer`).
+#[allow(dead_code)]
+#[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct WsQuery {
     /// The user token (instead of the Authorization header).
-    #[allow(dead_code)]
-    pub(crate) token: Option<String>,
+    token: Option<String>,
     /// Deliver missed messages first (default true). `false`: the client syncs over HTTP.
-    pub(crate) catch_up: Option<bool>,
+    catch_up: Option<bool>,
+}
+
+/// Query of `GET /v1/ws` but the token, which `auth::ws_bearer` reads: it takes one given
+/// twice and refuses two that differ, where serde refuses a repeated key (400).
+#[derive(Debug, Deserialize)]
+pub(crate) struct WsArgs {
+    catch_up: Option<bool>,
 }
 
 /// The caller of an upgrade request, taken from the header or `?token=`, and the hash of its
@@ -131,7 +139,7 @@ pub(crate) async fn not_get() -> ApiError {
 pub(crate) async fn upgrade(
     State(state): State<Arc<AppState>>,
     WsCaller(uid, token_hash): WsCaller,
-    ApiQuery(q): ApiQuery<WsQuery>,
+    ApiQuery(q): ApiQuery<WsArgs>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     // A HEAD (routed here with the GET) is a method the endpoint does not take; anything
@@ -171,14 +179,16 @@ pub(crate) async fn upgrade(
     })?;
     // The session's descriptor, in the budget the open-file limit leaves (`accept.rs`): the
     // HTTP connection's permit goes when the upgrade takes the socket out of it.
-    // Refused while only the headroom for plain HTTP is left (`accept::http_headroom`).
+    // Refused when taking one would leave less than the headroom for plain HTTP
+    // (`accept::http_headroom`): the upgrading connection still holds its own permit, which
+    // goes back once the upgrade is done.
     let full = || {
         ApiError::unavailable(
             "too_many_connections",
             "as many connections as the open-file limit allows",
         )
     };
-    if state.sockets.available_permits() <= state.http_headroom {
+    if state.sockets.available_permits() < state.http_headroom {
         return Err(full());
     }
     let descriptor = state
