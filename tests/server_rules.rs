@@ -832,6 +832,59 @@ async fn a_token_with_a_ttl_expires_and_its_websocket_closes() {
     );
 }
 
+/// Acks and reads a session's client sends after its token was revoked are not recorded: the
+/// session, closing, still reads what the client sends while its close frame goes out, and
+/// recorded acks and reads among it (up to 4,096), so a revoked token's holder could move the
+/// user's cursors to the heads (found by a review).
+#[tokio::test]
+async fn acks_after_a_revocation_are_not_recorded() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    for i in 0..5 {
+        api.send(&alice, "g", &format!("c{i}"), "hi").await;
+    }
+    let lost = issue(&api, "bob", None).await;
+    let kept = issue(&api, "bob", None).await;
+    let (lost_id, lost) = (text(&lost["token_id"]), text(&lost["token"]));
+    let kept = text(&kept["token"]);
+    let mut lost_ws = try_connect(&server, &lost).await.unwrap();
+    let path = format!("/v1/users/bob/tokens/{lost_id}");
+    let (status, v) = api.call("DELETE", &path, ADMIN, None).await;
+    assert_eq!(status, 204, "{v}");
+    // Applied: the session is closing. The client, not reading, goes on sending.
+    for _ in 0..20 {
+        lost_ws
+            .send(json!({"type": "ack", "channel": "g", "seq": 5}))
+            .await;
+        lost_ws
+            .send(json!({"type": "read", "channel": "g", "seq": 5}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let list = api.ok("GET", "/v1/conversations", &kept, None).await;
+    let g = common::listed(&list, "g").unwrap();
+    assert_eq!(
+        (
+            g["delivered_seq"].as_u64(),
+            g["read_seq"].as_u64(),
+            g["unread"].as_u64()
+        ),
+        (Some(0), Some(0), Some(5)),
+        "{g}"
+    );
+    // The kept token's acks are recorded.
+    let mut kept_ws = try_connect(&server, &kept).await.unwrap();
+    kept_ws
+        .send(json!({"type": "read", "channel": "g", "seq": 5}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let list = api.ok("GET", "/v1/conversations", &kept, None).await;
+    let g = common::listed(&list, "g").unwrap();
+    assert_eq!(g["read_seq"].as_u64(), Some(5), "{g}");
+}
+
 /// Revoking one token (`DELETE /v1/users/{uid}/tokens/{token_id}`) refuses it and closes the
 /// WebSockets opened with it; the user's other token and its session go on. Again, or with an
 /// id that names no live token of that user, it is 404 `token_not_found`. Before, only all of

@@ -840,7 +840,8 @@ impl Ctx {
     /// read that then failed, or pushing to a client being closed as too slow): recorded as
     /// at any time. Acks are cumulative, and one dropped here brought back at the reconnect
     /// every message it acknowledged (found by a QA round: hundreds after a catch-up closed
-    /// by a store outage). Anything else is dropped, as before; errors are not answered.
+    /// by a store outage). Anything else is dropped, as before; errors are not answered. Not
+    /// after the session's token was revoked or expired ([`Ctx::record_cursor`] refuses).
     fn late_cursor(&self, msg: &WsMessage) {
         if let WsMessage::Binary(b) = msg
             && b.len() > self.state.config.max_binary_frame_bytes()
@@ -875,6 +876,14 @@ impl Ctx {
         // Held while recording: the read known in the projections and the windows are looked
         // at together (`Acks::record`).
         let p = self.state.proj();
+        // The session's token, still valid: an ack or a read read after its revocation or
+        // expiry was applied (the session is closing, and reads what the client still sends
+        // while its close frame goes out: `late_cursor`) is not recorded. It was, for up to
+        // 4,096 frames: a revoked token's holder could move the user's cursors to the heads,
+        // and the user's devices then skipped those messages in catch-up (a review).
+        if token_owner(&p.state.tokens, &self.token_hash, now_ms())? != &self.uid {
+            return Err(crate::server::auth::invalid_token());
+        }
         // Members ack even in a banned group (its backlog reaches them: `messages::plan_sync`).
         if !can_move_cursor(&p.state, &self.uid, &ch) {
             return Err(ApiError::forbidden(
