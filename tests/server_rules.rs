@@ -353,6 +353,30 @@ async fn auth_and_error_shapes() {
         code_of(&api, "GET", "/v1/ws", &alice, None).await,
         (400, "not_a_websocket".into())
     );
+    // An upgrade of another WebSocket version: 426 naming the one served (RFC 6455; it was
+    // 400 `not_a_websocket`).
+    let old = reqwest::Client::new()
+        .get(server.url("/v1/ws"))
+        .bearer_auth(&alice)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "8")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status().as_u16(), 426);
+    assert_eq!(
+        old.headers()
+            .get("sec-websocket-version")
+            .and_then(|v| v.to_str().ok()),
+        Some("13")
+    );
+    let body: Value = old.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"], "unsupported_websocket_version",
+        "{body}"
+    );
     // A HEAD of it is a method it does not take (it was 405 `not_a_websocket`).
     assert_eq!(code_of(&api, "HEAD", "/v1/ws", &alice, None).await.0, 405);
     // With the method it takes named, as every 405 (it had no `Allow`).

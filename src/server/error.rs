@@ -53,8 +53,9 @@ pub(crate) struct ApiError {
     pub(crate) message: String,
     /// Whole seconds for a `Retry-After` header (a rate limit's 429: when a retry can pass).
     retry_after_secs: Option<u64>,
-    /// The methods an `Allow` header names (a 405 a handler answers itself).
-    allow: Option<&'static str>,
+    /// A header of the answer: `Allow` with the methods taken (a 405 a handler answers
+    /// itself), `Sec-WebSocket-Version` with the one served (a 426).
+    header: Option<(axum::http::HeaderName, &'static str)>,
 }
 
 impl ApiError {
@@ -64,12 +65,18 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
-            allow: None,
+            header: None,
         }
     }
     /// This error with `Allow: methods` (a 405: RFC 9110 asks for the methods taken).
     pub(crate) fn with_allow(mut self, methods: &'static str) -> Self {
-        self.allow = Some(methods);
+        self.header = Some((axum::http::header::ALLOW, methods));
+        self
+    }
+    /// This error with `Sec-WebSocket-Version: version` (a 426: RFC 6455 asks for the
+    /// versions served).
+    pub(crate) fn with_websocket_version(mut self, version: &'static str) -> Self {
+        self.header = Some((axum::http::header::SEC_WEBSOCKET_VERSION, version));
         self
     }
     /// This error, answered over HTTP with `Retry-After: wait` in whole seconds, rounded up
@@ -122,11 +129,9 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from(secs),
             );
         }
-        if let Some(methods) = self.allow {
-            resp.headers_mut().insert(
-                axum::http::header::ALLOW,
-                axum::http::HeaderValue::from_static(methods),
-            );
+        if let Some((name, value)) = self.header {
+            resp.headers_mut()
+                .insert(name, axum::http::HeaderValue::from_static(value));
         }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The body may be left unread, so the server closes the connection after this

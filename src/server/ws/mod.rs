@@ -134,7 +134,7 @@ pub(crate) async fn not_get() -> ApiError {
 
 /// Upgrades to a WebSocket session.
 #[utoipa::path(get, path = "/v1/ws", tag = "websocket", params(WsQuery),
-    responses((status = 101, description = "Switching to the WebSocket protocol (see the README for frames)"), (status = 400, description = "The admin's key (`user_only`), or not a WebSocket upgrade request (`not_a_websocket`)", body = crate::server::http::openapi::ErrorBody), (status = 401, body = crate::server::http::openapi::ErrorBody), (status = 429, description = "The user holds `limits.sessions_per_user` sessions already (`too_many_sessions`)", body = crate::server::http::openapi::ErrorBody), (status = 503, body = crate::server::http::openapi::ErrorBody)),
+    responses((status = 101, description = "Switching to the WebSocket protocol (see the README for frames)"), (status = 400, description = "The admin's key (`user_only`), or not a WebSocket upgrade request (`not_a_websocket`)", body = crate::server::http::openapi::ErrorBody), (status = 401, body = crate::server::http::openapi::ErrorBody), (status = 426, description = "An upgrade to another WebSocket version than 13 (`unsupported_websocket_version`, with `Sec-WebSocket-Version: 13`)", body = crate::server::http::openapi::ErrorBody), (status = 429, description = "The user holds `limits.sessions_per_user` sessions already (`too_many_sessions`)", body = crate::server::http::openapi::ErrorBody), (status = 503, body = crate::server::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn upgrade(
     State(state): State<Arc<AppState>>,
@@ -152,6 +152,13 @@ pub(crate) async fn upgrade(
             "a WebSocket upgrade is a GET",
         )
         .with_allow("GET"),
+        // RFC 6455 §4.4: 426 naming the version served (it was 400).
+        WebSocketUpgradeRejection::InvalidWebSocketVersionHeader(_) => ApiError::new(
+            axum::http::StatusCode::UPGRADE_REQUIRED,
+            "unsupported_websocket_version",
+            "this server speaks WebSocket version 13 (Sec-WebSocket-Version: 13)",
+        )
+        .with_websocket_version("13"),
         e => ApiError::bad_request("not_a_websocket", e.body_text()),
     })?;
     if !state.is_ready() || state.sessions_stop.is_cancelled() {
