@@ -1041,6 +1041,76 @@ async fn a_slow_consumer_is_closed_and_resumes_on_reconnect() {
     );
 }
 
+/// A client that stops reading while its socket buffers are full is disconnected once a write
+/// to it has waited 10 s, and `/metrics` counts it (`tidings_ws_write_timeouts_total`): such a
+/// close has no code the client can see, and the operator had no count of it (a QA round). Its
+/// queue is large enough here that it is not closed as a slow consumer first.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_and_counted() {
+    let server = Server::start(&[
+        "--limits-session-queue",
+        "100000",
+        "--limits-session-queue-bytes",
+        "1000000000",
+        "--limits-sends-per-second",
+        "100000",
+        "--limits-send-bytes-per-second",
+        "1000000000",
+    ]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    // Bob's socket, with a small receive buffer, is not read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = server.ws_url("").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {bob}").parse().unwrap());
+    let (mut stalled, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    // ~9 MB: more than the kernel buffers of the connection hold.
+    let body = "p".repeat(60_000);
+    for i in 1..=150 {
+        let msg = json!({"channel": "g", "client_msg_id": format!("c{i}"), "payload": body});
+        let (status, v) = api.call("POST", "/v1/messages", &alice, Some(msg)).await;
+        assert_eq!(status, 201, "{v}");
+    }
+    assert_eq!(
+        common::metric(&server, "tidings_ws_write_timeouts_total").await,
+        0
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::metric(&server, "tidings_ws_write_timeouts_total").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not disconnected within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        common::metric(&server, "tidings_slow_consumer_closes_total").await,
+        0
+    );
+    // The connection ends: what was sent before arrives, then nothing more.
+    let read_all = async {
+        let mut n = 0;
+        while let Some(Ok(m)) = stalled.next().await {
+            if m.is_text() {
+                n += 1;
+            }
+        }
+        n
+    };
+    let n = tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("the connection ends");
+    assert!(n < 150, "{n} messages");
+    assert_eq!(common::metric(&server, "tidings_ws_sessions").await, 0);
+}
+
 #[tokio::test]
 async fn health_readiness_metrics_and_the_event_log() {
     let server = Server::start(&[]);

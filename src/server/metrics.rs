@@ -94,6 +94,8 @@ pub(crate) struct Metrics {
     pub(crate) events_applied: Counter,
     pub(crate) pushes: Counter,
     pub(crate) slow_consumer_closes: Counter,
+    /// Sessions closed because a write to them waited [`crate::server::ws`]'s write timeout.
+    pub(crate) ws_write_timeouts: Counter,
     pub(crate) cursor_events: Counter,
     pub(crate) acks_received: Counter,
     pub(crate) rate_limited: Counter,
@@ -141,7 +143,7 @@ impl Metrics {
     /// the name ends in `_total`, gauges otherwise.
     pub(crate) fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 21] = [
+        let counters: [(&str, &str, &Counter); 22] = [
             (
                 "tidings_sends_total",
                 "Messages accepted and durable.",
@@ -171,6 +173,11 @@ impl Metrics {
                 "tidings_slow_consumer_closes_total",
                 "Sessions closed because their queue was full.",
                 &self.slow_consumer_closes,
+            ),
+            (
+                "tidings_ws_write_timeouts_total",
+                "WebSocket sessions closed because a write to them waited 10 s (the client stopped reading).",
+                &self.ws_write_timeouts,
             ),
             (
                 "tidings_cursor_events_total",

@@ -233,6 +233,18 @@ pub(crate) async fn upgrade(
 
 type Sink = SplitSink<WebSocket, WsMessage>;
 
+/// A write to a session waited [`WRITE_TIMEOUT`].
+#[derive(Debug)]
+struct WriteTimedOut;
+
+impl std::fmt::Display for WriteTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("write timed out: the client stopped reading")
+    }
+}
+
+impl std::error::Error for WriteTimedOut {}
+
 /// The write half of a session. Every write is bounded: it fails after [`WRITE_TIMEOUT`] (a
 /// client that stops reading cannot pin its session, its connection slot or shutdown) and as
 /// soon as the session is told to close.
@@ -282,7 +294,7 @@ impl Writer {
     ) -> Result<(), axum::Error> {
         tokio::select! {
             r = tokio::time::timeout(WRITE_TIMEOUT, write) => {
-                r.unwrap_or_else(|_| Err(axum::Error::new("write timed out: the client stopped reading")))
+                r.unwrap_or_else(|_| Err(axum::Error::new(WriteTimedOut)))
             }
             () = close.cancelled() => Err(axum::Error::new("session closing")),
         }
@@ -1302,6 +1314,9 @@ async fn run(
         };
         if let Err(e) = done {
             tracing::debug!(session = session.id, error = %e, "WebSocket write failed");
+            if std::error::Error::source(&e).is_some_and(|s| s.is::<WriteTimedOut>()) {
+                state.metrics.ws_write_timeouts.inc();
+            }
             // A write cut short by a close request still says goodbye properly.
             break session
                 .close
