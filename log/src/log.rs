@@ -405,10 +405,7 @@ impl Log {
                 .map_err(|e| LogError::io("create segment", &path, e))?;
             vfs.sync_dir(&dir)
                 .map_err(|e| LogError::io("sync directory", &dir, e))?;
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                vfs.sync_dir(parent)
-                    .map_err(|e| LogError::io("sync directory", parent, e))?;
-            }
+            sync_ancestors(vfs.as_ref(), &dir)?;
             bases.push(first);
         }
         let active_base = bases[bases.len() - 1];
@@ -1273,6 +1270,37 @@ async fn release_after_failed_open(tier: &crate::tier::Tier) {
     if let Err(e) = released {
         tracing::warn!(error = %e, store = tier.display(), "the open failed after claiming the prefix (or a claim that got no answer), and it could not be given up: the next start may wait out this process's lease");
     }
+}
+
+/// Syncs every directory above a new log's `dir`, up to the root (a relative path's: up to the
+/// working directory): a first start may have created several of them at once
+/// (`create_dir_all`: `/var/lib/tidings/log`), and each new one's entry is durable only once
+/// the directory holding it is synced. Only the parent was, so a power cut soon after the
+/// first acknowledged appends could take a new directory above it with the whole log (found
+/// by a review). A directory further up that cannot be synced (not readable) is left, with a
+/// warning: a log beneath it was created by this process only if it could write there.
+fn sync_ancestors(vfs: &dyn crate::vfs::Vfs, dir: &Path) -> Result<()> {
+    let above = dir.ancestors().skip(1).map(|a| {
+        if a.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            a
+        }
+    });
+    for (i, ancestor) in above.enumerate() {
+        match vfs.sync_dir(ancestor) {
+            Ok(()) => {}
+            Err(e) if i == 0 => return Err(LogError::io("sync directory", ancestor, e)),
+            Err(e) => {
+                tracing::warn!(dir = %ancestor.display(), error = %e, "could not sync a directory above the new log's: a power cut soon after the first writes may lose the directories created beneath it");
+                break;
+            }
+        }
+        if ancestor == Path::new(".") {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir` if missing and takes its `LOCK` (refused with [`LogError::Locked`] while

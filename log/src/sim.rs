@@ -40,6 +40,10 @@ struct State {
     locks: BTreeMap<PathBuf, u64>,
     next_lock_id: u64,
     dirs: BTreeSet<PathBuf>,
+    /// Directories `create_dir_all` made whose own entry is not durable yet: a crash takes each
+    /// with everything under it, until a `sync_dir` of its parent (a directory at the top —
+    /// `/x`'s `/`, a relative path's first name — counts as there before).
+    fresh_dirs: BTreeSet<PathBuf>,
     /// Fail the write (or sync) when this counter reaches zero; `None` = no fault armed.
     fail_write_in: Option<u64>,
     fail_sync_in: Option<u64>,
@@ -96,6 +100,10 @@ impl SimFs {
     /// names), and every file to its durable bytes. Locks are released (the process died).
     pub fn crash(&self) {
         let mut st = lock(&self.state);
+        let lost = std::mem::take(&mut st.fresh_dirs);
+        let under_lost = |p: &Path| lost.iter().any(|d| p.starts_with(d));
+        st.durable_names.retain(|p, _| !under_lost(p));
+        st.dirs.retain(|d| !under_lost(d));
         st.files = st.durable_names.clone();
         let files: Vec<_> = st.files.values().cloned().collect();
         for f in files {
@@ -329,7 +337,16 @@ impl Drop for SimLock {
 
 impl Vfs for SimFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        lock(&self.state).dirs.insert(dir.to_path_buf());
+        let mut st = lock(&self.state);
+        for d in dir.ancestors() {
+            let top = d.parent().is_none_or(|p| p.as_os_str().is_empty());
+            if !top && !st.dirs.contains(d) && !st.files.keys().any(|f| f.starts_with(d)) {
+                st.fresh_dirs.insert(d.to_path_buf());
+            }
+            if !d.as_os_str().is_empty() && d.parent().is_some() {
+                st.dirs.insert(d.to_path_buf());
+            }
+        }
         Ok(())
     }
 
@@ -420,6 +437,7 @@ impl Vfs for SimFs {
             .collect();
         st.durable_names.retain(|p, _| p.parent() != Some(dir));
         st.durable_names.extend(live);
+        st.fresh_dirs.retain(|d| d.parent() != Some(dir));
         Ok(())
     }
 

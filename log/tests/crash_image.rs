@@ -767,3 +767,32 @@ async fn a_length_flipped_over_later_batches_with_the_next_one_damaged_is_refuse
     };
     assert_eq!(resume_at, starts[8] as u64);
 }
+
+/// A first open creates every missing directory above the log's (`/sim/new/deeper/log`), and a
+/// power cut right after acknowledged appends keeps them: each new directory's entry is synced
+/// in the directory holding it. Only the log's parent was, and the simulated disk loses a new
+/// directory whose entry was never synced with everything beneath it (found by a review).
+#[tokio::test]
+async fn a_power_cut_after_the_first_appends_keeps_the_directories_made_for_the_log() {
+    let fs = SimFs::new();
+    let dir = std::path::Path::new("/sim/new/deeper/log");
+    let log = Log::open(dir, opts(&fs)).await.unwrap();
+    let mut expected = Vec::new();
+    for i in 0..5 {
+        let p = payload(i, 40);
+        log.append_one(p.clone()).await.unwrap();
+        expected.push(p);
+    }
+    // The power goes while the process runs.
+    fs.crash();
+    fs.kill_process();
+    std::mem::forget(log);
+    let log = Log::open(dir, opts(&fs)).await.unwrap();
+    let got: Vec<Bytes> = read_all(&log, 0)
+        .await
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(got, expected);
+    log.close().await.unwrap();
+}

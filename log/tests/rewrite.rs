@@ -454,6 +454,9 @@ fn on_the_simulated_disk_an_unsynced_rename_over_a_file_leaves_the_old_one() {
     let fs = SimFs::new();
     let dir = Path::new("/sim/names");
     fs.create_dir_all(dir).unwrap();
+    // The new directories' own entries, durable (see `a_new_directory_never_synced_...`).
+    fs.sync_dir(Path::new("/sim")).unwrap();
+    fs.sync_dir(Path::new("/")).unwrap();
     let (target, tmp) = (dir.join("segment"), dir.join("segment.tmp"));
     write_synced(&fs, &target, b"old");
     fs.sync_dir(dir).unwrap();
@@ -495,6 +498,9 @@ fn on_the_simulated_disk_a_new_file_never_synced_into_its_directory_is_gone_afte
     let fs = SimFs::new();
     let dir = Path::new("/sim/files");
     fs.create_dir_all(dir).unwrap();
+    // The new directories' own entries, durable (see `a_new_directory_never_synced_...`).
+    fs.sync_dir(Path::new("/sim")).unwrap();
+    fs.sync_dir(Path::new("/")).unwrap();
     let (named, unnamed) = (dir.join("named"), dir.join("unnamed"));
     write_synced(&fs, &named, b"synced");
     fs.sync_dir(dir).unwrap();
@@ -528,4 +534,33 @@ fn on_the_simulated_disk_a_new_file_never_synced_into_its_directory_is_gone_afte
     fs.sync_dir(dir).unwrap();
     fs.crash();
     assert!(fs.read_file(&named).is_none());
+}
+
+/// A directory `create_dir_all` made is gone after a crash, with every file beneath it however
+/// synced, until the directory holding it was synced: each new level needs its parent's sync
+/// (`/` counts as there before).
+#[test]
+fn a_new_directory_never_synced_into_its_parent_is_gone_after_a_crash() {
+    let fs = SimFs::new();
+    let dir = Path::new("/sim/a/b");
+    fs.create_dir_all(dir).unwrap();
+    let file = dir.join("f");
+    write_synced(&fs, &file, b"synced");
+    fs.sync_dir(dir).unwrap();
+    // `/sim/a` synced (so `b` is named in it), but not `/sim` nor `/`.
+    fs.sync_dir(Path::new("/sim/a")).unwrap();
+    fs.crash();
+    assert!(
+        fs.read_file(&file).is_none(),
+        "`/sim` was never named in `/`"
+    );
+    assert!(fs.list(dir).is_err());
+
+    fs.create_dir_all(dir).unwrap();
+    write_synced(&fs, &file, b"synced");
+    for d in ["/sim/a/b", "/sim/a", "/sim", "/"] {
+        fs.sync_dir(Path::new(d)).unwrap();
+    }
+    fs.crash();
+    assert_eq!(fs.read_file(&file).unwrap(), b"synced");
 }
