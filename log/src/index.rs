@@ -107,6 +107,19 @@ impl SegmentIndex {
         }
     }
 
+    /// [`SegmentIndex::time_floor`], with the timestamp of the entry it starts from (`None`:
+    /// the start of the segment), which the batch there must carry.
+    pub(crate) fn time_floor_stamped(&self, ts: u64) -> (u64, u64, Option<u64>) {
+        let i = self.times.partition_point(|e| e.ts < ts);
+        match i {
+            0 => (0, 0, None),
+            _ => {
+                let e = self.times[i - 1];
+                (u64::from(e.rel), u64::from(e.pos), Some(e.ts))
+            }
+        }
+    }
+
     /// Where to start scanning for the first batch with timestamp `≥ ts`: the last time entry
     /// older than `ts`, or the start of the segment.
     pub(crate) fn time_floor(&self, ts: u64) -> (u64, u64) {

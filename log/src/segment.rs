@@ -367,30 +367,50 @@ impl Segment {
     /// The first offset in this segment whose batch timestamp is `≥ ts`, reading no byte at or
     /// past `end`.
     pub(crate) fn offset_for_timestamp(&self, ts: u64, end: u64) -> Result<Option<u64>> {
-        let (rel, pos) = self.lookup(end, |idx| idx.time_floor(ts))?;
-        match self.scan_for_timestamp(ts, rel, pos, end) {
+        let (rel, pos, stamped) = self.lookup(end, |idx| idx.time_floor_stamped(ts))?;
+        let rebuilt = |this: &Self| -> Result<Option<u64>> {
+            let idx = this.rebuild_index(end)?;
+            let (rel, pos) = idx.time_floor(ts);
+            Ok(this.scan_for_timestamp(ts, rel, pos, None, end)?.flatten())
+        };
+        match self.scan_for_timestamp(ts, rel, pos, stamped, end) {
+            Ok(Some(found)) => Ok(found),
+            // The entry's timestamp is not its batch's (damage that kept the entries in
+            // order): a lookup starting there skipped the batches before it stamped at or after
+            // `ts`, and answered a later offset without a word (found by a review). Rebuilt.
+            Ok(None) => rebuilt(self),
             // The time index pointed at something that is not the batch it names (a torn
             // entry that passed the checks): rebuilt, as `read_into` does for the offset index
             // (before, every lookup in its range failed, and the retention by age with it).
-            Err(LogError::Corrupt { position, .. }) if pos > 0 && position == pos => {
-                let idx = self.rebuild_index(end)?;
-                let (rel, pos) = idx.time_floor(ts);
-                self.scan_for_timestamp(ts, rel, pos, end)
-            }
-            other => other,
+            Err(LogError::Corrupt { position, .. }) if pos > 0 && position == pos => rebuilt(self),
+            Err(e) => Err(e),
         }
     }
 
-    fn scan_for_timestamp(&self, ts: u64, rel: u64, pos: u64, end: u64) -> Result<Option<u64>> {
+    /// The first offset from `pos` on whose batch is stamped `≥ ts` (`Some(None)`: none before
+    /// `end`); `None` when the batch at `pos` is not stamped `stamped`, as its time entry says.
+    fn scan_for_timestamp(
+        &self,
+        ts: u64,
+        rel: u64,
+        pos: u64,
+        stamped: Option<u64>,
+        end: u64,
+    ) -> Result<Option<Option<u64>>> {
         let file = self.file()?;
         let mut scan = Scanner::new(file.as_ref(), &self.paths.log, pos, end, self.base + rel);
+        let mut first = true;
         while let Some(item) = scan.next_batch() {
             let (_, header, _) = item?;
+            if first && pos > 0 && stamped.is_some_and(|s| s != header.timestamp_ms) {
+                return Ok(None);
+            }
+            first = false;
             if header.timestamp_ms >= ts {
-                return Ok(Some(header.base_offset));
+                return Ok(Some(Some(header.base_offset)));
             }
         }
-        Ok(None)
+        Ok(Some(None))
     }
 
     /// The timestamp of the first batch (`None` for an empty segment).

@@ -191,6 +191,50 @@ async fn a_damaged_sealed_time_index_is_rebuilt_not_trusted() {
     log.close().await.unwrap();
 }
 
+/// A time index entry whose timestamp was damaged to an earlier one that keeps the entries in
+/// order is found out when a lookup starts from it (its batch is stamped otherwise) and the
+/// index rebuilt. Trusted, a lookup starting there skipped the batches before it stamped at or
+/// after the time asked, and answered a later offset without a word (found by a review).
+#[tokio::test]
+async fn a_time_entry_stamped_too_early_is_found_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // Appended over some milliseconds, so that the segments' batches differ in time.
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    for i in 0..120 {
+        log.append_one(payload(i, 90)).await.unwrap();
+        if i % 5 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+    }
+    log.close().await.unwrap();
+    let files = segment_files(dir.path());
+    let time = files[0].with_extension("timeindex");
+    let mut bad = std::fs::read(&time).unwrap();
+    assert!(bad.len() >= 48, "the first segment has time entries");
+    // Every entry stamped as the first one: still in order.
+    let first: [u8; 8] = bad[0..8].try_into().unwrap();
+    let mut changed = false;
+    for entry in bad.chunks_exact_mut(16).skip(1) {
+        changed |= entry[0..8] != first;
+        entry[0..8].copy_from_slice(&first);
+    }
+    assert!(changed, "the entries were stamped apart");
+    std::fs::write(&time, &bad).unwrap();
+
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    let records = read_all(&log, 0).await;
+    let mut stamps: Vec<u64> = records.iter().map(|r| r.timestamp_ms).collect();
+    stamps.dedup();
+    for ts in stamps.iter().flat_map(|&t| [t, t + 1]) {
+        let want = records
+            .iter()
+            .find(|r| r.timestamp_ms >= ts)
+            .map(|r| r.offset);
+        assert_eq!(log.offset_for_timestamp(ts).unwrap(), want, "ts {ts}");
+    }
+    log.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_missing_sealed_index_falls_back_to_a_scan() {
     let dir = tempfile::tempdir().unwrap();
