@@ -313,3 +313,56 @@ async fn compact_after_the_background_purge_removes_the_old_copies() {
     let (code, out, _) = tidings(&["verify", "--data", d]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Damage in the active segment that valid batches follow (a recall among them) refuses the
+/// compact, a dry run too, naming it, before anything changes. A read-only view ends the log at
+/// such damage: a dry run said there was nothing to purge, and a run removed the conversation
+/// cache's files, then failed at the writable open (found by a QA round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_refuses_damage_in_the_active_segment_before_changing_anything() {
+    let server = Server::start(&ARGS);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    api.send(&alice, "g", "k1", KEPT[0]).await;
+    api.send(&alice, "g", "d1", "DAMAGED-HERE-v6Qs").await;
+    api.send(&alice, "g", "r1", RECALLED[0]).await;
+    api.ok("DELETE", "/v1/channels/g/messages/3", &alice, None)
+        .await;
+    api.send(&alice, "g", "k2", KEPT[1]).await;
+    api.ok("GET", "/v1/conversations", &bob, None).await;
+    let data = server.data.clone();
+    let d = data.to_str().unwrap();
+    let _dir = server.stop();
+    // One byte of the second message's payload, in the active segment (the last one).
+    let active = tree(&data.join("log"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&active).unwrap();
+    let at = bytes
+        .windows(17)
+        .position(|w| w == b"DAMAGED-HERE-v6Qs")
+        .expect("the message is in the active segment");
+    bytes[at + 3] ^= 0x20;
+    std::fs::write(&active, &bytes).unwrap();
+    let everything = contents(&data, |_| true);
+    for args in [
+        &["compact", "--data", d, "--dry-run"][..],
+        &["compact", "--data", d],
+    ] {
+        let (code, out, err) = tidings(args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("valid batches follow a damaged one") && err.contains(".log"),
+            "{args:?}: {err}"
+        );
+        assert!(!out.contains("nothing to purge"), "{args:?}: {out}");
+        assert!(
+            contents(&data, |_| true) == everything,
+            "{args:?} changed files"
+        );
+    }
+}

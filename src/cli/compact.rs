@@ -126,6 +126,7 @@ fn newest_recall(state: &tidings_projections::State, log_start: u64) -> Option<u
 /// made from another history; none: offset 0), brought up to the log's end. `None` for an
 /// empty log.
 async fn plan_read_only(data: &DataDir, log: &Log) -> anyhow::Result<Option<(Plan, Option<u64>)>> {
+    refuse_damaged_tail(log).await?;
     if log.next_offset() == 0 {
         return Ok(None);
     }
@@ -147,6 +148,30 @@ async fn plan_read_only(data: &DataDir, log: &Log) -> anyhow::Result<Option<(Pla
         plan.stale_copies = !stale.is_empty();
     }
     Ok(Some((plan, recalled_at)))
+}
+
+/// Refuses a log whose active segment holds damage that valid batches follow. A read-only
+/// view ends the log at such damage (a server may be writing there), so the plan saw neither
+/// the damage nor what follows it: a run said there was nothing to purge with a recalled
+/// message's bytes behind it, or removed the conversation cache's files and only then failed
+/// at the writable open, which refuses the log (found by a QA round). Checked as `inspect`
+/// checks it; the sealed segments' damage the plan meets as it reads every record.
+async fn refuse_damaged_tail(log: &Log) -> anyhow::Result<()> {
+    let Some(active) = log
+        .segments()?
+        .into_iter()
+        .rfind(|s| !s.sealed && !s.remote)
+    else {
+        return Ok(());
+    };
+    let (l, base) = (log.clone(), active.base_offset);
+    match tokio::task::spawn_blocking(move || l.check_segment(base)).await? {
+        Ok(_) => Ok(()),
+        Err(e) => anyhow::bail!(
+            "{e}: `tidings compact` reads every record and leaves a damaged log as it is \
+             (`tidings inspect` names the damage)"
+        ),
+    }
 }
 
 /// Refuses a tiered data directory (slice 1 of compaction purges local files only): one with
