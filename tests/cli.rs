@@ -1195,6 +1195,23 @@ async fn trace_prints_what_the_http_trace_answered() {
     );
 
     assert_eq!((tree(&data), file_bytes(&data)), before, "no file changed");
+
+    // The sidecar damaged: the trace fails naming the data directory's file, not the link to
+    // it in a temporary directory gone once the command ends (found by a QA round).
+    let located = state.index.locate("g", 1, 1);
+    let [Located::Run(run)] = located.as_slice() else {
+        unreachable!()
+    };
+    let sidecar =
+        tidings_projections::msgindex::sidecar_path(&data.join("projections/index"), run.file);
+    let mut bytes = std::fs::read(&sidecar).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&sidecar, &bytes).unwrap();
+    let (code, out, err) = trace("g", "1");
+    assert_eq!(code, 1, "{out}{err}");
+    let named = std::path::absolute(&sidecar).unwrap();
+    assert!(err.contains(&named.display().to_string()), "{err}");
 }
 
 /// `verify` on the data directory of a server that takes writes and writes a snapshot every

@@ -89,11 +89,21 @@ async fn trace(data: &DataDir, log: &Log, channel: &str, seq: u64) -> anyhow::Re
             (if expiring { log.start_offset() } else { 0 }, expiring)
         }
     };
+    // The sidecar read through its link is named as the data directory's file: the
+    // temporary directory is gone once the command ends (found by a QA round).
+    let (linked, real) = (
+        p.index_files().dir().display().to_string(),
+        std::path::absolute(data.projections().join("index"))?
+            .display()
+            .to_string(),
+    );
+    let refused =
+        |code, message: &str| refused(channel, seq, code, &message.replace(&linked, &real));
     let plan = admin_trace_plan(&p, channel, seq, expired_below)
-        .map_err(|e| refused(channel, seq, e.code, &e.message))?;
+        .map_err(|e| refused(e.code, &e.message))?;
     let t = trace_planned(log, &plan, None, expiring)
         .await
-        .map_err(|e| refused(channel, seq, e.code, &e.message))?;
+        .map_err(|e| refused(e.code, &e.message))?;
     Ok(t)
 }
 
