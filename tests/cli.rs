@@ -422,6 +422,32 @@ fn damage_batch_20(dir: &Path) -> PathBuf {
     seg
 }
 
+/// A damaged last batch in the active segment (what a crash mid-write leaves, and what the next
+/// start cuts) is the end of the data, and `inspect` says so, with the bytes past the last whole
+/// batch, still exit 0: it showed the segment `ok` with a shorter length and nothing more (a QA
+/// round). An intact log gets no such note.
+#[tokio::test]
+async fn inspect_tells_a_torn_last_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    write_synced_log(dir.path()).await;
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = tidings(&["inspect", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("past the last whole batch"), "{out}");
+    let seg = dir.path().join("log").join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last = *common::batch_starts(&bytes).last().unwrap();
+    let torn = bytes.len() - last;
+    bytes[last + 45] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (code, out, err) = tidings(&["inspect", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("ok; {torn} bytes past the last whole batch")),
+        "{out}"
+    );
+}
+
 /// Damage in the active segment that valid batches follow (what `serve` refuses to start on):
 /// `inspect` reports it and exits 1, `replay` prints the events before it and fails naming it,
 /// `verify` and `trace` name it and exit 1. They ended quietly at the damaged batch before (the
