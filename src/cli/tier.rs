@@ -90,8 +90,8 @@ async fn status(data: &DataDir) -> anyhow::Result<ExitCode> {
             dir.display()
         );
         super::out!(
-            "local: {} segments, {} bytes, offsets [{start}, {end})",
-            local.len(),
+            "local: {}, {} bytes, offsets [{start}, {end})",
+            super::count(local.len() as u64, "segment", "segments"),
             local.iter().map(|s| s.bytes).sum::<u64>()
         );
         return Ok(ExitCode::SUCCESS);
@@ -104,25 +104,25 @@ async fn status(data: &DataDir) -> anyhow::Result<ExitCode> {
         dir.join("tier-manifest.json").display()
     );
     super::out!(
-        "remote: {} segments, {} bytes, offsets [{}, {})",
-        m.segments.len(),
+        "remote: {}, {} bytes, offsets [{}, {})",
+        super::count(m.segments.len() as u64, "segment", "segments"),
         m.segments.iter().map(|s| s.bytes).sum::<u64>(),
         m.segments.first().map_or(0, |s| s.base),
         m.end()
     );
     super::out!(
-        "local:  {} segments, {} bytes, offsets [{start}, {end}) (the newest is the active one)",
-        local.len(),
+        "local:  {}, {} bytes, offsets [{start}, {end}) (the newest is the active one)",
+        super::count(local.len() as u64, "segment", "segments"),
         local.iter().map(|s| s.bytes).sum::<u64>()
     );
     super::out!(
-        "local only: {} (the active segment and {} sealed segments not uploaded yet)",
+        "local only: {} (the active segment and {} not uploaded yet)",
         ranges(&c.local_only),
-        c.lag_segments
+        super::count(c.lag_segments as u64, "sealed segment", "sealed segments")
     );
     super::out!(
-        "lag:    {} sealed segments, {} bytes not uploaded yet",
-        c.lag_segments,
+        "lag:    {}, {} bytes not uploaded yet",
+        super::count(c.lag_segments as u64, "sealed segment", "sealed segments"),
         c.lag_bytes
     );
     if c.diverged.is_empty() {
@@ -133,13 +133,19 @@ async fn status(data: &DataDir) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let only = if c.local_only.is_empty() {
+        "No record is in this directory only".to_string()
+    } else {
+        format!(
+            "The records at {} are in this directory only",
+            ranges(&c.local_only)
+        )
+    };
     super::out!(
         "DIVERGED: the object store holds another history of this log than the local segments: \
-         {}. The records at {} are in this directory only, and a server started on it does not \
-         upload them or delete any local segment (tiering stops there) until an operator \
-         decides which history to keep",
+         {}. {only}, and a server started on it does not upload them or delete any local \
+         segment (tiering stops there) until an operator decides which history to keep",
         c.diverged.join("; "),
-        ranges(&c.local_only)
     );
     Ok(ExitCode::FAILURE)
 }
