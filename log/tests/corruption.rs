@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use bytes::Bytes;
 use common::{payload, read_all, segment_files};
 use tidings_log::{CorruptKind, Log, LogError, LogOptions};
@@ -153,31 +155,24 @@ async fn a_damaged_sealed_index_is_rebuilt_not_trusted() {
     log.close().await.unwrap();
 }
 
-/// A time index entry moved off its batch (still monotonic and inside the data) is rebuilt
-/// when a lookup by time meets it, as an offset index entry is when a read does: every lookup
-/// in its range failed with a corruption error before (and the retention by age with it).
-#[tokio::test]
-async fn a_damaged_sealed_time_index_is_rebuilt_not_trusted() {
-    let dir = tempfile::tempdir().unwrap();
-    // Appended over some milliseconds, so that the segments' batches differ in time.
-    let log = Log::open(dir.path(), opts()).await.unwrap();
+/// A log of 120 records appended over some milliseconds (a pause of 3 ms every `every`), so
+/// that the segments' batches differ in time; returns the first segment's time index path.
+async fn stamped_apart(dir: &Path, every: u64) -> PathBuf {
+    let log = Log::open(dir, opts()).await.unwrap();
     for i in 0..120 {
         log.append_one(payload(i, 90)).await.unwrap();
-        if i % 10 == 0 {
+        if i % every == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(3)).await;
         }
     }
     log.close().await.unwrap();
-    let files = segment_files(dir.path());
-    let time = files[0].with_extension("timeindex");
-    let good = std::fs::read(&time).unwrap();
-    assert!(good.len() >= 32, "the first segment has time entries");
-    let mut bad = good.clone();
-    let pos = u32::from_le_bytes(bad[16 + 12..16 + 16].try_into().unwrap());
-    bad[16 + 12..16 + 16].copy_from_slice(&(pos + 3).to_le_bytes());
-    std::fs::write(&time, &bad).unwrap();
+    segment_files(dir)[0].with_extension("timeindex")
+}
 
-    let log = Log::open(dir.path(), opts()).await.unwrap();
+/// Every lookup by time (each record's stamp, and one past it) answers the first offset
+/// stamped at or after it.
+async fn lookups_by_time_answer_right(dir: &Path) {
+    let log = Log::open(dir, opts()).await.unwrap();
     let records = read_all(&log, 0).await;
     let mut stamps: Vec<u64> = records.iter().map(|r| r.timestamp_ms).collect();
     stamps.dedup();
@@ -191,6 +186,21 @@ async fn a_damaged_sealed_time_index_is_rebuilt_not_trusted() {
     log.close().await.unwrap();
 }
 
+/// A time index entry moved off its batch (still monotonic and inside the data) is rebuilt
+/// when a lookup by time meets it, as an offset index entry is when a read does: every lookup
+/// in its range failed with a corruption error before (and the retention by age with it).
+#[tokio::test]
+async fn a_damaged_sealed_time_index_is_rebuilt_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let time = stamped_apart(dir.path(), 10).await;
+    let mut bad = std::fs::read(&time).unwrap();
+    assert!(bad.len() >= 32, "the first segment has time entries");
+    let pos = u32::from_le_bytes(bad[16 + 12..16 + 16].try_into().unwrap());
+    bad[16 + 12..16 + 16].copy_from_slice(&(pos + 3).to_le_bytes());
+    std::fs::write(&time, &bad).unwrap();
+    lookups_by_time_answer_right(dir.path()).await;
+}
+
 /// A time index entry whose timestamp was damaged to an earlier one that keeps the entries in
 /// order is found out when a lookup starts from it (its batch is stamped otherwise) and the
 /// index rebuilt. Trusted, a lookup starting there skipped the batches before it stamped at or
@@ -198,17 +208,7 @@ async fn a_damaged_sealed_time_index_is_rebuilt_not_trusted() {
 #[tokio::test]
 async fn a_time_entry_stamped_too_early_is_found_out() {
     let dir = tempfile::tempdir().unwrap();
-    // Appended over some milliseconds, so that the segments' batches differ in time.
-    let log = Log::open(dir.path(), opts()).await.unwrap();
-    for i in 0..120 {
-        log.append_one(payload(i, 90)).await.unwrap();
-        if i % 5 == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-        }
-    }
-    log.close().await.unwrap();
-    let files = segment_files(dir.path());
-    let time = files[0].with_extension("timeindex");
+    let time = stamped_apart(dir.path(), 5).await;
     let mut bad = std::fs::read(&time).unwrap();
     assert!(bad.len() >= 48, "the first segment has time entries");
     // Every entry stamped as the first one: still in order.
@@ -220,19 +220,7 @@ async fn a_time_entry_stamped_too_early_is_found_out() {
     }
     assert!(changed, "the entries were stamped apart");
     std::fs::write(&time, &bad).unwrap();
-
-    let log = Log::open(dir.path(), opts()).await.unwrap();
-    let records = read_all(&log, 0).await;
-    let mut stamps: Vec<u64> = records.iter().map(|r| r.timestamp_ms).collect();
-    stamps.dedup();
-    for ts in stamps.iter().flat_map(|&t| [t, t + 1]) {
-        let want = records
-            .iter()
-            .find(|r| r.timestamp_ms >= ts)
-            .map(|r| r.offset);
-        assert_eq!(log.offset_for_timestamp(ts).unwrap(), want, "ts {ts}");
-    }
-    log.close().await.unwrap();
+    lookups_by_time_answer_right(dir.path()).await;
 }
 
 #[tokio::test]
