@@ -11,7 +11,7 @@
 //!
 //! The frames themselves — reading a client's, encoding the server's — are in `frames.rs`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,8 +47,10 @@ use crate::server::sequencer::{self, SendRequest, Sent};
 use crate::server::state::{AppState, now_ms};
 
 mod frames;
+mod own_sends;
 
 use self::frames::{ClientFrame, SendAck, SendPayload, encode, error_frame, parse};
+use self::own_sends::OwnSends;
 
 const CBOR_PROTOCOL: &str = "tidings.cbor";
 /// The longest a session's expiry timer is set for before the wall clock is read again.
@@ -377,20 +379,15 @@ struct Ctx {
     /// catch-up does not send their messages back to it (it has their sendacks; live pushes
     /// skip them by origin). By seq, told by the sequencer before the message can be applied
     /// ([`sequencer::send_batch_for_session`]): a `client_msg_id` told neither a send without
-    /// one nor the same id of another device's message apart. `None` once live.
-    own_sends: Option<OwnSends>,
+    /// one nor the same id of another device's message apart. It holds what catch-up left
+    /// out as the session's own until the send's answer says whether a sendack came
+    /// ([`own_sends`]).
+    own_sends: OwnSends,
 }
 
-/// Seqs of a session's own sends, by channel ([`Ctx::own_sends`]).
-type OwnSends = HashMap<ChannelId, HashSet<u64>>;
-
 /// Notes a session's send as its own while it catches up ([`Ctx::own_sends`]).
-fn mark_own(own: &mut Option<OwnSends>) -> impl FnMut(&str, u64) + '_ {
-    move |channel, seq| {
-        if let Some(own) = own {
-            own.entry(channel.to_owned()).or_default().insert(seq);
-        }
-    }
+fn mark_own(own: &mut OwnSends) -> impl FnMut(&str, u64) + '_ {
+    move |channel, seq| own.mark(channel, seq)
 }
 
 /// The answer to a recall or an edit frame ([`Ctx::change`]), with the in-flight slot it held:
@@ -546,29 +543,18 @@ impl Ctx {
                     return Ok(CatchUp::Failed);
                 }
             };
-            for m in &msgs {
+            for m in msgs {
                 let e = self.sent_upto.entry(m.channel.clone()).or_default();
                 *e = (*e).max(m.seq);
-                if m.from == self.uid
-                    && self
-                        .own_sends
-                        .as_ref()
-                        .and_then(|own| own.get(&m.channel))
-                        .is_some_and(|seqs| seqs.contains(&m.seq))
-                {
-                    continue;
-                }
-                let msg = if self.cbor {
-                    let mut frame = message_json(m, Some(&self.uid));
-                    if let Some(o) = frame.as_object_mut() {
-                        o.insert("type".into(), json!("message"));
+                let m = if m.from == self.uid {
+                    match self.own_sends.catch_up(m) {
+                        Some(m) => m,
+                        None => continue,
                     }
-                    WsMessage::Binary(cbor_frame(&frame))
                 } else {
-                    // The payload as sent.
-                    WsMessage::Text(message_text(m, Some(&self.uid), Some("message")).into())
+                    m
                 };
-                w.raw(msg).await?;
+                w.raw(self.message_frame(&m)).await?;
             }
         }
         // Everything applied before this plan is sent, and, when queueing, everything since
@@ -583,6 +569,20 @@ impl Ctx {
             self.session.queue_from_now();
         }
         Ok(CatchUp::More)
+    }
+
+    /// A message as the `message` frame catch-up writes.
+    fn message_frame(&self, m: &messages::Message) -> WsMessage {
+        if self.cbor {
+            let mut frame = message_json(m, Some(&self.uid));
+            if let Some(o) = frame.as_object_mut() {
+                o.insert("type".into(), json!("message"));
+            }
+            WsMessage::Binary(cbor_frame(&frame))
+        } else {
+            // The payload as sent.
+            WsMessage::Text(message_text(m, Some(&self.uid), Some("message")).into())
+        }
     }
 
     /// The frame for a live push; none when catch-up already sent it or this session sent it.
@@ -1113,7 +1113,7 @@ async fn run(
         new_changes: None,
         last_change: None,
         sends: Vec::new(),
-        own_sends: catch_up.then(HashMap::new),
+        own_sends: OwnSends::new(catch_up),
     };
     let mut w = Writer {
         sink,
@@ -1243,12 +1243,14 @@ async fn run(
                 let mut next = Some(first);
                 while let Some(mut a) = next.take() {
                     burst.extend(ctx.answer(&a));
-                    // Told `apply_timeout`: no sendack comes, so catch-up must not skip the
-                    // message as one this session has (it got neither until 2026-12-02).
-                    if let (Some((channel, seq)), Some(own)) = (&a.not_applied, &mut ctx.own_sends)
-                        && let Some(seqs) = own.get_mut(channel)
-                    {
-                        seqs.remove(seq);
+                    // Told `apply_timeout`: no sendack comes, so the message is not skipped as
+                    // one this session has; written now if catch-up already left it out.
+                    if let Some((channel, seq)) = &a.not_applied {
+                        if let Some(m) = ctx.own_sends.not_applied(channel, *seq) {
+                            burst.push(ctx.message_frame(&m));
+                        }
+                    } else if let Ok(s) = &a.result {
+                        ctx.own_sends.answered(&s.channel, s.seq);
                     }
                     if let Some(p) = a.permit.take() {
                         slots.push(p);
@@ -1305,7 +1307,7 @@ async fn run(
                 Ok(CatchUp::Live) => {
                     catching_up = false;
                     state.metrics.ws_catching_up.dec();
-                    ctx.own_sends = None;
+                    ctx.own_sends.live();
                     Ok(())
                 }
                 Ok(CatchUp::Failed) => break Some(CATCH_UP_FAILED),
