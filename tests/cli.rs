@@ -449,7 +449,8 @@ async fn inspect_tells_a_torn_last_batch() {
 }
 
 /// Damage in the active segment that valid batches follow (what `serve` refuses to start on):
-/// `inspect` reports it and exits 1, `replay` prints the events before it and fails naming it,
+/// `inspect` reports it and exits 1, `replay` (also `--follow`) prints the events before it and
+/// fails naming it,
 /// `verify` and `trace` name it and exit 1. They ended quietly at the damaged batch before (the
 /// read-only view's end of the valid data): inspect said ok, replay exited 0 short of the last
 /// events, verify said ok (its rebuild and its live state both stopped there).
@@ -483,6 +484,11 @@ async fn inspect_replay_and_verify_report_damage_that_valid_batches_follow() {
     let (code, out, err) = tidings(&["replay", "--data", d, "--to", "19"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 20);
+    // `--follow` too: it waited at the damage in silence, for records no server could write.
+    let (code, out, err) = common::tidings_within(&["replay", "--data", d, "--follow"], 30);
+    assert_ne!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().count(), 20, "{out}");
+    assert!(err.contains("valid batches follow a damaged one"), "{err}");
 
     let (code, out, err) = tidings(&["verify", "--data", d]);
     assert_eq!(code, 1, "{out}{err}");

@@ -58,18 +58,21 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut tail = log.tail(args.from.max(log.start_offset()));
     let mut bad = 0u64;
     let end = log.next_offset();
+    let mut end_checked = false;
     'outer: loop {
         let next = tail.position();
         if args.to.is_some_and(|to| next > to) {
             break;
         }
+        // The read at the end fails when the active segment's valid data ends at damage that
+        // valid data follows (which `serve` refuses to start on): the replay stops with that
+        // error, as at damage in a sealed segment, not as at the end of the log. With
+        // `--follow` too: it waited in silence for records no server could write.
+        if next == end && !end_checked {
+            end_checked = true;
+            log.read(end, 0).await?;
+        }
         if !args.follow && next >= end {
-            // The read at the end fails when the active segment's valid data ends at damage
-            // that valid data follows (which `serve` refuses to start on): the replay stops
-            // with that error, as at damage in a sealed segment, not as at the end of the log.
-            if next == end {
-                log.read(end, 0).await?;
-            }
             break;
         }
         let batch = tail.next_batch(4 << 20).await?;

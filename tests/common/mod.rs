@@ -467,6 +467,42 @@ pub(crate) fn tidings(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// [`tidings`] for a command that must end within `secs` seconds: panics when it still runs
+/// then (killed, with what it printed).
+pub(crate) fn tidings_within(args: &[&str], secs: u64) -> (i32, String, String) {
+    let (stdout, stderr) = (
+        tempfile::NamedTempFile::new().unwrap(),
+        tempfile::NamedTempFile::new().unwrap(),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(args)
+        .stdout(stdout.reopen().unwrap())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "{args:?} still ran after {secs} s: {}{}",
+                std::fs::read_to_string(stdout.path()).unwrap(),
+                std::fs::read_to_string(stderr.path()).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(stdout.path()).unwrap(),
+        std::fs::read_to_string(stderr.path()).unwrap(),
+    )
+}
+
 /// Runs `tidings serve` on `data` with `args` where it must refuse to start: whether it exited
 /// successfully, and what it wrote to stderr. Panics when it still runs after 30 s (it started).
 pub(crate) fn refused_start(
