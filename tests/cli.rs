@@ -1511,3 +1511,34 @@ async fn rebuild_sidecars_mends_only_the_sidecars() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("past the log's end"), "{out}");
 }
+
+/// `--data` naming a file: every command that reads a data directory refuses it as a usage
+/// error (exit 2) naming it, and leaves the file as it was. They failed later naming a path
+/// under it (`list FILE/projections/snapshots: Not a directory`, `no log segments in
+/// FILE/log`; a QA round).
+#[test]
+fn a_data_path_that_is_a_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data");
+    std::fs::write(&file, b"not a data directory").unwrap();
+    let f = file.to_str().unwrap();
+    for cmd in [
+        &["inspect"][..],
+        &["verify"],
+        &["replay"],
+        &["rebuild"],
+        &["compact"],
+        &["trace", "g", "1"],
+        &["tier", "status"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.extend(["--data", f]);
+        let (code, out, err) = tidings(&args);
+        assert_eq!(code, 2, "{cmd:?}: {out}{err}");
+        assert!(
+            err.contains(&format!("{f} is not a directory")),
+            "{cmd:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a data directory");
+}

@@ -22,7 +22,7 @@ use crate::data::DataDir;
 #[derive(Debug, clap::Args)]
 pub(crate) struct CompactArgs {
     /// The data directory.
-    #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
+    #[arg(long, env = "TIDINGS_DATA", default_value = "data", value_parser = crate::cli::data_dir)]
     data: std::path::PathBuf,
     /// Print what would be purged, and change nothing (the log is opened read-only and the
     /// state loaded into a temporary directory; the server must still be stopped) but

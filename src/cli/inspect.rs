@@ -15,7 +15,7 @@ use crate::data::DataDir;
 #[derive(Debug, clap::Args)]
 pub(crate) struct InspectArgs {
     /// The data directory.
-    #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
+    #[arg(long, env = "TIDINGS_DATA", default_value = "data", value_parser = crate::cli::data_dir)]
     data: std::path::PathBuf,
 }
 

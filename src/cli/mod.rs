@@ -54,6 +54,18 @@ use tidings_projections::{Origin, ProjectionConfig, Projections, snapshot};
 
 use crate::data::DataDir;
 
+/// `--data`'s parser: a path that exists and is not a directory is a usage error naming it (the
+/// commands failed later on a path under it: `list /tmp/f/projections/snapshots: Not a
+/// directory`, or `no log segments in /tmp/f/log`). One that does not exist is left to the
+/// command, which names what it looked for.
+pub(crate) fn data_dir(arg: &str) -> Result<std::path::PathBuf, String> {
+    let path = std::path::PathBuf::from(arg);
+    match std::fs::metadata(&path) {
+        Ok(m) if !m.is_dir() => Err(format!("{arg} is not a directory")),
+        _ => Ok(path),
+    }
+}
+
 /// Refuses a data directory whose log has no segment: nothing to `what`. And opening one would
 /// create it, which a server about to restore this directory from the object store would then
 /// take for a history of its own.

@@ -15,7 +15,7 @@ use crate::data::DataDir;
 #[derive(Debug, clap::Args)]
 pub(crate) struct RebuildArgs {
     /// The data directory.
-    #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
+    #[arg(long, env = "TIDINGS_DATA", default_value = "data", value_parser = crate::cli::data_dir)]
     data: std::path::PathBuf,
     /// Start from the newest valid snapshot and replay the log after it (default: replay the
     /// whole log from offset 0).

@@ -12,7 +12,7 @@ use crate::data::DataDir;
 #[derive(Debug, clap::Args)]
 pub(crate) struct ReplayArgs {
     /// The data directory.
-    #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
+    #[arg(long, env = "TIDINGS_DATA", default_value = "data", value_parser = crate::cli::data_dir)]
     data: std::path::PathBuf,
     /// First offset to print.
     #[arg(long, default_value_t = 0)]

@@ -24,7 +24,7 @@ pub(crate) enum TierCmd {
     /// divergence).
     Status {
         /// The data directory.
-        #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
+        #[arg(long, env = "TIDINGS_DATA", default_value = "data", value_parser = crate::cli::data_dir)]
         data: std::path::PathBuf,
     },
     /// Uploads every sealed segment now (server stopped; while it runs, use

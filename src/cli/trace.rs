@@ -28,7 +28,7 @@ use crate::server::http::{admin_channel, admin_trace_plan, trace_planned};
 #[derive(Debug, clap::Args)]
 pub(crate) struct TraceArgs {
     /// The data directory.
-    #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
+    #[arg(long, env = "TIDINGS_DATA", default_value = "data", value_parser = crate::cli::data_dir)]
     data: std::path::PathBuf,
     /// The channel, as the admin names it over HTTP: a group id, or a person channel as
     /// p:{uid_a}:{uid_b} (in either order).

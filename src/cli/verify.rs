@@ -17,7 +17,7 @@ use crate::data::DataDir;
 #[derive(Debug, clap::Args)]
 pub(crate) struct VerifyArgs {
     /// The data directory.
-    #[arg(long, env = "TIDINGS_DATA", default_value = "data")]
+    #[arg(long, env = "TIDINGS_DATA", default_value = "data", value_parser = crate::cli::data_dir)]
     data: std::path::PathBuf,
     /// Print at most this many differences.
     #[arg(long, default_value_t = 200)]
