@@ -13,6 +13,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::FastSet;
 use crate::ids::{ChannelId, Uid};
 use crate::state::State;
 
@@ -215,16 +216,15 @@ pub fn page(
         // a group the user joined again after it was deleted and created anew, until its
         // first message: the join took it off `cursors.removed`, and the client may still
         // hold the earlier group's entry (one that never listed it has nothing to drop).
+        // Looked up in a set (and duplicates dropped below): a scan of the listed and removed
+        // ones for each cursor was quadratic for a user in many groups, many hidden.
         if let Some(curs) = state.cursors.by_user.get(uid) {
+            let listed: FastSet<&str> = all.iter().map(|c| c.channel.as_str()).collect();
             for (channel, cur) in curs {
                 let last_seq = state.heads.last_seq(channel);
                 let unlisted = cur.hidden_at.is_some()
                     || (last_seq > 0 && !has_own_message(state, channel, last_seq));
-                if unlisted
-                    && window(cur.version)
-                    && !all.iter().any(|c| &c.channel == channel)
-                    && !removed.contains(channel)
-                {
+                if unlisted && window(cur.version) && !listed.contains(channel.as_str()) {
                     removed.push(channel.clone());
                 }
             }
