@@ -1268,8 +1268,34 @@ async fn tier_gc_deletes_only_what_nothing_needs() {
     let api = Api::new(&server);
     let h = history(&api, &bob, "g").await;
     assert_eq!(frame_seqs(&h), (1..=300).collect::<Vec<_>>());
-    server.stop();
-    drop((dir, fresh));
+    let fresh_dir = server.stop();
+
+    // An object the manifest lists gone from the store, and another cut short: named, exit 1
+    // (gc said nothing of them), with nothing deleted.
+    let m = newest_manifest(&prefix);
+    let stem = |i: usize| m["segments"][i]["object"].as_str().unwrap().to_owned();
+    let gone = format!("segments/{}.index", stem(0));
+    let cut = format!("segments/{}.log", stem(1));
+    std::fs::remove_file(prefix.join(&gone)).unwrap();
+    std::fs::write(prefix.join(&cut), b"short").unwrap();
+    let before = keys(&prefix);
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["tier", "gc"])
+        .args(&args)
+        .output()
+        .unwrap();
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
+    assert!(
+        text.contains(&format!("MISSING  {gone}")) && text.contains(&format!("DAMAGED  {cut}")),
+        "{text}"
+    );
+    assert!(err.contains("the store lacks 2 objects"), "{err}");
+    assert_eq!(keys(&prefix), before);
+    drop((dir, fresh, fresh_dir));
 }
 
 /// Puts an object straight into s3s-fs's bucket directory (it lists the files there, with

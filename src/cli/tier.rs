@@ -338,10 +338,21 @@ async fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
         .with_context(no_manifest)?;
     let verdicts = gc::judge(&manifest, &listing, &rules);
     report(&display, &manifest, &listing, &verdicts, args.min_age_secs);
+    let lost = lost_objects(store, prefix, &manifest, &listing).await?;
     let (orphans, _) = tally(&listing, &verdicts, Verdict::Collect);
+    let code = if lost == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "the store lacks {} the manifest lists, or holds {} at another size: cold reads of              their offsets fail (`tidings tier status` shows whether the local log still holds              them)",
+            super::count(lost as u64, "object", "objects"),
+            if lost == 1 { "it" } else { "them" }
+        );
+        ExitCode::FAILURE
+    };
     if !args.delete {
         super::out!("dry run: nothing deleted (--delete deletes the {orphans} orphans)");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     // Again just before deleting: a server may have published a version naming some of them.
     let again = newest_manifest(store, prefix)
@@ -375,7 +386,48 @@ async fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
         bytes += o.size;
     }
     super::out!("deleted: {deleted} objects, {bytes} bytes");
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
+}
+
+/// Prints each object of the manifest's segments that the store lacks or holds at another
+/// size, and returns how many. One the listing lacks is looked up again first: the listing was
+/// taken before the manifest was read, and a version published in between names objects
+/// uploaded after it.
+async fn lost_objects(
+    store: &dyn ObjectStore,
+    prefix: Option<&ObjectPath>,
+    manifest: &Manifest,
+    listing: &[Listed],
+) -> anyhow::Result<usize> {
+    let mut lost = 0;
+    for m in gc::missing(manifest, listing) {
+        let path = match prefix {
+            Some(p) => ObjectPath::from(format!("{p}/{}", m.key)),
+            None => ObjectPath::from(m.key.as_str()),
+        };
+        let found = match m.found {
+            Some(n) => Some(n),
+            None => match store.head(&path).await {
+                Ok(meta) => Some(meta.size),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("looking up {path}")));
+                }
+            },
+        };
+        let (word, what) = match found {
+            Some(n) if n == m.expected => continue,
+            Some(n) => ("DAMAGED", format!("the store holds {n}")),
+            None => ("MISSING", "the store lacks it".to_string()),
+        };
+        lost += 1;
+        super::out!(
+            "{word}  {}  the manifest lists it with {} bytes; {what}",
+            m.key,
+            m.expected
+        );
+    }
+    Ok(lost)
 }
 
 /// Every object under the prefix: its path, and as the judgment takes it (key below the

@@ -131,6 +131,47 @@ pub fn judge(manifest: &Manifest, listing: &[Listed], rules: &Rules) -> Vec<Verd
         .collect()
 }
 
+/// An object the manifest lists that the listing lacks, or holds at another size: the store
+/// lost it, or it was changed (damage, or a hand's work). Cold reads of its offsets fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    /// Its key below the prefix.
+    pub key: String,
+    /// The bytes the manifest gives it.
+    pub expected: u64,
+    /// The bytes the listing gives it; `None` when not listed.
+    pub found: Option<u64>,
+}
+
+/// The objects of the manifest's segments that the listing lacks or holds at another size
+/// (for the report: nothing is deleted by it). A listing taken before the manifest was read
+/// may lack objects uploaded in between and named by that version: the caller checks each
+/// again before it reports it.
+pub fn missing(manifest: &Manifest, listing: &[Listed]) -> Vec<Missing> {
+    let sizes: std::collections::HashMap<&str, u64> =
+        listing.iter().map(|o| (o.key.as_str(), o.size)).collect();
+    manifest
+        .segments
+        .iter()
+        .flat_map(|s| {
+            [
+                ("log", s.bytes),
+                ("index", s.index_bytes),
+                ("timeindex", s.time_bytes),
+            ]
+            .map(|(ext, bytes)| (s.key(ext), bytes))
+        })
+        .filter_map(|(key, expected)| {
+            let found = sizes.get(key.as_str()).copied();
+            (found != Some(expected)).then_some(Missing {
+                key,
+                expected,
+                found,
+            })
+        })
+        .collect()
+}
+
 /// The snapshots kept, by applied offset: the newest `keep`, and the newest two a restore could
 /// use now (a restore skips those at or past the manifest's end, and those below its start; the
 /// server keeps two, which bound its retention).
@@ -288,6 +329,46 @@ mod tests {
     fn verdicts(m: &Manifest, rules: &Rules, keys: &[&str], age: Duration) -> Vec<Verdict> {
         let listing: Vec<Listed> = keys.iter().map(|k| listed(k, age)).collect();
         judge(m, &listing, rules)
+    }
+
+    /// Every object of a listed segment missing or of another size is named, with the bytes
+    /// the manifest gives it and those listed; the others are not.
+    #[test]
+    fn objects_the_manifest_lists_and_the_store_lacks_are_named() {
+        let m = manifest();
+        let mut listing: Vec<Listed> = [
+            "segments/00000000000000000000.00000000000000aa.log",
+            "segments/00000000000000000000.00000000000000aa.index",
+            "segments/00000000000000000000.00000000000000aa.timeindex",
+            "segments/00000000000000000010.log",
+            "segments/00000000000000000010.index",
+        ]
+        .iter()
+        .map(|k| listed(k, DAY))
+        .collect();
+        assert_eq!(
+            missing(&m, &listing),
+            vec![Missing {
+                key: "segments/00000000000000000010.timeindex".into(),
+                expected: 1,
+                found: None,
+            }]
+        );
+        listing[0].size = 0;
+        let names: Vec<(String, Option<u64>)> = missing(&m, &listing)
+            .into_iter()
+            .map(|x| (x.key, x.found))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (
+                    "segments/00000000000000000000.00000000000000aa.log".into(),
+                    Some(0)
+                ),
+                ("segments/00000000000000000010.timeindex".into(), None),
+            ]
+        );
     }
 
     #[test]
