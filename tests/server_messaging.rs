@@ -2389,3 +2389,47 @@ async fn cbor_clients_edit_with_byte_payloads_and_recall() {
     );
     let _ = ws.close(None).await;
 }
+
+/// An ack taken while a member and flushed after the user was removed from the group writes
+/// no cursor for them: a non-member's cursor written after the removal was never let go (a
+/// trim lets go of a removal's cursor once; one written later stayed for good). A member's
+/// ack in the same window is written.
+#[tokio::test]
+async fn an_ack_flushed_after_a_removal_writes_no_cursor() {
+    let server = Server::start(&["--acks-flush-ms", "600000"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob", "carol"]).await;
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let carol = api.user("carol").await;
+    api.send(&alice, "g", "a1", "m1").await;
+    for token in [&bob, &carol] {
+        let mut ws = Ws::connect(&server, token, "").await;
+        assert_eq!(seqs(&ws.messages(1).await), vec![1]);
+        ws.send(json!({"type": "read", "channel": "g", "seq": 1}))
+            .await;
+        ws.quiet(Duration::from_millis(100)).await;
+        ws.close().await;
+    }
+    let (status, v) = api
+        .call(
+            "DELETE",
+            "/v1/channels/g/members",
+            ADMIN,
+            Some(json!({"uids": ["bob"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // The window is written by the shutdown's final flush.
+    let dir = server.stop().unwrap();
+    let data = dir.path().join("data");
+    let (code, out, err) = common::tidings(&["replay", "--data", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let cursors: Vec<&str> = out.lines().filter(|l| l.contains("cursor")).collect();
+    assert_eq!(cursors.len(), 1, "{out}");
+    assert!(
+        cursors[0].contains("carol") && !cursors[0].contains("bob"),
+        "{}",
+        cursors[0]
+    );
+}

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tidings_projections::permissions::can_move_cursor;
 use tidings_projections::{CursorUpdate, Envelope, Event};
 use tokio_util::sync::CancellationToken;
 
@@ -123,7 +124,9 @@ impl Acks {
 }
 
 /// The events of a window: per channel, only moves that advance a cursor, at most
-/// [`CURSORS_PER_EVENT`] users each.
+/// [`CURSORS_PER_EVENT`] users each. Only of members now: one removed from the group (or a
+/// group deleted) since the ack was taken gets no cursor there — a removal's cursor is let go
+/// with it at a trim (`State::forget_left`), and one written after would stay for good.
 fn events(state: &AppState, pending: &Pending) -> Vec<Bytes> {
     let p = state.proj();
     let st = &p.state;
@@ -133,6 +136,7 @@ fn events(state: &AppState, pending: &Pending) -> Vec<Bytes> {
         let last = st.heads.last_seq(channel);
         let cursors: Vec<CursorUpdate> = users
             .iter()
+            .filter(|(uid, _)| can_move_cursor(st, uid, channel))
             .filter_map(|(uid, &(d, r))| {
                 let (d, r) = (d.min(last), r.min(last));
                 let cur = st.cursors.get(uid, channel);
