@@ -208,6 +208,8 @@ impl Log {
             .unwrap_or_else(|_| Err(LogError::Tier("no answer from the object store".into())));
             match claim {
                 Ok(crate::tier::Claim::Taken) => claimed = true,
+                // Said by the claim; the open goes on with tiering stopped.
+                Ok(crate::tier::Claim::Diverged) => {}
                 Ok(crate::tier::Claim::Waiting { seen_ms_ago }) => {
                     tracing::warn!(
                         seen_ms_ago,
@@ -292,13 +294,13 @@ impl Log {
             }
             (Err(e), _) => return Err(e),
         };
-        log.start_uploader(claimed, local.tiered());
+        log.start_uploader(claimed, local.tiered(), local.own_end());
         Ok(log)
     }
 
     /// Starts the tier's uploader task (owned by the log; joined on close); `tiered` is where
     /// the history this directory tiered before starts ([`LocalLog::tiered`]).
-    fn start_uploader(&self, claimed: bool, tiered: crate::tier::Tiered) {
+    fn start_uploader(&self, claimed: bool, tiered: crate::tier::Tiered, own_end: Option<u64>) {
         let (Some(tier), Some(slot)) = (&self.shared.opts.tier, &self.shared.uploader) else {
             return;
         };
@@ -316,6 +318,7 @@ impl Log {
             })),
             rewrites: self.shared.rewrites.clone(),
             tiered,
+            own_end,
         });
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(up.clone().run(stop.clone()));
@@ -1196,7 +1199,20 @@ impl LocalLog {
             first,
             active: self.last.unwrap_or(first),
             tiered: self.tiered(),
+            own_end: self.own_end(),
         })
+    }
+
+    /// Where the history of the directory's manifest copy ends (0 without a copy; `None` when
+    /// it cannot be read): [`crate::tier::LocalStart::own_end`].
+    fn own_end(&self) -> Option<u64> {
+        match &self.copy {
+            Ok(copy) => Some(
+                copy.as_ref()
+                    .map_or(0, crate::tier::manifest::Manifest::end),
+            ),
+            Err(_) => None,
+        }
     }
 
     /// Where the history this directory tiered before starts, by its manifest copy.

@@ -886,6 +886,56 @@ async fn a_long_upload_renews_the_lease_meanwhile() {
     log.close().await.unwrap();
 }
 
+/// A rewritten copy's re-upload (the purge of an uploaded segment) renews the lease when it
+/// outlasts a third of it, as a plain upload does: it ran outside the renewal, so a pass
+/// re-uploading several such copies let a standby take the prefix from a healthy owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_reupload_of_a_rewritten_segment_renews_the_lease_meanwhile() {
+    let s3s = S3Server::start();
+    let relay = Relay::start(s3s.port).await;
+    let store = relayed(&relay);
+    let prefix = unique_prefix("long-reupload");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tier = Tier::open(
+        TierOptions::new(
+            store,
+            &prefix,
+            format!("test://{prefix}"),
+            "node-a",
+            cache.path(),
+        )
+        .with_block_bytes(4096)
+        .with_cache_bytes(1 << 20, 16 << 20)
+        .with_read_timeout(Duration::from_secs(5))
+        .with_upload_interval(Duration::from_secs(3600))
+        .with_lease(Duration::from_millis(1500)),
+    )
+    .await
+    .unwrap();
+    let log = Log::open(data.path().join("log"), log_opts(tier))
+        .await
+        .unwrap();
+    append(&log, 0, 100).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    let before = log.tier().unwrap().manifest().epoch;
+    // Every answer of the store 400 ms late: the new objects' upload and checks take some
+    // seconds, past a third of the lease (500 ms) several times over.
+    relay.set_delay(Duration::from_millis(400));
+    log.rewrite_sealed(0, BTreeMap::from([(1, hashes(1))]))
+        .await
+        .unwrap();
+    relay.set_delay(Duration::ZERO);
+    let m = log.tier().unwrap().manifest();
+    assert!(
+        m.epoch >= before + 2,
+        "epochs {before} → {}: the rewrite's version alone, no renewal during its upload",
+        m.epoch
+    );
+    assert_eq!(log.read(1, 1).await.unwrap()[0].payload, hashes(1));
+    log.close().await.unwrap();
+}
+
 /// An empty data directory cannot be opened while the store does not answer: nothing local
 /// says where the store's history ends, and a log started at 0 would take offsets the store
 /// already holds (before, it did, and served a history of its own under them).
@@ -2740,6 +2790,76 @@ async fn a_store_past_the_directorys_log_is_another_history() {
     assert!(!log.tier().unwrap().status().diverged);
     assert_eq!(log.start_offset(), 800);
     log.close().await.unwrap();
+}
+
+/// A store whose start another writer's removal moved past offsets this directory holds and
+/// never tiered (its manifest copy ends below them; the store ends before its active segment,
+/// so the check of the store's end passes): another history. The directory opens with its own
+/// records, nothing is written to the store (no lease version), and tiering stops — no upload,
+/// no removal, no local deletion. Before, the claim passed, and the retention took the
+/// directory's own segments below the start for expired leftovers of its own and unlinked
+/// them (a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_past_what_the_directory_tiered_is_another_history() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (dir, old) = (data.path().join("log"), data.path().join("old"));
+    let (log, _) = uploaded_log(store.clone(), "past", "node-a", cache.path(), &dir).await;
+    log.close().await.unwrap();
+    copy_dir(&dir, &old);
+    // The copy goes on cut off from the store (opened without its tier): segments it sealed
+    // and never uploaded, past where its manifest copy ends (400).
+    let plain = LogOptions::default()
+        .with_segment_bytes(4096)
+        .with_index_interval_bytes(1024);
+    let copy = Log::open(&old, plain).await.unwrap();
+    append(&copy, 400, 200).await;
+    copy.roll().await.unwrap();
+    copy.close().await.unwrap();
+    // The directory goes on a little, uploads, and removes every sealed segment: the store's
+    // start is past the copy's tiered end, and not past its active segment.
+    let (log, _) = uploaded_log(store.clone(), "past", "node-a", cache.path(), &dir).await;
+    append(&log, 400, 50).await;
+    log.roll().await.unwrap();
+    assert_eq!(log.upload_now().await.unwrap().lag_segments, 0);
+    log.remove_segments_before(u64::MAX).await.unwrap();
+    let m = log
+        .tier()
+        .unwrap()
+        .remote_manifest()
+        .await
+        .unwrap()
+        .unwrap();
+    log.close().await.unwrap();
+    let start = m.start.unwrap();
+    assert!(
+        m.segments.is_empty() && start > 400 && start <= 600,
+        "{m:?}"
+    );
+    let files = local_bases(&old);
+    assert!(files[0] < start && files.last() == Some(&600), "{files:?}");
+
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store.clone(), "past", "node-a", cache.path(), 0, hour).await;
+    let before = {
+        let m = t.remote_manifest().await.unwrap().unwrap();
+        m.epoch
+    };
+    let copy = Log::open(&old, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    assert!(copy.tier().unwrap().status().diverged);
+    let after = copy.tier().unwrap().remote_manifest().await.unwrap();
+    assert_eq!(after.unwrap().epoch, before, "no version written");
+    let r = copy.remove_segments_before(u64::MAX).await;
+    assert!(matches!(r, Err(LogError::RemoveRefused { .. })), "{r:?}");
+    assert!(copy.upload_now().await.is_err());
+    assert_eq!(local_bases(&old), files, "nothing deleted");
+    let expected: Vec<Bytes> = (copy.start_offset()..600).map(payload).collect();
+    assert_eq!(read_all(&copy).await, expected);
+    copy.close().await.unwrap();
 }
 
 /// A local copy listed in the manifest goes with its entry only if it holds the store's bytes:

@@ -346,6 +346,10 @@ async fn prune_versions(inner: &TierInner, newest: u64) {
 pub(crate) enum Claim {
     /// The prefix is this process's.
     Taken,
+    /// The store holds another history of this log ([`holds_history`]): nothing was written
+    /// there (no lease taken from its owner, whose lease may only look lapsed), and tiering
+    /// stops.
+    Diverged,
     /// Another process under this node id holds a live lease: this node restarted after a
     /// crash within the lease, or its data directory was cloned and the other copy runs. Only
     /// waiting tells them apart — a crashed process writes no more, a running one renews —
@@ -368,6 +372,10 @@ pub(crate) struct LocalStart {
     pub(crate) active: u64,
     /// Where the history this directory tiered before starts, by its local manifest copy.
     pub(crate) tiered: Tiered,
+    /// Where that copy's history ends (its uploads' end, or the start its removals set; 0
+    /// without a copy): every offset this directory's own tiering put in the store, or removed
+    /// from it, is below. `None` when the copy cannot be read.
+    pub(crate) own_end: Option<u64>,
 }
 
 /// Where the history a log directory tiered before starts, by its local manifest copy.
@@ -441,6 +449,13 @@ pub(crate) async fn claim(inner: &TierInner, local: Option<LocalStart>) -> Resul
             m.next(me, now)
         }
     };
+    // Another history ([`holds_history`]), and nobody to wait for or be fenced by: no version
+    // is written there. Writing one took the lease of an owner whose lease only looked lapsed
+    // (a partition, a clock), fencing it at its next write, while this log never renewed it
+    // (its passes stop at the divergence).
+    if inner.diverged.load(Ordering::Relaxed) {
+        return Ok(Claim::Diverged);
+    }
     match write_manifest(inner, &next).await? {
         Written::Ok => {
             inner.fenced.store(false, Ordering::Relaxed);
@@ -486,6 +501,27 @@ fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> 
             store_end = end,
             local_active = local.active,
             "the object store holds this log's history past the start of this directory's newest segment: another history of this log; tiering stops (no uploads, no removal, no local deletion)"
+        );
+    }
+    // A start a removal moved past offsets this directory holds and its own tiering never
+    // reached (its manifest copy ends below them): another writer's retention removed them,
+    // so the store's offsets there are another history's. This log's own removals only take
+    // what it uploaded, and each upload's version is in its copy before any removal runs (a
+    // crash between the two leaves the copy to the next claim, before any removal), so its own
+    // start is never past its copy's end. Not taken for expired leftovers of its own (until
+    // 2026-12-03 they were: the retention unlinked what this directory acknowledged and never
+    // uploaded).
+    if let (Some(start), Some(own_end)) = (m.and_then(|m| m.start), local.own_end)
+        && local.first < start
+        && own_end < start
+        && !inner.diverged.swap(true, Ordering::Relaxed)
+    {
+        tracing::error!(
+            store = %inner.opts.display,
+            store_start = start,
+            local_first = local.first,
+            own_end,
+            "the object store's history starts past offsets this directory holds and never tiered: another writer removed them; another history of this log, tiering stops (no uploads, no removal, no local deletion)"
         );
     }
     let listed = m.filter(|m| m.history_start().is_some());

@@ -161,6 +161,8 @@ pub(crate) struct Uploader {
     /// the open ([`store::LocalStart::tiered`]): for the claim after an open the store did
     /// not answer (nothing rewrites the copy before that claim).
     pub(crate) tiered: store::Tiered,
+    /// Where that copy's history ends, as of the open ([`store::LocalStart::own_end`]).
+    pub(crate) own_end: Option<u64>,
 }
 
 /// The start of a pass's error while the claim waits ([`store::Claim::Waiting`]).
@@ -260,6 +262,7 @@ impl Uploader {
                 first: s.base,
                 active: self.watermark.borrow().active_base,
                 tiered: self.tiered,
+                own_end: self.own_end,
             })
     }
 
@@ -274,6 +277,12 @@ impl Uploader {
     pub(crate) async fn pass(&self) -> Result<TierStatus> {
         let mut state = self.pass_lock.lock().await;
         let inner = &self.tier.inner;
+        // Given up by the close (`release`): a pass that waited for the lock behind it (an
+        // `upload_now` called as the log closed) claimed the prefix again and renewed a lease
+        // the successor then waited out.
+        if state.released {
+            return Err(LogError::Closed);
+        }
         if inner.fenced.load(Ordering::Relaxed) {
             return Err(LogError::Tier(
                 "fenced: another server owns the prefix".into(),
@@ -292,6 +301,7 @@ impl Uploader {
             // another history, before anything is uploaded there or deleted here.
             match store::claim(inner, self.local_start()).await {
                 Ok(store::Claim::Taken) => {}
+                Ok(store::Claim::Diverged) => return Err(LogError::Tier(DIVERGED.into())),
                 Ok(store::Claim::Waiting { seen_ms_ago }) => {
                     return Err(LogError::Tier(format!(
                         "{WAITING}: it wrote {seen_ms_ago} ms ago"
@@ -478,7 +488,8 @@ impl Uploader {
                 continue;
             }
             let path = SegmentPaths::new(&self.dir, *base).log;
-            let same = seg.sealed_len()? == r.bytes && self.local_crc(&path).await? == r.crc32;
+            let same = seg.sealed_len()? == r.bytes
+                && self.renewing(&mut state, self.local_crc(&path)).await? == r.crc32;
             if !same {
                 tracing::error!(
                     base,
@@ -492,7 +503,12 @@ impl Uploader {
         }
         let mut dropped = Vec::new();
         if new_start > start {
-            let mut next = m.next(&inner.opts.owner_id, store::now_ms());
+            // From the manifest as it is now: a renewal during the reads above wrote a newer
+            // version than `m` (its segments are the same: the pass lock is held).
+            let mut next = self
+                .tier
+                .manifest()
+                .next(&inner.opts.owner_id, store::now_ms());
             dropped = next.remove_before(new_start);
             self.write(&next).await?;
             state.last_write_ms = store::now_ms();
@@ -570,7 +586,7 @@ impl Uploader {
             let path = SegmentPaths::new(&self.dir, base).log;
             let same = *end == e.end
                 && seg.sealed_len()? == e.bytes
-                && self.local_crc(&path).await? == e.crc32;
+                && self.renewing(&mut state, self.local_crc(&path)).await? == e.crc32;
             if !same {
                 tracing::error!(
                     base,
@@ -816,7 +832,9 @@ impl Uploader {
             return Err(LogError::Tier(DIVERGED.into()));
         }
         let path = SegmentPaths::new(&self.dir, base).log;
-        let crc = self.local_crc(&path).await?;
+        // Each long step renews the lease when due, as an upload does (`renewing`): a pass
+        // re-uploading several rewritten copies let it lapse.
+        let crc = self.renewing(state, self.local_crc(&path)).await?;
         if crc == old.crc32 {
             state.confirmed.insert((base, crc));
             return set_marker(&self.dir, base, false);
@@ -824,15 +842,18 @@ impl Uploader {
         // A rewrite is checked before its rename, and a crash leaves the old file or the new
         // one whole: a copy that does not check is damage since, and the store's copy stays.
         let checking = seg.clone();
-        let checked = tokio::task::spawn_blocking(move || checking.check(len))
-            .await
-            .map_err(|_| LogError::Closed)?;
+        let check = async {
+            tokio::task::spawn_blocking(move || checking.check(len))
+                .await
+                .map_err(|_| LogError::Closed)
+        };
+        let checked = self.renewing(state, check).await?;
         if let Err(e) = checked {
             tracing::error!(base, error = %e, store = %inner.opts.display, "a local segment marked for re-upload after a rewrite is damaged: not uploaded (the object store keeps its earlier copy)");
             return set_marker(&self.dir, base, false);
         }
-        let new =
-            store::upload_segment_as(inner, &self.dir, base, end, self.rewrite_stem(base)).await?;
+        let upload = store::upload_segment_as(inner, &self.dir, base, end, self.rewrite_stem(base));
+        let new = self.renewing(state, upload).await?;
         if new.crc32 != crc || new.bytes != len {
             return Err(LogError::Tier(format!(
                 "the rewritten segment at offset {base} changed during its upload"
@@ -1065,7 +1086,9 @@ impl Uploader {
                 .find(|r| r.base == *base)
                 .map_or(0, |r| r.crc32);
             if !state.confirmed.contains(&(*base, crc)) {
-                let local = self.local_crc(&paths.log).await?;
+                // Renewing when due: after a restart nothing is confirmed, and reading every
+                // copy the retention lets go of (a lowered bound: hundreds) let the lease lapse.
+                let local = self.renewing(state, self.local_crc(&paths.log)).await?;
                 if local != crc {
                     tracing::error!(
                         base,
