@@ -950,7 +950,27 @@ impl Log {
             let end = self
                 .segment_end(seg, &wm)
                 .map_err(|e| self.or_removed(e, from))?;
-            if let Err(e) = seg.read_into(from.max(seg.base), end, &mut budget, &mut out) {
+            let (kept, left) = (out.len(), budget.left);
+            let mut read = seg.read_into(from.max(seg.base), end, &mut budget, &mut out);
+            // A segment in the store whose batches fail their checks: its cached blocks are
+            // dropped and it is read once more from the store — the damage may have come on
+            // the way (a GET's body), cached since, and served for good from the cache (its
+            // disk too, across restarts) while the object was intact. Dropped again when the
+            // second read fails too: a good object put back is then read.
+            if matches!(read, Err(LogError::Corrupt { .. }))
+                && seg.is_remote()
+                && let Some(tier) = self.tier()
+                && tier.inner.forget_damaged(&seg.paths.log)
+            {
+                out.truncate(kept);
+                budget.left = left;
+                budget.full = false;
+                read = seg.read_into(from.max(seg.base), end, &mut budget, &mut out);
+                if matches!(read, Err(LogError::Corrupt { .. })) {
+                    tier.inner.forget_damaged(&seg.paths.log);
+                }
+            }
+            if let Err(e) = read {
                 let e = self.or_removed(e, from);
                 // Hand out the good records gathered before the damage; the read that starts
                 // at the damaged batch reports it. A store that did not answer is not damage:

@@ -526,7 +526,8 @@ async fn a_damaged_segment_in_the_bucket_is_detected_and_named() {
     assert!(rel.starts_with(&format!("segments/{:020}.", 0)), "{rel}");
     let object = format!("{prefix}/{rel}");
     let file = s3s.object_file(&object);
-    let mut bytes = std::fs::read(&file).unwrap();
+    let good = std::fs::read(&file).unwrap();
+    let mut bytes = good.clone();
     bytes[2000] ^= 0x01;
     std::fs::write(&file, bytes).unwrap();
     let (log, _cache) = reopened_cold(&s3s, &prefix, data.path()).await;
@@ -545,6 +546,16 @@ async fn a_damaged_segment_in_the_bucket_is_detected_and_named() {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
+    // The damaged blocks were cached as they came (the cache's CRC is taken then): with the
+    // good object back (as damage on the way, a flipped GET body, leaves it), they are not
+    // served again — the read fetches them anew and reads every record. Before, the cache
+    // served them for good (and from its disk across restarts).
+    assert!(log.tier().unwrap().status().damaged_reads >= 1);
+    std::fs::write(&file, &good).unwrap();
+    assert_eq!(
+        read_all(&log).await,
+        (0..1500).map(payload).collect::<Vec<_>>()
+    );
     log.close().await.unwrap();
 }
 
@@ -588,6 +599,36 @@ async fn a_segment_missing_from_the_bucket_is_damage_not_an_outage() {
         text.contains(&rel) && text.contains("does not hold it"),
         "{text}"
     );
+    log.close().await.unwrap();
+}
+
+/// A segment object cut short in the bucket: a read of its blocks wholly past the cut (the
+/// store answers 416) is damage, named, as one of the block it cuts is — not an outage
+/// (`is_cold_storage_unavailable`) readers wait out, as it was (a QA round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_cut_short_in_the_bucket_is_damage_past_the_cut_too() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("cut");
+    let data = tempfile::tempdir().unwrap();
+    let rel = one_segment_uploaded(&s3s, &prefix, data.path()).await;
+    let end = t_manifest(&s3s, &prefix).await.segments[0].end;
+    let file = s3s.object_file(&format!("{prefix}/{rel}"));
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let (log, _cache) = reopened_cold(&s3s, &prefix, data.path()).await;
+    for at in [0, end - 1] {
+        let err = log.read(at, 64 << 10).await.unwrap_err();
+        assert!(!err.is_cold_storage_unavailable(), "offset {at}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&rel) && text.contains("shorter than its manifest entry"),
+            "offset {at}: {text}"
+        );
+    }
     log.close().await.unwrap();
 }
 

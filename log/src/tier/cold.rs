@@ -109,6 +109,59 @@ impl TierInner {
         }
     }
 
+    /// Drops the cached blocks of the segment object behind `path` (a remote segment's file
+    /// name, as [`TierVfs`] opens it) after its batches failed their checks, and counts the
+    /// damaged read: a block damaged on its way from the store (a GET's body) passes the
+    /// cache's own CRC, which is taken as it is cached, and was served from the cache — across
+    /// restarts, from its disk — for good, the object intact. Whether there was such an object.
+    pub(crate) fn forget_damaged(&self, path: &Path) -> bool {
+        let Some((rel, len)) = self.object_of(path) else {
+            return false;
+        };
+        self.counters.damaged_reads.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            object = rel,
+            "a cold read failed its checks; dropping the object's cached blocks, to read them again from the store"
+        );
+        self.forget_object(&rel, len);
+        true
+    }
+
+    /// The object behind `path` (`{stem}.{ext}`) and its length, when the manifest lists a
+    /// segment under exactly that stem, or listed one a rewrite replaced since
+    /// ([`TierInner::retired`]: a reader holding the segment value made for it reads on until
+    /// its objects are deleted; until 2026-12-03 it met "not found" at once): never another
+    /// object at the same base.
+    fn object_of(&self, path: &Path) -> Option<(String, u64)> {
+        let (base, stem, ext) = split_name(path)?;
+        let m = self.manifest.load();
+        let current = m
+            .segments
+            .iter()
+            .find(|s| s.base == base && s.stem() == stem);
+        let retired;
+        let s = match current {
+            Some(s) => s,
+            None => {
+                retired = self
+                    .retired
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .find(|s| s.base == base && s.stem() == stem)
+                    .cloned()?;
+                &retired
+            }
+        };
+        let len = match ext {
+            "log" => s.bytes,
+            "index" => s.index_bytes,
+            "timeindex" => s.time_bytes,
+            _ => return None,
+        };
+        Some((s.key(ext), len))
+    }
+
     /// Block `idx` of object `rel` (`len` bytes long), from the cache or the store.
     pub(crate) async fn block(&self, rel: &str, idx: u64, len: u64) -> io::Result<Bytes> {
         let bs = self.opts.block_bytes as u64;
@@ -194,6 +247,19 @@ impl TierInner {
                 )));
             }
             Ok(Err(e)) => {
+                // A range past the object's end (S3 answers 416) is an object shorter than its
+                // manifest entry: damage, as a short answer is below, not an outage to wait out
+                // (it was one until 2026-12-03). Told by the object's size, whatever the error.
+                let head =
+                    tokio::time::timeout(self.opts.read_timeout, self.opts.store.head(&path));
+                if let Ok(Ok(meta)) = head.await
+                    && meta.size < end
+                {
+                    return Err(FetchError::Damaged(format!(
+                        "reading {path} [{start}, {end}): the object holds {} bytes (shorter than its manifest entry says): {e}",
+                        meta.size
+                    )));
+                }
                 return Err(FetchError::Unavailable(format!(
                     "reading {path} [{start}, {end}): {e}"
                 )));
@@ -392,40 +458,9 @@ impl TierVfs {
         local.is_file().then_some(local)
     }
 
-    /// The object behind `path` (`{stem}.{ext}`) and its length, when the manifest lists a
-    /// segment under exactly that stem, or listed one a rewrite replaced since
-    /// ([`TierInner::retired`]: a reader holding the segment value made for it reads on until
-    /// its objects are deleted; until 2026-12-03 it met "not found" at once): never another
-    /// object at the same base.
+    /// [`TierInner::object_of`].
     fn lookup(&self, path: &Path) -> Option<(String, u64)> {
-        let (base, stem, ext) = split_name(path)?;
-        let m = self.inner.manifest.load();
-        let current = m
-            .segments
-            .iter()
-            .find(|s| s.base == base && s.stem() == stem);
-        let retired;
-        let s = match current {
-            Some(s) => s,
-            None => {
-                retired = self
-                    .inner
-                    .retired
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .find(|s| s.base == base && s.stem() == stem)
-                    .cloned()?;
-                &retired
-            }
-        };
-        let len = match ext {
-            "log" => s.bytes,
-            "index" => s.index_bytes,
-            "timeindex" => s.time_bytes,
-            _ => return None,
-        };
-        Some((s.key(ext), len))
+        self.inner.object_of(path)
     }
 
     /// The directory remote segments are shown in (their "paths" in messages).

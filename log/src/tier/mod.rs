@@ -175,6 +175,7 @@ pub(crate) struct TierCounters {
     pub(crate) get_bytes: AtomicU64,
     pub(crate) cache_hits: AtomicU64,
     pub(crate) corrupt_cache_entries: AtomicU64,
+    pub(crate) damaged_reads: AtomicU64,
     pub(crate) local_deletes: AtomicU64,
 }
 
@@ -217,6 +218,10 @@ pub struct TierStatus {
     pub cache_hits: u64,
     /// Damaged cache entries dropped and refetched since open.
     pub corrupt_cache_entries: u64,
+    /// Reads of a segment in the store whose batches failed their checks since open: its
+    /// cached blocks were dropped and it was read again from the store (damage on the way, or
+    /// in the object).
+    pub damaged_reads: u64,
 }
 
 /// A random number for this opening of the tier (std's hasher keys come from the OS's
@@ -404,6 +409,7 @@ impl Tier {
             gets: l(&c.gets),
             cache_hits: l(&c.cache_hits),
             corrupt_cache_entries: l(&c.corrupt_cache_entries),
+            damaged_reads: l(&c.damaged_reads),
         }
     }
 

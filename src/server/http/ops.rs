@@ -169,6 +169,11 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 tier.cache_hits as f64,
             ),
             (
+                "tidings_tier_damaged_reads_total",
+                "Reads of a segment in the object store whose batches failed their checks since start (its cached blocks dropped and read again from the store).",
+                tier.damaged_reads as f64,
+            ),
+            (
                 "tidings_tier_fenced",
                 "1 when another server took the prefix over.",
                 if tier.fenced { 1.0 } else { 0.0 },
