@@ -217,6 +217,23 @@ pub enum LogError {
         /// directory's local manifest copy lists segments (from `from` on), or cannot be read.
         store_empty: bool,
     },
+    /// The object store's manifest names another log's history than the directory's manifest
+    /// copy ([`crate::tier::manifest::Manifest::history`]): the directory was started with
+    /// another node's prefix, or a prefix another log took over. Refused by the claim, before
+    /// anything is written to the store and before any of its segments is read as this log's
+    /// (their offsets may line up with the directory's own). At open the open fails; at a later
+    /// claim (the store did not answer at open) tiering stops, and the log takes no appends.
+    #[error(
+        "the object store {store} holds another log's history (history id {theirs:016x}; this          directory's tier manifest copy names {ours:016x}): is it the store this directory was          tiered to? Refusing to read or tier to it (an empty data directory restores from it)"
+    )]
+    StoreHoldsAnotherLog {
+        /// The store.
+        store: String,
+        /// The history id of the directory's manifest copy.
+        ours: u64,
+        /// The history id of the store's manifest.
+        theirs: u64,
+    },
     /// The log was opened read-only.
     #[error("log is open read-only")]
     ReadOnly,

@@ -202,7 +202,7 @@ impl Log {
         if let (Some(tier), false) = (&opts.tier, opts.read_only) {
             let claim = tokio::time::timeout(
                 crate::tier::uploader::OPEN_TIMEOUT,
-                crate::tier::store_claim(tier, first_local),
+                crate::tier::store_claim(tier, first_local, local.own_history()),
             )
             .await
             .unwrap_or_else(|_| Err(LogError::Tier("no answer from the object store".into())));
@@ -223,6 +223,7 @@ impl Log {
                 Err(
                     e @ (LogError::Fenced { .. }
                     | LogError::HistoryNotInStore { .. }
+                    | LogError::StoreHoldsAnotherLog { .. }
                     | LogError::TierAccessDenied(_)
                     | LogError::TierNoBucket(_)
                     | LogError::TierDamaged(_)),
@@ -294,13 +295,14 @@ impl Log {
             }
             (Err(e), _) => return Err(e),
         };
-        log.start_uploader(claimed, local.tiered(), local.own_end());
+        log.start_uploader(claimed, &local);
         Ok(log)
     }
 
-    /// Starts the tier's uploader task (owned by the log; joined on close); `tiered` is where
-    /// the history this directory tiered before starts ([`LocalLog::tiered`]).
-    fn start_uploader(&self, claimed: bool, tiered: crate::tier::Tiered, own_end: Option<u64>) {
+    /// Starts the tier's uploader task (owned by the log; joined on close), with what the
+    /// directory's manifest copy said at the open (`local`: [`LocalLog::tiered`] and the rest),
+    /// for a claim after an open the store did not answer.
+    fn start_uploader(&self, claimed: bool, local: &LocalLog) {
         let (Some(tier), Some(slot)) = (&self.shared.opts.tier, &self.shared.uploader) else {
             return;
         };
@@ -317,8 +319,9 @@ impl Log {
                 crate::tier::uploader::PassState::default()
             })),
             rewrites: self.shared.rewrites.clone(),
-            tiered,
-            own_end,
+            tiered: local.tiered(),
+            own_end: local.own_end(),
+            own_history: local.own_history(),
         });
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(up.clone().run(stop.clone()));
@@ -1221,6 +1224,11 @@ impl LocalLog {
             tiered: self.tiered(),
             own_end: self.own_end(),
         })
+    }
+
+    /// The history id of the directory's manifest copy, when it has one.
+    fn own_history(&self) -> Option<u64> {
+        self.copy.as_ref().ok()?.as_ref()?.history
     }
 
     /// Where the history of the directory's manifest copy ends (0 without a copy; `None` when

@@ -2833,6 +2833,87 @@ async fn a_store_past_the_directorys_log_is_another_history() {
     log.close().await.unwrap();
 }
 
+/// A directory started with another log's prefix whose offsets line up with its own (two
+/// logs of the same shape: the same segments, uploaded the same way) is refused, naming both
+/// history ids, before anything is written to that store — also once it holds no record (it
+/// restored the other log as its own). Before, the claim compared offsets only: the directory
+/// read the other log's segments as its history (a QA round). With its own store it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_started_with_another_logs_prefix_is_refused() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (data.path().join("a"), data.path().join("b"));
+    let (log, sealed_a) = uploaded_log(store.clone(), "log-a", "node-a", cache.path(), &a).await;
+    log.close().await.unwrap();
+    let (log, sealed_b) = uploaded_log(store.clone(), "log-b", "node-b", cache.path(), &b).await;
+    log.close().await.unwrap();
+    let shape = |s: &[tidings_log::SegmentInfo]| -> Vec<(u64, u64)> {
+        s.iter().map(|s| (s.base_offset, s.end_offset)).collect()
+    };
+    assert_eq!(shape(&sealed_a), shape(&sealed_b), "the offsets line up");
+    let hour = Duration::from_secs(3600);
+    // The newest manifest version of a prefix, as the bucket holds it.
+    let newest = |prefix: &str| {
+        let dir = bucket.path().join(prefix).join("manifest");
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        std::fs::read(names.last().unwrap()).unwrap()
+    };
+    let before = newest("log-a");
+    let theirs = Manifest::decode(&before).unwrap().history.unwrap();
+    let open_b_on_a = || async {
+        let t = tier_with(store.clone(), "log-a", "node-b", cache.path(), 8300, hour).await;
+        Log::open(&b, log_opts(t).with_segment_bytes(4096)).await
+    };
+    match open_b_on_a().await {
+        Err(e @ LogError::StoreHoldsAnotherLog { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&format!("{theirs:016x}")), "{text}");
+        }
+        other => panic!(
+            "expected a refusal, got {:?}",
+            other.map(|l| l.next_offset())
+        ),
+    }
+    assert_eq!(
+        newest("log-a"),
+        before,
+        "nothing written to the other log's store"
+    );
+    // Holding no record (its segments gone, its manifest copy kept): refused the same.
+    for e in std::fs::read_dir(&b).unwrap() {
+        let path = e.unwrap().path();
+        if path
+            .extension()
+            .is_some_and(|x| x == "log" || x == "index" || x == "timeindex")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let r = open_b_on_a().await;
+    assert!(
+        matches!(r, Err(LogError::StoreHoldsAnotherLog { .. })),
+        "{:?}",
+        r.map(|l| l.next_offset())
+    );
+    assert_eq!(newest("log-a"), before);
+    // Its own store restores it.
+    let t = tier_with(store.clone(), "log-b", "node-b", cache.path(), 8300, hour).await;
+    let log = Log::open(&b, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(&log).await,
+        (0..400).map(payload).collect::<Vec<_>>()
+    );
+    log.close().await.unwrap();
+}
+
 /// A store whose start another writer's removal moved past offsets this directory holds and
 /// never tiered (its manifest copy ends below them; the store ends before its active segment,
 /// so the check of the store's end passes): another history. The directory opens with its own

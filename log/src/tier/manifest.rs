@@ -129,6 +129,15 @@ pub struct Manifest {
     /// first segment ([`Manifest::history_start`]). Written only when set, in format 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<u64>,
+    /// The log's history id: a random number set by the first claim of the prefix (or the
+    /// first by this build of a prefix written before it) and kept by every version after. A
+    /// directory's manifest copy carries its store's: a directory started with another log's
+    /// prefix is refused by it ([`crate::LogError::StoreHoldsAnotherLog`]), even when the
+    /// offsets of both line up. Absent in versions written before 2026-12-03 (and dropped by a
+    /// build from before then writing the next version): nothing is compared then. A build
+    /// that does not know the field reads past it: no new format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<u64>,
 }
 
 impl Manifest {
@@ -164,6 +173,7 @@ impl Manifest {
             },
             segments: Vec::new(),
             start: None,
+            history: None,
         }
     }
 

@@ -240,8 +240,12 @@ fn incarnation() -> u64 {
 
 /// Claims the prefix for this node (used by `Log::open`); `local` is where the log directory's
 /// segments start, `None` when it holds no record ([`store::claim`]).
-pub(crate) async fn store_claim(tier: &Tier, local: Option<LocalStart>) -> Result<store::Claim> {
-    store::claim(&tier.inner, local).await
+pub(crate) async fn store_claim(
+    tier: &Tier,
+    local: Option<LocalStart>,
+    own_history: Option<u64>,
+) -> Result<store::Claim> {
+    store::claim(&tier.inner, local, own_history).await
 }
 
 /// Gives up the prefix a claim took when the log then failed to open ([`store::release`]).

@@ -400,14 +400,33 @@ pub(crate) enum Tiered {
 /// restore starts at the store's end).
 ///
 /// [`Owner::lease_ms_for`]: super::manifest::Owner::lease_ms_for
-pub(crate) async fn claim(inner: &TierInner, local: Option<LocalStart>) -> Result<Claim> {
+pub(crate) async fn claim(
+    inner: &TierInner,
+    local: Option<LocalStart>,
+    own_history: Option<u64>,
+) -> Result<Claim> {
     let me = &inner.opts.owner_id;
     let now = now_ms();
     let latest = latest_manifest(inner).await?;
+    // Another log's prefix (another node's, or one another log took over): refused whatever
+    // the directory holds — records whose offsets may line up with the store's (until
+    // 2026-12-03 they were taken for its own: the directory read the store's segments as its
+    // history, and lost its own records below its oldest local segment from view), or none
+    // (it restored the other log's history as its own, setting its own snapshots aside).
+    // `own_history` is the directory's manifest copy's ([`Manifest::history`]).
+    if let (Some(theirs), Some(ours)) = (latest.as_ref().and_then(|m| m.history), own_history)
+        && theirs != ours
+    {
+        return Err(LogError::StoreHoldsAnotherLog {
+            store: inner.opts.display.clone(),
+            ours,
+            theirs,
+        });
+    }
     if let Some(local) = local {
         holds_history(inner, latest.as_ref(), local)?;
     }
-    let next = match latest {
+    let mut next = match latest {
         None => Manifest::new(me, now),
         Some(m) => {
             let age = now.saturating_sub(m.owner.heartbeat_ms);
@@ -456,6 +475,8 @@ pub(crate) async fn claim(inner: &TierInner, local: Option<LocalStart>) -> Resul
     if inner.diverged.load(Ordering::Relaxed) {
         return Ok(Claim::Diverged);
     }
+    // A prefix's history id is set by its first claim (or the first by a build that knows it).
+    next.history.get_or_insert_with(super::incarnation);
     match write_manifest(inner, &next).await? {
         Written::Ok => {
             inner.fenced.store(false, Ordering::Relaxed);

@@ -163,6 +163,10 @@ pub(crate) struct Uploader {
     pub(crate) tiered: store::Tiered,
     /// Where that copy's history ends, as of the open ([`store::LocalStart::own_end`]).
     pub(crate) own_end: Option<u64>,
+    /// That copy's history id, as of the open ([`Manifest::history`]).
+    ///
+    /// [`Manifest::history`]: super::manifest::Manifest::history
+    pub(crate) own_history: Option<u64>,
 }
 
 /// The start of a pass's error while the claim waits ([`store::Claim::Waiting`]).
@@ -299,7 +303,7 @@ impl Uploader {
             // offsets before the oldest local segment is refused too (the open checks only the
             // local manifest copy, which may be another store's): tiering stops, final as for
             // another history, before anything is uploaded there or deleted here.
-            match store::claim(inner, self.local_start()).await {
+            match store::claim(inner, self.local_start(), self.own_history).await {
                 Ok(store::Claim::Taken) => {}
                 Ok(store::Claim::Diverged) => return Err(LogError::Tier(DIVERGED.into())),
                 Ok(store::Claim::Waiting { seen_ms_ago }) => {
@@ -313,8 +317,15 @@ impl Uploader {
                     {
                         tracing::error!(error = %e, store = %inner.opts.display, "another server owns the prefix; this log stops tiering until it is reopened");
                     }
-                    if matches!(e, LogError::HistoryNotInStore { .. })
-                        && !inner.diverged.swap(true, Ordering::Relaxed)
+                    // Another log's history: nothing of it is this log's, and this log's next
+                    // records could never reach it.
+                    if matches!(e, LogError::StoreHoldsAnotherLog { .. }) {
+                        inner.other_history.store(true, Ordering::Relaxed);
+                    }
+                    if matches!(
+                        e,
+                        LogError::HistoryNotInStore { .. } | LogError::StoreHoldsAnotherLog { .. }
+                    ) && !inner.diverged.swap(true, Ordering::Relaxed)
                     {
                         tracing::error!(error = %e, "this log stops tiering (no uploads, no local deletion) until it is reopened with the store it was tiered to");
                     }
