@@ -494,6 +494,18 @@ async fn a_retried_send_with_the_same_client_msg_id_is_one_message() {
         (status, v["error"]["code"].as_str()),
         (409, Some("client_msg_id_reused"))
     );
+    // A person channel is named as the sender names it (it was `p:alice:bob`, the admin's
+    // form; a QA round).
+    let dm = json!({"channel": "@bob", "client_msg_id": "dm-once", "payload": 1});
+    api.ok("POST", "/v1/messages", &alice, Some(dm)).await;
+    let again = json!({"channel": "g", "client_msg_id": "dm-once", "payload": 1});
+    let (status, v) = api.call("POST", "/v1/messages", &alice, Some(again)).await;
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        message.ends_with("in @bob") && !message.contains("p:"),
+        "{message}"
+    );
     let page = api
         .ok(
             "GET",

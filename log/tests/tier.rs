@@ -2570,6 +2570,8 @@ async fn removal(store: Arc<dyn ObjectStore>) {
         (m.start, m.segments[0].base, m.version),
         (Some(start), start, 3)
     );
+    // The status says where the store's history starts (`GET /v1/tier` did not).
+    assert_eq!(tier.status().remote_start, Some(start));
     let objects = object_bases(&tier).await;
     assert!(objects.first() == Some(&start), "{objects:?}");
     let local = local_bases(&dir);

@@ -247,18 +247,23 @@ fn idem_key(from: &str, client_msg_id: &str) -> String {
     format!("{from}\u{1f}{client_msg_id}")
 }
 
-fn reused(channel: &str) -> ApiError {
+/// The refusal of a `client_msg_id` already used in `channel`, named as the sender `from` names
+/// it (`@bob`: a person channel's canonical `p:alice:bob` is the admin's form).
+fn reused(channel: &str, from: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "client_msg_id_reused",
-        format!("this client_msg_id was already used for a message in {channel}"),
+        format!(
+            "this client_msg_id was already used for a message in {}",
+            crate::render::channel_ref(channel, Some(from))
+        ),
     )
 }
 
 /// Waits (bounded) for an in-flight send's outcome.
 async fn wait_for(
     mut rx: watch::Receiver<Outcome>,
-    channel: &str,
+    (channel, from): (&str, &str),
     duplicate: bool,
     budget: Duration,
 ) -> ApiResult<Sent> {
@@ -278,7 +283,7 @@ async fn wait_for(
         }
     };
     match done {
-        Some(Ok(sent)) if sent.channel != channel => Err(reused(&sent.channel)),
+        Some(Ok(sent)) if sent.channel != channel => Err(reused(&sent.channel, from)),
         Some(Ok(sent)) => Ok(Sent { duplicate, ..sent }),
         Some(Err(e)) => Err(e),
         None => Err(ApiError::internal("in-flight send vanished")),
@@ -294,8 +299,11 @@ pub(crate) async fn send(state: &Arc<AppState>, req: SendRequest) -> ApiResult<S
     let channel = req.channel.clone();
     match start(state, req).await? {
         Prepared::Done(sent) => Ok(sent),
-        Prepared::Wait(rx, _) => wait_for(rx, &channel, true, APPLY_TIMEOUT).await,
-        Prepared::Registered(Some(rx)) => wait_for(rx, &channel, false, APPLY_TIMEOUT).await,
+        Prepared::Wait(rx, channel, from) => {
+            wait_for(rx, (&channel, &from), true, APPLY_TIMEOUT).await
+        }
+        // Its own registration: never another channel's.
+        Prepared::Registered(Some(rx)) => wait_for(rx, (&channel, ""), false, APPLY_TIMEOUT).await,
         // Never: a send without a reply is registered with a receiver.
         Prepared::Registered(None) => Err(ApiError::internal("a send registered without a waiter")),
     }
@@ -342,11 +350,11 @@ pub(crate) async fn send_batch_for_session(
                 // The original may be another session's (another device's): not told.
                 Ok(Prepared::Done(sent)) => answer(&mut slot, Ok(sent)),
                 Err(e) => answer(&mut slot, Err(e)),
-                Ok(Prepared::Wait(rx, channel)) => {
+                Ok(Prepared::Wait(rx, channel, from)) => {
                     // A retry of a send still in flight (rare): waits for the first attempt in a
                     // tracked task of its own, so the session goes on reading.
                     state.send_tasks.spawn(async move {
-                        let result = wait_for(rx, &channel, true, APPLY_TIMEOUT).await;
+                        let result = wait_for(rx, (&channel, &from), true, APPLY_TIMEOUT).await;
                         answer(&mut slot, result);
                     });
                 }
@@ -361,8 +369,9 @@ pub(crate) async fn send_batch_for_session(
 enum Prepared {
     /// Answered from the idempotency window.
     Done(Sent),
-    /// The same send is in flight: its outcome (and the channel it was sent to).
-    Wait(watch::Receiver<Outcome>, String),
+    /// The same send is in flight: its outcome (and the channel it was sent to, and its
+    /// sender).
+    Wait(watch::Receiver<Outcome>, String, String),
     /// Registered with the completions and added to the chunk (the receiver when the send
     /// has no reply); from [`start`], also enqueued.
     Registered(Option<watch::Receiver<Outcome>>),
@@ -467,7 +476,7 @@ fn prepare_locked(
             && let Some(rx) = state.completions.in_flight(k)
         {
             state.metrics.send_duplicates.inc();
-            return Ok(Prepared::Wait(rx, req.channel));
+            return Ok(Prepared::Wait(rx, req.channel, req.from));
         }
         // Already applied: answer with the original.
         if key.is_some()
@@ -475,7 +484,7 @@ fn prepare_locked(
         {
             state.metrics.send_duplicates.inc();
             if prev.channel != req.channel {
-                return Err(reused(&prev.channel));
+                return Err(reused(&prev.channel, &req.from));
             }
             return Ok(Prepared::Done(Sent::duplicate_of(prev)));
         }

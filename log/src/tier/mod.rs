@@ -188,6 +188,9 @@ pub struct TierStatus {
     pub remote_segments: usize,
     /// Their bytes.
     pub remote_bytes: u64,
+    /// Where the store's history starts: the start a removal (the retention) set, else its
+    /// first segment's base; `null` while it holds none that nothing was removed from.
+    pub remote_start: Option<u64>,
     /// One past the last offset in the object store.
     pub remote_end: u64,
     /// Sealed segments not yet uploaded (the lag).
@@ -401,6 +404,7 @@ impl Tier {
             store: self.inner.opts.display.clone(),
             remote_segments: m.segments.len(),
             remote_bytes: m.segments.iter().map(|s| s.bytes).sum(),
+            remote_start: m.history_start(),
             remote_end: m.end(),
             lag_segments,
             lag_bytes,
