@@ -602,6 +602,33 @@ async fn a_segment_missing_from_the_bucket_is_damage_not_an_outage() {
     log.close().await.unwrap();
 }
 
+/// A file of several parts (past the 8 MiB of one PUT) goes up as a multipart upload, is read
+/// back for its CRC, and comes down whole — both in ranged GETs of a part each (one GET of a
+/// whole large object had to finish within the store client's request timeout); a key the
+/// store lacks downloads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_several_parts_goes_up_and_comes_back_whole() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("parts");
+    let (dir, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let t = tier(s3s.store(), &prefix, "node-a", cache.path()).await;
+    let len = (20 << 20) + 123;
+    let bytes: Vec<u8> = (0..len as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (up, down) = (dir.path().join("up"), dir.path().join("down"));
+    std::fs::write(&up, &bytes).unwrap();
+    assert_eq!(t.put_file("snapshots/big", &up).await.unwrap(), len as u64);
+    assert!(t.get_file("snapshots/big", &down).await.unwrap());
+    assert!(
+        std::fs::read(&down).unwrap() == bytes,
+        "the file comes back whole"
+    );
+    let missing = dir.path().join("missing");
+    assert!(!t.get_file("snapshots/none", &missing).await.unwrap());
+    assert!(!missing.exists());
+}
+
 /// A segment object cut short in the bucket: a read of its blocks wholly past the cut (the
 /// store answers 416) is damage, named, as one of the block it cuts is — not an outage
 /// (`is_cold_storage_unavailable`) readers wait out, as it was (a QA round).

@@ -772,14 +772,22 @@ pub(crate) async fn upload_object(
         ));
     }
     if inner.opts.verify_uploads && len > 0 {
-        let mut stream = store
-            .get(&path)
-            .await
-            .map_err(|e| err(inner, &format!("reading back {path}"), e))?
-            .into_stream();
+        // In ranged GETs of a part each: a store client's request timeout covers the whole
+        // body, so one GET of a large segment failed on a link slower than its size over that
+        // timeout (128 MiB in 30 s: 4.3 MB/s), after the whole upload, at every retry.
         let mut back = crc32fast::Hasher::new();
-        while let Some(chunk) = stream.next().await {
-            back.update(&chunk.map_err(|e| err(inner, &format!("reading back {path}"), e))?);
+        let mut pos = 0u64;
+        while pos < len {
+            let end = (pos + PART as u64).min(len);
+            let part = store
+                .get_range(&path, pos..end)
+                .await
+                .map_err(|e| err(inner, &format!("reading back {path}"), e))?;
+            if part.is_empty() {
+                break;
+            }
+            back.update(&part);
+            pos += part.len() as u64;
         }
         let back = back.finalize();
         if back != crc {
@@ -873,14 +881,32 @@ pub(crate) async fn put_file(inner: &TierInner, rel: &str, local: &Path) -> Resu
 /// Downloads `rel` into `local` (temp file + rename); `false` when the object does not exist.
 pub(crate) async fn get_file(inner: &TierInner, rel: &str, local: &Path) -> Result<bool> {
     let path = key(inner, rel);
-    let bytes = match inner.opts.store.get(&path).await {
-        Ok(r) => r
-            .bytes()
-            .await
-            .map_err(|e| err(inner, &format!("downloading {path}"), e))?,
+    let store = &inner.opts.store;
+    let len = match store.head(&path).await {
+        Ok(meta) => meta.size,
         Err(object_store::Error::NotFound { .. }) => return Ok(false),
         Err(e) => return Err(err(inner, &format!("downloading {path}"), e)),
     };
+    // In ranged GETs of a part each, as an upload's read-back: one GET of a large snapshot
+    // had to come whole within the store client's request timeout.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    while (bytes.len() as u64) < len {
+        let pos = bytes.len() as u64;
+        let end = (pos + PART as u64).min(len);
+        match store.get_range(&path, pos..end).await {
+            Ok(part) if part.is_empty() => break,
+            Ok(part) => bytes.extend_from_slice(&part),
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(err(inner, &format!("downloading {path}"), e)),
+        }
+    }
+    if (bytes.len() as u64) < len {
+        return Err(err(
+            inner,
+            &format!("downloading {path}"),
+            format!("{} of {len} bytes", bytes.len()),
+        ));
+    }
     let tmp = local.with_extension("download");
     let local = local.to_path_buf();
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
