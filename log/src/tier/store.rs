@@ -178,6 +178,15 @@ pub(crate) async fn write_manifest(inner: &TierInner, m: &Manifest) -> Result<Wr
     let mut m = m.clone();
     m.owner.incarnation = Some(inner.incarnation);
     m.owner.lease_ms = Some(inner.opts.lease_ms());
+    // Never a version no reader could decode (entries overlapping, out of order, below the
+    // start): once written, every later start, restore and gc would refuse the prefix as
+    // damaged. Refused here, before the store sees it, naming what is wrong.
+    if let Err(why) = Manifest::decode(&m.encode()) {
+        return Err(LogError::Tier(format!(
+            "refusing to write manifest version {} to {}: it would not decode ({why})",
+            m.epoch, inner.opts.display
+        )));
+    }
     let mut own = 0;
     loop {
         match put_manifest(inner, &m).await? {
