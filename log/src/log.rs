@@ -207,7 +207,18 @@ impl Log {
             .await
             .unwrap_or_else(|_| Err(LogError::Tier("no answer from the object store".into())));
             match claim {
-                Ok(crate::tier::Claim::Taken) => claimed = true,
+                // The copy written at once: it carries the claimed version's history id (and
+                // every upload the store names) before anything else can fail — the open, a
+                // crash — as the claim's next start compares it with the store's.
+                Ok(crate::tier::Claim::Taken) => {
+                    claimed = true;
+                    let copied =
+                        crate::tier::uploader::write_local_manifest(&dir, &tier.manifest());
+                    if let Err(e) = copied {
+                        release_after_failed_open(tier).await;
+                        return Err(e);
+                    }
+                }
                 // Said by the claim; the open goes on with tiering stopped.
                 Ok(crate::tier::Claim::Diverged) => {}
                 Ok(crate::tier::Claim::Waiting { seen_ms_ago }) => {
@@ -959,7 +970,8 @@ impl Log {
             // dropped and it is read once more from the store — the damage may have come on
             // the way (a GET's body), cached since, and served for good from the cache (its
             // disk too, across restarts) while the object was intact. Dropped again when the
-            // second read fails too: a good object put back is then read.
+            // second read fails too, so that a good object put back is read; a read meeting
+            // the damage within a minute after that does not fetch it again.
             if matches!(read, Err(LogError::Corrupt { .. }))
                 && seg.is_remote()
                 && let Some(tier) = self.tier()
@@ -970,7 +982,7 @@ impl Log {
                 budget.full = false;
                 read = seg.read_into(from.max(seg.base), end, &mut budget, &mut out);
                 if matches!(read, Err(LogError::Corrupt { .. })) {
-                    tier.inner.forget_damaged(&seg.paths.log);
+                    tier.inner.damaged_in_store(&seg.paths.log);
                 }
             }
             if let Err(e) = read {

@@ -526,8 +526,7 @@ async fn a_damaged_segment_in_the_bucket_is_detected_and_named() {
     assert!(rel.starts_with(&format!("segments/{:020}.", 0)), "{rel}");
     let object = format!("{prefix}/{rel}");
     let file = s3s.object_file(&object);
-    let good = std::fs::read(&file).unwrap();
-    let mut bytes = good.clone();
+    let mut bytes = std::fs::read(&file).unwrap();
     bytes[2000] ^= 0x01;
     std::fs::write(&file, bytes).unwrap();
     let (log, _cache) = reopened_cold(&s3s, &prefix, data.path()).await;
@@ -546,15 +545,126 @@ async fn a_damaged_segment_in_the_bucket_is_detected_and_named() {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
-    // The damaged blocks were cached as they came (the cache's CRC is taken then): with the
-    // good object back (as damage on the way, a flipped GET body, leaves it), they are not
-    // served again — the read fetches them anew and reads every record. Before, the cache
-    // served them for good (and from its disk across restarts).
+    log.close().await.unwrap();
+}
+
+/// Damaged blocks were cached as they came (the cache's CRC is taken then): a read meeting
+/// the damage drops them and reads the object again, so with the good object back (as damage
+/// on the way, a flipped GET body, leaves it) the next read fetches it anew and reads every
+/// record. Before, the cache served them for good (and from its disk across restarts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_cold_blocks_are_not_served_once_the_object_is_good() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("rot-mended");
+    let data = tempfile::tempdir().unwrap();
+    let rel = one_segment_uploaded(&s3s, &prefix, data.path()).await;
+    let file = s3s.object_file(&format!("{prefix}/{rel}"));
+    let good = std::fs::read(&file).unwrap();
+    let mut bytes = good.clone();
+    bytes[2000] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    let (log, _cache) = reopened_cold(&s3s, &prefix, data.path()).await;
+    // One read into the damage: the records before it.
+    let before = log.read(0, 1 << 20).await.unwrap();
+    assert!(!before.is_empty() && before.len() < 100, "{}", before.len());
     assert!(log.tier().unwrap().status().damaged_reads >= 1);
     std::fs::write(&file, &good).unwrap();
     assert_eq!(
         read_all(&log).await,
         (0..1500).map(payload).collect::<Vec<_>>()
+    );
+    log.close().await.unwrap();
+}
+
+/// An object damaged as the store serves it is not fetched again at every read that meets the
+/// damage: once its cached blocks were dropped and read again (and found damaged), reads
+/// within a minute are answered from the cache, with no GET (each fetched the whole object
+/// again, twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_damaged_in_the_bucket_is_not_fetched_at_every_read() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("rot-again");
+    let data = tempfile::tempdir().unwrap();
+    let rel = one_segment_uploaded(&s3s, &prefix, data.path()).await;
+    let file = s3s.object_file(&format!("{prefix}/{rel}"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[2000] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    let (log, _cache) = reopened_cold(&s3s, &prefix, data.path()).await;
+    let gets = || log.tier().unwrap().status().gets;
+    for _ in 0..2 {
+        assert!(read_all_or_err(&log).await.is_err());
+    }
+    let before = gets();
+    for _ in 0..3 {
+        assert!(read_all_or_err(&log).await.is_err());
+    }
+    assert_eq!(gets(), before, "no GET for a read meeting the known damage");
+    log.close().await.unwrap();
+}
+
+/// Every record from offset 0, or the first error.
+async fn read_all_or_err(log: &Log) -> Result<Vec<Bytes>, LogError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < log.next_offset() {
+        let recs = log.read(at, 64 << 10).await?;
+        at = recs.last().unwrap().offset + 1;
+        out.extend(recs.into_iter().map(|r| r.payload));
+    }
+    Ok(out)
+}
+
+/// A prefix whose newest version has no history id (an older build wrote it) takes the
+/// directory's own at the claim: a new one minted there refused every other directory whose
+/// copy kept the first. And the claim's version is in the directory's copy at once, before any
+/// upload pass (a failed open or a crash after the claim left a copy without the id the store
+/// then held: refused at the next start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_keeps_the_directorys_history_id_and_copies_it_at_once() {
+    let (bucket, store) = local_bucket();
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, _) = uploaded_log(store.clone(), "keep-id", "node-a", cache.path(), &dir).await;
+    log.close().await.unwrap();
+    let copy =
+        || Manifest::decode(&std::fs::read(dir.join("tier-manifest.json")).unwrap()).unwrap();
+    let ours = copy().history.unwrap();
+    // The newest version, as an older build writes it: no id.
+    let versions = bucket.path().join("keep-id").join("manifest");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&versions)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let newest = names.last().unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(newest).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("history");
+    std::fs::write(newest, serde_json::to_vec(&v).unwrap()).unwrap();
+    std::fs::remove_file(dir.join("tier-manifest.json")).unwrap();
+    std::fs::write(dir.join("tier-manifest.json"), {
+        let mut m = Manifest::decode(&std::fs::read(newest).unwrap()).unwrap();
+        m.history = Some(ours);
+        m.encode()
+    })
+    .unwrap();
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(store.clone(), "keep-id", "node-a", cache.path(), 8300, hour).await;
+    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    let theirs = log
+        .tier()
+        .unwrap()
+        .remote_manifest()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(theirs.history, Some(ours), "the directory's id kept");
+    assert_eq!(
+        copy().epoch,
+        theirs.epoch,
+        "the claim's version copied at once"
     );
     log.close().await.unwrap();
 }
@@ -905,19 +1015,21 @@ async fn a_slow_store_fails_a_cold_read_of_many_blocks_within_one_read_timeout()
     log.close().await.unwrap();
 }
 
-/// An upload that takes longer than a third of the lease renews it meanwhile: the lease was
-/// renewed only between segments, so a segment whose upload outlasted it let a standby take
-/// the prefix from a healthy owner (fenced at its next write).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_upload_renews_the_lease_meanwhile() {
-    let s3s = S3Server::start();
-    let relay = Relay::start(s3s.port).await;
-    let store = relayed(&relay);
-    let prefix = unique_prefix("long-upload");
+/// A bucket in a temporary directory (kept alive by the caller), as a store.
+fn local_bucket() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
+    let bucket = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    (bucket, store)
+}
+
+/// A log tiered through `relay` (uploads only when asked) whose lease is 1.5 s: renewed every
+/// 500 ms. With the directories that hold it.
+async fn short_lease_log(relay: &Relay, name: &str) -> (Log, [tempfile::TempDir; 2]) {
+    let prefix = unique_prefix(name);
     let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let tier = Tier::open(
         TierOptions::new(
-            store,
+            relayed(relay),
             &prefix,
             format!("test://{prefix}"),
             "node-a",
@@ -934,6 +1046,17 @@ async fn a_long_upload_renews_the_lease_meanwhile() {
     let log = Log::open(data.path().join("log"), log_opts(tier))
         .await
         .unwrap();
+    (log, [data, cache])
+}
+
+/// An upload that takes longer than a third of the lease renews it meanwhile: the lease was
+/// renewed only between segments, so a segment whose upload outlasted it let a standby take
+/// the prefix from a healthy owner (fenced at its next write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_upload_renews_the_lease_meanwhile() {
+    let s3s = S3Server::start();
+    let relay = Relay::start(s3s.port).await;
+    let (log, _dirs) = short_lease_log(&relay, "long-upload").await;
     // Fewer than fill a segment (16 KiB): none is sealed before the roll below.
     append(&log, 0, 100).await;
     let before = log.tier().unwrap().manifest().epoch;
@@ -961,28 +1084,7 @@ async fn a_long_upload_renews_the_lease_meanwhile() {
 async fn a_long_reupload_of_a_rewritten_segment_renews_the_lease_meanwhile() {
     let s3s = S3Server::start();
     let relay = Relay::start(s3s.port).await;
-    let store = relayed(&relay);
-    let prefix = unique_prefix("long-reupload");
-    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let tier = Tier::open(
-        TierOptions::new(
-            store,
-            &prefix,
-            format!("test://{prefix}"),
-            "node-a",
-            cache.path(),
-        )
-        .with_block_bytes(4096)
-        .with_cache_bytes(1 << 20, 16 << 20)
-        .with_read_timeout(Duration::from_secs(5))
-        .with_upload_interval(Duration::from_secs(3600))
-        .with_lease(Duration::from_millis(1500)),
-    )
-    .await
-    .unwrap();
-    let log = Log::open(data.path().join("log"), log_opts(tier))
-        .await
-        .unwrap();
+    let (log, _dirs) = short_lease_log(&relay, "long-reupload").await;
     append(&log, 0, 100).await;
     log.roll().await.unwrap();
     log.upload_now().await.unwrap();
@@ -2869,9 +2971,7 @@ async fn a_store_past_the_directorys_log_is_another_history() {
 /// read the other log's segments as its history (a QA round). With its own store it opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_started_with_another_logs_prefix_is_refused() {
-    let bucket = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (bucket, store) = local_bucket();
     let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (data.path().join("a"), data.path().join("b"));
     let (log, sealed_a) = uploaded_log(store.clone(), "log-a", "node-a", cache.path(), &a).await;
@@ -2952,9 +3052,7 @@ async fn a_directory_started_with_another_logs_prefix_is_refused() {
 /// them (a review).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_past_what_the_directory_tiered_is_another_history() {
-    let bucket = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (_bucket, store) = local_bucket();
     let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (dir, old) = (data.path().join("log"), data.path().join("old"));
     let (log, _) = uploaded_log(store.clone(), "past", "node-a", cache.path(), &dir).await;

@@ -467,6 +467,27 @@ pub(crate) fn tidings(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `child`'s exit status once it exits; killed, and a panic with `what` (what it printed), when
+/// it still runs after `secs` seconds.
+fn exit_within(
+    child: &mut Child,
+    secs: u64,
+    what: impl FnOnce() -> String,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{}", what());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// [`tidings`] for a command that must end within `secs` seconds: panics when it still runs
 /// then (killed, with what it printed).
 pub(crate) fn tidings_within(args: &[&str], secs: u64) -> (i32, String, String) {
@@ -480,22 +501,13 @@ pub(crate) fn tidings_within(args: &[&str], secs: u64) -> (i32, String, String) 
         .stderr(stderr.reopen().unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!(
-                "{args:?} still ran after {secs} s: {}{}",
-                std::fs::read_to_string(stdout.path()).unwrap(),
-                std::fs::read_to_string(stderr.path()).unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within(&mut child, secs, || {
+        format!(
+            "{args:?} still ran after {secs} s: {}{}",
+            std::fs::read_to_string(stdout.path()).unwrap(),
+            std::fs::read_to_string(stderr.path()).unwrap()
+        )
+    });
     (
         status.code().unwrap_or(-1),
         std::fs::read_to_string(stdout.path()).unwrap(),
@@ -519,21 +531,12 @@ pub(crate) fn refused_start(
         .stderr(stderr.reopen().unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!(
-                "started: {}",
-                std::fs::read_to_string(stderr.path()).unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within(&mut child, 30, || {
+        format!(
+            "started: {}",
+            std::fs::read_to_string(stderr.path()).unwrap()
+        )
+    });
     let text = std::fs::read_to_string(stderr.path()).unwrap();
     (status.success(), text)
 }

@@ -87,6 +87,10 @@ enum FetchError {
     Damaged(String),
 }
 
+/// How long an object the store served damaged is not fetched again for a read that meets the
+/// damage ([`TierInner::damaged_in_store`]).
+pub(crate) const DAMAGED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn fetch_error(e: FetchError) -> io::Error {
     match e {
         FetchError::Unavailable(what) => io::Error::other(ColdStorageUnavailable(what)),
@@ -114,17 +118,42 @@ impl TierInner {
     /// damaged read: a block damaged on its way from the store (a GET's body) passes the
     /// cache's own CRC, which is taken as it is cached, and was served from the cache — across
     /// restarts, from its disk — for good, the object intact. Whether there was such an object.
+    ///
+    /// Not for an object the store itself served damaged within [`DAMAGED_FOR`]
+    /// ([`TierInner::damaged_in_store`]): its cached blocks are what the store holds, and every
+    /// read meeting the damage fetched the whole object again, twice.
     pub(crate) fn forget_damaged(&self, path: &Path) -> bool {
         let Some((rel, len)) = self.object_of(path) else {
             return false;
         };
         self.counters.damaged_reads.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut damaged = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
+            damaged.retain(|_, at| at.elapsed() < DAMAGED_FOR);
+            if damaged.contains_key(&rel) {
+                return false;
+            }
+        }
         tracing::warn!(
             object = rel,
             "a cold read failed its checks; dropping the object's cached blocks, to read them again from the store"
         );
         self.forget_object(&rel, len);
         true
+    }
+
+    /// A read of the object behind `path` from the store failed its checks too: the object is
+    /// damaged as the store serves it. Its blocks are dropped once more (a good copy put back
+    /// in the store is read at the next read), and [`TierInner::forget_damaged`] leaves them
+    /// for [`DAMAGED_FOR`].
+    pub(crate) fn damaged_in_store(&self, path: &Path) {
+        if let Some((rel, len)) = self.object_of(path) {
+            self.forget_object(&rel, len);
+            self.damaged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(rel, std::time::Instant::now());
+        }
     }
 
     /// The object behind `path` (`{stem}.{ext}`) and its length, when the manifest lists a

@@ -294,6 +294,10 @@ pub(crate) struct TierInner {
     /// rewrite's), newest last, at most [`RETIRED`]: a reader still holding the segment value
     /// made for one reads its objects until they are deleted ([`cold::TierVfs`]).
     pub(crate) retired: std::sync::Mutex<Vec<manifest::RemoteSegment>>,
+    /// Segment objects found damaged as the store serves them (a read from the store failed its
+    /// checks too), with when: a read meeting the damage does not drop their cached blocks
+    /// again for [`cold::DAMAGED_FOR`] ([`TierInner::forget_damaged`]).
+    pub(crate) damaged: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// The replaced entries [`TierInner::retired`] remembers.
@@ -347,6 +351,7 @@ impl Tier {
                 tracker: TaskTracker::new(),
                 fetching: cold::InFlight::default(),
                 retired: std::sync::Mutex::new(Vec::new()),
+                damaged: std::sync::Mutex::new(std::collections::HashMap::new()),
                 manifest: arc_swap::ArcSwap::from_pointee(Manifest::new(&opts.owner_id, 0)),
                 claimed: AtomicBool::new(false),
                 fenced: AtomicBool::new(false),

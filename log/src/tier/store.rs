@@ -484,8 +484,13 @@ pub(crate) async fn claim(
     if inner.diverged.load(Ordering::Relaxed) {
         return Ok(Claim::Diverged);
     }
-    // A prefix's history id is set by its first claim (or the first by a build that knows it).
-    next.history.get_or_insert_with(super::incarnation);
+    // A prefix's history id is set by its first claim, or by the first by a build that knows
+    // it: the directory's own when its copy has one (a version an older build wrote after
+    // this one dropped it; minting another then refused every directory whose copy kept the
+    // first), else a new one.
+    if next.history.is_none() {
+        next.history = Some(own_history.unwrap_or_else(super::incarnation));
+    }
     match write_manifest(inner, &next).await? {
         Written::Ok => {
             inner.fenced.store(false, Ordering::Relaxed);

@@ -41,7 +41,7 @@ pub(crate) fn read_local_manifest(dir: &Path) -> std::result::Result<Option<Mani
         .map_err(|why| format!("{} is damaged: {why}", path.display()))
 }
 
-fn write_local_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+pub(crate) fn write_local_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     let path = local_manifest_path(dir);
     let tmp = dir.join(".tier-manifest.json.tmp");
     let io = |e| LogError::io("write", &path, e);
@@ -514,6 +514,11 @@ impl Uploader {
         }
         let mut dropped = Vec::new();
         if new_start > start {
+            // The copy first holds every upload the store's manifest names (a copy write that
+            // failed after an upload's version, on a full disk, left it behind): a removal's
+            // start is then never past the copy's end, which the claim takes for another
+            // writer's removal (`store::holds_history`). Not removed when it cannot be written.
+            write_local_manifest(&self.dir, &self.tier.manifest())?;
             // From the manifest as it is now: a renewal during the reads above wrote a newer
             // version than `m` (its segments are the same: the pass lock is held).
             let mut next = self
