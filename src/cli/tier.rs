@@ -336,7 +336,8 @@ async fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("reading the tier manifest in {display}"))?
         .with_context(no_manifest)?;
-    let verdicts = gc::judge(&manifest, &listing, &rules);
+    let earlier = earlier_versions(store, prefix, manifest.epoch).await;
+    let verdicts = gc::judge_with_earlier(&manifest, &earlier, &listing, &rules);
     report(&display, &manifest, &listing, &verdicts, args.min_age_secs);
     let lost = lost_objects(store, prefix, &manifest, &listing).await?;
     let (orphans, _) = tally(&listing, &verdicts, Verdict::Collect);
@@ -344,7 +345,9 @@ async fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         eprintln!(
-            "the store lacks {} the manifest lists, or holds {} at another size: cold reads of              their offsets fail (`tidings tier status` shows whether the local log still holds              them)",
+            "the store lacks {} the manifest lists, or holds {} at another size: cold reads of \
+             their offsets fail (`tidings tier status` shows whether the local log still holds \
+             them)",
             super::count(lost as u64, "object", "objects"),
             if lost == 1 { "it" } else { "them" }
         );
@@ -359,7 +362,7 @@ async fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("reading the tier manifest in {display} again"))?
         .with_context(no_manifest)?;
-    let now = gc::judge(&again, &listing, &rules);
+    let now = gc::judge_with_earlier(&again, &earlier, &listing, &rules);
     let (mut deleted, mut bytes) = (0usize, 0u64);
     for ((o, path), (before, after)) in listing.iter().zip(&paths).zip(verdicts.iter().zip(&now)) {
         if *before != Verdict::Collect {
@@ -503,6 +506,38 @@ async fn newest_manifest(
     Manifest::decode_at(&bytes, epoch)
         .map(Some)
         .map_err(|e| anyhow::anyhow!("{path} does not decode: {e}"))
+}
+
+/// The versions the owner keeps before the newest (`newest`: its epoch), as far as they can be
+/// read: a reader may hold one, and the objects it names are kept ([`gc::judge_with_earlier`]).
+/// One that cannot be read (pruned meanwhile, damaged) protects nothing, said on stderr.
+async fn earlier_versions(
+    store: &dyn ObjectStore,
+    prefix: Option<&ObjectPath>,
+    newest: u64,
+) -> Vec<Manifest> {
+    let first = newest.saturating_sub(gc::KEPT_VERSIONS as u64 - 1);
+    let mut out = Vec::new();
+    for epoch in first..newest {
+        let key = Manifest::key(epoch);
+        let path = match prefix {
+            Some(p) => ObjectPath::from(format!("{p}/{key}")),
+            None => ObjectPath::from(key.as_str()),
+        };
+        let read = match store.get(&path).await {
+            Ok(r) => r.bytes().await.map_err(|e| e.to_string()),
+            // Pruned (the owner keeps 20, and prunes in steps): nothing to keep for it.
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => Err(e.to_string()),
+        };
+        match read.and_then(|b| Manifest::decode_at(&b, epoch)) {
+            Ok(m) => out.push(m),
+            Err(e) => eprintln!(
+                "manifest version {path} not read ({e}): the objects only it names are judged without it"
+            ),
+        }
+    }
+    out
 }
 
 /// Prints each object gc would delete, each unneeded one kept for its age, each unknown key,

@@ -25,7 +25,8 @@
 //!
 //! The rules, in [`judge`]:
 //! 1. A key that is none of these names is [`Verdict::Unknown`]: reported, never deleted.
-//! 2. Needed, kept at any age: every object of a segment the manifest lists; the manifest
+//! 2. Needed, kept at any age: every object of a segment the manifest lists, or one of the
+//!    versions kept before it lists ([`judge_with_earlier`]: a reader may hold one); the manifest
 //!    version read, any newer one, and the 19 before it (the owner keeps 20); the newest
 //!    [`Rules::keep_snapshots`] snapshots and the newest two a restore could use (below the
 //!    manifest's end); every sidecar.
@@ -51,6 +52,9 @@ use std::time::Duration;
 use super::manifest::{Manifest, RemoteSegment};
 use super::store::KEEP_VERSIONS;
 pub use super::store::is_child;
+
+/// How many manifest versions the owner keeps (the newest and those before it).
+pub const KEPT_VERSIONS: usize = KEEP_VERSIONS;
 
 /// The default [`Rules::min_age`]: far longer than any segment's upload and the manifest
 /// write after it.
@@ -92,7 +96,24 @@ pub struct Rules {
 
 /// The verdict on each listed object, in the listing's order.
 pub fn judge(manifest: &Manifest, listing: &[Listed], rules: &Rules) -> Vec<Verdict> {
-    let stems: HashSet<String> = manifest.segments.iter().map(RemoteSegment::stem).collect();
+    judge_with_earlier(manifest, &[], listing, rules)
+}
+
+/// [`judge`], keeping too every object of a segment one of the `earlier` versions lists (the
+/// versions the owner keeps before the newest: a reader may still hold one, and reads the
+/// objects it names). An object a rewrite replaced, or one below a removal's start, is often
+/// older than [`Rules::min_age`] the moment it is unnamed: judged by the newest version
+/// alone it was collected under such a reader, whose read then failed "not found".
+pub fn judge_with_earlier(
+    manifest: &Manifest,
+    earlier: &[Manifest],
+    listing: &[Listed],
+    rules: &Rules,
+) -> Vec<Verdict> {
+    let stems: HashSet<String> = std::iter::once(manifest)
+        .chain(earlier)
+        .flat_map(|m| m.segments.iter().map(RemoteSegment::stem))
+        .collect();
     // A released owner (heartbeat 0, written at its close) writes nothing more.
     let owner = manifest
         .owner
@@ -455,6 +476,22 @@ mod tests {
     /// A removal moved the start past segments and deleted their objects itself; what a crash
     /// between the two left — also the running owner's own uploads — is collected, and so are
     /// snapshots below the start that a restore could no longer replay from.
+    /// An object an earlier kept version still lists is kept at any age: a reader holding that
+    /// version reads it. Judged by the newest version alone, it is collected.
+    #[test]
+    fn objects_an_earlier_version_lists_are_kept() {
+        let old = manifest();
+        let mut new = old.next("node-a", 2_000);
+        assert_eq!(new.remove_before(10).len(), 1);
+        let key = ["segments/00000000000000000000.00000000000000aa.log"];
+        assert_eq!(verdicts(&new, &RULES, &key, DAY), [Verdict::Collect]);
+        let listing: Vec<Listed> = key.iter().map(|k| listed(k, DAY)).collect();
+        assert_eq!(
+            judge_with_earlier(&new, &[old], &listing, &RULES),
+            [Verdict::Keep]
+        );
+    }
+
     #[test]
     fn objects_below_the_start_are_collected_even_the_running_owners() {
         let mut m = manifest();
