@@ -903,7 +903,8 @@ pub(crate) async fn get_file(inner: &TierInner, rel: &str, local: &Path) -> Resu
     };
     // In ranged GETs of a part each, as an upload's read-back: one GET of a large snapshot
     // had to come whole within the store client's request timeout.
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    // Grown as the parts come: the size the store answers is not taken on trust up front.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).map_or(0, |n| n.min(PART)));
     while (bytes.len() as u64) < len {
         let pos = bytes.len() as u64;
         let end = (pos + PART as u64).min(len);
