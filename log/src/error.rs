@@ -224,8 +224,8 @@ pub enum LogError {
     /// (their offsets may line up with the directory's own). At open the open fails; at a later
     /// claim (the store did not answer at open) tiering stops, and the log takes no appends.
     #[error(
-        "the object store {store} holds another log's history (history id {theirs:016x}; this \
-         directory's tier manifest copy names {ours:016x}): is it the store this directory was \
+        "the object store {store} holds another log's history (history id {theirs}; this \
+         directory's tier manifest copy names {ours}): is it the store this directory was \
          tiered to? Refusing to read or tier to it (an empty data directory restores from it)"
     )]
     StoreHoldsAnotherLog {

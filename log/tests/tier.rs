@@ -2926,6 +2926,16 @@ async fn a_store_past_the_directorys_log_is_another_history() {
             .await
             .unwrap();
         assert!(copy.tier().unwrap().status().diverged);
+        // Nor does it take appends: they would take offsets the store's history gave others
+        // (it took them, after a removal took every entry: a fail-back that served as ready).
+        let appended = copy.append_one(Bytes::from_static(b"x")).await;
+        assert!(
+            matches!(
+                appended,
+                Err(LogError::NotTheStoresHistory { diverged: true })
+            ),
+            "{appended:?}"
+        );
         let files = local_bases(&old);
         let r = copy.remove_segments_before(u64::MAX).await;
         assert!(matches!(r, Err(LogError::RemoveRefused { .. })), "{r:?}");
@@ -3002,7 +3012,8 @@ async fn a_directory_started_with_another_logs_prefix_is_refused() {
     match open_b_on_a().await {
         Err(e @ LogError::StoreHoldsAnotherLog { .. }) => {
             let text = e.to_string();
-            assert!(text.contains(&format!("{theirs:016x}")), "{text}");
+            // As the manifests write it (decimal), to be found there.
+            assert!(text.contains(&format!("history id {theirs};")), "{text}");
         }
         other => panic!(
             "expected a refusal, got {:?}",
@@ -3040,6 +3051,46 @@ async fn a_directory_started_with_another_logs_prefix_is_refused() {
         read_all(&log).await,
         (0..400).map(payload).collect::<Vec<_>>()
     );
+    log.close().await.unwrap();
+}
+
+/// The same refusal at the claim after an open the store did not answer: tiering stops, the
+/// log takes no appends, and a cold read of its remote segments is an outage (503), not
+/// damage — the other log's prefix does not hold this log's objects, and none of it is read
+/// (they read as missing objects: 500, damage named in a bucket that has none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_logs_prefix_found_at_a_later_claim_is_read_as_an_outage() {
+    let s3s = S3Server::start();
+    let relay = Relay::start(s3s.port).await;
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (data.path().join("a"), data.path().join("b"));
+    let (pa, pb) = (unique_prefix("foreign-a"), unique_prefix("foreign-b"));
+    let (log, _) = uploaded_log(s3s.store(), &pa, "node-a", cache.path(), &a).await;
+    log.close().await.unwrap();
+    let (log, sealed) = uploaded_log(relayed(&relay), &pb, "node-b", cache.path(), &b).await;
+    assert!(sealed[0].remote);
+    log.close().await.unwrap();
+    relay.set_cut(true);
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(relayed(&relay), &pa, "node-b", cache.path(), 8300, hour).await;
+    let log = Log::open(&b, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    relay.set_cut(false);
+    let r = log.upload_now().await;
+    assert!(
+        matches!(r, Err(LogError::StoreHoldsAnotherLog { .. })),
+        "{r:?}"
+    );
+    assert!(log.tier().unwrap().status().diverged);
+    let appended = log.append_one(Bytes::from_static(b"x")).await;
+    assert!(
+        matches!(appended, Err(LogError::NotTheStoresHistory { .. })),
+        "{appended:?}"
+    );
+    let err = log.read(0, 1 << 20).await.unwrap_err();
+    assert!(err.is_cold_storage_unavailable(), "{err}");
+    assert_eq!(log.tier().unwrap().status().gets, 0, "nothing read from it");
     log.close().await.unwrap();
 }
 
@@ -3100,6 +3151,14 @@ async fn a_start_past_what_the_directory_tiered_is_another_history() {
         .await
         .unwrap();
     assert!(copy.tier().unwrap().status().diverged);
+    let appended = copy.append_one(Bytes::from_static(b"x")).await;
+    assert!(
+        matches!(
+            appended,
+            Err(LogError::NotTheStoresHistory { diverged: true })
+        ),
+        "{appended:?}"
+    );
     let after = copy.tier().unwrap().remote_manifest().await.unwrap();
     assert_eq!(after.unwrap().epoch, before, "no version written");
     let r = copy.remove_segments_before(u64::MAX).await;

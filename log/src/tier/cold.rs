@@ -193,6 +193,13 @@ impl TierInner {
 
     /// Block `idx` of object `rel` (`len` bytes long), from the cache or the store.
     pub(crate) async fn block(&self, rel: &str, idx: u64, len: u64) -> io::Result<Bytes> {
+        if self.foreign.load(Ordering::Relaxed) {
+            return Err(fetch_error(FetchError::Unavailable(format!(
+                "reading {rel}: the object store {} holds another log's history; this log's \
+                 objects are not there",
+                self.opts.display
+            ))));
+        }
         let bs = self.opts.block_bytes as u64;
         let start = idx * bs;
         let end = (start + bs).min(len);

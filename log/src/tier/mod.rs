@@ -276,6 +276,11 @@ pub(crate) struct TierInner {
     /// The divergence the open found in the offsets themselves ([`Tier::other_history`]);
     /// never cleared while the log is open.
     pub(crate) other_history: AtomicBool,
+    /// The store holds another log's history ([`LogError::StoreHoldsAnotherLog`], found at a
+    /// claim after an open the store did not answer): none of its objects is read — the
+    /// remote segments known from the directory's copy are not there (they read as missing:
+    /// damage) — and cold reads are an outage until the log is reopened with its own store.
+    pub(crate) foreign: AtomicBool,
     /// The manifest epoch at which another process under this node id was first seen holding
     /// a live lease, while this one waits to claim ([`store::claim`]).
     pub(crate) predecessor: std::sync::Mutex<Option<u64>>,
@@ -358,6 +363,7 @@ impl Tier {
                 predecessor: std::sync::Mutex::new(None),
                 diverged: AtomicBool::new(false),
                 other_history: AtomicBool::new(false),
+                foreign: AtomicBool::new(false),
                 incarnation: incarnation(),
                 counters: TierCounters::default(),
                 rewrites: AtomicU64::new(0),

@@ -528,9 +528,14 @@ fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> 
     // and tiering stops (no upload, no removal, no local deletion). Until 2026-11-30 entries
     // past the active segment were ignored, and a start past it let such a directory claim the
     // prefix and its retention unlink what it acknowledged since.
+    // Its next records would take offsets the store's history gave other records: the log
+    // takes no appends either (`Tier::other_history`; until 2026-12-03 only tiering stopped,
+    // and a fail-back after the other node's retention moved the store's start past this
+    // directory served as ready, took writes, and expired its own history below its segments).
     if let Some(end) = m.map(Manifest::end).filter(|&end| end > local.active)
         && !inner.diverged.swap(true, Ordering::Relaxed)
     {
+        inner.other_history.store(true, Ordering::Relaxed);
         tracing::error!(
             store = %inner.opts.display,
             store_end = end,
@@ -551,6 +556,7 @@ fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> 
         && own_end < start
         && !inner.diverged.swap(true, Ordering::Relaxed)
     {
+        inner.other_history.store(true, Ordering::Relaxed);
         tracing::error!(
             store = %inner.opts.display,
             store_start = start,

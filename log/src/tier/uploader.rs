@@ -321,6 +321,7 @@ impl Uploader {
                     // records could never reach it.
                     if matches!(e, LogError::StoreHoldsAnotherLog { .. }) {
                         inner.other_history.store(true, Ordering::Relaxed);
+                        inner.foreign.store(true, Ordering::Relaxed);
                     }
                     if matches!(
                         e,
