@@ -525,7 +525,7 @@ fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> 
     // sealed, and removes only below its own active segment). Another process wrote it since
     // this directory's data was made (a fail-back to an old data directory, a restored backup):
     // another history, as when its entries differ from the local segments — the log opens,
-    // and tiering stops (no upload, no removal, no local deletion). Until 2026-11-30 entries
+    // tiering stops (no upload, no removal, no local deletion) and appends are refused. Until 2026-11-30 entries
     // past the active segment were ignored, and a start past it let such a directory claim the
     // prefix and its retention unlink what it acknowledged since.
     // Its next records would take offsets the store's history gave other records: the log
@@ -540,7 +540,7 @@ fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> 
             store = %inner.opts.display,
             store_end = end,
             local_active = local.active,
-            "the object store holds this log's history past the start of this directory's newest segment: another history of this log; tiering stops (no uploads, no removal, no local deletion)"
+            "the object store holds this log's history past the start of this directory's newest segment: another history of this log; tiering stops (no uploads, no removal, no local deletion) and the log takes no appends"
         );
     }
     // A start a removal moved past offsets this directory holds and its own tiering never
@@ -562,7 +562,7 @@ fn holds_history(inner: &TierInner, m: Option<&Manifest>, local: LocalStart) -> 
             store_start = start,
             local_first = local.first,
             own_end,
-            "the object store's history starts past offsets this directory holds and never tiered: another writer removed them; another history of this log, tiering stops (no uploads, no removal, no local deletion)"
+            "the object store's history starts past offsets this directory holds and never tiered: another writer removed them; another history of this log, tiering stops (no uploads, no removal, no local deletion) and the log takes no appends"
         );
     }
     let listed = m.filter(|m| m.history_start().is_some());
