@@ -375,6 +375,55 @@ async fn a_tiered_server_purges_its_copies_and_the_stores() {
     assert_eq!(page["messages"][0]["recalled"], true, "{page}");
 }
 
+/// A recall the object store does not hold yet is not acted on: with the send's segment
+/// sealed and uploaded and the recall in the active segment (uploaded only once sealed), the
+/// send keeps its bytes, in the directory and in the store, through three passes; once the
+/// recall's segment is sealed and uploaded, a pass purges both. Until 2026-12-03 the first
+/// pass purged it: a restore from the store then read a send with its words zeroed and no
+/// recall after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_server_purges_a_message_once_the_store_holds_its_recall() {
+    let bucket = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", bucket.path().display());
+    let mut args = vec![
+        "--tier-url",
+        url.as_str(),
+        "--tier-upload-interval-secs",
+        "1",
+    ];
+    args.extend(ARGS);
+    let server = Server::start(&args);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    api.group("f", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let sent = api.send(&alice, "g", "r1", RECALLED[0]).await;
+    seal_past(&api, &server, &alice, sent_offset(&sent)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while objects_holding(bucket.path(), RECALLED[0]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the send's segment was never uploaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    api.ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    let after = api.send(&alice, "g", "r2", "after the recall").await;
+    let passes = metric(&server, "tidings_purge_passes_total").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&server, "tidings_purge_passes_total").await < passes + 3 {
+        assert!(Instant::now() < deadline, "no three passes in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&server, "tidings_purged_records_total").await, 0);
+    assert!(!segments_holding(&server.data, RECALLED[0]).is_empty());
+    assert!(!objects_holding(bucket.path(), RECALLED[0]).is_empty());
+    seal_past(&api, &server, &alice, sent_offset(&after)).await;
+    wait_for_tiered_purge(&server, bucket.path(), true, Duration::from_secs(30)).await;
+    assert_eq!(metric(&server, "tidings_purge_failures_total").await, 0);
+}
+
 /// A rewrite that fails does not hold back the purge's watermark for what came before it, and
 /// damage never holds it (until 2026-11-30 one failed rewrite kept the whole pass's watermark,
 /// and a damaged segment failed every pass for good). Three sealed segments hold a recalled

@@ -38,8 +38,10 @@
 //!    a snapshot that agree, and running it again finishes it.
 //! 7. A record is purged only once it is identified as the send or edit of a recalled message:
 //!    decoded, of that channel and seq (the online plan checks what it was handed).
-//! 8. Tiered logs are not compacted (`Log::rewrite_sealed` refuses them, and `tidings compact`
-//!    a tiered data directory): the object store keeps its own copies of segments and snapshots.
+//! 8. `tidings compact` refuses a tiered data directory: the object store keeps its own copies
+//!    of segments and snapshots, which an offline run would not reach. A tiered server purges
+//!    online (`Log::rewrite_sealed` rewrites a local copy or one only in the store, and uploads
+//!    the rewrite in place of the old objects), acting on a recall only once the store holds it.
 
 mod error;
 mod online;

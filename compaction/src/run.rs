@@ -130,6 +130,10 @@ pub async fn run(
     }
     sync_dir(&dir)?;
 
+    // The recalls acted on are durable before any record they recall is rewritten: a server
+    // stopped under `fsync = every` or `never` (or killed) may have left them in the page
+    // cache only, and a power cut after the rewrite kept a zeroed send without its recall.
+    log.sync().await?;
     for (&base, offsets) in &plan.sealed {
         let replacements = purged_records(log, offsets).await?;
         if replacements.is_empty() {

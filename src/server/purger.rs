@@ -52,6 +52,15 @@
 //! design: the conversation cache's files and older snapshots may still hold a recalled
 //! message's preview until they are overwritten or pruned.
 //!
+//! A recall first: a pass acts on a recall only once nothing can lose it while its send's purge
+//! is kept — a purged send with no recall after it is a message whose words are zeros. So the
+//! log is synced before the rewrites (under `fsync = every` or `never` an applied recall may
+//! be in the page cache only, and a power cut kept the rewritten segment, synced, without it),
+//! and on a tiered server only recalls the object store holds (below the end of its manifest)
+//! are acted on: the active segment is uploaded only once sealed, and a restore from the store
+//! read the purged send of a recall still in the lost directory's active segment. A later
+//! recall waits for its segment's upload; until 2026-12-03 both orders were possible.
+//!
 //! On a tiered server (`tier.url` set) the log rewrites a sealed segment wherever it is — a
 //! local copy, or one only in the object store (read through the cold path) — and uploads the
 //! rewrite under new objects in place of the old ones (`Log::rewrite_sealed`). Until
@@ -242,6 +251,13 @@ async fn pass(
         };
         (found, channels)
     };
+    // The recalls it may act on (module doc, "A recall first"): with a tier, those the object
+    // store holds; none while it holds nothing.
+    let through = match state.log.tier().map(|t| t.manifest().end()) {
+        None => found.0.applied,
+        Some(0) => return Ok(Some(watermark)),
+        Some(end) => found.0.applied.min(end - 1),
+    };
     // The recalls, a few channels per hold of the lock: the applier (which needs the write lock,
     // and every reader after it waits on it) is held up for a share of a first pass over every
     // recall ever made, not all of it. Recalls past A0 are left to the next pass; what the
@@ -260,11 +276,14 @@ async fn pass(
             &p.state.index,
             chunk,
             watermark,
-            found.applied,
+            through,
         ));
     }
+    // Never back: a watermark past `through` (the log's start moved past what the store
+    // holds) stays.
+    let through_all = Some(watermark.map_or(through, |w| w.max(through)));
     if found.recalled.is_empty() {
-        return Ok(Some(Some(found.applied)));
+        return Ok(Some(through_all));
     }
     let Found {
         applied,
@@ -309,7 +328,14 @@ async fn pass(
         );
     }
     let (planned, segments) = (plan.records(), plan.segments.len());
-    // 4. The rewrites.
+    // 4. The rewrites, once the recalls they act on are durable (module doc, "A recall first").
+    if !plan.segments.is_empty() {
+        state
+            .log
+            .sync()
+            .await
+            .context("syncing the log before purging recalled messages")?;
+    }
     let mut purged = 0;
     // The offsets of the records in segments whose rewrite failed and is retried.
     let mut retried = BTreeSet::new();
@@ -350,7 +376,9 @@ async fn pass(
             .filter(|t| retried.contains(&t.offset))
             .cloned(),
     );
-    let next = plan.next_watermark(applied);
+    let next = plan
+        .next_watermark(through)
+        .map(|w| watermark.map_or(w, |old| old.max(w)));
     let left = plan.left.len();
     if failed > 0 {
         state.metrics.purge_failures.inc();
