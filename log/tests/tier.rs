@@ -603,6 +603,33 @@ async fn a_segment_damaged_in_the_bucket_is_not_fetched_at_every_read() {
     log.close().await.unwrap();
 }
 
+/// A rewrite of a segment only in the store (the purge of a recalled message) that meets
+/// damaged batches drops the object's cached blocks and reads it once more from the store, as
+/// a read does: with the good object back in the bucket, the next rewrite reads it anew and
+/// succeeds. Before, the damaged blocks stayed cached and every rewrite failed (the purge gave
+/// its records up for good, the store's copy intact).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_meeting_damaged_cold_blocks_reads_the_store_again() {
+    let s3s = S3Server::start();
+    let prefix = unique_prefix("rewrite-rot");
+    let data = tempfile::tempdir().unwrap();
+    let rel = one_segment_uploaded(&s3s, &prefix, data.path()).await;
+    let file = s3s.object_file(&format!("{prefix}/{rel}"));
+    let good = std::fs::read(&file).unwrap();
+    let mut bytes = good.clone();
+    bytes[2000] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    let (log, _cache) = reopened_cold(&s3s, &prefix, data.path()).await;
+    let rewrite = || log.rewrite_sealed(0, BTreeMap::from([(2, hashes(2))]));
+    let err = rewrite().await.unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { .. }), "{err:?}");
+    assert!(log.tier().unwrap().status().damaged_reads >= 1);
+    std::fs::write(&file, &good).unwrap();
+    assert_eq!(rewrite().await.unwrap().records, 1);
+    assert_eq!(log.read(2, 1).await.unwrap()[0].payload, hashes(2));
+    log.close().await.unwrap();
+}
+
 /// Every record from offset 0, or the first error.
 async fn read_all_or_err(log: &Log) -> Result<Vec<Bytes>, LogError> {
     let mut out = Vec::new();

@@ -679,8 +679,24 @@ impl Uploader {
         let (from, to) = (seg.clone(), tmp.clone());
         // The rewrite lock goes with the blocking write and comes back with it: a caller
         // dropped meanwhile (a stop) does not release it while the file is written.
+        let tier = inner.clone();
         let (stats, rewrites) = tokio::task::spawn_blocking(move || {
-            let stats = crate::rewrite::write_rewrite(vfs.as_ref(), &from, end, &replacements, &to);
+            let write =
+                || crate::rewrite::write_rewrite(vfs.as_ref(), &from, end, &replacements, &to);
+            let mut stats = write();
+            // Batches that fail their checks: as a read does (`Log::read_blocking`), the
+            // cached blocks are dropped and the segment read once more from the store — the
+            // damage may have come on the way and been cached (until 2026-12-03 the purge gave
+            // its records up for good, the store's copy intact). Damaged again: damaged in the
+            // store.
+            if matches!(stats, Err(LogError::Corrupt { .. }))
+                && tier.forget_damaged(&from.paths.log)
+            {
+                stats = write();
+                if matches!(stats, Err(LogError::Corrupt { .. })) {
+                    tier.damaged_in_store(&from.paths.log);
+                }
+            }
             (stats, rewrites)
         })
         .await
