@@ -96,6 +96,15 @@
 //! a token hash issued again to another user now leaving the first user's set: tokens are
 //! random, so only a crafted log repeats one.
 //!
+//! Not a version either: a cursor move, hide or clear of a user not a member of the channel
+//! when it is applied (written after their removal: an ack window flushed after it, or a
+//! request checked before it) changes nothing (`State::apply`, 2026-12-03). Such events were
+//! written only when a removal raced them, so few states an earlier build wrote hold a cursor
+//! one made; the next `log_trimmed` event that lets go of the user's removal lets it go too,
+//! and until then `verify` may report it as differing from its rebuild: the rule changed,
+//! nothing is damaged. A version would have made every earlier state outdated, and a trimmed
+//! log cannot be replayed from offset 0.
+//!
 //! Not a version either: the purged bit of a message's flags (`FLAG_PURGED`, masked by
 //! `State::apply`). No log written before it holds the bit, so every earlier state is the one
 //! this build applies.

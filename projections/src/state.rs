@@ -179,21 +179,23 @@ impl State {
                 channel,
                 delivered_seq,
                 read_seq,
-            } => {
+            } if self.subs.is_member(channel, uid) => {
                 self.cursors
                     .advance(offset, uid, channel, *delivered_seq, *read_seq);
             }
             Event::CursorBatch { channel, cursors } => {
                 for c in cursors {
-                    self.cursors
-                        .advance(offset, &c.uid, channel, c.delivered_seq, c.read_seq);
+                    if self.subs.is_member(channel, &c.uid) {
+                        self.cursors
+                            .advance(offset, &c.uid, channel, c.delivered_seq, c.read_seq);
+                    }
                 }
             }
             Event::ConversationHidden {
                 uid,
                 channel,
                 up_to_seq,
-            } => {
+            } if self.subs.is_member(channel, uid) => {
                 let last = self.heads.last_seq(channel);
                 // As of the seq the user hid it at (an event without one: now). Never past
                 // the head: a hide does not cover messages in advance.
@@ -204,7 +206,15 @@ impl State {
                 uid,
                 channel,
                 up_to_seq,
-            } => self.cursors.clear(offset, uid, channel, *up_to_seq),
+            } if self.subs.is_member(channel, uid) => {
+                self.cursors.clear(offset, uid, channel, *up_to_seq);
+            }
+            // A cursor move, hide or clear of one not a member of the channel then: written
+            // after a removal the request was checked before (an ack window flushed, a request
+            // raced by the removal; until 2026-12-03 applied, the cursor kept for good).
+            Event::CursorAdvanced { .. }
+            | Event::ConversationHidden { .. }
+            | Event::ConversationCleared { .. } => {}
             Event::LogTrimmed { start } => {
                 let start = self.trimmed.map_or(*start, |t| t.start.max(*start));
                 self.trimmed = Some(Trimmed { offset, start });

@@ -85,6 +85,50 @@ async fn the_read_cursor_never_moves_back() {
     );
 }
 
+/// A cursor move, hide or clear of a user no longer a member, written after their removal
+/// (an ack window flushed after it, a request checked before it), changes nothing of theirs;
+/// a member's move in the same batch is applied; a replay from zero agrees. Until 2026-12-03
+/// each was applied, and the cursor of a user out of the group kept for good.
+#[tokio::test]
+async fn cursor_moves_of_a_user_removed_before_them_are_not_applied() {
+    let mut w = World::new().await;
+    group(&mut w).await;
+    for i in 0..3 {
+        w.send("alice", "g", &format!("a{i}")).await.unwrap();
+    }
+    w.ack("bob", "g", Some(1), Some(1)).await;
+    w.unsubscribe("g", &["bob"]).await;
+    let before = w.state().cursors.get("bob", "g");
+    w.emit(Event::CursorBatch {
+        channel: "g".into(),
+        cursors: ["bob", "carol"]
+            .map(|uid| tidings_projections::CursorUpdate {
+                uid: uid.into(),
+                delivered_seq: Some(3),
+                read_seq: Some(3),
+            })
+            .to_vec(),
+    })
+    .await;
+    w.ack("bob", "g", Some(2), Some(2)).await;
+    w.emit(Event::ConversationHidden {
+        uid: "bob".into(),
+        channel: "g".into(),
+        up_to_seq: Some(3),
+    })
+    .await;
+    w.emit(Event::ConversationCleared {
+        uid: "bob".into(),
+        channel: "g".into(),
+        up_to_seq: 3,
+    })
+    .await;
+    assert_eq!(w.state().cursors.get("bob", "g"), before);
+    assert_eq!(before.read, 1);
+    assert_eq!(w.state().cursors.get("carol", "g").read, 3);
+    assert_eq!(&w.rebuild().await, w.state());
+}
+
 #[tokio::test]
 async fn two_devices_of_one_user_agree() {
     let mut w = World::new().await;
