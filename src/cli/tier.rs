@@ -115,8 +115,16 @@ async fn status(data: &DataDir) -> anyhow::Result<ExitCode> {
         super::count(local.len() as u64, "segment", "segments"),
         local.iter().map(|s| s.bytes).sum::<u64>()
     );
+    let below = if c.below_start == 0 {
+        String::new()
+    } else {
+        format!(
+            ", and {} below where the store's history starts, which its retention removed",
+            super::count(c.below_start as u64, "sealed segment", "sealed segments")
+        )
+    };
     super::out!(
-        "local only: {} (the active segment and {} not uploaded yet)",
+        "local only: {} (the active segment, {} not uploaded yet{below})",
         ranges(&c.local_only),
         super::count(c.lag_segments as u64, "sealed segment", "sealed segments")
     );
@@ -162,6 +170,9 @@ struct Comparison {
     lag_segments: usize,
     /// Their bytes.
     lag_bytes: u64,
+    /// Sealed local segments ending at or below where the store's history starts: kept here,
+    /// removed there by the store's retention (not lag).
+    below_start: usize,
     /// Offsets held only in this directory, as `[start, end)` ranges: the active segment and
     /// the sealed segments the store does not hold.
     local_only: Vec<(u64, u64)>,
@@ -197,7 +208,9 @@ fn compare(m: &Manifest, local: &[SegmentInfo]) -> Comparison {
         // Below where the store's history starts, the store's retention removed it: no lag
         // (until 2026-11-30 such segments were counted "not uploaded yet").
         let removed_there = m.start.is_some_and(|s| seg.end_offset <= s);
-        if seg.sealed && !removed_there {
+        if seg.sealed && removed_there {
+            c.below_start += 1;
+        } else if seg.sealed {
             c.lag_segments += 1;
             c.lag_bytes += seg.bytes;
         }
@@ -647,6 +660,7 @@ mod tests {
             Comparison {
                 lag_segments: 2,
                 lag_bytes: 200,
+                below_start: 0,
                 local_only: vec![(10, 35)],
                 diverged: vec![],
             }
@@ -695,7 +709,8 @@ mod tests {
     /// A fail-back whose store went on for many segments, and whose retention removed this
     /// directory's sealed segments from it: one line for the run past the local log (it was
     /// one per remote segment, each said to overlap the local segments, which none did), and
-    /// no lag for segments below the store's start (they were counted "not uploaded yet").
+    /// no lag for segments below the store's start (they were counted "not uploaded yet"), but
+    /// a count of their own.
     #[test]
     fn a_store_that_went_on_is_told_once_and_what_it_removed_is_no_lag() {
         let segs = [
@@ -726,6 +741,9 @@ mod tests {
                 "{told}"
             );
             assert_eq!((c.lag_segments, c.lag_bytes), (0, 0));
+            // Told apart from the upload lag in the local-only line (both were said "not
+            // uploaded yet" until 2026-12-03).
+            assert_eq!(c.below_start, 2);
         }
     }
 }
