@@ -366,3 +366,33 @@ async fn compact_refuses_damage_in_the_active_segment_before_changing_anything()
         );
     }
 }
+
+/// A dry run says what a run would do with the conversation cache's files, not that it is
+/// doing it: it said "removing them" and then "nothing was changed" (QA). Here the recalled
+/// message is in the active segment (nothing to purge in sealed segments) and no run removed
+/// the cache's files since the recall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_says_what_a_run_would_remove() {
+    let server = Server::start(&ARGS);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let (alice, bob) = (api.user("alice").await, api.user("bob").await);
+    api.send(&alice, "g", "r1", RECALLED[0]).await;
+    api.ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    api.ok("GET", "/v1/conversations", &bob, None).await;
+    let data = server.data.clone();
+    let d = data.to_str().unwrap();
+    let _dir = server.stop();
+    let said = "the conversation cache's files may hold recalled messages' previews";
+    let (code, out, err) = tidings(&["compact", "--data", d, "--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{said}: a run removes them")),
+        "{out}"
+    );
+    assert!(!out.contains("removing"), "{out}");
+    let (code, out, err) = tidings(&["compact", "--data", d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("{said}: removing them")), "{out}");
+}

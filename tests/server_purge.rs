@@ -424,6 +424,65 @@ async fn a_tiered_server_purges_a_message_once_the_store_holds_its_recall() {
     assert_eq!(metric(&server, "tidings_purge_failures_total").await, 0);
 }
 
+/// A tiered server started again after a kill -9 waits out the lease of the process before
+/// it: its purge passes meanwhile rewrite nothing and count no failure (each counted one,
+/// every interval, until 2026-12-03: an alert on the counter fired after every crash); once
+/// it holds the prefix, a pass purges what the store holds the recall of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_server_waiting_for_its_lease_counts_no_purge_failure() {
+    let bucket = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", bucket.path().display());
+    let tier = [
+        "--tier-url",
+        url.as_str(),
+        "--tier-upload-interval-secs",
+        "1",
+        "--tier-lease-secs",
+        "10",
+        "--log-segment-bytes",
+        "16384",
+        "--limits-sends-per-second",
+        "100000",
+    ];
+    let mut args = tier.to_vec();
+    args.extend(["--compaction-purge-interval-secs", "0"]);
+    let server = Server::start(&args);
+    let api = Api::new(&server);
+    api.group("g", &["alice"]).await;
+    api.group("f", &["alice"]).await;
+    let alice = api.user("alice").await;
+    api.send(&alice, "g", "r1", RECALLED[0]).await;
+    api.ok("DELETE", "/v1/channels/g/messages/1", &alice, None)
+        .await;
+    let after = api.send(&alice, "g", "r2", "after the recall").await;
+    seal_past(&api, &server, &alice, sent_offset(&after)).await;
+    let status = || async { api.ok("GET", "/v1/tier", ADMIN, None).await };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status().await["status"]["remote_end"].as_u64().unwrap() <= sent_offset(&after) {
+        assert!(
+            Instant::now() < deadline,
+            "the recall's segment was never uploaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let data = server.data.clone();
+    let _dir = server.kill();
+    let mut args = tier.to_vec();
+    args.extend(["--compaction-purge-interval-secs", "1"]);
+    let server = Server::start_on(&data, &args);
+    let api = Api::new(&server);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&server, "tidings_purge_passes_total").await < 3 {
+        assert!(Instant::now() < deadline, "no three passes in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tier = api.ok("GET", "/v1/tier", ADMIN, None).await;
+    assert_eq!(tier["status"]["claimed"], false, "{tier}");
+    assert_eq!(metric(&server, "tidings_purge_failures_total").await, 0);
+    wait_for_tiered_purge(&server, bucket.path(), true, Duration::from_secs(40)).await;
+    assert_eq!(metric(&server, "tidings_purge_failures_total").await, 0);
+}
+
 /// A rewrite that fails does not hold back the purge's watermark for what came before it, and
 /// damage never holds it (until 2026-11-30 one failed rewrite kept the whole pass's watermark,
 /// and a damaged segment failed every pass for good). Three sealed segments hold a recalled

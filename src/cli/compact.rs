@@ -56,10 +56,11 @@ pub(crate) async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
     // The conversation cache's lists may show a recalled message's preview until the first
     // run after its recall removes them (the background purge rewrites the log, not them).
     let cached_copies = recalled_at.is_some_and(|at| compacted_through(&data) < Some(at));
-    print_plan(&plan);
+    print_plan(&plan, args.dry_run);
     if cached_copies && plan.is_empty() {
         super::out!(
-            "the conversation cache's files may hold recalled messages' previews: removing them"
+            "the conversation cache's files may hold recalled messages' previews: {}",
+            doing(args.dry_run, "removing them", "a run removes them")
         );
     }
     if args.dry_run {
@@ -268,14 +269,24 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a run does (`now`), or with `--dry-run` what a run would do (`later`): a dry run said
+/// "removing them" before "nothing was changed" until 2026-12-03.
+fn doing(dry_run: bool, now: &'static str, later: &'static str) -> &'static str {
+    if dry_run { later } else { now }
+}
+
 /// What the plan purges and what it leaves, in words.
-fn print_plan(plan: &Plan) {
+fn print_plan(plan: &Plan, dry_run: bool) {
     if plan.is_empty() {
         super::out!("nothing to purge in sealed segments");
         if plan.stale_copies {
             super::out!(
-                "snapshots from before the newest recall may hold recalled messages' previews: \
-                 writing a fresh one and removing them"
+                "snapshots from before the newest recall may hold recalled messages' previews: {}",
+                doing(
+                    dry_run,
+                    "writing a fresh one and removing them",
+                    "a run writes a fresh one and removes them"
+                )
             );
         }
     } else {

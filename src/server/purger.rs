@@ -231,6 +231,13 @@ async fn pass(
     watermark: Watermark,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<Watermark>> {
+    // A tiered log that does not hold the store's prefix (a restart waiting out the lease of
+    // the process before it) rewrites nothing: the pass waits for the claim, not counted as
+    // failed (each one was, every interval, after every crash until 2026-12-03).
+    if state.log.tier().is_some_and(|t| !t.is_claimed()) {
+        tracing::debug!("the background purge waits for the object store's prefix to be claimed");
+        return Ok(Some(watermark));
+    }
     // 1. Under the lock: what to look at.
     let found = {
         let p = state.proj();
