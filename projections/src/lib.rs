@@ -51,4 +51,7 @@ pub use crate::event::{
     ListOwner,
 };
 pub use crate::state::{Applied, State, Trimmed};
-pub use crate::store::{Origin, PreparedSnapshot, ProjectionConfig, Projections};
+pub use crate::store::{
+    Origin, PreparedSnapshot, ProjectionConfig, Projections, SidecarsRemoved, let_go_sidecars,
+    trim_applied_by,
+};

@@ -94,6 +94,63 @@ pub struct Projections {
     origin: Origin,
     /// The anchor of the snapshot the state was loaded from (`snapshot.rs`), when it has one.
     anchor: Option<u32>,
+    /// The latest `log_trimmed` events applied (in log order, at most [`KEPT_TRIMS`]; the
+    /// first may be the state's when loaded): which one a snapshot of an earlier offset had
+    /// applied last ([`trim_applied_by`]), for the sidecar files it let go. In memory only.
+    trims: std::collections::VecDeque<crate::state::Trimmed>,
+}
+
+/// What [`Projections::remove_dropped_sidecars`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SidecarsRemoved {
+    /// How many files went.
+    pub removed: usize,
+    /// The offset of the `log_trimmed` event bounding them (0: none).
+    pub through: u64,
+}
+
+/// How many of the latest `log_trimmed` events [`Projections`] keeps: more than the
+/// retention's passes over the window of the snapshots kept (a pass a minute, a snapshot every
+/// five, three kept, by default).
+const KEPT_TRIMS: usize = 64;
+
+/// Of `trims` (a run of `log_trimmed` events in log order, the latest last), the one a state
+/// that applied up to `applied` had applied last: the newest at or below it. `None` when the
+/// run starts past it (it may have applied one before the run: not known).
+pub fn trim_applied_by(
+    trims: &[crate::state::Trimmed],
+    applied: u64,
+) -> Option<crate::state::Trimmed> {
+    trims.iter().rev().find(|t| t.offset <= applied).copied()
+}
+
+/// Of the sidecar files starting at `firsts` (ascending, each once), those no kept snapshot
+/// can name, given `named` (what the newest state names), `latest` (the newest state's last
+/// `log_trimmed`) and `bound` (the last `log_trimmed` the oldest kept snapshot applied): with
+/// `bound` the latest, every file starting below its start that is not named (a trim lets go
+/// of the sidecars ending below its start, and every snapshot applied this one); with an
+/// earlier one, only files not named that end below the bound's start — known by the next
+/// file's first offset (sidecars hold runs of offsets in order, never overlapping): the
+/// oldest snapshot names the files its trims did not let go. Until 2026-12-03 files went only
+/// once every kept snapshot followed the latest event, which a server the retention trims
+/// more often than its snapshots' window never saw: its index files grew without bound.
+pub fn let_go_sidecars(
+    firsts: &[u64],
+    named: impl Fn(u64) -> bool,
+    latest: crate::state::Trimmed,
+    bound: crate::state::Trimmed,
+) -> Vec<u64> {
+    firsts
+        .iter()
+        .enumerate()
+        .filter(|&(i, &first)| {
+            if named(first) || first >= bound.start {
+                return false;
+            }
+            bound == latest || firsts.get(i + 1).is_some_and(|&next| next <= bound.start)
+        })
+        .map(|(_, &first)| first)
+        .collect()
 }
 
 impl Projections {
@@ -107,6 +164,7 @@ impl Projections {
             config,
             origin: Origin::Empty,
             anchor: None,
+            trims: std::collections::VecDeque::new(),
         })
     }
 
@@ -181,10 +239,38 @@ impl Projections {
 
     /// Applies the event at `offset`, writing a message index sidecar when one is due.
     pub fn apply(&mut self, offset: u64, env: &Envelope) -> Result<()> {
-        if self.state.apply(offset, env)? == Applied::FlushIndex {
+        let before = self.state.trimmed;
+        let applied = self.state.apply(offset, env)?;
+        if let Some(t) = self.state.trimmed
+            && before != Some(t)
+        {
+            if self.trims.is_empty()
+                && let Some(b) = before
+            {
+                self.trims.push_back(b);
+            }
+            self.trims.push_back(t);
+            while self.trims.len() > KEPT_TRIMS {
+                self.trims.pop_front();
+            }
+        }
+        if applied == Applied::FlushIndex {
             self.flush_index()?;
         }
         Ok(())
+    }
+
+    /// The latest `log_trimmed` events applied, in log order (the state's latest last): those
+    /// applied since the state was loaded or made, and the one it was loaded with (at most
+    /// [`KEPT_TRIMS`]).
+    pub fn trims(&self) -> Vec<crate::state::Trimmed> {
+        let mut out: Vec<_> = self.trims.iter().copied().collect();
+        if out.is_empty()
+            && let Some(t) = self.state.trimmed
+        {
+            out.push(t);
+        }
+        out
     }
 
     /// Decodes and applies a log record; returns the event.
@@ -358,13 +444,14 @@ impl Projections {
     }
 
     /// Deletes up to `max` sidecar files the state let go (`msgindex::IndexState::drop_below`,
-    /// at a `log_trimmed` event) once no snapshot on disk can name them: when every snapshot
-    /// in the directory has applied the state's latest `log_trimmed` (no removal came after it,
-    /// so each names only sidecars the state names too), every `{offset:020}.cidx` file
-    /// starting below that event's start that the state does not name is one of them.
-    /// `writing`: the oldest offset of a snapshot prepared but not yet on disk, counted as one
-    /// in the directory. Returns how many went (`max` means more may remain: call again), or
-    /// `None` when a snapshot from before the event still holds them (nothing looked at).
+    /// at a `log_trimmed` event) once no snapshot on disk can name them: the files
+    /// [`let_go_sidecars`] picks, the bound being the last event the oldest snapshot in the
+    /// directory applied ([`trim_applied_by`] of [`Projections::trims`]). `writing`: the
+    /// oldest offset of a snapshot prepared but not yet on disk, counted as one in the
+    /// directory. Returns how many went (`max` means more may remain: call again) and the
+    /// offset of the event bounding them (all are gone when none went and it is the state's
+    /// latest), or `None` when the oldest snapshot applied none of the events known (nothing
+    /// looked at).
     ///
     /// Call it with the projections' lock held for reading, as this takes `&self`: a flush
     /// (under the write lock) then cannot be naming a file between the check and its
@@ -374,51 +461,62 @@ impl Projections {
         &self,
         writing: Option<u64>,
         max: usize,
-    ) -> Result<Option<usize>> {
-        let Some(trimmed) = self.state.trimmed else {
-            return Ok(Some(0));
+    ) -> Result<Option<SidecarsRemoved>> {
+        let Some(latest) = self.state.trimmed else {
+            return Ok(Some(SidecarsRemoved::default()));
         };
-        if writing.is_some_and(|w| w < trimmed.offset)
-            || snapshot::list(&self.snapshot_dir())?
-                .iter()
-                .any(|s| s.applied < trimmed.offset)
-        {
-            return Ok(None);
-        }
+        let oldest = snapshot::list(&self.snapshot_dir())?
+            .iter()
+            .map(|s| s.applied)
+            .chain(writing)
+            .min();
+        let bound = match oldest {
+            None => latest,
+            Some(applied) => match trim_applied_by(&self.trims(), applied) {
+                Some(bound) => bound,
+                None => return Ok(None),
+            },
+        };
         let dir = self.files.dir();
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(0)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Some(SidecarsRemoved::default()));
+            }
             Err(e) => return Err(ProjectionError::io("list", dir, e)),
         };
+        let mut firsts = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| ProjectionError::io("list", dir, e))?;
+            let name = entry.file_name();
+            if let Some(first) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".cidx"))
+                .filter(|stem| stem.len() == 20)
+                .and_then(|stem| stem.parse::<u64>().ok())
+            {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        firsts.dedup();
         let sidecars = &self.state.index.sidecars;
         let named = |first: u64| {
             sidecars
                 .binary_search_by_key(&first, |s| s.first_offset)
                 .is_ok()
         };
-        let mut doomed = Vec::new();
-        for entry in entries {
-            if doomed.len() == max {
-                break;
-            }
-            let entry = entry.map_err(|e| ProjectionError::io("list", dir, e))?;
-            let name = entry.file_name();
-            let Some(first) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".cidx"))
-                .filter(|stem| stem.len() == 20)
-                .and_then(|stem| stem.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if first >= trimmed.start || named(first) {
-                continue;
-            }
-            doomed.push(entry.path());
-        }
+        let doomed: Vec<PathBuf> = let_go_sidecars(&firsts, named, latest, bound)
+            .into_iter()
+            .take(max)
+            .map(|first| msgindex::sidecar_path(dir, first))
+            .collect();
+        let through = bound.offset;
         if doomed.is_empty() {
-            return Ok(Some(0));
+            return Ok(Some(SidecarsRemoved {
+                removed: 0,
+                through,
+            }));
         }
         // The pruning of the snapshots that named them durable first: a power cut must not
         // bring one back over deleted sidecars (unlikely to be loaded — every newer snapshot
@@ -438,7 +536,7 @@ impl Projections {
                 Err(e) => return Err(ProjectionError::io("remove", &path, e)),
             }
         }
-        Ok(Some(removed))
+        Ok(Some(SidecarsRemoved { removed, through }))
     }
 
     /// Checks every message index sidecar against its CRC; returns the failures.
@@ -557,10 +655,68 @@ mod tests {
             None,
             "one being written"
         );
-        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), Some(3));
-        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), Some(1));
-        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), Some(0));
+        let removed = |n| {
+            Some(SidecarsRemoved {
+                removed: n,
+                through: 20,
+            })
+        };
+        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), removed(3));
+        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), removed(1));
+        assert_eq!(p.remove_dropped_sidecars(None, 3).unwrap(), removed(0));
         assert_eq!(cidx_files(&p), named);
         assert!(p.check_index_files().is_empty());
+    }
+
+    /// A server the retention trims more often than its snapshots' window: the oldest kept
+    /// snapshot always precedes the latest `log_trimmed`, and until 2026-12-03 no file ever
+    /// went. Now those the oldest snapshot's own trim let go do, and never one it names.
+    #[test]
+    fn sidecars_go_as_far_as_the_oldest_snapshot_let_them_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ProjectionConfig {
+            index_flush_entries: 2,
+            snapshots_keep: 2,
+            ..ProjectionConfig::default()
+        };
+        let mut p = Projections::empty(dir.path(), config).unwrap();
+        let sent = |seq: u64| {
+            let e = Event::MessageSent {
+                channel: "c".into(),
+                from: "ann".into(),
+                client_msg_id: format!("m{seq}"),
+                seq,
+                message_id: seq,
+                payload: Bytes::from_static(b"hi"),
+                flags: 0,
+            };
+            Envelope::new(1, e)
+        };
+        let trim = |start| Envelope::new(1, Event::LogTrimmed { start });
+        // Sidecars of two offsets each, starting at 0, 2, ..., 18.
+        for seq in 1..=20u64 {
+            p.apply(seq - 1, &sent(seq)).unwrap();
+        }
+        p.apply(20, &trim(5)).unwrap(); // lets 0 and 2 go
+        p.snapshot().unwrap();
+        p.apply(21, &trim(9)).unwrap(); // lets 4 and 6 go: snapshot 20 names them
+        p.snapshot().unwrap();
+        let removed = |n, through| {
+            Some(SidecarsRemoved {
+                removed: n,
+                through,
+            })
+        };
+        assert_eq!(p.remove_dropped_sidecars(None, 64).unwrap(), removed(2, 20));
+        assert_eq!(p.remove_dropped_sidecars(None, 64).unwrap(), removed(0, 20));
+        assert_eq!(cidx_files(&p), (4..20).step_by(2).collect::<Vec<_>>());
+        // Snapshot 20 pruned: the rest go.
+        p.apply(22, &sent(21)).unwrap();
+        p.snapshot().unwrap();
+        assert_eq!(p.remove_dropped_sidecars(None, 64).unwrap(), removed(2, 21));
+        assert_eq!(cidx_files(&p), (8..20).step_by(2).collect::<Vec<_>>());
+        assert!(p.check_index_files().is_empty());
+        // A snapshot from before every event known (a state loaded after it): nothing.
+        assert_eq!(trim_applied_by(&p.trims(), 19), None);
     }
 }

@@ -60,8 +60,9 @@ pub(super) struct WrittenSnapshot {
     /// The projections directory (the sidecars are in its `index/`).
     dir: std::path::PathBuf,
     sidecars: Vec<tidings_projections::msgindex::Sidecar>,
-    /// The state's latest `log_trimmed` (for the store's sidecars it let go).
-    trimmed: Option<tidings_projections::Trimmed>,
+    /// The state's latest `log_trimmed` events, in log order (for the store's sidecars they
+    /// let go: `Projections::trims`).
+    trims: Vec<tidings_projections::Trimmed>,
 }
 
 /// Which segments a snapshot's anchor (the record it ends at) may be read from.
@@ -89,7 +90,7 @@ pub(super) async fn write_snapshot(
     let s = state.clone();
     // Encode under the read lock; write and fsync outside it, so the applier (which needs the
     // write lock) is not held up by the disk.
-    let (prepared, writing, (sidecars, trimmed), dir) = tokio::task::spawn_blocking(move || {
+    let (prepared, writing, (sidecars, trims), dir) = tokio::task::spawn_blocking(move || {
         let p = s.proj();
         // Read under the lock the applier sets it under.
         if s.applier_failed.load(Ordering::Acquire) {
@@ -97,7 +98,7 @@ pub(super) async fn write_snapshot(
                 "the applier stopped on a record it could not apply: no snapshot of its state (the next start replays the log from the last snapshot)"
             );
         }
-        let sidecars = (p.state.index.sidecars.clone(), p.state.trimmed);
+        let sidecars = (p.state.index.sidecars.clone(), p.trims());
         let prepared = p.prepare_snapshot();
         // Registered under the lock its state was read under: the background purge must not
         // rewrite the record it will be anchored to (`purger.rs`).
@@ -173,7 +174,7 @@ pub(super) async fn write_snapshot(
         path,
         dir,
         sidecars,
-        trimmed,
+        trims,
     }))
 }
 
@@ -197,13 +198,16 @@ fn remove_dropped_sidecars(state: &AppState) {
             (p.remove_dropped_sidecars(writing, PER_LOCK), trimmed)
         };
         match done {
-            // Only a call that found nothing left marks the event done: one that removed fewer
+            // Only a call that found nothing left, bounded by the latest event (not an earlier
+            // one the oldest snapshot applied), marks the event done: one that removed fewer
             // than it listed (another call removed some meanwhile) may have left more.
-            Ok(Some(0)) => {
-                state.sidecars_cleaned_for.store(trimmed, Ordering::Relaxed);
+            Ok(Some(r)) if r.removed == 0 => {
+                if r.through == trimmed {
+                    state.sidecars_cleaned_for.store(trimmed, Ordering::Relaxed);
+                }
                 break;
             }
-            Ok(Some(n)) => removed += n,
+            Ok(Some(r)) => removed += r.removed,
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "could not remove the message index sidecars the retention let go");
@@ -230,7 +234,7 @@ pub(super) async fn upload_written(state: &AppState, w: &WrittenSnapshot) -> any
         projections: &w.dir,
         snap: &w.path,
         sidecars: &w.sidecars,
-        trimmed: w.trimmed,
+        trims: &w.trims,
     };
     let uploaded = tiering::upload_snapshot(tier, &snapshot, &state.uploaded_sidecars).await;
     if let Err(e) = &uploaded

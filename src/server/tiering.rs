@@ -383,8 +383,8 @@ pub(crate) struct SnapshotUpload<'a> {
     pub(crate) snap: &'a Path,
     /// The sidecars its state names.
     pub(crate) sidecars: &'a [Sidecar],
-    /// Its state's latest `log_trimmed`.
-    pub(crate) trimmed: Option<tidings_projections::Trimmed>,
+    /// Its state's latest `log_trimmed` events, in log order (`Projections::trims`).
+    pub(crate) trims: &'a [tidings_projections::Trimmed],
 }
 
 /// Uploads a snapshot and the sidecars it refers to; keeps the newest few in the store; then
@@ -399,7 +399,7 @@ pub(crate) async fn upload_snapshot(
         projections,
         snap,
         sidecars,
-        trimmed,
+        trims,
     } = *upload;
     // Only the prefix's owner uploads: a server that has not claimed it (yet: the store was
     // out of reach at open, or it waits out another process's lease under this node id), was
@@ -480,11 +480,8 @@ pub(crate) async fn upload_snapshot(
     for old in &stale {
         tier.delete(&format!("snapshots/{old}")).await?;
     }
-    let Some(trimmed) = trimmed else {
-        return Ok(Some(0));
-    };
     let kept = names.iter().filter(|n| !stale.contains(n));
-    let doomed = stale_sidecars(kept, &known, sidecars, trimmed);
+    let doomed = stale_sidecars(kept, &known, sidecars, trims);
     if doomed.is_empty() {
         return Ok(Some(0));
     }
@@ -511,29 +508,37 @@ pub(crate) async fn upload_snapshot(
 }
 
 /// The sidecar keys of the store (`keys`) the retention let go, once no snapshot kept there
-/// (`kept`, `{applied:020}.snap`) can name them: when each follows the `log_trimmed` event
-/// `trimmed` of the snapshot just uploaded (which names `sidecars`), every sidecar starting
-/// below the event's start that this snapshot does not name (under either key form). As
-/// locally (`Projections::remove_dropped_sidecars`): a snapshot an earlier build wrote after
-/// the event names them, but its state lets them go when decoded, and a restore downloads
-/// only what the decoded state names. Until 2026-11-30 the store kept every sidecar, 16 bytes
-/// per message ever sent.
+/// (`kept`, `{applied:020}.snap`) can name them: as locally
+/// (`Projections::remove_dropped_sidecars`), the sidecars [`tidings_projections::let_go_sidecars`]
+/// picks (under either key form), of those the snapshot just uploaded does not name
+/// (`sidecars`), bounded by the last of its `log_trimmed` events (`trims`) the oldest kept
+/// snapshot applied. A snapshot an earlier build wrote after an event names them, but its
+/// state lets them go when decoded, and a restore downloads only what the decoded state
+/// names. Until 2026-11-30 the store kept every sidecar, 16 bytes per message ever sent; until
+/// 2026-12-03 they went only once every kept snapshot followed the latest event, which the
+/// restorable snapshots kept there seldom do on a server the retention trims often.
 fn stale_sidecars<'a>(
-    mut kept: impl Iterator<Item = &'a String>,
+    kept: impl Iterator<Item = &'a String>,
     keys: &HashSet<String>,
     sidecars: &[Sidecar],
-    trimmed: tidings_projections::Trimmed,
+    trims: &[tidings_projections::Trimmed],
 ) -> Vec<String> {
+    let Some(&latest) = trims.last() else {
+        return Vec::new();
+    };
     let applied = |n: &str| n.strip_suffix(".snap").and_then(|a| a.parse::<u64>().ok());
     // At least the snapshot just uploaded: a listing without it says nothing of the store.
-    let mut any = false;
-    if !kept.all(|n| {
-        any = true;
-        applied(n).is_some_and(|a| a >= trimmed.offset)
-    }) || !any
-    {
+    let Some(oldest) = kept
+        .map(|n| applied(n).ok_or(()))
+        .collect::<Result<Vec<u64>, ()>>()
+        .ok()
+        .and_then(|all| all.into_iter().min())
+    else {
         return Vec::new();
-    }
+    };
+    let Some(bound) = tidings_projections::trim_applied_by(trims, oldest) else {
+        return Vec::new();
+    };
     let named: HashSet<u64> = sidecars.iter().map(|s| s.first_offset).collect();
     let first_of = |key: &str| -> Option<u64> {
         let name = key.strip_prefix(SIDECAR_DIR)?.strip_prefix('/')?;
@@ -543,9 +548,16 @@ fn stale_sidecars<'a>(
             .then(|| digits.parse().ok())
             .flatten()
     };
+    let mut firsts: Vec<u64> = keys.iter().filter_map(|k| first_of(k)).collect();
+    firsts.sort_unstable();
+    firsts.dedup();
+    let gone: HashSet<u64> =
+        tidings_projections::let_go_sidecars(&firsts, |f| named.contains(&f), latest, bound)
+            .into_iter()
+            .collect();
     let mut doomed: Vec<String> = keys
         .iter()
-        .filter(|k| first_of(k).is_some_and(|f| f < trimmed.start && !named.contains(&f)))
+        .filter(|k| first_of(k).is_some_and(|f| gone.contains(&f)))
         .cloned()
         .collect();
     doomed.sort();
@@ -587,15 +599,17 @@ mod tests {
             projections,
             snap,
             sidecars,
-            trimmed: None,
+            trims: &[],
         }
     }
 
-    /// The store's sidecars the retention let go: only once every snapshot kept there follows
-    /// the `log_trimmed` event, only those starting below its start, never one the uploaded
-    /// snapshot names (under either key form), and no key of another shape.
+    /// The store's sidecars the retention let go: with every snapshot kept there following the
+    /// latest `log_trimmed` event, those starting below its start; with the oldest between two
+    /// events, those the earlier one let go as far as the next sidecar shows; none while one
+    /// precedes every event known; never one the uploaded snapshot names (under either key
+    /// form), and no key of another shape.
     #[test]
-    fn store_sidecars_go_once_every_kept_snapshot_follows_the_trim() {
+    fn store_sidecars_go_as_far_as_the_oldest_kept_snapshot_let_them_go() {
         let side = |first: u64, crc: u32| Sidecar {
             first_offset: first,
             last_offset: first + 9,
@@ -623,7 +637,7 @@ mod tests {
         let snaps = |applied: &[u64]| -> Vec<String> {
             applied.iter().map(|a| format!("{a:020}.snap")).collect()
         };
-        let stale = |kept: &[u64]| stale_sidecars(snaps(kept).iter(), &keys, &named, trimmed);
+        let stale = |kept: &[u64]| stale_sidecars(snaps(kept).iter(), &keys, &named, &[trimmed]);
         assert_eq!(
             stale(&[49, 50, 60]),
             Vec::<String>::new(),
@@ -640,7 +654,23 @@ mod tests {
             start: 0,
         };
         let kept = snaps(&[60]);
-        assert!(stale_sidecars(kept.iter(), &keys, &named, no_trim_below).is_empty());
+        assert!(stale_sidecars(kept.iter(), &keys, &named, &[no_trim_below]).is_empty());
+        // A kept snapshot from between two events: what the earlier one let go, as far as the
+        // next sidecar shows (0 ends below 10, which is not past the earlier start, 15; 10 may
+        // reach past it, and the snapshot at 45 may name it). Until 2026-12-03: nothing.
+        let earlier = tidings_projections::Trimmed {
+            offset: 40,
+            start: 15,
+        };
+        let kept = snaps(&[45, 60]);
+        assert_eq!(
+            stale_sidecars(kept.iter(), &keys, &named, &[earlier, trimmed]),
+            vec![sidecar_key(&side(0, 1))]
+        );
+        assert!(
+            stale_sidecars(snaps(&[39, 60]).iter(), &keys, &named, &[earlier, trimmed]).is_empty(),
+            "a snapshot from before every event known"
+        );
     }
 
     /// The store keeps its newest three snapshots and the newest two below the end of the
