@@ -51,7 +51,7 @@ async fn a_restart_between_steps_keeps_the_same_state() {
     );
     assert_eq!(api.send(&alice, "g", "a6", "m6").await["seq"], 6);
     // And once more after a SIGKILL (no shutdown snapshot: replay from the log), with the
-    // parts of two snapshot writes cut short (a crash, a full disk) beside the snapshots: the
+    // parts of two snapshot writes and a sidecar write cut short (a crash, a full disk): the
     // start removes them (they stayed for good, taking their space), and nothing else.
     let data = server.data.clone();
     let dir = server.kill();
@@ -64,6 +64,11 @@ async fn a_restart_between_steps_keeps_the_same_state() {
         std::fs::write(snapshots.join(name), b"half a snapshot").unwrap();
     }
     std::fs::write(snapshots.join("notes.tmp"), b"an operator's").unwrap();
+    // And a message index sidecar's (it stayed for good until 2026-12-03).
+    let index = data.join("projections").join("index");
+    std::fs::create_dir_all(&index).unwrap();
+    let cut_sidecar = index.join(".00000000000000000003.cidx.tmp");
+    std::fs::write(&cut_sidecar, b"half a sidecar").unwrap();
     let server = Server::start_on(&data, &[]);
     let api = Api::new(&server);
     assert_eq!(
@@ -77,6 +82,7 @@ async fn a_restart_between_steps_keeps_the_same_state() {
         assert!(!snapshots.join(name).exists(), "{name} left");
     }
     assert!(snapshots.join("notes.tmp").exists());
+    assert!(!cut_sidecar.exists(), "the sidecar's part left");
     drop(dir);
 }
 

@@ -290,7 +290,12 @@ fn changed_settings(state: &tidings_projections::State, config: &ProjectionConfi
 /// Returns how many it set aside.
 pub(crate) fn set_aside_snapshots_ahead_of(data: &DataDir, end: u64) -> anyhow::Result<usize> {
     let snapshots = data.projections().join("snapshots");
-    remove_snapshot_temp_files(&snapshots);
+    remove_temp_files(&snapshots, ".snap.tmp", "a snapshot write");
+    remove_temp_files(
+        &data.projections().join("index"),
+        ".cidx.tmp",
+        "a sidecar write",
+    );
     let ahead: Vec<_> = tidings_projections::snapshot::list(&snapshots)?
         .into_iter()
         .filter(|snap| snap.applied >= end)
@@ -362,11 +367,12 @@ fn aside_path(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
         .unwrap_or(first)
 }
 
-/// Removes what snapshot writes cut short left (`.{offset:020}.snap.tmp`: a crash, or a full
-/// disk, mid-write): never loaded, they only took space. Called with the data directory
-/// locked, when no snapshot is being written.
-fn remove_snapshot_temp_files(snapshots: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(snapshots) else {
+/// Removes what writes cut short left in `dir` (`.{offset:020}{suffix}`: snapshots'
+/// `.snap.tmp`, message index sidecars' `.cidx.tmp`; a crash, or a full disk, mid-write):
+/// never read, they only took space (a sidecar's stayed for good until 2026-12-03). Called with
+/// the data directory locked, when no snapshot or sidecar is being written.
+fn remove_temp_files(dir: &std::path::Path, suffix: &str, what: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.filter_map(Result::ok) {
@@ -374,7 +380,7 @@ fn remove_snapshot_temp_files(snapshots: &std::path::Path) {
         let Some(stem) = name
             .to_str()
             .and_then(|n| n.strip_prefix('.'))
-            .and_then(|n| n.strip_suffix(".snap.tmp"))
+            .and_then(|n| n.strip_suffix(suffix))
         else {
             continue;
         };
@@ -383,10 +389,10 @@ fn remove_snapshot_temp_files(snapshots: &std::path::Path) {
         }
         match std::fs::remove_file(e.path()) {
             Ok(()) => {
-                tracing::info!(path = %e.path().display(), "removed the part of a snapshot write cut short");
+                tracing::info!(path = %e.path().display(), "removed the part of {what} cut short");
             }
             Err(err) => {
-                tracing::warn!(error = %err, path = %e.path().display(), "could not remove the part of a snapshot write cut short");
+                tracing::warn!(error = %err, path = %e.path().display(), "could not remove the part of {what} cut short");
             }
         }
     }
