@@ -557,13 +557,7 @@ async fn damaged_cold_blocks_are_not_served_once_the_object_is_good() {
     let s3s = S3Server::start();
     let prefix = unique_prefix("rot-mended");
     let data = tempfile::tempdir().unwrap();
-    let rel = one_segment_uploaded(&s3s, &prefix, data.path()).await;
-    let file = s3s.object_file(&format!("{prefix}/{rel}"));
-    let good = std::fs::read(&file).unwrap();
-    let mut bytes = good.clone();
-    bytes[2000] ^= 0x01;
-    std::fs::write(&file, bytes).unwrap();
-    let (log, _cache) = reopened_cold(&s3s, &prefix, data.path()).await;
+    let (log, _cache, file, good) = damaged_and_reopened(&s3s, &prefix, data.path()).await;
     // One read into the damage: the records before it.
     let before = log.read(0, 1 << 20).await.unwrap();
     assert!(!before.is_empty() && before.len() < 100, "{}", before.len());
@@ -585,12 +579,7 @@ async fn a_segment_damaged_in_the_bucket_is_not_fetched_at_every_read() {
     let s3s = S3Server::start();
     let prefix = unique_prefix("rot-again");
     let data = tempfile::tempdir().unwrap();
-    let rel = one_segment_uploaded(&s3s, &prefix, data.path()).await;
-    let file = s3s.object_file(&format!("{prefix}/{rel}"));
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes[2000] ^= 0x01;
-    std::fs::write(&file, bytes).unwrap();
-    let (log, _cache) = reopened_cold(&s3s, &prefix, data.path()).await;
+    let (log, _cache, _, _) = damaged_and_reopened(&s3s, &prefix, data.path()).await;
     let gets = || log.tier().unwrap().status().gets;
     for _ in 0..2 {
         assert!(read_all_or_err(&log).await.is_err());
@@ -613,13 +602,7 @@ async fn a_rewrite_meeting_damaged_cold_blocks_reads_the_store_again() {
     let s3s = S3Server::start();
     let prefix = unique_prefix("rewrite-rot");
     let data = tempfile::tempdir().unwrap();
-    let rel = one_segment_uploaded(&s3s, &prefix, data.path()).await;
-    let file = s3s.object_file(&format!("{prefix}/{rel}"));
-    let good = std::fs::read(&file).unwrap();
-    let mut bytes = good.clone();
-    bytes[2000] ^= 0x01;
-    std::fs::write(&file, bytes).unwrap();
-    let (log, _cache) = reopened_cold(&s3s, &prefix, data.path()).await;
+    let (log, _cache, file, good) = damaged_and_reopened(&s3s, &prefix, data.path()).await;
     let rewrite = || log.rewrite_sealed(0, BTreeMap::from([(2, hashes(2))]));
     let err = rewrite().await.unwrap_err();
     assert!(matches!(err, LogError::Corrupt { .. }), "{err:?}");
@@ -707,6 +690,23 @@ async fn one_segment_uploaded(s3s: &S3Server, prefix: &str, data: &Path) -> Stri
     log.upload_now().await.unwrap();
     log.close().await.unwrap();
     t_manifest(s3s, prefix).await.segments[0].key("log")
+}
+
+/// [`one_segment_uploaded`] whose object then has a bit flipped at byte 2000, reopened cold:
+/// the log, its cache directory, the object's file in the bucket and its good bytes.
+async fn damaged_and_reopened(
+    s3s: &S3Server,
+    prefix: &str,
+    data: &Path,
+) -> (Log, tempfile::TempDir, PathBuf, Vec<u8>) {
+    let rel = one_segment_uploaded(s3s, prefix, data).await;
+    let file = s3s.object_file(&format!("{prefix}/{rel}"));
+    let good = std::fs::read(&file).unwrap();
+    let mut bytes = good.clone();
+    bytes[2000] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    let (log, cache) = reopened_cold(s3s, prefix, data).await;
+    (log, cache, file, good)
 }
 
 /// The log in `data` opened again with an empty block cache (kept alive by the caller).

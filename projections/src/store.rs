@@ -595,31 +595,38 @@ mod tests {
         out
     }
 
+    /// Projections in `dir` writing a sidecar every two messages, keeping two snapshots.
+    fn sidecar_every_two(dir: &Path) -> Projections {
+        let config = ProjectionConfig {
+            index_flush_entries: 2,
+            snapshots_keep: 2,
+            ..ProjectionConfig::default()
+        };
+        Projections::empty(dir, config).unwrap()
+    }
+
+    /// Ann's message `seq` in channel `c`.
+    fn sent(seq: u64) -> Envelope {
+        let e = Event::MessageSent {
+            channel: "c".into(),
+            from: "ann".into(),
+            client_msg_id: format!("m{seq}"),
+            seq,
+            message_id: seq,
+            payload: Bytes::from_static(b"hi"),
+            flags: 0,
+        };
+        Envelope::new(1, e)
+    }
+
     /// The sidecars a `log_trimmed` event let go stay on disk while a snapshot there (or one
     /// being written) is from before the event, and go once none is, a few per call; those
     /// the state names stay, and check.
     #[test]
     fn sidecars_let_go_are_removed_once_no_snapshot_can_name_them() {
         let dir = tempfile::tempdir().unwrap();
-        let config = ProjectionConfig {
-            index_flush_entries: 2,
-            snapshots_keep: 2,
-            ..ProjectionConfig::default()
-        };
-        let mut p = Projections::empty(dir.path(), config).unwrap();
+        let mut p = sidecar_every_two(dir.path());
         // Offsets 0 to 19: seqs 1 to 20 of `c`, a sidecar every two; 21: seq 21.
-        let sent = |seq: u64| {
-            let e = Event::MessageSent {
-                channel: "c".into(),
-                from: "ann".into(),
-                client_msg_id: format!("m{seq}"),
-                seq,
-                message_id: seq,
-                payload: Bytes::from_static(b"hi"),
-                flags: 0,
-            };
-            Envelope::new(1, e)
-        };
         for seq in 1..=20u64 {
             p.apply(seq - 1, &sent(seq)).unwrap();
         }
@@ -674,24 +681,7 @@ mod tests {
     #[test]
     fn sidecars_go_as_far_as_the_oldest_snapshot_let_them_go() {
         let dir = tempfile::tempdir().unwrap();
-        let config = ProjectionConfig {
-            index_flush_entries: 2,
-            snapshots_keep: 2,
-            ..ProjectionConfig::default()
-        };
-        let mut p = Projections::empty(dir.path(), config).unwrap();
-        let sent = |seq: u64| {
-            let e = Event::MessageSent {
-                channel: "c".into(),
-                from: "ann".into(),
-                client_msg_id: format!("m{seq}"),
-                seq,
-                message_id: seq,
-                payload: Bytes::from_static(b"hi"),
-                flags: 0,
-            };
-            Envelope::new(1, e)
-        };
+        let mut p = sidecar_every_two(dir.path());
         let trim = |start| Envelope::new(1, Event::LogTrimmed { start });
         // Sidecars of two offsets each, starting at 0, 2, ..., 18.
         for seq in 1..=20u64 {
