@@ -213,14 +213,6 @@ impl Log {
         let dir = self.dir().to_path_buf();
         let tmp = dir.join(rewrite_name(base));
         let written = write_rewrite(vfs.as_ref(), &seg, end, replacements, &tmp);
-        // The segment keeps its age: the tier's local retention by age reads the file's time
-        // (a purged segment looked new, and stayed local another whole age, until 2026-12-03).
-        // Best effort: a time not kept is no damage.
-        if written.is_ok()
-            && let Err(e) = vfs.copy_modified(&seg.paths.log, &tmp)
-        {
-            tracing::warn!(file = %tmp.display(), error = %e, "could not give a rewritten segment its earlier modification time (the tier's local retention by age takes it as new)");
-        }
         let renamed = written.and_then(|stats| {
             vfs.rename(&tmp, &seg.paths.log)
                 .map_err(|e| LogError::io("rename", &tmp, e))?;

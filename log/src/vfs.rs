@@ -61,12 +61,6 @@ pub trait Vfs: Send + Sync + Debug + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (created or removed files) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// Gives `to` the modification time of `from`: a rewrite keeps its segment's age, which
-    /// the tier's local retention by age reads (`tier.local_retention_secs`). Nothing where
-    /// files have no times (the default).
-    fn copy_modified(&self, _from: &Path, _to: &Path) -> io::Result<()> {
-        Ok(())
-    }
     /// Takes an exclusive advisory lock on `path` (created when missing) without waiting;
     /// `Err(WouldBlock)` when another holder has it.
     fn try_lock(&self, path: &Path) -> io::Result<Box<dyn VfsLock>>;
@@ -171,13 +165,6 @@ impl Vfs for StdFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
-    }
-    fn copy_modified(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let modified = std::fs::metadata(from)?.modified()?;
-        OpenOptions::new()
-            .write(true)
-            .open(to)?
-            .set_modified(modified)
     }
     fn try_lock(&self, path: &Path) -> io::Result<Box<dyn VfsLock>> {
         let file = OpenOptions::new()
