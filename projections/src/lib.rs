@@ -52,6 +52,6 @@ pub use crate::event::{
 };
 pub use crate::state::{Applied, State, Trimmed};
 pub use crate::store::{
-    Origin, PreparedSnapshot, ProjectionConfig, Projections, SidecarsRemoved, let_go_sidecars,
-    trim_applied_by,
+    Origin, PreparedSnapshot, ProjectionConfig, Projections, SidecarsRemoved, TrimApplied,
+    let_go_sidecars, trim_applied_by,
 };

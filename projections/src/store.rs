@@ -97,7 +97,20 @@ pub struct Projections {
     /// The latest `log_trimmed` events applied (in log order, at most [`KEPT_TRIMS`]; the
     /// first may be the state's when loaded): which one a snapshot of an earlier offset had
     /// applied last ([`trim_applied_by`]), for the sidecar files it let go. In memory only.
-    trims: std::collections::VecDeque<crate::state::Trimmed>,
+    trims: std::collections::VecDeque<TrimApplied>,
+}
+
+/// A `log_trimmed` event as applied, with the lowest first offset of a sidecar any state from
+/// it to the next event can name (`keep_from`): the first sidecar the state kept, or else the
+/// first entry still in memory (flushed later), or else the event's offset + 1 (entries to
+/// come). A trim lets go of a prefix of the state's sidecars and flushes only add after the
+/// last, so a state that applied this event last names no sidecar starting below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrimApplied {
+    /// The event, as the state keeps it.
+    pub trim: crate::state::Trimmed,
+    /// The lowest first offset of a sidecar named while it is the latest event.
+    pub keep_from: u64,
 }
 
 /// What [`Projections::remove_dropped_sidecars`] did.
@@ -110,46 +123,46 @@ pub struct SidecarsRemoved {
 }
 
 /// How many of the latest `log_trimmed` events [`Projections`] keeps: more than the
-/// retention's passes over the window of the snapshots kept (a pass a minute, a snapshot every
-/// five, three kept, by default).
-const KEPT_TRIMS: usize = 64;
+/// retention's passes over the window of the snapshots kept (at most one event a pass, a pass a
+/// minute by default: 17 hours; a snapshot every five minutes, three kept, by default).
+const KEPT_TRIMS: usize = 1024;
 
 /// Of `trims` (a run of `log_trimmed` events in log order, the latest last), the one a state
 /// that applied up to `applied` had applied last: the newest at or below it. `None` when the
 /// run starts past it (it may have applied one before the run: not known).
-pub fn trim_applied_by(
-    trims: &[crate::state::Trimmed],
-    applied: u64,
-) -> Option<crate::state::Trimmed> {
-    trims.iter().rev().find(|t| t.offset <= applied).copied()
+pub fn trim_applied_by(trims: &[TrimApplied], applied: u64) -> Option<TrimApplied> {
+    trims
+        .iter()
+        .rev()
+        .find(|t| t.trim.offset <= applied)
+        .copied()
 }
 
-/// Of the sidecar files starting at `firsts` (ascending, each once), those no kept snapshot
-/// can name, given `named` (what the newest state names), `latest` (the newest state's last
-/// `log_trimmed`) and `bound` (the last `log_trimmed` the oldest kept snapshot applied): with
-/// `bound` the latest, every file starting below its start that is not named (a trim lets go
-/// of the sidecars ending below its start, and every snapshot applied this one); with an
-/// earlier one, only files not named that end below the bound's start — known by the next
-/// file's first offset (sidecars hold runs of offsets in order, never overlapping): the
-/// oldest snapshot names the files its trims did not let go. Until 2026-12-03 files went only
-/// once every kept snapshot followed the latest event, which a server the retention trims
-/// more often than its snapshots' window never saw: its index files grew without bound.
+/// Of the sidecar files starting at `firsts`, those no kept snapshot can name, given `named`
+/// (what the newest state names), `latest` (the newest state's last `log_trimmed`) and `bound`
+/// (the last `log_trimmed` the oldest kept snapshot applied): not named, and with `bound` the
+/// latest, starting below its start (every snapshot applied it, and names no more than the
+/// newest state: a trim lets go of the sidecars ending below its start, flushes only add);
+/// with an earlier one, starting below its `keep_from` (no state from it on names one). Files
+/// of another run (another history's, another flush size's, another writer's in a store) are
+/// judged by the same marks, never by their neighbours. Until 2026-12-03 files went only once
+/// every kept snapshot followed the latest event, which a server the retention trims more
+/// often than its snapshots' window never saw: its index files grew without bound.
 pub fn let_go_sidecars(
     firsts: &[u64],
     named: impl Fn(u64) -> bool,
     latest: crate::state::Trimmed,
-    bound: crate::state::Trimmed,
+    bound: TrimApplied,
 ) -> Vec<u64> {
+    let below = if bound.trim == latest {
+        latest.start
+    } else {
+        bound.keep_from.min(bound.trim.start)
+    };
     firsts
         .iter()
-        .enumerate()
-        .filter(|&(i, &first)| {
-            if named(first) || first >= bound.start {
-                return false;
-            }
-            bound == latest || firsts.get(i + 1).is_some_and(|&next| next <= bound.start)
-        })
-        .map(|(_, &first)| first)
+        .copied()
+        .filter(|&first| first < below && !named(first))
         .collect()
 }
 
@@ -239,17 +252,21 @@ impl Projections {
 
     /// Applies the event at `offset`, writing a message index sidecar when one is due.
     pub fn apply(&mut self, offset: u64, env: &Envelope) -> Result<()> {
+        // The event the state was loaded with, marked before this one lets sidecars go.
+        let loaded = match (&env.event, self.trims.is_empty()) {
+            (crate::event::Event::LogTrimmed { .. }, true) => self.latest_trim(),
+            _ => None,
+        };
         let before = self.state.trimmed;
         let applied = self.state.apply(offset, env)?;
-        if let Some(t) = self.state.trimmed
-            && before != Some(t)
+        if let Some(trim) = self.state.trimmed
+            && before != Some(trim)
         {
-            if self.trims.is_empty()
-                && let Some(b) = before
-            {
-                self.trims.push_back(b);
-            }
-            self.trims.push_back(t);
+            self.trims.extend(loaded);
+            self.trims.push_back(TrimApplied {
+                trim,
+                keep_from: self.keep_from(offset),
+            });
             while self.trims.len() > KEPT_TRIMS {
                 self.trims.pop_front();
             }
@@ -263,14 +280,33 @@ impl Projections {
     /// The latest `log_trimmed` events applied, in log order (the state's latest last): those
     /// applied since the state was loaded or made, and the one it was loaded with (at most
     /// [`KEPT_TRIMS`]).
-    pub fn trims(&self) -> Vec<crate::state::Trimmed> {
-        let mut out: Vec<_> = self.trims.iter().copied().collect();
-        if out.is_empty()
-            && let Some(t) = self.state.trimmed
-        {
-            out.push(t);
+    pub fn trims(&self) -> Vec<TrimApplied> {
+        if self.trims.is_empty() {
+            return self.latest_trim().into_iter().collect();
         }
-        out
+        self.trims.iter().copied().collect()
+    }
+
+    /// The state's latest `log_trimmed`, marked as of now (no event since: sidecars were only
+    /// added since it, so the first one named now is the first any state since named).
+    fn latest_trim(&self) -> Option<TrimApplied> {
+        let trim = self.state.trimmed?;
+        let applied = self.state.applied.unwrap_or(trim.offset);
+        Some(TrimApplied {
+            trim,
+            keep_from: self.keep_from(applied),
+        })
+    }
+
+    /// [`TrimApplied::keep_from`] of the state now, at `offset`.
+    fn keep_from(&self, offset: u64) -> u64 {
+        let index = &self.state.index;
+        index
+            .sidecars
+            .first()
+            .map(|s| s.first_offset)
+            .or(index.mem_first_offset)
+            .unwrap_or(offset.saturating_add(1))
     }
 
     /// Decodes and applies a log record; returns the event.
@@ -471,7 +507,10 @@ impl Projections {
             .chain(writing)
             .min();
         let bound = match oldest {
-            None => latest,
+            None => TrimApplied {
+                trim: latest,
+                keep_from: latest.start,
+            },
             Some(applied) => match trim_applied_by(&self.trims(), applied) {
                 Some(bound) => bound,
                 None => return Ok(None),
@@ -511,7 +550,7 @@ impl Projections {
             .take(max)
             .map(|first| msgindex::sidecar_path(dir, first))
             .collect();
-        let through = bound.offset;
+        let through = bound.trim.offset;
         if doomed.is_empty() {
             return Ok(Some(SidecarsRemoved {
                 removed: 0,
@@ -677,7 +716,8 @@ mod tests {
 
     /// A server the retention trims more often than its snapshots' window: the oldest kept
     /// snapshot always precedes the latest `log_trimmed`, and until 2026-12-03 no file ever
-    /// went. Now those the oldest snapshot's own trim let go do, and never one it names.
+    /// went. Now those the oldest snapshot's own trim let go do, and never one it names — a
+    /// stray file of another run inside a named one's range changes nothing.
     #[test]
     fn sidecars_go_as_far_as_the_oldest_snapshot_let_them_go() {
         let dir = tempfile::tempdir().unwrap();
@@ -691,6 +731,8 @@ mod tests {
         p.snapshot().unwrap();
         p.apply(21, &trim(9)).unwrap(); // lets 4 and 6 go: snapshot 20 names them
         p.snapshot().unwrap();
+        // A stray file of another run inside 4's range: 4 must not look ended before 5.
+        std::fs::write(msgindex::sidecar_path(p.files.dir(), 5), b"stray").unwrap();
         let removed = |n, through| {
             Some(SidecarsRemoved {
                 removed: n,
@@ -699,14 +741,19 @@ mod tests {
         };
         assert_eq!(p.remove_dropped_sidecars(None, 64).unwrap(), removed(2, 20));
         assert_eq!(p.remove_dropped_sidecars(None, 64).unwrap(), removed(0, 20));
-        assert_eq!(cidx_files(&p), (4..20).step_by(2).collect::<Vec<_>>());
-        // Snapshot 20 pruned: the rest go.
+        let mut left: Vec<u64> = (4..20).step_by(2).collect();
+        left.insert(1, 5);
+        assert_eq!(cidx_files(&p), left);
+        // Snapshot 20 pruned: the rest go, the stray too.
         p.apply(22, &sent(21)).unwrap();
         p.snapshot().unwrap();
-        assert_eq!(p.remove_dropped_sidecars(None, 64).unwrap(), removed(2, 21));
+        assert_eq!(p.remove_dropped_sidecars(None, 64).unwrap(), removed(3, 21));
         assert_eq!(cidx_files(&p), (8..20).step_by(2).collect::<Vec<_>>());
         assert!(p.check_index_files().is_empty());
         // A snapshot from before every event known (a state loaded after it): nothing.
         assert_eq!(trim_applied_by(&p.trims(), 19), None);
+        // What each event kept first: 4 (offsets 4, 5, past 5), then 8 (8, 9, past 9).
+        let kept: Vec<u64> = p.trims().iter().map(|t| t.keep_from).collect();
+        assert_eq!(kept, [4, 8]);
     }
 }

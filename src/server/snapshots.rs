@@ -62,7 +62,7 @@ pub(super) struct WrittenSnapshot {
     sidecars: Vec<tidings_projections::msgindex::Sidecar>,
     /// The state's latest `log_trimmed` events, in log order (for the store's sidecars they
     /// let go: `Projections::trims`).
-    trims: Vec<tidings_projections::Trimmed>,
+    trims: Vec<tidings_projections::TrimApplied>,
 }
 
 /// Which segments a snapshot's anchor (the record it ends at) may be read from.

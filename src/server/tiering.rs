@@ -384,7 +384,7 @@ pub(crate) struct SnapshotUpload<'a> {
     /// The sidecars its state names.
     pub(crate) sidecars: &'a [Sidecar],
     /// Its state's latest `log_trimmed` events, in log order (`Projections::trims`).
-    pub(crate) trims: &'a [tidings_projections::Trimmed],
+    pub(crate) trims: &'a [tidings_projections::TrimApplied],
 }
 
 /// Uploads a snapshot and the sidecars it refers to; keeps the newest few in the store; then
@@ -521,7 +521,7 @@ fn stale_sidecars<'a>(
     kept: impl Iterator<Item = &'a String>,
     keys: &HashSet<String>,
     sidecars: &[Sidecar],
-    trims: &[tidings_projections::Trimmed],
+    trims: &[tidings_projections::TrimApplied],
 ) -> Vec<String> {
     let Some(&latest) = trims.last() else {
         return Vec::new();
@@ -552,7 +552,7 @@ fn stale_sidecars<'a>(
     firsts.sort_unstable();
     firsts.dedup();
     let gone: HashSet<u64> =
-        tidings_projections::let_go_sidecars(&firsts, |f| named.contains(&f), latest, bound)
+        tidings_projections::let_go_sidecars(&firsts, |f| named.contains(&f), latest.trim, bound)
             .into_iter()
             .collect();
     let mut doomed: Vec<String> = keys
@@ -605,9 +605,10 @@ mod tests {
 
     /// The store's sidecars the retention let go: with every snapshot kept there following the
     /// latest `log_trimmed` event, those starting below its start; with the oldest between two
-    /// events, those the earlier one let go as far as the next sidecar shows; none while one
+    /// events, those starting below the first one the earlier event kept; none while one
     /// precedes every event known; never one the uploaded snapshot names (under either key
-    /// form), and no key of another shape.
+    /// form), and no key of another shape. A stray (another writer's) inside a kept sidecar's
+    /// range does not make it look let go.
     #[test]
     fn store_sidecars_go_as_far_as_the_oldest_kept_snapshot_let_them_go() {
         let side = |first: u64, crc: u32| Sidecar {
@@ -619,6 +620,7 @@ mod tests {
         let keys: HashSet<String> = [
             sidecar_key(&side(0, 1)),
             legacy_sidecar_key(&side(10, 0)),
+            sidecar_key(&side(12, 7)),
             sidecar_key(&side(20, 2)),
             sidecar_key(&side(30, 3)),
             legacy_sidecar_key(&side(30, 0)),
@@ -630,10 +632,11 @@ mod tests {
         .collect();
         // The snapshot names 30 (which starts below the start, 35, and reaches past it) and 40.
         let named = [side(30, 3), side(40, 4)];
-        let trimmed = tidings_projections::Trimmed {
-            offset: 50,
-            start: 35,
+        let mark = |offset, start, keep_from| tidings_projections::TrimApplied {
+            trim: tidings_projections::Trimmed { offset, start },
+            keep_from,
         };
+        let trimmed = mark(50, 35, 30);
         let snaps = |applied: &[u64]| -> Vec<String> {
             applied.iter().map(|a| format!("{a:020}.snap")).collect()
         };
@@ -646,22 +649,18 @@ mod tests {
         let want = vec![
             sidecar_key(&side(0, 1)),
             legacy_sidecar_key(&side(10, 0)),
+            sidecar_key(&side(12, 7)),
             sidecar_key(&side(20, 2)),
         ];
         assert_eq!(stale(&[50, 60, 70]), want);
-        let no_trim_below = tidings_projections::Trimmed {
-            offset: 50,
-            start: 0,
-        };
+        let no_trim_below = mark(50, 0, 0);
         let kept = snaps(&[60]);
         assert!(stale_sidecars(kept.iter(), &keys, &named, &[no_trim_below]).is_empty());
-        // A kept snapshot from between two events: what the earlier one let go, as far as the
-        // next sidecar shows (0 ends below 10, which is not past the earlier start, 15; 10 may
-        // reach past it, and the snapshot at 45 may name it). Until 2026-12-03: nothing.
-        let earlier = tidings_projections::Trimmed {
-            offset: 40,
-            start: 15,
-        };
+        // A kept snapshot from between two events: what the earlier one let go, below the
+        // first sidecar it kept (10, which the snapshot at 45 names; the stray at 12 inside
+        // its range does not make it look ended below the start, 15). Until 2026-12-03:
+        // nothing.
+        let earlier = mark(40, 15, 10);
         let kept = snaps(&[45, 60]);
         assert_eq!(
             stale_sidecars(kept.iter(), &keys, &named, &[earlier, trimmed]),
