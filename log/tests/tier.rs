@@ -3510,7 +3510,7 @@ async fn a_segment_rewritten_before_its_upload_goes_up_rewritten() {
 /// A local copy of an uploaded segment that no longer holds its entry's bytes (damage since
 /// its upload, a byte changed in place here) is not rewritten: the tier diverges, no marker is
 /// made, the file is left. And a marked copy that does not check (damage after a rewrite's
-/// marker) is not uploaded: its marker is dropped and the store keeps its copy.
+/// marker) is not uploaded: it keeps its marker and the store keeps its copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_local_copy_is_neither_rewritten_nor_uploaded() {
     let bucket = tempfile::tempdir().unwrap();
@@ -3527,11 +3527,15 @@ async fn a_damaged_local_copy_is_neither_rewritten_nor_uploaded() {
     bytes[at] ^= 0x20;
     std::fs::write(&copy.path, &bytes).unwrap();
 
-    // A marked copy that does not check: the pass drops the marker, uploads nothing.
-    std::fs::File::create(tidings_log_reupload_marker(&dir, copy.base_offset)).unwrap();
+    // A marked copy that does not check: the pass keeps the marker, uploads nothing.
+    let marker = tidings_log_reupload_marker(&dir, copy.base_offset);
+    std::fs::File::create(&marker).unwrap();
     let (log, _) = uploaded_log(store.clone(), "damage", "node-a", cache.path(), &dir).await;
-    assert!(!tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    assert!(marker.exists());
     assert_eq!(entry_at(&log, copy.base_offset).await, before);
+    log.close().await.unwrap();
+    std::fs::remove_file(&marker).unwrap();
+    let (log, _) = uploaded_log(store.clone(), "damage", "node-a", cache.path(), &dir).await;
     // A rewrite of it: refused as another history.
     let r = log
         .rewrite_sealed(
@@ -3544,6 +3548,67 @@ async fn a_damaged_local_copy_is_neither_rewritten_nor_uploaded() {
     assert!(!tidings_log_reupload_marker(&dir, copy.base_offset).exists());
     assert_eq!(std::fs::read(&copy.path).unwrap(), bytes);
     assert_eq!(entry_at(&log, copy.base_offset).await, before);
+    log.close().await.unwrap();
+}
+
+/// A rewritten copy whose re-upload failed (the store down) and that is damaged before the
+/// next pass keeps its marker and stays: the store's copy still holds the bytes the rewrite
+/// replaced, and the local retention — which had confirmed the copy's earlier bytes — must not
+/// delete it and serve that one (until 2026-12-03 the pass dropped the marker, and a later
+/// one deleted the copy: the replaced record was read back). The repair the README gives
+/// (the copy and its marker removed by hand) opens with the store's copy, which a rewrite then
+/// replaces there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_rewritten_copy_stays_until_repaired() {
+    let mut s3s = S3Server::start();
+    let prefix = unique_prefix("damaged-rewrite");
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, sealed) = uploaded_log(s3s.store(), &prefix, "node-a", cache.path(), &dir).await;
+    let copy = sealed[sealed.len() - 1].clone();
+    let at = copy.base_offset;
+    let marker = tidings_log_reupload_marker(&dir, at);
+    let before = entry_at(&log, at).await;
+    s3s.stop();
+    let r = log
+        .rewrite_sealed(at, BTreeMap::from([(at, hashes(at))]))
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(marker.exists());
+    // Damage in the copy's last batch (not the rewritten record's).
+    let mut bytes = std::fs::read(&copy.path).unwrap();
+    let flip = bytes.len() - 3;
+    bytes[flip] ^= 0x20;
+    std::fs::write(&copy.path, &bytes).unwrap();
+    s3s.spawn();
+    log.upload_now().await.unwrap();
+    assert!(marker.exists(), "the damaged copy keeps its marker");
+    assert_eq!(entry_at(&log, at).await, before);
+    // Newer segments put the copy past the local retention (8,300 bytes): it stays.
+    let next = log.next_offset();
+    append(&log, next, 200).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    assert!(copy.path.exists());
+    assert!(marker.exists());
+    assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
+    assert_eq!(entry_at(&log, at).await, before);
+    log.close().await.unwrap();
+
+    // The repair: the copy and its marker removed; the store's copy is read, and rewritten.
+    std::fs::remove_file(&copy.path).unwrap();
+    std::fs::remove_file(&marker).unwrap();
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(s3s.store(), &prefix, "node-a", cache.path(), 8300, hour).await;
+    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    assert_eq!(log.read(at, 1).await.unwrap()[0].payload, payload(at));
+    log.rewrite_sealed(at, BTreeMap::from([(at, hashes(at))]))
+        .await
+        .unwrap();
+    assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
+    assert_ne!(entry_at(&log, at).await.crc32, before.crc32);
     log.close().await.unwrap();
 }
 

@@ -187,6 +187,9 @@ pub(crate) struct PassState {
     /// later ([`DOOMED_AFTER`]), so that a reader still holding the old segment finishes (its
     /// blocks are fetched by the old keys). At the release, all of them.
     doomed: Vec<(std::time::Instant, String)>,
+    /// Bases of marked local copies found damaged ([`Uploader::upload_marked`]): said once,
+    /// not read again by this process's passes (they stay, with their markers).
+    damaged_marked: HashSet<u64>,
 }
 
 /// How long the objects a remote rewrite replaced stay before they are deleted.
@@ -618,6 +621,8 @@ impl Uploader {
         // Not a local sealed segment: `rewrite_blocking` refuses it, and no marker is made.
         if local.is_some() {
             set_marker(&self.dir, base, true)?;
+            // The copy's bytes change: what was confirmed of them no longer holds.
+            state.confirmed.retain(|(b, _)| *b != base);
         }
         let l = log.clone();
         let (stats, mut state) = tokio::task::spawn_blocking(move || {
@@ -840,9 +845,10 @@ impl Uploader {
     /// whose CRC is the entry's drops the marker only (the store holds its bytes: a rename that
     /// never happened, a manifest version that landed); one that no longer is a local sealed
     /// segment listed in the store (removed, deleted, never uploaded) is left to the upload loop
-    /// or dropped. A copy whose batches do not all check is damage, not a rewrite: not uploaded
-    /// (the marker is dropped, the store's copy stays, and the error says so); one of other
-    /// offsets or size than its entry is another history (diverged).
+    /// or dropped. A copy whose batches do not all check is damage, not a rewrite: not uploaded,
+    /// and kept with its marker (the store's copy holds the replaced bytes: the local retention
+    /// must not delete this copy and serve that one), the error returned; one of other offsets
+    /// or size than its entry is another history (diverged).
     async fn upload_marked(&self, state: &mut PassState, base: u64) -> Result<()> {
         let inner = &self.tier.inner;
         let m = self.tier.manifest();
@@ -882,8 +888,12 @@ impl Uploader {
         };
         let checked = self.renewing(state, check).await?;
         if let Err(e) = checked {
-            tracing::error!(base, error = %e, store = %inner.opts.display, "a local segment marked for re-upload after a rewrite is damaged: not uploaded (the object store keeps its earlier copy)");
-            return set_marker(&self.dir, base, false);
+            // Kept, with its marker: the store's copy holds what the rewrite replaced (a
+            // recalled message's words), and with the marker gone the local retention would
+            // delete this copy and serve that one in its place (until 2026-12-03 it did).
+            tracing::error!(base, error = %e, store = %inner.opts.display, "a local segment marked for re-upload after a rewrite is damaged: not uploaded, and kept with its marker (the object store's copy still holds the bytes the rewrite replaced and is not served in its place); the local retention stops at it until it is repaired (README, \"A damaged rewritten segment\")");
+            state.damaged_marked.insert(base);
+            return Err(e);
         }
         let upload = store::upload_segment_as(inner, &self.dir, base, end, self.rewrite_stem(base));
         let new = self.renewing(state, upload).await?;
@@ -924,6 +934,9 @@ impl Uploader {
             remove_purge_files(&self.dir)?;
         }
         for base in pending_reuploads(&self.dir)? {
+            if state.damaged_marked.contains(&base) {
+                continue;
+            }
             if let Err(e) = self.upload_marked(state, base).await {
                 if self.tier.inner.diverged.load(Ordering::Relaxed) {
                     return Err(e);
