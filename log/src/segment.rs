@@ -87,6 +87,8 @@ pub(crate) struct Segment {
     sealed_len: OnceLock<u64>,
     /// Timestamp of the first batch, once known.
     first_ts: OnceLock<Option<u64>>,
+    /// Timestamp of the last batch of the sealed segment, once known.
+    last_ts: OnceLock<Option<u64>>,
     /// Its files are in the object store, not on local disk.
     remote: bool,
 }
@@ -104,6 +106,7 @@ impl Segment {
             interval,
             sealed_len: OnceLock::new(),
             first_ts: OnceLock::new(),
+            last_ts: OnceLock::new(),
             remote: false,
         }
     }
@@ -426,6 +429,28 @@ impl Segment {
         };
         if end > 0 {
             let _ = self.first_ts.set(ts);
+        }
+        Ok(ts)
+    }
+
+    /// The timestamp of the last batch before `end` (`None` for an empty segment): its time
+    /// index's last entry, then a scan of the batches after it (a few index intervals at most).
+    /// Batch timestamps never decrease within a log (the writer keeps the last one's), so this
+    /// is the segment's newest record time — what the tier's local retention by age goes by,
+    /// not the file's modification time, which a purge's rewrite resets.
+    pub(crate) fn last_timestamp(&self, end: u64) -> Result<Option<u64>> {
+        if let Some(ts) = self.last_ts.get() {
+            return Ok(*ts);
+        }
+        let (rel, pos) = self.lookup(end, |idx| idx.time_floor(u64::MAX))?;
+        let file = self.file()?;
+        let mut scan = Scanner::new(file.as_ref(), &self.paths.log, pos, end, self.base + rel);
+        let mut ts = None;
+        while let Some(item) = scan.next_batch() {
+            ts = Some(item?.1.timestamp_ms);
+        }
+        if self.sealed_len.get() == Some(&end) {
+            let _ = self.last_ts.set(ts);
         }
         Ok(ts)
     }

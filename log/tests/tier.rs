@@ -3612,6 +3612,79 @@ async fn a_damaged_rewritten_copy_stays_until_repaired() {
     log.close().await.unwrap();
 }
 
+/// The tier's local retention by age goes by a segment's newest record: uploaded segments
+/// younger than the age keep their local copies, older ones lose them — and one a purge
+/// rewrote once it had aged (its file's time new) goes with them (until 2026-12-03 the age was
+/// the file's modification time: a purged segment stayed local for another whole age).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_retention_by_age_goes_by_the_newest_record() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(bucket.path()).unwrap());
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let prefix = unique_prefix("age");
+    let age = Duration::from_secs(2);
+    let t = Tier::open(
+        TierOptions::new(
+            store,
+            &prefix,
+            format!("test://{prefix}"),
+            "node-a",
+            cache.path(),
+        )
+        .with_local_retention_bytes(1 << 30)
+        .with_local_retention_age(Some(age))
+        .with_block_bytes(4096)
+        .with_cache_bytes(1 << 20, 16 << 20)
+        .with_read_timeout(Duration::from_secs(2))
+        .with_upload_interval(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
+        .await
+        .unwrap();
+    append(&log, 0, 400).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    let sealed: Vec<_> = log
+        .segments()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.sealed)
+        .collect();
+    assert!(sealed.len() >= 3, "{sealed:?}");
+    assert!(
+        sealed.iter().all(|s| s.path.exists()),
+        "younger than the age"
+    );
+    tokio::time::sleep(age + Duration::from_millis(500)).await;
+    // The newest of them purged now: its file is new, its records are not.
+    let at = sealed[sealed.len() - 1].base_offset;
+    log.rewrite_sealed(at, BTreeMap::from([(at, hashes(at))]))
+        .await
+        .unwrap();
+    // Newer records, in a segment of their own.
+    let next = log.next_offset();
+    append(&log, next, 5).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    for s in &sealed {
+        assert!(!s.path.exists(), "{} is past the age", s.path.display());
+    }
+    let newest = log
+        .segments()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.base_offset == next)
+        .unwrap();
+    assert!(newest.path.exists(), "younger than the age");
+    assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
+    assert_eq!(log.read(next, 1).await.unwrap()[0].payload, payload(next));
+    log.close().await.unwrap();
+}
+
 /// A gate at the sync of a segment rewrite's temp file (`*.purge`), all of it written: the
 /// sync waits until the test lets it go (20 s at most) — a remote rewrite held with its temp
 /// file in place. Its file system: [`PurgeGate::fs`].

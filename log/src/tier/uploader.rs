@@ -1086,15 +1086,13 @@ impl Uploader {
         let (mut kept, mut cut) = (0u64, false);
         let mut out = Vec::new();
         for sealed_seg in self.sealed().into_iter().rev() {
-            let (base, _, seg) = &sealed_seg;
+            let (_, _, seg) = &sealed_seg;
             if seg.is_remote() {
                 cut = true;
                 continue;
             }
             let len = seg.sealed_len().unwrap_or(0);
-            cut = cut
-                || kept + len > opts.local_retention_bytes
-                || self.too_old(&SegmentPaths::new(&self.dir, *base).log, now);
+            cut = cut || kept + len > opts.local_retention_bytes || self.too_old(seg, len, now);
             if cut {
                 out.push(sealed_seg);
             } else {
@@ -1185,16 +1183,24 @@ impl Uploader {
 }
 
 impl Uploader {
-    /// Whether the local file at `path` is older than the retention's age limit (by its
-    /// modification time; never without a limit, nor when its time cannot be read).
-    fn too_old(&self, path: &Path, now: SystemTime) -> bool {
-        self.tier.inner.opts.local_retention_age.is_some_and(|age| {
-            std::fs::metadata(path)
+    /// Whether the local sealed segment `seg` (of `len` bytes) is older than the local
+    /// retention's age: by the time of its newest record ([`Segment::last_timestamp`]). Until
+    /// 2026-12-03 the file's modification time, which a purge's rewrite of the segment resets:
+    /// a purged segment stayed local for another whole age. A segment whose batches cannot be
+    /// read (damage, named by the reads) goes by its file's time still.
+    fn too_old(&self, seg: &Segment, len: u64, now: SystemTime) -> bool {
+        let Some(age) = self.tier.inner.opts.local_retention_age else {
+            return false;
+        };
+        let newest = match seg.last_timestamp(len) {
+            Ok(Some(ms)) => Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+            Ok(None) | Err(_) => std::fs::metadata(&seg.paths.log)
                 .and_then(|md| md.modified())
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|d| d > age)
-        })
+                .ok(),
+        };
+        newest
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|d| d > age)
     }
 
     /// CRC-32 of a local file, read on the blocking pool.
