@@ -317,6 +317,7 @@ impl Log {
         let (Some(tier), Some(slot)) = (&self.shared.opts.tier, &self.shared.uploader) else {
             return;
         };
+        let stop = tokio_util::sync::CancellationToken::new();
         let up = Arc::new(crate::tier::uploader::Uploader {
             tier: tier.clone(),
             dir: self.shared.dir.clone(),
@@ -333,8 +334,8 @@ impl Log {
             tiered: local.tiered(),
             own_end: local.own_end(),
             own_history: local.own_history(),
+            stop: stop.clone(),
         });
-        let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(up.clone().run(stop.clone()));
         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(UploaderHandle { up, stop, task });
     }

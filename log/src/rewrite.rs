@@ -212,7 +212,7 @@ impl Log {
         let vfs = self.options().vfs.clone();
         let dir = self.dir().to_path_buf();
         let tmp = dir.join(rewrite_name(base));
-        let written = write_rewrite(vfs.as_ref(), &seg, end, replacements, &tmp);
+        let written = write_rewrite(vfs.as_ref(), &seg, end, replacements, &tmp, None);
         let renamed = written.and_then(|stats| {
             vfs.rename(&tmp, &seg.paths.log)
                 .map_err(|e| LogError::io("rename", &tmp, e))?;
@@ -270,6 +270,7 @@ pub(crate) fn write_rewrite(
     end: u64,
     replacements: &BTreeMap<u64, Bytes>,
     tmp: &Path,
+    stop: Option<&tokio_util::sync::CancellationToken>,
 ) -> Result<RewriteStats> {
     match vfs.remove(tmp) {
         Ok(()) => {}
@@ -286,6 +287,11 @@ pub(crate) fn write_rewrite(
     let mut stats = RewriteStats::default();
     let mut pending: Vec<u8> = Vec::new();
     while let Some(item) = scan.next_batch() {
+        // Given up at a close (a segment only in the store, read through the cold path: its
+        // blocks may take a read timeout each).
+        if stop.is_some_and(|s| s.is_cancelled()) {
+            return Err(LogError::Closed);
+        }
         let (pos, header, bytes) = item?;
         let touched = replacements
             .range(header.base_offset..header.next_offset())

@@ -167,6 +167,10 @@ pub(crate) struct Uploader {
     ///
     /// [`Manifest::history`]: super::manifest::Manifest::history
     pub(crate) own_history: Option<u64>,
+    /// Cancelled when the log closes (the token `run` takes): a rewrite of a segment only in
+    /// the store gives its read and upload up then, so that the close's wait for the rewrite
+    /// lock keeps its deadline ([`Self::rewrite_remote`]).
+    pub(crate) stop: CancellationToken,
 }
 
 /// The start of a pass's error while the claim waits ([`store::Claim::Waiting`]).
@@ -685,9 +689,18 @@ impl Uploader {
         // The rewrite lock goes with the blocking write and comes back with it: a caller
         // dropped meanwhile (a stop) does not release it while the file is written.
         let tier = inner.clone();
+        let stop = self.stop.clone();
         let (stats, rewrites) = tokio::task::spawn_blocking(move || {
-            let write =
-                || crate::rewrite::write_rewrite(vfs.as_ref(), &from, end, &replacements, &to);
+            let write = || {
+                crate::rewrite::write_rewrite(
+                    vfs.as_ref(),
+                    &from,
+                    end,
+                    &replacements,
+                    &to,
+                    Some(&stop),
+                )
+            };
             let mut stats = write();
             // Batches that fail their checks: as a read does (`Log::read_blocking`), the
             // cached blocks are dropped and the segment read once more from the store — the
@@ -707,11 +720,14 @@ impl Uploader {
         .await
         .map_err(|_| LogError::Closed)?;
         let stem = self.rewrite_stem(base);
+        // A close gives the upload up (until 2026-12-03 it waited for it, past its deadline,
+        // for as long as the store client's timeouts and retries took): the objects written
+        // so far are named by no version, and `tidings tier gc` collects them.
         let uploaded = match stats {
-            Ok(stats) => self
-                .upload_purged(old, &stem, &tmp)
-                .await
-                .map(|new| (stats, new)),
+            Ok(stats) => tokio::select! {
+                r = self.upload_purged(old, &stem, &tmp) => r.map(|new| (stats, new)),
+                () = self.stop.cancelled() => Err(LogError::Closed),
+            },
             Err(e) => Err(e),
         };
         if let Err(e) = std::fs::remove_file(&tmp)
