@@ -443,12 +443,24 @@ impl Segment {
             return Ok(*ts);
         }
         let (rel, pos) = self.lookup(end, |idx| idx.time_floor(u64::MAX))?;
-        let file = self.file()?;
-        let mut scan = Scanner::new(file.as_ref(), &self.paths.log, pos, end, self.base + rel);
-        let mut ts = None;
-        while let Some(item) = scan.next_batch() {
-            ts = Some(item?.1.timestamp_ms);
-        }
+        let scan_from = |rel: u64, pos: u64| -> Result<Option<u64>> {
+            let file = self.file()?;
+            let mut scan = Scanner::new(file.as_ref(), &self.paths.log, pos, end, self.base + rel);
+            let mut ts = None;
+            while let Some(item) = scan.next_batch() {
+                ts = Some(item?.1.timestamp_ms);
+            }
+            Ok(ts)
+        };
+        let ts = match scan_from(rel, pos) {
+            // The time index pointed at something that is not a batch (a torn entry that
+            // passed the checks): rebuilt, as `offset_for_timestamp` does.
+            Err(LogError::Corrupt { position, .. }) if pos > 0 && position == pos => {
+                let (rel, pos) = self.rebuild_index(end)?.time_floor(u64::MAX);
+                scan_from(rel, pos)?
+            }
+            r => r?,
+        };
         if self.sealed_len.get() == Some(&end) {
             let _ = self.last_ts.set(ts);
         }

@@ -52,6 +52,8 @@ struct State {
     fail_remove_in: Option<u64>,
     /// A failing write applies this many bytes of its buffer first (a torn write).
     torn_write_bytes: usize,
+    /// Every write takes this long first (a slow disk; [`SimFs::set_write_delay`]).
+    write_delay: std::time::Duration,
     /// Bumped when the process dies (power cut or kill): files opened before it cannot be
     /// written or synced any more, as the dead process's threads would not run.
     epoch: u64,
@@ -117,6 +119,12 @@ impl SimFs {
         st.fail_dir_sync_in = None;
         st.fail_remove_in = None;
         st.epoch += 1;
+    }
+
+    /// Every write from now on sleeps `delay` first (a slow disk: the writer thread is held as
+    /// a real write would hold it).
+    pub fn set_write_delay(&self, delay: std::time::Duration) {
+        lock(&self.state).write_delay = delay;
     }
 
     /// Releases all locks, as the death of the holding process would, without losing data.
@@ -259,11 +267,14 @@ impl VfsFile for SimFile {
 
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         self.alive()?;
-        let (fail, torn) = {
+        let (fail, torn, delay) = {
             let mut st = lock(&self.fs.state);
             let fail = SimFs::countdown(&mut st.fail_write_in);
-            (fail, st.torn_write_bytes)
+            (fail, st.torn_write_bytes, st.write_delay)
         };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let apply = if fail { torn.min(buf.len()) } else { buf.len() };
         {
             let mut f = lock(&self.data);

@@ -64,8 +64,16 @@ impl Tail {
 
     /// The next record, waiting until there is one.
     pub async fn next(&mut self) -> Result<Record> {
-        let mut batch = self.next_batch(0).await?;
-        // `next_batch` returns at least one record; with a budget of 0 it returns exactly one.
-        batch.pop().ok_or(LogError::Closed)
+        // `next_batch` returns at least one record: with a budget of 0, the first and every
+        // empty one after it (0 bytes fit a budget of 0). Until 2026-12-03 this took the last
+        // and moved past the others (found by a review).
+        let first = self
+            .next_batch(0)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(LogError::Closed)?;
+        self.next = first.offset + 1;
+        Ok(first)
     }
 }

@@ -178,6 +178,11 @@ impl Writer {
     /// The writer's loop; returns when closed or when every handle is gone.
     pub(crate) async fn run(mut self) {
         loop {
+            // Before taking the next command, stashed or queued: a writer that always finds
+            // one waiting (a backlog; a batch full at `max_batch_bytes`, the next append
+            // stashed) never reached the timer below, and under `every(ms)` synced only at a
+            // roll (until 2026-12-03: a power cut lost a whole segment's acknowledged appends).
+            self.sync_if_due();
             let cmd = match self.stashed.take() {
                 Some(c) => c,
                 None => match self.next_command().await {
@@ -219,14 +224,26 @@ impl Writer {
         match tokio::time::timeout_at(deadline, self.rx.recv()).await {
             Ok(cmd) => cmd,
             Err(_elapsed) => {
-                self.sync_deadline = None;
-                if self.parts.poison.get().is_none()
-                    && let Err(e) = self.sync_segment()
-                {
-                    self.poison(e);
-                }
+                self.sync_if_due();
                 self.rx.recv().await
             }
+        }
+    }
+
+    /// Under `every(ms)`: syncs the segment once its deadline has passed (a failure stops the
+    /// log, as any sync's does).
+    fn sync_if_due(&mut self) {
+        if self
+            .sync_deadline
+            .is_none_or(|d| d > tokio::time::Instant::now())
+        {
+            return;
+        }
+        self.sync_deadline = None;
+        if self.parts.poison.get().is_none()
+            && let Err(e) = self.sync_segment()
+        {
+            self.poison(e);
         }
     }
 
@@ -349,10 +366,11 @@ impl Writer {
         };
         // A roll whose sync of the old segment stored the data but not its index entries
         // poisons the log without failing (`after_durable`): this batch is not written.
-        match rolled
-            .and_then(|()| self.checked())
-            .and_then(|()| self.write_and_sync(ts))
-        {
+        let written = rolled.and_then(|()| self.checked()).and_then(|()| {
+            self.write_and_sync(ts)
+                .inspect_err(|_| self.save_acknowledged())
+        });
+        match written {
             Ok(()) => Ok(ts),
             Err(e) => {
                 // Already stopped (a roll's index write): the first cause stays, logged once.
@@ -494,6 +512,26 @@ impl Writer {
         let index = self.write_deferred_index();
         self.after_durable(index);
         Ok(())
+    }
+
+    /// After a failed write under `every`/`never` (the log stops): the batches acknowledged
+    /// before it, written but not synced, are synced now — the timer, a `sync()` and the close
+    /// all refuse a stopped log, and until 2026-12-03 they were left to the kernel's
+    /// writeback. A failed write does not taint the pages written before it (a failed sync
+    /// may: under `always` the failure is the sync's, and nothing is synced again); torn bytes
+    /// of the failed write that become durable are a torn tail, cut by the next open. Best
+    /// effort: a failure is logged.
+    fn save_acknowledged(&mut self) {
+        if matches!(self.parts.opts.fsync, FsyncPolicy::Always) || !self.active.unsynced {
+            return;
+        }
+        let a = &mut self.active;
+        match a.file.sync_data() {
+            Ok(()) => a.unsynced = false,
+            Err(e) => {
+                tracing::error!(error = %e, file = %a.seg.paths.log.display(), "could not sync the batches acknowledged before a failed write");
+            }
+        }
     }
 
     /// Syncs the segment and both index files.

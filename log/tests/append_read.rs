@@ -171,6 +171,30 @@ async fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     log.close().await.unwrap();
 }
 
+/// `Tail::next` hands out every record, one at a time, empty ones too: it took the last of
+/// what a read of 0 bytes returns (the first record and every empty one after it) and moved
+/// past the others (found by a review, 2026-12-03).
+#[tokio::test]
+async fn tail_next_hands_out_empty_records_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).await.unwrap();
+    let payloads = [
+        Bytes::from_static(b"a"),
+        Bytes::new(),
+        Bytes::new(),
+        Bytes::from_static(b"b"),
+    ];
+    for p in &payloads {
+        log.append_one(p.clone()).await.unwrap();
+    }
+    let mut tail = log.tail(0);
+    for (i, p) in payloads.iter().enumerate() {
+        let r = tail.next().await.unwrap();
+        assert_eq!((r.offset, &r.payload), (i as u64, p));
+    }
+    log.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn tail_waits_for_new_records_and_ends_on_close() {
     let dir = tempfile::tempdir().unwrap();
