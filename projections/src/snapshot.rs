@@ -105,6 +105,13 @@
 //! nothing is damaged. A version would have made every earlier state outdated, and a trimmed
 //! log cannot be replayed from offset 0.
 //!
+//! Not a version either: `State::forget_left` taking a hide or clear at or below the group's
+//! floor (its `history_from`; a deleted group's last seq) as hiding nothing (2026-12-03). A
+//! state an earlier build wrote may keep the cursor of a user who left a group created again
+//! before its first message, which this build's replay lets go; the next `log_trimmed` event
+//! lets it go too, and until then `verify` may report it as differing: the rule changed,
+//! nothing is damaged.
+//!
 //! Not a version either: the purged bit of a message's flags (`FLAG_PURGED`, masked by
 //! `State::apply`). No log written before it holds the bit, so every earlier state is the one
 //! this build applies.

@@ -277,9 +277,19 @@ impl State {
                 cur.delivered.max(cur.read).max(cur.cleared),
                 heads.last_seq(channel),
             );
+            // The seq up to which the group's floor hides the channel from whoever joins it
+            // next: its `history_from`, or — deleted — its last seq (the floor a creation
+            // under the id would take). A hide or clear at or below it hides nothing the
+            // floor does not: a user who left a group created again before its first message
+            // (cleared at its floor, the last seq) kept the cursor for good until 2026-12-03.
+            let floor = if subs.channels.contains_key(channel) {
+                subs.history_from(channel)
+            } else {
+                last
+            };
             held <= index.expired_through(channel, start)
-                && cur.hidden_at.is_none_or(|h| h < last)
-                && (cur.cleared == 0 || cur.cleared < last)
+                && cur.hidden_at.is_none_or(|h| h < last || h <= floor)
+                && (cur.cleared == 0 || cur.cleared < last || cur.cleared <= floor)
                 && lowest_changed
                     .get(channel)
                     .is_none_or(|&lowest| lowest > held)

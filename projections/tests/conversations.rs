@@ -915,3 +915,49 @@ async fn a_trim_lets_go_of_groups_left_with_nothing_left_to_tell() {
     let cur = w.state().cursors.get("bob", "g");
     assert_eq!((cur.delivered, cur.read, cur.cleared), (24, 24, 0));
 }
+
+/// A user who left a group created again under its id before its first message (their cursor
+/// cleared at the group's floor, which is its last seq) is let go by a trim past the removal,
+/// as is one of a group deleted after it was created again: a clear at the floor hides nothing
+/// the floor does not. Until 2026-12-03 `cleared < last` kept both cursors for good. Live and
+/// rebuilt states agree, and one who joins again sees no earlier message.
+#[tokio::test]
+async fn a_trim_lets_go_of_a_recreated_group_left_before_its_first_message() {
+    let mut w = World::new().await;
+    for ch in ["r", "d"] {
+        w.create(ch).await;
+        w.subscribe(ch, &["ann"]).await;
+        for i in 0..3 {
+            w.send("ann", ch, &format!("{ch}{i}")).await.unwrap();
+        }
+        w.emit(Event::ChannelDeleted { channel: ch.into() }).await;
+        w.create(ch).await;
+        w.subscribe(ch, &["eve"]).await;
+        w.unsubscribe(ch, &["eve"]).await;
+    }
+    w.emit(Event::ChannelDeleted {
+        channel: "d".into(),
+    })
+    .await;
+    assert_eq!(w.state().subs.history_from("r"), 3);
+    assert_eq!(w.state().cursors.get("eve", "r").cleared, 3);
+    let next = w.state().next_offset();
+    w.emit(Event::LogTrimmed { start: next }).await;
+    let cursors = &w.state().cursors;
+    assert!(
+        !cursors.removed.contains_key("eve"),
+        "{:?}",
+        cursors.removed
+    );
+    assert!(
+        !cursors.by_user.contains_key("eve"),
+        "{:?}",
+        cursors.by_user.get("eve")
+    );
+    assert_eq!(&w.rebuild().await, w.state());
+    // Joined again: nothing of the earlier group.
+    w.subscribe("r", &["eve"]).await;
+    assert!(w.sync("eve", 50).await.0.is_empty());
+    let list = conversations(w.state(), "eve", None, 50);
+    assert!(list.conversations.is_empty(), "{list:?}");
+}
