@@ -1930,6 +1930,50 @@ async fn non_send_frames_are_rate_limited_by_backpressure() {
     );
 }
 
+/// An ack that moves the user's position forward is not charged to `limits.frames_per_second`
+/// (such acks are bounded by the messages there are): a client acking each of the 60 messages
+/// of its catch-up at 1 frame a second has them read at once, its ping answered behind them
+/// (fails without: the acks took a minute). Acks that move nothing are charged as before.
+#[tokio::test]
+async fn acks_that_move_the_cursor_are_not_charged_to_the_frame_limit() {
+    let server = Server::start(&["--limits-frames-per-second", "1"]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let bob = api.user("bob").await;
+    for i in 1..=60 {
+        api.send(&bob, "g", &format!("b{i}"), "hello").await;
+    }
+    let alice = api.user("alice").await;
+    let mut ws = Ws::connect(&server, &alice, "").await;
+    let seqs = frame_seqs(&ws.messages(60).await);
+    assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    for seq in seqs {
+        ws.feed(json!({"type": "ack", "channel": "g", "seq": seq}))
+            .await;
+    }
+    ws.feed(json!({"type": "ping"})).await;
+    ws.flush().await;
+    let f = ws
+        .next_within(Duration::from_secs(10))
+        .await
+        .expect("a pong");
+    assert_eq!(f["type"], "pong");
+    // Acks of what is acked already move nothing: charged (the burst of 2 is spent by now).
+    for _ in 0..6 {
+        ws.feed(json!({"type": "ack", "channel": "g", "seq": 60}))
+            .await;
+    }
+    ws.feed(json!({"type": "ping"})).await;
+    ws.flush().await;
+    let early = frames_within(&mut ws, Duration::from_millis(1500)).await;
+    assert!(early.is_empty(), "{early:?}");
+    let f = ws
+        .next_within(Duration::from_secs(15))
+        .await
+        .expect("a pong");
+    assert_eq!(f["type"], "pong");
+}
+
 /// The admin reads any channel that exists or has had messages; one that never did is 404
 /// `channel_not_found`, as the README says (it was `200 []`). So is a message trace in one
 /// (it said `message_not_found`); a message that is not there is `message_not_found`.

@@ -63,6 +63,18 @@ impl Windows {
     }
 }
 
+/// What [`Acks::record`] made of an ack or a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    /// The read moves past every read known (the projections' and the windows'): one to tell
+    /// the user's other sessions of, once.
+    pub(crate) read_moved: bool,
+    /// The user's position in the channel moves forward (delivered or read). Such acks are
+    /// bounded by the messages there are (each moves a position up by one at least, up to the
+    /// head): a WebSocket does not charge them to its frame limit.
+    pub(crate) advanced: bool,
+}
+
 /// Pending acks.
 #[derive(Debug, Default)]
 pub(crate) struct Acks {
@@ -74,26 +86,30 @@ impl Acks {
         self.windows.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records an ack (delivered) and/or a read, cumulative. Returns whether the read moves
-    /// past `known` and every read the windows hold: a read to tell the user's other sessions
-    /// of, once. `known` is the user's read in the projections, read under their lock, which
-    /// the caller holds across this call: a window is let go only once applied, so one let go
-    /// by now is in `known`.
+    /// Records an ack (delivered) and/or a read, cumulative. `known` is the user's cursor in
+    /// the projections (delivered, read), read under their lock, which the caller holds
+    /// across this call: a window is let go only once applied, so one let go by now is in
+    /// `known`.
     pub(crate) fn record(
         &self,
         uid: &str,
         channel: &str,
         delivered: u64,
         read: u64,
-        known: u64,
-    ) -> bool {
+        known: (u64, u64),
+    ) -> Recorded {
         let mut w = self.lock();
-        let moved = read > known.max(w.held(uid, channel).1);
+        let held = w.held(uid, channel);
+        let read_moved = read > known.1.max(held.1);
+        let advanced = delivered.max(read) > known.0.max(known.1).max(held.0) || read_moved;
         let users = w.pending.entry(channel.to_owned()).or_default();
         let e = users.entry(uid.to_owned()).or_default();
         e.0 = e.0.max(delivered).max(read);
         e.1 = e.1.max(read);
-        moved
+        Recorded {
+            read_moved,
+            advanced,
+        }
     }
 
     /// The highest seq `uid` acknowledged as delivered in `channel` that may not be in the

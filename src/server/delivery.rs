@@ -197,6 +197,15 @@ impl Session {
         first
     }
 
+    /// Closes a session that refused a run ([`Session::offer`]) as too slow, unless it refused
+    /// it because it is closing already: a shutdown cancels every session's token (their
+    /// parent) with no reason of its own, and until 2026-12-03 a push refused meanwhile closed
+    /// busy sessions with 4000 `slow_consumer` instead of 1001, counted as slow (review).
+    /// Returns whether this call closed it.
+    fn close_slow(&self) -> bool {
+        !self.close.is_cancelled() && self.close_with(SLOW_CONSUMER)
+    }
+
     /// The reason the session was asked to close, if it was.
     pub(crate) fn close_reason(&self) -> Option<CloseReason> {
         *self.closing.lock().unwrap_or_else(|p| p.into_inner())
@@ -537,7 +546,7 @@ impl Delivery {
                     }
                     if !taken {
                         stats.dropped += 1;
-                        if s.close_with(SLOW_CONSUMER) {
+                        if s.close_slow() {
                             stats.closed_slow += 1;
                         }
                     }
@@ -587,7 +596,7 @@ impl Delivery {
             stats.sessions += 1;
             if !s.offer(&run) {
                 stats.dropped += 1;
-                if s.close_with(SLOW_CONSUMER) {
+                if s.close_slow() {
                     stats.closed_slow += 1;
                 }
             }
@@ -661,6 +670,57 @@ mod tests {
             .unwrap();
         assert!(s.try_go_live());
         (s, rx)
+    }
+
+    /// A session closing with the server (its parent token cancelled, no reason given) that a
+    /// push meets is not closed as a slow consumer: the session says 1001 `going_away`. One
+    /// whose queue is full is, as before.
+    #[test]
+    fn a_push_meeting_a_shutdown_does_not_close_sessions_as_slow() {
+        let d = Delivery::default();
+        let stop = CancellationToken::new();
+        let limits = SessionLimits {
+            queue: 1,
+            queue_bytes: usize::MAX,
+            per_user: 8,
+        };
+        let (a, _rx_a) = d
+            .register("a", ["g".to_owned()].into_iter(), 0, limits, &stop, true)
+            .unwrap();
+        let (b, _rx_b) = d
+            .register(
+                "b",
+                ["g".to_owned()].into_iter(),
+                0,
+                limits,
+                &CancellationToken::new(),
+                true,
+            )
+            .unwrap();
+        assert_eq!(d.push(&Arc::new(vec![msg("g", 1, None)])).dropped, 0);
+        stop.cancel();
+        // a is closing; b's queue (one run) is full.
+        let stats = d.push(&Arc::new(vec![msg("g", 2, None)]));
+        assert_eq!((stats.dropped, stats.closed_slow), (2, 1));
+        assert_eq!(a.close_reason(), None);
+        assert_eq!(b.close_reason(), Some(SLOW_CONSUMER));
+        let notice = || Pushed {
+            channel: "g".into(),
+            seq: 3,
+            offset: u64::MAX,
+            is_message: false,
+            origin: None,
+            frames: vec![(
+                None,
+                Frame {
+                    json: "3".into(),
+                    cbor: Bytes::new(),
+                },
+            )],
+        };
+        let stats = d.push_to_user("a", None, notice);
+        assert_eq!((stats.dropped, stats.closed_slow), (1, 0));
+        assert_eq!(a.close_reason(), None);
     }
 
     /// A user holds at most `max_sessions`; a session that goes frees its place.

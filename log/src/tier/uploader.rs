@@ -725,11 +725,22 @@ impl Uploader {
         // so far are named by no version, and `tidings tier gc` collects them.
         let uploaded = match stats {
             Ok(stats) => tokio::select! {
-                r = self.upload_purged(old, &stem, &tmp) => r.map(|new| (stats, new)),
+                biased;
                 () = self.stop.cancelled() => Err(LogError::Closed),
+                r = self.upload_purged(old, &stem, &tmp) => r.map(|new| (stats, new)),
             },
             Err(e) => Err(e),
         };
+        if matches!(uploaded, Err(LogError::Closed)) {
+            // What went up before the close: deleted if the store answers within half a second
+            // (the close waits that long at most), else left to `tidings tier gc`.
+            let deletes = async {
+                for ext in ["log", "index", "timeindex"] {
+                    let _ = self.tier.delete(&RemoteSegment::key_of(&stem, ext)).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(500), deletes).await;
+        }
         if let Err(e) = std::fs::remove_file(&tmp)
             && e.kind() != std::io::ErrorKind::NotFound
         {

@@ -52,6 +52,10 @@ mod own_sends;
 use self::frames::{ClientFrame, SendAck, SendPayload, encode, error_frame, parse};
 use self::own_sends::OwnSends;
 
+/// A read that moved the user's read position: its channel, its seq and the projections'
+/// next offset ([`Ctx::record_cursor`]).
+type ReadMoved = (ChannelId, u64, u64);
+
 const CBOR_PROTOCOL: &str = "tidings.cbor";
 /// The longest a session's expiry timer is set for before the wall clock is read again.
 const EXPIRY_RECHECK: Duration = Duration::from_secs(60);
@@ -375,6 +379,13 @@ struct Ctx {
     /// Whether the last frame read was a send that was accepted (those are charged to
     /// `send_rate`).
     last_was_send: bool,
+    /// The last frame read was an ack or a read that moved the user's position forward: not
+    /// charged to `limits.frames_per_second` (bounded by the messages there are). A client
+    /// acking each message of a long catch-up at the default limit had the server read its
+    /// acks (and its pings and close) at 1,000 a second, a few times slower than the
+    /// messages went out, and most of the backlog came again at its next connection (found
+    /// by a QA round, 2026-12-03).
+    last_was_progress: bool,
     /// While catching up: the channel and seq of each send this session made, so that
     /// catch-up does not send their messages back to it (it has their sendacks; live pushes
     /// skip them by origin). By seq, told by the sequencer before the message can be applied
@@ -617,6 +628,7 @@ impl Ctx {
         in_flight: &Arc<Semaphore>,
     ) -> Result<(), axum::Error> {
         self.last_was_send = false;
+        self.last_was_progress = false;
         // A CBOR frame becomes two value trees before it is checked: bounded by what a send
         // needs (its payload and a few short fields), not by the frame limit — a 1 MiB array
         // of one-byte integers would be a million nodes, twice. The frame is not read, so the
@@ -841,7 +853,8 @@ impl Ctx {
         read: u64,
     ) -> Result<(), axum::Error> {
         match self.record_cursor(channel, delivered, read) {
-            Ok(moved) => {
+            Ok((advanced, moved)) => {
+                self.last_was_progress = advanced;
                 self.state.metrics.acks_received.inc();
                 if let Some((ch, seq, needs)) = moved {
                     let origin = Some(self.session.id);
@@ -872,7 +885,7 @@ impl Ctx {
             Ok(Some(ClientFrame::Read { channel, seq })) => (channel, 0, seq),
             _ => return,
         };
-        if let Ok(moved) = self.record_cursor(&channel, delivered, read) {
+        if let Ok((_, moved)) = self.record_cursor(&channel, delivered, read) {
             self.state.metrics.acks_received.inc();
             if let Some((ch, seq, needs)) = moved {
                 let origin = Some(self.session.id);
@@ -882,15 +895,18 @@ impl Ctx {
         }
     }
 
-    /// Records an ack or a read in the channel it names; returns the channel and the read when
-    /// that moves the user's read position past what was known, and the projections' next
-    /// offset (the read's notice follows the pushes of what was applied: `read_notices.rs`).
+    /// Records an ack or a read in the channel it names; returns whether it moved the user's
+    /// position forward ([`Recorded::advanced`]), and the channel and the read when that moves
+    /// the user's read position past what was known, with the projections' next offset (the
+    /// read's notice follows the pushes of what was applied: `read_notices.rs`).
+    ///
+    /// [`Recorded::advanced`]: crate::server::acks::Recorded::advanced
     fn record_cursor(
         &self,
         channel: &str,
         delivered: u64,
         read: u64,
-    ) -> ApiResult<Option<(ChannelId, u64, u64)>> {
+    ) -> ApiResult<(bool, Option<ReadMoved>)> {
         let ch = resolve(&self.caller, channel)?;
         // Held while recording: the read known in the projections and the windows are looked
         // at together (`Acks::record`).
@@ -915,12 +931,16 @@ impl Ctx {
         // meanwhile, which then never came by sync or catch-up.
         let head = p.state.heads.last_seq(&ch);
         let (delivered, read) = (delivered.min(head), read.min(head));
-        let known = p.state.cursors.get(&self.uid, &ch).read;
-        let moved = self
-            .state
-            .acks
-            .record(&self.uid, &ch, delivered, read, known);
-        Ok(moved.then(|| (ch, read, p.state.next_offset())))
+        let cur = p.state.cursors.get(&self.uid, &ch);
+        let recorded =
+            self.state
+                .acks
+                .record(&self.uid, &ch, delivered, read, (cur.delivered, cur.read));
+        let next = p.state.next_offset();
+        Ok((
+            recorded.advanced,
+            recorded.read_moved.then_some((ch, read, next)),
+        ))
     }
 
     fn prepare_send(
@@ -1103,6 +1123,7 @@ async fn run(
         send_rate: state.user_rates.bucket(&uid),
         frames: TokenBucket::new(state.config.limits_frames_per_second),
         last_was_send: false,
+        last_was_progress: false,
         state: state.clone(),
         uid: uid.clone(),
         cbor,
@@ -1224,7 +1245,7 @@ async fn run(
                 if let Some(made) = ctx.new_changes.take() {
                     changes = Some(made);
                 }
-                if !ctx.last_was_send {
+                if !ctx.last_was_send && !ctx.last_was_progress {
                     ctx.frames.take(Instant::now());
                 }
                 done
