@@ -217,6 +217,11 @@ pub(crate) async fn upgrade(
     // that sync and a registration after the upgrade reached it neither way).
     let registered = Registered::new(&state, &uid, token_hash, !catch_up)?;
     let tracker = state.ws_tasks.clone();
+    // Counted from here, not from the upgrade (axum runs it in a task of its own): a shutdown
+    // waiting for the sessions also waits for one whose 101 is still going out. It did not,
+    // and such a session ran after the acks' final flush, losing the acks it read (review,
+    // 2026-12-03). Dropped with the callback when the upgrade fails.
+    let upgrading = tracker.token();
     Ok(ws
         .protocols([CBOR_PROTOCOL])
         .max_message_size(max)
@@ -226,6 +231,7 @@ pub(crate) async fn upgrade(
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| {
+            let _upgrading = upgrading;
             tracker.track_future(async move {
                 let cbor = socket
                     .protocol()
