@@ -874,6 +874,21 @@ async fn rebuild_refuses_no_log_and_a_held_directory_and_keeps_its_snapshot() {
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("nothing to rebuild"), "{err}");
     assert!(!none.join("log").exists());
+    // A log directory holding only a file not named as a segment has no segment either (it
+    // made segment 0, exiting 0; `compact` named damage that was not there).
+    let misnamed = dir.path().join("misnamed");
+    std::fs::create_dir_all(misnamed.join("log")).unwrap();
+    std::fs::write(misnamed.join("log/notes.log"), b"x").unwrap();
+    for cmd in ["rebuild", "compact"] {
+        let (code, out, err) = tidings(&[cmd, "--data", misnamed.to_str().unwrap()]);
+        assert_ne!(code, 0, "{cmd}: {out}{err}");
+        assert!(err.contains("no log segments"), "{cmd}: {err}");
+    }
+    let files: Vec<_> = std::fs::read_dir(misnamed.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files, ["notes.log"]);
 
     let data = dir.path().join("data");
     write_log(&data, &events()).await;

@@ -69,11 +69,13 @@ pub(crate) fn data_dir(arg: &str) -> Result<std::path::PathBuf, String> {
 /// Refuses a data directory whose log has no segment: nothing to `what`. And opening one would
 /// create it, which a server about to restore this directory from the object store would then
 /// take for a history of its own.
+/// A file another name ending in `.log` (`notes.log`, a backup's `old-….log`) is not a segment:
+/// counted as one, it let `rebuild` create segment 0 and say it succeeded (review, 2026-12-03).
 pub(crate) fn ensure_segments(data: &DataDir, what: &str) -> anyhow::Result<()> {
     let has_segments = std::fs::read_dir(data.log()).is_ok_and(|entries| {
         entries
             .filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .any(|e| is_segment_name(&e.file_name().to_string_lossy()))
     });
     anyhow::ensure!(
         has_segments,
@@ -81,6 +83,12 @@ pub(crate) fn ensure_segments(data: &DataDir, what: &str) -> anyhow::Result<()> 
         data.log().display()
     );
     Ok(())
+}
+
+/// Whether `name` is a segment's: `{base:020}.log`.
+pub(crate) fn is_segment_name(name: &str) -> bool {
+    name.strip_suffix(".log")
+        .is_some_and(|b| b.len() == 20 && b.bytes().all(|c| c.is_ascii_digit()))
 }
 
 /// The projections in `dir` from the newest snapshot covering at most offset `max` (any, with
