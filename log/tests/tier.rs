@@ -919,6 +919,24 @@ async fn a_log_opened_offline_that_finds_a_live_owner_is_fenced() {
     b.close().await.unwrap();
 }
 
+/// A log on `s3s` that uploads only when asked, whose offsets 0-9 are only in the store (the
+/// retention keeps nothing sealed) and offset 10 in its active segment; with its prefix, its
+/// data and cache directories, and its log directory.
+async fn ten_in_the_store(
+    s3s: &S3Server,
+    name: &str,
+) -> (Log, String, [tempfile::TempDir; 2], PathBuf) {
+    let prefix = unique_prefix(name);
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let log = quiet_log(s3s.store(), &prefix, "node-a", cache.path(), 0, &dir).await;
+    append(&log, 0, 10).await;
+    log.roll().await.unwrap();
+    log.upload_now().await.unwrap();
+    append(&log, 10, 1).await;
+    (log, prefix, [data, cache], dir)
+}
+
 /// `Log::is_local` tells a record in a local segment from one only in the store; and
 /// `Log::close_by` gives the release of the prefix up at its deadline when the store does not
 /// answer (s3s-fs stopped with SIGSTOP: it accepts connections and never answers), where the
@@ -927,15 +945,7 @@ async fn a_log_opened_offline_that_finds_a_live_owner_is_fenced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_by_gives_up_on_a_store_that_does_not_answer() {
     let s3s = S3Server::start();
-    let prefix = unique_prefix("close-by");
-    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let dir = data.path().join("log");
-    let log = quiet_log(s3s.store(), &prefix, "node-a", cache.path(), 0, &dir).await;
-    append(&log, 0, 10).await;
-    log.roll().await.unwrap();
-    log.upload_now().await.unwrap();
-    append(&log, 10, 1).await;
-    // The retention keeps nothing sealed: offsets 0-9 are only in the store.
+    let (log, prefix, [_data, cache], dir) = ten_in_the_store(&s3s, "close-by").await;
     assert!(!log.is_local(9));
     assert!(log.is_local(10));
     assert!(!log.is_local(11), "past the end");
@@ -963,14 +973,7 @@ async fn close_by_gives_up_on_a_store_that_does_not_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_by_gives_up_a_remote_rewrite_waiting_on_the_store() {
     let s3s = S3Server::start();
-    let prefix = unique_prefix("close-rewrite");
-    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let dir = data.path().join("log");
-    let log = quiet_log(s3s.store(), &prefix, "node-a", cache.path(), 0, &dir).await;
-    append(&log, 0, 10).await;
-    log.roll().await.unwrap();
-    log.upload_now().await.unwrap();
-    append(&log, 10, 1).await;
+    let (log, prefix, [_data, cache], dir) = ten_in_the_store(&s3s, "close-rewrite").await;
     assert!(!log.is_local(0));
     // Read once: the rewrite's read is served by the block cache.
     assert_eq!(log.read(0, 1 << 20).await.unwrap()[0].payload, payload(0));
@@ -3425,29 +3428,57 @@ async fn a_tiered_rewrite_replaces_the_segment_in_the_store_s3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewrite_whose_upload_failed_goes_up_at_the_next_pass() {
     let mut s3s = S3Server::start();
-    let prefix = unique_prefix("reupload");
-    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let dir = data.path().join("log");
-    let (log, sealed) = uploaded_log(s3s.store(), &prefix, "node-a", cache.path(), &dir).await;
-    let copy = sealed[sealed.len() - 1].clone();
+    let down = rewritten_with_the_store_down(&mut s3s, "reupload").await;
+    let (log, dir, copy, before) = (&down.log, &down.dir, &down.copy, &down.before);
     let at = copy.base_offset;
-    let before = entry_at(&log, copy.base_offset).await;
-    s3s.stop();
-    let r = log
-        .rewrite_sealed(copy.base_offset, BTreeMap::from([(at, hashes(at))]))
-        .await;
-    assert!(r.is_err(), "{r:?}");
-    assert!(tidings_log_reupload_marker(&dir, copy.base_offset).exists());
     assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
     s3s.spawn();
     // Neither a removal nor the local retention takes the copy meanwhile.
     let removed = log.remove_segments_before(u64::MAX).await.unwrap();
     assert!(log.start_offset() <= copy.base_offset, "{removed:?}");
     log.upload_now().await.unwrap();
-    assert!(!tidings_log_reupload_marker(&dir, copy.base_offset).exists());
-    let after = entry_at(&log, copy.base_offset).await;
+    assert!(!tidings_log_reupload_marker(dir, copy.base_offset).exists());
+    let after = entry_at(log, copy.base_offset).await;
     assert_ne!(after.crc32, before.crc32);
     log.close().await.unwrap();
+}
+
+/// A tiered log on `s3s` with segments uploaded, whose newest sealed segment (`copy`, its
+/// store entry `before`) was rewritten — its first record replaced by [`hashes`] — with the S3
+/// server stopped: the re-upload failed, the marker is there, and the server is still down.
+struct RewrittenDown {
+    log: Log,
+    prefix: String,
+    dir: PathBuf,
+    cache: tempfile::TempDir,
+    _data: tempfile::TempDir,
+    copy: tidings_log::SegmentInfo,
+    before: tidings_log::tier::manifest::RemoteSegment,
+}
+
+async fn rewritten_with_the_store_down(s3s: &mut S3Server, name: &str) -> RewrittenDown {
+    let prefix = unique_prefix(name);
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = data.path().join("log");
+    let (log, sealed) = uploaded_log(s3s.store(), &prefix, "node-a", cache.path(), &dir).await;
+    let copy = sealed[sealed.len() - 1].clone();
+    let at = copy.base_offset;
+    let before = entry_at(&log, at).await;
+    s3s.stop();
+    let r = log
+        .rewrite_sealed(at, BTreeMap::from([(at, hashes(at))]))
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(tidings_log_reupload_marker(&dir, at).exists());
+    RewrittenDown {
+        log,
+        prefix,
+        dir,
+        cache,
+        _data: data,
+        copy,
+        before,
+    }
 }
 
 /// A segment whose rewrite is still to go up (its marker left by a failed re-upload) is
@@ -3458,19 +3489,16 @@ async fn a_rewrite_whose_upload_failed_goes_up_at_the_next_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_marked_copy_is_rewritten_again_after_a_restart() {
     let mut s3s = S3Server::start();
-    let prefix = unique_prefix("remark");
-    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let dir = data.path().join("log");
-    let (log, sealed) = uploaded_log(s3s.store(), &prefix, "node-a", cache.path(), &dir).await;
-    let copy = sealed[sealed.len() - 1].clone();
+    let RewrittenDown {
+        log,
+        prefix,
+        dir,
+        cache,
+        _data,
+        copy,
+        before,
+    } = rewritten_with_the_store_down(&mut s3s, "remark").await;
     let (at, next) = (copy.base_offset, copy.base_offset + 1);
-    let before = entry_at(&log, copy.base_offset).await;
-    s3s.stop();
-    let r = log
-        .rewrite_sealed(copy.base_offset, BTreeMap::from([(at, hashes(at))]))
-        .await;
-    assert!(r.is_err(), "{r:?}");
-    assert!(tidings_log_reupload_marker(&dir, copy.base_offset).exists());
     s3s.spawn();
     log.close().await.unwrap();
     assert!(tidings_log_reupload_marker(&dir, copy.base_offset).exists());
@@ -3604,20 +3632,17 @@ async fn a_damaged_local_copy_is_neither_rewritten_nor_uploaded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_rewritten_copy_stays_until_repaired() {
     let mut s3s = S3Server::start();
-    let prefix = unique_prefix("damaged-rewrite");
-    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let dir = data.path().join("log");
-    let (log, sealed) = uploaded_log(s3s.store(), &prefix, "node-a", cache.path(), &dir).await;
-    let copy = sealed[sealed.len() - 1].clone();
+    let RewrittenDown {
+        log,
+        prefix,
+        dir,
+        cache,
+        _data,
+        copy,
+        before,
+    } = rewritten_with_the_store_down(&mut s3s, "damaged-rewrite").await;
     let at = copy.base_offset;
     let marker = tidings_log_reupload_marker(&dir, at);
-    let before = entry_at(&log, at).await;
-    s3s.stop();
-    let r = log
-        .rewrite_sealed(at, BTreeMap::from([(at, hashes(at))]))
-        .await;
-    assert!(r.is_err(), "{r:?}");
-    assert!(marker.exists());
     // Damage in the copy's last batch (not the rewritten record's).
     let mut bytes = std::fs::read(&copy.path).unwrap();
     let flip = bytes.len() - 3;
