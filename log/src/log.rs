@@ -783,7 +783,9 @@ impl Log {
     /// the prefix (a successor then waits for the lease to lapse, as after a crash) and the
     /// cold-read prefetches still running. A store that does not answer must not hold a
     /// shutdown past its grace period. Appends are synced and the writer joined whatever the
-    /// time (local disk only).
+    /// time (local disk only). A rewrite of a segment only in the store is given up (as by
+    /// any close), after at most a cold block read or a manifest write already under way and
+    /// half a second to delete what it uploaded.
     pub async fn close_by(&self, by: tokio::time::Instant) -> Result<()> {
         self.close_within(Some(by)).await
     }

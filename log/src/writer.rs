@@ -104,6 +104,10 @@ pub(crate) struct Writer {
     stashed: Option<Command>,
     /// When the `every(ms)` policy must sync by.
     sync_deadline: Option<tokio::time::Instant>,
+    /// An `fdatasync` of the active segment failed: it is never synced again (the kernel may
+    /// have dropped the pages it could not write), not even to keep what was acknowledged
+    /// ([`Writer::save_acknowledged`]).
+    segment_sync_failed: bool,
     /// Makes the next segment's file ahead of time (with `preallocate_bytes`).
     prealloc: Option<Preallocator>,
     /// The directory lock, released when the writer is dropped: after its last write, never
@@ -168,6 +172,7 @@ impl Writer {
             builder: BatchBuilder::default(),
             stashed: None,
             sync_deadline: None,
+            segment_sync_failed: false,
             prealloc,
             _lock: lock,
             parts,
@@ -291,6 +296,7 @@ impl Writer {
     fn poison(&mut self, err: LogError) {
         tracing::error!(error = %err, dir = %self.parts.dir.display(), "log write failed; refusing appends until reopened");
         self.parts.poison.set(err);
+        self.save_acknowledged();
     }
 
     /// Gathers the queued appends into one batch, writes it, syncs per policy, acknowledges.
@@ -366,11 +372,10 @@ impl Writer {
         };
         // A roll whose sync of the old segment stored the data but not its index entries
         // poisons the log without failing (`after_durable`): this batch is not written.
-        let written = rolled.and_then(|()| self.checked()).and_then(|()| {
-            self.write_and_sync(ts)
-                .inspect_err(|_| self.save_acknowledged())
-        });
-        match written {
+        match rolled
+            .and_then(|()| self.checked())
+            .and_then(|()| self.write_and_sync(ts))
+        {
             Ok(()) => Ok(ts),
             Err(e) => {
                 // Already stopped (a roll's index write): the first cause stays, logged once.
@@ -504,9 +509,10 @@ impl Writer {
         }
         let started = Instant::now();
         let a = &mut self.active;
-        a.file
-            .sync_data()
-            .map_err(|e| LogError::io("sync segment", &a.seg.paths.log, e))?;
+        if let Err(e) = a.file.sync_data() {
+            self.segment_sync_failed = true;
+            return Err(LogError::io("sync segment", &a.seg.paths.log, e));
+        }
         a.unsynced = false;
         self.parts.counters.fsynced(started.elapsed());
         let index = self.write_deferred_index();
@@ -514,15 +520,18 @@ impl Writer {
         Ok(())
     }
 
-    /// After a failed write under `every`/`never` (the log stops): the batches acknowledged
-    /// before it, written but not synced, are synced now — the timer, a `sync()` and the close
-    /// all refuse a stopped log, and until 2026-12-03 they were left to the kernel's
-    /// writeback. A failed write does not taint the pages written before it (a failed sync
-    /// may: under `always` the failure is the sync's, and nothing is synced again); torn bytes
-    /// of the failed write that become durable are a torn tail, cut by the next open. Best
-    /// effort: a failure is logged.
+    /// When the log stops under `every`/`never` (a failed write, a roll's or an index file's
+    /// failure): the batches acknowledged before, written but not synced, are synced now —
+    /// the timer, a `sync()` and the close all refuse a stopped log, and until 2026-12-03 they
+    /// were left to the kernel's writeback. A failed write does not taint the pages written
+    /// before it; a failed sync may, and after one the segment is never synced again
+    /// ([`Writer::segment_sync_failed`]). Torn bytes of the failed write that become durable
+    /// are a torn tail, cut by the next open. Best effort: a failure is logged.
     fn save_acknowledged(&mut self) {
-        if matches!(self.parts.opts.fsync, FsyncPolicy::Always) || !self.active.unsynced {
+        if matches!(self.parts.opts.fsync, FsyncPolicy::Always)
+            || self.segment_sync_failed
+            || !self.active.unsynced
+        {
             return;
         }
         let a = &mut self.active;

@@ -85,10 +85,13 @@ pub(crate) fn ensure_segments(data: &DataDir, what: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Whether `name` is a segment's: `{base:020}.log`.
+/// Whether `name` is a segment's: `{base:020}.log`, its base below 2^63 (the log's rule).
 pub(crate) fn is_segment_name(name: &str) -> bool {
-    name.strip_suffix(".log")
-        .is_some_and(|b| b.len() == 20 && b.bytes().all(|c| c.is_ascii_digit()))
+    name.strip_suffix(".log").is_some_and(|b| {
+        b.len() == 20
+            && b.bytes().all(|c| c.is_ascii_digit())
+            && b.parse::<u64>().is_ok_and(|base| base < 1 << 63)
+    })
 }
 
 /// The projections in `dir` from the newest snapshot covering at most offset `max` (any, with

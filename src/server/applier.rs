@@ -254,6 +254,10 @@ pub(crate) async fn run(
                 let env = match Envelope::decode(rec.offset, &rec.payload) {
                     Ok(env) => env,
                     Err(e) => {
+                        // Under the write lock: a write checked after it is refused.
+                        state
+                            .applier_stopping
+                            .store(true, std::sync::atomic::Ordering::Release);
                         failed = Some(e.to_string());
                         break;
                     }
@@ -273,6 +277,9 @@ pub(crate) async fn run(
                     // Set under the write lock: no snapshot reads the state in between.
                     state
                         .applier_failed
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    state
+                        .applier_stopping
                         .store(true, std::sync::atomic::Ordering::Release);
                     failed = Some(e.to_string());
                     break;

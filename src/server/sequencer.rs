@@ -456,13 +456,13 @@ fn prepare_locked(
         // waiting to write).
         let p = state.proj();
         let st = &p.state;
-        // The applier stopped on a record it could not apply (set under the projections'
-        // write lock, so seen here): refused before the log, as every other write is
-        // (`AppState::writable`). Registered in the moment before the completions close, the
-        // send was written after that record and still answered `not_ready` (review,
-        // 2026-12-03).
+        // The applier stopped on a record it could not read or apply (set under the
+        // projections' write lock, so seen here): refused before the log, as every other
+        // write is (`AppState::writable`). Registered in the moment before the completions
+        // close, the send was written after that record and still answered `not_ready`
+        // (review, 2026-12-03).
         if state
-            .applier_failed
+            .applier_stopping
             .load(std::sync::atomic::Ordering::Acquire)
         {
             return Err(crate::server::completions::applier_stopped());

@@ -93,6 +93,12 @@ pub(crate) struct AppState {
     /// of that record (an index entry whose sidecar write failed), so it is never snapshotted
     /// (a restart replays from the last snapshot instead).
     pub(crate) applier_failed: AtomicBool,
+    /// The applier stopped, or is stopping, on a record it could not read or apply: set under
+    /// the projections' write lock in the pass that meets it, before the completions close,
+    /// so that a write checked under the read lock after it is refused before the log
+    /// ([`AppState::writable`], the sequencer). Not `applier_failed`, which a record that
+    /// does not decode does not set (its state is whole, and may be snapshotted).
+    pub(crate) applier_stopping: AtomicBool,
     /// Every user's send bucket, shared by their WebSocket sessions and their HTTP sends.
     pub(crate) user_rates: UserRates,
     /// Sends enqueued and not yet answered; the applier answers them.
@@ -173,6 +179,7 @@ impl AppState {
             http_headroom,
             ready: AtomicBool::new(false),
             applier_failed: AtomicBool::new(false),
+            applier_stopping: AtomicBool::new(false),
             user_rates,
             completions: Completions::default(),
             uploaded_sidecars: Mutex::new(None),
@@ -307,7 +314,7 @@ impl AppState {
         if let Some(why) = self.applied_waiters.stopped() {
             return Err(why);
         }
-        if self.applier_failed.load(Ordering::Acquire) {
+        if self.applier_stopping.load(Ordering::Acquire) {
             return Err(completions::applier_stopped());
         }
         Ok(())

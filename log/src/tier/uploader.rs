@@ -660,6 +660,11 @@ impl Uploader {
     /// and the manifest still lists `old` for the segment; otherwise they are deleted and the
     /// rewrite refused. The log's rewrite lock (`rewrites`) is held throughout: no removal of
     /// the segment, nor another rewrite, runs meanwhile.
+    ///
+    /// A close (the uploader's `stop`) gives it up between batches of the read, during the
+    /// upload, and before the naming — `LogError::Closed`, what went up deleted within half a
+    /// second or left to `tidings tier gc` — so that `Log::close_by` waits for the rewrite lock
+    /// at most a cold block read (`tier.read_timeout_ms`) or a manifest write already under way.
     async fn rewrite_remote(
         &self,
         state: tokio::sync::OwnedMutexGuard<PassState>,
@@ -723,23 +728,19 @@ impl Uploader {
         // A close gives the upload up (until 2026-12-03 it waited for it, past its deadline,
         // for as long as the store client's timeouts and retries took): the objects written
         // so far are named by no version, and `tidings tier gc` collects them.
-        let uploaded = match stats {
-            Ok(stats) => tokio::select! {
-                biased;
-                () = self.stop.cancelled() => Err(LogError::Closed),
-                r = self.upload_purged(old, &stem, &tmp) => r.map(|new| (stats, new)),
-            },
-            Err(e) => Err(e),
+        let (uploaded, started) = match stats {
+            Ok(stats) => (
+                tokio::select! {
+                    biased;
+                    () = self.stop.cancelled() => Err(LogError::Closed),
+                    r = self.upload_purged(old, &stem, &tmp) => r.map(|new| (stats, new)),
+                },
+                true,
+            ),
+            Err(e) => (Err(e), false),
         };
-        if matches!(uploaded, Err(LogError::Closed)) {
-            // What went up before the close: deleted if the store answers within half a second
-            // (the close waits that long at most), else left to `tidings tier gc`.
-            let deletes = async {
-                for ext in ["log", "index", "timeindex"] {
-                    let _ = self.tier.delete(&RemoteSegment::key_of(&stem, ext)).await;
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_millis(500), deletes).await;
+        if started && matches!(uploaded, Err(LogError::Closed)) {
+            self.delete_unnamed(&stem).await;
         }
         if let Err(e) = std::fs::remove_file(&tmp)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -751,6 +752,11 @@ impl Uploader {
         // gc` keeps them while this process may still name them, and collects them after its
         // release.
         let mut state = self.pass_lock.lock().await;
+        // The upload ended as the close began: given up as well (no version written).
+        if self.stop.is_cancelled() {
+            self.delete_unnamed(&stem).await;
+            return Err(LogError::Closed);
+        }
         let refused = match self.not_holding(&state) {
             Some(reason) => Some(reason),
             None if !self.tier.manifest().segments.contains(old) => {
@@ -759,10 +765,7 @@ impl Uploader {
             None => None,
         };
         if let Some(reason) = refused {
-            // Named by no version: deleted (a failure leaves them to `tidings tier gc`).
-            for ext in ["log", "index", "timeindex"] {
-                let _ = self.tier.delete(&RemoteSegment::key_of(&stem, ext)).await;
-            }
+            self.delete_unnamed(&stem).await;
             return Err(LogError::RewriteRefused {
                 base,
                 reason: reason.into(),
@@ -784,6 +787,18 @@ impl Uploader {
             .extend(["log", "index", "timeindex"].map(|ext| (now, old.key(ext))));
         tracing::info!(base, records = stats.records, store = %inner.opts.display, "rewrote a segment only in the object store");
         Ok(stats)
+    }
+
+    /// Deletes the objects of a remote rewrite that no version names (given up, or refused)
+    /// if the store answers within half a second — a close waits that long at most — else
+    /// `tidings tier gc` collects them.
+    async fn delete_unnamed(&self, stem: &str) {
+        let deletes = async {
+            for ext in ["log", "index", "timeindex"] {
+                let _ = self.tier.delete(&RemoteSegment::key_of(stem, ext)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), deletes).await;
     }
 
     /// Deletes the objects remote rewrites replaced ([`PassState::doomed`]) that have waited
@@ -914,7 +929,9 @@ impl Uploader {
                 .map_err(|_| LogError::Closed)
         };
         let checked = self.renewing(state, check).await?;
-        if let Err(e) = checked {
+        // Damage only: another failure (a descriptor short, a read error) is tried again at
+        // the next pass, as any other failure of this step.
+        if let Err(e @ LogError::Corrupt { .. }) = checked {
             // Kept, with its marker: the store's copy holds what the rewrite replaced (a
             // recalled message's words), and with the marker gone the local retention would
             // delete this copy and serve that one in its place (until 2026-12-03 it did).
@@ -922,6 +939,7 @@ impl Uploader {
             state.damaged_marked.insert(base);
             return Err(e);
         }
+        checked?;
         let upload = store::upload_segment_as(inner, &self.dir, base, end, self.rewrite_stem(base));
         let new = self.renewing(state, upload).await?;
         if new.crc32 != crc || new.bytes != len {

@@ -167,6 +167,12 @@ pub(crate) async fn upgrade(
         .with_websocket_version("13"),
         e => ApiError::bad_request("not_a_websocket", e.body_text()),
     })?;
+    // Counted from here, before the shutdown check, not from the upgrade (axum runs it in a
+    // task of its own): a shutdown waiting for the sessions also waits for one whose 101 is
+    // still going out. It did not, and such a session ran after the acks' final flush, losing
+    // the acks it read (review, 2026-12-03). Dropped with the callback when the upgrade
+    // fails, or with this handler when it refuses.
+    let upgrading = state.ws_tasks.token();
     if !state.is_ready() || state.sessions_stop.is_cancelled() {
         return Err(ApiError::unavailable(
             "not_ready",
@@ -217,11 +223,6 @@ pub(crate) async fn upgrade(
     // that sync and a registration after the upgrade reached it neither way).
     let registered = Registered::new(&state, &uid, token_hash, !catch_up)?;
     let tracker = state.ws_tasks.clone();
-    // Counted from here, not from the upgrade (axum runs it in a task of its own): a shutdown
-    // waiting for the sessions also waits for one whose 101 is still going out. It did not,
-    // and such a session ran after the acks' final flush, losing the acks it read (review,
-    // 2026-12-03). Dropped with the callback when the upgrade fails.
-    let upgrading = tracker.token();
     Ok(ws
         .protocols([CBOR_PROTOCOL])
         .max_message_size(max)
