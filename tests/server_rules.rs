@@ -1974,6 +1974,59 @@ async fn acks_that_move_the_cursor_are_not_charged_to_the_frame_limit() {
     assert_eq!(f["type"], "pong");
 }
 
+/// Catch-up writes nothing while the connection is past its frame limit: a client sending
+/// charged frames as it reads (here 6 pings at 1 frame a second, burst 2) blocked in its own
+/// send once the server stopped reading, stopped reading, and the server's catch-up write then
+/// blocked too, reading nothing, until the write timeout dropped the connection (found by a QA
+/// round with a read and an ack per message). Here: not all 600 messages come within the first
+/// 1.5 s (fails without: catch-up wrote them at once), and then every one comes, in order,
+/// with every pong.
+#[tokio::test]
+async fn catch_up_waits_while_the_frame_limit_stops_reading() {
+    let server = Server::start(&[
+        "--limits-frames-per-second",
+        "1",
+        "--limits-sends-per-second",
+        "1000000",
+    ]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let bob = api.user("bob").await;
+    for i in 1..=600 {
+        api.send(&bob, "g", &format!("b{i}"), "hello").await;
+    }
+    let alice = api.user("alice").await;
+    let mut ws = Ws::connect(&server, &alice, "").await;
+    for _ in 0..6 {
+        ws.feed(json!({"type": "ping"})).await;
+    }
+    ws.flush().await;
+    let early = frames_within(&mut ws, Duration::from_millis(1500)).await;
+    let mut seqs: Vec<u64> = early
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.len() < 600,
+        "all {} messages while the server read nothing",
+        seqs.len()
+    );
+    let mut pongs = early.iter().filter(|f| f["type"] == "pong").count();
+    while seqs.len() < 600 || pongs < 6 {
+        let f = ws
+            .next_within(Duration::from_secs(15))
+            .await
+            .expect("a frame");
+        match f["type"].as_str() {
+            Some("message") => seqs.push(f["seq"].as_u64().unwrap()),
+            Some("pong") => pongs += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(seqs, (1..=600).collect::<Vec<_>>());
+}
+
 /// The admin reads any channel that exists or has had messages; one that never did is 404
 /// `channel_not_found`, as the README says (it was `200 []`). So is a message trace in one
 /// (it said `message_not_found`); a message that is not there is `message_not_found`.

@@ -1222,7 +1222,13 @@ async fn run(
                     tokio::time::sleep(d).await;
                 }
             }, if frames_wait.is_some() => Step::Reaped,
-            () = std::future::ready(()), if catching_up => Step::CatchUp,
+            // Not while no frame may be read: a client whose frames go past the limit while
+            // catch-up writes to it (a read and an ack for each message, one charged) blocks
+            // in its own send once the server stops reading, stops reading in turn, and the
+            // server's write then blocked too, reading nothing, until the write timeout
+            // dropped the connection and its acks (found by a QA round, 2026-12-03). Catch-up
+            // goes on as frames are read.
+            () = std::future::ready(()), if catching_up && frames_wait.is_none() => Step::CatchUp,
         };
         let done = match step {
             Step::Close(reason) => break Some(reason),
