@@ -1930,21 +1930,33 @@ async fn non_send_frames_are_rate_limited_by_backpressure() {
     );
 }
 
+/// A server taking 1 frame a second per connection, where bob sent `n` messages to group `g`
+/// and alice has just connected with catch-up: the server and her WebSocket.
+async fn catching_up_at_one_frame_a_second(n: u64) -> (Server, Ws) {
+    let server = Server::start(&[
+        "--limits-frames-per-second",
+        "1",
+        "--limits-sends-per-second",
+        "1000000",
+    ]);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    let bob = api.user("bob").await;
+    for i in 1..=n {
+        api.send(&bob, "g", &format!("b{i}"), "hello").await;
+    }
+    let alice = api.user("alice").await;
+    let ws = Ws::connect(&server, &alice, "").await;
+    (server, ws)
+}
+
 /// An ack that moves the user's position forward is not charged to `limits.frames_per_second`
 /// (such acks are bounded by the messages there are): a client acking each of the 60 messages
 /// of its catch-up at 1 frame a second has them read at once, its ping answered behind them
 /// (fails without: the acks took a minute). Acks that move nothing are charged as before.
 #[tokio::test]
 async fn acks_that_move_the_cursor_are_not_charged_to_the_frame_limit() {
-    let server = Server::start(&["--limits-frames-per-second", "1"]);
-    let api = Api::new(&server);
-    api.group("g", &["alice", "bob"]).await;
-    let bob = api.user("bob").await;
-    for i in 1..=60 {
-        api.send(&bob, "g", &format!("b{i}"), "hello").await;
-    }
-    let alice = api.user("alice").await;
-    let mut ws = Ws::connect(&server, &alice, "").await;
+    let (_server, mut ws) = catching_up_at_one_frame_a_second(60).await;
     let seqs = frame_seqs(&ws.messages(60).await);
     assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
     for seq in seqs {
@@ -1983,20 +1995,7 @@ async fn acks_that_move_the_cursor_are_not_charged_to_the_frame_limit() {
 /// with every pong.
 #[tokio::test]
 async fn catch_up_waits_while_the_frame_limit_stops_reading() {
-    let server = Server::start(&[
-        "--limits-frames-per-second",
-        "1",
-        "--limits-sends-per-second",
-        "1000000",
-    ]);
-    let api = Api::new(&server);
-    api.group("g", &["alice", "bob"]).await;
-    let bob = api.user("bob").await;
-    for i in 1..=600 {
-        api.send(&bob, "g", &format!("b{i}"), "hello").await;
-    }
-    let alice = api.user("alice").await;
-    let mut ws = Ws::connect(&server, &alice, "").await;
+    let (_server, mut ws) = catching_up_at_one_frame_a_second(600).await;
     for _ in 0..6 {
         ws.feed(json!({"type": "ping"})).await;
     }
