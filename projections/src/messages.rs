@@ -192,8 +192,9 @@ pub fn begins_expired(
 }
 
 /// The plan for a user's sync: messages after the delivered cursor in every channel of the
-/// user, oldest first per channel, channels in id order, at most `limit` in all. Returns the
-/// plan and whether more remain.
+/// user, oldest first per channel, channels in id order, at most `limit` in all, shared
+/// between the channels with messages to give ([`fair_shares`]). Returns the plan and whether
+/// more remain.
 ///
 /// A banned group's backlog is included: those messages were sent to its members before the
 /// ban, and a member may move their cursor past them (`permissions::can_move_cursor`).
@@ -226,8 +227,8 @@ pub fn plan_sync_from(
     expired_below: u64,
     after: impl Fn(&str, u64) -> u64,
 ) -> Result<(Vec<MessageRef>, bool)> {
-    let mut out = Vec::new();
-    let mut has_more = false;
+    // The channels with messages past where they start: (channel, from, last).
+    let mut pending: Vec<(&str, u64, u64)> = Vec::new();
     for channel in state.subs.channels_of(uid) {
         let last = state.heads.last_seq(channel);
         let cur = state.cursors.get(uid, channel);
@@ -236,14 +237,20 @@ pub fn plan_sync_from(
         if last <= floor {
             continue;
         }
-        let mut from = after(channel, floor).max(floor);
+        let from = after(channel, floor).max(floor);
         if last <= from {
             continue;
         }
-        let room = limit.saturating_sub(out.len()) as u64;
+        pending.push((channel, from, last));
+    }
+    let wants: Vec<u64> = pending.iter().map(|&(_, from, last)| last - from).collect();
+    let shares = fair_shares(&wants, limit as u64);
+    let mut out = Vec::new();
+    let mut has_more = false;
+    for (&(channel, mut from, last), room) in pending.iter().zip(shares) {
         if room == 0 {
             has_more = true;
-            break;
+            continue;
         }
         let mut hi = last.min(from + room);
         let mut part = plan_range(state, files, channel, from + 1, hi)?;
@@ -261,6 +268,34 @@ pub fn plan_sync_from(
         }
     }
     Ok((out, has_more))
+}
+
+/// How many seqs of a page of `room` each channel gets, wanting `wants` (in channel order):
+/// what it wants, or an equal share of what the channels wanting less left, whichever is less
+/// (max-min fair), the remainder of the division to the first channels still wanting. With
+/// more channels than room, the first channels in order get one each. Until 2026-12-03 a page
+/// went to the channels in id order, each drained before the next: a quiet channel sorted
+/// after a busy group got nothing until the group was drained, and a client that reconnected
+/// before then never saw it (found by a QA round).
+fn fair_shares(wants: &[u64], room: u64) -> Vec<u64> {
+    let n = wants.len();
+    // Smallest wants first; among equal ones, the later channels first, so that the shares
+    // an exact division leaves at 0 fall on them.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (wants[i], std::cmp::Reverse(i)));
+    let mut shares = vec![0; n];
+    let mut left = room;
+    for (k, &i) in order.iter().enumerate() {
+        let take = wants[i].min(left / (n - k) as u64);
+        shares[i] = take;
+        left -= take;
+    }
+    for (share, want) in shares.iter_mut().zip(wants) {
+        let more = (want - *share).min(left);
+        *share += more;
+        left -= more;
+    }
+    shares
 }
 
 /// One entry of a [`ChangesPlan`].
@@ -640,6 +675,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::{ChannelFlags, ProjectionConfig, Projections};
+
+    /// Max-min fair: each channel gets what it wants or an equal share of what is left; with
+    /// more channels than room, the first ones get one each; the remainder goes in order.
+    #[test]
+    fn a_page_is_shared_max_min_fair() {
+        assert_eq!(fair_shares(&[40, 3], 10), vec![7, 3]);
+        assert_eq!(fair_shares(&[3, 40], 10), vec![3, 7]);
+        assert_eq!(fair_shares(&[40, 40, 40], 10), vec![4, 3, 3]);
+        assert_eq!(fair_shares(&[1, 1, 1, 1], 2), vec![1, 1, 0, 0]);
+        assert_eq!(fair_shares(&[2, 5], 100), vec![2, 5]);
+        assert_eq!(fair_shares(&[100, 1, 100], 10), vec![5, 1, 4]);
+        assert_eq!(fair_shares(&[], 10), Vec::<u64>::new());
+        assert_eq!(fair_shares(&[5], 0), vec![0]);
+    }
 
     /// Projections in `dir` whose message index writes a sidecar every 3 entries: a channel's
     /// entries lie in several runs and in memory.

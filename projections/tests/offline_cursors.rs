@@ -337,8 +337,10 @@ async fn a_banned_groups_backlog_is_synced_and_does_not_block_the_rest() {
         },
     )
     .await;
+    // A page shared between the channels (since 2026-12-03): b2's one, and a1's first two.
     let (msgs, more) = w.sync("bob", 3).await;
-    assert_eq!(seqs(&msgs, "a1"), vec![1, 2, 3]);
+    assert_eq!(seqs(&msgs, "a1"), vec![1, 2]);
+    assert_eq!(seqs(&msgs, "b2"), vec![1]);
     assert!(more);
     assert!(tidings_projections::permissions::can_move_cursor(
         w.state(),
@@ -355,4 +357,44 @@ async fn a_banned_groups_backlog_is_synced_and_does_not_block_the_rest() {
     assert_eq!(seqs(&msgs, "a1"), Vec::<u64>::new());
     assert_eq!(seqs(&msgs, "b2"), vec![1]);
     assert!(!more);
+}
+
+/// A page goes to every channel with messages to give, not to the first in id order until it
+/// is drained: a quiet person channel sorted after a busy group (here "a-busy" with 40 and the
+/// person channel with 3, a page of 10) gets its messages in the first page, and the group
+/// the rest of the page. Until 2026-12-03 the group took the whole page, and a client that
+/// reconnected before the group was drained never saw the person channel (found by a QA
+/// round). Paged on, every message comes once, in order per channel.
+#[tokio::test]
+async fn a_page_goes_to_every_channel_with_messages() {
+    each(async |c, mut w, p| {
+        w.create("a-busy").await;
+        w.subscribe("a-busy", &["alice", "bob"]).await;
+        for i in 0..40 {
+            w.send("alice", "a-busy", &format!("busy-{i}"))
+                .await
+                .unwrap();
+        }
+        for i in 0..3 {
+            w.send("alice", &p, &format!("quiet-{i}")).await.unwrap();
+        }
+        let (msgs, more) = w.sync("bob", 10).await;
+        assert!(more, "{c:?}");
+        assert_eq!(seqs(&msgs, &p), vec![1, 2, 3], "{c:?}");
+        assert_eq!(seqs(&msgs, "a-busy"), (1..=7).collect::<Vec<_>>(), "{c:?}");
+        // Paged on (each page acknowledged): the rest of the group, once each, in order.
+        w.ack("bob", &p, Some(3), None).await;
+        let mut busy = seqs(&msgs, "a-busy");
+        loop {
+            w.ack("bob", "a-busy", busy.last().copied(), None).await;
+            let (msgs, more) = w.sync("bob", 10).await;
+            assert!(seqs(&msgs, &p).is_empty(), "{c:?}");
+            busy.extend(seqs(&msgs, "a-busy"));
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(busy, (1..=40).collect::<Vec<_>>(), "{c:?}");
+    })
+    .await;
 }
