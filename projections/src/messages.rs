@@ -193,7 +193,7 @@ pub fn begins_expired(
 
 /// The plan for a user's sync: messages after the delivered cursor in every channel of the
 /// user, oldest first per channel, channels in id order, at most `limit` in all, shared
-/// between the channels with messages to give ([`fair_shares`]). Returns the plan and whether
+/// between the channels with messages to give (`fair_shares`). Returns the plan and whether
 /// more remain.
 ///
 /// A banned group's backlog is included: those messages were sent to its members before the
