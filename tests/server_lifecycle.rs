@@ -517,6 +517,16 @@ async fn lost_or_damaged_sidecars_are_made_again_from_the_log() {
     assert_eq!(std::fs::read(path).unwrap(), *good);
     let sync = api.ok("GET", "/v1/sync?limit=100", &bob, None).await;
     assert_eq!(seqs(&sync), all);
+    // Counted once the repair returns, a moment after its file is in place (a loaded machine
+    // read 0 here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while common::metric(&server, "tidings_sidecars_repaired_total").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the repair was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         common::metric(&server, "tidings_sidecars_repaired_total").await,
         1
