@@ -192,9 +192,9 @@ pub fn begins_expired(
 }
 
 /// The plan for a user's sync: messages after the delivered cursor in every channel of the
-/// user, oldest first per channel, channels in id order, at most `limit` in all, shared
-/// between the channels with messages to give (`fair_shares`). Returns the plan and whether
-/// more remain.
+/// user, oldest first per channel, at most `limit` in all, shared between the channels with
+/// messages to give (`fair_shares`), the channels with the smaller shares first (then in id
+/// order). Returns the plan and whether more remain.
 ///
 /// A banned group's backlog is included: those messages were sent to its members before the
 /// ban, and a member may move their cursor past them (`permissions::can_move_cursor`).
@@ -245,9 +245,14 @@ pub fn plan_sync_from(
     }
     let wants: Vec<u64> = pending.iter().map(|&(_, from, last)| last - from).collect();
     let shares = fair_shares(&wants, limit as u64);
+    // The smaller shares first (then by channel id): a client that reads part of a page before
+    // it goes (a catch-up cut short) has the quiet channels' messages before a busy group's.
+    let mut order: Vec<usize> = (0..pending.len()).collect();
+    order.sort_by_key(|&i| (shares[i], i));
     let mut out = Vec::new();
     let mut has_more = false;
-    for (&(channel, mut from, last), room) in pending.iter().zip(shares) {
+    for i in order {
+        let ((channel, mut from, last), room) = (pending[i], shares[i]);
         if room == 0 {
             has_more = true;
             continue;

@@ -361,8 +361,8 @@ async fn a_banned_groups_backlog_is_synced_and_does_not_block_the_rest() {
 
 /// A page goes to every channel with messages to give, not to the first in id order until it
 /// is drained: a quiet person channel sorted after a busy group (here "a-busy" with 40 and the
-/// person channel with 3, a page of 10) gets its messages in the first page, and the group
-/// the rest of the page. Until 2026-12-03 the group took the whole page, and a client that
+/// person channel with 3, a page of 10) gets its messages in the first page, first, and the
+/// group the rest of the page. Until 2026-12-03 the group took the whole page, and a client that
 /// reconnected before the group was drained never saw the person channel (found by a QA
 /// round). Paged on, every message comes once, in order per channel.
 #[tokio::test]
@@ -382,6 +382,8 @@ async fn a_page_goes_to_every_channel_with_messages() {
         assert!(more, "{c:?}");
         assert_eq!(seqs(&msgs, &p), vec![1, 2, 3], "{c:?}");
         assert_eq!(seqs(&msgs, "a-busy"), (1..=7).collect::<Vec<_>>(), "{c:?}");
+        // The smaller share first: a client reading part of the page has the quiet channel.
+        assert!(msgs[..3].iter().all(|m| m.channel == p), "{c:?}");
         // Paged on (each page acknowledged): the rest of the group, once each, in order.
         w.ack("bob", &p, Some(3), None).await;
         let mut busy = seqs(&msgs, "a-busy");
