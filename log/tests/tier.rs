@@ -3456,6 +3456,25 @@ struct RewrittenDown {
     before: tidings_log::tier::manifest::RemoteSegment,
 }
 
+impl RewrittenDown {
+    /// Its directory opened again (node-a, as `uploaded_log` opens it; the earlier log closed).
+    async fn reopen(&self, s3s: &S3Server) -> Log {
+        let hour = Duration::from_secs(3600);
+        let t = tier_with(
+            s3s.store(),
+            &self.prefix,
+            "node-a",
+            self.cache.path(),
+            8300,
+            hour,
+        )
+        .await;
+        Log::open(&self.dir, log_opts(t).with_segment_bytes(4096))
+            .await
+            .unwrap()
+    }
+}
+
 async fn rewritten_with_the_store_down(s3s: &mut S3Server, name: &str) -> RewrittenDown {
     let prefix = unique_prefix(name);
     let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -3489,42 +3508,32 @@ async fn rewritten_with_the_store_down(s3s: &mut S3Server, name: &str) -> Rewrit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_marked_copy_is_rewritten_again_after_a_restart() {
     let mut s3s = S3Server::start();
-    let RewrittenDown {
-        log,
-        prefix,
-        dir,
-        cache,
-        _data,
-        copy,
-        before,
-    } = rewritten_with_the_store_down(&mut s3s, "remark").await;
+    let down = rewritten_with_the_store_down(&mut s3s, "remark").await;
+    let (dir, copy, before) = (&down.dir, &down.copy, &down.before);
     let (at, next) = (copy.base_offset, copy.base_offset + 1);
     s3s.spawn();
-    log.close().await.unwrap();
-    assert!(tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    down.log.close().await.unwrap();
+    assert!(tidings_log_reupload_marker(dir, copy.base_offset).exists());
     // Restarted (claimed at the open: the close released the prefix); no pass runs before
     // the store goes down again.
-    let hour = Duration::from_secs(3600);
-    let t = tier_with(s3s.store(), &prefix, "node-a", cache.path(), 8300, hour).await;
-    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
-        .await
-        .unwrap();
+    let log = down.reopen(&s3s).await;
     s3s.stop();
     let r = log
         .rewrite_sealed(copy.base_offset, BTreeMap::from([(next, hashes(next))]))
         .await;
     assert!(r.is_err(), "the re-upload fails: {r:?}");
     assert!(!log.tier().unwrap().status().diverged, "{r:?}");
-    assert!(tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    assert!(tidings_log_reupload_marker(dir, copy.base_offset).exists());
     assert_eq!(log.read(next, 1).await.unwrap()[0].payload, hashes(next));
     // The store back: the copy goes up, both records rewritten.
     s3s.spawn();
     log.upload_now().await.unwrap();
-    assert!(!tidings_log_reupload_marker(&dir, copy.base_offset).exists());
+    assert!(!tidings_log_reupload_marker(dir, copy.base_offset).exists());
     assert_ne!(entry_at(&log, copy.base_offset).await.crc32, before.crc32);
     log.close().await.unwrap();
     let (data_b, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let t = tier_with(s3s.store(), &prefix, "node-b", cache_b.path(), 0, hour).await;
+    let hour = Duration::from_secs(3600);
+    let t = tier_with(s3s.store(), &down.prefix, "node-b", cache_b.path(), 0, hour).await;
     let b = Log::open(data_b.path().join("log"), log_opts(t))
         .await
         .unwrap();
@@ -3632,17 +3641,10 @@ async fn a_damaged_local_copy_is_neither_rewritten_nor_uploaded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_rewritten_copy_stays_until_repaired() {
     let mut s3s = S3Server::start();
-    let RewrittenDown {
-        log,
-        prefix,
-        dir,
-        cache,
-        _data,
-        copy,
-        before,
-    } = rewritten_with_the_store_down(&mut s3s, "damaged-rewrite").await;
+    let down = rewritten_with_the_store_down(&mut s3s, "damaged-rewrite").await;
+    let (log, copy, before) = (&down.log, &down.copy, &down.before);
     let at = copy.base_offset;
-    let marker = tidings_log_reupload_marker(&dir, at);
+    let marker = tidings_log_reupload_marker(&down.dir, at);
     // Damage in the copy's last batch (not the rewritten record's).
     let mut bytes = std::fs::read(&copy.path).unwrap();
     let flip = bytes.len() - 3;
@@ -3651,26 +3653,22 @@ async fn a_damaged_rewritten_copy_stays_until_repaired() {
     s3s.spawn();
     log.upload_now().await.unwrap();
     assert!(marker.exists(), "the damaged copy keeps its marker");
-    assert_eq!(entry_at(&log, at).await, before);
+    assert_eq!(&entry_at(log, at).await, before);
     // Newer segments put the copy past the local retention (8,300 bytes): it stays.
     let next = log.next_offset();
-    append(&log, next, 200).await;
+    append(log, next, 200).await;
     log.roll().await.unwrap();
     log.upload_now().await.unwrap();
     assert!(copy.path.exists());
     assert!(marker.exists());
     assert_eq!(log.read(at, 1).await.unwrap()[0].payload, hashes(at));
-    assert_eq!(entry_at(&log, at).await, before);
+    assert_eq!(&entry_at(log, at).await, before);
     log.close().await.unwrap();
 
     // The repair: the copy and its marker removed; the store's copy is read, and rewritten.
     std::fs::remove_file(&copy.path).unwrap();
     std::fs::remove_file(&marker).unwrap();
-    let hour = Duration::from_secs(3600);
-    let t = tier_with(s3s.store(), &prefix, "node-a", cache.path(), 8300, hour).await;
-    let log = Log::open(&dir, log_opts(t).with_segment_bytes(4096))
-        .await
-        .unwrap();
+    let log = down.reopen(&s3s).await;
     assert_eq!(log.read(at, 1).await.unwrap()[0].payload, payload(at));
     log.rewrite_sealed(at, BTreeMap::from([(at, hashes(at))]))
         .await
