@@ -644,6 +644,10 @@ impl Log {
         let Some(slot) = &self.shared.read_only else {
             return Ok(self.watermark());
         };
+        // One look at a time, from scan to publish: two tails refreshing at once could
+        // otherwise publish the older look last and step the watermark (and the segment list)
+        // back under a reader that had already seen the newer one.
+        let slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.watermark();
         let segs = self.shared.segments.load_full();
         let (fresh, wm) =
@@ -656,7 +660,7 @@ impl Log {
         if !same {
             self.shared.segments.store(Arc::new(fresh));
         }
-        if let Some(tx) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(tx) = slot.as_ref() {
             tx.send_if_modified(|cur| {
                 let newer = *cur != wm;
                 *cur = wm;

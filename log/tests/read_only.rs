@@ -238,6 +238,53 @@ async fn reads_at_the_watermark_of_a_view_of_a_live_writer_never_fail() {
     log.close().await.unwrap();
 }
 
+/// Tails refreshing one view at once never step its watermark back: each look is published
+/// before the next one starts, so an older look cannot land after a newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_at_once_never_step_the_watermark_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), damage_opts()).await.unwrap();
+    let view = Log::open(dir.path(), damage_opts().with_read_only(true))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let refreshers: Vec<_> = (0..3)
+        .map(|_| {
+            let (view, stop) = (view.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    view.refresh().unwrap();
+                }
+            })
+        })
+        .collect();
+    let watcher = std::thread::spawn({
+        let (view, stop) = (view.clone(), stop.clone());
+        move || {
+            let (mut seen, mut back) = (0u64, 0u64);
+            while !stop.load(Ordering::Acquire) {
+                let now = view.watermark().next_offset;
+                if now < seen {
+                    back += 1;
+                }
+                seen = seen.max(now);
+            }
+            back
+        }
+    });
+    for i in 0..2000 {
+        log.append_one(payload(i, 100)).await.unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    for r in refreshers {
+        r.join().unwrap();
+    }
+    assert_eq!(watcher.join().unwrap(), 0, "the watermark stepped back");
+    assert_eq!(view.refresh().unwrap().next_offset, 2000);
+    view.close().await.unwrap();
+    log.close().await.unwrap();
+}
+
 /// Removes the `.log` file of the segment at `base`, as tiering's retention does (it keeps
 /// the index files).
 fn remove_segment(dir: &Path, base: u64) {
