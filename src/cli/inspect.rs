@@ -246,8 +246,9 @@ fn log_file_kind(name: &str) -> Option<&'static str> {
         Some(
             "a purge of a segment held only in the object store, in progress or cut short (the server's uploader finishes or removes it)",
         )
-    } else if name.ends_with(".log") && !seg("") {
-        Some("not named {base:020}.log: not part of the log (ignored)")
+    } else if name.ends_with(".log") && !super::is_segment_name(name) {
+        // The log's own rule: a base past 2^63 is not a segment either.
+        Some("not named {base:020}.log (base below 2^63): not part of the log (ignored)")
     } else {
         None
     }
@@ -273,5 +274,26 @@ fn snapshot_file_kind(name: &str) -> Option<&'static str> {
         )
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_file_kind;
+
+    #[test]
+    fn a_log_file_the_log_ignores_is_named_as_such() {
+        assert_eq!(log_file_kind("00000000000000000000.log"), None);
+        assert_eq!(log_file_kind("09223372036854775807.log"), None);
+        for ignored in [
+            "notes.log",
+            "0.log",
+            "09223372036854775808.log",
+            "99999999999999999999.log",
+        ] {
+            let what = log_file_kind(ignored).unwrap_or_default();
+            assert!(what.contains("not part of the log"), "{ignored}: {what}");
+        }
+        assert!(log_file_kind("00000000000000000000.log.rewrite").is_some());
     }
 }
