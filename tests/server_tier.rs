@@ -199,6 +199,28 @@ async fn upload_now_from_the_cli_while_the_server_runs_leaves_it_owning_the_pref
     server.stop();
 }
 
+/// `tidings tier upload-now` on a directory without a log (a mistyped `--data`) is refused
+/// and makes nothing there: before, it made the directory, its lock and node id, and the
+/// log's first segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_now_on_a_directory_without_a_log_makes_nothing() {
+    let (_bucket, args) = file_bucket();
+    let parent = tempfile::tempdir().unwrap();
+    let mistyped = parent.path().join("dta");
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["tier", "upload-now", "--data"])
+        .arg(&mistyped)
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no log segments"),
+        "{err}"
+    );
+    assert!(!mistyped.exists(), "the mistyped directory was made");
+}
+
 /// A second `tidings serve` on a running server's data directory is refused by the
 /// directory's lock before it opens anything: before, it opened the block cache the running
 /// server was using (and would have restored a snapshot) and only then met the log's lock.

@@ -280,10 +280,14 @@ pub(crate) fn local_manifest(dir: &Path) -> anyhow::Result<Option<Manifest>> {
 
 async fn upload_now(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.resolve()?;
+    let data = DataDir::new(&config.data);
+    // Nothing is made for a directory without a log (a mistyped `--data`): its lock, its
+    // node id and the log's first segment would have been, and a server started there later
+    // would take the new empty log for a history of its own.
+    super::ensure_segments(&data, "upload")?;
     // It opens the block cache as the server does: the same limit, the same check.
     let open_files = crate::server::accept::raise_open_files_limit();
     crate::server::check_cache_files(&config, open_files)?;
-    let data = DataDir::new(&config.data);
     // The directory's lock before the tier: opening the tier opens the block cache the
     // running server uses.
     let Some(_dir_lock) = data.try_lock()? else {
