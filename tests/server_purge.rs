@@ -262,6 +262,61 @@ async fn the_server_purges_recalled_payloads_from_sealed_segments() {
     assert_eq!(again["duplicate"], true, "{again}");
 }
 
+/// A pass whose share of records is one record (`compaction.purge_share_bytes = 1`) reads,
+/// plans and rewrites one target at a time, several in one segment: every recalled payload
+/// goes, every kept one stays, and the watermark moves past every recall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_purges_share_by_share() {
+    let mut args = ARGS.to_vec();
+    args.extend(["--compaction-purge-share-bytes", "1"]);
+    let server = Server::start(&args);
+    let api = Api::new(&server);
+    api.group("g", &["alice", "bob"]).await;
+    api.group("f", &["alice"]).await;
+    let alice = api.user("alice").await;
+    let markers: Vec<String> = (0..6).map(|i| format!("SHARED-OUT-{i}-p3Kw")).collect();
+    let mut last = 0;
+    for (i, marker) in markers.iter().enumerate() {
+        api.send(&alice, "g", &format!("k{i}"), KEPT[i % 2]).await;
+        let sent = api.send(&alice, "g", &format!("r{i}"), marker).await;
+        last = sent_offset(&sent);
+    }
+    for seq in (2..=12).step_by(2) {
+        api.ok(
+            "DELETE",
+            &format!("/v1/channels/g/messages/{seq}"),
+            &alice,
+            None,
+        )
+        .await;
+    }
+    seal_past(&api, &server, &alice, last).await;
+    let refs: Vec<&str> = markers.iter().map(String::as_str).collect();
+    wait_for_purge(&server, &refs, 6).await;
+    for marker in KEPT {
+        assert!(
+            !segments_holding(&server.data, marker).is_empty(),
+            "{marker}"
+        );
+    }
+    assert_eq!(metric(&server, "tidings_purge_failures_total").await, 0);
+    // Past the six recalls, written after the last send.
+    let watermark = || {
+        let kept = std::fs::read_to_string(server.data.join("projections/purge-watermark")).ok()?;
+        kept.split_whitespace().next()?.parse::<u64>().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while watermark().is_none_or(|w| w < last + 6) {
+        assert!(
+            Instant::now() < deadline,
+            "watermark {:?}, last send {last}",
+            watermark()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop();
+}
+
 /// A message edited twice and then recalled has its send and both its edits purged (until
 /// 2026-11-30 the earlier edit's payload stayed: the projections kept the latest edit's offset
 /// only), while another message edited twice keeps all three records and is read with its

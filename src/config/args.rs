@@ -123,6 +123,10 @@ pub(crate) struct ServeArgs {
     /// sealed segments (0: off; with a tier, the object store's copies too). Default: 3600.
     #[arg(long, env = "TIDINGS_COMPACTION_PURGE_INTERVAL_SECS")]
     pub(super) compaction_purge_interval_secs: Option<u64>,
+    /// The bytes of recalled records a purge pass reads before it rewrites them and reads on
+    /// (it holds them twice meanwhile; 0 is taken as 1). Default: 33554432 (32 MiB).
+    #[arg(long, env = "TIDINGS_COMPACTION_PURGE_SHARE_BYTES")]
+    pub(super) compaction_purge_share_bytes: Option<usize>,
     /// Remove sealed log segments whose every record is older than this many seconds, once
     /// snapshots cover them (with a tier, from the object store too). Default: none (kept for
     /// ever).
@@ -381,6 +385,10 @@ impl ServeArgs {
                 .compaction_purge_interval_secs
                 .or(file.compaction.purge_interval_secs)
                 .unwrap_or(d.compaction_purge_interval_secs),
+            compaction_purge_share_bytes: self
+                .compaction_purge_share_bytes
+                .or(file.compaction.purge_share_bytes)
+                .unwrap_or(d.compaction_purge_share_bytes),
             compaction_retention_secs: self
                 .compaction_retention_secs
                 .or(file.compaction.retention_secs),

@@ -125,6 +125,7 @@ pub(super) struct ShutdownSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct CompactionSection {
     pub(super) purge_interval_secs: Option<u64>,
+    pub(super) purge_share_bytes: Option<usize>,
     pub(super) retention_secs: Option<u64>,
     pub(super) retention_bytes: Option<u64>,
     pub(super) retention_interval_secs: Option<u64>,

@@ -69,6 +69,9 @@ pub(crate) struct Config {
     /// Seconds between passes of the background purge of recalled messages' payloads (0:
     /// off; with a tier, the object store's copies too).
     pub(crate) compaction_purge_interval_secs: u64,
+    /// The bytes of recalled records a purge pass reads before it rewrites them and reads on
+    /// (0 is taken as 1). `server/purger.rs`.
+    pub(crate) compaction_purge_share_bytes: usize,
     /// Sealed segments whose every record is older than this are removed once snapshots
     /// cover them (`None`: kept for ever; with a tier, from the object store too).
     /// `server/retention.rs`.
@@ -157,6 +160,7 @@ impl Default for Config {
             trace_sample_every: 100,
             shutdown_grace_secs: 10,
             compaction_purge_interval_secs: 3600,
+            compaction_purge_share_bytes: 32 << 20,
             compaction_retention_secs: None,
             compaction_retention_bytes: None,
             compaction_retention_interval_secs: 60,

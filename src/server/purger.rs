@@ -112,18 +112,9 @@ pub(crate) async fn run(state: Arc<AppState>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         state.metrics.purge_passes.inc();
-        match pass(&state, watermark, &stop).await {
-            Ok(Some(next)) => {
-                if next != watermark
-                    && let Some(w) = next
-                    && let Err(e) = store_watermark(&state, w).await
-                {
-                    let why = format!("{e:#}");
-                    tracing::warn!(error = %why, "could not keep the purge's watermark (the first pass after a restart considers every recall again)");
-                }
-                watermark = next;
-            }
-            Ok(None) => return,
+        match pass(&state, &mut watermark, &stop).await {
+            Ok(true) => {}
+            Ok(false) => return,
             Err(e) => {
                 state.metrics.purge_failures.inc();
                 let why = format!("{e:#}");
@@ -158,11 +149,17 @@ async fn load_watermark(state: &AppState) -> Watermark {
     let mut fields = text.split_whitespace();
     let offset = fields.next().and_then(|f| f.parse::<u64>().ok());
     let anchor = fields.next().and_then(|f| u32::from_str_radix(f, 16).ok());
-    let (Some(offset), Some(anchor)) = (offset, anchor) else {
+    // The anchor's record: the watermark's own, or the recall just after it (`store_watermark`).
+    let at = match fields.next().map(str::parse::<u64>) {
+        None => offset,
+        Some(Ok(at)) if Some(at) == offset.and_then(|o| o.checked_add(1)) => Some(at),
+        Some(_) => None,
+    };
+    let (Some(offset), Some(anchor), Some(at)) = (offset, anchor, at) else {
         tracing::warn!(file = %path.display(), "the purge's watermark does not parse: every recall is considered again");
         return None;
     };
-    match snapshot::anchor_at(&state.log, offset).await {
+    match snapshot::anchor_at(&state.log, at).await {
         Ok(Some(found)) if found == anchor => Some(offset),
         _ => {
             tracing::info!(file = %path.display(), offset, "the purge's watermark is not this log's (the record there differs, or the log does not hold it): every recall is considered again");
@@ -171,15 +168,37 @@ async fn load_watermark(state: &AppState) -> Watermark {
     }
 }
 
-/// Keeps `w` for the next start (module doc), with the anchor of the record there. The record
-/// may be one a later pass purges (a send just before its recall): its anchor then no longer
-/// matches, and the next start's first pass considers every recall again — slower, not wrong.
-async fn store_watermark(state: &AppState, w: u64) -> anyhow::Result<()> {
-    let Some(anchor) = snapshot::anchor_at(&state.log, w).await? else {
+/// Moves `current` to `next`, kept for the next start when it changed ([`store_watermark`]).
+/// `left`: `next` stops just below a recall whose target was left for a later pass.
+async fn advance(state: &AppState, current: &mut Watermark, next: Watermark, left: bool) {
+    if next != *current
+        && let Some(w) = next
+        && let Err(e) = store_watermark(state, w, left).await
+    {
+        let why = format!("{e:#}");
+        tracing::warn!(error = %why, "could not keep the purge's watermark (the first pass after a restart considers every recall again)");
+    }
+    *current = next;
+}
+
+/// Keeps `w` for the next start (module doc), with the anchor of a record a purge never
+/// rewrites where it can: a watermark that stops below a recall whose target was left (`left`)
+/// is anchored to that recall, at `w + 1`, written `w anchor w+1`. Anchored to the record at
+/// `w` instead, it was most often the left send itself, which the next pass purges: its anchor
+/// no longer matched, and every later start's first pass considered every recall ever again
+/// (review, 2026-12-03). Otherwise the record at `w` (the last applied): a send recalled
+/// later may still be purged under it — slower at the next start, not wrong.
+async fn store_watermark(state: &AppState, w: u64, left: bool) -> anyhow::Result<()> {
+    let at = if left { w.saturating_add(1) } else { w };
+    let Some(anchor) = snapshot::anchor_at(&state.log, at).await? else {
         return Ok(());
     };
     let path = watermark_path(state);
-    let bytes = format!("{w} {anchor:08x}\n");
+    let bytes = if left {
+        format!("{w} {anchor:08x} {at}\n")
+    } else {
+        format!("{w} {anchor:08x}\n")
+    };
     tokio::task::spawn_blocking(move || crate::data::write_durably(&path, bytes.as_bytes(), 0o644))
         .await??;
     Ok(())
@@ -225,18 +244,19 @@ struct Found {
     snapshots: std::path::PathBuf,
 }
 
-/// One pass (module doc): the watermark to keep, or `None` when `stop` ended it midway.
+/// One pass (module doc), moving `kept` (the watermark) as it goes: false when `stop` ended
+/// it midway.
 async fn pass(
     state: &Arc<AppState>,
-    watermark: Watermark,
+    kept: &mut Watermark,
     stop: &CancellationToken,
-) -> anyhow::Result<Option<Watermark>> {
+) -> anyhow::Result<bool> {
     // A tiered log that does not hold the store's prefix (a restart waiting out the lease of
     // the process before it) rewrites nothing: the pass waits for the claim, not counted as
     // failed (each one was, every interval, after every crash until 2026-12-03).
     if state.log.tier().is_some_and(|t| !t.is_claimed()) {
         tracing::debug!("the background purge waits for the object store's prefix to be claimed");
-        return Ok(Some(watermark));
+        return Ok(true);
     }
     // 1. Under the lock: what to look at.
     let found = {
@@ -244,10 +264,10 @@ async fn pass(
         // Read under the lock the applier sets it under: its state may hold part of the record
         // it stopped at.
         if state.applier_failed.load(Ordering::Acquire) {
-            return Ok(Some(watermark));
+            return Ok(true);
         }
         let Some(applied) = p.state.applied else {
-            return Ok(Some(watermark));
+            return Ok(true);
         };
         let channels: Vec<ChannelId> = p.state.heads.recalled.keys().cloned().collect();
         let found = Found {
@@ -262,7 +282,7 @@ async fn pass(
     // store holds; none while it holds nothing.
     let through = match state.log.tier().map(|t| t.manifest().end()) {
         None => found.0.applied,
-        Some(0) => return Ok(Some(watermark)),
+        Some(0) => return Ok(true),
         Some(end) => found.0.applied.min(end - 1),
     };
     // The recalls, a few channels per hold of the lock: the applier (which needs the write lock,
@@ -272,7 +292,7 @@ async fn pass(
     let (mut found, channels) = found;
     // A recall below the log's start is gone with the send and edits it recalled (all before
     // it): taken as done, not looked up in the index to be dropped later.
-    let watermark = match (watermark, state.log.start_offset().checked_sub(1)) {
+    let watermark = match (*kept, state.log.start_offset().checked_sub(1)) {
         (Some(w), Some(below)) => Some(w.max(below)),
         (w, below) => w.or(below),
     };
@@ -290,7 +310,8 @@ async fn pass(
     // holds) stays.
     let through_all = Some(watermark.map_or(through, |w| w.max(through)));
     if found.recalled.is_empty() {
-        return Ok(Some(through_all));
+        advance(state, kept, through_all, false).await;
+        return Ok(true);
     }
     let Found {
         applied,
@@ -316,14 +337,73 @@ async fn pass(
                 .filter_map(|n| n.strip_suffix(".snap")?.parse::<u64>().ok()),
         );
     }
-    // 3. The records, read, and the plan.
+    // 3. Where each target is (the message index; no record read yet), in log order.
     let (log, halt) = (state.log.clone(), stop.clone());
-    let read = tokio::task::spawn_blocking(move || read_targets(&log, &files, recalled, &halt));
-    let Some((targets, records)) = read.await?? else {
-        return Ok(None);
+    let located =
+        tokio::task::spawn_blocking(move || locate_targets(&log, &files, recalled, &halt));
+    let Some(mut rest) = located.await?? else {
+        return Ok(false);
     };
+    rest.sort_by_key(|t| t.offset);
+    // 4. A share of the targets at a time, in log order (module doc, "A bounded pass"): read,
+    // planned and rewritten before the next is read. A segment is rewritten once per share
+    // that holds some of its targets (most often once).
+    let mut left = Vec::new();
+    let mut failed = false;
+    let budget = state.config.compaction_purge_share_bytes.max(1);
+    while !rest.is_empty() {
+        let (log, halt) = (state.log.clone(), stop.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let share = read_share(&log, &rest, &halt, budget);
+            (rest, share)
+        });
+        let (mut all, share) = read.await?;
+        let Some((taken, records, gone)) = share? else {
+            return Ok(false);
+        };
+        rest = all.split_off(taken);
+        all.retain(|t| !gone.contains(&t.offset));
+        let Some(done) = purge_share(state, &all, records, &protected, stop).await? else {
+            return Ok(false);
+        };
+        left.extend(done.left);
+        failed |= done.failed;
+    }
+    if failed {
+        state.metrics.purge_failures.inc();
+    }
+    // The watermark: `through`, or just below the earliest recall whose target was left.
+    let next = match left.iter().map(|t| t.recall).min() {
+        None => Some(through),
+        Some(recall) => recall.checked_sub(1).map(|w| w.min(through)),
+    };
+    let next = next.map(|w| watermark.map_or(w, |old| old.max(w)));
+    advance(state, kept, next, !left.is_empty()).await;
+    Ok(true)
+}
+
+/// What a share of a pass left behind.
+struct ShareDone {
+    /// The targets left for a later pass (in the active segment, at a protected offset, or in
+    /// a segment whose rewrite failed and is retried).
+    left: Vec<Target>,
+    /// Whether a rewrite failed.
+    failed: bool,
+}
+
+/// Plans and rewrites one share of a pass's targets (`records`: those read, by offset):
+/// `None` when `stop` ended it midway.
+async fn purge_share(
+    state: &Arc<AppState>,
+    targets: &[Target],
+    records: BTreeMap<u64, Bytes>,
+    protected: &BTreeSet<u64>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<ShareDone>> {
     let sealed = state.log.sealed_segments();
-    let mut plan = plan_online_purge(&targets, &records, &sealed, &protected);
+    let mut plan = plan_online_purge(targets, &records, &sealed, protected);
+    // Planned: the records as read are no longer needed.
+    drop(records);
     for (target, why) in &plan.skipped {
         tracing::warn!(
             channel = %target.channel,
@@ -383,12 +463,8 @@ async fn pass(
             .filter(|t| retried.contains(&t.offset))
             .cloned(),
     );
-    let next = plan
-        .next_watermark(through)
-        .map(|w| watermark.map_or(w, |old| old.max(w)));
     let left = plan.left.len();
     if failed > 0 {
-        state.metrics.purge_failures.inc();
         tracing::warn!(
             failed,
             segments,
@@ -405,7 +481,10 @@ async fn pass(
             "purged recalled messages' payloads from sealed segments (those left are in the active segment, or a snapshot ends at them: a later pass purges them)"
         );
     }
-    Ok(Some(next))
+    Ok(Some(ShareDone {
+        left: plan.left,
+        failed: failed > 0,
+    }))
 }
 
 /// Every message of `channels` in `heads.recalled` whose recall (its entry in
@@ -448,19 +527,19 @@ fn recalled_since(
 /// Channels whose recalls a pass collects per hold of the projections' read lock.
 const RECALL_CHANNELS_PER_LOCK: usize = 64;
 
-/// The targets of a pass and the records at their offsets, by offset.
-type TargetsRead = (Vec<Target>, BTreeMap<u64, Bytes>);
+/// What a share read: how many targets it took, the records (by offset), and the offsets found
+/// below the log's start (gone).
+type ShareRead = (usize, BTreeMap<u64, Bytes>, BTreeSet<u64>);
 
 /// The targets of `recalled` (each message's send, found through the message index, and every
-/// edit of it) and the records at their offsets (blocking: sidecar and log reads), less the
-/// targets below the log's first offset, gone already (module doc); `None` when `stop` came
-/// first (a first pass may read many).
-fn read_targets(
+/// edit of it), less those below the log's first offset, gone already (module doc); `None`
+/// when `stop` came first (blocking: sidecar reads).
+fn locate_targets(
     log: &Log,
     files: &IndexFiles,
     recalled: Vec<Recalled>,
     stop: &CancellationToken,
-) -> anyhow::Result<Option<TargetsRead>> {
+) -> anyhow::Result<Option<Vec<Target>>> {
     let mut targets = Vec::with_capacity(recalled.len());
     for r in recalled {
         if stop.is_cancelled() {
@@ -504,15 +583,35 @@ fn read_targets(
     // while the pass reads.
     let start = log.start_offset();
     targets.retain(|t| t.offset >= start);
+    Ok(Some(targets))
+}
+
+/// Reads the records of `targets` (in offset order) from the first, until those read hold
+/// `budget` bytes (at least one record): how many targets it took, with what it read; `None`
+/// when `stop` came first (blocking: log reads).
+fn read_share(
+    log: &Log,
+    targets: &[Target],
+    stop: &CancellationToken,
+    budget: usize,
+) -> anyhow::Result<Option<ShareRead>> {
     let mut gone = BTreeSet::new();
     let mut records = BTreeMap::new();
-    for t in &targets {
+    let mut bytes = 0;
+    let mut taken = 0;
+    for t in targets {
         if stop.is_cancelled() {
             return Ok(None);
         }
-        if records.contains_key(&t.offset) {
+        // Targets at one offset (none in practice) stay in one share.
+        if records.contains_key(&t.offset) || gone.contains(&t.offset) {
+            taken += 1;
             continue;
         }
+        if bytes >= budget {
+            break;
+        }
+        taken += 1;
         let read = match log.read_blocking(t.offset, 0) {
             Ok(read) => read,
             // The log closed under the pass (a stop): the pass ends.
@@ -541,11 +640,11 @@ fn read_targets(
         if let Some(record) = read.into_iter().find(|rec| rec.offset == t.offset) {
             // Copied: the record's bytes are a slice of the read's buffer (64 KiB or more),
             // which the plan would otherwise keep alive for every target.
+            bytes += record.payload.len();
             records.insert(t.offset, Bytes::copy_from_slice(&record.payload));
         }
     }
-    targets.retain(|t| !gone.contains(&t.offset));
-    Ok(Some((targets, records)))
+    Ok(Some((taken, records, gone)))
 }
 
 /// Whether `e` (or an error under it) is a failure of the moment rather than of the file: out
@@ -753,11 +852,68 @@ mod tests {
         ];
         let files = IndexFiles::open(&dir.path().join("index"), 1 << 20).unwrap();
         let (reader, stop) = (log.clone(), CancellationToken::new());
-        let read = tokio::task::spawn_blocking(move || read_targets(&reader, &files, found, &stop));
-        let (targets, records) = read.await.unwrap().unwrap().unwrap();
+        let read = tokio::task::spawn_blocking(move || {
+            let targets = locate_targets(&reader, &files, found, &stop)
+                .unwrap()
+                .unwrap();
+            let share = read_share(&reader, &targets, &stop, usize::MAX);
+            (targets, share.unwrap().unwrap())
+        });
+        let (targets, (taken, records, gone)) = read.await.unwrap();
         let at: Vec<u64> = targets.iter().map(|t| t.offset).collect();
         assert_eq!(at, [last]);
+        assert_eq!(taken, 1);
         assert_eq!(records.keys().copied().collect::<Vec<_>>(), [last]);
+        assert!(gone.is_empty());
+        log.close().await.unwrap();
+    }
+
+    /// A share reads records until they hold its budget (at least one), and the next share
+    /// goes on from the first target it did not take: a pass never holds more than about a
+    /// budget of records (before, it read every target before it rewrote anything).
+    #[tokio::test]
+    async fn a_share_reads_up_to_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), LogOptions::default()).await.unwrap();
+        let mut offsets = Vec::new();
+        for seq in 1..=10 {
+            offsets.push(
+                log.append_one(Envelope::new(1_000, sent(seq)).encode())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let size = log.read(0, 0).await.unwrap()[0].payload.len();
+        let targets: Vec<Target> = offsets
+            .iter()
+            .map(|&offset| Target {
+                channel: "g".into(),
+                seq: offset + 1,
+                kind: TargetKind::Send,
+                offset,
+                recall: 100,
+            })
+            .collect();
+        let (reader, stop) = (log.clone(), CancellationToken::new());
+        let shares = tokio::task::spawn_blocking(move || {
+            let mut shares = Vec::new();
+            let mut rest = &targets[..];
+            while !rest.is_empty() {
+                let (taken, records, _) =
+                    read_share(&reader, rest, &stop, 3 * size).unwrap().unwrap();
+                shares.push(records.keys().copied().collect::<Vec<_>>());
+                rest = &rest[taken..];
+            }
+            // A budget below one record still reads one.
+            let (taken, ..) = read_share(&reader, &targets, &stop, 1).unwrap().unwrap();
+            (shares, taken)
+        });
+        let (shares, taken) = shares.await.unwrap();
+        assert_eq!(
+            shares,
+            [vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8], vec![9]]
+        );
+        assert_eq!(taken, 1);
         log.close().await.unwrap();
     }
 
