@@ -56,6 +56,17 @@ pub enum CorruptKind {
         /// What did not add up.
         detail: &'static str,
     },
+    /// A damaged last batch of a tail written under `fsync = always` where the records it
+    /// should hold were acknowledged (`LogOptions::with_acknowledged_through`): not a torn tail.
+    #[error(
+        "{damage}, where acknowledged records were (through offset {acknowledged_through}, written under fsync always)"
+    )]
+    AcknowledgedDamage {
+        /// The offset through which records were acknowledged.
+        acknowledged_through: u64,
+        /// What was found.
+        damage: Box<CorruptKind>,
+    },
     /// Valid batches follow a damaged one: not a torn tail.
     #[error("valid batches follow a damaged one ({valid_after} bytes from position {resume_at})")]
     DamageBeforeValidData {

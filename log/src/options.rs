@@ -79,6 +79,7 @@ pub struct LogOptions {
     pub(crate) queue_depth: usize,
     pub(crate) max_queued_bytes: usize,
     pub(crate) recovery: RecoveryMode,
+    pub(crate) acknowledged_through: Option<u64>,
     pub(crate) read_only: bool,
     pub(crate) tier: Option<crate::tier::Tier>,
     pub(crate) vfs: Arc<dyn Vfs>,
@@ -97,6 +98,7 @@ impl Default for LogOptions {
             queue_depth: 8192,
             max_queued_bytes: 64 << 20,
             recovery: RecoveryMode::Strict,
+            acknowledged_through: None,
             read_only: false,
             tier: None,
             vfs: Arc::new(StdFs),
@@ -159,6 +161,18 @@ impl LogOptions {
     /// What open does with damage followed by valid data. Default: `RecoveryMode::Strict`.
     pub fn with_recovery(mut self, recovery: RecoveryMode) -> Self {
         self.recovery = recovery;
+        self
+    }
+    /// The offset through which the opener knows records were acknowledged (the server: the
+    /// newest snapshot's, whose state applied them). Under `RecoveryMode::Strict`, a writable
+    /// open refuses to cut a damaged batch at or below it from a tail written under `always`
+    /// (`CorruptKind::AcknowledgedDamage`): an acknowledged batch was synced before it was
+    /// acknowledged, so it is damage there — a flipped bit, a bad sector — not a write a crash
+    /// cut short, and the bytes stay for an operator to mend. A tail written under
+    /// `every`/`never` is cut as before (a power cut takes acknowledged writes there).
+    /// Default: none.
+    pub fn with_acknowledged_through(mut self, offset: Option<u64>) -> Self {
+        self.acknowledged_through = offset;
         self
     }
     /// Opens a read-only view: no lock (another process may be writing), nothing on disk is

@@ -222,6 +222,24 @@ pub(crate) fn recover_active(
             batch_len: 0,
             available: file_len - good_end,
         });
+        // Acknowledged records under `always`: synced before they were acknowledged, so this
+        // is damage, never a torn write (`LogOptions::with_acknowledged_through`). The bytes
+        // stay: only an operator knows whether a good copy exists.
+        if let Some(through) = opts.acknowledged_through
+            && through >= next_offset
+            && opts.recovery == RecoveryMode::Strict
+            && unsynced_from.is_none()
+        {
+            return Err(LogError::Corrupt {
+                path: paths.log.clone(),
+                position: good_end,
+                expected_offset: next_offset,
+                kind: CorruptKind::AcknowledgedDamage {
+                    acknowledged_through: through,
+                    damage: Box::new(kind),
+                },
+            });
+        }
         let resume =
             resume_after_damage(file.as_ref(), &paths.log, good_end, next_offset, file_len)?;
         let refused = refuses_damage(opts.recovery, unsynced_from, good_end);

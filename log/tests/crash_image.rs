@@ -185,6 +185,71 @@ async fn damage_followed_by_valid_batches_is_refused_unless_truncation_is_allowe
     log.close().await.unwrap();
 }
 
+/// A damaged last batch whose records the opener knows were acknowledged
+/// (`with_acknowledged_through`), in a tail written under `always`, is damage, not a torn
+/// write: strict recovery refuses the open and leaves the file as it was. A batch past that
+/// offset is cut as a torn tail, as is the same batch under `RecoveryMode::Truncate`, and in a
+/// tail written under `every` (a power cut takes acknowledged writes there).
+#[tokio::test]
+async fn a_damaged_last_batch_of_acknowledged_records_is_refused_under_always() {
+    let (fs, payloads) = written_log(10).await;
+    let mut bytes = fs.read_file(&seg0()).unwrap();
+    let starts = batch_starts(&bytes);
+    bytes[starts[9] + 45] ^= 0x01; // a payload byte of the last batch (offset 9)
+    fs.write_file(&seg0(), bytes.clone());
+    match Log::open(sim_dir(), opts(&fs).with_acknowledged_through(Some(9))).await {
+        Err(LogError::Corrupt {
+            path,
+            position,
+            expected_offset: 9,
+            kind:
+                CorruptKind::AcknowledgedDamage {
+                    acknowledged_through: 9,
+                    damage,
+                },
+        }) => {
+            assert_eq!((path, position), (seg0(), starts[9] as u64));
+            assert!(
+                matches!(*damage, CorruptKind::ChecksumMismatch { .. }),
+                "{damage:?}"
+            );
+        }
+        other => panic!("must refuse: {other:?}"),
+    }
+    assert_eq!(fs.read_file(&seg0()).unwrap(), bytes, "nothing was cut");
+    for o in [
+        opts(&fs)
+            .with_acknowledged_through(Some(9))
+            .with_recovery(RecoveryMode::Truncate),
+        opts(&fs).with_acknowledged_through(Some(8)),
+    ] {
+        let copy = fs.fork();
+        let log = Log::open(sim_dir(), o.with_vfs(Arc::new(copy.clone())))
+            .await
+            .unwrap();
+        assert_eq!(log.next_offset(), 9);
+        log.close().await.unwrap();
+    }
+
+    // The same damage in a tail written under `every`: cut.
+    let fs = SimFs::new();
+    let every = || opts(&fs).with_fsync(FsyncPolicy::Every(std::time::Duration::from_millis(5)));
+    let log = Log::open(sim_dir(), every()).await.unwrap();
+    for p in &payloads {
+        log.append_one(p.clone()).await.unwrap();
+    }
+    log.close().await.unwrap();
+    let mut bytes = fs.read_file(&seg0()).unwrap();
+    let last = batch_starts(&bytes)[9];
+    bytes[last + 45] ^= 0x01;
+    fs.write_file(&seg0(), bytes);
+    let log = Log::open(sim_dir(), opts(&fs).with_acknowledged_through(Some(9)))
+        .await
+        .unwrap();
+    assert_eq!(log.next_offset(), 9);
+    log.close().await.unwrap();
+}
+
 /// Runs concurrent appenders until the log fails, then power-cuts the disk; returns the
 /// acknowledged records and the errors seen (with the records they refused).
 async fn append_until_failure(

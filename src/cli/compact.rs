@@ -204,6 +204,7 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
     };
     // Snapshots past the log's end go aside as at the server's start (the run removes them
     // with every other snapshot file).
+    crate::server::refuse_lost_acknowledged(data, log, end)?;
     crate::server::set_aside_snapshots_ahead_of(data, end)?;
     // Shaped like the newest snapshot, as `rebuild` without settings: the fresh snapshot must
     // load at the server's next start.

@@ -177,19 +177,21 @@ pub(crate) async fn open_read_only(data: &DataDir) -> anyhow::Result<Log> {
         .map_err(|e| anyhow::anyhow!("opening the log in {}: {e}", path.display()))
 }
 
-/// Opens the log for writing (the server must be stopped).
+/// Opens the log for writing (the server must be stopped). Like the server, it refuses to cut
+/// a damaged last batch whose records a snapshot says were acknowledged
+/// ([`crate::server::acknowledged_through`]): a `rebuild` or `compact` must not do what a
+/// start refuses.
 pub(crate) async fn open_exclusive(data: &DataDir) -> anyhow::Result<Log> {
     let path = data.log();
-    match Log::open(&path, LogOptions::default()).await {
+    let opts =
+        LogOptions::default().with_acknowledged_through(crate::server::acknowledged_through(data)?);
+    match Log::open(&path, opts).await {
         Ok(log) => Ok(log),
         Err(LogError::Locked { .. }) => anyhow::bail!(
             "the log in {} is in use: stop the server first",
             path.display()
         ),
-        Err(e) => Err(anyhow::anyhow!(
-            "opening the log in {}: {e}",
-            path.display()
-        )),
+        Err(e) => Err(crate::server::log_open_refused(e, data)),
     }
 }
 

@@ -48,7 +48,8 @@ mod ws;
 
 use open::open_state;
 pub(crate) use open::{
-    distrust_conversation_cache, set_aside_all_snapshots, set_aside_snapshots_ahead_of,
+    acknowledged_through, distrust_conversation_cache, log_open_refused, refuse_lost_acknowledged,
+    set_aside_all_snapshots, set_aside_snapshots_ahead_of,
 };
 use snapshots::{AnchorFrom, upload_written, write_snapshot};
 
@@ -175,7 +176,8 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
         .with_fsync(config.log_fsync)
         .with_segment_bytes(config.log_segment_bytes)
         .with_preallocate_bytes(config.log_preallocate_bytes)
-        .with_max_append_bytes(config.log_max_append_bytes());
+        .with_max_append_bytes(config.log_max_append_bytes())
+        .with_acknowledged_through(open::acknowledged_through(&data)?);
     if let Some(t) = tier {
         log_opts = log_opts.with_tier(t);
     }
@@ -187,7 +189,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<Running> {
     // raw error from it instead.
     let log = Log::open(data.log(), log_opts)
         .await
-        .with_context(|| format!("opening the log in {}", data.log().display()))?;
+        .map_err(|e| open::log_open_refused(e, &data))?;
     // Listening once the state is ready (the tasks that serve follow at once), and as part of
     // the start whose failure closes the log: a socket only bound does not keep another from
     // binding the port and listening first (both with `SO_REUSEADDR`), and this `listen` then

@@ -146,6 +146,77 @@ pub(crate) fn distrust_conversation_cache(data: &DataDir) -> anyhow::Result<()> 
     })
 }
 
+/// The offset through which the records were acknowledged, as far as the data directory tells:
+/// the newest snapshot's (its state applied them, and only acknowledged records are applied).
+/// The log's open refuses to cut a damaged batch at or below it from a tail written under
+/// `fsync = always` (`LogOptions::with_acknowledged_through`): until 2026-12-03 one flipped
+/// bit in the last batch was cut as a torn write, the snapshot set aside, and the next send
+/// took the lost message's seq and offset (QA).
+pub(crate) fn acknowledged_through(data: &DataDir) -> anyhow::Result<Option<u64>> {
+    let snapshots = data.projections().join("snapshots");
+    Ok(tidings_projections::snapshot::list(&snapshots)?
+        .iter()
+        .map(|s| s.applied)
+        .max())
+}
+
+/// The error of a refused open of the log, with what to do about damage where acknowledged
+/// records were ([`acknowledged_through`]).
+pub(crate) fn log_open_refused(e: tidings_log::LogError, data: &DataDir) -> anyhow::Error {
+    let acknowledged = matches!(
+        &e,
+        tidings_log::LogError::Corrupt {
+            kind: tidings_log::CorruptKind::AcknowledgedDamage { .. },
+            ..
+        }
+    );
+    let e = anyhow::Error::new(e).context(format!("opening the log in {}", data.log().display()));
+    if !acknowledged {
+        return e;
+    }
+    e.context(format!(
+        "the active segment's last batches are damaged where a snapshot says records were \
+         acknowledged: nothing was cut. Put back a good copy of that file; or, to go on \
+         without those records, move every snapshot at or past the offset named below out of \
+         {} (the next start cuts the damaged batches, rebuilds from an older snapshot, and \
+         new messages take the lost ones' seqs)",
+        data.projections().join("snapshots").display()
+    ))
+}
+
+/// Refuses a start whose log ends at `end`, before a snapshot's offset, when the log's last
+/// run wrote under `fsync = always`: every record a snapshot covers was synced before it was
+/// acknowledged, so the log lost acknowledged records — damaged (zeros where batches were) or
+/// a file removed — and going on would write new messages at their seqs and offsets. Under
+/// `every`/`never` a power cut takes such records: the snapshots ahead are set aside, as
+/// before. The error says how to go on.
+pub(crate) fn refuse_lost_acknowledged(data: &DataDir, log: &Log, end: u64) -> anyhow::Result<()> {
+    if log.opened_after_unsynced_writes() {
+        return Ok(());
+    }
+    let snapshots = data.projections().join("snapshots");
+    let Some(newest) = tidings_projections::snapshot::list(&snapshots)?
+        .into_iter()
+        .filter(|s| s.applied >= end)
+        .max_by_key(|s| s.applied)
+    else {
+        return Ok(());
+    };
+    anyhow::bail!(
+        "the log in {} ends before offset {end}, but snapshot {} covers offsets through {}, and \
+         the log was written under fsync = always, which acknowledges only what is synced: \
+         acknowledged records are missing from the log (damaged, or a file removed). No \
+         snapshot was set aside. Put back a good copy of the log's files (`tidings inspect` names what it \
+         finds); or, to go on without those records, move every snapshot of offset {end} or \
+         later out of {} (the next start rebuilds from an older one, and new messages take the \
+         lost ones' seqs)",
+        data.log().display(),
+        newest.path.display(),
+        newest.applied,
+        snapshots.display()
+    )
+}
+
 /// The newest snapshot that the log still covers (or empty projections). A snapshot past the
 /// log's end describes events the log lost — a power cut under `fsync = every/never`, or a
 /// tail cut in recovery — and applying from there would skip every event appended again at
@@ -173,6 +244,7 @@ async fn load_projections(
     let projections = data.projections();
     let dir = projections.as_path();
     let end = log.next_offset();
+    refuse_lost_acknowledged(data, log, end)?;
     let mut continues = set_aside_snapshots_ahead_of(data, end)? == 0;
     loop {
         let Some(last) = end.checked_sub(1) else {
