@@ -19,12 +19,14 @@
 //!    it is registered in [`SnapshotWrites`] under the lock its state was read under, before
 //!    the applier could apply anything past it, so it is listed there or its file is on disk
 //!    by the time the pass looks.
-//! 3. Reads each target record and plans ([`tidings_compaction::plan_online_purge`]): a record
-//!    that is not the expected send or edit of that channel and seq is skipped with a warning
-//!    (never purged unidentified), one purged already is skipped, one in the active segment
-//!    or at a protected offset is left for a later pass, the others are grouped by sealed
-//!    segment.
-//! 4. Rewrites each of those segments, checking for shutdown between them.
+//! 3. Finds where each target is (the message index), then, a share at a time in log order
+//!    ("A bounded pass" below), reads the target records and plans
+//!    ([`tidings_compaction::plan_online_purge`]): a record that is not the expected send or
+//!    edit of that channel and seq is skipped with a warning (never purged unidentified), one
+//!    purged already is skipped, one in the active segment or at a protected offset is left
+//!    for a later pass, the others are grouped by sealed segment.
+//! 4. Rewrites each of those segments, checking for shutdown between them, before the next
+//!    share is read.
 //!
 //! The watermark then moves to A0 — or, when records were left, to just before the earliest
 //! recall whose record was left, so that the next pass considers it again (and finds the later
@@ -42,6 +44,13 @@
 //! without a word — not a failure, not counted as purged, not left for a later pass. The
 //! records read are copied out of the log's read buffers, so a pass holds only the targets' own
 //! bytes.
+//!
+//! A bounded pass: a share reads records until they hold `compaction.purge_share_bytes` (at
+//! least one record), so a pass holds about twice that (as read, and purged) however many
+//! recalls it looks at — a first pass looks at every recall ever made, and until 2026-12-03
+//! read every target before it rewrote anything. The shares follow the targets' offsets, so a
+//! segment is rewritten once per share holding some of its targets (most often once). The
+//! watermark is kept once the pass is done, from every share's left targets.
 //!
 //! Every edit of a recalled message is a target, not only its latest: the projections keep
 //! each edit's offset (until 2026-11-30 they kept the latest only, and the earlier edits'
