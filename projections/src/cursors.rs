@@ -180,9 +180,13 @@ impl Cursors {
     /// The conversation is hidden while the channel's last seq is at most `up_to`: the seq the
     /// hide was made as of, which may be below the last seq already applied (a message
     /// sequenced after the user hid it, applied first, keeps it listed).
+    /// Hidden as of `up_to`, or as of a later seq a hide applied before it named: two devices
+    /// hiding at once may have their hides applied in the other order, and the one read
+    /// earlier must not bring back what the later one hid (until 2026-12-03 it did, until the
+    /// next message). The user's own send clears it (`sent`).
     pub(crate) fn hide(&mut self, offset: u64, uid: &str, channel: &str, up_to: u64) {
         let c = self.entry(uid, channel);
-        c.hidden_at = Some(up_to);
+        c.hidden_at = Some(c.hidden_at.map_or(up_to, |h| h.max(up_to)));
         c.version = offset;
     }
 

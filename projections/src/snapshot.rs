@@ -87,6 +87,12 @@
 //! sequenced before it was applied: its `verify` may report such a cursor's `hidden_at` as
 //! differing from its rebuild, which is its rule, not damage.
 //!
+//! Not a version either: a hide never lowers `hidden_at` (2026-12-03; a hide read earlier
+//! and applied after a later one used to). States an earlier build wrote hold what its rule
+//! gave; only a log holding two such hides applied out of order rebuilds to another
+//! `hidden_at`, which `verify` may report against a snapshot of that build: the rule
+//! changed, nothing is damaged.
+//!
 //! Not a version either: token expiries (`Tokens::expires`, from `TokenSet::expires_at_ms`,
 //! 2026-11-30) and single revocations (`TokenRevoked`). A state an earlier build wrote decodes
 //! with no expiries (`#[serde(default)]`), which is right: none of its tokens had one, nor was

@@ -287,6 +287,21 @@ async fn a_hide_as_of_a_seq_never_covers_a_later_message() {
     // Bob's hides are his: carol's list always had g.
     assert!(shown(&w, "carol", "g"));
     assert_eq!(&w.rebuild().await, w.state());
+
+    // Two devices hiding at once, the one read earlier (as of 4) applied last: still hidden
+    // as of 5, until the next message.
+    hide(&mut w, "bob", "g", Some(5)).await;
+    hide(&mut w, "bob", "g", Some(4)).await;
+    assert!(!shown(&w, "bob", "g"));
+    assert_eq!(w.state().cursors.get("bob", "g").hidden_at, Some(5));
+    w.send("alice", "g", "a6").await.unwrap();
+    assert!(shown(&w, "bob", "g"));
+    // Bob's own send clears his hide: a hide as of an earlier seq then counts alone.
+    hide(&mut w, "bob", "g", Some(6)).await;
+    w.send("bob", "g", "b7").await.unwrap();
+    hide(&mut w, "bob", "g", Some(6)).await;
+    assert!(shown(&w, "bob", "g"));
+    assert_eq!(&w.rebuild().await, w.state());
 }
 
 #[tokio::test]
