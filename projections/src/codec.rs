@@ -329,6 +329,9 @@ pub(crate) fn encode(env: &Envelope, out: &mut Vec<u8>) {
 // ---------------------------------------------------------------------------------------------
 // Decoding
 
+/// The most items a decoder reserves room for before it has read them.
+const MAX_RESERVED_ITEMS: usize = 1024;
+
 /// A cursor over the input. Every method returns `None` on anything outside the form this
 /// codec reads; none reads past the end.
 struct Reader<'a> {
@@ -424,9 +427,13 @@ impl<'a> Reader<'a> {
     }
 
     /// Capacity for `n` items that each take at least one byte: never more than the input
-    /// could hold, whatever length the input claims.
+    /// could hold, whatever length the input claims, nor more than [`MAX_RESERVED_ITEMS`]
+    /// (the vector grows past it as items are read). An item in memory is larger than its
+    /// byte on the wire — a `String` 24 bytes, a cursor update 56 — so a 1 MiB record whose
+    /// array claimed 2^20 items reserved 56 MiB before it failed (review, 2026-12-03).
     fn capacity(&self, n: usize) -> usize {
         n.min(self.buf.len().saturating_sub(self.pos))
+            .min(MAX_RESERVED_ITEMS)
     }
 
     fn strings(&mut self) -> Option<Vec<String>> {
@@ -734,6 +741,22 @@ mod tests {
     use ciborium::Value;
 
     use super::*;
+
+    /// What an array's claimed length reserves: never more than the bytes left, nor more than
+    /// `MAX_RESERVED_ITEMS`, however many items a record claims.
+    #[test]
+    fn a_claimed_length_reserves_a_bounded_room() {
+        let big = vec![0u8; 1 << 20];
+        let r = Reader { buf: &big, pos: 0 };
+        assert_eq!(r.capacity(1 << 20), MAX_RESERVED_ITEMS);
+        assert_eq!(r.capacity(usize::MAX), MAX_RESERVED_ITEMS);
+        let small = Reader {
+            buf: &big[..10],
+            pos: 4,
+        };
+        assert_eq!(small.capacity(1 << 20), 6);
+        assert_eq!(small.capacity(3), 3);
+    }
 
     fn hidden(up_to_seq: Option<u64>) -> Envelope {
         Envelope::new(
