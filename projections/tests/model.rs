@@ -1,5 +1,6 @@
 //! Property: random sequences of actions (create, subscribe, unsubscribe, resubscribe, send,
-//! ack, read, recall, allow/deny changes, hide, clear, delete, a retention's trim) give the same state live, rebuilt
+//! ack, read, cursor batches, recall, edit (also of a recalled message), ban, send-ban and
+//! disband flags, allow/deny changes, hide, clear, delete, a retention's trim) give the same state live, rebuilt
 //! from offset 0, and from a snapshot taken at a random point plus a replay of the rest; and
 //! every message reads back through the index. And what is read from the state: `/v1/changes`
 //! paged one change at a time gives what one call gives, each message once, a group the user is
@@ -16,7 +17,7 @@ use tidings_projections::diff::diff;
 use tidings_projections::ids::person_channel;
 use tidings_projections::messages::{Change, plan_changes};
 use tidings_projections::{
-    ChannelFlags, Event, ListKind, ListOp, ListOwner, Projections, snapshot,
+    ChannelFlags, CursorUpdate, Event, ListKind, ListOp, ListOwner, Projections, snapshot,
 };
 
 const USERS: [&str; 4] = ["ann", "bob", "cat", "dan"];
@@ -25,7 +26,8 @@ const GROUPS: [&str; 2] = ["g0", "g1"];
 #[derive(Debug, Clone)]
 enum Action {
     Create(usize),
-    Flags(usize, bool, bool),
+    /// ban, send_ban, disband.
+    Flags(usize, bool, bool, bool),
     Delete(usize),
     Subscribe(usize, Vec<usize>),
     Unsubscribe(usize, Vec<usize>),
@@ -34,6 +36,10 @@ enum Action {
     Ack(usize, usize, u64),
     Read(usize, usize, u64),
     Recall(usize, u64),
+    /// An edit of a seq of a group (also of a recalled one, which the projections ignore).
+    Edit(usize, u64),
+    /// A cursor batch of a group: each user's delivered and read seqs.
+    Batch(usize, Vec<(usize, Option<u64>, Option<u64>)>),
     List(usize, bool, u8, Vec<usize>),
     UserList(usize, bool, u8, Vec<usize>),
     Hide(usize, usize, Option<u64>),
@@ -55,7 +61,7 @@ fn action() -> impl Strategy<Value = Action> {
     let us = prop::collection::vec(0..USERS.len(), 1..3);
     prop_oneof![
         2 => g.clone().prop_map(Action::Create),
-        1 => (g.clone(), any::<bool>(), any::<bool>()).prop_map(|(c, a, b)| Action::Flags(c, a, b)),
+        1 => (g.clone(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(c, x, a, b)| Action::Flags(c, x, a, b)),
         1 => g.clone().prop_map(Action::Delete),
         4 => (g.clone(), us.clone()).prop_map(|(c, u)| Action::Subscribe(c, u)),
         2 => (g.clone(), us.clone()).prop_map(|(c, u)| Action::Unsubscribe(c, u)),
@@ -64,6 +70,8 @@ fn action() -> impl Strategy<Value = Action> {
         3 => (u.clone(), g.clone(), 0u64..12).prop_map(|(x, c, s)| Action::Ack(x, c, s)),
         3 => (u.clone(), g.clone(), 0u64..12).prop_map(|(x, c, s)| Action::Read(x, c, s)),
         2 => (g.clone(), 1u64..10).prop_map(|(c, s)| Action::Recall(c, s)),
+        2 => (g.clone(), 1u64..10).prop_map(|(c, s)| Action::Edit(c, s)),
+        1 => (g.clone(), prop::collection::vec((u.clone(), prop::option::of(0u64..12), prop::option::of(0u64..12)), 1..4)).prop_map(|(c, b)| Action::Batch(c, b)),
         2 => (g.clone(), any::<bool>(), 0u8..3, us.clone()).prop_map(|(c, a, o, u)| Action::List(c, a, o, u)),
         1 => (u.clone(), any::<bool>(), 0u8..3, us.clone()).prop_map(|(x, a, o, u)| Action::UserList(x, a, o, u)),
         1 => (u.clone(), g.clone(), prop::option::of(0u64..12)).prop_map(|(x, c, s)| Action::Hide(x, c, s)),
@@ -99,11 +107,11 @@ async fn run(actions: Vec<Action>, snap_at: usize) {
         }
         match a {
             Action::Create(c) => w.create(GROUPS[c]).await,
-            Action::Flags(c, send_ban, disband) => {
+            Action::Flags(c, ban, send_ban, disband) => {
                 w.flags(
                     GROUPS[c],
                     ChannelFlags {
-                        ban: false,
+                        ban,
                         send_ban,
                         disband,
                     },
@@ -131,6 +139,34 @@ async fn run(actions: Vec<Action>, snap_at: usize) {
                 if s <= w.state().heads.last_seq(GROUPS[c]) {
                     w.recall(GROUPS[c], s, "ann").await;
                 }
+            }
+            Action::Edit(c, s) => {
+                if s <= w.state().heads.last_seq(GROUPS[c]) {
+                    w.emit(Event::MessageEdited {
+                        channel: GROUPS[c].into(),
+                        seq: s,
+                        by: "ann".into(),
+                        payload: bytes::Bytes::from(format!("e{s}")),
+                        flags: 0,
+                    })
+                    .await;
+                }
+            }
+            Action::Batch(c, cursors) => {
+                // Capped at the head, as the API caps them when they arrive.
+                let last = w.state().heads.last_seq(GROUPS[c]);
+                w.emit(Event::CursorBatch {
+                    channel: GROUPS[c].into(),
+                    cursors: cursors
+                        .into_iter()
+                        .map(|(x, delivered_seq, read_seq)| CursorUpdate {
+                            uid: USERS[x].into(),
+                            delivered_seq: delivered_seq.map(|d| d.min(last)),
+                            read_seq: read_seq.map(|r| r.min(last)),
+                        })
+                        .collect(),
+                })
+                .await;
             }
             Action::List(c, allow, k, u) => {
                 let kind = if allow {
