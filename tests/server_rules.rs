@@ -2164,6 +2164,25 @@ async fn the_largest_uids_call_fits_the_log() {
         )
         .await;
     assert_eq!(list["uids"].as_array().map(Vec::len), Some(20_000));
+    // As JSON may write them: pretty-printed, every character escaped (413 for the
+    // whitespace alone until 2026-12-03).
+    let escaped: Vec<String> = uids
+        .iter()
+        .map(|u| u.chars().map(|c| format!("\\u{:04x}", c as u32)).collect())
+        .collect();
+    let body = format!(
+        "{{\n    \"uids\": [\n{}\n    ]\n}}",
+        escaped
+            .iter()
+            .map(|u| format!("        \"{u}\""))
+            .collect::<Vec<_>>()
+            .join(",\n")
+    );
+    let (status, answer) = api
+        .send_text("DELETE", "/v1/users/alice/denylist", ADMIN, &body)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["uids"].as_array().map(Vec::len), Some(0), "{answer}");
     // One more uid is refused, as before.
     let mut more = uids;
     more.push("one-more".into());

@@ -351,13 +351,20 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The request body allowed per uid of a membership or list call: 64 characters escaped as
+/// `\uXXXX`, quoted, a comma, and a line's indent.
+const UID_BODY_BYTES: usize = 64 * 6 + 16;
+
 /// Every route.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     // A body may carry a payload of the maximum size in base64 (4/3) plus JSON framing, or a
-    // membership or list call's uids: each at most 64 characters, quoted, with a comma.
+    // membership or list call's uids: each at most 64 characters, quoted, with a comma — and
+    // as JSON may write them: every character escaped (`\u0041`, 6 bytes), on a line of its
+    // own, indented (until 2026-12-03 only 67 bytes a uid were allowed, and the largest call
+    // pretty-printed was refused 413 for its whitespace: QA).
     let c = &state.config;
     let body_limit = (c.limits_max_payload_bytes * 2)
-        .max(c.limits_max_uids_per_call.saturating_mul(67))
+        .max(c.limits_max_uids_per_call.saturating_mul(UID_BODY_BYTES))
         .saturating_add(64 * 1024);
     let list = |kind| {
         get(move |s, c, p| channels::get_list(s, c, p, kind))
