@@ -237,9 +237,19 @@ pub fn plan_sync_from(
         if last <= floor {
             continue;
         }
-        let from = after(channel, floor).max(floor);
+        let mut from = after(channel, floor).max(floor);
         if last <= from {
             continue;
+        }
+        // Past the expired floor before the shares are counted: a channel's expired messages
+        // counted in what it wants took a share it could not fill, and the page came short
+        // (with `has_more`) until 2026-12-03. One message planned to tell.
+        let first = plan_range(state, files, channel, from + 1, from + 1)?;
+        if begins_expired(state, channel, from + 1, &first, expired_below) {
+            from = from.max(expired_floor(state, files, channel, from, expired_below)?);
+            if last <= from {
+                continue;
+            }
         }
         pending.push((channel, from, last));
     }
@@ -252,22 +262,13 @@ pub fn plan_sync_from(
     let mut out = Vec::new();
     let mut has_more = false;
     for i in order {
-        let ((channel, mut from, last), room) = (pending[i], shares[i]);
+        let ((channel, from, last), room) = (pending[i], shares[i]);
         if room == 0 {
             has_more = true;
             continue;
         }
-        let mut hi = last.min(from + room);
-        let mut part = plan_range(state, files, channel, from + 1, hi)?;
-        if begins_expired(state, channel, from + 1, &part, expired_below) {
-            from = from.max(expired_floor(state, files, channel, from, expired_below)?);
-            if last <= from {
-                continue;
-            }
-            hi = last.min(from + room);
-            part = plan_range(state, files, channel, from + 1, hi)?;
-        }
-        out.extend(part);
+        let hi = last.min(from + room);
+        out.extend(plan_range(state, files, channel, from + 1, hi)?);
         if hi < last {
             has_more = true;
         }
@@ -956,6 +957,45 @@ mod tests {
         assert_eq!(sync(100, 7), ((6..=10).collect::<Vec<u64>>(), false));
         assert_eq!(sync(3, 7), (vec![6, 7, 8], true));
         assert_eq!(sync(100, 100), (Vec::<u64>::new(), false));
+    }
+
+    /// A channel's expired messages take no share of a page: with `g`'s seqs 3 to 5 expired,
+    /// a page of 16 gives `g` its 5 retained messages and the busy `h` the other 11 (the
+    /// shares counted `g` as wanting 8, gave it 8, and the page held 13 with `has_more`).
+    #[test]
+    fn expired_messages_take_no_share_of_a_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = group_with_changes(dir.path());
+        apply(
+            &mut p,
+            17,
+            Event::ChannelCreated {
+                channel: "h".into(),
+                flags: ChannelFlags::default(),
+            },
+        );
+        apply(
+            &mut p,
+            18,
+            Event::MembersSubscribed {
+                channel: "h".into(),
+                uids: vec!["bob".into()],
+            },
+        );
+        for seq in 1..=20 {
+            apply(&mut p, seq + 18, sent("h", seq));
+        }
+        let (plan, more) =
+            plan_sync_from(&p.state, p.index_files(), "bob", 16, 7, |_, c| c).unwrap();
+        let of = |ch: &str| {
+            plan.iter()
+                .filter(|m| m.channel == ch)
+                .map(|m| m.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of("g"), (6..=10).collect::<Vec<u64>>());
+        assert_eq!(of("h"), (1..=11).collect::<Vec<u64>>());
+        assert!(more);
     }
 
     /// A recall or an edit of an expired message is told as the notice alone — the edit of 4 at
