@@ -67,6 +67,12 @@ pub enum CorruptKind {
         /// What was found.
         damage: Box<CorruptKind>,
     },
+    /// The data ends here: the end of the file, or zeros to it.
+    #[error("the data ends here ({zeros} zero bytes after it)")]
+    EndsEarly {
+        /// Zero bytes from here to the end of the file.
+        zeros: u64,
+    },
     /// Valid batches follow a damaged one: not a torn tail.
     #[error("valid batches follow a damaged one ({valid_after} bytes from position {resume_at})")]
     DamageBeforeValidData {

@@ -79,7 +79,9 @@ mod writer;
 
 pub use crate::batch::Record;
 pub use crate::error::{CorruptKind, LogError, Result};
-pub use crate::log::{AppendAck, Log, PendingAppend, SegmentCheck, SegmentInfo, Watermark};
+pub use crate::log::{
+    AppendAck, Log, PendingAppend, SegmentCheck, SegmentInfo, Watermark, last_open_was_unsynced,
+};
 pub use crate::metrics::{FSYNC_BUCKETS_MICROS, LogMetrics};
 pub use crate::options::{FsyncPolicy, LogOptions, RecoveryMode};
 pub use crate::retention::Removed;

@@ -17,6 +17,7 @@ use crate::options::LogOptions;
 use crate::recovery;
 use crate::segment::{self, Budget, Segment};
 use crate::tail::Tail;
+use crate::vfs::StdFs;
 use crate::writer::{Command, Writer, WriterParts};
 
 /// What the writer has made readable: nothing at or past `next_offset` is ever returned.
@@ -156,6 +157,14 @@ struct UploaderHandle {
 #[derive(Debug, Clone)]
 pub struct Log {
     pub(crate) shared: Arc<Shared>,
+}
+
+/// Whether the last writable open of the log in `dir` ran under `FsyncPolicy::Every` or `Never`
+/// (as its `fsync-policy` file records it), read without opening the log: what
+/// [`Log::opened_after_unsynced_writes`] will say, before an open records its own policy over
+/// it. False when nothing usable is recorded (a new log, or one from before the file).
+pub fn last_open_was_unsynced(dir: &Path) -> bool {
+    recovery::recorded_unsynced_writes(&StdFs, dir)
 }
 
 impl Log {

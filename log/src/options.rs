@@ -165,12 +165,13 @@ impl LogOptions {
     }
     /// The offset through which the opener knows records were acknowledged (the server: the
     /// newest snapshot's, whose state applied them). Under `RecoveryMode::Strict`, a writable
-    /// open refuses to cut a damaged batch at or below it from a tail written under `always`
-    /// (`CorruptKind::AcknowledgedDamage`): an acknowledged batch was synced before it was
-    /// acknowledged, so it is damage there — a flipped bit, a bad sector — not a write a crash
-    /// cut short, and the bytes stay for an operator to mend. A tail written under
-    /// `every`/`never` is cut as before (a power cut takes acknowledged writes there).
-    /// Default: none.
+    /// open whose active segment's valid data ends at or below it — a damaged batch, zeros,
+    /// the file's end (a later segment removed) — in a tail written under `always` refuses
+    /// before it writes anything (`CorruptKind::AcknowledgedDamage`): an acknowledged batch
+    /// was synced before it was acknowledged, so that is damage — a flipped bit, a bad sector,
+    /// a file lost — not a write a crash cut short, and the bytes stay for an operator to
+    /// mend. A tail written under `every`/`never` is cut as before (a power cut takes
+    /// acknowledged writes there). Default: none.
     pub fn with_acknowledged_through(mut self, offset: Option<u64>) -> Self {
         self.acknowledged_through = offset;
         self

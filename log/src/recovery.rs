@@ -203,6 +203,14 @@ pub(crate) fn recover_active(
         tail.last_batch,
         tail.damage,
     );
+    refuse_acknowledged_missing(
+        file.as_ref(),
+        &paths.log,
+        opts,
+        unsynced_from,
+        (good_end, next_offset, file_len),
+        damage.as_ref(),
+    )?;
 
     let mut truncated_bytes = 0;
     let mut kept_len = good_end;
@@ -222,24 +230,6 @@ pub(crate) fn recover_active(
             batch_len: 0,
             available: file_len - good_end,
         });
-        // Acknowledged records under `always`: synced before they were acknowledged, so this
-        // is damage, never a torn write (`LogOptions::with_acknowledged_through`). The bytes
-        // stay: only an operator knows whether a good copy exists.
-        if let Some(through) = opts.acknowledged_through
-            && through >= next_offset
-            && opts.recovery == RecoveryMode::Strict
-            && unsynced_from.is_none()
-        {
-            return Err(LogError::Corrupt {
-                path: paths.log.clone(),
-                position: good_end,
-                expected_offset: next_offset,
-                kind: CorruptKind::AcknowledgedDamage {
-                    acknowledged_through: through,
-                    damage: Box::new(kind),
-                },
-            });
-        }
         let resume =
             resume_after_damage(file.as_ref(), &paths.log, good_end, next_offset, file_len)?;
         let refused = refuses_damage(opts.recovery, unsynced_from, good_end);
@@ -424,6 +414,57 @@ pub(crate) fn resume_after_damage(
         _ => None,
     };
     find_valid_batch(file, path, good_end + 1, file_len, next_offset, inside)
+}
+
+/// Refuses, before anything is written, an active segment whose valid data ends at `good_end`
+/// (where offset `next_offset` was due; the file is `file_len` bytes) below records the opener
+/// knows were acknowledged (`LogOptions::with_acknowledged_through`), written under `always`
+/// (before `unsynced_from`, if any) and opened under `RecoveryMode::Strict`: an acknowledged
+/// record was synced before it was acknowledged, so a damaged batch there, zeros, or a file
+/// that ends (or a segment removed after it) is damage, never a write a crash cut short. The
+/// bytes stay as they were for an operator to mend — also the zeros and index entries the open
+/// would otherwise trim. Damage that valid batches follow is left to the refusal that names it
+/// (`DamageBeforeValidData`).
+fn refuse_acknowledged_missing(
+    file: &dyn VfsFile,
+    path: &Path,
+    opts: &LogOptions,
+    unsynced_from: Option<u64>,
+    (good_end, next_offset, file_len): (u64, u64, u64),
+    damage: Option<&CorruptKind>,
+) -> Result<()> {
+    let Some(through) = opts.acknowledged_through else {
+        return Ok(());
+    };
+    if through < next_offset
+        || opts.recovery != RecoveryMode::Strict
+        || unsynced_from.is_some_and(|from| good_end >= from)
+    {
+        return Ok(());
+    }
+    let found = if good_end >= file_len {
+        CorruptKind::EndsEarly { zeros: 0 }
+    } else if zeros_to_end(file, path, good_end, file_len)? {
+        CorruptKind::EndsEarly {
+            zeros: file_len - good_end,
+        }
+    } else if resume_after_damage(file, path, good_end, next_offset, file_len)?.is_some() {
+        return Ok(());
+    } else {
+        damage.cloned().unwrap_or(CorruptKind::Truncated {
+            batch_len: 0,
+            available: file_len - good_end,
+        })
+    };
+    Err(LogError::Corrupt {
+        path: path.to_path_buf(),
+        position: good_end,
+        expected_offset: next_offset,
+        kind: CorruptKind::AcknowledgedDamage {
+            acknowledged_through: through,
+            damage: Box::new(found),
+        },
+    })
 }
 
 /// Whether an open refuses damage at `good_end` that valid data follows: under

@@ -193,7 +193,8 @@ async fn damage_followed_by_valid_batches_is_refused_unless_truncation_is_allowe
 #[tokio::test]
 async fn a_damaged_last_batch_of_acknowledged_records_is_refused_under_always() {
     let (fs, payloads) = written_log(10).await;
-    let mut bytes = fs.read_file(&seg0()).unwrap();
+    let original = fs.read_file(&seg0()).unwrap();
+    let mut bytes = original.clone();
     let starts = batch_starts(&bytes);
     bytes[starts[9] + 45] ^= 0x01; // a payload byte of the last batch (offset 9)
     fs.write_file(&seg0(), bytes.clone());
@@ -230,6 +231,57 @@ async fn a_damaged_last_batch_of_acknowledged_records_is_refused_under_always() 
         assert_eq!(log.next_offset(), 9);
         log.close().await.unwrap();
     }
+
+    // The last batch zeroed, or cut away at its start (a file that ends there): refused too,
+    // the file as it was (its zeros are not trimmed).
+    for cut in [false, true] {
+        let copy = fs.fork();
+        let mut bytes = copy.read_file(&seg0()).unwrap();
+        if cut {
+            bytes.truncate(starts[9]);
+        } else {
+            bytes[starts[9]..].fill(0);
+        }
+        copy.write_file(&seg0(), bytes.clone());
+        let o = opts(&copy).with_acknowledged_through(Some(9));
+        match Log::open(sim_dir(), o).await {
+            Err(LogError::Corrupt {
+                expected_offset: 9,
+                kind:
+                    CorruptKind::AcknowledgedDamage {
+                        acknowledged_through: 9,
+                        damage,
+                    },
+                ..
+            }) => assert!(
+                matches!(*damage, CorruptKind::EndsEarly { .. }),
+                "{damage:?}"
+            ),
+            other => panic!("must refuse: {other:?}"),
+        }
+        assert_eq!(copy.read_file(&seg0()).unwrap(), bytes);
+    }
+
+    // A run under `never` that wrote nothing recorded the segment's length then: the damage
+    // lies before it, in what `always` wrote, and is refused.
+    let copy = fs.fork();
+    copy.write_file(&seg0(), original.clone());
+    let log = Log::open(sim_dir(), opts(&copy).with_fsync(FsyncPolicy::Never))
+        .await
+        .unwrap();
+    log.close().await.unwrap();
+    copy.write_file(&seg0(), bytes.clone());
+    let refused = Log::open(sim_dir(), opts(&copy).with_acknowledged_through(Some(9))).await;
+    assert!(
+        matches!(
+            refused,
+            Err(LogError::Corrupt {
+                kind: CorruptKind::AcknowledgedDamage { .. },
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
 
     // The same damage in a tail written under `every`: cut.
     let fs = SimFs::new();

@@ -43,6 +43,14 @@ pub(crate) async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
     // run, and a run with nothing to purge, change nothing in the data directory.
     let planned = {
         let log = super::open_read_only(&data).await?;
+        // A log that lost acknowledged records (its end, as a read-only view reads it, below a
+        // snapshot's offset under fsync always) is refused before anything, a dry run too, as a
+        // start refuses it: the run would cut it or set the snapshots aside (QA, 2026-12-03).
+        let refused = crate::server::refuse_lost_acknowledged(&data, log.next_offset());
+        if let Err(e) = refused {
+            let _ = log.close().await;
+            return Err(e);
+        }
         let planned = plan_read_only(&data, &log).await;
         let closed = log.close().await;
         let planned = planned?;
@@ -204,7 +212,7 @@ async fn compact(data: &DataDir, log: &Log, planned: Plan) -> anyhow::Result<Exi
     };
     // Snapshots past the log's end go aside as at the server's start (the run removes them
     // with every other snapshot file).
-    crate::server::refuse_lost_acknowledged(data, log, end)?;
+    crate::server::refuse_lost_acknowledged(data, end)?;
     crate::server::set_aside_snapshots_ahead_of(data, end)?;
     // Shaped like the newest snapshot, as `rebuild` without settings: the fresh snapshot must
     // load at the server's next start.

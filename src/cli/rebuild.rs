@@ -81,7 +81,7 @@ pub(crate) async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     // Snapshots past the log's end (lost events) go aside as at the server's start: this
     // rebuild's snapshot would otherwise be the oldest among them, and pruned.
     // Not when the log lost acknowledged records: as a start, it refuses.
-    crate::server::refuse_lost_acknowledged(&data, &log, log.next_offset())?;
+    crate::server::refuse_lost_acknowledged(&data, log.next_offset())?;
     crate::server::set_aside_snapshots_ahead_of(&data, log.next_offset())?;
     // Shaped like the state it replaces (the idempotency window's settings are the server's
     // configuration, which the CLI does not read): the server would otherwise find the new

@@ -298,16 +298,18 @@ async fn upload_now(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let Some(tier) = crate::server::tiering::open(&config, &data).await? else {
         anyhow::bail!("no object store is configured (tier.url)");
     };
+    // As the server opens it: a log that lost acknowledged records is refused, not cut.
     let opts = LogOptions::default()
         .with_fsync(config.log_fsync)
         .with_segment_bytes(config.log_segment_bytes)
+        .with_acknowledged_through(crate::server::acknowledged_through(&data)?)
         .with_tier(tier);
     let log = match Log::open(data.log(), opts).await {
         Ok(l) => l,
         Err(LogError::Locked { .. }) => anyhow::bail!(
             "the server is running: ask it instead (POST /v1/tier/upload with the admin key)"
         ),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(crate::server::log_open_refused(e, &data)),
     };
     let result = log.upload_now().await;
     log.close().await?;

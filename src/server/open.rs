@@ -146,13 +146,40 @@ pub(crate) fn distrust_conversation_cache(data: &DataDir) -> anyhow::Result<()> 
     })
 }
 
+/// Whether the log's last run may have lost acknowledged writes in a power cut: it ran under
+/// `fsync = every/never`, as the log's `fsync-policy` records. An open records its own policy
+/// over that file at once, so the fact is written down here too
+/// (`DATA/projections/after-unsynced-writes`, before the open) and kept until the snapshots
+/// ahead of the log are set aside ([`set_aside_snapshots_ahead_of`]): a start that failed in
+/// between left the next one reading `always` and refusing a power cut's loss as damage
+/// (review, 2026-12-03). A log from before the policy file counts as `always`.
+pub(crate) fn after_unsynced_run(data: &DataDir) -> anyhow::Result<bool> {
+    let marker = unsynced_marker(data);
+    if tidings_log::last_open_was_unsynced(&data.log()) {
+        if !marker.exists() {
+            std::fs::create_dir_all(data.projections())
+                .with_context(|| format!("creating {}", data.projections().display()))?;
+            crate::data::write_durably(&marker, b"", 0o644)?;
+        }
+        return Ok(true);
+    }
+    Ok(marker.exists())
+}
+
+fn unsynced_marker(data: &DataDir) -> std::path::PathBuf {
+    data.projections().join("after-unsynced-writes")
+}
+
 /// The offset through which the records were acknowledged, as far as the data directory tells:
-/// the newest snapshot's (its state applied them, and only acknowledged records are applied).
-/// The log's open refuses to cut a damaged batch at or below it from a tail written under
-/// `fsync = always` (`LogOptions::with_acknowledged_through`): until 2026-12-03 one flipped
-/// bit in the last batch was cut as a torn write, the snapshot set aside, and the next send
-/// took the lost message's seq and offset (QA).
+/// the newest snapshot's (its state applied them, and only acknowledged records are applied);
+/// none after a run that may have lost acknowledged writes ([`after_unsynced_run`]). The log's
+/// open refuses to end at or below it (`LogOptions::with_acknowledged_through`): until
+/// 2026-12-03 one flipped bit in the last batch was cut as a torn write, the snapshot set
+/// aside, and the next send took the lost message's seq and offset (QA).
 pub(crate) fn acknowledged_through(data: &DataDir) -> anyhow::Result<Option<u64>> {
+    if after_unsynced_run(data)? {
+        return Ok(None);
+    }
     let snapshots = data.projections().join("snapshots");
     Ok(tidings_projections::snapshot::list(&snapshots)?
         .iter()
@@ -160,38 +187,57 @@ pub(crate) fn acknowledged_through(data: &DataDir) -> anyhow::Result<Option<u64>
         .max())
 }
 
-/// The error of a refused open of the log, with what to do about damage where acknowledged
-/// records were ([`acknowledged_through`]).
+/// What an operator does about acknowledged records the log lost from offset `from`: the
+/// README's "The log lost acknowledged records".
+fn lost_acknowledged_advice(data: &DataDir, from: u64) -> String {
+    format!(
+        "Nothing was cut and no snapshot set aside. Put back a good copy of the log's files \
+         that holds offset {from} (a backup, or a tier's copy of a sealed segment); or, to go \
+         on without those records, move every snapshot of offset {from} or later out of {} \
+         (the next start cuts the log there, loads an older snapshot or replays the log, and \
+         new messages take the lost ones' seqs) — see \"The log lost acknowledged records\" \
+         in the README",
+        data.projections().join("snapshots").display()
+    )
+}
+
+/// The error of a refused open of the log, with what to do about records a snapshot says were
+/// acknowledged ([`acknowledged_through`]): the conversation cache is marked first, as for
+/// snapshots set aside — the lists it holds may name the lost records, and a start after the
+/// snapshots ahead were moved out by hand sets nothing aside itself.
 pub(crate) fn log_open_refused(e: tidings_log::LogError, data: &DataDir) -> anyhow::Error {
-    let acknowledged = matches!(
-        &e,
+    let lost_from = match &e {
         tidings_log::LogError::Corrupt {
             kind: tidings_log::CorruptKind::AcknowledgedDamage { .. },
+            expected_offset,
             ..
-        }
-    );
+        } => Some(*expected_offset),
+        _ => None,
+    };
     let e = anyhow::Error::new(e).context(format!("opening the log in {}", data.log().display()));
-    if !acknowledged {
+    let Some(from) = lost_from else {
         return e;
+    };
+    if let Err(d) = distrust_conversation_cache(data) {
+        return e.context(format!("{d:#}"));
     }
     e.context(format!(
-        "the active segment's last batches are damaged where a snapshot says records were \
-         acknowledged: nothing was cut. Put back a good copy of that file; or, to go on \
-         without those records, move every snapshot at or past the offset named below out of \
-         {} (the next start cuts the damaged batches, rebuilds from an older snapshot, and \
-         new messages take the lost ones' seqs)",
-        data.projections().join("snapshots").display()
+        "the log lost records from offset {from} that a snapshot says were acknowledged \
+         (written under fsync = always, which acknowledges only what is synced). {}",
+        lost_acknowledged_advice(data, from)
     ))
 }
 
 /// Refuses a start whose log ends at `end`, before a snapshot's offset, when the log's last
-/// run wrote under `fsync = always`: every record a snapshot covers was synced before it was
-/// acknowledged, so the log lost acknowledged records — damaged (zeros where batches were) or
-/// a file removed — and going on would write new messages at their seqs and offsets. Under
+/// run wrote under `fsync = always` ([`after_unsynced_run`]): every record a snapshot covers
+/// was synced before it was acknowledged, so the log lost acknowledged records — damaged or a
+/// file removed — and going on would write new messages at their seqs and offsets. Under
 /// `every`/`never` a power cut takes such records: the snapshots ahead are set aside, as
-/// before. The error says how to go on.
-pub(crate) fn refuse_lost_acknowledged(data: &DataDir, log: &Log, end: u64) -> anyhow::Result<()> {
-    if log.opened_after_unsynced_writes() {
+/// before. The log's open refuses most such logs first (`acknowledged_through`); this catches
+/// the rest (a read-only view's end, for `compact`'s plan). The conversation cache is marked
+/// first, as in [`log_open_refused`].
+pub(crate) fn refuse_lost_acknowledged(data: &DataDir, end: u64) -> anyhow::Result<()> {
+    if after_unsynced_run(data)? {
         return Ok(());
     }
     let snapshots = data.projections().join("snapshots");
@@ -202,18 +248,15 @@ pub(crate) fn refuse_lost_acknowledged(data: &DataDir, log: &Log, end: u64) -> a
     else {
         return Ok(());
     };
+    distrust_conversation_cache(data)?;
     anyhow::bail!(
         "the log in {} ends before offset {end}, but snapshot {} covers offsets through {}, and \
          the log was written under fsync = always, which acknowledges only what is synced: \
-         acknowledged records are missing from the log (damaged, or a file removed). No \
-         snapshot was set aside. Put back a good copy of the log's files (`tidings inspect` names what it \
-         finds); or, to go on without those records, move every snapshot of offset {end} or \
-         later out of {} (the next start rebuilds from an older one, and new messages take the \
-         lost ones' seqs)",
+         acknowledged records are missing from the log (damaged, or a file removed). {}",
         data.log().display(),
         newest.path.display(),
         newest.applied,
-        snapshots.display()
+        lost_acknowledged_advice(data, end)
     )
 }
 
@@ -244,7 +287,7 @@ async fn load_projections(
     let projections = data.projections();
     let dir = projections.as_path();
     let end = log.next_offset();
-    refuse_lost_acknowledged(data, log, end)?;
+    refuse_lost_acknowledged(data, end)?;
     let mut continues = set_aside_snapshots_ahead_of(data, end)? == 0;
     loop {
         let Some(last) = end.checked_sub(1) else {
@@ -393,6 +436,12 @@ pub(crate) fn set_aside_snapshots_ahead_of(data: &DataDir, end: u64) -> anyhow::
         sync_snapshots_dir(&snapshots)?;
     }
     prune_set_aside(&snapshots);
+    // The snapshots a power cut left ahead are aside, durably: the run before no longer
+    // matters ([`after_unsynced_run`]).
+    let marker = unsynced_marker(data);
+    if marker.exists() {
+        std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+    }
     Ok(ahead.len())
 }
 
