@@ -358,23 +358,32 @@ const UID_BODY_BYTES: usize = 64 * 6 + 16;
 /// Every route.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     // A body may carry a payload of the maximum size in base64 (4/3) plus JSON framing, or a
-    // membership or list call's uids: each at most 64 characters, quoted, with a comma — and
-    // as JSON may write them: every character escaped (`\u0041`, 6 bytes), on a line of its
-    // own, indented (until 2026-12-03 only 67 bytes a uid were allowed, and the largest call
-    // pretty-printed was refused 413 for its whitespace: QA).
+    // membership or list call's uids: each at most 64 characters, quoted, with a comma. Those
+    // calls alone may carry them as JSON may write them: every character escaped (`\u0041`, 6
+    // bytes), on a line of their own, indented (until 2026-12-03 only 67 bytes a uid were
+    // allowed, and the largest call pretty-printed was refused 413 for its whitespace: QA).
     let c = &state.config;
     let body_limit = (c.limits_max_payload_bytes * 2)
-        .max(c.limits_max_uids_per_call.saturating_mul(UID_BODY_BYTES))
+        .max(c.limits_max_uids_per_call.saturating_mul(67))
         .saturating_add(64 * 1024);
+    let uids_limit = DefaultBodyLimit::max(
+        body_limit.max(
+            c.limits_max_uids_per_call
+                .saturating_mul(UID_BODY_BYTES)
+                .saturating_add(64 * 1024),
+        ),
+    );
     let list = |kind| {
         get(move |s, c, p| channels::get_list(s, c, p, kind))
             .post(move |s, c, p, b| channels::add_to_list(s, c, p, b, kind))
             .delete(move |s, c, p, b| channels::remove_from_list(s, c, p, b, kind))
+            .layer(uids_limit)
     };
     let user_list = |kind| {
         get(move |s, c, p| users::get_list(s, c, p, kind))
             .post(move |s, c, p, b| users::add_to_list(s, c, p, b, kind))
             .delete(move |s, c, p, b| users::remove_from_list(s, c, p, b, kind))
+            .layer(uids_limit)
     };
     use tidings_projections::ListKind::{Allow, Deny};
     let routes = Router::new()
@@ -401,7 +410,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v1/channels/{id}/members",
             get(channels::get_members)
                 .post(channels::add_members)
-                .delete(channels::remove_members),
+                .delete(channels::remove_members)
+                .layer(uids_limit),
         )
         .route("/v1/channels/{id}/allowlist", list(Allow))
         .route("/v1/channels/{id}/denylist", list(Deny))
