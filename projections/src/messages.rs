@@ -191,6 +191,24 @@ pub fn begins_expired(
         || plan.first().is_some_and(|m| is_expired(m, expired_below))
 }
 
+/// Whether seq `lo` of `channel` may have expired ([`begins_expired`]), from the message
+/// index in memory alone: false when the index let go of nothing from it and the entry or
+/// sidecar run holding it starts at or past `expired_below`.
+fn may_begin_expired(state: &State, channel: &str, lo: u64, expired_below: u64) -> bool {
+    if lo <= state.index.dropped_through(channel) {
+        return true;
+    }
+    expired_below > 0
+        && state
+            .index
+            .locate(channel, lo, lo)
+            .first()
+            .is_some_and(|loc| match *loc {
+                Located::Run(run) => run.file < expired_below,
+                Located::Entry { offset, .. } => offset < expired_below,
+            })
+}
+
 /// The plan for a user's sync: messages after the delivered cursor in every channel of the
 /// user, oldest first per channel, at most `limit` in all, shared between the channels with
 /// messages to give (`fair_shares`), the channels with the smaller shares first (then in id
@@ -243,9 +261,18 @@ pub fn plan_sync_from(
         }
         // Past the expired floor before the shares are counted: a channel's expired messages
         // counted in what it wants took a share it could not fill, and the page came short
-        // (with `has_more`) until 2026-12-03. One message planned to tell.
-        let first = plan_range(state, files, channel, from + 1, from + 1)?;
-        if begins_expired(state, channel, from + 1, &first, expired_below) {
+        // (with `has_more`) until 2026-12-03. The message index in memory tells most channels
+        // apart (nothing let go there, nothing below the log's start in the run or entry that
+        // holds the next seq); the others have one message planned to tell.
+        if may_begin_expired(state, channel, from + 1, expired_below)
+            && begins_expired(
+                state,
+                channel,
+                from + 1,
+                &plan_range(state, files, channel, from + 1, from + 1)?,
+                expired_below,
+            )
+        {
             from = from.max(expired_floor(state, files, channel, from, expired_below)?);
             if last <= from {
                 continue;
