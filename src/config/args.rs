@@ -124,7 +124,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TIDINGS_COMPACTION_PURGE_INTERVAL_SECS")]
     pub(super) compaction_purge_interval_secs: Option<u64>,
     /// The bytes of recalled records a purge pass reads before it rewrites them and reads on
-    /// (it holds them twice meanwhile; 0 is taken as 1). Default: 33554432 (32 MiB).
+    /// (it holds them twice meanwhile, and ends a share at a segment's end; 0 is taken as 1).
+    /// Default: 33554432 (32 MiB).
     #[arg(long, env = "TIDINGS_COMPACTION_PURGE_SHARE_BYTES")]
     pub(super) compaction_purge_share_bytes: Option<usize>,
     /// Remove sealed log segments whose every record is older than this many seconds, once

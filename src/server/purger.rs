@@ -46,11 +46,13 @@
 //! bytes.
 //!
 //! A bounded pass: a share reads records until they hold `compaction.purge_share_bytes` (at
-//! least one record), so a pass holds about twice that (as read, and purged) however many
-//! recalls it looks at — a first pass looks at every recall ever made, and until 2026-12-03
-//! read every target before it rewrote anything. The shares follow the targets' offsets, so a
-//! segment is rewritten once per share holding some of its targets (most often once). The
-//! watermark is kept once the pass is done, from every share's left targets.
+//! least one record) and the next target lies in another segment, so a pass holds about twice
+//! that (as read, and purged) — a sealed segment's records at most past it — however many
+//! recalls it looks at (their list, a hundred bytes or so each, is all a pass keeps of them
+//! all): a first pass looks at every recall ever made, and until 2026-12-03 read every target
+//! before it rewrote anything. A sealed segment's targets stay in one share, so it is
+//! rewritten once. The watermark is kept once the pass is done, from every share's left
+//! targets.
 //!
 //! Every edit of a recalled message is a target, not only its latest: the projections keep
 //! each edit's offset (until 2026-11-30 they kept the latest only, and the earlier edits'
@@ -84,7 +86,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::Context as _;
 use bytes::Bytes;
 use tidings_compaction::{Target, TargetKind, plan_online_purge};
-use tidings_log::Log;
+use tidings_log::{Log, SealedSegment};
 use tidings_projections::heads::Heads;
 use tidings_projections::ids::ChannelId;
 use tidings_projections::msgindex::{IndexFiles, IndexState, Located};
@@ -253,8 +255,9 @@ struct Found {
     snapshots: std::path::PathBuf,
 }
 
-/// One pass (module doc), moving `kept` (the watermark) as it goes: false when `stop` ended
-/// it midway.
+/// One pass (module doc), moving `kept` (the watermark) once it is done: false when `stop`
+/// ended it midway (the watermark as it was; the shares rewritten meanwhile are found purged
+/// already by the next pass).
 async fn pass(
     state: &Arc<AppState>,
     kept: &mut Watermark,
@@ -363,7 +366,8 @@ async fn pass(
     while !rest.is_empty() {
         let (log, halt) = (state.log.clone(), stop.clone());
         let read = tokio::task::spawn_blocking(move || {
-            let share = read_share(&log, &rest, &halt, budget);
+            let sealed = log.sealed_segments();
+            let share = read_share(&log, &rest, &halt, (budget, &sealed));
             (rest, share)
         });
         let (mut all, share) = read.await?;
@@ -596,18 +600,29 @@ fn locate_targets(
 }
 
 /// Reads the records of `targets` (in offset order) from the first, until those read hold
-/// `budget` bytes (at least one record): how many targets it took, with what it read; `None`
-/// when `stop` came first (blocking: log reads).
+/// `budget` bytes (at least one record) and the next target lies in another segment of
+/// `sealed` (the log's sealed segments) than the last one taken: a sealed segment's targets
+/// stay in one share, so it is rewritten once (on a tiered log, downloaded and uploaded once),
+/// and a share holds at most a segment's records past the budget. How many targets it took,
+/// with what it read; `None` when `stop` came first (blocking: log reads).
 fn read_share(
     log: &Log,
     targets: &[Target],
     stop: &CancellationToken,
-    budget: usize,
+    (budget, sealed): (usize, &[SealedSegment]),
 ) -> anyhow::Result<Option<ShareRead>> {
+    let segment_of = |offset: u64| {
+        let at = sealed.partition_point(|s| s.base <= offset);
+        at.checked_sub(1)
+            .and_then(|i| sealed.get(i))
+            .filter(|s| offset < s.end)
+            .map(|s| s.base)
+    };
     let mut gone = BTreeSet::new();
     let mut records = BTreeMap::new();
     let mut bytes = 0;
     let mut taken = 0;
+    let mut last_segment = None;
     for t in targets {
         if stop.is_cancelled() {
             return Ok(None);
@@ -617,9 +632,11 @@ fn read_share(
             taken += 1;
             continue;
         }
-        if bytes >= budget {
+        let segment = segment_of(t.offset);
+        if bytes >= budget && (segment.is_none() || segment != last_segment) {
             break;
         }
+        last_segment = segment;
         taken += 1;
         let read = match log.read_blocking(t.offset, 0) {
             Ok(read) => read,
@@ -865,7 +882,7 @@ mod tests {
             let targets = locate_targets(&reader, &files, found, &stop)
                 .unwrap()
                 .unwrap();
-            let share = read_share(&reader, &targets, &stop, usize::MAX);
+            let share = read_share(&reader, &targets, &stop, (usize::MAX, &[]));
             (targets, share.unwrap().unwrap())
         });
         let (targets, (taken, records, gone)) = read.await.unwrap();
@@ -877,9 +894,10 @@ mod tests {
         log.close().await.unwrap();
     }
 
-    /// A share reads records until they hold its budget (at least one), and the next share
-    /// goes on from the first target it did not take: a pass never holds more than about a
-    /// budget of records (before, it read every target before it rewrote anything).
+    /// A share reads records until they hold its budget (at least one) and the next target is
+    /// in another segment, and the next share goes on from the first target it did not take:
+    /// a pass holds about a budget of records, a segment's at most past it (before, it read
+    /// every target before it rewrote anything).
     #[tokio::test]
     async fn a_share_reads_up_to_its_budget() {
         let dir = tempfile::tempdir().unwrap();
@@ -905,23 +923,37 @@ mod tests {
             .collect();
         let (reader, stop) = (log.clone(), CancellationToken::new());
         let shares = tokio::task::spawn_blocking(move || {
-            let mut shares = Vec::new();
-            let mut rest = &targets[..];
-            while !rest.is_empty() {
-                let (taken, records, _) =
-                    read_share(&reader, rest, &stop, 3 * size).unwrap().unwrap();
-                shares.push(records.keys().copied().collect::<Vec<_>>());
-                rest = &rest[taken..];
-            }
+            let shares_with = |sealed: &[SealedSegment]| {
+                let mut shares = Vec::new();
+                let mut rest = &targets[..];
+                while !rest.is_empty() {
+                    let (taken, records, _) = read_share(&reader, rest, &stop, (3 * size, sealed))
+                        .unwrap()
+                        .unwrap();
+                    shares.push(records.keys().copied().collect::<Vec<_>>());
+                    rest = &rest[taken..];
+                }
+                shares
+            };
+            let unsealed = shares_with(&[]);
+            // A sealed segment's targets stay in one share (offsets 0 to 4 here).
+            let sealed = shares_with(&[SealedSegment {
+                base: 0,
+                end: 5,
+                remote: false,
+            }]);
             // A budget below one record still reads one.
-            let (taken, ..) = read_share(&reader, &targets, &stop, 1).unwrap().unwrap();
-            (shares, taken)
+            let (taken, ..) = read_share(&reader, &targets, &stop, (1, &[]))
+                .unwrap()
+                .unwrap();
+            (unsealed, sealed, taken)
         });
-        let (shares, taken) = shares.await.unwrap();
+        let (unsealed, sealed, taken) = shares.await.unwrap();
         assert_eq!(
-            shares,
+            unsealed,
             [vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8], vec![9]]
         );
+        assert_eq!(sealed, [vec![0, 1, 2, 3, 4], vec![5, 6, 7], vec![8, 9]]);
         assert_eq!(taken, 1);
         log.close().await.unwrap();
     }
