@@ -225,6 +225,15 @@ async fn a_log_that_lost_an_acknowledged_record_under_always_is_refused() {
     );
     assert_eq!(std::fs::read(&active).unwrap(), bytes, "nothing was cut");
     assert_eq!(std::fs::read_dir(&snaps).unwrap().count(), 2);
+    // `inspect` and `verify` say so (they said the server would set the snapshot aside, and
+    // to rebuild).
+    for cmd in ["inspect", "verify"] {
+        let (code, out, err) = common::tidings(&[cmd, "--data", data.to_str().unwrap()]);
+        assert!(
+            code != 0 && format!("{out}{err}").contains("acknowledged records are missing"),
+            "{cmd}: {out}{err}"
+        );
+    }
     // Nor does a rebuild cut it, nor a compact plan it.
     for cmd in [&["rebuild"][..], &["compact", "--dry-run"]] {
         let mut args = cmd.to_vec();

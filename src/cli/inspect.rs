@@ -83,8 +83,9 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 let status = match torn_tail(&seg.path, seg.bytes) {
                     Some(n) => format!(
                         "ok; {} past the last whole batch are no batch (a write a crash cut \
-                         short, or a damaged last batch: the next start cuts them, and a server \
-                         writing right now may be writing them)",
+                         short, or a damaged last batch: the next start cuts them — or refuses, \
+                         when a snapshot covers them under fsync always — and a server writing \
+                         right now may be writing them)",
                         super::count(n, "byte", "bytes")
                     ),
                     None => "ok".to_string(),
@@ -139,9 +140,23 @@ pub(crate) async fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::from)
             .and_then(|b| snapshot::decode(&s.path, &b).map_err(anyhow::Error::from))
         {
-            Ok(_) if s.applied >= log_end => format!(
-                "ok, but past the log's end (offset {log_end}): the server sets it aside and loads an older one"
-            ),
+            // Looked at again first: a running server's snapshot may be newer than the look.
+            Ok(_) if s.applied >= log_end && s.applied >= now_end(&log, log_end) => {
+                if crate::server::last_run_unsynced(&data) {
+                    format!(
+                        "ok, but past the log's end (offset {log_end}): the log was last written \
+                         under fsync every/never, so a power cut took those records; the server \
+                         sets it aside and loads an older one"
+                    )
+                } else {
+                    problems += 1;
+                    format!(
+                        "past the log's end (offset {log_end}), and the log was last written under \
+                         fsync always: acknowledged records are missing, and the server refuses \
+                         to start (README: \"The log lost acknowledged records\")"
+                    )
+                }
+            }
             Ok(state) => {
                 newest.get_or_insert(state);
                 "ok".to_string()
@@ -223,6 +238,11 @@ fn other_files(dir: &Path, kind: fn(&str) -> Option<&'static str>) -> Vec<(Strin
         .collect();
     out.sort();
     out
+}
+
+/// The log's end as a fresh look finds it (`end` when the look fails).
+fn now_end(log: &tidings_log::Log, end: u64) -> u64 {
+    log.refresh().map_or(end, |w| w.next_offset)
 }
 
 /// What a file in the log directory that is not a segment or its index is, if it is one a

@@ -134,6 +134,20 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             super::out!("verify found problems");
             return Ok(ExitCode::FAILURE);
         }
+        // Past the end of a log last written under fsync always: acknowledged records were
+        // lost, which a start refuses (its advice, not a rebuild's: a rebuild refuses too).
+        Err(ProjectionError::AheadOfLog {
+            applied_to,
+            log_end,
+        }) if !crate::server::last_run_unsynced(&data) => {
+            log.close().await?;
+            anyhow::bail!(
+                "{from} covers the offsets below {applied_to} but the log ends at {log_end}, and \
+                 the log was last written under fsync always: acknowledged records are missing \
+                 from it, and the server refuses to start (README: \"The log lost acknowledged \
+                 records\")"
+            );
+        }
         // The newest snapshot is older than the local log's start, so no snapshot is one the
         // local segments can be replayed after (the advice to start from one, the general
         // explanation's, named none that exists: a tiered directory whose local copies go once

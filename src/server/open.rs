@@ -166,6 +166,11 @@ pub(crate) fn after_unsynced_run(data: &DataDir) -> anyhow::Result<bool> {
     Ok(marker.exists())
 }
 
+/// [`after_unsynced_run`] without writing anything (for read-only commands).
+pub(crate) fn last_run_unsynced(data: &DataDir) -> bool {
+    tidings_log::last_open_was_unsynced(&data.log()) || unsynced_marker(data).exists()
+}
+
 fn unsynced_marker(data: &DataDir) -> std::path::PathBuf {
     data.projections().join("after-unsynced-writes")
 }
