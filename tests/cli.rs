@@ -1509,9 +1509,11 @@ async fn rebuild_sidecars_mends_only_the_sidecars() {
     let (code, _, _) = tidings(&["rebuild", "--data", d, "--sidecars", "--from-snapshot"]);
     assert_eq!(code, 2);
 
-    // A snapshot past the log's end (the server sets it aside) naming a sidecar that is not
-    // there: inspect says so, and checks the sidecars of the one the server would load (it
-    // called this one's missing sidecar corrupt and advised a mend that could not help).
+    // A snapshot past the log's end (a power cut's under fsync never: the server sets it
+    // aside) naming a sidecar that is not there: inspect says so, and checks the sidecars of
+    // the one the server would load (it called this one's missing sidecar corrupt and advised
+    // a mend that could not help).
+    std::fs::write(data.join("log/fsync-policy"), "never 0 0").unwrap();
     let snaps = data.join("projections/snapshots");
     let mut ahead = snapshot::load_newest(&snaps).unwrap().unwrap().0;
     ahead.applied = Some(1000);

@@ -262,9 +262,10 @@ async fn the_server_purges_recalled_payloads_from_sealed_segments() {
     assert_eq!(again["duplicate"], true, "{again}");
 }
 
-/// A pass whose share of records is one record (`compaction.purge_share_bytes = 1`) reads,
-/// plans and rewrites one target at a time, several in one segment: every recalled payload
-/// goes, every kept one stays, and the watermark moves past every recall.
+/// A pass whose share of records is one byte (`compaction.purge_share_bytes = 1`) reads,
+/// plans and rewrites one segment's targets at a time (each recalled message here sealed in a
+/// segment of its own): every recalled payload goes, every kept one stays, and the watermark
+/// moves past every recall.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_purges_share_by_share() {
     let mut args = ARGS.to_vec();
@@ -280,6 +281,7 @@ async fn a_pass_purges_share_by_share() {
         api.send(&alice, "g", &format!("k{i}"), KEPT[i % 2]).await;
         let sent = api.send(&alice, "g", &format!("r{i}"), marker).await;
         last = sent_offset(&sent);
+        seal_past(&api, &server, &alice, last).await;
     }
     for seq in (2..=12).step_by(2) {
         api.ok(

@@ -43,14 +43,6 @@ pub(crate) async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
     // run, and a run with nothing to purge, change nothing in the data directory.
     let planned = {
         let log = super::open_read_only(&data).await?;
-        // A log that lost acknowledged records (its end, as a read-only view reads it, below a
-        // snapshot's offset under fsync always) is refused before anything, a dry run too, as a
-        // start refuses it: the run would cut it or set the snapshots aside (QA, 2026-12-03).
-        let refused = crate::server::refuse_lost_acknowledged(&data, log.next_offset());
-        if let Err(e) = refused {
-            let _ = log.close().await;
-            return Err(e);
-        }
         let planned = plan_read_only(&data, &log).await;
         let closed = log.close().await;
         let planned = planned?;
@@ -136,6 +128,10 @@ fn newest_recall(state: &tidings_projections::State, log_start: u64) -> Option<u
 /// empty log.
 async fn plan_read_only(data: &DataDir, log: &Log) -> anyhow::Result<Option<(Plan, Option<u64>)>> {
     refuse_damaged_tail(log).await?;
+    // A log that lost acknowledged records (its end, as a read-only view reads it, below a
+    // snapshot's offset under fsync always) is refused before anything, a dry run too, as a
+    // start refuses it: the run would cut it or set the snapshots aside (QA, 2026-12-03).
+    crate::server::check_lost_acknowledged(data, log.next_offset())?;
     if log.next_offset() == 0 {
         return Ok(None);
     }

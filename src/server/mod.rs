@@ -48,8 +48,9 @@ mod ws;
 
 use open::open_state;
 pub(crate) use open::{
-    acknowledged_through, distrust_conversation_cache, last_run_unsynced, log_open_refused,
-    refuse_lost_acknowledged, set_aside_all_snapshots, set_aside_snapshots_ahead_of,
+    acknowledged_through, check_lost_acknowledged, distrust_conversation_cache, last_run_unsynced,
+    log_open_refused, refuse_lost_acknowledged, set_aside_all_snapshots,
+    set_aside_snapshots_ahead_of,
 };
 use snapshots::{AnchorFrom, upload_written, write_snapshot};
 

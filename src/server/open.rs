@@ -239,22 +239,40 @@ pub(crate) fn log_open_refused(e: tidings_log::LogError, data: &DataDir) -> anyh
 /// file removed — and going on would write new messages at their seqs and offsets. Under
 /// `every`/`never` a power cut takes such records: the snapshots ahead are set aside, as
 /// before. The log's open refuses most such logs first (`acknowledged_through`); this catches
-/// the rest (a read-only view's end, for `compact`'s plan). The conversation cache is marked
-/// first, as in [`log_open_refused`].
+/// the rest. The conversation cache is marked first, as in [`log_open_refused`].
 pub(crate) fn refuse_lost_acknowledged(data: &DataDir, end: u64) -> anyhow::Result<()> {
     if after_unsynced_run(data)? {
         return Ok(());
     }
+    match lost_acknowledged(data, end)? {
+        None => Ok(()),
+        Some(e) => {
+            distrust_conversation_cache(data)?;
+            Err(e)
+        }
+    }
+}
+
+/// [`refuse_lost_acknowledged`] changing nothing (for `compact`'s plan, a dry run's too): no
+/// note of the last run written, no cache marked.
+pub(crate) fn check_lost_acknowledged(data: &DataDir, end: u64) -> anyhow::Result<()> {
+    if last_run_unsynced(data) {
+        return Ok(());
+    }
+    lost_acknowledged(data, end)?.map_or(Ok(()), Err)
+}
+
+/// The error for a log ending at `end` below a snapshot's offset, if it does.
+fn lost_acknowledged(data: &DataDir, end: u64) -> anyhow::Result<Option<anyhow::Error>> {
     let snapshots = data.projections().join("snapshots");
     let Some(newest) = tidings_projections::snapshot::list(&snapshots)?
         .into_iter()
         .filter(|s| s.applied >= end)
         .max_by_key(|s| s.applied)
     else {
-        return Ok(());
+        return Ok(None);
     };
-    distrust_conversation_cache(data)?;
-    anyhow::bail!(
+    Ok(Some(anyhow::anyhow!(
         "the log in {} ends before offset {end}, but snapshot {} covers offsets through {}, and \
          the log was written under fsync = always, which acknowledges only what is synced: \
          acknowledged records are missing from the log (damaged, or a file removed). {}",
@@ -262,7 +280,7 @@ pub(crate) fn refuse_lost_acknowledged(data: &DataDir, end: u64) -> anyhow::Resu
         newest.path.display(),
         newest.applied,
         lost_acknowledged_advice(data, end)
-    )
+    )))
 }
 
 /// The newest snapshot that the log still covers (or empty projections). A snapshot past the
